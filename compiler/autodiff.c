@@ -1,0 +1,141 @@
+/* autodiff.c: reverse-mode differentiation of the forward program. Walks
+ * the forward instructions backwards and appends, for each one whose
+ * output has a gradient, the instructions that propagate it to its
+ * inputs. A value used by several instructions gets its gradient summed:
+ * the first contribution writes, the later ones accumulate (Inst.acc).
+ * Parameter gradients always accumulate: the runtime zeroes them once per
+ * step, so microbatches add up. */
+#include "lmc.h"
+#include <string.h>
+
+static Graph *G;
+
+static void mark_needs_grad(void) {
+  for (int i = 0; i < G->nparams; i++)
+    G->params[i]->needs_grad = true;
+  for (int i = 0; i < G->nfwd; i++) {
+    Inst *in = G->fwd[i];
+    bool any = false;
+    for (int j = 0; j < in->nin; j++)
+      any |= in->in[j] && in->in[j]->needs_grad;
+    for (int j = 0; j < in->nout; j++)
+      in->out[j]->needs_grad = any && j == 0;
+  }
+}
+
+/* The gradient buffer of v and whether this contribution accumulates. */
+static Value *grad_of(Value *v, bool *acc) {
+  if (!v->needs_grad) {
+    *acc = false;
+    return NULL;
+  }
+  if (v->grad) {
+    *acc = true;
+    return v->grad;
+  }
+  bool param = v->kind == V_PARAM;
+  v->grad = ir_value(G, param ? V_GRAD : V_ACT,
+                     param ? arena_printf("%s.grad", v->name) : NULL, v->shape);
+  v->grad->of = v;
+  *acc = param;
+  return v->grad;
+}
+
+static Inst *bwd_inst(int op, Inst *fwd) {
+  Inst *in = ir_inst(G, op, true, fwd->loc);
+  for (int i = 0; i < fwd->nattr; i++)
+    ir_set(in, fwd->akey[i], fwd->aval[i]);
+  return in;
+}
+
+static void set_out(Inst *in, int i, Value *of) {
+  in->out[i] = grad_of(of, &in->acc[i]);
+  if (in->out[i] && !in->out[i]->def)
+    in->out[i]->def = in;
+}
+
+static void bwd_matmul(Inst *f, Value *dy) {
+  Value *x = f->in[0], *w = f->in[1];
+  int64_t m = ir_get(f, "m"), n = ir_get(f, "n"), k = ir_get(f, "k");
+  bool tb = ir_get(f, "tb");
+  if (w->needs_grad) {            /* dW = x^T dy  or  dy^T x */
+    Inst *in = bwd_inst(OP_MATMUL, f);
+    in->in[0] = tb ? dy : x, in->in[1] = tb ? x : dy;
+    ir_set(in, "m", tb ? n : k), ir_set(in, "n", tb ? k : n), ir_set(in, "k", m);
+    ir_set(in, "ta", 1), ir_set(in, "tb", 0);
+    set_out(in, 0, w);
+  }
+  if (x->needs_grad) {            /* dx = dy W^T  or  dy W */
+    Inst *in = bwd_inst(OP_MATMUL, f);
+    in->in[0] = dy, in->in[1] = w;
+    ir_set(in, "m", m), ir_set(in, "n", k), ir_set(in, "k", n);
+    ir_set(in, "ta", 0), ir_set(in, "tb", !tb);
+    set_out(in, 0, x);
+  }
+}
+
+static void bwd_generic(Inst *f, int op, Value *dy) {
+  Inst *in = bwd_inst(op, f);
+  in->in[0] = dy;
+  switch (f->op) {
+  case OP_EMBED:     in->in[1] = f->in[0]; set_out(in, 0, f->in[1]); return;
+  case OP_ROPE:      set_out(in, 0, f->in[0]); return;
+  case OP_SILU:
+  case OP_GELU:      in->in[1] = f->in[0]; set_out(in, 0, f->in[0]); return;
+  case OP_ADD:       set_out(in, 0, f->in[0]); set_out(in, 1, f->in[1]); return;
+  case OP_MUL:
+    in->in[1] = f->in[0], in->in[2] = f->in[1];
+    set_out(in, 0, f->in[0]), set_out(in, 1, f->in[1]);
+    return;
+  case OP_RMSNORM:   /* dy, x, w, rstd */
+    in->in[1] = f->in[0], in->in[2] = f->in[1], in->in[3] = f->out[1];
+    set_out(in, 0, f->in[0]), set_out(in, 1, f->in[1]);
+    return;
+  case OP_LAYERNORM: /* dy, x, w, mean, rstd */
+    in->in[1] = f->in[0], in->in[2] = f->in[1], in->in[3] = f->out[1], in->in[4] = f->out[2];
+    set_out(in, 0, f->in[0]), set_out(in, 1, f->in[1]), set_out(in, 2, f->in[2]);
+    return;
+  case OP_ATTENTION: /* do, q, k, v, probs */
+    for (int i = 0; i < 3; i++) in->in[1 + i] = f->in[i];
+    in->in[4] = f->out[1];
+    for (int i = 0; i < 3; i++) set_out(in, i, f->in[i]);
+    return;
+  }
+  internal_error("no backward rule");
+}
+
+static int bwd_op(int op) {
+  switch (op) {
+  case OP_EMBED: return OP_EMBED_BWD;
+  case OP_RMSNORM: return OP_RMSNORM_BWD;
+  case OP_LAYERNORM: return OP_LAYERNORM_BWD;
+  case OP_ROPE: return OP_ROPE_BWD;
+  case OP_ATTENTION: return OP_ATTENTION_BWD;
+  case OP_SILU: return OP_SILU_BWD;
+  case OP_GELU: return OP_GELU_BWD;
+  case OP_MUL: return OP_MUL_BWD;
+  case OP_ADD: return OP_ADD_BWD;
+  }
+  internal_error("no backward op");
+}
+
+void ad_backward(Graph *g) {
+  G = g;
+  mark_needs_grad();
+  for (int i = g->nfwd - 1; i >= 0; i--) {
+    Inst *f = g->fwd[i];
+    if (f->op == OP_XENT) {       /* the seed: d loss / d logits */
+      if (f->out[0] != g->loss || !f->in[0]->needs_grad) continue;
+      Inst *in = bwd_inst(OP_XENT_BWD, f);
+      in->in[0] = f->in[0], in->in[1] = f->in[1];
+      set_out(in, 0, f->in[0]);
+      continue;
+    }
+    Value *dy = f->out[0]->grad;
+    if (!dy) continue;            /* does not reach the loss */
+    if (f->op == OP_MATMUL)
+      bwd_matmul(f, dy);
+    else
+      bwd_generic(f, bwd_op(f->op), dy);
+  }
+}

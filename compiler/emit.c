@@ -1,0 +1,156 @@
+/* emit.c: writes the bundle, a folder the runtime loads:
+ *   manifest.txt   model, dims, plan, train settings, parameters
+ *   rank<N>.sched  one rank's values (region, offset, shape) and its
+ *                  programs (fwd, bwd) and per-step action list
+ * Both are plain text, deterministic (ids, no pointers or times), and
+ * written to a temporary name then renamed, so a bundle is never half
+ * written. --dump=sched prints the same schedule text. */
+#include "lmc.h"
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const char *region_names[] = {"act", "param", "grad", "input", "state"};
+
+/* The shortest text that reads back as the same double. */
+static const char *num(double v) {
+  static char buf[4][40];
+  static int k;
+  char *b = buf[k++ & 3];
+  for (int prec = 6; prec <= 17; prec++) {
+    snprintf(b, 40, "%.*g", prec, v);
+    if (strtod(b, NULL) == v) break;
+  }
+  return b;
+}
+
+static void print_sizes(FILE *out, const Shape *s) {
+  if (s->rank == 0) fprintf(out, "1");
+  for (int i = 0; i < s->rank; i++)
+    fprintf(out, "%s%lld", i ? "x" : "", (long long)s->size[i]);
+}
+
+static void print_value(FILE *out, Program *p, Value *v) {
+  fprintf(out, "value %%%d %s off=%lld n=%lld shape=", v->id, region_names[v->kind],
+          (long long)v->offset, (long long)shape_numel(&v->shape));
+  print_sizes(out, &v->shape);
+  fprintf(out, " ");
+  ir_print_shape(out, p, &v->shape);
+  if (v->is_int) fprintf(out, " i32");
+  if (v->name) fprintf(out, " %s", v->name);
+  else if (v->of && v->of->name) fprintf(out, " %s.grad", v->of->name);
+  fprintf(out, "\n");
+}
+
+static void print_inst(FILE *out, Inst *in) {
+  fprintf(out, "  %s out=", op_names[in->op]);
+  for (int i = 0; i < in->nout; i++) {
+    if (i) fputc(',', out);
+    if (in->out[i]) fprintf(out, "%%%d%s", in->out[i]->id, in->acc[i] ? "+" : "");
+    else fputc('_', out);
+  }
+  fprintf(out, " in=");
+  for (int i = 0; i < in->nin; i++)
+    fprintf(out, "%s%%%d", i ? "," : "", in->in[i]->id);
+  for (int i = 0; i < in->nattr; i++) {
+    double v = in->aval[i];
+    if (v == (double)(long long)v)
+      fprintf(out, " %s=%lld", in->akey[i], (long long)v);
+    else
+      fprintf(out, " %s=%s", in->akey[i], num(v));
+  }
+  fprintf(out, "\n");
+}
+
+void emit_schedule(FILE *out, Sched *s) {
+  Graph *g = s->g;
+  Program *p = g->prog;
+  fprintf(out, "lmc-schedule 1\nmodel %s\nrank %d world %d dp 0 tp 0 pp 0 ep 0\n",
+          p->model->name, s->rank, s->world);
+  for (int r = 0; r < 5; r++)
+    fprintf(out, "region %s %lld\n", region_names[r], (long long)s->region[r]);
+  for (int i = 0; i < g->nvals; i++)
+    print_value(out, p, g->vals[i]);
+  fprintf(out, "inputs tokens=%%%d targets=%%%d positions=%%%d loss=%%%d\n",
+          g->tokens->id, g->targets->id, g->positions->id, g->loss->id);
+  fprintf(out, "program fwd %d\n", g->nfwd);
+  for (int i = 0; i < g->nfwd; i++) print_inst(out, g->fwd[i]);
+  fprintf(out, "program bwd %d\n", g->nbwd);
+  for (int i = 0; i < g->nbwd; i++) print_inst(out, g->bwd[i]);
+  fprintf(out, "step\n  zero_grads\n");
+  for (int64_t m = 0; m < p->s.microbatches; m++)
+    fprintf(out, "  load mb=%lld\n  run fwd mb=%lld\n  run bwd mb=%lld\n",
+            (long long)m, (long long)m, (long long)m);
+  fprintf(out, "  optimizer\nend\n");
+}
+
+static int64_t vocab(Graph *g) {
+  for (int i = 0; i < g->nfwd; i++)
+    if (g->fwd[i]->op == OP_XENT) return (int64_t)ir_get(g->fwd[i], "v");
+  return 0;
+}
+
+void emit_manifest(FILE *out, Sched *s) {
+  Graph *g = s->g;
+  Program *p = g->prog;
+  Settings *t = &p->s;
+  fprintf(out, "lmc-bundle 1\nmodel %s\nworld %d\nvocab %lld\ndims", p->model->name,
+          s->world, (long long)vocab(g));
+  for (int i = 0; i < p->ndims; i++)
+    fprintf(out, " %s=%lld", p->dims[i].name, (long long)p->dims[i].size);
+  fprintf(out, "\nmesh dp=%lld tp=%lld pp=%lld ep=%lld schedule=%s microbatches=%lld\n",
+          (long long)t->mesh[0], (long long)t->mesh[1], (long long)t->mesh[2],
+          (long long)t->mesh[3], t->schedule, (long long)t->microbatches);
+  fprintf(out, "train batch=%lld seq=%lld steps=%lld warmup=%lld seed=%lld eval_every=%lld "
+          "eval_batches=%lld save_every=%lld lr=%s min_lr=%s beta1=%s beta2=%s "
+          "eps=%s wd=%s clip=%s val_fraction=%s decay=%s\n",
+          (long long)t->batch, (long long)t->seq, (long long)t->steps, (long long)t->warmup,
+          (long long)t->seed, (long long)t->eval_every, (long long)t->eval_batches,
+          (long long)t->save_every, num(t->lr), num(t->min_lr), num(t->beta1), num(t->beta2),
+          num(t->eps), num(t->wd), num(t->clip), num(t->val_fraction), t->decay);
+  fprintf(out, "data %s\n", t->data);
+  int64_t total = 0;
+  for (int i = 0; i < g->nparams; i++) {
+    Value *v = g->params[i];
+    fprintf(out, "param %s shape=", v->name);
+    print_sizes(out, &v->shape);
+    fprintf(out, " init=%s std=%s decay=%d\n", v->init, num(v->init_std), v->shape.rank >= 2);
+    total += shape_numel(&v->shape);
+  }
+  fprintf(out, "params %lld\nend\n", (long long)total);
+}
+
+static void mkdirs(const char *dir) {
+  char *p = arena_strdup(dir);
+  for (char *q = p + 1; *q; q++)
+    if (*q == '/') {
+      *q = 0;
+      mkdir(p, 0777);
+      *q = '/';
+    }
+  if (mkdir(p, 0777) != 0 && errno != EEXIST)
+    diag_fatal("emit-io", "cannot create bundle folder '%s': %s", dir, strerror(errno));
+}
+
+static void write_file(const char *dir, const char *name, Sched *s,
+                       void (*fn)(FILE *, Sched *)) {
+  const char *path = arena_printf("%s/%s", dir, name);
+  const char *tmp = arena_printf("%s.tmp.%d", path, (int)getpid());
+  FILE *f = fopen(tmp, "w");
+  if (!f)
+    diag_fatal("emit-io", "cannot write '%s': %s", tmp, strerror(errno));
+  fn(f, s);
+  if (fflush(f) != 0 || fsync(fileno(f)) != 0 || fclose(f) != 0 || rename(tmp, path) != 0) {
+    unlink(tmp);
+    diag_fatal("emit-io", "cannot write '%s': %s", path, strerror(errno));
+  }
+}
+
+void emit_bundle(Sched *s, const char *dir, const char *spec_path) {
+  (void)spec_path;
+  mkdirs(dir);
+  write_file(dir, "manifest.txt", s, emit_manifest);
+  write_file(dir, arena_printf("rank%d.sched", s->rank), s, emit_schedule);
+}

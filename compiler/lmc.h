@@ -1,0 +1,235 @@
+/* lmc.h: the compiler's one internal header, in sections named after the
+ * file that owns them. Pipeline (main.c:compile):
+ *   parse -> sema -> lower -> autodiff -> sched -> emit
+ * Every phase allocates from the compilation's arena; errors longjmp back
+ * to compile() after printing a located diagnostic. */
+#ifndef LMC_H
+#define LMC_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef struct Node Node;
+typedef struct Value Value;
+typedef struct Inst Inst;
+
+/* ---- arena.c ---- */
+void *arena_alloc(size_t n);            /* zeroed, freed by arena_free_all */
+char *arena_strdup(const char *s);
+char *arena_strndup(const char *s, size_t n);
+char *arena_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void arena_free_all(void);
+
+/* ---- diag.c ---- */
+typedef struct SrcFile {
+  const char *name;
+  const char *text;
+  long len;
+} SrcFile;
+
+typedef struct Loc {
+  const SrcFile *file;
+  int line, col, end_line, end_col;
+} Loc;
+
+extern jmp_buf *diag_jmp;               /* where errors unwind to */
+_Noreturn void diag_error(Loc loc, const char *id, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void diag_hint(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void diag_note(Loc loc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+_Noreturn void diag_fatal(const char *id, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+#define internal_error(msg) diag_internal(__FILE__, __LINE__, msg)
+_Noreturn void diag_internal(const char *file, int line, const char *msg);
+
+/* ---- ast.c ---- */
+typedef enum {
+  N_NUM, N_IDENT, N_STR, N_BINOP, N_NEG, N_CALL, N_KWARG, N_TUPLE,
+  N_DIM, N_PARAM, N_ASSIGN, N_LAYERS, N_RETURN,
+  N_IMPORT, N_BLOCK, N_MODEL, N_PARALLEL, N_TRAIN, N_SETTING, N_LAYOUT,
+} NodeKind;
+
+struct Node {
+  NodeKind kind;
+  Loc loc;
+  const char *name;   /* identifier, op name, setting key, string */
+  double num;         /* N_NUM */
+  bool is_int;        /* N_NUM written without '.' or exponent */
+  int op;             /* N_BINOP: '+', '-', '*', '/' */
+  Node *a, *b;        /* operands, value, count, init */
+  Node *list;         /* args, dims, body, params */
+  Node *next;         /* sibling in a list */
+};
+
+Node *ast_new(NodeKind kind, Loc loc);
+Node *ast_num(Loc loc, const char *text);
+Node *ast_ident(Loc loc, const char *name);
+Node *ast_str(Loc loc, const char *text);  /* text includes quotes */
+Node *ast_binop(Loc loc, int op, Node *a, Node *b);
+Node *ast_neg(Loc loc, Node *a);
+Node *ast_call(Loc loc, Node *fn, Node *args);
+Node *ast_kwarg(Loc loc, Node *key, Node *val);
+Node *ast_tuple(Loc loc, Node *items);
+Node *ast_dim(Loc loc, Node *name, Node *val);
+Node *ast_param(Loc loc, Node *name, Node *dims, Node *init);
+Node *ast_assign(Loc loc, Node *name, Node *val);
+Node *ast_layers(Loc loc, Node *name, Node *count, Node *body);
+Node *ast_return(Loc loc, Node *val);
+Node *ast_import(Loc loc, Node *path);
+Node *ast_block(Loc loc, Node *name, Node *params, Node *body);
+Node *ast_model(Loc loc, Node *name, Node *body);
+Node *ast_section(Loc loc, NodeKind kind, Node *settings);
+Node *ast_setting(Loc loc, Node *key, Node *val);
+Node *ast_layout(Loc loc, Node *rules);
+Node *ast_append(Node *list, Node *item);
+void ast_dump(FILE *out, Node *items);
+void ast_print_expr(FILE *out, Node *e);
+
+/* ---- parse.c (driver around parser.y / lexer.l) ---- */
+typedef struct Parser {
+  const SrcFile *file;
+  Node *items;
+  int depth;          /* nesting depth, bounded */
+} Parser;
+Node *parse_program(const char *path, const char *text, long len,
+                    const char **incdirs, int nincdirs);
+SrcFile *parse_load(const char *path);   /* NULL if unreadable */
+
+/* ---- sema.c ---- */
+#define MAX_DIMS 64
+#define MAX_RANK 6
+#define MAX_AXES 4
+
+enum { AX_DP, AX_TP, AX_PP, AX_EP };
+extern const char *axis_names[MAX_AXES];
+
+typedef struct Dim {
+  const char *name;
+  int64_t size;
+  Loc loc;
+  int axis;           /* mesh axis from the layout, or -1 */
+} Dim;
+
+typedef struct Settings {
+  int64_t batch, seq, steps, warmup, seed, microbatches, eval_every,
+      eval_batches, save_every;
+  double lr, min_lr, beta1, beta2, eps, wd, clip, val_fraction;
+  const char *decay, *data, *schedule;
+  int64_t mesh[MAX_AXES];
+} Settings;
+
+typedef struct Set {                   /* --set NAME=VALUE */
+  const char *name, *value;
+} Set;
+
+typedef struct Program {
+  Node *items;
+  Node *model;
+  Dim dims[MAX_DIMS];
+  int ndims;
+  Settings s;
+  Node *parallel, *train;
+} Program;
+
+Program *sema_check(Node *items, Set *sets, int nsets, int world);
+Dim *sema_dim(Program *p, const char *name);
+Node *sema_block(Program *p, const char *name);
+int sema_op(const char *name);         /* callable op id or -1 */
+double sema_eval(Program *p, Node *e); /* a numeric expression over dims */
+void sema_dump(FILE *out, Program *p);
+
+/* ---- ir.c ---- */
+enum {
+#define OP(e, s, ni, no, c) OP_##e,
+#include "ops.def"
+#undef OP
+  NUM_OPS
+};
+extern const char *op_names[NUM_OPS];
+extern const int op_nin[NUM_OPS], op_nout[NUM_OPS], op_callable[NUM_OPS];
+
+typedef struct Shape {
+  int rank;
+  int dim[MAX_RANK];   /* index into Program.dims, or -1 for anonymous */
+  int64_t size[MAX_RANK];
+} Shape;
+
+enum { V_ACT, V_PARAM, V_GRAD, V_INPUT, V_STATE };
+
+struct Value {
+  int id;
+  int kind;            /* V_ACT, ... */
+  const char *name;
+  Shape shape;
+  bool is_int;         /* token ids */
+  Inst *def;
+  Value *grad;         /* gradient value (autodiff) */
+  Value *of;           /* V_GRAD: the value it is the gradient of */
+  bool needs_grad;
+  /* param only */
+  const char *init;    /* "normal", "ones", "zeros" */
+  double init_std;
+  /* sched */
+  int first, last;     /* live range over the instruction list */
+  int64_t offset;      /* in elements, within its region */
+};
+
+#define MAX_ATTRS 10
+struct Inst {
+  int id;
+  int op;
+  Value *in[5];
+  Value *out[3];
+  bool acc[3];         /* out += (instead of =) */
+  int nin, nout;
+  const char *akey[MAX_ATTRS];
+  double aval[MAX_ATTRS];
+  int nattr;
+  bool bwd;
+  Loc loc;
+};
+
+typedef struct Graph {
+  Program *prog;
+  Value **vals; int nvals, capvals;
+  Inst **fwd; int nfwd, capfwd;
+  Inst **bwd; int nbwd, capbwd;
+  Value **params; int nparams, capparams;
+  Value *tokens, *targets, *positions, *loss;
+} Graph;
+
+Graph *ir_new(Program *p);
+Value *ir_value(Graph *g, int kind, const char *name, Shape shape);
+Inst *ir_inst(Graph *g, int op, bool bwd, Loc loc);
+void ir_set(Inst *in, const char *key, double v);
+double ir_get(Inst *in, const char *key);
+int64_t shape_numel(const Shape *s);
+void ir_print_shape(FILE *out, Program *p, const Shape *s);
+void ir_dump(FILE *out, Graph *g, bool bwd);
+void ir_verify(Graph *g);
+
+/* ---- lower.c ---- */
+Graph *lower_program(Program *p);
+
+/* ---- autodiff.c ---- */
+void ad_backward(Graph *g);
+
+/* ---- sched.c ---- */
+typedef struct Sched {
+  Graph *g;
+  int rank, world;
+  int64_t region[5];   /* elements per region: act, param, grad, input, state */
+  int64_t peak_act;
+} Sched;
+Sched *sched_plan(Graph *g);
+void sched_dump(FILE *out, Sched *s);
+
+/* ---- emit.c ---- */
+void emit_bundle(Sched *s, const char *dir, const char *spec_path);
+void emit_schedule(FILE *out, Sched *s);
+void emit_manifest(FILE *out, Sched *s);
+
+#endif

@@ -1,0 +1,402 @@
+/* lower.c: AST -> forward graph IR. Inlines every block call, unrolls
+ * `layers L = n { ... }` into n copies whose parameters are named
+ * `layers.<i>.<name>`, infers every tensor's shape over named dims and
+ * reports shape errors at the expression that caused them. The result is
+ * one straight-line forward program ending in the scalar loss. */
+#include "lmc.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct Bind {
+  const char *name;
+  Value *v;
+} Bind;
+
+typedef struct Env {
+  Bind b[512];
+  int n;
+  const char *prefix;   /* parameter name prefix, e.g. "layers.3." */
+} Env;
+
+static Graph *G;
+static Program *P;
+
+static void bind(Env *e, const char *name, Value *v, Loc loc) {
+  for (int i = 0; i < e->n; i++)
+    if (!strcmp(e->b[i].name, name)) {
+      e->b[i].v = v;
+      return;
+    }
+  if (e->n == 512)
+    diag_error(loc, "too-many-names", "too many names in one body (limit 512)");
+  e->b[e->n++] = (Bind){name, v};
+}
+
+static Value *lookup(Env *e, const char *name) {
+  for (int i = 0; i < e->n; i++)
+    if (!strcmp(e->b[i].name, name))
+      return e->b[i].v;
+  return NULL;
+}
+
+/* ---- shapes ---- */
+
+static Shape shape_of_dims(int n, const int *dims) {
+  Shape s = {.rank = n};
+  for (int i = 0; i < n; i++)
+    s.dim[i] = dims[i], s.size[i] = P->dims[dims[i]].size;
+  return s;
+}
+
+static int dim_id(const char *name) {
+  return (int)(sema_dim(P, name) - P->dims);
+}
+
+static bool same_dim(const Shape *a, int i, const Shape *b, int j) {
+  if (a->dim[i] >= 0 && b->dim[j] >= 0)
+    return a->dim[i] == b->dim[j];
+  return a->dim[i] < 0 && b->dim[j] < 0 && a->size[i] == b->size[j];
+}
+
+static bool same_shape(const Shape *a, const Shape *b) {
+  if (a->rank != b->rank) return false;
+  for (int i = 0; i < a->rank; i++)
+    if (!same_dim(a, i, b, i)) return false;
+  return true;
+}
+
+static int find_dim(const Shape *s, const Shape *o, int j) {
+  for (int i = 0; i < s->rank; i++)
+    if (same_dim(s, i, o, j)) return i;
+  return -1;
+}
+
+static char *shape_str(const Shape *s) {
+  char *buf;
+  size_t len;
+  FILE *f = open_memstream(&buf, &len);
+  ir_print_shape(f, P, s);
+  fclose(f);
+  char *r = arena_strdup(buf);
+  free(buf);
+  return r;
+}
+
+_Noreturn static void mismatch(Loc loc, const char *what, Value *a, Value *b) {
+  diag_error(loc, "shape-mismatch", "shape mismatch in %s: %s vs %s", what,
+             shape_str(&a->shape), shape_str(&b->shape));
+}
+
+static Shape drop_last(Shape s) {
+  s.rank--;
+  return s;
+}
+
+/* ---- op builders ---- */
+
+static Value *act(const char *name, Shape s) { return ir_value(G, V_ACT, name, s); }
+
+static Value *emit1(int op, Loc loc, Value *a, Value *b, Shape s) {
+  Inst *in = ir_inst(G, op, false, loc);
+  in->in[0] = a, in->in[1] = b;
+  in->out[0] = act(NULL, s);
+  in->out[0]->def = in;
+  return in->out[0];
+}
+
+static Value *lower_embed(Loc loc, Value *ids, Value *w) {
+  if (!ids->is_int)
+    diag_error(loc, "embed-ids", "embed needs token ids (tokens or positions) as its first argument");
+  if (w->shape.rank != 2)
+    diag_error(loc, "shape-mismatch", "embed table must be [rows, D], got %s", shape_str(&w->shape));
+  Shape s = ids->shape;
+  s.dim[s.rank] = w->shape.dim[1], s.size[s.rank] = w->shape.size[1], s.rank++;
+  Value *y = emit1(OP_EMBED, loc, ids, w, s);
+  ir_set(y->def, "n", shape_numel(&ids->shape));
+  ir_set(y->def, "d", w->shape.size[1]);
+  ir_set(y->def, "v", w->shape.size[0]);
+  return y;
+}
+
+/* x[batch.., C..] contracted with w[C.., N..] (tb=0) or w[N.., C..] (tb=1):
+ * the dims that w shares with x are contracted and must be x's last dims,
+ * in w's order. */
+static Value *lower_matmul(Loc loc, Value *x, Value *w) {
+  const Shape *xs = &x->shape, *ws = &w->shape;
+  int shared[MAX_RANK], ns = 0, first = -1, last = -1;
+  for (int j = 0; j < ws->rank; j++)
+    if (find_dim(xs, ws, j) >= 0) {
+      shared[ns++] = j;
+      if (first < 0) first = j;
+      last = j;
+    }
+  if (ns == 0)
+    diag_error(loc, "matmul-contract", "matmul of %s and %s shares no dim to contract",
+               shape_str(xs), shape_str(ws));
+  bool contiguous = last - first + 1 == ns;
+  int tb = first == 0 ? 0 : 1;
+  if (!contiguous || (first != 0 && last != ws->rank - 1) || ns == ws->rank)
+    diag_error(loc, "matmul-contract", "matmul of %s and %s: the contracted dims must lead or trail %s and leave a dim",
+               shape_str(xs), shape_str(ws), shape_str(ws));
+  for (int i = 0; i < ns; i++)
+    if (find_dim(xs, ws, shared[i]) != xs->rank - ns + i)
+      diag_error(loc, "matmul-contract", "matmul of %s and %s: the contracted dims must be the last dims of %s, in the same order",
+                 shape_str(xs), shape_str(ws), shape_str(xs));
+  Shape s = *xs;
+  s.rank -= ns;
+  int64_t m = shape_numel(&s), k = 1, n = 1;
+  for (int j = 0; j < ws->rank; j++) {
+    if (j >= first && j <= last) { k *= ws->size[j]; continue; }
+    if (s.rank == MAX_RANK)
+      diag_error(loc, "shape-rank", "matmul result has more than %d dims", MAX_RANK);
+    s.dim[s.rank] = ws->dim[j], s.size[s.rank++] = ws->size[j];
+    n *= ws->size[j];
+  }
+  Value *y = emit1(OP_MATMUL, loc, x, w, s);
+  ir_set(y->def, "m", m), ir_set(y->def, "n", n), ir_set(y->def, "k", k);
+  ir_set(y->def, "ta", 0), ir_set(y->def, "tb", tb);
+  return y;
+}
+
+static void check_norm_weight(Loc loc, const char *what, Value *x, Value *w) {
+  if (w->shape.rank != 1 || !same_dim(&w->shape, 0, &x->shape, x->shape.rank - 1))
+    mismatch(loc, what, x, w);
+}
+
+static Value *lower_norm(Loc loc, int op, Value **a, double eps) {
+  Value *x = a[0];
+  if (x->shape.rank < 1)
+    diag_error(loc, "shape-mismatch", "%s of a scalar", op_names[op]);
+  check_norm_weight(loc, op_names[op], x, a[1]);
+  if (op == OP_LAYERNORM)
+    check_norm_weight(loc, op_names[op], x, a[2]);
+  Inst *in = ir_inst(G, op, false, loc);
+  for (int i = 0; i < op_nin[op]; i++) in->in[i] = a[i];
+  in->out[0] = act(NULL, x->shape);
+  for (int i = 1; i < op_nout[op]; i++) in->out[i] = act(NULL, drop_last(x->shape));
+  for (int i = 0; i < op_nout[op]; i++) in->out[i]->def = in;
+  int64_t d = x->shape.size[x->shape.rank - 1];
+  ir_set(in, "n", shape_numel(&x->shape) / d), ir_set(in, "d", d), ir_set(in, "eps", eps);
+  return in->out[0];
+}
+
+static int bt_dims(void) { return dim_id("B"); }
+
+static void check_bt(Loc loc, const char *what, Value *x, int rank) {
+  int b = bt_dims();
+  if (x->shape.rank != rank || x->shape.dim[0] != b || x->shape.dim[1] != b + 1)
+    diag_error(loc, "shape-mismatch", "%s needs a [B,T,...] tensor of rank %d, got %s", what, rank,
+               shape_str(&x->shape));
+}
+
+static Value *lower_rope(Loc loc, Value *x, double theta) {
+  check_bt(loc, "rope", x, 4);
+  if (x->shape.size[3] % 2)
+    diag_error(loc, "rope-odd", "rope needs an even head dim, got %lld", (long long)x->shape.size[3]);
+  Value *y = emit1(OP_ROPE, loc, x, NULL, x->shape);
+  ir_set(y->def, "b", x->shape.size[0]), ir_set(y->def, "t", x->shape.size[1]);
+  ir_set(y->def, "h", x->shape.size[2]), ir_set(y->def, "k", x->shape.size[3]);
+  ir_set(y->def, "theta", theta);
+  return y;
+}
+
+static Value *lower_attention(Loc loc, Value **a) {
+  Value *q = a[0], *k = a[1], *v = a[2];
+  check_bt(loc, "attention", q, 4);
+  check_bt(loc, "attention", k, 4);
+  if (!same_shape(&k->shape, &v->shape)) mismatch(loc, "attention (k vs v)", k, v);
+  if (!same_dim(&q->shape, 3, &k->shape, 3)) mismatch(loc, "attention (head dim of q vs k)", q, k);
+  int64_t h = q->shape.size[2], g = k->shape.size[2];
+  if (h % g)
+    diag_error(loc, "gqa-groups", "attention: %lld query heads do not divide into %lld kv groups",
+               (long long)h, (long long)g);
+  Inst *in = ir_inst(G, OP_ATTENTION, false, loc);
+  in->in[0] = q, in->in[1] = k, in->in[2] = v;
+  in->out[0] = act(NULL, q->shape);
+  Shape ps = {.rank = 4, .dim = {q->shape.dim[0], q->shape.dim[2], q->shape.dim[1], q->shape.dim[1]},
+              .size = {q->shape.size[0], h, q->shape.size[1], q->shape.size[1]}};
+  in->out[1] = act(NULL, ps);
+  in->out[0]->def = in->out[1]->def = in;
+  ir_set(in, "b", q->shape.size[0]), ir_set(in, "t", q->shape.size[1]);
+  ir_set(in, "h", h), ir_set(in, "g", g), ir_set(in, "k", q->shape.size[3]);
+  return in->out[0];
+}
+
+static Value *lower_pointwise(Loc loc, int op, Value *a, Value *b) {
+  if (op == OP_MUL && !same_shape(&a->shape, &b->shape)) mismatch(loc, "'*'", a, b);
+  if (op == OP_ADD && !same_shape(&a->shape, &b->shape)) {
+    bool suffix = b->shape.rank <= a->shape.rank && b->shape.rank > 0;
+    for (int i = 0; suffix && i < b->shape.rank; i++)
+      suffix = same_dim(&b->shape, i, &a->shape, a->shape.rank - b->shape.rank + i);
+    if (!suffix) mismatch(loc, "'+'", a, b);
+  }
+  if ((a->is_int || (b && b->is_int)))
+    diag_error(loc, "int-operand", "%s of token ids", op_names[op]);
+  Value *y = emit1(op, loc, a, b, a->shape);
+  ir_set(y->def, "n", shape_numel(&a->shape));
+  if (op == OP_ADD) ir_set(y->def, "nb", shape_numel(&b->shape));
+  return y;
+}
+
+static Value *lower_xent(Loc loc, Value *logits, Value *targets) {
+  check_bt(loc, "cross_entropy", logits, 3);
+  if (!targets->is_int)
+    diag_error(loc, "xent-targets", "cross_entropy needs token ids (targets) as its second argument");
+  Shape none = {0};
+  Inst *in = ir_inst(G, OP_XENT, false, loc);
+  in->in[0] = logits, in->in[1] = targets;
+  in->out[0] = ir_value(G, V_STATE, "loss", none);
+  in->out[0]->def = in;
+  in->acc[0] = true;   /* the loss sums over microbatches */
+  ir_set(in, "n", shape_numel(&targets->shape));
+  ir_set(in, "v", logits->shape.size[2]);
+  ir_set(in, "scale", 1.0 / ((double)P->s.batch * (double)P->s.seq));
+  return in->out[0];
+}
+
+/* ---- expressions ---- */
+
+static Value *lower_expr(Env *e, Node *n);
+static Value *lower_block(Node *blk, Value **args, const char *prefix, Loc loc);
+
+static double kwarg(Node *call, const char *key, double dflt) {
+  for (Node *a = call->list; a; a = a->next)
+    if (a->kind == N_KWARG && !strcmp(a->name, key))
+      return sema_eval(P, a->a);
+  return dflt;
+}
+
+static Value *lower_call(Env *e, Node *n) {
+  Value *a[8];
+  int na = 0;
+  for (Node *x = n->list; x; x = x->next)
+    if (x->kind != N_KWARG) a[na++] = lower_expr(e, x);
+  int op = sema_op(n->name);
+  switch (op) {
+  case OP_EMBED: return lower_embed(n->loc, a[0], a[1]);
+  case OP_MATMUL: return lower_matmul(n->loc, a[0], a[1]);
+  case OP_RMSNORM:
+  case OP_LAYERNORM: return lower_norm(n->loc, op, a, kwarg(n, "eps", 1e-5));
+  case OP_ROPE: return lower_rope(n->loc, a[0], kwarg(n, "theta", 10000.0));
+  case OP_ATTENTION: return lower_attention(n->loc, a);
+  case OP_SILU:
+  case OP_GELU: return lower_pointwise(n->loc, op, a[0], NULL);
+  case OP_MUL:
+  case OP_ADD: return lower_pointwise(n->loc, op, a[0], a[1]);
+  case OP_XENT: return lower_xent(n->loc, a[0], a[1]);
+  }
+  return lower_block(sema_block(P, n->name), a, e->prefix, n->loc);
+}
+
+static Value *lower_expr(Env *e, Node *n) {
+  switch (n->kind) {
+  case N_IDENT: return lookup(e, n->name);
+  case N_BINOP: {
+    Value *a = lower_expr(e, n->a), *b = lower_expr(e, n->b);
+    return lower_pointwise(n->loc, n->op == '+' ? OP_ADD : OP_MUL, a, b);
+  }
+  case N_CALL: return lower_call(e, n);
+  default: internal_error("expression kinds are checked by sema");
+  }
+}
+
+/* ---- statements ---- */
+
+static Value *find_param(const char *name) {
+  for (int i = 0; i < G->nparams; i++)
+    if (!strcmp(G->params[i]->name, name))
+      return G->params[i];
+  return NULL;
+}
+
+static void lower_param(Env *e, Node *s) {
+  const char *name = arena_printf("%s%s", e->prefix, s->name);
+  if (find_param(name))
+    diag_error(s->b->loc, "dup-param", "parameter '%s' is declared twice", name);
+  int dims[MAX_RANK], n = 0;
+  for (Node *d = s->list; d; d = d->next) {
+    if (n == MAX_RANK)
+      diag_error(d->loc, "shape-rank", "more than %d dims", MAX_RANK);
+    dims[n++] = dim_id(d->name);
+  }
+  Shape sh = shape_of_dims(n, dims);
+  if (shape_numel(&sh) > ((int64_t)1 << 34))
+    diag_error(s->loc, "too-large", "parameter '%s' has %lld elements (limit 2^34)", name,
+               (long long)shape_numel(&sh));
+  Value *v = ir_value(G, V_PARAM, name, sh);
+  v->init = "normal", v->init_std = 0.02;
+  if (s->a && s->a->kind == N_IDENT) v->init = s->a->name;
+  if (s->a && s->a->kind == N_CALL) v->init_std = sema_eval(P, s->a->list);
+  bind(e, s->name, v, s->loc);
+}
+
+static Value *lower_body(Env *e, Node *body);
+
+static void lower_layers(Env *e, Node *s) {
+  int64_t n = P->dims[dim_id(s->name)].size;
+  if (n > 4096)
+    diag_error(s->a->loc, "too-large", "%lld layers (limit 4096)", (long long)n);
+  const char *outer = e->prefix;
+  for (int64_t i = 0; i < n; i++) {
+    e->prefix = arena_printf("%slayers.%lld.", outer, (long long)i);
+    lower_body(e, s->list);
+  }
+  e->prefix = outer;
+}
+
+static Value *lower_body(Env *e, Node *body) {
+  for (Node *s = body; s; s = s->next) {
+    switch (s->kind) {
+    case N_DIM: break;
+    case N_PARAM: lower_param(e, s); break;
+    case N_ASSIGN: bind(e, s->name, lower_expr(e, s->a), s->loc); break;
+    case N_LAYERS: lower_layers(e, s); break;
+    case N_RETURN: return lower_expr(e, s->a);
+    default: internal_error("statement kinds are checked by sema");
+    }
+  }
+  return NULL;
+}
+
+static int depth;
+
+static Value *lower_block(Node *blk, Value **args, const char *prefix, Loc loc) {
+  if (++depth > 8)
+    diag_error(loc, "too-deep", "block calls nest deeper than 8 (is '%s' recursive?)", blk->name);
+  Env *e = arena_alloc(sizeof(Env));
+  e->prefix = prefix;
+  int i = 0;
+  for (Node *q = blk->a; q; q = q->next) bind(e, q->name, args[i++], q->loc);
+  Value *r = lower_body(e, blk->list);
+  depth--;
+  return r;
+}
+
+static Value *input(Env *e, const char *name) {
+  int dims[2] = {dim_id("B"), dim_id("T")};
+  Value *v = ir_value(G, V_INPUT, name, shape_of_dims(2, dims));
+  v->is_int = true;
+  bind(e, name, v, P->model->loc);
+  return v;
+}
+
+Graph *lower_program(Program *p) {
+  P = p, G = ir_new(p), depth = 0;
+  Env *e = arena_alloc(sizeof(Env));
+  e->prefix = "";
+  G->tokens = input(e, "tokens");
+  G->targets = input(e, "targets");
+  G->positions = input(e, "positions");
+  Value *loss = lower_body(e, p->model->list);
+  if (loss->shape.rank != 0 || !loss->def || loss->def->op != OP_XENT) {
+    Node *r = p->model->list;
+    while (r->kind != N_RETURN) r = r->next;
+    diag_error(r->a->loc, "loss-shape", "the model must return the scalar loss of cross_entropy, got %s",
+               shape_str(&loss->shape));
+  }
+  G->loss = loss;
+  if (G->nparams == 0)
+    diag_error(p->model->loc, "no-params", "model '%s' has no parameters", p->model->name);
+  return G;
+}

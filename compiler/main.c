@@ -1,0 +1,159 @@
+/* main.c: the lmc driver. compile() runs the phases in order, each
+ * optionally followed by its dump:
+ *   parse -> sema -> lower -> autodiff -> sched -> emit
+ * With --split-input-file, each chunk between `// -----` lines compiles
+ * on its own (line numbers kept), so one test file holds many cases. */
+#include "lmc.h"
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct Options {
+  const char *input, *out;
+  const char *dumps;
+  Set sets[64];
+  int nsets;
+  const char *inc[16];
+  int ninc;
+  int world;
+  bool split, verify, quiet;
+} Options;
+
+static bool dumping(Options *o, const char *name) {
+  if (!o->dumps) return false;
+  size_t n = strlen(name);
+  for (const char *p = o->dumps; (p = strstr(p, name)); p += n)
+    if ((p == o->dumps || p[-1] == ',') && (p[n] == 0 || p[n] == ','))
+      return true;
+  return false;
+}
+
+static void summary(Sched *s, const char *out) {
+  Graph *g = s->g;
+  int64_t params = s->region[V_PARAM];
+  double mib = 4.0 / (1 << 20);
+  fprintf(stderr, "lmc: model %s: %d tensors, %.2fM parameters; rank 0 plans %.1f MiB "
+          "activations, %.1f MiB params+grads+adam, peak %.1f MiB -> %s\n",
+          g->prog->model->name, g->nparams, params / 1e6, s->peak_act * mib,
+          4 * params * mib, (s->peak_act + 4 * params + s->region[V_INPUT]) * mib, out);
+}
+
+static int compile(Options *o, const char *text, long len) {
+  jmp_buf jb;
+  diag_jmp = &jb;
+  if (setjmp(jb)) {
+    diag_jmp = NULL;
+    return 1;
+  }
+  Node *items = parse_program(o->input, text, len, o->inc, o->ninc);
+  if (dumping(o, "ast")) ast_dump(stdout, items);
+  Program *p = sema_check(items, o->sets, o->nsets, o->world);
+  if (dumping(o, "sema")) sema_dump(stdout, p);
+  Graph *g = lower_program(p);
+  if (o->verify) ir_verify(g);
+  if (dumping(o, "ir")) ir_dump(stdout, g, false);
+  ad_backward(g);
+  if (o->verify) ir_verify(g);
+  if (dumping(o, "grad")) ir_dump(stdout, g, true);
+  Sched *s = sched_plan(g);
+  if (dumping(o, "sched")) sched_dump(stdout, s);
+  if (o->out) {
+    emit_bundle(s, o->out, o->input);
+    if (!o->quiet) summary(s, o->out);
+  }
+  diag_jmp = NULL;
+  return 0;
+}
+
+static void usage(int code) {
+  fprintf(code ? stderr : stdout,
+          "usage: lmc SPEC.lm [-o BUNDLE_DIR] [options]\n"
+          "  -o DIR              write the bundle (manifest + per-rank schedules)\n"
+          "  --dump=LIST         print phases: ast,sema,ir,grad,sched\n"
+          "  --set NAME=VALUE    override a dim, train or parallel setting\n"
+          "  -I DIR              search DIR for imports\n"
+          "  --world N           check the plan against N ranks\n"
+          "  --verify-each       run the IR verifier after every pass\n"
+          "  --split-input-file  compile each '// -----' chunk separately\n"
+          "  -q                  no summary line\n");
+  exit(code);
+}
+
+static void parse_args(Options *o, int argc, char **argv) {
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage(0);
+    else if (!strcmp(a, "-o") && i + 1 < argc) o->out = argv[++i];
+    else if (!strncmp(a, "--dump=", 7)) o->dumps = a + 7;
+    else if (!strcmp(a, "-I") && i + 1 < argc) {
+      if (o->ninc == 16) usage(1);
+      o->inc[o->ninc++] = argv[++i];
+    } else if (!strcmp(a, "--set") && i + 1 < argc) {
+      char *kv = argv[++i], *eq = strchr(kv, '=');
+      if (!eq || eq == kv || o->nsets == 64) {
+        fprintf(stderr, "lmc: error: --set takes NAME=VALUE, got '%s'\n", kv);
+        exit(1);
+      }
+      *eq = 0;
+      o->sets[o->nsets++] = (Set){kv, eq + 1};
+    } else if (!strcmp(a, "--world") && i + 1 < argc) {
+      o->world = atoi(argv[++i]);
+      if (o->world <= 0) {
+        fprintf(stderr, "lmc: error: --world takes a positive number\n");
+        exit(1);
+      }
+    } else if (!strcmp(a, "--verify-each")) o->verify = true;
+    else if (!strcmp(a, "--split-input-file")) o->split = true;
+    else if (!strcmp(a, "-q")) o->quiet = true;
+    else if (a[0] == '-' && a[1]) {
+      fprintf(stderr, "lmc: error: unknown option '%s'\n", a);
+      usage(1);
+    } else if (o->input) {
+      fprintf(stderr, "lmc: error: more than one input file\n");
+      exit(1);
+    } else o->input = a;
+  }
+  if (!o->input) usage(1);
+}
+
+/* Chunk k of the text, other chunks blanked to newlines so that line
+ * numbers stay those of the whole file. */
+static int run_split(Options *o, const SrcFile *sf) {
+  const char *sep = "// -----";
+  int status = 0;
+  const char *start = sf->text, *end = sf->text + sf->len;
+  while (start <= end) {
+    const char *s = start, *stop = end;
+    for (const char *p = start; p < end; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : end)
+      if (!strncmp(p, sep, strlen(sep)) && (p == sf->text || p[-1] == '\n')) {
+        stop = p;
+        break;
+      }
+    long n = end - sf->text;
+    char *buf = malloc(n + 1);
+    for (long i = 0; i < n; i++) {
+      const char *c = sf->text + i;
+      buf[i] = (c >= s && c < stop) ? *c : (*c == '\n' ? '\n' : ' ');
+    }
+    status |= compile(o, buf, n);
+    fflush(stdout);
+    fflush(stderr);
+    free(buf);
+    if (stop == end) break;
+    start = strchr(stop, '\n') ? strchr(stop, '\n') + 1 : end;
+    if (start == end) break;
+  }
+  return status;
+}
+
+int main(int argc, char **argv) {
+  Options o = {0};
+  parse_args(&o, argc, argv);
+  SrcFile *sf = parse_load(o.input);
+  if (!sf) {
+    fprintf(stderr, "lmc: error: cannot read '%s'\n", o.input);
+    return 1;
+  }
+  int status = o.split ? run_split(&o, sf) : compile(&o, sf->text, sf->len);
+  arena_free_all();
+  return status;
+}
