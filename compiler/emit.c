@@ -16,9 +16,9 @@ static const char *region_names[] = {"act", "param", "grad", "input", "state"};
 
 /* The shortest text that reads back as the same double. */
 static const char *num(double v) {
-  static char buf[4][40];
+  static char buf[16][40];
   static int k;
-  char *b = buf[k++ & 3];
+  char *b = buf[k++ & 15];
   for (int prec = 6; prec <= 17; prec++) {
     snprintf(b, 40, "%.*g", prec, v);
     if (strtod(b, NULL) == v) break;

@@ -46,7 +46,7 @@ static int64_t place(Live *live, int nlive, int64_t size) {
   for (int i = 0; i <= nlive; i++) {
     int64_t end = i < nlive ? live[i].off : INT64_MAX;
     int64_t gap = end - cur;
-    if (gap >= size && gap < best_gap) best = cur, best_gap = gap;
+    if (gap >= size && (best < 0 || gap < best_gap)) best = cur, best_gap = gap;
     if (i < nlive) cur = live[i].off + live[i].size;
   }
   return best;
@@ -90,12 +90,15 @@ Sched *sched_plan(Graph *g) {
   Sched *s = arena_alloc(sizeof(Sched));
   s->g = g, s->rank = 0, s->world = 1;
   live_ranges(g);
-  for (int i = 0; i < g->nvals; i++) {
+  for (int i = 0; i < g->nvals; i++) {   /* a gradient sits where its param does */
     Value *v = g->vals[i];
-    if (v->kind == V_ACT) continue;
+    if (v->kind == V_ACT || v->kind == V_GRAD) continue;
     v->offset = s->region[v->kind];
     s->region[v->kind] += aligned(shape_numel(&v->shape));
   }
+  for (int i = 0; i < g->nvals; i++)
+    if (g->vals[i]->kind == V_GRAD) g->vals[i]->offset = g->vals[i]->of->offset;
+  s->region[V_GRAD] = s->region[V_PARAM];
   plan_acts(s);
   return s;
 }

@@ -1,0 +1,286 @@
+/* bundle.c: reads a bundle written by lmc: manifest.txt (model, train
+ * settings, parameters) and rank<N>.sched (values, programs). Any line
+ * that does not parse ends the run with the file and line named. */
+#include "lmrt.h"
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct Reader {
+  FILE *f;
+  const char *path;
+  int line;
+  char buf[8192];
+} Reader;
+
+_Noreturn static void bad(Reader *r, const char *what) {
+  rt_die("%s:%d: %s (is this an lmc bundle? recompile it with lmc)", r->path, r->line, what);
+}
+
+static bool next_line(Reader *r) {
+  if (!fgets(r->buf, sizeof r->buf, r->f)) return false;
+  r->line++;
+  r->buf[strcspn(r->buf, "\n")] = 0;
+  return true;
+}
+
+static void open_reader(Reader *r, const char *dir, const char *name, const char *magic) {
+  static char path[2][1200];
+  static int k;
+  char *p = path[k++ & 1];
+  snprintf(p, 1200, "%s/%s", dir, name);
+  r->path = p, r->line = 0;
+  r->f = fopen(p, "r");
+  if (!r->f) rt_die("cannot read bundle file '%s' (run lmc SPEC -o %s first)", p, dir);
+  if (!next_line(r) || strncmp(r->buf, magic, strlen(magic))) bad(r, "wrong header");
+}
+
+/* The value of KEY=... in a line of space-separated words. */
+static const char *field(const char *line, const char *key) {
+  size_t n = strlen(key);
+  for (const char *p = line; (p = strstr(p, key)); p += n)
+    if ((p == line || p[-1] == ' ') && p[n] == '=')
+      return p + n + 1;
+  return NULL;
+}
+
+static int64_t ifield(Reader *r, const char *key) {
+  const char *v = field(r->buf, key);
+  if (!v) bad(r, "missing field");
+  char *end;
+  long long x = strtoll(v, &end, 10);
+  if (end == v || (*end && *end != ' ')) bad(r, "bad integer");
+  return x;
+}
+
+static double ffield(Reader *r, const char *key) {
+  const char *v = field(r->buf, key);
+  if (!v) bad(r, "missing field");
+  char *end;
+  double x = strtod(v, &end);
+  if (end == v || (*end && *end != ' ')) bad(r, "bad number");
+  return x;
+}
+
+static void sfield(Reader *r, const char *key, char *dst, size_t cap) {
+  const char *v = field(r->buf, key);
+  if (!v) bad(r, "missing field");
+  size_t n = strcspn(v, " ");
+  if (n >= cap) bad(r, "field too long");
+  memcpy(dst, v, n);
+  dst[n] = 0;
+}
+
+static int parse_shape(Reader *r, const char *s, int64_t *shape) {
+  int n = 0;
+  while (*s && *s != ' ') {
+    if (n == 6) bad(r, "shape has too many dims");
+    char *end;
+    shape[n++] = strtoll(s, &end, 10);
+    if (end == s || shape[n - 1] <= 0) bad(r, "bad shape");
+    s = *end == 'x' ? end + 1 : end;
+  }
+  return n;
+}
+
+static void read_train(Reader *r, Train *t) {
+  t->batch = ifield(r, "batch"), t->seq = ifield(r, "seq"), t->steps = ifield(r, "steps");
+  t->warmup = ifield(r, "warmup"), t->seed = ifield(r, "seed");
+  t->eval_every = ifield(r, "eval_every"), t->eval_batches = ifield(r, "eval_batches");
+  t->save_every = ifield(r, "save_every");
+  t->lr = ffield(r, "lr"), t->min_lr = ffield(r, "min_lr");
+  t->beta1 = ffield(r, "beta1"), t->beta2 = ffield(r, "beta2"), t->eps = ffield(r, "eps");
+  t->wd = ffield(r, "wd"), t->clip = ffield(r, "clip"), t->val_fraction = ffield(r, "val_fraction");
+  sfield(r, "decay", t->decay, sizeof t->decay);
+}
+
+static void read_param(Reader *r, Bundle *b) {
+  RtParam *p = &b->params[b->nparams++];
+  if (sscanf(r->buf, "param %127s", p->name) != 1) bad(r, "bad param line");
+  const char *s = field(r->buf, "shape");
+  if (!s) bad(r, "missing shape");
+  p->rank = parse_shape(r, s, p->shape);
+  p->numel = 1;
+  for (int i = 0; i < p->rank; i++) p->numel *= p->shape[i];
+  sfield(r, "init", p->init, sizeof p->init);
+  p->std = ffield(r, "std");
+  p->decay = ifield(r, "decay");
+  p->value = -1;
+}
+
+static void read_manifest(Bundle *b, const char *dir) {
+  Reader r;
+  open_reader(&r, dir, "manifest.txt", "lmc-bundle 1");
+  int cap = 0;
+  bool end = false;
+  while (!end && next_line(&r)) {
+    char *l = r.buf;
+    if (!strncmp(l, "model ", 6)) snprintf(b->model, sizeof b->model, "%.127s", l + 6);
+    else if (!strncmp(l, "world ", 6)) b->world = atoi(l + 6);
+    else if (!strncmp(l, "vocab ", 6)) b->vocab = atoll(l + 6);
+    else if (!strncmp(l, "dims ", 5)) b->B = ifield(&r, "B"), b->T = ifield(&r, "T");
+    else if (!strncmp(l, "mesh ", 5)) b->train.microbatches = ifield(&r, "microbatches");
+    else if (!strncmp(l, "train ", 6)) read_train(&r, &b->train);
+    else if (!strncmp(l, "data ", 5) || !strcmp(l, "data")) snprintf(b->train.data, sizeof b->train.data, "%.1023s", l[4] ? l + 5 : "");
+    else if (!strncmp(l, "param ", 6)) {
+      if (b->nparams == cap) {
+        cap = cap ? 2 * cap : 64;
+        b->params = realloc(b->params, cap * sizeof(RtParam));
+        if (!b->params) rt_die("out of memory");
+      }
+      read_param(&r, b);
+    } else if (!strncmp(l, "params ", 7)) b->nparam_elems = atoll(l + 7);
+    else if (!strcmp(l, "end")) end = true;
+    else bad(&r, "unknown line");
+  }
+  fclose(r.f);
+  if (!end) bad(&r, "truncated manifest (no 'end' line)");
+  if (b->vocab <= 0 || b->B <= 0 || b->T <= 0 || b->nparams == 0 || b->train.batch <= 0)
+    bad(&r, "incomplete manifest");
+}
+
+static void parse_ids(Reader *r, const char *s, int *ids, bool *acc, int max, int nvals) {
+  int n = 0;
+  for (int i = 0; i < max; i++) ids[i] = -1;
+  while (*s && *s != ' ') {
+    if (n == max) bad(r, "too many operands");
+    if (*s == '_') { s++; n++; }
+    else {
+      if (*s != '%') bad(r, "bad operand");
+      char *end;
+      ids[n] = strtol(s + 1, &end, 10);
+      if (ids[n] < 0 || ids[n] >= nvals) bad(r, "operand out of range");
+      s = end;
+      if (*s == '+') { if (acc) acc[n] = true; s++; }
+      n++;
+    }
+    if (*s == ',') s++;
+  }
+}
+
+static double opt_f(Reader *r, const char *key, double dflt) {
+  return field(r->buf, key) ? ffield(r, key) : dflt;
+}
+
+static void read_inst(Reader *r, Bundle *b, RtInst *in) {
+  char name[64];
+  if (sscanf(r->buf, " %63s", name) != 1) bad(r, "bad instruction");
+  in->op = -1;
+  for (int i = 0; i < NUM_OPS; i++)
+    if (!strcmp(rt_op_names[i], name)) in->op = i;
+  if (in->op < 0) bad(r, "unknown op");
+  const char *o = field(r->buf, "out"), *i = field(r->buf, "in");
+  if (!o || !i) bad(r, "instruction without out= or in=");
+  parse_ids(r, o, in->out, in->acc, 3, b->nvals);
+  parse_ids(r, i, in->in, NULL, 5, b->nvals);
+  in->m = opt_f(r, "m", 0), in->n = opt_f(r, "n", 0), in->k = opt_f(r, "k", 0);
+  in->d = opt_f(r, "d", 0), in->v = opt_f(r, "v", 0), in->b = opt_f(r, "b", 0);
+  in->t = opt_f(r, "t", 0), in->h = opt_f(r, "h", 0), in->g = opt_f(r, "g", 0);
+  in->nb = opt_f(r, "nb", 0), in->ta = opt_f(r, "ta", 0), in->tb = opt_f(r, "tb", 0);
+  in->eps = opt_f(r, "eps", 0), in->theta = opt_f(r, "theta", 0), in->scale = opt_f(r, "scale", 0);
+}
+
+static int region_of(Reader *r, const char *s) {
+  static const char *names[] = {"act", "param", "grad", "input", "state"};
+  for (int i = 0; i < NUM_REGIONS; i++)
+    if (!strncmp(s, names[i], strlen(names[i])) && s[strlen(names[i])] == ' ') return i;
+  bad(r, "unknown region");
+}
+
+static void read_value(Reader *r, Bundle *b) {
+  int id;
+  char region[16];
+  if (sscanf(r->buf, "value %%%d %15s", &id, region) != 2 || id != b->nvals) bad(r, "bad value line");
+  b->vals = realloc(b->vals, (b->nvals + 1) * sizeof(RtValue));
+  RtValue *v = &b->vals[b->nvals++];
+  memset(v, 0, sizeof *v);
+  v->region = region_of(r, strstr(r->buf, region));
+  v->off = ifield(r, "off"), v->n = ifield(r, "n");
+  v->rank = parse_shape(r, field(r->buf, "shape"), v->shape);
+  if (v->off < 0 || v->n <= 0 || v->off + v->n > b->region[v->region]) bad(r, "value outside its region");
+  const char *last = strrchr(r->buf, ' ');
+  if (last && last[1] != '[' && strcmp(last + 1, "i32")) snprintf(v->name, sizeof v->name, "%s", last + 1);
+}
+
+static void read_program(Reader *r, Bundle *b, RtInst **prog, int *n) {
+  *n = atoi(strrchr(r->buf, ' ') + 1);
+  if (*n < 0 || *n > 10000000) bad(r, "bad program length");
+  *prog = rt_xmalloc((*n + 1) * sizeof(RtInst));
+  for (int i = 0; i < *n; i++) {
+    if (!next_line(r)) bad(r, "truncated program");
+    read_inst(r, b, &(*prog)[i]);
+  }
+}
+
+static void read_actions(Reader *r, Bundle *b) {
+  int cap = 16;
+  b->actions = rt_xmalloc(cap * sizeof(Action));
+  while (next_line(r)) {
+    if (!strcmp(r->buf, "end")) return;
+    if (b->nactions == cap) {
+      cap *= 2;
+      b->actions = realloc(b->actions, cap * sizeof(Action));
+      if (!b->actions) rt_die("out of memory");
+    }
+    Action *a = &b->actions[b->nactions++];
+    a->mb = field(r->buf, "mb") ? ifield(r, "mb") : 0;
+    if (!strcmp(r->buf, "  zero_grads")) a->kind = A_ZERO_GRADS;
+    else if (!strncmp(r->buf, "  load ", 7)) a->kind = A_LOAD;
+    else if (!strncmp(r->buf, "  run fwd", 9)) a->kind = A_RUN_FWD;
+    else if (!strncmp(r->buf, "  run bwd", 9)) a->kind = A_RUN_BWD;
+    else if (!strcmp(r->buf, "  optimizer")) a->kind = A_OPTIMIZER;
+    else bad(r, "unknown step action");
+    if (a->mb < 0 || a->mb >= b->train.microbatches) bad(r, "microbatch out of range");
+  }
+  bad(r, "truncated step (no 'end' line)");
+}
+
+static void read_schedule(Bundle *b, const char *dir, int rank) {
+  Reader r;
+  char name[64];
+  snprintf(name, sizeof name, "rank%d.sched", rank);
+  open_reader(&r, dir, name, "lmc-schedule 1");
+  bool end = false;
+  while (!end && next_line(&r)) {
+    char *l = r.buf, reg[16];
+    long long size;
+    if (sscanf(l, "region %15s %lld", reg, &size) == 2) {
+      strcat(reg, " ");
+      b->region[region_of(&r, reg)] = size;
+    } else if (!strncmp(l, "value ", 6)) read_value(&r, b);
+    else if (!strncmp(l, "inputs ", 7)) {
+      int ids[1];
+      parse_ids(&r, field(l, "tokens"), ids, NULL, 1, b->nvals), b->tokens = ids[0];
+      parse_ids(&r, field(l, "targets"), ids, NULL, 1, b->nvals), b->targets = ids[0];
+      parse_ids(&r, field(l, "positions"), ids, NULL, 1, b->nvals), b->positions = ids[0];
+      parse_ids(&r, field(l, "loss"), ids, NULL, 1, b->nvals), b->loss = ids[0];
+    } else if (!strncmp(l, "program fwd", 11)) read_program(&r, b, &b->fwd, &b->nfwd);
+    else if (!strncmp(l, "program bwd", 11)) read_program(&r, b, &b->bwd, &b->nbwd);
+    else if (!strcmp(l, "step")) read_actions(&r, b), end = true;
+  }
+  fclose(r.f);
+  if (!end || !b->fwd || !b->bwd) bad(&r, "truncated schedule");
+}
+
+static void link_params(Bundle *b) {
+  for (int i = 0; i < b->nparams; i++) {
+    RtParam *p = &b->params[i];
+    for (int v = 0; v < b->nvals; v++)
+      if (b->vals[v].region == R_PARAM && !strcmp(b->vals[v].name, p->name)) p->value = v;
+    if (p->value < 0 || b->vals[p->value].n != p->numel)
+      rt_die("bundle %s: parameter '%s' is missing from the schedule", b->dir, p->name);
+  }
+}
+
+Bundle *bundle_load(const char *dir, int rank) {
+  Bundle *b = rt_xmalloc(sizeof(Bundle));
+  snprintf(b->dir, sizeof b->dir, "%s", dir);
+  b->rank = rank;
+  read_manifest(b, dir);
+  read_schedule(b, dir, rank);
+  link_params(b);
+  return b;
+}
+
+void bundle_free(Bundle *b) {
+  free(b->params), free(b->vals), free(b->fwd), free(b->bwd), free(b->actions), free(b);
+}

@@ -1,0 +1,51 @@
+/* cpu.c: the CPU backend. The kernels in cpu_kernels.inc are compiled
+ * twice, for float and for double (--f64, used by gradient checks); GEMMs
+ * go through CBLAS (OpenBLAS). Memory is plain host memory. */
+#include "lmrt.h"
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void *cpu_alloc(size_t bytes) {
+  void *p = NULL;
+  if (posix_memalign(&p, 64, bytes ? bytes : 64)) rt_die("out of memory allocating %zu bytes", bytes);
+  memset(p, 0, bytes);
+  return p;
+}
+
+static void cpu_release(void *p) { free(p); }
+
+static void cpu_upload_ids(void *dst, const int32_t *src, int64_t n) {
+  memcpy(dst, src, n * sizeof(int32_t));
+}
+
+#define R float
+#define SFX f32
+#define NAME "cpu-f32"
+#define GEMM cblas_sgemm
+#define SQRT sqrtf
+#include "cpu_kernels.inc"
+#undef R
+#undef SFX
+#undef NAME
+#undef GEMM
+#undef SQRT
+
+#define R double
+#define SFX f64
+#define NAME "cpu-f64"
+#define GEMM cblas_dgemm
+#define SQRT sqrt
+#include "cpu_kernels.inc"
+#undef R
+#undef SFX
+#undef NAME
+#undef GEMM
+#undef SQRT
+
+Backend *cpu_backend(bool f64) {
+  Backend *b = f64 ? &backend_f64 : &backend_f32;
+  b->alloc = cpu_alloc, b->release = cpu_release;
+  return b;
+}

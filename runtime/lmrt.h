@@ -1,0 +1,178 @@
+/* lmrt.h: the runtime's one internal header, in sections named after the
+ * file that owns them. A run: load a bundle (bundle.c), pick a backend
+ * (cpu.c), lay out its regions and initialise the weights (exec.c, rng.c),
+ * then train (train.c): data (data.c), schedule steps (exec.c), AdamW and
+ * clipping (backend), checkpoints (ckpt.c). */
+#ifndef LMRT_H
+#define LMRT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+enum {
+#define OP(e, s, ni, no, c) OP_##e,
+#include "ops.def"
+#undef OP
+  NUM_OPS
+};
+extern const char *rt_op_names[NUM_OPS];
+
+/* ---- util.c ---- */
+_Noreturn void rt_die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void *rt_xmalloc(size_t n);
+double rt_now(void);
+uint64_t rt_fnv1a(const void *p, size_t n, uint64_t h);
+
+/* ---- rng.c ---- */
+uint64_t rng_hash(uint64_t a, uint64_t b, uint64_t c);
+double rng_uniform(uint64_t key, uint64_t i);          /* (0, 1) */
+double rng_normal(uint64_t key, uint64_t i);
+uint64_t rng_key(const char *name, uint64_t seed);
+
+/* ---- bundle.c ---- */
+enum { R_ACT, R_PARAM, R_GRAD, R_INPUT, R_STATE, NUM_REGIONS };
+
+typedef struct RtValue {
+  int region;
+  int64_t off, n;
+  int rank;
+  int64_t shape[6];
+  char name[128];
+} RtValue;
+
+typedef struct RtInst {
+  int op;
+  int out[3], in[5];       /* value ids, -1 for none */
+  bool acc[3];
+  int64_t m, n, k, d, v, b, t, h, g, nb;
+  int ta, tb;
+  double eps, theta, scale;
+} RtInst;
+
+typedef struct RtParam {
+  char name[128];
+  int rank;
+  int64_t shape[6], numel;
+  char init[16];
+  double std;
+  bool decay;
+  int value;               /* value id in the schedule */
+} RtParam;
+
+typedef struct Train {
+  int64_t batch, seq, steps, warmup, seed, eval_every, eval_batches, save_every,
+      microbatches;
+  double lr, min_lr, beta1, beta2, eps, wd, clip, val_fraction;
+  char decay[16];
+  char data[1024];
+} Train;
+
+enum { A_ZERO_GRADS, A_LOAD, A_RUN_FWD, A_RUN_BWD, A_OPTIMIZER };
+typedef struct Action {
+  int kind;
+  int64_t mb;
+} Action;
+
+typedef struct Bundle {
+  char dir[1024];
+  char model[128];
+  int world, rank;
+  int64_t vocab, B, T;
+  Train train;
+  RtParam *params; int nparams;
+  int64_t nparam_elems;
+  int64_t region[NUM_REGIONS];
+  RtValue *vals; int nvals;
+  RtInst *fwd; int nfwd;
+  RtInst *bwd; int nbwd;
+  int tokens, targets, positions, loss;
+  Action *actions; int nactions;   /* one training step */
+} Bundle;
+
+Bundle *bundle_load(const char *dir, int rank);
+void bundle_free(Bundle *b);
+
+/* ---- cpu.c (the backend interface and its CPU implementation) ---- */
+typedef struct AdamArgs {
+  double lr, beta1, beta2, eps, wd, bc1, bc2, gscale;
+} AdamArgs;
+
+typedef struct Backend {
+  const char *name;
+  int elem;                              /* bytes per real */
+  void *(*alloc)(size_t bytes);          /* zeroed */
+  void (*release)(void *p);
+  void (*upload)(void *dst, const double *src, int64_t n);   /* host f64 -> real */
+  void (*download)(double *dst, const void *src, int64_t n); /* real -> host f64 */
+  void (*zero)(void *p, int64_t n);
+  void (*upload_ids)(void *dst, const int32_t *src, int64_t n);
+  void (*run)(const RtInst *in, void **out, void **in_ptrs);
+  double (*sumsq)(const void *x, int64_t n);
+  void (*adamw)(void *w, const void *g, void *m, void *v, int64_t n, const AdamArgs *a);
+} Backend;
+
+Backend *cpu_backend(bool f64);
+
+/* ---- exec.c ---- */
+typedef struct Run {
+  Bundle *b;
+  Backend *be;
+  void *region[NUM_REGIONS];
+  int32_t *inputs;         /* host-side ids: tokens, targets, positions */
+  void *adam_m, *adam_v;
+  void **ptr;              /* per value: its address */
+  int64_t step;            /* optimizer steps taken */
+} Run;
+
+Run *rt_new(Bundle *b, Backend *be);
+void rt_free(Run *r);
+void rt_init_params(Run *r, uint64_t seed);
+void rt_zero_grads(Run *r);
+void rt_load_micro(Run *r, const int32_t *rows, int64_t nrows);  /* rows of T+1 ids */
+void rt_forward(Run *r);
+void rt_backward(Run *r);
+double rt_loss(Run *r);
+double rt_grad_norm(Run *r);
+void rt_adamw(Run *r, double lr, double gscale);
+double rt_step(Run *r, const int32_t *rows, double lr, double *gnorm); /* the schedule's step */
+double rt_eval(Run *r, const int32_t *rows);                           /* forward only */
+void rt_get_param(Run *r, int p, double *dst);
+void rt_set_param(Run *r, int p, const double *src);
+void rt_get_grad(Run *r, int p, double *dst);
+void rt_get_value(Run *r, int v, double *dst);
+
+/* ---- data.c ---- */
+typedef struct Data {
+  char path[1024];
+  int32_t *tok;
+  int64_t ntok, ntrain;    /* tokens [0, ntrain) train, [ntrain, ntok) val */
+} Data;
+
+Data *data_load(const char *path, int64_t vocab, double val_fraction, int64_t need);
+void data_free(Data *d);
+void data_train_batch(Data *d, uint64_t seed, int64_t step, int64_t B, int64_t T, int32_t *rows);
+void data_val_batch(Data *d, int64_t i, int64_t nbatches, int64_t B, int64_t T, int32_t *rows);
+
+/* ---- ckpt.c ---- */
+typedef struct CkptInfo {
+  int64_t step;
+  uint64_t seed;
+} CkptInfo;
+
+void ckpt_save(Run *r, const char *dir, const CkptInfo *info);
+void ckpt_load(Run *r, const char *path, CkptInfo *info);
+
+/* ---- train.c ---- */
+typedef struct TrainOpts {
+  const char *data, *resume, *out_dir;
+  int64_t max_steps, steps, log_interval, save_interval, eval_interval, eval_batches;
+  int64_t seed;
+  double lr;
+  bool quiet;
+} TrainOpts;
+
+double lr_at(const Train *t, int64_t steps, int64_t step);
+int train_run(Run *r, TrainOpts *o);
+
+#endif

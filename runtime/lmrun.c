@@ -1,0 +1,121 @@
+/* lmrun.c: the runtime's command line. Loads a bundle, picks the backend
+ * and either trains (train.c) or checks gradients against central finite
+ * differences (--gradcheck, best with --f64). */
+#include "lmrt.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void usage(int code) {
+  fprintf(code ? stderr : stdout,
+          "usage: lmrun BUNDLE [options]\n"
+          "  --data FILE           text file (byte tokens) or .bin token shard\n"
+          "  --max-steps N         stop after step N (default: the planned steps)\n"
+          "  --steps N             planned steps: the length of the lr schedule\n"
+          "  --log-interval N      print a progress line every N steps (default 10)\n"
+          "  --eval-interval N     validation loss every N steps (default: the spec's)\n"
+          "  --eval-batches N      validation batches per evaluation\n"
+          "  --save-interval N     checkpoint every N steps and at the end (default: off)\n"
+          "  --resume CKPT         continue from a checkpoint (e.g. BUNDLE/ckpt/latest)\n"
+          "  --out DIR             where metrics.jsonl and ckpt/ go (default: BUNDLE)\n"
+          "  --seed N  --lr X      override the spec's seed / peak learning rate\n"
+          "  --f64                 run in double precision\n"
+          "  --backend cpu         the backend (cpu is the only one built so far)\n"
+          "  --gradcheck N         compare N gradient entries with finite differences\n"
+          "  --quiet               no progress lines\n");
+  exit(code);
+}
+
+static int64_t num_arg(const char *flag, const char *v) {
+  char *end;
+  long long x = strtoll(v, &end, 10);
+  if (*end || end == v || x < 0) rt_die("%s takes a non-negative integer, got '%s'", flag, v);
+  return x;
+}
+
+static int gradcheck(Run *r, TrainOpts *o, int64_t n) {
+  Bundle *b = r->b;
+  Data *d = data_load(o->data ? o->data : b->train.data, b->vocab, b->train.val_fraction, b->T + 1);
+  int64_t nr = b->B * b->train.microbatches;
+  int32_t *rows = rt_xmalloc(nr * (b->T + 1) * sizeof(int32_t));
+  rt_init_params(r, o->seed >= 0 ? (uint64_t)o->seed : (uint64_t)b->train.seed);
+  data_train_batch(d, b->train.seed, 0, nr, b->T, rows);
+  rt_zero_grads(r);
+  for (int64_t mb = 0; mb < b->train.microbatches; mb++) {
+    rt_load_micro(r, rows + mb * b->B * (b->T + 1), b->B);
+    rt_forward(r), rt_backward(r);
+  }
+  double worst = 0, h = r->be->elem == 8 ? 1e-4 : 1e-2;
+  int bad = 0;
+  for (int64_t i = 0; i < n; i++) {
+    int p = (int)(rng_hash(99, i, 1) % (uint64_t)b->nparams);
+    RtParam *pp = &b->params[p];
+    int64_t j = (int64_t)(rng_hash(99, i, 2) % (uint64_t)pp->numel);
+    double *w = rt_xmalloc(pp->numel * sizeof(double)), *g = rt_xmalloc(pp->numel * sizeof(double));
+    rt_get_param(r, p, w), rt_get_grad(r, p, g);
+    double w0 = w[j], f[4], off[4] = {2, 1, -1, -2};
+    for (int k = 0; k < 4; k++)
+      w[j] = w0 + off[k] * h, rt_set_param(r, p, w), f[k] = rt_eval(r, rows);
+    w[j] = w0, rt_set_param(r, p, w);
+    /* fourth-order central difference; the test is atol + rtol * |ref| */
+    double fd = (-f[0] + 8 * f[1] - 8 * f[2] + f[3]) / (12 * h), diff = fabs(fd - g[j]);
+    double err = diff / fmax(fabs(fd), 1e-30);
+    bool f64 = r->be->elem == 8;
+    bool ok = diff <= (f64 ? 1e-10 + 1e-6 * fabs(fd) : 1e-4 + 5e-2 * fabs(fd));
+    if (fabs(fd) > 1e-7 && err > worst) worst = err;
+    bad += !ok;
+    printf("%-32s [%8lld] analytic % .10e  numeric % .10e  rel %.2e%s\n", pp->name, (long long)j,
+           g[j], fd, err, ok ? "" : "  MISMATCH");
+    free(w), free(g);
+  }
+  printf("gradcheck: %lld entries, max rel error %.3e (where |numeric| > 1e-7), %d mismatches\n", (long long)n, worst, bad);
+  free(rows);
+  data_free(d);
+  return bad ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) usage(1);
+  if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) usage(0);
+  const char *dir = argv[1], *backend = "cpu";
+  TrainOpts o = {.log_interval = 10, .seed = -1, .eval_interval = -1, .eval_batches = -1};
+  bool f64 = false;
+  int64_t gc = 0;
+  for (int i = 2; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define ARG(flag) (!strcmp(a, flag) && (v || (rt_die("%s needs a value", flag), 0)) && ++i)
+    if (ARG("--data")) o.data = v;
+    else if (ARG("--max-steps")) o.max_steps = num_arg(a, v);
+    else if (ARG("--steps")) o.steps = num_arg(a, v);
+    else if (ARG("--log-interval")) o.log_interval = num_arg(a, v);
+    else if (ARG("--eval-interval")) o.eval_interval = num_arg(a, v);
+    else if (ARG("--eval-batches")) o.eval_batches = num_arg(a, v);
+    else if (ARG("--save-interval")) o.save_interval = num_arg(a, v);
+    else if (ARG("--resume")) o.resume = v;
+    else if (ARG("--out")) o.out_dir = v;
+    else if (ARG("--seed")) o.seed = num_arg(a, v);
+    else if (ARG("--lr")) o.lr = atof(v);
+    else if (ARG("--backend")) backend = v;
+    else if (ARG("--gradcheck")) gc = num_arg(a, v);
+    else if (!strcmp(a, "--f64")) f64 = true;
+    else if (!strcmp(a, "--quiet")) o.quiet = true;
+    else if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage(0);
+    else rt_die("unknown option '%s' (see lmrun --help)", a);
+#undef ARG
+  }
+  if (strcmp(backend, "cpu") && strcmp(backend, "auto"))
+    rt_die("backend '%s' is not available in this build; use --backend cpu", backend);
+  if (o.log_interval == 0) o.log_interval = 1;
+  Bundle *b = bundle_load(dir, 0);
+  if (b->world != 1)
+    rt_die("bundle %s plans %d ranks; run it under mpirun -np %d", dir, b->world, b->world);
+  if (!o.out_dir) o.out_dir = dir;
+  if (o.eval_interval < 0) o.eval_interval = b->train.eval_every;
+  if (o.eval_batches <= 0) o.eval_batches = b->train.eval_batches > 0 ? b->train.eval_batches : 1;
+  if (o.save_interval == 0 && b->train.save_every > 0) o.save_interval = b->train.save_every;
+  Run *r = rt_new(b, cpu_backend(f64));
+  int rc = gc > 0 ? gradcheck(r, &o, gc) : train_run(r, &o);
+  rt_free(r);
+  bundle_free(b);
+  return rc;
+}

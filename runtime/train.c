@@ -1,0 +1,124 @@
+/* train.c: the training loop. Per step: draw the batch for (seed, step),
+ * run the schedule's step (forward, backward, clip, AdamW at the step's
+ * learning rate), log; every eval interval measure the validation loss;
+ * every save interval write a checkpoint. The learning-rate schedule
+ * (linear warmup, then cosine, linear or constant decay to min_lr) spans
+ * the planned steps, so stopping early and resuming changes nothing. */
+#include "lmrt.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+double lr_at(const Train *t, int64_t steps, int64_t step) {
+  if (step < t->warmup) return t->lr * (double)(step + 1) / (double)t->warmup;
+  if (!strcmp(t->decay, "constant") || steps <= t->warmup) return t->lr;
+  double p = (double)(step - t->warmup) / (double)(steps - t->warmup);
+  if (p > 1) p = 1;
+  if (!strcmp(t->decay, "linear")) return t->lr - (t->lr - t->min_lr) * p;
+  return t->min_lr + 0.5 * (t->lr - t->min_lr) * (1 + cos(M_PI * p));
+}
+
+static double eval_loss(Run *r, Data *d, int64_t nbatches, int32_t *rows) {
+  Bundle *b = r->b;
+  double sum = 0;
+  for (int64_t i = 0; i < nbatches; i++) {
+    data_val_batch(d, i, nbatches, b->B * b->train.microbatches, b->T, rows);
+    sum += rt_eval(r, rows);
+  }
+  return sum / nbatches;
+}
+
+static void fmt_time(char *buf, size_t n, double s) {
+  if (s < 60) snprintf(buf, n, "%.0fs", s);
+  else if (s < 3600) snprintf(buf, n, "%dm%02ds", (int)s / 60, (int)s % 60);
+  else snprintf(buf, n, "%dh%02dm", (int)s / 3600, (int)s % 3600 / 60);
+}
+
+typedef struct Loop {
+  Run *r;
+  TrainOpts *o;
+  Data *d;
+  FILE *metrics;
+  int32_t *rows;
+  int64_t steps, max_steps, start;
+  uint64_t seed;
+  char ckpt_dir[1100];
+  double t0;
+} Loop;
+
+static void log_step(Loop *L, int64_t step, double loss, double lr, double norm, double dt) {
+  Bundle *b = L->r->b;
+  double toks = (double)b->train.batch * b->T;
+  fprintf(L->metrics, "{\"step\":%lld,\"loss\":%.6f,\"lr\":%.6e,\"grad_norm\":%.6f,\"ms\":%.2f}\n",
+          (long long)step, loss, lr, norm, dt * 1e3);
+  if (L->o->quiet || (step % L->o->log_interval && step != L->max_steps && step != L->start + 1)) return;
+  double el = rt_now() - L->t0, per = el / (double)(step - L->start);
+  char eta[32];
+  fmt_time(eta, sizeof eta, per * (double)(L->max_steps - step));
+  printf("step %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | %.0f ms/step | ETA %s\n",
+         (long long)step, (long long)L->max_steps, loss, lr, norm, toks / dt, dt * 1e3, eta);
+  fflush(stdout);
+}
+
+static void eval_and_log(Loop *L, int64_t step) {
+  double vl = eval_loss(L->r, L->d, L->o->eval_batches, L->rows);
+  fprintf(L->metrics, "{\"step\":%lld,\"val_loss\":%.6f}\n", (long long)step, vl);
+  fflush(L->metrics);
+  if (!L->o->quiet) printf("step %5lld | val loss %.4f\n", (long long)step, vl), fflush(stdout);
+}
+
+static void save(Loop *L, int64_t step) {
+  CkptInfo info = {.step = step, .seed = L->seed};
+  ckpt_save(L->r, L->ckpt_dir, &info);
+  if (!L->o->quiet) printf("step %5lld | saved %s/step_%08lld.ckpt\n", (long long)step, L->ckpt_dir, (long long)step);
+}
+
+static void open_metrics(Loop *L) {
+  char path[1200];
+  snprintf(path, sizeof path, "%s/metrics.jsonl", L->o->out_dir);
+  L->metrics = fopen(path, L->start > 0 ? "a" : "w");
+  if (!L->metrics) rt_die("cannot write metrics file '%s'", path);
+}
+
+int train_run(Run *r, TrainOpts *o) {
+  Bundle *b = r->b;
+  Loop L = {.r = r, .o = o, .seed = o->seed >= 0 ? (uint64_t)o->seed : (uint64_t)b->train.seed};
+  if (o->lr > 0) b->train.lr = o->lr;
+  L.steps = o->steps > 0 ? o->steps : b->train.steps;
+  L.max_steps = o->max_steps > 0 ? o->max_steps : L.steps;
+  snprintf(L.ckpt_dir, sizeof L.ckpt_dir, "%s/ckpt", o->out_dir);
+  int64_t rowsz = b->B * b->train.microbatches * (b->T + 1);
+  L.d = data_load(o->data ? o->data : b->train.data, b->vocab, b->train.val_fraction, b->T + 1);
+  rt_init_params(r, L.seed);
+  if (o->resume) {
+    CkptInfo info;
+    ckpt_load(r, o->resume, &info);
+    L.start = info.step, L.seed = info.seed;
+    if (!o->quiet) printf("resumed from %s at step %lld\n", o->resume, (long long)L.start);
+  }
+  if (L.start >= L.max_steps)
+    rt_die("nothing to do: the run is at step %lld and --max-steps is %lld",
+           (long long)L.start, (long long)L.max_steps);
+  open_metrics(&L);
+  L.rows = rt_xmalloc(rowsz * sizeof(int32_t));
+  if (!o->quiet)
+    printf("model %s: %.2fM params | batch %lld x seq %lld | %lld microbatch(es) | steps %lld..%lld | "
+           "backend %s | data %s (%lld tokens)\n", b->model, b->nparam_elems / 1e6,
+           (long long)b->train.batch, (long long)b->T, (long long)b->train.microbatches,
+           (long long)L.start, (long long)L.max_steps, r->be->name, L.d->path, (long long)L.d->ntok);
+  L.t0 = rt_now();
+  for (int64_t step = L.start; step < L.max_steps; step++) {
+    double t = rt_now(), norm = 0, lr = lr_at(&b->train, L.steps, step);
+    data_train_batch(L.d, L.seed, step, b->B * b->train.microbatches, b->T, L.rows);
+    double loss = rt_step(r, L.rows, lr, &norm);
+    if (!isfinite(loss)) rt_die("loss is %g at step %lld: training diverged (lower the lr?)", loss, (long long)step + 1);
+    log_step(&L, step + 1, loss, lr, norm, rt_now() - t);
+    bool last = step + 1 == L.max_steps;
+    if (o->eval_interval > 0 && ((step + 1) % o->eval_interval == 0 || last)) eval_and_log(&L, step + 1);
+    if (o->save_interval > 0 && ((step + 1) % o->save_interval == 0 || last)) save(&L, step + 1);
+  }
+  fclose(L.metrics);
+  free(L.rows);
+  data_free(L.d);
+  return 0;
+}

@@ -1,0 +1,41 @@
+/* util.c: errors, allocation, time, hashing. A runtime error prints
+ * "lmrun: error: ..." and exits 1: every bad input ends the same way. */
+#include "lmrt.h"
+#include <stdarg.h>
+#include <stdlib.h>
+#include <time.h>
+
+const char *rt_op_names[NUM_OPS] = {
+#define OP(e, s, ni, no, c) s,
+#include "ops.def"
+#undef OP
+};
+
+void rt_die(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fflush(stdout);
+  fprintf(stderr, "lmrun: error: ");
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
+  exit(1);
+}
+
+void *rt_xmalloc(size_t n) {
+  void *p = calloc(1, n ? n : 1);
+  if (!p) rt_die("out of memory allocating %zu bytes", n);
+  return p;
+}
+
+double rt_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+uint64_t rt_fnv1a(const void *p, size_t n, uint64_t h) {
+  const unsigned char *c = p;
+  for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * 0x100000001b3ULL;
+  return h;
+}
