@@ -198,7 +198,7 @@ static void dump_stmt(FILE *out, Node *s, int lvl) {
     break;
   default: internal_error("not a statement");
   }
-  fprintf(out, "  // %s:%d\n", s->loc.file ? s->loc.file->name : "?", s->loc.line);
+  fprintf(out, "  // line %d\n", s->loc.line);
 }
 
 static void dump_stmts(FILE *out, Node *s, int lvl) {

@@ -23,7 +23,7 @@ static void show_line(Loc loc) {
     e++;
   fprintf(stderr, "  ");
   for (const char *q = p; q < e; q++)
-    fputc((unsigned char)*q >= 32 && *q != 127 ? *q : (*q == '\t' ? '\t' : '?'), stderr);
+    fputc((unsigned char)*q >= 32 && (unsigned char)*q < 127 ? *q : (*q == '\t' ? '\t' : '?'), stderr);
   fprintf(stderr, "\n  ");
   for (int i = 1; i < loc.col && p + i - 1 < e; i++)
     fputc(p[i - 1] == '\t' ? '\t' : ' ', stderr);
