@@ -1,0 +1,173 @@
+/* test_golden.c: the CPU backend against PyTorch. Loads the reference
+ * weights and batch of tests/golden/llama-tiny into a bundle compiled from
+ * tests/golden/llama-tiny.lm, then compares, in double precision, the
+ * logits, the loss, every parameter's gradient, the loss before each of
+ * three AdamW steps and after the last, and the final weights.
+ * Usage: test_golden BUNDLE GOLDEN_DIR */
+#include "lmrt.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct Tensor {
+  char dtype[8];
+  int64_t n;
+  double *data;
+} Tensor;
+
+static int failures, checks;
+
+static unsigned char *slurp(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) rt_die("cannot open %s", path);
+  fseek(f, 0, SEEK_END);
+  *len = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  unsigned char *b = rt_xmalloc(*len);
+  if (fread(b, 1, *len, f) != *len) rt_die("cannot read %s", path);
+  fclose(f);
+  return b;
+}
+
+/* A minimal safetensors reader: finds "name":{"dtype":..,"shape":[..],
+ * "data_offsets":[a,b]} in the JSON header and converts to double. */
+static Tensor load(const char *dir, const char *file, const char *name) {
+  char path[1200], key[256];
+  snprintf(path, sizeof path, "%s/%s", dir, file);
+  size_t len;
+  unsigned char *b = slurp(path, &len);
+  uint64_t hl;
+  memcpy(&hl, b, 8);
+  char *hdr = rt_xmalloc(hl + 1);
+  memcpy(hdr, b + 8, hl);
+  snprintf(key, sizeof key, "\"%s\":", name);
+  char *p = strstr(hdr, key);
+  if (!p) rt_die("%s has no tensor %s", path, name);
+  Tensor t = {0};
+  char *dt = strstr(p, "\"dtype\":\"");
+  sscanf(dt + 9, "%7[^\"]", t.dtype);
+  char *off = strstr(p, "\"data_offsets\":[");
+  long long a, e;
+  sscanf(off + 16, "%lld,%lld", &a, &e);
+  int esz = !strcmp(t.dtype, "F64") ? 8 : 4;
+  t.n = (e - a) / esz;
+  t.data = rt_xmalloc(t.n * sizeof(double));
+  const unsigned char *src = b + 8 + hl + a;
+  for (int64_t i = 0; i < t.n; i++) {
+    if (!strcmp(t.dtype, "F64")) memcpy(&t.data[i], src + 8 * i, 8);
+    else if (!strcmp(t.dtype, "F32")) { float f; memcpy(&f, src + 4 * i, 4); t.data[i] = f; }
+    else { int32_t v; memcpy(&v, src + 4 * i, 4); t.data[i] = v; }
+  }
+  free(hdr), free(b);
+  return t;
+}
+
+/* lmc's parameter names -> Hugging Face Llama names. */
+static void hf_name(const char *lmc, char *out, size_t n) {
+  static const char *map[][2] = {
+      {"tok_embed", "model.embed_tokens.weight"}, {"final_norm", "model.norm.weight"},
+      {"lm_head", "lm_head.weight"}, {"attn_norm", "input_layernorm.weight"},
+      {"mlp_norm", "post_attention_layernorm.weight"}, {"q_proj", "self_attn.q_proj.weight"},
+      {"k_proj", "self_attn.k_proj.weight"}, {"v_proj", "self_attn.v_proj.weight"},
+      {"o_proj", "self_attn.o_proj.weight"}, {"gate_proj", "mlp.gate_proj.weight"},
+      {"up_proj", "mlp.up_proj.weight"}, {"down_proj", "mlp.down_proj.weight"}};
+  int layer = -1;
+  const char *base = lmc;
+  if (!strncmp(lmc, "layers.", 7)) layer = atoi(lmc + 7), base = strchr(lmc + 7, '.') + 1;
+  for (size_t i = 0; i < sizeof map / sizeof *map; i++)
+    if (!strcmp(base, map[i][0])) {
+      if (layer >= 0) snprintf(out, n, "model.layers.%d.%s", layer, map[i][1]);
+      else snprintf(out, n, "%s", map[i][1]);
+      return;
+    }
+  rt_die("no reference name for %s", lmc);
+}
+
+static void compare(const char *what, const double *got, const double *want, int64_t n,
+                    double atol, double rtol) {
+  double worst = 0;
+  int64_t at = 0, bad = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double err = fabs(got[i] - want[i]), tol = atol + rtol * fabs(want[i]);
+    if (err > tol) bad++;
+    if (err / tol > worst) worst = err / tol, at = i;
+  }
+  checks++;
+  if (bad) {
+    failures++;
+    printf("FAIL %-52s %lld of %lld outside tolerance; worst [%lld] got %.12e want %.12e\n", what,
+           (long long)bad, (long long)n, (long long)at, got[at], want[at]);
+  } else
+    printf("ok   %-52s max err/tol %.2e (n=%lld)\n", what, worst, (long long)n);
+}
+
+int main(int argc, char **argv) {
+  if (argc != 3) rt_die("usage: test_golden BUNDLE GOLDEN_DIR");
+  const char *gd = argv[2];
+  Bundle *b = bundle_load(argv[1], 0);
+  Run *r = rt_new(b, cpu_backend(true));
+  char name[256];
+  for (int p = 0; p < b->nparams; p++) {
+    hf_name(b->params[p].name, name, sizeof name);
+    Tensor t = load(gd, "model.safetensors", name);
+    if (t.n != b->params[p].numel) rt_die("%s: %lld elements, reference %lld", name,
+                                          (long long)b->params[p].numel, (long long)t.n);
+    rt_set_param(r, p, t.data);
+    free(t.data);
+  }
+  Tensor ids = load(gd, "batch.safetensors", "input_ids"), tg = load(gd, "batch.safetensors", "targets");
+  int64_t B = b->B, T = b->T;
+  int32_t *rows = rt_xmalloc(B * (T + 1) * sizeof(int32_t));
+  for (int64_t i = 0; i < B; i++) {      /* rows of T+1: inputs, then the last target */
+    for (int64_t t = 0; t < T; t++) rows[i * (T + 1) + t] = (int32_t)ids.data[i * T + t];
+    rows[i * (T + 1) + T] = (int32_t)tg.data[i * T + T - 1];
+    for (int64_t t = 0; t + 1 < T; t++)
+      if (tg.data[i * T + t] != ids.data[i * T + t + 1]) rt_die("targets are not inputs shifted by one");
+  }
+  /* forward + backward */
+  rt_zero_grads(r);
+  rt_load_micro(r, rows, B);
+  rt_forward(r);
+  /* read the logits before the backward pass reuses their memory */
+  int logits_id = b->fwd[b->nfwd - 1].in[0];
+  Tensor lw = load(gd, "expected.safetensors", "logits");
+  double *lg = rt_xmalloc(lw.n * sizeof(double));
+  rt_get_value(r, logits_id, lg);
+  compare("logits", lg, lw.data, lw.n, 1e-10, 1e-8);
+  rt_backward(r);
+  Tensor ce = load(gd, "expected.safetensors", "loss.ce");
+  double loss = rt_loss(r);
+  compare("loss", &loss, ce.data, 1, 1e-12, 1e-10);
+  for (int p = 0; p < b->nparams; p++) {
+    char gname[300], what[300];
+    hf_name(b->params[p].name, name, sizeof name);
+    snprintf(gname, sizeof gname, "grad.%s", name);
+    snprintf(what, sizeof what, "grad %s", b->params[p].name);
+    Tensor g = load(gd, "expected.safetensors", gname);
+    double *got = rt_xmalloc(g.n * sizeof(double));
+    rt_get_grad(r, p, got);
+    compare(what, got, g.data, g.n, 1e-10, 1e-7);
+    free(g.data), free(got);
+  }
+  /* three AdamW steps through the schedule's step, constant lr */
+  Tensor losses = load(gd, "expected.safetensors", "adamw.losses");
+  double got_losses[8], gn;
+  for (int s = 0; s < 3; s++) got_losses[s] = rt_step(r, rows, b->train.lr, &gn);
+  got_losses[3] = rt_eval(r, rows);
+  compare("adamw losses (before each step, after the last)", got_losses, losses.data, 4, 1e-10, 1e-8);
+  for (int p = 0; p < b->nparams; p++) {
+    char fname[300], what[300];
+    hf_name(b->params[p].name, name, sizeof name);
+    snprintf(fname, sizeof fname, "adamw.final.%s", name);
+    snprintf(what, sizeof what, "after 3 adamw steps %s", b->params[p].name);
+    Tensor w = load(gd, "expected.safetensors", fname);
+    double *got = rt_xmalloc(w.n * sizeof(double));
+    rt_get_param(r, p, got);
+    compare(what, got, w.data, w.n, 1e-9, 1e-7);
+    free(w.data), free(got);
+  }
+  printf("%d passed, %d failed\n", checks - failures, failures);
+  rt_free(r);
+  bundle_free(b);
+  return failures ? 1 : 0;
+}
