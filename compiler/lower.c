@@ -110,6 +110,9 @@ static Value *lower_embed(Loc loc, Value *ids, Value *w) {
     diag_error(loc, "embed-ids", "embed needs token ids (tokens or positions) as its first argument");
   if (w->shape.rank != 2)
     diag_error(loc, "shape-mismatch", "embed table must be [rows, D], got %s", shape_str(&w->shape));
+  if (ids == G->positions && w->shape.size[0] < P->s.seq)
+    diag_error(loc, "embed-positions", "position table has %lld rows but seq is %lld",
+               (long long)w->shape.size[0], (long long)P->s.seq);
   Shape s = ids->shape;
   s.dim[s.rank] = w->shape.dim[1], s.size[s.rank] = w->shape.size[1], s.rank++;
   Value *y = emit1(OP_EMBED, loc, ids, w, s);

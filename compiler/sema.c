@@ -45,8 +45,8 @@ static const char *closest(const char *name, const char **cands, int n) {
   return best;
 }
 
-static const char *set_value(const char *name) {
-  for (int i = 0; i < nsets; i++)
+static const char *set_value(const char *name) {   /* the last --set wins */
+  for (int i = nsets - 1; i >= 0; i--)
     if (!strcmp(sets[i].name, name))
       return sets[i].value;
   return NULL;

@@ -49,7 +49,7 @@ typedef struct Loop {
 static void log_step(Loop *L, int64_t step, double loss, double lr, double norm, double dt) {
   Bundle *b = L->r->b;
   double toks = (double)b->train.batch * b->T;
-  fprintf(L->metrics, "{\"step\":%lld,\"loss\":%.6f,\"lr\":%.6e,\"grad_norm\":%.6f,\"ms\":%.2f}\n",
+  fprintf(L->metrics, "{\"step\":%lld,\"loss\":%.17g,\"lr\":%.17g,\"grad_norm\":%.17g,\"ms\":%.2f}\n",
           (long long)step, loss, lr, norm, dt * 1e3);
   if (L->o->quiet || (step % L->o->log_interval && step != L->max_steps && step != L->start + 1)) return;
   double el = rt_now() - L->t0, per = el / (double)(step - L->start);
@@ -62,7 +62,7 @@ static void log_step(Loop *L, int64_t step, double loss, double lr, double norm,
 
 static void eval_and_log(Loop *L, int64_t step) {
   double vl = eval_loss(L->r, L->d, L->o->eval_batches, L->rows);
-  fprintf(L->metrics, "{\"step\":%lld,\"val_loss\":%.6f}\n", (long long)step, vl);
+  fprintf(L->metrics, "{\"step\":%lld,\"val_loss\":%.17g}\n", (long long)step, vl);
   fflush(L->metrics);
   if (!L->o->quiet) printf("step %5lld | val loss %.4f\n", (long long)step, vl), fflush(stdout);
 }

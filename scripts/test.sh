@@ -1,0 +1,19 @@
+#!/bin/sh
+# Runs every test: the normal build, then the same suite under
+# AddressSanitizer + UBSan (skip that with --fast).
+set -eu
+cd "$(dirname "$0")/.."
+jobs=$(nproc)
+run() {
+  dir=$1; shift
+  cmake -S . -B "$dir" "$@" >/dev/null
+  cmake --build "$dir" -j"$jobs" >/dev/null
+  mkdir -p "$dir/data"
+  [ -s "$dir/data/kjv.txt" ] || scripts/prepare_kjv.sh "$dir/data/kjv.txt"
+  (cd "$dir" && ctest --output-on-failure -j"$jobs")
+}
+run build -DCMAKE_BUILD_TYPE=Release
+if [ "${1:-}" != --fast ]; then
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    run build-asan -DCMAKE_BUILD_TYPE=Debug -DLMC_SANITIZE=ON
+fi

@@ -1,0 +1,53 @@
+#!/bin/sh
+# Bad data files, bundles and checkpoints: a clear message and exit 1.
+BIN=$1 SRC=$2
+. "$SRC/tests/e2e/common.sh"
+need_data
+small_model "$WORK/b" --set steps=4 --set batch=2 --set seq=16
+"$LMRUN" "$WORK/b" --data "$DATA" --quiet --save-interval 2
+CK="$WORK/b/ckpt/step_00000002.ckpt"
+
+MSG="cannot open data file '$WORK/nope.txt'" expect_error "$LMRUN" "$WORK/b" --data "$WORK/nope.txt"
+: > "$WORK/empty.txt"
+MSG="data file '$WORK/empty.txt' is empty" expect_error "$LMRUN" "$WORK/b" --data "$WORK/empty.txt"
+printf 'In the beginning' > "$WORK/short.txt"
+MSG="has 16 tokens: too few" expect_error "$LMRUN" "$WORK/b" --data "$WORK/short.txt"
+python3 -c "
+import struct, sys
+h = [20240520, 1, 1000] + [0] * 253
+open(sys.argv[1], 'wb').write(struct.pack('<256i', *h) + struct.pack('<100H', *range(100)))" "$WORK/trunc.bin"
+MSG="is truncated: header says 1000 tokens, file holds 100" expect_error "$LMRUN" "$WORK/b" --data "$WORK/trunc.bin"
+head -c 500 "$WORK/trunc.bin" > "$WORK/hdr.bin"
+MSG="shorter than the 1024-byte shard header" expect_error "$LMRUN" "$WORK/b" --data "$WORK/hdr.bin"
+python3 -c "
+import struct, sys
+open(sys.argv[1], 'wb').write(struct.pack('<256i', 12345, 1, 10, *[0]*253) + bytes(20))" "$WORK/magic.bin"
+MSG="is not a token shard (magic 12345, want 20240520)" expect_error "$LMRUN" "$WORK/b" --data "$WORK/magic.bin"
+python3 -c "
+import struct, sys
+toks = [7, 300] + [1] * 4000
+open(sys.argv[1], 'wb').write(struct.pack('<256i', 20240520, 1, len(toks), *[0]*253) + struct.pack('<%dH' % len(toks), *toks))" "$WORK/vocab.bin"
+MSG="token 300 at 1 is outside the model's vocab of 256" expect_error "$LMRUN" "$WORK/b" --data "$WORK/vocab.bin"
+
+MSG="cannot read bundle file '$WORK/none/manifest.txt'" expect_error "$LMRUN" "$WORK/none" --data "$DATA"
+mkdir "$WORK/broken" && head -n 7 "$WORK/b/manifest.txt" > "$WORK/broken/manifest.txt"
+MSG="truncated manifest" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
+cp "$WORK/b/manifest.txt" "$WORK/broken/" && head -n 20 "$WORK/b/rank0.sched" > "$WORK/broken/rank0.sched"
+MSG="truncated schedule" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
+sed 's/^  matmul /  matmool /' "$WORK/b/rank0.sched" > "$WORK/broken/rank0.sched"
+MSG="unknown op" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
+
+cp "$CK" "$WORK/flip.ckpt"
+printf '\001' | dd of="$WORK/flip.ckpt" bs=1 seek=5000 conv=notrunc 2>/dev/null
+MSG="is corrupt or truncated (checksum mismatch)" expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$WORK/flip.ckpt"
+head -c 3000 "$CK" > "$WORK/cut.ckpt"
+MSG="is corrupt or truncated" expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$WORK/cut.ckpt"
+MSG="is not an lmc checkpoint" expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$DATA"
+MSG="cannot open checkpoint" expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$WORK/nope.ckpt"
+small_model "$WORK/other" --set D=32 --set steps=4 --set batch=2 --set seq=16
+MSG="does not match the bundle: it has tok_embed (16384 elements) where the bundle has tok_embed (8192 elements)" \
+  expect_error "$LMRUN" "$WORK/other" --data "$DATA" --resume "$CK"
+MSG="nothing to do: the run is at step 4" expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$WORK/b/ckpt/latest"
+MSG="unknown option '--bogus'" expect_error "$LMRUN" "$WORK/b" --bogus
+MSG="--max-steps takes a non-negative integer, got 'ten'" expect_error "$LMRUN" "$WORK/b" --max-steps ten
+echo "21 passed, 0 failed"

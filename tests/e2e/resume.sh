@@ -1,0 +1,22 @@
+#!/bin/sh
+# 20 uninterrupted steps and 10 steps + resume + 10 steps give bitwise
+# identical losses, and bitwise identical final checkpoints (weights and
+# Adam state).
+BIN=$1 SRC=$2
+. "$SRC/tests/e2e/common.sh"
+need_data
+small_model "$WORK/a" --set steps=20 --set batch=4 --set seq=32
+cp -r "$WORK/a" "$WORK/b"
+"$LMRUN" "$WORK/a" --data "$DATA" --quiet --save-interval 20
+"$LMRUN" "$WORK/b" --data "$DATA" --quiet --save-interval 10 --max-steps 10
+"$LMRUN" "$WORK/b" --data "$DATA" --quiet --save-interval 10 --resume "$WORK/b/ckpt/latest"
+grep '"loss"' "$WORK/a/metrics.jsonl" | sed 's/,"ms".*//' > "$WORK/la"
+grep '"loss"' "$WORK/b/metrics.jsonl" | sed 's/,"ms".*//' > "$WORK/lb"
+[ "$(wc -l < "$WORK/la")" -eq 20 ] || fail "expected 20 logged steps"
+diff -u "$WORK/la" "$WORK/lb" || fail "losses differ after resume"
+cmp "$WORK/a/ckpt/step_00000020.ckpt" "$WORK/b/ckpt/step_00000020.ckpt" || fail "checkpoints differ"
+[ "$(readlink "$WORK/b/ckpt/latest")" = step_00000020.ckpt ] || fail "latest does not point at step 20"
+[ -f "$WORK/b/ckpt/step_00000010.ckpt" ] || fail "the step 10 checkpoint is gone"
+ls "$WORK/b/ckpt" | grep -q tmp && fail "a temporary file was left behind"
+echo "losses and checkpoints bitwise identical"
+echo "1 passed, 0 failed"

@@ -1,0 +1,14 @@
+#!/bin/sh
+# Trains a shrunk tiny preset on the KJV corpus and asserts that the
+# validation loss falls from ln(256) = 5.55 to below 2.5 in 150 steps.
+BIN=$1 SRC=$2
+. "$SRC/tests/e2e/common.sh"
+need_data
+small_model "$WORK/b" --set steps=150 --set lr=4e-3
+"$LMRUN" "$WORK/b" --data "$DATA" --eval-interval 150 --eval-batches 8 --log-interval 50
+first=$(head -1 "$WORK/b/metrics.jsonl" | sed 's/.*"loss":\([0-9.e+-]*\).*/\1/')
+val=$(grep val_loss "$WORK/b/metrics.jsonl" | tail -1 | sed 's/.*"val_loss":\([0-9.e+-]*\).*/\1/')
+echo "first train loss $first, final val loss $val"
+awk -v f="$first" 'BEGIN { exit !(f > 5.3 && f < 5.8) }' || fail "first loss $f is not near ln(256)"
+awk -v v="$val" 'BEGIN { exit !(v < 2.5) }' || fail "val loss $val is not below 2.5"
+echo "1 passed, 0 failed"
