@@ -167,6 +167,8 @@ int main(int argc, char **argv) {
     free(w.data), free(got);
   }
   printf("%d passed, %d failed\n", checks - failures, failures);
+  free(ids.data), free(tg.data), free(lw.data), free(ce.data), free(losses.data);
+  free(lg), free(rows);
   rt_free(r);
   bundle_free(b);
   return failures ? 1 : 0;
