@@ -78,7 +78,9 @@ static void run_program(Run *r, const RtInst *prog, int n) {
     const RtInst *x = &prog[i];
     for (int j = 0; j < 3; j++) out[j] = x->out[j] >= 0 ? r->ptr[x->out[j]] : NULL;
     for (int j = 0; j < 5; j++) in[j] = x->in[j] >= 0 ? r->ptr[x->in[j]] : NULL;
+    double t = r->op_time ? rt_now() : 0;
     r->be->run(x, out, in);
+    if (r->op_time) r->op_time[x->op] += rt_now() - t;
   }
 }
 
@@ -125,9 +127,10 @@ double rt_step(Run *r, const int32_t *rows, double lr, double *gnorm) {
     case A_RUN_FWD: rt_forward(r); break;
     case A_RUN_BWD: rt_backward(r); break;
     case A_OPTIMIZER: {
-      double norm = rt_grad_norm(r), clip = b->train.clip;
+      double t = rt_now(), norm = rt_grad_norm(r), clip = b->train.clip;
       *gnorm = norm;
       rt_adamw(r, lr, clip > 0 && norm > clip ? clip / (norm + 1e-6) : 1.0);
+      if (r->op_time) r->op_time[NUM_OPS] += rt_now() - t;
       break;
     }
     }

@@ -123,6 +123,7 @@ typedef struct Run {
   void *adam_m, *adam_v;
   void **ptr;              /* per value: its address */
   int64_t step;            /* optimizer steps taken */
+  double *op_time;         /* seconds per op kind, when profiling (else NULL) */
 } Run;
 
 Run *rt_new(Bundle *b, Backend *be);
