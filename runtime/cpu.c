@@ -7,6 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Below this many elements a kernel runs on one thread: waking the pool
+ * costs more than it saves. */
+#define PAR_MIN 32768
+
 static void *cpu_alloc(size_t bytes) {
   void *p = NULL;
   if (posix_memalign(&p, 64, bytes ? bytes : 64)) rt_die("out of memory allocating %zu bytes", bytes);
