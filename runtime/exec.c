@@ -34,18 +34,25 @@ void rt_free(Run *r) {
   free(r->ptr), free(r->inputs), free(r);
 }
 
+/* Element i of a parameter is a function of (name, seed, i); it is made
+ * and uploaded a chunk at a time, so no full host copy is needed. */
 void rt_init_params(Run *r, uint64_t seed) {
   Bundle *b = r->b;
+  enum { CHUNK = 1 << 16 };
+  double *host = rt_xmalloc(CHUNK * sizeof(double));
   for (int p = 0; p < b->nparams; p++) {
     RtParam *pp = &b->params[p];
-    double *host = rt_xmalloc(pp->numel * sizeof(double));
     uint64_t key = rng_key(pp->name, seed);
-    for (int64_t i = 0; i < pp->numel; i++)
-      host[i] = !strcmp(pp->init, "ones") ? 1.0 : !strcmp(pp->init, "zeros") ? 0.0
-              : pp->std * rng_normal(key, (uint64_t)i);
-    rt_set_param(r, p, host);
-    free(host);
+    char *dst = r->ptr[pp->value];
+    for (int64_t c = 0; c < pp->numel; c += CHUNK) {
+      int64_t n = pp->numel - c < CHUNK ? pp->numel - c : CHUNK;
+      for (int64_t i = 0; i < n; i++)
+        host[i] = !strcmp(pp->init, "ones") ? 1.0 : !strcmp(pp->init, "zeros") ? 0.0
+                : pp->std * rng_normal(key, (uint64_t)(c + i));
+      r->be->upload(dst + c * r->be->elem, host, n);
+    }
   }
+  free(host);
   r->be->zero(r->adam_m, b->region[R_PARAM]);
   r->be->zero(r->adam_v, b->region[R_PARAM]);
   r->step = 0;
