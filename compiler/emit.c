@@ -64,11 +64,48 @@ static void print_inst(FILE *out, Inst *in) {
   fprintf(out, "\n");
 }
 
+#define BUCKET (1 << 22)   /* gradient all-reduce bucket, elements */
+
+/* Data parallelism: sum the gradients over the dp group, a bucket at a
+ * time so no rank needs a second buffer the size of the model. */
+static void emit_grad_allreduce(FILE *out, Sched *s) {
+  int64_t n = s->region[V_GRAD];
+  for (int64_t off = 0; off < n; off += BUCKET)
+    fprintf(out, "  allreduce grad off=%lld n=%lld group=dp\n", (long long)off,
+            (long long)(n - off < BUCKET ? n - off : BUCKET));
+}
+
+static void emit_step(FILE *out, Sched *s) {
+  Program *p = s->g->prog;
+  bool dp = p->s.mesh[AX_DP] > 1;
+  fprintf(out, "step\n  zero_grads\n");
+  for (int64_t m = 0; m < p->s.microbatches; m++)
+    fprintf(out, "  load mb=%lld\n  run fwd mb=%lld\n  run bwd mb=%lld\n",
+            (long long)m, (long long)m, (long long)m);
+  if (dp) {
+    emit_grad_allreduce(out, s);
+    fprintf(out, "  allreduce state off=0 n=1 group=dp\n");
+  }
+  fprintf(out, "  optimizer\nend\n");
+}
+
+/* Validation: the forward passes only, the loss summed over dp. */
+static void emit_eval(FILE *out, Sched *s) {
+  Program *p = s->g->prog;
+  fprintf(out, "eval\n  zero_state\n");
+  for (int64_t m = 0; m < p->s.microbatches; m++)
+    fprintf(out, "  load mb=%lld\n  run fwd mb=%lld\n", (long long)m, (long long)m);
+  if (p->s.mesh[AX_DP] > 1)
+    fprintf(out, "  allreduce state off=0 n=1 group=dp\n");
+  fprintf(out, "end\n");
+}
+
 void emit_schedule(FILE *out, Sched *s) {
   Graph *g = s->g;
   Program *p = g->prog;
-  fprintf(out, "lmc-schedule 1\nmodel %s\nrank %d world %d dp 0 tp 0 pp 0 ep 0\n",
-          p->model->name, s->rank, s->world);
+  fprintf(out, "lmc-schedule 1\nmodel %s\nrank %d world %d dp %d tp %d pp %d ep %d\n",
+          p->model->name, s->rank, s->world, s->coord[AX_DP], s->coord[AX_TP], s->coord[AX_PP],
+          s->coord[AX_EP]);
   for (int r = 0; r < 5; r++)
     fprintf(out, "region %s %lld\n", region_names[r], (long long)s->region[r]);
   for (int i = 0; i < g->nvals; i++)
@@ -79,11 +116,8 @@ void emit_schedule(FILE *out, Sched *s) {
   for (int i = 0; i < g->nfwd; i++) print_inst(out, g->fwd[i]);
   fprintf(out, "program bwd %d\n", g->nbwd);
   for (int i = 0; i < g->nbwd; i++) print_inst(out, g->bwd[i]);
-  fprintf(out, "step\n  zero_grads\n");
-  for (int64_t m = 0; m < p->s.microbatches; m++)
-    fprintf(out, "  load mb=%lld\n  run fwd mb=%lld\n  run bwd mb=%lld\n",
-            (long long)m, (long long)m, (long long)m);
-  fprintf(out, "  optimizer\nend\n");
+  emit_step(out, s);
+  emit_eval(out, s);
 }
 
 static int64_t vocab(Graph *g) {
@@ -152,5 +186,9 @@ void emit_bundle(Sched *s, const char *dir, const char *spec_path) {
   (void)spec_path;
   mkdirs(dir);
   write_file(dir, "manifest.txt", s, emit_manifest);
-  write_file(dir, arena_printf("rank%d.sched", s->rank), s, emit_schedule);
+  for (int r = 0; r < s->world; r++) {
+    sched_set_rank(s, r);
+    write_file(dir, arena_printf("rank%d.sched", r), s, emit_schedule);
+  }
+  sched_set_rank(s, 0);
 }

@@ -221,10 +221,12 @@ void ad_backward(Graph *g);
 typedef struct Sched {
   Graph *g;
   int rank, world;
+  int coord[MAX_AXES];     /* this rank's place on each mesh axis */
   int64_t region[5];   /* elements per region: act, param, grad, input, state */
   int64_t peak_act;
 } Sched;
 Sched *sched_plan(Graph *g);
+void sched_set_rank(Sched *s, int rank);
 void sched_dump(FILE *out, Sched *s);
 
 /* ---- emit.c ---- */

@@ -86,9 +86,22 @@ static void plan_acts(Sched *s) {
   s->peak_act = top;
 }
 
+/* Ranks are numbered with tp fastest, then pp, then dp, then ep:
+ * rank = tp + TP * (pp + PP * (dp + DP * ep)). */
+void sched_set_rank(Sched *s, int rank) {
+  int64_t *m = s->g->prog->s.mesh;
+  s->rank = rank;
+  s->coord[AX_TP] = rank % m[AX_TP];
+  s->coord[AX_PP] = rank / m[AX_TP] % m[AX_PP];
+  s->coord[AX_DP] = rank / (m[AX_TP] * m[AX_PP]) % m[AX_DP];
+  s->coord[AX_EP] = rank / (m[AX_TP] * m[AX_PP] * m[AX_DP]);
+}
+
 Sched *sched_plan(Graph *g) {
   Sched *s = arena_alloc(sizeof(Sched));
-  s->g = g, s->rank = 0, s->world = 1;
+  s->g = g, s->world = 1;
+  for (int a = 0; a < MAX_AXES; a++) s->world *= g->prog->s.mesh[a];
+  sched_set_rank(s, 0);
   live_ranges(g);
   for (int i = 0; i < g->nvals; i++) {   /* a gradient sits where its param does */
     Value *v = g->vals[i];

@@ -354,9 +354,11 @@ static void check_world(Program *p, int world) {
     diag_error(l, "world-size", "the mesh dp x tp x pp x ep = %lld x %lld x %lld x %lld = %lld ranks, but the world size is %d",
                (long long)p->s.mesh[0], (long long)p->s.mesh[1], (long long)p->s.mesh[2],
                (long long)p->s.mesh[3], (long long)prod, world);
-  if (prod > 1)
-    diag_error(l, "plan-unsupported", "multi-rank plans (%lld ranks) are not implemented yet; this lmc runs dp = tp = pp = ep = 1",
-               (long long)prod);
+  for (int a = AX_TP; a < MAX_AXES; a++)
+    if (p->s.mesh[a] > 1)
+      diag_error(setting_loc(p, p->parallel, axis_names[a]), "plan-unsupported",
+                 "%s = %lld: only data parallelism (dp) is implemented so far; set %s = 1",
+                 axis_names[a], (long long)p->s.mesh[a], axis_names[a]);
 }
 
 /* ---- names ---- */

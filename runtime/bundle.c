@@ -43,6 +43,8 @@ static const char *field(const char *line, const char *key) {
   return NULL;
 }
 
+static int region_of(struct Reader *r, const char *s);
+
 static int64_t ifield(Reader *r, const char *key) {
   const char *v = field(r->buf, key);
   if (!v) bad(r, "missing field");
@@ -118,7 +120,11 @@ static void read_manifest(Bundle *b, const char *dir) {
     else if (!strncmp(l, "world ", 6)) b->world = atoi(l + 6);
     else if (!strncmp(l, "vocab ", 6)) b->vocab = atoll(l + 6);
     else if (!strncmp(l, "dims ", 5)) b->B = ifield(&r, "B"), b->T = ifield(&r, "T");
-    else if (!strncmp(l, "mesh ", 5)) b->train.microbatches = ifield(&r, "microbatches");
+    else if (!strncmp(l, "mesh ", 5)) {
+      b->train.microbatches = ifield(&r, "microbatches");
+      b->mesh[0] = ifield(&r, "dp"), b->mesh[1] = ifield(&r, "tp");
+      b->mesh[2] = ifield(&r, "pp"), b->mesh[3] = ifield(&r, "ep");
+    }
     else if (!strncmp(l, "train ", 6)) read_train(&r, &b->train);
     else if (!strncmp(l, "data ", 5) || !strcmp(l, "data")) snprintf(b->train.data, sizeof b->train.data, "%.1023s", l[4] ? l + 5 : "");
     else if (!strncmp(l, "param ", 6)) {
@@ -179,13 +185,6 @@ static void read_inst(Reader *r, Bundle *b, RtInst *in) {
   in->eps = opt_f(r, "eps", 0), in->theta = opt_f(r, "theta", 0), in->scale = opt_f(r, "scale", 0);
 }
 
-static int region_of(Reader *r, const char *s) {
-  static const char *names[] = {"act", "param", "grad", "input", "state"};
-  for (int i = 0; i < NUM_REGIONS; i++)
-    if (!strncmp(s, names[i], strlen(names[i])) && s[strlen(names[i])] == ' ') return i;
-  bad(r, "unknown region");
-}
-
 static void read_value(Reader *r, Bundle *b) {
   int id;
   char region[16];
@@ -211,27 +210,58 @@ static void read_program(Reader *r, Bundle *b, RtInst **prog, int *n) {
   }
 }
 
-static void read_actions(Reader *r, Bundle *b) {
+
+static int region_of(Reader *r, const char *s) {
+  static const char *names[] = {"act", "param", "grad", "input", "state"};
+  for (int i = 0; i < NUM_REGIONS; i++)
+    if (!strncmp(s, names[i], strlen(names[i])) && s[strlen(names[i])] == ' ') return i;
+  bad(r, "unknown region");
+}
+
+static int axis_of(Reader *r, const char *s) {
+  static const char *names[] = {"dp", "tp", "pp", "ep"};
+  for (int i = 0; i < 4; i++)
+    if (!strncmp(s, names[i], 2)) return i;
+  bad(r, "unknown group");
+}
+
+static void read_action(Reader *r, Bundle *b, Action *a) {
+  const char *l = r->buf;
+  a->mb = field(l, "mb") ? ifield(r, "mb") : 0;
+  if (!strcmp(l, "  zero_grads")) a->kind = A_ZERO_GRADS;
+  else if (!strcmp(l, "  zero_state")) a->kind = A_ZERO_STATE;
+  else if (!strncmp(l, "  load ", 7)) a->kind = A_LOAD;
+  else if (!strncmp(l, "  run fwd", 9)) a->kind = A_RUN_FWD;
+  else if (!strncmp(l, "  run bwd", 9)) a->kind = A_RUN_BWD;
+  else if (!strcmp(l, "  optimizer")) a->kind = A_OPTIMIZER;
+  else if (!strncmp(l, "  allreduce ", 12)) {
+    char reg[16];
+    sscanf(l + 12, "%15s", reg);
+    strcat(reg, " ");
+    a->kind = A_ALLREDUCE, a->region = region_of(r, reg);
+    a->off = ifield(r, "off"), a->n = ifield(r, "n");
+    const char *g = field(l, "group");
+    if (!g) bad(r, "allreduce without a group");
+    a->axis = axis_of(r, g);
+    if (a->off < 0 || a->n <= 0 || a->off + a->n > b->region[a->region]) bad(r, "allreduce outside its region");
+  } else bad(r, "unknown step action");
+  if (a->mb < 0 || a->mb >= b->train.microbatches) bad(r, "microbatch out of range");
+}
+
+static void read_actions(Reader *r, Bundle *b, Action **list, int *n) {
   int cap = 16;
-  b->actions = rt_xmalloc(cap * sizeof(Action));
+  *list = rt_xmalloc(cap * sizeof(Action));
   while (next_line(r)) {
     if (!strcmp(r->buf, "end")) return;
-    if (b->nactions == cap) {
+    if (*n == cap) {
       cap *= 2;
-      b->actions = realloc(b->actions, cap * sizeof(Action));
-      if (!b->actions) rt_die("out of memory");
+      *list = realloc(*list, cap * sizeof(Action));
+      if (!*list) rt_die("out of memory");
     }
-    Action *a = &b->actions[b->nactions++];
-    a->mb = field(r->buf, "mb") ? ifield(r, "mb") : 0;
-    if (!strcmp(r->buf, "  zero_grads")) a->kind = A_ZERO_GRADS;
-    else if (!strncmp(r->buf, "  load ", 7)) a->kind = A_LOAD;
-    else if (!strncmp(r->buf, "  run fwd", 9)) a->kind = A_RUN_FWD;
-    else if (!strncmp(r->buf, "  run bwd", 9)) a->kind = A_RUN_BWD;
-    else if (!strcmp(r->buf, "  optimizer")) a->kind = A_OPTIMIZER;
-    else bad(r, "unknown step action");
-    if (a->mb < 0 || a->mb >= b->train.microbatches) bad(r, "microbatch out of range");
+    memset(&(*list)[*n], 0, sizeof(Action));
+    read_action(r, b, &(*list)[(*n)++]);
   }
-  bad(r, "truncated step (no 'end' line)");
+  bad(r, "truncated action list (no 'end' line)");
 }
 
 static void read_schedule(Bundle *b, const char *dir, int rank) {
@@ -255,10 +285,17 @@ static void read_schedule(Bundle *b, const char *dir, int rank) {
       parse_ids(&r, field(l, "loss"), ids, NULL, 1, b->nvals), b->loss = ids[0];
     } else if (!strncmp(l, "program fwd", 11)) read_program(&r, b, &b->fwd, &b->nfwd);
     else if (!strncmp(l, "program bwd", 11)) read_program(&r, b, &b->bwd, &b->nbwd);
-    else if (!strcmp(l, "step")) read_actions(&r, b), end = true;
+    else if (!strcmp(l, "step")) read_actions(&r, b, &b->actions, &b->nactions);
+    else if (!strcmp(l, "eval")) read_actions(&r, b, &b->evals, &b->nevals), end = true;
+    else if (!strncmp(l, "rank ", 5)) {
+      int rk, w;
+      if (sscanf(l, "rank %d world %d dp %d tp %d pp %d ep %d", &rk, &w, &b->coord[0], &b->coord[1],
+                 &b->coord[2], &b->coord[3]) != 6 || rk != rank || w != b->world)
+        bad(&r, "rank line does not match the manifest");
+    }
   }
   fclose(r.f);
-  if (!end || !b->fwd || !b->bwd) bad(&r, "truncated schedule");
+  if (!end || !b->fwd || !b->bwd || !b->actions) bad(&r, "truncated schedule");
 }
 
 static void link_params(Bundle *b) {
@@ -271,16 +308,29 @@ static void link_params(Bundle *b) {
   }
 }
 
-Bundle *bundle_load(const char *dir, int rank) {
+Bundle *bundle_open(const char *dir) {
   Bundle *b = rt_xmalloc(sizeof(Bundle));
   snprintf(b->dir, sizeof b->dir, "%s", dir);
-  b->rank = rank;
   read_manifest(b, dir);
-  read_schedule(b, dir, rank);
+  return b;
+}
+
+void bundle_load_rank(Bundle *b, int rank) {
+  if (rank >= b->world)
+    rt_die("bundle %s plans %d rank%s, not %d or more: run it with mpirun -np %d", b->dir, b->world,
+           b->world == 1 ? "" : "s", rank + 1, b->world);
+  b->rank = rank;
+  read_schedule(b, b->dir, rank);
   link_params(b);
+}
+
+Bundle *bundle_load(const char *dir, int rank) {
+  Bundle *b = bundle_open(dir);
+  bundle_load_rank(b, rank);
   return b;
 }
 
 void bundle_free(Bundle *b) {
-  free(b->params), free(b->vals), free(b->fwd), free(b->bwd), free(b->actions), free(b);
+  free(b->params), free(b->vals), free(b->fwd), free(b->bwd), free(b->actions), free(b->evals);
+  free(b);
 }

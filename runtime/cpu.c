@@ -20,6 +20,9 @@ static void *cpu_alloc(size_t bytes) {
 
 static void cpu_release(void *p) { free(p); }
 
+static void cpu_allreduce_f32(void *x, int64_t n, int axis) { comm_allreduce_sum(x, n, 4, axis); }
+static void cpu_allreduce_f64(void *x, int64_t n, int axis) { comm_allreduce_sum(x, n, 8, axis); }
+
 static void cpu_upload_ids(void *dst, const int32_t *src, int64_t n) {
   memcpy(dst, src, n * sizeof(int32_t));
 }
@@ -61,5 +64,6 @@ float expf(float) __attribute__((simd("notinbranch")));
 Backend *cpu_backend(bool f64) {
   Backend *b = f64 ? &backend_f64 : &backend_f32;
   b->alloc = cpu_alloc, b->release = cpu_release;
+  b->allreduce = f64 ? cpu_allreduce_f64 : cpu_allreduce_f32;
   return b;
 }

@@ -122,17 +122,20 @@ void rt_adamw(Run *r, double lr, double gscale) {
   }
 }
 
-/* One training step as the schedule's action list says. rows holds the
- * rank's batch: B x microbatches rows of T+1 ids. */
-double rt_step(Run *r, const int32_t *rows, double lr, double *gnorm) {
+static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, double lr,
+                        double *gnorm) {
   Bundle *b = r->b;
-  for (int i = 0; i < b->nactions; i++) {
-    Action *a = &b->actions[i];
+  for (int i = 0; i < n; i++) {
+    const Action *a = &list[i];
     switch (a->kind) {
     case A_ZERO_GRADS: rt_zero_grads(r); break;
+    case A_ZERO_STATE: r->be->zero(r->region[R_STATE], b->region[R_STATE]); break;
     case A_LOAD: rt_load_micro(r, rows + a->mb * b->B * (b->T + 1), b->B); break;
     case A_RUN_FWD: rt_forward(r); break;
     case A_RUN_BWD: rt_backward(r); break;
+    case A_ALLREDUCE:
+      r->be->allreduce((char *)r->region[a->region] + a->off * r->be->elem, a->n, a->axis);
+      break;
     case A_OPTIMIZER: {
       double t = rt_now(), norm = rt_grad_norm(r), clip = b->train.clip;
       *gnorm = norm;
@@ -142,16 +145,19 @@ double rt_step(Run *r, const int32_t *rows, double lr, double *gnorm) {
     }
     }
   }
+}
+
+/* One training step as the schedule's action list says. rows holds the
+ * rank's share of the batch: B x microbatches rows of T+1 ids. */
+double rt_step(Run *r, const int32_t *rows, double lr, double *gnorm) {
+  run_actions(r, r->b->actions, r->b->nactions, rows, lr, gnorm);
   return rt_loss(r);
 }
 
+/* The loss of one batch (forward passes only), summed over the group. */
 double rt_eval(Run *r, const int32_t *rows) {
-  Bundle *b = r->b;
-  r->be->zero(r->region[R_STATE], b->region[R_STATE]);
-  for (int64_t mb = 0; mb < b->train.microbatches; mb++) {
-    rt_load_micro(r, rows + mb * b->B * (b->T + 1), b->B);
-    rt_forward(r);
-  }
+  double unused;
+  run_actions(r, r->b->evals, r->b->nevals, rows, 0, &unused);
   return rt_loss(r);
 }
 

@@ -20,9 +20,21 @@ extern const char *rt_op_names[NUM_OPS];
 
 /* ---- util.c ---- */
 _Noreturn void rt_die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+extern int rt_die_rank;              /* >= 0 under MPI: named in messages */
+extern void (*rt_die_hook)(void);    /* ends the other ranks too */
 void *rt_xmalloc(size_t n);
 double rt_now(void);
 uint64_t rt_fnv1a(const void *p, size_t n, uint64_t h);
+
+/* ---- comm.c ---- */
+enum { AXIS_DP, AXIS_TP, AXIS_PP, AXIS_EP };
+void comm_init(int *argc, char ***argv);
+int comm_rank(void);
+int comm_world(void);
+void comm_groups(const int coord[4], const int mesh[4]);
+void comm_allreduce_sum(void *buf, int64_t n, int elem, int axis);
+bool comm_all(bool ok);
+void comm_finalize(void);
 
 /* ---- rng.c ---- */
 uint64_t rng_hash(uint64_t a, uint64_t b, uint64_t c);
@@ -68,16 +80,19 @@ typedef struct Train {
   char data[1024];
 } Train;
 
-enum { A_ZERO_GRADS, A_LOAD, A_RUN_FWD, A_RUN_BWD, A_OPTIMIZER };
+enum { A_ZERO_GRADS, A_ZERO_STATE, A_LOAD, A_RUN_FWD, A_RUN_BWD, A_ALLREDUCE, A_OPTIMIZER };
 typedef struct Action {
   int kind;
   int64_t mb;
+  int region, axis;        /* allreduce: what and over which group */
+  int64_t off, n;
 } Action;
 
 typedef struct Bundle {
   char dir[1024];
   char model[128];
   int world, rank;
+  int coord[4], mesh[4];   /* dp, tp, pp, ep */
   int64_t vocab, B, T;
   Train train;
   RtParam *params; int nparams;
@@ -88,9 +103,12 @@ typedef struct Bundle {
   RtInst *bwd; int nbwd;
   int tokens, targets, positions, loss;
   Action *actions; int nactions;   /* one training step */
+  Action *evals; int nevals;       /* one validation batch */
 } Bundle;
 
-Bundle *bundle_load(const char *dir, int rank);
+Bundle *bundle_open(const char *dir);              /* the manifest only */
+void bundle_load_rank(Bundle *b, int rank);       /* then one rank's schedule */
+Bundle *bundle_load(const char *dir, int rank);   /* both */
 void bundle_free(Bundle *b);
 
 /* ---- cpu.c (the backend interface and its CPU implementation) ---- */
@@ -109,6 +127,7 @@ typedef struct Backend {
   void (*upload_ids)(void *dst, const int32_t *src, int64_t n);
   void (*run)(const RtInst *in, void **out, void **in_ptrs);
   double (*sumsq)(const void *x, int64_t n);
+  void (*allreduce)(void *x, int64_t n, int axis);          /* sum over a group */
   void (*adamw)(void *w, const void *g, void *m, void *v, int64_t n, const AdamArgs *a);
 } Backend;
 

@@ -75,6 +75,7 @@ static int gradcheck(Run *r, TrainOpts *o, int64_t n) {
 }
 
 int main(int argc, char **argv) {
+  comm_init(&argc, &argv);
   if (argc < 2) usage(1);
   if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) usage(0);
   const char *dir = argv[1], *backend = "cpu";
@@ -106,9 +107,18 @@ int main(int argc, char **argv) {
   if (strcmp(backend, "cpu") && strcmp(backend, "auto"))
     rt_die("backend '%s' is not available in this build; use --backend cpu", backend);
   if (o.log_interval == 0) o.log_interval = 1;
-  Bundle *b = bundle_load(dir, 0);
-  if (b->world != 1)
-    rt_die("bundle %s plans %d ranks; run it under mpirun -np %d", dir, b->world, b->world);
+  int rank = comm_rank(), world = comm_world();
+  Bundle *b = bundle_open(dir);
+  if (b->world != world) {
+    fprintf(stderr, "lmrun: error: bundle %s plans %d rank%s but %d %s started; run it with "
+            "mpirun -np %d\n", dir, b->world, b->world == 1 ? "" : "s", world,
+            world == 1 ? "was" : "were", b->world);
+    comm_finalize();
+    return 1;
+  }
+  bundle_load_rank(b, rank);
+  comm_groups(b->coord, b->mesh);
+  if (gc > 0 && world > 1) rt_die("--gradcheck runs on one rank");
   if (!o.out_dir) o.out_dir = dir;
   if (o.eval_interval < 0) o.eval_interval = b->train.eval_every;
   if (o.eval_batches <= 0) o.eval_batches = b->train.eval_batches > 0 ? b->train.eval_batches : 1;
@@ -117,5 +127,6 @@ int main(int argc, char **argv) {
   int rc = gc > 0 ? gradcheck(r, &o, gc) : train_run(r, &o);
   rt_free(r);
   bundle_free(b);
+  comm_finalize();
   return rc;
 }

@@ -18,12 +18,18 @@ double lr_at(const Train *t, int64_t steps, int64_t step) {
   return t->min_lr + 0.5 * (t->lr - t->min_lr) * (1 + cos(M_PI * p));
 }
 
+/* This rank's rows of a global batch: data parallel rank d takes the
+ * d-th block of B x microbatches rows, so every layout sees one batch. */
+static const int32_t *my_rows(Bundle *b, const int32_t *global) {
+  return global + (int64_t)b->coord[AXIS_DP] * b->B * b->train.microbatches * (b->T + 1);
+}
+
 static double eval_loss(Run *r, Data *d, int64_t nbatches, int32_t *rows) {
   Bundle *b = r->b;
   double sum = 0;
   for (int64_t i = 0; i < nbatches; i++) {
-    data_val_batch(d, i, nbatches, b->B * b->train.microbatches, b->T, rows);
-    sum += rt_eval(r, rows);
+    data_val_batch(d, i, nbatches, b->train.batch, b->T, rows);
+    sum += rt_eval(r, my_rows(b, rows));
   }
   return sum / nbatches;
 }
@@ -49,6 +55,7 @@ typedef struct Loop {
 static void log_step(Loop *L, int64_t step, double loss, double lr, double norm, double dt) {
   Bundle *b = L->r->b;
   double toks = (double)b->train.batch * b->T;
+  if (!L->metrics) return;               /* not the leader */
   fprintf(L->metrics, "{\"step\":%lld,\"loss\":%.17g,\"lr\":%.17g,\"grad_norm\":%.17g,\"ms\":%.2f}\n",
           (long long)step, loss, lr, norm, dt * 1e3);
   if (L->o->quiet || (step % L->o->log_interval && step != L->max_steps && step != L->start + 1)) return;
@@ -62,12 +69,16 @@ static void log_step(Loop *L, int64_t step, double loss, double lr, double norm,
 
 static void eval_and_log(Loop *L, int64_t step) {
   double vl = eval_loss(L->r, L->d, L->o->eval_batches, L->rows);
+  if (!L->metrics) return;
   fprintf(L->metrics, "{\"step\":%lld,\"val_loss\":%.17g}\n", (long long)step, vl);
   fflush(L->metrics);
   if (!L->o->quiet) printf("step %5lld | val loss %.4f\n", (long long)step, vl), fflush(stdout);
 }
 
+/* Every rank holds the whole model (data parallelism only), so the
+ * leader writes the one checkpoint. */
 static void save(Loop *L, int64_t step) {
+  if (!L->metrics) return;
   CkptInfo info = {.step = step, .seed = L->seed};
   ckpt_save(L->r, L->ckpt_dir, &info);
   if (!L->o->quiet) printf("step %5lld | saved %s/step_%08lld.ckpt\n", (long long)step, L->ckpt_dir, (long long)step);
@@ -75,6 +86,7 @@ static void save(Loop *L, int64_t step) {
 
 static void open_metrics(Loop *L) {
   char path[1200];
+  if (L->r->b->rank != 0) return;
   snprintf(path, sizeof path, "%s/metrics.jsonl", L->o->out_dir);
   L->metrics = fopen(path, L->start > 0 ? "a" : "w");
   if (!L->metrics) rt_die("cannot write metrics file '%s'", path);
@@ -87,7 +99,8 @@ int train_run(Run *r, TrainOpts *o) {
   L.steps = o->steps > 0 ? o->steps : b->train.steps;
   L.max_steps = o->max_steps > 0 ? o->max_steps : L.steps;
   snprintf(L.ckpt_dir, sizeof L.ckpt_dir, "%s/ckpt", o->out_dir);
-  int64_t rowsz = b->B * b->train.microbatches * (b->T + 1);
+  int64_t rowsz = b->train.batch * (b->T + 1);
+  if (b->rank != 0) o->quiet = true;
   L.d = data_load(o->data ? o->data : b->train.data, b->vocab, b->train.val_fraction, b->T + 1);
   rt_init_params(r, L.seed);
   if (o->resume) {
@@ -109,15 +122,15 @@ int train_run(Run *r, TrainOpts *o) {
   L.t0 = rt_now();
   for (int64_t step = L.start; step < L.max_steps; step++) {
     double t = rt_now(), norm = 0, lr = lr_at(&b->train, L.steps, step);
-    data_train_batch(L.d, L.seed, step, b->B * b->train.microbatches, b->T, L.rows);
-    double loss = rt_step(r, L.rows, lr, &norm);
+    data_train_batch(L.d, L.seed, step, b->train.batch, b->T, L.rows);
+    double loss = rt_step(r, my_rows(b, L.rows), lr, &norm);
     if (!isfinite(loss)) rt_die("loss is %g at step %lld: training diverged (lower the lr?)", loss, (long long)step + 1);
     log_step(&L, step + 1, loss, lr, norm, rt_now() - t);
     bool last = step + 1 == L.max_steps;
     if (o->eval_interval > 0 && ((step + 1) % o->eval_interval == 0 || last)) eval_and_log(&L, step + 1);
     if (o->save_interval > 0 && ((step + 1) % o->save_interval == 0 || last)) save(&L, step + 1);
   }
-  fclose(L.metrics);
+  if (L.metrics) fclose(L.metrics);
   free(L.rows);
   data_free(L.d);
   return 0;

@@ -11,14 +11,19 @@ const char *rt_op_names[NUM_OPS] = {
 #undef OP
 };
 
+int rt_die_rank = -1;
+void (*rt_die_hook)(void);
+
 void rt_die(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   fflush(stdout);
-  fprintf(stderr, "lmrun: error: ");
+  if (rt_die_rank >= 0) fprintf(stderr, "lmrun: error: rank %d: ", rt_die_rank);
+  else fprintf(stderr, "lmrun: error: ");
   vfprintf(stderr, fmt, ap);
   fputc('\n', stderr);
   va_end(ap);
+  if (rt_die_hook) rt_die_hook();
   exit(1);
 }
 

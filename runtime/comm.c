@@ -1,0 +1,77 @@
+/* comm.c: ranks and collectives over MPI. lmrun calls MPI only when a
+ * launcher (mpirun) started it, so a plain single-rank run never touches
+ * MPI. Each mesh axis gets one communicator per group: the ranks that
+ * agree on every other axis. A fatal error on any rank aborts the whole
+ * job (MPI_Abort), so no rank waits forever on a dead peer. */
+#include "lmrt.h"
+#include <mpi.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static bool active;
+static int my_rank, my_world = 1;
+static MPI_Comm groups[4];
+
+static void abort_job(void) {
+  if (active) MPI_Abort(MPI_COMM_WORLD, 1);
+}
+
+static bool launched_by_mpi(void) {
+  return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
+}
+
+void comm_init(int *argc, char ***argv) {
+  if (!launched_by_mpi()) return;
+  MPI_Init(argc, argv);
+  active = true;
+  MPI_Comm_rank(MPI_COMM_WORLD, &my_rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &my_world);
+  rt_die_rank = my_rank, rt_die_hook = abort_job;
+  /* share the cores among the ranks on this node */
+  const char *local = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  if (local && !getenv("OMP_NUM_THREADS")) {
+    int n = (int)sysconf(_SC_NPROCESSORS_ONLN) / atoi(local);
+    omp_set_num_threads(n > 0 ? n : 1);
+  }
+}
+
+int comm_rank(void) { return my_rank; }
+int comm_world(void) { return my_world; }
+
+/* coord: this rank's place on each axis (dp, tp, pp, ep), mesh: sizes. */
+void comm_groups(const int coord[4], const int mesh[4]) {
+  if (!active) return;
+  for (int a = 0; a < 4; a++) {
+    int color = 0;
+    for (int o = 3; o >= 0; o--)      /* the other axes name the group */
+      if (o != a) color = color * mesh[o] + coord[o];
+    MPI_Comm_split(MPI_COMM_WORLD, color, coord[a], &groups[a]);
+  }
+}
+
+void comm_allreduce_sum(void *buf, int64_t n, int elem, int axis) {
+  if (!active) return;
+  MPI_Datatype t = elem == 8 ? MPI_DOUBLE : MPI_FLOAT;
+  for (int64_t off = 0; off < n; off += 1 << 30) {
+    int c = (int)(n - off < (1 << 30) ? n - off : (1 << 30));
+    int rc = MPI_Allreduce(MPI_IN_PLACE, (char *)buf + off * elem, c, t, MPI_SUM, groups[axis]);
+    if (rc != MPI_SUCCESS) rt_die("MPI_Allreduce failed (%d)", rc);
+  }
+}
+
+/* The same verdict on every rank: true only if all ranks pass ok. */
+bool comm_all(bool ok) {
+  if (!active) return ok;
+  int v = ok, all = 0;
+  MPI_Allreduce(&v, &all, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD);
+  return all;
+}
+
+void comm_finalize(void) {
+  if (!active) return;
+  for (int a = 0; a < 4; a++)
+    if (groups[a] != MPI_COMM_NULL && groups[a]) MPI_Comm_free(&groups[a]);
+  MPI_Finalize();
+  active = false;
+}
