@@ -42,6 +42,7 @@ static Value *grad_of(Value *v, bool *acc) {
 }
 
 static Inst *bwd_inst(int op, Inst *fwd) {
+  G->cur_stage = fwd->stage;         /* a backward runs where its forward ran */
   Inst *in = ir_inst(G, op, true, fwd->loc);
   for (int i = 0; i < fwd->nattr; i++)
     ir_set(in, fwd->akey[i], fwd->aval[i]);

@@ -64,40 +64,30 @@ static void print_inst(FILE *out, Inst *in) {
   fprintf(out, "\n");
 }
 
-#define BUCKET (1 << 22)   /* gradient all-reduce bucket, elements */
+static const char *axis_name(int a) { return axis_names[a]; }
 
-/* Data parallelism: sum the gradients over the dp group, a bucket at a
- * time so no rank needs a second buffer the size of the model. */
-static void emit_grad_allreduce(FILE *out, Sched *s) {
-  int64_t n = s->region[V_GRAD];
-  for (int64_t off = 0; off < n; off += BUCKET)
-    fprintf(out, "  allreduce grad off=%lld n=%lld group=dp\n", (long long)off,
-            (long long)(n - off < BUCKET ? n - off : BUCKET));
-}
-
-static void emit_step(FILE *out, Sched *s) {
-  Program *p = s->g->prog;
-  bool dp = p->s.mesh[AX_DP] > 1;
-  fprintf(out, "step\n  zero_grads\n");
-  for (int64_t m = 0; m < p->s.microbatches; m++)
-    fprintf(out, "  load mb=%lld\n  run fwd mb=%lld\n  run bwd mb=%lld\n",
-            (long long)m, (long long)m, (long long)m);
-  if (dp) {
-    emit_grad_allreduce(out, s);
-    fprintf(out, "  allreduce state off=0 n=1 group=dp\n");
+static void print_action(FILE *out, Action *a) {
+  static const char *regions[] = {"act", "param", "grad", "input", "state"};
+  switch (a->kind) {
+  case ACT_ZERO_GRADS: fprintf(out, "  zero_grads\n"); break;
+  case ACT_ZERO_STATE: fprintf(out, "  zero_state\n"); break;
+  case ACT_LOAD: fprintf(out, "  load mb=%d\n", a->mb); break;
+  case ACT_FWD: fprintf(out, "  run fwd mb=%d\n", a->mb); break;
+  case ACT_BWD: fprintf(out, "  run bwd mb=%d\n", a->mb); break;
+  case ACT_SEND:
+  case ACT_RECV:
+    fprintf(out, "  %s %s %%%d %s=%d mb=%d group=pp\n", a->kind == ACT_SEND ? "send" : "recv",
+            a->grad ? "grad" : "act", a->v->id, a->kind == ACT_SEND ? "to" : "from", a->peer, a->mb);
+    break;
+  case ACT_ALLREDUCE:
+    fprintf(out, "  allreduce %s off=%lld n=%lld group=%s\n", regions[a->region], (long long)a->off,
+            (long long)a->n, axis_name(a->axis));
+    break;
+  case ACT_OPTIMIZER:
+    if (a->axis >= 0) fprintf(out, "  optimizer norm=%s\n", axis_name(a->axis));
+    else fprintf(out, "  optimizer\n");
+    break;
   }
-  fprintf(out, "  optimizer\nend\n");
-}
-
-/* Validation: the forward passes only, the loss summed over dp. */
-static void emit_eval(FILE *out, Sched *s) {
-  Program *p = s->g->prog;
-  fprintf(out, "eval\n  zero_state\n");
-  for (int64_t m = 0; m < p->s.microbatches; m++)
-    fprintf(out, "  load mb=%lld\n  run fwd mb=%lld\n", (long long)m, (long long)m);
-  if (p->s.mesh[AX_DP] > 1)
-    fprintf(out, "  allreduce state off=0 n=1 group=dp\n");
-  fprintf(out, "end\n");
 }
 
 void emit_schedule(FILE *out, Sched *s) {
@@ -106,18 +96,25 @@ void emit_schedule(FILE *out, Sched *s) {
   fprintf(out, "lmc-schedule 1\nmodel %s\nrank %d world %d dp %d tp %d pp %d ep %d\n",
           p->model->name, s->rank, s->world, s->coord[AX_DP], s->coord[AX_TP], s->coord[AX_PP],
           s->coord[AX_EP]);
+  fprintf(out, "stage %d of %d schedule %s microbatches %lld slots %d\n", s->part->stage,
+          g->nstages, p->s.schedule, (long long)p->s.microbatches, s->slots);
   for (int r = 0; r < 5; r++)
     fprintf(out, "region %s %lld\n", region_names[r], (long long)s->region[r]);
   for (int i = 0; i < g->nvals; i++)
-    print_value(out, p, g->vals[i]);
+    if (sched_has(s, g->vals[i])) print_value(out, p, g->vals[i]);
   fprintf(out, "inputs tokens=%%%d targets=%%%d positions=%%%d loss=%%%d\n",
           g->tokens->id, g->targets->id, g->positions->id, g->loss->id);
-  fprintf(out, "program fwd %d\n", g->nfwd);
-  for (int i = 0; i < g->nfwd; i++) print_inst(out, g->fwd[i]);
-  fprintf(out, "program bwd %d\n", g->nbwd);
-  for (int i = 0; i < g->nbwd; i++) print_inst(out, g->bwd[i]);
-  emit_step(out, s);
-  emit_eval(out, s);
+  Part *pt = s->part;
+  fprintf(out, "program fwd %d\n", pt->nfwd);
+  for (int i = 0; i < pt->nfwd; i++) print_inst(out, pt->fwd[i]);
+  fprintf(out, "program bwd %d\n", pt->nbwd);
+  for (int i = 0; i < pt->nbwd; i++) print_inst(out, pt->bwd[i]);
+  sched_actions(s);
+  fprintf(out, "step\n");
+  for (int i = 0; i < s->nstep; i++) print_action(out, &s->step[i]);
+  fprintf(out, "end\neval\n");
+  for (int i = 0; i < s->neval; i++) print_action(out, &s->eval[i]);
+  fprintf(out, "end\n");
 }
 
 static int64_t vocab(Graph *g) {
@@ -186,9 +183,14 @@ void emit_bundle(Sched *s, const char *dir, const char *spec_path) {
   (void)spec_path;
   mkdirs(dir);
   write_file(dir, "manifest.txt", s, emit_manifest);
-  for (int r = 0; r < s->world; r++) {
-    sched_set_rank(s, r);
-    write_file(dir, arena_printf("rank%d.sched", r), s, emit_schedule);
+  for (int stage = 0; stage < s->g->nstages; stage++) {
+    sched_stage(s, stage);
+    for (int r = 0; r < s->world; r++) {
+      sched_set_rank(s, r);
+      if (s->coord[AX_PP] == stage)
+        write_file(dir, arena_printf("rank%d.sched", r), s, emit_schedule);
+    }
   }
   sched_set_rank(s, 0);
+  sched_stage(s, 0);
 }

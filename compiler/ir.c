@@ -57,7 +57,7 @@ Value *ir_value(Graph *g, int kind, const char *name, Shape shape) {
 
 Inst *ir_inst(Graph *g, int op, bool bwd, Loc loc) {
   Inst *in = arena_alloc(sizeof(Inst));
-  in->op = op, in->bwd = bwd, in->loc = loc;
+  in->op = op, in->bwd = bwd, in->loc = loc, in->stage = g->cur_stage;
   in->nin = op_nin[op], in->nout = op_nout[op];
   if (bwd) {
     in->id = g->nfwd + g->nbwd;

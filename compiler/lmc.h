@@ -173,6 +173,7 @@ struct Value {
   const char *init;    /* "normal", "ones", "zeros" */
   double init_std;
   /* sched */
+  int stage;           /* param: the stage that holds it */
   int first, last;     /* live range over the instruction list */
   int64_t offset;      /* in elements, within its region */
 };
@@ -189,6 +190,7 @@ struct Inst {
   double aval[MAX_ATTRS];
   int nattr;
   bool bwd;
+  int stage;           /* pipeline stage that runs it */
   Loc loc;
 };
 
@@ -199,6 +201,8 @@ typedef struct Graph {
   Inst **bwd; int nbwd, capbwd;
   Value **params; int nparams, capparams;
   Value *tokens, *targets, *positions, *loss;
+  int cur_stage;       /* stamped on each new instruction */
+  int nstages;
 } Graph;
 
 Graph *ir_new(Program *p);
@@ -217,17 +221,55 @@ Graph *lower_program(Program *p);
 /* ---- autodiff.c ---- */
 void ad_backward(Graph *g);
 
+/* ---- part.c ---- */
+typedef struct Xfer {  /* a value that crosses between pipeline stages */
+  Value *v;
+  int peer;            /* the other stage */
+} Xfer;
+
+typedef struct Part {  /* one pipeline stage's share of the graph */
+  int stage;
+  Inst **fwd; int nfwd;
+  Inst **bwd; int nbwd;
+  Xfer *fsend, *frecv, *bsend, *brecv;   /* activations out/in, gradients out/in */
+  int nfsend, nfrecv, nbsend, nbrecv;
+} Part;
+
+void part_stages(Graph *g);             /* stage of every instruction and param */
+Part *part_stage(Graph *g, int stage);  /* the stage's instructions and transfers */
+void part_dump(FILE *out, Graph *g);
+
 /* ---- sched.c ---- */
+enum { ACT_ZERO_GRADS, ACT_ZERO_STATE, ACT_LOAD, ACT_RECV, ACT_FWD, ACT_SEND, ACT_BWD,
+       ACT_ALLREDUCE, ACT_OPTIMIZER };
+
+typedef struct Action {
+  int kind;
+  int mb, peer, axis;  /* peer: a stage (send/recv); axis: a mesh axis */
+  Value *v;            /* send/recv */
+  int region;          /* allreduce */
+  int64_t off, n;
+  bool grad;           /* send/recv of a gradient */
+} Action;
+
 typedef struct Sched {
   Graph *g;
+  Part *part;          /* the stage being emitted */
   int rank, world;
-  int coord[MAX_AXES];     /* this rank's place on each mesh axis */
+  int coord[MAX_AXES]; /* this rank's place on each mesh axis */
+  int slots;           /* microbatches whose activations are alive at once */
   int64_t region[5];   /* elements per region: act, param, grad, input, state */
-  int64_t peak_act;
+  int64_t peak_act;    /* one slot's arena */
+  Action *step; int nstep;
+  Action *eval; int neval;
 } Sched;
-Sched *sched_plan(Graph *g);
+Sched *sched_plan(Graph *g);            /* stage 0; then sched_stage for others */
+void sched_stage(Sched *s, int stage);
 void sched_set_rank(Sched *s, int rank);
-void sched_dump(FILE *out, Sched *s);
+void sched_actions(Sched *s);           /* this rank's step and eval lists */
+void sched_check(Graph *g);             /* sends match receives, no deadlock */
+bool sched_has(Sched *s, Value *v);     /* v appears in this stage's schedule */
+void sched_dump_all(FILE *out, Sched *s, int rank);
 
 /* ---- emit.c ---- */
 void emit_bundle(Sched *s, const char *dir, const char *spec_path);

@@ -336,15 +336,20 @@ static void lower_param(Env *e, Node *s) {
 
 static Value *lower_body(Env *e, Node *body);
 
+/* Layer i runs on pipeline stage i / (n / pp) when the layer dim is laid
+ * out on pp; what comes after the stack runs on the last stage. */
 static void lower_layers(Env *e, Node *s) {
-  int64_t n = P->dims[dim_id(s->name)].size;
+  Dim *d = &P->dims[dim_id(s->name)];
+  int64_t n = d->size, pp = d->axis == AX_PP ? P->s.mesh[AX_PP] : 1;
   if (n > 4096)
     diag_error(s->a->loc, "too-large", "%lld layers (limit 4096)", (long long)n);
   const char *outer = e->prefix;
   for (int64_t i = 0; i < n; i++) {
     e->prefix = arena_printf("%slayers.%lld.", outer, (long long)i);
+    if (pp > 1) G->cur_stage = (int)(i / (n / pp));
     lower_body(e, s->list);
   }
+  if (pp > 1) G->cur_stage = (int)pp - 1;
   e->prefix = outer;
 }
 
@@ -386,6 +391,7 @@ static Value *input(Env *e, const char *name) {
 
 Graph *lower_program(Program *p) {
   P = p, G = ir_new(p), depth = 0;
+  G->nstages = (int)p->s.mesh[AX_PP];
   Env *e = arena_alloc(sizeof(Env));
   e->prefix = "";
   G->tokens = input(e, "tokens");

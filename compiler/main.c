@@ -14,7 +14,7 @@ typedef struct Options {
   int nsets;
   const char *inc[16];
   int ninc;
-  int world;
+  int world, rank;
   bool split, verify, quiet;
 } Options;
 
@@ -27,14 +27,24 @@ static bool dumping(Options *o, const char *name) {
   return false;
 }
 
+/* The planned memory of each pipeline stage (every rank of a stage plans
+ * the same): activations for its microbatches in flight, then parameters,
+ * gradients and the two Adam moments. */
 static void summary(Sched *s, const char *out) {
   Graph *g = s->g;
-  int64_t params = s->region[V_PARAM];
+  int64_t total = 0;
+  for (int i = 0; i < g->nparams; i++) total += shape_numel(&g->params[i]->shape);
   double mib = 4.0 / (1 << 20);
-  fprintf(stderr, "lmc: model %s: %d tensors, %.2fM parameters; rank 0 plans %.1f MiB "
-          "activations, %.1f MiB params+grads+adam, peak %.1f MiB -> %s\n",
-          g->prog->model->name, g->nparams, params / 1e6, s->peak_act * mib,
-          4 * params * mib, (s->peak_act + 4 * params + s->region[V_INPUT]) * mib, out);
+  fprintf(stderr, "lmc: model %s: %d tensors, %.2fM parameters, %d rank%s -> %s\n",
+          g->prog->model->name, g->nparams, total / 1e6, s->world, s->world > 1 ? "s" : "", out);
+  for (int st = 0; st < g->nstages; st++) {
+    sched_stage(s, st);
+    int64_t act = s->slots * (s->peak_act + s->region[V_INPUT]);
+    fprintf(stderr, "lmc:   stage %d: %d x %.1f MiB activations + %.1f MiB params+grads+adam = "
+            "peak %.1f MiB per rank\n", st, s->slots, s->peak_act * mib, 4 * s->region[V_PARAM] * mib,
+            (act + 4 * s->region[V_PARAM]) * mib);
+  }
+  sched_stage(s, 0);
 }
 
 static int compile(Options *o, const char *text, long len) {
@@ -55,7 +65,9 @@ static int compile(Options *o, const char *text, long len) {
   if (o->verify) ir_verify(g);
   if (dumping(o, "grad")) ir_dump(stdout, g, true);
   Sched *s = sched_plan(g);
-  if (dumping(o, "sched")) sched_dump(stdout, s);
+  if (dumping(o, "part")) part_dump(stdout, g);
+  sched_check(g);
+  if (dumping(o, "sched")) sched_dump_all(stdout, s, o->rank);
   if (o->out) {
     emit_bundle(s, o->out, o->input);
     if (!o->quiet) summary(s, o->out);
@@ -68,10 +80,12 @@ static void usage(int code) {
   fprintf(code ? stderr : stdout,
           "usage: lmc SPEC.lm [-o BUNDLE_DIR] [options]\n"
           "  -o DIR              write the bundle (manifest + per-rank schedules)\n"
-          "  --dump=LIST         print phases: ast,sema,ir,grad,sched\n"
+          "  --dump=LIST         print phases: ast,sema,ir,grad,part,sched\n"
           "  --set NAME=VALUE    override a dim, train or parallel setting\n"
           "  -I DIR              search DIR for imports\n"
           "  --world N           check the plan against N ranks\n"
+          "  --rank R            the rank whose schedule --dump=sched prints (default 0;\n"
+          "                      -1: every rank)\n"
           "  --verify-each       run the IR verifier after every pass\n"
           "  --split-input-file  compile each '// -----' chunk separately\n"
           "  -q                  no summary line\n");
@@ -101,6 +115,8 @@ static void parse_args(Options *o, int argc, char **argv) {
         fprintf(stderr, "lmc: error: --world takes a positive number\n");
         exit(1);
       }
+    } else if (!strcmp(a, "--rank") && i + 1 < argc) {
+      o->rank = atoi(argv[++i]);
     } else if (!strcmp(a, "--verify-each")) o->verify = true;
     else if (!strcmp(a, "--split-input-file")) o->split = true;
     else if (!strcmp(a, "-q")) o->quiet = true;

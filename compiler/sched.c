@@ -1,44 +1,76 @@
-/* sched.c: the per-rank schedule and its static memory plan. In: the
- * forward and backward programs. Out: every value's region and offset.
- * Parameters, gradients, inputs and the loss live for the whole run in
- * their own regions; activations share one arena whose offsets come from
- * live ranges over the instruction order (fwd then bwd): a value lives
- * from the instruction that first writes it to the last one that reads
- * it, and its space is reused afterwards (best fit, else the top). The
- * arena's top is the planned activation peak. Offsets count elements, so
- * the same plan serves f32 and f64 runs. */
+/* sched.c: per-rank schedules and their static memory plan.
+ *
+ * Memory: parameters, gradients, inputs and the loss live for the whole
+ * run in their own regions; activations share one arena whose offsets come
+ * from live ranges over the stage's instructions (fwd then bwd): a value
+ * lives from the instruction that first writes it to the last that reads
+ * it (values sent to or received from other stages are pinned wider), and
+ * its space is reused afterwards (best fit, else the top). A rank keeps
+ * `slots` copies of the arena, one per microbatch in flight: GPipe holds
+ * all m, 1F1B at most pp - stage. Offsets count elements, so one plan
+ * serves f32 and f64 runs.
+ *
+ * Actions: the step is zero_grads, the microbatches' forward and backward
+ * passes in GPipe or 1F1B order with their sends and receives, the data
+ * parallel gradient all-reduce (bucketed), the loss all-reduces, and the
+ * optimizer. sched_check() runs every rank's list against the others and
+ * rejects unmatched transfers, mismatched collectives and deadlocks. */
 #include "lmc.h"
 #include <string.h>
 
 #define ALIGN 16
+#define BUCKET (1 << 22)   /* gradient all-reduce bucket, elements */
+
+/* ---- ranks ---- */
+
+/* Ranks are numbered with tp fastest, then pp, then dp, then ep:
+ * rank = tp + TP * (pp + PP * (dp + DP * ep)). */
+void sched_set_rank(Sched *s, int rank) {
+  int64_t *m = s->g->prog->s.mesh;
+  s->rank = rank;
+  s->coord[AX_TP] = rank % m[AX_TP];
+  s->coord[AX_PP] = rank / m[AX_TP] % m[AX_PP];
+  s->coord[AX_DP] = rank / (m[AX_TP] * m[AX_PP]) % m[AX_DP];
+  s->coord[AX_EP] = rank / (m[AX_TP] * m[AX_PP] * m[AX_DP]);
+}
+
+static int rank_of(Graph *g, const int *coord) {
+  int64_t *m = g->prog->s.mesh;
+  return (int)(coord[AX_TP] + m[AX_TP] * (coord[AX_PP] + m[AX_PP] * (coord[AX_DP] + m[AX_DP] * coord[AX_EP])));
+}
+
+/* ---- memory ---- */
 
 typedef struct Live {
   int64_t off, size;
   int last;
 } Live;
 
-static Inst *inst_at(Graph *g, int k) {
-  return k < g->nfwd ? g->fwd[k] : g->bwd[k - g->nfwd];
-}
-
-static void live_ranges(Graph *g) {
-  for (int i = 0; i < g->nvals; i++)
-    g->vals[i]->first = g->vals[i]->last = -1;
-  int total = g->nfwd + g->nbwd;
-  for (int k = 0; k < total; k++) {
-    Inst *in = inst_at(g, k);
-    for (int i = 0; i < in->nout; i++)
-      if (in->out[i]) {
-        Value *v = in->out[i];
-        if (v->first < 0) v->first = k;
-        v->last = k;
-      }
-    for (int i = 0; i < in->nin; i++)
-      if (in->in[i]) in->in[i]->last = k;
-  }
-}
-
 static int64_t aligned(int64_t n) { return (n + ALIGN - 1) / ALIGN * ALIGN; }
+
+static Inst *inst_at(Part *p, int k) { return k < p->nfwd ? p->fwd[k] : p->bwd[k - p->nfwd]; }
+
+static void touch(Value *v, int k) {
+  if (v->first < 0 || k < v->first) v->first = k;
+  if (k > v->last) v->last = k;
+}
+
+static void live_ranges(Graph *g, Part *p) {
+  for (int i = 0; i < g->nvals; i++) g->vals[i]->first = g->vals[i]->last = -1;
+  int total = p->nfwd + p->nbwd;
+  for (int k = 0; k < total; k++) {
+    Inst *in = inst_at(p, k);
+    for (int i = 0; i < in->nout; i++)
+      if (in->out[i]) touch(in->out[i], k);
+    for (int i = 0; i < in->nin; i++) touch(in->in[i], k);
+  }
+  /* transfers: received values exist from the start of their pass, sent
+   * ones until the end of the step (sends complete asynchronously) */
+  for (int i = 0; i < p->nfrecv; i++) touch(p->frecv[i].v, 0);
+  for (int i = 0; i < p->nfsend; i++) touch(p->fsend[i].v, total - 1);
+  for (int i = 0; i < p->nbrecv; i++) touch(p->brecv[i].v, p->nfwd), touch(p->brecv[i].v, total - 1);
+  for (int i = 0; i < p->nbsend; i++) touch(p->bsend[i].v, total - 1);
+}
 
 /* Best-fit placement among the gaps between live blocks sorted by offset. */
 static int64_t place(Live *live, int nlive, int64_t size) {
@@ -65,57 +97,294 @@ static int insert_live(Live *live, int nlive, Live b) {
 static void plan_acts(Sched *s) {
   Graph *g = s->g;
   Live *live = arena_alloc((g->nvals + 1) * sizeof(Live));
-  int nlive = 0, total = g->nfwd + g->nbwd;
+  int nlive = 0, total = s->part->nfwd + s->part->nbwd;
   int64_t top = 0;
   for (int k = 0; k < total; k++) {
     int j = 0;                   /* free what is dead before k */
     for (int i = 0; i < nlive; i++)
       if (live[i].last >= k) live[j++] = live[i];
     nlive = j;
-    Inst *in = inst_at(g, k);
-    for (int i = 0; i < in->nout; i++) {
-      Value *v = in->out[i];
-      if (!v || v->kind != V_ACT || v->first != k) continue;
+    for (int i = 0; i < g->nvals; i++) {   /* then place what starts at k */
+      Value *v = g->vals[i];
+      if (v->kind != V_ACT || v->first != k) continue;
       int64_t size = aligned(shape_numel(&v->shape));
       v->offset = place(live, nlive, size);
       nlive = insert_live(live, nlive, (Live){v->offset, size, v->last});
       if (v->offset + size > top) top = v->offset + size;
     }
   }
-  s->region[V_ACT] = top;
-  s->peak_act = top;
+  s->region[V_ACT] = s->peak_act = top;
 }
 
-/* Ranks are numbered with tp fastest, then pp, then dp, then ep:
- * rank = tp + TP * (pp + PP * (dp + DP * ep)). */
-void sched_set_rank(Sched *s, int rank) {
-  int64_t *m = s->g->prog->s.mesh;
-  s->rank = rank;
-  s->coord[AX_TP] = rank % m[AX_TP];
-  s->coord[AX_PP] = rank / m[AX_TP] % m[AX_PP];
-  s->coord[AX_DP] = rank / (m[AX_TP] * m[AX_PP]) % m[AX_DP];
-  s->coord[AX_EP] = rank / (m[AX_TP] * m[AX_PP] * m[AX_DP]);
+static bool param_here(Sched *s, Value *v) {
+  if (v->kind == V_PARAM) return v->stage == s->part->stage;
+  if (v->kind == V_GRAD) return v->of->stage == s->part->stage;
+  return false;
 }
 
-Sched *sched_plan(Graph *g) {
-  Sched *s = arena_alloc(sizeof(Sched));
-  s->g = g, s->world = 1;
-  for (int a = 0; a < MAX_AXES; a++) s->world *= g->prog->s.mesh[a];
-  sched_set_rank(s, 0);
-  live_ranges(g);
+/* Whether value v appears in this stage's schedule. */
+bool sched_has(Sched *s, Value *v) {
+  if (v->kind == V_PARAM || v->kind == V_GRAD) return param_here(s, v);
+  if (v->kind == V_ACT) return v->first >= 0;
+  return true;                   /* inputs and the loss: every stage */
+}
+
+static void plan_regions(Sched *s) {
+  Graph *g = s->g;
+  for (int r = V_PARAM; r <= V_STATE; r++) s->region[r] = 0;
   for (int i = 0; i < g->nvals; i++) {   /* a gradient sits where its param does */
     Value *v = g->vals[i];
-    if (v->kind == V_ACT || v->kind == V_GRAD) continue;
+    if (v->kind == V_ACT || v->kind == V_GRAD || !sched_has(s, v)) continue;
     v->offset = s->region[v->kind];
     s->region[v->kind] += aligned(shape_numel(&v->shape));
   }
   for (int i = 0; i < g->nvals; i++)
     if (g->vals[i]->kind == V_GRAD) g->vals[i]->offset = g->vals[i]->of->offset;
   s->region[V_GRAD] = s->region[V_PARAM];
+}
+
+void sched_stage(Sched *s, int stage) {
+  Settings *t = &s->g->prog->s;
+  s->part = part_stage(s->g, stage);
+  live_ranges(s->g, s->part);
+  plan_regions(s);
   plan_acts(s);
+  int64_t inflight = !strcmp(t->schedule, "gpipe") ? t->microbatches : t->mesh[AX_PP] - stage;
+  s->slots = (int)(inflight < t->microbatches ? inflight : t->microbatches);
+  if (t->mesh[AX_PP] == 1) s->slots = 1;   /* one microbatch at a time */
+}
+
+Sched *sched_plan(Graph *g) {
+  Sched *s = arena_alloc(sizeof(Sched));
+  s->g = g, s->world = 1;
+  for (int a = 0; a < MAX_AXES; a++) s->world *= g->prog->s.mesh[a];
+  part_stages(g);
+  sched_set_rank(s, 0);
+  sched_stage(s, 0);
   return s;
 }
 
-void sched_dump(FILE *out, Sched *s) {
-  emit_schedule(out, s);
+/* ---- actions ---- */
+
+typedef struct List {
+  Action *a;
+  int n, cap;
+} List;
+
+static Action *push(List *l, int kind) {
+  if (l->n == l->cap) {
+    l->cap = l->cap ? 2 * l->cap : 64;
+    Action *na = arena_alloc(l->cap * sizeof(Action));
+    if (l->n) memcpy(na, l->a, l->n * sizeof(Action));
+    l->a = na;
+  }
+  Action *a = &l->a[l->n++];
+  memset(a, 0, sizeof *a);
+  a->kind = kind;
+  return a;
+}
+
+static void xfers(List *l, int kind, Xfer *x, int n, int mb, bool grad) {
+  for (int i = 0; i < n; i++) {
+    Action *a = push(l, kind);
+    a->v = x[i].v, a->peer = x[i].peer, a->mb = mb, a->grad = grad, a->axis = AX_PP;
+  }
+}
+
+static void forward(List *l, Part *p, int mb) {
+  push(l, ACT_LOAD)->mb = mb;
+  xfers(l, ACT_RECV, p->frecv, p->nfrecv, mb, false);
+  push(l, ACT_FWD)->mb = mb;
+  xfers(l, ACT_SEND, p->fsend, p->nfsend, mb, false);
+}
+
+static void backward(List *l, Part *p, int mb) {
+  xfers(l, ACT_RECV, p->brecv, p->nbrecv, mb, true);
+  push(l, ACT_BWD)->mb = mb;
+  xfers(l, ACT_SEND, p->bsend, p->nbsend, mb, true);
+}
+
+static void allreduce(List *l, int region, int64_t off, int64_t n, int axis) {
+  Action *a = push(l, ACT_ALLREDUCE);
+  a->region = region, a->off = off, a->n = n, a->axis = axis;
+}
+
+/* GPipe: every forward, then every backward. 1F1B: pp - stage - 1
+ * forwards to fill the pipe, then one forward and one backward in turn,
+ * then the remaining backwards. */
+static void passes(List *l, Sched *s) {
+  Settings *t = &s->g->prog->s;
+  int m = (int)t->microbatches, stage = s->part->stage;
+  if (!strcmp(t->schedule, "gpipe") || t->mesh[AX_PP] == 1) {
+    if (t->mesh[AX_PP] == 1) {   /* one rank per model: accumulate in turn */
+      for (int mb = 0; mb < m; mb++) forward(l, s->part, mb), backward(l, s->part, mb);
+      return;
+    }
+    for (int mb = 0; mb < m; mb++) forward(l, s->part, mb);
+    for (int mb = 0; mb < m; mb++) backward(l, s->part, mb);
+    return;
+  }
+  int warm = (int)t->mesh[AX_PP] - stage - 1;
+  if (warm > m) warm = m;
+  for (int mb = 0; mb < warm; mb++) forward(l, s->part, mb);
+  for (int i = 0; i < m - warm; i++) forward(l, s->part, warm + i), backward(l, s->part, i);
+  for (int mb = m - warm; mb < m; mb++) backward(l, s->part, mb);
+}
+
+static void loss_allreduce(List *l, Settings *t) {
+  if (t->mesh[AX_PP] > 1) allreduce(l, V_STATE, 0, 1, AX_PP);
+  if (t->mesh[AX_DP] > 1) allreduce(l, V_STATE, 0, 1, AX_DP);
+}
+
+void sched_actions(Sched *s) {
+  Settings *t = &s->g->prog->s;
+  List step = {0}, eval = {0};
+  push(&step, ACT_ZERO_GRADS);
+  passes(&step, s);
+  if (t->mesh[AX_DP] > 1)
+    for (int64_t off = 0; off < s->region[V_GRAD]; off += BUCKET)
+      allreduce(&step, V_GRAD, off, s->region[V_GRAD] - off < BUCKET ? s->region[V_GRAD] - off : BUCKET, AX_DP);
+  loss_allreduce(&step, t);
+  push(&step, ACT_OPTIMIZER)->axis = t->mesh[AX_PP] > 1 ? AX_PP : -1;
+  push(&eval, ACT_ZERO_STATE);
+  for (int mb = 0; mb < t->microbatches; mb++) forward(&eval, s->part, mb);
+  loss_allreduce(&eval, t);
+  s->step = step.a, s->nstep = step.n, s->eval = eval.a, s->neval = eval.n;
+}
+
+/* ---- the static check ---- */
+
+typedef struct Msg {
+  int src, dst, vid, mb;
+  bool grad;
+  int count;
+} Msg;
+
+typedef struct RankRun {
+  Action *a;
+  int n, pc;
+  int coord[MAX_AXES];
+} RankRun;
+
+static Msg *find_msg(Msg *m, int n, int src, int dst, const Action *a) {
+  for (int i = 0; i < n; i++)
+    if (m[i].src == src && m[i].dst == dst && m[i].vid == a->v->id && m[i].mb == a->mb &&
+        m[i].grad == a->grad)
+      return &m[i];
+  return NULL;
+}
+
+static int peer_rank(Graph *g, RankRun *r, const Action *a) {
+  int c[MAX_AXES];
+  memcpy(c, r->coord, sizeof c);
+  c[AX_PP] = a->peer;
+  return rank_of(g, c);
+}
+
+static bool same_group(RankRun *a, RankRun *b, int axis) {
+  for (int x = 0; x < MAX_AXES; x++)
+    if (x != axis && a->coord[x] != b->coord[x]) return false;
+  return true;
+}
+
+static const char *kind_name(int k) {
+  static const char *n[] = {"zero_grads", "zero_state", "load", "recv", "run fwd", "send",
+                            "run bwd", "allreduce", "optimizer"};
+  return n[k];
+}
+
+/* Try to finish the collective that rank r waits at: every member of its
+ * group must wait at the same one. */
+static bool collective(Graph *g, RankRun *runs, int world, int r) {
+  Action *a = &runs[r].a[runs[r].pc];
+  int axis = a->axis;
+  if (a->kind == ACT_OPTIMIZER && axis < 0) return true;
+  for (int q = 0; q < world; q++) {
+    if (!same_group(&runs[r], &runs[q], axis)) continue;
+    if (runs[q].pc >= runs[q].n) return false;
+    Action *b = &runs[q].a[runs[q].pc];
+    if (b->kind != ACT_ALLREDUCE && b->kind != ACT_OPTIMIZER) return false;
+    if (b->axis != a->axis) return false;            /* still on another group's */
+    if (b->kind != a->kind || b->region != a->region || b->n != a->n)
+      diag_fatal("sched-collective", "ranks %d and %d issue different collectives on their %s group: "
+                 "%s n=%lld vs %s n=%lld", r, q, axis_names[axis], kind_name(a->kind),
+                 (long long)a->n, kind_name(b->kind), (long long)b->n);
+  }
+  (void)g;
+  return true;
+}
+
+static void advance_group(RankRun *runs, int world, int r) {
+  Action *a = &runs[r].a[runs[r].pc];
+  if (a->kind == ACT_OPTIMIZER && a->axis < 0) { runs[r].pc++; return; }
+  RankRun me = runs[r];
+  for (int q = 0; q < world; q++)
+    if (same_group(&me, &runs[q], a->axis)) runs[q].pc++;
+}
+
+void sched_check(Graph *g) {
+  Sched *s = arena_alloc(sizeof(Sched));
+  s->g = g, s->world = 1;
+  for (int a = 0; a < MAX_AXES; a++) s->world *= g->prog->s.mesh[a];
+  int world = s->world, nmsg = 0;
+  RankRun *runs = arena_alloc(world * sizeof(RankRun));
+  int total = 0;
+  for (int r = 0; r < world; r++) {
+    sched_set_rank(s, r);
+    sched_stage(s, s->coord[AX_PP]);
+    sched_actions(s);
+    runs[r] = (RankRun){s->step, s->nstep, 0, {0}};
+    memcpy(runs[r].coord, s->coord, sizeof s->coord);
+    total += s->nstep;
+  }
+  Msg *msgs = arena_alloc((total + 1) * sizeof(Msg));
+  for (bool progress = true; progress;) {
+    progress = false;
+    for (int r = 0; r < world; r++) {
+      while (runs[r].pc < runs[r].n) {
+        Action *a = &runs[r].a[runs[r].pc];
+        if (a->kind == ACT_SEND) {
+          int dst = peer_rank(g, &runs[r], a);
+          Msg *m = find_msg(msgs, nmsg, r, dst, a);
+          if (!m) m = &msgs[nmsg++], *m = (Msg){r, dst, a->v->id, a->mb, a->grad, 0};
+          m->count++;
+        } else if (a->kind == ACT_RECV) {
+          Msg *m = find_msg(msgs, nmsg, peer_rank(g, &runs[r], a), r, a);
+          if (!m || m->count == 0) break;
+          m->count--;
+        } else if (a->kind == ACT_ALLREDUCE || a->kind == ACT_OPTIMIZER) {
+          if (!collective(g, runs, world, r)) break;
+          advance_group(runs, world, r);
+          progress = true;
+          continue;
+        }
+        runs[r].pc++;
+        progress = true;
+      }
+    }
+  }
+  for (int r = 0; r < world; r++)
+    if (runs[r].pc < runs[r].n) {
+      Action *a = &runs[r].a[runs[r].pc];
+      diag_fatal("sched-deadlock", "the schedule deadlocks: rank %d waits at action %d (%s mb=%d)",
+                 r, runs[r].pc, kind_name(a->kind), a->mb);
+    }
+  for (int i = 0; i < nmsg; i++)
+    if (msgs[i].count)
+      diag_fatal("sched-unmatched", "rank %d sends %%%d (mb %d) to rank %d, which never receives it",
+                 msgs[i].src, msgs[i].vid, msgs[i].mb, msgs[i].dst);
+}
+
+/* The schedule of one rank, or of every rank when rank is -1. */
+void sched_dump_all(FILE *out, Sched *s, int rank) {
+  for (int r = 0; r < s->world; r++) {
+    if (rank >= 0 && r != rank) continue;
+    sched_set_rank(s, r);
+    sched_stage(s, s->coord[AX_PP]);
+    emit_schedule(out, s);
+  }
+  if (rank >= s->world)
+    diag_fatal("bad-rank", "--rank %d: the plan has %d ranks", rank, s->world);
+  sched_set_rank(s, 0);
+  sched_stage(s, 0);
 }

@@ -354,10 +354,19 @@ static void check_world(Program *p, int world) {
     diag_error(l, "world-size", "the mesh dp x tp x pp x ep = %lld x %lld x %lld x %lld = %lld ranks, but the world size is %d",
                (long long)p->s.mesh[0], (long long)p->s.mesh[1], (long long)p->s.mesh[2],
                (long long)p->s.mesh[3], (long long)prod, world);
+  if (p->s.mesh[AX_PP] > 1) {
+    bool laid = false;
+    for (Node *it = p->model->list; it; it = it->next)
+      if (it->kind == N_LAYERS && sema_dim(p, it->name)->axis == AX_PP) laid = true;
+    if (!laid)
+      diag_error(setting_loc(p, p->parallel, "pp"), "pp-layout",
+                 "pp = %lld needs the model's layer stack laid out on it, e.g. layout L: pp",
+                 (long long)p->s.mesh[AX_PP]);
+  }
   for (int a = AX_TP; a < MAX_AXES; a++)
-    if (p->s.mesh[a] > 1)
+    if (a != AX_PP && p->s.mesh[a] > 1)
       diag_error(setting_loc(p, p->parallel, axis_names[a]), "plan-unsupported",
-                 "%s = %lld: only data parallelism (dp) is implemented so far; set %s = 1",
+                 "%s = %lld: only data (dp) and pipeline (pp) parallelism are implemented so far; set %s = 1",
                  axis_names[a], (long long)p->s.mesh[a], axis_names[a]);
 }
 

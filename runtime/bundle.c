@@ -144,6 +144,8 @@ static void read_manifest(Bundle *b, const char *dir) {
     bad(&r, "incomplete manifest");
 }
 
+static Bundle *cur_bundle;   /* whose values parse_ids checks */
+
 static void parse_ids(Reader *r, const char *s, int *ids, bool *acc, int max, int nvals) {
   int n = 0;
   for (int i = 0; i < max; i++) ids[i] = -1;
@@ -154,7 +156,7 @@ static void parse_ids(Reader *r, const char *s, int *ids, bool *acc, int max, in
       if (*s != '%') bad(r, "bad operand");
       char *end;
       ids[n] = strtol(s + 1, &end, 10);
-      if (ids[n] < 0 || ids[n] >= nvals) bad(r, "operand out of range");
+      if (ids[n] < 0 || ids[n] >= nvals || !cur_bundle->vals[ids[n]].present) bad(r, "operand out of range");
       s = end;
       if (*s == '+') { if (acc) acc[n] = true; s++; }
       n++;
@@ -188,10 +190,14 @@ static void read_inst(Reader *r, Bundle *b, RtInst *in) {
 static void read_value(Reader *r, Bundle *b) {
   int id;
   char region[16];
-  if (sscanf(r->buf, "value %%%d %15s", &id, region) != 2 || id != b->nvals) bad(r, "bad value line");
-  b->vals = realloc(b->vals, (b->nvals + 1) * sizeof(RtValue));
-  RtValue *v = &b->vals[b->nvals++];
-  memset(v, 0, sizeof *v);
+  if (sscanf(r->buf, "value %%%d %15s", &id, region) != 2 || id < b->nvals || id > 50000000)
+    bad(r, "bad value line");
+  b->vals = realloc(b->vals, (id + 1) * sizeof(RtValue));
+  if (!b->vals) rt_die("out of memory");
+  memset(b->vals + b->nvals, 0, (id + 1 - b->nvals) * sizeof(RtValue));
+  b->nvals = id + 1;
+  RtValue *v = &b->vals[id];
+  v->present = true;
   v->region = region_of(r, strstr(r->buf, region));
   v->off = ifield(r, "off"), v->n = ifield(r, "n");
   v->rank = parse_shape(r, field(r->buf, "shape"), v->shape);
@@ -233,7 +239,22 @@ static void read_action(Reader *r, Bundle *b, Action *a) {
   else if (!strncmp(l, "  load ", 7)) a->kind = A_LOAD;
   else if (!strncmp(l, "  run fwd", 9)) a->kind = A_RUN_FWD;
   else if (!strncmp(l, "  run bwd", 9)) a->kind = A_RUN_BWD;
-  else if (!strcmp(l, "  optimizer")) a->kind = A_OPTIMIZER;
+  else if (!strncmp(l, "  optimizer", 11)) {
+    a->kind = A_OPTIMIZER;
+    a->axis = field(l, "norm") ? axis_of(r, field(l, "norm")) : -1;
+  } else if (!strncmp(l, "  send ", 7) || !strncmp(l, "  recv ", 7)) {
+    char what[8];
+    int id;
+    bool send = l[2] == 's';
+    if (sscanf(l + 7, "%7s %%%d", what, &id) != 2 || id < 0 || id >= b->nvals || !b->vals[id].present)
+      bad(r, "bad send or receive");
+    a->kind = send ? A_SEND : A_RECV, a->value = id, a->grad = !strcmp(what, "grad");
+    a->peer = (int)ifield(r, send ? "to" : "from");
+    const char *g = field(l, "group");
+    if (!g) bad(r, "send or receive without a group");
+    a->axis = axis_of(r, g);
+    if (a->peer < 0 || a->peer >= b->mesh[a->axis]) bad(r, "peer outside the group");
+  }
   else if (!strncmp(l, "  allreduce ", 12)) {
     char reg[16];
     sscanf(l + 12, "%15s", reg);
@@ -266,6 +287,7 @@ static void read_actions(Reader *r, Bundle *b, Action **list, int *n) {
 
 static void read_schedule(Bundle *b, const char *dir, int rank) {
   Reader r;
+  cur_bundle = b;
   char name[64];
   snprintf(name, sizeof name, "rank%d.sched", rank);
   open_reader(&r, dir, name, "lmc-schedule 1");
@@ -287,7 +309,14 @@ static void read_schedule(Bundle *b, const char *dir, int rank) {
     else if (!strncmp(l, "program bwd", 11)) read_program(&r, b, &b->bwd, &b->nbwd);
     else if (!strcmp(l, "step")) read_actions(&r, b, &b->actions, &b->nactions);
     else if (!strcmp(l, "eval")) read_actions(&r, b, &b->evals, &b->nevals), end = true;
-    else if (!strncmp(l, "rank ", 5)) {
+    else if (!strncmp(l, "stage ", 6)) {
+      int np;
+      long long mb;
+      char sch[16];
+      if (sscanf(l, "stage %d of %d schedule %15s microbatches %lld slots %d", &b->stage, &np, sch, &mb,
+                 &b->slots) != 5 || np != b->mesh[2] || b->slots < 1 || b->slots > mb || b->stage >= np)
+        bad(&r, "bad stage line");
+    } else if (!strncmp(l, "rank ", 5)) {
       int rk, w;
       if (sscanf(l, "rank %d world %d dp %d tp %d pp %d ep %d", &rk, &w, &b->coord[0], &b->coord[1],
                  &b->coord[2], &b->coord[3]) != 6 || rk != rank || w != b->world)
@@ -295,17 +324,23 @@ static void read_schedule(Bundle *b, const char *dir, int rank) {
     }
   }
   fclose(r.f);
-  if (!end || !b->fwd || !b->bwd || !b->actions) bad(&r, "truncated schedule");
+  if (!end || !b->fwd || !b->bwd || !b->actions || !b->slots) bad(&r, "truncated schedule");
 }
 
+/* Each parameter's value on this rank; -1 for those of other stages. */
 static void link_params(Bundle *b) {
+  int held = 0;
   for (int i = 0; i < b->nparams; i++) {
     RtParam *p = &b->params[i];
     for (int v = 0; v < b->nvals; v++)
-      if (b->vals[v].region == R_PARAM && !strcmp(b->vals[v].name, p->name)) p->value = v;
-    if (p->value < 0 || b->vals[p->value].n != p->numel)
-      rt_die("bundle %s: parameter '%s' is missing from the schedule", b->dir, p->name);
+      if (b->vals[v].present && b->vals[v].region == R_PARAM && !strcmp(b->vals[v].name, p->name))
+        p->value = v;
+    if (p->value >= 0 && b->vals[p->value].n != p->numel)
+      rt_die("bundle %s: parameter '%s' has the wrong size in the schedule", b->dir, p->name);
+    held += p->value >= 0;
   }
+  if (b->world == 1 && held != b->nparams)
+    rt_die("bundle %s: a parameter is missing from the schedule", b->dir);
 }
 
 Bundle *bundle_open(const char *dir) {

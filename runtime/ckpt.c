@@ -1,14 +1,19 @@
-/* ckpt.c: checkpoints. One file per save:
+/* ckpt.c: checkpoints. A checkpoint is a folder, step_<N>/, of shards:
+ * rank<R>.ckpt from each rank that holds a distinct part of the model (the
+ * data parallel rank 0 of each pipeline stage). A shard is
  *   "LMCCKPT1", u32 header length, a text header (model, step, seed,
- *   dtype, every parameter's name and shape), then for each parameter its
- *   weights, Adam m and Adam v in the run's dtype, then a u64 FNV-1a
- *   checksum of all the bytes before it.
- * A save writes step_<N>.ckpt.tmp, fsyncs, renames it into place, fsyncs
- * the folder, then points the `latest` link at it the same way: a crash
- * at any moment leaves every earlier checkpoint intact. A load checks the
- * magic, the length, the checksum and that the parameters match the
+ *   dtype, the name and size of each parameter in it), then for each
+ *   parameter its weights, Adam m and Adam v in the run's dtype, then a u64
+ *   FNV-1a checksum of all the bytes before it.
+ * Parameters are whole tensors named as in the spec, so a checkpoint loads
+ * into any layout: each rank reads every shard and takes what it holds.
+ * A save writes step_<N>.tmp/, fsyncs every shard, and only when all ranks
+ * are done renames it to step_<N>/ and points `latest` at it: a crash at
+ * any moment leaves every earlier checkpoint intact. A load checks each
+ * shard's magic, length and checksum and that the parameters match the
  * bundle before it touches the run. */
 #include "lmrt.h"
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -45,12 +50,14 @@ static char *header(Run *r, const CkptInfo *info) {
   Bundle *b = r->b;
   size_t cap = 256 + (size_t)b->nparams * 256, n = 0;
   char *h = rt_xmalloc(cap);
+  int held = 0;
+  for (int p = 0; p < b->nparams; p++) held += b->params[p].value >= 0;
   n += snprintf(h + n, cap - n, "model %s\nstep %lld\nseed %llu\ndtype %s\nnparams %d\n",
                 b->model, (long long)info->step, (unsigned long long)info->seed,
-                r->be->elem == 8 ? "f64" : "f32", b->nparams);
+                r->be->elem == 8 ? "f64" : "f32", held);
   for (int p = 0; p < b->nparams; p++) {
     RtParam *pp = &b->params[p];
-    n += snprintf(h + n, cap - n, "param %s %lld\n", pp->name, (long long)pp->numel);
+    if (pp->value >= 0) n += snprintf(h + n, cap - n, "param %s %lld\n", pp->name, (long long)pp->numel);
   }
   snprintf(h + n, cap - n, "end\n");
   return h;
@@ -61,24 +68,19 @@ static void sync_dir(const char *dir) {
   if (fd >= 0) fsync(fd), close(fd);
 }
 
-static void write_atomic(const char *path, const Buf *b) {
-  char tmp[1300];
-  snprintf(tmp, sizeof tmp, "%s.tmp", path);
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) rt_die("cannot write checkpoint '%s': %s", tmp, strerror(errno));
+static void write_all(const char *path, const Buf *b) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) rt_die("cannot write checkpoint '%s': %s", path, strerror(errno));
   size_t done = 0;
   while (done < b->n) {
     ssize_t w = write(fd, b->p + done, b->n - done);
     if (w <= 0) {
-      close(fd), unlink(tmp);
-      rt_die("cannot write checkpoint '%s': %s", tmp, strerror(errno));
+      close(fd), unlink(path);
+      rt_die("cannot write checkpoint '%s': %s", path, strerror(errno));
     }
     done += w;
   }
-  if (fsync(fd) != 0 || close(fd) != 0 || rename(tmp, path) != 0) {
-    unlink(tmp);
-    rt_die("cannot write checkpoint '%s': %s", path, strerror(errno));
-  }
+  if (fsync(fd) != 0 || close(fd) != 0) rt_die("cannot write checkpoint '%s': %s", path, strerror(errno));
 }
 
 static void link_latest(const char *dir, const char *name) {
@@ -91,34 +93,56 @@ static void link_latest(const char *dir, const char *name) {
   sync_dir(dir);
 }
 
-void ckpt_save(Run *r, const char *dir, const CkptInfo *info) {
-  if (mkdir(dir, 0777) != 0 && errno != EEXIST)
-    rt_die("cannot create checkpoint folder '%s': %s", dir, strerror(errno));
+static void shard(Run *r, const CkptInfo *info, Buf *buf) {
   Bundle *b = r->b;
   bool f64 = r->be->elem == 8;
-  Buf buf = {0};
   char *h = header(r, info);
   uint32_t hl = (uint32_t)strlen(h);
-  put(&buf, MAGIC, 8), put(&buf, &hl, 4), put(&buf, h, hl);
+  put(buf, MAGIC, 8), put(buf, &hl, 4), put(buf, h, hl);
   free(h);
   for (int p = 0; p < b->nparams; p++) {
     RtParam *pp = &b->params[p];
+    if (pp->value < 0) continue;
     double *x = rt_xmalloc(pp->numel * sizeof(double));
     int64_t off = b->vals[pp->value].off * r->be->elem;
-    rt_get_param(r, p, x), put_tensor(&buf, x, pp->numel, f64);
-    r->be->download(x, (char *)r->adam_m + off, pp->numel), put_tensor(&buf, x, pp->numel, f64);
-    r->be->download(x, (char *)r->adam_v + off, pp->numel), put_tensor(&buf, x, pp->numel, f64);
+    rt_get_param(r, p, x), put_tensor(buf, x, pp->numel, f64);
+    r->be->download(x, (char *)r->adam_m + off, pp->numel), put_tensor(buf, x, pp->numel, f64);
+    r->be->download(x, (char *)r->adam_v + off, pp->numel), put_tensor(buf, x, pp->numel, f64);
     free(x);
   }
-  uint64_t sum = rt_fnv1a(buf.p, buf.n, 0xcbf29ce484222325ULL);
-  put(&buf, &sum, 8);
-  char name[64], path[1200];
-  snprintf(name, sizeof name, "step_%08lld.ckpt", (long long)info->step);
-  snprintf(path, sizeof path, "%s/%s", dir, name);
-  write_atomic(path, &buf);
-  sync_dir(dir);
-  link_latest(dir, name);
-  free(buf.p);
+  uint64_t sum = rt_fnv1a(buf->p, buf->n, 0xcbf29ce484222325ULL);
+  put(buf, &sum, 8);
+}
+
+/* Called on every rank. */
+void ckpt_save(Run *r, const char *dir, const CkptInfo *info) {
+  Bundle *b = r->b;
+  char name[64], tmp[1200], final[1200], path[1300];
+  snprintf(name, sizeof name, "step_%08lld", (long long)info->step);
+  snprintf(tmp, sizeof tmp, "%s/%s.tmp", dir, name);
+  snprintf(final, sizeof final, "%s/%s", dir, name);
+  if (b->rank == 0) {
+    if (mkdir(dir, 0777) != 0 && errno != EEXIST)
+      rt_die("cannot create checkpoint folder '%s': %s", dir, strerror(errno));
+    if (mkdir(tmp, 0777) != 0 && errno != EEXIST)
+      rt_die("cannot create checkpoint folder '%s': %s", tmp, strerror(errno));
+  }
+  comm_barrier();
+  if (b->coord[AXIS_DP] == 0) {          /* data parallel copies are identical */
+    Buf buf = {0};
+    shard(r, info, &buf);
+    snprintf(path, sizeof path, "%s/rank%d.ckpt", tmp, b->rank);
+    write_all(path, &buf);
+    free(buf.p);
+  }
+  comm_barrier();
+  if (b->rank == 0) {
+    sync_dir(tmp);
+    if (rename(tmp, final) != 0) rt_die("cannot rename '%s': %s", tmp, strerror(errno));
+    sync_dir(dir);
+    link_latest(dir, name);
+  }
+  comm_barrier();
 }
 
 /* ---- load ---- */
@@ -130,38 +154,17 @@ static const char *hline(const char *h, const char *key) {
   return NULL;
 }
 
-static void check_params(Run *r, const char *path, const char *h) {
-  Bundle *b = r->b;
-  const char *np = hline(h, "nparams");
-  if (!np || atoi(np) != b->nparams)
-    rt_die("checkpoint '%s' has %d parameters, the bundle %d: it was saved from another model",
-           path, np ? atoi(np) : -1, b->nparams);
-  const char *p = strstr(h, "\nparam ");
-  for (int i = 0; i < b->nparams; i++) {
-    char name[128];
-    long long numel;
-    if (!p || sscanf(p, "\nparam %127s %lld", name, &numel) != 2)
-      rt_die("checkpoint '%s' is corrupt: bad parameter list", path);
-    RtParam *pp = &b->params[i];
-    if (strcmp(name, pp->name) || numel != pp->numel)
-      rt_die("checkpoint '%s' does not match the bundle: it has %s (%lld elements) where the "
-             "bundle has %s (%lld elements)", path, name, numel, pp->name, (long long)pp->numel);
-    p = strstr(p + 1, "\nparam ");
-  }
-}
-
-static void get_tensor(const unsigned char **src, double *x, int64_t n, bool f64) {
-  if (f64) memcpy(x, *src, n * sizeof(double));
+static void get_tensor(const unsigned char *src, double *x, int64_t n, bool f64) {
+  if (f64) memcpy(x, src, n * sizeof(double));
   else
     for (int64_t i = 0; i < n; i++) {
       float f;
-      memcpy(&f, *src + 4 * i, 4);
+      memcpy(&f, src + 4 * i, 4);
       x[i] = f;
     }
-  *src += n * (f64 ? 8 : 4);
 }
 
-void ckpt_load(Run *r, const char *path, CkptInfo *info) {
+static unsigned char *read_shard(const char *path, size_t *len, char **hdr) {
   struct stat st;
   if (stat(path, &st) != 0) rt_die("cannot open checkpoint '%s': %s", path, strerror(errno));
   FILE *f = fopen(path, "rb");
@@ -171,36 +174,92 @@ void ckpt_load(Run *r, const char *path, CkptInfo *info) {
   if (fread(buf, 1, n, f) != n) rt_die("cannot read checkpoint '%s'", path);
   fclose(f);
   uint32_t hl;
-  if (n < 20 || memcmp(buf, MAGIC, 8)) rt_die("'%s' is not an lmc checkpoint", path);
+  if (n < 20 || memcmp(buf, MAGIC, 8)) rt_die("'%s' is not an lmc checkpoint shard", path);
   memcpy(&hl, buf + 8, 4);
   uint64_t sum;
   memcpy(&sum, buf + n - 8, 8);
   if (hl > n - 20 || rt_fnv1a(buf, n - 8, 0xcbf29ce484222325ULL) != sum)
     rt_die("checkpoint '%s' is corrupt or truncated (checksum mismatch)", path);
-  char *h = rt_xmalloc(hl + 1);
-  memcpy(h, buf + 12, hl);
+  *hdr = rt_xmalloc(hl + 1);
+  memcpy(*hdr, buf + 12, hl);
+  *len = n;
+  return buf;
+}
+
+/* Loads from one shard the parameters this rank holds; counts them. */
+static int load_shard(Run *r, const char *path, CkptInfo *info, bool first) {
+  size_t n;
+  char *h;
+  unsigned char *buf = read_shard(path, &n, &h);
+  Bundle *b = r->b;
   const char *model = hline(h, "model"), *step = hline(h, "step"), *seed = hline(h, "seed");
   const char *dtype = hline(h, "dtype");
   if (!model || !step || !seed || !dtype) rt_die("checkpoint '%s' is corrupt: bad header", path);
-  if (strncmp(model, r->b->model, strlen(r->b->model)) || model[strlen(r->b->model)] != '\n')
-    rt_die("checkpoint '%s' was saved from another model than '%s'", path, r->b->model);
-  check_params(r, path, h);
-  bool f64 = !strncmp(dtype, "f64", 3);
-  size_t need = 12 + hl + 8;
-  for (int p = 0; p < r->b->nparams; p++) need += 3 * r->b->params[p].numel * (f64 ? 8 : 4);
-  if (need != n) rt_die("checkpoint '%s' is corrupt: %zu bytes, expected %zu", path, n, need);
-  const unsigned char *src = buf + 12 + hl;
-  for (int p = 0; p < r->b->nparams; p++) {
-    RtParam *pp = &r->b->params[p];
-    double *x = rt_xmalloc(pp->numel * sizeof(double));
-    int64_t off = r->b->vals[pp->value].off * r->be->elem;
-    get_tensor(&src, x, pp->numel, f64), rt_set_param(r, p, x);
-    get_tensor(&src, x, pp->numel, f64), r->be->upload((char *)r->adam_m + off, x, pp->numel);
-    get_tensor(&src, x, pp->numel, f64), r->be->upload((char *)r->adam_v + off, x, pp->numel);
-    free(x);
+  if (strncmp(model, b->model, strlen(b->model)) || model[strlen(b->model)] != '\n')
+    rt_die("checkpoint '%s' was saved from another model than '%s'", path, b->model);
+  if (first) info->step = atoll(step), info->seed = strtoull(seed, NULL, 10);
+  else if (atoll(step) != info->step) rt_die("checkpoint '%s' mixes shards of different steps", path);
+  int esz = !strncmp(dtype, "f64", 3) ? 8 : 4, found = 0;
+  size_t off = 12 + strlen(h);
+  for (const char *p = strstr(h, "\nparam "); p; p = strstr(p + 1, "\nparam ")) {
+    char name[128];
+    long long numel;
+    if (sscanf(p, "\nparam %127s %lld", name, &numel) != 2 || numel <= 0)
+      rt_die("checkpoint '%s' is corrupt: bad parameter list", path);
+    if (off + 3 * numel * esz > n - 8) rt_die("checkpoint '%s' is corrupt: too short", path);
+    int k = -1;
+    for (int i = 0; i < b->nparams; i++)
+      if (!strcmp(b->params[i].name, name)) k = i;
+    if (k < 0) rt_die("checkpoint '%s' does not match the bundle: it has parameter %s, which the model does not", path, name);
+    RtParam *pp = &b->params[k];
+    if (numel != pp->numel)
+      rt_die("checkpoint '%s' does not match the bundle: it has %s (%lld elements) where the bundle has %s "
+             "(%lld elements)", path, name, numel, pp->name, (long long)pp->numel);
+    if (pp->value >= 0) {
+      double *x = rt_xmalloc(numel * sizeof(double));
+      int64_t o = b->vals[pp->value].off * r->be->elem;
+      get_tensor(buf + off, x, numel, esz == 8), rt_set_param(r, k, x);
+      get_tensor(buf + off + numel * esz, x, numel, esz == 8), r->be->upload((char *)r->adam_m + o, x, numel);
+      get_tensor(buf + off + 2 * numel * esz, x, numel, esz == 8), r->be->upload((char *)r->adam_v + o, x, numel);
+      free(x);
+      found++;
+    }
+    off += 3 * numel * esz;
   }
-  info->step = atoll(step);
-  info->seed = strtoull(seed, NULL, 10);
-  r->step = info->step;
+  if (off != n - 8) rt_die("checkpoint '%s' is corrupt: %zu bytes, expected %zu", path, n, off + 8);
   free(h), free(buf);
+  return found;
+}
+
+static int by_name(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+void ckpt_load(Run *r, const char *path, CkptInfo *info) {
+  DIR *d = opendir(path);
+  if (!d) {
+    struct stat st;
+    if (stat(path, &st) != 0) rt_die("cannot open checkpoint '%s': %s", path, strerror(errno));
+    rt_die("'%s' is not an lmc checkpoint (a step_N folder of rank*.ckpt shards)", path);
+  }
+  char **names = NULL;
+  int n = 0;
+  for (struct dirent *e; (e = readdir(d));) {
+    size_t l = strlen(e->d_name);
+    if (l > 5 && !strcmp(e->d_name + l - 5, ".ckpt")) {
+      names = realloc(names, (n + 1) * sizeof(char *));
+      names[n] = rt_xmalloc(strlen(path) + l + 2);
+      sprintf(names[n++], "%s/%s", path, e->d_name);
+    }
+  }
+  closedir(d);
+  if (n == 0) rt_die("checkpoint '%s' holds no shards", path);
+  qsort(names, n, sizeof(char *), by_name);
+  int found = 0, held = 0;
+  for (int i = 0; i < n; i++) found += load_shard(r, names[i], info, i == 0), free(names[i]);
+  free(names);
+  for (int p = 0; p < r->b->nparams; p++) held += r->b->params[p].value >= 0;
+  if (found != held)
+    rt_die("checkpoint '%s' does not hold all of this rank's %d parameters (found %d)", path, held, found);
+  r->step = info->step;
 }

@@ -60,6 +60,50 @@ void comm_allreduce_sum(void *buf, int64_t n, int elem, int axis) {
   }
 }
 
+/* Sends are asynchronous so that no two neighbours block on each other;
+ * each remembers its slot, whose buffers must not change until it is done. */
+typedef struct Pending {
+  MPI_Request req;
+  int slot;
+} Pending;
+static Pending *pending;
+static int npending, cappending;
+
+static MPI_Datatype type_of(int elem) { return elem == 8 ? MPI_DOUBLE : MPI_FLOAT; }
+
+void comm_isend(const void *buf, int64_t n, int elem, int peer, int tag, int axis, int slot) {
+  if (!active) rt_die("a send needs ranks: run under mpirun");
+  if (n > (1 << 30)) rt_die("a transfer of %lld elements is too large", (long long)n);
+  if (npending == cappending) {
+    cappending = cappending ? 2 * cappending : 64;
+    pending = realloc(pending, cappending * sizeof(Pending));
+    if (!pending) rt_die("out of memory");
+  }
+  Pending *p = &pending[npending++];
+  p->slot = slot;
+  if (MPI_Isend(buf, (int)n, type_of(elem), peer, tag, groups[axis], &p->req) != MPI_SUCCESS)
+    rt_die("MPI_Isend failed");
+}
+
+void comm_recv(void *buf, int64_t n, int elem, int peer, int tag, int axis) {
+  if (!active) rt_die("a receive needs ranks: run under mpirun");
+  if (MPI_Recv(buf, (int)n, type_of(elem), peer, tag, groups[axis], MPI_STATUS_IGNORE) != MPI_SUCCESS)
+    rt_die("MPI_Recv failed");
+}
+
+void comm_wait_sends(int slot) {
+  int j = 0;
+  for (int i = 0; i < npending; i++) {
+    if (slot < 0 || pending[i].slot == slot) MPI_Wait(&pending[i].req, MPI_STATUS_IGNORE);
+    else pending[j++] = pending[i];
+  }
+  npending = j;
+}
+
+void comm_barrier(void) {
+  if (active) MPI_Barrier(MPI_COMM_WORLD);
+}
+
 /* The same verdict on every rank: true only if all ranks pass ok. */
 bool comm_all(bool ok) {
   if (!active) return ok;
@@ -70,6 +114,8 @@ bool comm_all(bool ok) {
 
 void comm_finalize(void) {
   if (!active) return;
+  comm_wait_sends(-1);
+  free(pending);
   for (int a = 0; a < 4; a++)
     if (groups[a] != MPI_COMM_NULL && groups[a]) MPI_Comm_free(&groups[a]);
   MPI_Finalize();

@@ -23,6 +23,15 @@ static void cpu_release(void *p) { free(p); }
 static void cpu_allreduce_f32(void *x, int64_t n, int axis) { comm_allreduce_sum(x, n, 4, axis); }
 static void cpu_allreduce_f64(void *x, int64_t n, int axis) { comm_allreduce_sum(x, n, 8, axis); }
 
+static void cpu_send_f32(const void *x, int64_t n, int peer, int tag, int axis, int slot) {
+  comm_isend(x, n, 4, peer, tag, axis, slot);
+}
+static void cpu_send_f64(const void *x, int64_t n, int peer, int tag, int axis, int slot) {
+  comm_isend(x, n, 8, peer, tag, axis, slot);
+}
+static void cpu_recv_f32(void *x, int64_t n, int peer, int tag, int axis) { comm_recv(x, n, 4, peer, tag, axis); }
+static void cpu_recv_f64(void *x, int64_t n, int peer, int tag, int axis) { comm_recv(x, n, 8, peer, tag, axis); }
+
 static void cpu_upload_ids(void *dst, const int32_t *src, int64_t n) {
   memcpy(dst, src, n * sizeof(int32_t));
 }
@@ -65,5 +74,8 @@ Backend *cpu_backend(bool f64) {
   Backend *b = f64 ? &backend_f64 : &backend_f32;
   b->alloc = cpu_alloc, b->release = cpu_release;
   b->allreduce = f64 ? cpu_allreduce_f64 : cpu_allreduce_f32;
+  b->send = f64 ? cpu_send_f64 : cpu_send_f32;
+  b->recv = f64 ? cpu_recv_f64 : cpu_recv_f32;
+  b->wait_sends = comm_wait_sends;
   return b;
 }

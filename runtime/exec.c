@@ -12,18 +12,26 @@ static size_t elem_of(Run *r, int region) {
   return region == R_INPUT ? sizeof(int32_t) : (size_t)r->be->elem;
 }
 
+/* Activations and inputs get one copy per slot (microbatch in flight). */
+static int64_t copies(Bundle *b, int region) {
+  return region == R_ACT || region == R_INPUT ? b->slots : 1;
+}
+
 Run *rt_new(Bundle *b, Backend *be) {
   Run *r = rt_xmalloc(sizeof(Run));
   r->b = b, r->be = be;
   for (int i = 0; i < NUM_REGIONS; i++)
-    r->region[i] = be->alloc(b->region[i] * elem_of(r, i));
+    r->region[i] = be->alloc(copies(b, i) * b->region[i] * elem_of(r, i));
   r->adam_m = be->alloc(b->region[R_PARAM] * be->elem);
   r->adam_v = be->alloc(b->region[R_PARAM] * be->elem);
-  r->ptr = rt_xmalloc(b->nvals * sizeof(void *));
-  for (int v = 0; v < b->nvals; v++) {
-    RtValue *val = &b->vals[v];
-    r->ptr[v] = (char *)r->region[val->region] + val->off * elem_of(r, val->region);
-  }
+  r->ptr = rt_xmalloc((size_t)b->slots * b->nvals * sizeof(void *));
+  for (int s = 0; s < b->slots; s++)
+    for (int v = 0; v < b->nvals; v++) {
+      RtValue *val = &b->vals[v];
+      if (!val->present) continue;
+      int64_t base = copies(b, val->region) > 1 ? s * b->region[val->region] : 0;
+      r->ptr[s * b->nvals + v] = (char *)r->region[val->region] + (base + val->off) * elem_of(r, val->region);
+    }
   r->inputs = rt_xmalloc(3 * b->B * b->T * sizeof(int32_t));
   return r;
 }
@@ -42,6 +50,7 @@ void rt_init_params(Run *r, uint64_t seed) {
   double *host = rt_xmalloc(CHUNK * sizeof(double));
   for (int p = 0; p < b->nparams; p++) {
     RtParam *pp = &b->params[p];
+    if (pp->value < 0) continue;       /* another stage's */
     uint64_t key = rng_key(pp->name, seed);
     char *dst = r->ptr[pp->value];
     for (int64_t c = 0; c < pp->numel; c += CHUNK) {
@@ -63,8 +72,11 @@ void rt_zero_grads(Run *r) {
   r->be->zero(r->region[R_STATE], r->b->region[R_STATE]);
 }
 
-/* rows: nrows x (T+1) token ids, the microbatch's share of the batch. */
-void rt_load_micro(Run *r, const int32_t *rows, int64_t nrows) {
+/* rows: nrows x (T+1) token ids, the microbatch's share of the batch,
+ * into the inputs of slot 0 (rt_load_slot: of any slot). */
+void rt_load_micro(Run *r, const int32_t *rows, int64_t nrows) { rt_load_slot(r, rows, nrows, 0); }
+
+void rt_load_slot(Run *r, const int32_t *rows, int64_t nrows, int slot) {
   Bundle *b = r->b;
   int64_t T = b->T, n = nrows * T;
   int32_t *tok = r->inputs, *tgt = tok + n, *pos = tgt + n;
@@ -74,25 +86,26 @@ void rt_load_micro(Run *r, const int32_t *rows, int64_t nrows) {
       tgt[i * T + t] = rows[i * (T + 1) + t + 1];
       pos[i * T + t] = (int32_t)t;
     }
-  r->be->upload_ids(r->ptr[b->tokens], tok, n);
-  r->be->upload_ids(r->ptr[b->targets], tgt, n);
-  r->be->upload_ids(r->ptr[b->positions], pos, n);
+  void **ptr = r->ptr + (size_t)slot * b->nvals;
+  r->be->upload_ids(ptr[b->tokens], tok, n);
+  r->be->upload_ids(ptr[b->targets], tgt, n);
+  r->be->upload_ids(ptr[b->positions], pos, n);
 }
 
-static void run_program(Run *r, const RtInst *prog, int n) {
-  void *out[3], *in[5];
+static void run_program(Run *r, const RtInst *prog, int n, int slot) {
+  void *out[3], *in[5], **ptr = r->ptr + (size_t)slot * r->b->nvals;
   for (int i = 0; i < n; i++) {
     const RtInst *x = &prog[i];
-    for (int j = 0; j < 3; j++) out[j] = x->out[j] >= 0 ? r->ptr[x->out[j]] : NULL;
-    for (int j = 0; j < 5; j++) in[j] = x->in[j] >= 0 ? r->ptr[x->in[j]] : NULL;
+    for (int j = 0; j < 3; j++) out[j] = x->out[j] >= 0 ? ptr[x->out[j]] : NULL;
+    for (int j = 0; j < 5; j++) in[j] = x->in[j] >= 0 ? ptr[x->in[j]] : NULL;
     double t = r->op_time ? rt_now() : 0;
     r->be->run(x, out, in);
     if (r->op_time) r->op_time[x->op] += rt_now() - t;
   }
 }
 
-void rt_forward(Run *r) { run_program(r, r->b->fwd, r->b->nfwd); }
-void rt_backward(Run *r) { run_program(r, r->b->bwd, r->b->nbwd); }
+void rt_forward(Run *r) { run_program(r, r->b->fwd, r->b->nfwd, 0); }
+void rt_backward(Run *r) { run_program(r, r->b->bwd, r->b->nbwd, 0); }
 
 double rt_loss(Run *r) {
   double l;
@@ -100,9 +113,15 @@ double rt_loss(Run *r) {
   return l;
 }
 
-double rt_grad_norm(Run *r) {
-  return sqrt(r->be->sumsq(r->region[R_GRAD], r->b->region[R_GRAD]));
+/* The global gradient norm: this rank's parameters, summed over the
+ * group that splits the model (axis; -1 when the rank holds it all). */
+static double grad_norm(Run *r, int axis) {
+  double ss = r->be->sumsq(r->region[R_GRAD], r->b->region[R_GRAD]);
+  if (axis >= 0) comm_allreduce_sum(&ss, 1, 8, axis);
+  return sqrt(ss);
 }
+
+double rt_grad_norm(Run *r) { return grad_norm(r, -1); }
 
 void rt_adamw(Run *r, double lr, double gscale) {
   Bundle *b = r->b;
@@ -114,6 +133,7 @@ void rt_adamw(Run *r, double lr, double gscale) {
   size_t e = r->be->elem;
   for (int p = 0; p < b->nparams; p++) {
     RtParam *pp = &b->params[p];
+    if (pp->value < 0) continue;
     RtValue *w = &b->vals[pp->value];
     a.wd = pp->decay ? t->wd : 0.0;
     int64_t off = w->off * e;
@@ -121,6 +141,8 @@ void rt_adamw(Run *r, double lr, double gscale) {
                  (char *)r->adam_v + off, pp->numel, &a);
   }
 }
+
+static int slot_of(Bundle *b, const Action *a) { return (int)(a->mb % b->slots); }
 
 static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, double lr,
                         double *gnorm) {
@@ -130,14 +152,26 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
     switch (a->kind) {
     case A_ZERO_GRADS: rt_zero_grads(r); break;
     case A_ZERO_STATE: r->be->zero(r->region[R_STATE], b->region[R_STATE]); break;
-    case A_LOAD: rt_load_micro(r, rows + a->mb * b->B * (b->T + 1), b->B); break;
-    case A_RUN_FWD: rt_forward(r); break;
-    case A_RUN_BWD: rt_backward(r); break;
+    case A_LOAD:
+      r->be->wait_sends(slot_of(b, a));    /* the slot's last sends must be done */
+      rt_load_slot(r, rows + a->mb * b->B * (b->T + 1), b->B, slot_of(b, a));
+      break;
+    case A_RUN_FWD: run_program(r, b->fwd, b->nfwd, slot_of(b, a)); break;
+    case A_RUN_BWD: run_program(r, b->bwd, b->nbwd, slot_of(b, a)); break;
+    case A_SEND:
+    case A_RECV: {
+      void *x = r->ptr[(size_t)slot_of(b, a) * b->nvals + a->value];
+      int tag = (int)(a->mb % 16000) * 2 + a->grad;
+      if (a->kind == A_SEND) r->be->send(x, b->vals[a->value].n, a->peer, tag, a->axis, slot_of(b, a));
+      else r->be->recv(x, b->vals[a->value].n, a->peer, tag, a->axis);
+      break;
+    }
     case A_ALLREDUCE:
       r->be->allreduce((char *)r->region[a->region] + a->off * r->be->elem, a->n, a->axis);
       break;
     case A_OPTIMIZER: {
-      double t = rt_now(), norm = rt_grad_norm(r), clip = b->train.clip;
+      r->be->wait_sends(-1);
+      double t = rt_now(), norm = grad_norm(r, a->axis), clip = b->train.clip;
       *gnorm = norm;
       rt_adamw(r, lr, clip > 0 && norm > clip ? clip / (norm + 1e-6) : 1.0);
       if (r->op_time) r->op_time[NUM_OPS] += rt_now() - t;
@@ -158,14 +192,17 @@ double rt_step(Run *r, const int32_t *rows, double lr, double *gnorm) {
 double rt_eval(Run *r, const int32_t *rows) {
   double unused;
   run_actions(r, r->b->evals, r->b->nevals, rows, 0, &unused);
+  r->be->wait_sends(-1);
   return rt_loss(r);
 }
 
 void rt_get_param(Run *r, int p, double *dst) {
+  if (r->b->params[p].value < 0) rt_die("parameter %s is on another stage", r->b->params[p].name);
   r->be->download(dst, r->ptr[r->b->params[p].value], r->b->params[p].numel);
 }
 
 void rt_set_param(Run *r, int p, const double *src) {
+  if (r->b->params[p].value < 0) rt_die("parameter %s is on another stage", r->b->params[p].name);
   r->be->upload(r->ptr[r->b->params[p].value], src, r->b->params[p].numel);
 }
 

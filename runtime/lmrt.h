@@ -33,6 +33,10 @@ int comm_rank(void);
 int comm_world(void);
 void comm_groups(const int coord[4], const int mesh[4]);
 void comm_allreduce_sum(void *buf, int64_t n, int elem, int axis);
+void comm_isend(const void *buf, int64_t n, int elem, int peer, int tag, int axis, int slot);
+void comm_recv(void *buf, int64_t n, int elem, int peer, int tag, int axis);
+void comm_wait_sends(int slot);
+void comm_barrier(void);
 bool comm_all(bool ok);
 void comm_finalize(void);
 
@@ -46,6 +50,7 @@ uint64_t rng_key(const char *name, uint64_t seed);
 enum { R_ACT, R_PARAM, R_GRAD, R_INPUT, R_STATE, NUM_REGIONS };
 
 typedef struct RtValue {
+  bool present;            /* ids are global; a rank has only its stage's */
   int region;
   int64_t off, n;
   int rank;
@@ -69,7 +74,7 @@ typedef struct RtParam {
   char init[16];
   double std;
   bool decay;
-  int value;               /* value id in the schedule */
+  int value;               /* value id in the schedule, -1 if on another stage */
 } RtParam;
 
 typedef struct Train {
@@ -80,12 +85,15 @@ typedef struct Train {
   char data[1024];
 } Train;
 
-enum { A_ZERO_GRADS, A_ZERO_STATE, A_LOAD, A_RUN_FWD, A_RUN_BWD, A_ALLREDUCE, A_OPTIMIZER };
+enum { A_ZERO_GRADS, A_ZERO_STATE, A_LOAD, A_RUN_FWD, A_RUN_BWD, A_ALLREDUCE, A_OPTIMIZER,
+       A_SEND, A_RECV };
 typedef struct Action {
   int kind;
   int64_t mb;
-  int region, axis;        /* allreduce: what and over which group */
+  int region, axis;        /* allreduce: what and over which group; optimizer: norm group or -1 */
   int64_t off, n;
+  int value, peer;         /* send/recv: the value, the peer's index in the group */
+  bool grad;
 } Action;
 
 typedef struct Bundle {
@@ -93,6 +101,7 @@ typedef struct Bundle {
   char model[128];
   int world, rank;
   int coord[4], mesh[4];   /* dp, tp, pp, ep */
+  int stage, slots;        /* pipeline stage; microbatches in flight */
   int64_t vocab, B, T;
   Train train;
   RtParam *params; int nparams;
@@ -128,6 +137,9 @@ typedef struct Backend {
   void (*run)(const RtInst *in, void **out, void **in_ptrs);
   double (*sumsq)(const void *x, int64_t n);
   void (*allreduce)(void *x, int64_t n, int axis);          /* sum over a group */
+  void (*send)(const void *x, int64_t n, int peer, int tag, int axis, int slot); /* async */
+  void (*recv)(void *x, int64_t n, int peer, int tag, int axis);
+  void (*wait_sends)(int slot);                             /* slot < 0: all */
   void (*adamw)(void *w, const void *g, void *m, void *v, int64_t n, const AdamArgs *a);
 } Backend;
 
@@ -140,7 +152,7 @@ typedef struct Run {
   void *region[NUM_REGIONS];
   int32_t *inputs;         /* host-side ids: tokens, targets, positions */
   void *adam_m, *adam_v;
-  void **ptr;              /* per value: its address */
+  void **ptr;              /* per slot, per value: its address (ptr[slot * nvals + id]) */
   int64_t step;            /* optimizer steps taken */
   double *op_time;         /* seconds per op kind, when profiling (else NULL) */
 } Run;
@@ -150,6 +162,7 @@ void rt_free(Run *r);
 void rt_init_params(Run *r, uint64_t seed);
 void rt_zero_grads(Run *r);
 void rt_load_micro(Run *r, const int32_t *rows, int64_t nrows);  /* rows of T+1 ids */
+void rt_load_slot(Run *r, const int32_t *rows, int64_t nrows, int slot);
 void rt_forward(Run *r);
 void rt_backward(Run *r);
 double rt_loss(Run *r);

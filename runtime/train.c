@@ -75,13 +75,11 @@ static void eval_and_log(Loop *L, int64_t step) {
   if (!L->o->quiet) printf("step %5lld | val loss %.4f\n", (long long)step, vl), fflush(stdout);
 }
 
-/* Every rank holds the whole model (data parallelism only), so the
- * leader writes the one checkpoint. */
+/* Every rank takes part: each pipeline stage writes its shard. */
 static void save(Loop *L, int64_t step) {
-  if (!L->metrics) return;
   CkptInfo info = {.step = step, .seed = L->seed};
   ckpt_save(L->r, L->ckpt_dir, &info);
-  if (!L->o->quiet) printf("step %5lld | saved %s/step_%08lld.ckpt\n", (long long)step, L->ckpt_dir, (long long)step);
+  if (!L->o->quiet) printf("step %5lld | saved %s/step_%08lld\n", (long long)step, L->ckpt_dir, (long long)step);
 }
 
 static void open_metrics(Loop *L) {

@@ -5,7 +5,7 @@ BIN=$1 SRC=$2
 need_data
 small_model "$WORK/b" --set steps=4 --set batch=2 --set seq=16
 "$LMRUN" "$WORK/b" --data "$DATA" --quiet --save-interval 2
-CK="$WORK/b/ckpt/step_00000002.ckpt"
+CK="$WORK/b/ckpt/step_00000002"
 
 MSG="cannot open data file '$WORK/nope.txt'" expect_error "$LMRUN" "$WORK/b" --data "$WORK/nope.txt"
 : > "$WORK/empty.txt"
@@ -37,17 +37,19 @@ MSG="truncated schedule" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
 sed 's/^  matmul /  matmool /' "$WORK/b/rank0.sched" > "$WORK/broken/rank0.sched"
 MSG="unknown op" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
 
-cp "$CK" "$WORK/flip.ckpt"
-printf '\001' | dd of="$WORK/flip.ckpt" bs=1 seek=5000 conv=notrunc 2>/dev/null
-MSG="is corrupt or truncated (checksum mismatch)" expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$WORK/flip.ckpt"
-head -c 3000 "$CK" > "$WORK/cut.ckpt"
-MSG="is corrupt or truncated" expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$WORK/cut.ckpt"
-MSG="is not an lmc checkpoint" expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$DATA"
-MSG="cannot open checkpoint" expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$WORK/nope.ckpt"
+cp -r "$CK" "$WORK/flip"
+printf '\001' | dd of="$WORK/flip/rank0.ckpt" bs=1 seek=5000 conv=notrunc 2>/dev/null
+MSG="checkpoint '$WORK/flip/rank0.ckpt' is corrupt or truncated (checksum mismatch)" expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$WORK/flip"
+mkdir "$WORK/cut" && head -c 3000 "$CK/rank0.ckpt" > "$WORK/cut/rank0.ckpt"
+MSG="is corrupt or truncated" expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$WORK/cut"
+MSG="is not an lmc checkpoint (a step_N folder of rank*.ckpt shards)" expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$DATA"
+MSG="cannot open checkpoint" expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$WORK/nope"
+mkdir "$WORK/empty"
+MSG="checkpoint '$WORK/empty' holds no shards" expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$WORK/empty"
 small_model "$WORK/other" --set D=32 --set steps=4 --set batch=2 --set seq=16
 MSG="does not match the bundle: it has tok_embed (16384 elements) where the bundle has tok_embed (8192 elements)" \
   expect_error "$LMRUN" "$WORK/other" --data "$DATA" --resume "$CK"
 MSG="nothing to do: the run is at step 4" expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$WORK/b/ckpt/latest"
 MSG="unknown option '--bogus'" expect_error "$LMRUN" "$WORK/b" --bogus
 MSG="--max-steps takes a non-negative integer, got 'ten'" expect_error "$LMRUN" "$WORK/b" --max-steps ten
-echo "21 passed, 0 failed"
+echo "22 passed, 0 failed"

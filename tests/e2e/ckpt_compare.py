@@ -1,11 +1,19 @@
 #!/usr/bin/env python3
-"""Compares the weights of two lmc checkpoints: ckpt_compare.py A B RTOL.
+"""Compares the weights of two lmc checkpoints (step folders of rank*.ckpt
+shards, any layout): ckpt_compare.py A B RTOL.
 For each parameter, the largest difference of an element relative to the
 tensor's largest magnitude; exits 1 if the worst exceeds RTOL."""
-import struct, sys
+import glob, os, struct, sys
 
 
-def weights(path):
+def weights(folder):
+    out = {}
+    for shard in sorted(glob.glob(os.path.join(folder, "*.ckpt"))):
+        out.update(shard_weights(shard))
+    return out
+
+
+def shard_weights(path):
     b = open(path, "rb").read()
     assert b[:8] == b"LMCCKPT1", path
     hl = struct.unpack("<I", b[8:12])[0]
