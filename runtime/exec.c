@@ -33,13 +33,33 @@ Run *rt_new(Bundle *b, Backend *be) {
       r->ptr[s * b->nvals + v] = (char *)r->region[val->region] + (base + val->off) * elem_of(r, val->region);
     }
   r->inputs = rt_xmalloc(3 * b->B * b->T * sizeof(int32_t));
+  r->slot_mb = rt_xmalloc(b->slots * sizeof(int));
+  for (int s = 0; s < b->slots; s++) r->slot_mb[s] = -1;
   return r;
+}
+
+double rt_slot_bytes(Run *r) {
+  return (double)r->b->region[R_ACT] * r->be->elem + (double)r->b->region[R_INPUT] * 4;
+}
+
+/* Activation memory in use: a microbatch fills its slot from its forward
+ * pass to its backward pass; a slot is never filled twice. */
+static void fill_slot(Run *r, int slot, int mb) {
+  if (r->slot_mb[slot] >= 0)
+    rt_die("internal error: microbatch %d needs slot %d, still held by microbatch %d", mb, slot,
+           r->slot_mb[slot]);
+  r->slot_mb[slot] = mb;
+  if (++r->inflight > r->max_inflight) r->max_inflight = r->inflight;
+}
+
+static void free_slot(Run *r, int slot) {
+  if (r->slot_mb[slot] >= 0) r->slot_mb[slot] = -1, r->inflight--;
 }
 
 void rt_free(Run *r) {
   for (int i = 0; i < NUM_REGIONS; i++) r->be->release(r->region[i]);
   r->be->release(r->adam_m), r->be->release(r->adam_v);
-  free(r->ptr), free(r->inputs), free(r);
+  free(r->ptr), free(r->inputs), free(r->slot_mb), free(r);
 }
 
 /* Element i of a parameter is a function of (name, seed, i); it is made
@@ -156,8 +176,15 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
       r->be->wait_sends(slot_of(b, a));    /* the slot's last sends must be done */
       rt_load_slot(r, rows + a->mb * b->B * (b->T + 1), b->B, slot_of(b, a));
       break;
-    case A_RUN_FWD: run_program(r, b->fwd, b->nfwd, slot_of(b, a)); break;
-    case A_RUN_BWD: run_program(r, b->bwd, b->nbwd, slot_of(b, a)); break;
+    case A_RUN_FWD:
+      fill_slot(r, slot_of(b, a), (int)a->mb);
+      run_program(r, b->fwd, b->nfwd, slot_of(b, a));
+      if (list == b->evals) free_slot(r, slot_of(b, a));   /* no backward follows */
+      break;
+    case A_RUN_BWD:
+      run_program(r, b->bwd, b->nbwd, slot_of(b, a));
+      free_slot(r, slot_of(b, a));
+      break;
     case A_SEND:
     case A_RECV: {
       void *x = r->ptr[(size_t)slot_of(b, a) * b->nvals + a->value];

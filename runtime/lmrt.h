@@ -37,6 +37,7 @@ void comm_isend(const void *buf, int64_t n, int elem, int peer, int tag, int axi
 void comm_recv(void *buf, int64_t n, int elem, int peer, int tag, int axis);
 void comm_wait_sends(int slot);
 void comm_barrier(void);
+void comm_gather(const double *mine, int n, double *all);   /* rank 0 gets n per rank */
 bool comm_all(bool ok);
 void comm_finalize(void);
 
@@ -155,6 +156,8 @@ typedef struct Run {
   void **ptr;              /* per slot, per value: its address (ptr[slot * nvals + id]) */
   int64_t step;            /* optimizer steps taken */
   double *op_time;         /* seconds per op kind, when profiling (else NULL) */
+  int *slot_mb;            /* the microbatch whose activations fill each slot, or -1 */
+  int inflight, max_inflight;   /* microbatches past forward, not yet past backward */
 } Run;
 
 Run *rt_new(Bundle *b, Backend *be);
@@ -170,6 +173,7 @@ double rt_grad_norm(Run *r);
 void rt_adamw(Run *r, double lr, double gscale);
 double rt_step(Run *r, const int32_t *rows, double lr, double *gnorm); /* the schedule's step */
 double rt_eval(Run *r, const int32_t *rows);                           /* forward only */
+double rt_slot_bytes(Run *r);      /* activations + inputs of one microbatch */
 void rt_get_param(Run *r, int p, double *dst);
 void rt_set_param(Run *r, int p, const double *src);
 void rt_get_grad(Run *r, int p, double *dst);

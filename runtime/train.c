@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 double lr_at(const Train *t, int64_t steps, int64_t step) {
   if (step < t->warmup) return t->lr * (double)(step + 1) / (double)t->warmup;
@@ -90,6 +91,28 @@ static void open_metrics(Loop *L) {
   if (!L->metrics) rt_die("cannot write metrics file '%s'", path);
 }
 
+/* Each rank's measured activation peak next to the plan, gathered to rank
+ * 0, printed and logged. */
+static void report_memory(Loop *L) {
+  Run *r = L->r;
+  Bundle *b = r->b;
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  double mine[5] = {b->stage, r->max_inflight * rt_slot_bytes(r), b->slots * rt_slot_bytes(r),
+                    r->max_inflight, ru.ru_maxrss / 1024.0};
+  double *all = rt_xmalloc(5 * b->world * sizeof(double));
+  comm_gather(mine, 5, all);
+  for (int k = 0; L->metrics && k < b->world; k++) {
+    double *m = all + 5 * k, mib = 1.0 / (1 << 20);
+    fprintf(L->metrics, "{\"rank\":%d,\"stage\":%.0f,\"act_peak_bytes\":%.0f,\"act_planned_bytes\":%.0f,"
+            "\"inflight\":%.0f,\"rss_mib\":%.1f}\n", k, m[0], m[1], m[2], m[3], m[4]);
+    if (!L->o->quiet)
+      printf("rank %d stage %.0f: activations peak %.1f MiB (%.0f microbatches in flight), planned %.1f MiB; "
+             "peak RSS %.1f MiB\n", k, m[0], m[1] * mib, m[3], m[2] * mib, m[4]);
+  }
+  free(all);
+}
+
 int train_run(Run *r, TrainOpts *o) {
   Bundle *b = r->b;
   Loop L = {.r = r, .o = o, .seed = o->seed >= 0 ? (uint64_t)o->seed : (uint64_t)b->train.seed};
@@ -128,6 +151,7 @@ int train_run(Run *r, TrainOpts *o) {
     if (o->eval_interval > 0 && ((step + 1) % o->eval_interval == 0 || last)) eval_and_log(&L, step + 1);
     if (o->save_interval > 0 && ((step + 1) % o->save_interval == 0 || last)) save(&L, step + 1);
   }
+  report_memory(&L);
   if (L.metrics) fclose(L.metrics);
   free(L.rows);
   data_free(L.d);
