@@ -190,7 +190,11 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
       void *x = r->ptr[(size_t)slot_of(b, a) * b->nvals + a->value];
       int tag = (int)(a->mb % 16000) * 2 + a->grad;
       if (a->kind == A_SEND) r->be->send(x, b->vals[a->value].n, a->peer, tag, a->axis, slot_of(b, a));
-      else r->be->recv(x, b->vals[a->value].n, a->peer, tag, a->axis);
+      else {
+        double t = rt_now();
+        r->be->recv(x, b->vals[a->value].n, a->peer, tag, a->axis);
+        r->t_wait += rt_now() - t;
+      }
       break;
     }
     case A_ALLREDUCE:

@@ -158,6 +158,7 @@ typedef struct Run {
   double *op_time;         /* seconds per op kind, when profiling (else NULL) */
   int *slot_mb;            /* the microbatch whose activations fill each slot, or -1 */
   int inflight, max_inflight;   /* microbatches past forward, not yet past backward */
+  double t_wait;           /* seconds blocked on receives from other stages */
 } Run;
 
 Run *rt_new(Bundle *b, Backend *be);

@@ -51,6 +51,7 @@ typedef struct Loop {
   uint64_t seed;
   char ckpt_dir[1100];
   double t0;
+  double t_steps, wait0;   /* time in steps after the first, and the wait before them */
 } Loop;
 
 static void log_step(Loop *L, int64_t step, double loss, double lr, double norm, double dt) {
@@ -98,14 +99,16 @@ static void report_memory(Loop *L) {
   Bundle *b = r->b;
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
-  double mine[5] = {b->stage, r->max_inflight * rt_slot_bytes(r), b->slots * rt_slot_bytes(r),
-                    r->max_inflight, ru.ru_maxrss / 1024.0};
-  double *all = rt_xmalloc(5 * b->world * sizeof(double));
-  comm_gather(mine, 5, all);
+  enum { N = 7 };
+  double mine[N] = {b->stage, r->max_inflight * rt_slot_bytes(r), b->slots * rt_slot_bytes(r),
+                    r->max_inflight, ru.ru_maxrss / 1024.0, r->t_wait - L->wait0, L->t_steps};
+  double *all = rt_xmalloc(N * b->world * sizeof(double));
+  comm_gather(mine, N, all);
   for (int k = 0; L->metrics && k < b->world; k++) {
-    double *m = all + 5 * k, mib = 1.0 / (1 << 20);
+    double *m = all + N * k, mib = 1.0 / (1 << 20);
     fprintf(L->metrics, "{\"rank\":%d,\"stage\":%.0f,\"act_peak_bytes\":%.0f,\"act_planned_bytes\":%.0f,"
-            "\"inflight\":%.0f,\"rss_mib\":%.1f}\n", k, m[0], m[1], m[2], m[3], m[4]);
+            "\"inflight\":%.0f,\"rss_mib\":%.1f,\"wait_s\":%.6f,\"steps_s\":%.6f}\n", k, m[0], m[1],
+            m[2], m[3], m[4], m[5], m[6]);
     if (!L->o->quiet)
       printf("rank %d stage %.0f: activations peak %.1f MiB (%.0f microbatches in flight), planned %.1f MiB; "
              "peak RSS %.1f MiB\n", k, m[0], m[1] * mib, m[3], m[2] * mib, m[4]);
@@ -144,7 +147,10 @@ int train_run(Run *r, TrainOpts *o) {
   for (int64_t step = L.start; step < L.max_steps; step++) {
     double t = rt_now(), norm = 0, lr = lr_at(&b->train, L.steps, step);
     data_train_batch(L.d, L.seed, step, b->train.batch, b->T, L.rows);
+    if (step == L.start) L.wait0 = r->t_wait;     /* the first step warms up */
     double loss = rt_step(r, my_rows(b, L.rows), lr, &norm);
+    if (step > L.start) L.t_steps += rt_now() - t;
+    else L.wait0 = r->t_wait;
     if (!isfinite(loss)) rt_die("loss is %g at step %lld: training diverged (lower the lr?)", loss, (long long)step + 1);
     log_step(&L, step + 1, loss, lr, norm, rt_now() - t);
     bool last = step + 1 == L.max_steps;
