@@ -55,6 +55,37 @@ static void set_out(Inst *in, int i, Value *of) {
     in->out[i]->def = in;
 }
 
+static bool tp_split(int dim) {
+  Program *p = G->prog;
+  return dim >= 0 && p->dims[dim].axis == AX_TP && p->s.mesh[AX_TP] > 1;
+}
+
+/* A backward matmul that sums over a tp-split dim leaves each rank a
+ * partial gradient: it is written to a temporary, summed over tp, and only
+ * then added where it belongs (the accumulator may hold replicated parts). */
+static void reduce_partial(Inst *in) {
+  Value *o = in->out[0];
+  bool part = false;
+  for (int k = 0; k < 2; k++)
+    for (int i = 0; i < in->in[k]->shape.rank; i++) {
+      int d = in->in[k]->shape.dim[i];
+      bool kept = false;
+      for (int j = 0; j < o->shape.rank; j++) kept |= o->shape.dim[j] == d;
+      part |= tp_split(d) && !kept;
+    }
+  if (!part) return;
+  bool acc = in->acc[0];
+  Value *tmp = ir_value(G, V_ACT, NULL, o->shape);
+  tmp->def = in, in->out[0] = tmp, in->acc[0] = false;
+  Inst *ar = ir_inst(G, OP_ALLREDUCE, true, in->loc);
+  ar->in[0] = ar->out[0] = tmp;
+  ir_set(ar, "n", shape_numel(&tmp->shape)), ir_set(ar, "op", 0);
+  Inst *add = ir_inst(G, OP_ADD_BWD, true, in->loc);   /* o (+)= tmp */
+  add->in[0] = tmp, add->out[0] = o, add->acc[0] = acc;
+  ir_set(add, "n", shape_numel(&tmp->shape)), ir_set(add, "nb", shape_numel(&tmp->shape));
+  if (o->def == in) o->def = add;
+}
+
 static void bwd_matmul(Inst *f, Value *dy) {
   Value *x = f->in[0], *w = f->in[1];
   int64_t m = ir_get(f, "m"), n = ir_get(f, "n"), k = ir_get(f, "k");
@@ -65,6 +96,7 @@ static void bwd_matmul(Inst *f, Value *dy) {
     ir_set(in, "m", tb ? n : k), ir_set(in, "n", tb ? k : n), ir_set(in, "k", m);
     ir_set(in, "ta", 1), ir_set(in, "tb", 0);
     set_out(in, 0, w);
+    reduce_partial(in);
   }
   if (x->needs_grad) {            /* dx = dy W^T  or  dy W */
     Inst *in = bwd_inst(OP_MATMUL, f);
@@ -72,6 +104,7 @@ static void bwd_matmul(Inst *f, Value *dy) {
     ir_set(in, "m", m), ir_set(in, "n", k), ir_set(in, "k", n);
     ir_set(in, "ta", 0), ir_set(in, "tb", !tb);
     set_out(in, 0, x);
+    reduce_partial(in);
   }
 }
 
@@ -125,13 +158,15 @@ void ad_backward(Graph *g) {
   mark_needs_grad();
   for (int i = g->nfwd - 1; i >= 0; i--) {
     Inst *f = g->fwd[i];
-    if (f->op == OP_XENT) {       /* the seed: d loss / d logits */
+    if (f->op == OP_XENT || f->op == OP_XENT_LOSS) {   /* the seed: d loss / d logits */
       if (f->out[0] != g->loss || !f->in[0]->needs_grad) continue;
-      Inst *in = bwd_inst(OP_XENT_BWD, f);
-      in->in[0] = f->in[0], in->in[1] = f->in[1];
+      Inst *in = bwd_inst(f->op == OP_XENT ? OP_XENT_BWD : OP_XENT_TP_BWD, f);
+      for (int k = 0; k < in->nin; k++) in->in[k] = f->in[k];
       set_out(in, 0, f->in[0]);
       continue;
     }
+    if (f->op == OP_ALLREDUCE || f->op == OP_XENT_MAX || f->op == OP_XENT_STATS)
+      continue;   /* in place, or not on the gradient's path */
     Value *dy = f->out[0]->grad;
     if (!dy) continue;            /* does not reach the loss */
     if (f->op == OP_MATMUL)

@@ -32,10 +32,26 @@ static void print_sizes(FILE *out, const Shape *s) {
     fprintf(out, "%s%lld", i ? "x" : "", (long long)s->size[i]);
 }
 
+/* The index of v's dim that tp splits, or -1. */
+static int split_dim(Program *p, Value *v) {
+  for (int i = 0; i < v->shape.rank; i++) {
+    int d = v->shape.dim[i];
+    if (d >= 0 && p->dims[d].axis == AX_TP && p->s.mesh[AX_TP] > 1) return i;
+  }
+  return -1;
+}
+
+/* A parameter's whole shape (what a checkpoint stores), not one rank's. */
+static void print_global_sizes(FILE *out, Program *p, const Shape *s) {
+  for (int i = 0; i < s->rank; i++)
+    fprintf(out, "%s%lld", i ? "x" : "", (long long)(s->dim[i] >= 0 ? p->dims[s->dim[i]].size : s->size[i]));
+}
+
 static void print_value(FILE *out, Program *p, Value *v) {
   fprintf(out, "value %%%d %s off=%lld n=%lld shape=", v->id, region_names[v->kind],
           (long long)v->offset, (long long)shape_numel(&v->shape));
   print_sizes(out, &v->shape);
+  if (v->kind == V_PARAM && split_dim(p, v) >= 0) fprintf(out, " split=%d", split_dim(p, v));
   fprintf(out, " ");
   ir_print_shape(out, p, &v->shape);
   if (v->is_int) fprintf(out, " i32");
@@ -84,7 +100,8 @@ static void print_action(FILE *out, Action *a) {
             (long long)a->n, axis_name(a->axis));
     break;
   case ACT_OPTIMIZER:
-    if (a->axis >= 0) fprintf(out, "  optimizer norm=%s\n", axis_name(a->axis));
+    if (a->norm_tp && a->norm_pp) fprintf(out, "  optimizer norm=tp,pp\n");
+    else if (a->norm_tp || a->norm_pp) fprintf(out, "  optimizer norm=%s\n", a->norm_tp ? "tp" : "pp");
     else fprintf(out, "  optimizer\n");
     break;
   }
@@ -117,10 +134,11 @@ void emit_schedule(FILE *out, Sched *s) {
   fprintf(out, "end\n");
 }
 
+/* The whole vocabulary: the last dim of the loss's logits. */
 static int64_t vocab(Graph *g) {
-  for (int i = 0; i < g->nfwd; i++)
-    if (g->fwd[i]->op == OP_XENT) return (int64_t)ir_get(g->fwd[i], "v");
-  return 0;
+  Value *logits = g->loss->def->in[0];
+  int d = logits->shape.dim[2];
+  return d >= 0 ? g->prog->dims[d].size : logits->shape.size[2];
 }
 
 void emit_manifest(FILE *out, Sched *s) {
@@ -146,9 +164,9 @@ void emit_manifest(FILE *out, Sched *s) {
   for (int i = 0; i < g->nparams; i++) {
     Value *v = g->params[i];
     fprintf(out, "param %s shape=", v->name);
-    print_sizes(out, &v->shape);
+    print_global_sizes(out, p, &v->shape);
     fprintf(out, " init=%s std=%s decay=%d\n", v->init, num(v->init_std), v->shape.rank >= 2);
-    total += shape_numel(&v->shape);
+    total += shape_numel(&v->shape) * (split_dim(p, v) >= 0 ? p->s.mesh[AX_TP] : 1);
   }
   fprintf(out, "params %lld\nend\n", (long long)total);
 }

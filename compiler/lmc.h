@@ -250,6 +250,7 @@ typedef struct Action {
   int region;          /* allreduce */
   int64_t off, n;
   bool grad;           /* send/recv of a gradient */
+  bool norm_tp, norm_pp;   /* optimizer: sum the gradient norm over these groups */
 } Action;
 
 typedef struct Sched {

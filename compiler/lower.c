@@ -42,11 +42,51 @@ static Value *lookup(Env *e, const char *name) {
 
 /* ---- shapes ---- */
 
+/* Shapes are per rank: a dim laid out on tp has size / tp on each rank. */
+static bool tp_split(int dim) {
+  return dim >= 0 && P->dims[dim].axis == AX_TP && P->s.mesh[AX_TP] > 1;
+}
+
+static int64_t local_size(int dim) {
+  return P->dims[dim].size / (tp_split(dim) ? P->s.mesh[AX_TP] : 1);
+}
+
 static Shape shape_of_dims(int n, const int *dims) {
   Shape s = {.rank = n};
   for (int i = 0; i < n; i++)
-    s.dim[i] = dims[i], s.size[i] = P->dims[dims[i]].size;
+    s.dim[i] = dims[i], s.size[i] = local_size(dims[i]);
   return s;
+}
+
+static bool has_split(const Shape *s) {
+  for (int i = 0; i < s->rank; i++)
+    if (tp_split(s->dim[i])) return true;
+  return false;
+}
+
+/* A tp-split dim that the inputs have and the output lacks was summed
+ * over: each rank holds a partial sum. */
+static bool partial(Value *a, Value *b, Value *out) {
+  Value *in[2] = {a, b};
+  for (int k = 0; k < 2; k++)
+    for (int i = 0; in[k] && i < in[k]->shape.rank; i++) {
+      int d = in[k]->shape.dim[i];
+      bool kept = false;
+      for (int j = 0; j < out->shape.rank; j++) kept |= out->shape.dim[j] == d;
+      if (tp_split(d) && !kept) return true;
+    }
+  return false;
+}
+
+/* Sums (op 0) or maxes (op 1) v over the tp group, in place. */
+static void allreduce(Value *v, int op, Loc loc) {
+  Inst *in = ir_inst(G, OP_ALLREDUCE, false, loc);
+  in->in[0] = in->out[0] = v;
+  ir_set(in, "n", shape_numel(&v->shape)), ir_set(in, "op", op);
+}
+
+_Noreturn static void tp_unsupported(Loc loc, const char *what) {
+  diag_error(loc, "tp-unsupported", "%s cannot be split by tp in this lmc", what);
 }
 
 static int dim_id(const char *name) {
@@ -115,10 +155,15 @@ static Value *lower_embed(Loc loc, Value *ids, Value *w) {
                (long long)w->shape.size[0], (long long)P->s.seq);
   Shape s = ids->shape;
   s.dim[s.rank] = w->shape.dim[1], s.size[s.rank] = w->shape.size[1], s.rank++;
+  if (tp_split(w->shape.dim[1])) tp_unsupported(loc, "an embedding's width");
   Value *y = emit1(OP_EMBED, loc, ids, w, s);
   ir_set(y->def, "n", shape_numel(&ids->shape));
   ir_set(y->def, "d", w->shape.size[1]);
   ir_set(y->def, "v", w->shape.size[0]);
+  if (tp_split(w->shape.dim[0])) {   /* vocab parallel: rows of other ranks are 0 */
+    ir_set(y->def, "vsplit", 1);
+    allreduce(y, 0, loc);
+  }
   return y;
 }
 
@@ -159,6 +204,7 @@ static Value *lower_matmul(Loc loc, Value *x, Value *w) {
   Value *y = emit1(OP_MATMUL, loc, x, w, s);
   ir_set(y->def, "m", m), ir_set(y->def, "n", n), ir_set(y->def, "k", k);
   ir_set(y->def, "ta", 0), ir_set(y->def, "tb", tb);
+  if (partial(x, w, y)) allreduce(y, 0, loc);   /* row parallel */
   return y;
 }
 
@@ -172,6 +218,7 @@ static Value *lower_norm(Loc loc, int op, Value **a, double eps) {
   if (x->shape.rank < 1)
     diag_error(loc, "shape-mismatch", "%s of a scalar", op_names[op]);
   check_norm_weight(loc, op_names[op], x, a[1]);
+  if (tp_split(x->shape.dim[x->shape.rank - 1])) tp_unsupported(loc, "a normalised dim");
   if (op == OP_LAYERNORM)
     check_norm_weight(loc, op_names[op], x, a[2]);
   Inst *in = ir_inst(G, op, false, loc);
@@ -197,6 +244,7 @@ static Value *lower_rope(Loc loc, Value *x, double theta) {
   check_bt(loc, "rope", x, 4);
   if (x->shape.size[3] % 2)
     diag_error(loc, "rope-odd", "rope needs an even head dim, got %lld", (long long)x->shape.size[3]);
+  if (tp_split(x->shape.dim[3])) tp_unsupported(loc, "rope's head dim");
   Value *y = emit1(OP_ROPE, loc, x, NULL, x->shape);
   ir_set(y->def, "b", x->shape.size[0]), ir_set(y->def, "t", x->shape.size[1]);
   ir_set(y->def, "h", x->shape.size[2]), ir_set(y->def, "k", x->shape.size[3]);
@@ -210,6 +258,9 @@ static Value *lower_attention(Loc loc, Value **a) {
   check_bt(loc, "attention", k, 4);
   if (!same_shape(&k->shape, &v->shape)) mismatch(loc, "attention (k vs v)", k, v);
   if (!same_dim(&q->shape, 3, &k->shape, 3)) mismatch(loc, "attention (head dim of q vs k)", q, k);
+  if (tp_split(q->shape.dim[3])) tp_unsupported(loc, "attention's head dim");
+  if (tp_split(q->shape.dim[2]) != tp_split(k->shape.dim[2]))
+    diag_error(loc, "tp-heads", "attention: lay out both the query heads and the kv groups on tp, or neither");
   int64_t h = q->shape.size[2], g = k->shape.size[2];
   if (h % g)
     diag_error(loc, "gqa-groups", "attention: %lld query heads do not divide into %lld kv groups",
@@ -228,6 +279,7 @@ static Value *lower_attention(Loc loc, Value **a) {
 
 static Value *lower_pointwise(Loc loc, int op, Value *a, Value *b) {
   if (op == OP_MUL && !same_shape(&a->shape, &b->shape)) mismatch(loc, "'*'", a, b);
+  (void)has_split;
   if (op == OP_ADD && !same_shape(&a->shape, &b->shape)) {
     bool suffix = b->shape.rank <= a->shape.rank && b->shape.rank > 0;
     for (int i = 0; suffix && i < b->shape.rank; i++)
@@ -242,10 +294,37 @@ static Value *lower_pointwise(Loc loc, int op, Value *a, Value *b) {
   return y;
 }
 
+/* Vocab-parallel cross-entropy: no rank holds all logits. The row max and
+ * then the sums of exp and the target's logit are reduced over tp. */
+static Value *lower_xent_tp(Loc loc, Value *logits, Value *targets) {
+  Shape bt = drop_last(logits->shape), none = {0};
+  Inst *mx = ir_inst(G, OP_XENT_MAX, false, loc);
+  mx->in[0] = logits, mx->out[0] = act(NULL, bt), mx->out[0]->def = mx;
+  ir_set(mx, "n", shape_numel(&bt)), ir_set(mx, "v", logits->shape.size[2]);
+  allreduce(mx->out[0], 1, loc);
+  Inst *st = ir_inst(G, OP_XENT_STATS, false, loc);
+  st->in[0] = logits, st->in[1] = targets, st->in[2] = mx->out[0];
+  st->out[0] = act(NULL, bt), st->out[1] = act(NULL, bt);
+  st->out[0]->def = st->out[1]->def = st;
+  ir_set(st, "n", shape_numel(&bt)), ir_set(st, "v", logits->shape.size[2]), ir_set(st, "vsplit", 1);
+  allreduce(st->out[0], 0, loc);
+  allreduce(st->out[1], 0, loc);
+  Inst *in = ir_inst(G, OP_XENT_LOSS, false, loc);
+  Value *ins[5] = {logits, targets, mx->out[0], st->out[0], st->out[1]};
+  for (int i = 0; i < 5; i++) in->in[i] = ins[i];
+  in->out[0] = ir_value(G, V_STATE, "loss", none);
+  in->out[0]->def = in;
+  in->acc[0] = true;
+  ir_set(in, "n", shape_numel(&bt)), ir_set(in, "v", logits->shape.size[2]), ir_set(in, "vsplit", 1);
+  ir_set(in, "scale", 1.0 / ((double)P->s.batch * (double)P->s.seq));
+  return in->out[0];
+}
+
 static Value *lower_xent(Loc loc, Value *logits, Value *targets) {
   check_bt(loc, "cross_entropy", logits, 3);
   if (!targets->is_int)
     diag_error(loc, "xent-targets", "cross_entropy needs token ids (targets) as its second argument");
+  if (tp_split(logits->shape.dim[2])) return lower_xent_tp(loc, logits, targets);
   Shape none = {0};
   Inst *in = ir_inst(G, OP_XENT, false, loc);
   in->in[0] = logits, in->in[1] = targets;
@@ -398,7 +477,7 @@ Graph *lower_program(Program *p) {
   G->targets = input(e, "targets");
   G->positions = input(e, "positions");
   Value *loss = lower_body(e, p->model->list);
-  if (loss->shape.rank != 0 || !loss->def || loss->def->op != OP_XENT) {
+  if (loss->shape.rank != 0 || !loss->def || (loss->def->op != OP_XENT && loss->def->op != OP_XENT_LOSS)) {
     Node *r = p->model->list;
     while (r->kind != N_RETURN) r = r->next;
     diag_error(r->a->loc, "loss-shape", "the model must return the scalar loss of cross_entropy, got %s",

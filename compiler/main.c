@@ -32,8 +32,13 @@ static bool dumping(Options *o, const char *name) {
  * gradients and the two Adam moments. */
 static void summary(Sched *s, const char *out) {
   Graph *g = s->g;
-  int64_t total = 0;
-  for (int i = 0; i < g->nparams; i++) total += shape_numel(&g->params[i]->shape);
+  int64_t total = 0;   /* the whole model: dims at their full size */
+  for (int i = 0; i < g->nparams; i++) {
+    int64_t n = 1;
+    Shape *sh = &g->params[i]->shape;
+    for (int k = 0; k < sh->rank; k++) n *= sh->dim[k] >= 0 ? g->prog->dims[sh->dim[k]].size : sh->size[k];
+    total += n;
+  }
   double mib = 4.0 / (1 << 20);
   fprintf(stderr, "lmc: model %s: %d tensors, %.2fM parameters, %d rank%s -> %s\n",
           g->prog->model->name, g->nparams, total / 1e6, s->world, s->world > 1 ? "s" : "", out);

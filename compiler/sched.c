@@ -245,7 +245,9 @@ void sched_actions(Sched *s) {
     for (int64_t off = 0; off < s->region[V_GRAD]; off += BUCKET)
       allreduce(&step, V_GRAD, off, s->region[V_GRAD] - off < BUCKET ? s->region[V_GRAD] - off : BUCKET, AX_DP);
   loss_allreduce(&step, t);
-  push(&step, ACT_OPTIMIZER)->axis = t->mesh[AX_PP] > 1 ? AX_PP : -1;
+  Action *opt = push(&step, ACT_OPTIMIZER);
+  opt->norm_tp = t->mesh[AX_TP] > 1, opt->norm_pp = t->mesh[AX_PP] > 1;
+  opt->axis = opt->norm_tp || opt->norm_pp ? MAX_AXES : -1;   /* a collective over one replica */
   push(&eval, ACT_ZERO_STATE);
   for (int mb = 0; mb < t->microbatches; mb++) forward(&eval, s->part, mb);
   loss_allreduce(&eval, t);
@@ -281,7 +283,12 @@ static int peer_rank(Graph *g, RankRun *r, const Action *a) {
   return rank_of(g, c);
 }
 
-static bool same_group(RankRun *a, RankRun *b, int axis) {
+/* The group of a collective: the ranks that differ only on its axis; for
+ * the optimizer's norm (axis MAX_AXES), the ranks of one model replica,
+ * which agree on dp and ep. */
+static bool same_group(RankRun *a, RankRun *b, int axis, int kind) {
+  if (kind == ACT_OPTIMIZER)
+    return a->coord[AX_DP] == b->coord[AX_DP] && a->coord[AX_EP] == b->coord[AX_EP];
   for (int x = 0; x < MAX_AXES; x++)
     if (x != axis && a->coord[x] != b->coord[x]) return false;
   return true;
@@ -300,14 +307,14 @@ static bool collective(Graph *g, RankRun *runs, int world, int r) {
   int axis = a->axis;
   if (a->kind == ACT_OPTIMIZER && axis < 0) return true;
   for (int q = 0; q < world; q++) {
-    if (!same_group(&runs[r], &runs[q], axis)) continue;
+    if (!same_group(&runs[r], &runs[q], axis, a->kind)) continue;
     if (runs[q].pc >= runs[q].n) return false;
     Action *b = &runs[q].a[runs[q].pc];
     if (b->kind != ACT_ALLREDUCE && b->kind != ACT_OPTIMIZER) return false;
     if (b->axis != a->axis) return false;            /* still on another group's */
     if (b->kind != a->kind || b->region != a->region || b->n != a->n)
       diag_fatal("sched-collective", "ranks %d and %d issue different collectives on their %s group: "
-                 "%s n=%lld vs %s n=%lld", r, q, axis_names[axis], kind_name(a->kind),
+                 "%s n=%lld vs %s n=%lld", r, q, axis < MAX_AXES ? axis_names[axis] : "replica", kind_name(a->kind),
                  (long long)a->n, kind_name(b->kind), (long long)b->n);
   }
   (void)g;
@@ -319,7 +326,7 @@ static void advance_group(RankRun *runs, int world, int r) {
   if (a->kind == ACT_OPTIMIZER && a->axis < 0) { runs[r].pc++; return; }
   RankRun me = runs[r];
   for (int q = 0; q < world; q++)
-    if (same_group(&me, &runs[q], a->axis)) runs[q].pc++;
+    if (same_group(&me, &runs[q], a->axis, a->kind)) runs[q].pc++;
 }
 
 void sched_check(Graph *g) {

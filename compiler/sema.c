@@ -363,10 +363,10 @@ static void check_world(Program *p, int world) {
                  "pp = %lld needs the model's layer stack laid out on it, e.g. layout L: pp",
                  (long long)p->s.mesh[AX_PP]);
   }
-  for (int a = AX_TP; a < MAX_AXES; a++)
-    if (a != AX_PP && p->s.mesh[a] > 1)
+  for (int a = AX_EP; a < MAX_AXES; a++)
+    if (p->s.mesh[a] > 1)
       diag_error(setting_loc(p, p->parallel, axis_names[a]), "plan-unsupported",
-                 "%s = %lld: only data (dp) and pipeline (pp) parallelism are implemented so far; set %s = 1",
+                 "%s = %lld: expert parallelism is not implemented yet; set %s = 1",
                  axis_names[a], (long long)p->s.mesh[a], axis_names[a]);
 }
 

@@ -185,6 +185,8 @@ static void read_inst(Reader *r, Bundle *b, RtInst *in) {
   in->t = opt_f(r, "t", 0), in->h = opt_f(r, "h", 0), in->g = opt_f(r, "g", 0);
   in->nb = opt_f(r, "nb", 0), in->ta = opt_f(r, "ta", 0), in->tb = opt_f(r, "tb", 0);
   in->eps = opt_f(r, "eps", 0), in->theta = opt_f(r, "theta", 0), in->scale = opt_f(r, "scale", 0);
+  in->red = opt_f(r, "op", 0);
+  if (opt_f(r, "vsplit", 0)) in->v0 = (int64_t)b->coord[1] * in->v;   /* tp rank x rows */
 }
 
 static void read_value(Reader *r, Bundle *b) {
@@ -201,6 +203,8 @@ static void read_value(Reader *r, Bundle *b) {
   v->region = region_of(r, strstr(r->buf, region));
   v->off = ifield(r, "off"), v->n = ifield(r, "n");
   v->rank = parse_shape(r, field(r->buf, "shape"), v->shape);
+  v->split = field(r->buf, "split") ? (int)ifield(r, "split") : -1;
+  if (v->split >= v->rank) bad(r, "bad split");
   if (v->off < 0 || v->n <= 0 || v->off + v->n > b->region[v->region]) bad(r, "value outside its region");
   const char *last = strrchr(r->buf, ' ');
   if (last && last[1] != '[' && strcmp(last + 1, "i32")) snprintf(v->name, sizeof v->name, "%s", last + 1);
@@ -240,8 +244,9 @@ static void read_action(Reader *r, Bundle *b, Action *a) {
   else if (!strncmp(l, "  run fwd", 9)) a->kind = A_RUN_FWD;
   else if (!strncmp(l, "  run bwd", 9)) a->kind = A_RUN_BWD;
   else if (!strncmp(l, "  optimizer", 11)) {
+    const char *norm = field(l, "norm");
     a->kind = A_OPTIMIZER;
-    a->axis = field(l, "norm") ? axis_of(r, field(l, "norm")) : -1;
+    a->norm_tp = norm && strstr(norm, "tp"), a->norm_pp = norm && strstr(norm, "pp");
   } else if (!strncmp(l, "  send ", 7) || !strncmp(l, "  recv ", 7)) {
     char what[8];
     int id;
@@ -335,9 +340,14 @@ static void link_params(Bundle *b) {
     for (int v = 0; v < b->nvals; v++)
       if (b->vals[v].present && b->vals[v].region == R_PARAM && !strcmp(b->vals[v].name, p->name))
         p->value = v;
-    if (p->value >= 0 && b->vals[p->value].n != p->numel)
+    if (p->value < 0) continue;
+    RtValue *v = &b->vals[p->value];
+    p->local = v->n, p->split = v->split;
+    int64_t parts = p->split >= 0 ? b->mesh[1] : 1;
+    if (v->rank != p->rank || v->n * parts != p->numel ||
+        (p->split >= 0 && v->shape[p->split] * parts != p->shape[p->split]))
       rt_die("bundle %s: parameter '%s' has the wrong size in the schedule", b->dir, p->name);
-    held += p->value >= 0;
+    held++;
   }
   if (b->world == 1 && held != b->nparams)
     rt_die("bundle %s: a parameter is missing from the schedule", b->dir);

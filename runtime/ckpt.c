@@ -46,18 +46,29 @@ static void put_tensor(Buf *b, const double *x, int64_t n, bool f64) {
   free(f);
 }
 
+/* This rank writes its part of p: the tp parts of a split parameter, or
+ * a whole one if it is tp rank 0. */
+static bool writes(Bundle *b, RtParam *p) {
+  return p->value >= 0 && (p->split >= 0 || b->coord[1] == 0);
+}
+
 static char *header(Run *r, const CkptInfo *info) {
   Bundle *b = r->b;
   size_t cap = 256 + (size_t)b->nparams * 256, n = 0;
   char *h = rt_xmalloc(cap);
   int held = 0;
-  for (int p = 0; p < b->nparams; p++) held += b->params[p].value >= 0;
+  for (int p = 0; p < b->nparams; p++) held += writes(b, &b->params[p]);
   n += snprintf(h + n, cap - n, "model %s\nstep %lld\nseed %llu\ndtype %s\nnparams %d\n",
                 b->model, (long long)info->step, (unsigned long long)info->seed,
                 r->be->elem == 8 ? "f64" : "f32", held);
   for (int p = 0; p < b->nparams; p++) {
     RtParam *pp = &b->params[p];
-    if (pp->value >= 0) n += snprintf(h + n, cap - n, "param %s %lld\n", pp->name, (long long)pp->numel);
+    if (!writes(b, pp)) continue;
+    n += snprintf(h + n, cap - n, "param %s %lld split=%d part=%d parts=%d shape=", pp->name,
+                  (long long)pp->local, pp->split, pp->split >= 0 ? b->coord[1] : 0,
+                  pp->split >= 0 ? b->mesh[1] : 1);
+    for (int d = 0; d < pp->rank; d++) n += snprintf(h + n, cap - n, "%s%lld", d ? "x" : "", (long long)pp->shape[d]);
+    n += snprintf(h + n, cap - n, "\n");
   }
   snprintf(h + n, cap - n, "end\n");
   return h;
@@ -102,12 +113,12 @@ static void shard(Run *r, const CkptInfo *info, Buf *buf) {
   free(h);
   for (int p = 0; p < b->nparams; p++) {
     RtParam *pp = &b->params[p];
-    if (pp->value < 0) continue;
-    double *x = rt_xmalloc(pp->numel * sizeof(double));
+    if (!writes(b, pp)) continue;
+    double *x = rt_xmalloc(pp->local * sizeof(double));
     int64_t off = b->vals[pp->value].off * r->be->elem;
-    rt_get_param(r, p, x), put_tensor(buf, x, pp->numel, f64);
-    r->be->download(x, (char *)r->adam_m + off, pp->numel), put_tensor(buf, x, pp->numel, f64);
-    r->be->download(x, (char *)r->adam_v + off, pp->numel), put_tensor(buf, x, pp->numel, f64);
+    rt_get_param(r, p, x), put_tensor(buf, x, pp->local, f64);
+    r->be->download(x, (char *)r->adam_m + off, pp->local), put_tensor(buf, x, pp->local, f64);
+    r->be->download(x, (char *)r->adam_v + off, pp->local), put_tensor(buf, x, pp->local, f64);
     free(x);
   }
   uint64_t sum = rt_fnv1a(buf->p, buf->n, 0xcbf29ce484222325ULL);
@@ -186,12 +197,29 @@ static unsigned char *read_shard(const char *path, size_t *len, char **hdr) {
   return buf;
 }
 
-/* Loads from one shard the parameters this rank holds; counts them. */
-static int load_shard(Run *r, const char *path, CkptInfo *info, bool first) {
+/* A piece of a parameter in a shard: part `part` of `parts` along dim
+ * `split` (-1: the whole tensor), weights then Adam m and v. */
+typedef struct Piece {
+  char name[128];
+  int split, part, parts, esz;
+  int64_t n;
+  const unsigned char *data;
+} Piece;
+
+typedef struct Shards {
+  unsigned char **bufs;
+  int nbufs;
+  Piece *pieces;
+  int npieces;
+} Shards;
+
+static void read_pieces(Run *r, const char *path, Shards *sh, CkptInfo *info, bool first) {
   size_t n;
   char *h;
   unsigned char *buf = read_shard(path, &n, &h);
   Bundle *b = r->b;
+  sh->bufs = realloc(sh->bufs, (sh->nbufs + 1) * sizeof(*sh->bufs));
+  sh->bufs[sh->nbufs++] = buf;
   const char *model = hline(h, "model"), *step = hline(h, "step"), *seed = hline(h, "seed");
   const char *dtype = hline(h, "dtype");
   if (!model || !step || !seed || !dtype) rt_die("checkpoint '%s' is corrupt: bad header", path);
@@ -199,36 +227,73 @@ static int load_shard(Run *r, const char *path, CkptInfo *info, bool first) {
     rt_die("checkpoint '%s' was saved from another model than '%s'", path, b->model);
   if (first) info->step = atoll(step), info->seed = strtoull(seed, NULL, 10);
   else if (atoll(step) != info->step) rt_die("checkpoint '%s' mixes shards of different steps", path);
-  int esz = !strncmp(dtype, "f64", 3) ? 8 : 4, found = 0;
+  int esz = !strncmp(dtype, "f64", 3) ? 8 : 4;
   size_t off = 12 + strlen(h);
   for (const char *p = strstr(h, "\nparam "); p; p = strstr(p + 1, "\nparam ")) {
-    char name[128];
+    Piece pc = {.esz = esz};
     long long numel;
-    if (sscanf(p, "\nparam %127s %lld", name, &numel) != 2 || numel <= 0)
+    if (sscanf(p, "\nparam %127s %lld split=%d part=%d parts=%d", pc.name, &numel, &pc.split, &pc.part,
+               &pc.parts) != 5 || numel <= 0 || pc.parts < 1 || pc.part < 0 || pc.part >= pc.parts)
       rt_die("checkpoint '%s' is corrupt: bad parameter list", path);
+    pc.n = numel;
     if (off + 3 * numel * esz > n - 8) rt_die("checkpoint '%s' is corrupt: too short", path);
-    int k = -1;
-    for (int i = 0; i < b->nparams; i++)
-      if (!strcmp(b->params[i].name, name)) k = i;
-    if (k < 0) rt_die("checkpoint '%s' does not match the bundle: it has parameter %s, which the model does not", path, name);
-    RtParam *pp = &b->params[k];
-    if (numel != pp->numel)
-      rt_die("checkpoint '%s' does not match the bundle: it has %s (%lld elements) where the bundle has %s "
-             "(%lld elements)", path, name, numel, pp->name, (long long)pp->numel);
-    if (pp->value >= 0) {
-      double *x = rt_xmalloc(numel * sizeof(double));
-      int64_t o = b->vals[pp->value].off * r->be->elem;
-      get_tensor(buf + off, x, numel, esz == 8), rt_set_param(r, k, x);
-      get_tensor(buf + off + numel * esz, x, numel, esz == 8), r->be->upload((char *)r->adam_m + o, x, numel);
-      get_tensor(buf + off + 2 * numel * esz, x, numel, esz == 8), r->be->upload((char *)r->adam_v + o, x, numel);
-      free(x);
-      found++;
-    }
+    pc.data = buf + off;
     off += 3 * numel * esz;
+    sh->pieces = realloc(sh->pieces, (sh->npieces + 1) * sizeof(Piece));
+    sh->pieces[sh->npieces++] = pc;
   }
   if (off != n - 8) rt_die("checkpoint '%s' is corrupt: %zu bytes, expected %zu", path, n, off + 8);
-  free(h), free(buf);
-  return found;
+  free(h);
+}
+
+/* Copies between a whole tensor (shape, rank) and its part `part` of
+ * `parts` along dim `split`; to_whole picks the direction. */
+static void copy_part(double *whole, double *piece, const int64_t *shape, int rank, int split,
+                      int part, int parts, bool to_whole) {
+  if (split < 0) split = 0, parts = 1, part = 0;
+  int64_t outer = 1, inner = 1;
+  for (int d = 0; d < split; d++) outer *= shape[d];
+  for (int d = split + 1; d < rank; d++) inner *= shape[d];
+  int64_t ls = shape[split] / parts, blk = ls * inner;
+  for (int64_t o = 0; o < outer; o++) {
+    double *w = whole + o * shape[split] * inner + part * blk, *pc = piece + o * blk;
+    if (to_whole) memcpy(w, pc, blk * sizeof(double));
+    else memcpy(pc, w, blk * sizeof(double));
+  }
+}
+
+/* Rebuilds parameter p whole (weights, m, v) from its pieces, then uploads
+ * this rank's part. */
+static void load_param(Run *r, Shards *sh, int k, const char *path) {
+  Bundle *b = r->b;
+  RtParam *pp = &b->params[k];
+  double *whole = rt_xmalloc(3 * pp->numel * sizeof(double));
+  double *piece = rt_xmalloc(pp->numel * sizeof(double));
+  int64_t covered = 0;
+  for (int i = 0; i < sh->npieces; i++) {
+    Piece *pc = &sh->pieces[i];
+    if (strcmp(pc->name, pp->name)) continue;
+    if (pc->split >= pp->rank || pc->n * pc->parts != pp->numel)
+      rt_die("checkpoint '%s' does not match the bundle: it has %s (%lld elements) where the bundle has "
+             "%s (%lld elements)", path, pc->name, (long long)(pc->n * pc->parts), pp->name,
+             (long long)pp->numel);
+    for (int t = 0; t < 3; t++) {
+      get_tensor(pc->data + t * pc->n * pc->esz, piece, pc->n, pc->esz == 8);
+      copy_part(whole + t * pp->numel, piece, pp->shape, pp->rank, pc->split, pc->part, pc->parts, true);
+    }
+    covered += pc->n;
+  }
+  if (covered != pp->numel)
+    rt_die("checkpoint '%s' does not hold all of parameter %s (%lld of %lld elements)", path, pp->name,
+           (long long)covered, (long long)pp->numel);
+  int64_t o = b->vals[pp->value].off * r->be->elem;
+  void *dst[3] = {r->ptr[pp->value], (char *)r->adam_m + o, (char *)r->adam_v + o};
+  for (int t = 0; t < 3; t++) {
+    copy_part(whole + t * pp->numel, piece, pp->shape, pp->rank, pp->split, b->coord[1],
+              pp->split >= 0 ? b->mesh[1] : 1, false);
+    r->be->upload(dst[t], piece, pp->local);
+  }
+  free(whole), free(piece);
 }
 
 static int by_name(const void *a, const void *b) {
@@ -255,11 +320,19 @@ void ckpt_load(Run *r, const char *path, CkptInfo *info) {
   closedir(d);
   if (n == 0) rt_die("checkpoint '%s' holds no shards", path);
   qsort(names, n, sizeof(char *), by_name);
-  int found = 0, held = 0;
-  for (int i = 0; i < n; i++) found += load_shard(r, names[i], info, i == 0), free(names[i]);
+  Shards sh = {0};
+  for (int i = 0; i < n; i++) read_pieces(r, names[i], &sh, info, i == 0), free(names[i]);
   free(names);
-  for (int p = 0; p < r->b->nparams; p++) held += r->b->params[p].value >= 0;
-  if (found != held)
-    rt_die("checkpoint '%s' does not hold all of this rank's %d parameters (found %d)", path, held, found);
+  for (int i = 0; i < sh.npieces; i++) {    /* every piece names a parameter of the model */
+    bool known = false;
+    for (int p = 0; p < r->b->nparams; p++) known |= !strcmp(r->b->params[p].name, sh.pieces[i].name);
+    if (!known)
+      rt_die("checkpoint '%s' does not match the bundle: it has parameter %s, which the model does not",
+             path, sh.pieces[i].name);
+  }
+  for (int p = 0; p < r->b->nparams; p++)
+    if (r->b->params[p].value >= 0) load_param(r, &sh, p, path);
+  for (int i = 0; i < sh.nbufs; i++) free(sh.bufs[i]);
+  free(sh.bufs), free(sh.pieces);
   r->step = info->step;
 }

@@ -51,14 +51,18 @@ void comm_groups(const int coord[4], const int mesh[4]) {
   }
 }
 
-void comm_allreduce_sum(void *buf, int64_t n, int elem, int axis) {
+void comm_allreduce(void *buf, int64_t n, int elem, int axis, int op) {
   if (!active) return;
   MPI_Datatype t = elem == 8 ? MPI_DOUBLE : MPI_FLOAT;
   for (int64_t off = 0; off < n; off += 1 << 30) {
     int c = (int)(n - off < (1 << 30) ? n - off : (1 << 30));
-    int rc = MPI_Allreduce(MPI_IN_PLACE, (char *)buf + off * elem, c, t, MPI_SUM, groups[axis]);
+    int rc = MPI_Allreduce(MPI_IN_PLACE, (char *)buf + off * elem, c, t, op ? MPI_MAX : MPI_SUM, groups[axis]);
     if (rc != MPI_SUCCESS) rt_die("MPI_Allreduce failed (%d)", rc);
   }
+}
+
+void comm_allreduce_sum(void *buf, int64_t n, int elem, int axis) {
+  comm_allreduce(buf, n, elem, axis, 0);
 }
 
 /* Sends are asynchronous so that no two neighbours block on each other;

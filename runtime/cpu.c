@@ -20,8 +20,8 @@ static void *cpu_alloc(size_t bytes) {
 
 static void cpu_release(void *p) { free(p); }
 
-static void cpu_allreduce_f32(void *x, int64_t n, int axis) { comm_allreduce_sum(x, n, 4, axis); }
-static void cpu_allreduce_f64(void *x, int64_t n, int axis) { comm_allreduce_sum(x, n, 8, axis); }
+static void cpu_allreduce_f32(void *x, int64_t n, int axis, int op) { comm_allreduce(x, n, 4, axis, op); }
+static void cpu_allreduce_f64(void *x, int64_t n, int axis, int op) { comm_allreduce(x, n, 8, axis, op); }
 
 static void cpu_send_f32(const void *x, int64_t n, int peer, int tag, int axis, int slot) {
   comm_isend(x, n, 4, peer, tag, axis, slot);

@@ -62,8 +62,19 @@ void rt_free(Run *r) {
   free(r->ptr), free(r->inputs), free(r->slot_mb), free(r);
 }
 
-/* Element i of a parameter is a function of (name, seed, i); it is made
- * and uploaded a chunk at a time, so no full host copy is needed. */
+/* The index in the whole parameter of element i of this rank's part:
+ * tp splits dim `split` into equal parts, this rank holds part coord[tp]. */
+int64_t rt_global_index(Bundle *b, RtParam *p, int64_t i) {
+  if (p->split < 0) return i;
+  int64_t inner = 1;
+  for (int d = p->split + 1; d < p->rank; d++) inner *= p->shape[d];
+  int64_t lsplit = p->shape[p->split] / b->mesh[1];
+  int64_t outer = i / (lsplit * inner), rest = i % (lsplit * inner);
+  return outer * p->shape[p->split] * inner + (int64_t)b->coord[1] * lsplit * inner + rest;
+}
+
+/* Element i of a parameter is a function of (name, seed, global i); it is
+ * made and uploaded a chunk at a time, so no full host copy is needed. */
 void rt_init_params(Run *r, uint64_t seed) {
   Bundle *b = r->b;
   enum { CHUNK = 1 << 16 };
@@ -73,11 +84,11 @@ void rt_init_params(Run *r, uint64_t seed) {
     if (pp->value < 0) continue;       /* another stage's */
     uint64_t key = rng_key(pp->name, seed);
     char *dst = r->ptr[pp->value];
-    for (int64_t c = 0; c < pp->numel; c += CHUNK) {
-      int64_t n = pp->numel - c < CHUNK ? pp->numel - c : CHUNK;
+    for (int64_t c = 0; c < pp->local; c += CHUNK) {
+      int64_t n = pp->local - c < CHUNK ? pp->local - c : CHUNK;
       for (int64_t i = 0; i < n; i++)
         host[i] = !strcmp(pp->init, "ones") ? 1.0 : !strcmp(pp->init, "zeros") ? 0.0
-                : pp->std * rng_normal(key, (uint64_t)(c + i));
+                : pp->std * rng_normal(key, (uint64_t)rt_global_index(b, pp, c + i));
       r->be->upload(dst + c * r->be->elem, host, n);
     }
   }
@@ -119,7 +130,8 @@ static void run_program(Run *r, const RtInst *prog, int n, int slot) {
     for (int j = 0; j < 3; j++) out[j] = x->out[j] >= 0 ? ptr[x->out[j]] : NULL;
     for (int j = 0; j < 5; j++) in[j] = x->in[j] >= 0 ? ptr[x->in[j]] : NULL;
     double t = r->op_time ? rt_now() : 0;
-    r->be->run(x, out, in);
+    if (x->op == OP_ALLREDUCE) r->be->allreduce(out[0], x->n, AXIS_TP, x->red);
+    else r->be->run(x, out, in);
     if (r->op_time) r->op_time[x->op] += rt_now() - t;
   }
 }
@@ -134,14 +146,22 @@ double rt_loss(Run *r) {
 }
 
 /* The global gradient norm: this rank's parameters, summed over the
- * group that splits the model (axis; -1 when the rank holds it all). */
-static double grad_norm(Run *r, int axis) {
-  double ss = r->be->sumsq(r->region[R_GRAD], r->b->region[R_GRAD]);
-  if (axis >= 0) comm_allreduce_sum(&ss, 1, 8, axis);
+ * groups that split the model. A parameter that every tp rank holds whole
+ * counts once (on tp rank 0). */
+static double grad_norm(Run *r, bool over_tp, bool over_pp) {
+  Bundle *b = r->b;
+  double ss = 0;
+  for (int p = 0; p < b->nparams; p++) {
+    RtParam *pp = &b->params[p];
+    if (pp->value < 0 || (b->mesh[1] > 1 && pp->split < 0 && b->coord[1] != 0)) continue;
+    ss += r->be->sumsq((char *)r->region[R_GRAD] + b->vals[pp->value].off * r->be->elem, pp->local);
+  }
+  if (over_tp) comm_allreduce_sum(&ss, 1, 8, AXIS_TP);
+  if (over_pp) comm_allreduce_sum(&ss, 1, 8, AXIS_PP);
   return sqrt(ss);
 }
 
-double rt_grad_norm(Run *r) { return grad_norm(r, -1); }
+double rt_grad_norm(Run *r) { return grad_norm(r, false, false); }
 
 void rt_adamw(Run *r, double lr, double gscale) {
   Bundle *b = r->b;
@@ -158,7 +178,7 @@ void rt_adamw(Run *r, double lr, double gscale) {
     a.wd = pp->decay ? t->wd : 0.0;
     int64_t off = w->off * e;
     r->be->adamw(r->ptr[pp->value], (char *)r->region[R_GRAD] + off, (char *)r->adam_m + off,
-                 (char *)r->adam_v + off, pp->numel, &a);
+                 (char *)r->adam_v + off, pp->local, &a);
   }
 }
 
@@ -198,11 +218,11 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
       break;
     }
     case A_ALLREDUCE:
-      r->be->allreduce((char *)r->region[a->region] + a->off * r->be->elem, a->n, a->axis);
+      r->be->allreduce((char *)r->region[a->region] + a->off * r->be->elem, a->n, a->axis, 0);
       break;
     case A_OPTIMIZER: {
       r->be->wait_sends(-1);
-      double t = rt_now(), norm = grad_norm(r, a->axis), clip = b->train.clip;
+      double t = rt_now(), norm = grad_norm(r, a->norm_tp, a->norm_pp), clip = b->train.clip;
       *gnorm = norm;
       rt_adamw(r, lr, clip > 0 && norm > clip ? clip / (norm + 1e-6) : 1.0);
       if (r->op_time) r->op_time[NUM_OPS] += rt_now() - t;
@@ -229,12 +249,12 @@ double rt_eval(Run *r, const int32_t *rows) {
 
 void rt_get_param(Run *r, int p, double *dst) {
   if (r->b->params[p].value < 0) rt_die("parameter %s is on another stage", r->b->params[p].name);
-  r->be->download(dst, r->ptr[r->b->params[p].value], r->b->params[p].numel);
+  r->be->download(dst, r->ptr[r->b->params[p].value], r->b->params[p].local);
 }
 
 void rt_set_param(Run *r, int p, const double *src) {
   if (r->b->params[p].value < 0) rt_die("parameter %s is on another stage", r->b->params[p].name);
-  r->be->upload(r->ptr[r->b->params[p].value], src, r->b->params[p].numel);
+  r->be->upload(r->ptr[r->b->params[p].value], src, r->b->params[p].local);
 }
 
 void rt_get_grad(Run *r, int p, double *dst) {

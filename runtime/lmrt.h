@@ -33,6 +33,7 @@ int comm_rank(void);
 int comm_world(void);
 void comm_groups(const int coord[4], const int mesh[4]);
 void comm_allreduce_sum(void *buf, int64_t n, int elem, int axis);
+void comm_allreduce(void *buf, int64_t n, int elem, int axis, int op);
 void comm_isend(const void *buf, int64_t n, int elem, int peer, int tag, int axis, int slot);
 void comm_recv(void *buf, int64_t n, int elem, int peer, int tag, int axis);
 void comm_wait_sends(int slot);
@@ -56,6 +57,7 @@ typedef struct RtValue {
   int64_t off, n;
   int rank;
   int64_t shape[6];
+  int split;               /* param: the dim tp splits, or -1 */
   char name[128];
 } RtValue;
 
@@ -64,14 +66,17 @@ typedef struct RtInst {
   int out[3], in[5];       /* value ids, -1 for none */
   bool acc[3];
   int64_t m, n, k, d, v, b, t, h, g, nb;
-  int ta, tb;
+  int64_t v0;              /* vocab parallel: the first row this rank holds */
+  int ta, tb, red;         /* red: allreduce op, 0 sum 1 max */
   double eps, theta, scale;
 } RtInst;
 
 typedef struct RtParam {
   char name[128];
   int rank;
-  int64_t shape[6], numel;
+  int64_t shape[6], numel;   /* the whole parameter */
+  int64_t local;             /* elements on this rank */
+  int split;                 /* the dim tp splits, or -1 */
   char init[16];
   double std;
   bool decay;
@@ -91,7 +96,8 @@ enum { A_ZERO_GRADS, A_ZERO_STATE, A_LOAD, A_RUN_FWD, A_RUN_BWD, A_ALLREDUCE, A_
 typedef struct Action {
   int kind;
   int64_t mb;
-  int region, axis;        /* allreduce: what and over which group; optimizer: norm group or -1 */
+  int region, axis;        /* allreduce: what and over which group */
+  bool norm_tp, norm_pp;   /* optimizer: sum the gradient norm over these groups */
   int64_t off, n;
   int value, peer;         /* send/recv: the value, the peer's index in the group */
   bool grad;
@@ -137,7 +143,7 @@ typedef struct Backend {
   void (*upload_ids)(void *dst, const int32_t *src, int64_t n);
   void (*run)(const RtInst *in, void **out, void **in_ptrs);
   double (*sumsq)(const void *x, int64_t n);
-  void (*allreduce)(void *x, int64_t n, int axis);          /* sum over a group */
+  void (*allreduce)(void *x, int64_t n, int axis, int op);  /* op 0 sum, 1 max */
   void (*send)(const void *x, int64_t n, int peer, int tag, int axis, int slot); /* async */
   void (*recv)(void *x, int64_t n, int peer, int tag, int axis);
   void (*wait_sends)(int slot);                             /* slot < 0: all */
@@ -175,6 +181,7 @@ void rt_adamw(Run *r, double lr, double gscale);
 double rt_step(Run *r, const int32_t *rows, double lr, double *gnorm); /* the schedule's step */
 double rt_eval(Run *r, const int32_t *rows);                           /* forward only */
 double rt_slot_bytes(Run *r);      /* activations + inputs of one microbatch */
+int64_t rt_global_index(Bundle *b, RtParam *p, int64_t i);
 void rt_get_param(Run *r, int p, double *dst);
 void rt_set_param(Run *r, int p, const double *src);
 void rt_get_grad(Run *r, int p, double *dst);

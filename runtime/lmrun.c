@@ -50,8 +50,8 @@ static int gradcheck(Run *r, TrainOpts *o, int64_t n) {
   for (int64_t i = 0; i < n; i++) {
     int p = (int)(rng_hash(99, i, 1) % (uint64_t)b->nparams);
     RtParam *pp = &b->params[p];
-    int64_t j = (int64_t)(rng_hash(99, i, 2) % (uint64_t)pp->numel);
-    double *w = rt_xmalloc(pp->numel * sizeof(double)), *g = rt_xmalloc(pp->numel * sizeof(double));
+    int64_t j = (int64_t)(rng_hash(99, i, 2) % (uint64_t)pp->local);
+    double *w = rt_xmalloc(pp->local * sizeof(double)), *g = rt_xmalloc(pp->local * sizeof(double));
     rt_get_param(r, p, w), rt_get_grad(r, p, g);
     double w0 = w[j], f[4], off[4] = {2, 1, -1, -2};
     for (int k = 0; k < 4; k++)

@@ -7,13 +7,37 @@ import glob, os, struct, sys
 
 
 def weights(folder):
-    out = {}
+    """Whole tensors, reassembled from the tp parts of every shard."""
+    parts = {}
     for shard in sorted(glob.glob(os.path.join(folder, "*.ckpt"))):
-        out.update(shard_weights(shard))
-    return out
+        for name, (meta, data) in shard_pieces(shard).items():
+            parts.setdefault(name, []).append((meta, data))
+    return {name: assemble(pieces) for name, pieces in parts.items()}
 
 
-def shard_weights(path):
+def assemble(pieces):
+    meta = pieces[0][0]
+    shape = [int(x) for x in meta["shape"].split("x")]
+    split, nparts = int(meta["split"]), int(meta["parts"])
+    if split < 0:
+        return pieces[0][1]
+    outer = 1
+    for d in shape[:split]:
+        outer *= d
+    inner = 1
+    for d in shape[split + 1:]:
+        inner *= d
+    blk = shape[split] // nparts * inner
+    whole = [0.0] * (outer * shape[split] * inner)
+    for m, data in pieces:
+        k = int(m["part"])
+        for o in range(outer):
+            base = o * shape[split] * inner + k * blk
+            whole[base:base + blk] = data[o * blk:(o + 1) * blk]
+    return whole
+
+
+def shard_pieces(path):
     b = open(path, "rb").read()
     assert b[:8] == b"LMCCKPT1", path
     hl = struct.unpack("<I", b[8:12])[0]
@@ -23,9 +47,10 @@ def shard_weights(path):
     off, out = 12 + hl, {}
     for line in hdr.splitlines():
         if line.startswith("param "):
-            _, name, n = line.split()
-            n = int(n)
-            out[name] = struct.unpack("<%d%s" % (n, fmt), b[off:off + n * esz])
+            words = line.split()
+            name, n = words[1], int(words[2])
+            meta = dict(w.split("=") for w in words[3:])
+            out[name] = (meta, list(struct.unpack("<%d%s" % (n, fmt), b[off:off + n * esz])))
             off += 3 * n * esz          # weights, then Adam m and v
     return out
 

@@ -22,8 +22,8 @@ run() {   # run NAME NP PRECISION [--set ...]: train 10 steps into $WORK/NAME
 compare() {   # compare NAME REF RTOL: every logged loss, then the final weights
   python3 - "$WORK/$2/metrics.jsonl" "$WORK/$1/metrics.jsonl" "$3" <<'PY' || fail "$1: losses differ from $2"
 import json, sys
-ref = [json.loads(l) for l in open(sys.argv[1])]
-got = [json.loads(l) for l in open(sys.argv[2])]
+ref = [r for r in map(json.loads, open(sys.argv[1])) if "step" in r]
+got = [r for r in map(json.loads, open(sys.argv[2])) if "step" in r]
 ref = ref[len(ref) - len(got):]      # a resumed run logs only its own steps
 assert got and ref[0]["step"] == got[0]["step"], "the logs do not line up"
 worst = 0.0
@@ -58,19 +58,46 @@ run dp2_pp2 4 --f64 --set dp=2 --set pp=2 --set microbatches=2
 compare dp2_pp2 one64 1e-9
 run pp2_f32 2 "" --set pp=2 --set microbatches=2
 compare pp2_f32 one32 1e-4
+run tp2 2 --f64 --set tp=2
+compare tp2 one64 1e-9
+run tp2_f32 2 "" --set tp=2
+compare tp2_f32 one32 1e-4
+run tp2_pp2 4 --f64 --set tp=2 --set pp=2 --set microbatches=2
+compare tp2_pp2 one64 1e-9
+run dp2_tp2_pp2 8 --f64 --set dp=2 --set tp=2 --set pp=2 --set microbatches=2
+compare dp2_tp2_pp2 one64 1e-9
+# tp = 4 needs 4 kv groups: a reference with G = 4
+run one64_g4 1 --f64 --set G=4
+run tp4 4 --f64 --set G=4 --set tp=4
+compare tp4 one64_g4 1e-9
 
-# reshard on load: save at pp=2 after 5 steps, resume on one rank and on
-# dp=2 x pp=1 for the last 5: the same run as straight through
+# reshard on load: save at pp=2 after 5 steps, resume on other layouts for
+# the last 5 (one rank, dp=2, tp=2, tp=2 x pp=2): the same run as
+# straight through
 "$LMC" "$SRC/models/tiny.lm" -q -o "$WORK/half" $SETS --set pp=2 --set microbatches=2
 $MPIRUN -np 2 "$LMRUN" "$WORK/half" --data "$DATA" --f64 --quiet --save-interval 5 --max-steps 5 \
   --eval-interval 10 --eval-batches 2 >"$WORK/half.log" 2>&1 || { cat "$WORK/half.log"; fail "half did not run"; }
-for to in "1 resume_one" "2 resume_dp2 --set dp=2"; do
+for to in "1 resume_one" "2 resume_dp2 --set dp=2" "2 resume_tp2 --set tp=2" "4 resume_tp2_pp2 --set tp=2 --set pp=2 --set microbatches=2"; do
   set -- $to
   np=$1 name=$2; shift 2
   # shellcheck disable=SC2086
   "$LMC" "$SRC/models/tiny.lm" -q -o "$WORK/$name" $SETS "$@"
   $MPIRUN -np "$np" "$LMRUN" "$WORK/$name" --data "$DATA" --f64 --quiet --save-interval 10 \
     --eval-interval 10 --eval-batches 2 --resume "$WORK/half/ckpt/latest" >"$WORK/$name.log" 2>&1 \
+    || { cat "$WORK/$name.log"; fail "$name did not run"; }
+  compare "$name" one64 1e-9
+done
+# and from tp=2 x pp=2 to pp=4 and to one rank
+"$LMC" "$SRC/models/tiny.lm" -q -o "$WORK/half2" $SETS --set tp=2 --set pp=2 --set microbatches=2
+$MPIRUN -np 4 "$LMRUN" "$WORK/half2" --data "$DATA" --f64 --quiet --save-interval 5 --max-steps 5 \
+  --eval-interval 10 --eval-batches 2 >"$WORK/half2.log" 2>&1 || { cat "$WORK/half2.log"; fail "half2 did not run"; }
+for to in "4 from_tp2pp2_to_pp4 --set pp=4 --set microbatches=4" "1 from_tp2pp2_to_one"; do
+  set -- $to
+  np=$1 name=$2; shift 2
+  # shellcheck disable=SC2086
+  "$LMC" "$SRC/models/tiny.lm" -q -o "$WORK/$name" $SETS "$@"
+  $MPIRUN -np "$np" "$LMRUN" "$WORK/$name" --data "$DATA" --f64 --quiet --save-interval 10 \
+    --eval-interval 10 --eval-batches 2 --resume "$WORK/half2/ckpt/latest" >"$WORK/$name.log" 2>&1 \
     || { cat "$WORK/$name.log"; fail "$name did not run"; }
   compare "$name" one64 1e-9
 done
