@@ -47,11 +47,15 @@ static void print_global_sizes(FILE *out, Program *p, const Shape *s) {
     fprintf(out, "%s%lld", i ? "x" : "", (long long)(s->dim[i] >= 0 ? p->dims[s->dim[i]].size : s->size[i]));
 }
 
+static int s_stage;   /* the stage being printed */
+
 static void print_value(FILE *out, Program *p, Value *v) {
   fprintf(out, "value %%%d %s off=%lld n=%lld shape=", v->id, region_names[v->kind],
           (long long)v->offset, (long long)shape_numel(&v->shape));
   print_sizes(out, &v->shape);
   if (v->kind == V_PARAM && split_dim(p, v) >= 0) fprintf(out, " split=%d", split_dim(p, v));
+  if (v->kind == V_PARAM && v->stages != ((uint64_t)1 << v->stage) && s_stage != v->stage)
+    fprintf(out, " copy=1");   /* another stage holds the primary copy */
   fprintf(out, " ");
   ir_print_shape(out, p, &v->shape);
   if (v->is_int) fprintf(out, " i32");
@@ -96,8 +100,9 @@ static void print_action(FILE *out, Action *a) {
             a->grad ? "grad" : "act", a->v->id, a->kind == ACT_SEND ? "to" : "from", a->peer, a->mb);
     break;
   case ACT_ALLREDUCE:
-    fprintf(out, "  allreduce %s off=%lld n=%lld group=%s\n", regions[a->region], (long long)a->off,
-            (long long)a->n, axis_name(a->axis));
+    if (a->zeros) fprintf(out, "  allreduce zeros n=%lld group=%s\n", (long long)a->n, axis_name(a->axis));
+    else fprintf(out, "  allreduce %s off=%lld n=%lld group=%s\n", regions[a->region], (long long)a->off,
+                 (long long)a->n, axis_name(a->axis));
     break;
   case ACT_OPTIMIZER:
     if (a->norm_tp && a->norm_pp) fprintf(out, "  optimizer norm=tp,pp\n");
@@ -117,11 +122,13 @@ void emit_schedule(FILE *out, Sched *s) {
           g->nstages, p->s.schedule, (long long)p->s.microbatches, s->slots);
   for (int r = 0; r < 5; r++)
     fprintf(out, "region %s %lld\n", region_names[r], (long long)s->region[r]);
+  s_stage = s->part->stage;
   for (int i = 0; i < g->nvals; i++)
     if (sched_has(s, g->vals[i])) print_value(out, p, g->vals[i]);
   fprintf(out, "inputs tokens=%%%d targets=%%%d positions=%%%d loss=%%%d\n",
           g->tokens->id, g->targets->id, g->positions->id, g->loss->id);
   Part *pt = s->part;
+  (void)pt;
   fprintf(out, "program fwd %d\n", pt->nfwd);
   for (int i = 0; i < pt->nfwd; i++) print_inst(out, pt->fwd[i]);
   fprintf(out, "program bwd %d\n", pt->nbwd);

@@ -173,7 +173,8 @@ struct Value {
   const char *init;    /* "normal", "ones", "zeros" */
   double init_std;
   /* sched */
-  int stage;           /* param: the stage that holds it */
+  int stage;           /* param: the first stage that holds it */
+  uint64_t stages;     /* param: every stage that holds a copy */
   int first, last;     /* live range over the instruction list */
   int64_t offset;      /* in elements, within its region */
 };
@@ -251,6 +252,7 @@ typedef struct Action {
   int64_t off, n;
   bool grad;           /* send/recv of a gradient */
   bool norm_tp, norm_pp;   /* optimizer: sum the gradient norm over these groups */
+  bool zeros;          /* allreduce: this rank holds no copy and adds zeros */
 } Action;
 
 typedef struct Sched {

@@ -5,27 +5,26 @@
  * instructions and the values that cross between stages: an activation
  * made on stage d and read on stage u is sent d -> u after the forward
  * pass, and its gradient, made on u, is sent back u -> d after the
- * backward pass. A parameter lives on the one stage that uses it. */
+ * backward pass. A parameter lives on every stage that uses it (tied
+ * embeddings: the first and the last); the copies' gradients are summed
+ * over the pipeline group, so the copies stay equal. */
 #include "lmc.h"
 #include <string.h>
 
 static void param_stages(Graph *g) {
-  for (int i = 0; i < g->nparams; i++) g->params[i]->stage = -1;
+  if (g->nstages > 64)
+    diag_fatal("pp-range", "pp = %d: at most 64 pipeline stages", g->nstages);
+  for (int i = 0; i < g->nparams; i++) g->params[i]->stages = 0;
   for (int k = 0; k < g->nfwd; k++) {
     Inst *in = g->fwd[k];
-    for (int j = 0; j < in->nin; j++) {
-      Value *v = in->in[j];
-      if (v->kind != V_PARAM) continue;
-      if (v->stage >= 0 && v->stage != in->stage)
-        diag_error(in->loc, "pp-shared-param",
-                   "parameter '%s' is used on pipeline stages %d and %d; parameters shared "
-                   "across stages (tied embeddings) are not supported yet", v->name, v->stage,
-                   in->stage);
-      v->stage = in->stage;
-    }
+    for (int j = 0; j < in->nin; j++)
+      if (in->in[j]->kind == V_PARAM) in->in[j]->stages |= (uint64_t)1 << in->stage;
   }
-  for (int i = 0; i < g->nparams; i++)   /* unused: keep it on the first stage */
-    if (g->params[i]->stage < 0) g->params[i]->stage = 0;
+  for (int i = 0; i < g->nparams; i++) {  /* unused: keep it on the first stage */
+    Value *v = g->params[i];
+    if (!v->stages) v->stages = 1;
+    v->stage = __builtin_ctzll(v->stages);
+  }
 }
 
 void part_stages(Graph *g) {

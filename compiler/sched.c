@@ -117,9 +117,8 @@ static void plan_acts(Sched *s) {
 }
 
 static bool param_here(Sched *s, Value *v) {
-  if (v->kind == V_PARAM) return v->stage == s->part->stage;
-  if (v->kind == V_GRAD) return v->of->stage == s->part->stage;
-  return false;
+  Value *p = v->kind == V_GRAD ? v->of : v;
+  return p->stages >> s->part->stage & 1;
 }
 
 /* Whether value v appears in this stage's schedule. */
@@ -231,6 +230,19 @@ static void passes(List *l, Sched *s) {
   for (int mb = m - warm; mb < m; mb++) backward(l, s->part, mb);
 }
 
+/* A parameter held by several stages (tied embeddings) gets the sum of its
+ * copies' gradients on each: every rank of the pipeline group joins, those
+ * without a copy with zeros. */
+static void shared_grads(List *l, Sched *s) {
+  Graph *g = s->g;
+  for (int i = 0; i < g->nparams; i++) {
+    Value *p = g->params[i];
+    if (__builtin_popcountll(p->stages) < 2 || !p->grad) continue;
+    allreduce(l, V_GRAD, p->offset, shape_numel(&p->shape), AX_PP);
+    l->a[l->n - 1].zeros = !(p->stages >> s->part->stage & 1);
+  }
+}
+
 static void loss_allreduce(List *l, Settings *t) {
   if (t->mesh[AX_PP] > 1) allreduce(l, V_STATE, 0, 1, AX_PP);
   if (t->mesh[AX_DP] > 1) allreduce(l, V_STATE, 0, 1, AX_DP);
@@ -241,6 +253,7 @@ void sched_actions(Sched *s) {
   List step = {0}, eval = {0};
   push(&step, ACT_ZERO_GRADS);
   passes(&step, s);
+  shared_grads(&step, s);
   if (t->mesh[AX_DP] > 1)
     for (int64_t off = 0; off < s->region[V_GRAD]; off += BUCKET)
       allreduce(&step, V_GRAD, off, s->region[V_GRAD] - off < BUCKET ? s->region[V_GRAD] - off : BUCKET, AX_DP);

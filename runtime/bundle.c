@@ -204,6 +204,7 @@ static void read_value(Reader *r, Bundle *b) {
   v->off = ifield(r, "off"), v->n = ifield(r, "n");
   v->rank = parse_shape(r, field(r->buf, "shape"), v->shape);
   v->split = field(r->buf, "split") ? (int)ifield(r, "split") : -1;
+  v->copy = field(r->buf, "copy") != NULL;
   if (v->split >= v->rank) bad(r, "bad split");
   if (v->off < 0 || v->n <= 0 || v->off + v->n > b->region[v->region]) bad(r, "value outside its region");
   const char *last = strrchr(r->buf, ' ');
@@ -260,7 +261,12 @@ static void read_action(Reader *r, Bundle *b, Action *a) {
     a->axis = axis_of(r, g);
     if (a->peer < 0 || a->peer >= b->mesh[a->axis]) bad(r, "peer outside the group");
   }
-  else if (!strncmp(l, "  allreduce ", 12)) {
+  else if (!strncmp(l, "  allreduce zeros ", 18)) {
+    a->kind = A_ALLREDUCE, a->zeros = true, a->n = ifield(r, "n");
+    const char *g = field(l, "group");
+    if (!g || a->n <= 0 || a->n > (int64_t)1 << 34) bad(r, "bad allreduce");
+    a->axis = axis_of(r, g);
+  } else if (!strncmp(l, "  allreduce ", 12)) {
     char reg[16];
     sscanf(l + 12, "%15s", reg);
     strcat(reg, " ");
@@ -342,7 +348,7 @@ static void link_params(Bundle *b) {
         p->value = v;
     if (p->value < 0) continue;
     RtValue *v = &b->vals[p->value];
-    p->local = v->n, p->split = v->split;
+    p->local = v->n, p->split = v->split, p->copy = v->copy;
     int64_t parts = p->split >= 0 ? b->mesh[1] : 1;
     if (v->rank != p->rank || v->n * parts != p->numel ||
         (p->split >= 0 && v->shape[p->split] * parts != p->shape[p->split]))

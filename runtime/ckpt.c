@@ -47,9 +47,10 @@ static void put_tensor(Buf *b, const double *x, int64_t n, bool f64) {
 }
 
 /* This rank writes its part of p: the tp parts of a split parameter, or
- * a whole one if it is tp rank 0. */
+ * a whole one if it is tp rank 0; a stage holding a copy of another
+ * stage's parameter writes nothing of it. */
 static bool writes(Bundle *b, RtParam *p) {
-  return p->value >= 0 && (p->split >= 0 || b->coord[1] == 0);
+  return p->value >= 0 && !p->copy && (p->split >= 0 || b->coord[1] == 0);
 }
 
 static char *header(Run *r, const CkptInfo *info) {
@@ -125,6 +126,31 @@ static void shard(Run *r, const CkptInfo *info, Buf *buf) {
   put(buf, &sum, 8);
 }
 
+/* Removes a checkpoint folder: its files, then itself. */
+static void remove_dir(const char *path) {
+  DIR *d = opendir(path);
+  if (!d) return;
+  char f[1500];
+  for (struct dirent *e; (e = readdir(d));)
+    if (strcmp(e->d_name, ".") && strcmp(e->d_name, ".."))
+      snprintf(f, sizeof f, "%s/%s", path, e->d_name), unlink(f);
+  closedir(d);
+  rmdir(path);
+}
+
+/* Puts the finished tmp folder in place of final; an older save of the
+ * same step is moved aside first and removed only once the new one is in. */
+static void install(const char *tmp, const char *final) {
+  char old[1300];
+  snprintf(old, sizeof old, "%s.replaced", final);
+  struct stat st;
+  bool had = stat(final, &st) == 0;
+  if (had) remove_dir(old);
+  if ((had && rename(final, old) != 0) || rename(tmp, final) != 0)
+    rt_die("cannot rename '%s' to '%s': %s", tmp, final, strerror(errno));
+  if (had) remove_dir(old);
+}
+
 /* Called on every rank. */
 void ckpt_save(Run *r, const char *dir, const CkptInfo *info) {
   Bundle *b = r->b;
@@ -135,7 +161,8 @@ void ckpt_save(Run *r, const char *dir, const CkptInfo *info) {
   if (b->rank == 0) {
     if (mkdir(dir, 0777) != 0 && errno != EEXIST)
       rt_die("cannot create checkpoint folder '%s': %s", dir, strerror(errno));
-    if (mkdir(tmp, 0777) != 0 && errno != EEXIST)
+    remove_dir(tmp);                      /* left by a save that crashed */
+    if (mkdir(tmp, 0777) != 0)
       rt_die("cannot create checkpoint folder '%s': %s", tmp, strerror(errno));
   }
   comm_barrier();
@@ -149,7 +176,7 @@ void ckpt_save(Run *r, const char *dir, const CkptInfo *info) {
   comm_barrier();
   if (b->rank == 0) {
     sync_dir(tmp);
-    if (rename(tmp, final) != 0) rt_die("cannot rename '%s': %s", tmp, strerror(errno));
+    install(tmp, final);
     sync_dir(dir);
     link_latest(dir, name);
   }

@@ -147,13 +147,14 @@ double rt_loss(Run *r) {
 
 /* The global gradient norm: this rank's parameters, summed over the
  * groups that split the model. A parameter that every tp rank holds whole
- * counts once (on tp rank 0). */
+ * counts once (on tp rank 0); one that several stages hold, once (on the
+ * first). */
 static double grad_norm(Run *r, bool over_tp, bool over_pp) {
   Bundle *b = r->b;
   double ss = 0;
   for (int p = 0; p < b->nparams; p++) {
     RtParam *pp = &b->params[p];
-    if (pp->value < 0 || (b->mesh[1] > 1 && pp->split < 0 && b->coord[1] != 0)) continue;
+    if (pp->value < 0 || pp->copy || (b->mesh[1] > 1 && pp->split < 0 && b->coord[1] != 0)) continue;
     ss += r->be->sumsq((char *)r->region[R_GRAD] + b->vals[pp->value].off * r->be->elem, pp->local);
   }
   if (over_tp) comm_allreduce_sum(&ss, 1, 8, AXIS_TP);
@@ -218,7 +219,12 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
       break;
     }
     case A_ALLREDUCE:
-      r->be->allreduce((char *)r->region[a->region] + a->off * r->be->elem, a->n, a->axis, 0);
+      if (a->zeros) {          /* no copy here: add nothing to the others' sum */
+        void *z = r->be->alloc(a->n * r->be->elem);
+        r->be->allreduce(z, a->n, a->axis, 0);
+        r->be->release(z);
+      } else
+        r->be->allreduce((char *)r->region[a->region] + a->off * r->be->elem, a->n, a->axis, 0);
       break;
     case A_OPTIMIZER: {
       r->be->wait_sends(-1);

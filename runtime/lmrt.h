@@ -58,6 +58,7 @@ typedef struct RtValue {
   int rank;
   int64_t shape[6];
   int split;               /* param: the dim tp splits, or -1 */
+  bool copy;               /* param: another stage holds the primary copy */
   char name[128];
 } RtValue;
 
@@ -77,6 +78,7 @@ typedef struct RtParam {
   int64_t shape[6], numel;   /* the whole parameter */
   int64_t local;             /* elements on this rank */
   int split;                 /* the dim tp splits, or -1 */
+  bool copy;                 /* a copy of a parameter another stage holds too */
   char init[16];
   double std;
   bool decay;
@@ -98,6 +100,7 @@ typedef struct Action {
   int64_t mb;
   int region, axis;        /* allreduce: what and over which group */
   bool norm_tp, norm_pp;   /* optimizer: sum the gradient norm over these groups */
+  bool zeros;              /* allreduce: join the group with zeros (no copy here) */
   int64_t off, n;
   int value, peer;         /* send/recv: the value, the peer's index in the group */
   bool grad;

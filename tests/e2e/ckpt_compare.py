@@ -56,9 +56,15 @@ def shard_pieces(path):
 
 
 a, b, rtol = weights(sys.argv[1]), weights(sys.argv[2]), float(sys.argv[3])
+# a parameter named in argv[4:] is skipped: its exact gradient is zero (a
+# key bias shifts every score of a row alike), so Adam turns rounding noise
+# into full steps and its values differ between layouts by design
+skip = sys.argv[4:]
 assert a.keys() == b.keys(), "different parameters"
 worst, where = 0.0, ""
 for k in a:
+    if any(s in k for s in skip):
+        continue
     scale = max(max(abs(x) for x in a[k]), 1e-30)
     d = max(abs(x - y) for x, y in zip(a[k], b[k])) / scale
     if d > worst:
