@@ -74,6 +74,7 @@ static void sfield(Reader *r, const char *key, char *dst, size_t cap) {
 
 static int parse_shape(Reader *r, const char *s, int64_t *shape) {
   int n = 0;
+  if (!s) bad(r, "missing shape");
   while (*s && *s != ' ') {
     if (n == 6) bad(r, "shape has too many dims");
     char *end;
@@ -361,6 +362,7 @@ static void link_params(Bundle *b) {
 
 Bundle *bundle_open(const char *dir) {
   Bundle *b = rt_xmalloc(sizeof(Bundle));
+  cur_bundle = b;                  /* still reachable if loading fails */
   snprintf(b->dir, sizeof b->dir, "%s", dir);
   read_manifest(b, dir);
   return b;

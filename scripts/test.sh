@@ -14,6 +14,6 @@ run() {
 }
 run build -DCMAKE_BUILD_TYPE=Release
 if [ "${1:-}" != --fast ]; then
-  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     run build-asan -DCMAKE_BUILD_TYPE=Debug -DLMC_SANITIZE=ON
 fi
