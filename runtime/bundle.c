@@ -150,6 +150,7 @@ static Bundle *cur_bundle;   /* whose values parse_ids checks */
 static void parse_ids(Reader *r, const char *s, int *ids, bool *acc, int max, int nvals) {
   int n = 0;
   for (int i = 0; i < max; i++) ids[i] = -1;
+  if (!s) bad(r, "missing operand list");
   while (*s && *s != ' ') {
     if (n == max) bad(r, "too many operands");
     if (*s == '_') { s++; n++; }
@@ -212,6 +213,90 @@ static void read_value(Reader *r, Bundle *b) {
   if (last && last[1] != '[' && strcmp(last + 1, "i32")) snprintf(v->name, sizeof v->name, "%s", last + 1);
 }
 
+/* What a kernel will touch: elements of each operand (0: not an operand),
+ * and which operands are token ids. A schedule that disagrees with its
+ * values is rejected here rather than read or written out of bounds. */
+static void needs(const RtInst *x, int64_t in[5], int64_t out[3], bool ids[5]) {
+  int64_t bthk = x->b * x->t * x->h * x->k, btgk = x->b * x->t * x->g * x->k, nd = x->n * x->d;
+  for (int i = 0; i < 5; i++) in[i] = 0, ids[i] = false;
+  for (int i = 0; i < 3; i++) out[i] = 0;
+  switch (x->op) {
+  case OP_EMBED: out[0] = nd, in[0] = x->n, ids[0] = true, in[1] = x->v * x->d; break;
+  case OP_EMBED_BWD: out[0] = x->v * x->d, in[0] = nd, in[1] = x->n, ids[1] = true; break;
+  case OP_MATMUL: out[0] = x->m * x->n, in[0] = x->m * x->k, in[1] = x->k * x->n; break;
+  case OP_RMSNORM: out[0] = in[0] = nd, out[1] = x->n, in[1] = x->d; break;
+  case OP_RMSNORM_BWD: out[0] = in[0] = in[1] = nd, out[1] = in[2] = x->d, in[3] = x->n; break;
+  case OP_LAYERNORM: out[0] = in[0] = nd, out[1] = out[2] = x->n, in[1] = in[2] = x->d; break;
+  case OP_LAYERNORM_BWD:
+    out[0] = in[0] = in[1] = nd, out[1] = out[2] = in[2] = x->d, in[3] = in[4] = x->n;
+    break;
+  case OP_ROPE: case OP_ROPE_BWD: out[0] = in[0] = bthk; break;
+  case OP_ATTENTION:
+    out[0] = in[0] = bthk, in[1] = in[2] = btgk, out[1] = x->b * x->h * x->t * x->t;
+    break;
+  case OP_ATTENTION_BWD:
+    out[0] = in[0] = in[1] = bthk, out[1] = out[2] = in[2] = in[3] = btgk;
+    in[4] = x->b * x->h * x->t * x->t;
+    break;
+  case OP_SILU: case OP_GELU: out[0] = in[0] = x->n; break;
+  case OP_MUL: out[0] = in[0] = in[1] = x->n; break;
+  case OP_ADD: out[0] = in[0] = x->n, in[1] = x->nb; break;
+  case OP_SILU_BWD: case OP_GELU_BWD: out[0] = in[0] = in[1] = x->n; break;
+  case OP_MUL_BWD: out[0] = out[1] = in[0] = in[1] = in[2] = x->n; break;
+  case OP_ADD_BWD: out[0] = in[0] = x->n, out[1] = x->nb; break;
+  case OP_XENT: out[0] = 1, in[0] = x->n * x->v, in[1] = x->n, ids[1] = true; break;
+  case OP_XENT_BWD: out[0] = in[0] = x->n * x->v, in[1] = x->n, ids[1] = true; break;
+  case OP_ALLREDUCE: out[0] = in[0] = x->n; break;
+  case OP_XENT_MAX: out[0] = x->n, in[0] = x->n * x->v; break;
+  case OP_XENT_STATS:
+    out[0] = out[1] = in[2] = x->n, in[0] = x->n * x->v, in[1] = x->n, ids[1] = true;
+    break;
+  case OP_XENT_LOSS:
+    out[0] = 1, in[0] = x->n * x->v, in[1] = in[2] = in[3] = in[4] = x->n, ids[1] = true;
+    break;
+  case OP_XENT_TP_BWD:
+    out[0] = in[0] = x->n * x->v, in[1] = in[2] = in[3] = x->n, ids[1] = true;
+    break;
+  }
+}
+
+static bool sane(const RtInst *x) {
+  int64_t v[] = {x->m, x->n, x->k, x->d, x->v, x->b, x->t, x->h, x->g, x->nb};
+  for (size_t i = 0; i < sizeof v / sizeof *v; i++)
+    if (v[i] < 0 || v[i] > ((int64_t)1 << 36)) return false;
+  if (x->op == OP_ATTENTION || x->op == OP_ATTENTION_BWD)
+    if (x->g <= 0 || x->h % x->g || x->t <= 0 || x->k <= 0) return false;
+  if ((x->op == OP_ROPE || x->op == OP_ROPE_BWD) && (x->k <= 0 || x->k % 2 || x->t <= 0)) return false;
+  if ((x->op == OP_ADD || x->op == OP_ADD_BWD) && (x->nb <= 0 || x->n % x->nb)) return false;
+  if (x->op == OP_MATMUL && (x->m <= 0 || x->n <= 0 || x->k <= 0)) return false;
+  return true;
+}
+
+static void verify_inst(Reader *r, Bundle *b, const RtInst *x) {
+  int64_t in[5], out[3];
+  bool ids[5];
+  if (!sane(x)) bad(r, "instruction sizes out of range");
+  needs(x, in, out, ids);
+  int nout = 0;
+  for (int i = 0; i < 5; i++) {
+    if (!in[i]) continue;
+    if (x->in[i] < 0) bad(r, "missing input");
+    RtValue *v = &b->vals[x->in[i]];
+    if (v->n < in[i] || (v->region == R_INPUT) != ids[i]) bad(r, "input of the wrong size or kind");
+  }
+  for (int i = 0; i < 3; i++) {
+    if (x->out[i] < 0) continue;
+    RtValue *v = &b->vals[x->out[i]];
+    if (!out[i] || v->n < out[i] || v->region == R_INPUT || v->region == R_PARAM)
+      bad(r, "output of the wrong size or kind");
+    nout++;
+  }
+  if (nout == 0) bad(r, "instruction without an output");
+  if (!x->acc[0] && out[0] && x->out[0] < 0 && x->op != OP_ADD_BWD && x->op != OP_MUL_BWD &&
+      x->op != OP_RMSNORM_BWD && x->op != OP_LAYERNORM_BWD && x->op != OP_ATTENTION_BWD)
+    bad(r, "missing output");
+}
+
 static void read_program(Reader *r, Bundle *b, RtInst **prog, int *n) {
   *n = atoi(strrchr(r->buf, ' ') + 1);
   if (*n < 0 || *n > 10000000) bad(r, "bad program length");
@@ -219,6 +304,7 @@ static void read_program(Reader *r, Bundle *b, RtInst **prog, int *n) {
   for (int i = 0; i < *n; i++) {
     if (!next_line(r)) bad(r, "truncated program");
     read_inst(r, b, &(*prog)[i]);
+    verify_inst(r, b, &(*prog)[i]);
   }
 }
 
