@@ -30,3 +30,13 @@ small_model() {
   "$LMC" "$SRC/models/tiny.lm" -q -o "$dir" --set D=64 --set H=4 --set G=2 --set F=172 \
     --set L=2 --set batch=8 --set seq=64 --set warmup=10 --set eval_every=0 "$@"
 }
+
+# mpi_env: run ranks as root, one thread each, any number on these cores.
+mpi_env() {
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+  # Open MPI's own allocations (some in plugins it unloads) outlive
+  # MPI_Finalize: under the sanitizer build, leak checking covers the
+  # single-rank tests, not the ranks started by mpirun.
+  export ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=0"
+  MPIRUN="mpirun --oversubscribe --bind-to none"
+}

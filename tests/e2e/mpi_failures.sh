@@ -5,12 +5,7 @@
 BIN=$1 SRC=$2
 . "$SRC/tests/e2e/common.sh"
 need_data
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-# Open MPI's own allocations (some in plugins it unloads) outlive
-# MPI_Finalize: under the sanitizer build, leak checking covers the
-# single-rank tests, not the ranks started by mpirun.
-export ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=0"
-MPIRUN="mpirun --oversubscribe --bind-to none"
+mpi_env
 small_model "$WORK/dp2" --set dp=2 --set steps=100000 --set batch=4 --set seq=32
 
 set +e

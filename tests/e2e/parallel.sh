@@ -6,12 +6,7 @@
 BIN=$1 SRC=$2
 . "$SRC/tests/e2e/common.sh"
 need_data
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-# Open MPI's own allocations (some in plugins it unloads) outlive
-# MPI_Finalize: under the sanitizer build, leak checking covers the
-# single-rank tests, not the ranks started by mpirun.
-export ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=0"
-MPIRUN="mpirun --oversubscribe --bind-to none"
+mpi_env
 SETS="--set D=32 --set H=4 --set G=2 --set F=48 --set L=4 --set batch=8 --set seq=16 --set steps=10 --set warmup=2"
 passed=0
 

@@ -6,14 +6,10 @@
 BIN=$1 SRC=$2
 . "$SRC/tests/e2e/common.sh"
 need_data
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-# Open MPI's own allocations (some in plugins it unloads) outlive
-# MPI_Finalize: under the sanitizer build, leak checking covers the
-# single-rank tests, not the ranks started by mpirun.
-export ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=0"
+mpi_env
 for sch in gpipe 1f1b; do
   small_model "$WORK/$sch" --set pp=2 --set L=4 --set microbatches=8 --set schedule=$sch --set steps=2
-  mpirun --oversubscribe --bind-to none -np 2 "$LMRUN" "$WORK/$sch" --data "$DATA" --quiet >"$WORK/$sch.log" 2>&1 \
+  $MPIRUN -np 2 "$LMRUN" "$WORK/$sch" --data "$DATA" --quiet >"$WORK/$sch.log" 2>&1 \
     || { cat "$WORK/$sch.log"; fail "$sch did not run"; }
 done
 python3 - "$WORK/gpipe/metrics.jsonl" "$WORK/1f1b/metrics.jsonl" <<'PY' || fail "memory"
