@@ -128,7 +128,6 @@ void emit_schedule(FILE *out, Sched *s) {
   fprintf(out, "inputs tokens=%%%d targets=%%%d positions=%%%d loss=%%%d\n",
           g->tokens->id, g->targets->id, g->positions->id, g->loss->id);
   Part *pt = s->part;
-  (void)pt;
   fprintf(out, "program fwd %d\n", pt->nfwd);
   for (int i = 0; i < pt->nfwd; i++) print_inst(out, pt->fwd[i]);
   fprintf(out, "program bwd %d\n", pt->nbwd);
@@ -204,8 +203,7 @@ static void write_file(const char *dir, const char *name, Sched *s,
   }
 }
 
-void emit_bundle(Sched *s, const char *dir, const char *spec_path) {
-  (void)spec_path;
+void emit_bundle(Sched *s, const char *dir) {
   mkdirs(dir);
   write_file(dir, "manifest.txt", s, emit_manifest);
   for (int stage = 0; stage < s->g->nstages; stage++) {

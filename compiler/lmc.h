@@ -275,7 +275,7 @@ bool sched_has(Sched *s, Value *v);     /* v appears in this stage's schedule */
 void sched_dump_all(FILE *out, Sched *s, int rank);
 
 /* ---- emit.c ---- */
-void emit_bundle(Sched *s, const char *dir, const char *spec_path);
+void emit_bundle(Sched *s, const char *dir);
 void emit_schedule(FILE *out, Sched *s);
 void emit_manifest(FILE *out, Sched *s);
 

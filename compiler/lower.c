@@ -58,12 +58,6 @@ static Shape shape_of_dims(int n, const int *dims) {
   return s;
 }
 
-static bool has_split(const Shape *s) {
-  for (int i = 0; i < s->rank; i++)
-    if (tp_split(s->dim[i])) return true;
-  return false;
-}
-
 /* A tp-split dim that the inputs have and the output lacks was summed
  * over: each rank holds a partial sum. */
 static bool partial(Value *a, Value *b, Value *out) {
@@ -279,7 +273,6 @@ static Value *lower_attention(Loc loc, Value **a) {
 
 static Value *lower_pointwise(Loc loc, int op, Value *a, Value *b) {
   if (op == OP_MUL && !same_shape(&a->shape, &b->shape)) mismatch(loc, "'*'", a, b);
-  (void)has_split;
   if (op == OP_ADD && !same_shape(&a->shape, &b->shape)) {
     bool suffix = b->shape.rank <= a->shape.rank && b->shape.rank > 0;
     for (int i = 0; suffix && i < b->shape.rank; i++)

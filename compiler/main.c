@@ -74,7 +74,7 @@ static int compile(Options *o, const char *text, long len) {
   sched_check(g);
   if (dumping(o, "sched")) sched_dump_all(stdout, s, o->rank);
   if (o->out) {
-    emit_bundle(s, o->out, o->input);
+    emit_bundle(s, o->out);
     if (!o->quiet) summary(s, o->out);
   }
   diag_jmp = NULL;

@@ -315,7 +315,7 @@ static const char *kind_name(int k) {
 
 /* Try to finish the collective that rank r waits at: every member of its
  * group must wait at the same one. */
-static bool collective(Graph *g, RankRun *runs, int world, int r) {
+static bool collective(RankRun *runs, int world, int r) {
   Action *a = &runs[r].a[runs[r].pc];
   int axis = a->axis;
   if (a->kind == ACT_OPTIMIZER && axis < 0) return true;
@@ -330,7 +330,6 @@ static bool collective(Graph *g, RankRun *runs, int world, int r) {
                  "%s n=%lld vs %s n=%lld", r, q, axis < MAX_AXES ? axis_names[axis] : "replica", kind_name(a->kind),
                  (long long)a->n, kind_name(b->kind), (long long)b->n);
   }
-  (void)g;
   return true;
 }
 
@@ -373,7 +372,7 @@ void sched_check(Graph *g) {
           if (!m || m->count == 0) break;
           m->count--;
         } else if (a->kind == ACT_ALLREDUCE || a->kind == ACT_OPTIMIZER) {
-          if (!collective(g, runs, world, r)) break;
+          if (!collective(runs, world, r)) break;
           advance_group(runs, world, r);
           progress = true;
           continue;
