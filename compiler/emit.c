@@ -2,6 +2,7 @@
  *   manifest.txt   model, dims, plan, train settings, parameters
  *   rank<N>.sched  one rank's values (region, offset, shape) and its
  *                  programs (fwd, bwd) and per-step action list
+ *   kernels.cu     the CUDA kernels its programs need (kernels.c)
  * Both are plain text, deterministic (ids, no pointers or times), and
  * written to a temporary name then renamed, so a bundle is never half
  * written. --dump=sched prints the same schedule text. */
@@ -189,6 +190,8 @@ static void mkdirs(const char *dir) {
     diag_fatal("emit-io", "cannot create bundle folder '%s': %s", dir, strerror(errno));
 }
 
+static void write_kernels(FILE *out, Sched *s) { kernels_emit(out, s->g); }
+
 static void write_file(const char *dir, const char *name, Sched *s,
                        void (*fn)(FILE *, Sched *)) {
   const char *path = arena_printf("%s/%s", dir, name);
@@ -206,6 +209,7 @@ static void write_file(const char *dir, const char *name, Sched *s,
 void emit_bundle(Sched *s, const char *dir) {
   mkdirs(dir);
   write_file(dir, "manifest.txt", s, emit_manifest);
+  write_file(dir, "kernels.cu", s, write_kernels);
   for (int stage = 0; stage < s->g->nstages; stage++) {
     sched_stage(s, stage);
     for (int r = 0; r < s->world; r++) {

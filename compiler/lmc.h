@@ -274,6 +274,9 @@ void sched_check(Graph *g);             /* sends match receives, no deadlock */
 bool sched_has(Sched *s, Value *v);     /* v appears in this stage's schedule */
 void sched_dump_all(FILE *out, Sched *s, int rank);
 
+/* ---- kernels.c ---- */
+void kernels_emit(FILE *out, Graph *g);
+
 /* ---- emit.c ---- */
 void emit_bundle(Sched *s, const char *dir);
 void emit_schedule(FILE *out, Sched *s);

@@ -9,7 +9,7 @@ trap 'rm -rf "$out"' EXIT
 status=0 n=0
 for model in tiny gpt2-124m; do
   "$BIN/compiler/lmc" "$SRC/models/$model.lm" -q -o "$out/$model"
-  for f in manifest.txt rank0.sched; do
+  for f in manifest.txt rank0.sched kernels.cu; do
     exp="$SRC/tests/golden/$model.$f.expected"
     n=$((n + 1))
     if [ "$MODE" = --update ]; then cp "$out/$model/$f" "$exp"; echo "updated $exp"; continue; fi

@@ -1,0 +1,120 @@
+/* test_nvrtc.c: every kernel lmc writes must compile. Compiles each
+ * kernels.cu given on the command line with NVRTC (loaded with dlopen, as
+ * the CUDA runtime will) for compute_80 and compute_90, and checks that
+ * the PTX defines every extern "C" __global__ kernel of the source. Needs
+ * no GPU. Exits 77 (skipped) when no NVRTC library can be loaded.
+ * Usage: test_nvrtc FILE.cu... */
+#include <dlfcn.h>
+#include <nvrtc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef nvrtcResult (*Create)(nvrtcProgram *, const char *, const char *, int, const char *const *,
+                              const char *const *);
+typedef nvrtcResult (*Compile)(nvrtcProgram, int, const char *const *);
+typedef nvrtcResult (*GetSize)(nvrtcProgram, size_t *);
+typedef nvrtcResult (*GetText)(nvrtcProgram, char *);
+typedef nvrtcResult (*Destroy)(nvrtcProgram *);
+typedef const char *(*ErrStr)(nvrtcResult);
+
+static struct {
+  Create create;
+  Compile compile;
+  GetSize log_size, ptx_size;
+  GetText log, ptx;
+  Destroy destroy;
+  ErrStr err;
+} nv;
+
+static void *load(void) {
+  const char *names[] = {"libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12",
+                         "/usr/local/cuda/lib64/libnvrtc.so", NULL};
+  for (int i = 0; names[i]; i++) {
+    void *h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (h) return h;
+  }
+  return NULL;
+}
+
+static char *slurp(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *s = malloc(n + 1);
+  if (fread(s, 1, n, f) != (size_t)n) n = 0;
+  s[n] = 0;
+  fclose(f);
+  return s;
+}
+
+/* Compiles src for one architecture; checks each kernel is in the PTX. */
+static int check(const char *path, const char *src, const char *arch) {
+  nvrtcProgram prog;
+  char opt[64];
+  snprintf(opt, sizeof opt, "--gpu-architecture=%s", arch);
+  const char *opts[] = {opt, "--std=c++17", "-default-device"};
+  if (nv.create(&prog, src, path, 0, NULL, NULL) != NVRTC_SUCCESS) return 1;
+  nvrtcResult rc = nv.compile(prog, 3, opts);
+  size_t n;
+  nv.log_size(prog, &n);
+  char *log = malloc(n + 1);
+  nv.log(prog, log);
+  if (rc != NVRTC_SUCCESS) {
+    printf("FAIL %s (%s): %s\n%s\n", path, arch, nv.err(rc), log);
+    nv.destroy(&prog);
+    return 1;
+  }
+  nv.ptx_size(prog, &n);
+  char *ptx = malloc(n + 1);
+  nv.ptx(prog, ptx);
+  int missing = 0, kernels = 0;
+  for (const char *p = src; (p = strstr(p, "__global__ void ")); p++) {
+    char name[128], entry[160];
+    if (sscanf(p + 16, "%127[A-Za-z0-9_]", name) != 1) continue;
+    snprintf(entry, sizeof entry, ".entry %s(", name);
+    kernels++;
+    if (!strstr(ptx, entry)) printf("FAIL %s (%s): no kernel %s in the PTX\n", path, arch, name), missing++;
+  }
+  if (!missing) printf("ok   %s (%s): %d kernels, %zu bytes of PTX%s%s\n", path, arch, kernels, n,
+                       log[0] > ' ' ? ", log: " : "", log[0] > ' ' ? log : "");
+  free(log), free(ptx);
+  nv.destroy(&prog);
+  return missing ? 1 : 0;
+}
+
+int main(int argc, char **argv) {
+  void *h = load();
+  if (!h) {
+    printf("skipped: no NVRTC library to load (install the CUDA toolkit)\n");
+    return 77;
+  }
+  nv.create = (Create)dlsym(h, "nvrtcCreateProgram");
+  nv.compile = (Compile)dlsym(h, "nvrtcCompileProgram");
+  nv.log_size = (GetSize)dlsym(h, "nvrtcGetProgramLogSize");
+  nv.log = (GetText)dlsym(h, "nvrtcGetProgramLog");
+  nv.ptx_size = (GetSize)dlsym(h, "nvrtcGetPTXSize");
+  nv.ptx = (GetText)dlsym(h, "nvrtcGetPTX");
+  nv.destroy = (Destroy)dlsym(h, "nvrtcDestroyProgram");
+  nv.err = (ErrStr)dlsym(h, "nvrtcGetErrorString");
+  if (!nv.create || !nv.compile || !nv.ptx || !nv.err) {
+    printf("FAIL: the NVRTC library lacks its functions\n");
+    return 1;
+  }
+  int failed = 0, total = 0;
+  for (int i = 1; i < argc; i++) {
+    char *src = slurp(argv[i]);
+    if (!src) {
+      printf("FAIL cannot read %s\n", argv[i]);
+      failed++, total++;
+      continue;
+    }
+    const char *archs[] = {"compute_80", "compute_90"};
+    for (int a = 0; a < 2; a++) failed += check(argv[i], src, archs[a]), total++;
+    free(src);
+  }
+  printf("%d passed, %d failed\n", total - failed, failed);
+  return failed ? 1 : 0;
+}
