@@ -38,7 +38,7 @@ static double program_flops(const RtInst *p, int n) {
     const RtInst *x = &p[i];
     if (x->op == OP_MATMUL) f += 2.0 * x->m * x->n * x->k;
     if (x->op == OP_ATTENTION) f += 2 * 2.0 * x->b * x->h * x->t * x->t * x->k;
-    if (x->op == OP_ATTENTION_BWD) f += 4 * 2.0 * x->b * x->h * x->t * x->t * x->k;
+    if (x->op == OP_ATTENTION_BWD) f += 5 * 2.0 * x->b * x->h * x->t * x->t * x->k;   /* P recomputed */
   }
   return f;
 }

@@ -262,8 +262,10 @@ static Value *lower_attention(Loc loc, Value **a) {
   Inst *in = ir_inst(G, OP_ATTENTION, false, loc);
   in->in[0] = q, in->in[1] = k, in->in[2] = v;
   in->out[0] = act(NULL, q->shape);
-  Shape ps = {.rank = 4, .dim = {q->shape.dim[0], q->shape.dim[2], q->shape.dim[1], q->shape.dim[1]},
-              .size = {q->shape.size[0], h, q->shape.size[1], q->shape.size[1]}};
+  /* the softmax's log-sum-exp per query row: the backward pass recomputes
+   * the probabilities from it instead of keeping [B,H,T,T] */
+  Shape ps = {.rank = 3, .dim = {q->shape.dim[0], q->shape.dim[2], q->shape.dim[1]},
+              .size = {q->shape.size[0], h, q->shape.size[1]}};
   in->out[1] = act(NULL, ps);
   in->out[0]->def = in->out[1]->def = in;
   ir_set(in, "b", q->shape.size[0]), ir_set(in, "t", q->shape.size[1]);

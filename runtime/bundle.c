@@ -232,11 +232,11 @@ static void needs(const RtInst *x, int64_t in[5], int64_t out[3], bool ids[5]) {
     break;
   case OP_ROPE: case OP_ROPE_BWD: out[0] = in[0] = bthk; break;
   case OP_ATTENTION:
-    out[0] = in[0] = bthk, in[1] = in[2] = btgk, out[1] = x->b * x->h * x->t * x->t;
+    out[0] = in[0] = bthk, in[1] = in[2] = btgk, out[1] = x->b * x->h * x->t;
     break;
   case OP_ATTENTION_BWD:
     out[0] = in[0] = in[1] = bthk, out[1] = out[2] = in[2] = in[3] = btgk;
-    in[4] = x->b * x->h * x->t * x->t;
+    in[4] = x->b * x->h * x->t;
     break;
   case OP_SILU: case OP_GELU: out[0] = in[0] = x->n; break;
   case OP_MUL: out[0] = in[0] = in[1] = x->n; break;

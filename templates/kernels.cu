@@ -154,8 +154,9 @@ extern "C" __global__ void lmc_rope(real *y, const real *x, i64 b, i64 t, i64 h,
 
 // @kernel attention
 // causal softmax over rows of scores [rows = b*h*t, t] in place (cuBLASLt
-// made the scaled scores); row i of each t x t block keeps j <= i
-extern "C" __global__ void lmc_causal_softmax(real *p, i64 rows, i64 t) {
+// made the scaled scores); row i of each t x t block keeps j <= i. The
+// row's log-sum-exp is kept for the backward pass, not the probabilities.
+extern "C" __global__ void lmc_causal_softmax(real *p, real *lse, i64 rows, i64 t) {
   i64 row = blockIdx.x, i = row % t;
   real *pr = p + row * t;
   float mx = NEG_INF;
@@ -165,9 +166,19 @@ extern "C" __global__ void lmc_causal_softmax(real *p, i64 rows, i64 t) {
   for (i64 j = threadIdx.x; j <= i; j += blockDim.x) s += expf(pr[j] - mx);
   s = block_sum(s);
   for (i64 j = threadIdx.x; j < t; j += blockDim.x) pr[j] = j <= i ? expf(pr[j] - mx) / s : (real)0;
+  if (threadIdx.x == 0) lse[row] = mx + logf(s);
 }
 
 // @kernel attention_bwd
+// P again from the scaled scores (recomputed by cuBLASLt) and the saved
+// log-sum-exp, in place
+extern "C" __global__ void lmc_softmax_recompute(real *p, const real *lse, i64 rows, i64 t) {
+  GRID_LOOP(e, rows * t) {
+    i64 row = e / t, i = row % t, j = e % t;
+    p[e] = j <= i ? expf(p[e] - lse[row]) : (real)0;
+  }
+}
+
 // dS = P * (dP - rowsum(P * dP)), in place over dP
 extern "C" __global__ void lmc_softmax_bwd(real *dp, const real *p, i64 rows, i64 t) {
   i64 row = blockIdx.x;

@@ -196,7 +196,7 @@ int main(void) {
   check(&ro);
 
   Case at = {.name = "attention (gqa 4:2)", .nin = 3, .in_n = {B * T * H * K, B * T * G * K, B * T * G * K},
-             .out_n = {B * T * H * K, B * H * T * T}, .nout = 2, .nbwd_in = 5, .bwd_in = {0, 0, 1, 2, -2},
+             .out_n = {B * T * H * K, B * H * T}, .nout = 2, .nbwd_in = 5, .bwd_in = {0, 0, 1, 2, -2},
              .bwd_out_of = {0, 1, 2}};
   at.fwd = inst(OP_ATTENTION), at.bwd = inst(OP_ATTENTION_BWD);
   at.fwd.b = at.bwd.b = B, at.fwd.t = at.bwd.t = T, at.fwd.h = at.bwd.h = H;
