@@ -151,9 +151,12 @@ typedef struct Backend {
   void (*recv)(void *x, int64_t n, int peer, int tag, int axis);
   void (*wait_sends)(int slot);                             /* slot < 0: all */
   void (*adamw)(void *w, const void *g, void *m, void *v, int64_t n, const AdamArgs *a);
+  double (*gemm_peak)(void);         /* the GEMM rate this device reaches, FLOP/s */
+  void (*sync)(void);                /* wait for queued work (timing) */
 } Backend;
 
 Backend *cpu_backend(bool f64);
+Backend *cuda_backend(const char *bundle_dir, char *why, size_t n);   /* NULL: why */
 
 /* ---- exec.c ---- */
 typedef struct Run {

@@ -20,7 +20,8 @@ static void usage(int code) {
           "  --out DIR             where metrics.jsonl and ckpt/ go (default: BUNDLE)\n"
           "  --seed N  --lr X      override the spec's seed / peak learning rate\n"
           "  --f64                 run in double precision\n"
-          "  --backend cpu         the backend (cpu is the only one built so far)\n"
+          "  --backend NAME        cpu (default), cuda, or auto (cuda when a GPU is usable);\n"
+          "                        the cuda backend has not yet been validated on a GPU\n"
           "  --gradcheck N         compare N gradient entries with finite differences\n"
           "  --quiet               no progress lines\n");
   exit(code);
@@ -74,6 +75,21 @@ static int gradcheck(Run *r, TrainOpts *o, int64_t n) {
   return bad ? 1 : 0;
 }
 
+/* cpu, cuda, or auto: cuda when it loads, else cpu. */
+static Backend *pick_backend(const char *name, const char *dir, bool f64, bool quiet) {
+  if (!strcmp(name, "cpu")) return cpu_backend(f64);
+  if (f64) {
+    if (!strcmp(name, "cuda")) rt_die("--f64 runs on the CPU backend only");
+    return cpu_backend(true);
+  }
+  char why[256];
+  Backend *be = cuda_backend(dir, why, sizeof why);
+  if (be) return be;
+  if (!strcmp(name, "cuda")) rt_die("the CUDA backend is not available: %s", why);
+  if (!quiet) fprintf(stderr, "lmrun: %s; using the CPU backend\n", why);
+  return cpu_backend(false);
+}
+
 int main(int argc, char **argv) {
   comm_init(&argc, &argv);
   if (argc < 2) usage(1);
@@ -104,8 +120,8 @@ int main(int argc, char **argv) {
     else rt_die("unknown option '%s' (see lmrun --help)", a);
 #undef ARG
   }
-  if (strcmp(backend, "cpu") && strcmp(backend, "auto"))
-    rt_die("backend '%s' is not available in this build; use --backend cpu", backend);
+  if (strcmp(backend, "cpu") && strcmp(backend, "auto") && strcmp(backend, "cuda"))
+    rt_die("unknown backend '%s'; use cpu, cuda or auto", backend);
   if (o.log_interval == 0) o.log_interval = 1;
   int rank = comm_rank(), world = comm_world();
   Bundle *b = bundle_open(dir);
@@ -123,7 +139,8 @@ int main(int argc, char **argv) {
   if (o.eval_interval < 0) o.eval_interval = b->train.eval_every;
   if (o.eval_batches <= 0) o.eval_batches = b->train.eval_batches > 0 ? b->train.eval_batches : 1;
   if (o.save_interval == 0 && b->train.save_every > 0) o.save_interval = b->train.save_every;
-  Run *r = rt_new(b, cpu_backend(f64));
+  Backend *be = pick_backend(backend, dir, f64, o.quiet);
+  Run *r = rt_new(b, be);
   int rc = gc > 0 ? gradcheck(r, &o, gc) : train_run(r, &o);
   rt_free(r);
   bundle_free(b);

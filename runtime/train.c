@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <errno.h>
 
 double lr_at(const Train *t, int64_t steps, int64_t step) {
   if (step < t->warmup) return t->lr * (double)(step + 1) / (double)t->warmup;
@@ -87,6 +89,8 @@ static void save(Loop *L, int64_t step) {
 static void open_metrics(Loop *L) {
   char path[1200];
   if (L->r->b->rank != 0) return;
+  if (mkdir(L->o->out_dir, 0777) != 0 && errno != EEXIST)
+    rt_die("cannot create the output folder '%s': %s", L->o->out_dir, strerror(errno));
   snprintf(path, sizeof path, "%s/metrics.jsonl", L->o->out_dir);
   L->metrics = fopen(path, L->start > 0 ? "a" : "w");
   if (!L->metrics) rt_die("cannot write metrics file '%s'", path);

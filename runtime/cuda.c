@@ -1,0 +1,534 @@
+/* cuda.c: the CUDA backend, behind the same interface as cpu.c. Nothing is
+ * linked: the driver (libcuda.so.1), NVRTC and cuBLASLt are loaded with
+ * dlopen when --backend cuda asks for them, so CPU-only runs never touch
+ * CUDA. The bundle's kernels.cu is compiled with NVRTC for this device
+ * (cached on disk by source hash and architecture); GEMMs, including
+ * attention's, go to cuBLASLt; collectives and pipeline transfers are
+ * staged through host memory and MPI (NCCL is the next step). Single
+ * precision only. */
+#include "lmrt.h"
+#include <cublasLt.h>
+#include <cuda.h>
+#include <dlfcn.h>
+#include <errno.h>
+#include <math.h>
+#include <nvrtc.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static struct {
+  CUresult (*init)(unsigned);
+  CUresult (*device_get)(CUdevice *, int);
+  CUresult (*device_count)(int *);
+  CUresult (*attr)(int *, CUdevice_attribute, CUdevice);
+  CUresult (*retain)(CUcontext *, CUdevice);
+  CUresult (*set_current)(CUcontext);
+  CUresult (*alloc)(CUdeviceptr *, size_t);
+  CUresult (*free)(CUdeviceptr);
+  CUresult (*htod)(CUdeviceptr, const void *, size_t);
+  CUresult (*dtoh)(void *, CUdeviceptr, size_t);
+  CUresult (*memset8)(CUdeviceptr, unsigned char, size_t);
+  CUresult (*load)(CUmodule *, const void *);
+  CUresult (*getfn)(CUfunction *, CUmodule, const char *);
+  CUresult (*launch)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                     CUstream, void **, void **);
+  CUresult (*sync)(void);
+  CUresult (*errstr)(CUresult, const char **);
+  nvrtcResult (*create)(nvrtcProgram *, const char *, const char *, int, const char *const *,
+                        const char *const *);
+  nvrtcResult (*compile)(nvrtcProgram, int, const char *const *);
+  nvrtcResult (*log_size)(nvrtcProgram, size_t *);
+  nvrtcResult (*log)(nvrtcProgram, char *);
+  nvrtcResult (*cubin_size)(nvrtcProgram, size_t *);
+  nvrtcResult (*cubin)(nvrtcProgram, char *);
+  nvrtcResult (*destroy)(nvrtcProgram *);
+  cublasStatus_t (*lt_create)(cublasLtHandle_t *);
+  cublasStatus_t (*desc_create)(cublasLtMatmulDesc_t *, cublasComputeType_t, cudaDataType_t);
+  cublasStatus_t (*desc_set)(cublasLtMatmulDesc_t, cublasLtMatmulDescAttributes_t, const void *, size_t);
+  cublasStatus_t (*desc_destroy)(cublasLtMatmulDesc_t);
+  cublasStatus_t (*layout_create)(cublasLtMatrixLayout_t *, cudaDataType, uint64_t, uint64_t, int64_t);
+  cublasStatus_t (*layout_destroy)(cublasLtMatrixLayout_t);
+  cublasStatus_t (*matmul)(cublasLtHandle_t, cublasLtMatmulDesc_t, const void *, const void *,
+                           cublasLtMatrixLayout_t, const void *, cublasLtMatrixLayout_t, const void *,
+                           const void *, cublasLtMatrixLayout_t, void *, cublasLtMatrixLayout_t,
+                           const cublasLtMatmulAlgo_t *, void *, size_t, cudaStream_t);
+} cu;
+
+static CUmodule module;
+static cublasLtHandle_t lt;
+static CUdeviceptr workspace, scratch_p, scratch_dp, scratch_rows, scratch_part;
+static size_t workspace_size = 32 << 20, scratch_p_n, scratch_rows_n;
+static int sm;   /* compute capability, e.g. 90 */
+
+#define CK(call) check_cu((call), #call, __FILE__, __LINE__)
+static void check_cu(CUresult rc, const char *what, const char *file, int line) {
+  if (rc == CUDA_SUCCESS) return;
+  const char *s = "unknown error";
+  if (cu.errstr) cu.errstr(rc, &s);
+  rt_die("CUDA: %s failed at %s:%d: %s", what, file, line, s);
+}
+
+#define LT(call) check_lt((call), #call, __FILE__, __LINE__)
+static void check_lt(cublasStatus_t rc, const char *what, const char *file, int line) {
+  if (rc != CUBLAS_STATUS_SUCCESS) rt_die("cuBLASLt: %s failed at %s:%d: status %d", what, file, line, (int)rc);
+}
+
+static void *open_lib(const char *const *names) {
+  for (int i = 0; names[i]; i++) {
+    void *h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (h) return h;
+  }
+  return NULL;
+}
+
+#define SYM(h, field, name) (*(void **)&cu.field = dlsym(h, name))
+
+static bool load_driver(char *why, size_t n) {
+  const char *drv[] = {"libcuda.so.1", "libcuda.so", NULL};
+  const char *rtc[] = {"libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12", "/usr/local/cuda/lib64/libnvrtc.so", NULL};
+  const char *blt[] = {"libcublasLt.so", "libcublasLt.so.13", "libcublasLt.so.12",
+                       "/usr/local/cuda/lib64/libcublasLt.so", NULL};
+  void *d = open_lib(drv), *r = open_lib(rtc), *b = open_lib(blt);
+  if (!d) return snprintf(why, n, "no CUDA driver (libcuda.so.1)"), false;
+  if (!r || !b) return snprintf(why, n, "no NVRTC or cuBLASLt library"), false;
+  SYM(d, init, "cuInit"), SYM(d, device_get, "cuDeviceGet"), SYM(d, device_count, "cuDeviceGetCount");
+  SYM(d, attr, "cuDeviceGetAttribute"), SYM(d, retain, "cuDevicePrimaryCtxRetain");
+  SYM(d, set_current, "cuCtxSetCurrent"), SYM(d, alloc, "cuMemAlloc_v2"), SYM(d, free, "cuMemFree_v2");
+  SYM(d, htod, "cuMemcpyHtoD_v2"), SYM(d, dtoh, "cuMemcpyDtoH_v2"), SYM(d, memset8, "cuMemsetD8_v2");
+  SYM(d, load, "cuModuleLoadData"), SYM(d, getfn, "cuModuleGetFunction"), SYM(d, launch, "cuLaunchKernel");
+  SYM(d, sync, "cuCtxSynchronize"), SYM(d, errstr, "cuGetErrorString");
+  SYM(r, create, "nvrtcCreateProgram"), SYM(r, compile, "nvrtcCompileProgram");
+  SYM(r, log_size, "nvrtcGetProgramLogSize"), SYM(r, log, "nvrtcGetProgramLog");
+  SYM(r, cubin_size, "nvrtcGetCUBINSize"), SYM(r, cubin, "nvrtcGetCUBIN"), SYM(r, destroy, "nvrtcDestroyProgram");
+  SYM(b, lt_create, "cublasLtCreate"), SYM(b, desc_create, "cublasLtMatmulDescCreate");
+  SYM(b, desc_set, "cublasLtMatmulDescSetAttribute"), SYM(b, desc_destroy, "cublasLtMatmulDescDestroy");
+  SYM(b, layout_create, "cublasLtMatrixLayoutCreate"), SYM(b, layout_destroy, "cublasLtMatrixLayoutDestroy");
+  SYM(b, matmul, "cublasLtMatmul");
+  void **f = (void **)&cu;
+  for (size_t i = 0; i < sizeof cu / sizeof(void *); i++)
+    if (!f[i]) return snprintf(why, n, "a CUDA library lacks a function this build needs"), false;
+  int count = 0;
+  if (cu.init(0) != CUDA_SUCCESS || cu.device_count(&count) != CUDA_SUCCESS || count == 0)
+    return snprintf(why, n, "no CUDA device"), false;
+  return true;
+}
+
+/* ---- kernels: NVRTC, cached on disk ---- */
+
+static char *read_text(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *s = rt_xmalloc(n + 1);
+  if (fread(s, 1, n, f) != (size_t)n) n = 0;
+  s[n] = 0;
+  fclose(f);
+  return s;
+}
+
+static char *compile_cubin(const char *src, const char *name, size_t *n) {
+  nvrtcProgram prog;
+  char arch[32];
+  snprintf(arch, sizeof arch, "--gpu-architecture=sm_%d", sm);
+  const char *opts[] = {arch, "--std=c++17", "-default-device"};
+  if (cu.create(&prog, src, name, 0, NULL, NULL) != NVRTC_SUCCESS) rt_die("NVRTC: cannot create a program");
+  nvrtcResult rc = cu.compile(prog, 3, opts);
+  size_t ln;
+  cu.log_size(prog, &ln);
+  char *log = rt_xmalloc(ln + 1);
+  cu.log(prog, log);
+  if (rc != NVRTC_SUCCESS) rt_die("NVRTC could not compile %s for sm_%d:\n%s", name, sm, log);
+  free(log);
+  cu.cubin_size(prog, n);
+  char *bin = rt_xmalloc(*n);
+  cu.cubin(prog, bin);
+  cu.destroy(&prog);
+  return bin;
+}
+
+static void load_kernels(const char *dir) {
+  char path[1200], cache[1200], file[1400];
+  snprintf(path, sizeof path, "%s/kernels.cu", dir);
+  char *src = read_text(path);
+  if (!src) rt_die("cannot read %s (recompile the bundle with this lmc)", path);
+  const char *home = getenv("XDG_CACHE_HOME");
+  snprintf(cache, sizeof cache, "%s%s/lmc/kernels", home ? home : getenv("HOME") ? getenv("HOME") : "/tmp",
+           home ? "" : "/.cache");
+  snprintf(file, sizeof file, "%s/%016llx-sm_%d.cubin", cache,
+           (unsigned long long)rt_fnv1a(src, strlen(src), 0xcbf29ce484222325ULL), sm);
+  size_t n = 0;
+  char *bin = NULL;
+  FILE *f = fopen(file, "rb");
+  if (f) {
+    fseek(f, 0, SEEK_END);
+    n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    bin = rt_xmalloc(n);
+    if (fread(bin, 1, n, f) != n) free(bin), bin = NULL;
+    fclose(f);
+  }
+  if (!bin) {
+    bin = compile_cubin(src, path, &n);
+    char tmp[1500];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", file, (int)getpid());
+    for (char *p = cache + 1; *p; p++)
+      if (*p == '/') *p = 0, mkdir(cache, 0777), *p = '/';
+    mkdir(cache, 0777);
+    FILE *o = fopen(tmp, "wb");
+    if (o && fwrite(bin, 1, n, o) == n && fclose(o) == 0) rename(tmp, file);
+    else if (o) fclose(o), unlink(tmp);
+  }
+  CK(cu.load(&module, bin));
+  free(bin), free(src);
+}
+
+static CUfunction fn(const char *name) {
+  static struct { const char *name; CUfunction f; } cache[64];
+  static int n;
+  for (int i = 0; i < n; i++)
+    if (!strcmp(cache[i].name, name)) return cache[i].f;
+  CUfunction f;
+  CK(cu.getfn(&f, module, name));
+  if (n < 64) cache[n].name = name, cache[n++].f = f;
+  return f;
+}
+
+static unsigned grid_for(int64_t n) {
+  int64_t g = (n + 255) / 256;
+  return (unsigned)(g < 1 ? 1 : g > 8192 ? 8192 : g);
+}
+
+static void launch(const char *name, unsigned grid, void **args) {
+  CK(cu.launch(fn(name), grid, 1, 1, 256, 1, 1, 0, NULL, args, NULL));
+}
+
+/* ---- memory ---- */
+
+static CUdeviceptr dptr(const void *p) { return (CUdeviceptr)(uintptr_t)p; }
+
+static void *cuda_alloc(size_t bytes) {
+  CUdeviceptr p;
+  CK(cu.alloc(&p, bytes ? bytes : 256));
+  CK(cu.memset8(p, 0, bytes ? bytes : 256));
+  return (void *)(uintptr_t)p;
+}
+
+static void cuda_release(void *p) {
+  if (p) CK(cu.free(dptr(p)));
+}
+
+static void cuda_upload(void *dst, const double *src, int64_t n) {
+  float *h = rt_xmalloc(n * sizeof(float));
+  for (int64_t i = 0; i < n; i++) h[i] = (float)src[i];
+  CK(cu.htod(dptr(dst), h, n * sizeof(float)));
+  free(h);
+}
+
+static void cuda_download(double *dst, const void *src, int64_t n) {
+  float *h = rt_xmalloc(n * sizeof(float));
+  CK(cu.dtoh(h, dptr(src), n * sizeof(float)));
+  for (int64_t i = 0; i < n; i++) dst[i] = h[i];
+  free(h);
+}
+
+static void cuda_zero(void *p, int64_t n) { CK(cu.memset8(dptr(p), 0, n * sizeof(float))); }
+
+static void cuda_upload_ids(void *dst, const int32_t *src, int64_t n) {
+  CK(cu.htod(dptr(dst), src, n * sizeof(int32_t)));
+}
+
+/* A device scratch buffer of at least n floats, grown as needed. */
+static CUdeviceptr scratch(CUdeviceptr *buf, size_t *have, size_t n) {
+  if (*have < n) {
+    if (*buf) CK(cu.free(*buf));
+    CK(cu.alloc(buf, n * sizeof(float)));
+    *have = n;
+  }
+  return *buf;
+}
+
+/* ---- GEMM: row-major C[m,n] = alpha op(A) op(B) + beta C through
+ * column-major cuBLASLt as C^T = op(B)^T op(A)^T ---- */
+
+static void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, CUdeviceptr a, int64_t lda,
+                 CUdeviceptr b, int64_t ldb, float beta, CUdeviceptr c, int64_t ldc) {
+  cublasLtMatmulDesc_t desc;
+  cublasLtMatrixLayout_t la, lb, lc;
+  cublasOperation_t opa = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opb = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+  LT(cu.desc_create(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
+  LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+  LT(cu.layout_create(&la, CUDA_R_32F, tb ? k : n, tb ? n : k, ldb));   /* B as column-major */
+  LT(cu.layout_create(&lb, CUDA_R_32F, ta ? m : k, ta ? k : m, lda));   /* A as column-major */
+  LT(cu.layout_create(&lc, CUDA_R_32F, n, m, ldc));
+  LT(cu.matmul(lt, desc, &alpha, (void *)b, la, (void *)a, lb, &beta, (void *)c, lc, (void *)c, lc, NULL,
+               (void *)workspace, workspace_size, NULL));
+  cu.layout_destroy(la), cu.layout_destroy(lb), cu.layout_destroy(lc), cu.desc_destroy(desc);
+}
+
+/* ---- ops ---- */
+
+typedef long long i64;
+
+static void k_rows(const char *name, i64 rows, void **args) {
+  CK(cu.launch(fn(name), (unsigned)rows, 1, 1, 256, 1, 1, 0, NULL, args, NULL));
+}
+
+static void op_attention(const RtInst *x, void **o, void **in) {
+  i64 T = x->t, H = x->h, G = x->g, K = x->k;
+  float scale = 1.0f / sqrtf((float)K);
+  CUdeviceptr p = scratch(&scratch_p, &scratch_p_n, T * T);
+  for (i64 b = 0; b < x->b; b++)
+    for (i64 hh = 0; hh < H; hh++) {
+      i64 gi = hh / (H / G), qo = (b * T * H * K + hh * K) * 4, ko = (b * T * G * K + gi * K) * 4;
+      gemm(false, true, T, T, K, scale, dptr(in[0]) + qo, H * K, dptr(in[1]) + ko, G * K, 0, p, T);
+      CUdeviceptr lse = dptr(o[1]) + (b * H + hh) * T * 4;
+      i64 rows = T, t = T;
+      void *a[] = {&p, &lse, &rows, &t};
+      k_rows("lmc_causal_softmax", T, a);
+      gemm(false, false, T, K, T, 1, p, T, dptr(in[2]) + ko, G * K, 0, dptr(o[0]) + qo, H * K);
+    }
+}
+
+static void op_attention_bwd(const RtInst *x, void **o, void **in) {
+  i64 T = x->t, H = x->h, G = x->g, K = x->k, per = H / G;
+  float scale = 1.0f / sqrtf((float)K);
+  CUdeviceptr p = scratch(&scratch_p, &scratch_p_n, T * T);
+  static size_t have_dp;
+  CUdeviceptr dp = scratch(&scratch_dp, &have_dp, T * T);
+  for (i64 b = 0; b < x->b; b++)
+    for (i64 hh = 0; hh < H; hh++) {
+      i64 gi = hh / per, qo = (b * T * H * K + hh * K) * 4, ko = (b * T * G * K + gi * K) * 4;
+      float kv_beta = hh % per == 0 ? (x->acc[1] ? 1 : 0) : 1, vv_beta = hh % per == 0 ? (x->acc[2] ? 1 : 0) : 1;
+      CUdeviceptr lse = dptr(in[4]) + (b * H + hh) * T * 4;
+      i64 rows = T, t = T;
+      gemm(false, true, T, T, K, scale, dptr(in[1]) + qo, H * K, dptr(in[2]) + ko, G * K, 0, p, T);
+      void *a[] = {&p, &lse, &rows, &t};
+      launch("lmc_softmax_recompute", grid_for(T * T), a);
+      gemm(false, true, T, T, K, 1, dptr(in[0]) + qo, H * K, dptr(in[3]) + ko, G * K, 0, dp, T);
+      if (o[2]) gemm(true, false, T, K, T, 1, p, T, dptr(in[0]) + qo, H * K, vv_beta, dptr(o[2]) + ko, G * K);
+      void *s[] = {&dp, &p, &rows, &t};
+      k_rows("lmc_softmax_bwd", T, s);
+      if (o[0]) gemm(false, false, T, K, T, scale, dp, T, dptr(in[2]) + ko, G * K, x->acc[0] ? 1 : 0,
+                     dptr(o[0]) + qo, H * K);
+      if (o[1]) gemm(true, false, T, K, T, scale, dp, T, dptr(in[1]) + qo, H * K, kv_beta, dptr(o[1]) + ko, G * K);
+    }
+}
+
+/* loss (+)= scale * sum of per-row losses, rows summed on the device */
+static void sum_rows(CUdeviceptr rows, i64 n, void *loss, float scale, int acc) {
+  CUdeviceptr l = dptr(loss);
+  void *a[] = {&l, &rows, &n, &scale, &acc};
+  CK(cu.launch(fn("lmc_sum_rows"), 1, 1, 1, 256, 1, 1, 0, NULL, a, NULL));
+}
+
+static void cuda_run(const RtInst *x, void **o, void **in) {
+  CUdeviceptr O[3], I[5];
+  for (int i = 0; i < 3; i++) O[i] = dptr(o[i]);
+  for (int i = 0; i < 5; i++) I[i] = dptr(in[i]);
+  i64 n = x->n, d = x->d, v = x->v, v0 = x->v0, nb = x->nb;
+  int acc0 = x->acc[0], acc1 = x->acc[1], acc2 = x->acc[2];
+  float eps = (float)x->eps, theta = (float)x->theta, scale = (float)x->scale;
+  switch (x->op) {
+  case OP_MATMUL:
+    gemm(x->ta, x->tb, x->m, x->n, x->k, 1, I[0], x->ta ? x->m : x->k, I[1], x->tb ? x->k : x->n,
+         x->acc[0] ? 1 : 0, O[0], x->n);
+    return;
+  case OP_EMBED: { void *a[] = {&O[0], &I[0], &I[1], &n, &d, &v, &v0}; launch("lmc_embed", grid_for(n * d), a); return; }
+  case OP_EMBED_BWD: {
+    if (!acc0) cuda_zero(o[0], v * d);
+    void *a[] = {&O[0], &I[0], &I[1], &n, &d, &v, &v0};
+    launch("lmc_embed_bwd", grid_for(n * d), a);
+    return;
+  }
+  case OP_RMSNORM: { void *a[] = {&O[0], &O[1], &I[0], &I[1], &n, &d, &eps}; k_rows("lmc_rmsnorm", n, a); return; }
+  case OP_RMSNORM_BWD: {
+    if (o[0]) { void *a[] = {&O[0], &I[0], &I[1], &I[2], &I[3], &n, &d, &acc0}; k_rows("lmc_rmsnorm_bwd", n, a); }
+    if (o[1]) { void *a[] = {&O[1], &I[0], &I[1], &I[3], &n, &d, &acc1}; launch("lmc_rmsnorm_bwd_dw", grid_for(d), a); }
+    return;
+  }
+  case OP_LAYERNORM: {
+    void *a[] = {&O[0], &O[1], &O[2], &I[0], &I[1], &I[2], &n, &d, &eps};
+    k_rows("lmc_layernorm", n, a);
+    return;
+  }
+  case OP_LAYERNORM_BWD: {
+    if (o[0]) { void *a[] = {&O[0], &I[0], &I[1], &I[2], &I[3], &I[4], &n, &d, &acc0}; k_rows("lmc_layernorm_bwd", n, a); }
+    if (o[1] || o[2]) {
+      void *a[] = {&O[1], &O[2], &I[0], &I[1], &I[3], &I[4], &n, &d, &acc1, &acc2};
+      launch("lmc_layernorm_bwd_dwdb", grid_for(d), a);
+    }
+    return;
+  }
+  case OP_ROPE: case OP_ROPE_BWD: {
+    i64 b = x->b, t = x->t, h = x->h, k = x->k;
+    int dir = x->op == OP_ROPE ? 1 : -1, acc = x->op == OP_ROPE ? 0 : acc0;
+    void *a[] = {&O[0], &I[0], &b, &t, &h, &k, &theta, &dir, &acc};
+    launch("lmc_rope", grid_for(b * t * h * k / 2), a);
+    return;
+  }
+  case OP_ATTENTION: op_attention(x, o, in); return;
+  case OP_ATTENTION_BWD: op_attention_bwd(x, o, in); return;
+  case OP_SILU: { void *a[] = {&O[0], &I[0], &n}; launch("lmc_silu", grid_for(n), a); return; }
+  case OP_GELU: { void *a[] = {&O[0], &I[0], &n}; launch("lmc_gelu", grid_for(n), a); return; }
+  case OP_MUL: { void *a[] = {&O[0], &I[0], &I[1], &n}; launch("lmc_mul", grid_for(n), a); return; }
+  case OP_ADD: { void *a[] = {&O[0], &I[0], &I[1], &n, &nb}; launch("lmc_add", grid_for(n), a); return; }
+  case OP_SILU_BWD: { void *a[] = {&O[0], &I[0], &I[1], &n, &acc0}; launch("lmc_silu_bwd", grid_for(n), a); return; }
+  case OP_GELU_BWD: { void *a[] = {&O[0], &I[0], &I[1], &n, &acc0}; launch("lmc_gelu_bwd", grid_for(n), a); return; }
+  case OP_MUL_BWD: {
+    void *a[] = {&O[0], &O[1], &I[0], &I[1], &I[2], &n, &acc0, &acc1};
+    launch("lmc_mul_bwd", grid_for(n), a);
+    return;
+  }
+  case OP_ADD_BWD:
+    if (o[0]) { void *a[] = {&O[0], &I[0], &n, &acc0}; launch("lmc_add_bwd", grid_for(n), a); }
+    if (o[1] && nb == n) { void *a[] = {&O[1], &I[0], &n, &acc1}; launch("lmc_add_bwd", grid_for(n), a); }
+    else if (o[1]) { void *a[] = {&O[1], &I[0], &n, &nb, &acc1}; launch("lmc_add_bwd_bias", grid_for(nb), a); }
+    return;
+  case OP_XENT: {
+    CUdeviceptr rows = scratch(&scratch_rows, &scratch_rows_n, n);
+    void *a[] = {&rows, &I[0], &I[1], &n, &v};
+    k_rows("lmc_xent", n, a);
+    sum_rows(rows, n, o[0], scale, acc0);
+    return;
+  }
+  case OP_XENT_BWD: {
+    void *a[] = {&O[0], &I[0], &I[1], &n, &v, &scale, &acc0};
+    k_rows("lmc_xent_bwd", n, a);
+    return;
+  }
+  case OP_XENT_MAX: { void *a[] = {&O[0], &I[0], &n, &v}; k_rows("lmc_xent_max", n, a); return; }
+  case OP_XENT_STATS: {
+    void *a[] = {&O[0], &O[1], &I[0], &I[1], &I[2], &n, &v, &v0};
+    k_rows("lmc_xent_stats", n, a);
+    return;
+  }
+  case OP_XENT_LOSS: {
+    CUdeviceptr rows = scratch(&scratch_rows, &scratch_rows_n, n);
+    void *a[] = {&rows, &I[2], &I[3], &I[4], &n};
+    launch("lmc_xent_loss_rows", grid_for(n), a);
+    sum_rows(rows, n, o[0], scale, acc0);
+    return;
+  }
+  case OP_XENT_TP_BWD: {
+    void *a[] = {&O[0], &I[0], &I[1], &I[2], &I[3], &n, &v, &v0, &scale, &acc0};
+    launch("lmc_xent_tp_bwd", grid_for(n * v), a);
+    return;
+  }
+  }
+  rt_die("the CUDA backend cannot run op '%s'", rt_op_names[x->op]);
+}
+
+/* Partial sums per block on the device, added in order on the host. */
+static double cuda_sumsq(const void *x, int64_t n) {
+  enum { BLOCKS = 256 };
+  static size_t have;
+  CUdeviceptr part = scratch(&scratch_part, &have, BLOCKS), xp = dptr(x);
+  i64 nn = n;
+  void *a[] = {&part, &xp, &nn};
+  CK(cu.launch(fn("lmc_sumsq"), BLOCKS, 1, 1, 256, 1, 1, 0, NULL, a, NULL));
+  float h[BLOCKS];
+  CK(cu.dtoh(h, part, sizeof h));
+  double s = 0;
+  for (int i = 0; i < BLOCKS; i++) s += h[i];
+  return s;
+}
+
+static void cuda_adamw(void *w, const void *g, void *m, void *v, int64_t n, const AdamArgs *x) {
+  CUdeviceptr W = dptr(w), Gr = dptr(g), M = dptr(m), V = dptr(v);
+  i64 nn = n;
+  float lr = x->lr, b1 = x->beta1, b2 = x->beta2, eps = x->eps, wd = x->wd, bc1 = x->bc1, bc2 = x->bc2,
+        gs = x->gscale;
+  void *a[] = {&W, &Gr, &M, &V, &nn, &lr, &b1, &b2, &eps, &wd, &bc1, &bc2, &gs};
+  launch("lmc_adamw", grid_for(n), a);
+}
+
+/* ---- collectives and transfers: staged through host memory ---- */
+
+static void cuda_allreduce(void *x, int64_t n, int axis, int op) {
+  float *h = rt_xmalloc(n * sizeof(float));
+  CK(cu.dtoh(h, dptr(x), n * sizeof(float)));
+  comm_allreduce(h, n, 4, axis, op);
+  CK(cu.htod(dptr(x), h, n * sizeof(float)));
+  free(h);
+}
+
+typedef struct Staged {
+  float *buf;
+  int slot;
+} Staged;
+static Staged *staged;
+static int nstaged;
+
+static void cuda_send(const void *x, int64_t n, int peer, int tag, int axis, int slot) {
+  float *h = rt_xmalloc(n * sizeof(float));
+  CK(cu.dtoh(h, dptr(x), n * sizeof(float)));
+  comm_isend(h, n, 4, peer, tag, axis, slot);
+  staged = realloc(staged, (nstaged + 1) * sizeof(Staged));
+  if (!staged) rt_die("out of memory");
+  staged[nstaged++] = (Staged){h, slot};
+}
+
+static void cuda_recv(void *x, int64_t n, int peer, int tag, int axis) {
+  float *h = rt_xmalloc(n * sizeof(float));
+  comm_recv(h, n, 4, peer, tag, axis);
+  CK(cu.htod(dptr(x), h, n * sizeof(float)));
+  free(h);
+}
+
+static void cuda_wait_sends(int slot) {
+  comm_wait_sends(slot);
+  int j = 0;
+  for (int i = 0; i < nstaged; i++) {
+    if (slot < 0 || staged[i].slot == slot) free(staged[i].buf);
+    else staged[j++] = staged[i];
+  }
+  nstaged = j;
+}
+
+/* cuBLASLt's rate on a 4096^3 single precision GEMM, in FLOP/s. */
+static double cuda_gemm_peak(void) {
+  i64 n = 4096;
+  CUdeviceptr a = dptr(cuda_alloc(n * n * 4)), b = dptr(cuda_alloc(n * n * 4)), c = dptr(cuda_alloc(n * n * 4));
+  gemm(false, false, n, n, n, 1, a, n, b, n, 0, c, n);
+  CK(cu.sync());
+  int reps = 10;
+  double t = rt_now();
+  for (int r = 0; r < reps; r++) gemm(false, false, n, n, n, 1, a, n, b, n, 0, c, n);
+  CK(cu.sync());
+  double rate = 2.0 * n * n * (double)n * reps / (rt_now() - t);
+  cuda_release((void *)a), cuda_release((void *)b), cuda_release((void *)c);
+  return rate;
+}
+
+static void cuda_sync(void) { CK(cu.sync()); }
+
+static Backend cuda = {
+    .name = "cuda-f32", .elem = 4, .alloc = cuda_alloc, .release = cuda_release, .upload = cuda_upload,
+    .download = cuda_download, .zero = cuda_zero, .upload_ids = cuda_upload_ids, .run = cuda_run,
+    .sumsq = cuda_sumsq, .adamw = cuda_adamw, .allreduce = cuda_allreduce, .send = cuda_send,
+    .recv = cuda_recv, .wait_sends = cuda_wait_sends, .gemm_peak = cuda_gemm_peak, .sync = cuda_sync};
+
+/* The CUDA backend for the bundle in dir, or NULL with the reason. */
+Backend *cuda_backend(const char *dir, char *why, size_t n) {
+  if (!load_driver(why, n)) return NULL;
+  CUdevice dev;
+  CUcontext ctx;
+  int major = 0, minor = 0, count = 1;
+  const char *local = getenv("OMPI_COMM_WORLD_LOCAL_RANK");   /* one device per local rank */
+  CK(cu.device_count(&count));
+  CK(cu.device_get(&dev, local ? atoi(local) % count : 0));
+  CK(cu.attr(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev));
+  CK(cu.attr(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev));
+  sm = major * 10 + minor;
+  CK(cu.retain(&ctx, dev));
+  CK(cu.set_current(ctx));
+  LT(cu.lt_create(&lt));
+  CK(cu.alloc(&workspace, workspace_size));
+  load_kernels(dir);
+  return &cuda;
+}

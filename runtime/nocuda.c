@@ -1,0 +1,9 @@
+/* nocuda.c: the CUDA backend's entry point in a build made without the
+ * CUDA headers: there is no such backend, and lmrun says so. */
+#include "lmrt.h"
+
+Backend *cuda_backend(const char *bundle_dir, char *why, size_t n) {
+  (void)bundle_dir;
+  snprintf(why, n, "this lmrun was built without the CUDA headers (/usr/local/cuda/include)");
+  return NULL;
+}

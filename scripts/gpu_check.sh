@@ -1,0 +1,96 @@
+#!/bin/sh
+# The GPU check in one call: the CUDA backend against the CPU backend, then
+# the benchmark on both.
+#
+#   scripts/gpu_check.sh --pack   on the build machine: builds a portable
+#                                 lmc/lmrun (no -march=native) into
+#                                 build-gpu/ and gathers the programs, the
+#                                 shared libraries they need and the corpus
+#                                 into .gpu/ (git-ignored, about 50 MiB)
+#   scripts/gpu_check.sh          on the GPU machine (which has no compilers
+#                                 for this project): runs from .gpu/
+#
+# The check: every generated kernel compiles with NVRTC for the device;
+# 20 training steps of a small Llama and of a small GPT-2 on the CPU and on
+# the GPU from the same seed give the same losses and gradient norms within
+# single precision tolerance (2e-3 relative); then bench_train on both
+# backends for the GPT-2 124M shape and the tiny preset. Output also goes
+# to $OUT/gpu_check.log when OUT is set.
+set -eu
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+if [ "${1:-}" = --pack ]; then
+  cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DLMC_NATIVE=OFF >/dev/null
+  cmake --build build-gpu -j"$(nproc)" >/dev/null
+  rm -rf .gpu && mkdir -p .gpu/bin .gpu/lib .gpu/data
+  cp build-gpu/compiler/lmc build-gpu/runtime/lmrun build-gpu/bench/bench_train build-gpu/tests/test_nvrtc .gpu/bin/
+  # every shared library outside glibc itself travels along
+  ldd .gpu/bin/lmrun .gpu/bin/bench_train | awk '/=> \// {print $3}' | sort -u |
+    grep -vE '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*)\.so' | xargs -I{} cp -L {} .gpu/lib/
+  [ -s data/kjv.txt ] || scripts/prepare_kjv.sh data/kjv.txt >/dev/null
+  cp data/kjv.txt .gpu/data/
+  grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
+  du -sh .gpu
+  exit 0
+fi
+
+[ -x .gpu/bin/lmrun ] || { echo "gpu_check: no .gpu/ (run scripts/gpu_check.sh --pack on the build machine)"; exit 1; }
+mkdir -p "${OUT:-/tmp}"
+log=${OUT:-/tmp}/gpu_check.log
+exec 3>&1 > "$log" 2>&1
+trap 'cat "$log" >&3' EXIT
+export LD_LIBRARY_PATH="$root/.gpu/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+bin=.gpu/bin data=.gpu/data/kjv.txt work=$(mktemp -d)
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+echo "host: $(nproc) cores"
+status=0
+
+echo "== kernels: NVRTC"
+"$bin/lmc" models/tiny.lm -q -o "$work/tiny"
+"$bin/lmc" models/gpt2-124m.lm -q -o "$work/gpt2"
+"$bin/lmc" models/tiny.lm -q -o "$work/tp2" --set tp=2
+"$bin/test_nvrtc" "$work/tiny/kernels.cu" "$work/gpt2/kernels.cu" "$work/tp2/kernels.cu" || status=1
+
+echo "== CUDA vs CPU: 20 steps from one seed"
+compare() {   # compare NAME SPEC [--set ...]
+  name=$1 spec=$2
+  shift 2
+  "$bin/lmc" "$spec" -q -o "$work/$name" --set steps=20 --set warmup=5 "$@"
+  for be in cpu cuda; do
+    "$bin/lmrun" "$work/$name" --data "$data" --backend "$be" --quiet --eval-interval 20 --eval-batches 2 \
+      --out "$work/$name.$be.d" 2>&1 || { mkdir -p "$work/$name.$be.d"; echo "lmrun --backend $be failed"; }
+  done
+  python3 - "$work/$name.cpu.d/metrics.jsonl" "$work/$name.cuda.d/metrics.jsonl" "$name" <<'PY' || status=1
+import json, sys
+try:
+    cpu = [r for r in map(json.loads, open(sys.argv[1])) if "step" in r]
+    gpu = [r for r in map(json.loads, open(sys.argv[2])) if "step" in r]
+except OSError as e:
+    print("FAIL", sys.argv[3], e); sys.exit(1)
+worst = {"loss": 0.0, "grad_norm": 0.0, "val_loss": 0.0}
+for c, g in zip(cpu, gpu):
+    for k in worst:
+        if k in c and k in g:
+            worst[k] = max(worst[k], abs(c[k] - g[k]) / abs(c[k]))
+ok = len(cpu) == len(gpu) and all(v < 2e-3 for v in worst.values())
+print("%s %s: max rel diff loss %.2e, grad norm %.2e, val loss %.2e over %d records" % (
+    "ok  " if ok else "FAIL", sys.argv[3], worst["loss"], worst["grad_norm"], worst["val_loss"], len(gpu)))
+sys.exit(0 if ok else 1)
+PY
+}
+compare llama models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 --set seq=64
+compare llama_m2 models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 --set seq=64 --set microbatches=2
+compare gpt2 models/gpt2-124m.lm --set V=256 --set D=128 --set H=4 --set L=2 --set batch=8 --set seq=64
+
+echo "== bench: GPT-2 124M shape and tiny, CPU then CUDA"
+"$bin/lmc" models/gpt2-124m.lm -q -o "$work/b124" --set batch=4 --set seq=64
+"$bin/lmc" models/gpt2-124m.lm -q -o "$work/b124big" --set batch=8 --set seq=1024
+"$bin/lmc" models/tiny.lm -q -o "$work/btiny"
+for b in b124 btiny; do
+  "$bin/bench_train" "$work/$b" 3 cpu || status=1
+  "$bin/bench_train" "$work/$b" 10 cuda || status=1
+done
+"$bin/bench_train" "$work/b124big" 5 cuda || status=1
+echo "gpu_check: $([ $status = 0 ] && echo passed || echo FAILED)"
+exit $status
