@@ -258,13 +258,14 @@ static void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
                  CUdeviceptr b, int64_t ldb, float beta, CUdeviceptr c, int64_t ldc) {
   cublasLtMatmulDesc_t desc;
   cublasLtMatrixLayout_t la, lb, lc;
-  cublasOperation_t opa = tb ? CUBLAS_OP_T : CUBLAS_OP_N, opb = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+  LtPlan p = lt_plan(ta, tb, m, n, k, lda, ldb, ldc);
+  cublasOperation_t opa = p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, opb = p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   LT(cu.desc_create(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
   LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
-  LT(cu.layout_create(&la, CUDA_R_32F, tb ? k : n, tb ? n : k, ldb));   /* B as column-major */
-  LT(cu.layout_create(&lb, CUDA_R_32F, ta ? m : k, ta ? k : m, lda));   /* A as column-major */
-  LT(cu.layout_create(&lc, CUDA_R_32F, n, m, ldc));
+  LT(cu.layout_create(&la, CUDA_R_32F, p.a_rows, p.a_cols, p.a_ld));   /* our B */
+  LT(cu.layout_create(&lb, CUDA_R_32F, p.b_rows, p.b_cols, p.b_ld));   /* our A */
+  LT(cu.layout_create(&lc, CUDA_R_32F, p.c_rows, p.c_cols, p.c_ld));
   LT(cu.matmul(lt, desc, &alpha, (void *)b, la, (void *)a, lb, &beta, (void *)c, lc, (void *)c, lc, NULL,
                (void *)workspace, workspace_size, NULL));
   cu.layout_destroy(la), cu.layout_destroy(lb), cu.layout_destroy(lc), cu.desc_destroy(desc);

@@ -155,6 +155,13 @@ typedef struct Backend {
   void (*sync)(void);                /* wait for queued work (timing) */
 } Backend;
 
+/* ---- ltplan.c ---- */
+typedef struct LtPlan {
+  bool trans_a, trans_b;                     /* cuBLASLt's op(A), op(B) */
+  int64_t a_rows, a_cols, a_ld, b_rows, b_cols, b_ld, c_rows, c_cols, c_ld;
+} LtPlan;
+LtPlan lt_plan(bool ta, bool tb, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc);
+
 Backend *cpu_backend(bool f64);
 Backend *cuda_backend(const char *bundle_dir, char *why, size_t n);   /* NULL: why */
 
