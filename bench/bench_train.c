@@ -16,6 +16,8 @@ static double program_flops(const RtInst *p, int n) {
     if (x->op == OP_MATMUL) f += 2.0 * x->m * x->n * x->k;
     if (x->op == OP_ATTENTION) f += 2 * 2.0 * x->b * x->h * x->t * x->t * x->k;
     if (x->op == OP_ATTENTION_BWD) f += 5 * 2.0 * x->b * x->h * x->t * x->t * x->k;   /* P recomputed */
+    if (x->op == OP_HEAD_XENT) f += 2.0 * x->m * x->n * x->k;
+    if (x->op == OP_HEAD_XENT_BWD) f += 3 * 2.0 * x->m * x->n * x->k;   /* logits recomputed */
   }
   return f;
 }

@@ -165,6 +165,14 @@ void ad_backward(Graph *g) {
       set_out(in, 0, f->in[0]);
       continue;
     }
+    if (f->op == OP_HEAD_XENT) {   /* the fused head's seed: dx and dw at once */
+      if (f->out[0] != g->loss) continue;
+      Inst *in = bwd_inst(OP_HEAD_XENT_BWD, f);
+      for (int k = 0; k < 3; k++) in->in[k] = f->in[k];
+      in->in[3] = f->out[1];
+      set_out(in, 0, f->in[0]), set_out(in, 1, f->in[1]);
+      continue;
+    }
     if (f->op == OP_ALLREDUCE || f->op == OP_XENT_MAX || f->op == OP_XENT_STATS)
       continue;   /* in place, or not on the gradient's path */
     Value *dy = f->out[0]->grad;

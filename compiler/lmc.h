@@ -219,6 +219,9 @@ void ir_verify(Graph *g);
 /* ---- lower.c ---- */
 Graph *lower_program(Program *p);
 
+/* ---- fuse.c ---- */
+void fuse_graph(Graph *g);
+
 /* ---- autodiff.c ---- */
 void ad_backward(Graph *g);
 

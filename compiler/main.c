@@ -15,7 +15,7 @@ typedef struct Options {
   const char *inc[16];
   int ninc;
   int world, rank;
-  bool split, verify, quiet;
+  bool split, verify, quiet, no_fuse;
 } Options;
 
 static bool dumping(Options *o, const char *name) {
@@ -66,6 +66,9 @@ static int compile(Options *o, const char *text, long len) {
   Graph *g = lower_program(p);
   if (o->verify) ir_verify(g);
   if (dumping(o, "ir")) ir_dump(stdout, g, false);
+  if (!o->no_fuse) fuse_graph(g);
+  if (o->verify) ir_verify(g);
+  if (dumping(o, "fused")) ir_dump(stdout, g, false);
   ad_backward(g);
   if (o->verify) ir_verify(g);
   if (dumping(o, "grad")) ir_dump(stdout, g, true);
@@ -85,7 +88,8 @@ static void usage(int code) {
   fprintf(code ? stderr : stdout,
           "usage: lmc SPEC.lm [-o BUNDLE_DIR] [options]\n"
           "  -o DIR              write the bundle (manifest + per-rank schedules)\n"
-          "  --dump=LIST         print phases: ast,sema,ir,grad,part,sched\n"
+          "  --dump=LIST         print phases: ast,sema,ir,fused,grad,part,sched\n"
+          "  --no-fuse           keep the graph as lowered (the logits stay a tensor)\n"
           "  --set NAME=VALUE    override a dim, train or parallel setting\n"
           "  -I DIR              search DIR for imports\n"
           "  --world N           check the plan against N ranks\n"
@@ -124,6 +128,7 @@ static void parse_args(Options *o, int argc, char **argv) {
       o->rank = atoi(argv[++i]);
     } else if (!strcmp(a, "--verify-each")) o->verify = true;
     else if (!strcmp(a, "--split-input-file")) o->split = true;
+    else if (!strcmp(a, "--no-fuse")) o->no_fuse = true;
     else if (!strcmp(a, "-q")) o->quiet = true;
     else if (a[0] == '-' && a[1]) {
       fprintf(stderr, "lmc: error: unknown option '%s'\n", a);

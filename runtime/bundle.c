@@ -257,6 +257,12 @@ static void needs(const RtInst *x, int64_t in[5], int64_t out[3], bool ids[5]) {
   case OP_XENT_TP_BWD:
     out[0] = in[0] = x->n * x->v, in[1] = in[2] = in[3] = x->n, ids[1] = true;
     break;
+  case OP_HEAD_XENT:
+    out[0] = 1, out[1] = x->m, in[0] = x->m * x->k, in[1] = x->n * x->k, in[2] = x->m, ids[2] = true;
+    break;
+  case OP_HEAD_XENT_BWD:
+    out[0] = in[0] = x->m * x->k, out[1] = in[1] = x->n * x->k, in[2] = in[3] = x->m, ids[2] = true;
+    break;
   }
 }
 
@@ -268,7 +274,9 @@ static bool sane(const RtInst *x) {
     if (x->g <= 0 || x->h % x->g || x->t <= 0 || x->k <= 0) return false;
   if ((x->op == OP_ROPE || x->op == OP_ROPE_BWD) && (x->k <= 0 || x->k % 2 || x->t <= 0)) return false;
   if ((x->op == OP_ADD || x->op == OP_ADD_BWD) && (x->nb <= 0 || x->n % x->nb)) return false;
-  if (x->op == OP_MATMUL && (x->m <= 0 || x->n <= 0 || x->k <= 0)) return false;
+  if ((x->op == OP_MATMUL || x->op == OP_HEAD_XENT || x->op == OP_HEAD_XENT_BWD) &&
+      (x->m <= 0 || x->n <= 0 || x->k <= 0))
+    return false;
   return true;
 }
 
@@ -293,7 +301,8 @@ static void verify_inst(Reader *r, Bundle *b, const RtInst *x) {
   }
   if (nout == 0) bad(r, "instruction without an output");
   if (!x->acc[0] && out[0] && x->out[0] < 0 && x->op != OP_ADD_BWD && x->op != OP_MUL_BWD &&
-      x->op != OP_RMSNORM_BWD && x->op != OP_LAYERNORM_BWD && x->op != OP_ATTENTION_BWD)
+      x->op != OP_RMSNORM_BWD && x->op != OP_LAYERNORM_BWD && x->op != OP_ATTENTION_BWD &&
+      x->op != OP_HEAD_XENT_BWD)
     bad(r, "missing output");
 }
 

@@ -327,6 +327,49 @@ static void sum_rows(CUdeviceptr rows, i64 n, void *loss, float scale, int acc) 
   CK(cu.launch(fn("lmc_sum_rows"), 1, 1, 1, 256, 1, 1, 0, NULL, a, NULL));
 }
 
+/* The fused LM head: logits a chunk of rows at a time in a scratch buffer. */
+static i64 head_chunk(const RtInst *x) {
+  i64 c = ((i64)1 << 24) / x->n;
+  return c < 1 ? 1 : c > x->m ? x->m : c;
+}
+
+static void op_head_xent(const RtInst *x, void **o, void **in) {
+  static size_t have_l;
+  static CUdeviceptr scratch_l;
+  i64 chunk = head_chunk(x), n = x->n, k = x->k;
+  CUdeviceptr l = scratch(&scratch_l, &have_l, chunk * n), rows = scratch(&scratch_rows, &scratch_rows_n, x->m);
+  for (i64 r0 = 0; r0 < x->m; r0 += chunk) {
+    i64 c = x->m - r0 < chunk ? x->m - r0 : chunk;
+    gemm(false, x->tb, c, n, k, 1, dptr(in[0]) + r0 * k * 4, k, dptr(in[1]), x->tb ? k : n, 0, l, n);
+    CUdeviceptr rl = rows + r0 * 4, lse = dptr(o[1]) + r0 * 4, y = dptr(in[2]) + r0 * 4;
+    void *a[] = {&rl, &lse, &l, &y, &c, &n};
+    k_rows("lmc_head_rows", c, a);
+  }
+  sum_rows(rows, x->m, o[0], (float)x->scale, x->acc[0]);
+}
+
+static void op_head_xent_bwd(const RtInst *x, void **o, void **in) {
+  static size_t have_l;
+  static CUdeviceptr scratch_l;
+  i64 chunk = head_chunk(x), n = x->n, k = x->k;
+  float scale = (float)x->scale;
+  CUdeviceptr l = scratch(&scratch_l, &have_l, chunk * n);
+  for (i64 r0 = 0; r0 < x->m; r0 += chunk) {
+    i64 c = x->m - r0 < chunk ? x->m - r0 : chunk;
+    CUdeviceptr xr = dptr(in[0]) + r0 * k * 4, y = dptr(in[2]) + r0 * 4, lse = dptr(in[3]) + r0 * 4;
+    gemm(false, x->tb, c, n, k, 1, xr, k, dptr(in[1]), x->tb ? k : n, 0, l, n);
+    void *a[] = {&l, &y, &lse, &c, &n, &scale};
+    launch("lmc_head_grad", grid_for(c * n), a);
+    if (o[0]) gemm(false, !x->tb, c, k, n, 1, l, n, dptr(in[1]), x->tb ? k : n, x->acc[0] ? 1 : 0,
+                   dptr(o[0]) + r0 * k * 4, k);
+    if (o[1]) {
+      float beta = r0 == 0 && !x->acc[1] ? 0 : 1;
+      if (x->tb) gemm(true, false, n, k, c, 1, l, n, xr, k, beta, dptr(o[1]), k);
+      else gemm(true, false, k, n, c, 1, xr, k, l, n, beta, dptr(o[1]), n);
+    }
+  }
+}
+
 static void cuda_run(const RtInst *x, void **o, void **in) {
   CUdeviceptr O[3], I[5];
   for (int i = 0; i < 3; i++) O[i] = dptr(o[i]);
@@ -373,6 +416,8 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
     return;
   }
   case OP_ATTENTION: op_attention(x, o, in); return;
+  case OP_HEAD_XENT: op_head_xent(x, o, in); return;
+  case OP_HEAD_XENT_BWD: op_head_xent_bwd(x, o, in); return;
   case OP_ATTENTION_BWD: op_attention_bwd(x, o, in); return;
   case OP_SILU: { void *a[] = {&O[0], &I[0], &n}; launch("lmc_silu", grid_for(n), a); return; }
   case OP_GELU: { void *a[] = {&O[0], &I[0], &n}; launch("lmc_gelu", grid_for(n), a); return; }

@@ -318,6 +318,33 @@ extern "C" __global__ void lmc_xent_tp_bwd(real *dl, const real *logits, const i
   }
 }
 
+// @kernel head_xent
+// the fused LM head: one chunk of logits rows (made by cuBLASLt) to each
+// row's log-sum-exp and loss
+extern "C" __global__ void lmc_head_rows(real *row_loss, real *lse, const real *l, const int *y, i64 rows, i64 v) {
+  i64 row = blockIdx.x;
+  const real *r = l + row * v;
+  float mx = NEG_INF;
+  for (i64 j = threadIdx.x; j < v; j += blockDim.x) mx = fmaxf(mx, r[j]);
+  mx = block_max(mx);
+  float s = 0;
+  for (i64 j = threadIdx.x; j < v; j += blockDim.x) s += expf(r[j] - mx);
+  s = block_sum(s);
+  if (threadIdx.x == 0) {
+    float z = mx + logf(s);
+    lse[row] = z, row_loss[row] = z - r[y[row]];
+  }
+}
+
+// @kernel head_xent_bwd
+// a chunk of logits rows to dlogits = scale (softmax - onehot), in place
+extern "C" __global__ void lmc_head_grad(real *l, const int *y, const real *lse, i64 rows, i64 v, float scale) {
+  GRID_LOOP(e, rows * v) {
+    i64 row = e / v;
+    l[e] = scale * (expf(l[e] - lse[row]) - (e % v == y[row] ? 1.0f : 0.0f));
+  }
+}
+
 // @kernel optimizer
 // sum of squares of x, one partial sum per block (the runtime adds them in order)
 extern "C" __global__ void lmc_sumsq(float *part, const real *x, i64 n) {

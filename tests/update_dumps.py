@@ -5,7 +5,7 @@ import re, subprocess, sys
 
 path = "tests/lit/phases.lm"
 lmc = sys.argv[1] if len(sys.argv) > 1 else "build/compiler/lmc"
-phases = ["ast", "sema", "ir", "grad", "sched"]
+phases = ["ast", "sema", "ir", "fused", "grad", "sched"]
 keep = [l for l in open(path).read().rstrip("\n").split("\n")
         if not re.match(r"// (%s)(-NEXT|-EMPTY)?:" % "|".join(p.upper() for p in phases), l)]
 open(path, "w").write("\n".join(keep) + "\n")

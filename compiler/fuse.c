@@ -1,0 +1,50 @@
+/* fuse.c: rewrites of the forward graph, between lower and autodiff.
+ * The LM head and its loss, matmul(x, w) -> cross_entropy(logits, targets)
+ * where nothing else reads the logits, become one head_xent: it makes the
+ * logits a chunk of rows at a time, keeps each row's log-sum-exp, and its
+ * backward recomputes them, so the [B,T,V] logits and their gradient are
+ * never stored (with a 50k vocabulary they are most of a small model's
+ * activations). lmc --no-fuse keeps the graph as lowered. */
+#include "lmc.h"
+#include <string.h>
+
+static int uses(Graph *g, Value *v) {
+  int n = 0;
+  for (int k = 0; k < g->nfwd; k++)
+    for (int i = 0; i < g->fwd[k]->nin; i++) n += g->fwd[k]->in[i] == v;
+  return n;
+}
+
+/* head_xent in place of the cross-entropy at index k, the matmul dropped. */
+static void fuse_head(Graph *g, int k) {
+  Inst *xent = g->fwd[k], *mm = xent->in[0]->def;
+  Shape bt = xent->in[1]->shape;
+  Inst *h = ir_inst(g, OP_HEAD_XENT, false, xent->loc);   /* appended; moved below */
+  g->nfwd--;
+  h->stage = xent->stage;
+  h->in[0] = mm->in[0], h->in[1] = mm->in[1], h->in[2] = xent->in[1];
+  h->out[0] = xent->out[0], h->acc[0] = true;
+  h->out[1] = ir_value(g, V_ACT, NULL, bt);
+  h->out[0]->def = h->out[1]->def = h;
+  const char *keys[] = {"m", "n", "k", "tb"};
+  for (int i = 0; i < 4; i++) ir_set(h, keys[i], ir_get(mm, keys[i]));
+  ir_set(h, "scale", ir_get(xent, "scale"));
+  g->fwd[k] = h;
+  int j = 0;
+  for (int i = 0; i < g->nfwd; i++)
+    if (g->fwd[i] != mm) g->fwd[j++] = g->fwd[i];
+  g->nfwd = j;
+  for (int i = 0; i < g->nfwd; i++) g->fwd[i]->id = i;
+}
+
+void fuse_graph(Graph *g) {
+  for (int k = 0; k < g->nfwd; k++) {
+    Inst *x = g->fwd[k];
+    if (x->op != OP_XENT) continue;
+    Value *logits = x->in[0];
+    if (logits->def && logits->def->op == OP_MATMUL && uses(g, logits) == 1) {
+      fuse_head(g, k);
+      return;
+    }
+  }
+}
