@@ -4,7 +4,9 @@
  * logits a chunk of rows at a time, keeps each row's log-sum-exp, and its
  * backward recomputes them, so the [B,T,V] logits and their gradient are
  * never stored (with a 50k vocabulary they are most of a small model's
- * activations). lmc --no-fuse keeps the graph as lowered. */
+ * activations). It costs a second GEMM of the head's size, so by default
+ * (--fuse=auto) it fuses only logits of 2^25 elements (128 MiB) or more;
+ * --fuse=always and --fuse=never (--no-fuse) decide otherwise. */
 #include "lmc.h"
 #include <string.h>
 
@@ -37,12 +39,13 @@ static void fuse_head(Graph *g, int k) {
   for (int i = 0; i < g->nfwd; i++) g->fwd[i]->id = i;
 }
 
-void fuse_graph(Graph *g) {
+void fuse_graph(Graph *g, bool always) {
   for (int k = 0; k < g->nfwd; k++) {
     Inst *x = g->fwd[k];
     if (x->op != OP_XENT) continue;
     Value *logits = x->in[0];
-    if (logits->def && logits->def->op == OP_MATMUL && uses(g, logits) == 1) {
+    bool big = shape_numel(&logits->shape) >= ((int64_t)1 << 25);
+    if ((always || big) && logits->def && logits->def->op == OP_MATMUL && uses(g, logits) == 1) {
       fuse_head(g, k);
       return;
     }

@@ -220,7 +220,7 @@ void ir_verify(Graph *g);
 Graph *lower_program(Program *p);
 
 /* ---- fuse.c ---- */
-void fuse_graph(Graph *g);
+void fuse_graph(Graph *g, bool always);   /* always: fuse even small heads */
 
 /* ---- autodiff.c ---- */
 void ad_backward(Graph *g);

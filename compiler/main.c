@@ -15,7 +15,8 @@ typedef struct Options {
   const char *inc[16];
   int ninc;
   int world, rank;
-  bool split, verify, quiet, no_fuse;
+  bool split, verify, quiet;
+  int fuse;            /* 0 auto, 1 always, 2 never */
 } Options;
 
 static bool dumping(Options *o, const char *name) {
@@ -66,7 +67,7 @@ static int compile(Options *o, const char *text, long len) {
   Graph *g = lower_program(p);
   if (o->verify) ir_verify(g);
   if (dumping(o, "ir")) ir_dump(stdout, g, false);
-  if (!o->no_fuse) fuse_graph(g);
+  if (o->fuse != 2) fuse_graph(g, o->fuse == 1);
   if (o->verify) ir_verify(g);
   if (dumping(o, "fused")) ir_dump(stdout, g, false);
   ad_backward(g);
@@ -89,7 +90,8 @@ static void usage(int code) {
           "usage: lmc SPEC.lm [-o BUNDLE_DIR] [options]\n"
           "  -o DIR              write the bundle (manifest + per-rank schedules)\n"
           "  --dump=LIST         print phases: ast,sema,ir,fused,grad,part,sched\n"
-          "  --no-fuse           keep the graph as lowered (the logits stay a tensor)\n"
+          "  --fuse=MODE         auto (default: fuse the LM head and loss when the logits\n"
+          "                      reach 128 MiB), always, or never (also --no-fuse)\n"
           "  --set NAME=VALUE    override a dim, train or parallel setting\n"
           "  -I DIR              search DIR for imports\n"
           "  --world N           check the plan against N ranks\n"
@@ -128,7 +130,9 @@ static void parse_args(Options *o, int argc, char **argv) {
       o->rank = atoi(argv[++i]);
     } else if (!strcmp(a, "--verify-each")) o->verify = true;
     else if (!strcmp(a, "--split-input-file")) o->split = true;
-    else if (!strcmp(a, "--no-fuse")) o->no_fuse = true;
+    else if (!strcmp(a, "--no-fuse") || !strcmp(a, "--fuse=never")) o->fuse = 2;
+    else if (!strcmp(a, "--fuse=always")) o->fuse = 1;
+    else if (!strcmp(a, "--fuse=auto")) o->fuse = 0;
     else if (!strcmp(a, "-q")) o->quiet = true;
     else if (a[0] == '-' && a[1]) {
       fprintf(stderr, "lmc: error: unknown option '%s'\n", a);

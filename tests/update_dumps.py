@@ -11,7 +11,9 @@ keep = [l for l in open(path).read().rstrip("\n").split("\n")
 open(path, "w").write("\n".join(keep) + "\n")
 out = []
 for ph in phases:
-    text = subprocess.run([lmc, path, "--dump=" + ph], capture_output=True, text=True, check=True).stdout
+    fuse = ["--fuse=always"] if ph in ("fused", "grad") else []   # as the RUN lines say
+    text = subprocess.run([lmc, path, *fuse, "--dump=" + ph], capture_output=True, text=True,
+                          check=True).stdout
     for i, l in enumerate(text.rstrip("\n").split("\n")):
         l = l.replace("[[", "{{\\[\\[}}")
         tag = ph.upper() + ("" if i == 0 else "-NEXT")
