@@ -23,6 +23,8 @@ static void usage(int code) {
           "  --backend NAME        cpu (default), cuda, or auto (cuda when a GPU is usable);\n"
           "                        the cuda backend has not yet been validated on a GPU\n"
           "  --gradcheck N         compare N gradient entries with finite differences\n"
+          "  --sample TEXT         write --tokens N (default 200) tokens after TEXT with the\n"
+          "                        weights of --resume CKPT, at --temperature X (default 0.8)\n"
           "  --quiet               no progress lines\n");
   exit(code);
 }
@@ -90,6 +92,52 @@ static Backend *pick_backend(const char *name, const char *dir, bool f64, bool q
   return cpu_backend(false);
 }
 
+/* Text from a trained model: the prompt in row 0 of a batch, one forward
+ * pass per new token (the causal mask makes position t see tokens <= t
+ * only), sampled at the temperature from the logits of the last position,
+ * with a window of the last T tokens. Bytes print as text. */
+static int sample(Run *r, TrainOpts *o, const char *prompt, int64_t ntok, double temp) {
+  Bundle *b = r->b;
+  const RtInst *last = &b->fwd[b->nfwd - 1];
+  if (last->op != OP_XENT)
+    rt_die("sampling needs the logits as a tensor: recompile the bundle with lmc --fuse=never");
+  rt_init_params(r, o->seed >= 0 ? (uint64_t)o->seed : (uint64_t)b->train.seed);
+  if (o->resume) {
+    CkptInfo info;
+    ckpt_load(r, o->resume, &info);
+  }
+  int64_t T = b->T, V = b->vocab, len = 0, cap = strlen(prompt) + ntok + 1;
+  int32_t *text = rt_xmalloc(cap * sizeof(int32_t)), *rows = rt_xmalloc(b->B * (T + 1) * sizeof(int32_t));
+  for (const char *p = prompt; *p; p++) text[len++] = (unsigned char)*p % V;
+  if (len == 0) text[len++] = '\n' % V;
+  double *logits = rt_xmalloc(b->vals[last->in[0]].n * sizeof(double));
+  fputs(prompt, stdout);
+  for (int64_t i = 0; i < ntok; i++) {
+    int64_t start = len > T ? len - T : 0, n = len - start;
+    memset(rows, 0, b->B * (T + 1) * sizeof(int32_t));
+    memcpy(rows, text + start, n * sizeof(int32_t));
+    rt_load_micro(r, rows, b->B);
+    rt_forward(r);
+    rt_get_value(r, last->in[0], logits);
+    const double *l = logits + (n - 1) * V;            /* row 0, position n-1 */
+    double mx = l[0], sum = 0, u = rng_uniform(rng_hash(0x73616d70, (uint64_t)o->seed, 0), (uint64_t)i);
+    for (int64_t j = 1; j < V; j++) mx = l[j] > mx ? l[j] : mx;
+    for (int64_t j = 0; j < V; j++) sum += exp((l[j] - mx) / temp);
+    int64_t pick = V - 1;
+    for (int64_t j = 0; j < V; j++) {
+      u -= exp((l[j] - mx) / temp) / sum;
+      if (u <= 0) { pick = j; break; }
+    }
+    text[len++] = (int32_t)pick;
+    if (V <= 256) putchar((int)pick);
+    else printf(" %lld", (long long)pick);
+    fflush(stdout);
+  }
+  putchar('\n');
+  free(text), free(rows), free(logits);
+  return 0;
+}
+
 int main(int argc, char **argv) {
   comm_init(&argc, &argv);
   if (argc < 2) usage(1);
@@ -97,7 +145,9 @@ int main(int argc, char **argv) {
   const char *dir = argv[1], *backend = "cpu";
   TrainOpts o = {.log_interval = 10, .seed = -1, .eval_interval = -1, .eval_batches = -1};
   bool f64 = false;
-  int64_t gc = 0;
+  int64_t gc = 0, ntok = 200;
+  const char *prompt = NULL;
+  double temp = 0.8;
   for (int i = 2; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 #define ARG(flag) (!strcmp(a, flag) && (v || (rt_die("%s needs a value", flag), 0)) && ++i)
@@ -114,6 +164,12 @@ int main(int argc, char **argv) {
     else if (ARG("--lr")) o.lr = atof(v);
     else if (ARG("--backend")) backend = v;
     else if (ARG("--gradcheck")) gc = num_arg(a, v);
+    else if (ARG("--sample")) prompt = v;
+    else if (ARG("--tokens")) ntok = num_arg(a, v);
+    else if (ARG("--temperature")) {
+      temp = atof(v);
+      if (!(temp > 0)) rt_die("--temperature takes a positive number, got '%s'", v);
+    }
     else if (!strcmp(a, "--f64")) f64 = true;
     else if (!strcmp(a, "--quiet")) o.quiet = true;
     else if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage(0);
@@ -141,7 +197,9 @@ int main(int argc, char **argv) {
   if (o.save_interval == 0 && b->train.save_every > 0) o.save_interval = b->train.save_every;
   Backend *be = pick_backend(backend, dir, f64, o.quiet);
   Run *r = rt_new(b, be);
-  int rc = gc > 0 ? gradcheck(r, &o, gc) : train_run(r, &o);
+  if (prompt && world > 1) rt_die("--sample runs on one rank");
+  if (o.seed < 0) o.seed = b->train.seed;
+  int rc = prompt ? sample(r, &o, prompt, ntok, temp) : gc > 0 ? gradcheck(r, &o, gc) : train_run(r, &o);
   rt_free(r);
   bundle_free(b);
   comm_finalize();
