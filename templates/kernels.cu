@@ -45,6 +45,16 @@ __device__ float block_max(float v) {
   return part[0];
 }
 
+// log(sum(exp(r[j]))) of one row, by the whole block
+__device__ float row_logsumexp(const real *r, i64 v) {
+  float mx = NEG_INF;
+  for (i64 j = threadIdx.x; j < v; j += blockDim.x) mx = fmaxf(mx, r[j]);
+  mx = block_max(mx);
+  float s = 0;
+  for (i64 j = threadIdx.x; j < v; j += blockDim.x) s += expf(r[j] - mx);
+  return mx + logf(block_sum(s));
+}
+
 // @kernel embed
 // out[n,d] = w[ids - v0]; rows of other tp ranks are zero
 extern "C" __global__ void lmc_embed(real *out, const int *ids, const real *w, i64 n, i64 d, i64 v, i64 v0) {
@@ -259,13 +269,8 @@ extern "C" __global__ void lmc_add_bwd_bias(real *db, const real *dy, i64 n, i64
 extern "C" __global__ void lmc_xent(real *row_loss, const real *logits, const int *y, i64 n, i64 v) {
   i64 row = blockIdx.x;
   const real *l = logits + row * v;
-  float mx = NEG_INF;
-  for (i64 j = threadIdx.x; j < v; j += blockDim.x) mx = fmaxf(mx, l[j]);
-  mx = block_max(mx);
-  float s = 0;
-  for (i64 j = threadIdx.x; j < v; j += blockDim.x) s += expf(l[j] - mx);
-  s = block_sum(s);
-  if (threadIdx.x == 0) row_loss[row] = mx + logf(s) - l[y[row]];
+  float z = row_logsumexp(l, v);
+  if (threadIdx.x == 0) row_loss[row] = z - l[y[row]];
 }
 
 // @kernel cross_entropy_bwd
@@ -273,14 +278,9 @@ extern "C" __global__ void lmc_xent_bwd(real *dl, const real *logits, const int 
   i64 row = blockIdx.x;
   const real *l = logits + row * v;
   real *d = dl + row * v;
-  float mx = NEG_INF;
-  for (i64 j = threadIdx.x; j < v; j += blockDim.x) mx = fmaxf(mx, l[j]);
-  mx = block_max(mx);
-  float s = 0;
-  for (i64 j = threadIdx.x; j < v; j += blockDim.x) s += expf(l[j] - mx);
-  s = block_sum(s);
+  float z = row_logsumexp(l, v);
   for (i64 j = threadIdx.x; j < v; j += blockDim.x)
-    PUT(d, j, scale * (expf(l[j] - mx) / s - (j == y[row] ? 1.0f : 0.0f)), acc);
+    PUT(d, j, scale * (expf(l[j] - z) - (j == y[row] ? 1.0f : 0.0f)), acc);
 }
 
 // @kernel xent_max
@@ -324,16 +324,8 @@ extern "C" __global__ void lmc_xent_tp_bwd(real *dl, const real *logits, const i
 extern "C" __global__ void lmc_head_rows(real *row_loss, real *lse, const real *l, const int *y, i64 rows, i64 v) {
   i64 row = blockIdx.x;
   const real *r = l + row * v;
-  float mx = NEG_INF;
-  for (i64 j = threadIdx.x; j < v; j += blockDim.x) mx = fmaxf(mx, r[j]);
-  mx = block_max(mx);
-  float s = 0;
-  for (i64 j = threadIdx.x; j < v; j += blockDim.x) s += expf(r[j] - mx);
-  s = block_sum(s);
-  if (threadIdx.x == 0) {
-    float z = mx + logf(s);
-    lse[row] = z, row_loss[row] = z - r[y[row]];
-  }
+  float z = row_logsumexp(r, v);
+  if (threadIdx.x == 0) lse[row] = z, row_loss[row] = z - r[y[row]];
 }
 
 // @kernel head_xent_bwd
