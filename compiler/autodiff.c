@@ -60,30 +60,75 @@ static bool tp_split(int dim) {
   return dim >= 0 && p->dims[dim].axis == AX_TP && p->s.mesh[AX_TP] > 1;
 }
 
-/* A backward matmul that sums over a tp-split dim leaves each rank a
- * partial gradient: it is written to a temporary, summed over tp, and only
- * then added where it belongs (the accumulator may hold replicated parts). */
-static void reduce_partial(Inst *in) {
+/* Whether a backward matmul sums over a tp-split dim: each rank then holds
+ * a partial gradient. */
+static bool is_partial(Inst *in) {
   Value *o = in->out[0];
-  bool part = false;
   for (int k = 0; k < 2; k++)
     for (int i = 0; i < in->in[k]->shape.rank; i++) {
       int d = in->in[k]->shape.dim[i];
       bool kept = false;
       for (int j = 0; j < o->shape.rank; j++) kept |= o->shape.dim[j] == d;
-      part |= tp_split(d) && !kept;
+      if (tp_split(d) && !kept) return true;
     }
-  if (!part) return;
-  bool acc = in->acc[0];
-  Value *tmp = ir_value(G, V_ACT, NULL, o->shape);
-  tmp->def = in, in->out[0] = tmp, in->acc[0] = false;
-  Inst *ar = ir_inst(G, OP_ALLREDUCE, true, in->loc);
-  ar->in[0] = ar->out[0] = tmp;
-  ir_set(ar, "n", shape_numel(&tmp->shape)), ir_set(ar, "op", 0);
-  Inst *add = ir_inst(G, OP_ADD_BWD, true, in->loc);   /* o (+)= tmp */
-  add->in[0] = tmp, add->out[0] = o, add->acc[0] = acc;
-  ir_set(add, "n", shape_numel(&tmp->shape)), ir_set(add, "nb", shape_numel(&tmp->shape));
-  if (o->def == in) o->def = add;
+  return false;
+}
+
+/* Moves the instruction just appended to g->bwd to just after index pos. */
+static void place_after(int pos) {
+  Inst *in = G->bwd[G->nbwd - 1];
+  memmove(&G->bwd[pos + 2], &G->bwd[pos + 1], (G->nbwd - 2 - pos) * sizeof(Inst *));
+  G->bwd[pos + 1] = in;
+}
+
+static Inst *allreduce_after(int pos, Value *v, Loc loc) {
+  Inst *ar = ir_inst(G, OP_ALLREDUCE, true, loc);
+  ar->stage = G->bwd[pos]->stage;
+  ar->in[0] = ar->out[0] = v;
+  ir_set(ar, "n", shape_numel(&v->shape)), ir_set(ar, "op", 0);
+  place_after(pos);
+  return ar;
+}
+
+/* Partial gradients are summed over tp before they are read. A gradient
+ * whose every contribution is partial (the input of q, k and v, or of the
+ * MLP's gate and up) accumulates them and is all-reduced once, after the
+ * last; one that also has replicated contributions all-reduces each
+ * partial one in a temporary that is then added. */
+static void reduce_partials(void) {
+  int n0 = G->nvals;   /* not the temporaries this makes */
+  for (int v = 0; v < n0; v++) {
+    Value *gv = G->vals[v];
+    int writers = 0, partial = 0, last = -1;
+    for (int k = 0; k < G->nbwd; k++) {
+      Inst *in = G->bwd[k];
+      for (int j = 0; j < in->nout; j++)
+        if (in->out[j] == gv) {
+          writers++, last = k;
+          partial += in->op == OP_MATMUL && j == 0 && is_partial(in);
+        }
+    }
+    if (!partial) continue;
+    if (partial == writers) {
+      allreduce_after(last, gv, G->bwd[last]->loc);
+      continue;
+    }
+    for (int k = 0; k < G->nbwd; k++) {
+      Inst *in = G->bwd[k];
+      if (in->out[0] != gv || in->op != OP_MATMUL || !is_partial(in)) continue;
+      bool acc = in->acc[0];
+      Value *tmp = ir_value(G, V_ACT, NULL, gv->shape);
+      tmp->def = in, in->out[0] = tmp, in->acc[0] = false;
+      allreduce_after(k, tmp, in->loc);
+      Inst *add = ir_inst(G, OP_ADD_BWD, true, in->loc);   /* gv (+)= tmp */
+      add->stage = in->stage;
+      add->in[0] = tmp, add->out[0] = gv, add->acc[0] = acc;
+      ir_set(add, "n", shape_numel(&tmp->shape)), ir_set(add, "nb", shape_numel(&tmp->shape));
+      place_after(k + 1);
+      if (gv->def == in) gv->def = add;
+      k += 2;
+    }
+  }
 }
 
 static void bwd_matmul(Inst *f, Value *dy) {
@@ -96,7 +141,6 @@ static void bwd_matmul(Inst *f, Value *dy) {
     ir_set(in, "m", tb ? n : k), ir_set(in, "n", tb ? k : n), ir_set(in, "k", m);
     ir_set(in, "ta", 1), ir_set(in, "tb", 0);
     set_out(in, 0, w);
-    reduce_partial(in);
   }
   if (x->needs_grad) {            /* dx = dy W^T  or  dy W */
     Inst *in = bwd_inst(OP_MATMUL, f);
@@ -104,7 +148,6 @@ static void bwd_matmul(Inst *f, Value *dy) {
     ir_set(in, "m", m), ir_set(in, "n", k), ir_set(in, "k", n);
     ir_set(in, "ta", 0), ir_set(in, "tb", !tb);
     set_out(in, 0, x);
-    reduce_partial(in);
   }
 }
 
@@ -182,4 +225,5 @@ void ad_backward(Graph *g) {
     else
       bwd_generic(f, bwd_op(f->op), dy);
   }
+  reduce_partials();
 }
