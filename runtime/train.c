@@ -151,10 +151,9 @@ int train_run(Run *r, TrainOpts *o) {
   for (int64_t step = L.start; step < L.max_steps; step++) {
     double t = rt_now(), norm = 0, lr = lr_at(&b->train, L.steps, step);
     data_train_batch(L.d, L.seed, step, b->train.batch, b->T, L.rows);
-    if (step == L.start) L.wait0 = r->t_wait;     /* the first step warms up */
     double loss = rt_step(r, my_rows(b, L.rows), lr, &norm);
     if (step > L.start) L.t_steps += rt_now() - t;
-    else L.wait0 = r->t_wait;
+    else L.wait0 = r->t_wait;                  /* the first step warms up: not counted */
     if (!isfinite(loss)) rt_die("loss is %g at step %lld: training diverged (lower the lr?)", loss, (long long)step + 1);
     log_step(&L, step + 1, loss, lr, norm, rt_now() - t);
     bool last = step + 1 == L.max_steps;
