@@ -161,6 +161,7 @@ static void bwd_generic(Inst *f, int op, Value *dy) {
   case OP_GELU:      in->in[1] = f->in[0]; set_out(in, 0, f->in[0]); return;
   case OP_ADD:       set_out(in, 0, f->in[0]); set_out(in, 1, f->in[1]); return;
   case OP_MUL:
+  case OP_SWIGLU:
     in->in[1] = f->in[0], in->in[2] = f->in[1];
     set_out(in, 0, f->in[0]), set_out(in, 1, f->in[1]);
     return;
@@ -191,6 +192,7 @@ static int bwd_op(int op) {
   case OP_SILU: return OP_SILU_BWD;
   case OP_GELU: return OP_GELU_BWD;
   case OP_MUL: return OP_MUL_BWD;
+  case OP_SWIGLU: return OP_SWIGLU_BWD;
   case OP_ADD: return OP_ADD_BWD;
   }
   internal_error("no backward op");

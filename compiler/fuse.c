@@ -1,5 +1,6 @@
 /* fuse.c: rewrites of the forward graph, between lower and autodiff.
- * The LM head and its loss, matmul(x, w) -> cross_entropy(logits, targets)
+ * silu(gate) * up, the SwiGLU of a Llama MLP, becomes one swiglu: one
+ * pass instead of two, and silu(gate) is never stored. The LM head and its loss, matmul(x, w) -> cross_entropy(logits, targets)
  * where nothing else reads the logits, become one head_xent: it makes the
  * logits a chunk of rows at a time, keeps each row's log-sum-exp, and its
  * backward recomputes them, so the [B,T,V] logits and their gradient are
@@ -39,7 +40,35 @@ static void fuse_head(Graph *g, int k) {
   for (int i = 0; i < g->nfwd; i++) g->fwd[i]->id = i;
 }
 
+/* swiglu in place of the mul at index k, the silu dropped. */
+static void fuse_swiglu(Graph *g, int k, int gate_side) {
+  Inst *mul = g->fwd[k], *silu = mul->in[gate_side]->def;
+  mul->op = OP_SWIGLU;
+  mul->in[0] = silu->in[0], mul->in[1] = mul->in[1 - gate_side];
+  int j = 0;
+  for (int i = 0; i < g->nfwd; i++)
+    if (g->fwd[i] != silu) g->fwd[j++] = g->fwd[i];
+  g->nfwd = j;
+  for (int i = 0; i < g->nfwd; i++) g->fwd[i]->id = i;
+}
+
+static void fuse_swiglus(Graph *g) {
+  for (int k = 0; k < g->nfwd; k++) {
+    Inst *m = g->fwd[k];
+    if (m->op != OP_MUL) continue;
+    for (int side = 0; side < 2; side++) {
+      Value *a = m->in[side];
+      if (a->def && a->def->op == OP_SILU && uses(g, a) == 1) {
+        fuse_swiglu(g, k, side);
+        k = -1;                  /* the list changed: start over */
+        break;
+      }
+    }
+  }
+}
+
 void fuse_graph(Graph *g, bool always) {
+  fuse_swiglus(g);
   for (int k = 0; k < g->nfwd; k++) {
     Inst *x = g->fwd[k];
     if (x->op != OP_XENT) continue;

@@ -239,10 +239,10 @@ static void needs(const RtInst *x, int64_t in[5], int64_t out[3], bool ids[5]) {
     in[4] = x->b * x->h * x->t;
     break;
   case OP_SILU: case OP_GELU: out[0] = in[0] = x->n; break;
-  case OP_MUL: out[0] = in[0] = in[1] = x->n; break;
+  case OP_MUL: case OP_SWIGLU: out[0] = in[0] = in[1] = x->n; break;
   case OP_ADD: out[0] = in[0] = x->n, in[1] = x->nb; break;
   case OP_SILU_BWD: case OP_GELU_BWD: out[0] = in[0] = in[1] = x->n; break;
-  case OP_MUL_BWD: out[0] = out[1] = in[0] = in[1] = in[2] = x->n; break;
+  case OP_MUL_BWD: case OP_SWIGLU_BWD: out[0] = out[1] = in[0] = in[1] = in[2] = x->n; break;
   case OP_ADD_BWD: out[0] = in[0] = x->n, out[1] = x->nb; break;
   case OP_XENT: out[0] = 1, in[0] = x->n * x->v, in[1] = x->n, ids[1] = true; break;
   case OP_XENT_BWD: out[0] = in[0] = x->n * x->v, in[1] = x->n, ids[1] = true; break;
@@ -302,7 +302,7 @@ static void verify_inst(Reader *r, Bundle *b, const RtInst *x) {
   if (nout == 0) bad(r, "instruction without an output");
   if (!x->acc[0] && out[0] && x->out[0] < 0 && x->op != OP_ADD_BWD && x->op != OP_MUL_BWD &&
       x->op != OP_RMSNORM_BWD && x->op != OP_LAYERNORM_BWD && x->op != OP_ATTENTION_BWD &&
-      x->op != OP_HEAD_XENT_BWD)
+      x->op != OP_HEAD_XENT_BWD && x->op != OP_SWIGLU_BWD)
     bad(r, "missing output");
 }
 

@@ -422,6 +422,12 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
   case OP_SILU: { void *a[] = {&O[0], &I[0], &n}; launch("lmc_silu", grid_for(n), a); return; }
   case OP_GELU: { void *a[] = {&O[0], &I[0], &n}; launch("lmc_gelu", grid_for(n), a); return; }
   case OP_MUL: { void *a[] = {&O[0], &I[0], &I[1], &n}; launch("lmc_mul", grid_for(n), a); return; }
+  case OP_SWIGLU: { void *a[] = {&O[0], &I[0], &I[1], &n}; launch("lmc_swiglu", grid_for(n), a); return; }
+  case OP_SWIGLU_BWD: {
+    void *a[] = {&O[0], &O[1], &I[0], &I[1], &I[2], &n, &acc0, &acc1};
+    launch("lmc_swiglu_bwd", grid_for(n), a);
+    return;
+  }
   case OP_ADD: { void *a[] = {&O[0], &I[0], &I[1], &n, &nb}; launch("lmc_add", grid_for(n), a); return; }
   case OP_SILU_BWD: { void *a[] = {&O[0], &I[0], &I[1], &n, &acc0}; launch("lmc_silu_bwd", grid_for(n), a); return; }
   case OP_GELU_BWD: { void *a[] = {&O[0], &I[0], &I[1], &n, &acc0}; launch("lmc_gelu_bwd", grid_for(n), a); return; }

@@ -213,6 +213,21 @@ extern "C" __global__ void lmc_gelu(real *y, const real *x, i64 n) {
   }
 }
 
+// @kernel swiglu
+extern "C" __global__ void lmc_swiglu(real *y, const real *g, const real *u, i64 n) {
+  GRID_LOOP(i, n) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+// @kernel swiglu_bwd
+extern "C" __global__ void lmc_swiglu_bwd(real *dg, real *du, const real *dy, const real *g, const real *u, i64 n,
+                                          int accg, int accu) {
+  GRID_LOOP(i, n) {
+    float s = 1.0f / (1.0f + expf(-g[i]));
+    if (dg) PUT(dg, i, dy[i] * u[i] * s * (1.0f + g[i] * (1.0f - s)), accg);
+    if (du) PUT(du, i, dy[i] * g[i] * s, accu);
+  }
+}
+
 // @kernel mul
 extern "C" __global__ void lmc_mul(real *y, const real *a, const real *b, i64 n) {
   GRID_LOOP(i, n) y[i] = a[i] * b[i];

@@ -219,6 +219,12 @@ int main(void) {
   mu.fwd.n = mu.bwd.n = n * d;
   check(&mu);
 
+  Case sw = {.name = "swiglu", .nin = 2, .in_n = {n * d, n * d}, .out_n = {n * d}, .nout = 1, .nbwd_in = 3,
+             .bwd_in = {0, 0, 1}, .bwd_out_of = {0, 1, -1}};
+  sw.fwd = inst(OP_SWIGLU), sw.bwd = inst(OP_SWIGLU_BWD);
+  sw.fwd.n = sw.bwd.n = n * d;
+  check(&sw);
+
   Case ad = {.name = "add (broadcast bias)", .nin = 2, .in_n = {n * d, d}, .out_n = {n * d}, .nout = 1,
              .nbwd_in = 1, .bwd_out_of = {0, 1, -1}};
   ad.fwd = inst(OP_ADD), ad.bwd = inst(OP_ADD_BWD);
