@@ -46,11 +46,14 @@ int main(int argc, char **argv) {
   be->sync();
   double dt = (rt_now() - t) / steps;
   r->op_time = rt_xmalloc((NUM_OPS + 1) * sizeof(double));   /* one profiled step */
+  double tp = rt_now();
   rt_step(r, tok, 1e-4, &gn);
+  be->sync();
+  tp = rt_now() - tp;
   printf("  profile of one step:");
   for (int i = 0; i <= NUM_OPS; i++)
-    if (r->op_time[i] > 0.002 * dt)
-      printf(" %s %.1f%%", i < NUM_OPS ? rt_op_names[i] : "optimizer", 100 * r->op_time[i] / dt);
+    if (r->op_time[i] > 0.002 * tp)
+      printf(" %s %.1f%%", i < NUM_OPS ? rt_op_names[i] : "optimizer", 100 * r->op_time[i] / tp);
   printf("\n");
   free(r->op_time);
   r->op_time = NULL;
