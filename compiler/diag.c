@@ -8,6 +8,7 @@
 #include <string.h>
 
 jmp_buf *diag_jmp;
+bool diag_quiet;
 static char hint[512];
 
 static void show_line(Loc loc) {
@@ -36,6 +37,10 @@ static void show_line(Loc loc) {
 
 static void vreport(Loc loc, const char *kind, const char *id,
                     const char *fmt, va_list ap) {
+  if (diag_quiet) {
+    hint[0] = 0;
+    return;
+  }
   if (loc.file)
     fprintf(stderr, "%s:%d:%d: %s: ", loc.file->name, loc.line, loc.col, kind);
   else

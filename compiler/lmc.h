@@ -36,6 +36,7 @@ typedef struct Loc {
 } Loc;
 
 extern jmp_buf *diag_jmp;               /* where errors unwind to */
+extern bool diag_quiet;                 /* report nothing (lmc --plan tries many plans) */
 _Noreturn void diag_error(Loc loc, const char *id, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void diag_hint(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -276,6 +277,15 @@ void sched_actions(Sched *s);           /* this rank's step and eval lists */
 void sched_check(Graph *g);             /* sends match receives, no deadlock */
 bool sched_has(Sched *s, Value *v);     /* v appears in this stage's schedule */
 void sched_dump_all(FILE *out, Sched *s, int rank);
+
+/* ---- plan.c ---- */
+typedef struct PlanCost {
+  double memory;       /* bytes, the largest rank's plan */
+  double flops;        /* GEMM FLOPs per step, the busiest rank */
+  double bytes;        /* bytes moved per step, the busiest rank */
+  double compute, bubble, comm, time;   /* seconds, estimated */
+} PlanCost;
+void plan_cost(Sched *s, double flops_rate, double bandwidth, PlanCost *c);
 
 /* ---- kernels.c ---- */
 void kernels_emit(FILE *out, Graph *g);

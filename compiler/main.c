@@ -15,6 +15,8 @@ typedef struct Options {
   const char *inc[16];
   int ninc;
   int world, rank;
+  int plan;            /* --plan N: rank the layouts for N ranks */
+  double plan_flops, plan_bw, plan_mem;
   bool split, verify, quiet;
   int fuse;            /* 0 auto, 1 always, 2 never */
 } Options;
@@ -85,6 +87,84 @@ static int compile(Options *o, const char *text, long len) {
   return 0;
 }
 
+/* The program scheduled under o's sets, or NULL if that is not a legal
+ * plan (nothing printed while diag_quiet). */
+static Sched *build(Options *o, const char *text, long len) {
+  jmp_buf jb;
+  diag_jmp = &jb;
+  if (setjmp(jb)) {
+    diag_jmp = NULL;
+    return NULL;
+  }
+  Node *items = parse_program(o->input, text, len, o->inc, o->ninc);
+  Program *p = sema_check(items, o->sets, o->nsets, 0);
+  Graph *g = lower_program(p);
+  if (o->fuse != 2) fuse_graph(g, o->fuse == 1);
+  ad_backward(g);
+  Sched *s = sched_plan(g);
+  sched_check(g);
+  diag_jmp = NULL;
+  return s;
+}
+
+typedef struct Row {
+  int dp, tp, pp, m;
+  PlanCost c;
+} Row;
+
+static int by_time(const void *a, const void *b) {
+  const Row *x = a, *y = b;
+  if (x->c.time != y->c.time) return x->c.time < y->c.time ? -1 : 1;
+  return x->c.memory < y->c.memory ? -1 : x->c.memory > y->c.memory;
+}
+
+static void add_set(Options *o, const char *name, int v) {
+  o->sets[o->nsets++] = (Set){name, arena_printf("%d", v)};
+}
+
+/* lmc --plan N: every dp x tp x pp = N and microbatch count the spec
+ * allows, each compiled and scheduled, ranked by estimated step time. */
+static int plan_search(Options *o, const char *text, long len) {
+  if (!build(o, text, len)) return 1;          /* the spec itself, loudly */
+  Row *rows = arena_alloc(4096 * sizeof(Row));
+  int nrows = 0, tried = 0, over = 0, base = o->nsets, n = o->plan;
+  for (int dp = 1; dp <= n; dp++)
+    for (int tp = 1; dp * tp <= n; tp++)
+      for (int m = 1; m <= 64 && nrows < 4096; m *= 2) {
+        if (n % (dp * tp)) continue;
+        int pp = n / (dp * tp);
+        if (pp == 1 && m > 1 && tp > 1) continue;   /* accumulation: once per dp is enough */
+        o->nsets = base;
+        add_set(o, "dp", dp), add_set(o, "tp", tp), add_set(o, "pp", pp), add_set(o, "microbatches", m);
+        diag_quiet = true;
+        Sched *s = build(o, text, len);
+        diag_quiet = false;
+        tried++;
+        if (!s) continue;
+        Row r = {dp, tp, pp, m, {.memory = 0}};
+        plan_cost(s, o->plan_flops, o->plan_bw, &r.c);
+        if (o->plan_mem > 0 && r.c.memory > o->plan_mem) { over++; continue; }
+        rows[nrows++] = r;
+      }
+  o->nsets = base;
+  qsort(rows, nrows, sizeof(Row), by_time);
+  printf("plans for %d ranks: %d legal of %d tried%s; cost model: %.3g FLOP/s, %.3g B/s per rank\n", n,
+         nrows + over, tried, over ? arena_printf(", %d over the memory limit", over) : "", o->plan_flops,
+         o->plan_bw);
+  printf("  dp  tp  pp   m  memory/rank   step (est)   compute    bubble      comm\n");
+  for (int i = 0; i < nrows && i < 20; i++) {
+    Row *r = &rows[i];
+    printf("  %2d  %2d  %2d  %2d  %8.1f MiB  %9.2f ms  %7.2f ms  %7.2f ms  %7.2f ms\n", r->dp, r->tp, r->pp, r->m,
+           r->c.memory / (1 << 20), 1e3 * r->c.time, 1e3 * r->c.compute, 1e3 * r->c.bubble, 1e3 * r->c.comm);
+  }
+  if (nrows > 20) printf("  ... %d more\n", nrows - 20);
+  if (nrows == 0) {
+    fprintf(stderr, "lmc: error: no legal plan for %d ranks%s [plan-none]\n", n, over ? " within the memory limit" : "");
+    return 1;
+  }
+  return 0;
+}
+
 static void usage(int code) {
   fprintf(code ? stderr : stdout,
           "usage: lmc SPEC.lm [-o BUNDLE_DIR] [options]\n"
@@ -99,6 +179,11 @@ static void usage(int code) {
           "                      -1: every rank)\n"
           "  --verify-each       run the IR verifier after every pass\n"
           "  --split-input-file  compile each '// -----' chunk separately\n"
+          "  --plan N            rank every legal dp x tp x pp x microbatches for N ranks by\n"
+          "                      planned memory and estimated step time (no bundle)\n"
+          "  --plan-flops X      the cost model's FLOP/s per rank (default 1e14)\n"
+          "  --plan-bw X         its bytes/s per rank for collectives and transfers (default 1e11)\n"
+          "  --plan-mem GIB      leave out plans over GIB per rank\n"
           "  -q                  no summary line\n");
   exit(code);
 }
@@ -126,6 +211,15 @@ static void parse_args(Options *o, int argc, char **argv) {
         fprintf(stderr, "lmc: error: --world takes a positive number\n");
         exit(1);
       }
+    } else if (!strcmp(a, "--plan") && i + 1 < argc) {
+      o->plan = atoi(argv[++i]);
+      if (o->plan <= 0 || o->plan > 4096) { fprintf(stderr, "lmc: error: --plan takes 1..4096 ranks\n"); exit(1); }
+    } else if (!strcmp(a, "--plan-flops") && i + 1 < argc) {
+      o->plan_flops = atof(argv[++i]);
+    } else if (!strcmp(a, "--plan-bw") && i + 1 < argc) {
+      o->plan_bw = atof(argv[++i]);
+    } else if (!strcmp(a, "--plan-mem") && i + 1 < argc) {
+      o->plan_mem = atof(argv[++i]) * (1 << 30);
     } else if (!strcmp(a, "--rank") && i + 1 < argc) {
       o->rank = atoi(argv[++i]);
     } else if (!strcmp(a, "--verify-each")) o->verify = true;
@@ -183,7 +277,10 @@ int main(int argc, char **argv) {
     fprintf(stderr, "lmc: error: cannot read '%s'\n", o.input);
     return 1;
   }
-  int status = o.split ? run_split(&o, sf) : compile(&o, sf->text, sf->len);
+  if (o.plan_flops <= 0) o.plan_flops = 1e14;
+  if (o.plan_bw <= 0) o.plan_bw = 1e11;
+  int status = o.plan ? plan_search(&o, sf->text, sf->len)
+             : o.split ? run_split(&o, sf) : compile(&o, sf->text, sf->len);
   arena_free_all();
   return status;
 }

@@ -1,0 +1,57 @@
+/* plan.c: what a scheduled plan costs, for lmc --plan. In: a Sched of one
+ * candidate layout. Out: per rank, the planned memory (exact: the same
+ * plan the bundle would carry) and an estimate of the step time from a
+ * simple model: the busiest stage's GEMM FLOPs at a given rate, stretched
+ * by the pipeline bubble (m + p - 1) / m, plus the bytes each rank moves
+ * (tp all-reduces, the dp gradient all-reduce, pipeline transfers) at a
+ * given bandwidth, ring all-reduces counting 2 (n-1)/n of their size. */
+#include "lmc.h"
+#include <string.h>
+
+static double inst_flops(Inst *in) {
+  switch (in->op) {
+  case OP_MATMUL: return 2 * ir_get(in, "m") * ir_get(in, "n") * ir_get(in, "k");
+  case OP_HEAD_XENT: return 2 * ir_get(in, "m") * ir_get(in, "n") * ir_get(in, "k");
+  case OP_HEAD_XENT_BWD: return 6 * ir_get(in, "m") * ir_get(in, "n") * ir_get(in, "k");
+  case OP_ATTENTION:
+  case OP_ATTENTION_BWD: {
+    double f = 2 * ir_get(in, "b") * ir_get(in, "h") * ir_get(in, "t") * ir_get(in, "t") * ir_get(in, "k");
+    return in->op == OP_ATTENTION ? 2 * f : 5 * f;
+  }
+  default: return 0;
+  }
+}
+
+static double ring(double bytes, int64_t n) { return n > 1 ? bytes * 2.0 * (n - 1) / n : 0; }
+
+void plan_cost(Sched *s, double flops_rate, double bandwidth, PlanCost *c) {
+  Graph *g = s->g;
+  Settings *t = &g->prog->s;
+  int64_t m = t->microbatches, tp = t->mesh[AX_TP], dp = t->mesh[AX_DP];
+  memset(c, 0, sizeof *c);
+  for (int st = 0; st < g->nstages; st++) {
+    sched_stage(s, st);
+    Part *p = s->part;
+    double flops = 0, tp_bytes = 0, pp_bytes = 0;
+    for (int k = 0; k < p->nfwd + p->nbwd; k++) {
+      Inst *in = k < p->nfwd ? p->fwd[k] : p->bwd[k - p->nfwd];
+      flops += inst_flops(in);
+      if (in->op == OP_ALLREDUCE) tp_bytes += 4.0 * ir_get(in, "n");
+    }
+    Xfer *lists[] = {p->fsend, p->bsend};
+    int counts[] = {p->nfsend, p->nbsend};
+    for (int l = 0; l < 2; l++)
+      for (int i = 0; i < counts[l]; i++) pp_bytes += 4.0 * shape_numel(&lists[l][i].v->shape);
+    double bytes = m * (ring(tp_bytes, tp) + pp_bytes) + ring(4.0 * s->region[V_GRAD], dp);
+    double mem = 4.0 * (s->slots * (s->peak_act + s->region[V_INPUT]) + 4 * s->region[V_PARAM]);
+    if (mem > c->memory) c->memory = mem;
+    if (m * flops > c->flops) c->flops = m * flops;
+    if (bytes > c->bytes) c->bytes = bytes;
+  }
+  sched_stage(s, 0);
+  double pp = (double)t->mesh[AX_PP];
+  c->compute = c->flops / flops_rate;
+  c->bubble = c->compute * (pp - 1) / m;
+  c->comm = c->bytes / bandwidth;
+  c->time = c->compute + c->bubble + c->comm;
+}
