@@ -101,6 +101,23 @@ static void compare(const char *what, const double *got, const double *want, int
     printf("ok   %-52s max err/tol %.2e (n=%lld)\n", what, worst, (long long)n);
 }
 
+/* Each parameter's tensor from the run (get) against the reference's
+ * `<prefix><HF name>`, rtol 1e-7. */
+static void compare_params(Run *r, const char *gd, const char *prefix, const char *label,
+                           void (*get)(Run *, int, double *), double atol) {
+  for (int p = 0; p < r->b->nparams; p++) {
+    char name[256], ref[300], what[300];
+    hf_name(r->b->params[p].name, name, sizeof name);
+    snprintf(ref, sizeof ref, "%s%s", prefix, name);
+    snprintf(what, sizeof what, "%s%s", label, r->b->params[p].name);
+    Tensor want = load(gd, "expected.safetensors", ref);
+    double *got = rt_xmalloc(want.n * sizeof(double));
+    get(r, p, got);
+    compare(what, got, want.data, want.n, atol, 1e-7);
+    free(want.data), free(got);
+  }
+}
+
 int main(int argc, char **argv) {
   if (argc != 3) rt_die("usage: test_golden BUNDLE GOLDEN_DIR");
   const char *gd = argv[2];
@@ -142,34 +159,14 @@ int main(int argc, char **argv) {
   Tensor ce = load(gd, "expected.safetensors", "loss.ce");
   double loss = rt_loss(r);
   compare("loss", &loss, ce.data, 1, 1e-12, 1e-10);
-  for (int p = 0; p < b->nparams; p++) {
-    char gname[300], what[300];
-    hf_name(b->params[p].name, name, sizeof name);
-    snprintf(gname, sizeof gname, "grad.%s", name);
-    snprintf(what, sizeof what, "grad %s", b->params[p].name);
-    Tensor g = load(gd, "expected.safetensors", gname);
-    double *got = rt_xmalloc(g.n * sizeof(double));
-    rt_get_grad(r, p, got);
-    compare(what, got, g.data, g.n, 1e-10, 1e-7);
-    free(g.data), free(got);
-  }
+  compare_params(r, gd, "grad.", "grad ", rt_get_grad, 1e-10);
   /* three AdamW steps through the schedule's step, constant lr */
   Tensor losses = load(gd, "expected.safetensors", "adamw.losses");
   double got_losses[8], gn;
   for (int s = 0; s < 3; s++) got_losses[s] = rt_step(r, rows, b->train.lr, &gn);
   got_losses[3] = rt_eval(r, rows);
   compare("adamw losses (before each step, after the last)", got_losses, losses.data, 4, 1e-10, 1e-8);
-  for (int p = 0; p < b->nparams; p++) {
-    char fname[300], what[300];
-    hf_name(b->params[p].name, name, sizeof name);
-    snprintf(fname, sizeof fname, "adamw.final.%s", name);
-    snprintf(what, sizeof what, "after 3 adamw steps %s", b->params[p].name);
-    Tensor w = load(gd, "expected.safetensors", fname);
-    double *got = rt_xmalloc(w.n * sizeof(double));
-    rt_get_param(r, p, got);
-    compare(what, got, w.data, w.n, 1e-9, 1e-7);
-    free(w.data), free(got);
-  }
+  compare_params(r, gd, "adamw.final.", "after 3 adamw steps ", rt_get_param, 1e-9);
   printf("%d passed, %d failed\n", checks - failures, failures);
   free(ids.data), free(tg.data), free(lw.data), free(ce.data), free(losses.data);
   free(lg), free(rows);
