@@ -23,13 +23,13 @@ static double program_flops(const RtInst *p, int n) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 2) rt_die("usage: bench_train BUNDLE [STEPS]");
+  if (argc < 2) rt_die("usage: bench_train BUNDLE [STEPS [cpu|cuda|cuda-emu]]");
   int steps = argc > 2 ? atoi(argv[2]) : 5;
   Bundle *b = bundle_load(argv[1], 0);
   Backend *be = cpu_backend(false);
   char why[256];
-  if (argc > 3 && !strcmp(argv[3], "cuda") && !(be = cuda_backend(argv[1], why, sizeof why)))
-    rt_die("no CUDA backend: %s", why);
+  bool cuda = argc > 3 && !strcmp(argv[3], "cuda"), emu = argc > 3 && !strcmp(argv[3], "cuda-emu");
+  if ((cuda || emu) && !(be = cuda_backend(argv[1], emu, why, sizeof why))) rt_die("no CUDA backend: %s", why);
   printf("%s: %.2fM params, batch %lld x seq %lld, vocab %lld\n", b->model, b->nparam_elems / 1e6,
          (long long)b->train.batch, (long long)b->T, (long long)b->vocab);
   double peak = be->gemm_peak();

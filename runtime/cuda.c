@@ -57,6 +57,7 @@ static struct {
 } cu;
 
 static CUmodule module;
+static bool emulated;   /* the emulated CUDA platform (runtime/emu/) stands in for the GPU */
 static cublasLtHandle_t lt;
 static CUdeviceptr workspace, scratch_p, scratch_dp, scratch_rows, scratch_part;
 static size_t workspace_size = 32 << 20, scratch_p_n, scratch_rows_n;
@@ -85,12 +86,33 @@ static void *open_lib(const char *const *names) {
 
 #define SYM(h, field, name) (*(void **)&cu.field = dlsym(h, name))
 
+/* The emulated platform's library: $LMC_CUDA_EMU_LIB, the one this build
+ * made, or liblmc_cudaemu.so beside the program. */
+static void *open_emu(void) {
+  static char here[1100];
+  const char *env = getenv("LMC_CUDA_EMU_LIB");
+#ifdef LMC_EMU_LIB
+  const char *built = LMC_EMU_LIB;
+#else
+  const char *built = NULL;
+#endif
+  ssize_t k = readlink("/proc/self/exe", here, sizeof here - 32);
+  if (k > 0) {
+    here[k] = 0;
+    char *slash = strrchr(here, '/');
+    strcpy(slash ? slash + 1 : here, "liblmc_cudaemu.so");
+  }
+  const char *names[] = {env && *env ? env : "-", built ? built : "-", k > 0 ? here : "-", NULL};
+  return open_lib(names);
+}
+
 static bool load_driver(char *why, size_t n) {
   const char *drv[] = {"libcuda.so.1", "libcuda.so", NULL};
   const char *rtc[] = {"libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12", "/usr/local/cuda/lib64/libnvrtc.so", NULL};
   const char *blt[] = {"libcublasLt.so", "libcublasLt.so.13", "libcublasLt.so.12",
                        "/usr/local/cuda/lib64/libcublasLt.so", NULL};
-  void *d = open_lib(drv), *r = open_lib(rtc), *b = open_lib(blt);
+  void *d = emulated ? open_emu() : open_lib(drv), *r = emulated ? d : open_lib(rtc), *b = emulated ? d : open_lib(blt);
+  if (!d && emulated) return snprintf(why, n, "no emulated CUDA platform (liblmc_cudaemu.so; set LMC_CUDA_EMU_LIB)"), false;
   if (!d) return snprintf(why, n, "no CUDA driver (libcuda.so.1)"), false;
   if (!r || !b) return snprintf(why, n, "no NVRTC or cuBLASLt library"), false;
   SYM(d, init, "cuInit"), SYM(d, device_get, "cuDeviceGet"), SYM(d, device_count, "cuDeviceGetCount");
@@ -158,8 +180,8 @@ static void load_kernels(const char *dir) {
   const char *home = getenv("XDG_CACHE_HOME");
   snprintf(cache, sizeof cache, "%s%s/lmc/kernels", home ? home : getenv("HOME") ? getenv("HOME") : "/tmp",
            home ? "" : "/.cache");
-  snprintf(file, sizeof file, "%s/%016llx-sm_%d.cubin", cache,
-           (unsigned long long)rt_fnv1a(src, strlen(src), 0xcbf29ce484222325ULL), sm);
+  snprintf(file, sizeof file, "%s/%016llx-sm_%d%s.cubin", cache,
+           (unsigned long long)rt_fnv1a(src, strlen(src), 0xcbf29ce484222325ULL), sm, emulated ? "-emu" : "");
   size_t n = 0;
   char *bin = NULL;
   FILE *f = fopen(file, "rb");
@@ -171,6 +193,8 @@ static void load_kernels(const char *dir) {
     if (fread(bin, 1, n, f) != n) free(bin), bin = NULL;
     fclose(f);
   }
+  if (bin && cu.load(&module, bin) != CUDA_SUCCESS) free(bin), bin = NULL;   /* stale or damaged: compile afresh */
+  else if (bin) return free(bin), free(src);
   if (!bin) {
     bin = compile_cubin(src, path, &n);
     char tmp[1500];
@@ -475,18 +499,20 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
   rt_die("the CUDA backend cannot run op '%s'", rt_op_names[x->op]);
 }
 
-/* Partial sums per block on the device, added in order on the host. */
+/* Partial sums per block on the device (at most 256 blocks, none idle),
+ * added in order on the host. */
 static double cuda_sumsq(const void *x, int64_t n) {
   enum { BLOCKS = 256 };
   static size_t have;
   CUdeviceptr part = scratch(&scratch_part, &have, BLOCKS), xp = dptr(x);
   i64 nn = n;
+  unsigned blocks = grid_for(n) < BLOCKS ? grid_for(n) : BLOCKS;
   void *a[] = {&part, &xp, &nn};
-  CK(cu.launch(fn("lmc_sumsq"), BLOCKS, 1, 1, 256, 1, 1, 0, NULL, a, NULL));
+  CK(cu.launch(fn("lmc_sumsq"), blocks, 1, 1, 256, 1, 1, 0, NULL, a, NULL));
   float h[BLOCKS];
-  CK(cu.dtoh(h, part, sizeof h));
+  CK(cu.dtoh(h, part, blocks * sizeof *h));
   double s = 0;
-  for (int i = 0; i < BLOCKS; i++) s += h[i];
+  for (unsigned i = 0; i < blocks; i++) s += h[i];
   return s;
 }
 
@@ -565,8 +591,11 @@ static Backend cuda = {
     .sumsq = cuda_sumsq, .adamw = cuda_adamw, .allreduce = cuda_allreduce, .send = cuda_send,
     .recv = cuda_recv, .wait_sends = cuda_wait_sends, .gemm_peak = cuda_gemm_peak, .sync = cuda_sync};
 
-/* The CUDA backend for the bundle in dir, or NULL with the reason. */
-Backend *cuda_backend(const char *dir, char *why, size_t n) {
+/* The CUDA backend for the bundle in dir, on a GPU or on the emulated
+ * platform, or NULL with the reason. */
+Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
+  emulated = emulate;
+  cuda.name = emulate ? "cuda-emu-f32" : "cuda-f32";
   if (!load_driver(why, n)) return NULL;
   CUdevice dev;
   CUcontext ctx;

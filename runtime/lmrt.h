@@ -163,7 +163,7 @@ typedef struct LtPlan {
 LtPlan lt_plan(bool ta, bool tb, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc);
 
 Backend *cpu_backend(bool f64);
-Backend *cuda_backend(const char *bundle_dir, char *why, size_t n);   /* NULL: why */
+Backend *cuda_backend(const char *bundle_dir, bool emulated, char *why, size_t n);   /* NULL: why */
 
 /* ---- exec.c ---- */
 typedef struct Run {

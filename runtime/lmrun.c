@@ -20,8 +20,8 @@ static void usage(int code) {
           "  --out DIR             where metrics.jsonl and ckpt/ go (default: BUNDLE)\n"
           "  --seed N  --lr X      override the spec's seed / peak learning rate\n"
           "  --f64                 run in double precision\n"
-          "  --backend NAME        cpu (default), cuda, or auto (cuda when a GPU is usable);\n"
-          "                        the cuda backend has not yet been validated on a GPU\n"
+          "  --backend NAME        cpu (default), cuda, auto (cuda when a GPU is usable), or\n"
+          "                        cuda-emu (the CUDA backend on the emulated CUDA platform)\n"
           "  --gradcheck N         compare N gradient entries with finite differences\n"
           "  --sample TEXT         write --tokens N (default 200) tokens after TEXT with the\n"
           "                        weights of --resume CKPT, at --temperature X (default 0.8)\n"
@@ -77,17 +77,18 @@ static int gradcheck(Run *r, TrainOpts *o, int64_t n) {
   return bad ? 1 : 0;
 }
 
-/* cpu, cuda, or auto: cuda when it loads, else cpu. */
+/* cpu, cuda, cuda-emu, or auto: cuda when it loads, else cpu. */
 static Backend *pick_backend(const char *name, const char *dir, bool f64, bool quiet) {
   if (!strcmp(name, "cpu")) return cpu_backend(f64);
+  bool emu = !strcmp(name, "cuda-emu");
   if (f64) {
-    if (!strcmp(name, "cuda")) rt_die("--f64 runs on the CPU backend only");
+    if (strcmp(name, "auto")) rt_die("--f64 runs on the CPU backend only");
     return cpu_backend(true);
   }
   char why[256];
-  Backend *be = cuda_backend(dir, why, sizeof why);
+  Backend *be = cuda_backend(dir, emu, why, sizeof why);
   if (be) return be;
-  if (!strcmp(name, "cuda")) rt_die("the CUDA backend is not available: %s", why);
+  if (strcmp(name, "auto")) rt_die("the CUDA backend is not available: %s", why);
   if (!quiet) fprintf(stderr, "lmrun: %s; using the CPU backend\n", why);
   return cpu_backend(false);
 }
@@ -176,8 +177,8 @@ int main(int argc, char **argv) {
     else rt_die("unknown option '%s' (see lmrun --help)", a);
 #undef ARG
   }
-  if (strcmp(backend, "cpu") && strcmp(backend, "auto") && strcmp(backend, "cuda"))
-    rt_die("unknown backend '%s'; use cpu, cuda or auto", backend);
+  if (strcmp(backend, "cpu") && strcmp(backend, "auto") && strcmp(backend, "cuda") && strcmp(backend, "cuda-emu"))
+    rt_die("unknown backend '%s'; use cpu, cuda, cuda-emu or auto", backend);
   if (o.log_interval == 0) o.log_interval = 1;
   int rank = comm_rank(), world = comm_world();
   Bundle *b = bundle_open(dir);

@@ -2,8 +2,8 @@
  * CUDA headers: there is no such backend, and lmrun says so. */
 #include "lmrt.h"
 
-Backend *cuda_backend(const char *bundle_dir, char *why, size_t n) {
-  (void)bundle_dir;
+Backend *cuda_backend(const char *bundle_dir, bool emulated, char *why, size_t n) {
+  (void)bundle_dir, (void)emulated;
   snprintf(why, n, "this lmrun was built without the CUDA headers (/usr/local/cuda/include)");
   return NULL;
 }

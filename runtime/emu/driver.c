@@ -1,0 +1,631 @@
+/* driver.c: the emulated CUDA driver API. One device ("lmc emulated CUDA
+ * device", compute capability 9.0, the limits of an H100); host memory
+ * stands in for device memory. Each allocation starts on a page after an
+ * inaccessible guard page and ends in a canary that runs to the next guard
+ * page: an access before the start or past the page faults at once (the
+ * launch fails with the kernel's name and the thread), a write into the
+ * canary is found when the launch returns. New memory holds 0xff bytes,
+ * as a GPU's holds garbage. Modules are the emulated NVRTC's shared
+ * objects; launches check the device limits and run on engine.c. Streams
+ * run their work at once, in order; a stream being captured records it
+ * instead, and a graph replays the record. With LMC_CUDA_EMU_CHECK=1 every
+ * launch runs three times, threads and blocks forward, reversed and
+ * shuffled, from the same memory, and the results must be bitwise equal. */
+#include "emu.h"
+#include <cuda.h>
+#include <dlfcn.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+enum { PAGE = 4096, CANARY = 0xa5, MAX_SMEM_DEFAULT = 48 << 10, MAX_SMEM_OPTIN = 232448 };
+
+char emu_error[1024];
+
+struct CUctx_st { int unused; };
+struct CUmod_st {
+  void *so;
+  char path[256];
+  const EmuModule *m;
+  struct CUfunc_st *fns;
+};
+struct CUfunc_st {
+  const EmuKernel *k;
+  const EmuModule *m;
+  int max_dyn_smem;
+};
+typedef struct Op {
+  int (*fn)(void *arg);
+  void *arg;
+  size_t size;
+} Op;
+struct CUgraph_st {
+  Op *ops;
+  int n;
+};
+struct CUgraphExec_st {
+  struct CUgraph_st g;
+};
+struct CUstream_st {
+  struct CUgraph_st *capture;   /* being captured into, or NULL */
+};
+struct CUevent_st {
+  double t;
+};
+
+static struct CUctx_st the_ctx;
+static EmuAlloc *allocs;
+static int nallocs, check_orders, all_fibers;
+static uint64_t launches;
+static int capturing;   /* streams being captured */
+
+int emu_fail(int code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(emu_error, sizeof emu_error, fmt, ap);
+  va_end(ap);
+  return code;
+}
+
+static double now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- faults: a guard page touched inside a kernel ends its launch ---- */
+
+static const char *describe(const void *addr, char *buf, size_t n) {
+  const unsigned char *a = addr;
+  for (int i = 0; i < nallocs; i++) {
+    EmuAlloc *x = &allocs[i];
+    if (a >= x->map && a < x->base)
+      return snprintf(buf, n, "an access %td bytes before the start of a %zu-byte allocation", x->base - a, x->size), buf;
+    if (a >= x->base + x->size && a < x->map + x->map_size)
+      return snprintf(buf, n, "an access %td bytes past the end of a %zu-byte allocation", a - (x->base + x->size),
+                      x->size), buf;
+  }
+  return snprintf(buf, n, "an access to address %p, which no allocation holds", addr), buf;
+}
+
+static void on_segv(int sig, siginfo_t *si, void *uc) {
+  char buf[200];
+  if (engine_kernel) engine_fault(describe(si->si_addr, buf, sizeof buf));
+  signal(sig, SIG_DFL);   /* not in a kernel: fault again, as usual */
+}
+
+static void install_handler(void) {
+  static char altstack[64 << 10];
+  stack_t ss = {.ss_sp = altstack, .ss_size = sizeof altstack};
+  sigaltstack(&ss, NULL);
+  struct sigaction sa = {0};
+  sa.sa_sigaction = on_segv;
+  sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+  sigaction(SIGSEGV, &sa, NULL);
+  sigaction(SIGBUS, &sa, NULL);
+}
+
+/* ---- init, device, context ---- */
+
+CUresult cuInit(unsigned flags) {
+  static int done;
+  if (!done) {
+    install_handler();
+    const char *c = getenv("LMC_CUDA_EMU_CHECK"), *f = getenv("LMC_CUDA_EMU_FIBERS");
+    check_orders = c && *c && strcmp(c, "0");
+    all_fibers = f && *f && strcmp(f, "0");
+    done = 1;
+  }
+  return CUDA_SUCCESS;
+}
+
+CUresult cuDriverGetVersion(int *v) { return *v = 13000, CUDA_SUCCESS; }
+CUresult cuDeviceGetCount(int *n) { return *n = 1, CUDA_SUCCESS; }
+
+CUresult cuDeviceGet(CUdevice *d, int ordinal) {
+  if (ordinal != 0) return emu_fail(CUDA_ERROR_INVALID_DEVICE, "the emulator has one device, 0 (asked for %d)", ordinal);
+  return *d = 0, CUDA_SUCCESS;
+}
+
+CUresult cuDeviceGetName(char *name, int len, CUdevice d) {
+  snprintf(name, len, "lmc emulated CUDA device");
+  return CUDA_SUCCESS;
+}
+
+CUresult cuDeviceTotalMem(size_t *bytes, CUdevice d) { return *bytes = (size_t)80 << 30, CUDA_SUCCESS; }
+
+CUresult cuDeviceGetAttribute(int *v, CUdevice_attribute a, CUdevice d) {
+  switch (a) {
+  case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: *v = 9; break;
+  case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: *v = 0; break;
+  case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK: *v = 1024; break;
+  case CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_X: case CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Y: *v = 1024; break;
+  case CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_Z: *v = 64; break;
+  case CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_X: *v = 0x7fffffff; break;
+  case CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Y: case CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_Z: *v = 65535; break;
+  case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK: *v = MAX_SMEM_DEFAULT; break;
+  case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN: *v = MAX_SMEM_OPTIN; break;
+  case CU_DEVICE_ATTRIBUTE_WARP_SIZE: *v = 32; break;
+  case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: *v = 132; break;
+  case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_MULTIPROCESSOR: *v = 2048; break;
+  default: return emu_fail(CUDA_ERROR_NOT_SUPPORTED, "the emulator does not know device attribute %d", (int)a);
+  }
+  return CUDA_SUCCESS;
+}
+
+CUresult cuDevicePrimaryCtxRetain(CUcontext *c, CUdevice d) { return *c = &the_ctx, CUDA_SUCCESS; }
+CUresult cuDevicePrimaryCtxRelease(CUdevice d) { return CUDA_SUCCESS; }
+CUresult cuCtxSetCurrent(CUcontext c) { return CUDA_SUCCESS; }
+CUresult cuCtxGetCurrent(CUcontext *c) { return *c = &the_ctx, CUDA_SUCCESS; }
+
+static CUresult no_sync_in_capture(const char *what) {
+  if (capturing)
+    return emu_fail(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+                    "%s while a stream is being captured (a host synchronisation inside a CUDA graph)", what);
+  return CUDA_SUCCESS;
+}
+
+CUresult cuCtxSynchronize(void) { return no_sync_in_capture("cuCtxSynchronize"); }
+
+CUresult cuGetErrorString(CUresult rc, const char **s) {
+  *s = emu_error[0] ? emu_error : rc == CUDA_SUCCESS ? "no error" : "error in the emulated CUDA platform";
+  return CUDA_SUCCESS;
+}
+
+CUresult cuGetErrorName(CUresult rc, const char **s) {
+  *s = rc == CUDA_SUCCESS ? "CUDA_SUCCESS" : "CUDA_ERROR";
+  return CUDA_SUCCESS;
+}
+
+/* ---- memory ---- */
+
+EmuAlloc *emu_find(const void *p) {
+  const unsigned char *a = p;
+  for (int i = 0; i < nallocs; i++)
+    if (a >= allocs[i].base && a < allocs[i].base + (allocs[i].size ? allocs[i].size : 1)) return &allocs[i];
+  return NULL;
+}
+
+/* true when [p, p + bytes) lies in one allocation; else emu_error says why */
+bool emu_check_range(const char *what, const void *p, size_t bytes) {
+  EmuAlloc *x = emu_find(p);
+  if (!x) return emu_fail(0, "%s: address %p is not in any device allocation", what, p), false;
+  size_t off = (const unsigned char *)p - x->base;
+  if (bytes > x->size - off)
+    return emu_fail(0, "%s: %zu bytes at offset %zu run %zu bytes past the end of a %zu-byte allocation", what, bytes,
+                    off, bytes - (x->size - off), x->size), false;
+  return true;
+}
+
+/* The first canary byte a kernel overwrote, as an error; 0 when intact. */
+static CUresult check_canaries(const char *kernel) {
+  for (int i = 0; i < nallocs; i++) {
+    EmuAlloc *x = &allocs[i];
+    unsigned char *end = x->map + x->map_size - PAGE;
+    for (unsigned char *c = x->base + x->size; c < end; c++)
+      if (*c != CANARY)
+        return emu_fail(CUDA_ERROR_ILLEGAL_ADDRESS, "kernel %s wrote %td bytes past the end of a %zu-byte allocation",
+                        kernel, c - (x->base + x->size), x->size);
+  }
+  return CUDA_SUCCESS;
+}
+
+CUresult cuMemAlloc(CUdeviceptr *p, size_t bytes) {
+  if (!bytes) return emu_fail(CUDA_ERROR_INVALID_VALUE, "cuMemAlloc of 0 bytes");
+  size_t body = (bytes + PAGE - 1) / PAGE * PAGE + (bytes % PAGE == 0 ? PAGE : 0);   /* room for a canary */
+  size_t map_size = body + 2 * PAGE;
+  unsigned char *m = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (m == MAP_FAILED) return emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory allocating %zu bytes", bytes);
+  mprotect(m, PAGE, PROT_NONE);
+  mprotect(m + map_size - PAGE, PAGE, PROT_NONE);
+  EmuAlloc *grown = realloc(allocs, (nallocs + 1) * sizeof *allocs);
+  if (!grown) return munmap(m, map_size), emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory");
+  allocs = grown;
+  EmuAlloc *x = &allocs[nallocs++];
+  *x = (EmuAlloc){m + PAGE, m, bytes, map_size};
+  memset(x->base, 0xff, bytes);
+  memset(x->base + bytes, CANARY, body - bytes);
+  *p = (CUdeviceptr)(uintptr_t)x->base;
+  return CUDA_SUCCESS;
+}
+
+CUresult cuMemFree(CUdeviceptr p) {
+  for (int i = 0; i < nallocs; i++)
+    if (allocs[i].base == (unsigned char *)(uintptr_t)p) {
+      munmap(allocs[i].map, allocs[i].map_size);
+      allocs[i] = allocs[--nallocs];
+      return CUDA_SUCCESS;
+    }
+  return emu_fail(CUDA_ERROR_INVALID_VALUE, "cuMemFree of %p, which is not the start of an allocation", (void *)p);
+}
+
+CUresult cuMemGetInfo(size_t *free_b, size_t *total) {
+  *free_b = (size_t)64 << 30, *total = (size_t)80 << 30;
+  return CUDA_SUCCESS;
+}
+
+typedef struct Copy {
+  void *dst;
+  const void *src;
+  size_t n;
+  int value, width;   /* memset: the value and 1 or 4 bytes; copy: width 0 */
+} Copy;
+
+static int do_copy(void *arg) {
+  Copy *c = arg;
+  if (!c->width) memmove(c->dst, c->src, c->n);
+  else if (c->width == 1) memset(c->dst, c->value, c->n);
+  else
+    for (size_t i = 0; i < c->n; i++) memcpy((unsigned char *)c->dst + 4 * i, &c->value, 4);
+  return CUDA_SUCCESS;
+}
+
+static CUresult copy(const char *what, void *dst, bool dst_dev, const void *src, bool src_dev, size_t n,
+                     CUstream s, bool sync) {
+  if (sync && no_sync_in_capture(what)) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+  if (dst_dev && !emu_check_range(what, dst, n)) return CUDA_ERROR_INVALID_VALUE;
+  if (src_dev && !emu_check_range(what, src, n)) return CUDA_ERROR_INVALID_VALUE;
+  Copy c = {dst, src, n, 0, 0};
+  return emu_enqueue(s, do_copy, &c, sizeof c);
+}
+
+#define DEV(p) ((void *)(uintptr_t)(p))
+CUresult cuMemcpyHtoD(CUdeviceptr d, const void *h, size_t n) { return copy("cuMemcpyHtoD", DEV(d), 1, h, 0, n, NULL, 1); }
+CUresult cuMemcpyDtoH(void *h, CUdeviceptr d, size_t n) { return copy("cuMemcpyDtoH", h, 0, DEV(d), 1, n, NULL, 1); }
+CUresult cuMemcpyDtoD(CUdeviceptr d, CUdeviceptr s, size_t n) {
+  return copy("cuMemcpyDtoD", DEV(d), 1, DEV(s), 1, n, NULL, 1);
+}
+CUresult cuMemcpyHtoDAsync(CUdeviceptr d, const void *h, size_t n, CUstream s) {
+  return copy("cuMemcpyHtoDAsync", DEV(d), 1, h, 0, n, s, 0);
+}
+CUresult cuMemcpyDtoHAsync(void *h, CUdeviceptr d, size_t n, CUstream s) {
+  return copy("cuMemcpyDtoHAsync", h, 0, DEV(d), 1, n, s, 0);
+}
+CUresult cuMemcpyDtoDAsync(CUdeviceptr d, CUdeviceptr src, size_t n, CUstream s) {
+  return copy("cuMemcpyDtoDAsync", DEV(d), 1, DEV(src), 1, n, s, 0);
+}
+
+static CUresult set(const char *what, CUdeviceptr d, int value, int width, size_t n, CUstream s, bool sync) {
+  if (sync && no_sync_in_capture(what)) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+  if (!emu_check_range(what, DEV(d), n * width)) return CUDA_ERROR_INVALID_VALUE;
+  Copy c = {DEV(d), NULL, n, value, width};
+  return emu_enqueue(s, do_copy, &c, sizeof c);
+}
+
+CUresult cuMemsetD8(CUdeviceptr d, unsigned char v, size_t n) { return set("cuMemsetD8", d, v, 1, n, NULL, 1); }
+CUresult cuMemsetD32(CUdeviceptr d, unsigned v, size_t n) { return set("cuMemsetD32", d, (int)v, 4, n, NULL, 1); }
+CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, CUstream s) {
+  return set("cuMemsetD8Async", d, v, 1, n, s, 0);
+}
+CUresult cuMemsetD32Async(CUdeviceptr d, unsigned v, size_t n, CUstream s) {
+  return set("cuMemsetD32Async", d, (int)v, 4, n, s, 0);
+}
+
+/* ---- modules ---- */
+
+static const char magic[8] = "LMCEMU1";
+
+CUresult cuModuleLoadData(CUmodule *out, const void *image) {
+  uint64_t hdr[2];
+  if (memcmp(image, magic, 8))
+    return emu_fail(CUDA_ERROR_INVALID_IMAGE, "cuModuleLoadData: not a module of the emulated NVRTC (a real cubin?)");
+  memcpy(hdr, (const char *)image + 8, sizeof hdr);
+  if (hdr[0] != emu_headers_hash())
+    return emu_fail(CUDA_ERROR_INVALID_IMAGE, "cuModuleLoadData: the module was compiled by another version of the emulator");
+  struct CUmod_st *m = calloc(1, sizeof *m);
+  if (!m) return emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory");
+  const char *tmp = getenv("TMPDIR");
+  snprintf(m->path, sizeof m->path, "%s/lmc-emu-module-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+  int fd = mkstemp(m->path);
+  bool ok = fd >= 0 && write(fd, (const char *)image + 24, hdr[1]) == (ssize_t)hdr[1];
+  if (fd >= 0) close(fd);
+  m->so = ok ? dlopen(m->path, RTLD_NOW | RTLD_LOCAL) : NULL;
+  if (fd >= 0) unlink(m->path);
+  const EmuModule *(*get)(void) = m->so ? (const EmuModule *(*)(void))dlsym(m->so, "lmc_emu_module") : NULL;
+  if (!get) {
+    CUresult rc = emu_fail(CUDA_ERROR_INVALID_IMAGE, "cuModuleLoadData: cannot load the module: %s",
+                           ok ? dlerror() : "cannot write it to a temporary file");
+    if (m->so) dlclose(m->so);
+    free(m);
+    return rc;
+  }
+  m->m = get();
+  if (m->m->abi != LMC_EMU_ABI) {
+    dlclose(m->so), free(m);
+    return emu_fail(CUDA_ERROR_INVALID_IMAGE, "cuModuleLoadData: module built for another emulator version");
+  }
+  *m->m->api = &engine_api;
+  m->fns = calloc(m->m->nkernels + 1, sizeof *m->fns);
+  for (int i = 0; i < m->m->nkernels; i++)
+    m->fns[i] = (struct CUfunc_st){&m->m->kernels[i], m->m, MAX_SMEM_DEFAULT};
+  *out = m;
+  return CUDA_SUCCESS;
+}
+
+CUresult cuModuleUnload(CUmodule m) {
+  dlclose(m->so);
+  free(m->fns), free(m);
+  return CUDA_SUCCESS;
+}
+
+CUresult cuModuleGetFunction(CUfunction *f, CUmodule m, const char *name) {
+  for (int i = 0; i < m->m->nkernels; i++)
+    if (!strcmp(m->m->kernels[i].name, name)) return *f = &m->fns[i], CUDA_SUCCESS;
+  return emu_fail(CUDA_ERROR_NOT_FOUND, "cuModuleGetFunction: the module has no kernel '%s'", name);
+}
+
+CUresult cuModuleGetGlobal(CUdeviceptr *p, size_t *bytes, CUmodule m, const char *name) {
+  void *sym = dlsym(m->so, name);
+  if (!sym) return emu_fail(CUDA_ERROR_NOT_FOUND, "cuModuleGetGlobal: the module has no global '%s'", name);
+  if (p) *p = (CUdeviceptr)(uintptr_t)sym;
+  if (bytes) *bytes = 0;
+  return CUDA_SUCCESS;
+}
+
+CUresult cuFuncSetAttribute(CUfunction f, CUfunction_attribute a, int v) {
+  if (a != CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)
+    return emu_fail(CUDA_ERROR_NOT_SUPPORTED, "cuFuncSetAttribute: the emulator supports only the dynamic shared memory size");
+  if (v < 0 || v > MAX_SMEM_OPTIN)
+    return emu_fail(CUDA_ERROR_INVALID_VALUE, "cuFuncSetAttribute: kernel %s asks for %d bytes of dynamic shared memory; "
+                    "the device allows %d", f->k->name, v, MAX_SMEM_OPTIN);
+  f->max_dyn_smem = v;
+  return CUDA_SUCCESS;
+}
+
+CUresult cuFuncGetAttribute(int *v, CUfunction_attribute a, CUfunction f) {
+  switch (a) {
+  case CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK: *v = 1024; break;
+  case CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES: *v = f->max_dyn_smem; break;
+  case CU_FUNC_ATTRIBUTE_NUM_REGS: case CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES: case CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES: *v = 0; break;
+  default: return emu_fail(CUDA_ERROR_NOT_SUPPORTED, "cuFuncGetAttribute: attribute %d is not emulated", (int)a);
+  }
+  return CUDA_SUCCESS;
+}
+
+/* ---- launches ---- */
+
+typedef struct Launch {   /* a launch with its arguments packed, as enqueued */
+  struct CUfunc_st *f;
+  EmuDim grid, block;
+  size_t smem;
+  void *args[64];
+  unsigned char data[];
+} Launch;
+
+/* Copies of every allocation's bytes, to rerun a launch from them. */
+static unsigned char **snapshot(void) {
+  unsigned char **s = calloc(nallocs + 1, sizeof *s);
+  for (int i = 0; s && i < nallocs; i++) {
+    s[i] = malloc(allocs[i].size);
+    if (s[i]) memcpy(s[i], allocs[i].base, allocs[i].size);
+  }
+  return s;
+}
+
+static void restore(unsigned char **s) {
+  for (int i = 0; i < nallocs; i++) memcpy(allocs[i].base, s[i], allocs[i].size);
+}
+
+static void drop(unsigned char **s) {
+  for (int i = 0; s && i < nallocs; i++) free(s[i]);
+  free(s);
+}
+
+static int differ(unsigned char **want, const char *kernel, const char *how) {
+  for (int i = 0; i < nallocs; i++)
+    if (memcmp(want[i], allocs[i].base, allocs[i].size)) {
+      size_t at = 0;
+      while (want[i][at] == allocs[i].base[at]) at++;
+      return emu_fail(CUDA_ERROR_LAUNCH_FAILED,
+                      "kernel %s gives different results when its threads and blocks run %s: byte %zu of a %zu-byte "
+                      "allocation differs (a missing __syncthreads, a race on shared or global memory, or "
+                      "order-dependent atomics)", kernel, how, at, allocs[i].size);
+    }
+  return CUDA_SUCCESS;
+}
+
+static int launch_code(int engine_rc) {
+  return engine_rc == -2 ? CUDA_ERROR_ILLEGAL_ADDRESS : engine_rc ? CUDA_ERROR_LAUNCH_FAILED : CUDA_SUCCESS;
+}
+
+static int run_checked(EmuLaunch *l) {
+  static const char *names[] = {"forward", "in reverse", "in a shuffled order"};
+  unsigned char **before = snapshot(), **first = NULL;
+  int rc = CUDA_SUCCESS;
+  for (int o = 0; o < 3 && rc == CUDA_SUCCESS; o++) {
+    if (o) restore(before);
+    l->order = o;
+    if ((rc = launch_code(engine_run(l)))) break;
+    else if (!o) first = snapshot();
+    else rc = differ(first, l->k->name, names[o]);
+  }
+  drop(before), drop(first);
+  return rc;
+}
+
+static int do_launch(void *arg) {
+  Launch *x = arg;
+  EmuLaunch l = {x->f->m, x->f->k, x->grid, x->block, x->smem, x->args, ORDER_FORWARD, ++launches};
+  EmuKernel k = *x->f->k;
+  if (all_fibers) k.may_sync = 1, l.k = &k;
+  int rc = check_orders ? run_checked(&l) : launch_code(engine_run(&l));
+  return rc ? rc : (int)check_canaries(x->f->k->name);
+}
+
+static CUresult check_limits(CUfunction f, EmuDim g, EmuDim b, unsigned smem) {
+  uint64_t threads = (uint64_t)b.x * b.y * b.z;
+  if (!threads || !g.x || !g.y || !g.z)
+    return emu_fail(CUDA_ERROR_INVALID_VALUE, "cuLaunchKernel: kernel %s launched with an empty grid or block", f->k->name);
+  if (threads > 1024 || b.x > 1024 || b.y > 1024 || b.z > 64)
+    return emu_fail(CUDA_ERROR_INVALID_VALUE, "cuLaunchKernel: kernel %s asks for a block of %ux%ux%u threads; the device "
+                    "allows 1024 (x, y <= 1024, z <= 64)", f->k->name, b.x, b.y, b.z);
+  if (g.y > 65535 || g.z > 65535 || g.x > 0x7fffffffu)
+    return emu_fail(CUDA_ERROR_INVALID_VALUE, "cuLaunchKernel: kernel %s asks for a grid of %ux%ux%u blocks, over the "
+                    "device's limits", f->k->name, g.x, g.y, g.z);
+  if (smem > (unsigned)f->max_dyn_smem)
+    return emu_fail(CUDA_ERROR_INVALID_VALUE, "cuLaunchKernel: kernel %s asks for %u bytes of dynamic shared memory per "
+                    "block; it may use %d (up to %d after cuFuncSetAttribute)", f->k->name, smem, f->max_dyn_smem,
+                    MAX_SMEM_OPTIN);
+  return CUDA_SUCCESS;
+}
+
+CUresult cuLaunchKernel(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                        unsigned smem, CUstream s, void **params, void **extra) {
+  EmuDim g = {gx, gy, gz}, b = {bx, by, bz};
+  CUresult rc = check_limits(f, g, b, smem);
+  if (rc) return rc;
+  const EmuKernel *k = f->k;
+  if (!params || extra)
+    return emu_fail(CUDA_ERROR_NOT_SUPPORTED, "cuLaunchKernel: kernel %s: the emulator takes kernelParams, not extra", k->name);
+  if (k->nparams > 64) return emu_fail(CUDA_ERROR_NOT_SUPPORTED, "kernel %s has over 64 parameters", k->name);
+  size_t total = 0;
+  for (int i = 0; i < k->nparams; i++) total += (k->sizes[i] + 15) / 16 * 16;
+  Launch *x = calloc(1, sizeof *x + total);
+  if (!x) return emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory");
+  *x = (Launch){f, g, b, smem, {0}};
+  size_t off = 0;
+  for (int i = 0; i < k->nparams; i++) {
+    memcpy(x->data + off, params[i], k->sizes[i]);
+    off += (k->sizes[i] + 15) / 16 * 16;
+  }
+  rc = emu_enqueue(s, do_launch, x, sizeof *x + total);
+  free(x);
+  return rc;
+}
+
+/* ---- streams, events, graphs ---- */
+
+static void place_args(Launch *x) {
+  size_t off = 0;
+  for (int i = 0; i < x->f->k->nparams; i++) {
+    x->args[i] = x->data + off;
+    off += (x->f->k->sizes[i] + 15) / 16 * 16;
+  }
+}
+
+static int run_op(Op *o) {
+  if (o->fn == do_launch) place_args(o->arg);   /* its argument pointers point into itself */
+  return o->fn(o->arg);
+}
+
+int emu_enqueue(void *stream, int (*fn)(void *arg), const void *arg, size_t size) {
+  struct CUstream_st *s = stream;
+  void *copy = malloc(size);
+  if (!copy) return emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory");
+  memcpy(copy, arg, size);
+  Op op = {fn, copy, size};
+  if (s && s->capture) {
+    struct CUgraph_st *g = s->capture;
+    Op *grown = realloc(g->ops, (g->n + 1) * sizeof *g->ops);
+    if (!grown) return free(copy), emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory");
+    g->ops = grown;
+    g->ops[g->n++] = op;
+    return CUDA_SUCCESS;
+  }
+  int rc = run_op(&op);
+  free(copy);
+  return rc;
+}
+
+CUresult cuStreamCreate(CUstream *s, unsigned flags) {
+  *s = calloc(1, sizeof **s);
+  return *s ? CUDA_SUCCESS : (CUresult)emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory");
+}
+
+CUresult cuStreamDestroy(CUstream s) {
+  if (s && s->capture) return emu_fail(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuStreamDestroy of a stream being captured");
+  free(s);
+  return CUDA_SUCCESS;
+}
+
+CUresult cuStreamSynchronize(CUstream s) {
+  if (s && s->capture) return emu_fail(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuStreamSynchronize of a stream being captured");
+  return CUDA_SUCCESS;
+}
+
+CUresult cuStreamQuery(CUstream s) { return CUDA_SUCCESS; }
+CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned flags) { return CUDA_SUCCESS; }
+
+CUresult cuStreamBeginCapture(CUstream s, CUstreamCaptureMode mode) {
+  if (!s) return emu_fail(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuStreamBeginCapture on the legacy NULL stream");
+  if (s->capture) return emu_fail(CUDA_ERROR_ILLEGAL_STATE, "cuStreamBeginCapture: the stream is already being captured");
+  s->capture = calloc(1, sizeof *s->capture);
+  capturing++;
+  return CUDA_SUCCESS;
+}
+
+CUresult cuStreamEndCapture(CUstream s, CUgraph *g) {
+  if (!s || !s->capture) return emu_fail(CUDA_ERROR_ILLEGAL_STATE, "cuStreamEndCapture: the stream is not being captured");
+  *g = s->capture;
+  s->capture = NULL;
+  capturing--;
+  return CUDA_SUCCESS;
+}
+
+CUresult cuStreamIsCapturing(CUstream s, CUstreamCaptureStatus *st) {
+  *st = s && s->capture ? CU_STREAM_CAPTURE_STATUS_ACTIVE : CU_STREAM_CAPTURE_STATUS_NONE;
+  return CUDA_SUCCESS;
+}
+
+static void free_ops(struct CUgraph_st *g) {
+  for (int i = 0; i < g->n; i++) free(g->ops[i].arg);
+  free(g->ops);
+}
+
+CUresult cuGraphDestroy(CUgraph g) {
+  free_ops(g), free(g);
+  return CUDA_SUCCESS;
+}
+
+CUresult cuGraphInstantiate(CUgraphExec *e, CUgraph g, unsigned long long flags) {
+  struct CUgraphExec_st *x = calloc(1, sizeof *x);
+  if (!x || !(x->g.ops = calloc(g->n + 1, sizeof *x->g.ops))) return free(x), emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory");
+  for (int i = 0; i < g->n; i++) {
+    Op *o = &x->g.ops[x->g.n];
+    *o = g->ops[i];
+    if (!(o->arg = malloc(o->size))) return cuGraphExecDestroy(x), emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory");
+    memcpy(o->arg, g->ops[i].arg, o->size);
+    x->g.n++;
+  }
+  *e = x;
+  return CUDA_SUCCESS;
+}
+
+CUresult cuGraphLaunch(CUgraphExec e, CUstream s) {
+  for (int i = 0; i < e->g.n; i++) {
+    int rc = s && s->capture ? emu_fail(CUDA_ERROR_NOT_SUPPORTED, "cuGraphLaunch into a stream being captured")
+                             : run_op(&e->g.ops[i]);
+    if (rc) return rc;
+  }
+  return CUDA_SUCCESS;
+}
+
+CUresult cuGraphExecDestroy(CUgraphExec e) {
+  free_ops(&e->g), free(e);
+  return CUDA_SUCCESS;
+}
+
+CUresult cuEventCreate(CUevent *e, unsigned flags) {
+  *e = calloc(1, sizeof **e);
+  return *e ? CUDA_SUCCESS : (CUresult)emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory");
+}
+
+CUresult cuEventDestroy(CUevent e) { return free(e), CUDA_SUCCESS; }
+
+static int stamp(void *arg) {
+  (*(CUevent *)arg)->t = now();
+  return CUDA_SUCCESS;
+}
+
+CUresult cuEventRecord(CUevent e, CUstream s) { return emu_enqueue(s, stamp, &e, sizeof e); }
+CUresult cuEventQuery(CUevent e) { return CUDA_SUCCESS; }
+CUresult cuEventSynchronize(CUevent e) { return no_sync_in_capture("cuEventSynchronize"); }
+
+CUresult cuEventElapsedTime(float *ms, CUevent a, CUevent b) {
+  *ms = (float)((b->t - a->t) * 1e3);
+  return CUDA_SUCCESS;
+}

@@ -1,0 +1,52 @@
+/* emu.h: the emulated CUDA platform's internal header, in sections named
+ * after the file that owns them. liblmc_cudaemu.so exports the driver
+ * (cu*), NVRTC (nvrtc*) and cuBLASLt (cublasLt*) entry points that
+ * runtime/cuda.c loads with dlopen; host memory stands in for device
+ * memory. */
+#ifndef LMC_EMU_H
+#define LMC_EMU_H
+
+#include "emu_abi.h"
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* ---- engine.c: running one launch ---- */
+enum { ORDER_FORWARD, ORDER_REVERSE, ORDER_SHUFFLE };
+
+typedef struct EmuLaunch {
+  const EmuModule *mod;
+  const EmuKernel *k;
+  EmuDim grid, block;
+  size_t smem;
+  void **args;
+  int order;
+  uint64_t seed;
+} EmuLaunch;
+
+/* 0, or -1 with the reason in emu_error (the launch is abandoned); -2
+ * when the reason is an access outside every allocation. */
+int engine_run(const EmuLaunch *l);
+void engine_fault(const char *msg);       /* from the SIGSEGV handler: ends the launch */
+extern const EmuApi engine_api;
+extern const char *engine_kernel;        /* the kernel running now, or NULL */
+extern EmuDim engine_block, engine_thread;
+void engine_abort(void);                  /* after a fault: fibers to a clean state */
+
+/* ---- driver.c ---- */
+extern char emu_error[1024];             /* the last failure, for cuGetErrorString */
+int emu_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+typedef struct EmuAlloc {
+  unsigned char *base, *map;
+  size_t size, map_size;
+} EmuAlloc;
+EmuAlloc *emu_find(const void *p);       /* the allocation holding p, or NULL */
+bool emu_check_range(const char *what, const void *p, size_t bytes);
+/* Runs fn(arg) now, or records it when the stream is being captured. */
+int emu_enqueue(void *stream, int (*fn)(void *arg), const void *arg, size_t size);
+
+/* ---- nvrtc.c ---- */
+extern const char emu_device_h[], emu_abi_h[];   /* embedded by cmake/embed.cmake */
+uint64_t emu_headers_hash(void);                  /* what a module was compiled against */
+
+#endif
