@@ -410,7 +410,7 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
   case OP_EMBED_BWD: {
     if (!acc0) cuda_zero(o[0], v * d);
     void *a[] = {&O[0], &I[0], &I[1], &n, &d, &v, &v0};
-    launch("lmc_embed_bwd", grid_for(n * d), a);
+    launch("lmc_embed_bwd", grid_for(d), a);
     return;
   }
   case OP_RMSNORM: { void *a[] = {&O[0], &O[1], &I[0], &I[1], &n, &d, &eps}; k_rows("lmc_rmsnorm", n, a); return; }

@@ -65,10 +65,14 @@ extern "C" __global__ void lmc_embed(real *out, const int *ids, const real *w, i
 }
 
 // @kernel embed_bwd
+// one thread per column adds the tokens' gradients in token order: no
+// atomics, so the result does not depend on the order threads run in
 extern "C" __global__ void lmc_embed_bwd(real *dw, const real *dy, const int *ids, i64 n, i64 d, i64 v, i64 v0) {
-  GRID_LOOP(i, n * d) {
-    i64 row = ids[i / d] - v0;
-    if (row >= 0 && row < v) atomicAdd(&dw[row * d + i % d], dy[i]);
+  GRID_LOOP(j, d) {
+    for (i64 i = 0; i < n; i++) {
+      i64 row = ids[i] - v0;
+      if (row >= 0 && row < v) dw[row * d + j] += dy[i * d + j];
+    }
   }
 }
 

@@ -1,0 +1,261 @@
+/* test_emu_ops.c: every op of the CUDA backend (templates/kernels.cu and
+ * its cuBLASLt GEMMs) on the emulated CUDA platform against the CPU
+ * backend's op in single precision, on random inputs of awkward sizes (not
+ * multiples of a block or a warp), fresh outputs and accumulated ones.
+ * Run with LMC_CUDA_EMU_CHECK=1, every launch also runs its threads and
+ * blocks forward, reversed and shuffled and must give the same bits.
+ * Usage: test_emu_ops KERNELS.CU  (exits 77 when no CUDA headers were
+ * there to build the emulator) */
+#include "lmrt.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <limits.h>
+#include <unistd.h>
+
+enum { MAXIO = 5 };
+
+typedef struct Arg {
+  int64_t n;
+  int kind;       /* 0 real, 1 ids in [0, max), 2 positive real (norm weights, sums of exps) */
+  int64_t max;
+} Arg;
+
+typedef struct Case {
+  const char *name;
+  RtInst x;
+  Arg in[MAXIO], out[3];
+} Case;
+
+static Backend *cpu, *gpu;
+static int failures, ran;
+
+static RtInst inst(int op) {
+  RtInst x;
+  memset(&x, 0, sizeof x);
+  x.op = op;
+  for (int i = 0; i < 3; i++) x.out[i] = -1;
+  for (int i = 0; i < 5; i++) x.in[i] = -1;
+  return x;
+}
+
+/* Inputs and output presets from a seed, on both backends. */
+static void *make(Backend *be, const Arg *a, uint64_t key, bool preset) {
+  if (a->kind == 1) {
+    int32_t *ids = malloc(a->n * sizeof *ids);
+    for (int64_t j = 0; j < a->n; j++) ids[j] = (int32_t)(rng_hash(key, 1, j) % a->max);
+    void *p = be->alloc(a->n * 4);
+    be->upload_ids(p, ids, a->n);
+    free(ids);
+    return p;
+  }
+  double *h = malloc(a->n * sizeof *h);
+  for (int64_t j = 0; j < a->n; j++) {
+    h[j] = preset ? 0.25 * rng_normal(key, j) : rng_normal(key, j);
+    if (a->kind == 2) h[j] = 1.0 + fabs(h[j]);
+  }
+  void *p = be->alloc(a->n * be->elem);
+  be->upload(p, h, a->n);
+  free(h);
+  return p;
+}
+
+static void run(Case *c, bool acc) {
+  void *in[2][MAXIO] = {{0}}, *out[2][3] = {{0}};
+  Backend *bs[2] = {cpu, gpu};
+  RtInst x = c->x;
+  for (int i = 0; i < 3; i++) x.acc[i] = acc;
+  for (int b = 0; b < 2; b++) {
+    for (int i = 0; i < MAXIO; i++)
+      if (c->in[i].n) in[b][i] = make(bs[b], &c->in[i], 100 + i, false);
+    for (int i = 0; i < 3; i++)
+      if (c->out[i].n) out[b][i] = make(bs[b], &c->out[i], 200 + i, true);
+    bs[b]->run(&x, out[b], in[b]);
+    bs[b]->sync();
+  }
+  double worst = 0;
+  for (int i = 0; i < 3; i++) {
+    if (!c->out[i].n) continue;
+    int64_t n = c->out[i].n;
+    double *want = malloc(n * sizeof *want), *got = malloc(n * sizeof *got), scale = 0;
+    cpu->download(want, out[0][i], n), gpu->download(got, out[1][i], n);
+    for (int64_t j = 0; j < n; j++) scale = fmax(scale, fabs(want[j]));
+    for (int64_t j = 0; j < n; j++) {
+      double err = fabs(got[j] - want[j]) / fmax(scale, 1e-30);
+      if (!(err <= worst)) worst = isnan(err) ? INFINITY : err;
+      if (!(err <= 1e-5) && failures < 20)
+        printf("  %s%s: output %d [%lld]: cuda-emu %.9g, cpu %.9g\n", c->name, acc ? " (acc)" : "", i, (long long)j,
+               got[j], want[j]);
+    }
+    free(want), free(got);
+  }
+  bool ok = worst <= 1e-5;
+  printf("%-34s max error %.2e of the output's scale  %s\n", acc ? "  accumulated" : c->name, worst, ok ? "ok" : "FAIL");
+  failures += !ok, ran++;
+  for (int b = 0; b < 2; b++) {
+    for (int i = 0; i < MAXIO; i++) bs[b]->release(in[b][i]);
+    for (int i = 0; i < 3; i++) bs[b]->release(out[b][i]);
+  }
+}
+
+/* Runs a case fresh, then (for ops with acc outputs) accumulating. */
+static void check(Case c, bool has_acc) {
+  run(&c, false);
+  if (has_acc) run(&c, true);
+}
+
+static void optimizer(int64_t n) {
+  double *h = malloc(n * sizeof *h), sum[2];
+  void *p[2][4];
+  Backend *bs[2] = {cpu, gpu};
+  AdamArgs a = {3e-3, 0.9, 0.95, 1e-8, 0.1, 0.19, 0.0975, 0.7};
+  for (int b = 0; b < 2; b++) {
+    for (int t = 0; t < 4; t++) {
+      for (int64_t j = 0; j < n; j++) h[j] = t == 3 ? fabs(rng_normal(40 + t, j)) : rng_normal(40 + t, j);
+      p[b][t] = bs[b]->alloc(n * 4);
+      bs[b]->upload(p[b][t], h, n);
+    }
+    sum[b] = bs[b]->sumsq(p[b][1], n);
+    bs[b]->adamw(p[b][0], p[b][1], p[b][2], p[b][3], n, &a);
+  }
+  double e = fabs(sum[1] - sum[0]) / sum[0], worst = 0;
+  double *w0 = malloc(n * sizeof *w0);
+  for (int t = 0; t < 4; t += (t == 0 ? 2 : 1)) {
+    cpu->download(w0, p[0][t], n), gpu->download(h, p[1][t], n);
+    for (int64_t j = 0; j < n; j++) worst = fmax(worst, fabs(h[j] - w0[j]) / fmax(fabs(w0[j]), 1e-3));
+  }
+  bool ok = e < 1e-5 && worst < 1e-5;
+  printf("%-34s sumsq error %.2e, adamw error %.2e  %s\n", "optimizer (sumsq, adamw)", e, worst, ok ? "ok" : "FAIL");
+  failures += !ok, ran++;
+  for (int b = 0; b < 2; b++)
+    for (int t = 0; t < 4; t++) bs[b]->release(p[b][t]);
+  free(h), free(w0);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) rt_die("usage: test_emu_ops KERNELS.CU");
+  char dir[] = "/tmp/lmc-emu-ops-XXXXXX", path[64], why[256];
+  if (!mkdtemp(dir)) rt_die("cannot make a temporary folder");
+  snprintf(path, sizeof path, "%s/kernels.cu", dir);
+  char *src = realpath(argv[1], NULL);
+  if (!src || symlink(src, path)) rt_die("cannot link %s", argv[1]);
+  free(src);
+  cpu = cpu_backend(false);
+  gpu = cuda_backend(dir, true, why, sizeof why);
+  unlink(path), rmdir(dir);
+  if (!gpu) {
+    printf("skipped: %s\n", why);
+    return 77;
+  }
+  /* awkward sizes: 13 rows, width 67, vocab 301, T 19, head dim 10 */
+  int64_t n = 13, d = 67, V = 301, B = 2, T = 19, H = 4, G = 2, K = 10, N = B * T;
+  for (int ta = 0; ta < 2; ta++)
+    for (int tb = 0; tb < 2; tb++) {
+      Case c = {"matmul", inst(OP_MATMUL), {{n * 17}, {17 * 21}}, {{n * 21}}};
+      c.x.m = n, c.x.n = 21, c.x.k = 17, c.x.ta = ta, c.x.tb = tb;
+      static char names[4][32];
+      snprintf(names[ta * 2 + tb], 32, "matmul%s%s", ta ? " A^T" : "", tb ? " B^T" : "");
+      c.name = names[ta * 2 + tb];
+      check(c, true);
+    }
+  Case c;
+  c = (Case){"embed", inst(OP_EMBED), {{N, 1, V}, {V * d}}, {{N * d}}};
+  c.x.n = N, c.x.d = d, c.x.v = V;
+  check(c, false);
+  c = (Case){"embed (vocab parallel rows 120..270)", inst(OP_EMBED), {{N, 1, V}, {150 * d}}, {{N * d}}};
+  c.x.n = N, c.x.d = d, c.x.v = 150, c.x.v0 = 120;
+  check(c, false);
+  c = (Case){"embed_bwd", inst(OP_EMBED_BWD), {{N * d}, {N, 1, 7}}, {{7 * d}}};   /* repeated ids */
+  c.x.n = N, c.x.d = d, c.x.v = 7;
+  check(c, true);
+  c = (Case){"rmsnorm", inst(OP_RMSNORM), {{n * d}, {d, 2}}, {{n * d}, {n}}};
+  c.x.n = n, c.x.d = d, c.x.eps = 1e-5;
+  check(c, false);
+  c = (Case){"rmsnorm_bwd", inst(OP_RMSNORM_BWD), {{n * d}, {n * d}, {d, 2}, {n, 2}}, {{n * d}, {d}}};
+  c.x.n = n, c.x.d = d;
+  check(c, true);
+  c = (Case){"layernorm", inst(OP_LAYERNORM), {{n * d}, {d, 2}, {d}}, {{n * d}, {n}, {n}}};
+  c.x.n = n, c.x.d = d, c.x.eps = 1e-5;
+  check(c, false);
+  c = (Case){"layernorm_bwd", inst(OP_LAYERNORM_BWD), {{n * d}, {n * d}, {d, 2}, {n}, {n, 2}}, {{n * d}, {d}, {d}}};
+  c.x.n = n, c.x.d = d;
+  check(c, true);
+  c = (Case){"rope", inst(OP_ROPE), {{N * H * K}}, {{N * H * K}}};
+  c.x.b = B, c.x.t = T, c.x.h = H, c.x.k = K, c.x.theta = 10000;
+  check(c, false);
+  c.name = "rope_bwd", c.x.op = OP_ROPE_BWD;
+  check(c, true);
+  c = (Case){"attention (gqa 4:2)", inst(OP_ATTENTION), {{N * H * K}, {N * G * K}, {N * G * K}}, {{N * H * K}, {B * H * T}}};
+  c.x.b = B, c.x.t = T, c.x.h = H, c.x.g = G, c.x.k = K;
+  check(c, false);
+  /* inputs: dy, q, k, v and a log-sum-exp per row (random: the kernels do
+   * not assume the recomputed rows sum to one) */
+  c = (Case){"attention_bwd (gqa 4:2)", inst(OP_ATTENTION_BWD),
+             {{N * H * K}, {N * H * K}, {N * G * K}, {N * G * K}, {B * H * T, 2}}, {{N * H * K}, {N * G * K}, {N * G * K}}};
+  c.x.b = B, c.x.t = T, c.x.h = H, c.x.g = G, c.x.k = K;
+  check(c, true);
+  int unary[][2] = {{OP_SILU, OP_SILU_BWD}, {OP_GELU, OP_GELU_BWD}};
+  const char *un[] = {"silu", "silu_bwd", "gelu", "gelu_bwd"};
+  for (int i = 0; i < 2; i++) {
+    c = (Case){un[2 * i], inst(unary[i][0]), {{n * d}}, {{n * d}}};
+    c.x.n = n * d;
+    check(c, false);
+    c = (Case){un[2 * i + 1], inst(unary[i][1]), {{n * d}, {n * d}}, {{n * d}}};
+    c.x.n = n * d;
+    check(c, true);
+  }
+  c = (Case){"mul", inst(OP_MUL), {{n * d}, {n * d}}, {{n * d}}};
+  c.x.n = n * d;
+  check(c, false);
+  c = (Case){"swiglu", inst(OP_SWIGLU), {{n * d}, {n * d}}, {{n * d}}};
+  c.x.n = n * d;
+  check(c, false);
+  c = (Case){"mul_bwd", inst(OP_MUL_BWD), {{n * d}, {n * d}, {n * d}}, {{n * d}, {n * d}}};
+  c.x.n = n * d;
+  check(c, true);
+  c = (Case){"swiglu_bwd", inst(OP_SWIGLU_BWD), {{n * d}, {n * d}, {n * d}}, {{n * d}, {n * d}}};
+  c.x.n = n * d;
+  check(c, true);
+  c = (Case){"add", inst(OP_ADD), {{n * d}, {n * d}}, {{n * d}}};
+  c.x.n = n * d, c.x.nb = n * d;
+  check(c, false);
+  c = (Case){"add (broadcast bias)", inst(OP_ADD), {{n * d}, {d}}, {{n * d}}};
+  c.x.n = n * d, c.x.nb = d;
+  check(c, false);
+  c = (Case){"add_bwd", inst(OP_ADD_BWD), {{n * d}}, {{n * d}, {n * d}}};
+  c.x.n = n * d, c.x.nb = n * d;
+  check(c, true);
+  c = (Case){"add_bwd (bias)", inst(OP_ADD_BWD), {{n * d}}, {{n * d}, {d}}};
+  c.x.n = n * d, c.x.nb = d;
+  check(c, true);
+  c = (Case){"cross_entropy", inst(OP_XENT), {{n * V}, {n, 1, V}}, {{1}}};
+  c.x.n = n, c.x.v = V, c.x.scale = 1.0 / n;
+  check(c, true);
+  c = (Case){"cross_entropy_bwd", inst(OP_XENT_BWD), {{n * V}, {n, 1, V}}, {{n * V}}};
+  c.x.n = n, c.x.v = V, c.x.scale = 1.0 / n;
+  check(c, true);
+  c = (Case){"xent_max", inst(OP_XENT_MAX), {{n * V}}, {{n}}};
+  c.x.n = n, c.x.v = V;
+  check(c, false);
+  c = (Case){"xent_stats (rows 120..420 of 601)", inst(OP_XENT_STATS), {{n * V}, {n, 1, 601}, {n, 2}}, {{n}, {n}}};
+  c.x.n = n, c.x.v = V, c.x.v0 = 120;
+  check(c, false);
+  c = (Case){"xent_loss", inst(OP_XENT_LOSS), {{0}, {0}, {n}, {n, 2}, {n}}, {{1}}};
+  c.x.n = n, c.x.scale = 1.0 / n;
+  check(c, true);
+  c = (Case){"xent_tp_bwd", inst(OP_XENT_TP_BWD), {{n * V}, {n, 1, 601}, {n}, {n, 2}}, {{n * V}}};
+  c.x.n = n, c.x.v = V, c.x.v0 = 120, c.x.scale = 1.0 / n;
+  check(c, true);
+  for (int tb = 0; tb < 2; tb++) {
+    c = (Case){tb ? "head_xent (W^T)" : "head_xent", inst(OP_HEAD_XENT), {{n * d}, {V * d}, {n, 1, V}}, {{1}, {n}}};
+    c.x.m = n, c.x.n = V, c.x.k = d, c.x.tb = tb, c.x.scale = 1.0 / n;
+    check(c, false);
+    c = (Case){tb ? "head_xent_bwd (W^T)" : "head_xent_bwd", inst(OP_HEAD_XENT_BWD), {{n * d}, {V * d}, {n, 1, V}, {n, 2}},
+               {{n * d}, {V * d}}};
+    c.x.m = n, c.x.n = V, c.x.k = d, c.x.tb = tb, c.x.scale = 1.0 / n;
+    check(c, true);
+  }
+  optimizer(70001);
+  printf("%d passed, %d failed\n", ran - failures, failures);
+  return failures ? 1 : 0;
+}
