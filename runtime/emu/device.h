@@ -369,7 +369,7 @@ static void lmc_emu_ldmatrix_combine(const unsigned char *in, unsigned char *out
 // columns 2(l%4) and 2(l%4)+1 (with .trans, the transposed matrix)
 static inline void lmc_ldmatrix(unsigned *r, int n, int trans, const void *row) {
   LmcLdm f = {(const unsigned short *)row, n, trans};
-  if ((uintptr_t)row % 16) lmc_emu_api->trap("ldmatrix: a row address is not 16-byte aligned");
+  if (lmc_emu_lane() < 8u * n && (uintptr_t)row % 16) lmc_emu_api->trap("ldmatrix: a row address is not 16-byte aligned");
   memcpy(r, lmc_emu_api->warp(0xffffffffu, &f, sizeof f, lmc_emu_ldmatrix_combine, "ldmatrix"), 4 * n);
 }
 static inline void lmc_ldmatrix_x1(unsigned r[1], const void *p) { lmc_ldmatrix(r, 1, 0, p); }

@@ -208,8 +208,8 @@ static CUresult check_canaries(const char *kernel) {
     unsigned char *end = x->map + x->map_size - PAGE;
     for (unsigned char *c = x->base + x->size; c < end; c++)
       if (*c != CANARY)
-        return emu_fail(CUDA_ERROR_ILLEGAL_ADDRESS, "kernel %s wrote %td bytes past the end of a %zu-byte allocation",
-                        kernel, c - (x->base + x->size), x->size);
+        return emu_fail(CUDA_ERROR_ILLEGAL_ADDRESS, "kernel %s wrote past the end of a %zu-byte allocation, at byte %td",
+                        kernel, x->size, c - x->base);
   }
   return CUDA_SUCCESS;
 }

@@ -250,19 +250,88 @@ static uint64_t fnv(const char *s, uint64_t h) {
   return h;
 }
 
+/* ---- extern __shared__: the block's dynamic shared memory ---- */
+
+/* Brace depth at src + at, comments skipped. */
+static int depth_at(const char *src, size_t at) {
+  int d = 0;
+  for (const char *p = src; p < src + at; p++) {
+    if (p[0] == '/' && p[1] == '/') while (p < src + at && *p != '\n') p++;
+    else if (p[0] == '/' && p[1] == '*') {
+      const char *e = strstr(p + 2, "*/");
+      p = e ? e + 1 : src + at;
+    }
+    if (*p == '{') d++;
+    else if (*p == '}') d--;
+  }
+  return d;
+}
+
+static int line_at(const char *src, size_t at) {
+  int line = 1;
+  for (size_t i = 0; i < at; i++) line += src[i] == '\n';
+  return line;
+}
+
+/* `extern __shared__ [__align__(n)] T name[];` becomes a pointer to the
+ * engine's buffer for the block: a local in a function, a macro at file
+ * scope (with #line, so messages keep their lines). */
+static char *dynamic_shared(const char *src, const char *file) {
+  size_t cap = strlen(src) * 2 + 256, len = 0;
+  char *out = malloc(cap);
+  const char *p = src, *hit;
+  while ((hit = strstr(p, "extern __shared__"))) {
+    const char *semi = strchr(hit, ';'), *br = semi ? memchr(hit, '[', semi - hit) : NULL;
+    if (!br) break;
+    const char *ne = br;
+    while (ne > hit && isspace((unsigned char)ne[-1])) ne--;
+    const char *nb = ne;
+    while (nb > hit && (isalnum((unsigned char)nb[-1]) || nb[-1] == '_')) nb--;
+    char type[128] = "", name[64];
+    const char *tb = hit + strlen("extern __shared__");
+    for (const char *q = tb; q < nb && strlen(type) < sizeof type - 2;) {   /* drop __align__(...) */
+      if (!strncmp(q, "__align__", 9)) {
+        q = strchr(q, ')');
+        q = q ? q + 1 : nb;
+        continue;
+      }
+      size_t l = strlen(type);
+      type[l] = *q++, type[l + 1] = 0;
+    }
+    snprintf(name, sizeof name, "%.*s", (int)(ne - nb), nb);
+    char repl[512];
+    if (depth_at(src, hit - src) > 0)
+      snprintf(repl, sizeof repl, "%s *const %s = (%s *)lmc_emu_api->dyn_smem();", type, name, type);
+    else
+      snprintf(repl, sizeof repl, "\n#define %s ((%s *)lmc_emu_api->dyn_smem())\n#line %d \"%s\"\n", name, type,
+               line_at(src, hit - src), file);
+    size_t pre = hit - p, rl = strlen(repl);
+    if (len + pre + rl + 1 > cap) out = realloc(out, cap = (len + pre + rl) * 2 + 256);
+    memcpy(out + len, p, pre), len += pre;
+    memcpy(out + len, repl, rl), len += rl;
+    p = semi + 1;
+  }
+  size_t rest = strlen(p);
+  if (len + rest + 1 > cap) out = realloc(out, len + rest + 1);
+  memcpy(out + len, p, rest + 1);
+  return out;
+}
+
 /* The translation unit: device.h, the source, the kernel table. */
 static char *unit(struct _nvrtcProgram *x) {
   Tok *t;
   Def *defs = NULL;
   char **kernels = NULL;
   int n = 0, nd = 0, nk = 0;
+  char *src = dynamic_shared(x->src, x->name);
   t = tokenize(x->src, &n, &defs, &nd);
   scan(t, n, &defs, &nd, &kernels, &nk);
   propagate(t, defs, nd);
-  size_t cap = strlen(x->src) + 512 + nk * 160;
+  size_t cap = strlen(src) + 512 + nk * 160;
   char *u = malloc(cap);
   int len = snprintf(u, cap, "#include \"lmc_emu_device.h\"\n#line 1 \"%s\"\n%s\nstatic const EmuKernel lmc_emu_kernels[] = {\n",
-                     x->name, x->src);
+                     x->name, src);
+  free(src);
   for (int i = 0; i < nk; i++) {
     len += snprintf(u + len, cap - len, "  LMC_EMU_KERNEL(%s, %d)\n", kernels[i], def_sync(defs, nd, kernels[i]));
     free(kernels[i]);

@@ -1,0 +1,96 @@
+// Kernels for test_emu: the emulated CUDA platform's primitives against
+// what the CUDA programming guide and the PTX ISA say they do, and planted
+// faults it must report. lmc_mma_bf16_16816 and lmc_ldmatrix_* come from
+// the emulator here and from templates/kernels.cu's prelude on a GPU.
+typedef long long i64;
+
+// out[lane] for each shuffle kind over one warp, x = lane * 10
+extern "C" __global__ void shuffles(int *out) {
+  int lane = threadIdx.x, x = lane * 10;
+  out[0 * 32 + lane] = __shfl_sync(0xffffffff, x, 7);
+  out[1 * 32 + lane] = __shfl_sync(0xffffffff, x, lane + 3, 8);       // within groups of 8
+  out[2 * 32 + lane] = __shfl_up_sync(0xffffffff, x, 2);
+  out[3 * 32 + lane] = __shfl_down_sync(0xffffffff, x, 5, 16);
+  out[4 * 32 + lane] = __shfl_xor_sync(0xffffffff, x, 9);
+  out[5 * 32 + lane] = (int)__ballot_sync(0xffffffff, lane % 3 == 0);
+  out[6 * 32 + lane] = __any_sync(0xffffffff, lane == 31) + 2 * __all_sync(0xffffffff, lane < 31);
+  out[7 * 32 + lane] = __syncthreads_count(lane & 1);
+}
+
+// a block sum through shared memory, correctly synchronised
+extern "C" __global__ void block_sum(float *out, const float *x, int n) {
+  extern __shared__ float part[];
+  float s = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) s += x[blockIdx.x * n + i];
+  part[threadIdx.x] = s;
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w /= 2) {
+    if (threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[blockIdx.x] = part[0];
+}
+
+// the same without the barrier inside the loop: a race
+extern "C" __global__ void block_sum_racy(float *out, const float *x, int n) {
+  extern __shared__ float part[];
+  float s = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) s += x[blockIdx.x * n + i];
+  part[threadIdx.x] = s;
+  __syncthreads();
+  for (int w = blockDim.x / 2; w > 0; w /= 2)
+    if (threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
+  if (threadIdx.x == 0) out[blockIdx.x] = part[0];
+}
+
+// writes one element past the end (into the canary) or a page past it
+extern "C" __global__ void write_past(float *out, i64 n, i64 past) {
+  i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x;
+  if (i < n) out[i] = 1.0f;
+  if (i == n - 1) out[n - 1 + past] = 2.0f;
+}
+
+// lane 5 leaves before the warp's shuffle that names it
+extern "C" __global__ void shuffle_after_exit(float *out) {
+  float v = threadIdx.x;
+  if (threadIdx.x == 5) return;
+  out[threadIdx.x] = __shfl_xor_sync(0xffffffff, v, 1);
+}
+
+// bf16 and fp16 round trips of x[i]
+extern "C" __global__ void convert(unsigned short *bf, unsigned short *h, float *back, const float *x, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  __nv_bfloat16 b = __float2bfloat16(x[i]);
+  __half hh = __float2half(x[i]);
+  bf[i] = __bfloat16_as_ushort(b), h[i] = __half_as_ushort(hh);
+  back[2 * i] = __bfloat162float(b), back[2 * i + 1] = __half2float(hh);
+}
+
+// D[16x8] = A[16x16] B[16x8] on one warp: A and B (bf16, row-major) into
+// shared memory, fragments by ldmatrix (B transposed), one mma, D by the
+// accumulator layout (row g and g+8, columns 2t and 2t+1)
+extern "C" __global__ void mma_tile(float *d, const unsigned short *a, const unsigned short *b) {
+  __shared__ __align__(16) unsigned short sa[16 * 16], sb[16 * 8];
+  int lane = threadIdx.x, g = lane >> 2, t = lane & 3;
+  for (int i = lane; i < 256; i += 32) sa[i] = a[i];
+  for (int i = lane; i < 128; i += 32) sb[i] = b[i];
+  __syncwarp();
+  unsigned ra[4], rb[2];
+  // x4: lanes 0-15 give rows 0-15 of columns 0-7, lanes 16-31 rows 0-15 of columns 8-15
+  lmc_ldmatrix_x4(ra, &sa[(lane % 16) * 16 + (lane / 16) * 8]);
+  // x2.trans: lanes 0-15 give rows k = 0..15 of B (8 columns each)
+  lmc_ldmatrix_x2_trans(rb, &sb[(lane % 16) * 8]);
+  float c[4] = {0, 0, 0, 0}, r[4];
+  lmc_mma_bf16_16816(r, ra, rb, c);
+  d[g * 8 + 2 * t] = r[0], d[g * 8 + 2 * t + 1] = r[1];
+  d[(g + 8) * 8 + 2 * t] = r[2], d[(g + 8) * 8 + 2 * t + 1] = r[3];
+}
+
+// needs blockDim.x floats of dynamic shared memory
+extern "C" __global__ void uses_smem(float *out) {
+  extern __shared__ float buf[];
+  buf[threadIdx.x] = threadIdx.x;
+  __syncthreads();
+  out[threadIdx.x] = buf[blockDim.x - 1 - threadIdx.x];
+}

@@ -1,0 +1,365 @@
+/* test_emu.c: the emulated CUDA platform against what CUDA documents, and
+ * the faults it must report. Loads liblmc_cudaemu.so with dlopen, as
+ * runtime/cuda.c does, compiles tests/emu/kernels.cu with its NVRTC and
+ * checks: warp shuffles, votes and __syncthreads_count; a shared-memory
+ * block sum in three thread orders; bf16 and fp16 rounding (ties to even,
+ * overflow, subnormals, NaN); mma.m16n8k16 fed by ldmatrix against a plain
+ * product; stream capture into a graph and its replays; cuBLASLt with bf16
+ * inputs, row-major and batched layouts and epilogues against a direct
+ * computation. Planted faults: a missing __syncthreads, writes past an
+ * allocation (into its canary, and onto the guard page), a shuffle naming
+ * an exited lane, too much shared memory, too many threads, a host sync
+ * inside a capture, an operand outside its allocation, an unsupported
+ * epilogue. Usage: test_emu LIB KERNELS.CU */
+#include <cublasLt.h>
+#include <cuda.h>
+#include <dlfcn.h>
+#include <math.h>
+#include <nvrtc.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void *lib;
+static int failures, ran;
+
+#define F(name) ((__typeof__(&name))sym(#name))
+static void *sym(const char *name) {
+  static const char *v2[] = {"cuMemAlloc", "cuMemFree", "cuMemcpyHtoD", "cuMemcpyDtoH", "cuMemsetD8", "cuMemsetD32",
+                             "cuStreamBeginCapture", "cuStreamDestroy", "cuEventDestroy", "cuMemcpyHtoDAsync",
+                             "cuMemcpyDtoHAsync", "cuMemcpyDtoD", NULL};
+  char n[128];
+  snprintf(n, sizeof n, "%s", name);
+  for (int i = 0; v2[i]; i++)
+    if (!strcmp(name, v2[i])) snprintf(n, sizeof n, "%s_v2", name);
+  if (!strcmp(name, "cuGraphInstantiate")) snprintf(n, sizeof n, "cuGraphInstantiateWithFlags");
+  void *p = dlsym(lib, n);
+  if (!p) printf("FAIL: the emulator lacks %s\n", n), exit(1);
+  return p;
+}
+
+static void expect(bool ok, const char *what) {
+  printf("%-60s %s\n", what, ok ? "ok" : "FAIL");
+  failures += !ok, ran++;
+}
+
+static const char *err(void) {
+  const char *s;
+  F(cuGetErrorString)(CUDA_SUCCESS, &s);
+  return s;
+}
+
+/* rc must be want and the error text must contain text */
+static void expect_error(CUresult rc, CUresult want, const char *text, const char *what) {
+  bool ok = rc == want && strstr(err(), text);
+  if (!ok) printf("  got %d '%s', want %d and '%s'\n", (int)rc, err(), (int)want, text);
+  expect(ok, what);
+}
+
+static CUmodule module;
+
+static CUfunction fn(const char *name) {
+  CUfunction f;
+  if (F(cuModuleGetFunction)(&f, module, name)) printf("FAIL: no kernel %s: %s\n", name, err()), exit(1);
+  return f;
+}
+
+static CUdeviceptr dalloc(size_t n) {
+  CUdeviceptr p;
+  if (F(cuMemAlloc)(&p, n)) printf("FAIL: cuMemAlloc: %s\n", err()), exit(1);
+  return p;
+}
+
+static CUresult launch(const char *name, unsigned grid, unsigned block, unsigned smem, void **args) {
+  return F(cuLaunchKernel)(fn(name), grid, 1, 1, block, 1, 1, smem, NULL, args, NULL);
+}
+
+static void compile(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) printf("FAIL: cannot read %s\n", path), exit(1);
+  static char src[1 << 16];
+  src[fread(src, 1, sizeof src - 1, f)] = 0;
+  fclose(f);
+  nvrtcProgram p;
+  const char *opts[] = {"--gpu-architecture=sm_90", "--std=c++17", "-default-device"};
+  F(nvrtcCreateProgram)(&p, src, "kernels.cu", 0, NULL, NULL);
+  nvrtcResult rc = F(nvrtcCompileProgram)(p, 3, opts);
+  size_t n;
+  F(nvrtcGetProgramLogSize)(p, &n);
+  char *log = malloc(n);
+  F(nvrtcGetProgramLog)(p, log);
+  if (rc != NVRTC_SUCCESS) printf("FAIL: compile:\n%s\n", log), exit(1);
+  F(nvrtcGetCUBINSize)(p, &n);
+  char *bin = malloc(n);
+  F(nvrtcGetCUBIN)(p, bin);
+  if (F(cuModuleLoadData)(&module, bin)) printf("FAIL: cuModuleLoadData: %s\n", err()), exit(1);
+  free(bin), free(log);
+  F(nvrtcDestroyProgram)(&p);
+  /* a bad source: NVRTC_ERROR_COMPILATION with the compiler's message in the log */
+  F(nvrtcCreateProgram)(&p, "extern \"C\" __global__ void k(float *x) { x[0] = undeclared; }", "bad.cu", 0, NULL, NULL);
+  rc = F(nvrtcCompileProgram)(p, 3, opts);
+  F(nvrtcGetProgramLogSize)(p, &n);
+  log = malloc(n);
+  F(nvrtcGetProgramLog)(p, log);
+  expect(rc == NVRTC_ERROR_COMPILATION && strstr(log, "undeclared"), "NVRTC: a compile error comes back in the log");
+  free(log);
+  F(nvrtcDestroyProgram)(&p);
+}
+
+static void shuffles(void) {
+  CUdeviceptr d = dalloc(8 * 32 * 4);
+  int h[8 * 32];
+  void *a[] = {&d};
+  expect(!launch("shuffles", 1, 32, 0, a) && !F(cuMemcpyDtoH)(h, d, sizeof h), "shuffles: launch");
+  int bad = 0, ballot = 0;
+  for (int l = 0; l < 32; l += 3) ballot |= 1 << l;
+  for (int l = 0; l < 32; l++) {
+    int up = l >= 2 ? l - 2 : l, down = (l + 5) < (l & ~15) + 16 ? l + 5 : l;
+    int want[8] = {70, ((l & ~7) + ((l + 3) & 7)) * 10, up * 10, down * 10, (l ^ 9) * 10, ballot, 1, 16};
+    for (int k = 0; k < 8; k++) bad += h[k * 32 + l] != want[k];
+  }
+  expect(!bad, "shuffles: idx, width 8, up, down (width 16), xor, ballot, any/all, count");
+  F(cuMemFree)(d);
+}
+
+static void block_sums(void) {
+  int n = 1000, blocks = 3;
+  float *x = malloc(n * blocks * 4), out[3];
+  double want[3] = {0};
+  for (int i = 0; i < n * blocks; i++) x[i] = (float)((i * 37 % 101) - 50) / 8, want[i / n] += x[i];
+  CUdeviceptr dx = dalloc(n * blocks * 4), dout = dalloc(blocks * 4);
+  F(cuMemcpyHtoD)(dx, x, n * blocks * 4);
+  void *a[] = {&dout, &dx, &n};
+  CUresult rc = launch("block_sum", blocks, 256, 256 * 4, a);
+  F(cuMemcpyDtoH)(out, dout, sizeof out);
+  expect(!rc && out[0] == want[0] && out[1] == want[1] && out[2] == want[2], "block sum with barriers, in three orders");
+  expect_error(launch("block_sum_racy", blocks, 256, 256 * 4, a), CUDA_ERROR_LAUNCH_FAILED,
+               "kernel block_sum_racy gives different results when its threads and blocks run in reverse",
+               "planted: a missing __syncthreads is reported");
+  F(cuMemFree)(dx), F(cuMemFree)(dout), free(x);
+}
+
+static void faults(void) {
+  long long n = 1000, past = 1;
+  CUdeviceptr d = dalloc(n * 4);
+  void *a[] = {&d, &n, &past};
+  expect_error(launch("write_past", 4, 256, 0, a), CUDA_ERROR_ILLEGAL_ADDRESS,
+               "kernel write_past wrote past the end of a 4000-byte allocation, at byte 4000",
+               "planted: a write just past an allocation (its canary)");
+  F(cuMemFree)(d);
+  d = dalloc(n * 4), past = 100;   /* byte 4396: on the guard page after the 4096-byte body */
+  expect_error(launch("write_past", 4, 256, 0, a), CUDA_ERROR_ILLEGAL_ADDRESS,
+               "kernel write_past, block (3,0,0), thread (231,0,0): an access 396 bytes past the end of a 4000-byte",
+               "planted: a write onto the guard page names the thread");
+  F(cuMemFree)(d);
+  d = dalloc(32 * 4);
+  void *b[] = {&d};
+  expect_error(launch("shuffle_after_exit", 1, 32, 0, b), CUDA_ERROR_LAUNCH_FAILED,
+               "warp 0 waits in __shfl_xor_sync for lanes 0x00000020", "planted: a shuffle naming an exited lane");
+  expect_error(launch("uses_smem", 1, 32, 100000, b), CUDA_ERROR_INVALID_VALUE,
+               "kernel uses_smem asks for 100000 bytes of dynamic shared memory per block; it may use 49152",
+               "planted: too much shared memory");
+  expect(!F(cuFuncSetAttribute)(fn("uses_smem"), CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 100000) &&
+         !launch("uses_smem", 1, 32, 100000, b), "up to the opt-in limit after cuFuncSetAttribute");
+  expect_error(F(cuFuncSetAttribute)(fn("uses_smem"), CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 300000),
+               CUDA_ERROR_INVALID_VALUE, "the device allows 232448", "planted: past the opt-in limit");
+  expect_error(launch("uses_smem", 1, 2048, 0, b), CUDA_ERROR_INVALID_VALUE,
+               "kernel uses_smem asks for a block of 2048x1x1 threads", "planted: too many threads per block");
+  F(cuMemFree)(d);
+  char h[8];
+  expect_error(F(cuMemcpyDtoH)(h, d, 8), CUDA_ERROR_INVALID_VALUE, "is not in any device allocation",
+               "a copy from freed memory");
+}
+
+static void conversions(void) {
+  float x[] = {1.0f, 1.00390625f, 1.01171875f, 65520.0f, 1e-8f, 6e-8f, -3.0f, 3.0e38f, 3.4028235e38f, NAN};
+  unsigned short bf_want[] = {0x3f80, 0x3f80, 0x3f82, 0x4780, 0x322c, 0x3381, 0xc040, 0x7f62, 0x7f80, 0x7fff};
+  unsigned short h_want[] = {0x3c00, 0x3c04, 0x3c0c, 0x7c00, 0x0000, 0x0001, 0xc200, 0x7c00, 0x7c00, 0x7fff};
+  int n = 10;
+  unsigned short bf[10], h[10];
+  float back[20];
+  CUdeviceptr dbf = dalloc(20), dh = dalloc(20), db = dalloc(80), dx = dalloc(40);
+  F(cuMemcpyHtoD)(dx, x, sizeof x);
+  void *a[] = {&dbf, &dh, &db, &dx, &n};
+  launch("convert", 1, 64, 0, a);
+  F(cuMemcpyDtoH)(bf, dbf, 20), F(cuMemcpyDtoH)(h, dh, 20), F(cuMemcpyDtoH)(back, db, 80);
+  int bad = 0;
+  for (int i = 0; i < n; i++) {
+    if (bf[i] != bf_want[i] || h[i] != h_want[i])
+      bad++, printf("  %g: bf16 0x%04x (want 0x%04x), fp16 0x%04x (want 0x%04x)\n", x[i], bf[i], bf_want[i], h[i], h_want[i]);
+  }
+  bad += back[2 * 2] != 1.015625f || back[2 * 5 + 1] != 5.9604644775390625e-8f || back[2 * 3] != 65536.0f;
+  expect(!bad, "bf16 and fp16: round to nearest even, overflow, subnormals, NaN");
+  F(cuMemFree)(dbf), F(cuMemFree)(dh), F(cuMemFree)(db), F(cuMemFree)(dx);
+}
+
+static unsigned short bf16(float f) {   /* exact for the small integers used here */
+  unsigned u;
+  memcpy(&u, &f, 4);
+  return (unsigned short)(u >> 16);
+}
+
+static void mma(void) {
+  unsigned short a[256], b[128];
+  float A[16][16], B[16][8], d[128];
+  for (int i = 0; i < 16; i++)
+    for (int k = 0; k < 16; k++) A[i][k] = (float)((i * 7 + k * 3) % 11 - 5), a[i * 16 + k] = bf16(A[i][k]);
+  for (int k = 0; k < 16; k++)
+    for (int j = 0; j < 8; j++) B[k][j] = (float)((k * 5 + j * 13) % 9 - 4), b[k * 8 + j] = bf16(B[k][j]);
+  CUdeviceptr dd = dalloc(512), da = dalloc(512), db = dalloc(256);
+  F(cuMemcpyHtoD)(da, a, sizeof a), F(cuMemcpyHtoD)(db, b, sizeof b);
+  void *args[] = {&dd, &da, &db};
+  CUresult rc = launch("mma_tile", 1, 32, 0, args);
+  F(cuMemcpyDtoH)(d, dd, sizeof d);
+  int bad = rc != 0;
+  for (int i = 0; i < 16; i++)
+    for (int j = 0; j < 8; j++) {
+      float s = 0;
+      for (int k = 0; k < 16; k++) s += A[i][k] * B[k][j];
+      bad += d[i * 8 + j] != s;
+    }
+  expect(!bad, "mma.m16n8k16 (bf16, fp32 accumulate) fed by ldmatrix x4 and x2.trans");
+  F(cuMemFree)(dd), F(cuMemFree)(da), F(cuMemFree)(db);
+}
+
+static void graphs(void) {
+  int n = 300;
+  float *x = malloc(n * 4), out = -1;
+  double want = 0;
+  for (int i = 0; i < n; i++) x[i] = (float)(i % 17), want += x[i];
+  CUdeviceptr dx = dalloc(n * 4), dout = dalloc(4);
+  CUstream s;
+  CUgraph g;
+  CUgraphExec e;
+  F(cuStreamCreate)(&s, 0);
+  F(cuMemsetD32)(dout, 0, 1);
+  bool ok = !F(cuStreamBeginCapture)(s, CU_STREAM_CAPTURE_MODE_GLOBAL);
+  ok &= !F(cuMemcpyHtoDAsync)(dx, x, n * 4, s);
+  void *a[] = {&dout, &dx, &n};
+  ok &= !F(cuLaunchKernel)(fn("block_sum"), 1, 1, 1, 128, 1, 1, 128 * 4, s, a, NULL);
+  expect_error(F(cuCtxSynchronize)(), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "while a stream is being captured",
+               "planted: a host synchronisation inside a capture");
+  ok &= !F(cuStreamEndCapture)(s, &g);
+  F(cuMemcpyDtoH)(&out, dout, 4);
+  ok &= out == 0;   /* captured, not run */
+  ok &= !F(cuGraphInstantiate)(&e, g, 0);
+  for (int r = 0; r < 2; r++) {
+    F(cuMemsetD32)(dout, 0, 1);
+    ok &= !F(cuGraphLaunch)(e, s) && !F(cuStreamSynchronize)(s);
+    F(cuMemcpyDtoH)(&out, dout, 4);
+    ok &= out == want;
+  }
+  expect(ok, "stream capture records, a graph replays (twice)");
+  F(cuGraphExecDestroy)(e), F(cuGraphDestroy)(g), F(cuStreamDestroy)(s);
+  F(cuMemFree)(dx), F(cuMemFree)(dout), free(x);
+}
+
+/* ---- cuBLASLt ---- */
+
+static cublasLtMatrixLayout_t layout(cudaDataType t, int rows, int cols, int ld, int order, int batch, long long stride) {
+  cublasLtMatrixLayout_t l;
+  F(cublasLtMatrixLayoutCreate)(&l, t, rows, cols, ld);
+  F(cublasLtMatrixLayoutSetAttribute)(l, CUBLASLT_MATRIX_LAYOUT_ORDER, &order, sizeof order);
+  F(cublasLtMatrixLayoutSetAttribute)(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &batch, sizeof batch);
+  F(cublasLtMatrixLayoutSetAttribute)(l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof stride);
+  return l;
+}
+
+static double gelu(double x) { return 0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))); }
+
+static void lt(void) {
+  /* D[m,n] (fp32, column-major, 2 batches) = gelu(A^T B + bias), A stored
+   * k x m row-major bf16 (so op(A) = A^T is m x k), B k x n column-major
+   * bf16; then BGRADB gives the column sums of B */
+  int m = 5, n = 7, k = 9, batch = 2;
+  unsigned short a[2 * 9 * 5], b[2 * 9 * 7];
+  float fa[2 * 9 * 5], fb[2 * 9 * 7], bias[5] = {0.5f, -1, 0, 2, 0.25f}, d[2 * 5 * 7], bg[7];
+  for (int i = 0; i < batch * k * m; i++) fa[i] = (float)(i % 7 - 3) / 4, a[i] = bf16(fa[i]);
+  for (int i = 0; i < batch * k * n; i++) fb[i] = (float)(i % 5 - 2) / 2, b[i] = bf16(fb[i]);
+  CUdeviceptr da = dalloc(sizeof a), db = dalloc(sizeof b), dd = dalloc(sizeof d), dbias = dalloc(sizeof bias),
+              dbg = dalloc(sizeof bg);
+  F(cuMemcpyHtoD)(da, a, sizeof a), F(cuMemcpyHtoD)(db, b, sizeof b), F(cuMemcpyHtoD)(dbias, bias, sizeof bias);
+  cublasLtHandle_t h;
+  cublasLtMatmulDesc_t desc;
+  F(cublasLtCreate)(&h);
+  F(cublasLtMatmulDescCreate)(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+  cublasOperation_t T = CUBLAS_OP_T;
+  cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_GELU_BIAS;
+  void *bp = (void *)dbias;
+  long long bias_stride = 0;
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_TRANSA, &T, sizeof T);
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep);
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp);
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, &bias_stride, sizeof bias_stride);
+  int32_t bias_type = CUDA_R_32F;
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof bias_type);
+  /* A as stored: k rows x m cols, row-major (ld m); op(A) = A^T */
+  cublasLtMatrixLayout_t la = layout(CUDA_R_16BF, k, m, m, CUBLASLT_ORDER_ROW, batch, k * m),
+                         lb = layout(CUDA_R_16BF, k, n, k, CUBLASLT_ORDER_COL, batch, k * n),
+                         ld = layout(CUDA_R_32F, m, n, m, CUBLASLT_ORDER_COL, batch, m * n);
+  float alpha = 1, beta = 0;
+  cublasStatus_t rc = F(cublasLtMatmul)(h, desc, &alpha, (void *)da, la, (void *)db, lb, &beta, (void *)dd, ld,
+                                        (void *)dd, ld, NULL, NULL, 0, NULL);
+  F(cuMemcpyDtoH)(d, dd, sizeof d);
+  double worst = rc ? 1 : 0;
+  for (int q = 0; q < batch; q++)
+    for (int j = 0; j < n; j++)
+      for (int i = 0; i < m; i++) {
+        double s = bias[i];
+        for (int kk = 0; kk < k; kk++) s += (double)fa[q * k * m + kk * m + i] * fb[q * k * n + j * k + kk];
+        worst = fmax(worst, fabs(d[q * m * n + j * m + i] - gelu(s)) / fmax(1, fabs(gelu(s))));
+      }
+  expect(worst < 1e-6, "cuBLASLt: bf16 A (row-major, transposed) x B, batched, GELU_BIAS");
+  /* BGRADB on batch 0: column sums of B over k */
+  ep = CUBLASLT_EPILOGUE_BGRADB, bp = (void *)dbg;
+  int one = 1;
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep);
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp);
+  F(cublasLtMatrixLayoutSetAttribute)(la, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &one, sizeof one);
+  F(cublasLtMatrixLayoutSetAttribute)(lb, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &one, sizeof one);
+  F(cublasLtMatrixLayoutSetAttribute)(ld, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &one, sizeof one);
+  rc = F(cublasLtMatmul)(h, desc, &alpha, (void *)da, la, (void *)db, lb, &beta, (void *)dd, ld, (void *)dd, ld, NULL,
+                         NULL, 0, NULL);
+  F(cuMemcpyDtoH)(bg, dbg, sizeof bg);
+  worst = rc ? 1 : 0;
+  for (int j = 0; j < n; j++) {
+    double s = 0;
+    for (int kk = 0; kk < k; kk++) s += fb[j * k + kk];
+    worst = fmax(worst, fabs(bg[j] - s));
+  }
+  expect(worst < 1e-6, "cuBLASLt: BGRADB epilogue");
+  /* B's leading dimension reaching past its allocation */
+  cublasLtMatrixLayout_t wide = layout(CUDA_R_16BF, k, n, 4 * k, CUBLASLT_ORDER_COL, 1, 0);
+  ep = CUBLASLT_EPILOGUE_DEFAULT;
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep);
+  rc = F(cublasLtMatmul)(h, desc, &alpha, (void *)da, la, (void *)db, wide, &beta, (void *)dd, ld, (void *)dd, ld, NULL,
+                         NULL, 0, NULL);
+  expect(rc == CUBLAS_STATUS_INVALID_VALUE && strstr(err(), "matrix B (9x7, ld 36)") && strstr(err(), "past the end"),
+         "planted: a cuBLASLt operand outside its allocation");
+  ep = CUBLASLT_EPILOGUE_DRELU;
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep);
+  rc = F(cublasLtMatmul)(h, desc, &alpha, (void *)da, la, (void *)db, lb, &beta, (void *)dd, ld, (void *)dd, ld, NULL,
+                         NULL, 0, NULL);
+  expect(rc == CUBLAS_STATUS_NOT_SUPPORTED && strstr(err(), "is not emulated"),
+         "an epilogue the emulator lacks is an error, not a fallback");
+  F(cublasLtMatrixLayoutDestroy)(la), F(cublasLtMatrixLayoutDestroy)(lb), F(cublasLtMatrixLayoutDestroy)(ld);
+  F(cublasLtMatrixLayoutDestroy)(wide), F(cublasLtMatmulDescDestroy)(desc);
+  F(cuMemFree)(da), F(cuMemFree)(db), F(cuMemFree)(dd), F(cuMemFree)(dbias), F(cuMemFree)(dbg);
+}
+
+int main(int argc, char **argv) {
+  if (argc < 3) printf("usage: test_emu LIB KERNELS.CU\n"), exit(2);
+  if (!(lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL))) printf("FAIL: %s\n", dlerror()), exit(1);
+  F(cuInit)(0);
+  compile(argv[2]);
+  shuffles();
+  block_sums();
+  faults();
+  conversions();
+  mma();
+  graphs();
+  lt();
+  printf("%d passed, %d failed\n", ran - failures, failures);
+  return failures ? 1 : 0;
+}
