@@ -61,27 +61,12 @@ compare() {   # compare NAME SPEC [--set ...]
     "$bin/lmrun" "$work/$name" --data "$data" --backend "$be" --quiet --eval-interval 20 --eval-batches 2 \
       --out "$work/$name.$be.d" 2>&1 || { mkdir -p "$work/$name.$be.d"; echo "lmrun --backend $be failed"; }
   done
-  python3 - "$work/$name.cpu.d/metrics.jsonl" "$work/$name.cuda.d/metrics.jsonl" "$name" <<'PY' || status=1
-import json, sys
-try:
-    cpu = [r for r in map(json.loads, open(sys.argv[1])) if "step" in r]
-    gpu = [r for r in map(json.loads, open(sys.argv[2])) if "step" in r]
-except OSError as e:
-    print("FAIL", sys.argv[3], e); sys.exit(1)
-worst = {"loss": 0.0, "grad_norm": 0.0, "val_loss": 0.0}
-for c, g in zip(cpu, gpu):
-    for k in worst:
-        if k in c and k in g:
-            worst[k] = max(worst[k], abs(c[k] - g[k]) / abs(c[k]))
-ok = len(cpu) == len(gpu) and all(v < 2e-3 for v in worst.values())
-print("%s %s: max rel diff loss %.2e, grad norm %.2e, val loss %.2e over %d records" % (
-    "ok  " if ok else "FAIL", sys.argv[3], worst["loss"], worst["grad_norm"], worst["val_loss"], len(gpu)))
-sys.exit(0 if ok else 1)
-PY
+  python3 tests/e2e/compare_metrics.py "$work/$name.cpu.d/metrics.jsonl" "$work/$name.cuda.d/metrics.jsonl" "$name" || status=1
 }
 compare llama models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 --set seq=64
 compare llama_m2 models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 --set seq=64 --set microbatches=2
 compare gpt2 models/gpt2-124m.lm --set V=256 --set D=128 --set H=4 --set L=2 --set batch=8 --set seq=64
+compare llama_fused models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 --set seq=64 --fuse=always
 
 echo "== bench: GPT-2 124M shape and tiny, CPU then CUDA"
 "$bin/lmc" models/gpt2-124m.lm -q -o "$work/b124" --set batch=4 --set seq=64

@@ -1,0 +1,28 @@
+"""Compares two runs' metrics.jsonl step by step: loss, gradient norm and
+validation loss within a relative tolerance. Used by the emulated-CUDA test
+and by scripts/gpu_check.sh.
+Usage: compare_metrics.py REF.jsonl GOT.jsonl NAME [RTOL]"""
+import json
+import sys
+
+
+def records(path):
+    return [r for r in map(json.loads, open(path)) if "step" in r]
+
+
+ref_path, got_path, name = sys.argv[1:4]
+rtol = float(sys.argv[4]) if len(sys.argv) > 4 else 2e-3
+try:
+    ref, got = records(ref_path), records(got_path)
+except OSError as e:
+    print("FAIL", name, e)
+    sys.exit(1)
+worst = {"loss": 0.0, "grad_norm": 0.0, "val_loss": 0.0}
+for r, g in zip(ref, got):
+    for k in worst:
+        if k in r and k in g:
+            worst[k] = max(worst[k], abs(r[k] - g[k]) / abs(r[k]))
+ok = len(ref) == len(got) and len(ref) > 0 and all(v < rtol for v in worst.values())
+print("%s %s: max rel diff loss %.2e, grad norm %.2e, val loss %.2e over %d records (tolerance %.0e)" % (
+    "ok  " if ok else "FAIL", name, worst["loss"], worst["grad_norm"], worst["val_loss"], len(got), rtol))
+sys.exit(0 if ok else 1)
