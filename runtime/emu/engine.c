@@ -54,7 +54,8 @@ typedef struct Warp {
   EmuCombine combine;
   const char *what;
   unsigned gen;
-  unsigned char in[2][32][LMC_EMU_SLOT], out[2][32][LMC_EMU_SLOT];
+  _Alignas(16) unsigned char in[2][32][LMC_EMU_SLOT];   /* slots hold any lane type */
+  _Alignas(16) unsigned char out[2][32][LMC_EMU_SLOT];
 } Warp;
 
 static Thread threads[MAX_THREADS];
