@@ -4,17 +4,18 @@
 # with 2 microbatches, GPT-2, the fused LM head), shrunk to emulator size,
 # train 20 steps from one seed on the CPU backend and on --backend
 # cuda-emu, and every step's loss, gradient norm and the validation loss
-# agree within 1e-5 (fp32; they differ only in summation order).
-BIN=$1 SRC=$2
+# agree within 1e-5 (fp32; they differ only in summation order). The
+# sanitizer build runs STEPS (the third argument) steps instead.
+BIN=$1 SRC=$2 STEPS=${3:-20}
 . "$SRC/tests/e2e/common.sh"
 need_data
 status=0
 compare() {   # compare NAME SPEC [--set ...]
   name=$1 spec=$2
   shift 2
-  "$LMC" "$spec" -q -o "$WORK/$name" --set steps=20 --set warmup=5 "$@"
+  "$LMC" "$spec" -q -o "$WORK/$name" --set steps="$STEPS" --set warmup=5 "$@"
   for be in cpu cuda-emu; do
-    "$LMRUN" "$WORK/$name" --data "$DATA" --backend $be --quiet --eval-interval 20 --eval-batches 2 \
+    "$LMRUN" "$WORK/$name" --data "$DATA" --backend $be --quiet --eval-interval "$STEPS" --eval-batches 2 \
       --out "$WORK/$name.$be" || fail "$name: lmrun --backend $be failed"
   done
   python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/$name.cpu/metrics.jsonl" "$WORK/$name.cuda-emu/metrics.jsonl" \
