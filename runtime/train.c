@@ -11,6 +11,7 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <errno.h>
+#include <unistd.h>
 
 double lr_at(const Train *t, int64_t steps, int64_t step) {
   if (step < t->warmup) return t->lr * (double)(step + 1) / (double)t->warmup;
@@ -48,6 +49,7 @@ typedef struct Loop {
   TrainOpts *o;
   Data *d;
   FILE *metrics;
+  char metrics_path[1200];
   int32_t *rows;
   int64_t steps, max_steps, start;
   uint64_t seed;
@@ -56,12 +58,20 @@ typedef struct Loop {
   double t_steps, wait0;   /* time in steps after the first, and the wait before them */
 } Loop;
 
+/* Each line reaches the file before the step goes on: a killed run keeps
+ * every step it logged. A write that fails (a full disk) ends the run. */
+static void flush_metrics(Loop *L) {
+  if (fflush(L->metrics) || ferror(L->metrics))
+    rt_die("cannot write metrics file '%s': %s", L->metrics_path, strerror(errno));
+}
+
 static void log_step(Loop *L, int64_t step, double loss, double lr, double norm, double dt) {
   Bundle *b = L->r->b;
   double toks = (double)b->train.batch * b->T;
   if (!L->metrics) return;               /* not the leader */
   fprintf(L->metrics, "{\"step\":%lld,\"loss\":%.17g,\"lr\":%.17g,\"grad_norm\":%.17g,\"ms\":%.2f}\n",
           (long long)step, loss, lr, norm, dt * 1e3);
+  flush_metrics(L);
   if (L->o->quiet || (step % L->o->log_interval && step != L->max_steps && step != L->start + 1)) return;
   double el = rt_now() - L->t0, per = el / (double)(step - L->start);
   char eta[32];
@@ -75,7 +85,7 @@ static void eval_and_log(Loop *L, int64_t step) {
   double vl = eval_loss(L->r, L->d, L->o->eval_batches, L->rows);
   if (!L->metrics) return;
   fprintf(L->metrics, "{\"step\":%lld,\"val_loss\":%.17g}\n", (long long)step, vl);
-  fflush(L->metrics);
+  flush_metrics(L);
   if (!L->o->quiet) printf("step %5lld | val loss %.4f\n", (long long)step, vl), fflush(stdout);
 }
 
@@ -86,14 +96,34 @@ static void save(Loop *L, int64_t step) {
   if (!L->o->quiet) printf("step %5lld | saved %s/step_%08lld\n", (long long)step, L->ckpt_dir, (long long)step);
 }
 
+/* On resume the metrics keep the lines up to the checkpoint's step and
+ * drop later ones (steps a killed run logged after its last checkpoint
+ * run again) and a torn last line; rewritten aside, then renamed. */
+static void trim_metrics(const char *path, int64_t upto) {
+  FILE *in = fopen(path, "r");
+  if (!in) return;
+  char tmp[1300], line[4096];
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  FILE *out = fopen(tmp, "w");
+  if (!out) rt_die("cannot write metrics file '%s': %s", tmp, strerror(errno));
+  while (fgets(line, sizeof line, in)) {
+    long long s;
+    if (!strchr(line, '\n') || (sscanf(line, "{\"step\":%lld", &s) == 1 && s > upto)) continue;
+    fputs(line, out);
+  }
+  fclose(in);
+  if (fflush(out) || ferror(out) || fsync(fileno(out)) || fclose(out) || rename(tmp, path))
+    rt_die("cannot write metrics file '%s': %s", tmp, strerror(errno));
+}
+
 static void open_metrics(Loop *L) {
-  char path[1200];
   if (L->r->b->rank != 0) return;
   if (mkdir(L->o->out_dir, 0777) != 0 && errno != EEXIST)
     rt_die("cannot create the output folder '%s': %s", L->o->out_dir, strerror(errno));
-  snprintf(path, sizeof path, "%s/metrics.jsonl", L->o->out_dir);
-  L->metrics = fopen(path, L->start > 0 ? "a" : "w");
-  if (!L->metrics) rt_die("cannot write metrics file '%s'", path);
+  snprintf(L->metrics_path, sizeof L->metrics_path, "%s/metrics.jsonl", L->o->out_dir);
+  if (L->start > 0) trim_metrics(L->metrics_path, L->start);
+  L->metrics = fopen(L->metrics_path, L->start > 0 ? "a" : "w");
+  if (!L->metrics) rt_die("cannot write metrics file '%s': %s", L->metrics_path, strerror(errno));
 }
 
 /* Each rank's measured activation peak next to the plan, gathered to rank
@@ -161,7 +191,10 @@ int train_run(Run *r, TrainOpts *o) {
     if (o->save_interval > 0 && ((step + 1) % o->save_interval == 0 || last)) save(&L, step + 1);
   }
   report_memory(&L);
-  if (L.metrics) fclose(L.metrics);
+  if (L.metrics) {
+    flush_metrics(&L);
+    if (fclose(L.metrics)) rt_die("cannot write metrics file '%s': %s", L.metrics_path, strerror(errno));
+  }
   free(L.rows);
   data_free(L.d);
   return 0;
