@@ -32,22 +32,39 @@ Node *ast_str(Loc loc, const char *text) {
   return n;
 }
 
+/* Every phase after the parser walks expressions recursively: a nesting
+ * deeper than this (a + b + ... of 150,000 terms) is an error here rather
+ * than a stack overflow there. */
+enum { MAX_DEPTH = 1000 };
+
+static Node *nest(Node *n, Node *a, Node *b, Node *list) {
+  int d = 0;
+  if (a && a->depth > d) d = a->depth;
+  if (b && b->depth > d) d = b->depth;
+  for (Node *x = list; x; x = x->next)
+    if (x->depth > d) d = x->depth;
+  n->depth = d + 1;
+  if (n->depth > MAX_DEPTH)
+    diag_error(n->loc, "expr-depth", "expression nested more than %d levels deep; name some of its parts", MAX_DEPTH);
+  return n;
+}
+
 Node *ast_binop(Loc loc, int op, Node *a, Node *b) {
   Node *n = ast_new(N_BINOP, loc);
   n->op = op, n->a = a, n->b = b;
-  return n;
+  return nest(n, a, b, NULL);
 }
 
 Node *ast_neg(Loc loc, Node *a) {
   Node *n = ast_new(N_NEG, loc);
   n->a = a;
-  return n;
+  return nest(n, a, NULL, NULL);
 }
 
 Node *ast_call(Loc loc, Node *fn, Node *args) {
   Node *n = ast_new(N_CALL, loc);
   n->name = fn->name, n->a = fn, n->list = args;
-  return n;
+  return nest(n, NULL, NULL, args);
 }
 
 Node *ast_kwarg(Loc loc, Node *key, Node *val) {

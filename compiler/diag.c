@@ -22,12 +22,16 @@ static void show_line(Loc loc) {
   const char *e = p;
   while (e < end && *e != '\n')
     e++;
-  fprintf(stderr, "  ");
-  for (const char *q = p; q < e; q++)
+  /* a very long line shows a window of it around the caret */
+  const char *from = p;
+  if (e - p > 400 && loc.col > 100) from = p + loc.col - 100;
+  if (e - p > 400 && e - from > 300) e = from + 300;
+  fprintf(stderr, "  %s", from > p ? "..." : "");
+  for (const char *q = from; q < e; q++)
     fputc((unsigned char)*q >= 32 && (unsigned char)*q < 127 ? *q : (*q == '\t' ? '\t' : '?'), stderr);
-  fprintf(stderr, "\n  ");
-  for (int i = 1; i < loc.col && p + i - 1 < e; i++)
-    fputc(p[i - 1] == '\t' ? '\t' : ' ', stderr);
+  fprintf(stderr, "\n  %s", from > p ? "   " : "");
+  for (const char *q = from; q < p + loc.col - 1 && q < e; q++)
+    fputc(*q == '\t' ? '\t' : ' ', stderr);
   fputc('^', stderr);
   int width = loc.end_line == loc.line ? loc.end_col - loc.col : 1;
   for (int i = 1; i < width && p + loc.col - 1 + i < e; i++)

@@ -63,6 +63,7 @@ struct Node {
   Node *a, *b;        /* operands, value, count, init */
   Node *list;         /* args, dims, body, params */
   Node *next;         /* sibling in a list */
+  int depth;          /* expression nesting, bounded so later phases may recurse */
 };
 
 Node *ast_new(NodeKind kind, Loc loc);
