@@ -4,6 +4,7 @@
  * in two lists, each in execution order. The printer here is --dump=ir
  * and --dump=grad; the verifier is --verify-each. */
 #include "lmc.h"
+#include <stdlib.h>
 #include <string.h>
 
 const char *op_names[NUM_OPS] = {
@@ -43,7 +44,23 @@ Graph *ir_new(Program *p) {
   return g;
 }
 
+Loc ir_loc;
+
+/* Every tensor is checked as it is made: absurd sizes (a batch of 10^15)
+ * are an error at the expression that makes them, not a wrapped count. */
 Value *ir_value(Graph *g, int kind, const char *name, Shape shape) {
+  if (shape_numel(&shape) > ((int64_t)1 << 40)) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    for (int i = 0; i < shape.rank; i++)
+      fprintf(f, "%s%s=%lld", i ? ", " : "", shape.dim[i] >= 0 ? g->prog->dims[shape.dim[i]].name : "?",
+              (long long)shape.size[i]);
+    fclose(f);
+    char *dims = arena_strdup(text ? text : "");
+    free(text);
+    diag_error(ir_loc, "too-large", "a tensor of this expression would have more than 2^40 elements (%s)", dims);
+  }
   Value *v = arena_alloc(sizeof(Value));
   v->id = g->nvals, v->kind = kind, v->name = name, v->shape = shape;
   GROW(g->vals, g->nvals, g->capvals);
@@ -90,10 +107,11 @@ double ir_get(Inst *in, const char *key) {
   internal_error("missing attribute");
 }
 
+/* Saturates at INT64_MAX rather than wrap: the size checks compare it. */
 int64_t shape_numel(const Shape *s) {
   int64_t n = 1;
   for (int i = 0; i < s->rank; i++)
-    n *= s->size[i];
+    if (__builtin_mul_overflow(n, s->size[i], &n)) return INT64_MAX;
   return n;
 }
 

@@ -213,6 +213,7 @@ Value *ir_value(Graph *g, int kind, const char *name, Shape shape);
 Inst *ir_inst(Graph *g, int op, bool bwd, Loc loc);
 void ir_set(Inst *in, const char *key, double v);
 double ir_get(Inst *in, const char *key);
+extern Loc ir_loc;                      /* the expression lower is building, for size errors */
 int64_t shape_numel(const Shape *s);
 void ir_print_shape(FILE *out, Program *p, const Shape *s);
 void ir_dump(FILE *out, Graph *g, bool bwd);

@@ -350,6 +350,7 @@ static Value *lower_call(Env *e, Node *n) {
   for (Node *x = n->list; x; x = x->next)
     if (x->kind != N_KWARG) a[na++] = lower_expr(e, x);
   int op = sema_op(n->name);
+  ir_loc = n->loc;
   switch (op) {
   case OP_EMBED: return lower_embed(n->loc, a[0], a[1]);
   case OP_MATMUL: return lower_matmul(n->loc, a[0], a[1]);
@@ -371,6 +372,7 @@ static Value *lower_expr(Env *e, Node *n) {
   case N_IDENT: return lookup(e, n->name);
   case N_BINOP: {
     Value *a = lower_expr(e, n->a), *b = lower_expr(e, n->b);
+    ir_loc = n->loc;
     return lower_pointwise(n->loc, n->op == '+' ? OP_ADD : OP_MUL, a, b);
   }
   case N_CALL: return lower_call(e, n);
@@ -398,6 +400,7 @@ static void lower_param(Env *e, Node *s) {
     dims[n++] = dim_id(d->name);
   }
   Shape sh = shape_of_dims(n, dims);
+  ir_loc = s->loc;
   if (shape_numel(&sh) > ((int64_t)1 << 34))
     diag_error(s->loc, "too-large", "parameter '%s' has %lld elements (limit 2^34)", name,
                (long long)shape_numel(&sh));
@@ -457,6 +460,7 @@ static Value *lower_block(Node *blk, Value **args, const char *prefix, Loc loc) 
 
 static Value *input(Env *e, const char *name) {
   int dims[2] = {dim_id("B"), dim_id("T")};
+  ir_loc = P->model->loc;
   Value *v = ir_value(G, V_INPUT, name, shape_of_dims(2, dims));
   v->is_int = true;
   bind(e, name, v, P->model->loc);

@@ -211,8 +211,8 @@ static void store(Settings *st, const Key *k, Program *p, Node *v, const char *s
     double d = strtod(sv, &end);
     if (*end || !*sv)
       diag_fatal("bad-set", "--set %s=%s: expected a number", k->name, sv);
-    if (k->kind == 'i') {
-      if (d != floor(d) || d < 0 || d > 1e15)
+    if (k->kind == 'i') {   /* the sign is checked with the setting's other limits */
+      if (d != floor(d) || fabs(d) > 1e15)
         diag_fatal("bad-set", "--set %s=%s: expected a whole number", k->name, sv);
       *(int64_t *)base = (int64_t)d;
     } else
@@ -273,7 +273,18 @@ static Node *setting_node(Node *sec, const char *key) {
   return NULL;
 }
 
+/* A value from --set is reported at the command-line argument. */
+static Loc set_loc(const char *key, const char *value) {
+  SrcFile *f = arena_alloc(sizeof *f);
+  f->name = "<command line>";
+  f->text = arena_printf("--set %s=%s", key, value);
+  f->len = (long)strlen(f->text);
+  return (Loc){f, 1, 7, 1, (int)f->len + 1};
+}
+
 static Loc setting_loc(Program *p, Node *sec, const char *key) {
+  const char *sv = set_value(key);
+  if (sv) return set_loc(key, sv);
   Node *s = setting_node(sec, key);
   return s ? s->loc : (sec ? sec->loc : p->model->loc);
 }
@@ -302,7 +313,16 @@ static void check_settings(Program *p) {
     if (s->mesh[a] <= 0 || s->mesh[a] > 4096)
       diag_error(setting_loc(p, p->parallel, axis_names[a]), "bad-setting",
                  "mesh axis %s must be in 1..4096", axis_names[a]);
+  struct { const char *k; int64_t v; } nonneg[] = {
+      {"warmup", s->warmup}, {"seed", s->seed}, {"eval_every", s->eval_every},
+      {"eval_batches", s->eval_batches}, {"save_every", s->save_every}};
+  for (size_t i = 0; i < sizeof nonneg / sizeof *nonneg; i++)
+    if (nonneg[i].v < 0)
+      diag_error(setting_loc(p, p->train, nonneg[i].k), "bad-setting", "'%s' must not be negative", nonneg[i].k);
   if (s->min_lr < 0) s->min_lr = s->lr * 0.1;
+  if (s->batch > ((int64_t)1 << 31))
+    diag_error(setting_loc(p, p->train, "batch"), "bad-setting", "batch %lld is too large (limit 2^31)",
+               (long long)s->batch);
   if (s->seq > (1 << 20))
     diag_error(setting_loc(p, p->train, "seq"), "bad-setting", "seq %lld is too long (limit 2^20)", (long long)s->seq);
   int64_t per = s->mesh[AX_DP] * s->microbatches;
