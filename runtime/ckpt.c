@@ -252,18 +252,28 @@ static void read_pieces(Run *r, const char *path, Shards *sh, CkptInfo *info, bo
   if (!model || !step || !seed || !dtype) rt_die("checkpoint '%s' is corrupt: bad header", path);
   if (strncmp(model, b->model, strlen(b->model)) || model[strlen(b->model)] != '\n')
     rt_die("checkpoint '%s' was saved from another model than '%s'", path, b->model);
-  if (first) info->step = atoll(step), info->seed = strtoull(seed, NULL, 10);
-  else if (atoll(step) != info->step) rt_die("checkpoint '%s' mixes shards of different steps", path);
+  char *end;
+  long long st = strtoll(step, &end, 10);
+  unsigned long long sd = strtoull(seed, NULL, 10);
+  if (end == step || *end != '\n' || st < 0 || st > (long long)1e15 || (strncmp(dtype, "f32\n", 4) && strncmp(dtype, "f64\n", 4)))
+    rt_die("checkpoint '%s' is corrupt: bad step or dtype in its header", path);
+  if (first) info->step = st, info->seed = sd;
+  else if (st != info->step) rt_die("checkpoint '%s' mixes shards of different steps", path);
   int esz = !strncmp(dtype, "f64", 3) ? 8 : 4;
+  if (first && esz != r->be->elem)
+    fprintf(stderr, "lmrun: note: checkpoint '%s' holds %s values; continuing in %s\n", path, esz == 8 ? "f64" : "f32",
+            r->be->elem == 8 ? "f64" : "f32");
   size_t off = 12 + strlen(h);
+  if (off + 8 > n) rt_die("checkpoint '%s' is corrupt: too short", path);
   for (const char *p = strstr(h, "\nparam "); p; p = strstr(p + 1, "\nparam ")) {
     Piece pc = {.esz = esz};
     long long numel;
     if (sscanf(p, "\nparam %127s %lld split=%d part=%d parts=%d", pc.name, &numel, &pc.split, &pc.part,
-               &pc.parts) != 5 || numel <= 0 || pc.parts < 1 || pc.part < 0 || pc.part >= pc.parts)
+               &pc.parts) != 5 || numel <= 0 || pc.parts < 1 || pc.parts > 4096 || pc.part < 0 ||
+        pc.part >= pc.parts || pc.split < -1 || pc.split >= 6)
       rt_die("checkpoint '%s' is corrupt: bad parameter list", path);
     pc.n = numel;
-    if (off + 3 * numel * esz > n - 8) rt_die("checkpoint '%s' is corrupt: too short", path);
+    if ((size_t)numel > (n - 8 - off) / (3 * (size_t)esz)) rt_die("checkpoint '%s' is corrupt: too short", path);
     pc.data = buf + off;
     off += 3 * numel * esz;
     sh->pieces = realloc(sh->pieces, (sh->npieces + 1) * sizeof(Piece));

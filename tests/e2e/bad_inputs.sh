@@ -49,7 +49,21 @@ MSG="checkpoint '$WORK/empty' holds no shards" expect_error "$LMRUN" "$WORK/b" -
 small_model "$WORK/other" --set D=32 --set steps=4 --set batch=2 --set seq=16
 MSG="does not match the bundle: it has tok_embed (16384 elements) where the bundle has tok_embed (8192 elements)" \
   expect_error "$LMRUN" "$WORK/other" --data "$DATA" --resume "$CK"
+# headers that lie under a valid checksum
+forge() {   # forge NAME PATTERN REPLACEMENT
+  mkdir "$WORK/$1" && python3 "$SRC/tests/e2e/forge_ckpt.py" "$CK/rank0.ckpt" "$WORK/$1/rank0.ckpt" "$2" "$3"
+}
+forge negstep 'step 2' 'step -5'
+MSG="checkpoint '$WORK/negstep/rank0.ckpt' is corrupt: bad step or dtype in its header" \
+  expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$WORK/negstep"
+forge wrap 'param tok_embed [0-9]+ ' 'param tok_embed 3074457345618258603 '
+MSG="checkpoint '$WORK/wrap/rank0.ckpt' is corrupt: too short" expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$WORK/wrap"
+forge parts 'split=-1 part=0 parts=1' 'split=0 part=0 parts=2147483647'
+MSG="checkpoint '$WORK/parts/rank0.ckpt' is corrupt: bad parameter list" \
+  expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$WORK/parts"
+forge dtype 'dtype f32' 'dtype f16'
+MSG="is corrupt: bad step or dtype in its header" expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$WORK/dtype"
 MSG="nothing to do: the run is at step 4" expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$WORK/b/ckpt/latest"
 MSG="unknown option '--bogus'" expect_error "$LMRUN" "$WORK/b" --bogus
 MSG="--max-steps takes a non-negative integer, got 'ten'" expect_error "$LMRUN" "$WORK/b" --max-steps ten
-echo "22 passed, 0 failed"
+echo "26 passed, 0 failed"
