@@ -2,10 +2,15 @@
  * launcher (mpirun) started it, so a plain single-rank run never touches
  * MPI. Each mesh axis gets one communicator per group: the ranks that
  * agree on every other axis. A fatal error on any rank aborts the whole
- * job (MPI_Abort), so no rank waits forever on a dead peer. */
+ * job (MPI_Abort), so no rank waits forever on a dead peer; and every
+ * collective or transfer is started nonblocking and waited for against a
+ * deadline (comm_timeout seconds, $LMC_COMM_TIMEOUT or --comm-timeout,
+ * default 300), so a peer that is stopped or hung ends the job too, with
+ * the operation this rank was waiting on. */
 #include "lmrt.h"
 #include <mpi.h>
 #include <omp.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -13,6 +18,29 @@
 static bool active;
 static int my_rank, my_world = 1;
 static MPI_Comm groups[4];
+static const char *axis_name[4] = {"dp", "tp", "pp", "ep"};
+double comm_timeout = 300;
+
+/* Waits for req, polling; past the deadline the job ends naming what
+ * this rank waited for (what, printf style). */
+static void wait_for(MPI_Request *req, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void wait_for(MPI_Request *req, const char *fmt, ...) {
+  double t0 = rt_now();
+  for (long spins = 0;; spins++) {
+    int done = 0;
+    if (MPI_Test(req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) rt_die("MPI_Test failed");
+    if (done) return;
+    if (spins % 1024 == 1023 && rt_now() - t0 > comm_timeout) {
+      char what[256];
+      va_list ap;
+      va_start(ap, fmt);
+      vsnprintf(what, sizeof what, fmt, ap);
+      va_end(ap);
+      rt_die("no progress for %g s in %s: a peer rank is stopped, hung or far behind; ending the job "
+             "(the limit is --comm-timeout or LMC_COMM_TIMEOUT)", comm_timeout, what);
+    }
+  }
+}
 
 static void abort_job(void) {
   if (active) MPI_Abort(MPI_COMM_WORLD, 1);
@@ -29,6 +57,8 @@ void comm_init(int *argc, char ***argv) {
   MPI_Comm_rank(MPI_COMM_WORLD, &my_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &my_world);
   rt_die_rank = my_rank, rt_die_hook = abort_job;
+  const char *t = getenv("LMC_COMM_TIMEOUT");
+  if (t && atof(t) > 0) comm_timeout = atof(t);
   /* share the cores among the ranks on this node */
   const char *local = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
   if (local && !getenv("OMP_NUM_THREADS")) {
@@ -56,8 +86,10 @@ void comm_allreduce(void *buf, int64_t n, int elem, int axis, int op) {
   MPI_Datatype t = elem == 8 ? MPI_DOUBLE : MPI_FLOAT;
   for (int64_t off = 0; off < n; off += 1 << 30) {
     int c = (int)(n - off < (1 << 30) ? n - off : (1 << 30));
-    int rc = MPI_Allreduce(MPI_IN_PLACE, (char *)buf + off * elem, c, t, op ? MPI_MAX : MPI_SUM, groups[axis]);
-    if (rc != MPI_SUCCESS) rt_die("MPI_Allreduce failed (%d)", rc);
+    MPI_Request req;
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, (char *)buf + off * elem, c, t, op ? MPI_MAX : MPI_SUM, groups[axis], &req);
+    if (rc != MPI_SUCCESS) rt_die("MPI_Iallreduce failed (%d)", rc);
+    wait_for(&req, "an all-reduce of %d values over the %s group", c, axis_name[axis]);
   }
 }
 
@@ -92,14 +124,15 @@ void comm_isend(const void *buf, int64_t n, int elem, int peer, int tag, int axi
 
 void comm_recv(void *buf, int64_t n, int elem, int peer, int tag, int axis) {
   if (!active) rt_die("a receive needs ranks: run under mpirun");
-  if (MPI_Recv(buf, (int)n, type_of(elem), peer, tag, groups[axis], MPI_STATUS_IGNORE) != MPI_SUCCESS)
-    rt_die("MPI_Recv failed");
+  MPI_Request req;
+  if (MPI_Irecv(buf, (int)n, type_of(elem), peer, tag, groups[axis], &req) != MPI_SUCCESS) rt_die("MPI_Irecv failed");
+  wait_for(&req, "a receive of %lld values from %s peer %d (tag %d)", (long long)n, axis_name[axis], peer, tag);
 }
 
 void comm_wait_sends(int slot) {
   int j = 0;
   for (int i = 0; i < npending; i++) {
-    if (slot < 0 || pending[i].slot == slot) MPI_Wait(&pending[i].req, MPI_STATUS_IGNORE);
+    if (slot < 0 || pending[i].slot == slot) wait_for(&pending[i].req, "a send to a pipeline peer");
     else pending[j++] = pending[i];
   }
   npending = j;
@@ -110,18 +143,25 @@ void comm_gather(const double *mine, int n, double *all) {
     memcpy(all, mine, n * sizeof(double));
     return;
   }
-  MPI_Gather(mine, n, MPI_DOUBLE, all, n, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  MPI_Request req;
+  MPI_Igather(mine, n, MPI_DOUBLE, all, n, MPI_DOUBLE, 0, MPI_COMM_WORLD, &req);
+  wait_for(&req, "gathering the run's statistics");
 }
 
 void comm_barrier(void) {
-  if (active) MPI_Barrier(MPI_COMM_WORLD);
+  if (!active) return;
+  MPI_Request req;
+  MPI_Ibarrier(MPI_COMM_WORLD, &req);
+  wait_for(&req, "a barrier of all ranks");
 }
 
 /* The same verdict on every rank: true only if all ranks pass ok. */
 bool comm_all(bool ok) {
   if (!active) return ok;
   int v = ok, all = 0;
-  MPI_Allreduce(&v, &all, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD);
+  MPI_Request req;
+  MPI_Iallreduce(&v, &all, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD, &req);
+  wait_for(&req, "agreeing with the other ranks");
   return all;
 }
 

@@ -28,6 +28,7 @@ uint64_t rt_fnv1a(const void *p, size_t n, uint64_t h);
 
 /* ---- comm.c ---- */
 enum { AXIS_DP, AXIS_TP, AXIS_PP, AXIS_EP };
+extern double comm_timeout;          /* seconds without progress that end the job */
 void comm_init(int *argc, char ***argv);
 int comm_rank(void);
 int comm_world(void);

@@ -22,6 +22,8 @@ static void usage(int code) {
           "  --f64                 run in double precision\n"
           "  --backend NAME        cpu (default), cuda, auto (cuda when a GPU is usable), or\n"
           "                        cuda-emu (the CUDA backend on the emulated CUDA platform)\n"
+          "  --comm-timeout S      end the job when a collective or transfer makes no\n"
+          "                        progress for S seconds (default 300, or $LMC_COMM_TIMEOUT)\n"
           "  --gradcheck N         compare N gradient entries with finite differences\n"
           "  --sample TEXT         write --tokens N (default 200) tokens after TEXT with the\n"
           "                        weights of --resume CKPT, at --temperature X (default 0.8)\n"
@@ -164,6 +166,10 @@ int main(int argc, char **argv) {
     else if (ARG("--seed")) o.seed = num_arg(a, v);
     else if (ARG("--lr")) o.lr = atof(v);
     else if (ARG("--backend")) backend = v;
+    else if (ARG("--comm-timeout")) {
+      comm_timeout = atof(v);
+      if (!(comm_timeout > 0)) rt_die("--comm-timeout takes a positive number of seconds, got '%s'", v);
+    }
     else if (ARG("--gradcheck")) gc = num_arg(a, v);
     else if (ARG("--sample")) prompt = v;
     else if (ARG("--tokens")) ntok = num_arg(a, v);

@@ -1,7 +1,9 @@
 #!/bin/sh
 # Under mpirun: a world size that does not match the plan stops every
 # rank with one clear message; a rank that dies ends the whole job within
-# 30 s, naming the rank, instead of leaving the others hanging.
+# 30 s, naming the rank, instead of leaving the others hanging; a rank
+# that is stopped (not dead) ends the job after --comm-timeout, naming the
+# rank and the operation it waited on.
 BIN=$1 SRC=$2
 . "$SRC/tests/e2e/common.sh"
 need_data
@@ -32,4 +34,18 @@ took=$(( $(date +%s) - start ))
 [ $took -le 30 ] || fail "the job took ${took}s to end after a rank died"
 grep -q "rank 1" "$WORK/out" || { cat "$WORK/out"; fail "the message does not name rank 1"; }
 echo "ok   rank 1 killed: job ended in ${took}s: $(grep -m1 'rank 1' "$WORK/out" | sed 's/^ *//')"
-echo "3 passed, 0 failed"
+# rank 1 is stopped after a second of training; the limit is 3 s
+start=$(date +%s)
+set +e
+$MPIRUN -np 2 sh -c 'if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then echo $$ > "$0.pid"; (sleep 1; kill -STOP $$) & fi; p=$1; shift; exec "$p" "$@"' \
+  "$WORK/rank1" "$LMRUN" "$WORK/dp2" --data "$DATA" --quiet --comm-timeout 3 >"$WORK/out" 2>&1
+rc=$?
+set -e
+took=$(( $(date +%s) - start ))
+kill -KILL "$(cat "$WORK/rank1.pid")" 2>/dev/null || true
+[ $rc -ne 0 ] || fail "the job survived a stopped rank"
+[ $took -le 60 ] || fail "the job took ${took}s to end after a rank stopped"
+grep -q "lmrun: error: rank 0: no progress for 3 s in an all-reduce of [0-9]* values over the dp group" "$WORK/out" ||
+  { cat "$WORK/out"; fail "no message naming rank 0's wait"; }
+echo "ok   rank 1 stopped: job ended in ${took}s: $(grep -m1 'no progress' "$WORK/out" | cut -c1-100)..."
+echo "4 passed, 0 failed"
