@@ -42,8 +42,23 @@ static void wait_for(MPI_Request *req, const char *fmt, ...) {
   }
 }
 
-static void abort_job(void) {
-  if (active) MPI_Abort(MPI_COMM_WORLD, 1);
+static MPI_Comm errcomm;   /* failing ranks compare their messages here */
+
+/* A fatal error: when every rank fails with the same message within a
+ * second (a bad data file, a plan that does not fit), rank 0 reports it
+ * once for all; otherwise each failing rank reports its own, named. Then
+ * the whole job ends. */
+static void die(const char *msg) {
+  long long h = (long long)(rt_fnv1a(msg, strlen(msg), 0xcbf29ce484222325ULL) >> 1), v[2] = {h, -h}, m[2];
+  MPI_Request req;
+  int done = 0;
+  MPI_Iallreduce(v, m, 2, MPI_LONG_LONG, MPI_MIN, errcomm, &req);
+  for (double t0 = rt_now(); !done && rt_now() - t0 < 1.0;) MPI_Test(&req, &done, MPI_STATUS_IGNORE);
+  if (done && m[0] == -m[1]) {
+    if (my_rank == 0) fprintf(stderr, "lmrun: error: %s (all %d ranks)\n", msg, my_world);
+  } else fprintf(stderr, "lmrun: error: rank %d: %s\n", my_rank, msg);
+  fflush(stderr);
+  MPI_Abort(MPI_COMM_WORLD, 1);
 }
 
 static bool launched_by_mpi(void) {
@@ -56,7 +71,8 @@ void comm_init(int *argc, char ***argv) {
   active = true;
   MPI_Comm_rank(MPI_COMM_WORLD, &my_rank);
   MPI_Comm_size(MPI_COMM_WORLD, &my_world);
-  rt_die_rank = my_rank, rt_die_hook = abort_job;
+  MPI_Comm_dup(MPI_COMM_WORLD, &errcomm);
+  rt_die_hook = die;
   const char *t = getenv("LMC_COMM_TIMEOUT");
   if (t && atof(t) > 0) comm_timeout = atof(t);
   /* share the cores among the ranks on this node */

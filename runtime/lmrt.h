@@ -20,8 +20,7 @@ extern const char *rt_op_names[NUM_OPS];
 
 /* ---- util.c ---- */
 _Noreturn void rt_die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-extern int rt_die_rank;              /* >= 0 under MPI: named in messages */
-extern void (*rt_die_hook)(void);    /* ends the other ranks too */
+extern void (*rt_die_hook)(const char *msg);   /* under MPI: reports and ends the other ranks too */
 void *rt_xmalloc(size_t n);
 double rt_now(void);
 uint64_t rt_fnv1a(const void *p, size_t n, uint64_t h);

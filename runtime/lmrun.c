@@ -188,10 +188,11 @@ int main(int argc, char **argv) {
   if (o.log_interval == 0) o.log_interval = 1;
   int rank = comm_rank(), world = comm_world();
   Bundle *b = bundle_open(dir);
-  if (b->world != world) {
-    fprintf(stderr, "lmrun: error: bundle %s plans %d rank%s but %d %s started; run it with "
-            "mpirun -np %d\n", dir, b->world, b->world == 1 ? "" : "s", world,
-            world == 1 ? "was" : "were", b->world);
+  if (b->world != world) {   /* every rank knows: rank 0 says it for all */
+    if (rank == 0)
+      fprintf(stderr, "lmrun: error: bundle %s plans %d rank%s but %d %s started; run it with "
+              "mpirun -np %d\n", dir, b->world, b->world == 1 ? "" : "s", world,
+              world == 1 ? "was" : "were", b->world);
     comm_finalize();
     return 1;
   }

@@ -11,19 +11,17 @@ const char *rt_op_names[NUM_OPS] = {
 #undef OP
 };
 
-int rt_die_rank = -1;
-void (*rt_die_hook)(void);
+void (*rt_die_hook)(const char *msg);
 
 void rt_die(const char *fmt, ...) {
+  char msg[2048];
   va_list ap;
   va_start(ap, fmt);
-  fflush(stdout);
-  if (rt_die_rank >= 0) fprintf(stderr, "lmrun: error: rank %d: ", rt_die_rank);
-  else fprintf(stderr, "lmrun: error: ");
-  vfprintf(stderr, fmt, ap);
-  fputc('\n', stderr);
+  vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
-  if (rt_die_hook) rt_die_hook();
+  fflush(stdout);
+  if (rt_die_hook) rt_die_hook(msg);   /* under MPI: reports once and ends every rank */
+  fprintf(stderr, "lmrun: error: %s\n", msg);
   exit(1);
 }
 
