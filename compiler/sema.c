@@ -341,6 +341,26 @@ static int axis_of(const char *name) {
   return -1;
 }
 
+static bool is_layer_dim(Program *p, const char *name) {
+  for (Node *it = p->model->list; it; it = it->next)
+    if (it->kind == N_LAYERS && !strcmp(it->name, name)) return true;
+  return false;
+}
+
+/* Which dims an axis may split: pp cuts a layer stack, tp and ep split
+ * other dims; dp splits the batch by itself and takes no dim. */
+static void check_axis_fits(Program *p, Node *r, Dim *d, int a) {
+  bool layer = is_layer_dim(p, d->name);
+  if (a == AX_DP)
+    diag_error(r->loc, "layout-axis", "dp splits the batch by itself; no dim is laid out on dp");
+  if (a == AX_PP && !layer)
+    diag_error(r->loc, "layout-axis", "only a layer stack's dim can be laid out on pp; '%s' is not one (layers %s = ...)",
+               d->name, d->name);
+  if (a != AX_PP && layer)
+    diag_error(r->loc, "layout-axis", "'%s' counts layers: it can be laid out on pp only, not on %s", d->name,
+               axis_names[a]);
+}
+
 static void check_layout(Program *p) {
   if (!p->parallel) return;
   for (Node *s = p->parallel->list; s; s = s->next) {
@@ -354,6 +374,7 @@ static void check_layout(Program *p) {
         diag_error(r->a->loc, "unknown-axis", "unknown mesh axis '%s'; use dp, tp, pp or ep", r->a->name);
       if (d->axis >= 0)
         diag_error(r->b->loc, "dup-layout", "dim '%s' is laid out twice", r->name);
+      check_axis_fits(p, r, d, a);
       d->axis = a;
       int64_t n = p->s.mesh[a];
       if (a == AX_PP && n > d->size)
@@ -382,6 +403,15 @@ static void check_world(Program *p, int world) {
       diag_error(setting_loc(p, p->parallel, "pp"), "pp-layout",
                  "pp = %lld needs the model's layer stack laid out on it, e.g. layout L: pp",
                  (long long)p->s.mesh[AX_PP]);
+  }
+  if (p->s.mesh[AX_TP] > 1) {
+    bool laid = false;
+    for (int i = 0; i < p->ndims; i++) laid |= p->dims[i].axis == AX_TP;
+    if (!laid)
+      diag_hint("lay out the heads, the MLP width and the vocab, e.g. layout H: tp, F: tp, V: tp"),
+          diag_error(setting_loc(p, p->parallel, "tp"), "tp-layout",
+                     "tp = %lld but no dim is laid out on tp: every tp rank would repeat the same work",
+                     (long long)p->s.mesh[AX_TP]);
   }
   for (int a = AX_EP; a < MAX_AXES; a++)
     if (p->s.mesh[a] > 1)
