@@ -62,6 +62,9 @@ static char *header(Run *r, const CkptInfo *info) {
   n += snprintf(h + n, cap - n, "model %s\nstep %lld\nseed %llu\ndtype %s\nnparams %d\n",
                 b->model, (long long)info->step, (unsigned long long)info->seed,
                 r->be->elem == 8 ? "f64" : "f32", held);
+  if (info->data_ntok > 0)
+    n += snprintf(h + n, cap - n, "data %lld %016llx %s\n", (long long)info->data_ntok,
+                  (unsigned long long)info->data_hash, info->data);
   for (int p = 0; p < b->nparams; p++) {
     RtParam *pp = &b->params[p];
     if (!writes(b, pp)) continue;
@@ -80,19 +83,34 @@ static void sync_dir(const char *dir) {
   if (fd >= 0) fsync(fd), close(fd);
 }
 
-static void write_all(const char *path, const Buf *b) {
+/* A failed write leaves nothing behind: its file and (when empty) the
+ * save's tmp folder go before the error. */
+static _Noreturn void write_failed(const char *path, const char *tmpdir) {
+  int e = errno;
+  unlink(path), rmdir(tmpdir);
+  rt_die("cannot write checkpoint '%s': %s", path, strerror(e));
+}
+
+static void write_all(const char *path, const char *tmpdir, const Buf *b) {
   int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) rt_die("cannot write checkpoint '%s': %s", path, strerror(errno));
+  if (fd < 0) write_failed(path, tmpdir);
   size_t done = 0;
   while (done < b->n) {
     ssize_t w = write(fd, b->p + done, b->n - done);
     if (w <= 0) {
-      close(fd), unlink(path);
-      rt_die("cannot write checkpoint '%s': %s", path, strerror(errno));
+      if (w == 0) errno = ENOSPC;
+      int e = errno;
+      close(fd), errno = e;
+      write_failed(path, tmpdir);
     }
     done += w;
   }
-  if (fsync(fd) != 0 || close(fd) != 0) rt_die("cannot write checkpoint '%s': %s", path, strerror(errno));
+  if (fsync(fd) != 0) {
+    int e = errno;
+    close(fd), errno = e;
+    write_failed(path, tmpdir);
+  }
+  if (close(fd) != 0) write_failed(path, tmpdir);
 }
 
 static void link_latest(const char *dir, const char *name) {
@@ -170,7 +188,7 @@ void ckpt_save(Run *r, const char *dir, const CkptInfo *info) {
     Buf buf = {0};
     shard(r, info, &buf);
     snprintf(path, sizeof path, "%s/rank%d.ckpt", tmp, b->rank);
-    write_all(path, &buf);
+    write_all(path, tmp, &buf);
     free(buf.p);
   }
   comm_barrier();
@@ -181,6 +199,36 @@ void ckpt_save(Run *r, const char *dir, const CkptInfo *info) {
     link_latest(dir, name);
   }
   comm_barrier();
+}
+
+/* Removes every step_<N> folder of dir but the newest keep. */
+void ckpt_prune(const char *dir, int64_t keep) {
+  DIR *d = opendir(dir);
+  if (!d || keep <= 0) {
+    if (d) closedir(d);
+    return;
+  }
+  int64_t *steps = NULL;
+  int n = 0;
+  for (struct dirent *e; (e = readdir(d));) {
+    long long st;
+    char rest;
+    if (sscanf(e->d_name, "step_%lld%c", &st, &rest) == 1) {
+      steps = realloc(steps, (n + 1) * sizeof *steps);
+      steps[n++] = st;
+    }
+  }
+  closedir(d);
+  for (int i = 0; i < n; i++) {   /* remove those with keep or more newer ones */
+    int newer = 0;
+    for (int j = 0; j < n; j++) newer += steps[j] > steps[i];
+    if (newer >= keep) {
+      char path[1300];
+      snprintf(path, sizeof path, "%s/step_%08lld", dir, (long long)steps[i]);
+      remove_dir(path);
+    }
+  }
+  free(steps);
 }
 
 /* ---- load ---- */
@@ -257,7 +305,17 @@ static void read_pieces(Run *r, const char *path, Shards *sh, CkptInfo *info, bo
   unsigned long long sd = strtoull(seed, NULL, 10);
   if (end == step || *end != '\n' || st < 0 || st > (long long)1e15 || (strncmp(dtype, "f32\n", 4) && strncmp(dtype, "f64\n", 4)))
     rt_die("checkpoint '%s' is corrupt: bad step or dtype in its header", path);
-  if (first) info->step = st, info->seed = sd;
+  if (first) {
+    info->step = st, info->seed = sd, info->data_ntok = 0;
+    const char *data = hline(h, "data");
+    long long ntok;
+    unsigned long long dh;
+    int used = 0;
+    if (data && sscanf(data, "%lld %llx %n", &ntok, &dh, &used) == 2 && used > 0) {
+      info->data_ntok = ntok, info->data_hash = dh;
+      snprintf(info->data, sizeof info->data, "%.*s", (int)strcspn(data + used, "\n"), data + used);
+    }
+  }
   else if (st != info->step) rt_die("checkpoint '%s' mixes shards of different steps", path);
   int esz = !strncmp(dtype, "f64", 3) ? 8 : 4;
   if (first && esz != r->be->elem)

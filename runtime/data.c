@@ -103,3 +103,13 @@ void data_val_batch(Data *d, int64_t i, int64_t n, int64_t B, int64_t T, int32_t
     memcpy(rows + r * (T + 1), d->tok + d->ntrain + off, (T + 1) * sizeof(int32_t));
   }
 }
+
+/* The data's identity for checkpoints: its token count and a hash of its
+ * first and last 65,536 tokens (cheap on any size, and a different file or
+ * tokenisation changes it). */
+uint64_t data_hash(const Data *d) {
+  int64_t k = d->ntok < 65536 ? d->ntok : 65536;
+  uint64_t h = rt_fnv1a(&d->ntok, sizeof d->ntok, 0xcbf29ce484222325ULL);
+  h = rt_fnv1a(d->tok, k * sizeof *d->tok, h);
+  return rt_fnv1a(d->tok + d->ntok - k, k * sizeof *d->tok, h);
+}

@@ -209,6 +209,7 @@ typedef struct Data {
 
 Data *data_load(const char *path, int64_t vocab, double val_fraction, int64_t need);
 void data_free(Data *d);
+uint64_t data_hash(const Data *d);   /* identifies the tokens (a sample of them and the count) */
 void data_train_batch(Data *d, uint64_t seed, int64_t step, int64_t B, int64_t T, int32_t *rows);
 void data_val_batch(Data *d, int64_t i, int64_t nbatches, int64_t B, int64_t T, int32_t *rows);
 
@@ -216,15 +217,20 @@ void data_val_batch(Data *d, int64_t i, int64_t nbatches, int64_t B, int64_t T, 
 typedef struct CkptInfo {
   int64_t step;
   uint64_t seed;
+  int64_t data_ntok;       /* the training data's identity: tokens, a hash, its name (0: not recorded) */
+  uint64_t data_hash;
+  char data[256];
 } CkptInfo;
 
 void ckpt_save(Run *r, const char *dir, const CkptInfo *info);
 void ckpt_load(Run *r, const char *path, CkptInfo *info);
+void ckpt_prune(const char *dir, int64_t keep);   /* rank 0: all but the newest keep */
 
 /* ---- train.c ---- */
 typedef struct TrainOpts {
   const char *data, *resume, *out_dir;
   int64_t max_steps, steps, log_interval, save_interval, eval_interval, eval_batches;
+  int64_t keep;              /* checkpoints kept (0: all) */
   int64_t seed;
   double lr;
   bool quiet;

@@ -15,7 +15,9 @@ static void usage(int code) {
           "  --log-interval N      print a progress line every N steps (default 10)\n"
           "  --eval-interval N     validation loss every N steps (default: the spec's)\n"
           "  --eval-batches N      validation batches per evaluation\n"
-          "  --save-interval N     checkpoint every N steps and at the end (default: off)\n"
+          "  --save-interval N     checkpoint every N steps and at the end (default: the\n"
+          "                        spec's save_every; 0: no checkpoints)\n"
+          "  --keep N              keep only the newest N checkpoints (default: all)\n"
           "  --resume CKPT         continue from a checkpoint (e.g. BUNDLE/ckpt/latest)\n"
           "  --out DIR             where metrics.jsonl and ckpt/ go (default: BUNDLE)\n"
           "  --seed N  --lr X      override the spec's seed / peak learning rate\n"
@@ -146,7 +148,7 @@ int main(int argc, char **argv) {
   if (argc < 2) usage(1);
   if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) usage(0);
   const char *dir = argv[1], *backend = "cpu";
-  TrainOpts o = {.log_interval = 10, .seed = -1, .eval_interval = -1, .eval_batches = -1};
+  TrainOpts o = {.log_interval = 10, .seed = -1, .eval_interval = -1, .eval_batches = -1, .save_interval = -1};
   bool f64 = false;
   int64_t gc = 0, ntok = 200;
   const char *prompt = NULL;
@@ -161,6 +163,7 @@ int main(int argc, char **argv) {
     else if (ARG("--eval-interval")) o.eval_interval = num_arg(a, v);
     else if (ARG("--eval-batches")) o.eval_batches = num_arg(a, v);
     else if (ARG("--save-interval")) o.save_interval = num_arg(a, v);
+    else if (ARG("--keep")) o.keep = num_arg(a, v);
     else if (ARG("--resume")) o.resume = v;
     else if (ARG("--out")) o.out_dir = v;
     else if (ARG("--seed")) o.seed = num_arg(a, v);
@@ -202,7 +205,7 @@ int main(int argc, char **argv) {
   if (!o.out_dir) o.out_dir = dir;
   if (o.eval_interval < 0) o.eval_interval = b->train.eval_every;
   if (o.eval_batches <= 0) o.eval_batches = b->train.eval_batches > 0 ? b->train.eval_batches : 1;
-  if (o.save_interval == 0 && b->train.save_every > 0) o.save_interval = b->train.save_every;
+  if (o.save_interval < 0) o.save_interval = b->train.save_every;   /* --save-interval 0: none */
   Backend *be = pick_backend(backend, dir, f64, o.quiet);
   Run *r = rt_new(b, be);
   if (prompt && world > 1) rt_die("--sample runs on one rank");

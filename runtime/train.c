@@ -90,10 +90,28 @@ static void eval_and_log(Loop *L, int64_t step) {
 }
 
 /* Every rank takes part: each pipeline stage writes its shard. */
+static void data_identity(const Data *d, CkptInfo *info) {
+  const char *base = strrchr(d->path, '/');
+  info->data_ntok = d->ntok, info->data_hash = data_hash(d);
+  snprintf(info->data, sizeof info->data, "%.255s", base ? base + 1 : d->path);
+}
+
 static void save(Loop *L, int64_t step) {
   CkptInfo info = {.step = step, .seed = L->seed};
+  data_identity(L->d, &info);
   ckpt_save(L->r, L->ckpt_dir, &info);
+  if (L->r->b->rank == 0 && L->o->keep > 0) ckpt_prune(L->ckpt_dir, L->o->keep);
   if (!L->o->quiet) printf("step %5lld | saved %s/step_%08lld\n", (long long)step, L->ckpt_dir, (long long)step);
+}
+
+/* A resume on other data than the checkpoint's trained on is allowed
+ * (fine-tuning) but said. */
+static void check_data(Loop *L, const CkptInfo *was) {
+  CkptInfo now;
+  data_identity(L->d, &now);
+  if (was->data_ntok > 0 && L->r->b->rank == 0 && (was->data_ntok != now.data_ntok || was->data_hash != now.data_hash))
+    fprintf(stderr, "lmrun: warning: the checkpoint was trained on other data (%s, %lld tokens) than %s (%lld tokens)\n",
+            was->data, (long long)was->data_ntok, L->d->path, (long long)now.data_ntok);
 }
 
 /* On resume the metrics keep the lines up to the checkpoint's step and
@@ -165,6 +183,7 @@ int train_run(Run *r, TrainOpts *o) {
     CkptInfo info;
     ckpt_load(r, o->resume, &info);
     L.start = info.step, L.seed = info.seed;
+    check_data(&L, &info);
     if (!o->quiet) printf("resumed from %s at step %lld\n", o->resume, (long long)L.start);
   }
   if (L.start >= L.max_steps)
