@@ -1,6 +1,7 @@
 #!/bin/sh
 # Runs every test: the normal build, then the same suite under
-# AddressSanitizer + UBSan (skip that with --fast).
+# AddressSanitizer + UBSan, then the libFuzzer targets (skip both with
+# --fast).
 set -eu
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
@@ -16,4 +17,6 @@ run build -DCMAKE_BUILD_TYPE=Release
 if [ "${1:-}" != --fast ]; then
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     run build-asan -DCMAKE_BUILD_TYPE=Debug -DLMC_SANITIZE=ON
+  # libFuzzer over the front end and the loaders (clang), seed corpora and a short burst
+  run build-fuzz -DCMAKE_C_COMPILER=clang -DCMAKE_BUILD_TYPE=Debug -DLMC_FUZZ=ON
 fi

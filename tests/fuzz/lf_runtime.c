@@ -1,0 +1,106 @@
+/* lf_runtime.c: libFuzzer over lmrun's loaders, one target per -DTARGET:
+ *   BUNDLE  an input is a bundle: manifest.txt, a NUL byte, rank0.sched
+ *   CKPT    an input is a checkpoint shard (its checksum made to fit)
+ *           loaded into the bundle named by $LMC_FUZZ_BUNDLE
+ *   DATA    an input is a data file, as text and as a .bin token shard
+ * Every input must load or end in lmrun's error: the harness catches the
+ * error (rt_die_hook) and goes on; a crash or sanitizer report is a bug. */
+#include "lmrt.h"
+#include <setjmp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static jmp_buf on_error;
+static char dir[64];
+
+static void caught(const char *msg) {
+  (void)msg;
+  longjmp(on_error, 1);
+}
+
+static void put(const char *name, const unsigned char *p, size_t n) {
+  char path[128];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  FILE *f = fopen(path, "wb");
+  if (!f) abort();
+  if (n) fwrite(p, 1, n, f);
+  fclose(f);
+}
+
+static void cleanup(void) {
+  const char *files[] = {"manifest.txt", "rank0.sched", "step/rank0.ckpt", "data.txt", "data.bin", "step", ""};
+  char path[128];
+  for (int i = 0; i < 7; i++) snprintf(path, sizeof path, "%s/%s", dir, files[i]), i < 5 ? unlink(path) : rmdir(path);
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv) {
+  atexit(cleanup);
+  struct stat st;   /* files in memory when the machine has /dev/shm */
+  snprintf(dir, sizeof dir, "%s/lmc-lf-%d", stat("/dev/shm", &st) == 0 ? "/dev/shm" : "/tmp", (int)getpid());
+  mkdir(dir, 0777);
+  char sub[96];
+  snprintf(sub, sizeof sub, "%s/step", dir);
+  mkdir(sub, 0777);
+  rt_die_hook = caught;   /* before lmrun prints its message: millions of them */
+  return 0;
+}
+
+#if defined(TARGET_BUNDLE)
+int LLVMFuzzerTestOneInput(const unsigned char *data, size_t n) {
+  const unsigned char *nul = memchr(data, 0, n);
+  size_t m = nul ? (size_t)(nul - data) : n;
+  put("manifest.txt", data, m);
+  put("rank0.sched", nul ? nul + 1 : data, nul ? n - m - 1 : 0);
+  static Bundle *volatile b;
+  if (!setjmp(on_error)) {
+    b = bundle_load(dir, 0);
+    bundle_free(b);
+  }
+  return 0;
+}
+#elif defined(TARGET_CKPT)
+static Run *run;
+
+int LLVMFuzzerTestOneInput(const unsigned char *data, size_t n) {
+  if (!run) {
+    const char *bdir = getenv("LMC_FUZZ_BUNDLE");
+    if (!bdir) abort();
+    run = rt_new(bundle_load(bdir, 0), cpu_backend(false));
+  }
+  /* sealed with a fresh checksum, so mutations reach the header parser
+   * instead of all stopping at the checksum (tested on its own) */
+  unsigned char *sealed = malloc(n + 1);
+  memcpy(sealed, data, n);
+  if (n >= 20) {
+    uint64_t sum = rt_fnv1a(sealed, n - 8, 0xcbf29ce484222325ULL);
+    memcpy(sealed + n - 8, &sum, 8);
+  }
+  put("step/rank0.ckpt", sealed, n);
+  free(sealed);
+  char path[96];
+  snprintf(path, sizeof path, "%s/step", dir);
+  CkptInfo info;
+  if (!setjmp(on_error)) ckpt_load(run, path, &info);
+  return 0;
+}
+#elif defined(TARGET_DATA)
+int LLVMFuzzerTestOneInput(const unsigned char *data, size_t n) {
+  const char *names[] = {"data.txt", "data.bin"};
+  for (int i = 0; i < 2; i++) {
+    put(names[i], data, n);
+    char path[96];
+    snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+    static Data *volatile d;
+    if (!setjmp(on_error)) {
+      d = data_load(path, 50304, 0.1, 17);
+      int32_t rows[2 * 17];
+      data_train_batch(d, 1, 3, 2, 16, rows);
+      data_val_batch(d, 0, 1, 2, 16, rows);
+      data_free(d);
+    }
+  }
+  return 0;
+}
+#endif
