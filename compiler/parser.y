@@ -8,6 +8,12 @@
 %lex-param {void *scanner}
 %parse-param {void *scanner} {Parser *P}
 
+%code top {
+/* the parser's stack grows in the compilation's arena: a syntax error
+ * unwinds (longjmp) past yyparse, which then cannot free it */
+#define YYMALLOC(n) arena_alloc(n)
+#define YYFREE(p) ((void)(p))
+}
 %code requires {
 #include "lmc.h"
 }
