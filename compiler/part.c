@@ -44,8 +44,30 @@ static Xfer *add_xfer(Xfer *list, int *n, Value *v, int peer) {
   return nl;
 }
 
+/* A pipeline hands each activation on to one later stage. A value read on
+ * two later stages (a layer stack that reads what came before it without
+ * carrying it: `y = f(x)` in every layer, never `x = ...`) is an error at
+ * the second read. */
+static void check_fanout(Graph *g) {
+  int *to = arena_alloc((g->nvals + 1) * sizeof *to);
+  for (int k = 0; k < g->nfwd; k++) {
+    Inst *in = g->fwd[k];
+    for (int j = 0; j < in->nin; j++) {
+      Value *v = in->in[j];
+      int d = def_stage(v);
+      if (v->kind != V_ACT || d < 0 || d >= in->stage) continue;
+      if (to[v->id] && to[v->id] != in->stage + 1)
+        diag_error(in->loc, "pp-fanout", "a value made on pipeline stage %d is read here on stage %d and also on stage "
+                   "%d; a pipeline passes a value to one later stage: carry it through the layers (x = ...)",
+                   d, in->stage, to[v->id] - 1);
+      to[v->id] = in->stage + 1;
+    }
+  }
+}
+
 /* Activations read by a forward instruction of another stage. */
 static void find_crossings(Graph *g, Part *p) {
+  check_fanout(g);
   for (int k = 0; k < g->nfwd; k++) {
     Inst *in = g->fwd[k];
     for (int j = 0; j < in->nin; j++) {
