@@ -226,6 +226,12 @@ void ckpt_save(Run *r, const char *dir, const CkptInfo *info);
 void ckpt_load(Run *r, const char *path, CkptInfo *info);
 void ckpt_prune(const char *dir, int64_t keep);   /* rank 0: all but the newest keep */
 
+/* ---- tblog.c ---- */
+typedef struct TbLog TbLog;
+TbLog *tb_open(const char *out_dir, int64_t start_step);   /* OUT/tb/events.out.tfevents.* */
+void tb_scalar(TbLog *t, const char *tag, int64_t step, double v);
+void tb_close(TbLog *t);
+
 /* ---- train.c ---- */
 typedef struct TrainOpts {
   const char *data, *resume, *out_dir;

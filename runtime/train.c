@@ -50,6 +50,7 @@ typedef struct Loop {
   Data *d;
   FILE *metrics;
   char metrics_path[1200];
+  TbLog *tb;               /* the same scalars for TensorBoard */
   int32_t *rows;
   int64_t steps, max_steps, start;
   uint64_t seed;
@@ -72,6 +73,8 @@ static void log_step(Loop *L, int64_t step, double loss, double lr, double norm,
   fprintf(L->metrics, "{\"step\":%lld,\"loss\":%.17g,\"lr\":%.17g,\"grad_norm\":%.17g,\"ms\":%.2f}\n",
           (long long)step, loss, lr, norm, dt * 1e3);
   flush_metrics(L);
+  tb_scalar(L->tb, "train/loss", step, loss), tb_scalar(L->tb, "train/lr", step, lr);
+  tb_scalar(L->tb, "train/grad_norm", step, norm), tb_scalar(L->tb, "train/tokens_per_s", step, toks / dt);
   if (L->o->quiet || (step % L->o->log_interval && step != L->max_steps && step != L->start + 1)) return;
   double el = rt_now() - L->t0, per = el / (double)(step - L->start);
   char eta[32];
@@ -86,6 +89,7 @@ static void eval_and_log(Loop *L, int64_t step) {
   if (!L->metrics) return;
   fprintf(L->metrics, "{\"step\":%lld,\"val_loss\":%.17g}\n", (long long)step, vl);
   flush_metrics(L);
+  tb_scalar(L->tb, "val/loss", step, vl);
   if (!L->o->quiet) printf("step %5lld | val loss %.4f\n", (long long)step, vl), fflush(stdout);
 }
 
@@ -142,6 +146,7 @@ static void open_metrics(Loop *L) {
   if (L->start > 0) trim_metrics(L->metrics_path, L->start);
   L->metrics = fopen(L->metrics_path, L->start > 0 ? "a" : "w");
   if (!L->metrics) rt_die("cannot write metrics file '%s': %s", L->metrics_path, strerror(errno));
+  L->tb = tb_open(L->o->out_dir, L->start);
 }
 
 /* Each rank's measured activation peak next to the plan, gathered to rank
@@ -210,6 +215,7 @@ int train_run(Run *r, TrainOpts *o) {
     if (o->save_interval > 0 && ((step + 1) % o->save_interval == 0 || last)) save(&L, step + 1);
   }
   report_memory(&L);
+  tb_close(L.tb);
   if (L.metrics) {
     flush_metrics(&L);
     if (fclose(L.metrics)) rt_die("cannot write metrics file '%s': %s", L.metrics_path, strerror(errno));

@@ -3,7 +3,7 @@
 # builds it into build/. Uses sudo when not root. Safe to run again.
 set -eu
 PKGS="build-essential cmake flex bison libopenblas-openmp-dev libopenmpi-dev openmpi-bin llvm-14-tools bible-kjv python3
-      clang libclang-rt-14-dev libomp-14-dev"
+      clang libclang-rt-14-dev libomp-14-dev python3-venv python3-pip"
 missing=""
 for p in $PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
@@ -18,6 +18,12 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
 cd "$(dirname "$0")/.."
+# Python packages from PyPI for the tests (TensorBoard's event reader), in
+# a git-ignored virtual environment
+if ! .venv/bin/python -c "import tensorboard" 2>/dev/null; then
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check tensorboard
+fi
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)" >/dev/null
 echo "setup: built build/compiler/lmc and build/runtime/lmrun"
