@@ -24,6 +24,7 @@ extern void (*rt_die_hook)(const char *msg);   /* under MPI: reports and ends th
 void *rt_xmalloc(size_t n);
 double rt_now(void);
 uint64_t rt_fnv1a(const void *p, size_t n, uint64_t h);
+int rt_mkdirs(const char *path);     /* mkdir -p */
 
 /* ---- comm.c ---- */
 enum { AXIS_DP, AXIS_TP, AXIS_PP, AXIS_EP };

@@ -70,8 +70,8 @@ static void log_step(Loop *L, int64_t step, double loss, double lr, double norm,
   Bundle *b = L->r->b;
   double toks = (double)b->train.batch * b->T;
   if (!L->metrics) return;               /* not the leader */
-  fprintf(L->metrics, "{\"step\":%lld,\"loss\":%.17g,\"lr\":%.17g,\"grad_norm\":%.17g,\"ms\":%.2f}\n",
-          (long long)step, loss, lr, norm, dt * 1e3);
+  fprintf(L->metrics, "{\"step\":%lld,\"loss\":%.17g,\"lr\":%.17g,\"grad_norm\":%.17g,\"ms\":%.2f,\"tokens\":%.0f}\n",
+          (long long)step, loss, lr, norm, dt * 1e3, toks * (double)step);
   flush_metrics(L);
   tb_scalar(L->tb, "train/loss", step, loss), tb_scalar(L->tb, "train/lr", step, lr);
   tb_scalar(L->tb, "train/grad_norm", step, norm), tb_scalar(L->tb, "train/tokens_per_s", step, toks / dt);
@@ -140,7 +140,7 @@ static void trim_metrics(const char *path, int64_t upto) {
 
 static void open_metrics(Loop *L) {
   if (L->r->b->rank != 0) return;
-  if (mkdir(L->o->out_dir, 0777) != 0 && errno != EEXIST)
+  if (rt_mkdirs(L->o->out_dir) != 0)
     rt_die("cannot create the output folder '%s': %s", L->o->out_dir, strerror(errno));
   snprintf(L->metrics_path, sizeof L->metrics_path, "%s/metrics.jsonl", L->o->out_dir);
   if (L->start > 0) trim_metrics(L->metrics_path, L->start);

@@ -3,6 +3,9 @@
 #include "lmrt.h"
 #include <stdarg.h>
 #include <stdlib.h>
+#include <errno.h>
+#include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 const char *rt_op_names[NUM_OPS] = {
@@ -41,4 +44,17 @@ uint64_t rt_fnv1a(const void *p, size_t n, uint64_t h) {
   const unsigned char *c = p;
   for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * 0x100000001b3ULL;
   return h;
+}
+
+/* mkdir -p: 0, or -1 with errno from the part that failed. */
+int rt_mkdirs(const char *path) {
+  char p[1200];
+  snprintf(p, sizeof p, "%s", path);
+  for (char *c = p + 1; *c; c++)
+    if (*c == '/') {
+      *c = 0;
+      if (mkdir(p, 0777) != 0 && errno != EEXIST) return -1;
+      *c = '/';
+    }
+  return mkdir(p, 0777) != 0 && errno != EEXIST ? -1 : 0;
 }

@@ -3,7 +3,7 @@
 # builds it into build/. Uses sudo when not root. Safe to run again.
 set -eu
 PKGS="build-essential cmake flex bison libopenblas-openmp-dev libopenmpi-dev openmpi-bin llvm-14-tools bible-kjv python3
-      clang libclang-rt-14-dev libomp-14-dev python3-venv python3-pip"
+      clang libclang-rt-14-dev libomp-14-dev python3-venv python3-pip python3-matplotlib"
 missing=""
 for p in $PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
