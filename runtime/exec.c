@@ -4,9 +4,11 @@
  * list (zero_grads, load, run fwd/bwd, optimizer) through the backend.
  * It never asks which backend it drives. */
 #include "lmrt.h"
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static size_t elem_of(Run *r, int region) {
   return region == R_INPUT ? sizeof(int32_t) : (size_t)r->be->elem;
@@ -123,16 +125,64 @@ void rt_load_slot(Run *r, const int32_t *rows, int64_t nrows, int slot) {
   r->be->upload_ids(ptr[b->positions], pos, n);
 }
 
+/* ---- tracing: Chrome trace events (Perfetto reads them), one span per
+ * op, transfer, collective and optimizer step; compute on thread 0,
+ * communication on thread 1 of the rank's process ---- */
+
+static void trace(Run *r, const char *name, const char *cat, int tid, double t0, const char *args) {
+  if (!r->trace) return;
+  if (r->be->sync) r->be->sync();   /* a GPU's queued work belongs to this span */
+  double t1 = rt_now();
+  fprintf(r->trace, ",\n{\"name\":\"%s\",\"cat\":\"%s\",\"ph\":\"X\",\"pid\":%d,\"tid\":%d,\"ts\":%.3f,\"dur\":%.3f,"
+          "\"args\":{%s}}", name, cat, r->b->rank, tid, (t0 - r->trace_t0) * 1e6, (t1 - t0) * 1e6, args);
+}
+
+void rt_trace_open(Run *r, const char *path) {
+  char part[1200];
+  snprintf(part, sizeof part, "%s.rank%d", path, r->b->rank);
+  if (!(r->trace = fopen(part, "w"))) rt_die("cannot write trace '%s': %s", part, strerror(errno));
+  r->trace_t0 = rt_now();
+  fprintf(r->trace, "{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":%d,\"args\":{\"name\":\"rank %d (stage %d)\"}}",
+          r->b->rank, r->b->rank, r->b->stage);
+}
+
+void rt_trace_close(Run *r, const char *path) {
+  if (!r->trace) return;
+  if (fclose(r->trace)) rt_die("cannot write trace '%s.rank%d'", path, r->b->rank);
+  r->trace = NULL;
+  comm_barrier();
+  if (r->b->rank != 0) return;
+  FILE *out = fopen(path, "w");
+  if (!out) rt_die("cannot write trace '%s': %s", path, strerror(errno));
+  fputs("{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n", out);
+  for (int k = 0; k < r->b->world; k++) {
+    char part[1200], buf[65536];
+    snprintf(part, sizeof part, "%s.rank%d", path, k);
+    FILE *in = fopen(part, "r");
+    if (!in) rt_die("cannot read trace part '%s' (ranks on other machines need a shared folder)", part);
+    if (k) fputs(",\n", out);
+    for (size_t n; (n = fread(buf, 1, sizeof buf, in));) fwrite(buf, 1, n, out);
+    fclose(in), unlink(part);
+  }
+  fputs("\n]}\n", out);
+  if (fclose(out)) rt_die("cannot write trace '%s': %s", path, strerror(errno));
+}
+
 static void run_program(Run *r, const RtInst *prog, int n, int slot) {
   void *out[3], *in[5], **ptr = r->ptr + (size_t)slot * r->b->nvals;
   for (int i = 0; i < n; i++) {
     const RtInst *x = &prog[i];
     for (int j = 0; j < 3; j++) out[j] = x->out[j] >= 0 ? ptr[x->out[j]] : NULL;
     for (int j = 0; j < 5; j++) in[j] = x->in[j] >= 0 ? ptr[x->in[j]] : NULL;
-    double t = r->op_time ? rt_now() : 0;
+    double t = r->op_time || r->trace ? rt_now() : 0;
     if (x->op == OP_ALLREDUCE) r->be->allreduce(out[0], x->n, AXIS_TP, x->red);
     else r->be->run(x, out, in);
     if (r->op_time) r->op_time[x->op] += rt_now() - t;
+    if (r->trace) {
+      char args[96];
+      snprintf(args, sizeof args, "\"microbatch\":%d,\"n\":%lld", r->slot_mb ? r->slot_mb[slot] : 0, (long long)x->n);
+      trace(r, rt_op_names[x->op], prog == r->b->bwd ? "backward" : "forward", x->op == OP_ALLREDUCE, t, args);
+    }
   }
 }
 
@@ -210,28 +260,39 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
     case A_RECV: {
       void *x = r->ptr[(size_t)slot_of(b, a) * b->nvals + a->value];
       int tag = (int)(a->mb % 16000) * 2 + a->grad;
+      double t = rt_now();
       if (a->kind == A_SEND) r->be->send(x, b->vals[a->value].n, a->peer, tag, a->axis, slot_of(b, a));
       else {
-        double t = rt_now();
         r->be->recv(x, b->vals[a->value].n, a->peer, tag, a->axis);
         r->t_wait += rt_now() - t;
       }
+      char args[128];
+      snprintf(args, sizeof args, "\"microbatch\":%lld,\"peer\":%d,\"values\":%lld,\"gradient\":%d", (long long)a->mb,
+               a->peer, (long long)b->vals[a->value].n, a->grad);
+      trace(r, a->kind == A_SEND ? "send" : "recv", "transfer", 1, t, args);
       break;
     }
-    case A_ALLREDUCE:
+    case A_ALLREDUCE: {
+      double t = rt_now();
       if (a->zeros) {          /* no copy here: add nothing to the others' sum */
         void *z = r->be->alloc(a->n * r->be->elem);
         r->be->allreduce(z, a->n, a->axis, 0);
         r->be->release(z);
       } else
         r->be->allreduce((char *)r->region[a->region] + a->off * r->be->elem, a->n, a->axis, 0);
+      char args[96];
+      static const char *axes[] = {"dp", "tp", "pp", "ep"};
+      snprintf(args, sizeof args, "\"group\":\"%s\",\"values\":%lld", axes[a->axis], (long long)a->n);
+      trace(r, "allreduce", "collective", 1, t, args);
       break;
+    }
     case A_OPTIMIZER: {
       r->be->wait_sends(-1);
       double t = rt_now(), norm = grad_norm(r, a->norm_tp, a->norm_pp), clip = b->train.clip;
       *gnorm = norm;
       rt_adamw(r, lr, clip > 0 && norm > clip ? clip / (norm + 1e-6) : 1.0);
       if (r->op_time) r->op_time[NUM_OPS] += rt_now() - t;
+      trace(r, "optimizer", "optimizer", 0, t, "");
       break;
     }
     }

@@ -179,6 +179,8 @@ typedef struct Run {
   int *slot_mb;            /* the microbatch whose activations fill each slot, or -1 */
   int inflight, max_inflight;   /* microbatches past forward, not yet past backward */
   double t_wait;           /* seconds blocked on receives from other stages */
+  FILE *trace;             /* Chrome trace events of the steps being traced, or NULL */
+  double trace_t0;
 } Run;
 
 Run *rt_new(Bundle *b, Backend *be);
@@ -200,6 +202,8 @@ void rt_get_param(Run *r, int p, double *dst);
 void rt_set_param(Run *r, int p, const double *src);
 void rt_get_grad(Run *r, int p, double *dst);
 void rt_get_value(Run *r, int v, double *dst);
+void rt_trace_open(Run *r, const char *path);     /* events go to PATH.rank<k> */
+void rt_trace_close(Run *r, const char *path);    /* rank 0 merges the ranks' events into PATH */
 
 /* ---- data.c ---- */
 typedef struct Data {
@@ -238,6 +242,8 @@ typedef struct TrainOpts {
   const char *data, *resume, *out_dir;
   int64_t max_steps, steps, log_interval, save_interval, eval_interval, eval_batches;
   int64_t keep;              /* checkpoints kept (0: all) */
+  const char *trace;         /* a Chrome trace of trace_steps steps (after the first) goes here */
+  int64_t trace_steps;
   int64_t seed;
   double lr;
   bool quiet;

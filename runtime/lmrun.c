@@ -18,6 +18,9 @@ static void usage(int code) {
           "  --save-interval N     checkpoint every N steps and at the end (default: the\n"
           "                        spec's save_every; 0: no checkpoints)\n"
           "  --keep N              keep only the newest N checkpoints (default: all)\n"
+          "  --trace FILE          a Chrome trace (Perfetto, chrome://tracing) of every op,\n"
+          "                        transfer and collective of each rank, for --trace-steps N\n"
+          "                        steps (default 3) after the first\n"
           "  --resume CKPT         continue from a checkpoint (e.g. BUNDLE/ckpt/latest)\n"
           "  --out DIR             where metrics.jsonl and ckpt/ go (default: BUNDLE)\n"
           "  --seed N  --lr X      override the spec's seed / peak learning rate\n"
@@ -148,7 +151,8 @@ int main(int argc, char **argv) {
   if (argc < 2) usage(1);
   if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) usage(0);
   const char *dir = argv[1], *backend = "cpu";
-  TrainOpts o = {.log_interval = 10, .seed = -1, .eval_interval = -1, .eval_batches = -1, .save_interval = -1};
+  TrainOpts o = {.log_interval = 10, .seed = -1, .eval_interval = -1, .eval_batches = -1, .save_interval = -1,
+                 .trace_steps = 3};
   bool f64 = false;
   int64_t gc = 0, ntok = 200;
   const char *prompt = NULL;
@@ -164,6 +168,8 @@ int main(int argc, char **argv) {
     else if (ARG("--eval-batches")) o.eval_batches = num_arg(a, v);
     else if (ARG("--save-interval")) o.save_interval = num_arg(a, v);
     else if (ARG("--keep")) o.keep = num_arg(a, v);
+    else if (ARG("--trace")) o.trace = v;
+    else if (ARG("--trace-steps")) o.trace_steps = num_arg(a, v);
     else if (ARG("--resume")) o.resume = v;
     else if (ARG("--out")) o.out_dir = v;
     else if (ARG("--seed")) o.seed = num_arg(a, v);

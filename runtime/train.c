@@ -205,7 +205,9 @@ int train_run(Run *r, TrainOpts *o) {
   for (int64_t step = L.start; step < L.max_steps; step++) {
     double t = rt_now(), norm = 0, lr = lr_at(&b->train, L.steps, step);
     data_train_batch(L.d, L.seed, step, b->train.batch, b->T, L.rows);
+    if (o->trace && step == L.start + 1) rt_trace_open(r, o->trace);   /* the first step warms up */
     double loss = rt_step(r, my_rows(b, L.rows), lr, &norm);
+    if (o->trace && (step == L.start + o->trace_steps || step + 1 == L.max_steps)) rt_trace_close(r, o->trace);
     if (step > L.start) L.t_steps += rt_now() - t;
     else L.wait0 = r->t_wait;                  /* the first step warms up: not counted */
     if (!isfinite(loss)) rt_die("loss is %g at step %lld: training diverged (lower the lr?)", loss, (long long)step + 1);
