@@ -231,6 +231,11 @@ void ckpt_save(Run *r, const char *dir, const CkptInfo *info);
 void ckpt_load(Run *r, const char *path, CkptInfo *info);
 void ckpt_prune(const char *dir, int64_t keep);   /* rank 0: all but the newest keep */
 
+/* ---- hf.c ---- */
+void hf_export(Run *r, const char *dir);   /* config.json + model.safetensors, HF Llama names */
+void hf_import(Run *r, const char *dir);   /* the parameters from a HF Llama folder */
+bool hf_name(const char *lmc, char *out, size_t n);   /* lmc's name -> HF's; false: none */
+
 /* ---- tblog.c ---- */
 typedef struct TbLog TbLog;
 TbLog *tb_open(const char *out_dir, int64_t start_step);   /* OUT/tb/events.out.tfevents.* */
@@ -243,6 +248,7 @@ typedef struct TrainOpts {
   int64_t max_steps, steps, log_interval, save_interval, eval_interval, eval_batches;
   int64_t keep;              /* checkpoints kept (0: all) */
   const char *trace;         /* a Chrome trace of trace_steps steps (after the first) goes here */
+  const char *init_hf;       /* start from a Hugging Face Llama's weights */
   int64_t trace_steps;
   int64_t seed;
   double lr;

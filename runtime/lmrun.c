@@ -29,6 +29,8 @@ static void usage(int code) {
           "                        cuda-emu (the CUDA backend on the emulated CUDA platform)\n"
           "  --comm-timeout S      end the job when a collective or transfer makes no\n"
           "                        progress for S seconds (default 300, or $LMC_COMM_TIMEOUT)\n"
+          "  --init-hf DIR         start from a Hugging Face Llama (config.json, model.safetensors)\n"
+          "  --export-hf DIR       write the weights of --resume CKPT as a Hugging Face Llama\n"
           "  --gradcheck N         compare N gradient entries with finite differences\n"
           "  --sample TEXT         write --tokens N (default 200) tokens after TEXT with the\n"
           "                        weights of --resume CKPT, at --temperature X (default 0.8)\n"
@@ -155,7 +157,7 @@ int main(int argc, char **argv) {
                  .trace_steps = 3};
   bool f64 = false;
   int64_t gc = 0, ntok = 200;
-  const char *prompt = NULL;
+  const char *prompt = NULL, *export_hf = NULL;
   double temp = 0.8;
   for (int i = 2; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -169,6 +171,8 @@ int main(int argc, char **argv) {
     else if (ARG("--save-interval")) o.save_interval = num_arg(a, v);
     else if (ARG("--keep")) o.keep = num_arg(a, v);
     else if (ARG("--trace")) o.trace = v;
+    else if (ARG("--export-hf")) export_hf = v;
+    else if (ARG("--init-hf")) o.init_hf = v;
     else if (ARG("--trace-steps")) o.trace_steps = num_arg(a, v);
     else if (ARG("--resume")) o.resume = v;
     else if (ARG("--out")) o.out_dir = v;
@@ -216,7 +220,15 @@ int main(int argc, char **argv) {
   Run *r = rt_new(b, be);
   if (prompt && world > 1) rt_die("--sample runs on one rank");
   if (o.seed < 0) o.seed = b->train.seed;
-  int rc = prompt ? sample(r, &o, prompt, ntok, temp) : gc > 0 ? gradcheck(r, &o, gc) : train_run(r, &o);
+  int rc = 0;
+  if (export_hf) {   /* the weights of --resume (or --init-hf, or the seed's), as a HF Llama */
+    rt_init_params(r, (uint64_t)o.seed);
+    if (o.init_hf) hf_import(r, o.init_hf);
+    CkptInfo info;
+    if (o.resume) ckpt_load(r, o.resume, &info);
+    hf_export(r, export_hf);
+    if (!o.quiet) printf("wrote %s/config.json and %s/model.safetensors\n", export_hf, export_hf);
+  } else rc = prompt ? sample(r, &o, prompt, ntok, temp) : gc > 0 ? gradcheck(r, &o, gc) : train_run(r, &o);
   rt_free(r);
   bundle_free(b);
   comm_finalize();

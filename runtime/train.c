@@ -184,6 +184,11 @@ int train_run(Run *r, TrainOpts *o) {
   if (b->rank != 0) o->quiet = true;
   L.d = data_load(o->data ? o->data : b->train.data, b->vocab, b->train.val_fraction, b->T + 1);
   rt_init_params(r, L.seed);
+  if (o->init_hf && o->resume) rt_die("--init-hf starts a run; --resume continues one: give one of them");
+  if (o->init_hf) {
+    hf_import(r, o->init_hf);
+    if (!o->quiet) printf("weights from %s\n", o->init_hf);
+  }
   if (o->resume) {
     CkptInfo info;
     ckpt_load(r, o->resume, &info);

@@ -1,5 +1,6 @@
 /* test_golden.c: the CPU backend against PyTorch. Loads the reference
- * weights and batch of tests/golden/llama-tiny into a bundle compiled from
+ * weights (through hf_import, lmrun --init-hf's reader) and batch of
+ * tests/golden/llama-tiny into a bundle compiled from
  * tests/golden/llama-tiny.lm, then compares, in double precision, the
  * logits, the loss, every parameter's gradient, the loss before each of
  * three AdamW steps and after the last, and the final weights.
@@ -62,27 +63,6 @@ static Tensor load(const char *dir, const char *file, const char *name) {
   return t;
 }
 
-/* lmc's parameter names -> Hugging Face Llama names. */
-static void hf_name(const char *lmc, char *out, size_t n) {
-  static const char *map[][2] = {
-      {"tok_embed", "model.embed_tokens.weight"}, {"final_norm", "model.norm.weight"},
-      {"lm_head", "lm_head.weight"}, {"attn_norm", "input_layernorm.weight"},
-      {"mlp_norm", "post_attention_layernorm.weight"}, {"q_proj", "self_attn.q_proj.weight"},
-      {"k_proj", "self_attn.k_proj.weight"}, {"v_proj", "self_attn.v_proj.weight"},
-      {"o_proj", "self_attn.o_proj.weight"}, {"gate_proj", "mlp.gate_proj.weight"},
-      {"up_proj", "mlp.up_proj.weight"}, {"down_proj", "mlp.down_proj.weight"}};
-  int layer = -1;
-  const char *base = lmc;
-  if (!strncmp(lmc, "layers.", 7)) layer = atoi(lmc + 7), base = strchr(lmc + 7, '.') + 1;
-  for (size_t i = 0; i < sizeof map / sizeof *map; i++)
-    if (!strcmp(base, map[i][0])) {
-      if (layer >= 0) snprintf(out, n, "model.layers.%d.%s", layer, map[i][1]);
-      else snprintf(out, n, "%s", map[i][1]);
-      return;
-    }
-  rt_die("no reference name for %s", lmc);
-}
-
 static void compare(const char *what, const double *got, const double *want, int64_t n,
                     double atol, double rtol) {
   double worst = 0;
@@ -107,7 +87,7 @@ static void compare_params(Run *r, const char *gd, const char *prefix, const cha
                            void (*get)(Run *, int, double *), double atol) {
   for (int p = 0; p < r->b->nparams; p++) {
     char name[256], ref[300], what[300];
-    hf_name(r->b->params[p].name, name, sizeof name);
+    if (!hf_name(r->b->params[p].name, name, sizeof name)) rt_die("no reference name for %s", r->b->params[p].name);
     snprintf(ref, sizeof ref, "%s%s", prefix, name);
     snprintf(what, sizeof what, "%s%s", label, r->b->params[p].name);
     Tensor want = load(gd, "expected.safetensors", ref);
@@ -123,15 +103,7 @@ int main(int argc, char **argv) {
   const char *gd = argv[2];
   Bundle *b = bundle_load(argv[1], 0);
   Run *r = rt_new(b, cpu_backend(true));
-  char name[256];
-  for (int p = 0; p < b->nparams; p++) {
-    hf_name(b->params[p].name, name, sizeof name);
-    Tensor t = load(gd, "model.safetensors", name);
-    if (t.n != b->params[p].numel) rt_die("%s: %lld elements, reference %lld", name,
-                                          (long long)b->params[p].numel, (long long)t.n);
-    rt_set_param(r, p, t.data);
-    free(t.data);
-  }
+  hf_import(r, gd);   /* the reference's weights through --init-hf's reader */
   Tensor ids = load(gd, "batch.safetensors", "input_ids"), tg = load(gd, "batch.safetensors", "targets");
   int64_t B = b->B, T = b->T;
   int32_t *rows = rt_xmalloc(B * (T + 1) * sizeof(int32_t));
