@@ -207,9 +207,10 @@ void rt_trace_close(Run *r, const char *path);    /* rank 0 merges the ranks' ev
 
 /* ---- data.c ---- */
 typedef struct Data {
-  char path[1024];
-  int32_t *tok;
+  char path[1024];         /* a file or a glob of shards */
+  struct DataShards *sh;   /* the files, memory-mapped */
   int64_t ntok, ntrain;    /* tokens [0, ntrain) train, [ntrain, ntok) val */
+  int64_t vocab;
 } Data;
 
 Data *data_load(const char *path, int64_t vocab, double val_fraction, int64_t need);

@@ -22,7 +22,7 @@ MSG="shorter than the 1024-byte shard header" expect_error "$LMRUN" "$WORK/b" --
 python3 -c "
 import struct, sys
 open(sys.argv[1], 'wb').write(struct.pack('<256i', 12345, 1, 10, *[0]*253) + bytes(20))" "$WORK/magic.bin"
-MSG="is not a token shard (magic 12345, want 20240520)" expect_error "$LMRUN" "$WORK/b" --data "$WORK/magic.bin"
+MSG="is not a token shard (magic 12345, want 20240520 or 20240801)" expect_error "$LMRUN" "$WORK/b" --data "$WORK/magic.bin"
 python3 -c "
 import struct, sys
 toks = [7, 300] + [1] * 4000
