@@ -18,11 +18,12 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
 cd "$(dirname "$0")/.."
-# Python packages from PyPI for the tests (TensorBoard's event reader), in
-# a git-ignored virtual environment
-if ! .venv/bin/python -c "import tensorboard" 2>/dev/null; then
+# Python packages from PyPI, in a git-ignored virtual environment:
+# Hugging Face tokenizers (scripts/tokenize) and TensorBoard's event reader
+# (the tests)
+if ! .venv/bin/python -c "import tensorboard, tokenizers" 2>/dev/null; then
   python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check tensorboard
+  .venv/bin/pip install -q --disable-pip-version-check tensorboard tokenizers
 fi
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build -j"$(nproc)" >/dev/null
