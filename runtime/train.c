@@ -51,6 +51,9 @@ typedef struct Loop {
   FILE *metrics;
   char metrics_path[1200];
   TbLog *tb;               /* the same scalars for TensorBoard */
+  bool tty;                /* progress updates one line in place */
+  double best_val, last_val;
+  int64_t last_saved;
   int32_t *rows;
   int64_t steps, max_steps, start;
   uint64_t seed;
@@ -75,12 +78,15 @@ static void log_step(Loop *L, int64_t step, double loss, double lr, double norm,
   flush_metrics(L);
   tb_scalar(L->tb, "train/loss", step, loss), tb_scalar(L->tb, "train/lr", step, lr);
   tb_scalar(L->tb, "train/grad_norm", step, norm), tb_scalar(L->tb, "train/tokens_per_s", step, toks / dt);
-  if (L->o->quiet || (step % L->o->log_interval && step != L->max_steps && step != L->start + 1)) return;
+  if (L->o->quiet || (!L->tty && step % L->o->log_interval && step != L->max_steps && step != L->start + 1)) return;
   double el = rt_now() - L->t0, per = el / (double)(step - L->start);
   char eta[32];
   fmt_time(eta, sizeof eta, per * (double)(L->max_steps - step));
-  printf("step %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | %.0f ms/step | ETA %s\n",
-         (long long)step, (long long)L->max_steps, loss, lr, norm, toks / dt, dt * 1e3, eta);
+  /* model FLOPs: 6 per parameter per token (attention's excluded) */
+  double tflops = 6.0 * (double)b->nparam_elems * toks / dt / 1e12;
+  printf("%sstep %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | %.3g TFLOP/s | %.0f ms/step | ETA %s%s",
+         L->tty ? "\r\033[K" : "", (long long)step, (long long)L->max_steps, loss, lr, norm, toks / dt, tflops,
+         dt * 1e3, eta, L->tty && step % L->o->log_interval && step != L->max_steps ? "" : "\n");
   fflush(stdout);
 }
 
@@ -90,7 +96,9 @@ static void eval_and_log(Loop *L, int64_t step) {
   fprintf(L->metrics, "{\"step\":%lld,\"val_loss\":%.17g}\n", (long long)step, vl);
   flush_metrics(L);
   tb_scalar(L->tb, "val/loss", step, vl);
-  if (!L->o->quiet) printf("step %5lld | val loss %.4f\n", (long long)step, vl), fflush(stdout);
+  L->last_val = vl;
+  if (!(vl >= L->best_val)) L->best_val = vl;
+  if (!L->o->quiet) printf("%sstep %5lld | val loss %.4f\n", L->tty ? "\r\033[K" : "", (long long)step, vl), fflush(stdout);
 }
 
 /* Every rank takes part: each pipeline stage writes its shard. */
@@ -105,7 +113,9 @@ static void save(Loop *L, int64_t step) {
   data_identity(L->d, &info);
   ckpt_save(L->r, L->ckpt_dir, &info);
   if (L->r->b->rank == 0 && L->o->keep > 0) ckpt_prune(L->ckpt_dir, L->o->keep);
-  if (!L->o->quiet) printf("step %5lld | saved %s/step_%08lld\n", (long long)step, L->ckpt_dir, (long long)step);
+  L->last_saved = step;
+  if (!L->o->quiet)
+    printf("%sstep %5lld | saved %s/step_%08lld\n", L->tty ? "\r\033[K" : "", (long long)step, L->ckpt_dir, (long long)step);
 }
 
 /* A resume on other data than the checkpoint's trained on is allowed
@@ -173,6 +183,32 @@ static void report_memory(Loop *L) {
   free(all);
 }
 
+/* What runs, where it writes: said once before the first step. */
+static void banner(Loop *L) {
+  Run *r = L->r;
+  Bundle *b = r->b;
+  double mib = 1.0 / (1 << 20), state = 4.0 * (double)b->region[R_PARAM] * r->be->elem;   /* weights, grads, 2 moments */
+  printf("model %s: %.2fM params | batch %lld x seq %lld, %lld microbatch(es) | layout dp %d x tp %d x pp %d | "
+         "backend %s\n", b->model, b->nparam_elems / 1e6, (long long)b->train.batch, (long long)b->T,
+         (long long)b->train.microbatches, b->mesh[0], b->mesh[1], b->mesh[2], r->be->name);
+  printf("  memory planned per rank: %.1f MiB activations + %.1f MiB weights, gradients and Adam | data %s "
+         "(%lld tokens)\n", b->slots * rt_slot_bytes(r) * mib, state * mib, L->d->path, (long long)L->d->ntok);
+  printf("  steps %lld..%lld | logs %s (and tb/)", (long long)L->start, (long long)L->max_steps, L->metrics_path);
+  if (L->o->save_interval > 0) printf(" | checkpoints %s every %lld steps", L->ckpt_dir, (long long)L->o->save_interval);
+  printf("\n");
+  fflush(stdout);
+}
+
+static void summary(Loop *L) {
+  Bundle *b = L->r->b;
+  char took[32];
+  fmt_time(took, sizeof took, rt_now() - L->t0);
+  printf("done: %lld steps in %s, %.3g tokens | val loss %.4f (best %.4f)", (long long)(L->max_steps - L->start), took,
+         (double)b->train.batch * b->T * (double)(L->max_steps - L->start), L->last_val, L->best_val);
+  if (L->last_saved) printf(" | last checkpoint %s/step_%08lld", L->ckpt_dir, (long long)L->last_saved);
+  printf("\n");
+}
+
 int train_run(Run *r, TrainOpts *o) {
   Bundle *b = r->b;
   Loop L = {.r = r, .o = o, .seed = o->seed >= 0 ? (uint64_t)o->seed : (uint64_t)b->train.seed};
@@ -201,11 +237,9 @@ int train_run(Run *r, TrainOpts *o) {
            (long long)L.start, (long long)L.max_steps);
   open_metrics(&L);
   L.rows = rt_xmalloc(rowsz * sizeof(int32_t));
-  if (!o->quiet)
-    printf("model %s: %.2fM params | batch %lld x seq %lld | %lld microbatch(es) | steps %lld..%lld | "
-           "backend %s | data %s (%lld tokens)\n", b->model, b->nparam_elems / 1e6,
-           (long long)b->train.batch, (long long)b->T, (long long)b->train.microbatches,
-           (long long)L.start, (long long)L.max_steps, r->be->name, L.d->path, (long long)L.d->ntok);
+  L.tty = !o->quiet && isatty(fileno(stdout));
+  L.best_val = L.last_val = NAN;
+  if (!o->quiet) banner(&L);
   L.t0 = rt_now();
   for (int64_t step = L.start; step < L.max_steps; step++) {
     double t = rt_now(), norm = 0, lr = lr_at(&b->train, L.steps, step);
@@ -222,6 +256,7 @@ int train_run(Run *r, TrainOpts *o) {
     if (o->save_interval > 0 && ((step + 1) % o->save_interval == 0 || last)) save(&L, step + 1);
   }
   report_memory(&L);
+  if (!o->quiet) summary(&L);
   tb_close(L.tb);
   if (L.metrics) {
     flush_metrics(&L);
