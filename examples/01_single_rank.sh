@@ -1,0 +1,7 @@
+#!/bin/sh
+# One rank: compile the tiny Llama with small overrides and train it on the
+# King James Bible (the GPU when one works, else the CPU).
+# Expect: a banner, then the loss falling from about 5.5 (ln 256) to about
+# 2.5 by step 200, a val loss every 50 steps, and a summary line.
+. "$(dirname "$0")/common.sh"
+"$LMTRAIN" "$ROOT/models/tiny.lm" $SMALL --set steps="$STEPS" --set eval_every=50 --out "$OUT/01"
