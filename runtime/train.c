@@ -232,6 +232,8 @@ int train_run(Run *r, TrainOpts *o) {
     check_data(&L, &info);
     if (!o->quiet) printf("resumed from %s at step %lld\n", o->resume, (long long)L.start);
   }
+  const char *smoke = getenv("LMC_SMOKE_STEPS");   /* the docs' and examples' tests: every run short */
+  if (smoke && atoll(smoke) > 0 && L.start + atoll(smoke) < L.max_steps) L.max_steps = L.start + atoll(smoke);
   if (L.start >= L.max_steps)
     rt_die("nothing to do: the run is at step %lld and --max-steps is %lld",
            (long long)L.start, (long long)L.max_steps);

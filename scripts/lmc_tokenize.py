@@ -1,4 +1,4 @@
-"""The body of scripts/tokenize (see there)."""
+"""The body of scripts/tokenize (see there); not named tokenize.py, which would shadow Python's own module for the other scripts here."""
 import argparse
 import json
 import os
