@@ -20,6 +20,18 @@ static void caught(const char *msg) {
   longjmp(on_error, 1);
 }
 
+/* An error longjmps out of a loader that had files open (lmrun itself
+ * exits): the descriptors an input opened are closed after it. */
+static int lowest_free(void) {
+  int fd = dup(0);
+  if (fd >= 0) close(fd);
+  return fd;
+}
+
+static void close_from(int base) {
+  for (int fd = base; base >= 0 && fd < base + 256; fd++) close(fd);
+}
+
 static void put(const char *name, const unsigned char *p, size_t n) {
   char path[128];
   snprintf(path, sizeof path, "%s/%s", dir, name);
@@ -54,10 +66,12 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t n) {
   put("manifest.txt", data, m);
   put("rank0.sched", nul ? nul + 1 : data, nul ? n - m - 1 : 0);
   static Bundle *volatile b;
+  int base = lowest_free();
   if (!setjmp(on_error)) {
     b = bundle_load(dir, 0);
     bundle_free(b);
   }
+  close_from(base);
   return 0;
 }
 #elif defined(TARGET_CKPT)
@@ -82,7 +96,9 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t n) {
   char path[96];
   snprintf(path, sizeof path, "%s/step", dir);
   CkptInfo info;
+  int base = lowest_free();
   if (!setjmp(on_error)) ckpt_load(run, path, &info);
+  close_from(base);
   return 0;
 }
 #elif defined(TARGET_DATA)
@@ -93,6 +109,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t n) {
     char path[96];
     snprintf(path, sizeof path, "%s/%s", dir, names[i]);
     static Data *volatile d;
+    int base = lowest_free();
     if (!setjmp(on_error)) {
       d = data_load(path, 50304, 0.1, 17);
       int32_t rows[2 * 17];
@@ -100,6 +117,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t n) {
       data_val_batch(d, 0, 1, 2, 16, rows);
       data_free(d);
     }
+    close_from(base);
   }
   return 0;
 }
