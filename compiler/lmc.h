@@ -279,6 +279,8 @@ void sched_actions(Sched *s);           /* this rank's step and eval lists */
 void sched_check(Graph *g);             /* sends match receives, no deadlock */
 bool sched_has(Sched *s, Value *v);     /* v appears in this stage's schedule */
 void sched_dump_all(FILE *out, Sched *s, int rank);
+/* Every rank's step simulated at flops FLOP/s and bw bytes/s, as a Chrome trace. */
+void sched_timeline(FILE *out, Graph *g, double flops, double bw);
 
 /* ---- plan.c ---- */
 typedef struct PlanCost {
@@ -288,6 +290,7 @@ typedef struct PlanCost {
   double compute, bubble, comm, time;   /* seconds, estimated */
 } PlanCost;
 void plan_cost(Sched *s, double flops_rate, double bandwidth, PlanCost *c);
+double plan_inst_flops(Inst *in);       /* GEMM and attention FLOPs of one instruction */
 
 /* ---- kernels.c ---- */
 void kernels_emit(FILE *out, Graph *g);

@@ -79,6 +79,7 @@ static int compile(Options *o, const char *text, long len) {
   if (dumping(o, "part")) part_dump(stdout, g);
   sched_check(g);
   if (dumping(o, "sched")) sched_dump_all(stdout, s, o->rank);
+  if (dumping(o, "timeline")) sched_timeline(stdout, g, o->plan_flops, o->plan_bw);
   if (o->out) {
     emit_bundle(s, o->out);
     if (!o->quiet) summary(s, o->out);
@@ -169,7 +170,9 @@ static void usage(int code) {
   fprintf(code ? stderr : stdout,
           "usage: lmc SPEC.lm [-o BUNDLE_DIR] [options]\n"
           "  -o DIR              write the bundle (manifest + per-rank schedules)\n"
-          "  --dump=LIST         print phases: ast,sema,ir,fused,grad,part,sched\n"
+          "  --dump=LIST         print phases: ast,sema,ir,fused,grad,part,sched; timeline:\n"
+          "                      every rank's step simulated at --plan-flops and --plan-bw,\n"
+          "                      as a Chrome trace (Perfetto)\n"
           "  --fuse=MODE         auto (default: fuse the LM head and loss when the logits\n"
           "                      reach 128 MiB), always, or never (also --no-fuse)\n"
           "  --set NAME=VALUE    override a dim, train or parallel setting\n"

@@ -8,7 +8,7 @@
 #include "lmc.h"
 #include <string.h>
 
-static double inst_flops(Inst *in) {
+double plan_inst_flops(Inst *in) {
   switch (in->op) {
   case OP_MATMUL: return 2 * ir_get(in, "m") * ir_get(in, "n") * ir_get(in, "k");
   case OP_HEAD_XENT: return 2 * ir_get(in, "m") * ir_get(in, "n") * ir_get(in, "k");
@@ -35,7 +35,7 @@ void plan_cost(Sched *s, double flops_rate, double bandwidth, PlanCost *c) {
     double flops = 0, tp_bytes = 0, pp_bytes = 0;
     for (int k = 0; k < p->nfwd + p->nbwd; k++) {
       Inst *in = k < p->nfwd ? p->fwd[k] : p->bwd[k - p->nfwd];
-      flops += inst_flops(in);
+      flops += plan_inst_flops(in);
       if (in->op == OP_ALLREDUCE) tp_bytes += 4.0 * ir_get(in, "n");
     }
     Xfer *lists[] = {p->fsend, p->bsend};

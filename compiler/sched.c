@@ -394,6 +394,108 @@ void sched_check(Graph *g) {
                  msgs[i].src, msgs[i].vid, msgs[i].mb, msgs[i].dst);
 }
 
+/* ---- the planned timeline: the static check's walk, with clocks ---- */
+
+typedef struct Arrival {
+  int src, dst, vid, mb;
+  bool grad;
+  double t;
+  bool taken;
+} Arrival;
+
+static double stage_seconds(Part *p, bool bwd, double flops, double bw, int64_t tp) {
+  double f = 0, bytes = 0;
+  int n = bwd ? p->nbwd : p->nfwd;
+  for (int k = 0; k < n; k++) {
+    Inst *in = bwd ? p->bwd[k] : p->fwd[k];
+    f += plan_inst_flops(in);
+    if (in->op == OP_ALLREDUCE) bytes += 4.0 * ir_get(in, "n") * 2.0 * (tp - 1) / tp;
+  }
+  return f / flops + bytes / bw;
+}
+
+static void span(FILE *out, bool *first, int rank, int tid, const char *name, double t0, double t1, const char *args) {
+  fprintf(out, "%s{\"name\":\"%s\",\"ph\":\"X\",\"pid\":%d,\"tid\":%d,\"ts\":%.3f,\"dur\":%.3f,\"args\":{%s}}",
+          *first ? "" : ",\n", name, rank, tid, t0 * 1e6, (t1 - t0) * 1e6, args);
+  *first = false;
+}
+
+void sched_timeline(FILE *out, Graph *g, double flops, double bw) {
+  Sched *s = arena_alloc(sizeof(Sched));
+  s->g = g, s->world = 1;
+  for (int a = 0; a < MAX_AXES; a++) s->world *= g->prog->s.mesh[a];
+  int world = s->world, narr = 0, total = 0;
+  int64_t tp = g->prog->s.mesh[AX_TP];
+  RankRun *runs = arena_alloc(world * sizeof(RankRun));
+  double *t = arena_alloc(world * sizeof(double)), *fwd = arena_alloc(world * sizeof(double)),
+         *bwd = arena_alloc(world * sizeof(double)), *grads = arena_alloc(world * sizeof(double));
+  fprintf(out, "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n");
+  bool first = true;
+  for (int r = 0; r < world; r++) {
+    sched_set_rank(s, r);
+    sched_stage(s, s->coord[AX_PP]);
+    sched_actions(s);
+    runs[r] = (RankRun){s->step, s->nstep, 0, {0}};
+    memcpy(runs[r].coord, s->coord, sizeof s->coord);
+    fwd[r] = stage_seconds(s->part, false, flops, bw, tp), bwd[r] = stage_seconds(s->part, true, flops, bw, tp);
+    grads[r] = 4.0 * s->region[V_GRAD];
+    total += s->nstep;
+    fprintf(out, "%s{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":%d,\"args\":{\"name\":\"rank %d (dp %d tp %d pp %d)\"}}",
+            first ? "" : ",\n", r, r, s->coord[AX_DP], s->coord[AX_TP], s->coord[AX_PP]);
+    first = false;
+  }
+  Arrival *arr = arena_alloc((total + 1) * sizeof(Arrival));
+  char args[96];
+  for (bool progress = true; progress;) {
+    progress = false;
+    for (int r = 0; r < world; r++)
+      while (runs[r].pc < runs[r].n) {
+        Action *a = &runs[r].a[runs[r].pc];
+        snprintf(args, sizeof args, "\"microbatch\":%d", a->mb);
+        if (a->kind == ACT_FWD || a->kind == ACT_BWD) {
+          double d = a->kind == ACT_FWD ? fwd[r] : bwd[r];
+          span(out, &first, r, 0, a->kind == ACT_FWD ? "forward" : "backward", t[r], t[r] + d, args);
+          t[r] += d;
+        } else if (a->kind == ACT_SEND) {
+          double d = 4.0 * shape_numel(&a->v->shape) / bw;
+          arr[narr++] = (Arrival){r, peer_rank(g, &runs[r], a), a->v->id, a->mb, a->grad, t[r] + d, false};
+          span(out, &first, r, 1, "send", t[r], t[r] + d, args);
+        } else if (a->kind == ACT_RECV) {
+          int src = peer_rank(g, &runs[r], a), k = 0;
+          while (k < narr && (arr[k].taken || arr[k].src != src || arr[k].dst != r || arr[k].vid != a->v->id ||
+                              arr[k].mb != a->mb || arr[k].grad != a->grad)) k++;
+          if (k == narr) break;   /* not sent yet */
+          arr[k].taken = true;
+          if (arr[k].t > t[r]) span(out, &first, r, 0, "wait", t[r], arr[k].t, args), t[r] = arr[k].t;
+        } else if (a->kind == ACT_ALLREDUCE || a->kind == ACT_OPTIMIZER) {
+          if (!collective(runs, world, r)) break;
+          RankRun me = runs[r];
+          double start = 0, d = 0;
+          for (int q = 0; q < world; q++)
+            if (a->kind == ACT_OPTIMIZER ? (a->axis < 0 ? q == r : same_group(&me, &runs[q], a->axis, a->kind))
+                                         : same_group(&me, &runs[q], a->axis, a->kind))
+              start = t[q] > start ? t[q] : start;
+          if (a->kind == ACT_ALLREDUCE) {
+            int64_t n = g->prog->s.mesh[a->axis];
+            d = n > 1 ? 4.0 * a->n * 2.0 * (n - 1) / n / bw : 0;
+          } else d = 3.0 * grads[r] / bw;   /* AdamW reads and writes the state once: memory bound */
+          for (int q = 0; q < world; q++)
+            if (a->kind == ACT_OPTIMIZER && a->axis < 0 ? q == r : same_group(&me, &runs[q], a->axis, a->kind)) {
+              span(out, &first, q, a->kind == ACT_ALLREDUCE, a->kind == ACT_ALLREDUCE ? "allreduce" : "optimizer",
+                   start, start + d, "");
+              t[q] = start + d;
+            }
+          advance_group(runs, world, r);
+          progress = true;
+          continue;
+        }
+        runs[r].pc++;
+        progress = true;
+      }
+  }
+  fprintf(out, "\n]}\n");
+}
+
 /* The schedule of one rank, or of every rank when rank is -1. */
 void sched_dump_all(FILE *out, Sched *s, int rank) {
   for (int r = 0; r < s->world; r++) {
