@@ -364,7 +364,7 @@ static void read_action(Reader *r, Bundle *b, Action *a) {
     a->axis = axis_of(r, g);
   } else if (!strncmp(l, "  allreduce ", 12)) {
     char reg[16];
-    sscanf(l + 12, "%15s", reg);
+    sscanf(l + 12, "%14s", reg);   /* room for the space below */
     strcat(reg, " ");
     a->kind = A_ALLREDUCE, a->region = region_of(r, reg);
     a->off = ifield(r, "off"), a->n = ifield(r, "n");
@@ -402,7 +402,7 @@ static void read_schedule(Bundle *b, const char *dir, int rank) {
   while (!end && next_line(&r)) {
     char *l = r.buf, reg[16];
     long long size;
-    if (sscanf(l, "region %15s %lld", reg, &size) == 2) {
+    if (sscanf(l, "region %14s %lld", reg, &size) == 2) {   /* room for the space below */
       strcat(reg, " ");
       b->region[region_of(&r, reg)] = size;
     } else if (!strncmp(l, "value ", 6)) read_value(&r, b);
