@@ -13,6 +13,7 @@ typedef struct Reader {
 } Reader;
 
 _Noreturn static void bad(Reader *r, const char *what) {
+  if (r->f) fclose(r->f), r->f = NULL;   /* for a caller that recovers (the fuzz target) */
   rt_die("%s:%d: %s (is this an lmc bundle? recompile it with lmc)", r->path, r->line, what);
 }
 
@@ -139,7 +140,7 @@ static void read_manifest(Bundle *b, const char *dir) {
     else if (!strcmp(l, "end")) end = true;
     else bad(&r, "unknown line");
   }
-  fclose(r.f);
+  fclose(r.f), r.f = NULL;
   if (!end) bad(&r, "truncated manifest (no 'end' line)");
   if (b->vocab <= 0 || b->B <= 0 || b->T <= 0 || b->nparams == 0 || b->train.batch <= 0)
     bad(&r, "incomplete manifest");
@@ -309,6 +310,7 @@ static void verify_inst(Reader *r, Bundle *b, const RtInst *x) {
 static void read_program(Reader *r, Bundle *b, RtInst **prog, int *n) {
   *n = atoi(strrchr(r->buf, ' ') + 1);
   if (*n < 0 || *n > 10000000) bad(r, "bad program length");
+  if (*prog) bad(r, "a program appears twice");
   *prog = rt_xmalloc((*n + 1) * sizeof(RtInst));
   for (int i = 0; i < *n; i++) {
     if (!next_line(r)) bad(r, "truncated program");
@@ -378,6 +380,7 @@ static void read_action(Reader *r, Bundle *b, Action *a) {
 
 static void read_actions(Reader *r, Bundle *b, Action **list, int *n) {
   int cap = 16;
+  if (*list) bad(r, "an action list appears twice");
   *list = rt_xmalloc(cap * sizeof(Action));
   while (next_line(r)) {
     if (!strcmp(r->buf, "end")) return;
@@ -430,7 +433,7 @@ static void read_schedule(Bundle *b, const char *dir, int rank) {
         bad(&r, "rank line does not match the manifest");
     }
   }
-  fclose(r.f);
+  fclose(r.f), r.f = NULL;
   if (!end || !b->fwd || !b->bwd || !b->actions || !b->slots) bad(&r, "truncated schedule");
 }
 
@@ -478,7 +481,15 @@ Bundle *bundle_load(const char *dir, int rank) {
   return b;
 }
 
+/* After a loading error that did not end the process: the bundle being
+ * loaded, freed. */
+void bundle_abandon(void) {
+  if (cur_bundle) bundle_free(cur_bundle);
+  cur_bundle = NULL;
+}
+
 void bundle_free(Bundle *b) {
+  if (b == cur_bundle) cur_bundle = NULL;
   free(b->params), free(b->vals), free(b->fwd), free(b->bwd), free(b->actions), free(b->evals);
   free(b);
 }

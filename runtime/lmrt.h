@@ -130,6 +130,7 @@ Bundle *bundle_open(const char *dir);              /* the manifest only */
 void bundle_load_rank(Bundle *b, int rank);       /* then one rank's schedule */
 Bundle *bundle_load(const char *dir, int rank);   /* both */
 void bundle_free(Bundle *b);
+void bundle_abandon(void);                         /* after a caught loading error: free what was loaded */
 
 /* ---- cpu.c (the backend interface and its CPU implementation) ---- */
 typedef struct AdamArgs {

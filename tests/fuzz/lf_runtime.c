@@ -70,7 +70,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t n) {
   if (!setjmp(on_error)) {
     b = bundle_load(dir, 0);
     bundle_free(b);
-  }
+  } else bundle_abandon();
   close_from(base);
   return 0;
 }
