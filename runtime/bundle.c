@@ -195,7 +195,8 @@ static void read_inst(Reader *r, Bundle *b, RtInst *in) {
 static void read_value(Reader *r, Bundle *b) {
   int id;
   char region[16];
-  if (sscanf(r->buf, "value %%%d %15s", &id, region) != 2 || id < b->nvals || id > 50000000)
+  /* ids are global, so a rank's have gaps, but never of a million values */
+  if (sscanf(r->buf, "value %%%d %15s", &id, region) != 2 || id < b->nvals || id > b->nvals + 1000000)
     bad(r, "bad value line");
   b->vals = realloc(b->vals, (id + 1) * sizeof(RtValue));
   if (!b->vals) rt_die("out of memory");
