@@ -250,28 +250,6 @@ static void get_tensor(const unsigned char *src, double *x, int64_t n, bool f64)
     }
 }
 
-static unsigned char *read_shard(const char *path, size_t *len, char **hdr) {
-  struct stat st;
-  if (stat(path, &st) != 0) rt_die("cannot open checkpoint '%s': %s", path, strerror(errno));
-  FILE *f = fopen(path, "rb");
-  if (!f) rt_die("cannot open checkpoint '%s': %s", path, strerror(errno));
-  size_t n = st.st_size;
-  unsigned char *buf = rt_xmalloc(n + 1);
-  if (fread(buf, 1, n, f) != n) rt_die("cannot read checkpoint '%s'", path);
-  fclose(f);
-  uint32_t hl;
-  if (n < 20 || memcmp(buf, MAGIC, 8)) rt_die("'%s' is not an lmc checkpoint shard", path);
-  memcpy(&hl, buf + 8, 4);
-  uint64_t sum;
-  memcpy(&sum, buf + n - 8, 8);
-  if (hl > n - 20 || rt_fnv1a(buf, n - 8, 0xcbf29ce484222325ULL) != sum)
-    rt_die("checkpoint '%s' is corrupt or truncated (checksum mismatch)", path);
-  *hdr = rt_xmalloc(hl + 1);
-  memcpy(*hdr, buf + 12, hl);
-  *len = n;
-  return buf;
-}
-
 /* A piece of a parameter in a shard: part `part` of `parts` along dim
  * `split` (-1: the whole tensor), weights then Adam m and v. */
 typedef struct Piece {
@@ -288,13 +266,57 @@ typedef struct Shards {
   int npieces;
 } Shards;
 
+/* What a load holds while it runs, so that a caller that recovers from its
+ * error (the fuzz target; lmrun exits) can free it: ckpt_abandon. */
+static struct {
+  char **names;
+  int nnames;
+  Shards sh;
+  unsigned char *buf;
+  char *hdr;
+  double *whole, *piece;
+  FILE *f;
+} pending;
+
+void ckpt_abandon(void) {
+  for (int i = 0; i < pending.nnames; i++) free(pending.names[i]);
+  for (int i = 0; i < pending.sh.nbufs; i++) free(pending.sh.bufs[i]);
+  free(pending.names), free(pending.sh.bufs), free(pending.sh.pieces), free(pending.buf), free(pending.hdr);
+  free(pending.whole), free(pending.piece);
+  if (pending.f) fclose(pending.f);
+  memset(&pending, 0, sizeof pending);
+}
+
+static unsigned char *read_shard(const char *path, size_t *len, char **hdr) {
+  struct stat st;
+  if (stat(path, &st) != 0) rt_die("cannot open checkpoint '%s': %s", path, strerror(errno));
+  FILE *f = fopen(path, "rb");
+  if (!f) rt_die("cannot open checkpoint '%s': %s", path, strerror(errno));
+  size_t n = st.st_size;
+  unsigned char *buf = pending.buf = rt_xmalloc(n + 1);
+  pending.f = f;
+  if (fread(buf, 1, n, f) != n) rt_die("cannot read checkpoint '%s'", path);
+  fclose(f), pending.f = NULL;
+  uint32_t hl;
+  if (n < 20 || memcmp(buf, MAGIC, 8)) rt_die("'%s' is not an lmc checkpoint shard", path);
+  memcpy(&hl, buf + 8, 4);
+  uint64_t sum;
+  memcpy(&sum, buf + n - 8, 8);
+  if (hl > n - 20 || rt_fnv1a(buf, n - 8, 0xcbf29ce484222325ULL) != sum)
+    rt_die("checkpoint '%s' is corrupt or truncated (checksum mismatch)", path);
+  *hdr = pending.hdr = rt_xmalloc(hl + 1);
+  memcpy(*hdr, buf + 12, hl);
+  *len = n;
+  return buf;
+}
+
 static void read_pieces(Run *r, const char *path, Shards *sh, CkptInfo *info, bool first) {
   size_t n;
   char *h;
   unsigned char *buf = read_shard(path, &n, &h);
   Bundle *b = r->b;
   sh->bufs = realloc(sh->bufs, (sh->nbufs + 1) * sizeof(*sh->bufs));
-  sh->bufs[sh->nbufs++] = buf;
+  sh->bufs[sh->nbufs++] = buf, pending.buf = NULL;
   const char *model = hline(h, "model"), *step = hline(h, "step"), *seed = hline(h, "seed");
   const char *dtype = hline(h, "dtype");
   if (!model || !step || !seed || !dtype) rt_die("checkpoint '%s' is corrupt: bad header", path);
@@ -338,7 +360,7 @@ static void read_pieces(Run *r, const char *path, Shards *sh, CkptInfo *info, bo
     sh->pieces[sh->npieces++] = pc;
   }
   if (off != n - 8) rt_die("checkpoint '%s' is corrupt: %zu bytes, expected %zu", path, n, off + 8);
-  free(h);
+  free(h), pending.hdr = NULL;
 }
 
 /* Copies between a whole tensor (shape, rank) and its part `part` of
@@ -362,8 +384,8 @@ static void copy_part(double *whole, double *piece, const int64_t *shape, int ra
 static void load_param(Run *r, Shards *sh, int k, const char *path) {
   Bundle *b = r->b;
   RtParam *pp = &b->params[k];
-  double *whole = rt_xmalloc(3 * pp->numel * sizeof(double));
-  double *piece = rt_xmalloc(pp->numel * sizeof(double));
+  double *whole = pending.whole = rt_xmalloc(3 * pp->numel * sizeof(double));
+  double *piece = pending.piece = rt_xmalloc(pp->numel * sizeof(double));
   int64_t covered = 0;
   for (int i = 0; i < sh->npieces; i++) {
     Piece *pc = &sh->pieces[i];
@@ -388,7 +410,7 @@ static void load_param(Run *r, Shards *sh, int k, const char *path) {
               pp->split >= 0 ? b->mesh[1] : 1, false);
     r->be->upload(dst[t], piece, pp->local);
   }
-  free(whole), free(piece);
+  free(whole), free(piece), pending.whole = pending.piece = NULL;
 }
 
 static int by_name(const void *a, const void *b) {
@@ -402,22 +424,22 @@ void ckpt_load(Run *r, const char *path, CkptInfo *info) {
     if (stat(path, &st) != 0) rt_die("cannot open checkpoint '%s': %s", path, strerror(errno));
     rt_die("'%s' is not an lmc checkpoint (a step_N folder of rank*.ckpt shards)", path);
   }
-  char **names = NULL;
-  int n = 0;
   for (struct dirent *e; (e = readdir(d));) {
     size_t l = strlen(e->d_name);
     if (l > 5 && !strcmp(e->d_name + l - 5, ".ckpt")) {
-      names = realloc(names, (n + 1) * sizeof(char *));
-      names[n] = rt_xmalloc(strlen(path) + l + 2);
-      sprintf(names[n++], "%s/%s", path, e->d_name);
+      pending.names = realloc(pending.names, (pending.nnames + 1) * sizeof(char *));
+      pending.names[pending.nnames] = rt_xmalloc(strlen(path) + l + 2);
+      sprintf(pending.names[pending.nnames++], "%s/%s", path, e->d_name);
     }
   }
   closedir(d);
+  char **names = pending.names;
+  int n = pending.nnames;
   if (n == 0) rt_die("checkpoint '%s' holds no shards", path);
   qsort(names, n, sizeof(char *), by_name);
-  Shards sh = {0};
-  for (int i = 0; i < n; i++) read_pieces(r, names[i], &sh, info, i == 0), free(names[i]);
-  free(names);
+  Shards *shp = &pending.sh, sh;
+  for (int i = 0; i < n; i++) read_pieces(r, names[i], shp, info, i == 0);
+  sh = *shp;
   for (int i = 0; i < sh.npieces; i++) {    /* every piece names a parameter of the model */
     bool known = false;
     for (int p = 0; p < r->b->nparams; p++) known |= !strcmp(r->b->params[p].name, sh.pieces[i].name);
@@ -427,7 +449,6 @@ void ckpt_load(Run *r, const char *path, CkptInfo *info) {
   }
   for (int p = 0; p < r->b->nparams; p++)
     if (r->b->params[p].value >= 0) load_param(r, &sh, p, path);
-  for (int i = 0; i < sh.nbufs; i++) free(sh.bufs[i]);
-  free(sh.bufs), free(sh.pieces);
+  ckpt_abandon();   /* done: what the load held goes */
   r->step = info->step;
 }

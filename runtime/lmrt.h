@@ -232,6 +232,7 @@ typedef struct CkptInfo {
 void ckpt_save(Run *r, const char *dir, const CkptInfo *info);
 void ckpt_load(Run *r, const char *path, CkptInfo *info);
 void ckpt_prune(const char *dir, int64_t keep);   /* rank 0: all but the newest keep */
+void ckpt_abandon(void);                  /* after a caught load error: free what the load held */
 
 /* ---- hf.c ---- */
 void hf_export(Run *r, const char *dir);   /* config.json + model.safetensors, HF Llama names */
@@ -251,6 +252,7 @@ typedef struct TrainOpts {
   int64_t keep;              /* checkpoints kept (0: all) */
   const char *trace;         /* a Chrome trace of trace_steps steps (after the first) goes here */
   const char *init_hf;       /* start from a Hugging Face Llama's weights */
+  double peak_tflops;        /* the device's peak, for MFU in the progress line (0: not shown) */
   int64_t trace_steps;
   int64_t seed;
   double lr;

@@ -13,6 +13,7 @@ static void usage(int code) {
           "  --max-steps N         stop after step N (default: the planned steps)\n"
           "  --steps N             planned steps: the length of the lr schedule\n"
           "  --log-interval N      print a progress line every N steps (default 10)\n"
+          "  --peak-tflops X       one device's peak TFLOP/s: the progress line shows MFU\n"
           "  --eval-interval N     validation loss every N steps (default: the spec's)\n"
           "  --eval-batches N      validation batches per evaluation\n"
           "  --save-interval N     checkpoint every N steps and at the end (default: the\n"
@@ -173,6 +174,10 @@ int main(int argc, char **argv) {
     else if (ARG("--trace")) o.trace = v;
     else if (ARG("--export-hf")) export_hf = v;
     else if (ARG("--init-hf")) o.init_hf = v;
+    else if (ARG("--peak-tflops")) {
+      o.peak_tflops = atof(v);
+      if (!(o.peak_tflops > 0)) rt_die("--peak-tflops takes a positive number, got '%s'", v);
+    }
     else if (ARG("--trace-steps")) o.trace_steps = num_arg(a, v);
     else if (ARG("--resume")) o.resume = v;
     else if (ARG("--out")) o.out_dir = v;

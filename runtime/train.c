@@ -84,8 +84,10 @@ static void log_step(Loop *L, int64_t step, double loss, double lr, double norm,
   fmt_time(eta, sizeof eta, per * (double)(L->max_steps - step));
   /* model FLOPs: 6 per parameter per token (attention's excluded) */
   double tflops = 6.0 * (double)b->nparam_elems * toks / dt / 1e12;
-  printf("%sstep %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | %.3g TFLOP/s | %.0f ms/step | ETA %s%s",
-         L->tty ? "\r\033[K" : "", (long long)step, (long long)L->max_steps, loss, lr, norm, toks / dt, tflops,
+  char mfu[32] = "";
+  if (L->o->peak_tflops > 0) snprintf(mfu, sizeof mfu, " (MFU %.1f%%)", 100 * tflops / (L->o->peak_tflops * b->world));
+  printf("%sstep %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | %.3g TFLOP/s%s | %.0f ms/step | ETA %s%s",
+         L->tty ? "\r\033[K" : "", (long long)step, (long long)L->max_steps, loss, lr, norm, toks / dt, tflops, mfu,
          dt * 1e3, eta, L->tty && step % L->o->log_interval && step != L->max_steps ? "" : "\n");
   fflush(stdout);
 }

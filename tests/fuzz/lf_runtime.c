@@ -98,6 +98,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t n) {
   CkptInfo info;
   int base = lowest_free();
   if (!setjmp(on_error)) ckpt_load(run, path, &info);
+  else ckpt_abandon();
   close_from(base);
   return 0;
 }

@@ -60,5 +60,7 @@ int main(int argc, char **argv) {
   printf("%s exporting the import gives the same %zu bytes\n", same ? "ok  " : "FAIL", n1);
   printf("%d passed, %d failed\n", !diff + same, !!diff + !same);
   free(la), free(lc), free(x1), free(x2), free(rows);
+  rt_free(a), rt_free(c);
+  bundle_free(b);
   return diff || !same;
 }
