@@ -147,10 +147,12 @@ uint64_t data_hash(const Data *d) {
   return h;
 }
 
+static Data *loading;   /* for data_abandon after a caught error */
+
 Data *data_load(const char *path, int64_t vocab, double val_fraction, int64_t need) {
   if (!path || !*path)
     rt_die("no data file: pass --data FILE (text or .bin shard) or set data in the train section");
-  Data *d = rt_xmalloc(sizeof(Data));
+  Data *d = loading = rt_xmalloc(sizeof(Data));
   snprintf(d->path, sizeof d->path, "%s", path);
   d->vocab = vocab;
   d->sh = rt_xmalloc(sizeof *d->sh);
@@ -171,13 +173,25 @@ Data *data_load(const char *path, int64_t vocab, double val_fraction, int64_t ne
     s->first = d->ntok;
     d->ntok += s->ntok;
   }
-  free(files);
+  free(files);   /* names past a failing file leak only on the way to exit */
   d->ntrain = (int64_t)(d->ntok * (1.0 - val_fraction));
   if (d->ntrain < need || d->ntok - d->ntrain < need)
     rt_die("data file '%s' has %lld tokens: too few for a batch row of %lld tokens in both the "
            "train split and the %.0f%% validation split", path, (long long)d->ntok, (long long)need,
            100 * val_fraction);
+  loading = NULL;
   return d;
+}
+
+/* After a caught loading error: what the load mapped and allocated goes. */
+void data_abandon(void) {
+  if (loading && loading->sh) {
+    for (int i = 0; i < loading->sh->n; i++)
+      if (loading->sh->s && loading->sh->s[i].map) munmap((void *)loading->sh->s[i].map, loading->sh->s[i].map_len);
+    free(loading->sh->s), free(loading->sh);
+  }
+  free(loading);
+  loading = NULL;
 }
 
 void data_free(Data *d) {

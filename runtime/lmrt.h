@@ -216,6 +216,7 @@ typedef struct Data {
 
 Data *data_load(const char *path, int64_t vocab, double val_fraction, int64_t need);
 void data_free(Data *d);
+void data_abandon(void);             /* after a caught loading error: free what was mapped */
 uint64_t data_hash(const Data *d);   /* identifies the tokens (a sample of them and the count) */
 void data_train_batch(Data *d, uint64_t seed, int64_t step, int64_t B, int64_t T, int32_t *rows);
 void data_val_batch(Data *d, int64_t i, int64_t nbatches, int64_t B, int64_t T, int32_t *rows);

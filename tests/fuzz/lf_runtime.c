@@ -117,7 +117,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t n) {
       data_train_batch(d, 1, 3, 2, 16, rows);
       data_val_batch(d, 0, 1, 2, 16, rows);
       data_free(d);
-    }
+    } else data_abandon();
     close_from(base);
   }
   return 0;
