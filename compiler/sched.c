@@ -341,21 +341,28 @@ static void advance_group(RankRun *runs, int world, int r) {
     if (same_group(&me, &runs[q], a->axis, a->kind)) runs[q].pc++;
 }
 
-void sched_check(Graph *g) {
+static Sched *world_sched(Graph *g) {
   Sched *s = arena_alloc(sizeof(Sched));
   s->g = g, s->world = 1;
   for (int a = 0; a < MAX_AXES; a++) s->world *= g->prog->s.mesh[a];
+  return s;
+}
+
+/* Rank r's step actions into runs[r]; s is left on r's stage. */
+static void rank_run(Sched *s, RankRun *runs, int r) {
+  sched_set_rank(s, r);
+  sched_stage(s, s->coord[AX_PP]);
+  sched_actions(s);
+  runs[r] = (RankRun){s->step, s->nstep, 0, {0}};
+  memcpy(runs[r].coord, s->coord, sizeof s->coord);
+}
+
+void sched_check(Graph *g) {
+  Sched *s = world_sched(g);
   int world = s->world, nmsg = 0;
   RankRun *runs = arena_alloc(world * sizeof(RankRun));
   int total = 0;
-  for (int r = 0; r < world; r++) {
-    sched_set_rank(s, r);
-    sched_stage(s, s->coord[AX_PP]);
-    sched_actions(s);
-    runs[r] = (RankRun){s->step, s->nstep, 0, {0}};
-    memcpy(runs[r].coord, s->coord, sizeof s->coord);
-    total += s->nstep;
-  }
+  for (int r = 0; r < world; r++) rank_run(s, runs, r), total += s->nstep;
   Msg *msgs = arena_alloc((total + 1) * sizeof(Msg));
   for (bool progress = true; progress;) {
     progress = false;
@@ -421,9 +428,7 @@ static void span(FILE *out, bool *first, int rank, int tid, const char *name, do
 }
 
 void sched_timeline(FILE *out, Graph *g, double flops, double bw) {
-  Sched *s = arena_alloc(sizeof(Sched));
-  s->g = g, s->world = 1;
-  for (int a = 0; a < MAX_AXES; a++) s->world *= g->prog->s.mesh[a];
+  Sched *s = world_sched(g);
   int world = s->world, narr = 0, total = 0;
   int64_t tp = g->prog->s.mesh[AX_TP];
   RankRun *runs = arena_alloc(world * sizeof(RankRun));
@@ -432,11 +437,7 @@ void sched_timeline(FILE *out, Graph *g, double flops, double bw) {
   fprintf(out, "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n");
   bool first = true;
   for (int r = 0; r < world; r++) {
-    sched_set_rank(s, r);
-    sched_stage(s, s->coord[AX_PP]);
-    sched_actions(s);
-    runs[r] = (RankRun){s->step, s->nstep, 0, {0}};
-    memcpy(runs[r].coord, s->coord, sizeof s->coord);
+    rank_run(s, runs, r);
     fwd[r] = stage_seconds(s->part, false, flops, bw, tp), bwd[r] = stage_seconds(s->part, true, flops, bw, tp);
     grads[r] = 4.0 * s->region[V_GRAD];
     total += s->nstep;
