@@ -10,7 +10,9 @@
 #   scripts/gpu_check.sh          on the GPU machine (which has no compilers
 #                                 for this project): runs from .gpu/
 #
-# The check: every generated kernel compiles with NVRTC for the device;
+# The check: every generated kernel compiles with NVRTC for the device; the
+# emulator's test kernels give on the GPU what the emulator gives (the
+# hardware checks the emulator's fragment layouts and rounding);
 # 20 training steps of a small Llama and of a small GPT-2 on the CPU and on
 # the GPU from the same seed give the same losses and gradient norms within
 # single precision tolerance (2e-3 relative); then bench_train on both
@@ -24,7 +26,8 @@ if [ "${1:-}" = --pack ]; then
   cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DLMC_NATIVE=OFF >/dev/null
   cmake --build build-gpu -j"$(nproc)" >/dev/null
   rm -rf .gpu && mkdir -p .gpu/bin .gpu/lib .gpu/data
-  cp build-gpu/compiler/lmc build-gpu/runtime/lmrun build-gpu/bench/bench_train build-gpu/tests/test_nvrtc .gpu/bin/
+  cp build-gpu/compiler/lmc build-gpu/runtime/lmrun build-gpu/bench/bench_train build-gpu/tests/test_nvrtc \
+    build-gpu/tests/test_emu .gpu/bin/
   # every shared library outside glibc itself travels along
   ldd .gpu/bin/lmrun .gpu/bin/bench_train | awk '/=> \// {print $3}' | sort -u |
     grep -vE '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*)\.so' | xargs -I{} cp -L {} .gpu/lib/
@@ -51,6 +54,9 @@ echo "== kernels: NVRTC"
 "$bin/lmc" models/gpt2-124m.lm -q -o "$work/gpt2"
 "$bin/lmc" models/tiny.lm -q -o "$work/tp2" --set tp=2
 "$bin/test_nvrtc" "$work/tiny/kernels.cu" "$work/gpt2/kernels.cu" "$work/tp2/kernels.cu" || status=1
+
+echo "== the emulated CUDA platform's primitives on the hardware (shuffles, votes, bf16/fp16, mma + ldmatrix, graphs, cuBLASLt)"
+"$bin/test_emu" real tests/emu/kernels.cu || status=1
 
 echo "== CUDA vs CPU: 20 steps from one seed"
 compare() {   # compare NAME SPEC [--set ...]

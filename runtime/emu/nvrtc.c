@@ -355,6 +355,13 @@ static int options(struct _nvrtcProgram *x, int n, const char *const *o, const c
       snprintf(def, sizeof def, "-D__CUDA_ARCH__=%d", sm * 10);
       argv[m++] = def;
     } else if (!strncmp(s, "-D", 2) || !strncmp(s, "-U", 2) || !strncmp(s, "-I", 2)) argv[m++] = s;
+    else if (!strncmp(s, "--include-path=", 15) || !strncmp(s, "--define-macro=", 15)) {
+      static char mapped[8][600];   /* as -I / -D, after the emulator's own headers */
+      static int next;
+      char *opt = mapped[next++ % 8];
+      snprintf(opt, sizeof mapped[0], "-%c%s", s[2] == 'i' ? 'I' : 'D', s + 15);
+      argv[m++] = opt;
+    }
     else if (!strncmp(s, "--std=", 6) || !strncmp(s, "-std=", 5)) {
       static char std[32];
       snprintf(std, sizeof std, "-std=%s", strchr(s, '=') + 1);

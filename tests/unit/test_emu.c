@@ -10,7 +10,9 @@
  * allocation (into its canary, and onto the guard page), a shuffle naming
  * an exited lane, too much shared memory, too many threads, a host sync
  * inside a capture, an operand outside its allocation, an unsupported
- * epilogue. Usage: test_emu LIB KERNELS.CU */
+ * epilogue. With LIB `real` the same checks but the planted faults run on
+ * a GPU (scripts/gpu_check.sh), so the hardware checks the emulator.
+ * Usage: test_emu LIB|real KERNELS.CU */
 #include <cublasLt.h>
 #include <cuda.h>
 #include <dlfcn.h>
@@ -21,7 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void *lib;
+static void *libs[3];   /* the emulator alone, or a GPU's driver, NVRTC and cuBLASLt */
+static bool real;       /* on a GPU: the planted faults (the emulator's own checks) are skipped */
 static int failures, ran;
 
 #define F(name) ((__typeof__(&name))sym(#name))
@@ -34,8 +37,10 @@ static void *sym(const char *name) {
   for (int i = 0; v2[i]; i++)
     if (!strcmp(name, v2[i])) snprintf(n, sizeof n, "%s_v2", name);
   if (!strcmp(name, "cuGraphInstantiate")) snprintf(n, sizeof n, "cuGraphInstantiateWithFlags");
-  void *p = dlsym(lib, n);
-  if (!p) printf("FAIL: the emulator lacks %s\n", n), exit(1);
+  void *p = NULL;
+  for (int i = 0; i < 3 && !p; i++)
+    if (libs[i]) p = dlsym(libs[i], n);
+  if (!p) printf("FAIL: the libraries lack %s\n", n), exit(1);
   return p;
 }
 
@@ -82,9 +87,17 @@ static void compile(const char *path) {
   src[fread(src, 1, sizeof src - 1, f)] = 0;
   fclose(f);
   nvrtcProgram p;
-  const char *opts[] = {"--gpu-architecture=sm_90", "--std=c++17", "-default-device"};
+  CUdevice dev;
+  int major = 9, minor = 0;
+  F(cuDeviceGet)(&dev, 0);
+  F(cuDeviceGetAttribute)(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev);
+  F(cuDeviceGetAttribute)(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev);
+  char arch[64], inc[600];
+  snprintf(arch, sizeof arch, "--gpu-architecture=sm_%d%d", major, minor);
+  snprintf(inc, sizeof inc, "--include-path=%s/include", getenv("CUDA_HOME") ? getenv("CUDA_HOME") : "/usr/local/cuda");
+  const char *opts[] = {arch, "--std=c++17", "-default-device", inc};
   F(nvrtcCreateProgram)(&p, src, "kernels.cu", 0, NULL, NULL);
-  nvrtcResult rc = F(nvrtcCompileProgram)(p, 3, opts);
+  nvrtcResult rc = F(nvrtcCompileProgram)(p, 4, opts);
   size_t n;
   F(nvrtcGetProgramLogSize)(p, &n);
   char *log = malloc(n);
@@ -98,7 +111,7 @@ static void compile(const char *path) {
   F(nvrtcDestroyProgram)(&p);
   /* a bad source: NVRTC_ERROR_COMPILATION with the compiler's message in the log */
   F(nvrtcCreateProgram)(&p, "extern \"C\" __global__ void k(float *x) { x[0] = undeclared; }", "bad.cu", 0, NULL, NULL);
-  rc = F(nvrtcCompileProgram)(p, 3, opts);
+  rc = F(nvrtcCompileProgram)(p, 4, opts);
   F(nvrtcGetProgramLogSize)(p, &n);
   log = malloc(n);
   F(nvrtcGetProgramLog)(p, log);
@@ -134,6 +147,7 @@ static void block_sums(void) {
   CUresult rc = launch("block_sum", blocks, 256, 256 * 4, a);
   F(cuMemcpyDtoH)(out, dout, sizeof out);
   expect(!rc && out[0] == want[0] && out[1] == want[1] && out[2] == want[2], "block sum with barriers, in three orders");
+  if (!real)
   expect_error(launch("block_sum_racy", blocks, 256, 256 * 4, a), CUDA_ERROR_LAUNCH_FAILED,
                "kernel block_sum_racy gives different results when its threads and blocks run in reverse",
                "planted: a missing __syncthreads is reported");
@@ -238,8 +252,9 @@ static void graphs(void) {
   ok &= !F(cuMemcpyHtoDAsync)(dx, x, n * 4, s);
   void *a[] = {&dout, &dx, &n};
   ok &= !F(cuLaunchKernel)(fn("block_sum"), 1, 1, 1, 128, 1, 1, 128 * 4, s, a, NULL);
-  expect_error(F(cuCtxSynchronize)(), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "while a stream is being captured",
-               "planted: a host synchronisation inside a capture");
+  if (!real)
+    expect_error(F(cuCtxSynchronize)(), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "while a stream is being captured",
+                 "planted: a host synchronisation inside a capture");
   ok &= !F(cuStreamEndCapture)(s, &g);
   F(cuMemcpyDtoH)(&out, dout, 4);
   ok &= out == 0;   /* captured, not run */
@@ -329,6 +344,7 @@ static void lt(void) {
     worst = fmax(worst, fabs(bg[j] - s));
   }
   expect(worst < 1e-6, "cuBLASLt: BGRADB epilogue");
+  if (real) return;   /* the rest are the emulator's own checks */
   /* B's leading dimension reaching past its allocation */
   cublasLtMatrixLayout_t wide = layout(CUDA_R_16BF, k, n, 4 * k, CUBLASLT_ORDER_COL, 1, 0);
   ep = CUBLASLT_EPILOGUE_DEFAULT;
@@ -348,14 +364,31 @@ static void lt(void) {
   F(cuMemFree)(da), F(cuMemFree)(db), F(cuMemFree)(dd), F(cuMemFree)(dbias), F(cuMemFree)(dbg);
 }
 
+static void *open_any(const char *const *names) {
+  for (int i = 0; names[i]; i++) {
+    void *h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (h) return h;
+  }
+  return NULL;
+}
+
 int main(int argc, char **argv) {
-  if (argc < 3) printf("usage: test_emu LIB KERNELS.CU\n"), exit(2);
-  if (!(lib = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL))) printf("FAIL: %s\n", dlerror()), exit(1);
-  F(cuInit)(0);
+  if (argc < 3) printf("usage: test_emu LIB|real KERNELS.CU\n"), exit(2);
+  real = !strcmp(argv[1], "real");
+  if (real) {   /* a GPU: the hardware checks what the emulator claims */
+    const char *d[] = {"libcuda.so.1", NULL}, *r[] = {"libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12", NULL},
+               *b[] = {"libcublasLt.so", "libcublasLt.so.13", "libcublasLt.so.12", NULL};
+    libs[0] = open_any(d), libs[1] = open_any(r), libs[2] = open_any(b);
+    if (!libs[0] || !libs[1] || !libs[2]) printf("skipped: no CUDA driver, NVRTC or cuBLASLt\n"), exit(77);
+  } else if (!(libs[0] = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL))) printf("FAIL: %s\n", dlerror()), exit(1);
+  CUdevice dev;
+  CUcontext ctx;
+  if (F(cuInit)(0) || F(cuDeviceGet)(&dev, 0) || F(cuDevicePrimaryCtxRetain)(&ctx, dev) || F(cuCtxSetCurrent)(ctx))
+    printf("FAIL: no CUDA device\n"), exit(1);
   compile(argv[2]);
   shuffles();
   block_sums();
-  faults();
+  if (!real) faults();
   conversions();
   mma();
   graphs();

@@ -3,9 +3,11 @@
  * the CUDA runtime will) for compute_80 and compute_90, and checks that
  * the PTX defines every extern "C" __global__ kernel of the source. Needs
  * no GPU. Exits 77 (skipped) when no NVRTC library can be loaded.
- * Usage: test_nvrtc FILE.cu... */
+ * A third compile for sm_90 goes down to a cubin, so ptxas checks any
+ * inline PTX. Usage: test_nvrtc FILE.cu... */
 #include <dlfcn.h>
 #include <nvrtc.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,7 +23,7 @@ typedef const char *(*ErrStr)(nvrtcResult);
 static struct {
   Create create;
   Compile compile;
-  GetSize log_size, ptx_size;
+  GetSize log_size, ptx_size, cubin_size;
   GetText log, ptx;
   Destroy destroy;
   ErrStr err;
@@ -55,9 +57,13 @@ static int check(const char *path, const char *src, const char *arch) {
   nvrtcProgram prog;
   char opt[64];
   snprintf(opt, sizeof opt, "--gpu-architecture=%s", arch);
-  const char *opts[] = {opt, "--std=c++17", "-default-device"};
+  /* the toolkit's headers (cuda_bf16.h, cuda_fp16.h) for sources that include them */
+  char inc[600];
+  const char *home = getenv("CUDA_HOME");
+  snprintf(inc, sizeof inc, "--include-path=%s/include", home && *home ? home : "/usr/local/cuda");
+  const char *opts[] = {opt, "--std=c++17", "-default-device", inc};
   if (nv.create(&prog, src, path, 0, NULL, NULL) != NVRTC_SUCCESS) return 1;
-  nvrtcResult rc = nv.compile(prog, 3, opts);
+  nvrtcResult rc = nv.compile(prog, 4, opts);
   size_t n;
   nv.log_size(prog, &n);
   char *log = malloc(n + 1);
@@ -66,6 +72,14 @@ static int check(const char *path, const char *src, const char *arch) {
     printf("FAIL %s (%s): %s\n%s\n", path, arch, nv.err(rc), log);
     nv.destroy(&prog);
     return 1;
+  }
+  if (!strncmp(arch, "sm_", 3)) {   /* a real architecture: ptxas ran; the inline PTX assembled */
+    size_t bin = 0;
+    bool ok = nv.cubin_size && nv.cubin_size(prog, &bin) == NVRTC_SUCCESS && bin > 0;
+    printf("%s %s (%s): %zu bytes of cubin\n", ok ? "ok  " : "FAIL", path, arch, bin);
+    free(log);
+    nv.destroy(&prog);
+    return !ok;
   }
   nv.ptx_size(prog, &n);
   char *ptx = malloc(n + 1);
@@ -96,6 +110,7 @@ int main(int argc, char **argv) {
   nv.log_size = (GetSize)dlsym(h, "nvrtcGetProgramLogSize");
   nv.log = (GetText)dlsym(h, "nvrtcGetProgramLog");
   nv.ptx_size = (GetSize)dlsym(h, "nvrtcGetPTXSize");
+  nv.cubin_size = (GetSize)dlsym(h, "nvrtcGetCUBINSize");
   nv.ptx = (GetText)dlsym(h, "nvrtcGetPTX");
   nv.destroy = (Destroy)dlsym(h, "nvrtcDestroyProgram");
   nv.err = (ErrStr)dlsym(h, "nvrtcGetErrorString");
@@ -111,8 +126,8 @@ int main(int argc, char **argv) {
       failed++, total++;
       continue;
     }
-    const char *archs[] = {"compute_80", "compute_90"};
-    for (int a = 0; a < 2; a++) failed += check(argv[i], src, archs[a]), total++;
+    const char *archs[] = {"compute_80", "compute_90", "sm_90"};
+    for (int a = 0; a < 3; a++) failed += check(argv[i], src, archs[a]), total++;
     free(src);
   }
   printf("%d passed, %d failed\n", total - failed, failed);
