@@ -1,0 +1,224 @@
+/* nccl.c: the emulated NCCL, over MPI, so that the NCCL path of a
+ * multi-rank plan runs under mpirun on one machine. The application
+ * initialises MPI (lmrun does). A unique id is a random 128 bytes its
+ * creator hands to the others (over MPI, as with NCCL); ncclCommInitRank
+ * splits MPI_COMM_WORLD by the id, so every rank of the world must create
+ * its communicators in the same order (lmrun creates one per mesh axis,
+ * in order, on every rank) and the split must give nranks ranks, in rank
+ * order. Device memory is host memory; work on a stream runs at once;
+ * point-to-point calls inside ncclGroupStart/End complete at the end.
+ * Reductions: sum, prod, max, min over float, double, bf16 (summed in
+ * float, rounded to nearest even), int32, int64, uint8. */
+#include "emu.h"
+#include <mpi.h>
+#include <nccl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+struct ncclComm {
+  MPI_Comm comm;
+  int rank, nranks;
+};
+
+static int group_depth;
+static MPI_Request *pending;
+static int npending, cap_pending;
+
+const char *ncclGetErrorString(ncclResult_t r) {
+  return r == ncclSuccess ? "no error" : emu_error[0] ? emu_error : "error in the emulated NCCL";
+}
+const char *ncclGetLastError(ncclComm_t comm) { return emu_error; }
+ncclResult_t ncclGetVersion(int *v) { return *v = NCCL_VERSION_CODE, ncclSuccess; }
+
+static ncclResult_t fail(ncclResult_t r, const char *what) {
+  snprintf(emu_error, sizeof emu_error, "emulated NCCL: %s", what);
+  return r;
+}
+
+static bool mpi_ready(void) {
+  int up = 0, down = 0;
+  MPI_Initialized(&up), MPI_Finalized(&down);
+  return up && !down;
+}
+
+ncclResult_t ncclGetUniqueId(ncclUniqueId *id) {
+  static unsigned long long counter;
+  unsigned long long v[4] = {0x4c4d43454d554e43ULL, (unsigned long long)getpid(), ++counter,
+                             (unsigned long long)time(NULL) ^ (unsigned long long)(uintptr_t)id};
+  memset(id, 0, sizeof *id);
+  memcpy(id->internal, v, sizeof v);
+  return ncclSuccess;
+}
+
+ncclResult_t ncclCommInitRank(ncclComm_t *out, int nranks, ncclUniqueId id, int rank) {
+  if (!mpi_ready()) return fail(ncclInvalidUsage, "ncclCommInitRank needs MPI initialised (run under mpirun)");
+  if (nranks < 1 || rank < 0 || rank >= nranks) return fail(ncclInvalidArgument, "rank outside nranks");
+  uint64_t h = 0xcbf29ce484222325ULL;
+  for (size_t i = 0; i < sizeof id.internal; i++) h = (h ^ (unsigned char)id.internal[i]) * 0x100000001b3ULL;
+  struct ncclComm *c = calloc(1, sizeof *c);
+  if (!c) return fail(ncclSystemError, "out of memory");
+  if (MPI_Comm_split(MPI_COMM_WORLD, (int)(h & 0x3fffffff), rank, &c->comm) != MPI_SUCCESS)
+    return free(c), fail(ncclSystemError, "MPI_Comm_split failed");
+  int size, me;
+  MPI_Comm_size(c->comm, &size), MPI_Comm_rank(c->comm, &me);
+  if (size != nranks || me != rank) {
+    MPI_Comm_free(&c->comm), free(c);
+    return fail(ncclInvalidUsage, "the ranks sharing this unique id are not nranks ranks numbered 0..nranks-1 "
+                "(every rank must create its communicators in the same order)");
+  }
+  c->rank = rank, c->nranks = nranks;
+  *out = c;
+  return ncclSuccess;
+}
+
+ncclResult_t ncclCommDestroy(ncclComm_t c) {
+  if (c && mpi_ready()) MPI_Comm_free(&c->comm);
+  free(c);
+  return ncclSuccess;
+}
+ncclResult_t ncclCommFinalize(ncclComm_t c) { return ncclSuccess; }
+ncclResult_t ncclCommAbort(ncclComm_t c) { return ncclCommDestroy(c); }
+ncclResult_t ncclCommCount(const ncclComm_t c, int *n) { return *n = c->nranks, ncclSuccess; }
+ncclResult_t ncclCommUserRank(const ncclComm_t c, int *r) { return *r = c->rank, ncclSuccess; }
+ncclResult_t ncclCommCuDevice(const ncclComm_t c, int *d) { return *d = 0, ncclSuccess; }
+ncclResult_t ncclCommGetAsyncError(ncclComm_t c, ncclResult_t *e) { return *e = ncclSuccess, ncclSuccess; }
+
+/* ---- data ---- */
+
+static int elem(ncclDataType_t t) {
+  switch (t) {
+  case ncclInt8: case ncclUint8: return 1;
+  case ncclFloat16: case ncclBfloat16: return 2;
+  case ncclInt32: case ncclUint32: case ncclFloat32: return 4;
+  case ncclInt64: case ncclUint64: case ncclFloat64: return 8;
+  default: return 0;
+  }
+}
+
+static MPI_Datatype mpi_type(ncclDataType_t t) {
+  switch (t) {
+  case ncclInt8: return MPI_INT8_T;
+  case ncclUint8: return MPI_UINT8_T;
+  case ncclInt32: return MPI_INT32_T;
+  case ncclUint32: return MPI_UINT32_T;
+  case ncclInt64: return MPI_INT64_T;
+  case ncclUint64: return MPI_UINT64_T;
+  case ncclFloat32: return MPI_FLOAT;
+  case ncclFloat64: return MPI_DOUBLE;
+  default: return MPI_DATATYPE_NULL;   /* 16-bit floats: widened to float */
+  }
+}
+
+static MPI_Op mpi_op(ncclRedOp_t op) {
+  return op == ncclSum ? MPI_SUM : op == ncclProd ? MPI_PROD : op == ncclMax ? MPI_MAX : op == ncclMin ? MPI_MIN
+                                                                                                       : MPI_OP_NULL;
+}
+
+static float bf2f(uint16_t h) {
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+static uint16_t f2bf(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fff;
+  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+static ncclResult_t check_stream(cudaStream_t s) {
+  (void)s;   /* the emulated streams run work at once; captures of NCCL calls are not emulated */
+  return ncclSuccess;
+}
+
+ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataType_t t, ncclRedOp_t op,
+                           ncclComm_t c, cudaStream_t s) {
+  if (!c || !elem(t) || mpi_op(op) == MPI_OP_NULL) return fail(ncclInvalidArgument, "ncclAllReduce: bad type or op");
+  if (check_stream(s)) return ncclInvalidUsage;
+  if (count > (size_t)1 << 30) return fail(ncclInvalidArgument, "ncclAllReduce: over 2^30 elements");
+  if (t == ncclBfloat16) {   /* reduced in float, rounded once */
+    float *x = malloc(count * sizeof *x);
+    if (!x) return fail(ncclSystemError, "out of memory");
+    for (size_t i = 0; i < count; i++) x[i] = bf2f(((const uint16_t *)send)[i]);
+    MPI_Allreduce(MPI_IN_PLACE, x, (int)count, MPI_FLOAT, mpi_op(op), c->comm);
+    for (size_t i = 0; i < count; i++) ((uint16_t *)recv)[i] = f2bf(x[i]);
+    free(x);
+    return ncclSuccess;
+  }
+  if (mpi_type(t) == MPI_DATATYPE_NULL) return fail(ncclInvalidArgument, "ncclAllReduce: fp16 is not emulated");
+  MPI_Allreduce(send == recv ? MPI_IN_PLACE : send, recv, (int)count, mpi_type(t), mpi_op(op), c->comm);
+  return ncclSuccess;
+}
+
+ncclResult_t ncclBroadcast(const void *send, void *recv, size_t count, ncclDataType_t t, int root, ncclComm_t c,
+                           cudaStream_t s) {
+  if (!c || !elem(t) || root < 0 || root >= c->nranks) return fail(ncclInvalidArgument, "ncclBroadcast: bad arguments");
+  if (c->rank == root && send != recv) memmove(recv, send, count * elem(t));
+  MPI_Bcast(recv, (int)(count * elem(t)), MPI_BYTE, root, c->comm);
+  return ncclSuccess;
+}
+
+ncclResult_t ncclAllGather(const void *send, void *recv, size_t count, ncclDataType_t t, ncclComm_t c,
+                           cudaStream_t s) {
+  if (!c || !elem(t)) return fail(ncclInvalidArgument, "ncclAllGather: bad type");
+  size_t bytes = count * elem(t);
+  const void *src = send;
+  void *tmp = NULL;
+  if ((const char *)send == (const char *)recv + c->rank * bytes) {   /* in place: this rank's part already there */
+    tmp = malloc(bytes ? bytes : 1);
+    memcpy(tmp, send, bytes), src = tmp;
+  }
+  MPI_Allgather(src, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, c->comm);
+  free(tmp);
+  return ncclSuccess;
+}
+
+ncclResult_t ncclReduceScatter(const void *send, void *recv, size_t count, ncclDataType_t t, ncclRedOp_t op,
+                               ncclComm_t c, cudaStream_t s) {
+  if (!c || mpi_type(t) == MPI_DATATYPE_NULL || mpi_op(op) == MPI_OP_NULL)
+    return fail(ncclInvalidArgument, "ncclReduceScatter: bad type or op (16-bit floats are not emulated here)");
+  size_t bytes = count * elem(t);
+  void *tmp = malloc(bytes * c->nranks + 1);
+  memcpy(tmp, send, bytes * c->nranks);   /* send may hold recv in place */
+  MPI_Reduce_scatter_block(tmp, recv, (int)count, mpi_type(t), mpi_op(op), c->comm);
+  free(tmp);
+  return ncclSuccess;
+}
+
+static ncclResult_t p2p(bool send, void *buf, size_t count, ncclDataType_t t, int peer, ncclComm_t c) {
+  if (!c || !elem(t) || peer < 0 || peer >= c->nranks) return fail(ncclInvalidArgument, "ncclSend/Recv: bad arguments");
+  MPI_Request req;
+  int bytes = (int)(count * elem(t));
+  if (send) MPI_Isend(buf, bytes, MPI_BYTE, peer, 7, c->comm, &req);
+  else MPI_Irecv(buf, bytes, MPI_BYTE, peer, 7, c->comm, &req);
+  if (!group_depth) return MPI_Wait(&req, MPI_STATUS_IGNORE), ncclSuccess;
+  if (npending == cap_pending) {
+    cap_pending = cap_pending ? 2 * cap_pending : 16;
+    pending = realloc(pending, cap_pending * sizeof *pending);
+  }
+  pending[npending++] = req;
+  return ncclSuccess;
+}
+
+ncclResult_t ncclSend(const void *buf, size_t count, ncclDataType_t t, int peer, ncclComm_t c, cudaStream_t s) {
+  return p2p(true, (void *)buf, count, t, peer, c);
+}
+
+ncclResult_t ncclRecv(void *buf, size_t count, ncclDataType_t t, int peer, ncclComm_t c, cudaStream_t s) {
+  return p2p(false, buf, count, t, peer, c);
+}
+
+ncclResult_t ncclGroupStart(void) { return group_depth++, ncclSuccess; }
+
+ncclResult_t ncclGroupEnd(void) {
+  if (group_depth <= 0) return fail(ncclInvalidUsage, "ncclGroupEnd without ncclGroupStart");
+  if (--group_depth == 0) {
+    MPI_Waitall(npending, pending, MPI_STATUSES_IGNORE);
+    npending = 0;
+  }
+  return ncclSuccess;
+}
