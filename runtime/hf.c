@@ -270,17 +270,32 @@ static unsigned char *slurp(const char *path, size_t *n) {
   return b;
 }
 
+/* What an import holds while it runs, for hf_abandon after a caught error
+ * (the fuzz target; lmrun exits). */
+static struct {
+  unsigned char *buf;
+  char *hdr;
+  Entry *es;
+  double *x;
+  bool *done;
+} pending;
+
+void hf_abandon(void) {
+  free(pending.buf), free(pending.hdr), free(pending.es), free(pending.x), free(pending.done);
+  memset(&pending, 0, sizeof pending);
+}
+
 /* Loads the parameters one file holds; marks them in done. */
 static void import_file(Run *r, const char *path, bool *done) {
   Bundle *b = r->b;
   size_t n;
-  unsigned char *buf = slurp(path, &n);
+  unsigned char *buf = pending.buf = slurp(path, &n);
   uint64_t hl;
   if (n < 8 || (memcpy(&hl, buf, 8), hl > n - 8)) rt_die("'%s' is not a safetensors file", path);
-  char *h = rt_xmalloc(hl + 1);
+  char *h = pending.hdr = rt_xmalloc(hl + 1);
   memcpy(h, buf + 8, hl);
   int ne = 0;
-  Entry *es = parse_header(h, &ne);
+  Entry *es = pending.es = parse_header(h, &ne);
   if (!es) rt_die("'%s' is not a safetensors file (bad header)", path);
   const unsigned char *data = buf + 8 + hl;
   size_t avail = n - 8 - hl;
@@ -304,21 +319,22 @@ static void import_file(Run *r, const char *path, bool *done) {
       if (e->end < e->begin || (uint64_t)(e->end - e->begin) != (uint64_t)numel * esz || (uint64_t)e->end > avail)
         rt_die("'%s': tensor %s's data lies outside the file", path, name);
       if (pp->value >= 0) {
-        double *x = rt_xmalloc(pp->numel * sizeof *x);
+        double *x = pending.x = rt_xmalloc(pp->numel * sizeof *x);
         for (int64_t i = 0; i < pp->numel; i++) x[i] = value_at(data + e->begin, e->dtype, i);
         rt_set_param(r, p, x);
-        free(x);
+        free(x), pending.x = NULL;
       }
       done[p] = true;
     }
   }
   free(es), free(h), free(buf);
+  pending.es = NULL, pending.hdr = NULL, pending.buf = NULL;
 }
 
 void hf_import(Run *r, const char *dir) {
   Bundle *b = r->b;
   if (b->world > 1) rt_die("--init-hf runs on one rank (save a checkpoint, then resume it in any layout)");
-  bool *done = rt_xmalloc(b->nparams * sizeof *done);
+  bool *done = pending.done = rt_xmalloc(b->nparams * sizeof *done);
   char path[1200];
   snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
   struct stat st;
@@ -346,5 +362,5 @@ void hf_import(Run *r, const char *dir) {
     hf_name(b->params[p].name, name, sizeof name);
     if (!done[p]) rt_die("'%s' has no tensor %s (for %s)", dir, name, b->params[p].name);
   }
-  free(done);
+  free(done), pending.done = NULL;
 }

@@ -239,6 +239,7 @@ void ckpt_abandon(void);                  /* after a caught load error: free wha
 void hf_export(Run *r, const char *dir);   /* config.json + model.safetensors, HF Llama names */
 void hf_import(Run *r, const char *dir);   /* the parameters from a HF Llama folder */
 bool hf_name(const char *lmc, char *out, size_t n);   /* lmc's name -> HF's; false: none */
+void hf_abandon(void);                     /* after a caught import error: free what it held */
 
 /* ---- tblog.c ---- */
 typedef struct TbLog TbLog;

@@ -3,6 +3,8 @@
  *   CKPT    an input is a checkpoint shard (its checksum made to fit)
  *           loaded into the bundle named by $LMC_FUZZ_BUNDLE
  *   DATA    an input is a data file, as text and as a .bin token shard
+ *   HF      an input is a model.safetensors imported into the bundle of
+ *           $LMC_FUZZ_BUNDLE (the Hugging Face reader of --init-hf)
  * Every input must load or end in lmrun's error: the harness catches the
  * error (rt_die_hook) and goes on; a crash or sanitizer report is a bug. */
 #include "lmrt.h"
@@ -42,9 +44,10 @@ static void put(const char *name, const unsigned char *p, size_t n) {
 }
 
 static void cleanup(void) {
-  const char *files[] = {"manifest.txt", "rank0.sched", "step/rank0.ckpt", "data.txt", "data.bin", "step", ""};
+  const char *files[] = {"manifest.txt", "rank0.sched", "step/rank0.ckpt", "data.txt", "data.bin", "model.safetensors",
+                         "step", ""};
   char path[128];
-  for (int i = 0; i < 7; i++) snprintf(path, sizeof path, "%s/%s", dir, files[i]), i < 5 ? unlink(path) : rmdir(path);
+  for (int i = 0; i < 8; i++) snprintf(path, sizeof path, "%s/%s", dir, files[i]), i < 6 ? unlink(path) : rmdir(path);
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
@@ -99,6 +102,22 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t n) {
   int base = lowest_free();
   if (!setjmp(on_error)) ckpt_load(run, path, &info);
   else ckpt_abandon();
+  close_from(base);
+  return 0;
+}
+#elif defined(TARGET_HF)
+static Run *run;
+
+int LLVMFuzzerTestOneInput(const unsigned char *data, size_t n) {
+  if (!run) {
+    const char *bdir = getenv("LMC_FUZZ_BUNDLE");
+    if (!bdir) abort();
+    run = rt_new(bundle_load(bdir, 0), cpu_backend(false));
+  }
+  put("model.safetensors", data, n);
+  int base = lowest_free();
+  if (!setjmp(on_error)) hf_import(run, dir);
+  else hf_abandon();
   close_from(base);
   return 0;
 }

@@ -1,18 +1,19 @@
 #!/bin/sh
 # Runs the libFuzzer targets of a -DLMC_FUZZ=ON build over seed corpora
 # made from the tests (every spec in models/ and tests/lit/, bundles and a
-# checkpoint lmc and lmrun make, text and .bin data), then fuzzes each for
+# checkpoint and a Hugging Face export lmc and lmrun make, text and .bin
+# data), then fuzzes each for
 # a burst: `ci` (a few thousand executions each, in the suite) or `long`
 # (1,000,000 each; the numbers go in docs/reliability.md). Inputs that
 # once crashed a target live in tests/fuzz/regressions/<target>/ and run
 # every time. Usage: libfuzzer.sh BUILD SRC ci|long [TARGETS]
-BIN=$1 SRC=$2 MODE=${3:-ci} TARGETS=${4:-lmc bundle ckpt data}
+BIN=$1 SRC=$2 MODE=${3:-ci} TARGETS=${4:-lmc bundle ckpt data hf}
 . "$SRC/tests/e2e/common.sh"
 need_data
 runs=3000
 [ "$MODE" = long ] && runs=1000000
 C="$WORK/corpus"
-mkdir -p "$C/lmc" "$C/bundle" "$C/ckpt" "$C/data"
+mkdir -p "$C/lmc" "$C/bundle" "$C/ckpt" "$C/data" "$C/hf"
 
 # specs, whole and as the chunks of split-input tests
 cp "$SRC"/models/*.lm "$SRC"/tests/golden/*.lm "$C/lmc/"
@@ -33,6 +34,9 @@ bundle fused "$SRC/models/tiny.lm" --set D=32 --set H=4 --set G=2 --set F=48 --s
 # a checkpoint of the tiny bundle, which the checkpoint target loads into
 "$LMRUN" "$WORK/tiny" --data "$DATA" --quiet --max-steps 1 --save-interval 1 --out "$WORK/run" 2>/dev/null
 cp "$WORK/run/ckpt/step_00000001/rank0.ckpt" "$C/ckpt/"
+# a Hugging Face export of the tiny bundle's weights, which the hf target imports into it
+"$LMRUN" "$WORK/tiny" --resume "$WORK/run/ckpt/step_00000001" --export-hf "$WORK/hf" --quiet 2>/dev/null
+cp "$WORK/hf/model.safetensors" "$C/hf/"
 # data: text, and llm.c shards (uint16, magic 20240520)
 head -c 3000 "$DATA" > "$C/data/text"
 python3 - "$C/data" <<'PY'
