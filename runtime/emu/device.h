@@ -191,48 +191,7 @@ static inline unsigned __ballot_sync(unsigned m, int p) {
 static inline int __any_sync(unsigned m, int p) { return __ballot_sync(m, p) != 0; }
 static inline int __all_sync(unsigned m, int p) { return __ballot_sync(m, p) == m; }
 
-// ---- bf16 and fp16, converted with the hardware's round-to-nearest-even ----
-static inline unsigned short lmc_f2bf(float f) {
-  unsigned u = __float_as_uint(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fff;   // NaN, canonical
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (unsigned short)(u >> 16);
-}
-static inline unsigned short lmc_f2bf_rz(float f) {
-  unsigned u = __float_as_uint(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fff;
-  return (unsigned short)(u >> 16);
-}
-static inline float lmc_bf2f(unsigned short h) { return __uint_as_float((unsigned)h << 16); }
-
-static inline unsigned short lmc_f2h(float f) {
-  unsigned u = __float_as_uint(f), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return 0x7fff;                       // NaN, canonical
-  if (a >= 0x477ff000u) return (unsigned short)(sign | 0x7c00u);   // rounds to infinity
-  if (a < 0x38800000u) {                                    // half subnormal (or zero)
-    unsigned m = (a & 0x7fffffu) | 0x800000u;
-    int shift = 126 - (int)(a >> 23);                       // 14 + (113 - e) ... bits to drop
-    if (a < 0x33000000u) return (unsigned short)sign;       // below half the smallest subnormal
-    unsigned r = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-    if (rem > half || (rem == half && (r & 1u))) r++;
-    return (unsigned short)(sign | r);
-  }
-  unsigned r = a - 0x38000000u;                             // rebias exponent 127 -> 15
-  unsigned low = r & 0x1fffu;
-  r >>= 13;
-  if (low > 0x1000u || (low == 0x1000u && (r & 1u))) r++;
-  return (unsigned short)(sign | r);
-}
-static inline float lmc_h2f(unsigned short h) {
-  unsigned sign = (unsigned)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-  if (e == 0x1f) return __uint_as_float(sign | 0x7f800000u | (m << 13));
-  if (e == 0) {
-    float v = (float)m * 5.9604644775390625e-8f;   // 2^-24
-    return sign ? -v : v;
-  }
-  return __uint_as_float(sign | ((e + 112) << 23) | (m << 13));
-}
-
+// ---- bf16 and fp16 (the conversions are emu_abi.h's) ----
 struct __nv_bfloat16 {
   unsigned short __x;
   __nv_bfloat16() = default;

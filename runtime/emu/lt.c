@@ -141,51 +141,12 @@ static int elem(cudaDataType t) { return t == CUDA_R_32F ? 4 : t == CUDA_R_16BF 
 static float load(const void *p, int64_t i, cudaDataType t) {
   if (t == CUDA_R_32F) return ((const float *)p)[i];
   uint16_t h = ((const uint16_t *)p)[i];
-  if (t == CUDA_R_16BF) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-  }
-  uint32_t s = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, u;
-  if (e == 0x1f) u = s | 0x7f800000u | (m << 13);
-  else if (e == 0) {
-    float v = (float)m * 5.9604644775390625e-8f;
-    return s ? -v : v;
-  } else u = s | ((e + 112) << 23) | (m << 13);
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-
-static uint16_t to_half(float f) {   /* round to nearest even */
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  uint32_t sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return 0x7fff;
-  if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);
-  if (a < 0x38800000u) {
-    if (a < 0x33000000u) return (uint16_t)sign;
-    uint32_t m = (a & 0x7fffffu) | 0x800000u, shift = 126 - (a >> 23), r = m >> shift, rem = m & ((1u << shift) - 1),
-             half = 1u << (shift - 1);
-    if (rem > half || (rem == half && (r & 1u))) r++;
-    return (uint16_t)(sign | r);
-  }
-  uint32_t r = a - 0x38000000u, low = r & 0x1fffu;
-  r >>= 13;
-  if (low > 0x1000u || (low == 0x1000u && (r & 1u))) r++;
-  return (uint16_t)(sign | r);
+  return t == CUDA_R_16BF ? lmc_bf2f(h) : lmc_h2f(h);
 }
 
 static void store(void *p, int64_t i, float v, cudaDataType t) {
-  if (t == CUDA_R_32F) {
-    ((float *)p)[i] = v;
-    return;
-  }
-  uint32_t u;
-  memcpy(&u, &v, 4);
-  if (t == CUDA_R_16F) ((uint16_t *)p)[i] = to_half(v);
-  else ((uint16_t *)p)[i] = (u & 0x7fffffffu) > 0x7f800000u ? 0x7fff : (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  if (t == CUDA_R_32F) ((float *)p)[i] = v;
+  else ((uint16_t *)p)[i] = t == CUDA_R_16F ? lmc_f2h(v) : lmc_f2bf(v);
 }
 
 /* Element (i, j) of the matrix a layout describes, as stored. */

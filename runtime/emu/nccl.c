@@ -116,20 +116,6 @@ static MPI_Op mpi_op(ncclRedOp_t op) {
                                                                                                        : MPI_OP_NULL;
 }
 
-static float bf2f(uint16_t h) {
-  uint32_t u = (uint32_t)h << 16;
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
-
-static uint16_t f2bf(float f) {
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fff;
-  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-
 static ncclResult_t check_stream(cudaStream_t s) {
   (void)s;   /* the emulated streams run work at once; captures of NCCL calls are not emulated */
   return ncclSuccess;
@@ -143,9 +129,9 @@ ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataT
   if (t == ncclBfloat16) {   /* reduced in float, rounded once */
     float *x = malloc(count * sizeof *x);
     if (!x) return fail(ncclSystemError, "out of memory");
-    for (size_t i = 0; i < count; i++) x[i] = bf2f(((const uint16_t *)send)[i]);
+    for (size_t i = 0; i < count; i++) x[i] = lmc_bf2f(((const uint16_t *)send)[i]);
     MPI_Allreduce(MPI_IN_PLACE, x, (int)count, MPI_FLOAT, mpi_op(op), c->comm);
-    for (size_t i = 0; i < count; i++) ((uint16_t *)recv)[i] = f2bf(x[i]);
+    for (size_t i = 0; i < count; i++) ((uint16_t *)recv)[i] = lmc_f2bf(x[i]);
     free(x);
     return ncclSuccess;
   }
