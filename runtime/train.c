@@ -54,6 +54,7 @@ typedef struct Loop {
   bool tty;                /* progress updates one line in place */
   double best_val, last_val;
   int64_t last_saved;
+  CkptInfo data_id;        /* the data's identity, for checkpoints */
   int32_t *rows;
   int64_t steps, max_steps, start;
   uint64_t seed;
@@ -103,16 +104,18 @@ static void eval_and_log(Loop *L, int64_t step) {
   if (!L->o->quiet) printf("%sstep %5lld | val loss %.4f\n", L->tty ? "\r\033[K" : "", (long long)step, vl), fflush(stdout);
 }
 
-/* Every rank takes part: each pipeline stage writes its shard. */
+/* What checkpoints record of the data (its name, token count and hash),
+ * worked out once per run. */
 static void data_identity(const Data *d, CkptInfo *info) {
   const char *base = strrchr(d->path, '/');
   info->data_ntok = d->ntok, info->data_hash = data_hash(d);
   snprintf(info->data, sizeof info->data, "%.255s", base ? base + 1 : d->path);
 }
 
+/* Every rank takes part: each pipeline stage writes its shard. */
 static void save(Loop *L, int64_t step) {
-  CkptInfo info = {.step = step, .seed = L->seed};
-  data_identity(L->d, &info);
+  CkptInfo info = L->data_id;
+  info.step = step, info.seed = L->seed;
   ckpt_save(L->r, L->ckpt_dir, &info);
   if (L->r->b->rank == 0 && L->o->keep > 0) ckpt_prune(L->ckpt_dir, L->o->keep);
   L->last_saved = step;
@@ -123,8 +126,7 @@ static void save(Loop *L, int64_t step) {
 /* A resume on other data than the checkpoint's trained on is allowed
  * (fine-tuning) but said. */
 static void check_data(Loop *L, const CkptInfo *was) {
-  CkptInfo now;
-  data_identity(L->d, &now);
+  const CkptInfo now = L->data_id;
   if (was->data_ntok > 0 && L->r->b->rank == 0 && (was->data_ntok != now.data_ntok || was->data_hash != now.data_hash))
     fprintf(stderr, "lmrun: warning: the checkpoint was trained on other data (%s, %lld tokens) than %s (%lld tokens)\n",
             was->data, (long long)was->data_ntok, L->d->path, (long long)now.data_ntok);
@@ -221,6 +223,7 @@ int train_run(Run *r, TrainOpts *o) {
   int64_t rowsz = b->train.batch * (b->T + 1);
   if (b->rank != 0) o->quiet = true;
   L.d = data_load(o->data ? o->data : b->train.data, b->vocab, b->train.val_fraction, b->T + 1);
+  data_identity(L.d, &L.data_id);
   rt_init_params(r, L.seed);
   if (o->init_hf && o->resume) rt_die("--init-hf starts a run; --resume continues one: give one of them");
   if (o->init_hf) {
