@@ -77,15 +77,22 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t n) {
   close_from(base);
   return 0;
 }
-#elif defined(TARGET_CKPT)
-static Run *run;
-
-int LLVMFuzzerTestOneInput(const unsigned char *data, size_t n) {
+#elif defined(TARGET_CKPT) || defined(TARGET_HF)
+/* the small model of $LMC_FUZZ_BUNDLE, made once, that inputs load into */
+static Run *small_run(void) {
+  static Run *run;
   if (!run) {
     const char *bdir = getenv("LMC_FUZZ_BUNDLE");
     if (!bdir) abort();
     run = rt_new(bundle_load(bdir, 0), cpu_backend(false));
   }
+  return run;
+}
+#endif
+
+#if defined(TARGET_CKPT)
+int LLVMFuzzerTestOneInput(const unsigned char *data, size_t n) {
+  Run *run = small_run();
   /* sealed with a fresh checksum, so mutations reach the header parser
    * instead of all stopping at the checksum (tested on its own) */
   unsigned char *sealed = malloc(n + 1);
@@ -106,17 +113,10 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t n) {
   return 0;
 }
 #elif defined(TARGET_HF)
-static Run *run;
-
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t n) {
-  if (!run) {
-    const char *bdir = getenv("LMC_FUZZ_BUNDLE");
-    if (!bdir) abort();
-    run = rt_new(bundle_load(bdir, 0), cpu_backend(false));
-  }
   put("model.safetensors", data, n);
   int base = lowest_free();
-  if (!setjmp(on_error)) hf_import(run, dir);
+  if (!setjmp(on_error)) hf_import(small_run(), dir);
   else hf_abandon();
   close_from(base);
   return 0;
