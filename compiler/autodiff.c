@@ -173,9 +173,9 @@ static void bwd_generic(Inst *f, int op, Value *dy) {
     in->in[1] = f->in[0], in->in[2] = f->in[1], in->in[3] = f->out[1], in->in[4] = f->out[2];
     set_out(in, 0, f->in[0]), set_out(in, 1, f->in[1]), set_out(in, 2, f->in[2]);
     return;
-  case OP_ATTENTION: /* do, q, k, v, lse */
+  case OP_ATTENTION: /* do, q, k, v, lse, o (for rowsum(do * o)) */
     for (int i = 0; i < 3; i++) in->in[1 + i] = f->in[i];
-    in->in[4] = f->out[1];
+    in->in[4] = f->out[1], in->in[5] = f->out[0];
     for (int i = 0; i < 3; i++) set_out(in, i, f->in[i]);
     return;
   }

@@ -28,7 +28,55 @@ static bool used(Graph *g, const char *section) {
   return false;
 }
 
-/* Copies the template: the prelude always, a section when used. */
+/* Flash attention's split of a head dim K over threads: P threads a query
+ * row (a power of two), D dims each (a multiple of 4). runtime/cuda.c
+ * launches by the same rule. */
+static void attention_split(int64_t k, int *d, int *p) {
+  for (*p = 1; (k + *p - 1) / *p > 32; *p *= 2) {}
+  *d = (int)((k + *p - 1) / *p + 3) / 4 * 4;
+}
+
+/* The attention kernels specialised to head dim k: lmc_attention_kK, or
+ * for the backward lmc_attention_bwd_dq_kK and lmc_attention_bwd_dkv_kK. */
+void kernels_attention(FILE *out, int64_t k, bool bwd) {
+  int d, p;
+  long long K = (long long)k;
+  attention_split(k, &d, &p);
+  fprintf(out, "\n// head dim %lld: %d threads a query row, %d dims each\n", K, p, d);
+  if (!bwd) {
+    fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_k%lld(real *o, real *lse, "
+            "const real *q, const real *k, const real *v, i64 T, i64 H, i64 G, i64 K, float scale) {\n"
+            "  fa_forward<%d, %d>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", K, d, p);
+    return;
+  }
+  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_dq_k%lld(real *dq, "
+          "const real *dout, const real *q, const real *k, const real *v, const real *lse, const real *dd, i64 T, "
+          "i64 H, i64 G, i64 K, float scale, int acc) {\n"
+          "  fa_backward_dq<%d, %d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc);\n}\n", K, d, p);
+  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_dkv_k%lld(real *dk, "
+          "real *dv, const real *dout, const real *q, const real *k, const real *v, const real *lse, const real *dd, "
+          "i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv) {\n"
+          "  fa_backward_dkv<%d, %d>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv);\n}\n", K, d, p);
+}
+
+/* Each head dim the programs' attention uses, forward and backward, once. */
+static void attention_kernels(FILE *out, Graph *g) {
+  int64_t done[2][8];
+  int ndone[2] = {0, 0};
+  for (int i = 0; i < g->nfwd + g->nbwd; i++) {
+    Inst *in = i < g->nfwd ? g->fwd[i] : g->bwd[i - g->nfwd];
+    if (in->op != OP_ATTENTION && in->op != OP_ATTENTION_BWD) continue;
+    int bwd = in->op == OP_ATTENTION_BWD, seen = 0;
+    int64_t k = ir_get(in, "k");
+    for (int j = 0; j < ndone[bwd]; j++) seen |= done[bwd][j] == k;
+    if (seen || ndone[bwd] == 8 || k > 1024) continue;   /* cuda.c refuses head dims past 1024 */
+    done[bwd][ndone[bwd]++] = k;
+    kernels_attention(out, k, bwd);
+  }
+}
+
+/* Copies the template: the prelude always, a section when used; then the
+ * kernels specialised to the model's shapes. */
 void kernels_emit(FILE *out, Graph *g) {
   fprintf(out, "// lmc kernels for model %s (from templates/kernels.cu)\n", g->prog->model->name);
   const char *p = tpl_kernels;
@@ -47,4 +95,5 @@ void kernels_emit(FILE *out, Graph *g) {
     if (keep) fwrite(p, 1, n, out);
     p += n;
   }
+  attention_kernels(out, g);
 }

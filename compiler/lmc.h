@@ -182,10 +182,11 @@ struct Value {
 };
 
 #define MAX_ATTRS 10
+#define MAX_IN 6      /* inputs of an instruction; attention_bwd has the most */
 struct Inst {
   int id;
   int op;
-  Value *in[5];
+  Value *in[MAX_IN];
   Value *out[3];
   bool acc[3];         /* out += (instead of =) */
   int nin, nout;
@@ -294,6 +295,7 @@ double plan_inst_flops(Inst *in);       /* GEMM and attention FLOPs of one instr
 
 /* ---- kernels.c ---- */
 void kernels_emit(FILE *out, Graph *g);
+void kernels_attention(FILE *out, int64_t k, bool bwd);   /* the kernels for head dim k */
 
 /* ---- emit.c ---- */
 void emit_bundle(Sched *s, const char *dir);

@@ -182,7 +182,7 @@ static void read_inst(Reader *r, Bundle *b, RtInst *in) {
   const char *o = field(r->buf, "out"), *i = field(r->buf, "in");
   if (!o || !i) bad(r, "instruction without out= or in=");
   parse_ids(r, o, in->out, in->acc, 3, b->nvals);
-  parse_ids(r, i, in->in, NULL, 5, b->nvals);
+  parse_ids(r, i, in->in, NULL, RT_MAX_IN, b->nvals);
   in->m = opt_f(r, "m", 0), in->n = opt_f(r, "n", 0), in->k = opt_f(r, "k", 0);
   in->d = opt_f(r, "d", 0), in->v = opt_f(r, "v", 0), in->b = opt_f(r, "b", 0);
   in->t = opt_f(r, "t", 0), in->h = opt_f(r, "h", 0), in->g = opt_f(r, "g", 0);
@@ -218,9 +218,9 @@ static void read_value(Reader *r, Bundle *b) {
 /* What a kernel will touch: elements of each operand (0: not an operand),
  * and which operands are token ids. A schedule that disagrees with its
  * values is rejected here rather than read or written out of bounds. */
-static void needs(const RtInst *x, int64_t in[5], int64_t out[3], bool ids[5]) {
+static void needs(const RtInst *x, int64_t in[RT_MAX_IN], int64_t out[3], bool ids[RT_MAX_IN]) {
   int64_t bthk = x->b * x->t * x->h * x->k, btgk = x->b * x->t * x->g * x->k, nd = x->n * x->d;
-  for (int i = 0; i < 5; i++) in[i] = 0, ids[i] = false;
+  for (int i = 0; i < RT_MAX_IN; i++) in[i] = 0, ids[i] = false;
   for (int i = 0; i < 3; i++) out[i] = 0;
   switch (x->op) {
   case OP_EMBED: out[0] = nd, in[0] = x->n, ids[0] = true, in[1] = x->v * x->d; break;
@@ -238,7 +238,7 @@ static void needs(const RtInst *x, int64_t in[5], int64_t out[3], bool ids[5]) {
     break;
   case OP_ATTENTION_BWD:
     out[0] = in[0] = in[1] = bthk, out[1] = out[2] = in[2] = in[3] = btgk;
-    in[4] = x->b * x->h * x->t;
+    in[4] = x->b * x->h * x->t, in[5] = bthk;
     break;
   case OP_SILU: case OP_GELU: out[0] = in[0] = x->n; break;
   case OP_MUL: case OP_SWIGLU: out[0] = in[0] = in[1] = x->n; break;
@@ -283,12 +283,12 @@ static bool sane(const RtInst *x) {
 }
 
 static void verify_inst(Reader *r, Bundle *b, const RtInst *x) {
-  int64_t in[5], out[3];
-  bool ids[5];
+  int64_t in[RT_MAX_IN], out[3];
+  bool ids[RT_MAX_IN];
   if (!sane(x)) bad(r, "instruction sizes out of range");
   needs(x, in, out, ids);
   int nout = 0;
-  for (int i = 0; i < 5; i++) {
+  for (int i = 0; i < RT_MAX_IN; i++) {
     if (!in[i]) continue;
     if (x->in[i] < 0) bad(r, "missing input");
     RtValue *v = &b->vals[x->in[i]];

@@ -2,10 +2,10 @@
  * linked: the driver (libcuda.so.1), NVRTC and cuBLASLt are loaded with
  * dlopen when --backend cuda asks for them, so CPU-only runs never touch
  * CUDA. The bundle's kernels.cu is compiled with NVRTC for this device
- * (cached on disk by source hash and architecture); GEMMs, including
- * attention's, go to cuBLASLt; collectives and pipeline transfers are
- * staged through host memory and MPI (NCCL is the next step). Single
- * precision only. */
+ * (cached on disk by source hash and architecture); GEMMs go to cuBLASLt,
+ * attention to lmc's flash attention kernels; collectives and pipeline
+ * transfers are staged through host memory and MPI (NCCL is the next
+ * step). Single precision only. */
 #include "lmrt.h"
 #include <cublasLt.h>
 #include <cuda.h>
@@ -59,8 +59,8 @@ static struct {
 static CUmodule module;
 static bool emulated;   /* the emulated CUDA platform (runtime/emu/) stands in for the GPU */
 static cublasLtHandle_t lt;
-static CUdeviceptr workspace, scratch_p, scratch_dp, scratch_rows, scratch_part;
-static size_t workspace_size = 32 << 20, scratch_p_n, scratch_rows_n;
+static CUdeviceptr workspace, scratch_rows, scratch_part;
+static size_t workspace_size = 32 << 20, scratch_rows_n;
 static int sm;   /* compute capability, e.g. 90 */
 
 #define CK(call) check_cu((call), #call, __FILE__, __LINE__)
@@ -211,13 +211,13 @@ static void load_kernels(const char *dir) {
 }
 
 static CUfunction fn(const char *name) {
-  static struct { const char *name; CUfunction f; } cache[64];
+  static struct { char name[64]; CUfunction f; } cache[64];
   static int n;
   for (int i = 0; i < n; i++)
     if (!strcmp(cache[i].name, name)) return cache[i].f;
   CUfunction f;
   CK(cu.getfn(&f, module, name));
-  if (n < 64) cache[n].name = name, cache[n++].f = f;
+  if (n < 64 && strlen(name) < sizeof cache[n].name) strcpy(cache[n].name, name), cache[n++].f = f;
   return f;
 }
 
@@ -303,45 +303,55 @@ static void k_rows(const char *name, i64 rows, void **args) {
   CK(cu.launch(fn(name), (unsigned)rows, 1, 1, 256, 1, 1, 0, NULL, args, NULL));
 }
 
-static void op_attention(const RtInst *x, void **o, void **in) {
-  i64 T = x->t, H = x->h, G = x->g, K = x->k;
-  float scale = 1.0f / sqrtf((float)K);
-  CUdeviceptr p = scratch(&scratch_p, &scratch_p_n, T * T);
-  for (i64 b = 0; b < x->b; b++)
-    for (i64 hh = 0; hh < H; hh++) {
-      i64 gi = hh / (H / G), qo = (b * T * H * K + hh * K) * 4, ko = (b * T * G * K + gi * K) * 4;
-      gemm(false, true, T, T, K, scale, dptr(in[0]) + qo, H * K, dptr(in[1]) + ko, G * K, 0, p, T);
-      CUdeviceptr lse = dptr(o[1]) + (b * H + hh) * T * 4;
-      i64 rows = T, t = T;
-      void *a[] = {&p, &lse, &rows, &t};
-      k_rows("lmc_causal_softmax", T, a);
-      gemm(false, false, T, K, T, 1, p, T, dptr(in[2]) + ko, G * K, 0, dptr(o[0]) + qo, H * K);
-    }
+/* Flash attention (templates/kernels.cu): the kernels lmc specialised to
+ * the head dim, FA_THREADS threads a block, P threads a query row by the
+ * rule of compiler/kernels.c. */
+enum { FA_THREADS = 128 };
+
+static int fa_rows(const RtInst *x) {
+  if (x->k > 1024) rt_die("the CUDA backend's attention takes head dims up to 1024, not %lld", (long long)x->k);
+  int p = 1;
+  while ((x->k + p - 1) / p > 32) p *= 2;
+  return FA_THREADS / p;
 }
 
-static void op_attention_bwd(const RtInst *x, void **o, void **in) {
-  i64 T = x->t, H = x->h, G = x->g, K = x->k, per = H / G;
+static void launch3(const char *name, unsigned gx, unsigned gy, unsigned gz, unsigned threads, void **args) {
+  CK(cu.launch(fn(name), gx, gy, gz, threads, 1, 1, 0, NULL, args, NULL));
+}
+
+static void op_attention(const RtInst *x, void **o, void **in) {
+  i64 T = x->t, H = x->h, G = x->g, K = x->k, R = fa_rows(x);
   float scale = 1.0f / sqrtf((float)K);
-  CUdeviceptr p = scratch(&scratch_p, &scratch_p_n, T * T);
-  static size_t have_dp;
-  CUdeviceptr dp = scratch(&scratch_dp, &have_dp, T * T);
-  for (i64 b = 0; b < x->b; b++)
-    for (i64 hh = 0; hh < H; hh++) {
-      i64 gi = hh / per, qo = (b * T * H * K + hh * K) * 4, ko = (b * T * G * K + gi * K) * 4;
-      float kv_beta = hh % per == 0 ? (x->acc[1] ? 1 : 0) : 1, vv_beta = hh % per == 0 ? (x->acc[2] ? 1 : 0) : 1;
-      CUdeviceptr lse = dptr(in[4]) + (b * H + hh) * T * 4;
-      i64 rows = T, t = T;
-      gemm(false, true, T, T, K, scale, dptr(in[1]) + qo, H * K, dptr(in[2]) + ko, G * K, 0, p, T);
-      void *a[] = {&p, &lse, &rows, &t};
-      launch("lmc_softmax_recompute", grid_for(T * T), a);
-      gemm(false, true, T, T, K, 1, dptr(in[0]) + qo, H * K, dptr(in[3]) + ko, G * K, 0, dp, T);
-      if (o[2]) gemm(true, false, T, K, T, 1, p, T, dptr(in[0]) + qo, H * K, vv_beta, dptr(o[2]) + ko, G * K);
-      void *s[] = {&dp, &p, &rows, &t};
-      k_rows("lmc_softmax_bwd", T, s);
-      if (o[0]) gemm(false, false, T, K, T, scale, dp, T, dptr(in[2]) + ko, G * K, x->acc[0] ? 1 : 0,
-                     dptr(o[0]) + qo, H * K);
-      if (o[1]) gemm(true, false, T, K, T, scale, dp, T, dptr(in[1]) + qo, H * K, kv_beta, dptr(o[1]) + ko, G * K);
-    }
+  CUdeviceptr O = dptr(o[0]), L = dptr(o[1]), Q = dptr(in[0]), Kp = dptr(in[1]), V = dptr(in[2]);
+  void *a[] = {&O, &L, &Q, &Kp, &V, &T, &H, &G, &K, &scale};
+  char name[64];
+  snprintf(name, sizeof name, "lmc_attention_k%lld", K);
+  launch3(name, (unsigned)((T + R - 1) / R), (unsigned)H, (unsigned)x->b, FA_THREADS, a);
+}
+
+/* in: dout, q, k, v, lse, o */
+static void op_attention_bwd(const RtInst *x, void **o, void **in) {
+  static size_t have_dd;
+  static CUdeviceptr scratch_dd;
+  i64 B = x->b, T = x->t, H = x->h, G = x->g, K = x->k, R = fa_rows(x), rows = B * T * H;
+  float scale = 1.0f / sqrtf((float)K);
+  int acc0 = x->acc[0], acc1 = x->acc[1], acc2 = x->acc[2];
+  CUdeviceptr dd = scratch(&scratch_dd, &have_dd, rows), Do = dptr(in[0]), Q = dptr(in[1]), Kp = dptr(in[2]),
+              V = dptr(in[3]), L = dptr(in[4]), Ou = dptr(in[5]), dQ = dptr(o[0]), dK = dptr(o[1]), dV = dptr(o[2]);
+  void *a[] = {&dd, &Do, &Ou, &B, &T, &H, &K};
+  launch("lmc_attention_dot", grid_for(rows * 32), a);
+  char name[64];
+  unsigned blocks = (unsigned)((T + R - 1) / R);
+  if (o[0]) {
+    void *q[] = {&dQ, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc0};
+    snprintf(name, sizeof name, "lmc_attention_bwd_dq_k%lld", K);
+    launch3(name, blocks, (unsigned)H, (unsigned)B, FA_THREADS, q);
+  }
+  if (o[1] || o[2]) {
+    void *kv[] = {&dK, &dV, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc1, &acc2};
+    snprintf(name, sizeof name, "lmc_attention_bwd_dkv_k%lld", K);
+    launch3(name, blocks, (unsigned)G, (unsigned)B, FA_THREADS, kv);
+  }
 }
 
 /* loss (+)= scale * sum of per-row losses, rows summed on the device */
@@ -395,9 +405,9 @@ static void op_head_xent_bwd(const RtInst *x, void **o, void **in) {
 }
 
 static void cuda_run(const RtInst *x, void **o, void **in) {
-  CUdeviceptr O[3], I[5];
+  CUdeviceptr O[3], I[RT_MAX_IN];
   for (int i = 0; i < 3; i++) O[i] = dptr(o[i]);
-  for (int i = 0; i < 5; i++) I[i] = dptr(in[i]);
+  for (int i = 0; i < RT_MAX_IN; i++) I[i] = dptr(in[i]);
   i64 n = x->n, d = x->d, v = x->v, v0 = x->v0, nb = x->nb;
   int acc0 = x->acc[0], acc1 = x->acc[1], acc2 = x->acc[2];
   float eps = (float)x->eps, theta = (float)x->theta, scale = (float)x->scale;

@@ -169,11 +169,11 @@ void rt_trace_close(Run *r, const char *path) {
 }
 
 static void run_program(Run *r, const RtInst *prog, int n, int slot) {
-  void *out[3], *in[5], **ptr = r->ptr + (size_t)slot * r->b->nvals;
+  void *out[3], *in[RT_MAX_IN], **ptr = r->ptr + (size_t)slot * r->b->nvals;
   for (int i = 0; i < n; i++) {
     const RtInst *x = &prog[i];
     for (int j = 0; j < 3; j++) out[j] = x->out[j] >= 0 ? ptr[x->out[j]] : NULL;
-    for (int j = 0; j < 5; j++) in[j] = x->in[j] >= 0 ? ptr[x->in[j]] : NULL;
+    for (int j = 0; j < RT_MAX_IN; j++) in[j] = x->in[j] >= 0 ? ptr[x->in[j]] : NULL;
     double t = r->op_time || r->trace ? rt_now() : 0;
     if (x->op == OP_ALLREDUCE) r->be->allreduce(out[0], x->n, AXIS_TP, x->red);
     else r->be->run(x, out, in);

@@ -63,9 +63,10 @@ typedef struct RtValue {
   char name[128];
 } RtValue;
 
+#define RT_MAX_IN 6   /* inputs of an instruction; attention_bwd has the most */
 typedef struct RtInst {
   int op;
-  int out[3], in[5];       /* value ids, -1 for none */
+  int out[3], in[RT_MAX_IN]; /* value ids, -1 for none */
   bool acc[3];
   int64_t m, n, k, d, v, b, t, h, g, nb;
   int64_t v0;              /* vocab parallel: the first row this rank holds */

@@ -1,7 +1,8 @@
 // kernels.cu: the CUDA kernels lmc writes into a bundle, one section per
 // op ("// @kernel NAME" up to the next marker); lmc copies the prelude and
-// the sections the model's programs use. GEMMs (matmul, and attention's
-// QK^T and PV) go to cuBLASLt, so they have no kernel here. Sizes come as
+// the sections the model's programs use. GEMMs go to cuBLASLt, so they
+// have no kernel here; kernels specialised to the model's shapes follow the
+// sections (compiler/kernels.c). Sizes come as
 // arguments; `acc` adds into the output instead of writing it, as on the
 // CPU backend. One thread block per row for row-wise ops (blockDim.x a
 // power of two, at most 1024), a grid-stride loop for element-wise ones.
@@ -167,41 +168,194 @@ extern "C" __global__ void lmc_rope(real *y, const real *x, i64 b, i64 t, i64 h,
 }
 
 // @kernel attention
-// causal softmax over rows of scores [rows = b*h*t, t] in place (cuBLASLt
-// made the scaled scores); row i of each t x t block keeps j <= i. The
-// row's log-sum-exp is kept for the backward pass, not the probabilities.
-extern "C" __global__ void lmc_causal_softmax(real *p, real *lse, i64 rows, i64 t) {
-  i64 row = blockIdx.x, i = row % t;
-  real *pr = p + row * t;
-  float mx = NEG_INF;
-  for (i64 j = threadIdx.x; j <= i; j += blockDim.x) mx = fmaxf(mx, pr[j]);
-  mx = block_max(mx);
-  float s = 0;
-  for (i64 j = threadIdx.x; j <= i; j += blockDim.x) s += expf(pr[j] - mx);
-  s = block_sum(s);
-  for (i64 j = threadIdx.x; j < t; j += blockDim.x) pr[j] = j <= i ? expf(pr[j] - mx) / s : (real)0;
-  if (threadIdx.x == 0) lse[row] = mx + logf(s);
-}
+// Flash attention: scores, softmax and the weighted sum one tile of keys at
+// a time in shared memory, with a running max and sum per query row (never
+// a T x T buffer), causal tiles skipped, the heads of a kv group reading
+// the same K/V. Single precision on the CUDA cores. The templates are
+// instantiated by lmc for the model's head dim K (kernels.c writes the
+// extern "C" kernels at the end of this file): P threads share a query row,
+// each holding D of its dims, D a multiple of 4 with P * D >= K. A thread
+// of part p holds dims (j * P + p) * 4 + e (j < D / 4, e < 4), so the P
+// threads of a row read one contiguous run of a tile row at a time.
+#define FA_THREADS 128
+#define FA_TILE 32
 
-// @kernel attention_bwd
-// P again from the scaled scores (recomputed by cuBLASLt) and the saved
-// log-sum-exp, in place
-extern "C" __global__ void lmc_softmax_recompute(real *p, const real *lse, i64 rows, i64 t) {
-  GRID_LOOP(e, rows * t) {
-    i64 row = e / t, i = row % t, j = e % t;
-    p[e] = j <= i ? expf(p[e] - lse[row]) : (real)0;
+// FA_TILE rows of a [T, stride] matrix from row r0 into a tile of W
+// columns, zero past K columns and past T rows
+template <int W>
+__device__ void fa_tile(float (*s)[W], const real *src, i64 r0, i64 T, i64 stride, int K) {
+  for (int e = threadIdx.x; e < FA_TILE * W; e += FA_THREADS) {
+    int r = e / W, c = e % W;
+    s[r][c] = r0 + r < T && c < K ? src[(r0 + r) * stride + c] : 0.0f;
   }
 }
 
-// dS = P * (dP - rowsum(P * dP)), in place over dP
-extern "C" __global__ void lmc_softmax_bwd(real *dp, const real *p, i64 rows, i64 t) {
-  i64 row = blockIdx.x;
-  real *g = dp + row * t;
-  const real *pr = p + row * t;
-  float dot = 0;
-  for (i64 j = threadIdx.x; j < t; j += blockDim.x) dot += g[j] * pr[j];
-  dot = block_sum(dot);
-  for (i64 j = threadIdx.x; j < t; j += blockDim.x) g[j] = pr[j] * (g[j] - dot);
+// this thread's dims of a row (zero where the row or the dim does not exist)
+template <int D, int P>
+__device__ void fa_row(float *x, const real *row, bool ok, int K, float scale) {
+  int p = threadIdx.x % P;
+  for (int j = 0; j < D / 4; j++)
+    for (int e = 0; e < 4; e++) {
+      int d = (j * P + p) * 4 + e;
+      x[j * 4 + e] = ok && d < K ? row[d] * scale : 0.0f;
+    }
+}
+
+template <int D, int P>
+__device__ void fa_put(real *row, const float *x, int K, float scale, int acc) {
+  int p = threadIdx.x % P;
+  for (int j = 0; j < D / 4; j++)
+    for (int e = 0; e < 4; e++) {
+      int d = (j * P + p) * 4 + e;
+      if (d < K) PUT(row, d, x[j * 4 + e] * scale, acc);
+    }
+}
+
+// x . (this thread's dims of tile row c), summed over the row's P threads
+template <int D, int P>
+__device__ float fa_dot(const float *x, const float *t) {
+  int p = threadIdx.x % P;
+  float s = 0;
+  for (int j = 0; j < D / 4; j++) {
+    float4 y = *(const float4 *)(t + (j * P + p) * 4);
+    s += x[j * 4] * y.x + x[j * 4 + 1] * y.y + x[j * 4 + 2] * y.z + x[j * 4 + 3] * y.w;
+  }
+  for (int o = P / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
+  return s;
+}
+
+// acc += a * (this thread's dims of tile row c)
+template <int D, int P>
+__device__ void fa_axpy(float *acc, float a, const float *t) {
+  int p = threadIdx.x % P;
+  for (int j = 0; j < D / 4; j++) {
+    float4 y = *(const float4 *)(t + (j * P + p) * 4);
+    acc[j * 4] += a * y.x, acc[j * 4 + 1] += a * y.y, acc[j * 4 + 2] += a * y.z, acc[j * 4 + 3] += a * y.w;
+  }
+}
+
+// grid (query blocks, H, B), FA_THREADS threads; the blocks of late rows
+// (the most keys) first. lse is of the scaled scores.
+template <int D, int P>
+__device__ void fa_forward(real *o, real *lse, const real *q, const real *k, const real *v, i64 T, i64 H, i64 G,
+                           i64 K, float scale) {
+  const int W = D * P, R = FA_THREADS / P;
+  __shared__ __align__(16) float ks[FA_TILE][W], vs[FA_TILE][W];
+  i64 b = blockIdx.z, h = blockIdx.y, g = h / (H / G);
+  i64 i0 = (i64)(gridDim.x - 1 - blockIdx.x) * R, i = i0 + threadIdx.x / P, last = (i0 + R < T ? i0 + R : T) - 1;
+  const real *kb = k + b * T * G * K + g * K, *vb = v + b * T * G * K + g * K;
+  float qr[D], acc[D], m = NEG_INF, l = 0;
+  fa_row<D, P>(qr, q + ((b * T + i) * H + h) * K, i < T, (int)K, scale);
+  for (int j = 0; j < D; j++) acc[j] = 0;
+  for (i64 j0 = 0; j0 <= last; j0 += FA_TILE) {
+    __syncthreads();
+    fa_tile<W>(ks, kb, j0, T, G * K, (int)K);
+    fa_tile<W>(vs, vb, j0, T, G * K, (int)K);
+    __syncthreads();
+    float s[FA_TILE], mt = m;
+#pragma unroll
+    for (int c = 0; c < FA_TILE; c++) {
+      s[c] = fa_dot<D, P>(qr, ks[c]);
+      s[c] = j0 + c <= i ? s[c] : NEG_INF;
+      mt = fmaxf(mt, s[c]);
+    }
+    float alpha = expf(m - mt);
+    l *= alpha;
+    for (int j = 0; j < D; j++) acc[j] *= alpha;
+#pragma unroll
+    for (int c = 0; c < FA_TILE; c++) {
+      float pc = expf(s[c] - mt);
+      l += pc;
+      fa_axpy<D, P>(acc, pc, vs[c]);
+    }
+    m = mt;
+  }
+  if (i >= T) return;
+  fa_put<D, P>(o + ((b * T + i) * H + h) * K, acc, (int)K, 1.0f / l, 0);
+  if (threadIdx.x % P == 0) lse[(b * H + h) * T + i] = m + logf(l);
+}
+
+// @kernel attention_bwd
+// Flash attention's backward in three deterministic kernels (no atomics):
+// rowsum(dO * O) per query row; dQ, one block per query block over its
+// keys; dK and dV, one block per key block of a kv group over the queries
+// of the group's heads that see it. Probabilities are recomputed from the
+// saved log-sum-exp.
+
+// dd[b,h,i] = sum_d dout[b,i,h,d] o[b,i,h,d]: one warp per row
+extern "C" __global__ void lmc_attention_dot(real *dd, const real *dout, const real *o, i64 B, i64 T, i64 H, i64 K) {
+  i64 row = (blockIdx.x * (i64)blockDim.x + threadIdx.x) / 32;
+  if (row >= B * T * H) return;   // whole warps leave together
+  float s = 0;
+  for (i64 d = threadIdx.x % 32; d < K; d += 32) s += dout[row * K + d] * o[row * K + d];
+  for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffff, s, off);
+  i64 b = row / (T * H), i = row / H % T, h = row % H;
+  if (threadIdx.x % 32 == 0) dd[(b * H + h) * T + i] = s;
+}
+
+// grid (query blocks, H, B), as the forward
+template <int D, int P>
+__device__ void fa_backward_dq(real *dq, const real *dout, const real *q, const real *k, const real *v,
+                               const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acc) {
+  const int W = D * P, R = FA_THREADS / P;
+  __shared__ __align__(16) float ks[FA_TILE][W], vs[FA_TILE][W];
+  i64 b = blockIdx.z, h = blockIdx.y, g = h / (H / G);
+  i64 i0 = (i64)(gridDim.x - 1 - blockIdx.x) * R, i = i0 + threadIdx.x / P, last = (i0 + R < T ? i0 + R : T) - 1;
+  const real *kb = k + b * T * G * K + g * K, *vb = v + b * T * G * K + g * K;
+  float qr[D], dor[D], dqr[D];
+  fa_row<D, P>(qr, q + ((b * T + i) * H + h) * K, i < T, (int)K, scale);
+  fa_row<D, P>(dor, dout + ((b * T + i) * H + h) * K, i < T, (int)K, 1.0f);
+  for (int j = 0; j < D; j++) dqr[j] = 0;
+  float li = i < T ? lse[(b * H + h) * T + i] : 0, di = i < T ? dd[(b * H + h) * T + i] : 0;
+  for (i64 j0 = 0; j0 <= last; j0 += FA_TILE) {
+    __syncthreads();
+    fa_tile<W>(ks, kb, j0, T, G * K, (int)K);
+    fa_tile<W>(vs, vb, j0, T, G * K, (int)K);
+    __syncthreads();
+    for (int c = 0; c < FA_TILE; c++) {
+      float s = fa_dot<D, P>(qr, ks[c]), dp = fa_dot<D, P>(dor, vs[c]);
+      float pc = j0 + c <= i && i < T ? expf(s - li) : 0.0f;
+      fa_axpy<D, P>(dqr, pc * (dp - di), ks[c]);
+    }
+  }
+  if (i < T) fa_put<D, P>(dq + ((b * T + i) * H + h) * K, dqr, (int)K, scale, acc);
+}
+
+// grid (key blocks, G, B); the blocks of early keys (the most queries) first
+template <int D, int P>
+__device__ void fa_backward_dkv(real *dk, real *dv, const real *dout, const real *q, const real *k, const real *v,
+                                const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck,
+                                int accv) {
+  const int W = D * P, R = FA_THREADS / P;
+  __shared__ __align__(16) float qs[FA_TILE][W], dos[FA_TILE][W];
+  __shared__ float ls[FA_TILE], ds[FA_TILE];
+  i64 b = blockIdx.z, g = blockIdx.y, j = (i64)blockIdx.x * R + threadIdx.x / P, per = H / G;
+  const real *kr = k + (b * T + j) * G * K + g * K, *vr = v + (b * T + j) * G * K + g * K;
+  float kx[D], vx[D], dkx[D], dvx[D];
+  fa_row<D, P>(kx, kr, j < T, (int)K, scale);
+  fa_row<D, P>(vx, vr, j < T, (int)K, 1.0f);
+  for (int e = 0; e < D; e++) dkx[e] = dvx[e] = 0;
+  for (i64 h = g * per; h < (g + 1) * per; h++)
+    for (i64 i0 = (i64)blockIdx.x * R / FA_TILE * FA_TILE; i0 < T; i0 += FA_TILE) {
+      __syncthreads();
+      fa_tile<W>(qs, q + b * T * H * K + h * K, i0, T, H * K, (int)K);
+      fa_tile<W>(dos, dout + b * T * H * K + h * K, i0, T, H * K, (int)K);
+      for (int c = threadIdx.x; c < FA_TILE; c += FA_THREADS) {
+        bool ok = i0 + c < T;
+        ls[c] = ok ? lse[(b * H + h) * T + i0 + c] : 0, ds[c] = ok ? dd[(b * H + h) * T + i0 + c] : 0;
+      }
+      __syncthreads();
+#pragma unroll 4
+      for (int c = 0; c < FA_TILE; c++) {
+        float s = fa_dot<D, P>(kx, qs[c]), dp = fa_dot<D, P>(vx, dos[c]);
+        float pc = i0 + c >= j && i0 + c < T ? expf(s - ls[c]) : 0.0f;
+        fa_axpy<D, P>(dvx, pc, dos[c]);
+        fa_axpy<D, P>(dkx, pc * (dp - ds[c]), qs[c]);
+      }
+    }
+  if (j >= T) return;
+  if (dk) fa_put<D, P>(dk + (b * T + j) * G * K + g * K, dkx, (int)K, scale, acck);
+  if (dv) fa_put<D, P>(dv + (b * T + j) * G * K + g * K, dvx, (int)K, 1.0f, accv);
 }
 
 // @kernel silu

@@ -13,7 +13,7 @@
 #include <limits.h>
 #include <unistd.h>
 
-enum { MAXIO = 5 };
+enum { MAXIO = RT_MAX_IN };
 
 typedef struct Arg {
   int64_t n;
@@ -35,7 +35,7 @@ static RtInst inst(int op) {
   memset(&x, 0, sizeof x);
   x.op = op;
   for (int i = 0; i < 3; i++) x.out[i] = -1;
-  for (int i = 0; i < 5; i++) x.in[i] = -1;
+  for (int i = 0; i < RT_MAX_IN; i++) x.in[i] = -1;
   return x;
 }
 
@@ -60,6 +60,22 @@ static void *make(Backend *be, const Arg *a, uint64_t key, bool preset) {
   return p;
 }
 
+/* attention_bwd's lse and o (inputs 4 and 5) as the CPU's forward makes
+ * them from q, k, v, on both backends: the kernels rely on rowsum(dy * o)
+ * being that of the probabilities the lse gives. */
+static void forward_outputs(const RtInst *x, const Case *c, void *in[2][MAXIO]) {
+  RtInst f = *x;
+  f.op = OP_ATTENTION, f.acc[0] = f.acc[1] = false;
+  void *fo[3] = {in[0][5], in[0][4], NULL}, *fi[MAXIO] = {in[0][1], in[0][2], in[0][3]};
+  cpu->run(&f, fo, fi);
+  for (int i = 4; i < 6; i++) {
+    double *h = malloc(c->in[i].n * sizeof *h);
+    cpu->download(h, in[0][i], c->in[i].n);
+    gpu->upload(in[1][i], h, c->in[i].n);
+    free(h);
+  }
+}
+
 static void run(Case *c, bool acc) {
   void *in[2][MAXIO] = {{0}}, *out[2][3] = {{0}};
   Backend *bs[2] = {cpu, gpu};
@@ -70,6 +86,9 @@ static void run(Case *c, bool acc) {
       if (c->in[i].n) in[b][i] = make(bs[b], &c->in[i], 100 + i, false);
     for (int i = 0; i < 3; i++)
       if (c->out[i].n) out[b][i] = make(bs[b], &c->out[i], 200 + i, true);
+  }
+  if (x.op == OP_ATTENTION_BWD) forward_outputs(&x, c, in);
+  for (int b = 0; b < 2; b++) {
     bs[b]->run(&x, out[b], in[b]);
     bs[b]->sync();
   }
@@ -132,14 +151,28 @@ static void optimizer(int64_t n) {
   free(h), free(w0);
 }
 
+/* The template, then the attention kernels lmc would specialise for the
+ * head dims here (compiler/kernels.c). */
+void kernels_attention(FILE *out, int64_t k, bool bwd);
+static const int64_t head_dims[] = {10, 40};
+
+static void write_kernels(const char *template, const char *path) {
+  FILE *in = fopen(template, "rb"), *out = fopen(path, "wb");
+  if (!in || !out) rt_die("cannot copy %s to %s", template, path);
+  char buf[4096];
+  for (size_t n; (n = fread(buf, 1, sizeof buf, in)) > 0;) fwrite(buf, 1, n, out);
+  for (size_t i = 0; i < sizeof head_dims / sizeof *head_dims; i++)
+    kernels_attention(out, head_dims[i], false), kernels_attention(out, head_dims[i], true);
+  fclose(in);
+  if (fclose(out)) rt_die("cannot write %s", path);
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) rt_die("usage: test_emu_ops KERNELS.CU");
   char dir[] = "/tmp/lmc-emu-ops-XXXXXX", path[64], why[256];
   if (!mkdtemp(dir)) rt_die("cannot make a temporary folder");
   snprintf(path, sizeof path, "%s/kernels.cu", dir);
-  char *src = realpath(argv[1], NULL);
-  if (!src || symlink(src, path)) rt_die("cannot link %s", argv[1]);
-  free(src);
+  write_kernels(argv[1], path);
   cpu = cpu_backend(false);
   gpu = cuda_backend(dir, true, why, sizeof why);
   unlink(path), rmdir(dir);
@@ -185,15 +218,22 @@ int main(int argc, char **argv) {
   check(c, false);
   c.name = "rope_bwd", c.x.op = OP_ROPE_BWD;
   check(c, true);
-  c = (Case){"attention (gqa 4:2)", inst(OP_ATTENTION), {{N * H * K}, {N * G * K}, {N * G * K}}, {{N * H * K}, {B * H * T}}};
-  c.x.b = B, c.x.t = T, c.x.h = H, c.x.g = G, c.x.k = K;
-  check(c, false);
-  /* inputs: dy, q, k, v and a log-sum-exp per row (random: the kernels do
-   * not assume the recomputed rows sum to one) */
-  c = (Case){"attention_bwd (gqa 4:2)", inst(OP_ATTENTION_BWD),
-             {{N * H * K}, {N * H * K}, {N * G * K}, {N * G * K}, {B * H * T, 2}}, {{N * H * K}, {N * G * K}, {N * G * K}}};
-  c.x.b = B, c.x.t = T, c.x.h = H, c.x.g = G, c.x.k = K;
-  check(c, true);
+  /* head dim 10 (one thread a query row) and 40 (two, past a tile of 32
+   * keys and a block of 64 rows) */
+  struct { int64_t b, t, h, g, k; const char *name, *bwd; } at[] = {
+      {B, T, H, G, K, "attention (gqa 4:2, T 19, K 10)", "attention_bwd (gqa 4:2, T 19, K 10)"},
+      {1, 150, 4, 1, 40, "attention (gqa 4:1, T 150, K 40)", "attention_bwd (gqa 4:1, T 150, K 40)"}};
+  for (int i = 0; i < 2; i++) {
+    int64_t nq = at[i].b * at[i].t * at[i].h * at[i].k, nk = at[i].b * at[i].t * at[i].g * at[i].k;
+    int64_t rows = at[i].b * at[i].h * at[i].t;
+    c = (Case){at[i].name, inst(OP_ATTENTION), {{nq}, {nk}, {nk}}, {{nq}, {rows}}};
+    c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
+    check(c, false);
+    /* inputs: dy, q, k, v, then lse and o, which run() makes by the forward */
+    c = (Case){at[i].bwd, inst(OP_ATTENTION_BWD), {{nq}, {nq}, {nk}, {nk}, {rows}, {nq}}, {{nq}, {nk}, {nk}}};
+    c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
+    check(c, true);
+  }
   int unary[][2] = {{OP_SILU, OP_SILU_BWD}, {OP_GELU, OP_GELU_BWD}};
   const char *un[] = {"silu", "silu_bwd", "gelu", "gelu_bwd"};
   for (int i = 0; i < 2; i++) {

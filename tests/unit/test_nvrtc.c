@@ -87,7 +87,9 @@ static int check(const char *path, const char *src, const char *arch) {
   int missing = 0, kernels = 0;
   for (const char *p = src; (p = strstr(p, "__global__ void ")); p++) {
     char name[128], entry[160];
-    if (sscanf(p + 16, "%127[A-Za-z0-9_]", name) != 1) continue;
+    const char *q = p + 16;
+    if (!strncmp(q, "__launch_bounds__(", 18) && (q = strchr(q, ')'))) q += 1 + strspn(q + 1, " ");
+    if (!q || sscanf(q, "%127[A-Za-z0-9_]", name) != 1) continue;
     snprintf(entry, sizeof entry, ".entry %s(", name);
     kernels++;
     if (!strstr(ptx, entry)) printf("FAIL %s (%s): no kernel %s in the PTX\n", path, arch, name), missing++;

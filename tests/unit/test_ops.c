@@ -22,7 +22,7 @@ typedef struct Case {
   int nout;
   /* backward: inputs are dy then forward tensors named by index:
    *   >= 0 forward input i, <= -1 forward output (-1 - i) */
-  int bwd_in[5], nbwd_in;
+  int bwd_in[RT_MAX_IN], nbwd_in;
   int bwd_out_of[3];       /* which forward input each bwd output is the grad of, -1 none */
 } Case;
 
@@ -47,7 +47,7 @@ static double objective(Case *c, void **in, double *R) {
 }
 
 static void backward(Case *c, void **in, double *R, double **g, bool acc) {
-  void *fout[3] = {0}, *bin[5] = {0}, *bout[3] = {0};
+  void *fout[3] = {0}, *bin[RT_MAX_IN] = {0}, *bout[3] = {0};
   for (int i = 0; i < c->nout; i++) fout[i] = calloc(c->out_n[i], sizeof(double));
   be->run(&c->fwd, fout, in);
   bin[0] = R;
@@ -121,7 +121,7 @@ static RtInst inst(int op) {
   memset(&x, 0, sizeof x);
   x.op = op;
   for (int i = 0; i < 3; i++) x.out[i] = -1;
-  for (int i = 0; i < 5; i++) x.in[i] = -1;
+  for (int i = 0; i < RT_MAX_IN; i++) x.in[i] = -1;
   return x;
 }
 
@@ -196,7 +196,7 @@ int main(void) {
   check(&ro);
 
   Case at = {.name = "attention (gqa 4:2)", .nin = 3, .in_n = {B * T * H * K, B * T * G * K, B * T * G * K},
-             .out_n = {B * T * H * K, B * H * T}, .nout = 2, .nbwd_in = 5, .bwd_in = {0, 0, 1, 2, -2},
+             .out_n = {B * T * H * K, B * H * T}, .nout = 2, .nbwd_in = 6, .bwd_in = {0, 0, 1, 2, -2, -1},
              .bwd_out_of = {0, 1, 2}};
   at.fwd = inst(OP_ATTENTION), at.bwd = inst(OP_ATTENTION_BWD);
   at.fwd.b = at.bwd.b = B, at.fwd.t = at.bwd.t = T, at.fwd.h = at.bwd.h = H;
