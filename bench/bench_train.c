@@ -2,7 +2,7 @@
  * Prints ms/step, tokens/s, the GEMM FLOP/s the step achieved, that over
  * the GEMM rate the same backend reaches in this run (sgemm on the CPU,
  * cuBLASLt on a GPU), and peak RSS against the memory the compiler planned.
- * Usage: bench_train BUNDLE [STEPS] [cpu|cuda] */
+ * Usage: bench_train BUNDLE [STEPS] [cpu|cuda|cuda-tf32|cuda-emu|cuda-emu-tf32] */
 #include "lmrt.h"
 #include <stdlib.h>
 #include <string.h>
@@ -23,12 +23,17 @@ static double program_flops(const RtInst *p, int n) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 2) rt_die("usage: bench_train BUNDLE [STEPS [cpu|cuda|cuda-emu]]");
+  if (argc < 2) rt_die("usage: bench_train BUNDLE [STEPS [cpu|cuda|cuda-tf32|cuda-emu|cuda-emu-tf32]]");
   int steps = argc > 2 ? atoi(argv[2]) : 5;
   Bundle *b = bundle_load(argv[1], 0);
   Backend *be = cpu_backend(false);
   char why[256];
-  bool cuda = argc > 3 && !strcmp(argv[3], "cuda"), emu = argc > 3 && !strcmp(argv[3], "cuda-emu");
+  const char *kind = argc > 3 ? argv[3] : "cpu";
+  bool tf32 = strstr(kind, "-tf32") != NULL, emu = !strncmp(kind, "cuda-emu", 8), cuda = !emu && !strncmp(kind, "cuda", 4);
+  if (strcmp(kind, "cpu") && strcmp(kind, "cuda") && strcmp(kind, "cuda-tf32") && strcmp(kind, "cuda-emu") &&
+      strcmp(kind, "cuda-emu-tf32"))
+    rt_die("unknown backend '%s'; use cpu, cuda, cuda-tf32, cuda-emu or cuda-emu-tf32", kind);
+  cuda_allow_tf32(tf32);
   if ((cuda || emu) && !(be = cuda_backend(argv[1], emu, why, sizeof why))) rt_die("no CUDA backend: %s", why);
   printf("%s: %.2fM params, batch %lld x seq %lld, vocab %lld\n", b->model, b->nparam_elems / 1e6,
          (long long)b->train.batch, (long long)b->T, (long long)b->vocab);
@@ -66,9 +71,12 @@ int main(int argc, char **argv) {
   planned += 2.0 * b->region[R_PARAM] * 4;                /* Adam m and v */
   printf("  step: %.1f ms | %.0f tokens/s | %.2f GFLOP/step | %.1f GFLOP/s achieved | %.1f%% of GEMM peak %.1f GFLOP/s\n",
          dt * 1e3, toks / dt, flops / 1e9, flops / dt / 1e9, 100 * flops / dt / peak, peak / 1e9);
-  printf("  memory: peak RSS %.1f MiB | planned %.1f MiB (activations %.1f, params+grads+adam %.1f) | loss %.4f\n",
-         ru.ru_maxrss / 1024.0, planned / 1048576, b->region[R_ACT] * 4.0 / 1048576,
-         b->region[R_PARAM] * 16.0 / 1048576, loss);
+  if (be->peak_bytes)
+    printf("  memory: device peak %.1f MiB (lmc's allocations, cuBLASLt workspace and scratch included) | ",
+           be->peak_bytes() / 1048576.0);
+  else printf("  memory: peak RSS %.1f MiB | ", ru.ru_maxrss / 1024.0);
+  printf("planned %.1f MiB (activations %.1f, params+grads+adam %.1f) | loss %.4f\n", planned / 1048576,
+         b->region[R_ACT] * 4.0 / 1048576, b->region[R_PARAM] * 16.0 / 1048576, loss);
   free(tok);
   rt_free(r);
   bundle_free(b);

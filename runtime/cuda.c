@@ -62,6 +62,7 @@ static cublasLtHandle_t lt;
 static CUdeviceptr workspace, scratch_rows, scratch_part;
 static size_t workspace_size = 32 << 20, scratch_rows_n;
 static int sm;   /* compute capability, e.g. 90 */
+static bool tf32;   /* GEMMs on the tensor cores with tf32 inputs (cuda_allow_tf32) */
 
 #define CK(call) check_cu((call), #call, __FILE__, __LINE__)
 static void check_cu(CUresult rc, const char *what, const char *file, int line) {
@@ -234,15 +235,42 @@ static void launch(const char *name, unsigned grid, void **args) {
 
 static CUdeviceptr dptr(const void *p) { return (CUdeviceptr)(uintptr_t)p; }
 
-static void *cuda_alloc(size_t bytes) {
+/* What is allocated, for the peak next to the plan. */
+static struct { CUdeviceptr p; size_t bytes; } *live;
+static int nlive, cap_live;
+static int64_t now_bytes, peak_bytes;
+
+static CUdeviceptr dev_alloc(size_t bytes) {
   CUdeviceptr p;
-  CK(cu.alloc(&p, bytes ? bytes : 256));
+  bytes = bytes ? bytes : 256;
+  CK(cu.alloc(&p, bytes));
+  if (nlive == cap_live && !(live = realloc(live, (cap_live = cap_live * 2 + 64) * sizeof *live)))
+    rt_die("out of memory");
+  live[nlive].p = p, live[nlive++].bytes = bytes;
+  now_bytes += bytes;
+  if (now_bytes > peak_bytes) peak_bytes = now_bytes;
+  return p;
+}
+
+static void dev_free(CUdeviceptr p) {
+  for (int i = 0; i < nlive; i++)
+    if (live[i].p == p) {
+      now_bytes -= live[i].bytes, live[i] = live[--nlive];
+      break;
+    }
+  CK(cu.free(p));
+}
+
+static int64_t cuda_peak_bytes(void) { return peak_bytes; }
+
+static void *cuda_alloc(size_t bytes) {
+  CUdeviceptr p = dev_alloc(bytes);
   CK(cu.memset8(p, 0, bytes ? bytes : 256));
   return (void *)(uintptr_t)p;
 }
 
 static void cuda_release(void *p) {
-  if (p) CK(cu.free(dptr(p)));
+  if (p) dev_free(dptr(p));
 }
 
 static void cuda_upload(void *dst, const double *src, int64_t n) {
@@ -268,8 +296,8 @@ static void cuda_upload_ids(void *dst, const int32_t *src, int64_t n) {
 /* A device scratch buffer of at least n floats, grown as needed. */
 static CUdeviceptr scratch(CUdeviceptr *buf, size_t *have, size_t n) {
   if (*have < n) {
-    if (*buf) CK(cu.free(*buf));
-    CK(cu.alloc(buf, n * sizeof(float)));
+    if (*buf) dev_free(*buf);
+    *buf = dev_alloc(n * sizeof(float));
     *have = n;
   }
   return *buf;
@@ -284,7 +312,7 @@ static void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
   cublasLtMatrixLayout_t la, lb, lc;
   LtPlan p = lt_plan(ta, tb, m, n, k, lda, ldb, ldc);
   cublasOperation_t opa = p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, opb = p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-  LT(cu.desc_create(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  LT(cu.desc_create(&desc, tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUDA_R_32F));
   LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
   LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
   LT(cu.layout_create(&la, CUDA_R_32F, p.a_rows, p.a_cols, p.a_ld));   /* our B */
@@ -578,9 +606,10 @@ static void cuda_wait_sends(int slot) {
   nstaged = j;
 }
 
-/* cuBLASLt's rate on a 4096^3 single precision GEMM, in FLOP/s. */
+/* cuBLASLt's rate on a 4096^3 single precision GEMM (tf32 under
+ * cuda_allow_tf32), in FLOP/s. */
 static double cuda_gemm_peak(void) {
-  i64 n = 4096;
+  i64 n = 4096, keep = peak_bytes;   /* the probe's buffers are not the model's */
   CUdeviceptr a = dptr(cuda_alloc(n * n * 4)), b = dptr(cuda_alloc(n * n * 4)), c = dptr(cuda_alloc(n * n * 4));
   gemm(false, false, n, n, n, 1, a, n, b, n, 0, c, n);
   CK(cu.sync());
@@ -590,6 +619,7 @@ static double cuda_gemm_peak(void) {
   CK(cu.sync());
   double rate = 2.0 * n * n * (double)n * reps / (rt_now() - t);
   cuda_release((void *)a), cuda_release((void *)b), cuda_release((void *)c);
+  peak_bytes = keep;
   return rate;
 }
 
@@ -599,13 +629,16 @@ static Backend cuda = {
     .name = "cuda-f32", .elem = 4, .alloc = cuda_alloc, .release = cuda_release, .upload = cuda_upload,
     .download = cuda_download, .zero = cuda_zero, .upload_ids = cuda_upload_ids, .run = cuda_run,
     .sumsq = cuda_sumsq, .adamw = cuda_adamw, .allreduce = cuda_allreduce, .send = cuda_send,
-    .recv = cuda_recv, .wait_sends = cuda_wait_sends, .gemm_peak = cuda_gemm_peak, .sync = cuda_sync};
+    .recv = cuda_recv, .wait_sends = cuda_wait_sends, .gemm_peak = cuda_gemm_peak, .sync = cuda_sync,
+    .peak_bytes = cuda_peak_bytes};
+
+void cuda_allow_tf32(bool on) { tf32 = on; }
 
 /* The CUDA backend for the bundle in dir, on a GPU or on the emulated
  * platform, or NULL with the reason. */
 Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   emulated = emulate;
-  cuda.name = emulate ? "cuda-emu-f32" : "cuda-f32";
+  cuda.name = emulate ? (tf32 ? "cuda-emu-tf32" : "cuda-emu-f32") : tf32 ? "cuda-tf32" : "cuda-f32";
   if (!load_driver(why, n)) return NULL;
   CUdevice dev;
   CUcontext ctx;
@@ -619,7 +652,7 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   CK(cu.retain(&ctx, dev));
   CK(cu.set_current(ctx));
   LT(cu.lt_create(&lt));
-  CK(cu.alloc(&workspace, workspace_size));
+  workspace = dev_alloc(workspace_size);
   load_kernels(dir);
   return &cuda;
 }

@@ -177,6 +177,7 @@ static void run_program(Run *r, const RtInst *prog, int n, int slot) {
     double t = r->op_time || r->trace ? rt_now() : 0;
     if (x->op == OP_ALLREDUCE) r->be->allreduce(out[0], x->n, AXIS_TP, x->red);
     else r->be->run(x, out, in);
+    if (r->op_time && r->be->sync) r->be->sync();   /* profiling: a GPU op's own time */
     if (r->op_time) r->op_time[x->op] += rt_now() - t;
     if (r->trace) {
       char args[96];
@@ -291,6 +292,7 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
       double t = rt_now(), norm = grad_norm(r, a->norm_tp, a->norm_pp), clip = b->train.clip;
       *gnorm = norm;
       rt_adamw(r, lr, clip > 0 && norm > clip ? clip / (norm + 1e-6) : 1.0);
+      if (r->op_time && r->be->sync) r->be->sync();
       if (r->op_time) r->op_time[NUM_OPS] += rt_now() - t;
       trace(r, "optimizer", "optimizer", 0, t, "");
       break;

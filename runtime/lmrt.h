@@ -156,6 +156,7 @@ typedef struct Backend {
   void (*adamw)(void *w, const void *g, void *m, void *v, int64_t n, const AdamArgs *a);
   double (*gemm_peak)(void);         /* the GEMM rate this device reaches, FLOP/s */
   void (*sync)(void);                /* wait for queued work (timing) */
+  int64_t (*peak_bytes)(void);       /* device memory: the most allocated at once; NULL on the CPU */
 } Backend;
 
 /* ---- ltplan.c ---- */
@@ -167,6 +168,7 @@ LtPlan lt_plan(bool ta, bool tb, int64_t m, int64_t n, int64_t k, int64_t lda, i
 
 Backend *cpu_backend(bool f64);
 Backend *cuda_backend(const char *bundle_dir, bool emulated, char *why, size_t n);   /* NULL: why */
+void cuda_allow_tf32(bool on);   /* before cuda_backend: GEMMs in tf32 on the tensor cores */
 
 /* ---- exec.c ---- */
 typedef struct Run {

@@ -7,3 +7,5 @@ Backend *cuda_backend(const char *bundle_dir, bool emulated, char *why, size_t n
   snprintf(why, n, "this lmrun was built without the CUDA headers (/usr/local/cuda/include)");
   return NULL;
 }
+
+void cuda_allow_tf32(bool on) { (void)on; }

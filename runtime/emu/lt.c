@@ -190,6 +190,19 @@ static float *dense(const Layout *l, const void *p, bool trans, int64_t rows, in
   return m;
 }
 
+/* fp32 inputs rounded to tf32 (10 mantissa bits, to nearest, ties away from
+ * zero, as cvt.rna.tf32.f32): what the tensor cores multiply under
+ * CUBLAS_COMPUTE_32F_FAST_TF32. cuBLAS may convert differently in the last
+ * bit; checks against fp32 allow for tf32's precision, not for this. */
+static void tf32(float *x, int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t u;
+    memcpy(&u, &x[i], 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & ~0x1fffu;   /* not inf or NaN */
+    memcpy(&x[i], &u, 4);
+  }
+}
+
 static void epilogue(const Gemm *g, int bi, int64_t m, int64_t n, float *acc, const float *opa, const float *opb,
                      int64_t k) {
   const Desc *d = &g->d;
@@ -230,6 +243,7 @@ static int do_gemm(void *arg) {
     char *D = (char *)g->Dp + bi * g->D.stride * elem(g->D.type);
     float *opa = dense(&g->a, A, ta, m, k), *opb = dense(&g->b, B, tb, k, n), *acc = malloc((size_t)m * n * sizeof *acc);
     if (!opa || !opb || !acc) return free(opa), free(opb), free(acc), CUBLAS_STATUS_ALLOC_FAILED;
+    if (g->d.compute == CUBLAS_COMPUTE_32F_FAST_TF32) tf32(opa, m * k), tf32(opb, k * n);
     if (k) cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, m, n, k, g->alpha, opa, m, opb, k, 0.0f, acc, m);
     else memset(acc, 0, (size_t)m * n * sizeof *acc);
     if (g->beta != 0.0f)   /* C is not read when beta is 0, as on the GPU */
@@ -245,9 +259,12 @@ static int do_gemm(void *arg) {
 
 static cublasStatus_t check(const Gemm *g) {
   const Desc *d = &g->d;
-  if (d->compute != CUBLAS_COMPUTE_32F || d->scale != CUDA_R_32F)
-    return lt_fail(CUBLAS_STATUS_NOT_SUPPORTED, "compute type %d, scale type %d: only fp32 compute and scale are emulated",
+  if ((d->compute != CUBLAS_COMPUTE_32F && d->compute != CUBLAS_COMPUTE_32F_FAST_TF32) || d->scale != CUDA_R_32F)
+    return lt_fail(CUBLAS_STATUS_NOT_SUPPORTED,
+                   "compute type %d, scale type %d: only fp32 (and fast tf32) compute and fp32 scale are emulated",
                    (int)d->compute, (int)d->scale);
+  if (d->compute == CUBLAS_COMPUTE_32F_FAST_TF32 && (g->a.type != CUDA_R_32F || g->b.type != CUDA_R_32F))
+    return lt_fail(CUBLAS_STATUS_NOT_SUPPORTED, "fast tf32 compute takes fp32 A and B");
   if (d->pointer_mode != CUBLASLT_POINTER_MODE_HOST)
     return lt_fail(CUBLAS_STATUS_NOT_SUPPORTED, "only host pointers for alpha and beta are emulated");
   uint32_t e = d->epilogue, ok[] = {CUBLASLT_EPILOGUE_DEFAULT, CUBLASLT_EPILOGUE_RELU, CUBLASLT_EPILOGUE_BIAS,

@@ -1,7 +1,10 @@
 """Compares two runs' metrics.jsonl step by step: loss, gradient norm and
 validation loss within a relative tolerance. Used by the emulated-CUDA test
 and by scripts/gpu_check.sh.
-Usage: compare_metrics.py REF.jsonl GOT.jsonl NAME [RTOL]"""
+Usage: compare_metrics.py REF.jsonl GOT.jsonl NAME [RTOL [GRAD_NORM_RTOL]]
+(the gradient norm gets its own tolerance where the arithmetic differs, as
+with tf32 GEMMs: its trajectory drifts step by step while the loss stays
+close)"""
 import json
 import sys
 
@@ -12,6 +15,7 @@ def records(path):
 
 ref_path, got_path, name = sys.argv[1:4]
 rtol = float(sys.argv[4]) if len(sys.argv) > 4 else 2e-3
+gtol = float(sys.argv[5]) if len(sys.argv) > 5 else rtol
 try:
     ref, got = records(ref_path), records(got_path)
 except OSError as e:
@@ -22,7 +26,8 @@ for r, g in zip(ref, got):
     for k in worst:
         if k in r and k in g:
             worst[k] = max(worst[k], abs(r[k] - g[k]) / abs(r[k]))
-ok = len(ref) == len(got) and len(ref) > 0 and all(v < rtol for v in worst.values())
-print("%s %s: max rel diff loss %.2e, grad norm %.2e, val loss %.2e over %d records (tolerance %.0e)" % (
-    "ok  " if ok else "FAIL", name, worst["loss"], worst["grad_norm"], worst["val_loss"], len(got), rtol))
+ok = len(ref) == len(got) and len(ref) > 0 and all(worst[k] < (gtol if k == "grad_norm" else rtol) for k in worst)
+print("%s %s: max rel diff loss %.2e, grad norm %.2e, val loss %.2e over %d records (tolerance %.0e%s)" % (
+    "ok  " if ok else "FAIL", name, worst["loss"], worst["grad_norm"], worst["val_loss"], len(got), rtol,
+    ", grad norm %.0e" % gtol if gtol != rtol else ""))
 sys.exit(0 if ok else 1)

@@ -1,0 +1,85 @@
+#!/bin/sh
+# The GPU benchmark: lmc's training step against PyTorch's (bench/anchors/)
+# on the same GPU in the same run, for GPT-2 124M (B=8, T=1024; and B=4,
+# T=64, where launches dominate), llama-small and llama-large (B=8,
+# T=2048). For each lmc run bench_train prints tokens/s, achieved FLOP/s
+# over the cuBLASLt rate measured right there, a per-op profile and device
+# memory against the plan; each PyTorch run prints its own line. A table of
+# tokens/s and the ratios comes last.
+#
+# Usage: bench/gpu.sh [BIN]   BIN holds lmc and bench_train (default: .gpu/bin
+#        as scripts/gpu_check.sh --pack leaves it, else build/)
+# Env:   LMC_BENCH_QUICK=1 runs only the GPT-2 rows; PYTHON (default python3)
+set -u
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=${1:-}
+[ -n "$bin" ] || { [ -x "$root/.gpu/bin/bench_train" ] && bin=$root/.gpu/bin; } || bin=$root/build
+[ -x "$bin/bench_train" ] || bin=$root/build/bench
+lmc=$(ls "$bin/lmc" "$root/build/compiler/lmc" 2>/dev/null | head -1)
+bench=$(ls "$bin/bench_train" "$root/build/bench/bench_train" 2>/dev/null | head -1)
+py=${PYTHON:-python3}
+work=$(mktemp -d "${TMPDIR:-/tmp}/lmc-gpu-bench.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+table=$work/table
+: > "$table"
+torch_ok=0
+$py -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null && torch_ok=1
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv,noheader
+
+# lmc ROW BACKEND STEPS SPEC [--set ...]: bench_train on a bundle of SPEC
+lmc_row() {
+  row=$1 be=$2 steps=$3 spec=$4
+  shift 4
+  echo "== lmc $row ($be)"
+  "$lmc" "$root/models/$spec.lm" -q -o "$work/b" "$@" || return
+  out=$(timeout 300 "$bench" "$work/b" "$steps" "$be" 2>&1)
+  echo "$out"
+  tps=$(echo "$out" | sed -n 's/.*| \([0-9]*\) tokens\/s |.*/\1/p')
+  echo "$row lmc-$be ${tps:-failed}" >> "$table"
+}
+
+# torch ROW MODE SCRIPT ARGS...: one anchor run
+torch_row() {
+  row=$1 mode=$2 script=$3
+  shift 3
+  [ $torch_ok = 1 ] || { echo "$row torch-$mode no-torch" >> "$table"; return; }
+  echo "== torch $row ($mode)"
+  out=$(env -u LD_LIBRARY_PATH PYTHONUNBUFFERED=1 timeout 300 $py "$root/bench/anchors/$script" "$@" 2>&1 | tail -3)
+  echo "$out"
+  tps=$(echo "$out" | sed -n 's/.* \([0-9]*\) tok\/s .*/\1/p' | tail -1)
+  echo "$row torch-$mode ${tps:-failed}" >> "$table"
+}
+
+gpt="--set batch=8 --set seq=1024"
+lmc_row gpt2-B8-T1024 cuda 5 gpt2-124m $gpt
+lmc_row gpt2-B8-T1024 cuda-tf32 5 gpt2-124m $gpt
+torch_row gpt2-B8-T1024 fp32 torch_gpt2.py 8 1024 fp32 10
+torch_row gpt2-B8-T1024 tf32 torch_gpt2.py 8 1024 tf32 10
+torch_row gpt2-B8-T1024 bf16 torch_gpt2.py 8 1024 bf16 10
+torch_row gpt2-B8-T1024 bf16c torch_gpt2.py 8 1024 bf16c 10
+lmc_row gpt2-B4-T64 cuda 20 gpt2-124m --set batch=4 --set seq=64
+torch_row gpt2-B4-T64 fp32 torch_gpt2.py 4 64 fp32 20
+if [ "${LMC_BENCH_QUICK:-0}" != 1 ]; then
+  lmc_row llama-small-B8-T2048 cuda-tf32 5 llama-small
+  torch_row llama-small-B8-T2048 bf16 torch_llama.py 768 12 12 4 2048 32000 8 2048 bf16 10
+  torch_row llama-small-B8-T2048 bf16c torch_llama.py 768 12 12 4 2048 32000 8 2048 bf16c 10
+  lmc_row llama-large-B8-T2048 cuda-tf32 3 llama-large
+  torch_row llama-large-B8-T2048 bf16c torch_llama.py 1536 24 16 4 4096 32000 8 2048 bf16c 5
+fi
+
+echo "== tokens/s (same GPU, same run); ratio: lmc's best over each PyTorch mode"
+awk '
+  { v[$1, $2] = $3; if (!($1 in seen)) { seen[$1] = 1; rows[n++] = $1 }; if (!($2 in cs)) { cs[$2] = 1; cols[m++] = $2 } }
+  END {
+    printf "| row |"; for (j = 0; j < m; j++) printf " %s |", cols[j]; printf " lmc best / torch |\n"
+    printf "|---|"; for (j = 0; j < m; j++) printf "---|"; printf "---|\n"
+    for (i = 0; i < n; i++) {
+      r = rows[i]; best = 0; printf "| %s |", r
+      for (j = 0; j < m; j++) { x = v[r, cols[j]]; printf " %s |", x == "" ? "" : x
+        if (cols[j] ~ /^lmc/ && x + 0 > best) best = x + 0 }
+      s = ""
+      for (j = 0; j < m; j++) if (cols[j] ~ /^torch/ && v[r, cols[j]] + 0 > 0)
+        s = s sprintf(" %s %.2fx", substr(cols[j], 7), best / v[r, cols[j]])
+      printf "%s |\n", s
+    }
+  }' "$table"
