@@ -9,6 +9,9 @@
 #                                 into .gpu/ (git-ignored, about 50 MiB)
 #   scripts/gpu_check.sh          on the GPU machine (which has no compilers
 #                                 for this project): runs from .gpu/
+#   scripts/gpu_check.sh --quick  the same checks on three configs and the
+#                                 quick benchmark (LMC_BENCH_QUICK=1), in
+#                                 about three minutes
 #
 # The check: every generated kernel compiles with NVRTC for the device; the
 # emulator's test kernels give on the GPU what the emulator gives (the
@@ -73,10 +76,12 @@ compare() {   # compare NAME SPEC [--set ...]; $flags go to the CUDA run, $tol t
   python3 tests/e2e/compare_metrics.py "$work/$name.cpu.d/metrics.jsonl" "$work/$name.cuda.d/metrics.jsonl" "$name" \
     ${tol:-} || status=1
 }
-compare llama models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 --set seq=64
-compare llama_m2 models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 --set seq=64 --set microbatches=2
+quick=0
+[ "${1:-}" = --quick ] && quick=1 && export LMC_BENCH_QUICK=1
+[ $quick = 1 ] || compare llama models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 --set seq=64
+[ $quick = 1 ] || compare llama_m2 models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 --set seq=64 --set microbatches=2
 compare gpt2 models/gpt2-124m.lm --set V=256 --set D=128 --set H=4 --set L=2 --set batch=8 --set seq=64
-compare llama_fused models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 --set seq=64 --fuse=always
+[ $quick = 1 ] || compare llama_fused models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 --set seq=64 --fuse=always
 # flash attention past one block of rows and many tiles of keys (head dim 64, T 300)
 compare llama_t300 models/tiny.lm --set D=256 --set H=4 --set G=2 --set F=512 --set L=2 --set batch=4 --set seq=300
 flags=--tf32 tol="2e-3 3e-2" compare llama_tf32 models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 \
