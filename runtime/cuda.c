@@ -382,6 +382,34 @@ static void op_attention_bwd(const RtInst *x, void **o, void **in) {
   }
 }
 
+/* Column sums over n rows of d columns, kernels.cu's two passes: pass 1
+ * (the op's kernel, launched by col_pass) leaves `sums` sets of partial
+ * sums over chunks of `per` rows in a scratch buffer; col_finish adds each
+ * set's chunks in order into out[s] (skipped where NULL). The chunking
+ * depends on n alone: the same bits every run. */
+typedef struct Cols { i64 per, chunks; CUdeviceptr part; } Cols;
+
+static Cols col_plan(i64 n, i64 d, int sums) {
+  static size_t have;
+  static CUdeviceptr buf;
+  Cols c;
+  c.per = n / 256 > 64 ? (n + 255) / 256 : 64, c.chunks = (n + c.per - 1) / c.per;
+  c.part = scratch(&buf, &have, sums * c.chunks * d);
+  return c;
+}
+
+static void col_pass(const char *name, const Cols *c, i64 d, void **args) {
+  CK(cu.launch(fn(name), (unsigned)((d + 31) / 32), (unsigned)c->chunks, 1, 256, 1, 1, 0, NULL, args, NULL));
+}
+
+static void col_finish(const Cols *c, i64 d, int s, void *out, int acc) {
+  if (!out) return;
+  CUdeviceptr o = dptr(out), p = c->part + s * c->chunks * d * 4;
+  i64 chunks = c->chunks, dd = d;
+  void *f[] = {&o, &p, &chunks, &dd, &acc};
+  launch("lmc_col_finish", grid_for(d), f);
+}
+
 /* loss (+)= scale * sum of per-row losses, rows summed on the device */
 static void sum_rows(CUdeviceptr rows, i64 n, void *loss, float scale, int acc) {
   CUdeviceptr l = dptr(loss);
@@ -454,7 +482,12 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
   case OP_RMSNORM: { void *a[] = {&O[0], &O[1], &I[0], &I[1], &n, &d, &eps}; k_rows("lmc_rmsnorm", n, a); return; }
   case OP_RMSNORM_BWD: {
     if (o[0]) { void *a[] = {&O[0], &I[0], &I[1], &I[2], &I[3], &n, &d, &acc0}; k_rows("lmc_rmsnorm_bwd", n, a); }
-    if (o[1]) { void *a[] = {&O[1], &I[0], &I[1], &I[3], &n, &d, &acc1}; launch("lmc_rmsnorm_bwd_dw", grid_for(d), a); }
+    if (o[1]) {
+      Cols c = col_plan(n, d, 1);
+      void *a[] = {&c.part, &I[0], &I[1], &I[3], &n, &d, &c.per};
+      col_pass("lmc_rmsnorm_bwd_dw", &c, d, a);
+      col_finish(&c, d, 0, o[1], acc1);
+    }
     return;
   }
   case OP_LAYERNORM: {
@@ -465,8 +498,10 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
   case OP_LAYERNORM_BWD: {
     if (o[0]) { void *a[] = {&O[0], &I[0], &I[1], &I[2], &I[3], &I[4], &n, &d, &acc0}; k_rows("lmc_layernorm_bwd", n, a); }
     if (o[1] || o[2]) {
-      void *a[] = {&O[1], &O[2], &I[0], &I[1], &I[3], &I[4], &n, &d, &acc1, &acc2};
-      launch("lmc_layernorm_bwd_dwdb", grid_for(d), a);
+      Cols c = col_plan(n, d, 2);
+      void *a[] = {&c.part, &I[0], &I[1], &I[3], &I[4], &n, &d, &c.per};
+      col_pass("lmc_layernorm_bwd_dwdb", &c, d, a);
+      col_finish(&c, d, 0, o[1], acc1), col_finish(&c, d, 1, o[2], acc2);
     }
     return;
   }
@@ -501,7 +536,13 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
   case OP_ADD_BWD:
     if (o[0]) { void *a[] = {&O[0], &I[0], &n, &acc0}; launch("lmc_add_bwd", grid_for(n), a); }
     if (o[1] && nb == n) { void *a[] = {&O[1], &I[0], &n, &acc1}; launch("lmc_add_bwd", grid_for(n), a); }
-    else if (o[1]) { void *a[] = {&O[1], &I[0], &n, &nb, &acc1}; launch("lmc_add_bwd_bias", grid_for(nb), a); }
+    else if (o[1]) {
+      i64 rows = n / nb;
+      Cols c = col_plan(rows, nb, 1);
+      void *a[] = {&c.part, &I[0], &rows, &nb, &c.per};
+      col_pass("lmc_add_bwd_bias", &c, nb, a);
+      col_finish(&c, nb, 0, o[1], acc1);
+    }
     return;
   case OP_XENT: {
     CUdeviceptr rows = scratch(&scratch_rows, &scratch_rows_n, n);

@@ -46,6 +46,35 @@ __device__ float block_max(float v) {
   return part[0];
 }
 
+// Column sums over rows (the gradients of norm weights and biases) in two
+// deterministic passes. Pass 1: a block of 256 threads takes 32 columns
+// (blockIdx.x) of a chunk of `per` rows (blockIdx.y), 8 rows at a time;
+// col_store sums its 8 row lanes in order into part[chunk, column]. Pass 2,
+// lmc_col_finish, adds the chunks in order.
+#define COL_J (blockIdx.x * (i64)32 + threadIdx.x % 32)
+#define COL_ROWS(i, n, per) for (i64 i = blockIdx.y * (per) + threadIdx.x / 32; i < (n) && i < (blockIdx.y + 1) * (per); i += 8)
+
+__device__ void col_store(real *part, float s, i64 d) {
+  __shared__ float sh[8][33];
+  int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+  sh[ty][tx] = s;
+  __syncthreads();
+  if (ty == 0 && COL_J < d) {
+    float t = 0;
+    for (int r = 0; r < 8; r++) t += sh[r][tx];
+    part[blockIdx.y * d + COL_J] = t;
+  }
+  __syncthreads();   // sh is used again by a second column sum
+}
+
+extern "C" __global__ void lmc_col_finish(real *out, const real *part, i64 chunks, i64 d, int acc) {
+  GRID_LOOP(j, d) {
+    float s = 0;
+    for (i64 c = 0; c < chunks; c++) s += part[c * d + j];
+    PUT(out, j, s, acc);
+  }
+}
+
 // log(sum(exp(r[j]))) of one row, by the whole block
 __device__ float row_logsumexp(const real *r, i64 v) {
   float mx = NEG_INF;
@@ -100,14 +129,13 @@ extern "C" __global__ void lmc_rmsnorm_bwd(real *dx, const real *dy, const real 
   for (i64 j = threadIdx.x; j < d; j += blockDim.x) PUT(dx, row * d + j, r * (g[j] * w[j] - xr[j] * r * dot), acc);
 }
 
-// dw[j] (+)= sum over rows of dy * x * rstd, rows in order (deterministic)
-extern "C" __global__ void lmc_rmsnorm_bwd_dw(real *dw, const real *dy, const real *x, const real *rstd, i64 n, i64 d,
-                                              int acc) {
-  GRID_LOOP(j, d) {
-    float s = 0;
-    for (i64 i = 0; i < n; i++) s += dy[i * d + j] * x[i * d + j] * rstd[i];
-    PUT(dw, j, s, acc);
-  }
+// dw = sum over rows of dy * x * rstd: pass 1 of a column sum
+extern "C" __global__ void lmc_rmsnorm_bwd_dw(real *part, const real *dy, const real *x, const real *rstd, i64 n, i64 d,
+                                              i64 per) {
+  i64 j = COL_J;
+  float s = 0;
+  if (j < d) COL_ROWS(i, n, per) s += dy[i * d + j] * x[i * d + j] * rstd[i];
+  col_store(part, s, d);
 }
 
 // @kernel layernorm
@@ -140,14 +168,15 @@ extern "C" __global__ void lmc_layernorm_bwd(real *dx, const real *dy, const rea
     PUT(dx, row * d + j, r * (g[j] * w[j] - s1 - (xr[j] - mu) * r * s2), acc);
 }
 
-extern "C" __global__ void lmc_layernorm_bwd_dwdb(real *dw, real *db, const real *dy, const real *x, const real *mean,
-                                                  const real *rstd, i64 n, i64 d, int accw, int accb) {
-  GRID_LOOP(j, d) {
-    float sw = 0, sb = 0;
-    for (i64 i = 0; i < n; i++) sw += dy[i * d + j] * (x[i * d + j] - mean[i]) * rstd[i], sb += dy[i * d + j];
-    if (dw) PUT(dw, j, sw, accw);
-    if (db) PUT(db, j, sb, accb);
-  }
+// dw = sum over rows of dy * xhat, db = sum of dy: pass 1 of two column
+// sums, into part[0 .. chunks) and part[chunks ..)
+extern "C" __global__ void lmc_layernorm_bwd_dwdb(real *part, const real *dy, const real *x, const real *mean,
+                                                  const real *rstd, i64 n, i64 d, i64 per) {
+  i64 j = COL_J;
+  float sw = 0, sb = 0;
+  if (j < d) COL_ROWS(i, n, per) sw += dy[i * d + j] * (x[i * d + j] - mean[i]) * rstd[i], sb += dy[i * d + j];
+  col_store(part, sw, d);
+  col_store(part + gridDim.y * d, sb, d);
 }
 
 // @kernel rope
@@ -428,13 +457,12 @@ extern "C" __global__ void lmc_add_bwd(real *da, const real *dy, i64 n, int acc)
   GRID_LOOP(i, n) PUT(da, i, dy[i], acc);
 }
 
-// a bias's gradient: column sums over the rows, in order
-extern "C" __global__ void lmc_add_bwd_bias(real *db, const real *dy, i64 n, i64 nb, int acc) {
-  GRID_LOOP(j, nb) {
-    float s = 0;
-    for (i64 r = 0; r < n / nb; r++) s += dy[r * nb + j];
-    PUT(db, j, s, acc);
-  }
+// a bias's gradient, the column sums of dy as rows x nb: pass 1
+extern "C" __global__ void lmc_add_bwd_bias(real *part, const real *dy, i64 rows, i64 nb, i64 per) {
+  i64 j = COL_J;
+  float s = 0;
+  if (j < nb) COL_ROWS(r, rows, per) s += dy[r * nb + j];
+  col_store(part, s, nb);
 }
 
 // @kernel cross_entropy

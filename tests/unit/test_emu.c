@@ -325,6 +325,7 @@ static void lt(void) {
         for (int kk = 0; kk < k; kk++) s += (double)fa[q * k * m + kk * m + i] * fb[q * k * n + j * k + kk];
         worst = fmax(worst, fabs(d[q * m * n + j * m + i] - gelu(s)) / fmax(1, fabs(gelu(s))));
       }
+  if (rc || !(worst < 1e-6)) printf("  cublasLtMatmul status %d, worst error %.3g\n", (int)rc, worst);
   expect(worst < 1e-6, "cuBLASLt: bf16 A (row-major, transposed) x B, batched, GELU_BIAS");
   /* BGRADB on batch 0: column sums of B over k */
   ep = CUBLASLT_EPILOGUE_BGRADB, bp = (void *)dbg;
@@ -343,6 +344,7 @@ static void lt(void) {
     for (int kk = 0; kk < k; kk++) s += fb[j * k + kk];
     worst = fmax(worst, fabs(bg[j] - s));
   }
+  if (rc || !(worst < 1e-6)) printf("  cublasLtMatmul status %d, worst error %.3g\n", (int)rc, worst);
   expect(worst < 1e-6, "cuBLASLt: BGRADB epilogue");
   if (real) return;   /* the rest are the emulator's own checks */
   /* B's leading dimension reaching past its allocation */

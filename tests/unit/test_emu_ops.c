@@ -213,6 +213,18 @@ int main(int argc, char **argv) {
   c = (Case){"layernorm_bwd", inst(OP_LAYERNORM_BWD), {{n * d}, {n * d}, {d, 2}, {n}, {n, 2}}, {{n * d}, {d}, {d}}};
   c.x.n = n, c.x.d = d;
   check(c, true);
+  /* the weight and bias gradients' column sums over 5 chunks of rows */
+  int64_t nr = 300;
+  c = (Case){"rmsnorm_bwd (300 rows)", inst(OP_RMSNORM_BWD), {{nr * d}, {nr * d}, {d, 2}, {nr, 2}}, {{nr * d}, {d}}};
+  c.x.n = nr, c.x.d = d;
+  check(c, true);
+  c = (Case){"layernorm_bwd (300 rows)", inst(OP_LAYERNORM_BWD), {{nr * d}, {nr * d}, {d, 2}, {nr}, {nr, 2}},
+             {{nr * d}, {d}, {d}}};
+  c.x.n = nr, c.x.d = d;
+  check(c, true);
+  c = (Case){"add_bwd (bias, 300 rows)", inst(OP_ADD_BWD), {{nr * d}}, {{nr * d}, {d}}};
+  c.x.n = nr * d, c.x.nb = d;
+  check(c, true);
   c = (Case){"rope", inst(OP_ROPE), {{N * H * K}}, {{N * H * K}}};
   c.x.b = B, c.x.t = T, c.x.h = H, c.x.k = K, c.x.theta = 10000;
   check(c, false);
