@@ -2,7 +2,8 @@
  * Prints ms/step, tokens/s, the GEMM FLOP/s the step achieved, that over
  * the GEMM rate the same backend reaches in this run (sgemm on the CPU,
  * cuBLASLt on a GPU), and peak RSS against the memory the compiler planned.
- * Usage: bench_train BUNDLE [STEPS] [cpu|cuda|cuda-tf32|cuda-emu|cuda-emu-tf32] */
+ * Usage: bench_train BUNDLE [STEPS] [cpu|cuda|cuda-emu], the CUDA ones with
+ * -high or -medium for that matmul precision (lmrun --matmul-precision) */
 #include "lmrt.h"
 #include <stdlib.h>
 #include <string.h>
@@ -23,17 +24,17 @@ static double program_flops(const RtInst *p, int n) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 2) rt_die("usage: bench_train BUNDLE [STEPS [cpu|cuda|cuda-tf32|cuda-emu|cuda-emu-tf32]]");
+  if (argc < 2) rt_die("usage: bench_train BUNDLE [STEPS [cpu|cuda[-high|-medium]|cuda-emu[-high|-medium]]]");
   int steps = argc > 2 ? atoi(argv[2]) : 5;
   Bundle *b = bundle_load(argv[1], 0);
   Backend *be = cpu_backend(false);
   char why[256];
-  const char *kind = argc > 3 ? argv[3] : "cpu";
-  bool tf32 = strstr(kind, "-tf32") != NULL, emu = !strncmp(kind, "cuda-emu", 8), cuda = !emu && !strncmp(kind, "cuda", 4);
-  if (strcmp(kind, "cpu") && strcmp(kind, "cuda") && strcmp(kind, "cuda-tf32") && strcmp(kind, "cuda-emu") &&
-      strcmp(kind, "cuda-emu-tf32"))
-    rt_die("unknown backend '%s'; use cpu, cuda, cuda-tf32, cuda-emu or cuda-emu-tf32", kind);
-  cuda_allow_tf32(tf32);
+  const char *kind = argc > 3 ? argv[3] : "cpu", *dash = strrchr(kind, '-');
+  bool emu = !strncmp(kind, "cuda-emu", 8), cuda = !emu && !strncmp(kind, "cuda", 4);
+  int mp = dash && (cuda || emu) ? matmul_precision_of(dash + 1) : -1;
+  if (mp >= 0) cuda_matmul_precision(mp);
+  else if (strcmp(kind, "cpu") && strcmp(kind, "cuda") && strcmp(kind, "cuda-emu"))
+    rt_die("unknown backend '%s'; use cpu, cuda or cuda-emu, the CUDA ones with -high or -medium", kind);
   if ((cuda || emu) && !(be = cuda_backend(argv[1], emu, why, sizeof why))) rt_die("no CUDA backend: %s", why);
   printf("%s: %.2fM params, batch %lld x seq %lld, vocab %lld\n", b->model, b->nparam_elems / 1e6,
          (long long)b->train.batch, (long long)b->T, (long long)b->vocab);

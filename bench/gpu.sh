@@ -53,20 +53,22 @@ torch_row() {
 
 gpt="--set batch=8 --set seq=1024"
 lmc_row gpt2-B8-T1024 cuda 5 gpt2-124m $gpt
-lmc_row gpt2-B8-T1024 cuda-tf32 5 gpt2-124m $gpt
+lmc_row gpt2-B8-T1024 cuda-high 5 gpt2-124m $gpt
+lmc_row gpt2-B8-T1024 cuda-medium 5 gpt2-124m $gpt
 torch_row gpt2-B8-T1024 fp32 torch_gpt2.py 8 1024 fp32 10
 torch_row gpt2-B8-T1024 tf32 torch_gpt2.py 8 1024 tf32 10
 torch_row gpt2-B8-T1024 bf16 torch_gpt2.py 8 1024 bf16 10
 [ "${LMC_BENCH_QUICK:-0}" = 1 ] || torch_row gpt2-B8-T1024 bf16c torch_gpt2.py 8 1024 bf16c 10
 if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # no torch.compile (its warm-up is most of a minute a model)
-  lmc_row llama-large-B8-T2048 cuda-tf32 3 llama-large
+  lmc_row llama-large-B8-T2048 cuda-medium 3 llama-large
 else
   lmc_row gpt2-B4-T64 cuda 20 gpt2-124m --set batch=4 --set seq=64
   torch_row gpt2-B4-T64 fp32 torch_gpt2.py 4 64 fp32 20
-  lmc_row llama-small-B8-T2048 cuda-tf32 5 llama-small
+  lmc_row llama-small-B8-T2048 cuda-medium 5 llama-small
   torch_row llama-small-B8-T2048 bf16 torch_llama.py 768 12 12 4 2048 32000 8 2048 bf16 10
   torch_row llama-small-B8-T2048 bf16c torch_llama.py 768 12 12 4 2048 32000 8 2048 bf16c 10
-  lmc_row llama-large-B8-T2048 cuda-tf32 3 llama-large
+  lmc_row llama-large-B8-T2048 cuda-high 3 llama-large
+  lmc_row llama-large-B8-T2048 cuda-medium 3 llama-large
   torch_row llama-large-B8-T2048 bf16c torch_llama.py 1536 24 16 4 4096 32000 8 2048 bf16c 5
 fi
 

@@ -62,7 +62,7 @@ static cublasLtHandle_t lt;
 static CUdeviceptr workspace, scratch_rows, scratch_part;
 static size_t workspace_size = 32 << 20, scratch_rows_n;
 static int sm;   /* compute capability, e.g. 90 */
-static bool tf32;   /* GEMMs on the tensor cores with tf32 inputs (cuda_allow_tf32) */
+static int precision;   /* MP_HIGHEST, MP_HIGH, MP_MEDIUM: cuda_matmul_precision */
 
 #define CK(call) check_cu((call), #call, __FILE__, __LINE__)
 static void check_cu(CUresult rc, const char *what, const char *file, int line) {
@@ -312,7 +312,9 @@ static void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
   cublasLtMatrixLayout_t la, lb, lc;
   LtPlan p = lt_plan(ta, tb, m, n, k, lda, ldb, ldc);
   cublasOperation_t opa = p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, opb = p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-  LT(cu.desc_create(&desc, tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  cublasComputeType_t ct = precision == MP_HIGH     ? CUBLAS_COMPUTE_32F_FAST_TF32
+                           : precision == MP_MEDIUM ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+  LT(cu.desc_create(&desc, ct, CUDA_R_32F));
   LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
   LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
   LT(cu.layout_create(&la, CUDA_R_32F, p.a_rows, p.a_cols, p.a_ld));   /* our B */
@@ -647,8 +649,8 @@ static void cuda_wait_sends(int slot) {
   nstaged = j;
 }
 
-/* cuBLASLt's rate on a 4096^3 single precision GEMM (tf32 under
- * cuda_allow_tf32), in FLOP/s. */
+/* cuBLASLt's rate on a 4096^3 single precision GEMM at the matmul
+ * precision in force, in FLOP/s. */
 static double cuda_gemm_peak(void) {
   i64 n = 4096, keep = peak_bytes;   /* the probe's buffers are not the model's */
   CUdeviceptr a = dptr(cuda_alloc(n * n * 4)), b = dptr(cuda_alloc(n * n * 4)), c = dptr(cuda_alloc(n * n * 4));
@@ -673,13 +675,15 @@ static Backend cuda = {
     .recv = cuda_recv, .wait_sends = cuda_wait_sends, .gemm_peak = cuda_gemm_peak, .sync = cuda_sync,
     .peak_bytes = cuda_peak_bytes};
 
-void cuda_allow_tf32(bool on) { tf32 = on; }
+void cuda_matmul_precision(int p) { precision = p; }
 
 /* The CUDA backend for the bundle in dir, on a GPU or on the emulated
  * platform, or NULL with the reason. */
 Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   emulated = emulate;
-  cuda.name = emulate ? (tf32 ? "cuda-emu-tf32" : "cuda-emu-f32") : tf32 ? "cuda-tf32" : "cuda-f32";
+  static const char *names[2][3] = {{"cuda-f32", "cuda-f32-high", "cuda-f32-medium"},
+                                    {"cuda-emu-f32", "cuda-emu-f32-high", "cuda-emu-f32-medium"}};
+  cuda.name = names[emulate][precision];
   if (!load_driver(why, n)) return NULL;
   CUdevice dev;
   CUcontext ctx;

@@ -168,7 +168,13 @@ LtPlan lt_plan(bool ta, bool tb, int64_t m, int64_t n, int64_t k, int64_t lda, i
 
 Backend *cpu_backend(bool f64);
 Backend *cuda_backend(const char *bundle_dir, bool emulated, char *why, size_t n);   /* NULL: why */
-void cuda_allow_tf32(bool on);   /* before cuda_backend: GEMMs in tf32 on the tensor cores */
+/* Before cuda_backend, as PyTorch's float32 matmul precision: MP_HIGHEST
+ * fp32 products; MP_HIGH GEMMs in tf32 on the tensor cores; MP_MEDIUM
+ * GEMMs and attention's products in bf16 on the tensor cores. Storage and
+ * accumulation stay fp32. */
+enum { MP_HIGHEST, MP_HIGH, MP_MEDIUM };
+void cuda_matmul_precision(int p);
+int matmul_precision_of(const char *name);   /* MP_*, or -1 */
 
 /* ---- exec.c ---- */
 typedef struct Run {

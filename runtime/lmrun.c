@@ -28,8 +28,10 @@ static void usage(int code) {
           "  --f64                 run in double precision\n"
           "  --backend NAME        cpu (default), cuda, auto (cuda when a GPU is usable), or\n"
           "                        cuda-emu (the CUDA backend on the emulated CUDA platform)\n"
-          "  --tf32                on a CUDA backend, GEMMs on the tensor cores with tf32\n"
-          "                        inputs (10-bit mantissas) and fp32 accumulation\n"
+          "  --matmul-precision P  CUDA backends, as PyTorch's float32 matmul precision:\n"
+          "                        highest (default; fp32 products), high (GEMMs in tf32\n"
+          "                        on the tensor cores), medium (GEMMs and attention in\n"
+          "                        bf16 on the tensor cores); fp32 storage and sums\n"
           "  --comm-timeout S      end the job when a collective or transfer makes no\n"
           "                        progress for S seconds (default 300, or $LMC_COMM_TIMEOUT)\n"
           "  --init-hf DIR         start from a Hugging Face Llama (config.json, model.safetensors)\n"
@@ -158,7 +160,8 @@ int main(int argc, char **argv) {
   const char *dir = argv[1], *backend = "cpu";
   TrainOpts o = {.log_interval = 10, .seed = -1, .eval_interval = -1, .eval_batches = -1, .save_interval = -1,
                  .trace_steps = 3};
-  bool f64 = false, tf32 = false;
+  bool f64 = false;
+  int mp = MP_HIGHEST;
   int64_t gc = 0, ntok = 200;
   const char *prompt = NULL, *export_hf = NULL;
   double temp = 0.8;
@@ -186,6 +189,9 @@ int main(int argc, char **argv) {
     else if (ARG("--seed")) o.seed = num_arg(a, v);
     else if (ARG("--lr")) o.lr = atof(v);
     else if (ARG("--backend")) backend = v;
+    else if (ARG("--matmul-precision")) {
+      if ((mp = matmul_precision_of(v)) < 0) rt_die("--matmul-precision takes highest, high or medium, got '%s'", v);
+    }
     else if (ARG("--comm-timeout")) {
       comm_timeout = atof(v);
       if (!(comm_timeout > 0)) rt_die("--comm-timeout takes a positive number of seconds, got '%s'", v);
@@ -198,7 +204,6 @@ int main(int argc, char **argv) {
       if (!(temp > 0)) rt_die("--temperature takes a positive number, got '%s'", v);
     }
     else if (!strcmp(a, "--f64")) f64 = true;
-    else if (!strcmp(a, "--tf32")) tf32 = true;
     else if (!strcmp(a, "--quiet")) o.quiet = true;
     else if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage(0);
     else rt_die("unknown option '%s' (see lmrun --help)", a);
@@ -224,8 +229,9 @@ int main(int argc, char **argv) {
   if (o.eval_interval < 0) o.eval_interval = b->train.eval_every;
   if (o.eval_batches <= 0) o.eval_batches = b->train.eval_batches > 0 ? b->train.eval_batches : 1;
   if (o.save_interval < 0) o.save_interval = b->train.save_every;   /* --save-interval 0: none */
-  if (tf32 && (f64 || !strcmp(backend, "cpu"))) rt_die("--tf32 applies to the CUDA backends (--backend cuda, cuda-emu, auto)");
-  cuda_allow_tf32(tf32);
+  if (mp != MP_HIGHEST && (f64 || !strcmp(backend, "cpu")))
+    rt_die("--matmul-precision applies to the CUDA backends (--backend cuda, cuda-emu, auto)");
+  cuda_matmul_precision(mp);
   Backend *be = pick_backend(backend, dir, f64, o.quiet);
   Run *r = rt_new(b, be);
   if (prompt && world > 1) rt_die("--sample runs on one rank");

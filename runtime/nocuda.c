@@ -8,4 +8,4 @@ Backend *cuda_backend(const char *bundle_dir, bool emulated, char *why, size_t n
   return NULL;
 }
 
-void cuda_allow_tf32(bool on) { (void)on; }
+void cuda_matmul_precision(int p) { (void)p; }

@@ -58,3 +58,10 @@ int rt_mkdirs(const char *path) {
     }
   return mkdir(p, 0777) != 0 && errno != EEXIST ? -1 : 0;
 }
+
+int matmul_precision_of(const char *name) {
+  static const char *names[] = {"highest", "high", "medium"};
+  for (int i = 0; i < 3; i++)
+    if (!strcmp(name, names[i])) return i;
+  return -1;
+}

@@ -203,6 +203,12 @@ static void tf32(float *x, int64_t n) {
   }
 }
 
+/* fp32 inputs rounded to bf16 (to nearest even), for
+ * CUBLAS_COMPUTE_32F_FAST_16BF */
+static void bf16(float *x, int64_t n) {
+  for (int64_t i = 0; i < n; i++) x[i] = lmc_bf2f(lmc_f2bf(x[i]));
+}
+
 static void epilogue(const Gemm *g, int bi, int64_t m, int64_t n, float *acc, const float *opa, const float *opb,
                      int64_t k) {
   const Desc *d = &g->d;
@@ -244,6 +250,7 @@ static int do_gemm(void *arg) {
     float *opa = dense(&g->a, A, ta, m, k), *opb = dense(&g->b, B, tb, k, n), *acc = malloc((size_t)m * n * sizeof *acc);
     if (!opa || !opb || !acc) return free(opa), free(opb), free(acc), CUBLAS_STATUS_ALLOC_FAILED;
     if (g->d.compute == CUBLAS_COMPUTE_32F_FAST_TF32) tf32(opa, m * k), tf32(opb, k * n);
+    if (g->d.compute == CUBLAS_COMPUTE_32F_FAST_16BF) bf16(opa, m * k), bf16(opb, k * n);
     if (k) cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, m, n, k, g->alpha, opa, m, opb, k, 0.0f, acc, m);
     else memset(acc, 0, (size_t)m * n * sizeof *acc);
     if (g->beta != 0.0f)   /* C is not read when beta is 0, as on the GPU */
@@ -259,12 +266,13 @@ static int do_gemm(void *arg) {
 
 static cublasStatus_t check(const Gemm *g) {
   const Desc *d = &g->d;
-  if ((d->compute != CUBLAS_COMPUTE_32F && d->compute != CUBLAS_COMPUTE_32F_FAST_TF32) || d->scale != CUDA_R_32F)
+  bool fast = d->compute == CUBLAS_COMPUTE_32F_FAST_TF32 || d->compute == CUBLAS_COMPUTE_32F_FAST_16BF;
+  if ((d->compute != CUBLAS_COMPUTE_32F && !fast) || d->scale != CUDA_R_32F)
     return lt_fail(CUBLAS_STATUS_NOT_SUPPORTED,
-                   "compute type %d, scale type %d: only fp32 (and fast tf32) compute and fp32 scale are emulated",
-                   (int)d->compute, (int)d->scale);
-  if (d->compute == CUBLAS_COMPUTE_32F_FAST_TF32 && (g->a.type != CUDA_R_32F || g->b.type != CUDA_R_32F))
-    return lt_fail(CUBLAS_STATUS_NOT_SUPPORTED, "fast tf32 compute takes fp32 A and B");
+                   "compute type %d, scale type %d: only fp32 (and its fast tf32 and bf16) compute and fp32 scale are "
+                   "emulated", (int)d->compute, (int)d->scale);
+  if (fast && (g->a.type != CUDA_R_32F || g->b.type != CUDA_R_32F))
+    return lt_fail(CUBLAS_STATUS_NOT_SUPPORTED, "fast tf32 or bf16 compute takes fp32 A and B");
   if (d->pointer_mode != CUBLASLT_POINTER_MODE_HOST)
     return lt_fail(CUBLAS_STATUS_NOT_SUPPORTED, "only host pointers for alpha and beta are emulated");
   uint32_t e = d->epilogue, ok[] = {CUBLASLT_EPILOGUE_DEFAULT, CUBLASLT_EPILOGUE_RELU, CUBLASLT_EPILOGUE_BIAS,

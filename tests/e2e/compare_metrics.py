@@ -3,7 +3,7 @@ validation loss within a relative tolerance. Used by the emulated-CUDA test
 and by scripts/gpu_check.sh.
 Usage: compare_metrics.py REF.jsonl GOT.jsonl NAME [RTOL [GRAD_NORM_RTOL]]
 (the gradient norm gets its own tolerance where the arithmetic differs, as
-with tf32 GEMMs: its trajectory drifts step by step while the loss stays
+with tf32 or bf16 products: its trajectory drifts step by step while the loss stays
 close)"""
 import json
 import sys
