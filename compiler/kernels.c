@@ -37,17 +37,35 @@ static void attention_split(int64_t k, int *d, int *p) {
 }
 
 /* The attention kernels specialised to head dim k: lmc_attention_kK, or
- * for the backward lmc_attention_bwd_dq_kK and lmc_attention_bwd_dkv_kK. */
+ * for the backward lmc_attention_bwd_dq_kK and lmc_attention_bwd_dkv_kK;
+ * for head dims up to 128 also the tensor core ones (_mma_), which
+ * runtime/cuda.c runs at --matmul-precision medium. */
 void kernels_attention(FILE *out, int64_t k, bool bwd) {
   int d, p;
   long long K = (long long)k;
   attention_split(k, &d, &p);
-  fprintf(out, "\n// head dim %lld: %d threads a query row, %d dims each\n", K, p, d);
+  int kp = (int)(k + 15) / 16 * 16, qt = kp <= 64 ? 64 : 32;   /* the tensor core kernels: head dims to 128 */
+  fprintf(out, "\n// head dim %lld: %d threads a query row, %d dims each; on the tensor cores %d\n", K, p, d, kp);
   if (!bwd) {
     fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_k%lld(real *o, real *lse, "
             "const real *q, const real *k, const real *v, i64 T, i64 H, i64 G, i64 K, float scale) {\n"
             "  fa_forward<%d, %d>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", K, d, p);
+    if (k <= 128)
+      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_mma_k%lld(real *o, "
+              "real *lse, const real *q, const real *k, const real *v, i64 T, i64 H, i64 G, i64 K, float scale) {\n"
+              "  fm_forward<%d>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", K, kp);
     return;
+  }
+  if (k <= 128) {
+    fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_mma_dq_k%lld(real *dq, "
+            "const real *dout, const real *q, const real *k, const real *v, const real *lse, const real *dd, i64 T, "
+            "i64 H, i64 G, i64 K, float scale, int acc) {\n"
+            "  fm_backward_dq<%d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc);\n}\n", K, kp);
+    fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_mma_dkv_k%lld(real *dk, "
+            "real *dv, const real *dout, const real *q, const real *k, const real *v, const real *lse, const real *dd, "
+            "i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv) {\n"
+            "  fm_backward_dkv<%d, %d>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv);\n}\n",
+            K, kp, qt);
   }
   fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_dq_k%lld(real *dq, "
           "const real *dout, const real *q, const real *k, const real *v, const real *lse, const real *dd, i64 T, "

@@ -349,13 +349,17 @@ static void launch3(const char *name, unsigned gx, unsigned gy, unsigned gz, uns
   CK(cu.launch(fn(name), gx, gy, gz, threads, 1, 1, 0, NULL, args, NULL));
 }
 
+/* At --matmul-precision medium, head dims up to 128 run on the tensor
+ * cores (kernels.cu's fm_*), 64 query rows or keys a block. */
+static bool fa_mma(const RtInst *x) { return precision == MP_MEDIUM && x->k <= 128; }
+
 static void op_attention(const RtInst *x, void **o, void **in) {
-  i64 T = x->t, H = x->h, G = x->g, K = x->k, R = fa_rows(x);
+  i64 T = x->t, H = x->h, G = x->g, K = x->k, R = fa_mma(x) ? 64 : fa_rows(x);
   float scale = 1.0f / sqrtf((float)K);
   CUdeviceptr O = dptr(o[0]), L = dptr(o[1]), Q = dptr(in[0]), Kp = dptr(in[1]), V = dptr(in[2]);
   void *a[] = {&O, &L, &Q, &Kp, &V, &T, &H, &G, &K, &scale};
   char name[64];
-  snprintf(name, sizeof name, "lmc_attention_k%lld", K);
+  snprintf(name, sizeof name, "lmc_attention_%sk%lld", fa_mma(x) ? "mma_" : "", K);
   launch3(name, (unsigned)((T + R - 1) / R), (unsigned)H, (unsigned)x->b, FA_THREADS, a);
 }
 
@@ -363,7 +367,8 @@ static void op_attention(const RtInst *x, void **o, void **in) {
 static void op_attention_bwd(const RtInst *x, void **o, void **in) {
   static size_t have_dd;
   static CUdeviceptr scratch_dd;
-  i64 B = x->b, T = x->t, H = x->h, G = x->g, K = x->k, R = fa_rows(x), rows = B * T * H;
+  i64 B = x->b, T = x->t, H = x->h, G = x->g, K = x->k, R = fa_mma(x) ? 64 : fa_rows(x), rows = B * T * H;
+  const char *kind = fa_mma(x) ? "mma_" : "";
   float scale = 1.0f / sqrtf((float)K);
   int acc0 = x->acc[0], acc1 = x->acc[1], acc2 = x->acc[2];
   CUdeviceptr dd = scratch(&scratch_dd, &have_dd, rows), Do = dptr(in[0]), Q = dptr(in[1]), Kp = dptr(in[2]),
@@ -374,12 +379,12 @@ static void op_attention_bwd(const RtInst *x, void **o, void **in) {
   unsigned blocks = (unsigned)((T + R - 1) / R);
   if (o[0]) {
     void *q[] = {&dQ, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc0};
-    snprintf(name, sizeof name, "lmc_attention_bwd_dq_k%lld", K);
+    snprintf(name, sizeof name, "lmc_attention_bwd_%sdq_k%lld", kind, K);
     launch3(name, blocks, (unsigned)H, (unsigned)B, FA_THREADS, q);
   }
   if (o[1] || o[2]) {
     void *kv[] = {&dK, &dV, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc1, &acc2};
-    snprintf(name, sizeof name, "lmc_attention_bwd_dkv_k%lld", K);
+    snprintf(name, sizeof name, "lmc_attention_bwd_%sdkv_k%lld", kind, K);
     launch3(name, blocks, (unsigned)G, (unsigned)B, FA_THREADS, kv);
   }
 }

@@ -46,6 +46,40 @@ __device__ float block_max(float v) {
   return part[0];
 }
 
+// ---- tensor cores: bf16 mma.m16n8k16 fed by ldmatrix ----
+// Fragments by the PTX ISA (group g = lane / 4, t = lane % 4): A (16x16) a0
+// row g cols 2t..2t+1, a1 row g+8, a2 cols 2t+8.., a3 both; B (16x8) b0
+// rows 2t..2t+1 col g, b1 rows 2t+8..; C (16x8) c0..c1 row g cols 2t..2t+1,
+// c2..c3 row g+8. A 32-bit register holds two bf16, the lower-indexed in
+// its low half. The emulated platform supplies the same four wrappers.
+#ifndef LMC_CUDA_EMU
+__device__ __forceinline__ void lmc_mma_bf16_16816(float d[4], const unsigned a[4], const unsigned b[2],
+                                                   const float c[4]) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+               "{%10,%11,%12,%13};\n"
+               : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
+                 "f"(c[2]), "f"(c[3]));
+}
+__device__ __forceinline__ unsigned lmc_smem(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void lmc_ldmatrix_x4(unsigned r[4], const void *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(lmc_smem(p)));
+}
+__device__ __forceinline__ void lmc_ldmatrix_x4_trans(unsigned r[4], const void *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(lmc_smem(p)));
+}
+#endif
+
+// f32 to bf16 bits, to nearest even (NaN stays a NaN)
+__device__ __forceinline__ unsigned bf16_bits(float x) {
+  unsigned u = __float_as_uint(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0u;
+  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+__device__ __forceinline__ unsigned bf16_pair(float lo, float hi) { return bf16_bits(lo) | bf16_bits(hi) << 16; }
+
 // Column sums over rows (the gradients of norm weights and biases) in two
 // deterministic passes. Pass 1: a block of 256 threads takes 32 columns
 // (blockIdx.x) of a chunk of `per` rows (blockIdx.y), 8 rows at a time;
@@ -304,6 +338,144 @@ __device__ void fa_forward(real *o, real *lse, const real *q, const real *k, con
   if (threadIdx.x % P == 0) lse[(b * H + h) * T + i] = m + logf(l);
 }
 
+// The same on the tensor cores (--matmul-precision medium): q, k, v enter
+// shared memory as bf16 (q times the scale), the two products are bf16
+// mma.m16n8k16 with fp32 accumulation, softmax statistics stay fp32. A
+// block is 4 warps of 16 query rows; a tile is 64 keys; KP is the head dim
+// rounded up to 16, at most 128. S's accumulators become P's A fragments
+// in registers (the C and A layouts agree pairwise).
+#define FM_ROWS 64
+
+// rows [r0, r0 + R) of a [T, stride] matrix (K columns) into a bf16 tile
+// of R rows and KP + 8 columns (the pad keeps ldmatrix free of bank
+// conflicts), times scale; zero past T and K
+template <int R, int KP>
+__device__ void fm_tile(unsigned short (*s)[KP + 8], const real *src, i64 r0, i64 T, i64 stride, int K, float scale) {
+  for (int e = threadIdx.x; e < R * KP; e += FA_THREADS) {
+    int r = e / KP, c = e % KP;
+    s[r][c] = (unsigned short)bf16_bits(r0 + r < T && c < K ? src[(r0 + r) * stride + c] * scale : 0.0f);
+  }
+}
+
+// A fragments of rows row0..row0+15 of a tile, one per 16 columns
+template <int KP>
+__device__ void fm_frag_a(unsigned (*a)[4], unsigned short (*s)[KP + 8], int row0) {
+  int lane = threadIdx.x % 32;
+  for (int kk = 0; kk < KP / 16; kk++) lmc_ldmatrix_x4(a[kk], &s[row0 + lane % 16][kk * 16 + lane / 16 * 8]);
+}
+
+// B fragments from a tile stored [n][k]: n-tiles n0..n0+7 (b[0..1]) and
+// n0+8..n0+15 (b[2..3]) at k-step kk
+template <int KP>
+__device__ void fm_frag_b_nk(unsigned b[4], unsigned short (*s)[KP + 8], int n0, int kk) {
+  int lane = threadIdx.x % 32;
+  lmc_ldmatrix_x4(b, &s[n0 + lane / 16 * 8 + lane % 8][kk * 16 + lane / 8 % 2 * 8]);
+}
+
+// B fragments from a tile stored [k][n]: rows k0..k0+15, n-tiles n0..n0+7
+// (b[0..1]) and n0+8..n0+15 (b[2..3])
+template <int KP>
+__device__ void fm_frag_b_kn(unsigned b[4], unsigned short (*s)[KP + 8], int k0, int n0) {
+  int lane = threadIdx.x % 32;
+  lmc_ldmatrix_x4_trans(b, &s[k0 + lane / 8 % 2 * 8 + lane % 8][n0 + lane / 16 * 8]);
+}
+
+// acc[16 x 8N] += a (16 x 16 kk-steps) * tile as [n][k] rows n 0..8N
+template <int KP, int N, int KS>
+__device__ void fm_mul_nk(float (*acc)[4], unsigned (*a)[4], unsigned short (*s)[KP + 8]) {
+  for (int kk = 0; kk < KS; kk++)
+    for (int n2 = 0; n2 < N / 2; n2++) {
+      unsigned b[4];
+      fm_frag_b_nk<KP>(b, s, n2 * 16, kk);
+      lmc_mma_bf16_16816(acc[2 * n2], a[kk], b, acc[2 * n2]);
+      lmc_mma_bf16_16816(acc[2 * n2 + 1], a[kk], b + 2, acc[2 * n2 + 1]);
+    }
+}
+
+// acc[16 x KP] += p (16 x 8N, accumulator layout, rounded to bf16) * tile
+// as [k][n] rows k 0..8N
+template <int KP, int N>
+__device__ void fm_mul_kn(float (*acc)[4], float (*p)[4], unsigned short (*s)[KP + 8]) {
+  for (int kk = 0; kk < N / 2; kk++) {
+    unsigned a[4] = {bf16_pair(p[2 * kk][0], p[2 * kk][1]), bf16_pair(p[2 * kk][2], p[2 * kk][3]),
+                     bf16_pair(p[2 * kk + 1][0], p[2 * kk + 1][1]), bf16_pair(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+    for (int d2 = 0; d2 < KP / 16; d2++) {
+      unsigned b[4];
+      fm_frag_b_kn<KP>(b, s, kk * 16, d2 * 16);
+      lmc_mma_bf16_16816(acc[2 * d2], a, b, acc[2 * d2]);
+      lmc_mma_bf16_16816(acc[2 * d2 + 1], a, b + 2, acc[2 * d2 + 1]);
+    }
+  }
+}
+
+// this thread's part of a 16 x KP accumulator into rows r0 (c0, c1) and
+// r0 + 8 (c2, c3) of a [.., stride] matrix, times scale[row half]
+template <int KP>
+__device__ void fm_put(real *dst, i64 stride, float (*acc)[4], i64 r0, i64 T, int K, float s0, float s1, int accum) {
+  int t = threadIdx.x % 4;
+  for (int nt = 0; nt < KP / 8; nt++)
+    for (int i = 0; i < 4; i++) {
+      i64 row = r0 + (i >> 1) * 8;
+      int col = nt * 8 + 2 * t + (i & 1);
+      if (row < T && col < K) PUT(dst, row * stride + col, acc[nt][i] * (i < 2 ? s0 : s1), accum);
+    }
+}
+
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffff, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffff, x, 1);
+  return x + __shfl_xor_sync(0xffffffff, x, 2);
+}
+
+// grid (query blocks, H, B) as fa_forward
+template <int KP>
+__device__ void fm_forward(real *o, real *lse, const real *q, const real *k, const real *v, i64 T, i64 H, i64 G,
+                           i64 K, float scale) {
+  __shared__ __align__(16) unsigned short sh[2 * FM_ROWS][KP + 8];   // Q, then K and V
+  int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  i64 b = blockIdx.z, h = blockIdx.y, gi = h / (H / G);
+  i64 i0 = (i64)(gridDim.x - 1 - blockIdx.x) * FM_ROWS, last = (i0 + FM_ROWS < T ? i0 + FM_ROWS : T) - 1;
+  i64 r0 = i0 + warp * 16 + g;   // this thread's rows: r0 and r0 + 8
+  const real *kb = k + b * T * G * K + gi * K, *vb = v + b * T * G * K + gi * K;
+  fm_tile<FM_ROWS, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale);
+  __syncthreads();
+  unsigned qa[KP / 16][4];
+  fm_frag_a<KP>(qa, sh, warp * 16);
+  float acc[KP / 8][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0, 0};
+  for (int nt = 0; nt < KP / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
+  for (i64 j0 = 0; j0 <= last; j0 += FM_ROWS) {
+    __syncthreads();
+    fm_tile<FM_ROWS, KP>(sh, kb, j0, T, G * K, (int)K, 1.0f);
+    fm_tile<FM_ROWS, KP>(sh + FM_ROWS, vb, j0, T, G * K, (int)K, 1.0f);
+    __syncthreads();
+    float s[FM_ROWS / 8][4];
+    for (int nt = 0; nt < FM_ROWS / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0;
+    fm_mul_nk<KP, FM_ROWS / 8, KP / 16>(s, qa, sh);
+    float mx[2] = {m[0], m[1]};
+    for (int nt = 0; nt < FM_ROWS / 8; nt++)
+      for (int i = 0; i < 4; i++) {
+        if (j0 + nt * 8 + 2 * t + (i & 1) > r0 + (i >> 1) * 8) s[nt][i] = NEG_INF;
+        mx[i >> 1] = fmaxf(mx[i >> 1], s[nt][i]);
+      }
+    for (int r = 0; r < 2; r++) {
+      mx[r] = quad_max(mx[r]);
+      float alpha = expf(m[r] - mx[r]);
+      l[r] *= alpha, m[r] = mx[r];
+      for (int nt = 0; nt < KP / 8; nt++) acc[nt][2 * r] *= alpha, acc[nt][2 * r + 1] *= alpha;
+    }
+    for (int nt = 0; nt < FM_ROWS / 8; nt++)
+      for (int i = 0; i < 4; i++) s[nt][i] = expf(s[nt][i] - m[i >> 1]), l[i >> 1] += s[nt][i];
+    fm_mul_kn<KP, FM_ROWS / 8>(acc, s, sh + FM_ROWS);
+  }
+  l[0] = quad_sum(l[0]), l[1] = quad_sum(l[1]);
+  fm_put<KP>(o + b * T * H * K + h * K, H * K, acc, r0, T, (int)K, 1.0f / l[0], 1.0f / l[1], 0);
+  if (t == 0 && r0 < T) lse[(b * H + h) * T + r0] = m[0] + logf(l[0]);
+  if (t == 0 && r0 + 8 < T) lse[(b * H + h) * T + r0 + 8] = m[1] + logf(l[1]);
+}
+
 // @kernel attention_bwd
 // Flash attention's backward in three deterministic kernels (no atomics):
 // rowsum(dO * O) per query row; dQ, one block per query block over its
@@ -348,6 +520,98 @@ __device__ void fa_backward_dq(real *dq, const real *dout, const real *q, const 
     }
   }
   if (i < T) fa_put<D, P>(dq + ((b * T + i) * H + h) * K, dqr, (int)K, scale, acc);
+}
+
+// On the tensor cores: dQ, grid (query blocks, H, B)
+template <int KP>
+__device__ void fm_backward_dq(real *dq, const real *dout, const real *q, const real *k, const real *v,
+                               const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int accum) {
+  __shared__ __align__(16) unsigned short sh[2 * FM_ROWS][KP + 8];   // Q and dO, then K and V
+  int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  i64 b = blockIdx.z, h = blockIdx.y, gi = h / (H / G);
+  i64 i0 = (i64)(gridDim.x - 1 - blockIdx.x) * FM_ROWS, last = (i0 + FM_ROWS < T ? i0 + FM_ROWS : T) - 1;
+  i64 r0 = i0 + warp * 16 + g;
+  const real *kb = k + b * T * G * K + gi * K, *vb = v + b * T * G * K + gi * K;
+  fm_tile<FM_ROWS, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale);
+  fm_tile<FM_ROWS, KP>(sh + FM_ROWS, dout + b * T * H * K + h * K, i0, T, H * K, (int)K, 1.0f);
+  __syncthreads();
+  unsigned qa[KP / 16][4], da[KP / 16][4];
+  fm_frag_a<KP>(qa, sh, warp * 16);
+  fm_frag_a<KP>(da, sh + FM_ROWS, warp * 16);
+  float acc[KP / 8][4], li[2], di[2];
+  for (int nt = 0; nt < KP / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
+  for (int r = 0; r < 2; r++) {
+    i64 row = r0 + r * 8;
+    li[r] = row < T ? lse[(b * H + h) * T + row] : 0, di[r] = row < T ? dd[(b * H + h) * T + row] : 0;
+  }
+  for (i64 j0 = 0; j0 <= last; j0 += FM_ROWS) {
+    __syncthreads();
+    fm_tile<FM_ROWS, KP>(sh, kb, j0, T, G * K, (int)K, 1.0f);
+    fm_tile<FM_ROWS, KP>(sh + FM_ROWS, vb, j0, T, G * K, (int)K, 1.0f);
+    __syncthreads();
+    float s[FM_ROWS / 8][4], dp[FM_ROWS / 8][4];
+    for (int nt = 0; nt < FM_ROWS / 8; nt++)
+      for (int i = 0; i < 4; i++) s[nt][i] = dp[nt][i] = 0;
+    fm_mul_nk<KP, FM_ROWS / 8, KP / 16>(s, qa, sh);
+    fm_mul_nk<KP, FM_ROWS / 8, KP / 16>(dp, da, sh + FM_ROWS);
+    for (int nt = 0; nt < FM_ROWS / 8; nt++)
+      for (int i = 0; i < 4; i++) {
+        i64 row = r0 + (i >> 1) * 8;
+        float p = j0 + nt * 8 + 2 * t + (i & 1) <= row && row < T ? expf(s[nt][i] - li[i >> 1]) : 0.0f;
+        s[nt][i] = p * (dp[nt][i] - di[i >> 1]);   // dS
+      }
+    fm_mul_kn<KP, FM_ROWS / 8>(acc, s, sh);   // dQ += dS K
+  }
+  fm_put<KP>(dq + b * T * H * K + h * K, H * K, acc, r0, T, (int)K, scale, scale, accum);
+}
+
+// On the tensor cores: dK and dV, grid (key blocks, G, B); QT queries a
+// tile (32 for head dims past 64, to keep the accumulators in registers)
+template <int KP, int QT>
+__device__ void fm_backward_dkv(real *dk, real *dv, const real *dout, const real *q, const real *k, const real *v,
+                                const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck,
+                                int accv) {
+  __shared__ __align__(16) unsigned short sh[2 * FM_ROWS][KP + 8];   // K and V, then Q and dO
+  __shared__ float ls[QT], ds[QT];
+  int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  i64 b = blockIdx.z, gi = blockIdx.y, j0 = (i64)blockIdx.x * FM_ROWS, per = H / G;
+  i64 c0 = j0 + warp * 16 + g;   // this thread's keys: c0 and c0 + 8
+  fm_tile<FM_ROWS, KP>(sh, k + b * T * G * K + gi * K, j0, T, G * K, (int)K, 1.0f);
+  fm_tile<FM_ROWS, KP>(sh + FM_ROWS, v + b * T * G * K + gi * K, j0, T, G * K, (int)K, 1.0f);
+  __syncthreads();
+  unsigned ka[KP / 16][4], va[KP / 16][4];
+  fm_frag_a<KP>(ka, sh, warp * 16);
+  fm_frag_a<KP>(va, sh + FM_ROWS, warp * 16);
+  float dka[KP / 8][4], dva[KP / 8][4];
+  for (int nt = 0; nt < KP / 8; nt++)
+    for (int i = 0; i < 4; i++) dka[nt][i] = dva[nt][i] = 0;
+  for (i64 h = gi * per; h < (gi + 1) * per; h++)
+    for (i64 i0 = j0; i0 < T; i0 += QT) {
+      __syncthreads();
+      fm_tile<QT, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale);
+      fm_tile<QT, KP>(sh + FM_ROWS, dout + b * T * H * K + h * K, i0, T, H * K, (int)K, 1.0f);
+      for (int c = threadIdx.x; c < QT; c += FA_THREADS) {
+        bool ok = i0 + c < T;
+        ls[c] = ok ? lse[(b * H + h) * T + i0 + c] : 0, ds[c] = ok ? dd[(b * H + h) * T + i0 + c] : 0;
+      }
+      __syncthreads();
+      float st[QT / 8][4], dpt[QT / 8][4];   // S^T and dP^T: this warp's 16 keys x QT queries
+      for (int nt = 0; nt < QT / 8; nt++)
+        for (int i = 0; i < 4; i++) st[nt][i] = dpt[nt][i] = 0;
+      fm_mul_nk<KP, QT / 8, KP / 16>(st, ka, sh);
+      fm_mul_nk<KP, QT / 8, KP / 16>(dpt, va, sh + FM_ROWS);
+      for (int nt = 0; nt < QT / 8; nt++)
+        for (int i = 0; i < 4; i++) {
+          int c = nt * 8 + 2 * t + (i & 1);
+          i64 key = c0 + (i >> 1) * 8;
+          float p = i0 + c >= key && i0 + c < T ? expf(st[nt][i] - ls[c]) : 0.0f;
+          st[nt][i] = p, dpt[nt][i] = p * (dpt[nt][i] - ds[c]);   // P^T, dS^T
+        }
+      fm_mul_kn<KP, QT / 8>(dva, st, sh + FM_ROWS);   // dV += P^T dO
+      fm_mul_kn<KP, QT / 8>(dka, dpt, sh);            // dK += dS^T (scale Q)
+    }
+  if (dk) fm_put<KP>(dk + b * T * G * K + gi * K, G * K, dka, c0, T, (int)K, 1.0f, 1.0f, acck);
+  if (dv) fm_put<KP>(dv + b * T * G * K + gi * K, G * K, dva, c0, T, (int)K, 1.0f, 1.0f, accv);
 }
 
 // grid (key blocks, G, B); the blocks of early keys (the most queries) first

@@ -29,6 +29,7 @@ typedef struct Case {
 
 static Backend *cpu, *gpu;
 static int failures, ran;
+static double tol = 1e-5;   /* of the output's scale: fp32; the bf16 tensor core cases set their own */
 
 static RtInst inst(int op) {
   RtInst x;
@@ -102,13 +103,13 @@ static void run(Case *c, bool acc) {
     for (int64_t j = 0; j < n; j++) {
       double err = fabs(got[j] - want[j]) / fmax(scale, 1e-30);
       if (!(err <= worst)) worst = isnan(err) ? INFINITY : err;
-      if (!(err <= 1e-5) && failures < 20)
+      if (!(err <= tol) && failures < 20)
         printf("  %s%s: output %d [%lld]: cuda-emu %.9g, cpu %.9g\n", c->name, acc ? " (acc)" : "", i, (long long)j,
                got[j], want[j]);
     }
     free(want), free(got);
   }
-  bool ok = worst <= 1e-5;
+  bool ok = worst <= tol;
   printf("%-34s max error %.2e of the output's scale  %s\n", acc ? "  accumulated" : c->name, worst, ok ? "ok" : "FAIL");
   failures += !ok, ran++;
   for (int b = 0; b < 2; b++) {
@@ -235,17 +236,29 @@ int main(int argc, char **argv) {
   struct { int64_t b, t, h, g, k; const char *name, *bwd; } at[] = {
       {B, T, H, G, K, "attention (gqa 4:2, T 19, K 10)", "attention_bwd (gqa 4:2, T 19, K 10)"},
       {1, 150, 4, 1, 40, "attention (gqa 4:1, T 150, K 40)", "attention_bwd (gqa 4:1, T 150, K 40)"}};
-  for (int i = 0; i < 2; i++) {
-    int64_t nq = at[i].b * at[i].t * at[i].h * at[i].k, nk = at[i].b * at[i].t * at[i].g * at[i].k;
-    int64_t rows = at[i].b * at[i].h * at[i].t;
-    c = (Case){at[i].name, inst(OP_ATTENTION), {{nq}, {nk}, {nk}}, {{nq}, {rows}}};
-    c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
-    check(c, false);
-    /* inputs: dy, q, k, v, then lse and o, which run() makes by the forward */
-    c = (Case){at[i].bwd, inst(OP_ATTENTION_BWD), {{nq}, {nq}, {nk}, {nk}, {rows}, {nq}}, {{nq}, {nk}, {nk}}};
-    c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
-    check(c, true);
+  /* each case in fp32 on the CUDA cores, then (--matmul-precision medium)
+   * in bf16 on the tensor cores, within a few bf16 roundings of the
+   * output's scale */
+  for (int mp = 0; mp < 2; mp++) {
+    cuda_matmul_precision(mp ? MP_MEDIUM : MP_HIGHEST);
+    tol = mp ? 2e-2 : 1e-5;
+    for (int i = 0; i < 2; i++) {
+      static char names[2][2][64];
+      int64_t nq = at[i].b * at[i].t * at[i].h * at[i].k, nk = at[i].b * at[i].t * at[i].g * at[i].k;
+      int64_t rows = at[i].b * at[i].h * at[i].t;
+      snprintf(names[mp][0], 64, "%s%s", at[i].name, mp ? " bf16" : "");
+      snprintf(names[mp][1], 64, "%s%s", at[i].bwd, mp ? " bf16" : "");
+      c = (Case){names[mp][0], inst(OP_ATTENTION), {{nq}, {nk}, {nk}}, {{nq}, {rows}}};
+      c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
+      check(c, false);
+      /* inputs: dy, q, k, v, then lse and o, which run() makes by the forward */
+      c = (Case){names[mp][1], inst(OP_ATTENTION_BWD), {{nq}, {nq}, {nk}, {nk}, {rows}, {nq}}, {{nq}, {nk}, {nk}}};
+      c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
+      check(c, true);
+    }
   }
+  cuda_matmul_precision(MP_HIGHEST);
+  tol = 1e-5;
   int unary[][2] = {{OP_SILU, OP_SILU_BWD}, {OP_GELU, OP_GELU_BWD}};
   const char *un[] = {"silu", "silu_bwd", "gelu", "gelu_bwd"};
   for (int i = 0; i < 2; i++) {
