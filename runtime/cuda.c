@@ -585,20 +585,30 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
   rt_die("the CUDA backend cannot run op '%s'", rt_op_names[x->op]);
 }
 
-/* Partial sums per block on the device (at most 256 blocks, none idle),
- * added in order on the host. */
-static double cuda_sumsq(const void *x, int64_t n) {
+/* Partial sums per block on the device (at most 256 blocks a tensor, none
+ * idle), copied back once for all the tensors and added in order. */
+static double cuda_sumsq(const void *const *x, const int64_t *n, int count) {
   enum { BLOCKS = 256 };
   static size_t have;
-  CUdeviceptr part = scratch(&scratch_part, &have, BLOCKS), xp = dptr(x);
-  i64 nn = n;
-  unsigned blocks = grid_for(n) < BLOCKS ? grid_for(n) : BLOCKS;
-  void *a[] = {&part, &xp, &nn};
-  CK(cu.launch(fn("lmc_sumsq"), blocks, 1, 1, 256, 1, 1, 0, NULL, a, NULL));
-  float h[BLOCKS];
-  CK(cu.dtoh(h, part, blocks * sizeof *h));
+  CUdeviceptr part = scratch(&scratch_part, &have, (size_t)BLOCKS * (count > 0 ? count : 1));
+  unsigned *blocks = rt_xmalloc((count + 1) * sizeof *blocks), total = 0;
+  for (int t = 0; t < count; t++) {
+    CUdeviceptr p = part + (size_t)total * 4, xp = dptr(x[t]);
+    i64 nn = n[t];
+    blocks[t] = grid_for(nn) < BLOCKS ? grid_for(nn) : BLOCKS;
+    void *a[] = {&p, &xp, &nn};
+    CK(cu.launch(fn("lmc_sumsq"), blocks[t], 1, 1, 256, 1, 1, 0, NULL, a, NULL));
+    total += blocks[t];
+  }
+  float *h = rt_xmalloc((total + 1) * sizeof *h);
+  if (total) CK(cu.dtoh(h, part, total * sizeof *h));
   double s = 0;
-  for (unsigned i = 0; i < blocks; i++) s += h[i];
+  for (int t = 0, k = 0; t < count; t++) {
+    double st = 0;
+    for (unsigned i = 0; i < blocks[t]; i++) st += h[k++];
+    s += st;
+  }
+  free(h), free(blocks);
   return s;
 }
 

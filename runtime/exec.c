@@ -202,12 +202,16 @@ double rt_loss(Run *r) {
  * first). */
 static double grad_norm(Run *r, bool over_tp, bool over_pp) {
   Bundle *b = r->b;
-  double ss = 0;
+  const void **x = rt_xmalloc((b->nparams + 1) * sizeof *x);
+  int64_t *n = rt_xmalloc((b->nparams + 1) * sizeof *n);
+  int count = 0;
   for (int p = 0; p < b->nparams; p++) {
     RtParam *pp = &b->params[p];
     if (pp->value < 0 || pp->copy || (b->mesh[1] > 1 && pp->split < 0 && b->coord[1] != 0)) continue;
-    ss += r->be->sumsq((char *)r->region[R_GRAD] + b->vals[pp->value].off * r->be->elem, pp->local);
+    x[count] = (char *)r->region[R_GRAD] + b->vals[pp->value].off * r->be->elem, n[count++] = pp->local;
   }
+  double ss = r->be->sumsq(x, n, count);   /* one wait for a GPU */
+  free(x), free(n);
   if (over_tp) comm_allreduce_sum(&ss, 1, 8, AXIS_TP);
   if (over_pp) comm_allreduce_sum(&ss, 1, 8, AXIS_PP);
   return sqrt(ss);

@@ -148,7 +148,7 @@ typedef struct Backend {
   void (*zero)(void *p, int64_t n);
   void (*upload_ids)(void *dst, const int32_t *src, int64_t n);
   void (*run)(const RtInst *in, void **out, void **in_ptrs);
-  double (*sumsq)(const void *x, int64_t n);
+  double (*sumsq)(const void *const *x, const int64_t *n, int count);   /* of count tensors */
   void (*allreduce)(void *x, int64_t n, int axis, int op);  /* op 0 sum, 1 max */
   void (*send)(const void *x, int64_t n, int peer, int tag, int axis, int slot); /* async */
   void (*recv)(void *x, int64_t n, int peer, int tag, int axis);
