@@ -269,8 +269,10 @@ static void *cuda_alloc(size_t bytes) {
   return (void *)(uintptr_t)p;
 }
 
+static void forget_sorted(CUdeviceptr ids);
+
 static void cuda_release(void *p) {
-  if (p) dev_free(dptr(p));
+  if (p) forget_sorted(dptr(p)), dev_free(dptr(p));
 }
 
 static void cuda_upload(void *dst, const double *src, int64_t n) {
@@ -289,8 +291,47 @@ static void cuda_download(double *dst, const void *src, int64_t n) {
 
 static void cuda_zero(void *p, int64_t n) { CK(cu.memset8(dptr(p), 0, n * sizeof(float))); }
 
+/* Token ids, and beside them on the device their positions sorted by id
+ * (stable): the embedding's backward sums each id's run of tokens in one
+ * block instead of one thread a column walking all tokens. */
+static struct Sorted { CUdeviceptr ids, order; int64_t n, cap; } sorted[8];
+
+static int by_id(const void *a, const void *b) {
+  const int32_t *x = a, *y = b;
+  return x[0] != y[0] ? (x[0] < y[0] ? -1 : 1) : (x[1] < y[1] ? -1 : x[1] > y[1]);
+}
+
 static void cuda_upload_ids(void *dst, const int32_t *src, int64_t n) {
   CK(cu.htod(dptr(dst), src, n * sizeof(int32_t)));
+  struct Sorted *s = NULL;
+  for (int i = 0; i < 8 && !s; i++)
+    if (sorted[i].ids == dptr(dst) || !sorted[i].ids) s = &sorted[i];
+  if (!s || n <= 0) return;
+  int32_t *pair = rt_xmalloc(2 * n * sizeof *pair), *order = rt_xmalloc(n * sizeof *order);
+  for (int64_t i = 0; i < n; i++) pair[2 * i] = src[i], pair[2 * i + 1] = (int32_t)i;
+  qsort(pair, n, 2 * sizeof *pair, by_id);
+  for (int64_t i = 0; i < n; i++) order[i] = pair[2 * i + 1];
+  if (s->cap < n) {
+    if (s->order) dev_free(s->order);
+    s->order = dev_alloc(n * sizeof *order), s->cap = n;
+  }
+  s->ids = dptr(dst), s->n = n;
+  CK(cu.htod(s->order, order, n * sizeof *order));
+  free(pair), free(order);
+}
+
+static void forget_sorted(CUdeviceptr ids) {
+  for (int i = 0; i < 8; i++)
+    if (sorted[i].ids == ids) {
+      if (sorted[i].order) dev_free(sorted[i].order);
+      sorted[i] = (struct Sorted){0, 0, 0, 0};
+    }
+}
+
+static CUdeviceptr sorted_order(CUdeviceptr ids, int64_t n) {
+  for (int i = 0; i < 8; i++)
+    if (sorted[i].ids == ids && sorted[i].n == n) return sorted[i].order;
+  return 0;
 }
 
 /* A device scratch buffer of at least n floats, grown as needed. */
@@ -482,6 +523,12 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
   case OP_EMBED: { void *a[] = {&O[0], &I[0], &I[1], &n, &d, &v, &v0}; launch("lmc_embed", grid_for(n * d), a); return; }
   case OP_EMBED_BWD: {
     if (!acc0) cuda_zero(o[0], v * d);
+    CUdeviceptr order = sorted_order(I[1], n);
+    if (order) {
+      void *a[] = {&O[0], &I[0], &I[1], &order, &n, &d, &v, &v0};
+      CK(cu.launch(fn("lmc_embed_bwd_sorted"), (unsigned)n, 1, 1, 256, 1, 1, 0, NULL, a, NULL));
+      return;
+    }
     void *a[] = {&O[0], &I[0], &I[1], &n, &d, &v, &v0};
     launch("lmc_embed_bwd", grid_for(d), a);
     return;

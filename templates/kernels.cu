@@ -140,6 +140,23 @@ extern "C" __global__ void lmc_embed_bwd(real *dw, const real *dy, const int *id
   }
 }
 
+// The same with the tokens sorted by id (order[], by the host at upload):
+// block p starts the run of tokens with its id if p is the run's first,
+// and adds the run's gradients in token order into the id's row.
+extern "C" __global__ void lmc_embed_bwd_sorted(real *dw, const real *dy, const int *ids, const int *order, i64 n,
+                                                i64 d, i64 v, i64 v0) {
+  i64 p = blockIdx.x;
+  int id = ids[order[p]];
+  if (p > 0 && ids[order[p - 1]] == id) return;
+  i64 row = id - v0;
+  if (row < 0 || row >= v) return;
+  for (i64 j = threadIdx.x; j < d; j += blockDim.x) {
+    float s = 0;
+    for (i64 q = p; q < n && ids[order[q]] == id; q++) s += dy[order[q] * d + j];
+    dw[row * d + j] += s;
+  }
+}
+
 // @kernel rmsnorm
 // one block per row: y = x / rms(x) * w, rstd[row]
 extern "C" __global__ void lmc_rmsnorm(real *y, real *rstd, const real *x, const real *w, i64 n, i64 d, float eps) {
