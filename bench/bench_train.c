@@ -23,6 +23,24 @@ static double program_flops(const RtInst *p, int n) {
   return f;
 }
 
+/* Model FLOPs of a step, as the PyTorch anchors count them: 6 x the
+ * parameters outside input embeddings (a table only an embed reads) x
+ * tokens, plus causal attention, 6 b h t^2 k a layer (forward and
+ * backward). */
+static double model_flops(const Bundle *b) {
+  double params = (double)b->nparam_elems, attn = 0;
+  for (int i = 0; i < b->nfwd; i++) {
+    const RtInst *x = &b->fwd[i];
+    if (x->op == OP_ATTENTION) attn += 6.0 * x->b * x->h * x->t * x->t * x->k;
+    if (x->op != OP_EMBED) continue;
+    bool other = false;
+    for (int j = 0; j < b->nfwd; j++)
+      for (int k = 0; k < RT_MAX_IN; k++) other |= b->fwd[j].op != OP_EMBED && b->fwd[j].in[k] == x->in[1];
+    if (!other) params -= (double)b->vals[x->in[1]].n;
+  }
+  return (6 * params * b->B * b->T + attn) * b->train.microbatches;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) rt_die("usage: bench_train BUNDLE [STEPS [cpu|cuda[-high|-medium]|cuda-emu[-high|-medium]]]");
   int steps = argc > 2 ? atoi(argv[2]) : 5;
@@ -72,6 +90,10 @@ int main(int argc, char **argv) {
   planned += 2.0 * b->region[R_PARAM] * 4;                /* Adam m and v */
   printf("  step: %.1f ms | %.0f tokens/s | %.2f GFLOP/step | %.1f GFLOP/s achieved | %.1f%% of GEMM peak %.1f GFLOP/s\n",
          dt * 1e3, toks / dt, flops / 1e9, flops / dt / 1e9, 100 * flops / dt / peak, peak / 1e9);
+  double mf = model_flops(b);
+  if (cuda || emu)
+    printf("  model FLOPs (6 x non-embedding params x tokens + causal attention): %.2f TFLOP/step, %.1f TFLOP/s, "
+           "MFU %.1f%% of 989 TFLOP/s (dense bf16, H100/H200)\n", mf / 1e12, mf / dt / 1e12, 100 * mf / dt / 989e12);
   if (be->peak_bytes)
     printf("  memory: device peak %.1f MiB (lmc's allocations, cuBLASLt workspace and scratch included) | ",
            be->peak_bytes() / 1048576.0);
