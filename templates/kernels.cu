@@ -368,6 +368,15 @@ __device__ void fa_forward(real *o, real *lse, const real *q, const real *k, con
 // conflicts), times scale; zero past T and K
 template <int R, int KP>
 __device__ void fm_tile(unsigned short (*s)[KP + 8], const real *src, i64 r0, i64 T, i64 stride, int K, float scale) {
+  if (K % 4 == 0 && (unsigned long long)src % 16 == 0) {   // 16-byte loads, 8-byte stores
+    for (int e = threadIdx.x; e < R * KP / 4; e += FA_THREADS) {
+      int r = e / (KP / 4), c = e % (KP / 4) * 4;
+      float4 x = r0 + r < T && c < K ? *(const float4 *)(src + (r0 + r) * stride + c) : make_float4(0, 0, 0, 0);
+      uint2 pk = {bf16_pair(x.x * scale, x.y * scale), bf16_pair(x.z * scale, x.w * scale)};
+      *(uint2 *)&s[r][c] = pk;
+    }
+    return;
+  }
   for (int e = threadIdx.x; e < R * KP; e += FA_THREADS) {
     int r = e / KP, c = e % KP;
     s[r][c] = (unsigned short)bf16_bits(r0 + r < T && c < K ? src[(r0 + r) * stride + c] * scale : 0.0f);

@@ -282,6 +282,8 @@ static cublasStatus_t check(const Gemm *g) {
   bool known = false;
   for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) known |= e == ok[i];
   if (!known) return lt_fail(CUBLAS_STATUS_NOT_SUPPORTED, "epilogue %u is not emulated", e);
+  if (e == CUBLASLT_EPILOGUE_BGRADB && d->transb != CUBLAS_OP_T)   /* as cuBLASLt 13 on an H200 answered */
+    return lt_fail(CUBLAS_STATUS_NOT_SUPPORTED, "CUBLASLT_EPILOGUE_BGRADB only works with transposed B");
   if (((e & CUBLASLT_EPILOGUE_BIAS) || e == CUBLASLT_EPILOGUE_BGRADA || e == CUBLASLT_EPILOGUE_BGRADB ||
        e == CUBLASLT_EPILOGUE_DGELU_BGRAD) && !d->bias)
     return lt_fail(CUBLAS_STATUS_INVALID_VALUE, "epilogue %u needs CUBLASLT_MATMUL_DESC_BIAS_POINTER", e);
