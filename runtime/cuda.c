@@ -30,6 +30,14 @@ static struct {
   CUresult (*htod)(CUdeviceptr, const void *, size_t);
   CUresult (*dtoh)(void *, CUdeviceptr, size_t);
   CUresult (*memset8)(CUdeviceptr, unsigned char, size_t);
+  CUresult (*memset8_async)(CUdeviceptr, unsigned char, size_t, CUstream);
+  CUresult (*stream_create)(CUstream *, unsigned);
+  CUresult (*capture_begin)(CUstream, CUstreamCaptureMode);
+  CUresult (*capture_end)(CUstream, CUgraph *);
+  CUresult (*graph_instantiate)(CUgraphExec *, CUgraph, unsigned long long);
+  CUresult (*graph_launch)(CUgraphExec, CUstream);
+  CUresult (*graph_exec_destroy)(CUgraphExec);
+  CUresult (*graph_destroy)(CUgraph);
   CUresult (*load)(CUmodule *, const void *);
   CUresult (*getfn)(CUfunction *, CUmodule, const char *);
   CUresult (*launch)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
@@ -57,6 +65,7 @@ static struct {
 } cu;
 
 static CUmodule module;
+static CUstream st;   /* all of the backend's work, in order; it waits for the legacy stream and it for it */
 static bool emulated;   /* the emulated CUDA platform (runtime/emu/) stands in for the GPU */
 static cublasLtHandle_t lt;
 static CUdeviceptr workspace, scratch_rows, scratch_part;
@@ -122,6 +131,10 @@ static bool load_driver(char *why, size_t n) {
   SYM(d, htod, "cuMemcpyHtoD_v2"), SYM(d, dtoh, "cuMemcpyDtoH_v2"), SYM(d, memset8, "cuMemsetD8_v2");
   SYM(d, load, "cuModuleLoadData"), SYM(d, getfn, "cuModuleGetFunction"), SYM(d, launch, "cuLaunchKernel");
   SYM(d, sync, "cuCtxSynchronize"), SYM(d, errstr, "cuGetErrorString");
+  SYM(d, memset8_async, "cuMemsetD8Async"), SYM(d, stream_create, "cuStreamCreate");
+  SYM(d, capture_begin, "cuStreamBeginCapture_v2"), SYM(d, capture_end, "cuStreamEndCapture");
+  SYM(d, graph_instantiate, "cuGraphInstantiateWithFlags"), SYM(d, graph_launch, "cuGraphLaunch");
+  SYM(d, graph_exec_destroy, "cuGraphExecDestroy"), SYM(d, graph_destroy, "cuGraphDestroy");
   SYM(r, create, "nvrtcCreateProgram"), SYM(r, compile, "nvrtcCompileProgram");
   SYM(r, log_size, "nvrtcGetProgramLogSize"), SYM(r, log, "nvrtcGetProgramLog");
   SYM(r, cubin_size, "nvrtcGetCUBINSize"), SYM(r, cubin, "nvrtcGetCUBIN"), SYM(r, destroy, "nvrtcDestroyProgram");
@@ -228,7 +241,7 @@ static unsigned grid_for(int64_t n) {
 }
 
 static void launch(const char *name, unsigned grid, void **args) {
-  CK(cu.launch(fn(name), grid, 1, 1, 256, 1, 1, 0, NULL, args, NULL));
+  CK(cu.launch(fn(name), grid, 1, 1, 256, 1, 1, 0, st, args, NULL));
 }
 
 /* ---- memory ---- */
@@ -289,7 +302,7 @@ static void cuda_download(double *dst, const void *src, int64_t n) {
   free(h);
 }
 
-static void cuda_zero(void *p, int64_t n) { CK(cu.memset8(dptr(p), 0, n * sizeof(float))); }
+static void cuda_zero(void *p, int64_t n) { CK(cu.memset8_async(dptr(p), 0, n * sizeof(float), st)); }
 
 /* Token ids, and beside them on the device their positions sorted by id
  * (stable): the embedding's backward sums each id's run of tokens in one
@@ -362,7 +375,7 @@ static void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
   LT(cu.layout_create(&lb, CUDA_R_32F, p.b_rows, p.b_cols, p.b_ld));   /* our A */
   LT(cu.layout_create(&lc, CUDA_R_32F, p.c_rows, p.c_cols, p.c_ld));
   LT(cu.matmul(lt, desc, &alpha, (void *)b, la, (void *)a, lb, &beta, (void *)c, lc, (void *)c, lc, NULL,
-               (void *)workspace, workspace_size, NULL));
+               (void *)workspace, workspace_size, (cudaStream_t)st));
   cu.layout_destroy(la), cu.layout_destroy(lb), cu.layout_destroy(lc), cu.desc_destroy(desc);
 }
 
@@ -371,7 +384,7 @@ static void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
 typedef long long i64;
 
 static void k_rows(const char *name, i64 rows, void **args) {
-  CK(cu.launch(fn(name), (unsigned)rows, 1, 1, 256, 1, 1, 0, NULL, args, NULL));
+  CK(cu.launch(fn(name), (unsigned)rows, 1, 1, 256, 1, 1, 0, st, args, NULL));
 }
 
 /* Flash attention (templates/kernels.cu): the kernels lmc specialised to
@@ -387,7 +400,7 @@ static int fa_rows(const RtInst *x) {
 }
 
 static void launch3(const char *name, unsigned gx, unsigned gy, unsigned gz, unsigned threads, void **args) {
-  CK(cu.launch(fn(name), gx, gy, gz, threads, 1, 1, 0, NULL, args, NULL));
+  CK(cu.launch(fn(name), gx, gy, gz, threads, 1, 1, 0, st, args, NULL));
 }
 
 /* At --matmul-precision medium, head dims up to 128 run on the tensor
@@ -447,7 +460,7 @@ static Cols col_plan(i64 n, i64 d, int sums) {
 }
 
 static void col_pass(const char *name, const Cols *c, i64 d, void **args) {
-  CK(cu.launch(fn(name), (unsigned)((d + 31) / 32), (unsigned)c->chunks, 1, 256, 1, 1, 0, NULL, args, NULL));
+  CK(cu.launch(fn(name), (unsigned)((d + 31) / 32), (unsigned)c->chunks, 1, 256, 1, 1, 0, st, args, NULL));
 }
 
 static void col_finish(const Cols *c, i64 d, int s, void *out, int acc) {
@@ -462,7 +475,7 @@ static void col_finish(const Cols *c, i64 d, int s, void *out, int acc) {
 static void sum_rows(CUdeviceptr rows, i64 n, void *loss, float scale, int acc) {
   CUdeviceptr l = dptr(loss);
   void *a[] = {&l, &rows, &n, &scale, &acc};
-  CK(cu.launch(fn("lmc_sum_rows"), 1, 1, 1, 256, 1, 1, 0, NULL, a, NULL));
+  CK(cu.launch(fn("lmc_sum_rows"), 1, 1, 1, 256, 1, 1, 0, st, a, NULL));
 }
 
 /* The fused LM head: logits a chunk of rows at a time in a scratch buffer
@@ -530,7 +543,7 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
     CUdeviceptr order = sorted_order(I[1], n);
     if (order) {
       void *a[] = {&O[0], &I[0], &I[1], &order, &n, &d, &v, &v0};
-      CK(cu.launch(fn("lmc_embed_bwd_sorted"), (unsigned)n, 1, 1, 256, 1, 1, 0, NULL, a, NULL));
+      CK(cu.launch(fn("lmc_embed_bwd_sorted"), (unsigned)n, 1, 1, 256, 1, 1, 0, st, a, NULL));
       return;
     }
     void *a[] = {&O[0], &I[0], &I[1], &n, &d, &v, &v0};
@@ -648,16 +661,16 @@ static double cuda_sumsq(const void *const *x, const int64_t *n, int count) {
     i64 nn = n[t];
     blocks[t] = grid_for(nn) < BLOCKS ? grid_for(nn) : BLOCKS;
     void *a[] = {&p, &xp, &nn};
-    CK(cu.launch(fn("lmc_sumsq"), blocks[t], 1, 1, 256, 1, 1, 0, NULL, a, NULL));
+    CK(cu.launch(fn("lmc_sumsq"), blocks[t], 1, 1, 256, 1, 1, 0, st, a, NULL));
     total += blocks[t];
   }
   float *h = rt_xmalloc((total + 1) * sizeof *h);
   if (total) CK(cu.dtoh(h, part, total * sizeof *h));
   double s = 0;
   for (int t = 0, k = 0; t < count; t++) {
-    double st = 0;
-    for (unsigned i = 0; i < blocks[t]; i++) st += h[k++];
-    s += st;
+    double one = 0;
+    for (unsigned i = 0; i < blocks[t]; i++) one += h[k++];
+    s += one;
   }
   free(h), free(blocks);
   return s;
@@ -734,12 +747,31 @@ static double cuda_gemm_peak(void) {
 
 static void cuda_sync(void) { CK(cu.sync()); }
 
+/* CUDA graphs: the work queued between graph_begin and graph_end is
+ * recorded, not run; graph_run replays it. The interpreter records each
+ * program (per microbatch slot) once its scratch buffers have grown, so no
+ * allocation or host wait falls inside. */
+static void cuda_graph_begin(void) { CK(cu.capture_begin(st, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)); }
+
+static void *cuda_graph_end(void) {
+  CUgraph g;
+  CUgraphExec x;
+  CK(cu.capture_end(st, &g));
+  CK(cu.graph_instantiate(&x, g, 0));
+  CK(cu.graph_destroy(g));
+  return x;
+}
+
+static void cuda_graph_run(void *x) { CK(cu.graph_launch((CUgraphExec)x, st)); }
+static void cuda_graph_free(void *x) { CK(cu.graph_exec_destroy((CUgraphExec)x)); }
+
 static Backend cuda = {
     .name = "cuda-f32", .elem = 4, .alloc = cuda_alloc, .release = cuda_release, .upload = cuda_upload,
     .download = cuda_download, .zero = cuda_zero, .upload_ids = cuda_upload_ids, .run = cuda_run,
     .sumsq = cuda_sumsq, .adamw = cuda_adamw, .allreduce = cuda_allreduce, .send = cuda_send,
     .recv = cuda_recv, .wait_sends = cuda_wait_sends, .gemm_peak = cuda_gemm_peak, .sync = cuda_sync,
-    .peak_bytes = cuda_peak_bytes};
+    .peak_bytes = cuda_peak_bytes, .graph_begin = cuda_graph_begin, .graph_end = cuda_graph_end,
+    .graph_run = cuda_graph_run, .graph_free = cuda_graph_free};
 
 void cuda_matmul_precision(int p) { precision = p; }
 
@@ -764,6 +796,7 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   CK(cu.set_current(ctx));
   LT(cu.lt_create(&lt));
   workspace = dev_alloc(workspace_size);
+  CK(cu.stream_create(&st, 0));
   load_kernels(dir);
   return &cuda;
 }

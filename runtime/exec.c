@@ -37,6 +37,10 @@ Run *rt_new(Bundle *b, Backend *be) {
   r->inputs = rt_xmalloc(3 * b->B * b->T * sizeof(int32_t));
   r->slot_mb = rt_xmalloc(b->slots * sizeof(int));
   for (int s = 0; s < b->slots; s++) r->slot_mb[s] = -1;
+  r->graph = rt_xmalloc(2 * b->slots * sizeof(void *)), r->graph_runs = rt_xmalloc(2 * b->slots * sizeof(int));
+  r->graphs = be->graph_begin != NULL;
+  for (int i = 0; i < b->nfwd + b->nbwd; i++)   /* a tp all-reduce goes through the host */
+    if ((i < b->nfwd ? b->fwd[i] : b->bwd[i - b->nfwd]).op == OP_ALLREDUCE) r->graphs = false;
   return r;
 }
 
@@ -59,6 +63,9 @@ static void free_slot(Run *r, int slot) {
 }
 
 void rt_free(Run *r) {
+  for (int i = 0; i < 2 * r->b->slots; i++)
+    if (r->graph[i]) r->be->graph_free(r->graph[i]);
+  free(r->graph), free(r->graph_runs);
   for (int i = 0; i < NUM_REGIONS; i++) r->be->release(r->region[i]);
   r->be->release(r->adam_m), r->be->release(r->adam_v);
   free(r->ptr), free(r->inputs), free(r->slot_mb), free(r);
@@ -168,7 +175,26 @@ void rt_trace_close(Run *r, const char *path) {
   if (fclose(out)) rt_die("cannot write trace '%s': %s", path, strerror(errno));
 }
 
+static void run_ops(Run *r, const RtInst *prog, int n, int slot);
+
+/* A program's ops, or on a GPU their recording: the third run of a
+ * (program, slot) records it (the first two grow the scratch buffers), and
+ * later runs replay it. Profiling and tracing time each op, so they run
+ * the ops. */
 static void run_program(Run *r, const RtInst *prog, int n, int slot) {
+  int key = 2 * slot + (prog == r->b->bwd);
+  if (!r->graphs || r->op_time || r->trace || (prog != r->b->fwd && prog != r->b->bwd))
+    return run_ops(r, prog, n, slot);
+  if (!r->graph[key] && ++r->graph_runs[key] > 2) {
+    r->be->graph_begin();
+    run_ops(r, prog, n, slot);
+    r->graph[key] = r->be->graph_end();
+  }
+  if (r->graph[key]) r->be->graph_run(r->graph[key]);
+  else run_ops(r, prog, n, slot);
+}
+
+static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
   void *out[3], *in[RT_MAX_IN], **ptr = r->ptr + (size_t)slot * r->b->nvals;
   for (int i = 0; i < n; i++) {
     const RtInst *x = &prog[i];

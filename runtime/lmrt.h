@@ -157,6 +157,12 @@ typedef struct Backend {
   double (*gemm_peak)(void);         /* the GEMM rate this device reaches, FLOP/s */
   void (*sync)(void);                /* wait for queued work (timing) */
   int64_t (*peak_bytes)(void);       /* device memory: the most allocated at once; NULL on the CPU */
+  /* graphs (NULL on the CPU): record the work queued between begin and
+   * end instead of running it; run replays it */
+  void (*graph_begin)(void);
+  void *(*graph_end)(void);
+  void (*graph_run)(void *graph);
+  void (*graph_free)(void *graph);
 } Backend;
 
 /* ---- ltplan.c ---- */
@@ -191,6 +197,9 @@ typedef struct Run {
   double t_wait;           /* seconds blocked on receives from other stages */
   FILE *trace;             /* Chrome trace events of the steps being traced, or NULL */
   double trace_t0;
+  bool graphs;             /* replay each program as a recorded graph (a GPU backend, no tp all-reduce) */
+  void **graph;            /* per program (forward, backward) and slot: the recording, or NULL */
+  int *graph_runs;         /* runs of each before it is recorded */
 } Run;
 
 Run *rt_new(Bundle *b, Backend *be);

@@ -32,6 +32,8 @@ static void usage(int code) {
           "                        highest (default; fp32 products), high (GEMMs in tf32\n"
           "                        on the tensor cores), medium (GEMMs and attention in\n"
           "                        bf16 on the tensor cores); fp32 storage and sums\n"
+          "  --no-cuda-graphs      on a CUDA backend, launch every op each step instead of\n"
+          "                        replaying each program's recorded CUDA graph\n"
           "  --comm-timeout S      end the job when a collective or transfer makes no\n"
           "                        progress for S seconds (default 300, or $LMC_COMM_TIMEOUT)\n"
           "  --init-hf DIR         start from a Hugging Face Llama (config.json, model.safetensors)\n"
@@ -160,7 +162,7 @@ int main(int argc, char **argv) {
   const char *dir = argv[1], *backend = "cpu";
   TrainOpts o = {.log_interval = 10, .seed = -1, .eval_interval = -1, .eval_batches = -1, .save_interval = -1,
                  .trace_steps = 3};
-  bool f64 = false;
+  bool f64 = false, graphs = true;
   int mp = MP_HIGHEST;
   int64_t gc = 0, ntok = 200;
   const char *prompt = NULL, *export_hf = NULL;
@@ -204,6 +206,7 @@ int main(int argc, char **argv) {
       if (!(temp > 0)) rt_die("--temperature takes a positive number, got '%s'", v);
     }
     else if (!strcmp(a, "--f64")) f64 = true;
+    else if (!strcmp(a, "--no-cuda-graphs")) graphs = false;
     else if (!strcmp(a, "--quiet")) o.quiet = true;
     else if (!strcmp(a, "-h") || !strcmp(a, "--help")) usage(0);
     else rt_die("unknown option '%s' (see lmrun --help)", a);
@@ -234,6 +237,7 @@ int main(int argc, char **argv) {
   cuda_matmul_precision(mp);
   Backend *be = pick_backend(backend, dir, f64, o.quiet);
   Run *r = rt_new(b, be);
+  r->graphs &= graphs;
   if (prompt && world > 1) rt_die("--sample runs on one rank");
   if (o.seed < 0) o.seed = b->train.seed;
   int rc = 0;

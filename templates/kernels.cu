@@ -368,12 +368,20 @@ __device__ void fa_forward(real *o, real *lse, const real *q, const real *k, con
 // conflicts), times scale; zero past T and K
 template <int R, int KP>
 __device__ void fm_tile(unsigned short (*s)[KP + 8], const real *src, i64 r0, i64 T, i64 stride, int K, float scale) {
-  if (K % 4 == 0 && (unsigned long long)src % 16 == 0) {   // 16-byte loads, 8-byte stores
-    for (int e = threadIdx.x; e < R * KP / 4; e += FA_THREADS) {
-      int r = e / (KP / 4), c = e % (KP / 4) * 4;
-      float4 x = r0 + r < T && c < K ? *(const float4 *)(src + (r0 + r) * stride + c) : make_float4(0, 0, 0, 0);
-      uint2 pk = {bf16_pair(x.x * scale, x.y * scale), bf16_pair(x.z * scale, x.w * scale)};
-      *(uint2 *)&s[r][c] = pk;
+  if (K % 4 == 0 && (unsigned long long)src % 16 == 0) {   // 16-byte loads, all in flight, then 8-byte stores
+    const int N = (R * KP / 4 + FA_THREADS - 1) / FA_THREADS;
+    float4 x[N];
+#pragma unroll
+    for (int u = 0; u < N; u++) {
+      int e = threadIdx.x + u * FA_THREADS, r = e / (KP / 4), c = e % (KP / 4) * 4;
+      x[u] = e < R * KP / 4 && r0 + r < T && c < K ? *(const float4 *)(src + (r0 + r) * stride + c)
+                                                    : make_float4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < N; u++) {
+      int e = threadIdx.x + u * FA_THREADS, r = e / (KP / 4), c = e % (KP / 4) * 4;
+      uint2 pk = {bf16_pair(x[u].x * scale, x[u].y * scale), bf16_pair(x[u].z * scale, x[u].w * scale)};
+      if (e < R * KP / 4) *(uint2 *)&s[r][c] = pk;
     }
     return;
   }
