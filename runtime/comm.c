@@ -97,6 +97,28 @@ void comm_groups(const int coord[4], const int mesh[4]) {
   }
 }
 
+int comm_group_size(int axis) {
+  int n = 1;
+  if (active) MPI_Comm_size(groups[axis], &n);
+  return n;
+}
+
+int comm_group_rank(int axis) {
+  int r = 0;
+  if (active) MPI_Comm_rank(groups[axis], &r);
+  return r;
+}
+
+/* bytes from the group's rank 0 to the others (an NCCL unique id) */
+void comm_group_bcast(void *buf, int bytes, int axis) {
+  if (!active) return;
+  MPI_Request req;
+  if (MPI_Ibcast(buf, bytes, MPI_BYTE, 0, groups[axis], &req) != MPI_SUCCESS) rt_die("MPI_Ibcast failed");
+  wait_for(&req, "a broadcast of %d bytes over the %s group", bytes, axis_name[axis]);
+}
+
+const char *comm_axis_name(int axis) { return axis_name[axis]; }
+
 void comm_allreduce(void *buf, int64_t n, int elem, int axis, int op) {
   if (!active) return;
   MPI_Datatype t = elem == 8 ? MPI_DOUBLE : MPI_FLOAT;

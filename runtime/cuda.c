@@ -3,15 +3,17 @@
  * dlopen when --backend cuda asks for them, so CPU-only runs never touch
  * CUDA. The bundle's kernels.cu is compiled with NVRTC for this device
  * (cached on disk by source hash and architecture); GEMMs go to cuBLASLt,
- * attention to lmc's flash attention kernels; collectives and pipeline
- * transfers are staged through host memory and MPI (NCCL is the next
- * step). Single precision only. */
+ * attention to lmc's flash attention kernels; all-reduces to NCCL when
+ * every rank has its own GPU (else, and for pipeline transfers, staged
+ * through host memory and MPI). fp32 storage; the products' precision is
+ * --matmul-precision's. */
 #include "lmrt.h"
 #include <cublasLt.h>
 #include <cuda.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <math.h>
+#include <nccl.h>
 #include <nvrtc.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,7 +64,21 @@ static struct {
                            cublasLtMatrixLayout_t, const void *, cublasLtMatrixLayout_t, const void *,
                            const void *, cublasLtMatrixLayout_t, void *, cublasLtMatrixLayout_t,
                            const cublasLtMatmulAlgo_t *, void *, size_t, cudaStream_t);
+  CUresult (*stream_query)(CUstream);
 } cu;
+
+/* NCCL, when the all-reduces take it: one communicator per mesh axis */
+static struct {
+  ncclResult_t (*get_id)(ncclUniqueId *);
+  ncclResult_t (*init)(ncclComm_t *, int, ncclUniqueId, int);
+  ncclResult_t (*allreduce)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t, cudaStream_t);
+  ncclResult_t (*async_error)(ncclComm_t, ncclResult_t *);
+  ncclResult_t (*abort)(ncclComm_t);
+  const char *(*errstr)(ncclResult_t);
+} nc;
+static ncclComm_t ncomm[4];
+static int collectives;   /* CC_AUTO, CC_NCCL, CC_MPI */
+static bool use_nccl;
 
 static CUmodule module;
 static CUstream st;   /* all of the backend's work, in order; it waits for the legacy stream and it for it */
@@ -135,6 +151,7 @@ static bool load_driver(char *why, size_t n) {
   SYM(d, capture_begin, "cuStreamBeginCapture_v2"), SYM(d, capture_end, "cuStreamEndCapture");
   SYM(d, graph_instantiate, "cuGraphInstantiateWithFlags"), SYM(d, graph_launch, "cuGraphLaunch");
   SYM(d, graph_exec_destroy, "cuGraphExecDestroy"), SYM(d, graph_destroy, "cuGraphDestroy");
+  SYM(d, stream_query, "cuStreamQuery");
   SYM(r, create, "nvrtcCreateProgram"), SYM(r, compile, "nvrtcCompileProgram");
   SYM(r, log_size, "nvrtcGetProgramLogSize"), SYM(r, log, "nvrtcGetProgramLog");
   SYM(r, cubin_size, "nvrtcGetCUBINSize"), SYM(r, cubin, "nvrtcGetCUBIN"), SYM(r, destroy, "nvrtcDestroyProgram");
@@ -687,7 +704,34 @@ static void cuda_adamw(void *w, const void *g, void *m, void *v, int64_t n, cons
 
 /* ---- collectives and transfers: staged through host memory ---- */
 
+/* Waits for an NCCL all-reduce on the stream against the deadline of the
+ * MPI path (comm_timeout), so a stopped peer ends the job, not hangs it. */
+static void nccl_wait(int64_t n, int axis) {
+  double t0 = rt_now();
+  for (;;) {
+    CUresult rc = cu.stream_query(st);
+    if (rc == CUDA_SUCCESS) return;
+    if (rc != CUDA_ERROR_NOT_READY) CK(rc);
+    ncclResult_t e = ncclSuccess;
+    nc.async_error(ncomm[axis], &e);
+    if (e != ncclSuccess) rt_die("NCCL: an all-reduce over the %s group failed: %s", comm_axis_name(axis), nc.errstr(e));
+    if (rt_now() - t0 > comm_timeout) {
+      for (int a = 0; a < 4; a++)
+        if (ncomm[a]) nc.abort(ncomm[a]);
+      rt_die("rank %d: no progress for %.0f s in an NCCL all-reduce of %lld values over the %s group", comm_rank(),
+             comm_timeout, (long long)n, comm_axis_name(axis));
+    }
+    usleep(20);
+  }
+}
+
 static void cuda_allreduce(void *x, int64_t n, int axis, int op) {
+  if (use_nccl && ncomm[axis]) {
+    ncclResult_t rc = nc.allreduce(x, x, (size_t)n, ncclFloat, op ? ncclMax : ncclSum, ncomm[axis], (cudaStream_t)st);
+    if (rc != ncclSuccess) rt_die("NCCL: ncclAllReduce over the %s group: %s", comm_axis_name(axis), nc.errstr(rc));
+    nccl_wait(n, axis);
+    return;
+  }
   float *h = rt_xmalloc(n * sizeof(float));
   CK(cu.dtoh(h, dptr(x), n * sizeof(float)));
   comm_allreduce(h, n, 4, axis, op);
@@ -774,6 +818,32 @@ static Backend cuda = {
     .graph_run = cuda_graph_run, .graph_free = cuda_graph_free};
 
 void cuda_matmul_precision(int p) { precision = p; }
+void cuda_collectives(int mode) { collectives = mode; }
+
+/* NCCL for the all-reduces: the library (the emulated platform's own when
+ * emulated), then one communicator per axis with more than one rank, made
+ * by every rank in axis order (a unique id from the group's rank 0 over
+ * MPI). Returns false with the reason when it cannot. */
+static bool nccl_setup(void *emu, char *why, size_t n) {
+  const char *names[] = {"libnccl.so.2", "libnccl.so", "/usr/local/cuda/lib64/libnccl.so.2", NULL};
+  void *h = emu ? emu : open_lib(names);
+  if (!h) return snprintf(why, n, "no NCCL library (libnccl.so.2)"), false;
+  *(void **)&nc.get_id = dlsym(h, "ncclGetUniqueId"), *(void **)&nc.init = dlsym(h, "ncclCommInitRank");
+  *(void **)&nc.allreduce = dlsym(h, "ncclAllReduce"), *(void **)&nc.async_error = dlsym(h, "ncclCommGetAsyncError");
+  *(void **)&nc.abort = dlsym(h, "ncclCommAbort"), *(void **)&nc.errstr = dlsym(h, "ncclGetErrorString");
+  if (!nc.get_id || !nc.init || !nc.allreduce || !nc.async_error || !nc.abort || !nc.errstr)
+    return snprintf(why, n, "the NCCL library lacks a function this build needs"), false;
+  for (int a = 0; a < 4; a++) {
+    if (comm_group_size(a) < 2) continue;
+    ncclUniqueId id;
+    memset(&id, 0, sizeof id);
+    if (comm_group_rank(a) == 0 && nc.get_id(&id) != ncclSuccess) rt_die("NCCL: ncclGetUniqueId failed");
+    comm_group_bcast(&id, sizeof id, a);
+    ncclResult_t rc = nc.init(&ncomm[a], comm_group_size(a), id, comm_group_rank(a));
+    if (rc != ncclSuccess) rt_die("NCCL: ncclCommInitRank over the %s group: %s", comm_axis_name(a), nc.errstr(rc));
+  }
+  return true;
+}
 
 /* The CUDA backend for the bundle in dir, on a GPU or on the emulated
  * platform, or NULL with the reason. */
@@ -798,5 +868,16 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   workspace = dev_alloc(workspace_size);
   CK(cu.stream_create(&st, 0));
   load_kernels(dir);
+  /* NCCL when asked, or (auto) when every rank of this machine has a GPU */
+  const char *local_n = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+  bool own = !local_n || atoi(local_n) <= count;
+  if (comm_world() > 1 && (collectives == CC_NCCL || (collectives == CC_AUTO && own && !emulated))) {
+    char nwhy[256];
+    use_nccl = nccl_setup(emulated ? open_emu() : NULL, nwhy, sizeof nwhy);
+    if (!use_nccl && collectives == CC_NCCL) rt_die("--collectives nccl: %s", nwhy);
+  }
+  static char name[64];
+  snprintf(name, sizeof name, "%s%s", cuda.name, use_nccl ? "+nccl" : "");
+  cuda.name = name;
   return &cuda;
 }

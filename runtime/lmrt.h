@@ -35,6 +35,10 @@ int comm_world(void);
 void comm_groups(const int coord[4], const int mesh[4]);
 void comm_allreduce_sum(void *buf, int64_t n, int elem, int axis);
 void comm_allreduce(void *buf, int64_t n, int elem, int axis, int op);
+int comm_group_size(int axis);
+int comm_group_rank(int axis);
+void comm_group_bcast(void *buf, int bytes, int axis);   /* from the group's rank 0 */
+const char *comm_axis_name(int axis);
 void comm_isend(const void *buf, int64_t n, int elem, int peer, int tag, int axis, int slot);
 void comm_recv(void *buf, int64_t n, int elem, int peer, int tag, int axis);
 void comm_wait_sends(int slot);
@@ -180,6 +184,11 @@ Backend *cuda_backend(const char *bundle_dir, bool emulated, char *why, size_t n
  * accumulation stay fp32. */
 enum { MP_HIGHEST, MP_HIGH, MP_MEDIUM };
 void cuda_matmul_precision(int p);
+/* Before cuda_backend: how a CUDA backend's all-reduces travel. CC_AUTO
+ * NCCL when it loads and every rank on a machine has a GPU of its own,
+ * else CC_MPI (staged through host memory); CC_NCCL insists. */
+enum { CC_AUTO, CC_NCCL, CC_MPI };
+void cuda_collectives(int mode);
 int matmul_precision_of(const char *name);   /* MP_*, or -1 */
 
 /* ---- exec.c ---- */

@@ -32,6 +32,9 @@ static void usage(int code) {
           "                        highest (default; fp32 products), high (GEMMs in tf32\n"
           "                        on the tensor cores), medium (GEMMs and attention in\n"
           "                        bf16 on the tensor cores); fp32 storage and sums\n"
+          "  --collectives C       a CUDA backend's all-reduces: auto (default; NCCL when every\n"
+          "                        rank of a machine has its own GPU), nccl, or mpi (staged\n"
+          "                        through host memory)\n"
           "  --no-cuda-graphs      on a CUDA backend, launch every op each step instead of\n"
           "                        replaying each program's recorded CUDA graph\n"
           "  --comm-timeout S      end the job when a collective or transfer makes no\n"
@@ -163,7 +166,7 @@ int main(int argc, char **argv) {
   TrainOpts o = {.log_interval = 10, .seed = -1, .eval_interval = -1, .eval_batches = -1, .save_interval = -1,
                  .trace_steps = 3};
   bool f64 = false, graphs = true;
-  int mp = MP_HIGHEST;
+  int mp = MP_HIGHEST, cc = CC_AUTO;
   int64_t gc = 0, ntok = 200;
   const char *prompt = NULL, *export_hf = NULL;
   double temp = 0.8;
@@ -191,6 +194,12 @@ int main(int argc, char **argv) {
     else if (ARG("--seed")) o.seed = num_arg(a, v);
     else if (ARG("--lr")) o.lr = atof(v);
     else if (ARG("--backend")) backend = v;
+    else if (ARG("--collectives")) {
+      if (!strcmp(v, "auto")) cc = CC_AUTO;
+      else if (!strcmp(v, "nccl")) cc = CC_NCCL;
+      else if (!strcmp(v, "mpi")) cc = CC_MPI;
+      else rt_die("--collectives takes auto, nccl or mpi, got '%s'", v);
+    }
     else if (ARG("--matmul-precision")) {
       if ((mp = matmul_precision_of(v)) < 0) rt_die("--matmul-precision takes highest, high or medium, got '%s'", v);
     }
@@ -214,6 +223,9 @@ int main(int argc, char **argv) {
   }
   if (strcmp(backend, "cpu") && strcmp(backend, "auto") && strcmp(backend, "cuda") && strcmp(backend, "cuda-emu"))
     rt_die("unknown backend '%s'; use cpu, cuda, cuda-emu or auto", backend);
+  if (cc != CC_AUTO && !strcmp(backend, "cpu"))
+    rt_die("--collectives applies to the CUDA backends (--backend cuda, cuda-emu, auto)");
+  cuda_collectives(cc);
   if (o.log_interval == 0) o.log_interval = 1;
   int rank = comm_rank(), world = comm_world();
   Bundle *b = bundle_open(dir);
