@@ -50,8 +50,8 @@ int main(int argc, char **argv) {
   const char *kind = argc > 3 ? argv[3] : "cpu", *dash = strrchr(kind, '-');
   bool emu = !strncmp(kind, "cuda-emu", 8), cuda = !emu && !strncmp(kind, "cuda", 4);
   int mp = dash && (cuda || emu) ? matmul_precision_of(dash + 1) : -1;
-  if (mp >= 0) cuda_matmul_precision(mp);
-  else if (strcmp(kind, "cpu") && strcmp(kind, "cuda") && strcmp(kind, "cuda-emu"))
+  cuda_matmul_precision(mp >= 0 ? mp : MP_HIGHEST);   /* plain cuda: fp32 products */
+  if (mp < 0 && strcmp(kind, "cpu") && strcmp(kind, "cuda") && strcmp(kind, "cuda-emu"))
     rt_die("unknown backend '%s'; use cpu, cuda or cuda-emu, the CUDA ones with -high or -medium", kind);
   if ((cuda || emu) && !(be = cuda_backend(argv[1], emu, why, sizeof why))) rt_die("no CUDA backend: %s", why);
   printf("%s: %.2fM params, batch %lld x seq %lld, vocab %lld\n", b->model, b->nparam_elems / 1e6,

@@ -87,7 +87,7 @@ static cublasLtHandle_t lt;
 static CUdeviceptr workspace, scratch_rows, scratch_part;
 static size_t workspace_size = 32 << 20, scratch_rows_n;
 static int sm;   /* compute capability, e.g. 90 */
-static int precision;   /* MP_HIGHEST, MP_HIGH, MP_MEDIUM: cuda_matmul_precision */
+static int precision = MP_MEDIUM;   /* MP_HIGHEST, MP_HIGH, MP_MEDIUM: cuda_matmul_precision */
 
 #define CK(call) check_cu((call), #call, __FILE__, __LINE__)
 static void check_cu(CUresult rc, const char *what, const char *file, int line) {

@@ -179,9 +179,9 @@ LtPlan lt_plan(bool ta, bool tb, int64_t m, int64_t n, int64_t k, int64_t lda, i
 Backend *cpu_backend(bool f64);
 Backend *cuda_backend(const char *bundle_dir, bool emulated, char *why, size_t n);   /* NULL: why */
 /* Before cuda_backend, as PyTorch's float32 matmul precision: MP_HIGHEST
- * fp32 products; MP_HIGH GEMMs in tf32 on the tensor cores; MP_MEDIUM
- * GEMMs and attention's products in bf16 on the tensor cores. Storage and
- * accumulation stay fp32. */
+ * fp32 products (the checking mode); MP_HIGH GEMMs in tf32 on the tensor
+ * cores; MP_MEDIUM (the default) GEMMs and attention's products in bf16 on
+ * the tensor cores. Storage and accumulation stay fp32. */
 enum { MP_HIGHEST, MP_HIGH, MP_MEDIUM };
 void cuda_matmul_precision(int p);
 /* Before cuda_backend: how a CUDA backend's all-reduces travel. CC_AUTO

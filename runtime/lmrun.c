@@ -29,9 +29,9 @@ static void usage(int code) {
           "  --backend NAME        cpu (default), cuda, auto (cuda when a GPU is usable), or\n"
           "                        cuda-emu (the CUDA backend on the emulated CUDA platform)\n"
           "  --matmul-precision P  CUDA backends, as PyTorch's float32 matmul precision:\n"
-          "                        highest (default; fp32 products), high (GEMMs in tf32\n"
-          "                        on the tensor cores), medium (GEMMs and attention in\n"
-          "                        bf16 on the tensor cores); fp32 storage and sums\n"
+          "                        medium (default; GEMMs and attention in bf16 on the\n"
+          "                        tensor cores), high (GEMMs in tf32), highest (fp32\n"
+          "                        products, for checking); fp32 storage and sums\n"
           "  --collectives C       a CUDA backend's all-reduces: auto (default; NCCL when every\n"
           "                        rank of a machine has its own GPU), nccl, or mpi (staged\n"
           "                        through host memory)\n"
@@ -166,7 +166,8 @@ int main(int argc, char **argv) {
   TrainOpts o = {.log_interval = 10, .seed = -1, .eval_interval = -1, .eval_batches = -1, .save_interval = -1,
                  .trace_steps = 3};
   bool f64 = false, graphs = true;
-  int mp = MP_HIGHEST, cc = CC_AUTO;
+  int mp = MP_MEDIUM, cc = CC_AUTO;
+  bool mp_set = false;
   int64_t gc = 0, ntok = 200;
   const char *prompt = NULL, *export_hf = NULL;
   double temp = 0.8;
@@ -202,6 +203,7 @@ int main(int argc, char **argv) {
     }
     else if (ARG("--matmul-precision")) {
       if ((mp = matmul_precision_of(v)) < 0) rt_die("--matmul-precision takes highest, high or medium, got '%s'", v);
+      mp_set = true;
     }
     else if (ARG("--comm-timeout")) {
       comm_timeout = atof(v);
@@ -244,7 +246,7 @@ int main(int argc, char **argv) {
   if (o.eval_interval < 0) o.eval_interval = b->train.eval_every;
   if (o.eval_batches <= 0) o.eval_batches = b->train.eval_batches > 0 ? b->train.eval_batches : 1;
   if (o.save_interval < 0) o.save_interval = b->train.save_every;   /* --save-interval 0: none */
-  if (mp != MP_HIGHEST && (f64 || !strcmp(backend, "cpu")))
+  if (mp_set && (f64 || !strcmp(backend, "cpu")))
     rt_die("--matmul-precision applies to the CUDA backends (--backend cuda, cuda-emu, auto)");
   cuda_matmul_precision(mp);
   Backend *be = pick_backend(backend, dir, f64, o.quiet);

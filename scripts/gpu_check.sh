@@ -70,7 +70,7 @@ compare() {   # compare NAME SPEC [--set ...]; $flags go to the CUDA run, $tol t
   shift 2
   "$bin/lmc" "$spec" -q -o "$work/$name" --set steps=20 --set warmup=5 "$@"
   for be in cpu cuda; do
-    "$bin/lmrun" "$work/$name" --data "$data" --backend "$be" $([ $be = cuda ] && echo ${flags:-}) --quiet \
+    "$bin/lmrun" "$work/$name" --data "$data" --backend "$be" $([ $be = cuda ] && echo ${flags:---matmul-precision highest}) --quiet \
       --eval-interval 20 --eval-batches 2 --out "$work/$name.$be.d" 2>&1 ||
       { mkdir -p "$work/$name.$be.d"; echo "lmrun --backend $be failed"; }
   done

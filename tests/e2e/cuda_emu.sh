@@ -4,8 +4,8 @@
 # with 2 microbatches, GPT-2, the fused LM head, attention over T 150, the
 # high and medium matmul precisions), shrunk to emulator size,
 # train 20 steps from one seed on the CPU backend and on --backend
-# cuda-emu, and every step's loss, gradient norm and the validation loss
-# agree within 1e-5 (fp32; they differ only in summation order). The
+# cuda-emu (--matmul-precision highest unless a config says otherwise), and
+# every step's loss, gradient norm and the validation loss agree within 1e-5 (fp32; they differ only in summation order). The
 # sanitizer build runs STEPS (the third argument) steps instead.
 BIN=$1 SRC=$2 STEPS=${3:-20}
 . "$SRC/tests/e2e/common.sh"
@@ -16,7 +16,7 @@ compare() {   # compare NAME SPEC [--set ...]; $flags go to the emulated run, $t
   shift 2
   "$LMC" "$spec" -q -o "$WORK/$name" --set steps="$STEPS" --set warmup=5 "$@"
   for be in cpu cuda-emu; do
-    "$LMRUN" "$WORK/$name" --data "$DATA" --backend $be $([ $be = cpu ] || echo ${flags:-}) --quiet \
+    "$LMRUN" "$WORK/$name" --data "$DATA" --backend $be $([ $be = cpu ] || echo ${flags:---matmul-precision highest}) --quiet \
       --eval-interval "$STEPS" --eval-batches 2 --out "$WORK/$name.$be" || fail "$name: lmrun --backend $be failed"
   done
   python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/$name.cpu/metrics.jsonl" "$WORK/$name.cuda-emu/metrics.jsonl" \
@@ -38,7 +38,7 @@ flags="--matmul-precision medium" tol="1e-2 5e-2"
 compare llama_medium "$SRC/models/tiny.lm" $small
 # CUDA graphs (recorded from the third step) change nothing: the same run
 # launching every op gives the same bits
-"$LMRUN" "$WORK/llama" --data "$DATA" --backend cuda-emu --no-cuda-graphs --quiet --eval-interval "$STEPS" \
+"$LMRUN" "$WORK/llama" --data "$DATA" --backend cuda-emu --matmul-precision highest --no-cuda-graphs --quiet --eval-interval "$STEPS" \
   --eval-batches 2 --out "$WORK/llama.nographs" || fail "lmrun --no-cuda-graphs failed"
 python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/llama.cuda-emu/metrics.jsonl" "$WORK/llama.nographs/metrics.jsonl" \
   "graphs against none" 1e-15 || status=1

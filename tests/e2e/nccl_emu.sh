@@ -17,7 +17,7 @@ layout() {   # layout NAME [--set ...]
   "$LMC" "$SRC/models/tiny.lm" -q -o "$WORK/$name" $small "$@"
   $MPIRUN -np 4 "$LMRUN" "$WORK/$name" --data "$DATA" --backend cpu --quiet --save-interval 0 --eval-interval 8 \
     --eval-batches 2 --out "$WORK/$name.cpu" >"$WORK/$name.cpu.log" 2>&1 || { cat "$WORK/$name.cpu.log"; fail "$name: cpu"; }
-  $MPIRUN -np 4 "$LMRUN" "$WORK/$name" --data "$DATA" --backend cuda-emu --collectives nccl --max-steps 8 \
+  $MPIRUN -np 4 "$LMRUN" "$WORK/$name" --data "$DATA" --backend cuda-emu --matmul-precision highest --collectives nccl --max-steps 8 \
     --save-interval 0 --eval-interval 8 --eval-batches 2 --out "$WORK/$name.nccl" >"$WORK/$name.nccl.log" 2>&1 ||
     { cat "$WORK/$name.nccl.log"; fail "$name: cuda-emu with NCCL"; }
   grep -q "backend cuda-emu-f32+nccl" "$WORK/$name.nccl.log" || { status=1; echo "FAIL $name: NCCL not in the banner"; }

@@ -177,6 +177,7 @@ int main(int argc, char **argv) {
   snprintf(path, sizeof path, "%s/kernels.cu", dir);
   write_kernels(argv[1], path);
   cpu = cpu_backend(false);
+  cuda_matmul_precision(MP_HIGHEST);   /* fp32 products, as the CPU's */
   gpu = cuda_backend(dir, true, why, sizeof why);
   unlink(path), rmdir(dir);
   if (!gpu) {
