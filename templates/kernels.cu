@@ -10,6 +10,8 @@
 typedef float real;
 typedef long long i64;
 #define NEG_INF __int_as_float(0xff800000)   // NVRTC has no math.h: -infinity by its bits
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
 
 #define GRID_LOOP(i, n) for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 #define PUT(dst, i, v, acc) ((dst)[i] = (acc) ? (dst)[i] + (real)(v) : (real)(v))
@@ -356,8 +358,10 @@ __device__ void fa_forward(real *o, real *lse, const real *q, const real *k, con
 }
 
 // The same on the tensor cores (--matmul-precision medium): q, k, v enter
-// shared memory as bf16 (q times the scale), the two products are bf16
-// mma.m16n8k16 with fp32 accumulation, softmax statistics stay fp32. A
+// shared memory as bf16 (q times the scale and log2(e), so that scores are
+// in log2 units and each exponential is one exp2f), the two products are
+// bf16 mma.m16n8k16 with fp32 accumulation, softmax statistics stay fp32
+// (the saved log-sum-exp in natural units, as the CPU's). A
 // block is 4 warps of 16 query rows; a tile is 64 keys; KP is the head dim
 // rounded up to 16, at most 128. S's accumulators become P's A fragments
 // in registers (the C and A layouts agree pairwise).
@@ -474,7 +478,7 @@ __device__ void fm_forward(real *o, real *lse, const real *q, const real *k, con
   i64 i0 = (i64)(gridDim.x - 1 - blockIdx.x) * FM_ROWS, last = (i0 + FM_ROWS < T ? i0 + FM_ROWS : T) - 1;
   i64 r0 = i0 + warp * 16 + g;   // this thread's rows: r0 and r0 + 8
   const real *kb = k + b * T * G * K + gi * K, *vb = v + b * T * G * K + gi * K;
-  fm_tile<FM_ROWS, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale);
+  fm_tile<FM_ROWS, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);   // scores in log2 units
   __syncthreads();
   unsigned qa[KP / 16][4];
   fm_frag_a<KP>(qa, sh, warp * 16);
@@ -496,18 +500,18 @@ __device__ void fm_forward(real *o, real *lse, const real *q, const real *k, con
       }
     for (int r = 0; r < 2; r++) {
       mx[r] = quad_max(mx[r]);
-      float alpha = expf(m[r] - mx[r]);
+      float alpha = exp2f(m[r] - mx[r]);
       l[r] *= alpha, m[r] = mx[r];
       for (int nt = 0; nt < KP / 8; nt++) acc[nt][2 * r] *= alpha, acc[nt][2 * r + 1] *= alpha;
     }
     for (int nt = 0; nt < FM_ROWS / 8; nt++)
-      for (int i = 0; i < 4; i++) s[nt][i] = expf(s[nt][i] - m[i >> 1]), l[i >> 1] += s[nt][i];
+      for (int i = 0; i < 4; i++) s[nt][i] = exp2f(s[nt][i] - m[i >> 1]), l[i >> 1] += s[nt][i];
     fm_mul_kn<KP, FM_ROWS / 8>(acc, s, sh + FM_ROWS);
   }
   l[0] = quad_sum(l[0]), l[1] = quad_sum(l[1]);
   fm_put<KP>(o + b * T * H * K + h * K, H * K, acc, r0, T, (int)K, 1.0f / l[0], 1.0f / l[1], 0);
-  if (t == 0 && r0 < T) lse[(b * H + h) * T + r0] = m[0] + logf(l[0]);
-  if (t == 0 && r0 + 8 < T) lse[(b * H + h) * T + r0 + 8] = m[1] + logf(l[1]);
+  if (t == 0 && r0 < T) lse[(b * H + h) * T + r0] = m[0] * LN2 + logf(l[0]);
+  if (t == 0 && r0 + 8 < T) lse[(b * H + h) * T + r0 + 8] = m[1] * LN2 + logf(l[1]);
 }
 
 // @kernel attention_bwd
@@ -566,7 +570,7 @@ __device__ void fm_backward_dq(real *dq, const real *dout, const real *q, const 
   i64 i0 = (i64)(gridDim.x - 1 - blockIdx.x) * FM_ROWS, last = (i0 + FM_ROWS < T ? i0 + FM_ROWS : T) - 1;
   i64 r0 = i0 + warp * 16 + g;
   const real *kb = k + b * T * G * K + gi * K, *vb = v + b * T * G * K + gi * K;
-  fm_tile<FM_ROWS, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale);
+  fm_tile<FM_ROWS, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);
   fm_tile<FM_ROWS, KP>(sh + FM_ROWS, dout + b * T * H * K + h * K, i0, T, H * K, (int)K, 1.0f);
   __syncthreads();
   unsigned qa[KP / 16][4], da[KP / 16][4];
@@ -576,7 +580,7 @@ __device__ void fm_backward_dq(real *dq, const real *dout, const real *q, const 
   for (int nt = 0; nt < KP / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
   for (int r = 0; r < 2; r++) {
     i64 row = r0 + r * 8;
-    li[r] = row < T ? lse[(b * H + h) * T + row] : 0, di[r] = row < T ? dd[(b * H + h) * T + row] : 0;
+    li[r] = row < T ? lse[(b * H + h) * T + row] * LOG2E : 0, di[r] = row < T ? dd[(b * H + h) * T + row] : 0;
   }
   for (i64 j0 = 0; j0 <= last; j0 += FM_ROWS) {
     __syncthreads();
@@ -591,7 +595,7 @@ __device__ void fm_backward_dq(real *dq, const real *dout, const real *q, const 
     for (int nt = 0; nt < FM_ROWS / 8; nt++)
       for (int i = 0; i < 4; i++) {
         i64 row = r0 + (i >> 1) * 8;
-        float p = j0 + nt * 8 + 2 * t + (i & 1) <= row && row < T ? expf(s[nt][i] - li[i >> 1]) : 0.0f;
+        float p = j0 + nt * 8 + 2 * t + (i & 1) <= row && row < T ? exp2f(s[nt][i] - li[i >> 1]) : 0.0f;
         s[nt][i] = p * (dp[nt][i] - di[i >> 1]);   // dS
       }
     fm_mul_kn<KP, FM_ROWS / 8>(acc, s, sh);   // dQ += dS K
@@ -622,11 +626,11 @@ __device__ void fm_backward_dkv(real *dk, real *dv, const real *dout, const real
   for (i64 h = gi * per; h < (gi + 1) * per; h++)
     for (i64 i0 = j0; i0 < T; i0 += QT) {
       __syncthreads();
-      fm_tile<QT, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale);
+      fm_tile<QT, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);
       fm_tile<QT, KP>(sh + FM_ROWS, dout + b * T * H * K + h * K, i0, T, H * K, (int)K, 1.0f);
       for (int c = threadIdx.x; c < QT; c += FA_THREADS) {
         bool ok = i0 + c < T;
-        ls[c] = ok ? lse[(b * H + h) * T + i0 + c] : 0, ds[c] = ok ? dd[(b * H + h) * T + i0 + c] : 0;
+        ls[c] = ok ? lse[(b * H + h) * T + i0 + c] * LOG2E : 0, ds[c] = ok ? dd[(b * H + h) * T + i0 + c] : 0;
       }
       __syncthreads();
       float st[QT / 8][4], dpt[QT / 8][4];   // S^T and dP^T: this warp's 16 keys x QT queries
@@ -638,13 +642,13 @@ __device__ void fm_backward_dkv(real *dk, real *dv, const real *dout, const real
         for (int i = 0; i < 4; i++) {
           int c = nt * 8 + 2 * t + (i & 1);
           i64 key = c0 + (i >> 1) * 8;
-          float p = i0 + c >= key && i0 + c < T ? expf(st[nt][i] - ls[c]) : 0.0f;
+          float p = i0 + c >= key && i0 + c < T ? exp2f(st[nt][i] - ls[c]) : 0.0f;
           st[nt][i] = p, dpt[nt][i] = p * (dpt[nt][i] - ds[c]);   // P^T, dS^T
         }
       fm_mul_kn<KP, QT / 8>(dva, st, sh + FM_ROWS);   // dV += P^T dO
-      fm_mul_kn<KP, QT / 8>(dka, dpt, sh);            // dK += dS^T (scale Q)
+      fm_mul_kn<KP, QT / 8>(dka, dpt, sh);            // dK += dS^T (scale log2(e) Q)
     }
-  if (dk) fm_put<KP>(dk + b * T * G * K + gi * K, G * K, dka, c0, T, (int)K, 1.0f, 1.0f, acck);
+  if (dk) fm_put<KP>(dk + b * T * G * K + gi * K, G * K, dka, c0, T, (int)K, LN2, LN2, acck);
   if (dv) fm_put<KP>(dv + b * T * G * K + gi * K, G * K, dva, c0, T, (int)K, 1.0f, 1.0f, accv);
 }
 
