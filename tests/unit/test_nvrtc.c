@@ -52,6 +52,41 @@ static char *slurp(const char *path) {
   return s;
 }
 
+/* ptxas's report (-v) per kernel: registers, shared memory, spills; a
+ * spill in attention or the optimizer fails (they are written to fit). */
+static bool ptxas_stats(const char *path, const char *arch, const char *log) {
+  bool ok = true;
+  for (const char *p = log; (p = strstr(p, "Compiling entry function '"));) {
+    char name[128] = "";
+    sscanf(p + 26, "%127[A-Za-z0-9_]", name);
+    const char *next = strstr(p + 1, "Compiling entry function '");
+    const char *spill = strstr(p, "bytes spill stores"), *used = strstr(p, "Used ");
+    int stores = 0, loads = 0, regs = 0, smem = 0;
+    if (spill && (!next || spill < next)) {
+      const char *line = spill;
+      while (line > p && line[-1] != '\n') line--;
+      sscanf(line, " %*d bytes stack frame, %d bytes spill stores, %d bytes spill loads", &stores, &loads);
+    }
+    if (used && (!next || used < next)) {
+      sscanf(used, "Used %d registers", &regs);
+      const char *sm = strstr(used, "bytes smem");
+      if (sm && (!next || sm < next)) {
+        const char *q = sm - 2;
+        while (q > used && q[-1] >= '0' && q[-1] <= '9') q--;
+        smem = atoi(q);
+      }
+    }
+    bool strict = !strncmp(name, "lmc_attention", 13) || !strncmp(name, "lmc_adamw", 9);
+    bool bad = strict && (stores || loads);
+    printf("  %s %s: %d registers, %d bytes smem, %d/%d bytes spilled%s\n", arch, name, regs, smem, stores, loads,
+           bad ? "  FAIL (no spills allowed)" : "");
+    ok &= !bad;
+    p += 26;
+  }
+  if (!ok) printf("FAIL %s (%s): a kernel that must not spill spills\n", path, arch);
+  return ok;
+}
+
 /* Compiles src for one architecture; checks each kernel is in the PTX. */
 static int check(const char *path, const char *src, const char *arch) {
   nvrtcProgram prog;
@@ -61,9 +96,10 @@ static int check(const char *path, const char *src, const char *arch) {
   char inc[600];
   const char *home = getenv("CUDA_HOME");
   snprintf(inc, sizeof inc, "--include-path=%s/include", home && *home ? home : "/usr/local/cuda");
-  const char *opts[] = {opt, "--std=c++17", "-default-device", inc};
+  const char *opts[] = {opt, "--std=c++17", "-default-device", inc, "--ptxas-options=-v"};
+  bool cubin = !strncmp(arch, "sm_", 3);
   if (nv.create(&prog, src, path, 0, NULL, NULL) != NVRTC_SUCCESS) return 1;
-  nvrtcResult rc = nv.compile(prog, 4, opts);
+  nvrtcResult rc = nv.compile(prog, cubin ? 5 : 4, opts);
   size_t n;
   nv.log_size(prog, &n);
   char *log = malloc(n + 1);
@@ -73,10 +109,11 @@ static int check(const char *path, const char *src, const char *arch) {
     nv.destroy(&prog);
     return 1;
   }
-  if (!strncmp(arch, "sm_", 3)) {   /* a real architecture: ptxas ran; the inline PTX assembled */
+  if (cubin) {   /* a real architecture: ptxas ran; the inline PTX assembled */
     size_t bin = 0;
     bool ok = nv.cubin_size && nv.cubin_size(prog, &bin) == NVRTC_SUCCESS && bin > 0;
     printf("%s %s (%s): %zu bytes of cubin\n", ok ? "ok  " : "FAIL", path, arch, bin);
+    ok &= ptxas_stats(path, arch, log);
     free(log);
     nv.destroy(&prog);
     return !ok;
