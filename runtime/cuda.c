@@ -702,6 +702,67 @@ static void cuda_adamw(void *w, const void *g, void *m, void *v, int64_t n, cons
   launch("lmc_adamw", grid_for(n), a);
 }
 
+/* The whole optimizer step in three launches (kernels.cu's *_multi and
+ * lmc_norm_finish) and one copy back, the norm. The tables of tensors and
+ * of blocks of OPT_CHUNK elements live in one device buffer, made again
+ * only when the parameters change. */
+enum { OPT_CHUNK = 4096 };
+
+static double cuda_optimizer(const OptParam *p, int count, const AdamArgs *a, double clip) {
+  static OptParam *have;
+  static int nhave;
+  static i64 nblocks;
+  static CUdeviceptr buf;
+  static size_t off[10];   /* T, N, BS, PER, NS, WD, IN, FIRST, BT, PART */
+  if (!have || nhave != count || memcmp(have, p, count * sizeof *p)) {
+    free(have);
+    have = rt_xmalloc(count * sizeof *p), memcpy(have, p, count * sizeof *p), nhave = count;
+    int *first = rt_xmalloc((count + 1) * sizeof *first), *in = rt_xmalloc(count * sizeof *in);
+    float *wd = rt_xmalloc(count * sizeof *wd);
+    i64 *n = rt_xmalloc(count * sizeof *n);
+    CUdeviceptr *t = rt_xmalloc(4 * count * sizeof *t);
+    nblocks = 0;
+    for (int i = 0; i < count; i++) {
+      first[i] = (int)nblocks, nblocks += (p[i].n + OPT_CHUNK - 1) / OPT_CHUNK;
+      in[i] = p[i].in_norm, wd[i] = (float)p[i].wd, n[i] = p[i].n;
+      t[4 * i] = dptr(p[i].w), t[4 * i + 1] = dptr(p[i].g), t[4 * i + 2] = dptr(p[i].m), t[4 * i + 3] = dptr(p[i].v);
+    }
+    first[count] = (int)nblocks;
+    int *bt = rt_xmalloc((nblocks + 1) * sizeof *bt);
+    i64 *bs = rt_xmalloc((nblocks + 1) * sizeof *bs);
+    for (int i = 0; i < count; i++)
+      for (int b = first[i]; b < first[i + 1]; b++) bt[b] = i, bs[b] = (i64)(b - first[i]) * OPT_CHUNK;
+    size_t sz[10] = {4 * count * 8, count * 8, nblocks * 8, count * 8, 16, count * 4, count * 4, (count + 1) * 4,
+                     nblocks * 4, nblocks * 4};
+    size_t total = 0;
+    for (int i = 0; i < 10; i++) off[i] = total, total += (sz[i] + 15) / 16 * 16;
+    if (buf) dev_free(buf);
+    buf = dev_alloc(total);
+    const void *src[8] = {t, n, bs, NULL, NULL, wd, in, first};
+    for (int i = 0; i < 8; i++)
+      if (src[i] && sz[i]) CK(cu.htod(buf + off[i], src[i], sz[i]));
+    if (nblocks) CK(cu.htod(buf + off[8], bt, nblocks * 4));
+    free(first), free(in), free(wd), free(n), free(t), free(bt), free(bs);
+  }
+  CUdeviceptr T = buf + off[0], N = buf + off[1], BS = buf + off[2], PER = buf + off[3], NS = buf + off[4],
+              WD = buf + off[5], IN = buf + off[6], FIRST = buf + off[7], BT = buf + off[8], PART = buf + off[9];
+  float fclip = (float)clip, lr = a->lr, b1 = a->beta1, b2 = a->beta2, eps = a->eps, bc1 = a->bc1, bc2 = a->bc2;
+  int cnt = count;
+  if (nblocks) {
+    void *s[] = {&PART, &T, &N, &BT, &BS};
+    CK(cu.launch(fn("lmc_sumsq_multi"), (unsigned)nblocks, 1, 1, 256, 1, 1, 0, st, s, NULL));
+  }
+  void *f[] = {&NS, &PER, &PART, &FIRST, &IN, &cnt, &fclip};
+  CK(cu.launch(fn("lmc_norm_finish"), 1, 1, 1, 256, 1, 1, 0, st, f, NULL));
+  if (nblocks) {
+    void *w[] = {&T, &N, &WD, &BT, &BS, &NS, &lr, &b1, &b2, &eps, &bc1, &bc2};
+    CK(cu.launch(fn("lmc_adamw_multi"), (unsigned)nblocks, 1, 1, 256, 1, 1, 0, st, w, NULL));
+  }
+  double ns[2];
+  CK(cu.dtoh(ns, NS, sizeof ns));
+  return ns[0];
+}
+
 /* ---- collectives and transfers: staged through host memory ---- */
 
 /* Waits for an NCCL all-reduce on the stream against the deadline of the
@@ -815,7 +876,7 @@ static Backend cuda = {
     .sumsq = cuda_sumsq, .adamw = cuda_adamw, .allreduce = cuda_allreduce, .send = cuda_send,
     .recv = cuda_recv, .wait_sends = cuda_wait_sends, .gemm_peak = cuda_gemm_peak, .sync = cuda_sync,
     .peak_bytes = cuda_peak_bytes, .graph_begin = cuda_graph_begin, .graph_end = cuda_graph_end,
-    .graph_run = cuda_graph_run, .graph_free = cuda_graph_free};
+    .graph_run = cuda_graph_run, .graph_free = cuda_graph_free, .optimizer = cuda_optimizer};
 
 void cuda_matmul_precision(int p) { precision = p; }
 void cuda_collectives(int mode) { collectives = mode; }

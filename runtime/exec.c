@@ -264,6 +264,31 @@ void rt_adamw(Run *r, double lr, double gscale) {
   }
 }
 
+/* The optimizer step in the backend (a GPU's: no host wait until the norm
+ * comes back), for a rank whose gradient norm needs no other group's: the
+ * same tensors, clipping and AdamW as grad_norm and rt_adamw. */
+static double device_optimizer(Run *r, double lr) {
+  Bundle *b = r->b;
+  Train *t = &b->train;
+  r->step++;
+  AdamArgs a = {.lr = lr, .beta1 = t->beta1, .beta2 = t->beta2, .eps = t->eps,
+                .bc1 = 1 - pow(t->beta1, (double)r->step), .bc2 = 1 - pow(t->beta2, (double)r->step)};
+  OptParam *p = rt_xmalloc((b->nparams + 1) * sizeof *p);
+  size_t e = r->be->elem;
+  int count = 0;
+  for (int i = 0; i < b->nparams; i++) {
+    RtParam *pp = &b->params[i];
+    if (pp->value < 0) continue;
+    int64_t off = b->vals[pp->value].off * e;
+    p[count++] = (OptParam){r->ptr[pp->value], (char *)r->region[R_GRAD] + off, (char *)r->adam_m + off,
+                            (char *)r->adam_v + off, pp->local, pp->decay ? t->wd : 0.0,
+                            !(pp->copy || (b->mesh[1] > 1 && pp->split < 0 && b->coord[1] != 0))};
+  }
+  double norm = r->be->optimizer(p, count, &a, t->clip);
+  free(p);
+  return norm;
+}
+
 static int slot_of(Bundle *b, const Action *a) { return (int)(a->mb % b->slots); }
 
 static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, double lr,
@@ -319,9 +344,12 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
     }
     case A_OPTIMIZER: {
       r->be->wait_sends(-1);
-      double t = rt_now(), norm = grad_norm(r, a->norm_tp, a->norm_pp), clip = b->train.clip;
-      *gnorm = norm;
-      rt_adamw(r, lr, clip > 0 && norm > clip ? clip / (norm + 1e-6) : 1.0);
+      double t = rt_now(), clip = b->train.clip, norm;
+      if (r->be->optimizer && !a->norm_tp && !a->norm_pp) *gnorm = device_optimizer(r, lr);
+      else {
+        norm = grad_norm(r, a->norm_tp, a->norm_pp), *gnorm = norm;
+        rt_adamw(r, lr, clip > 0 && norm > clip ? clip / (norm + 1e-6) : 1.0);
+      }
       if (r->op_time && r->be->sync) r->be->sync();
       if (r->op_time) r->op_time[NUM_OPS] += rt_now() - t;
       trace(r, "optimizer", "optimizer", 0, t, "");

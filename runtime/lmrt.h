@@ -142,6 +142,13 @@ typedef struct AdamArgs {
   double lr, beta1, beta2, eps, wd, bc1, bc2, gscale;
 } AdamArgs;
 
+typedef struct OptParam {     /* one parameter, for Backend.optimizer */
+  void *w, *g, *m, *v;
+  int64_t n;
+  double wd;                  /* its weight decay */
+  bool in_norm;               /* counts in the gradient norm */
+} OptParam;
+
 typedef struct Backend {
   const char *name;
   int elem;                              /* bytes per real */
@@ -167,6 +174,10 @@ typedef struct Backend {
   void *(*graph_end)(void);
   void (*graph_run)(void *graph);
   void (*graph_free)(void *graph);
+  /* optional: a whole optimizer step on the device, gradient norm (of the
+   * in_norm tensors), clipping to clip (0: none) and AdamW of every
+   * tensor; a->gscale and a->wd are ignored. Returns the norm. */
+  double (*optimizer)(const OptParam *p, int count, const AdamArgs *a, double clip);
 } Backend;
 
 /* ---- ltplan.c ---- */

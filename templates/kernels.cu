@@ -859,12 +859,57 @@ extern "C" __global__ void lmc_sum_rows(real *out, const real *rows, i64 n, floa
 
 // AdamW: decoupled decay, then the bias-corrected update, on gradients
 // scaled by gscale (clipping)
+__device__ __forceinline__ void adamw1(real *w, const real *g, real *m, real *v, i64 i, float lr, float b1, float b2,
+                                       float eps, float wd, float bc1, float bc2, float gscale) {
+  float gi = g[i] * gscale;
+  m[i] = b1 * m[i] + (1.0f - b1) * gi;
+  v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+  w[i] = w[i] * (1.0f - lr * wd) - lr / bc1 * m[i] / (sqrtf(v[i] / bc2) + eps);
+}
+
 extern "C" __global__ void lmc_adamw(real *w, const real *g, real *m, real *v, i64 n, float lr, float b1, float b2,
                                      float eps, float wd, float bc1, float bc2, float gscale) {
-  GRID_LOOP(i, n) {
-    float gi = g[i] * gscale;
-    m[i] = b1 * m[i] + (1.0f - b1) * gi;
-    v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
-    w[i] = w[i] * (1.0f - lr * wd) - lr / bc1 * m[i] / (sqrtf(v[i] / bc2) + eps);
+  GRID_LOOP(i, n) adamw1(w, g, m, v, i, lr, b1, b2, eps, wd, bc1, bc2, gscale);
+}
+
+// The whole step over every parameter in three launches, no host wait:
+// a table of the tensors (T[t] = w, g, m, v; N[t] elements; WD[t] weight
+// decay; in norm or not) and of blocks (tensor BT[b], first element BS[b],
+// OPT_CHUNK elements each).
+#define OPT_CHUNK 4096
+extern "C" __global__ void lmc_sumsq_multi(float *part, real *const *T, const i64 *N, const int *BT, const i64 *BS) {
+  int t = BT[blockIdx.x];
+  const real *g = T[4 * t + 1];
+  i64 end = BS[blockIdx.x] + OPT_CHUNK < N[t] ? BS[blockIdx.x] + OPT_CHUNK : N[t];
+  float s = 0;
+  for (i64 i = BS[blockIdx.x] + threadIdx.x; i < end; i += blockDim.x) s += g[i] * g[i];
+  s = block_sum(s);
+  if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+// out[0] = the gradient norm over the tensors in the norm (each tensor's
+// blocks added in order in double by one thread, then the tensors in
+// order), out[1] = the clipping scale: clip / (norm + 1e-6) past clip
+extern "C" __global__ void lmc_norm_finish(double *out, double *per, const float *part, const int *first, const int *in,
+                                           int count, float clip) {
+  for (int t = threadIdx.x; t < count; t += blockDim.x) {
+    double s = 0;
+    for (int b = first[t]; b < first[t + 1]; b++) s += part[b];
+    per[t] = in[t] ? s : 0.0;
   }
+  __syncthreads();
+  if (threadIdx.x) return;
+  double s = 0;
+  for (int t = 0; t < count; t++) s += per[t];
+  out[0] = sqrt(s), out[1] = clip > 0 && out[0] > clip ? clip / (out[0] + 1e-6) : 1.0;
+}
+
+extern "C" __global__ void lmc_adamw_multi(real *const *T, const i64 *N, const float *WD, const int *BT, const i64 *BS,
+                                           const double *ns, float lr, float b1, float b2, float eps, float bc1,
+                                           float bc2) {
+  int t = BT[blockIdx.x];
+  i64 end = BS[blockIdx.x] + OPT_CHUNK < N[t] ? BS[blockIdx.x] + OPT_CHUNK : N[t];
+  float gscale = (float)ns[1];
+  for (i64 i = BS[blockIdx.x] + threadIdx.x; i < end; i += blockDim.x)
+    adamw1(T[4 * t], T[4 * t + 1], T[4 * t + 2], T[4 * t + 3], i, lr, b1, b2, eps, WD[t], bc1, bc2, gscale);
 }

@@ -170,6 +170,53 @@ static void write_kernels(const char *template, const char *path) {
   if (fclose(out)) rt_die("cannot write %s", path);
 }
 
+/* The CUDA backend's whole optimizer step (three launches) against the
+ * CPU's sumsq and AdamW: three tensors across block boundaries, the second
+ * outside the norm and without decay, clipping in force. */
+static void optimizer_step(void) {
+  enum { NT = 3 };
+  int64_t n[NT] = {5000, 4096, 13};
+  void *p[2][NT][4];
+  double *h = malloc(5000 * sizeof *h), norm[2];
+  Backend *bs[2] = {cpu, gpu};
+  AdamArgs a = {3e-3, 0.9, 0.95, 1e-8, 0, 0.19, 0.0975, 1};
+  for (int b = 0; b < 2; b++) {
+    for (int t = 0; t < NT; t++)
+      for (int k = 0; k < 4; k++) {
+        for (int64_t j = 0; j < n[t]; j++) h[j] = k == 3 ? fabs(rng_normal(60 + 4 * t + k, j)) : rng_normal(60 + 4 * t + k, j);
+        p[b][t][k] = bs[b]->alloc(n[t] * 4);
+        bs[b]->upload(p[b][t][k], h, n[t]);
+      }
+  }
+  const void *g[2] = {p[0][0][1], p[0][2][1]};
+  int64_t gn[2] = {n[0], n[2]};
+  norm[0] = sqrt(cpu->sumsq(g, gn, 2));
+  double clip = norm[0] / 2;   /* clipped: scale about 1/2 */
+  for (int t = 0; t < NT; t++) {
+    AdamArgs at = a;
+    at.wd = t == 1 ? 0 : 0.1, at.gscale = clip / (norm[0] + 1e-6);
+    cpu->adamw(p[0][t][0], p[0][t][1], p[0][t][2], p[0][t][3], n[t], &at);
+  }
+  OptParam op[NT];
+  for (int t = 0; t < NT; t++)
+    op[t] = (OptParam){p[1][t][0], p[1][t][1], p[1][t][2], p[1][t][3], n[t], t == 1 ? 0 : 0.1, t != 1};
+  norm[1] = gpu->optimizer(op, NT, &a, clip);
+  double worst = fabs(norm[1] - norm[0]) / norm[0], *want = malloc(5000 * sizeof *want);
+  for (int t = 0; t < NT; t++)
+    for (int k = 0; k < 4; k += (k == 0 ? 2 : 1)) {
+      cpu->download(want, p[0][t][k], n[t]), gpu->download(h, p[1][t][k], n[t]);
+      for (int64_t j = 0; j < n[t]; j++) worst = fmax(worst, fabs(h[j] - want[j]) / fmax(fabs(want[j]), 1e-3));
+    }
+  bool ok = worst < 1e-5;
+  printf("%-34s norm %.6g vs %.6g, worst error %.2e  %s\n", "optimizer step (3 tensors, clipped)", norm[1], norm[0], worst,
+         ok ? "ok" : "FAIL");
+  failures += !ok, ran++;
+  for (int b = 0; b < 2; b++)
+    for (int t = 0; t < NT; t++)
+      for (int k = 0; k < 4; k++) bs[b]->release(p[b][t][k]);
+  free(h), free(want);
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) rt_die("usage: test_emu_ops KERNELS.CU");
   char dir[] = "/tmp/lmc-emu-ops-XXXXXX", path[64], why[256];
@@ -324,6 +371,7 @@ int main(int argc, char **argv) {
     check(c, true);
   }
   optimizer(70001);
+  optimizer_step();
   printf("%d passed, %d failed\n", ran - failures, failures);
   return failures ? 1 : 0;
 }
