@@ -26,8 +26,9 @@ static void usage(int code) {
           "  --out DIR             where metrics.jsonl and ckpt/ go (default: BUNDLE)\n"
           "  --seed N  --lr X      override the spec's seed / peak learning rate\n"
           "  --f64                 run in double precision\n"
-          "  --backend NAME        cpu (default), cuda, auto (cuda when a GPU is usable), or\n"
-          "                        cuda-emu (the CUDA backend on the emulated CUDA platform)\n"
+          "  --backend NAME        auto (default: cuda when a GPU is usable, else cpu, said\n"
+          "                        once), cpu, cuda, or cuda-emu (the CUDA backend on the\n"
+          "                        emulated CUDA platform)\n"
           "  --matmul-precision P  CUDA backends, as PyTorch's float32 matmul precision:\n"
           "                        medium (default; GEMMs and attention in bf16 on the\n"
           "                        tensor cores), high (GEMMs in tf32), highest (fp32\n"
@@ -108,7 +109,7 @@ static Backend *pick_backend(const char *name, const char *dir, bool f64, bool q
   Backend *be = cuda_backend(dir, emu, why, sizeof why);
   if (be) return be;
   if (strcmp(name, "auto")) rt_die("the CUDA backend is not available: %s", why);
-  if (!quiet) fprintf(stderr, "lmrun: %s; using the CPU backend\n", why);
+  if (!quiet && comm_rank() == 0) fprintf(stderr, "lmrun: %s; using the CPU backend\n", why);
   return cpu_backend(false);
 }
 
@@ -162,7 +163,7 @@ int main(int argc, char **argv) {
   comm_init(&argc, &argv);
   if (argc < 2) usage(1);
   if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help")) usage(0);
-  const char *dir = argv[1], *backend = "cpu";
+  const char *dir = argv[1], *backend = "auto";
   TrainOpts o = {.log_interval = 10, .seed = -1, .eval_interval = -1, .eval_batches = -1, .save_interval = -1,
                  .trace_steps = 3};
   bool f64 = false, graphs = true;
