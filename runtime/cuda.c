@@ -708,13 +708,21 @@ static void cuda_adamw(void *w, const void *g, void *m, void *v, int64_t n, cons
  * only when the parameters change. */
 enum { OPT_CHUNK = 4096 };
 
+static bool same_params(const OptParam *x, const OptParam *y, int count) {   /* field by field: not the padding */
+  for (int i = 0; i < count; i++)
+    if (x[i].w != y[i].w || x[i].g != y[i].g || x[i].m != y[i].m || x[i].v != y[i].v || x[i].n != y[i].n ||
+        x[i].wd != y[i].wd || x[i].in_norm != y[i].in_norm)
+      return false;
+  return true;
+}
+
 static double cuda_optimizer(const OptParam *p, int count, const AdamArgs *a, double clip) {
   static OptParam *have;
   static int nhave;
   static i64 nblocks;
   static CUdeviceptr buf;
   static size_t off[10];   /* T, N, BS, PER, NS, WD, IN, FIRST, BT, PART */
-  if (!have || nhave != count || memcmp(have, p, count * sizeof *p)) {
+  if (!have || nhave != count || !same_params(have, p, count)) {
     free(have);
     have = rt_xmalloc(count * sizeof *p), memcpy(have, p, count * sizeof *p), nhave = count;
     int *first = rt_xmalloc((count + 1) * sizeof *first), *in = rt_xmalloc(count * sizeof *in);
