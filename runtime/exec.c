@@ -222,10 +222,15 @@ double rt_loss(Run *r) {
   return l;
 }
 
+/* Whether a parameter of this rank counts in the gradient norm: one that
+ * every tp rank holds whole counts once (on tp rank 0); one that several
+ * stages hold, once (on the first). */
+static bool in_norm(const Bundle *b, const RtParam *pp) {
+  return !(pp->copy || (b->mesh[1] > 1 && pp->split < 0 && b->coord[1] != 0));
+}
+
 /* The global gradient norm: this rank's parameters, summed over the
- * groups that split the model. A parameter that every tp rank holds whole
- * counts once (on tp rank 0); one that several stages hold, once (on the
- * first). */
+ * groups that split the model. */
 static double grad_norm(Run *r, bool over_tp, bool over_pp) {
   Bundle *b = r->b;
   const void **x = rt_xmalloc((b->nparams + 1) * sizeof *x);
@@ -233,7 +238,7 @@ static double grad_norm(Run *r, bool over_tp, bool over_pp) {
   int count = 0;
   for (int p = 0; p < b->nparams; p++) {
     RtParam *pp = &b->params[p];
-    if (pp->value < 0 || pp->copy || (b->mesh[1] > 1 && pp->split < 0 && b->coord[1] != 0)) continue;
+    if (pp->value < 0 || !in_norm(b, pp)) continue;
     x[count] = (char *)r->region[R_GRAD] + b->vals[pp->value].off * r->be->elem, n[count++] = pp->local;
   }
   double ss = r->be->sumsq(x, n, count);   /* one wait for a GPU */
@@ -245,13 +250,19 @@ static double grad_norm(Run *r, bool over_tp, bool over_pp) {
 
 double rt_grad_norm(Run *r) { return grad_norm(r, false, false); }
 
+/* The next optimizer step's arguments (the step counted). */
+static AdamArgs next_step(Run *r, double lr, double gscale) {
+  Train *t = &r->b->train;
+  r->step++;
+  return (AdamArgs){.lr = lr, .beta1 = t->beta1, .beta2 = t->beta2, .eps = t->eps,
+                    .bc1 = 1 - pow(t->beta1, (double)r->step), .bc2 = 1 - pow(t->beta2, (double)r->step),
+                    .gscale = gscale};
+}
+
 void rt_adamw(Run *r, double lr, double gscale) {
   Bundle *b = r->b;
   Train *t = &b->train;
-  r->step++;
-  AdamArgs a = {.lr = lr, .beta1 = t->beta1, .beta2 = t->beta2, .eps = t->eps,
-                .bc1 = 1 - pow(t->beta1, (double)r->step),
-                .bc2 = 1 - pow(t->beta2, (double)r->step), .gscale = gscale};
+  AdamArgs a = next_step(r, lr, gscale);
   size_t e = r->be->elem;
   for (int p = 0; p < b->nparams; p++) {
     RtParam *pp = &b->params[p];
@@ -270,9 +281,7 @@ void rt_adamw(Run *r, double lr, double gscale) {
 static double device_optimizer(Run *r, double lr) {
   Bundle *b = r->b;
   Train *t = &b->train;
-  r->step++;
-  AdamArgs a = {.lr = lr, .beta1 = t->beta1, .beta2 = t->beta2, .eps = t->eps,
-                .bc1 = 1 - pow(t->beta1, (double)r->step), .bc2 = 1 - pow(t->beta2, (double)r->step)};
+  AdamArgs a = next_step(r, lr, 1.0);
   OptParam *p = rt_xmalloc((b->nparams + 1) * sizeof *p);
   size_t e = r->be->elem;
   int count = 0;
@@ -281,8 +290,7 @@ static double device_optimizer(Run *r, double lr) {
     if (pp->value < 0) continue;
     int64_t off = b->vals[pp->value].off * e;
     p[count++] = (OptParam){r->ptr[pp->value], (char *)r->region[R_GRAD] + off, (char *)r->adam_m + off,
-                            (char *)r->adam_v + off, pp->local, pp->decay ? t->wd : 0.0,
-                            !(pp->copy || (b->mesh[1] > 1 && pp->split < 0 && b->coord[1] != 0))};
+                            (char *)r->adam_v + off, pp->local, pp->decay ? t->wd : 0.0, in_norm(b, pp)};
   }
   double norm = r->be->optimizer(p, count, &a, t->clip);
   free(p);
