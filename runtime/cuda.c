@@ -257,9 +257,13 @@ static unsigned grid_for(int64_t n) {
   return (unsigned)(g < 1 ? 1 : g > 8192 ? 8192 : g);
 }
 
-static void launch(const char *name, unsigned grid, void **args) {
-  CK(cu.launch(fn(name), grid, 1, 1, 256, 1, 1, 0, st, args, NULL));
+/* Every launch goes to the backend's stream: a grid of gx x gy x gz blocks,
+ * or (launch) gx blocks of 256 threads, one a row for row-wise kernels. */
+static void launch_grid(const char *name, unsigned gx, unsigned gy, unsigned gz, unsigned threads, void **args) {
+  CK(cu.launch(fn(name), gx, gy, gz, threads, 1, 1, 0, st, args, NULL));
 }
+
+static void launch(const char *name, unsigned grid, void **args) { launch_grid(name, grid, 1, 1, 256, args); }
 
 /* ---- memory ---- */
 
@@ -321,10 +325,21 @@ static void cuda_download(double *dst, const void *src, int64_t n) {
 
 static void cuda_zero(void *p, int64_t n) { CK(cu.memset8_async(dptr(p), 0, n * sizeof(float), st)); }
 
-/* Token ids, and beside them on the device their positions sorted by id
- * (stable): the embedding's backward sums each id's run of tokens in one
- * block instead of one thread a column walking all tokens. */
-static struct Sorted { CUdeviceptr ids, order; int64_t n, cap; } sorted[8];
+/* The token ids an embedding's backward reads get, beside them on the
+ * device, their positions sorted by id (stable), made on the host at each
+ * upload: the backward sums each id's run of tokens in one block instead
+ * of one thread a column walking all tokens. The backward asks for a
+ * buffer the first time it meets it (running the plain kernel that once),
+ * so other ids, the targets, are never sorted. */
+typedef struct Sorted { CUdeviceptr ids, order; int64_t n; } Sorted;
+static Sorted *sorted;
+static int nsorted;
+
+static Sorted *sorted_of(CUdeviceptr ids) {
+  for (int i = 0; i < nsorted; i++)
+    if (sorted[i].ids == ids) return &sorted[i];
+  return NULL;
+}
 
 static int by_id(const void *a, const void *b) {
   const int32_t *x = a, *y = b;
@@ -333,34 +348,33 @@ static int by_id(const void *a, const void *b) {
 
 static void cuda_upload_ids(void *dst, const int32_t *src, int64_t n) {
   CK(cu.htod(dptr(dst), src, n * sizeof(int32_t)));
-  struct Sorted *s = NULL;
-  for (int i = 0; i < 8 && !s; i++)
-    if (sorted[i].ids == dptr(dst) || !sorted[i].ids) s = &sorted[i];
+  Sorted *s = sorted_of(dptr(dst));
   if (!s || n <= 0) return;
   int32_t *pair = rt_xmalloc(2 * n * sizeof *pair), *order = rt_xmalloc(n * sizeof *order);
   for (int64_t i = 0; i < n; i++) pair[2 * i] = src[i], pair[2 * i + 1] = (int32_t)i;
   qsort(pair, n, 2 * sizeof *pair, by_id);
   for (int64_t i = 0; i < n; i++) order[i] = pair[2 * i + 1];
-  if (s->cap < n) {
+  if (s->n != n) {
     if (s->order) dev_free(s->order);
-    s->order = dev_alloc(n * sizeof *order), s->cap = n;
+    s->order = dev_alloc(n * sizeof *order), s->n = n;
   }
-  s->ids = dptr(dst), s->n = n;
   CK(cu.htod(s->order, order, n * sizeof *order));
   free(pair), free(order);
 }
 
 static void forget_sorted(CUdeviceptr ids) {
-  for (int i = 0; i < 8; i++)
-    if (sorted[i].ids == ids) {
-      if (sorted[i].order) dev_free(sorted[i].order);
-      sorted[i] = (struct Sorted){0, 0, 0, 0};
-    }
+  Sorted *s = sorted_of(ids);
+  if (!s) return;
+  if (s->order) dev_free(s->order);
+  *s = sorted[--nsorted];
 }
 
+/* The sorted positions of n ids, or 0 (then the next upload makes them). */
 static CUdeviceptr sorted_order(CUdeviceptr ids, int64_t n) {
-  for (int i = 0; i < 8; i++)
-    if (sorted[i].ids == ids && sorted[i].n == n) return sorted[i].order;
+  Sorted *s = sorted_of(ids);
+  if (s) return s->n == n ? s->order : 0;
+  if (!(sorted = realloc(sorted, (nsorted + 1) * sizeof *sorted))) rt_die("out of memory");
+  sorted[nsorted++] = (Sorted){ids, 0, 0};
   return 0;
 }
 
@@ -400,10 +414,6 @@ static void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
 
 typedef long long i64;
 
-static void k_rows(const char *name, i64 rows, void **args) {
-  CK(cu.launch(fn(name), (unsigned)rows, 1, 1, 256, 1, 1, 0, st, args, NULL));
-}
-
 /* Flash attention (templates/kernels.cu): the kernels lmc specialised to
  * the head dim, FA_THREADS threads a block, P threads a query row by the
  * rule of compiler/kernels.c. */
@@ -414,10 +424,6 @@ static int fa_rows(const RtInst *x) {
   int p = 1;
   while ((x->k + p - 1) / p > 32) p *= 2;
   return FA_THREADS / p;
-}
-
-static void launch3(const char *name, unsigned gx, unsigned gy, unsigned gz, unsigned threads, void **args) {
-  CK(cu.launch(fn(name), gx, gy, gz, threads, 1, 1, 0, st, args, NULL));
 }
 
 /* At --matmul-precision medium, head dims up to 128 run on the tensor
@@ -431,7 +437,7 @@ static void op_attention(const RtInst *x, void **o, void **in) {
   void *a[] = {&O, &L, &Q, &Kp, &V, &T, &H, &G, &K, &scale};
   char name[64];
   snprintf(name, sizeof name, "lmc_attention_%sk%lld", fa_mma(x) ? "mma_" : "", K);
-  launch3(name, (unsigned)((T + R - 1) / R), (unsigned)H, (unsigned)x->b, FA_THREADS, a);
+  launch_grid(name, (unsigned)((T + R - 1) / R), (unsigned)H, (unsigned)x->b, FA_THREADS, a);
 }
 
 /* in: dout, q, k, v, lse, o */
@@ -451,12 +457,12 @@ static void op_attention_bwd(const RtInst *x, void **o, void **in) {
   if (o[0]) {
     void *q[] = {&dQ, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc0};
     snprintf(name, sizeof name, "lmc_attention_bwd_%sdq_k%lld", kind, K);
-    launch3(name, blocks, (unsigned)H, (unsigned)B, FA_THREADS, q);
+    launch_grid(name, blocks, (unsigned)H, (unsigned)B, FA_THREADS, q);
   }
   if (o[1] || o[2]) {
     void *kv[] = {&dK, &dV, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc1, &acc2};
     snprintf(name, sizeof name, "lmc_attention_bwd_%sdkv_k%lld", kind, K);
-    launch3(name, blocks, (unsigned)G, (unsigned)B, FA_THREADS, kv);
+    launch_grid(name, blocks, (unsigned)G, (unsigned)B, FA_THREADS, kv);
   }
 }
 
@@ -477,7 +483,7 @@ static Cols col_plan(i64 n, i64 d, int sums) {
 }
 
 static void col_pass(const char *name, const Cols *c, i64 d, void **args) {
-  CK(cu.launch(fn(name), (unsigned)((d + 31) / 32), (unsigned)c->chunks, 1, 256, 1, 1, 0, st, args, NULL));
+  launch_grid(name, (unsigned)((d + 31) / 32), (unsigned)c->chunks, 1, 256, args);
 }
 
 static void col_finish(const Cols *c, i64 d, int s, void *out, int acc) {
@@ -492,7 +498,7 @@ static void col_finish(const Cols *c, i64 d, int s, void *out, int acc) {
 static void sum_rows(CUdeviceptr rows, i64 n, void *loss, float scale, int acc) {
   CUdeviceptr l = dptr(loss);
   void *a[] = {&l, &rows, &n, &scale, &acc};
-  CK(cu.launch(fn("lmc_sum_rows"), 1, 1, 1, 256, 1, 1, 0, st, a, NULL));
+  launch("lmc_sum_rows", 1, a);
 }
 
 /* The fused LM head: logits a chunk of rows at a time in a scratch buffer
@@ -515,7 +521,7 @@ static void op_head_xent(const RtInst *x, void **o, void **in) {
     gemm(false, x->tb, c, n, k, 1, dptr(in[0]) + r0 * k * 4, k, dptr(in[1]), x->tb ? k : n, 0, l, n);
     CUdeviceptr rl = rows + r0 * 4, lse = dptr(o[1]) + r0 * 4, y = dptr(in[2]) + r0 * 4;
     void *a[] = {&rl, &lse, &l, &y, &c, &n};
-    k_rows("lmc_head_rows", c, a);
+    launch("lmc_head_rows", (unsigned)c, a);
   }
   sum_rows(rows, x->m, o[0], (float)x->scale, x->acc[0]);
 }
@@ -560,16 +566,16 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
     CUdeviceptr order = sorted_order(I[1], n);
     if (order) {
       void *a[] = {&O[0], &I[0], &I[1], &order, &n, &d, &v, &v0};
-      CK(cu.launch(fn("lmc_embed_bwd_sorted"), (unsigned)n, 1, 1, 256, 1, 1, 0, st, a, NULL));
+      launch("lmc_embed_bwd_sorted", (unsigned)n, a);
       return;
     }
     void *a[] = {&O[0], &I[0], &I[1], &n, &d, &v, &v0};
     launch("lmc_embed_bwd", grid_for(d), a);
     return;
   }
-  case OP_RMSNORM: { void *a[] = {&O[0], &O[1], &I[0], &I[1], &n, &d, &eps}; k_rows("lmc_rmsnorm", n, a); return; }
+  case OP_RMSNORM: { void *a[] = {&O[0], &O[1], &I[0], &I[1], &n, &d, &eps}; launch("lmc_rmsnorm", (unsigned)n, a); return; }
   case OP_RMSNORM_BWD: {
-    if (o[0]) { void *a[] = {&O[0], &I[0], &I[1], &I[2], &I[3], &n, &d, &acc0}; k_rows("lmc_rmsnorm_bwd", n, a); }
+    if (o[0]) { void *a[] = {&O[0], &I[0], &I[1], &I[2], &I[3], &n, &d, &acc0}; launch("lmc_rmsnorm_bwd", (unsigned)n, a); }
     if (o[1]) {
       Cols c = col_plan(n, d, 1);
       void *a[] = {&c.part, &I[0], &I[1], &I[3], &n, &d, &c.per};
@@ -580,11 +586,11 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
   }
   case OP_LAYERNORM: {
     void *a[] = {&O[0], &O[1], &O[2], &I[0], &I[1], &I[2], &n, &d, &eps};
-    k_rows("lmc_layernorm", n, a);
+    launch("lmc_layernorm", (unsigned)n, a);
     return;
   }
   case OP_LAYERNORM_BWD: {
-    if (o[0]) { void *a[] = {&O[0], &I[0], &I[1], &I[2], &I[3], &I[4], &n, &d, &acc0}; k_rows("lmc_layernorm_bwd", n, a); }
+    if (o[0]) { void *a[] = {&O[0], &I[0], &I[1], &I[2], &I[3], &I[4], &n, &d, &acc0}; launch("lmc_layernorm_bwd", (unsigned)n, a); }
     if (o[1] || o[2]) {
       Cols c = col_plan(n, d, 2);
       void *a[] = {&c.part, &I[0], &I[1], &I[3], &I[4], &n, &d, &c.per};
@@ -635,19 +641,19 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
   case OP_XENT: {
     CUdeviceptr rows = scratch(&scratch_rows, &scratch_rows_n, n);
     void *a[] = {&rows, &I[0], &I[1], &n, &v};
-    k_rows("lmc_xent", n, a);
+    launch("lmc_xent", (unsigned)n, a);
     sum_rows(rows, n, o[0], scale, acc0);
     return;
   }
   case OP_XENT_BWD: {
     void *a[] = {&O[0], &I[0], &I[1], &n, &v, &scale, &acc0};
-    k_rows("lmc_xent_bwd", n, a);
+    launch("lmc_xent_bwd", (unsigned)n, a);
     return;
   }
-  case OP_XENT_MAX: { void *a[] = {&O[0], &I[0], &n, &v}; k_rows("lmc_xent_max", n, a); return; }
+  case OP_XENT_MAX: { void *a[] = {&O[0], &I[0], &n, &v}; launch("lmc_xent_max", (unsigned)n, a); return; }
   case OP_XENT_STATS: {
     void *a[] = {&O[0], &O[1], &I[0], &I[1], &I[2], &n, &v, &v0};
-    k_rows("lmc_xent_stats", n, a);
+    launch("lmc_xent_stats", (unsigned)n, a);
     return;
   }
   case OP_XENT_LOSS: {
@@ -678,7 +684,7 @@ static double cuda_sumsq(const void *const *x, const int64_t *n, int count) {
     i64 nn = n[t];
     blocks[t] = grid_for(nn) < BLOCKS ? grid_for(nn) : BLOCKS;
     void *a[] = {&p, &xp, &nn};
-    CK(cu.launch(fn("lmc_sumsq"), blocks[t], 1, 1, 256, 1, 1, 0, st, a, NULL));
+    launch("lmc_sumsq", blocks[t], a);
     total += blocks[t];
   }
   float *h = rt_xmalloc((total + 1) * sizeof *h);
@@ -758,13 +764,13 @@ static double cuda_optimizer(const OptParam *p, int count, const AdamArgs *a, do
   int cnt = count;
   if (nblocks) {
     void *s[] = {&PART, &T, &N, &BT, &BS};
-    CK(cu.launch(fn("lmc_sumsq_multi"), (unsigned)nblocks, 1, 1, 256, 1, 1, 0, st, s, NULL));
+    launch("lmc_sumsq_multi", (unsigned)nblocks, s);
   }
   void *f[] = {&NS, &PER, &PART, &FIRST, &IN, &cnt, &fclip};
-  CK(cu.launch(fn("lmc_norm_finish"), 1, 1, 1, 256, 1, 1, 0, st, f, NULL));
+  launch("lmc_norm_finish", 1, f);
   if (nblocks) {
     void *w[] = {&T, &N, &WD, &BT, &BS, &NS, &lr, &b1, &b2, &eps, &bc1, &bc2};
-    CK(cu.launch(fn("lmc_adamw_multi"), (unsigned)nblocks, 1, 1, 256, 1, 1, 0, st, w, NULL));
+    launch("lmc_adamw_multi", (unsigned)nblocks, w);
   }
   double ns[2];
   CK(cu.dtoh(ns, NS, sizeof ns));
