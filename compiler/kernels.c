@@ -1,13 +1,14 @@
 /* kernels.c: the CUDA kernels of a bundle. In: the graph (which ops the
  * programs of all ranks use). Out: kernels.cu, the prelude of
  * templates/kernels.cu and, in template order, each section ("// @kernel
- * NAME") whose op the model uses, plus the optimizer's. The CUDA runtime
+ * NAME") whose op the model uses, plus the optimizer's, with
+ * templates/tensor_cores.cuh written where the prelude includes it. The CUDA runtime
  * compiles it with NVRTC; the tests compile it the same way on machines
  * without a GPU. */
 #include "lmc.h"
 #include <string.h>
 
-extern const char tpl_kernels[];
+extern const char tpl_kernels[], tpl_tensor_cores[];
 
 /* The template section an op's kernels live in. */
 static const char *section_of(int op) {
@@ -110,7 +111,8 @@ void kernels_emit(FILE *out, Graph *g) {
       keep = used(g, name);
       if (keep) fprintf(out, "\n");
     }
-    if (keep) fwrite(p, 1, n, out);
+    if (keep && !strncmp(p, "// @include tensor_cores.cuh", 28)) fputs(tpl_tensor_cores, out);   /* the one file it names */
+    else if (keep) fwrite(p, 1, n, out);
     p += n;
   }
   attention_kernels(out, g);

@@ -53,26 +53,9 @@ __device__ float block_max(float v) {
 // row g cols 2t..2t+1, a1 row g+8, a2 cols 2t+8.., a3 both; B (16x8) b0
 // rows 2t..2t+1 col g, b1 rows 2t+8..; C (16x8) c0..c1 row g cols 2t..2t+1,
 // c2..c3 row g+8. A 32-bit register holds two bf16, the lower-indexed in
-// its low half. The emulated platform supplies the same four wrappers.
-#ifndef LMC_CUDA_EMU
-__device__ __forceinline__ void lmc_mma_bf16_16816(float d[4], const unsigned a[4], const unsigned b[2],
-                                                   const float c[4]) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-               "{%10,%11,%12,%13};\n"
-               : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
-                 "f"(c[2]), "f"(c[3]));
-}
-__device__ __forceinline__ unsigned lmc_smem(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ void lmc_ldmatrix_x4(unsigned r[4], const void *p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(lmc_smem(p)));
-}
-__device__ __forceinline__ void lmc_ldmatrix_x4_trans(unsigned r[4], const void *p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(lmc_smem(p)));
-}
-#endif
+// its low half. The wrappers are inline PTX in tensor_cores.cuh, written
+// in here by lmc; the emulated platform supplies the same names.
+// @include tensor_cores.cuh
 
 // f32 to bf16 bits, to nearest even (NaN stays a NaN)
 __device__ __forceinline__ unsigned bf16_bits(float x) {

@@ -8,5 +8,5 @@ BIN=$1 SRC=$2
 . "$SRC/tests/e2e/common.sh"
 for m in tiny gpt2-124m llama-large; do "$LMC" "$SRC/models/$m.lm" -q -o "$WORK/$m"; done
 "$LMC" "$SRC/models/tiny.lm" -q -o "$WORK/tiny-tp2" --set tp=2
-"$BIN/tests/test_nvrtc" "$WORK/tiny/kernels.cu" "$WORK/gpt2-124m/kernels.cu" "$WORK/llama-large/kernels.cu" \
+"$BIN/tests/test_nvrtc" -I "$SRC/templates" "$WORK/tiny/kernels.cu" "$WORK/gpt2-124m/kernels.cu" "$WORK/llama-large/kernels.cu" \
   "$WORK/tiny-tp2/kernels.cu" "$SRC/tests/emu/kernels.cu"

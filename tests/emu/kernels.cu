@@ -7,25 +7,7 @@
 #include <cuda_fp16.h>
 typedef long long i64;
 
-#ifndef LMC_CUDA_EMU
-// On a GPU the matrix wrappers are inline PTX (the emulator supplies its own)
-__device__ __forceinline__ void lmc_mma_bf16_16816(float d[4], const unsigned a[4], const unsigned b[2],
-                                                   const float c[4]) {
-  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-               "{%10,%11,%12,%13};\n"
-               : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
-                 "f"(c[2]), "f"(c[3]));
-}
-__device__ __forceinline__ unsigned lmc_smem(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ void lmc_ldmatrix_x4(unsigned r[4], const void *p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(lmc_smem(p)));
-}
-__device__ __forceinline__ void lmc_ldmatrix_x2_trans(unsigned r[2], const void *p) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(lmc_smem(p)));
-}
-#endif
+#include "tensor_cores.cuh"   // templates/: the matrix wrappers the kernels use (inline PTX on a GPU)
 
 // out[lane] for each shuffle kind over one warp, x = lane * 10
 extern "C" __global__ void shuffles(int *out) {

@@ -92,12 +92,16 @@ static void compile(const char *path) {
   F(cuDeviceGet)(&dev, 0);
   F(cuDeviceGetAttribute)(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev);
   F(cuDeviceGetAttribute)(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev);
-  char arch[64], inc[600];
+  char arch[64], inc[600], tpl[1200], *dir = realpath(path, NULL);
   snprintf(arch, sizeof arch, "--gpu-architecture=sm_%d%d", major, minor);
   snprintf(inc, sizeof inc, "--include-path=%s/include", getenv("CUDA_HOME") ? getenv("CUDA_HOME") : "/usr/local/cuda");
-  const char *opts[] = {arch, "--std=c++17", "-default-device", inc};
+  if (!dir) printf("FAIL: cannot resolve %s\n", path), exit(1);
+  *strrchr(dir, '/') = 0;   /* tests/emu, whose ../../templates has tensor_cores.cuh */
+  snprintf(tpl, sizeof tpl, "--include-path=%s/../../templates", dir);
+  free(dir);
+  const char *opts[] = {arch, "--std=c++17", "-default-device", inc, tpl};
   F(nvrtcCreateProgram)(&p, src, "kernels.cu", 0, NULL, NULL);
-  nvrtcResult rc = F(nvrtcCompileProgram)(p, 4, opts);
+  nvrtcResult rc = F(nvrtcCompileProgram)(p, 5, opts);
   size_t n;
   F(nvrtcGetProgramLogSize)(p, &n);
   char *log = malloc(n);
@@ -111,7 +115,7 @@ static void compile(const char *path) {
   F(nvrtcDestroyProgram)(&p);
   /* a bad source: NVRTC_ERROR_COMPILATION with the compiler's message in the log */
   F(nvrtcCreateProgram)(&p, "extern \"C\" __global__ void k(float *x) { x[0] = undeclared; }", "bad.cu", 0, NULL, NULL);
-  rc = F(nvrtcCompileProgram)(p, 4, opts);
+  rc = F(nvrtcCompileProgram)(p, 5, opts);
   F(nvrtcGetProgramLogSize)(p, &n);
   log = malloc(n);
   F(nvrtcGetProgramLog)(p, log);

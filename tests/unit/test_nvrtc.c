@@ -4,7 +4,8 @@
  * the PTX defines every extern "C" __global__ kernel of the source. Needs
  * no GPU. Exits 77 (skipped) when no NVRTC library can be loaded.
  * A third compile for sm_90 goes down to a cubin, so ptxas checks any
- * inline PTX. Usage: test_nvrtc FILE.cu... */
+ * inline PTX. Usage: test_nvrtc [-I DIR] FILE.cu... (DIR: where included
+ * headers such as templates/tensor_cores.cuh are) */
 #include <dlfcn.h>
 #include <nvrtc.h>
 #include <stdbool.h>
@@ -88,18 +89,21 @@ static bool ptxas_stats(const char *path, const char *arch, const char *log) {
 }
 
 /* Compiles src for one architecture; checks each kernel is in the PTX. */
+static const char *include_dir;   /* -I DIR */
+
 static int check(const char *path, const char *src, const char *arch) {
   nvrtcProgram prog;
   char opt[64];
   snprintf(opt, sizeof opt, "--gpu-architecture=%s", arch);
   /* the toolkit's headers (cuda_bf16.h, cuda_fp16.h) for sources that include them */
-  char inc[600];
+  char inc[600], tpl[1100];
   const char *home = getenv("CUDA_HOME");
   snprintf(inc, sizeof inc, "--include-path=%s/include", home && *home ? home : "/usr/local/cuda");
-  const char *opts[] = {opt, "--std=c++17", "-default-device", inc, "--ptxas-options=-v"};
+  snprintf(tpl, sizeof tpl, "--include-path=%s", include_dir ? include_dir : ".");   /* -I: tensor_cores.cuh */
+  const char *opts[] = {opt, "--std=c++17", "-default-device", inc, tpl, "--ptxas-options=-v"};
   bool cubin = !strncmp(arch, "sm_", 3);
   if (nv.create(&prog, src, path, 0, NULL, NULL) != NVRTC_SUCCESS) return 1;
-  nvrtcResult rc = nv.compile(prog, cubin ? 5 : 4, opts);
+  nvrtcResult rc = nv.compile(prog, cubin ? 6 : 5, opts);
   size_t n;
   nv.log_size(prog, &n);
   char *log = malloc(n + 1);
@@ -159,6 +163,10 @@ int main(int argc, char **argv) {
   }
   int failed = 0, total = 0;
   for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "-I") && i + 1 < argc) {
+      include_dir = argv[++i];
+      continue;
+    }
     char *src = slurp(argv[i]);
     if (!src) {
       printf("FAIL cannot read %s\n", argv[i]);
