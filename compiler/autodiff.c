@@ -182,6 +182,71 @@ static void bwd_generic(Inst *f, int op, Value *dy) {
   internal_error("no backward rule");
 }
 
+/* A tp all-reduce of v right after the instruction just appended. */
+static void tp_sum(Value *v, Inst *after) {
+  Inst *ar = ir_inst(G, OP_ALLREDUCE, true, after->loc);
+  ar->stage = after->stage;
+  ar->in[0] = ar->out[0] = v;
+  ir_set(ar, "n", shape_numel(&v->shape)), ir_set(ar, "op", 0);
+}
+
+static bool moe_tp(Inst *f) {   /* the experts' hidden dim is split by tp */
+  Value *a = f->op == OP_MOE_DOWN ? f->in[0] : f->out[0];
+  return tp_split(a->shape.dim[1]);
+}
+
+/* The MoE ops: each backward reads what its forward read and saved. */
+static void bwd_moe(Inst *f, Value *dy) {
+  Inst *in;
+  switch (f->op) {
+  case OP_MOE_ROUTE:      /* dgates, logits, idx, stats: + the balancing losses' gradients */
+    in = bwd_inst(OP_MOE_ROUTE_BWD, f);
+    in->in[0] = dy, in->in[1] = f->in[0], in->in[2] = f->out[1], in->in[3] = f->out[2];
+    set_out(in, 0, f->in[0]);
+    return;
+  case OP_MOE_DISPATCH:   /* dxp, pos */
+    in = bwd_inst(OP_MOE_DISPATCH_BWD, f);
+    in->in[0] = dy, in->in[1] = f->out[2];
+    set_out(in, 0, f->in[0]);
+    return;
+  case OP_MOE_A2A:        /* the gradients go back the way the rows came */
+    in = bwd_inst(OP_MOE_A2A_REV, f);
+    in->in[0] = dy, in->in[1] = f->out[1], in->in[2] = f->in[1];
+    set_out(in, 0, f->in[0]);
+    return;
+  case OP_MOE_A2A_REV:
+    in = bwd_inst(OP_MOE_A2A, f);
+    in->in[0] = dy, in->in[1] = f->in[2];
+    set_out(in, 0, f->in[0]);
+    in->out[1] = ir_value(G, V_ACT, NULL, f->in[1]->shape), in->out[1]->def = in;
+    return;
+  case OP_MOE_UP:         /* da, x, w1, w3, counts, h */
+  case OP_MOE_UP_GELU:    /* da, x, w1, counts, h */
+    in = bwd_inst(f->op == OP_MOE_UP ? OP_MOE_UP_BWD : OP_MOE_UP_GELU_BWD, f);
+    in->in[0] = dy;
+    for (int i = 0; i < f->nin; i++) in->in[1 + i] = f->in[i];
+    in->in[1 + f->nin] = f->out[1];
+    for (int i = 0; i < f->nin - 1; i++) set_out(in, i, f->in[i]);
+    if (moe_tp(f) && in->out[0]) tp_sum(in->out[0], in);   /* dx sums over F */
+    return;
+  case OP_MOE_DOWN:       /* dy, a, w2, counts */
+    in = bwd_inst(OP_MOE_DOWN_BWD, f);
+    in->in[0] = dy;
+    for (int i = 0; i < 3; i++) in->in[1 + i] = f->in[i];
+    set_out(in, 0, f->in[0]), set_out(in, 1, f->in[1]);
+    return;
+  case OP_MOE_COMBINE:    /* dy, yp, pos, gates */
+    in = bwd_inst(OP_MOE_COMBINE_BWD, f);
+    in->in[0] = dy;
+    for (int i = 0; i < 3; i++) in->in[1 + i] = f->in[i];
+    set_out(in, 0, f->in[0]), set_out(in, 1, f->in[2]);
+    for (int i = 0; i < f->nattr; i++)   /* yp is a partial sum over tp: so are the gates' gradients */
+      if (!strcmp(f->akey[i], "tpsum")) tp_sum(in->out[1], in);
+    return;
+  }
+  internal_error("no MoE backward rule");
+}
+
 static int bwd_op(int op) {
   switch (op) {
   case OP_EMBED: return OP_EMBED_BWD;
@@ -218,12 +283,14 @@ void ad_backward(Graph *g) {
       set_out(in, 0, f->in[0]), set_out(in, 1, f->in[1]);
       continue;
     }
-    if (f->op == OP_ALLREDUCE || f->op == OP_XENT_MAX || f->op == OP_XENT_STATS)
-      continue;   /* in place, or not on the gradient's path */
+    if (f->op == OP_ALLREDUCE || f->op == OP_XENT_MAX || f->op == OP_XENT_STATS || f->op == OP_MOE_LOSS)
+      continue;   /* in place, or not on the gradient's path (moe_route_bwd has moe_loss's) */
     Value *dy = f->out[0]->grad;
     if (!dy) continue;            /* does not reach the loss */
     if (f->op == OP_MATMUL)
       bwd_matmul(f, dy);
+    else if (f->op >= OP_MOE_ROUTE && f->op <= OP_MOE_A2A_REV)
+      bwd_moe(f, dy);
     else
       bwd_generic(f, bwd_op(f->op), dy);
   }

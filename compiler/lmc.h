@@ -119,6 +119,8 @@ typedef struct Settings {
   int64_t batch, seq, steps, warmup, seed, microbatches, eval_every,
       eval_batches, save_every;
   double lr, min_lr, beta1, beta2, eps, wd, clip, val_fraction;
+  int64_t experts, top_k, moe_every;   /* experts > 0: every moe_every-th MLP becomes an MoE */
+  double aux_loss_coef, z_loss_coef;   /* MoE load balancing and router z-loss */
   const char *decay, *data, *schedule;
   int64_t mesh[MAX_AXES];
 } Settings;
@@ -171,6 +173,8 @@ struct Value {
   Value *grad;         /* gradient value (autodiff) */
   Value *of;           /* V_GRAD: the value it is the gradient of */
   bool needs_grad;
+  bool esplit;         /* param: an expert weight whose dim 0 (the experts) ep splits */
+  bool router;         /* param: an MoE router, whole on every rank */
   /* param only */
   const char *init;    /* "normal", "ones", "zeros" */
   double init_std;

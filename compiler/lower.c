@@ -17,6 +17,7 @@ typedef struct Env {
   Bind b[512];
   int n;
   const char *prefix;   /* parameter name prefix, e.g. "layers.3." */
+  int64_t layer;        /* index in the innermost layer stack, or -1 */
 } Env;
 
 static Graph *G;
@@ -289,10 +290,17 @@ static Value *lower_pointwise(Loc loc, int op, Value *a, Value *b) {
   return y;
 }
 
+/* The scalar loss: cross-entropy and every MoE layer's balancing losses
+ * add into it (the first to need it makes it, so it is the first state). */
+static Value *loss_state(void) {
+  if (!G->loss) G->loss = ir_value(G, V_STATE, "loss", (Shape){0});
+  return G->loss;
+}
+
 /* Vocab-parallel cross-entropy: no rank holds all logits. The row max and
  * then the sums of exp and the target's logit are reduced over tp. */
 static Value *lower_xent_tp(Loc loc, Value *logits, Value *targets) {
-  Shape bt = drop_last(logits->shape), none = {0};
+  Shape bt = drop_last(logits->shape);
   Inst *mx = ir_inst(G, OP_XENT_MAX, false, loc);
   mx->in[0] = logits, mx->out[0] = act(NULL, bt), mx->out[0]->def = mx;
   ir_set(mx, "n", shape_numel(&bt)), ir_set(mx, "v", logits->shape.size[2]);
@@ -307,7 +315,7 @@ static Value *lower_xent_tp(Loc loc, Value *logits, Value *targets) {
   Inst *in = ir_inst(G, OP_XENT_LOSS, false, loc);
   Value *ins[5] = {logits, targets, mx->out[0], st->out[0], st->out[1]};
   for (int i = 0; i < 5; i++) in->in[i] = ins[i];
-  in->out[0] = ir_value(G, V_STATE, "loss", none);
+  in->out[0] = loss_state();
   in->out[0]->def = in;
   in->acc[0] = true;
   ir_set(in, "n", shape_numel(&bt)), ir_set(in, "v", logits->shape.size[2]), ir_set(in, "vsplit", 1);
@@ -320,10 +328,9 @@ static Value *lower_xent(Loc loc, Value *logits, Value *targets) {
   if (!targets->is_int)
     diag_error(loc, "xent-targets", "cross_entropy needs token ids (targets) as its second argument");
   if (tp_split(logits->shape.dim[2])) return lower_xent_tp(loc, logits, targets);
-  Shape none = {0};
   Inst *in = ir_inst(G, OP_XENT, false, loc);
   in->in[0] = logits, in->in[1] = targets;
-  in->out[0] = ir_value(G, V_STATE, "loss", none);
+  in->out[0] = loss_state();
   in->out[0]->def = in;
   in->acc[0] = true;   /* the loss sums over microbatches */
   ir_set(in, "n", shape_numel(&targets->shape));
@@ -332,10 +339,7 @@ static Value *lower_xent(Loc loc, Value *logits, Value *targets) {
   return in->out[0];
 }
 
-/* ---- expressions ---- */
-
 static Value *lower_expr(Env *e, Node *n);
-static Value *lower_block(Node *blk, Value **args, const char *prefix, Loc loc);
 
 static double kwarg(Node *call, const char *key, double dflt) {
   for (Node *a = call->list; a; a = a->next)
@@ -344,8 +348,228 @@ static double kwarg(Node *call, const char *key, double dflt) {
   return dflt;
 }
 
+/* ---- mixture of experts ---- */
+
+static Shape anon(int rank, const int64_t *sizes) {
+  Shape s = {.rank = rank};
+  for (int i = 0; i < rank; i++) s.dim[i] = -1, s.size[i] = sizes[i];
+  return s;
+}
+
+/* An instruction with fresh activations of the given shapes as outputs. */
+static Inst *moe_inst(int op, Loc loc, Value **in, int nin, const Shape *outs, int nout) {
+  Inst *x = ir_inst(G, op, false, loc);
+  for (int i = 0; i < nin; i++) x->in[i] = in[i];
+  for (int i = 0; i < nout; i++) x->out[i] = act(NULL, outs[i]), x->out[i]->def = x;
+  return x;
+}
+
+/* Sums v over a data group axis (dp or ep) in place, inside the program. */
+static void group_allreduce(Value *v, int axis, Loc loc) {
+  Inst *in = ir_inst(G, OP_ALLREDUCE, false, loc);
+  in->in[0] = in->out[0] = v;
+  ir_set(in, "n", shape_numel(&v->shape)), ir_set(in, "op", 0), ir_set(in, "group", axis);
+}
+
+static bool ep_split(int dim) {
+  return dim >= 0 && P->dims[dim].axis == AX_EP && P->s.mesh[AX_EP] > 1;
+}
+
+static void check_experts(Loc loc, Value *w, int e, int out, int in, const char *what) {
+  const Shape *s = &w->shape;
+  if (s->rank != 3 || s->dim[0] != e || s->dim[1] != out || s->dim[2] != in || w->kind != V_PARAM)
+    diag_error(loc, "moe-shape", "moe: %s must be a parameter [%s, %s, %s] (experts, out, in), got %s", what,
+               P->dims[e].name, P->dims[out].name, P->dims[in].name, shape_str(s));
+  if (tp_split(e) || tp_split(in))
+    diag_error(loc, "tp-unsupported", "moe: only the experts' hidden dim can be split by tp");
+}
+
+/* moe(x, router, w1, w3, w2): each token's top k experts by the router's
+ * softmax, their SwiGLU (or, without w3, GELU) MLPs summed with the gate
+ * weights. Lowered to: router logits (a matmul), route (top k, gates,
+ * balance statistics summed over the data group), the balancing losses,
+ * dispatch (each expert's tokens contiguous), with ep an all-to-all to the
+ * ranks holding the experts and back, the experts as grouped GEMMs over
+ * however many tokens each got, and the gated combine. No token is
+ * dropped: the expert buffers hold all N*k assignments (ep x that with ep,
+ * where every peer may send all of theirs). */
+static Value *lower_moe_call(Loc loc, const char *prefix, Value *x, Value *router, Value *w1, Value *w3, Value *w2, int64_t k, bool renorm) {
+  check_bt(loc, "moe", x, 3);
+  int dd = x->shape.dim[2];
+  if (router->kind != V_PARAM || router->shape.rank != 2 || router->shape.dim[1] != dd || router->shape.dim[0] < 0)
+    diag_error(loc, "moe-shape", "moe: the router must be a parameter [E, %s], got %s",
+               dd >= 0 ? P->dims[dd].name : "D", shape_str(&router->shape));
+  int de = router->shape.dim[0], df = w1->shape.rank == 3 ? w1->shape.dim[1] : -1;
+  if (df < 0)
+    diag_error(loc, "moe-shape", "moe: the experts' first weight must be [%s, F, %s], got %s", P->dims[de].name,
+               P->dims[dd].name, shape_str(&w1->shape));
+  check_experts(loc, w1, de, df, dd, w3 ? "the gate weight" : "the up weight");
+  if (w3) check_experts(loc, w3, de, df, dd, "the up weight");
+  check_experts(loc, w2, de, dd, df, "the down weight");
+  if (tp_split(de))
+    diag_error(loc, "layout-axis", "moe: the experts' dim %s can be laid out on ep, not tp", P->dims[de].name);
+  int64_t E = P->dims[de].size, ep = ep_split(de) ? P->s.mesh[AX_EP] : 1, El = E / ep;
+  if (k < 1 || k > E)
+    diag_error(loc, "moe-top-k", "moe: top_k = %lld must be in 1..%lld, the number of experts", (long long)k,
+               (long long)E);
+  router->router = true;
+  Value *ws[3] = {w1, w3, w2};
+  for (int i = 0; i < 3; i++)
+    if (ws[i]) ws[i]->shape.size[0] = El, ws[i]->esplit = ep > 1;
+  int64_t n = x->shape.size[0] * x->shape.size[1], D = x->shape.size[2], F = w1->shape.size[1], M = n * k;
+  Settings *t = &P->s;
+  int64_t group = t->mesh[AX_DP] * t->mesh[AX_EP];   /* the ranks whose tokens one balance covers */
+
+  Value *logits = lower_matmul(loc, x, router);               /* [B,T,E] */
+  int64_t sg[] = {x->shape.size[0], x->shape.size[1], k}, ss[] = {2 * E + 1};
+  Shape gs = anon(3, sg);
+  gs.dim[0] = x->shape.dim[0], gs.dim[1] = x->shape.dim[1];
+  Shape route_out[3] = {gs, gs, anon(1, ss)};
+  Inst *rt = moe_inst(OP_MOE_ROUTE, loc, &logits, 1, route_out, 3);
+  ir_set(rt, "n", n), ir_set(rt, "e", E), ir_set(rt, "top", k), ir_set(rt, "rn", renorm);
+  ir_set(rt, "aux", t->aux_loss_coef), ir_set(rt, "zl", t->z_loss_coef);
+  ir_set(rt, "scale", 1.0 / ((double)t->batch * (double)t->seq)), ir_set(rt, "ng", n * group);
+  Value *gates = rt->out[0], *idx = rt->out[1], *stats = rt->out[2];
+  if (t->mesh[AX_DP] > 1) group_allreduce(stats, AX_DP, loc);
+  if (t->mesh[AX_EP] > 1) group_allreduce(stats, AX_EP, loc);
+
+  Inst *ls = ir_inst(G, OP_MOE_LOSS, false, loc);
+  int64_t four = 4;
+  ls->in[0] = stats, ls->out[0] = loss_state(), ls->acc[0] = true;
+  ls->out[1] = ir_value(G, V_STATE, arena_printf("%smoe", prefix), anon(1, &four));
+  ls->out[1]->def = ls, ls->acc[1] = true;
+  ir_set(ls, "e", E), ir_set(ls, "top", k), ir_set(ls, "aux", t->aux_loss_coef), ir_set(ls, "zl", t->z_loss_coef);
+  ir_set(ls, "ng", n * group), ir_set(ls, "share", 1.0 / ((double)t->microbatches * (double)group));
+
+  int64_t sx[] = {M, D}, se[] = {E};
+  Shape xs = anon(2, sx);
+  xs.dim[1] = dd;
+  Shape disp_out[3] = {xs, anon(1, se), gs};
+  Value *din[2] = {x, idx};
+  Inst *dp = moe_inst(OP_MOE_DISPATCH, loc, din, 2, disp_out, 3);
+  ir_set(dp, "n", n), ir_set(dp, "d", D), ir_set(dp, "top", k), ir_set(dp, "e", E);
+  Value *xe = dp->out[0], *counts = dp->out[1], *pos = dp->out[2], *segc = counts;
+  int64_t rows = M;
+  if (ep > 1) {                                               /* to the experts' ranks */
+    int64_t sr[] = {ep * M, D}, sc[] = {ep * El};
+    Shape rs = anon(2, sr);
+    rs.dim[1] = dd;
+    Shape a2a_out[2] = {rs, anon(1, sc)};
+    Value *ain[2] = {xe, counts};
+    Inst *a2a = moe_inst(OP_MOE_A2A, loc, ain, 2, a2a_out, 2);
+    ir_set(a2a, "m", M), ir_set(a2a, "d", D), ir_set(a2a, "e", E), ir_set(a2a, "seg", ep);
+    xe = a2a->out[0], segc = a2a->out[1], rows = ep * M;
+  }
+  int64_t sa[] = {rows, F}, sh[] = {rows, w3 ? 2 * F : F};
+  Shape as = anon(2, sa);
+  as.dim[1] = df;
+  Shape up_out[2] = {as, anon(2, sh)};
+  Value *uin[4] = {xe, w1, w3 ? w3 : segc, segc};
+  Inst *up = moe_inst(w3 ? OP_MOE_UP : OP_MOE_UP_GELU, loc, uin, w3 ? 4 : 3, up_out, 2);
+  int64_t segs = E;   /* with ep: El per source rank */
+  ir_set(up, "m", rows), ir_set(up, "d", D), ir_set(up, "n", F), ir_set(up, "seg", segs), ir_set(up, "e", El);
+  int64_t sy[] = {rows, D};
+  Shape ys = anon(2, sy);
+  ys.dim[1] = dd;
+  Value *dwn[3] = {up->out[0], w2, segc};
+  Inst *down = moe_inst(OP_MOE_DOWN, loc, dwn, 3, &ys, 1);
+  ir_set(down, "m", rows), ir_set(down, "d", D), ir_set(down, "n", F), ir_set(down, "seg", segs), ir_set(down, "e", El);
+  Value *ye = down->out[0];
+  if (ep > 1) {                                               /* and back */
+    Value *rin[3] = {ye, segc, counts};
+    Inst *back = moe_inst(OP_MOE_A2A_REV, loc, rin, 3, &disp_out[0], 1);
+    ir_set(back, "m", M), ir_set(back, "d", D), ir_set(back, "e", E), ir_set(back, "seg", ep);
+    ye = back->out[0];
+  }
+  Value *cin[3] = {ye, pos, gates};
+  Inst *cb = moe_inst(OP_MOE_COMBINE, loc, cin, 3, &x->shape, 1);
+  ir_set(cb, "n", n), ir_set(cb, "d", D), ir_set(cb, "top", k);
+  if (tp_split(df)) {                                         /* each tp rank summed its slice of F */
+    ir_set(cb, "tpsum", 1);
+    allreduce(cb->out[0], 0, loc);
+  }
+  return cb->out[0];
+}
+
+static Value *lower_moe(Env *e, Node *call, Value **a, int na) {
+  int64_t k = (int64_t)kwarg(call, "top_k", (double)P->s.top_k);
+  bool renorm = kwarg(call, "renorm", 1) != 0;
+  return lower_moe_call(call->loc, e->prefix, a[0], a[1], a[2], na == 5 ? a[3] : NULL, na == 5 ? a[4] : a[3], k, renorm);
+}
+
+/* ---- experts = E: MLPs become MoE layers ---- */
+
+static bool is_call(Node *n, const char *name, int nargs) {
+  if (!n || n->kind != N_CALL || strcmp(n->name, name)) return false;
+  int c = 0;
+  for (Node *a = n->list; a; a = a->next) c++;
+  return c == nargs;
+}
+
+/* A parameter of this layer that nothing has read yet. */
+static Value *fresh_param(Env *e, Node *n) {
+  if (!n || n->kind != N_IDENT) return NULL;
+  Value *v = lookup(e, n->name);
+  if (!v || v->kind != V_PARAM || v->shape.rank != 2 || strncmp(v->name, e->prefix, strlen(e->prefix))) return NULL;
+  for (int k = 0; k < G->nfwd; k++)
+    for (int i = 0; i < G->fwd[k]->nin; i++)
+      if (G->fwd[k]->in[i] == v) return NULL;
+  return v;
+}
+
+static Value *as_experts(Value *w, int de) {
+  Shape s = w->shape;
+  s.rank = 3;
+  s.dim[2] = s.dim[1], s.size[2] = s.size[1], s.dim[1] = s.dim[0], s.size[1] = s.size[0];
+  s.dim[0] = de, s.size[0] = P->dims[de].size;
+  w->shape = s;
+  return w;
+}
+
+int moe_layers;   /* MLPs turned into MoE layers */
+
+/* matmul(silu(matmul(m, gate)) * matmul(m, up), down) or
+ * matmul(gelu(matmul(m, up)), down), in a layer the settings experts and
+ * moe_every pick, with gate, up [F, D] and down [D, F] parameters of the
+ * layer: the same MLP as E experts, the weights [E, F, D] and [E, D, F],
+ * and a router [E, D]. Anything else is left dense. */
+static Value *try_experts(Env *e, Node *n) {
+  Settings *t = &P->s;
+  if (!t->experts || e->layer < 0 || e->layer % t->moe_every || !is_call(n, "matmul", 2)) return NULL;
+  Node *inner = n->list, *wd = inner->next, *g = NULL, *u = NULL;
+  if (inner->kind == N_BINOP && inner->op == '*') {
+    Node *l = inner->a, *r = inner->b;
+    if (is_call(r, "silu", 1)) { Node *x = l; l = r, r = x; }
+    if (!is_call(l, "silu", 1) || !is_call(l->list, "matmul", 2) || !is_call(r, "matmul", 2)) return NULL;
+    g = l->list, u = r;
+    if (g->list->kind != N_IDENT || u->list->kind != N_IDENT || strcmp(g->list->name, u->list->name)) return NULL;
+  } else if (is_call(inner, "gelu", 1) && is_call(inner->list, "matmul", 2)) {
+    u = inner->list;
+  } else
+    return NULL;
+  Value *wg = g ? fresh_param(e, g->list->next) : NULL, *wu = fresh_param(e, u->list->next), *wdn = fresh_param(e, wd);
+  if ((g && !wg) || !wu || !wdn) return NULL;
+  int de = dim_id("E"), dd = wdn->shape.dim[0], df = wdn->shape.dim[1];
+  if (wu->shape.dim[0] != df || wu->shape.dim[1] != dd || (wg && (wg->shape.dim[0] != df || wg->shape.dim[1] != dd)))
+    return NULL;   /* not the [out, in] layouts */
+  Value *x = lower_expr(e, u->list);
+  ir_loc = n->loc;
+  int dims[2] = {de, dd};
+  Value *router = ir_value(G, V_PARAM, arena_printf("%srouter", e->prefix), shape_of_dims(2, dims));
+  router->init = "normal", router->init_std = 0.02;
+  moe_layers++;
+  return lower_moe_call(n->loc, e->prefix, x, router, as_experts(wg ? wg : wu, de), wg ? as_experts(wu, de) : NULL,
+                        as_experts(wdn, de), t->top_k, true);
+}
+
+/* ---- expressions ---- */
+
+static Value *lower_block(Node *blk, Value **args, Env *caller, Loc loc);
+
+
 static Value *lower_call(Env *e, Node *n) {
-  Value *a[8];
+  Value *a[8], *moe = try_experts(e, n);
+  if (moe) return moe;
   int na = 0;
   for (Node *x = n->list; x; x = x->next)
     if (x->kind != N_KWARG) a[na++] = lower_expr(e, x);
@@ -363,8 +587,9 @@ static Value *lower_call(Env *e, Node *n) {
   case OP_MUL:
   case OP_ADD: return lower_pointwise(n->loc, op, a[0], a[1]);
   case OP_XENT: return lower_xent(n->loc, a[0], a[1]);
+  case OP_MOE: return lower_moe(e, n, a, na);
   }
-  return lower_block(sema_block(P, n->name), a, e->prefix, n->loc);
+  return lower_block(sema_block(P, n->name), a, e, n->loc);
 }
 
 static Value *lower_expr(Env *e, Node *n) {
@@ -423,11 +648,12 @@ static void lower_layers(Env *e, Node *s) {
   const char *outer = e->prefix;
   for (int64_t i = 0; i < n; i++) {
     e->prefix = arena_printf("%slayers.%lld.", outer, (long long)i);
+    e->layer = i;
     if (pp > 1) G->cur_stage = (int)(i / (n / pp));
     lower_body(e, s->list);
   }
   if (pp > 1) G->cur_stage = (int)pp - 1;
-  e->prefix = outer;
+  e->prefix = outer, e->layer = -1;
 }
 
 static Value *lower_body(Env *e, Node *body) {
@@ -446,11 +672,27 @@ static Value *lower_body(Env *e, Node *body) {
 
 static int depth;
 
-static Value *lower_block(Node *blk, Value **args, const char *prefix, Loc loc) {
+/* experts = E found MLPs to turn into experts; what ep splits is experts. */
+static void check_moe(Program *p) {
+  if (p->s.experts && !moe_layers)
+    diag_error(p->model->loc, "experts-no-mlp",
+               "experts = %lld but model '%s' has no MLP to turn into experts: a layer's matmul(silu(matmul(m, gate)) * "
+               "matmul(m, up), down) or matmul(gelu(matmul(m, up)), down) with [F, D] and [D, F] weights",
+               (long long)p->s.experts, p->model->name);
+  for (int i = 0; i < G->nparams; i++) {
+    Value *v = G->params[i];
+    for (int d = 0; d < v->shape.rank && !v->esplit && !v->router; d++)
+      if (ep_split(v->shape.dim[d]))
+        diag_error(p->model->loc, "ep-layout", "parameter '%s' has dim %s, laid out on ep, but is not an expert weight of moe()",
+                   v->name, p->dims[v->shape.dim[d]].name);
+  }
+}
+
+static Value *lower_block(Node *blk, Value **args, Env *caller, Loc loc) {
   if (++depth > 8)
     diag_error(loc, "too-deep", "block calls nest deeper than 8 (is '%s' recursive?)", blk->name);
   Env *e = arena_alloc(sizeof(Env));
-  e->prefix = prefix;
+  e->prefix = caller->prefix, e->layer = caller->layer;
   int i = 0;
   for (Node *q = blk->a; q; q = q->next) bind(e, q->name, args[i++], q->loc);
   Value *r = lower_body(e, blk->list);
@@ -471,7 +713,8 @@ Graph *lower_program(Program *p) {
   P = p, G = ir_new(p), depth = 0;
   G->nstages = (int)p->s.mesh[AX_PP];
   Env *e = arena_alloc(sizeof(Env));
-  e->prefix = "";
+  e->prefix = "", e->layer = -1;
+  moe_layers = 0;
   G->tokens = input(e, "tokens");
   G->targets = input(e, "targets");
   G->positions = input(e, "positions");
@@ -483,6 +726,7 @@ Graph *lower_program(Program *p) {
                shape_str(&loss->shape));
   }
   G->loss = loss;
+  check_moe(p);
   if (G->nparams == 0)
     diag_error(p->model->loc, "no-params", "model '%s' has no parameters", p->model->name);
   return G;

@@ -123,8 +123,8 @@ static void add_dim(Program *p, const char *name, Loc loc, Node *val) {
   if (!strcmp(name, "B") || !strcmp(name, "T"))
     diag_hint("B (batch) and T (sequence) come from the train section"),
         diag_error(loc, "reserved-dim", "dim '%s' is reserved", name);
-  if (p->ndims == MAX_DIMS)
-    diag_error(loc, "too-many-dims", "more than %d dims", MAX_DIMS);
+  if (p->ndims == MAX_DIMS - 3)   /* B, T and E come after */
+    diag_error(loc, "too-many-dims", "more than %d dims", MAX_DIMS - 3);
   const char *ov = set_value(name);
   int64_t v;
   if (ov) {
@@ -171,6 +171,8 @@ static const Key train_keys[] = {
     {"lr", SF(lr)}, {"min_lr", SF(min_lr)}, {"beta1", SF(beta1)},
     {"beta2", SF(beta2)}, {"eps", SF(eps)}, {"wd", SF(wd)}, {"clip", SF(clip)},
     {"val_fraction", SF(val_fraction)}, {"decay", SS(decay)}, {"data", SS(data)},
+    {"experts", SI(experts)}, {"top_k", SI(top_k)}, {"moe_every", SI(moe_every)},
+    {"aux_loss_coef", SF(aux_loss_coef)}, {"z_loss_coef", SF(z_loss_coef)},
     {"betas", 't', offsetof(Settings, beta1)}, {NULL, 0, 0}};
 static const Key parallel_keys[] = {
     {"dp", SI(mesh[AX_DP])}, {"tp", SI(mesh[AX_TP])}, {"pp", SI(mesh[AX_PP])},
@@ -261,7 +263,8 @@ static void defaults(Settings *s) {
                   .save_every = 0, .lr = 1e-3, .min_lr = -1, .beta1 = 0.9,
                   .beta2 = 0.95, .eps = 1e-8, .wd = 0.0, .clip = 0.0,
                   .val_fraction = 0.1, .decay = "cosine", .data = "",
-                  .schedule = "1f1b"};
+                  .schedule = "1f1b", .top_k = 2, .moe_every = 1,
+                  .aux_loss_coef = 0.01, .z_loss_coef = 0.001};
   for (int i = 0; i < MAX_AXES; i++) s->mesh[i] = 1;
 }
 
@@ -320,12 +323,27 @@ static void check_settings(Program *p) {
     if (nonneg[i].v < 0)
       diag_error(setting_loc(p, p->train, nonneg[i].k), "bad-setting", "'%s' must not be negative", nonneg[i].k);
   if (s->min_lr < 0) s->min_lr = s->lr * 0.1;
+  if (s->experts < 0 || s->experts > 4096)
+    diag_error(setting_loc(p, p->train, "experts"), "bad-setting", "'experts' must be in 0..4096 (0: no MoE)");
+  if (s->top_k < 1 || s->moe_every < 1)
+    diag_error(setting_loc(p, p->train, s->top_k < 1 ? "top_k" : "moe_every"), "bad-setting", "'%s' must be positive",
+               s->top_k < 1 ? "top_k" : "moe_every");
+  if (s->experts && s->top_k > s->experts)
+    diag_error(setting_loc(p, p->train, "top_k"), "moe-top-k", "top_k = %lld is more than the %lld experts",
+               (long long)s->top_k, (long long)s->experts);
+  if (s->aux_loss_coef < 0 || s->z_loss_coef < 0)
+    diag_error(setting_loc(p, p->train, s->aux_loss_coef < 0 ? "aux_loss_coef" : "z_loss_coef"), "bad-setting",
+               "'%s' must not be negative", s->aux_loss_coef < 0 ? "aux_loss_coef" : "z_loss_coef");
   if (s->batch > ((int64_t)1 << 31))
     diag_error(setting_loc(p, p->train, "batch"), "bad-setting", "batch %lld is too large (limit 2^31)",
                (long long)s->batch);
   if (s->seq > (1 << 20))
     diag_error(setting_loc(p, p->train, "seq"), "bad-setting", "seq %lld is too long (limit 2^20)", (long long)s->seq);
-  int64_t per = s->mesh[AX_DP] * s->microbatches;
+  int64_t per = s->mesh[AX_DP] * s->mesh[AX_EP] * s->microbatches;
+  if (s->batch % per && s->mesh[AX_EP] > 1)
+    diag_error(setting_loc(p, p->train, "batch"), "batch-indivisible",
+               "batch %lld is not divisible by dp x ep x microbatches = %lld x %lld x %lld", (long long)s->batch,
+               (long long)s->mesh[AX_DP], (long long)s->mesh[AX_EP], (long long)s->microbatches);
   if (s->batch % per)
     diag_error(setting_loc(p, p->train, "batch"), "batch-indivisible",
                "batch %lld is not divisible by dp x microbatches = %lld x %lld",
@@ -413,11 +431,28 @@ static void check_world(Program *p, int world) {
                      "tp = %lld but no dim is laid out on tp: every tp rank would repeat the same work",
                      (long long)p->s.mesh[AX_TP]);
   }
-  for (int a = AX_EP; a < MAX_AXES; a++)
-    if (p->s.mesh[a] > 1)
-      diag_error(setting_loc(p, p->parallel, axis_names[a]), "plan-unsupported",
-                 "%s = %lld: expert parallelism is not implemented yet; set %s = 1",
-                 axis_names[a], (long long)p->s.mesh[a], axis_names[a]);
+  if (p->s.mesh[AX_EP] > 1) {
+    bool laid = false;
+    for (int i = 0; i < p->ndims; i++) laid |= p->dims[i].axis == AX_EP;
+    if (!laid)
+      diag_hint("ep splits the experts of moe() layers: lay out their dim, e.g. layout E: ep, or set experts"),
+          diag_error(setting_loc(p, p->parallel, "ep"), "ep-layout",
+                     "ep = %lld but no dim is laid out on ep", (long long)p->s.mesh[AX_EP]);
+  }
+}
+
+/* experts = E turns MLPs into MoE layers over a new dim E, split by ep. */
+static void experts_dim(Program *p) {
+  Settings *s = &p->s;
+  if (!s->experts) return;
+  Loc l = setting_loc(p, p->train, "experts");
+  if (sema_dim(p, "E"))
+    diag_error(l, "experts-dim", "experts = %lld makes a dim E for the experts, but the model defines E already",
+               (long long)s->experts);
+  p->dims[p->ndims++] = (Dim){"E", s->experts, l, s->mesh[AX_EP] > 1 ? AX_EP : -1};
+  if (s->experts % s->mesh[AX_EP])
+    diag_error(setting_loc(p, p->parallel, "ep"), "indivisible", "experts = %lld is not divisible by ep = %lld",
+               (long long)s->experts, (long long)s->mesh[AX_EP]);
 }
 
 /* ---- names ---- */
@@ -453,10 +488,18 @@ static void unknown_call(Program *p, Node *e) {
   diag_error(e->a->loc, "unknown-op", "unknown op or block '%s'", e->name);
 }
 
+static bool has_word(const char *words, const char *w) {
+  size_t n = strlen(w);
+  for (const char *p = words; (p = strstr(p, w)); p += n)
+    if ((p == words || p[-1] == ' ') && (p[n] == ' ' || !p[n])) return true;
+  return false;
+}
+
 static const char *kwargs_of(int op) {
   switch (op) {
   case OP_RMSNORM: case OP_LAYERNORM: return "eps";
   case OP_ROPE: return "theta";
+  case OP_MOE: return "top_k renorm";
   default: return "";
   }
 }
@@ -489,7 +532,7 @@ static void check_expr(Program *p, Scope *sc, Node *e) {
     int npos = 0;
     for (Node *a = e->list; a; a = a->next) {
       if (a->kind == N_KWARG) {
-        if (op < 0 || !strstr(kwargs_of(op), a->name))
+        if (op < 0 || !has_word(kwargs_of(op), a->name))
           diag_error(a->b->loc, "unknown-kwarg", "'%s' takes no argument '%s'", e->name, a->name);
         eval_num(p, a->a);
         continue;
@@ -500,6 +543,10 @@ static void check_expr(Program *p, Scope *sc, Node *e) {
     int want = 0;
     if (op >= 0) want = op_nin[op];
     else for (Node *q = blk->a; q; q = q->next) want++;
+    if (op == OP_MOE && (npos == 4 || npos == 5)) return;   /* gelu or swiglu experts */
+    if (op == OP_MOE)
+      diag_error(e->loc, "op-arity", "'moe' takes 5 tensor arguments (x, router, gate, up, down) or 4 (x, router, up, down), got %d",
+                 npos);
     if (npos != want)
       diag_error(e->loc, op >= 0 ? "op-arity" : "block-arity", "'%s' takes %d tensor argument%s, got %d",
                  e->name, want, want == 1 ? "" : "s", npos);
@@ -621,8 +668,11 @@ Program *sema_check(Node *items, Set *s, int ns, int world) {
   read_settings(p, p->parallel, parallel_keys, "parallel");
   apply_sets(p);
   check_settings(p);
-  p->dims[p->ndims++] = (Dim){"B", p->s.batch / (p->s.mesh[AX_DP] * p->s.microbatches), p->model->loc, -1};
+  /* ep ranks take their own rows of the batch, as dp ranks do */
+  int64_t rows = p->s.batch / (p->s.mesh[AX_DP] * p->s.mesh[AX_EP] * p->s.microbatches);
+  p->dims[p->ndims++] = (Dim){"B", rows, p->model->loc, -1};
   p->dims[p->ndims++] = (Dim){"T", p->s.seq, p->model->loc, -1};
+  experts_dim(p);
   check_layout(p);
   check_names(p);
   check_world(p, world);

@@ -189,6 +189,11 @@ static void read_inst(Reader *r, Bundle *b, RtInst *in) {
   in->nb = opt_f(r, "nb", 0), in->ta = opt_f(r, "ta", 0), in->tb = opt_f(r, "tb", 0);
   in->eps = opt_f(r, "eps", 0), in->theta = opt_f(r, "theta", 0), in->scale = opt_f(r, "scale", 0);
   in->red = opt_f(r, "op", 0);
+  in->axis = (int)opt_f(r, "group", 1);
+  if (in->axis < 0 || in->axis > 3) bad(r, "bad group");
+  in->e = opt_f(r, "e", 0), in->top = opt_f(r, "top", 0), in->seg = opt_f(r, "seg", 0), in->ng = opt_f(r, "ng", 0);
+  in->rn = opt_f(r, "rn", 0), in->aux = opt_f(r, "aux", 0), in->zl = opt_f(r, "zl", 0);
+  in->share = opt_f(r, "share", 0);
   if (opt_f(r, "vsplit", 0)) in->v0 = (int64_t)b->coord[1] * in->v;   /* tp rank x rows */
 }
 
@@ -213,6 +218,32 @@ static void read_value(Reader *r, Bundle *b) {
   if (v->off < 0 || v->n <= 0 || v->off + v->n > b->region[v->region]) bad(r, "value outside its region");
   const char *last = strrchr(r->buf, ' ');
   if (last && last[1] != '[' && strcmp(last + 1, "i32")) snprintf(v->name, sizeof v->name, "%s", last + 1);
+}
+
+/* The MoE ops' operands; x->e is the experts on this rank in the expert
+ * GEMMs (segments seg), all of them elsewhere. */
+static void moe_needs(const RtInst *x, int64_t in[RT_MAX_IN], int64_t out[3]) {
+  int64_t nk = x->n * x->top, md = x->m * x->d, mf = x->m * x->n, w = x->e * x->n * x->d;
+  switch (x->op) {
+  case OP_MOE_ROUTE: in[0] = x->n * x->e, out[0] = out[1] = nk, out[2] = 2 * x->e + 1; break;
+  case OP_MOE_LOSS: in[0] = 2 * x->e + 1, out[0] = 1, out[1] = 4; break;
+  case OP_MOE_DISPATCH: in[0] = x->n * x->d, in[1] = nk, out[0] = nk * x->d, out[1] = x->e, out[2] = nk; break;
+  case OP_MOE_UP: in[0] = md, in[1] = in[2] = w, in[3] = x->seg, out[0] = mf, out[1] = 2 * mf; break;
+  case OP_MOE_UP_GELU: in[0] = md, in[1] = w, in[2] = x->seg, out[0] = out[1] = mf; break;
+  case OP_MOE_DOWN: in[0] = mf, in[1] = w, in[2] = x->seg, out[0] = md; break;
+  case OP_MOE_COMBINE: in[0] = nk * x->d, in[1] = in[2] = nk, out[0] = x->n * x->d; break;
+  /* the all-to-alls: m rows to send, seg peers, each of which may send m */
+  case OP_MOE_A2A: in[0] = md, in[1] = x->e, out[0] = x->seg * md, out[1] = x->e; break;
+  case OP_MOE_A2A_REV: in[0] = x->seg * md, in[1] = in[2] = x->e, out[0] = md; break;
+  case OP_MOE_ROUTE_BWD: in[0] = in[2] = nk, in[1] = x->n * x->e, in[3] = 2 * x->e + 1, out[0] = x->n * x->e; break;
+  case OP_MOE_DISPATCH_BWD: in[0] = nk * x->d, in[1] = nk, out[0] = x->n * x->d; break;
+  case OP_MOE_UP_BWD:
+    in[0] = mf, in[1] = md, in[2] = in[3] = w, in[4] = x->seg, in[5] = 2 * mf, out[0] = md, out[1] = out[2] = w;
+    break;
+  case OP_MOE_UP_GELU_BWD: in[0] = mf, in[1] = md, in[2] = w, in[3] = x->seg, in[4] = mf, out[0] = md, out[1] = w; break;
+  case OP_MOE_DOWN_BWD: in[0] = md, in[1] = mf, in[2] = w, in[3] = x->seg, out[0] = mf, out[1] = w; break;
+  case OP_MOE_COMBINE_BWD: in[0] = x->n * x->d, in[1] = nk * x->d, in[2] = in[3] = nk, out[0] = nk * x->d, out[1] = nk; break;
+  }
 }
 
 /* What a kernel will touch: elements of each operand (0: not an operand),
@@ -265,6 +296,7 @@ static void needs(const RtInst *x, int64_t in[RT_MAX_IN], int64_t out[3], bool i
   case OP_HEAD_XENT_BWD:
     out[0] = in[0] = x->m * x->k, out[1] = in[1] = x->n * x->k, in[2] = in[3] = x->m, ids[2] = true;
     break;
+  default: moe_needs(x, in, out); break;
   }
 }
 
@@ -276,6 +308,16 @@ static bool sane(const RtInst *x) {
     if (x->g <= 0 || x->h % x->g || x->t <= 0 || x->k <= 0) return false;
   if ((x->op == OP_ROPE || x->op == OP_ROPE_BWD) && (x->k <= 0 || x->k % 2 || x->t <= 0)) return false;
   if ((x->op == OP_ADD || x->op == OP_ADD_BWD) && (x->nb <= 0 || x->n % x->nb)) return false;
+  int64_t u[] = {x->e, x->top, x->seg, x->ng};
+  for (size_t i = 0; i < sizeof u / sizeof *u; i++)
+    if (u[i] < 0 || u[i] > ((int64_t)1 << 36)) return false;
+  bool combine = x->op == OP_MOE_COMBINE || x->op == OP_MOE_COMBINE_BWD;
+  if (x->op >= OP_MOE_ROUTE && x->op <= OP_MOE_COMBINE_BWD && !combine && x->e <= 0) return false;
+  if ((x->op == OP_MOE_ROUTE || x->op == OP_MOE_ROUTE_BWD) && (x->top < 1 || x->top > x->e)) return false;
+  if ((x->op >= OP_MOE_UP && x->op <= OP_MOE_DOWN) || x->op == OP_MOE_UP_BWD || x->op == OP_MOE_UP_GELU_BWD ||
+      x->op == OP_MOE_DOWN_BWD)
+    if (x->seg < x->e || x->seg % x->e) return false;   /* segment s runs expert s % e */
+  if ((x->op == OP_MOE_A2A || x->op == OP_MOE_A2A_REV) && (x->seg <= 0 || x->e % x->seg)) return false;
   if ((x->op == OP_MATMUL || x->op == OP_HEAD_XENT || x->op == OP_HEAD_XENT_BWD) &&
       (x->m <= 0 || x->n <= 0 || x->k <= 0))
     return false;

@@ -212,3 +212,22 @@ void comm_finalize(void) {
   MPI_Finalize();
   active = false;
 }
+
+void comm_alltoallv(const void *send, const int64_t *scount, const int64_t *sdispl, void *recv, const int64_t *rcount,
+                    const int64_t *rdispl, int elem, int axis) {
+  if (!active) rt_die("an all-to-all needs ranks: run under mpirun");
+  int n = comm_group_size(axis), *c = rt_xmalloc(4 * n * sizeof(int));
+  for (int i = 0; i < n; i++) {
+    int64_t v[4] = {scount[i], sdispl[i], rcount[i], rdispl[i]};
+    for (int j = 0; j < 4; j++) {
+      if (v[j] < 0 || v[j] > INT32_MAX) rt_die("an all-to-all of %lld values is too large", (long long)v[j]);
+      c[j * n + i] = (int)v[j];
+    }
+  }
+  MPI_Request req;
+  if (MPI_Ialltoallv(send, c, c + n, type_of(elem), recv, c + 2 * n, c + 3 * n, type_of(elem), groups[axis], &req) !=
+      MPI_SUCCESS)
+    rt_die("MPI_Ialltoallv failed");
+  wait_for(&req, "an all-to-all over the %s group", axis_name[axis]);
+  free(c);
+}

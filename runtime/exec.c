@@ -40,7 +40,8 @@ Run *rt_new(Bundle *b, Backend *be) {
   r->graph = rt_xmalloc(2 * b->slots * sizeof(void *)), r->graph_runs = rt_xmalloc(2 * b->slots * sizeof(int));
   r->graphs = be->graph_begin != NULL;
   for (int i = 0; i < b->nfwd + b->nbwd; i++)   /* a tp all-reduce goes through the host */
-    if ((i < b->nfwd ? b->fwd[i] : b->bwd[i - b->nfwd]).op == OP_ALLREDUCE) r->graphs = false;
+    { int op = (i < b->nfwd ? b->fwd[i] : b->bwd[i - b->nfwd]).op;
+      if (op == OP_ALLREDUCE || op == OP_MOE_A2A || op == OP_MOE_A2A_REV) r->graphs = false; }
   return r;
 }
 
@@ -177,6 +178,42 @@ void rt_trace_close(Run *r, const char *path) {
 
 static void run_ops(Run *r, const RtInst *prog, int n, int slot);
 
+/* Per rank of a group: elements from a prefix of counts grouped per rank. */
+static void per_rank(const double *counts, int64_t per, int ranks, int64_t d, int64_t *n, int64_t *displ) {
+  for (int q = 0; q < ranks; q++) {
+    n[q] = 0;
+    for (int64_t e = 0; e < per; e++) n[q] += (int64_t)counts[q * per + e] * d;
+    displ[q] = q ? displ[q - 1] + n[q - 1] : 0;
+  }
+}
+
+/* Expert parallelism's all-to-alls over ep. moe_a2a: the rows of each
+ * expert (sorted by expert, counts per expert) to the rank holding it,
+ * which receives them by source rank, and the counts with them (rcounts,
+ * source-major); moe_a2a_rev: the same rows back. The counts come to the
+ * host to size the exchange. */
+static void moe_a2a(Run *r, const RtInst *x, void **out, void **in) {
+  int ep = (int)x->seg;
+  int64_t E = x->e, El = E / ep;
+  double *c = rt_xmalloc(2 * E * sizeof(double)), *rc = c + E;
+  int64_t *n = rt_xmalloc(4 * ep * sizeof(int64_t)), *sd = n + ep, *rn = sd + ep, *rd = rn + ep;
+  if (x->op == OP_MOE_A2A) {
+    r->be->download(c, in[1], E);
+    int64_t *one = rt_xmalloc(2 * ep * sizeof(int64_t)), *at = one + ep;
+    for (int q = 0; q < ep; q++) one[q] = El, at[q] = q * El;
+    comm_alltoallv(c, one, at, rc, one, at, 8, AXIS_EP);
+    free(one);
+    r->be->upload(out[1], rc, E);
+    per_rank(c, El, ep, x->d, n, sd), per_rank(rc, El, ep, x->d, rn, rd);
+    r->be->alltoallv(in[0], n, sd, out[0], rn, rd, AXIS_EP);
+  } else {
+    r->be->download(rc, in[1], E), r->be->download(c, in[2], E);
+    per_rank(rc, El, ep, x->d, n, sd), per_rank(c, El, ep, x->d, rn, rd);
+    r->be->alltoallv(in[0], n, sd, out[0], rn, rd, AXIS_EP);
+  }
+  free(c), free(n);
+}
+
 /* A program's ops, or on a GPU their recording: the third run of a
  * (program, slot) records it (the first two grow the scratch buffers), and
  * later runs replay it. Profiling and tracing time each op, so they run
@@ -201,7 +238,8 @@ static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
     for (int j = 0; j < 3; j++) out[j] = x->out[j] >= 0 ? ptr[x->out[j]] : NULL;
     for (int j = 0; j < RT_MAX_IN; j++) in[j] = x->in[j] >= 0 ? ptr[x->in[j]] : NULL;
     double t = r->op_time || r->trace ? rt_now() : 0;
-    if (x->op == OP_ALLREDUCE) r->be->allreduce(out[0], x->n, AXIS_TP, x->red);
+    if (x->op == OP_ALLREDUCE) r->be->allreduce(out[0], x->n, x->axis, x->red);
+    else if (x->op == OP_MOE_A2A || x->op == OP_MOE_A2A_REV) moe_a2a(r, x, out, in);
     else r->be->run(x, out, in);
     if (r->op_time && r->be->sync) r->be->sync();   /* profiling: a GPU op's own time */
     if (r->op_time) r->op_time[x->op] += rt_now() - t;

@@ -22,10 +22,21 @@ static const char *names[][2] = {
     {"o_proj", "self_attn.o_proj.weight"}, {"gate_proj", "mlp.gate_proj.weight"},
     {"up_proj", "mlp.up_proj.weight"}, {"down_proj", "mlp.down_proj.weight"}};
 
+/* MoE layers (models/blocks/mixtral.lm, or experts = E): Mixtral's names,
+ * one tensor per expert. */
+static const char *moe_names[][2] = {
+    {"router", "block_sparse_moe.gate.weight"}, {"gate_proj", "block_sparse_moe.experts.%d.w1.weight"},
+    {"up_proj", "block_sparse_moe.experts.%d.w3.weight"}, {"down_proj", "block_sparse_moe.experts.%d.w2.weight"}};
+
+static const char *base_name(const char *lmc, int *layer) {
+  *layer = -1;
+  if (!strncmp(lmc, "layers.", 7) && strchr(lmc + 7, '.')) return *layer = atoi(lmc + 7), strchr(lmc + 7, '.') + 1;
+  return lmc;
+}
+
 bool hf_name(const char *lmc, char *out, size_t n) {
-  int layer = -1;
-  const char *base = lmc;
-  if (!strncmp(lmc, "layers.", 7) && strchr(lmc + 7, '.')) layer = atoi(lmc + 7), base = strchr(lmc + 7, '.') + 1;
+  int layer;
+  const char *base = base_name(lmc, &layer);
   for (size_t i = 0; i < sizeof names / sizeof *names; i++)
     if (!strcmp(base, names[i][0])) {
       if (layer >= 0) snprintf(out, n, "model.layers.%d.%s", layer, names[i][1]);
@@ -35,9 +46,39 @@ bool hf_name(const char *lmc, char *out, size_t n) {
   return false;
 }
 
+/* How many HF tensors a parameter is: an expert weight [E, out, in] is
+ * E of them, anything else one. */
+static bool is_expert(const RtParam *p) {
+  int layer;
+  const char *base = base_name(p->name, &layer);
+  return p->rank == 3 && layer >= 0 && (!strcmp(base, "gate_proj") || !strcmp(base, "up_proj") || !strcmp(base, "down_proj"));
+}
+
+int64_t hf_parts(const RtParam *p) { return is_expert(p) ? p->shape[0] : 1; }
+
+/* The HF name of part `part` of p: its expert's tensor, a router's, or
+ * hf_name's. */
+bool hf_part_name(const RtParam *p, int64_t part, char *out, size_t n) {
+  int layer;
+  const char *base = base_name(p->name, &layer);
+  if (layer >= 0 && (is_expert(p) || !strcmp(base, "router")))
+    for (size_t i = 0; i < sizeof moe_names / sizeof *moe_names; i++)
+      if (!strcmp(base, moe_names[i][0])) {
+        char fmt[160];
+        snprintf(fmt, sizeof fmt, "model.layers.%d.%s", layer, moe_names[i][1]);
+        snprintf(out, n, fmt, (int)part);
+        return true;
+      }
+  return hf_name(p->name, out, n);
+}
+
 /* HF's 2-D shape of a parameter: o_proj merges its trailing dims, the
  * other projections their leading ones. */
 static int hf_shape(const RtParam *p, int64_t *s) {
+  if (is_expert(p)) {   /* one expert's [out, in] */
+    s[0] = p->shape[1], s[1] = p->shape[2];
+    return 2;
+  }
   if (p->rank <= 2) {
     for (int i = 0; i < p->rank; i++) s[i] = p->shape[i];
     return p->rank;
@@ -74,19 +115,32 @@ static void write_config(Run *r, const char *dir) {
           *h = find_param(b, "lm_head", &i);
   if (!q || !k || !g || !e || !h || q->rank != 3 || k->rank != 3)
     rt_die("--export-hf writes Llama models (the parameters of models/blocks/llama.lm and an untied lm_head)");
-  int layers = 0;
-  for (char nm[64]; snprintf(nm, sizeof nm, "layers.%d.q_proj", layers), find_param(b, nm, &i); layers++) {}
+  int layers = 0, moe = 0;
+  for (char nm[64]; snprintf(nm, sizeof nm, "layers.%d.q_proj", layers), find_param(b, nm, &i); layers++) {
+    snprintf(nm, sizeof nm, "layers.%d.router", layers);
+    moe += find_param(b, nm, &i) != NULL;
+  }
+  if (moe && moe != layers)
+    rt_die("--export-hf: %d of the %d layers are MoE layers; Hugging Face's Mixtral has them in every layer", moe, layers);
   char path[1200];
   snprintf(path, sizeof path, "%s/config.json", dir);
   FILE *f = fopen(path, "w");
   if (!f) rt_die("cannot write '%s': %s", path, strerror(errno));
-  fprintf(f, "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n"
-          "  \"vocab_size\": %lld,\n  \"hidden_size\": %lld,\n  \"intermediate_size\": %lld,\n"
+  const RtInst *route = NULL;
+  for (int j = 0; j < b->nfwd && moe; j++)
+    if (b->fwd[j].op == OP_MOE_ROUTE && !route) route = &b->fwd[j];
+  if (moe)
+    fprintf(f, "{\n  \"architectures\": [\"MixtralForCausalLM\"],\n  \"model_type\": \"mixtral\",\n"
+            "  \"num_local_experts\": %lld,\n  \"num_experts_per_tok\": %lld,\n  \"router_aux_loss_coef\": %g,\n",
+            (long long)g->shape[0], route ? (long long)route->top : 2, route ? route->aux : 0.0);
+  else
+    fprintf(f, "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n");
+  fprintf(f, "  \"vocab_size\": %lld,\n  \"hidden_size\": %lld,\n  \"intermediate_size\": %lld,\n"
           "  \"num_hidden_layers\": %d,\n  \"num_attention_heads\": %lld,\n  \"num_key_value_heads\": %lld,\n"
           "  \"head_dim\": %lld,\n  \"rms_norm_eps\": %g,\n  \"rope_theta\": %g,\n  \"max_position_embeddings\": %lld,\n"
           "  \"hidden_act\": \"silu\",\n  \"tie_word_embeddings\": false,\n  \"attention_bias\": false,\n"
           "  \"mlp_bias\": false,\n  \"torch_dtype\": \"float32\"\n}\n",
-          (long long)e->shape[0], (long long)e->shape[1], (long long)g->shape[0], layers, (long long)q->shape[0],
+          (long long)e->shape[0], (long long)e->shape[1], (long long)g->shape[g->rank == 3], layers, (long long)q->shape[0],
           (long long)k->shape[0], (long long)q->shape[1], first_attr(b, OP_RMSNORM, false),
           first_attr(b, OP_ROPE, true), (long long)b->T);
   if (fclose(f)) rt_die("cannot write '%s': %s", path, strerror(errno));
@@ -103,14 +157,19 @@ void hf_export(Run *r, const char *dir) {
   int64_t off = 0;
   for (int p = 0; p < b->nparams; p++) {
     RtParam *pp = &b->params[p];
-    char name[256];
-    int64_t s[6];
-    if (!hf_name(pp->name, name, sizeof name)) rt_die("--export-hf: parameter '%s' has no Hugging Face Llama name", pp->name);
+    int64_t s[6], parts = hf_parts(pp), per = pp->numel / parts;
     int rank = hf_shape(pp, s);
-    hn += snprintf(hdr + hn, cap - hn, ",\"%s\":{\"dtype\":\"F32\",\"shape\":[", name);
-    for (int d = 0; d < rank; d++) hn += snprintf(hdr + hn, cap - hn, "%s%lld", d ? "," : "", (long long)s[d]);
-    hn += snprintf(hdr + hn, cap - hn, "],\"data_offsets\":[%lld,%lld]}", (long long)off, (long long)(off + 4 * pp->numel));
-    off += 4 * pp->numel;
+    for (int64_t part = 0; part < parts; part++) {
+      char name[256];
+      if (!hf_part_name(pp, part, name, sizeof name))
+        rt_die("--export-hf: parameter '%s' has no Hugging Face Llama or Mixtral name", pp->name);
+      if (hn + 512 > cap) hdr = realloc(hdr, cap *= 2);
+      if (!hdr) rt_die("out of memory");
+      hn += snprintf(hdr + hn, cap - hn, ",\"%s\":{\"dtype\":\"F32\",\"shape\":[", name);
+      for (int d = 0; d < rank; d++) hn += snprintf(hdr + hn, cap - hn, "%s%lld", d ? "," : "", (long long)s[d]);
+      hn += snprintf(hdr + hn, cap - hn, "],\"data_offsets\":[%lld,%lld]}", (long long)off, (long long)(off + 4 * per));
+      off += 4 * per;
+    }
   }
   hn += snprintf(hdr + hn, cap - hn, "}");
   while (hn % 8) hdr[hn++] = ' ';   /* the data starts 8-byte aligned */
@@ -277,7 +336,7 @@ static struct {
   char *hdr;
   Entry *es;
   double *x;
-  bool *done;
+  int64_t *done;          /* per parameter: its HF tensors loaded */
 } pending;
 
 void hf_abandon(void) {
@@ -286,7 +345,7 @@ void hf_abandon(void) {
 }
 
 /* Loads the parameters one file holds; marks them in done. */
-static void import_file(Run *r, const char *path, bool *done) {
+static void import_file(Run *r, const char *path, int64_t *done) {
   Bundle *b = r->b;
   size_t n;
   unsigned char *buf = pending.buf = slurp(path, &n);
@@ -301,30 +360,36 @@ static void import_file(Run *r, const char *path, bool *done) {
   size_t avail = n - 8 - hl;
   for (int p = 0; p < b->nparams; p++) {
     RtParam *pp = &b->params[p];
-    char name[256];
-    if (!hf_name(pp->name, name, sizeof name)) rt_die("--init-hf: parameter '%s' has no Hugging Face Llama name", pp->name);
-    for (int k = 0; k < ne; k++) {
-      Entry *e = &es[k];
-      if (strcmp(e->name, name)) continue;
-      int esz = elem_size(e->dtype);
-      int64_t numel = 1, s[6];
-      for (int d = 0; d < e->rank; d++) numel *= e->shape[d];
-      int rank = hf_shape(pp, s);
-      bool same = rank == e->rank;
-      for (int d = 0; same && d < rank; d++) same = s[d] == e->shape[d];
-      if (!esz) rt_die("'%s': tensor %s has dtype %s (F32, F64, BF16 or F16 are read)", path, name, e->dtype);
-      if (!same || numel != pp->numel)
-        rt_die("'%s': tensor %s has %lld elements in another shape than %s's %lld", path, name, (long long)numel,
-               pp->name, (long long)pp->numel);
-      if (e->end < e->begin || (uint64_t)(e->end - e->begin) != (uint64_t)numel * esz || (uint64_t)e->end > avail)
-        rt_die("'%s': tensor %s's data lies outside the file", path, name);
-      if (pp->value >= 0) {
-        double *x = pending.x = rt_xmalloc(pp->numel * sizeof *x);
-        for (int64_t i = 0; i < pp->numel; i++) x[i] = value_at(data + e->begin, e->dtype, i);
-        rt_set_param(r, p, x);
-        free(x), pending.x = NULL;
+    int64_t parts = hf_parts(pp), per = pp->numel / parts;
+    for (int64_t part = 0; part < parts; part++) {
+      char name[256];
+      if (!hf_part_name(pp, part, name, sizeof name))
+        rt_die("--init-hf: parameter '%s' has no Hugging Face Llama or Mixtral name", pp->name);
+      for (int k = 0; k < ne; k++) {
+        Entry *e = &es[k];
+        if (strcmp(e->name, name)) continue;
+        int esz = elem_size(e->dtype);
+        int64_t numel = 1, s[6];
+        for (int d = 0; d < e->rank; d++) numel *= e->shape[d];
+        int rank = hf_shape(pp, s);
+        bool same = rank == e->rank;
+        for (int d = 0; same && d < rank; d++) same = s[d] == e->shape[d];
+        if (!esz) rt_die("'%s': tensor %s has dtype %s (F32, F64, BF16 or F16 are read)", path, name, e->dtype);
+        if (!same || numel != per)
+          rt_die("'%s': tensor %s has %lld elements in another shape than %s's %lld", path, name, (long long)numel,
+                 pp->name, (long long)per);
+        if (e->end < e->begin || (uint64_t)(e->end - e->begin) != (uint64_t)numel * esz || (uint64_t)e->end > avail)
+          rt_die("'%s': tensor %s's data lies outside the file", path, name);
+        if (pp->value >= 0) {   /* an expert's part may come from another shard than its neighbours' */
+          double *x = pending.x = rt_xmalloc(pp->numel * sizeof *x);
+          if (parts > 1) rt_get_param(r, p, x);
+          for (int64_t i = 0; i < per; i++) x[part * per + i] = value_at(data + e->begin, e->dtype, i);
+          rt_set_param(r, p, x);
+          free(x), pending.x = NULL;
+        }
+        done[p]++;
+        break;
       }
-      done[p] = true;
     }
   }
   free(es), free(h), free(buf);
@@ -334,7 +399,8 @@ static void import_file(Run *r, const char *path, bool *done) {
 void hf_import(Run *r, const char *dir) {
   Bundle *b = r->b;
   if (b->world > 1) rt_die("--init-hf runs on one rank (save a checkpoint, then resume it in any layout)");
-  bool *done = pending.done = rt_xmalloc(b->nparams * sizeof *done);
+  int64_t *done = pending.done = calloc(b->nparams, sizeof *done);
+  if (!done) rt_die("out of memory");
   char path[1200];
   snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
   struct stat st;
@@ -359,8 +425,12 @@ void hf_import(Run *r, const char *dir) {
   }
   for (int p = 0; p < b->nparams; p++) {
     char name[256];
-    hf_name(b->params[p].name, name, sizeof name);
+    int64_t parts = hf_parts(&b->params[p]);
+    hf_part_name(&b->params[p], done[p] < parts ? done[p] : 0, name, sizeof name);
     if (!done[p]) rt_die("'%s' has no tensor %s (for %s)", dir, name, b->params[p].name);
+    if (done[p] < parts)
+      rt_die("'%s' has %lld of the %lld expert tensors of %s (like %s)", dir, (long long)done[p], (long long)parts,
+             b->params[p].name, name);
   }
   free(done), pending.done = NULL;
 }

@@ -39,6 +39,9 @@ int comm_group_size(int axis);
 int comm_group_rank(int axis);
 void comm_group_bcast(void *buf, int bytes, int axis);   /* from the group's rank 0 */
 const char *comm_axis_name(int axis);
+/* counts and displacements in elements, one per rank of the group */
+void comm_alltoallv(const void *send, const int64_t *scount, const int64_t *sdispl, void *recv, const int64_t *rcount,
+                    const int64_t *rdispl, int elem, int axis);
 void comm_isend(const void *buf, int64_t n, int elem, int peer, int tag, int axis, int slot);
 void comm_recv(void *buf, int64_t n, int elem, int peer, int tag, int axis);
 void comm_wait_sends(int slot);
@@ -75,7 +78,14 @@ typedef struct RtInst {
   int64_t m, n, k, d, v, b, t, h, g, nb;
   int64_t v0;              /* vocab parallel: the first row this rank holds */
   int ta, tb, red;         /* red: allreduce op, 0 sum 1 max */
+  int axis;                /* allreduce: its group (AXIS_TP unless group= says) */
   double eps, theta, scale;
+  /* MoE: experts (here e: on this rank for the expert GEMMs), top k, row
+   * segments, tokens one balance covers, renormalise the gates, the loss
+   * coefficients and this rank's share of the balance losses */
+  int64_t e, top, seg, ng;
+  int rn;
+  double aux, zl, share;
 } RtInst;
 
 typedef struct RtParam {
@@ -164,6 +174,10 @@ typedef struct Backend {
   void (*send)(const void *x, int64_t n, int peer, int tag, int axis, int slot); /* async */
   void (*recv)(void *x, int64_t n, int peer, int tag, int axis);
   void (*wait_sends)(int slot);                             /* slot < 0: all */
+  /* rows of reals to and from every rank of the group (MoE's dispatch):
+   * counts and displacements in elements, per rank of the group */
+  void (*alltoallv)(const void *send, const int64_t *scount, const int64_t *sdispl, void *recv,
+                    const int64_t *rcount, const int64_t *rdispl, int axis);
   void (*adamw)(void *w, const void *g, void *m, void *v, int64_t n, const AdamArgs *a);
   double (*gemm_peak)(void);         /* the GEMM rate this device reaches, FLOP/s */
   void (*sync)(void);                /* wait for queued work (timing) */
@@ -277,6 +291,8 @@ void ckpt_abandon(void);                  /* after a caught load error: free wha
 void hf_export(Run *r, const char *dir);   /* config.json + model.safetensors, HF Llama names */
 void hf_import(Run *r, const char *dir);   /* the parameters from a HF Llama folder */
 bool hf_name(const char *lmc, char *out, size_t n);   /* lmc's name -> HF's; false: none */
+int64_t hf_parts(const RtParam *p);      /* HF tensors of a parameter: E for an expert weight, else 1 */
+bool hf_part_name(const RtParam *p, int64_t part, char *out, size_t n);   /* the HF name of one */
 void hf_abandon(void);                     /* after a caught import error: free what it held */
 
 /* ---- tblog.c ---- */

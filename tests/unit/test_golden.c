@@ -82,19 +82,53 @@ static void compare(const char *what, const double *got, const double *want, int
 }
 
 /* Each parameter's tensor from the run (get) against the reference's
- * `<prefix><HF name>`, rtol 1e-7. */
+ * `<prefix><HF name>` (an expert weight: one per expert), rtol 1e-7. */
 static void compare_params(Run *r, const char *gd, const char *prefix, const char *label,
                            void (*get)(Run *, int, double *), double atol) {
   for (int p = 0; p < r->b->nparams; p++) {
-    char name[256], ref[300], what[300];
-    if (!hf_name(r->b->params[p].name, name, sizeof name)) rt_die("no reference name for %s", r->b->params[p].name);
-    snprintf(ref, sizeof ref, "%s%s", prefix, name);
-    snprintf(what, sizeof what, "%s%s", label, r->b->params[p].name);
-    Tensor want = load(gd, "expected.safetensors", ref);
-    double *got = rt_xmalloc(want.n * sizeof(double));
+    RtParam *pp = &r->b->params[p];
+    int64_t parts = hf_parts(pp), per = pp->numel / parts;
+    double *got = rt_xmalloc(pp->numel * sizeof(double));
     get(r, p, got);
-    compare(what, got, want.data, want.n, atol, 1e-7);
-    free(want.data), free(got);
+    for (int64_t part = 0; part < parts; part++) {
+      char name[256], ref[300], what[300];
+      if (!hf_part_name(pp, part, name, sizeof name)) rt_die("no reference name for %s", pp->name);
+      snprintf(ref, sizeof ref, "%s%s", prefix, name);
+      snprintf(what, sizeof what, parts > 1 ? "%s%s[%lld]" : "%s%s", label, pp->name, (long long)part);
+      Tensor want = load(gd, "expected.safetensors", ref);
+      if (want.n != per) rt_die("%s: %lld elements, the reference %lld", what, (long long)per, (long long)want.n);
+      compare(what, got + part * per, want.data, want.n, atol, 1e-7);
+      free(want.data);
+    }
+    free(got);
+  }
+}
+
+/* MoE layers: each layer's aux and z losses (its metrics value) against
+ * the reference's; the cross-entropy is the loss less their weighted sum. */
+static double compare_moe(Run *r, const char *gd, double loss) {
+  Bundle *b = r->b;
+  double aux_coef = 0, z_coef = 0;
+  for (int i = 0; i < b->nfwd; i++)
+    if (b->fwd[i].op == OP_MOE_LOSS) aux_coef = b->fwd[i].aux, z_coef = b->fwd[i].zl;
+  for (int layer = 0;; layer++) {
+    char name[64], ref[64];
+    int v = -1;
+    snprintf(name, sizeof name, "layers.%d.moe", layer);
+    for (int i = 0; i < b->nvals; i++)
+      if (b->vals[i].present && !strcmp(b->vals[i].name, name)) v = i;
+    if (v < 0) return loss;
+    double m[4];
+    rt_get_value(r, v, m);
+    const char *what[2] = {"aux", "z"};
+    for (int k = 0; k < 2; k++) {
+      snprintf(ref, sizeof ref, "moe.layer%d.%s", layer, what[k]);
+      snprintf(name, sizeof name, "layer %d %s loss", layer, what[k]);
+      Tensor want = load(gd, "expected.safetensors", ref);
+      compare(name, &m[k], want.data, 1, 1e-12, 1e-10);
+      free(want.data);
+    }
+    loss -= aux_coef * m[0] + z_coef * m[1];
   }
 }
 
@@ -128,9 +162,11 @@ int main(int argc, char **argv) {
     compare("logits", lg, lw.data, lw.n, 1e-10, 1e-8);
   }
   rt_backward(r);
-  Tensor ce = load(gd, "expected.safetensors", "loss.ce");
-  double loss = rt_loss(r);
-  compare("loss", &loss, ce.data, 1, 1e-12, 1e-10);
+  Tensor ce = load(gd, "expected.safetensors", "loss.ce"), total = load(gd, "expected.safetensors", "loss.total");
+  double loss = rt_loss(r), xent = compare_moe(r, gd, loss);
+  compare("loss (total)", &loss, total.data, 1, 1e-12, 1e-10);
+  compare("cross-entropy", &xent, ce.data, 1, 1e-12, 1e-10);
+  free(total.data);
   compare_params(r, gd, "grad.", "grad ", rt_get_grad, 1e-10);
   /* three AdamW steps through the schedule's step, constant lr */
   Tensor losses = load(gd, "expected.safetensors", "adamw.losses");
