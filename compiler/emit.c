@@ -55,6 +55,7 @@ static void print_value(FILE *out, Program *p, Value *v) {
           (long long)v->offset, (long long)shape_numel(&v->shape));
   print_sizes(out, &v->shape);
   if (v->kind == V_PARAM && split_dim(p, v) >= 0) fprintf(out, " split=%d", split_dim(p, v));
+  if (v->kind == V_PARAM && v->esplit) fprintf(out, " esplit=1");
   if (v->kind == V_PARAM && v->stages != ((uint64_t)1 << v->stage) && s_stage != v->stage)
     fprintf(out, " copy=1");   /* another stage holds the primary copy */
   fprintf(out, " ");
@@ -105,11 +106,14 @@ static void print_action(FILE *out, Action *a) {
     else fprintf(out, "  allreduce %s off=%lld n=%lld group=%s\n", regions[a->region], (long long)a->off,
                  (long long)a->n, axis_name(a->axis));
     break;
-  case ACT_OPTIMIZER:
-    if (a->norm_tp && a->norm_pp) fprintf(out, "  optimizer norm=tp,pp\n");
-    else if (a->norm_tp || a->norm_pp) fprintf(out, "  optimizer norm=%s\n", a->norm_tp ? "tp" : "pp");
-    else fprintf(out, "  optimizer\n");
+  case ACT_OPTIMIZER: {
+    const char *g[3] = {a->norm_tp ? "tp" : NULL, a->norm_pp ? "pp" : NULL, a->norm_ep ? "ep" : NULL};
+    fprintf(out, "  optimizer");
+    for (int i = 0, first = 1; i < 3; i++)
+      if (g[i]) fprintf(out, "%s%s", first ? " norm=" : ",", g[i]), first = 0;
+    fprintf(out, "\n");
     break;
+  }
   }
 }
 

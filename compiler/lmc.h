@@ -262,7 +262,7 @@ typedef struct Action {
   int region;          /* allreduce */
   int64_t off, n;
   bool grad;           /* send/recv of a gradient */
-  bool norm_tp, norm_pp;   /* optimizer: sum the gradient norm over these groups */
+  bool norm_tp, norm_pp, norm_ep;   /* optimizer: sum the gradient norm over these groups */
   bool zeros;          /* allreduce: this rank holds no copy and adds zeros */
 } Action;
 

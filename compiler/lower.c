@@ -380,7 +380,7 @@ static void check_experts(Loc loc, Value *w, int e, int out, int in, const char 
   if (s->rank != 3 || s->dim[0] != e || s->dim[1] != out || s->dim[2] != in || w->kind != V_PARAM)
     diag_error(loc, "moe-shape", "moe: %s must be a parameter [%s, %s, %s] (experts, out, in), got %s", what,
                P->dims[e].name, P->dims[out].name, P->dims[in].name, shape_str(s));
-  if (tp_split(e) || tp_split(in))
+  if (tp_split(s->dim[1]) && tp_split(s->dim[2]))
     diag_error(loc, "tp-unsupported", "moe: only the experts' hidden dim can be split by tp");
 }
 

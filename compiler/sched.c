@@ -243,9 +243,48 @@ static void shared_grads(List *l, Sched *s) {
   }
 }
 
-static void loss_allreduce(List *l, Settings *t) {
-  if (t->mesh[AX_PP] > 1) allreduce(l, V_STATE, 0, 1, AX_PP);
-  if (t->mesh[AX_DP] > 1) allreduce(l, V_STATE, 0, 1, AX_DP);
+/* The loss and MoE's metrics (the state region up to its last value) are
+ * summed over the stages and the data parallel ranks. */
+static void loss_allreduce(List *l, Sched *s) {
+  Settings *t = &s->g->prog->s;
+  int64_t n = 1;
+  for (int i = 0; i < s->g->nvals; i++) {
+    Value *v = s->g->vals[i];
+    if (v->kind == V_STATE && v->offset + shape_numel(&v->shape) > n) n = v->offset + shape_numel(&v->shape);
+  }
+  if (t->mesh[AX_PP] > 1) allreduce(l, V_STATE, 0, n, AX_PP);
+  if (t->mesh[AX_DP] > 1) allreduce(l, V_STATE, 0, n, AX_DP);
+  if (t->mesh[AX_EP] > 1) allreduce(l, V_STATE, 0, n, AX_EP);
+}
+
+/* Gradient all-reduces over axis of [off, off + n) of the gradient
+ * region, in buckets. */
+static void grad_buckets(List *l, int64_t off, int64_t n, int axis) {
+  for (int64_t o = off; o < off + n; o += BUCKET)
+    allreduce(l, V_GRAD, o, off + n - o < BUCKET ? off + n - o : BUCKET, axis);
+}
+
+/* ep ranks are data parallel for all but the experts: the gradients of
+ * the other parameters are summed over ep too, run by run of neighbours. */
+static void ep_grads(List *l, Sched *s) {
+  Graph *g = s->g;
+  int64_t start = -1, end = -1;
+  for (int64_t at = 0; at < s->region[V_GRAD];) {   /* params in region order */
+    Value *next = NULL;
+    for (int i = 0; i < g->nparams; i++) {
+      Value *p = g->params[i];
+      if (sched_has(s, p) && p->offset >= at && (!next || p->offset < next->offset)) next = p;
+    }
+    if (!next) break;
+    at = next->offset + 1;
+    if (next->esplit) {              /* an expert's: summed over dp only */
+      if (start >= 0) grad_buckets(l, start, end - start, AX_EP), start = -1;
+      continue;
+    }
+    if (start < 0) start = next->offset;
+    end = next->offset + shape_numel(&next->shape);
+  }
+  if (start >= 0) grad_buckets(l, start, end - start, AX_EP);
 }
 
 void sched_actions(Sched *s) {
@@ -254,16 +293,15 @@ void sched_actions(Sched *s) {
   push(&step, ACT_ZERO_GRADS);
   passes(&step, s);
   shared_grads(&step, s);
-  if (t->mesh[AX_DP] > 1)
-    for (int64_t off = 0; off < s->region[V_GRAD]; off += BUCKET)
-      allreduce(&step, V_GRAD, off, s->region[V_GRAD] - off < BUCKET ? s->region[V_GRAD] - off : BUCKET, AX_DP);
-  loss_allreduce(&step, t);
+  if (t->mesh[AX_DP] > 1) grad_buckets(&step, 0, s->region[V_GRAD], AX_DP);
+  if (t->mesh[AX_EP] > 1) ep_grads(&step, s);
+  loss_allreduce(&step, s);
   Action *opt = push(&step, ACT_OPTIMIZER);
-  opt->norm_tp = t->mesh[AX_TP] > 1, opt->norm_pp = t->mesh[AX_PP] > 1;
-  opt->axis = opt->norm_tp || opt->norm_pp ? MAX_AXES : -1;   /* a collective over one replica */
+  opt->norm_tp = t->mesh[AX_TP] > 1, opt->norm_pp = t->mesh[AX_PP] > 1, opt->norm_ep = t->mesh[AX_EP] > 1;
+  opt->axis = opt->norm_tp || opt->norm_pp || opt->norm_ep ? MAX_AXES : -1;   /* a collective over one replica */
   push(&eval, ACT_ZERO_STATE);
   for (int mb = 0; mb < t->microbatches; mb++) forward(&eval, s->part, mb);
-  loss_allreduce(&eval, t);
+  loss_allreduce(&eval, s);
   s->step = step.a, s->nstep = step.n, s->eval = eval.a, s->neval = eval.n;
 }
 
@@ -298,10 +336,10 @@ static int peer_rank(Graph *g, RankRun *r, const Action *a) {
 
 /* The group of a collective: the ranks that differ only on its axis; for
  * the optimizer's norm (axis MAX_AXES), the ranks of one model replica,
- * which agree on dp and ep. */
+ * which agree on dp (ep ranks hold different experts of one replica). */
 static bool same_group(RankRun *a, RankRun *b, int axis, int kind) {
-  if (kind == ACT_OPTIMIZER)
-    return a->coord[AX_DP] == b->coord[AX_DP] && a->coord[AX_EP] == b->coord[AX_EP];
+  if (kind == ACT_OPTIMIZER)   /* ep ranks hold different experts: one replica spans them */
+    return a->coord[AX_DP] == b->coord[AX_DP];
   for (int x = 0; x < MAX_AXES; x++)
     if (x != axis && a->coord[x] != b->coord[x]) return false;
   return true;

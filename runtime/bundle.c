@@ -214,6 +214,7 @@ static void read_value(Reader *r, Bundle *b) {
   v->rank = parse_shape(r, field(r->buf, "shape"), v->shape);
   v->split = field(r->buf, "split") ? (int)ifield(r, "split") : -1;
   v->copy = field(r->buf, "copy") != NULL;
+  v->esplit = field(r->buf, "esplit") != NULL;
   if (v->split >= v->rank) bad(r, "bad split");
   if (v->off < 0 || v->n <= 0 || v->off + v->n > b->region[v->region]) bad(r, "value outside its region");
   const char *last = strrchr(r->buf, ' ');
@@ -389,6 +390,7 @@ static void read_action(Reader *r, Bundle *b, Action *a) {
     const char *norm = field(l, "norm");
     a->kind = A_OPTIMIZER;
     a->norm_tp = norm && strstr(norm, "tp"), a->norm_pp = norm && strstr(norm, "pp");
+    a->norm_ep = norm && strstr(norm, "ep");
   } else if (!strncmp(l, "  send ", 7) || !strncmp(l, "  recv ", 7)) {
     char what[8];
     int id;
@@ -490,10 +492,11 @@ static void link_params(Bundle *b) {
         p->value = v;
     if (p->value < 0) continue;
     RtValue *v = &b->vals[p->value];
-    p->local = v->n, p->split = v->split, p->copy = v->copy;
-    int64_t parts = p->split >= 0 ? b->mesh[1] : 1;
-    if (v->rank != p->rank || v->n * parts != p->numel ||
-        (p->split >= 0 && v->shape[p->split] * parts != p->shape[p->split]))
+    p->local = v->n, p->split = v->split, p->copy = v->copy, p->esplit = v->esplit;
+    int64_t parts = p->split >= 0 ? b->mesh[1] : 1, eparts = p->esplit ? b->mesh[3] : 1;
+    if (v->rank != p->rank || v->n * parts * eparts != p->numel || (p->esplit && p->split == 0) ||
+        (p->split >= 0 && v->shape[p->split] * parts != p->shape[p->split]) ||
+        (p->esplit && v->shape[0] * eparts != p->shape[0]))
       rt_die("bundle %s: parameter '%s' has the wrong size in the schedule", b->dir, p->name);
     held++;
   }

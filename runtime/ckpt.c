@@ -47,10 +47,11 @@ static void put_tensor(Buf *b, const double *x, int64_t n, bool f64) {
 }
 
 /* This rank writes its part of p: the tp parts of a split parameter, or
- * a whole one if it is tp rank 0; a stage holding a copy of another
- * stage's parameter writes nothing of it. */
+ * a whole one if it is tp rank 0; the ep parts of an expert weight, or
+ * any other parameter if it is ep rank 0; a stage holding a copy of
+ * another stage's parameter writes nothing of it. */
 static bool writes(Bundle *b, RtParam *p) {
-  return p->value >= 0 && !p->copy && (p->split >= 0 || b->coord[1] == 0);
+  return p->value >= 0 && !p->copy && (p->split >= 0 || b->coord[1] == 0) && (p->esplit || b->coord[3] == 0);
 }
 
 static char *header(Run *r, const CkptInfo *info) {
@@ -72,6 +73,7 @@ static char *header(Run *r, const CkptInfo *info) {
                   (long long)pp->local, pp->split, pp->split >= 0 ? b->coord[1] : 0,
                   pp->split >= 0 ? b->mesh[1] : 1);
     for (int d = 0; d < pp->rank; d++) n += snprintf(h + n, cap - n, "%s%lld", d ? "x" : "", (long long)pp->shape[d]);
+    if (pp->esplit) n += snprintf(h + n, cap - n, " experts=%d/%d", b->coord[3], b->mesh[3]);   /* dim 0's part */
     n += snprintf(h + n, cap - n, "\n");
   }
   snprintf(h + n, cap - n, "end\n");
@@ -184,7 +186,7 @@ void ckpt_save(Run *r, const char *dir, const CkptInfo *info) {
       rt_die("cannot create checkpoint folder '%s': %s", tmp, strerror(errno));
   }
   comm_barrier();
-  if (b->coord[AXIS_DP] == 0) {          /* data parallel copies are identical */
+  if (b->coord[AXIS_DP] == 0) {          /* data parallel copies are identical; ep ranks write their experts */
     Buf buf = {0};
     shard(r, info, &buf);
     snprintf(path, sizeof path, "%s/rank%d.ckpt", tmp, b->rank);
@@ -255,6 +257,7 @@ static void get_tensor(const unsigned char *src, double *x, int64_t n, bool f64)
 typedef struct Piece {
   char name[128];
   int split, part, parts, esz;
+  int epart, eparts;       /* an expert weight's part of dim 0 (of 1 when whole) */
   int64_t n;
   const unsigned char *data;
 } Piece;
@@ -352,6 +355,12 @@ static void read_pieces(Run *r, const char *path, Shards *sh, CkptInfo *info, bo
                &pc.parts) != 5 || numel <= 0 || pc.parts < 1 || pc.parts > 4096 || pc.part < 0 ||
         pc.part >= pc.parts || pc.split < -1 || pc.split >= 6)
       rt_die("checkpoint '%s' is corrupt: bad parameter list", path);
+    const char *eol = strchr(p + 1, '\n'), *ex = strstr(p + 1, " experts=");
+    pc.epart = 0, pc.eparts = 1;
+    if (ex && (!eol || ex < eol) &&
+        (sscanf(ex, " experts=%d/%d", &pc.epart, &pc.eparts) != 2 || pc.eparts < 1 || pc.eparts > 4096 ||
+         pc.epart < 0 || pc.epart >= pc.eparts || pc.split == 0))
+      rt_die("checkpoint '%s' is corrupt: bad parameter list", path);
     pc.n = numel;
     if ((size_t)numel > (n - 8 - off) / (3 * (size_t)esz)) rt_die("checkpoint '%s' is corrupt: too short", path);
     pc.data = buf + off;
@@ -364,9 +373,13 @@ static void read_pieces(Run *r, const char *path, Shards *sh, CkptInfo *info, bo
 }
 
 /* Copies between a whole tensor (shape, rank) and its part `part` of
- * `parts` along dim `split`; to_whole picks the direction. */
+ * `parts` along dim `split`, within part `epart` of `eparts` of dim 0 (an
+ * expert weight's, split by ep); to_whole picks the direction. */
 static void copy_part(double *whole, double *piece, const int64_t *shape, int rank, int split,
-                      int part, int parts, bool to_whole) {
+                      int part, int parts, int epart, int eparts, bool to_whole) {
+  int64_t sub[6], numel = 1;
+  for (int d = 0; d < rank; d++) sub[d] = shape[d], numel *= shape[d];
+  whole += epart * (numel / eparts), sub[0] /= eparts, shape = sub;   /* the experts' block is contiguous */
   if (split < 0) split = 0, parts = 1, part = 0;
   int64_t outer = 1, inner = 1;
   for (int d = 0; d < split; d++) outer *= shape[d];
@@ -390,13 +403,15 @@ static void load_param(Run *r, Shards *sh, int k, const char *path) {
   for (int i = 0; i < sh->npieces; i++) {
     Piece *pc = &sh->pieces[i];
     if (strcmp(pc->name, pp->name)) continue;
-    if (pc->split >= pp->rank || pc->n * pc->parts != pp->numel)
+    if (pc->split >= pp->rank || pc->n * pc->parts * pc->eparts != pp->numel || pp->shape[0] % pc->eparts ||
+        (pc->split >= 0 && pp->shape[pc->split] % pc->parts))
       rt_die("checkpoint '%s' does not match the bundle: it has %s (%lld elements) where the bundle has "
              "%s (%lld elements)", path, pc->name, (long long)(pc->n * pc->parts), pp->name,
              (long long)pp->numel);
     for (int t = 0; t < 3; t++) {
       get_tensor(pc->data + t * pc->n * pc->esz, piece, pc->n, pc->esz == 8);
-      copy_part(whole + t * pp->numel, piece, pp->shape, pp->rank, pc->split, pc->part, pc->parts, true);
+      copy_part(whole + t * pp->numel, piece, pp->shape, pp->rank, pc->split, pc->part, pc->parts, pc->epart,
+                pc->eparts, true);
     }
     covered += pc->n;
   }
@@ -407,7 +422,7 @@ static void load_param(Run *r, Shards *sh, int k, const char *path) {
   void *dst[3] = {r->ptr[pp->value], (char *)r->adam_m + o, (char *)r->adam_v + o};
   for (int t = 0; t < 3; t++) {
     copy_part(whole + t * pp->numel, piece, pp->shape, pp->rank, pp->split, b->coord[1],
-              pp->split >= 0 ? b->mesh[1] : 1, false);
+              pp->split >= 0 ? b->mesh[1] : 1, pp->esplit ? b->coord[3] : 0, pp->esplit ? b->mesh[3] : 1, false);
     r->be->upload(dst[t], piece, pp->local);
   }
   free(whole), free(piece), pending.whole = pending.piece = NULL;

@@ -73,14 +73,16 @@ void rt_free(Run *r) {
 }
 
 /* The index in the whole parameter of element i of this rank's part:
- * tp splits dim `split` into equal parts, this rank holds part coord[tp]. */
+ * tp splits dim `split` into equal parts, this rank holds part coord[tp];
+ * ep splits an expert weight's dim 0, this rank holds part coord[ep]. */
 int64_t rt_global_index(Bundle *b, RtParam *p, int64_t i) {
-  if (p->split < 0) return i;
+  int64_t block = p->esplit ? (int64_t)b->coord[3] * (p->numel / b->mesh[3]) : 0;   /* the experts are dim 0 */
+  if (p->split < 0) return block + i;
   int64_t inner = 1;
   for (int d = p->split + 1; d < p->rank; d++) inner *= p->shape[d];
   int64_t lsplit = p->shape[p->split] / b->mesh[1];
   int64_t outer = i / (lsplit * inner), rest = i % (lsplit * inner);
-  return outer * p->shape[p->split] * inner + (int64_t)b->coord[1] * lsplit * inner + rest;
+  return block + outer * p->shape[p->split] * inner + (int64_t)b->coord[1] * lsplit * inner + rest;
 }
 
 /* Element i of a parameter is a function of (name, seed, global i); it is
@@ -262,14 +264,16 @@ double rt_loss(Run *r) {
 
 /* Whether a parameter of this rank counts in the gradient norm: one that
  * every tp rank holds whole counts once (on tp rank 0); one that several
- * stages hold, once (on the first). */
+ * stages hold, once (on the first); one that every ep rank holds (all but
+ * the experts), once (on ep rank 0). */
 static bool in_norm(const Bundle *b, const RtParam *pp) {
-  return !(pp->copy || (b->mesh[1] > 1 && pp->split < 0 && b->coord[1] != 0));
+  return !(pp->copy || (b->mesh[1] > 1 && pp->split < 0 && b->coord[1] != 0) ||
+           (b->mesh[3] > 1 && !pp->esplit && b->coord[3] != 0));
 }
 
 /* The global gradient norm: this rank's parameters, summed over the
  * groups that split the model. */
-static double grad_norm(Run *r, bool over_tp, bool over_pp) {
+static double grad_norm(Run *r, bool over_tp, bool over_pp, bool over_ep) {
   Bundle *b = r->b;
   const void **x = rt_xmalloc((b->nparams + 1) * sizeof *x);
   int64_t *n = rt_xmalloc((b->nparams + 1) * sizeof *n);
@@ -283,10 +287,11 @@ static double grad_norm(Run *r, bool over_tp, bool over_pp) {
   free(x), free(n);
   if (over_tp) comm_allreduce_sum(&ss, 1, 8, AXIS_TP);
   if (over_pp) comm_allreduce_sum(&ss, 1, 8, AXIS_PP);
+  if (over_ep) comm_allreduce_sum(&ss, 1, 8, AXIS_EP);
   return sqrt(ss);
 }
 
-double rt_grad_norm(Run *r) { return grad_norm(r, false, false); }
+double rt_grad_norm(Run *r) { return grad_norm(r, false, false, false); }
 
 /* The next optimizer step's arguments (the step counted). */
 static AdamArgs next_step(Run *r, double lr, double gscale) {
@@ -391,9 +396,9 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
     case A_OPTIMIZER: {
       r->be->wait_sends(-1);
       double t = rt_now(), clip = b->train.clip, norm;
-      if (r->be->optimizer && !a->norm_tp && !a->norm_pp) *gnorm = device_optimizer(r, lr);
+      if (r->be->optimizer && !a->norm_tp && !a->norm_pp && !a->norm_ep) *gnorm = device_optimizer(r, lr);
       else {
-        norm = grad_norm(r, a->norm_tp, a->norm_pp), *gnorm = norm;
+        norm = grad_norm(r, a->norm_tp, a->norm_pp, a->norm_ep), *gnorm = norm;
         rt_adamw(r, lr, clip > 0 && norm > clip ? clip / (norm + 1e-6) : 1.0);
       }
       if (r->op_time && r->be->sync) r->be->sync();

@@ -66,6 +66,7 @@ typedef struct RtValue {
   int rank;
   int64_t shape[6];
   int split;               /* param: the dim tp splits, or -1 */
+  bool esplit;             /* param: an expert weight, its dim 0 split by ep */
   bool copy;               /* param: another stage holds the primary copy */
   char name[128];
 } RtValue;
@@ -94,6 +95,7 @@ typedef struct RtParam {
   int64_t shape[6], numel;   /* the whole parameter */
   int64_t local;             /* elements on this rank */
   int split;                 /* the dim tp splits, or -1 */
+  bool esplit;               /* an expert weight: ep splits dim 0 (the experts) */
   bool copy;                 /* a copy of a parameter another stage holds too */
   char init[16];
   double std;
@@ -115,7 +117,7 @@ typedef struct Action {
   int kind;
   int64_t mb;
   int region, axis;        /* allreduce: what and over which group */
-  bool norm_tp, norm_pp;   /* optimizer: sum the gradient norm over these groups */
+  bool norm_tp, norm_pp, norm_ep;   /* optimizer: sum the gradient norm over these groups */
   bool zeros;              /* allreduce: join the group with zeros (no copy here) */
   int64_t off, n;
   int value, peer;         /* send/recv: the value, the peer's index in the group */

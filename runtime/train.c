@@ -24,18 +24,18 @@ double lr_at(const Train *t, int64_t steps, int64_t step) {
 
 /* This rank's rows of a global batch: data parallel rank d takes the
  * d-th block of B x microbatches rows, so every layout sees one batch. */
-static const int32_t *my_rows(Bundle *b, const int32_t *global) {
-  return global + (int64_t)b->coord[AXIS_DP] * b->B * b->train.microbatches * (b->T + 1);
-}
-
-static double eval_loss(Run *r, Data *d, int64_t nbatches, int32_t *rows) {
-  Bundle *b = r->b;
-  double sum = 0;
-  for (int64_t i = 0; i < nbatches; i++) {
-    data_val_batch(d, i, nbatches, b->train.batch, b->T, rows);
-    sum += rt_eval(r, my_rows(b, rows));
-  }
-  return sum / nbatches;
+/* This rank's rows of the batch: dp and ep ranks each take their own (ep
+ * ranks are data parallel outside the experts). Microbatch j of every
+ * replica comes from the j-th m-th of the batch, so microbatch j of the
+ * whole group holds the same rows in every layout: what MoE's balance
+ * statistics sum over is then the same as in a one-rank run. */
+static const int32_t *my_rows(Bundle *b, const int32_t *global, int32_t *mine) {
+  int64_t reps = (int64_t)b->mesh[AXIS_DP] * b->mesh[AXIS_EP], rep = b->coord[AXIS_DP] + (int64_t)b->mesh[AXIS_DP] * b->coord[AXIS_EP];
+  int64_t row = b->T + 1, m = b->train.microbatches;
+  if (reps == 1) return global;
+  for (int64_t j = 0; j < m; j++)
+    memcpy(mine + j * b->B * row, global + (j * reps + rep) * b->B * row, b->B * row * sizeof(int32_t));
+  return mine;
 }
 
 static void fmt_time(char *buf, size_t n, double s) {
@@ -61,7 +61,83 @@ typedef struct Loop {
   char ckpt_dir[1100];
   double t0;
   double t_steps, wait0;   /* time in steps after the first, and the wait before them */
+  int *moe, nmoe;          /* MoE layers: their metrics values (aux, z, most and least load) */
 } Loop;
+
+/* The MoE layers' metrics values (layers.N.moe), by layer; -1 for a dense
+ * layer between two. */
+static void find_moe(Loop *L) {
+  Bundle *b = L->r->b;
+  int last = -1;
+  for (int v = 0; v < b->nvals; v++) {
+    int layer, used = 0;
+    if (b->vals[v].present && b->vals[v].region == R_STATE && sscanf(b->vals[v].name, "layers.%d.moe%n", &layer, &used) == 1 &&
+        !b->vals[v].name[used] && layer >= 0 && layer < 65536 && layer > last)
+      last = layer;
+  }
+  L->nmoe = last + 1;
+  L->moe = rt_xmalloc((L->nmoe + 1) * sizeof(int));
+  for (int l = 0; l < L->nmoe; l++) {
+    char name[64];
+    snprintf(name, sizeof name, "layers.%d.moe", l);
+    L->moe[l] = -1;
+    for (int v = 0; v < b->nvals; v++)
+      if (b->vals[v].present && b->vals[v].region == R_STATE && !strcmp(b->vals[v].name, name)) L->moe[l] = v;
+  }
+}
+
+/* The MoE layers' balance losses as the loss weighs them, and each
+ * layer's metrics into m (NULL: not needed). */
+static double moe_penalty(Loop *L, double (*m)[4]) {
+  Bundle *b = L->r->b;
+  double coef[2] = {0, 0}, sum = 0, mine[4];
+  for (int i = 0; i < b->nfwd; i++)
+    if (b->fwd[i].op == OP_MOE_LOSS) coef[0] = b->fwd[i].aux, coef[1] = b->fwd[i].zl;
+  for (int l = 0; l < L->nmoe; l++) {
+    double *x = m ? m[l] : mine;
+    if (L->moe[l] < 0) continue;
+    rt_get_value(L->r, L->moe[l], x);
+    sum += coef[0] * x[0] + coef[1] * x[1];
+  }
+  return sum;
+}
+
+/* The validation loss: the cross-entropy (without MoE's balance losses). */
+static double eval_loss(Loop *L, int64_t nbatches, int32_t *rows) {
+  Bundle *b = L->r->b;
+  double sum = 0;
+  for (int64_t i = 0; i < nbatches; i++) {
+    data_val_batch(L->d, i, nbatches, b->train.batch, b->T, rows);
+    sum += rt_eval(L->r, my_rows(b, rows, rows + b->train.batch * (b->T + 1))) - moe_penalty(L, NULL);
+  }
+  return sum / nbatches;
+}
+
+/* The MoE layers' metrics: aux and z losses, the most and least loaded
+ * expert's share over the balanced share (1 is balanced), per layer; and
+ * the cross-entropy (the loss less the weighted balance losses). Returns
+ * the largest load of any layer. */
+static double log_moe(Loop *L, int64_t step, double loss) {
+  const char *keys[4] = {"aux", "z", "load_max", "load_min"};
+  double worst = 0, (*m)[4] = rt_xmalloc((L->nmoe + 1) * sizeof *m);
+  loss -= moe_penalty(L, m);
+  fprintf(L->metrics, ",\"ce\":%.17g", loss);
+  for (int k = 0; k < 4; k++) {
+    fprintf(L->metrics, ",\"moe_%s\":[", keys[k]);
+    for (int l = 0, first = 1; l < L->nmoe; l++)
+      if (L->moe[l] >= 0) {
+        fprintf(L->metrics, "%s%.9g", first ? "" : ",", m[l][k]), first = 0;
+        char tag[64];
+        snprintf(tag, sizeof tag, "moe/layer%d/%s", l, keys[k]);
+        tb_scalar(L->tb, tag, step, m[l][k]);
+        if (k == 2 && m[l][k] > worst) worst = m[l][k];
+      }
+    fprintf(L->metrics, "]");
+  }
+  tb_scalar(L->tb, "train/ce", step, loss);
+  free(m);
+  return worst;
+}
 
 /* Each line reaches the file before the step goes on: a killed run keeps
  * every step it logged. A write that fails (a full disk) ends the run. */
@@ -74,8 +150,10 @@ static void log_step(Loop *L, int64_t step, double loss, double lr, double norm,
   Bundle *b = L->r->b;
   double toks = (double)b->train.batch * b->T;
   if (!L->metrics) return;               /* not the leader */
-  fprintf(L->metrics, "{\"step\":%lld,\"loss\":%.17g,\"lr\":%.17g,\"grad_norm\":%.17g,\"ms\":%.2f,\"tokens\":%.0f}\n",
+  fprintf(L->metrics, "{\"step\":%lld,\"loss\":%.17g,\"lr\":%.17g,\"grad_norm\":%.17g,\"ms\":%.2f,\"tokens\":%.0f",
           (long long)step, loss, lr, norm, dt * 1e3, toks * (double)step);
+  double load = L->nmoe ? log_moe(L, step, loss) : 0;
+  fprintf(L->metrics, "}\n");
   flush_metrics(L);
   tb_scalar(L->tb, "train/loss", step, loss), tb_scalar(L->tb, "train/lr", step, lr);
   tb_scalar(L->tb, "train/grad_norm", step, norm), tb_scalar(L->tb, "train/tokens_per_s", step, toks / dt);
@@ -85,16 +163,17 @@ static void log_step(Loop *L, int64_t step, double loss, double lr, double norm,
   fmt_time(eta, sizeof eta, per * (double)(L->max_steps - step));
   /* model FLOPs: 6 per parameter per token (attention's excluded) */
   double tflops = 6.0 * (double)b->nparam_elems * toks / dt / 1e12;
-  char mfu[32] = "";
+  char mfu[32] = "", imb[32] = "";
+  if (L->nmoe) snprintf(imb, sizeof imb, " | load %.2f", load);   /* the busiest expert over a balanced one */
   if (L->o->peak_tflops > 0) snprintf(mfu, sizeof mfu, " (MFU %.1f%%)", 100 * tflops / (L->o->peak_tflops * b->world));
-  printf("%sstep %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.0f tok/s | %.3g TFLOP/s%s | %.0f ms/step | ETA %s%s",
-         L->tty ? "\r\033[K" : "", (long long)step, (long long)L->max_steps, loss, lr, norm, toks / dt, tflops, mfu,
+  printf("%sstep %5lld/%lld | loss %.4f%s | lr %.2e | norm %.3f | %.0f tok/s | %.3g TFLOP/s%s | %.0f ms/step | ETA %s%s",
+         L->tty ? "\r\033[K" : "", (long long)step, (long long)L->max_steps, loss, imb, lr, norm, toks / dt, tflops, mfu,
          dt * 1e3, eta, L->tty && step % L->o->log_interval && step != L->max_steps ? "" : "\n");
   fflush(stdout);
 }
 
 static void eval_and_log(Loop *L, int64_t step) {
-  double vl = eval_loss(L->r, L->d, L->o->eval_batches, L->rows);
+  double vl = eval_loss(L, L->o->eval_batches, L->rows);
   if (!L->metrics) return;
   fprintf(L->metrics, "{\"step\":%lld,\"val_loss\":%.17g}\n", (long long)step, vl);
   flush_metrics(L);
@@ -243,7 +322,8 @@ int train_run(Run *r, TrainOpts *o) {
     rt_die("nothing to do: the run is at step %lld and --max-steps is %lld",
            (long long)L.start, (long long)L.max_steps);
   open_metrics(&L);
-  L.rows = rt_xmalloc(rowsz * sizeof(int32_t));
+  L.rows = rt_xmalloc(2 * rowsz * sizeof(int32_t));   /* the batch, then this rank's rows */
+  find_moe(&L);
   L.tty = !o->quiet && isatty(fileno(stdout));
   L.best_val = L.last_val = NAN;
   if (!o->quiet) banner(&L);
@@ -252,7 +332,7 @@ int train_run(Run *r, TrainOpts *o) {
     double t = rt_now(), norm = 0, lr = lr_at(&b->train, L.steps, step);
     data_train_batch(L.d, L.seed, step, b->train.batch, b->T, L.rows);
     if (o->trace && step == L.start + 1) rt_trace_open(r, o->trace);   /* the first step warms up */
-    double loss = rt_step(r, my_rows(b, L.rows), lr, &norm);
+    double loss = rt_step(r, my_rows(b, L.rows, L.rows + rowsz), lr, &norm);
     if (o->trace && (step == L.start + o->trace_steps || step + 1 == L.max_steps)) rt_trace_close(r, o->trace);
     if (step > L.start) L.t_steps += rt_now() - t;
     else L.wait0 = r->t_wait;                  /* the first step warms up: not counted */
@@ -269,7 +349,7 @@ int train_run(Run *r, TrainOpts *o) {
     flush_metrics(&L);
     if (fclose(L.metrics)) rt_die("cannot write metrics file '%s': %s", L.metrics_path, strerror(errno));
   }
-  free(L.rows);
+  free(L.rows), free(L.moe);
   data_free(L.d);
   return 0;
 }
