@@ -7,20 +7,34 @@ import glob, os, struct, sys
 
 
 def weights(folder):
-    """Whole tensors, reassembled from the tp parts of every shard."""
+    """Whole tensors, reassembled from the tp and ep parts of every shard."""
     parts = {}
     for shard in sorted(glob.glob(os.path.join(folder, "*.ckpt"))):
-        for name, (meta, data) in shard_pieces(shard).items():
-            parts.setdefault(name, []).append((meta, data))
+        for name, pieces in shard_pieces(shard).items():
+            parts.setdefault(name, []).extend(pieces)
     return {name: assemble(pieces) for name, pieces in parts.items()}
 
 
 def assemble(pieces):
+    """The tensor from its pieces: the tp part `part` of `parts` along dim
+    `split`, within the ep part `experts=e/n` of dim 0 (expert weights)."""
     meta = pieces[0][0]
     shape = [int(x) for x in meta["shape"].split("x")]
-    split, nparts = int(meta["split"]), int(meta["parts"])
+    total = 1
+    for d in shape:
+        total *= d
+    whole = [0.0] * total
+    for m, data in pieces:
+        e, ne = (int(x) for x in m.get("experts", "0/1").split("/"))
+        sub = [shape[0] // ne] + shape[1:]
+        place(whole, e * (total // ne), sub, int(m["split"]), int(m["part"]), int(m["parts"]), data)
+    return whole
+
+
+def place(whole, base, shape, split, part, nparts, data):
     if split < 0:
-        return pieces[0][1]
+        whole[base:base + len(data)] = data
+        return
     outer = 1
     for d in shape[:split]:
         outer *= d
@@ -28,13 +42,9 @@ def assemble(pieces):
     for d in shape[split + 1:]:
         inner *= d
     blk = shape[split] // nparts * inner
-    whole = [0.0] * (outer * shape[split] * inner)
-    for m, data in pieces:
-        k = int(m["part"])
-        for o in range(outer):
-            base = o * shape[split] * inner + k * blk
-            whole[base:base + blk] = data[o * blk:(o + 1) * blk]
-    return whole
+    for o in range(outer):
+        at = base + o * shape[split] * inner + part * blk
+        whole[at:at + blk] = data[o * blk:(o + 1) * blk]
 
 
 def shard_pieces(path):
@@ -50,7 +60,8 @@ def shard_pieces(path):
             words = line.split()
             name, n = words[1], int(words[2])
             meta = dict(w.split("=") for w in words[3:])
-            out[name] = (meta, list(struct.unpack("<%d%s" % (n, fmt), b[off:off + n * esz])))
+            out.setdefault(name, [])
+            out[name].append((meta, list(struct.unpack("<%d%s" % (n, fmt), b[off:off + n * esz]))))
             off += 3 * n * esz          # weights, then Adam m and v
     return out
 

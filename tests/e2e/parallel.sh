@@ -10,36 +10,6 @@ mpi_env
 SETS="--set D=32 --set H=4 --set G=2 --set F=48 --set L=4 --set batch=8 --set seq=16 --set steps=10 --set warmup=2"
 passed=0
 
-run() {   # run NAME NP PRECISION [--set ...]: train 10 steps into $WORK/NAME ($EXTRA: more lmrun flags)
-  name=$1 np=$2 prec=$3; shift 3
-  # shellcheck disable=SC2086
-  "$LMC" "$SRC/models/${MODEL:-tiny}.lm" -q -o "$WORK/$name" $SETS "$@"
-  # shellcheck disable=SC2086
-  $MPIRUN -np "$np" "$LMRUN" "$WORK/$name" --data "$DATA" $prec --quiet --save-interval 10 \
-    --eval-interval 10 --eval-batches 2 ${EXTRA:-} >"$WORK/$name.log" 2>&1 || { cat "$WORK/$name.log"; fail "$name did not run"; }
-}
-
-compare() {   # compare NAME REF RTOL [SKIP...]: every logged loss, then the final weights
-  python3 - "$WORK/$2/metrics.jsonl" "$WORK/$1/metrics.jsonl" "$3" <<'PY' || fail "$1: losses differ from $2"
-import json, sys
-ref = [r for r in map(json.loads, open(sys.argv[1])) if "step" in r]
-got = [r for r in map(json.loads, open(sys.argv[2])) if "step" in r]
-ref = ref[len(ref) - len(got):]      # a resumed run logs only its own steps
-assert got and ref[0]["step"] == got[0]["step"], "the logs do not line up"
-worst = 0.0
-for r, g in zip(ref, got):
-    k = "loss" if "loss" in r else "val_loss"
-    worst = max(worst, abs(r[k] - g[k]) / abs(r[k]))
-print("losses: max rel diff %.3e over %d records" % (worst, len(ref)))
-sys.exit(worst > float(sys.argv[3]))
-PY
-  name=$1 ref=$2 tol=$3
-  shift 3
-  python3 "$SRC/tests/e2e/ckpt_compare.py" "$WORK/$ref/ckpt/latest" "$WORK/$name/ckpt/latest" "$tol" "$@" || fail "$name: weights differ"
-  echo "ok   $name matches $ref"
-  passed=$((passed + 1))
-}
-
 run one64 1 --f64
 run one32 1 ""
 run dp2 2 --f64 --set dp=2
