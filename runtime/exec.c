@@ -69,6 +69,8 @@ void rt_free(Run *r) {
   free(r->graph), free(r->graph_runs);
   for (int i = 0; i < NUM_REGIONS; i++) r->be->release(r->region[i]);
   r->be->release(r->adam_m), r->be->release(r->adam_v);
+  for (int64_t i = 0; r->routes && i < r->b->train.microbatches * r->b->nfwd; i++) free(r->routes[i]);
+  free(r->routes);
   free(r->ptr), free(r->inputs), free(r->slot_mb), free(r);
 }
 
@@ -233,6 +235,26 @@ static void run_program(Run *r, const RtInst *prog, int n, int slot) {
   else run_ops(r, prog, n, slot);
 }
 
+/* moe_route when the routing is held fixed (a gradient check's finite
+ * differences must not flip an expert): the first forward of each
+ * microbatch records each layer's experts, later ones use them. */
+static void route_fixed(Run *r, const RtInst *x, int i, void **out, void **in) {
+  int64_t n = x->n * x->top, m = r->b->train.microbatches;
+  i += (int)(r->forwards % m) * r->b->nfwd;
+  if (!r->routes) r->routes = calloc(m * r->b->nfwd, sizeof(double *));
+  if (!r->routes) rt_die("out of memory");
+  if (r->routing == 2 && r->routes[i]) {
+    RtInst fixed = *x;
+    fixed.fixed = true;
+    r->be->upload(out[1], r->routes[i], n);
+    r->be->run(&fixed, out, in);
+    return;
+  }
+  r->be->run(x, out, in);
+  if (!r->routes[i]) r->routes[i] = rt_xmalloc(n * sizeof(double));
+  r->be->download(r->routes[i], out[1], n);
+}
+
 static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
   void *out[3], *in[RT_MAX_IN], **ptr = r->ptr + (size_t)slot * r->b->nvals;
   for (int i = 0; i < n; i++) {
@@ -242,6 +264,7 @@ static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
     double t = r->op_time || r->trace ? rt_now() : 0;
     if (x->op == OP_ALLREDUCE) r->be->allreduce(out[0], x->n, x->axis, x->red);
     else if (x->op == OP_MOE_A2A || x->op == OP_MOE_A2A_REV) moe_a2a(r, x, out, in);
+    else if (x->op == OP_MOE_ROUTE && r->routing && prog == r->b->fwd) route_fixed(r, x, i, out, in);
     else r->be->run(x, out, in);
     if (r->op_time && r->be->sync) r->be->sync();   /* profiling: a GPU op's own time */
     if (r->op_time) r->op_time[x->op] += rt_now() - t;
@@ -253,7 +276,10 @@ static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
   }
 }
 
-void rt_forward(Run *r) { run_program(r, r->b->fwd, r->b->nfwd, 0); }
+void rt_forward(Run *r) {
+  run_program(r, r->b->fwd, r->b->nfwd, 0);
+  r->forwards += r->routing != 0;
+}
 void rt_backward(Run *r) { run_program(r, r->b->bwd, r->b->nbwd, 0); }
 
 double rt_loss(Run *r) {
@@ -357,6 +383,7 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
     case A_RUN_FWD:
       fill_slot(r, slot_of(b, a), (int)a->mb);
       run_program(r, b->fwd, b->nfwd, slot_of(b, a));
+      r->forwards += r->routing != 0;
       if (list == b->evals) free_slot(r, slot_of(b, a));   /* no backward follows */
       break;
     case A_RUN_BWD:

@@ -86,6 +86,7 @@ typedef struct RtInst {
    * coefficients and this rank's share of the balance losses */
   int64_t e, top, seg, ng;
   int rn;
+  bool fixed;              /* moe_route: keep the experts in idx (a gradient check's) */
   double aux, zl, share;
 } RtInst;
 
@@ -236,6 +237,9 @@ typedef struct Run {
   bool graphs;             /* replay each program as a recorded graph (a GPU backend, no tp all-reduce) */
   void **graph;            /* per program (forward, backward) and slot: the recording, or NULL */
   int *graph_runs;         /* runs of each before it is recorded */
+  int routing;             /* MoE: 0 route, 1 route and record the experts, 2 replay them */
+  double **routes;         /* per microbatch and forward instruction: the experts recorded (moe_route) */
+  int64_t forwards;        /* forward passes run while routing is recorded or replayed */
 } Run;
 
 Run *rt_new(Bundle *b, Backend *be);

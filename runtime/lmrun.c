@@ -64,10 +64,12 @@ static int gradcheck(Run *r, TrainOpts *o, int64_t n) {
   rt_init_params(r, o->seed >= 0 ? (uint64_t)o->seed : (uint64_t)b->train.seed);
   data_train_batch(d, b->train.seed, 0, nr, b->T, rows);
   rt_zero_grads(r);
+  r->routing = 1;   /* MoE: each layer's experts stay as this pass chose them */
   for (int64_t mb = 0; mb < b->train.microbatches; mb++) {
     rt_load_micro(r, rows + mb * b->B * (b->T + 1), b->B);
     rt_forward(r), rt_backward(r);
   }
+  r->routing = 2;
   double worst = 0, h = r->be->elem == 8 ? 1e-4 : 1e-2;
   int bad = 0;
   for (int64_t i = 0; i < n; i++) {
