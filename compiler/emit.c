@@ -78,7 +78,9 @@ static void print_inst(FILE *out, Inst *in) {
     fprintf(out, "%s%%%d", i ? "," : "", in->in[i]->id);
   for (int i = 0; i < in->nattr; i++) {
     double v = in->aval[i];
-    if (v == (double)(long long)v)
+    if (!strcmp(in->akey[i], "group"))   /* a collective's mesh axis */
+      fprintf(out, " group=%s", axis_names[(int)v]);
+    else if (v == (double)(long long)v)
       fprintf(out, " %s=%lld", in->akey[i], (long long)v);
     else
       fprintf(out, " %s=%s", in->akey[i], num(v));

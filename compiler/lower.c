@@ -399,10 +399,10 @@ static Value *lower_moe_call(Loc loc, const char *prefix, Value *x, Value *route
   if (router->kind != V_PARAM || router->shape.rank != 2 || router->shape.dim[1] != dd || router->shape.dim[0] < 0)
     diag_error(loc, "moe-shape", "moe: the router must be a parameter [E, %s], got %s",
                dd >= 0 ? P->dims[dd].name : "D", shape_str(&router->shape));
-  int de = router->shape.dim[0], df = w1->shape.rank == 3 ? w1->shape.dim[1] : -1;
+  int de = router->shape.dim[0], df = w2->shape.rank == 3 ? w2->shape.dim[2] : -1;
   if (df < 0)
-    diag_error(loc, "moe-shape", "moe: the experts' first weight must be [%s, F, %s], got %s", P->dims[de].name,
-               P->dims[dd].name, shape_str(&w1->shape));
+    diag_error(loc, "moe-shape", "moe: the down weight must be a parameter [%s, %s, F] (experts, out, in), got %s",
+               P->dims[de].name, P->dims[dd].name, shape_str(&w2->shape));
   check_experts(loc, w1, de, df, dd, w3 ? "the gate weight" : "the up weight");
   if (w3) check_experts(loc, w3, de, df, dd, "the up weight");
   check_experts(loc, w2, de, dd, df, "the down weight");

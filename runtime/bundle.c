@@ -172,6 +172,8 @@ static double opt_f(Reader *r, const char *key, double dflt) {
   return field(r->buf, key) ? ffield(r, key) : dflt;
 }
 
+static int axis_of(Reader *r, const char *s);
+
 static void read_inst(Reader *r, Bundle *b, RtInst *in) {
   char name[64];
   if (sscanf(r->buf, " %63s", name) != 1) bad(r, "bad instruction");
@@ -189,8 +191,7 @@ static void read_inst(Reader *r, Bundle *b, RtInst *in) {
   in->nb = opt_f(r, "nb", 0), in->ta = opt_f(r, "ta", 0), in->tb = opt_f(r, "tb", 0);
   in->eps = opt_f(r, "eps", 0), in->theta = opt_f(r, "theta", 0), in->scale = opt_f(r, "scale", 0);
   in->red = opt_f(r, "op", 0);
-  in->axis = (int)opt_f(r, "group", 1);
-  if (in->axis < 0 || in->axis > 3) bad(r, "bad group");
+  in->axis = field(r->buf, "group") ? axis_of(r, field(r->buf, "group")) : AXIS_TP;
   in->e = opt_f(r, "e", 0), in->top = opt_f(r, "top", 0), in->seg = opt_f(r, "seg", 0), in->ng = opt_f(r, "ng", 0);
   in->rn = opt_f(r, "rn", 0), in->aux = opt_f(r, "aux", 0), in->zl = opt_f(r, "zl", 0);
   in->share = opt_f(r, "share", 0);

@@ -1,7 +1,7 @@
 #!/bin/sh
 # scripts/lmtrain as a launcher: --nproc N starts the plan's ranks through
 # mpirun and prints the command; a rank count that does not match the
-# plan, and options for what does not exist yet, end with a clear message.
+# plan, and a bad MoE option, end with a clear message.
 BIN=$1 SRC=$2
 . "$SRC/tests/e2e/common.sh"
 need_data
@@ -17,8 +17,8 @@ grep -q "^lmtrain: running: mpirun -np 2 --bind-to none .*/runtime/lmrun .* --ma
 [ "$(grep -c '"loss"' "$WORK/dp2/metrics.jsonl")" -eq 3 ] || fail "the 2-rank run did not log 3 steps"
 echo "ok   $(grep '^lmtrain: running' "$WORK/out" | cut -c1-60)..."
 # shellcheck disable=SC2086
-MSG="lmtrain: the plan has 2 rank(s) (dp x tp x pp) but 3 were asked for" \
+MSG="lmtrain: the plan has 2 rank(s) (dp x tp x pp x ep) but 3 were asked for" \
   expect_error "$SRC/scripts/lmtrain" "$SRC/models/tiny.lm" $small --set dp=2 --nproc 3 --data "$DATA"
-MSG="lmtrain: --num-experts: Mixture-of-Experts layers are not implemented yet" \
-  expect_error "$SRC/scripts/lmtrain" "$SRC/models/tiny.lm" --num-experts 8
+MSG="error: top_k = 5 is more than the 4 experts [moe-top-k]" \
+  expect_error "$SRC/scripts/lmtrain" "$SRC/models/tiny.lm" --num-experts 4 --top-k 5
 echo "3 passed, 0 failed"
