@@ -28,7 +28,7 @@ static double program_flops(const RtInst *p, int n) {
  * tokens, plus causal attention, 6 b h t^2 k a layer (forward and
  * backward). */
 static double model_flops(const Bundle *b) {
-  double params = (double)b->nparam_elems, attn = 0;
+  double params = (double)b->nparam_active, attn = 0;   /* MoE: the experts a token runs */
   for (int i = 0; i < b->nfwd; i++) {
     const RtInst *x = &b->fwd[i];
     if (x->op == OP_ATTENTION) attn += 6.0 * x->b * x->h * x->t * x->t * x->k;

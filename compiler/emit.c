@@ -174,15 +174,19 @@ void emit_manifest(FILE *out, Sched *s) {
           (long long)t->save_every, num(t->lr), num(t->min_lr), num(t->beta1), num(t->beta2),
           num(t->eps), num(t->wd), num(t->clip), num(t->val_fraction), t->decay);
   fprintf(out, "data %s\n", t->data);
-  int64_t total = 0;
+  int64_t total = 0, active = 0;   /* active: what one token runs (top k of E experts) */
   for (int i = 0; i < g->nparams; i++) {
     Value *v = g->params[i];
     fprintf(out, "param %s shape=", v->name);
     print_global_sizes(out, p, &v->shape);
     fprintf(out, " init=%s std=%s decay=%d\n", v->init, num(v->init_std), v->shape.rank >= 2);
-    total += shape_numel(&v->shape) * (split_dim(p, v) >= 0 ? p->s.mesh[AX_TP] : 1);
+    int64_t n = 1;
+    for (int k = 0; k < v->shape.rank; k++) n *= v->shape.dim[k] >= 0 ? p->dims[v->shape.dim[k]].size : v->shape.size[k];
+    total += n, active += v->top_k ? n / p->dims[v->shape.dim[0]].size * v->top_k : n;
   }
-  fprintf(out, "params %lld\nend\n", (long long)total);
+  fprintf(out, "params %lld\n", (long long)total);
+  if (active < total) fprintf(out, "active %lld\n", (long long)active);
+  fprintf(out, "end\n");
 }
 
 static void mkdirs(const char *dir) {

@@ -175,6 +175,7 @@ struct Value {
   bool needs_grad;
   bool esplit;         /* param: an expert weight whose dim 0 (the experts) ep splits */
   bool router;         /* param: an MoE router, whole on every rank */
+  int64_t top_k;       /* param: an expert weight, the experts a token runs of its layer's */
   /* param only */
   const char *init;    /* "normal", "ones", "zeros" */
   double init_std;

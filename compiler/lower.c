@@ -415,7 +415,7 @@ static Value *lower_moe_call(Loc loc, const char *prefix, Value *x, Value *route
   router->router = true;
   Value *ws[3] = {w1, w3, w2};
   for (int i = 0; i < 3; i++)
-    if (ws[i]) ws[i]->shape.size[0] = El, ws[i]->esplit = ep > 1;
+    if (ws[i]) ws[i]->shape.size[0] = El, ws[i]->esplit = ep > 1, ws[i]->top_k = k;
   int64_t n = x->shape.size[0] * x->shape.size[1], D = x->shape.size[2], F = w1->shape.size[1], M = n * k;
   Settings *t = &P->s;
   int64_t group = t->mesh[AX_DP] * t->mesh[AX_EP];   /* the ranks whose tokens one balance covers */

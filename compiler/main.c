@@ -36,15 +36,20 @@ static bool dumping(Options *o, const char *name) {
 static void summary(Sched *s, const char *out) {
   Graph *g = s->g;
   int64_t total = 0;   /* the whole model: dims at their full size */
+  double active = 0;   /* what one token runs: top_k of an MoE layer's E experts */
   for (int i = 0; i < g->nparams; i++) {
     int64_t n = 1;
     Shape *sh = &g->params[i]->shape;
     for (int k = 0; k < sh->rank; k++) n *= sh->dim[k] >= 0 ? g->prog->dims[sh->dim[k]].size : sh->size[k];
     total += n;
+    Value *p = g->params[i];
+    active += p->top_k ? (double)(n / g->prog->dims[sh->dim[0]].size * p->top_k) : (double)n;
   }
   double mib = 4.0 / (1 << 20);
-  fprintf(stderr, "lmc: model %s: %d tensors, %.2fM parameters, %d rank%s -> %s\n",
-          g->prog->model->name, g->nparams, total / 1e6, s->world, s->world > 1 ? "s" : "", out);
+  char actv[64] = "";
+  if (active < total) snprintf(actv, sizeof actv, " (%.2fM active per token)", active / 1e6);
+  fprintf(stderr, "lmc: model %s: %d tensors, %.2fM parameters%s, %d rank%s -> %s\n",
+          g->prog->model->name, g->nparams, total / 1e6, actv, s->world, s->world > 1 ? "s" : "", out);
   for (int st = 0; st < g->nstages; st++) {
     sched_stage(s, st);
     int64_t act = s->slots * (s->peak_act + s->region[V_INPUT]);

@@ -136,7 +136,8 @@ static void read_manifest(Bundle *b, const char *dir) {
         if (!b->params) rt_die("out of memory");
       }
       read_param(&r, b);
-    } else if (!strncmp(l, "params ", 7)) b->nparam_elems = atoll(l + 7);
+    } else if (!strncmp(l, "params ", 7)) b->nparam_elems = b->nparam_active = atoll(l + 7);
+    else if (!strncmp(l, "active ", 7)) b->nparam_active = atoll(l + 7);
     else if (!strcmp(l, "end")) end = true;
     else bad(&r, "unknown line");
   }

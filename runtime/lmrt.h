@@ -135,6 +135,7 @@ typedef struct Bundle {
   Train train;
   RtParam *params; int nparams;
   int64_t nparam_elems;
+  int64_t nparam_active;   /* what one token runs: MoE layers' top k of E experts (else all) */
   int64_t region[NUM_REGIONS];
   RtValue *vals; int nvals;
   RtInst *fwd; int nfwd;

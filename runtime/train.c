@@ -161,8 +161,8 @@ static void log_step(Loop *L, int64_t step, double loss, double lr, double norm,
   double el = rt_now() - L->t0, per = el / (double)(step - L->start);
   char eta[32];
   fmt_time(eta, sizeof eta, per * (double)(L->max_steps - step));
-  /* model FLOPs: 6 per parameter per token (attention's excluded) */
-  double tflops = 6.0 * (double)b->nparam_elems * toks / dt / 1e12;
+  /* model FLOPs: 6 per parameter a token runs (attention's excluded) */
+  double tflops = 6.0 * (double)b->nparam_active * toks / dt / 1e12;
   char mfu[32] = "", imb[32] = "";
   if (L->nmoe) snprintf(imb, sizeof imb, " | load %.2f", load);   /* the busiest expert over a balanced one */
   if (L->o->peak_tflops > 0) snprintf(mfu, sizeof mfu, " (MFU %.1f%%)", 100 * tflops / (L->o->peak_tflops * b->world));
@@ -271,9 +271,12 @@ static void banner(Loop *L) {
   Run *r = L->r;
   Bundle *b = r->b;
   double mib = 1.0 / (1 << 20), state = 4.0 * (double)b->region[R_PARAM] * r->be->elem;   /* weights, grads, 2 moments */
-  printf("model %s: %.2fM params | batch %lld x seq %lld, %lld microbatch(es) | layout dp %d x tp %d x pp %d | "
-         "backend %s\n", b->model, b->nparam_elems / 1e6, (long long)b->train.batch, (long long)b->T,
-         (long long)b->train.microbatches, b->mesh[0], b->mesh[1], b->mesh[2], r->be->name);
+  char ep[32] = "", act[48] = "";
+  if (b->mesh[3] > 1) snprintf(ep, sizeof ep, " x ep %d", b->mesh[3]);
+  if (b->nparam_active < b->nparam_elems) snprintf(act, sizeof act, " (%.2fM active)", b->nparam_active / 1e6);
+  printf("model %s: %.2fM params%s | batch %lld x seq %lld, %lld microbatch(es) | layout dp %d x tp %d x pp %d%s | "
+         "backend %s\n", b->model, b->nparam_elems / 1e6, act, (long long)b->train.batch, (long long)b->T,
+         (long long)b->train.microbatches, b->mesh[0], b->mesh[1], b->mesh[2], ep, r->be->name);
   printf("  memory planned per rank: %.1f MiB activations + %.1f MiB weights, gradients and Adam | data %s "
          "(%lld tokens)\n", b->slots * rt_slot_bytes(r) * mib, state * mib, L->d->path, (long long)L->d->ntok);
   printf("  steps %lld..%lld | logs %s (and tb/)", (long long)L->start, (long long)L->max_steps, L->metrics_path);
