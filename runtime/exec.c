@@ -209,12 +209,13 @@ static void moe_a2a(Run *r, const RtInst *x, void **out, void **in) {
     free(one);
     r->be->upload(out[1], rc, E);
     per_rank(c, El, ep, x->d, n, sd), per_rank(rc, El, ep, x->d, rn, rd);
-    r->be->alltoallv(in[0], n, sd, out[0], rn, rd, AXIS_EP);
   } else {
     r->be->download(rc, in[1], E), r->be->download(c, in[2], E);
     per_rank(rc, El, ep, x->d, n, sd), per_rank(c, El, ep, x->d, rn, rd);
-    r->be->alltoallv(in[0], n, sd, out[0], rn, rd, AXIS_EP);
   }
+  r->be->alltoallv(in[0], n, sd, out[0], rn, rd, AXIS_EP);
+  int me = comm_group_rank(AXIS_EP);
+  for (int q = 0; q < ep; q++) r->a2a_sent += q == me ? 0 : (double)n[q];
   free(c), free(n);
 }
 

@@ -241,6 +241,7 @@ typedef struct Run {
   int routing;             /* MoE: 0 route, 1 route and record the experts, 2 replay them */
   double **routes;         /* per microbatch and forward instruction: the experts recorded (moe_route) */
   int64_t forwards;        /* forward passes run while routing is recorded or replayed */
+  double a2a_sent;         /* MoE all-to-alls: elements this rank sent to other ranks */
 } Run;
 
 Run *rt_new(Bundle *b, Backend *be);

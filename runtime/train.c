@@ -118,6 +118,7 @@ static double eval_loss(Loop *L, int64_t nbatches, int32_t *rows) {
  * the cross-entropy (the loss less the weighted balance losses). Returns
  * the largest load of any layer. */
 static double log_moe(Loop *L, int64_t step, double loss) {
+  Bundle *b = L->r->b;
   const char *keys[4] = {"aux", "z", "load_max", "load_min"};
   double worst = 0, (*m)[4] = rt_xmalloc((L->nmoe + 1) * sizeof *m);
   loss -= moe_penalty(L, m);
@@ -133,6 +134,11 @@ static double log_moe(Loop *L, int64_t step, double loss) {
         if (k == 2 && m[l][k] > worst) worst = m[l][k];
       }
     fprintf(L->metrics, "]");
+  }
+  if (b->mesh[3] > 1) {   /* what this rank's all-to-alls sent to other ranks this step */
+    double mib = L->r->a2a_sent * L->r->be->elem / (1 << 20);
+    fprintf(L->metrics, ",\"moe_a2a_mib\":%.4f", mib);
+    tb_scalar(L->tb, "moe/a2a_mib", step, mib);
   }
   tb_scalar(L->tb, "train/ce", step, loss);
   free(m);
@@ -335,6 +341,7 @@ int train_run(Run *r, TrainOpts *o) {
     double t = rt_now(), norm = 0, lr = lr_at(&b->train, L.steps, step);
     data_train_batch(L.d, L.seed, step, b->train.batch, b->T, L.rows);
     if (o->trace && step == L.start + 1) rt_trace_open(r, o->trace);   /* the first step warms up */
+    r->a2a_sent = 0;
     double loss = rt_step(r, my_rows(b, L.rows, L.rows + rowsz), lr, &norm);
     if (o->trace && (step == L.start + o->trace_steps || step + 1 == L.max_steps)) rt_trace_close(r, o->trace);
     if (step > L.start) L.t_steps += rt_now() - t;
