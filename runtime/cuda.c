@@ -242,13 +242,13 @@ static void load_kernels(const char *dir) {
 }
 
 static CUfunction fn(const char *name) {
-  static struct { char name[64]; CUfunction f; } cache[64];
+  static struct { char name[64]; CUfunction f; } cache[128];
   static int n;
   for (int i = 0; i < n; i++)
     if (!strcmp(cache[i].name, name)) return cache[i].f;
   CUfunction f;
   CK(cu.getfn(&f, module, name));
-  if (n < 64 && strlen(name) < sizeof cache[n].name) strcpy(cache[n].name, name), cache[n++].f = f;
+  if (n < 128 && strlen(name) < sizeof cache[n].name) strcpy(cache[n].name, name), cache[n++].f = f;
   return f;
 }
 
@@ -548,6 +548,156 @@ static void op_head_xent_bwd(const RtInst *x, void **o, void **in) {
   }
 }
 
+/* ---- Mixture of Experts (templates/kernels.cu "moe"): routing, dispatch
+ * and combine kernels; the experts' GEMMs one per segment of rows, whose
+ * counts come to the host first (one wait a layer, which is why an MoE
+ * bundle's programs are not recorded as graphs) ---- */
+
+static CUdeviceptr moe_buf, moe_hbuf;
+static size_t moe_buf_n, moe_hbuf_n;
+
+/* The rows of each of x's segments, checked against the buffer's m. */
+static i64 *moe_counts(const RtInst *x, const void *counts, i64 *rows) {
+  double *c = rt_xmalloc(x->seg * sizeof(double));
+  i64 *r = rt_xmalloc(x->seg * sizeof(i64));
+  cuda_download(c, counts, x->seg);
+  *rows = 0;
+  for (i64 s = 0; s < x->seg; s++) r[s] = (i64)c[s], *rows += r[s];
+  free(c);
+  if (*rows > x->m)
+    rt_die("internal error: the experts got %lld rows, more than the %lld planned", (long long)*rows, (long long)x->m);
+  return r;
+}
+
+static void op_moe_route(const RtInst *x, void **o, void **in) {
+  CUdeviceptr lse = scratch(&moe_buf, &moe_buf_n, 2 * x->n), g = dptr(o[0]), ix = dptr(o[1]), st_ = dptr(o[2]);
+  CUdeviceptr l = dptr(in[0]);
+  i64 n = x->n, E = x->e, k = x->top;
+  int rn = x->rn;
+  if (k > 16) rt_die("the CUDA backend routes a token to at most 16 experts (top_k = %lld)", k);
+  void *a[] = {&g, &ix, &lse, &l, &n, &E, &k, &rn};
+  launch("lmc_moe_route", grid_for(n), a);
+  void *b[] = {&st_, &l, &ix, &lse, &n, &E, &k};
+  launch("lmc_moe_stats", grid_for(2 * E + 1), b);
+}
+
+static void op_moe_dispatch(const RtInst *x, void **o, void **in) {
+  i64 nk = x->n * x->top, E = x->e, k = x->top, d = x->d;
+  CUdeviceptr at = scratch(&moe_buf, &moe_buf_n, 4 * (E + 1)), xp = dptr(o[0]), cnt = dptr(o[1]), pos = dptr(o[2]);
+  CUdeviceptr xx = dptr(in[0]), ix = dptr(in[1]);
+  void *a[] = {&cnt, &pos, &at, &ix, &nk, &E};
+  launch_grid("lmc_moe_dispatch_plan", 1, 1, 1, 1, a);
+  void *b[] = {&xp, &xx, &pos, &nk, &k, &d};
+  launch("lmc_moe_gather", grid_for(nk * d), b);
+}
+
+/* One GEMM per segment: C rows r0.. of each, expert s % e's weights. */
+typedef struct Seg { i64 r0, rows, e; } Seg;
+static Seg seg_at(const RtInst *x, const i64 *c, i64 s, i64 *r0) {
+  Seg g = {*r0, c[s], s % x->e};
+  *r0 += c[s];
+  return g;
+}
+
+/* h = x w1' (| x w3'), a = act(h) */
+static void op_moe_up(const RtInst *x, void **o, void **in) {
+  bool swiglu = x->op == OP_MOE_UP;
+  i64 f = x->n, d = x->d, hw = swiglu ? 2 * f : f, rows, r0 = 0, *c = moe_counts(x, in[swiglu ? 3 : 2], &rows);
+  CUdeviceptr a = dptr(o[0]), h = dptr(o[1]), xx = dptr(in[0]), w1 = dptr(in[1]), w3 = swiglu ? dptr(in[2]) : 0;
+  for (i64 s = 0; s < x->seg; s++) {
+    Seg g = seg_at(x, c, s, &r0);
+    if (!g.rows) continue;
+    gemm(false, true, g.rows, f, d, 1, xx + g.r0 * d * 4, d, w1 + g.e * f * d * 4, d, 0, h + g.r0 * hw * 4, hw);
+    if (swiglu) gemm(false, true, g.rows, f, d, 1, xx + g.r0 * d * 4, d, w3 + g.e * f * d * 4, d, 0, h + (g.r0 * hw + f) * 4, hw);
+  }
+  int sw = swiglu;
+  void *args[] = {&a, &h, &rows, &f, &sw};
+  if (rows) launch("lmc_moe_act", grid_for(rows * f), args);
+  free(c);
+}
+
+static void op_moe_down(const RtInst *x, void **o, void **in) {
+  i64 f = x->n, d = x->d, rows, r0 = 0, *c = moe_counts(x, in[2], &rows);
+  for (i64 s = 0; s < x->seg; s++) {
+    Seg g = seg_at(x, c, s, &r0);
+    if (g.rows)
+      gemm(false, true, g.rows, d, f, 1, dptr(in[0]) + g.r0 * f * 4, f, dptr(in[1]) + g.e * d * f * 4, f, 0,
+           dptr(o[0]) + g.r0 * d * 4, d);
+  }
+  free(c);
+}
+
+/* da = dy w2;  dw2[e] (+)= dy' a */
+static void op_moe_down_bwd(const RtInst *x, void **o, void **in) {
+  i64 f = x->n, d = x->d, rows, r0 = 0, *c = moe_counts(x, in[3], &rows);
+  if (o[1] && !x->acc[1]) cuda_zero(o[1], x->e * d * f);
+  for (i64 s = 0; s < x->seg; s++) {
+    Seg g = seg_at(x, c, s, &r0);
+    if (!g.rows) continue;
+    CUdeviceptr dy = dptr(in[0]) + g.r0 * d * 4, a = dptr(in[1]) + g.r0 * f * 4;
+    if (o[0]) gemm(false, false, g.rows, f, d, 1, dy, d, dptr(in[2]) + g.e * d * f * 4, f, x->acc[0] ? 1 : 0,
+                   dptr(o[0]) + g.r0 * f * 4, f);
+    if (o[1]) gemm(true, false, d, f, g.rows, 1, dy, d, a, f, 1, dptr(o[1]) + g.e * d * f * 4, f);
+  }
+  free(c);
+}
+
+/* dh from da, then dx = dh1 w1 (+ dh3 w3), dw1[e] (+)= dh1' x, dw3[e] (+)= dh3' x */
+static void op_moe_up_bwd(const RtInst *x, void **o, void **in) {
+  bool swiglu = x->op == OP_MOE_UP_BWD;
+  i64 f = x->n, d = x->d, hw = swiglu ? 2 * f : f, rows, r0 = 0, *c = moe_counts(x, in[swiglu ? 4 : 3], &rows);
+  CUdeviceptr dh = scratch(&moe_hbuf, &moe_hbuf_n, (size_t)(rows ? rows : 1) * hw), da = dptr(in[0]),
+              h = dptr(in[swiglu ? 5 : 4]), xx = dptr(in[1]), w1 = dptr(in[2]), w3 = swiglu ? dptr(in[3]) : 0;
+  int sw = swiglu;
+  void *args[] = {&dh, &da, &h, &rows, &f, &sw};
+  if (rows) launch("lmc_moe_act_bwd", grid_for(rows * f), args);
+  void *dw1 = o[1], *dw3 = swiglu ? o[2] : NULL;
+  if (dw1 && !x->acc[1]) cuda_zero(dw1, x->e * f * d);
+  if (dw3 && !x->acc[2]) cuda_zero(dw3, x->e * f * d);
+  for (i64 s = 0; s < x->seg; s++) {
+    Seg g = seg_at(x, c, s, &r0);
+    if (!g.rows) continue;
+    CUdeviceptr dh1 = dh + g.r0 * hw * 4, xs = xx + g.r0 * d * 4;
+    if (o[0]) {
+      gemm(false, false, g.rows, d, f, 1, dh1, hw, w1 + g.e * f * d * 4, d, x->acc[0] ? 1 : 0, dptr(o[0]) + g.r0 * d * 4, d);
+      if (swiglu) gemm(false, false, g.rows, d, f, 1, dh1 + f * 4, hw, w3 + g.e * f * d * 4, d, 1, dptr(o[0]) + g.r0 * d * 4, d);
+    }
+    if (dw1) gemm(true, false, f, d, g.rows, 1, dh1, hw, xs, d, 1, dptr(dw1) + g.e * f * d * 4, d);
+    if (dw3) gemm(true, false, f, d, g.rows, 1, dh1 + f * 4, hw, xs, d, 1, dptr(dw3) + g.e * f * d * 4, d);
+  }
+  free(c);
+}
+
+static void op_moe(const RtInst *x, void **o, void **in) {
+  CUdeviceptr O[3], I[RT_MAX_IN];
+  for (int i = 0; i < 3; i++) O[i] = dptr(o[i]);
+  for (int i = 0; i < RT_MAX_IN; i++) I[i] = dptr(in[i]);
+  i64 n = x->n, d = x->d, k = x->top, E = x->e, nk = x->n * x->top;
+  int acc0 = x->acc[0], acc1 = x->acc[1], rn = x->rn;
+  double ng = (double)x->ng, share = x->share, aux = x->aux, zl = x->zl, scale = x->scale;
+  switch (x->op) {
+  case OP_MOE_ROUTE: op_moe_route(x, o, in); return;
+  case OP_MOE_LOSS: { void *a[] = {&O[0], &O[1], &I[0], &E, &k, &ng, &share, &aux, &zl, &acc0, &acc1}; launch_grid("lmc_moe_loss", 1, 1, 1, 1, a); return; }
+  case OP_MOE_ROUTE_BWD: {
+    void *a[] = {&O[0], &I[0], &I[1], &I[2], &I[3], &n, &E, &k, &rn, &aux, &zl, &scale, &ng, &acc0};
+    launch("lmc_moe_route_bwd", grid_for(n), a);
+    return;
+  }
+  case OP_MOE_DISPATCH: op_moe_dispatch(x, o, in); return;
+  case OP_MOE_DISPATCH_BWD: { void *a[] = {&O[0], &I[0], &I[1], &n, &k, &d, &acc0}; launch("lmc_moe_dispatch_bwd", grid_for(n * d), a); return; }
+  case OP_MOE_COMBINE: { void *a[] = {&O[0], &I[0], &I[1], &I[2], &n, &k, &d, &acc0}; launch("lmc_moe_combine", grid_for(n * d), a); return; }
+  case OP_MOE_COMBINE_BWD:
+    if (o[0]) { void *a[] = {&O[0], &I[0], &I[2], &I[3], &nk, &k, &d, &acc0}; launch("lmc_moe_combine_bwd_rows", grid_for(nk * d), a); }
+    if (o[1]) { void *a[] = {&O[1], &I[0], &I[1], &I[2], &k, &d, &acc1}; launch("lmc_moe_combine_bwd_gates", (unsigned)nk, a); }
+    return;
+  case OP_MOE_UP: case OP_MOE_UP_GELU: op_moe_up(x, o, in); return;
+  case OP_MOE_DOWN: op_moe_down(x, o, in); return;
+  case OP_MOE_DOWN_BWD: op_moe_down_bwd(x, o, in); return;
+  case OP_MOE_UP_BWD: case OP_MOE_UP_GELU_BWD: op_moe_up_bwd(x, o, in); return;
+  }
+  rt_die("the CUDA backend cannot run op '%s'", rt_op_names[x->op]);
+}
+
 static void cuda_run(const RtInst *x, void **o, void **in) {
   CUdeviceptr O[3], I[RT_MAX_IN];
   for (int i = 0; i < 3; i++) O[i] = dptr(o[i]);
@@ -668,6 +818,8 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
     launch("lmc_xent_tp_bwd", grid_for(n * v), a);
     return;
   }
+  default:
+    if (x->op >= OP_MOE_ROUTE && x->op <= OP_MOE_COMBINE_BWD) return op_moe(x, o, in);
   }
   rt_die("the CUDA backend cannot run op '%s'", rt_op_names[x->op]);
 }
@@ -814,6 +966,22 @@ static void cuda_allreduce(void *x, int64_t n, int axis, int op) {
   free(h);
 }
 
+/* MoE's all-to-alls, staged through host memory over MPI. */
+static void cuda_alltoallv(const void *x, const int64_t *sc, const int64_t *sd, void *y, const int64_t *rc,
+                           const int64_t *rd, int axis) {
+  int n = comm_group_size(axis);
+  int64_t ns = 0, nr = 0;
+  for (int q = 0; q < n; q++) {
+    if (sd[q] + sc[q] > ns) ns = sd[q] + sc[q];
+    if (rd[q] + rc[q] > nr) nr = rd[q] + rc[q];
+  }
+  float *hs = rt_xmalloc((ns + 1) * sizeof(float)), *hr = rt_xmalloc((nr + 1) * sizeof(float));
+  if (ns) CK(cu.dtoh(hs, dptr(x), ns * sizeof(float)));
+  comm_alltoallv(hs, sc, sd, hr, rc, rd, 4, axis);
+  if (nr) CK(cu.htod(dptr(y), hr, nr * sizeof(float)));
+  free(hs), free(hr);
+}
+
 typedef struct Staged {
   float *buf;
   int slot;
@@ -890,7 +1058,8 @@ static Backend cuda = {
     .sumsq = cuda_sumsq, .adamw = cuda_adamw, .allreduce = cuda_allreduce, .send = cuda_send,
     .recv = cuda_recv, .wait_sends = cuda_wait_sends, .gemm_peak = cuda_gemm_peak, .sync = cuda_sync,
     .peak_bytes = cuda_peak_bytes, .graph_begin = cuda_graph_begin, .graph_end = cuda_graph_end,
-    .graph_run = cuda_graph_run, .graph_free = cuda_graph_free, .optimizer = cuda_optimizer};
+    .graph_run = cuda_graph_run, .graph_free = cuda_graph_free, .optimizer = cuda_optimizer,
+    .alltoallv = cuda_alltoallv};
 
 void cuda_matmul_precision(int p) { precision = p; }
 void cuda_collectives(int mode) { collectives = mode; }

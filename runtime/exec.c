@@ -39,9 +39,10 @@ Run *rt_new(Bundle *b, Backend *be) {
   for (int s = 0; s < b->slots; s++) r->slot_mb[s] = -1;
   r->graph = rt_xmalloc(2 * b->slots * sizeof(void *)), r->graph_runs = rt_xmalloc(2 * b->slots * sizeof(int));
   r->graphs = be->graph_begin != NULL;
-  for (int i = 0; i < b->nfwd + b->nbwd; i++)   /* a tp all-reduce goes through the host */
-    { int op = (i < b->nfwd ? b->fwd[i] : b->bwd[i - b->nfwd]).op;
-      if (op == OP_ALLREDUCE || op == OP_MOE_A2A || op == OP_MOE_A2A_REV) r->graphs = false; }
+  for (int i = 0; i < b->nfwd + b->nbwd; i++) {   /* a tp all-reduce goes through the host; MoE's counts too */
+    int op = (i < b->nfwd ? b->fwd[i] : b->bwd[i - b->nfwd]).op;
+    if (op == OP_ALLREDUCE || (op >= OP_MOE_ROUTE && op <= OP_MOE_COMBINE_BWD)) r->graphs = false;
+  }
   return r;
 }
 

@@ -59,7 +59,9 @@ echo "== kernels: NVRTC"
 "$bin/lmc" models/gpt2-124m.lm -q -o "$work/gpt2"
 "$bin/lmc" models/tiny.lm -q -o "$work/tp2" --set tp=2
 "$bin/lmc" models/llama-large.lm -q -o "$work/large"
-"$bin/test_nvrtc" "$work/tiny/kernels.cu" "$work/gpt2/kernels.cu" "$work/tp2/kernels.cu" "$work/large/kernels.cu" || status=1
+"$bin/lmc" models/moe-tiny.lm -q -o "$work/moe"
+"$bin/test_nvrtc" "$work/tiny/kernels.cu" "$work/gpt2/kernels.cu" "$work/tp2/kernels.cu" "$work/large/kernels.cu" \
+  "$work/moe/kernels.cu" || status=1
 
 echo "== the emulated CUDA platform's primitives on the hardware (shuffles, votes, bf16/fp16, mma + ldmatrix, graphs, cuBLASLt)"
 CUBLASLT_LOG_LEVEL=2 "$bin/test_emu" real tests/emu/kernels.cu || status=1   # level 2: cuBLASLt says why it refuses
@@ -85,6 +87,8 @@ compare gpt2 models/gpt2-124m.lm --set V=256 --set D=128 --set H=4 --set L=2 --s
 [ $quick = 1 ] || compare llama_fused models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 --set seq=64 --fuse=always
 # flash attention past one block of rows and many tiles of keys (head dim 64, T 300)
 compare llama_t300 models/tiny.lm --set D=256 --set H=4 --set G=2 --set F=512 --set L=2 --set batch=4 --set seq=300
+# MoE: 8 top-2 SwiGLU experts (routing, dispatch, per-expert cuBLASLt GEMMs, combine)
+compare moe models/moe-tiny.lm --set D=128 --set H=4 --set G=2 --set F=172 --set L=2 --set batch=8 --set seq=64
 flags="--matmul-precision high" tol="2e-3 3e-2" compare llama_high models/tiny.lm --set D=128 --set H=4 --set G=2 \
   --set F=344 --set L=2 --set batch=8 --set seq=64
 flags="--matmul-precision medium" tol="1e-2 5e-2" compare llama_medium models/tiny.lm --set D=128 --set H=4 --set G=2 \

@@ -823,6 +823,188 @@ extern "C" __global__ void lmc_head_grad(real *l, const int *y, const real *lse,
   }
 }
 
+// @kernel moe
+// Mixture of Experts, the math of runtime/cpu_moe.inc: routing in double,
+// one thread a token (its experts then as the CPU picks them); the
+// balance statistics one thread an expert, over the tokens in order; expert
+// ids and row positions as reals. The expert GEMMs go to cuBLASLt, one per
+// segment of rows.
+#define MOE_MAX_K 16
+__device__ double moe_lse(const real *l, i64 E) {
+  double mx = l[0], s = 0;
+  for (i64 e = 1; e < E; e++) mx = l[e] > mx ? l[e] : mx;
+  for (i64 e = 0; e < E; e++) s += exp((double)l[e] - mx);
+  return mx + log(s);
+}
+
+// gates, idx [n,k]; lse[n] for the statistics
+extern "C" __global__ void lmc_moe_route(real *gates, real *idx, double *lse, const real *logits, i64 n, i64 E, i64 k,
+                                         int rn) {
+  GRID_LOOP(t, n) {
+    const real *l = logits + t * E;
+    double z = moe_lse(l, E), sum = 0, p[MOE_MAX_K];
+    i64 pick[MOE_MAX_K];
+    for (i64 j = 0; j < k; j++) {
+      i64 best = -1;
+      double pb = 0;
+      for (i64 e = 0; e < E; e++) {
+        bool taken = false;
+        for (i64 i = 0; i < j; i++) taken |= pick[i] == e;
+        double pe = exp((double)l[e] - z);
+        if (!taken && (best < 0 || pe > pb)) best = e, pb = pe;
+      }
+      pick[j] = best, p[j] = pb, sum += pb;
+    }
+    for (i64 j = 0; j < k; j++) gates[t * k + j] = (real)(rn ? p[j] / sum : p[j]), idx[t * k + j] = (real)pick[j];
+    lse[t] = z;
+  }
+}
+
+// stats[2E+1]: per expert its assignments, its probabilities' sum; then
+// the sum of logsumexp^2
+extern "C" __global__ void lmc_moe_stats(real *stats, const real *logits, const real *idx, const double *lse, i64 n,
+                                         i64 E, i64 k) {
+  GRID_LOOP(e, 2 * E + 1) {
+    double s = 0;
+    for (i64 t = 0; t < n; t++) {
+      if (e < E)
+        for (i64 j = 0; j < k; j++) s += (i64)idx[t * k + j] == e ? 1.0 : 0.0;
+      else if (e < 2 * E) s += exp((double)logits[t * E + e - E] - lse[t]);
+      else s += lse[t] * lse[t];
+    }
+    stats[e] = (real)s;
+  }
+}
+
+// aux = E sum_i f_i P_i and z = mean lse^2 over the ng tokens of the data
+// group; this rank's share into the loss and the metrics
+extern "C" __global__ void lmc_moe_loss(real *loss, real *metrics, const real *stats, i64 E, i64 k, double ng,
+                                        double share, double aux_coef, double z_coef, int acc0, int acc1) {
+  if (blockIdx.x || threadIdx.x) return;
+  double aux = 0, hi = 0, lo = 1e300;
+  for (i64 e = 0; e < E; e++) {
+    double f = stats[e] / (ng * (double)k);
+    aux += f * (stats[E + e] / ng);
+    hi = f > hi ? f : hi, lo = f < lo ? f : lo;
+  }
+  aux *= (double)E;
+  double z = stats[2 * E] / ng, m[4] = {aux, z, hi * (double)E, lo * (double)E};
+  PUT(loss, 0, share * (aux_coef * aux + z_coef * z), acc0);
+  for (int i = 0; i < 4; i++) PUT(metrics, i, share * m[i], acc1);
+}
+
+// dlogits: the gates' gradient through the renormalised top k and the
+// softmax, plus the aux and z losses' (scale: 1 / the step's tokens)
+extern "C" __global__ void lmc_moe_route_bwd(real *dl, const real *dg, const real *logits, const real *idx,
+                                             const real *stats, i64 n, i64 E, i64 k, int rn, double aux_coef,
+                                             double z_coef, double scale, double ng, int acc) {
+  GRID_LOOP(t, n) {
+    const real *l = logits + t * E;
+    const real *ix = idx + t * k, *g = dg + t * k;
+    double z = moe_lse(l, E), sum = 0, c = 0, dot = 0;
+    for (i64 j = 0; j < k; j++) {
+      double p = exp((double)l[(i64)ix[j]] - z);
+      sum += p, c += (double)g[j] * p;
+    }
+    for (int pass = 0; pass < 2; pass++)
+      for (i64 e = 0; e < E; e++) {
+        double p = exp((double)l[e] - z), d = aux_coef * (double)E * stats[e] / (ng * (double)k) * scale;
+        for (i64 j = 0; j < k; j++)
+          if ((i64)ix[j] == e) d += rn ? g[j] / sum - c / (sum * sum) : (double)g[j];
+        if (pass == 0) dot += p * d;
+        else PUT(dl, t * E + e, p * (d - dot) + z_coef * 2 * z * p * scale, acc);
+      }
+  }
+}
+
+// counts[E] and pos[n,k]: each assignment's row, by expert, in token then
+// slot order within one (at[2E] is scratch)
+extern "C" __global__ void lmc_moe_dispatch_plan(real *counts, real *pos, i64 *at, const real *idx, i64 nk, i64 E) {
+  if (blockIdx.x || threadIdx.x) return;
+  for (i64 e = 0; e <= E; e++) at[e] = 0;
+  for (i64 i = 0; i < nk; i++) at[(i64)idx[i] + 1]++;
+  for (i64 e = 0; e < E; e++) counts[e] = (real)at[e + 1], at[e + 1] += at[e];
+  for (i64 i = 0; i < nk; i++) pos[i] = (real)(at[(i64)idx[i]]++);
+}
+
+// xp[pos[i]] = x[i / k]
+extern "C" __global__ void lmc_moe_gather(real *xp, const real *x, const real *pos, i64 nk, i64 k, i64 d) {
+  GRID_LOOP(e, nk * d) {
+    i64 i = e / d, c = e % d;
+    xp[(i64)pos[i] * d + c] = x[i / k * d + c];
+  }
+}
+
+// dx[t] (+)= the sum of the token's k rows of dxp
+extern "C" __global__ void lmc_moe_dispatch_bwd(real *dx, const real *dxp, const real *pos, i64 n, i64 k, i64 d,
+                                                int acc) {
+  GRID_LOOP(e, n * d) {
+    i64 t = e / d, c = e % d;
+    float s = 0;
+    for (i64 j = 0; j < k; j++) s += dxp[(i64)pos[t * k + j] * d + c];
+    PUT(dx, e, s, acc);
+  }
+}
+
+// y[t] = sum_j gates[t,j] yp[pos[t,j]]
+extern "C" __global__ void lmc_moe_combine(real *y, const real *yp, const real *pos, const real *gates, i64 n, i64 k,
+                                           i64 d, int acc) {
+  GRID_LOOP(e, n * d) {
+    i64 t = e / d, c = e % d;
+    float s = 0;
+    for (i64 j = 0; j < k; j++) s += gates[t * k + j] * yp[(i64)pos[t * k + j] * d + c];
+    PUT(y, e, s, acc);
+  }
+}
+
+// dyp[pos[t,j]] = gates[t,j] dy[t]
+extern "C" __global__ void lmc_moe_combine_bwd_rows(real *dyp, const real *dy, const real *pos, const real *gates,
+                                                    i64 nk, i64 k, i64 d, int acc) {
+  GRID_LOOP(e, nk * d) {
+    i64 i = e / d, c = e % d, r = (i64)pos[i];
+    PUT(dyp, r * d + c, gates[i] * dy[i / k * d + c], acc);
+  }
+}
+
+// dgates[t,j] = dy[t] . yp[pos[t,j]], a block an assignment
+extern "C" __global__ void lmc_moe_combine_bwd_gates(real *dg, const real *dy, const real *yp, const real *pos, i64 k,
+                                                     i64 d, int acc) {
+  i64 i = blockIdx.x, r = (i64)pos[i];
+  float s = 0;
+  for (i64 c = threadIdx.x; c < d; c += blockDim.x) s += dy[i / k * d + c] * yp[r * d + c];
+  s = block_sum(s);
+  if (threadIdx.x == 0) PUT(dg, i, s, acc);
+}
+
+// a = silu(h1) * h3 (h rows [h1 | h3], 2f wide) or gelu(h)
+extern "C" __global__ void lmc_moe_act(real *a, const real *h, i64 rows, i64 f, int swiglu) {
+  GRID_LOOP(e, rows * f) {
+    i64 r = e / f, j = e % f;
+    if (swiglu) {
+      float g = h[r * 2 * f + j];
+      a[e] = g / (1.0f + expf(-g)) * h[r * 2 * f + f + j];
+    } else {
+      float u = h[e];
+      a[e] = 0.5f * u * (1.0f + tanhf(0.7978845608028654f * (u + 0.044715f * u * u * u)));
+    }
+  }
+}
+
+// dh from da through the activation, dh laid out as h
+extern "C" __global__ void lmc_moe_act_bwd(real *dh, const real *da, const real *h, i64 rows, i64 f, int swiglu) {
+  GRID_LOOP(e, rows * f) {
+    i64 r = e / f, j = e % f;
+    if (swiglu) {
+      float g = h[r * 2 * f + j], s = 1.0f / (1.0f + expf(-g));
+      dh[r * 2 * f + j] = da[e] * h[r * 2 * f + f + j] * s * (1.0f + g * (1.0f - s));
+      dh[r * 2 * f + f + j] = da[e] * g * s;
+    } else {
+      float u = h[e], c = 0.7978845608028654f, th = tanhf(c * (u + 0.044715f * u * u * u));
+      dh[e] = da[e] * (0.5f * (1.0f + th) + 0.5f * u * (1.0f - th * th) * c * (1.0f + 3.0f * 0.044715f * u * u));
+    }
+  }
+}
+
 // @kernel optimizer
 // sum of squares of x, one partial sum per block (the runtime adds them in order)
 extern "C" __global__ void lmc_sumsq(float *part, const real *x, i64 n) {

@@ -1,8 +1,9 @@
 #!/bin/sh
 # The CUDA backend's training path on the emulated CUDA platform: the
 # configs scripts/gpu_check.sh compares on a GPU (a GQA Llama, the same
-# with 2 microbatches, GPT-2, the fused LM head, attention over T 150, the
-# high and medium matmul precisions), shrunk to emulator size,
+# with 2 microbatches, GPT-2, the fused LM head, attention over T 150, MoE
+# layers of SwiGLU and of GELU experts, the high and medium matmul
+# precisions), shrunk to emulator size,
 # train 20 steps from one seed on the CPU backend and on --backend
 # cuda-emu (--matmul-precision highest unless a config says otherwise), and
 # every step's loss, gradient norm and the validation loss agree within 1e-5 (fp32; they differ only in summation order). The
@@ -30,6 +31,10 @@ compare gpt2 "$SRC/models/gpt2-124m.lm" --set V=256 --set D=32 --set H=4 --set L
 compare llama_fused "$SRC/models/tiny.lm" $small --fuse=always
 # flash attention over two blocks of query rows and five tiles of keys
 compare llama_t150 "$SRC/models/tiny.lm" $small --set batch=2 --set seq=150
+# Mixture of Experts: the tiny Llama's MLPs as 4 top-2 SwiGLU experts, and
+# top-1 GELU experts without renormalised gates
+compare moe "$SRC/models/tiny.lm" $small --set experts=4
+compare moe_gelu "$SRC/tests/e2e/moe-gelu.lm"
 # tf32 and bf16 products: the loss within 2e-3 and 1e-2, the gradient
 # norm, which drifts, within 3e-2 and 5e-2
 flags="--matmul-precision high" tol="2e-3 3e-2"
@@ -42,5 +47,5 @@ compare llama_medium "$SRC/models/tiny.lm" $small
   --eval-batches 2 --out "$WORK/llama.nographs" || fail "lmrun --no-cuda-graphs failed"
 python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/llama.cuda-emu/metrics.jsonl" "$WORK/llama.nographs/metrics.jsonl" \
   "graphs against none" 1e-15 || status=1
-[ $status = 0 ] && echo "8 passed, 0 failed" || echo "failed"
+[ $status = 0 ] && echo "10 passed, 0 failed" || echo "failed"
 exit $status

@@ -1,7 +1,8 @@
 #!/bin/sh
 # The CUDA backend's all-reduces through NCCL (--collectives nccl), on the
-# emulated CUDA platform and its NCCL over MPI: dp 2 x tp 2 and pp 2 x dp 2
-# train 8 steps of a small Llama and match the same layouts on the CPU
+# emulated CUDA platform and its NCCL over MPI: dp 2 x tp 2, pp 2 x dp 2
+# and (as MoE) ep 2 x dp 2 train 8 steps of a small Llama and match the
+# same layouts on the CPU
 # backend within 1e-5 (fp32, summation order aside), with NCCL named in the
 # start banner. --collectives nccl on the CPU backend is an error.
 BIN=$1 SRC=$2
@@ -26,9 +27,12 @@ layout() {   # layout NAME [--set ...]
 }
 layout dp2tp2 --set dp=2 --set tp=2
 layout pp2dp2 --set pp=2 --set dp=2 --set microbatches=2
+# MoE over ep 2 x dp 2: the all-to-alls staged through the host over MPI,
+# the gradient and balance all-reduces over dp and ep through NCCL
+layout ep2dp2 --set experts=4 --set ep=2 --set dp=2
 "$LMRUN" "$WORK/dp2tp2" --backend cpu --collectives nccl --max-steps 1 >"$WORK/cpu_nccl.log" 2>&1 &&
   { status=1; echo "FAIL --collectives nccl on the CPU backend ran"; }
 grep -qxF "lmrun: error: --collectives applies to the CUDA backends (--backend cuda, cuda-emu, auto)" "$WORK/cpu_nccl.log" ||
   { status=1; echo "FAIL --collectives nccl on the CPU backend: $(cat "$WORK/cpu_nccl.log")"; }
-[ $status = 0 ] && echo "3 passed, 0 failed" || echo "failed"
+[ $status = 0 ] && echo "4 passed, 0 failed" || echo "failed"
 exit $status
