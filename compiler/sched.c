@@ -351,6 +351,10 @@ static const char *kind_name(int k) {
   return n[k];
 }
 
+static const char *coll_name(const Action *a) {
+  return a->kind == ACT_ALLREDUCE && a->region == -2 ? "all-to-all" : kind_name(a->kind);
+}
+
 /* Try to finish the collective that rank r waits at: every member of its
  * group must wait at the same one. */
 static bool collective(RankRun *runs, int world, int r) {
@@ -365,8 +369,8 @@ static bool collective(RankRun *runs, int world, int r) {
     if (b->axis != a->axis) return false;            /* still on another group's */
     if (b->kind != a->kind || b->region != a->region || b->n != a->n)
       diag_fatal("sched-collective", "ranks %d and %d issue different collectives on their %s group: "
-                 "%s n=%lld vs %s n=%lld", r, q, axis < MAX_AXES ? axis_names[axis] : "replica", kind_name(a->kind),
-                 (long long)a->n, kind_name(b->kind), (long long)b->n);
+                 "%s n=%lld vs %s n=%lld", r, q, axis < MAX_AXES ? axis_names[axis] : "replica", coll_name(a),
+                 (long long)a->n, coll_name(b), (long long)b->n);
   }
   return true;
 }
@@ -386,12 +390,36 @@ static Sched *world_sched(Graph *g) {
   return s;
 }
 
-/* Rank r's step actions into runs[r]; s is left on r's stage. */
+/* The collectives inside a program, in order, as actions for the check:
+ * all-reduces over their group (region -1) and MoE's all-to-alls over ep
+ * (region -2), each to be met by every rank of its group. */
+static void program_collectives(List *l, Inst **prog, int n) {
+  for (int k = 0; k < n; k++) {
+    Inst *in = prog[k];
+    bool a2a = in->op == OP_MOE_A2A || in->op == OP_MOE_A2A_REV;
+    if (in->op != OP_ALLREDUCE && !a2a) continue;
+    Action *c = push(l, ACT_ALLREDUCE);
+    c->region = a2a ? -2 : -1, c->axis = AX_TP;
+    c->n = a2a ? (int64_t)ir_get(in, "m") : (int64_t)ir_get(in, "n");
+    for (int i = 0; i < in->nattr; i++)
+      if (!strcmp(in->akey[i], "group")) c->axis = (int)in->aval[i];
+    if (a2a) c->axis = AX_EP;
+  }
+}
+
+/* Rank r's step actions into runs[r], each run of a program followed by
+ * the collectives inside it; s is left on r's stage. */
 static void rank_run(Sched *s, RankRun *runs, int r) {
   sched_set_rank(s, r);
   sched_stage(s, s->coord[AX_PP]);
   sched_actions(s);
-  runs[r] = (RankRun){s->step, s->nstep, 0, {0}};
+  List l = {0};
+  for (int i = 0; i < s->nstep; i++) {
+    *push(&l, s->step[i].kind) = s->step[i];
+    if (s->step[i].kind == ACT_FWD) program_collectives(&l, s->part->fwd, s->part->nfwd);
+    if (s->step[i].kind == ACT_BWD) program_collectives(&l, s->part->bwd, s->part->nbwd);
+  }
+  runs[r] = (RankRun){l.a, l.n, 0, {0}};
   memcpy(runs[r].coord, s->coord, sizeof s->coord);
 }
 
@@ -400,7 +428,7 @@ void sched_check(Graph *g) {
   int world = s->world, nmsg = 0;
   RankRun *runs = arena_alloc(world * sizeof(RankRun));
   int total = 0;
-  for (int r = 0; r < world; r++) rank_run(s, runs, r), total += s->nstep;
+  for (int r = 0; r < world; r++) rank_run(s, runs, r), total += runs[r].n;
   Msg *msgs = arena_alloc((total + 1) * sizeof(Msg));
   for (bool progress = true; progress;) {
     progress = false;
