@@ -204,6 +204,13 @@ static void moe_a2a(Run *r, const RtInst *x, void **out, void **in) {
   int64_t *n = rt_xmalloc(4 * ep * sizeof(int64_t)), *sd = n + ep, *rn = sd + ep, *rd = rn + ep;
   if (x->op == OP_MOE_A2A) {
     r->be->download(c, in[1], E);
+    double rows = 0;
+    for (int64_t e = 0; e < E; e++) {
+      if (!(c[e] >= 0 && c[e] <= (double)x->m && c[e] == (double)(int64_t)c[e]))
+        rt_die("an MoE expert's row count is %g, not one of 0..%lld (is this bundle as lmc wrote it?)", c[e], (long long)x->m);
+      rows += c[e];
+    }
+    if (rows > (double)x->m) rt_die("the MoE row counts add up to %g, more than the %lld rows sent", rows, (long long)x->m);
     int64_t *one = rt_xmalloc(2 * ep * sizeof(int64_t)), *at = one + ep;
     for (int q = 0; q < ep; q++) one[q] = El, at[q] = q * El;
     comm_alltoallv(c, one, at, rc, one, at, 8, AXIS_EP);
