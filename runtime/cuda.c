@@ -74,6 +74,9 @@ static struct {
   ncclResult_t (*allreduce)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t, cudaStream_t);
   ncclResult_t (*async_error)(ncclComm_t, ncclResult_t *);
   ncclResult_t (*abort)(ncclComm_t);
+  ncclResult_t (*send)(const void *, size_t, ncclDataType_t, int, ncclComm_t, cudaStream_t);
+  ncclResult_t (*recv)(void *, size_t, ncclDataType_t, int, ncclComm_t, cudaStream_t);
+  ncclResult_t (*group_start)(void), (*group_end)(void);
   const char *(*errstr)(ncclResult_t);
 } nc;
 static ncclComm_t ncomm[4];
@@ -931,7 +934,7 @@ static double cuda_optimizer(const OptParam *p, int count, const AdamArgs *a, do
 
 /* ---- collectives and transfers: staged through host memory ---- */
 
-/* Waits for an NCCL all-reduce on the stream against the deadline of the
+/* Waits for an NCCL collective on the stream against the deadline of the
  * MPI path (comm_timeout), so a stopped peer ends the job, not hangs it. */
 static void nccl_wait(int64_t n, int axis) {
   double t0 = rt_now();
@@ -941,11 +944,11 @@ static void nccl_wait(int64_t n, int axis) {
     if (rc != CUDA_ERROR_NOT_READY) CK(rc);
     ncclResult_t e = ncclSuccess;
     nc.async_error(ncomm[axis], &e);
-    if (e != ncclSuccess) rt_die("NCCL: an all-reduce over the %s group failed: %s", comm_axis_name(axis), nc.errstr(e));
+    if (e != ncclSuccess) rt_die("NCCL: a collective over the %s group failed: %s", comm_axis_name(axis), nc.errstr(e));
     if (rt_now() - t0 > comm_timeout) {
       for (int a = 0; a < 4; a++)
         if (ncomm[a]) nc.abort(ncomm[a]);
-      rt_die("rank %d: no progress for %.0f s in an NCCL all-reduce of %lld values over the %s group", comm_rank(),
+      rt_die("rank %d: no progress for %.0f s in an NCCL collective of %lld values over the %s group", comm_rank(),
              comm_timeout, (long long)n, comm_axis_name(axis));
     }
     usleep(20);
@@ -966,10 +969,25 @@ static void cuda_allreduce(void *x, int64_t n, int axis, int op) {
   free(h);
 }
 
-/* MoE's all-to-alls, staged through host memory over MPI. */
+/* MoE's all-to-alls: a group of NCCL sends and receives, or staged
+ * through host memory over MPI. */
 static void cuda_alltoallv(const void *x, const int64_t *sc, const int64_t *sd, void *y, const int64_t *rc,
                            const int64_t *rd, int axis) {
   int n = comm_group_size(axis);
+  if (use_nccl && ncomm[axis]) {
+    ncclResult_t r = nc.group_start();
+    int64_t total = 0;
+    for (int q = 0; q < n && r == ncclSuccess; q++) {
+      if (sc[q]) r = nc.send((const float *)x + sd[q], (size_t)sc[q], ncclFloat, q, ncomm[axis], (cudaStream_t)st);
+      if (rc[q] && r == ncclSuccess) r = nc.recv((float *)y + rd[q], (size_t)rc[q], ncclFloat, q, ncomm[axis], (cudaStream_t)st);
+      total += sc[q];
+    }
+    ncclResult_t e = nc.group_end();
+    if (r != ncclSuccess || e != ncclSuccess)
+      rt_die("NCCL: an all-to-all over the %s group: %s", comm_axis_name(axis), nc.errstr(r != ncclSuccess ? r : e));
+    nccl_wait(total, axis);
+    return;
+  }
   int64_t ns = 0, nr = 0;
   for (int q = 0; q < n; q++) {
     if (sd[q] + sc[q] > ns) ns = sd[q] + sc[q];
@@ -1075,7 +1093,10 @@ static bool nccl_setup(void *emu, char *why, size_t n) {
   *(void **)&nc.get_id = dlsym(h, "ncclGetUniqueId"), *(void **)&nc.init = dlsym(h, "ncclCommInitRank");
   *(void **)&nc.allreduce = dlsym(h, "ncclAllReduce"), *(void **)&nc.async_error = dlsym(h, "ncclCommGetAsyncError");
   *(void **)&nc.abort = dlsym(h, "ncclCommAbort"), *(void **)&nc.errstr = dlsym(h, "ncclGetErrorString");
-  if (!nc.get_id || !nc.init || !nc.allreduce || !nc.async_error || !nc.abort || !nc.errstr)
+  *(void **)&nc.send = dlsym(h, "ncclSend"), *(void **)&nc.recv = dlsym(h, "ncclRecv");
+  *(void **)&nc.group_start = dlsym(h, "ncclGroupStart"), *(void **)&nc.group_end = dlsym(h, "ncclGroupEnd");
+  if (!nc.get_id || !nc.init || !nc.allreduce || !nc.async_error || !nc.abort || !nc.errstr || !nc.send || !nc.recv ||
+      !nc.group_start || !nc.group_end)
     return snprintf(why, n, "the NCCL library lacks a function this build needs"), false;
   for (int a = 0; a < 4; a++) {
     if (comm_group_size(a) < 2) continue;

@@ -27,8 +27,8 @@ layout() {   # layout NAME [--set ...]
 }
 layout dp2tp2 --set dp=2 --set tp=2
 layout pp2dp2 --set pp=2 --set dp=2 --set microbatches=2
-# MoE over ep 2 x dp 2: the all-to-alls staged through the host over MPI,
-# the gradient and balance all-reduces over dp and ep through NCCL
+# MoE over ep 2 x dp 2: the all-to-alls as grouped NCCL sends and
+# receives, the gradient and balance all-reduces over dp and ep
 layout ep2dp2 --set experts=4 --set ep=2 --set dp=2
 "$LMRUN" "$WORK/dp2tp2" --backend cpu --collectives nccl --max-steps 1 >"$WORK/cpu_nccl.log" 2>&1 &&
   { status=1; echo "FAIL --collectives nccl on the CPU backend ran"; }
