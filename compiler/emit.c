@@ -56,6 +56,7 @@ static void print_value(FILE *out, Program *p, Value *v) {
   print_sizes(out, &v->shape);
   if (v->kind == V_PARAM && split_dim(p, v) >= 0) fprintf(out, " split=%d", split_dim(p, v));
   if (v->kind == V_PARAM && v->esplit) fprintf(out, " esplit=1");
+  if (v->dtype == DT_BF16) fprintf(out, " dtype=bf16");
   if (v->kind == V_PARAM && v->stages != ((uint64_t)1 << v->stage) && s_stage != v->stage)
     fprintf(out, " copy=1");   /* another stage holds the primary copy */
   fprintf(out, " ");
@@ -174,6 +175,7 @@ void emit_manifest(FILE *out, Sched *s) {
           (long long)t->save_every, num(t->lr), num(t->min_lr), num(t->beta1), num(t->beta2),
           num(t->eps), num(t->wd), num(t->clip), num(t->val_fraction), t->decay);
   fprintf(out, "data %s\n", t->data);
+  if (strcmp(t->precision, "fp32")) fprintf(out, "precision %s\n", t->precision);
   int64_t total = 0, active = 0;   /* active: what one token runs (top k of E experts) */
   for (int i = 0; i < g->nparams; i++) {
     Value *v = g->params[i];

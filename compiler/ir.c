@@ -127,9 +127,12 @@ void ir_print_shape(FILE *out, Program *p, const Shape *s) {
   fputc(']', out);
 }
 
+const char *dtype_names[3] = {"f32", "bf16", "i32"};
+
 static void print_value(FILE *out, Program *p, Value *v) {
   fprintf(out, "%%%d:", v->id);
   ir_print_shape(out, p, &v->shape);
+  if (v->dtype == DT_BF16) fprintf(out, ":bf16");   /* f32 (or i32 ids) unless said */
 }
 
 static void print_inst(FILE *out, Program *p, Inst *in) {

@@ -120,6 +120,7 @@ typedef struct Settings {
       eval_batches, save_every;
   double lr, min_lr, beta1, beta2, eps, wd, clip, val_fraction;
   int64_t experts, top_k, moe_every;   /* experts > 0: every moe_every-th MLP becomes an MoE */
+  const char *precision;               /* "fp32" or "bf16": precision.c */
   double aux_loss_coef, z_loss_coef;   /* MoE load balancing and router z-loss */
   const char *decay, *data, *schedule;
   int64_t mesh[MAX_AXES];
@@ -162,6 +163,8 @@ typedef struct Shape {
 } Shape;
 
 enum { V_ACT, V_PARAM, V_GRAD, V_INPUT, V_STATE };
+enum { DT_F32, DT_BF16, DT_I32 };   /* a value's dtype (precision.c) */
+extern const char *dtype_names[3];
 
 struct Value {
   int id;
@@ -169,6 +172,7 @@ struct Value {
   const char *name;
   Shape shape;
   bool is_int;         /* token ids */
+  int dtype;           /* DT_*, decided by precision.c */
   Inst *def;
   Value *grad;         /* gradient value (autodiff) */
   Value *of;           /* V_GRAD: the value it is the gradient of */
@@ -233,6 +237,9 @@ void fuse_graph(Graph *g, bool always);   /* always: fuse even small heads */
 
 /* ---- autodiff.c ---- */
 void ad_backward(Graph *g);
+
+/* ---- precision.c ---- */
+void precision_plan(Graph *g);          /* every value's dtype; bf16 weight copies */
 
 /* ---- part.c ---- */
 typedef struct Xfer {  /* a value that crosses between pipeline stages */

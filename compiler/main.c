@@ -80,6 +80,9 @@ static int compile(Options *o, const char *text, long len) {
   ad_backward(g);
   if (o->verify) ir_verify(g);
   if (dumping(o, "grad")) ir_dump(stdout, g, true);
+  precision_plan(g);
+  if (o->verify) ir_verify(g);
+  if (dumping(o, "precision")) ir_dump(stdout, g, false), ir_dump(stdout, g, true);
   Sched *s = sched_plan(g);
   if (dumping(o, "part")) part_dump(stdout, g);
   sched_check(g);
@@ -107,6 +110,7 @@ static Sched *build(Options *o, const char *text, long len) {
   Graph *g = lower_program(p);
   if (o->fuse != 2) fuse_graph(g, o->fuse == 1);
   ad_backward(g);
+  precision_plan(g);
   Sched *s = sched_plan(g);
   sched_check(g);
   diag_jmp = NULL;
@@ -175,7 +179,7 @@ static void usage(int code) {
   fprintf(code ? stderr : stdout,
           "usage: lmc SPEC.lm [-o BUNDLE_DIR] [options]\n"
           "  -o DIR              write the bundle (manifest + per-rank schedules)\n"
-          "  --dump=LIST         print phases: ast,sema,ir,fused,grad,part,sched; timeline:\n"
+          "  --dump=LIST         print phases: ast,sema,ir,fused,grad,precision,part,sched; timeline:\n"
           "                      every rank's step simulated at --plan-flops and --plan-bw,\n"
           "                      as a Chrome trace (Perfetto)\n"
           "  --fuse=MODE         auto (default: fuse the LM head and loss when the logits\n"

@@ -171,7 +171,7 @@ static const Key train_keys[] = {
     {"lr", SF(lr)}, {"min_lr", SF(min_lr)}, {"beta1", SF(beta1)},
     {"beta2", SF(beta2)}, {"eps", SF(eps)}, {"wd", SF(wd)}, {"clip", SF(clip)},
     {"val_fraction", SF(val_fraction)}, {"decay", SS(decay)}, {"data", SS(data)},
-    {"experts", SI(experts)}, {"top_k", SI(top_k)}, {"moe_every", SI(moe_every)},
+    {"experts", SI(experts)}, {"top_k", SI(top_k)}, {"moe_every", SI(moe_every)}, {"precision", SS(precision)},
     {"aux_loss_coef", SF(aux_loss_coef)}, {"z_loss_coef", SF(z_loss_coef)},
     {"betas", 't', offsetof(Settings, beta1)}, {NULL, 0, 0}};
 static const Key parallel_keys[] = {
@@ -264,7 +264,7 @@ static void defaults(Settings *s) {
                   .beta2 = 0.95, .eps = 1e-8, .wd = 0.0, .clip = 0.0,
                   .val_fraction = 0.1, .decay = "cosine", .data = "",
                   .schedule = "1f1b", .top_k = 2, .moe_every = 1,
-                  .aux_loss_coef = 0.01, .z_loss_coef = 0.001};
+                  .aux_loss_coef = 0.01, .z_loss_coef = 0.001, .precision = "fp32"};
   for (int i = 0; i < MAX_AXES; i++) s->mesh[i] = 1;
 }
 
@@ -309,6 +309,9 @@ static void check_settings(Program *p) {
   if (strcmp(s->decay, "cosine") && strcmp(s->decay, "linear") && strcmp(s->decay, "constant"))
     diag_error(setting_loc(p, p->train, "decay"), "bad-setting",
                "unknown decay '%s'; use cosine, linear or constant", s->decay);
+  if (strcmp(s->precision, "fp32") && strcmp(s->precision, "bf16"))
+    diag_error(setting_loc(p, p->train, "precision"), "bad-setting", "unknown precision '%s'; use fp32 or bf16",
+               s->precision);
   if (strcmp(s->schedule, "1f1b") && strcmp(s->schedule, "gpipe"))
     diag_error(setting_loc(p, p->parallel, "schedule"), "bad-setting",
                "unknown pipeline schedule '%s'; use gpipe or 1f1b", s->schedule);

@@ -138,6 +138,7 @@ static void read_manifest(Bundle *b, const char *dir) {
       read_param(&r, b);
     } else if (!strncmp(l, "params ", 7)) b->nparam_elems = b->nparam_active = atoll(l + 7);
     else if (!strncmp(l, "active ", 7)) b->nparam_active = atoll(l + 7);
+    else if (!strcmp(l, "precision bf16")) b->bf16 = true;
     else if (!strcmp(l, "end")) end = true;
     else bad(&r, "unknown line");
   }
@@ -217,6 +218,9 @@ static void read_value(Reader *r, Bundle *b) {
   v->split = field(r->buf, "split") ? (int)ifield(r, "split") : -1;
   v->copy = field(r->buf, "copy") != NULL;
   v->esplit = field(r->buf, "esplit") != NULL;
+  const char *dt = field(r->buf, "dtype");
+  if (dt && strncmp(dt, "bf16", 4)) bad(r, "unknown dtype");
+  v->bf16 = dt != NULL;
   if (v->split >= v->rank) bad(r, "bad split");
   if (v->off < 0 || v->n <= 0 || v->off + v->n > b->region[v->region]) bad(r, "value outside its region");
   const char *last = strrchr(r->buf, ' ');
@@ -282,7 +286,7 @@ static void needs(const RtInst *x, int64_t in[RT_MAX_IN], int64_t out[3], bool i
   case OP_ADD_BWD: out[0] = in[0] = x->n, out[1] = x->nb; break;
   case OP_XENT: out[0] = 1, in[0] = x->n * x->v, in[1] = x->n, ids[1] = true; break;
   case OP_XENT_BWD: out[0] = in[0] = x->n * x->v, in[1] = x->n, ids[1] = true; break;
-  case OP_ALLREDUCE: out[0] = in[0] = x->n; break;
+  case OP_ALLREDUCE: case OP_CAST: out[0] = in[0] = x->n; break;
   case OP_XENT_MAX: out[0] = x->n, in[0] = x->n * x->v; break;
   case OP_XENT_STATS:
     out[0] = out[1] = in[2] = x->n, in[0] = x->n * x->v, in[1] = x->n, ids[1] = true;

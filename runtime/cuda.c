@@ -821,6 +821,7 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
     launch("lmc_xent_tp_bwd", grid_for(n * v), a);
     return;
   }
+  case OP_CAST: { void *a[] = {&O[0], &I[0], &n}; launch("lmc_cast", grid_for(n), a); return; }
   default:
     if (x->op >= OP_MOE_ROUTE && x->op <= OP_MOE_COMBINE_BWD) return op_moe(x, o, in);
   }
@@ -969,6 +970,13 @@ static void cuda_allreduce(void *x, int64_t n, int axis, int op) {
   free(h);
 }
 
+static void cuda_round_bf16(void *x, int64_t n) {
+  CUdeviceptr p = dptr(x);
+  i64 nn = n;
+  void *a[] = {&p, &nn};
+  launch("lmc_round_bf16", grid_for(n), a);
+}
+
 /* MoE's all-to-alls: a group of NCCL sends and receives, or staged
  * through host memory over MPI. */
 static void cuda_alltoallv(const void *x, const int64_t *sc, const int64_t *sd, void *y, const int64_t *rc,
@@ -1077,7 +1085,7 @@ static Backend cuda = {
     .recv = cuda_recv, .wait_sends = cuda_wait_sends, .gemm_peak = cuda_gemm_peak, .sync = cuda_sync,
     .peak_bytes = cuda_peak_bytes, .graph_begin = cuda_graph_begin, .graph_end = cuda_graph_end,
     .graph_run = cuda_graph_run, .graph_free = cuda_graph_free, .optimizer = cuda_optimizer,
-    .alltoallv = cuda_alltoallv};
+    .alltoallv = cuda_alltoallv, .round_bf16 = cuda_round_bf16};
 
 void cuda_matmul_precision(int p) { precision = p; }
 void cuda_collectives(int mode) { collectives = mode; }

@@ -275,6 +275,8 @@ static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
     else if (x->op == OP_MOE_A2A || x->op == OP_MOE_A2A_REV) moe_a2a(r, x, out, in);
     else if (x->op == OP_MOE_ROUTE && r->routing && prog == r->b->fwd) route_fixed(r, x, i, out, in);
     else r->be->run(x, out, in);
+    for (int j = 0; j < 3; j++)   /* what the plan stores in bf16, as bf16 */
+      if (x->out[j] >= 0 && r->b->vals[x->out[j]].bf16) r->be->round_bf16(out[j], r->b->vals[x->out[j]].n);
     if (r->op_time && r->be->sync) r->be->sync();   /* profiling: a GPU op's own time */
     if (r->op_time) r->op_time[x->op] += rt_now() - t;
     if (r->trace) {

@@ -67,6 +67,7 @@ typedef struct RtValue {
   int64_t shape[6];
   int split;               /* param: the dim tp splits, or -1 */
   bool esplit;             /* param: an expert weight, its dim 0 split by ep */
+  bool bf16;               /* the plan stores it in bf16: the backends round it when written */
   bool copy;               /* param: another stage holds the primary copy */
   char name[128];
 } RtValue;
@@ -136,6 +137,7 @@ typedef struct Bundle {
   RtParam *params; int nparams;
   int64_t nparam_elems;
   int64_t nparam_active;   /* what one token runs: MoE layers' top k of E experts (else all) */
+  bool bf16;               /* the precision plan is bf16 (values tagged dtype=bf16) */
   int64_t region[NUM_REGIONS];
   RtValue *vals; int nvals;
   RtInst *fwd; int nfwd;
@@ -196,6 +198,8 @@ typedef struct Backend {
    * in_norm tensors), clipping to clip (0: none) and AdamW of every
    * tensor; a->gscale and a->wd are ignored. Returns the norm. */
   double (*optimizer)(const OptParam *p, int count, const AdamArgs *a, double clip);
+  /* round n reals to bf16 in place (a value the plan stores in bf16) */
+  void (*round_bf16)(void *x, int64_t n);
 } Backend;
 
 /* ---- ltplan.c ---- */

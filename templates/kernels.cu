@@ -1005,6 +1005,17 @@ extern "C" __global__ void lmc_moe_act_bwd(real *dh, const real *da, const real 
   }
 }
 
+// @kernel cast
+// the precision plan's bf16 values (still in fp32 storage): a weight's
+// copy, and any value rounded in place when written
+extern "C" __global__ void lmc_cast(real *y, const real *x, i64 n) {
+  GRID_LOOP(i, n) y[i] = x[i];
+}
+
+extern "C" __global__ void lmc_round_bf16(real *x, i64 n) {
+  GRID_LOOP(i, n) x[i] = __uint_as_float(bf16_bits(x[i]) << 16);
+}
+
 // @kernel optimizer
 // sum of squares of x, one partial sum per block (the runtime adds them in order)
 extern "C" __global__ void lmc_sumsq(float *part, const real *x, i64 n) {

@@ -1,0 +1,96 @@
+/* precision.c: the dtype of every value, after autodiff. Under the train
+ * setting `precision = bf16` (mixed precision, the plan docs/cuda.md
+ * gives): parameters stay f32 masters, and the ops that multiply by a
+ * weight (matmul, embed, the fused head, the experts) read a bf16 copy a
+ * `cast` makes at the start of the forward pass, one per stage that reads
+ * it; activations and their gradients are bf16; what must stay exact or
+ * wide stays f32: norm and softmax statistics, cross-entropy's row
+ * statistics, the MoE router (its logits from the f32 weight, and their
+ * gradient: a rounded logit flips a token's expert), its gates, expert
+ * ids, counts and positions, the loss and every parameter's gradient. Under `fp32` (the default)
+ * every value is f32. Token ids are i32 either way.
+ *
+ * The backends honour the plan by rounding each bf16 value when it is
+ * written (so the CPU backend is the bf16 run's reference); storing bf16
+ * in half the bytes is the next step. */
+#include "lmc.h"
+#include <string.h>
+
+/* Whether output i of op is a statistic or an index (kept f32). */
+static bool wide_output(int op, int i) {
+  switch (op) {
+  case OP_RMSNORM: case OP_LAYERNORM: case OP_ATTENTION: case OP_HEAD_XENT: return i > 0;
+  case OP_XENT_MAX: case OP_XENT_STATS: case OP_MOE_ROUTE: case OP_MOE_LOSS: return true;
+  case OP_MOE_DISPATCH: case OP_MOE_A2A: return i > 0;
+  case OP_MOE_COMBINE_BWD: return i == 1;          /* the gates' gradient */
+  case OP_MOE_ROUTE_BWD: return true;              /* the router's logits' gradient from f32 gates */
+  default: return false;
+  }
+}
+
+static Graph *G;
+
+/* The router's logits: read by moe_route. */
+static bool router_logits(const Value *v) {
+  for (int k = 0; k < G->nfwd; k++)
+    if (G->fwd[k]->op == OP_MOE_ROUTE && G->fwd[k]->in[0] == v) return true;
+  return false;
+}
+
+/* Ops that multiply by a parameter: they read its bf16 copy (the router
+ * its f32 weight). */
+static bool reads_copy(const Inst *in, int j) {
+  if (in->in[j]->router) return false;
+  switch (in->op) {
+  case OP_MATMUL: case OP_HEAD_XENT: case OP_HEAD_XENT_BWD: return true;
+  case OP_EMBED: return j == 1;
+  case OP_MOE_UP: case OP_MOE_UP_GELU: case OP_MOE_DOWN: case OP_MOE_UP_BWD: case OP_MOE_UP_GELU_BWD:
+  case OP_MOE_DOWN_BWD: return true;
+  default: return false;
+  }
+}
+
+/* The bf16 copy of parameter p on `stage`, made on first need (its cast
+ * appended to the forward pass; moved to the front after). */
+static Value *copy_of(Value *p, int stage, Value **copies) {
+  Value **c = &copies[p->id * G->nstages + stage];
+  if (*c) return *c;
+  int cur = G->cur_stage;
+  G->cur_stage = stage;
+  Inst *in = ir_inst(G, OP_CAST, false, ir_loc);
+  G->cur_stage = cur;
+  in->in[0] = p;
+  in->out[0] = *c = ir_value(G, V_ACT, NULL, p->shape);
+  (*c)->def = in, (*c)->dtype = DT_BF16;
+  ir_set(in, "n", shape_numel(&p->shape));
+  return *c;
+}
+
+void precision_plan(Graph *g) {
+  G = g;
+  for (int i = 0; i < g->nvals; i++) g->vals[i]->dtype = g->vals[i]->is_int ? DT_I32 : DT_F32;
+  if (strcmp(g->prog->s.precision, "bf16")) return;
+  int nfwd = g->nfwd, nbwd = g->nbwd, total = nfwd + nbwd;
+  for (int k = 0; k < total; k++) {   /* activations: bf16 unless a statistic */
+    Inst *in = k < nfwd ? g->fwd[k] : g->bwd[k - nfwd];
+    for (int i = 0; i < in->nout; i++) {
+      Value *v = in->out[i];
+      if (!v || v->kind != V_ACT) continue;
+      if (!in->bwd) v->dtype = wide_output(in->op, i) || router_logits(v) ? DT_F32 : DT_BF16;
+      else v->dtype = wide_output(in->op, i) ? DT_F32 : v->of ? v->of->dtype : DT_BF16;
+    }
+  }
+  Value **copies = arena_alloc(((size_t)g->nvals * g->nstages + 1) * sizeof(Value *));
+  for (int k = 0; k < total; k++) {   /* weights: through their bf16 copies */
+    Inst *in = k < nfwd ? g->fwd[k] : g->bwd[k - nfwd];
+    for (int j = 0; j < in->nin; j++)
+      if (in->in[j]->kind == V_PARAM && reads_copy(in, j)) in->in[j] = copy_of(in->in[j], in->stage, copies);
+  }
+  int casts = g->nfwd - nfwd;         /* the casts first */
+  Inst **order = arena_alloc((g->nfwd + 1) * sizeof(Inst *));
+  memcpy(order, g->fwd + nfwd, casts * sizeof(Inst *));
+  memcpy(order + casts, g->fwd, nfwd * sizeof(Inst *));
+  memcpy(g->fwd, order, g->nfwd * sizeof(Inst *));
+  for (int k = 0; k < g->nfwd; k++) g->fwd[k]->id = k;
+  for (int k = 0; k < g->nbwd; k++) g->bwd[k]->id = g->nfwd + k;
+}
