@@ -15,4 +15,11 @@ rc=0
 "$PY" "$SRC/tests/e2e/tb_readback.py" "$WORK/o" >"$WORK/tb.out" 2>&1 || rc=$?
 grep -v "^Detected out of order" "$WORK/tb.out" || true
 [ $rc -eq 0 ] || fail "TensorBoard read back other values"
-echo "1 passed, 0 failed"
+# an MoE model (2 MoE layers): train/ce and moe/layer<i>/{aux,z,load_max,load_min}
+small_model "$WORK/moe" --set steps=6 --set batch=2 --set seq=16 --set experts=4
+"$LMRUN" "$WORK/moe" --data "$DATA" --quiet --out "$WORK/om"
+"$PY" "$SRC/tests/e2e/tb_readback.py" "$WORK/om" >"$WORK/tbm.out" 2>&1 || rc=$?
+grep -v "^Detected out of order" "$WORK/tbm.out" || true
+grep -q "moe/layer1/load_max" "$WORK/tbm.out" || fail "no MoE metrics read back"
+[ $rc -eq 0 ] || fail "TensorBoard read back other MoE values"
+echo "2 passed, 0 failed"
