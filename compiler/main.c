@@ -118,7 +118,7 @@ static Sched *build(Options *o, const char *text, long len) {
 }
 
 typedef struct Row {
-  int dp, tp, pp, m;
+  int dp, tp, pp, ep, m;
   PlanCost c;
 } Row;
 
@@ -132,26 +132,39 @@ static void add_set(Options *o, const char *name, int v) {
   o->sets[o->nsets++] = (Set){name, arena_printf("%d", v)};
 }
 
-/* lmc --plan N: every dp x tp x pp = N and microbatch count the spec
- * allows, each compiled and scheduled, ranked by estimated step time. */
+/* Whether the spec has experts that ep could split. */
+static bool has_experts(Sched *s) {
+  Program *p = s->g->prog;
+  for (int i = 0; i < p->ndims; i++)
+    if (p->dims[i].axis == AX_EP) return true;
+  return p->s.experts > 0;
+}
+
+/* lmc --plan N: every dp x tp x pp (x ep, with experts) = N and microbatch
+ * count the spec allows, each compiled and scheduled, ranked by estimated
+ * step time. */
 static int plan_search(Options *o, const char *text, long len) {
-  if (!build(o, text, len)) return 1;          /* the spec itself, loudly */
+  Sched *first = build(o, text, len);          /* the spec itself, loudly */
+  if (!first) return 1;
+  bool moe = has_experts(first);
   Row *rows = arena_alloc(4096 * sizeof(Row));
   int nrows = 0, tried = 0, over = 0, base = o->nsets, n = o->plan;
-  for (int dp = 1; dp <= n; dp++)
-    for (int tp = 1; dp * tp <= n; tp++)
+  for (int ep = 1; ep <= (moe ? n : 1); ep++)
+  for (int dp = 1; dp * ep <= n; dp++)
+    for (int tp = 1; dp * tp * ep <= n; tp++)
       for (int m = 1; m <= 64 && nrows < 4096; m *= 2) {
-        if (n % (dp * tp)) continue;
-        int pp = n / (dp * tp);
+        if (n % (dp * tp * ep)) continue;
+        int pp = n / (dp * tp * ep);
         if (pp == 1 && m > 1 && tp > 1) continue;   /* accumulation: once per dp is enough */
         o->nsets = base;
         add_set(o, "dp", dp), add_set(o, "tp", tp), add_set(o, "pp", pp), add_set(o, "microbatches", m);
+        if (moe) add_set(o, "ep", ep);
         diag_quiet = true;
         Sched *s = build(o, text, len);
         diag_quiet = false;
         tried++;
         if (!s) continue;
-        Row r = {dp, tp, pp, m, {.memory = 0}};
+        Row r = {dp, tp, pp, ep, m, {.memory = 0}};
         plan_cost(s, o->plan_flops, o->plan_bw, &r.c);
         if (o->plan_mem > 0 && r.c.memory > o->plan_mem) { over++; continue; }
         rows[nrows++] = r;
@@ -161,10 +174,11 @@ static int plan_search(Options *o, const char *text, long len) {
   printf("plans for %d ranks: %d legal of %d tried%s; cost model: %.3g FLOP/s, %.3g B/s per rank\n", n,
          nrows + over, tried, over ? arena_printf(", %d over the memory limit", over) : "", o->plan_flops,
          o->plan_bw);
-  printf("  dp  tp  pp   m  memory/rank   step (est)   compute    bubble      comm\n");
+  printf("  dp  tp  pp%s   m  memory/rank   step (est)   compute    bubble      comm\n", moe ? "  ep" : "");
   for (int i = 0; i < nrows && i < 20; i++) {
     Row *r = &rows[i];
-    printf("  %2d  %2d  %2d  %2d  %8.1f MiB  %9.2f ms  %7.2f ms  %7.2f ms  %7.2f ms\n", r->dp, r->tp, r->pp, r->m,
+    printf("  %2d  %2d  %2d%s  %2d  %8.1f MiB  %9.2f ms  %7.2f ms  %7.2f ms  %7.2f ms\n", r->dp, r->tp, r->pp,
+           moe ? arena_printf("  %2d", r->ep) : "", r->m,
            r->c.memory / (1 << 20), 1e3 * r->c.time, 1e3 * r->c.compute, 1e3 * r->c.bubble, 1e3 * r->c.comm);
   }
   if (nrows > 20) printf("  ... %d more\n", nrows - 20);

@@ -3,8 +3,11 @@
  * plan the bundle would carry) and an estimate of the step time from a
  * simple model: the busiest stage's GEMM FLOPs at a given rate, stretched
  * by the pipeline bubble (m + p - 1) / m, plus the bytes each rank moves
- * (tp all-reduces, the dp gradient all-reduce, pipeline transfers) at a
- * given bandwidth, ring all-reduces counting 2 (n-1)/n of their size. */
+ * (tp all-reduces, the dp gradient all-reduce, pipeline transfers, MoE's
+ * all-to-alls and the ep all-reduce of the gradients but the experts') at
+ * a given bandwidth, ring all-reduces counting 2 (n-1)/n of their size.
+ * MoE experts are costed at balanced routing: each rank's experts get
+ * their share of the rows. */
 #include "lmc.h"
 #include <string.h>
 
@@ -13,6 +16,13 @@ double plan_inst_flops(Inst *in) {
   case OP_MATMUL: return 2 * ir_get(in, "m") * ir_get(in, "n") * ir_get(in, "k");
   case OP_HEAD_XENT: return 2 * ir_get(in, "m") * ir_get(in, "n") * ir_get(in, "k");
   case OP_HEAD_XENT_BWD: return 6 * ir_get(in, "m") * ir_get(in, "n") * ir_get(in, "k");
+  case OP_MOE_UP: case OP_MOE_UP_GELU: case OP_MOE_DOWN:
+  case OP_MOE_UP_BWD: case OP_MOE_UP_GELU_BWD: case OP_MOE_DOWN_BWD: {
+    double rows = ir_get(in, "m") / (ir_get(in, "seg") / ir_get(in, "e"));   /* of the ep x N x k buffer, a share */
+    double f = 2 * rows * ir_get(in, "n") * ir_get(in, "d");
+    if (in->op == OP_MOE_UP || in->op == OP_MOE_UP_BWD) f *= 2;               /* gate and up */
+    return in->op == OP_MOE_UP || in->op == OP_MOE_UP_GELU || in->op == OP_MOE_DOWN ? f : 2 * f;
+  }
   case OP_ATTENTION:
   case OP_ATTENTION_BWD: {
     double f = 2 * ir_get(in, "b") * ir_get(in, "h") * ir_get(in, "t") * ir_get(in, "t") * ir_get(in, "k");
@@ -27,22 +37,29 @@ static double ring(double bytes, int64_t n) { return n > 1 ? bytes * 2.0 * (n - 
 void plan_cost(Sched *s, double flops_rate, double bandwidth, PlanCost *c) {
   Graph *g = s->g;
   Settings *t = &g->prog->s;
-  int64_t m = t->microbatches, tp = t->mesh[AX_TP], dp = t->mesh[AX_DP];
+  int64_t m = t->microbatches, tp = t->mesh[AX_TP], dp = t->mesh[AX_DP], ep = t->mesh[AX_EP];
   memset(c, 0, sizeof *c);
   for (int st = 0; st < g->nstages; st++) {
     sched_stage(s, st);
     Part *p = s->part;
-    double flops = 0, tp_bytes = 0, pp_bytes = 0;
+    double flops = 0, tp_bytes = 0, pp_bytes = 0, a2a_bytes = 0, expert_grads = 0;
     for (int k = 0; k < p->nfwd + p->nbwd; k++) {
       Inst *in = k < p->nfwd ? p->fwd[k] : p->bwd[k - p->nfwd];
+      bool group = false;
+      for (int i = 0; i < in->nattr; i++) group |= !strcmp(in->akey[i], "group");
       flops += plan_inst_flops(in);
-      if (in->op == OP_ALLREDUCE) tp_bytes += 4.0 * ir_get(in, "n");
+      if (in->op == OP_ALLREDUCE && !group) tp_bytes += 4.0 * ir_get(in, "n");
+      if (in->op == OP_MOE_A2A || in->op == OP_MOE_A2A_REV)   /* what leaves the rank */
+        a2a_bytes += 4.0 * ir_get(in, "m") * ir_get(in, "d") * (ep - 1) / ep;
     }
+    for (int i = 0; i < g->nparams; i++)
+      if (g->params[i]->esplit && sched_has(s, g->params[i])) expert_grads += 4.0 * shape_numel(&g->params[i]->shape);
     Xfer *lists[] = {p->fsend, p->bsend};
     int counts[] = {p->nfsend, p->nbsend};
     for (int l = 0; l < 2; l++)
       for (int i = 0; i < counts[l]; i++) pp_bytes += 4.0 * shape_numel(&lists[l][i].v->shape);
-    double bytes = m * (ring(tp_bytes, tp) + pp_bytes) + ring(4.0 * s->region[V_GRAD], dp);
+    double bytes = m * (ring(tp_bytes, tp) + pp_bytes + a2a_bytes) + ring(4.0 * s->region[V_GRAD], dp) +
+                   ring(4.0 * s->region[V_GRAD] - expert_grads, ep);
     double mem = 4.0 * (s->slots * (s->peak_act + s->region[V_INPUT]) + 4 * s->region[V_PARAM]);
     if (mem > c->memory) c->memory = mem;
     if (m * flops > c->flops) c->flops = m * flops;
