@@ -4,7 +4,8 @@
 # seed. In double precision every layout with expert parallelism matches
 # the single-rank run step for step to 1e-9 (losses, then the final
 # weights), in single precision to 1e-4; a checkpoint saved at ep = 2
-# resumes at ep = 1 and ep = 4 as the same run; and lmtrain's
+# resumes at ep = 1 and ep = 4, one saved at tp = 2 x ep = 2 at dp = 2 x
+# tp = 2, as the same run; and lmtrain's
 # --num-experts trains the tiny preset with the MoE metrics logged.
 BIN=$1 SRC=$2
 . "$SRC/tests/e2e/common.sh"
@@ -38,6 +39,10 @@ EXTRA="--resume $WORK/half_ep2/ckpt/latest" run resume_one 1 --f64
 compare resume_one one64 1e-9
 EXTRA="--resume $WORK/half_ep2/ckpt/latest" run resume_ep4 4 --f64 --set ep=4
 compare resume_ep4 one64 1e-9
+# and from tp 2 x ep 2 (experts split both ways) to dp 2 x tp 2
+EXTRA="--max-steps 5 --save-interval 5" run half_tp2ep2 4 --f64 --set tp=2 --set ep=2
+EXTRA="--resume $WORK/half_tp2ep2/ckpt/latest" run resume_dp2tp2 4 --f64 --set dp=2 --set tp=2
+compare resume_dp2tp2 one64 1e-9
 
 # lmtrain --num-experts: the tiny preset as MoE, its metrics
 export LMC_BUILD="$BIN" XDG_CACHE_HOME="$WORK/cache"
