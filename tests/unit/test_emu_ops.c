@@ -17,7 +17,9 @@ enum { MAXIO = RT_MAX_IN };
 
 typedef struct Arg {
   int64_t n;
-  int kind;       /* 0 real, 1 ids in [0, max), 2 positive real (norm weights, sums of exps) */
+  int kind;       /* 0 real, 1 ids in [0, max), 2 positive real (norm weights, sums of exps), and as
+                     reals (MoE): 3 ids in [0, max), 4 a permutation of 0..n-1, 5 n counts adding up
+                     to max, some of them 0 */
   int64_t max;
 } Arg;
 
@@ -54,7 +56,16 @@ static void *make(Backend *be, const Arg *a, uint64_t key, bool preset) {
   for (int64_t j = 0; j < a->n; j++) {
     h[j] = preset ? 0.25 * rng_normal(key, j) : rng_normal(key, j);
     if (a->kind == 2) h[j] = 1.0 + fabs(h[j]);
+    if (a->kind == 3) h[j] = (double)(rng_hash(key, 3, j) % a->max);
+    if (a->kind == 4) h[j] = (double)j;
+    if (a->kind == 5) h[j] = 0;
   }
+  for (int64_t j = a->n - 1; a->kind == 4 && j > 0; j--) {   /* shuffled */
+    int64_t i = (int64_t)(rng_hash(key, 4, j) % (uint64_t)(j + 1));
+    double t = h[i];
+    h[i] = h[j], h[j] = t;
+  }
+  for (int64_t r = 0; a->kind == 5 && r < a->max; r++) h[rng_hash(key, 5, r) % (uint64_t)(a->n - 1)] += 1;   /* the last gets none */
   void *p = be->alloc(a->n * be->elem);
   be->upload(p, h, a->n);
   free(h);
@@ -384,6 +395,55 @@ int main(int argc, char **argv) {
     c = (Case){tb ? "head_xent_bwd (W^T)" : "head_xent_bwd", inst(OP_HEAD_XENT_BWD), {{n * d}, {V * d}, {n, 1, V}, {n, 2}},
                {{n * d}, {V * d}}};
     c.x.m = n, c.x.n = V, c.x.k = d, c.x.tb = tb, c.x.scale = 1.0 / n;
+    check(c, true);
+  }
+  /* MoE: 37 tokens, 6 experts, top 2, width 19 (13 in the experts),
+   * expert ids, positions and counts as the routing makes them */
+  int64_t nt = 37, E = 6, kk = 2, dm = 19, F = 13, M = nt * kk;
+  c = (Case){"moe_route", inst(OP_MOE_ROUTE), {{nt * E}}, {{M}, {M}, {2 * E + 1}}};
+  c.x.n = nt, c.x.e = E, c.x.top = kk, c.x.rn = 1;
+  check(c, false);
+  c = (Case){"moe_loss", inst(OP_MOE_LOSS), {{2 * E + 1, 2}}, {{1}, {4}}};
+  c.x.e = E, c.x.top = kk, c.x.ng = nt, c.x.share = 0.5, c.x.aux = 0.01, c.x.zl = 0.001;
+  check(c, true);
+  for (int rn = 0; rn < 2; rn++) {
+    c = (Case){rn ? "moe_route_bwd" : "moe_route_bwd (gates as chosen)", inst(OP_MOE_ROUTE_BWD),
+               {{M}, {nt * E}, {M, 3, E}, {2 * E + 1, 2}}, {{nt * E}}};
+    c.x.n = nt, c.x.e = E, c.x.top = kk, c.x.rn = rn, c.x.aux = 0.3, c.x.zl = 0.1, c.x.scale = 1.0 / nt, c.x.ng = nt;
+    check(c, true);
+  }
+  c = (Case){"moe_dispatch", inst(OP_MOE_DISPATCH), {{nt * dm}, {M, 3, E}}, {{M * dm}, {E}, {M}}};
+  c.x.n = nt, c.x.d = dm, c.x.top = kk, c.x.e = E;
+  check(c, false);
+  c = (Case){"moe_dispatch_bwd", inst(OP_MOE_DISPATCH_BWD), {{M * dm}, {M, 4}}, {{nt * dm}}};
+  c.x.n = nt, c.x.d = dm, c.x.top = kk, c.x.e = E;
+  check(c, true);
+  c = (Case){"moe_combine", inst(OP_MOE_COMBINE), {{M * dm}, {M, 4}, {M}}, {{nt * dm}}};
+  c.x.n = nt, c.x.d = dm, c.x.top = kk;
+  check(c, false);
+  c = (Case){"moe_combine_bwd", inst(OP_MOE_COMBINE_BWD), {{nt * dm}, {M * dm}, {M, 4}, {M}}, {{M * dm}, {M}}};
+  c.x.n = nt, c.x.d = dm, c.x.top = kk;
+  check(c, true);
+  /* the experts over 12 segments (ep 2 x 6 local experts: expert s % 6)
+   * of M rows in all, one segment empty, in a buffer of M + 5 rows */
+  for (int sw = 1; sw >= 0; sw--) {
+    int64_t R = M + 5, hw = sw ? 2 * F : F, seg = 2 * E;
+    Arg w = {E * F * dm}, cnt = {seg, 5, M};
+    c = (Case){sw ? "moe_up" : "moe_up_gelu", inst(sw ? OP_MOE_UP : OP_MOE_UP_GELU), {{R * dm}, w, sw ? w : cnt, cnt},
+               {{R * F}, {R * hw}}};
+    c.x.m = R, c.x.d = dm, c.x.n = F, c.x.seg = seg, c.x.e = E;
+    check(c, false);
+    c = (Case){sw ? "moe_up_bwd" : "moe_up_gelu_bwd", inst(sw ? OP_MOE_UP_BWD : OP_MOE_UP_GELU_BWD),
+               {{R * F}, {R * dm}, w, sw ? w : cnt, sw ? cnt : (Arg){R * hw}, {R * hw}}, {{R * dm}, w, sw ? w : (Arg){0}}};
+    if (!sw) c.in[5] = (Arg){0};
+    c.x.m = R, c.x.d = dm, c.x.n = F, c.x.seg = seg, c.x.e = E;
+    check(c, true);
+    if (!sw) continue;
+    c = (Case){"moe_down", inst(OP_MOE_DOWN), {{R * F}, w, cnt}, {{R * dm}}};
+    c.x.m = R, c.x.d = dm, c.x.n = F, c.x.seg = seg, c.x.e = E;
+    check(c, false);
+    c = (Case){"moe_down_bwd", inst(OP_MOE_DOWN_BWD), {{R * dm}, {R * F}, w, cnt}, {{R * F}, w}};
+    c.x.m = R, c.x.d = dm, c.x.n = F, c.x.seg = seg, c.x.e = E;
     check(c, true);
   }
   optimizer(70001);
