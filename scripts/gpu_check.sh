@@ -87,6 +87,9 @@ compare gpt2 models/gpt2-124m.lm --set V=256 --set D=128 --set H=4 --set L=2 --s
 [ $quick = 1 ] || compare llama_fused models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 --set seq=64 --fuse=always
 # flash attention past one block of rows and many tiles of keys (head dim 64, T 300)
 compare llama_t300 models/tiny.lm --set D=256 --set H=4 --set G=2 --set F=512 --set L=2 --set batch=4 --set seq=300
+# the bf16 precision plan (values rounded to bf16 when written) against the CPU's
+tol="1e-3 1e-2" compare llama_bf16 models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 \
+  --set seq=64 --set precision=bf16
 # MoE: 8 top-2 SwiGLU experts (routing, dispatch, per-expert cuBLASLt GEMMs, combine)
 compare moe models/moe-tiny.lm --set D=128 --set H=4 --set G=2 --set F=172 --set L=2 --set batch=8 --set seq=64
 flags="--matmul-precision high" tol="2e-3 3e-2" compare llama_high models/tiny.lm --set D=128 --set H=4 --set G=2 \
