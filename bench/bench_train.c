@@ -19,6 +19,12 @@ static double program_flops(const RtInst *p, int n) {
     if (x->op == OP_ATTENTION_BWD) f += 5 * 2.0 * x->b * x->h * x->t * x->t * x->k;   /* P recomputed */
     if (x->op == OP_HEAD_XENT) f += 2.0 * x->m * x->n * x->k;
     if (x->op == OP_HEAD_XENT_BWD) f += 3 * 2.0 * x->m * x->n * x->k;   /* logits recomputed */
+    bool two = x->op == OP_MOE_UP || x->op == OP_MOE_UP_BWD;   /* an expert's GEMMs: gate and up, or one */
+    bool bwd = x->op == OP_MOE_UP_BWD || x->op == OP_MOE_UP_GELU_BWD || x->op == OP_MOE_DOWN_BWD;
+    if (two || bwd || x->op == OP_MOE_UP_GELU || x->op == OP_MOE_DOWN) {
+      double rows = (double)x->m / ((double)x->seg / (double)x->e);   /* at balanced routing: this rank's share */
+      f += 2.0 * rows * x->n * x->d * (two ? 2 : 1) * (bwd ? 2 : 1);
+    }
   }
   return f;
 }
