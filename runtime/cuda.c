@@ -309,10 +309,13 @@ static void *cuda_alloc(size_t bytes) {
 static void forget_sorted(CUdeviceptr ids);
 
 static void cuda_release(void *p) {
-  if (p) forget_sorted(dptr(p)), dev_free(dptr(p));
+  if (p) forget_sorted(dptr(p)), forget_counts(0), dev_free(dptr(p));
 }
 
+static void forget_counts(CUdeviceptr p);
+
 static void cuda_upload(void *dst, const double *src, int64_t n) {
+  forget_counts(dptr(dst));
   float *h = rt_xmalloc(n * sizeof(float));
   for (int64_t i = 0; i < n; i++) h[i] = (float)src[i];
   CK(cu.htod(dptr(dst), h, n * sizeof(float)));
@@ -553,20 +556,42 @@ static void op_head_xent_bwd(const RtInst *x, void **o, void **in) {
 
 /* ---- Mixture of Experts (templates/kernels.cu "moe"): routing, dispatch
  * and combine kernels; the experts' GEMMs one per segment of rows, whose
- * counts come to the host first (one wait a layer, which is why an MoE
- * bundle's programs are not recorded as graphs) ---- */
+ * counts come to the host first (one wait a layer and microbatch, which
+ * is why an MoE bundle's programs are not recorded as graphs) ---- */
 
 static CUdeviceptr moe_buf, moe_hbuf;
 static size_t moe_buf_n, moe_hbuf_n;
 
+/* Row counts come to the host once per value written: a layer's up and
+ * down GEMMs and their backward read the same counts, which only a
+ * dispatch or an all-to-all's upload writes (those forget them here). */
+static struct { CUdeviceptr p; i64 n; double *c; } counts_seen[16];
+
+static void forget_counts(CUdeviceptr p) {   /* 0: all (memory freed) */
+  for (int i = 0; i < 16; i++)
+    if (!p || counts_seen[i].p == p) counts_seen[i].p = 0;
+}
+
+static const double *host_counts(const void *counts, i64 n) {
+  static int next;
+  for (int i = 0; i < 16; i++)
+    if (counts_seen[i].p == dptr(counts) && counts_seen[i].n == n) return counts_seen[i].c;
+  int i = next++ % 16;
+  free(counts_seen[i].c);
+  counts_seen[i].c = rt_xmalloc(n * sizeof(double)), counts_seen[i].n = n, counts_seen[i].p = dptr(counts);
+  cuda_download(counts_seen[i].c, counts, n);
+  return counts_seen[i].c;
+}
+
 /* The rows of each of x's segments, checked against the buffer's m. */
 static i64 *moe_counts(const RtInst *x, const void *counts, i64 *rows) {
-  double *c = rt_xmalloc(x->seg * sizeof(double));
+  const double *c = host_counts(counts, x->seg);
   i64 *r = rt_xmalloc(x->seg * sizeof(i64));
-  cuda_download(c, counts, x->seg);
   *rows = 0;
-  for (i64 s = 0; s < x->seg; s++) r[s] = (i64)c[s], *rows += r[s];
-  free(c);
+  for (i64 s = 0; s < x->seg; s++) {
+    if (!(c[s] >= 0 && c[s] <= (double)x->m)) rt_die("an MoE expert's row count is %g (is this bundle as lmc wrote it?)", c[s]);
+    r[s] = (i64)c[s], *rows += r[s];
+  }
   if (*rows > x->m)
     rt_die("internal error: the experts got %lld rows, more than the %lld planned", (long long)*rows, (long long)x->m);
   return r;
@@ -588,6 +613,7 @@ static void op_moe_dispatch(const RtInst *x, void **o, void **in) {
   i64 nk = x->n * x->top, E = x->e, k = x->top, d = x->d;
   CUdeviceptr at = scratch(&moe_buf, &moe_buf_n, 4 * (E + 1)), xp = dptr(o[0]), cnt = dptr(o[1]), pos = dptr(o[2]);
   CUdeviceptr xx = dptr(in[0]), ix = dptr(in[1]);
+  forget_counts(cnt);
   void *a[] = {&cnt, &pos, &at, &ix, &nk, &E};
   launch_grid("lmc_moe_dispatch_plan", 1, 1, 1, 1, a);
   void *b[] = {&xp, &xx, &pos, &nk, &k, &d};
