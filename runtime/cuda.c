@@ -307,12 +307,11 @@ static void *cuda_alloc(size_t bytes) {
 }
 
 static void forget_sorted(CUdeviceptr ids);
+static void forget_counts(CUdeviceptr p);
 
 static void cuda_release(void *p) {
   if (p) forget_sorted(dptr(p)), forget_counts(0), dev_free(dptr(p));
 }
-
-static void forget_counts(CUdeviceptr p);
 
 static void cuda_upload(void *dst, const double *src, int64_t n) {
   forget_counts(dptr(dst));
