@@ -20,6 +20,7 @@ for ex in "$SRC"/examples/0*.sh; do
     06_*) want="--hostfile $WORK/ex/06/hostfile" ;;
     07_*) want="resumed from $WORK/ex/07/one/ckpt/latest" ;;
     08_*) want="weights from $WORK/ex/08/hf" ;;
+    09_*) want="layout dp 1 x tp 1 x pp 1 x ep 2" ;;
     *) want="done: 4 steps" ;;
   esac
   grep -qF -- "$want" "$WORK/$name.log" || { tail -30 "$WORK/$name.log"; fail "$name: no '$want'"; }
