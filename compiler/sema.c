@@ -452,10 +452,16 @@ static void experts_dim(Program *p) {
   if (sema_dim(p, "E"))
     diag_error(l, "experts-dim", "experts = %lld makes a dim E for the experts, but the model defines E already",
                (long long)s->experts);
-  p->dims[p->ndims++] = (Dim){"E", s->experts, l, s->mesh[AX_EP] > 1 ? AX_EP : -1};
+  p->dims[p->ndims++] = (Dim){"E", s->experts, l, -1};
   if (s->experts % s->mesh[AX_EP])
     diag_error(setting_loc(p, p->parallel, "ep"), "indivisible", "experts = %lld is not divisible by ep = %lld",
                (long long)s->experts, (long long)s->mesh[AX_EP]);
+}
+
+/* With ep and experts, E goes on ep unless the layout put it elsewhere. */
+static void experts_axis(Program *p) {
+  Dim *e = p->s.experts ? sema_dim(p, "E") : NULL;
+  if (e && e->axis < 0 && p->s.mesh[AX_EP] > 1) e->axis = AX_EP;
 }
 
 /* ---- names ---- */
@@ -677,6 +683,7 @@ Program *sema_check(Node *items, Set *s, int ns, int world) {
   p->dims[p->ndims++] = (Dim){"T", p->s.seq, p->model->loc, -1};
   experts_dim(p);
   check_layout(p);
+  experts_axis(p);
   check_names(p);
   check_world(p, world);
   return p;
