@@ -75,7 +75,7 @@ void precision_plan(Graph *g) {
     Inst *in = k < nfwd ? g->fwd[k] : g->bwd[k - nfwd];
     for (int i = 0; i < in->nout; i++) {
       Value *v = in->out[i];
-      if (!v || v->kind != V_ACT) continue;
+      if (!v || v->kind != V_ACT || in->op == OP_ALLREDUCE) continue;   /* in place: as its producer made it */
       if (!in->bwd) v->dtype = wide_output(in->op, i) || router_logits(v) ? DT_F32 : DT_BF16;
       else v->dtype = wide_output(in->op, i) ? DT_F32 : v->of ? v->of->dtype : DT_BF16;
     }
