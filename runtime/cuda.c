@@ -605,7 +605,7 @@ static void op_moe_route(const RtInst *x, void **o, void **in) {
   void *a[] = {&g, &ix, &lse, &l, &n, &E, &k, &rn};
   launch("lmc_moe_route", grid_for(n), a);
   void *b[] = {&st_, &l, &ix, &lse, &n, &E, &k};
-  launch("lmc_moe_stats", grid_for(2 * E + 1), b);
+  launch("lmc_moe_stats", (unsigned)(2 * E + 1), b);
 }
 
 static void op_moe_dispatch(const RtInst *x, void **o, void **in) {
@@ -613,8 +613,12 @@ static void op_moe_dispatch(const RtInst *x, void **o, void **in) {
   CUdeviceptr at = scratch(&moe_buf, &moe_buf_n, 4 * (E + 1)), xp = dptr(o[0]), cnt = dptr(o[1]), pos = dptr(o[2]);
   CUdeviceptr xx = dptr(in[0]), ix = dptr(in[1]);
   forget_counts(cnt);
-  void *a[] = {&cnt, &pos, &at, &ix, &nk, &E};
-  launch_grid("lmc_moe_dispatch_plan", 1, 1, 1, 1, a);
+  void *a[] = {&cnt, &pos, &ix, &nk};   /* pos holds each assignment's rank in its expert, then its row */
+  launch("lmc_moe_rank", (unsigned)E, a);
+  void *s[] = {&at, &cnt, &E};
+  launch_grid("lmc_moe_starts", 1, 1, 1, 1, s);
+  void *p[] = {&pos, &at, &ix, &nk};
+  launch("lmc_moe_place", grid_for(nk), p);
   void *b[] = {&xp, &xx, &pos, &nk, &k, &d};
   launch("lmc_moe_gather", grid_for(nk * d), b);
 }

@@ -860,20 +860,37 @@ extern "C" __global__ void lmc_moe_route(real *gates, real *idx, double *lse, co
   }
 }
 
-// stats[2E+1]: per expert its assignments, its probabilities' sum; then
-// the sum of logsumexp^2
+// a block's sum in double, the same tree every time
+__device__ double block_sum_d(double v) {
+  __shared__ double part[32];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  int nw = (blockDim.x + 31) >> 5;
+  v = threadIdx.x < nw ? part[threadIdx.x] : 0.0;
+  if (warp == 0)
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+  if (threadIdx.x == 0) part[0] = v;
+  __syncthreads();
+  return part[0];
+}
+
+// stats[2E+1], a block an entry: per expert its assignments, its
+// probabilities' sum; then the sum of logsumexp^2
 extern "C" __global__ void lmc_moe_stats(real *stats, const real *logits, const real *idx, const double *lse, i64 n,
                                          i64 E, i64 k) {
-  GRID_LOOP(e, 2 * E + 1) {
-    double s = 0;
-    for (i64 t = 0; t < n; t++) {
-      if (e < E)
-        for (i64 j = 0; j < k; j++) s += (i64)idx[t * k + j] == e ? 1.0 : 0.0;
-      else if (e < 2 * E) s += exp((double)logits[t * E + e - E] - lse[t]);
-      else s += lse[t] * lse[t];
-    }
-    stats[e] = (real)s;
+  i64 e = blockIdx.x;
+  double s = 0;
+  for (i64 t = threadIdx.x; t < n; t += blockDim.x) {
+    if (e < E)
+      for (i64 j = 0; j < k; j++) s += (i64)idx[t * k + j] == e ? 1.0 : 0.0;
+    else if (e < 2 * E) s += exp((double)logits[t * E + e - E] - lse[t]);
+    else s += lse[t] * lse[t];
   }
+  s = block_sum_d(s);
+  if (threadIdx.x == 0) stats[e] = (real)s;
 }
 
 // aux = E sum_i f_i P_i and z = mean lse^2 over the ng tokens of the data
@@ -917,14 +934,50 @@ extern "C" __global__ void lmc_moe_route_bwd(real *dl, const real *dg, const rea
   }
 }
 
-// counts[E] and pos[n,k]: each assignment's row, by expert, in token then
-// slot order within one (at[2E] is scratch)
-extern "C" __global__ void lmc_moe_dispatch_plan(real *counts, real *pos, i64 *at, const real *idx, i64 nk, i64 E) {
+// The exclusive prefix sum of flag over the block's threads; *total gets
+// the block's sum.
+__device__ int block_scan(int flag, int *total) {
+  __shared__ int warps[32];
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, v = flag;
+  for (int o = 1; o < 32; o <<= 1) {
+    int u = __shfl_up_sync(0xffffffff, v, o);
+    if (lane >= o) v += u;
+  }
+  __syncthreads();
+  if (lane == 31) warps[warp] = v;
+  __syncthreads();
+  int before = 0, all = 0, nw = (blockDim.x + 31) >> 5;
+  for (int w = 0; w < nw; w++) {
+    if (w < warp) before += warps[w];
+    all += warps[w];
+  }
+  *total = all;
+  return before + v - flag;
+}
+
+// Dispatch, the order of lmc's CPU: assignments by expert, in token then
+// slot order within one. A block an expert ranks its assignments
+// (rank[i]: how many of the expert's come before i) and counts them.
+extern "C" __global__ void lmc_moe_rank(real *counts, real *rank, const real *idx, i64 nk) {
+  i64 e = blockIdx.x, seen = 0;
+  for (i64 base = 0; base < nk; base += blockDim.x) {
+    i64 i = base + threadIdx.x;
+    int mine = i < nk && (i64)idx[i] == e, total;
+    int before = block_scan(mine, &total);
+    if (mine) rank[i] = (real)(seen + before);
+    seen += total;
+  }
+  if (threadIdx.x == 0) counts[e] = (real)seen;
+}
+
+// each expert's first row (at[E], one thread), then pos[i] = at[idx[i]] + rank[i]
+extern "C" __global__ void lmc_moe_starts(i64 *at, const real *counts, i64 E) {
   if (blockIdx.x || threadIdx.x) return;
-  for (i64 e = 0; e <= E; e++) at[e] = 0;
-  for (i64 i = 0; i < nk; i++) at[(i64)idx[i] + 1]++;
-  for (i64 e = 0; e < E; e++) counts[e] = (real)at[e + 1], at[e + 1] += at[e];
-  for (i64 i = 0; i < nk; i++) pos[i] = (real)(at[(i64)idx[i]]++);
+  for (i64 e = 0, r = 0; e < E; e++) at[e] = r, r += (i64)counts[e];
+}
+
+extern "C" __global__ void lmc_moe_place(real *pos, const i64 *at, const real *idx, i64 nk) {
+  GRID_LOOP(i, nk) pos[i] = (real)(at[(i64)idx[i]] + (i64)pos[i]);
 }
 
 // xp[pos[i]] = x[i / k]

@@ -415,6 +415,12 @@ int main(int argc, char **argv) {
   c = (Case){"moe_dispatch", inst(OP_MOE_DISPATCH), {{nt * dm}, {M, 3, E}}, {{M * dm}, {E}, {M}}};
   c.x.n = nt, c.x.d = dm, c.x.top = kk, c.x.e = E;
   check(c, false);
+  c = (Case){"moe_dispatch (600 assignments)", inst(OP_MOE_DISPATCH), {{300 * dm}, {600, 3, E}}, {{600 * dm}, {E}, {600}}};
+  c.x.n = 300, c.x.d = dm, c.x.top = kk, c.x.e = E;
+  check(c, false);
+  c = (Case){"moe_route (700 tokens)", inst(OP_MOE_ROUTE), {{700 * E}}, {{1400}, {1400}, {2 * E + 1}}};
+  c.x.n = 700, c.x.e = E, c.x.top = kk, c.x.rn = 1;
+  check(c, false);
   c = (Case){"moe_dispatch_bwd", inst(OP_MOE_DISPATCH_BWD), {{M * dm}, {M, 4}}, {{nt * dm}}};
   c.x.n = nt, c.x.d = dm, c.x.top = kk, c.x.e = E;
   check(c, true);
