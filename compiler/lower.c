@@ -384,6 +384,98 @@ static void check_experts(Loc loc, Value *w, int e, int out, int in, const char 
     diag_error(loc, "tp-unsupported", "moe: only the experts' hidden dim can be split by tp");
 }
 
+/* One MoE layer's dims and sizes: the experts' dim de (E of them, El on
+ * this rank of ep), the model dim dd (D), the experts' hidden dim df (F,
+ * this tp rank's), n tokens, top k, M = n * k assignments. */
+typedef struct Moe {
+  Loc loc;
+  int de, dd, df;
+  int64_t E, El, ep, n, D, F, k, M;
+} Moe;
+
+/* The shapes moe() needs, checked; the expert weights then hold this
+ * rank's experts (dim 0 split by ep) and the router is marked whole. */
+static Moe moe_check(Loc loc, Value *x, Value *router, Value *w1, Value *w3, Value *w2, int64_t k) {
+  Moe m = {.loc = loc, .k = k};
+  check_bt(loc, "moe", x, 3);
+  m.dd = x->shape.dim[2];
+  if (router->kind != V_PARAM || router->shape.rank != 2 || router->shape.dim[1] != m.dd || router->shape.dim[0] < 0)
+    diag_error(loc, "moe-shape", "moe: the router must be a parameter [E, %s], got %s",
+               m.dd >= 0 ? P->dims[m.dd].name : "D", shape_str(&router->shape));
+  m.de = router->shape.dim[0], m.df = w2->shape.rank == 3 ? w2->shape.dim[2] : -1;
+  if (m.df < 0)
+    diag_error(loc, "moe-shape", "moe: the down weight must be a parameter [%s, %s, F] (experts, out, in), got %s",
+               P->dims[m.de].name, P->dims[m.dd].name, shape_str(&w2->shape));
+  check_experts(loc, w1, m.de, m.df, m.dd, w3 ? "the gate weight" : "the up weight");
+  if (w3) check_experts(loc, w3, m.de, m.df, m.dd, "the up weight");
+  check_experts(loc, w2, m.de, m.dd, m.df, "the down weight");
+  if (tp_split(m.de))
+    diag_error(loc, "layout-axis", "moe: the experts' dim %s can be laid out on ep, not tp", P->dims[m.de].name);
+  m.E = P->dims[m.de].size, m.ep = ep_split(m.de) ? P->s.mesh[AX_EP] : 1, m.El = m.E / m.ep;
+  if (k < 1 || k > m.E)
+    diag_error(loc, "moe-top-k", "moe: top_k = %lld must be in 1..%lld, the number of experts", (long long)k,
+               (long long)m.E);
+  router->router = true;
+  Value *ws[3] = {w1, w3, w2};
+  for (int i = 0; i < 3; i++)
+    if (ws[i]) ws[i]->shape.size[0] = m.El, ws[i]->esplit = m.ep > 1, ws[i]->top_k = k;
+  m.n = x->shape.size[0] * x->shape.size[1], m.D = x->shape.size[2], m.F = w1->shape.size[1], m.M = m.n * k;
+  return m;
+}
+
+/* [rows, D] or [rows, F] (anonymous rows) */
+static Shape rows_of(int64_t rows, int dim, int64_t size) {
+  int64_t s[] = {rows, size};
+  Shape sh = anon(2, s);
+  sh.dim[1] = dim;
+  return sh;
+}
+
+/* The router's logits, top k and gates (gates[B,T,k], idx[B,T,k]), the
+ * balance statistics summed over the data group, and the balance losses
+ * into the loss and the layer's metrics. */
+static void moe_route(Moe *m, const char *prefix, Value *x, Value *router, bool renorm, Value **gates, Value **idx) {
+  Settings *t = &P->s;
+  int64_t group = t->mesh[AX_DP] * t->mesh[AX_EP];   /* the ranks whose tokens one balance covers */
+  Value *logits = lower_matmul(m->loc, x, router);          /* [B,T,E] */
+  int64_t sg[] = {x->shape.size[0], x->shape.size[1], m->k}, ss[] = {2 * m->E + 1};
+  Shape gs = anon(3, sg);
+  gs.dim[0] = x->shape.dim[0], gs.dim[1] = x->shape.dim[1];
+  Shape route_out[3] = {gs, gs, anon(1, ss)};
+  Inst *rt = moe_inst(OP_MOE_ROUTE, m->loc, &logits, 1, route_out, 3);
+  ir_set(rt, "n", m->n), ir_set(rt, "e", m->E), ir_set(rt, "top", m->k), ir_set(rt, "rn", renorm);
+  ir_set(rt, "aux", t->aux_loss_coef), ir_set(rt, "zl", t->z_loss_coef);
+  ir_set(rt, "scale", 1.0 / ((double)t->batch * (double)t->seq)), ir_set(rt, "ng", m->n * group);
+  Value *stats = rt->out[2];
+  *gates = rt->out[0], *idx = rt->out[1];
+  if (t->mesh[AX_DP] > 1) group_allreduce(stats, AX_DP, m->loc);
+  if (t->mesh[AX_EP] > 1) group_allreduce(stats, AX_EP, m->loc);
+  Inst *ls = ir_inst(G, OP_MOE_LOSS, false, m->loc);
+  int64_t four = 4;
+  ls->in[0] = stats, ls->out[0] = loss_state(), ls->acc[0] = true;
+  ls->out[1] = ir_value(G, V_STATE, arena_printf("%smoe", prefix), anon(1, &four));
+  ls->out[1]->def = ls, ls->acc[1] = true;
+  ir_set(ls, "e", m->E), ir_set(ls, "top", m->k), ir_set(ls, "aux", t->aux_loss_coef), ir_set(ls, "zl", t->z_loss_coef);
+  ir_set(ls, "ng", m->n * group), ir_set(ls, "share", 1.0 / ((double)t->microbatches * (double)group));
+}
+
+/* The experts over rows xe with counts segc (rows buffer rows): a =
+ * act(xe w1' [, xe w3']), then a w2'. */
+static Value *moe_ffn(Moe *m, Value *xe, Value *segc, int64_t rows, Value *w1, Value *w3, Value *w2) {
+  int64_t sh[] = {rows, w3 ? 2 * m->F : m->F};
+  Shape up_out[2] = {rows_of(rows, m->df, m->F), anon(2, sh)};
+  Value *uin[4] = {xe, w1, w3 ? w3 : segc, segc};
+  Inst *up = moe_inst(w3 ? OP_MOE_UP : OP_MOE_UP_GELU, m->loc, uin, w3 ? 4 : 3, up_out, 2);
+  Shape ys = rows_of(rows, m->dd, m->D);
+  Value *dwn[3] = {up->out[0], w2, segc};
+  Inst *down = moe_inst(OP_MOE_DOWN, m->loc, dwn, 3, &ys, 1);
+  Inst *both[2] = {up, down};
+  for (int i = 0; i < 2; i++)   /* E segments of rows (with ep: El per source rank); segment s runs expert s % El */
+    ir_set(both[i], "m", rows), ir_set(both[i], "d", m->D), ir_set(both[i], "n", m->F), ir_set(both[i], "seg", m->E),
+        ir_set(both[i], "e", m->El);
+  return down->out[0];
+}
+
 /* moe(x, router, w1, w3, w2): each token's top k experts by the router's
  * softmax, their SwiGLU (or, without w3, GELU) MLPs summed with the gate
  * weights. Lowered to: router logits (a matmul), route (top k, gates,
@@ -393,98 +485,36 @@ static void check_experts(Loc loc, Value *w, int e, int out, int in, const char 
  * however many tokens each got, and the gated combine. No token is
  * dropped: the expert buffers hold all N*k assignments (ep x that with ep,
  * where every peer may send all of theirs). */
-static Value *lower_moe_call(Loc loc, const char *prefix, Value *x, Value *router, Value *w1, Value *w3, Value *w2, int64_t k, bool renorm) {
-  check_bt(loc, "moe", x, 3);
-  int dd = x->shape.dim[2];
-  if (router->kind != V_PARAM || router->shape.rank != 2 || router->shape.dim[1] != dd || router->shape.dim[0] < 0)
-    diag_error(loc, "moe-shape", "moe: the router must be a parameter [E, %s], got %s",
-               dd >= 0 ? P->dims[dd].name : "D", shape_str(&router->shape));
-  int de = router->shape.dim[0], df = w2->shape.rank == 3 ? w2->shape.dim[2] : -1;
-  if (df < 0)
-    diag_error(loc, "moe-shape", "moe: the down weight must be a parameter [%s, %s, F] (experts, out, in), got %s",
-               P->dims[de].name, P->dims[dd].name, shape_str(&w2->shape));
-  check_experts(loc, w1, de, df, dd, w3 ? "the gate weight" : "the up weight");
-  if (w3) check_experts(loc, w3, de, df, dd, "the up weight");
-  check_experts(loc, w2, de, dd, df, "the down weight");
-  if (tp_split(de))
-    diag_error(loc, "layout-axis", "moe: the experts' dim %s can be laid out on ep, not tp", P->dims[de].name);
-  int64_t E = P->dims[de].size, ep = ep_split(de) ? P->s.mesh[AX_EP] : 1, El = E / ep;
-  if (k < 1 || k > E)
-    diag_error(loc, "moe-top-k", "moe: top_k = %lld must be in 1..%lld, the number of experts", (long long)k,
-               (long long)E);
-  router->router = true;
-  Value *ws[3] = {w1, w3, w2};
-  for (int i = 0; i < 3; i++)
-    if (ws[i]) ws[i]->shape.size[0] = El, ws[i]->esplit = ep > 1, ws[i]->top_k = k;
-  int64_t n = x->shape.size[0] * x->shape.size[1], D = x->shape.size[2], F = w1->shape.size[1], M = n * k;
-  Settings *t = &P->s;
-  int64_t group = t->mesh[AX_DP] * t->mesh[AX_EP];   /* the ranks whose tokens one balance covers */
-
-  Value *logits = lower_matmul(loc, x, router);               /* [B,T,E] */
-  int64_t sg[] = {x->shape.size[0], x->shape.size[1], k}, ss[] = {2 * E + 1};
-  Shape gs = anon(3, sg);
-  gs.dim[0] = x->shape.dim[0], gs.dim[1] = x->shape.dim[1];
-  Shape route_out[3] = {gs, gs, anon(1, ss)};
-  Inst *rt = moe_inst(OP_MOE_ROUTE, loc, &logits, 1, route_out, 3);
-  ir_set(rt, "n", n), ir_set(rt, "e", E), ir_set(rt, "top", k), ir_set(rt, "rn", renorm);
-  ir_set(rt, "aux", t->aux_loss_coef), ir_set(rt, "zl", t->z_loss_coef);
-  ir_set(rt, "scale", 1.0 / ((double)t->batch * (double)t->seq)), ir_set(rt, "ng", n * group);
-  Value *gates = rt->out[0], *idx = rt->out[1], *stats = rt->out[2];
-  if (t->mesh[AX_DP] > 1) group_allreduce(stats, AX_DP, loc);
-  if (t->mesh[AX_EP] > 1) group_allreduce(stats, AX_EP, loc);
-
-  Inst *ls = ir_inst(G, OP_MOE_LOSS, false, loc);
-  int64_t four = 4;
-  ls->in[0] = stats, ls->out[0] = loss_state(), ls->acc[0] = true;
-  ls->out[1] = ir_value(G, V_STATE, arena_printf("%smoe", prefix), anon(1, &four));
-  ls->out[1]->def = ls, ls->acc[1] = true;
-  ir_set(ls, "e", E), ir_set(ls, "top", k), ir_set(ls, "aux", t->aux_loss_coef), ir_set(ls, "zl", t->z_loss_coef);
-  ir_set(ls, "ng", n * group), ir_set(ls, "share", 1.0 / ((double)t->microbatches * (double)group));
-
-  int64_t sx[] = {M, D}, se[] = {E};
-  Shape xs = anon(2, sx);
-  xs.dim[1] = dd;
-  Shape disp_out[3] = {xs, anon(1, se), gs};
+static Value *lower_moe_call(Loc loc, const char *prefix, Value *x, Value *router, Value *w1, Value *w3, Value *w2,
+                             int64_t k, bool renorm) {
+  Moe m = moe_check(loc, x, router, w1, w3, w2, k);
+  Value *gates, *idx;
+  moe_route(&m, prefix, x, router, renorm, &gates, &idx);
+  int64_t se[] = {m.E};
+  Shape disp_out[3] = {rows_of(m.M, m.dd, m.D), anon(1, se), gates->shape};
   Value *din[2] = {x, idx};
   Inst *dp = moe_inst(OP_MOE_DISPATCH, loc, din, 2, disp_out, 3);
-  ir_set(dp, "n", n), ir_set(dp, "d", D), ir_set(dp, "top", k), ir_set(dp, "e", E);
+  ir_set(dp, "n", m.n), ir_set(dp, "d", m.D), ir_set(dp, "top", k), ir_set(dp, "e", m.E);
   Value *xe = dp->out[0], *counts = dp->out[1], *pos = dp->out[2], *segc = counts;
-  int64_t rows = M;
-  if (ep > 1) {                                               /* to the experts' ranks */
-    int64_t sr[] = {ep * M, D}, sc[] = {ep * El};
-    Shape rs = anon(2, sr);
-    rs.dim[1] = dd;
-    Shape a2a_out[2] = {rs, anon(1, sc)};
+  if (m.ep > 1) {                                             /* to the experts' ranks */
+    int64_t sc[] = {m.ep * m.El};
+    Shape a2a_out[2] = {rows_of(m.ep * m.M, m.dd, m.D), anon(1, sc)};
     Value *ain[2] = {xe, counts};
     Inst *a2a = moe_inst(OP_MOE_A2A, loc, ain, 2, a2a_out, 2);
-    ir_set(a2a, "m", M), ir_set(a2a, "d", D), ir_set(a2a, "e", E), ir_set(a2a, "seg", ep);
-    xe = a2a->out[0], segc = a2a->out[1], rows = ep * M;
+    ir_set(a2a, "m", m.M), ir_set(a2a, "d", m.D), ir_set(a2a, "e", m.E), ir_set(a2a, "seg", m.ep);
+    xe = a2a->out[0], segc = a2a->out[1];
   }
-  int64_t sa[] = {rows, F}, sh[] = {rows, w3 ? 2 * F : F};
-  Shape as = anon(2, sa);
-  as.dim[1] = df;
-  Shape up_out[2] = {as, anon(2, sh)};
-  Value *uin[4] = {xe, w1, w3 ? w3 : segc, segc};
-  Inst *up = moe_inst(w3 ? OP_MOE_UP : OP_MOE_UP_GELU, loc, uin, w3 ? 4 : 3, up_out, 2);
-  int64_t segs = E;   /* with ep: El per source rank */
-  ir_set(up, "m", rows), ir_set(up, "d", D), ir_set(up, "n", F), ir_set(up, "seg", segs), ir_set(up, "e", El);
-  int64_t sy[] = {rows, D};
-  Shape ys = anon(2, sy);
-  ys.dim[1] = dd;
-  Value *dwn[3] = {up->out[0], w2, segc};
-  Inst *down = moe_inst(OP_MOE_DOWN, loc, dwn, 3, &ys, 1);
-  ir_set(down, "m", rows), ir_set(down, "d", D), ir_set(down, "n", F), ir_set(down, "seg", segs), ir_set(down, "e", El);
-  Value *ye = down->out[0];
-  if (ep > 1) {                                               /* and back */
+  Value *ye = moe_ffn(&m, xe, segc, m.ep * m.M, w1, w3, w2);
+  if (m.ep > 1) {                                             /* and back */
     Value *rin[3] = {ye, segc, counts};
     Inst *back = moe_inst(OP_MOE_A2A_REV, loc, rin, 3, &disp_out[0], 1);
-    ir_set(back, "m", M), ir_set(back, "d", D), ir_set(back, "e", E), ir_set(back, "seg", ep);
+    ir_set(back, "m", m.M), ir_set(back, "d", m.D), ir_set(back, "e", m.E), ir_set(back, "seg", m.ep);
     ye = back->out[0];
   }
   Value *cin[3] = {ye, pos, gates};
   Inst *cb = moe_inst(OP_MOE_COMBINE, loc, cin, 3, &x->shape, 1);
-  ir_set(cb, "n", n), ir_set(cb, "d", D), ir_set(cb, "top", k);
-  if (tp_split(df)) {                                         /* each tp rank summed its slice of F */
+  ir_set(cb, "n", m.n), ir_set(cb, "d", m.D), ir_set(cb, "top", k);
+  if (tp_split(m.df)) {                                       /* each tp rank summed its slice of F */
     ir_set(cb, "tpsum", 1);
     allreduce(cb->out[0], 0, loc);
   }
