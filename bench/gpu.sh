@@ -2,7 +2,8 @@
 # The GPU benchmark: lmc's training step against PyTorch's (bench/anchors/)
 # on the same GPU in the same run, for GPT-2 124M (B=8, T=1024; and B=4,
 # T=64, where launches dominate), llama-small and llama-large (B=8,
-# T=2048). For each lmc run bench_train prints tokens/s, achieved FLOP/s
+# T=2048); and lmc's MoE (8 experts, top 2) against its dense twin with
+# the same parameters per token. For each lmc run bench_train prints tokens/s, achieved FLOP/s
 # over the cuBLASLt rate measured right there, a per-op profile and device
 # memory against the plan; each PyTorch run prints its own line. A table of
 # tokens/s and the ratios comes last.
@@ -70,6 +71,10 @@ else
   lmc_row llama-large-B8-T2048 cuda-high 3 llama-large
   lmc_row llama-large-B8-T2048 cuda-medium 3 llama-large
   torch_row llama-large-B8-T2048 bf16c torch_llama.py 1536 24 16 4 4096 32000 8 2048 bf16c 5
+  # MoE on the GPU against its dense twin (same active parameters; no PyTorch anchor for MoE)
+  moe="--set D=512 --set H=8 --set G=2 --set L=8 --set batch=8 --set seq=1024"
+  lmc_row moe-8x2-D512 cuda-medium 5 moe-tiny $moe --set F=688
+  lmc_row dense-twin-D512 cuda-medium 5 tiny $moe --set F=1376
 fi
 
 echo "== tokens/s (same GPU, same run); ratio: lmc's best over each PyTorch mode"
