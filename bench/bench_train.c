@@ -60,6 +60,13 @@ int main(int argc, char **argv) {
   if (mp < 0 && strcmp(kind, "cpu") && strcmp(kind, "cuda") && strcmp(kind, "cuda-emu"))
     rt_die("unknown backend '%s'; use cpu, cuda or cuda-emu, the CUDA ones with -high or -medium", kind);
   if ((cuda || emu) && !(be = cuda_backend(argv[1], emu, why, sizeof why))) rt_die("no CUDA backend: %s", why);
+  if (cuda || emu) {
+    double jit;
+    bool cold;
+    cuda_jit_time(&jit, &cold);
+    printf("  NVRTC: the bundle's kernels %s in %.3f s (%s)\n", cold ? "compiled" : "loaded from the cubin cache", jit,
+           cold ? "cold" : "warm");
+  }
   printf("%s: %.2fM params, batch %lld x seq %lld, vocab %lld\n", b->model, b->nparam_elems / 1e6,
          (long long)b->train.batch, (long long)b->T, (long long)b->vocab);
   double peak = be->gemm_peak();

@@ -3,8 +3,10 @@
 # on the same GPU in the same run, for GPT-2 124M (B=8, T=1024; and B=4,
 # T=64, where launches dominate), llama-small and llama-large (B=8,
 # T=2048); and lmc's MoE (8 experts, top 2) against its dense twin with
-# the same parameters per token. For each lmc run bench_train prints tokens/s, achieved FLOP/s
-# over the cuBLASLt rate measured right there, a per-op profile and device
+# the same parameters per token. For each lmc run bench_train prints the
+# NVRTC time (cold the first time a model's kernels are compiled, warm
+# when the cubin cache has them), tokens/s, achieved FLOP/s over the
+# cuBLASLt rate measured right there, a per-op profile and device
 # memory against the plan; each PyTorch run prints its own line. A table of
 # tokens/s and the ratios comes last.
 #
@@ -22,6 +24,9 @@ bench=$(ls "$bin/bench_train" "$root/build/bench/bench_train" 2>/dev/null | head
 py=${PYTHON:-python3}
 work=$(mktemp -d "${TMPDIR:-/tmp}/lmc-gpu-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
+# a cubin cache of its own: each model's first row compiles its kernels
+# (NVRTC cold), the next rows of the model load them (warm)
+export XDG_CACHE_HOME="$work/cache"
 table=$work/table
 : > "$table"
 torch_ok=0

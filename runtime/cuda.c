@@ -206,8 +206,14 @@ static char *compile_cubin(const char *src, const char *name, size_t *n) {
   return bin;
 }
 
+static double jit_seconds;   /* the last load_kernels: compiling (cold) or loading the cached cubin (warm) */
+static bool jit_cold;
+
+void cuda_jit_time(double *seconds, bool *cold) { *seconds = jit_seconds, *cold = jit_cold; }
+
 static void load_kernels(const char *dir) {
   char path[1200], cache[1200], file[1400];
+  double t0 = rt_now();
   snprintf(path, sizeof path, "%s/kernels.cu", dir);
   char *src = read_text(path);
   if (!src) rt_die("cannot read %s (recompile the bundle with this lmc)", path);
@@ -228,7 +234,10 @@ static void load_kernels(const char *dir) {
     fclose(f);
   }
   if (bin && cu.load(&module, bin) != CUDA_SUCCESS) free(bin), bin = NULL;   /* stale or damaged: compile afresh */
-  else if (bin) return free(bin), free(src);
+  else if (bin) {
+    jit_seconds = rt_now() - t0, jit_cold = false;
+    return free(bin), free(src);
+  }
   if (!bin) {
     bin = compile_cubin(src, path, &n);
     char tmp[1500];
@@ -242,6 +251,7 @@ static void load_kernels(const char *dir) {
   }
   CK(cu.load(&module, bin));
   free(bin), free(src);
+  jit_seconds = rt_now() - t0, jit_cold = true;
 }
 
 static CUfunction fn(const char *name) {

@@ -223,6 +223,9 @@ void cuda_matmul_precision(int p);
 enum { CC_AUTO, CC_NCCL, CC_MPI };
 void cuda_collectives(int mode);
 int matmul_precision_of(const char *name);   /* MP_*, or -1 */
+/* After cuda_backend: how long the bundle's kernels took to get ready,
+ * compiled by NVRTC (cold) or loaded from the cubin cache (warm). */
+void cuda_jit_time(double *seconds, bool *cold);
 
 /* ---- exec.c ---- */
 typedef struct Run {
