@@ -612,6 +612,7 @@ static void op_moe_route(const RtInst *x, void **o, void **in) {
   i64 n = x->n, E = x->e, k = x->top;
   int rn = x->rn;
   if (k > 16) rt_die("the CUDA backend routes a token to at most 16 experts (top_k = %lld)", k);
+  if (x->fixed) rt_die("holding MoE routing fixed (--gradcheck) needs the CPU backend (--backend cpu)");
   void *a[] = {&g, &ix, &lse, &l, &n, &E, &k, &rn};
   launch("lmc_moe_route", grid_for(n), a);
   void *b[] = {&st_, &l, &ix, &lse, &n, &E, &k};
