@@ -705,6 +705,10 @@ void sema_dump(FILE *out, Program *p) {
           (long long)s->batch, (long long)s->seq, (long long)s->steps, s->lr, s->min_lr,
           (long long)s->warmup, s->decay, s->beta1, s->beta2, s->eps, s->wd, s->clip,
           (long long)s->seed);
+  if (s->experts)
+    fprintf(out, "moe experts=%lld top_k=%lld moe_every=%lld aux_loss_coef=%g z_loss_coef=%g\n", (long long)s->experts,
+            (long long)s->top_k, (long long)s->moe_every, s->aux_loss_coef, s->z_loss_coef);
+  if (strcmp(s->precision, "fp32")) fprintf(out, "precision %s\n", s->precision);
 }
 
 double sema_eval(Program *p, Node *e) { return eval_num(p, e); }
