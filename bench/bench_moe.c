@@ -14,14 +14,6 @@
 
 static Backend *be;
 
-static RtInst op(int kind) {
-  RtInst x;
-  memset(&x, 0, sizeof x);
-  x.op = kind;
-  for (int i = 0; i < 3; i++) x.out[i] = -1;
-  for (int i = 0; i < RT_MAX_IN; i++) x.in[i] = -1;
-  return x;
-}
 
 static float *buf(int64_t n, uint64_t key, double scale) {
   float *x = calloc(n + 16, sizeof(float));
@@ -36,7 +28,7 @@ static void run(RtInst *x, void *o0, void *o1, void *o2, void *i0, void *i1, voi
 }
 
 static RtInst mm(int64_t m, int64_t n, int64_t k, int ta, int tb, bool acc) {
-  RtInst x = op(OP_MATMUL);
+  RtInst x = rt_inst(OP_MATMUL);
   x.m = m, x.n = n, x.k = k, x.ta = ta, x.tb = tb, x.acc[0] = acc;
   return x;
 }
@@ -47,7 +39,8 @@ static double dense(int64_t N, int64_t D, int64_t F, int reps) {
   float *g = buf(N * F, 0, 0), *u = buf(N * F, 0, 0), *a = buf(N * F, 0, 0), *y = buf(N * D, 0, 0);
   float *dy = buf(N * D, 5, 1), *da = buf(N * F, 0, 0), *dg = buf(N * F, 0, 0), *du = buf(N * F, 0, 0);
   float *dx = buf(N * D, 0, 0), *dw1 = buf(F * D, 0, 0), *dw3 = buf(F * D, 0, 0), *dw2 = buf(D * F, 0, 0);
-  RtInst up = mm(N, F, D, 0, 1, false), down = mm(N, D, F, 0, 1, false), sw = op(OP_SWIGLU), swb = op(OP_SWIGLU_BWD);
+  RtInst up = mm(N, F, D, 0, 1, false), down = mm(N, D, F, 0, 1, false);
+  RtInst sw = rt_inst(OP_SWIGLU), swb = rt_inst(OP_SWIGLU_BWD);
   RtInst dda = mm(N, F, D, 0, 0, false), ddw2 = mm(D, F, N, 1, 0, true), dxg = mm(N, D, F, 0, 0, false),
          dxu = mm(N, D, F, 0, 0, true), dwg = mm(F, D, N, 1, 0, true);
   sw.n = swb.n = N * F;
@@ -82,10 +75,10 @@ static void moe(int64_t N, int64_t D, int64_t F, int64_t E, int64_t K, bool coll
   if (collapsed)   /* every token's logits favour experts 0 and 1 */
     for (int64_t d = 0; d < D; d++) wr[d] += 1.0f, wr[D + d] += 0.5f;
   for (int64_t i = 0; collapsed && i < N * D; i++) x[i] = x[i] * 0.1f + 1.0f;
-  RtInst router = mm(N, E, D, 0, 1, false), rt = op(OP_MOE_ROUTE), dp = op(OP_MOE_DISPATCH), up = op(OP_MOE_UP),
-         dn = op(OP_MOE_DOWN), cb = op(OP_MOE_COMBINE), cbb = op(OP_MOE_COMBINE_BWD), dnb = op(OP_MOE_DOWN_BWD),
-         upb = op(OP_MOE_UP_BWD), dpb = op(OP_MOE_DISPATCH_BWD), rtb = op(OP_MOE_ROUTE_BWD),
-         drx = mm(N, D, E, 0, 0, true), drw = mm(E, D, N, 1, 0, true);
+  RtInst rt = rt_inst(OP_MOE_ROUTE), dp = rt_inst(OP_MOE_DISPATCH), up = rt_inst(OP_MOE_UP), dn = rt_inst(OP_MOE_DOWN);
+  RtInst cb = rt_inst(OP_MOE_COMBINE), cbb = rt_inst(OP_MOE_COMBINE_BWD), dnb = rt_inst(OP_MOE_DOWN_BWD);
+  RtInst upb = rt_inst(OP_MOE_UP_BWD), dpb = rt_inst(OP_MOE_DISPATCH_BWD), rtb = rt_inst(OP_MOE_ROUTE_BWD);
+  RtInst router = mm(N, E, D, 0, 1, false), drx = mm(N, D, E, 0, 0, true), drw = mm(E, D, N, 1, 0, true);
   rt.n = rtb.n = N, rt.e = rtb.e = E, rt.top = rtb.top = K, rt.rn = rtb.rn = 1;
   rtb.aux = 0.01, rtb.zl = 0.001, rtb.scale = 1.0 / N, rtb.ng = N;
   dp.n = dpb.n = cb.n = cbb.n = N, dp.d = dpb.d = cb.d = cbb.d = D, dp.top = dpb.top = cb.top = cbb.top = K;

@@ -148,6 +148,15 @@ static void read_manifest(Bundle *b, const char *dir) {
     bad(&r, "incomplete manifest");
 }
 
+RtInst rt_inst(int op) {
+  RtInst x;
+  memset(&x, 0, sizeof x);
+  x.op = op;
+  for (int i = 0; i < 3; i++) x.out[i] = -1;
+  for (int i = 0; i < RT_MAX_IN; i++) x.in[i] = -1;
+  return x;
+}
+
 static Bundle *cur_bundle;   /* whose values parse_ids checks */
 
 static void parse_ids(Reader *r, const char *s, int *ids, bool *acc, int max, int nvals) {

@@ -147,6 +147,7 @@ typedef struct Bundle {
   Action *evals; int nevals;       /* one validation batch */
 } Bundle;
 
+RtInst rt_inst(int op);                            /* op with no operands (-1s) and no sizes */
 Bundle *bundle_open(const char *dir);              /* the manifest only */
 void bundle_load_rank(Bundle *b, int rank);       /* then one rank's schedule */
 Bundle *bundle_load(const char *dir, int rank);   /* both */

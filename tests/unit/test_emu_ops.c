@@ -33,14 +33,6 @@ static Backend *cpu, *gpu;
 static int failures, ran;
 static double tol = 1e-5;   /* of the output's scale: fp32; the bf16 tensor core cases set their own */
 
-static RtInst inst(int op) {
-  RtInst x;
-  memset(&x, 0, sizeof x);
-  x.op = op;
-  for (int i = 0; i < 3; i++) x.out[i] = -1;
-  for (int i = 0; i < RT_MAX_IN; i++) x.in[i] = -1;
-  return x;
-}
 
 /* Inputs and output presets from a seed, on both backends. */
 static void *make(Backend *be, const Arg *a, uint64_t key, bool preset) {
@@ -262,7 +254,7 @@ int main(int argc, char **argv) {
   int64_t n = 13, d = 67, V = 301, B = 2, T = 19, H = 4, G = 2, K = 10, N = B * T;
   for (int ta = 0; ta < 2; ta++)
     for (int tb = 0; tb < 2; tb++) {
-      Case c = {"matmul", inst(OP_MATMUL), {{n * 17}, {17 * 21}}, {{n * 21}}};
+      Case c = {"matmul", rt_inst(OP_MATMUL), {{n * 17}, {17 * 21}}, {{n * 21}}};
       c.x.m = n, c.x.n = 21, c.x.k = 17, c.x.ta = ta, c.x.tb = tb;
       static char names[4][32];
       snprintf(names[ta * 2 + tb], 32, "matmul%s%s", ta ? " A^T" : "", tb ? " B^T" : "");
@@ -270,40 +262,40 @@ int main(int argc, char **argv) {
       check(c, true);
     }
   Case c;
-  c = (Case){"embed", inst(OP_EMBED), {{N, 1, V}, {V * d}}, {{N * d}}};
+  c = (Case){"embed", rt_inst(OP_EMBED), {{N, 1, V}, {V * d}}, {{N * d}}};
   c.x.n = N, c.x.d = d, c.x.v = V;
   check(c, false);
-  c = (Case){"embed (vocab parallel rows 120..270)", inst(OP_EMBED), {{N, 1, V}, {150 * d}}, {{N * d}}};
+  c = (Case){"embed (vocab parallel rows 120..270)", rt_inst(OP_EMBED), {{N, 1, V}, {150 * d}}, {{N * d}}};
   c.x.n = N, c.x.d = d, c.x.v = 150, c.x.v0 = 120;
   check(c, false);
-  c = (Case){"embed_bwd", inst(OP_EMBED_BWD), {{N * d}, {N, 1, 7}}, {{7 * d}}};   /* repeated ids */
+  c = (Case){"embed_bwd", rt_inst(OP_EMBED_BWD), {{N * d}, {N, 1, 7}}, {{7 * d}}};   /* repeated ids */
   c.x.n = N, c.x.d = d, c.x.v = 7;
   check(c, true);
-  c = (Case){"rmsnorm", inst(OP_RMSNORM), {{n * d}, {d, 2}}, {{n * d}, {n}}};
+  c = (Case){"rmsnorm", rt_inst(OP_RMSNORM), {{n * d}, {d, 2}}, {{n * d}, {n}}};
   c.x.n = n, c.x.d = d, c.x.eps = 1e-5;
   check(c, false);
-  c = (Case){"rmsnorm_bwd", inst(OP_RMSNORM_BWD), {{n * d}, {n * d}, {d, 2}, {n, 2}}, {{n * d}, {d}}};
+  c = (Case){"rmsnorm_bwd", rt_inst(OP_RMSNORM_BWD), {{n * d}, {n * d}, {d, 2}, {n, 2}}, {{n * d}, {d}}};
   c.x.n = n, c.x.d = d;
   check(c, true);
-  c = (Case){"layernorm", inst(OP_LAYERNORM), {{n * d}, {d, 2}, {d}}, {{n * d}, {n}, {n}}};
+  c = (Case){"layernorm", rt_inst(OP_LAYERNORM), {{n * d}, {d, 2}, {d}}, {{n * d}, {n}, {n}}};
   c.x.n = n, c.x.d = d, c.x.eps = 1e-5;
   check(c, false);
-  c = (Case){"layernorm_bwd", inst(OP_LAYERNORM_BWD), {{n * d}, {n * d}, {d, 2}, {n}, {n, 2}}, {{n * d}, {d}, {d}}};
+  c = (Case){"layernorm_bwd", rt_inst(OP_LAYERNORM_BWD), {{n * d}, {n * d}, {d, 2}, {n}, {n, 2}}, {{n * d}, {d}, {d}}};
   c.x.n = n, c.x.d = d;
   check(c, true);
   /* the weight and bias gradients' column sums over 5 chunks of rows */
   int64_t nr = 300;
-  c = (Case){"rmsnorm_bwd (300 rows)", inst(OP_RMSNORM_BWD), {{nr * d}, {nr * d}, {d, 2}, {nr, 2}}, {{nr * d}, {d}}};
+  c = (Case){"rmsnorm_bwd (300 rows)", rt_inst(OP_RMSNORM_BWD), {{nr * d}, {nr * d}, {d, 2}, {nr, 2}}, {{nr * d}, {d}}};
   c.x.n = nr, c.x.d = d;
   check(c, true);
-  c = (Case){"layernorm_bwd (300 rows)", inst(OP_LAYERNORM_BWD), {{nr * d}, {nr * d}, {d, 2}, {nr}, {nr, 2}},
+  c = (Case){"layernorm_bwd (300 rows)", rt_inst(OP_LAYERNORM_BWD), {{nr * d}, {nr * d}, {d, 2}, {nr}, {nr, 2}},
              {{nr * d}, {d}, {d}}};
   c.x.n = nr, c.x.d = d;
   check(c, true);
-  c = (Case){"add_bwd (bias, 300 rows)", inst(OP_ADD_BWD), {{nr * d}}, {{nr * d}, {d}}};
+  c = (Case){"add_bwd (bias, 300 rows)", rt_inst(OP_ADD_BWD), {{nr * d}}, {{nr * d}, {d}}};
   c.x.n = nr * d, c.x.nb = d;
   check(c, true);
-  c = (Case){"rope", inst(OP_ROPE), {{N * H * K}}, {{N * H * K}}};
+  c = (Case){"rope", rt_inst(OP_ROPE), {{N * H * K}}, {{N * H * K}}};
   c.x.b = B, c.x.t = T, c.x.h = H, c.x.k = K, c.x.theta = 10000;
   check(c, false);
   c.name = "rope_bwd", c.x.op = OP_ROPE_BWD;
@@ -325,11 +317,11 @@ int main(int argc, char **argv) {
       int64_t rows = at[i].b * at[i].h * at[i].t;
       snprintf(names[mp][0], 64, "%s%s", at[i].name, mp ? " bf16" : "");
       snprintf(names[mp][1], 64, "%s%s", at[i].bwd, mp ? " bf16" : "");
-      c = (Case){names[mp][0], inst(OP_ATTENTION), {{nq}, {nk}, {nk}}, {{nq}, {rows}}};
+      c = (Case){names[mp][0], rt_inst(OP_ATTENTION), {{nq}, {nk}, {nk}}, {{nq}, {rows}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, false);
       /* inputs: dy, q, k, v, then lse and o, which run() makes by the forward */
-      c = (Case){names[mp][1], inst(OP_ATTENTION_BWD), {{nq}, {nq}, {nk}, {nk}, {rows}, {nq}}, {{nq}, {nk}, {nk}}};
+      c = (Case){names[mp][1], rt_inst(OP_ATTENTION_BWD), {{nq}, {nq}, {nk}, {nk}, {rows}, {nq}}, {{nq}, {nk}, {nk}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, true);
     }
@@ -339,60 +331,60 @@ int main(int argc, char **argv) {
   int unary[][2] = {{OP_SILU, OP_SILU_BWD}, {OP_GELU, OP_GELU_BWD}};
   const char *un[] = {"silu", "silu_bwd", "gelu", "gelu_bwd"};
   for (int i = 0; i < 2; i++) {
-    c = (Case){un[2 * i], inst(unary[i][0]), {{n * d}}, {{n * d}}};
+    c = (Case){un[2 * i], rt_inst(unary[i][0]), {{n * d}}, {{n * d}}};
     c.x.n = n * d;
     check(c, false);
-    c = (Case){un[2 * i + 1], inst(unary[i][1]), {{n * d}, {n * d}}, {{n * d}}};
+    c = (Case){un[2 * i + 1], rt_inst(unary[i][1]), {{n * d}, {n * d}}, {{n * d}}};
     c.x.n = n * d;
     check(c, true);
   }
-  c = (Case){"mul", inst(OP_MUL), {{n * d}, {n * d}}, {{n * d}}};
+  c = (Case){"mul", rt_inst(OP_MUL), {{n * d}, {n * d}}, {{n * d}}};
   c.x.n = n * d;
   check(c, false);
-  c = (Case){"swiglu", inst(OP_SWIGLU), {{n * d}, {n * d}}, {{n * d}}};
+  c = (Case){"swiglu", rt_inst(OP_SWIGLU), {{n * d}, {n * d}}, {{n * d}}};
   c.x.n = n * d;
   check(c, false);
-  c = (Case){"mul_bwd", inst(OP_MUL_BWD), {{n * d}, {n * d}, {n * d}}, {{n * d}, {n * d}}};
+  c = (Case){"mul_bwd", rt_inst(OP_MUL_BWD), {{n * d}, {n * d}, {n * d}}, {{n * d}, {n * d}}};
   c.x.n = n * d;
   check(c, true);
-  c = (Case){"swiglu_bwd", inst(OP_SWIGLU_BWD), {{n * d}, {n * d}, {n * d}}, {{n * d}, {n * d}}};
+  c = (Case){"swiglu_bwd", rt_inst(OP_SWIGLU_BWD), {{n * d}, {n * d}, {n * d}}, {{n * d}, {n * d}}};
   c.x.n = n * d;
   check(c, true);
-  c = (Case){"add", inst(OP_ADD), {{n * d}, {n * d}}, {{n * d}}};
+  c = (Case){"add", rt_inst(OP_ADD), {{n * d}, {n * d}}, {{n * d}}};
   c.x.n = n * d, c.x.nb = n * d;
   check(c, false);
-  c = (Case){"add (broadcast bias)", inst(OP_ADD), {{n * d}, {d}}, {{n * d}}};
+  c = (Case){"add (broadcast bias)", rt_inst(OP_ADD), {{n * d}, {d}}, {{n * d}}};
   c.x.n = n * d, c.x.nb = d;
   check(c, false);
-  c = (Case){"add_bwd", inst(OP_ADD_BWD), {{n * d}}, {{n * d}, {n * d}}};
+  c = (Case){"add_bwd", rt_inst(OP_ADD_BWD), {{n * d}}, {{n * d}, {n * d}}};
   c.x.n = n * d, c.x.nb = n * d;
   check(c, true);
-  c = (Case){"add_bwd (bias)", inst(OP_ADD_BWD), {{n * d}}, {{n * d}, {d}}};
+  c = (Case){"add_bwd (bias)", rt_inst(OP_ADD_BWD), {{n * d}}, {{n * d}, {d}}};
   c.x.n = n * d, c.x.nb = d;
   check(c, true);
-  c = (Case){"cross_entropy", inst(OP_XENT), {{n * V}, {n, 1, V}}, {{1}}};
+  c = (Case){"cross_entropy", rt_inst(OP_XENT), {{n * V}, {n, 1, V}}, {{1}}};
   c.x.n = n, c.x.v = V, c.x.scale = 1.0 / n;
   check(c, true);
-  c = (Case){"cross_entropy_bwd", inst(OP_XENT_BWD), {{n * V}, {n, 1, V}}, {{n * V}}};
+  c = (Case){"cross_entropy_bwd", rt_inst(OP_XENT_BWD), {{n * V}, {n, 1, V}}, {{n * V}}};
   c.x.n = n, c.x.v = V, c.x.scale = 1.0 / n;
   check(c, true);
-  c = (Case){"xent_max", inst(OP_XENT_MAX), {{n * V}}, {{n}}};
+  c = (Case){"xent_max", rt_inst(OP_XENT_MAX), {{n * V}}, {{n}}};
   c.x.n = n, c.x.v = V;
   check(c, false);
-  c = (Case){"xent_stats (rows 120..420 of 601)", inst(OP_XENT_STATS), {{n * V}, {n, 1, 601}, {n, 2}}, {{n}, {n}}};
+  c = (Case){"xent_stats (rows 120..420 of 601)", rt_inst(OP_XENT_STATS), {{n * V}, {n, 1, 601}, {n, 2}}, {{n}, {n}}};
   c.x.n = n, c.x.v = V, c.x.v0 = 120;
   check(c, false);
-  c = (Case){"xent_loss", inst(OP_XENT_LOSS), {{0}, {0}, {n}, {n, 2}, {n}}, {{1}}};
+  c = (Case){"xent_loss", rt_inst(OP_XENT_LOSS), {{0}, {0}, {n}, {n, 2}, {n}}, {{1}}};
   c.x.n = n, c.x.scale = 1.0 / n;
   check(c, true);
-  c = (Case){"xent_tp_bwd", inst(OP_XENT_TP_BWD), {{n * V}, {n, 1, 601}, {n}, {n, 2}}, {{n * V}}};
+  c = (Case){"xent_tp_bwd", rt_inst(OP_XENT_TP_BWD), {{n * V}, {n, 1, 601}, {n}, {n, 2}}, {{n * V}}};
   c.x.n = n, c.x.v = V, c.x.v0 = 120, c.x.scale = 1.0 / n;
   check(c, true);
   for (int tb = 0; tb < 2; tb++) {
-    c = (Case){tb ? "head_xent (W^T)" : "head_xent", inst(OP_HEAD_XENT), {{n * d}, {V * d}, {n, 1, V}}, {{1}, {n}}};
+    c = (Case){tb ? "head_xent (W^T)" : "head_xent", rt_inst(OP_HEAD_XENT), {{n * d}, {V * d}, {n, 1, V}}, {{1}, {n}}};
     c.x.m = n, c.x.n = V, c.x.k = d, c.x.tb = tb, c.x.scale = 1.0 / n;
     check(c, false);
-    c = (Case){tb ? "head_xent_bwd (W^T)" : "head_xent_bwd", inst(OP_HEAD_XENT_BWD), {{n * d}, {V * d}, {n, 1, V}, {n, 2}},
+    c = (Case){tb ? "head_xent_bwd (W^T)" : "head_xent_bwd", rt_inst(OP_HEAD_XENT_BWD), {{n * d}, {V * d}, {n, 1, V}, {n, 2}},
                {{n * d}, {V * d}}};
     c.x.m = n, c.x.n = V, c.x.k = d, c.x.tb = tb, c.x.scale = 1.0 / n;
     check(c, true);
@@ -400,34 +392,34 @@ int main(int argc, char **argv) {
   /* MoE: 37 tokens, 6 experts, top 2, width 19 (13 in the experts),
    * expert ids, positions and counts as the routing makes them */
   int64_t nt = 37, E = 6, kk = 2, dm = 19, F = 13, M = nt * kk;
-  c = (Case){"moe_route", inst(OP_MOE_ROUTE), {{nt * E}}, {{M}, {M}, {2 * E + 1}}};
+  c = (Case){"moe_route", rt_inst(OP_MOE_ROUTE), {{nt * E}}, {{M}, {M}, {2 * E + 1}}};
   c.x.n = nt, c.x.e = E, c.x.top = kk, c.x.rn = 1;
   check(c, false);
-  c = (Case){"moe_loss", inst(OP_MOE_LOSS), {{2 * E + 1, 2}}, {{1}, {4}}};
+  c = (Case){"moe_loss", rt_inst(OP_MOE_LOSS), {{2 * E + 1, 2}}, {{1}, {4}}};
   c.x.e = E, c.x.top = kk, c.x.ng = nt, c.x.share = 0.5, c.x.aux = 0.01, c.x.zl = 0.001;
   check(c, true);
   for (int rn = 0; rn < 2; rn++) {
-    c = (Case){rn ? "moe_route_bwd" : "moe_route_bwd (gates as chosen)", inst(OP_MOE_ROUTE_BWD),
+    c = (Case){rn ? "moe_route_bwd" : "moe_route_bwd (gates as chosen)", rt_inst(OP_MOE_ROUTE_BWD),
                {{M}, {nt * E}, {M, 3, E}, {2 * E + 1, 2}}, {{nt * E}}};
     c.x.n = nt, c.x.e = E, c.x.top = kk, c.x.rn = rn, c.x.aux = 0.3, c.x.zl = 0.1, c.x.scale = 1.0 / nt, c.x.ng = nt;
     check(c, true);
   }
-  c = (Case){"moe_dispatch", inst(OP_MOE_DISPATCH), {{nt * dm}, {M, 3, E}}, {{M * dm}, {E}, {M}}};
+  c = (Case){"moe_dispatch", rt_inst(OP_MOE_DISPATCH), {{nt * dm}, {M, 3, E}}, {{M * dm}, {E}, {M}}};
   c.x.n = nt, c.x.d = dm, c.x.top = kk, c.x.e = E;
   check(c, false);
-  c = (Case){"moe_dispatch (600 assignments)", inst(OP_MOE_DISPATCH), {{300 * dm}, {600, 3, E}}, {{600 * dm}, {E}, {600}}};
+  c = (Case){"moe_dispatch (600 assignments)", rt_inst(OP_MOE_DISPATCH), {{300 * dm}, {600, 3, E}}, {{600 * dm}, {E}, {600}}};
   c.x.n = 300, c.x.d = dm, c.x.top = kk, c.x.e = E;
   check(c, false);
-  c = (Case){"moe_route (700 tokens)", inst(OP_MOE_ROUTE), {{700 * E}}, {{1400}, {1400}, {2 * E + 1}}};
+  c = (Case){"moe_route (700 tokens)", rt_inst(OP_MOE_ROUTE), {{700 * E}}, {{1400}, {1400}, {2 * E + 1}}};
   c.x.n = 700, c.x.e = E, c.x.top = kk, c.x.rn = 1;
   check(c, false);
-  c = (Case){"moe_dispatch_bwd", inst(OP_MOE_DISPATCH_BWD), {{M * dm}, {M, 4}}, {{nt * dm}}};
+  c = (Case){"moe_dispatch_bwd", rt_inst(OP_MOE_DISPATCH_BWD), {{M * dm}, {M, 4}}, {{nt * dm}}};
   c.x.n = nt, c.x.d = dm, c.x.top = kk, c.x.e = E;
   check(c, true);
-  c = (Case){"moe_combine", inst(OP_MOE_COMBINE), {{M * dm}, {M, 4}, {M}}, {{nt * dm}}};
+  c = (Case){"moe_combine", rt_inst(OP_MOE_COMBINE), {{M * dm}, {M, 4}, {M}}, {{nt * dm}}};
   c.x.n = nt, c.x.d = dm, c.x.top = kk;
   check(c, false);
-  c = (Case){"moe_combine_bwd", inst(OP_MOE_COMBINE_BWD), {{nt * dm}, {M * dm}, {M, 4}, {M}}, {{M * dm}, {M}}};
+  c = (Case){"moe_combine_bwd", rt_inst(OP_MOE_COMBINE_BWD), {{nt * dm}, {M * dm}, {M, 4}, {M}}, {{M * dm}, {M}}};
   c.x.n = nt, c.x.d = dm, c.x.top = kk;
   check(c, true);
   /* the experts over 12 segments (ep 2 x 6 local experts: expert s % 6)
@@ -435,20 +427,20 @@ int main(int argc, char **argv) {
   for (int sw = 1; sw >= 0; sw--) {
     int64_t R = M + 5, hw = sw ? 2 * F : F, seg = 2 * E;
     Arg w = {E * F * dm}, cnt = {seg, 5, M};
-    c = (Case){sw ? "moe_up" : "moe_up_gelu", inst(sw ? OP_MOE_UP : OP_MOE_UP_GELU), {{R * dm}, w, sw ? w : cnt, cnt},
+    c = (Case){sw ? "moe_up" : "moe_up_gelu", rt_inst(sw ? OP_MOE_UP : OP_MOE_UP_GELU), {{R * dm}, w, sw ? w : cnt, cnt},
                {{R * F}, {R * hw}}};
     c.x.m = R, c.x.d = dm, c.x.n = F, c.x.seg = seg, c.x.e = E;
     check(c, false);
-    c = (Case){sw ? "moe_up_bwd" : "moe_up_gelu_bwd", inst(sw ? OP_MOE_UP_BWD : OP_MOE_UP_GELU_BWD),
+    c = (Case){sw ? "moe_up_bwd" : "moe_up_gelu_bwd", rt_inst(sw ? OP_MOE_UP_BWD : OP_MOE_UP_GELU_BWD),
                {{R * F}, {R * dm}, w, sw ? w : cnt, sw ? cnt : (Arg){R * hw}, {R * hw}}, {{R * dm}, w, sw ? w : (Arg){0}}};
     if (!sw) c.in[5] = (Arg){0};
     c.x.m = R, c.x.d = dm, c.x.n = F, c.x.seg = seg, c.x.e = E;
     check(c, true);
     if (!sw) continue;
-    c = (Case){"moe_down", inst(OP_MOE_DOWN), {{R * F}, w, cnt}, {{R * dm}}};
+    c = (Case){"moe_down", rt_inst(OP_MOE_DOWN), {{R * F}, w, cnt}, {{R * dm}}};
     c.x.m = R, c.x.d = dm, c.x.n = F, c.x.seg = seg, c.x.e = E;
     check(c, false);
-    c = (Case){"moe_down_bwd", inst(OP_MOE_DOWN_BWD), {{R * dm}, {R * F}, w, cnt}, {{R * F}, w}};
+    c = (Case){"moe_down_bwd", rt_inst(OP_MOE_DOWN_BWD), {{R * dm}, {R * F}, w, cnt}, {{R * F}, w}};
     c.x.m = R, c.x.d = dm, c.x.n = F, c.x.seg = seg, c.x.e = E;
     check(c, true);
   }

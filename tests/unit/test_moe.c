@@ -23,14 +23,6 @@ static void check(const char *what, double err, double tol) {
   printf("%s %-64s max err %.2e\n", ok ? "ok  " : "FAIL", what, err);
 }
 
-static RtInst inst(int op) {
-  RtInst x;
-  memset(&x, 0, sizeof x);
-  x.op = op;
-  for (int i = 0; i < 3; i++) x.out[i] = -1;
-  for (int i = 0; i < RT_MAX_IN; i++) x.in[i] = -1;
-  return x;
-}
 
 static void run(RtInst *x, void *o0, void *o1, void *o2, void *i0, void *i1, void *i2, void *i3) {
   void *out[3] = {o0, o1, o2}, *in[RT_MAX_IN] = {i0, i1, i2, i3};
@@ -67,7 +59,7 @@ static void test_router(int64_t k, bool rn, bool ties) {
   if (ties)   /* whole rows of equal logits, and pairs of equal ones */
     for (int64_t t = 0; t < N; t++)
       for (int64_t e = 0; e < E; e++) l[t * E + e] = t % 2 ? 0.5 : (double)(e / 2);
-  RtInst x = inst(OP_MOE_ROUTE);
+  RtInst x = rt_inst(OP_MOE_ROUTE);
   x.n = N, x.e = E, x.top = k, x.rn = rn;
   run(&x, g, ix, st, l, NULL, NULL, NULL);
   double err = 0, serr = 0;
@@ -112,8 +104,8 @@ static void test_no_drop(int64_t k) {
   double *g = calloc(M, 8), *ix = calloc(M, 8), *st = calloc(2 * E + 1, 8), *xp = calloc(M * D, 8),
          *cnt = calloc(E, 8), *pos = calloc(M, 8), *a = calloc(M * F, 8), *h = calloc(M * 2 * F, 8),
          *yp = calloc(M * D, 8), *y = calloc(N * D, 8);
-  RtInst r = inst(OP_MOE_ROUTE), dp = inst(OP_MOE_DISPATCH), up = inst(OP_MOE_UP), dn = inst(OP_MOE_DOWN),
-         cb = inst(OP_MOE_COMBINE);
+  RtInst r = rt_inst(OP_MOE_ROUTE), dp = rt_inst(OP_MOE_DISPATCH), up = rt_inst(OP_MOE_UP), dn = rt_inst(OP_MOE_DOWN),
+         cb = rt_inst(OP_MOE_COMBINE);
   r.n = N, r.e = E, r.top = k, r.rn = 1;
   dp.n = N, dp.d = D, dp.top = k, dp.e = E;
   up.m = dn.m = M, up.d = dn.d = D, up.n = dn.n = F, up.seg = dn.seg = E, up.e = dn.e = E;
@@ -155,7 +147,7 @@ static void test_losses(void) {
   int64_t N = 30, E = 5, k = 2;
   double *l = randv(N * E, 31, 1.5), *g = calloc(N * k, 8), *ix = calloc(N * k, 8), *st = calloc(2 * E + 1, 8);
   double loss = 0.25, m[4] = {0};
-  RtInst r = inst(OP_MOE_ROUTE), ls = inst(OP_MOE_LOSS);
+  RtInst r = rt_inst(OP_MOE_ROUTE), ls = rt_inst(OP_MOE_LOSS);
   r.n = N, r.e = E, r.top = k, r.rn = 1;
   ls.e = E, ls.top = k, ls.aux = 0.01, ls.zl = 0.001, ls.ng = N, ls.share = 1, ls.acc[0] = ls.acc[1] = true;
   run(&r, g, ix, st, l, NULL, NULL, NULL);

@@ -116,27 +116,19 @@ static void check(Case *c) {
   free(R);
 }
 
-static RtInst inst(int op) {
-  RtInst x;
-  memset(&x, 0, sizeof x);
-  x.op = op;
-  for (int i = 0; i < 3; i++) x.out[i] = -1;
-  for (int i = 0; i < RT_MAX_IN; i++) x.in[i] = -1;
-  return x;
-}
 
 static void test_matmul(bool tb) {
   int64_t m = 5, n = 4, k = 3;
   Case c = {.name = tb ? "matmul x W^T" : "matmul x W", .nin = 2, .in_n = {m * k, n * k},
             .diff = {1, 1}, .out_n = {m * n}, .nout = 1};
-  c.fwd = inst(OP_MATMUL);
+  c.fwd = rt_inst(OP_MATMUL);
   c.fwd.m = m, c.fwd.n = n, c.fwd.k = k, c.fwd.tb = tb;
   /* The compiler's autodiff emits two matmuls; check both here through a
    * small wrapper: dx first, then dW. */
   double *x = randv(m * k, 1, 1), *w = randv(n * k, 2, 1), *R = randv(m * n, 3, 1);
   void *in[2] = {x, w};
   double *dx = calloc(m * k, 8), *dw = calloc(n * k, 8);
-  RtInst a = inst(OP_MATMUL), b = inst(OP_MATMUL);
+  RtInst a = rt_inst(OP_MATMUL), b = rt_inst(OP_MATMUL);
   a.m = m, a.n = k, a.k = n, a.tb = !tb;                       /* dx = R W(^T) */
   void *ao[1] = {dx}, *ai[2] = {R, w};
   be->run(&a, ao, ai);
@@ -172,25 +164,25 @@ int main(void) {
 
   Case e = {.name = "embed", .nin = 2, .in_n = {n, V * d}, .is_ids = {1, 0}, .id_max = {V},
             .out_n = {n * d}, .nout = 1, .nbwd_in = 2, .bwd_in = {0, 0}, .bwd_out_of = {1, -1, -1}};
-  e.fwd = inst(OP_EMBED), e.bwd = inst(OP_EMBED_BWD);
+  e.fwd = rt_inst(OP_EMBED), e.bwd = rt_inst(OP_EMBED_BWD);
   e.fwd.n = e.bwd.n = n, e.fwd.d = e.bwd.d = d, e.fwd.v = e.bwd.v = V;
   check(&e);
 
   Case r = {.name = "rmsnorm", .nin = 2, .in_n = {n * d, d}, .out_n = {n * d, n}, .nout = 2,
             .nbwd_in = 4, .bwd_in = {0, 0, 1, -2}, .bwd_out_of = {0, 1, -1}};
-  r.fwd = inst(OP_RMSNORM), r.bwd = inst(OP_RMSNORM_BWD);
+  r.fwd = rt_inst(OP_RMSNORM), r.bwd = rt_inst(OP_RMSNORM_BWD);
   r.fwd.n = r.bwd.n = n, r.fwd.d = r.bwd.d = d, r.fwd.eps = r.bwd.eps = 1e-5;
   check(&r);
 
   Case l = {.name = "layernorm", .nin = 3, .in_n = {n * d, d, d}, .out_n = {n * d, n, n}, .nout = 3,
             .nbwd_in = 5, .bwd_in = {0, 0, 1, -2, -3}, .bwd_out_of = {0, 1, 2}};
-  l.fwd = inst(OP_LAYERNORM), l.bwd = inst(OP_LAYERNORM_BWD);
+  l.fwd = rt_inst(OP_LAYERNORM), l.bwd = rt_inst(OP_LAYERNORM_BWD);
   l.fwd.n = l.bwd.n = n, l.fwd.d = l.bwd.d = d, l.fwd.eps = l.bwd.eps = 1e-5;
   check(&l);
 
   Case ro = {.name = "rope", .nin = 1, .in_n = {B * T * H * K}, .out_n = {B * T * H * K}, .nout = 1,
              .nbwd_in = 1, .bwd_out_of = {0, -1, -1}};
-  ro.fwd = inst(OP_ROPE), ro.bwd = inst(OP_ROPE_BWD);
+  ro.fwd = rt_inst(OP_ROPE), ro.bwd = rt_inst(OP_ROPE_BWD);
   ro.fwd.b = ro.bwd.b = B, ro.fwd.t = ro.bwd.t = T, ro.fwd.h = ro.bwd.h = H;
   ro.fwd.k = ro.bwd.k = K, ro.fwd.theta = ro.bwd.theta = 10000;
   check(&ro);
@@ -198,7 +190,7 @@ int main(void) {
   Case at = {.name = "attention (gqa 4:2)", .nin = 3, .in_n = {B * T * H * K, B * T * G * K, B * T * G * K},
              .out_n = {B * T * H * K, B * H * T}, .nout = 2, .nbwd_in = 6, .bwd_in = {0, 0, 1, 2, -2, -1},
              .bwd_out_of = {0, 1, 2}};
-  at.fwd = inst(OP_ATTENTION), at.bwd = inst(OP_ATTENTION_BWD);
+  at.fwd = rt_inst(OP_ATTENTION), at.bwd = rt_inst(OP_ATTENTION_BWD);
   at.fwd.b = at.bwd.b = B, at.fwd.t = at.bwd.t = T, at.fwd.h = at.bwd.h = H;
   at.fwd.g = at.bwd.g = G, at.fwd.k = at.bwd.k = K;
   check(&at);
@@ -208,26 +200,26 @@ int main(void) {
   for (int i = 0; i < 2; i++) {
     Case p = {.name = pwn[i], .nin = 1, .in_n = {n * d}, .out_n = {n * d}, .nout = 1, .nbwd_in = 2,
               .bwd_in = {0, 0}, .bwd_out_of = {0, -1, -1}};
-    p.fwd = inst(pw[i][0]), p.bwd = inst(pw[i][1]);
+    p.fwd = rt_inst(pw[i][0]), p.bwd = rt_inst(pw[i][1]);
     p.fwd.n = p.bwd.n = n * d;
     check(&p);
   }
 
   Case mu = {.name = "mul", .nin = 2, .in_n = {n * d, n * d}, .out_n = {n * d}, .nout = 1, .nbwd_in = 3,
              .bwd_in = {0, 0, 1}, .bwd_out_of = {0, 1, -1}};
-  mu.fwd = inst(OP_MUL), mu.bwd = inst(OP_MUL_BWD);
+  mu.fwd = rt_inst(OP_MUL), mu.bwd = rt_inst(OP_MUL_BWD);
   mu.fwd.n = mu.bwd.n = n * d;
   check(&mu);
 
   Case sw = {.name = "swiglu", .nin = 2, .in_n = {n * d, n * d}, .out_n = {n * d}, .nout = 1, .nbwd_in = 3,
              .bwd_in = {0, 0, 1}, .bwd_out_of = {0, 1, -1}};
-  sw.fwd = inst(OP_SWIGLU), sw.bwd = inst(OP_SWIGLU_BWD);
+  sw.fwd = rt_inst(OP_SWIGLU), sw.bwd = rt_inst(OP_SWIGLU_BWD);
   sw.fwd.n = sw.bwd.n = n * d;
   check(&sw);
 
   Case ad = {.name = "add (broadcast bias)", .nin = 2, .in_n = {n * d, d}, .out_n = {n * d}, .nout = 1,
              .nbwd_in = 1, .bwd_out_of = {0, 1, -1}};
-  ad.fwd = inst(OP_ADD), ad.bwd = inst(OP_ADD_BWD);
+  ad.fwd = rt_inst(OP_ADD), ad.bwd = rt_inst(OP_ADD_BWD);
   ad.fwd.n = ad.bwd.n = n * d, ad.fwd.nb = ad.bwd.nb = d;
   check(&ad);
 
@@ -235,7 +227,7 @@ int main(void) {
    * backward kernel takes no dy, so the wrapper passes logits, ids. */
   Case xe = {.name = "cross_entropy", .nin = 2, .in_n = {n * V, n}, .is_ids = {0, 1}, .id_max = {0, V},
              .out_n = {1}, .nout = 1, .nbwd_in = 2, .bwd_in = {0, 1}, .bwd_out_of = {0, -1, -1}};
-  xe.fwd = inst(OP_XENT), xe.bwd = inst(OP_XENT_BWD);
+  xe.fwd = rt_inst(OP_XENT), xe.bwd = rt_inst(OP_XENT_BWD);
   xe.fwd.n = xe.bwd.n = n, xe.fwd.v = xe.bwd.v = V, xe.fwd.scale = xe.bwd.scale = 1.0 / n;
   /* R = 1 makes L the loss; the bwd op reads (logits, ids), so shift its
    * inputs: bin[0] must be the logits, not dy. */
