@@ -16,15 +16,16 @@ typedef long long i64;
 #define GRID_LOOP(i, n) for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 #define PUT(dst, i, v, acc) ((dst)[i] = (acc) ? (dst)[i] + (real)(v) : (real)(v))
 
-__device__ float block_sum(float v) {
-  __shared__ float part[32];
+// a block's sum (float or double), the same tree every time
+template <typename T> __device__ T block_sum(T v) {
+  __shared__ T part[32];
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   __syncthreads();
   if (lane == 0) part[warp] = v;
   __syncthreads();
   int nw = (blockDim.x + 31) >> 5;
-  v = threadIdx.x < nw ? part[threadIdx.x] : 0.0f;
+  v = threadIdx.x < nw ? part[threadIdx.x] : (T)0;
   if (warp == 0)
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
   if (threadIdx.x == 0) part[0] = v;
@@ -860,23 +861,6 @@ extern "C" __global__ void lmc_moe_route(real *gates, real *idx, double *lse, co
   }
 }
 
-// a block's sum in double, the same tree every time
-__device__ double block_sum_d(double v) {
-  __shared__ double part[32];
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  __syncthreads();
-  if (lane == 0) part[warp] = v;
-  __syncthreads();
-  int nw = (blockDim.x + 31) >> 5;
-  v = threadIdx.x < nw ? part[threadIdx.x] : 0.0;
-  if (warp == 0)
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-  if (threadIdx.x == 0) part[0] = v;
-  __syncthreads();
-  return part[0];
-}
-
 // stats[2E+1], a block an entry: per expert its assignments, its
 // probabilities' sum; then the sum of logsumexp^2
 extern "C" __global__ void lmc_moe_stats(real *stats, const real *logits, const real *idx, const double *lse, i64 n,
@@ -889,7 +873,7 @@ extern "C" __global__ void lmc_moe_stats(real *stats, const real *logits, const 
     else if (e < 2 * E) s += exp((double)logits[t * E + e - E] - lse[t]);
     else s += lse[t] * lse[t];
   }
-  s = block_sum_d(s);
+  s = block_sum(s);
   if (threadIdx.x == 0) stats[e] = (real)s;
 }
 
