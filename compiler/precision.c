@@ -30,13 +30,6 @@ static bool wide_output(int op, int i) {
 
 static Graph *G;
 
-/* The router's logits: read by moe_route. */
-static bool router_logits(const Value *v) {
-  for (int k = 0; k < G->nfwd; k++)
-    if (G->fwd[k]->op == OP_MOE_ROUTE && G->fwd[k]->in[0] == v) return true;
-  return false;
-}
-
 /* Ops that multiply by a parameter: they read its bf16 copy (the router
  * its f32 weight). */
 static bool reads_copy(const Inst *in, int j) {
@@ -71,12 +64,15 @@ void precision_plan(Graph *g) {
   for (int i = 0; i < g->nvals; i++) g->vals[i]->dtype = g->vals[i]->is_int ? DT_I32 : DT_F32;
   if (strcmp(g->prog->s.precision, "bf16")) return;
   int nfwd = g->nfwd, nbwd = g->nbwd, total = nfwd + nbwd;
-  for (int k = 0; k < total; k++) {   /* activations: bf16 unless a statistic */
+  for (int k = 0; k < total; k++) {   /* activations: bf16 unless a statistic; gradients as their values */
     Inst *in = k < nfwd ? g->fwd[k] : g->bwd[k - nfwd];
+    if (k == nfwd)                    /* a router's logits (what moe_route reads) stay f32, and so their gradient */
+      for (int f = 0; f < nfwd; f++)
+        if (g->fwd[f]->op == OP_MOE_ROUTE) g->fwd[f]->in[0]->dtype = DT_F32;
     for (int i = 0; i < in->nout; i++) {
       Value *v = in->out[i];
       if (!v || v->kind != V_ACT || in->op == OP_ALLREDUCE) continue;   /* in place: as its producer made it */
-      if (!in->bwd) v->dtype = wide_output(in->op, i) || router_logits(v) ? DT_F32 : DT_BF16;
+      if (!in->bwd) v->dtype = wide_output(in->op, i) ? DT_F32 : DT_BF16;
       else v->dtype = wide_output(in->op, i) ? DT_F32 : v->of ? v->of->dtype : DT_BF16;
     }
   }

@@ -265,24 +265,20 @@ static void grad_buckets(List *l, int64_t off, int64_t n, int axis) {
 }
 
 /* ep ranks are data parallel for all but the experts: the gradients of
- * the other parameters are summed over ep too, run by run of neighbours. */
+ * the other parameters are summed over ep too, run by run of neighbours
+ * (plan_regions lays the parameters out in value order). */
 static void ep_grads(List *l, Sched *s) {
   Graph *g = s->g;
   int64_t start = -1, end = -1;
-  for (int64_t at = 0; at < s->region[V_GRAD];) {   /* params in region order */
-    Value *next = NULL;
-    for (int i = 0; i < g->nparams; i++) {
-      Value *p = g->params[i];
-      if (sched_has(s, p) && p->offset >= at && (!next || p->offset < next->offset)) next = p;
-    }
-    if (!next) break;
-    at = next->offset + 1;
-    if (next->esplit) {              /* an expert's: summed over dp only */
+  for (int i = 0; i < g->nvals; i++) {
+    Value *p = g->vals[i];
+    if (p->kind != V_PARAM || !sched_has(s, p)) continue;
+    if (p->esplit) {                 /* an expert's: summed over dp only */
       if (start >= 0) grad_buckets(l, start, end - start, AX_EP), start = -1;
       continue;
     }
-    if (start < 0) start = next->offset;
-    end = next->offset + shape_numel(&next->shape);
+    if (start < 0) start = p->offset;
+    end = p->offset + shape_numel(&p->shape);
   }
   if (start >= 0) grad_buckets(l, start, end - start, AX_EP);
 }
