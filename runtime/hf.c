@@ -34,7 +34,7 @@ static const char *base_name(const char *lmc, int *layer) {
   return lmc;
 }
 
-bool hf_name(const char *lmc, char *out, size_t n) {
+static bool hf_name(const char *lmc, char *out, size_t n) {
   int layer;
   const char *base = base_name(lmc, &layer);
   for (size_t i = 0; i < sizeof names / sizeof *names; i++)

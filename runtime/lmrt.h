@@ -306,7 +306,6 @@ void ckpt_abandon(void);                  /* after a caught load error: free wha
 /* ---- hf.c ---- */
 void hf_export(Run *r, const char *dir);   /* config.json + model.safetensors, HF Llama names */
 void hf_import(Run *r, const char *dir);   /* the parameters from a HF Llama folder */
-bool hf_name(const char *lmc, char *out, size_t n);   /* lmc's name -> HF's; false: none */
 int64_t hf_parts(const RtParam *p);      /* HF tensors of a parameter: E for an expert weight, else 1 */
 bool hf_part_name(const RtParam *p, int64_t part, char *out, size_t n);   /* the HF name of one */
 void hf_abandon(void);                     /* after a caught import error: free what it held */
