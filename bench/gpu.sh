@@ -12,8 +12,9 @@
 #
 # Usage: bench/gpu.sh [BIN]   BIN holds lmc and bench_train (default: .gpu/bin
 #        as scripts/gpu_check.sh --pack leaves it, else build/)
-# Env:   LMC_BENCH_QUICK=1: GPT-2 B=8 T=1024 without torch.compile, and lmc's
-#        llama-large; PYTHON (default python3)
+# Env:   LMC_BENCH_QUICK=1: GPT-2 B=8 T=1024 (lmc medium, PyTorch bf16
+#        without torch.compile), lmc's llama-large and the MoE rows;
+#        PYTHON (default python3)
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-}
@@ -58,16 +59,23 @@ torch_row() {
 }
 
 gpt="--set batch=8 --set seq=1024"
-lmc_row gpt2-B8-T1024 cuda 5 gpt2-124m $gpt
-lmc_row gpt2-B8-T1024 cuda-high 5 gpt2-124m $gpt
-lmc_row gpt2-B8-T1024 cuda-medium 5 gpt2-124m $gpt
-torch_row gpt2-B8-T1024 fp32 torch_gpt2.py 8 1024 fp32 10
-torch_row gpt2-B8-T1024 tf32 torch_gpt2.py 8 1024 tf32 10
-torch_row gpt2-B8-T1024 bf16 torch_gpt2.py 8 1024 bf16 10
-[ "${LMC_BENCH_QUICK:-0}" = 1 ] || torch_row gpt2-B8-T1024 bf16c torch_gpt2.py 8 1024 bf16c 10
+# MoE on the GPU against its dense twin (same active parameters; no PyTorch anchor for MoE)
+moe="--set D=512 --set H=8 --set G=2 --set L=8 --set batch=8 --set seq=1024"
 if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # no torch.compile (its warm-up is most of a minute a model)
+  lmc_row gpt2-B8-T1024 cuda-medium 5 gpt2-124m $gpt
+  lmc_row gpt2-B8-T1024-bf16plan cuda-medium 5 gpt2-124m $gpt --set precision=bf16
+  torch_row gpt2-B8-T1024 bf16 torch_gpt2.py 8 1024 bf16 10
   lmc_row llama-large-B8-T2048 cuda-medium 3 llama-large
+  lmc_row moe-8x2-D512 cuda-medium 5 moe-tiny $moe --set F=688
+  lmc_row dense-twin-D512 cuda-medium 5 tiny $moe --set F=1376
 else
+  lmc_row gpt2-B8-T1024 cuda 5 gpt2-124m $gpt
+  lmc_row gpt2-B8-T1024 cuda-high 5 gpt2-124m $gpt
+  lmc_row gpt2-B8-T1024 cuda-medium 5 gpt2-124m $gpt
+  torch_row gpt2-B8-T1024 fp32 torch_gpt2.py 8 1024 fp32 10
+  torch_row gpt2-B8-T1024 tf32 torch_gpt2.py 8 1024 tf32 10
+  torch_row gpt2-B8-T1024 bf16 torch_gpt2.py 8 1024 bf16 10
+  torch_row gpt2-B8-T1024 bf16c torch_gpt2.py 8 1024 bf16c 10
   lmc_row gpt2-B4-T64 cuda 20 gpt2-124m --set batch=4 --set seq=64
   torch_row gpt2-B4-T64 fp32 torch_gpt2.py 4 64 fp32 20
   lmc_row llama-small-B8-T2048 cuda-medium 5 llama-small
@@ -76,8 +84,6 @@ else
   lmc_row llama-large-B8-T2048 cuda-high 3 llama-large
   lmc_row llama-large-B8-T2048 cuda-medium 3 llama-large
   torch_row llama-large-B8-T2048 bf16c torch_llama.py 1536 24 16 4 4096 32000 8 2048 bf16c 5
-  # MoE on the GPU against its dense twin (same active parameters; no PyTorch anchor for MoE)
-  moe="--set D=512 --set H=8 --set G=2 --set L=8 --set batch=8 --set seq=1024"
   lmc_row moe-8x2-D512 cuda-medium 5 moe-tiny $moe --set F=688
   lmc_row dense-twin-D512 cuda-medium 5 tiny $moe --set F=1376
 fi

@@ -9,9 +9,9 @@
 #                                 into .gpu/ (git-ignored, about 50 MiB)
 #   scripts/gpu_check.sh          on the GPU machine (which has no compilers
 #                                 for this project): runs from .gpu/
-#   scripts/gpu_check.sh --quick  the same checks on three configs and the
-#                                 quick benchmark (LMC_BENCH_QUICK=1), in
-#                                 about three minutes
+#   scripts/gpu_check.sh --quick  no NVRTC pass of its own, the checks
+#                                 less three of the fp32 configs, and the
+#                                 quick benchmark (LMC_BENCH_QUICK=1)
 #
 # The check: every generated kernel compiles with NVRTC for the device; the
 # emulator's test kernels give on the GPU what the emulator gives (the
@@ -54,6 +54,9 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,m
 echo "host: $(nproc) cores"
 status=0
 
+quick=0
+[ "${1:-}" = --quick ] && quick=1 && export LMC_BENCH_QUICK=1
+if [ $quick = 0 ]; then   # (quick: the runs below compile their own kernels)
 echo "== kernels: NVRTC"
 "$bin/lmc" models/tiny.lm -q -o "$work/tiny"
 "$bin/lmc" models/gpt2-124m.lm -q -o "$work/gpt2"
@@ -62,6 +65,7 @@ echo "== kernels: NVRTC"
 "$bin/lmc" models/moe-tiny.lm -q -o "$work/moe"
 "$bin/test_nvrtc" "$work/tiny/kernels.cu" "$work/gpt2/kernels.cu" "$work/tp2/kernels.cu" "$work/large/kernels.cu" \
   "$work/moe/kernels.cu" || status=1
+fi
 
 echo "== the emulated CUDA platform's primitives on the hardware (shuffles, votes, bf16/fp16, mma + ldmatrix, graphs, cuBLASLt)"
 CUBLASLT_LOG_LEVEL=2 "$bin/test_emu" real tests/emu/kernels.cu || status=1   # level 2: cuBLASLt says why it refuses
@@ -79,8 +83,6 @@ compare() {   # compare NAME SPEC [--set ...]; $flags go to the CUDA run, $tol t
   python3 tests/e2e/compare_metrics.py "$work/$name.cpu.d/metrics.jsonl" "$work/$name.cuda.d/metrics.jsonl" "$name" \
     ${tol:-} || status=1
 }
-quick=0
-[ "${1:-}" = --quick ] && quick=1 && export LMC_BENCH_QUICK=1
 [ $quick = 1 ] || compare llama models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 --set seq=64
 [ $quick = 1 ] || compare llama_m2 models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 --set seq=64 --set microbatches=2
 compare gpt2 models/gpt2-124m.lm --set V=256 --set D=128 --set H=4 --set L=2 --set batch=8 --set seq=64

@@ -284,6 +284,8 @@ static cublasStatus_t check(const Gemm *g) {
   if (!known) return lt_fail(CUBLAS_STATUS_NOT_SUPPORTED, "epilogue %u is not emulated", e);
   if (e == CUBLASLT_EPILOGUE_BGRADB && d->transb != CUBLAS_OP_T)   /* as cuBLASLt 13 on an H200 answered */
     return lt_fail(CUBLAS_STATUS_NOT_SUPPORTED, "CUBLASLT_EPILOGUE_BGRADB only works with transposed B");
+  if (e == CUBLASLT_EPILOGUE_BGRADB && g->b.order != CUBLASLT_ORDER_COL)   /* the same H200, a second time */
+    return lt_fail(CUBLAS_STATUS_NOT_SUPPORTED, "CUBLASLT_EPILOGUE_BGRADB only works with B in CUBLASLT_ORDER_COL order");
   if (((e & CUBLASLT_EPILOGUE_BIAS) || e == CUBLASLT_EPILOGUE_BGRADA || e == CUBLASLT_EPILOGUE_BGRADB ||
        e == CUBLASLT_EPILOGUE_DGELU_BGRAD) && !d->bias)
     return lt_fail(CUBLAS_STATUS_INVALID_VALUE, "epilogue %u needs CUBLASLT_MATMUL_DESC_BIAS_POINTER", e);

@@ -22,12 +22,15 @@ except OSError as e:
     print("FAIL", name, e)
     sys.exit(1)
 worst = {"loss": 0.0, "grad_norm": 0.0, "val_loss": 0.0}
+at = {}
 for r, g in zip(ref, got):
     for k in worst:
-        if k in r and k in g:
-            worst[k] = max(worst[k], abs(r[k] - g[k]) / abs(r[k]))
+        if k in r and k in g and abs(r[k] - g[k]) / abs(r[k]) > worst[k]:
+            worst[k], at[k] = abs(r[k] - g[k]) / abs(r[k]), r["step"]
 ok = len(ref) == len(got) and len(ref) > 0 and all(worst[k] < (gtol if k == "grad_norm" else rtol) for k in worst)
 print("%s %s: max rel diff loss %.2e, grad norm %.2e, val loss %.2e over %d records (tolerance %.0e%s)" % (
     "ok  " if ok else "FAIL", name, worst["loss"], worst["grad_norm"], worst["val_loss"], len(got), rtol,
     ", grad norm %.0e" % gtol if gtol != rtol else ""))
+if not ok and at:   # where it went wrong: a difference from the first step is a bug, a late one drift
+    print("     largest at step " + ", ".join("%s %d" % (k, at[k]) for k in worst if k in at))
 sys.exit(0 if ok else 1)

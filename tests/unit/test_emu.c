@@ -333,7 +333,7 @@ static void lt(void) {
   if (rc || !(worst < 1e-5)) printf("  cublasLtMatmul status %d, worst error %.3g\n", (int)rc, worst);
   expect(worst < 1e-5, "cuBLASLt: bf16 A (row-major, transposed) x B, batched, GELU_BIAS");
   /* BGRADB on batch 0: column sums of B over k. cuBLASLt takes it with a
-   * transposed B only: the same bytes as an n x k row-major matrix */
+   * transposed column-major B only: B^T stored n x k, column-major */
   ep = CUBLASLT_EPILOGUE_BGRADB, bp = (void *)dbg;
   int one = 1;
   F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep);
@@ -341,19 +341,32 @@ static void lt(void) {
   F(cublasLtMatrixLayoutSetAttribute)(la, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &one, sizeof one);
   F(cublasLtMatrixLayoutSetAttribute)(lb, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &one, sizeof one);
   F(cublasLtMatrixLayoutSetAttribute)(ld, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &one, sizeof one);
-  cublasLtMatrixLayout_t lbt = layout(CUDA_R_16BF, n, k, k, CUBLASLT_ORDER_ROW, 1, 0);
-  if (!real) {   /* the emulator refuses B untransposed, as cuBLASLt does */
+  unsigned short bt[9 * 7];
+  for (int j = 0; j < n; j++)
+    for (int kk = 0; kk < k; kk++) bt[kk * n + j] = b[j * k + kk];
+  CUdeviceptr dbt = dalloc(sizeof bt);
+  F(cuMemcpyHtoD)(dbt, bt, sizeof bt);
+  cublasLtMatrixLayout_t lbt = layout(CUDA_R_16BF, n, k, n, CUBLASLT_ORDER_COL, 1, 0),
+                         lbr = layout(CUDA_R_16BF, n, k, k, CUBLASLT_ORDER_ROW, 1, 0);
+  if (!real) {   /* the emulator refuses B untransposed or row-major, as cuBLASLt does */
     rc = F(cublasLtMatmul)(h, desc, &alpha, (void *)da, la, (void *)db, lb, &beta, (void *)dd, ld, (void *)dd, ld, NULL,
                            NULL, 0, NULL);
     expect(rc == CUBLAS_STATUS_NOT_SUPPORTED && strstr(err(), "only works with transposed B"),
            "planted: BGRADB with B untransposed is refused");
   }
   F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_TRANSB, &T, sizeof T);
-  rc = F(cublasLtMatmul)(h, desc, &alpha, (void *)da, la, (void *)db, lbt, &beta, (void *)dd, ld, (void *)dd, ld, NULL,
+  if (!real) {
+    rc = F(cublasLtMatmul)(h, desc, &alpha, (void *)da, la, (void *)db, lbr, &beta, (void *)dd, ld, (void *)dd, ld, NULL,
+                           NULL, 0, NULL);
+    expect(rc == CUBLAS_STATUS_NOT_SUPPORTED && strstr(err(), "only works with B in CUBLASLT_ORDER_COL order"),
+           "planted: BGRADB with B row-major is refused");
+  }
+  rc = F(cublasLtMatmul)(h, desc, &alpha, (void *)da, la, (void *)dbt, lbt, &beta, (void *)dd, ld, (void *)dd, ld, NULL,
                          NULL, 0, NULL);
   cublasOperation_t N = CUBLAS_OP_N;
   F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_TRANSB, &N, sizeof N);
   F(cublasLtMatrixLayoutDestroy)(lbt);
+  F(cublasLtMatrixLayoutDestroy)(lbr);
   F(cuMemcpyDtoH)(bg, dbg, sizeof bg);
   worst = rc ? 1 : 0;
   for (int j = 0; j < n; j++) {
