@@ -34,16 +34,16 @@ torch_ok=0
 $py -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null && torch_ok=1
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv,noheader
 
-# lmc ROW BACKEND STEPS SPEC [--set ...]: bench_train on a bundle of SPEC
+# lmc ROW BACKEND[:COLUMN] STEPS SPEC [--set ...]: bench_train on a bundle of SPEC
 lmc_row() {
-  row=$1 be=$2 steps=$3 spec=$4
+  row=$1 be=${2%%:*} col=${2#*:} steps=$3 spec=$4
   shift 4
-  echo "== lmc $row ($be)"
+  echo "== lmc $row ($col)"
   "$lmc" "$root/models/$spec.lm" -q -o "$work/b" "$@" || return
   out=$(timeout 300 "$bench" "$work/b" "$steps" "$be" 2>&1)
   echo "$out"
   tps=$(echo "$out" | sed -n 's/.*| \([0-9]*\) tokens\/s |.*/\1/p')
-  echo "$row lmc-$be ${tps:-failed}" >> "$table"
+  echo "$row lmc-$col ${tps:-failed}" >> "$table"
 }
 
 # torch ROW MODE SCRIPT ARGS...: one anchor run
@@ -63,9 +63,11 @@ gpt="--set batch=8 --set seq=1024"
 moe="--set D=512 --set H=8 --set G=2 --set L=8 --set batch=8 --set seq=1024"
 if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # no torch.compile (its warm-up is most of a minute a model)
   lmc_row gpt2-B8-T1024 cuda-medium 5 gpt2-124m $gpt
-  lmc_row gpt2-B8-T1024-bf16plan cuda-medium 5 gpt2-124m $gpt --set precision=bf16
+  lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16 5 gpt2-124m $gpt --set precision=bf16
   torch_row gpt2-B8-T1024 bf16 torch_gpt2.py 8 1024 bf16 10
+  torch_row gpt2-B8-T1024 bf16c torch_gpt2.py 8 1024 bf16c 10
   lmc_row llama-large-B8-T2048 cuda-medium 3 llama-large
+  lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16 3 llama-large --set precision=bf16
   lmc_row moe-8x2-D512 cuda-medium 5 moe-tiny $moe --set F=688
   lmc_row dense-twin-D512 cuda-medium 5 tiny $moe --set F=1376
 else

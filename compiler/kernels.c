@@ -52,32 +52,32 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
   int kp = (int)(k + 15) / 16 * 16, qt = kp <= 64 ? 64 : 32;   /* the tensor core kernels: head dims to 128 */
   fprintf(out, "\n// head dim %lld: %d threads a query row, %d dims each; on the tensor cores %d\n", K, p, d, kp);
   if (!bwd) {
-    fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_k%lld(real *o, real *lse, "
-            "const real *q, const real *k, const real *v, i64 T, i64 H, i64 G, i64 K, float scale) {\n"
+    fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_k%lld(act *o, real *lse, "
+            "const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, float scale) {\n"
             "  fa_forward<%d, %d>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", K, d, p);
     if (k <= 128)
-      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_mma_k%lld(real *o, "
-              "real *lse, const real *q, const real *k, const real *v, i64 T, i64 H, i64 G, i64 K, float scale) {\n"
+      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_mma_k%lld(act *o, "
+              "real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, float scale) {\n"
               "  fm_forward<%d>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", K, kp);
     return;
   }
   if (k <= 128) {
-    fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_mma_dq_k%lld(real *dq, "
-            "const real *dout, const real *q, const real *k, const real *v, const real *lse, const real *dd, i64 T, "
+    fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_mma_dq_k%lld(act *dq, "
+            "const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, i64 T, "
             "i64 H, i64 G, i64 K, float scale, int acc) {\n"
             "  fm_backward_dq<%d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc);\n}\n", K, kp);
-    fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_mma_dkv_k%lld(real *dk, "
-            "real *dv, const real *dout, const real *q, const real *k, const real *v, const real *lse, const real *dd, "
+    fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_mma_dkv_k%lld(act *dk, "
+            "act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
             "i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv) {\n"
             "  fm_backward_dkv<%d, %d>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv);\n}\n",
             K, kp, qt);
   }
-  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_dq_k%lld(real *dq, "
-          "const real *dout, const real *q, const real *k, const real *v, const real *lse, const real *dd, i64 T, "
+  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_dq_k%lld(act *dq, "
+          "const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, i64 T, "
           "i64 H, i64 G, i64 K, float scale, int acc) {\n"
           "  fa_backward_dq<%d, %d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc);\n}\n", K, d, p);
-  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_dkv_k%lld(real *dk, "
-          "real *dv, const real *dout, const real *q, const real *k, const real *v, const real *lse, const real *dd, "
+  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_dkv_k%lld(act *dk, "
+          "act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
           "i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv) {\n"
           "  fa_backward_dkv<%d, %d>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv);\n}\n", K, d, p);
 }
@@ -98,17 +98,35 @@ static void attention_kernels(FILE *out, Graph *g) {
   }
 }
 
+/* Whether the bundle stores its bf16 values in bf16 (two bytes, in the
+ * kernels' `act` type): under `precision = bf16`, unless an op without
+ * typed kernels (MoE's, for now) is in the programs; then the values stay
+ * in fp32 storage, rounded to bf16 when written. The manifest says which
+ * (`storage bf16`). */
+bool kernels_bf16(Graph *g) {
+  if (strcmp(g->prog->s.precision, "bf16")) return false;
+  for (int k = 0; k < g->nfwd + g->nbwd; k++) {
+    const char *s = section_of((k < g->nfwd ? g->fwd[k] : g->bwd[k - g->nfwd])->op);
+    if (s && !strcmp(s, "moe")) return false;
+  }
+  return true;
+}
+
 /* Copies the template: the prelude always, a section when used; then the
  * kernels specialised to the model's shapes. */
 void kernels_emit(FILE *out, Graph *g) {
   fprintf(out, "// lmc kernels for model %s (from templates/kernels.cu)\n", g->prog->model->name);
   const char *p = tpl_kernels;
-  bool keep = false;
+  bool keep = false, typed = false;
   while (*p) {
     const char *e = strchr(p, '\n');
     size_t n = e ? (size_t)(e - p + 1) : strlen(p);
     if (!strncmp(p, "// @prelude", 11)) keep = true;
     else if (!strncmp(p, "// @kernel ", 11)) {
+      if (!typed)   /* after the prelude, before the first section */
+        fprintf(out, "\ntypedef %s act;   // the activations' storage (precision plan)\n",
+                kernels_bf16(g) ? "bf16" : "float");
+      typed = true;
       char name[64];
       size_t l = strcspn(p + 11, "\n");
       snprintf(name, sizeof name, "%.*s", (int)(l < 63 ? l : 63), p + 11);

@@ -307,6 +307,7 @@ double plan_inst_flops(Inst *in);       /* GEMM and attention FLOPs of one instr
 
 /* ---- kernels.c ---- */
 void kernels_emit(FILE *out, Graph *g);
+bool kernels_bf16(Graph *g);   /* bf16 values stored in bf16 (else rounded in fp32 storage) */
 void kernels_attention(FILE *out, int64_t k, bool bwd);   /* the kernels for head dim k */
 
 /* ---- emit.c ---- */

@@ -139,6 +139,7 @@ static void read_manifest(Bundle *b, const char *dir) {
     } else if (!strncmp(l, "params ", 7)) b->nparam_elems = b->nparam_active = atoll(l + 7);
     else if (!strncmp(l, "active ", 7)) b->nparam_active = atoll(l + 7);
     else if (!strcmp(l, "precision bf16")) b->bf16 = true;
+    else if (!strcmp(l, "storage bf16")) b->bf16_storage = true;
     else if (!strcmp(l, "end")) end = true;
     else bad(&r, "unknown line");
   }
@@ -146,6 +147,7 @@ static void read_manifest(Bundle *b, const char *dir) {
   if (!end) bad(&r, "truncated manifest (no 'end' line)");
   if (b->vocab <= 0 || b->B <= 0 || b->T <= 0 || b->nparams == 0 || b->train.batch <= 0)
     bad(&r, "incomplete manifest");
+  if (b->bf16_storage && !b->bf16) bad(&r, "'storage bf16' without 'precision bf16'");
 }
 
 RtInst rt_inst(int op) {
@@ -519,6 +521,21 @@ static void link_params(Bundle *b) {
     rt_die("bundle %s: a parameter is missing from the schedule", b->dir);
 }
 
+/* Under bf16 storage, each instruction's operands stored in bf16 (RtInst.bf). */
+static void mark_bf16(Bundle *b) {
+  if (!b->bf16_storage) return;
+  RtInst *progs[] = {b->fwd, b->bwd};
+  int counts[] = {b->nfwd, b->nbwd};
+  for (int p = 0; p < 2; p++)
+    for (int i = 0; i < counts[p]; i++) {
+      RtInst *x = &progs[p][i];
+      for (int j = 0; j < 3; j++)
+        if (x->out[j] >= 0 && b->vals[x->out[j]].bf16) x->bf |= RT_BF_OUT(j);
+      for (int j = 0; j < RT_MAX_IN; j++)
+        if (x->in[j] >= 0 && b->vals[x->in[j]].bf16) x->bf |= RT_BF_IN(j);
+    }
+}
+
 Bundle *bundle_open(const char *dir) {
   Bundle *b = rt_xmalloc(sizeof(Bundle));
   cur_bundle = b;                  /* still reachable if loading fails */
@@ -534,6 +551,7 @@ void bundle_load_rank(Bundle *b, int rank) {
   b->rank = rank;
   read_schedule(b, b->dir, rank);
   link_params(b);
+  mark_bf16(b);
 }
 
 Bundle *bundle_load(const char *dir, int rank) {

@@ -90,7 +90,8 @@ static cublasLtHandle_t lt;
 static CUdeviceptr workspace, scratch_rows, scratch_part;
 static size_t workspace_size = 32 << 20, scratch_rows_n;
 static int sm;   /* compute capability, e.g. 90 */
-static int precision = MP_MEDIUM;   /* MP_HIGHEST, MP_HIGH, MP_MEDIUM: cuda_matmul_precision */
+static int precision = MP_MEDIUM;
+static bool storage16;   /* the bundle's kernels store activations in bf16 (`typedef bf16 act;`) */   /* MP_HIGHEST, MP_HIGH, MP_MEDIUM: cuda_matmul_precision */
 
 #define CK(call) check_cu((call), #call, __FILE__, __LINE__)
 static void check_cu(CUresult rc, const char *what, const char *file, int line) {
@@ -217,6 +218,7 @@ static void load_kernels(const char *dir) {
   snprintf(path, sizeof path, "%s/kernels.cu", dir);
   char *src = read_text(path);
   if (!src) rt_die("cannot read %s (recompile the bundle with this lmc)", path);
+  storage16 = strstr(src, "\ntypedef bf16 act;") != NULL;
   const char *home = getenv("XDG_CACHE_HOME");
   snprintf(cache, sizeof cache, "%s%s/lmc/kernels", home ? home : getenv("HOME") ? getenv("HOME") : "/tmp",
            home ? "" : "/.cache");
@@ -404,26 +406,43 @@ static CUdeviceptr scratch(CUdeviceptr *buf, size_t *have, size_t n) {
 }
 
 /* ---- GEMM: row-major C[m,n] = alpha op(A) op(B) + beta C through
- * column-major cuBLASLt as C^T = op(B)^T op(A)^T ---- */
+ * column-major cuBLASLt as C^T = op(B)^T op(A)^T. ty: which of A, B, C
+ * are bf16 (G_A, G_B, G_C). Products of bf16 operands are exact and
+ * accumulate in fp32 at every matmul precision; fp32 operands multiply at
+ * the precision in force. ---- */
+enum { G_A = 1, G_B = 2, G_C = 4 };
 
-static void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, CUdeviceptr a, int64_t lda,
-                 CUdeviceptr b, int64_t ldb, float beta, CUdeviceptr c, int64_t ldc) {
+static void gemm_t(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, CUdeviceptr a,
+                   int64_t lda, CUdeviceptr b, int64_t ldb, float beta, CUdeviceptr c, int64_t ldc) {
+  if (!(ty & G_A) != !(ty & G_B) || ((ty & G_C) && !(ty & G_A)))
+    rt_die("the CUDA backend has no GEMM of these operand types (A %s, B %s, C %s)", ty & G_A ? "bf16" : "fp32",
+           ty & G_B ? "bf16" : "fp32", ty & G_C ? "bf16" : "fp32");
   cublasLtMatmulDesc_t desc;
   cublasLtMatrixLayout_t la, lb, lc;
   LtPlan p = lt_plan(ta, tb, m, n, k, lda, ldb, ldc);
   cublasOperation_t opa = p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, opb = p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-  cublasComputeType_t ct = precision == MP_HIGH     ? CUBLAS_COMPUTE_32F_FAST_TF32
+  cublasComputeType_t ct = ty & G_A                ? CUBLAS_COMPUTE_32F
+                           : precision == MP_HIGH   ? CUBLAS_COMPUTE_32F_FAST_TF32
                            : precision == MP_MEDIUM ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+  cudaDataType_t ab = ty & G_A ? CUDA_R_16BF : CUDA_R_32F, ct_c = ty & G_C ? CUDA_R_16BF : CUDA_R_32F;
   LT(cu.desc_create(&desc, ct, CUDA_R_32F));
   LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
   LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
-  LT(cu.layout_create(&la, CUDA_R_32F, p.a_rows, p.a_cols, p.a_ld));   /* our B */
-  LT(cu.layout_create(&lb, CUDA_R_32F, p.b_rows, p.b_cols, p.b_ld));   /* our A */
-  LT(cu.layout_create(&lc, CUDA_R_32F, p.c_rows, p.c_cols, p.c_ld));
+  LT(cu.layout_create(&la, ab, p.a_rows, p.a_cols, p.a_ld));   /* our B */
+  LT(cu.layout_create(&lb, ab, p.b_rows, p.b_cols, p.b_ld));   /* our A */
+  LT(cu.layout_create(&lc, ct_c, p.c_rows, p.c_cols, p.c_ld));
   LT(cu.matmul(lt, desc, &alpha, (void *)b, la, (void *)a, lb, &beta, (void *)c, lc, (void *)c, lc, NULL,
                (void *)workspace, workspace_size, (cudaStream_t)st));
   cu.layout_destroy(la), cu.layout_destroy(lb), cu.layout_destroy(lc), cu.desc_destroy(desc);
 }
+
+static void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, CUdeviceptr a, int64_t lda,
+                 CUdeviceptr b, int64_t ldb, float beta, CUdeviceptr c, int64_t ldc) {
+  gemm_t(0, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+/* bytes per element of an instruction's operand (RT_BF_OUT(j), RT_BF_IN(j)) */
+static int64_t esz(const RtInst *x, unsigned bit) { return x->bf & bit ? 2 : 4; }
 
 /* ---- ops ---- */
 
@@ -529,11 +548,12 @@ static i64 head_chunk(const RtInst *x) {
 static void op_head_xent(const RtInst *x, void **o, void **in) {
   static size_t have_l;
   static CUdeviceptr scratch_l;
-  i64 chunk = head_chunk(x), n = x->n, k = x->k;
+  i64 chunk = head_chunk(x), n = x->n, k = x->k, ex = esz(x, RT_BF_IN(0));
+  unsigned ty = x->bf & RT_BF_IN(0) ? G_A | G_B : 0;   /* the logits in fp32 either way */
   CUdeviceptr l = scratch(&scratch_l, &have_l, chunk * n), rows = scratch(&scratch_rows, &scratch_rows_n, x->m);
   for (i64 r0 = 0; r0 < x->m; r0 += chunk) {
     i64 c = x->m - r0 < chunk ? x->m - r0 : chunk;
-    gemm(false, x->tb, c, n, k, 1, dptr(in[0]) + r0 * k * 4, k, dptr(in[1]), x->tb ? k : n, 0, l, n);
+    gemm_t(ty, false, x->tb, c, n, k, 1, dptr(in[0]) + r0 * k * ex, k, dptr(in[1]), x->tb ? k : n, 0, l, n);
     CUdeviceptr rl = rows + r0 * 4, lse = dptr(o[1]) + r0 * 4, y = dptr(in[2]) + r0 * 4;
     void *a[] = {&rl, &lse, &l, &y, &c, &n};
     launch("lmc_head_rows", (unsigned)c, a);
@@ -541,24 +561,29 @@ static void op_head_xent(const RtInst *x, void **o, void **in) {
   sum_rows(rows, x->m, o[0], (float)x->scale, x->acc[0]);
 }
 
+/* Under bf16 storage the logits' gradient goes to its two GEMMs in bf16
+ * (a scratch of its own; the CPU backend rounds it the same way), else in
+ * place in fp32. */
 static void op_head_xent_bwd(const RtInst *x, void **o, void **in) {
-  static size_t have_l;
-  static CUdeviceptr scratch_l;
-  i64 chunk = head_chunk(x), n = x->n, k = x->k;
+  static size_t have_l, have_g;
+  static CUdeviceptr scratch_l, scratch_g;
+  i64 chunk = head_chunk(x), n = x->n, k = x->k, ex = esz(x, RT_BF_IN(0));
+  bool h = x->bf & RT_BF_IN(0);
+  unsigned ty = h ? G_A | G_B : 0;
   float scale = (float)x->scale;
-  CUdeviceptr l = scratch(&scratch_l, &have_l, chunk * n);
+  CUdeviceptr l = scratch(&scratch_l, &have_l, chunk * n), dl = h ? scratch(&scratch_g, &have_g, (chunk * n + 1) / 2) : l;
   for (i64 r0 = 0; r0 < x->m; r0 += chunk) {
     i64 c = x->m - r0 < chunk ? x->m - r0 : chunk;
-    CUdeviceptr xr = dptr(in[0]) + r0 * k * 4, y = dptr(in[2]) + r0 * 4, lse = dptr(in[3]) + r0 * 4;
-    gemm(false, x->tb, c, n, k, 1, xr, k, dptr(in[1]), x->tb ? k : n, 0, l, n);
-    void *a[] = {&l, &y, &lse, &c, &n, &scale};
+    CUdeviceptr xr = dptr(in[0]) + r0 * k * ex, y = dptr(in[2]) + r0 * 4, lse = dptr(in[3]) + r0 * 4;
+    gemm_t(ty, false, x->tb, c, n, k, 1, xr, k, dptr(in[1]), x->tb ? k : n, 0, l, n);
+    void *a[] = {&dl, &l, &y, &lse, &c, &n, &scale};
     launch("lmc_head_grad", grid_for(c * n), a);
-    if (o[0]) gemm(false, !x->tb, c, k, n, 1, l, n, dptr(in[1]), x->tb ? k : n, x->acc[0] ? 1 : 0,
-                   dptr(o[0]) + r0 * k * 4, k);
+    if (o[0]) gemm_t(ty | (x->bf & RT_BF_OUT(0) ? G_C : 0), false, !x->tb, c, k, n, 1, dl, n, dptr(in[1]),
+                     x->tb ? k : n, x->acc[0] ? 1 : 0, dptr(o[0]) + r0 * k * esz(x, RT_BF_OUT(0)), k);
     if (o[1]) {
       float beta = r0 == 0 && !x->acc[1] ? 0 : 1;
-      if (x->tb) gemm(true, false, n, k, c, 1, l, n, xr, k, beta, dptr(o[1]), k);
-      else gemm(true, false, k, n, c, 1, xr, k, l, n, beta, dptr(o[1]), n);
+      if (x->tb) gemm_t(ty, true, false, n, k, c, 1, dl, n, xr, k, beta, dptr(o[1]), k);
+      else gemm_t(ty, true, false, k, n, c, 1, xr, k, dl, n, beta, dptr(o[1]), n);
     }
   }
 }
@@ -749,10 +774,12 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
   int acc0 = x->acc[0], acc1 = x->acc[1], acc2 = x->acc[2];
   float eps = (float)x->eps, theta = (float)x->theta, scale = (float)x->scale;
   switch (x->op) {
-  case OP_MATMUL:
-    gemm(x->ta, x->tb, x->m, x->n, x->k, 1, I[0], x->ta ? x->m : x->k, I[1], x->tb ? x->k : x->n,
-         x->acc[0] ? 1 : 0, O[0], x->n);
+  case OP_MATMUL: {
+    unsigned ty = (x->bf & RT_BF_IN(0) ? G_A : 0) | (x->bf & RT_BF_IN(1) ? G_B : 0) | (x->bf & RT_BF_OUT(0) ? G_C : 0);
+    gemm_t(ty, x->ta, x->tb, x->m, x->n, x->k, 1, I[0], x->ta ? x->m : x->k, I[1], x->tb ? x->k : x->n,
+           x->acc[0] ? 1 : 0, O[0], x->n);
     return;
+  }
   case OP_EMBED: { void *a[] = {&O[0], &I[0], &I[1], &n, &d, &v, &v0}; launch("lmc_embed", grid_for(n * d), a); return; }
   case OP_EMBED_BWD: {
     if (!acc0) cuda_zero(o[0], v * d);
@@ -812,7 +839,11 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
     launch("lmc_swiglu_bwd", grid_for(n), a);
     return;
   }
-  case OP_ADD: { void *a[] = {&O[0], &I[0], &I[1], &n, &nb}; launch("lmc_add", grid_for(n), a); return; }
+  case OP_ADD: {   /* a bias (an fp32 parameter) added to bf16 rows has its own kernel */
+    void *a[] = {&O[0], &I[0], &I[1], &n, &nb};
+    launch((x->bf & RT_BF_OUT(0)) && !(x->bf & RT_BF_IN(1)) ? "lmc_add_bias" : "lmc_add", grid_for(n), a);
+    return;
+  }
   case OP_SILU_BWD: { void *a[] = {&O[0], &I[0], &I[1], &n, &acc0}; launch("lmc_silu_bwd", grid_for(n), a); return; }
   case OP_GELU_BWD: { void *a[] = {&O[0], &I[0], &I[1], &n, &acc0}; launch("lmc_gelu_bwd", grid_for(n), a); return; }
   case OP_MUL_BWD: {
@@ -1017,6 +1048,27 @@ static void cuda_round_bf16(void *x, int64_t n) {
   launch("lmc_round_bf16", grid_for(n), a);
 }
 
+/* A bf16 value widened to reals in place (its slot holds n reals) and
+ * back, through a scratch buffer: for the host and the collectives. */
+static CUdeviceptr wide_buf;
+static size_t wide_n;
+
+static void cuda_widen(void *x, int64_t n) {
+  CUdeviceptr p = dptr(x), s = scratch(&wide_buf, &wide_n, n);
+  i64 nn = n;
+  void *a[] = {&s, &p, &nn}, *b[] = {&p, &s, &nn};
+  launch("lmc_widen", grid_for(n), a);
+  launch("lmc_copy32", grid_for(n), b);
+}
+
+static void cuda_narrow(void *x, int64_t n) {
+  CUdeviceptr p = dptr(x), s = scratch(&wide_buf, &wide_n, n);
+  i64 nn = n;
+  void *a[] = {&s, &p, &nn}, *b[] = {&p, &s, &nn};
+  launch("lmc_narrow", grid_for(n), a);
+  launch("lmc_copy16", grid_for(n), b);
+}
+
 /* MoE's all-to-alls: a group of NCCL sends and receives, or staged
  * through host memory over MPI. */
 static void cuda_alltoallv(const void *x, const int64_t *sc, const int64_t *sd, void *y, const int64_t *rc,
@@ -1081,16 +1133,18 @@ static void cuda_wait_sends(int slot) {
   nstaged = j;
 }
 
-/* cuBLASLt's rate on a 4096^3 single precision GEMM at the matmul
- * precision in force, in FLOP/s. */
+/* cuBLASLt's rate on a 4096^3 GEMM of the model's operand types (bf16
+ * under bf16 storage, else fp32 at the matmul precision in force), in
+ * FLOP/s. */
 static double cuda_gemm_peak(void) {
   i64 n = 4096, keep = peak_bytes;   /* the probe's buffers are not the model's */
   CUdeviceptr a = dptr(cuda_alloc(n * n * 4)), b = dptr(cuda_alloc(n * n * 4)), c = dptr(cuda_alloc(n * n * 4));
-  gemm(false, false, n, n, n, 1, a, n, b, n, 0, c, n);
+  unsigned ty = storage16 ? G_A | G_B | G_C : 0;   /* the model's GEMMs' types */
+  gemm_t(ty, false, false, n, n, n, 1, a, n, b, n, 0, c, n);
   CK(cu.sync());
   int reps = 10;
   double t = rt_now();
-  for (int r = 0; r < reps; r++) gemm(false, false, n, n, n, 1, a, n, b, n, 0, c, n);
+  for (int r = 0; r < reps; r++) gemm_t(ty, false, false, n, n, n, 1, a, n, b, n, 0, c, n);
   CK(cu.sync());
   double rate = 2.0 * n * n * (double)n * reps / (rt_now() - t);
   cuda_release((void *)a), cuda_release((void *)b), cuda_release((void *)c);
@@ -1125,7 +1179,7 @@ static Backend cuda = {
     .recv = cuda_recv, .wait_sends = cuda_wait_sends, .gemm_peak = cuda_gemm_peak, .sync = cuda_sync,
     .peak_bytes = cuda_peak_bytes, .graph_begin = cuda_graph_begin, .graph_end = cuda_graph_end,
     .graph_run = cuda_graph_run, .graph_free = cuda_graph_free, .optimizer = cuda_optimizer,
-    .alltoallv = cuda_alltoallv, .round_bf16 = cuda_round_bf16};
+    .alltoallv = cuda_alltoallv, .round_bf16 = cuda_round_bf16, .widen = cuda_widen, .narrow = cuda_narrow};
 
 void cuda_matmul_precision(int p) { precision = p; }
 void cuda_collectives(int mode) { collectives = mode; }
@@ -1181,6 +1235,9 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   workspace = dev_alloc(workspace_size);
   CK(cu.stream_create(&st, 0));
   load_kernels(dir);
+  static const char *names16[2][3] = {{"cuda-bf16", "cuda-bf16-high", "cuda-bf16-medium"},
+                                      {"cuda-emu-bf16", "cuda-emu-bf16-high", "cuda-emu-bf16-medium"}};
+  if (storage16) cuda.name = names16[emulate][precision];
   /* NCCL when asked, or (auto) when every rank of this machine has a GPU */
   const char *local_n = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
   bool own = !local_n || atoi(local_n) <= count;

@@ -264,6 +264,12 @@ static void route_fixed(Run *r, const RtInst *x, int i, void **out, void **in) {
   r->be->download(r->routes[i], out[1], n);
 }
 
+/* Whether value v is held in bf16 (bf16 storage on a backend that keeps
+ * it): the host and the collectives see it widened to reals meanwhile. */
+static bool half(Run *r, int v) { return v >= 0 && r->b->bf16_storage && r->be->widen && r->b->vals[v].bf16; }
+static void widen(Run *r, int v, void *p) { if (half(r, v)) r->be->widen(p, r->b->vals[v].n); }
+static void narrow(Run *r, int v, void *p) { if (half(r, v)) r->be->narrow(p, r->b->vals[v].n); }
+
 static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
   void *out[3], *in[RT_MAX_IN], **ptr = r->ptr + (size_t)slot * r->b->nvals;
   for (int i = 0; i < n; i++) {
@@ -271,12 +277,16 @@ static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
     for (int j = 0; j < 3; j++) out[j] = x->out[j] >= 0 ? ptr[x->out[j]] : NULL;
     for (int j = 0; j < RT_MAX_IN; j++) in[j] = x->in[j] >= 0 ? ptr[x->in[j]] : NULL;
     double t = r->op_time || r->trace ? rt_now() : 0;
-    if (x->op == OP_ALLREDUCE) r->be->allreduce(out[0], x->n, x->axis, x->red);
-    else if (x->op == OP_MOE_A2A || x->op == OP_MOE_A2A_REV) moe_a2a(r, x, out, in);
+    if (x->op == OP_ALLREDUCE) {
+      widen(r, x->out[0], out[0]);
+      r->be->allreduce(out[0], x->n, x->axis, x->red);
+      narrow(r, x->out[0], out[0]);
+    } else if (x->op == OP_MOE_A2A || x->op == OP_MOE_A2A_REV) moe_a2a(r, x, out, in);
     else if (x->op == OP_MOE_ROUTE && r->routing && prog == r->b->fwd) route_fixed(r, x, i, out, in);
     else r->be->run(x, out, in);
-    for (int j = 0; j < 3; j++)   /* what the plan stores in bf16, as bf16 */
-      if (x->out[j] >= 0 && r->b->vals[x->out[j]].bf16) r->be->round_bf16(out[j], r->b->vals[x->out[j]].n);
+    for (int j = 0; j < 3; j++)   /* what the plan stores in bf16, as bf16 (in fp32 storage: rounded) */
+      if (x->out[j] >= 0 && r->b->vals[x->out[j]].bf16 && !half(r, x->out[j]))
+        r->be->round_bf16(out[j], r->b->vals[x->out[j]].n);
     if (r->op_time && r->be->sync) r->be->sync();   /* profiling: a GPU op's own time */
     if (r->op_time) r->op_time[x->op] += rt_now() - t;
     if (r->trace) {
@@ -406,9 +416,13 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
       void *x = r->ptr[(size_t)slot_of(b, a) * b->nvals + a->value];
       int tag = (int)(a->mb % 16000) * 2 + a->grad;
       double t = rt_now();
-      if (a->kind == A_SEND) r->be->send(x, b->vals[a->value].n, a->peer, tag, a->axis, slot_of(b, a));
-      else {
+      if (a->kind == A_SEND) {   /* (send copies out before it returns) */
+        widen(r, a->value, x);
+        r->be->send(x, b->vals[a->value].n, a->peer, tag, a->axis, slot_of(b, a));
+        narrow(r, a->value, x);
+      } else {
         r->be->recv(x, b->vals[a->value].n, a->peer, tag, a->axis);
+        narrow(r, a->value, x);
         r->t_wait += rt_now() - t;
       }
       char args[128];
@@ -479,5 +493,7 @@ void rt_get_grad(Run *r, int p, double *dst) {
 }
 
 void rt_get_value(Run *r, int v, double *dst) {
+  widen(r, v, r->ptr[v]);
   r->be->download(dst, r->ptr[v], r->b->vals[v].n);
+  narrow(r, v, r->ptr[v]);
 }

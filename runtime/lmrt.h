@@ -89,7 +89,10 @@ typedef struct RtInst {
   int rn;
   bool fixed;              /* moe_route: keep the experts in idx (a gradient check's) */
   double aux, zl, share;
+  unsigned bf;             /* under bf16 storage: the operands stored in bf16 (RT_BF_OUT, RT_BF_IN) */
 } RtInst;
+#define RT_BF_OUT(j) (1u << (j))
+#define RT_BF_IN(j) (1u << (3 + (j)))
 
 typedef struct RtParam {
   char name[128];
@@ -138,6 +141,7 @@ typedef struct Bundle {
   int64_t nparam_elems;
   int64_t nparam_active;   /* what one token runs: MoE layers' top k of E experts (else all) */
   bool bf16;               /* the precision plan is bf16 (values tagged dtype=bf16) */
+  bool bf16_storage;       /* and the kernels store those values in bf16 (else fp32, rounded) */
   int64_t region[NUM_REGIONS];
   RtValue *vals; int nvals;
   RtInst *fwd; int nfwd;
@@ -201,6 +205,12 @@ typedef struct Backend {
   double (*optimizer)(const OptParam *p, int count, const AdamArgs *a, double clip);
   /* round n reals to bf16 in place (a value the plan stores in bf16) */
   void (*round_bf16)(void *x, int64_t n);
+  /* optional: the backend stores bf16 values in bf16 under a bundle's
+   * `storage bf16` (else it holds them as reals, rounded); widen turns
+   * such a value into n reals in place (its slot has room), narrow back,
+   * for the host and the collectives, which see reals */
+  void (*widen)(void *x, int64_t n);
+  void (*narrow)(void *x, int64_t n);
 } Backend;
 
 /* ---- ltplan.c ---- */

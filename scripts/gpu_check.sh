@@ -89,9 +89,18 @@ compare gpt2 models/gpt2-124m.lm --set V=256 --set D=128 --set H=4 --set L=2 --s
 [ $quick = 1 ] || compare llama_fused models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 --set seq=64 --fuse=always
 # flash attention past one block of rows and many tiles of keys (head dim 64, T 300)
 compare llama_t300 models/tiny.lm --set D=256 --set H=4 --set G=2 --set F=512 --set L=2 --set batch=4 --set seq=300
-# the bf16 precision plan (values rounded to bf16 when written) against the CPU's
-tol="1e-3 1e-2" compare llama_bf16 models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 \
+# the bf16 precision plan (bf16 storage) against the CPU's (fp32 storage,
+# each bf16 value rounded when written). The gradient norm within 5e-2 as
+# for medium: the GPU's fp32 sums and device math differ from the CPU's
+# in the last bits, enough to flip a few roundings to bf16 (2^-9 each),
+# and the trajectory drifts from there (3.3e-2 by step 20 on an H200)
+tol="1e-3 5e-2" compare llama_bf16 models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 \
   --set seq=64 --set precision=bf16
+tol="1e-3 5e-2" compare gpt2_bf16 models/gpt2-124m.lm --set V=256 --set D=128 --set H=4 --set L=2 --set batch=8 \
+  --set seq=64 --set precision=bf16
+# and at medium: attention's tiles straight from bf16 storage
+flags="--matmul-precision medium" tol="1e-2 5e-2" compare llama_bf16_t300 models/tiny.lm --set D=256 --set H=4 \
+  --set G=2 --set F=512 --set L=2 --set batch=4 --set seq=300 --set precision=bf16
 # MoE: 8 top-2 SwiGLU experts (routing, dispatch, per-expert cuBLASLt GEMMs, combine)
 compare moe models/moe-tiny.lm --set D=128 --set H=4 --set G=2 --set F=172 --set L=2 --set batch=8 --set seq=64
 flags="--matmul-precision high" tol="2e-3 3e-2" compare llama_high models/tiny.lm --set D=128 --set H=4 --set G=2 \

@@ -7,7 +7,7 @@
 // CPU backend. One thread block per row for row-wise ops (blockDim.x a
 // power of two, at most 1024), a grid-stride loop for element-wise ones.
 // @prelude
-typedef float real;
+typedef float real;   // (act, the activations' storage: see struct bf16)
 typedef long long i64;
 #define NEG_INF __int_as_float(0xff800000)   // NVRTC has no math.h: -infinity by its bits
 #define LOG2E 1.4426950408889634f
@@ -66,6 +66,25 @@ __device__ __forceinline__ unsigned bf16_bits(float x) {
 }
 __device__ __forceinline__ unsigned bf16_pair(float lo, float hi) { return bf16_bits(lo) | bf16_bits(hi) << 16; }
 
+// A value the precision plan stores in bf16: reads widen to float, writes
+// round to nearest even. Kernels name activations' storage `act` (lmc
+// writes `typedef bf16 act;` after this prelude under bf16 storage, else
+// `typedef float act;`); statistics, parameters, their gradients and
+// scratch stay `real`.
+struct bf16 {
+  unsigned short b;
+  __device__ __forceinline__ bf16() {}
+  __device__ __forceinline__ bf16(float x) : b((unsigned short)bf16_bits(x)) {}
+  __device__ __forceinline__ operator float() const { return __uint_as_float((unsigned)b << 16); }
+};
+
+// a bf16 value to reals and back, through a scratch buffer (the runtime's
+// widen and narrow, for the host and the collectives)
+extern "C" __global__ void lmc_widen(real *y, const bf16 *x, i64 n) { GRID_LOOP(i, n) y[i] = x[i]; }
+extern "C" __global__ void lmc_narrow(bf16 *y, const real *x, i64 n) { GRID_LOOP(i, n) y[i] = x[i]; }
+extern "C" __global__ void lmc_copy32(real *y, const real *x, i64 n) { GRID_LOOP(i, n) y[i] = x[i]; }
+extern "C" __global__ void lmc_copy16(unsigned short *y, const unsigned short *x, i64 n) { GRID_LOOP(i, n) y[i] = x[i]; }
+
 // Column sums over rows (the gradients of norm weights and biases) in two
 // deterministic passes. Pass 1: a block of 256 threads takes 32 columns
 // (blockIdx.x) of a chunk of `per` rows (blockIdx.y), 8 rows at a time;
@@ -96,7 +115,7 @@ extern "C" __global__ void lmc_col_finish(real *out, const real *part, i64 chunk
 }
 
 // log(sum(exp(r[j]))) of one row, by the whole block
-__device__ float row_logsumexp(const real *r, i64 v) {
+template <typename T> __device__ float row_logsumexp(const T *r, i64 v) {
   float mx = NEG_INF;
   for (i64 j = threadIdx.x; j < v; j += blockDim.x) mx = fmaxf(mx, r[j]);
   mx = block_max(mx);
@@ -107,17 +126,17 @@ __device__ float row_logsumexp(const real *r, i64 v) {
 
 // @kernel embed
 // out[n,d] = w[ids - v0]; rows of other tp ranks are zero
-extern "C" __global__ void lmc_embed(real *out, const int *ids, const real *w, i64 n, i64 d, i64 v, i64 v0) {
+extern "C" __global__ void lmc_embed(act *out, const int *ids, const act *w, i64 n, i64 d, i64 v, i64 v0) {
   GRID_LOOP(i, n * d) {
     i64 row = ids[i / d] - v0;
-    out[i] = row >= 0 && row < v ? w[row * d + i % d] : (real)0;
+    out[i] = row >= 0 && row < v ? (float)w[row * d + i % d] : 0.0f;
   }
 }
 
 // @kernel embed_bwd
 // one thread per column adds the tokens' gradients in token order: no
 // atomics, so the result does not depend on the order threads run in
-extern "C" __global__ void lmc_embed_bwd(real *dw, const real *dy, const int *ids, i64 n, i64 d, i64 v, i64 v0) {
+extern "C" __global__ void lmc_embed_bwd(real *dw, const act *dy, const int *ids, i64 n, i64 d, i64 v, i64 v0) {
   GRID_LOOP(j, d) {
     for (i64 i = 0; i < n; i++) {
       i64 row = ids[i] - v0;
@@ -129,7 +148,7 @@ extern "C" __global__ void lmc_embed_bwd(real *dw, const real *dy, const int *id
 // The same with the tokens sorted by id (order[], by the host at upload):
 // block p starts the run of tokens with its id if p is the run's first,
 // and adds the run's gradients in token order into the id's row.
-extern "C" __global__ void lmc_embed_bwd_sorted(real *dw, const real *dy, const int *ids, const int *order, i64 n,
+extern "C" __global__ void lmc_embed_bwd_sorted(real *dw, const act *dy, const int *ids, const int *order, i64 n,
                                                 i64 d, i64 v, i64 v0) {
   i64 p = blockIdx.x;
   int id = ids[order[p]];
@@ -145,9 +164,9 @@ extern "C" __global__ void lmc_embed_bwd_sorted(real *dw, const real *dy, const 
 
 // @kernel rmsnorm
 // one block per row: y = x / rms(x) * w, rstd[row]
-extern "C" __global__ void lmc_rmsnorm(real *y, real *rstd, const real *x, const real *w, i64 n, i64 d, float eps) {
+extern "C" __global__ void lmc_rmsnorm(act *y, real *rstd, const act *x, const real *w, i64 n, i64 d, float eps) {
   i64 row = blockIdx.x;
-  const real *xr = x + row * d;
+  const act *xr = x + row * d;
   float ss = 0;
   for (i64 j = threadIdx.x; j < d; j += blockDim.x) ss += xr[j] * xr[j];
   float r = rsqrtf(block_sum(ss) / d + eps);
@@ -156,10 +175,10 @@ extern "C" __global__ void lmc_rmsnorm(real *y, real *rstd, const real *x, const
 }
 
 // @kernel rmsnorm_bwd
-extern "C" __global__ void lmc_rmsnorm_bwd(real *dx, const real *dy, const real *x, const real *w, const real *rstd,
+extern "C" __global__ void lmc_rmsnorm_bwd(act *dx, const act *dy, const act *x, const real *w, const real *rstd,
                                            i64 n, i64 d, int acc) {
   i64 row = blockIdx.x;
-  const real *xr = x + row * d, *g = dy + row * d;
+  const act *xr = x + row * d, *g = dy + row * d;
   float r = rstd[row], dot = 0;
   for (i64 j = threadIdx.x; j < d; j += blockDim.x) dot += g[j] * w[j] * xr[j] * r;
   dot = block_sum(dot) / d;
@@ -167,7 +186,7 @@ extern "C" __global__ void lmc_rmsnorm_bwd(real *dx, const real *dy, const real 
 }
 
 // dw = sum over rows of dy * x * rstd: pass 1 of a column sum
-extern "C" __global__ void lmc_rmsnorm_bwd_dw(real *part, const real *dy, const real *x, const real *rstd, i64 n, i64 d,
+extern "C" __global__ void lmc_rmsnorm_bwd_dw(real *part, const act *dy, const act *x, const real *rstd, i64 n, i64 d,
                                               i64 per) {
   i64 j = COL_J;
   float s = 0;
@@ -176,10 +195,10 @@ extern "C" __global__ void lmc_rmsnorm_bwd_dw(real *part, const real *dy, const 
 }
 
 // @kernel layernorm
-extern "C" __global__ void lmc_layernorm(real *y, real *mean, real *rstd, const real *x, const real *w,
+extern "C" __global__ void lmc_layernorm(act *y, real *mean, real *rstd, const act *x, const real *w,
                                          const real *b, i64 n, i64 d, float eps) {
   i64 row = blockIdx.x;
-  const real *xr = x + row * d;
+  const act *xr = x + row * d;
   float s = 0;
   for (i64 j = threadIdx.x; j < d; j += blockDim.x) s += xr[j];
   float mu = block_sum(s) / d, v = 0;
@@ -190,10 +209,10 @@ extern "C" __global__ void lmc_layernorm(real *y, real *mean, real *rstd, const 
 }
 
 // @kernel layernorm_bwd
-extern "C" __global__ void lmc_layernorm_bwd(real *dx, const real *dy, const real *x, const real *w, const real *mean,
+extern "C" __global__ void lmc_layernorm_bwd(act *dx, const act *dy, const act *x, const real *w, const real *mean,
                                              const real *rstd, i64 n, i64 d, int acc) {
   i64 row = blockIdx.x;
-  const real *xr = x + row * d, *g = dy + row * d;
+  const act *xr = x + row * d, *g = dy + row * d;
   float mu = mean[row], r = rstd[row], s1 = 0, s2 = 0;
   for (i64 j = threadIdx.x; j < d; j += blockDim.x) {
     float gh = g[j] * w[j];
@@ -207,7 +226,7 @@ extern "C" __global__ void lmc_layernorm_bwd(real *dx, const real *dy, const rea
 
 // dw = sum over rows of dy * xhat, db = sum of dy: pass 1 of two column
 // sums, into part[0 .. chunks) and part[chunks ..)
-extern "C" __global__ void lmc_layernorm_bwd_dwdb(real *part, const real *dy, const real *x, const real *mean,
+extern "C" __global__ void lmc_layernorm_bwd_dwdb(real *part, const act *dy, const act *x, const real *mean,
                                                   const real *rstd, i64 n, i64 d, i64 per) {
   i64 j = COL_J;
   float sw = 0, sb = 0;
@@ -218,15 +237,15 @@ extern "C" __global__ void lmc_layernorm_bwd_dwdb(real *part, const real *dy, co
 
 // @kernel rope
 // rotate-half RoPE over x[b,t,h,k]; dir = -1 rotates back (backward)
-extern "C" __global__ void lmc_rope(real *y, const real *x, i64 b, i64 t, i64 h, i64 k, float theta, int dir, int acc) {
+extern "C" __global__ void lmc_rope(act *y, const act *x, i64 b, i64 t, i64 h, i64 k, float theta, int dir, int acc) {
   i64 half = k / 2;
   GRID_LOOP(e, b * t * h * half) {
     i64 i = e % half, row = e / half, pos = row / h % t;
     float ang = pos * powf(theta, -2.0f * i / k), c, s;
     sincosf(ang, &s, &c);
     s *= dir;
-    const real *xr = x + row * k;
-    real *yr = y + row * k;
+    const act *xr = x + row * k;
+    act *yr = y + row * k;
     float x1 = xr[i], x2 = xr[i + half];
     PUT(yr, i, x1 * c - x2 * s, acc);
     PUT(yr, i + half, x2 * c + x1 * s, acc);
@@ -249,16 +268,16 @@ extern "C" __global__ void lmc_rope(real *y, const real *x, i64 b, i64 t, i64 h,
 // FA_TILE rows of a [T, stride] matrix from row r0 into a tile of W
 // columns, zero past K columns and past T rows
 template <int W>
-__device__ void fa_tile(float (*s)[W], const real *src, i64 r0, i64 T, i64 stride, int K) {
+__device__ void fa_tile(float (*s)[W], const act *src, i64 r0, i64 T, i64 stride, int K) {
   for (int e = threadIdx.x; e < FA_TILE * W; e += FA_THREADS) {
     int r = e / W, c = e % W;
-    s[r][c] = r0 + r < T && c < K ? src[(r0 + r) * stride + c] : 0.0f;
+    s[r][c] = r0 + r < T && c < K ? (float)src[(r0 + r) * stride + c] : 0.0f;
   }
 }
 
 // this thread's dims of a row (zero where the row or the dim does not exist)
 template <int D, int P>
-__device__ void fa_row(float *x, const real *row, bool ok, int K, float scale) {
+__device__ void fa_row(float *x, const act *row, bool ok, int K, float scale) {
   int p = threadIdx.x % P;
   for (int j = 0; j < D / 4; j++)
     for (int e = 0; e < 4; e++) {
@@ -268,7 +287,7 @@ __device__ void fa_row(float *x, const real *row, bool ok, int K, float scale) {
 }
 
 template <int D, int P>
-__device__ void fa_put(real *row, const float *x, int K, float scale, int acc) {
+__device__ void fa_put(act *row, const float *x, int K, float scale, int acc) {
   int p = threadIdx.x % P;
   for (int j = 0; j < D / 4; j++)
     for (int e = 0; e < 4; e++) {
@@ -303,13 +322,13 @@ __device__ void fa_axpy(float *acc, float a, const float *t) {
 // grid (query blocks, H, B), FA_THREADS threads; the blocks of late rows
 // (the most keys) first. lse is of the scaled scores.
 template <int D, int P>
-__device__ void fa_forward(real *o, real *lse, const real *q, const real *k, const real *v, i64 T, i64 H, i64 G,
+__device__ void fa_forward(act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G,
                            i64 K, float scale) {
   const int W = D * P, R = FA_THREADS / P;
   __shared__ __align__(16) float ks[FA_TILE][W], vs[FA_TILE][W];
   i64 b = blockIdx.z, h = blockIdx.y, g = h / (H / G);
   i64 i0 = (i64)(gridDim.x - 1 - blockIdx.x) * R, i = i0 + threadIdx.x / P, last = (i0 + R < T ? i0 + R : T) - 1;
-  const real *kb = k + b * T * G * K + g * K, *vb = v + b * T * G * K + g * K;
+  const act *kb = k + b * T * G * K + g * K, *vb = v + b * T * G * K + g * K;
   float qr[D], acc[D], m = NEG_INF, l = 0;
   fa_row<D, P>(qr, q + ((b * T + i) * H + h) * K, i < T, (int)K, scale);
   for (int j = 0; j < D; j++) acc[j] = 0;
@@ -379,6 +398,40 @@ __device__ void fm_tile(unsigned short (*s)[KP + 8], const real *src, i64 r0, i6
   }
 }
 
+// two packed bf16 times scale, rounded again
+__device__ __forceinline__ unsigned bf16_scale2(unsigned w, float scale) {
+  return bf16_pair(__uint_as_float(w << 16) * scale, __uint_as_float(w & 0xffff0000u) * scale);
+}
+
+// the same from bf16 storage: 16-byte loads of 8 values, copied as they are
+// (scale 1) or widened, scaled and rounded again
+template <int R, int KP>
+__device__ void fm_tile(unsigned short (*s)[KP + 8], const bf16 *src, i64 r0, i64 T, i64 stride, int K, float scale) {
+  if (K % 8 == 0 && (unsigned long long)src % 16 == 0) {
+    const int N = (R * KP / 8 + FA_THREADS - 1) / FA_THREADS;
+    uint4 x[N];
+#pragma unroll
+    for (int u = 0; u < N; u++) {
+      int e = threadIdx.x + u * FA_THREADS, r = e / (KP / 8), c = e % (KP / 8) * 8;
+      x[u] = e < R * KP / 8 && r0 + r < T && c < K ? *(const uint4 *)(src + (r0 + r) * stride + c)
+                                                    : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < N; u++) {
+      int e = threadIdx.x + u * FA_THREADS, r = e / (KP / 8), c = e % (KP / 8) * 8;
+      if (scale != 1.0f)
+        x[u] = make_uint4(bf16_scale2(x[u].x, scale), bf16_scale2(x[u].y, scale), bf16_scale2(x[u].z, scale),
+                          bf16_scale2(x[u].w, scale));
+      if (e < R * KP / 8) *(uint4 *)&s[r][c] = x[u];
+    }
+    return;
+  }
+  for (int e = threadIdx.x; e < R * KP; e += FA_THREADS) {
+    int r = e / KP, c = e % KP;
+    s[r][c] = (unsigned short)bf16_bits(r0 + r < T && c < K ? (float)src[(r0 + r) * stride + c] * scale : 0.0f);
+  }
+}
+
 // A fragments of rows row0..row0+15 of a tile, one per 16 columns
 template <int KP>
 __device__ void fm_frag_a(unsigned (*a)[4], unsigned short (*s)[KP + 8], int row0) {
@@ -433,7 +486,7 @@ __device__ void fm_mul_kn(float (*acc)[4], float (*p)[4], unsigned short (*s)[KP
 // this thread's part of a 16 x KP accumulator into rows r0 (c0, c1) and
 // r0 + 8 (c2, c3) of a [.., stride] matrix, times scale[row half]
 template <int KP>
-__device__ void fm_put(real *dst, i64 stride, float (*acc)[4], i64 r0, i64 T, int K, float s0, float s1, int accum) {
+__device__ void fm_put(act *dst, i64 stride, float (*acc)[4], i64 r0, i64 T, int K, float s0, float s1, int accum) {
   int t = threadIdx.x % 4;
   for (int nt = 0; nt < KP / 8; nt++)
     for (int i = 0; i < 4; i++) {
@@ -454,14 +507,14 @@ __device__ __forceinline__ float quad_sum(float x) {
 
 // grid (query blocks, H, B) as fa_forward
 template <int KP>
-__device__ void fm_forward(real *o, real *lse, const real *q, const real *k, const real *v, i64 T, i64 H, i64 G,
+__device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G,
                            i64 K, float scale) {
   __shared__ __align__(16) unsigned short sh[2 * FM_ROWS][KP + 8];   // Q, then K and V
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   i64 b = blockIdx.z, h = blockIdx.y, gi = h / (H / G);
   i64 i0 = (i64)(gridDim.x - 1 - blockIdx.x) * FM_ROWS, last = (i0 + FM_ROWS < T ? i0 + FM_ROWS : T) - 1;
   i64 r0 = i0 + warp * 16 + g;   // this thread's rows: r0 and r0 + 8
-  const real *kb = k + b * T * G * K + gi * K, *vb = v + b * T * G * K + gi * K;
+  const act *kb = k + b * T * G * K + gi * K, *vb = v + b * T * G * K + gi * K;
   fm_tile<FM_ROWS, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);   // scores in log2 units
   __syncthreads();
   unsigned qa[KP / 16][4];
@@ -506,7 +559,7 @@ __device__ void fm_forward(real *o, real *lse, const real *q, const real *k, con
 // saved log-sum-exp.
 
 // dd[b,h,i] = sum_d dout[b,i,h,d] o[b,i,h,d]: one warp per row
-extern "C" __global__ void lmc_attention_dot(real *dd, const real *dout, const real *o, i64 B, i64 T, i64 H, i64 K) {
+extern "C" __global__ void lmc_attention_dot(real *dd, const act *dout, const act *o, i64 B, i64 T, i64 H, i64 K) {
   i64 row = (blockIdx.x * (i64)blockDim.x + threadIdx.x) / 32;
   if (row >= B * T * H) return;   // whole warps leave together
   float s = 0;
@@ -518,13 +571,13 @@ extern "C" __global__ void lmc_attention_dot(real *dd, const real *dout, const r
 
 // grid (query blocks, H, B), as the forward
 template <int D, int P>
-__device__ void fa_backward_dq(real *dq, const real *dout, const real *q, const real *k, const real *v,
+__device__ void fa_backward_dq(act *dq, const act *dout, const act *q, const act *k, const act *v,
                                const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acc) {
   const int W = D * P, R = FA_THREADS / P;
   __shared__ __align__(16) float ks[FA_TILE][W], vs[FA_TILE][W];
   i64 b = blockIdx.z, h = blockIdx.y, g = h / (H / G);
   i64 i0 = (i64)(gridDim.x - 1 - blockIdx.x) * R, i = i0 + threadIdx.x / P, last = (i0 + R < T ? i0 + R : T) - 1;
-  const real *kb = k + b * T * G * K + g * K, *vb = v + b * T * G * K + g * K;
+  const act *kb = k + b * T * G * K + g * K, *vb = v + b * T * G * K + g * K;
   float qr[D], dor[D], dqr[D];
   fa_row<D, P>(qr, q + ((b * T + i) * H + h) * K, i < T, (int)K, scale);
   fa_row<D, P>(dor, dout + ((b * T + i) * H + h) * K, i < T, (int)K, 1.0f);
@@ -546,14 +599,14 @@ __device__ void fa_backward_dq(real *dq, const real *dout, const real *q, const 
 
 // On the tensor cores: dQ, grid (query blocks, H, B)
 template <int KP>
-__device__ void fm_backward_dq(real *dq, const real *dout, const real *q, const real *k, const real *v,
+__device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act *k, const act *v,
                                const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int accum) {
   __shared__ __align__(16) unsigned short sh[2 * FM_ROWS][KP + 8];   // Q and dO, then K and V
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   i64 b = blockIdx.z, h = blockIdx.y, gi = h / (H / G);
   i64 i0 = (i64)(gridDim.x - 1 - blockIdx.x) * FM_ROWS, last = (i0 + FM_ROWS < T ? i0 + FM_ROWS : T) - 1;
   i64 r0 = i0 + warp * 16 + g;
-  const real *kb = k + b * T * G * K + gi * K, *vb = v + b * T * G * K + gi * K;
+  const act *kb = k + b * T * G * K + gi * K, *vb = v + b * T * G * K + gi * K;
   fm_tile<FM_ROWS, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);
   fm_tile<FM_ROWS, KP>(sh + FM_ROWS, dout + b * T * H * K + h * K, i0, T, H * K, (int)K, 1.0f);
   __syncthreads();
@@ -590,7 +643,7 @@ __device__ void fm_backward_dq(real *dq, const real *dout, const real *q, const 
 // On the tensor cores: dK and dV, grid (key blocks, G, B); QT queries a
 // tile (32 for head dims past 64, to keep the accumulators in registers)
 template <int KP, int QT>
-__device__ void fm_backward_dkv(real *dk, real *dv, const real *dout, const real *q, const real *k, const real *v,
+__device__ void fm_backward_dkv(act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v,
                                 const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck,
                                 int accv) {
   __shared__ __align__(16) unsigned short sh[2 * FM_ROWS][KP + 8];   // K and V, then Q and dO
@@ -638,14 +691,14 @@ __device__ void fm_backward_dkv(real *dk, real *dv, const real *dout, const real
 
 // grid (key blocks, G, B); the blocks of early keys (the most queries) first
 template <int D, int P>
-__device__ void fa_backward_dkv(real *dk, real *dv, const real *dout, const real *q, const real *k, const real *v,
+__device__ void fa_backward_dkv(act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v,
                                 const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck,
                                 int accv) {
   const int W = D * P, R = FA_THREADS / P;
   __shared__ __align__(16) float qs[FA_TILE][W], dos[FA_TILE][W];
   __shared__ float ls[FA_TILE], ds[FA_TILE];
   i64 b = blockIdx.z, g = blockIdx.y, j = (i64)blockIdx.x * R + threadIdx.x / P, per = H / G;
-  const real *kr = k + (b * T + j) * G * K + g * K, *vr = v + (b * T + j) * G * K + g * K;
+  const act *kr = k + (b * T + j) * G * K + g * K, *vr = v + (b * T + j) * G * K + g * K;
   float kx[D], vx[D], dkx[D], dvx[D];
   fa_row<D, P>(kx, kr, j < T, (int)K, scale);
   fa_row<D, P>(vx, vr, j < T, (int)K, 1.0f);
@@ -674,12 +727,12 @@ __device__ void fa_backward_dkv(real *dk, real *dv, const real *dout, const real
 }
 
 // @kernel silu
-extern "C" __global__ void lmc_silu(real *y, const real *x, i64 n) {
+extern "C" __global__ void lmc_silu(act *y, const act *x, i64 n) {
   GRID_LOOP(i, n) y[i] = x[i] / (1.0f + expf(-x[i]));
 }
 
 // @kernel gelu
-extern "C" __global__ void lmc_gelu(real *y, const real *x, i64 n) {
+extern "C" __global__ void lmc_gelu(act *y, const act *x, i64 n) {
   GRID_LOOP(i, n) {
     float u = x[i];
     y[i] = 0.5f * u * (1.0f + tanhf(0.7978845608028654f * (u + 0.044715f * u * u * u)));
@@ -687,12 +740,12 @@ extern "C" __global__ void lmc_gelu(real *y, const real *x, i64 n) {
 }
 
 // @kernel swiglu
-extern "C" __global__ void lmc_swiglu(real *y, const real *g, const real *u, i64 n) {
+extern "C" __global__ void lmc_swiglu(act *y, const act *g, const act *u, i64 n) {
   GRID_LOOP(i, n) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 // @kernel swiglu_bwd
-extern "C" __global__ void lmc_swiglu_bwd(real *dg, real *du, const real *dy, const real *g, const real *u, i64 n,
+extern "C" __global__ void lmc_swiglu_bwd(act *dg, act *du, const act *dy, const act *g, const act *u, i64 n,
                                           int accg, int accu) {
   GRID_LOOP(i, n) {
     float s = 1.0f / (1.0f + expf(-g[i]));
@@ -702,18 +755,21 @@ extern "C" __global__ void lmc_swiglu_bwd(real *dg, real *du, const real *dy, co
 }
 
 // @kernel mul
-extern "C" __global__ void lmc_mul(real *y, const real *a, const real *b, i64 n) {
+extern "C" __global__ void lmc_mul(act *y, const act *a, const act *b, i64 n) {
   GRID_LOOP(i, n) y[i] = a[i] * b[i];
 }
 
 // @kernel add
-// y = a + b, b broadcast over rows when nb < n
-extern "C" __global__ void lmc_add(real *y, const real *a, const real *b, i64 n, i64 nb) {
+// y = a + b; lmc_add_bias: b a bias (a parameter) broadcast over rows
+extern "C" __global__ void lmc_add(act *y, const act *a, const act *b, i64 n, i64 nb) {
+  GRID_LOOP(i, n) y[i] = a[i] + b[i % nb];
+}
+extern "C" __global__ void lmc_add_bias(act *y, const act *a, const real *b, i64 n, i64 nb) {
   GRID_LOOP(i, n) y[i] = a[i] + b[i % nb];
 }
 
 // @kernel silu_bwd
-extern "C" __global__ void lmc_silu_bwd(real *dx, const real *dy, const real *x, i64 n, int acc) {
+extern "C" __global__ void lmc_silu_bwd(act *dx, const act *dy, const act *x, i64 n, int acc) {
   GRID_LOOP(i, n) {
     float s = 1.0f / (1.0f + expf(-x[i]));
     PUT(dx, i, dy[i] * s * (1.0f + x[i] * (1.0f - s)), acc);
@@ -721,7 +777,7 @@ extern "C" __global__ void lmc_silu_bwd(real *dx, const real *dy, const real *x,
 }
 
 // @kernel gelu_bwd
-extern "C" __global__ void lmc_gelu_bwd(real *dx, const real *dy, const real *x, i64 n, int acc) {
+extern "C" __global__ void lmc_gelu_bwd(act *dx, const act *dy, const act *x, i64 n, int acc) {
   GRID_LOOP(i, n) {
     float u = x[i], c = 0.7978845608028654f, th = tanhf(c * (u + 0.044715f * u * u * u));
     float dinner = c * (1.0f + 3.0f * 0.044715f * u * u);
@@ -730,7 +786,7 @@ extern "C" __global__ void lmc_gelu_bwd(real *dx, const real *dy, const real *x,
 }
 
 // @kernel mul_bwd
-extern "C" __global__ void lmc_mul_bwd(real *da, real *db, const real *dy, const real *a, const real *b, i64 n,
+extern "C" __global__ void lmc_mul_bwd(act *da, act *db, const act *dy, const act *a, const act *b, i64 n,
                                        int acca, int accb) {
   GRID_LOOP(i, n) {
     if (da) PUT(da, i, dy[i] * b[i], acca);
@@ -739,12 +795,12 @@ extern "C" __global__ void lmc_mul_bwd(real *da, real *db, const real *dy, const
 }
 
 // @kernel add_bwd
-extern "C" __global__ void lmc_add_bwd(real *da, const real *dy, i64 n, int acc) {
+extern "C" __global__ void lmc_add_bwd(act *da, const act *dy, i64 n, int acc) {
   GRID_LOOP(i, n) PUT(da, i, dy[i], acc);
 }
 
 // a bias's gradient, the column sums of dy as rows x nb: pass 1
-extern "C" __global__ void lmc_add_bwd_bias(real *part, const real *dy, i64 rows, i64 nb, i64 per) {
+extern "C" __global__ void lmc_add_bwd_bias(real *part, const act *dy, i64 rows, i64 nb, i64 per) {
   i64 j = COL_J;
   float s = 0;
   if (j < nb) COL_ROWS(r, rows, per) s += dy[r * nb + j];
@@ -753,25 +809,25 @@ extern "C" __global__ void lmc_add_bwd_bias(real *part, const real *dy, i64 rows
 
 // @kernel cross_entropy
 // per-row loss: logsumexp(logits) - logits[target]; the runtime sums rows
-extern "C" __global__ void lmc_xent(real *row_loss, const real *logits, const int *y, i64 n, i64 v) {
+extern "C" __global__ void lmc_xent(real *row_loss, const act *logits, const int *y, i64 n, i64 v) {
   i64 row = blockIdx.x;
-  const real *l = logits + row * v;
+  const act *l = logits + row * v;
   float z = row_logsumexp(l, v);
   if (threadIdx.x == 0) row_loss[row] = z - l[y[row]];
 }
 
 // @kernel cross_entropy_bwd
-extern "C" __global__ void lmc_xent_bwd(real *dl, const real *logits, const int *y, i64 n, i64 v, float scale, int acc) {
+extern "C" __global__ void lmc_xent_bwd(act *dl, const act *logits, const int *y, i64 n, i64 v, float scale, int acc) {
   i64 row = blockIdx.x;
-  const real *l = logits + row * v;
-  real *d = dl + row * v;
+  const act *l = logits + row * v;
+  act *d = dl + row * v;
   float z = row_logsumexp(l, v);
   for (i64 j = threadIdx.x; j < v; j += blockDim.x)
     PUT(d, j, scale * (expf(l[j] - z) - (j == y[row] ? 1.0f : 0.0f)), acc);
 }
 
 // @kernel xent_max
-extern "C" __global__ void lmc_xent_max(real *mx, const real *logits, i64 n, i64 v) {
+extern "C" __global__ void lmc_xent_max(real *mx, const act *logits, i64 n, i64 v) {
   i64 row = blockIdx.x;
   float m = NEG_INF;
   for (i64 j = threadIdx.x; j < v; j += blockDim.x) m = fmaxf(m, logits[row * v + j]);
@@ -780,13 +836,13 @@ extern "C" __global__ void lmc_xent_max(real *mx, const real *logits, i64 n, i64
 }
 
 // @kernel xent_stats
-extern "C" __global__ void lmc_xent_stats(real *sumexp, real *tlogit, const real *logits, const int *y, const real *mx,
+extern "C" __global__ void lmc_xent_stats(real *sumexp, real *tlogit, const act *logits, const int *y, const real *mx,
                                           i64 n, i64 v, i64 v0) {
   i64 row = blockIdx.x, t = y[row] - v0;
   float s = 0;
   for (i64 j = threadIdx.x; j < v; j += blockDim.x) s += expf(logits[row * v + j] - mx[row]);
   s = block_sum(s);
-  if (threadIdx.x == 0) sumexp[row] = s, tlogit[row] = t >= 0 && t < v ? logits[row * v + t] : (real)0;
+  if (threadIdx.x == 0) sumexp[row] = s, tlogit[row] = t >= 0 && t < v ? (float)logits[row * v + t] : 0.0f;
 }
 
 // @kernel xent_loss
@@ -796,7 +852,7 @@ extern "C" __global__ void lmc_xent_loss_rows(real *row_loss, const real *mx, co
 }
 
 // @kernel xent_tp_bwd
-extern "C" __global__ void lmc_xent_tp_bwd(real *dl, const real *logits, const int *y, const real *mx,
+extern "C" __global__ void lmc_xent_tp_bwd(act *dl, const act *logits, const int *y, const real *mx,
                                            const real *sumexp, i64 n, i64 v, i64 v0, float scale, int acc) {
   GRID_LOOP(e, n * v) {
     i64 row = e / v, j = e % v;
@@ -817,10 +873,12 @@ extern "C" __global__ void lmc_head_rows(real *row_loss, real *lse, const real *
 
 // @kernel head_xent_bwd
 // a chunk of logits rows to dlogits = scale (softmax - onehot), in place
-extern "C" __global__ void lmc_head_grad(real *l, const int *y, const real *lse, i64 rows, i64 v, float scale) {
+// or (bf16 storage) into dl, which the backward's GEMMs then read in bf16
+extern "C" __global__ void lmc_head_grad(act *dl, const real *l, const int *y, const real *lse, i64 rows, i64 v,
+                                         float scale) {
   GRID_LOOP(e, rows * v) {
     i64 row = e / v;
-    l[e] = scale * (expf(l[e] - lse[row]) - (e % v == y[row] ? 1.0f : 0.0f));
+    dl[e] = scale * (expf(l[e] - lse[row]) - (e % v == y[row] ? 1.0f : 0.0f));
   }
 }
 
@@ -1043,9 +1101,9 @@ extern "C" __global__ void lmc_moe_act_bwd(real *dh, const real *da, const real 
 }
 
 // @kernel cast
-// the precision plan's bf16 values (still in fp32 storage): a weight's
-// copy, and any value rounded in place when written
-extern "C" __global__ void lmc_cast(real *y, const real *x, i64 n) {
+// a weight's bf16 copy (under fp32 storage rounded by lmc_round_bf16 after,
+// as any bf16 value is when written)
+extern "C" __global__ void lmc_cast(act *y, const real *x, i64 n) {
   GRID_LOOP(i, n) y[i] = x[i];
 }
 

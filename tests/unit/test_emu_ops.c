@@ -181,8 +181,12 @@ static const int64_t head_dims[] = {10, 40};
 static void write_kernels(const char *template, const char *path) {
   FILE *in = fopen(template, "rb"), *out = fopen(path, "wb");
   if (!in || !out) rt_die("cannot copy %s to %s", template, path);
-  char buf[4096];
-  for (size_t n; (n = fread(buf, 1, sizeof buf, in)) > 0;) fwrite(buf, 1, n, out);
+  char line[4096];
+  bool typed = false;
+  while (fgets(line, sizeof line, in)) {   /* fp32 storage: act is float, as lmc writes it after the prelude */
+    if (!typed && !strncmp(line, "// @kernel ", 11)) fputs("typedef float act;\n", out), typed = true;
+    fputs(line, out);
+  }
   for (size_t i = 0; i < sizeof head_dims / sizeof *head_dims; i++)
     kernels_attention(out, head_dims[i], false), kernels_attention(out, head_dims[i], true);
   fclose(in);
