@@ -839,9 +839,9 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
     launch("lmc_swiglu_bwd", grid_for(n), a);
     return;
   }
-  case OP_ADD: {   /* a bias (an fp32 parameter) added to bf16 rows has its own kernel */
+  case OP_ADD: {   /* a bias (an fp32 parameter, broadcast over rows) has its own kernel */
     void *a[] = {&O[0], &I[0], &I[1], &n, &nb};
-    launch((x->bf & RT_BF_OUT(0)) && !(x->bf & RT_BF_IN(1)) ? "lmc_add_bias" : "lmc_add", grid_for(n), a);
+    launch(nb < n && !(x->bf & RT_BF_IN(1)) ? "lmc_add_bias" : "lmc_add", grid_for(n), a);
     return;
   }
   case OP_SILU_BWD: { void *a[] = {&O[0], &I[0], &I[1], &n, &acc0}; launch("lmc_silu_bwd", grid_for(n), a); return; }

@@ -85,6 +85,86 @@ extern "C" __global__ void lmc_narrow(bf16 *y, const real *x, i64 n) { GRID_LOOP
 extern "C" __global__ void lmc_copy32(real *y, const real *x, i64 n) { GRID_LOOP(i, n) y[i] = x[i]; }
 extern "C" __global__ void lmc_copy16(unsigned short *y, const unsigned short *x, i64 n) { GRID_LOOP(i, n) y[i] = x[i]; }
 
+// Element-wise kernels move 8 elements a thread-step with 16-byte loads and
+// stores (fp32: two float4, bf16: one uint4) when every operand is 16-byte
+// aligned, the last n % 8 and unaligned operands one at a time. f is the
+// op on one element's floats; acc adds into the output (PUT's rule).
+__device__ __forceinline__ void ld8(float *f, const float *p) {
+  float4 a = *(const float4 *)p, b = *(const float4 *)(p + 4);
+  f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+__device__ __forceinline__ void ld8(float *f, const bf16 *p) {
+  uint4 u = *(const uint4 *)p;
+  unsigned w[4] = {u.x, u.y, u.z, u.w};
+  for (int e = 0; e < 4; e++) f[2 * e] = __uint_as_float(w[e] << 16), f[2 * e + 1] = __uint_as_float(w[e] & 0xffff0000u);
+}
+__device__ __forceinline__ void st8(float *p, const float *f) {
+  *(float4 *)p = make_float4(f[0], f[1], f[2], f[3]), *(float4 *)(p + 4) = make_float4(f[4], f[5], f[6], f[7]);
+}
+__device__ __forceinline__ void st8(bf16 *p, const float *f) {
+  *(uint4 *)p = make_uint4(bf16_pair(f[0], f[1]), bf16_pair(f[2], f[3]), bf16_pair(f[4], f[5]), bf16_pair(f[6], f[7]));
+}
+__device__ __forceinline__ bool al16(const void *p) { return p == 0 || (unsigned long long)p % 16 == 0; }
+
+// y = f(x) (+ y)
+template <typename TY, typename TX, typename F> __device__ void ew1(TY *y, const TX *x, i64 n, int acc, F f) {
+  i64 n8 = al16(y) && al16(x) ? n / 8 : 0;
+  GRID_LOOP(g, n8) {
+    float a[8], r[8];
+    ld8(a, x + g * 8);
+    if (acc) ld8(r, y + g * 8);
+    for (int e = 0; e < 8; e++) r[e] = acc ? r[e] + f(a[e]) : f(a[e]);
+    st8(y + g * 8, r);
+  }
+  GRID_LOOP(j, n - n8 * 8) {
+    i64 i = n8 * 8 + j;
+    PUT(y, i, f((float)x[i]), acc);
+  }
+}
+
+// y = f(a, b) (+ y)
+template <typename TY, typename TA, typename TB, typename F>
+__device__ void ew2(TY *y, const TA *a, const TB *b, i64 n, int acc, F f) {
+  i64 n8 = al16(y) && al16(a) && al16(b) ? n / 8 : 0;
+  GRID_LOOP(g, n8) {
+    float u[8], v[8], r[8];
+    ld8(u, a + g * 8), ld8(v, b + g * 8);
+    if (acc) ld8(r, y + g * 8);
+    for (int e = 0; e < 8; e++) r[e] = acc ? r[e] + f(u[e], v[e]) : f(u[e], v[e]);
+    st8(y + g * 8, r);
+  }
+  GRID_LOOP(j, n - n8 * 8) {
+    i64 i = n8 * 8 + j;
+    PUT(y, i, f((float)a[i], (float)b[i]), acc);
+  }
+}
+
+// y = f(a, b, c) (+ y), z = h(a, b, c) (+ z); y or z may be absent
+template <typename T, typename F, typename H>
+__device__ void ew3x2(T *y, T *z, const T *a, const T *b, const T *c, i64 n, int accy, int accz, F f, H h) {
+  i64 n8 = al16(y) && al16(z) && al16(a) && al16(b) && al16(c) ? n / 8 : 0;
+  GRID_LOOP(g, n8) {
+    float u[8], v[8], w[8], r[8];
+    ld8(u, a + g * 8), ld8(v, b + g * 8), ld8(w, c + g * 8);
+    if (y) {
+      if (accy) ld8(r, y + g * 8);
+      for (int e = 0; e < 8; e++) r[e] = accy ? r[e] + f(u[e], v[e], w[e]) : f(u[e], v[e], w[e]);
+      st8(y + g * 8, r);
+    }
+    if (z) {
+      if (accz) ld8(r, z + g * 8);
+      for (int e = 0; e < 8; e++) r[e] = accz ? r[e] + h(u[e], v[e], w[e]) : h(u[e], v[e], w[e]);
+      st8(z + g * 8, r);
+    }
+  }
+  GRID_LOOP(j, n - n8 * 8) {
+    i64 i = n8 * 8 + j;
+    float u = a[i], v = b[i], w = c[i];
+    if (y) PUT(y, i, f(u, v, w), accy);
+    if (z) PUT(z, i, h(u, v, w), accz);
+  }
+}
+
 // Column sums over rows (the gradients of norm weights and biases) in two
 // deterministic passes. Pass 1: a block of 256 threads takes 32 columns
 // (blockIdx.x) of a chunk of `per` rows (blockIdx.y), 8 rows at a time;
@@ -728,75 +808,82 @@ __device__ void fa_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
 
 // @kernel silu
 extern "C" __global__ void lmc_silu(act *y, const act *x, i64 n) {
-  GRID_LOOP(i, n) y[i] = x[i] / (1.0f + expf(-x[i]));
+  ew1(y, x, n, 0, [](float u) { return u / (1.0f + expf(-u)); });
 }
 
 // @kernel gelu
 extern "C" __global__ void lmc_gelu(act *y, const act *x, i64 n) {
-  GRID_LOOP(i, n) {
-    float u = x[i];
-    y[i] = 0.5f * u * (1.0f + tanhf(0.7978845608028654f * (u + 0.044715f * u * u * u)));
-  }
+  ew1(y, x, n, 0, [](float u) { return 0.5f * u * (1.0f + tanhf(0.7978845608028654f * (u + 0.044715f * u * u * u))); });
 }
 
 // @kernel swiglu
 extern "C" __global__ void lmc_swiglu(act *y, const act *g, const act *u, i64 n) {
-  GRID_LOOP(i, n) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+  ew2(y, g, u, n, 0, [](float a, float b) { return a / (1.0f + expf(-a)) * b; });
 }
 
 // @kernel swiglu_bwd
 extern "C" __global__ void lmc_swiglu_bwd(act *dg, act *du, const act *dy, const act *g, const act *u, i64 n,
                                           int accg, int accu) {
-  GRID_LOOP(i, n) {
-    float s = 1.0f / (1.0f + expf(-g[i]));
-    if (dg) PUT(dg, i, dy[i] * u[i] * s * (1.0f + g[i] * (1.0f - s)), accg);
-    if (du) PUT(du, i, dy[i] * g[i] * s, accu);
-  }
+  ew3x2(dg, du, dy, g, u, n, accg, accu,
+        [](float d, float a, float b) {
+          float s = 1.0f / (1.0f + expf(-a));
+          return d * b * s * (1.0f + a * (1.0f - s));
+        },
+        [](float d, float a, float b) { return d * a * (1.0f / (1.0f + expf(-a))); });
 }
 
 // @kernel mul
 extern "C" __global__ void lmc_mul(act *y, const act *a, const act *b, i64 n) {
-  GRID_LOOP(i, n) y[i] = a[i] * b[i];
+  ew2(y, a, b, n, 0, [](float u, float v) { return u * v; });
 }
 
 // @kernel add
 // y = a + b; lmc_add_bias: b a bias (a parameter) broadcast over rows
 extern "C" __global__ void lmc_add(act *y, const act *a, const act *b, i64 n, i64 nb) {
+  if (nb == n) return ew2(y, a, b, n, 0, [](float u, float v) { return u + v; });
   GRID_LOOP(i, n) y[i] = a[i] + b[i % nb];
 }
+// 8 elements of a row at a time when the row width is a multiple of 8
 extern "C" __global__ void lmc_add_bias(act *y, const act *a, const real *b, i64 n, i64 nb) {
+  if (nb % 8 == 0 && al16(y) && al16(a) && al16(b)) {
+    GRID_LOOP(g, n / 8) {
+      float u[8], v[8];
+      ld8(u, a + g * 8), ld8(v, b + g * 8 % nb);
+      for (int e = 0; e < 8; e++) u[e] += v[e];
+      st8(y + g * 8, u);
+    }
+    return;
+  }
   GRID_LOOP(i, n) y[i] = a[i] + b[i % nb];
 }
 
 // @kernel silu_bwd
 extern "C" __global__ void lmc_silu_bwd(act *dx, const act *dy, const act *x, i64 n, int acc) {
-  GRID_LOOP(i, n) {
-    float s = 1.0f / (1.0f + expf(-x[i]));
-    PUT(dx, i, dy[i] * s * (1.0f + x[i] * (1.0f - s)), acc);
-  }
+  ew2(dx, dy, x, n, acc, [](float d, float u) {
+    float s = 1.0f / (1.0f + expf(-u));
+    return d * s * (1.0f + u * (1.0f - s));
+  });
 }
 
 // @kernel gelu_bwd
 extern "C" __global__ void lmc_gelu_bwd(act *dx, const act *dy, const act *x, i64 n, int acc) {
-  GRID_LOOP(i, n) {
-    float u = x[i], c = 0.7978845608028654f, th = tanhf(c * (u + 0.044715f * u * u * u));
+  ew2(dx, dy, x, n, acc, [](float d, float u) {
+    float c = 0.7978845608028654f, th = tanhf(c * (u + 0.044715f * u * u * u));
     float dinner = c * (1.0f + 3.0f * 0.044715f * u * u);
-    PUT(dx, i, dy[i] * (0.5f * (1.0f + th) + 0.5f * u * (1.0f - th * th) * dinner), acc);
-  }
+    return d * (0.5f * (1.0f + th) + 0.5f * u * (1.0f - th * th) * dinner);
+  });
 }
 
 // @kernel mul_bwd
 extern "C" __global__ void lmc_mul_bwd(act *da, act *db, const act *dy, const act *a, const act *b, i64 n,
                                        int acca, int accb) {
-  GRID_LOOP(i, n) {
-    if (da) PUT(da, i, dy[i] * b[i], acca);
-    if (db) PUT(db, i, dy[i] * a[i], accb);
-  }
+  ew3x2(da, db, dy, a, b, n, acca, accb, [](float d, float u, float v) { return d * v; },
+        [](float d, float u, float v) { return d * u; });
 }
 
 // @kernel add_bwd
 extern "C" __global__ void lmc_add_bwd(act *da, const act *dy, i64 n, int acc) {
-  GRID_LOOP(i, n) PUT(da, i, dy[i], acc);
+  ew1(da, dy, n, acc, [](float d) { return d; });
 }
 
 // a bias's gradient, the column sums of dy as rows x nb: pass 1
@@ -1104,7 +1191,7 @@ extern "C" __global__ void lmc_moe_act_bwd(real *dh, const real *da, const real 
 // a weight's bf16 copy (under fp32 storage rounded by lmc_round_bf16 after,
 // as any bf16 value is when written)
 extern "C" __global__ void lmc_cast(act *y, const real *x, i64 n) {
-  GRID_LOOP(i, n) y[i] = x[i];
+  ew1(y, x, n, 0, [](float u) { return u; });
 }
 
 extern "C" __global__ void lmc_round_bf16(real *x, i64 n) {

@@ -2,8 +2,8 @@
 # The CUDA backend's training path on the emulated CUDA platform: the
 # configs scripts/gpu_check.sh compares on a GPU (a GQA Llama, the same
 # with 2 microbatches, GPT-2, the fused LM head, attention over T 150, MoE
-# layers of SwiGLU and of GELU experts, the high and medium matmul
-# precisions), shrunk to emulator size,
+# layers of SwiGLU and of GELU experts, bf16 storage, the high and medium
+# matmul precisions), shrunk to emulator size,
 # train 20 steps from one seed on the CPU backend and on --backend
 # cuda-emu (--matmul-precision highest unless a config says otherwise), and
 # every step's loss, gradient norm and the validation loss agree within 1e-5 (fp32; they differ only in summation order). The
@@ -35,10 +35,14 @@ compare llama_t150 "$SRC/models/tiny.lm" $small --set batch=2 --set seq=150
 # top-1 GELU experts without renormalised gates
 compare moe "$SRC/models/tiny.lm" $small --set experts=4
 compare moe_gelu "$SRC/tests/e2e/moe-gelu.lm"
-# the bf16 precision plan (values rounded to bf16 when written) against
-# the CPU running the same plan: the loss within 1e-3, the gradient norm
-# within 1e-2 (a value at a rounding boundary may land a bf16 ulp apart)
+# the bf16 precision plan, stored in bf16 by the CUDA kernels, against the
+# CPU running the same plan (fp32 storage, each bf16 value rounded when
+# written): the loss within 1e-3, the gradient norm within 1e-2 (a value
+# at a rounding boundary may land a bf16 ulp apart); Llama, and GPT-2 for
+# LayerNorm, GELU and the bias adds
 tol="1e-3 1e-2" compare llama_bf16 "$SRC/models/tiny.lm" $small --set precision=bf16
+tol="1e-3 1e-2" compare gpt2_bf16 "$SRC/models/gpt2-124m.lm" --set V=256 --set D=32 --set H=4 --set L=2 --set batch=4 \
+  --set seq=16 --set precision=bf16
 # tf32 and bf16 products: the loss within 2e-3 and 1e-2, the gradient
 # norm, which drifts, within 3e-2 and 5e-2
 flags="--matmul-precision high" tol="2e-3 3e-2"
@@ -51,5 +55,5 @@ compare llama_medium "$SRC/models/tiny.lm" $small
   --eval-batches 2 --out "$WORK/llama.nographs" || fail "lmrun --no-cuda-graphs failed"
 python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/llama.cuda-emu/metrics.jsonl" "$WORK/llama.nographs/metrics.jsonl" \
   "graphs against none" 1e-15 || status=1
-[ $status = 0 ] && echo "11 passed, 0 failed" || echo "failed"
+[ $status = 0 ] && echo "12 passed, 0 failed" || echo "failed"
 exit $status
