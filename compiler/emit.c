@@ -49,6 +49,7 @@ static void print_global_sizes(FILE *out, Program *p, const Shape *s) {
 }
 
 static int s_stage;   /* the stage being printed */
+static bool s_bytes;  /* its activations have a byte plan too (bf16 storage) */
 
 static void print_value(FILE *out, Program *p, Value *v) {
   fprintf(out, "value %%%d %s off=%lld n=%lld shape=", v->id, region_names[v->kind],
@@ -57,6 +58,7 @@ static void print_value(FILE *out, Program *p, Value *v) {
   if (v->kind == V_PARAM && split_dim(p, v) >= 0) fprintf(out, " split=%d", split_dim(p, v));
   if (v->kind == V_PARAM && v->esplit) fprintf(out, " esplit=1");
   if (v->dtype == DT_BF16) fprintf(out, " dtype=bf16");
+  if (v->kind == V_ACT && s_bytes) fprintf(out, " boff=%lld", (long long)v->boffset);
   if (v->kind == V_PARAM && v->stages != ((uint64_t)1 << v->stage) && s_stage != v->stage)
     fprintf(out, " copy=1");   /* another stage holds the primary copy */
   fprintf(out, " ");
@@ -130,7 +132,8 @@ void emit_schedule(FILE *out, Sched *s) {
           g->nstages, p->s.schedule, (long long)p->s.microbatches, s->slots);
   for (int r = 0; r < 5; r++)
     fprintf(out, "region %s %lld\n", region_names[r], (long long)s->region[r]);
-  s_stage = s->part->stage;
+  if (s->act_bytes) fprintf(out, "bytes act %lld\n", (long long)s->act_bytes);   /* bf16 storage's plan */
+  s_stage = s->part->stage, s_bytes = s->act_bytes > 0;
   for (int i = 0; i < g->nvals; i++)
     if (sched_has(s, g->vals[i])) print_value(out, p, g->vals[i]);
   fprintf(out, "inputs tokens=%%%d targets=%%%d positions=%%%d loss=%%%d\n",

@@ -188,6 +188,7 @@ struct Value {
   uint64_t stages;     /* param: every stage that holds a copy */
   int first, last;     /* live range over the instruction list */
   int64_t offset;      /* in elements, within its region */
+  int64_t boffset;     /* act under bf16 storage: in bytes, within the byte plan */
 };
 
 #define MAX_ATTRS 10
@@ -282,11 +283,13 @@ typedef struct Sched {
   int slots;           /* microbatches whose activations are alive at once */
   int64_t region[5];   /* elements per region: act, param, grad, input, state */
   int64_t peak_act;    /* one slot's arena */
+  int64_t act_bytes;   /* under bf16 storage: one slot's arena in bytes, each value at its dtype's size (else 0) */
   Action *step; int nstep;
   Action *eval; int neval;
 } Sched;
 Sched *sched_plan(Graph *g);            /* stage 0; then sched_stage for others */
 void sched_stage(Sched *s, int stage);
+double sched_act_bytes(Sched *s);      /* one slot's activations, in bytes */
 void sched_set_rank(Sched *s, int rank);
 void sched_actions(Sched *s);           /* this rank's step and eval lists */
 void sched_check(Graph *g);             /* sends match receives, no deadlock */

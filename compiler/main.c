@@ -45,17 +45,17 @@ static void summary(Sched *s, const char *out) {
     Value *p = g->params[i];
     active += p->top_k ? (double)(n / g->prog->dims[sh->dim[0]].size * p->top_k) : (double)n;
   }
-  double mib = 4.0 / (1 << 20);
+  double mib = 1.0 / (1 << 20);
   char actv[64] = "";
   if (active < total) snprintf(actv, sizeof actv, " (%.2fM active per token)", active / 1e6);
   fprintf(stderr, "lmc: model %s: %d tensors, %.2fM parameters%s, %d rank%s -> %s\n",
           g->prog->model->name, g->nparams, total / 1e6, actv, s->world, s->world > 1 ? "s" : "", out);
   for (int st = 0; st < g->nstages; st++) {
     sched_stage(s, st);
-    int64_t act = s->slots * (s->peak_act + s->region[V_INPUT]);
+    double act = s->slots * (sched_act_bytes(s) + 4.0 * s->region[V_INPUT]);
     fprintf(stderr, "lmc:   stage %d: %d x %.1f MiB activations + %.1f MiB params+grads+adam = "
-            "peak %.1f MiB per rank\n", st, s->slots, s->peak_act * mib, 4 * s->region[V_PARAM] * mib,
-            (act + 4 * s->region[V_PARAM]) * mib);
+            "peak %.1f MiB per rank\n", st, s->slots, sched_act_bytes(s) * mib, 16.0 * s->region[V_PARAM] * mib,
+            (act + 16.0 * s->region[V_PARAM]) * mib);
   }
   sched_stage(s, 0);
 }

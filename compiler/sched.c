@@ -94,7 +94,10 @@ static int insert_live(Live *live, int nlive, Live b) {
   return nlive + 1;
 }
 
-static void plan_acts(Sched *s) {
+/* Places the activations by live range: in elements (bytes 0: every value
+ * a real of the backend's width, as fp32 storage keeps them), or in bytes
+ * at each value's dtype's size (bf16 storage); returns the arena's top. */
+static int64_t plan_acts(Sched *s, bool bytes) {
   Graph *g = s->g;
   Live *live = arena_alloc((g->nvals + 1) * sizeof(Live));
   int nlive = 0, total = s->part->nfwd + s->part->nbwd;
@@ -107,19 +110,24 @@ static void plan_acts(Sched *s) {
     for (int i = 0; i < g->nvals; i++) {   /* then place what starts at k */
       Value *v = g->vals[i];
       if (v->kind != V_ACT || v->first != k) continue;
-      int64_t size = aligned(shape_numel(&v->shape));
-      v->offset = place(live, nlive, size);
-      nlive = insert_live(live, nlive, (Live){v->offset, size, v->last});
-      if (v->offset + size > top) top = v->offset + size;
+      int64_t n = shape_numel(&v->shape), size = bytes ? aligned(n * (v->dtype == DT_BF16 ? 2 : 4)) : aligned(n);
+      int64_t at = place(live, nlive, size);
+      *(bytes ? &v->boffset : &v->offset) = at;
+      nlive = insert_live(live, nlive, (Live){at, size, v->last});
+      if (at + size > top) top = at + size;
     }
   }
-  s->region[V_ACT] = s->peak_act = top;
+  return top;
 }
 
 static bool param_here(Sched *s, Value *v) {
   Value *p = v->kind == V_GRAD ? v->of : v;
   return p->stages >> s->part->stage & 1;
 }
+
+/* One slot's activations in bytes: the byte plan under bf16 storage, else
+ * 4-byte reals. */
+double sched_act_bytes(Sched *s) { return s->act_bytes ? (double)s->act_bytes : 4.0 * s->peak_act; }
 
 /* Whether value v appears in this stage's schedule. */
 bool sched_has(Sched *s, Value *v) {
@@ -147,7 +155,8 @@ void sched_stage(Sched *s, int stage) {
   s->part = part_stage(s->g, stage);
   live_ranges(s->g, s->part);
   plan_regions(s);
-  plan_acts(s);
+  s->region[V_ACT] = s->peak_act = plan_acts(s, false);
+  s->act_bytes = kernels_bf16(s->g) ? plan_acts(s, true) : 0;
   int64_t inflight = !strcmp(t->schedule, "gpipe") ? t->microbatches : t->mesh[AX_PP] - stage;
   s->slots = (int)(inflight < t->microbatches ? inflight : t->microbatches);
   if (t->mesh[AX_PP] == 1) s->slots = 1;   /* one microbatch at a time */

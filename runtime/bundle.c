@@ -234,6 +234,13 @@ static void read_value(Reader *r, Bundle *b) {
   v->bf16 = dt != NULL;
   if (v->split >= v->rank) bad(r, "bad split");
   if (v->off < 0 || v->n <= 0 || v->off + v->n > b->region[v->region]) bad(r, "value outside its region");
+  v->boff = -1;
+  if (v->region == R_ACT && b->bf16_storage) {   /* its place in the byte plan */
+    if (!field(r->buf, "boff") || !b->act_bytes) bad(r, "an activation without its byte offset (bf16 storage)");
+    v->boff = ifield(r, "boff");
+    if (v->boff < 0 || v->boff % 16 || v->boff + v->n * (v->bf16 ? 2 : 4) > b->act_bytes)
+      bad(r, "value outside its region's byte plan");
+  }
   const char *last = strrchr(r->buf, ' ');
   if (last && last[1] != '[' && strcmp(last + 1, "i32")) snprintf(v->name, sizeof v->name, "%s", last + 1);
 }
@@ -470,6 +477,9 @@ static void read_schedule(Bundle *b, const char *dir, int rank) {
     if (sscanf(l, "region %14s %lld", reg, &size) == 2) {   /* room for the space below */
       strcat(reg, " ");
       b->region[region_of(&r, reg)] = size;
+    } else if (sscanf(l, "bytes act %lld", &size) == 1) {
+      if (!b->bf16_storage || size <= 0) bad(&r, "a byte plan without bf16 storage");
+      b->act_bytes = size;
     } else if (!strncmp(l, "value ", 6)) read_value(&r, b);
     else if (!strncmp(l, "inputs ", 7)) {
       int ids[1];

@@ -1048,25 +1048,19 @@ static void cuda_round_bf16(void *x, int64_t n) {
   launch("lmc_round_bf16", grid_for(n), a);
 }
 
-/* A bf16 value widened to reals in place (its slot holds n reals) and
- * back, through a scratch buffer: for the host and the collectives. */
-static CUdeviceptr wide_buf;
-static size_t wide_n;
-
-static void cuda_widen(void *x, int64_t n) {
-  CUdeviceptr p = dptr(x), s = scratch(&wide_buf, &wide_n, n);
+/* A bf16 value to reals and back (for the host and the collectives). */
+static void cuda_widen(void *reals, const void *x, int64_t n) {
+  CUdeviceptr y = dptr(reals), p = dptr(x);
   i64 nn = n;
-  void *a[] = {&s, &p, &nn}, *b[] = {&p, &s, &nn};
+  void *a[] = {&y, &p, &nn};
   launch("lmc_widen", grid_for(n), a);
-  launch("lmc_copy32", grid_for(n), b);
 }
 
-static void cuda_narrow(void *x, int64_t n) {
-  CUdeviceptr p = dptr(x), s = scratch(&wide_buf, &wide_n, n);
+static void cuda_narrow(void *x, const void *reals, int64_t n) {
+  CUdeviceptr y = dptr(x), p = dptr(reals);
   i64 nn = n;
-  void *a[] = {&s, &p, &nn}, *b[] = {&p, &s, &nn};
+  void *a[] = {&y, &p, &nn};
   launch("lmc_narrow", grid_for(n), a);
-  launch("lmc_copy16", grid_for(n), b);
 }
 
 /* MoE's all-to-alls: a group of NCCL sends and receives, or staged

@@ -19,11 +19,18 @@ static int64_t copies(Bundle *b, int region) {
   return region == R_ACT || region == R_INPUT ? b->slots : 1;
 }
 
+/* A region's bytes a slot: the activations under bf16 storage by the byte
+ * plan, else elements at the backend's width. */
+static int64_t region_bytes(Run *r, int region) {
+  return region == R_ACT && r->typed ? r->b->act_bytes : r->b->region[region] * (int64_t)elem_of(r, region);
+}
+
 Run *rt_new(Bundle *b, Backend *be) {
   Run *r = rt_xmalloc(sizeof(Run));
   r->b = b, r->be = be;
+  r->typed = b->bf16_storage && be->widen;   /* the backend keeps bf16 values in bf16 */
   for (int i = 0; i < NUM_REGIONS; i++)
-    r->region[i] = be->alloc(copies(b, i) * b->region[i] * elem_of(r, i));
+    r->region[i] = be->alloc(copies(b, i) * region_bytes(r, i));
   r->adam_m = be->alloc(b->region[R_PARAM] * be->elem);
   r->adam_v = be->alloc(b->region[R_PARAM] * be->elem);
   r->ptr = rt_xmalloc((size_t)b->slots * b->nvals * sizeof(void *));
@@ -31,8 +38,9 @@ Run *rt_new(Bundle *b, Backend *be) {
     for (int v = 0; v < b->nvals; v++) {
       RtValue *val = &b->vals[v];
       if (!val->present) continue;
-      int64_t base = copies(b, val->region) > 1 ? s * b->region[val->region] : 0;
-      r->ptr[s * b->nvals + v] = (char *)r->region[val->region] + (base + val->off) * elem_of(r, val->region);
+      int64_t base = copies(b, val->region) > 1 ? s * region_bytes(r, val->region) : 0;
+      int64_t at = val->region == R_ACT && r->typed ? val->boff : val->off * (int64_t)elem_of(r, val->region);
+      r->ptr[s * b->nvals + v] = (char *)r->region[val->region] + base + at;
     }
   r->inputs = rt_xmalloc(3 * b->B * b->T * sizeof(int32_t));
   r->slot_mb = rt_xmalloc(b->slots * sizeof(int));
@@ -46,9 +54,7 @@ Run *rt_new(Bundle *b, Backend *be) {
   return r;
 }
 
-double rt_slot_bytes(Run *r) {
-  return (double)r->b->region[R_ACT] * r->be->elem + (double)r->b->region[R_INPUT] * 4;
-}
+double rt_slot_bytes(Run *r) { return (double)region_bytes(r, R_ACT) + (double)r->b->region[R_INPUT] * 4; }
 
 /* Activation memory in use: a microbatch fills its slot from its forward
  * pass to its backward pass; a slot is never filled twice. */
@@ -70,6 +76,7 @@ void rt_free(Run *r) {
   free(r->graph), free(r->graph_runs);
   for (int i = 0; i < NUM_REGIONS; i++) r->be->release(r->region[i]);
   r->be->release(r->adam_m), r->be->release(r->adam_v);
+  if (r->wide) r->be->release(r->wide);
   for (int64_t i = 0; r->routes && i < r->b->train.microbatches * r->b->nfwd; i++) free(r->routes[i]);
   free(r->routes);
   free(r->ptr), free(r->inputs), free(r->slot_mb), free(r);
@@ -265,10 +272,25 @@ static void route_fixed(Run *r, const RtInst *x, int i, void **out, void **in) {
 }
 
 /* Whether value v is held in bf16 (bf16 storage on a backend that keeps
- * it): the host and the collectives see it widened to reals meanwhile. */
-static bool half(Run *r, int v) { return v >= 0 && r->b->bf16_storage && r->be->widen && r->b->vals[v].bf16; }
-static void widen(Run *r, int v, void *p) { if (half(r, v)) r->be->widen(p, r->b->vals[v].n); }
-static void narrow(Run *r, int v, void *p) { if (half(r, v)) r->be->narrow(p, r->b->vals[v].n); }
+ * it): the host and the collectives see it widened to reals in a scratch
+ * buffer meanwhile (wide returns where the reals are, narrow writes them
+ * back). */
+static bool half(Run *r, int v) { return v >= 0 && r->typed && r->b->vals[v].bf16; }
+
+static void *wide(Run *r, int v, void *p) {
+  if (!half(r, v)) return p;
+  int64_t n = r->b->vals[v].n;
+  if (r->wide_n < n) {
+    if (r->wide) r->be->release(r->wide);
+    r->wide = r->be->alloc(n * r->be->elem), r->wide_n = n;
+  }
+  r->be->widen(r->wide, p, n);
+  return r->wide;
+}
+
+static void narrow(Run *r, int v, void *p, const void *reals) {
+  if (half(r, v)) r->be->narrow(p, reals, r->b->vals[v].n);
+}
 
 static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
   void *out[3], *in[RT_MAX_IN], **ptr = r->ptr + (size_t)slot * r->b->nvals;
@@ -278,9 +300,9 @@ static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
     for (int j = 0; j < RT_MAX_IN; j++) in[j] = x->in[j] >= 0 ? ptr[x->in[j]] : NULL;
     double t = r->op_time || r->trace ? rt_now() : 0;
     if (x->op == OP_ALLREDUCE) {
-      widen(r, x->out[0], out[0]);
-      r->be->allreduce(out[0], x->n, x->axis, x->red);
-      narrow(r, x->out[0], out[0]);
+      void *w = wide(r, x->out[0], out[0]);
+      r->be->allreduce(w, x->n, x->axis, x->red);
+      narrow(r, x->out[0], out[0], w);
     } else if (x->op == OP_MOE_A2A || x->op == OP_MOE_A2A_REV) moe_a2a(r, x, out, in);
     else if (x->op == OP_MOE_ROUTE && r->routing && prog == r->b->fwd) route_fixed(r, x, i, out, in);
     else r->be->run(x, out, in);
@@ -416,13 +438,12 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
       void *x = r->ptr[(size_t)slot_of(b, a) * b->nvals + a->value];
       int tag = (int)(a->mb % 16000) * 2 + a->grad;
       double t = rt_now();
-      if (a->kind == A_SEND) {   /* (send copies out before it returns) */
-        widen(r, a->value, x);
-        r->be->send(x, b->vals[a->value].n, a->peer, tag, a->axis, slot_of(b, a));
-        narrow(r, a->value, x);
-      } else {
-        r->be->recv(x, b->vals[a->value].n, a->peer, tag, a->axis);
-        narrow(r, a->value, x);
+      if (a->kind == A_SEND)   /* (send copies out before it returns) */
+        r->be->send(wide(r, a->value, x), b->vals[a->value].n, a->peer, tag, a->axis, slot_of(b, a));
+      else {
+        void *w = half(r, a->value) ? wide(r, a->value, x) : x;   /* (sized; its contents are received) */
+        r->be->recv(w, b->vals[a->value].n, a->peer, tag, a->axis);
+        narrow(r, a->value, x, w);
         r->t_wait += rt_now() - t;
       }
       char args[128];
@@ -492,8 +513,4 @@ void rt_get_grad(Run *r, int p, double *dst) {
   r->be->download(dst, (char *)r->region[R_GRAD] + w->off * r->be->elem, w->n);
 }
 
-void rt_get_value(Run *r, int v, double *dst) {
-  widen(r, v, r->ptr[v]);
-  r->be->download(dst, r->ptr[v], r->b->vals[v].n);
-  narrow(r, v, r->ptr[v]);
-}
+void rt_get_value(Run *r, int v, double *dst) { r->be->download(dst, wide(r, v, r->ptr[v]), r->b->vals[v].n); }

@@ -63,6 +63,7 @@ typedef struct RtValue {
   bool present;            /* ids are global; a rank has only its stage's */
   int region;
   int64_t off, n;
+  int64_t boff;            /* act under bf16 storage: its byte offset in the byte plan */
   int rank;
   int64_t shape[6];
   int split;               /* param: the dim tp splits, or -1 */
@@ -142,6 +143,7 @@ typedef struct Bundle {
   int64_t nparam_active;   /* what one token runs: MoE layers' top k of E experts (else all) */
   bool bf16;               /* the precision plan is bf16 (values tagged dtype=bf16) */
   bool bf16_storage;       /* and the kernels store those values in bf16 (else fp32, rounded) */
+  int64_t act_bytes;       /* bf16 storage: one slot's activations in bytes, each value at its dtype's size */
   int64_t region[NUM_REGIONS];
   RtValue *vals; int nvals;
   RtInst *fwd; int nfwd;
@@ -206,11 +208,11 @@ typedef struct Backend {
   /* round n reals to bf16 in place (a value the plan stores in bf16) */
   void (*round_bf16)(void *x, int64_t n);
   /* optional: the backend stores bf16 values in bf16 under a bundle's
-   * `storage bf16` (else it holds them as reals, rounded); widen turns
-   * such a value into n reals in place (its slot has room), narrow back,
-   * for the host and the collectives, which see reals */
-  void (*widen)(void *x, int64_t n);
-  void (*narrow)(void *x, int64_t n);
+   * `storage bf16`, laid out by its byte plan (else it holds them as
+   * reals, rounded, in the element plan); widen copies n such values into
+   * n reals, narrow back, for the host and the collectives, which see reals */
+  void (*widen)(void *reals, const void *x, int64_t n);
+  void (*narrow)(void *x, const void *reals, int64_t n);
 } Backend;
 
 /* ---- ltplan.c ---- */
@@ -260,6 +262,9 @@ typedef struct Run {
   double **routes;         /* per microbatch and forward instruction: the experts recorded (moe_route) */
   int64_t forwards;        /* forward passes run while routing is recorded or replayed */
   double a2a_sent;         /* MoE all-to-alls: elements this rank sent to other ranks */
+  bool typed;              /* bf16 values held in bf16 by the byte plan (bf16 storage, a backend with widen) */
+  void *wide;              /* a bf16 value widened to reals for the host or a collective */
+  int64_t wide_n;
 } Run;
 
 Run *rt_new(Bundle *b, Backend *be);

@@ -283,8 +283,7 @@ static void banner(Loop *L) {
   printf("model %s: %.2fM params%s | batch %lld x seq %lld, %lld microbatch(es) | layout dp %d x tp %d x pp %d%s | "
          "backend %s%s\n", b->model, b->nparam_elems / 1e6, act, (long long)b->train.batch, (long long)b->T,
          (long long)b->train.microbatches, b->mesh[0], b->mesh[1], b->mesh[2], ep, r->be->name,
-         !b->bf16 ? "" : b->bf16_storage && r->be->widen ? ", bf16 plan (bf16 storage in fp32-sized slots)"
-                                                          : ", bf16 plan (rounded, fp32 storage)");
+         !b->bf16 ? "" : r->typed ? ", bf16 plan and storage" : ", bf16 plan (rounded, fp32 storage)");
   printf("  memory planned per rank: %.1f MiB activations + %.1f MiB weights, gradients and Adam | data %s "
          "(%lld tokens)\n", b->slots * rt_slot_bytes(r) * mib, state * mib, L->d->path, (long long)L->d->ntok);
   printf("  steps %lld..%lld | logs %s (and tb/)", (long long)L->start, (long long)L->max_steps, L->metrics_path);

@@ -78,12 +78,10 @@ struct bf16 {
   __device__ __forceinline__ operator float() const { return __uint_as_float((unsigned)b << 16); }
 };
 
-// a bf16 value to reals and back, through a scratch buffer (the runtime's
-// widen and narrow, for the host and the collectives)
+// a bf16 value to reals and back (the runtime's widen and narrow, for the
+// host and the collectives)
 extern "C" __global__ void lmc_widen(real *y, const bf16 *x, i64 n) { GRID_LOOP(i, n) y[i] = x[i]; }
 extern "C" __global__ void lmc_narrow(bf16 *y, const real *x, i64 n) { GRID_LOOP(i, n) y[i] = x[i]; }
-extern "C" __global__ void lmc_copy32(real *y, const real *x, i64 n) { GRID_LOOP(i, n) y[i] = x[i]; }
-extern "C" __global__ void lmc_copy16(unsigned short *y, const unsigned short *x, i64 n) { GRID_LOOP(i, n) y[i] = x[i]; }
 
 // Element-wise kernels move 8 elements a thread-step with 16-byte loads and
 // stores (fp32: two float4, bf16: one uint4) when every operand is 16-byte
