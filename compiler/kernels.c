@@ -99,18 +99,10 @@ static void attention_kernels(FILE *out, Graph *g) {
 }
 
 /* Whether the bundle stores its bf16 values in bf16 (two bytes, in the
- * kernels' `act` type): under `precision = bf16`, unless an op without
- * typed kernels (MoE's, for now) is in the programs; then the values stay
- * in fp32 storage, rounded to bf16 when written. The manifest says which
- * (`storage bf16`). */
-bool kernels_bf16(Graph *g) {
-  if (strcmp(g->prog->s.precision, "bf16")) return false;
-  for (int k = 0; k < g->nfwd + g->nbwd; k++) {
-    const char *s = section_of((k < g->nfwd ? g->fwd[k] : g->bwd[k - g->nfwd])->op);
-    if (s && !strcmp(s, "moe")) return false;
-  }
-  return true;
-}
+ * kernels' `act` type): under `precision = bf16`, every op's kernels being
+ * typed. The manifest says so (`storage bf16`); the CPU backend holds
+ * them as reals, rounded, either way. */
+bool kernels_bf16(Graph *g) { return !strcmp(g->prog->s.precision, "bf16"); }
 
 /* Copies the template: the prelude always, a section when used; then the
  * kernels specialised to the model's shapes. */

@@ -32,13 +32,9 @@ static void cpu_send_f64(const void *x, int64_t n, int peer, int tag, int axis, 
 static void cpu_recv_f32(void *x, int64_t n, int peer, int tag, int axis) { comm_recv(x, n, 4, peer, tag, axis); }
 static void cpu_recv_f64(void *x, int64_t n, int peer, int tag, int axis) { comm_recv(x, n, 8, peer, tag, axis); }
 
-static void cpu_alltoallv_f32(const void *s, const int64_t *sc, const int64_t *sd, void *r, const int64_t *rc,
-                              const int64_t *rd, int axis) {
-  comm_alltoallv(s, sc, sd, r, rc, rd, 4, axis);
-}
-static void cpu_alltoallv_f64(const void *s, const int64_t *sc, const int64_t *sd, void *r, const int64_t *rc,
-                              const int64_t *rd, int axis) {
-  comm_alltoallv(s, sc, sd, r, rc, rd, 8, axis);
+static void cpu_alltoallv(const void *s, const int64_t *sc, const int64_t *sd, void *r, const int64_t *rc,
+                          const int64_t *rd, int elem, int axis) {
+  comm_alltoallv(s, sc, sd, r, rc, rd, elem, axis);
 }
 
 static void cpu_upload_ids(void *dst, const int32_t *src, int64_t n) {
@@ -108,7 +104,7 @@ Backend *cpu_backend(bool f64) {
   b->send = f64 ? cpu_send_f64 : cpu_send_f32;
   b->recv = f64 ? cpu_recv_f64 : cpu_recv_f32;
   b->wait_sends = comm_wait_sends;
-  b->alltoallv = f64 ? cpu_alltoallv_f64 : cpu_alltoallv_f32;
+  b->alltoallv = cpu_alltoallv;
   b->gemm_peak = cpu_gemm_peak, b->sync = cpu_sync;
   return b;
 }

@@ -412,11 +412,24 @@ static CUdeviceptr scratch(CUdeviceptr *buf, size_t *have, size_t n) {
  * the precision in force. ---- */
 enum { G_A = 1, G_B = 2, G_C = 4 };
 
+static void widen_to(CUdeviceptr y, CUdeviceptr x, int64_t n);
+static void narrow_to(CUdeviceptr y, CUdeviceptr x, int64_t n);
+
 static void gemm_t(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, CUdeviceptr a,
                    int64_t lda, CUdeviceptr b, int64_t ldb, float beta, CUdeviceptr c, int64_t ldc) {
-  if (!(ty & G_A) != !(ty & G_B) || ((ty & G_C) && !(ty & G_A)))
-    rt_die("the CUDA backend has no GEMM of these operand types (A %s, B %s, C %s)", ty & G_A ? "bf16" : "fp32",
-           ty & G_B ? "bf16" : "fp32", ty & G_C ? "bf16" : "fp32");
+  static CUdeviceptr wa, wb, wc;
+  static size_t na, nb, ncw;
+  if (!(ty & G_A) != !(ty & G_B)) {   /* one bf16 operand (an MoE router's GEMMs): widened, multiplied in fp32 */
+    if (ty & G_A) widen_to(scratch(&wa, &na, (ta ? k : m) * lda), a, (ta ? k : m) * lda), a = wa;
+    else widen_to(scratch(&wb, &nb, (tb ? n : k) * ldb), b, (tb ? n : k) * ldb), b = wb;
+    ty &= ~(unsigned)(G_A | G_B);
+  }
+  if ((ty & G_C) && !(ty & G_A)) {    /* fp32 operands, a bf16 output: through an fp32 one */
+    CUdeviceptr cw = scratch(&wc, &ncw, m * ldc);
+    if (beta != 0) widen_to(cw, c, m * ldc);
+    gemm_t(ty & ~(unsigned)G_C, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, cw, ldc);
+    return narrow_to(c, cw, m * ldc);
+  }
   cublasLtMatmulDesc_t desc;
   cublasLtMatrixLayout_t la, lb, lc;
   LtPlan p = lt_plan(ta, tb, m, n, k, lda, ldb, ldc);
@@ -443,6 +456,11 @@ static void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha,
 
 /* bytes per element of an instruction's operand (RT_BF_OUT(j), RT_BF_IN(j)) */
 static int64_t esz(const RtInst *x, unsigned bit) { return x->bf & bit ? 2 : 4; }
+
+/* gemm_t's types of a GEMM of the operands with these bits */
+static unsigned gty(const RtInst *x, unsigned a, unsigned b, unsigned c) {
+  return (x->bf & a ? G_A : 0) | (x->bf & b ? G_B : 0) | (x->bf & c ? G_C : 0);
+}
 
 /* ---- ops ---- */
 
@@ -672,11 +690,15 @@ static void op_moe_up(const RtInst *x, void **o, void **in) {
   bool swiglu = x->op == OP_MOE_UP;
   i64 f = x->n, d = x->d, hw = swiglu ? 2 * f : f, rows, r0 = 0, *c = moe_counts(x, in[swiglu ? 3 : 2], &rows);
   CUdeviceptr a = dptr(o[0]), h = dptr(o[1]), xx = dptr(in[0]), w1 = dptr(in[1]), w3 = swiglu ? dptr(in[2]) : 0;
+  i64 ex = esz(x, RT_BF_IN(0)), ew = esz(x, RT_BF_IN(1)), eh = esz(x, RT_BF_OUT(1));
+  unsigned ty = gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(1));
   for (i64 s = 0; s < x->seg; s++) {
     Seg g = seg_at(x, c, s, &r0);
     if (!g.rows) continue;
-    gemm(false, true, g.rows, f, d, 1, xx + g.r0 * d * 4, d, w1 + g.e * f * d * 4, d, 0, h + g.r0 * hw * 4, hw);
-    if (swiglu) gemm(false, true, g.rows, f, d, 1, xx + g.r0 * d * 4, d, w3 + g.e * f * d * 4, d, 0, h + (g.r0 * hw + f) * 4, hw);
+    gemm_t(ty, false, true, g.rows, f, d, 1, xx + g.r0 * d * ex, d, w1 + g.e * f * d * ew, d, 0, h + g.r0 * hw * eh, hw);
+    if (swiglu)
+      gemm_t(ty, false, true, g.rows, f, d, 1, xx + g.r0 * d * ex, d, w3 + g.e * f * d * ew, d, 0, h + (g.r0 * hw + f) * eh,
+             hw);
   }
   int sw = swiglu;
   void *args[] = {&a, &h, &rows, &f, &sw};
@@ -686,11 +708,13 @@ static void op_moe_up(const RtInst *x, void **o, void **in) {
 
 static void op_moe_down(const RtInst *x, void **o, void **in) {
   i64 f = x->n, d = x->d, rows, r0 = 0, *c = moe_counts(x, in[2], &rows);
+  i64 ea = esz(x, RT_BF_IN(0)), ew = esz(x, RT_BF_IN(1)), ey = esz(x, RT_BF_OUT(0));
+  unsigned ty = gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0));
   for (i64 s = 0; s < x->seg; s++) {
     Seg g = seg_at(x, c, s, &r0);
     if (g.rows)
-      gemm(false, true, g.rows, d, f, 1, dptr(in[0]) + g.r0 * f * 4, f, dptr(in[1]) + g.e * d * f * 4, f, 0,
-           dptr(o[0]) + g.r0 * d * 4, d);
+      gemm_t(ty, false, true, g.rows, d, f, 1, dptr(in[0]) + g.r0 * f * ea, f, dptr(in[1]) + g.e * d * f * ew, f, 0,
+             dptr(o[0]) + g.r0 * d * ey, d);
   }
   free(c);
 }
@@ -699,13 +723,15 @@ static void op_moe_down(const RtInst *x, void **o, void **in) {
 static void op_moe_down_bwd(const RtInst *x, void **o, void **in) {
   i64 f = x->n, d = x->d, rows, r0 = 0, *c = moe_counts(x, in[3], &rows);
   if (o[1] && !x->acc[1]) cuda_zero(o[1], x->e * d * f);
+  i64 edy = esz(x, RT_BF_IN(0)), ea = esz(x, RT_BF_IN(1)), ew = esz(x, RT_BF_IN(2)), eda = esz(x, RT_BF_OUT(0));
+  unsigned t0 = gty(x, RT_BF_IN(0), RT_BF_IN(2), RT_BF_OUT(0)), t1 = gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(1));
   for (i64 s = 0; s < x->seg; s++) {
     Seg g = seg_at(x, c, s, &r0);
     if (!g.rows) continue;
-    CUdeviceptr dy = dptr(in[0]) + g.r0 * d * 4, a = dptr(in[1]) + g.r0 * f * 4;
-    if (o[0]) gemm(false, false, g.rows, f, d, 1, dy, d, dptr(in[2]) + g.e * d * f * 4, f, x->acc[0] ? 1 : 0,
-                   dptr(o[0]) + g.r0 * f * 4, f);
-    if (o[1]) gemm(true, false, d, f, g.rows, 1, dy, d, a, f, 1, dptr(o[1]) + g.e * d * f * 4, f);
+    CUdeviceptr dy = dptr(in[0]) + g.r0 * d * edy, a = dptr(in[1]) + g.r0 * f * ea;
+    if (o[0]) gemm_t(t0, false, false, g.rows, f, d, 1, dy, d, dptr(in[2]) + g.e * d * f * ew, f, x->acc[0] ? 1 : 0,
+                     dptr(o[0]) + g.r0 * f * eda, f);
+    if (o[1]) gemm_t(t1, true, false, d, f, g.rows, 1, dy, d, a, f, 1, dptr(o[1]) + g.e * d * f * 4, f);
   }
   free(c);
 }
@@ -714,8 +740,13 @@ static void op_moe_down_bwd(const RtInst *x, void **o, void **in) {
 static void op_moe_up_bwd(const RtInst *x, void **o, void **in) {
   bool swiglu = x->op == OP_MOE_UP_BWD;
   i64 f = x->n, d = x->d, hw = swiglu ? 2 * f : f, rows, r0 = 0, *c = moe_counts(x, in[swiglu ? 4 : 3], &rows);
+  /* dh is stored as da is (bf16 under bf16 storage, as the CPU rounds it) */
   CUdeviceptr dh = scratch(&moe_hbuf, &moe_hbuf_n, (size_t)(rows ? rows : 1) * hw), da = dptr(in[0]),
               h = dptr(in[swiglu ? 5 : 4]), xx = dptr(in[1]), w1 = dptr(in[2]), w3 = swiglu ? dptr(in[3]) : 0;
+  i64 edh = esz(x, RT_BF_IN(0)), ex = esz(x, RT_BF_IN(1)), ew = esz(x, RT_BF_IN(2)), edx = esz(x, RT_BF_OUT(0));
+  unsigned hb = x->bf & RT_BF_IN(0) ? G_A : 0;
+  unsigned t0 = hb | (x->bf & RT_BF_IN(2) ? G_B : 0) | (x->bf & RT_BF_OUT(0) ? G_C : 0),
+           t1 = hb | (x->bf & RT_BF_IN(1) ? G_B : 0);
   int sw = swiglu;
   void *args[] = {&dh, &da, &h, &rows, &f, &sw};
   if (rows) launch("lmc_moe_act_bwd", grid_for(rows * f), args);
@@ -725,13 +756,13 @@ static void op_moe_up_bwd(const RtInst *x, void **o, void **in) {
   for (i64 s = 0; s < x->seg; s++) {
     Seg g = seg_at(x, c, s, &r0);
     if (!g.rows) continue;
-    CUdeviceptr dh1 = dh + g.r0 * hw * 4, xs = xx + g.r0 * d * 4;
+    CUdeviceptr dh1 = dh + g.r0 * hw * edh, xs = xx + g.r0 * d * ex, dxs = dptr(o[0]) + g.r0 * d * edx;
     if (o[0]) {
-      gemm(false, false, g.rows, d, f, 1, dh1, hw, w1 + g.e * f * d * 4, d, x->acc[0] ? 1 : 0, dptr(o[0]) + g.r0 * d * 4, d);
-      if (swiglu) gemm(false, false, g.rows, d, f, 1, dh1 + f * 4, hw, w3 + g.e * f * d * 4, d, 1, dptr(o[0]) + g.r0 * d * 4, d);
+      gemm_t(t0, false, false, g.rows, d, f, 1, dh1, hw, w1 + g.e * f * d * ew, d, x->acc[0] ? 1 : 0, dxs, d);
+      if (swiglu) gemm_t(t0, false, false, g.rows, d, f, 1, dh1 + f * edh, hw, w3 + g.e * f * d * ew, d, 1, dxs, d);
     }
-    if (dw1) gemm(true, false, f, d, g.rows, 1, dh1, hw, xs, d, 1, dptr(dw1) + g.e * f * d * 4, d);
-    if (dw3) gemm(true, false, f, d, g.rows, 1, dh1 + f * 4, hw, xs, d, 1, dptr(dw3) + g.e * f * d * 4, d);
+    if (dw1) gemm_t(t1, true, false, f, d, g.rows, 1, dh1, hw, xs, d, 1, dptr(dw1) + g.e * f * d * 4, d);
+    if (dw3) gemm_t(t1, true, false, f, d, g.rows, 1, dh1 + f * edh, hw, xs, d, 1, dptr(dw3) + g.e * f * d * 4, d);
   }
   free(c);
 }
@@ -775,8 +806,7 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
   float eps = (float)x->eps, theta = (float)x->theta, scale = (float)x->scale;
   switch (x->op) {
   case OP_MATMUL: {
-    unsigned ty = (x->bf & RT_BF_IN(0) ? G_A : 0) | (x->bf & RT_BF_IN(1) ? G_B : 0) | (x->bf & RT_BF_OUT(0) ? G_C : 0);
-    gemm_t(ty, x->ta, x->tb, x->m, x->n, x->k, 1, I[0], x->ta ? x->m : x->k, I[1], x->tb ? x->k : x->n,
+    gemm_t(gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0)), x->ta, x->tb, x->m, x->n, x->k, 1, I[0], x->ta ? x->m : x->k, I[1], x->tb ? x->k : x->n,
            x->acc[0] ? 1 : 0, O[0], x->n);
     return;
   }
@@ -1048,32 +1078,35 @@ static void cuda_round_bf16(void *x, int64_t n) {
   launch("lmc_round_bf16", grid_for(n), a);
 }
 
-/* A bf16 value to reals and back (for the host and the collectives). */
-static void cuda_widen(void *reals, const void *x, int64_t n) {
-  CUdeviceptr y = dptr(reals), p = dptr(x);
+/* A bf16 value to reals and back (for the host, the collectives and the
+ * GEMMs of mixed operand types). */
+static void widen_to(CUdeviceptr y, CUdeviceptr x, int64_t n) {
   i64 nn = n;
-  void *a[] = {&y, &p, &nn};
+  void *a[] = {&y, &x, &nn};
   launch("lmc_widen", grid_for(n), a);
 }
 
-static void cuda_narrow(void *x, const void *reals, int64_t n) {
-  CUdeviceptr y = dptr(x), p = dptr(reals);
+static void narrow_to(CUdeviceptr y, CUdeviceptr x, int64_t n) {
   i64 nn = n;
-  void *a[] = {&y, &p, &nn};
+  void *a[] = {&y, &x, &nn};
   launch("lmc_narrow", grid_for(n), a);
 }
+
+static void cuda_widen(void *reals, const void *x, int64_t n) { widen_to(dptr(reals), dptr(x), n); }
+static void cuda_narrow(void *x, const void *reals, int64_t n) { narrow_to(dptr(x), dptr(reals), n); }
 
 /* MoE's all-to-alls: a group of NCCL sends and receives, or staged
  * through host memory over MPI. */
 static void cuda_alltoallv(const void *x, const int64_t *sc, const int64_t *sd, void *y, const int64_t *rc,
-                           const int64_t *rd, int axis) {
+                           const int64_t *rd, int elem, int axis) {
   int n = comm_group_size(axis);
   if (use_nccl && ncomm[axis]) {
     ncclResult_t r = nc.group_start();
+    ncclDataType_t t = elem == 2 ? ncclBfloat16 : ncclFloat;
     int64_t total = 0;
     for (int q = 0; q < n && r == ncclSuccess; q++) {
-      if (sc[q]) r = nc.send((const float *)x + sd[q], (size_t)sc[q], ncclFloat, q, ncomm[axis], (cudaStream_t)st);
-      if (rc[q] && r == ncclSuccess) r = nc.recv((float *)y + rd[q], (size_t)rc[q], ncclFloat, q, ncomm[axis], (cudaStream_t)st);
+      if (sc[q]) r = nc.send((const char *)x + sd[q] * elem, (size_t)sc[q], t, q, ncomm[axis], (cudaStream_t)st);
+      if (rc[q] && r == ncclSuccess) r = nc.recv((char *)y + rd[q] * elem, (size_t)rc[q], t, q, ncomm[axis], (cudaStream_t)st);
       total += sc[q];
     }
     ncclResult_t e = nc.group_end();
@@ -1087,10 +1120,10 @@ static void cuda_alltoallv(const void *x, const int64_t *sc, const int64_t *sd, 
     if (sd[q] + sc[q] > ns) ns = sd[q] + sc[q];
     if (rd[q] + rc[q] > nr) nr = rd[q] + rc[q];
   }
-  float *hs = rt_xmalloc((ns + 1) * sizeof(float)), *hr = rt_xmalloc((nr + 1) * sizeof(float));
-  if (ns) CK(cu.dtoh(hs, dptr(x), ns * sizeof(float)));
-  comm_alltoallv(hs, sc, sd, hr, rc, rd, 4, axis);
-  if (nr) CK(cu.htod(dptr(y), hr, nr * sizeof(float)));
+  char *hs = rt_xmalloc((ns + 1) * elem), *hr = rt_xmalloc((nr + 1) * elem);
+  if (ns) CK(cu.dtoh(hs, dptr(x), ns * elem));
+  comm_alltoallv(hs, sc, sd, hr, rc, rd, elem, axis);
+  if (nr) CK(cu.htod(dptr(y), hr, nr * elem));
   free(hs), free(hr);
 }
 

@@ -204,6 +204,8 @@ static void per_rank(const double *counts, int64_t per, int ranks, int64_t d, in
  * which receives them by source rank, and the counts with them (rcounts,
  * source-major); moe_a2a_rev: the same rows back. The counts come to the
  * host to size the exchange. */
+static bool half(Run *r, int v);
+
 static void moe_a2a(Run *r, const RtInst *x, void **out, void **in) {
   int ep = (int)x->seg;
   int64_t E = x->e, El = E / ep;
@@ -228,7 +230,7 @@ static void moe_a2a(Run *r, const RtInst *x, void **out, void **in) {
     r->be->download(rc, in[1], E), r->be->download(c, in[2], E);
     per_rank(rc, El, ep, x->d, n, sd), per_rank(c, El, ep, x->d, rn, rd);
   }
-  r->be->alltoallv(in[0], n, sd, out[0], rn, rd, AXIS_EP);
+  r->be->alltoallv(in[0], n, sd, out[0], rn, rd, half(r, x->in[0]) ? 2 : r->be->elem, AXIS_EP);
   int me = comm_group_rank(AXIS_EP);
   for (int q = 0; q < ep; q++) r->a2a_sent += q == me ? 0 : (double)n[q];
   free(c), free(n);

@@ -187,10 +187,11 @@ typedef struct Backend {
   void (*send)(const void *x, int64_t n, int peer, int tag, int axis, int slot); /* async */
   void (*recv)(void *x, int64_t n, int peer, int tag, int axis);
   void (*wait_sends)(int slot);                             /* slot < 0: all */
-  /* rows of reals to and from every rank of the group (MoE's dispatch):
-   * counts and displacements in elements, per rank of the group */
+  /* rows to and from every rank of the group (MoE's dispatch): counts and
+   * displacements in elements of elem bytes (reals, or bf16 held in bf16),
+   * per rank of the group */
   void (*alltoallv)(const void *send, const int64_t *scount, const int64_t *sdispl, void *recv,
-                    const int64_t *rcount, const int64_t *rdispl, int axis);
+                    const int64_t *rcount, const int64_t *rdispl, int elem, int axis);
   void (*adamw)(void *w, const void *g, void *m, void *v, int64_t n, const AdamArgs *a);
   double (*gemm_peak)(void);         /* the GEMM rate this device reaches, FLOP/s */
   void (*sync)(void);                /* wait for queued work (timing) */

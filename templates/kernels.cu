@@ -1108,7 +1108,7 @@ extern "C" __global__ void lmc_moe_place(real *pos, const i64 *at, const real *i
 }
 
 // xp[pos[i]] = x[i / k]
-extern "C" __global__ void lmc_moe_gather(real *xp, const real *x, const real *pos, i64 nk, i64 k, i64 d) {
+extern "C" __global__ void lmc_moe_gather(act *xp, const act *x, const real *pos, i64 nk, i64 k, i64 d) {
   GRID_LOOP(e, nk * d) {
     i64 i = e / d, c = e % d;
     xp[(i64)pos[i] * d + c] = x[i / k * d + c];
@@ -1116,7 +1116,7 @@ extern "C" __global__ void lmc_moe_gather(real *xp, const real *x, const real *p
 }
 
 // dx[t] (+)= the sum of the token's k rows of dxp
-extern "C" __global__ void lmc_moe_dispatch_bwd(real *dx, const real *dxp, const real *pos, i64 n, i64 k, i64 d,
+extern "C" __global__ void lmc_moe_dispatch_bwd(act *dx, const act *dxp, const real *pos, i64 n, i64 k, i64 d,
                                                 int acc) {
   GRID_LOOP(e, n * d) {
     i64 t = e / d, c = e % d;
@@ -1127,7 +1127,7 @@ extern "C" __global__ void lmc_moe_dispatch_bwd(real *dx, const real *dxp, const
 }
 
 // y[t] = sum_j gates[t,j] yp[pos[t,j]]
-extern "C" __global__ void lmc_moe_combine(real *y, const real *yp, const real *pos, const real *gates, i64 n, i64 k,
+extern "C" __global__ void lmc_moe_combine(act *y, const act *yp, const real *pos, const real *gates, i64 n, i64 k,
                                            i64 d, int acc) {
   GRID_LOOP(e, n * d) {
     i64 t = e / d, c = e % d;
@@ -1138,7 +1138,7 @@ extern "C" __global__ void lmc_moe_combine(real *y, const real *yp, const real *
 }
 
 // dyp[pos[t,j]] = gates[t,j] dy[t]
-extern "C" __global__ void lmc_moe_combine_bwd_rows(real *dyp, const real *dy, const real *pos, const real *gates,
+extern "C" __global__ void lmc_moe_combine_bwd_rows(act *dyp, const act *dy, const real *pos, const real *gates,
                                                     i64 nk, i64 k, i64 d, int acc) {
   GRID_LOOP(e, nk * d) {
     i64 i = e / d, c = e % d, r = (i64)pos[i];
@@ -1147,7 +1147,7 @@ extern "C" __global__ void lmc_moe_combine_bwd_rows(real *dyp, const real *dy, c
 }
 
 // dgates[t,j] = dy[t] . yp[pos[t,j]], a block an assignment
-extern "C" __global__ void lmc_moe_combine_bwd_gates(real *dg, const real *dy, const real *yp, const real *pos, i64 k,
+extern "C" __global__ void lmc_moe_combine_bwd_gates(real *dg, const act *dy, const act *yp, const real *pos, i64 k,
                                                      i64 d, int acc) {
   i64 i = blockIdx.x, r = (i64)pos[i];
   float s = 0;
@@ -1157,7 +1157,7 @@ extern "C" __global__ void lmc_moe_combine_bwd_gates(real *dg, const real *dy, c
 }
 
 // a = silu(h1) * h3 (h rows [h1 | h3], 2f wide) or gelu(h)
-extern "C" __global__ void lmc_moe_act(real *a, const real *h, i64 rows, i64 f, int swiglu) {
+extern "C" __global__ void lmc_moe_act(act *a, const act *h, i64 rows, i64 f, int swiglu) {
   GRID_LOOP(e, rows * f) {
     i64 r = e / f, j = e % f;
     if (swiglu) {
@@ -1171,7 +1171,7 @@ extern "C" __global__ void lmc_moe_act(real *a, const real *h, i64 rows, i64 f, 
 }
 
 // dh from da through the activation, dh laid out as h
-extern "C" __global__ void lmc_moe_act_bwd(real *dh, const real *da, const real *h, i64 rows, i64 f, int swiglu) {
+extern "C" __global__ void lmc_moe_act_bwd(act *dh, const act *da, const act *h, i64 rows, i64 f, int swiglu) {
   GRID_LOOP(e, rows * f) {
     i64 r = e / f, j = e % f;
     if (swiglu) {
