@@ -4,8 +4,12 @@
  * multiples of a block or a warp), fresh outputs and accumulated ones.
  * Run with LMC_CUDA_EMU_CHECK=1, every launch also runs its threads and
  * blocks forward, reversed and shuffled and must give the same bits.
- * Usage: test_emu_ops KERNELS.CU  (exits 77 when no CUDA headers were
- * there to build the emulator) */
+ * With bf16, the kernels as lmc writes them under bf16 storage (`typedef
+ * bf16 act;`): every activation operand (an Arg of kind 0) is held in
+ * bf16 on the GPU, rounded to bf16 on the CPU as exec.c does, and the
+ * outputs agree within a bf16 rounding or two of their scale.
+ * Usage: test_emu_ops KERNELS.CU [bf16]  (exits 77 when no CUDA headers
+ * were there to build the emulator) */
 #include "lmrt.h"
 #include <math.h>
 #include <stdlib.h>
@@ -17,9 +21,10 @@ enum { MAXIO = RT_MAX_IN };
 
 typedef struct Arg {
   int64_t n;
-  int kind;       /* 0 real, 1 ids in [0, max), 2 positive real (norm weights, sums of exps), and as
-                     reals (MoE): 3 ids in [0, max), 4 a permutation of 0..n-1, 5 n counts adding up
-                     to max, some of them 0 */
+  int kind;       /* 0 real (an activation: bf16 under bf16 storage), 1 ids in [0, max), 2 positive
+                     real (norm weights, sums of exps), and as reals (MoE): 3 ids in [0, max), 4 a
+                     permutation of 0..n-1, 5 n counts adding up to max, some of them 0; 6 real, f32
+                     under bf16 storage too (a statistic, a bias, a parameter's gradient) */
   int64_t max;
 } Arg;
 
@@ -29,9 +34,30 @@ typedef struct Case {
   Arg in[MAXIO], out[3];
 } Case;
 
+enum { F32 = 6 };
 static Backend *cpu, *gpu;
 static int failures, ran;
 static double tol = 1e-5;   /* of the output's scale: fp32; the bf16 tensor core cases set their own */
+static bool bf;             /* bf16 storage */
+
+/* whether an operand is stored in bf16 */
+static bool act(const Arg *a) { return bf && a->n && a->kind == 0; }
+
+/* host reals into p: as reals, or (an activation under bf16 storage) on
+ * the CPU rounded to bf16 and on the GPU held in bf16 */
+static void put(Backend *be, void *p, const double *h, const Arg *a) {
+  if (!act(a)) return be->upload(p, h, a->n);
+  if (be == cpu) return be->upload(p, h, a->n), be->round_bf16(p, a->n);
+  void *t = be->alloc(a->n * 4);
+  be->upload(t, h, a->n), be->narrow(p, t, a->n), be->release(t);
+}
+
+/* p's values to the host */
+static void get(Backend *be, double *h, void *p, const Arg *a) {
+  if (be == cpu || !act(a)) return be->download(h, p, a->n);
+  void *t = be->alloc(a->n * 4);
+  be->widen(t, p, a->n), be->download(h, t, a->n), be->release(t);
+}
 
 
 /* Inputs and output presets from a seed, on both backends. */
@@ -59,7 +85,7 @@ static void *make(Backend *be, const Arg *a, uint64_t key, bool preset) {
   }
   for (int64_t r = 0; a->kind == 5 && r < a->max; r++) h[rng_hash(key, 5, r) % (uint64_t)(a->n - 1)] += 1;   /* the last gets none */
   void *p = be->alloc(a->n * be->elem);
-  be->upload(p, h, a->n);
+  put(be, p, h, a);
   free(h);
   return p;
 }
@@ -72,10 +98,11 @@ static void forward_outputs(const RtInst *x, const Case *c, void *in[2][MAXIO]) 
   f.op = OP_ATTENTION, f.acc[0] = f.acc[1] = false;
   void *fo[3] = {in[0][5], in[0][4], NULL}, *fi[MAXIO] = {in[0][1], in[0][2], in[0][3]};
   cpu->run(&f, fo, fi);
+  if (bf) cpu->round_bf16(in[0][5], c->in[5].n);   /* o, as stored */
   for (int i = 4; i < 6; i++) {
     double *h = malloc(c->in[i].n * sizeof *h);
     cpu->download(h, in[0][i], c->in[i].n);
-    gpu->upload(in[1][i], h, c->in[i].n);
+    put(gpu, in[1][i], h, &c->in[i]);
     free(h);
   }
 }
@@ -100,6 +127,8 @@ static void run(Case *c, bool acc) {
   Backend *bs[2] = {cpu, gpu};
   RtInst x = c->x;
   for (int i = 0; i < 3; i++) x.acc[i] = acc;
+  for (int i = 0; i < 3; i++) x.bf |= act(&c->out[i]) ? RT_BF_OUT(i) : 0;
+  for (int i = 0; i < MAXIO; i++) x.bf |= act(&c->in[i]) ? RT_BF_IN(i) : 0;
   for (int b = 0; b < 2; b++) {
     for (int i = 0; i < MAXIO; i++)
       if (c->in[i].n) in[b][i] = make(bs[b], &c->in[i], 100 + i, false);
@@ -112,12 +141,14 @@ static void run(Case *c, bool acc) {
     bs[b]->run(&x, out[b], in[b]);
     bs[b]->sync();
   }
+  for (int i = 0; i < 3; i++)   /* as exec.c rounds what the plan stores in bf16 */
+    if (act(&c->out[i])) cpu->round_bf16(out[0][i], c->out[i].n);
   double worst = 0;
   for (int i = 0; i < 3; i++) {
     if (!c->out[i].n) continue;
     int64_t n = c->out[i].n;
     double *want = malloc(n * sizeof *want), *got = malloc(n * sizeof *got), scale = 0;
-    cpu->download(want, out[0][i], n), gpu->download(got, out[1][i], n);
+    get(cpu, want, out[0][i], &c->out[i]), get(gpu, got, out[1][i], &c->out[i]);
     for (int64_t j = 0; j < n; j++) scale = fmax(scale, fabs(want[j]));
     for (int64_t j = 0; j < n; j++) {
       double err = fabs(got[j] - want[j]) / fmax(scale, 1e-30);
@@ -129,7 +160,7 @@ static void run(Case *c, bool acc) {
     free(want), free(got);
   }
   bool ok = worst <= tol;
-  printf("%-34s max error %.2e of the output's scale  %s\n", acc ? "  accumulated" : c->name, worst, ok ? "ok" : "FAIL");
+  printf("%-40s max error %.2e of the output's scale  %s\n", acc ? "  accumulated" : c->name, worst, ok ? "ok" : "FAIL");
   failures += !ok, ran++;
   for (int b = 0; b < 2; b++) {
     for (int i = 0; i < MAXIO; i++) bs[b]->release(in[b][i]);
@@ -183,8 +214,8 @@ static void write_kernels(const char *template, const char *path) {
   if (!in || !out) rt_die("cannot copy %s to %s", template, path);
   char line[4096];
   bool typed = false;
-  while (fgets(line, sizeof line, in)) {   /* fp32 storage: act is float, as lmc writes it after the prelude */
-    if (!typed && !strncmp(line, "// @kernel ", 11)) fputs("typedef float act;\n", out), typed = true;
+  while (fgets(line, sizeof line, in)) {   /* act as lmc writes it after the prelude */
+    if (!typed && !strncmp(line, "// @kernel ", 11)) fputs(bf ? "typedef bf16 act;\n" : "typedef float act;\n", out), typed = true;
     fputs(line, out);
   }
   for (size_t i = 0; i < sizeof head_dims / sizeof *head_dims; i++)
@@ -241,7 +272,8 @@ static void optimizer_step(void) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 2) rt_die("usage: test_emu_ops KERNELS.CU");
+  if (argc < 2) rt_die("usage: test_emu_ops KERNELS.CU [bf16]");
+  bf = argc > 2 && !strcmp(argv[2], "bf16");
   char dir[] = "/tmp/lmc-emu-ops-XXXXXX", path[64], why[256];
   if (!mkdtemp(dir)) rt_die("cannot make a temporary folder");
   snprintf(path, sizeof path, "%s/kernels.cu", dir);
@@ -254,6 +286,11 @@ int main(int argc, char **argv) {
     printf("skipped: %s\n", why);
     return 77;
   }
+  /* bf16 storage: within two bf16 roundings of the output's scale (the two
+   * backends' fp32 sums differ in the last bits, which may round a value
+   * to the neighbouring bf16) */
+  double tol_base = bf ? 1e-2 : 1e-5;
+  tol = tol_base;
   /* awkward sizes: 13 rows, width 67, vocab 301, T 19, head dim 10 */
   int64_t n = 13, d = 67, V = 301, B = 2, T = 19, H = 4, G = 2, K = 10, N = B * T;
   for (int ta = 0; ta < 2; ta++)
@@ -265,6 +302,17 @@ int main(int argc, char **argv) {
       c.name = names[ta * 2 + tb];
       check(c, true);
     }
+  if (bf) {   /* an MoE router's GEMMs: bf16 rows times the f32 router; f32 logits' gradient into bf16 rows */
+    Case c = {"matmul bf16 x f32 -> f32 (router)", rt_inst(OP_MATMUL), {{n * 17}, {21 * 17, F32}}, {{n * 21, F32}}};
+    c.x.m = n, c.x.n = 21, c.x.k = 17, c.x.tb = 1;
+    check(c, true);
+    c = (Case){"matmul f32 x f32 -> bf16 (router bwd)", rt_inst(OP_MATMUL), {{n * 21, F32}, {21 * 17, F32}}, {{n * 17}}};
+    c.x.m = n, c.x.n = 17, c.x.k = 21;
+    check(c, true);
+    c = (Case){"matmul f32 x bf16 -> f32 (router dW)", rt_inst(OP_MATMUL), {{n * 21, F32}, {n * 17}}, {{21 * 17, F32}}};
+    c.x.m = 21, c.x.n = 17, c.x.k = n, c.x.ta = 1;
+    check(c, true);
+  }
   Case c;
   c = (Case){"embed", rt_inst(OP_EMBED), {{N, 1, V}, {V * d}}, {{N * d}}};
   c.x.n = N, c.x.d = d, c.x.v = V;
@@ -272,31 +320,32 @@ int main(int argc, char **argv) {
   c = (Case){"embed (vocab parallel rows 120..270)", rt_inst(OP_EMBED), {{N, 1, V}, {150 * d}}, {{N * d}}};
   c.x.n = N, c.x.d = d, c.x.v = 150, c.x.v0 = 120;
   check(c, false);
-  c = (Case){"embed_bwd", rt_inst(OP_EMBED_BWD), {{N * d}, {N, 1, 7}}, {{7 * d}}};   /* repeated ids */
+  c = (Case){"embed_bwd", rt_inst(OP_EMBED_BWD), {{N * d}, {N, 1, 7}}, {{7 * d, F32}}};   /* repeated ids */
   c.x.n = N, c.x.d = d, c.x.v = 7;
   check(c, true);
-  c = (Case){"rmsnorm", rt_inst(OP_RMSNORM), {{n * d}, {d, 2}}, {{n * d}, {n}}};
+  c = (Case){"rmsnorm", rt_inst(OP_RMSNORM), {{n * d}, {d, 2}}, {{n * d}, {n, F32}}};
   c.x.n = n, c.x.d = d, c.x.eps = 1e-5;
   check(c, false);
-  c = (Case){"rmsnorm_bwd", rt_inst(OP_RMSNORM_BWD), {{n * d}, {n * d}, {d, 2}, {n, 2}}, {{n * d}, {d}}};
+  c = (Case){"rmsnorm_bwd", rt_inst(OP_RMSNORM_BWD), {{n * d}, {n * d}, {d, 2}, {n, 2}}, {{n * d}, {d, F32}}};
   c.x.n = n, c.x.d = d;
   check(c, true);
-  c = (Case){"layernorm", rt_inst(OP_LAYERNORM), {{n * d}, {d, 2}, {d}}, {{n * d}, {n}, {n}}};
+  c = (Case){"layernorm", rt_inst(OP_LAYERNORM), {{n * d}, {d, 2}, {d, F32}}, {{n * d}, {n, F32}, {n, F32}}};
   c.x.n = n, c.x.d = d, c.x.eps = 1e-5;
   check(c, false);
-  c = (Case){"layernorm_bwd", rt_inst(OP_LAYERNORM_BWD), {{n * d}, {n * d}, {d, 2}, {n}, {n, 2}}, {{n * d}, {d}, {d}}};
+  c = (Case){"layernorm_bwd", rt_inst(OP_LAYERNORM_BWD), {{n * d}, {n * d}, {d, 2}, {n, F32}, {n, 2}},
+             {{n * d}, {d, F32}, {d, F32}}};
   c.x.n = n, c.x.d = d;
   check(c, true);
   /* the weight and bias gradients' column sums over 5 chunks of rows */
   int64_t nr = 300;
-  c = (Case){"rmsnorm_bwd (300 rows)", rt_inst(OP_RMSNORM_BWD), {{nr * d}, {nr * d}, {d, 2}, {nr, 2}}, {{nr * d}, {d}}};
+  c = (Case){"rmsnorm_bwd (300 rows)", rt_inst(OP_RMSNORM_BWD), {{nr * d}, {nr * d}, {d, 2}, {nr, 2}}, {{nr * d}, {d, F32}}};
   c.x.n = nr, c.x.d = d;
   check(c, true);
-  c = (Case){"layernorm_bwd (300 rows)", rt_inst(OP_LAYERNORM_BWD), {{nr * d}, {nr * d}, {d, 2}, {nr}, {nr, 2}},
-             {{nr * d}, {d}, {d}}};
+  c = (Case){"layernorm_bwd (300 rows)", rt_inst(OP_LAYERNORM_BWD), {{nr * d}, {nr * d}, {d, 2}, {nr, F32}, {nr, 2}},
+             {{nr * d}, {d, F32}, {d, F32}}};
   c.x.n = nr, c.x.d = d;
   check(c, true);
-  c = (Case){"add_bwd (bias, 300 rows)", rt_inst(OP_ADD_BWD), {{nr * d}}, {{nr * d}, {d}}};
+  c = (Case){"add_bwd (bias, 300 rows)", rt_inst(OP_ADD_BWD), {{nr * d}}, {{nr * d}, {d, F32}}};
   c.x.n = nr * d, c.x.nb = d;
   check(c, true);
   c = (Case){"rope", rt_inst(OP_ROPE), {{N * H * K}}, {{N * H * K}}};
@@ -314,24 +363,24 @@ int main(int argc, char **argv) {
    * output's scale */
   for (int mp = 0; mp < 2; mp++) {
     cuda_matmul_precision(mp ? MP_MEDIUM : MP_HIGHEST);
-    tol = mp ? 2e-2 : 1e-5;
+    tol = mp ? 2e-2 : tol_base;
     for (int i = 0; i < 2; i++) {
       static char names[2][2][64];
       int64_t nq = at[i].b * at[i].t * at[i].h * at[i].k, nk = at[i].b * at[i].t * at[i].g * at[i].k;
       int64_t rows = at[i].b * at[i].h * at[i].t;
       snprintf(names[mp][0], 64, "%s%s", at[i].name, mp ? " bf16" : "");
       snprintf(names[mp][1], 64, "%s%s", at[i].bwd, mp ? " bf16" : "");
-      c = (Case){names[mp][0], rt_inst(OP_ATTENTION), {{nq}, {nk}, {nk}}, {{nq}, {rows}}};
+      c = (Case){names[mp][0], rt_inst(OP_ATTENTION), {{nq}, {nk}, {nk}}, {{nq}, {rows, F32}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, false);
       /* inputs: dy, q, k, v, then lse and o, which run() makes by the forward */
-      c = (Case){names[mp][1], rt_inst(OP_ATTENTION_BWD), {{nq}, {nq}, {nk}, {nk}, {rows}, {nq}}, {{nq}, {nk}, {nk}}};
+      c = (Case){names[mp][1], rt_inst(OP_ATTENTION_BWD), {{nq}, {nq}, {nk}, {nk}, {rows, F32}, {nq}}, {{nq}, {nk}, {nk}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, true);
     }
   }
   cuda_matmul_precision(MP_HIGHEST);
-  tol = 1e-5;
+  tol = tol_base;
   int unary[][2] = {{OP_SILU, OP_SILU_BWD}, {OP_GELU, OP_GELU_BWD}};
   const char *un[] = {"silu", "silu_bwd", "gelu", "gelu_bwd"};
   for (int i = 0; i < 2; i++) {
@@ -357,86 +406,89 @@ int main(int argc, char **argv) {
   c = (Case){"add", rt_inst(OP_ADD), {{n * d}, {n * d}}, {{n * d}}};
   c.x.n = n * d, c.x.nb = n * d;
   check(c, false);
-  c = (Case){"add (broadcast bias)", rt_inst(OP_ADD), {{n * d}, {d}}, {{n * d}}};
+  c = (Case){"add (broadcast bias)", rt_inst(OP_ADD), {{n * d}, {d, F32}}, {{n * d}}};
   c.x.n = n * d, c.x.nb = d;
+  check(c, false);
+  c = (Case){"add (broadcast bias, width 64)", rt_inst(OP_ADD), {{n * 64}, {64, F32}}, {{n * 64}}};   /* 8 at a time */
+  c.x.n = n * 64, c.x.nb = 64;
   check(c, false);
   c = (Case){"add_bwd", rt_inst(OP_ADD_BWD), {{n * d}}, {{n * d}, {n * d}}};
   c.x.n = n * d, c.x.nb = n * d;
   check(c, true);
-  c = (Case){"add_bwd (bias)", rt_inst(OP_ADD_BWD), {{n * d}}, {{n * d}, {d}}};
+  c = (Case){"add_bwd (bias)", rt_inst(OP_ADD_BWD), {{n * d}}, {{n * d}, {d, F32}}};
   c.x.n = n * d, c.x.nb = d;
   check(c, true);
-  c = (Case){"cross_entropy", rt_inst(OP_XENT), {{n * V}, {n, 1, V}}, {{1}}};
+  c = (Case){"cross_entropy", rt_inst(OP_XENT), {{n * V}, {n, 1, V}}, {{1, F32}}};
   c.x.n = n, c.x.v = V, c.x.scale = 1.0 / n;
   check(c, true);
   c = (Case){"cross_entropy_bwd", rt_inst(OP_XENT_BWD), {{n * V}, {n, 1, V}}, {{n * V}}};
   c.x.n = n, c.x.v = V, c.x.scale = 1.0 / n;
   check(c, true);
-  c = (Case){"xent_max", rt_inst(OP_XENT_MAX), {{n * V}}, {{n}}};
+  c = (Case){"xent_max", rt_inst(OP_XENT_MAX), {{n * V}}, {{n, F32}}};
   c.x.n = n, c.x.v = V;
   check(c, false);
-  c = (Case){"xent_stats (rows 120..420 of 601)", rt_inst(OP_XENT_STATS), {{n * V}, {n, 1, 601}, {n, 2}}, {{n}, {n}}};
+  c = (Case){"xent_stats (rows 120..420 of 601)", rt_inst(OP_XENT_STATS), {{n * V}, {n, 1, 601}, {n, 2}}, {{n, F32}, {n, F32}}};
   c.x.n = n, c.x.v = V, c.x.v0 = 120;
   check(c, false);
-  c = (Case){"xent_loss", rt_inst(OP_XENT_LOSS), {{0}, {0}, {n}, {n, 2}, {n}}, {{1}}};
+  c = (Case){"xent_loss", rt_inst(OP_XENT_LOSS), {{0}, {0}, {n, F32}, {n, 2}, {n, F32}}, {{1, F32}}};
   c.x.n = n, c.x.scale = 1.0 / n;
   check(c, true);
-  c = (Case){"xent_tp_bwd", rt_inst(OP_XENT_TP_BWD), {{n * V}, {n, 1, 601}, {n}, {n, 2}}, {{n * V}}};
+  c = (Case){"xent_tp_bwd", rt_inst(OP_XENT_TP_BWD), {{n * V}, {n, 1, 601}, {n, F32}, {n, 2}}, {{n * V}}};
   c.x.n = n, c.x.v = V, c.x.v0 = 120, c.x.scale = 1.0 / n;
   check(c, true);
   for (int tb = 0; tb < 2; tb++) {
-    c = (Case){tb ? "head_xent (W^T)" : "head_xent", rt_inst(OP_HEAD_XENT), {{n * d}, {V * d}, {n, 1, V}}, {{1}, {n}}};
+    c = (Case){tb ? "head_xent (W^T)" : "head_xent", rt_inst(OP_HEAD_XENT), {{n * d}, {V * d}, {n, 1, V}}, {{1, F32}, {n, F32}}};
     c.x.m = n, c.x.n = V, c.x.k = d, c.x.tb = tb, c.x.scale = 1.0 / n;
     check(c, false);
     c = (Case){tb ? "head_xent_bwd (W^T)" : "head_xent_bwd", rt_inst(OP_HEAD_XENT_BWD), {{n * d}, {V * d}, {n, 1, V}, {n, 2}},
-               {{n * d}, {V * d}}};
+               {{n * d}, {V * d, F32}}};
     c.x.m = n, c.x.n = V, c.x.k = d, c.x.tb = tb, c.x.scale = 1.0 / n;
     check(c, true);
   }
   /* MoE: 37 tokens, 6 experts, top 2, width 19 (13 in the experts),
    * expert ids, positions and counts as the routing makes them */
   int64_t nt = 37, E = 6, kk = 2, dm = 19, F = 13, M = nt * kk;
-  c = (Case){"moe_route", rt_inst(OP_MOE_ROUTE), {{nt * E}}, {{M}, {M}, {2 * E + 1}}};
+  c = (Case){"moe_route", rt_inst(OP_MOE_ROUTE), {{nt * E, F32}}, {{M, F32}, {M, F32}, {2 * E + 1, F32}}};
   c.x.n = nt, c.x.e = E, c.x.top = kk, c.x.rn = 1;
   check(c, false);
-  c = (Case){"moe_loss", rt_inst(OP_MOE_LOSS), {{2 * E + 1, 2}}, {{1}, {4}}};
+  c = (Case){"moe_loss", rt_inst(OP_MOE_LOSS), {{2 * E + 1, 2}}, {{1, F32}, {4, F32}}};
   c.x.e = E, c.x.top = kk, c.x.ng = nt, c.x.share = 0.5, c.x.aux = 0.01, c.x.zl = 0.001;
   check(c, true);
   for (int rn = 0; rn < 2; rn++) {
     c = (Case){rn ? "moe_route_bwd" : "moe_route_bwd (gates as chosen)", rt_inst(OP_MOE_ROUTE_BWD),
-               {{M}, {nt * E}, {M, 3, E}, {2 * E + 1, 2}}, {{nt * E}}};
+               {{M, F32}, {nt * E, F32}, {M, 3, E}, {2 * E + 1, 2}}, {{nt * E, F32}}};
     c.x.n = nt, c.x.e = E, c.x.top = kk, c.x.rn = rn, c.x.aux = 0.3, c.x.zl = 0.1, c.x.scale = 1.0 / nt, c.x.ng = nt;
     check(c, true);
   }
-  c = (Case){"moe_dispatch", rt_inst(OP_MOE_DISPATCH), {{nt * dm}, {M, 3, E}}, {{M * dm}, {E}, {M}}};
+  c = (Case){"moe_dispatch", rt_inst(OP_MOE_DISPATCH), {{nt * dm}, {M, 3, E}}, {{M * dm}, {E, F32}, {M, F32}}};
   c.x.n = nt, c.x.d = dm, c.x.top = kk, c.x.e = E;
   check(c, false);
-  c = (Case){"moe_dispatch (600 assignments)", rt_inst(OP_MOE_DISPATCH), {{300 * dm}, {600, 3, E}}, {{600 * dm}, {E}, {600}}};
+  c = (Case){"moe_dispatch (600 assignments)", rt_inst(OP_MOE_DISPATCH), {{300 * dm}, {600, 3, E}}, {{600 * dm}, {E, F32}, {600, F32}}};
   c.x.n = 300, c.x.d = dm, c.x.top = kk, c.x.e = E;
   check(c, false);
-  c = (Case){"moe_route (700 tokens)", rt_inst(OP_MOE_ROUTE), {{700 * E}}, {{1400}, {1400}, {2 * E + 1}}};
+  c = (Case){"moe_route (700 tokens)", rt_inst(OP_MOE_ROUTE), {{700 * E, F32}}, {{1400, F32}, {1400, F32}, {2 * E + 1, F32}}};
   c.x.n = 700, c.x.e = E, c.x.top = kk, c.x.rn = 1;
   check(c, false);
   c = (Case){"moe_dispatch_bwd", rt_inst(OP_MOE_DISPATCH_BWD), {{M * dm}, {M, 4}}, {{nt * dm}}};
   c.x.n = nt, c.x.d = dm, c.x.top = kk, c.x.e = E;
   check(c, true);
-  c = (Case){"moe_combine", rt_inst(OP_MOE_COMBINE), {{M * dm}, {M, 4}, {M}}, {{nt * dm}}};
+  c = (Case){"moe_combine", rt_inst(OP_MOE_COMBINE), {{M * dm}, {M, 4}, {M, F32}}, {{nt * dm}}};
   c.x.n = nt, c.x.d = dm, c.x.top = kk;
   check(c, false);
-  c = (Case){"moe_combine_bwd", rt_inst(OP_MOE_COMBINE_BWD), {{nt * dm}, {M * dm}, {M, 4}, {M}}, {{M * dm}, {M}}};
+  c = (Case){"moe_combine_bwd", rt_inst(OP_MOE_COMBINE_BWD), {{nt * dm}, {M * dm}, {M, 4}, {M, F32}}, {{M * dm}, {M, F32}}};
   c.x.n = nt, c.x.d = dm, c.x.top = kk;
   check(c, true);
   /* the experts over 12 segments (ep 2 x 6 local experts: expert s % 6)
    * of M rows in all, one segment empty, in a buffer of M + 5 rows */
   for (int sw = 1; sw >= 0; sw--) {
     int64_t R = M + 5, hw = sw ? 2 * F : F, seg = 2 * E;
-    Arg w = {E * F * dm}, cnt = {seg, 5, M};
+    Arg w = {E * F * dm}, wg = {E * F * dm, F32}, cnt = {seg, 5, M};   /* weights' bf16 copies; their gradients */
     c = (Case){sw ? "moe_up" : "moe_up_gelu", rt_inst(sw ? OP_MOE_UP : OP_MOE_UP_GELU), {{R * dm}, w, sw ? w : cnt, cnt},
                {{R * F}, {R * hw}}};
     c.x.m = R, c.x.d = dm, c.x.n = F, c.x.seg = seg, c.x.e = E;
     check(c, false);
     c = (Case){sw ? "moe_up_bwd" : "moe_up_gelu_bwd", rt_inst(sw ? OP_MOE_UP_BWD : OP_MOE_UP_GELU_BWD),
-               {{R * F}, {R * dm}, w, sw ? w : cnt, sw ? cnt : (Arg){R * hw}, {R * hw}}, {{R * dm}, w, sw ? w : (Arg){0}}};
+               {{R * F}, {R * dm}, w, sw ? w : cnt, sw ? cnt : (Arg){R * hw}, {R * hw}}, {{R * dm}, wg, sw ? wg : (Arg){0}}};
     if (!sw) c.in[5] = (Arg){0};
     c.x.m = R, c.x.d = dm, c.x.n = F, c.x.seg = seg, c.x.e = E;
     check(c, true);
@@ -444,12 +496,11 @@ int main(int argc, char **argv) {
     c = (Case){"moe_down", rt_inst(OP_MOE_DOWN), {{R * F}, w, cnt}, {{R * dm}}};
     c.x.m = R, c.x.d = dm, c.x.n = F, c.x.seg = seg, c.x.e = E;
     check(c, false);
-    c = (Case){"moe_down_bwd", rt_inst(OP_MOE_DOWN_BWD), {{R * dm}, {R * F}, w, cnt}, {{R * F}, w}};
+    c = (Case){"moe_down_bwd", rt_inst(OP_MOE_DOWN_BWD), {{R * dm}, {R * F}, w, cnt}, {{R * F}, wg}};
     c.x.m = R, c.x.d = dm, c.x.n = F, c.x.seg = seg, c.x.e = E;
     check(c, true);
   }
-  optimizer(70001);
-  optimizer_step();
+  if (!bf) optimizer(70001), optimizer_step();   /* (fp32 either way) */
   printf("%d passed, %d failed\n", ran - failures, failures);
   return failures ? 1 : 0;
 }
