@@ -2,8 +2,9 @@
 # The GPU benchmark: lmc's training step against PyTorch's (bench/anchors/)
 # on the same GPU in the same run, for GPT-2 124M (B=8, T=1024; and B=4,
 # T=64, where launches dominate), llama-small and llama-large (B=8,
-# T=2048); and lmc's MoE (8 experts, top 2) against its dense twin with
-# the same parameters per token. For each lmc run bench_train prints the
+# T=2048), each in fp32 storage and (column lmc-cuda-bf16) under
+# `precision = bf16`; and lmc's MoE (8 experts, top 2) against its dense
+# twin with the same parameters per token. For each lmc run bench_train prints the
 # NVRTC time (cold the first time a model's kernels are compiled, warm
 # when the cubin cache has them), tokens/s, achieved FLOP/s over the
 # cuBLASLt rate measured right there, a per-op profile and device
@@ -12,9 +13,9 @@
 #
 # Usage: bench/gpu.sh [BIN]   BIN holds lmc and bench_train (default: .gpu/bin
 #        as scripts/gpu_check.sh --pack leaves it, else build/)
-# Env:   LMC_BENCH_QUICK=1: GPT-2 B=8 T=1024 (lmc medium, PyTorch bf16
-#        without torch.compile), lmc's llama-large and the MoE rows;
-#        PYTHON (default python3)
+# Env:   LMC_BENCH_QUICK=1: GPT-2 B=8 T=1024 (lmc fp32 and bf16 storage,
+#        PyTorch bf16 and bf16 + torch.compile), lmc's llama-large and the
+#        MoE rows in bf16; PYTHON (default python3)
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-}
@@ -61,19 +62,20 @@ torch_row() {
 gpt="--set batch=8 --set seq=1024"
 # MoE on the GPU against its dense twin (same active parameters; no PyTorch anchor for MoE)
 moe="--set D=512 --set H=8 --set G=2 --set L=8 --set batch=8 --set seq=1024"
-if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # no torch.compile (its warm-up is most of a minute a model)
+if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # torch.compile for GPT-2 only (its warm-up is 20 s or more a model)
   lmc_row gpt2-B8-T1024 cuda-medium 5 gpt2-124m $gpt
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16 5 gpt2-124m $gpt --set precision=bf16
   torch_row gpt2-B8-T1024 bf16 torch_gpt2.py 8 1024 bf16 10
   torch_row gpt2-B8-T1024 bf16c torch_gpt2.py 8 1024 bf16c 10
   lmc_row llama-large-B8-T2048 cuda-medium 3 llama-large
   lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16 3 llama-large --set precision=bf16
-  lmc_row moe-8x2-D512 cuda-medium 5 moe-tiny $moe --set F=688
-  lmc_row dense-twin-D512 cuda-medium 5 tiny $moe --set F=1376
+  lmc_row moe-8x2-D512 cuda-medium:cuda-bf16 5 moe-tiny $moe --set F=688 --set precision=bf16
+  lmc_row dense-twin-D512 cuda-medium:cuda-bf16 5 tiny $moe --set F=1376 --set precision=bf16
 else
   lmc_row gpt2-B8-T1024 cuda 5 gpt2-124m $gpt
   lmc_row gpt2-B8-T1024 cuda-high 5 gpt2-124m $gpt
   lmc_row gpt2-B8-T1024 cuda-medium 5 gpt2-124m $gpt
+  lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16 5 gpt2-124m $gpt --set precision=bf16
   torch_row gpt2-B8-T1024 fp32 torch_gpt2.py 8 1024 fp32 10
   torch_row gpt2-B8-T1024 tf32 torch_gpt2.py 8 1024 tf32 10
   torch_row gpt2-B8-T1024 bf16 torch_gpt2.py 8 1024 bf16 10
@@ -81,13 +83,16 @@ else
   lmc_row gpt2-B4-T64 cuda 20 gpt2-124m --set batch=4 --set seq=64
   torch_row gpt2-B4-T64 fp32 torch_gpt2.py 4 64 fp32 20
   lmc_row llama-small-B8-T2048 cuda-medium 5 llama-small
+  lmc_row llama-small-B8-T2048 cuda-medium:cuda-bf16 5 llama-small --set precision=bf16
   torch_row llama-small-B8-T2048 bf16 torch_llama.py 768 12 12 4 2048 32000 8 2048 bf16 10
   torch_row llama-small-B8-T2048 bf16c torch_llama.py 768 12 12 4 2048 32000 8 2048 bf16c 10
-  lmc_row llama-large-B8-T2048 cuda-high 3 llama-large
   lmc_row llama-large-B8-T2048 cuda-medium 3 llama-large
+  lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16 3 llama-large --set precision=bf16
   torch_row llama-large-B8-T2048 bf16c torch_llama.py 1536 24 16 4 4096 32000 8 2048 bf16c 5
   lmc_row moe-8x2-D512 cuda-medium 5 moe-tiny $moe --set F=688
+  lmc_row moe-8x2-D512 cuda-medium:cuda-bf16 5 moe-tiny $moe --set F=688 --set precision=bf16
   lmc_row dense-twin-D512 cuda-medium 5 tiny $moe --set F=1376
+  lmc_row dense-twin-D512 cuda-medium:cuda-bf16 5 tiny $moe --set F=1376 --set precision=bf16
 fi
 
 echo "== tokens/s (same GPU, same run); ratio: lmc's best over each PyTorch mode"

@@ -101,8 +101,10 @@ tol="1e-3 5e-2" compare gpt2_bf16 models/gpt2-124m.lm --set V=256 --set D=128 --
 # and at medium: attention's tiles straight from bf16 storage
 flags="--matmul-precision medium" tol="1e-2 5e-2" compare llama_bf16_t300 models/tiny.lm --set D=256 --set H=4 \
   --set G=2 --set F=512 --set L=2 --set batch=4 --set seq=300 --set precision=bf16
-# MoE: 8 top-2 SwiGLU experts (routing, dispatch, per-expert cuBLASLt GEMMs, combine)
+# MoE: 8 top-2 SwiGLU experts (routing, dispatch, per-expert cuBLASLt GEMMs, combine), and in bf16 storage
 compare moe models/moe-tiny.lm --set D=128 --set H=4 --set G=2 --set F=172 --set L=2 --set batch=8 --set seq=64
+tol="1e-3 5e-2" compare moe_bf16 models/moe-tiny.lm --set D=128 --set H=4 --set G=2 --set F=172 --set L=2 --set batch=8 \
+  --set seq=64 --set precision=bf16
 flags="--matmul-precision high" tol="2e-3 3e-2" compare llama_high models/tiny.lm --set D=128 --set H=4 --set G=2 \
   --set F=344 --set L=2 --set batch=8 --set seq=64
 flags="--matmul-precision medium" tol="1e-2 5e-2" compare llama_medium models/tiny.lm --set D=128 --set H=4 --set G=2 \
