@@ -263,6 +263,42 @@ static int bwd_op(int op) {
   internal_error("no backward op");
 }
 
+/* y = a + b hands its gradient on unchanged, so a's gradient, when this
+ * is its first contribution, can be y's gradient's own buffer: y's
+ * gradient is read by this add_bwd alone and written before it, never
+ * after. The add_bwd then copies only b's (or sums a bias's columns), and
+ * a whole pass over the activations and a buffer go; later contributions
+ * to a's gradient accumulate into the buffer as they would have into
+ * their own, in the same order, so the numbers are the same bits. Not
+ * where a's gradient is all-reduced in place (tp's partial sums), which
+ * would sum y's part again. */
+static bool allreduced(Value *v) {
+  for (int k = 0; k < G->nbwd; k++)
+    if (G->bwd[k]->op == OP_ALLREDUCE && G->bwd[k]->out[0] == v) return true;
+  return false;
+}
+
+static void forward_sums(void) {
+  int j = 0;
+  for (int k = 0; k < G->nbwd; k++) {
+    Inst *in = G->bwd[k];
+    Value *g = in->out[0], *dy = in->in[0];
+    if (in->op == OP_ADD_BWD && g && !in->acc[0] && g != dy && g->kind == V_ACT && dy->kind == V_ACT &&
+        !allreduced(g)) {
+      for (int l = k + 1; l < G->nbwd; l++) {
+        Inst *u = G->bwd[l];
+        for (int i = 0; i < u->nin; i++) u->in[i] = u->in[i] == g ? dy : u->in[i];
+        for (int i = 0; i < u->nout; i++) u->out[i] = u->out[i] == g ? dy : u->out[i];
+      }
+      if (g->of) g->of->grad = dy;
+      in->out[0] = NULL;
+      if (!in->out[1]) continue;   /* nothing left to do: dropped */
+    }
+    G->bwd[j++] = in;
+  }
+  G->nbwd = j;
+}
+
 void ad_backward(Graph *g) {
   G = g;
   mark_needs_grad();
@@ -295,4 +331,5 @@ void ad_backward(Graph *g) {
       bwd_generic(f, bwd_op(f->op), dy);
   }
   reduce_partials();
+  forward_sums();
 }
