@@ -21,4 +21,22 @@ MSG="lmtrain: the plan has 2 rank(s) (dp x tp x pp x ep) but 3 were asked for" \
   expect_error "$SRC/scripts/lmtrain" "$SRC/models/tiny.lm" $small --set dp=2 --nproc 3 --data "$DATA"
 MSG="error: top_k = 5 is more than the 4 experts [moe-top-k]" \
   expect_error "$SRC/scripts/lmtrain" "$SRC/models/tiny.lm" --num-experts 4 --top-k 5
-echo "3 passed, 0 failed"
+# where nvidia-smi lists a GPU (a stand-in here) the default is bf16 mixed
+# precision; --precision fp32 or --backend cpu keep fp32 (without a CUDA
+# driver the run itself falls back to the CPU, which runs the bf16 plan)
+mkdir -p "$WORK/fakebin"
+printf '#!/bin/sh\necho "GPU 0: NVIDIA H200 (UUID: GPU-0)"\n' >"$WORK/fakebin/nvidia-smi"
+chmod +x "$WORK/fakebin/nvidia-smi"
+precision_of() {   # the manifest of the bundle lmtrain built
+  sed -n 's/^lmtrain: bundle //p' "$WORK/p.out" | xargs -I{} sed -n 's/^precision //p' {}/manifest.txt
+}
+for want in "bf16:" "fp32:--precision fp32" "fp32:--backend cpu"; do
+  # shellcheck disable=SC2086
+  PATH="$WORK/fakebin:$PATH" "$SRC/scripts/lmtrain" "$SRC/models/tiny.lm" $small ${want#*:} --max-steps 2 --data "$DATA" \
+    --out "$WORK/p" --quiet >"$WORK/p.out" 2>&1 || { cat "$WORK/p.out"; fail "lmtrain ${want#*:} with a GPU failed"; }
+  got=$(precision_of)
+  [ "${got:-fp32}" = "${want%%:*}" ] || { cat "$WORK/p.out"; fail "lmtrain ${want#*:} with a GPU: precision ${got:-fp32}"; }
+done
+grep -q "^lmtrain: a GPU is here" "$WORK/p.out" && fail "--backend cpu still chose bf16"
+echo "ok   a GPU means bf16 unless --precision fp32 or --backend cpu"
+echo "4 passed, 0 failed"
