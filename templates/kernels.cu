@@ -448,59 +448,43 @@ __device__ void fa_forward(act *o, real *lse, const act *q, const act *k, const 
 // in registers (the C and A layouts agree pairwise).
 #define FM_ROWS 64
 
-// rows [r0, r0 + R) of a [T, stride] matrix (K columns) into a bf16 tile
-// of R rows and KP + 8 columns (the pad keeps ldmatrix free of bank
-// conflicts), times scale; zero past T and K
-template <int R, int KP>
-__device__ void fm_tile(unsigned short (*s)[KP + 8], const real *src, i64 r0, i64 T, i64 stride, int K, float scale) {
-  if (K % 4 == 0 && (unsigned long long)src % 16 == 0) {   // 16-byte loads, all in flight, then 8-byte stores
-    const int N = (R * KP / 4 + FA_THREADS - 1) / FA_THREADS;
-    float4 x[N];
-#pragma unroll
-    for (int u = 0; u < N; u++) {
-      int e = threadIdx.x + u * FA_THREADS, r = e / (KP / 4), c = e % (KP / 4) * 4;
-      x[u] = e < R * KP / 4 && r0 + r < T && c < K ? *(const float4 *)(src + (r0 + r) * stride + c)
-                                                    : make_float4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int u = 0; u < N; u++) {
-      int e = threadIdx.x + u * FA_THREADS, r = e / (KP / 4), c = e % (KP / 4) * 4;
-      uint2 pk = {bf16_pair(x[u].x * scale, x[u].y * scale), bf16_pair(x[u].z * scale, x[u].w * scale)};
-      if (e < R * KP / 4) *(uint2 *)&s[r][c] = pk;
-    }
-    return;
-  }
-  for (int e = threadIdx.x; e < R * KP; e += FA_THREADS) {
-    int r = e / KP, c = e % KP;
-    s[r][c] = (unsigned short)bf16_bits(r0 + r < T && c < K ? src[(r0 + r) * stride + c] * scale : 0.0f);
-  }
+// 16-byte loads of a tile's source, V values each (fp32 4, bf16 8), and
+// their store into a bf16 tile (P) times scale: fp32 rounded, bf16 copied
+// as it is at scale 1, else widened, scaled and rounded again
+template <typename S> struct TileVec;
+template <> struct TileVec<float> { typedef float4 L; typedef uint2 P; enum { V = 4 }; };
+template <> struct TileVec<bf16> { typedef uint4 L; typedef uint4 P; enum { V = 8 }; };
+__device__ __forceinline__ uint2 tile_pack(float4 x, float scale) {
+  return make_uint2(bf16_pair(x.x * scale, x.y * scale), bf16_pair(x.z * scale, x.w * scale));
 }
-
-// two packed bf16 times scale, rounded again
 __device__ __forceinline__ unsigned bf16_scale2(unsigned w, float scale) {
   return bf16_pair(__uint_as_float(w << 16) * scale, __uint_as_float(w & 0xffff0000u) * scale);
 }
+__device__ __forceinline__ uint4 tile_pack(uint4 x, float scale) {
+  return scale == 1.0f ? x : make_uint4(bf16_scale2(x.x, scale), bf16_scale2(x.y, scale), bf16_scale2(x.z, scale),
+                                        bf16_scale2(x.w, scale));
+}
 
-// the same from bf16 storage: 16-byte loads of 8 values, copied as they are
-// (scale 1) or widened, scaled and rounded again
-template <int R, int KP>
-__device__ void fm_tile(unsigned short (*s)[KP + 8], const bf16 *src, i64 r0, i64 T, i64 stride, int K, float scale) {
-  if (K % 8 == 0 && (unsigned long long)src % 16 == 0) {
-    const int N = (R * KP / 8 + FA_THREADS - 1) / FA_THREADS;
-    uint4 x[N];
+// rows [r0, r0 + R) of a [T, stride] matrix (K columns) into a bf16 tile
+// of R rows and KP + 8 columns (the pad keeps ldmatrix free of bank
+// conflicts), times scale; zero past T and K. 16-byte loads, all in
+// flight before the first store, where K and the source allow.
+template <int R, int KP, typename S>
+__device__ void fm_tile(unsigned short (*s)[KP + 8], const S *src, i64 r0, i64 T, i64 stride, int K, float scale) {
+  const int V = TileVec<S>::V;
+  typedef typename TileVec<S>::L L;
+  if (K % V == 0 && (unsigned long long)src % 16 == 0) {
+    const int N = (R * KP / V + FA_THREADS - 1) / FA_THREADS;
+    L x[N];
 #pragma unroll
     for (int u = 0; u < N; u++) {
-      int e = threadIdx.x + u * FA_THREADS, r = e / (KP / 8), c = e % (KP / 8) * 8;
-      x[u] = e < R * KP / 8 && r0 + r < T && c < K ? *(const uint4 *)(src + (r0 + r) * stride + c)
-                                                    : make_uint4(0, 0, 0, 0);
+      int e = threadIdx.x + u * FA_THREADS, r = e / (KP / V), c = e % (KP / V) * V;
+      x[u] = e < R * KP / V && r0 + r < T && c < K ? *(const L *)(src + (r0 + r) * stride + c) : L{};
     }
 #pragma unroll
     for (int u = 0; u < N; u++) {
-      int e = threadIdx.x + u * FA_THREADS, r = e / (KP / 8), c = e % (KP / 8) * 8;
-      if (scale != 1.0f)
-        x[u] = make_uint4(bf16_scale2(x[u].x, scale), bf16_scale2(x[u].y, scale), bf16_scale2(x[u].z, scale),
-                          bf16_scale2(x[u].w, scale));
-      if (e < R * KP / 8) *(uint4 *)&s[r][c] = x[u];
+      int e = threadIdx.x + u * FA_THREADS, r = e / (KP / V), c = e % (KP / V) * V;
+      if (e < R * KP / V) *(typename TileVec<S>::P *)&s[r][c] = tile_pack(x[u], scale);
     }
     return;
   }
