@@ -266,11 +266,15 @@ static int bwd_op(int op) {
 /* y = a + b hands its gradient on unchanged, so a's gradient, when this
  * is its first contribution, can be y's gradient's own buffer: y's
  * gradient is read by this add_bwd alone and written before it, never
- * after. The add_bwd then copies only b's (or sums a bias's columns), and
- * a whole pass over the activations and a buffer go; later contributions
- * to a's gradient accumulate into the buffer as they would have into
- * their own, in the same order, so the numbers are the same bits. Not
- * where a's gradient is all-reduced in place (tp's partial sums), which
+ * after. Later contributions to a's gradient accumulate into the buffer as
+ * they would have into their own, in the same order: the same bits. b's
+ * gradient (not a bias's) can be the same buffer too where every read of
+ * it comes before a's next contribution and nothing else writes it (as in
+ * a residual block: the branch's last matmul reads it, then the branch's
+ * first op adds to a's), and b is made on this stage (a gradient sent to
+ * another stage leaves at the end of the pass). Each saves a pass over
+ * the activations and a buffer; an add_bwd left with nothing to do goes.
+ * Not where a gradient is all-reduced in place (tp's partial sums), which
  * would sum y's part again. */
 static bool allreduced(Value *v) {
   for (int k = 0; k < G->nbwd; k++)
@@ -278,23 +282,55 @@ static bool allreduced(Value *v) {
   return false;
 }
 
+static bool writes(Inst *u, Value *v) {
+  for (int i = 0; i < u->nout; i++)
+    if (u->out[i] == v) return true;
+  return false;
+}
+
+static bool reads(Inst *u, Value *v) {
+  for (int i = 0; i < u->nin; i++)
+    if (u->in[i] == v) return true;
+  return false;
+}
+
+/* Whether output i of the add_bwd at k can be its input's buffer. */
+static bool can_hand_on(int k, int i) {
+  Inst *in = G->bwd[k];
+  Value *g = in->out[i], *dy = in->in[0];
+  if (!g || in->acc[i] || g == dy || g->kind != V_ACT || dy->kind != V_ACT || allreduced(g)) return false;
+  if (i == 0) return true;
+  if (ir_get(in, "nb") != ir_get(in, "n") || in->out[0] || !g->of || !g->of->def || g->of->def->stage != in->stage)
+    return false;
+  bool dy_written = false;
+  for (int l = k + 1; l < G->nbwd; l++) {
+    Inst *u = G->bwd[l];
+    if (writes(u, g) || (dy_written && reads(u, g))) return false;
+    dy_written |= writes(u, dy);
+  }
+  return true;
+}
+
+static void hand_on(int k, int i) {
+  Inst *in = G->bwd[k];
+  Value *g = in->out[i], *dy = in->in[0];
+  for (int l = k + 1; l < G->nbwd; l++) {
+    Inst *u = G->bwd[l];
+    for (int j = 0; j < u->nin; j++) u->in[j] = u->in[j] == g ? dy : u->in[j];
+    for (int j = 0; j < u->nout; j++) u->out[j] = u->out[j] == g ? dy : u->out[j];
+  }
+  if (g->of) g->of->grad = dy;
+  in->out[i] = NULL;
+}
+
 static void forward_sums(void) {
   int j = 0;
   for (int k = 0; k < G->nbwd; k++) {
     Inst *in = G->bwd[k];
-    Value *g = in->out[0], *dy = in->in[0];
-    if (in->op == OP_ADD_BWD && g && !in->acc[0] && g != dy && g->kind == V_ACT && dy->kind == V_ACT &&
-        !allreduced(g)) {
-      for (int l = k + 1; l < G->nbwd; l++) {
-        Inst *u = G->bwd[l];
-        for (int i = 0; i < u->nin; i++) u->in[i] = u->in[i] == g ? dy : u->in[i];
-        for (int i = 0; i < u->nout; i++) u->out[i] = u->out[i] == g ? dy : u->out[i];
-      }
-      if (g->of) g->of->grad = dy;
-      in->out[0] = NULL;
-      if (!in->out[1]) continue;   /* nothing left to do: dropped */
-    }
-    G->bwd[j++] = in;
+    if (in->op == OP_ADD_BWD)
+      for (int i = 0; i < 2; i++)
+        if (can_hand_on(k, i)) hand_on(k, i);
+    if (in->op != OP_ADD_BWD || in->out[0] || in->out[1]) G->bwd[j++] = in;   /* else nothing left to do */
   }
   G->nbwd = j;
 }
