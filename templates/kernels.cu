@@ -104,6 +104,20 @@ __device__ __forceinline__ void st8(bf16 *p, const float *f) {
 }
 __device__ __forceinline__ bool al16(const void *p) { return p == 0 || (unsigned long long)p % 16 == 0; }
 
+// Row kernels take a row in groups of G elements a thread: 8 (16-byte
+// accesses) when the row's width is a multiple of 8 and its operands are
+// aligned, else 1. ROW8 says which.
+template <int G, typename T> __device__ __forceinline__ void ldg(float *f, const T *p) {
+  if (G == 8) ld8(f, p);
+  else f[0] = p[0];
+}
+template <int G, typename T> __device__ __forceinline__ void stg(T *p, const float *f) {
+  if (G == 8) st8(p, f);
+  else p[0] = f[0];
+}
+#define ROW_GROUPS(j, d, G) for (i64 j = threadIdx.x * (i64)(G); j < (d); j += (i64)blockDim.x * (G))
+#define ROW8(d, a, b, c, e) ((d) % 8 == 0 && al16(a) && al16(b) && al16(c) && al16(e))
+
 // y = f(x) (+ y)
 template <typename TY, typename TX, typename F> __device__ void ew1(TY *y, const TX *x, i64 n, int acc, F f) {
   i64 n8 = al16(y) && al16(x) ? n / 8 : 0;
@@ -242,25 +256,54 @@ extern "C" __global__ void lmc_embed_bwd_sorted(real *dw, const act *dy, const i
 
 // @kernel rmsnorm
 // one block per row: y = x / rms(x) * w, rstd[row]
-extern "C" __global__ void lmc_rmsnorm(act *y, real *rstd, const act *x, const real *w, i64 n, i64 d, float eps) {
+template <int G> __device__ void rmsnorm_row(act *y, real *rstd, const act *x, const real *w, i64 d, float eps) {
   i64 row = blockIdx.x;
   const act *xr = x + row * d;
-  float ss = 0;
-  for (i64 j = threadIdx.x; j < d; j += blockDim.x) ss += xr[j] * xr[j];
+  act *yr = y + row * d;
+  float ss = 0, a[G], g[G];
+  ROW_GROUPS(j, d, G) {
+    ldg<G>(a, xr + j);
+    for (int e = 0; e < G; e++) ss += a[e] * a[e];
+  }
   float r = rsqrtf(block_sum(ss) / d + eps);
-  for (i64 j = threadIdx.x; j < d; j += blockDim.x) y[row * d + j] = xr[j] * r * w[j];
+  ROW_GROUPS(j, d, G) {
+    ldg<G>(a, xr + j), ldg<G>(g, w + j);
+    for (int e = 0; e < G; e++) a[e] = a[e] * r * g[e];
+    stg<G>(yr + j, a);
+  }
   if (threadIdx.x == 0) rstd[row] = r;
+}
+extern "C" __global__ void lmc_rmsnorm(act *y, real *rstd, const act *x, const real *w, i64 n, i64 d, float eps) {
+  if (ROW8(d, y, x, w, 0)) rmsnorm_row<8>(y, rstd, x, w, d, eps);
+  else rmsnorm_row<1>(y, rstd, x, w, d, eps);
 }
 
 // @kernel rmsnorm_bwd
+template <int G>
+__device__ void rmsnorm_bwd_row(act *dx, const act *dy, const act *x, const real *w, const real *rstd, i64 d, int acc) {
+  i64 row = blockIdx.x;
+  const act *xr = x + row * d, *gr = dy + row * d;
+  act *dr = dx + row * d;
+  float r = rstd[row], dot = 0, a[G], g[G], ww[G], o[G];
+  ROW_GROUPS(j, d, G) {
+    ldg<G>(a, xr + j), ldg<G>(g, gr + j), ldg<G>(ww, w + j);
+    for (int e = 0; e < G; e++) dot += g[e] * ww[e] * a[e] * r;
+  }
+  dot = block_sum(dot) / d;
+  ROW_GROUPS(j, d, G) {
+    ldg<G>(a, xr + j), ldg<G>(g, gr + j), ldg<G>(ww, w + j);
+    if (acc) ldg<G>(o, dr + j);
+    for (int e = 0; e < G; e++) {
+      float v = r * (g[e] * ww[e] - a[e] * r * dot);
+      o[e] = acc ? o[e] + v : v;
+    }
+    stg<G>(dr + j, o);
+  }
+}
 extern "C" __global__ void lmc_rmsnorm_bwd(act *dx, const act *dy, const act *x, const real *w, const real *rstd,
                                            i64 n, i64 d, int acc) {
-  i64 row = blockIdx.x;
-  const act *xr = x + row * d, *g = dy + row * d;
-  float r = rstd[row], dot = 0;
-  for (i64 j = threadIdx.x; j < d; j += blockDim.x) dot += g[j] * w[j] * xr[j] * r;
-  dot = block_sum(dot) / d;
-  for (i64 j = threadIdx.x; j < d; j += blockDim.x) PUT(dx, row * d + j, r * (g[j] * w[j] - xr[j] * r * dot), acc);
+  if (ROW8(d, dx, dy, x, w)) rmsnorm_bwd_row<8>(dx, dy, x, w, rstd, d, acc);
+  else rmsnorm_bwd_row<1>(dx, dy, x, w, rstd, d, acc);
 }
 
 // dw = sum over rows of dy * x * rstd: pass 1 of a column sum
@@ -273,33 +316,67 @@ extern "C" __global__ void lmc_rmsnorm_bwd_dw(real *part, const act *dy, const a
 }
 
 // @kernel layernorm
-extern "C" __global__ void lmc_layernorm(act *y, real *mean, real *rstd, const act *x, const real *w,
-                                         const real *b, i64 n, i64 d, float eps) {
+template <int G>
+__device__ void layernorm_row(act *y, real *mean, real *rstd, const act *x, const real *w, const real *b, i64 d,
+                              float eps) {
   i64 row = blockIdx.x;
   const act *xr = x + row * d;
-  float s = 0;
-  for (i64 j = threadIdx.x; j < d; j += blockDim.x) s += xr[j];
+  act *yr = y + row * d;
+  float s = 0, a[G], ww[G], bb[G];
+  ROW_GROUPS(j, d, G) {
+    ldg<G>(a, xr + j);
+    for (int e = 0; e < G; e++) s += a[e];
+  }
   float mu = block_sum(s) / d, v = 0;
-  for (i64 j = threadIdx.x; j < d; j += blockDim.x) v += (xr[j] - mu) * (xr[j] - mu);
+  ROW_GROUPS(j, d, G) {
+    ldg<G>(a, xr + j);
+    for (int e = 0; e < G; e++) v += (a[e] - mu) * (a[e] - mu);
+  }
   float r = rsqrtf(block_sum(v) / d + eps);
-  for (i64 j = threadIdx.x; j < d; j += blockDim.x) y[row * d + j] = (xr[j] - mu) * r * w[j] + b[j];
+  ROW_GROUPS(j, d, G) {
+    ldg<G>(a, xr + j), ldg<G>(ww, w + j), ldg<G>(bb, b + j);
+    for (int e = 0; e < G; e++) a[e] = (a[e] - mu) * r * ww[e] + bb[e];
+    stg<G>(yr + j, a);
+  }
   if (threadIdx.x == 0) mean[row] = mu, rstd[row] = r;
+}
+extern "C" __global__ void lmc_layernorm(act *y, real *mean, real *rstd, const act *x, const real *w,
+                                         const real *b, i64 n, i64 d, float eps) {
+  if (ROW8(d, y, x, w, b)) layernorm_row<8>(y, mean, rstd, x, w, b, d, eps);
+  else layernorm_row<1>(y, mean, rstd, x, w, b, d, eps);
 }
 
 // @kernel layernorm_bwd
-extern "C" __global__ void lmc_layernorm_bwd(act *dx, const act *dy, const act *x, const real *w, const real *mean,
-                                             const real *rstd, i64 n, i64 d, int acc) {
+template <int G>
+__device__ void layernorm_bwd_row(act *dx, const act *dy, const act *x, const real *w, const real *mean,
+                                  const real *rstd, i64 d, int acc) {
   i64 row = blockIdx.x;
-  const act *xr = x + row * d, *g = dy + row * d;
-  float mu = mean[row], r = rstd[row], s1 = 0, s2 = 0;
-  for (i64 j = threadIdx.x; j < d; j += blockDim.x) {
-    float gh = g[j] * w[j];
-    s1 += gh, s2 += gh * (xr[j] - mu) * r;
+  const act *xr = x + row * d, *gr = dy + row * d;
+  act *dr = dx + row * d;
+  float mu = mean[row], r = rstd[row], s1 = 0, s2 = 0, a[G], g[G], ww[G], o[G];
+  ROW_GROUPS(j, d, G) {
+    ldg<G>(a, xr + j), ldg<G>(g, gr + j), ldg<G>(ww, w + j);
+    for (int e = 0; e < G; e++) {
+      float gh = g[e] * ww[e];
+      s1 += gh, s2 += gh * (a[e] - mu) * r;
+    }
   }
   s1 = block_sum(s1) / d;
   s2 = block_sum(s2) / d;
-  for (i64 j = threadIdx.x; j < d; j += blockDim.x)
-    PUT(dx, row * d + j, r * (g[j] * w[j] - s1 - (xr[j] - mu) * r * s2), acc);
+  ROW_GROUPS(j, d, G) {
+    ldg<G>(a, xr + j), ldg<G>(g, gr + j), ldg<G>(ww, w + j);
+    if (acc) ldg<G>(o, dr + j);
+    for (int e = 0; e < G; e++) {
+      float v = r * (g[e] * ww[e] - s1 - (a[e] - mu) * r * s2);
+      o[e] = acc ? o[e] + v : v;
+    }
+    stg<G>(dr + j, o);
+  }
+}
+extern "C" __global__ void lmc_layernorm_bwd(act *dx, const act *dy, const act *x, const real *w, const real *mean,
+                                             const real *rstd, i64 n, i64 d, int acc) {
+  if (ROW8(d, dx, dy, x, w)) layernorm_bwd_row<8>(dx, dy, x, w, mean, rstd, d, acc);
+  else layernorm_bwd_row<1>(dx, dy, x, w, mean, rstd, d, acc);
 }
 
 // dw = sum over rows of dy * xhat, db = sum of dy: pass 1 of two column

@@ -336,6 +336,20 @@ int main(int argc, char **argv) {
              {{n * d}, {d, F32}, {d, F32}}};
   c.x.n = n, c.x.d = d;
   check(c, true);
+  /* rows of width 64: 8 elements a thread at a time */
+  c = (Case){"rmsnorm (width 64)", rt_inst(OP_RMSNORM), {{n * 64}, {64, 2}}, {{n * 64}, {n, F32}}};
+  c.x.n = n, c.x.d = 64, c.x.eps = 1e-5;
+  check(c, false);
+  c = (Case){"rmsnorm_bwd (width 64)", rt_inst(OP_RMSNORM_BWD), {{n * 64}, {n * 64}, {64, 2}, {n, 2}}, {{n * 64}, {64, F32}}};
+  c.x.n = n, c.x.d = 64;
+  check(c, true);
+  c = (Case){"layernorm (width 64)", rt_inst(OP_LAYERNORM), {{n * 64}, {64, 2}, {64, F32}}, {{n * 64}, {n, F32}, {n, F32}}};
+  c.x.n = n, c.x.d = 64, c.x.eps = 1e-5;
+  check(c, false);
+  c = (Case){"layernorm_bwd (width 64)", rt_inst(OP_LAYERNORM_BWD), {{n * 64}, {n * 64}, {64, 2}, {n, F32}, {n, 2}},
+             {{n * 64}, {64, F32}, {64, F32}}};
+  c.x.n = n, c.x.d = 64;
+  check(c, true);
   /* the weight and bias gradients' column sums over 5 chunks of rows */
   int64_t nr = 300;
   c = (Case){"rmsnorm_bwd (300 rows)", rt_inst(OP_RMSNORM_BWD), {{nr * d}, {nr * d}, {d, 2}, {nr, 2}}, {{nr * d}, {d, F32}}};
