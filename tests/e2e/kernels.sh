@@ -1,6 +1,6 @@
 #!/bin/sh
-# The CUDA kernels of the presets (MoE's among them) and of a tensor-parallel plan (which
-# adds the vocab-parallel cross-entropy kernels) compile with NVRTC, and so
+# The CUDA kernels of the presets (MoE's among them), of a tensor-parallel plan (which
+# adds the vocab-parallel cross-entropy kernels) and typed for bf16 storage compile with NVRTC, and so
 # do the emulator's test kernels with their inline PTX (down to a cubin).
 # For sm_90 it prints ptxas's registers, shared memory and spills of every
 # kernel; attention (head dims 32, 64, 96) and the optimizer must not spill.
@@ -8,5 +8,8 @@ BIN=$1 SRC=$2
 . "$SRC/tests/e2e/common.sh"
 for m in tiny gpt2-124m llama-large moe-tiny; do "$LMC" "$SRC/models/$m.lm" -q -o "$WORK/$m"; done
 "$LMC" "$SRC/models/tiny.lm" -q -o "$WORK/tiny-tp2" --set tp=2
+# and typed for bf16 storage (precision = bf16): GPT-2, llama-large, MoE
+for m in gpt2-124m llama-large moe-tiny; do "$LMC" "$SRC/models/$m.lm" -q -o "$WORK/$m-bf16" --set precision=bf16; done
 "$BIN/tests/test_nvrtc" -I "$SRC/templates" "$WORK/tiny/kernels.cu" "$WORK/gpt2-124m/kernels.cu" "$WORK/llama-large/kernels.cu" \
-  "$WORK/moe-tiny/kernels.cu" "$WORK/tiny-tp2/kernels.cu" "$SRC/tests/emu/kernels.cu"
+  "$WORK/moe-tiny/kernels.cu" "$WORK/tiny-tp2/kernels.cu" "$WORK/gpt2-124m-bf16/kernels.cu" \
+  "$WORK/llama-large-bf16/kernels.cu" "$WORK/moe-tiny-bf16/kernels.cu" "$SRC/tests/emu/kernels.cu"
