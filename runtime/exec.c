@@ -279,14 +279,17 @@ static void route_fixed(Run *r, const RtInst *x, int i, void **out, void **in) {
  * back). */
 static bool half(Run *r, int v) { return v >= 0 && r->typed && r->b->vals[v].bf16; }
 
-static void *wide(Run *r, int v, void *p) {
-  if (!half(r, v)) return p;
-  int64_t n = r->b->vals[v].n;
+static void *reals_for(Run *r, int64_t n) {   /* the scratch buffer, room for n reals */
   if (r->wide_n < n) {
     if (r->wide) r->be->release(r->wide);
     r->wide = r->be->alloc(n * r->be->elem), r->wide_n = n;
   }
-  r->be->widen(r->wide, p, n);
+  return r->wide;
+}
+
+static void *wide(Run *r, int v, void *p) {
+  if (!half(r, v)) return p;
+  r->be->widen(reals_for(r, r->b->vals[v].n), p, r->b->vals[v].n);
   return r->wide;
 }
 
@@ -443,7 +446,7 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
       if (a->kind == A_SEND)   /* (send copies out before it returns) */
         r->be->send(wide(r, a->value, x), b->vals[a->value].n, a->peer, tag, a->axis, slot_of(b, a));
       else {
-        void *w = half(r, a->value) ? wide(r, a->value, x) : x;   /* (sized; its contents are received) */
+        void *w = half(r, a->value) ? reals_for(r, b->vals[a->value].n) : x;
         r->be->recv(w, b->vals[a->value].n, a->peer, tag, a->axis);
         narrow(r, a->value, x, w);
         r->t_wait += rt_now() - t;
