@@ -90,8 +90,8 @@ static cublasLtHandle_t lt;
 static CUdeviceptr workspace, scratch_rows, scratch_part;
 static size_t workspace_size = 32 << 20, scratch_rows_n;
 static int sm;   /* compute capability, e.g. 90 */
-static int precision = MP_MEDIUM;
-static bool storage16;   /* the bundle's kernels store activations in bf16 (`typedef bf16 act;`) */   /* MP_HIGHEST, MP_HIGH, MP_MEDIUM: cuda_matmul_precision */
+static int precision = MP_MEDIUM;   /* MP_HIGHEST, MP_HIGH, MP_MEDIUM: cuda_matmul_precision */
+static bool storage16;   /* the bundle's kernels store activations in bf16 (`typedef bf16 act;`) */
 
 #define CK(call) check_cu((call), #call, __FILE__, __LINE__)
 static void check_cu(CUresult rc, const char *what, const char *file, int line) {
@@ -806,8 +806,8 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
   float eps = (float)x->eps, theta = (float)x->theta, scale = (float)x->scale;
   switch (x->op) {
   case OP_MATMUL: {
-    gemm_t(gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0)), x->ta, x->tb, x->m, x->n, x->k, 1, I[0], x->ta ? x->m : x->k, I[1], x->tb ? x->k : x->n,
-           x->acc[0] ? 1 : 0, O[0], x->n);
+    gemm_t(gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0)), x->ta, x->tb, x->m, x->n, x->k, 1, I[0],
+           x->ta ? x->m : x->k, I[1], x->tb ? x->k : x->n, x->acc[0] ? 1 : 0, O[0], x->n);
     return;
   }
   case OP_EMBED: { void *a[] = {&O[0], &I[0], &I[1], &n, &d, &v, &v0}; launch("lmc_embed", grid_for(n * d), a); return; }
