@@ -41,18 +41,23 @@ compare moe_gelu "$SRC/tests/e2e/moe-gelu.lm"
 # at a rounding boundary may land a bf16 ulp apart); Llama, and GPT-2 for
 # LayerNorm, GELU and the bias adds
 tol="1e-3 1e-2" compare llama_bf16 "$SRC/models/tiny.lm" $small --set precision=bf16
-tol="1e-3 1e-2" compare gpt2_bf16 "$SRC/models/gpt2-124m.lm" --set V=256 --set D=32 --set H=4 --set L=2 --set batch=4 \
-  --set seq=16 --set precision=bf16
-# MoE in bf16 storage: top-2 SwiGLU experts over 20 steps; top-1 GELU
-# experts over 4 steps within 1e-4 (further on, a token whose two best
-# router logits differ in the last bit picks another expert on one side
-# than on the other, a step's gradient norm jumps by a few percent and
-# comes back; the dh rounding left out of the CPU's reference shows as
-# 2.4e-4 here)
-tol="1e-3 1e-2" compare moe_bf16 "$SRC/models/tiny.lm" $small --set experts=4 --set precision=bf16
-STEPS_SAVED=$STEPS STEPS=4
-tol=1e-4 compare moe_gelu_bf16 "$SRC/tests/e2e/moe-gelu.lm" --set precision=bf16
-STEPS=$STEPS_SAVED
+# (the sanitizer build, STEPS under 20, leaves the rest of bf16 storage to
+# the normal build and emu_ops_bf16)
+ran=11
+if [ "$STEPS" -ge 20 ]; then
+  tol="1e-3 1e-2" compare gpt2_bf16 "$SRC/models/gpt2-124m.lm" --set V=256 --set D=32 --set H=4 --set L=2 --set batch=4 \
+    --set seq=16 --set precision=bf16
+  # MoE in bf16 storage: top-2 SwiGLU experts over 20 steps; top-1 GELU
+  # experts over 4 steps within 1e-4 (further on, a token whose two best
+  # router logits differ in the last bit picks another expert on one side
+  # than on the other, a step's gradient norm jumps by a few percent and
+  # comes back; the dh rounding left out of the CPU's reference shows as
+  # 2.4e-4 here)
+  tol="1e-3 1e-2" compare moe_bf16 "$SRC/models/tiny.lm" $small --set experts=4 --set precision=bf16
+  STEPS_SAVED=$STEPS STEPS=4
+  tol=1e-4 compare moe_gelu_bf16 "$SRC/tests/e2e/moe-gelu.lm" --set precision=bf16
+  STEPS=$STEPS_SAVED ran=14
+fi
 # tf32 and bf16 products: the loss within 2e-3 and 1e-2, the gradient
 # norm, which drifts, within 3e-2 and 5e-2
 flags="--matmul-precision high" tol="2e-3 3e-2"
@@ -65,5 +70,5 @@ compare llama_medium "$SRC/models/tiny.lm" $small
   --eval-batches 2 --out "$WORK/llama.nographs" || fail "lmrun --no-cuda-graphs failed"
 python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/llama.cuda-emu/metrics.jsonl" "$WORK/llama.nographs/metrics.jsonl" \
   "graphs against none" 1e-15 || status=1
-[ $status = 0 ] && echo "14 passed, 0 failed" || echo "failed"
+[ $status = 0 ] && echo "$ran passed, 0 failed" || echo "failed"
 exit $status
