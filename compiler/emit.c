@@ -179,7 +179,6 @@ void emit_manifest(FILE *out, Sched *s) {
           num(t->eps), num(t->wd), num(t->clip), num(t->val_fraction), t->decay);
   fprintf(out, "data %s\n", t->data);
   if (strcmp(t->precision, "fp32")) fprintf(out, "precision %s\n", t->precision);
-  if (kernels_bf16(g)) fprintf(out, "storage bf16\n");
   int64_t total = 0, active = 0;   /* active: what one token runs (top k of E experts) */
   for (int i = 0; i < g->nparams; i++) {
     Value *v = g->params[i];

@@ -98,12 +98,6 @@ static void attention_kernels(FILE *out, Graph *g) {
   }
 }
 
-/* Whether the bundle stores its bf16 values in bf16 (two bytes, in the
- * kernels' `act` type): under `precision = bf16`, every op's kernels being
- * typed. The manifest says so (`storage bf16`); the CPU backend holds
- * them as reals, rounded, either way. */
-bool kernels_bf16(Graph *g) { return !strcmp(g->prog->s.precision, "bf16"); }
-
 /* Copies the template: the prelude always, a section when used; then the
  * kernels specialised to the model's shapes. */
 void kernels_emit(FILE *out, Graph *g) {
@@ -117,7 +111,7 @@ void kernels_emit(FILE *out, Graph *g) {
     else if (!strncmp(p, "// @kernel ", 11)) {
       if (!typed)   /* after the prelude, before the first section */
         fprintf(out, "\ntypedef %s act;   // the activations' storage (precision plan)\n",
-                kernels_bf16(g) ? "bf16" : "float");
+                precision_bf16(g) ? "bf16" : "float");
       typed = true;
       char name[64];
       size_t l = strcspn(p + 11, "\n");

@@ -240,7 +240,11 @@ void fuse_graph(Graph *g, bool always);   /* always: fuse even small heads */
 void ad_backward(Graph *g);
 
 /* ---- precision.c ---- */
-void precision_plan(Graph *g);          /* every value's dtype; bf16 weight copies */
+void precision_plan(Graph *g);
+/* Under precision = bf16 the GPU kernels store the bf16 values in bf16
+ * (`act`) and the activations get a byte plan; the CPU backend holds them
+ * as reals, rounded. */
+bool precision_bf16(const Graph *g);          /* every value's dtype; bf16 weight copies */
 
 /* ---- part.c ---- */
 typedef struct Xfer {  /* a value that crosses between pipeline stages */
@@ -310,7 +314,6 @@ double plan_inst_flops(Inst *in);       /* GEMM and attention FLOPs of one instr
 
 /* ---- kernels.c ---- */
 void kernels_emit(FILE *out, Graph *g);
-bool kernels_bf16(Graph *g);   /* bf16 values stored in bf16 (else rounded in fp32 storage) */
 void kernels_attention(FILE *out, int64_t k, bool bwd);   /* the kernels for head dim k */
 
 /* ---- emit.c ---- */

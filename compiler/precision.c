@@ -7,12 +7,13 @@
  * wide stays f32: norm and softmax statistics, cross-entropy's row
  * statistics, the MoE router (its logits from the f32 weight, and their
  * gradient: a rounded logit flips a token's expert), its gates, expert
- * ids, counts and positions, the loss and every parameter's gradient. Under `fp32` (the default)
- * every value is f32. Token ids are i32 either way.
+ * ids, counts and positions, the loss and every parameter's gradient.
+ * Under `fp32` (the default) every value is f32. Token ids are i32 either
+ * way.
  *
- * The backends honour the plan by rounding each bf16 value when it is
- * written (so the CPU backend is the bf16 run's reference); storing bf16
- * in half the bytes is the next step. */
+ * The CUDA kernels store the bf16 values in bf16 (kernels.c types them,
+ * sched.c plans their bytes); the CPU backend rounds each bf16 value when
+ * it is written, so it is the bf16 run's reference. */
 #include "lmc.h"
 #include <string.h>
 
@@ -59,10 +60,12 @@ static Value *copy_of(Value *p, int stage, Value **copies) {
   return *c;
 }
 
+bool precision_bf16(const Graph *g) { return !strcmp(g->prog->s.precision, "bf16"); }
+
 void precision_plan(Graph *g) {
   G = g;
   for (int i = 0; i < g->nvals; i++) g->vals[i]->dtype = g->vals[i]->is_int ? DT_I32 : DT_F32;
-  if (strcmp(g->prog->s.precision, "bf16")) return;
+  if (!precision_bf16(g)) return;
   int nfwd = g->nfwd, nbwd = g->nbwd, total = nfwd + nbwd;
   for (int k = 0; k < total; k++) {   /* activations: bf16 unless a statistic; gradients as their values */
     Inst *in = k < nfwd ? g->fwd[k] : g->bwd[k - nfwd];

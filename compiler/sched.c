@@ -156,7 +156,7 @@ void sched_stage(Sched *s, int stage) {
   live_ranges(s->g, s->part);
   plan_regions(s);
   s->region[V_ACT] = s->peak_act = plan_acts(s, false);
-  s->act_bytes = kernels_bf16(s->g) ? plan_acts(s, true) : 0;
+  s->act_bytes = precision_bf16(s->g) ? plan_acts(s, true) : 0;
   int64_t inflight = !strcmp(t->schedule, "gpipe") ? t->microbatches : t->mesh[AX_PP] - stage;
   s->slots = (int)(inflight < t->microbatches ? inflight : t->microbatches);
   if (t->mesh[AX_PP] == 1) s->slots = 1;   /* one microbatch at a time */

@@ -408,6 +408,13 @@ static void check_layout(Program *p) {
   }
 }
 
+/* Whether some dim is laid out on mesh axis a. */
+static bool laid_on(Program *p, int a) {
+  for (int i = 0; i < p->ndims; i++)
+    if (p->dims[i].axis == a) return true;
+  return false;
+}
+
 static void check_world(Program *p, int world) {
   int64_t prod = 1;
   for (int a = 0; a < MAX_AXES; a++) prod *= p->s.mesh[a];
@@ -425,23 +432,15 @@ static void check_world(Program *p, int world) {
                  "pp = %lld needs the model's layer stack laid out on it, e.g. layout L: pp",
                  (long long)p->s.mesh[AX_PP]);
   }
-  if (p->s.mesh[AX_TP] > 1) {
-    bool laid = false;
-    for (int i = 0; i < p->ndims; i++) laid |= p->dims[i].axis == AX_TP;
-    if (!laid)
-      diag_hint("lay out the heads, the MLP width and the vocab, e.g. layout H: tp, F: tp, V: tp"),
-          diag_error(setting_loc(p, p->parallel, "tp"), "tp-layout",
-                     "tp = %lld but no dim is laid out on tp: every tp rank would repeat the same work",
-                     (long long)p->s.mesh[AX_TP]);
-  }
-  if (p->s.mesh[AX_EP] > 1) {
-    bool laid = false;
-    for (int i = 0; i < p->ndims; i++) laid |= p->dims[i].axis == AX_EP;
-    if (!laid)
-      diag_hint("ep splits the experts of moe() layers: lay out their dim, e.g. layout E: ep, or set experts"),
-          diag_error(setting_loc(p, p->parallel, "ep"), "ep-layout",
-                     "ep = %lld but no dim is laid out on ep", (long long)p->s.mesh[AX_EP]);
-  }
+  if (p->s.mesh[AX_TP] > 1 && !laid_on(p, AX_TP))
+    diag_hint("lay out the heads, the MLP width and the vocab, e.g. layout H: tp, F: tp, V: tp"),
+        diag_error(setting_loc(p, p->parallel, "tp"), "tp-layout",
+                   "tp = %lld but no dim is laid out on tp: every tp rank would repeat the same work",
+                   (long long)p->s.mesh[AX_TP]);
+  if (p->s.mesh[AX_EP] > 1 && !laid_on(p, AX_EP))
+    diag_hint("ep splits the experts of moe() layers: lay out their dim, e.g. layout E: ep, or set experts"),
+        diag_error(setting_loc(p, p->parallel, "ep"), "ep-layout",
+                   "ep = %lld but no dim is laid out on ep", (long long)p->s.mesh[AX_EP]);
 }
 
 /* experts = E turns MLPs into MoE layers over a new dim E, split by ep. */

@@ -139,7 +139,6 @@ static void read_manifest(Bundle *b, const char *dir) {
     } else if (!strncmp(l, "params ", 7)) b->nparam_elems = b->nparam_active = atoll(l + 7);
     else if (!strncmp(l, "active ", 7)) b->nparam_active = atoll(l + 7);
     else if (!strcmp(l, "precision bf16")) b->bf16 = true;
-    else if (!strcmp(l, "storage bf16")) b->bf16_storage = true;
     else if (!strcmp(l, "end")) end = true;
     else bad(&r, "unknown line");
   }
@@ -147,7 +146,6 @@ static void read_manifest(Bundle *b, const char *dir) {
   if (!end) bad(&r, "truncated manifest (no 'end' line)");
   if (b->vocab <= 0 || b->B <= 0 || b->T <= 0 || b->nparams == 0 || b->train.batch <= 0)
     bad(&r, "incomplete manifest");
-  if (b->bf16_storage && !b->bf16) bad(&r, "'storage bf16' without 'precision bf16'");
 }
 
 RtInst rt_inst(int op) {
@@ -235,7 +233,7 @@ static void read_value(Reader *r, Bundle *b) {
   if (v->split >= v->rank) bad(r, "bad split");
   if (v->off < 0 || v->n <= 0 || v->off + v->n > b->region[v->region]) bad(r, "value outside its region");
   v->boff = -1;
-  if (v->region == R_ACT && b->bf16_storage) {   /* its place in the byte plan */
+  if (v->region == R_ACT && b->bf16) {   /* its place in the byte plan */
     if (!field(r->buf, "boff") || !b->act_bytes) bad(r, "an activation without its byte offset (bf16 storage)");
     v->boff = ifield(r, "boff");
     if (v->boff < 0 || v->boff % 16 || v->boff + v->n * (v->bf16 ? 2 : 4) > b->act_bytes)
@@ -478,7 +476,7 @@ static void read_schedule(Bundle *b, const char *dir, int rank) {
       strcat(reg, " ");
       b->region[region_of(&r, reg)] = size;
     } else if (sscanf(l, "bytes act %lld", &size) == 1) {
-      if (!b->bf16_storage || size <= 0) bad(&r, "a byte plan without bf16 storage");
+      if (!b->bf16 || size <= 0) bad(&r, "a byte plan without the bf16 precision plan");
       b->act_bytes = size;
     } else if (!strncmp(l, "value ", 6)) read_value(&r, b);
     else if (!strncmp(l, "inputs ", 7)) {
@@ -531,9 +529,9 @@ static void link_params(Bundle *b) {
     rt_die("bundle %s: a parameter is missing from the schedule", b->dir);
 }
 
-/* Under bf16 storage, each instruction's operands stored in bf16 (RtInst.bf). */
+/* Under the bf16 plan, each instruction's operands held in bf16 (RtInst.bf). */
 static void mark_bf16(Bundle *b) {
-  if (!b->bf16_storage) return;
+  if (!b->bf16) return;
   RtInst *progs[] = {b->fwd, b->bwd};
   int counts[] = {b->nfwd, b->nbwd};
   for (int p = 0; p < 2; p++)

@@ -5,8 +5,9 @@
  * (cached on disk by source hash and architecture); GEMMs go to cuBLASLt,
  * attention to lmc's flash attention kernels; all-reduces to NCCL when
  * every rank has its own GPU (else, and for pipeline transfers, staged
- * through host memory and MPI). fp32 storage; the products' precision is
- * --matmul-precision's. */
+ * through host memory and MPI). Storage is fp32, the products' precision
+ * --matmul-precision's, or under a bf16 plan the kernels store the bf16
+ * values in bf16 (`typedef bf16 act;`) and cuBLASLt takes them as they are. */
 #include "lmrt.h"
 #include <cublasLt.h>
 #include <cuda.h>
@@ -1071,13 +1072,6 @@ static void cuda_allreduce(void *x, int64_t n, int axis, int op) {
   free(h);
 }
 
-static void cuda_round_bf16(void *x, int64_t n) {
-  CUdeviceptr p = dptr(x);
-  i64 nn = n;
-  void *a[] = {&p, &nn};
-  launch("lmc_round_bf16", grid_for(n), a);
-}
-
 /* A bf16 value to reals and back (for the host, the collectives and the
  * GEMMs of mixed operand types). */
 static void widen_to(CUdeviceptr y, CUdeviceptr x, int64_t n) {
@@ -1206,7 +1200,7 @@ static Backend cuda = {
     .recv = cuda_recv, .wait_sends = cuda_wait_sends, .gemm_peak = cuda_gemm_peak, .sync = cuda_sync,
     .peak_bytes = cuda_peak_bytes, .graph_begin = cuda_graph_begin, .graph_end = cuda_graph_end,
     .graph_run = cuda_graph_run, .graph_free = cuda_graph_free, .optimizer = cuda_optimizer,
-    .alltoallv = cuda_alltoallv, .round_bf16 = cuda_round_bf16, .widen = cuda_widen, .narrow = cuda_narrow};
+    .alltoallv = cuda_alltoallv, .widen = cuda_widen, .narrow = cuda_narrow};
 
 void cuda_matmul_precision(int p) { precision = p; }
 void cuda_collectives(int mode) { collectives = mode; }

@@ -28,7 +28,7 @@ static int64_t region_bytes(Run *r, int region) {
 Run *rt_new(Bundle *b, Backend *be) {
   Run *r = rt_xmalloc(sizeof(Run));
   r->b = b, r->be = be;
-  r->typed = b->bf16_storage && be->widen;   /* the backend keeps bf16 values in bf16 */
+  r->typed = b->bf16 && be->widen;   /* the backend keeps bf16 values in bf16 */
   for (int i = 0; i < NUM_REGIONS; i++)
     r->region[i] = be->alloc(copies(b, i) * region_bytes(r, i));
   r->adam_m = be->alloc(b->region[R_PARAM] * be->elem);

@@ -141,8 +141,7 @@ typedef struct Bundle {
   RtParam *params; int nparams;
   int64_t nparam_elems;
   int64_t nparam_active;   /* what one token runs: MoE layers' top k of E experts (else all) */
-  bool bf16;               /* the precision plan is bf16 (values tagged dtype=bf16) */
-  bool bf16_storage;       /* and the kernels store those values in bf16 (else fp32, rounded) */
+  bool bf16;               /* the precision plan is bf16 (values tagged dtype=bf16; the kernels store them in bf16) */
   int64_t act_bytes;       /* bf16 storage: one slot's activations in bytes, each value at its dtype's size */
   int64_t region[NUM_REGIONS];
   RtValue *vals; int nvals;
@@ -206,10 +205,11 @@ typedef struct Backend {
    * in_norm tensors), clipping to clip (0: none) and AdamW of every
    * tensor; a->gscale and a->wd are ignored. Returns the norm. */
   double (*optimizer)(const OptParam *p, int count, const AdamArgs *a, double clip);
-  /* round n reals to bf16 in place (a value the plan stores in bf16) */
+  /* round n reals to bf16 in place (a value the plan stores in bf16, on
+   * a backend that holds it as reals: one without widen) */
   void (*round_bf16)(void *x, int64_t n);
   /* optional: the backend stores bf16 values in bf16 under a bundle's
-   * `storage bf16`, laid out by its byte plan (else it holds them as
+   * bf16 plan, laid out by its byte plan (else it holds them as
    * reals, rounded, in the element plan); widen copies n such values into
    * n reals, narrow back, for the host and the collectives, which see reals */
   void (*widen)(void *reals, const void *x, int64_t n);

@@ -32,7 +32,7 @@ static void usage(int code) {
           "  --matmul-precision P  CUDA backends, as PyTorch's float32 matmul precision:\n"
           "                        medium (default; GEMMs and attention in bf16 on the\n"
           "                        tensor cores), high (GEMMs in tf32), highest (fp32\n"
-          "                        products, for checking); fp32 storage and sums\n"
+          "                        products, for checking) of fp32 operands; sums in fp32\n"
           "  --collectives C       a CUDA backend's all-reduces: auto (default; NCCL when every\n"
           "                        rank of a machine has its own GPU), nccl, or mpi (staged\n"
           "                        through host memory)\n"

@@ -1247,14 +1247,9 @@ extern "C" __global__ void lmc_moe_act_bwd(act *dh, const act *da, const act *h,
 }
 
 // @kernel cast
-// a weight's bf16 copy (under fp32 storage rounded by lmc_round_bf16 after,
-// as any bf16 value is when written)
+// a weight's bf16 copy
 extern "C" __global__ void lmc_cast(act *y, const real *x, i64 n) {
   ew1(y, x, n, 0, [](float u) { return u; });
-}
-
-extern "C" __global__ void lmc_round_bf16(real *x, i64 n) {
-  GRID_LOOP(i, n) x[i] = __uint_as_float(bf16_bits(x[i]) << 16);
 }
 
 // @kernel optimizer
