@@ -65,6 +65,12 @@ static struct {
                            cublasLtMatrixLayout_t, const void *, cublasLtMatrixLayout_t, const void *,
                            const void *, cublasLtMatrixLayout_t, void *, cublasLtMatrixLayout_t,
                            const cublasLtMatmulAlgo_t *, void *, size_t, cudaStream_t);
+  cublasStatus_t (*pref_create)(cublasLtMatmulPreference_t *);
+  cublasStatus_t (*pref_set)(cublasLtMatmulPreference_t, cublasLtMatmulPreferenceAttributes_t, const void *, size_t);
+  cublasStatus_t (*pref_destroy)(cublasLtMatmulPreference_t);
+  cublasStatus_t (*heuristic)(cublasLtHandle_t, cublasLtMatmulDesc_t, cublasLtMatrixLayout_t, cublasLtMatrixLayout_t,
+                              cublasLtMatrixLayout_t, cublasLtMatrixLayout_t, cublasLtMatmulPreference_t, int,
+                              cublasLtMatmulHeuristicResult_t *, int *);
   CUresult (*stream_query)(CUstream);
 } cu;
 
@@ -163,7 +169,9 @@ static bool load_driver(char *why, size_t n) {
   SYM(b, lt_create, "cublasLtCreate"), SYM(b, desc_create, "cublasLtMatmulDescCreate");
   SYM(b, desc_set, "cublasLtMatmulDescSetAttribute"), SYM(b, desc_destroy, "cublasLtMatmulDescDestroy");
   SYM(b, layout_create, "cublasLtMatrixLayoutCreate"), SYM(b, layout_destroy, "cublasLtMatrixLayoutDestroy");
-  SYM(b, matmul, "cublasLtMatmul");
+  SYM(b, matmul, "cublasLtMatmul"), SYM(b, pref_create, "cublasLtMatmulPreferenceCreate");
+  SYM(b, pref_set, "cublasLtMatmulPreferenceSetAttribute"), SYM(b, pref_destroy, "cublasLtMatmulPreferenceDestroy");
+  SYM(b, heuristic, "cublasLtMatmulAlgoGetHeuristic");
   void **f = (void **)&cu;
   for (size_t i = 0; i < sizeof cu / sizeof(void *); i++)
     if (!f[i]) return snprintf(why, n, "a CUDA library lacks a function this build needs"), false;
@@ -416,6 +424,80 @@ enum { G_A = 1, G_B = 2, G_C = 4 };
 static void widen_to(CUdeviceptr y, CUdeviceptr x, int64_t n);
 static void narrow_to(CUdeviceptr y, CUdeviceptr x, int64_t n);
 
+/* An MoE expert's GEMMs get another row count every step (its share of
+ * the tokens), and cublasLtMatmul without an algorithm looks one up for
+ * each new shape: on an H200 in bf16 that lookup, not the product, was
+ * most of an expert's GEMM. Such GEMMs (`ragged` set around them) look
+ * their algorithm up once for the rows rounded up to one of eight sizes
+ * an octave (only a dimension that is not the contiguous one of its
+ * operands) and keep it; an algorithm cuBLASLt then refuses falls back to
+ * its own choice, for that shape class from then on. */
+static bool ragged;
+
+typedef struct LtKey { int64_t m, n, k, lda, ldb, ldc; uint32_t align[3]; unsigned ty; int prec; bool ta, tb; } LtKey;
+static struct { LtKey key; int state; cublasLtMatmulAlgo_t algo; } lt_algos[4096];   /* state: 0 free, 1 algo, 2 none */
+
+/* the alignment cuBLASLt may assume of an operand (its heuristic takes
+ * 256 bytes for granted): 16 (what its bf16 kernels load at a time) or
+ * less, since an expert's rows start anywhere */
+static uint32_t align_of(CUdeviceptr p) {
+  uint32_t a = 16;
+  while (a > 1 && p % a) a /= 2;
+  return a;
+}
+
+static int64_t row_class(int64_t x) {
+  int64_t g = 8;
+  while (g * 16 <= x) g *= 2;
+  return (x + g - 1) / g * g;
+}
+
+static int lt_slot(const LtKey *k) {
+  uint64_t h = 1469598103934665603u;
+  const unsigned char *p = (const unsigned char *)k;
+  for (size_t i = 0; i < sizeof *k; i++) h = (h ^ p[i]) * 1099511628211u;
+  for (int i = 0, at = (int)(h % 4096); i < 4096; i++, at = (at + 1) % 4096)
+    if (!lt_algos[at].state || !memcmp(&lt_algos[at].key, k, sizeof *k)) return at;
+  return -1;
+}
+
+static void lt_layouts(cublasLtMatrixLayout_t l[3], cudaDataType_t ab, cudaDataType_t cd, LtPlan p) {
+  LT(cu.layout_create(&l[0], ab, p.a_rows, p.a_cols, p.a_ld));   /* our B */
+  LT(cu.layout_create(&l[1], ab, p.b_rows, p.b_cols, p.b_ld));   /* our A */
+  LT(cu.layout_create(&l[2], cd, p.c_rows, p.c_cols, p.c_ld));
+}
+
+/* The cache slot of a ragged GEMM's algorithm (looked up the first time),
+ * or -1 when the cache is full. */
+static int ragged_algo(cublasLtMatmulDesc_t desc, cudaDataType_t ab, cudaDataType_t cd, unsigned ty, bool ta, bool tb,
+                       int64_t m, int64_t n, int64_t k, CUdeviceptr a, int64_t lda, CUdeviceptr b, int64_t ldb,
+                       CUdeviceptr c, int64_t ldc) {
+  static const cublasLtMatmulPreferenceAttributes_t at_least[] = {
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+  LtKey key;
+  memset(&key, 0, sizeof key);   /* the padding too: keys compare as bytes */
+  key.m = ta ? m : row_class(m), key.n = n, key.k = ta && !tb ? row_class(k) : k;
+  key.lda = lda, key.ldb = ldb, key.ldc = ldc, key.ty = ty, key.prec = precision, key.ta = ta, key.tb = tb;
+  key.align[0] = align_of(b), key.align[1] = align_of(a), key.align[2] = align_of(c);   /* cuBLASLt's A is our B */
+  int at = lt_slot(&key);
+  if (at >= 0 && !lt_algos[at].state) {
+    cublasLtMatrixLayout_t l[3];
+    cublasLtMatmulPreference_t pref;
+    cublasLtMatmulHeuristicResult_t r;
+    int got = 0;
+    lt_layouts(l, ab, cd, lt_plan(ta, tb, key.m, n, key.k, lda, ldb, ldc));
+    LT(cu.pref_create(&pref));
+    LT(cu.pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_size, sizeof workspace_size));
+    for (int i = 0; i < 4; i++) LT(cu.pref_set(pref, at_least[i], &key.align[i < 3 ? i : 2], sizeof key.align[0]));
+    bool ok = cu.heuristic(lt, desc, l[0], l[1], l[2], l[2], pref, 1, &r, &got) == CUBLAS_STATUS_SUCCESS && got > 0;
+    cu.pref_destroy(pref), cu.layout_destroy(l[0]), cu.layout_destroy(l[1]), cu.layout_destroy(l[2]);
+    lt_algos[at].key = key, lt_algos[at].state = ok ? 1 : 2;
+    if (ok) lt_algos[at].algo = r.algo;
+  }
+  return at;
+}
+
 static void gemm_t(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, CUdeviceptr a,
                    int64_t lda, CUdeviceptr b, int64_t ldb, float beta, CUdeviceptr c, int64_t ldc) {
   static CUdeviceptr wa, wb, wc;
@@ -432,7 +514,7 @@ static void gemm_t(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t 
     return narrow_to(c, cw, m * ldc);
   }
   cublasLtMatmulDesc_t desc;
-  cublasLtMatrixLayout_t la, lb, lc;
+  cublasLtMatrixLayout_t l[3];
   LtPlan p = lt_plan(ta, tb, m, n, k, lda, ldb, ldc);
   cublasOperation_t opa = p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, opb = p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   cublasComputeType_t ct = ty & G_A                ? CUBLAS_COMPUTE_32F
@@ -442,12 +524,18 @@ static void gemm_t(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t 
   LT(cu.desc_create(&desc, ct, CUDA_R_32F));
   LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
   LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
-  LT(cu.layout_create(&la, ab, p.a_rows, p.a_cols, p.a_ld));   /* our B */
-  LT(cu.layout_create(&lb, ab, p.b_rows, p.b_cols, p.b_ld));   /* our A */
-  LT(cu.layout_create(&lc, ct_c, p.c_rows, p.c_cols, p.c_ld));
-  LT(cu.matmul(lt, desc, &alpha, (void *)b, la, (void *)a, lb, &beta, (void *)c, lc, (void *)c, lc, NULL,
-               (void *)workspace, workspace_size, (cudaStream_t)st));
-  cu.layout_destroy(la), cu.layout_destroy(lb), cu.layout_destroy(lc), cu.desc_destroy(desc);
+  lt_layouts(l, ab, ct_c, p);
+  int at = ragged ? ragged_algo(desc, ab, ct_c, ty, ta, tb, m, n, k, a, lda, b, ldb, c, ldc) : -1;
+  const cublasLtMatmulAlgo_t *algo = at >= 0 && lt_algos[at].state == 1 ? &lt_algos[at].algo : NULL;
+  cublasStatus_t rc = cu.matmul(lt, desc, &alpha, (void *)b, l[0], (void *)a, l[1], &beta, (void *)c, l[2], (void *)c,
+                                l[2], algo, (void *)workspace, workspace_size, (cudaStream_t)st);
+  if (rc != CUBLAS_STATUS_SUCCESS && algo) {   /* refused for this shape: cuBLASLt's own choice */
+    lt_algos[at].state = 2;
+    rc = cu.matmul(lt, desc, &alpha, (void *)b, l[0], (void *)a, l[1], &beta, (void *)c, l[2], (void *)c, l[2], NULL,
+                   (void *)workspace, workspace_size, (cudaStream_t)st);
+  }
+  check_lt(rc, "cublasLtMatmul", __FILE__, __LINE__);
+  cu.layout_destroy(l[0]), cu.layout_destroy(l[1]), cu.layout_destroy(l[2]), cu.desc_destroy(desc);
 }
 
 static void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, CUdeviceptr a, int64_t lda,
@@ -790,10 +878,10 @@ static void op_moe(const RtInst *x, void **o, void **in) {
     if (o[0]) { void *a[] = {&O[0], &I[0], &I[2], &I[3], &nk, &k, &d, &acc0}; launch("lmc_moe_combine_bwd_rows", grid_for(nk * d), a); }
     if (o[1]) { void *a[] = {&O[1], &I[0], &I[1], &I[2], &k, &d, &acc1}; launch("lmc_moe_combine_bwd_gates", (unsigned)nk, a); }
     return;
-  case OP_MOE_UP: case OP_MOE_UP_GELU: op_moe_up(x, o, in); return;
-  case OP_MOE_DOWN: op_moe_down(x, o, in); return;
-  case OP_MOE_DOWN_BWD: op_moe_down_bwd(x, o, in); return;
-  case OP_MOE_UP_BWD: case OP_MOE_UP_GELU_BWD: op_moe_up_bwd(x, o, in); return;
+  case OP_MOE_UP: case OP_MOE_UP_GELU: ragged = true, op_moe_up(x, o, in), ragged = false; return;
+  case OP_MOE_DOWN: ragged = true, op_moe_down(x, o, in), ragged = false; return;
+  case OP_MOE_DOWN_BWD: ragged = true, op_moe_down_bwd(x, o, in), ragged = false; return;
+  case OP_MOE_UP_BWD: case OP_MOE_UP_GELU_BWD: ragged = true, op_moe_up_bwd(x, o, in), ragged = false; return;
   }
   rt_die("the CUDA backend cannot run op '%s'", rt_op_names[x->op]);
 }

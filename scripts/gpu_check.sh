@@ -20,7 +20,8 @@
 # the GPU from the same seed give the same losses and gradient norms within
 # single precision tolerance (2e-3 relative; the high and medium matmul
 # precisions: 2e-3 and 1e-2 for the loss, 3e-2 and 5e-2 for the gradient
-# norm, whose trajectory drifts); then
+# norm, whose trajectory drifts; bf16 storage: 1e-3 for the loss, the
+# gradient norm within 5e-2 over the first 10 steps, MoE's 3e-2 and 8); then
 # bench/gpu.sh, lmc against PyTorch on the same GPU. Output also goes to
 # $OUT/gpu_check.log when OUT is set.
 set -eu
@@ -90,20 +91,25 @@ compare gpt2 models/gpt2-124m.lm --set V=256 --set D=128 --set H=4 --set L=2 --s
 # flash attention past one block of rows and many tiles of keys (head dim 64, T 300)
 compare llama_t300 models/tiny.lm --set D=256 --set H=4 --set G=2 --set F=512 --set L=2 --set batch=4 --set seq=300
 # the bf16 precision plan (bf16 storage) against the CPU's (fp32 storage,
-# each bf16 value rounded when written). The gradient norm within 5e-2 as
-# for medium: the GPU's fp32 sums and device math differ from the CPU's
-# in the last bits, enough to flip a few roundings to bf16 (2^-9 each),
-# and the trajectory drifts from there (3.3e-2 by step 20 on an H200)
-tol="1e-3 5e-2" compare llama_bf16 models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 \
+# each bf16 value rounded when written). The GPU's fp32 sums and device
+# math differ from the CPU's in the last bits, enough to flip a few
+# roundings to bf16 (2^-9 each), and the trajectories part from there: on
+# an H200 the first step agrees within 4e-6 in loss and 2e-5 in gradient
+# norm, step 12 within 2e-3, and at step 15's gradient spike the norms
+# differ by 10% (the loss by 7e-4). So the gradient norm is held to 5e-2
+# through step 10, the loss to 1e-3 throughout (a bug shows from step 1)
+tol="1e-3 5e-2 10" compare llama_bf16 models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 \
   --set seq=64 --set precision=bf16
-tol="1e-3 5e-2" compare gpt2_bf16 models/gpt2-124m.lm --set V=256 --set D=128 --set H=4 --set L=2 --set batch=8 \
+tol="1e-3 5e-2 10" compare gpt2_bf16 models/gpt2-124m.lm --set V=256 --set D=128 --set H=4 --set L=2 --set batch=8 \
   --set seq=64 --set precision=bf16
 # and at medium: attention's tiles straight from bf16 storage
 flags="--matmul-precision medium" tol="1e-2 5e-2" compare llama_bf16_t300 models/tiny.lm --set D=256 --set H=4 \
   --set G=2 --set F=512 --set L=2 --set batch=4 --set seq=300 --set precision=bf16
-# MoE: 8 top-2 SwiGLU experts (routing, dispatch, per-expert cuBLASLt GEMMs, combine), and in bf16 storage
+# MoE: 8 top-2 SwiGLU experts (routing, dispatch, per-expert cuBLASLt GEMMs, combine), and in bf16 storage,
+# where a flipped rounding also flips a token's expert now and then: on an H200 the first step within 6e-6
+# (loss) and 2e-5 (gradient norm), step 8 within 2e-3, later steps up to 1.4e-2 in loss
 compare moe models/moe-tiny.lm --set D=128 --set H=4 --set G=2 --set F=172 --set L=2 --set batch=8 --set seq=64
-tol="1e-3 5e-2" compare moe_bf16 models/moe-tiny.lm --set D=128 --set H=4 --set G=2 --set F=172 --set L=2 --set batch=8 \
+tol="3e-2 5e-2 8" compare moe_bf16 models/moe-tiny.lm --set D=128 --set H=4 --set G=2 --set F=172 --set L=2 --set batch=8 \
   --set seq=64 --set precision=bf16
 flags="--matmul-precision high" tol="2e-3 3e-2" compare llama_high models/tiny.lm --set D=128 --set H=4 --set G=2 \
   --set F=344 --set L=2 --set batch=8 --set seq=64

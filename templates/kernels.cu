@@ -571,6 +571,32 @@ __device__ void fm_tile(unsigned short (*s)[KP + 8], const S *src, i64 r0, i64 T
   }
 }
 
+// fm_tile at scale 1 by cp.async where the source is bf16, 16-byte aligned
+// and K and the stride multiples of 8 (the copies land at the caller's
+// wait; rows past T and columns past K zero), else fm_tile itself (landed
+// at once). The caller commits the group.
+template <typename S> struct FmLoad {
+  template <int R, int KP>
+  static __device__ void go(unsigned short (*s)[KP + 8], const S *src, i64 r0, i64 T, i64 stride, int K) {
+    fm_tile<R, KP>(s, src, r0, T, stride, K, 1.0f);
+  }
+};
+template <> struct FmLoad<bf16> {
+  template <int R, int KP>
+  static __device__ void go(unsigned short (*s)[KP + 8], const bf16 *src, i64 r0, i64 T, i64 stride, int K) {
+    if (K % 8 || stride % 8 || (unsigned long long)src % 16) return fm_tile<R, KP>(s, src, r0, T, stride, K, 1.0f);
+    for (int e = threadIdx.x; e < R * KP / 8; e += FA_THREADS) {
+      int r = e / (KP / 8), c = e % (KP / 8) * 8;
+      bool in = r0 + r < T && c < K;
+      lmc_cp_async16(&s[r][c], in ? (const void *)(src + (r0 + r) * stride + c) : (const void *)src, in ? 16 : 0);
+    }
+  }
+};
+template <int R, int KP, typename S>
+__device__ void fm_load(unsigned short (*s)[KP + 8], const S *src, i64 r0, i64 T, i64 stride, int K) {
+  FmLoad<S>::template go<R, KP>(s, src, r0, T, stride, K);
+}
+
 // A fragments of rows row0..row0+15 of a tile, one per 16 columns
 template <int KP>
 __device__ void fm_frag_a(unsigned (*a)[4], unsigned short (*s)[KP + 8], int row0) {
@@ -660,14 +686,20 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
   fm_frag_a<KP>(qa, sh, warp * 16);
   float acc[KP / 8][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0, 0};
   for (int nt = 0; nt < KP / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
+  // K and V tiles in two groups: the next K's copy overlaps the softmax
+  // and P V, the next V's the next Q K^T
+  __syncthreads();
+  fm_load<FM_ROWS, KP>(sh, kb, 0, T, G * K, (int)K), lmc_cp_async_commit();
+  fm_load<FM_ROWS, KP>(sh + FM_ROWS, vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
   for (i64 j0 = 0; j0 <= last; j0 += FM_ROWS) {
-    __syncthreads();
-    fm_tile<FM_ROWS, KP>(sh, kb, j0, T, G * K, (int)K, 1.0f);
-    fm_tile<FM_ROWS, KP>(sh + FM_ROWS, vb, j0, T, G * K, (int)K, 1.0f);
+    bool more = j0 + FM_ROWS <= last;
+    lmc_cp_async_wait1();   // K
     __syncthreads();
     float s[FM_ROWS / 8][4];
     for (int nt = 0; nt < FM_ROWS / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0;
     fm_mul_nk<KP, FM_ROWS / 8, KP / 16>(s, qa, sh);
+    __syncthreads();
+    if (more) fm_load<FM_ROWS, KP>(sh, kb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
     float mx[2] = {m[0], m[1]};
     for (int nt = 0; nt < FM_ROWS / 8; nt++)
       for (int i = 0; i < 4; i++) {
@@ -682,7 +714,12 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
     }
     for (int nt = 0; nt < FM_ROWS / 8; nt++)
       for (int i = 0; i < 4; i++) s[nt][i] = exp2f(s[nt][i] - m[i >> 1]), l[i >> 1] += s[nt][i];
+    if (more) lmc_cp_async_wait1();   // V
+    else lmc_cp_async_wait0();
+    __syncthreads();
     fm_mul_kn<KP, FM_ROWS / 8>(acc, s, sh + FM_ROWS);
+    __syncthreads();
+    if (more) fm_load<FM_ROWS, KP>(sh + FM_ROWS, vb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
   }
   l[0] = quad_sum(l[0]), l[1] = quad_sum(l[1]);
   fm_put<KP>(o + b * T * H * K + h * K, H * K, acc, r0, T, (int)K, 1.0f / l[0], 1.0f / l[1], 0);
@@ -758,16 +795,23 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
     i64 row = r0 + r * 8;
     li[r] = row < T ? lse[(b * H + h) * T + row] * LOG2E : 0, di[r] = row < T ? dd[(b * H + h) * T + row] : 0;
   }
+  // V and K tiles in two groups: the next V's copy overlaps Q K^T, dS and
+  // dS K, the next K's the next dO V^T
+  __syncthreads();
+  fm_load<FM_ROWS, KP>(sh + FM_ROWS, vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
+  fm_load<FM_ROWS, KP>(sh, kb, 0, T, G * K, (int)K), lmc_cp_async_commit();
   for (i64 j0 = 0; j0 <= last; j0 += FM_ROWS) {
-    __syncthreads();
-    fm_tile<FM_ROWS, KP>(sh, kb, j0, T, G * K, (int)K, 1.0f);
-    fm_tile<FM_ROWS, KP>(sh + FM_ROWS, vb, j0, T, G * K, (int)K, 1.0f);
-    __syncthreads();
+    bool more = j0 + FM_ROWS <= last;
     float s[FM_ROWS / 8][4], dp[FM_ROWS / 8][4];
     for (int nt = 0; nt < FM_ROWS / 8; nt++)
       for (int i = 0; i < 4; i++) s[nt][i] = dp[nt][i] = 0;
-    fm_mul_nk<KP, FM_ROWS / 8, KP / 16>(s, qa, sh);
+    lmc_cp_async_wait1();   // V
+    __syncthreads();
     fm_mul_nk<KP, FM_ROWS / 8, KP / 16>(dp, da, sh + FM_ROWS);
+    lmc_cp_async_wait0();   // K
+    __syncthreads();
+    if (more) fm_load<FM_ROWS, KP>(sh + FM_ROWS, vb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
+    fm_mul_nk<KP, FM_ROWS / 8, KP / 16>(s, qa, sh);
     for (int nt = 0; nt < FM_ROWS / 8; nt++)
       for (int i = 0; i < 4; i++) {
         i64 row = r0 + (i >> 1) * 8;
@@ -775,21 +819,42 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
         s[nt][i] = p * (dp[nt][i] - di[i >> 1]);   // dS
       }
     fm_mul_kn<KP, FM_ROWS / 8>(acc, s, sh);   // dQ += dS K
+    __syncthreads();
+    if (more) fm_load<FM_ROWS, KP>(sh, kb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
   }
   fm_put<KP>(dq + b * T * H * K + h * K, H * K, acc, r0, T, (int)K, scale, scale, accum);
 }
 
+// One stage of fm_backward_dkv: rows i0.. of head h's Q and dO into a Q
+// tile and the dO tile QT rows below it, and their rows' log-sum-exp (in
+// log2 units) and rowsum(dO * O)
+template <int KP, int QT>
+__device__ void fm_dkv_stage(unsigned short (*s)[KP + 8], float *ls, float *ds, const act *q, const act *dout,
+                             const real *lse, const real *dd, i64 b, i64 h, i64 i0, i64 T, i64 H, i64 K) {
+  fm_load<QT, KP>(s, q + b * T * H * K + h * K, i0, T, H * K, (int)K);
+  fm_load<QT, KP>(s + QT, dout + b * T * H * K + h * K, i0, T, H * K, (int)K);
+  for (int c = threadIdx.x; c < QT; c += FA_THREADS) {
+    bool ok = i0 + c < T;
+    ls[c] = ok ? lse[(b * H + h) * T + i0 + c] * LOG2E : 0, ds[c] = ok ? dd[(b * H + h) * T + i0 + c] : 0;
+  }
+}
+
 // On the tensor cores: dK and dV, grid (key blocks, G, B); QT queries a
-// tile (32 for head dims past 64, to keep the accumulators in registers)
+// tile (32 for head dims past 64, to keep the accumulators in registers).
+// The Q and dO tiles of the group's heads go through two stages of shared
+// memory (Q as stored: S^T is scaled in registers), the next tile's copy
+// overlapping this one's four products.
 template <int KP, int QT>
 __device__ void fm_backward_dkv(act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v,
                                 const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck,
                                 int accv) {
-  __shared__ __align__(16) unsigned short sh[2 * FM_ROWS][KP + 8];   // K and V, then Q and dO
-  __shared__ float ls[QT], ds[QT];
+  const int ROWS = 4 * QT > 2 * FM_ROWS ? 4 * QT : 2 * FM_ROWS;
+  __shared__ __align__(16) unsigned short sh[ROWS][KP + 8];   // K and V, then two stages of Q and dO
+  __shared__ float ls[2][QT], ds[2][QT];
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   i64 b = blockIdx.z, gi = blockIdx.y, j0 = (i64)blockIdx.x * FM_ROWS, per = H / G;
   i64 c0 = j0 + warp * 16 + g;   // this thread's keys: c0 and c0 + 8
+  float sl = scale * LOG2E;      // S in log2 units
   fm_tile<FM_ROWS, KP>(sh, k + b * T * G * K + gi * K, j0, T, G * K, (int)K, 1.0f);
   fm_tile<FM_ROWS, KP>(sh + FM_ROWS, v + b * T * G * K + gi * K, j0, T, G * K, (int)K, 1.0f);
   __syncthreads();
@@ -799,32 +864,37 @@ __device__ void fm_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
   float dka[KP / 8][4], dva[KP / 8][4];
   for (int nt = 0; nt < KP / 8; nt++)
     for (int i = 0; i < 4; i++) dka[nt][i] = dva[nt][i] = 0;
-  for (i64 h = gi * per; h < (gi + 1) * per; h++)
-    for (i64 i0 = j0; i0 < T; i0 += QT) {
-      __syncthreads();
-      fm_tile<QT, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);
-      fm_tile<QT, KP>(sh + FM_ROWS, dout + b * T * H * K + h * K, i0, T, H * K, (int)K, 1.0f);
-      for (int c = threadIdx.x; c < QT; c += FA_THREADS) {
-        bool ok = i0 + c < T;
-        ls[c] = ok ? lse[(b * H + h) * T + i0 + c] * LOG2E : 0, ds[c] = ok ? dd[(b * H + h) * T + i0 + c] : 0;
+  i64 tiles = (T - j0 + QT - 1) / QT, steps = per * tiles;   // tile n: head gi * per + n / tiles
+  __syncthreads();
+  fm_dkv_stage<KP, QT>(sh, ls[0], ds[0], q, dout, lse, dd, b, gi * per, j0, T, H, K), lmc_cp_async_commit();
+  for (i64 n = 0; n < steps; n++) {
+    int st = (int)(n & 1);
+    i64 i0 = j0 + n % tiles * QT;
+    if (n + 1 < steps) {
+      i64 h1 = gi * per + (n + 1) / tiles, i1 = j0 + (n + 1) % tiles * QT;
+      fm_dkv_stage<KP, QT>(sh + (st ^ 1) * 2 * QT, ls[st ^ 1], ds[st ^ 1], q, dout, lse, dd, b, h1, i1, T, H, K);
+      lmc_cp_async_commit();
+      lmc_cp_async_wait1();
+    } else lmc_cp_async_wait0();
+    __syncthreads();
+    unsigned short(*qs)[KP + 8] = sh + st * 2 * QT, (*dos)[KP + 8] = sh + st * 2 * QT + QT;
+    float st_[QT / 8][4], dpt[QT / 8][4];   // S^T and dP^T: this warp's 16 keys x QT queries
+    for (int nt = 0; nt < QT / 8; nt++)
+      for (int i = 0; i < 4; i++) st_[nt][i] = dpt[nt][i] = 0;
+    fm_mul_nk<KP, QT / 8, KP / 16>(st_, ka, qs);
+    fm_mul_nk<KP, QT / 8, KP / 16>(dpt, va, dos);
+    for (int nt = 0; nt < QT / 8; nt++)
+      for (int i = 0; i < 4; i++) {
+        int c = nt * 8 + 2 * t + (i & 1);
+        i64 key = c0 + (i >> 1) * 8;
+        float p = i0 + c >= key && i0 + c < T ? exp2f(st_[nt][i] * sl - ls[st][c]) : 0.0f;
+        st_[nt][i] = p, dpt[nt][i] = p * (dpt[nt][i] - ds[st][c]);   // P^T, dS^T
       }
-      __syncthreads();
-      float st[QT / 8][4], dpt[QT / 8][4];   // S^T and dP^T: this warp's 16 keys x QT queries
-      for (int nt = 0; nt < QT / 8; nt++)
-        for (int i = 0; i < 4; i++) st[nt][i] = dpt[nt][i] = 0;
-      fm_mul_nk<KP, QT / 8, KP / 16>(st, ka, sh);
-      fm_mul_nk<KP, QT / 8, KP / 16>(dpt, va, sh + FM_ROWS);
-      for (int nt = 0; nt < QT / 8; nt++)
-        for (int i = 0; i < 4; i++) {
-          int c = nt * 8 + 2 * t + (i & 1);
-          i64 key = c0 + (i >> 1) * 8;
-          float p = i0 + c >= key && i0 + c < T ? exp2f(st[nt][i] - ls[c]) : 0.0f;
-          st[nt][i] = p, dpt[nt][i] = p * (dpt[nt][i] - ds[c]);   // P^T, dS^T
-        }
-      fm_mul_kn<KP, QT / 8>(dva, st, sh + FM_ROWS);   // dV += P^T dO
-      fm_mul_kn<KP, QT / 8>(dka, dpt, sh);            // dK += dS^T (scale log2(e) Q)
-    }
-  if (dk) fm_put<KP>(dk + b * T * G * K + gi * K, G * K, dka, c0, T, (int)K, LN2, LN2, acck);
+    fm_mul_kn<KP, QT / 8>(dva, st_, dos);   // dV += P^T dO
+    fm_mul_kn<KP, QT / 8>(dka, dpt, qs);    // dK += dS^T Q (times scale at the end)
+    __syncthreads();
+  }
+  if (dk) fm_put<KP>(dk + b * T * G * K + gi * K, G * K, dka, c0, T, (int)K, scale, scale, acck);
   if (dv) fm_put<KP>(dv + b * T * G * K + gi * K, G * K, dva, c0, T, (int)K, 1.0f, 1.0f, accv);
 }
 

@@ -24,4 +24,14 @@ __device__ __forceinline__ void lmc_ldmatrix_x4_trans(unsigned r[4], const void 
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(lmc_smem(p)));
 }
+// cp.async.cg: 16 bytes from global into shared memory without passing
+// through registers, n of them read (16, or 0: zeros), landing when the
+// thread waits for its group (commit closes one; wait1 waits for all but
+// the newest, wait0 for all)
+__device__ __forceinline__ void lmc_cp_async16(void *dst, const void *src, int n) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(lmc_smem(dst)), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void lmc_cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void lmc_cp_async_wait0(void) { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+__device__ __forceinline__ void lmc_cp_async_wait1(void) { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
 #endif

@@ -337,6 +337,40 @@ static inline void lmc_ldmatrix_x4(unsigned r[4], const void *p) { lmc_ldmatrix(
 static inline void lmc_ldmatrix_x2_trans(unsigned r[2], const void *p) { lmc_ldmatrix(r, 2, 1, p); }
 static inline void lmc_ldmatrix_x4_trans(unsigned r[4], const void *p) { lmc_ldmatrix(r, 4, 1, p); }
 
+// cp.async.cg.shared.global [dst], [src], 16, n: the copies a thread
+// issues wait in its queue, each in the group open when it was issued,
+// and land at cp.async.wait_group N (all but the newest N committed
+// groups), so a tile read before its wait reads what was there before, as
+// it may on a GPU. n is 16 (a copy) or 0 (16 zero bytes).
+enum { LMC_EMU_CP_MAX = 64 };
+struct LmcCp { unsigned char *dst; const unsigned char *src; int n, group; };
+static LmcCp lmc_emu_cp[1024][LMC_EMU_CP_MAX];
+static int lmc_emu_cp_n[1024], lmc_emu_cp_groups[1024];
+
+static inline unsigned lmc_emu_lin(void) { return (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x; }
+static inline void lmc_cp_async16(void *dst, const void *src, int n) {
+  unsigned t = lmc_emu_lin();
+  if ((uintptr_t)dst % 16 || (n && (uintptr_t)src % 16)) lmc_emu_api->trap("cp.async: an address is not 16-byte aligned");
+  if (n != 0 && n != 16) lmc_emu_api->trap("cp.async: the emulator copies 16 or 0 bytes of 16");
+  if (lmc_emu_cp_n[t] == LMC_EMU_CP_MAX) lmc_emu_api->trap("cp.async: 64 copies pending in one thread (no wait_group?)");
+  lmc_emu_cp[t][lmc_emu_cp_n[t]++] = LmcCp{(unsigned char *)dst, (const unsigned char *)src, n, lmc_emu_cp_groups[t]};
+}
+static inline void lmc_cp_async_commit(void) { lmc_emu_cp_groups[lmc_emu_lin()]++; }
+static inline void lmc_emu_cp_wait(int newest) {
+  unsigned t = lmc_emu_lin();
+  int k = 0;
+  for (int i = 0; i < lmc_emu_cp_n[t]; i++) {
+    LmcCp *c = &lmc_emu_cp[t][i];
+    if (c->group < lmc_emu_cp_groups[t] - newest) {
+      if (c->n) memcpy(c->dst, c->src, 16);
+      else memset(c->dst, 0, 16);
+    } else lmc_emu_cp[t][k++] = *c;
+  }
+  lmc_emu_cp_n[t] = k;
+}
+static inline void lmc_cp_async_wait0(void) { lmc_emu_cp_wait(0); }
+static inline void lmc_cp_async_wait1(void) { lmc_emu_cp_wait(1); }
+
 // ---- launching: the emulated NVRTC appends one LMC_EMU_KERNEL per
 // extern "C" __global__ function of the source ----
 template <class... A, size_t... I>

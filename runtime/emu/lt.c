@@ -113,6 +113,10 @@ bad:
 }
 #undef SET
 
+/* The algorithm the emulated heuristic gives (cublasLtMatmul takes it, or
+ * none, for any shape, and refuses one it did not give) */
+#define EMU_ALGO 0x656d752d616c676full
+
 cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *p) {
   *p = calloc(1, 64);
   return *p ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_ALLOC_FAILED;
@@ -129,6 +133,7 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmul
                                               cublasLtMatmulHeuristicResult_t *out, int *got) {
   if (want < 1) return lt_fail(CUBLAS_STATUS_INVALID_VALUE, "cublasLtMatmulAlgoGetHeuristic: asks for %d results", want);
   memset(out, 0, sizeof *out);
+  out->algo.data[0] = EMU_ALGO;
   out->wavesCount = 1.0f;
   *got = 1;
   return CUBLAS_STATUS_SUCCESS;
@@ -322,5 +327,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t desc, con
             *(const float *)beta, A, B, C, D};
   cublasStatus_t rc = check(&g);
   if (rc) return rc;
+  if (algo && algo->data[0] != EMU_ALGO)
+    return lt_fail(CUBLAS_STATUS_INVALID_VALUE, "cublasLtMatmul: an algorithm cublasLtMatmulAlgoGetHeuristic did not give");
   return emu_enqueue(stream, do_gemm, &g, sizeof g) ? CUBLAS_STATUS_EXECUTION_FAILED : CUBLAS_STATUS_SUCCESS;
 }

@@ -92,6 +92,30 @@ extern "C" __global__ void mma_tile(float *d, const unsigned short *a, const uns
   d[(g + 8) * 8 + 2 * t] = r[2], d[(g + 8) * 8 + 2 * t + 1] = r[3];
 }
 
+// cp.async on 32 threads: each copies 16 bytes of src into part 1 of a
+// shared tile (group 1) and 16 zero bytes into part 2 (group 2). After
+// wait1 and a barrier every thread reads part 1 (another thread's copy),
+// after wait0 and a barrier part 2. before[] gets the thread's own part 2
+// between the waits: on the emulator still what was there (on a GPU
+// either).
+extern "C" __global__ void cp_async_tile(unsigned *out, unsigned *before, const unsigned *src) {
+  __shared__ __align__(16) unsigned s[256];
+  int t = threadIdx.x;
+  for (int i = 0; i < 8; i++) s[t * 8 + i] = 0xdeadbeefu;
+  __syncthreads();
+  lmc_cp_async16(&s[t * 4], src + t * 4, 16);
+  lmc_cp_async_commit();
+  lmc_cp_async16(&s[128 + t * 4], src, 0);
+  lmc_cp_async_commit();
+  lmc_cp_async_wait1();
+  for (int i = 0; i < 4; i++) before[t * 4 + i] = s[128 + t * 4 + i];
+  __syncthreads();
+  for (int i = 0; i < 4; i++) out[t * 4 + i] = s[(t * 4 + i + 4) % 128];
+  lmc_cp_async_wait0();
+  __syncthreads();
+  for (int i = 0; i < 4; i++) out[128 + t * 4 + i] = s[128 + (t * 4 + i + 4) % 128];
+}
+
 // needs blockDim.x floats of dynamic shared memory
 extern "C" __global__ void uses_smem(float *out) {
   extern __shared__ float buf[];

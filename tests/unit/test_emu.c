@@ -4,9 +4,10 @@
  * checks: warp shuffles, votes and __syncthreads_count; a shared-memory
  * block sum in three thread orders; bf16 and fp16 rounding (ties to even,
  * overflow, subnormals, NaN); mma.m16n8k16 fed by ldmatrix against a plain
- * product; stream capture into a graph and its replays; cuBLASLt with bf16
- * inputs, row-major and batched layouts and epilogues against a direct
- * computation. Planted faults: a missing __syncthreads, writes past an
+ * product; cp.async copies landing at their waits; stream capture into a
+ * graph and its replays; cuBLASLt with bf16 inputs, row-major and batched
+ * layouts and epilogues against a direct computation, and an algorithm
+ * looked up for a larger shape running a smaller one. Planted faults: a missing __syncthreads, writes past an
  * allocation (into its canary, and onto the guard page), a shuffle naming
  * an exited lane, too much shared memory, too many threads, a host sync
  * inside a capture, an operand outside its allocation, an unsupported
@@ -241,6 +242,21 @@ static void mma(void) {
   F(cuMemFree)(dd), F(cuMemFree)(da), F(cuMemFree)(db);
 }
 
+static void cp_async(void) {
+  unsigned src[128], out[256], before[128];
+  for (int i = 0; i < 128; i++) src[i] = 0x1000u + (unsigned)i * 7;
+  CUdeviceptr ds = dalloc(sizeof src), dout = dalloc(sizeof out), db = dalloc(sizeof before);
+  F(cuMemcpyHtoD)(ds, src, sizeof src);
+  void *args[] = {&dout, &db, &ds};
+  CUresult rc = launch("cp_async_tile", 1, 32, 0, args);
+  F(cuMemcpyDtoH)(out, dout, sizeof out), F(cuMemcpyDtoH)(before, db, sizeof before);
+  int bad = rc != 0, early = 0;
+  for (int i = 0; i < 128; i++) bad += out[i] != src[(i + 4) % 128] || out[128 + i] != 0, early += before[i] != 0xdeadbeefu;
+  expect(!bad, "cp.async: 16-byte copies and zero fills land at wait_group 1 and 0");
+  if (!real) expect(!early, "cp.async: the newest group has not landed before its wait");
+  F(cuMemFree)(ds), F(cuMemFree)(dout), F(cuMemFree)(db);
+}
+
 static void graphs(void) {
   int n = 300;
   float *x = malloc(n * 4), out = -1;
@@ -396,6 +412,67 @@ static void lt(void) {
   F(cuMemFree)(da), F(cuMemFree)(db), F(cuMemFree)(dd), F(cuMemFree)(dbias), F(cuMemFree)(dbg);
 }
 
+/* The runtime looks an MoE expert's GEMM algorithm up once for its rows
+ * rounded up and runs it for the rows it has: an algorithm the heuristic
+ * gave for 256 columns of D (and, apart, for an inner dimension of 256)
+ * multiplies 200 (bf16 A n x k and B k x m, column-major, fp32 D). */
+static void lt_classes(void) {
+  enum { n = 64, K = 256, M = 256 };
+  static unsigned short a[n * K], b[K * M];
+  static float fa[n * K], fb[K * M], d[n * M];
+  for (int i = 0; i < n * K; i++) fa[i] = (float)(i % 11 - 5) / 8, a[i] = bf16(fa[i]);
+  for (int i = 0; i < K * M; i++) fb[i] = (float)(i % 7 - 3) / 4, b[i] = bf16(fb[i]);
+  CUdeviceptr da = dalloc(sizeof a), db = dalloc(sizeof b), dd = dalloc(sizeof d);
+  F(cuMemcpyHtoD)(da, a, sizeof a), F(cuMemcpyHtoD)(db, b, sizeof b);
+  cublasLtHandle_t h;
+  cublasLtMatmulDesc_t desc;
+  cublasLtMatmulPreference_t pref;
+  F(cublasLtCreate)(&h);
+  F(cublasLtMatmulDescCreate)(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+  F(cublasLtMatmulPreferenceCreate)(&pref);
+  uint32_t align = 16;
+  for (int i = CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES; i <= CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES; i++)
+    F(cublasLtMatmulPreferenceSetAttribute)(pref, i, &align, sizeof align);
+  for (int inner = 0; inner < 2; inner++) {   /* 0: D's columns vary, 1: the inner dimension */
+    int m = inner ? M : 200, k = inner ? 200 : K;
+    cublasLtMatrixLayout_t qa = layout(CUDA_R_16BF, n, K, n, CUBLASLT_ORDER_COL, 1, 0),
+                           qb = layout(CUDA_R_16BF, K, M, K, CUBLASLT_ORDER_COL, 1, 0),
+                           qd = layout(CUDA_R_32F, n, M, n, CUBLASLT_ORDER_COL, 1, 0),
+                           la = layout(CUDA_R_16BF, n, k, n, CUBLASLT_ORDER_COL, 1, 0),
+                           lb = layout(CUDA_R_16BF, k, m, K, CUBLASLT_ORDER_COL, 1, 0),
+                           ld = layout(CUDA_R_32F, n, m, n, CUBLASLT_ORDER_COL, 1, 0);
+    cublasLtMatmulHeuristicResult_t r;
+    int got = 0;
+    cublasStatus_t rc = F(cublasLtMatmulAlgoGetHeuristic)(h, desc, qa, qb, qd, qd, pref, 1, &r, &got);
+    float alpha = 1, beta = 0;
+    if (!rc && got == 1)
+      rc = F(cublasLtMatmul)(h, desc, &alpha, (void *)da, la, (void *)db, lb, &beta, (void *)dd, ld, (void *)dd, ld,
+                             &r.algo, NULL, 0, NULL);
+    F(cuMemcpyDtoH)(d, dd, (size_t)n * m * sizeof(float));
+    double worst = rc || got != 1 ? 1 : 0;
+    for (int j = 0; j < m; j++)
+      for (int i = 0; i < n; i++) {
+        double s = 0;
+        for (int q = 0; q < k; q++) s += (double)fa[q * n + i] * fb[j * K + q];
+        worst = fmax(worst, fabs(d[j * n + i] - s) / fmax(1, fabs(s)));
+      }
+    if (rc || !(worst < 1e-6)) printf("  status %d, %d algorithms, worst error %.3g\n", (int)rc, got, worst);
+    expect(worst < 1e-6, inner ? "cuBLASLt: an algorithm looked up for inner dim 256 runs 200"
+                               : "cuBLASLt: an algorithm looked up for 256 columns runs 200");
+    if (!real && inner) {   /* an algorithm the heuristic did not give */
+      r.algo.data[0] ^= 1;
+      rc = F(cublasLtMatmul)(h, desc, &alpha, (void *)da, la, (void *)db, lb, &beta, (void *)dd, ld, (void *)dd, ld,
+                             &r.algo, NULL, 0, NULL);
+      expect(rc == CUBLAS_STATUS_INVALID_VALUE && strstr(err(), "did not give"),
+             "planted: an algorithm the heuristic did not give is refused");
+    }
+    F(cublasLtMatrixLayoutDestroy)(qa), F(cublasLtMatrixLayoutDestroy)(qb), F(cublasLtMatrixLayoutDestroy)(qd);
+    F(cublasLtMatrixLayoutDestroy)(la), F(cublasLtMatrixLayoutDestroy)(lb), F(cublasLtMatrixLayoutDestroy)(ld);
+  }
+  F(cublasLtMatmulPreferenceDestroy)(pref), F(cublasLtMatmulDescDestroy)(desc);
+  F(cuMemFree)(da), F(cuMemFree)(db), F(cuMemFree)(dd);
+}
+
 static void *open_any(const char *const *names) {
   for (int i = 0; names[i]; i++) {
     void *h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
@@ -423,8 +500,10 @@ int main(int argc, char **argv) {
   if (!real) faults();
   conversions();
   mma();
+  cp_async();
   graphs();
   lt();
+  lt_classes();
   printf("%d passed, %d failed\n", ran - failures, failures);
   return failures ? 1 : 0;
 }
