@@ -624,7 +624,7 @@ static Cols col_plan(i64 n, i64 d, int sums) {
 }
 
 static void col_pass(const char *name, const Cols *c, i64 d, void **args) {
-  launch_grid(name, (unsigned)((d + 31) / 32), (unsigned)c->chunks, 1, 256, args);
+  launch_grid(name, (unsigned)((d + 255) / 256), (unsigned)c->chunks, 1, 256, args);   /* 8 columns a thread */
 }
 
 static void col_finish(const Cols *c, i64 d, int s, void *out, int acc) {

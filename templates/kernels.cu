@@ -178,22 +178,33 @@ __device__ void ew3x2(T *y, T *z, const T *a, const T *b, const T *c, i64 n, int
 }
 
 // Column sums over rows (the gradients of norm weights and biases) in two
-// deterministic passes. Pass 1: a block of 256 threads takes 32 columns
-// (blockIdx.x) of a chunk of `per` rows (blockIdx.y), 8 rows at a time;
-// col_store sums its 8 row lanes in order into part[chunk, column]. Pass 2,
-// lmc_col_finish, adds the chunks in order.
-#define COL_J (blockIdx.x * (i64)32 + threadIdx.x % 32)
+// deterministic passes. Pass 1: a block of 256 threads takes 256 columns
+// (blockIdx.x), 8 a thread (16-byte loads where the width is a multiple of
+// 8 and the rows aligned: colld), of a chunk of `per` rows (blockIdx.y),
+// a warp a row, 8 rows at a time; col_store sums its 8 warps' sums in
+// order into part[chunk, column]. Pass 2, lmc_col_finish, adds the chunks
+// in order. (Each column's order of additions is that of one column a
+// thread, 32 a block.)
+#define COL_J (blockIdx.x * (i64)256 + threadIdx.x % 32 * 8)
 #define COL_ROWS(i, n, per) for (i64 i = blockIdx.y * (per) + threadIdx.x / 32; i < (n) && i < (blockIdx.y + 1) * (per); i += 8)
 
-__device__ void col_store(real *part, float s, i64 d) {
-  __shared__ float sh[8][33];
+// the 8 columns j.. of a row (those past d zero); v: 16-byte loads
+template <typename T> __device__ __forceinline__ void colld(float *f, const T *row, i64 j, i64 d, bool v) {
+  if (v) return ld8(f, row + j);
+  for (int e = 0; e < 8; e++) f[e] = j + e < d ? (float)row[j + e] : 0.0f;
+}
+#define COL8(d, a, b) ((d) % 8 == 0 && al16(a) && al16(b))
+
+__device__ void col_store(real *part, const float *s, i64 d) {
+  __shared__ float sh[8][257];
   int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
-  sh[ty][tx] = s;
+  for (int e = 0; e < 8; e++) sh[ty][tx * 8 + e] = s[e];
   __syncthreads();
-  if (ty == 0 && COL_J < d) {
+  i64 j = blockIdx.x * (i64)256 + threadIdx.x;
+  if (j < d) {
     float t = 0;
-    for (int r = 0; r < 8; r++) t += sh[r][tx];
-    part[blockIdx.y * d + COL_J] = t;
+    for (int r = 0; r < 8; r++) t += sh[r][threadIdx.x];
+    part[blockIdx.y * d + j] = t;
   }
   __syncthreads();   // sh is used again by a second column sum
 }
@@ -310,8 +321,12 @@ extern "C" __global__ void lmc_rmsnorm_bwd(act *dx, const act *dy, const act *x,
 extern "C" __global__ void lmc_rmsnorm_bwd_dw(real *part, const act *dy, const act *x, const real *rstd, i64 n, i64 d,
                                               i64 per) {
   i64 j = COL_J;
-  float s = 0;
-  if (j < d) COL_ROWS(i, n, per) s += dy[i * d + j] * x[i * d + j] * rstd[i];
+  bool v = COL8(d, dy, x);
+  float s[8] = {0, 0, 0, 0, 0, 0, 0, 0}, a[8], b[8];
+  if (j < d) COL_ROWS(i, n, per) {
+      colld(a, dy + i * d, j, d, v), colld(b, x + i * d, j, d, v);
+      for (int e = 0; e < 8; e++) s[e] += a[e] * b[e] * rstd[i];
+    }
   col_store(part, s, d);
 }
 
@@ -384,8 +399,12 @@ extern "C" __global__ void lmc_layernorm_bwd(act *dx, const act *dy, const act *
 extern "C" __global__ void lmc_layernorm_bwd_dwdb(real *part, const act *dy, const act *x, const real *mean,
                                                   const real *rstd, i64 n, i64 d, i64 per) {
   i64 j = COL_J;
-  float sw = 0, sb = 0;
-  if (j < d) COL_ROWS(i, n, per) sw += dy[i * d + j] * (x[i * d + j] - mean[i]) * rstd[i], sb += dy[i * d + j];
+  bool v = COL8(d, dy, x);
+  float sw[8] = {0, 0, 0, 0, 0, 0, 0, 0}, sb[8] = {0, 0, 0, 0, 0, 0, 0, 0}, a[8], b[8];
+  if (j < d) COL_ROWS(i, n, per) {
+      colld(a, dy + i * d, j, d, v), colld(b, x + i * d, j, d, v);
+      for (int e = 0; e < 8; e++) sw[e] += a[e] * (b[e] - mean[i]) * rstd[i], sb[e] += a[e];
+    }
   col_store(part, sw, d);
   col_store(part + gridDim.y * d, sb, d);
 }
@@ -1018,8 +1037,12 @@ extern "C" __global__ void lmc_add_bwd(act *da, const act *dy, i64 n, int acc) {
 // a bias's gradient, the column sums of dy as rows x nb: pass 1
 extern "C" __global__ void lmc_add_bwd_bias(real *part, const act *dy, i64 rows, i64 nb, i64 per) {
   i64 j = COL_J;
-  float s = 0;
-  if (j < nb) COL_ROWS(r, rows, per) s += dy[r * nb + j];
+  bool v = COL8(nb, dy, 0);
+  float s[8] = {0, 0, 0, 0, 0, 0, 0, 0}, a[8];
+  if (j < nb) COL_ROWS(r, rows, per) {
+      colld(a, dy + r * nb, j, nb, v);
+      for (int e = 0; e < 8; e++) s[e] += a[e];
+    }
   col_store(part, s, nb);
 }
 

@@ -432,6 +432,10 @@ int main(int argc, char **argv) {
   c = (Case){"add_bwd (bias)", rt_inst(OP_ADD_BWD), {{n * d}}, {{n * d}, {d, F32}}};
   c.x.n = n * d, c.x.nb = d;
   check(c, true);
+  /* 8 columns a thread, 256 a block: two blocks of columns, the second partly past the width */
+  c = (Case){"add_bwd (bias, width 264, 300 rows)", rt_inst(OP_ADD_BWD), {{300 * 264}}, {{300 * 264}, {264, F32}}};
+  c.x.n = 300 * 264, c.x.nb = 264;
+  check(c, true);
   c = (Case){"cross_entropy", rt_inst(OP_XENT), {{n * V}, {n, 1, V}}, {{1, F32}}};
   c.x.n = n, c.x.v = V, c.x.scale = 1.0 / n;
   check(c, true);
