@@ -7,7 +7,18 @@
  * never stored (with a 50k vocabulary they are most of a small model's
  * activations). It costs a second GEMM of the head's size, so by default
  * (--fuse=auto) it fuses only logits of 2^25 elements (128 MiB) or more;
- * --fuse=always and --fuse=never (--no-fuse) decide otherwise. */
+ * --fuse=always and --fuse=never (--no-fuse) decide otherwise.
+ *
+ * After autodiff, fuse_bias rewrites a matmul
+ * whose output only a bias add reads (x w + b, b a parameter over the
+ * output's columns, on the same stage) into one matmul_bias: the GEMM's
+ * epilogue adds the bias, so the product is never stored and read back.
+ * The bias gradient stays the add's backward (a column sum of dy); under
+ * bf16 storage the epilogue reads the bias's bf16 copy, as it reads the
+ * weight's (cuBLASLt takes a bias of the output's type). A
+ * tensor-parallel row-split matmul is followed by its all-reduce, not the
+ * add, so it stays apart, as it must (the bias is added once, after the
+ * sum). */
 #include "lmc.h"
 #include <string.h>
 
@@ -79,4 +90,32 @@ void fuse_graph(Graph *g, bool always) {
       return;
     }
   }
+}
+
+/* Instructions (forward and backward) that read v. */
+static int readers(Graph *g, Value *v) {
+  int n = uses(g, v);
+  for (int k = 0; k < g->nbwd; k++)
+    for (int i = 0; i < g->bwd[k]->nin; i++) n += g->bwd[k]->in[i] == v;
+  return n;
+}
+
+void fuse_bias(Graph *g) {
+  int j = 0;
+  for (int k = 0; k < g->nfwd; k++) {
+    Inst *add = g->fwd[k], *mm = add->in[0] ? add->in[0]->def : NULL;
+    bool fuse = add->op == OP_ADD && mm && mm->op == OP_MATMUL && !mm->bwd && add->in[1]->kind == V_PARAM &&
+                ir_get(add, "nb") == ir_get(mm, "n") && ir_get(add, "nb") < ir_get(add, "n") && !add->acc[0] &&
+                !mm->acc[0] && mm->stage == add->stage && readers(g, mm->out[0]) == 1;
+    if (!fuse) {
+      g->fwd[j++] = add;
+      continue;
+    }
+    mm->op = OP_MATMUL_BIAS, mm->nin = 3;
+    mm->in[2] = add->in[1];
+    mm->out[0] = add->out[0], mm->out[0]->def = mm;
+  }
+  g->nfwd = j;
+  for (int k = 0; k < g->nfwd; k++) g->fwd[k]->id = k;
+  for (int k = 0; k < g->nbwd; k++) g->bwd[k]->id = g->nfwd + k;
 }

@@ -235,6 +235,7 @@ Graph *lower_program(Program *p);
 
 /* ---- fuse.c ---- */
 void fuse_graph(Graph *g, bool always);   /* always: fuse even small heads */
+void fuse_bias(Graph *g);                 /* after autodiff: bias adds into their matmuls */
 
 /* ---- autodiff.c ---- */
 void ad_backward(Graph *g);

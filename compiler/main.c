@@ -80,6 +80,7 @@ static int compile(Options *o, const char *text, long len) {
   ad_backward(g);
   if (o->verify) ir_verify(g);
   if (dumping(o, "grad")) ir_dump(stdout, g, true);
+  if (o->fuse != 2) fuse_bias(g);
   precision_plan(g);
   if (o->verify) ir_verify(g);
   if (dumping(o, "precision")) ir_dump(stdout, g, false), ir_dump(stdout, g, true);
@@ -110,6 +111,7 @@ static Sched *build(Options *o, const char *text, long len) {
   Graph *g = lower_program(p);
   if (o->fuse != 2) fuse_graph(g, o->fuse == 1);
   ad_backward(g);
+  if (o->fuse != 2) fuse_bias(g);
   precision_plan(g);
   Sched *s = sched_plan(g);
   sched_check(g);

@@ -1,7 +1,8 @@
 /* precision.c: the dtype of every value, after autodiff. Under the train
  * setting `precision = bf16` (mixed precision, the plan docs/cuda.md
  * gives): parameters stay f32 masters, and the ops that multiply by a
- * weight (matmul, embed, the fused head, the experts) read a bf16 copy a
+ * weight (matmul, embed, the fused head, the experts; a fused bias too)
+ * read a bf16 copy a
  * `cast` makes at the start of the forward pass, one per stage that reads
  * it; activations and their gradients are bf16; what must stay exact or
  * wide stays f32: norm and softmax statistics, cross-entropy's row
@@ -36,7 +37,7 @@ static Graph *G;
 static bool reads_copy(const Inst *in, int j) {
   if (in->in[j]->router) return false;
   switch (in->op) {
-  case OP_MATMUL: case OP_HEAD_XENT: case OP_HEAD_XENT_BWD: return true;
+  case OP_MATMUL: case OP_MATMUL_BIAS: case OP_HEAD_XENT: case OP_HEAD_XENT_BWD: return true;
   case OP_EMBED: return j == 1;
   case OP_MOE_UP: case OP_MOE_UP_GELU: case OP_MOE_DOWN: case OP_MOE_UP_BWD: case OP_MOE_UP_GELU_BWD:
   case OP_MOE_DOWN_BWD: return true;

@@ -498,8 +498,12 @@ static int ragged_algo(cublasLtMatmulDesc_t desc, cudaDataType_t ab, cudaDataTyp
   return at;
 }
 
-static void gemm_t(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, CUdeviceptr a,
-                   int64_t lda, CUdeviceptr b, int64_t ldb, float beta, CUdeviceptr c, int64_t ldc) {
+/* gemm_t with an epilogue adding bias[n] (of C's type) over C's rows,
+ * where bias is not 0; false where cuBLASLt refuses that epilogue (nothing
+ * done). */
+static bool gemm_bias(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, CUdeviceptr a,
+                      int64_t lda, CUdeviceptr b, int64_t ldb, float beta, CUdeviceptr c, int64_t ldc,
+                      CUdeviceptr bias) {
   static CUdeviceptr wa, wb, wc;
   static size_t na, nb, ncw;
   if (!(ty & G_A) != !(ty & G_B)) {   /* one bf16 operand (an MoE router's GEMMs): widened, multiplied in fp32 */
@@ -510,8 +514,9 @@ static void gemm_t(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t 
   if ((ty & G_C) && !(ty & G_A)) {    /* fp32 operands, a bf16 output: through an fp32 one */
     CUdeviceptr cw = scratch(&wc, &ncw, m * ldc);
     if (beta != 0) widen_to(cw, c, m * ldc);
-    gemm_t(ty & ~(unsigned)G_C, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, cw, ldc);
-    return narrow_to(c, cw, m * ldc);
+    if (!gemm_bias(ty & ~(unsigned)G_C, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, cw, ldc, bias)) return false;
+    narrow_to(c, cw, m * ldc);
+    return true;
   }
   cublasLtMatmulDesc_t desc;
   cublasLtMatrixLayout_t l[3];
@@ -524,6 +529,14 @@ static void gemm_t(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t 
   LT(cu.desc_create(&desc, ct, CUDA_R_32F));
   LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
   LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+  if (bias) {   /* cuBLASLt's D is our C^T: its rows are our columns, as the bias runs */
+    cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
+    void *bp = (void *)bias;
+    int32_t bt = ct_c;   /* the output's type: cuBLASLt's rule */
+    LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
+    LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp));
+    LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+  }
   lt_layouts(l, ab, ct_c, p);
   int at = ragged ? ragged_algo(desc, ab, ct_c, ty, ta, tb, m, n, k, a, lda, b, ldb, c, ldc) : -1;
   const cublasLtMatmulAlgo_t *algo = at >= 0 && lt_algos[at].state == 1 ? &lt_algos[at].algo : NULL;
@@ -534,8 +547,15 @@ static void gemm_t(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t 
     rc = cu.matmul(lt, desc, &alpha, (void *)b, l[0], (void *)a, l[1], &beta, (void *)c, l[2], (void *)c, l[2], NULL,
                    (void *)workspace, workspace_size, (cudaStream_t)st);
   }
-  check_lt(rc, "cublasLtMatmul", __FILE__, __LINE__);
   cu.layout_destroy(l[0]), cu.layout_destroy(l[1]), cu.layout_destroy(l[2]), cu.desc_destroy(desc);
+  if (rc == CUBLAS_STATUS_NOT_SUPPORTED && bias) return false;
+  check_lt(rc, "cublasLtMatmul", __FILE__, __LINE__);
+  return true;
+}
+
+static void gemm_t(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, CUdeviceptr a,
+                   int64_t lda, CUdeviceptr b, int64_t ldb, float beta, CUdeviceptr c, int64_t ldc) {
+  gemm_bias(ty, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, 0);
 }
 
 static void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, CUdeviceptr a, int64_t lda,
@@ -897,6 +917,17 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
   case OP_MATMUL: {
     gemm_t(gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0)), x->ta, x->tb, x->m, x->n, x->k, 1, I[0],
            x->ta ? x->m : x->k, I[1], x->tb ? x->k : x->n, x->acc[0] ? 1 : 0, O[0], x->n);
+    return;
+  }
+  case OP_MATMUL_BIAS: {   /* the bias in cuBLASLt's epilogue, or after it where refused */
+    i64 mn = x->m * x->n;
+    if (gemm_bias(gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0)), x->ta, x->tb, x->m, x->n, x->k, 1, I[0],
+                  x->ta ? x->m : x->k, I[1], x->tb ? x->k : x->n, x->acc[0] ? 1 : 0, O[0], x->n, I[2]))
+      return;
+    gemm_t(gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0)), x->ta, x->tb, x->m, x->n, x->k, 1, I[0],
+           x->ta ? x->m : x->k, I[1], x->tb ? x->k : x->n, x->acc[0] ? 1 : 0, O[0], x->n);
+    void *a[] = {&O[0], &O[0], &I[2], &mn, &n};
+    launch(x->bf & RT_BF_IN(2) ? "lmc_add" : "lmc_add_bias", grid_for(mn), a);
     return;
   }
   case OP_EMBED: { void *a[] = {&O[0], &I[0], &I[1], &n, &d, &v, &v0}; launch("lmc_embed", grid_for(n * d), a); return; }

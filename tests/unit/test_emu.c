@@ -6,7 +6,8 @@
  * overflow, subnormals, NaN); mma.m16n8k16 fed by ldmatrix against a plain
  * product; cp.async copies landing at their waits; stream capture into a
  * graph and its replays; cuBLASLt with bf16 inputs, row-major and batched
- * layouts and epilogues against a direct computation, and an algorithm
+ * layouts and epilogues (a bias of D's type, rounded once) against a
+ * direct computation, and an algorithm
  * looked up for a larger shape running a smaller one. Planted faults: a missing __syncthreads, writes past an
  * allocation (into its canary, and onto the guard page), a shuffle naming
  * an exited lane, too much shared memory, too many threads, a host sync
@@ -412,6 +413,68 @@ static void lt(void) {
   F(cuMemFree)(da), F(cuMemFree)(db), F(cuMemFree)(dd), F(cuMemFree)(dbias), F(cuMemFree)(dbg);
 }
 
+static unsigned short bf16_rne(double x) {
+  float f = (float)x;
+  unsigned u;
+  memcpy(&u, &f, 4);
+  return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
+
+/* A matmul with its bias in the epilogue, as lmc's matmul_bias runs it:
+ * bf16 A (24 x 16) and B (16 x 40), bf16 D and a bf16 bias over D's rows;
+ * D is the exact sum rounded once. A bias of another type than D's
+ * (fp32) the emulator refuses, as cublasLt.h says (the runtime then adds
+ * the bias in a kernel); on a GPU what cuBLASLt answers is printed. */
+static void lt_bias(void) {
+  enum { m = 24, k = 16, n = 40 };
+  unsigned short a[m * k], b[k * n], bias[m], d[m * n];
+  float fa[m * k], fb[k * n], fbias[m], fbias32[m];
+  for (int i = 0; i < m * k; i++) fa[i] = (float)(i % 7 - 3) / 4, a[i] = bf16(fa[i]);
+  for (int i = 0; i < k * n; i++) fb[i] = (float)(i % 5 - 2) / 2, b[i] = bf16(fb[i]);
+  for (int i = 0; i < m; i++) fbias[i] = fbias32[i] = (float)(i % 9 - 4) / 8, bias[i] = bf16(fbias[i]);
+  CUdeviceptr da = dalloc(sizeof a), db = dalloc(sizeof b), dd = dalloc(sizeof d), dbias = dalloc(sizeof bias),
+              dbias32 = dalloc(sizeof fbias32);
+  F(cuMemcpyHtoD)(da, a, sizeof a), F(cuMemcpyHtoD)(db, b, sizeof b), F(cuMemcpyHtoD)(dbias, bias, sizeof bias);
+  F(cuMemcpyHtoD)(dbias32, fbias32, sizeof fbias32);
+  cublasLtHandle_t h;
+  cublasLtMatmulDesc_t desc;
+  F(cublasLtCreate)(&h);
+  F(cublasLtMatmulDescCreate)(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+  cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
+  void *bp = (void *)dbias;
+  int32_t bt = CUDA_R_16BF;
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep);
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp);
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt);
+  cublasLtMatrixLayout_t la = layout(CUDA_R_16BF, m, k, m, CUBLASLT_ORDER_COL, 1, 0),
+                         lb = layout(CUDA_R_16BF, k, n, k, CUBLASLT_ORDER_COL, 1, 0),
+                         ld = layout(CUDA_R_16BF, m, n, m, CUBLASLT_ORDER_COL, 1, 0);
+  float alpha = 1, beta = 0;
+  cublasStatus_t rc = F(cublasLtMatmul)(h, desc, &alpha, (void *)da, la, (void *)db, lb, &beta, (void *)dd, ld,
+                                        (void *)dd, ld, NULL, NULL, 0, NULL);
+  F(cuMemcpyDtoH)(d, dd, sizeof d);
+  int bad = rc != 0;
+  for (int j = 0; j < n; j++)
+    for (int i = 0; i < m; i++) {
+      double s = fbias[i];
+      for (int q = 0; q < k; q++) s += (double)fa[q * m + i] * fb[j * k + q];
+      bad += d[j * m + i] != bf16_rne(s);
+    }
+  if (bad) printf("  cublasLtMatmul status %d, %d of %d elements differ\n", (int)rc, bad, m * n);
+  expect(!bad, "cuBLASLt: BIAS epilogue, bf16 D and bias, rounded once");
+  bp = (void *)dbias32, bt = CUDA_R_32F;
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp);
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt);
+  rc = F(cublasLtMatmul)(h, desc, &alpha, (void *)da, la, (void *)db, lb, &beta, (void *)dd, ld, (void *)dd, ld, NULL,
+                         NULL, 0, NULL);
+  if (real) printf("  (an fp32 bias with bf16 D: cuBLASLt answers status %d)\n", (int)rc);
+  else expect(rc == CUBLAS_STATUS_NOT_SUPPORTED && strstr(err(), "must be of D's type"),
+              "an fp32 bias with bf16 D is refused (cublasLt.h: the bias has D's type)");
+  F(cublasLtMatrixLayoutDestroy)(la), F(cublasLtMatrixLayoutDestroy)(lb), F(cublasLtMatrixLayoutDestroy)(ld);
+  F(cublasLtMatmulDescDestroy)(desc);
+  F(cuMemFree)(da), F(cuMemFree)(db), F(cuMemFree)(dd), F(cuMemFree)(dbias), F(cuMemFree)(dbias32);
+}
+
 /* The runtime looks an MoE expert's GEMM algorithm up once for its rows
  * rounded up and runs it for the rows it has: an algorithm the heuristic
  * gave for 256 columns of D (and, apart, for an inner dimension of 256)
@@ -503,6 +566,7 @@ int main(int argc, char **argv) {
   cp_async();
   graphs();
   lt();
+  lt_bias();
   lt_classes();
   printf("%d passed, %d failed\n", ran - failures, failures);
   return failures ? 1 : 0;
