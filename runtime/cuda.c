@@ -676,7 +676,7 @@ static void op_head_xent(const RtInst *x, void **o, void **in) {
   static size_t have_l;
   static CUdeviceptr scratch_l;
   i64 chunk = head_chunk(x), n = x->n, k = x->k, ex = esz(x, RT_BF_IN(0));
-  unsigned ty = x->bf & RT_BF_IN(0) ? G_A | G_B : 0;   /* the logits in fp32 either way */
+  unsigned ty = x->bf & RT_BF_IN(0) ? G_A | G_B | G_C : 0;   /* the logits stored as the activations */
   CUdeviceptr l = scratch(&scratch_l, &have_l, chunk * n), rows = scratch(&scratch_rows, &scratch_rows_n, x->m);
   for (i64 r0 = 0; r0 < x->m; r0 += chunk) {
     i64 c = x->m - r0 < chunk ? x->m - r0 : chunk;
@@ -688,21 +688,21 @@ static void op_head_xent(const RtInst *x, void **o, void **in) {
   sum_rows(rows, x->m, o[0], (float)x->scale, x->acc[0]);
 }
 
-/* Under bf16 storage the logits' gradient goes to its two GEMMs in bf16
- * (a scratch of its own; the CPU backend rounds it the same way), else in
- * place in fp32. */
+/* The logits recomputed and their gradient made in place, both stored as
+ * the activations are (bf16 under bf16 storage: the CPU backend rounds
+ * them the same way); the gradient's two GEMMs read it so. */
 static void op_head_xent_bwd(const RtInst *x, void **o, void **in) {
-  static size_t have_l, have_g;
-  static CUdeviceptr scratch_l, scratch_g;
+  static size_t have_l;
+  static CUdeviceptr scratch_l;
   i64 chunk = head_chunk(x), n = x->n, k = x->k, ex = esz(x, RT_BF_IN(0));
   bool h = x->bf & RT_BF_IN(0);
   unsigned ty = h ? G_A | G_B : 0;
   float scale = (float)x->scale;
-  CUdeviceptr l = scratch(&scratch_l, &have_l, chunk * n), dl = h ? scratch(&scratch_g, &have_g, (chunk * n + 1) / 2) : l;
+  CUdeviceptr l = scratch(&scratch_l, &have_l, chunk * n), dl = l;
   for (i64 r0 = 0; r0 < x->m; r0 += chunk) {
     i64 c = x->m - r0 < chunk ? x->m - r0 : chunk;
     CUdeviceptr xr = dptr(in[0]) + r0 * k * ex, y = dptr(in[2]) + r0 * 4, lse = dptr(in[3]) + r0 * 4;
-    gemm_t(ty, false, x->tb, c, n, k, 1, xr, k, dptr(in[1]), x->tb ? k : n, 0, l, n);
+    gemm_t(ty | (h ? G_C : 0), false, x->tb, c, n, k, 1, xr, k, dptr(in[1]), x->tb ? k : n, 0, l, n);
     void *a[] = {&dl, &l, &y, &lse, &c, &n, &scale};
     launch("lmc_head_grad", grid_for(c * n), a);
     if (o[0]) gemm_t(ty | (x->bf & RT_BF_OUT(0) ? G_C : 0), false, !x->tb, c, k, n, 1, dl, n, dptr(in[1]),

@@ -1101,19 +1101,20 @@ extern "C" __global__ void lmc_xent_tp_bwd(act *dl, const act *logits, const int
 }
 
 // @kernel head_xent
-// the fused LM head: one chunk of logits rows (made by cuBLASLt) to each
-// row's log-sum-exp and loss
-extern "C" __global__ void lmc_head_rows(real *row_loss, real *lse, const real *l, const int *y, i64 rows, i64 v) {
+// the fused LM head: one chunk of logits rows (made by cuBLASLt, stored
+// as the activations are: bf16 under bf16 storage) to each row's
+// log-sum-exp and loss, in fp32
+extern "C" __global__ void lmc_head_rows(real *row_loss, real *lse, const act *l, const int *y, i64 rows, i64 v) {
   i64 row = blockIdx.x;
-  const real *r = l + row * v;
+  const act *r = l + row * v;
   float z = row_logsumexp(r, v);
   if (threadIdx.x == 0) lse[row] = z, row_loss[row] = z - r[y[row]];
 }
 
 // @kernel head_xent_bwd
 // a chunk of logits rows to dlogits = scale (softmax - onehot), in place
-// or (bf16 storage) into dl, which the backward's GEMMs then read in bf16
-extern "C" __global__ void lmc_head_grad(act *dl, const real *l, const int *y, const real *lse, i64 rows, i64 v,
+// (bf16 under bf16 storage, as the backward's GEMMs then read it)
+extern "C" __global__ void lmc_head_grad(act *dl, const act *l, const int *y, const real *lse, i64 rows, i64 v,
                                          float scale) {
   GRID_LOOP(e, rows * v) {
     i64 row = e / v;
