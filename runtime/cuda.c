@@ -655,6 +655,23 @@ static void col_finish(const Cols *c, i64 d, int s, void *out, int acc) {
   launch("lmc_col_finish", grid_for(d), f);
 }
 
+/* RoPE's cosines and sines for t positions of head dim k (kernels.cu's
+ * lmc_rope_table), made the first time a shape is met (before any graph
+ * records the programs) and kept: every RoPE after reads them instead of
+ * a powf and a sincosf per pair of elements. */
+static CUdeviceptr rope_table(i64 t, i64 k, double theta) {
+  static CUdeviceptr cs;
+  static size_t have;
+  static i64 ct, ck;
+  static double cth;
+  if (cs && ct == t && ck == k && cth == theta) return cs;
+  scratch(&cs, &have, (size_t)(t * (k / 2) * 2));
+  void *a[] = {&cs, &t, &k, &theta};
+  launch("lmc_rope_table", grid_for(t * (k / 2)), a);
+  ct = t, ck = k, cth = theta;
+  return cs;
+}
+
 /* loss (+)= scale * sum of per-row losses, rows summed on the device */
 static void sum_rows(CUdeviceptr rows, i64 n, void *loss, float scale, int acc) {
   CUdeviceptr l = dptr(loss);
@@ -912,7 +929,7 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
   for (int i = 0; i < RT_MAX_IN; i++) I[i] = dptr(in[i]);
   i64 n = x->n, d = x->d, v = x->v, v0 = x->v0, nb = x->nb;
   int acc0 = x->acc[0], acc1 = x->acc[1], acc2 = x->acc[2];
-  float eps = (float)x->eps, theta = (float)x->theta, scale = (float)x->scale;
+  float eps = (float)x->eps, scale = (float)x->scale;
   switch (x->op) {
   case OP_MATMUL: {
     gemm_t(gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0)), x->ta, x->tb, x->m, x->n, x->k, 1, I[0],
@@ -972,7 +989,8 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
   case OP_ROPE: case OP_ROPE_BWD: {
     i64 b = x->b, t = x->t, h = x->h, k = x->k;
     int dir = x->op == OP_ROPE ? 1 : -1, acc = x->op == OP_ROPE ? 0 : acc0;
-    void *a[] = {&O[0], &I[0], &b, &t, &h, &k, &theta, &dir, &acc};
+    CUdeviceptr cs = rope_table(t, k, x->theta);
+    void *a[] = {&O[0], &I[0], &cs, &b, &t, &h, &k, &dir, &acc};
     launch("lmc_rope", grid_for(b * t * h * k / 2), a);
     return;
   }

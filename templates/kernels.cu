@@ -410,14 +410,25 @@ extern "C" __global__ void lmc_layernorm_bwd_dwdb(real *part, const act *dy, con
 }
 
 // @kernel rope
+// the cosine and sine of each position's angle for each pair of dims,
+// cs[pos, i] = (cos, sin) of pos theta^(-2i/k), in double as the CPU's:
+// made once for a shape, read by every RoPE after
+extern "C" __global__ void lmc_rope_table(real *cs, i64 t, i64 k, double theta) {
+  i64 half = k / 2;
+  GRID_LOOP(e, t * half) {
+    i64 i = e % half, pos = e / half;
+    double ang = pos * pow(theta, -2.0 * i / k);
+    cs[2 * e] = (float)cos(ang), cs[2 * e + 1] = (float)sin(ang);
+  }
+}
+
 // rotate-half RoPE over x[b,t,h,k]; dir = -1 rotates back (backward)
-extern "C" __global__ void lmc_rope(act *y, const act *x, i64 b, i64 t, i64 h, i64 k, float theta, int dir, int acc) {
+extern "C" __global__ void lmc_rope(act *y, const act *x, const real *cs, i64 b, i64 t, i64 h, i64 k, int dir,
+                                    int acc) {
   i64 half = k / 2;
   GRID_LOOP(e, b * t * h * half) {
     i64 i = e % half, row = e / half, pos = row / h % t;
-    float ang = pos * powf(theta, -2.0f * i / k), c, s;
-    sincosf(ang, &s, &c);
-    s *= dir;
+    float c = cs[2 * (pos * half + i)], s = cs[2 * (pos * half + i) + 1] * dir;
     const act *xr = x + row * k;
     act *yr = y + row * k;
     float x1 = xr[i], x2 = xr[i + half];
