@@ -302,10 +302,13 @@ int main(int argc, char **argv) {
       c.name = names[ta * 2 + tb];
       check(c, true);
     }
-  for (int tb = 0; tb < 2; tb++) {   /* the bias in cuBLASLt's epilogue, of the output's type */
-    Case c = {tb ? "matmul_bias B^T" : "matmul_bias", rt_inst(OP_MATMUL_BIAS), {{n * 17}, {17 * 21}, {21}}, {{n * 21}}};
-    c.x.m = n, c.x.n = 21, c.x.k = 17, c.x.tb = tb;
+  for (int tb = 0; tb < 3; tb++) {   /* the bias in cuBLASLt's epilogue, of the output's type */
+    static const char *nm[] = {"matmul_bias", "matmul_bias B^T", "matmul_bias (epilogue refused: a kernel adds it)"};
+    Case c = {nm[tb], rt_inst(OP_MATMUL_BIAS), {{n * 17}, {17 * 21}, {21}}, {{n * 21}}};
+    c.x.m = n, c.x.n = 21, c.x.k = 17, c.x.tb = tb == 1;
+    if (tb == 2) setenv("LMC_CUDA_EMU_REFUSE_BIAS", "1", 1);
     check(c, false);
+    unsetenv("LMC_CUDA_EMU_REFUSE_BIAS");
   }
   if (bf) {   /* an MoE router's GEMMs: bf16 rows times the f32 router; f32 logits' gradient into bf16 rows */
     Case c = {"matmul bf16 x f32 -> f32 (router)", rt_inst(OP_MATMUL), {{n * 17}, {21 * 17, F32}}, {{n * 21, F32}}};
