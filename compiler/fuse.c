@@ -13,6 +13,9 @@
  * whose output only a bias add reads (x w + b, b a parameter over the
  * output's columns, on the same stage) into one matmul_bias: the GEMM's
  * epilogue adds the bias, so the product is never stored and read back.
+ * A GELU that alone reads such a product (its backward reading it too)
+ * joins it as matmul_bias_gelu: the epilogue writes gelu(x w + b) and,
+ * for the GELU's backward, x w + b (cuBLASLt's GELU_AUX_BIAS).
  * The bias gradient stays the add's backward (a column sum of dy); under
  * bf16 storage the epilogue reads the bias's bf16 copy, as it reads the
  * weight's (cuBLASLt takes a bias of the output's type). A
@@ -100,6 +103,37 @@ static int readers(Graph *g, Value *v) {
   return n;
 }
 
+/* Whether v's readers are one forward GELU and backward GELUs' only. */
+static Inst *gelu_alone(Graph *g, Value *v) {
+  Inst *gelu = NULL;
+  for (int k = 0; k < g->nfwd; k++)
+    for (int i = 0; i < g->fwd[k]->nin; i++)
+      if (g->fwd[k]->in[i] == v) {
+        if (gelu || g->fwd[k]->op != OP_GELU) return NULL;
+        gelu = g->fwd[k];
+      }
+  for (int k = 0; k < g->nbwd; k++)
+    for (int i = 0; i < g->bwd[k]->nin; i++)
+      if (g->bwd[k]->in[i] == v && g->bwd[k]->op != OP_GELU_BWD) return NULL;
+  return gelu;
+}
+
+/* matmul_bias_gelu in place of a matmul_bias and the GELU reading it. */
+static void fuse_gelus(Graph *g) {
+  int j = 0;
+  for (int k = 0; k < g->nfwd; k++) {
+    Inst *gelu = g->fwd[k], *mm = gelu->op == OP_GELU ? gelu->in[0]->def : NULL;
+    if (!mm || mm->op != OP_MATMUL_BIAS || mm->stage != gelu->stage || gelu->acc[0] || gelu_alone(g, mm->out[0]) != gelu) {
+      g->fwd[j++] = gelu;
+      continue;
+    }
+    mm->op = OP_MATMUL_BIAS_GELU, mm->nout = 2;
+    mm->out[1] = mm->out[0];   /* the pre-activation, which the GELU's backward reads */
+    mm->out[0] = gelu->out[0], mm->out[0]->def = mm;
+  }
+  g->nfwd = j;
+}
+
 void fuse_bias(Graph *g) {
   int j = 0;
   for (int k = 0; k < g->nfwd; k++) {
@@ -116,6 +150,7 @@ void fuse_bias(Graph *g) {
     mm->out[0] = add->out[0], mm->out[0]->def = mm;
   }
   g->nfwd = j;
+  fuse_gelus(g);
   for (int k = 0; k < g->nfwd; k++) g->fwd[k]->id = k;
   for (int k = 0; k < g->nbwd; k++) g->bwd[k]->id = g->nfwd + k;
 }

@@ -281,6 +281,9 @@ static void needs(const RtInst *x, int64_t in[RT_MAX_IN], int64_t out[3], bool i
   case OP_EMBED_BWD: out[0] = x->v * x->d, in[0] = nd, in[1] = x->n, ids[1] = true; break;
   case OP_MATMUL: out[0] = x->m * x->n, in[0] = x->m * x->k, in[1] = x->k * x->n; break;
   case OP_MATMUL_BIAS: out[0] = x->m * x->n, in[0] = x->m * x->k, in[1] = x->k * x->n, in[2] = x->n; break;
+  case OP_MATMUL_BIAS_GELU:
+    out[0] = out[1] = x->m * x->n, in[0] = x->m * x->k, in[1] = x->k * x->n, in[2] = x->n;
+    break;
   case OP_RMSNORM: out[0] = in[0] = nd, out[1] = x->n, in[1] = x->d; break;
   case OP_RMSNORM_BWD: out[0] = in[0] = in[1] = nd, out[1] = in[2] = x->d, in[3] = x->n; break;
   case OP_LAYERNORM: out[0] = in[0] = nd, out[1] = out[2] = x->n, in[1] = in[2] = x->d; break;
@@ -342,7 +345,8 @@ static bool sane(const RtInst *x) {
       x->op == OP_MOE_DOWN_BWD)
     if (x->seg < x->e || x->seg % x->e) return false;   /* segment s runs expert s % e */
   if ((x->op == OP_MOE_A2A || x->op == OP_MOE_A2A_REV) && (x->seg <= 0 || x->e % x->seg)) return false;
-  if ((x->op == OP_MATMUL || x->op == OP_MATMUL_BIAS || x->op == OP_HEAD_XENT || x->op == OP_HEAD_XENT_BWD) &&
+  if ((x->op == OP_MATMUL || x->op == OP_MATMUL_BIAS || x->op == OP_MATMUL_BIAS_GELU || x->op == OP_HEAD_XENT ||
+       x->op == OP_HEAD_XENT_BWD) &&
       (x->m <= 0 || x->n <= 0 || x->k <= 0))
     return false;
   return true;

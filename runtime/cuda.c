@@ -499,11 +499,12 @@ static int ragged_algo(cublasLtMatmulDesc_t desc, cudaDataType_t ab, cudaDataTyp
 }
 
 /* gemm_t with an epilogue adding bias[n] (of C's type) over C's rows,
- * where bias is not 0; false where cuBLASLt refuses that epilogue (nothing
- * done). */
+ * where bias is not 0, and with aux also GELU's (C = gelu(product + bias),
+ * aux = product + bias, laid out as C); false where cuBLASLt refuses that
+ * epilogue (nothing done). */
 static bool gemm_bias(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, CUdeviceptr a,
                       int64_t lda, CUdeviceptr b, int64_t ldb, float beta, CUdeviceptr c, int64_t ldc,
-                      CUdeviceptr bias) {
+                      CUdeviceptr bias, CUdeviceptr aux) {
   static CUdeviceptr wa, wb, wc;
   static size_t na, nb, ncw;
   if (!(ty & G_A) != !(ty & G_B)) {   /* one bf16 operand (an MoE router's GEMMs): widened, multiplied in fp32 */
@@ -514,7 +515,8 @@ static bool gemm_bias(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64
   if ((ty & G_C) && !(ty & G_A)) {    /* fp32 operands, a bf16 output: through an fp32 one */
     CUdeviceptr cw = scratch(&wc, &ncw, m * ldc);
     if (beta != 0) widen_to(cw, c, m * ldc);
-    if (!gemm_bias(ty & ~(unsigned)G_C, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, cw, ldc, bias)) return false;
+    if (aux || !gemm_bias(ty & ~(unsigned)G_C, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, cw, ldc, bias, 0))
+      return false;
     narrow_to(c, cw, m * ldc);
     return true;
   }
@@ -530,12 +532,17 @@ static bool gemm_bias(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64
   LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
   LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
   if (bias) {   /* cuBLASLt's D is our C^T: its rows are our columns, as the bias runs */
-    cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
-    void *bp = (void *)bias;
+    cublasLtEpilogue_t ep = aux ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_BIAS;
+    void *bp = (void *)bias, *xp = (void *)aux;
     int32_t bt = ct_c;   /* the output's type: cuBLASLt's rule */
+    int64_t xld = ldc;
     LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
     LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp));
     LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+    if (aux) {
+      LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &xp, sizeof xp));
+      LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &xld, sizeof xld));
+    }
   }
   lt_layouts(l, ab, ct_c, p);
   int at = ragged ? ragged_algo(desc, ab, ct_c, ty, ta, tb, m, n, k, a, lda, b, ldb, c, ldc) : -1;
@@ -555,7 +562,7 @@ static bool gemm_bias(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64
 
 static void gemm_t(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, CUdeviceptr a,
                    int64_t lda, CUdeviceptr b, int64_t ldb, float beta, CUdeviceptr c, int64_t ldc) {
-  gemm_bias(ty, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, 0);
+  gemm_bias(ty, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, 0, 0);
 }
 
 static void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, CUdeviceptr a, int64_t lda,
@@ -653,6 +660,32 @@ static void col_finish(const Cols *c, i64 d, int s, void *out, int acc) {
   i64 chunks = c->chunks, dd = d;
   void *f[] = {&o, &p, &chunks, &dd, &acc};
   launch("lmc_col_finish", grid_for(d), f);
+}
+
+/* matmul_bias: the bias in cuBLASLt's epilogue, or after the GEMM in a
+ * kernel where refused; matmul_bias_gelu: GELU too (GELU_AUX_BIAS: out 0
+ * the GELU, out 1 the pre-activation), or the bias then GELU's kernel. */
+static void op_matmul_bias(const RtInst *x, const CUdeviceptr *O, const CUdeviceptr *I) {
+  bool gelu = x->op == OP_MATMUL_BIAS_GELU;
+  i64 mn = x->m * x->n, n = x->n;
+  unsigned ty = gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0));
+  CUdeviceptr h = gelu ? O[1] : O[0];
+  if (gemm_bias(ty, x->ta, x->tb, x->m, x->n, x->k, 1, I[0], x->ta ? x->m : x->k, I[1], x->tb ? x->k : x->n,
+                x->acc[0] ? 1 : 0, O[0], x->n, I[2], gelu ? O[1] : 0))
+    return;
+  if (!gelu || !gemm_bias(ty, x->ta, x->tb, x->m, x->n, x->k, 1, I[0], x->ta ? x->m : x->k, I[1],
+                          x->tb ? x->k : x->n, 0, h, x->n, I[2], 0)) {
+    gemm_t(ty, x->ta, x->tb, x->m, x->n, x->k, 1, I[0], x->ta ? x->m : x->k, I[1], x->tb ? x->k : x->n,
+           gelu ? 0 : x->acc[0] ? 1 : 0, h, x->n);
+    CUdeviceptr hh = h, bb = I[2];
+    void *a[] = {&hh, &hh, &bb, &mn, &n};
+    launch(x->bf & RT_BF_IN(2) ? "lmc_add" : "lmc_add_bias", grid_for(mn), a);
+  }
+  if (gelu) {
+    CUdeviceptr y = O[0], hh = h;
+    void *a[] = {&y, &hh, &mn};
+    launch("lmc_gelu", grid_for(mn), a);
+  }
 }
 
 /* RoPE's cosines and sines for t positions of head dim k (kernels.cu's
@@ -936,17 +969,7 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
            x->ta ? x->m : x->k, I[1], x->tb ? x->k : x->n, x->acc[0] ? 1 : 0, O[0], x->n);
     return;
   }
-  case OP_MATMUL_BIAS: {   /* the bias in cuBLASLt's epilogue, or after it where refused */
-    i64 mn = x->m * x->n;
-    if (gemm_bias(gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0)), x->ta, x->tb, x->m, x->n, x->k, 1, I[0],
-                  x->ta ? x->m : x->k, I[1], x->tb ? x->k : x->n, x->acc[0] ? 1 : 0, O[0], x->n, I[2]))
-      return;
-    gemm_t(gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0)), x->ta, x->tb, x->m, x->n, x->k, 1, I[0],
-           x->ta ? x->m : x->k, I[1], x->tb ? x->k : x->n, x->acc[0] ? 1 : 0, O[0], x->n);
-    void *a[] = {&O[0], &O[0], &I[2], &mn, &n};
-    launch(x->bf & RT_BF_IN(2) ? "lmc_add" : "lmc_add_bias", grid_for(mn), a);
-    return;
-  }
+  case OP_MATMUL_BIAS: case OP_MATMUL_BIAS_GELU: op_matmul_bias(x, O, I); return;
   case OP_EMBED: { void *a[] = {&O[0], &I[0], &I[1], &n, &d, &v, &v0}; launch("lmc_embed", grid_for(n * d), a); return; }
   case OP_EMBED_BWD: {
     if (!acc0) cuda_zero(o[0], v * d);

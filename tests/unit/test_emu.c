@@ -462,6 +462,37 @@ static void lt_bias(void) {
     }
   if (bad) printf("  cublasLtMatmul status %d, %d of %d elements differ\n", (int)rc, bad, m * n);
   expect(!bad, "cuBLASLt: BIAS epilogue, bf16 D and bias, rounded once");
+  /* GELU_AUX_BIAS: D = gelu(s), aux = s, both bf16 (lmc's matmul_bias_gelu);
+   * cuBLASLt's GELU is within 3e-6 of tanh's formula, so D within one
+   * bf16 ulp; on a GPU that refuses it, what it answered */
+  unsigned short aux[m * n];
+  CUdeviceptr dx = dalloc(sizeof aux);
+  void *xp = (void *)dx;
+  int64_t xld = m;
+  ep = CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep);
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &xp, sizeof xp);
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &xld, sizeof xld);
+  rc = F(cublasLtMatmul)(h, desc, &alpha, (void *)da, la, (void *)db, lb, &beta, (void *)dd, ld, (void *)dd, ld, NULL,
+                         NULL, 0, NULL);
+  if (real && rc == CUBLAS_STATUS_NOT_SUPPORTED)
+    printf("  (GELU_AUX_BIAS on bf16 refused: the runtime adds the bias, then GELU's kernel)\n");
+  else {
+    F(cuMemcpyDtoH)(d, dd, sizeof d), F(cuMemcpyDtoH)(aux, dx, sizeof aux);
+    bad = rc != 0;
+    for (int j = 0; j < n; j++)
+      for (int i = 0; i < m; i++) {
+        double s = fbias[i];
+        for (int q = 0; q < k; q++) s += (double)fa[q * m + i] * fb[j * k + q];
+        int du = (int)d[j * m + i] - (int)bf16_rne(gelu(s));
+        bad += aux[j * m + i] != bf16_rne(s) || du < -1 || du > 1;
+      }
+    if (bad) printf("  cublasLtMatmul status %d, %d of %d elements differ\n", (int)rc, bad, m * n);
+    expect(!bad, "cuBLASLt: GELU_AUX_BIAS epilogue, bf16 D, aux and bias");
+  }
+  ep = CUBLASLT_EPILOGUE_BIAS;
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep);
+  F(cuMemFree)(dx);
   bp = (void *)dbias32, bt = CUDA_R_32F;
   F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp);
   F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt);

@@ -310,6 +310,14 @@ int main(int argc, char **argv) {
     check(c, false);
     unsetenv("LMC_CUDA_EMU_REFUSE_BIAS");
   }
+  for (int r = 0; r < 2; r++) {   /* and GELU's too: the GELU and the pre-activation */
+    Case c = {r ? "matmul_bias_gelu (epilogue refused: kernels)" : "matmul_bias_gelu", rt_inst(OP_MATMUL_BIAS_GELU),
+              {{n * 17}, {17 * 24}, {24}}, {{n * 24}, {n * 24}}};
+    c.x.m = n, c.x.n = 24, c.x.k = 17;
+    if (r) setenv("LMC_CUDA_EMU_REFUSE_BIAS", "1", 1);
+    check(c, false);
+    unsetenv("LMC_CUDA_EMU_REFUSE_BIAS");
+  }
   if (bf) {   /* an MoE router's GEMMs: bf16 rows times the f32 router; f32 logits' gradient into bf16 rows */
     Case c = {"matmul bf16 x f32 -> f32 (router)", rt_inst(OP_MATMUL), {{n * 17}, {21 * 17, F32}}, {{n * 21, F32}}};
     c.x.m = n, c.x.n = 21, c.x.k = 17, c.x.tb = 1;
