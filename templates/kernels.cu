@@ -731,9 +731,10 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
     __syncthreads();
     if (more) fm_load<FM_ROWS, KP>(sh, kb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
     float mx[2] = {m[0], m[1]};
+    bool diag = j0 + FM_ROWS - 1 > i0;   // a key past a row of the block: the causal mask (and T) apply
     for (int nt = 0; nt < FM_ROWS / 8; nt++)
       for (int i = 0; i < 4; i++) {
-        if (j0 + nt * 8 + 2 * t + (i & 1) > r0 + (i >> 1) * 8) s[nt][i] = NEG_INF;
+        if (diag && j0 + nt * 8 + 2 * t + (i & 1) > r0 + (i >> 1) * 8) s[nt][i] = NEG_INF;
         mx[i >> 1] = fmaxf(mx[i >> 1], s[nt][i]);
       }
     for (int r = 0; r < 2; r++) {
