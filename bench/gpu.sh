@@ -8,15 +8,16 @@
 # NVRTC time (cold the first time a model's kernels are compiled, warm
 # when the cubin cache has them), tokens/s, achieved FLOP/s over the
 # cuBLASLt rate measured right there, a per-op profile and device
-# memory against the plan; each PyTorch run prints its own line. Then
-# attention alone (bench_attention: lmc's flash attention forward and
-# backward at llama-large's and GPT-2's shapes in bf16 storage, beside
+# memory against the plan; each PyTorch run prints its own line. First
+# comes attention alone (bench_attention: lmc's flash attention forward
+# and backward at llama-large's and GPT-2's shapes in bf16 storage, beside
 # PyTorch's scaled_dot_product_attention). A table of tokens/s and the
 # ratios comes last.
 #
 # Usage: bench/gpu.sh [BIN]   BIN holds lmc and bench_train (default: .gpu/bin
 #        as scripts/gpu_check.sh --pack leaves it, else build/)
-# Env:   LMC_BENCH_QUICK=1: GPT-2 B=8 T=1024 (lmc fp32 and bf16 storage,
+# Env:   LMC_BENCH_ATTENTION_ONLY=1: attention alone, nothing else;
+#        LMC_BENCH_QUICK=1: GPT-2 B=8 T=1024 (lmc fp32 and bf16 storage,
 #        PyTorch bf16 and bf16 + torch.compile), lmc's llama-large and the
 #        MoE rows in bf16; PYTHON (default python3)
 set -u
@@ -62,6 +63,19 @@ torch_row() {
   echo "$row torch-$mode ${tps:-failed}" >> "$table"
 }
 
+# attention ROW SPEC B T H G K [--set ...]: lmc's attention kernels and PyTorch's SDPA at one shape
+attention_row() {
+  row=$1 spec=$2 b=$3 t=$4 h=$5 g=$6 k=$7
+  shift 7
+  echo "== attention $row"
+  "$lmc" "$root/models/$spec.lm" -q -o "$work/a" --set batch="$b" --set seq="$t" --set precision=bf16 "$@" &&
+    timeout 120 "$(dirname "$bench")/bench_attention" "$work/a" 20 cuda 2>&1
+  [ $torch_ok = 1 ] && env -u LD_LIBRARY_PATH timeout 120 $py "$root/bench/attention_torch.py" "$b" "$t" "$h" "$g" "$k" 20 2>&1 | tail -3
+}
+attention_row llama-large-B8-T2048 llama-large 8 2048 16 4 96
+attention_row gpt2-B8-T1024 gpt2-124m 8 1024 12 12 64
+[ "${LMC_BENCH_ATTENTION_ONLY:-0}" = 1 ] && exit 0
+
 gpt="--set batch=8 --set seq=1024"
 # MoE on the GPU against its dense twin (same active parameters; no PyTorch anchor for MoE)
 moe="--set D=512 --set H=8 --set G=2 --set L=8 --set batch=8 --set seq=1024"
@@ -98,17 +112,6 @@ else
   lmc_row dense-twin-D512 cuda-medium:cuda-bf16 5 tiny $moe --set F=1376 --set precision=bf16
 fi
 
-# attention ROW SPEC B T H G K [--set ...]: lmc's attention kernels and PyTorch's SDPA at one shape
-attention_row() {
-  row=$1 spec=$2 b=$3 t=$4 h=$5 g=$6 k=$7
-  shift 7
-  echo "== attention $row"
-  "$lmc" "$root/models/$spec.lm" -q -o "$work/a" --set batch="$b" --set seq="$t" --set precision=bf16 "$@" &&
-    timeout 120 "$(dirname "$bench")/bench_attention" "$work/a" 20 cuda 2>&1
-  [ $torch_ok = 1 ] && env -u LD_LIBRARY_PATH timeout 120 $py "$root/bench/attention_torch.py" "$b" "$t" "$h" "$g" "$k" 20 2>&1 | tail -3
-}
-attention_row llama-large-B8-T2048 llama-large 8 2048 16 4 96
-attention_row gpt2-B8-T1024 gpt2-124m 8 1024 12 12 64
 
 echo "== tokens/s (same GPU, same run); ratio: lmc's best over each PyTorch mode"
 awk '

@@ -12,6 +12,11 @@
 #   scripts/gpu_check.sh --quick  no NVRTC pass of its own, the checks
 #                                 less three of the fp32 configs, and the
 #                                 quick benchmark (LMC_BENCH_QUICK=1)
+#   scripts/gpu_check.sh --ops    every CUDA op against the CPU's on the
+#                                 GPU (test_emu_ops real, fp32 and bf16
+#                                 storage), then attention alone beside
+#                                 PyTorch's: the short loop (a minute) for
+#                                 work on kernels
 #
 # The check: every generated kernel compiles with NVRTC for the device; the
 # emulator's test kernels give on the GPU what the emulator gives (the
@@ -33,7 +38,7 @@ if [ "${1:-}" = --pack ]; then
   cmake --build build-gpu -j"$(nproc)" >/dev/null
   rm -rf .gpu && mkdir -p .gpu/bin .gpu/lib .gpu/data
   cp build-gpu/compiler/lmc build-gpu/runtime/lmrun build-gpu/bench/bench_train build-gpu/bench/bench_attention \
-    build-gpu/tests/test_nvrtc \
+    build-gpu/tests/test_nvrtc build-gpu/tests/test_emu_ops \
     build-gpu/tests/test_emu .gpu/bin/
   # every shared library outside glibc itself travels along
   ldd .gpu/bin/lmrun .gpu/bin/bench_train | awk '/=> \// {print $3}' | sort -u |
@@ -55,6 +60,15 @@ bin=.gpu/bin data=.gpu/data/kjv.txt work=$(mktemp -d)
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 echo "host: $(nproc) cores"
 status=0
+
+if [ "${1:-}" = --ops ]; then
+  echo "== every CUDA op against the CPU's, on this GPU (fp32, then bf16 storage)"
+  "$bin/test_emu_ops" templates/kernels.cu real || status=1
+  "$bin/test_emu_ops" templates/kernels.cu bf16 real || status=1
+  LMC_BENCH_ATTENTION_ONLY=1 sh bench/gpu.sh "$bin" || status=1
+  echo "gpu_check --ops: $([ $status = 0 ] && echo passed || echo FAILED)"
+  exit $status
+fi
 
 quick=0
 [ "${1:-}" = --quick ] && quick=1 && export LMC_BENCH_QUICK=1
