@@ -112,7 +112,6 @@ else
   lmc_row dense-twin-D512 cuda-medium:cuda-bf16 5 tiny $moe --set F=1376 --set precision=bf16
 fi
 
-
 echo "== tokens/s (same GPU, same run); ratio: lmc's best over each PyTorch mode"
 awk '
   { v[$1, $2] = $3; if (!($1 in seen)) { seen[$1] = 1; rows[n++] = $1 }; if (!($2 in cs)) { cs[$2] = 1; cols[m++] = $2 } }

@@ -9,10 +9,10 @@
  * (--fuse=auto) it fuses only logits of 2^25 elements (128 MiB) or more;
  * --fuse=always and --fuse=never (--no-fuse) decide otherwise.
  *
- * After autodiff, fuse_bias rewrites a matmul
- * whose output only a bias add reads (x w + b, b a parameter over the
- * output's columns, on the same stage) into one matmul_bias: the GEMM's
- * epilogue adds the bias, so the product is never stored and read back.
+ * After autodiff, fuse_bias rewrites a matmul whose output only a bias
+ * add reads (x w + b, b a parameter over the output's columns, on the same
+ * stage) into one matmul_bias: the GEMM's epilogue adds the bias, so the
+ * product is never stored and read back.
  * A GELU that alone reads such a product (its backward reading it too)
  * joins it as matmul_bias_gelu: the epilogue writes gelu(x w + b) and,
  * for the GELU's backward, x w + b (cuBLASLt's GELU_AUX_BIAS).
@@ -138,7 +138,7 @@ void fuse_bias(Graph *g) {
   int j = 0;
   for (int k = 0; k < g->nfwd; k++) {
     Inst *add = g->fwd[k], *mm = add->in[0] ? add->in[0]->def : NULL;
-    bool fuse = add->op == OP_ADD && mm && mm->op == OP_MATMUL && !mm->bwd && add->in[1]->kind == V_PARAM &&
+    bool fuse = add->op == OP_ADD && mm && mm->op == OP_MATMUL && add->in[1]->kind == V_PARAM &&
                 ir_get(add, "nb") == ir_get(mm, "n") && ir_get(add, "nb") < ir_get(add, "n") && !add->acc[0] &&
                 !mm->acc[0] && mm->stage == add->stage && readers(g, mm->out[0]) == 1;
     if (!fuse) {

@@ -241,11 +241,11 @@ void fuse_bias(Graph *g);                 /* after autodiff: bias adds into thei
 void ad_backward(Graph *g);
 
 /* ---- precision.c ---- */
-void precision_plan(Graph *g);
+void precision_plan(Graph *g);   /* every value's dtype; bf16 weight copies */
 /* Under precision = bf16 the GPU kernels store the bf16 values in bf16
  * (`act`) and the activations get a byte plan; the CPU backend holds them
  * as reals, rounded. */
-bool precision_bf16(const Graph *g);          /* every value's dtype; bf16 weight copies */
+bool precision_bf16(const Graph *g);
 
 /* ---- part.c ---- */
 typedef struct Xfer {  /* a value that crosses between pipeline stages */

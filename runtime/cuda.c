@@ -667,23 +667,19 @@ static void col_finish(const Cols *c, i64 d, int s, void *out, int acc) {
  * the GELU, out 1 the pre-activation), or the bias then GELU's kernel. */
 static void op_matmul_bias(const RtInst *x, const CUdeviceptr *O, const CUdeviceptr *I) {
   bool gelu = x->op == OP_MATMUL_BIAS_GELU;
-  i64 mn = x->m * x->n, n = x->n;
+  i64 mn = x->m * x->n, n = x->n, lda = x->ta ? x->m : x->k, ldb = x->tb ? x->k : x->n;
   unsigned ty = gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0));
-  CUdeviceptr h = gelu ? O[1] : O[0];
-  if (gemm_bias(ty, x->ta, x->tb, x->m, x->n, x->k, 1, I[0], x->ta ? x->m : x->k, I[1], x->tb ? x->k : x->n,
-                x->acc[0] ? 1 : 0, O[0], x->n, I[2], gelu ? O[1] : 0))
-    return;
-  if (!gelu || !gemm_bias(ty, x->ta, x->tb, x->m, x->n, x->k, 1, I[0], x->ta ? x->m : x->k, I[1],
-                          x->tb ? x->k : x->n, 0, h, x->n, I[2], 0)) {
-    gemm_t(ty, x->ta, x->tb, x->m, x->n, x->k, 1, I[0], x->ta ? x->m : x->k, I[1], x->tb ? x->k : x->n,
-           gelu ? 0 : x->acc[0] ? 1 : 0, h, x->n);
-    CUdeviceptr hh = h, bb = I[2];
-    void *a[] = {&hh, &hh, &bb, &mn, &n};
+  float beta = x->acc[0] ? 1 : 0;
+  CUdeviceptr h = gelu ? O[1] : O[0], bias = I[2];   /* h: the product plus the bias */
+  if (gemm_bias(ty, x->ta, x->tb, x->m, n, x->k, 1, I[0], lda, I[1], ldb, beta, O[0], n, bias, gelu ? h : 0)) return;
+  if (!gelu || !gemm_bias(ty, x->ta, x->tb, x->m, n, x->k, 1, I[0], lda, I[1], ldb, beta, h, n, bias, 0)) {
+    gemm_t(ty, x->ta, x->tb, x->m, n, x->k, 1, I[0], lda, I[1], ldb, beta, h, n);
+    void *a[] = {&h, &h, &bias, &mn, &n};
     launch(x->bf & RT_BF_IN(2) ? "lmc_add" : "lmc_add_bias", grid_for(mn), a);
   }
   if (gelu) {
-    CUdeviceptr y = O[0], hh = h;
-    void *a[] = {&y, &hh, &mn};
+    CUdeviceptr y = O[0];
+    void *a[] = {&y, &h, &mn};
     launch("lmc_gelu", grid_for(mn), a);
   }
 }
