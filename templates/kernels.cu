@@ -58,13 +58,11 @@ __device__ float block_max(float v) {
 // in here by lmc; the emulated platform supplies the same names.
 // @include tensor_cores.cuh
 
-// f32 to bf16 bits, to nearest even (NaN stays a NaN)
-__device__ __forceinline__ unsigned bf16_bits(float x) {
-  unsigned u = __float_as_uint(x);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0u;
-  return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-}
-__device__ __forceinline__ unsigned bf16_pair(float lo, float hi) { return bf16_bits(lo) | bf16_bits(hi) << 16; }
+// f32 to bf16 bits, to nearest even (a NaN to the canonical 0x7fff): the
+// hardware's cvt (a software rounding was most of the integer work in
+// attention's inner loops, run 12)
+__device__ __forceinline__ unsigned bf16_pair(float lo, float hi) { return lmc_bf16x2(lo, hi); }
+__device__ __forceinline__ unsigned bf16_bits(float x) { return lmc_bf16x2(x, 0.0f) & 0xffffu; }
 
 // A value the precision plan stores in bf16: reads widen to float, writes
 // round to nearest even. Kernels name activations' storage `act` (lmc
@@ -843,10 +841,14 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
     __syncthreads();
     if (more) fm_load<FM_ROWS, KP>(sh + FM_ROWS, vb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
     fm_mul_nk<KP, FM_ROWS / 8, KP / 16>(s, qa, sh);
+    // the causal mask where a key passes a row of the block (the last
+    // tile); a row past T has dS 0 all along (its dO and lse are zeros)
+    bool diag = j0 + FM_ROWS - 1 > i0;
+    int rel = (int)(r0 - j0);   // this thread's first row, from the tile's first key
     for (int nt = 0; nt < FM_ROWS / 8; nt++)
       for (int i = 0; i < 4; i++) {
-        i64 row = r0 + (i >> 1) * 8;
-        float p = j0 + nt * 8 + 2 * t + (i & 1) <= row && row < T ? exp2f(s[nt][i] - li[i >> 1]) : 0.0f;
+        float p = exp2f(s[nt][i] - li[i >> 1]);
+        if (diag && nt * 8 + 2 * t + (i & 1) > rel + (i >> 1) * 8) p = 0.0f;
         s[nt][i] = p * (dp[nt][i] - di[i >> 1]);   // dS
       }
     fm_mul_kn<KP, FM_ROWS / 8>(acc, s, sh);   // dQ += dS K
@@ -881,7 +883,7 @@ __device__ void fm_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
                                 int accv) {
   const int ROWS = 4 * QT > 2 * FM_ROWS ? 4 * QT : 2 * FM_ROWS;
   __shared__ __align__(16) unsigned short sh[ROWS][KP + 8];   // K and V, then two stages of Q and dO
-  __shared__ float ls[2][QT], ds[2][QT];
+  __shared__ __align__(16) float ls[2][QT], ds[2][QT];
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   i64 b = blockIdx.z, gi = blockIdx.y, j0 = (i64)blockIdx.x * FM_ROWS, per = H / G;
   i64 c0 = j0 + warp * 16 + g;   // this thread's keys: c0 and c0 + 8
@@ -895,14 +897,14 @@ __device__ void fm_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
   float dka[KP / 8][4], dva[KP / 8][4];
   for (int nt = 0; nt < KP / 8; nt++)
     for (int i = 0; i < 4; i++) dka[nt][i] = dva[nt][i] = 0;
-  i64 tiles = (T - j0 + QT - 1) / QT, steps = per * tiles;   // tile n: head gi * per + n / tiles
+  // steps: the query tiles i0 = j0, j0 + QT, .. below T of each head of the group in turn
+  i64 i0 = j0, h1 = gi * per, i1 = j0;   // this step's first query; the next step's head and query
   __syncthreads();
-  fm_dkv_stage<KP, QT>(sh, ls[0], ds[0], q, dout, lse, dd, b, gi * per, j0, T, H, K), lmc_cp_async_commit();
-  for (i64 n = 0; n < steps; n++) {
-    int st = (int)(n & 1);
-    i64 i0 = j0 + n % tiles * QT;
-    if (n + 1 < steps) {
-      i64 h1 = gi * per + (n + 1) / tiles, i1 = j0 + (n + 1) % tiles * QT;
+  fm_dkv_stage<KP, QT>(sh, ls[0], ds[0], q, dout, lse, dd, b, h1, i1, T, H, K), lmc_cp_async_commit();
+  for (int st = 0;; st ^= 1) {
+    if ((i1 += QT) >= T) i1 = j0, h1++;
+    bool more = h1 < (gi + 1) * per;
+    if (more) {
       fm_dkv_stage<KP, QT>(sh + (st ^ 1) * 2 * QT, ls[st ^ 1], ds[st ^ 1], q, dout, lse, dd, b, h1, i1, T, H, K);
       lmc_cp_async_commit();
       lmc_cp_async_wait1();
@@ -914,16 +916,23 @@ __device__ void fm_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
       for (int i = 0; i < 4; i++) st_[nt][i] = dpt[nt][i] = 0;
     fm_mul_nk<KP, QT / 8, KP / 16>(st_, ka, qs);
     fm_mul_nk<KP, QT / 8, KP / 16>(dpt, va, dos);
-    for (int nt = 0; nt < QT / 8; nt++)
+    // the causal mask where a query of the tile comes before a key of the
+    // block; a query past T adds nothing (its Q and dO are zeros)
+    bool diag = i0 < j0 + FM_ROWS - 1;
+    int rel = (int)(c0 - i0);   // this thread's first key, from the tile's first query
+    for (int nt = 0; nt < QT / 8; nt++) {
+      float2 l2 = *(const float2 *)&ls[st][nt * 8 + 2 * t], d2 = *(const float2 *)&ds[st][nt * 8 + 2 * t];
       for (int i = 0; i < 4; i++) {
-        int c = nt * 8 + 2 * t + (i & 1);
-        i64 key = c0 + (i >> 1) * 8;
-        float p = i0 + c >= key && i0 + c < T ? exp2f(st_[nt][i] * sl - ls[st][c]) : 0.0f;
-        st_[nt][i] = p, dpt[nt][i] = p * (dpt[nt][i] - ds[st][c]);   // P^T, dS^T
+        float p = exp2f(st_[nt][i] * sl - (i & 1 ? l2.y : l2.x));
+        if (diag && nt * 8 + 2 * t + (i & 1) < rel + (i >> 1) * 8) p = 0.0f;
+        st_[nt][i] = p, dpt[nt][i] = p * (dpt[nt][i] - (i & 1 ? d2.y : d2.x));   // P^T, dS^T
       }
+    }
     fm_mul_kn<KP, QT / 8>(dva, st_, dos);   // dV += P^T dO
     fm_mul_kn<KP, QT / 8>(dka, dpt, qs);    // dK += dS^T Q (times scale at the end)
     __syncthreads();
+    if (!more) break;
+    i0 = i1;
   }
   if (dk) fm_put<KP>(dk + b * T * G * K + gi * K, G * K, dka, c0, T, (int)K, scale, scale, acck);
   if (dv) fm_put<KP>(dv + b * T * G * K + gi * K, G * K, dva, c0, T, (int)K, 1.0f, 1.0f, accv);

@@ -34,4 +34,11 @@ __device__ __forceinline__ void lmc_cp_async16(void *dst, const void *src, int n
 __device__ __forceinline__ void lmc_cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
 __device__ __forceinline__ void lmc_cp_async_wait0(void) { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 __device__ __forceinline__ void lmc_cp_async_wait1(void) { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+// two floats to a pair of bf16 in one instruction (sm_80+): to nearest
+// even, lo in the low half, NaN to the canonical 0x7fff
+__device__ __forceinline__ unsigned lmc_bf16x2(float lo, float hi) {
+  unsigned r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
 #endif

@@ -355,6 +355,8 @@ static inline void lmc_cp_async16(void *dst, const void *src, int n) {
   if (lmc_emu_cp_n[t] == LMC_EMU_CP_MAX) lmc_emu_api->trap("cp.async: 64 copies pending in one thread (no wait_group?)");
   lmc_emu_cp[t][lmc_emu_cp_n[t]++] = LmcCp{(unsigned char *)dst, (const unsigned char *)src, n, lmc_emu_cp_groups[t]};
 }
+// cvt.rn.bf16x2.f32 (tensor_cores.cuh's lmc_bf16x2): lo in the low half
+static inline unsigned lmc_bf16x2(float lo, float hi) { return lmc_f2bf(lo) | (unsigned)lmc_f2bf(hi) << 16; }
 static inline void lmc_cp_async_commit(void) { lmc_emu_cp_groups[lmc_emu_lin()]++; }
 static inline void lmc_emu_cp_wait(int newest) {
   unsigned t = lmc_emu_lin();

@@ -10,6 +10,13 @@ for m in tiny gpt2-124m llama-large moe-tiny; do "$LMC" "$SRC/models/$m.lm" -q -
 "$LMC" "$SRC/models/tiny.lm" -q -o "$WORK/tiny-tp2" --set tp=2
 # and typed for bf16 storage (precision = bf16): GPT-2, llama-large, MoE
 for m in gpt2-124m llama-large moe-tiny; do "$LMC" "$SRC/models/$m.lm" -q -o "$WORK/$m-bf16" --set precision=bf16; done
+# and the kernels test_emu_ops runs on a GPU (gpu_check --ops) as it writes them, in bf16
+# storage (fp32's differ in the typedef only; 15 s more each)
+emu_ops=
+if [ -x "$BIN/tests/test_emu_ops" ]; then
+  "$BIN/tests/test_emu_ops" "$SRC/templates/kernels.cu" bf16 --write "$WORK/emu_ops_bf16.cu"
+  emu_ops=$WORK/emu_ops_bf16.cu
+fi
 "$BIN/tests/test_nvrtc" -I "$SRC/templates" "$WORK/tiny/kernels.cu" "$WORK/gpt2-124m/kernels.cu" "$WORK/llama-large/kernels.cu" \
   "$WORK/moe-tiny/kernels.cu" "$WORK/tiny-tp2/kernels.cu" "$WORK/gpt2-124m-bf16/kernels.cu" \
-  "$WORK/llama-large-bf16/kernels.cu" "$WORK/moe-tiny-bf16/kernels.cu" "$SRC/tests/emu/kernels.cu"
+  "$WORK/llama-large-bf16/kernels.cu" "$WORK/moe-tiny-bf16/kernels.cu" "$SRC/tests/emu/kernels.cu" $emu_ops

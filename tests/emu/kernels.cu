@@ -62,13 +62,16 @@ extern "C" __global__ void shuffle_after_exit(float *out) {
   out[threadIdx.x] = __shfl_xor_sync(0xffffffff, v, 1);
 }
 
-// bf16 and fp16 round trips of x[i]
-extern "C" __global__ void convert(unsigned short *bf, unsigned short *h, float *back, const float *x, int n) {
+// bf16 and fp16 round trips of x[i], and the pair (x[i], -x[i]) by
+// tensor_cores.cuh's cvt.rn.bf16x2.f32
+extern "C" __global__ void convert(unsigned short *bf, unsigned short *h, float *back, unsigned *pair, const float *x,
+                                   int n) {
   int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
   __nv_bfloat16 b = __float2bfloat16(x[i]);
   __half hh = __float2half(x[i]);
   bf[i] = __bfloat16_as_ushort(b), h[i] = __half_as_ushort(hh);
+  pair[i] = lmc_bf16x2(x[i], -x[i]);
   back[2 * i] = __bfloat162float(b), back[2 * i + 1] = __half2float(hh);
 }
 

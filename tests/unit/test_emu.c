@@ -198,20 +198,24 @@ static void conversions(void) {
   unsigned short h_want[] = {0x3c00, 0x3c04, 0x3c0c, 0x7c00, 0x0000, 0x0001, 0xc200, 0x7c00, 0x7c00, 0x7fff};
   int n = 10;
   unsigned short bf[10], h[10];
+  unsigned pair[10];
   float back[20];
-  CUdeviceptr dbf = dalloc(20), dh = dalloc(20), db = dalloc(80), dx = dalloc(40);
+  CUdeviceptr dbf = dalloc(20), dh = dalloc(20), db = dalloc(80), dp = dalloc(40), dx = dalloc(40);
   F(cuMemcpyHtoD)(dx, x, sizeof x);
-  void *a[] = {&dbf, &dh, &db, &dx, &n};
+  void *a[] = {&dbf, &dh, &db, &dp, &dx, &n};
   launch("convert", 1, 64, 0, a);
-  F(cuMemcpyDtoH)(bf, dbf, 20), F(cuMemcpyDtoH)(h, dh, 20), F(cuMemcpyDtoH)(back, db, 80);
-  int bad = 0;
+  F(cuMemcpyDtoH)(bf, dbf, 20), F(cuMemcpyDtoH)(h, dh, 20), F(cuMemcpyDtoH)(back, db, 80), F(cuMemcpyDtoH)(pair, dp, 40);
+  int bad = 0, badpair = 0;
   for (int i = 0; i < n; i++) {
     if (bf[i] != bf_want[i] || h[i] != h_want[i])
       bad++, printf("  %g: bf16 0x%04x (want 0x%04x), fp16 0x%04x (want 0x%04x)\n", x[i], bf[i], bf_want[i], h[i], h_want[i]);
+    unsigned want = bf_want[i] | (unsigned)(i == 9 ? 0x7fff : bf_want[i] ^ 0x8000) << 16;   /* -NaN: canonical too */
+    if (pair[i] != want) badpair++, printf("  (%g, %g): bf16x2 0x%08x (want 0x%08x)\n", x[i], -x[i], pair[i], want);
   }
   bad += back[2 * 2] != 1.015625f || back[2 * 5 + 1] != 5.9604644775390625e-8f || back[2 * 3] != 65536.0f;
   expect(!bad, "bf16 and fp16: round to nearest even, overflow, subnormals, NaN");
-  F(cuMemFree)(dbf), F(cuMemFree)(dh), F(cuMemFree)(db), F(cuMemFree)(dx);
+  expect(!badpair, "cvt.rn.bf16x2.f32 (lmc_bf16x2): the pair in its halves, rounded as one");
+  F(cuMemFree)(dbf), F(cuMemFree)(dh), F(cuMemFree)(db), F(cuMemFree)(dp), F(cuMemFree)(dx);
 }
 
 static unsigned short bf16(float f) {   /* exact for the small integers used here */

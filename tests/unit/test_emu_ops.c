@@ -13,7 +13,9 @@
  * 1e-4 and bf16 within 2e-2 of the output's scale (the fused head's 1e-4
  * too: there a logit's bf16 rounding may flip against the CPU's).
  * Usage: test_emu_ops KERNELS.CU [bf16] [real]  (exits 77 when no CUDA
- * headers were there to build the emulator, or with real no GPU) */
+ * headers were there to build the emulator, or with real no GPU)
+ *        test_emu_ops KERNELS.CU [bf16] --write OUT.CU  writes the kernels
+ * it would run and stops (tests/e2e/kernels.sh compiles them with NVRTC) */
 #include "lmrt.h"
 #include <math.h>
 #include <stdlib.h>
@@ -208,9 +210,11 @@ static void optimizer(int64_t n) {
   free(h), free(w0);
 }
 
-/* The template, then the attention kernels lmc would specialise for the
- * head dims here (compiler/kernels.c). */
+/* The template with tensor_cores.cuh where it says so, as lmc writes it
+ * (the emulated platform skips the file's PTX), then the attention
+ * kernels lmc would specialise for the head dims here (compiler/kernels.c). */
 void kernels_attention(FILE *out, int64_t k, bool bwd);
+extern const char tpl_tensor_cores[];
 static const int64_t head_dims[] = {10, 40};
 
 static void write_kernels(const char *template, const char *path) {
@@ -220,7 +224,8 @@ static void write_kernels(const char *template, const char *path) {
   bool typed = false;
   while (fgets(line, sizeof line, in)) {   /* act as lmc writes it after the prelude */
     if (!typed && !strncmp(line, "// @kernel ", 11)) fputs(bf ? "typedef bf16 act;\n" : "typedef float act;\n", out), typed = true;
-    fputs(line, out);
+    if (!strncmp(line, "// @include tensor_cores.cuh", 28)) fputs(tpl_tensor_cores, out);
+    else fputs(line, out);
   }
   for (size_t i = 0; i < sizeof head_dims / sizeof *head_dims; i++)
     kernels_attention(out, head_dims[i], false), kernels_attention(out, head_dims[i], true);
@@ -276,13 +281,16 @@ static void optimizer_step(void) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 2) rt_die("usage: test_emu_ops KERNELS.CU [bf16] [real]");
+  if (argc < 2) rt_die("usage: test_emu_ops KERNELS.CU [bf16] [real | --write OUT.CU]");
   bool real = false;
+  const char *write = NULL;
   for (int i = 2; i < argc; i++) {
     if (!strcmp(argv[i], "bf16")) bf = true;
     else if (!strcmp(argv[i], "real")) real = true;
-    else rt_die("usage: test_emu_ops KERNELS.CU [bf16] [real]");
+    else if (!strcmp(argv[i], "--write") && i + 1 < argc) write = argv[++i];
+    else rt_die("usage: test_emu_ops KERNELS.CU [bf16] [real | --write OUT.CU]");
   }
+  if (write) return write_kernels(argv[1], write), 0;
   char dir[] = "/tmp/lmc-emu-ops-XXXXXX", path[64], why[256];
   if (!mkdtemp(dir)) rt_die("cannot make a temporary folder");
   snprintf(path, sizeof path, "%s/kernels.cu", dir);
