@@ -47,33 +47,35 @@ static void attention_split(int64_t k, int *d, int *p) {
 /* The attention kernels specialised to head dim k: lmc_attention_kK, or
  * for the backward lmc_attention_bwd_dq_kK and lmc_attention_bwd_dkv_kK;
  * for head dims up to 128 also the tensor core ones (_mma_), which
- * runtime/cuda.c runs at --matmul-precision medium. */
+ * runtime/cuda.c runs at --matmul-precision medium, bounded to the
+ * registers of three blocks an SM (168 a thread) up to head dim 96, where
+ * ptxas keeps them without spilling (at 128 it spills: two, 255). */
 void kernels_attention(FILE *out, int64_t k, bool bwd) {
   int d, p;
   long long K = (long long)k;
   attention_split(k, &d, &p);
-  int kp = (int)(k + 15) / 16 * 16, qt = kp <= 64 ? 64 : 32;   /* the tensor core kernels: head dims to 128 */
+  int kp = (int)(k + 15) / 16 * 16, qt = kp <= 64 ? 64 : 32, mb = kp <= 96 ? 3 : 2;   /* tensor cores: head dims to 128 */
   fprintf(out, "\n// head dim %lld: %d threads a query row, %d dims each; on the tensor cores %d\n", K, p, d, kp);
   if (!bwd) {
     fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_k%lld(act *o, real *lse, "
             "const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, float scale) {\n"
             "  fa_forward<%d, %d>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", K, d, p);
     if (k <= 128)
-      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_mma_k%lld(act *o, "
+      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_mma_k%lld(act *o, "
               "real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, float scale) {\n"
-              "  fm_forward<%d>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", K, kp);
+              "  fm_forward<%d>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", mb, K, kp);
     return;
   }
   if (k <= 128) {
-    fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_mma_dq_k%lld(act *dq, "
-            "const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, i64 T, "
-            "i64 H, i64 G, i64 K, float scale, int acc) {\n"
-            "  fm_backward_dq<%d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc);\n}\n", K, kp);
-    fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_mma_dkv_k%lld(act *dk, "
-            "act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
-            "i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv) {\n"
+    fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_bwd_mma_dq_k%lld("
+            "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
+            "i64 T, i64 H, i64 G, i64 K, float scale, int acc) {\n"
+            "  fm_backward_dq<%d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc);\n}\n", mb, K, kp);
+    fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_bwd_mma_dkv_k%lld("
+            "act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, "
+            "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv) {\n"
             "  fm_backward_dkv<%d, %d>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv);\n}\n",
-            K, kp, qt);
+            mb, K, kp, qt);
   }
   fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_dq_k%lld(act *dq, "
           "const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, i64 T, "

@@ -72,6 +72,7 @@ static struct {
                               cublasLtMatrixLayout_t, cublasLtMatrixLayout_t, cublasLtMatmulPreference_t, int,
                               cublasLtMatmulHeuristicResult_t *, int *);
   CUresult (*stream_query)(CUstream);
+  CUresult (*func_set)(CUfunction, CUfunction_attribute, int);
 } cu;
 
 /* NCCL, when the all-reduces take it: one communicator per mesh axis */
@@ -162,7 +163,7 @@ static bool load_driver(char *why, size_t n) {
   SYM(d, capture_begin, "cuStreamBeginCapture_v2"), SYM(d, capture_end, "cuStreamEndCapture");
   SYM(d, graph_instantiate, "cuGraphInstantiateWithFlags"), SYM(d, graph_launch, "cuGraphLaunch");
   SYM(d, graph_exec_destroy, "cuGraphExecDestroy"), SYM(d, graph_destroy, "cuGraphDestroy");
-  SYM(d, stream_query, "cuStreamQuery");
+  SYM(d, stream_query, "cuStreamQuery"), SYM(d, func_set, "cuFuncSetAttribute");
   SYM(r, create, "nvrtcCreateProgram"), SYM(r, compile, "nvrtcCompileProgram");
   SYM(r, log_size, "nvrtcGetProgramLogSize"), SYM(r, log, "nvrtcGetProgramLog");
   SYM(r, cubin_size, "nvrtcGetCUBINSize"), SYM(r, cubin, "nvrtcGetCUBIN"), SYM(r, destroy, "nvrtcDestroyProgram");
@@ -288,6 +289,23 @@ static void launch_grid(const char *name, unsigned gx, unsigned gy, unsigned gz,
 }
 
 static void launch(const char *name, unsigned grid, void **args) { launch_grid(name, grid, 1, 1, 256, args); }
+
+/* launch_grid with `bytes` of dynamic shared memory, past the default 48
+ * KiB once cuFuncSetAttribute allows it (the kernel's first launch) */
+static void launch_smem(const char *name, unsigned gx, unsigned gy, unsigned gz, unsigned threads, unsigned bytes,
+                        void **args) {
+  static struct { CUfunction f; unsigned bytes; } set[32];
+  static int n;
+  CUfunction f = fn(name);
+  int i = 0;
+  while (i < n && set[i].f != f) i++;
+  if (i == n || set[i].bytes < bytes) {
+    CK(cu.func_set(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)bytes));
+    if (i == n && n < 32) n++;
+    if (i < 32) set[i].f = f, set[i].bytes = bytes;
+  }
+  CK(cu.launch(f, gx, gy, gz, threads, 1, 1, bytes, st, args, NULL));
+}
 
 /* ---- memory ---- */
 
@@ -598,6 +616,15 @@ static int fa_rows(const RtInst *x) {
  * cores (kernels.cu's fm_*), 64 query rows or keys a block. */
 static bool fa_mma(const RtInst *x) { return precision == MP_MEDIUM && x->k <= 128; }
 
+/* Their dynamic shared memory: rows of bf16 tiles, the head dim rounded up
+ * to 16 plus 8 wide (kernels.cu's fm_rows): the forward's Q, K and V (kind
+ * 0), dQ's Q, dO, K and V (1), dK/dV's K, V and two stages of Q and dO
+ * tiles of QT queries (2; QT by compiler/kernels.c's rule) */
+static unsigned fm_smem(i64 k, int kind) {
+  i64 kp = (k + 15) / 16 * 16, qt = kp <= 64 ? 64 : 32, rows = kind == 0 ? 3 * 64 : kind == 1 ? 4 * 64 : 2 * 64 + 4 * qt;
+  return (unsigned)(rows * (kp + 8) * 2);
+}
+
 static void op_attention(const RtInst *x, void **o, void **in) {
   i64 T = x->t, H = x->h, G = x->g, K = x->k, R = fa_mma(x) ? 64 : fa_rows(x);
   float scale = 1.0f / sqrtf((float)K);
@@ -605,7 +632,8 @@ static void op_attention(const RtInst *x, void **o, void **in) {
   void *a[] = {&O, &L, &Q, &Kp, &V, &T, &H, &G, &K, &scale};
   char name[64];
   snprintf(name, sizeof name, "lmc_attention_%sk%lld", fa_mma(x) ? "mma_" : "", K);
-  launch_grid(name, (unsigned)((T + R - 1) / R), (unsigned)H, (unsigned)x->b, FA_THREADS, a);
+  launch_smem(name, (unsigned)((T + R - 1) / R), (unsigned)H, (unsigned)x->b, FA_THREADS, fa_mma(x) ? fm_smem(K, 0) : 0,
+              a);
 }
 
 /* in: dout, q, k, v, lse, o */
@@ -625,12 +653,12 @@ static void op_attention_bwd(const RtInst *x, void **o, void **in) {
   if (o[0]) {
     void *q[] = {&dQ, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc0};
     snprintf(name, sizeof name, "lmc_attention_bwd_%sdq_k%lld", kind, K);
-    launch_grid(name, blocks, (unsigned)H, (unsigned)B, FA_THREADS, q);
+    launch_smem(name, blocks, (unsigned)H, (unsigned)B, FA_THREADS, fa_mma(x) ? fm_smem(K, 1) : 0, q);
   }
   if (o[1] || o[2]) {
     void *kv[] = {&dK, &dV, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc1, &acc2};
     snprintf(name, sizeof name, "lmc_attention_bwd_%sdkv_k%lld", kind, K);
-    launch_grid(name, blocks, (unsigned)G, (unsigned)B, FA_THREADS, kv);
+    launch_smem(name, blocks, (unsigned)G, (unsigned)B, FA_THREADS, fa_mma(x) ? fm_smem(K, 2) : 0, kv);
   }
 }
 

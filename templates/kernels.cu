@@ -625,11 +625,11 @@ __device__ void fm_load(unsigned short (*s)[KP + 8], const S *src, i64 r0, i64 T
   FmLoad<S>::template go<R, KP>(s, src, r0, T, stride, K);
 }
 
-// A fragments of rows row0..row0+15 of a tile, one per 16 columns
+// The A fragment of rows row0..row0+15 of a tile at k-step kk
 template <int KP>
-__device__ void fm_frag_a(unsigned (*a)[4], unsigned short (*s)[KP + 8], int row0) {
+__device__ void fm_frag_a(unsigned a[4], unsigned short (*s)[KP + 8], int row0, int kk) {
   int lane = threadIdx.x % 32;
-  for (int kk = 0; kk < KP / 16; kk++) lmc_ldmatrix_x4(a[kk], &s[row0 + lane % 16][kk * 16 + lane / 16 * 8]);
+  lmc_ldmatrix_x4(a, &s[row0 + lane % 16][kk * 16 + lane / 16 * 8]);
 }
 
 // B fragments from a tile stored [n][k]: n-tiles n0..n0+7 (b[0..1]) and
@@ -648,16 +648,21 @@ __device__ void fm_frag_b_kn(unsigned b[4], unsigned short (*s)[KP + 8], int k0,
   lmc_ldmatrix_x4_trans(b, &s[k0 + lane / 8 % 2 * 8 + lane % 8][n0 + lane / 16 * 8]);
 }
 
-// acc[16 x 8N] += a (16 x 16 kk-steps) * tile as [n][k] rows n 0..8N
+// acc[16 x 8N] += rows row0.. of tile as (16 x 16 kk-steps) * tile s as
+// [n][k] rows n 0..8N; A's fragments come from shared memory a k-step at a
+// time, so that none stays in registers across the loop
 template <int KP, int N, int KS>
-__device__ void fm_mul_nk(float (*acc)[4], unsigned (*a)[4], unsigned short (*s)[KP + 8]) {
-  for (int kk = 0; kk < KS; kk++)
+__device__ void fm_mul_nk(float (*acc)[4], unsigned short (*as)[KP + 8], int row0, unsigned short (*s)[KP + 8]) {
+  for (int kk = 0; kk < KS; kk++) {
+    unsigned a[4];
+    fm_frag_a<KP>(a, as, row0, kk);
     for (int n2 = 0; n2 < N / 2; n2++) {
       unsigned b[4];
       fm_frag_b_nk<KP>(b, s, n2 * 16, kk);
-      lmc_mma_bf16_16816(acc[2 * n2], a[kk], b, acc[2 * n2]);
-      lmc_mma_bf16_16816(acc[2 * n2 + 1], a[kk], b + 2, acc[2 * n2 + 1]);
+      lmc_mma_bf16_16816(acc[2 * n2], a, b, acc[2 * n2]);
+      lmc_mma_bf16_16816(acc[2 * n2 + 1], a, b + 2, acc[2 * n2 + 1]);
     }
+  }
 }
 
 // acc[16 x KP] += p (16 x 8N, accumulator layout, rounded to bf16) * tile
@@ -702,32 +707,30 @@ __device__ __forceinline__ float quad_sum(float x) {
 template <int KP>
 __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G,
                            i64 K, float scale) {
-  __shared__ __align__(16) unsigned short sh[2 * FM_ROWS][KP + 8];   // Q, then K and V
+  extern __shared__ __align__(16) unsigned short fm_smem[];
+  unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem;   // Q, K, V: fm_rows(KP, 0) rows
+  unsigned short(*ks)[KP + 8] = sh + FM_ROWS, (*vs)[KP + 8] = sh + 2 * FM_ROWS;
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   i64 b = blockIdx.z, h = blockIdx.y, gi = h / (H / G);
   i64 i0 = (i64)(gridDim.x - 1 - blockIdx.x) * FM_ROWS, last = (i0 + FM_ROWS < T ? i0 + FM_ROWS : T) - 1;
   i64 r0 = i0 + warp * 16 + g;   // this thread's rows: r0 and r0 + 8
   const act *kb = k + b * T * G * K + gi * K, *vb = v + b * T * G * K + gi * K;
-  fm_tile<FM_ROWS, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);   // scores in log2 units
-  __syncthreads();
-  unsigned qa[KP / 16][4];
-  fm_frag_a<KP>(qa, sh, warp * 16);
-  float acc[KP / 8][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0, 0};
-  for (int nt = 0; nt < KP / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
   // K and V tiles in two groups: the next K's copy overlaps the softmax
   // and P V, the next V's the next Q K^T
-  __syncthreads();
-  fm_load<FM_ROWS, KP>(sh, kb, 0, T, G * K, (int)K), lmc_cp_async_commit();
-  fm_load<FM_ROWS, KP>(sh + FM_ROWS, vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
+  fm_load<FM_ROWS, KP>(ks, kb, 0, T, G * K, (int)K), lmc_cp_async_commit();
+  fm_load<FM_ROWS, KP>(vs, vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
+  fm_tile<FM_ROWS, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);   // scores in log2 units
+  float acc[KP / 8][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0, 0};
+  for (int nt = 0; nt < KP / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
   for (i64 j0 = 0; j0 <= last; j0 += FM_ROWS) {
     bool more = j0 + FM_ROWS <= last;
     lmc_cp_async_wait1();   // K
     __syncthreads();
     float s[FM_ROWS / 8][4];
     for (int nt = 0; nt < FM_ROWS / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0;
-    fm_mul_nk<KP, FM_ROWS / 8, KP / 16>(s, qa, sh);
+    fm_mul_nk<KP, FM_ROWS / 8, KP / 16>(s, sh, warp * 16, ks);
     __syncthreads();
-    if (more) fm_load<FM_ROWS, KP>(sh, kb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
+    if (more) fm_load<FM_ROWS, KP>(ks, kb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
     float mx[2] = {m[0], m[1]};
     bool diag = j0 + FM_ROWS - 1 > i0;   // a key past a row of the block: the causal mask (and T) apply
     for (int nt = 0; nt < FM_ROWS / 8; nt++)
@@ -746,9 +749,9 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
     if (more) lmc_cp_async_wait1();   // V
     else lmc_cp_async_wait0();
     __syncthreads();
-    fm_mul_kn<KP, FM_ROWS / 8>(acc, s, sh + FM_ROWS);
+    fm_mul_kn<KP, FM_ROWS / 8>(acc, s, vs);
     __syncthreads();
-    if (more) fm_load<FM_ROWS, KP>(sh + FM_ROWS, vb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
+    if (more) fm_load<FM_ROWS, KP>(vs, vb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
   }
   l[0] = quad_sum(l[0]), l[1] = quad_sum(l[1]);
   fm_put<KP>(o + b * T * H * K + h * K, H * K, acc, r0, T, (int)K, 1.0f / l[0], 1.0f / l[1], 0);
@@ -806,29 +809,26 @@ __device__ void fa_backward_dq(act *dq, const act *dout, const act *q, const act
 template <int KP>
 __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act *k, const act *v,
                                const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int accum) {
-  __shared__ __align__(16) unsigned short sh[2 * FM_ROWS][KP + 8];   // Q and dO, then K and V
+  extern __shared__ __align__(16) unsigned short fm_smem[];
+  unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem;   // Q, dO, K, V: fm_rows(KP, 1) rows
+  unsigned short(*dos)[KP + 8] = sh + FM_ROWS, (*ks)[KP + 8] = sh + 2 * FM_ROWS, (*vs)[KP + 8] = sh + 3 * FM_ROWS;
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   i64 b = blockIdx.z, h = blockIdx.y, gi = h / (H / G);
   i64 i0 = (i64)(gridDim.x - 1 - blockIdx.x) * FM_ROWS, last = (i0 + FM_ROWS < T ? i0 + FM_ROWS : T) - 1;
   i64 r0 = i0 + warp * 16 + g;
   const act *kb = k + b * T * G * K + gi * K, *vb = v + b * T * G * K + gi * K;
+  // V and K tiles in two groups: the next V's copy overlaps Q K^T, dS and
+  // dS K, the next K's the next dO V^T
+  fm_load<FM_ROWS, KP>(vs, vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
+  fm_load<FM_ROWS, KP>(ks, kb, 0, T, G * K, (int)K), lmc_cp_async_commit();
   fm_tile<FM_ROWS, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);
-  fm_tile<FM_ROWS, KP>(sh + FM_ROWS, dout + b * T * H * K + h * K, i0, T, H * K, (int)K, 1.0f);
-  __syncthreads();
-  unsigned qa[KP / 16][4], da[KP / 16][4];
-  fm_frag_a<KP>(qa, sh, warp * 16);
-  fm_frag_a<KP>(da, sh + FM_ROWS, warp * 16);
+  fm_tile<FM_ROWS, KP>(dos, dout + b * T * H * K + h * K, i0, T, H * K, (int)K, 1.0f);
   float acc[KP / 8][4], li[2], di[2];
   for (int nt = 0; nt < KP / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
   for (int r = 0; r < 2; r++) {
     i64 row = r0 + r * 8;
     li[r] = row < T ? lse[(b * H + h) * T + row] * LOG2E : 0, di[r] = row < T ? dd[(b * H + h) * T + row] : 0;
   }
-  // V and K tiles in two groups: the next V's copy overlaps Q K^T, dS and
-  // dS K, the next K's the next dO V^T
-  __syncthreads();
-  fm_load<FM_ROWS, KP>(sh + FM_ROWS, vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
-  fm_load<FM_ROWS, KP>(sh, kb, 0, T, G * K, (int)K), lmc_cp_async_commit();
   for (i64 j0 = 0; j0 <= last; j0 += FM_ROWS) {
     bool more = j0 + FM_ROWS <= last;
     float s[FM_ROWS / 8][4], dp[FM_ROWS / 8][4];
@@ -836,11 +836,11 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
       for (int i = 0; i < 4; i++) s[nt][i] = dp[nt][i] = 0;
     lmc_cp_async_wait1();   // V
     __syncthreads();
-    fm_mul_nk<KP, FM_ROWS / 8, KP / 16>(dp, da, sh + FM_ROWS);
+    fm_mul_nk<KP, FM_ROWS / 8, KP / 16>(dp, dos, warp * 16, vs);
     lmc_cp_async_wait0();   // K
     __syncthreads();
-    if (more) fm_load<FM_ROWS, KP>(sh + FM_ROWS, vb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
-    fm_mul_nk<KP, FM_ROWS / 8, KP / 16>(s, qa, sh);
+    if (more) fm_load<FM_ROWS, KP>(vs, vb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
+    fm_mul_nk<KP, FM_ROWS / 8, KP / 16>(s, sh, warp * 16, ks);
     // the causal mask where a key passes a row of the block (the last
     // tile); a row past T has dS 0 all along (its dO and lse are zeros)
     bool diag = j0 + FM_ROWS - 1 > i0;
@@ -851,9 +851,9 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
         if (diag && nt * 8 + 2 * t + (i & 1) > rel + (i >> 1) * 8) p = 0.0f;
         s[nt][i] = p * (dp[nt][i] - di[i >> 1]);   // dS
       }
-    fm_mul_kn<KP, FM_ROWS / 8>(acc, s, sh);   // dQ += dS K
+    fm_mul_kn<KP, FM_ROWS / 8>(acc, s, ks);   // dQ += dS K
     __syncthreads();
-    if (more) fm_load<FM_ROWS, KP>(sh, kb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
+    if (more) fm_load<FM_ROWS, KP>(ks, kb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
   }
   fm_put<KP>(dq + b * T * H * K + h * K, H * K, acc, r0, T, (int)K, scale, scale, accum);
 }
@@ -881,41 +881,38 @@ template <int KP, int QT>
 __device__ void fm_backward_dkv(act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v,
                                 const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck,
                                 int accv) {
-  const int ROWS = 4 * QT > 2 * FM_ROWS ? 4 * QT : 2 * FM_ROWS;
-  __shared__ __align__(16) unsigned short sh[ROWS][KP + 8];   // K and V, then two stages of Q and dO
+  extern __shared__ __align__(16) unsigned short fm_smem[];
+  // K, V, then two stages of Q and dO: fm_rows(KP, 2) rows
+  unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem, (*vs)[KP + 8] = sh + FM_ROWS;
   __shared__ __align__(16) float ls[2][QT], ds[2][QT];
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   i64 b = blockIdx.z, gi = blockIdx.y, j0 = (i64)blockIdx.x * FM_ROWS, per = H / G;
   i64 c0 = j0 + warp * 16 + g;   // this thread's keys: c0 and c0 + 8
   float sl = scale * LOG2E;      // S in log2 units
   fm_tile<FM_ROWS, KP>(sh, k + b * T * G * K + gi * K, j0, T, G * K, (int)K, 1.0f);
-  fm_tile<FM_ROWS, KP>(sh + FM_ROWS, v + b * T * G * K + gi * K, j0, T, G * K, (int)K, 1.0f);
-  __syncthreads();
-  unsigned ka[KP / 16][4], va[KP / 16][4];
-  fm_frag_a<KP>(ka, sh, warp * 16);
-  fm_frag_a<KP>(va, sh + FM_ROWS, warp * 16);
+  fm_tile<FM_ROWS, KP>(vs, v + b * T * G * K + gi * K, j0, T, G * K, (int)K, 1.0f);
   float dka[KP / 8][4], dva[KP / 8][4];
   for (int nt = 0; nt < KP / 8; nt++)
     for (int i = 0; i < 4; i++) dka[nt][i] = dva[nt][i] = 0;
   // steps: the query tiles i0 = j0, j0 + QT, .. below T of each head of the group in turn
   i64 i0 = j0, h1 = gi * per, i1 = j0;   // this step's first query; the next step's head and query
-  __syncthreads();
-  fm_dkv_stage<KP, QT>(sh, ls[0], ds[0], q, dout, lse, dd, b, h1, i1, T, H, K), lmc_cp_async_commit();
+  unsigned short(*stage)[KP + 8] = sh + 2 * FM_ROWS;
+  fm_dkv_stage<KP, QT>(stage, ls[0], ds[0], q, dout, lse, dd, b, h1, i1, T, H, K), lmc_cp_async_commit();
   for (int st = 0;; st ^= 1) {
     if ((i1 += QT) >= T) i1 = j0, h1++;
     bool more = h1 < (gi + 1) * per;
     if (more) {
-      fm_dkv_stage<KP, QT>(sh + (st ^ 1) * 2 * QT, ls[st ^ 1], ds[st ^ 1], q, dout, lse, dd, b, h1, i1, T, H, K);
+      fm_dkv_stage<KP, QT>(stage + (st ^ 1) * 2 * QT, ls[st ^ 1], ds[st ^ 1], q, dout, lse, dd, b, h1, i1, T, H, K);
       lmc_cp_async_commit();
       lmc_cp_async_wait1();
     } else lmc_cp_async_wait0();
     __syncthreads();
-    unsigned short(*qs)[KP + 8] = sh + st * 2 * QT, (*dos)[KP + 8] = sh + st * 2 * QT + QT;
+    unsigned short(*qs)[KP + 8] = stage + st * 2 * QT, (*dos)[KP + 8] = stage + st * 2 * QT + QT;
     float st_[QT / 8][4], dpt[QT / 8][4];   // S^T and dP^T: this warp's 16 keys x QT queries
     for (int nt = 0; nt < QT / 8; nt++)
       for (int i = 0; i < 4; i++) st_[nt][i] = dpt[nt][i] = 0;
-    fm_mul_nk<KP, QT / 8, KP / 16>(st_, ka, qs);
-    fm_mul_nk<KP, QT / 8, KP / 16>(dpt, va, dos);
+    fm_mul_nk<KP, QT / 8, KP / 16>(st_, sh, warp * 16, qs);
+    fm_mul_nk<KP, QT / 8, KP / 16>(dpt, vs, warp * 16, dos);
     // the causal mask where a query of the tile comes before a key of the
     // block; a query past T adds nothing (its Q and dO are zeros)
     bool diag = i0 < j0 + FM_ROWS - 1;

@@ -81,6 +81,7 @@ static double now(void) {
 
 static const char *describe(const void *addr, char *buf, size_t n) {
   const unsigned char *a = addr;
+  if (engine_smem_describe(addr, buf, n)) return buf;
   for (int i = 0; i < nallocs; i++) {
     EmuAlloc *x = &allocs[i];
     if (a >= x->map && a < x->base)

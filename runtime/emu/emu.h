@@ -32,6 +32,7 @@ extern const EmuApi engine_api;
 extern const char *engine_kernel;        /* the kernel running now, or NULL */
 extern EmuDim engine_block, engine_thread;
 void engine_abort(void);                  /* after a fault: fibers to a clean state */
+const char *engine_smem_describe(const void *addr, char *buf, size_t n);   /* NULL: not past dynamic smem */
 
 /* ---- driver.c ---- */
 extern char emu_error[1024];             /* the last failure, for cuGetErrorString */

@@ -71,8 +71,8 @@ static const EmuLaunch *L;
 static EmuVars *vars;
 static unsigned nthr, nlive, nbar, bar_count;
 static bool plain;
-static unsigned char *smem;
-static size_t smem_cap;
+static unsigned char *smem, *smem_map;   /* dynamic shared memory: smem_cap bytes, then a guard page */
+static size_t smem_cap, smem_map_size;
 const char *engine_kernel;
 EmuDim engine_block, engine_thread;
 
@@ -401,6 +401,29 @@ static void run_fibers(const unsigned *perm) {
   }
 }
 
+/* A launch's dynamic shared memory, its bytes (rounded up to 16) ending
+ * where an inaccessible page begins: a kernel that reaches past what its
+ * launch asked for faults at once, and engine_smem_describe says so. */
+static int set_smem(size_t bytes) {
+  size_t page = 4096, need = (bytes + 15) / 16 * 16, size = (need + page - 1) / page * page + page;
+  if (size > smem_map_size) {
+    if (smem_map) munmap(smem_map, smem_map_size);
+    smem_map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (smem_map == MAP_FAILED) return smem_map = NULL, smem_map_size = smem_cap = 0, -1;
+    mprotect(smem_map + size - page, page, PROT_NONE);
+    smem_map_size = size;
+  }
+  smem_cap = need, smem = smem_map + smem_map_size - 4096 - need;
+  return 0;
+}
+
+const char *engine_smem_describe(const void *addr, char *buf, size_t n) {
+  const unsigned char *a = addr;
+  if (!smem_map || a < smem + smem_cap || a >= smem_map + smem_map_size) return NULL;
+  return snprintf(buf, n, "an access %td bytes past the %zu bytes of dynamic shared memory the launch asked for",
+                  a - (smem + smem_cap), (size_t)L->smem), buf;
+}
+
 int engine_run(const EmuLaunch *l) {
   L = l;
   vars = l->mod->vars;
@@ -412,13 +435,8 @@ int engine_run(const EmuLaunch *l) {
     unsigned have = nthr > wi * 32 ? nthr - wi * 32 : 0;
     warps[wi].exists = have >= 32 ? 0xffffffffu : (1u << have) - 1;
   }
-  if (l->smem > smem_cap) {
-    free(smem);
-    smem_cap = l->smem;
-    smem = aligned_alloc(128, (smem_cap + 127) / 128 * 128);
-    if (!smem) return smem_cap = 0, snprintf(emu_error, sizeof emu_error, "out of memory"), -1;
-  }
-  if (smem) memset(smem, 0xff, smem_cap);   /* shared memory starts as garbage */
+  if (l->smem && set_smem(l->smem)) return snprintf(emu_error, sizeof emu_error, "out of memory"), -1;
+  if (l->smem) memset(smem, 0xff, smem_cap);   /* shared memory starts as garbage */
   uint64_t nblocks = (uint64_t)l->grid.x * l->grid.y * l->grid.z, seed = l->seed;
   if (nblocks > (1u << 28))
     return snprintf(emu_error, sizeof emu_error, "kernel %s: the emulator runs at most 2^28 blocks a launch",

@@ -184,6 +184,9 @@ static void faults(void) {
          !launch("uses_smem", 1, 32, 100000, b), "up to the opt-in limit after cuFuncSetAttribute");
   expect_error(F(cuFuncSetAttribute)(fn("uses_smem"), CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 300000),
                CUDA_ERROR_INVALID_VALUE, "the device allows 232448", "planted: past the opt-in limit");
+  expect_error(launch("uses_smem", 1, 32, 64, b), CUDA_ERROR_ILLEGAL_ADDRESS,
+               "an access 0 bytes past the 64 bytes of dynamic shared memory the launch asked for",
+               "planted: a write past the launch's dynamic shared memory (a guard page)");
   expect_error(launch("uses_smem", 1, 2048, 0, b), CUDA_ERROR_INVALID_VALUE,
                "kernel uses_smem asks for a block of 2048x1x1 threads", "planted: too many threads per block");
   F(cuMemFree)(d);
