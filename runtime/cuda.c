@@ -266,16 +266,22 @@ static void load_kernels(const char *dir) {
   jit_seconds = rt_now() - t0, jit_cold = true;
 }
 
-static CUfunction fn(const char *name) {
-  static struct { char name[64]; CUfunction f; } cache[128];
+/* The module's kernels by name, looked up once; smem: the dynamic shared
+ * memory cuFuncSetAttribute allowed it (launch_smem) */
+typedef struct Fn { char name[64]; CUfunction f; unsigned smem; } Fn;
+
+static Fn *fn_entry(const char *name) {
+  static Fn cache[128], spare;
   static int n;
   for (int i = 0; i < n; i++)
-    if (!strcmp(cache[i].name, name)) return cache[i].f;
-  CUfunction f;
-  CK(cu.getfn(&f, module, name));
-  if (n < 128 && strlen(name) < sizeof cache[n].name) strcpy(cache[n].name, name), cache[n++].f = f;
-  return f;
+    if (!strcmp(cache[i].name, name)) return &cache[i];
+  Fn *e = n < 128 && strlen(name) < sizeof cache[n].name ? &cache[n++] : &spare;   /* spare: not kept */
+  snprintf(e->name, sizeof e->name, "%s", name), e->smem = 0;
+  CK(cu.getfn(&e->f, module, name));
+  return e;
 }
+
+static CUfunction fn(const char *name) { return fn_entry(name)->f; }
 
 static unsigned grid_for(int64_t n) {
   int64_t g = (n + 255) / 256;
@@ -294,18 +300,12 @@ static void launch(const char *name, unsigned grid, void **args) { launch_grid(n
  * KiB once cuFuncSetAttribute allows it (the kernel's first launch) */
 static void launch_smem(const char *name, unsigned gx, unsigned gy, unsigned gz, unsigned threads, unsigned bytes,
                         void **args) {
-  static struct { CUfunction f; unsigned bytes; } set[32];
-  static int n;
-  if (!bytes) return launch_grid(name, gx, gy, gz, threads, args);
-  CUfunction f = fn(name);
-  int i = 0;
-  while (i < n && set[i].f != f) i++;
-  if (i == n || set[i].bytes < bytes) {
-    CK(cu.func_set(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)bytes));
-    if (i == n && n < 32) n++;
-    if (i < 32) set[i].f = f, set[i].bytes = bytes;
+  Fn *e = fn_entry(name);
+  if (e->smem < bytes) {
+    CK(cu.func_set(e->f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, (int)bytes));
+    e->smem = bytes;
   }
-  CK(cu.launch(f, gx, gy, gz, threads, 1, 1, bytes, st, args, NULL));
+  CK(cu.launch(e->f, gx, gy, gz, threads, 1, 1, bytes, st, args, NULL));
 }
 
 /* ---- memory ---- */
@@ -534,8 +534,8 @@ static bool gemm_bias(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64
   if ((ty & G_C) && !(ty & G_A)) {    /* fp32 operands, a bf16 output: through an fp32 one */
     CUdeviceptr cw = scratch(&wc, &ncw, m * ldc);
     if (beta != 0) widen_to(cw, c, m * ldc);
-    if (aux || !gemm_bias(ty & ~(unsigned)G_C, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, cw, ldc, bias, 0))
-      return false;
+    if (bias) return false;   /* a bias of C's type (bf16) on an fp32 D: refused, as cuBLASLt would */
+    gemm_bias(ty & ~(unsigned)G_C, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, cw, ldc, 0, 0);
     narrow_to(c, cw, m * ldc);
     return true;
   }
@@ -617,12 +617,13 @@ static int fa_rows(const RtInst *x) {
  * cores (kernels.cu's fm_*), 64 query rows or keys a block. */
 static bool fa_mma(const RtInst *x) { return precision == MP_MEDIUM && x->k <= 128; }
 
-/* Their dynamic shared memory: rows of bf16 tiles, the head dim rounded up
- * to 16 plus 8 wide (kernels.cu's fm_rows): the forward's Q, K and V (kind
- * 0), dQ's Q, dO, K and V (1), dK/dV's K, V and two stages of Q and dO
- * tiles of QT queries (2; QT by compiler/kernels.c's rule) */
+/* Their dynamic shared memory, rows of bf16 tiles (the head dim rounded
+ * up to 16, plus 8) as kernels.cu's fm_* lay them out: the forward's Q, K
+ * and V (kind 0), dQ's Q, dO, K and V (1), dK/dV's K, V and two stages of
+ * Q and dO tiles of QT queries (2; QT by compiler/kernels.c's rule) */
 static unsigned fm_smem(i64 k, int kind) {
-  i64 kp = (k + 15) / 16 * 16, qt = kp <= 64 ? 64 : 32, rows = kind == 0 ? 3 * 64 : kind == 1 ? 4 * 64 : 2 * 64 + 4 * qt;
+  i64 kp = (k + 15) / 16 * 16, qt = kp <= 64 ? 64 : 32;
+  i64 rows = kind == 0 ? 3 * 64 : kind == 1 ? 4 * 64 : 2 * 64 + 4 * qt;
   return (unsigned)(rows * (kp + 8) * 2);
 }
 
@@ -773,19 +774,19 @@ static void op_head_xent_bwd(const RtInst *x, void **o, void **in) {
   bool h = x->bf & RT_BF_IN(0);
   unsigned ty = h ? G_A | G_B : 0;
   float scale = (float)x->scale;
-  CUdeviceptr l = scratch(&scratch_l, &have_l, chunk * n), dl = l;
+  CUdeviceptr l = scratch(&scratch_l, &have_l, chunk * n);
   for (i64 r0 = 0; r0 < x->m; r0 += chunk) {
     i64 c = x->m - r0 < chunk ? x->m - r0 : chunk;
     CUdeviceptr xr = dptr(in[0]) + r0 * k * ex, y = dptr(in[2]) + r0 * 4, lse = dptr(in[3]) + r0 * 4;
     gemm_t(ty | (h ? G_C : 0), false, x->tb, c, n, k, 1, xr, k, dptr(in[1]), x->tb ? k : n, 0, l, n);
-    void *a[] = {&dl, &l, &y, &lse, &c, &n, &scale};
+    void *a[] = {&l, &y, &lse, &c, &n, &scale};
     launch("lmc_head_grad", grid_for(c * n), a);
-    if (o[0]) gemm_t(ty | (x->bf & RT_BF_OUT(0) ? G_C : 0), false, !x->tb, c, k, n, 1, dl, n, dptr(in[1]),
+    if (o[0]) gemm_t(ty | (x->bf & RT_BF_OUT(0) ? G_C : 0), false, !x->tb, c, k, n, 1, l, n, dptr(in[1]),
                      x->tb ? k : n, x->acc[0] ? 1 : 0, dptr(o[0]) + r0 * k * esz(x, RT_BF_OUT(0)), k);
     if (o[1]) {
       float beta = r0 == 0 && !x->acc[1] ? 0 : 1;
-      if (x->tb) gemm_t(ty, true, false, n, k, c, 1, dl, n, xr, k, beta, dptr(o[1]), k);
-      else gemm_t(ty, true, false, k, n, c, 1, xr, k, dl, n, beta, dptr(o[1]), n);
+      if (x->tb) gemm_t(ty, true, false, n, k, c, 1, l, n, xr, k, beta, dptr(o[1]), k);
+      else gemm_t(ty, true, false, k, n, c, 1, xr, k, l, n, beta, dptr(o[1]), n);
     }
   }
 }

@@ -554,8 +554,8 @@ __device__ void fa_forward(act *o, real *lse, const act *q, const act *k, const 
 // (Q, dO; K and V in dK/dV) stay in shared memory and come a k-step at a
 // time, which leaves registers for three blocks an SM up to head dim 96
 // (run 14: 2.10 ms for llama-large's backward against 2.18 at two blocks
-// holding them). The tiles live in dynamic shared memory, fm_rows(KP,
-// kind) rows of KP + 8: runtime/cuda.c's fm_smem says how many bytes.
+// holding them). The tiles live in dynamic shared memory, rows of KP + 8
+// laid out as each kernel says: runtime/cuda.c's fm_smem gives the bytes.
 #define FM_ROWS 64
 
 // 16-byte loads of a tile's source, V values each (fp32 4, bf16 8), and
@@ -713,7 +713,7 @@ template <int KP>
 __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G,
                            i64 K, float scale) {
   extern __shared__ __align__(16) unsigned short fm_smem[];
-  unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem;   // Q, K, V: fm_rows(KP, 0) rows
+  unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem;   // Q, K, V (fm_smem kind 0)
   unsigned short(*ks)[KP + 8] = sh + FM_ROWS, (*vs)[KP + 8] = sh + 2 * FM_ROWS;
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   i64 b = blockIdx.z, h = blockIdx.y, gi = h / (H / G);
@@ -815,7 +815,7 @@ template <int KP>
 __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act *k, const act *v,
                                const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int accum) {
   extern __shared__ __align__(16) unsigned short fm_smem[];
-  unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem;   // Q, dO, K, V: fm_rows(KP, 1) rows
+  unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem;   // Q, dO, K, V (fm_smem kind 1)
   unsigned short(*dos)[KP + 8] = sh + FM_ROWS, (*ks)[KP + 8] = sh + 2 * FM_ROWS, (*vs)[KP + 8] = sh + 3 * FM_ROWS;
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   i64 b = blockIdx.z, h = blockIdx.y, gi = h / (H / G);
@@ -887,7 +887,7 @@ __device__ void fm_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
                                 const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck,
                                 int accv) {
   extern __shared__ __align__(16) unsigned short fm_smem[];
-  // K, V, then two stages of Q and dO: fm_rows(KP, 2) rows
+  // K, V, then two stages of Q and dO (fm_smem kind 2)
   unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem, (*vs)[KP + 8] = sh + FM_ROWS;
   __shared__ __align__(16) float ls[2][QT], ds[2][QT];
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
@@ -1137,11 +1137,10 @@ extern "C" __global__ void lmc_head_rows(real *row_loss, real *lse, const act *l
 // @kernel head_xent_bwd
 // a chunk of logits rows to dlogits = scale (softmax - onehot), in place
 // (bf16 under bf16 storage, as the backward's GEMMs then read it)
-extern "C" __global__ void lmc_head_grad(act *dl, const act *l, const int *y, const real *lse, i64 rows, i64 v,
-                                         float scale) {
+extern "C" __global__ void lmc_head_grad(act *l, const int *y, const real *lse, i64 rows, i64 v, float scale) {
   GRID_LOOP(e, rows * v) {
     i64 row = e / v;
-    dl[e] = scale * (expf(l[e] - lse[row]) - (e % v == y[row] ? 1.0f : 0.0f));
+    l[e] = scale * (expf(l[e] - lse[row]) - (e % v == y[row] ? 1.0f : 0.0f));
   }
 }
 

@@ -404,8 +404,9 @@ static void run_fibers(const unsigned *perm) {
 /* A launch's dynamic shared memory, its bytes (rounded up to 16) ending
  * where an inaccessible page begins: a kernel that reaches past what its
  * launch asked for faults at once, and engine_smem_describe says so. */
+enum { SMEM_PAGE = 4096 };
 static int set_smem(size_t bytes) {
-  size_t page = 4096, need = (bytes + 15) / 16 * 16, size = (need + page - 1) / page * page + page;
+  size_t page = SMEM_PAGE, need = (bytes + 15) / 16 * 16, size = (need + page - 1) / page * page + page;
   if (size > smem_map_size) {
     if (smem_map) munmap(smem_map, smem_map_size);
     smem_map = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -413,7 +414,7 @@ static int set_smem(size_t bytes) {
     mprotect(smem_map + size - page, page, PROT_NONE);
     smem_map_size = size;
   }
-  smem_cap = need, smem = smem_map + smem_map_size - 4096 - need;
+  smem_cap = need, smem = smem_map + smem_map_size - SMEM_PAGE - need;
   return 0;
 }
 

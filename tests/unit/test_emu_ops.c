@@ -335,6 +335,12 @@ int main(int argc, char **argv) {
     check(c, false);
     unsetenv("LMC_CUDA_EMU_REFUSE_BIAS");
   }
+  if (bf) {   /* f32 operands into bf16 through an f32 product: its bias (bf16, D's type) added after */
+    Case c = {"matmul_bias f32 x f32 -> bf16", rt_inst(OP_MATMUL_BIAS), {{n * 17, F32}, {17 * 21, F32}, {21}},
+              {{n * 21}}};
+    c.x.m = n, c.x.n = 21, c.x.k = 17;
+    check(c, false);
+  }
   if (bf) {   /* an MoE router's GEMMs: bf16 rows times the f32 router; f32 logits' gradient into bf16 rows */
     Case c = {"matmul bf16 x f32 -> f32 (router)", rt_inst(OP_MATMUL), {{n * 17}, {21 * 17, F32}}, {{n * 21, F32}}};
     c.x.m = n, c.x.n = 21, c.x.k = 17, c.x.tb = 1;
