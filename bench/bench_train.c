@@ -17,7 +17,7 @@ static double program_flops(const RtInst *p, int n) {
     if (x->op == OP_MATMUL || x->op == OP_MATMUL_BIAS || x->op == OP_MATMUL_BIAS_GELU) f += 2.0 * x->m * x->n * x->k;
     if (x->op == OP_ATTENTION) f += 2 * 2.0 * x->b * x->h * x->t * x->t * x->k;
     if (x->op == OP_ATTENTION_BWD) f += 5 * 2.0 * x->b * x->h * x->t * x->t * x->k;   /* P recomputed */
-    if (x->op == OP_HEAD_XENT) f += 2.0 * x->m * x->n * x->k;
+    if (x->op == OP_HEAD_XENT || x->op == OP_HEAD_DL) f += 2.0 * x->m * x->n * x->k;
     if (x->op == OP_HEAD_XENT_BWD) f += 3 * 2.0 * x->m * x->n * x->k;   /* logits recomputed */
     bool two = x->op == OP_MOE_UP || x->op == OP_MOE_UP_BWD;   /* an expert's GEMMs: gate and up, or one */
     bool bwd = x->op == OP_MOE_UP_BWD || x->op == OP_MOE_UP_GELU_BWD || x->op == OP_MOE_DOWN_BWD;

@@ -49,6 +49,13 @@ static Inst *bwd_inst(int op, Inst *fwd) {
   return in;
 }
 
+static void drop_attr(Inst *in, const char *key) {
+  int j = 0;
+  for (int i = 0; i < in->nattr; i++)
+    if (strcmp(in->akey[i], key)) in->akey[j] = in->akey[i], in->aval[j++] = in->aval[i];
+  in->nattr = j;
+}
+
 static void set_out(Inst *in, int i, Value *of) {
   in->out[i] = grad_of(of, &in->acc[i]);
   if (in->out[i] && !in->out[i]->def)
@@ -353,6 +360,17 @@ void ad_backward(Graph *g) {
       for (int k = 0; k < 3; k++) in->in[k] = f->in[k];
       in->in[3] = f->out[1];
       set_out(in, 0, f->in[0]), set_out(in, 1, f->in[1]);
+      continue;
+    }
+    if (f->op == OP_HEAD_DL) {     /* its second output is the logits' gradient: the head's matmuls' */
+      if (f->out[0] != g->loss) continue;
+      int from = g->nbwd;
+      bwd_matmul(f, f->out[1]);
+      for (int k = from; k < g->nbwd; k++) {   /* a matmul's attributes, in a matmul's order */
+        double tb = ir_get(g->bwd[k], "tb");
+        drop_attr(g->bwd[k], "scale"), drop_attr(g->bwd[k], "tb");
+        ir_set(g->bwd[k], "tb", tb);
+      }
       continue;
     }
     if (f->op == OP_ALLREDUCE || f->op == OP_XENT_MAX || f->op == OP_XENT_STATS || f->op == OP_MOE_LOSS)

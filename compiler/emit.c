@@ -153,7 +153,7 @@ void emit_schedule(FILE *out, Sched *s) {
 
 /* The whole vocabulary: the last dim of the loss's logits. */
 static int64_t vocab(Graph *g) {
-  if (g->loss->def->op == OP_HEAD_XENT) return (int64_t)ir_get(g->loss->def, "n");
+  if (g->loss->def->op == OP_HEAD_XENT || g->loss->def->op == OP_HEAD_DL) return (int64_t)ir_get(g->loss->def, "n");
   Value *logits = g->loss->def->in[0];
   int d = logits->shape.dim[2];
   return d >= 0 ? g->prog->dims[d].size : logits->shape.size[2];

@@ -1,13 +1,21 @@
 /* fuse.c: rewrites of the forward graph, between lower and autodiff.
  * silu(gate) * up, the SwiGLU of a Llama MLP, becomes one swiglu: one
- * pass instead of two, and silu(gate) is never stored. The LM head and its loss, matmul(x, w) -> cross_entropy(logits, targets)
- * where nothing else reads the logits, become one head_xent: it makes the
- * logits a chunk of rows at a time, keeps each row's log-sum-exp, and its
- * backward recomputes them, so the [B,T,V] logits and their gradient are
- * never stored (with a 50k vocabulary they are most of a small model's
- * activations). It costs a second GEMM of the head's size, so by default
- * (--fuse=auto) it fuses only logits of 2^25 elements (128 MiB) or more;
- * --fuse=always and --fuse=never (--no-fuse) decide otherwise.
+ * pass instead of two, and silu(gate) is never stored.
+ *
+ * The LM head and its loss, matmul(x, w) -> cross_entropy(logits, targets)
+ * where nothing else reads the logits, become one op in two ways:
+ * - head_dl (llm.c's way): one GEMM writes the logits into a [B,T,V]
+ *   buffer, and one pass over each row takes its log-sum-exp and loss and
+ *   turns the row into its gradient, scale (softmax - onehot), in place.
+ *   The backward is the head's two matmuls reading that gradient. Unfused,
+ *   the logits and their gradient are two buffers and two more passes.
+ * - head_xent: the logits a chunk of rows at a time, each row's
+ *   log-sum-exp kept; its backward recomputes them, so nothing of size
+ *   [B,T,V] is ever stored, at the cost of a third GEMM of the head's size.
+ * --fuse=auto (the default) fuses logits of 2^25 elements (128 MiB) or
+ * more, as head_dl up to 2^31 elements and as head_xent past that;
+ * --fuse=always makes every head a head_dl, --fuse=recompute a head_xent,
+ * --fuse=never (--no-fuse) leaves it apart.
  *
  * After autodiff, fuse_bias rewrites a matmul whose output only a bias
  * add reads (x w + b, b a parameter over the output's columns, on the same
@@ -32,16 +40,16 @@ static int uses(Graph *g, Value *v) {
   return n;
 }
 
-/* head_xent in place of the cross-entropy at index k, the matmul dropped. */
-static void fuse_head(Graph *g, int k) {
+/* head_dl (dl) or head_xent in place of the cross-entropy at index k, the
+ * matmul dropped. */
+static void fuse_head(Graph *g, int k, bool dl) {
   Inst *xent = g->fwd[k], *mm = xent->in[0]->def;
-  Shape bt = xent->in[1]->shape;
-  Inst *h = ir_inst(g, OP_HEAD_XENT, false, xent->loc);   /* appended; moved below */
+  Inst *h = ir_inst(g, dl ? OP_HEAD_DL : OP_HEAD_XENT, false, xent->loc);   /* appended; moved below */
   g->nfwd--;
   h->stage = xent->stage;
   h->in[0] = mm->in[0], h->in[1] = mm->in[1], h->in[2] = xent->in[1];
   h->out[0] = xent->out[0], h->acc[0] = true;
-  h->out[1] = ir_value(g, V_ACT, NULL, bt);
+  h->out[1] = dl ? mm->out[0] : ir_value(g, V_ACT, NULL, xent->in[1]->shape);   /* dlogits, or lse[B,T] */
   h->out[0]->def = h->out[1]->def = h;
   const char *keys[] = {"m", "n", "k", "tb"};
   for (int i = 0; i < 4; i++) ir_set(h, keys[i], ir_get(mm, keys[i]));
@@ -81,15 +89,16 @@ static void fuse_swiglus(Graph *g) {
   }
 }
 
-void fuse_graph(Graph *g, bool always) {
+void fuse_graph(Graph *g, int mode) {
   fuse_swiglus(g);
   for (int k = 0; k < g->nfwd; k++) {
     Inst *x = g->fwd[k];
     if (x->op != OP_XENT) continue;
     Value *logits = x->in[0];
-    bool big = shape_numel(&logits->shape) >= ((int64_t)1 << 25);
-    if ((always || big) && logits->def && logits->def->op == OP_MATMUL && uses(g, logits) == 1) {
-      fuse_head(g, k);
+    int64_t n = shape_numel(&logits->shape);
+    bool big = n >= ((int64_t)1 << 25), huge = n > ((int64_t)1 << 31);
+    if ((mode != FUSE_AUTO || big) && logits->def && logits->def->op == OP_MATMUL && uses(g, logits) == 1) {
+      fuse_head(g, k, mode == FUSE_ALWAYS || (mode == FUSE_AUTO && !huge));
       return;
     }
   }

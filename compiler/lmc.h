@@ -234,7 +234,8 @@ void ir_verify(Graph *g);
 Graph *lower_program(Program *p);
 
 /* ---- fuse.c ---- */
-void fuse_graph(Graph *g, bool always);   /* always: fuse even small heads */
+enum { FUSE_AUTO, FUSE_ALWAYS, FUSE_NEVER, FUSE_RECOMPUTE };   /* lmc --fuse= */
+void fuse_graph(Graph *g, int mode);      /* the head by mode (never: not called) */
 void fuse_bias(Graph *g);                 /* after autodiff: bias adds into their matmuls */
 
 /* ---- autodiff.c ---- */

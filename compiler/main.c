@@ -18,7 +18,7 @@ typedef struct Options {
   int plan;            /* --plan N: rank the layouts for N ranks */
   double plan_flops, plan_bw, plan_mem;
   bool split, verify, quiet;
-  int fuse;            /* 0 auto, 1 always, 2 never */
+  int fuse;            /* FUSE_AUTO, ... */
 } Options;
 
 static bool dumping(Options *o, const char *name) {
@@ -74,13 +74,13 @@ static int compile(Options *o, const char *text, long len) {
   Graph *g = lower_program(p);
   if (o->verify) ir_verify(g);
   if (dumping(o, "ir")) ir_dump(stdout, g, false);
-  if (o->fuse != 2) fuse_graph(g, o->fuse == 1);
+  if (o->fuse != FUSE_NEVER) fuse_graph(g, o->fuse);
   if (o->verify) ir_verify(g);
   if (dumping(o, "fused")) ir_dump(stdout, g, false);
   ad_backward(g);
   if (o->verify) ir_verify(g);
   if (dumping(o, "grad")) ir_dump(stdout, g, true);
-  if (o->fuse != 2) fuse_bias(g);
+  if (o->fuse != FUSE_NEVER) fuse_bias(g);
   precision_plan(g);
   if (o->verify) ir_verify(g);
   if (dumping(o, "precision")) ir_dump(stdout, g, false), ir_dump(stdout, g, true);
@@ -109,9 +109,9 @@ static Sched *build(Options *o, const char *text, long len) {
   Node *items = parse_program(o->input, text, len, o->inc, o->ninc);
   Program *p = sema_check(items, o->sets, o->nsets, 0);
   Graph *g = lower_program(p);
-  if (o->fuse != 2) fuse_graph(g, o->fuse == 1);
+  if (o->fuse != FUSE_NEVER) fuse_graph(g, o->fuse);
   ad_backward(g);
-  if (o->fuse != 2) fuse_bias(g);
+  if (o->fuse != FUSE_NEVER) fuse_bias(g);
   precision_plan(g);
   Sched *s = sched_plan(g);
   sched_check(g);
@@ -199,7 +199,8 @@ static void usage(int code) {
           "                      every rank's step simulated at --plan-flops and --plan-bw,\n"
           "                      as a Chrome trace (Perfetto)\n"
           "  --fuse=MODE         auto (default: fuse the LM head and loss when the logits\n"
-          "                      reach 128 MiB), always, or never (also --no-fuse)\n"
+          "                      reach 128 MiB), always, recompute (a head that recomputes\n"
+          "                      its logits in the backward pass), or never (also --no-fuse)\n"
           "  --set NAME=VALUE    override a dim, train or parallel setting\n"
           "  -I DIR              search DIR for imports\n"
           "  --world N           check the plan against N ranks\n"
@@ -252,9 +253,10 @@ static void parse_args(Options *o, int argc, char **argv) {
       o->rank = atoi(argv[++i]);
     } else if (!strcmp(a, "--verify-each")) o->verify = true;
     else if (!strcmp(a, "--split-input-file")) o->split = true;
-    else if (!strcmp(a, "--no-fuse") || !strcmp(a, "--fuse=never")) o->fuse = 2;
-    else if (!strcmp(a, "--fuse=always")) o->fuse = 1;
-    else if (!strcmp(a, "--fuse=auto")) o->fuse = 0;
+    else if (!strcmp(a, "--no-fuse") || !strcmp(a, "--fuse=never")) o->fuse = FUSE_NEVER;
+    else if (!strcmp(a, "--fuse=always")) o->fuse = FUSE_ALWAYS;
+    else if (!strcmp(a, "--fuse=recompute")) o->fuse = FUSE_RECOMPUTE;
+    else if (!strcmp(a, "--fuse=auto")) o->fuse = FUSE_AUTO;
     else if (!strcmp(a, "-q")) o->quiet = true;
     else if (a[0] == '-' && a[1]) {
       fprintf(stderr, "lmc: error: unknown option '%s'\n", a);

@@ -16,7 +16,7 @@ double plan_inst_flops(Inst *in) {
   case OP_MATMUL: return 2 * ir_get(in, "m") * ir_get(in, "n") * ir_get(in, "k");
   case OP_MATMUL_BIAS: case OP_MATMUL_BIAS_GELU:
     return 2 * ir_get(in, "m") * ir_get(in, "n") * ir_get(in, "k") + ir_get(in, "m") * ir_get(in, "n");
-  case OP_HEAD_XENT: return 2 * ir_get(in, "m") * ir_get(in, "n") * ir_get(in, "k");
+  case OP_HEAD_XENT: case OP_HEAD_DL: return 2 * ir_get(in, "m") * ir_get(in, "n") * ir_get(in, "k");
   case OP_HEAD_XENT_BWD: return 6 * ir_get(in, "m") * ir_get(in, "n") * ir_get(in, "k");
   case OP_MOE_UP: case OP_MOE_UP_GELU: case OP_MOE_DOWN:
   case OP_MOE_UP_BWD: case OP_MOE_UP_GELU_BWD: case OP_MOE_DOWN_BWD: {

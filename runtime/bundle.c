@@ -320,6 +320,9 @@ static void needs(const RtInst *x, int64_t in[RT_MAX_IN], int64_t out[3], bool i
   case OP_HEAD_XENT:
     out[0] = 1, out[1] = x->m, in[0] = x->m * x->k, in[1] = x->n * x->k, in[2] = x->m, ids[2] = true;
     break;
+  case OP_HEAD_DL:
+    out[0] = 1, out[1] = x->m * x->n, in[0] = x->m * x->k, in[1] = x->n * x->k, in[2] = x->m, ids[2] = true;
+    break;
   case OP_HEAD_XENT_BWD:
     out[0] = in[0] = x->m * x->k, out[1] = in[1] = x->n * x->k, in[2] = in[3] = x->m, ids[2] = true;
     break;
@@ -346,7 +349,7 @@ static bool sane(const RtInst *x) {
     if (x->seg < x->e || x->seg % x->e) return false;   /* segment s runs expert s % e */
   if ((x->op == OP_MOE_A2A || x->op == OP_MOE_A2A_REV) && (x->seg <= 0 || x->e % x->seg)) return false;
   if ((x->op == OP_MATMUL || x->op == OP_MATMUL_BIAS || x->op == OP_MATMUL_BIAS_GELU || x->op == OP_HEAD_XENT ||
-       x->op == OP_HEAD_XENT_BWD) &&
+       x->op == OP_HEAD_XENT_BWD || x->op == OP_HEAD_DL) &&
       (x->m <= 0 || x->n <= 0 || x->k <= 0))
     return false;
   return true;

@@ -764,6 +764,20 @@ static void op_head_xent(const RtInst *x, void **o, void **in) {
   sum_rows(rows, x->m, o[0], (float)x->scale, x->acc[0]);
 }
 
+/* head_dl: the logits in one GEMM into their gradient's buffer (stored as
+ * the activations are), then a block a row takes its loss and turns the
+ * row into its gradient; the backward pass is the head's two matmuls. */
+static void op_head_dl(const RtInst *x, void **o, void **in) {
+  i64 m = x->m, n = x->n, k = x->k;
+  float scale = (float)x->scale;
+  CUdeviceptr l = dptr(o[1]), y = dptr(in[2]), rows = scratch(&scratch_rows, &scratch_rows_n, m);
+  gemm_t(gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(1)), false, x->tb, m, n, k, 1, dptr(in[0]), k, dptr(in[1]),
+         x->tb ? k : n, 0, l, n);
+  void *a[] = {&rows, &l, &y, &m, &n, &scale};
+  launch("lmc_head_dl_rows", (unsigned)m, a);
+  sum_rows(rows, m, o[0], scale, x->acc[0]);
+}
+
 /* The logits recomputed and their gradient made in place, both stored as
  * the activations are (bf16 under bf16 storage: the CPU backend rounds
  * them the same way); the gradient's two GEMMs read it so. */
@@ -1046,6 +1060,7 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
   case OP_ATTENTION: op_attention(x, o, in); return;
   case OP_HEAD_XENT: op_head_xent(x, o, in); return;
   case OP_HEAD_XENT_BWD: op_head_xent_bwd(x, o, in); return;
+  case OP_HEAD_DL: op_head_dl(x, o, in); return;
   case OP_ATTENTION_BWD: op_attention_bwd(x, o, in); return;
   case OP_SILU: { void *a[] = {&O[0], &I[0], &n}; launch("lmc_silu", grid_for(n), a); return; }
   case OP_GELU: { void *a[] = {&O[0], &I[0], &n}; launch("lmc_gelu", grid_for(n), a); return; }

@@ -1144,6 +1144,20 @@ extern "C" __global__ void lmc_head_grad(act *l, const int *y, const real *lse, 
   }
 }
 
+// @kernel head_dl
+// a row of logits (made by cuBLASLt, stored as the activations are) to its
+// loss, log-sum-exp minus the target's logit, in fp32, and then in place to
+// its gradient scale (softmax - onehot), which the head's backward GEMMs read
+extern "C" __global__ void lmc_head_dl_rows(real *row_loss, act *l, const int *y, i64 rows, i64 v, float scale) {
+  i64 row = blockIdx.x;
+  act *r = l + row * v;
+  int t = y[row];
+  float z = row_logsumexp(r, v);
+  if (threadIdx.x == 0) row_loss[row] = z - r[t];
+  __syncthreads();   // the target's logit is read before it is overwritten
+  for (i64 j = threadIdx.x; j < v; j += blockDim.x) r[j] = scale * (expf(r[j] - z) - (j == t ? 1.0f : 0.0f));
+}
+
 // @kernel moe
 // Mixture of Experts, the math of runtime/cpu_moe.inc: routing in double,
 // one thread a token (its experts then as the CPU picks them); the

@@ -32,7 +32,7 @@ run pp2_f32 2 "" --set pp=2 --set microbatches=2
 compare pp2_f32 one32 1e-4
 run pp2_fused 2 --f64 --set pp=2 --set microbatches=2 --fuse=always   # the fused head on the last stage
 compare pp2_fused one64 1e-9
-run dp2_fused 2 --f64 --set dp=2 --fuse=always
+run dp2_fused 2 --f64 --set dp=2 --fuse=recompute   # the head that recomputes its logits
 compare dp2_fused one64 1e-9
 run tp2 2 --f64 --set tp=2
 compare tp2 one64 1e-9

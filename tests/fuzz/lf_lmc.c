@@ -18,7 +18,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t n) {
     Node *items = parse_program("fuzz.lm", text, (long)n, NULL, 0);
     Program *p = sema_check(items, NULL, 0, 0);
     Graph *g = lower_program(p);
-    fuse_graph(g, false);
+    fuse_graph(g, FUSE_AUTO);
     ad_backward(g);
     sched_plan(g);
     sched_check(g);

@@ -505,6 +505,9 @@ int main(int argc, char **argv) {
                {{n * d}, {V * d, F32}}};
     c.x.m = n, c.x.n = V, c.x.k = d, c.x.tb = tb, c.x.scale = 1.0 / n;
     check(c, true);
+    c = (Case){tb ? "head_dl (W^T)" : "head_dl", rt_inst(OP_HEAD_DL), {{n * d}, {V * d}, {n, 1, V}}, {{1, F32}, {n * V}}};
+    c.x.m = n, c.x.n = V, c.x.k = d, c.x.tb = tb, c.x.scale = 1.0 / n;
+    check(c, true);
   }
   tol = tol_base;
   /* MoE: 37 tokens, 6 experts, top 2, width 19 (13 in the experts),

@@ -155,7 +155,7 @@ int main(int argc, char **argv) {
    * head (lmc without --no-fuse) never stores them */
   Tensor lw = load(gd, "expected.safetensors", "logits");
   double *lg = rt_xmalloc(lw.n * sizeof(double));
-  if (b->fwd[b->nfwd - 1].op == OP_HEAD_XENT)
+  if (b->fwd[b->nfwd - 1].op == OP_HEAD_XENT || b->fwd[b->nfwd - 1].op == OP_HEAD_DL)
     printf("skip logits: the head is fused (the --no-fuse bundle checks them)\n");
   else {
     rt_get_value(r, b->fwd[b->nfwd - 1].in[0], lg);
