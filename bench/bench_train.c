@@ -99,9 +99,7 @@ int main(int argc, char **argv) {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   double act = b->slots * (rt_slot_bytes(r) - 4.0 * b->region[R_INPUT]);   /* the byte plan under bf16 storage */
-  double planned = act + 4.0 * (b->slots * b->region[R_INPUT] + b->region[R_PARAM] + b->region[R_GRAD] +
-                                b->region[R_STATE]);
-  planned += 2.0 * b->region[R_PARAM] * 4;                /* Adam m and v */
+  double planned = act + 4.0 * (b->slots * b->region[R_INPUT] + b->region[R_STATE]) + rt_state_bytes(r);
   printf("  step: %.1f ms | %.0f tokens/s | %.2f GFLOP/step | %.1f GFLOP/s achieved | %.1f%% of GEMM peak %.1f GFLOP/s\n",
          dt * 1e3, toks / dt, flops / 1e9, flops / dt / 1e9, 100 * flops / dt / peak, peak / 1e9);
   double mf = model_flops(b);
@@ -112,8 +110,8 @@ int main(int argc, char **argv) {
     printf("  memory: device peak %.1f MiB (lmc's allocations, cuBLASLt workspace and scratch included) | ",
            be->peak_bytes() / 1048576.0);
   else printf("  memory: peak RSS %.1f MiB | ", ru.ru_maxrss / 1024.0);
-  printf("planned %.1f MiB (activations %.1f, params+grads+adam %.1f) | loss %.4f\n", planned / 1048576,
-         act / 1048576, b->region[R_PARAM] * 16.0 / 1048576, loss);
+  printf("planned %.1f MiB (activations %.1f, params+grads+adam+bf16 copies %.1f) | loss %.4f\n", planned / 1048576,
+         act / 1048576, rt_state_bytes(r) / 1048576, loss);
   free(tok);
   rt_free(r);
   bundle_free(b);

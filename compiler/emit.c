@@ -1,7 +1,8 @@
 /* emit.c: writes the bundle, a folder the runtime loads:
  *   manifest.txt   model, dims, plan, train settings, parameters
  *   rank<N>.sched  one rank's values (region, offset, shape) and its
- *                  programs (fwd, bwd) and per-step action list
+ *                  programs (fwd, bwd; cast: the bf16 copies of the
+ *                  weights, run at load) and per-step action list
  *   kernels.cu     the CUDA kernels its programs need (kernels.c)
  * Both are plain text, deterministic (ids, no pointers or times), and
  * written to a temporary name then renamed, so a bundle is never half
@@ -13,7 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static const char *region_names[] = {"act", "param", "grad", "input", "state"};
+static const char *region_names[] = {"act", "param", "grad", "input", "state", "copy"};
 
 /* The shortest text that reads back as the same double. */
 static const char *num(double v) {
@@ -130,8 +131,8 @@ void emit_schedule(FILE *out, Sched *s) {
           s->coord[AX_EP]);
   fprintf(out, "stage %d of %d schedule %s microbatches %lld slots %d\n", s->part->stage,
           g->nstages, p->s.schedule, (long long)p->s.microbatches, s->slots);
-  for (int r = 0; r < 5; r++)
-    fprintf(out, "region %s %lld\n", region_names[r], (long long)s->region[r]);
+  for (int r = 0; r < NUM_KINDS; r++)   /* the copies' only under bf16 */
+    if (r != V_COPY || s->region[r]) fprintf(out, "region %s %lld\n", region_names[r], (long long)s->region[r]);
   if (s->act_bytes) fprintf(out, "bytes act %lld\n", (long long)s->act_bytes);   /* bf16 storage's plan */
   s_stage = s->part->stage, s_bytes = s->act_bytes > 0;
   for (int i = 0; i < g->nvals; i++)
@@ -143,6 +144,8 @@ void emit_schedule(FILE *out, Sched *s) {
   for (int i = 0; i < pt->nfwd; i++) print_inst(out, pt->fwd[i]);
   fprintf(out, "program bwd %d\n", pt->nbwd);
   for (int i = 0; i < pt->nbwd; i++) print_inst(out, pt->bwd[i]);
+  if (pt->ncasts) fprintf(out, "program cast %d\n", pt->ncasts);
+  for (int i = 0; i < pt->ncasts; i++) print_inst(out, pt->casts[i]);
   sched_actions(s);
   fprintf(out, "step\n");
   for (int i = 0; i < s->nstep; i++) print_action(out, &s->step[i]);

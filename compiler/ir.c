@@ -159,7 +159,7 @@ static void print_inst(FILE *out, Program *p, Inst *in) {
 }
 
 static const char *kind_name(int k) {
-  static const char *n[] = {"act", "param", "grad", "input", "state"};
+  static const char *n[] = {"act", "param", "grad", "input", "state", "copy"};
   return n[k];
 }
 
@@ -180,6 +180,8 @@ void ir_dump(FILE *out, Graph *g, bool bwd) {
       fprintf(out, "\n");
     }
   }
+  if (!bwd && g->ncasts) fprintf(out, "  // bf16 copies: made at load, rewritten by each optimizer step\n");
+  for (int i = 0; !bwd && i < g->ncasts; i++) print_inst(out, p, g->casts[i]);
   Inst **list = bwd ? g->bwd : g->fwd;
   int n = bwd ? g->nbwd : g->nfwd;
   for (int i = 0; i < n; i++)
@@ -195,7 +197,7 @@ void ir_verify(Graph *g) {
   char *defined = arena_alloc(g->nvals);
   for (int i = 0; i < g->nvals; i++)
     if (g->vals[i]->kind == V_PARAM || g->vals[i]->kind == V_INPUT ||
-        g->vals[i]->kind == V_GRAD || g->vals[i]->kind == V_STATE)
+        g->vals[i]->kind == V_GRAD || g->vals[i]->kind == V_STATE || g->vals[i]->kind == V_COPY)
       defined[i] = 1;
   for (int k = 0; k < total; k++) {
     Inst *in = k < g->nfwd ? g->fwd[k] : g->bwd[k - g->nfwd];

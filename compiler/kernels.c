@@ -27,6 +27,7 @@ static const char *section_of(int op) {
 
 static bool used(Graph *g, const char *section) {
   if (!strcmp(section, "optimizer")) return true;
+  if (!strcmp(section, "cast")) return g->ncasts > 0;   /* the bf16 copies, made at load */
   for (int k = 0; k < g->nfwd + g->nbwd; k++) {
     Inst *in = k < g->nfwd ? g->fwd[k] : g->bwd[k - g->nfwd];
     const char *s = section_of(in->op);

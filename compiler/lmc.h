@@ -162,7 +162,9 @@ typedef struct Shape {
   int64_t size[MAX_RANK];
 } Shape;
 
-enum { V_ACT, V_PARAM, V_GRAD, V_INPUT, V_STATE };
+/* V_COPY: a parameter's bf16 copy (precision.c), kept for the run and
+ * rewritten by each optimizer step */
+enum { V_ACT, V_PARAM, V_GRAD, V_INPUT, V_STATE, V_COPY, NUM_KINDS };
 enum { DT_F32, DT_BF16, DT_I32 };   /* a value's dtype (precision.c) */
 extern const char *dtype_names[3];
 
@@ -175,7 +177,7 @@ struct Value {
   int dtype;           /* DT_*, decided by precision.c */
   Inst *def;
   Value *grad;         /* gradient value (autodiff) */
-  Value *of;           /* V_GRAD: the value it is the gradient of */
+  Value *of;           /* V_GRAD: the value it is the gradient of; V_COPY: the parameter */
   bool needs_grad;
   bool esplit;         /* param: an expert weight whose dim 0 (the experts) ep splits */
   bool router;         /* param: an MoE router, whole on every rank */
@@ -184,7 +186,7 @@ struct Value {
   const char *init;    /* "normal", "ones", "zeros" */
   double init_std;
   /* sched */
-  int stage;           /* param: the first stage that holds it */
+  int stage;           /* param: the first stage that holds it; copy: its stage */
   uint64_t stages;     /* param: every stage that holds a copy */
   int first, last;     /* live range over the instruction list */
   int64_t offset;      /* in elements, within its region */
@@ -214,6 +216,7 @@ typedef struct Graph {
   Inst **fwd; int nfwd, capfwd;
   Inst **bwd; int nbwd, capbwd;
   Value **params; int nparams, capparams;
+  Inst **casts; int ncasts;   /* precision.c: each copy's cast, run at load (the optimizer rewrites them) */
   Value *tokens, *targets, *positions, *loss;
   int cur_stage;       /* stamped on each new instruction */
   int nstages;
@@ -258,6 +261,7 @@ typedef struct Part {  /* one pipeline stage's share of the graph */
   int stage;
   Inst **fwd; int nfwd;
   Inst **bwd; int nbwd;
+  Inst **casts; int ncasts;            /* the bf16 copies this stage makes */
   Xfer *fsend, *frecv, *bsend, *brecv;   /* activations out/in, gradients out/in */
   int nfsend, nfrecv, nbsend, nbrecv;
 } Part;
@@ -287,7 +291,7 @@ typedef struct Sched {
   int rank, world;
   int coord[MAX_AXES]; /* this rank's place on each mesh axis */
   int slots;           /* microbatches whose activations are alive at once */
-  int64_t region[5];   /* elements per region: act, param, grad, input, state */
+  int64_t region[NUM_KINDS];   /* elements per region: act, param, grad, input, state, copy */
   int64_t peak_act;    /* one slot's arena */
   int64_t act_bytes;   /* under bf16 storage: one slot's arena in bytes, each value at its dtype's size (else 0) */
   Action *step; int nstep;
@@ -296,6 +300,7 @@ typedef struct Sched {
 Sched *sched_plan(Graph *g);            /* stage 0; then sched_stage for others */
 void sched_stage(Sched *s, int stage);
 double sched_act_bytes(Sched *s);      /* one slot's activations, in bytes */
+double sched_state_bytes(Sched *s);    /* weights, gradients, Adam, bf16 copies */
 void sched_set_rank(Sched *s, int rank);
 void sched_actions(Sched *s);           /* this rank's step and eval lists */
 void sched_check(Graph *g);             /* sends match receives, no deadlock */

@@ -53,9 +53,9 @@ static void summary(Sched *s, const char *out) {
   for (int st = 0; st < g->nstages; st++) {
     sched_stage(s, st);
     double act = s->slots * (sched_act_bytes(s) + 4.0 * s->region[V_INPUT]);
-    fprintf(stderr, "lmc:   stage %d: %d x %.1f MiB activations + %.1f MiB params+grads+adam = "
-            "peak %.1f MiB per rank\n", st, s->slots, sched_act_bytes(s) * mib, 16.0 * s->region[V_PARAM] * mib,
-            (act + 16.0 * s->region[V_PARAM]) * mib);
+    fprintf(stderr, "lmc:   stage %d: %d x %.1f MiB activations + %.1f MiB params+grads+adam%s = "
+            "peak %.1f MiB per rank\n", st, s->slots, sched_act_bytes(s) * mib, sched_state_bytes(s) * mib,
+            s->region[V_COPY] ? "+bf16 copies" : "", (act + sched_state_bytes(s)) * mib);
   }
   sched_stage(s, 0);
 }

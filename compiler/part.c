@@ -17,8 +17,10 @@ static void param_stages(Graph *g) {
   for (int i = 0; i < g->nparams; i++) g->params[i]->stages = 0;
   for (int k = 0; k < g->nfwd; k++) {
     Inst *in = g->fwd[k];
-    for (int j = 0; j < in->nin; j++)
-      if (in->in[j]->kind == V_PARAM) in->in[j]->stages |= (uint64_t)1 << in->stage;
+    for (int j = 0; j < in->nin; j++) {
+      Value *v = in->in[j]->kind == V_COPY ? in->in[j]->of : in->in[j];   /* read through its bf16 copy */
+      if (v->kind == V_PARAM) v->stages |= (uint64_t)1 << in->stage;
+    }
   }
   for (int i = 0; i < g->nparams; i++) {  /* unused: keep it on the first stage */
     Value *v = g->params[i];
@@ -105,6 +107,7 @@ Part *part_stage(Graph *g, int stage) {
   p->stage = stage;
   p->fwd = select(g->fwd, g->nfwd, stage, &p->nfwd);
   p->bwd = select(g->bwd, g->nbwd, stage, &p->nbwd);
+  p->casts = select(g->casts, g->ncasts, stage, &p->ncasts);
   find_crossings(g, p);
   return p;
 }

@@ -62,7 +62,7 @@ void plan_cost(Sched *s, double flops_rate, double bandwidth, PlanCost *c) {
       for (int i = 0; i < counts[l]; i++) pp_bytes += 4.0 * shape_numel(&lists[l][i].v->shape);
     double bytes = m * (ring(tp_bytes, tp) + pp_bytes + a2a_bytes) + ring(4.0 * s->region[V_GRAD], dp) +
                    ring(4.0 * s->region[V_GRAD] - expert_grads, ep);
-    double mem = s->slots * (sched_act_bytes(s) + 4.0 * s->region[V_INPUT]) + 16.0 * s->region[V_PARAM];
+    double mem = s->slots * (sched_act_bytes(s) + 4.0 * s->region[V_INPUT]) + sched_state_bytes(s);
     if (mem > c->memory) c->memory = mem;
     if (m * flops > c->flops) c->flops = m * flops;
     if (bytes > c->bytes) c->bytes = bytes;

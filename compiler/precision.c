@@ -2,9 +2,11 @@
  * setting `precision = bf16` (mixed precision, the plan docs/cuda.md
  * gives): parameters stay f32 masters, and the ops that multiply by a
  * weight (matmul, embed, the fused head, the experts; a fused bias too)
- * read a bf16 copy a
- * `cast` makes at the start of the forward pass, one per stage that reads
- * it; activations and their gradients are bf16; what must stay exact or
+ * read its bf16 copy, one per stage that reads it: a value of its own
+ * region (V_COPY) that lives for the run, made by a `cast` (g->casts) when
+ * the weights are loaded and rewritten by each optimizer step as it
+ * updates the master (the CPU backend's optimizer leaves that to the casts
+ * before the next forward pass). Activations and their gradients are bf16; what must stay exact or
  * wide stays f32: norm and softmax statistics, cross-entropy's row
  * statistics, the MoE router (its logits from the f32 weight, and their
  * gradient: a rounded logit flips a token's expert), its gates, expert
@@ -46,8 +48,8 @@ static bool reads_copy(const Inst *in, int j) {
   }
 }
 
-/* The bf16 copy of parameter p on `stage`, made on first need (its cast
- * appended to the forward pass; moved to the front after). */
+/* The bf16 copy of parameter p on `stage`, made on first need with its
+ * cast (kept apart from the programs, in g->casts). */
 static Value *copy_of(Value *p, int stage, Value **copies) {
   Value **c = &copies[p->id * G->nstages + stage];
   if (*c) return *c;
@@ -55,9 +57,11 @@ static Value *copy_of(Value *p, int stage, Value **copies) {
   G->cur_stage = stage;
   Inst *in = ir_inst(G, OP_CAST, false, ir_loc);
   G->cur_stage = cur;
+  G->nfwd--;                         /* not a forward instruction */
+  G->casts[G->ncasts++] = in;
   in->in[0] = p;
-  in->out[0] = *c = ir_value(G, V_ACT, NULL, p->shape);
-  (*c)->def = in, (*c)->dtype = DT_BF16;
+  in->out[0] = *c = ir_value(G, V_COPY, arena_printf("%s.bf16", p->name), p->shape);
+  (*c)->def = in, (*c)->dtype = DT_BF16, (*c)->of = p, (*c)->stage = stage;
   ir_set(in, "n", shape_numel(&p->shape));
   return *c;
 }
@@ -82,16 +86,12 @@ void precision_plan(Graph *g) {
     }
   }
   Value **copies = arena_alloc(((size_t)g->nvals * g->nstages + 1) * sizeof(Value *));
+  g->casts = arena_alloc(((size_t)g->nparams * g->nstages + 1) * sizeof(Inst *));
   for (int k = 0; k < total; k++) {   /* weights: through their bf16 copies */
     Inst *in = k < nfwd ? g->fwd[k] : g->bwd[k - nfwd];
     for (int j = 0; j < in->nin; j++)
       if (in->in[j]->kind == V_PARAM && reads_copy(in, j)) in->in[j] = copy_of(in->in[j], in->stage, copies);
   }
-  int casts = g->nfwd - nfwd;         /* the casts first */
-  Inst **order = arena_alloc((g->nfwd + 1) * sizeof(Inst *));
-  memcpy(order, g->fwd + nfwd, casts * sizeof(Inst *));
-  memcpy(order + casts, g->fwd, nfwd * sizeof(Inst *));
-  memcpy(g->fwd, order, g->nfwd * sizeof(Inst *));
   for (int k = 0; k < g->nfwd; k++) g->fwd[k]->id = k;
   for (int k = 0; k < g->nbwd; k++) g->bwd[k]->id = g->nfwd + k;
 }

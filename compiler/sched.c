@@ -129,16 +129,21 @@ static bool param_here(Sched *s, Value *v) {
  * 4-byte reals. */
 double sched_act_bytes(Sched *s) { return s->act_bytes ? (double)s->act_bytes : 4.0 * s->peak_act; }
 
+/* What lives for the whole run, in bytes: weights, gradients and Adam's
+ * two moments in fp32, the weights' bf16 copies. */
+double sched_state_bytes(Sched *s) { return 16.0 * s->region[V_PARAM] + 2.0 * s->region[V_COPY]; }
+
 /* Whether value v appears in this stage's schedule. */
 bool sched_has(Sched *s, Value *v) {
   if (v->kind == V_PARAM || v->kind == V_GRAD) return param_here(s, v);
   if (v->kind == V_ACT) return v->first >= 0;
+  if (v->kind == V_COPY) return v->stage == s->part->stage;
   return true;                   /* inputs and the loss: every stage */
 }
 
 static void plan_regions(Sched *s) {
   Graph *g = s->g;
-  for (int r = V_PARAM; r <= V_STATE; r++) s->region[r] = 0;
+  for (int r = V_PARAM; r < NUM_KINDS; r++) s->region[r] = 0;
   for (int i = 0; i < g->nvals; i++) {   /* a gradient sits where its param does */
     Value *v = g->vals[i];
     if (v->kind == V_ACT || v->kind == V_GRAD || !sched_has(s, v)) continue;

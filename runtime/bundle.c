@@ -395,7 +395,7 @@ static void read_program(Reader *r, Bundle *b, RtInst **prog, int *n) {
 
 
 static int region_of(Reader *r, const char *s) {
-  static const char *names[] = {"act", "param", "grad", "input", "state"};
+  static const char *names[] = {"act", "param", "grad", "input", "state", "copy"};
   for (int i = 0; i < NUM_REGIONS; i++)
     if (!strncmp(s, names[i], strlen(names[i])) && s[strlen(names[i])] == ' ') return i;
   bad(r, "unknown region");
@@ -495,6 +495,7 @@ static void read_schedule(Bundle *b, const char *dir, int rank) {
       parse_ids(&r, field(l, "loss"), ids, NULL, 1, b->nvals), b->loss = ids[0];
     } else if (!strncmp(l, "program fwd", 11)) read_program(&r, b, &b->fwd, &b->nfwd);
     else if (!strncmp(l, "program bwd", 11)) read_program(&r, b, &b->bwd, &b->nbwd);
+    else if (!strncmp(l, "program cast", 12)) read_program(&r, b, &b->casts, &b->ncasts);
     else if (!strcmp(l, "step")) read_actions(&r, b, &b->actions, &b->nactions);
     else if (!strcmp(l, "eval")) read_actions(&r, b, &b->evals, &b->nevals), end = true;
     else if (!strncmp(l, "stage ", 6)) {
@@ -537,12 +538,30 @@ static void link_params(Bundle *b) {
     rt_die("bundle %s: a parameter is missing from the schedule", b->dir);
 }
 
-/* Under the bf16 plan, each instruction's operands held in bf16 (RtInst.bf). */
-static void mark_bf16(Bundle *b) {
-  if (!b->bf16) return;
+/* The bf16 copies: only the cast program writes them, each from a
+ * parameter of its size, and only under the bf16 plan. */
+static void check_copies(Bundle *b) {
+  for (int i = 0; i < b->ncasts; i++) {
+    RtInst *x = &b->casts[i];
+    if (x->op != OP_CAST || b->vals[x->in[0]].region != R_PARAM || b->vals[x->out[0]].region != R_COPY ||
+        b->vals[x->in[0]].n != b->vals[x->out[0]].n || !b->vals[x->out[0]].bf16 || !b->bf16)
+      rt_die("bundle %s: the cast program's instruction %d is not a parameter's bf16 copy", b->dir, i + 1);
+  }
   RtInst *progs[] = {b->fwd, b->bwd};
   int counts[] = {b->nfwd, b->nbwd};
   for (int p = 0; p < 2; p++)
+    for (int i = 0; i < counts[p]; i++)
+      for (int j = 0; j < 3; j++)
+        if (progs[p][i].out[j] >= 0 && b->vals[progs[p][i].out[j]].region == R_COPY)
+          rt_die("bundle %s: the %s program writes a weight's bf16 copy", b->dir, p ? "bwd" : "fwd");
+}
+
+/* Under the bf16 plan, each instruction's operands held in bf16 (RtInst.bf). */
+static void mark_bf16(Bundle *b) {
+  if (!b->bf16) return;
+  RtInst *progs[] = {b->fwd, b->bwd, b->casts};
+  int counts[] = {b->nfwd, b->nbwd, b->ncasts};
+  for (int p = 0; p < 3; p++)
     for (int i = 0; i < counts[p]; i++) {
       RtInst *x = &progs[p][i];
       for (int j = 0; j < 3; j++)
@@ -567,6 +586,7 @@ void bundle_load_rank(Bundle *b, int rank) {
   b->rank = rank;
   read_schedule(b, b->dir, rank);
   link_params(b);
+  check_copies(b);
   mark_bf16(b);
 }
 
@@ -585,6 +605,6 @@ void bundle_abandon(void) {
 
 void bundle_free(Bundle *b) {
   if (b == cur_bundle) cur_bundle = NULL;
-  free(b->params), free(b->vals), free(b->fwd), free(b->bwd), free(b->actions), free(b->evals);
+  free(b->params), free(b->vals), free(b->fwd), free(b->bwd), free(b->casts), free(b->actions), free(b->evals);
   free(b);
 }

@@ -425,6 +425,7 @@ static void load_param(Run *r, Shards *sh, int k, const char *path) {
               pp->split >= 0 ? b->mesh[1] : 1, pp->esplit ? b->coord[3] : 0, pp->esplit ? b->mesh[3] : 1, false);
     r->be->upload(dst[t], piece, pp->local);
   }
+  r->stale = true;   /* its bf16 copy is made again before the next forward pass */
   free(whole), free(piece), pending.whole = pending.piece = NULL;
 }
 

@@ -1168,14 +1168,16 @@ static void cuda_adamw(void *w, const void *g, void *m, void *v, int64_t n, cons
 }
 
 /* The whole optimizer step in three launches (kernels.cu's *_multi and
- * lmc_norm_finish) and one copy back, the norm. The tables of tensors and
+ * lmc_norm_finish) and one copy back, the norm; AdamW writes each weight's
+ * bf16 copy too, where it has one (the bf16 plan), so no forward pass
+ * casts the weights again. The tables of tensors and
  * of blocks of OPT_CHUNK elements live in one device buffer, made again
  * only when the parameters change. */
 enum { OPT_CHUNK = 4096 };
 
 static bool same_params(const OptParam *x, const OptParam *y, int count) {   /* field by field: not the padding */
   for (int i = 0; i < count; i++)
-    if (x[i].w != y[i].w || x[i].g != y[i].g || x[i].m != y[i].m || x[i].v != y[i].v || x[i].n != y[i].n ||
+    if (x[i].w != y[i].w || x[i].g != y[i].g || x[i].m != y[i].m || x[i].v != y[i].v || x[i].w16 != y[i].w16 || x[i].n != y[i].n ||
         x[i].wd != y[i].wd || x[i].in_norm != y[i].in_norm)
       return false;
   return true;
@@ -1193,19 +1195,20 @@ static double cuda_optimizer(const OptParam *p, int count, const AdamArgs *a, do
     int *first = rt_xmalloc((count + 1) * sizeof *first), *in = rt_xmalloc(count * sizeof *in);
     float *wd = rt_xmalloc(count * sizeof *wd);
     i64 *n = rt_xmalloc(count * sizeof *n);
-    CUdeviceptr *t = rt_xmalloc(4 * count * sizeof *t);
+    CUdeviceptr *t = rt_xmalloc(5 * count * sizeof *t);
     nblocks = 0;
     for (int i = 0; i < count; i++) {
       first[i] = (int)nblocks, nblocks += (p[i].n + OPT_CHUNK - 1) / OPT_CHUNK;
       in[i] = p[i].in_norm, wd[i] = (float)p[i].wd, n[i] = p[i].n;
-      t[4 * i] = dptr(p[i].w), t[4 * i + 1] = dptr(p[i].g), t[4 * i + 2] = dptr(p[i].m), t[4 * i + 3] = dptr(p[i].v);
+      t[5 * i] = dptr(p[i].w), t[5 * i + 1] = dptr(p[i].g), t[5 * i + 2] = dptr(p[i].m), t[5 * i + 3] = dptr(p[i].v);
+      t[5 * i + 4] = p[i].w16 ? dptr(p[i].w16) : 0;
     }
     first[count] = (int)nblocks;
     int *bt = rt_xmalloc((nblocks + 1) * sizeof *bt);
     i64 *bs = rt_xmalloc((nblocks + 1) * sizeof *bs);
     for (int i = 0; i < count; i++)
       for (int b = first[i]; b < first[i + 1]; b++) bt[b] = i, bs[b] = (i64)(b - first[i]) * OPT_CHUNK;
-    size_t sz[10] = {4 * count * 8, count * 8, nblocks * 8, count * 8, 16, count * 4, count * 4, (count + 1) * 4,
+    size_t sz[10] = {5 * count * 8, count * 8, nblocks * 8, count * 8, 16, count * 4, count * 4, (count + 1) * 4,
                      nblocks * 4, nblocks * 4};
     size_t total = 0;
     for (int i = 0; i < 10; i++) off[i] = total, total += (sz[i] + 15) / 16 * 16;

@@ -11,7 +11,7 @@
 #include <unistd.h>
 
 static size_t elem_of(Run *r, int region) {
-  return region == R_INPUT ? sizeof(int32_t) : (size_t)r->be->elem;
+  return region == R_INPUT ? sizeof(int32_t) : region == R_COPY && r->typed ? 2 : (size_t)r->be->elem;
 }
 
 /* Activations and inputs get one copy per slot (microbatch in flight). */
@@ -52,6 +52,12 @@ Run *rt_new(Bundle *b, Backend *be) {
     if (op == OP_ALLREDUCE || (op >= OP_MOE_ROUTE && op <= OP_MOE_COMBINE_BWD)) r->graphs = false;
   }
   return r;
+}
+
+/* What lives for the run, in bytes: weights, gradients, Adam's moments,
+ * the weights' bf16 copies. */
+double rt_state_bytes(Run *r) {
+  return 4.0 * (double)r->b->region[R_PARAM] * r->be->elem + (double)region_bytes(r, R_COPY);
 }
 
 double rt_slot_bytes(Run *r) { return (double)region_bytes(r, R_ACT) + (double)r->b->region[R_INPUT] * 4; }
@@ -118,6 +124,7 @@ void rt_init_params(Run *r, uint64_t seed) {
   r->be->zero(r->adam_m, b->region[R_PARAM]);
   r->be->zero(r->adam_v, b->region[R_PARAM]);
   r->step = 0;
+  r->stale = true;
 }
 
 void rt_zero_grads(Run *r) {
@@ -324,7 +331,15 @@ static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
   }
 }
 
+/* The weights' bf16 copies, made again where the weights changed other
+ * than by the backend's optimizer (loaded, set, or stepped by rt_adamw). */
+static void fresh_copies(Run *r) {
+  if (r->stale) run_ops(r, r->b->casts, r->b->ncasts, 0);
+  r->stale = false;
+}
+
 void rt_forward(Run *r) {
+  fresh_copies(r);
   run_program(r, r->b->fwd, r->b->nfwd, 0);
   r->forwards += r->routing != 0;
 }
@@ -390,6 +405,14 @@ void rt_adamw(Run *r, double lr, double gscale) {
     r->be->adamw(r->ptr[pp->value], (char *)r->region[R_GRAD] + off, (char *)r->adam_m + off,
                  (char *)r->adam_v + off, pp->local, &a);
   }
+  r->stale = true;
+}
+
+/* Where parameter value v's bf16 copy is (its cast's output), or NULL. */
+static void *copy_of(Run *r, int v) {
+  for (int i = 0; i < r->b->ncasts; i++)
+    if (r->b->casts[i].in[0] == v) return r->ptr[r->b->casts[i].out[0]];
+  return NULL;
 }
 
 /* The optimizer step in the backend (a GPU's: no host wait until the norm
@@ -407,7 +430,8 @@ static double device_optimizer(Run *r, double lr) {
     if (pp->value < 0) continue;
     int64_t off = b->vals[pp->value].off * e;
     p[count++] = (OptParam){r->ptr[pp->value], (char *)r->region[R_GRAD] + off, (char *)r->adam_m + off,
-                            (char *)r->adam_v + off, pp->local, pp->decay ? t->wd : 0.0, in_norm(b, pp)};
+                            (char *)r->adam_v + off, copy_of(r, pp->value), pp->local, pp->decay ? t->wd : 0.0,
+                            in_norm(b, pp)};
   }
   double norm = r->be->optimizer(p, count, &a, t->clip);
   free(p);
@@ -429,6 +453,7 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
       rt_load_slot(r, rows + a->mb * b->B * (b->T + 1), b->B, slot_of(b, a));
       break;
     case A_RUN_FWD:
+      fresh_copies(r);
       fill_slot(r, slot_of(b, a), (int)a->mb);
       run_program(r, b->fwd, b->nfwd, slot_of(b, a));
       r->forwards += r->routing != 0;
@@ -511,6 +536,7 @@ void rt_get_param(Run *r, int p, double *dst) {
 void rt_set_param(Run *r, int p, const double *src) {
   if (r->b->params[p].value < 0) rt_die("parameter %s is on another stage", r->b->params[p].name);
   r->be->upload(r->ptr[r->b->params[p].value], src, r->b->params[p].local);
+  r->stale = true;
 }
 
 void rt_get_grad(Run *r, int p, double *dst) {

@@ -57,7 +57,9 @@ double rng_normal(uint64_t key, uint64_t i);
 uint64_t rng_key(const char *name, uint64_t seed);
 
 /* ---- bundle.c ---- */
-enum { R_ACT, R_PARAM, R_GRAD, R_INPUT, R_STATE, NUM_REGIONS };
+/* R_COPY: the weights' bf16 copies (bf16 plan): held in bf16 by a backend
+ * with widen, else as reals rounded to bf16 */
+enum { R_ACT, R_PARAM, R_GRAD, R_INPUT, R_STATE, R_COPY, NUM_REGIONS };
 
 typedef struct RtValue {
   bool present;            /* ids are global; a rank has only its stage's */
@@ -147,6 +149,7 @@ typedef struct Bundle {
   RtValue *vals; int nvals;
   RtInst *fwd; int nfwd;
   RtInst *bwd; int nbwd;
+  RtInst *casts; int ncasts;       /* the weights' bf16 copies, made after loading (the optimizer keeps them) */
   int tokens, targets, positions, loss;
   Action *actions; int nactions;   /* one training step */
   Action *evals; int nevals;       /* one validation batch */
@@ -166,6 +169,7 @@ typedef struct AdamArgs {
 
 typedef struct OptParam {     /* one parameter, for Backend.optimizer */
   void *w, *g, *m, *v;
+  void *w16;                  /* its bf16 copy, to write from the updated w, or NULL */
   int64_t n;
   double wd;                  /* its weight decay */
   bool in_norm;               /* counts in the gradient norm */
@@ -264,6 +268,7 @@ typedef struct Run {
   int64_t forwards;        /* forward passes run while routing is recorded or replayed */
   double a2a_sent;         /* MoE all-to-alls: elements this rank sent to other ranks */
   bool typed;              /* bf16 values held in bf16 by the byte plan (bf16 storage, a backend with widen) */
+  bool stale;              /* the weights changed since their bf16 copies were made (the casts run before a forward) */
   void *wide;              /* a bf16 value widened to reals for the host or a collective */
   int64_t wide_n;
 } Run;
@@ -282,6 +287,7 @@ void rt_adamw(Run *r, double lr, double gscale);
 double rt_step(Run *r, const int32_t *rows, double lr, double *gnorm); /* the schedule's step */
 double rt_eval(Run *r, const int32_t *rows);                           /* forward only */
 double rt_slot_bytes(Run *r);      /* activations + inputs of one microbatch */
+double rt_state_bytes(Run *r);     /* weights, gradients, Adam's moments, bf16 copies */
 int64_t rt_global_index(Bundle *b, RtParam *p, int64_t i);
 void rt_get_param(Run *r, int p, double *dst);
 void rt_set_param(Run *r, int p, const double *src);

@@ -276,7 +276,7 @@ static void report_memory(Loop *L) {
 static void banner(Loop *L) {
   Run *r = L->r;
   Bundle *b = r->b;
-  double mib = 1.0 / (1 << 20), state = 4.0 * (double)b->region[R_PARAM] * r->be->elem;   /* weights, grads, 2 moments */
+  double mib = 1.0 / (1 << 20), state = rt_state_bytes(r);
   char ep[32] = "", act[48] = "";
   if (b->mesh[3] > 1) snprintf(ep, sizeof ep, " x ep %d", b->mesh[3]);
   if (b->nparam_active < b->nparam_elems) snprintf(act, sizeof act, " (%.2fM active)", b->nparam_active / 1e6);
@@ -284,8 +284,9 @@ static void banner(Loop *L) {
          "backend %s%s\n", b->model, b->nparam_elems / 1e6, act, (long long)b->train.batch, (long long)b->T,
          (long long)b->train.microbatches, b->mesh[0], b->mesh[1], b->mesh[2], ep, r->be->name,
          !b->bf16 ? "" : r->typed ? ", bf16 plan and storage" : ", bf16 plan (rounded, fp32 storage)");
-  printf("  memory planned per rank: %.1f MiB activations + %.1f MiB weights, gradients and Adam | data %s "
-         "(%lld tokens)\n", b->slots * rt_slot_bytes(r) * mib, state * mib, L->d->path, (long long)L->d->ntok);
+  printf("  memory planned per rank: %.1f MiB activations + %.1f MiB weights, gradients and Adam%s | data %s "
+         "(%lld tokens)\n", b->slots * rt_slot_bytes(r) * mib, state * mib, b->ncasts ? " (and bf16 copies)" : "",
+         L->d->path, (long long)L->d->ntok);
   printf("  steps %lld..%lld | logs %s (and tb/)", (long long)L->start, (long long)L->max_steps, L->metrics_path);
   if (L->o->save_interval > 0) printf(" | checkpoints %s every %lld steps", L->ckpt_dir, (long long)L->o->save_interval);
   printf("\n");

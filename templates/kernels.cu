@@ -1415,13 +1415,13 @@ extern "C" __global__ void lmc_adamw(real *w, const real *g, real *m, real *v, i
 }
 
 // The whole step over every parameter in three launches, no host wait:
-// a table of the tensors (T[t] = w, g, m, v; N[t] elements; WD[t] weight
-// decay; in norm or not) and of blocks (tensor BT[b], first element BS[b],
-// OPT_CHUNK elements each).
+// a table of the tensors (T[5t..5t+4] = w, g, m, v and w's bf16 copy or
+// null; N[t] elements; WD[t] weight decay; in norm or not) and of blocks
+// (tensor BT[b], first element BS[b], OPT_CHUNK elements each).
 #define OPT_CHUNK 4096
 extern "C" __global__ void lmc_sumsq_multi(float *part, real *const *T, const i64 *N, const int *BT, const i64 *BS) {
   int t = BT[blockIdx.x];
-  const real *g = T[4 * t + 1];
+  const real *g = T[5 * t + 1];
   i64 end = BS[blockIdx.x] + OPT_CHUNK < N[t] ? BS[blockIdx.x] + OPT_CHUNK : N[t];
   float s = 0;
   for (i64 i = BS[blockIdx.x] + threadIdx.x; i < end; i += blockDim.x) s += g[i] * g[i];
@@ -1452,6 +1452,10 @@ extern "C" __global__ void lmc_adamw_multi(real *const *T, const i64 *N, const f
   int t = BT[blockIdx.x];
   i64 end = BS[blockIdx.x] + OPT_CHUNK < N[t] ? BS[blockIdx.x] + OPT_CHUNK : N[t];
   float gscale = (float)ns[1];
-  for (i64 i = BS[blockIdx.x] + threadIdx.x; i < end; i += blockDim.x)
-    adamw1(T[4 * t], T[4 * t + 1], T[4 * t + 2], T[4 * t + 3], i, lr, b1, b2, eps, WD[t], bc1, bc2, gscale);
+  real *w = T[5 * t];
+  bf16 *w16 = (bf16 *)T[5 * t + 4];
+  for (i64 i = BS[blockIdx.x] + threadIdx.x; i < end; i += blockDim.x) {
+    adamw1(w, T[5 * t + 1], T[5 * t + 2], T[5 * t + 3], i, lr, b1, b2, eps, WD[t], bc1, bc2, gscale);
+    if (w16) w16[i] = w[i];
+  }
 }

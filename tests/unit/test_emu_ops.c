@@ -235,7 +235,9 @@ static void write_kernels(const char *template, const char *path) {
 
 /* The CUDA backend's whole optimizer step (three launches) against the
  * CPU's sumsq and AdamW: three tensors across block boundaries, the second
- * outside the norm and without decay, clipping in force. */
+ * outside the norm and without decay, clipping in force; the first and
+ * the third have bf16 copies, which must hold the updated weights rounded
+ * to bf16, bit for bit. */
 static void optimizer_step(void) {
   enum { NT = 3 };
   int64_t n[NT] = {5000, 4096, 13};
@@ -261,8 +263,9 @@ static void optimizer_step(void) {
     cpu->adamw(p[0][t][0], p[0][t][1], p[0][t][2], p[0][t][3], n[t], &at);
   }
   OptParam op[NT];
+  void *w16[NT] = {gpu->alloc(n[0] * 2), NULL, gpu->alloc(n[2] * 2)};
   for (int t = 0; t < NT; t++)
-    op[t] = (OptParam){p[1][t][0], p[1][t][1], p[1][t][2], p[1][t][3], n[t], t == 1 ? 0 : 0.1, t != 1};
+    op[t] = (OptParam){p[1][t][0], p[1][t][1], p[1][t][2], p[1][t][3], w16[t], n[t], t == 1 ? 0 : 0.1, t != 1};
   norm[1] = gpu->optimizer(op, NT, &a, clip);
   double worst = fabs(norm[1] - norm[0]) / norm[0], *want = malloc(5000 * sizeof *want);
   for (int t = 0; t < NT; t++)
@@ -270,9 +273,18 @@ static void optimizer_step(void) {
       cpu->download(want, p[0][t][k], n[t]), gpu->download(h, p[1][t][k], n[t]);
       for (int64_t j = 0; j < n[t]; j++) worst = fmax(worst, fabs(h[j] - want[j]) / fmax(fabs(want[j]), 1e-3));
     }
-  bool ok = worst < 1e-5;
-  printf("%-34s norm %.6g vs %.6g, worst error %.2e  %s\n", "optimizer step (3 tensors, clipped)", norm[1], norm[0], worst,
-         ok ? "ok" : "FAIL");
+  int64_t copies_off = 0;   /* copy elements not the bf16 of their weight */
+  for (int t = 0; t < NT; t += 2) {
+    void *wide = gpu->alloc(n[t] * 4), *round = cpu->alloc(n[t] * 4);
+    gpu->widen(wide, w16[t], n[t]), gpu->download(h, wide, n[t]);
+    gpu->download(want, p[1][t][0], n[t]), cpu->upload(round, want, n[t]), cpu->round_bf16(round, n[t]);
+    cpu->download(want, round, n[t]);
+    for (int64_t j = 0; j < n[t]; j++) copies_off += h[j] != want[j];
+    gpu->release(wide), cpu->release(round), gpu->release(w16[t]);
+  }
+  bool ok = worst < 1e-5 && copies_off == 0;
+  printf("%-34s norm %.6g vs %.6g, worst error %.2e, %lld bf16 copies off  %s\n", "optimizer step (3 tensors, clipped)",
+         norm[1], norm[0], worst, (long long)copies_off, ok ? "ok" : "FAIL");
   failures += !ok, ran++;
   for (int b = 0; b < 2; b++)
     for (int t = 0; t < NT; t++)
