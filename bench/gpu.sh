@@ -3,7 +3,9 @@
 # on the same GPU in the same run, for GPT-2 124M (B=8, T=1024; and B=4,
 # T=64, where launches dominate), llama-small and llama-large (B=8,
 # T=2048), each in fp32 storage and (column lmc-cuda-bf16) under
-# `precision = bf16`; and lmc's MoE (8 experts, top 2) against its dense
+# `precision = bf16` (GPT-2 also with the LM head that recomputes its
+# logits, --fuse=recompute, column lmc-cuda-bf16-recompute, beside the
+# default head_dl); and lmc's MoE (8 experts, top 2) against its dense
 # twin with the same parameters per token. For each lmc run bench_train prints the
 # NVRTC time (cold the first time a model's kernels are compiled, warm
 # when the cubin cache has them), tokens/s, achieved FLOP/s over the
@@ -82,6 +84,7 @@ moe="--set D=512 --set H=8 --set G=2 --set L=8 --set batch=8 --set seq=1024"
 if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # torch.compile for GPT-2 only (its warm-up is 20 s or more a model)
   lmc_row gpt2-B8-T1024 cuda-medium 5 gpt2-124m $gpt
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16 5 gpt2-124m $gpt --set precision=bf16
+  lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-recompute 5 gpt2-124m $gpt --set precision=bf16 --fuse=recompute
   torch_row gpt2-B8-T1024 bf16 torch_gpt2.py 8 1024 bf16 10
   torch_row gpt2-B8-T1024 bf16c torch_gpt2.py 8 1024 bf16c 10
   lmc_row llama-large-B8-T2048 cuda-medium 3 llama-large
@@ -93,6 +96,7 @@ else
   lmc_row gpt2-B8-T1024 cuda-high 5 gpt2-124m $gpt
   lmc_row gpt2-B8-T1024 cuda-medium 5 gpt2-124m $gpt
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16 5 gpt2-124m $gpt --set precision=bf16
+  lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-recompute 5 gpt2-124m $gpt --set precision=bf16 --fuse=recompute
   torch_row gpt2-B8-T1024 fp32 torch_gpt2.py 8 1024 fp32 10
   torch_row gpt2-B8-T1024 tf32 torch_gpt2.py 8 1024 tf32 10
   torch_row gpt2-B8-T1024 bf16 torch_gpt2.py 8 1024 bf16 10

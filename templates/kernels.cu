@@ -215,14 +215,28 @@ extern "C" __global__ void lmc_col_finish(real *out, const real *part, i64 chunk
   }
 }
 
-// log(sum(exp(r[j]))) of one row, by the whole block
+// log(sum(exp(r[j]))) of one row, by the whole block, in one pass over the
+// row: each thread keeps its largest value and its sum of exps relative to
+// it (rescaled when the largest grows), 8 elements a step by 16-byte loads
+// where the row allows; then the block's largest and the rescaled sums.
+__device__ __forceinline__ void lse_add(float &mx, float &s, float x) {
+  if (x > mx) s = s * expf(mx - x) + 1.0f, mx = x;
+  else if (x != NEG_INF) s += expf(x - mx);
+}
 template <typename T> __device__ float row_logsumexp(const T *r, i64 v) {
-  float mx = NEG_INF;
-  for (i64 j = threadIdx.x; j < v; j += blockDim.x) mx = fmaxf(mx, r[j]);
-  mx = block_max(mx);
-  float s = 0;
-  for (i64 j = threadIdx.x; j < v; j += blockDim.x) s += expf(r[j] - mx);
-  return mx + logf(block_sum(s));
+  float mx = NEG_INF, s = 0, f[8];
+  i64 j = threadIdx.x;
+  if (v % 8 == 0 && al16(r)) {
+    for (i64 e = 8 * (i64)threadIdx.x; e < v; e += 8 * (i64)blockDim.x) {
+      ld8(f, r + e);
+      for (int q = 0; q < 8; q++) lse_add(mx, s, f[q]);
+    }
+    j = v;
+  }
+  for (; j < v; j += blockDim.x) lse_add(mx, s, r[j]);
+  float m = block_max(mx);
+  s = mx == NEG_INF ? 0.0f : s * expf(mx - m);   // a thread without elements, or with all -inf
+  return m + logf(block_sum(s));
 }
 
 // @kernel embed
@@ -1155,7 +1169,17 @@ extern "C" __global__ void lmc_head_dl_rows(real *row_loss, act *l, const int *y
   float z = row_logsumexp(r, v);
   if (threadIdx.x == 0) row_loss[row] = z - r[t];
   __syncthreads();   // the target's logit is read before it is overwritten
-  for (i64 j = threadIdx.x; j < v; j += blockDim.x) r[j] = scale * (expf(r[j] - z) - (j == t ? 1.0f : 0.0f));
+  i64 j = threadIdx.x;
+  if (v % 8 == 0 && al16(r)) {
+    float f[8];
+    for (i64 e = 8 * (i64)threadIdx.x; e < v; e += 8 * (i64)blockDim.x) {
+      ld8(f, r + e);
+      for (int q = 0; q < 8; q++) f[q] = scale * (expf(f[q] - z) - (e + q == t ? 1.0f : 0.0f));
+      st8(r + e, f);
+    }
+    j = v;
+  }
+  for (; j < v; j += blockDim.x) r[j] = scale * (expf(r[j] - z) - (j == t ? 1.0f : 0.0f));
 }
 
 // @kernel moe

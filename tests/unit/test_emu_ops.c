@@ -521,6 +521,14 @@ int main(int argc, char **argv) {
     c.x.m = n, c.x.n = V, c.x.k = d, c.x.tb = tb, c.x.scale = 1.0 / n;
     check(c, true);
   }
+  /* rows of a multiple of 8: the row kernels' 16-byte loads and stores */
+  int64_t V8 = 304;
+  c = (Case){"head_dl (vocab 304)", rt_inst(OP_HEAD_DL), {{n * d}, {V8 * d}, {n, 1, V8}}, {{1, F32}, {n * V8}}};
+  c.x.m = n, c.x.n = V8, c.x.k = d, c.x.tb = 1, c.x.scale = 1.0 / n;
+  check(c, false);
+  c = (Case){"cross_entropy (vocab 304)", rt_inst(OP_XENT), {{n * V8}, {n, 1, V8}}, {{1, F32}}};
+  c.x.n = n, c.x.v = V8, c.x.scale = 1.0 / n;
+  check(c, false);
   tol = tol_base;
   /* MoE: 37 tokens, 6 experts, top 2, width 19 (13 in the experts),
    * expert ids, positions and counts as the routing makes them */
