@@ -70,7 +70,18 @@ static void print_value(FILE *out, Program *p, Value *v) {
   fprintf(out, "\n");
 }
 
+static void print_inst(FILE *out, Inst *in);
+
+/* A group: its kernel, launch and members (group.c), the members one
+ * level in. */
+static void print_fused(FILE *out, Inst *f) {
+  fprintf(out, "  fused kernel=%s grid=%lld block=%lld body=%d\n", f->kernel, (long long)ir_get(f, "grid"),
+          (long long)ir_get(f, "block"), f->nbody);
+  for (int m = 0; m < f->nbody; m++) fprintf(out, "  "), print_inst(out, f->body[m]);
+}
+
 static void print_inst(FILE *out, Inst *in) {
+  if (in->op == OP_FUSED) return print_fused(out, in);
   fprintf(out, "  %s out=", op_names[in->op]);
   for (int i = 0; i < in->nout; i++) {
     if (i) fputc(',', out);
@@ -140,10 +151,14 @@ void emit_schedule(FILE *out, Sched *s) {
   fprintf(out, "inputs tokens=%%%d targets=%%%d positions=%%%d loss=%%%d\n",
           g->tokens->id, g->targets->id, g->positions->id, g->loss->id);
   Part *pt = s->part;
-  fprintf(out, "program fwd %d\n", pt->nfwd);
-  for (int i = 0; i < pt->nfwd; i++) print_inst(out, pt->fwd[i]);
-  fprintf(out, "program bwd %d\n", pt->nbwd);
-  for (int i = 0; i < pt->nbwd; i++) print_inst(out, pt->bwd[i]);
+  Inst **lists[] = {pt->fwd, pt->bwd};
+  int counts[] = {pt->nfwd, pt->nbwd};
+  for (int l = 0; l < 2; l++) {   /* with the groups generated kernels run */
+    int n;
+    Inst **list = group_list(g, lists[l], counts[l], &n);
+    fprintf(out, "program %s %d\n", l ? "bwd" : "fwd", n);
+    for (int i = 0; i < n; i++) print_inst(out, list[i]);
+  }
   if (pt->ncasts) fprintf(out, "program cast %d\n", pt->ncasts);
   for (int i = 0; i < pt->ncasts; i++) print_inst(out, pt->casts[i]);
   sched_actions(s);

@@ -135,7 +135,7 @@ static void print_value(FILE *out, Program *p, Value *v) {
   if (v->dtype == DT_BF16) fprintf(out, ":bf16");   /* f32 (or i32 ids) unless said */
 }
 
-static void print_inst(FILE *out, Program *p, Inst *in) {
+void ir_print_inst(FILE *out, Program *p, Inst *in) {
   fprintf(out, "  ");
   for (int i = 0; i < in->nout; i++) {
     if (i) fprintf(out, ", ");
@@ -181,11 +181,11 @@ void ir_dump(FILE *out, Graph *g, bool bwd) {
     }
   }
   if (!bwd && g->ncasts) fprintf(out, "  // bf16 copies: made at load, rewritten by each optimizer step\n");
-  for (int i = 0; !bwd && i < g->ncasts; i++) print_inst(out, p, g->casts[i]);
+  for (int i = 0; !bwd && i < g->ncasts; i++) ir_print_inst(out, p, g->casts[i]);
   Inst **list = bwd ? g->bwd : g->fwd;
   int n = bwd ? g->nbwd : g->nfwd;
   for (int i = 0; i < n; i++)
-    print_inst(out, p, list[i]);
+    ir_print_inst(out, p, list[i]);
   if (!bwd)
     fprintf(out, "  return %%%d\n", g->loss->id);
 }

@@ -130,4 +130,5 @@ void kernels_emit(FILE *out, Graph *g) {
     p += n;
   }
   attention_kernels(out, g);
+  group_kernels(out, g);
 }

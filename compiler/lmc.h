@@ -208,6 +208,9 @@ struct Inst {
   bool bwd;
   int stage;           /* pipeline stage that runs it */
   Loc loc;
+  Inst **body;         /* OP_FUSED (group.c): the instructions it runs */
+  int nbody;
+  const char *kernel;  /* OP_FUSED: its generated kernel's name */
 };
 
 typedef struct Graph {
@@ -219,6 +222,7 @@ typedef struct Graph {
   Inst **casts; int ncasts;   /* precision.c: each copy's cast, run at load (the optimizer rewrites them) */
   Value *tokens, *targets, *positions, *loss;
   int cur_stage;       /* stamped on each new instruction */
+  bool no_groups;      /* --fuse=never: no generated kernels (group.c) */
   int nstages;
 } Graph;
 
@@ -231,6 +235,7 @@ extern Loc ir_loc;                      /* the expression lower is building, for
 int64_t shape_numel(const Shape *s);
 void ir_print_shape(FILE *out, Program *p, const Shape *s);
 void ir_dump(FILE *out, Graph *g, bool bwd);
+void ir_print_inst(FILE *out, Program *p, Inst *in);
 void ir_verify(Graph *g);
 
 /* ---- lower.c ---- */
@@ -269,6 +274,16 @@ typedef struct Part {  /* one pipeline stage's share of the graph */
 void part_stages(Graph *g);             /* stage of every instruction and param */
 Part *part_stage(Graph *g, int stage);  /* the stage's instructions and transfers */
 void part_dump(FILE *out, Graph *g);
+
+/* ---- group.c ---- */
+/* list with each run of instructions a generated kernel does as one
+ * OP_FUSED; its operands in the kernel's parameter order; --dump=groups;
+ * the kernels, for kernels.cu */
+int group_span(Graph *g, Inst **list, int n, int i);   /* instructions of the group at list[i] (1: none) */
+Inst **group_list(Graph *g, Inst **list, int n, int *count);
+int group_operands(Inst *fused, Value **ops);
+void group_dump(FILE *out, Graph *g);
+void group_kernels(FILE *out, Graph *g);
 
 /* ---- sched.c ---- */
 enum { ACT_ZERO_GRADS, ACT_ZERO_STATE, ACT_LOAD, ACT_RECV, ACT_FWD, ACT_SEND, ACT_BWD,

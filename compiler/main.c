@@ -84,8 +84,10 @@ static int compile(Options *o, const char *text, long len) {
   precision_plan(g);
   if (o->verify) ir_verify(g);
   if (dumping(o, "precision")) ir_dump(stdout, g, false), ir_dump(stdout, g, true);
+  g->no_groups = o->fuse == FUSE_NEVER;
   Sched *s = sched_plan(g);
   if (dumping(o, "part")) part_dump(stdout, g);
+  if (dumping(o, "groups")) group_dump(stdout, g);
   sched_check(g);
   if (dumping(o, "sched")) sched_dump_all(stdout, s, o->rank);
   if (dumping(o, "timeline")) sched_timeline(stdout, g, o->plan_flops, o->plan_bw);
@@ -195,12 +197,13 @@ static void usage(int code) {
   fprintf(code ? stderr : stdout,
           "usage: lmc SPEC.lm [-o BUNDLE_DIR] [options]\n"
           "  -o DIR              write the bundle (manifest + per-rank schedules)\n"
-          "  --dump=LIST         print phases: ast,sema,ir,fused,grad,precision,part,sched; timeline:\n"
-          "                      every rank's step simulated at --plan-flops and --plan-bw,\n"
-          "                      as a Chrome trace (Perfetto)\n"
+          "  --dump=LIST         print phases: ast,sema,ir,fused,grad,precision,part,groups,sched;\n"
+          "                      timeline: every rank's step simulated at --plan-flops and\n"
+          "                      --plan-bw, as a Chrome trace (Perfetto)\n"
           "  --fuse=MODE         auto (default: fuse the LM head and loss when the logits\n"
           "                      reach 128 MiB), always, recompute (a head that recomputes\n"
-          "                      its logits in the backward pass), or never (also --no-fuse)\n"
+          "                      its logits in the backward pass), or never (also --no-fuse:\n"
+          "                      no fusion, no kernels generated for groups of ops)\n"
           "  --set NAME=VALUE    override a dim, train or parallel setting\n"
           "  -I DIR              search DIR for imports\n"
           "  --world N           check the plan against N ranks\n"

@@ -70,6 +70,21 @@ static void live_ranges(Graph *g, Part *p) {
   for (int i = 0; i < p->nfsend; i++) touch(p->fsend[i].v, total - 1);
   for (int i = 0; i < p->nbrecv; i++) touch(p->brecv[i].v, p->nfwd), touch(p->brecv[i].v, total - 1);
   for (int i = 0; i < p->nbsend; i++) touch(p->bsend[i].v, total - 1);
+  /* a group's generated kernel reads and writes at once: what its members
+   * touch lives from the first to the last (group.c) */
+  Inst **lists[] = {p->fwd, p->bwd};
+  int counts[] = {p->nfwd, p->nbwd}, base[] = {0, p->nfwd};
+  for (int l = 0; l < 2; l++)
+    for (int i = 0, span; i < counts[l]; i += span) {
+      span = group_span(g, lists[l], counts[l], i);
+      for (int m = i; span > 1 && m < i + span; m++) {
+        Inst *in = lists[l][m];
+        for (int j = 0; j < in->nout + in->nin; j++) {
+          Value *v = j < in->nout ? in->out[j] : in->in[j - in->nout];
+          if (v) touch(v, base[l] + i), touch(v, base[l] + i + span - 1);
+        }
+      }
+    }
 }
 
 /* Best-fit placement among the gaps between live blocks sorted by offset. */

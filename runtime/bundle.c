@@ -2,6 +2,7 @@
  * settings, parameters) and rank<N>.sched (values, programs). Any line
  * that does not parse ends the run with the file and line named. */
 #include "lmrt.h"
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -185,6 +186,9 @@ static double opt_f(Reader *r, const char *key, double dflt) {
 
 static int axis_of(Reader *r, const char *s);
 
+static void read_fused(Reader *r, Bundle *b, RtInst *x);
+static void verify_inst(Reader *r, Bundle *b, const RtInst *x);
+
 static void read_inst(Reader *r, Bundle *b, RtInst *in) {
   char name[64];
   if (sscanf(r->buf, " %63s", name) != 1) bad(r, "bad instruction");
@@ -192,6 +196,7 @@ static void read_inst(Reader *r, Bundle *b, RtInst *in) {
   for (int i = 0; i < NUM_OPS; i++)
     if (!strcmp(rt_op_names[i], name)) in->op = i;
   if (in->op < 0) bad(r, "unknown op");
+  if (in->op == OP_FUSED) return read_fused(r, b, in);
   const char *o = field(r->buf, "out"), *i = field(r->buf, "in");
   if (!o || !i) bad(r, "instruction without out= or in=");
   parse_ids(r, o, in->out, in->acc, 3, b->nvals);
@@ -381,6 +386,39 @@ static void verify_inst(Reader *r, Bundle *b, const RtInst *x) {
     bad(r, "missing output");
 }
 
+/* fused kernel=NAME grid=G block=B body=N, then the N members, each an
+ * instruction of its own, verified as such. */
+static void read_fused(Reader *r, Bundle *b, RtInst *x) {
+  const char *k = field(r->buf, "kernel");
+  size_t len = k ? strcspn(k, " ") : 0;
+  if (!len || len >= sizeof x->kernel) bad(r, "a fused instruction without its kernel's name");
+  for (size_t i = 0; i < len; i++)
+    if (!isalnum((unsigned char)k[i]) && k[i] != '_') bad(r, "a fused instruction's kernel name is not an identifier");
+  memcpy(x->kernel, k, len), x->kernel[len] = 0;
+  for (int i = 0; i < 3; i++) x->out[i] = -1;
+  for (int i = 0; i < RT_MAX_IN; i++) x->in[i] = -1;
+  x->grid = ifield(r, "grid"), x->block = ifield(r, "block");
+  int64_t n = ifield(r, "body");
+  if (x->grid < 1 || x->grid > INT32_MAX || x->block < 1 || x->block > 1024 || n < 1 || n > 16)
+    bad(r, "a fused instruction's launch or body out of range");
+  x->body = rt_xmalloc(n * sizeof(RtInst)), x->nbody = (int)n;
+  int values[RT_MAX_FUSED], nv = 0;
+  for (int m = 0; m < n; m++) {
+    if (!next_line(r)) bad(r, "truncated fused instruction");
+    RtInst *y = &x->body[m];
+    read_inst(r, b, y);
+    if (y->op == OP_FUSED) bad(r, "a fused instruction inside another");
+    verify_inst(r, b, y);
+    for (int i = 0; i < 3 + RT_MAX_IN; i++) {   /* each value once: at most RT_MAX_FUSED */
+      int v = i < 3 ? y->out[i] : y->in[i - 3], seen = 0;
+      for (int j = 0; j < nv; j++) seen |= values[j] == v;
+      if (v < 0 || seen) continue;
+      if (nv == RT_MAX_FUSED) bad(r, "a fused instruction with too many values");
+      values[nv++] = v;
+    }
+  }
+}
+
 static void read_program(Reader *r, Bundle *b, RtInst **prog, int *n) {
   *n = atoi(strrchr(r->buf, ' ') + 1);
   if (*n < 0 || *n > 10000000) bad(r, "bad program length");
@@ -389,7 +427,7 @@ static void read_program(Reader *r, Bundle *b, RtInst **prog, int *n) {
   for (int i = 0; i < *n; i++) {
     if (!next_line(r)) bad(r, "truncated program");
     read_inst(r, b, &(*prog)[i]);
-    verify_inst(r, b, &(*prog)[i]);
+    if ((*prog)[i].op != OP_FUSED) verify_inst(r, b, &(*prog)[i]);
   }
 }
 
@@ -556,6 +594,13 @@ static void check_copies(Bundle *b) {
           rt_die("bundle %s: the %s program writes a weight's bf16 copy", b->dir, p ? "bwd" : "fwd");
 }
 
+static void mark_one(Bundle *b, RtInst *x) {
+  for (int j = 0; j < 3; j++)
+    if (x->out[j] >= 0 && b->vals[x->out[j]].bf16) x->bf |= RT_BF_OUT(j);
+  for (int j = 0; j < RT_MAX_IN; j++)
+    if (x->in[j] >= 0 && b->vals[x->in[j]].bf16) x->bf |= RT_BF_IN(j);
+}
+
 /* Under the bf16 plan, each instruction's operands held in bf16 (RtInst.bf). */
 static void mark_bf16(Bundle *b) {
   if (!b->bf16) return;
@@ -563,11 +608,8 @@ static void mark_bf16(Bundle *b) {
   int counts[] = {b->nfwd, b->nbwd, b->ncasts};
   for (int p = 0; p < 3; p++)
     for (int i = 0; i < counts[p]; i++) {
-      RtInst *x = &progs[p][i];
-      for (int j = 0; j < 3; j++)
-        if (x->out[j] >= 0 && b->vals[x->out[j]].bf16) x->bf |= RT_BF_OUT(j);
-      for (int j = 0; j < RT_MAX_IN; j++)
-        if (x->in[j] >= 0 && b->vals[x->in[j]].bf16) x->bf |= RT_BF_IN(j);
+      mark_one(b, &progs[p][i]);
+      for (int m = 0; m < progs[p][i].nbody; m++) mark_one(b, &progs[p][i].body[m]);
     }
 }
 
@@ -603,8 +645,13 @@ void bundle_abandon(void) {
   cur_bundle = NULL;
 }
 
+static void free_bodies(RtInst *prog, int n) {
+  for (int i = 0; prog && i < n; i++) free(prog[i].body);
+}
+
 void bundle_free(Bundle *b) {
   if (b == cur_bundle) cur_bundle = NULL;
+  free_bodies(b->fwd, b->nfwd), free_bodies(b->bwd, b->nbwd);
   free(b->params), free(b->vals), free(b->fwd), free(b->bwd), free(b->casts), free(b->actions), free(b->evals);
   free(b);
 }

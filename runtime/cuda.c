@@ -1167,6 +1167,15 @@ static void cuda_adamw(void *w, const void *g, void *m, void *v, int64_t n, cons
   launch("lmc_adamw", grid_for(n), a);
 }
 
+/* A kernel lmc generated for a group of ops (compiler/group.c): every
+ * size is compiled in, so its parameters are the values alone. */
+static void cuda_run_fused(const RtInst *x, void **ops, int n) {
+  CUdeviceptr p[RT_MAX_FUSED];
+  void *a[RT_MAX_FUSED];
+  for (int i = 0; i < n; i++) p[i] = dptr(ops[i]), a[i] = &p[i];
+  launch_grid(x->kernel, (unsigned)x->grid, 1, 1, (unsigned)x->block, a);
+}
+
 /* The whole optimizer step in three launches (kernels.cu's *_multi and
  * lmc_norm_finish) and one copy back, the norm; AdamW writes each weight's
  * bf16 copy too, where it has one (the bf16 plan), so no forward pass
@@ -1403,7 +1412,7 @@ static Backend cuda = {
     .sumsq = cuda_sumsq, .adamw = cuda_adamw, .allreduce = cuda_allreduce, .send = cuda_send,
     .recv = cuda_recv, .wait_sends = cuda_wait_sends, .gemm_peak = cuda_gemm_peak, .sync = cuda_sync,
     .peak_bytes = cuda_peak_bytes, .graph_begin = cuda_graph_begin, .graph_end = cuda_graph_end,
-    .graph_run = cuda_graph_run, .graph_free = cuda_graph_free, .optimizer = cuda_optimizer,
+    .graph_run = cuda_graph_run, .graph_free = cuda_graph_free, .optimizer = cuda_optimizer, .run_fused = cuda_run_fused,
     .alltoallv = cuda_alltoallv, .widen = cuda_widen, .narrow = cuda_narrow};
 
 void cuda_matmul_precision(int p) { precision = p; }

@@ -304,10 +304,28 @@ static void narrow(Run *r, int v, void *p, const void *reals) {
   if (half(r, v)) r->be->narrow(p, reals, r->b->vals[v].n);
 }
 
+/* A group's generated kernel, on its values each once in the order its
+ * members name them, outputs first (compiler/group.c's order). */
+static void fused(Run *r, const RtInst *x, void **ptr) {
+  void *ops[RT_MAX_FUSED];
+  int ids[RT_MAX_FUSED], n = 0;
+  for (int m = 0; m < x->nbody; m++)
+    for (int i = 0; i < 3 + RT_MAX_IN; i++) {
+      int v = i < 3 ? x->body[m].out[i] : x->body[m].in[i - 3], seen = 0;
+      for (int j = 0; j < n; j++) seen |= ids[j] == v;
+      if (v >= 0 && !seen) ids[n] = v, ops[n++] = ptr[v];
+    }
+  r->be->run_fused(x, ops, n);
+}
+
 static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
   void *out[3], *in[RT_MAX_IN], **ptr = r->ptr + (size_t)slot * r->b->nvals;
   for (int i = 0; i < n; i++) {
     const RtInst *x = &prog[i];
+    if (x->op == OP_FUSED && !r->be->run_fused) {   /* the members, one by one: the reference */
+      run_ops(r, x->body, x->nbody, slot);
+      continue;
+    }
     for (int j = 0; j < 3; j++) out[j] = x->out[j] >= 0 ? ptr[x->out[j]] : NULL;
     for (int j = 0; j < RT_MAX_IN; j++) in[j] = x->in[j] >= 0 ? ptr[x->in[j]] : NULL;
     double t = r->op_time || r->trace ? rt_now() : 0;
@@ -317,6 +335,7 @@ static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
       narrow(r, x->out[0], out[0], w);
     } else if (x->op == OP_MOE_A2A || x->op == OP_MOE_A2A_REV) moe_a2a(r, x, out, in);
     else if (x->op == OP_MOE_ROUTE && r->routing && prog == r->b->fwd) route_fixed(r, x, i, out, in);
+    else if (x->op == OP_FUSED) fused(r, x, ptr);
     else r->be->run(x, out, in);
     for (int j = 0; j < 3; j++)   /* what the plan stores in bf16, as bf16 (in fp32 storage: rounded) */
       if (x->out[j] >= 0 && r->b->vals[x->out[j]].bf16 && !half(r, x->out[j]))

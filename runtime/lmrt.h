@@ -93,7 +93,16 @@ typedef struct RtInst {
   bool fixed;              /* moe_route: keep the experts in idx (a gradient check's) */
   double aux, zl, share;
   unsigned bf;             /* under bf16 storage: the operands stored in bf16 (RT_BF_OUT, RT_BF_IN) */
+  /* fused: instructions one kernel lmc generated runs (compiler/group.c),
+   * launched grid x block with the members' values, each once in the
+   * order they name them, outputs first; a backend without run_fused runs
+   * the members */
+  struct RtInst *body;
+  int nbody;
+  char kernel[96];
+  int64_t grid, block;
 } RtInst;
+#define RT_MAX_FUSED 32    /* values of a fused instruction */
 #define RT_BF_OUT(j) (1u << (j))
 #define RT_BF_IN(j) (1u << (3 + (j)))
 
@@ -185,6 +194,7 @@ typedef struct Backend {
   void (*zero)(void *p, int64_t n);
   void (*upload_ids)(void *dst, const int32_t *src, int64_t n);
   void (*run)(const RtInst *in, void **out, void **in_ptrs);
+  void (*run_fused)(const RtInst *x, void **ops, int n);   /* optional: a generated kernel (RtInst.body) */
   double (*sumsq)(const void *const *x, const int64_t *n, int count);   /* of count tensors */
   void (*allreduce)(void *x, int64_t n, int axis, int op);  /* op 0 sum, 1 max */
   void (*send)(const void *x, int64_t n, int peer, int tag, int axis, int slot); /* async */

@@ -3,7 +3,8 @@
 # adds the vocab-parallel cross-entropy kernels) and typed for bf16 storage compile with NVRTC, and so
 # do the emulator's test kernels with their inline PTX (down to a cubin).
 # For sm_90 it prints ptxas's registers, shared memory and spills of every
-# kernel; attention (head dims 32, 64, 96) and the optimizer must not spill.
+# kernel; attention (head dims 32, 64, 96), the optimizer and the kernels lmc
+# generates for groups of ops must not spill.
 BIN=$1 SRC=$2
 . "$SRC/tests/e2e/common.sh"
 for m in tiny gpt2-124m llama-large moe-tiny; do "$LMC" "$SRC/models/$m.lm" -q -o "$WORK/$m"; done

@@ -54,7 +54,8 @@ static char *slurp(const char *path) {
 }
 
 /* ptxas's report (-v) per kernel: registers, shared memory, spills; a
- * spill in attention or the optimizer fails (they are written to fit). */
+ * spill in attention, the optimizer or a generated kernel fails (they are
+ * written to fit). */
 static bool ptxas_stats(const char *path, const char *arch, const char *log) {
   bool ok = true;
   for (const char *p = log; (p = strstr(p, "Compiling entry function '"));) {
@@ -77,7 +78,7 @@ static bool ptxas_stats(const char *path, const char *arch, const char *log) {
         smem = atoi(q);
       }
     }
-    bool strict = !strncmp(name, "lmc_attention", 13) || !strncmp(name, "lmc_adamw", 9);
+    bool strict = !strncmp(name, "lmc_attention", 13) || !strncmp(name, "lmc_adamw", 9) || !strncmp(name, "lmc_fused", 9);
     bool bad = strict && (stores || loads);
     printf("  %s %s: %d registers, %d bytes smem, %d/%d bytes spilled%s\n", arch, name, regs, smem, stores, loads,
            bad ? "  FAIL (no spills allowed)" : "");
