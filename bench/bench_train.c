@@ -87,10 +87,17 @@ int main(int argc, char **argv) {
   rt_step(r, tok, 1e-4, &gn);
   be->sync();
   tp = rt_now() - tp;
-  printf("  profile of one step:");
+  double busy = 0;   /* with device events: each op's own time on the GPU, launched one by one */
+  if (be->time_read) be->time_read(r->op_time);
+  for (int i = 0; i <= NUM_OPS; i++) busy += r->op_time[i];
+  if (be->time_read)
+    printf("  profile of one step (each op's time on the device, %.1f ms in all; the step launched op by op took "
+           "%.1f ms):", busy * 1e3, tp * 1e3);
+  else printf("  profile of one step:");
+  double of = be->time_read ? busy : tp;
   for (int i = 0; i <= NUM_OPS; i++)
-    if (r->op_time[i] > 0.002 * tp)
-      printf(" %s %.1f%%", i < NUM_OPS ? rt_op_names[i] : "optimizer", 100 * r->op_time[i] / tp);
+    if (r->op_time[i] > 0.002 * of)
+      printf(" %s %.1f%%", i < NUM_OPS ? rt_op_names[i] : "optimizer", 100 * r->op_time[i] / of);
   printf("\n");
   free(r->op_time);
   r->op_time = NULL;

@@ -124,6 +124,15 @@ static void *open_lib(const char *const *names) {
 
 #define SYM(h, field, name) (*(void **)&cu.field = dlsym(h, name))
 
+/* Optional: events, for the profile's op times (without them it times
+ * each op with a host wait). */
+static struct {
+  CUresult (*create)(CUevent *, unsigned);
+  CUresult (*record)(CUevent, CUstream);
+  CUresult (*sync)(CUevent);
+  CUresult (*elapsed)(float *, CUevent, CUevent);
+} ev;
+
 /* The emulated platform's library: $LMC_CUDA_EMU_LIB, the one this build
  * made, or liblmc_cudaemu.so beside the program. */
 static void *open_emu(void) {
@@ -173,6 +182,9 @@ static bool load_driver(char *why, size_t n) {
   SYM(b, matmul, "cublasLtMatmul"), SYM(b, pref_create, "cublasLtMatmulPreferenceCreate");
   SYM(b, pref_set, "cublasLtMatmulPreferenceSetAttribute"), SYM(b, pref_destroy, "cublasLtMatmulPreferenceDestroy");
   SYM(b, heuristic, "cublasLtMatmulAlgoGetHeuristic");
+  *(void **)&ev.create = dlsym(d, "cuEventCreate"), *(void **)&ev.record = dlsym(d, "cuEventRecord");
+  *(void **)&ev.sync = dlsym(d, "cuEventSynchronize"), *(void **)&ev.elapsed = dlsym(d, "cuEventElapsedTime_v2");
+  if (!ev.elapsed) *(void **)&ev.elapsed = dlsym(d, "cuEventElapsedTime");
   void **f = (void **)&cu;
   for (size_t i = 0; i < sizeof cu / sizeof(void *); i++)
     if (!f[i]) return snprintf(why, n, "a CUDA library lacks a function this build needs"), false;
@@ -1388,6 +1400,36 @@ static double cuda_gemm_peak(void) {
 
 static void cuda_sync(void) { CK(cu.sync()); }
 
+/* The profile's clock: an event on the stream before each op, tagged with
+ * its key; time_read waits for the last and adds each gap between two
+ * events to the first one's key (key < 0: not counted). Ops are timed as
+ * the GPU runs them, without a host wait between them. */
+static CUevent *marks;
+static int *mark_key, nmarks, capmarks;
+
+static void cuda_time_mark(int key) {
+  if (nmarks == capmarks) {
+    int cap = capmarks ? 2 * capmarks : 256;
+    marks = realloc(marks, cap * sizeof *marks), mark_key = realloc(mark_key, cap * sizeof *mark_key);
+    if (!marks || !mark_key) rt_die("out of memory");
+    for (int i = capmarks; i < cap; i++) CK(ev.create(&marks[i], 0));
+    capmarks = cap;
+  }
+  mark_key[nmarks] = key;
+  CK(ev.record(marks[nmarks++], st));
+}
+
+static void cuda_time_read(double *seconds) {
+  if (!nmarks) return;
+  CK(ev.sync(marks[nmarks - 1]));
+  for (int i = 0; i + 1 < nmarks; i++) {
+    float ms;
+    CK(ev.elapsed(&ms, marks[i], marks[i + 1]));
+    if (mark_key[i] >= 0) seconds[mark_key[i]] += ms * 1e-3;
+  }
+  nmarks = 0;
+}
+
 /* CUDA graphs: the work queued between graph_begin and graph_end is
  * recorded, not run; graph_run replays it. The interpreter records each
  * program (per microbatch slot) once its scratch buffers have grown, so no
@@ -1454,6 +1496,8 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
                                     {"cuda-emu-f32", "cuda-emu-f32-high", "cuda-emu-f32-medium"}};
   cuda.name = names[emulate][precision];
   if (!load_driver(why, n)) return NULL;
+  bool events = ev.create && ev.record && ev.sync && ev.elapsed;
+  cuda.time_mark = events ? cuda_time_mark : NULL, cuda.time_read = events ? cuda_time_read : NULL;
   CUdevice dev;
   CUcontext ctx;
   int major = 0, minor = 0, count = 1;

@@ -329,6 +329,7 @@ static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
     for (int j = 0; j < 3; j++) out[j] = x->out[j] >= 0 ? ptr[x->out[j]] : NULL;
     for (int j = 0; j < RT_MAX_IN; j++) in[j] = x->in[j] >= 0 ? ptr[x->in[j]] : NULL;
     double t = r->op_time || r->trace ? rt_now() : 0;
+    if (r->op_time && r->be->time_mark) r->be->time_mark(x->op);
     if (x->op == OP_ALLREDUCE) {
       void *w = wide(r, x->out[0], out[0]);
       r->be->allreduce(w, x->n, x->axis, x->red);
@@ -340,8 +341,9 @@ static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
     for (int j = 0; j < 3; j++)   /* what the plan stores in bf16, as bf16 (in fp32 storage: rounded) */
       if (x->out[j] >= 0 && r->b->vals[x->out[j]].bf16 && !half(r, x->out[j]))
         r->be->round_bf16(out[j], r->b->vals[x->out[j]].n);
-    if (r->op_time && r->be->sync) r->be->sync();   /* profiling: a GPU op's own time */
-    if (r->op_time) r->op_time[x->op] += rt_now() - t;
+    if (r->op_time && r->be->time_mark) r->be->time_mark(-1);   /* profiling: the device's time, or */
+    else if (r->op_time && r->be->sync) r->be->sync();           /* a GPU op's own time with a wait */
+    if (r->op_time && !r->be->time_mark) r->op_time[x->op] += rt_now() - t;
     if (r->trace) {
       char args[96];
       snprintf(args, sizeof args, "\"microbatch\":%d,\"n\":%lld", r->slot_mb ? r->slot_mb[slot] : 0, (long long)x->n);
@@ -518,13 +520,15 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
     case A_OPTIMIZER: {
       r->be->wait_sends(-1);
       double t = rt_now(), clip = b->train.clip, norm;
+      if (r->op_time && r->be->time_mark) r->be->time_mark(NUM_OPS);
       if (r->be->optimizer && !a->norm_tp && !a->norm_pp && !a->norm_ep) *gnorm = device_optimizer(r, lr);
       else {
         norm = grad_norm(r, a->norm_tp, a->norm_pp, a->norm_ep), *gnorm = norm;
         rt_adamw(r, lr, clip > 0 && norm > clip ? clip / (norm + 1e-6) : 1.0);
       }
-      if (r->op_time && r->be->sync) r->be->sync();
-      if (r->op_time) r->op_time[NUM_OPS] += rt_now() - t;
+      if (r->op_time && r->be->time_mark) r->be->time_mark(-1);
+      else if (r->op_time && r->be->sync) r->be->sync();
+      if (r->op_time && !r->be->time_mark) r->op_time[NUM_OPS] += rt_now() - t;
       trace(r, "optimizer", "optimizer", 0, t, "");
       break;
     }

@@ -208,6 +208,11 @@ typedef struct Backend {
   void (*adamw)(void *w, const void *g, void *m, void *v, int64_t n, const AdamArgs *a);
   double (*gemm_peak)(void);         /* the GEMM rate this device reaches, FLOP/s */
   void (*sync)(void);                /* wait for queued work (timing) */
+  /* optional, for profiles: a mark on the device's queue keyed key (an op,
+   * or < 0 for time not counted); time_read waits and adds the time from
+   * each mark to the next to seconds[key] */
+  void (*time_mark)(int key);
+  void (*time_read)(double *seconds);
   int64_t (*peak_bytes)(void);       /* device memory: the most allocated at once; NULL on the CPU */
   /* graphs (NULL on the CPU): record the work queued between begin and
    * end instead of running it; run replays it */
