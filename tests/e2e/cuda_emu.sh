@@ -98,5 +98,19 @@ compare llama_medium "$SRC/models/tiny.lm" $small
   --eval-batches 2 --out "$WORK/llama.nographs" || fail "lmrun --no-cuda-graphs failed"
 python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/llama.cuda-emu/metrics.jsonl" "$WORK/llama.nographs/metrics.jsonl" \
   "graphs against none" 1e-15 || status=1
+# bench_train's profile times each op by device events: the shares of
+# every op (the generated kernels' as "fused") add up to the whole
+if [ -x "$BIN/bench/bench_train" ]; then
+  "$BIN/bench/bench_train" "$WORK/gpt2" 1 cuda-emu >"$WORK/bench.out" 2>&1 || fail "bench_train on cuda-emu failed"
+  python3 - "$WORK/bench.out" <<'PY' || status=1
+import re, sys
+line = next(l for l in open(sys.argv[1]) if "profile of one step (each op's time on the device" in l)
+shares = {k: float(v) for k, v in re.findall(r" ([a-z_]+) ([0-9.]+)%", line.split("):", 1)[1])}
+total = sum(shares.values())
+ok = abs(total - 100) < 1.5 and "fused" in shares and "optimizer" in shares and "matmul" in shares
+print("%s profile by device events: %d ops, shares add to %.1f%%" % ("ok  " if ok else "FAIL", len(shares), total))
+sys.exit(0 if ok else 1)
+PY
+fi
 [ $status = 0 ] && echo "$ran passed, 0 failed" || echo "failed"
 exit $status
