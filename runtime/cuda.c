@@ -308,6 +308,14 @@ static void launch_grid(const char *name, unsigned gx, unsigned gy, unsigned gz,
 
 static void launch(const char *name, unsigned grid, void **args) { launch_grid(name, grid, 1, 1, 256, args); }
 
+/* The norms' row kernels, a block a row: as many warps as the row has
+ * vectors of 8 (a 768-wide row used 96 threads of 256 before), at most
+ * 256; a width not a multiple of 8 (one element a thread) gets 256. */
+static void launch_row(const char *name, long long rows, long long d, void **args) {
+  long long t = d % 8 ? 256 : (d / 8 + 31) / 32 * 32;
+  launch_grid(name, (unsigned)rows, 1, 1, (unsigned)(t > 256 ? 256 : t), args);
+}
+
 /* launch_grid with `bytes` of dynamic shared memory, past the default 48
  * KiB once cuFuncSetAttribute allows it (the kernel's first launch) */
 static void launch_smem(const char *name, unsigned gx, unsigned gy, unsigned gz, unsigned threads, unsigned bytes,
@@ -1035,9 +1043,9 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
     launch("lmc_embed_bwd", grid_for(d), a);
     return;
   }
-  case OP_RMSNORM: { void *a[] = {&O[0], &O[1], &I[0], &I[1], &n, &d, &eps}; launch("lmc_rmsnorm", (unsigned)n, a); return; }
+  case OP_RMSNORM: { void *a[] = {&O[0], &O[1], &I[0], &I[1], &n, &d, &eps}; launch_row("lmc_rmsnorm", n, d, a); return; }
   case OP_RMSNORM_BWD: {
-    if (o[0]) { void *a[] = {&O[0], &I[0], &I[1], &I[2], &I[3], &n, &d, &acc0}; launch("lmc_rmsnorm_bwd", (unsigned)n, a); }
+    if (o[0]) { void *a[] = {&O[0], &I[0], &I[1], &I[2], &I[3], &n, &d, &acc0}; launch_row("lmc_rmsnorm_bwd", n, d, a); }
     if (o[1]) {
       Cols c = col_plan(n, d, 1);
       void *a[] = {&c.part, &I[0], &I[1], &I[3], &n, &d, &c.per};
@@ -1048,11 +1056,11 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
   }
   case OP_LAYERNORM: {
     void *a[] = {&O[0], &O[1], &O[2], &I[0], &I[1], &I[2], &n, &d, &eps};
-    launch("lmc_layernorm", (unsigned)n, a);
+    launch_row("lmc_layernorm", n, d, a);
     return;
   }
   case OP_LAYERNORM_BWD: {
-    if (o[0]) { void *a[] = {&O[0], &I[0], &I[1], &I[2], &I[3], &I[4], &n, &d, &acc0}; launch("lmc_layernorm_bwd", (unsigned)n, a); }
+    if (o[0]) { void *a[] = {&O[0], &I[0], &I[1], &I[2], &I[3], &I[4], &n, &d, &acc0}; launch_row("lmc_layernorm_bwd", n, d, a); }
     if (o[1] || o[2]) {
       Cols c = col_plan(n, d, 2);
       void *a[] = {&c.part, &I[0], &I[1], &I[3], &I[4], &n, &d, &c.per};
