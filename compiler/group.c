@@ -11,7 +11,8 @@
  *
  * Each group's kernel is CUDA C written here for its shapes: the width,
  * the rows, epsilon and every operand's dtype are compile-time constants
- * (they name it, so equal groups share one kernel); one warp a row, eight
+ * and name it (lmc_fused_add_layernorm_r8192_d768_bf16_e1em05), so equal
+ * groups share one kernel; one warp a row, eight
  * rows a 256-thread block, 16-byte loads and stores, the row kept in
  * registers up to a width of 2048 (read again past that). A value stored
  * in bf16 is rounded before the next member uses it, as the CPU backend,
@@ -46,9 +47,12 @@ static Inst *make_group(Inst *add, Inst *nm) {
   const char *t = dt(add->in[0]);   /* the dtypes: one, or each of a, b, the sum, y */
   if (strcmp(t, dt(add->in[1])) || strcmp(t, dt(add->out[0])) || strcmp(t, dt(nm->out[0])))
     t = arena_printf("%s_%s_%s_%s", t, dt(add->in[1]), dt(add->out[0]), dt(nm->out[0]));
-  f->kernel = arena_printf("lmc_fused_add_%s_r%lld_d%lld_%s", op_names[nm->op], (long long)rows, (long long)d, t);
+  char eps[32];   /* epsilon too, as an identifier: 1e-05 -> 1em05 */
+  snprintf(eps, sizeof eps, "%g", ir_get(nm, "eps"));
+  for (char *c = eps; *c; c++) *c = *c == '-' ? 'm' : *c == '.' ? 'p' : *c == '+' ? 'x' : *c;
+  f->kernel = arena_printf("lmc_fused_add_%s_r%lld_d%lld_%s_e%s", op_names[nm->op], (long long)rows, (long long)d, t,
+                           eps);
   ir_set(f, "grid", (double)((rows + 7) / 8)), ir_set(f, "block", 256);
-  ir_set(f, "eps", ir_get(nm, "eps"));
   return f;
 }
 
