@@ -36,6 +36,11 @@ cp "$WORK/b/manifest.txt" "$WORK/broken/" && head -n 20 "$WORK/b/rank0.sched" > 
 MSG="truncated schedule" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
 sed 's/^  matmul /  matmool /' "$WORK/b/rank0.sched" > "$WORK/broken/rank0.sched"
 MSG="unknown op" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
+# a group's generated kernel: its name an identifier, its launch in range
+sed -E 's/fused kernel=[a-z0-9_]+/fused kernel=lmc-fused/' "$WORK/b/rank0.sched" > "$WORK/broken/rank0.sched"
+MSG="a fused instruction's kernel name is not an identifier" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
+sed -E 's/(fused kernel=[a-z0-9_]+ grid=[0-9]+) block=256/\1 block=2048/' "$WORK/b/rank0.sched" > "$WORK/broken/rank0.sched"
+MSG="a fused instruction's launch or body out of range" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
 
 cp -r "$CK" "$WORK/flip"
 printf '\001' | dd of="$WORK/flip/rank0.ckpt" bs=1 seek=5000 conv=notrunc 2>/dev/null
@@ -66,4 +71,4 @@ MSG="is corrupt: bad step or dtype in its header" expect_error "$LMRUN" "$WORK/b
 MSG="nothing to do: the run is at step 4" expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$WORK/b/ckpt/latest"
 MSG="unknown option '--bogus'" expect_error "$LMRUN" "$WORK/b" --bogus
 MSG="--max-steps takes a non-negative integer, got 'ten'" expect_error "$LMRUN" "$WORK/b" --max-steps ten
-echo "26 passed, 0 failed"
+echo "28 passed, 0 failed"

@@ -31,6 +31,7 @@ bundle tiny "$SRC/models/tiny.lm" --set D=32 --set H=4 --set G=2 --set F=48 --se
 bundle gpt2 "$SRC/models/gpt2-124m.lm" --set V=256 --set D=32 --set H=4 --set L=2 --set batch=2 --set seq=16
 bundle tp2 "$SRC/models/tiny.lm" --set D=32 --set H=4 --set G=2 --set F=48 --set L=2 --set batch=2 --set seq=16 --set tp=2 --set pp=2 --set microbatches=2
 bundle fused "$SRC/models/tiny.lm" --set D=32 --set H=4 --set G=2 --set F=48 --set L=2 --set batch=2 --set seq=16 --fuse=always
+bundle bf16 "$SRC/models/gpt2-124m.lm" --set V=256 --set D=32 --set H=4 --set L=2 --set batch=2 --set seq=16 --set precision=bf16
 # a checkpoint of the tiny bundle, which the checkpoint target loads into
 "$LMRUN" "$WORK/tiny" --data "$DATA" --quiet --max-steps 1 --save-interval 1 --out "$WORK/run" 2>/dev/null
 cp "$WORK/run/ckpt/step_00000001/rank0.ckpt" "$C/ckpt/"
