@@ -513,6 +513,63 @@ static void lt_bias(void) {
   F(cuMemFree)(da), F(cuMemFree)(db), F(cuMemFree)(dd), F(cuMemFree)(dbias), F(cuMemFree)(dbias32);
 }
 
+/* A bias's gradient in its weight's gradient GEMM, laid out as the
+ * runtime runs dW = x^T dy for a weight stored [in, out] (GPT-2's): in
+ * cuBLASLt's terms A = dy (out x rows, column-major, not transposed), B =
+ * x (in x rows, column-major, transposed), fp32 D (out x in), and BGRADA
+ * sums A over the rows, the bias's gradient. Whether a GPU takes BGRADA
+ * so is not known yet (it takes BGRADB only with B transposed): on a GPU
+ * a refusal is printed, not failed, and the values checked if it runs. */
+static void lt_bgrada(void) {
+  enum { m = 24, k = 16, n = 40 };   /* out, rows, in */
+  unsigned short a[m * k], b[n * k];
+  float fa[m * k], fb[n * k], d[m * n], g[m];
+  for (int i = 0; i < m * k; i++) fa[i] = (float)(i % 7 - 3) / 4, a[i] = bf16(fa[i]);
+  for (int i = 0; i < n * k; i++) fb[i] = (float)(i % 5 - 2) / 2, b[i] = bf16(fb[i]);
+  CUdeviceptr da = dalloc(sizeof a), db = dalloc(sizeof b), dd = dalloc(sizeof d), dg = dalloc(sizeof g);
+  F(cuMemcpyHtoD)(da, a, sizeof a), F(cuMemcpyHtoD)(db, b, sizeof b);
+  cublasLtHandle_t h;
+  cublasLtMatmulDesc_t desc;
+  F(cublasLtCreate)(&h);
+  F(cublasLtMatmulDescCreate)(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+  cublasOperation_t T = CUBLAS_OP_T;
+  cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BGRADA;
+  void *gp = (void *)dg;
+  int32_t gt = CUDA_R_32F;
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_TRANSB, &T, sizeof T);
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep);
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &gp, sizeof gp);
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &gt, sizeof gt);
+  cublasLtMatrixLayout_t la = layout(CUDA_R_16BF, m, k, m, CUBLASLT_ORDER_COL, 1, 0),
+                         lb = layout(CUDA_R_16BF, n, k, n, CUBLASLT_ORDER_COL, 1, 0),
+                         ld = layout(CUDA_R_32F, m, n, m, CUBLASLT_ORDER_COL, 1, 0);
+  float alpha = 1, beta = 0;
+  cublasStatus_t rc = F(cublasLtMatmul)(h, desc, &alpha, (void *)da, la, (void *)db, lb, &beta, (void *)dd, ld,
+                                        (void *)dd, ld, NULL, NULL, 0, NULL);
+  if (real && rc == CUBLAS_STATUS_NOT_SUPPORTED)
+    printf("  (BGRADA with A not transposed, B transposed, bf16 -> fp32: refused, status %d)\n", (int)rc);
+  else {
+    F(cuMemcpyDtoH)(d, dd, sizeof d), F(cuMemcpyDtoH)(g, dg, sizeof g);
+    double worst = rc ? 1 : 0;
+    for (int i = 0; i < m; i++) {
+      double s = 0;
+      for (int q = 0; q < k; q++) s += fa[q * m + i];
+      worst = fmax(worst, fabs(g[i] - s));
+      for (int j = 0; j < n; j++) {
+        double p = 0;
+        for (int q = 0; q < k; q++) p += (double)fa[q * m + i] * fb[q * n + j];
+        worst = fmax(worst, fabs(d[j * m + i] - p));
+      }
+    }
+    if (rc || !(worst < 1e-5)) printf("  cublasLtMatmul status %d, worst error %.3g\n", (int)rc, worst);
+    if (real) printf("  (BGRADA with A not transposed, B transposed, bf16 -> fp32: taken)\n");
+    expect(worst < 1e-5, "cuBLASLt: BGRADA epilogue, a weight's and its bias's gradients at once");
+  }
+  F(cublasLtMatrixLayoutDestroy)(la), F(cublasLtMatrixLayoutDestroy)(lb), F(cublasLtMatrixLayoutDestroy)(ld);
+  F(cublasLtMatmulDescDestroy)(desc);
+  F(cuMemFree)(da), F(cuMemFree)(db), F(cuMemFree)(dd), F(cuMemFree)(dg);
+}
+
 /* The runtime looks an MoE expert's GEMM algorithm up once for its rows
  * rounded up and runs it for the rows it has: an algorithm the heuristic
  * gave for 256 columns of D (and, apart, for an inner dimension of 256)
@@ -605,6 +662,7 @@ int main(int argc, char **argv) {
   graphs();
   lt();
   lt_bias();
+  lt_bgrada();
   lt_classes();
   printf("%d passed, %d failed\n", ran - failures, failures);
   return failures ? 1 : 0;
