@@ -14,7 +14,8 @@ static double program_flops(const RtInst *p, int n) {
   double f = 0;
   for (int i = 0; i < n; i++) {
     const RtInst *x = &p[i];
-    if (x->op == OP_MATMUL || x->op == OP_MATMUL_BIAS || x->op == OP_MATMUL_BIAS_GELU) f += 2.0 * x->m * x->n * x->k;
+    if (x->op == OP_MATMUL || x->op == OP_MATMUL_BIAS || x->op == OP_MATMUL_BIAS_GELU || x->op == OP_MATMUL_BGRAD)
+      f += 2.0 * x->m * x->n * x->k;
     if (x->op == OP_ATTENTION) f += 2 * 2.0 * x->b * x->h * x->t * x->t * x->k;
     if (x->op == OP_ATTENTION_BWD) f += 5 * 2.0 * x->b * x->h * x->t * x->t * x->k;   /* P recomputed */
     if (x->op == OP_HEAD_XENT || x->op == OP_HEAD_DL) f += 2.0 * x->m * x->n * x->k;

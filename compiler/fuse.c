@@ -29,7 +29,13 @@
  * weight's (cuBLASLt takes a bias of the output's type). A
  * tensor-parallel row-split matmul is followed by its all-reduce, not the
  * add, so it stays apart, as it must (the bias is added once, after the
- * sum). */
+ * sum).
+ *
+ * In the backward pass the bias's gradient, the column sums of dy (the
+ * add's backward), joins its weight's gradient GEMM, which reads the same
+ * dy: one matmul_bgrad, whose GEMM sums dy over its inner dimension in
+ * cuBLASLt's BGRADA or BGRADB epilogue (or, refused, the runtime's column
+ * sums after it). */
 #include "lmc.h"
 #include <string.h>
 
@@ -143,6 +149,42 @@ static void fuse_gelus(Graph *g) {
   g->nfwd = j;
 }
 
+/* The weight-gradient matmul that reads dy as its k-by-len operand (dy
+ * whole, ta=1 for in[0], tb=0 for in[1]), on add_bwd's stage, and which
+ * of its inputs dy is; NULL where none. */
+static Inst *weight_grad_of(Graph *g, Inst *ab, int *bg) {
+  Value *dy = ab->in[0];
+  int64_t len = (int64_t)ir_get(ab, "nb"), rows = (int64_t)ir_get(ab, "n") / len;
+  for (int k = 0; k < g->nbwd; k++) {
+    Inst *mm = g->bwd[k];
+    if (mm->op != OP_MATMUL || mm->stage != ab->stage || !mm->out[0] || mm->out[0]->kind != V_GRAD ||
+        !ir_get(mm, "ta") || ir_get(mm, "k") != rows)
+      continue;
+    if (mm->in[1] == dy && !ir_get(mm, "tb") && ir_get(mm, "n") == len) return *bg = 1, mm;
+    if (mm->in[0] == dy && mm->in[1] != dy && ir_get(mm, "m") == len) return *bg = 0, mm;
+  }
+  return NULL;
+}
+
+/* add_bwd -> _, db and dW = matmul(.., dy) into one matmul_bgrad at the
+ * matmul's place. */
+static void fuse_bgrads(Graph *g) {
+  int j = 0;
+  for (int k = 0; k < g->nbwd; k++) {
+    Inst *ab = g->bwd[k], *mm;
+    int bg;
+    if (ab->op != OP_ADD_BWD || ab->out[0] || !ab->out[1] || ab->out[1]->kind != V_GRAD ||
+        ir_get(ab, "nb") >= ir_get(ab, "n") || !(mm = weight_grad_of(g, ab, &bg))) {
+      g->bwd[j++] = ab;
+      continue;
+    }
+    mm->op = OP_MATMUL_BGRAD, mm->nout = 2;
+    mm->out[1] = ab->out[1], mm->acc[1] = ab->acc[1];
+    ir_set(mm, "bg", bg);
+  }
+  g->nbwd = j;
+}
+
 void fuse_bias(Graph *g) {
   int j = 0;
   for (int k = 0; k < g->nfwd; k++) {
@@ -160,6 +202,7 @@ void fuse_bias(Graph *g) {
   }
   g->nfwd = j;
   fuse_gelus(g);
+  fuse_bgrads(g);
   for (int k = 0; k < g->nfwd; k++) g->fwd[k]->id = k;
   for (int k = 0; k < g->nbwd; k++) g->bwd[k]->id = g->nfwd + k;
 }

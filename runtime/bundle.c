@@ -206,7 +206,7 @@ static void read_inst(Reader *r, Bundle *b, RtInst *in) {
   in->t = opt_f(r, "t", 0), in->h = opt_f(r, "h", 0), in->g = opt_f(r, "g", 0);
   in->nb = opt_f(r, "nb", 0), in->ta = opt_f(r, "ta", 0), in->tb = opt_f(r, "tb", 0);
   in->eps = opt_f(r, "eps", 0), in->theta = opt_f(r, "theta", 0), in->scale = opt_f(r, "scale", 0);
-  in->red = opt_f(r, "op", 0);
+  in->red = opt_f(r, "op", 0), in->bg = opt_f(r, "bg", 0);
   in->axis = field(r->buf, "group") ? axis_of(r, field(r->buf, "group")) : AXIS_TP;
   in->e = opt_f(r, "e", 0), in->top = opt_f(r, "top", 0), in->seg = opt_f(r, "seg", 0), in->ng = opt_f(r, "ng", 0);
   in->rn = opt_f(r, "rn", 0), in->aux = opt_f(r, "aux", 0), in->zl = opt_f(r, "zl", 0);
@@ -325,6 +325,9 @@ static void needs(const RtInst *x, int64_t in[RT_MAX_IN], int64_t out[3], bool i
   case OP_HEAD_XENT:
     out[0] = 1, out[1] = x->m, in[0] = x->m * x->k, in[1] = x->n * x->k, in[2] = x->m, ids[2] = true;
     break;
+  case OP_MATMUL_BGRAD:
+    out[0] = x->m * x->n, in[0] = x->m * x->k, in[1] = x->k * x->n, out[1] = x->bg ? x->n : x->m;
+    break;
   case OP_HEAD_DL:
     out[0] = 1, out[1] = x->m * x->n, in[0] = x->m * x->k, in[1] = x->n * x->k, in[2] = x->m, ids[2] = true;
     break;
@@ -354,9 +357,10 @@ static bool sane(const RtInst *x) {
     if (x->seg < x->e || x->seg % x->e) return false;   /* segment s runs expert s % e */
   if ((x->op == OP_MOE_A2A || x->op == OP_MOE_A2A_REV) && (x->seg <= 0 || x->e % x->seg)) return false;
   if ((x->op == OP_MATMUL || x->op == OP_MATMUL_BIAS || x->op == OP_MATMUL_BIAS_GELU || x->op == OP_HEAD_XENT ||
-       x->op == OP_HEAD_XENT_BWD || x->op == OP_HEAD_DL) &&
+       x->op == OP_HEAD_XENT_BWD || x->op == OP_HEAD_DL || x->op == OP_MATMUL_BGRAD) &&
       (x->m <= 0 || x->n <= 0 || x->k <= 0))
     return false;
+  if (x->op == OP_MATMUL_BGRAD && (x->bg < 0 || x->bg > 1 || (x->bg ? x->tb : !x->ta))) return false;   /* dy k x len */
   return true;
 }
 

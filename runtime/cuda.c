@@ -539,11 +539,13 @@ static int ragged_algo(cublasLtMatmulDesc_t desc, cudaDataType_t ab, cudaDataTyp
 
 /* gemm_t with an epilogue adding bias[n] (of C's type) over C's rows,
  * where bias is not 0, and with aux also GELU's (C = gelu(product + bias),
- * aux = product + bias, laid out as C); false where cuBLASLt refuses that
- * epilogue (nothing done). */
-static bool gemm_bias(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, CUdeviceptr a,
-                      int64_t lda, CUdeviceptr b, int64_t ldb, float beta, CUdeviceptr c, int64_t ldc,
-                      CUdeviceptr bias, CUdeviceptr aux) {
+ * aux = product + bias, laid out as C); or, with bgrad (1: our A, 2: our
+ * B), writing to bias (fp32) that operand's sums over k (BGRADB, BGRADA:
+ * cuBLASLt's A is our B); false where cuBLASLt refuses that epilogue
+ * (nothing done). */
+static bool gemm_ep(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, CUdeviceptr a,
+                    int64_t lda, CUdeviceptr b, int64_t ldb, float beta, CUdeviceptr c, int64_t ldc, CUdeviceptr bias,
+                    CUdeviceptr aux, int bgrad) {
   static CUdeviceptr wa, wb, wc;
   static size_t na, nb, ncw;
   if (!(ty & G_A) != !(ty & G_B)) {   /* one bf16 operand (an MoE router's GEMMs): widened, multiplied in fp32 */
@@ -555,7 +557,7 @@ static bool gemm_bias(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64
     CUdeviceptr cw = scratch(&wc, &ncw, m * ldc);
     if (beta != 0) widen_to(cw, c, m * ldc);
     if (bias) return false;   /* a bias of C's type (bf16) on an fp32 D: refused, as cuBLASLt would */
-    gemm_bias(ty & ~(unsigned)G_C, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, cw, ldc, 0, 0);
+    gemm_ep(ty & ~(unsigned)G_C, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, cw, ldc, 0, 0, 0);
     narrow_to(c, cw, m * ldc);
     return true;
   }
@@ -571,7 +573,8 @@ static bool gemm_bias(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64
   LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
   LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
   if (bias) {   /* cuBLASLt's D is our C^T: its rows are our columns, as the bias runs */
-    cublasLtEpilogue_t ep = aux ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_BIAS;
+    cublasLtEpilogue_t ep = bgrad ? (bgrad == 2 ? CUBLASLT_EPILOGUE_BGRADA : CUBLASLT_EPILOGUE_BGRADB)
+                            : aux ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_BIAS;
     void *bp = (void *)bias, *xp = (void *)aux;
     int32_t bt = ct_c;   /* the output's type: cuBLASLt's rule */
     int64_t xld = ldc;
@@ -599,9 +602,15 @@ static bool gemm_bias(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64
   return true;
 }
 
+static bool gemm_bias(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, CUdeviceptr a,
+                      int64_t lda, CUdeviceptr b, int64_t ldb, float beta, CUdeviceptr c, int64_t ldc,
+                      CUdeviceptr bias, CUdeviceptr aux) {
+  return gemm_ep(ty, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, bias, aux, 0);
+}
+
 static void gemm_t(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, CUdeviceptr a,
                    int64_t lda, CUdeviceptr b, int64_t ldb, float beta, CUdeviceptr c, int64_t ldc) {
-  gemm_bias(ty, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, 0, 0);
+  gemm_ep(ty, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, 0, 0, 0);
 }
 
 static void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, CUdeviceptr a, int64_t lda,
@@ -710,6 +719,34 @@ static void col_finish(const Cols *c, i64 d, int s, void *out, int acc) {
   i64 chunks = c->chunks, dd = d;
   void *f[] = {&o, &p, &chunks, &dd, &acc};
   launch("lmc_col_finish", grid_for(d), f);
+}
+
+/* matmul_bgrad: a weight's gradient GEMM whose epilogue (BGRADA for dy
+ * as our B, BGRADB as our A) sums dy over the rows into a scratch vector,
+ * which one pass then adds to the bias's gradient; where cuBLASLt refuses
+ * (once: not asked again), the GEMM and then the column sums. */
+static void op_matmul_bgrad(const RtInst *x, const CUdeviceptr *O, const CUdeviceptr *I) {
+  static bool refused[2];
+  static CUdeviceptr sg;
+  static size_t nsg;
+  i64 len = x->bg ? x->n : x->m, rows = x->k, lda = x->ta ? x->m : x->k, ldb = x->tb ? x->k : x->n;
+  unsigned ty = gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0));
+  float beta = x->acc[0] ? 1 : 0;
+  if (!refused[x->bg]) {
+    CUdeviceptr g = scratch(&sg, &nsg, len);
+    if (gemm_ep(ty, x->ta, x->tb, x->m, x->n, x->k, 1, I[0], lda, I[1], ldb, beta, O[0], x->n, g, 0, x->bg ? 2 : 1)) {
+      Cols c = {0, 1, g};
+      col_finish(&c, len, 0, (void *)(uintptr_t)O[1], x->acc[1]);
+      return;
+    }
+    refused[x->bg] = true;
+  }
+  gemm_t(ty, x->ta, x->tb, x->m, x->n, x->k, 1, I[0], lda, I[1], ldb, beta, O[0], x->n);
+  CUdeviceptr dy = I[x->bg];
+  Cols c = col_plan(rows, len, 1);
+  void *a[] = {&c.part, &dy, &rows, &len, &c.per};
+  col_pass("lmc_add_bwd_bias", &c, len, a);
+  col_finish(&c, len, 0, (void *)(uintptr_t)O[1], x->acc[1]);
 }
 
 /* matmul_bias: the bias in cuBLASLt's epilogue, or after the GEMM in a
@@ -1030,6 +1067,7 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
     return;
   }
   case OP_MATMUL_BIAS: case OP_MATMUL_BIAS_GELU: op_matmul_bias(x, O, I); return;
+  case OP_MATMUL_BGRAD: op_matmul_bgrad(x, O, I); return;
   case OP_EMBED: { void *a[] = {&O[0], &I[0], &I[1], &n, &d, &v, &v0}; launch("lmc_embed", grid_for(n * d), a); return; }
   case OP_EMBED_BWD: {
     if (!acc0) cuda_zero(o[0], v * d);

@@ -83,6 +83,7 @@ typedef struct RtInst {
   int64_t m, n, k, d, v, b, t, h, g, nb;
   int64_t v0;              /* vocab parallel: the first row this rank holds */
   int ta, tb, red;         /* red: allreduce op, 0 sum 1 max */
+  int bg;                  /* matmul_bgrad: the input whose sums over k are out[1] */
   int axis;                /* allreduce: its group (AXIS_TP unless group= says) */
   double eps, theta, scale;
   /* MoE: experts (here e: on this rank for the expert GEMMs), top k, row

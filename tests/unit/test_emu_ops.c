@@ -347,6 +347,20 @@ int main(int argc, char **argv) {
     check(c, false);
     unsetenv("LMC_CUDA_EMU_REFUSE_BIAS");
   }
+  /* a weight's and its bias's gradients from one GEMM: dy as its B (a
+   * weight stored [in, out]: BGRADA) or its A (stored [out, in]: BGRADB),
+   * accepted, then refused (the GEMM and the runtime's column sums; the
+   * refusal is kept, so these come last) */
+  for (int r = 0; r < 2; r++)
+    for (int bg = 1; bg >= 0; bg--) {
+      static char names[4][64];
+      snprintf(names[r * 2 + bg], 64, "matmul_bgrad (dy as %s%s)", bg ? "B" : "A", r ? ", epilogue refused" : "");
+      Case c = {names[r * 2 + bg], rt_inst(OP_MATMUL_BGRAD), {{n * 17}, {n * 21}}, {{17 * 21, F32}, {bg ? 21 : 17, F32}}};
+      c.x.m = 17, c.x.n = 21, c.x.k = n, c.x.ta = 1, c.x.bg = bg;
+      if (r) setenv("LMC_CUDA_EMU_REFUSE_BIAS", "1", 1);
+      check(c, true);
+      unsetenv("LMC_CUDA_EMU_REFUSE_BIAS");
+    }
   if (bf) {   /* f32 operands into bf16 through an f32 product: its bias (bf16, D's type) added after */
     Case c = {"matmul_bias f32 x f32 -> bf16", rt_inst(OP_MATMUL_BIAS), {{n * 17, F32}, {17 * 21, F32}, {21}},
               {{n * 21}}};
