@@ -424,9 +424,9 @@ static void read_fused(Reader *r, Bundle *b, RtInst *x) {
 }
 
 static void read_program(Reader *r, Bundle *b, RtInst **prog, int *n) {
+  if (*prog) bad(r, "a program appears twice");   /* before its length changes: freeing walks the first */
   *n = atoi(strrchr(r->buf, ' ') + 1);
   if (*n < 0 || *n > 10000000) bad(r, "bad program length");
-  if (*prog) bad(r, "a program appears twice");
   *prog = rt_xmalloc((*n + 1) * sizeof(RtInst));
   for (int i = 0; i < *n; i++) {
     if (!next_line(r)) bad(r, "truncated program");
