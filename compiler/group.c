@@ -63,9 +63,27 @@ int group_span(Graph *g, Inst **list, int n, int i) {
 Inst **group_list(Graph *g, Inst **list, int n, int *count) {
   Inst **out = arena_alloc((n + 1) * sizeof(Inst *));
   *count = 0;
-  for (int i = 0; i < n; i += group_span(g, list, n, i))
-    out[(*count)++] = group_span(g, list, n, i) > 1 ? make_group(list[i], list[i + 1]) : list[i];
+  for (int i = 0, span; i < n; i += span) {
+    span = group_span(g, list, n, i);
+    out[(*count)++] = span > 1 ? make_group(list[i], list[i + 1]) : list[i];
+  }
   return out;
+}
+
+/* fn on every group of every stage's programs, in stage order, forward
+ * before backward. */
+static void each_group(Graph *g, void (*fn)(FILE *, Graph *, int stage, bool bwd, Inst *f), FILE *out) {
+  for (int s = 0; s < g->nstages; s++) {
+    Part *p = part_stage(g, s);
+    Inst **lists[] = {p->fwd, p->bwd};
+    int counts[] = {p->nfwd, p->nbwd};
+    for (int l = 0; l < 2; l++) {
+      int n;
+      Inst **gl = group_list(g, lists[l], counts[l], &n);
+      for (int i = 0; i < n; i++)
+        if (gl[i]->op == OP_FUSED) fn(out, g, s, l, gl[i]);
+    }
+  }
 }
 
 /* Its operands in the kernel's parameter order: each value once, in the
@@ -88,22 +106,14 @@ int group_operands(Inst *f, Value **ops) {
   return n;
 }
 
+static void dump_group(FILE *out, Graph *g, int stage, bool bwd, Inst *f) {
+  fprintf(out, "stage %d %s: %s\n", stage, bwd ? "bwd" : "fwd", f->kernel);
+  for (int m = 0; m < f->nbody; m++) ir_print_inst(out, g->prog, f->body[m]);
+}
+
 void group_dump(FILE *out, Graph *g) {
   fprintf(out, "// groups\n");
-  for (int s = 0; s < g->nstages; s++) {
-    Part *p = part_stage(g, s);
-    Inst **lists[] = {p->fwd, p->bwd};
-    int counts[] = {p->nfwd, p->nbwd};
-    for (int l = 0; l < 2; l++) {
-      int n;
-      Inst **gl = group_list(g, lists[l], counts[l], &n);
-      for (int i = 0; i < n; i++) {
-        if (gl[i]->op != OP_FUSED) continue;
-        fprintf(out, "stage %d %s: %s\n", s, l ? "bwd" : "fwd", gl[i]->kernel);
-        for (int m = 0; m < gl[i]->nbody; m++) ir_print_inst(out, g->prog, gl[i]->body[m]);
-      }
-    }
-  }
+  each_group(g, dump_group, out);
 }
 
 /* ---- the kernels ---- */
@@ -175,25 +185,20 @@ static void write_add_norm(FILE *out, Inst *f) {
   else fprintf(out, "  if (lane == 0) p%d[row] = r;\n}\n", at[7]);
 }
 
+/* Each kernel once, by name (equal groups share one). */
+static const char **written;
+static int nwritten;
+
+static void write_group(FILE *out, Graph *g, int stage, bool bwd, Inst *f) {
+  (void)g, (void)stage, (void)bwd;
+  for (int k = 0; k < nwritten; k++)
+    if (!strcmp(written[k], f->kernel)) return;
+  if (!nwritten) fprintf(out, "\n// ---- kernels lmc wrote for this model's groups (compiler/group.c) ----\n");
+  written[nwritten++] = f->kernel;
+  write_add_norm(out, f);
+}
+
 void group_kernels(FILE *out, Graph *g) {
-  const char **done = arena_alloc(1024 * sizeof(char *));
-  int ndone = 0;
-  for (int s = 0; s < g->nstages; s++) {
-    Part *p = part_stage(g, s);
-    Inst **lists[] = {p->fwd, p->bwd};
-    int counts[] = {p->nfwd, p->nbwd};
-    for (int l = 0; l < 2; l++) {
-      int n;
-      Inst **gl = group_list(g, lists[l], counts[l], &n);
-      for (int i = 0; i < n; i++) {
-        if (gl[i]->op != OP_FUSED) continue;
-        bool seen = false;
-        for (int k = 0; k < ndone; k++) seen |= !strcmp(done[k], gl[i]->kernel);
-        if (seen || ndone == 1024) continue;
-        if (!ndone) fprintf(out, "\n// ---- kernels lmc wrote for this model's groups (compiler/group.c) ----\n");
-        done[ndone++] = gl[i]->kernel;
-        write_add_norm(out, gl[i]);
-      }
-    }
-  }
+  written = arena_alloc((g->nfwd + g->nbwd + 1) * sizeof *written), nwritten = 0;   /* a group has 2 members */
+  each_group(g, write_group, out);
 }

@@ -109,7 +109,7 @@ static void read_param(Reader *r, Bundle *b) {
   sfield(r, "init", p->init, sizeof p->init);
   p->std = ffield(r, "std");
   p->decay = ifield(r, "decay");
-  p->value = -1;
+  p->value = p->copy16 = -1;
 }
 
 static void read_manifest(Bundle *b, const char *dir) {
@@ -406,7 +406,7 @@ static void read_fused(Reader *r, Bundle *b, RtInst *x) {
   if (x->grid < 1 || x->grid > INT32_MAX || x->block < 1 || x->block > 1024 || n < 1 || n > 16)
     bad(r, "a fused instruction's launch or body out of range");
   x->body = rt_xmalloc(n * sizeof(RtInst)), x->nbody = (int)n;
-  int values[RT_MAX_FUSED], nv = 0;
+  x->ops = rt_xmalloc(RT_MAX_FUSED * sizeof(int));   /* the values, in the members' order, outputs first */
   for (int m = 0; m < n; m++) {
     if (!next_line(r)) bad(r, "truncated fused instruction");
     RtInst *y = &x->body[m];
@@ -415,10 +415,10 @@ static void read_fused(Reader *r, Bundle *b, RtInst *x) {
     verify_inst(r, b, y);
     for (int i = 0; i < 3 + RT_MAX_IN; i++) {   /* each value once: at most RT_MAX_FUSED */
       int v = i < 3 ? y->out[i] : y->in[i - 3], seen = 0;
-      for (int j = 0; j < nv; j++) seen |= values[j] == v;
+      for (int j = 0; j < x->nops; j++) seen |= x->ops[j] == v;
       if (v < 0 || seen) continue;
-      if (nv == RT_MAX_FUSED) bad(r, "a fused instruction with too many values");
-      values[nv++] = v;
+      if (x->nops == RT_MAX_FUSED) bad(r, "a fused instruction with too many values");
+      x->ops[x->nops++] = v;
     }
   }
 }
@@ -581,13 +581,16 @@ static void link_params(Bundle *b) {
 }
 
 /* The bf16 copies: only the cast program writes them, each from a
- * parameter of its size, and only under the bf16 plan. */
-static void check_copies(Bundle *b) {
+ * parameter of its size, and only under the bf16 plan; each parameter
+ * learns its copy (RtParam.copy16), which the optimizer writes. */
+static void link_copies(Bundle *b) {
   for (int i = 0; i < b->ncasts; i++) {
     RtInst *x = &b->casts[i];
     if (x->op != OP_CAST || b->vals[x->in[0]].region != R_PARAM || b->vals[x->out[0]].region != R_COPY ||
         b->vals[x->in[0]].n != b->vals[x->out[0]].n || !b->vals[x->out[0]].bf16 || !b->bf16)
       rt_die("bundle %s: the cast program's instruction %d is not a parameter's bf16 copy", b->dir, i + 1);
+    for (int p = 0; p < b->nparams; p++)
+      if (b->params[p].value == x->in[0]) b->params[p].copy16 = x->out[0];
   }
   RtInst *progs[] = {b->fwd, b->bwd};
   int counts[] = {b->nfwd, b->nbwd};
@@ -632,7 +635,7 @@ void bundle_load_rank(Bundle *b, int rank) {
   b->rank = rank;
   read_schedule(b, b->dir, rank);
   link_params(b);
-  check_copies(b);
+  link_copies(b);
   mark_bf16(b);
 }
 
@@ -650,7 +653,7 @@ void bundle_abandon(void) {
 }
 
 static void free_bodies(RtInst *prog, int n) {
-  for (int i = 0; prog && i < n; i++) free(prog[i].body);
+  for (int i = 0; prog && i < n; i++) free(prog[i].body), free(prog[i].ops);
 }
 
 void bundle_free(Bundle *b) {

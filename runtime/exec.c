@@ -305,17 +305,12 @@ static void narrow(Run *r, int v, void *p, const void *reals) {
 }
 
 /* A group's generated kernel, on its values each once in the order its
- * members name them, outputs first (compiler/group.c's order). */
+ * members name them, outputs first (compiler/group.c's order; the
+ * loader lists them). */
 static void fused(Run *r, const RtInst *x, void **ptr) {
   void *ops[RT_MAX_FUSED];
-  int ids[RT_MAX_FUSED], n = 0;
-  for (int m = 0; m < x->nbody; m++)
-    for (int i = 0; i < 3 + RT_MAX_IN; i++) {
-      int v = i < 3 ? x->body[m].out[i] : x->body[m].in[i - 3], seen = 0;
-      for (int j = 0; j < n; j++) seen |= ids[j] == v;
-      if (v >= 0 && !seen) ids[n] = v, ops[n++] = ptr[v];
-    }
-  r->be->run_fused(x, ops, n);
+  for (int i = 0; i < x->nops; i++) ops[i] = ptr[x->ops[i]];
+  r->be->run_fused(x, ops, x->nops);
 }
 
 static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
@@ -429,13 +424,6 @@ void rt_adamw(Run *r, double lr, double gscale) {
   r->stale = true;
 }
 
-/* Where parameter value v's bf16 copy is (its cast's output), or NULL. */
-static void *copy_of(Run *r, int v) {
-  for (int i = 0; i < r->b->ncasts; i++)
-    if (r->b->casts[i].in[0] == v) return r->ptr[r->b->casts[i].out[0]];
-  return NULL;
-}
-
 /* The optimizer step in the backend (a GPU's: no host wait until the norm
  * comes back), for a rank whose gradient norm needs no other group's: the
  * same tensors, clipping and AdamW as grad_norm and rt_adamw. */
@@ -451,7 +439,7 @@ static double device_optimizer(Run *r, double lr) {
     if (pp->value < 0) continue;
     int64_t off = b->vals[pp->value].off * e;
     p[count++] = (OptParam){r->ptr[pp->value], (char *)r->region[R_GRAD] + off, (char *)r->adam_m + off,
-                            (char *)r->adam_v + off, copy_of(r, pp->value), pp->local, pp->decay ? t->wd : 0.0,
+                            (char *)r->adam_v + off, pp->copy16 >= 0 ? r->ptr[pp->copy16] : NULL, pp->local, pp->decay ? t->wd : 0.0,
                             in_norm(b, pp)};
   }
   double norm = r->be->optimizer(p, count, &a, t->clip);

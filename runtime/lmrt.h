@@ -100,6 +100,7 @@ typedef struct RtInst {
    * the members */
   struct RtInst *body;
   int nbody;
+  int *ops, nops;          /* fused: the kernel's parameters, the members' values each once (read_fused) */
   char kernel[96];
   int64_t grid, block;
 } RtInst;
@@ -119,6 +120,7 @@ typedef struct RtParam {
   double std;
   bool decay;
   int value;               /* value id in the schedule, -1 if on another stage */
+  int copy16;              /* its bf16 copy's value id (the cast program writes it), or -1 */
 } RtParam;
 
 typedef struct Train {

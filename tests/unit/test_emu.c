@@ -513,6 +513,32 @@ static void lt_bias(void) {
   F(cuMemFree)(da), F(cuMemFree)(db), F(cuMemFree)(dd), F(cuMemFree)(dbias), F(cuMemFree)(dbias32);
 }
 
+/* An epilogue probe: D = op(A) op(B) (fp32 compute, alpha 1, beta 0, C =
+ * D) with one transposed operand, the epilogue and its pointer attribute
+ * (set to ptr) and a second attribute (value v of n bytes); the layouts
+ * and descriptor are freed after. Returns cuBLASLt's status. */
+static cublasStatus_t probe(cublasLtMatmulDescAttributes_t trans, cublasLtEpilogue_t ep,
+                           cublasLtMatmulDescAttributes_t pattr, CUdeviceptr ptr, cublasLtMatmulDescAttributes_t attr,
+                           const void *v, size_t n, CUdeviceptr a, cublasLtMatrixLayout_t la, CUdeviceptr b,
+                           cublasLtMatrixLayout_t lb, CUdeviceptr d, cublasLtMatrixLayout_t ld) {
+  cublasLtHandle_t h;
+  cublasLtMatmulDesc_t desc;
+  F(cublasLtCreate)(&h);
+  F(cublasLtMatmulDescCreate)(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
+  cublasOperation_t T = CUBLAS_OP_T;
+  void *p = (void *)ptr;
+  F(cublasLtMatmulDescSetAttribute)(desc, trans, &T, sizeof T);
+  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep);
+  F(cublasLtMatmulDescSetAttribute)(desc, pattr, &p, sizeof p);
+  F(cublasLtMatmulDescSetAttribute)(desc, attr, v, n);
+  float alpha = 1, beta = 0;
+  cublasStatus_t rc = F(cublasLtMatmul)(h, desc, &alpha, (void *)a, la, (void *)b, lb, &beta, (void *)d, ld, (void *)d,
+                                        ld, NULL, NULL, 0, NULL);
+  F(cublasLtMatrixLayoutDestroy)(la), F(cublasLtMatrixLayoutDestroy)(lb), F(cublasLtMatrixLayoutDestroy)(ld);
+  F(cublasLtMatmulDescDestroy)(desc);
+  return rc;
+}
+
 /* A bias's gradient in its weight's gradient GEMM, laid out as the
  * runtime runs dW = x^T dy for a weight stored [in, out] (GPT-2's): in
  * cuBLASLt's terms A = dy (out x rows, column-major, not transposed), B =
@@ -528,24 +554,12 @@ static void lt_bgrada(void) {
   for (int i = 0; i < n * k; i++) fb[i] = (float)(i % 5 - 2) / 2, b[i] = bf16(fb[i]);
   CUdeviceptr da = dalloc(sizeof a), db = dalloc(sizeof b), dd = dalloc(sizeof d), dg = dalloc(sizeof g);
   F(cuMemcpyHtoD)(da, a, sizeof a), F(cuMemcpyHtoD)(db, b, sizeof b);
-  cublasLtHandle_t h;
-  cublasLtMatmulDesc_t desc;
-  F(cublasLtCreate)(&h);
-  F(cublasLtMatmulDescCreate)(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-  cublasOperation_t T = CUBLAS_OP_T;
-  cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BGRADA;
-  void *gp = (void *)dg;
   int32_t gt = CUDA_R_32F;
-  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_TRANSB, &T, sizeof T);
-  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep);
-  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &gp, sizeof gp);
-  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &gt, sizeof gt);
-  cublasLtMatrixLayout_t la = layout(CUDA_R_16BF, m, k, m, CUBLASLT_ORDER_COL, 1, 0),
-                         lb = layout(CUDA_R_16BF, n, k, n, CUBLASLT_ORDER_COL, 1, 0),
-                         ld = layout(CUDA_R_32F, m, n, m, CUBLASLT_ORDER_COL, 1, 0);
-  float alpha = 1, beta = 0;
-  cublasStatus_t rc = F(cublasLtMatmul)(h, desc, &alpha, (void *)da, la, (void *)db, lb, &beta, (void *)dd, ld,
-                                        (void *)dd, ld, NULL, NULL, 0, NULL);
+  cublasStatus_t rc = probe(CUBLASLT_MATMUL_DESC_TRANSB, CUBLASLT_EPILOGUE_BGRADA, CUBLASLT_MATMUL_DESC_BIAS_POINTER, dg,
+                            CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &gt, sizeof gt, da,
+                            layout(CUDA_R_16BF, m, k, m, CUBLASLT_ORDER_COL, 1, 0), db,
+                            layout(CUDA_R_16BF, n, k, n, CUBLASLT_ORDER_COL, 1, 0), dd,
+                            layout(CUDA_R_32F, m, n, m, CUBLASLT_ORDER_COL, 1, 0));
   if (real && rc == CUBLAS_STATUS_NOT_SUPPORTED)
     printf("  (BGRADA with A not transposed, B transposed, bf16 -> fp32: refused, status %d)\n", (int)rc);
   else {
@@ -565,8 +579,6 @@ static void lt_bgrada(void) {
     if (real) printf("  (BGRADA with A not transposed, B transposed, bf16 -> fp32: taken)\n");
     expect(worst < 1e-5, "cuBLASLt: BGRADA epilogue, a weight's and its bias's gradients at once");
   }
-  F(cublasLtMatrixLayoutDestroy)(la), F(cublasLtMatrixLayoutDestroy)(lb), F(cublasLtMatrixLayoutDestroy)(ld);
-  F(cublasLtMatmulDescDestroy)(desc);
   F(cuMemFree)(da), F(cuMemFree)(db), F(cuMemFree)(dd), F(cuMemFree)(dg);
 }
 
@@ -595,24 +607,12 @@ static void lt_dgelu(void) {
   }
   CUdeviceptr da = dalloc(sizeof a), db = dalloc(sizeof b), dx = dalloc(sizeof x), dd = dalloc(sizeof d);
   F(cuMemcpyHtoD)(da, a, sizeof a), F(cuMemcpyHtoD)(db, b, sizeof b), F(cuMemcpyHtoD)(dx, x, sizeof x);
-  cublasLtHandle_t h;
-  cublasLtMatmulDesc_t desc;
-  F(cublasLtCreate)(&h);
-  F(cublasLtMatmulDescCreate)(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-  cublasOperation_t T = CUBLAS_OP_T;
-  cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_DGELU;
-  void *xp = (void *)dx;
   int64_t xld = m;
-  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_TRANSA, &T, sizeof T);
-  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep);
-  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &xp, sizeof xp);
-  F(cublasLtMatmulDescSetAttribute)(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &xld, sizeof xld);
-  cublasLtMatrixLayout_t la = layout(CUDA_R_16BF, k, m, k, CUBLASLT_ORDER_COL, 1, 0),
-                         lb = layout(CUDA_R_16BF, k, n, k, CUBLASLT_ORDER_COL, 1, 0),
-                         ld = layout(CUDA_R_16BF, m, n, m, CUBLASLT_ORDER_COL, 1, 0);
-  float alpha = 1, beta = 0;
-  cublasStatus_t rc = F(cublasLtMatmul)(h, desc, &alpha, (void *)da, la, (void *)db, lb, &beta, (void *)dd, ld,
-                                        (void *)dd, ld, NULL, NULL, 0, NULL);
+  cublasStatus_t rc = probe(CUBLASLT_MATMUL_DESC_TRANSA, CUBLASLT_EPILOGUE_DGELU, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                            dx, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &xld, sizeof xld, da,
+                            layout(CUDA_R_16BF, k, m, k, CUBLASLT_ORDER_COL, 1, 0), db,
+                            layout(CUDA_R_16BF, k, n, k, CUBLASLT_ORDER_COL, 1, 0), dd,
+                            layout(CUDA_R_16BF, m, n, m, CUBLASLT_ORDER_COL, 1, 0));
   if (real && rc != CUBLAS_STATUS_SUCCESS)
     printf("  (DGELU with A transposed, bf16 D and aux: refused, status %d)\n", (int)rc);
   else {
@@ -629,8 +629,6 @@ static void lt_dgelu(void) {
     if (real) printf("  (DGELU with A transposed, bf16 D and aux: taken)\n");
     expect(!bad, "cuBLASLt: DGELU epilogue, GELU's backward in the GEMM before it");
   }
-  F(cublasLtMatrixLayoutDestroy)(la), F(cublasLtMatrixLayoutDestroy)(lb), F(cublasLtMatrixLayoutDestroy)(ld);
-  F(cublasLtMatmulDescDestroy)(desc);
   F(cuMemFree)(da), F(cuMemFree)(db), F(cuMemFree)(dx), F(cuMemFree)(dd);
 }
 
