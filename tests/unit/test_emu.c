@@ -515,8 +515,8 @@ static void lt_bias(void) {
 
 /* An epilogue probe: D = op(A) op(B) (fp32 compute, alpha 1, beta 0, C =
  * D) with one transposed operand, the epilogue and its pointer attribute
- * (set to ptr) and a second attribute (value v of n bytes); the layouts
- * and descriptor are freed after. Returns cuBLASLt's status. */
+ * (set to ptr) and a second attribute (value v of n bytes); the handle,
+ * layouts and descriptor are freed after. Returns cuBLASLt's status. */
 static cublasStatus_t probe(cublasLtMatmulDescAttributes_t trans, cublasLtEpilogue_t ep,
                            cublasLtMatmulDescAttributes_t pattr, CUdeviceptr ptr, cublasLtMatmulDescAttributes_t attr,
                            const void *v, size_t n, CUdeviceptr a, cublasLtMatrixLayout_t la, CUdeviceptr b,
@@ -535,7 +535,7 @@ static cublasStatus_t probe(cublasLtMatmulDescAttributes_t trans, cublasLtEpilog
   cublasStatus_t rc = F(cublasLtMatmul)(h, desc, &alpha, (void *)a, la, (void *)b, lb, &beta, (void *)d, ld, (void *)d,
                                         ld, NULL, NULL, 0, NULL);
   F(cublasLtMatrixLayoutDestroy)(la), F(cublasLtMatrixLayoutDestroy)(lb), F(cublasLtMatrixLayoutDestroy)(ld);
-  F(cublasLtMatmulDescDestroy)(desc);
+  F(cublasLtMatmulDescDestroy)(desc), F(cublasLtDestroy)(h);
   return rc;
 }
 
