@@ -112,7 +112,11 @@ static void print_action(FILE *out, Action *a) {
   case ACT_ZERO_STATE: fprintf(out, "  zero_state\n"); break;
   case ACT_LOAD: fprintf(out, "  load mb=%d\n", a->mb); break;
   case ACT_FWD: fprintf(out, "  run fwd mb=%d\n", a->mb); break;
-  case ACT_BWD: fprintf(out, "  run bwd mb=%d\n", a->mb); break;
+  case ACT_BWD:
+    if (a->to) fprintf(out, "  run bwd mb=%d from=%d to=%d\n", a->mb, a->from, a->to);
+    else fprintf(out, "  run bwd mb=%d\n", a->mb);
+    break;
+  case ACT_WAIT: fprintf(out, "  wait allreduce group=%s\n", axis_name(a->axis)); break;
   case ACT_SEND:
   case ACT_RECV:
     fprintf(out, "  %s %s %%%d %s=%d mb=%d group=pp\n", a->kind == ACT_SEND ? "send" : "recv",
@@ -120,8 +124,8 @@ static void print_action(FILE *out, Action *a) {
     break;
   case ACT_ALLREDUCE:
     if (a->zeros) fprintf(out, "  allreduce zeros n=%lld group=%s\n", (long long)a->n, axis_name(a->axis));
-    else fprintf(out, "  allreduce %s off=%lld n=%lld group=%s\n", regions[a->region], (long long)a->off,
-                 (long long)a->n, axis_name(a->axis));
+    else fprintf(out, "  allreduce %s off=%lld n=%lld group=%s%s\n", regions[a->region], (long long)a->off,
+                 (long long)a->n, axis_name(a->axis), a->async ? " async" : "");
     break;
   case ACT_OPTIMIZER: {
     const char *g[3] = {a->norm_tp ? "tp" : NULL, a->norm_pp ? "pp" : NULL, a->norm_ep ? "ep" : NULL};

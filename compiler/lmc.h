@@ -124,6 +124,7 @@ typedef struct Settings {
   double aux_loss_coef, z_loss_coef;   /* MoE load balancing and router z-loss */
   const char *decay, *data, *schedule;
   int64_t mesh[MAX_AXES];
+  double bucket_mb;                    /* the data parallel gradient all-reduce's buckets, MiB of fp32 */
 } Settings;
 
 typedef struct Set {                   /* --set NAME=VALUE */
@@ -287,7 +288,7 @@ void group_kernels(FILE *out, Graph *g);
 
 /* ---- sched.c ---- */
 enum { ACT_ZERO_GRADS, ACT_ZERO_STATE, ACT_LOAD, ACT_RECV, ACT_FWD, ACT_SEND, ACT_BWD,
-       ACT_ALLREDUCE, ACT_OPTIMIZER };
+       ACT_ALLREDUCE, ACT_OPTIMIZER, ACT_WAIT };
 
 typedef struct Action {
   int kind;
@@ -298,6 +299,8 @@ typedef struct Action {
   bool grad;           /* send/recv of a gradient */
   bool norm_tp, norm_pp, norm_ep;   /* optimizer: sum the gradient norm over these groups */
   bool zeros;          /* allreduce: this rank holds no copy and adds zeros */
+  bool async;          /* allreduce: overlapped with what follows, up to the next wait */
+  int from, to;        /* bwd: a segment, the (grouped) program's instructions [from, to); to 0: all */
 } Action;
 
 typedef struct Sched {

@@ -19,7 +19,6 @@
 #include <string.h>
 
 #define ALIGN 16
-#define BUCKET (1 << 22)   /* gradient all-reduce bucket, elements */
 
 /* ---- ranks ---- */
 
@@ -288,9 +287,14 @@ static void loss_allreduce(List *l, Sched *s) {
 
 /* Gradient all-reduces over axis of [off, off + n) of the gradient
  * region, in buckets. */
-static void grad_buckets(List *l, int64_t off, int64_t n, int axis) {
-  for (int64_t o = off; o < off + n; o += BUCKET)
-    allreduce(l, V_GRAD, o, off + n - o < BUCKET ? off + n - o : BUCKET, axis);
+static int64_t bucket(Sched *s) {   /* in elements of 4 bytes, at least 16 */
+  double n = s->g->prog->s.bucket_mb * (1 << 18);
+  return n < 16 ? 16 : n > 1e15 ? (int64_t)1e15 : (int64_t)n;
+}
+
+static void grad_buckets(List *l, Sched *s, int64_t off, int64_t n, int axis) {
+  int64_t size = bucket(s);
+  for (int64_t o = off; o < off + n; o += size) allreduce(l, V_GRAD, o, off + n - o < size ? off + n - o : size, axis);
 }
 
 /* ep ranks are data parallel for all but the experts: the gradients of
@@ -303,13 +307,75 @@ static void ep_grads(List *l, Sched *s) {
     Value *p = g->vals[i];
     if (p->kind != V_PARAM || !sched_has(s, p)) continue;
     if (p->esplit) {                 /* an expert's: summed over dp only */
-      if (start >= 0) grad_buckets(l, start, end - start, AX_EP), start = -1;
+      if (start >= 0) grad_buckets(l, s, start, end - start, AX_EP), start = -1;
       continue;
     }
     if (start < 0) start = p->offset;
     end = p->offset + shape_numel(&p->shape);
   }
-  if (start >= 0) grad_buckets(l, start, end - start, AX_EP);
+  if (start >= 0) grad_buckets(l, s, start, end - start, AX_EP);
+}
+
+/* The stage's backward program as the bundle holds it: groups as one
+ * instruction each (a segment's bounds count these). */
+static Inst **bwd_program(Sched *s, int *n) { return group_list(s->g, s->part->bwd, s->part->nbwd, n); }
+
+/* bucket b's ready point: after the last instruction of the backward
+ * program that reads or writes a gradient in it */
+static void touch_grads(Inst *in, int k, int *ready, int nb, int64_t size) {
+  for (int j = 0; j < in->nout + in->nin; j++) {
+    Value *v = j < in->nout ? in->out[j] : in->in[j - in->nout];
+    if (!v || v->kind != V_GRAD) continue;
+    int64_t end = v->offset + shape_numel(&v->shape);
+    for (int64_t b = v->offset / size; b < nb && b * size < end; b++) ready[b] = k + 1;
+  }
+  for (int m = 0; m < in->nbody; m++) touch_grads(in->body[m], k, ready, nb, size);
+}
+
+static Action *segment(List *l, int mb, int from, int to, int n) {
+  Action *a = push(l, ACT_BWD);
+  a->mb = mb;
+  if (from > 0 || to < n) a->from = from, a->to = to;
+  return a;
+}
+
+static void async_bucket(List *l, Sched *s, int b) {
+  int64_t o = (int64_t)b * bucket(s), n = s->region[V_GRAD] - o < bucket(s) ? s->region[V_GRAD] - o : bucket(s);
+  allreduce(l, V_GRAD, o, n, AX_DP);
+  l->a[l->n - 1].async = true;
+}
+
+/* The data parallel gradient all-reduce overlapped with the step's last
+ * backward pass: that pass is cut into segments, and each bucket goes,
+ * asynchronously, as soon as the last instruction touching its gradients
+ * has run (the top of the model's first, as the backward runs); buckets
+ * finished only at the end go after the pass's sends. A wait ends them. */
+static void overlapped_grads(List *l, Sched *s) {
+  int last = -1, n, nb = (int)((s->region[V_GRAD] + bucket(s) - 1) / bucket(s));
+  for (int i = 0; i < l->n; i++)
+    if (l->a[i].kind == ACT_BWD) last = i;
+  if (last < 0 || nb == 0) return;
+  Inst **prog = bwd_program(s, &n);
+  int *ready = arena_alloc(nb * sizeof(int)), *order = arena_alloc(nb * sizeof(int));
+  for (int k = 0; k < n; k++) touch_grads(prog[k], k, ready, nb, bucket(s));
+  for (int b = 0; b < nb; b++) order[b] = nb - 1 - b;
+  for (int i = 1; i < nb; i++)   /* by ready point, stable: the top buckets first among equals */
+    for (int j = i; j > 0 && ready[order[j - 1]] > ready[order[j]]; j--) {
+      int x = order[j];
+      order[j] = order[j - 1], order[j - 1] = x;
+    }
+  List out = {0};
+  int mb = l->a[last].mb, pos = 0, b = 0;
+  for (int i = 0; i < last; i++) *push(&out, l->a[i].kind) = l->a[i];
+  for (; b < nb && ready[order[b]] < n; b++) {
+    if (ready[order[b]] > pos) segment(&out, mb, pos, ready[order[b]], n), pos = ready[order[b]];
+    async_bucket(&out, s, order[b]);
+  }
+  if (pos < n || n == 0) segment(&out, mb, pos, n, n);
+  for (int i = last + 1; i < l->n; i++) *push(&out, l->a[i].kind) = l->a[i];
+  for (; b < nb; b++) async_bucket(&out, s, order[b]);
+  push(&out, ACT_WAIT)->axis = AX_DP;
+  *l = out;
 }
 
 void sched_actions(Sched *s) {
@@ -317,8 +383,8 @@ void sched_actions(Sched *s) {
   List step = {0}, eval = {0};
   push(&step, ACT_ZERO_GRADS);
   passes(&step, s);
+  if (t->mesh[AX_DP] > 1) overlapped_grads(&step, s);
   shared_grads(&step, s);
-  if (t->mesh[AX_DP] > 1) grad_buckets(&step, 0, s->region[V_GRAD], AX_DP);
   if (t->mesh[AX_EP] > 1) ep_grads(&step, s);
   loss_allreduce(&step, s);
   Action *opt = push(&step, ACT_OPTIMIZER);
@@ -372,7 +438,7 @@ static bool same_group(RankRun *a, RankRun *b, int axis, int kind) {
 
 static const char *kind_name(int k) {
   static const char *n[] = {"zero_grads", "zero_state", "load", "recv", "run fwd", "send",
-                            "run bwd", "allreduce", "optimizer"};
+                            "run bwd", "allreduce", "optimizer", "wait"};
   return n[k];
 }
 
@@ -439,10 +505,13 @@ static void rank_run(Sched *s, RankRun *runs, int r) {
   sched_stage(s, s->coord[AX_PP]);
   sched_actions(s);
   List l = {0};
+  int nbwd;
+  Inst **bwd = bwd_program(s, &nbwd);
   for (int i = 0; i < s->nstep; i++) {
-    *push(&l, s->step[i].kind) = s->step[i];
-    if (s->step[i].kind == ACT_FWD) program_collectives(&l, s->part->fwd, s->part->nfwd);
-    if (s->step[i].kind == ACT_BWD) program_collectives(&l, s->part->bwd, s->part->nbwd);
+    Action *a = &s->step[i];
+    *push(&l, a->kind) = *a;
+    if (a->kind == ACT_FWD) program_collectives(&l, s->part->fwd, s->part->nfwd);
+    if (a->kind == ACT_BWD) program_collectives(&l, bwd + a->from, (a->to ? a->to : nbwd) - a->from);
   }
   runs[r] = (RankRun){l.a, l.n, 0, {0}};
   memcpy(runs[r].coord, s->coord, sizeof s->coord);
@@ -501,11 +570,10 @@ typedef struct Arrival {
   bool taken;
 } Arrival;
 
-static double stage_seconds(Part *p, bool bwd, double flops, double bw, int64_t tp) {
+static double prog_seconds(Inst **prog, int n, double flops, double bw, int64_t tp) {
   double f = 0, bytes = 0;
-  int n = bwd ? p->nbwd : p->nfwd;
   for (int k = 0; k < n; k++) {
-    Inst *in = bwd ? p->bwd[k] : p->fwd[k];
+    Inst *in = prog[k];
     f += plan_inst_flops(in);
     if (in->op == OP_ALLREDUCE) bytes += 4.0 * ir_get(in, "n") * 2.0 * (tp - 1) / tp;
   }
@@ -523,13 +591,21 @@ void sched_timeline(FILE *out, Graph *g, double flops, double bw) {
   int world = s->world, narr = 0, total = 0;
   int64_t tp = g->prog->s.mesh[AX_TP];
   RankRun *runs = arena_alloc(world * sizeof(RankRun));
-  double *t = arena_alloc(world * sizeof(double)), *fwd = arena_alloc(world * sizeof(double)),
-         *bwd = arena_alloc(world * sizeof(double)), *grads = arena_alloc(world * sizeof(double));
+  double *t = arena_alloc(world * sizeof(double)), *tc = arena_alloc(world * sizeof(double)),
+         *grads = arena_alloc(world * sizeof(double));
+  double **secs = arena_alloc(world * sizeof(double *));   /* each action's compute, by rank */
   fprintf(out, "{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n");
   bool first = true;
   for (int r = 0; r < world; r++) {
     rank_run(s, runs, r);
-    fwd[r] = stage_seconds(s->part, false, flops, bw, tp), bwd[r] = stage_seconds(s->part, true, flops, bw, tp);
+    int nbwd;
+    Inst **bwd = bwd_program(s, &nbwd);
+    secs[r] = arena_alloc((runs[r].n + 1) * sizeof(double));
+    for (int i = 0; i < runs[r].n; i++) {
+      Action *a = &runs[r].a[i];
+      if (a->kind == ACT_FWD) secs[r][i] = prog_seconds(s->part->fwd, s->part->nfwd, flops, bw, tp);
+      if (a->kind == ACT_BWD) secs[r][i] = prog_seconds(bwd + a->from, (a->to ? a->to : nbwd) - a->from, flops, bw, tp);
+    }
     grads[r] = 4.0 * s->region[V_GRAD];
     total += s->nstep;
     fprintf(out, "%s{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":%d,\"args\":{\"name\":\"rank %d (dp %d tp %d pp %d)\"}}",
@@ -545,9 +621,11 @@ void sched_timeline(FILE *out, Graph *g, double flops, double bw) {
         Action *a = &runs[r].a[runs[r].pc];
         snprintf(args, sizeof args, "\"microbatch\":%d", a->mb);
         if (a->kind == ACT_FWD || a->kind == ACT_BWD) {
-          double d = a->kind == ACT_FWD ? fwd[r] : bwd[r];
+          double d = secs[r][runs[r].pc];
           span(out, &first, r, 0, a->kind == ACT_FWD ? "forward" : "backward", t[r], t[r] + d, args);
           t[r] += d;
+        } else if (a->kind == ACT_WAIT) {   /* the compute waits for the overlapped all-reduces */
+          if (tc[r] > t[r]) span(out, &first, r, 0, "wait", t[r], tc[r], args), t[r] = tc[r];
         } else if (a->kind == ACT_SEND) {
           double d = 4.0 * shape_numel(&a->v->shape) / bw;
           arr[narr++] = (Arrival){r, peer_rank(g, &runs[r], a), a->v->id, a->mb, a->grad, t[r] + d, false};
@@ -565,8 +643,10 @@ void sched_timeline(FILE *out, Graph *g, double flops, double bw) {
           double start = 0, d = 0;
           for (int q = 0; q < world; q++)
             if (a->kind == ACT_OPTIMIZER ? (a->axis < 0 ? q == r : same_group(&me, &runs[q], a->axis, a->kind))
-                                         : same_group(&me, &runs[q], a->axis, a->kind))
+                                         : same_group(&me, &runs[q], a->axis, a->kind)) {
               start = t[q] > start ? t[q] : start;
+              if (a->async) start = tc[q] > start ? tc[q] : start;   /* the stream of collectives is in order */
+            }
           if (a->kind == ACT_ALLREDUCE) {
             int64_t n = g->prog->s.mesh[a->axis];
             d = n > 1 ? 4.0 * a->n * 2.0 * (n - 1) / n / bw : 0;
@@ -575,7 +655,7 @@ void sched_timeline(FILE *out, Graph *g, double flops, double bw) {
             if (a->kind == ACT_OPTIMIZER && a->axis < 0 ? q == r : same_group(&me, &runs[q], a->axis, a->kind)) {
               span(out, &first, q, a->kind == ACT_ALLREDUCE, a->kind == ACT_ALLREDUCE ? "allreduce" : "optimizer",
                    start, start + d, "");
-              t[q] = start + d;
+              *(a->async ? &tc[q] : &t[q]) = start + d;
             }
           advance_group(runs, world, r);
           progress = true;

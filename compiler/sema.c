@@ -177,7 +177,7 @@ static const Key train_keys[] = {
 static const Key parallel_keys[] = {
     {"dp", SI(mesh[AX_DP])}, {"tp", SI(mesh[AX_TP])}, {"pp", SI(mesh[AX_PP])},
     {"ep", SI(mesh[AX_EP])}, {"microbatches", SI(microbatches)},
-    {"schedule", SS(schedule)}, {NULL, 0, 0}};
+    {"schedule", SS(schedule)}, {"bucket_mb", SF(bucket_mb)}, {NULL, 0, 0}};
 
 static const Key *find_key(const Key *keys, const char *name) {
   for (; keys->name; keys++)
@@ -264,7 +264,7 @@ static void defaults(Settings *s) {
                   .beta2 = 0.95, .eps = 1e-8, .wd = 0.0, .clip = 0.0,
                   .val_fraction = 0.1, .decay = "cosine", .data = "",
                   .schedule = "1f1b", .top_k = 2, .moe_every = 1,
-                  .aux_loss_coef = 0.01, .z_loss_coef = 0.001, .precision = "fp32"};
+                  .aux_loss_coef = 0.01, .z_loss_coef = 0.001, .precision = "fp32", .bucket_mb = 16};
   for (int i = 0; i < MAX_AXES; i++) s->mesh[i] = 1;
 }
 
@@ -296,10 +296,10 @@ static void check_settings(Program *p) {
   Settings *s = &p->s;
   struct { const char *k; double v; } pos[] = {
       {"batch", s->batch}, {"seq", s->seq}, {"steps", s->steps}, {"lr", s->lr},
-      {"microbatches", s->microbatches}, {"eps", s->eps}};
+      {"microbatches", s->microbatches}, {"eps", s->eps}, {"bucket_mb", s->bucket_mb}};
   for (size_t i = 0; i < sizeof pos / sizeof *pos; i++)
     if (pos[i].v <= 0)
-      diag_error(setting_loc(p, !strcmp(pos[i].k, "microbatches") ? p->parallel : p->train, pos[i].k),
+      diag_error(setting_loc(p, !strcmp(pos[i].k, "microbatches") || !strcmp(pos[i].k, "bucket_mb") ? p->parallel : p->train, pos[i].k),
                  "bad-setting", "'%s' must be positive", pos[i].k);
   if (s->beta1 < 0 || s->beta1 >= 1 || s->beta2 < 0 || s->beta2 >= 1)
     diag_error(setting_loc(p, p->train, setting_node(p->train, "betas") ? "betas" : "beta1"),

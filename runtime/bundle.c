@@ -457,7 +457,15 @@ static void read_action(Reader *r, Bundle *b, Action *a) {
   else if (!strcmp(l, "  zero_state")) a->kind = A_ZERO_STATE;
   else if (!strncmp(l, "  load ", 7)) a->kind = A_LOAD;
   else if (!strncmp(l, "  run fwd", 9)) a->kind = A_RUN_FWD;
-  else if (!strncmp(l, "  run bwd", 9)) a->kind = A_RUN_BWD;
+  else if (!strncmp(l, "  run bwd", 9)) {
+    a->kind = A_RUN_BWD;
+    a->to = b->nbwd;
+    if (field(l, "from") || field(l, "to")) {
+      int64_t from = ifield(r, "from"), to = ifield(r, "to");
+      if (from < 0 || to <= from || to > b->nbwd) bad(r, "a backward segment outside the backward program");
+      a->from = (int)from, a->to = (int)to;
+    }
+  } else if (!strncmp(l, "  wait allreduce", 16)) a->kind = A_WAIT;
   else if (!strncmp(l, "  optimizer", 11)) {
     const char *norm = field(l, "norm");
     a->kind = A_OPTIMIZER;
@@ -487,6 +495,9 @@ static void read_action(Reader *r, Bundle *b, Action *a) {
     strcat(reg, " ");
     a->kind = A_ALLREDUCE, a->region = region_of(r, reg);
     a->off = ifield(r, "off"), a->n = ifield(r, "n");
+    size_t len = strlen(l);
+    a->async = len > 6 && !strcmp(l + len - 6, " async");
+    if (a->async && a->region != R_GRAD) bad(r, "an asynchronous allreduce of a region other than the gradients");
     const char *g = field(l, "group");
     if (!g) bad(r, "allreduce without a group");
     a->axis = axis_of(r, g);
@@ -495,12 +506,35 @@ static void read_action(Reader *r, Bundle *b, Action *a) {
   if (a->mb < 0 || a->mb >= b->train.microbatches) bad(r, "microbatch out of range");
 }
 
+/* A microbatch's backward pass runs its program's segments in order, all
+ * of them; an asynchronous all-reduce is waited for. */
+static void check_actions(Reader *r, Bundle *b, const Action *list, int n) {
+  int64_t m = b->train.microbatches;
+  int *next = calloc(m, sizeof *next), queued = 0;   /* the next segment's start, per microbatch */
+  if (!next) rt_die("out of memory");
+  for (int i = 0; i < n; i++) {
+    const Action *a = &list[i];
+    if (a->kind == A_ALLREDUCE && a->async) queued++;
+    if (a->kind == A_WAIT) queued = 0;
+    if (a->kind != A_RUN_BWD) continue;
+    if (a->from != next[a->mb]) {
+      free(next);
+      bad(r, "a backward segment does not start where the microbatch's last one ended");
+    }
+    next[a->mb] = a->to == b->nbwd ? 0 : a->to;
+  }
+  for (int64_t mb = 0; mb < m; mb++)
+    if (next[mb]) free(next), bad(r, "a microbatch's backward pass stops before the end of its program");
+  free(next);
+  if (queued) bad(r, "an asynchronous allreduce with no wait after it");
+}
+
 static void read_actions(Reader *r, Bundle *b, Action **list, int *n) {
   int cap = 16;
   if (*list) bad(r, "an action list appears twice");
   *list = rt_xmalloc(cap * sizeof(Action));
   while (next_line(r)) {
-    if (!strcmp(r->buf, "end")) return;
+    if (!strcmp(r->buf, "end")) return check_actions(r, b, *list, *n);
     if (*n == cap) {
       cap *= 2;
       *list = realloc(*list, cap * sizeof(Action));

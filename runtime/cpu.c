@@ -23,6 +23,12 @@ static void cpu_release(void *p) { free(p); }
 static void cpu_allreduce_f32(void *x, int64_t n, int axis, int op) { comm_allreduce(x, n, 4, axis, op); }
 static void cpu_allreduce_f64(void *x, int64_t n, int axis, int op) { comm_allreduce(x, n, 8, axis, op); }
 
+/* An overlapped all-reduce done at once: the CPU computes in order, so it
+ * finishes where the schedule queues it, which also checks that the
+ * gradients in its bucket are final there. */
+static bool cpu_allreduce_now_f32(void *x, int64_t n, int axis) { return comm_allreduce(x, n, 4, axis, 0), true; }
+static bool cpu_allreduce_now_f64(void *x, int64_t n, int axis) { return comm_allreduce(x, n, 8, axis, 0), true; }
+
 static void cpu_send_f32(const void *x, int64_t n, int peer, int tag, int axis, int slot) {
   comm_isend(x, n, 4, peer, tag, axis, slot);
 }
@@ -101,6 +107,7 @@ Backend *cpu_backend(bool f64) {
   Backend *b = f64 ? &backend_f64 : &backend_f32;
   b->alloc = cpu_alloc, b->release = cpu_release;
   b->allreduce = f64 ? cpu_allreduce_f64 : cpu_allreduce_f32;
+  b->allreduce_async = f64 ? cpu_allreduce_now_f64 : cpu_allreduce_now_f32;
   b->send = f64 ? cpu_send_f64 : cpu_send_f32;
   b->recv = f64 ? cpu_recv_f64 : cpu_recv_f32;
   b->wait_sends = comm_wait_sends;

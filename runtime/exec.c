@@ -10,6 +10,13 @@
 #include <string.h>
 #include <unistd.h>
 
+typedef struct RunGraph {
+  const RtInst *prog;
+  int slot, from;
+  int runs;                /* before it is recorded */
+  void *exec;              /* the recording, or NULL */
+} RunGraph;
+
 static size_t elem_of(Run *r, int region) {
   return region == R_INPUT ? sizeof(int32_t) : region == R_COPY && r->typed ? 2 : (size_t)r->be->elem;
 }
@@ -45,7 +52,6 @@ Run *rt_new(Bundle *b, Backend *be) {
   r->inputs = rt_xmalloc(3 * b->B * b->T * sizeof(int32_t));
   r->slot_mb = rt_xmalloc(b->slots * sizeof(int));
   for (int s = 0; s < b->slots; s++) r->slot_mb[s] = -1;
-  r->graph = rt_xmalloc(2 * b->slots * sizeof(void *)), r->graph_runs = rt_xmalloc(2 * b->slots * sizeof(int));
   r->graphs = be->graph_begin != NULL;
   for (int i = 0; i < b->nfwd + b->nbwd; i++) {   /* a tp all-reduce goes through the host; MoE's counts too */
     int op = (i < b->nfwd ? b->fwd[i] : b->bwd[i - b->nfwd]).op;
@@ -77,9 +83,9 @@ static void free_slot(Run *r, int slot) {
 }
 
 void rt_free(Run *r) {
-  for (int i = 0; i < 2 * r->b->slots; i++)
-    if (r->graph[i]) r->be->graph_free(r->graph[i]);
-  free(r->graph), free(r->graph_runs);
+  for (int i = 0; i < r->ngraphs; i++)
+    if (r->graph[i].exec) r->be->graph_free(r->graph[i].exec);
+  free(r->graph), free(r->deferred);
   for (int i = 0; i < NUM_REGIONS; i++) r->be->release(r->region[i]);
   r->be->release(r->adam_m), r->be->release(r->adam_v);
   if (r->wide) r->be->release(r->wide);
@@ -243,21 +249,30 @@ static void moe_a2a(Run *r, const RtInst *x, void **out, void **in) {
   free(c), free(n);
 }
 
-/* A program's ops, or on a GPU their recording: the third run of a
- * (program, slot) records it (the first two grow the scratch buffers), and
- * later runs replay it. Profiling and tracing time each op, so they run
- * the ops. */
-static void run_program(Run *r, const RtInst *prog, int n, int slot) {
-  int key = 2 * slot + (prog == r->b->bwd);
+static RunGraph *graph_of(Run *r, const RtInst *prog, int slot, int from) {
+  for (int i = 0; i < r->ngraphs; i++)
+    if (r->graph[i].prog == prog && r->graph[i].slot == slot && r->graph[i].from == from) return &r->graph[i];
+  r->graph = realloc(r->graph, (r->ngraphs + 1) * sizeof *r->graph);
+  if (!r->graph) rt_die("out of memory");
+  r->graph[r->ngraphs] = (RunGraph){prog, slot, from, 0, NULL};
+  return &r->graph[r->ngraphs++];
+}
+
+/* A program's ops [from, to), or on a GPU their recording: the third run
+ * of a (program, slot, segment) records it (the first two grow the
+ * scratch buffers), and later runs replay it. Profiling and tracing time
+ * each op, so they run the ops. */
+static void run_program(Run *r, const RtInst *prog, int from, int to, int slot) {
   if (!r->graphs || r->op_time || r->trace || (prog != r->b->fwd && prog != r->b->bwd))
-    return run_ops(r, prog, n, slot);
-  if (!r->graph[key] && ++r->graph_runs[key] > 2) {
+    return run_ops(r, prog + from, to - from, slot);
+  RunGraph *g = graph_of(r, prog, slot, from);
+  if (!g->exec && ++g->runs > 2) {
     r->be->graph_begin();
-    run_ops(r, prog, n, slot);
-    r->graph[key] = r->be->graph_end();
+    run_ops(r, prog + from, to - from, slot);
+    g->exec = r->be->graph_end();
   }
-  if (r->graph[key]) r->be->graph_run(r->graph[key]);
-  else run_ops(r, prog, n, slot);
+  if (g->exec) r->be->graph_run(g->exec);
+  else run_ops(r, prog + from, to - from, slot);
 }
 
 /* moe_route when the routing is held fixed (a gradient check's finite
@@ -356,10 +371,10 @@ static void fresh_copies(Run *r) {
 
 void rt_forward(Run *r) {
   fresh_copies(r);
-  run_program(r, r->b->fwd, r->b->nfwd, 0);
+  run_program(r, r->b->fwd, 0, r->b->nfwd, 0);
   r->forwards += r->routing != 0;
 }
-void rt_backward(Run *r) { run_program(r, r->b->bwd, r->b->nbwd, 0); }
+void rt_backward(Run *r) { run_program(r, r->b->bwd, 0, r->b->nbwd, 0); }
 
 double rt_loss(Run *r) {
   double l;
@@ -449,6 +464,25 @@ static double device_optimizer(Run *r, double lr) {
 
 static int slot_of(Bundle *b, const Action *a) { return (int)(a->mb % b->slots); }
 
+static void trace_allreduce(Run *r, const Action *a, double t, const char *name) {
+  char args[96];
+  static const char *axes[] = {"dp", "tp", "pp", "ep"};
+  snprintf(args, sizeof args, "\"group\":\"%s\",\"values\":%lld", axes[a->axis], (long long)a->n);
+  trace(r, name, "collective", 1, t, args);
+}
+
+/* A step's all-reduce, done when this returns. */
+static void allreduce(Run *r, const Action *a) {
+  double t = rt_now();
+  if (a->zeros) {          /* no copy here: add nothing to the others' sum */
+    void *z = r->be->alloc(a->n * r->be->elem);
+    r->be->allreduce(z, a->n, a->axis, 0);
+    r->be->release(z);
+  } else
+    r->be->allreduce((char *)r->region[a->region] + a->off * r->be->elem, a->n, a->axis, 0);
+  trace_allreduce(r, a, t, "allreduce");
+}
+
 static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, double lr,
                         double *gnorm) {
   Bundle *b = r->b;
@@ -464,13 +498,18 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
     case A_RUN_FWD:
       fresh_copies(r);
       fill_slot(r, slot_of(b, a), (int)a->mb);
-      run_program(r, b->fwd, b->nfwd, slot_of(b, a));
+      run_program(r, b->fwd, 0, b->nfwd, slot_of(b, a));
       r->forwards += r->routing != 0;
       if (list == b->evals) free_slot(r, slot_of(b, a));   /* no backward follows */
       break;
-    case A_RUN_BWD:
-      run_program(r, b->bwd, b->nbwd, slot_of(b, a));
-      free_slot(r, slot_of(b, a));
+    case A_RUN_BWD:   /* the whole program, or a segment; the slot is free after its last */
+      run_program(r, b->bwd, a->from, a->to, slot_of(b, a));
+      if (a->to == b->nbwd) free_slot(r, slot_of(b, a));
+      break;
+    case A_WAIT:
+      if (r->be->wait_allreduces) r->be->wait_allreduces();
+      for (int k = 0; k < r->ndeferred; k++) allreduce(r, r->deferred[k]);
+      r->ndeferred = 0;
       break;
     case A_SEND:
     case A_RECV: {
@@ -491,20 +530,16 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
       trace(r, a->kind == A_SEND ? "send" : "recv", "transfer", 1, t, args);
       break;
     }
-    case A_ALLREDUCE: {
-      double t = rt_now();
-      if (a->zeros) {          /* no copy here: add nothing to the others' sum */
-        void *z = r->be->alloc(a->n * r->be->elem);
-        r->be->allreduce(z, a->n, a->axis, 0);
-        r->be->release(z);
+    case A_ALLREDUCE:
+      if (!a->async) allreduce(r, a);
+      else if (!r->be->allreduce_async ||
+               !r->be->allreduce_async((char *)r->region[a->region] + a->off * r->be->elem, a->n, a->axis)) {
+        r->deferred = realloc(r->deferred, (r->ndeferred + 1) * sizeof *r->deferred);
+        if (!r->deferred) rt_die("out of memory");
+        r->deferred[r->ndeferred++] = a;
       } else
-        r->be->allreduce((char *)r->region[a->region] + a->off * r->be->elem, a->n, a->axis, 0);
-      char args[96];
-      static const char *axes[] = {"dp", "tp", "pp", "ep"};
-      snprintf(args, sizeof args, "\"group\":\"%s\",\"values\":%lld", axes[a->axis], (long long)a->n);
-      trace(r, "allreduce", "collective", 1, t, args);
+        trace_allreduce(r, a, rt_now(), "allreduce (queued)");
       break;
-    }
     case A_OPTIMIZER: {
       r->be->wait_sends(-1);
       double t = rt_now(), clip = b->train.clip, norm;

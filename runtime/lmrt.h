@@ -132,13 +132,15 @@ typedef struct Train {
 } Train;
 
 enum { A_ZERO_GRADS, A_ZERO_STATE, A_LOAD, A_RUN_FWD, A_RUN_BWD, A_ALLREDUCE, A_OPTIMIZER,
-       A_SEND, A_RECV };
+       A_SEND, A_RECV, A_WAIT };
 typedef struct Action {
   int kind;
   int64_t mb;
   int region, axis;        /* allreduce: what and over which group */
   bool norm_tp, norm_pp, norm_ep;   /* optimizer: sum the gradient norm over these groups */
   bool zeros;              /* allreduce: join the group with zeros (no copy here) */
+  bool async;              /* allreduce: may overlap what follows, up to a wait */
+  int from, to;            /* run bwd: the program's instructions [from, to) */
   int64_t off, n;
   int value, peer;         /* send/recv: the value, the peer's index in the group */
   bool grad;
@@ -200,6 +202,12 @@ typedef struct Backend {
   void (*run_fused)(const RtInst *x, void **ops, int n);   /* optional: a generated kernel (RtInst.body) */
   double (*sumsq)(const void *const *x, const int64_t *n, int count);   /* of count tensors */
   void (*allreduce)(void *x, int64_t n, int axis, int op);  /* op 0 sum, 1 max */
+  /* optional: a sum all-reduce queued to overlap the work queued after it
+   * (false: it cannot, the interpreter runs it at the wait instead);
+   * wait_allreduces: what follows waits for every one queued, which must
+   * finish within the collectives' deadline */
+  bool (*allreduce_async)(void *x, int64_t n, int axis);
+  void (*wait_allreduces)(void);
   void (*send)(const void *x, int64_t n, int peer, int tag, int axis, int slot); /* async */
   void (*recv)(void *x, int64_t n, int peer, int tag, int axis);
   void (*wait_sends)(int slot);                             /* slot < 0: all */
@@ -279,8 +287,10 @@ typedef struct Run {
   FILE *trace;             /* Chrome trace events of the steps being traced, or NULL */
   double trace_t0;
   bool graphs;             /* replay each program as a recorded graph (a GPU backend, no tp all-reduce) */
-  void **graph;            /* per program (forward, backward) and slot: the recording, or NULL */
-  int *graph_runs;         /* runs of each before it is recorded */
+  struct RunGraph *graph;  /* per program, slot and segment: its runs and recording */
+  int ngraphs;
+  const Action **deferred; /* async all-reduces the backend could not queue, run at the wait */
+  int ndeferred;
   int routing;             /* MoE: 0 route, 1 route and record the experts, 2 replay them */
   double **routes;         /* per microbatch and forward instruction: the experts recorded (moe_route) */
   int64_t forwards;        /* forward passes run while routing is recorded or replayed */

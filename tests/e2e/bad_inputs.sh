@@ -41,6 +41,16 @@ sed -E 's/fused kernel=[a-z0-9_]+/fused kernel=lmc-fused/' "$WORK/b/rank0.sched"
 MSG="a fused instruction's kernel name is not an identifier" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
 sed -E 's/(fused kernel=[a-z0-9_]+ grid=[0-9]+) block=256/\1 block=2048/' "$WORK/b/rank0.sched" > "$WORK/broken/rank0.sched"
 MSG="a fused instruction's launch or body out of range" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
+# the backward pass's segments: in the program, in order, all of them; an
+# asynchronous all-reduce waited for
+sed 's/^  run bwd mb=0$/  run bwd mb=0 from=0 to=100000/' "$WORK/b/rank0.sched" > "$WORK/broken/rank0.sched"
+MSG="a backward segment outside the backward program" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
+sed 's/^  run bwd mb=0$/  run bwd mb=0 from=0 to=3/' "$WORK/b/rank0.sched" > "$WORK/broken/rank0.sched"
+MSG="a microbatch's backward pass stops before the end of its program" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
+sed 's/^  run bwd mb=0$/  run bwd mb=0 from=0 to=3\n  run bwd mb=0 from=4 to=5/' "$WORK/b/rank0.sched" > "$WORK/broken/rank0.sched"
+MSG="a backward segment does not start where the microbatch's last one ended" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
+sed 's/^  run bwd mb=0$/  run bwd mb=0\n  allreduce grad off=0 n=16 group=dp async/' "$WORK/b/rank0.sched" > "$WORK/broken/rank0.sched"
+MSG="an asynchronous allreduce with no wait after it" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
 
 cp -r "$CK" "$WORK/flip"
 printf '\001' | dd of="$WORK/flip/rank0.ckpt" bs=1 seek=5000 conv=notrunc 2>/dev/null
@@ -71,4 +81,4 @@ MSG="is corrupt: bad step or dtype in its header" expect_error "$LMRUN" "$WORK/b
 MSG="nothing to do: the run is at step 4" expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$WORK/b/ckpt/latest"
 MSG="unknown option '--bogus'" expect_error "$LMRUN" "$WORK/b" --bogus
 MSG="--max-steps takes a non-negative integer, got 'ten'" expect_error "$LMRUN" "$WORK/b" --max-steps ten
-echo "28 passed, 0 failed"
+echo "32 passed, 0 failed"

@@ -20,13 +20,18 @@ run dp4 4 --f64 --set dp=4
 compare dp4 one64 1e-9
 run dp2_f32 2 "" --set dp=2
 compare dp2_f32 one32 1e-4
+# small buckets: the last backward pass cut into segments, each bucket's
+# all-reduce queued as soon as its gradients are final
+run dp2_buckets 2 --f64 --set dp=2 --set microbatches=2 --set bucket_mb=0.01
+compare dp2_buckets one64 1e-9
+grep -q "run bwd mb=1 from=0 to=" "$WORK/dp2_buckets/rank1.sched" || { echo "FAIL dp2_buckets: no segments"; exit 1; }
 run pp2_gpipe 2 --f64 --set pp=2 --set microbatches=4 --set schedule=gpipe
 compare pp2_gpipe one64 1e-9
 run pp2_1f1b 2 --f64 --set pp=2 --set microbatches=4
 compare pp2_1f1b one64 1e-9
 run pp4_1f1b_m8 4 --f64 --set pp=4 --set microbatches=8
 compare pp4_1f1b_m8 one64 1e-9
-run dp2_pp2 4 --f64 --set dp=2 --set pp=2 --set microbatches=2
+run dp2_pp2 4 --f64 --set dp=2 --set pp=2 --set microbatches=2 --set bucket_mb=0.02
 compare dp2_pp2 one64 1e-9
 run pp2_f32 2 "" --set pp=2 --set microbatches=2
 compare pp2_f32 one32 1e-4
@@ -55,6 +60,8 @@ MODEL=gpt2-124m SETS=$GPT run gpt_pp2 2 --f64 --set pp=2 --set microbatches=2
 compare gpt_pp2 gpt_one 1e-9 k_b
 MODEL=gpt2-124m SETS=$GPT run gpt_tp2_pp2 4 --f64 --set tp=2 --set pp=2 --set microbatches=2
 compare gpt_tp2_pp2 gpt_one 1e-9 k_b
+MODEL=gpt2-124m SETS=$GPT run gpt_dp2_tp2 4 --f64 --set dp=2 --set tp=2 --set bucket_mb=0.01
+compare gpt_dp2_tp2 gpt_one 1e-9 k_b
 
 # reshard on load: save after 5 steps at pp=2 and at tp=2 x pp=2, resume
 # the last 5 on other layouts: the same run as straight through
