@@ -125,12 +125,14 @@ static void *open_lib(const char *const *names) {
 #define SYM(h, field, name) (*(void **)&cu.field = dlsym(h, name))
 
 /* Optional: events, for the profile's op times (without them it times
- * each op with a host wait). */
+ * each op with a host wait) and for the all-reduces overlapped with the
+ * backward pass (without them they run at the wait). */
 static struct {
   CUresult (*create)(CUevent *, unsigned);
   CUresult (*record)(CUevent, CUstream);
   CUresult (*sync)(CUevent);
   CUresult (*elapsed)(float *, CUevent, CUevent);
+  CUresult (*wait)(CUstream, CUevent, unsigned);
 } ev;
 
 /* The emulated platform's library: $LMC_CUDA_EMU_LIB, the one this build
@@ -185,6 +187,7 @@ static bool load_driver(char *why, size_t n) {
   *(void **)&ev.create = dlsym(d, "cuEventCreate"), *(void **)&ev.record = dlsym(d, "cuEventRecord");
   *(void **)&ev.sync = dlsym(d, "cuEventSynchronize"), *(void **)&ev.elapsed = dlsym(d, "cuEventElapsedTime_v2");
   if (!ev.elapsed) *(void **)&ev.elapsed = dlsym(d, "cuEventElapsedTime");
+  *(void **)&ev.wait = dlsym(d, "cuStreamWaitEvent");
   void **f = (void **)&cu;
   for (size_t i = 0; i < sizeof cu / sizeof(void *); i++)
     if (!f[i]) return snprintf(why, n, "a CUDA library lacks a function this build needs"), false;
@@ -1309,12 +1312,12 @@ static double cuda_optimizer(const OptParam *p, int count, const AdamArgs *a, do
 
 /* ---- collectives and transfers: staged through host memory ---- */
 
-/* Waits for an NCCL collective on the stream against the deadline of the
+/* Waits for the NCCL collectives on stream s against the deadline of the
  * MPI path (comm_timeout), so a stopped peer ends the job, not hangs it. */
-static void nccl_wait(int64_t n, int axis) {
+static void nccl_wait(CUstream s, int64_t n, int axis) {
   double t0 = rt_now();
   for (;;) {
-    CUresult rc = cu.stream_query(st);
+    CUresult rc = cu.stream_query(s);
     if (rc == CUDA_SUCCESS) return;
     if (rc != CUDA_ERROR_NOT_READY) CK(rc);
     ncclResult_t e = ncclSuccess;
@@ -1334,7 +1337,7 @@ static void cuda_allreduce(void *x, int64_t n, int axis, int op) {
   if (use_nccl && ncomm[axis]) {
     ncclResult_t rc = nc.allreduce(x, x, (size_t)n, ncclFloat, op ? ncclMax : ncclSum, ncomm[axis], (cudaStream_t)st);
     if (rc != ncclSuccess) rt_die("NCCL: ncclAllReduce over the %s group: %s", comm_axis_name(axis), nc.errstr(rc));
-    nccl_wait(n, axis);
+    nccl_wait(st, n, axis);
     return;
   }
   float *h = rt_xmalloc(n * sizeof(float));
@@ -1342,6 +1345,39 @@ static void cuda_allreduce(void *x, int64_t n, int axis, int op) {
   comm_allreduce(h, n, 4, axis, op);
   CK(cu.htod(dptr(x), h, n * sizeof(float)));
   free(h);
+}
+
+/* The gradient all-reduces overlapped with the backward pass: queued on
+ * a stream of their own (cst) behind an event on st, so each starts once
+ * the work queued before it (its bucket's last gradients) is done; the
+ * wait puts an event of cst's in st's way and watches cst from the host
+ * against the deadline. Without NCCL on the axis (or the driver's events)
+ * they are refused and the interpreter runs them at the wait. */
+static CUstream cst;
+static CUevent ready_ev, done_ev;
+static int64_t queued_n;
+static int queued_axis = -1;
+
+static bool cuda_allreduce_async(void *x, int64_t n, int axis) {
+  if (!use_nccl || !ncomm[axis] || !ev.create || !ev.record || !ev.wait) return false;
+  if (!cst) {
+    CK(cu.stream_create(&cst, 0));
+    CK(ev.create(&ready_ev, CU_EVENT_DISABLE_TIMING)), CK(ev.create(&done_ev, CU_EVENT_DISABLE_TIMING));
+  }
+  CK(ev.record(ready_ev, st));
+  CK(ev.wait(cst, ready_ev, 0));
+  ncclResult_t rc = nc.allreduce(x, x, (size_t)n, ncclFloat, ncclSum, ncomm[axis], (cudaStream_t)cst);
+  if (rc != ncclSuccess) rt_die("NCCL: ncclAllReduce over the %s group: %s", comm_axis_name(axis), nc.errstr(rc));
+  queued_n += n, queued_axis = axis;
+  return true;
+}
+
+static void cuda_wait_allreduces(void) {
+  if (queued_axis < 0) return;
+  CK(ev.record(done_ev, cst));
+  CK(ev.wait(st, done_ev, 0));
+  nccl_wait(cst, queued_n, queued_axis);
+  queued_n = 0, queued_axis = -1;
 }
 
 /* A bf16 value to reals and back (for the host, the collectives and the
@@ -1378,7 +1414,7 @@ static void cuda_alltoallv(const void *x, const int64_t *sc, const int64_t *sd, 
     ncclResult_t e = nc.group_end();
     if (r != ncclSuccess || e != ncclSuccess)
       rt_die("NCCL: an all-to-all over the %s group: %s", comm_axis_name(axis), nc.errstr(r != ncclSuccess ? r : e));
-    nccl_wait(total, axis);
+    nccl_wait(st, total, axis);
     return;
   }
   int64_t ns = 0, nr = 0;
@@ -1498,7 +1534,8 @@ static void cuda_graph_free(void *x) { CK(cu.graph_exec_destroy((CUgraphExec)x))
 static Backend cuda = {
     .name = "cuda-f32", .elem = 4, .alloc = cuda_alloc, .release = cuda_release, .upload = cuda_upload,
     .download = cuda_download, .zero = cuda_zero, .upload_ids = cuda_upload_ids, .run = cuda_run,
-    .sumsq = cuda_sumsq, .adamw = cuda_adamw, .allreduce = cuda_allreduce, .send = cuda_send,
+    .sumsq = cuda_sumsq, .adamw = cuda_adamw, .allreduce = cuda_allreduce, .allreduce_async = cuda_allreduce_async,
+    .wait_allreduces = cuda_wait_allreduces, .send = cuda_send,
     .recv = cuda_recv, .wait_sends = cuda_wait_sends, .gemm_peak = cuda_gemm_peak, .sync = cuda_sync,
     .peak_bytes = cuda_peak_bytes, .graph_begin = cuda_graph_begin, .graph_end = cuda_graph_end,
     .graph_run = cuda_graph_run, .graph_free = cuda_graph_free, .optimizer = cuda_optimizer, .run_fused = cuda_run_fused,

@@ -10,7 +10,15 @@
  * run their work at once, in order; a stream being captured records it
  * instead, and a graph replays the record. With LMC_CUDA_EMU_CHECK=1 every
  * launch runs three times, threads and blocks forward, reversed and
- * shuffled, from the same memory, and the results must be bitwise equal. */
+ * shuffled, from the same memory, and the results must be bitwise equal.
+ * With LMC_CUDA_EMU_STREAMS=lazy a stream's work waits in its queue until
+ * something needs it done: a synchronisation of the stream, an event
+ * recorded on it being waited for (by the host or by another stream, which
+ * then runs it up to that event), or any call on the legacy stream or that
+ * synchronises the device (synchronous copies and sets, cuMemFree,
+ * cuCtxSynchronize), which run every queue, the oldest stream's first. So
+ * work two streams share without an event between them runs in the wrong
+ * order, as it may on a GPU, and gives wrong numbers instead of passing. */
 #include "emu.h"
 #include <cuda.h>
 #include <dlfcn.h>
@@ -52,14 +60,24 @@ struct CUgraphExec_st {
 };
 struct CUstream_st {
   struct CUgraph_st *capture;   /* being captured into, or NULL */
+  Op *q;                        /* lazy: the work queued and not yet run, q[head..n) */
+  int head, n, cap;
+  uint64_t queued, ran;         /* work items enqueued and run so far (events count in these) */
+  bool running;
 };
 struct CUevent_st {
   double t;
+  struct CUstream_st *s;        /* recorded on, at its item seq (NULL: nothing to wait for) */
+  uint64_t seq;
 };
 
 static struct CUctx_st the_ctx;
 static EmuAlloc *allocs;
-static int nallocs, check_orders, all_fibers;
+static int nallocs, check_orders, all_fibers, lazy;
+static struct CUstream_st **streams;   /* in creation order */
+static int nstreams;
+static int flush(struct CUstream_st *s, uint64_t upto);
+static int flush_all(void);
 static uint64_t launches;
 static int capturing;   /* streams being captured */
 
@@ -119,6 +137,8 @@ CUresult cuInit(unsigned flags) {
     const char *c = getenv("LMC_CUDA_EMU_CHECK"), *f = getenv("LMC_CUDA_EMU_FIBERS");
     check_orders = c && *c && strcmp(c, "0");
     all_fibers = f && *f && strcmp(f, "0");
+    const char *z = getenv("LMC_CUDA_EMU_STREAMS");
+    lazy = z && !strcmp(z, "lazy");
     done = 1;
   }
   return CUDA_SUCCESS;
@@ -170,7 +190,10 @@ static CUresult no_sync_in_capture(const char *what) {
   return CUDA_SUCCESS;
 }
 
-CUresult cuCtxSynchronize(void) { return no_sync_in_capture("cuCtxSynchronize"); }
+CUresult cuCtxSynchronize(void) {
+  CUresult rc = no_sync_in_capture("cuCtxSynchronize");
+  return rc ? rc : (CUresult)flush_all();
+}
 
 CUresult cuGetErrorString(CUresult rc, const char **s) {
   *s = emu_error[0] ? emu_error : rc == CUDA_SUCCESS ? "no error" : "error in the emulated CUDA platform";
@@ -235,6 +258,8 @@ CUresult cuMemAlloc(CUdeviceptr *p, size_t bytes) {
 }
 
 CUresult cuMemFree(CUdeviceptr p) {
+  int rc = flush_all();   /* queued work may use it */
+  if (rc) return rc;
   for (int i = 0; i < nallocs; i++)
     if (allocs[i].base == (unsigned char *)(uintptr_t)p) {
       munmap(allocs[i].map, allocs[i].map_size);
@@ -258,7 +283,8 @@ typedef struct Copy {
 
 static int do_copy(void *arg) {
   Copy *c = arg;
-  if (!c->width) memmove(c->dst, c->src, c->n);
+  if (!c->width && !c->src) memmove(c->dst, c + 1, c->n);   /* from the host, taken when queued */
+  else if (!c->width) memmove(c->dst, c->src, c->n);
   else if (c->width == 1) memset(c->dst, c->value, c->n);
   else
     for (size_t i = 0; i < c->n; i++) memcpy((unsigned char *)c->dst + 4 * i, &c->value, 4);
@@ -271,7 +297,20 @@ static CUresult copy(const char *what, void *dst, bool dst_dev, const void *src,
   if (dst_dev && !emu_check_range(what, dst, n)) return CUDA_ERROR_INVALID_VALUE;
   if (src_dev && !emu_check_range(what, src, n)) return CUDA_ERROR_INVALID_VALUE;
   Copy c = {dst, src, n, 0, 0};
-  return emu_enqueue(s, do_copy, &c, sizeof c);
+  if (!lazy || sync || !s || s->capture) return emu_enqueue(s, do_copy, &c, sizeof c);
+  if (!dst_dev) {   /* into pageable host memory: done when the call returns */
+    int rc = flush(s, UINT64_MAX);
+    if (!rc) rc = emu_enqueue(s, do_copy, &c, sizeof c);
+    return rc ? rc : flush(s, UINT64_MAX);
+  }
+  if (src_dev) return emu_enqueue(s, do_copy, &c, sizeof c);
+  Copy *staged = malloc(sizeof c + n);   /* from pageable host memory: taken now, as a GPU stages it */
+  if (!staged) return emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory");
+  *staged = (Copy){dst, NULL, n, 0, 0};
+  memcpy(staged + 1, src, n);
+  int rc = emu_enqueue(s, do_copy, staged, sizeof c + n);
+  free(staged);
+  return rc;
 }
 
 #define DEV(p) ((void *)(uintptr_t)(p))
@@ -348,6 +387,8 @@ CUresult cuModuleLoadData(CUmodule *out, const void *image) {
 }
 
 CUresult cuModuleUnload(CUmodule m) {
+  int rc = flush_all();   /* queued launches run its code */
+  if (rc) return rc;
   dlclose(m->so);
   free(m->fns), free(m);
   return CUDA_SUCCESS;
@@ -513,6 +554,34 @@ static int run_op(Op *o) {
   return o->fn(o->arg);
 }
 
+/* Runs stream s's queued work up to item upto (lazy streams). A stream
+ * asked for more while it is running one of its own items waits, through
+ * events, on itself: on a GPU, a deadlock. */
+static int flush(struct CUstream_st *s, uint64_t upto) {
+  if (!s || s->ran >= upto || s->head == s->n) return CUDA_SUCCESS;
+  if (s->running) return emu_fail(CUDA_ERROR_ILLEGAL_STATE, "streams wait on each other's events in a cycle (a deadlock on a GPU)");
+  s->running = true;
+  int rc = CUDA_SUCCESS;
+  while (rc == CUDA_SUCCESS && s->ran < upto && s->head < s->n) {
+    Op o = s->q[s->head++];
+    s->ran++;
+    rc = run_op(&o);
+    free(o.arg);
+  }
+  if (s->head == s->n) s->head = s->n = 0;
+  s->running = false;
+  return rc;
+}
+
+/* Every stream's queued work, the oldest stream's first. */
+static int flush_all(void) {
+  for (int i = 0; i < nstreams; i++) {
+    int rc = flush(streams[i], UINT64_MAX);
+    if (rc) return rc;
+  }
+  return CUDA_SUCCESS;
+}
+
 int emu_enqueue(void *stream, int (*fn)(void *arg), const void *arg, size_t size) {
   struct CUstream_st *s = stream;
   void *copy = malloc(size);
@@ -527,29 +596,67 @@ int emu_enqueue(void *stream, int (*fn)(void *arg), const void *arg, size_t size
     g->ops[g->n++] = op;
     return CUDA_SUCCESS;
   }
-  int rc = run_op(&op);
+  if (lazy && s) {
+    if (s->n == s->cap) {
+      Op *grown = realloc(s->q, (s->cap = s->cap ? 2 * s->cap : 64) * sizeof *s->q);
+      if (!grown) return free(copy), emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory");
+      s->q = grown;
+    }
+    s->q[s->n++] = op, s->queued++;
+    return CUDA_SUCCESS;
+  }
+  int rc = lazy ? flush_all() : CUDA_SUCCESS;   /* the legacy stream waits for the others */
+  if (s) s->queued++, s->ran++;
+  if (rc == CUDA_SUCCESS) rc = run_op(&op);
   free(copy);
   return rc;
 }
 
 CUresult cuStreamCreate(CUstream *s, unsigned flags) {
+  struct CUstream_st **grown = realloc(streams, (nstreams + 1) * sizeof *streams);
+  if (!grown) return emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory");
+  streams = grown;
   *s = calloc(1, sizeof **s);
-  return *s ? CUDA_SUCCESS : (CUresult)emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory");
+  if (!*s) return emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory");
+  streams[nstreams++] = *s;
+  return CUDA_SUCCESS;
 }
 
 CUresult cuStreamDestroy(CUstream s) {
   if (s && s->capture) return emu_fail(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuStreamDestroy of a stream being captured");
+  int rc = flush(s, UINT64_MAX);
+  for (int i = 0; i < nstreams; i++)
+    if (streams[i] == s) memmove(&streams[i], &streams[i + 1], (--nstreams - i) * sizeof *streams);
+  if (s) free(s->q);
   free(s);
-  return CUDA_SUCCESS;
+  return rc;
 }
 
 CUresult cuStreamSynchronize(CUstream s) {
   if (s && s->capture) return emu_fail(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuStreamSynchronize of a stream being captured");
-  return CUDA_SUCCESS;
+  return s ? flush(s, UINT64_MAX) : flush_all();
 }
 
-CUresult cuStreamQuery(CUstream s) { return CUDA_SUCCESS; }
-CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned flags) { return CUDA_SUCCESS; }
+/* Done when asked: the lazy queue runs now. */
+CUresult cuStreamQuery(CUstream s) { return s ? flush(s, UINT64_MAX) : flush_all(); }
+
+typedef struct Wait {
+  struct CUstream_st *s;
+  uint64_t seq;
+} Wait;
+
+static int do_wait(void *arg) {
+  Wait *w = arg;
+  return flush(w->s, w->seq);
+}
+
+/* The stream's later work waits for the event's last record: the stream
+ * it was recorded on runs up to it first. */
+CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned flags) {
+  if (!e->s) return CUDA_SUCCESS;
+  Wait w = {e->s, e->seq};
+  return emu_enqueue(s, do_wait, &w, sizeof w);
+}
 
 CUresult cuStreamBeginCapture(CUstream s, CUstreamCaptureMode mode) {
   if (!s) return emu_fail(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuStreamBeginCapture on the legacy NULL stream");
@@ -599,7 +706,7 @@ CUresult cuGraphInstantiate(CUgraphExec *e, CUgraph g, unsigned long long flags)
 CUresult cuGraphLaunch(CUgraphExec e, CUstream s) {
   for (int i = 0; i < e->g.n; i++) {
     int rc = s && s->capture ? emu_fail(CUDA_ERROR_NOT_SUPPORTED, "cuGraphLaunch into a stream being captured")
-                             : run_op(&e->g.ops[i]);
+                             : emu_enqueue(s, e->g.ops[i].fn, e->g.ops[i].arg, e->g.ops[i].size);
     if (rc) return rc;
   }
   return CUDA_SUCCESS;
@@ -622,11 +729,22 @@ static int stamp(void *arg) {
   return CUDA_SUCCESS;
 }
 
-CUresult cuEventRecord(CUevent e, CUstream s) { return emu_enqueue(s, stamp, &e, sizeof e); }
-CUresult cuEventQuery(CUevent e) { return CUDA_SUCCESS; }
-CUresult cuEventSynchronize(CUevent e) { return no_sync_in_capture("cuEventSynchronize"); }
+CUresult cuEventRecord(CUevent e, CUstream s) {
+  bool captured = s && s->capture;
+  e->s = captured ? NULL : s, e->seq = s && !captured ? s->queued + 1 : 0;   /* this record's item */
+  return emu_enqueue(s, stamp, &e, sizeof e);
+}
+
+CUresult cuEventQuery(CUevent e) { return flush(e->s, e->seq); }
+
+CUresult cuEventSynchronize(CUevent e) {
+  CUresult rc = no_sync_in_capture("cuEventSynchronize");
+  return rc ? rc : (CUresult)flush(e->s, e->seq);
+}
 
 CUresult cuEventElapsedTime(float *ms, CUevent a, CUevent b) {
+  int rc = flush(a->s, a->seq);
+  if (rc || (rc = flush(b->s, b->seq))) return rc;
   *ms = (float)((b->t - a->t) * 1e3);
   return CUDA_SUCCESS;
 }

@@ -5,8 +5,10 @@
  * splits MPI_COMM_WORLD by the id, so every rank of the world must create
  * its communicators in the same order (lmrun creates one per mesh axis,
  * in order, on every rank) and the split must give nranks ranks, in rank
- * order. Device memory is host memory; work on a stream runs at once;
- * point-to-point calls inside ncclGroupStart/End complete at the end.
+ * order. Device memory is host memory; each call is work on its stream
+ * (driver.c runs it at once, or with LMC_CUDA_EMU_STREAMS=lazy when the
+ * stream is made to run, and a capture records it); point-to-point calls
+ * inside ncclGroupStart/End complete at the end, on the last one's stream.
  * Reductions: sum, prod, max, min over float, double, bf16 (summed in
  * float, rounded to nearest even), int32, int64, uint8. */
 #include "emu.h"
@@ -116,95 +118,141 @@ static MPI_Op mpi_op(ncclRedOp_t op) {
                                                                                                        : MPI_OP_NULL;
 }
 
-static ncclResult_t check_stream(cudaStream_t s) {
-  (void)s;   /* the emulated streams run work at once; captures of NCCL calls are not emulated */
+/* A collective's arguments, run as work on its stream. */
+typedef struct Coll {
+  int kind;                     /* C_* */
+  const void *send;
+  void *recv;
+  size_t count;
+  ncclDataType_t t;
+  ncclRedOp_t op;
+  int root;                     /* broadcast; send/recv: the peer */
+  ncclComm_t c;
+  bool grouped;                 /* send/recv inside a group: completed by its end */
+} Coll;
+enum { C_ALLREDUCE, C_BROADCAST, C_ALLGATHER, C_REDUCE_SCATTER, C_SEND, C_RECV, C_GROUP_END };
+
+static int allreduce(Coll *a) {
+  if (a->t == ncclBfloat16) {   /* reduced in float, rounded once */
+    float *x = malloc(a->count * sizeof *x + 1);
+    if (!x) return fail(ncclSystemError, "out of memory");
+    for (size_t i = 0; i < a->count; i++) x[i] = lmc_bf2f(((const uint16_t *)a->send)[i]);
+    MPI_Allreduce(MPI_IN_PLACE, x, (int)a->count, MPI_FLOAT, mpi_op(a->op), a->c->comm);
+    for (size_t i = 0; i < a->count; i++) ((uint16_t *)a->recv)[i] = lmc_f2bf(x[i]);
+    free(x);
+    return ncclSuccess;
+  }
+  MPI_Allreduce(a->send == a->recv ? MPI_IN_PLACE : a->send, a->recv, (int)a->count, mpi_type(a->t), mpi_op(a->op),
+                a->c->comm);
   return ncclSuccess;
+}
+
+static int allgather(Coll *a) {
+  size_t bytes = a->count * elem(a->t);
+  const void *src = a->send;
+  void *tmp = NULL;
+  if ((const char *)a->send == (const char *)a->recv + a->c->rank * bytes) {   /* in place: this rank's part already there */
+    if (!(tmp = malloc(bytes ? bytes : 1))) return fail(ncclSystemError, "out of memory");
+    memcpy(tmp, a->send, bytes), src = tmp;
+  }
+  MPI_Allgather(src, (int)bytes, MPI_BYTE, a->recv, (int)bytes, MPI_BYTE, a->c->comm);
+  free(tmp);
+  return ncclSuccess;
+}
+
+static int reduce_scatter(Coll *a) {
+  size_t bytes = a->count * elem(a->t);
+  void *tmp = malloc(bytes * a->c->nranks + 1);
+  if (!tmp) return fail(ncclSystemError, "out of memory");
+  memcpy(tmp, a->send, bytes * a->c->nranks);   /* send may hold recv in place */
+  MPI_Reduce_scatter_block(tmp, a->recv, (int)a->count, mpi_type(a->t), mpi_op(a->op), a->c->comm);
+  free(tmp);
+  return ncclSuccess;
+}
+
+static int p2p(Coll *a) {
+  MPI_Request req;
+  int bytes = (int)(a->count * elem(a->t));
+  if (a->kind == C_SEND) MPI_Isend(a->send, bytes, MPI_BYTE, a->root, 7, a->c->comm, &req);
+  else MPI_Irecv(a->recv, bytes, MPI_BYTE, a->root, 7, a->c->comm, &req);
+  if (!a->grouped) return MPI_Wait(&req, MPI_STATUS_IGNORE), ncclSuccess;
+  if (npending == cap_pending) {
+    MPI_Request *grown = realloc(pending, (cap_pending ? 2 * cap_pending : 16) * sizeof *pending);
+    if (!grown) return fail(ncclSystemError, "out of memory");
+    pending = grown, cap_pending = cap_pending ? 2 * cap_pending : 16;
+  }
+  pending[npending++] = req;
+  return ncclSuccess;
+}
+
+static int run_coll(void *arg) {
+  Coll *a = arg;
+  switch (a->kind) {
+  case C_ALLREDUCE: return allreduce(a);
+  case C_BROADCAST:
+    if (a->c->rank == a->root && a->send != a->recv) memmove(a->recv, a->send, a->count * elem(a->t));
+    MPI_Bcast(a->recv, (int)(a->count * elem(a->t)), MPI_BYTE, a->root, a->c->comm);
+    return ncclSuccess;
+  case C_ALLGATHER: return allgather(a);
+  case C_REDUCE_SCATTER: return reduce_scatter(a);
+  case C_SEND: case C_RECV: return p2p(a);
+  default:
+    MPI_Waitall(npending, pending, MPI_STATUSES_IGNORE);
+    npending = 0;
+    return ncclSuccess;
+  }
+}
+
+static cudaStream_t group_stream;   /* the stream of the open group's last send or receive */
+static bool group_p2p;
+
+static ncclResult_t queue(Coll a, cudaStream_t s) {
+  if (group_depth && (a.kind == C_SEND || a.kind == C_RECV)) a.grouped = true, group_stream = s, group_p2p = true;
+  return emu_enqueue(s, run_coll, &a, sizeof a) ? ncclUnhandledCudaError : ncclSuccess;   /* emu_error says why */
 }
 
 ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataType_t t, ncclRedOp_t op,
                            ncclComm_t c, cudaStream_t s) {
   if (!c || !elem(t) || mpi_op(op) == MPI_OP_NULL) return fail(ncclInvalidArgument, "ncclAllReduce: bad type or op");
-  if (check_stream(s)) return ncclInvalidUsage;
   if (count > (size_t)1 << 30) return fail(ncclInvalidArgument, "ncclAllReduce: over 2^30 elements");
-  if (t == ncclBfloat16) {   /* reduced in float, rounded once */
-    float *x = malloc(count * sizeof *x);
-    if (!x) return fail(ncclSystemError, "out of memory");
-    for (size_t i = 0; i < count; i++) x[i] = lmc_bf2f(((const uint16_t *)send)[i]);
-    MPI_Allreduce(MPI_IN_PLACE, x, (int)count, MPI_FLOAT, mpi_op(op), c->comm);
-    for (size_t i = 0; i < count; i++) ((uint16_t *)recv)[i] = lmc_f2bf(x[i]);
-    free(x);
-    return ncclSuccess;
-  }
-  if (mpi_type(t) == MPI_DATATYPE_NULL) return fail(ncclInvalidArgument, "ncclAllReduce: fp16 is not emulated");
-  MPI_Allreduce(send == recv ? MPI_IN_PLACE : send, recv, (int)count, mpi_type(t), mpi_op(op), c->comm);
-  return ncclSuccess;
+  if (t != ncclBfloat16 && mpi_type(t) == MPI_DATATYPE_NULL) return fail(ncclInvalidArgument, "ncclAllReduce: fp16 is not emulated");
+  return queue((Coll){C_ALLREDUCE, send, recv, count, t, op, 0, c, false}, s);
 }
 
 ncclResult_t ncclBroadcast(const void *send, void *recv, size_t count, ncclDataType_t t, int root, ncclComm_t c,
                            cudaStream_t s) {
   if (!c || !elem(t) || root < 0 || root >= c->nranks) return fail(ncclInvalidArgument, "ncclBroadcast: bad arguments");
-  if (c->rank == root && send != recv) memmove(recv, send, count * elem(t));
-  MPI_Bcast(recv, (int)(count * elem(t)), MPI_BYTE, root, c->comm);
-  return ncclSuccess;
+  return queue((Coll){C_BROADCAST, send, recv, count, t, ncclSum, root, c, false}, s);
 }
 
 ncclResult_t ncclAllGather(const void *send, void *recv, size_t count, ncclDataType_t t, ncclComm_t c,
                            cudaStream_t s) {
   if (!c || !elem(t)) return fail(ncclInvalidArgument, "ncclAllGather: bad type");
-  size_t bytes = count * elem(t);
-  const void *src = send;
-  void *tmp = NULL;
-  if ((const char *)send == (const char *)recv + c->rank * bytes) {   /* in place: this rank's part already there */
-    tmp = malloc(bytes ? bytes : 1);
-    memcpy(tmp, send, bytes), src = tmp;
-  }
-  MPI_Allgather(src, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, c->comm);
-  free(tmp);
-  return ncclSuccess;
+  return queue((Coll){C_ALLGATHER, send, recv, count, t, ncclSum, 0, c, false}, s);
 }
 
 ncclResult_t ncclReduceScatter(const void *send, void *recv, size_t count, ncclDataType_t t, ncclRedOp_t op,
                                ncclComm_t c, cudaStream_t s) {
   if (!c || mpi_type(t) == MPI_DATATYPE_NULL || mpi_op(op) == MPI_OP_NULL)
     return fail(ncclInvalidArgument, "ncclReduceScatter: bad type or op (16-bit floats are not emulated here)");
-  size_t bytes = count * elem(t);
-  void *tmp = malloc(bytes * c->nranks + 1);
-  memcpy(tmp, send, bytes * c->nranks);   /* send may hold recv in place */
-  MPI_Reduce_scatter_block(tmp, recv, (int)count, mpi_type(t), mpi_op(op), c->comm);
-  free(tmp);
-  return ncclSuccess;
-}
-
-static ncclResult_t p2p(bool send, void *buf, size_t count, ncclDataType_t t, int peer, ncclComm_t c) {
-  if (!c || !elem(t) || peer < 0 || peer >= c->nranks) return fail(ncclInvalidArgument, "ncclSend/Recv: bad arguments");
-  MPI_Request req;
-  int bytes = (int)(count * elem(t));
-  if (send) MPI_Isend(buf, bytes, MPI_BYTE, peer, 7, c->comm, &req);
-  else MPI_Irecv(buf, bytes, MPI_BYTE, peer, 7, c->comm, &req);
-  if (!group_depth) return MPI_Wait(&req, MPI_STATUS_IGNORE), ncclSuccess;
-  if (npending == cap_pending) {
-    cap_pending = cap_pending ? 2 * cap_pending : 16;
-    pending = realloc(pending, cap_pending * sizeof *pending);
-  }
-  pending[npending++] = req;
-  return ncclSuccess;
+  return queue((Coll){C_REDUCE_SCATTER, send, recv, count, t, op, 0, c, false}, s);
 }
 
 ncclResult_t ncclSend(const void *buf, size_t count, ncclDataType_t t, int peer, ncclComm_t c, cudaStream_t s) {
-  return p2p(true, (void *)buf, count, t, peer, c);
+  if (!c || !elem(t) || peer < 0 || peer >= c->nranks) return fail(ncclInvalidArgument, "ncclSend/Recv: bad arguments");
+  return queue((Coll){C_SEND, buf, NULL, count, t, ncclSum, peer, c, false}, s);
 }
 
 ncclResult_t ncclRecv(void *buf, size_t count, ncclDataType_t t, int peer, ncclComm_t c, cudaStream_t s) {
-  return p2p(false, buf, count, t, peer, c);
+  if (!c || !elem(t) || peer < 0 || peer >= c->nranks) return fail(ncclInvalidArgument, "ncclSend/Recv: bad arguments");
+  return queue((Coll){C_RECV, NULL, buf, count, t, ncclSum, peer, c, false}, s);
 }
 
 ncclResult_t ncclGroupStart(void) { return group_depth++, ncclSuccess; }
 
 ncclResult_t ncclGroupEnd(void) {
   if (group_depth <= 0) return fail(ncclInvalidUsage, "ncclGroupEnd without ncclGroupStart");
-  if (--group_depth == 0) {
-    MPI_Waitall(npending, pending, MPI_STATUSES_IGNORE);
-    npending = 0;
-  }
-  return ncclSuccess;
+  if (--group_depth || !group_p2p) return ncclSuccess;
+  group_p2p = false;
+  return queue((Coll){C_GROUP_END, NULL, NULL, 0, ncclFloat, ncclSum, 0, NULL, false}, group_stream);
 }

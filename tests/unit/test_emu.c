@@ -33,7 +33,7 @@ static int failures, ran;
 static void *sym(const char *name) {
   static const char *v2[] = {"cuMemAlloc", "cuMemFree", "cuMemcpyHtoD", "cuMemcpyDtoH", "cuMemsetD8", "cuMemsetD32",
                              "cuStreamBeginCapture", "cuStreamDestroy", "cuEventDestroy", "cuMemcpyHtoDAsync",
-                             "cuMemcpyDtoHAsync", "cuMemcpyDtoD", NULL};
+                             "cuMemcpyDtoHAsync", "cuMemcpyDtoD", "cuMemcpyDtoDAsync", NULL};
   char n[128];
   snprintf(n, sizeof n, "%s", name);
   for (int i = 0; v2[i]; i++)
@@ -296,6 +296,36 @@ static void graphs(void) {
   expect(ok, "stream capture records, a graph replays (twice)");
   F(cuGraphExecDestroy)(e), F(cuGraphDestroy)(g), F(cuStreamDestroy)(s);
   F(cuMemFree)(dx), F(cuMemFree)(dout), free(x);
+}
+
+/* Two streams: a copy on the second waits, through an event, for a
+ * kernel on the first. Under the emulator's lazy streams the same copy
+ * without the event runs first, when its stream is synchronised, and
+ * reads the old value (planted: the order a GPU may also pick). */
+static void streams(void) {
+  int n = 300;
+  bool lazy = !real && getenv("LMC_CUDA_EMU_STREAMS") && !strcmp(getenv("LMC_CUDA_EMU_STREAMS"), "lazy");
+  float *x = malloc(n * 4), out = -1;
+  double want = 0;
+  for (int i = 0; i < n; i++) x[i] = (float)(i % 13), want += x[i];
+  CUdeviceptr dx = dalloc(n * 4), dsum = dalloc(4), dcopy = dalloc(4);
+  CUstream s1, s2;
+  CUevent e;
+  F(cuStreamCreate)(&s1, 0), F(cuStreamCreate)(&s2, 0), F(cuEventCreate)(&e, CU_EVENT_DISABLE_TIMING);
+  F(cuMemcpyHtoD)(dx, x, n * 4);
+  void *a[] = {&dsum, &dx, &n};
+  for (int with_event = 1; with_event >= 0; with_event--) {
+    F(cuMemsetD32)(dsum, 0, 1), F(cuMemsetD32)(dcopy, 0, 1);
+    bool ok = !F(cuLaunchKernel)(fn("block_sum"), 1, 1, 1, 128, 1, 1, 128 * 4, s1, a, NULL);
+    if (with_event) ok &= !F(cuEventRecord)(e, s1) && !F(cuStreamWaitEvent)(s2, e, 0);
+    ok &= !F(cuMemcpyDtoDAsync)(dcopy, dsum, 4, s2) && !F(cuStreamSynchronize)(s2);
+    ok &= !F(cuMemcpyDtoH)(&out, dcopy, 4);
+    if (with_event) expect(ok && out == want, "a copy on one stream waits for a kernel on another through an event");
+    else if (lazy) expect(ok && out == 0, "planted: lazy streams run a copy with no event before the kernel it reads");
+    F(cuStreamSynchronize)(s1);
+  }
+  F(cuEventDestroy)(e), F(cuStreamDestroy)(s1), F(cuStreamDestroy)(s2);
+  F(cuMemFree)(dx), F(cuMemFree)(dsum), F(cuMemFree)(dcopy), free(x);
 }
 
 /* ---- cuBLASLt ---- */
@@ -722,6 +752,7 @@ int main(int argc, char **argv) {
   mma();
   cp_async();
   graphs();
+  streams();
   lt();
   lt_bias();
   lt_bgrada();
