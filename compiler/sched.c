@@ -517,6 +517,36 @@ static void rank_run(Sched *s, RankRun *runs, int r) {
   memcpy(runs[r].coord, s->coord, sizeof s->coord);
 }
 
+/* The k-th transfer of a kind (activation or gradient) from rank src to
+ * rank dst in src's list (send) or dst's (receive), or NULL. */
+static Action *nth_transfer(Graph *g, RankRun *runs, int me, int kind, int other, bool grad, int k) {
+  for (int i = 0; i < runs[me].n; i++) {
+    Action *a = &runs[me].a[i];
+    if (a->kind == kind && a->grad == grad && peer_rank(g, &runs[me], a) == other && k-- == 0) return a;
+  }
+  return NULL;
+}
+
+/* NCCL matches the transfers between two ranks in the order they are
+ * issued, activations and gradients each on a communicator of their own:
+ * each pair's receives must come in the order of its sends. */
+static void in_order(Graph *g, RankRun *runs, int src) {
+  for (int i = 0; i < runs[src].n; i++) {
+    Action *a = &runs[src].a[i];
+    if (a->kind != ACT_SEND) continue;
+    int dst = peer_rank(g, &runs[src], a), k = 0;
+    for (int j = 0; j < i; j++) {
+      Action *b = &runs[src].a[j];
+      k += b->kind == ACT_SEND && b->grad == a->grad && peer_rank(g, &runs[src], b) == dst;
+    }
+    Action *r = nth_transfer(g, runs, dst, ACT_RECV, src, a->grad, k);
+    if (r && (r->v != a->v || r->mb != a->mb))
+      diag_fatal("sched-order", "rank %d sends %%%d (mb %d) to rank %d as its transfer %d there, where rank %d "
+                 "receives %%%d (mb %d): transfers between two ranks must be received in the order they are sent",
+                 src, a->v->id, a->mb, dst, k + 1, dst, r->v->id, r->mb);
+  }
+}
+
 void sched_check(Graph *g) {
   Sched *s = world_sched(g);
   int world = s->world, nmsg = 0;
@@ -559,6 +589,7 @@ void sched_check(Graph *g) {
     if (msgs[i].count)
       diag_fatal("sched-unmatched", "rank %d sends %%%d (mb %d) to rank %d, which never receives it",
                  msgs[i].src, msgs[i].vid, msgs[i].mb, msgs[i].dst);
+  for (int r = 0; r < world; r++) in_order(g, runs, r);
 }
 
 /* ---- the planned timeline: the static check's walk, with clocks ---- */

@@ -88,6 +88,7 @@ static struct {
   const char *(*errstr)(ncclResult_t);
 } nc;
 static ncclComm_t ncomm[4];
+static ncclComm_t pcomm[2];   /* the pipeline's transfers over the pp group: activations, gradients */
 static int collectives;   /* CC_AUTO, CC_NCCL, CC_MPI */
 static bool use_nccl;
 
@@ -133,6 +134,7 @@ static struct {
   CUresult (*sync)(CUevent);
   CUresult (*elapsed)(float *, CUevent, CUevent);
   CUresult (*wait)(CUstream, CUevent, unsigned);
+  CUresult (*copy)(CUdeviceptr, CUdeviceptr, size_t, CUstream);   /* and for the pipeline's NCCL sends */
 } ev;
 
 /* The emulated platform's library: $LMC_CUDA_EMU_LIB, the one this build
@@ -187,7 +189,7 @@ static bool load_driver(char *why, size_t n) {
   *(void **)&ev.create = dlsym(d, "cuEventCreate"), *(void **)&ev.record = dlsym(d, "cuEventRecord");
   *(void **)&ev.sync = dlsym(d, "cuEventSynchronize"), *(void **)&ev.elapsed = dlsym(d, "cuEventElapsedTime_v2");
   if (!ev.elapsed) *(void **)&ev.elapsed = dlsym(d, "cuEventElapsedTime");
-  *(void **)&ev.wait = dlsym(d, "cuStreamWaitEvent");
+  *(void **)&ev.wait = dlsym(d, "cuStreamWaitEvent"), *(void **)&ev.copy = dlsym(d, "cuMemcpyDtoDAsync_v2");
   void **f = (void **)&cu;
   for (size_t i = 0; i < sizeof cu / sizeof(void *); i++)
     if (!f[i]) return snprintf(why, n, "a CUDA library lacks a function this build needs"), false;
@@ -1326,6 +1328,10 @@ static void nccl_wait(CUstream s, int64_t n, int axis) {
     if (rt_now() - t0 > comm_timeout) {
       for (int a = 0; a < 4; a++)
         if (ncomm[a]) nc.abort(ncomm[a]);
+      for (int c = 0; c < 2; c++)
+        if (pcomm[c]) nc.abort(pcomm[c]);
+      if (!n) rt_die("rank %d: no progress for %.0f s in the pipeline's NCCL sends over the %s group", comm_rank(),
+                     comm_timeout, comm_axis_name(axis));
       rt_die("rank %d: no progress for %.0f s in an NCCL collective of %lld values over the %s group", comm_rank(),
              comm_timeout, (long long)n, comm_axis_name(axis));
     }
@@ -1436,7 +1442,70 @@ typedef struct Staged {
 static Staged *staged;
 static int nstaged;
 
+/* The pipeline's transfers through NCCL (each rank a GPU of its own).
+ * A send copies the value into a buffer of its own on st (the
+ * interpreter's widened bf16 scratch is reused at once) and goes on the
+ * peer's send stream behind an event, so neither the host nor the compute
+ * stream waits for the peer; a receive is NCCL work on st, so whatever
+ * reads the value waits for it on the device. Activations and gradients
+ * travel on communicators of their own, one direction each, and NCCL
+ * matches a pair's transfers in the order they are issued, which the
+ * compiler checks the schedules keep (sched-order). wait_sends(slot) puts
+ * the slot's sends' completion in st's way before their buffers are used
+ * again; wait_sends(-1) also watches the send streams from the host
+ * against the deadline. */
+typedef struct Outgoing {
+  CUdeviceptr buf;
+  int64_t cap;                 /* reals */
+  CUevent done;                /* recorded on the send stream after the send */
+  int slot;                    /* the slot it was sent for, or -1: free */
+} Outgoing;
+static Outgoing *outgoing;
+static int noutgoing;
+static CUstream *send_st;      /* per peer in the pp group */
+static CUevent sent_ev;
+
+static bool nccl_p2p(int axis) {
+  return use_nccl && axis == AXIS_PP && pcomm[0] && ev.create && ev.record && ev.wait && ev.copy;
+}
+
+static Outgoing *outgoing_for(int64_t n, int slot) {
+  for (int i = 0; i < noutgoing; i++)
+    if (outgoing[i].slot < 0 && outgoing[i].cap >= n) return outgoing[i].slot = slot, &outgoing[i];
+  outgoing = realloc(outgoing, (noutgoing + 1) * sizeof *outgoing);
+  if (!outgoing) rt_die("out of memory");
+  Outgoing *o = &outgoing[noutgoing++];
+  *o = (Outgoing){dev_alloc(n * sizeof(float)), n, NULL, slot};
+  CK(ev.create(&o->done, CU_EVENT_DISABLE_TIMING));
+  return o;
+}
+
+static void nccl_send(const void *x, int64_t n, int peer, bool grad, int slot) {
+  if (!send_st) {
+    send_st = calloc(comm_group_size(AXIS_PP), sizeof *send_st);
+    if (!send_st) rt_die("out of memory");
+    CK(ev.create(&sent_ev, CU_EVENT_DISABLE_TIMING));
+  }
+  if (!send_st[peer]) CK(cu.stream_create(&send_st[peer], 0));
+  Outgoing *o = outgoing_for(n, slot);
+  CK(ev.copy(o->buf, dptr(x), n * sizeof(float), st));
+  CK(ev.record(sent_ev, st));
+  CK(ev.wait(send_st[peer], sent_ev, 0));
+  ncclResult_t rc = nc.send((const void *)o->buf, (size_t)n, ncclFloat, peer, pcomm[grad], (cudaStream_t)send_st[peer]);
+  if (rc != ncclSuccess) rt_die("NCCL: ncclSend to pp rank %d: %s", peer, nc.errstr(rc));
+  CK(ev.record(o->done, send_st[peer]));
+}
+
+static void nccl_wait_sends(int slot) {
+  for (int i = 0; i < noutgoing; i++)
+    if (outgoing[i].slot >= 0 && (slot < 0 || outgoing[i].slot == slot))
+      CK(ev.wait(st, outgoing[i].done, 0)), outgoing[i].slot = -1;
+  for (int p = 0; slot < 0 && send_st && p < comm_group_size(AXIS_PP); p++)
+    if (send_st[p]) nccl_wait(send_st[p], 0, AXIS_PP);
+}
+
 static void cuda_send(const void *x, int64_t n, int peer, int tag, int axis, int slot) {
+  if (nccl_p2p(axis)) return nccl_send(x, n, peer, tag & 1, slot);
   float *h = rt_xmalloc(n * sizeof(float));
   CK(cu.dtoh(h, dptr(x), n * sizeof(float)));
   comm_isend(h, n, 4, peer, tag, axis, slot);
@@ -1446,6 +1515,11 @@ static void cuda_send(const void *x, int64_t n, int peer, int tag, int axis, int
 }
 
 static void cuda_recv(void *x, int64_t n, int peer, int tag, int axis) {
+  if (nccl_p2p(axis)) {
+    ncclResult_t rc = nc.recv(x, (size_t)n, ncclFloat, peer, pcomm[tag & 1], (cudaStream_t)st);
+    if (rc != ncclSuccess) rt_die("NCCL: ncclRecv from pp rank %d: %s", peer, nc.errstr(rc));
+    return;
+  }
   float *h = rt_xmalloc(n * sizeof(float));
   comm_recv(h, n, 4, peer, tag, axis);
   CK(cu.htod(dptr(x), h, n * sizeof(float)));
@@ -1453,6 +1527,7 @@ static void cuda_recv(void *x, int64_t n, int peer, int tag, int axis) {
 }
 
 static void cuda_wait_sends(int slot) {
+  if (noutgoing) nccl_wait_sends(slot);
   comm_wait_sends(slot);
   int j = 0;
   for (int i = 0; i < nstaged; i++) {
@@ -1568,6 +1643,14 @@ static bool nccl_setup(void *emu, char *why, size_t n) {
     comm_group_bcast(&id, sizeof id, a);
     ncclResult_t rc = nc.init(&ncomm[a], comm_group_size(a), id, comm_group_rank(a));
     if (rc != ncclSuccess) rt_die("NCCL: ncclCommInitRank over the %s group: %s", comm_axis_name(a), nc.errstr(rc));
+  }
+  for (int c = 0; c < 2 && comm_group_size(AXIS_PP) > 1; c++) {   /* the pipeline's two directions */
+    ncclUniqueId id;
+    memset(&id, 0, sizeof id);
+    if (comm_group_rank(AXIS_PP) == 0 && nc.get_id(&id) != ncclSuccess) rt_die("NCCL: ncclGetUniqueId failed");
+    comm_group_bcast(&id, sizeof id, AXIS_PP);
+    ncclResult_t rc = nc.init(&pcomm[c], comm_group_size(AXIS_PP), id, comm_group_rank(AXIS_PP));
+    if (rc != ncclSuccess) rt_die("NCCL: ncclCommInitRank over the pp group: %s", nc.errstr(rc));
   }
   return true;
 }

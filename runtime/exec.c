@@ -12,7 +12,7 @@
 
 typedef struct RunGraph {
   const RtInst *prog;
-  int slot, from;
+  int slot, from, to;
   int runs;                /* before it is recorded */
   void *exec;              /* the recording, or NULL */
 } RunGraph;
@@ -249,12 +249,14 @@ static void moe_a2a(Run *r, const RtInst *x, void **out, void **in) {
   free(c), free(n);
 }
 
-static RunGraph *graph_of(Run *r, const RtInst *prog, int slot, int from) {
-  for (int i = 0; i < r->ngraphs; i++)
-    if (r->graph[i].prog == prog && r->graph[i].slot == slot && r->graph[i].from == from) return &r->graph[i];
+static RunGraph *graph_of(Run *r, const RtInst *prog, int slot, int from, int to) {
+  for (int i = 0; i < r->ngraphs; i++) {
+    RunGraph *g = &r->graph[i];
+    if (g->prog == prog && g->slot == slot && g->from == from && g->to == to) return g;
+  }
   r->graph = realloc(r->graph, (r->ngraphs + 1) * sizeof *r->graph);
   if (!r->graph) rt_die("out of memory");
-  r->graph[r->ngraphs] = (RunGraph){prog, slot, from, 0, NULL};
+  r->graph[r->ngraphs] = (RunGraph){prog, slot, from, to, 0, NULL};
   return &r->graph[r->ngraphs++];
 }
 
@@ -265,7 +267,7 @@ static RunGraph *graph_of(Run *r, const RtInst *prog, int slot, int from) {
 static void run_program(Run *r, const RtInst *prog, int from, int to, int slot) {
   if (!r->graphs || r->op_time || r->trace || (prog != r->b->fwd && prog != r->b->bwd))
     return run_ops(r, prog + from, to - from, slot);
-  RunGraph *g = graph_of(r, prog, slot, from);
+  RunGraph *g = graph_of(r, prog, slot, from, to);
   if (!g->exec && ++g->runs > 2) {
     r->be->graph_begin();
     run_ops(r, prog + from, to - from, slot);

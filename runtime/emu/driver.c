@@ -78,6 +78,7 @@ static struct CUstream_st **streams;   /* in creation order */
 static int nstreams;
 static int flush(struct CUstream_st *s, uint64_t upto);
 static int flush_all(void);
+static int sticky;   /* a failure of work run by emu_progress, reported by the next flush */
 static uint64_t launches;
 static int capturing;   /* streams being captured */
 
@@ -554,10 +555,24 @@ static int run_op(Op *o) {
   return o->fn(o->arg);
 }
 
+typedef struct Wait {
+  struct CUstream_st *s;
+  uint64_t seq;
+} Wait;
+
+static int do_wait(void *arg) {
+  Wait *w = arg;
+  return flush(w->s, w->seq);
+}
+
 /* Runs stream s's queued work up to item upto (lazy streams). A stream
  * asked for more while it is running one of its own items waits, through
  * events, on itself: on a GPU, a deadlock. */
 static int flush(struct CUstream_st *s, uint64_t upto) {
+  if (sticky) {
+    int rc = sticky;
+    return sticky = 0, rc;
+  }
   if (!s || s->ran >= upto || s->head == s->n) return CUDA_SUCCESS;
   if (s->running) return emu_fail(CUDA_ERROR_ILLEGAL_STATE, "streams wait on each other's events in a cycle (a deadlock on a GPU)");
   s->running = true;
@@ -571,6 +586,34 @@ static int flush(struct CUstream_st *s, uint64_t upto) {
   if (s->head == s->n) s->head = s->n = 0;
   s->running = false;
   return rc;
+}
+
+bool emu_lazy(void) { return lazy; }
+
+/* Runs what stream s can run now: its items up to the first that waits
+ * for a stream that cannot get there yet (one running an item that is
+ * blocked, up the call stack). */
+static void advance(struct CUstream_st *s) {
+  if (s->running) return;
+  s->running = true;
+  while (!sticky && s->head < s->n) {
+    Op *o = &s->q[s->head];
+    if (o->fn == do_wait) {
+      Wait *w = o->arg;
+      if (w->s->ran < w->seq) advance(w->s);
+      if (w->s->ran < w->seq) break;
+    }
+    Op run = *o;
+    s->head++, s->ran++;
+    sticky = run_op(&run);
+    free(run.arg);
+  }
+  if (s->head == s->n) s->head = s->n = 0;
+  s->running = false;
+}
+
+void emu_progress(void) {
+  for (int i = 0; lazy && i < nstreams; i++) advance(streams[i]);
 }
 
 /* Every stream's queued work, the oldest stream's first. */
@@ -639,16 +682,6 @@ CUresult cuStreamSynchronize(CUstream s) {
 
 /* Done when asked: the lazy queue runs now. */
 CUresult cuStreamQuery(CUstream s) { return s ? flush(s, UINT64_MAX) : flush_all(); }
-
-typedef struct Wait {
-  struct CUstream_st *s;
-  uint64_t seq;
-} Wait;
-
-static int do_wait(void *arg) {
-  Wait *w = arg;
-  return flush(w->s, w->seq);
-}
 
 /* The stream's later work waits for the event's last record: the stream
  * it was recorded on runs up to it first. */

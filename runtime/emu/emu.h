@@ -43,8 +43,13 @@ typedef struct EmuAlloc {
 } EmuAlloc;
 EmuAlloc *emu_find(const void *p);       /* the allocation holding p, or NULL */
 bool emu_check_range(const char *what, const void *p, size_t bytes);
-/* Runs fn(arg) now, or records it when the stream is being captured. */
+/* Runs fn(arg) now, queues it (lazy streams), or records it when the
+ * stream is being captured. */
 int emu_enqueue(void *stream, int (*fn)(void *arg), const void *arg, size_t size);
+bool emu_lazy(void);                     /* LMC_CUDA_EMU_STREAMS=lazy */
+/* While a stream's work blocks (an NCCL call waiting for a peer): the
+ * other streams run what they can, as they would beside it on a GPU. */
+void emu_progress(void);
 
 /* ---- nvrtc.c ---- */
 extern const char emu_device_h[], emu_abi_h[];   /* embedded by cmake/embed.cmake */

@@ -9,6 +9,11 @@
  * (driver.c runs it at once, or with LMC_CUDA_EMU_STREAMS=lazy when the
  * stream is made to run, and a capture records it); point-to-point calls
  * inside ncclGroupStart/End complete at the end, on the last one's stream.
+ * While a call waits for its peers the other streams run what they can
+ * (emu_progress). Under lazy streams a send, as NCCL's, holds its stream
+ * until the peer receives; where streams run at once (with the host) it
+ * cannot, or two ranks sending to each other first would both wait, so
+ * there it is buffered and completes later, as MPI's buffered sends do.
  * Reductions: sum, prod, max, min over float, double, bf16 (summed in
  * float, rounded to nearest even), int32, int64, uint8. */
 #include "emu.h"
@@ -25,6 +30,14 @@ struct ncclComm {
 };
 
 static int group_depth;
+static void reap(bool all);
+
+/* At MPI_Finalize (which deletes MPI_COMM_SELF's attributes first): the
+ * buffered sends still out are waited for. */
+static int at_finalize(MPI_Comm c, int key, void *value, void *extra) {
+  reap(true);
+  return MPI_SUCCESS;
+}
 static MPI_Request *pending;
 static int npending, cap_pending;
 
@@ -59,6 +72,9 @@ ncclResult_t ncclCommInitRank(ncclComm_t *out, int nranks, ncclUniqueId id, int 
   if (nranks < 1 || rank < 0 || rank >= nranks) return fail(ncclInvalidArgument, "rank outside nranks");
   uint64_t h = 0xcbf29ce484222325ULL;
   for (size_t i = 0; i < sizeof id.internal; i++) h = (h ^ (unsigned char)id.internal[i]) * 0x100000001b3ULL;
+  static int key = MPI_KEYVAL_INVALID;
+  if (key == MPI_KEYVAL_INVALID && MPI_Comm_create_keyval(MPI_COMM_NULL_COPY_FN, at_finalize, &key, NULL) == MPI_SUCCESS)
+    MPI_Comm_set_attr(MPI_COMM_SELF, key, NULL);
   struct ncclComm *c = calloc(1, sizeof *c);
   if (!c) return fail(ncclSystemError, "out of memory");
   if (MPI_Comm_split(MPI_COMM_WORLD, (int)(h & 0x3fffffff), rank, &c->comm) != MPI_SUCCESS)
@@ -76,6 +92,7 @@ ncclResult_t ncclCommInitRank(ncclComm_t *out, int nranks, ncclUniqueId id, int 
 }
 
 ncclResult_t ncclCommDestroy(ncclComm_t c) {
+  if (mpi_ready()) reap(true);
   if (c && mpi_ready()) MPI_Comm_free(&c->comm);
   free(c);
   return ncclSuccess;
@@ -118,6 +135,36 @@ static MPI_Op mpi_op(ncclRedOp_t op) {
                                                                                                        : MPI_OP_NULL;
 }
 
+/* Waits for req, letting the other streams run meanwhile. */
+static void wait_req(MPI_Request *req) {
+  for (int done = 0;;) {
+    MPI_Test(req, &done, MPI_STATUS_IGNORE);
+    if (done) return;
+    emu_progress();
+    usleep(10);
+  }
+}
+
+/* Buffered sends (streams that run at once): their copies, freed once sent. */
+typedef struct Buffered {
+  MPI_Request req;
+  void *copy;
+} Buffered;
+static Buffered *buffered;
+static int nbuffered;
+
+static void reap(bool all) {
+  int j = 0;
+  for (int i = 0; i < nbuffered; i++) {
+    int done = 0;
+    if (all) wait_req(&buffered[i].req), done = 1;
+    else MPI_Test(&buffered[i].req, &done, MPI_STATUS_IGNORE);
+    if (done) free(buffered[i].copy);
+    else buffered[j++] = buffered[i];
+  }
+  nbuffered = j;
+}
+
 /* A collective's arguments, run as work on its stream. */
 typedef struct Coll {
   int kind;                     /* C_* */
@@ -137,13 +184,17 @@ static int allreduce(Coll *a) {
     float *x = malloc(a->count * sizeof *x + 1);
     if (!x) return fail(ncclSystemError, "out of memory");
     for (size_t i = 0; i < a->count; i++) x[i] = lmc_bf2f(((const uint16_t *)a->send)[i]);
-    MPI_Allreduce(MPI_IN_PLACE, x, (int)a->count, MPI_FLOAT, mpi_op(a->op), a->c->comm);
+    MPI_Request req;
+    MPI_Iallreduce(MPI_IN_PLACE, x, (int)a->count, MPI_FLOAT, mpi_op(a->op), a->c->comm, &req);
+    wait_req(&req);
     for (size_t i = 0; i < a->count; i++) ((uint16_t *)a->recv)[i] = lmc_f2bf(x[i]);
     free(x);
     return ncclSuccess;
   }
-  MPI_Allreduce(a->send == a->recv ? MPI_IN_PLACE : a->send, a->recv, (int)a->count, mpi_type(a->t), mpi_op(a->op),
-                a->c->comm);
+  MPI_Request req;
+  MPI_Iallreduce(a->send == a->recv ? MPI_IN_PLACE : a->send, a->recv, (int)a->count, mpi_type(a->t), mpi_op(a->op),
+                 a->c->comm, &req);
+  wait_req(&req);
   return ncclSuccess;
 }
 
@@ -155,7 +206,9 @@ static int allgather(Coll *a) {
     if (!(tmp = malloc(bytes ? bytes : 1))) return fail(ncclSystemError, "out of memory");
     memcpy(tmp, a->send, bytes), src = tmp;
   }
-  MPI_Allgather(src, (int)bytes, MPI_BYTE, a->recv, (int)bytes, MPI_BYTE, a->c->comm);
+  MPI_Request req;
+  MPI_Iallgather(src, (int)bytes, MPI_BYTE, a->recv, (int)bytes, MPI_BYTE, a->c->comm, &req);
+  wait_req(&req);
   free(tmp);
   return ncclSuccess;
 }
@@ -165,7 +218,9 @@ static int reduce_scatter(Coll *a) {
   void *tmp = malloc(bytes * a->c->nranks + 1);
   if (!tmp) return fail(ncclSystemError, "out of memory");
   memcpy(tmp, a->send, bytes * a->c->nranks);   /* send may hold recv in place */
-  MPI_Reduce_scatter_block(tmp, a->recv, (int)a->count, mpi_type(a->t), mpi_op(a->op), a->c->comm);
+  MPI_Request req;
+  MPI_Ireduce_scatter_block(tmp, a->recv, (int)a->count, mpi_type(a->t), mpi_op(a->op), a->c->comm, &req);
+  wait_req(&req);
   free(tmp);
   return ncclSuccess;
 }
@@ -173,9 +228,20 @@ static int reduce_scatter(Coll *a) {
 static int p2p(Coll *a) {
   MPI_Request req;
   int bytes = (int)(a->count * elem(a->t));
+  reap(false);
+  if (a->kind == C_SEND && !a->grouped && !emu_lazy()) {   /* buffered: see the top */
+    Buffered *grown = realloc(buffered, (nbuffered + 1) * sizeof *buffered);
+    void *copy = malloc(bytes + 1);
+    if (!grown || !copy) return free(copy), fail(ncclSystemError, "out of memory");
+    buffered = grown;
+    memcpy(copy, a->send, bytes);
+    MPI_Isend(copy, bytes, MPI_BYTE, a->root, 7, a->c->comm, &buffered[nbuffered].req);
+    buffered[nbuffered++].copy = copy;
+    return ncclSuccess;
+  }
   if (a->kind == C_SEND) MPI_Isend(a->send, bytes, MPI_BYTE, a->root, 7, a->c->comm, &req);
   else MPI_Irecv(a->recv, bytes, MPI_BYTE, a->root, 7, a->c->comm, &req);
-  if (!a->grouped) return MPI_Wait(&req, MPI_STATUS_IGNORE), ncclSuccess;
+  if (!a->grouped) return wait_req(&req), ncclSuccess;
   if (npending == cap_pending) {
     MPI_Request *grown = realloc(pending, (cap_pending ? 2 * cap_pending : 16) * sizeof *pending);
     if (!grown) return fail(ncclSystemError, "out of memory");
@@ -191,13 +257,15 @@ static int run_coll(void *arg) {
   case C_ALLREDUCE: return allreduce(a);
   case C_BROADCAST:
     if (a->c->rank == a->root && a->send != a->recv) memmove(a->recv, a->send, a->count * elem(a->t));
-    MPI_Bcast(a->recv, (int)(a->count * elem(a->t)), MPI_BYTE, a->root, a->c->comm);
+    MPI_Request req;
+    MPI_Ibcast(a->recv, (int)(a->count * elem(a->t)), MPI_BYTE, a->root, a->c->comm, &req);
+    wait_req(&req);
     return ncclSuccess;
   case C_ALLGATHER: return allgather(a);
   case C_REDUCE_SCATTER: return reduce_scatter(a);
   case C_SEND: case C_RECV: return p2p(a);
   default:
-    MPI_Waitall(npending, pending, MPI_STATUSES_IGNORE);
+    for (int i = 0; i < npending; i++) wait_req(&pending[i]);
     npending = 0;
     return ncclSuccess;
   }

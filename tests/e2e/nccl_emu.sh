@@ -1,7 +1,8 @@
 #!/bin/sh
 # The CUDA backend's all-reduces through NCCL (--collectives nccl), on the
 # emulated CUDA platform and its NCCL over MPI: dp 2 x tp 2, dp 4 with the
-# gradient all-reduce overlapped (under lazy streams), pp 2 x dp 2
+# gradient all-reduce overlapped (under lazy streams), pp 2 x dp 2 (the
+# pipeline's transfers as NCCL sends and receives; again under lazy streams)
 # and (as MoE) ep 2 x dp 2 train 8 steps of a small Llama and match the
 # same layouts on the CPU
 # backend within 1e-5 (fp32, summation order aside), with NCCL named in the
@@ -37,6 +38,10 @@ layout dp2tp2 --set dp=2 --set tp=2
 # (work runs only when something waits for it: a missing event between
 # the streams gives wrong numbers); the backward's segments as graphs
 LMC_CUDA_EMU_STREAMS=lazy layout dp4_overlap --set dp=4 --set batch=8 --set microbatches=2 --set bucket_mb=0.01
+# the pipeline's transfers as NCCL sends (on a stream per peer, behind an
+# event) and receives (on the compute stream), 1F1B over 4 microbatches
+# in two slots, with the overlapped buckets, under lazy streams
+LMC_CUDA_EMU_STREAMS=lazy layout pp2dp2_lazy --set pp=2 --set dp=2 --set batch=8 --set microbatches=4 --set bucket_mb=0.01
 layout pp2dp2 --set pp=2 --set dp=2 --set microbatches=2
 # MoE over ep 2 x dp 2: the all-to-alls as grouped NCCL sends and
 # receives, the gradient and balance all-reduces over dp and ep
@@ -53,5 +58,5 @@ fi
   { status=1; echo "FAIL --collectives nccl on the CPU backend ran"; }
 grep -qxF "lmrun: error: --collectives applies to the CUDA backends (--backend cuda, cuda-emu, auto)" "$WORK/cpu_nccl.log" ||
   { status=1; echo "FAIL --collectives nccl on the CPU backend: $(cat "$WORK/cpu_nccl.log")"; }
-[ $status = 0 ] && echo "$([ "$MODE" = sanitize ] && echo 6 || echo 8) passed, 0 failed" || echo "failed"
+[ $status = 0 ] && echo "$([ "$MODE" = sanitize ] && echo 7 || echo 9) passed, 0 failed" || echo "failed"
 exit $status
