@@ -321,6 +321,7 @@ double sched_act_bytes(Sched *s);      /* one slot's activations, in bytes */
 double sched_state_bytes(Sched *s);    /* weights, gradients, Adam, bf16 copies */
 void sched_set_rank(Sched *s, int rank);
 void sched_actions(Sched *s);           /* this rank's step and eval lists */
+double sched_dp_tail(Sched *s, double flops, double bw);   /* the dp all-reduce past the last backward, seconds */
 void sched_check(Graph *g);             /* sends match receives, no deadlock */
 bool sched_has(Sched *s, Value *v);     /* v appears in this stage's schedule */
 void sched_dump_all(FILE *out, Sched *s, int rank);

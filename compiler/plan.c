@@ -3,9 +3,11 @@
  * plan the bundle would carry) and an estimate of the step time from a
  * simple model: the busiest stage's GEMM FLOPs at a given rate, stretched
  * by the pipeline bubble (m + p - 1) / m, plus the bytes each rank moves
- * (tp all-reduces, the dp gradient all-reduce, pipeline transfers, MoE's
- * all-to-alls and the ep all-reduce of the gradients but the experts') at
- * a given bandwidth, ring all-reduces counting 2 (n-1)/n of their size.
+ * (tp all-reduces, pipeline transfers, MoE's all-to-alls and the ep
+ * all-reduce of the gradients but the experts') at a given bandwidth, ring
+ * all-reduces counting 2 (n-1)/n of their size, plus what the dp gradient
+ * all-reduce, overlapped with the last backward pass bucket by bucket,
+ * outlasts that pass (sched_dp_tail).
  * MoE experts are costed at balanced routing: each rank's experts get
  * their share of the rows. */
 #include "lmc.h"
@@ -60,17 +62,17 @@ void plan_cost(Sched *s, double flops_rate, double bandwidth, PlanCost *c) {
     int counts[] = {p->nfsend, p->nbsend};
     for (int l = 0; l < 2; l++)
       for (int i = 0; i < counts[l]; i++) pp_bytes += 4.0 * shape_numel(&lists[l][i].v->shape);
-    double bytes = m * (ring(tp_bytes, tp) + pp_bytes + a2a_bytes) + ring(4.0 * s->region[V_GRAD], dp) +
-                   ring(4.0 * s->region[V_GRAD] - expert_grads, ep);
+    double bytes = m * (ring(tp_bytes, tp) + pp_bytes + a2a_bytes) + ring(4.0 * s->region[V_GRAD] - expert_grads, ep);
+    double comm = bytes / bandwidth + sched_dp_tail(s, flops_rate, bandwidth);
     double mem = s->slots * (sched_act_bytes(s) + 4.0 * s->region[V_INPUT]) + sched_state_bytes(s);
     if (mem > c->memory) c->memory = mem;
     if (m * flops > c->flops) c->flops = m * flops;
-    if (bytes > c->bytes) c->bytes = bytes;
+    if (bytes + ring(4.0 * s->region[V_GRAD], dp) > c->bytes) c->bytes = bytes + ring(4.0 * s->region[V_GRAD], dp);
+    if (comm > c->comm) c->comm = comm;
   }
   sched_stage(s, 0);
   double pp = (double)t->mesh[AX_PP];
   c->compute = c->flops / flops_rate;
   c->bubble = c->compute * (pp - 1) / m;
-  c->comm = c->bytes / bandwidth;
   c->time = c->compute + c->bubble + c->comm;
 }

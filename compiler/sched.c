@@ -339,10 +339,53 @@ static Action *segment(List *l, int mb, int from, int to, int n) {
   return a;
 }
 
+
+/* The gradient buckets of this stage in the order they are ready in its
+ * backward program (prog, n instructions): ready[b] is the instruction
+ * count after which bucket b is final, order the buckets by it (the top
+ * of the model's first among equals). Returns the number of buckets. */
+static int bucket_order(Sched *s, Inst ***prog, int *n, int **ready, int **order) {
+  int nb = (int)((s->region[V_GRAD] + bucket(s) - 1) / bucket(s));
+  *prog = bwd_program(s, n);
+  *ready = arena_alloc((nb + 1) * sizeof(int)), *order = arena_alloc((nb + 1) * sizeof(int));
+  for (int k = 0; k < *n; k++) touch_grads((*prog)[k], k, *ready, nb, bucket(s));
+  for (int b = 0; b < nb; b++) (*order)[b] = nb - 1 - b;
+  for (int i = 1; i < nb; i++)
+    for (int j = i; j > 0 && (*ready)[(*order)[j - 1]] > (*ready)[(*order)[j]]; j--) {
+      int x = (*order)[j];
+      (*order)[j] = (*order)[j - 1], (*order)[j - 1] = x;
+    }
+  return nb;
+}
+
+static int64_t bucket_size(Sched *s, int b) {
+  int64_t o = (int64_t)b * bucket(s);
+  return s->region[V_GRAD] - o < bucket(s) ? s->region[V_GRAD] - o : bucket(s);
+}
+
 static void async_bucket(List *l, Sched *s, int b) {
-  int64_t o = (int64_t)b * bucket(s), n = s->region[V_GRAD] - o < bucket(s) ? s->region[V_GRAD] - o : bucket(s);
-  allreduce(l, V_GRAD, o, n, AX_DP);
+  allreduce(l, V_GRAD, (int64_t)b * bucket(s), bucket_size(s, b), AX_DP);
   l->a[l->n - 1].async = true;
+}
+
+/* For the cost model: the seconds the dp all-reduce of this stage's
+ * gradients outlasts its last backward pass (at flops FLOP/s), each
+ * bucket a ring all-reduce at bw bytes/s started when it is ready and
+ * the one before it is done. */
+double sched_dp_tail(Sched *s, double flops, double bw) {
+  int64_t dp = s->g->prog->s.mesh[AX_DP];
+  int n, *ready, *order;
+  Inst **prog;
+  int nb = bucket_order(s, &prog, &n, &ready, &order);
+  if (dp < 2 || nb == 0) return 0;
+  double *at = arena_alloc((n + 1) * sizeof(double));   /* seconds into the pass after k instructions */
+  for (int k = 0; k < n; k++) at[k + 1] = at[k] + plan_inst_flops(prog[k]) / flops;
+  double t = 0;
+  for (int i = 0; i < nb; i++) {
+    double start = at[ready[order[i]]] > t ? at[ready[order[i]]] : t;
+    t = start + 4.0 * bucket_size(s, order[i]) * 2.0 * (dp - 1) / dp / bw;
+  }
+  return t > at[n] ? t - at[n] : 0;
 }
 
 /* The data parallel gradient all-reduce overlapped with the step's last
@@ -351,19 +394,12 @@ static void async_bucket(List *l, Sched *s, int b) {
  * has run (the top of the model's first, as the backward runs); buckets
  * finished only at the end go after the pass's sends. A wait ends them. */
 static void overlapped_grads(List *l, Sched *s) {
-  int last = -1, n, nb = (int)((s->region[V_GRAD] + bucket(s) - 1) / bucket(s));
+  int last = -1, n, *ready, *order;
+  Inst **prog;
   for (int i = 0; i < l->n; i++)
     if (l->a[i].kind == ACT_BWD) last = i;
+  int nb = bucket_order(s, &prog, &n, &ready, &order);
   if (last < 0 || nb == 0) return;
-  Inst **prog = bwd_program(s, &n);
-  int *ready = arena_alloc(nb * sizeof(int)), *order = arena_alloc(nb * sizeof(int));
-  for (int k = 0; k < n; k++) touch_grads(prog[k], k, ready, nb, bucket(s));
-  for (int b = 0; b < nb; b++) order[b] = nb - 1 - b;
-  for (int i = 1; i < nb; i++)   /* by ready point, stable: the top buckets first among equals */
-    for (int j = i; j > 0 && ready[order[j - 1]] > ready[order[j]]; j--) {
-      int x = order[j];
-      order[j] = order[j - 1], order[j - 1] = x;
-    }
   List out = {0};
   int mb = l->a[last].mb, pos = 0, b = 0;
   for (int i = 0; i < last; i++) *push(&out, l->a[i].kind) = l->a[i];

@@ -32,6 +32,8 @@ bundle gpt2 "$SRC/models/gpt2-124m.lm" --set V=256 --set D=32 --set H=4 --set L=
 bundle tp2 "$SRC/models/tiny.lm" --set D=32 --set H=4 --set G=2 --set F=48 --set L=2 --set batch=2 --set seq=16 --set tp=2 --set pp=2 --set microbatches=2
 bundle fused "$SRC/models/tiny.lm" --set D=32 --set H=4 --set G=2 --set F=48 --set L=2 --set batch=2 --set seq=16 --fuse=always
 bundle bf16 "$SRC/models/gpt2-124m.lm" --set V=256 --set D=32 --set H=4 --set L=2 --set batch=2 --set seq=16 --set precision=bf16
+# the backward cut into segments, the buckets queued between them, a wait
+bundle buckets "$SRC/models/tiny.lm" --set D=32 --set H=4 --set G=2 --set F=48 --set L=2 --set batch=4 --set seq=16 --set dp=2 --set microbatches=2 --set bucket_mb=0.005
 # a checkpoint of the tiny bundle, which the checkpoint target loads into
 "$LMRUN" "$WORK/tiny" --data "$DATA" --quiet --max-steps 1 --save-interval 1 --out "$WORK/run" 2>/dev/null
 cp "$WORK/run/ckpt/step_00000001/rank0.ckpt" "$C/ckpt/"
