@@ -50,8 +50,11 @@ static void attention_split(int64_t k, int *d, int *p) {
  * for the backward lmc_attention_bwd_dq_kK and lmc_attention_bwd_dkv_kK;
  * for head dims up to 128 also the tensor core ones (_mma_), which
  * runtime/cuda.c runs at --matmul-precision medium, bounded to the
- * registers of three blocks an SM (168 a thread) up to head dim 96, where
- * ptxas keeps them without spilling (at 128 it spills: two, 255). */
+ * registers of three blocks an SM (168 a thread) up to head dim 96, two
+ * past it. Past head dim 64 dK/dV steps 32 queries at a time; there
+ * lmc_attention_bwd_mma_dkv_q64_kK steps 64 in two blocks an SM (253
+ * registers at 96, no spills), half the barriers a key block, which
+ * LMC_ATTENTION_DKV_QT=64 picks: which is faster is a GPU's to say. */
 void kernels_attention(FILE *out, int64_t k, bool bwd) {
   int d, p;
   long long K = (long long)k;
@@ -78,6 +81,12 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
             "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv) {\n"
             "  fm_backward_dkv<%d, %d>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv);\n}\n",
             mb, K, kp, qt);
+    if (kp > 64 && kp <= 96)
+      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, 2) lmc_attention_bwd_mma_dkv_q64_k%lld("
+              "act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, "
+              "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv) {\n"
+              "  fm_backward_dkv<%d, 64>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv);\n}\n",
+              K, kp);
   }
   fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_dq_k%lld(act *dq, "
           "const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, i64 T, "

@@ -652,12 +652,23 @@ static int fa_rows(const RtInst *x) {
  * cores (kernels.cu's fm_*), 64 query rows or keys a block. */
 static bool fa_mma(const RtInst *x) { return precision == MP_MEDIUM && x->k <= 128; }
 
+/* The queries dK/dV's tensor core kernel steps at a time: compiler/
+ * kernels.c's rule, or 64 in the two-block variant it writes for head
+ * dims 65..96 when LMC_ATTENTION_DKV_QT=64 (cuda_attention_dkv_qt) asks. */
+static int dkv_qt_asked;
+void cuda_attention_dkv_qt(int qt) { dkv_qt_asked = qt; }
+
+static i64 dkv_qt(i64 k) {
+  i64 kp = (k + 15) / 16 * 16;
+  return kp <= 64 || (dkv_qt_asked == 64 && kp <= 96) ? 64 : 32;
+}
+
 /* Their dynamic shared memory, rows of bf16 tiles (the head dim rounded
  * up to 16, plus 8) as kernels.cu's fm_* lay them out: the forward's Q, K
  * and V (kind 0), dQ's Q, dO, K and V (1), dK/dV's K, V and two stages of
- * Q and dO tiles of QT queries (2; QT by compiler/kernels.c's rule) */
+ * Q and dO tiles of QT queries (2, dkv_qt) */
 static unsigned fm_smem(i64 k, int kind) {
-  i64 kp = (k + 15) / 16 * 16, qt = kp <= 64 ? 64 : 32;
+  i64 kp = (k + 15) / 16 * 16, qt = dkv_qt(k);
   i64 rows = kind == 0 ? 3 * 64 : kind == 1 ? 4 * 64 : 2 * 64 + 4 * qt;
   return (unsigned)(rows * (kp + 8) * 2);
 }
@@ -694,7 +705,8 @@ static void op_attention_bwd(const RtInst *x, void **o, void **in) {
   }
   if (o[1] || o[2]) {
     void *kv[] = {&dK, &dV, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc1, &acc2};
-    snprintf(name, sizeof name, "lmc_attention_bwd_%sdkv_k%lld", kind, K);
+    bool q64 = fa_mma(x) && dkv_qt(K) == 64 && (K + 15) / 16 * 16 > 64;   /* the variant */
+    snprintf(name, sizeof name, "lmc_attention_bwd_%sdkv_%sk%lld", kind, q64 ? "q64_" : "", K);
     launch_smem(name, blocks, (unsigned)G, (unsigned)B, FA_THREADS, fa_mma(x) ? fm_smem(K, 2) : 0, kv);
   }
 }
@@ -1662,6 +1674,11 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   static const char *names[2][3] = {{"cuda-f32", "cuda-f32-high", "cuda-f32-medium"},
                                     {"cuda-emu-f32", "cuda-emu-f32-high", "cuda-emu-f32-medium"}};
   cuda.name = names[emulate][precision];
+  const char *qt = getenv("LMC_ATTENTION_DKV_QT");
+  if (qt && *qt) {
+    if (strcmp(qt, "32") && strcmp(qt, "64")) return snprintf(why, n, "LMC_ATTENTION_DKV_QT=%s: it takes 32 or 64 (queries a step of dK/dV)", qt), NULL;
+    dkv_qt_asked = atoi(qt);
+  }
   if (!load_driver(why, n)) return NULL;
   bool events = ev.create && ev.record && ev.sync && ev.elapsed;
   cuda.time_mark = events ? cuda_time_mark : NULL, cuda.time_read = events ? cuda_time_read : NULL;

@@ -51,6 +51,8 @@ sed 's/^  run bwd mb=0$/  run bwd mb=0 from=0 to=3\n  run bwd mb=0 from=4 to=5/'
 MSG="a backward segment does not start where the microbatch's last one ended" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
 sed 's/^  run bwd mb=0$/  run bwd mb=0\n  allreduce grad off=0 n=16 group=dp async/' "$WORK/b/rank0.sched" > "$WORK/broken/rank0.sched"
 MSG="an asynchronous allreduce with no wait after it" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
+MSG="LMC_ATTENTION_DKV_QT=48: it takes 32 or 64 (queries a step of dK/dV)" \
+  expect_error env LMC_ATTENTION_DKV_QT=48 "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
 
 cp -r "$CK" "$WORK/flip"
 printf '\001' | dd of="$WORK/flip/rank0.ckpt" bs=1 seek=5000 conv=notrunc 2>/dev/null
@@ -81,4 +83,4 @@ MSG="is corrupt: bad step or dtype in its header" expect_error "$LMRUN" "$WORK/b
 MSG="nothing to do: the run is at step 4" expect_error "$LMRUN" "$WORK/b" --data "$DATA" --resume "$WORK/b/ckpt/latest"
 MSG="unknown option '--bogus'" expect_error "$LMRUN" "$WORK/b" --bogus
 MSG="--max-steps takes a non-negative integer, got 'ten'" expect_error "$LMRUN" "$WORK/b" --max-steps ten
-echo "32 passed, 0 failed"
+echo "33 passed, 0 failed"

@@ -215,7 +215,7 @@ static void optimizer(int64_t n) {
  * kernels lmc would specialise for the head dims here (compiler/kernels.c). */
 void kernels_attention(FILE *out, int64_t k, bool bwd);
 extern const char tpl_tensor_cores[];
-static const int64_t head_dims[] = {10, 40};
+static const int64_t head_dims[] = {10, 40, 96};
 
 static void write_kernels(const char *template, const char *path) {
   FILE *in = fopen(template, "rb"), *out = fopen(path, "wb");
@@ -432,30 +432,38 @@ int main(int argc, char **argv) {
   check(c, false);
   c.name = "rope_bwd", c.x.op = OP_ROPE_BWD;
   check(c, true);
-  /* head dim 10 (one thread a query row) and 40 (two, past a tile of 32
-   * keys and a block of 64 rows) */
+  /* head dim 10 (one thread a query row), 40 (two, past a tile of 32
+   * keys and a block of 64 rows) and 96 (llama-large's: on the tensor
+   * cores dK/dV steps 32 queries, or 64 in its two-block variant) */
   struct { int64_t b, t, h, g, k; const char *name, *bwd; } at[] = {
       {B, T, H, G, K, "attention (gqa 4:2, T 19, K 10)", "attention_bwd (gqa 4:2, T 19, K 10)"},
-      {1, 150, 4, 1, 40, "attention (gqa 4:1, T 150, K 40)", "attention_bwd (gqa 4:1, T 150, K 40)"}};
+      {1, 150, 4, 1, 40, "attention (gqa 4:1, T 150, K 40)", "attention_bwd (gqa 4:1, T 150, K 40)"},
+      {1, 80, 2, 1, 96, "attention (gqa 2:1, T 80, K 96)", "attention_bwd (gqa 2:1, T 80, K 96)"}};
   /* each case in fp32 on the CUDA cores, then (--matmul-precision medium)
    * in bf16 on the tensor cores, within a few bf16 roundings of the
    * output's scale */
   for (int mp = 0; mp < 2; mp++) {
     cuda_matmul_precision(mp ? MP_MEDIUM : MP_HIGHEST);
     tol = mp ? 2e-2 : tol_base;
-    for (int i = 0; i < 2; i++) {
-      static char names[2][2][64];
+    for (int i = 0; i < 3; i++) {
+      static char names[2][3][2][64];
       int64_t nq = at[i].b * at[i].t * at[i].h * at[i].k, nk = at[i].b * at[i].t * at[i].g * at[i].k;
       int64_t rows = at[i].b * at[i].h * at[i].t;
-      snprintf(names[mp][0], 64, "%s%s", at[i].name, mp ? " bf16" : "");
-      snprintf(names[mp][1], 64, "%s%s", at[i].bwd, mp ? " bf16" : "");
-      c = (Case){names[mp][0], rt_inst(OP_ATTENTION), {{nq}, {nk}, {nk}}, {{nq}, {rows, F32}}};
+      snprintf(names[mp][i][0], 64, "%s%s", at[i].name, mp ? " bf16" : "");
+      snprintf(names[mp][i][1], 64, "%s%s", at[i].bwd, mp ? " bf16" : "");
+      c = (Case){names[mp][i][0], rt_inst(OP_ATTENTION), {{nq}, {nk}, {nk}}, {{nq}, {rows, F32}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, false);
       /* inputs: dy, q, k, v, then lse and o, which run() makes by the forward */
-      c = (Case){names[mp][1], rt_inst(OP_ATTENTION_BWD), {{nq}, {nq}, {nk}, {nk}, {rows, F32}, {nq}}, {{nq}, {nk}, {nk}}};
+      c = (Case){names[mp][i][1], rt_inst(OP_ATTENTION_BWD), {{nq}, {nq}, {nk}, {nk}, {rows, F32}, {nq}}, {{nq}, {nk}, {nk}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, true);
+      if (mp && at[i].k == 96) {   /* dK/dV 64 queries a step */
+        cuda_attention_dkv_qt(64);
+        c.name = "attention_bwd (gqa 2:1, T 80, K 96) bf16, dK/dV 64 queries a step";
+        check(c, true);
+        cuda_attention_dkv_qt(32);
+      }
     }
   }
   cuda_matmul_precision(MP_HIGHEST);
