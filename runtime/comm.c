@@ -144,7 +144,8 @@ typedef struct Pending {
 static Pending *pending;
 static int npending, cappending;
 
-static MPI_Datatype type_of(int elem) { return elem == 8 ? MPI_DOUBLE : MPI_FLOAT; }
+/* reals of 8 or 4 bytes, or bf16 values moved as they are (2) */
+static MPI_Datatype type_of(int elem) { return elem == 8 ? MPI_DOUBLE : elem == 2 ? MPI_UINT16_T : MPI_FLOAT; }
 
 void comm_isend(const void *buf, int64_t n, int elem, int peer, int tag, int axis, int slot) {
   if (!active) rt_die("a send needs ranks: run under mpirun");

@@ -29,14 +29,10 @@ static void cpu_allreduce_f64(void *x, int64_t n, int axis, int op) { comm_allre
 static bool cpu_allreduce_now_f32(void *x, int64_t n, int axis) { return comm_allreduce(x, n, 4, axis, 0), true; }
 static bool cpu_allreduce_now_f64(void *x, int64_t n, int axis) { return comm_allreduce(x, n, 8, axis, 0), true; }
 
-static void cpu_send_f32(const void *x, int64_t n, int peer, int tag, int axis, int slot) {
-  comm_isend(x, n, 4, peer, tag, axis, slot);
+static void cpu_send(const void *x, int64_t n, int elem, int peer, int tag, int axis, int slot) {
+  comm_isend(x, n, elem, peer, tag, axis, slot);
 }
-static void cpu_send_f64(const void *x, int64_t n, int peer, int tag, int axis, int slot) {
-  comm_isend(x, n, 8, peer, tag, axis, slot);
-}
-static void cpu_recv_f32(void *x, int64_t n, int peer, int tag, int axis) { comm_recv(x, n, 4, peer, tag, axis); }
-static void cpu_recv_f64(void *x, int64_t n, int peer, int tag, int axis) { comm_recv(x, n, 8, peer, tag, axis); }
+static void cpu_recv(void *x, int64_t n, int elem, int peer, int tag, int axis) { comm_recv(x, n, elem, peer, tag, axis); }
 
 static void cpu_alltoallv(const void *s, const int64_t *sc, const int64_t *sd, void *r, const int64_t *rc,
                           const int64_t *rd, int elem, int axis) {
@@ -108,8 +104,7 @@ Backend *cpu_backend(bool f64) {
   b->alloc = cpu_alloc, b->release = cpu_release;
   b->allreduce = f64 ? cpu_allreduce_f64 : cpu_allreduce_f32;
   b->allreduce_async = f64 ? cpu_allreduce_now_f64 : cpu_allreduce_now_f32;
-  b->send = f64 ? cpu_send_f64 : cpu_send_f32;
-  b->recv = f64 ? cpu_recv_f64 : cpu_recv_f32;
+  b->send = cpu_send, b->recv = cpu_recv;
   b->wait_sends = comm_wait_sends;
   b->alltoallv = cpu_alltoallv;
   b->gemm_peak = cpu_gemm_peak, b->sync = cpu_sync;

@@ -31,6 +31,7 @@ static struct {
   CUresult (*alloc)(CUdeviceptr *, size_t);
   CUresult (*free)(CUdeviceptr);
   CUresult (*htod)(CUdeviceptr, const void *, size_t);
+  CUresult (*htod_async)(CUdeviceptr, const void *, size_t, CUstream);
   CUresult (*dtoh)(void *, CUdeviceptr, size_t);
   CUresult (*memset8)(CUdeviceptr, unsigned char, size_t);
   CUresult (*memset8_async)(CUdeviceptr, unsigned char, size_t, CUstream);
@@ -169,7 +170,7 @@ static bool load_driver(char *why, size_t n) {
   SYM(d, init, "cuInit"), SYM(d, device_get, "cuDeviceGet"), SYM(d, device_count, "cuDeviceGetCount");
   SYM(d, attr, "cuDeviceGetAttribute"), SYM(d, retain, "cuDevicePrimaryCtxRetain");
   SYM(d, set_current, "cuCtxSetCurrent"), SYM(d, alloc, "cuMemAlloc_v2"), SYM(d, free, "cuMemFree_v2");
-  SYM(d, htod, "cuMemcpyHtoD_v2"), SYM(d, dtoh, "cuMemcpyDtoH_v2"), SYM(d, memset8, "cuMemsetD8_v2");
+  SYM(d, htod, "cuMemcpyHtoD_v2"), SYM(d, htod_async, "cuMemcpyHtoDAsync_v2"), SYM(d, dtoh, "cuMemcpyDtoH_v2"), SYM(d, memset8, "cuMemsetD8_v2");
   SYM(d, load, "cuModuleLoadData"), SYM(d, getfn, "cuModuleGetFunction"), SYM(d, launch, "cuLaunchKernel");
   SYM(d, sync, "cuCtxSynchronize"), SYM(d, errstr, "cuGetErrorString");
   SYM(d, memset8_async, "cuMemsetD8Async"), SYM(d, stream_create, "cuStreamCreate");
@@ -416,8 +417,11 @@ static int by_id(const void *a, const void *b) {
   return x[0] != y[0] ? (x[0] < y[0] ? -1 : 1) : (x[1] < y[1] ? -1 : x[1] > y[1]);
 }
 
+/* A microbatch's ids, queued on st behind the work before them (the copy
+ * from pageable memory takes the host's data at once), so loading the
+ * next microbatch does not wait for the last one's kernels. */
 static void cuda_upload_ids(void *dst, const int32_t *src, int64_t n) {
-  CK(cu.htod(dptr(dst), src, n * sizeof(int32_t)));
+  CK(cu.htod_async(dptr(dst), src, n * sizeof(int32_t), st));
   Sorted *s = sorted_of(dptr(dst));
   if (!s || n <= 0) return;
   int32_t *pair = rt_xmalloc(2 * n * sizeof *pair), *order = rt_xmalloc(n * sizeof *order);
@@ -428,7 +432,7 @@ static void cuda_upload_ids(void *dst, const int32_t *src, int64_t n) {
     if (s->order) dev_free(s->order);
     s->order = dev_alloc(n * sizeof *order), s->n = n;
   }
-  CK(cu.htod(s->order, order, n * sizeof *order));
+  CK(cu.htod_async(s->order, order, n * sizeof *order, st));
   free(pair), free(order);
 }
 
@@ -1448,7 +1452,7 @@ static void cuda_alltoallv(const void *x, const int64_t *sc, const int64_t *sd, 
 }
 
 typedef struct Staged {
-  float *buf;
+  void *buf;
   int slot;
 } Staged;
 static Staged *staged;
@@ -1468,7 +1472,7 @@ static int nstaged;
  * against the deadline. */
 typedef struct Outgoing {
   CUdeviceptr buf;
-  int64_t cap;                 /* reals */
+  int64_t cap;                 /* bytes */
   CUevent done;                /* recorded on the send stream after the send */
   int slot;                    /* the slot it was sent for, or -1: free */
 } Outgoing;
@@ -1481,29 +1485,30 @@ static bool nccl_p2p(int axis) {
   return use_nccl && axis == AXIS_PP && pcomm[0] && ev.create && ev.record && ev.wait && ev.copy;
 }
 
-static Outgoing *outgoing_for(int64_t n, int slot) {
+static Outgoing *outgoing_for(int64_t bytes, int slot) {
   for (int i = 0; i < noutgoing; i++)
-    if (outgoing[i].slot < 0 && outgoing[i].cap >= n) return outgoing[i].slot = slot, &outgoing[i];
+    if (outgoing[i].slot < 0 && outgoing[i].cap >= bytes) return outgoing[i].slot = slot, &outgoing[i];
   outgoing = realloc(outgoing, (noutgoing + 1) * sizeof *outgoing);
   if (!outgoing) rt_die("out of memory");
   Outgoing *o = &outgoing[noutgoing++];
-  *o = (Outgoing){dev_alloc(n * sizeof(float)), n, NULL, slot};
+  *o = (Outgoing){dev_alloc(bytes), bytes, NULL, slot};
   CK(ev.create(&o->done, CU_EVENT_DISABLE_TIMING));
   return o;
 }
 
-static void nccl_send(const void *x, int64_t n, int peer, bool grad, int slot) {
+static void nccl_send(const void *x, int64_t n, int elem, int peer, bool grad, int slot) {
   if (!send_st) {
     send_st = calloc(comm_group_size(AXIS_PP), sizeof *send_st);
     if (!send_st) rt_die("out of memory");
     CK(ev.create(&sent_ev, CU_EVENT_DISABLE_TIMING));
   }
   if (!send_st[peer]) CK(cu.stream_create(&send_st[peer], 0));
-  Outgoing *o = outgoing_for(n, slot);
-  CK(ev.copy(o->buf, dptr(x), n * sizeof(float), st));
+  Outgoing *o = outgoing_for(n * elem, slot);
+  CK(ev.copy(o->buf, dptr(x), n * elem, st));
   CK(ev.record(sent_ev, st));
   CK(ev.wait(send_st[peer], sent_ev, 0));
-  ncclResult_t rc = nc.send((const void *)o->buf, (size_t)n, ncclFloat, peer, pcomm[grad], (cudaStream_t)send_st[peer]);
+  ncclResult_t rc = nc.send((const void *)o->buf, (size_t)n, elem == 2 ? ncclBfloat16 : ncclFloat, peer, pcomm[grad],
+                            (cudaStream_t)send_st[peer]);
   if (rc != ncclSuccess) rt_die("NCCL: ncclSend to pp rank %d: %s", peer, nc.errstr(rc));
   CK(ev.record(o->done, send_st[peer]));
 }
@@ -1516,25 +1521,25 @@ static void nccl_wait_sends(int slot) {
     if (send_st[p]) nccl_wait(send_st[p], 0, AXIS_PP);
 }
 
-static void cuda_send(const void *x, int64_t n, int peer, int tag, int axis, int slot) {
-  if (nccl_p2p(axis)) return nccl_send(x, n, peer, tag & 1, slot);
-  float *h = rt_xmalloc(n * sizeof(float));
-  CK(cu.dtoh(h, dptr(x), n * sizeof(float)));
-  comm_isend(h, n, 4, peer, tag, axis, slot);
+static void cuda_send(const void *x, int64_t n, int elem, int peer, int tag, int axis, int slot) {
+  if (nccl_p2p(axis)) return nccl_send(x, n, elem, peer, tag & 1, slot);
+  void *h = rt_xmalloc(n * elem);
+  CK(cu.dtoh(h, dptr(x), n * elem));
+  comm_isend(h, n, elem, peer, tag, axis, slot);
   staged = realloc(staged, (nstaged + 1) * sizeof(Staged));
   if (!staged) rt_die("out of memory");
   staged[nstaged++] = (Staged){h, slot};
 }
 
-static void cuda_recv(void *x, int64_t n, int peer, int tag, int axis) {
+static void cuda_recv(void *x, int64_t n, int elem, int peer, int tag, int axis) {
   if (nccl_p2p(axis)) {
-    ncclResult_t rc = nc.recv(x, (size_t)n, ncclFloat, peer, pcomm[tag & 1], (cudaStream_t)st);
+    ncclResult_t rc = nc.recv(x, (size_t)n, elem == 2 ? ncclBfloat16 : ncclFloat, peer, pcomm[tag & 1], (cudaStream_t)st);
     if (rc != ncclSuccess) rt_die("NCCL: ncclRecv from pp rank %d: %s", peer, nc.errstr(rc));
     return;
   }
-  float *h = rt_xmalloc(n * sizeof(float));
-  comm_recv(h, n, 4, peer, tag, axis);
-  CK(cu.htod(dptr(x), h, n * sizeof(float)));
+  void *h = rt_xmalloc(n * elem);
+  comm_recv(h, n, elem, peer, tag, axis);
+  CK(cu.htod(dptr(x), h, n * elem));
   free(h);
 }
 

@@ -518,12 +518,11 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
       void *x = r->ptr[(size_t)slot_of(b, a) * b->nvals + a->value];
       int tag = (int)(a->mb % 16000) * 2 + a->grad;
       double t = rt_now();
+      int elem = half(r, a->value) ? 2 : r->be->elem;   /* bf16 values travel as bf16 */
       if (a->kind == A_SEND)   /* (send copies out before it returns) */
-        r->be->send(wide(r, a->value, x), b->vals[a->value].n, a->peer, tag, a->axis, slot_of(b, a));
+        r->be->send(x, b->vals[a->value].n, elem, a->peer, tag, a->axis, slot_of(b, a));
       else {
-        void *w = half(r, a->value) ? reals_for(r, b->vals[a->value].n) : x;
-        r->be->recv(w, b->vals[a->value].n, a->peer, tag, a->axis);
-        narrow(r, a->value, x, w);
+        r->be->recv(x, b->vals[a->value].n, elem, a->peer, tag, a->axis);
         r->t_wait += rt_now() - t;
       }
       char args[128];

@@ -208,8 +208,10 @@ typedef struct Backend {
    * finish within the collectives' deadline */
   bool (*allreduce_async)(void *x, int64_t n, int axis);
   void (*wait_allreduces)(void);
-  void (*send)(const void *x, int64_t n, int peer, int tag, int axis, int slot); /* async */
-  void (*recv)(void *x, int64_t n, int peer, int tag, int axis);
+  /* the pipeline's transfers of n values of elem bytes (reals, or 2: bf16
+   * values held in bf16); send is asynchronous, copying out first */
+  void (*send)(const void *x, int64_t n, int elem, int peer, int tag, int axis, int slot);
+  void (*recv)(void *x, int64_t n, int elem, int peer, int tag, int axis);
   void (*wait_sends)(int slot);                             /* slot < 0: all */
   /* rows to and from every rank of the group (MoE's dispatch): counts and
    * displacements in elements of elem bytes (reals, or bf16 held in bf16),
