@@ -287,6 +287,8 @@ static void loss_allreduce(List *l, Sched *s) {
 
 /* Gradient all-reduces over axis of [off, off + n) of the gradient
  * region, in buckets. */
+#define MAX_BUCKETS 4096   /* a stage's gradient buckets: each an all-reduce and maybe a segment */
+
 static int64_t bucket(Sched *s) {   /* in elements of 4 bytes, at least 16 */
   double n = s->g->prog->s.bucket_mb * (1 << 18);
   return n < 16 ? 16 : n > 1e15 ? (int64_t)1e15 : (int64_t)n;
@@ -345,7 +347,11 @@ static Action *segment(List *l, int mb, int from, int to, int n) {
  * count after which bucket b is final, order the buckets by it (the top
  * of the model's first among equals). Returns the number of buckets. */
 static int bucket_order(Sched *s, Inst ***prog, int *n, int **ready, int **order) {
-  int nb = (int)((s->region[V_GRAD] + bucket(s) - 1) / bucket(s));
+  int64_t count = (s->region[V_GRAD] + bucket(s) - 1) / bucket(s);
+  if (count > MAX_BUCKETS)
+    diag_fatal("sched-buckets", "bucket_mb = %g cuts stage %d's %lld gradients into %lld buckets, over %d: raise it",
+               s->g->prog->s.bucket_mb, s->part->stage, (long long)s->region[V_GRAD], (long long)count, MAX_BUCKETS);
+  int nb = (int)count;
   *prog = bwd_program(s, n);
   *ready = arena_alloc((nb + 1) * sizeof(int)), *order = arena_alloc((nb + 1) * sizeof(int));
   for (int k = 0; k < *n; k++) touch_grads((*prog)[k], k, *ready, nb, bucket(s));
@@ -376,8 +382,9 @@ double sched_dp_tail(Sched *s, double flops, double bw) {
   int64_t dp = s->g->prog->s.mesh[AX_DP];
   int n, *ready, *order;
   Inst **prog;
+  if (dp < 2) return 0;
   int nb = bucket_order(s, &prog, &n, &ready, &order);
-  if (dp < 2 || nb == 0) return 0;
+  if (nb == 0) return 0;
   double *at = arena_alloc((n + 1) * sizeof(double));   /* seconds into the pass after k instructions */
   for (int k = 0; k < n; k++) at[k + 1] = at[k] + plan_inst_flops(prog[k]) / flops;
   double t = 0;
