@@ -35,7 +35,11 @@
  * add's backward), joins its weight's gradient GEMM, which reads the same
  * dy: one matmul_bgrad, whose GEMM sums dy over its inner dimension in
  * cuBLASLt's BGRADA or BGRADB epilogue (or, refused, the runtime's column
- * sums after it). */
+ * sums after it). And a GELU's backward whose dy only a matmul makes
+ * (GPT-2's dh = dy W^T in the MLP) joins that matmul as matmul_dgelu:
+ * cuBLASLt's DGELU epilogue multiplies the product by GELU's derivative
+ * at the saved pre-activation before storing it, so the product is never
+ * stored and read back (refused: the runtime's GELU backward after it). */
 #include "lmc.h"
 #include <string.h>
 
@@ -185,6 +189,38 @@ static void fuse_bgrads(Graph *g) {
   g->nbwd = j;
 }
 
+/* Instructions (forward and backward) that write v. */
+static int writers(Graph *g, Value *v) {
+  int n = 0;
+  for (int k = 0; k < g->nfwd + g->nbwd; k++) {
+    Inst *in = k < g->nfwd ? g->fwd[k] : g->bwd[k - g->nfwd];
+    for (int i = 0; i < in->nout; i++) n += in->out[i] == v;
+  }
+  return n;
+}
+
+/* gelu_bwd(dy, x) where dy is a backward matmul's product that nothing
+ * else reads or writes: one matmul_dgelu at the matmul's place. (The
+ * GELU backwards are found first and dropped after, as the counts of
+ * readers and writers scan the whole list.) */
+static void fuse_dgelus(Graph *g) {
+  bool *drop = arena_alloc((g->nbwd + 1) * sizeof(bool));
+  for (int k = 0; k < g->nbwd; k++) {
+    Inst *gb = g->bwd[k], *mm = gb->op == OP_GELU_BWD ? gb->in[0]->def : NULL;
+    if (!mm || mm->op != OP_MATMUL || !mm->bwd || mm->stage != gb->stage || mm->acc[0] || gb->acc[0] ||
+        readers(g, mm->out[0]) != 1 || writers(g, mm->out[0]) != 1)
+      continue;
+    mm->op = OP_MATMUL_DGELU, mm->nin = 3;
+    mm->in[2] = gb->in[1];
+    mm->out[0] = gb->out[0], mm->out[0]->def = mm;
+    drop[k] = true;
+  }
+  int j = 0;
+  for (int k = 0; k < g->nbwd; k++)
+    if (!drop[k]) g->bwd[j++] = g->bwd[k];
+  g->nbwd = j;
+}
+
 void fuse_bias(Graph *g) {
   int j = 0;
   for (int k = 0; k < g->nfwd; k++) {
@@ -203,6 +239,7 @@ void fuse_bias(Graph *g) {
   g->nfwd = j;
   fuse_gelus(g);
   fuse_bgrads(g);
+  fuse_dgelus(g);
   for (int k = 0; k < g->nfwd; k++) g->fwd[k]->id = k;
   for (int k = 0; k < g->nbwd; k++) g->bwd[k]->id = g->nfwd + k;
 }

@@ -18,6 +18,7 @@ static const char *section_of(int op) {
   case OP_MATMUL_BIAS: return "add";   /* lmc_add_bias, where cuBLASLt refuses the bias epilogue */
   case OP_MATMUL_BIAS_GELU: return "gelu";   /* lmc_gelu (and the add's), where it refuses GELU_AUX_BIAS */
   case OP_MATMUL_BGRAD: return "add_bwd";    /* the bias's column sums, where cuBLASLt refuses BGRADA/B */
+  case OP_MATMUL_DGELU: return "gelu_bwd";   /* GELU's backward after the GEMM, where it refuses DGELU */
   case OP_MOE_A2A: case OP_MOE_A2A_REV: return NULL;   /* the runtime's all-to-alls */
   case OP_MOE_ROUTE: case OP_MOE_LOSS: case OP_MOE_DISPATCH: case OP_MOE_UP: case OP_MOE_UP_GELU: case OP_MOE_DOWN:
   case OP_MOE_COMBINE: case OP_MOE_ROUTE_BWD: case OP_MOE_DISPATCH_BWD: case OP_MOE_UP_BWD: case OP_MOE_UP_GELU_BWD:

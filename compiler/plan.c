@@ -15,7 +15,7 @@
 
 double plan_inst_flops(Inst *in) {
   switch (in->op) {
-  case OP_MATMUL: case OP_MATMUL_BGRAD: return 2 * ir_get(in, "m") * ir_get(in, "n") * ir_get(in, "k");
+  case OP_MATMUL: case OP_MATMUL_BGRAD: case OP_MATMUL_DGELU: return 2 * ir_get(in, "m") * ir_get(in, "n") * ir_get(in, "k");
   case OP_MATMUL_BIAS: case OP_MATMUL_BIAS_GELU:
     return 2 * ir_get(in, "m") * ir_get(in, "n") * ir_get(in, "k") + ir_get(in, "m") * ir_get(in, "n");
   case OP_HEAD_XENT: case OP_HEAD_DL: return 2 * ir_get(in, "m") * ir_get(in, "n") * ir_get(in, "k");

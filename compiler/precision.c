@@ -39,7 +39,8 @@ static Graph *G;
 static bool reads_copy(const Inst *in, int j) {
   if (in->in[j]->router) return false;
   switch (in->op) {
-  case OP_MATMUL: case OP_MATMUL_BIAS: case OP_MATMUL_BIAS_GELU: case OP_HEAD_XENT: case OP_HEAD_XENT_BWD: case OP_HEAD_DL:
+  case OP_MATMUL: case OP_MATMUL_BIAS: case OP_MATMUL_BIAS_GELU: case OP_MATMUL_DGELU: case OP_HEAD_XENT:
+  case OP_HEAD_XENT_BWD: case OP_HEAD_DL:
     return true;
   case OP_EMBED: return j == 1;
   case OP_MOE_UP: case OP_MOE_UP_GELU: case OP_MOE_DOWN: case OP_MOE_UP_BWD: case OP_MOE_UP_GELU_BWD:

@@ -289,6 +289,7 @@ static void needs(const RtInst *x, int64_t in[RT_MAX_IN], int64_t out[3], bool i
   case OP_MATMUL_BIAS_GELU:
     out[0] = out[1] = x->m * x->n, in[0] = x->m * x->k, in[1] = x->k * x->n, in[2] = x->n;
     break;
+  case OP_MATMUL_DGELU: out[0] = in[2] = x->m * x->n, in[0] = x->m * x->k, in[1] = x->k * x->n; break;
   case OP_RMSNORM: out[0] = in[0] = nd, out[1] = x->n, in[1] = x->d; break;
   case OP_RMSNORM_BWD: out[0] = in[0] = in[1] = nd, out[1] = in[2] = x->d, in[3] = x->n; break;
   case OP_LAYERNORM: out[0] = in[0] = nd, out[1] = out[2] = x->n, in[1] = in[2] = x->d; break;
@@ -357,10 +358,11 @@ static bool sane(const RtInst *x) {
     if (x->seg < x->e || x->seg % x->e) return false;   /* segment s runs expert s % e */
   if ((x->op == OP_MOE_A2A || x->op == OP_MOE_A2A_REV) && (x->seg <= 0 || x->e % x->seg)) return false;
   if ((x->op == OP_MATMUL || x->op == OP_MATMUL_BIAS || x->op == OP_MATMUL_BIAS_GELU || x->op == OP_HEAD_XENT ||
-       x->op == OP_HEAD_XENT_BWD || x->op == OP_HEAD_DL || x->op == OP_MATMUL_BGRAD) &&
+       x->op == OP_HEAD_XENT_BWD || x->op == OP_HEAD_DL || x->op == OP_MATMUL_BGRAD || x->op == OP_MATMUL_DGELU) &&
       (x->m <= 0 || x->n <= 0 || x->k <= 0))
     return false;
   if (x->op == OP_MATMUL_BGRAD && (x->bg < 0 || x->bg > 1 || (x->bg ? x->tb : !x->ta))) return false;   /* dy k x len */
+  if (x->op == OP_MATMUL_DGELU && x->acc[0]) return false;   /* the epilogue's product is not added to */
   return true;
 }
 

@@ -550,8 +550,9 @@ static int ragged_algo(cublasLtMatmulDesc_t desc, cudaDataType_t ab, cudaDataTyp
  * where bias is not 0, and with aux also GELU's (C = gelu(product + bias),
  * aux = product + bias, laid out as C); or, with bgrad (1: our A, 2: our
  * B), writing to bias (fp32) that operand's sums over k (BGRADB, BGRADA:
- * cuBLASLt's A is our B); false where cuBLASLt refuses that epilogue
- * (nothing done). */
+ * cuBLASLt's A is our B); or, with bgrad 3 (DGELU), C = product times
+ * GELU's derivative at aux (laid out as C, of C's type); false where
+ * cuBLASLt refuses that epilogue (nothing done). */
 static bool gemm_ep(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, CUdeviceptr a,
                     int64_t lda, CUdeviceptr b, int64_t ldb, float beta, CUdeviceptr c, int64_t ldc, CUdeviceptr bias,
                     CUdeviceptr aux, int bgrad) {
@@ -581,15 +582,18 @@ static bool gemm_ep(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t
   LT(cu.desc_create(&desc, ct, CUDA_R_32F));
   LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
   LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
-  if (bias) {   /* cuBLASLt's D is our C^T: its rows are our columns, as the bias runs */
-    cublasLtEpilogue_t ep = bgrad ? (bgrad == 2 ? CUBLASLT_EPILOGUE_BGRADA : CUBLASLT_EPILOGUE_BGRADB)
+  if (bias || bgrad == 3) {   /* cuBLASLt's D is our C^T: its rows are our columns, as the bias runs */
+    cublasLtEpilogue_t ep = bgrad == 3 ? CUBLASLT_EPILOGUE_DGELU
+                            : bgrad ? (bgrad == 2 ? CUBLASLT_EPILOGUE_BGRADA : CUBLASLT_EPILOGUE_BGRADB)
                             : aux ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_BIAS;
     void *bp = (void *)bias, *xp = (void *)aux;
     int32_t bt = ct_c;   /* the output's type: cuBLASLt's rule */
     int64_t xld = ldc;
     LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
-    LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp));
-    LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+    if (bias) {
+      LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp));
+      LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+    }
     if (aux) {
       LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &xp, sizeof xp));
       LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &xld, sizeof xld));
@@ -769,6 +773,25 @@ static void op_matmul_bgrad(const RtInst *x, const CUdeviceptr *O, const CUdevic
   void *a[] = {&c.part, &dy, &rows, &len, &c.per};
   col_pass("lmc_add_bwd_bias", &c, len, a);
   col_finish(&c, len, 0, (void *)(uintptr_t)O[1], x->acc[1]);
+}
+
+/* matmul_dgelu: the GEMM with cuBLASLt's DGELU epilogue (the product
+ * times GELU's derivative at the pre-activation, in[2], laid out as the
+ * output); where refused (once: not asked again), or the pre-activation
+ * is not of the output's type, the GEMM and then GELU's backward in place. */
+static void op_matmul_dgelu(const RtInst *x, const CUdeviceptr *O, const CUdeviceptr *I) {
+  static bool refused;
+  i64 mn = x->m * x->n, lda = x->ta ? x->m : x->k, ldb = x->tb ? x->k : x->n;
+  unsigned ty = gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0));
+  bool same = !(x->bf & RT_BF_IN(2)) == !(x->bf & RT_BF_OUT(0));
+  if (!refused && same && gemm_ep(ty, x->ta, x->tb, x->m, x->n, x->k, 1, I[0], lda, I[1], ldb, 0, O[0], x->n, 0, I[2], 3))
+    return;
+  refused |= same;
+  gemm_t(ty, x->ta, x->tb, x->m, x->n, x->k, 1, I[0], lda, I[1], ldb, 0, O[0], x->n);
+  CUdeviceptr y = O[0], pre = I[2];
+  int acc = 0;
+  void *a[] = {&y, &y, &pre, &mn, &acc};
+  launch("lmc_gelu_bwd", grid_for(mn), a);
 }
 
 /* matmul_bias: the bias in cuBLASLt's epilogue, or after the GEMM in a
@@ -1090,6 +1113,7 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
   }
   case OP_MATMUL_BIAS: case OP_MATMUL_BIAS_GELU: op_matmul_bias(x, O, I); return;
   case OP_MATMUL_BGRAD: op_matmul_bgrad(x, O, I); return;
+  case OP_MATMUL_DGELU: op_matmul_dgelu(x, O, I); return;
   case OP_EMBED: { void *a[] = {&O[0], &I[0], &I[1], &n, &d, &v, &v0}; launch("lmc_embed", grid_for(n * d), a); return; }
   case OP_EMBED_BWD: {
     if (!acc0) cuda_zero(o[0], v * d);

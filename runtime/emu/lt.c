@@ -291,8 +291,8 @@ static cublasStatus_t check(const Gemm *g) {
     return lt_fail(CUBLAS_STATUS_NOT_SUPPORTED, "CUBLASLT_EPILOGUE_BGRADB only works with transposed B");
   if (e == CUBLASLT_EPILOGUE_BGRADB && g->b.order != CUBLASLT_ORDER_COL)   /* the same H200, a second time */
     return lt_fail(CUBLAS_STATUS_NOT_SUPPORTED, "CUBLASLT_EPILOGUE_BGRADB only works with B in CUBLASLT_ORDER_COL order");
-  if (((e & CUBLASLT_EPILOGUE_BIAS) || e == CUBLASLT_EPILOGUE_BGRADA || e == CUBLASLT_EPILOGUE_BGRADB) &&
-      getenv("LMC_CUDA_EMU_REFUSE_BIAS"))   /* tests: the runtime's way around */
+  if (((e & CUBLASLT_EPILOGUE_BIAS) || e == CUBLASLT_EPILOGUE_BGRADA || e == CUBLASLT_EPILOGUE_BGRADB ||
+       e == CUBLASLT_EPILOGUE_DGELU) && getenv("LMC_CUDA_EMU_REFUSE_BIAS"))   /* tests: the runtime's way around */
     return lt_fail(CUBLAS_STATUS_NOT_SUPPORTED, "epilogue %u refused (LMC_CUDA_EMU_REFUSE_BIAS)", e);
   if ((e & CUBLASLT_EPILOGUE_BIAS) && d->bias_type >= 0 && d->bias_type != (int32_t)g->D.type)   /* cublasLt.h's rule */
     return lt_fail(CUBLAS_STATUS_NOT_SUPPORTED, "epilogue %u: the bias (type %d) must be of D's type (%d)", e,

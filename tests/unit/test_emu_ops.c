@@ -361,6 +361,18 @@ int main(int argc, char **argv) {
       check(c, true);
       unsetenv("LMC_CUDA_EMU_REFUSE_BIAS");
     }
+  /* GELU's backward in the GEMM before it (cuBLASLt's DGELU), as in
+   * GPT-2's MLP: dh = dy W^T times gelu' at the pre-activation (in[2]);
+   * accepted, then refused (the GEMM, then GELU's backward; the refusal
+   * is kept, so last) */
+  for (int r = 0; r < 2; r++) {
+    Case c = {r ? "matmul_dgelu (epilogue refused: GELU's backward after)" : "matmul_dgelu", rt_inst(OP_MATMUL_DGELU),
+              {{n * 17}, {24 * 17}, {n * 24}}, {{n * 24}}};
+    c.x.m = n, c.x.n = 24, c.x.k = 17, c.x.tb = 1;
+    if (r) setenv("LMC_CUDA_EMU_REFUSE_BIAS", "1", 1);
+    check(c, false);
+    unsetenv("LMC_CUDA_EMU_REFUSE_BIAS");
+  }
   if (bf) {   /* f32 operands into bf16 through an f32 product: its bias (bf16, D's type) added after */
     Case c = {"matmul_bias f32 x f32 -> bf16", rt_inst(OP_MATMUL_BIAS), {{n * 17, F32}, {17 * 21, F32}, {21}},
               {{n * 21}}};
