@@ -74,8 +74,8 @@ struct CUevent_st {
 static struct CUctx_st the_ctx;
 static EmuAlloc *allocs;
 static int nallocs, check_orders, all_fibers, lazy;
-static struct CUstream_st **streams;   /* in creation order */
-static int nstreams;
+static struct CUstream_st **streams;   /* in creation order; after them the destroyed ones (graves) */
+static int nstreams, graves;
 static int flush(struct CUstream_st *s, uint64_t upto);
 static int flush_all(void);
 static int sticky;   /* a failure of work run by emu_progress, reported by the next flush */
@@ -656,11 +656,12 @@ int emu_enqueue(void *stream, int (*fn)(void *arg), const void *arg, size_t size
 }
 
 CUresult cuStreamCreate(CUstream *s, unsigned flags) {
-  struct CUstream_st **grown = realloc(streams, (nstreams + 1) * sizeof *streams);
+  struct CUstream_st **grown = realloc(streams, (nstreams + graves + 1) * sizeof *streams);
   if (!grown) return emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory");
   streams = grown;
   *s = calloc(1, sizeof **s);
   if (!*s) return emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory");
+  if (graves) streams[nstreams + graves] = streams[nstreams];   /* a grave moves to the end */
   streams[nstreams++] = *s;
   return CUDA_SUCCESS;
 }
@@ -668,10 +669,13 @@ CUresult cuStreamCreate(CUstream *s, unsigned flags) {
 CUresult cuStreamDestroy(CUstream s) {
   if (s && s->capture) return emu_fail(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuStreamDestroy of a stream being captured");
   int rc = flush(s, UINT64_MAX);
-  for (int i = 0; i < nstreams; i++)
-    if (streams[i] == s) memmove(&streams[i], &streams[i + 1], (--nstreams - i) * sizeof *streams);
-  if (s) free(s->q);
-  free(s);
+  for (int i = 0; s && i < nstreams; i++)
+    if (streams[i] == s) {   /* kept (empty) for the events recorded on it: a grave */
+      memmove(&streams[i], &streams[i + 1], (nstreams + graves - i - 1) * sizeof *streams);
+      nstreams--, streams[nstreams + graves] = s, graves++;
+      break;
+    }
+  if (s) free(s->q), s->q = NULL, s->head = s->n = s->cap = 0;
   return rc;
 }
 

@@ -136,10 +136,17 @@ static MPI_Op mpi_op(ncclRedOp_t op) {
 }
 
 /* Waits for req, letting the other streams run meanwhile. */
-static void wait_req(MPI_Request *req) {
+/* Waits for req, letting the other streams run meanwhile; past
+ * $LMC_CUDA_EMU_NCCL_TIMEOUT seconds (300) without it, an error (a peer
+ * that stopped), not a hang. */
+static int wait_req(MPI_Request *req) {
+  const char *e = getenv("LMC_CUDA_EMU_NCCL_TIMEOUT");
+  double limit = e && atof(e) > 0 ? atof(e) : 300, t0 = MPI_Wtime();
   for (int done = 0;;) {
     MPI_Test(req, &done, MPI_STATUS_IGNORE);
-    if (done) return;
+    if (done) return ncclSuccess;
+    if (MPI_Wtime() - t0 > limit)
+      return fail(ncclRemoteError, "a peer did not join a collective or transfer within LMC_CUDA_EMU_NCCL_TIMEOUT");
     emu_progress();
     usleep(10);
   }
@@ -157,7 +164,7 @@ static void reap(bool all) {
   int j = 0;
   for (int i = 0; i < nbuffered; i++) {
     int done = 0;
-    if (all) wait_req(&buffered[i].req), done = 1;
+    if (all) done = wait_req(&buffered[i].req) == ncclSuccess;
     else MPI_Test(&buffered[i].req, &done, MPI_STATUS_IGNORE);
     if (done) free(buffered[i].copy);
     else buffered[j++] = buffered[i];
@@ -186,7 +193,7 @@ static int allreduce(Coll *a) {
     for (size_t i = 0; i < a->count; i++) x[i] = lmc_bf2f(((const uint16_t *)a->send)[i]);
     MPI_Request req;
     MPI_Iallreduce(MPI_IN_PLACE, x, (int)a->count, MPI_FLOAT, mpi_op(a->op), a->c->comm, &req);
-    wait_req(&req);
+    if (wait_req(&req)) return free(x), ncclRemoteError;
     for (size_t i = 0; i < a->count; i++) ((uint16_t *)a->recv)[i] = lmc_f2bf(x[i]);
     free(x);
     return ncclSuccess;
@@ -194,8 +201,7 @@ static int allreduce(Coll *a) {
   MPI_Request req;
   MPI_Iallreduce(a->send == a->recv ? MPI_IN_PLACE : a->send, a->recv, (int)a->count, mpi_type(a->t), mpi_op(a->op),
                  a->c->comm, &req);
-  wait_req(&req);
-  return ncclSuccess;
+  return wait_req(&req);
 }
 
 static int allgather(Coll *a) {
@@ -208,9 +214,9 @@ static int allgather(Coll *a) {
   }
   MPI_Request req;
   MPI_Iallgather(src, (int)bytes, MPI_BYTE, a->recv, (int)bytes, MPI_BYTE, a->c->comm, &req);
-  wait_req(&req);
+  int rc = wait_req(&req);
   free(tmp);
-  return ncclSuccess;
+  return rc;
 }
 
 static int reduce_scatter(Coll *a) {
@@ -220,9 +226,9 @@ static int reduce_scatter(Coll *a) {
   memcpy(tmp, a->send, bytes * a->c->nranks);   /* send may hold recv in place */
   MPI_Request req;
   MPI_Ireduce_scatter_block(tmp, a->recv, (int)a->count, mpi_type(a->t), mpi_op(a->op), a->c->comm, &req);
-  wait_req(&req);
+  int rc = wait_req(&req);
   free(tmp);
-  return ncclSuccess;
+  return rc;
 }
 
 static int p2p(Coll *a) {
@@ -241,7 +247,7 @@ static int p2p(Coll *a) {
   }
   if (a->kind == C_SEND) MPI_Isend(a->send, bytes, MPI_BYTE, a->root, 7, a->c->comm, &req);
   else MPI_Irecv(a->recv, bytes, MPI_BYTE, a->root, 7, a->c->comm, &req);
-  if (!a->grouped) return wait_req(&req), ncclSuccess;
+  if (!a->grouped) return wait_req(&req);
   if (npending == cap_pending) {
     MPI_Request *grown = realloc(pending, (cap_pending ? 2 * cap_pending : 16) * sizeof *pending);
     if (!grown) return fail(ncclSystemError, "out of memory");
@@ -259,15 +265,16 @@ static int run_coll(void *arg) {
     if (a->c->rank == a->root && a->send != a->recv) memmove(a->recv, a->send, a->count * elem(a->t));
     MPI_Request req;
     MPI_Ibcast(a->recv, (int)(a->count * elem(a->t)), MPI_BYTE, a->root, a->c->comm, &req);
-    wait_req(&req);
-    return ncclSuccess;
+    return wait_req(&req);
   case C_ALLGATHER: return allgather(a);
   case C_REDUCE_SCATTER: return reduce_scatter(a);
   case C_SEND: case C_RECV: return p2p(a);
-  default:
-    for (int i = 0; i < npending; i++) wait_req(&pending[i]);
+  default: {
+    int rc = ncclSuccess;
+    for (int i = 0; i < npending && !rc; i++) rc = wait_req(&pending[i]);
     npending = 0;
-    return ncclSuccess;
+    return rc;
+  }
   }
 }
 

@@ -324,7 +324,9 @@ static void streams(void) {
     else if (lazy) expect(ok && out == 0, "planted: lazy streams run a copy with no event before the kernel it reads");
     F(cuStreamSynchronize)(s1);
   }
-  F(cuEventDestroy)(e), F(cuStreamDestroy)(s1), F(cuStreamDestroy)(s2);
+  F(cuStreamDestroy)(s1);   /* an event outlives the stream it was recorded on */
+  expect(!F(cuEventSynchronize)(e) && !F(cuEventQuery)(e), "an event recorded on a destroyed stream is done");
+  F(cuEventDestroy)(e), F(cuStreamDestroy)(s2);
   F(cuMemFree)(dx), F(cuMemFree)(dsum), F(cuMemFree)(dcopy), free(x);
 }
 
