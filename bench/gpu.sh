@@ -5,7 +5,9 @@
 # T=2048), each in fp32 storage and (column lmc-cuda-bf16) under
 # `precision = bf16` (GPT-2 also with the LM head that recomputes its
 # logits, --fuse=recompute, column lmc-cuda-bf16-recompute, beside the
-# default head_dl); and lmc's MoE (8 experts, top 2) against its dense
+# default head_dl; in the quick set GPT-2 and llama-large also with their
+# GEMMs' algorithms timed, LMC_GEMM_TUNE=1, column lmc-cuda-bf16-tuned);
+# and lmc's MoE (8 experts, top 2) against its dense
 # twin with the same parameters per token. For each lmc run bench_train prints the
 # NVRTC time (cold the first time a model's kernels are compiled, warm
 # when the cubin cache has them), tokens/s, achieved FLOP/s over the
@@ -41,13 +43,15 @@ torch_ok=0
 $py -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null && torch_ok=1
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,power.draw --format=csv,noheader
 
-# lmc ROW BACKEND[:COLUMN] STEPS SPEC [--set ...]: bench_train on a bundle of SPEC
+# lmc ROW BACKEND[:COLUMN] STEPS SPEC [--set ...]: bench_train on a bundle of
+# SPEC (with the environment $rowenv, when set)
+rowenv=
 lmc_row() {
   row=$1 be=${2%%:*} col=${2#*:} steps=$3 spec=$4
   shift 4
-  echo "== lmc $row ($col)"
+  echo "== lmc $row ($col)${rowenv:+ $rowenv}"
   "$lmc" "$root/models/$spec.lm" -q -o "$work/b" "$@" || return
-  out=$(timeout 300 "$bench" "$work/b" "$steps" "$be" 2>&1)
+  out=$(env $rowenv timeout 300 "$bench" "$work/b" "$steps" "$be" 2>&1)
   echo "$out"
   tps=$(echo "$out" | sed -n 's/.*| \([0-9]*\) tokens\/s |.*/\1/p')
   echo "$row lmc-$col ${tps:-failed}" >> "$table"
@@ -88,10 +92,16 @@ if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # torch.compile for GPT-2 only (its w
   lmc_row gpt2-B8-T1024 cuda-medium 5 gpt2-124m $gpt
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16 5 gpt2-124m $gpt --set precision=bf16
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-recompute 5 gpt2-124m $gpt --set precision=bf16 --fuse=recompute
+  rowenv=LMC_GEMM_TUNE=1
+  lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-tuned 5 gpt2-124m $gpt --set precision=bf16
+  rowenv=
   torch_row gpt2-B8-T1024 bf16 torch_gpt2.py 8 1024 bf16 10
   torch_row gpt2-B8-T1024 bf16c torch_gpt2.py 8 1024 bf16c 10
   lmc_row llama-large-B8-T2048 cuda-medium 3 llama-large
   lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16 3 llama-large --set precision=bf16
+  rowenv=LMC_GEMM_TUNE=1
+  lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16-tuned 3 llama-large --set precision=bf16
+  rowenv=
   lmc_row moe-8x2-D512 cuda-medium:cuda-bf16 5 moe-tiny $moe --set F=688 --set precision=bf16
   lmc_row dense-twin-D512 cuda-medium:cuda-bf16 5 tiny $moe --set F=1376 --set precision=bf16
 else

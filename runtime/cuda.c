@@ -136,6 +136,7 @@ static struct {
   CUresult (*elapsed)(float *, CUevent, CUevent);
   CUresult (*wait)(CUstream, CUevent, unsigned);
   CUresult (*copy)(CUdeviceptr, CUdeviceptr, size_t, CUstream);   /* and for the pipeline's NCCL sends */
+  CUresult (*destroy)(CUevent);
 } ev;
 
 /* The emulated platform's library: $LMC_CUDA_EMU_LIB, the one this build
@@ -191,6 +192,7 @@ static bool load_driver(char *why, size_t n) {
   *(void **)&ev.sync = dlsym(d, "cuEventSynchronize"), *(void **)&ev.elapsed = dlsym(d, "cuEventElapsedTime_v2");
   if (!ev.elapsed) *(void **)&ev.elapsed = dlsym(d, "cuEventElapsedTime");
   *(void **)&ev.wait = dlsym(d, "cuStreamWaitEvent"), *(void **)&ev.copy = dlsym(d, "cuMemcpyDtoDAsync_v2");
+  *(void **)&ev.destroy = dlsym(d, "cuEventDestroy_v2");
   void **f = (void **)&cu;
   for (size_t i = 0; i < sizeof cu / sizeof(void *); i++)
     if (!f[i]) return snprintf(why, n, "a CUDA library lacks a function this build needs"), false;
@@ -482,7 +484,13 @@ static void narrow_to(CUdeviceptr y, CUdeviceptr x, int64_t n);
  * its own choice, for that shape class from then on. */
 static bool ragged;
 
-typedef struct LtKey { int64_t m, n, k, lda, ldb, ldc; uint32_t align[3]; unsigned ty; int prec; bool ta, tb; } LtKey;
+typedef struct LtKey {
+  int64_t m, n, k, lda, ldb, ldc;
+  uint32_t align[3];
+  unsigned ty;
+  int prec, ep;   /* ep: the epilogue (tuned GEMMs; 0 for the ragged) */
+  bool ta, tb, tuned;
+} LtKey;
 static struct { LtKey key; int state; cublasLtMatmulAlgo_t algo; } lt_algos[4096];   /* state: 0 free, 1 algo, 2 none */
 
 /* the alignment cuBLASLt may assume of an operand (its heuristic takes
@@ -546,6 +554,67 @@ static int ragged_algo(cublasLtMatmulDesc_t desc, cudaDataType_t ab, cudaDataTyp
   return at;
 }
 
+/* ---- GEMM algorithms timed (LMC_GEMM_TUNE=1) ----
+ * The first time a GEMM of a shape, operand types and epilogue runs
+ * outside a graph capture, cuBLASLt's heuristic gives up to eight
+ * algorithms; each runs once and then three times between two events,
+ * into scratch outputs (D, and the aux or bias-gradient output of the
+ * epilogues that write one; C and the inputs are read as the GEMM reads
+ * them), and the fastest is kept for the run. Off by default: timing
+ * decides, so two runs may pick differently and differ in their last
+ * bits, as with cuDNN's benchmark mode. */
+static bool tune;
+static bool capturing;   /* st is being recorded into a graph: nothing is timed */
+
+enum { EP_NONE, EP_BIAS, EP_GELU_AUX_BIAS, EP_BGRADB, EP_BGRADA, EP_DGELU };
+
+static int tuned_algo(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t l[3], unsigned ty, bool ta, bool tb, int64_t m,
+                      int64_t n, int64_t k, CUdeviceptr a, int64_t lda, CUdeviceptr b, int64_t ldb, float alpha,
+                      float beta, CUdeviceptr c, int64_t ldc, int ep, CUdeviceptr bias, CUdeviceptr aux, int64_t len) {
+  LtKey key;
+  memset(&key, 0, sizeof key);
+  key.m = m, key.n = n, key.k = k, key.lda = lda, key.ldb = ldb, key.ldc = ldc, key.ty = ty, key.prec = precision;
+  key.ta = ta, key.tb = tb, key.ep = ep, key.tuned = true;
+  key.align[0] = align_of(b), key.align[1] = align_of(a), key.align[2] = align_of(c);
+  int at = lt_slot(&key);
+  if (at < 0 || lt_algos[at].state || capturing) return at;
+  static CUdeviceptr sd, sx;
+  static size_t nsd, nsx;
+  cublasLtMatmulPreference_t pref;
+  cublasLtMatmulHeuristicResult_t r[8];
+  int got = 0;
+  LT(cu.pref_create(&pref));
+  LT(cu.pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_size, sizeof workspace_size));
+  if (cu.heuristic(lt, desc, l[0], l[1], l[2], l[2], pref, 8, r, &got) != CUBLAS_STATUS_SUCCESS) got = 0;
+  cu.pref_destroy(pref);
+  CUdeviceptr d = scratch(&sd, &nsd, m * ldc);   /* reals: room for D of either type */
+  void *xp = (void *)scratch(&sx, &nsx, ep == EP_BGRADA || ep == EP_BGRADB ? len : m * ldc);
+  if (ep == EP_GELU_AUX_BIAS) LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &xp, sizeof xp));
+  if (ep == EP_BGRADA || ep == EP_BGRADB) LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &xp, sizeof xp));
+  CUevent t[2];
+  CK(ev.create(&t[0], 0)), CK(ev.create(&t[1], 0));
+  float best = 0;
+  lt_algos[at].key = key, lt_algos[at].state = 2;
+  for (int i = 0; i < got; i++) {
+    if (r[i].state != CUBLAS_STATUS_SUCCESS) continue;
+    bool ok = true;
+    for (int rep = 0; rep < 4 && ok; rep++) {
+      if (rep == 1) CK(ev.record(t[0], st));
+      ok = cu.matmul(lt, desc, &alpha, (void *)b, l[0], (void *)a, l[1], &beta, (void *)c, l[2], (void *)d, l[2],
+                     &r[i].algo, (void *)workspace, workspace_size, (cudaStream_t)st) == CUBLAS_STATUS_SUCCESS;
+    }
+    if (!ok) continue;
+    float ms;
+    CK(ev.record(t[1], st)), CK(ev.sync(t[1])), CK(ev.elapsed(&ms, t[0], t[1]));
+    if (lt_algos[at].state == 2 || ms < best) lt_algos[at].algo = r[i].algo, lt_algos[at].state = 1, best = ms;
+  }
+  CK(ev.destroy(t[0])), CK(ev.destroy(t[1]));
+  void *bp = (void *)bias, *ap = (void *)aux;   /* the real outputs back */
+  if (ep == EP_GELU_AUX_BIAS) LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &ap, sizeof ap));
+  if (ep == EP_BGRADA || ep == EP_BGRADB) LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof bp));
+  return at;
+}
+
 /* gemm_t with an epilogue adding bias[n] (of C's type) over C's rows,
  * where bias is not 0, and with aux also GELU's (C = gelu(product + bias),
  * aux = product + bias, laid out as C); or, with bgrad (1: our A, 2: our
@@ -600,7 +669,12 @@ static bool gemm_ep(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t
     }
   }
   lt_layouts(l, ab, ct_c, p);
-  int at = ragged ? ragged_algo(desc, ab, ct_c, ty, ta, tb, m, n, k, a, lda, b, ldb, c, ldc) : -1;
+  int ep = bgrad == 3 ? EP_DGELU : bgrad ? (bgrad == 2 ? EP_BGRADA : EP_BGRADB) : !bias ? EP_NONE
+           : aux ? EP_GELU_AUX_BIAS : EP_BIAS;
+  int at = ragged ? ragged_algo(desc, ab, ct_c, ty, ta, tb, m, n, k, a, lda, b, ldb, c, ldc)
+           : tune ? tuned_algo(desc, l, ty, ta, tb, m, n, k, a, lda, b, ldb, alpha, beta, c, ldc, ep, bias, aux,
+                               bgrad == 2 ? n : m)
+                  : -1;
   const cublasLtMatmulAlgo_t *algo = at >= 0 && lt_algos[at].state == 1 ? &lt_algos[at].algo : NULL;
   cublasStatus_t rc = cu.matmul(lt, desc, &alpha, (void *)b, l[0], (void *)a, l[1], &beta, (void *)c, l[2], (void *)c,
                                 l[2], algo, (void *)workspace, workspace_size, (cudaStream_t)st);
@@ -1633,12 +1707,16 @@ static void cuda_time_read(double *seconds) {
  * recorded, not run; graph_run replays it. The interpreter records each
  * program (per microbatch slot) once its scratch buffers have grown, so no
  * allocation or host wait falls inside. */
-static void cuda_graph_begin(void) { CK(cu.capture_begin(st, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)); }
+static void cuda_graph_begin(void) {
+  CK(cu.capture_begin(st, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
+  capturing = true;
+}
 
 static void *cuda_graph_end(void) {
   CUgraph g;
   CUgraphExec x;
   CK(cu.capture_end(st, &g));
+  capturing = false;
   CK(cu.graph_instantiate(&x, g, 0));
   CK(cu.graph_destroy(g));
   return x;
@@ -1711,6 +1789,8 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   if (!load_driver(why, n)) return NULL;
   bool events = ev.create && ev.record && ev.sync && ev.elapsed;
   cuda.time_mark = events ? cuda_time_mark : NULL, cuda.time_read = events ? cuda_time_read : NULL;
+  const char *t = getenv("LMC_GEMM_TUNE");
+  tune = t && *t && strcmp(t, "0") && events && ev.destroy;
   CUdevice dev;
   CUcontext ctx;
   int major = 0, minor = 0, count = 1;

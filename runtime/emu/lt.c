@@ -116,6 +116,7 @@ bad:
 /* The algorithm the emulated heuristic gives (cublasLtMatmul takes it, or
  * none, for any shape, and refuses one it did not give) */
 #define EMU_ALGO 0x656d752d616c676full
+#define EMU_ALGOS 3   /* the heuristic's answers: the same product under three names */
 
 cublasStatus_t cublasLtMatmulPreferenceCreate(cublasLtMatmulPreference_t *p) {
   *p = calloc(1, 64);
@@ -132,10 +133,12 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t h, cublasLtMatmul
                                               cublasLtMatrixLayout_t dd, cublasLtMatmulPreference_t p, int want,
                                               cublasLtMatmulHeuristicResult_t *out, int *got) {
   if (want < 1) return lt_fail(CUBLAS_STATUS_INVALID_VALUE, "cublasLtMatmulAlgoGetHeuristic: asks for %d results", want);
-  memset(out, 0, sizeof *out);
-  out->algo.data[0] = EMU_ALGO;
-  out->wavesCount = 1.0f;
-  *got = 1;
+  *got = want < EMU_ALGOS ? want : EMU_ALGOS;   /* algorithms that differ in name only */
+  for (int i = 0; i < *got; i++) {
+    memset(&out[i], 0, sizeof *out);
+    out[i].algo.data[0] = EMU_ALGO + (uint64_t)i;
+    out[i].wavesCount = 1.0f;
+  }
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -333,7 +336,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t desc, con
             *(const float *)beta, A, B, C, D};
   cublasStatus_t rc = check(&g);
   if (rc) return rc;
-  if (algo && algo->data[0] != EMU_ALGO)
+  if (algo && (algo->data[0] < EMU_ALGO || algo->data[0] >= EMU_ALGO + EMU_ALGOS))
     return lt_fail(CUBLAS_STATUS_INVALID_VALUE, "cublasLtMatmul: an algorithm cublasLtMatmulAlgoGetHeuristic did not give");
   return emu_enqueue(stream, do_gemm, &g, sizeof g) ? CUBLAS_STATUS_EXECUTION_FAILED : CUBLAS_STATUS_SUCCESS;
 }

@@ -86,6 +86,15 @@ if [ "$STEPS" -ge 20 ]; then
   for f in llama_bf16.cuda-emu llama_bf16.resumed; do grep '"loss"' "$WORK/$f/metrics.jsonl" >"$WORK/$f.losses"; done
   python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/llama_bf16.cuda-emu.losses" "$WORK/llama_bf16.resumed.losses" \
     "bf16 resumed at step 10" 1e-15 || status=1
+  # LMC_GEMM_TUNE=1 times each GEMM's candidate algorithms once into
+  # scratch outputs (the emulated heuristic offers three that compute
+  # alike): every GEMM of GPT-2's bf16 run (bias, GELU, bias-gradient and
+  # GELU-backward epilogues, accumulating ones) gives the same bits
+  LMC_GEMM_TUNE=1 "$LMRUN" "$WORK/gpt2_bf16" --data "$DATA" --backend cuda-emu --matmul-precision highest --quiet \
+    --eval-interval "$STEPS" --eval-batches 2 --out "$WORK/gpt2_bf16.tuned" || fail "LMC_GEMM_TUNE=1: lmrun failed"
+  python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/gpt2_bf16.cuda-emu/metrics.jsonl" "$WORK/gpt2_bf16.tuned/metrics.jsonl" \
+    "GEMMs tuned against not" 1e-15 || status=1
+  ran=18
 fi
 # tf32 and bf16 products: the loss within 2e-3 and 1e-2, the gradient
 # norm, which drifts, within 3e-2 and 5e-2
