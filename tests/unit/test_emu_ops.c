@@ -45,6 +45,7 @@ static Backend *cpu, *gpu;
 static int failures, ran;
 static double tol = 1e-5;   /* of the output's scale: fp32; the bf16 tensor core cases set their own */
 static bool bf;             /* bf16 storage */
+static bool quick;          /* leave out the slowest cases (attention at head dim 96) */
 
 /* whether an operand is stored in bf16 */
 static bool act(const Arg *a) { return bf && a->n && a->kind == 0; }
@@ -293,14 +294,15 @@ static void optimizer_step(void) {
 }
 
 int main(int argc, char **argv) {
-  if (argc < 2) rt_die("usage: test_emu_ops KERNELS.CU [bf16] [real | --write OUT.CU]");
+  if (argc < 2) rt_die("usage: test_emu_ops KERNELS.CU [bf16] [quick] [real | --write OUT.CU]");
   bool real = false;
   const char *write = NULL;
   for (int i = 2; i < argc; i++) {
     if (!strcmp(argv[i], "bf16")) bf = true;
     else if (!strcmp(argv[i], "real")) real = true;
+    else if (!strcmp(argv[i], "quick")) quick = true;   /* the sanitizer build: not head dim 96 */
     else if (!strcmp(argv[i], "--write") && i + 1 < argc) write = argv[++i];
-    else rt_die("usage: test_emu_ops KERNELS.CU [bf16] [real | --write OUT.CU]");
+    else rt_die("usage: test_emu_ops KERNELS.CU [bf16] [quick] [real | --write OUT.CU]");
   }
   if (write) return write_kernels(argv[1], write), 0;
   char dir[] = "/tmp/lmc-emu-ops-XXXXXX", path[64], why[256];
@@ -457,7 +459,7 @@ int main(int argc, char **argv) {
   for (int mp = 0; mp < 2; mp++) {
     cuda_matmul_precision(mp ? MP_MEDIUM : MP_HIGHEST);
     tol = mp ? 2e-2 : tol_base;
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < (quick ? 2 : 3); i++) {
       static char names[2][3][2][64];
       int64_t nq = at[i].b * at[i].t * at[i].h * at[i].k, nk = at[i].b * at[i].t * at[i].g * at[i].k;
       int64_t rows = at[i].b * at[i].h * at[i].t;
