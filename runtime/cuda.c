@@ -1446,6 +1446,8 @@ static void nccl_wait(CUstream s, int64_t n, int axis) {
         if (pcomm[c]) nc.abort(pcomm[c]);
       if (!n) rt_die("rank %d: no progress for %.0f s in the pipeline's NCCL sends over the %s group", comm_rank(),
                      comm_timeout, comm_axis_name(axis));
+      if (n < 0) rt_die("rank %d: no progress for %.0f s in a CUDA graph's NCCL all-reduces over the %s group",
+                        comm_rank(), comm_timeout, comm_axis_name(axis));
       rt_die("rank %d: no progress for %.0f s in an NCCL collective of %lld values over the %s group", comm_rank(),
              comm_timeout, (long long)n, comm_axis_name(axis));
     }
@@ -1453,13 +1455,17 @@ static void nccl_wait(CUstream s, int64_t n, int axis) {
   }
 }
 
+static int captured_axis = -1;   /* a graph being recorded holds NCCL all-reduces over this group */
+
 static void cuda_allreduce(void *x, int64_t n, int axis, int op) {
   if (use_nccl && ncomm[axis]) {
     ncclResult_t rc = nc.allreduce(x, x, (size_t)n, ncclFloat, op ? ncclMax : ncclSum, ncomm[axis], (cudaStream_t)st);
     if (rc != ncclSuccess) rt_die("NCCL: ncclAllReduce over the %s group: %s", comm_axis_name(axis), nc.errstr(rc));
-    nccl_wait(st, n, axis);
+    if (capturing) captured_axis = axis;   /* recorded: watched after each replay */
+    else nccl_wait(st, n, axis);
     return;
   }
+  if (capturing) rt_die("internal error: an all-reduce through the host inside a CUDA graph");
   float *h = rt_xmalloc(n * sizeof(float));
   CK(cu.dtoh(h, dptr(x), n * sizeof(float)));
   comm_allreduce(h, n, 4, axis, op);
@@ -1707,9 +1713,17 @@ static void cuda_time_read(double *seconds) {
  * recorded, not run; graph_run replays it. The interpreter records each
  * program (per microbatch slot) once its scratch buffers have grown, so no
  * allocation or host wait falls inside. */
+/* A recording, and the group of the NCCL all-reduces it holds (-1: none),
+ * which each replay waits for against the deadline, as a launch of them
+ * one by one does. */
+typedef struct Graph {
+  CUgraphExec x;
+  int axis;
+} Graph;
+
 static void cuda_graph_begin(void) {
   CK(cu.capture_begin(st, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL));
-  capturing = true;
+  capturing = true, captured_axis = -1;
 }
 
 static void *cuda_graph_end(void) {
@@ -1719,11 +1733,25 @@ static void *cuda_graph_end(void) {
   capturing = false;
   CK(cu.graph_instantiate(&x, g, 0));
   CK(cu.graph_destroy(g));
-  return x;
+  Graph *r = rt_xmalloc(sizeof *r);
+  *r = (Graph){x, captured_axis};
+  return r;
 }
 
-static void cuda_graph_run(void *x) { CK(cu.graph_launch((CUgraphExec)x, st)); }
-static void cuda_graph_free(void *x) { CK(cu.graph_exec_destroy((CUgraphExec)x)); }
+static void cuda_graph_run(void *p) {
+  Graph *g = p;
+  CK(cu.graph_launch(g->x, st));
+  if (g->axis >= 0) nccl_wait(st, -1, g->axis);
+}
+
+static void cuda_graph_free(void *p) {
+  Graph *g = p;
+  CK(cu.graph_exec_destroy(g->x));
+  free(g);
+}
+
+/* An all-reduce inside a program is recorded where it goes through NCCL. */
+static bool cuda_graph_ok(const RtInst *x) { return x->op != OP_ALLREDUCE || (use_nccl && ncomm[x->axis]); }
 
 static Backend cuda = {
     .name = "cuda-f32", .elem = 4, .alloc = cuda_alloc, .release = cuda_release, .upload = cuda_upload,
@@ -1732,7 +1760,8 @@ static Backend cuda = {
     .wait_allreduces = cuda_wait_allreduces, .send = cuda_send,
     .recv = cuda_recv, .wait_sends = cuda_wait_sends, .gemm_peak = cuda_gemm_peak, .sync = cuda_sync,
     .peak_bytes = cuda_peak_bytes, .graph_begin = cuda_graph_begin, .graph_end = cuda_graph_end,
-    .graph_run = cuda_graph_run, .graph_free = cuda_graph_free, .optimizer = cuda_optimizer, .run_fused = cuda_run_fused,
+    .graph_run = cuda_graph_run, .graph_free = cuda_graph_free, .graph_ok = cuda_graph_ok, .optimizer = cuda_optimizer,
+    .run_fused = cuda_run_fused,
     .alltoallv = cuda_alltoallv, .widen = cuda_widen, .narrow = cuda_narrow};
 
 void cuda_matmul_precision(int p) { precision = p; }

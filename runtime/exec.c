@@ -53,10 +53,15 @@ Run *rt_new(Bundle *b, Backend *be) {
   r->slot_mb = rt_xmalloc(b->slots * sizeof(int));
   for (int s = 0; s < b->slots; s++) r->slot_mb[s] = -1;
   r->graphs = be->graph_begin != NULL;
-  for (int i = 0; i < b->nfwd + b->nbwd; i++) {   /* a tp all-reduce goes through the host; MoE's counts too */
-    int op = (i < b->nfwd ? b->fwd[i] : b->bwd[i - b->nfwd]).op;
-    if (op == OP_ALLREDUCE || (op >= OP_MOE_ROUTE && op <= OP_MOE_COMBINE_BWD)) r->graphs = false;
+  int64_t ar = 0;   /* the largest bf16 value all-reduced inside a program */
+  for (int i = 0; i < b->nfwd + b->nbwd; i++) {   /* a tp all-reduce through the host; MoE's counts */
+    const RtInst *x = i < b->nfwd ? &b->fwd[i] : &b->bwd[i - b->nfwd];
+    if ((x->op == OP_ALLREDUCE && !(be->graph_ok && be->graph_ok(x))) ||
+        (x->op >= OP_MOE_ROUTE && x->op <= OP_MOE_COMBINE_BWD))
+      r->graphs = false;
+    if (x->op == OP_ALLREDUCE && r->typed && b->vals[x->out[0]].bf16 && b->vals[x->out[0]].n > ar) ar = b->vals[x->out[0]].n;
   }
+  if (ar) r->wide_ar = be->alloc(ar * be->elem);
   return r;
 }
 
@@ -89,6 +94,7 @@ void rt_free(Run *r) {
   for (int i = 0; i < NUM_REGIONS; i++) r->be->release(r->region[i]);
   r->be->release(r->adam_m), r->be->release(r->adam_v);
   if (r->wide) r->be->release(r->wide);
+  if (r->wide_ar) r->be->release(r->wide_ar);
   for (int64_t i = 0; r->routes && i < r->b->train.microbatches * r->b->nfwd; i++) free(r->routes[i]);
   free(r->routes);
   free(r->ptr), free(r->inputs), free(r->slot_mb), free(r);
@@ -342,8 +348,9 @@ static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
     for (int j = 0; j < RT_MAX_IN; j++) in[j] = x->in[j] >= 0 ? ptr[x->in[j]] : NULL;
     double t = r->op_time || r->trace ? rt_now() : 0;
     if (r->op_time && r->be->time_mark) r->be->time_mark(x->op);
-    if (x->op == OP_ALLREDUCE) {
-      void *w = wide(r, x->out[0], out[0]);
+    if (x->op == OP_ALLREDUCE) {   /* a bf16 value widened in a buffer of its own (graphs record it) */
+      void *w = half(r, x->out[0]) ? r->wide_ar : out[0];
+      if (w != out[0]) r->be->widen(w, out[0], r->b->vals[x->out[0]].n);
       r->be->allreduce(w, x->n, x->axis, x->red);
       narrow(r, x->out[0], out[0], w);
     } else if (x->op == OP_MOE_A2A || x->op == OP_MOE_A2A_REV) moe_a2a(r, x, out, in);

@@ -233,6 +233,9 @@ typedef struct Backend {
   void *(*graph_end)(void);
   void (*graph_run)(void *graph);
   void (*graph_free)(void *graph);
+  /* optional: whether an all-reduce inside a program may be recorded
+   * (NULL: none may; MoE's host-sized exchanges never are) */
+  bool (*graph_ok)(const RtInst *x);
   /* optional: a whole optimizer step on the device, gradient norm (of the
    * in_norm tensors), clipping to clip (0: none) and AdamW of every
    * tensor; a->gscale and a->wd are ignored. Returns the norm. */
@@ -305,6 +308,7 @@ typedef struct Run {
   bool stale;              /* the weights changed since their bf16 copies were made (the casts run before a forward) */
   void *wide;              /* a bf16 value widened to reals for the host or a collective */
   int64_t wide_n;
+  void *wide_ar;           /* the same for the all-reduces inside the programs: made once, as graphs record it */
 } Run;
 
 Run *rt_new(Bundle *b, Backend *be);

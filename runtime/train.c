@@ -281,9 +281,10 @@ static void banner(Loop *L) {
   if (b->mesh[3] > 1) snprintf(ep, sizeof ep, " x ep %d", b->mesh[3]);
   if (b->nparam_active < b->nparam_elems) snprintf(act, sizeof act, " (%.2fM active)", b->nparam_active / 1e6);
   printf("model %s: %.2fM params%s | batch %lld x seq %lld, %lld microbatch(es) | layout dp %d x tp %d x pp %d%s | "
-         "backend %s%s\n", b->model, b->nparam_elems / 1e6, act, (long long)b->train.batch, (long long)b->T,
+         "backend %s%s%s\n", b->model, b->nparam_elems / 1e6, act, (long long)b->train.batch, (long long)b->T,
          (long long)b->train.microbatches, b->mesh[0], b->mesh[1], b->mesh[2], ep, r->be->name,
-         !b->bf16 ? "" : r->typed ? ", bf16 plan and storage" : ", bf16 plan (rounded, fp32 storage)");
+         !b->bf16 ? "" : r->typed ? ", bf16 plan and storage" : ", bf16 plan (rounded, fp32 storage)",
+         r->graphs ? ", CUDA graphs" : "");
   printf("  memory planned per rank: %.1f MiB activations + %.1f MiB weights, gradients and Adam%s | data %s "
          "(%lld tokens)\n", b->slots * rt_slot_bytes(r) * mib, state * mib, b->ncasts ? " (and bf16 copies)" : "",
          L->d->path, (long long)L->d->ntok);

@@ -34,6 +34,10 @@ layout() {   # layout NAME [--set ...]; $tol and $banner for bf16 storage
   tol= banner= coll=
 }
 layout dp2tp2 --set dp=2 --set tp=2
+# tp's all-reduces inside the programs go through NCCL, so the programs
+# are recorded as CUDA graphs all the same (from the third step)
+grep -q "backend cuda-emu-f32+nccl, CUDA graphs" "$WORK/dp2tp2.nccl.log" ||
+  { status=1; echo "FAIL dp2tp2: no CUDA graphs: $(grep -o 'backend [^|]*' "$WORK/dp2tp2.nccl.log")"; }
 # the gradient all-reduce in small buckets on a stream of its own, each
 # queued behind an event once its gradients are final, under lazy streams
 # (work runs only when something waits for it: a missing event between
