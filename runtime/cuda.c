@@ -635,7 +635,7 @@ static bool gemm_ep(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t
   if ((ty & G_C) && !(ty & G_A)) {    /* fp32 operands, a bf16 output: through an fp32 one */
     CUdeviceptr cw = scratch(&wc, &ncw, m * ldc);
     if (beta != 0) widen_to(cw, c, m * ldc);
-    if (bias) return false;   /* a bias of C's type (bf16) on an fp32 D: refused, as cuBLASLt would */
+    if (bias || bgrad) return false;   /* an epilogue on an fp32 D meant for a bf16 C: refused, the caller's way around */
     gemm_ep(ty & ~(unsigned)G_C, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, cw, ldc, 0, 0, 0);
     narrow_to(c, cw, m * ldc);
     return true;
