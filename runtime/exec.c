@@ -473,13 +473,6 @@ static double device_optimizer(Run *r, double lr) {
 
 static int slot_of(Bundle *b, const Action *a) { return (int)(a->mb % b->slots); }
 
-static void trace_allreduce(Run *r, const Action *a, double t, const char *name) {
-  char args[96];
-  static const char *axes[] = {"dp", "tp", "pp", "ep"};
-  snprintf(args, sizeof args, "\"group\":\"%s\",\"values\":%lld", axes[a->axis], (long long)a->n);
-  trace(r, name, "collective", 1, t, args);
-}
-
 /* A step's all-reduce, done when this returns. */
 static void allreduce(Run *r, const Action *a) {
   double t = rt_now();
@@ -489,7 +482,10 @@ static void allreduce(Run *r, const Action *a) {
     r->be->release(z);
   } else
     r->be->allreduce((char *)r->region[a->region] + a->off * r->be->elem, a->n, a->axis, 0);
-  trace_allreduce(r, a, t, "allreduce");
+  char args[96];
+  static const char *axes[] = {"dp", "tp", "pp", "ep"};
+  snprintf(args, sizeof args, "\"group\":\"%s\",\"values\":%lld", axes[a->axis], (long long)a->n);
+  trace(r, "allreduce", "collective", 1, t, args);
 }
 
 static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, double lr,
@@ -538,15 +534,14 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
       trace(r, a->kind == A_SEND ? "send" : "recv", "transfer", 1, t, args);
       break;
     }
-    case A_ALLREDUCE:
-      if (!a->async) allreduce(r, a);
+    case A_ALLREDUCE:   /* a queued one done at once when tracing (each span its own time) */
+      if (!a->async || r->trace) allreduce(r, a);
       else if (!r->be->allreduce_async ||
                !r->be->allreduce_async((char *)r->region[a->region] + a->off * r->be->elem, a->n, a->axis)) {
         r->deferred = realloc(r->deferred, (r->ndeferred + 1) * sizeof *r->deferred);
         if (!r->deferred) rt_die("out of memory");
         r->deferred[r->ndeferred++] = a;
-      } else
-        trace_allreduce(r, a, rt_now(), "allreduce (queued)");
+      }
       break;
     case A_OPTIMIZER: {
       r->be->wait_sends(-1);
