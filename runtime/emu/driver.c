@@ -568,6 +568,16 @@ static int do_wait(void *arg) {
 /* Runs stream s's queued work up to item upto (lazy streams). A stream
  * asked for more while it is running one of its own items waits, through
  * events, on itself: on a GPU, a deadlock. */
+/* Runs stream s's next queued item; the queue restarts at its start once empty. */
+static int run_next(struct CUstream_st *s) {
+  Op o = s->q[s->head++];
+  s->ran++;
+  int rc = run_op(&o);
+  free(o.arg);
+  if (s->head == s->n) s->head = s->n = 0;
+  return rc;
+}
+
 static int flush(struct CUstream_st *s, uint64_t upto) {
   if (sticky) {
     int rc = sticky;
@@ -577,13 +587,7 @@ static int flush(struct CUstream_st *s, uint64_t upto) {
   if (s->running) return emu_fail(CUDA_ERROR_ILLEGAL_STATE, "streams wait on each other's events in a cycle (a deadlock on a GPU)");
   s->running = true;
   int rc = CUDA_SUCCESS;
-  while (rc == CUDA_SUCCESS && s->ran < upto && s->head < s->n) {
-    Op o = s->q[s->head++];
-    s->ran++;
-    rc = run_op(&o);
-    free(o.arg);
-  }
-  if (s->head == s->n) s->head = s->n = 0;
+  while (rc == CUDA_SUCCESS && s->ran < upto && s->head < s->n) rc = run_next(s);
   s->running = false;
   return rc;
 }
@@ -603,12 +607,8 @@ static void advance(struct CUstream_st *s) {
       if (w->s->ran < w->seq) advance(w->s);
       if (w->s->ran < w->seq) break;
     }
-    Op run = *o;
-    s->head++, s->ran++;
-    sticky = run_op(&run);
-    free(run.arg);
+    sticky = run_next(s);
   }
-  if (s->head == s->n) s->head = s->n = 0;
   s->running = false;
 }
 
