@@ -734,10 +734,12 @@ static int fa_rows(const RtInst *x) {
  * cores (kernels.cu's fm_*), 64 query rows or keys a block. */
 static bool fa_mma(const RtInst *x) { return precision == MP_MEDIUM && x->k <= 128; }
 
-/* The queries dK/dV's tensor core kernel steps at a time: compiler/
- * kernels.c's rule, or 64 in the two-block variant it writes for head
- * dims 65..96 when LMC_ATTENTION_DKV_QT=64 (cuda_attention_dkv_qt) asks. */
-static int dkv_qt_asked;
+/* The queries dK/dV's tensor core kernel steps at a time: 64 up to head
+ * dim 96 (at 65..96 the two-block variant, lmc_attention_bwd_mma_dkv_q64:
+ * 1.89 ms against the three-block 32-query kernel's 2.08 for llama-large's
+ * backward on an H200, run 15), else 32; LMC_ATTENTION_DKV_QT=32
+ * (cuda_attention_dkv_qt) asks for the 32-query kernel at 65..96. */
+static int dkv_qt_asked = 64;
 void cuda_attention_dkv_qt(int qt) { dkv_qt_asked = qt; }
 
 static i64 dkv_qt(i64 k) {
@@ -1354,8 +1356,8 @@ static void cuda_run_fused(const RtInst *x, void **ops, int n) {
   launch_grid(x->kernel, (unsigned)x->grid, 1, 1, (unsigned)x->block, a);
 }
 
-/* The whole optimizer step in three launches (kernels.cu's *_multi and
- * lmc_norm_finish) and one copy back, the norm; AdamW writes each weight's
+/* The whole optimizer step in four launches (kernels.cu's *_multi and
+ * lmc_norm_*) and one copy back, the norm; AdamW writes each weight's
  * bf16 copy too, where it has one (the bf16 plan), so no forward pass
  * casts the weights again. The tables of tensors and
  * of blocks of OPT_CHUNK elements live in one device buffer, made again
@@ -1415,7 +1417,8 @@ static double cuda_optimizer(const OptParam *p, int count, const AdamArgs *a, do
     void *s[] = {&PART, &T, &N, &BT, &BS};
     launch("lmc_sumsq_multi", (unsigned)nblocks, s);
   }
-  void *f[] = {&NS, &PER, &PART, &FIRST, &IN, &cnt, &fclip};
+  void *nt[] = {&PER, &PART, &FIRST, &IN}, *f[] = {&NS, &PER, &cnt, &fclip};
+  if (count) launch("lmc_norm_tensors", (unsigned)count, nt);
   launch("lmc_norm_finish", 1, f);
   if (nblocks) {
     void *w[] = {&T, &N, &WD, &BT, &BS, &NS, &lr, &b1, &b2, &eps, &bc1, &bc2};

@@ -267,7 +267,7 @@ Backend *cuda_backend(const char *bundle_dir, bool emulated, char *why, size_t n
 enum { MP_HIGHEST, MP_HIGH, MP_MEDIUM };
 void cuda_matmul_precision(int p);
 /* The queries a step of dK/dV's tensor core kernel at head dims 65..96:
- * 32 (three blocks an SM, the default) or 64 (two); $LMC_ATTENTION_DKV_QT
+ * 64 (two blocks an SM, the default) or 32 (three); $LMC_ATTENTION_DKV_QT
  * sets it at cuda_backend. */
 void cuda_attention_dkv_qt(int qt);
 /* Before cuda_backend: how a CUDA backend's all-reduces travel. CC_AUTO
