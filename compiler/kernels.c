@@ -67,10 +67,18 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
     fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_k%lld(act *o, real *lse, "
             "const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, float scale) {\n"
             "  fa_forward<%d, %d>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", K, d, p);
+    /* up to head dim 96 a warp takes 32 query rows (128 a block, two
+     * blocks an SM), past it 16; lmc_attention_mma_r64_kK, 16 rows a warp
+     * at head dims to 96, is the runtime's LMC_ATTENTION_FWD_ROWS=64 */
     if (k <= 128)
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_mma_k%lld(act *o, "
               "real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, float scale) {\n"
-              "  fm_forward<%d>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", mb, K, kp);
+              "  fm_forward<%d, %d>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", kp <= 96 ? 2 : mb, K, kp,
+              kp <= 96 ? 2 : 1);
+    if (kp <= 96)
+      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_mma_r64_k%lld("
+              "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, "
+              "float scale) {\n  fm_forward<%d, 1>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", mb, K, kp);
     return;
   }
   if (k <= 128) {

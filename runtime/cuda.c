@@ -747,23 +747,33 @@ static i64 dkv_qt(i64 k) {
   return kp <= 64 || (dkv_qt_asked == 64 && kp <= 96) ? 64 : 32;
 }
 
+/* The query rows a block of the tensor core forward takes: 128 (32 a
+ * warp, two m-tiles sharing each K and V fragment) up to head dim 96, else
+ * 64; LMC_ATTENTION_FWD_ROWS=64 (cuda_attention_fwd_rows) asks for 64 at
+ * head dims to 96 too (lmc_attention_mma_r64_kK, three blocks an SM). */
+static int fwd_rows_asked = 128;
+void cuda_attention_fwd_rows(int rows) { fwd_rows_asked = rows; }
+
+static i64 fwd_rows(i64 k) { return (k + 15) / 16 * 16 <= 96 && fwd_rows_asked == 128 ? 128 : 64; }
+
 /* Their dynamic shared memory, rows of bf16 tiles (the head dim rounded
- * up to 16, plus 8) as kernels.cu's fm_* lay them out: the forward's Q, K
- * and V (kind 0), dQ's Q, dO, K and V (1), dK/dV's K, V and two stages of
- * Q and dO tiles of QT queries (2, dkv_qt) */
+ * up to 16, plus 8) as kernels.cu's fm_* lay them out: the forward's Q
+ * (fwd_rows), K and V (kind 0), dQ's Q, dO, K and V (1), dK/dV's K, V and
+ * two stages of Q and dO tiles of QT queries (2, dkv_qt) */
 static unsigned fm_smem(i64 k, int kind) {
   i64 kp = (k + 15) / 16 * 16, qt = dkv_qt(k);
-  i64 rows = kind == 0 ? 3 * 64 : kind == 1 ? 4 * 64 : 2 * 64 + 4 * qt;
+  i64 rows = kind == 0 ? fwd_rows(k) + 2 * 64 : kind == 1 ? 4 * 64 : 2 * 64 + 4 * qt;
   return (unsigned)(rows * (kp + 8) * 2);
 }
 
 static void op_attention(const RtInst *x, void **o, void **in) {
-  i64 T = x->t, H = x->h, G = x->g, K = x->k, R = fa_mma(x) ? 64 : fa_rows(x);
+  i64 T = x->t, H = x->h, G = x->g, K = x->k, R = fa_mma(x) ? fwd_rows(K) : fa_rows(x);
   float scale = 1.0f / sqrtf((float)K);
   CUdeviceptr O = dptr(o[0]), L = dptr(o[1]), Q = dptr(in[0]), Kp = dptr(in[1]), V = dptr(in[2]);
   void *a[] = {&O, &L, &Q, &Kp, &V, &T, &H, &G, &K, &scale};
   char name[64];
-  snprintf(name, sizeof name, "lmc_attention_%sk%lld", fa_mma(x) ? "mma_" : "", K);
+  snprintf(name, sizeof name, "lmc_attention_%sk%lld",
+           !fa_mma(x) ? "" : R == 64 && (K + 15) / 16 * 16 <= 96 ? "mma_r64_" : "mma_", K);
   launch_smem(name, (unsigned)((T + R - 1) / R), (unsigned)H, (unsigned)x->b, FA_THREADS, fa_mma(x) ? fm_smem(K, 0) : 0,
               a);
 }
@@ -1817,6 +1827,12 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   if (qt && *qt) {
     if (strcmp(qt, "32") && strcmp(qt, "64")) return snprintf(why, n, "LMC_ATTENTION_DKV_QT=%s: it takes 32 or 64 (queries a step of dK/dV)", qt), NULL;
     dkv_qt_asked = atoi(qt);
+  }
+  const char *fr = getenv("LMC_ATTENTION_FWD_ROWS");
+  if (fr && *fr) {
+    if (strcmp(fr, "64") && strcmp(fr, "128"))
+      return snprintf(why, n, "LMC_ATTENTION_FWD_ROWS=%s: it takes 64 or 128 (query rows a block of attention's forward)", fr), NULL;
+    fwd_rows_asked = atoi(fr);
   }
   if (!load_driver(why, n)) return NULL;
   bool events = ev.create && ev.record && ev.sync && ev.elapsed;

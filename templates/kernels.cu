@@ -667,37 +667,55 @@ __device__ void fm_frag_b_kn(unsigned b[4], unsigned short (*s)[KP + 8], int k0,
   lmc_ldmatrix_x4_trans(b, &s[k0 + lane / 8 % 2 * 8 + lane % 8][n0 + lane / 16 * 8]);
 }
 
-// acc[16 x 8N] += rows row0.. of tile as (16 x 16 kk-steps) * tile s as
-// [n][k] rows n 0..8N; A's fragments come from shared memory a k-step at a
-// time, so that none stays in registers across the loop
-template <int KP, int N, int KS>
-__device__ void fm_mul_nk(float (*acc)[4], unsigned short (*as)[KP + 8], int row0, unsigned short (*s)[KP + 8]) {
+// acc[mt][16 x 8N] += rows row0 + 16 mt.. of tile as (16 x 16 kk-steps) *
+// tile s as [n][k] rows n 0..8N, for MT m-tiles of 16 rows sharing each B
+// fragment (MT of them halve shared memory's traffic per product at 2);
+// A's fragments come from shared memory a k-step at a time, so that none
+// stays in registers across the loop
+template <int KP, int N, int KS, int MT>
+__device__ void fm_mul_nk_m(float (*acc)[N][4], unsigned short (*as)[KP + 8], int row0, unsigned short (*s)[KP + 8]) {
   for (int kk = 0; kk < KS; kk++) {
-    unsigned a[4];
-    fm_frag_a<KP>(a, as, row0, kk);
+    unsigned a[MT][4];
+    for (int mt = 0; mt < MT; mt++) fm_frag_a<KP>(a[mt], as, row0 + 16 * mt, kk);
     for (int n2 = 0; n2 < N / 2; n2++) {
       unsigned b[4];
       fm_frag_b_nk<KP>(b, s, n2 * 16, kk);
-      lmc_mma_bf16_16816(acc[2 * n2], a, b, acc[2 * n2]);
-      lmc_mma_bf16_16816(acc[2 * n2 + 1], a, b + 2, acc[2 * n2 + 1]);
+      for (int mt = 0; mt < MT; mt++) {
+        lmc_mma_bf16_16816(acc[mt][2 * n2], a[mt], b, acc[mt][2 * n2]);
+        lmc_mma_bf16_16816(acc[mt][2 * n2 + 1], a[mt], b + 2, acc[mt][2 * n2 + 1]);
+      }
     }
   }
 }
+template <int KP, int N, int KS>
+__device__ void fm_mul_nk(float (*acc)[4], unsigned short (*as)[KP + 8], int row0, unsigned short (*s)[KP + 8]) {
+  fm_mul_nk_m<KP, N, KS, 1>((float(*)[N][4])acc, as, row0, s);
+}
 
-// acc[16 x KP] += p (16 x 8N, accumulator layout, rounded to bf16) * tile
-// as [k][n] rows k 0..8N
-template <int KP, int N>
-__device__ void fm_mul_kn(float (*acc)[4], float (*p)[4], unsigned short (*s)[KP + 8]) {
+// acc[mt][16 x KP] += p[mt] (16 x 8N, accumulator layout, rounded to bf16)
+// * tile as [k][n] rows k 0..8N, MT m-tiles sharing each B fragment
+template <int KP, int N, int MT>
+__device__ void fm_mul_kn_m(float (*acc)[KP / 8][4], float (*p)[N][4], unsigned short (*s)[KP + 8]) {
   for (int kk = 0; kk < N / 2; kk++) {
-    unsigned a[4] = {bf16_pair(p[2 * kk][0], p[2 * kk][1]), bf16_pair(p[2 * kk][2], p[2 * kk][3]),
-                     bf16_pair(p[2 * kk + 1][0], p[2 * kk + 1][1]), bf16_pair(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+    unsigned a[MT][4];
+    for (int mt = 0; mt < MT; mt++) {
+      float(*q)[4] = p[mt];
+      a[mt][0] = bf16_pair(q[2 * kk][0], q[2 * kk][1]), a[mt][1] = bf16_pair(q[2 * kk][2], q[2 * kk][3]);
+      a[mt][2] = bf16_pair(q[2 * kk + 1][0], q[2 * kk + 1][1]), a[mt][3] = bf16_pair(q[2 * kk + 1][2], q[2 * kk + 1][3]);
+    }
     for (int d2 = 0; d2 < KP / 16; d2++) {
       unsigned b[4];
       fm_frag_b_kn<KP>(b, s, kk * 16, d2 * 16);
-      lmc_mma_bf16_16816(acc[2 * d2], a, b, acc[2 * d2]);
-      lmc_mma_bf16_16816(acc[2 * d2 + 1], a, b + 2, acc[2 * d2 + 1]);
+      for (int mt = 0; mt < MT; mt++) {
+        lmc_mma_bf16_16816(acc[mt][2 * d2], a[mt], b, acc[mt][2 * d2]);
+        lmc_mma_bf16_16816(acc[mt][2 * d2 + 1], a[mt], b + 2, acc[mt][2 * d2 + 1]);
+      }
     }
   }
+}
+template <int KP, int N>
+__device__ void fm_mul_kn(float (*acc)[4], float (*p)[4], unsigned short (*s)[KP + 8]) {
+  fm_mul_kn_m<KP, N, 1>((float(*)[KP / 8][4])acc, (float(*)[N][4])p, s);
 }
 
 // this thread's part of a 16 x KP accumulator into rows r0 (c0, c1) and
@@ -722,60 +740,77 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffff, x, 2);
 }
 
-// grid (query blocks, H, B) as fa_forward
-template <int KP>
+// grid (query blocks of 64 MT rows, H, B) as fa_forward: a warp takes MT
+// m-tiles of 16 query rows (its rows w0 .. w0 + 16 MT - 1), and skips a
+// tile of keys that all lie past its rows (with MT 2, a block's diagonal
+// tiles are half work for two of its warps)
+template <int KP, int MT>
 __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G,
                            i64 K, float scale) {
+  const int BR = 64 * MT;
   extern __shared__ __align__(16) unsigned short fm_smem[];
-  unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem;   // Q, K, V (fm_smem kind 0)
-  unsigned short(*ks)[KP + 8] = sh + FM_ROWS, (*vs)[KP + 8] = sh + 2 * FM_ROWS;
+  unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem;   // Q (BR rows), K, V (fm_smem kind 0)
+  unsigned short(*ks)[KP + 8] = sh + BR, (*vs)[KP + 8] = sh + BR + FM_ROWS;
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   i64 b = blockIdx.z, h = blockIdx.y, gi = h / (H / G);
-  i64 i0 = (i64)(gridDim.x - 1 - blockIdx.x) * FM_ROWS, last = (i0 + FM_ROWS < T ? i0 + FM_ROWS : T) - 1;
-  i64 r0 = i0 + warp * 16 + g;   // this thread's rows: r0 and r0 + 8
+  i64 i0 = (i64)(gridDim.x - 1 - blockIdx.x) * BR, last = (i0 + BR < T ? i0 + BR : T) - 1;
+  i64 w0 = i0 + warp * 16 * MT, r0 = w0 + g;   // this thread's rows: r0 + 16 mt and r0 + 16 mt + 8
   const act *kb = k + b * T * G * K + gi * K, *vb = v + b * T * G * K + gi * K;
   // K and V tiles in two groups: the next K's copy overlaps the softmax
   // and P V, the next V's the next Q K^T
   fm_load<FM_ROWS, KP>(ks, kb, 0, T, G * K, (int)K), lmc_cp_async_commit();
   fm_load<FM_ROWS, KP>(vs, vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
-  fm_tile<FM_ROWS, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);   // scores in log2 units
-  float acc[KP / 8][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0, 0};
-  for (int nt = 0; nt < KP / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
+  fm_tile<BR, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);   // scores in log2 units
+  float acc[MT][KP / 8][4], m[MT][2], l[MT][2];
+  for (int mt = 0; mt < MT; mt++) {
+    m[mt][0] = m[mt][1] = NEG_INF, l[mt][0] = l[mt][1] = 0;
+    for (int nt = 0; nt < KP / 8; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0;
+  }
   for (i64 j0 = 0; j0 <= last; j0 += FM_ROWS) {
-    bool more = j0 + FM_ROWS <= last;
+    bool more = j0 + FM_ROWS <= last, live = j0 < w0 + 16 * MT;   // (warp-uniform)
     lmc_cp_async_wait1();   // K
     __syncthreads();
-    float s[FM_ROWS / 8][4];
-    for (int nt = 0; nt < FM_ROWS / 8; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0;
-    fm_mul_nk<KP, FM_ROWS / 8, KP / 16>(s, sh, warp * 16, ks);
+    float s[MT][FM_ROWS / 8][4];
+    if (live) {
+      for (int mt = 0; mt < MT; mt++)
+        for (int nt = 0; nt < FM_ROWS / 8; nt++) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0;
+      fm_mul_nk_m<KP, FM_ROWS / 8, KP / 16, MT>(s, sh, warp * 16 * MT, ks);
+    }
     __syncthreads();
     if (more) fm_load<FM_ROWS, KP>(ks, kb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
-    float mx[2] = {m[0], m[1]};
-    bool diag = j0 + FM_ROWS - 1 > i0;   // a key past a row of the block: the causal mask (and T) apply
-    for (int nt = 0; nt < FM_ROWS / 8; nt++)
-      for (int i = 0; i < 4; i++) {
-        if (diag && j0 + nt * 8 + 2 * t + (i & 1) > r0 + (i >> 1) * 8) s[nt][i] = NEG_INF;
-        mx[i >> 1] = fmaxf(mx[i >> 1], s[nt][i]);
+    bool diag = j0 + FM_ROWS - 1 > w0;   // a key past a row of the warp: the causal mask (and T) apply
+    if (live)
+      for (int mt = 0; mt < MT; mt++) {
+        float mx[2] = {m[mt][0], m[mt][1]};
+        for (int nt = 0; nt < FM_ROWS / 8; nt++)
+          for (int i = 0; i < 4; i++) {
+            if (diag && j0 + nt * 8 + 2 * t + (i & 1) > r0 + 16 * mt + (i >> 1) * 8) s[mt][nt][i] = NEG_INF;
+            mx[i >> 1] = fmaxf(mx[i >> 1], s[mt][nt][i]);
+          }
+        for (int r = 0; r < 2; r++) {
+          mx[r] = quad_max(mx[r]);
+          float alpha = exp2f(m[mt][r] - mx[r]);
+          l[mt][r] *= alpha, m[mt][r] = mx[r];
+          for (int nt = 0; nt < KP / 8; nt++) acc[mt][nt][2 * r] *= alpha, acc[mt][nt][2 * r + 1] *= alpha;
+        }
+        for (int nt = 0; nt < FM_ROWS / 8; nt++)
+          for (int i = 0; i < 4; i++)
+            s[mt][nt][i] = exp2f(s[mt][nt][i] - m[mt][i >> 1]), l[mt][i >> 1] += s[mt][nt][i];
       }
-    for (int r = 0; r < 2; r++) {
-      mx[r] = quad_max(mx[r]);
-      float alpha = exp2f(m[r] - mx[r]);
-      l[r] *= alpha, m[r] = mx[r];
-      for (int nt = 0; nt < KP / 8; nt++) acc[nt][2 * r] *= alpha, acc[nt][2 * r + 1] *= alpha;
-    }
-    for (int nt = 0; nt < FM_ROWS / 8; nt++)
-      for (int i = 0; i < 4; i++) s[nt][i] = exp2f(s[nt][i] - m[i >> 1]), l[i >> 1] += s[nt][i];
     if (more) lmc_cp_async_wait1();   // V
     else lmc_cp_async_wait0();
     __syncthreads();
-    fm_mul_kn<KP, FM_ROWS / 8>(acc, s, vs);
+    if (live) fm_mul_kn_m<KP, FM_ROWS / 8, MT>(acc, s, vs);
     __syncthreads();
     if (more) fm_load<FM_ROWS, KP>(vs, vb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
   }
-  l[0] = quad_sum(l[0]), l[1] = quad_sum(l[1]);
-  fm_put<KP>(o + b * T * H * K + h * K, H * K, acc, r0, T, (int)K, 1.0f / l[0], 1.0f / l[1], 0);
-  if (t == 0 && r0 < T) lse[(b * H + h) * T + r0] = m[0] * LN2 + logf(l[0]);
-  if (t == 0 && r0 + 8 < T) lse[(b * H + h) * T + r0 + 8] = m[1] * LN2 + logf(l[1]);
+  for (int mt = 0; mt < MT; mt++) {
+    i64 r = r0 + 16 * mt;
+    float l0 = quad_sum(l[mt][0]), l1 = quad_sum(l[mt][1]);
+    fm_put<KP>(o + b * T * H * K + h * K, H * K, acc[mt], r, T, (int)K, 1.0f / l0, 1.0f / l1, 0);
+    if (t == 0 && r < T) lse[(b * H + h) * T + r] = m[mt][0] * LN2 + logf(l0);
+    if (t == 0 && r + 8 < T) lse[(b * H + h) * T + r + 8] = m[mt][1] * LN2 + logf(l1);
+  }
 }
 
 // @kernel attention_bwd

@@ -447,8 +447,9 @@ int main(int argc, char **argv) {
   c.name = "rope_bwd", c.x.op = OP_ROPE_BWD;
   check(c, true);
   /* head dim 10 (one thread a query row), 40 (two, past a tile of 32
-   * keys and a block of 64 rows) and 96 (llama-large's: on the tensor
-   * cores dK/dV steps 32 queries, or 64 in its two-block variant) */
+   * keys and a block of 64 rows; on the tensor cores past a block of 128)
+   * and 96 (llama-large's: on the tensor cores the forward takes 128 rows
+   * a block, or 64 in its other kernel; dK/dV steps 64 queries, or 32) */
   struct { int64_t b, t, h, g, k; const char *name, *bwd; } at[] = {
       {B, T, H, G, K, "attention (gqa 4:2, T 19, K 10)", "attention_bwd (gqa 4:2, T 19, K 10)"},
       {1, 150, 4, 1, 40, "attention (gqa 4:1, T 150, K 40)", "attention_bwd (gqa 4:1, T 150, K 40)"},
@@ -468,6 +469,12 @@ int main(int argc, char **argv) {
       c = (Case){names[mp][i][0], rt_inst(OP_ATTENTION), {{nq}, {nk}, {nk}}, {{nq}, {rows, F32}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, false);
+      if (mp && at[i].k == 96) {   /* the forward's 64-row kernel, the other one */
+        cuda_attention_fwd_rows(64);
+        c.name = "attention (gqa 2:1, T 80, K 96) bf16, 64 rows a block";
+        check(c, false);
+        cuda_attention_fwd_rows(128);
+      }
       /* inputs: dy, q, k, v, then lse and o, which run() makes by the forward */
       c = (Case){names[mp][i][1], rt_inst(OP_ATTENTION_BWD), {{nq}, {nq}, {nk}, {nk}, {rows, F32}, {nq}}, {{nq}, {nk}, {nk}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
