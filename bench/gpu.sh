@@ -76,10 +76,10 @@ attention_row() {
   echo "== attention $row"
   "$lmc" "$root/models/$spec.lm" -q -o "$work/a" --set batch="$b" --set seq="$t" --set precision=bf16 "$@" &&
     timeout 120 "$(dirname "$bench")/bench_attention" "$work/a" 20 cuda 2>&1
-  # the kernels each default replaced, side by side: the forward at 64
-  # query rows a block (head dims to 96; before run 16), and at head dims
+  # the kernels each default replaced, side by side: the forward and dQ at
+  # 64 query rows a block (head dims to 96; before run 16), and at head dims
   # 65..96 dK/dV with 32 queries a step in three blocks an SM (before run 15)
-  [ "$k" -le 96 ] && LMC_ATTENTION_FWD_ROWS=64 LMC_ATTENTION_DKV_QT=32 timeout 120 \
+  [ "$k" -le 96 ] && LMC_ATTENTION_ROWS=64 LMC_ATTENTION_DKV_QT=32 timeout 120 \
     "$(dirname "$bench")/bench_attention" "$work/a" 20 cuda 2>&1
   [ $torch_ok = 1 ] && env -u LD_LIBRARY_PATH timeout 120 $py "$root/bench/attention_torch.py" "$b" "$t" "$h" "$g" "$k" 20 2>&1 | tail -3
 }

@@ -69,7 +69,8 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
             "  fa_forward<%d, %d>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", K, d, p);
     /* up to head dim 96 a warp takes 32 query rows (128 a block, two
      * blocks an SM), past it 16; lmc_attention_mma_r64_kK, 16 rows a warp
-     * at head dims to 96, is the runtime's LMC_ATTENTION_FWD_ROWS=64 */
+     * at head dims to 96, is the runtime's LMC_ATTENTION_ROWS=64 (and so
+     * is dQ's lmc_attention_bwd_mma_dq_r64_kK below) */
     if (k <= 128)
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_mma_k%lld(act *o, "
               "real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, float scale) {\n"
@@ -85,7 +86,13 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
     fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_bwd_mma_dq_k%lld("
             "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
             "i64 T, i64 H, i64 G, i64 K, float scale, int acc) {\n"
-            "  fm_backward_dq<%d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc);\n}\n", mb, K, kp);
+            "  fm_backward_dq<%d, %d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc);\n}\n", kp <= 96 ? 2 : mb,
+            K, kp, kp <= 96 ? 2 : 1);
+    if (kp <= 96)
+      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_bwd_mma_dq_r64_k%lld("
+              "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
+              "i64 T, i64 H, i64 G, i64 K, float scale, int acc) {\n"
+              "  fm_backward_dq<%d, 1>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc);\n}\n", mb, K, kp);
     fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_bwd_mma_dkv_k%lld("
             "act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, "
             "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv) {\n"

@@ -747,27 +747,27 @@ static i64 dkv_qt(i64 k) {
   return kp <= 64 || (dkv_qt_asked == 64 && kp <= 96) ? 64 : 32;
 }
 
-/* The query rows a block of the tensor core forward takes: 128 (32 a
- * warp, two m-tiles sharing each K and V fragment) up to head dim 96, else
- * 64; LMC_ATTENTION_FWD_ROWS=64 (cuda_attention_fwd_rows) asks for 64 at
- * head dims to 96 too (lmc_attention_mma_r64_kK, three blocks an SM). */
-static int fwd_rows_asked = 128;
-void cuda_attention_fwd_rows(int rows) { fwd_rows_asked = rows; }
+/* The query rows a block of the tensor core forward and dQ take: 128
+ * (32 a warp, two m-tiles sharing each K and V fragment) up to head dim 96,
+ * else 64; LMC_ATTENTION_ROWS=64 (cuda_attention_rows) asks for 64 at head
+ * dims to 96 too (the _r64_ kernels, three blocks an SM). */
+static int rows_asked = 128;
+void cuda_attention_rows(int rows) { rows_asked = rows; }
 
-static i64 fwd_rows(i64 k) { return (k + 15) / 16 * 16 <= 96 && fwd_rows_asked == 128 ? 128 : 64; }
+static i64 fm_rows(i64 k) { return (k + 15) / 16 * 16 <= 96 && rows_asked == 128 ? 128 : 64; }
 
 /* Their dynamic shared memory, rows of bf16 tiles (the head dim rounded
  * up to 16, plus 8) as kernels.cu's fm_* lay them out: the forward's Q
- * (fwd_rows), K and V (kind 0), dQ's Q, dO, K and V (1), dK/dV's K, V and
+ * (fm_rows), K and V (kind 0), dQ's Q, dO (fm_rows each), K and V (1), dK/dV's K, V and
  * two stages of Q and dO tiles of QT queries (2, dkv_qt) */
 static unsigned fm_smem(i64 k, int kind) {
   i64 kp = (k + 15) / 16 * 16, qt = dkv_qt(k);
-  i64 rows = kind == 0 ? fwd_rows(k) + 2 * 64 : kind == 1 ? 4 * 64 : 2 * 64 + 4 * qt;
+  i64 rows = kind == 0 ? fm_rows(k) + 2 * 64 : kind == 1 ? 2 * fm_rows(k) + 2 * 64 : 2 * 64 + 4 * qt;
   return (unsigned)(rows * (kp + 8) * 2);
 }
 
 static void op_attention(const RtInst *x, void **o, void **in) {
-  i64 T = x->t, H = x->h, G = x->g, K = x->k, R = fa_mma(x) ? fwd_rows(K) : fa_rows(x);
+  i64 T = x->t, H = x->h, G = x->g, K = x->k, R = fa_mma(x) ? fm_rows(K) : fa_rows(x);
   float scale = 1.0f / sqrtf((float)K);
   CUdeviceptr O = dptr(o[0]), L = dptr(o[1]), Q = dptr(in[0]), Kp = dptr(in[1]), V = dptr(in[2]);
   void *a[] = {&O, &L, &Q, &Kp, &V, &T, &H, &G, &K, &scale};
@@ -794,8 +794,10 @@ static void op_attention_bwd(const RtInst *x, void **o, void **in) {
   unsigned blocks = (unsigned)((T + R - 1) / R);
   if (o[0]) {
     void *q[] = {&dQ, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc0};
-    snprintf(name, sizeof name, "lmc_attention_bwd_%sdq_k%lld", kind, K);
-    launch_smem(name, blocks, (unsigned)H, (unsigned)B, FA_THREADS, fa_mma(x) ? fm_smem(K, 1) : 0, q);
+    i64 rq = fa_mma(x) ? fm_rows(K) : R;
+    bool r64 = fa_mma(x) && rq == 64 && (K + 15) / 16 * 16 <= 96;   /* the other kernel */
+    snprintf(name, sizeof name, "lmc_attention_bwd_%sdq_%sk%lld", kind, r64 ? "r64_" : "", K);
+    launch_smem(name, (unsigned)((T + rq - 1) / rq), (unsigned)H, (unsigned)B, FA_THREADS, fa_mma(x) ? fm_smem(K, 1) : 0, q);
   }
   if (o[1] || o[2]) {
     void *kv[] = {&dK, &dV, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc1, &acc2};
@@ -1828,11 +1830,11 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
     if (strcmp(qt, "32") && strcmp(qt, "64")) return snprintf(why, n, "LMC_ATTENTION_DKV_QT=%s: it takes 32 or 64 (queries a step of dK/dV)", qt), NULL;
     dkv_qt_asked = atoi(qt);
   }
-  const char *fr = getenv("LMC_ATTENTION_FWD_ROWS");
+  const char *fr = getenv("LMC_ATTENTION_ROWS");
   if (fr && *fr) {
     if (strcmp(fr, "64") && strcmp(fr, "128"))
-      return snprintf(why, n, "LMC_ATTENTION_FWD_ROWS=%s: it takes 64 or 128 (query rows a block of attention's forward)", fr), NULL;
-    fwd_rows_asked = atoi(fr);
+      return snprintf(why, n, "LMC_ATTENTION_ROWS=%s: it takes 64 or 128 (query rows a block of attention's forward and dQ)", fr), NULL;
+    rows_asked = atoi(fr);
   }
   if (!load_driver(why, n)) return NULL;
   bool events = ev.create && ev.record && ev.sync && ev.elapsed;

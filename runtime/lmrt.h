@@ -270,9 +270,9 @@ void cuda_matmul_precision(int p);
  * 64 (two blocks an SM, the default) or 32 (three); $LMC_ATTENTION_DKV_QT
  * sets it at cuda_backend. */
 void cuda_attention_dkv_qt(int qt);
-/* The query rows a block of attention's tensor core forward at head dims
- * to 96: 128 (the default) or 64; $LMC_ATTENTION_FWD_ROWS sets it. */
-void cuda_attention_fwd_rows(int rows);
+/* The query rows a block of attention's tensor core forward and dQ at
+ * head dims to 96: 128 (the default) or 64; $LMC_ATTENTION_ROWS sets it. */
+void cuda_attention_rows(int rows);
 /* Before cuda_backend: how a CUDA backend's all-reduces travel. CC_AUTO
  * NCCL when it loads and every rank on a machine has a GPU of its own,
  * else CC_MPI (staged through host memory); CC_NCCL insists. */

@@ -859,57 +859,78 @@ __device__ void fa_backward_dq(act *dq, const act *dout, const act *q, const act
   if (i < T) fa_put<D, P>(dq + ((b * T + i) * H + h) * K, dqr, (int)K, scale, acc);
 }
 
-// On the tensor cores: dQ, grid (query blocks, H, B)
-template <int KP>
+// On the tensor cores: dQ, grid (query blocks of 64 MT rows, H, B); a
+// warp takes MT m-tiles of 16 rows as the forward does, and a tile of 64
+// keys in MT sub-tiles of 64 / MT (so that S and dP of 2 m-tiles fit the
+// registers beside dQ's accumulators), skipping those wholly past its rows
+template <int KP, int MT>
 __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act *k, const act *v,
                                const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int accum) {
+  const int BR = 64 * MT, NS = FM_ROWS / MT;
   extern __shared__ __align__(16) unsigned short fm_smem[];
-  unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem;   // Q, dO, K, V (fm_smem kind 1)
-  unsigned short(*dos)[KP + 8] = sh + FM_ROWS, (*ks)[KP + 8] = sh + 2 * FM_ROWS, (*vs)[KP + 8] = sh + 3 * FM_ROWS;
+  unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem;   // Q, dO (BR rows each), K, V (fm_smem kind 1)
+  unsigned short(*dos)[KP + 8] = sh + BR, (*ks)[KP + 8] = sh + 2 * BR, (*vs)[KP + 8] = sh + 2 * BR + FM_ROWS;
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   i64 b = blockIdx.z, h = blockIdx.y, gi = h / (H / G);
-  i64 i0 = (i64)(gridDim.x - 1 - blockIdx.x) * FM_ROWS, last = (i0 + FM_ROWS < T ? i0 + FM_ROWS : T) - 1;
-  i64 r0 = i0 + warp * 16 + g;
+  i64 i0 = (i64)(gridDim.x - 1 - blockIdx.x) * BR, last = (i0 + BR < T ? i0 + BR : T) - 1;
+  i64 w0 = i0 + warp * 16 * MT, r0 = w0 + g;   // this thread's rows: r0 + 16 mt and r0 + 16 mt + 8
   const act *kb = k + b * T * G * K + gi * K, *vb = v + b * T * G * K + gi * K;
-  // V and K tiles in two groups: the next V's copy overlaps Q K^T, dS and
-  // dS K, the next K's the next dO V^T
+  // V and K tiles in two groups: K's copy overlaps the first dO V^T, the
+  // next tile's both wait for the last dS K
   fm_load<FM_ROWS, KP>(vs, vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
   fm_load<FM_ROWS, KP>(ks, kb, 0, T, G * K, (int)K), lmc_cp_async_commit();
-  fm_tile<FM_ROWS, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);
-  fm_tile<FM_ROWS, KP>(dos, dout + b * T * H * K + h * K, i0, T, H * K, (int)K, 1.0f);
-  float acc[KP / 8][4], li[2], di[2];
-  for (int nt = 0; nt < KP / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
-  for (int r = 0; r < 2; r++) {
-    i64 row = r0 + r * 8;
-    li[r] = row < T ? lse[(b * H + h) * T + row] * LOG2E : 0, di[r] = row < T ? dd[(b * H + h) * T + row] : 0;
+  fm_tile<BR, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);
+  fm_tile<BR, KP>(dos, dout + b * T * H * K + h * K, i0, T, H * K, (int)K, 1.0f);
+  float acc[MT][KP / 8][4], li[MT][2], di[MT][2];
+  for (int mt = 0; mt < MT; mt++) {
+    for (int nt = 0; nt < KP / 8; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0;
+    for (int r = 0; r < 2; r++) {
+      i64 row = r0 + 16 * mt + r * 8;
+      li[mt][r] = row < T ? lse[(b * H + h) * T + row] * LOG2E : 0, di[mt][r] = row < T ? dd[(b * H + h) * T + row] : 0;
+    }
   }
   for (i64 j0 = 0; j0 <= last; j0 += FM_ROWS) {
     bool more = j0 + FM_ROWS <= last;
-    float s[FM_ROWS / 8][4], dp[FM_ROWS / 8][4];
-    for (int nt = 0; nt < FM_ROWS / 8; nt++)
-      for (int i = 0; i < 4; i++) s[nt][i] = dp[nt][i] = 0;
     lmc_cp_async_wait1();   // V
     __syncthreads();
-    fm_mul_nk<KP, FM_ROWS / 8, KP / 16>(dp, dos, warp * 16, vs);
-    lmc_cp_async_wait0();   // K
-    __syncthreads();
-    if (more) fm_load<FM_ROWS, KP>(vs, vb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
-    fm_mul_nk<KP, FM_ROWS / 8, KP / 16>(s, sh, warp * 16, ks);
-    // the causal mask where a key passes a row of the block (the last
-    // tile); a row past T has dS 0 all along (its dO and lse are zeros)
-    bool diag = j0 + FM_ROWS - 1 > i0;
-    int rel = (int)(r0 - j0);   // this thread's first row, from the tile's first key
-    for (int nt = 0; nt < FM_ROWS / 8; nt++)
-      for (int i = 0; i < 4; i++) {
-        float p = exp2f(s[nt][i] - li[i >> 1]);
-        if (diag && nt * 8 + 2 * t + (i & 1) > rel + (i >> 1) * 8) p = 0.0f;
-        s[nt][i] = p * (dp[nt][i] - di[i >> 1]);   // dS
+    for (int hs = 0; hs < MT; hs++) {
+      i64 k0 = j0 + hs * NS;
+      bool live = k0 < w0 + 16 * MT;   // (warp-uniform)
+      float s[MT][NS / 8][4], dp[MT][NS / 8][4];
+      if (live) {
+        for (int mt = 0; mt < MT; mt++)
+          for (int nt = 0; nt < NS / 8; nt++)
+            for (int i = 0; i < 4; i++) s[mt][nt][i] = dp[mt][nt][i] = 0;
+        fm_mul_nk_m<KP, NS / 8, KP / 16, MT>(dp, dos, warp * 16 * MT, vs + hs * NS);
       }
-    fm_mul_kn<KP, FM_ROWS / 8>(acc, s, ks);   // dQ += dS K
+      if (hs == 0) {
+        lmc_cp_async_wait0();   // K
+        __syncthreads();
+      }
+      if (!live) continue;
+      fm_mul_nk_m<KP, NS / 8, KP / 16, MT>(s, sh, warp * 16 * MT, ks + hs * NS);
+      // the causal mask where a key passes a row of the warp; a row past T
+      // has dS 0 all along (its dO and lse are zeros)
+      bool diag = k0 + NS - 1 > w0;
+      for (int mt = 0; mt < MT; mt++) {
+        int rel = (int)(r0 + 16 * mt - k0);   // this thread's first row, from the sub-tile's first key
+        for (int nt = 0; nt < NS / 8; nt++)
+          for (int i = 0; i < 4; i++) {
+            float p = exp2f(s[mt][nt][i] - li[mt][i >> 1]);
+            if (diag && nt * 8 + 2 * t + (i & 1) > rel + (i >> 1) * 8) p = 0.0f;
+            s[mt][nt][i] = p * (dp[mt][nt][i] - di[mt][i >> 1]);   // dS
+          }
+      }
+      fm_mul_kn_m<KP, NS / 8, MT>(acc, s, ks + hs * NS);   // dQ += dS K
+    }
     __syncthreads();
-    if (more) fm_load<FM_ROWS, KP>(ks, kb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
+    if (more) {
+      fm_load<FM_ROWS, KP>(vs, vb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
+      fm_load<FM_ROWS, KP>(ks, kb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
+    }
   }
-  fm_put<KP>(dq + b * T * H * K + h * K, H * K, acc, r0, T, (int)K, scale, scale, accum);
+  for (int mt = 0; mt < MT; mt++)
+    fm_put<KP>(dq + b * T * H * K + h * K, H * K, acc[mt], r0 + 16 * mt, T, (int)K, scale, scale, accum);
 }
 
 // One stage of fm_backward_dkv: rows i0.. of head h's Q and dO into a Q

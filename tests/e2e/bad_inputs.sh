@@ -53,8 +53,8 @@ sed 's/^  run bwd mb=0$/  run bwd mb=0\n  allreduce grad off=0 n=16 group=dp asy
 MSG="an asynchronous allreduce with no wait after it" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
 MSG="LMC_ATTENTION_DKV_QT=48: it takes 32 or 64 (queries a step of dK/dV)" \
   expect_error env LMC_ATTENTION_DKV_QT=48 "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
-MSG="LMC_ATTENTION_FWD_ROWS=32: it takes 64 or 128 (query rows a block of attention's forward)" \
-  expect_error env LMC_ATTENTION_FWD_ROWS=32 "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
+MSG="LMC_ATTENTION_ROWS=32: it takes 64 or 128 (query rows a block of attention's forward and dQ)" \
+  expect_error env LMC_ATTENTION_ROWS=32 "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
 
 cp -r "$CK" "$WORK/flip"
 printf '\001' | dd of="$WORK/flip/rank0.ckpt" bs=1 seek=5000 conv=notrunc 2>/dev/null

@@ -470,20 +470,20 @@ int main(int argc, char **argv) {
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, false);
       if (mp && at[i].k == 96) {   /* the forward's 64-row kernel, the other one */
-        cuda_attention_fwd_rows(64);
+        cuda_attention_rows(64);
         c.name = "attention (gqa 2:1, T 80, K 96) bf16, 64 rows a block";
         check(c, false);
-        cuda_attention_fwd_rows(128);
+        cuda_attention_rows(128);
       }
       /* inputs: dy, q, k, v, then lse and o, which run() makes by the forward */
       c = (Case){names[mp][i][1], rt_inst(OP_ATTENTION_BWD), {{nq}, {nq}, {nk}, {nk}, {rows, F32}, {nq}}, {{nq}, {nk}, {nk}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, true);
-      if (mp && at[i].k == 96) {   /* dK/dV 32 queries a step, the other kernel */
-        cuda_attention_dkv_qt(32);
-        c.name = "attention_bwd (gqa 2:1, T 80, K 96) bf16, dK/dV 32 queries a step";
+      if (mp && at[i].k == 96) {   /* dK/dV 32 queries a step and dQ 64 rows a block, the other kernels */
+        cuda_attention_dkv_qt(32), cuda_attention_rows(64);
+        c.name = "attention_bwd (gqa 2:1, T 80, K 96) bf16, dK/dV 32 queries, dQ 64 rows";
         check(c, true);
-        cuda_attention_dkv_qt(64);
+        cuda_attention_dkv_qt(64), cuda_attention_rows(128);
       }
     }
   }
