@@ -5,8 +5,8 @@
 # T=2048), each in fp32 storage and (column lmc-cuda-bf16) under
 # `precision = bf16` (GPT-2 also with the LM head that recomputes its
 # logits, --fuse=recompute, column lmc-cuda-bf16-recompute, beside the
-# default head_dl; in the quick set GPT-2 and llama-large also with their
-# GEMMs' algorithms timed, LMC_GEMM_TUNE=1, column lmc-cuda-bf16-tuned);
+# default head_dl; GPT-2 and llama-large also with their GEMMs' algorithms
+# timed, LMC_GEMM_TUNE=1, column lmc-cuda-bf16-tuned);
 # and lmc's MoE (8 experts, top 2) against its dense
 # twin with the same parameters per token. For each lmc run bench_train prints the
 # NVRTC time (cold the first time a model's kernels are compiled, warm
@@ -21,9 +21,9 @@
 # Usage: bench/gpu.sh [BIN]   BIN holds lmc and bench_train (default: .gpu/bin
 #        as scripts/gpu_check.sh --pack leaves it, else build/)
 # Env:   LMC_BENCH_ATTENTION_ONLY=1: attention alone, nothing else;
-#        LMC_BENCH_QUICK=1: GPT-2 B=8 T=1024 (lmc fp32 and bf16 storage,
-#        PyTorch bf16 and bf16 + torch.compile), lmc's llama-large and the
-#        MoE rows in bf16; PYTHON (default python3)
+#        LMC_BENCH_QUICK=1: the issue's targets in bf16, GPT-2 B=8 T=1024
+#        (lmc, PyTorch bf16 and bf16 + torch.compile) and llama-large (lmc,
+#        torch.compile), then the MoE rows; PYTHON (default python3)
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-}
@@ -90,20 +90,12 @@ attention_row gpt2-B8-T1024 gpt2-124m 8 1024 12 12 64
 gpt="--set batch=8 --set seq=1024"
 # MoE on the GPU against its dense twin (same active parameters; no PyTorch anchor for MoE)
 moe="--set D=512 --set H=8 --set G=2 --set L=8 --set batch=8 --set seq=1024"
-if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # torch.compile for GPT-2 only (its warm-up is 20 s or more a model)
-  lmc_row gpt2-B8-T1024 cuda-medium 5 gpt2-124m $gpt
+if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # the issue's two targets in bf16, each beside torch.compile
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16 5 gpt2-124m $gpt --set precision=bf16
-  lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-recompute 5 gpt2-124m $gpt --set precision=bf16 --fuse=recompute
-  rowenv=LMC_GEMM_TUNE=1
-  lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-tuned 5 gpt2-124m $gpt --set precision=bf16
-  rowenv=
   torch_row gpt2-B8-T1024 bf16 torch_gpt2.py 8 1024 bf16 10
   torch_row gpt2-B8-T1024 bf16c torch_gpt2.py 8 1024 bf16c 10
-  lmc_row llama-large-B8-T2048 cuda-medium 3 llama-large
   lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16 3 llama-large --set precision=bf16
-  rowenv=LMC_GEMM_TUNE=1
-  lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16-tuned 3 llama-large --set precision=bf16
-  rowenv=
+  torch_row llama-large-B8-T2048 bf16c torch_llama.py 1536 24 16 4 4096 32000 8 2048 bf16c 5
   lmc_row moe-8x2-D512 cuda-medium:cuda-bf16 5 moe-tiny $moe --set F=688 --set precision=bf16
   lmc_row dense-twin-D512 cuda-medium:cuda-bf16 5 tiny $moe --set F=1376 --set precision=bf16
 else
@@ -112,6 +104,9 @@ else
   lmc_row gpt2-B8-T1024 cuda-medium 5 gpt2-124m $gpt
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16 5 gpt2-124m $gpt --set precision=bf16
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-recompute 5 gpt2-124m $gpt --set precision=bf16 --fuse=recompute
+  rowenv=LMC_GEMM_TUNE=1
+  lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-tuned 5 gpt2-124m $gpt --set precision=bf16
+  rowenv=
   torch_row gpt2-B8-T1024 fp32 torch_gpt2.py 8 1024 fp32 10
   torch_row gpt2-B8-T1024 tf32 torch_gpt2.py 8 1024 tf32 10
   torch_row gpt2-B8-T1024 bf16 torch_gpt2.py 8 1024 bf16 10
@@ -124,6 +119,9 @@ else
   torch_row llama-small-B8-T2048 bf16c torch_llama.py 768 12 12 4 2048 32000 8 2048 bf16c 10
   lmc_row llama-large-B8-T2048 cuda-medium 3 llama-large
   lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16 3 llama-large --set precision=bf16
+  rowenv=LMC_GEMM_TUNE=1
+  lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16-tuned 3 llama-large --set precision=bf16
+  rowenv=
   torch_row llama-large-B8-T2048 bf16c torch_llama.py 1536 24 16 4 4096 32000 8 2048 bf16c 5
   lmc_row moe-8x2-D512 cuda-medium 5 moe-tiny $moe --set F=688
   lmc_row moe-8x2-D512 cuda-medium:cuda-bf16 5 moe-tiny $moe --set F=688 --set precision=bf16
