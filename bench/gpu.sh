@@ -22,8 +22,10 @@
 #        as scripts/gpu_check.sh --pack leaves it, else build/)
 # Env:   LMC_BENCH_ATTENTION_ONLY=1: attention alone, nothing else;
 #        LMC_BENCH_QUICK=1: the issue's targets in bf16, GPT-2 B=8 T=1024
-#        (lmc, PyTorch bf16 and bf16 + torch.compile) and llama-large (lmc,
-#        torch.compile), then the MoE rows; PYTHON (default python3)
+#        (lmc, lmc without the backward's GEMM epilogues, column
+#        lmc-cuda-bf16-noep, PyTorch bf16 and bf16 + torch.compile) and
+#        llama-large (lmc, torch.compile), then the MoE rows; PYTHON
+#        (default python3)
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-}
@@ -92,6 +94,9 @@ gpt="--set batch=8 --set seq=1024"
 moe="--set D=512 --set H=8 --set G=2 --set L=8 --set batch=8 --set seq=1024"
 if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # the issue's two targets in bf16, each beside torch.compile
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16 5 gpt2-124m $gpt --set precision=bf16
+  rowenv=LMC_GEMM_BACKWARD_EPILOGUES=0
+  lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-noep 5 gpt2-124m $gpt --set precision=bf16
+  rowenv=
   torch_row gpt2-B8-T1024 bf16 torch_gpt2.py 8 1024 bf16 10
   torch_row gpt2-B8-T1024 bf16c torch_gpt2.py 8 1024 bf16c 10
   lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16 3 llama-large --set precision=bf16

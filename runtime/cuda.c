@@ -835,6 +835,13 @@ static void col_finish(const Cols *c, i64 d, int s, void *out, int acc) {
   launch("lmc_col_finish", grid_for(d), f);
 }
 
+/* The backward's GEMM epilogues (BGRAD, DGELU) asked of cuBLASLt, or
+ * (LMC_GEMM_BACKWARD_EPILOGUES=0) the plain GEMM and the kernels after it:
+ * an epilogue narrows cuBLASLt's choice of algorithms (GPT-2's weight
+ * gradients ran at 376 TFLOP/s with BGRADA on an H200, run 15, against
+ * about 750 for its plain GEMMs), so which is faster is the GPU's to say. */
+static bool bwd_epilogues = true;
+
 /* matmul_bgrad: a weight's gradient GEMM whose epilogue (BGRADA for dy
  * as our B, BGRADB as our A) sums dy over the rows into a scratch vector,
  * which one pass then adds to the bias's gradient; where cuBLASLt refuses
@@ -846,7 +853,7 @@ static void op_matmul_bgrad(const RtInst *x, const CUdeviceptr *O, const CUdevic
   i64 len = x->bg ? x->n : x->m, rows = x->k, lda = x->ta ? x->m : x->k, ldb = x->tb ? x->k : x->n;
   unsigned ty = gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0));
   float beta = x->acc[0] ? 1 : 0;
-  if (!refused[x->bg]) {
+  if (!refused[x->bg] && bwd_epilogues) {
     CUdeviceptr g = scratch(&sg, &nsg, len);
     if (gemm_ep(ty, x->ta, x->tb, x->m, x->n, x->k, 1, I[0], lda, I[1], ldb, beta, O[0], x->n, g, 0, x->bg ? 2 : 1)) {
       Cols c = {0, 1, g};
@@ -872,7 +879,8 @@ static void op_matmul_dgelu(const RtInst *x, const CUdeviceptr *O, const CUdevic
   i64 mn = x->m * x->n, lda = x->ta ? x->m : x->k, ldb = x->tb ? x->k : x->n;
   unsigned ty = gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0));
   bool same = !(x->bf & RT_BF_IN(2)) == !(x->bf & RT_BF_OUT(0));
-  if (!refused && same && gemm_ep(ty, x->ta, x->tb, x->m, x->n, x->k, 1, I[0], lda, I[1], ldb, 0, O[0], x->n, 0, I[2], 3))
+  if (!refused && same && bwd_epilogues &&
+      gemm_ep(ty, x->ta, x->tb, x->m, x->n, x->k, 1, I[0], lda, I[1], ldb, 0, O[0], x->n, 0, I[2], 3))
     return;
   refused |= same;
   gemm_t(ty, x->ta, x->tb, x->m, x->n, x->k, 1, I[0], lda, I[1], ldb, 0, O[0], x->n);
@@ -1839,6 +1847,12 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   if (!load_driver(why, n)) return NULL;
   bool events = ev.create && ev.record && ev.sync && ev.elapsed;
   cuda.time_mark = events ? cuda_time_mark : NULL, cuda.time_read = events ? cuda_time_read : NULL;
+  const char *be = getenv("LMC_GEMM_BACKWARD_EPILOGUES");
+  if (be && *be) {
+    if (strcmp(be, "0") && strcmp(be, "1"))
+      return snprintf(why, n, "LMC_GEMM_BACKWARD_EPILOGUES=%s: it takes 0 (the GEMM, then kernels) or 1", be), NULL;
+    bwd_epilogues = *be == '1';
+  }
   const char *t = getenv("LMC_GEMM_TUNE");
   tune = t && *t && strcmp(t, "0") && events && ev.destroy;
   CUdevice dev;

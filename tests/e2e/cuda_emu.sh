@@ -94,6 +94,16 @@ if [ "$STEPS" -ge 20 ]; then
     --eval-interval "$STEPS" --eval-batches 2 --out "$WORK/gpt2_bf16.tuned" || fail "LMC_GEMM_TUNE=1: lmrun failed"
   python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/gpt2_bf16.cuda-emu/metrics.jsonl" "$WORK/gpt2_bf16.tuned/metrics.jsonl" \
     "GEMMs tuned against not" 1e-15 || status=1
+  # LMC_GEMM_BACKWARD_EPILOGUES=0: the weight gradients' GEMMs plain and
+  # the bias gradients' column sums after, GELU's backward after its GEMM:
+  # GELU's backward then multiplies dh rounded to bf16 where the epilogue
+  # takes it unrounded, and the runs part as bf16 runs do (loss 3e-5 apart
+  # by step 20): the bf16 tolerances
+  LMC_GEMM_BACKWARD_EPILOGUES=0 "$LMRUN" "$WORK/gpt2_bf16" --data "$DATA" --backend cuda-emu --matmul-precision highest \
+    --quiet --eval-interval "$STEPS" --eval-batches 2 --out "$WORK/gpt2_bf16.noep" ||
+    fail "LMC_GEMM_BACKWARD_EPILOGUES=0: lmrun failed"
+  python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/gpt2_bf16.cuda-emu/metrics.jsonl" "$WORK/gpt2_bf16.noep/metrics.jsonl" \
+    "backward epilogues off against on" 1e-3 1e-2 || status=1
   ran=18
 fi
 # tf32 and bf16 products: the loss within 2e-3 and 1e-2, the gradient
