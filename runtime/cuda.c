@@ -1254,7 +1254,7 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
     int dir = x->op == OP_ROPE ? 1 : -1, acc = x->op == OP_ROPE ? 0 : acc0;
     CUdeviceptr cs = rope_table(t, k, x->theta);
     void *a[] = {&O[0], &I[0], &cs, &b, &t, &h, &k, &dir, &acc};
-    launch("lmc_rope", grid_for(b * t * h * k / 2), a);
+    launch("lmc_rope", grid_for(b * t * h * k / (k / 2 % 8 ? 2 : 16)), a);   /* (8 pairs a thread-step) */
     return;
   }
   case OP_ATTENTION: op_attention(x, o, in); return;

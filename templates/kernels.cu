@@ -434,19 +434,38 @@ extern "C" __global__ void lmc_rope_table(real *cs, i64 t, i64 k, double theta) 
   }
 }
 
-// rotate-half RoPE over x[b,t,h,k]; dir = -1 rotates back (backward)
+// rotate-half RoPE over x[b,t,h,k]; dir = -1 rotates back (backward). A
+// thread-step takes G pairs (dims i.. i+G-1 and their partners half
+// further): 8 with 16-byte accesses when half is a multiple of 8 and the
+// operands aligned, else 1; the index arithmetic in 32 bits (I) where the
+// steps fit, since a 64-bit division is a long chain of instructions
+template <int G, typename I>
+__device__ void rope_run(act *y, const act *x, const real *cs, I n, I t, I h, I half, float dir, int acc) {
+  I per = half / G;
+  for (I e = blockIdx.x * (I)blockDim.x + threadIdx.x; e < n; e += (I)gridDim.x * blockDim.x) {
+    I row = e / per, i = (e - row * per) * G, pos = row / h % t;
+    const act *xr = x + (i64)row * 2 * half;
+    act *yr = y + (i64)row * 2 * half;
+    const real *c = cs + 2 * ((i64)pos * half + i);
+    float x1[G], x2[G], o1[G], o2[G], cc[2 * G];
+    ldg<G>(x1, xr + i), ldg<G>(x2, xr + i + half);
+    if (G == 8) ld8(cc, c), ld8(cc + 8, c + 8);
+    else cc[0] = c[0], cc[1] = c[1];
+    if (acc) ldg<G>(o1, yr + i), ldg<G>(o2, yr + i + half);
+    for (int q = 0; q < G; q++) {
+      float co = cc[2 * q], s = cc[2 * q + 1] * dir, a = x1[q] * co - x2[q] * s, b = x2[q] * co + x1[q] * s;
+      o1[q] = acc ? o1[q] + a : a, o2[q] = acc ? o2[q] + b : b;
+    }
+    stg<G>(yr + i, o1), stg<G>(yr + i + half, o2);
+  }
+}
 extern "C" __global__ void lmc_rope(act *y, const act *x, const real *cs, i64 b, i64 t, i64 h, i64 k, int dir,
                                     int acc) {
-  i64 half = k / 2;
-  GRID_LOOP(e, b * t * h * half) {
-    i64 i = e % half, row = e / half, pos = row / h % t;
-    float c = cs[2 * (pos * half + i)], s = cs[2 * (pos * half + i) + 1] * dir;
-    const act *xr = x + row * k;
-    act *yr = y + row * k;
-    float x1 = xr[i], x2 = xr[i + half];
-    PUT(yr, i, x1 * c - x2 * s, acc);
-    PUT(yr, i + half, x2 * c + x1 * s, acc);
-  }
+  i64 half = k / 2, v8 = half % 8 == 0 && al16(x) && al16(y) && al16(cs), n = b * t * h * (v8 ? half / 8 : half);
+  if (n < 0x7fffffff && v8) rope_run<8, unsigned>(y, x, cs, (unsigned)n, (unsigned)t, (unsigned)h, (unsigned)half, dir, acc);
+  else if (n < 0x7fffffff) rope_run<1, unsigned>(y, x, cs, (unsigned)n, (unsigned)t, (unsigned)h, (unsigned)half, dir, acc);
+  else if (v8) rope_run<8, i64>(y, x, cs, n, t, h, half, dir, acc);
+  else rope_run<1, i64>(y, x, cs, n, t, h, half, dir, acc);
 }
 
 // @kernel attention

@@ -446,6 +446,12 @@ int main(int argc, char **argv) {
   check(c, false);
   c.name = "rope_bwd", c.x.op = OP_ROPE_BWD;
   check(c, true);
+  /* head dim 32: 8 pairs a thread-step with 16-byte accesses */
+  c = (Case){"rope (K 32)", rt_inst(OP_ROPE), {{N * H * 32}}, {{N * H * 32}}};
+  c.x.b = B, c.x.t = T, c.x.h = H, c.x.k = 32, c.x.theta = 10000;
+  check(c, false);
+  c.name = "rope_bwd (K 32)", c.x.op = OP_ROPE_BWD;
+  check(c, true);
   /* head dim 10 (one thread a query row), 40 (two, past a tile of 32
    * keys and a block of 64 rows; on the tensor cores past a block of 128)
    * and 96 (llama-large's: on the tensor cores the forward takes 128 rows
