@@ -1074,6 +1074,34 @@ static void op_moe_dispatch(const RtInst *x, void **o, void **in) {
   launch("lmc_moe_gather", grid_for(nk * d), b);
 }
 
+/* The grouped way (kernels.cu's lmc_moe_mm and lmc_moe_mm_tn): each of
+ * a layer's expert GEMMs one launch over all its segments, the counts
+ * read on the device, so no host wait and CUDA graphs; at medium precision
+ * (bf16 products, as cuBLASLt's there) where every segment's rows are this
+ * rank's own (no ep: the rows are all x->m), unless LMC_MOE_GROUPED=0. */
+static bool moe_grouped_off;
+static bool moe_grouped(const RtInst *x) { return !moe_grouped_off && precision == MP_MEDIUM && x->seg == x->e; }
+
+/* C (+)= A B_e over each segment's rows (kn: B_e stored [k][n], else [n][k]) */
+static void gg_mm(const RtInst *x, CUdeviceptr C, CUdeviceptr A, CUdeviceptr B, const void *counts, i64 n, i64 k,
+                  i64 lda, i64 ldb, i64 ldc, i64 sB, unsigned ty, int kn, int acc) {
+  CUdeviceptr cnt = dptr(counts);
+  i64 seg = x->seg, ne = x->e;
+  int flags = (int)ty;
+  void *a[] = {&C, &A, &B, &cnt, &seg, &ne, &n, &k, &lda, &ldb, &ldc, &sB, &flags, &kn, &acc};
+  launch_grid("lmc_moe_mm", (unsigned)((x->m + 127) / 128 + seg), (unsigned)((n + 127) / 128), 1, 256, a);
+}
+
+/* C_e (+)= A' B over expert e's rows: a weight's gradient, fp32 [m, n] */
+static void gg_tn(const RtInst *x, CUdeviceptr C, CUdeviceptr A, CUdeviceptr B, const void *counts, i64 m, i64 n,
+                  i64 lda, i64 ldb, unsigned ty, int acc) {
+  CUdeviceptr cnt = dptr(counts);
+  i64 seg = x->seg, ne = x->e, ldc = n, sC = m * n;
+  int flags = (int)ty;
+  void *a[] = {&C, &A, &B, &cnt, &seg, &ne, &m, &n, &lda, &ldb, &ldc, &sC, &flags, &acc};
+  launch_grid("lmc_moe_mm_tn", (unsigned)((m + 127) / 128), (unsigned)((n + 127) / 128), (unsigned)ne, 256, a);
+}
+
 /* One GEMM per segment: C rows r0.. of each, expert s % e's weights. */
 typedef struct Seg { i64 r0, rows, e; } Seg;
 static Seg seg_at(const RtInst *x, const i64 *c, i64 s, i64 *r0) {
@@ -1085,11 +1113,16 @@ static Seg seg_at(const RtInst *x, const i64 *c, i64 s, i64 *r0) {
 /* h = x w1' (| x w3'), a = act(h) */
 static void op_moe_up(const RtInst *x, void **o, void **in) {
   bool swiglu = x->op == OP_MOE_UP;
-  i64 f = x->n, d = x->d, hw = swiglu ? 2 * f : f, rows, r0 = 0, *c = moe_counts(x, in[swiglu ? 3 : 2], &rows);
+  const void *counts = in[swiglu ? 3 : 2];
+  i64 f = x->n, d = x->d, hw = swiglu ? 2 * f : f, rows = x->m, r0 = 0, *c = NULL;
   CUdeviceptr a = dptr(o[0]), h = dptr(o[1]), xx = dptr(in[0]), w1 = dptr(in[1]), w3 = swiglu ? dptr(in[2]) : 0;
   i64 ex = esz(x, RT_BF_IN(0)), ew = esz(x, RT_BF_IN(1)), eh = esz(x, RT_BF_OUT(1));
   unsigned ty = gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(1));
-  for (i64 s = 0; s < x->seg; s++) {
+  if (moe_grouped(x)) {
+    gg_mm(x, h, xx, w1, counts, f, d, d, d, hw, f * d, ty, 0, 0);
+    if (swiglu) gg_mm(x, h + f * eh, xx, w3, counts, f, d, d, d, hw, f * d, ty, 0, 0);
+  } else c = moe_counts(x, counts, &rows);
+  for (i64 s = 0; c && s < x->seg; s++) {
     Seg g = seg_at(x, c, s, &r0);
     if (!g.rows) continue;
     gemm_t(ty, false, true, g.rows, f, d, 1, xx + g.r0 * d * ex, d, w1 + g.e * f * d * ew, d, 0, h + g.r0 * hw * eh, hw);
@@ -1104,9 +1137,11 @@ static void op_moe_up(const RtInst *x, void **o, void **in) {
 }
 
 static void op_moe_down(const RtInst *x, void **o, void **in) {
-  i64 f = x->n, d = x->d, rows, r0 = 0, *c = moe_counts(x, in[2], &rows);
+  i64 f = x->n, d = x->d, rows, r0 = 0;
   i64 ea = esz(x, RT_BF_IN(0)), ew = esz(x, RT_BF_IN(1)), ey = esz(x, RT_BF_OUT(0));
   unsigned ty = gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0));
+  if (moe_grouped(x)) return gg_mm(x, dptr(o[0]), dptr(in[0]), dptr(in[1]), in[2], d, f, f, f, d, d * f, ty, 0, 0);
+  i64 *c = moe_counts(x, in[2], &rows);
   for (i64 s = 0; s < x->seg; s++) {
     Seg g = seg_at(x, c, s, &r0);
     if (g.rows)
@@ -1118,10 +1153,16 @@ static void op_moe_down(const RtInst *x, void **o, void **in) {
 
 /* da = dy w2;  dw2[e] (+)= dy' a */
 static void op_moe_down_bwd(const RtInst *x, void **o, void **in) {
-  i64 f = x->n, d = x->d, rows, r0 = 0, *c = moe_counts(x, in[3], &rows);
-  if (o[1] && !x->acc[1]) cuda_zero(o[1], x->e * d * f);
+  i64 f = x->n, d = x->d, rows, r0 = 0;
   i64 edy = esz(x, RT_BF_IN(0)), ea = esz(x, RT_BF_IN(1)), ew = esz(x, RT_BF_IN(2)), eda = esz(x, RT_BF_OUT(0));
   unsigned t0 = gty(x, RT_BF_IN(0), RT_BF_IN(2), RT_BF_OUT(0)), t1 = gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(1));
+  if (moe_grouped(x)) {
+    if (o[0]) gg_mm(x, dptr(o[0]), dptr(in[0]), dptr(in[2]), in[3], f, d, d, f, f, d * f, t0, 1, x->acc[0]);
+    if (o[1]) gg_tn(x, dptr(o[1]), dptr(in[0]), dptr(in[1]), in[3], d, f, d, f, t1, x->acc[1]);
+    return;
+  }
+  i64 *c = moe_counts(x, in[3], &rows);
+  if (o[1] && !x->acc[1]) cuda_zero(o[1], x->e * d * f);
   for (i64 s = 0; s < x->seg; s++) {
     Seg g = seg_at(x, c, s, &r0);
     if (!g.rows) continue;
@@ -1135,8 +1176,9 @@ static void op_moe_down_bwd(const RtInst *x, void **o, void **in) {
 
 /* dh from da, then dx = dh1 w1 (+ dh3 w3), dw1[e] (+)= dh1' x, dw3[e] (+)= dh3' x */
 static void op_moe_up_bwd(const RtInst *x, void **o, void **in) {
-  bool swiglu = x->op == OP_MOE_UP_BWD;
-  i64 f = x->n, d = x->d, hw = swiglu ? 2 * f : f, rows, r0 = 0, *c = moe_counts(x, in[swiglu ? 4 : 3], &rows);
+  bool swiglu = x->op == OP_MOE_UP_BWD, gg = moe_grouped(x);
+  const void *counts = in[swiglu ? 4 : 3];
+  i64 f = x->n, d = x->d, hw = swiglu ? 2 * f : f, rows = x->m, r0 = 0, *c = gg ? NULL : moe_counts(x, counts, &rows);
   /* dh is stored as da is (bf16 under bf16 storage, as the CPU rounds it) */
   CUdeviceptr dh = scratch(&moe_hbuf, &moe_hbuf_n, (size_t)(rows ? rows : 1) * hw), da = dptr(in[0]),
               h = dptr(in[swiglu ? 5 : 4]), xx = dptr(in[1]), w1 = dptr(in[2]), w3 = swiglu ? dptr(in[3]) : 0;
@@ -1148,6 +1190,13 @@ static void op_moe_up_bwd(const RtInst *x, void **o, void **in) {
   void *args[] = {&dh, &da, &h, &rows, &f, &sw};
   if (rows) launch("lmc_moe_act_bwd", grid_for(rows * f), args);
   void *dw1 = o[1], *dw3 = swiglu ? o[2] : NULL;
+  if (gg) {
+    if (o[0]) gg_mm(x, dptr(o[0]), dh, w1, counts, d, f, hw, d, d, f * d, t0, 1, x->acc[0]);
+    if (o[0] && swiglu) gg_mm(x, dptr(o[0]), dh + f * edh, w3, counts, d, f, hw, d, d, f * d, t0, 1, 1);
+    if (dw1) gg_tn(x, dptr(dw1), dh, xx, counts, f, d, hw, d, t1, x->acc[1]);
+    if (dw3) gg_tn(x, dptr(dw3), dh + f * edh, xx, counts, f, d, hw, d, t1, x->acc[2]);
+    return;
+  }
   if (dw1 && !x->acc[1]) cuda_zero(dw1, x->e * f * d);
   if (dw3 && !x->acc[2]) cuda_zero(dw3, x->e * f * d);
   for (i64 s = 0; s < x->seg; s++) {
@@ -1774,7 +1823,18 @@ static void cuda_graph_free(void *p) {
 }
 
 /* An all-reduce inside a program is recorded where it goes through NCCL. */
-static bool cuda_graph_ok(const RtInst *x) { return x->op != OP_ALLREDUCE || (use_nccl && ncomm[x->axis]); }
+/* Ops a CUDA graph can hold: all but an all-reduce staged through the
+ * host, MoE's all-to-all (host-sized) and its experts' GEMMs the ragged
+ * way (their counts come to the host) */
+static bool cuda_graph_ok(const RtInst *x) {
+  switch (x->op) {
+  case OP_ALLREDUCE: return use_nccl && ncomm[x->axis];
+  case OP_MOE_A2A: case OP_MOE_A2A_REV: return false;
+  case OP_MOE_UP: case OP_MOE_UP_GELU: case OP_MOE_DOWN: case OP_MOE_DOWN_BWD: case OP_MOE_UP_BWD:
+  case OP_MOE_UP_GELU_BWD: return moe_grouped(x);
+  default: return true;
+  }
+}
 
 static Backend cuda = {
     .name = "cuda-f32", .elem = 4, .alloc = cuda_alloc, .release = cuda_release, .upload = cuda_upload,
@@ -1852,6 +1912,12 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
     if (strcmp(be, "0") && strcmp(be, "1"))
       return snprintf(why, n, "LMC_GEMM_BACKWARD_EPILOGUES=%s: it takes 0 (the GEMM, then kernels) or 1", be), NULL;
     bwd_epilogues = *be == '1';
+  }
+  const char *mg = getenv("LMC_MOE_GROUPED");
+  if (mg && *mg) {
+    if (strcmp(mg, "0") && strcmp(mg, "1"))
+      return snprintf(why, n, "LMC_MOE_GROUPED=%s: it takes 0 (a GEMM a segment, counts on the host) or 1", mg), NULL;
+    moe_grouped_off = *mg == '0';
   }
   const char *t = getenv("LMC_GEMM_TUNE");
   tune = t && *t && strcmp(t, "0") && events && ev.destroy;

@@ -56,8 +56,8 @@ Run *rt_new(Bundle *b, Backend *be) {
   int64_t ar = 0;   /* the largest bf16 value all-reduced inside a program */
   for (int i = 0; i < b->nfwd + b->nbwd; i++) {   /* a tp all-reduce through the host; MoE's counts */
     const RtInst *x = i < b->nfwd ? &b->fwd[i] : &b->bwd[i - b->nfwd];
-    if ((x->op == OP_ALLREDUCE && !(be->graph_ok && be->graph_ok(x))) ||
-        (x->op >= OP_MOE_ROUTE && x->op <= OP_MOE_COMBINE_BWD))
+    if ((x->op == OP_ALLREDUCE || (x->op >= OP_MOE_ROUTE && x->op <= OP_MOE_COMBINE_BWD)) &&
+        !(be->graph_ok && be->graph_ok(x)))
       r->graphs = false;
     if (x->op == OP_ALLREDUCE && r->typed && b->vals[x->out[0]].bf16 && b->vals[x->out[0]].n > ar) ar = b->vals[x->out[0]].n;
   }

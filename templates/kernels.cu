@@ -1475,6 +1475,181 @@ extern "C" __global__ void lmc_moe_act_bwd(act *dh, const act *da, const act *h,
   }
 }
 
+// The experts' GEMMs as grouped GEMMs on the tensor cores, one launch for
+// all segments, their row counts read on the device: no host wait, so an
+// MoE bundle's programs can be CUDA graphs (runtime/cuda.c takes this way
+// at --matmul-precision medium when every segment's rows are this rank's
+// own). bf16 products with fp32 accumulation as cuBLASLt's at medium:
+// fp32 operands are rounded to bf16 as their tiles are made. A block is 8
+// warps over a 128 x 128 tile of C (a warp 64 rows x 32 columns, 4 x 4
+// mma tiles), k in steps of 32 through two stages of shared memory
+// (cp.async where the source is bf16 and 16-byte aligned). flags: which of
+// A, B and C are bf16 (1, 2, 4; else fp32).
+#define GG_BM 128
+#define GG_BN 128
+#define GG_BK 32
+#define GG_THREADS 256
+
+// an R x C block of a [.., ld] matrix (rows r0.. below rmax, columns c0..
+// below cmax, zero past them) into the bf16 tile s of pitch P
+template <int R, int C, int P>
+__device__ void gg_tile(unsigned short *s, const void *src, bool bf, i64 ld, i64 r0, i64 rmax, i64 c0, i64 cmax) {
+  for (int e = threadIdx.x; e < R * C / 8; e += GG_THREADS) {
+    int r = e / (C / 8), c = e % (C / 8) * 8;
+    i64 gr = r0 + r, gc = c0 + c, off = gr * ld + gc;
+    unsigned short *d = s + r * P + c;
+    bool whole = gr < rmax && gc + 8 <= cmax;
+    if (bf) {
+      const bf16 *p = (const bf16 *)src + off;
+      if (whole && (unsigned long long)p % 16 == 0) lmc_cp_async16(d, p, 16);
+      else if (gr >= rmax || gc >= cmax) lmc_cp_async16(d, src, 0);
+      else
+        for (int q = 0; q < 8; q++) d[q] = gc + q < cmax ? p[q].b : 0;
+    } else {
+      const float *p = (const float *)src + off;
+      float f[8];
+      if (whole && (unsigned long long)p % 16 == 0) ld8(f, p);
+      else
+        for (int q = 0; q < 8; q++) f[q] = gr < rmax && gc + q < cmax ? p[q] : 0.0f;
+      *(uint4 *)d = make_uint4(bf16_pair(f[0], f[1]), bf16_pair(f[2], f[3]), bf16_pair(f[4], f[5]), bf16_pair(f[6], f[7]));
+    }
+  }
+}
+
+// acc (this warp's 64 x 32 of C) += the stage's A (rows wm 64.., [m][k]
+// pitch GG_BK + 8, or ta: [k][m] pitch GG_BM + 8) times B ([n][k] pitch
+// GG_BK + 8, or kn: [k][n] pitch GG_BN + 8)
+__device__ void gg_mul(float (*acc)[4][4], const unsigned short *sa, const unsigned short *sb, bool ta, bool kn, int wm,
+                       int wn) {
+  int lane = threadIdx.x % 32;
+  for (int kk = 0; kk < GG_BK / 16; kk++) {
+    unsigned a[4][4];
+    for (int mt = 0; mt < 4; mt++) {
+      int m0 = wm * 64 + mt * 16;
+      if (ta) lmc_ldmatrix_x4_trans(a[mt], sa + (kk * 16 + lane / 16 * 8 + lane % 8) * (GG_BM + 8) + m0 + lane / 8 % 2 * 8);
+      else lmc_ldmatrix_x4(a[mt], sa + (m0 + lane % 16) * (GG_BK + 8) + kk * 16 + lane / 16 * 8);
+    }
+    for (int n2 = 0; n2 < 2; n2++) {
+      unsigned b[4];
+      int n0 = wn * 32 + n2 * 16;
+      if (kn) lmc_ldmatrix_x4_trans(b, sb + (kk * 16 + lane / 8 % 2 * 8 + lane % 8) * (GG_BN + 8) + n0 + lane / 16 * 8);
+      else lmc_ldmatrix_x4(b, sb + (n0 + lane / 16 * 8 + lane % 8) * (GG_BK + 8) + kk * 16 + lane / 8 % 2 * 8);
+      for (int mt = 0; mt < 4; mt++) {
+        lmc_mma_bf16_16816(acc[mt][2 * n2], a[mt], b, acc[mt][2 * n2]);
+        lmc_mma_bf16_16816(acc[mt][2 * n2 + 1], a[mt], b + 2, acc[mt][2 * n2 + 1]);
+      }
+    }
+  }
+}
+
+// this warp's 64 x 32 of C into rows r0.. (below rmax) and columns c0..
+// (below cmax) of a [.., ldc] matrix, bf16 or fp32, added to it with acc
+__device__ void gg_put(void *C, bool bf, i64 ldc, float (*acc)[4][4], i64 r0, i64 rmax, i64 c0, i64 cmax, int accum) {
+  int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  for (int mt = 0; mt < 4; mt++)
+    for (int nt = 0; nt < 4; nt++)
+      for (int i = 0; i < 4; i++) {
+        i64 r = r0 + mt * 16 + g + (i >> 1) * 8, c = c0 + nt * 8 + 2 * t + (i & 1);
+        if (r >= rmax || c >= cmax) continue;
+        if (bf) PUT((bf16 *)C, r * ldc + c, acc[mt][nt][i], accum);
+        else PUT((float *)C, r * ldc + c, acc[mt][nt][i], accum);
+      }
+}
+
+// C[r, :n] (+)= A[r, :k] B_e (B_e = B + e sB: [n][k], or kn: [k][n]) for
+// the rows r of each segment s (counts[s] rows, after the segments before
+// it), e = s % ne. Grid (an upper bound on the segments' row tiles, n
+// tiles); a block finds its segment and tile from the counts.
+extern "C" __global__ void __launch_bounds__(GG_THREADS) lmc_moe_mm(void *C, const void *A, const void *B,
+                                                                    const real *counts, i64 seg, i64 ne, i64 n, i64 k,
+                                                                    i64 lda, i64 ldb, i64 ldc, i64 sB, int flags, int kn,
+                                                                    int accum) {
+  __shared__ __align__(16) unsigned short sa[2][GG_BM * (GG_BK + 8)], sb[2][GG_BN * (GG_BK + 8)];
+  i64 tile = blockIdx.x, r0 = -1, rend = 0, e = 0;
+  for (i64 s = 0, at = 0; s < seg && r0 < 0; s++) {
+    i64 c = (i64)counts[s], nt = (c + GG_BM - 1) / GG_BM;
+    if (tile < nt) r0 = at + tile * GG_BM, rend = at + c, e = s % ne;
+    tile -= nt, at += c;
+  }
+  if (r0 < 0) return;   // (the grid's upper bound past the tiles there are)
+  i64 n0 = blockIdx.y * (i64)GG_BN;
+  const char *Be = (const char *)B + e * sB * (flags & 2 ? 2 : 4);
+  int warp = threadIdx.x / 32, wm = warp % 2, wn = warp / 2, steps = (int)((k + GG_BK - 1) / GG_BK);
+  float acc[4][4][4];
+  for (int mt = 0; mt < 4; mt++)
+    for (int nt = 0; nt < 4; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0;
+  for (int st = 0; st <= steps; st++) {   // load step st, multiply step st - 1
+    if (st < steps) {
+      i64 k0 = (i64)st * GG_BK;
+      gg_tile<GG_BM, GG_BK, GG_BK + 8>(sa[st & 1], A, flags & 1, lda, r0, rend, k0, k);
+      if (kn) gg_tile<GG_BK, GG_BN, GG_BN + 8>(sb[st & 1], Be, flags & 2, ldb, k0, k, n0, n);
+      else gg_tile<GG_BN, GG_BK, GG_BK + 8>(sb[st & 1], Be, flags & 2, ldb, n0, n, k0, k);
+      lmc_cp_async_commit();
+    }
+    if (st == 0) continue;
+    if (st < steps) lmc_cp_async_wait1();
+    else lmc_cp_async_wait0();
+    __syncthreads();
+    gg_mul(acc, sa[(st - 1) & 1], sb[(st - 1) & 1], false, kn, wm, wn);
+    __syncthreads();
+  }
+  gg_put(C, flags & 4, ldc, acc, r0 + wm * 64, rend, n0 + wn * 32, n, accum);
+}
+
+// the next chunk [r0, r1) of at most GG_BK rows of expert e's segments
+// (s % ne == e), in order; false past the last
+struct GgChunks {
+  const real *cnt;
+  i64 seg, ne, e, s, end, r;
+  __device__ bool next(i64 *r0, i64 *r1) {
+    while (r >= end) {
+      if (++s >= seg) return false;
+      i64 start = end;
+      end = start + (i64)cnt[s], r = s % ne == e ? start : end;
+    }
+    *r0 = r, *r1 = r + GG_BK < end ? r + GG_BK : end, r = *r1;
+    return true;
+  }
+};
+
+// C_e[m, n] (+)= sum over the rows r of expert e's segments of A[r, :m]'
+// B[r, :n] (C_e = C + e sC, fp32: a weight's gradient), the rows in order.
+// Grid (m tiles, n tiles, ne).
+extern "C" __global__ void __launch_bounds__(GG_THREADS) lmc_moe_mm_tn(real *C, const void *A, const void *B,
+                                                                       const real *counts, i64 seg, i64 ne, i64 m, i64 n,
+                                                                       i64 lda, i64 ldb, i64 ldc, i64 sC, int flags,
+                                                                       int accum) {
+  __shared__ __align__(16) unsigned short sa[2][GG_BK * (GG_BM + 8)], sb[2][GG_BK * (GG_BN + 8)];
+  i64 m0 = blockIdx.x * (i64)GG_BM, n0 = blockIdx.y * (i64)GG_BN, e = blockIdx.z;
+  int warp = threadIdx.x / 32, wm = warp % 2, wn = warp / 2;
+  float acc[4][4][4];
+  for (int mt = 0; mt < 4; mt++)
+    for (int nt = 0; nt < 4; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0;
+  GgChunks ch = {counts, seg, ne, e, -1, 0, 0};
+  i64 a0, a1, b0, b1;
+  bool have = ch.next(&a0, &a1);
+  int stage = 0;
+  if (have) {
+    gg_tile<GG_BK, GG_BM, GG_BM + 8>(sa[0], A, flags & 1, lda, a0, a1, m0, m);
+    gg_tile<GG_BK, GG_BN, GG_BN + 8>(sb[0], B, flags & 2, ldb, a0, a1, n0, n);
+    lmc_cp_async_commit();
+  }
+  while (have) {
+    bool more = ch.next(&b0, &b1);
+    if (more) {
+      gg_tile<GG_BK, GG_BM, GG_BM + 8>(sa[stage ^ 1], A, flags & 1, lda, b0, b1, m0, m);
+      gg_tile<GG_BK, GG_BN, GG_BN + 8>(sb[stage ^ 1], B, flags & 2, ldb, b0, b1, n0, n);
+      lmc_cp_async_commit();
+      lmc_cp_async_wait1();
+    } else lmc_cp_async_wait0();
+    __syncthreads();
+    gg_mul(acc, sa[stage], sb[stage], true, true, wm, wn);
+    __syncthreads();
+    have = more, stage ^= 1;
+  }
+  gg_put(C + e * sC, false, ldc, acc, m0 + wm * 64, m, n0 + wn * 32, n, accum);
+}
+
 // @kernel cast
 // a weight's bf16 copy
 extern "C" __global__ void lmc_cast(act *y, const real *x, i64 n) {

@@ -634,6 +634,40 @@ int main(int argc, char **argv) {
     c.x.m = R, c.x.d = dm, c.x.n = F, c.x.seg = seg, c.x.e = E;
     check(c, true);
   }
+  /* the grouped way (kernels.cu's lmc_moe_mm*, at medium precision where
+   * every segment is this rank's own): bf16 products, within a few bf16
+   * roundings of the output's scale; 6 experts over 74 rows (widths 19 and
+   * 13: no 16-byte tile loads), and 4 over 600 (width 40, 136 in the
+   * experts: segments of two row tiles, two column tiles, a partial k step) */
+  cuda_matmul_precision(MP_MEDIUM);
+  tol = 2e-2;
+  struct { int64_t e, rows, d, f; } gs[] = {{E, M, dm, F}, {4, 600, 40, 136}};
+  for (int i = 0; i < (quick ? 1 : 2); i++)
+    for (int sw = 1; sw >= 0; sw--) {
+      static char names[2][2][4][64];
+      int64_t R = gs[i].rows, D = gs[i].d, Fg = gs[i].f, Eg = gs[i].e, hw = sw ? 2 * Fg : Fg;
+      Arg w = {Eg * Fg * D}, wg = {Eg * Fg * D, F32}, cnt = {Eg, 5, R};
+      const char *nm[4] = {sw ? "moe_up" : "moe_up_gelu", sw ? "moe_up_bwd" : "moe_up_gelu_bwd", "moe_down", "moe_down_bwd"};
+      for (int j = 0; j < 4; j++)
+        snprintf(names[i][sw][j], 64, "%s grouped (%lld rows, %lld experts)", nm[j], (long long)R, (long long)Eg);
+      c = (Case){names[i][sw][0], rt_inst(sw ? OP_MOE_UP : OP_MOE_UP_GELU), {{R * D}, w, sw ? w : cnt, cnt}, {{R * Fg}, {R * hw}}};
+      c.x.m = R, c.x.d = D, c.x.n = Fg, c.x.seg = Eg, c.x.e = Eg;
+      check(c, false);
+      c = (Case){names[i][sw][1], rt_inst(sw ? OP_MOE_UP_BWD : OP_MOE_UP_GELU_BWD),
+                 {{R * Fg}, {R * D}, w, sw ? w : cnt, sw ? cnt : (Arg){R * hw}, {R * hw}}, {{R * D}, wg, sw ? wg : (Arg){0}}};
+      if (!sw) c.in[5] = (Arg){0};
+      c.x.m = R, c.x.d = D, c.x.n = Fg, c.x.seg = Eg, c.x.e = Eg;
+      check(c, true);
+      if (!sw) continue;
+      c = (Case){names[i][sw][2], rt_inst(OP_MOE_DOWN), {{R * Fg}, w, cnt}, {{R * D}}};
+      c.x.m = R, c.x.d = D, c.x.n = Fg, c.x.seg = Eg, c.x.e = Eg;
+      check(c, false);
+      c = (Case){names[i][sw][3], rt_inst(OP_MOE_DOWN_BWD), {{R * D}, {R * Fg}, w, cnt}, {{R * Fg}, wg}};
+      c.x.m = R, c.x.d = D, c.x.n = Fg, c.x.seg = Eg, c.x.e = Eg;
+      check(c, true);
+    }
+  cuda_matmul_precision(MP_HIGHEST);
+  tol = tol_base;
   if (!bf) optimizer(70001), optimizer_step();   /* (fp32 either way) */
   printf("%d passed, %d failed\n", ran - failures, failures);
   return failures ? 1 : 0;
