@@ -131,6 +131,41 @@ static void attention_kernels(FILE *out, Graph *g) {
   }
 }
 
+/* A norm's backward in one pass (kernels.cu's norm_bwd_rows) for rows of
+ * width d, a multiple of 8 up to 2048: lmc_rmsnorm_bwd_rowsNG (ln false)
+ * or lmc_layernorm_bwd_rowsNG, NG 8-wide groups a lane (1..4, 6 or 8: d
+ * rounded up to 256 per group); the runtime (cuda.c's norm_rows) picks it
+ * by the same rule. A kernel for each NG, its registers its own (108 at
+ * NG 3 against 231 at 8, sm_90). */
+int kernels_norm_groups(int64_t d) {
+  int64_t g = (d + 255) / 256;
+  return d % 8 || d > 2048 ? 0 : g <= 4 ? (int)g : g <= 6 ? 6 : 8;
+}
+
+void kernels_norm_bwd(FILE *out, int64_t d, bool ln) {
+  int g = kernels_norm_groups(d);
+  if (!g) return;
+  fprintf(out, "\n// the %s backward of width %lld in one pass\n", ln ? "LayerNorm" : "RMSNorm", (long long)d);
+  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(256) lmc_%s_bwd_rows%d(act *dx, real *part, "
+          "const act *dy, const act *x, const real *w, const real *mean, const real *rstd, i64 n, i64 d, i64 per, "
+          "int acc) {\n  __shared__ float sh[8][257];\n  norm_bwd_rows<%d, %s>(sh, dx, part, dy, x, w, mean, rstd, n, "
+          "d, per, acc);\n}\n", ln ? "layernorm" : "rmsnorm", g, g, ln ? "true" : "false");
+}
+
+/* Each group count the programs' norm backwards use, once. */
+static void norm_kernels(FILE *out, Graph *g) {
+  bool done[2][9] = {{false}};
+  for (int i = 0; i < g->nbwd; i++) {
+    Inst *in = g->bwd[i];
+    if (in->op != OP_RMSNORM_BWD && in->op != OP_LAYERNORM_BWD) continue;
+    int64_t d = ir_get(in, "d");
+    int ln = in->op == OP_LAYERNORM_BWD, ng = kernels_norm_groups(d);
+    if (!ng || done[ln][ng]) continue;
+    done[ln][ng] = true;
+    kernels_norm_bwd(out, d, ln);
+  }
+}
+
 /* Copies the template: the prelude always, a section when used; then the
  * kernels specialised to the model's shapes. */
 void kernels_emit(FILE *out, Graph *g) {
@@ -157,5 +192,6 @@ void kernels_emit(FILE *out, Graph *g) {
     p += n;
   }
   attention_kernels(out, g);
+  norm_kernels(out, g);
   group_kernels(out, g);
 }

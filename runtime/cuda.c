@@ -814,6 +814,25 @@ static void op_attention_bwd(const RtInst *x, void **o, void **in) {
  * depends on n alone: the same bits every run. */
 typedef struct Cols { i64 per, chunks; CUdeviceptr part; } Cols;
 
+/* A norm's backward in one pass (kernels.cu's norm_bwd_rows): rows of a
+ * multiple of 8 up to 2048 wide, dx (when wanted) and the first `aligned`
+ * inputs (dy, x, w) 16-byte aligned */
+static bool norm_rows(const RtInst *x, void *dx, void **in, int aligned) {
+  if (x->d % 8 || x->d > 2048 || dptr(dx) % 16) return false;
+  for (int i = 0; i <= aligned; i++)
+    if (dptr(in[i]) % 16) return false;
+  return true;
+}
+
+/* its kernel for width d, as compiler/kernels.c's kernels_norm_groups
+ * names it: lmc_*_bwd_rowsNG, NG 8-wide groups a lane */
+static const char *norm_rows_kernel(const char *base, i64 d) {
+  static char name[64];
+  i64 g = (d + 255) / 256;
+  snprintf(name, sizeof name, "%s%lld", base, g <= 4 ? g : g <= 6 ? 6 : 8);
+  return name;
+}
+
 static Cols col_plan(i64 n, i64 d, int sums) {
   static size_t have;
   static CUdeviceptr buf;
@@ -1274,6 +1293,14 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
   }
   case OP_RMSNORM: { void *a[] = {&O[0], &O[1], &I[0], &I[1], &n, &d, &eps}; launch_row("lmc_rmsnorm", n, d, a); return; }
   case OP_RMSNORM_BWD: {
+    if (o[1] && norm_rows(x, o[0], in, 2)) {   /* one pass */
+      Cols c = col_plan(n, d, 1);
+      CUdeviceptr none = 0;
+      void *a[] = {&O[0], &c.part, &I[0], &I[1], &I[2], &none, &I[3], &n, &d, &c.per, &acc0};
+      launch_grid(norm_rows_kernel("lmc_rmsnorm_bwd_rows", d), (unsigned)c.chunks, 1, 1, 256, a);
+      col_finish(&c, d, 0, o[1], acc1);
+      return;
+    }
     if (o[0]) { void *a[] = {&O[0], &I[0], &I[1], &I[2], &I[3], &n, &d, &acc0}; launch_row("lmc_rmsnorm_bwd", n, d, a); }
     if (o[1]) {
       Cols c = col_plan(n, d, 1);
@@ -1289,6 +1316,13 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
     return;
   }
   case OP_LAYERNORM_BWD: {
+    if (o[1] && o[2] && norm_rows(x, o[0], in, 2)) {   /* one pass */
+      Cols c = col_plan(n, d, 2);
+      void *a[] = {&O[0], &c.part, &I[0], &I[1], &I[2], &I[3], &I[4], &n, &d, &c.per, &acc0};
+      launch_grid(norm_rows_kernel("lmc_layernorm_bwd_rows", d), (unsigned)c.chunks, 1, 1, 256, a);
+      col_finish(&c, d, 0, o[1], acc1), col_finish(&c, d, 1, o[2], acc2);
+      return;
+    }
     if (o[0]) { void *a[] = {&O[0], &I[0], &I[1], &I[2], &I[3], &I[4], &n, &d, &acc0}; launch_row("lmc_layernorm_bwd", n, d, a); }
     if (o[1] || o[2]) {
       Cols c = col_plan(n, d, 2);

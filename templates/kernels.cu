@@ -207,6 +207,70 @@ __device__ void col_store(real *part, const float *s, i64 d) {
   __syncthreads();   // sh is used again by a second column sum
 }
 
+// The backward of RMSNorm (LN false) or LayerNorm (LN true) in one pass
+// over dy and x, for widths d of a multiple of 8 up to 2048: a warp a
+// row, lane l holding the row's 8-wide groups l, l + 32, .. (NG of them),
+// so the row's two sums are warp shuffles; dx, and the rows' share of dw
+// (and db): a block of 8 warps takes rows [blockIdx.x per, ..), warp w
+// every 8th from w, and adds its warps' sums in warp order into
+// part[blockIdx.x] (db's into the set after) through sh, which lmc_col_finish adds up
+// in chunk order. dx may be null (not wanted).
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+  return v;
+}
+template <int NG, bool LN, typename T>   // (T: act, typed after this prelude)
+__device__ void norm_bwd_rows(float (*sh)[257], T *dx, real *part, const T *dy, const T *x, const real *w,
+                              const real *mean, const real *rstd, i64 n, i64 d, i64 per, int acc) {
+  int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  float pw[NG][8], pb[NG][8];
+  for (int j = 0; j < NG; j++)
+    for (int q = 0; q < 8; q++) pw[j][q] = pb[j][q] = 0;
+  i64 r1 = (blockIdx.x + 1) * per < n ? (blockIdx.x + 1) * per : n;
+  for (i64 row = blockIdx.x * per + warp; row < r1; row += 8) {
+    float a[NG][8], g[NG][8], ww[8], mu = LN ? mean[row] : 0.0f, r = rstd[row], s1 = 0, s2 = 0;
+    for (int j = 0; j < NG; j++) {
+      i64 c = (i64)(j * 32 + lane) * 8;
+      if (c >= d) continue;
+      ld8(a[j], x + row * d + c), ld8(g[j], dy + row * d + c), ld8(ww, w + c);
+      for (int q = 0; q < 8; q++) {
+        float gh = g[j][q] * ww[q];
+        a[j][q] = (a[j][q] - mu) * r;   // x-hat
+        s1 += gh, s2 += gh * a[j][q];
+      }
+    }
+    s1 = LN ? warp_sum(s1) / d : 0.0f, s2 = warp_sum(s2) / d;
+    for (int j = 0; j < NG; j++) {
+      i64 c = (i64)(j * 32 + lane) * 8;
+      if (c >= d) continue;
+      for (int q = 0; q < 8; q++) pw[j][q] += g[j][q] * a[j][q], pb[j][q] += g[j][q];
+      if (!dx) continue;
+      float o[8];
+      ld8(ww, w + c);
+      if (acc) ld8(o, dx + row * d + c);
+      for (int q = 0; q < 8; q++) {
+        float v = r * (g[j][q] * ww[q] - s1 - a[j][q] * s2);
+        o[q] = acc ? o[q] + v : v;
+      }
+      st8(dx + row * d + c, o);
+    }
+  }
+  for (int set = 0; set < (LN ? 2 : 1); set++)
+    for (int j = 0; j < NG; j++) {
+      for (int q = 0; q < 8; q++) sh[warp][lane * 8 + q] = set ? pb[j][q] : pw[j][q];
+      __syncthreads();
+      i64 c = j * 256 + threadIdx.x;
+      if (c < d) {
+        float t = 0;
+        for (int v = 0; v < 8; v++) t += sh[v][threadIdx.x];
+        part[(set * gridDim.x + blockIdx.x) * d + c] = t;
+      }
+      __syncthreads();
+    }
+}
+// (lmc writes the kernels a model's widths need at the end of the file:
+// lmc_rmsnorm_bwd_rowsNG and lmc_layernorm_bwd_rowsNG, compiler/kernels.c)
+
 extern "C" __global__ void lmc_col_finish(real *out, const real *part, i64 chunks, i64 d, int acc) {
   GRID_LOOP(j, d) {
     float s = 0;
@@ -447,7 +511,7 @@ __device__ void rope_run(act *y, const act *x, const real *cs, I n, I t, I h, I 
     const act *xr = x + (i64)row * 2 * half;
     act *yr = y + (i64)row * 2 * half;
     const real *c = cs + 2 * ((i64)pos * half + i);
-    float x1[G], x2[G], o1[G], o2[G], cc[2 * G];
+    float x1[G], x2[G], o1[G], o2[G], cc[16];
     ldg<G>(x1, xr + i), ldg<G>(x2, xr + i + half);
     if (G == 8) ld8(cc, c), ld8(cc + 8, c + 8);
     else cc[0] = c[0], cc[1] = c[1];

@@ -212,11 +212,13 @@ static void optimizer(int64_t n) {
 }
 
 /* The template with tensor_cores.cuh where it says so, as lmc writes it
- * (the emulated platform skips the file's PTX), then the attention
- * kernels lmc would specialise for the head dims here (compiler/kernels.c). */
+ * (the emulated platform skips the file's PTX), then the attention and
+ * norm backward kernels lmc would specialise for the head dims and widths
+ * here (compiler/kernels.c). */
 void kernels_attention(FILE *out, int64_t k, bool bwd);
+void kernels_norm_bwd(FILE *out, int64_t d, bool ln);
 extern const char tpl_tensor_cores[];
-static const int64_t head_dims[] = {10, 40, 96};
+static const int64_t head_dims[] = {10, 40, 96}, norm_widths[] = {64, 264};   /* (67: none, the two-pass kernels) */
 
 static void write_kernels(const char *template, const char *path) {
   FILE *in = fopen(template, "rb"), *out = fopen(path, "wb");
@@ -230,6 +232,8 @@ static void write_kernels(const char *template, const char *path) {
   }
   for (size_t i = 0; i < sizeof head_dims / sizeof *head_dims; i++)
     kernels_attention(out, head_dims[i], false), kernels_attention(out, head_dims[i], true);
+  for (size_t i = 0; i < sizeof norm_widths / sizeof *norm_widths; i++)
+    kernels_norm_bwd(out, norm_widths[i], false), kernels_norm_bwd(out, norm_widths[i], true);
   fclose(in);
   if (fclose(out)) rt_die("cannot write %s", path);
 }
@@ -437,6 +441,16 @@ int main(int argc, char **argv) {
   c = (Case){"layernorm_bwd (300 rows)", rt_inst(OP_LAYERNORM_BWD), {{nr * d}, {nr * d}, {d, 2}, {nr, F32}, {nr, 2}},
              {{nr * d}, {d, F32}, {d, F32}}};
   c.x.n = nr, c.x.d = d;
+  check(c, true);
+  /* and in one pass (a warp a row: 264 wide, a lane's second group past
+   * the row for most lanes) over 5 chunks of rows */
+  c = (Case){"rmsnorm_bwd (width 264, 300 rows)", rt_inst(OP_RMSNORM_BWD), {{nr * 264}, {nr * 264}, {264, 2}, {nr, 2}},
+             {{nr * 264}, {264, F32}}};
+  c.x.n = nr, c.x.d = 264;
+  check(c, true);
+  c = (Case){"layernorm_bwd (width 264, 300 rows)", rt_inst(OP_LAYERNORM_BWD),
+             {{nr * 264}, {nr * 264}, {264, 2}, {nr, F32}, {nr, 2}}, {{nr * 264}, {264, F32}, {264, F32}}};
+  c.x.n = nr, c.x.d = 264;
   check(c, true);
   c = (Case){"add_bwd (bias, 300 rows)", rt_inst(OP_ADD_BWD), {{nr * d}}, {{nr * d}, {d, F32}}};
   c.x.n = nr * d, c.x.nb = d;
