@@ -23,9 +23,9 @@
 # Env:   LMC_BENCH_ATTENTION_ONLY=1: attention alone, nothing else;
 #        LMC_BENCH_QUICK=1: the issue's targets in bf16, GPT-2 B=8 T=1024
 #        (lmc, lmc without the backward's GEMM epilogues, column
-#        lmc-cuda-bf16-noep, PyTorch bf16 and bf16 + torch.compile) and
-#        llama-large (lmc, torch.compile), then the MoE rows (also with a
-#        GEMM a segment, LMC_MOE_GROUPED=0, column lmc-cuda-bf16-ungrouped);
+#        lmc-cuda-bf16-noep, PyTorch bf16 + torch.compile) and llama-large
+#        (lmc; torch.compile last), and the MoE rows (also with a GEMM a
+#        segment, LMC_MOE_GROUPED=0, column lmc-cuda-bf16-ungrouped);
 #        PYTHON (default python3)
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -98,15 +98,15 @@ if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # the issue's two targets in bf16, ea
   rowenv=LMC_GEMM_BACKWARD_EPILOGUES=0
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-noep 5 gpt2-124m $gpt --set precision=bf16
   rowenv=
-  torch_row gpt2-B8-T1024 bf16 torch_gpt2.py 8 1024 bf16 10
   torch_row gpt2-B8-T1024 bf16c torch_gpt2.py 8 1024 bf16c 10
   lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16 3 llama-large --set precision=bf16
-  torch_row llama-large-B8-T2048 bf16c torch_llama.py 1536 24 16 4 4096 32000 8 2048 bf16c 5
   lmc_row moe-8x2-D512 cuda-medium:cuda-bf16 5 moe-tiny $moe --set F=688 --set precision=bf16
   rowenv=LMC_MOE_GROUPED=0
   lmc_row moe-8x2-D512 cuda-medium:cuda-bf16-ungrouped 5 moe-tiny $moe --set F=688 --set precision=bf16
   rowenv=
   lmc_row dense-twin-D512 cuda-medium:cuda-bf16 5 tiny $moe --set F=1376 --set precision=bf16
+  # last: its compilation is the longest wait (a minute or more)
+  torch_row llama-large-B8-T2048 bf16c torch_llama.py 1536 24 16 4 4096 32000 8 2048 bf16c 5
 else
   lmc_row gpt2-B8-T1024 cuda 5 gpt2-124m $gpt
   lmc_row gpt2-B8-T1024 cuda-high 5 gpt2-124m $gpt

@@ -9,9 +9,13 @@
 #                                 into .gpu/ (git-ignored, about 50 MiB)
 #   scripts/gpu_check.sh          on the GPU machine (which has no compilers
 #                                 for this project): runs from .gpu/
-#   scripts/gpu_check.sh --quick  no NVRTC pass of its own, the checks
-#                                 less three of the fp32 configs, and the
-#                                 quick benchmark (LMC_BENCH_QUICK=1)
+#   scripts/gpu_check.sh --quick  no NVRTC pass of its own; every CUDA op
+#                                 against the CPU's (test_emu_ops real),
+#                                 the training checks of GPT-2 and llama
+#                                 at T 300 in bf16 storage and of MoE in
+#                                 bf16 (the emulator runs the rest in CI),
+#                                 and the quick benchmark
+#                                 (LMC_BENCH_QUICK=1): 6 minutes
 #   scripts/gpu_check.sh --ops    every CUDA op against the CPU's on the
 #                                 GPU (test_emu_ops real, fp32 and bf16
 #                                 storage), then attention alone beside
@@ -86,6 +90,12 @@ fi
 echo "== the emulated CUDA platform's primitives on the hardware (shuffles, votes, bf16/fp16, mma + ldmatrix, graphs, cuBLASLt)"
 CUBLASLT_LOG_LEVEL=2 "$bin/test_emu" real tests/emu/kernels.cu || status=1   # level 2: cuBLASLt says why it refuses
 
+if [ $quick = 1 ]; then
+  echo "== every CUDA op against the CPU's, on this GPU (fp32, then bf16 storage)"
+  "$bin/test_emu_ops" templates/kernels.cu real || status=1
+  "$bin/test_emu_ops" templates/kernels.cu bf16 real || status=1
+fi
+
 echo "== CUDA vs CPU: 20 steps from one seed"
 compare() {   # compare NAME SPEC [--set ...]; $flags go to the CUDA run, $tol to the comparison
   name=$1 spec=$2
@@ -101,10 +111,10 @@ compare() {   # compare NAME SPEC [--set ...]; $flags go to the CUDA run, $tol t
 }
 [ $quick = 1 ] || compare llama models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 --set seq=64
 [ $quick = 1 ] || compare llama_m2 models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 --set seq=64 --set microbatches=2
-compare gpt2 models/gpt2-124m.lm --set V=256 --set D=128 --set H=4 --set L=2 --set batch=8 --set seq=64
+[ $quick = 1 ] || compare gpt2 models/gpt2-124m.lm --set V=256 --set D=128 --set H=4 --set L=2 --set batch=8 --set seq=64
 [ $quick = 1 ] || compare llama_fused models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 --set seq=64 --fuse=always
 # flash attention past one block of rows and many tiles of keys (head dim 64, T 300)
-compare llama_t300 models/tiny.lm --set D=256 --set H=4 --set G=2 --set F=512 --set L=2 --set batch=4 --set seq=300
+[ $quick = 1 ] || compare llama_t300 models/tiny.lm --set D=256 --set H=4 --set G=2 --set F=512 --set L=2 --set batch=4 --set seq=300
 # the bf16 precision plan (bf16 storage) against the CPU's (fp32 storage,
 # each bf16 value rounded when written). The GPU's fp32 sums and device
 # math differ from the CPU's in the last bits, enough to flip a few
@@ -113,7 +123,7 @@ compare llama_t300 models/tiny.lm --set D=256 --set H=4 --set G=2 --set F=512 --
 # norm, step 12 within 2e-3, and at step 15's gradient spike the norms
 # differ by 10% (the loss by 7e-4). So the gradient norm is held to 5e-2
 # through step 10, the loss to 1e-3 throughout (a bug shows from step 1)
-tol="1e-3 5e-2 10" compare llama_bf16 models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 \
+[ $quick = 1 ] || tol="1e-3 5e-2 10" compare llama_bf16 models/tiny.lm --set D=128 --set H=4 --set G=2 --set F=344 --set L=2 --set batch=8 \
   --set seq=64 --set precision=bf16
 tol="1e-3 5e-2 10" compare gpt2_bf16 models/gpt2-124m.lm --set V=256 --set D=128 --set H=4 --set L=2 --set batch=8 \
   --set seq=64 --set precision=bf16
@@ -123,12 +133,15 @@ flags="--matmul-precision medium" tol="1e-2 5e-2" compare llama_bf16_t300 models
 # MoE: 8 top-2 SwiGLU experts (routing, dispatch, per-expert cuBLASLt GEMMs, combine), and in bf16 storage,
 # where a flipped rounding also flips a token's expert now and then: on an H200 the first step within 6e-6
 # (loss) and 2e-5 (gradient norm), step 8 within 2e-3, later steps up to 1.4e-2 in loss
-compare moe models/moe-tiny.lm --set D=128 --set H=4 --set G=2 --set F=172 --set L=2 --set batch=8 --set seq=64
+[ $quick = 1 ] || compare moe models/moe-tiny.lm --set D=128 --set H=4 --set G=2 --set F=172 --set L=2 --set batch=8 --set seq=64
 tol="3e-2 5e-2 8" compare moe_bf16 models/moe-tiny.lm --set D=128 --set H=4 --set G=2 --set F=172 --set L=2 --set batch=8 \
   --set seq=64 --set precision=bf16
-flags="--matmul-precision high" tol="2e-3 3e-2" compare llama_high models/tiny.lm --set D=128 --set H=4 --set G=2 \
+# and at medium: the experts' GEMMs grouped on the tensor cores, the programs CUDA graphs
+flags="--matmul-precision medium" tol="1e-2 5e-2" compare moe_medium models/moe-tiny.lm --set D=128 --set H=4 --set G=2 \
+  --set F=172 --set L=2 --set batch=8 --set seq=64
+[ $quick = 1 ] || flags="--matmul-precision high" tol="2e-3 3e-2" compare llama_high models/tiny.lm --set D=128 --set H=4 --set G=2 \
   --set F=344 --set L=2 --set batch=8 --set seq=64
-flags="--matmul-precision medium" tol="1e-2 5e-2" compare llama_medium models/tiny.lm --set D=128 --set H=4 --set G=2 \
+[ $quick = 1 ] || flags="--matmul-precision medium" tol="1e-2 5e-2" compare llama_medium models/tiny.lm --set D=128 --set H=4 --set G=2 \
   --set F=344 --set L=2 --set batch=8 --set seq=64
 
 echo "== bench: lmc against PyTorch on this GPU (bench/gpu.sh)"
