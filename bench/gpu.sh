@@ -79,11 +79,14 @@ attention_row() {
   echo "== attention $row"
   "$lmc" "$root/models/$spec.lm" -q -o "$work/a" --set batch="$b" --set seq="$t" --set precision=bf16 "$@" &&
     timeout 120 "$(dirname "$bench")/bench_attention" "$work/a" 20 cuda 2>&1
-  # the kernels each default replaced, side by side: the forward and dQ at
-  # 64 query rows a block (head dims to 96; before run 16), and at head dims
-  # 65..96 dK/dV with 32 queries a step in three blocks an SM (before run 15)
-  [ "$k" -le 96 ] && LMC_ATTENTION_ROWS=64 LMC_ATTENTION_DKV_QT=32 timeout 120 \
-    "$(dirname "$bench")/bench_attention" "$work/a" 20 cuda 2>&1
+  # the other kernels, side by side (head dims to 96): the forward at 128
+  # query rows a block (2.5x slower in run 16, its registers then in local
+  # memory); dQ at 64 rows and, at head dims 65..96, dK/dV at 32 queries a
+  # step in three blocks an SM (the defaults before runs 16 and 15)
+  if [ "$k" -le 96 ]; then
+    LMC_ATTENTION_ROWS=128 timeout 120 "$(dirname "$bench")/bench_attention" "$work/a" 20 cuda 2>&1
+    LMC_ATTENTION_ROWS=64 LMC_ATTENTION_DKV_QT=32 timeout 120 "$(dirname "$bench")/bench_attention" "$work/a" 20 cuda 2>&1
+  fi
   [ $torch_ok = 1 ] && env -u LD_LIBRARY_PATH timeout 120 $py "$root/bench/attention_torch.py" "$b" "$t" "$h" "$g" "$k" 20 2>&1 | tail -3
 }
 attention_row llama-large-B8-T2048 llama-large 8 2048 16 4 96

@@ -747,14 +747,21 @@ static i64 dkv_qt(i64 k) {
   return kp <= 64 || (dkv_qt_asked == 64 && kp <= 96) ? 64 : 32;
 }
 
-/* The query rows a block of the tensor core forward and dQ take: 128
- * (32 a warp, two m-tiles sharing each K and V fragment) up to head dim 96,
- * else 64; LMC_ATTENTION_ROWS=64 (cuda_attention_rows) asks for 64 at head
- * dims to 96 too (the _r64_ kernels, three blocks an SM). */
-static int rows_asked = 128;
+/* The query rows a block of the tensor core forward (fwd) and of dQ take:
+ * 64 (16 a warp, the _r64_ kernels, three blocks an SM) or, up to head dim
+ * 96, 128 (32 a warp, two m-tiles sharing each K and V fragment, two
+ * blocks). As measured on an H200 (run 16): the forward at 64 (its first
+ * 128-row kernel kept 672 bytes of registers in local memory and took 2.5x
+ * as long), dQ at 128 (llama-large's backward 1.82 ms against about 1.96).
+ * LMC_ATTENTION_ROWS=64 or 128 (cuda_attention_rows) asks for one for
+ * both; 0 is the default. */
+static int rows_asked;
 void cuda_attention_rows(int rows) { rows_asked = rows; }
 
-static i64 fm_rows(i64 k) { return (k + 15) / 16 * 16 <= 96 && rows_asked == 128 ? 128 : 64; }
+static i64 fm_rows(i64 k, bool fwd) {
+  int r = rows_asked ? rows_asked : fwd ? 64 : 128;
+  return (k + 15) / 16 * 16 <= 96 && r == 128 ? 128 : 64;
+}
 
 /* Their dynamic shared memory, rows of bf16 tiles (the head dim rounded
  * up to 16, plus 8) as kernels.cu's fm_* lay them out: the forward's Q
@@ -762,12 +769,12 @@ static i64 fm_rows(i64 k) { return (k + 15) / 16 * 16 <= 96 && rows_asked == 128
  * two stages of Q and dO tiles of QT queries (2, dkv_qt) */
 static unsigned fm_smem(i64 k, int kind) {
   i64 kp = (k + 15) / 16 * 16, qt = dkv_qt(k);
-  i64 rows = kind == 0 ? fm_rows(k) + 2 * 64 : kind == 1 ? 2 * fm_rows(k) + 2 * 64 : 2 * 64 + 4 * qt;
+  i64 rows = kind == 0 ? fm_rows(k, true) + 2 * 64 : kind == 1 ? 2 * fm_rows(k, false) + 2 * 64 : 2 * 64 + 4 * qt;
   return (unsigned)(rows * (kp + 8) * 2);
 }
 
 static void op_attention(const RtInst *x, void **o, void **in) {
-  i64 T = x->t, H = x->h, G = x->g, K = x->k, R = fa_mma(x) ? fm_rows(K) : fa_rows(x);
+  i64 T = x->t, H = x->h, G = x->g, K = x->k, R = fa_mma(x) ? fm_rows(K, true) : fa_rows(x);
   float scale = 1.0f / sqrtf((float)K);
   CUdeviceptr O = dptr(o[0]), L = dptr(o[1]), Q = dptr(in[0]), Kp = dptr(in[1]), V = dptr(in[2]);
   void *a[] = {&O, &L, &Q, &Kp, &V, &T, &H, &G, &K, &scale};
@@ -794,7 +801,7 @@ static void op_attention_bwd(const RtInst *x, void **o, void **in) {
   unsigned blocks = (unsigned)((T + R - 1) / R);
   if (o[0]) {
     void *q[] = {&dQ, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc0};
-    i64 rq = fa_mma(x) ? fm_rows(K) : R;
+    i64 rq = fa_mma(x) ? fm_rows(K, false) : R;
     bool r64 = fa_mma(x) && rq == 64 && (K + 15) / 16 * 16 <= 96;   /* the other kernel */
     snprintf(name, sizeof name, "lmc_attention_bwd_%sdq_%sk%lld", kind, r64 ? "r64_" : "", K);
     launch_smem(name, (unsigned)((T + rq - 1) / rq), (unsigned)H, (unsigned)B, FA_THREADS, fa_mma(x) ? fm_smem(K, 1) : 0, q);

@@ -271,7 +271,8 @@ void cuda_matmul_precision(int p);
  * sets it at cuda_backend. */
 void cuda_attention_dkv_qt(int qt);
 /* The query rows a block of attention's tensor core forward and dQ at
- * head dims to 96: 128 (the default) or 64; $LMC_ATTENTION_ROWS sets it. */
+ * head dims to 96: 64 or 128 for both, or 0 (the default: the forward 64,
+ * dQ 128); $LMC_ATTENTION_ROWS sets it. */
 void cuda_attention_rows(int rows);
 /* Before cuda_backend: how a CUDA backend's all-reduces travel. CC_AUTO
  * NCCL when it loads and every rank on a machine has a GPU of its own,

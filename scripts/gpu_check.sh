@@ -136,8 +136,11 @@ flags="--matmul-precision medium" tol="1e-2 5e-2" compare llama_bf16_t300 models
 [ $quick = 1 ] || compare moe models/moe-tiny.lm --set D=128 --set H=4 --set G=2 --set F=172 --set L=2 --set batch=8 --set seq=64
 tol="3e-2 5e-2 8" compare moe_bf16 models/moe-tiny.lm --set D=128 --set H=4 --set G=2 --set F=172 --set L=2 --set batch=8 \
   --set seq=64 --set precision=bf16
-# and at medium: the experts' GEMMs grouped on the tensor cores, the programs CUDA graphs
-flags="--matmul-precision medium" tol="1e-2 5e-2" compare moe_medium models/moe-tiny.lm --set D=128 --set H=4 --set G=2 \
+# and at medium: the experts' GEMMs grouped on the tensor cores, the programs CUDA graphs. bf16
+# products against the CPU's fp32 flip a token's expert now and then, as bf16 storage does: on an
+# H200 (run 16) step 1 within 9e-7 (loss) and 2e-4 (gradient norm), step 8 within 6e-4 and 3e-2,
+# later steps up to 1.7e-2 in loss: moe_bf16's tolerances
+flags="--matmul-precision medium" tol="3e-2 5e-2 8" compare moe_medium models/moe-tiny.lm --set D=128 --set H=4 --set G=2 \
   --set F=172 --set L=2 --set batch=8 --set seq=64
 [ $quick = 1 ] || flags="--matmul-precision high" tol="2e-3 3e-2" compare llama_high models/tiny.lm --set D=128 --set H=4 --set G=2 \
   --set F=344 --set L=2 --set batch=8 --set seq=64

@@ -757,12 +757,16 @@ __device__ void fm_frag_b_kn(unsigned b[4], unsigned short (*s)[KP + 8], int k0,
 // stays in registers across the loop
 template <int KP, int N, int KS, int MT>
 __device__ void fm_mul_nk_m(float (*acc)[N][4], unsigned short (*as)[KP + 8], int row0, unsigned short (*s)[KP + 8]) {
+  #pragma unroll
   for (int kk = 0; kk < KS; kk++) {
     unsigned a[MT][4];
+    #pragma unroll
     for (int mt = 0; mt < MT; mt++) fm_frag_a<KP>(a[mt], as, row0 + 16 * mt, kk);
+    #pragma unroll
     for (int n2 = 0; n2 < N / 2; n2++) {
       unsigned b[4];
       fm_frag_b_nk<KP>(b, s, n2 * 16, kk);
+      #pragma unroll
       for (int mt = 0; mt < MT; mt++) {
         lmc_mma_bf16_16816(acc[mt][2 * n2], a[mt], b, acc[mt][2 * n2]);
         lmc_mma_bf16_16816(acc[mt][2 * n2 + 1], a[mt], b + 2, acc[mt][2 * n2 + 1]);
@@ -779,16 +783,20 @@ __device__ void fm_mul_nk(float (*acc)[4], unsigned short (*as)[KP + 8], int row
 // * tile as [k][n] rows k 0..8N, MT m-tiles sharing each B fragment
 template <int KP, int N, int MT>
 __device__ void fm_mul_kn_m(float (*acc)[KP / 8][4], float (*p)[N][4], unsigned short (*s)[KP + 8]) {
+  #pragma unroll
   for (int kk = 0; kk < N / 2; kk++) {
     unsigned a[MT][4];
+    #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
       float(*q)[4] = p[mt];
       a[mt][0] = bf16_pair(q[2 * kk][0], q[2 * kk][1]), a[mt][1] = bf16_pair(q[2 * kk][2], q[2 * kk][3]);
       a[mt][2] = bf16_pair(q[2 * kk + 1][0], q[2 * kk + 1][1]), a[mt][3] = bf16_pair(q[2 * kk + 1][2], q[2 * kk + 1][3]);
     }
+    #pragma unroll
     for (int d2 = 0; d2 < KP / 16; d2++) {
       unsigned b[4];
       fm_frag_b_kn<KP>(b, s, kk * 16, d2 * 16);
+      #pragma unroll
       for (int mt = 0; mt < MT; mt++) {
         lmc_mma_bf16_16816(acc[mt][2 * d2], a[mt], b, acc[mt][2 * d2]);
         lmc_mma_bf16_16816(acc[mt][2 * d2 + 1], a[mt], b + 2, acc[mt][2 * d2 + 1]);
@@ -806,7 +814,9 @@ __device__ void fm_mul_kn(float (*acc)[4], float (*p)[4], unsigned short (*s)[KP
 template <int KP>
 __device__ void fm_put(act *dst, i64 stride, float (*acc)[4], i64 r0, i64 T, int K, float s0, float s1, int accum) {
   int t = threadIdx.x % 4;
+  #pragma unroll
   for (int nt = 0; nt < KP / 8; nt++)
+    #pragma unroll
     for (int i = 0; i < 4; i++) {
       i64 row = r0 + (i >> 1) * 8;
       int col = nt * 8 + 2 * t + (i & 1);
@@ -845,8 +855,10 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
   fm_load<FM_ROWS, KP>(vs, vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
   fm_tile<BR, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);   // scores in log2 units
   float acc[MT][KP / 8][4], m[MT][2], l[MT][2];
+  #pragma unroll
   for (int mt = 0; mt < MT; mt++) {
     m[mt][0] = m[mt][1] = NEG_INF, l[mt][0] = l[mt][1] = 0;
+    #pragma unroll
     for (int nt = 0; nt < KP / 8; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0;
   }
   for (i64 j0 = 0; j0 <= last; j0 += FM_ROWS) {
@@ -855,7 +867,9 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
     __syncthreads();
     float s[MT][FM_ROWS / 8][4];
     if (live) {
+      #pragma unroll
       for (int mt = 0; mt < MT; mt++)
+        #pragma unroll
         for (int nt = 0; nt < FM_ROWS / 8; nt++) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0;
       fm_mul_nk_m<KP, FM_ROWS / 8, KP / 16, MT>(s, sh, warp * 16 * MT, ks);
     }
@@ -863,20 +877,27 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
     if (more) fm_load<FM_ROWS, KP>(ks, kb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
     bool diag = j0 + FM_ROWS - 1 > w0;   // a key past a row of the warp: the causal mask (and T) apply
     if (live)
+      #pragma unroll
       for (int mt = 0; mt < MT; mt++) {
         float mx[2] = {m[mt][0], m[mt][1]};
+        #pragma unroll
         for (int nt = 0; nt < FM_ROWS / 8; nt++)
+          #pragma unroll
           for (int i = 0; i < 4; i++) {
             if (diag && j0 + nt * 8 + 2 * t + (i & 1) > r0 + 16 * mt + (i >> 1) * 8) s[mt][nt][i] = NEG_INF;
             mx[i >> 1] = fmaxf(mx[i >> 1], s[mt][nt][i]);
           }
+        #pragma unroll
         for (int r = 0; r < 2; r++) {
           mx[r] = quad_max(mx[r]);
           float alpha = exp2f(m[mt][r] - mx[r]);
           l[mt][r] *= alpha, m[mt][r] = mx[r];
+          #pragma unroll
           for (int nt = 0; nt < KP / 8; nt++) acc[mt][nt][2 * r] *= alpha, acc[mt][nt][2 * r + 1] *= alpha;
         }
+        #pragma unroll
         for (int nt = 0; nt < FM_ROWS / 8; nt++)
+          #pragma unroll
           for (int i = 0; i < 4; i++)
             s[mt][nt][i] = exp2f(s[mt][nt][i] - m[mt][i >> 1]), l[mt][i >> 1] += s[mt][nt][i];
       }
@@ -887,6 +908,7 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
     __syncthreads();
     if (more) fm_load<FM_ROWS, KP>(vs, vb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
   }
+  #pragma unroll
   for (int mt = 0; mt < MT; mt++) {
     i64 r = r0 + 16 * mt;
     float l0 = quad_sum(l[mt][0]), l1 = quad_sum(l[mt][1]);
@@ -965,8 +987,11 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
   fm_tile<BR, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);
   fm_tile<BR, KP>(dos, dout + b * T * H * K + h * K, i0, T, H * K, (int)K, 1.0f);
   float acc[MT][KP / 8][4], li[MT][2], di[MT][2];
+  #pragma unroll
   for (int mt = 0; mt < MT; mt++) {
+    #pragma unroll
     for (int nt = 0; nt < KP / 8; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0;
+    #pragma unroll
     for (int r = 0; r < 2; r++) {
       i64 row = r0 + 16 * mt + r * 8;
       li[mt][r] = row < T ? lse[(b * H + h) * T + row] * LOG2E : 0, di[mt][r] = row < T ? dd[(b * H + h) * T + row] : 0;
@@ -976,13 +1001,17 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
     bool more = j0 + FM_ROWS <= last;
     lmc_cp_async_wait1();   // V
     __syncthreads();
+    #pragma unroll
     for (int hs = 0; hs < MT; hs++) {
       i64 k0 = j0 + hs * NS;
       bool live = k0 < w0 + 16 * MT;   // (warp-uniform)
       float s[MT][NS / 8][4], dp[MT][NS / 8][4];
       if (live) {
+        #pragma unroll
         for (int mt = 0; mt < MT; mt++)
+          #pragma unroll
           for (int nt = 0; nt < NS / 8; nt++)
+            #pragma unroll
             for (int i = 0; i < 4; i++) s[mt][nt][i] = dp[mt][nt][i] = 0;
         fm_mul_nk_m<KP, NS / 8, KP / 16, MT>(dp, dos, warp * 16 * MT, vs + hs * NS);
       }
@@ -995,9 +1024,12 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
       // the causal mask where a key passes a row of the warp; a row past T
       // has dS 0 all along (its dO and lse are zeros)
       bool diag = k0 + NS - 1 > w0;
+      #pragma unroll
       for (int mt = 0; mt < MT; mt++) {
         int rel = (int)(r0 + 16 * mt - k0);   // this thread's first row, from the sub-tile's first key
+        #pragma unroll
         for (int nt = 0; nt < NS / 8; nt++)
+          #pragma unroll
           for (int i = 0; i < 4; i++) {
             float p = exp2f(s[mt][nt][i] - li[mt][i >> 1]);
             if (diag && nt * 8 + 2 * t + (i & 1) > rel + (i >> 1) * 8) p = 0.0f;
@@ -1012,6 +1044,7 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
       fm_load<FM_ROWS, KP>(ks, kb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
     }
   }
+  #pragma unroll
   for (int mt = 0; mt < MT; mt++)
     fm_put<KP>(dq + b * T * H * K + h * K, H * K, acc[mt], r0 + 16 * mt, T, (int)K, scale, scale, accum);
 }
