@@ -821,11 +821,18 @@ static void op_attention_bwd(const RtInst *x, void **o, void **in) {
  * depends on n alone: the same bits every run. */
 typedef struct Cols { i64 per, chunks; CUdeviceptr part; } Cols;
 
-/* A norm's backward in one pass (kernels.cu's norm_bwd_rows): rows of a
- * multiple of 8 up to 2048 wide, dx (when wanted) and the first `aligned`
- * inputs (dy, x, w) 16-byte aligned */
+/* A norm's backward in one pass (kernels.cu's norm_bwd_rows), when
+ * LMC_NORM_BWD_ONE_PASS=1 asks: rows of a multiple of 8 up to 2048 wide,
+ * dx (when wanted) and the first `aligned` inputs (dy, x, w) 16-byte
+ * aligned. Off by default: on an H200 (run 16) llama-large's rmsnorm_bwd
+ * took 3.8% of the step this way against 3.0% in two passes (run 15), and
+ * GPT-2's layernorm_bwd 5.9% against 5.5%: a block of 8 warps a chunk of
+ * 64 rows, one block an SM at 179 registers, hides too little latency. */
+static bool norm_one_pass;
+void cuda_norm_bwd_one_pass(bool on) { norm_one_pass = on; }
+
 static bool norm_rows(const RtInst *x, void *dx, void **in, int aligned) {
-  if (x->d % 8 || x->d > 2048 || dptr(dx) % 16) return false;
+  if (!norm_one_pass || x->d % 8 || x->d > 2048 || dptr(dx) % 16) return false;
   for (int i = 0; i <= aligned; i++)
     if (dptr(in[i]) % 16) return false;
   return true;
@@ -1954,6 +1961,8 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
       return snprintf(why, n, "LMC_GEMM_BACKWARD_EPILOGUES=%s: it takes 0 (the GEMM, then kernels) or 1", be), NULL;
     bwd_epilogues = *be == '1';
   }
+  const char *np = getenv("LMC_NORM_BWD_ONE_PASS");
+  norm_one_pass = np && *np && strcmp(np, "0");
   const char *mg = getenv("LMC_MOE_GROUPED");
   if (mg && *mg) {
     if (strcmp(mg, "0") && strcmp(mg, "1"))

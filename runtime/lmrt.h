@@ -274,6 +274,9 @@ void cuda_attention_dkv_qt(int qt);
  * head dims to 96: 64 or 128 for both, or 0 (the default: the forward 64,
  * dQ 128); $LMC_ATTENTION_ROWS sets it. */
 void cuda_attention_rows(int rows);
+/* A norm's backward in one pass (off by default; $LMC_NORM_BWD_ONE_PASS=1
+ * turns it on at cuda_backend) */
+void cuda_norm_bwd_one_pass(bool on);
 /* Before cuda_backend: how a CUDA backend's all-reduces travel. CC_AUTO
  * NCCL when it loads and every rank on a machine has a GPU of its own,
  * else CC_MPI (staged through host memory); CC_NCCL insists. */

@@ -11,5 +11,6 @@ Backend *cuda_backend(const char *bundle_dir, bool emulated, char *why, size_t n
 void cuda_matmul_precision(int p) { (void)p; }
 void cuda_attention_dkv_qt(int qt) { (void)qt; }
 void cuda_attention_rows(int rows) { (void)rows; }
+void cuda_norm_bwd_one_pass(bool on) { (void)on; }
 void cuda_collectives(int mode) { (void)mode; }
 void cuda_jit_time(double *seconds, bool *cold) { *seconds = 0, *cold = false; }

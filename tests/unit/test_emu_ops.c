@@ -442,16 +442,30 @@ int main(int argc, char **argv) {
              {{nr * d}, {d, F32}, {d, F32}}};
   c.x.n = nr, c.x.d = d;
   check(c, true);
-  /* and in one pass (a warp a row: 264 wide, a lane's second group past
-   * the row for most lanes) over 5 chunks of rows */
-  c = (Case){"rmsnorm_bwd (width 264, 300 rows)", rt_inst(OP_RMSNORM_BWD), {{nr * 264}, {nr * 264}, {264, 2}, {nr, 2}},
-             {{nr * 264}, {264, F32}}};
-  c.x.n = nr, c.x.d = 264;
+  /* 264 wide over 5 chunks of rows, in two passes (the default) and in
+   * one (LMC_NORM_BWD_ONE_PASS: a warp a row, a lane's second group past
+   * the row for most lanes), and width 64 in one */
+  for (int one = 0; one < 2; one++) {
+    cuda_norm_bwd_one_pass(one);
+    c = (Case){one ? "rmsnorm_bwd (width 264, 300 rows, one pass)" : "rmsnorm_bwd (width 264, 300 rows)",
+               rt_inst(OP_RMSNORM_BWD), {{nr * 264}, {nr * 264}, {264, 2}, {nr, 2}}, {{nr * 264}, {264, F32}}};
+    c.x.n = nr, c.x.d = 264;
+    check(c, true);
+    c = (Case){one ? "layernorm_bwd (width 264, 300 rows, one pass)" : "layernorm_bwd (width 264, 300 rows)",
+               rt_inst(OP_LAYERNORM_BWD), {{nr * 264}, {nr * 264}, {264, 2}, {nr, F32}, {nr, 2}},
+               {{nr * 264}, {264, F32}, {264, F32}}};
+    c.x.n = nr, c.x.d = 264;
+    check(c, true);
+  }
+  c = (Case){"rmsnorm_bwd (width 64, one pass)", rt_inst(OP_RMSNORM_BWD), {{n * 64}, {n * 64}, {64, 2}, {n, 2}},
+             {{n * 64}, {64, F32}}};
+  c.x.n = n, c.x.d = 64;
   check(c, true);
-  c = (Case){"layernorm_bwd (width 264, 300 rows)", rt_inst(OP_LAYERNORM_BWD),
-             {{nr * 264}, {nr * 264}, {264, 2}, {nr, F32}, {nr, 2}}, {{nr * 264}, {264, F32}, {264, F32}}};
-  c.x.n = nr, c.x.d = 264;
+  c = (Case){"layernorm_bwd (width 64, one pass)", rt_inst(OP_LAYERNORM_BWD), {{n * 64}, {n * 64}, {64, 2}, {n, F32}, {n, 2}},
+             {{n * 64}, {64, F32}, {64, F32}}};
+  c.x.n = n, c.x.d = 64;
   check(c, true);
+  cuda_norm_bwd_one_pass(false);
   c = (Case){"add_bwd (bias, 300 rows)", rt_inst(OP_ADD_BWD), {{nr * d}}, {{nr * d}, {d, F32}}};
   c.x.n = nr * d, c.x.nb = d;
   check(c, true);
