@@ -504,7 +504,7 @@ int main(int argc, char **argv) {
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, false);
       static char other[3][2][96];
-      if (mp) {   /* the forward's 128-row kernel, the other one */
+      if (mp && !quick) {   /* the forward's 128-row kernel, the other one (not under sanitizers) */
         snprintf(other[i][0], 96, "%s, forward 128 rows a block", names[mp][i][0]);
         cuda_attention_rows(128);
         c.name = other[i][0];
@@ -515,7 +515,7 @@ int main(int argc, char **argv) {
       c = (Case){names[mp][i][1], rt_inst(OP_ATTENTION_BWD), {{nq}, {nq}, {nk}, {nk}, {rows, F32}, {nq}}, {{nq}, {nk}, {nk}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, true);
-      if (mp) {   /* dQ at 64 rows a block and (head dim 96) dK/dV at 32 queries a step, the other kernels */
+      if (mp && !quick) {   /* dQ at 64 rows a block and (head dim 96) dK/dV at 32 queries a step, the other kernels */
         snprintf(other[i][1], 96, "%s, dQ 64 rows%s", names[mp][i][1], at[i].k == 96 ? ", dK/dV 32 queries" : "");
         cuda_attention_dkv_qt(32), cuda_attention_rows(64);
         c.name = other[i][1];
