@@ -1934,6 +1934,18 @@ static bool nccl_setup(void *emu, char *why, size_t n) {
   return true;
 }
 
+/* A knob of the environment that takes one of two numbers, a or b, into
+ * *v (left as it is when unset or empty); anything else is false, with
+ * "NAME=VALUE: it takes " and what in why. */
+static bool env_choice(const char *name, int a, int b, const char *what, int *v, char *why, size_t n) {
+  const char *s = getenv(name);
+  if (!s || !*s) return true;
+  char *end;
+  long x = strtol(s, &end, 10);
+  if (*end || (x != a && x != b)) return snprintf(why, n, "%s=%s: it takes %s", name, s, what), false;
+  return *v = (int)x, true;
+}
+
 /* The CUDA backend for the bundle in dir, on a GPU or on the emulated
  * platform, or NULL with the reason. */
 Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
@@ -1941,34 +1953,19 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   static const char *names[2][3] = {{"cuda-f32", "cuda-f32-high", "cuda-f32-medium"},
                                     {"cuda-emu-f32", "cuda-emu-f32-high", "cuda-emu-f32-medium"}};
   cuda.name = names[emulate][precision];
-  const char *qt = getenv("LMC_ATTENTION_DKV_QT");
-  if (qt && *qt) {
-    if (strcmp(qt, "32") && strcmp(qt, "64")) return snprintf(why, n, "LMC_ATTENTION_DKV_QT=%s: it takes 32 or 64 (queries a step of dK/dV)", qt), NULL;
-    dkv_qt_asked = atoi(qt);
-  }
-  const char *fr = getenv("LMC_ATTENTION_ROWS");
-  if (fr && *fr) {
-    if (strcmp(fr, "64") && strcmp(fr, "128"))
-      return snprintf(why, n, "LMC_ATTENTION_ROWS=%s: it takes 64 or 128 (query rows a block of attention's forward and dQ)", fr), NULL;
-    rows_asked = atoi(fr);
-  }
+  int ep = bwd_epilogues, grouped = !moe_grouped_off;
+  if (!env_choice("LMC_ATTENTION_DKV_QT", 32, 64, "32 or 64 (queries a step of dK/dV)", &dkv_qt_asked, why, n) ||
+      !env_choice("LMC_ATTENTION_ROWS", 64, 128, "64 or 128 (query rows a block of attention's forward and dQ)",
+                  &rows_asked, why, n) ||
+      !env_choice("LMC_GEMM_BACKWARD_EPILOGUES", 0, 1, "0 (the GEMM, then kernels) or 1", &ep, why, n) ||
+      !env_choice("LMC_MOE_GROUPED", 0, 1, "0 (a GEMM a segment, counts on the host) or 1", &grouped, why, n))
+    return NULL;
+  bwd_epilogues = ep, moe_grouped_off = !grouped;
   if (!load_driver(why, n)) return NULL;
   bool events = ev.create && ev.record && ev.sync && ev.elapsed;
   cuda.time_mark = events ? cuda_time_mark : NULL, cuda.time_read = events ? cuda_time_read : NULL;
-  const char *be = getenv("LMC_GEMM_BACKWARD_EPILOGUES");
-  if (be && *be) {
-    if (strcmp(be, "0") && strcmp(be, "1"))
-      return snprintf(why, n, "LMC_GEMM_BACKWARD_EPILOGUES=%s: it takes 0 (the GEMM, then kernels) or 1", be), NULL;
-    bwd_epilogues = *be == '1';
-  }
   const char *np = getenv("LMC_NORM_BWD_ONE_PASS");
   norm_one_pass = np && *np && strcmp(np, "0");
-  const char *mg = getenv("LMC_MOE_GROUPED");
-  if (mg && *mg) {
-    if (strcmp(mg, "0") && strcmp(mg, "1"))
-      return snprintf(why, n, "LMC_MOE_GROUPED=%s: it takes 0 (a GEMM a segment, counts on the host) or 1", mg), NULL;
-    moe_grouped_off = *mg == '0';
-  }
   const char *t = getenv("LMC_GEMM_TUNE");
   tune = t && *t && strcmp(t, "0") && events && ev.destroy;
   CUdevice dev;

@@ -525,7 +525,9 @@ __device__ void rope_run(act *y, const act *x, const real *cs, I n, I t, I h, I 
 }
 extern "C" __global__ void lmc_rope(act *y, const act *x, const real *cs, i64 b, i64 t, i64 h, i64 k, int dir,
                                     int acc) {
-  i64 half = k / 2, v8 = half % 8 == 0 && al16(x) && al16(y) && al16(cs), n = b * t * h * (v8 ? half / 8 : half);
+  i64 half = k / 2;
+  bool v8 = half % 8 == 0 && al16(x) && al16(y) && al16(cs);
+  i64 n = b * t * h * (v8 ? half / 8 : half);
   if (n < 0x7fffffff && v8) rope_run<8, unsigned>(y, x, cs, (unsigned)n, (unsigned)t, (unsigned)h, (unsigned)half, dir, acc);
   else if (n < 0x7fffffff) rope_run<1, unsigned>(y, x, cs, (unsigned)n, (unsigned)t, (unsigned)h, (unsigned)half, dir, acc);
   else if (v8) rope_run<8, i64>(y, x, cs, n, t, h, half, dir, acc);
