@@ -70,12 +70,15 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
     /* up to head dim 96 a warp takes 32 query rows (128 a block, two
      * blocks an SM), past it 16; lmc_attention_mma_r64_kK, 16 rows a warp
      * at head dims to 96, is the runtime's LMC_ATTENTION_ROWS=64 (and so
-     * is dQ's lmc_attention_bwd_mma_dq_r64_kK below) */
+     * is dQ's lmc_attention_bwd_mma_dq_r64_kK below). The third template
+     * argument rolls the tile loader's passes (fm_load) where unrolled
+     * they cost spills at the kernel's register bound: this forward's
+     * 32 rows a warp, dQ's 16. */
     if (k <= 128)
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_mma_k%lld(act *o, "
               "real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, float scale) {\n"
-              "  fm_forward<%d, %d>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", kp <= 96 ? 2 : mb, K, kp,
-              kp <= 96 ? 2 : 1);
+              "  fm_forward<%d, %d, %s>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", kp <= 96 ? 2 : mb, K, kp,
+              kp <= 96 ? 2 : 1, kp <= 96 ? "true" : "false");
     if (kp <= 96)
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_mma_r64_k%lld("
               "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, "
@@ -92,7 +95,7 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_bwd_mma_dq_r64_k%lld("
               "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
               "i64 T, i64 H, i64 G, i64 K, float scale, int acc) {\n"
-              "  fm_backward_dq<%d, 1>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc);\n}\n", mb, K, kp);
+              "  fm_backward_dq<%d, 1, true>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc);\n}\n", mb, K, kp);
     fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_bwd_mma_dkv_k%lld("
             "act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, "
             "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv) {\n"

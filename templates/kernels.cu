@@ -644,7 +644,7 @@ __device__ void fa_forward(act *o, real *lse, const act *q, const act *k, const 
 
 // The same on the tensor cores (--matmul-precision medium): q, k, v enter
 // shared memory as bf16 (q times the scale and log2(e), so that scores are
-// in log2 units and each exponential is one exp2f), the two products are
+// in log2 units and each exponential is one ex2.approx, lmc_ex2), the two products are
 // bf16 mma.m16n8k16 with fp32 accumulation, softmax statistics stay fp32
 // (the saved log-sum-exp in natural units, as the CPU's). A
 // block is 4 warps of 16 query rows; a tile is 64 keys; KP is the head dim
@@ -706,27 +706,63 @@ __device__ void fm_tile(unsigned short (*s)[KP + 8], const S *src, i64 r0, i64 T
 // fm_tile at scale 1 by cp.async where the source is bf16, 16-byte aligned
 // and K and the stride multiples of 8 (the copies land at the caller's
 // wait; rows past T and columns past K zero), else fm_tile itself (landed
-// at once). The caller commits the group.
-template <typename S> struct FmLoad {
-  template <int R, int KP>
-  static __device__ void go(unsigned short (*s)[KP + 8], const S *src, i64 r0, i64 T, i64 stride, int K) {
-    fm_tile<R, KP>(s, src, r0, T, stride, K, 1.0f);
+// at once). The caller commits the group. Thread x copies column chunk
+// x % C (C = KP / 8 chunks of 8 values) of rows x / C + RP u, u < NP (RP =
+// FA_THREADS / C rows a pass; threads from C RP on copy nothing), so that
+// its shared and global addresses step by constants from pass to pass.
+// (The loop this replaced worked out each chunk's row, column and 64-bit
+// address anew: some 20 instructions a 16-byte copy, ptxas for sm_90,
+// against 3 to 5 now.)
+template <typename S> struct FmAsync {
+  static __device__ bool ok(const S *, i64, int) { return false; }
+};
+template <> struct FmAsync<bf16> {
+  static __device__ bool ok(const bf16 *src, i64 stride, int K) {
+    return K % 8 == 0 && stride % 8 == 0 && (unsigned long long)src % 16 == 0;
   }
 };
-template <> struct FmLoad<bf16> {
-  template <int R, int KP>
-  static __device__ void go(unsigned short (*s)[KP + 8], const bf16 *src, i64 r0, i64 T, i64 stride, int K) {
-    if (K % 8 || stride % 8 || (unsigned long long)src % 16) return fm_tile<R, KP>(s, src, r0, T, stride, K, 1.0f);
-    for (int e = threadIdx.x; e < R * KP / 8; e += FA_THREADS) {
-      int r = e / (KP / 8), c = e % (KP / 8) * 8;
-      bool in = r0 + r < T && c < K;
-      lmc_cp_async16(&s[r][c], in ? (const void *)(src + (r0 + r) * stride + c) : (const void *)src, in ? 16 : 0);
-    }
-  }
-};
+// One pass of fm_load: row r = row + RP u of its tile from p + u step
+// (16 bytes, zero past the source's lim rows or past K). A zero fill
+// reads nothing: its source address may lie past the rows the source
+// has, as CUTLASS's zfill copies leave theirs.
 template <int R, int KP, typename S>
+__device__ __forceinline__ void fm_load_pass(unsigned short *d, const S *p, int u, int row, bool in, i64 step,
+                                             int lim) {
+  enum { RP = FA_THREADS / (KP / 8), NP = (R + RP - 1) / RP };
+  int r = row + u * RP;
+  if (u == NP - 1 && R % RP && r >= R) return;
+  lmc_cp_async16(d + u * RP * (KP + 8), p + u * step, in && r < lim ? 16 : 0);
+}
+// Unrolled (Roll false), each pass's shared address is the first one's
+// plus a constant and its source address a 64-bit add, and ptxas keeps
+// the passes' pointers from one tile to the next where it has the
+// registers. Roll keeps the passes a loop for the kernels at their
+// register bound, where unrolled they spill (NVRTC, sm_90, head dim 96,
+// bf16 storage: the 128-row forward 112 to 132 bytes of stack and spills
+// unrolled, 28 rolled; dQ at 16 rows a warp 176 and 16).
+template <int R, int KP, typename S, bool Roll = false>
 __device__ void fm_load(unsigned short (*s)[KP + 8], const S *src, i64 r0, i64 T, i64 stride, int K) {
-  FmLoad<S>::template go<R, KP>(s, src, r0, T, stride, K);
+  enum { C = KP / 8, RP = FA_THREADS / C, NP = (R + RP - 1) / RP };
+  if (!FmAsync<S>::ok(src, stride, K)) return fm_tile<R, KP>(s, src, r0, T, stride, K, 1.0f);
+  int row = threadIdx.x / C, col = threadIdx.x % C * 8;   // this thread's first row, its column
+  if (row >= RP) return;
+  i64 left = T - r0;
+  int lim = left < R ? (int)left : R;   // the tile's rows that the source has
+  const S *p = src + (r0 + row) * stride + col;
+  unsigned short *d = &s[row][col];
+  bool in = col < K;
+  if (Roll) {
+    int step = RP * (int)stride;   // (a pass's rows of a source row stride, well within 32 bits)
+    #pragma unroll 1
+    for (int u = 0; u < NP; u++) {
+      int r = row + u * RP;
+      if (u == NP - 1 && R % RP && r >= R) break;
+      lmc_cp_async16(&s[r][col], p + u * step, in && r < lim ? 16 : 0);
+    }
+  } else {
+    #pragma unroll
+    for (int u = 0; u < NP; u++) fm_load_pass<R, KP>(d, p, u, row, in, RP * stride, lim);
+  }
 }
 
 // The A fragment of rows row0..row0+15 of a tile at k-step kk
@@ -839,7 +875,7 @@ __device__ __forceinline__ float quad_sum(float x) {
 // m-tiles of 16 query rows (its rows w0 .. w0 + 16 MT - 1), and skips a
 // tile of keys that all lie past its rows (with MT 2, a block's diagonal
 // tiles are half work for two of its warps)
-template <int KP, int MT>
+template <int KP, int MT, bool Roll = false>
 __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G,
                            i64 K, float scale) {
   const int BR = 64 * MT;
@@ -853,8 +889,8 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
   const act *kb = k + b * T * G * K + gi * K, *vb = v + b * T * G * K + gi * K;
   // K and V tiles in two groups: the next K's copy overlaps the softmax
   // and P V, the next V's the next Q K^T
-  fm_load<FM_ROWS, KP>(ks, kb, 0, T, G * K, (int)K), lmc_cp_async_commit();
-  fm_load<FM_ROWS, KP>(vs, vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
+  fm_load<FM_ROWS, KP, act, Roll>(ks, kb, 0, T, G * K, (int)K), lmc_cp_async_commit();
+  fm_load<FM_ROWS, KP, act, Roll>(vs, vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
   fm_tile<BR, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);   // scores in log2 units
   float acc[MT][KP / 8][4], m[MT][2], l[MT][2];
   #pragma unroll
@@ -876,7 +912,7 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
       fm_mul_nk_m<KP, FM_ROWS / 8, KP / 16, MT>(s, sh, warp * 16 * MT, ks);
     }
     __syncthreads();
-    if (more) fm_load<FM_ROWS, KP>(ks, kb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
+    if (more) fm_load<FM_ROWS, KP, act, Roll>(ks, kb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
     bool diag = j0 + FM_ROWS - 1 > w0;   // a key past a row of the warp: the causal mask (and T) apply
     if (live)
       #pragma unroll
@@ -892,7 +928,7 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
         #pragma unroll
         for (int r = 0; r < 2; r++) {
           mx[r] = quad_max(mx[r]);
-          float alpha = exp2f(m[mt][r] - mx[r]);
+          float alpha = lmc_ex2(m[mt][r] - mx[r]);
           l[mt][r] *= alpha, m[mt][r] = mx[r];
           #pragma unroll
           for (int nt = 0; nt < KP / 8; nt++) acc[mt][nt][2 * r] *= alpha, acc[mt][nt][2 * r + 1] *= alpha;
@@ -901,14 +937,14 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
         for (int nt = 0; nt < FM_ROWS / 8; nt++)
           #pragma unroll
           for (int i = 0; i < 4; i++)
-            s[mt][nt][i] = exp2f(s[mt][nt][i] - m[mt][i >> 1]), l[mt][i >> 1] += s[mt][nt][i];
+            s[mt][nt][i] = lmc_ex2(s[mt][nt][i] - m[mt][i >> 1]), l[mt][i >> 1] += s[mt][nt][i];
       }
     if (more) lmc_cp_async_wait1();   // V
     else lmc_cp_async_wait0();
     __syncthreads();
     if (live) fm_mul_kn_m<KP, FM_ROWS / 8, MT>(acc, s, vs);
     __syncthreads();
-    if (more) fm_load<FM_ROWS, KP>(vs, vb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
+    if (more) fm_load<FM_ROWS, KP, act, Roll>(vs, vb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
   }
   #pragma unroll
   for (int mt = 0; mt < MT; mt++) {
@@ -970,7 +1006,7 @@ __device__ void fa_backward_dq(act *dq, const act *dout, const act *q, const act
 // warp takes MT m-tiles of 16 rows as the forward does, and a tile of 64
 // keys in MT sub-tiles of 64 / MT (so that S and dP of 2 m-tiles fit the
 // registers beside dQ's accumulators), skipping those wholly past its rows
-template <int KP, int MT>
+template <int KP, int MT, bool Roll = false>
 __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act *k, const act *v,
                                const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int accum) {
   const int BR = 64 * MT, NS = FM_ROWS / MT;
@@ -984,8 +1020,8 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
   const act *kb = k + b * T * G * K + gi * K, *vb = v + b * T * G * K + gi * K;
   // V and K tiles in two groups: K's copy overlaps the first dO V^T, the
   // next tile's both wait for the last dS K
-  fm_load<FM_ROWS, KP>(vs, vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
-  fm_load<FM_ROWS, KP>(ks, kb, 0, T, G * K, (int)K), lmc_cp_async_commit();
+  fm_load<FM_ROWS, KP, act, Roll>(vs, vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
+  fm_load<FM_ROWS, KP, act, Roll>(ks, kb, 0, T, G * K, (int)K), lmc_cp_async_commit();
   fm_tile<BR, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);
   fm_tile<BR, KP>(dos, dout + b * T * H * K + h * K, i0, T, H * K, (int)K, 1.0f);
   float acc[MT][KP / 8][4], li[MT][2], di[MT][2];
@@ -1033,7 +1069,7 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
         for (int nt = 0; nt < NS / 8; nt++)
           #pragma unroll
           for (int i = 0; i < 4; i++) {
-            float p = exp2f(s[mt][nt][i] - li[mt][i >> 1]);
+            float p = lmc_ex2(s[mt][nt][i] - li[mt][i >> 1]);
             if (diag && nt * 8 + 2 * t + (i & 1) > rel + (i >> 1) * 8) p = 0.0f;
             s[mt][nt][i] = p * (dp[mt][nt][i] - di[mt][i >> 1]);   // dS
           }
@@ -1042,8 +1078,8 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
     }
     __syncthreads();
     if (more) {
-      fm_load<FM_ROWS, KP>(vs, vb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
-      fm_load<FM_ROWS, KP>(ks, kb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
+      fm_load<FM_ROWS, KP, act, Roll>(vs, vb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
+      fm_load<FM_ROWS, KP, act, Roll>(ks, kb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
     }
   }
   #pragma unroll
@@ -1059,7 +1095,9 @@ __device__ void fm_dkv_stage(unsigned short (*s)[KP + 8], float *ls, float *ds, 
                              const real *lse, const real *dd, i64 b, i64 h, i64 i0, i64 T, i64 H, i64 K) {
   fm_load<QT, KP>(s, q + b * T * H * K + h * K, i0, T, H * K, (int)K);
   fm_load<QT, KP>(s + QT, dout + b * T * H * K + h * K, i0, T, H * K, (int)K);
-  for (int c = threadIdx.x; c < QT; c += FA_THREADS) {
+  static_assert(QT <= FA_THREADS, "a thread a query's statistics");
+  int c = threadIdx.x;
+  if (c < QT) {
     bool ok = i0 + c < T;
     ls[c] = ok ? lse[(b * H + h) * T + i0 + c] * LOG2E : 0, ds[c] = ok ? dd[(b * H + h) * T + i0 + c] : 0;
   }
@@ -1113,7 +1151,7 @@ __device__ void fm_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
     for (int nt = 0; nt < QT / 8; nt++) {
       float2 l2 = *(const float2 *)&ls[st][nt * 8 + 2 * t], d2 = *(const float2 *)&ds[st][nt * 8 + 2 * t];
       for (int i = 0; i < 4; i++) {
-        float p = exp2f(st_[nt][i] * sl - (i & 1 ? l2.y : l2.x));
+        float p = lmc_ex2(st_[nt][i] * sl - (i & 1 ? l2.y : l2.x));
         if (diag && nt * 8 + 2 * t + (i & 1) < rel + (i >> 1) * 8) p = 0.0f;
         st_[nt][i] = p, dpt[nt][i] = p * (dpt[nt][i] - (i & 1 ? d2.y : d2.x));   // P^T, dS^T
       }

@@ -41,4 +41,13 @@ __device__ __forceinline__ unsigned lmc_bf16x2(float lo, float hi) {
   asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
   return r;
 }
+// 2^x in one SFU instruction (ex2.approx.ftz.f32: within 2 ulp, results
+// below 2^-126 flushed to zero, -inf to +0); exp2f wraps the same
+// instruction in a range check and two multiplies for subnormal results,
+// which softmax's probabilities need not keep
+__device__ __forceinline__ float lmc_ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
 #endif

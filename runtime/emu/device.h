@@ -357,6 +357,12 @@ static inline void lmc_cp_async16(void *dst, const void *src, int n) {
 }
 // cvt.rn.bf16x2.f32 (tensor_cores.cuh's lmc_bf16x2): lo in the low half
 static inline unsigned lmc_bf16x2(float lo, float hi) { return lmc_f2bf(lo) | (unsigned)lmc_f2bf(hi) << 16; }
+// ex2.approx.ftz.f32 (tensor_cores.cuh's lmc_ex2): exp2f, a result below
+// 2^-126 flushed to zero as the hardware's is
+static inline float lmc_ex2(float x) {
+  float y = exp2f(x);
+  return y < 0x1p-126f ? 0.0f : y;
+}
 static inline void lmc_cp_async_commit(void) { lmc_emu_cp_groups[lmc_emu_lin()]++; }
 static inline void lmc_emu_cp_wait(int newest) {
   unsigned t = lmc_emu_lin();

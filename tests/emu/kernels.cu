@@ -75,6 +75,12 @@ extern "C" __global__ void convert(unsigned short *bf, unsigned short *h, float 
   back[2 * i] = __bfloat162float(b), back[2 * i + 1] = __half2float(hh);
 }
 
+// 2^x by tensor_cores.cuh's ex2.approx.ftz.f32 (attention's softmax)
+extern "C" __global__ void ex2(float *y, const float *x, int n) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) y[i] = lmc_ex2(x[i]);
+}
+
 // D[16x8] = A[16x16] B[16x8] on one warp: A and B (bf16, row-major) into
 // shared memory, fragments by ldmatrix (B transposed), one mma, D by the
 // accumulator layout (row g and g+8, columns 2t and 2t+1)

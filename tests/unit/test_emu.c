@@ -221,6 +221,27 @@ static void conversions(void) {
   F(cuMemFree)(dbf), F(cuMemFree)(dh), F(cuMemFree)(db), F(cuMemFree)(dp), F(cuMemFree)(dx);
 }
 
+/* lmc_ex2 (attention's exponentials): within 2 ulp of 2^x where that is
+ * at least 2^-126, zero below it and at -inf, as ex2.approx.ftz.f32 is */
+static void exponentials(void) {
+  float x[] = {0.0f, 1.0f, -1.0f, 0.5f, -10.25f, 20.7f, -3.3e-3f, 127.5f, -125.9f, -126.5f, -200.0f, -INFINITY};
+  enum { N = sizeof x / sizeof *x };
+  float y[N];
+  int n = N, bad = 0;
+  CUdeviceptr dy = dalloc(sizeof y), dx = dalloc(sizeof x);
+  F(cuMemcpyHtoD)(dx, x, sizeof x);
+  void *a[] = {&dy, &dx, &n};
+  launch("ex2", 1, 32, 0, a);
+  F(cuMemcpyDtoH)(y, dy, sizeof y);
+  for (int i = 0; i < N; i++) {
+    double want = exp2((double)x[i]);
+    bool ok = want < 0x1p-126 ? y[i] == 0.0f : fabs(y[i] - want) <= 2 * want * 0x1p-23;
+    if (!ok) bad++, printf("  ex2(%g) = %.9g (want %.9g)\n", x[i], y[i], want);
+  }
+  expect(!bad, "ex2.approx.ftz.f32 (lmc_ex2): within 2 ulp, flushed to zero below 2^-126");
+  F(cuMemFree)(dy), F(cuMemFree)(dx);
+}
+
 static unsigned short bf16(float f) {   /* exact for the small integers used here */
   unsigned u;
   memcpy(&u, &f, 4);
@@ -751,6 +772,7 @@ int main(int argc, char **argv) {
   block_sums();
   if (!real) faults();
   conversions();
+  exponentials();
   mma();
   cp_async();
   graphs();
