@@ -865,7 +865,7 @@ static void col_finish(const Cols *c, i64 d, int s, void *out, int acc) {
   CUdeviceptr o = dptr(out), p = c->part + s * c->chunks * d * 4;
   i64 chunks = c->chunks, dd = d;
   void *f[] = {&o, &p, &chunks, &dd, &acc};
-  launch("lmc_col_finish", grid_for(d), f);
+  launch_grid("lmc_col_finish", (unsigned)((d + 31) / 32), 1, 1, 256, f);   /* 32 columns a block of 8 warps */
 }
 
 /* The backward's GEMM epilogues (BGRAD, DGELU) asked of cuBLASLt, or

@@ -181,8 +181,7 @@ __device__ void ew3x2(T *y, T *z, const T *a, const T *b, const T *c, i64 n, int
 // 8 and the rows aligned: colld), of a chunk of `per` rows (blockIdx.y),
 // a warp a row, 8 rows at a time; col_store sums its 8 warps' sums in
 // order into part[chunk, column]. Pass 2, lmc_col_finish, adds the chunks
-// in order. (Each column's order of additions is that of one column a
-// thread, 32 a block.)
+// in a fixed order.
 #define COL_J (blockIdx.x * (i64)256 + threadIdx.x % 32 * 8)
 #define COL_ROWS(i, n, per) for (i64 i = blockIdx.y * (per) + threadIdx.x / 32; i < (n) && i < (blockIdx.y + 1) * (per); i += 8)
 
@@ -271,11 +270,25 @@ __device__ void norm_bwd_rows(float (*sh)[257], T *dx, real *part, const T *dy, 
 // (lmc writes the kernels a model's widths need at the end of the file:
 // lmc_rmsnorm_bwd_rowsNG and lmc_layernorm_bwd_rowsNG, compiler/kernels.c)
 
+// Pass 2: out[j] (+)= the sum over the chunks c of part[c, j]. A block of
+// 256 threads takes 32 columns: warp w adds chunks w, w + 8, .. in order,
+// then its first warp the 8 warps' sums in warp order (the same bits every
+// run). (A thread a column, as it was, left llama-large's norms 1536
+// threads adding 256 chunks each, on a tenth of an H200's SMs.)
 extern "C" __global__ void lmc_col_finish(real *out, const real *part, i64 chunks, i64 d, int acc) {
-  GRID_LOOP(j, d) {
-    float s = 0;
-    for (i64 c = 0; c < chunks; c++) s += part[c * d + j];
-    PUT(out, j, s, acc);
+  __shared__ float sh[8][33];
+  int lane = threadIdx.x % 32, w = threadIdx.x / 32;
+  i64 j = blockIdx.x * (i64)32 + lane;
+  float s = 0;
+  if (j < d)
+    #pragma unroll 4
+    for (i64 c = w; c < chunks; c += 8) s += part[c * d + j];
+  sh[w][lane] = s;
+  __syncthreads();
+  if (w == 0 && j < d) {
+    float t = 0;
+    for (int r = 0; r < 8; r++) t += sh[r][lane];
+    PUT(out, j, t, acc);
   }
 }
 
