@@ -1649,9 +1649,24 @@ extern "C" __global__ void lmc_moe_act_bwd(act *dh, const act *da, const act *h,
 #define GG_THREADS 256
 
 // an R x C block of a [.., ld] matrix (rows r0.. below rmax, columns c0..
-// below cmax, zero past them) into the bf16 tile s of pitch P
+// below cmax, zero past them) into the bf16 tile s of pitch P. A whole
+// block of a bf16 source with 16-byte rows comes by cp.async in passes of
+// constant stride (thread x copies chunk x % (C / 8) of rows x / (C / 8)
+// + RP u), an instruction or three a copy; the rest chunk by chunk, the
+// row and column worked out for each (ptxas, sm_90: the main loop took 731
+// instructions for its 32 mma that way).
 template <int R, int C, int P>
 __device__ void gg_tile(unsigned short *s, const void *src, bool bf, i64 ld, i64 r0, i64 rmax, i64 c0, i64 cmax) {
+  enum { CC = C / 8, RP = GG_THREADS / CC, NP = R / RP };
+  static_assert(R % RP == 0, "whole passes");
+  if (bf && ld % 8 == 0 && c0 % 8 == 0 && (unsigned long long)src % 16 == 0 && r0 + R <= rmax && c0 + C <= cmax) {
+    int row = threadIdx.x / CC, col = threadIdx.x % CC * 8;
+    const bf16 *p = (const bf16 *)src + (r0 + row) * ld + c0 + col;
+    unsigned short *d = s + row * P + col;
+    #pragma unroll
+    for (int u = 0; u < NP; u++) lmc_cp_async16(d + u * RP * P, p + u * RP * ld, 16);
+    return;
+  }
   for (int e = threadIdx.x; e < R * C / 8; e += GG_THREADS) {
     int r = e / (C / 8), c = e % (C / 8) * 8;
     i64 gr = r0 + r, gc = c0 + c, off = gr * ld + gc;
@@ -1674,24 +1689,26 @@ __device__ void gg_tile(unsigned short *s, const void *src, bool bf, i64 ld, i64
   }
 }
 
-// acc (this warp's 64 x 32 of C) += the stage's A (rows wm 64.., [m][k]
-// pitch GG_BK + 8, or ta: [k][m] pitch GG_BM + 8) times B ([n][k] pitch
-// GG_BK + 8, or kn: [k][n] pitch GG_BN + 8)
-__device__ void gg_mul(float (*acc)[4][4], const unsigned short *sa, const unsigned short *sb, bool ta, bool kn, int wm,
-                       int wn) {
-  int lane = threadIdx.x % 32;
+// acc (this warp's 64 x 32 of C) += the stage's A ([m][k] pitch GG_BK + 8,
+// or ta: [k][m] pitch GG_BM + 8) times B ([n][k] pitch GG_BK + 8, or kn:
+// [k][n] pitch GG_BN + 8), the fragments at gg_offsets' ao and bo (this
+// thread's part of the warp's first fragments) plus constants
+template <bool ta, bool kn>
+__device__ void gg_mul(float (*acc)[4][4], const unsigned short *sa, const unsigned short *sb, int ao, int bo) {
+  #pragma unroll
   for (int kk = 0; kk < GG_BK / 16; kk++) {
     unsigned a[4][4];
+    #pragma unroll
     for (int mt = 0; mt < 4; mt++) {
-      int m0 = wm * 64 + mt * 16;
-      if (ta) lmc_ldmatrix_x4_trans(a[mt], sa + (kk * 16 + lane / 16 * 8 + lane % 8) * (GG_BM + 8) + m0 + lane / 8 % 2 * 8);
-      else lmc_ldmatrix_x4(a[mt], sa + (m0 + lane % 16) * (GG_BK + 8) + kk * 16 + lane / 16 * 8);
+      if (ta) lmc_ldmatrix_x4_trans(a[mt], sa + ao + kk * 16 * (GG_BM + 8) + mt * 16);
+      else lmc_ldmatrix_x4(a[mt], sa + ao + mt * 16 * (GG_BK + 8) + kk * 16);
     }
+    #pragma unroll
     for (int n2 = 0; n2 < 2; n2++) {
       unsigned b[4];
-      int n0 = wn * 32 + n2 * 16;
-      if (kn) lmc_ldmatrix_x4_trans(b, sb + (kk * 16 + lane / 8 % 2 * 8 + lane % 8) * (GG_BN + 8) + n0 + lane / 16 * 8);
-      else lmc_ldmatrix_x4(b, sb + (n0 + lane / 16 * 8 + lane % 8) * (GG_BK + 8) + kk * 16 + lane / 8 % 2 * 8);
+      if (kn) lmc_ldmatrix_x4_trans(b, sb + bo + kk * 16 * (GG_BN + 8) + n2 * 16);
+      else lmc_ldmatrix_x4(b, sb + bo + n2 * 16 * (GG_BK + 8) + kk * 16);
+      #pragma unroll
       for (int mt = 0; mt < 4; mt++) {
         lmc_mma_bf16_16816(acc[mt][2 * n2], a[mt], b, acc[mt][2 * n2]);
         lmc_mma_bf16_16816(acc[mt][2 * n2 + 1], a[mt], b + 2, acc[mt][2 * n2 + 1]);
@@ -1699,13 +1716,24 @@ __device__ void gg_mul(float (*acc)[4][4], const unsigned short *sa, const unsig
     }
   }
 }
+// this thread's ldmatrix offsets for gg_mul, warp (wm, wn) of the block
+template <bool ta, bool kn> __device__ void gg_offsets(int *ao, int *bo, int wm, int wn) {
+  int lane = threadIdx.x % 32;
+  *ao = ta ? (lane / 16 * 8 + lane % 8) * (GG_BM + 8) + wm * 64 + lane / 8 % 2 * 8
+           : (wm * 64 + lane % 16) * (GG_BK + 8) + lane / 16 * 8;
+  *bo = kn ? (lane / 8 % 2 * 8 + lane % 8) * (GG_BN + 8) + wn * 32 + lane / 16 * 8
+           : (wn * 32 + lane / 16 * 8 + lane % 8) * (GG_BK + 8) + lane / 8 % 2 * 8;
+}
 
 // this warp's 64 x 32 of C into rows r0.. (below rmax) and columns c0..
 // (below cmax) of a [.., ldc] matrix, bf16 or fp32, added to it with acc
 __device__ void gg_put(void *C, bool bf, i64 ldc, float (*acc)[4][4], i64 r0, i64 rmax, i64 c0, i64 cmax, int accum) {
   int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  #pragma unroll
   for (int mt = 0; mt < 4; mt++)
+    #pragma unroll
     for (int nt = 0; nt < 4; nt++)
+      #pragma unroll
       for (int i = 0; i < 4; i++) {
         i64 r = r0 + mt * 16 + g + (i >> 1) * 8, c = c0 + nt * 8 + 2 * t + (i & 1);
         if (r >= rmax || c >= cmax) continue;
@@ -1718,11 +1746,11 @@ __device__ void gg_put(void *C, bool bf, i64 ldc, float (*acc)[4][4], i64 r0, i6
 // the rows r of each segment s (counts[s] rows, after the segments before
 // it), e = s % ne. Grid (an upper bound on the segments' row tiles, n
 // tiles); a block finds its segment and tile from the counts.
-extern "C" __global__ void __launch_bounds__(GG_THREADS) lmc_moe_mm(void *C, const void *A, const void *B,
-                                                                    const real *counts, i64 seg, i64 ne, i64 n, i64 k,
-                                                                    i64 lda, i64 ldb, i64 ldc, i64 sB, int flags, int kn,
-                                                                    int accum) {
-  __shared__ __align__(16) unsigned short sa[2][GG_BM * (GG_BK + 8)], sb[2][GG_BN * (GG_BK + 8)];
+// (kn a template argument: the B fragments' addressing without a branch)
+template <bool kn>
+__device__ void gg_mm(unsigned short (*sa)[GG_BM * (GG_BK + 8)], unsigned short (*sb)[GG_BN * (GG_BK + 8)], void *C,
+                      const void *A, const void *B, const real *counts, i64 seg, i64 ne, i64 n, i64 k, i64 lda, i64 ldb,
+                      i64 ldc, i64 sB, int flags, int accum) {
   i64 tile = blockIdx.x, r0 = -1, rend = 0, e = 0;
   for (i64 s = 0, at = 0; s < seg && r0 < 0; s++) {
     i64 c = (i64)counts[s], nt = (c + GG_BM - 1) / GG_BM;
@@ -1732,7 +1760,8 @@ extern "C" __global__ void __launch_bounds__(GG_THREADS) lmc_moe_mm(void *C, con
   if (r0 < 0) return;   // (the grid's upper bound past the tiles there are)
   i64 n0 = blockIdx.y * (i64)GG_BN;
   const char *Be = (const char *)B + e * sB * (flags & 2 ? 2 : 4);
-  int warp = threadIdx.x / 32, wm = warp % 2, wn = warp / 2, steps = (int)((k + GG_BK - 1) / GG_BK);
+  int warp = threadIdx.x / 32, wm = warp % 2, wn = warp / 2, steps = (int)((k + GG_BK - 1) / GG_BK), ao, bo;
+  gg_offsets<false, kn>(&ao, &bo, wm, wn);
   float acc[4][4][4];
   for (int mt = 0; mt < 4; mt++)
     for (int nt = 0; nt < 4; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0;
@@ -1748,10 +1777,18 @@ extern "C" __global__ void __launch_bounds__(GG_THREADS) lmc_moe_mm(void *C, con
     if (st < steps) lmc_cp_async_wait1();
     else lmc_cp_async_wait0();
     __syncthreads();
-    gg_mul(acc, sa[(st - 1) & 1], sb[(st - 1) & 1], false, kn, wm, wn);
+    gg_mul<false, kn>(acc, sa[(st - 1) & 1], sb[(st - 1) & 1], ao, bo);
     __syncthreads();
   }
   gg_put(C, flags & 4, ldc, acc, r0 + wm * 64, rend, n0 + wn * 32, n, accum);
+}
+extern "C" __global__ void __launch_bounds__(GG_THREADS) lmc_moe_mm(void *C, const void *A, const void *B,
+                                                                    const real *counts, i64 seg, i64 ne, i64 n, i64 k,
+                                                                    i64 lda, i64 ldb, i64 ldc, i64 sB, int flags, int kn,
+                                                                    int accum) {
+  __shared__ __align__(16) unsigned short sa[2][GG_BM * (GG_BK + 8)], sb[2][GG_BN * (GG_BK + 8)];
+  if (kn) gg_mm<true>(sa, sb, C, A, B, counts, seg, ne, n, k, lda, ldb, ldc, sB, flags, accum);
+  else gg_mm<false>(sa, sb, C, A, B, counts, seg, ne, n, k, lda, ldb, ldc, sB, flags, accum);
 }
 
 // the next chunk [r0, r1) of at most GG_BK rows of expert e's segments
@@ -1779,7 +1816,8 @@ extern "C" __global__ void __launch_bounds__(GG_THREADS) lmc_moe_mm_tn(real *C, 
                                                                        int accum) {
   __shared__ __align__(16) unsigned short sa[2][GG_BK * (GG_BM + 8)], sb[2][GG_BK * (GG_BN + 8)];
   i64 m0 = blockIdx.x * (i64)GG_BM, n0 = blockIdx.y * (i64)GG_BN, e = blockIdx.z;
-  int warp = threadIdx.x / 32, wm = warp % 2, wn = warp / 2;
+  int warp = threadIdx.x / 32, wm = warp % 2, wn = warp / 2, ao, bo;
+  gg_offsets<true, true>(&ao, &bo, wm, wn);
   float acc[4][4][4];
   for (int mt = 0; mt < 4; mt++)
     for (int nt = 0; nt < 4; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0;
@@ -1801,7 +1839,7 @@ extern "C" __global__ void __launch_bounds__(GG_THREADS) lmc_moe_mm_tn(real *C, 
       lmc_cp_async_wait1();
     } else lmc_cp_async_wait0();
     __syncthreads();
-    gg_mul(acc, sa[stage], sb[stage], true, true, wm, wn);
+    gg_mul<true, true>(acc, sa[stage], sb[stage], ao, bo);
     __syncthreads();
     have = more, stage ^= 1;
   }
