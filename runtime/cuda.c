@@ -1113,6 +1113,9 @@ static void op_moe_dispatch(const RtInst *x, void **o, void **in) {
  * (bf16 products, as cuBLASLt's there) where every segment's rows are this
  * rank's own (no ep: the rows are all x->m), unless LMC_MOE_GROUPED=0. */
 static bool moe_grouped_off;
+/* their dynamic shared memory: two stages of A and B tiles, bf16
+ * (kernels.cu's GG_SA_MM and GG_SA_TN, 128 x (64 + 8) and 64 x (128 + 8)) */
+enum { GG_SMEM_MM = 2 * 2 * 128 * (64 + 8) * 2, GG_SMEM_TN = 2 * 2 * 64 * (128 + 8) * 2 };
 static bool moe_grouped(const RtInst *x) { return !moe_grouped_off && precision == MP_MEDIUM && x->seg == x->e; }
 
 /* C (+)= A B_e over each segment's rows (kn: B_e stored [k][n], else [n][k]) */
@@ -1122,7 +1125,7 @@ static void gg_mm(const RtInst *x, CUdeviceptr C, CUdeviceptr A, CUdeviceptr B, 
   i64 seg = x->seg, ne = x->e;
   int flags = (int)ty;
   void *a[] = {&C, &A, &B, &cnt, &seg, &ne, &n, &k, &lda, &ldb, &ldc, &sB, &flags, &kn, &acc};
-  launch_grid("lmc_moe_mm", (unsigned)((x->m + 127) / 128 + seg), (unsigned)((n + 127) / 128), 1, 256, a);
+  launch_smem("lmc_moe_mm", (unsigned)((x->m + 127) / 128 + seg), (unsigned)((n + 127) / 128), 1, 256, GG_SMEM_MM, a);
 }
 
 /* C_e (+)= A' B over expert e's rows: a weight's gradient, fp32 [m, n] */
@@ -1132,7 +1135,8 @@ static void gg_tn(const RtInst *x, CUdeviceptr C, CUdeviceptr A, CUdeviceptr B, 
   i64 seg = x->seg, ne = x->e, ldc = n, sC = m * n;
   int flags = (int)ty;
   void *a[] = {&C, &A, &B, &cnt, &seg, &ne, &m, &n, &lda, &ldb, &ldc, &sC, &flags, &acc};
-  launch_grid("lmc_moe_mm_tn", (unsigned)((m + 127) / 128), (unsigned)((n + 127) / 128), (unsigned)ne, 256, a);
+  launch_smem("lmc_moe_mm_tn", (unsigned)((m + 127) / 128), (unsigned)((n + 127) / 128), (unsigned)ne, 256, GG_SMEM_TN,
+              a);
 }
 
 /* One GEMM per segment: C rows r0.. of each, expert s % e's weights. */

@@ -1640,13 +1640,17 @@ extern "C" __global__ void lmc_moe_act_bwd(act *dh, const act *da, const act *h,
 // own). bf16 products with fp32 accumulation as cuBLASLt's at medium:
 // fp32 operands are rounded to bf16 as their tiles are made. A block is 8
 // warps over a 128 x 128 tile of C (a warp 64 rows x 32 columns, 4 x 4
-// mma tiles), k in steps of 32 through two stages of shared memory
-// (cp.async where the source is bf16 and 16-byte aligned). flags: which of
-// A, B and C are bf16 (1, 2, 4; else fp32).
+// mma tiles), k in steps of 64 through two stages of dynamic shared
+// memory, 72 KiB (runtime/cuda.c's gg_smem: past the 48 KiB of static
+// shared memory; steps of 32 took two barriers and two tile loads per 32
+// mma a warp), by cp.async where the source is bf16 and 16-byte aligned.
+// flags: which of A, B and C are bf16 (1, 2, 4; else fp32).
 #define GG_BM 128
 #define GG_BN 128
-#define GG_BK 32
+#define GG_BK 64
 #define GG_THREADS 256
+#define GG_SA_MM (GG_BM * (GG_BK + 8))   // a stage of lmc_moe_mm's A ([m][k]) and of its B ([n][k] or [k][n])
+#define GG_SA_TN (GG_BK * (GG_BM + 8))   // a stage of lmc_moe_mm_tn's A and B ([k][m], [k][n])
 
 // an R x C block of a [.., ld] matrix (rows r0.. below rmax, columns c0..
 // below cmax, zero past them) into the bf16 tile s of pitch P. A whole
@@ -1748,7 +1752,7 @@ __device__ void gg_put(void *C, bool bf, i64 ldc, float (*acc)[4][4], i64 r0, i6
 // tiles); a block finds its segment and tile from the counts.
 // (kn a template argument: the B fragments' addressing without a branch)
 template <bool kn>
-__device__ void gg_mm(unsigned short (*sa)[GG_BM * (GG_BK + 8)], unsigned short (*sb)[GG_BN * (GG_BK + 8)], void *C,
+__device__ void gg_mm(unsigned short (*sa)[GG_SA_MM], unsigned short (*sb)[GG_SA_MM], void *C,
                       const void *A, const void *B, const real *counts, i64 seg, i64 ne, i64 n, i64 k, i64 lda, i64 ldb,
                       i64 ldc, i64 sB, int flags, int accum) {
   i64 tile = blockIdx.x, r0 = -1, rend = 0, e = 0;
@@ -1786,7 +1790,8 @@ extern "C" __global__ void __launch_bounds__(GG_THREADS) lmc_moe_mm(void *C, con
                                                                     const real *counts, i64 seg, i64 ne, i64 n, i64 k,
                                                                     i64 lda, i64 ldb, i64 ldc, i64 sB, int flags, int kn,
                                                                     int accum) {
-  __shared__ __align__(16) unsigned short sa[2][GG_BM * (GG_BK + 8)], sb[2][GG_BN * (GG_BK + 8)];
+  extern __shared__ __align__(16) unsigned short gg_smem[];
+  unsigned short(*sa)[GG_SA_MM] = (unsigned short(*)[GG_SA_MM])gg_smem, (*sb)[GG_SA_MM] = sa + 2;
   if (kn) gg_mm<true>(sa, sb, C, A, B, counts, seg, ne, n, k, lda, ldb, ldc, sB, flags, accum);
   else gg_mm<false>(sa, sb, C, A, B, counts, seg, ne, n, k, lda, ldb, ldc, sB, flags, accum);
 }
@@ -1814,7 +1819,8 @@ extern "C" __global__ void __launch_bounds__(GG_THREADS) lmc_moe_mm_tn(real *C, 
                                                                        const real *counts, i64 seg, i64 ne, i64 m, i64 n,
                                                                        i64 lda, i64 ldb, i64 ldc, i64 sC, int flags,
                                                                        int accum) {
-  __shared__ __align__(16) unsigned short sa[2][GG_BK * (GG_BM + 8)], sb[2][GG_BK * (GG_BN + 8)];
+  extern __shared__ __align__(16) unsigned short gg_smem[];
+  unsigned short(*sa)[GG_SA_TN] = (unsigned short(*)[GG_SA_TN])gg_smem, (*sb)[GG_SA_TN] = sa + 2;
   i64 m0 = blockIdx.x * (i64)GG_BM, n0 = blockIdx.y * (i64)GG_BN, e = blockIdx.z;
   int warp = threadIdx.x / 32, wm = warp % 2, wn = warp / 2, ao, bo;
   gg_offsets<true, true>(&ao, &bo, wm, wn);
