@@ -1555,43 +1555,91 @@ extern "C" __global__ void lmc_moe_place(real *pos, const i64 *at, const real *i
   GRID_LOOP(i, nk) pos[i] = (real)(at[(i64)idx[i]] + (i64)pos[i]);
 }
 
-// xp[pos[i]] = x[i / k]
-extern "C" __global__ void lmc_moe_gather(act *xp, const act *x, const real *pos, i64 nk, i64 k, i64 d) {
-  GRID_LOOP(e, nk * d) {
-    i64 i = e / d, c = e % d;
-    xp[(i64)pos[i] * d + c] = x[i / k * d + c];
+// The row moves of dispatch and combine, G columns of a row a thread-step
+// (8 by 16-byte accesses where the width is a multiple of 8 and the
+// operands aligned, else 1): row i, first column c, one division a group
+// (a 64-bit division an element before)
+#define ROWS_BY(i, c, rows, d, G)                                                                                     \
+  for (i64 g_ = blockIdx.x * (i64)blockDim.x + threadIdx.x, w_ = (d) / (G); g_ < (rows) * w_;                        \
+       g_ += (i64)gridDim.x * blockDim.x)                                                                            \
+    for (i64 i = g_ / w_, c = g_ % w_ * (G), one_ = 1; one_; one_ = 0)
+// y (+)= s, G values
+template <int G, typename T> __device__ __forceinline__ void put_g(T *y, float *s, int acc) {
+  float o[G];
+  if (acc) {
+    ldg<G>(o, y);
+    for (int e = 0; e < G; e++) s[e] = o[e] + s[e];
   }
+  stg<G>(y, s);
+}
+
+// xp[pos[i]] = x[i / k]
+template <int G> __device__ void moe_gather(act *xp, const act *x, const real *pos, i64 nk, i64 k, i64 d) {
+  ROWS_BY(i, c, nk, d, G) {
+    float f[G];
+    ldg<G>(f, x + i / k * d + c);
+    stg<G>(xp + (i64)pos[i] * d + c, f);
+  }
+}
+extern "C" __global__ void lmc_moe_gather(act *xp, const act *x, const real *pos, i64 nk, i64 k, i64 d) {
+  if (ROW8(d, xp, x, 0, 0)) moe_gather<8>(xp, x, pos, nk, k, d);
+  else moe_gather<1>(xp, x, pos, nk, k, d);
 }
 
 // dx[t] (+)= the sum of the token's k rows of dxp
+template <int G>
+__device__ void moe_dispatch_bwd(act *dx, const act *dxp, const real *pos, i64 n, i64 k, i64 d, int acc) {
+  ROWS_BY(t, c, n, d, G) {
+    float s[G], f[G];
+    for (int e = 0; e < G; e++) s[e] = 0;
+    for (i64 j = 0; j < k; j++) {
+      ldg<G>(f, dxp + (i64)pos[t * k + j] * d + c);
+      for (int e = 0; e < G; e++) s[e] += f[e];
+    }
+    put_g<G>(dx + t * d + c, s, acc);
+  }
+}
 extern "C" __global__ void lmc_moe_dispatch_bwd(act *dx, const act *dxp, const real *pos, i64 n, i64 k, i64 d,
                                                 int acc) {
-  GRID_LOOP(e, n * d) {
-    i64 t = e / d, c = e % d;
-    float s = 0;
-    for (i64 j = 0; j < k; j++) s += dxp[(i64)pos[t * k + j] * d + c];
-    PUT(dx, e, s, acc);
-  }
+  if (ROW8(d, dx, dxp, 0, 0)) moe_dispatch_bwd<8>(dx, dxp, pos, n, k, d, acc);
+  else moe_dispatch_bwd<1>(dx, dxp, pos, n, k, d, acc);
 }
 
 // y[t] = sum_j gates[t,j] yp[pos[t,j]]
+template <int G>
+__device__ void moe_combine(act *y, const act *yp, const real *pos, const real *gates, i64 n, i64 k, i64 d, int acc) {
+  ROWS_BY(t, c, n, d, G) {
+    float s[G], f[G];
+    for (int e = 0; e < G; e++) s[e] = 0;
+    for (i64 j = 0; j < k; j++) {
+      float gt = gates[t * k + j];
+      ldg<G>(f, yp + (i64)pos[t * k + j] * d + c);
+      for (int e = 0; e < G; e++) s[e] += gt * f[e];
+    }
+    put_g<G>(y + t * d + c, s, acc);
+  }
+}
 extern "C" __global__ void lmc_moe_combine(act *y, const act *yp, const real *pos, const real *gates, i64 n, i64 k,
                                            i64 d, int acc) {
-  GRID_LOOP(e, n * d) {
-    i64 t = e / d, c = e % d;
-    float s = 0;
-    for (i64 j = 0; j < k; j++) s += gates[t * k + j] * yp[(i64)pos[t * k + j] * d + c];
-    PUT(y, e, s, acc);
-  }
+  if (ROW8(d, y, yp, 0, 0)) moe_combine<8>(y, yp, pos, gates, n, k, d, acc);
+  else moe_combine<1>(y, yp, pos, gates, n, k, d, acc);
 }
 
 // dyp[pos[t,j]] = gates[t,j] dy[t]
+template <int G>
+__device__ void moe_combine_bwd_rows(act *dyp, const act *dy, const real *pos, const real *gates, i64 nk, i64 k, i64 d,
+                                     int acc) {
+  ROWS_BY(i, c, nk, d, G) {
+    float f[G], gt = gates[i];
+    ldg<G>(f, dy + i / k * d + c);
+    for (int e = 0; e < G; e++) f[e] = gt * f[e];
+    put_g<G>(dyp + (i64)pos[i] * d + c, f, acc);
+  }
+}
 extern "C" __global__ void lmc_moe_combine_bwd_rows(act *dyp, const act *dy, const real *pos, const real *gates,
                                                     i64 nk, i64 k, i64 d, int acc) {
-  GRID_LOOP(e, nk * d) {
-    i64 i = e / d, c = e % d, r = (i64)pos[i];
-    PUT(dyp, r * d + c, gates[i] * dy[i / k * d + c], acc);
-  }
+  if (ROW8(d, dyp, dy, 0, 0)) moe_combine_bwd_rows<8>(dyp, dy, pos, gates, nk, k, d, acc);
+  else moe_combine_bwd_rows<1>(dyp, dy, pos, gates, nk, k, d, acc);
 }
 
 // dgates[t,j] = dy[t] . yp[pos[t,j]], a block an assignment
@@ -1605,32 +1653,41 @@ extern "C" __global__ void lmc_moe_combine_bwd_gates(real *dg, const act *dy, co
 }
 
 // a = silu(h1) * h3 (h rows [h1 | h3], 2f wide) or gelu(h)
-extern "C" __global__ void lmc_moe_act(act *a, const act *h, i64 rows, i64 f, int swiglu) {
-  GRID_LOOP(e, rows * f) {
-    i64 r = e / f, j = e % f;
-    if (swiglu) {
-      float g = h[r * 2 * f + j];
-      a[e] = g / (1.0f + expf(-g)) * h[r * 2 * f + f + j];
-    } else {
-      float u = h[e];
-      a[e] = 0.5f * u * (1.0f + tanhf(0.7978845608028654f * (u + 0.044715f * u * u * u)));
-    }
+template <int G> __device__ void moe_swiglu(act *a, const act *h, i64 rows, i64 f) {
+  ROWS_BY(r, j, rows, f, G) {
+    float g[G], u[G];
+    ldg<G>(g, h + r * 2 * f + j), ldg<G>(u, h + r * 2 * f + f + j);
+    for (int e = 0; e < G; e++) g[e] = g[e] / (1.0f + expf(-g[e])) * u[e];
+    stg<G>(a + r * f + j, g);
   }
+}
+extern "C" __global__ void lmc_moe_act(act *a, const act *h, i64 rows, i64 f, int swiglu) {
+  if (!swiglu)
+    ew1(a, h, rows * f, 0, [](float u) { return 0.5f * u * (1.0f + tanhf(0.7978845608028654f * (u + 0.044715f * u * u * u))); });
+  else if (ROW8(f, a, h, 0, 0)) moe_swiglu<8>(a, h, rows, f);
+  else moe_swiglu<1>(a, h, rows, f);
 }
 
 // dh from da through the activation, dh laid out as h
-extern "C" __global__ void lmc_moe_act_bwd(act *dh, const act *da, const act *h, i64 rows, i64 f, int swiglu) {
-  GRID_LOOP(e, rows * f) {
-    i64 r = e / f, j = e % f;
-    if (swiglu) {
-      float g = h[r * 2 * f + j], s = 1.0f / (1.0f + expf(-g));
-      dh[r * 2 * f + j] = da[e] * h[r * 2 * f + f + j] * s * (1.0f + g * (1.0f - s));
-      dh[r * 2 * f + f + j] = da[e] * g * s;
-    } else {
-      float u = h[e], c = 0.7978845608028654f, th = tanhf(c * (u + 0.044715f * u * u * u));
-      dh[e] = da[e] * (0.5f * (1.0f + th) + 0.5f * u * (1.0f - th * th) * c * (1.0f + 3.0f * 0.044715f * u * u));
+template <int G> __device__ void moe_swiglu_bwd(act *dh, const act *da, const act *h, i64 rows, i64 f) {
+  ROWS_BY(r, j, rows, f, G) {
+    float g[G], u[G], d[G];
+    ldg<G>(g, h + r * 2 * f + j), ldg<G>(u, h + r * 2 * f + f + j), ldg<G>(d, da + r * f + j);
+    for (int e = 0; e < G; e++) {
+      float s = 1.0f / (1.0f + expf(-g[e]));
+      u[e] = d[e] * u[e] * s * (1.0f + g[e] * (1.0f - s)), g[e] = d[e] * g[e] * s;   // dh1, dh3
     }
+    stg<G>(dh + r * 2 * f + j, u), stg<G>(dh + r * 2 * f + f + j, g);
   }
+}
+extern "C" __global__ void lmc_moe_act_bwd(act *dh, const act *da, const act *h, i64 rows, i64 f, int swiglu) {
+  if (!swiglu)
+    ew2(dh, da, h, rows * f, 0, [](float d, float u) {
+      float c = 0.7978845608028654f, th = tanhf(c * (u + 0.044715f * u * u * u));
+      return d * (0.5f * (1.0f + th) + 0.5f * u * (1.0f - th * th) * c * (1.0f + 3.0f * 0.044715f * u * u));
+    });
+  else if (ROW8(f, dh, da, h, 0)) moe_swiglu_bwd<8>(dh, da, h, rows, f);
+  else moe_swiglu_bwd<1>(dh, da, h, rows, f);
 }
 
 // The experts' GEMMs as grouped GEMMs on the tensor cores, one launch for

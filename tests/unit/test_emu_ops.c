@@ -652,6 +652,21 @@ int main(int argc, char **argv) {
   c = (Case){"moe_combine_bwd", rt_inst(OP_MOE_COMBINE_BWD), {{nt * dm}, {M * dm}, {M, 4}, {M, F32}}, {{M * dm}, {M, F32}}};
   c.x.n = nt, c.x.d = dm, c.x.top = kk;
   check(c, true);
+  /* the row moves 24 wide: 8 columns a thread-step by 16-byte accesses */
+  int64_t d8 = 24;
+  c = (Case){"moe_dispatch (width 24)", rt_inst(OP_MOE_DISPATCH), {{nt * d8}, {M, 3, E}}, {{M * d8}, {E, F32}, {M, F32}}};
+  c.x.n = nt, c.x.d = d8, c.x.top = kk, c.x.e = E;
+  check(c, false);
+  c = (Case){"moe_dispatch_bwd (width 24)", rt_inst(OP_MOE_DISPATCH_BWD), {{M * d8}, {M, 4}}, {{nt * d8}}};
+  c.x.n = nt, c.x.d = d8, c.x.top = kk, c.x.e = E;
+  check(c, true);
+  c = (Case){"moe_combine (width 24)", rt_inst(OP_MOE_COMBINE), {{M * d8}, {M, 4}, {M, F32}}, {{nt * d8}}};
+  c.x.n = nt, c.x.d = d8, c.x.top = kk;
+  check(c, false);
+  c = (Case){"moe_combine_bwd (width 24)", rt_inst(OP_MOE_COMBINE_BWD), {{nt * d8}, {M * d8}, {M, 4}, {M, F32}},
+             {{M * d8}, {M, F32}}};
+  c.x.n = nt, c.x.d = d8, c.x.top = kk;
+  check(c, true);
   /* the experts over 12 segments (ep 2 x 6 local experts: expert s % 6)
    * of M rows in all, one segment empty, in a buffer of M + 5 rows */
   for (int sw = 1; sw >= 0; sw--) {
