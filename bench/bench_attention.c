@@ -66,11 +66,14 @@ int main(int argc, char **argv) {
   void *go[3] = {dq, dk, dv}, *gi[RT_MAX_IN] = {dout, q, k, v, lse, o};
   double tf = timed(&fx, fo, fi, reps), tb = timed(&gx, go, gi, reps);
   double flops = 2.0 * B * H * T * T * K;   /* causal: half of 4 b h t^2 k */
-  const char *qt = getenv("LMC_ATTENTION_DKV_QT"), *fr = getenv("LMC_ATTENTION_ROWS");
-  printf("attention: b %lld t %lld h %lld (kv %lld) k %lld, %s storage, %s%s%s%s%s\n", (long long)B, (long long)T,
-         (long long)H, (long long)G, (long long)K, h ? "bf16" : "fp32", be->name,
-         qt && *qt ? ", LMC_ATTENTION_DKV_QT=" : "", qt && *qt ? qt : "", fr && *fr ? ", LMC_ATTENTION_ROWS=" : "",
-         fr && *fr ? fr : "");
+  printf("attention: b %lld t %lld h %lld (kv %lld) k %lld, %s storage, %s", (long long)B, (long long)T,
+         (long long)H, (long long)G, (long long)K, h ? "bf16" : "fp32", be->name);
+  const char *knobs[] = {"LMC_ATTENTION_DKV_QT", "LMC_ATTENTION_ROWS", "LMC_ATTENTION_FWD_STAGES"};
+  for (int i = 0; i < 3; i++) {   /* the kernels asked for, where not the defaults */
+    const char *s = getenv(knobs[i]);
+    if (s && *s) printf(", %s=%s", knobs[i], s);
+  }
+  printf("\n");
   printf("  forward:  %.3f ms | %.1f TFLOP/s\n", tf * 1e3, flops / tf / 1e12);
   printf("  backward: %.3f ms | %.1f TFLOP/s (2.5x the forward's FLOPs) | %.1f TFLOP/s of products done (3.5x)\n",
          tb * 1e3, 2.5 * flops / tb / 1e12, 3.5 * flops / tb / 1e12);

@@ -83,6 +83,14 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_mma_r64_k%lld("
               "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, "
               "float scale) {\n  fm_forward<%d, 1>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", mb, K, kp);
+    /* and 16 rows a warp with two stages of K and V (the runtime's
+     * LMC_ATTENTION_FWD_STAGES=2), its copies rolled past head dim 64
+     * (unrolled they spill) */
+    if (kp <= 96)
+      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_mma_s2_k%lld("
+              "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, "
+              "float scale) {\n  fm_forward<%d, 1, %s, true>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", mb, K, kp,
+              kp > 64 ? "true" : "false");
     return;
   }
   if (k <= 128) {

@@ -763,13 +763,25 @@ static i64 fm_rows(i64 k, bool fwd) {
   return (k + 15) / 16 * 16 <= 96 && r == 128 ? 128 : 64;
 }
 
+/* The 64-row forward's stages of K and V tiles (up to head dim 96): 1, or
+ * 2 (lmc_attention_mma_s2_kK: one barrier a tile instead of four, each
+ * tile's copies a whole tile ahead; its copy passes rolled at head dim 96,
+ * where unrolled they spill). Untimed when it landed (a session without a
+ * GPU): LMC_ATTENTION_FWD_STAGES=2 (cuda_attention_fwd_stages) asks for
+ * it, and bench/gpu.sh times it beside the default. */
+static int fwd_stages = 1;
+void cuda_attention_fwd_stages(int stages) { fwd_stages = stages; }
+static bool fwd_s2(i64 k) { return fwd_stages == 2 && fm_rows(k, true) == 64 && (k + 15) / 16 * 16 <= 96; }
+
 /* Their dynamic shared memory, rows of bf16 tiles (the head dim rounded
  * up to 16, plus 8) as kernels.cu's fm_* lay them out: the forward's Q
- * (fm_rows), K and V (kind 0), dQ's Q, dO (fm_rows each), K and V (1), dK/dV's K, V and
+ * (fm_rows), K and V (one stage each, or two: fwd_s2) (kind 0), dQ's Q, dO (fm_rows each), K and V (1), dK/dV's K, V and
  * two stages of Q and dO tiles of QT queries (2, dkv_qt) */
 static unsigned fm_smem(i64 k, int kind) {
   i64 kp = (k + 15) / 16 * 16, qt = dkv_qt(k);
-  i64 rows = kind == 0 ? fm_rows(k, true) + 2 * 64 : kind == 1 ? 2 * fm_rows(k, false) + 2 * 64 : 2 * 64 + 4 * qt;
+  i64 rows = kind == 0   ? fm_rows(k, true) + (fwd_s2(k) ? 4 : 2) * 64
+             : kind == 1 ? 2 * fm_rows(k, false) + 2 * 64
+                         : 2 * 64 + 4 * qt;
   return (unsigned)(rows * (kp + 8) * 2);
 }
 
@@ -780,7 +792,11 @@ static void op_attention(const RtInst *x, void **o, void **in) {
   void *a[] = {&O, &L, &Q, &Kp, &V, &T, &H, &G, &K, &scale};
   char name[64];
   snprintf(name, sizeof name, "lmc_attention_%sk%lld",
-           !fa_mma(x) ? "" : R == 64 && (K + 15) / 16 * 16 <= 96 ? "mma_r64_" : "mma_", K);
+           !fa_mma(x)                               ? ""
+           : fwd_s2(K)                              ? "mma_s2_"
+           : R == 64 && (K + 15) / 16 * 16 <= 96 ? "mma_r64_"
+                                                    : "mma_",
+           K);
   launch_smem(name, (unsigned)((T + R - 1) / R), (unsigned)H, (unsigned)x->b, FA_THREADS, fa_mma(x) ? fm_smem(K, 0) : 0,
               a);
 }
@@ -1961,6 +1977,8 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   if (!env_choice("LMC_ATTENTION_DKV_QT", 32, 64, "32 or 64 (queries a step of dK/dV)", &dkv_qt_asked, why, n) ||
       !env_choice("LMC_ATTENTION_ROWS", 64, 128, "64 or 128 (query rows a block of attention's forward and dQ)",
                   &rows_asked, why, n) ||
+      !env_choice("LMC_ATTENTION_FWD_STAGES", 1, 2, "1 or 2 (stages of K and V tiles in attention's forward)",
+                  &fwd_stages, why, n) ||
       !env_choice("LMC_GEMM_BACKWARD_EPILOGUES", 0, 1, "0 (the GEMM, then kernels) or 1", &ep, why, n) ||
       !env_choice("LMC_MOE_GROUPED", 0, 1, "0 (a GEMM a segment, counts on the host) or 1", &grouped, why, n))
     return NULL;

@@ -887,22 +887,26 @@ __device__ __forceinline__ float quad_sum(float x) {
 // grid (query blocks of 64 MT rows, H, B) as fa_forward: a warp takes MT
 // m-tiles of 16 query rows (its rows w0 .. w0 + 16 MT - 1), and skips a
 // tile of keys that all lie past its rows (with MT 2, a block's diagonal
-// tiles are half work for two of its warps)
-template <int KP, int MT, bool Roll = false>
+// tiles are half work for two of its warps). With S2 K and V have two
+// stages each: the next tile's go out as a tile starts, into the other
+// stage, and have all of this tile's work to land in (one wait and one
+// barrier a tile); with one stage the next K's copy overlaps the softmax
+// and P V, the next V's the next Q K^T (four barriers a tile).
+template <int KP, int MT, bool Roll = false, bool S2 = false>
 __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G,
                            i64 K, float scale) {
   const int BR = 64 * MT;
   extern __shared__ __align__(16) unsigned short fm_smem[];
-  unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem;   // Q (BR rows), K, V (fm_smem kind 0)
-  unsigned short(*ks)[KP + 8] = sh + BR, (*vs)[KP + 8] = sh + BR + FM_ROWS;
+  // Q (BR rows), K's tiles, V's (fm_smem kind 0: a stage each, or two)
+  unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem;
+  unsigned short(*ks)[KP + 8] = sh + BR, (*vs)[KP + 8] = sh + BR + (S2 ? 2 : 1) * FM_ROWS;
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   i64 b = blockIdx.z, h = blockIdx.y, gi = h / (H / G);
   i64 i0 = (i64)(gridDim.x - 1 - blockIdx.x) * BR, last = (i0 + BR < T ? i0 + BR : T) - 1;
   i64 w0 = i0 + warp * 16 * MT, r0 = w0 + g;   // this thread's rows: r0 + 16 mt and r0 + 16 mt + 8
   const act *kb = k + b * T * G * K + gi * K, *vb = v + b * T * G * K + gi * K;
-  // K and V tiles in two groups: the next K's copy overlaps the softmax
-  // and P V, the next V's the next Q K^T
-  fm_load<FM_ROWS, KP, act, Roll>(ks, kb, 0, T, G * K, (int)K), lmc_cp_async_commit();
+  fm_load<FM_ROWS, KP, act, Roll>(ks, kb, 0, T, G * K, (int)K);
+  if (!S2) lmc_cp_async_commit();   // (one stage: K and V in two groups)
   fm_load<FM_ROWS, KP, act, Roll>(vs, vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
   fm_tile<BR, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);   // scores in log2 units
   float acc[MT][KP / 8][4], m[MT][2], l[MT][2];
@@ -912,20 +916,34 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
     #pragma unroll
     for (int nt = 0; nt < KP / 8; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0;
   }
-  for (i64 j0 = 0; j0 <= last; j0 += FM_ROWS) {
+  int st = 0;   // this tile's stage (S2)
+  for (i64 j0 = 0; j0 <= last; j0 += FM_ROWS, st ^= S2) {
     bool more = j0 + FM_ROWS <= last, live = j0 < w0 + 16 * MT;   // (warp-uniform)
-    lmc_cp_async_wait1();   // K
-    __syncthreads();
+    unsigned short(*kt)[KP + 8] = ks + st * FM_ROWS, (*vt)[KP + 8] = vs + st * FM_ROWS;
+    if (S2) {
+      lmc_cp_async_wait0();   // this tile's K and V
+      __syncthreads();        // (landed for every thread; every warp done with the other stage)
+      if (more) {
+        fm_load<FM_ROWS, KP, act, Roll>(ks + (st ^ 1) * FM_ROWS, kb, j0 + FM_ROWS, T, G * K, (int)K);
+        fm_load<FM_ROWS, KP, act, Roll>(vs + (st ^ 1) * FM_ROWS, vb, j0 + FM_ROWS, T, G * K, (int)K);
+        lmc_cp_async_commit();
+      }
+    } else {
+      lmc_cp_async_wait1();   // K
+      __syncthreads();
+    }
     float s[MT][FM_ROWS / 8][4];
     if (live) {
       #pragma unroll
       for (int mt = 0; mt < MT; mt++)
         #pragma unroll
         for (int nt = 0; nt < FM_ROWS / 8; nt++) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0;
-      fm_mul_nk_m<KP, FM_ROWS / 8, KP / 16, MT>(s, sh, warp * 16 * MT, ks);
+      fm_mul_nk_m<KP, FM_ROWS / 8, KP / 16, MT>(s, sh, warp * 16 * MT, kt);
     }
-    __syncthreads();
-    if (more) fm_load<FM_ROWS, KP, act, Roll>(ks, kb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
+    if (!S2) {
+      __syncthreads();
+      if (more) fm_load<FM_ROWS, KP, act, Roll>(ks, kb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
+    }
     bool diag = j0 + FM_ROWS - 1 > w0;   // a key past a row of the warp: the causal mask (and T) apply
     if (live)
       #pragma unroll
@@ -952,12 +970,16 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
           for (int i = 0; i < 4; i++)
             s[mt][nt][i] = lmc_ex2(s[mt][nt][i] - m[mt][i >> 1]), l[mt][i >> 1] += s[mt][nt][i];
       }
-    if (more) lmc_cp_async_wait1();   // V
-    else lmc_cp_async_wait0();
-    __syncthreads();
-    if (live) fm_mul_kn_m<KP, FM_ROWS / 8, MT>(acc, s, vs);
-    __syncthreads();
-    if (more) fm_load<FM_ROWS, KP, act, Roll>(vs, vb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
+    if (!S2) {
+      if (more) lmc_cp_async_wait1();   // V
+      else lmc_cp_async_wait0();
+      __syncthreads();
+    }
+    if (live) fm_mul_kn_m<KP, FM_ROWS / 8, MT>(acc, s, vt);
+    if (!S2) {
+      __syncthreads();
+      if (more) fm_load<FM_ROWS, KP, act, Roll>(vs, vb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
+    }
   }
   #pragma unroll
   for (int mt = 0; mt < MT; mt++) {

@@ -493,7 +493,8 @@ int main(int argc, char **argv) {
   /* head dim 10 (one thread a query row), 40 (two, past a tile of 32
    * keys and a block of 64 rows; on the tensor cores past a block of 128)
    * and 96 (llama-large's: on the tensor cores the forward takes 128 rows
-   * a block, or 64 in its other kernel; dK/dV steps 64 queries, or 32) */
+   * a block, or 64 in its other kernels, one or two stages of K and V;
+   * dK/dV steps 64 queries, or 32) */
   struct { int64_t b, t, h, g, k; const char *name, *bwd; } at[] = {
       {B, T, H, G, K, "attention (gqa 4:2, T 19, K 10)", "attention_bwd (gqa 4:2, T 19, K 10)"},
       {1, 150, 4, 1, 40, "attention (gqa 4:1, T 150, K 40)", "attention_bwd (gqa 4:1, T 150, K 40)"},
@@ -513,13 +514,18 @@ int main(int argc, char **argv) {
       c = (Case){names[mp][i][0], rt_inst(OP_ATTENTION), {{nq}, {nk}, {nk}}, {{nq}, {rows, F32}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, false);
-      static char other[3][2][96];
-      if (mp && !quick) {   /* the forward's 128-row kernel, the other one (not under sanitizers) */
+      static char other[3][3][96];
+      if (mp && !quick) {   /* the forward's other kernels: 128 rows, two stages (not under sanitizers) */
         snprintf(other[i][0], 96, "%s, forward 128 rows a block", names[mp][i][0]);
         cuda_attention_rows(128);
         c.name = other[i][0];
         check(c, false);
         cuda_attention_rows(0);
+        snprintf(other[i][2], 96, "%s, forward two stages", names[mp][i][0]);
+        cuda_attention_fwd_stages(2);
+        c.name = other[i][2];
+        check(c, false);
+        cuda_attention_fwd_stages(1);
       }
       /* inputs: dy, q, k, v, then lse and o, which run() makes by the forward */
       c = (Case){names[mp][i][1], rt_inst(OP_ATTENTION_BWD), {{nq}, {nq}, {nk}, {nk}, {rows, F32}, {nq}}, {{nq}, {nk}, {nk}}};
