@@ -84,13 +84,12 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
               "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, "
               "float scale) {\n  fm_forward<%d, 1>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", mb, K, kp);
     /* and 16 rows a warp with two stages of K and V (the runtime's
-     * LMC_ATTENTION_FWD_STAGES=2), its copies rolled past head dim 64
-     * (unrolled they spill) */
+     * LMC_ATTENTION_STAGES=2) */
     if (kp <= 96)
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_mma_s2_k%lld("
               "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, "
-              "float scale) {\n  fm_forward<%d, 1, %s, true>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", mb, K, kp,
-              kp > 64 ? "true" : "false");
+              "float scale) {\n  fm_forward<%d, 1, false, true>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", mb, K,
+              kp);
     return;
   }
   if (k <= 128) {
@@ -99,6 +98,12 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
             "i64 T, i64 H, i64 G, i64 K, float scale, int acc) {\n"
             "  fm_backward_dq<%d, %d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc);\n}\n", kp <= 96 ? 2 : mb,
             K, kp, kp <= 96 ? 2 : 1);
+    if (kp <= 96)   /* dQ's default with two stages of K and V (LMC_ATTENTION_STAGES=2), rolled copies past 64 */
+      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, 2) lmc_attention_bwd_mma_dq_s2_k%lld("
+              "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
+              "i64 T, i64 H, i64 G, i64 K, float scale, int acc) {\n"
+              "  fm_backward_dq<%d, 2, %s, true>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc);\n}\n", K, kp,
+              kp > 64 ? "true" : "false");
     if (kp <= 96)
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_bwd_mma_dq_r64_k%lld("
               "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "

@@ -763,24 +763,28 @@ static i64 fm_rows(i64 k, bool fwd) {
   return (k + 15) / 16 * 16 <= 96 && r == 128 ? 128 : 64;
 }
 
-/* The 64-row forward's stages of K and V tiles (up to head dim 96): 1, or
- * 2 (lmc_attention_mma_s2_kK: one barrier a tile instead of four, each
- * tile's copies a whole tile ahead; its copy passes rolled at head dim 96,
- * where unrolled they spill). Untimed when it landed (a session without a
- * GPU): LMC_ATTENTION_FWD_STAGES=2 (cuda_attention_fwd_stages) asks for
- * it, and bench/gpu.sh times it beside the default. */
-static int fwd_stages = 1;
-void cuda_attention_fwd_stages(int stages) { fwd_stages = stages; }
-static bool fwd_s2(i64 k) { return fwd_stages == 2 && fm_rows(k, true) == 64 && (k + 15) / 16 * 16 <= 96; }
+/* The stages of K and V tiles in the 64-row forward and the 128-row dQ
+ * (up to head dim 96): 1, or 2 (lmc_attention_mma_s2_kK,
+ * lmc_attention_bwd_mma_dq_s2_kK: each tile's copies go out as the tile
+ * before starts, one barrier a tile instead of four in the forward and
+ * three in dQ). Untimed when they landed (a session without a GPU):
+ * LMC_ATTENTION_STAGES=2 (cuda_attention_stages) asks for them, and
+ * bench/gpu.sh times them beside the defaults. */
+static int kv_stages = 1;
+void cuda_attention_stages(int stages) { kv_stages = stages; }
+static bool fm_s2(i64 k, bool fwd) {
+  return kv_stages == 2 && (k + 15) / 16 * 16 <= 96 && fm_rows(k, fwd) == (fwd ? 64 : 128);
+}
 
 /* Their dynamic shared memory, rows of bf16 tiles (the head dim rounded
  * up to 16, plus 8) as kernels.cu's fm_* lay them out: the forward's Q
- * (fm_rows), K and V (one stage each, or two: fwd_s2) (kind 0), dQ's Q, dO (fm_rows each), K and V (1), dK/dV's K, V and
+ * (fm_rows), K and V (a stage each, or two: fm_s2) (kind 0), dQ's Q, dO
+ * (fm_rows each), K and V (a stage each, or two) (1), dK/dV's K, V and
  * two stages of Q and dO tiles of QT queries (2, dkv_qt) */
 static unsigned fm_smem(i64 k, int kind) {
   i64 kp = (k + 15) / 16 * 16, qt = dkv_qt(k);
-  i64 rows = kind == 0   ? fm_rows(k, true) + (fwd_s2(k) ? 4 : 2) * 64
-             : kind == 1 ? 2 * fm_rows(k, false) + 2 * 64
+  i64 rows = kind == 0   ? fm_rows(k, true) + (fm_s2(k, true) ? 4 : 2) * 64
+             : kind == 1 ? 2 * fm_rows(k, false) + (fm_s2(k, false) ? 4 : 2) * 64
                          : 2 * 64 + 4 * qt;
   return (unsigned)(rows * (kp + 8) * 2);
 }
@@ -793,7 +797,7 @@ static void op_attention(const RtInst *x, void **o, void **in) {
   char name[64];
   snprintf(name, sizeof name, "lmc_attention_%sk%lld",
            !fa_mma(x)                               ? ""
-           : fwd_s2(K)                              ? "mma_s2_"
+           : fm_s2(K, true)                         ? "mma_s2_"
            : R == 64 && (K + 15) / 16 * 16 <= 96 ? "mma_r64_"
                                                     : "mma_",
            K);
@@ -819,7 +823,11 @@ static void op_attention_bwd(const RtInst *x, void **o, void **in) {
     void *q[] = {&dQ, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc0};
     i64 rq = fa_mma(x) ? fm_rows(K, false) : R;
     bool r64 = fa_mma(x) && rq == 64 && (K + 15) / 16 * 16 <= 96;   /* the other kernel */
-    snprintf(name, sizeof name, "lmc_attention_bwd_%sdq_%sk%lld", kind, r64 ? "r64_" : "", K);
+    snprintf(name, sizeof name, "lmc_attention_bwd_%sdq_%sk%lld", kind,
+             r64                          ? "r64_"
+             : fa_mma(x) && fm_s2(K, false) ? "s2_"
+                                            : "",
+             K);
     launch_smem(name, (unsigned)((T + rq - 1) / rq), (unsigned)H, (unsigned)B, FA_THREADS, fa_mma(x) ? fm_smem(K, 1) : 0, q);
   }
   if (o[1] || o[2]) {
@@ -1977,8 +1985,8 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   if (!env_choice("LMC_ATTENTION_DKV_QT", 32, 64, "32 or 64 (queries a step of dK/dV)", &dkv_qt_asked, why, n) ||
       !env_choice("LMC_ATTENTION_ROWS", 64, 128, "64 or 128 (query rows a block of attention's forward and dQ)",
                   &rows_asked, why, n) ||
-      !env_choice("LMC_ATTENTION_FWD_STAGES", 1, 2, "1 or 2 (stages of K and V tiles in attention's forward)",
-                  &fwd_stages, why, n) ||
+      !env_choice("LMC_ATTENTION_STAGES", 1, 2, "1 or 2 (stages of K and V tiles in attention's forward and dQ)",
+                  &kv_stages, why, n) ||
       !env_choice("LMC_GEMM_BACKWARD_EPILOGUES", 0, 1, "0 (the GEMM, then kernels) or 1", &ep, why, n) ||
       !env_choice("LMC_MOE_GROUPED", 0, 1, "0 (a GEMM a segment, counts on the host) or 1", &grouped, why, n))
     return NULL;

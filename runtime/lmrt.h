@@ -274,9 +274,10 @@ void cuda_attention_dkv_qt(int qt);
  * head dims to 96: 64 or 128 for both, or 0 (the default: the forward 64,
  * dQ 128); $LMC_ATTENTION_ROWS sets it. */
 void cuda_attention_rows(int rows);
-/* The stages of K and V tiles in the 64-row forward at head dims to 96:
- * 1 (the default) or 2; $LMC_ATTENTION_FWD_STAGES sets it. */
-void cuda_attention_fwd_stages(int stages);
+/* The stages of K and V tiles in attention's 64-row forward and 128-row
+ * dQ at head dims to 96: 1 (the default) or 2; $LMC_ATTENTION_STAGES
+ * sets it. */
+void cuda_attention_stages(int stages);
 /* A norm's backward in one pass (off by default; $LMC_NORM_BWD_ONE_PASS=1
  * turns it on at cuda_backend) */
 void cuda_norm_bwd_one_pass(bool on);

@@ -884,6 +884,8 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffff, x, 2);
 }
 
+template <int N> struct FmStage { enum { v = N }; };   // a stage of K and V tiles, as a type
+
 // grid (query blocks of 64 MT rows, H, B) as fa_forward: a warp takes MT
 // m-tiles of 16 query rows (its rows w0 .. w0 + 16 MT - 1), and skips a
 // tile of keys that all lie past its rows (with MT 2, a block's diagonal
@@ -916,8 +918,9 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
     #pragma unroll
     for (int nt = 0; nt < KP / 8; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0;
   }
-  int st = 0;   // this tile's stage (S2)
-  for (i64 j0 = 0; j0 <= last; j0 += FM_ROWS, st ^= S2) {
+  // a tile of keys from j0, its K and V in stage st (a constant: see dQ)
+  auto tile = [&](auto stage, i64 j0) {
+    const int st = decltype(stage)::v;
     bool more = j0 + FM_ROWS <= last, live = j0 < w0 + 16 * MT;   // (warp-uniform)
     unsigned short(*kt)[KP + 8] = ks + st * FM_ROWS, (*vt)[KP + 8] = vs + st * FM_ROWS;
     if (S2) {
@@ -980,6 +983,10 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
       __syncthreads();
       if (more) fm_load<FM_ROWS, KP, act, Roll>(vs, vb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
     }
+  };
+  for (i64 j0 = 0; j0 <= last; j0 += (S2 ? 2 : 1) * FM_ROWS) {
+    tile(FmStage<0>(), j0);
+    if (S2 && j0 + FM_ROWS <= last) tile(FmStage<1>(), j0 + FM_ROWS);
   }
   #pragma unroll
   for (int mt = 0; mt < MT; mt++) {
@@ -1049,21 +1056,26 @@ __device__ void fa_backward_dq(act *dq, const act *dout, const act *q, const act
 // warp takes MT m-tiles of 16 rows as the forward does, and a tile of 64
 // keys in MT sub-tiles of 64 / MT (so that S and dP of 2 m-tiles fit the
 // registers beside dQ's accumulators), skipping those wholly past its rows
-template <int KP, int MT, bool Roll = false>
+template <int KP, int MT, bool Roll = false, bool S2 = false>
 __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act *k, const act *v,
                                const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int accum) {
   const int BR = 64 * MT, NS = FM_ROWS / MT;
   extern __shared__ __align__(16) unsigned short fm_smem[];
-  unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem;   // Q, dO (BR rows each), K, V (fm_smem kind 1)
-  unsigned short(*dos)[KP + 8] = sh + BR, (*ks)[KP + 8] = sh + 2 * BR, (*vs)[KP + 8] = sh + 2 * BR + FM_ROWS;
+  // Q, dO (BR rows each), K's tiles, V's (fm_smem kind 1: a stage each, or two)
+  unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem;
+  unsigned short(*dos)[KP + 8] = sh + BR, (*ks)[KP + 8] = sh + 2 * BR, (*vs)[KP + 8] = ks + (S2 ? 2 : 1) * FM_ROWS;
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   i64 b = blockIdx.z, h = blockIdx.y, gi = h / (H / G);
   i64 i0 = (i64)(gridDim.x - 1 - blockIdx.x) * BR, last = (i0 + BR < T ? i0 + BR : T) - 1;
   i64 w0 = i0 + warp * 16 * MT, r0 = w0 + g;   // this thread's rows: r0 + 16 mt and r0 + 16 mt + 8
   const act *kb = k + b * T * G * K + gi * K, *vb = v + b * T * G * K + gi * K;
-  // V and K tiles in two groups: K's copy overlaps the first dO V^T, the
-  // next tile's both wait for the last dS K
-  fm_load<FM_ROWS, KP, act, Roll>(vs, vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
+  // One stage: V and K tiles in two groups, K's copy overlapping the first
+  // dO V^T, the next tile's both waiting for the last dS K (three barriers
+  // a tile, the next tile's copies with no work of this block to hide
+  // them). Two stages (S2): the next tile's go out as a tile starts, into
+  // the other stage; one wait and one barrier a tile.
+  fm_load<FM_ROWS, KP, act, Roll>(vs, vb, 0, T, G * K, (int)K);
+  if (!S2) lmc_cp_async_commit();
   fm_load<FM_ROWS, KP, act, Roll>(ks, kb, 0, T, G * K, (int)K), lmc_cp_async_commit();
   fm_tile<BR, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);
   fm_tile<BR, KP>(dos, dout + b * T * H * K + h * K, i0, T, H * K, (int)K, 1.0f);
@@ -1078,10 +1090,25 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
       li[mt][r] = row < T ? lse[(b * H + h) * T + row] * LOG2E : 0, di[mt][r] = row < T ? dd[(b * H + h) * T + row] : 0;
     }
   }
-  for (i64 j0 = 0; j0 <= last; j0 += FM_ROWS) {
+  // a tile of keys from j0, its K and V in stage st (a constant, so that
+  // every fragment's shared address is a register plus an offset: a stage
+  // in a register cost dQ at head dim 96 over 500 bytes of spills)
+  auto tile = [&](auto stage, i64 j0) {
+    const int st = decltype(stage)::v;
     bool more = j0 + FM_ROWS <= last;
-    lmc_cp_async_wait1();   // V
-    __syncthreads();
+    unsigned short(*kt)[KP + 8] = ks + st * FM_ROWS, (*vt)[KP + 8] = vs + st * FM_ROWS;
+    if (S2) {
+      lmc_cp_async_wait0();   // this tile's V and K
+      __syncthreads();        // (landed for every thread; every warp done with the other stage)
+      if (more) {
+        fm_load<FM_ROWS, KP, act, Roll>(vs + (st ^ 1) * FM_ROWS, vb, j0 + FM_ROWS, T, G * K, (int)K);
+        fm_load<FM_ROWS, KP, act, Roll>(ks + (st ^ 1) * FM_ROWS, kb, j0 + FM_ROWS, T, G * K, (int)K);
+        lmc_cp_async_commit();
+      }
+    } else {
+      lmc_cp_async_wait1();   // V
+      __syncthreads();
+    }
     #pragma unroll
     for (int hs = 0; hs < MT; hs++) {
       i64 k0 = j0 + hs * NS;
@@ -1094,14 +1121,14 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
           for (int nt = 0; nt < NS / 8; nt++)
             #pragma unroll
             for (int i = 0; i < 4; i++) s[mt][nt][i] = dp[mt][nt][i] = 0;
-        fm_mul_nk_m<KP, NS / 8, KP / 16, MT>(dp, dos, warp * 16 * MT, vs + hs * NS);
+        fm_mul_nk_m<KP, NS / 8, KP / 16, MT>(dp, dos, warp * 16 * MT, vt + hs * NS);
       }
-      if (hs == 0) {
+      if (!S2 && hs == 0) {
         lmc_cp_async_wait0();   // K
         __syncthreads();
       }
       if (!live) continue;
-      fm_mul_nk_m<KP, NS / 8, KP / 16, MT>(s, sh, warp * 16 * MT, ks + hs * NS);
+      fm_mul_nk_m<KP, NS / 8, KP / 16, MT>(s, sh, warp * 16 * MT, kt + hs * NS);
       // the causal mask where a key passes a row of the warp; a row past T
       // has dS 0 all along (its dO and lse are zeros)
       bool diag = k0 + NS - 1 > w0;
@@ -1117,13 +1144,19 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
             s[mt][nt][i] = p * (dp[mt][nt][i] - di[mt][i >> 1]);   // dS
           }
       }
-      fm_mul_kn_m<KP, NS / 8, MT>(acc, s, ks + hs * NS);   // dQ += dS K
+      fm_mul_kn_m<KP, NS / 8, MT>(acc, s, kt + hs * NS);   // dQ += dS K
     }
-    __syncthreads();
-    if (more) {
-      fm_load<FM_ROWS, KP, act, Roll>(vs, vb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
-      fm_load<FM_ROWS, KP, act, Roll>(ks, kb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
+    if (!S2) {
+      __syncthreads();
+      if (more) {
+        fm_load<FM_ROWS, KP, act, Roll>(vs, vb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
+        fm_load<FM_ROWS, KP, act, Roll>(ks, kb, j0 + FM_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
+      }
     }
+  };
+  for (i64 j0 = 0; j0 <= last; j0 += (S2 ? 2 : 1) * FM_ROWS) {
+    tile(FmStage<0>(), j0);
+    if (S2 && j0 + FM_ROWS <= last) tile(FmStage<1>(), j0 + FM_ROWS);
   }
   #pragma unroll
   for (int mt = 0; mt < MT; mt++)

@@ -514,7 +514,7 @@ int main(int argc, char **argv) {
       c = (Case){names[mp][i][0], rt_inst(OP_ATTENTION), {{nq}, {nk}, {nk}}, {{nq}, {rows, F32}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, false);
-      static char other[3][3][96];
+      static char other[3][4][96];
       if (mp && !quick) {   /* the forward's other kernels: 128 rows, two stages (not under sanitizers) */
         snprintf(other[i][0], 96, "%s, forward 128 rows a block", names[mp][i][0]);
         cuda_attention_rows(128);
@@ -522,15 +522,22 @@ int main(int argc, char **argv) {
         check(c, false);
         cuda_attention_rows(0);
         snprintf(other[i][2], 96, "%s, forward two stages", names[mp][i][0]);
-        cuda_attention_fwd_stages(2);
+        cuda_attention_stages(2);
         c.name = other[i][2];
         check(c, false);
-        cuda_attention_fwd_stages(1);
+        cuda_attention_stages(1);
       }
       /* inputs: dy, q, k, v, then lse and o, which run() makes by the forward */
       c = (Case){names[mp][i][1], rt_inst(OP_ATTENTION_BWD), {{nq}, {nq}, {nk}, {nk}, {rows, F32}, {nq}}, {{nq}, {nk}, {nk}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, true);
+      if (mp && !quick) {   /* dQ with two stages of K and V */
+        snprintf(other[i][3], 96, "%s, dQ two stages", names[mp][i][1]);
+        cuda_attention_stages(2);
+        c.name = other[i][3];
+        check(c, true);
+        cuda_attention_stages(1);
+      }
       if (mp && !quick) {   /* dQ at 64 rows a block and (head dim 96) dK/dV at 32 queries a step, the other kernels */
         snprintf(other[i][1], 96, "%s, dQ 64 rows%s", names[mp][i][1], at[i].k == 96 ? ", dK/dV 32 queries" : "");
         cuda_attention_dkv_qt(32), cuda_attention_rows(64);
