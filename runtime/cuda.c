@@ -764,13 +764,15 @@ static i64 fm_rows(i64 k, bool fwd) {
 }
 
 /* The stages of K and V tiles in the 64-row forward and the 128-row dQ
- * (up to head dim 96): 1, or 2 (lmc_attention_mma_s2_kK,
+ * (up to head dim 96): 2 (lmc_attention_mma_s2_kK,
  * lmc_attention_bwd_mma_dq_s2_kK: each tile's copies go out as the tile
  * before starts, one barrier a tile instead of four in the forward and
- * three in dQ). Untimed when they landed (a session without a GPU):
- * LMC_ATTENTION_STAGES=2 (cuda_attention_stages) asks for them, and
- * bench/gpu.sh times them beside the defaults. */
-static int kv_stages = 1;
+ * three in dQ), or 1 (lmc_attention_mma_r64_kK, lmc_attention_bwd_mma_dq_kK,
+ * the kernels timed on an H200 in runs 15 and 16). Two became the default
+ * in a session without a GPU, on the SASS (no spills, fewer instructions
+ * and barriers a tile, the same blocks an SM): LMC_ATTENTION_STAGES=1
+ * (cuda_attention_stages) asks for one, and bench/gpu.sh times both. */
+static int kv_stages = 2;
 void cuda_attention_stages(int stages) { kv_stages = stages; }
 static bool fm_s2(i64 k, bool fwd) {
   return kv_stages == 2 && (k + 15) / 16 * 16 <= 96 && fm_rows(k, fwd) == (fwd ? 64 : 128);

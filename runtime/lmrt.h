@@ -275,7 +275,7 @@ void cuda_attention_dkv_qt(int qt);
  * dQ 128); $LMC_ATTENTION_ROWS sets it. */
 void cuda_attention_rows(int rows);
 /* The stages of K and V tiles in attention's 64-row forward and 128-row
- * dQ at head dims to 96: 1 (the default) or 2; $LMC_ATTENTION_STAGES
+ * dQ at head dims to 96: 2 (the default) or 1; $LMC_ATTENTION_STAGES
  * sets it. */
 void cuda_attention_stages(int stages);
 /* A norm's backward in one pass (off by default; $LMC_NORM_BWD_ONE_PASS=1

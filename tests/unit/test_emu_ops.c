@@ -493,7 +493,7 @@ int main(int argc, char **argv) {
   /* head dim 10 (one thread a query row), 40 (two, past a tile of 32
    * keys and a block of 64 rows; on the tensor cores past a block of 128)
    * and 96 (llama-large's: on the tensor cores the forward takes 128 rows
-   * a block, or 64 in its other kernels, one or two stages of K and V;
+   * a block, or 64 in its other kernels, two or one stages of K and V;
    * dK/dV steps 64 queries, or 32) */
   struct { int64_t b, t, h, g, k; const char *name, *bwd; } at[] = {
       {B, T, H, G, K, "attention (gqa 4:2, T 19, K 10)", "attention_bwd (gqa 4:2, T 19, K 10)"},
@@ -515,28 +515,28 @@ int main(int argc, char **argv) {
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, false);
       static char other[3][4][96];
-      if (mp && !quick) {   /* the forward's other kernels: 128 rows, two stages (not under sanitizers) */
+      if (mp && !quick) {   /* the forward's other kernels: 128 rows, one stage (not under sanitizers) */
         snprintf(other[i][0], 96, "%s, forward 128 rows a block", names[mp][i][0]);
         cuda_attention_rows(128);
         c.name = other[i][0];
         check(c, false);
         cuda_attention_rows(0);
-        snprintf(other[i][2], 96, "%s, forward two stages", names[mp][i][0]);
-        cuda_attention_stages(2);
+        snprintf(other[i][2], 96, "%s, forward one stage", names[mp][i][0]);
+        cuda_attention_stages(1);
         c.name = other[i][2];
         check(c, false);
-        cuda_attention_stages(1);
+        cuda_attention_stages(2);
       }
       /* inputs: dy, q, k, v, then lse and o, which run() makes by the forward */
       c = (Case){names[mp][i][1], rt_inst(OP_ATTENTION_BWD), {{nq}, {nq}, {nk}, {nk}, {rows, F32}, {nq}}, {{nq}, {nk}, {nk}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, true);
-      if (mp && !quick) {   /* dQ with two stages of K and V */
-        snprintf(other[i][3], 96, "%s, dQ two stages", names[mp][i][1]);
-        cuda_attention_stages(2);
+      if (mp && !quick) {   /* dQ with one stage of K and V, the other kernel */
+        snprintf(other[i][3], 96, "%s, dQ one stage", names[mp][i][1]);
+        cuda_attention_stages(1);
         c.name = other[i][3];
         check(c, true);
-        cuda_attention_stages(1);
+        cuda_attention_stages(2);
       }
       if (mp && !quick) {   /* dQ at 64 rows a block and (head dim 96) dK/dV at 32 queries a step, the other kernels */
         snprintf(other[i][1], 96, "%s, dQ 64 rows%s", names[mp][i][1], at[i].k == 96 ? ", dK/dV 32 queries" : "");

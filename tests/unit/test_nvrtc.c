@@ -73,7 +73,7 @@ static const struct { const char *name; int bytes; } known_spills[] = {
     {"lmc_attention_bwd_dq_k96", 24},           /* fp32 on the CUDA cores */
     {"lmc_attention_mma_r64_k96", 88},          /* fp32 storage: fp32 tiles loaded; 0 in bf16 */
     {"lmc_attention_mma_k96", 48},              /* the 128-row forward, not the default; 28 in bf16 */
-    {"lmc_attention_mma_s2_k96", 400},          /* two stages, not the default: fp32 storage; 0 in bf16 */
+    {"lmc_attention_mma_s2_k96", 400},          /* fp32 storage; 0 in bf16 */
     {"lmc_attention_bwd_mma_dq_r64_k96", 996},  /* fp32 storage; 16 in bf16 */
     {"lmc_attention_bwd_mma_dq_r64_k64", 80},   /* fp32 storage; 0 in bf16 */
     {"lmc_attention_bwd_mma_dq_k96", 1028},     /* fp32 storage (a checking mode); 0 in bf16 */
