@@ -12,6 +12,9 @@ fp32 and unaligned tile loads, the causal mask, the skipped tiles: see HOT
 below), so that the loop counted is the path a whole tile takes; cuts
 whose text is not found are counted in a line, their paths then counted.
 
+A loop turn may hold several tiles: attention's two-stage kernels (_s2_)
+run two a turn, one per stage, so their counts are two tiles'.
+
 cuobjdump is not in the toolkit image here: `pip download
 nvidia-cuda-cuobjdump --no-deps` and unzip the wheel, then point CUOBJDUMP
 at its bin/cuobjdump (or put it on PATH). The counts are static: a loop
