@@ -886,6 +886,19 @@ __device__ __forceinline__ float quad_sum(float x) {
 
 template <int N> struct FmStage { enum { v = N }; };   // a stage of K and V tiles, as a type
 
+// Two stages: wait for the tile's K and V (stage st) and, all warps done
+// with the other stage, copy the next tile's (rows j1.., when more) there
+template <int KP, bool Roll, int st>
+__device__ __forceinline__ void fm_kv_next(unsigned short (*ks)[KP + 8], unsigned short (*vs)[KP + 8], const act *kb,
+                                           const act *vb, bool more, i64 j1, i64 T, i64 stride, int K) {
+  lmc_cp_async_wait0();
+  __syncthreads();
+  if (!more) return;
+  fm_load<FM_ROWS, KP, act, Roll>(ks + (st ^ 1) * FM_ROWS, kb, j1, T, stride, K);
+  fm_load<FM_ROWS, KP, act, Roll>(vs + (st ^ 1) * FM_ROWS, vb, j1, T, stride, K);
+  lmc_cp_async_commit();
+}
+
 // grid (query blocks of 64 MT rows, H, B) as fa_forward: a warp takes MT
 // m-tiles of 16 query rows (its rows w0 .. w0 + 16 MT - 1), and skips a
 // tile of keys that all lie past its rows (with MT 2, a block's diagonal
@@ -923,15 +936,8 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
     const int st = decltype(stage)::v;
     bool more = j0 + FM_ROWS <= last, live = j0 < w0 + 16 * MT;   // (warp-uniform)
     unsigned short(*kt)[KP + 8] = ks + st * FM_ROWS, (*vt)[KP + 8] = vs + st * FM_ROWS;
-    if (S2) {
-      lmc_cp_async_wait0();   // this tile's K and V
-      __syncthreads();        // (landed for every thread; every warp done with the other stage)
-      if (more) {
-        fm_load<FM_ROWS, KP, act, Roll>(ks + (st ^ 1) * FM_ROWS, kb, j0 + FM_ROWS, T, G * K, (int)K);
-        fm_load<FM_ROWS, KP, act, Roll>(vs + (st ^ 1) * FM_ROWS, vb, j0 + FM_ROWS, T, G * K, (int)K);
-        lmc_cp_async_commit();
-      }
-    } else {
+    if (S2) fm_kv_next<KP, Roll, st>(ks, vs, kb, vb, more, j0 + FM_ROWS, T, G * K, (int)K);
+    else {
       lmc_cp_async_wait1();   // K
       __syncthreads();
     }
@@ -1097,15 +1103,8 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
     const int st = decltype(stage)::v;
     bool more = j0 + FM_ROWS <= last;
     unsigned short(*kt)[KP + 8] = ks + st * FM_ROWS, (*vt)[KP + 8] = vs + st * FM_ROWS;
-    if (S2) {
-      lmc_cp_async_wait0();   // this tile's V and K
-      __syncthreads();        // (landed for every thread; every warp done with the other stage)
-      if (more) {
-        fm_load<FM_ROWS, KP, act, Roll>(vs + (st ^ 1) * FM_ROWS, vb, j0 + FM_ROWS, T, G * K, (int)K);
-        fm_load<FM_ROWS, KP, act, Roll>(ks + (st ^ 1) * FM_ROWS, kb, j0 + FM_ROWS, T, G * K, (int)K);
-        lmc_cp_async_commit();
-      }
-    } else {
+    if (S2) fm_kv_next<KP, Roll, st>(ks, vs, kb, vb, more, j0 + FM_ROWS, T, G * K, (int)K);
+    else {
       lmc_cp_async_wait1();   // V
       __syncthreads();
     }

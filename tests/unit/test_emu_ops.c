@@ -648,39 +648,32 @@ int main(int argc, char **argv) {
     c.x.n = nt, c.x.e = E, c.x.top = kk, c.x.rn = rn, c.x.aux = 0.3, c.x.zl = 0.1, c.x.scale = 1.0 / nt, c.x.ng = nt;
     check(c, true);
   }
-  c = (Case){"moe_dispatch", rt_inst(OP_MOE_DISPATCH), {{nt * dm}, {M, 3, E}}, {{M * dm}, {E, F32}, {M, F32}}};
-  c.x.n = nt, c.x.d = dm, c.x.top = kk, c.x.e = E;
-  check(c, false);
   c = (Case){"moe_dispatch (600 assignments)", rt_inst(OP_MOE_DISPATCH), {{300 * dm}, {600, 3, E}}, {{600 * dm}, {E, F32}, {600, F32}}};
   c.x.n = 300, c.x.d = dm, c.x.top = kk, c.x.e = E;
   check(c, false);
   c = (Case){"moe_route (700 tokens)", rt_inst(OP_MOE_ROUTE), {{700 * E, F32}}, {{1400, F32}, {1400, F32}, {2 * E + 1, F32}}};
   c.x.n = 700, c.x.e = E, c.x.top = kk, c.x.rn = 1;
   check(c, false);
-  c = (Case){"moe_dispatch_bwd", rt_inst(OP_MOE_DISPATCH_BWD), {{M * dm}, {M, 4}}, {{nt * dm}}};
-  c.x.n = nt, c.x.d = dm, c.x.top = kk, c.x.e = E;
-  check(c, true);
-  c = (Case){"moe_combine", rt_inst(OP_MOE_COMBINE), {{M * dm}, {M, 4}, {M, F32}}, {{nt * dm}}};
-  c.x.n = nt, c.x.d = dm, c.x.top = kk;
-  check(c, false);
-  c = (Case){"moe_combine_bwd", rt_inst(OP_MOE_COMBINE_BWD), {{nt * dm}, {M * dm}, {M, 4}, {M, F32}}, {{M * dm}, {M, F32}}};
-  c.x.n = nt, c.x.d = dm, c.x.top = kk;
-  check(c, true);
-  /* the row moves 24 wide: 8 columns a thread-step by 16-byte accesses */
-  int64_t d8 = 24;
-  c = (Case){"moe_dispatch (width 24)", rt_inst(OP_MOE_DISPATCH), {{nt * d8}, {M, 3, E}}, {{M * d8}, {E, F32}, {M, F32}}};
-  c.x.n = nt, c.x.d = d8, c.x.top = kk, c.x.e = E;
-  check(c, false);
-  c = (Case){"moe_dispatch_bwd (width 24)", rt_inst(OP_MOE_DISPATCH_BWD), {{M * d8}, {M, 4}}, {{nt * d8}}};
-  c.x.n = nt, c.x.d = d8, c.x.top = kk, c.x.e = E;
-  check(c, true);
-  c = (Case){"moe_combine (width 24)", rt_inst(OP_MOE_COMBINE), {{M * d8}, {M, 4}, {M, F32}}, {{nt * d8}}};
-  c.x.n = nt, c.x.d = d8, c.x.top = kk;
-  check(c, false);
-  c = (Case){"moe_combine_bwd (width 24)", rt_inst(OP_MOE_COMBINE_BWD), {{nt * d8}, {M * d8}, {M, 4}, {M, F32}},
-             {{M * d8}, {M, F32}}};
-  c.x.n = nt, c.x.d = d8, c.x.top = kk;
-  check(c, true);
+  /* the row moves at width 19 (a value a thread-step) and 24 (8 columns a
+   * thread-step by 16-byte accesses) */
+  for (int w = 0; w < 2; w++) {
+    static char mv[2][4][40];
+    const char *nm[4] = {"moe_dispatch", "moe_dispatch_bwd", "moe_combine", "moe_combine_bwd"};
+    int64_t wd = w ? 24 : dm;
+    for (int j = 0; j < 4; j++) snprintf(mv[w][j], sizeof mv[w][j], w ? "%s (width 24)" : "%s", nm[j]);
+    c = (Case){mv[w][0], rt_inst(OP_MOE_DISPATCH), {{nt * wd}, {M, 3, E}}, {{M * wd}, {E, F32}, {M, F32}}};
+    c.x.n = nt, c.x.d = wd, c.x.top = kk, c.x.e = E;
+    check(c, false);
+    c = (Case){mv[w][1], rt_inst(OP_MOE_DISPATCH_BWD), {{M * wd}, {M, 4}}, {{nt * wd}}};
+    c.x.n = nt, c.x.d = wd, c.x.top = kk, c.x.e = E;
+    check(c, true);
+    c = (Case){mv[w][2], rt_inst(OP_MOE_COMBINE), {{M * wd}, {M, 4}, {M, F32}}, {{nt * wd}}};
+    c.x.n = nt, c.x.d = wd, c.x.top = kk;
+    check(c, false);
+    c = (Case){mv[w][3], rt_inst(OP_MOE_COMBINE_BWD), {{nt * wd}, {M * wd}, {M, 4}, {M, F32}}, {{M * wd}, {M, F32}}};
+    c.x.n = nt, c.x.d = wd, c.x.top = kk;
+    check(c, true);
+  }
   /* the experts over 12 segments (ep 2 x 6 local experts: expert s % 6)
    * of M rows in all, one segment empty, in a buffer of M + 5 rows */
   for (int sw = 1; sw >= 0; sw--) {
