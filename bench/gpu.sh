@@ -79,6 +79,9 @@ attention_row() {
   echo "== attention $row"
   "$lmc" "$root/models/$spec.lm" -q -o "$work/a" --set batch="$b" --set seq="$t" --set precision=bf16 "$@" &&
     timeout 120 "$(dirname "$bench")/bench_attention" "$work/a" 20 cuda 2>&1
+  # the launch order before (each head's blocks together, longest first;
+  # now the longest blocks of a section of heads go first, untimed)
+  LMC_ATTENTION_SECTION=1 timeout 120 "$(dirname "$bench")/bench_attention" "$work/a" 20 cuda 2>&1
   # the other kernels, side by side (head dims to 96): the forward at 128
   # query rows a block (2.5x slower in run 16, its registers then in local
   # memory), and (forward and dQ) with one stage of K and V (the kernels of

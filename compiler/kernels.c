@@ -65,8 +65,8 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
   fprintf(out, "\n// head dim %lld: %d threads a query row, %d dims each; on the tensor cores %d\n", K, p, d, kp);
   if (!bwd) {
     fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_k%lld(act *o, real *lse, "
-            "const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, float scale) {\n"
-            "  fa_forward<%d, %d>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", K, d, p);
+            "const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, float scale, i64 B) {\n"
+            "  fa_forward<%d, %d>(o, lse, q, k, v, T, H, G, K, scale, B);\n}\n", K, d, p);
     /* up to head dim 96 a warp takes 32 query rows (128 a block, two
      * blocks an SM), past it 16; lmc_attention_mma_r64_kK, 16 rows a warp
      * at head dims to 96, is the runtime's LMC_ATTENTION_ROWS=64 (and so
@@ -76,59 +76,59 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
      * 32 rows a warp, dQ's 16. */
     if (k <= 128)
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_mma_k%lld(act *o, "
-              "real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, float scale) {\n"
-              "  fm_forward<%d, %d, %s>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", kp <= 96 ? 2 : mb, K, kp,
+              "real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, float scale, i64 B) {\n"
+              "  fm_forward<%d, %d, %s>(o, lse, q, k, v, T, H, G, K, scale, B);\n}\n", kp <= 96 ? 2 : mb, K, kp,
               kp <= 96 ? 2 : 1, kp <= 96 ? "true" : "false");
     if (kp <= 96)
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_mma_r64_k%lld("
               "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, "
-              "float scale) {\n  fm_forward<%d, 1>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", mb, K, kp);
+              "float scale, i64 B) {\n  fm_forward<%d, 1>(o, lse, q, k, v, T, H, G, K, scale, B);\n}\n", mb, K, kp);
     /* and 16 rows a warp with two stages of K and V (the runtime's
      * LMC_ATTENTION_STAGES=2) */
     if (kp <= 96)
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_mma_s2_k%lld("
               "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, "
-              "float scale) {\n  fm_forward<%d, 1, false, true>(o, lse, q, k, v, T, H, G, K, scale);\n}\n", mb, K,
+              "float scale, i64 B) {\n  fm_forward<%d, 1, false, true>(o, lse, q, k, v, T, H, G, K, scale, B);\n}\n", mb, K,
               kp);
     return;
   }
   if (k <= 128) {
     fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_bwd_mma_dq_k%lld("
             "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
-            "i64 T, i64 H, i64 G, i64 K, float scale, int acc) {\n"
-            "  fm_backward_dq<%d, %d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc);\n}\n", kp <= 96 ? 2 : mb,
+            "i64 T, i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
+            "  fm_backward_dq<%d, %d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", kp <= 96 ? 2 : mb,
             K, kp, kp <= 96 ? 2 : 1);
     if (kp <= 96)   /* dQ's default with two stages of K and V (LMC_ATTENTION_STAGES=2), rolled copies past 64 */
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, 2) lmc_attention_bwd_mma_dq_s2_k%lld("
               "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
-              "i64 T, i64 H, i64 G, i64 K, float scale, int acc) {\n"
-              "  fm_backward_dq<%d, 2, %s, true>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc);\n}\n", K, kp,
+              "i64 T, i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
+              "  fm_backward_dq<%d, 2, %s, true>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", K, kp,
               kp > 64 ? "true" : "false");
     if (kp <= 96)
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_bwd_mma_dq_r64_k%lld("
               "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
-              "i64 T, i64 H, i64 G, i64 K, float scale, int acc) {\n"
-              "  fm_backward_dq<%d, 1, true>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc);\n}\n", mb, K, kp);
+              "i64 T, i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
+              "  fm_backward_dq<%d, 1, true>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", mb, K, kp);
     fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_bwd_mma_dkv_k%lld("
             "act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, "
-            "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv) {\n"
-            "  fm_backward_dkv<%d, %d>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv);\n}\n",
+            "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv, i64 B) {\n"
+            "  fm_backward_dkv<%d, %d>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv, B);\n}\n",
             mb, K, kp, qt);
     if (kp > 64 && kp <= 96)
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, 2) lmc_attention_bwd_mma_dkv_q64_k%lld("
               "act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, "
-              "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv) {\n"
-              "  fm_backward_dkv<%d, 64>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv);\n}\n",
+              "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv, i64 B) {\n"
+              "  fm_backward_dkv<%d, 64>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv, B);\n}\n",
               K, kp);
   }
   fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_dq_k%lld(act *dq, "
           "const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, i64 T, "
-          "i64 H, i64 G, i64 K, float scale, int acc) {\n"
-          "  fa_backward_dq<%d, %d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc);\n}\n", K, d, p);
+          "i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
+          "  fa_backward_dq<%d, %d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", K, d, p);
   fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_dkv_k%lld(act *dk, "
           "act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
-          "i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv) {\n"
-          "  fa_backward_dkv<%d, %d>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv);\n}\n", K, d, p);
+          "i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv, i64 B) {\n"
+          "  fa_backward_dkv<%d, %d>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv, B);\n}\n", K, d, p);
 }
 
 /* Each head dim the programs' attention uses, forward and backward, once. */

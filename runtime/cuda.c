@@ -100,6 +100,7 @@ static cublasLtHandle_t lt;
 static CUdeviceptr workspace, scratch_rows, scratch_part;
 static size_t workspace_size = 32 << 20, scratch_rows_n;
 static int sm;   /* compute capability, e.g. 90 */
+static int l2_bytes;   /* the device's L2 cache */
 static int precision = MP_MEDIUM;   /* MP_HIGHEST, MP_HIGH, MP_MEDIUM: cuda_matmul_precision */
 static bool storage16;   /* the bundle's kernels store activations in bf16 (`typedef bf16 act;`) */
 
@@ -778,6 +779,41 @@ static bool fm_s2(i64 k, bool fwd) {
   return kv_stages == 2 && (k + 15) / 16 * 16 <= 96 && fm_rows(k, fwd) == (fwd ? 64 : 128);
 }
 
+/* The heads a section of attention's launch order (kernels.cu's
+ * fa_head: a section's blocks go out rank by rank across its heads, each
+ * head's longest first): as many as fit what they read again and again in
+ * half the L2, K and V of a kv group (the forward and dQ, each query head
+ * a share of its group's) or Q and dO of a group's heads (dK/dV, a kv
+ * group a head). By the order alone, blocks taking the time of their
+ * tiles on a fixed number of slots (bench/launch_order.py), llama-large's
+ * dK/dV (B 8, T 2048, 16 heads over 4 kv groups) would take 256
+ * tile-times in sections of 8 against 336 a head at a time, the forward
+ * 172 against 191 and dQ 134 against 152 (all its heads in one section),
+ * not timed on a GPU yet. LMC_ATTENTION_SECTION=N (cuda_attention_section)
+ * asks for N heads; 1 runs each head's blocks together, longest first, the
+ * order before. */
+static int section_asked;
+void cuda_attention_section(int heads) { section_asked = heads; }
+
+static i64 fa_section(const RtInst *x, bool dkv) {
+  if (section_asked) return section_asked;
+  i64 per = x->h / x->g, kv = 2 * x->t * x->k * (storage16 ? 2 : 4);   /* a head's two T x K matrices */
+  i64 bytes = dkv ? kv * per : (kv + per - 1) / per, s = l2_bytes / 2 / (bytes ? bytes : 1);
+  return s < 1 ? 1 : s;
+}
+
+/* Launches an attention kernel over `heads` heads of nb blocks each in
+ * sections of about sec heads, evened out (x a head of a section, y the
+ * block's rank, z the section; the last section's spare blocks return). */
+static void fa_launch(const char *name, i64 heads, i64 nb, i64 sec, unsigned smem, void **args) {
+  i64 z = (heads + sec - 1) / sec;
+  z = z > 65535 ? 65535 : z;   /* a grid's z: past it, longer sections */
+  i64 x = (heads + z - 1) / z;
+  if (nb > 65535) rt_die("attention: %lld blocks of queries or keys a head, past the 65535 a grid's y takes",
+                         (long long)nb);
+  launch_smem(name, (unsigned)x, (unsigned)nb, (unsigned)z, FA_THREADS, smem, args);
+}
+
 /* Their dynamic shared memory, rows of bf16 tiles (the head dim rounded
  * up to 16, plus 8) as kernels.cu's fm_* lay them out: the forward's Q
  * (fm_rows), K and V (a stage each, or two: fm_s2) (kind 0), dQ's Q, dO
@@ -795,7 +831,8 @@ static void op_attention(const RtInst *x, void **o, void **in) {
   i64 T = x->t, H = x->h, G = x->g, K = x->k, R = fa_mma(x) ? fm_rows(K, true) : fa_rows(x);
   float scale = 1.0f / sqrtf((float)K);
   CUdeviceptr O = dptr(o[0]), L = dptr(o[1]), Q = dptr(in[0]), Kp = dptr(in[1]), V = dptr(in[2]);
-  void *a[] = {&O, &L, &Q, &Kp, &V, &T, &H, &G, &K, &scale};
+  i64 B = x->b;
+  void *a[] = {&O, &L, &Q, &Kp, &V, &T, &H, &G, &K, &scale, &B};
   char name[64];
   snprintf(name, sizeof name, "lmc_attention_%sk%lld",
            !fa_mma(x)                               ? ""
@@ -803,8 +840,7 @@ static void op_attention(const RtInst *x, void **o, void **in) {
            : R == 64 && (K + 15) / 16 * 16 <= 96 ? "mma_r64_"
                                                     : "mma_",
            K);
-  launch_smem(name, (unsigned)((T + R - 1) / R), (unsigned)H, (unsigned)x->b, FA_THREADS, fa_mma(x) ? fm_smem(K, 0) : 0,
-              a);
+  fa_launch(name, B * H, (T + R - 1) / R, fa_section(x, false), fa_mma(x) ? fm_smem(K, 0) : 0, a);
 }
 
 /* in: dout, q, k, v, lse, o */
@@ -820,9 +856,8 @@ static void op_attention_bwd(const RtInst *x, void **o, void **in) {
   void *a[] = {&dd, &Do, &Ou, &B, &T, &H, &K};
   launch("lmc_attention_dot", grid_for(rows * 32), a);
   char name[64];
-  unsigned blocks = (unsigned)((T + R - 1) / R);
   if (o[0]) {
-    void *q[] = {&dQ, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc0};
+    void *q[] = {&dQ, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc0, &B};
     i64 rq = fa_mma(x) ? fm_rows(K, false) : R;
     bool r64 = fa_mma(x) && rq == 64 && (K + 15) / 16 * 16 <= 96;   /* the other kernel */
     snprintf(name, sizeof name, "lmc_attention_bwd_%sdq_%sk%lld", kind,
@@ -830,13 +865,13 @@ static void op_attention_bwd(const RtInst *x, void **o, void **in) {
              : fa_mma(x) && fm_s2(K, false) ? "s2_"
                                             : "",
              K);
-    launch_smem(name, (unsigned)((T + rq - 1) / rq), (unsigned)H, (unsigned)B, FA_THREADS, fa_mma(x) ? fm_smem(K, 1) : 0, q);
+    fa_launch(name, B * H, (T + rq - 1) / rq, fa_section(x, false), fa_mma(x) ? fm_smem(K, 1) : 0, q);
   }
   if (o[1] || o[2]) {
-    void *kv[] = {&dK, &dV, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc1, &acc2};
+    void *kv[] = {&dK, &dV, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc1, &acc2, &B};
     bool q64 = fa_mma(x) && dkv_qt(K) == 64 && (K + 15) / 16 * 16 > 64;   /* the variant */
     snprintf(name, sizeof name, "lmc_attention_bwd_%sdkv_%sk%lld", kind, q64 ? "q64_" : "", K);
-    launch_smem(name, blocks, (unsigned)G, (unsigned)B, FA_THREADS, fa_mma(x) ? fm_smem(K, 2) : 0, kv);
+    fa_launch(name, B * G, (T + R - 1) / R, fa_section(x, true), fa_mma(x) ? fm_smem(K, 2) : 0, kv);
   }
 }
 
@@ -1976,6 +2011,18 @@ static bool env_choice(const char *name, int a, int b, const char *what, int *v,
   return *v = (int)x, true;
 }
 
+/* A knob that takes a count, 1 or more, into *v (left as it is when
+ * unset or empty); anything else is false, with "NAME=VALUE: it takes "
+ * and what in why. */
+static bool env_count(const char *name, const char *what, int *v, char *why, size_t n) {
+  const char *s = getenv(name);
+  if (!s || !*s) return true;
+  char *end;
+  long x = strtol(s, &end, 10);
+  if (*end || x < 1 || x > INT_MAX) return snprintf(why, n, "%s=%s: it takes %s", name, s, what), false;
+  return *v = (int)x, true;
+}
+
 /* The CUDA backend for the bundle in dir, on a GPU or on the emulated
  * platform, or NULL with the reason. */
 Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
@@ -1989,6 +2036,8 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
                   &rows_asked, why, n) ||
       !env_choice("LMC_ATTENTION_STAGES", 1, 2, "1 or 2 (stages of K and V tiles in attention's forward and dQ)",
                   &kv_stages, why, n) ||
+      !env_count("LMC_ATTENTION_SECTION", "a count of heads, 1 or more (heads a section of attention's launch order)",
+                 &section_asked, why, n) ||
       !env_choice("LMC_GEMM_BACKWARD_EPILOGUES", 0, 1, "0 (the GEMM, then kernels) or 1", &ep, why, n) ||
       !env_choice("LMC_MOE_GROUPED", 0, 1, "0 (a GEMM a segment, counts on the host) or 1", &grouped, why, n))
     return NULL;
@@ -2008,6 +2057,7 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   CK(cu.device_get(&dev, local ? atoi(local) % count : 0));
   CK(cu.attr(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev));
   CK(cu.attr(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev));
+  CK(cu.attr(&l2_bytes, CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE, dev));
   sm = major * 10 + minor;
   CK(cu.retain(&ctx, dev));
   CK(cu.set_current(ctx));

@@ -278,6 +278,11 @@ void cuda_attention_rows(int rows);
  * dQ at head dims to 96: 2 (the default) or 1; $LMC_ATTENTION_STAGES
  * sets it. */
 void cuda_attention_stages(int stages);
+/* The heads a section of attention's launch order (each section's
+ * blocks go out longest first across its heads): 0 (the default) as many
+ * as half the L2 holds the data of, 1 each head's blocks together;
+ * $LMC_ATTENTION_SECTION sets it. */
+void cuda_attention_section(int heads);
 /* A norm's backward in one pass (off by default; $LMC_NORM_BWD_ONE_PASS=1
  * turns it on at cuda_backend) */
 void cuda_norm_bwd_one_pass(bool on);

@@ -560,6 +560,21 @@ extern "C" __global__ void lmc_rope(act *y, const act *x, const real *cs, i64 b,
 #define FA_THREADS 128
 #define FA_TILE 32
 
+// The launch order of attention's blocks. A head's causal blocks differ in
+// length up to T / R times, and a GPU starts blocks in the order of their
+// index (x fastest): the grid is x a head of a section, y the block's rank
+// (0: the head's longest) and z the section, so that every head of a
+// section starts its longest block first, and the section's heads, which
+// the runtime sizes to share their K and V (dK/dV: Q and dO) in L2, run
+// together. A section of one head is the order before. The head is b H + h
+// (b G + g in dK/dV, with H the kv groups); false past the last one, the
+// last section's spare.
+__device__ __forceinline__ bool fa_head(i64 &b, i64 &h, i64 B, i64 H) {
+  unsigned head = blockIdx.z * gridDim.x + blockIdx.x;
+  b = head / (unsigned)H, h = head % (unsigned)H;
+  return head < B * H;
+}
+
 // FA_TILE rows of a [T, stride] matrix from row r0 into a tile of W
 // columns, zero past K columns and past T rows
 template <int W>
@@ -614,15 +629,16 @@ __device__ void fa_axpy(float *acc, float a, const float *t) {
   }
 }
 
-// grid (query blocks, H, B), FA_THREADS threads; the blocks of late rows
-// (the most keys) first. lse is of the scaled scores.
+// a block R query rows of a head (fa_head: blocks of late rows, which see
+// the most keys, first), FA_THREADS threads. lse is of the scaled scores.
 template <int D, int P>
 __device__ void fa_forward(act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G,
-                           i64 K, float scale) {
+                           i64 K, float scale, i64 B) {
   const int W = D * P, R = FA_THREADS / P;
   __shared__ __align__(16) float ks[FA_TILE][W], vs[FA_TILE][W];
-  i64 b = blockIdx.z, h = blockIdx.y, g = h / (H / G);
-  i64 i0 = (i64)(gridDim.x - 1 - blockIdx.x) * R, i = i0 + threadIdx.x / P, last = (i0 + R < T ? i0 + R : T) - 1;
+  i64 b, h;
+  if (!fa_head(b, h, B, H)) return;
+  i64 g = h / (H / G), i0 = (i64)(gridDim.y - 1 - blockIdx.y) * R, i = i0 + threadIdx.x / P, last = (i0 + R < T ? i0 + R : T) - 1;
   const act *kb = k + b * T * G * K + g * K, *vb = v + b * T * G * K + g * K;
   float qr[D], acc[D], m = NEG_INF, l = 0;
   fa_row<D, P>(qr, q + ((b * T + i) * H + h) * K, i < T, (int)K, scale);
@@ -899,7 +915,7 @@ __device__ __forceinline__ void fm_kv_next(unsigned short (*ks)[KP + 8], unsigne
   lmc_cp_async_commit();
 }
 
-// grid (query blocks of 64 MT rows, H, B) as fa_forward: a warp takes MT
+// blocks of 64 MT query rows, ordered as fa_forward's: a warp takes MT
 // m-tiles of 16 query rows (its rows w0 .. w0 + 16 MT - 1), and skips a
 // tile of keys that all lie past its rows (with MT 2, a block's diagonal
 // tiles are half work for two of its warps). With S2 K and V have two
@@ -909,15 +925,16 @@ __device__ __forceinline__ void fm_kv_next(unsigned short (*ks)[KP + 8], unsigne
 // and P V, the next V's the next Q K^T (four barriers a tile).
 template <int KP, int MT, bool Roll = false, bool S2 = false>
 __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G,
-                           i64 K, float scale) {
+                           i64 K, float scale, i64 B) {
   const int BR = 64 * MT;
   extern __shared__ __align__(16) unsigned short fm_smem[];
   // Q (BR rows), K's tiles, V's (fm_smem kind 0: a stage each, or two)
   unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem;
   unsigned short(*ks)[KP + 8] = sh + BR, (*vs)[KP + 8] = sh + BR + (S2 ? 2 : 1) * FM_ROWS;
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  i64 b = blockIdx.z, h = blockIdx.y, gi = h / (H / G);
-  i64 i0 = (i64)(gridDim.x - 1 - blockIdx.x) * BR, last = (i0 + BR < T ? i0 + BR : T) - 1;
+  i64 b, h;
+  if (!fa_head(b, h, B, H)) return;
+  i64 gi = h / (H / G), i0 = (i64)(gridDim.y - 1 - blockIdx.y) * BR, last = (i0 + BR < T ? i0 + BR : T) - 1;
   i64 w0 = i0 + warp * 16 * MT, r0 = w0 + g;   // this thread's rows: r0 + 16 mt and r0 + 16 mt + 8
   const act *kb = k + b * T * G * K + gi * K, *vb = v + b * T * G * K + gi * K;
   fm_load<FM_ROWS, KP, act, Roll>(ks, kb, 0, T, G * K, (int)K);
@@ -1030,14 +1047,16 @@ extern "C" __global__ void lmc_attention_dot(real *dd, const act *dout, const ac
   if (threadIdx.x % 32 == 0) dd[(b * H + h) * T + i] = s;
 }
 
-// grid (query blocks, H, B), as the forward
+// blocks ordered as the forward's
 template <int D, int P>
 __device__ void fa_backward_dq(act *dq, const act *dout, const act *q, const act *k, const act *v,
-                               const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acc) {
+                               const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acc,
+                               i64 B) {
   const int W = D * P, R = FA_THREADS / P;
   __shared__ __align__(16) float ks[FA_TILE][W], vs[FA_TILE][W];
-  i64 b = blockIdx.z, h = blockIdx.y, g = h / (H / G);
-  i64 i0 = (i64)(gridDim.x - 1 - blockIdx.x) * R, i = i0 + threadIdx.x / P, last = (i0 + R < T ? i0 + R : T) - 1;
+  i64 b, h;
+  if (!fa_head(b, h, B, H)) return;
+  i64 g = h / (H / G), i0 = (i64)(gridDim.y - 1 - blockIdx.y) * R, i = i0 + threadIdx.x / P, last = (i0 + R < T ? i0 + R : T) - 1;
   const act *kb = k + b * T * G * K + g * K, *vb = v + b * T * G * K + g * K;
   float qr[D], dor[D], dqr[D];
   fa_row<D, P>(qr, q + ((b * T + i) * H + h) * K, i < T, (int)K, scale);
@@ -1058,23 +1077,27 @@ __device__ void fa_backward_dq(act *dq, const act *dout, const act *q, const act
   if (i < T) fa_put<D, P>(dq + ((b * T + i) * H + h) * K, dqr, (int)K, scale, acc);
 }
 
-// On the tensor cores: dQ, grid (query blocks of 64 MT rows, H, B); a
+// On the tensor cores: dQ, blocks of 64 MT query rows as the forward's; a
 // warp takes MT m-tiles of 16 rows as the forward does, and a tile of 64
 // keys in MT sub-tiles of 64 / MT (so that S and dP of 2 m-tiles fit the
 // registers beside dQ's accumulators), skipping those wholly past its rows
 template <int KP, int MT, bool Roll = false, bool S2 = false>
 __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act *k, const act *v,
-                               const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int accum) {
+                               const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int accum,
+                               i64 B) {
   const int BR = 64 * MT, NS = FM_ROWS / MT;
   extern __shared__ __align__(16) unsigned short fm_smem[];
   // Q, dO (BR rows each), K's tiles, V's (fm_smem kind 1: a stage each, or two)
   unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem;
   unsigned short(*dos)[KP + 8] = sh + BR, (*ks)[KP + 8] = sh + 2 * BR, (*vs)[KP + 8] = ks + (S2 ? 2 : 1) * FM_ROWS;
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  i64 b = blockIdx.z, h = blockIdx.y, gi = h / (H / G);
-  i64 i0 = (i64)(gridDim.x - 1 - blockIdx.x) * BR, last = (i0 + BR < T ? i0 + BR : T) - 1;
+  i64 b, h;
+  if (!fa_head(b, h, B, H)) return;
+  i64 gi = h / (H / G), i0 = (i64)(gridDim.y - 1 - blockIdx.y) * BR, last = (i0 + BR < T ? i0 + BR : T) - 1;
   i64 w0 = i0 + warp * 16 * MT, r0 = w0 + g;   // this thread's rows: r0 + 16 mt and r0 + 16 mt + 8
   const act *kb = k + b * T * G * K + gi * K, *vb = v + b * T * G * K + gi * K;
+  __shared__ act *dqh;   // where the rows go: read again at the end (after the tiles' barriers), not held
+  if (threadIdx.x == 0) dqh = dq + b * T * H * K + h * K;
   // One stage: V and K tiles in two groups, K's copy overlapping the first
   // dO V^T, the next tile's both waiting for the last dS K (three barriers
   // a tile, the next tile's copies with no work of this block to hide
@@ -1159,7 +1182,7 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
   }
   #pragma unroll
   for (int mt = 0; mt < MT; mt++)
-    fm_put<KP>(dq + b * T * H * K + h * K, H * K, acc[mt], r0 + 16 * mt, T, (int)K, scale, scale, accum);
+    fm_put<KP>(dqh, H * K, acc[mt], r0 + 16 * mt, T, (int)K, scale, scale, accum);
 }
 
 // One stage of fm_backward_dkv: rows i0.. of head h's Q and dO into a Q
@@ -1178,7 +1201,8 @@ __device__ void fm_dkv_stage(unsigned short (*s)[KP + 8], float *ls, float *ds, 
   }
 }
 
-// On the tensor cores: dK and dV, grid (key blocks, G, B); QT queries a
+// On the tensor cores: dK and dV, a block 64 keys of a kv group (fa_head
+// over B G groups, a group's blocks of early keys first); QT queries a
 // tile (32 for head dims past 64, to keep the accumulators in registers).
 // The Q and dO tiles of the group's heads go through two stages of shared
 // memory (Q as stored: S^T is scaled in registers), the next tile's copy
@@ -1186,13 +1210,15 @@ __device__ void fm_dkv_stage(unsigned short (*s)[KP + 8], float *ls, float *ds, 
 template <int KP, int QT>
 __device__ void fm_backward_dkv(act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v,
                                 const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck,
-                                int accv) {
+                                int accv, i64 B) {
   extern __shared__ __align__(16) unsigned short fm_smem[];
   // K, V, then two stages of Q and dO (fm_smem kind 2)
   unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem, (*vs)[KP + 8] = sh + FM_ROWS;
   __shared__ __align__(16) float ls[2][QT], ds[2][QT];
   int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  i64 b = blockIdx.z, gi = blockIdx.y, j0 = (i64)blockIdx.x * FM_ROWS, per = H / G;
+  i64 b, gi;
+  if (!fa_head(b, gi, B, G)) return;
+  i64 j0 = (i64)blockIdx.y * FM_ROWS, per = H / G;
   i64 c0 = j0 + warp * 16 + g;   // this thread's keys: c0 and c0 + 8
   float sl = scale * LOG2E;      // S in log2 units
   fm_tile<FM_ROWS, KP>(sh, k + b * T * G * K + gi * K, j0, T, G * K, (int)K, 1.0f);
@@ -1241,22 +1267,25 @@ __device__ void fm_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
   if (dv) fm_put<KP>(dv + b * T * G * K + gi * K, G * K, dva, c0, T, (int)K, 1.0f, 1.0f, accv);
 }
 
-// grid (key blocks, G, B); the blocks of early keys (the most queries) first
+// blocks of R keys of a kv group (fa_head over B G groups); a group's
+// blocks of early keys (the most queries) first
 template <int D, int P>
 __device__ void fa_backward_dkv(act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v,
                                 const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck,
-                                int accv) {
+                                int accv, i64 B) {
   const int W = D * P, R = FA_THREADS / P;
   __shared__ __align__(16) float qs[FA_TILE][W], dos[FA_TILE][W];
   __shared__ float ls[FA_TILE], ds[FA_TILE];
-  i64 b = blockIdx.z, g = blockIdx.y, j = (i64)blockIdx.x * R + threadIdx.x / P, per = H / G;
+  i64 b, g;
+  if (!fa_head(b, g, B, G)) return;
+  i64 j = (i64)blockIdx.y * R + threadIdx.x / P, per = H / G;
   const act *kr = k + (b * T + j) * G * K + g * K, *vr = v + (b * T + j) * G * K + g * K;
   float kx[D], vx[D], dkx[D], dvx[D];
   fa_row<D, P>(kx, kr, j < T, (int)K, scale);
   fa_row<D, P>(vx, vr, j < T, (int)K, 1.0f);
   for (int e = 0; e < D; e++) dkx[e] = dvx[e] = 0;
   for (i64 h = g * per; h < (g + 1) * per; h++)
-    for (i64 i0 = (i64)blockIdx.x * R / FA_TILE * FA_TILE; i0 < T; i0 += FA_TILE) {
+    for (i64 i0 = (i64)blockIdx.y * R / FA_TILE * FA_TILE; i0 < T; i0 += FA_TILE) {
       __syncthreads();
       fa_tile<W>(qs, q + b * T * H * K + h * K, i0, T, H * K, (int)K);
       fa_tile<W>(dos, dout + b * T * H * K + h * K, i0, T, H * K, (int)K);

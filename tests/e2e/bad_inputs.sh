@@ -57,6 +57,10 @@ MSG="LMC_ATTENTION_ROWS=32: it takes 64 or 128 (query rows a block of attention'
   expect_error env LMC_ATTENTION_ROWS=32 "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
 MSG="LMC_ATTENTION_STAGES=3: it takes 1 or 2 (stages of K and V tiles in attention's forward and dQ)" \
   expect_error env LMC_ATTENTION_STAGES=3 "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
+MSG="LMC_ATTENTION_SECTION=0: it takes a count of heads, 1 or more (heads a section of attention's launch order)" \
+  expect_error env LMC_ATTENTION_SECTION=0 "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
+MSG="LMC_ATTENTION_SECTION=4x: it takes a count of heads, 1 or more (heads a section of attention's launch order)" \
+  expect_error env LMC_ATTENTION_SECTION=4x "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
 MSG="LMC_GEMM_BACKWARD_EPILOGUES=yes: it takes 0 (the GEMM, then kernels) or 1" \
   expect_error env LMC_GEMM_BACKWARD_EPILOGUES=yes "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
 

@@ -531,6 +531,25 @@ int main(int argc, char **argv) {
       c = (Case){names[mp][i][1], rt_inst(OP_ATTENTION_BWD), {{nq}, {nq}, {nk}, {nk}, {rows, F32}, {nq}}, {{nq}, {nk}, {nk}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, true);
+      /* the launch order in sections of 3 heads (8 heads in three, one
+       * spare; 4 kv groups in two of 2) and of 1 */
+      if (i == 1 && !quick) {
+        static char sec[2][2][2][96];
+        Case f = {"", rt_inst(OP_ATTENTION), {{2 * nq}, {nq}, {nq}}, {{2 * nq}, {2 * rows, F32}}};
+        Case bw = {"", rt_inst(OP_ATTENTION_BWD), {{2 * nq}, {2 * nq}, {nq}, {nq}, {2 * rows, F32}, {2 * nq}},
+                  {{2 * nq}, {nq}, {nq}}};
+        f.x.b = bw.x.b = 2, f.x.t = bw.x.t = at[i].t, f.x.h = bw.x.h = 4, f.x.g = bw.x.g = 2, f.x.k = bw.x.k = at[i].k;
+        for (int s = 0; s < 2; s++) {
+          cuda_attention_section(s ? 1 : 3);
+          snprintf(sec[mp][s][0], 96, "attention (B 2, gqa 4:2, T 150, K 40)%s, sections of %d heads", mp ? " bf16" : "",
+                   s ? 1 : 3);
+          snprintf(sec[mp][s][1], 96, "attention_bwd (B 2, gqa 4:2, T 150, K 40)%s, sections of %d heads", mp ? " bf16" : "",
+                   s ? 1 : 3);
+          f.name = sec[mp][s][0], bw.name = sec[mp][s][1];
+          check(f, false), check(bw, true);
+        }
+        cuda_attention_section(0);
+      }
       if (mp && !quick) {   /* dQ with one stage of K and V, the other kernel */
         snprintf(other[i][3], 96, "%s, dQ one stage", names[mp][i][1]);
         cuda_attention_stages(1);
