@@ -295,22 +295,34 @@ extern "C" __global__ void lmc_col_finish(real *out, const real *part, i64 chunk
 // log(sum(exp(r[j]))) of one row, by the whole block, in one pass over the
 // row: each thread keeps its largest value and its sum of exps relative to
 // it (rescaled when the largest grows), 8 elements a step by 16-byte loads
-// where the row allows; then the block's largest and the rescaled sums.
+// (row_parts); then the block's largest and the rescaled sums.
 __device__ __forceinline__ void lse_add(float &mx, float &s, float x) {
   if (x > mx) s = s * expf(mx - x) + 1.0f, mx = x;
   else if (x != NEG_INF) s += expf(x - mx);
 }
+
+// A block's way over a row of v elements at r, of any width and start: the
+// elements before the first 16-byte boundary one a thread (one(j)), then 8
+// a thread-step by 16-byte accesses (eight(j): j.. j + 7), then the last
+// (v - a) % 8 one a thread. (GPT-2's rows of 50257 logits, odd, went one
+// element a thread all along before.)
+template <typename T, typename F1, typename F8>
+__device__ __forceinline__ void row_parts(const T *r, i64 v, F1 one, F8 eight) {
+  i64 a = (16 - (i64)((unsigned long long)r % 16)) % 16 / (i64)sizeof(T);
+  a = a < v ? a : v;
+  i64 b = a + (v - a) / 8 * 8;
+  for (i64 j = threadIdx.x; j < a; j += blockDim.x) one(j);
+  for (i64 j = a + 8 * (i64)threadIdx.x; j < b; j += 8 * (i64)blockDim.x) eight(j);
+  for (i64 j = b + threadIdx.x; j < v; j += blockDim.x) one(j);
+}
+
 template <typename T> __device__ float row_logsumexp(const T *r, i64 v) {
-  float mx = NEG_INF, s = 0, f[8];
-  i64 j = threadIdx.x;
-  if (v % 8 == 0 && al16(r)) {
-    for (i64 e = 8 * (i64)threadIdx.x; e < v; e += 8 * (i64)blockDim.x) {
-      ld8(f, r + e);
-      for (int q = 0; q < 8; q++) lse_add(mx, s, f[q]);
-    }
-    j = v;
-  }
-  for (; j < v; j += blockDim.x) lse_add(mx, s, r[j]);
+  float mx = NEG_INF, s = 0;
+  row_parts(r, v, [&](i64 j) { lse_add(mx, s, r[j]); }, [&](i64 j) {
+    float f[8];
+    ld8(f, r + j);
+    for (int q = 0; q < 8; q++) lse_add(mx, s, f[q]);
+  });
   float m = block_max(mx);
   s = mx == NEG_INF ? 0.0f : s * expf(mx - m);   // a thread without elements, or with all -inf
   return m + logf(block_sum(s));
@@ -1485,17 +1497,12 @@ extern "C" __global__ void lmc_head_dl_rows(real *row_loss, act *l, const int *y
   float z = row_logsumexp(r, v);
   if (threadIdx.x == 0) row_loss[row] = z - r[t];
   __syncthreads();   // the target's logit is read before it is overwritten
-  i64 j = threadIdx.x;
-  if (v % 8 == 0 && al16(r)) {
+  row_parts(r, v, [&](i64 j) { r[j] = scale * (expf(r[j] - z) - (j == t ? 1.0f : 0.0f)); }, [&](i64 j) {
     float f[8];
-    for (i64 e = 8 * (i64)threadIdx.x; e < v; e += 8 * (i64)blockDim.x) {
-      ld8(f, r + e);
-      for (int q = 0; q < 8; q++) f[q] = scale * (expf(f[q] - z) - (e + q == t ? 1.0f : 0.0f));
-      st8(r + e, f);
-    }
-    j = v;
-  }
-  for (; j < v; j += blockDim.x) r[j] = scale * (expf(r[j] - z) - (j == t ? 1.0f : 0.0f));
+    ld8(f, r + j);
+    for (int q = 0; q < 8; q++) f[q] = scale * (expf(f[q] - z) - (j + q == t ? 1.0f : 0.0f));
+    st8(r + j, f);
+  });
 }
 
 // @kernel moe
