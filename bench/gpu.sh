@@ -103,8 +103,11 @@ gpt="--set batch=8 --set seq=1024"
 # MoE on the GPU against its dense twin (same active parameters; no PyTorch anchor for MoE)
 moe="--set D=512 --set H=8 --set G=2 --set L=8 --set batch=8 --set seq=1024"
 if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # the two targets in bf16, each beside torch.compile
+  # (with what cuBLASLt picks for each GEMM, both ways: the weight
+  # gradients with the BGRAD epilogue ran at 346 TFLOP/s in run 16)
+  rowenv=LMC_GEMM_SHOW=1
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16 5 gpt2-124m $gpt --set precision=bf16
-  rowenv=LMC_GEMM_BACKWARD_EPILOGUES=0
+  rowenv="LMC_GEMM_BACKWARD_EPILOGUES=0 LMC_GEMM_SHOW=1"
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-noep 5 gpt2-124m $gpt --set precision=bf16
   rowenv=
   torch_row gpt2-B8-T1024 bf16c torch_gpt2.py 8 1024 bf16c 10

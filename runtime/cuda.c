@@ -140,6 +140,10 @@ static struct {
   CUresult (*destroy)(CUevent);
 } ev;
 
+/* Optional too: what cuBLASLt's heuristic picks (LMC_GEMM_SHOW=1) */
+static cublasStatus_t (*algo_config_get)(const cublasLtMatmulAlgo_t *, cublasLtMatmulAlgoConfigAttributes_t, void *,
+                                         size_t, size_t *);
+
 /* The emulated platform's library: $LMC_CUDA_EMU_LIB, the one this build
  * made, or liblmc_cudaemu.so beside the program. */
 static void *open_emu(void) {
@@ -194,6 +198,7 @@ static bool load_driver(char *why, size_t n) {
   if (!ev.elapsed) *(void **)&ev.elapsed = dlsym(d, "cuEventElapsedTime");
   *(void **)&ev.wait = dlsym(d, "cuStreamWaitEvent"), *(void **)&ev.copy = dlsym(d, "cuMemcpyDtoDAsync_v2");
   *(void **)&ev.destroy = dlsym(d, "cuEventDestroy_v2");
+  *(void **)&algo_config_get = dlsym(b, "cublasLtMatmulAlgoConfigGetAttribute");
   void **f = (void **)&cu;
   for (size_t i = 0; i < sizeof cu / sizeof(void *); i++)
     if (!f[i]) return snprintf(why, n, "a CUDA library lacks a function this build needs"), false;
@@ -616,6 +621,46 @@ static int tuned_algo(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t l[3], un
   return at;
 }
 
+/* LMC_GEMM_SHOW=1: the first time a GEMM of a shape, types and epilogue
+ * runs, what cuBLASLt's heuristic picks for it (as it does for the GEMMs
+ * run without an algorithm of ours), on stderr: its tile (an id of
+ * cublasLt.h's cublasLtMatmulTile_t, 20 is 128x128), split-k, stages and
+ * waves (below 1, part of the GPU idle). For the question runs 11 to 16
+ * left open: GPT-2's weight gradients with the BGRAD epilogue ran at 346
+ * TFLOP/s (run 16's profile), the GEMMs without it at about 800. */
+static bool show_gemms;
+
+static void gemm_show(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t l[3], unsigned ty, bool ta, bool tb, int64_t m,
+                      int64_t n, int64_t k, int ep) {
+  static int64_t seen[256][6];
+  static int nseen;
+  int64_t key[6] = {m, n, k, ty, ep, ta * 2 + tb};
+  for (int i = 0; i < nseen; i++)
+    if (!memcmp(seen[i], key, sizeof key)) return;
+  if (nseen < 256) memcpy(seen[nseen++], key, sizeof key);
+  static const char *eps[] = {"", " bias", " gelu+bias", " bgradb", " bgrada", " dgelu"};
+  cublasLtMatmulPreference_t pref;
+  cublasLtMatmulHeuristicResult_t r;
+  int got = 0;
+  LT(cu.pref_create(&pref));
+  LT(cu.pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace_size, sizeof workspace_size));
+  bool ok = cu.heuristic(lt, desc, l[0], l[1], l[2], l[2], pref, 1, &r, &got) == CUBLAS_STATUS_SUCCESS && got > 0;
+  cu.pref_destroy(pref);
+  fprintf(stderr, "gemm %lld x %lld x %lld%s%s%s%s:", (long long)m, (long long)n, (long long)k, ta ? " A^T" : "",
+          tb ? " B^T" : "", ty & G_A ? " bf16" : "", eps[ep]);
+  if (!ok) {
+    fprintf(stderr, " no algorithm from the heuristic\n");
+    return;
+  }
+  uint32_t tile = 0, split = 0, stages = 0;
+  if (algo_config_get) {
+    algo_config_get(&r.algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof tile, NULL);
+    algo_config_get(&r.algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &split, sizeof split, NULL);
+    algo_config_get(&r.algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages, sizeof stages, NULL);
+  }
+  fprintf(stderr, " tile %u, split-k %u, stages %u, %.2f waves\n", tile, split, stages, r.wavesCount);
+}
+
 /* gemm_t with an epilogue adding bias[n] (of C's type) over C's rows,
  * where bias is not 0, and with aux also GELU's (C = gelu(product + bias),
  * aux = product + bias, laid out as C); or, with bgrad (1: our A, 2: our
@@ -677,6 +722,7 @@ static bool gemm_ep(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t
                                bgrad == 2 ? n : m)
                   : -1;
   const cublasLtMatmulAlgo_t *algo = at >= 0 && lt_algos[at].state == 1 ? &lt_algos[at].algo : NULL;
+  if (show_gemms) gemm_show(desc, l, ty, ta, tb, m, n, k, ep);
   cublasStatus_t rc = cu.matmul(lt, desc, &alpha, (void *)b, l[0], (void *)a, l[1], &beta, (void *)c, l[2], (void *)c,
                                 l[2], algo, (void *)workspace, workspace_size, (cudaStream_t)st);
   if (rc != CUBLAS_STATUS_SUCCESS && algo) {   /* refused for this shape: cuBLASLt's own choice */
@@ -2045,6 +2091,8 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   if (!load_driver(why, n)) return NULL;
   bool events = ev.create && ev.record && ev.sync && ev.elapsed;
   cuda.time_mark = events ? cuda_time_mark : NULL, cuda.time_read = events ? cuda_time_read : NULL;
+  const char *gs = getenv("LMC_GEMM_SHOW");
+  show_gemms = gs && *gs && strcmp(gs, "0");
   const char *np = getenv("LMC_NORM_BWD_ONE_PASS");
   norm_one_pass = np && *np && strcmp(np, "0");
   const char *t = getenv("LMC_GEMM_TUNE");

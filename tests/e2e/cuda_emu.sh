@@ -104,7 +104,16 @@ if [ "$STEPS" -ge 20 ]; then
     fail "LMC_GEMM_BACKWARD_EPILOGUES=0: lmrun failed"
   python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/gpt2_bf16.cuda-emu/metrics.jsonl" "$WORK/gpt2_bf16.noep/metrics.jsonl" \
     "backward epilogues off against on" 1e-3 1e-2 || status=1
-  ran=18
+  # LMC_GEMM_SHOW=1 says what cuBLASLt picks once for each GEMM of a shape,
+  # types and epilogue: GPT-2's step has each epilogue, and no line twice
+  LMC_GEMM_SHOW=1 "$LMRUN" "$WORK/gpt2_bf16" --data "$DATA" --backend cuda-emu --quiet --max-steps 2 --eval-interval 0 \
+    --save-interval 0 --out "$WORK/gpt2_bf16.show" 2>"$WORK/show" || fail "LMC_GEMM_SHOW=1: lmrun failed"
+  for ep in bias gelu+bias bgrada dgelu; do
+    grep -q "^gemm [0-9]* x [0-9]* x [0-9]*.* bf16 $ep: tile [0-9]*, split-k [0-9]*, stages [0-9]*, [0-9.]* waves$" \
+      "$WORK/show" || fail "LMC_GEMM_SHOW=1: no $ep GEMM said"
+  done
+  [ "$(sort "$WORK/show" | uniq -d)" = "" ] || fail "LMC_GEMM_SHOW=1: a GEMM said twice"
+  ran=19
 fi
 # tf32 and bf16 products: the loss within 2e-3 and 1e-2, the gradient
 # norm, which drifts, within 3e-2 and 5e-2
