@@ -113,6 +113,8 @@ if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # the issue's two targets in bf16, ea
   torch_row gpt2-B8-T1024 bf16c torch_gpt2.py 8 1024 bf16c 10
   lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16 3 llama-large --set precision=bf16
   lmc_row moe-8x2-D512 cuda-medium:cuda-bf16 5 moe-tiny $moe --set F=688 --set precision=bf16
+  rowenv=LMC_MOE_SPLIT=3   # (the weight gradients in 3 parts, which runtime/cuda.c's model says is slower here)
+  lmc_row moe-8x2-D512 cuda-medium:cuda-bf16-split3 5 moe-tiny $moe --set F=688 --set precision=bf16
   rowenv=LMC_MOE_GROUPED=0
   lmc_row moe-8x2-D512 cuda-medium:cuda-bf16-ungrouped 5 moe-tiny $moe --set F=688 --set precision=bf16
   rowenv=

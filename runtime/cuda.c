@@ -101,6 +101,7 @@ static CUdeviceptr workspace, scratch_rows, scratch_part;
 static size_t workspace_size = 32 << 20, scratch_rows_n;
 static int sm;   /* compute capability, e.g. 90 */
 static int l2_bytes;   /* the device's L2 cache */
+static int sm_count;   /* its multiprocessors */
 static int precision = MP_MEDIUM;   /* MP_HIGHEST, MP_HIGH, MP_MEDIUM: cuda_matmul_precision */
 static bool storage16;   /* the bundle's kernels store activations in bf16 (`typedef bf16 act;`) */
 
@@ -1235,15 +1236,50 @@ static void gg_mm(const RtInst *x, CUdeviceptr C, CUdeviceptr A, CUdeviceptr B, 
   launch_smem("lmc_moe_mm", (unsigned)((x->m + 127) / 128 + seg), (unsigned)((n + 127) / 128), 1, 256, GG_SMEM_MM, a);
 }
 
+/* The parts lmc_moe_mm_tn splits each expert's rows into (split-k). A
+ * weight gradient has few tiles and each block runs over all its expert's
+ * rows: the bench's MoE (8 experts, D 512, F 688) gives 352 blocks for
+ * w1's gradient and 192 for w2's, 1.33 and 0.73 waves of an H200's 264
+ * slots (two blocks an SM). Parts fill the waves but write partial sums
+ * that lmc_moe_parts_sum then reads back: of 1 to 8, the fewest
+ * microseconds by a model of an H100 or H200, the waves times a part's
+ * chunks of 64 rows at 0.93 us a chunk (a 128 x 128 x 64 product at 4.5
+ * TFLOP/s an SM, two blocks sharing it), plus the sums' pass at 3 TB/s;
+ * the rows as if the experts shared them evenly (their counts are on the
+ * device). It keeps 1 part at the bench's shape (w1's: 60 us against 67
+ * at 2 parts) and splits where an expert's rows are many and its weight
+ * small (16384 rows a w1 of 512 x 1376: 3 parts). LMC_MOE_SPLIT=N
+ * (cuda_moe_split) asks for N. */
+static int moe_split_asked;
+void cuda_moe_split(int parts) { moe_split_asked = parts; }
+static CUdeviceptr gg_work;
+static size_t gg_work_n;
+
+static int gg_parts(i64 blocks, i64 rows_per_expert, i64 total, bool acc) {
+  if (moe_split_asked) return moe_split_asked;
+  double chunks = (double)((rows_per_expert + 63) / 64), best = 0;
+  i64 slots = 2 * (i64)(sm_count > 0 ? sm_count : 1);
+  int parts = 1;
+  for (int s = 1; s <= 8; s++) {
+    double us = (double)((blocks * s + slots - 1) / slots) * (chunks / s) * 0.93;
+    if (s > 1) us += (double)(s + 1 + acc) * (double)total * 4 / 3e6;   /* bytes at 3 TB/s, in us */
+    if (s == 1 || us < best) best = us, parts = s;
+  }
+  return parts;
+}
+
 /* C_e (+)= A' B over expert e's rows: a weight's gradient, fp32 [m, n] */
 static void gg_tn(const RtInst *x, CUdeviceptr C, CUdeviceptr A, CUdeviceptr B, const void *counts, i64 m, i64 n,
                   i64 lda, i64 ldb, unsigned ty, int acc) {
   CUdeviceptr cnt = dptr(counts);
-  i64 seg = x->seg, ne = x->e, ldc = n, sC = m * n;
-  int flags = (int)ty;
-  void *a[] = {&C, &A, &B, &cnt, &seg, &ne, &m, &n, &lda, &ldb, &ldc, &sC, &flags, &acc};
-  launch_smem("lmc_moe_mm_tn", (unsigned)((m + 127) / 128), (unsigned)((n + 127) / 128), (unsigned)ne, 256, GG_SMEM_TN,
-              a);
+  i64 seg = x->seg, ne = x->e, ldc = n, sC = m * n, mt = (m + 127) / 128, nt = (n + 127) / 128, total = ne * sC;
+  int flags = (int)ty, parts = gg_parts(mt * nt * ne, x->m / ne, total, acc);
+  CUdeviceptr W = parts > 1 ? scratch(&gg_work, &gg_work_n, (size_t)(parts * total)) : 0;
+  void *a[] = {&C, &W, &A, &B, &cnt, &seg, &ne, &m, &n, &lda, &ldb, &ldc, &sC, &flags, &acc, &parts};
+  launch_smem("lmc_moe_mm_tn", (unsigned)mt, (unsigned)nt, (unsigned)(ne * parts), 256, GG_SMEM_TN, a);
+  if (parts == 1) return;
+  void *s[] = {&C, &W, &total, &parts, &acc};
+  launch("lmc_moe_parts_sum", grid_for(total), s);
 }
 
 /* One GEMM per segment: C rows r0.. of each, expert s % e's weights. */
@@ -2085,6 +2121,8 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
       !env_count("LMC_ATTENTION_SECTION", "a count of heads, 1 or more (heads a section of attention's launch order)",
                  &section_asked, why, n) ||
       !env_choice("LMC_GEMM_BACKWARD_EPILOGUES", 0, 1, "0 (the GEMM, then kernels) or 1", &ep, why, n) ||
+      !env_count("LMC_MOE_SPLIT", "a count of parts, 1 or more (split-k of the MoE weight gradients' grouped GEMMs)",
+                 &moe_split_asked, why, n) ||
       !env_choice("LMC_MOE_GROUPED", 0, 1, "0 (a GEMM a segment, counts on the host) or 1", &grouped, why, n))
     return NULL;
   bwd_epilogues = ep, moe_grouped_off = !grouped;
@@ -2106,6 +2144,7 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   CK(cu.attr(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev));
   CK(cu.attr(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev));
   CK(cu.attr(&l2_bytes, CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE, dev));
+  CK(cu.attr(&sm_count, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev));
   sm = major * 10 + minor;
   CK(cu.retain(&ctx, dev));
   CK(cu.set_current(ctx));

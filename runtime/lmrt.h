@@ -283,6 +283,10 @@ void cuda_attention_stages(int stages);
  * as half the L2 holds the data of, 1 each head's blocks together;
  * $LMC_ATTENTION_SECTION sets it. */
 void cuda_attention_section(int heads);
+/* The parts (split-k) the grouped GEMMs of MoE weight gradients split each
+ * expert's rows into: 0 (the default) by the waves they fill, or N;
+ * $LMC_MOE_SPLIT sets it. */
+void cuda_moe_split(int parts);
 /* A norm's backward in one pass (off by default; $LMC_NORM_BWD_ONE_PASS=1
  * turns it on at cuda_backend) */
 void cuda_norm_bwd_one_pass(bool on);

@@ -1961,22 +1961,29 @@ struct GgChunks {
 
 // C_e[m, n] (+)= sum over the rows r of expert e's segments of A[r, :m]'
 // B[r, :n] (C_e = C + e sC, fp32: a weight's gradient), the rows in order.
-// Grid (m tiles, n tiles, ne).
-extern "C" __global__ void __launch_bounds__(GG_THREADS) lmc_moe_mm_tn(real *C, const void *A, const void *B,
+// Grid (m tiles, n tiles, ne parts): with parts past 1 (split-k) block
+// (.., e + ne p) takes the p-th of `parts` runs of the expert's chunks of
+// rows and writes its sums to W_p,e = W + (p ne + e) sC, which
+// lmc_moe_parts_sum adds up in part order.
+extern "C" __global__ void __launch_bounds__(GG_THREADS) lmc_moe_mm_tn(real *C, real *W, const void *A, const void *B,
                                                                        const real *counts, i64 seg, i64 ne, i64 m, i64 n,
                                                                        i64 lda, i64 ldb, i64 ldc, i64 sC, int flags,
-                                                                       int accum) {
+                                                                       int accum, int parts) {
   extern __shared__ __align__(16) unsigned short gg_smem[];
   unsigned short(*sa)[GG_SA_TN] = (unsigned short(*)[GG_SA_TN])gg_smem, (*sb)[GG_SA_TN] = sa + 2;
-  i64 m0 = blockIdx.x * (i64)GG_BM, n0 = blockIdx.y * (i64)GG_BN, e = blockIdx.z;
+  i64 m0 = blockIdx.x * (i64)GG_BM, n0 = blockIdx.y * (i64)GG_BN, e = blockIdx.z % ne, p = blockIdx.z / ne;
   int warp = threadIdx.x / 32, wm = warp % 2, wn = warp / 2, ao, bo;
   gg_offsets<true, true>(&ao, &bo, wm, wn);
+  i64 chunks = 0;   // the expert's, GgChunks' way: a segment's rows GG_BK at a time
+  for (i64 s = e; s < seg; s += ne) chunks += ((i64)counts[s] + GG_BK - 1) / GG_BK;
+  i64 skip = p * chunks / parts, left = (p + 1) * chunks / parts - skip;
   float acc[4][4][4];
   for (int mt = 0; mt < 4; mt++)
     for (int nt = 0; nt < 4; nt++) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0;
   GgChunks ch = {counts, seg, ne, e, -1, 0, 0};
   i64 a0, a1, b0, b1;
-  bool have = ch.next(&a0, &a1);
+  while (skip-- > 0) ch.next(&a0, &a1);
+  bool have = left-- > 0 && ch.next(&a0, &a1);
   int stage = 0;
   if (have) {
     gg_tile<GG_BK, GG_BM, GG_BM + 8>(sa[0], A, flags & 1, lda, a0, a1, m0, m);
@@ -1984,7 +1991,7 @@ extern "C" __global__ void __launch_bounds__(GG_THREADS) lmc_moe_mm_tn(real *C, 
     lmc_cp_async_commit();
   }
   while (have) {
-    bool more = ch.next(&b0, &b1);
+    bool more = left-- > 0 && ch.next(&b0, &b1);
     if (more) {
       gg_tile<GG_BK, GG_BM, GG_BM + 8>(sa[stage ^ 1], A, flags & 1, lda, b0, b1, m0, m);
       gg_tile<GG_BK, GG_BN, GG_BN + 8>(sb[stage ^ 1], B, flags & 2, ldb, b0, b1, n0, n);
@@ -1996,7 +2003,18 @@ extern "C" __global__ void __launch_bounds__(GG_THREADS) lmc_moe_mm_tn(real *C, 
     __syncthreads();
     have = more, stage ^= 1;
   }
-  gg_put(C + e * sC, false, ldc, acc, m0 + wm * 64, m, n0 + wn * 32, n, accum);
+  if (parts > 1) gg_put(W + (p * ne + e) * sC, false, ldc, acc, m0 + wm * 64, m, n0 + wn * 32, n, 0);
+  else gg_put(C + e * sC, false, ldc, acc, m0 + wm * 64, m, n0 + wn * 32, n, accum);
+}
+
+// C[i] (+)= W[0][i] + W[1][i] + .., lmc_moe_mm_tn's parts in order (the
+// same bits every run)
+extern "C" __global__ void lmc_moe_parts_sum(real *C, const real *W, i64 total, int parts, int accum) {
+  GRID_LOOP(i, total) {
+    float s = 0;
+    for (int p = 0; p < parts; p++) s += W[p * total + i];
+    PUT(C, i, s, accum);
+  }
 }
 
 // @kernel cast

@@ -747,6 +747,22 @@ int main(int argc, char **argv) {
       c = (Case){names[i][sw][3], rt_inst(OP_MOE_DOWN_BWD), {{R * D}, {R * Fg}, w, cnt}, {{R * Fg}, wg}};
       c.x.m = R, c.x.d = D, c.x.n = Fg, c.x.seg = Eg, c.x.e = Eg;
       check(c, true);
+      /* the weight gradients' split-k: the runtime's choice for these few
+       * tiles is 5 parts (most of them empty), here 1 and 2 (an expert's
+       * ~150 rows in 3 chunks: parts of 1 and 2) */
+      for (int parts = 1; parts <= 2 && i == 1; parts++) {
+        static char split[2][2][80];
+        cuda_moe_split(parts);
+        snprintf(split[parts - 1][0], 80, "%s, %d part%s", names[i][sw][1], parts, parts > 1 ? "s" : "");
+        snprintf(split[parts - 1][1], 80, "%s, %d part%s", names[i][sw][3], parts, parts > 1 ? "s" : "");
+        c = (Case){split[parts - 1][0], rt_inst(OP_MOE_UP_BWD), {{R * Fg}, {R * D}, w, w, cnt, {R * hw}}, {{R * D}, wg, wg}};
+        c.x.m = R, c.x.d = D, c.x.n = Fg, c.x.seg = Eg, c.x.e = Eg;
+        check(c, true);
+        c = (Case){split[parts - 1][1], rt_inst(OP_MOE_DOWN_BWD), {{R * D}, {R * Fg}, w, cnt}, {{R * Fg}, wg}};
+        c.x.m = R, c.x.d = D, c.x.n = Fg, c.x.seg = Eg, c.x.e = Eg;
+        check(c, true);
+      }
+      cuda_moe_split(0);
     }
   cuda_matmul_precision(MP_HIGHEST);
   tol = tol_base;
