@@ -650,7 +650,8 @@ __device__ void fa_forward(act *o, real *lse, const act *q, const act *k, const 
   __shared__ __align__(16) float ks[FA_TILE][W], vs[FA_TILE][W];
   i64 b, h;
   if (!fa_head(b, h, B, H)) return;
-  i64 g = h / (H / G), i0 = (i64)(gridDim.y - 1 - blockIdx.y) * R, i = i0 + threadIdx.x / P, last = (i0 + R < T ? i0 + R : T) - 1;
+  i64 g = h / (H / G), i0 = (i64)(gridDim.y - 1 - blockIdx.y) * R, i = i0 + threadIdx.x / P;
+  i64 last = (i0 + R < T ? i0 + R : T) - 1;
   const act *kb = k + b * T * G * K + g * K, *vb = v + b * T * G * K + g * K;
   float qr[D], acc[D], m = NEG_INF, l = 0;
   fa_row<D, P>(qr, q + ((b * T + i) * H + h) * K, i < T, (int)K, scale);
@@ -1068,7 +1069,8 @@ __device__ void fa_backward_dq(act *dq, const act *dout, const act *q, const act
   __shared__ __align__(16) float ks[FA_TILE][W], vs[FA_TILE][W];
   i64 b, h;
   if (!fa_head(b, h, B, H)) return;
-  i64 g = h / (H / G), i0 = (i64)(gridDim.y - 1 - blockIdx.y) * R, i = i0 + threadIdx.x / P, last = (i0 + R < T ? i0 + R : T) - 1;
+  i64 g = h / (H / G), i0 = (i64)(gridDim.y - 1 - blockIdx.y) * R, i = i0 + threadIdx.x / P;
+  i64 last = (i0 + R < T ? i0 + R : T) - 1;
   const act *kb = k + b * T * G * K + g * K, *vb = v + b * T * G * K + g * K;
   float qr[D], dor[D], dqr[D];
   fa_row<D, P>(qr, q + ((b * T + i) * H + h) * K, i < T, (int)K, scale);
