@@ -85,13 +85,12 @@ attention_row() {
   # the other kernels, side by side (head dims to 96): the forward at 128
   # query rows a block (2.5x slower in run 16, its registers then in local
   # memory), and (forward and dQ) with one stage of K and V (the kernels of
-  # runs 15 and 16; two became the default untimed); dQ at
-  # 64 rows and, at head dims 65..96, dK/dV at 32 queries a step in three
-  # blocks an SM (the defaults before runs 16 and 15)
+  # runs 15 and 16; two became the default untimed). (dQ at 64 rows and
+  # dK/dV at 32 queries, slower in runs 16 and 15, are no longer timed
+  # here: LMC_ATTENTION_ROWS=64 LMC_ATTENTION_DKV_QT=32 runs them.)
   if [ "$k" -le 96 ]; then
     LMC_ATTENTION_ROWS=128 timeout 120 "$(dirname "$bench")/bench_attention" "$work/a" 20 cuda 2>&1
     LMC_ATTENTION_STAGES=1 timeout 120 "$(dirname "$bench")/bench_attention" "$work/a" 20 cuda 2>&1
-    LMC_ATTENTION_ROWS=64 LMC_ATTENTION_DKV_QT=32 timeout 120 "$(dirname "$bench")/bench_attention" "$work/a" 20 cuda 2>&1
   fi
   [ $torch_ok = 1 ] && env -u LD_LIBRARY_PATH timeout 120 $py "$root/bench/attention_torch.py" "$b" "$t" "$h" "$g" "$k" 20 2>&1 | tail -3
 }
