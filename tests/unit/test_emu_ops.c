@@ -532,8 +532,9 @@ int main(int argc, char **argv) {
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, true);
       /* the launch order in sections of 3 heads (8 heads in three, one
-       * spare; 4 kv groups in two of 2) and of 1 */
-      if (i == 1 && !quick) {
+       * spare; 4 kv groups in two of 2) and of 1 (fp32 storage only: the
+       * order is read off the grid alike in bf16's kernels) */
+      if (i == 1 && !quick && !bf) {
         static char sec[2][2][2][96];
         Case f = {"", rt_inst(OP_ATTENTION), {{2 * nq}, {nq}, {nq}}, {{2 * nq}, {2 * rows, F32}}};
         Case bw = {"", rt_inst(OP_ATTENTION_BWD), {{2 * nq}, {2 * nq}, {nq}, {nq}, {2 * rows, F32}, {2 * nq}},
@@ -750,7 +751,7 @@ int main(int argc, char **argv) {
       /* the weight gradients' split-k: the runtime's choice for these few
        * tiles is 5 parts (most of them empty), here 1 and 2 (an expert's
        * ~150 rows in 3 chunks: parts of 1 and 2) */
-      for (int parts = 1; parts <= 2 && i == 1; parts++) {
+      for (int parts = 1; parts <= 2 && i == 1 && !bf; parts++) {   /* (fp32 storage: the split is storage's alike) */
         static char split[2][2][80];
         cuda_moe_split(parts);
         snprintf(split[parts - 1][0], 80, "%s, %d part%s", names[i][sw][1], parts, parts > 1 ? "s" : "");
