@@ -1274,6 +1274,7 @@ static void gg_tn(const RtInst *x, CUdeviceptr C, CUdeviceptr A, CUdeviceptr B, 
   CUdeviceptr cnt = dptr(counts);
   i64 seg = x->seg, ne = x->e, ldc = n, sC = m * n, mt = (m + 127) / 128, nt = (n + 127) / 128, total = ne * sC;
   int flags = (int)ty, parts = gg_parts(mt * nt * ne, x->m / ne, total, acc);
+  if (ne * parts > 65535) parts = (int)(65535 / ne > 1 ? 65535 / ne : 1);   /* a grid's z */
   CUdeviceptr W = parts > 1 ? scratch(&gg_work, &gg_work_n, (size_t)(parts * total)) : 0;
   void *a[] = {&C, &W, &A, &B, &cnt, &seg, &ne, &m, &n, &lda, &ldb, &ldc, &sC, &flags, &acc, &parts};
   launch_smem("lmc_moe_mm_tn", (unsigned)mt, (unsigned)nt, (unsigned)(ne * parts), 256, GG_SMEM_TN, a);
@@ -2093,15 +2094,15 @@ static bool env_choice(const char *name, int a, int b, const char *what, int *v,
   return *v = (int)x, true;
 }
 
-/* A knob that takes a count, 1 or more, into *v (left as it is when
+/* A knob that takes a count from 1 to max into *v (left as it is when
  * unset or empty); anything else is false, with "NAME=VALUE: it takes "
  * and what in why. */
-static bool env_count(const char *name, const char *what, int *v, char *why, size_t n) {
+static bool env_count(const char *name, long max, const char *what, int *v, char *why, size_t n) {
   const char *s = getenv(name);
   if (!s || !*s) return true;
   char *end;
   long x = strtol(s, &end, 10);
-  if (*end || x < 1 || x > INT_MAX) return snprintf(why, n, "%s=%s: it takes %s", name, s, what), false;
+  if (*end || x < 1 || x > max) return snprintf(why, n, "%s=%s: it takes %s", name, s, what), false;
   return *v = (int)x, true;
 }
 
@@ -2118,10 +2119,10 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
                   &rows_asked, why, n) ||
       !env_choice("LMC_ATTENTION_STAGES", 1, 2, "1 or 2 (stages of K and V tiles in attention's forward and dQ)",
                   &kv_stages, why, n) ||
-      !env_count("LMC_ATTENTION_SECTION", "a count of heads, 1 or more (heads a section of attention's launch order)",
+      !env_count("LMC_ATTENTION_SECTION", INT_MAX, "a count of heads, 1 or more (heads a section of attention's launch order)",
                  &section_asked, why, n) ||
       !env_choice("LMC_GEMM_BACKWARD_EPILOGUES", 0, 1, "0 (the GEMM, then kernels) or 1", &ep, why, n) ||
-      !env_count("LMC_MOE_SPLIT", "a count of parts, 1 or more (split-k of the MoE weight gradients' grouped GEMMs)",
+      !env_count("LMC_MOE_SPLIT", 64, "a count of parts from 1 to 64 (split-k of the MoE weight gradients' grouped GEMMs)",
                  &moe_split_asked, why, n) ||
       !env_choice("LMC_MOE_GROUPED", 0, 1, "0 (a GEMM a segment, counts on the host) or 1", &grouped, why, n))
     return NULL;

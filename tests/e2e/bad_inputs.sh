@@ -61,8 +61,8 @@ MSG="LMC_ATTENTION_SECTION=0: it takes a count of heads, 1 or more (heads a sect
   expect_error env LMC_ATTENTION_SECTION=0 "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
 MSG="LMC_ATTENTION_SECTION=4x: it takes a count of heads, 1 or more (heads a section of attention's launch order)" \
   expect_error env LMC_ATTENTION_SECTION=4x "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
-MSG="LMC_MOE_SPLIT=0: it takes a count of parts, 1 or more (split-k of the MoE weight gradients' grouped GEMMs)" \
-  expect_error env LMC_MOE_SPLIT=0 "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
+MSG="LMC_MOE_SPLIT=65: it takes a count of parts from 1 to 64 (split-k of the MoE weight gradients' grouped GEMMs)" \
+  expect_error env LMC_MOE_SPLIT=65 "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
 MSG="LMC_GEMM_BACKWARD_EPILOGUES=yes: it takes 0 (the GEMM, then kernels) or 1" \
   expect_error env LMC_GEMM_BACKWARD_EPILOGUES=yes "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
 
