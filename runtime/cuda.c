@@ -2082,28 +2082,23 @@ static bool nccl_setup(void *emu, char *why, size_t n) {
   return true;
 }
 
-/* A knob of the environment that takes one of two numbers, a or b, into
- * *v (left as it is when unset or empty); anything else is false, with
- * "NAME=VALUE: it takes " and what in why. */
-static bool env_choice(const char *name, int a, int b, const char *what, int *v, char *why, size_t n) {
+/* A knob of the environment that takes a number from lo to hi (ends:
+ * lo or hi alone) into *v, left as it is when unset or empty; anything
+ * else is false, with "NAME=VALUE: it takes " and what in why. */
+static bool env_int(const char *name, long lo, long hi, bool ends, const char *what, int *v, char *why, size_t n) {
   const char *s = getenv(name);
   if (!s || !*s) return true;
   char *end;
   long x = strtol(s, &end, 10);
-  if (*end || (x != a && x != b)) return snprintf(why, n, "%s=%s: it takes %s", name, s, what), false;
+  if (*end || x < lo || x > hi || (ends && x != lo && x != hi))
+    return snprintf(why, n, "%s=%s: it takes %s", name, s, what), false;
   return *v = (int)x, true;
 }
-
-/* A knob that takes a count from 1 to max into *v (left as it is when
- * unset or empty); anything else is false, with "NAME=VALUE: it takes "
- * and what in why. */
+static bool env_choice(const char *name, int a, int b, const char *what, int *v, char *why, size_t n) {
+  return env_int(name, a, b, true, what, v, why, n);
+}
 static bool env_count(const char *name, long max, const char *what, int *v, char *why, size_t n) {
-  const char *s = getenv(name);
-  if (!s || !*s) return true;
-  char *end;
-  long x = strtol(s, &end, 10);
-  if (*end || x < 1 || x > max) return snprintf(why, n, "%s=%s: it takes %s", name, s, what), false;
-  return *v = (int)x, true;
+  return env_int(name, 1, max, false, what, v, why, n);
 }
 
 /* The CUDA backend for the bundle in dir, on a GPU or on the emulated

@@ -51,20 +51,17 @@ sed 's/^  run bwd mb=0$/  run bwd mb=0 from=0 to=3\n  run bwd mb=0 from=4 to=5/'
 MSG="a backward segment does not start where the microbatch's last one ended" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
 sed 's/^  run bwd mb=0$/  run bwd mb=0\n  allreduce grad off=0 n=16 group=dp async/' "$WORK/b/rank0.sched" > "$WORK/broken/rank0.sched"
 MSG="an asynchronous allreduce with no wait after it" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
-MSG="LMC_ATTENTION_DKV_QT=48: it takes 32 or 64 (queries a step of dK/dV)" \
-  expect_error env LMC_ATTENTION_DKV_QT=48 "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
-MSG="LMC_ATTENTION_ROWS=32: it takes 64 or 128 (query rows a block of attention's forward and dQ)" \
-  expect_error env LMC_ATTENTION_ROWS=32 "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
-MSG="LMC_ATTENTION_STAGES=3: it takes 1 or 2 (stages of K and V tiles in attention's forward and dQ)" \
-  expect_error env LMC_ATTENTION_STAGES=3 "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
-MSG="LMC_ATTENTION_SECTION=0: it takes a count of heads, 1 or more (heads a section of attention's launch order)" \
-  expect_error env LMC_ATTENTION_SECTION=0 "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
-MSG="LMC_ATTENTION_SECTION=4x: it takes a count of heads, 1 or more (heads a section of attention's launch order)" \
-  expect_error env LMC_ATTENTION_SECTION=4x "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
-MSG="LMC_MOE_SPLIT=65: it takes a count of parts from 1 to 64 (split-k of the MoE weight gradients' grouped GEMMs)" \
-  expect_error env LMC_MOE_SPLIT=65 "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
-MSG="LMC_GEMM_BACKWARD_EPILOGUES=yes: it takes 0 (the GEMM, then kernels) or 1" \
-  expect_error env LMC_GEMM_BACKWARD_EPILOGUES=yes "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
+# a CUDA knob set to what it does not take: "SETTING: it takes WHAT", exactly
+bad_knob() {
+  MSG="$1: it takes $2" expect_error env "$1" "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
+}
+bad_knob LMC_ATTENTION_DKV_QT=48 "32 or 64 (queries a step of dK/dV)"
+bad_knob LMC_ATTENTION_ROWS=32 "64 or 128 (query rows a block of attention's forward and dQ)"
+bad_knob LMC_ATTENTION_STAGES=3 "1 or 2 (stages of K and V tiles in attention's forward and dQ)"
+bad_knob LMC_ATTENTION_SECTION=0 "a count of heads, 1 or more (heads a section of attention's launch order)"
+bad_knob LMC_ATTENTION_SECTION=4x "a count of heads, 1 or more (heads a section of attention's launch order)"
+bad_knob LMC_MOE_SPLIT=65 "a count of parts from 1 to 64 (split-k of the MoE weight gradients' grouped GEMMs)"
+bad_knob LMC_GEMM_BACKWARD_EPILOGUES=yes "0 (the GEMM, then kernels) or 1"
 
 cp -r "$CK" "$WORK/flip"
 printf '\001' | dd of="$WORK/flip/rank0.ckpt" bs=1 seek=5000 conv=notrunc 2>/dev/null
