@@ -68,8 +68,9 @@ int main(int argc, char **argv) {
   double flops = 2.0 * B * H * T * T * K;   /* causal: half of 4 b h t^2 k */
   printf("attention: b %lld t %lld h %lld (kv %lld) k %lld, %s storage, %s", (long long)B, (long long)T,
          (long long)H, (long long)G, (long long)K, h ? "bf16" : "fp32", be->name);
-  const char *knobs[] = {"LMC_ATTENTION_DKV_QT", "LMC_ATTENTION_ROWS", "LMC_ATTENTION_STAGES", "LMC_ATTENTION_SECTION"};
-  for (int i = 0; i < 4; i++) {   /* the kernels asked for, where not the defaults */
+  const char *knobs[] = {"LMC_ATTENTION_DKV_QT", "LMC_ATTENTION_ROWS", "LMC_ATTENTION_STAGES", "LMC_ATTENTION_SECTION",
+                         "LMC_ATTENTION_WGMMA"};
+  for (int i = 0; i < 5; i++) {   /* the kernels asked for, where not the defaults */
     const char *s = getenv(knobs[i]);
     if (s && *s) printf(", %s=%s", knobs[i], s);
   }

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """sass_loops.py: the instructions a kernel's main loop issues, from its SASS,
-without a GPU. Compiles a bundle's kernels.cu with NVRTC for sm_90 (as the
-runtime does), disassembles the cubin with cuobjdump and prints, for each
+without a GPU. Compiles a bundle's kernels.cu with NVRTC for sm_90a (as the
+runtime does on compute capability 9.0), disassembles the cubin with cuobjdump and prints, for each
 kernel named, the loop with the most mma in it: its instructions, its mma
 and the mix.
 
-  bench/sass_loops.py BUNDLE_DIR [NAME_SUBSTRING ...] [--hot] [--arch sm_90]
+  bench/sass_loops.py BUNDLE_DIR [NAME_SUBSTRING ...] [--hot] [--arch sm_90a]
 
 --hot cuts the kernels' cold paths out of a copy of the source first (the
 fp32 and unaligned tile loads, the causal mask, the skipped tiles: see HOT
@@ -17,7 +17,8 @@ run two a turn, one per stage, so their counts are two tiles'.
 
 cuobjdump is not in the toolkit image here: `pip download
 nvidia-cuda-cuobjdump --no-deps` and unzip the wheel, then point CUOBJDUMP
-at its bin/cuobjdump (or put it on PATH). The counts are static: a loop
+at its bin/cuobjdump (or put it on PATH); cuobjdump 13.5 also wants
+nvdisasm (the nvidia-cuda-nvdisasm wheel; NVDISASM_PATH at its bin). The counts are static: a loop
 inside the main loop (a rolled copy loop) counts once.
 """
 import collections, ctypes, os, re, shutil, subprocess, sys, tempfile
@@ -32,6 +33,8 @@ HOT = [
     ("bool live = k0 < w0 + 16 * MT;", "bool live = true;"),
     ("bool diag = k0 + NS - 1 > w0;", "bool diag = false;"),
     ("bool diag = i0 < j0 + FM_ROWS - 1;", "bool diag = false;"),
+    ("bool async = FmAsync<S>::ok(src, stride, K);", "bool async = true;"),
+    ("fm_softmax<KP>(s, m, l, acc, j0 + FW_ROWS - 1 > w0, j0, r0);", "fm_softmax<KP>(s, m, l, acc, false, j0, r0);"),
     ("    return;\n  }\n  for (int e = threadIdx.x; e < R * C / 8; e += GG_THREADS) {",
      "    return;\n  }\n  if (R) return;\n  for (int e = threadIdx.x; e < R * C / 8; e += GG_THREADS) {"),
 ]
@@ -69,14 +72,14 @@ def instructions(sass):
 
 
 def main_loop(ins):
-    """the backward branch whose body holds the most mma (HMMA)"""
+    """the backward branch whose body holds the most mma (HMMA, or the warpgroup's HGMMA)"""
     best = None
     for a, text in ins:
         m = re.search(r"\bBRA (0x[0-9a-f]+)", text)
         if not m or "DIV" in text or int(m.group(1), 16) >= a:
             continue
         body = [t for b, t in ins if int(m.group(1), 16) <= b <= a]
-        mma = sum(t.split()[0].startswith("HMMA") or " HMMA" in t for t in body)
+        mma = sum(re.search(r"(^|\s)HG?MMA", t) is not None for t in body)
         if best is None or mma > best[0] or (mma == best[0] and len(body) < len(best[1])):
             best = (mma, body)
     return best
@@ -84,7 +87,7 @@ def main_loop(ins):
 
 def main(argv):
     args = [a for a in argv if not a.startswith("--")]
-    hot, arch = "--hot" in argv, "sm_90"
+    hot, arch = "--hot" in argv, "sm_90a"
     if "--arch" in argv:
         arch = argv[argv.index("--arch") + 1]
         args.remove(arch)

@@ -90,6 +90,12 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
               "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, "
               "float scale, i64 B) {\n  fm_forward<%d, 1, false, true>(o, lse, q, k, v, T, H, G, K, scale, B);\n}\n", mb, K,
               kp);
+    /* and on the warpgroup's matrix instructions (sm_90a: the runtime's
+     * LMC_ATTENTION_WGMMA=1) */
+    if (k <= 128)
+      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_wg_k%lld("
+              "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, "
+              "float scale, i64 B) {\n  fw_forward<%d>(o, lse, q, k, v, T, H, G, K, scale, B);\n}\n", mb, K, kp);
     return;
   }
   if (k <= 128) {

@@ -227,7 +227,7 @@ static char *read_text(const char *path) {
 static char *compile_cubin(const char *src, const char *name, size_t *n) {
   nvrtcProgram prog;
   char arch[32];
-  snprintf(arch, sizeof arch, "--gpu-architecture=sm_%d", sm);
+  snprintf(arch, sizeof arch, "--gpu-architecture=sm_%d%s", sm, sm == 90 ? "a" : "");   /* 9.0: wgmma (sm_90a) */
   const char *opts[] = {arch, "--std=c++17", "-default-device"};
   if (cu.create(&prog, src, name, 0, NULL, NULL) != NVRTC_SUCCESS) rt_die("NVRTC: cannot create a program");
   nvrtcResult rc = cu.compile(prog, 3, opts);
@@ -259,8 +259,9 @@ static void load_kernels(const char *dir) {
   const char *home = getenv("XDG_CACHE_HOME");
   snprintf(cache, sizeof cache, "%s%s/lmc/kernels", home ? home : getenv("HOME") ? getenv("HOME") : "/tmp",
            home ? "" : "/.cache");
-  snprintf(file, sizeof file, "%s/%016llx-sm_%d%s.cubin", cache,
-           (unsigned long long)rt_fnv1a(src, strlen(src), 0xcbf29ce484222325ULL), sm, emulated ? "-emu" : "");
+  snprintf(file, sizeof file, "%s/%016llx-sm_%d%s%s.cubin", cache,
+           (unsigned long long)rt_fnv1a(src, strlen(src), 0xcbf29ce484222325ULL), sm, sm == 90 ? "a" : "",
+           emulated ? "-emu" : "");
   size_t n = 0;
   char *bin = NULL;
   FILE *f = fopen(file, "rb");
@@ -826,6 +827,17 @@ static bool fm_s2(i64 k, bool fwd) {
   return kv_stages == 2 && (k + 15) / 16 * 16 <= 96 && fm_rows(k, fwd) == (fwd ? 64 : 128);
 }
 
+/* The forward on Hopper's warpgroup matrix instructions (kernels.cu's
+ * fw_forward, lmc_attention_wg_kK: Q's fragments in registers, K and V
+ * read by the tensor cores from shared memory, no ldmatrix of either),
+ * on a GPU of compute capability 9.0 (the kernels compiled for sm_90a)
+ * and on the emulated platform. Checked against the CPU under the
+ * emulator only so far, so LMC_ATTENTION_WGMMA=1 (cuda_attention_wgmma)
+ * asks for it and bench/gpu.sh times it beside the default. */
+static int wgmma_asked;
+void cuda_attention_wgmma(int on) { wgmma_asked = on; }
+static bool fa_wg(const RtInst *x) { return wgmma_asked && sm == 90 && fa_mma(x); }
+
 /* The heads a section of attention's launch order (kernels.cu's
  * fa_head: a section's blocks go out rank by rank across its heads, each
  * head's longest first): as many as fit what they read again and again in
@@ -865,9 +877,11 @@ static void fa_launch(const char *name, i64 heads, i64 nb, i64 sec, unsigned sme
  * up to 16, plus 8) as kernels.cu's fm_* lay them out: the forward's Q
  * (fm_rows), K and V (a stage each, or two: fm_s2) (kind 0), dQ's Q, dO
  * (fm_rows each), K and V (a stage each, or two) (1), dK/dV's K, V and
- * two stages of Q and dO tiles of QT queries (2, dkv_qt) */
+ * two stages of Q and dO tiles of QT queries (2, dkv_qt); the wgmma
+ * forward's Q and two stages of K and V in core matrices (3) */
 static unsigned fm_smem(i64 k, int kind) {
   i64 kp = (k + 15) / 16 * 16, qt = dkv_qt(k);
+  if (kind == 3) return (unsigned)((64 * (kp + 8) + 4 * 64 * kp) * 2);   /* fw_forward: Q, K and V's two stages */
   i64 rows = kind == 0   ? fm_rows(k, true) + (fm_s2(k, true) ? 4 : 2) * 64
              : kind == 1 ? 2 * fm_rows(k, false) + (fm_s2(k, false) ? 4 : 2) * 64
                          : 2 * 64 + 4 * qt;
@@ -875,7 +889,7 @@ static unsigned fm_smem(i64 k, int kind) {
 }
 
 static void op_attention(const RtInst *x, void **o, void **in) {
-  i64 T = x->t, H = x->h, G = x->g, K = x->k, R = fa_mma(x) ? fm_rows(K, true) : fa_rows(x);
+  i64 T = x->t, H = x->h, G = x->g, K = x->k, R = fa_wg(x) ? 64 : fa_mma(x) ? fm_rows(K, true) : fa_rows(x);
   float scale = 1.0f / sqrtf((float)K);
   CUdeviceptr O = dptr(o[0]), L = dptr(o[1]), Q = dptr(in[0]), Kp = dptr(in[1]), V = dptr(in[2]);
   i64 B = x->b;
@@ -883,11 +897,12 @@ static void op_attention(const RtInst *x, void **o, void **in) {
   char name[64];
   snprintf(name, sizeof name, "lmc_attention_%sk%lld",
            !fa_mma(x)                               ? ""
+           : fa_wg(x)                               ? "wg_"
            : fm_s2(K, true)                         ? "mma_s2_"
            : R == 64 && (K + 15) / 16 * 16 <= 96 ? "mma_r64_"
                                                     : "mma_",
            K);
-  fa_launch(name, B * H, (T + R - 1) / R, fa_section(x, false), fa_mma(x) ? fm_smem(K, 0) : 0, a);
+  fa_launch(name, B * H, (T + R - 1) / R, fa_section(x, false), fa_mma(x) ? fm_smem(K, fa_wg(x) ? 3 : 0) : 0, a);
 }
 
 /* in: dout, q, k, v, lse, o */
@@ -2114,6 +2129,8 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
                   &rows_asked, why, n) ||
       !env_choice("LMC_ATTENTION_STAGES", 1, 2, "1 or 2 (stages of K and V tiles in attention's forward and dQ)",
                   &kv_stages, why, n) ||
+      !env_choice("LMC_ATTENTION_WGMMA", 0, 1, "0 or 1 (attention's forward on wgmma, compute capability 9.0)",
+                  &wgmma_asked, why, n) ||
       !env_count("LMC_ATTENTION_SECTION", INT_MAX, "a count of heads, 1 or more (heads a section of attention's launch order)",
                  &section_asked, why, n) ||
       !env_choice("LMC_GEMM_BACKWARD_EPILOGUES", 0, 1, "0 (the GEMM, then kernels) or 1", &ep, why, n) ||

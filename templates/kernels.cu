@@ -913,6 +913,47 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffff, x, 2);
 }
 
+// One tile of scores s (16 query rows from r, keys from j0, the
+// accumulator layout, in log2 units) into probabilities: the causal mask
+// where diag, each row's running max m and sum l, and the output rows acc
+// rescaled to the new max
+template <int KP>
+__device__ __forceinline__ void fm_softmax(float (*s)[4], float *m, float *l, float (*acc)[4], bool diag, i64 j0,
+                                           i64 r) {
+  int t = threadIdx.x % 4;
+  float mx[2] = {m[0], m[1]};
+  #pragma unroll
+  for (int nt = 0; nt < FM_ROWS / 8; nt++)
+    #pragma unroll
+    for (int i = 0; i < 4; i++) {
+      if (diag && j0 + nt * 8 + 2 * t + (i & 1) > r + (i >> 1) * 8) s[nt][i] = NEG_INF;
+      mx[i >> 1] = fmaxf(mx[i >> 1], s[nt][i]);
+    }
+  #pragma unroll
+  for (int h = 0; h < 2; h++) {
+    mx[h] = quad_max(mx[h]);
+    float alpha = lmc_ex2(m[h] - mx[h]);
+    l[h] *= alpha, m[h] = mx[h];
+    #pragma unroll
+    for (int nt = 0; nt < KP / 8; nt++) acc[nt][2 * h] *= alpha, acc[nt][2 * h + 1] *= alpha;
+  }
+  #pragma unroll
+  for (int nt = 0; nt < FM_ROWS / 8; nt++)
+    #pragma unroll
+    for (int i = 0; i < 4; i++) s[nt][i] = lmc_ex2(s[nt][i] - m[i >> 1]), l[i >> 1] += s[nt][i];
+}
+
+// 16 output rows from r (acc over the row sums l) into o (rows of a
+// stride) and their log-sum-exps (m in log2 units) into lse
+template <int KP>
+__device__ __forceinline__ void fm_finish(act *o, real *lse, float (*acc)[4], const float *m, const float *l, i64 r,
+                                          i64 T, i64 stride, int K) {
+  float l0 = quad_sum(l[0]), l1 = quad_sum(l[1]);
+  fm_put<KP>(o, stride, acc, r, T, K, 1.0f / l0, 1.0f / l1, 0);
+  if (threadIdx.x % 4 == 0 && r < T) lse[r] = m[0] * LN2 + logf(l0);
+  if (threadIdx.x % 4 == 0 && r + 8 < T) lse[r + 8] = m[1] * LN2 + logf(l1);
+}
+
 template <int N> struct FmStage { enum { v = N }; };   // a stage of K and V tiles, as a type
 
 // Two stages: wait for the tile's K and V (stage st) and, all warps done
@@ -944,7 +985,7 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
   // Q (BR rows), K's tiles, V's (fm_smem kind 0: a stage each, or two)
   unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem;
   unsigned short(*ks)[KP + 8] = sh + BR, (*vs)[KP + 8] = sh + BR + (S2 ? 2 : 1) * FM_ROWS;
-  int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
   i64 b, h;
   if (!fa_head(b, h, B, H)) return;
   i64 gi = h / (H / G), i0 = (i64)(gridDim.y - 1 - blockIdx.y) * BR, last = (i0 + BR < T ? i0 + BR : T) - 1;
@@ -986,29 +1027,7 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
     bool diag = j0 + FM_ROWS - 1 > w0;   // a key past a row of the warp: the causal mask (and T) apply
     if (live)
       #pragma unroll
-      for (int mt = 0; mt < MT; mt++) {
-        float mx[2] = {m[mt][0], m[mt][1]};
-        #pragma unroll
-        for (int nt = 0; nt < FM_ROWS / 8; nt++)
-          #pragma unroll
-          for (int i = 0; i < 4; i++) {
-            if (diag && j0 + nt * 8 + 2 * t + (i & 1) > r0 + 16 * mt + (i >> 1) * 8) s[mt][nt][i] = NEG_INF;
-            mx[i >> 1] = fmaxf(mx[i >> 1], s[mt][nt][i]);
-          }
-        #pragma unroll
-        for (int r = 0; r < 2; r++) {
-          mx[r] = quad_max(mx[r]);
-          float alpha = lmc_ex2(m[mt][r] - mx[r]);
-          l[mt][r] *= alpha, m[mt][r] = mx[r];
-          #pragma unroll
-          for (int nt = 0; nt < KP / 8; nt++) acc[mt][nt][2 * r] *= alpha, acc[mt][nt][2 * r + 1] *= alpha;
-        }
-        #pragma unroll
-        for (int nt = 0; nt < FM_ROWS / 8; nt++)
-          #pragma unroll
-          for (int i = 0; i < 4; i++)
-            s[mt][nt][i] = lmc_ex2(s[mt][nt][i] - m[mt][i >> 1]), l[mt][i >> 1] += s[mt][nt][i];
-      }
+      for (int mt = 0; mt < MT; mt++) fm_softmax<KP>(s[mt], m[mt], l[mt], acc[mt], diag, j0, r0 + 16 * mt);
     if (!S2) {
       if (more) lmc_cp_async_wait1();   // V
       else lmc_cp_async_wait0();
@@ -1025,13 +1044,139 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
     if (S2 && j0 + FM_ROWS <= last) tile(FmStage<1>(), j0 + FM_ROWS);
   }
   #pragma unroll
-  for (int mt = 0; mt < MT; mt++) {
-    i64 r = r0 + 16 * mt;
-    float l0 = quad_sum(l[mt][0]), l1 = quad_sum(l[mt][1]);
-    fm_put<KP>(o + b * T * H * K + h * K, H * K, acc[mt], r, T, (int)K, 1.0f / l0, 1.0f / l1, 0);
-    if (t == 0 && r < T) lse[(b * H + h) * T + r] = m[mt][0] * LN2 + logf(l0);
-    if (t == 0 && r + 8 < T) lse[(b * H + h) * T + r + 8] = m[mt][1] * LN2 + logf(l1);
+  for (int mt = 0; mt < MT; mt++)
+    fm_finish<KP>(o + b * T * H * K + h * K, lse + (b * H + h) * T, acc[mt], m[mt], l[mt], r0 + 16 * mt, T, H * K, (int)K);
+}
+
+// The forward on the warpgroup's matrix instructions (Hopper's wgmma,
+// sm_90a; docs/cuda.md, "wgmma"): a block is one warpgroup of 64 query
+// rows, warp w rows 16w.. as in fm_forward at 16 rows a warp. Q's
+// fragments stay in registers from the start; each tile of 64 keys
+// multiplies them by K's tile in shared memory (Q K^T: K-major B, N 64,
+// head dim / 16 instructions), and the probabilities, rounded to bf16 in
+// registers, by V's tile (P V: N-major B, the head dim in chunks of 64, 32
+// and 16, four instructions a chunk): no ldmatrix of K or V, and the
+// tensor cores read the tiles while the warps go on. K and V have two
+// stages, each tile's copy going out as the tile before starts. A tile of
+// K or V is in 8 x 16-byte core matrices, the layout a descriptor without
+// swizzling reads: 16-byte unit e (8 columns of a row) at byte 16 e, e =
+// (r / 8) 8C + (c / 8) 8 + r % 8 for row r and column c (C = KP / 8), so a
+// core matrix's 8 rows are 128 contiguous bytes, the next 8 columns 128
+// bytes on and the next 8 rows 16 KP. K's descriptor steps the head dim
+// (its K direction) by 128 bytes and keys by 16 KP; V's steps keys (its K
+// direction) by 16 KP and the head dim by 128.
+enum { FW_ROWS = 64 };
+
+// rows [r0, r0 + 64) of a [T, stride] matrix (K columns) into a tile of
+// core matrices, zero past T and K: by cp.async where FmAsync allows (the
+// caller commits the group), else by loads and stores. Thread x takes
+// units x + 128 u, a pass a unit, consecutive threads the 8 rows of a
+// core matrix (conflict-free stores of 16 bytes) and 4 row chunks of 64
+// bytes a warp from global memory.
+template <int KP, typename S>
+__device__ void fw_load(unsigned short *s, const S *src, i64 r0, i64 T, i64 stride, int K) {
+  enum { C = KP / 8, U = FW_ROWS * C };   // units a row, a tile (U a multiple of FA_THREADS: KP % 16 == 0)
+  bool async = FmAsync<S>::ok(src, stride, K);
+  #pragma unroll
+  for (int u = 0; u < U / FA_THREADS; u++) {
+    int e = threadIdx.x + u * FA_THREADS, r = e / (8 * C) * 8 + e % 8, c = e / 8 % C * 8;
+    bool in = r0 + r < T && c < K;
+    const S *p = src + (in ? (r0 + r) * stride + c : 0);
+    if (async) {
+      lmc_cp_async16(s + 8 * e, p, in ? 16 : 0);
+      continue;
+    }
+    #pragma unroll
+    for (int j = 0; j < 8; j++) s[8 * e + j] = (unsigned short)bf16_bits(in && c + j < K ? (float)p[j] : 0.0f);
   }
+}
+
+// a descriptor of a wgmma operand at p: lbo and sbo the byte offsets
+// between core matrices in its K and its M or N direction, no swizzling
+__device__ __forceinline__ unsigned long long fw_desc(const unsigned short *p, unsigned lbo, unsigned sbo) {
+  return (unsigned long long)((lmc_smem(p) & 0x3ffffu) >> 4) | (unsigned long long)(lbo >> 4) << 16 |
+         (unsigned long long)(sbo >> 4) << 32;
+}
+
+#ifdef LMC_WGMMA
+// acc (16 x KP a warp) += p (16 keys: the A fragment) times V's rows
+// (keys) at vt, head dims from N0 in chunks of 64, 32, 16
+template <int KP, int N0>
+__device__ __forceinline__ void fw_pv(float (*acc)[4], const unsigned *p, const unsigned short *vt) {
+  if constexpr (N0 < KP) {
+    constexpr int N = KP - N0 >= 64 ? 64 : KP - N0 >= 32 ? 32 : 16;
+    lmc_wgmma_bf16<N, 1>(acc + N0 / 8, p, fw_desc(vt + N0 * 8, 16 * KP, 128), 1);
+    fw_pv<KP, N0 + N>(acc, p, vt);
+  }
+}
+#endif
+
+template <int KP>
+__device__ void fw_forward(act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G,
+                           i64 K, float scale, i64 B) {
+#ifdef LMC_WGMMA
+  enum { KS = KP / 16, TILE = FW_ROWS * KP };   // Q K^T's k-steps; a K or V tile's elements
+  extern __shared__ __align__(16) unsigned short fm_smem[];
+  // Q (64 padded rows), then K's two stages and V's two (core matrices)
+  unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem, *ks = fm_smem + FW_ROWS * (KP + 8),
+                   *vs = ks + 2 * TILE;
+  int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
+  i64 b, h;
+  if (!fa_head(b, h, B, H)) return;
+  i64 gi = h / (H / G), i0 = (i64)(gridDim.y - 1 - blockIdx.y) * FW_ROWS, last = (i0 + FW_ROWS < T ? i0 + FW_ROWS : T) - 1;
+  i64 w0 = i0 + warp * 16, r0 = w0 + g;   // this thread's rows: r0 and r0 + 8
+  const act *kb = k + b * T * G * K + gi * K, *vb = v + b * T * G * K + gi * K;
+  fw_load<KP>(ks, kb, 0, T, G * K, (int)K), fw_load<KP>(vs, vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
+  fm_tile<FW_ROWS, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);   // scores in log2 units
+  __syncthreads();
+  unsigned qa[KS][4];
+  #pragma unroll
+  for (int kk = 0; kk < KS; kk++) fm_frag_a<KP>(qa[kk], sh, warp * 16, kk);
+  float acc[KP / 8][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0, 0};
+  #pragma unroll
+  for (int nt = 0; nt < KP / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
+  int st = 0;
+  for (i64 j0 = 0; j0 <= last; j0 += FW_ROWS, st ^= 1) {
+    // this tile's K and V landed and seen by the tensor cores; every warp
+    // done with the other stage, which takes the next tile's
+    lmc_cp_async_wait0();
+    lmc_fence_proxy_async();
+    __syncthreads();
+    if (j0 + FW_ROWS <= last) {
+      fw_load<KP>(ks + (st ^ 1) * TILE, kb, j0 + FW_ROWS, T, G * K, (int)K);
+      fw_load<KP>(vs + (st ^ 1) * TILE, vb, j0 + FW_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
+    }
+    const unsigned short *kt = ks + st * TILE, *vt = vs + st * TILE;
+    float s[FW_ROWS / 8][4];
+    lmc_wg_fence();
+    #pragma unroll
+    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16<FW_ROWS, 0>(s, qa[kk], fw_desc(kt + 128 * kk, 128, 16 * KP), kk);
+    lmc_wg_commit();
+    lmc_wg_wait<0>();
+    lmc_wg_hold<FW_ROWS / 8>(s);
+    fm_softmax<KP>(s, m, l, acc, j0 + FW_ROWS - 1 > w0, j0, r0);
+    // P's fragments, 16 keys a step (rows 16 kk.. of V's tile), all made
+    // before the fence: a register of a wgmma's written after it makes
+    // ptxas put a wait after every wgmma (C7520, "wgmma.mma_async
+    // instructions are serialized")
+    unsigned p[FW_ROWS / 16][4];
+    #pragma unroll
+    for (int kk = 0; kk < FW_ROWS / 16; kk++) {
+      p[kk][0] = bf16_pair(s[2 * kk][0], s[2 * kk][1]), p[kk][1] = bf16_pair(s[2 * kk][2], s[2 * kk][3]);
+      p[kk][2] = bf16_pair(s[2 * kk + 1][0], s[2 * kk + 1][1]), p[kk][3] = bf16_pair(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+    }
+    lmc_wg_hold<KP / 8>(acc);
+    lmc_wg_fence();
+    #pragma unroll
+    for (int kk = 0; kk < FW_ROWS / 16; kk++) fw_pv<KP, 0>(acc, p[kk], vt + 16 * KP * kk);
+    lmc_wg_commit();
+    lmc_wg_wait<0>();
+    lmc_wg_hold<KP / 8>(acc);
+  }
+  fm_finish<KP>(o + b * T * H * K + h * K, lse + (b * H + h) * T, acc, m, l, r0, T, H * K, (int)K);
+#else
+  __trap();   // (the runtime launches it on sm_90a alone)
+#endif
 }
 
 // @kernel attention_bwd

@@ -379,6 +379,110 @@ static inline void lmc_emu_cp_wait(int newest) {
 static inline void lmc_cp_async_wait0(void) { lmc_emu_cp_wait(0); }
 static inline void lmc_cp_async_wait1(void) { lmc_emu_cp_wait(1); }
 
+// ---- the warpgroup's matrix instructions (tensor_cores.cuh's wgmma
+// wrappers) ----
+// A shared memory address as the hardware's shared window gives it: here
+// an offset into the block's dynamic shared memory, which is where the
+// descriptors of wgmma operands must point
+#define LMC_WGMMA 1
+static inline unsigned lmc_smem(const void *p) {
+  const unsigned char *b = (const unsigned char *)lmc_emu_api->dyn_smem(), *a = (const unsigned char *)p;
+  if (a < b || a >= b + (1 << 18)) lmc_emu_api->trap("a shared memory address outside the block's dynamic shared memory");
+  return (unsigned)(a - b);
+}
+// wgmma.mma_async m64nNk16 (bf16 x bf16 + f32, A in registers, B by its
+// descriptor): each thread queues its part as issued; at wgmma.wait_group
+// the warp runs its queued groups but the newest M, reading B's shared
+// memory and writing D then, so a kernel that writes B's tile or reads D
+// before its wait sees here what it may on a GPU. Warp w of a warpgroup
+// holds rows 16w.. of A and D, so each warp's product is its own.
+struct LmcWg { float *d; unsigned a[4]; unsigned long long desc; int n, tb, acc, group; };
+enum { LMC_EMU_WG_MAX = 32 };
+static LmcWg lmc_emu_wg[1024][LMC_EMU_WG_MAX];
+static int lmc_emu_wg_n[1024], lmc_emu_wg_groups[1024];
+
+static inline void lmc_wg_fence(void) {}
+static inline void lmc_fence_proxy_async(void) {}
+template <int NT> static inline void lmc_wg_hold(float (*)[4]) {}
+static inline void lmc_wg_commit(void) { lmc_emu_wg_groups[lmc_emu_lin()]++; }
+template <int N, int TB>
+static inline void lmc_wgmma_bf16(float (*d)[4], const unsigned a[4], unsigned long long desc, int acc) {
+  static_assert(N == 16 || N == 32 || N == 64, "lmc_wgmma_bf16 takes N 16, 32 or 64");
+  unsigned t = lmc_emu_lin();
+  if ((blockDim.x * blockDim.y * blockDim.z) % 128) lmc_emu_api->trap("wgmma: a block of whole warpgroups (128 threads) runs it");
+  if (lmc_emu_wg_n[t] == LMC_EMU_WG_MAX) lmc_emu_api->trap("wgmma: 32 instructions pending in one thread (no wait_group?)");
+  LmcWg w = {&d[0][0], {a[0], a[1], a[2], a[3]}, desc, N, TB, acc != 0, lmc_emu_wg_groups[t]};
+  lmc_emu_wg[t][lmc_emu_wg_n[t]++] = w;
+}
+
+// B[k][n] of a wgmma's 16 x N operand from its descriptor: start address,
+// leading (K direction) and stride (N direction) byte offsets between 8 x
+// 16-byte core matrices, no swizzling; K-major (tb 0): a core matrix's
+// 16-byte rows are 8 n, each 8 k; N-major (tb 1): 8 k, each 8 n
+static float lmc_emu_wg_b(unsigned long long desc, int tb, int k, int n) {
+  if (desc >> 49 & 0x7fff) lmc_emu_api->trap("wgmma: the emulator reads descriptors without swizzling or base offset");
+  unsigned start = (unsigned)(desc & 0x3fff) << 4, lbo = (unsigned)(desc >> 16 & 0x3fff) << 4,
+           sbo = (unsigned)(desc >> 32 & 0x3fff) << 4;
+  unsigned off = start + (unsigned)(k / 8) * lbo + (unsigned)(n / 8) * sbo +
+                 (tb ? (unsigned)(k % 8) * 16 + (unsigned)(n % 8) * 2 : (unsigned)(n % 8) * 16 + (unsigned)(k % 8) * 2);
+  const unsigned char *p = (const unsigned char *)lmc_emu_api->dyn_smem() + off;
+  unsigned short v;
+  memcpy(&v, p, 2);
+  return lmc_bf2f(v);
+}
+
+static int lmc_emu_wg_keep;   // the wait's M: its newest groups stay queued
+static void lmc_emu_wg_combine(const unsigned char *in, unsigned char *out, unsigned mask) {
+  unsigned t0 = *(const unsigned *)in, th[32];
+  for (int l = 0; l < 32; l++) th[l] = *(const unsigned *)(in + l * LMC_EMU_SLOT);
+  int run = 0;   // the queued instructions this wait runs: those of groups before the newest M
+  while (run < lmc_emu_wg_n[t0] && lmc_emu_wg[t0][run].group < lmc_emu_wg_groups[t0] - lmc_emu_wg_keep) run++;
+  for (int l = 1; l < 32; l++)
+    if (lmc_emu_wg_n[th[l]] != lmc_emu_wg_n[t0] || lmc_emu_wg_groups[th[l]] != lmc_emu_wg_groups[t0])
+      lmc_emu_api->trap("wgmma: the lanes of a warp issued different instructions or groups");
+  for (int i = 0; i < run; i++) {
+    const LmcWg *w0 = &lmc_emu_wg[t0][i];
+    float A[16][16], C[16][64];
+    for (int l = 0; l < 32; l++) {
+      const LmcWg *w = &lmc_emu_wg[th[l]][i];
+      if (w->n != w0->n || w->tb != w0->tb || w->desc != w0->desc || w->acc != w0->acc)
+        lmc_emu_api->trap("wgmma: the lanes of a warp issued different instructions");
+      int g = l >> 2, t = l & 3;
+      for (int r = 0; r < 4; r++) {   // mma.sync's A layout
+        int row = g + (r & 1) * 8, col = 2 * t + (r >> 1) * 8;
+        A[row][col] = lmc_bf_lo(w->a[r]), A[row][col + 1] = lmc_bf_hi(w->a[r]);
+      }
+      for (int j = 0; j < w0->n / 2; j++)
+        C[g + (j & 2) * 4][(j >> 2) * 8 + 2 * t + (j & 1)] = w->acc ? w->d[j] : 0.0f;
+    }
+    float Bm[16][64];
+    for (int k = 0; k < 16; k++)
+      for (int n = 0; n < w0->n; n++) Bm[k][n] = lmc_emu_wg_b(w0->desc, w0->tb, k, n);
+    for (int l = 0; l < 32; l++) {
+      int g = l >> 2, t = l & 3;
+      float *d = lmc_emu_wg[th[l]][i].d;
+      for (int j = 0; j < w0->n / 2; j++) {
+        int row = g + (j & 2) * 4, col = (j >> 2) * 8 + 2 * t + (j & 1);
+        float s = C[row][col];
+        for (int k = 0; k < 16; k++) s += A[row][k] * Bm[k][col];
+        d[j] = s;
+      }
+    }
+  }
+  for (int l = 0; l < 32; l++) {
+    LmcWg *q = lmc_emu_wg[th[l]];
+    int n = lmc_emu_wg_n[th[l]];
+    for (int i = run; i < n; i++) q[i - run] = q[i];
+    lmc_emu_wg_n[th[l]] = n - run;
+  }
+  (void)out, (void)mask;
+}
+template <int M> static inline void lmc_wg_wait(void) {
+  unsigned t = lmc_emu_lin();
+  lmc_emu_wg_keep = M;
+  lmc_emu_api->warp(0xffffffffu, &t, sizeof t, lmc_emu_wg_combine, "wgmma.wait_group");
+}
+
 // ---- launching: the emulated NVRTC appends one LMC_EMU_KERNEL per
 // extern "C" __global__ function of the source ----
 template <class... A, size_t... I>

@@ -101,6 +101,50 @@ extern "C" __global__ void mma_tile(float *d, const unsigned short *a, const uns
   d[(g + 8) * 8 + 2 * t] = r[2], d[(g + 8) * 8 + 2 * t + 1] = r[3];
 }
 
+// D[64x32] = 2 A[64x16] B[16x32] on one warpgroup by two wgmma (A from
+// registers, B by a descriptor): the first ignores D's values (acc 0; d
+// starts at 1), the second adds to them. B (row-major in global memory) goes
+// into dynamic shared memory as 8 x 16-byte core matrices, K-major (tb 0:
+// a core matrix's rows are 8 n, each 8 k) or N-major (tb 1: 8 k, each 8 n),
+// core matrices lbo bytes apart in k and sbo bytes apart in n (1 KiB of
+// them). Warp w gives rows 16w.. of A in mma.sync's A layout and gets those
+// rows of D in the accumulator layout. (A GPU that cannot run wgmma writes
+// nothing: the check there fails.)
+extern "C" __global__ void wgmma_tile(float *d, const unsigned short *a, const unsigned short *b, int tb, int lbo,
+                                      int sbo) {
+#ifdef LMC_WGMMA
+  extern __shared__ __align__(16) unsigned short wsb[];
+  int x = threadIdx.x, w = x / 32, g = x % 32 / 4, t = x % 4;
+  for (int e = x; e < 16 * 32; e += 128) {
+    int k = e / 32, n = e % 32;
+    int off = (k / 8) * lbo + (n / 8) * sbo + (tb ? (k % 8) * 16 + (n % 8) * 2 : (n % 8) * 16 + (k % 8) * 2);
+    wsb[off / 2] = b[e];
+  }
+  lmc_fence_proxy_async();
+  __syncthreads();
+  const unsigned short *r0 = a + (16 * w + g) * 16, *r1 = r0 + 8 * 16;
+  unsigned ra[4] = {r0[2 * t] | (unsigned)r0[2 * t + 1] << 16, r1[2 * t] | (unsigned)r1[2 * t + 1] << 16,
+                    r0[2 * t + 8] | (unsigned)r0[2 * t + 9] << 16, r1[2 * t + 8] | (unsigned)r1[2 * t + 9] << 16};
+  float acc[4][4];
+  for (int i = 0; i < 4; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 1.0f;
+  unsigned long long desc = (unsigned long long)((lmc_smem(wsb) & 0x3ffffu) >> 4) |
+                            (unsigned long long)((unsigned)lbo >> 4) << 16 | (unsigned long long)((unsigned)sbo >> 4) << 32;
+  lmc_wg_fence();
+  if (tb) {
+    lmc_wgmma_bf16<32, 1>(acc, ra, desc, 0);
+    lmc_wgmma_bf16<32, 1>(acc, ra, desc, 1);
+  } else {
+    lmc_wgmma_bf16<32, 0>(acc, ra, desc, 0);
+    lmc_wgmma_bf16<32, 0>(acc, ra, desc, 1);
+  }
+  lmc_wg_commit();
+  lmc_wg_wait<0>();
+  lmc_wg_hold<4>(acc);
+  for (int i = 0; i < 4; i++)
+    for (int j = 0; j < 4; j++) d[(16 * w + g + (j >> 1) * 8) * 32 + 8 * i + 2 * t + (j & 1)] = acc[i][j];
+#endif
+}
+
 // cp.async on 32 threads: each copies 16 bytes of src into part 1 of a
 // shared tile (group 1) and 16 zero bytes into part 2 (group 2). After
 // wait1 and a barrier every thread reads part 1 (another thread's copy),

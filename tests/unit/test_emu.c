@@ -95,7 +95,7 @@ static void compile(const char *path) {
   F(cuDeviceGetAttribute)(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev);
   F(cuDeviceGetAttribute)(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev);
   char arch[64], inc[600], tpl[1200], *dir = realpath(path, NULL);
-  snprintf(arch, sizeof arch, "--gpu-architecture=sm_%d%d", major, minor);
+  snprintf(arch, sizeof arch, "--gpu-architecture=sm_%d%d%s", major, minor, major == 9 && !minor ? "a" : "");   /* wgmma */
   snprintf(inc, sizeof inc, "--include-path=%s/include", getenv("CUDA_HOME") ? getenv("CUDA_HOME") : "/usr/local/cuda");
   if (!dir) printf("FAIL: cannot resolve %s\n", path), exit(1);
   *strrchr(dir, '/') = 0;   /* tests/emu, whose ../../templates has tensor_cores.cuh */
@@ -268,6 +268,45 @@ static void mma(void) {
       bad += d[i * 8 + j] != s;
     }
   expect(!bad, "mma.m16n8k16 (bf16, fp32 accumulate) fed by ldmatrix x4 and x2.trans");
+  F(cuMemFree)(dd), F(cuMemFree)(da), F(cuMemFree)(db);
+}
+
+/* wgmma (sm_90a) with B K-major and N-major, its core matrices' strides
+ * apart in k and n unequal (so a descriptor with the two swapped reads
+ * another matrix), against a plain product; skipped on a GPU before
+ * compute capability 9.0 */
+static void wgmma(void) {
+  CUdevice dev;
+  int major = 9;
+  F(cuDeviceGet)(&dev, 0);
+  F(cuDeviceGetAttribute)(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev);
+  if (major != 9) return;
+  unsigned short a[64 * 16], b[16 * 32];
+  float A[64][16], B[16][32], d[64 * 32];
+  for (int i = 0; i < 64; i++)
+    for (int k = 0; k < 16; k++) A[i][k] = (float)((i * 7 + k * 3) % 11 - 5), a[i * 16 + k] = bf16(A[i][k]);
+  for (int k = 0; k < 16; k++)
+    for (int j = 0; j < 32; j++) B[k][j] = (float)((k * 5 + j * 13) % 9 - 4), b[k * 32 + j] = bf16(B[k][j]);
+  CUdeviceptr dd = dalloc(sizeof d), da = dalloc(sizeof a), db = dalloc(sizeof b);
+  F(cuMemcpyHtoD)(da, a, sizeof a), F(cuMemcpyHtoD)(db, b, sizeof b);
+  /* tb, then the byte offsets between core matrices in k (lbo) and n (sbo) */
+  int ways[2][3] = {{0, 512, 128}, {1, 128, 256}};
+  for (int w = 0; w < 2; w++) {
+    void *args[] = {&dd, &da, &db, &ways[w][0], &ways[w][1], &ways[w][2]};
+    F(cuMemsetD8)(dd, 0, sizeof d);
+    CUresult rc = F(cuLaunchKernel)(fn("wgmma_tile"), 1, 1, 1, 128, 1, 1, 1024, NULL, args, NULL);
+    if (!rc) rc = F(cuCtxSynchronize)();
+    F(cuMemcpyDtoH)(d, dd, sizeof d);
+    int bad = rc != 0;
+    for (int i = 0; i < 64; i++)
+      for (int j = 0; j < 32; j++) {
+        float s = 0;
+        for (int k = 0; k < 16; k++) s += A[i][k] * B[k][j];
+        bad += d[i * 32 + j] != 2 * s;
+      }
+    expect(!bad, w ? "wgmma.m64n32k16 (bf16, A in registers), B N-major by its descriptor"
+                   : "wgmma.m64n32k16 (bf16, A in registers), B K-major by its descriptor");
+  }
   F(cuMemFree)(dd), F(cuMemFree)(da), F(cuMemFree)(db);
 }
 
@@ -774,6 +813,7 @@ int main(int argc, char **argv) {
   conversions();
   exponentials();
   mma();
+  wgmma();
   cp_async();
   graphs();
   streams();

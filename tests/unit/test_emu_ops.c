@@ -514,7 +514,7 @@ int main(int argc, char **argv) {
       c = (Case){names[mp][i][0], rt_inst(OP_ATTENTION), {{nq}, {nk}, {nk}}, {{nq}, {rows, F32}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, false);
-      static char other[3][4][96];
+      static char other[3][5][96];
       if (mp && !quick) {   /* the forward's other kernels: 128 rows, one stage (not under sanitizers) */
         snprintf(other[i][0], 96, "%s, forward 128 rows a block", names[mp][i][0]);
         cuda_attention_rows(128);
@@ -526,6 +526,13 @@ int main(int argc, char **argv) {
         c.name = other[i][2];
         check(c, false);
         cuda_attention_stages(2);
+      }
+      if (mp) {   /* the forward on wgmma (sm_90a's warpgroup instructions, emulated) */
+        snprintf(other[i][3], 96, "%s, forward on wgmma", names[mp][i][0]);
+        cuda_attention_wgmma(1);
+        c.name = other[i][3];
+        check(c, false);
+        cuda_attention_wgmma(0);
       }
       /* inputs: dy, q, k, v, then lse and o, which run() makes by the forward */
       c = (Case){names[mp][i][1], rt_inst(OP_ATTENTION_BWD), {{nq}, {nq}, {nk}, {nk}, {rows, F32}, {nq}}, {{nq}, {nk}, {nk}}};
@@ -552,9 +559,9 @@ int main(int argc, char **argv) {
         cuda_attention_section(0);
       }
       if (mp && !quick) {   /* dQ with one stage of K and V, the other kernel */
-        snprintf(other[i][3], 96, "%s, dQ one stage", names[mp][i][1]);
+        snprintf(other[i][4], 96, "%s, dQ one stage", names[mp][i][1]);
         cuda_attention_stages(1);
-        c.name = other[i][3];
+        c.name = other[i][4];
         check(c, true);
         cuda_attention_stages(2);
       }
