@@ -126,6 +126,15 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
               "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv, i64 B) {\n"
               "  fm_backward_dkv<%d, 64>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv, B);\n}\n",
               K, kp);
+    /* dK/dV on the warpgroup's matrix instructions (sm_90a: the runtime's
+     * LMC_ATTENTION_WGMMA=1), head dims to 96 (past it the two
+     * accumulators leave too few registers) */
+    if (kp <= 96)
+      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, 2) lmc_attention_bwd_wg_dkv_k%lld("
+              "act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, "
+              "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv, i64 B) {\n"
+              "  fw_backward_dkv<%d>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv, B);\n}\n",
+              K, kp);
   }
   fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_dq_k%lld(act *dq, "
           "const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, i64 T, "

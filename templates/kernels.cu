@@ -1099,14 +1099,44 @@ __device__ __forceinline__ unsigned long long fw_desc(const unsigned short *p, u
 }
 
 #ifdef LMC_WGMMA
-// acc (16 x KP a warp) += p (16 keys: the A fragment) times V's rows
-// (keys) at vt, head dims from N0 in chunks of 64, 32, 16
-template <int KP, int N0>
-__device__ __forceinline__ void fw_pv(float (*acc)[4], const unsigned *p, const unsigned short *vt) {
+// The descriptors of a tile of core matrices (fw_load's) from its first
+// row: K-major (the head dim is the product's k: Q K^T's K, dK/dV's A and
+// B) and N-major (the rows are the product's k: P V's V, dK/dV's dO and Q
+// as B). A descriptor's address field counts 16 bytes, so one at a byte
+// offset is the first plus offset / 16: rows r.. of a tile are 2 KP r /
+// 16 on, head dims c.. (a multiple of 8) c on. The loops add these to
+// descriptors made once, not made anew from addresses.
+template <int KP> __device__ __forceinline__ unsigned long long fw_desc_k(const unsigned short *t) {
+  return fw_desc(t, 128, 16 * KP);
+}
+template <int KP> __device__ __forceinline__ unsigned long long fw_desc_n(const unsigned short *t) {
+  return fw_desc(t, 16 * KP, 128);
+}
+
+// acc (16 x KP a warp) += a (16 x 16, the A fragment) times 16 rows of an
+// N-major tile from descriptor d (the tile's rows are the product's k, its
+// head dims the n), head dims from N0 in chunks of 64, 32, 16: the
+// forward's P V, dK/dV's dS^T Q and P^T dO
+template <int KP, int N0 = 0>
+__device__ __forceinline__ void fw_mul_kn(float (*acc)[4], const unsigned *a, unsigned long long d) {
   if constexpr (N0 < KP) {
     constexpr int N = KP - N0 >= 64 ? 64 : KP - N0 >= 32 ? 32 : 16;
-    lmc_wgmma_bf16<N, 1>(acc + N0 / 8, p, fw_desc(vt + N0 * 8, 16 * KP, 128), 1);
-    fw_pv<KP, N0 + N>(acc, p, vt);
+    lmc_wgmma_bf16<N, 1>(acc + N0 / 8, a, d + N0, 1);
+    fw_mul_kn<KP, N0 + N>(acc, a, d);
+  }
+}
+
+// P's fragments (the A operand of the next product, 16 keys or queries a
+// step) from a tile in the accumulator layout, rounded to bf16, all made
+// before the fence: a register of a wgmma's written after it makes ptxas
+// put a wait after every wgmma (C7520, "wgmma.mma_async instructions are
+// serialized")
+template <int N>
+__device__ __forceinline__ void fw_frags(unsigned (*a)[4], float (*s)[4]) {
+  #pragma unroll
+  for (int kk = 0; kk < N / 16; kk++) {
+    a[kk][0] = bf16_pair(s[2 * kk][0], s[2 * kk][1]), a[kk][1] = bf16_pair(s[2 * kk][2], s[2 * kk][3]);
+    a[kk][2] = bf16_pair(s[2 * kk + 1][0], s[2 * kk + 1][1]), a[kk][3] = bf16_pair(s[2 * kk + 1][2], s[2 * kk + 1][3]);
   }
 }
 #endif
@@ -1135,6 +1165,7 @@ __device__ void fw_forward(act *o, real *lse, const act *q, const act *k, const 
   float acc[KP / 8][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0, 0};
   #pragma unroll
   for (int nt = 0; nt < KP / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
+  unsigned long long kd0 = fw_desc_k<KP>(ks), vd0 = fw_desc_n<KP>(vs);   // stage 0's; stage 1's TILE / 8 on
   int st = 0;
   for (i64 j0 = 0; j0 <= last; j0 += FW_ROWS, st ^= 1) {
     // this tile's K and V landed and seen by the tensor cores; every warp
@@ -1146,29 +1177,21 @@ __device__ void fw_forward(act *o, real *lse, const act *q, const act *k, const 
       fw_load<KP>(ks + (st ^ 1) * TILE, kb, j0 + FW_ROWS, T, G * K, (int)K);
       fw_load<KP>(vs + (st ^ 1) * TILE, vb, j0 + FW_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
     }
-    const unsigned short *kt = ks + st * TILE, *vt = vs + st * TILE;
+    unsigned long long kd = kd0 + st * (TILE / 8), vd = vd0 + st * (TILE / 8);
     float s[FW_ROWS / 8][4];
     lmc_wg_fence();
     #pragma unroll
-    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16<FW_ROWS, 0>(s, qa[kk], fw_desc(kt + 128 * kk, 128, 16 * KP), kk);
+    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16<FW_ROWS, 0>(s, qa[kk], kd + 16 * kk, kk);
     lmc_wg_commit();
     lmc_wg_wait<0>();
     lmc_wg_hold<FW_ROWS / 8>(s);
     fm_softmax<KP>(s, m, l, acc, j0 + FW_ROWS - 1 > w0, j0, r0);
-    // P's fragments, 16 keys a step (rows 16 kk.. of V's tile), all made
-    // before the fence: a register of a wgmma's written after it makes
-    // ptxas put a wait after every wgmma (C7520, "wgmma.mma_async
-    // instructions are serialized")
-    unsigned p[FW_ROWS / 16][4];
-    #pragma unroll
-    for (int kk = 0; kk < FW_ROWS / 16; kk++) {
-      p[kk][0] = bf16_pair(s[2 * kk][0], s[2 * kk][1]), p[kk][1] = bf16_pair(s[2 * kk][2], s[2 * kk][3]);
-      p[kk][2] = bf16_pair(s[2 * kk + 1][0], s[2 * kk + 1][1]), p[kk][3] = bf16_pair(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-    }
+    unsigned p[FW_ROWS / 16][4];   // 16 keys a step: rows 16 kk.. of V's tile
+    fw_frags<FW_ROWS>(p, s);
     lmc_wg_hold<KP / 8>(acc);
     lmc_wg_fence();
     #pragma unroll
-    for (int kk = 0; kk < FW_ROWS / 16; kk++) fw_pv<KP, 0>(acc, p[kk], vt + 16 * KP * kk);
+    for (int kk = 0; kk < FW_ROWS / 16; kk++) fw_mul_kn<KP>(acc, p[kk], vd + 2 * KP * kk);
     lmc_wg_commit();
     lmc_wg_wait<0>();
     lmc_wg_hold<KP / 8>(acc);
@@ -1360,6 +1383,43 @@ __device__ void fm_dkv_stage(unsigned short (*s)[KP + 8], float *ls, float *ds, 
   }
 }
 
+// a step of fw_backward_dkv: FW_ROWS queries of head h from i0, Q's tile
+// and dO's (core matrices, cp.async where they can: the caller commits)
+// and their log-sum-exps (log2 units) and rowsum(dO O) into ls and ds
+template <int KP>
+__device__ void fw_dkv_stage(unsigned short *s, float *ls, float *ds, const act *q, const act *dout, const real *lse,
+                             const real *dd, i64 b, i64 h, i64 i0, i64 T, i64 H, i64 K) {
+  fw_load<KP>(s, q + b * T * H * K + h * K, i0, T, H * K, (int)K);
+  fw_load<KP>(s + FW_ROWS * KP, dout + b * T * H * K + h * K, i0, T, H * K, (int)K);
+  int c = threadIdx.x;
+  if (c < FW_ROWS) {
+    bool ok = i0 + c < T;
+    ls[c] = ok ? lse[(b * H + h) * T + i0 + c] * LOG2E : 0, ds[c] = ok ? dd[(b * H + h) * T + i0 + c] : 0;
+  }
+}
+
+// P^T and dS^T of a tile, this warp's 16 keys x N queries in the
+// accumulator layout: S^T (unscaled scores) and dP^T in, the
+// probabilities (times sl, then less the queries' log-sum-exps ls in log2
+// units) and dS^T (P^T (dP^T - the queries' rowsum(dO O) ds)) out; where
+// diag the causal mask (a query rel or more keys before this thread's
+// first key sees none of them)
+template <int N>
+__device__ __forceinline__ void fm_dkv_probs(float (*st_)[4], float (*dpt)[4], const float *ls, const float *ds,
+                                             bool diag, int rel, float sl) {
+  int t = threadIdx.x % 4;
+  #pragma unroll
+  for (int nt = 0; nt < N / 8; nt++) {
+    float2 l2 = *(const float2 *)&ls[nt * 8 + 2 * t], d2 = *(const float2 *)&ds[nt * 8 + 2 * t];
+    #pragma unroll
+    for (int i = 0; i < 4; i++) {
+      float p = lmc_ex2(st_[nt][i] * sl - (i & 1 ? l2.y : l2.x));
+      if (diag && nt * 8 + 2 * t + (i & 1) < rel + (i >> 1) * 8) p = 0.0f;
+      st_[nt][i] = p, dpt[nt][i] = p * (dpt[nt][i] - (i & 1 ? d2.y : d2.x));   // P^T, dS^T
+    }
+  }
+}
+
 // On the tensor cores: dK and dV, a block 64 keys of a kv group (fa_head
 // over B G groups, a group's blocks of early keys first); QT queries a
 // tile (32 for head dims past 64, to keep the accumulators in registers).
@@ -1374,7 +1434,7 @@ __device__ void fm_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
   // K, V, then two stages of Q and dO (fm_smem kind 2)
   unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem, (*vs)[KP + 8] = sh + FM_ROWS;
   __shared__ __align__(16) float ls[2][QT], ds[2][QT];
-  int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
   i64 b, gi;
   if (!fa_head(b, gi, B, G)) return;
   i64 j0 = (i64)blockIdx.y * FM_ROWS, per = H / G;
@@ -1406,16 +1466,7 @@ __device__ void fm_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
     fm_mul_nk<KP, QT / 8, KP / 16>(dpt, vs, warp * 16, dos);
     // the causal mask where a query of the tile comes before a key of the
     // block; a query past T adds nothing (its Q and dO are zeros)
-    bool diag = i0 < j0 + FM_ROWS - 1;
-    int rel = (int)(c0 - i0);   // this thread's first key, from the tile's first query
-    for (int nt = 0; nt < QT / 8; nt++) {
-      float2 l2 = *(const float2 *)&ls[st][nt * 8 + 2 * t], d2 = *(const float2 *)&ds[st][nt * 8 + 2 * t];
-      for (int i = 0; i < 4; i++) {
-        float p = lmc_ex2(st_[nt][i] * sl - (i & 1 ? l2.y : l2.x));
-        if (diag && nt * 8 + 2 * t + (i & 1) < rel + (i >> 1) * 8) p = 0.0f;
-        st_[nt][i] = p, dpt[nt][i] = p * (dpt[nt][i] - (i & 1 ? d2.y : d2.x));   // P^T, dS^T
-      }
-    }
+    fm_dkv_probs<QT>(st_, dpt, ls[st], ds[st], i0 < j0 + FM_ROWS - 1, (int)(c0 - i0), sl);
     fm_mul_kn<KP, QT / 8>(dva, st_, dos);   // dV += P^T dO
     fm_mul_kn<KP, QT / 8>(dka, dpt, qs);    // dK += dS^T Q (times scale at the end)
     __syncthreads();
@@ -1424,6 +1475,86 @@ __device__ void fm_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
   }
   if (dk) fm_put<KP>(dk + b * T * G * K + gi * K, G * K, dka, c0, T, (int)K, scale, scale, acck);
   if (dv) fm_put<KP>(dv + b * T * G * K + gi * K, G * K, dva, c0, T, (int)K, 1.0f, 1.0f, accv);
+}
+
+// dK and dV on the warpgroup's matrix instructions (sm_90a; see
+// fw_forward): a block is one warpgroup of 64 keys of a kv group, warp w
+// keys 16w..; the queries of the group's heads 64 a step, Q's and dO's
+// tiles in two stages of core matrices by cp.async beside K's and V's.
+// S^T = K Q^T and dP^T = V dO^T take A (K, V) and B (Q, dO, K-major) from
+// shared memory, N 64; dV += P^T dO and dK += dS^T Q take P^T and dS^T
+// from registers and dO and Q N-major, the head dim in chunks.
+template <int KP>
+__device__ void fw_backward_dkv(act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v,
+                                const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck,
+                                int accv, i64 B) {
+#ifdef LMC_WGMMA
+  enum { KS = KP / 16, TILE = FW_ROWS * KP, QT = FW_ROWS };
+  extern __shared__ __align__(16) unsigned short fm_smem[];
+  // K, V, then two stages of Q and dO (fm_smem kind 4)
+  unsigned short *ks = fm_smem, *vs = ks + TILE, *stage = vs + TILE;
+  __shared__ __align__(16) float ls[2][QT], ds[2][QT];
+  int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
+  i64 b, gi;
+  if (!fa_head(b, gi, B, G)) return;
+  i64 j0 = (i64)blockIdx.y * FW_ROWS, per = H / G, c0 = j0 + warp * 16 + g;   // this thread's keys: c0, c0 + 8
+  float sl = scale * LOG2E;   // S in log2 units
+  fw_load<KP>(ks, k + b * T * G * K + gi * K, j0, T, G * K, (int)K);
+  fw_load<KP>(vs, v + b * T * G * K + gi * K, j0, T, G * K, (int)K);
+  float dka[KP / 8][4], dva[KP / 8][4];
+  #pragma unroll
+  for (int nt = 0; nt < KP / 8; nt++)
+    #pragma unroll
+    for (int i = 0; i < 4; i++) dka[nt][i] = dva[nt][i] = 0;
+  // K's and V's descriptors (K-major), the first stage's Q (K- and
+  // N-major; its dO's TILE / 8 on, the second stage's 2 TILE / 8)
+  unsigned long long kd = fw_desc_k<KP>(ks), vd = fw_desc_k<KP>(vs), qk0 = fw_desc_k<KP>(stage),
+                     qn0 = fw_desc_n<KP>(stage);
+  // steps: the query tiles i0 = j0, j0 + QT, .. below T of each head of the group in turn
+  i64 i0 = j0, h1 = gi * per, i1 = j0;   // this step's first query; the next step's head and query
+  fw_dkv_stage<KP>(stage, ls[0], ds[0], q, dout, lse, dd, b, h1, i1, T, H, K), lmc_cp_async_commit();
+  for (int st = 0;; st ^= 1) {
+    if ((i1 += QT) >= T) i1 = j0, h1++;
+    bool more = h1 < (gi + 1) * per;
+    // this step's tiles landed and seen by the tensor cores; every warp
+    // done with the other stage, which takes the next step's
+    lmc_cp_async_wait0();
+    lmc_fence_proxy_async();
+    __syncthreads();
+    if (more) {
+      fw_dkv_stage<KP>(stage + (st ^ 1) * 2 * TILE, ls[st ^ 1], ds[st ^ 1], q, dout, lse, dd, b, h1, i1, T, H, K);
+      lmc_cp_async_commit();
+    }
+    unsigned long long qk = qk0 + st * (TILE / 4), qn = qn0 + st * (TILE / 4);   // this stage's Q; dO TILE / 8 on
+    float st_[QT / 8][4], dpt[QT / 8][4];   // S^T and dP^T: this warp's 16 keys x QT queries
+    lmc_wg_fence();
+    #pragma unroll
+    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<QT, 0>(st_, kd + 16 * kk, qk + 16 * kk, kk);
+    #pragma unroll
+    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<QT, 0>(dpt, vd + 16 * kk, qk + TILE / 8 + 16 * kk, kk);
+    lmc_wg_commit();
+    lmc_wg_wait<0>();
+    lmc_wg_hold<QT / 8>(st_), lmc_wg_hold<QT / 8>(dpt);
+    fm_dkv_probs<QT>(st_, dpt, ls[st], ds[st], i0 < j0 + FW_ROWS - 1, (int)(c0 - i0), sl);
+    unsigned pa[QT / 16][4], da[QT / 16][4];   // 16 queries a step: rows 16 kk.. of dO's and Q's tiles
+    fw_frags<QT>(pa, st_), fw_frags<QT>(da, dpt);
+    lmc_wg_hold<KP / 8>(dva), lmc_wg_hold<KP / 8>(dka);
+    lmc_wg_fence();
+    #pragma unroll
+    for (int kk = 0; kk < QT / 16; kk++) fw_mul_kn<KP>(dva, pa[kk], qn + TILE / 8 + 2 * KP * kk);   // dV += P^T dO
+    #pragma unroll
+    for (int kk = 0; kk < QT / 16; kk++) fw_mul_kn<KP>(dka, da[kk], qn + 2 * KP * kk);              // dK += dS^T Q
+    lmc_wg_commit();
+    lmc_wg_wait<0>();
+    lmc_wg_hold<KP / 8>(dva), lmc_wg_hold<KP / 8>(dka);
+    if (!more) break;
+    i0 = i1;
+  }
+  if (dk) fm_put<KP>(dk + b * T * G * K + gi * K, G * K, dka, c0, T, (int)K, scale, scale, acck);
+  if (dv) fm_put<KP>(dv + b * T * G * K + gi * K, G * K, dva, c0, T, (int)K, 1.0f, 1.0f, accv);
+#else
+  __trap();   // (the runtime launches it on sm_90a alone)
+#endif
 }
 
 // blocks of R keys of a kv group (fa_head over B G groups); a group's

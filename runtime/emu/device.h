@@ -396,7 +396,7 @@ static inline unsigned lmc_smem(const void *p) {
 // memory and writing D then, so a kernel that writes B's tile or reads D
 // before its wait sees here what it may on a GPU. Warp w of a warpgroup
 // holds rows 16w.. of A and D, so each warp's product is its own.
-struct LmcWg { float *d; unsigned a[4]; unsigned long long desc; int n, tb, acc, group; };
+struct LmcWg { float *d; unsigned a[4]; unsigned long long adesc, desc; int ss, n, tb, acc, group; };
 enum { LMC_EMU_WG_MAX = 32 };
 static LmcWg lmc_emu_wg[1024][LMC_EMU_WG_MAX];
 static int lmc_emu_wg_n[1024], lmc_emu_wg_groups[1024];
@@ -405,18 +405,29 @@ static inline void lmc_wg_fence(void) {}
 static inline void lmc_fence_proxy_async(void) {}
 template <int NT> static inline void lmc_wg_hold(float (*)[4]) {}
 static inline void lmc_wg_commit(void) { lmc_emu_wg_groups[lmc_emu_lin()]++; }
-template <int N, int TB>
-static inline void lmc_wgmma_bf16(float (*d)[4], const unsigned a[4], unsigned long long desc, int acc) {
-  static_assert(N == 16 || N == 32 || N == 64, "lmc_wgmma_bf16 takes N 16, 32 or 64");
+static inline void lmc_emu_wg_issue(const LmcWg &w) {
   unsigned t = lmc_emu_lin();
   if ((blockDim.x * blockDim.y * blockDim.z) % 128) lmc_emu_api->trap("wgmma: a block of whole warpgroups (128 threads) runs it");
   if (lmc_emu_wg_n[t] == LMC_EMU_WG_MAX) lmc_emu_api->trap("wgmma: 32 instructions pending in one thread (no wait_group?)");
-  LmcWg w = {&d[0][0], {a[0], a[1], a[2], a[3]}, desc, N, TB, acc != 0, lmc_emu_wg_groups[t]};
-  lmc_emu_wg[t][lmc_emu_wg_n[t]++] = w;
+  lmc_emu_wg[t][lmc_emu_wg_n[t]] = w;
+  lmc_emu_wg[t][lmc_emu_wg_n[t]++].group = lmc_emu_wg_groups[t];
+}
+template <int N, int TB>
+static inline void lmc_wgmma_bf16(float (*d)[4], const unsigned a[4], unsigned long long desc, int acc) {
+  static_assert(N == 16 || N == 32 || N == 64, "lmc_wgmma_bf16 takes N 16, 32 or 64");
+  lmc_emu_wg_issue(LmcWg{&d[0][0], {a[0], a[1], a[2], a[3]}, 0, desc, 0, N, TB, acc != 0, 0});
+}
+// A (64 x 16, K-major) from shared memory by its descriptor: warp w of
+// the warpgroup multiplies rows 16w..
+template <int N, int TB>
+static inline void lmc_wgmma_bf16_ss(float (*d)[4], unsigned long long adesc, unsigned long long desc, int acc) {
+  static_assert(N == 16 || N == 32 || N == 64, "lmc_wgmma_bf16_ss takes N 16, 32 or 64");
+  lmc_emu_wg_issue(LmcWg{&d[0][0], {0, 0, 0, 0}, adesc, desc, 1, N, TB, acc != 0, 0});
 }
 
-// B[k][n] of a wgmma's 16 x N operand from its descriptor: start address,
-// leading (K direction) and stride (N direction) byte offsets between 8 x
+// Element (k, n) of a wgmma operand from its descriptor (B: 16 x N; A,
+// K-major, as its transpose, n a row of A): start address, leading (K
+// direction) and stride (M or N direction) byte offsets between 8 x
 // 16-byte core matrices, no swizzling; K-major (tb 0): a core matrix's
 // 16-byte rows are 8 n, each 8 k; N-major (tb 1): 8 k, each 8 n
 static float lmc_emu_wg_b(unsigned long long desc, int tb, int k, int n) {
@@ -445,16 +456,20 @@ static void lmc_emu_wg_combine(const unsigned char *in, unsigned char *out, unsi
     float A[16][16], C[16][64];
     for (int l = 0; l < 32; l++) {
       const LmcWg *w = &lmc_emu_wg[th[l]][i];
-      if (w->n != w0->n || w->tb != w0->tb || w->desc != w0->desc || w->acc != w0->acc)
+      if (w->n != w0->n || w->tb != w0->tb || w->desc != w0->desc || w->acc != w0->acc || w->ss != w0->ss ||
+          w->adesc != w0->adesc)
         lmc_emu_api->trap("wgmma: the lanes of a warp issued different instructions");
       int g = l >> 2, t = l & 3;
-      for (int r = 0; r < 4; r++) {   // mma.sync's A layout
+      for (int r = 0; r < 4 && !w0->ss; r++) {   // mma.sync's A layout
         int row = g + (r & 1) * 8, col = 2 * t + (r >> 1) * 8;
         A[row][col] = lmc_bf_lo(w->a[r]), A[row][col + 1] = lmc_bf_hi(w->a[r]);
       }
       for (int j = 0; j < w0->n / 2; j++)
         C[g + (j & 2) * 4][(j >> 2) * 8 + 2 * t + (j & 1)] = w->acc ? w->d[j] : 0.0f;
     }
+    if (w0->ss)   // this warp's 16 rows of the warpgroup's A
+      for (int row = 0; row < 16; row++)
+        for (int k = 0; k < 16; k++) A[row][k] = lmc_emu_wg_b(w0->adesc, 0, k, (int)(t0 / 32 % 4) * 16 + row);
     float Bm[16][64];
     for (int k = 0; k < 16; k++)
       for (int n = 0; n < w0->n; n++) Bm[k][n] = lmc_emu_wg_b(w0->desc, w0->tb, k, n);

@@ -102,7 +102,8 @@ extern "C" __global__ void mma_tile(float *d, const unsigned short *a, const uns
 }
 
 // D[64x32] = 2 A[64x16] B[16x32] on one warpgroup by two wgmma (A from
-// registers, B by a descriptor): the first ignores D's values (acc 0; d
+// registers, or with ss from shared memory as K-major core matrices 128
+// bytes apart in k and 256 in m; B by a descriptor): the first ignores D's values (acc 0; d
 // starts at 1), the second adds to them. B (row-major in global memory) goes
 // into dynamic shared memory as 8 x 16-byte core matrices, K-major (tb 0:
 // a core matrix's rows are 8 n, each 8 k) or N-major (tb 1: 8 k, each 8 n),
@@ -111,7 +112,7 @@ extern "C" __global__ void mma_tile(float *d, const unsigned short *a, const uns
 // rows of D in the accumulator layout. (A GPU that cannot run wgmma writes
 // nothing: the check there fails.)
 extern "C" __global__ void wgmma_tile(float *d, const unsigned short *a, const unsigned short *b, int tb, int lbo,
-                                      int sbo) {
+                                      int sbo, int ss) {
 #ifdef LMC_WGMMA
   extern __shared__ __align__(16) unsigned short wsb[];
   int x = threadIdx.x, w = x / 32, g = x % 32 / 4, t = x % 4;
@@ -119,6 +120,11 @@ extern "C" __global__ void wgmma_tile(float *d, const unsigned short *a, const u
     int k = e / 32, n = e % 32;
     int off = (k / 8) * lbo + (n / 8) * sbo + (tb ? (k % 8) * 16 + (n % 8) * 2 : (n % 8) * 16 + (k % 8) * 2);
     wsb[off / 2] = b[e];
+  }
+  unsigned short *wsa = wsb + 512;   // (A at byte 1024: 2 KiB)
+  for (int e = x; e < 64 * 16; e += 128) {
+    int m = e / 16, k = e % 16;
+    wsa[((m / 8) * 256 + (k / 8) * 128 + (m % 8) * 16 + (k % 8) * 2) / 2] = a[e];
   }
   lmc_fence_proxy_async();
   __syncthreads();
@@ -129,8 +135,13 @@ extern "C" __global__ void wgmma_tile(float *d, const unsigned short *a, const u
   for (int i = 0; i < 4; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 1.0f;
   unsigned long long desc = (unsigned long long)((lmc_smem(wsb) & 0x3ffffu) >> 4) |
                             (unsigned long long)((unsigned)lbo >> 4) << 16 | (unsigned long long)((unsigned)sbo >> 4) << 32;
+  unsigned long long adesc = (unsigned long long)((lmc_smem(wsa) & 0x3ffffu) >> 4) | (unsigned long long)(128 >> 4) << 16 |
+                             (unsigned long long)(256 >> 4) << 32;
   lmc_wg_fence();
-  if (tb) {
+  if (ss) {
+    lmc_wgmma_bf16_ss<32, 0>(acc, adesc, desc, 0);
+    lmc_wgmma_bf16_ss<32, 0>(acc, adesc, desc, 1);
+  } else if (tb) {
     lmc_wgmma_bf16<32, 1>(acc, ra, desc, 0);
     lmc_wgmma_bf16<32, 1>(acc, ra, desc, 1);
   } else {

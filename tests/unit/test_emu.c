@@ -271,8 +271,9 @@ static void mma(void) {
   F(cuMemFree)(dd), F(cuMemFree)(da), F(cuMemFree)(db);
 }
 
-/* wgmma (sm_90a) with B K-major and N-major, its core matrices' strides
- * apart in k and n unequal (so a descriptor with the two swapped reads
+/* wgmma (sm_90a) with B K-major and N-major, and A from registers or
+ * from shared memory (K-major), core matrices' strides apart in k and n
+ * unequal (so a descriptor with the two swapped reads
  * another matrix), against a plain product; skipped on a GPU before
  * compute capability 9.0 */
 static void wgmma(void) {
@@ -289,12 +290,13 @@ static void wgmma(void) {
     for (int j = 0; j < 32; j++) B[k][j] = (float)((k * 5 + j * 13) % 9 - 4), b[k * 32 + j] = bf16(B[k][j]);
   CUdeviceptr dd = dalloc(sizeof d), da = dalloc(sizeof a), db = dalloc(sizeof b);
   F(cuMemcpyHtoD)(da, a, sizeof a), F(cuMemcpyHtoD)(db, b, sizeof b);
-  /* tb, then the byte offsets between core matrices in k (lbo) and n (sbo) */
-  int ways[2][3] = {{0, 512, 128}, {1, 128, 256}};
-  for (int w = 0; w < 2; w++) {
-    void *args[] = {&dd, &da, &db, &ways[w][0], &ways[w][1], &ways[w][2]};
+  /* tb, the byte offsets between core matrices in k (lbo) and n (sbo),
+   * and A from registers (0) or shared memory (1) */
+  int ways[3][4] = {{0, 512, 128, 0}, {1, 128, 256, 0}, {0, 512, 128, 1}};
+  for (int w = 0; w < 3; w++) {
+    void *args[] = {&dd, &da, &db, &ways[w][0], &ways[w][1], &ways[w][2], &ways[w][3]};
     F(cuMemsetD8)(dd, 0, sizeof d);
-    CUresult rc = F(cuLaunchKernel)(fn("wgmma_tile"), 1, 1, 1, 128, 1, 1, 1024, NULL, args, NULL);
+    CUresult rc = F(cuLaunchKernel)(fn("wgmma_tile"), 1, 1, 1, 128, 1, 1, 3072, NULL, args, NULL);
     if (!rc) rc = F(cuCtxSynchronize)();
     F(cuMemcpyDtoH)(d, dd, sizeof d);
     int bad = rc != 0;
@@ -304,8 +306,9 @@ static void wgmma(void) {
         for (int k = 0; k < 16; k++) s += A[i][k] * B[k][j];
         bad += d[i * 32 + j] != 2 * s;
       }
-    expect(!bad, w ? "wgmma.m64n32k16 (bf16, A in registers), B N-major by its descriptor"
-                   : "wgmma.m64n32k16 (bf16, A in registers), B K-major by its descriptor");
+    expect(!bad, w == 2 ? "wgmma.m64n32k16 (bf16), A and B K-major by their descriptors"
+                 : w   ? "wgmma.m64n32k16 (bf16, A in registers), B N-major by its descriptor"
+                       : "wgmma.m64n32k16 (bf16, A in registers), B K-major by its descriptor");
   }
   F(cuMemFree)(dd), F(cuMemFree)(da), F(cuMemFree)(db);
 }

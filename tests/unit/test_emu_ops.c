@@ -514,7 +514,7 @@ int main(int argc, char **argv) {
       c = (Case){names[mp][i][0], rt_inst(OP_ATTENTION), {{nq}, {nk}, {nk}}, {{nq}, {rows, F32}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, false);
-      static char other[3][5][96];
+      static char other[3][6][96];
       if (mp && !quick) {   /* the forward's other kernels: 128 rows, one stage (not under sanitizers) */
         snprintf(other[i][0], 96, "%s, forward 128 rows a block", names[mp][i][0]);
         cuda_attention_rows(128);
@@ -527,7 +527,7 @@ int main(int argc, char **argv) {
         check(c, false);
         cuda_attention_stages(2);
       }
-      if (mp) {   /* the forward on wgmma (sm_90a's warpgroup instructions, emulated) */
+      if (mp) {   /* the forward on wgmma (sm_90a's warpgroup instructions; on the emulated platform, emulated) */
         snprintf(other[i][3], 96, "%s, forward on wgmma", names[mp][i][0]);
         cuda_attention_wgmma(1);
         c.name = other[i][3];
@@ -538,6 +538,13 @@ int main(int argc, char **argv) {
       c = (Case){names[mp][i][1], rt_inst(OP_ATTENTION_BWD), {{nq}, {nq}, {nk}, {nk}, {rows, F32}, {nq}}, {{nq}, {nk}, {nk}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, true);
+      if (mp) {   /* dK/dV on wgmma (to head dim 96; dQ stays on mma.sync) */
+        snprintf(other[i][5], 96, "%s, dK/dV on wgmma", names[mp][i][1]);
+        cuda_attention_wgmma(1);
+        c.name = other[i][5];
+        check(c, true);
+        cuda_attention_wgmma(0);
+      }
       /* the launch order in sections of 3 heads (8 heads in three, one
        * spare; 4 kv groups in two of 2) and of 1 (fp32 storage only: the
        * order is read off the grid alike in bf16's kernels) */
