@@ -82,8 +82,8 @@ attention_row() {
   # the launch order before (each head's blocks together, longest first;
   # now the longest blocks of a section of heads go first, untimed)
   LMC_ATTENTION_SECTION=1 timeout 120 "$(dirname "$bench")/bench_attention" "$work/a" 20 cuda 2>&1
-  # the forward on wgmma (sm_90a; untimed, checked by test_emu and
-  # test_emu_ops on the GPU before this runs)
+  # attention on wgmma (sm_90a: the forward, dQ and dK/dV; untimed,
+  # checked by test_emu and test_emu_ops on the GPU before this runs)
   LMC_ATTENTION_WGMMA=1 timeout 120 "$(dirname "$bench")/bench_attention" "$work/a" 20 cuda 2>&1
   # the other kernels, side by side (head dims to 96): the forward at 128
   # query rows a block (2.5x slower in run 16, its registers then in local
@@ -114,7 +114,7 @@ if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # the issue's two targets in bf16, ea
   rowenv=
   torch_row gpt2-B8-T1024 bf16c torch_gpt2.py 8 1024 bf16c 10
   lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16 3 llama-large --set precision=bf16
-  rowenv=LMC_ATTENTION_WGMMA=1   # (the forward on wgmma)
+  rowenv=LMC_ATTENTION_WGMMA=1   # (attention on wgmma)
   lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16-wg 3 llama-large --set precision=bf16
   rowenv=
   lmc_row moe-8x2-D512 cuda-medium:cuda-bf16 5 moe-tiny $moe --set F=688 --set precision=bf16

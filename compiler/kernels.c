@@ -110,6 +110,13 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
               "i64 T, i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
               "  fm_backward_dq<%d, 2, %s, true>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", K, kp,
               kp > 64 ? "true" : "false");
+    /* dQ on the warpgroup's matrix instructions (LMC_ATTENTION_WGMMA=1),
+     * head dims to 96 as dK/dV's below */
+    if (kp <= 96)
+      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, 2) lmc_attention_bwd_wg_dq_k%lld("
+            "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
+            "i64 T, i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
+            "  fw_backward_dq<%d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", K, kp);
     if (kp <= 96)
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_bwd_mma_dq_r64_k%lld("
               "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "

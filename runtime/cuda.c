@@ -827,18 +827,18 @@ static bool fm_s2(i64 k, bool fwd) {
   return kv_stages == 2 && (k + 15) / 16 * 16 <= 96 && fm_rows(k, fwd) == (fwd ? 64 : 128);
 }
 
-/* The forward and dK/dV on Hopper's warpgroup matrix instructions
- * (kernels.cu's fw_forward and fw_backward_dkv, lmc_attention_wg_kK and
- * lmc_attention_bwd_wg_dkv_kK: the tensor cores read K, V, Q and dO
- * tiles from shared memory, no ldmatrix of them), on a GPU of compute
- * capability 9.0 (the kernels compiled for sm_90a) and on the emulated
- * platform; dK/dV up to head dim 96. Checked against the CPU under the
+/* Attention on Hopper's warpgroup matrix instructions (kernels.cu's
+ * fw_forward, fw_backward_dq and fw_backward_dkv: lmc_attention_wg_kK,
+ * lmc_attention_bwd_wg_dq_kK and lmc_attention_bwd_wg_dkv_kK; the tensor
+ * cores read K, V, Q and dO tiles from shared memory, no ldmatrix of
+ * them), on a GPU of compute capability 9.0 (the kernels compiled for
+ * sm_90a) and on the emulated platform; dQ and dK/dV up to head dim 96. Checked against the CPU under the
  * emulator only so far, so LMC_ATTENTION_WGMMA=1 (cuda_attention_wgmma)
  * asks for them and bench/gpu.sh times them beside the default. */
 static int wgmma_asked;
 void cuda_attention_wgmma(int on) { wgmma_asked = on; }
 static bool fa_wg(const RtInst *x) { return wgmma_asked && sm == 90 && fa_mma(x); }
-static bool fa_wg_dkv(const RtInst *x) { return fa_wg(x) && (x->k + 15) / 16 * 16 <= 96; }
+static bool fa_wg_bwd(const RtInst *x) { return fa_wg(x) && (x->k + 15) / 16 * 16 <= 96; }
 
 /* The heads a section of attention's launch order (kernels.cu's
  * fa_head: a section's blocks go out rank by rank across its heads, each
@@ -880,12 +880,14 @@ static void fa_launch(const char *name, i64 heads, i64 nb, i64 sec, unsigned sme
  * (fm_rows), K and V (a stage each, or two: fm_s2) (kind 0), dQ's Q, dO
  * (fm_rows each), K and V (a stage each, or two) (1), dK/dV's K, V and
  * two stages of Q and dO tiles of QT queries (2, dkv_qt); the wgmma
- * forward's Q and two stages of K and V in core matrices (3), and wgmma
- * dK/dV's K, V and two stages of Q and dO (4) */
+ * forward's Q and two stages of K and V in core matrices (3), wgmma
+ * dK/dV's K, V and two stages of Q and dO (4), and wgmma dQ's Q and dO
+ * and two stages of K and V (5) */
 static unsigned fm_smem(i64 k, int kind) {
   i64 kp = (k + 15) / 16 * 16, qt = dkv_qt(k);
   if (kind == 3) return (unsigned)((64 * (kp + 8) + 4 * 64 * kp) * 2);   /* fw_forward: Q, K and V's two stages */
   if (kind == 4) return (unsigned)(6 * 64 * kp * 2);   /* fw_backward_dkv: K, V, Q and dO's two stages */
+  if (kind == 5) return (unsigned)((2 * 64 * (kp + 8) + 4 * 64 * kp) * 2);   /* fw_backward_dq: Q, dO, K and V's two stages */
   i64 rows = kind == 0   ? fm_rows(k, true) + (fm_s2(k, true) ? 4 : 2) * 64
              : kind == 1 ? 2 * fm_rows(k, false) + (fm_s2(k, false) ? 4 : 2) * 64
                          : 2 * 64 + 4 * qt;
@@ -924,22 +926,24 @@ static void op_attention_bwd(const RtInst *x, void **o, void **in) {
   char name[64];
   if (o[0]) {
     void *q[] = {&dQ, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc0, &B};
-    i64 rq = fa_mma(x) ? fm_rows(K, false) : R;
+    i64 rq = fa_wg_bwd(x) ? 64 : fa_mma(x) ? fm_rows(K, false) : R;
     bool r64 = fa_mma(x) && rq == 64 && (K + 15) / 16 * 16 <= 96;   /* the other kernel */
-    snprintf(name, sizeof name, "lmc_attention_bwd_%sdq_%sk%lld", kind,
-             r64                          ? "r64_"
+    snprintf(name, sizeof name, "lmc_attention_bwd_%sdq_%sk%lld", fa_wg_bwd(x) ? "wg_" : kind,
+             fa_wg_bwd(x)                   ? ""
+             : r64                          ? "r64_"
              : fa_mma(x) && fm_s2(K, false) ? "s2_"
                                             : "",
              K);
-    fa_launch(name, B * H, (T + rq - 1) / rq, fa_section(x, false), fa_mma(x) ? fm_smem(K, 1) : 0, q);
+    fa_launch(name, B * H, (T + rq - 1) / rq, fa_section(x, false),
+              fa_wg_bwd(x) ? fm_smem(K, 5) : fa_mma(x) ? fm_smem(K, 1) : 0, q);
   }
   if (o[1] || o[2]) {
     void *kv[] = {&dK, &dV, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc1, &acc2, &B};
     bool q64 = fa_mma(x) && dkv_qt(K) == 64 && (K + 15) / 16 * 16 > 64;   /* the variant */
-    snprintf(name, sizeof name, "lmc_attention_bwd_%sdkv_%sk%lld", fa_wg_dkv(x) ? "wg_" : kind,
-             q64 && !fa_wg_dkv(x) ? "q64_" : "", K);
+    snprintf(name, sizeof name, "lmc_attention_bwd_%sdkv_%sk%lld", fa_wg_bwd(x) ? "wg_" : kind,
+             q64 && !fa_wg_bwd(x) ? "q64_" : "", K);
     fa_launch(name, B * G, (T + R - 1) / R, fa_section(x, true),
-              fa_wg_dkv(x) ? fm_smem(K, 4) : fa_mma(x) ? fm_smem(K, 2) : 0, kv);
+              fa_wg_bwd(x) ? fm_smem(K, 4) : fa_mma(x) ? fm_smem(K, 2) : 0, kv);
   }
 }
 

@@ -1263,6 +1263,24 @@ __device__ void fa_backward_dq(act *dq, const act *dout, const act *q, const act
 // warp takes MT m-tiles of 16 rows as the forward does, and a tile of 64
 // keys in MT sub-tiles of 64 / MT (so that S and dP of 2 m-tiles fit the
 // registers beside dQ's accumulators), skipping those wholly past its rows
+// dS of a tile, this warp's 16 query rows x N keys in the accumulator
+// layout: S (log2 units) and dP in, dS = P (dP - the rows' rowsum(dO O)
+// di) out, P from the rows' log-sum-exps li (log2 units); where diag the
+// causal mask (a key more than rel past this thread's first row is unseen)
+template <int N>
+__device__ __forceinline__ void fm_dq_ds(float (*s)[4], const float (*dp)[4], const float *li, const float *di,
+                                         bool diag, int rel) {
+  int t = threadIdx.x % 4;
+  #pragma unroll
+  for (int nt = 0; nt < N / 8; nt++)
+    #pragma unroll
+    for (int i = 0; i < 4; i++) {
+      float p = lmc_ex2(s[nt][i] - li[i >> 1]);
+      if (diag && nt * 8 + 2 * t + (i & 1) > rel + (i >> 1) * 8) p = 0.0f;
+      s[nt][i] = p * (dp[nt][i] - di[i >> 1]);
+    }
+}
+
 template <int KP, int MT, bool Roll = false, bool S2 = false>
 __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act *k, const act *v,
                                const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int accum,
@@ -1272,7 +1290,7 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
   // Q, dO (BR rows each), K's tiles, V's (fm_smem kind 1: a stage each, or two)
   unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem;
   unsigned short(*dos)[KP + 8] = sh + BR, (*ks)[KP + 8] = sh + 2 * BR, (*vs)[KP + 8] = ks + (S2 ? 2 : 1) * FM_ROWS;
-  int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
   i64 b, h;
   if (!fa_head(b, h, B, H)) return;
   i64 gi = h / (H / G), i0 = (i64)(gridDim.y - 1 - blockIdx.y) * BR, last = (i0 + BR < T ? i0 + BR : T) - 1;
@@ -1335,19 +1353,9 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
       fm_mul_nk_m<KP, NS / 8, KP / 16, MT>(s, sh, warp * 16 * MT, kt + hs * NS);
       // the causal mask where a key passes a row of the warp; a row past T
       // has dS 0 all along (its dO and lse are zeros)
-      bool diag = k0 + NS - 1 > w0;
       #pragma unroll
-      for (int mt = 0; mt < MT; mt++) {
-        int rel = (int)(r0 + 16 * mt - k0);   // this thread's first row, from the sub-tile's first key
-        #pragma unroll
-        for (int nt = 0; nt < NS / 8; nt++)
-          #pragma unroll
-          for (int i = 0; i < 4; i++) {
-            float p = lmc_ex2(s[mt][nt][i] - li[mt][i >> 1]);
-            if (diag && nt * 8 + 2 * t + (i & 1) > rel + (i >> 1) * 8) p = 0.0f;
-            s[mt][nt][i] = p * (dp[mt][nt][i] - di[mt][i >> 1]);   // dS
-          }
-      }
+      for (int mt = 0; mt < MT; mt++)
+        fm_dq_ds<NS>(s[mt], dp[mt], li[mt], di[mt], k0 + NS - 1 > w0, (int)(r0 + 16 * mt - k0));
       fm_mul_kn_m<KP, NS / 8, MT>(acc, s, kt + hs * NS);   // dQ += dS K
     }
     if (!S2) {
@@ -1365,6 +1373,82 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
   #pragma unroll
   for (int mt = 0; mt < MT; mt++)
     fm_put<KP>(dqh, H * K, acc[mt], r0 + 16 * mt, T, (int)K, scale, scale, accum);
+}
+
+// dQ on the warpgroup's matrix instructions (sm_90a; see fw_forward): a
+// block is one warpgroup of 64 query rows, warp w rows 16w..; Q's and dO's
+// fragments stay in registers, K and V have two stages of core matrices
+// by cp.async. S = Q K^T and dP = dO V^T take B (K, V) K-major, N 64; dQ
+// += dS K takes dS from registers and K's tile N-major (the same bytes).
+template <int KP>
+__device__ void fw_backward_dq(act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse,
+                               const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int accum, i64 B) {
+#ifdef LMC_WGMMA
+  enum { KS = KP / 16, TILE = FW_ROWS * KP };
+  extern __shared__ __align__(16) unsigned short fm_smem[];
+  // Q, dO (64 padded rows each), then K's two stages and V's (fm_smem kind 5)
+  unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem, (*dos)[KP + 8] = sh + FW_ROWS,
+                   *ks = fm_smem + 2 * FW_ROWS * (KP + 8), *vs = ks + 2 * TILE;
+  int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
+  i64 b, h;
+  if (!fa_head(b, h, B, H)) return;
+  i64 gi = h / (H / G), i0 = (i64)(gridDim.y - 1 - blockIdx.y) * FW_ROWS, last = (i0 + FW_ROWS < T ? i0 + FW_ROWS : T) - 1;
+  i64 w0 = i0 + warp * 16, r0 = w0 + g;   // this thread's rows: r0 and r0 + 8
+  const act *kb = k + b * T * G * K + gi * K, *vb = v + b * T * G * K + gi * K;
+  fw_load<KP>(ks, kb, 0, T, G * K, (int)K), fw_load<KP>(vs, vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
+  fm_tile<FW_ROWS, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);   // S in log2 units
+  fm_tile<FW_ROWS, KP>(dos, dout + b * T * H * K + h * K, i0, T, H * K, (int)K, 1.0f);
+  float li[2], di[2];
+  #pragma unroll
+  for (int r = 0; r < 2; r++) {
+    i64 row = r0 + r * 8;
+    li[r] = row < T ? lse[(b * H + h) * T + row] * LOG2E : 0, di[r] = row < T ? dd[(b * H + h) * T + row] : 0;
+  }
+  __syncthreads();
+  unsigned qa[KS][4], oa[KS][4];
+  #pragma unroll
+  for (int kk = 0; kk < KS; kk++) fm_frag_a<KP>(qa[kk], sh, warp * 16, kk), fm_frag_a<KP>(oa[kk], dos, warp * 16, kk);
+  float acc[KP / 8][4];
+  #pragma unroll
+  for (int nt = 0; nt < KP / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
+  // stage 0's descriptors (stage 1's TILE / 8 on): K K-major and N-major, V K-major
+  unsigned long long kk0 = fw_desc_k<KP>(ks), kn0 = fw_desc_n<KP>(ks), vk0 = fw_desc_k<KP>(vs);
+  int st = 0;
+  for (i64 j0 = 0; j0 <= last; j0 += FW_ROWS, st ^= 1) {
+    lmc_cp_async_wait0();
+    lmc_fence_proxy_async();
+    __syncthreads();
+    if (j0 + FW_ROWS <= last) {
+      fw_load<KP>(ks + (st ^ 1) * TILE, kb, j0 + FW_ROWS, T, G * K, (int)K);
+      fw_load<KP>(vs + (st ^ 1) * TILE, vb, j0 + FW_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
+    }
+    unsigned long long kd = kk0 + st * (TILE / 8), kn = kn0 + st * (TILE / 8), vd = vk0 + st * (TILE / 8);
+    float s[FW_ROWS / 8][4], dp[FW_ROWS / 8][4];
+    lmc_wg_fence();
+    #pragma unroll
+    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16<FW_ROWS, 0>(s, qa[kk], kd + 16 * kk, kk);
+    #pragma unroll
+    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16<FW_ROWS, 0>(dp, oa[kk], vd + 16 * kk, kk);
+    lmc_wg_commit();
+    lmc_wg_wait<0>();
+    lmc_wg_hold<FW_ROWS / 8>(s), lmc_wg_hold<FW_ROWS / 8>(dp);
+    // the causal mask where a key passes a row of the warp; a row past T
+    // has dS 0 all along (its dO and lse are zeros)
+    fm_dq_ds<FW_ROWS>(s, dp, li, di, j0 + FW_ROWS - 1 > w0, (int)(r0 - j0));
+    unsigned da[FW_ROWS / 16][4];   // 16 keys a step: rows 16 kk.. of K's tile
+    fw_frags<FW_ROWS>(da, s);
+    lmc_wg_hold<KP / 8>(acc);
+    lmc_wg_fence();
+    #pragma unroll
+    for (int kk = 0; kk < FW_ROWS / 16; kk++) fw_mul_kn<KP>(acc, da[kk], kn + 2 * KP * kk);   // dQ += dS K
+    lmc_wg_commit();
+    lmc_wg_wait<0>();
+    lmc_wg_hold<KP / 8>(acc);
+  }
+  fm_put<KP>(dq + b * T * H * K + h * K, H * K, acc, r0, T, (int)K, scale, scale, accum);
+#else
+  __trap();   // (the runtime launches it on sm_90a alone)
+#endif
 }
 
 // One stage of fm_backward_dkv: rows i0.. of head h's Q and dO into a Q

@@ -538,8 +538,8 @@ int main(int argc, char **argv) {
       c = (Case){names[mp][i][1], rt_inst(OP_ATTENTION_BWD), {{nq}, {nq}, {nk}, {nk}, {rows, F32}, {nq}}, {{nq}, {nk}, {nk}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, true);
-      if (mp) {   /* dK/dV on wgmma (to head dim 96; dQ stays on mma.sync) */
-        snprintf(other[i][5], 96, "%s, dK/dV on wgmma", names[mp][i][1]);
+      if (mp) {   /* dQ and dK/dV on wgmma (to head dim 96) */
+        snprintf(other[i][5], 96, "%s, on wgmma", names[mp][i][1]);
         cuda_attention_wgmma(1);
         c.name = other[i][5];
         check(c, true);
