@@ -110,9 +110,10 @@ extern "C" __global__ void mma_tile(float *d, const unsigned short *a, const uns
 // core matrices lbo bytes apart in k and sbo bytes apart in n (1 KiB of
 // them). Warp w gives rows 16w.. of A in mma.sync's A layout and gets those
 // rows of D in the accumulator layout. (A GPU that cannot run wgmma writes
-// nothing: the check there fails.)
+// nothing: the check there fails.) With swap the descriptor says the two
+// strides the other way round (test_emu's diagnosis when a GPU disagrees).
 extern "C" __global__ void wgmma_tile(float *d, const unsigned short *a, const unsigned short *b, int tb, int lbo,
-                                      int sbo, int ss) {
+                                      int sbo, int ss, int swap) {
 #ifdef LMC_WGMMA
   extern __shared__ __align__(16) unsigned short wsb[];
   int x = threadIdx.x, w = x / 32, g = x % 32 / 4, t = x % 4;
@@ -133,8 +134,9 @@ extern "C" __global__ void wgmma_tile(float *d, const unsigned short *a, const u
                     r0[2 * t + 8] | (unsigned)r0[2 * t + 9] << 16, r1[2 * t + 8] | (unsigned)r1[2 * t + 9] << 16};
   float acc[4][4];
   for (int i = 0; i < 4; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 1.0f;
-  unsigned long long desc = (unsigned long long)((lmc_smem(wsb) & 0x3ffffu) >> 4) |
-                            (unsigned long long)((unsigned)lbo >> 4) << 16 | (unsigned long long)((unsigned)sbo >> 4) << 32;
+  unsigned dl = swap ? sbo : lbo, ds = swap ? lbo : sbo;
+  unsigned long long desc = (unsigned long long)((lmc_smem(wsb) & 0x3ffffu) >> 4) | (unsigned long long)(dl >> 4) << 16 |
+                            (unsigned long long)(ds >> 4) << 32;
   unsigned long long adesc = (unsigned long long)((lmc_smem(wsa) & 0x3ffffu) >> 4) | (unsigned long long)(128 >> 4) << 16 |
                              (unsigned long long)(256 >> 4) << 32;
   lmc_wg_fence();
