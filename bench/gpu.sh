@@ -111,6 +111,8 @@ if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # the issue's two targets in bf16, ea
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16 5 gpt2-124m $gpt --set precision=bf16
   rowenv="LMC_GEMM_BACKWARD_EPILOGUES=0 LMC_GEMM_SHOW=1"
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-noep 5 gpt2-124m $gpt --set precision=bf16
+  rowenv=LMC_ATTENTION_WGMMA=1   # (attention on wgmma)
+  lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-wg 5 gpt2-124m $gpt --set precision=bf16
   rowenv=
   torch_row gpt2-B8-T1024 bf16c torch_gpt2.py 8 1024 bf16c 10
   lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16 3 llama-large --set precision=bf16

@@ -835,9 +835,62 @@ static bool fm_s2(i64 k, bool fwd) {
  * sm_90a) and on the emulated platform; dQ and dK/dV up to head dim 96. Checked against the CPU under the
  * emulator only so far, so LMC_ATTENTION_WGMMA=1 (cuda_attention_wgmma)
  * asks for them and bench/gpu.sh times them beside the default. */
-static int wgmma_asked;
-void cuda_attention_wgmma(int on) { wgmma_asked = on; }
-static bool fa_wg(const RtInst *x) { return wgmma_asked && sm == 90 && fa_mma(x); }
+static int wgmma_asked, wgmma_ok = -1;   /* wgmma_ok: lmc_wgmma_probe's verdict, -1 before it ran */
+
+/* kernels.cu's lmc_wgmma_probe against the host's products (small
+ * integers: exact): where this GPU's wgmma reads the tiles otherwise
+ * than the kernels lay them out, attention stays on mma.sync, and says
+ * so once. Run when the kernels are loaded and wgmma is asked for (not
+ * inside a step: it waits for the GPU). */
+static uint16_t bf16_of_small(float f) {   /* exact for the small integers the probe uses */
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return (uint16_t)(u >> 16);
+}
+static bool wgmma_probe(void) {
+  if (wgmma_ok >= 0) return wgmma_ok;
+  CUfunction f;
+  if (cu.getfn(&f, module, "lmc_wgmma_probe") != CUDA_SUCCESS)
+    rt_die("LMC_ATTENTION_WGMMA=1: this bundle's kernels.cu has no wgmma kernels (an older lmc wrote it): compile the "
+           "bundle again");
+  uint16_t a[64 * 16], b[16 * 32];
+  float A[64][16], B[16][32], d[3 * 64 * 32];
+  for (int i = 0; i < 64; i++)
+    for (int k = 0; k < 16; k++) A[i][k] = (float)((i * 7 + k * 3) % 11 - 5), a[i * 16 + k] = bf16_of_small(A[i][k]);
+  for (int k = 0; k < 16; k++)
+    for (int j = 0; j < 32; j++) B[k][j] = (float)((k * 5 + j * 13) % 9 - 4), b[k * 32 + j] = bf16_of_small(B[k][j]);
+  CUdeviceptr da, db, dd;
+  CK(cu.alloc(&da, sizeof a)), CK(cu.alloc(&db, sizeof b)), CK(cu.alloc(&dd, sizeof d));
+  CK(cu.htod(da, a, sizeof a)), CK(cu.htod(db, b, sizeof b));
+  void *args[] = {&dd, &da, &db};
+  /* (4 KiB of tiles in 16: a GPU reading them otherwise stays inside) */
+  launch_smem("lmc_wgmma_probe", 1, 1, 1, FA_THREADS, 16384, args);
+  CK(cu.sync());
+  CK(cu.dtoh(d, dd, sizeof d));
+  CK(cu.free(da)), CK(cu.free(db)), CK(cu.free(dd));
+  static const char *way[3] = {"B K-major", "B N-major", "A and B from shared memory"};
+  int bad = -1;
+  for (int v = 0; v < 3 && bad < 0; v++)
+    for (int i = 0; i < 64 * 32; i++) {
+      float s = 0;
+      for (int k = 0; k < 16; k++) s += A[i / 32][k] * B[k][i % 32];
+      if (d[v * 64 * 32 + i] != s) {
+        bad = v;
+        break;
+      }
+    }
+  if (bad >= 0)
+    fprintf(stderr, "lmrun: this GPU's wgmma reads its operands otherwise than lmc lays them out (%s): "
+                    "attention runs on mma.sync (LMC_ATTENTION_WGMMA ignored)\n", way[bad]);
+  wgmma_ok = bad < 0;
+  return wgmma_ok;
+}
+
+void cuda_attention_wgmma(int on) {
+  wgmma_asked = on;
+  if (on && module && sm == 90) wgmma_probe();
+}
+static bool fa_wg(const RtInst *x) { return wgmma_asked && sm == 90 && wgmma_ok == 1 && fa_mma(x); }
 static bool fa_wg_bwd(const RtInst *x) { return fa_wg(x) && (x->k + 15) / 16 * 16 <= 96; }
 
 /* The heads a section of attention's launch order (kernels.cu's
@@ -2175,6 +2228,7 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   workspace = dev_alloc(workspace_size);
   CK(cu.stream_create(&st, 0));
   load_kernels(dir);
+  if (wgmma_asked && sm == 90) wgmma_probe();
   static const char *names16[2][3] = {{"cuda-bf16", "cuda-bf16-high", "cuda-bf16-medium"},
                                       {"cuda-emu-bf16", "cuda-emu-bf16-high", "cuda-emu-bf16-medium"}};
   if (storage16) cuda.name = names16[emulate][precision];

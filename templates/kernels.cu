@@ -1375,6 +1375,47 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
     fm_put<KP>(dqh, H * K, acc[mt], r0 + 16 * mt, T, (int)K, scale, scale, accum);
 }
 
+// The runtime's check of the warpgroup instructions on this GPU (cuda.c's
+// wgmma_probe, before any attention kernel on them runs): d[3][64][32] =
+// A B, A 64 x 16 and B 16 x 32 given row-major, B as the attention kernels
+// describe their tiles, K-major (a tile of 32 rows of 16 columns: K's in
+// Q K^T) and N-major (16 rows of 32: V's in P V), A from registers and,
+// the third way, from shared memory K-major (dK/dV's K); tiles in
+// fw_load's units (16 bytes a unit; unit (r / 8) C + c / 8, 8 to a core
+// matrix, r % 8 within it, for C units a row).
+__device__ __forceinline__ int fw_elem(int r, int c, int C) { return (((r / 8) * C + c / 8) * 8 + r % 8) * 8 + c % 8; }
+extern "C" __global__ void lmc_wgmma_probe(float *d, const bf16 *a, const bf16 *b) {
+#ifdef LMC_WGMMA
+  extern __shared__ __align__(16) unsigned short fm_smem[];
+  unsigned short *as = fm_smem, *bk = as + 64 * 16, *bn = bk + 32 * 16;
+  int x = threadIdx.x, w = x / 32, g = x % 32 / 4, t = x % 4;
+  const unsigned short *ab = (const unsigned short *)a, *bb = (const unsigned short *)b;
+  for (int e = x; e < 64 * 16; e += FA_THREADS) as[fw_elem(e / 16, e % 16, 2)] = ab[e];
+  for (int e = x; e < 16 * 32; e += FA_THREADS) {
+    int k = e / 32, n = e % 32;
+    bk[fw_elem(n, k, 2)] = bb[e], bn[fw_elem(k, n, 4)] = bb[e];
+  }
+  lmc_fence_proxy_async();
+  __syncthreads();
+  const unsigned short *r0 = ab + (16 * w + g) * 16, *r1 = r0 + 8 * 16;
+  unsigned ra[4] = {r0[2 * t] | (unsigned)r0[2 * t + 1] << 16, r1[2 * t] | (unsigned)r1[2 * t + 1] << 16,
+                    r0[2 * t + 8] | (unsigned)r0[2 * t + 9] << 16, r1[2 * t + 8] | (unsigned)r1[2 * t + 9] << 16};
+  float acc[3][4][4];
+  lmc_wg_fence();
+  lmc_wgmma_bf16<32, 0>(acc[0], ra, fw_desc_k<16>(bk), 0);
+  lmc_wgmma_bf16<32, 1>(acc[1], ra, fw_desc_n<32>(bn), 0);
+  lmc_wgmma_bf16_ss<32, 0>(acc[2], fw_desc_k<16>(as), fw_desc_k<16>(bk), 0);
+  lmc_wg_commit();
+  lmc_wg_wait<0>();
+  #pragma unroll
+  for (int v = 0; v < 3; v++) {
+    lmc_wg_hold<4>(acc[v]);
+    for (int i = 0; i < 4; i++)
+      for (int j = 0; j < 4; j++) d[(v * 64 + 16 * w + g + (j >> 1) * 8) * 32 + 8 * i + 2 * t + (j & 1)] = acc[v][i][j];
+  }
+#endif
+}
+
 // dQ on the warpgroup's matrix instructions (sm_90a; see fw_forward): a
 // block is one warpgroup of 64 query rows, warp w rows 16w..; Q's and dO's
 // fragments stay in registers, K and V have two stages of core matrices

@@ -12,6 +12,7 @@
 #include "emu_abi.h"
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <type_traits>
 #include <utility>
@@ -430,10 +431,14 @@ static inline void lmc_wgmma_bf16_ss(float (*d)[4], unsigned long long adesc, un
 // direction) and stride (M or N direction) byte offsets between 8 x
 // 16-byte core matrices, no swizzling; K-major (tb 0): a core matrix's
 // 16-byte rows are 8 n, each 8 k; N-major (tb 1): 8 k, each 8 n
+// (LMC_CUDA_EMU_WGMMA_SWAP=1 reads the two offsets the other way round:
+// a GPU that disagrees with the layouts, for the runtime's probe to find)
 static float lmc_emu_wg_b(unsigned long long desc, int tb, int k, int n) {
+  static int swap = -1;
+  if (swap < 0) swap = getenv("LMC_CUDA_EMU_WGMMA_SWAP") && !strcmp(getenv("LMC_CUDA_EMU_WGMMA_SWAP"), "1");
   if (desc >> 49 & 0x7fff) lmc_emu_api->trap("wgmma: the emulator reads descriptors without swizzling or base offset");
-  unsigned start = (unsigned)(desc & 0x3fff) << 4, lbo = (unsigned)(desc >> 16 & 0x3fff) << 4,
-           sbo = (unsigned)(desc >> 32 & 0x3fff) << 4;
+  unsigned start = (unsigned)(desc & 0x3fff) << 4, lbo = (unsigned)(desc >> (swap ? 32 : 16) & 0x3fff) << 4,
+           sbo = (unsigned)(desc >> (swap ? 16 : 32) & 0x3fff) << 4;
   unsigned off = start + (unsigned)(k / 8) * lbo + (unsigned)(n / 8) * sbo +
                  (tb ? (unsigned)(k % 8) * 16 + (unsigned)(n % 8) * 2 : (unsigned)(n % 8) * 16 + (unsigned)(k % 8) * 2);
   const unsigned char *p = (const unsigned char *)lmc_emu_api->dyn_smem() + off;

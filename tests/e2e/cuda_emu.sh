@@ -125,7 +125,17 @@ if [ "$STEPS" -ge 20 ]; then
   done
   python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/wg.0/metrics.jsonl" "$WORK/wg.1/metrics.jsonl" \
     "attention on wgmma against mma.sync" 1e-15 || status=1
-  ran=20
+  # a GPU whose wgmma reads the tiles otherwise (the emulator's descriptor
+  # offsets swapped): the runtime's probe finds it, says so, and attention
+  # runs on mma.sync (the default's bits), not on wrong products
+  LMC_CUDA_EMU_WGMMA_SWAP=1 LMC_ATTENTION_WGMMA=1 "$LMRUN" "$WORK/wg" --data "$DATA" --backend cuda-emu \
+    --matmul-precision medium --quiet --eval-interval "$STEPS" --eval-batches 2 --out "$WORK/wg.swap" 2>"$WORK/wg.err" ||
+    fail "LMC_CUDA_EMU_WGMMA_SWAP=1: lmrun failed"
+  grep -q "^lmrun: this GPU's wgmma reads its operands otherwise than lmc lays them out (B K-major): attention runs on mma.sync (LMC_ATTENTION_WGMMA ignored)$" \
+    "$WORK/wg.err" || fail "LMC_CUDA_EMU_WGMMA_SWAP=1: no word of the probe's finding"
+  python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/wg.0/metrics.jsonl" "$WORK/wg.swap/metrics.jsonl" \
+    "a GPU that disagrees: mma.sync" 1e-15 || status=1
+  ran=21
 fi
 # tf32 and bf16 products: the loss within 2e-3 and 1e-2, the gradient
 # norm, which drifts, within 3e-2 and 5e-2
