@@ -1099,6 +1099,41 @@ __device__ __forceinline__ unsigned long long fw_desc(const unsigned short *p, u
 }
 
 #ifdef LMC_WGMMA
+// Two stages of K and V (the forward, dQ): wait for this tile's (stage
+// st), landed and seen by the tensor cores; every warp done with the
+// other stage, copy the next tile's there (keys from j1, where j1 <=
+// last)
+template <int KP>
+__device__ __forceinline__ void fw_kv_next(unsigned short *ks, unsigned short *vs, const act *kb, const act *vb, int st,
+                                           i64 j1, i64 last, i64 T, i64 stride, int K) {
+  lmc_cp_async_wait0();
+  lmc_fence_proxy_async();
+  __syncthreads();
+  if (j1 > last) return;
+  fw_load<KP>(ks + (st ^ 1) * FW_ROWS * KP, kb, j1, T, stride, K);
+  fw_load<KP>(vs + (st ^ 1) * FW_ROWS * KP, vb, j1, T, stride, K), lmc_cp_async_commit();
+}
+
+// A block of fw_forward or fw_backward_dq: its head (b, h), its 64 query
+// rows from i0 (the last below T: last), its warp's from w0, its thread's
+// r0 and r0 + 8, and its kv group's K and V (kb, vb), whose first tiles'
+// copies go out into stage 0 (ks, vs); false past the last head
+struct FwBlock {
+  i64 b, h, i0, last, w0, r0;
+  const act *kb, *vb;
+};
+template <int KP>
+__device__ __forceinline__ bool fw_block(FwBlock &f, unsigned short *ks, unsigned short *vs, const act *k, const act *v,
+                                         i64 T, i64 H, i64 G, i64 K, i64 B) {
+  if (!fa_head(f.b, f.h, B, H)) return false;
+  i64 gi = f.h / (H / G);
+  f.i0 = (i64)(gridDim.y - 1 - blockIdx.y) * FW_ROWS, f.last = (f.i0 + FW_ROWS < T ? f.i0 + FW_ROWS : T) - 1;
+  f.w0 = f.i0 + threadIdx.x / 32 * 16, f.r0 = f.w0 + threadIdx.x % 32 / 4;
+  f.kb = k + f.b * T * G * K + gi * K, f.vb = v + f.b * T * G * K + gi * K;
+  fw_load<KP>(ks, f.kb, 0, T, G * K, (int)K), fw_load<KP>(vs, f.vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
+  return true;
+}
+
 // The descriptors of a tile of core matrices (fw_load's) from its first
 // row: K-major (the head dim is the product's k: Q K^T's K, dK/dV's A and
 // B) and N-major (the rows are the product's k: P V's V, dK/dV's dO and Q
@@ -1150,14 +1185,11 @@ __device__ void fw_forward(act *o, real *lse, const act *q, const act *k, const 
   // Q (64 padded rows), then K's two stages and V's two (core matrices)
   unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem, *ks = fm_smem + FW_ROWS * (KP + 8),
                    *vs = ks + 2 * TILE;
-  int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
-  i64 b, h;
-  if (!fa_head(b, h, B, H)) return;
-  i64 gi = h / (H / G), i0 = (i64)(gridDim.y - 1 - blockIdx.y) * FW_ROWS, last = (i0 + FW_ROWS < T ? i0 + FW_ROWS : T) - 1;
-  i64 w0 = i0 + warp * 16, r0 = w0 + g;   // this thread's rows: r0 and r0 + 8
-  const act *kb = k + b * T * G * K + gi * K, *vb = v + b * T * G * K + gi * K;
-  fw_load<KP>(ks, kb, 0, T, G * K, (int)K), fw_load<KP>(vs, vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
-  fm_tile<FW_ROWS, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);   // scores in log2 units
+  int warp = threadIdx.x / 32;
+  FwBlock f;
+  if (!fw_block<KP>(f, ks, vs, k, v, T, H, G, K, B)) return;
+  i64 b = f.b, h = f.h, last = f.last, w0 = f.w0, r0 = f.r0;
+  fm_tile<FW_ROWS, KP>(sh, q + b * T * H * K + h * K, f.i0, T, H * K, (int)K, scale * LOG2E);   // scores in log2 units
   __syncthreads();
   unsigned qa[KS][4];
   #pragma unroll
@@ -1168,15 +1200,7 @@ __device__ void fw_forward(act *o, real *lse, const act *q, const act *k, const 
   unsigned long long kd0 = fw_desc_k<KP>(ks), vd0 = fw_desc_n<KP>(vs);   // stage 0's; stage 1's TILE / 8 on
   int st = 0;
   for (i64 j0 = 0; j0 <= last; j0 += FW_ROWS, st ^= 1) {
-    // this tile's K and V landed and seen by the tensor cores; every warp
-    // done with the other stage, which takes the next tile's
-    lmc_cp_async_wait0();
-    lmc_fence_proxy_async();
-    __syncthreads();
-    if (j0 + FW_ROWS <= last) {
-      fw_load<KP>(ks + (st ^ 1) * TILE, kb, j0 + FW_ROWS, T, G * K, (int)K);
-      fw_load<KP>(vs + (st ^ 1) * TILE, vb, j0 + FW_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
-    }
+    fw_kv_next<KP>(ks, vs, f.kb, f.vb, st, j0 + FW_ROWS, last, T, G * K, (int)K);
     unsigned long long kd = kd0 + st * (TILE / 8), vd = vd0 + st * (TILE / 8);
     float s[FW_ROWS / 8][4];
     lmc_wg_fence();
@@ -1430,15 +1454,12 @@ __device__ void fw_backward_dq(act *dq, const act *dout, const act *q, const act
   // Q, dO (64 padded rows each), then K's two stages and V's (fm_smem kind 5)
   unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem, (*dos)[KP + 8] = sh + FW_ROWS,
                    *ks = fm_smem + 2 * FW_ROWS * (KP + 8), *vs = ks + 2 * TILE;
-  int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
-  i64 b, h;
-  if (!fa_head(b, h, B, H)) return;
-  i64 gi = h / (H / G), i0 = (i64)(gridDim.y - 1 - blockIdx.y) * FW_ROWS, last = (i0 + FW_ROWS < T ? i0 + FW_ROWS : T) - 1;
-  i64 w0 = i0 + warp * 16, r0 = w0 + g;   // this thread's rows: r0 and r0 + 8
-  const act *kb = k + b * T * G * K + gi * K, *vb = v + b * T * G * K + gi * K;
-  fw_load<KP>(ks, kb, 0, T, G * K, (int)K), fw_load<KP>(vs, vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
-  fm_tile<FW_ROWS, KP>(sh, q + b * T * H * K + h * K, i0, T, H * K, (int)K, scale * LOG2E);   // S in log2 units
-  fm_tile<FW_ROWS, KP>(dos, dout + b * T * H * K + h * K, i0, T, H * K, (int)K, 1.0f);
+  int warp = threadIdx.x / 32;
+  FwBlock f;
+  if (!fw_block<KP>(f, ks, vs, k, v, T, H, G, K, B)) return;
+  i64 b = f.b, h = f.h, last = f.last, w0 = f.w0, r0 = f.r0;
+  fm_tile<FW_ROWS, KP>(sh, q + b * T * H * K + h * K, f.i0, T, H * K, (int)K, scale * LOG2E);   // S in log2 units
+  fm_tile<FW_ROWS, KP>(dos, dout + b * T * H * K + h * K, f.i0, T, H * K, (int)K, 1.0f);
   float li[2], di[2];
   #pragma unroll
   for (int r = 0; r < 2; r++) {
@@ -1456,13 +1477,7 @@ __device__ void fw_backward_dq(act *dq, const act *dout, const act *q, const act
   unsigned long long kk0 = fw_desc_k<KP>(ks), kn0 = fw_desc_n<KP>(ks), vk0 = fw_desc_k<KP>(vs);
   int st = 0;
   for (i64 j0 = 0; j0 <= last; j0 += FW_ROWS, st ^= 1) {
-    lmc_cp_async_wait0();
-    lmc_fence_proxy_async();
-    __syncthreads();
-    if (j0 + FW_ROWS <= last) {
-      fw_load<KP>(ks + (st ^ 1) * TILE, kb, j0 + FW_ROWS, T, G * K, (int)K);
-      fw_load<KP>(vs + (st ^ 1) * TILE, vb, j0 + FW_ROWS, T, G * K, (int)K), lmc_cp_async_commit();
-    }
+    fw_kv_next<KP>(ks, vs, f.kb, f.vb, st, j0 + FW_ROWS, last, T, G * K, (int)K);
     unsigned long long kd = kk0 + st * (TILE / 8), kn = kn0 + st * (TILE / 8), vd = vk0 + st * (TILE / 8);
     float s[FW_ROWS / 8][4], dp[FW_ROWS / 8][4];
     lmc_wg_fence();
