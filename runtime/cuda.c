@@ -2241,7 +2241,7 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
     if (!use_nccl && collectives == CC_NCCL) rt_die("--collectives nccl: %s", nwhy);
   }
   static char name[64];
-  snprintf(name, sizeof name, "%s%s", cuda.name, use_nccl ? "+nccl" : "");
+  snprintf(name, sizeof name, "%s%s%s", cuda.name, wgmma_ok == 1 ? "+wgmma" : "", use_nccl ? "+nccl" : "");
   cuda.name = name;
   return &cuda;
 }

@@ -125,6 +125,10 @@ if [ "$STEPS" -ge 20 ]; then
   done
   python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/wg.0/metrics.jsonl" "$WORK/wg.1/metrics.jsonl" \
     "attention on wgmma against mma.sync" 1e-15 || status=1
+  # the start banner names it (the backend cuda-emu-bf16-medium+wgmma)
+  LMC_ATTENTION_WGMMA=1 "$LMRUN" "$WORK/wg" --data "$DATA" --backend cuda-emu --matmul-precision medium --max-steps 1 \
+    --eval-interval 0 --save-interval 0 --out "$WORK/wg.banner" >"$WORK/wg.banner.out" || fail "wgmma banner: lmrun failed"
+  grep -q "| backend cuda-emu-bf16-medium+wgmma, bf16 plan" "$WORK/wg.banner.out" || fail "the banner does not say +wgmma"
   # a GPU whose wgmma reads the tiles otherwise (the emulator's descriptor
   # offsets swapped): the runtime's probe finds it, says so, and attention
   # runs on mma.sync (the default's bits), not on wrong products
