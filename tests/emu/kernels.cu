@@ -158,6 +158,38 @@ extern "C" __global__ void wgmma_tile(float *d, const unsigned short *a, const u
 #endif
 }
 
+// One wgmma (B K-major, as wgmma_tile lays it out with lbo 512, sbo 128)
+// whose B tile the block zeroes after the issue and before the wait: on
+// the emulated platform the product reads B at the wait, so D is zero (on
+// a GPU the result is undefined: test_emu runs it on the emulator only)
+extern "C" __global__ void wgmma_late(float *d, const unsigned short *a, const unsigned short *b) {
+#ifdef LMC_WGMMA
+  extern __shared__ __align__(16) unsigned short wsb[];
+  int x = threadIdx.x, w = x / 32, g = x % 32 / 4, t = x % 4;
+  for (int e = x; e < 16 * 32; e += 128) {
+    int k = e / 32, n = e % 32;
+    wsb[((k / 8) * 512 + (n / 8) * 128 + (n % 8) * 16 + (k % 8) * 2) / 2] = b[e];
+  }
+  lmc_fence_proxy_async();
+  __syncthreads();
+  const unsigned short *r0 = a + (16 * w + g) * 16, *r1 = r0 + 8 * 16;
+  unsigned ra[4] = {r0[2 * t] | (unsigned)r0[2 * t + 1] << 16, r1[2 * t] | (unsigned)r1[2 * t + 1] << 16,
+                    r0[2 * t + 8] | (unsigned)r0[2 * t + 9] << 16, r1[2 * t + 8] | (unsigned)r1[2 * t + 9] << 16};
+  float acc[4][4];
+  unsigned long long desc = (unsigned long long)((lmc_smem(wsb) & 0x3ffffu) >> 4) | (unsigned long long)(512 >> 4) << 16 |
+                            (unsigned long long)(128 >> 4) << 32;
+  lmc_wg_fence();
+  lmc_wgmma_bf16<32, 0>(acc, ra, desc, 0);
+  lmc_wg_commit();
+  for (int e = x; e < 512; e += 128) wsb[e] = 0;   // (the tile: 1 KiB)
+  __syncthreads();
+  lmc_wg_wait<0>();
+  lmc_wg_hold<4>(acc);
+  for (int i = 0; i < 4; i++)
+    for (int j = 0; j < 4; j++) d[(16 * w + g + (j >> 1) * 8) * 32 + 8 * i + 2 * t + (j & 1)] = acc[i][j];
+#endif
+}
+
 // cp.async on 32 threads: each copies 16 bytes of src into part 1 of a
 // shared tile (group 1) and 16 zero bytes into part 2 (group 2). After
 // wait1 and a barrier every thread reads part 1 (another thread's copy),
