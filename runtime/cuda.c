@@ -832,21 +832,23 @@ static bool fm_s2(i64 k, bool fwd) {
  * lmc_attention_bwd_wg_dq_kK and lmc_attention_bwd_wg_dkv_kK; the tensor
  * cores read K, V, Q and dO tiles from shared memory, no ldmatrix of
  * them), on a GPU of compute capability 9.0 (the kernels compiled for
- * sm_90a) and on the emulated platform; dQ and dK/dV up to head dim 96. Checked against the CPU under the
- * emulator only so far, so LMC_ATTENTION_WGMMA=1 (cuda_attention_wgmma)
- * asks for them and bench/gpu.sh times them beside the default. */
+ * sm_90a) and on the emulated platform; dQ and dK/dV up to head dim 96.
+ * Checked against the CPU under the emulator only so far, so
+ * LMC_ATTENTION_WGMMA=1 (cuda_attention_wgmma) asks for them and
+ * bench/gpu.sh times them beside the default. */
 static int wgmma_asked, wgmma_ok = -1;   /* wgmma_ok: lmc_wgmma_probe's verdict, -1 before it ran */
+
+static uint16_t bf16_of_small(float f) {   /* exact for the small integers the probe uses */
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return (uint16_t)(u >> 16);
+}
 
 /* kernels.cu's lmc_wgmma_probe against the host's products (small
  * integers: exact): where this GPU's wgmma reads the tiles otherwise
  * than the kernels lay them out, attention stays on mma.sync, and says
  * so once. Run when the kernels are loaded and wgmma is asked for (not
  * inside a step: it waits for the GPU). */
-static uint16_t bf16_of_small(float f) {   /* exact for the small integers the probe uses */
-  uint32_t u;
-  memcpy(&u, &f, 4);
-  return (uint16_t)(u >> 16);
-}
 static bool wgmma_probe(void) {
   if (wgmma_ok >= 0) return wgmma_ok;
   CUfunction f;
@@ -940,7 +942,7 @@ static unsigned fm_smem(i64 k, int kind) {
   i64 kp = (k + 15) / 16 * 16, qt = dkv_qt(k);
   if (kind == 3) return (unsigned)((64 * (kp + 8) + 4 * 64 * kp) * 2);   /* fw_forward: Q, K and V's two stages */
   if (kind == 4) return (unsigned)(6 * 64 * kp * 2);   /* fw_backward_dkv: K, V, Q and dO's two stages */
-  if (kind == 5) return (unsigned)((2 * 64 * (kp + 8) + 4 * 64 * kp) * 2);   /* fw_backward_dq: Q, dO, K and V's two stages */
+  if (kind == 5) return (unsigned)((2 * 64 * (kp + 8) + 4 * 64 * kp) * 2);   /* fw_backward_dq: Q, dO, K and V's */
   i64 rows = kind == 0   ? fm_rows(k, true) + (fm_s2(k, true) ? 4 : 2) * 64
              : kind == 1 ? 2 * fm_rows(k, false) + (fm_s2(k, false) ? 4 : 2) * 64
                          : 2 * 64 + 4 * qt;

@@ -517,5 +517,10 @@ template <class... A> static inline const unsigned short *lmc_emu_sizes(void (*)
   static const unsigned short s[] = {(unsigned short)sizeof(A)..., 0};
   return s;
 }
+// (a thread that ends with a wgmma unwaited fails: its result would land
+// in a stack that is gone)
+static inline void lmc_emu_ended(void) {
+  if (lmc_emu_wg_n[lmc_emu_lin()]) lmc_emu_api->trap("wgmma: a thread ended with wgmma pending (no wait_group)");
+}
 #define LMC_EMU_KERNEL(name, sync) \
-  {#name, sync, lmc_emu_nparams(name), lmc_emu_sizes(name), [](void **a) { lmc_emu_call(name, a); }},
+  {#name, sync, lmc_emu_nparams(name), lmc_emu_sizes(name), [](void **a) { lmc_emu_call(name, a), lmc_emu_ended(); }},
