@@ -101,44 +101,60 @@ extern "C" __global__ void mma_tile(float *d, const unsigned short *a, const uns
   d[(g + 8) * 8 + 2 * t] = r[2], d[(g + 8) * 8 + 2 * t + 1] = r[3];
 }
 
+#ifdef LMC_WGMMA
+// B (16 x 32, row-major) into shared memory as 8 x 16-byte core matrices,
+// K-major (tb 0: a core matrix's rows are 8 n, each 8 k) or N-major (tb 1:
+// 8 k, each 8 n), core matrices lbo bytes apart in k and sbo in n
+__device__ void wg_put_b(unsigned short *s, const unsigned short *b, int tb, int lbo, int sbo) {
+  for (int e = threadIdx.x; e < 16 * 32; e += 128) {
+    int k = e / 32, n = e % 32;
+    s[((k / 8) * lbo + (n / 8) * sbo + (tb ? (k % 8) * 16 + (n % 8) * 2 : (n % 8) * 16 + (k % 8) * 2)) / 2] = b[e];
+  }
+}
+__device__ unsigned long long wg_desc(const unsigned short *p, unsigned lbo, unsigned sbo) {
+  return (unsigned long long)((lmc_smem(p) & 0x3ffffu) >> 4) | (unsigned long long)(lbo >> 4) << 16 |
+         (unsigned long long)(sbo >> 4) << 32;
+}
+// warp w's rows 16w.. of A (64 x 16, row-major) in mma.sync's A layout
+__device__ void wg_frag_a(unsigned ra[4], const unsigned short *a) {
+  int w = threadIdx.x / 32, g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  const unsigned short *r0 = a + (16 * w + g) * 16, *r1 = r0 + 8 * 16;
+  ra[0] = r0[2 * t] | (unsigned)r0[2 * t + 1] << 16, ra[1] = r1[2 * t] | (unsigned)r1[2 * t + 1] << 16;
+  ra[2] = r0[2 * t + 8] | (unsigned)r0[2 * t + 9] << 16, ra[3] = r1[2 * t + 8] | (unsigned)r1[2 * t + 9] << 16;
+}
+// warp w's rows 16w.. of D (64 x 32, row-major) from the accumulator layout
+__device__ void wg_store(float *d, float (*acc)[4]) {
+  int w = threadIdx.x / 32, g = threadIdx.x % 32 / 4, t = threadIdx.x % 4;
+  for (int i = 0; i < 4; i++)
+    for (int j = 0; j < 4; j++) d[(16 * w + g + (j >> 1) * 8) * 32 + 8 * i + 2 * t + (j & 1)] = acc[i][j];
+}
+#endif
+
 // D[64x32] = 2 A[64x16] B[16x32] on one warpgroup by two wgmma (A from
 // registers, or with ss from shared memory as K-major core matrices 128
-// bytes apart in k and 256 in m; B by a descriptor): the first ignores D's values (acc 0; d
-// starts at 1), the second adds to them. B (row-major in global memory) goes
-// into dynamic shared memory as 8 x 16-byte core matrices, K-major (tb 0:
-// a core matrix's rows are 8 n, each 8 k) or N-major (tb 1: 8 k, each 8 n),
-// core matrices lbo bytes apart in k and sbo bytes apart in n (1 KiB of
-// them). Warp w gives rows 16w.. of A in mma.sync's A layout and gets those
-// rows of D in the accumulator layout. (A GPU that cannot run wgmma writes
-// nothing: the check there fails.) With swap the descriptor says the two
-// strides the other way round (test_emu's diagnosis when a GPU disagrees).
+// bytes apart in k and 256 in m; B by a descriptor): the first ignores
+// D's values (acc 0; d starts at 1), the second adds to them. B goes into
+// dynamic shared memory by wg_put_b (1 KiB). (A GPU that cannot run wgmma
+// writes nothing: the check there fails.) With swap the descriptor says
+// the two strides the other way round (test_emu's diagnosis when a GPU
+// disagrees).
 extern "C" __global__ void wgmma_tile(float *d, const unsigned short *a, const unsigned short *b, int tb, int lbo,
                                       int sbo, int ss, int swap) {
 #ifdef LMC_WGMMA
   extern __shared__ __align__(16) unsigned short wsb[];
-  int x = threadIdx.x, w = x / 32, g = x % 32 / 4, t = x % 4;
-  for (int e = x; e < 16 * 32; e += 128) {
-    int k = e / 32, n = e % 32;
-    int off = (k / 8) * lbo + (n / 8) * sbo + (tb ? (k % 8) * 16 + (n % 8) * 2 : (n % 8) * 16 + (k % 8) * 2);
-    wsb[off / 2] = b[e];
-  }
+  wg_put_b(wsb, b, tb, lbo, sbo);
   unsigned short *wsa = wsb + 512;   // (A at byte 1024: 2 KiB)
-  for (int e = x; e < 64 * 16; e += 128) {
+  for (int e = threadIdx.x; e < 64 * 16; e += 128) {
     int m = e / 16, k = e % 16;
     wsa[((m / 8) * 256 + (k / 8) * 128 + (m % 8) * 16 + (k % 8) * 2) / 2] = a[e];
   }
   lmc_fence_proxy_async();
   __syncthreads();
-  const unsigned short *r0 = a + (16 * w + g) * 16, *r1 = r0 + 8 * 16;
-  unsigned ra[4] = {r0[2 * t] | (unsigned)r0[2 * t + 1] << 16, r1[2 * t] | (unsigned)r1[2 * t + 1] << 16,
-                    r0[2 * t + 8] | (unsigned)r0[2 * t + 9] << 16, r1[2 * t + 8] | (unsigned)r1[2 * t + 9] << 16};
+  unsigned ra[4];
+  wg_frag_a(ra, a);
   float acc[4][4];
   for (int i = 0; i < 4; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 1.0f;
-  unsigned dl = swap ? sbo : lbo, ds = swap ? lbo : sbo;
-  unsigned long long desc = (unsigned long long)((lmc_smem(wsb) & 0x3ffffu) >> 4) | (unsigned long long)(dl >> 4) << 16 |
-                            (unsigned long long)(ds >> 4) << 32;
-  unsigned long long adesc = (unsigned long long)((lmc_smem(wsa) & 0x3ffffu) >> 4) | (unsigned long long)(128 >> 4) << 16 |
-                             (unsigned long long)(256 >> 4) << 32;
+  unsigned long long desc = wg_desc(wsb, swap ? sbo : lbo, swap ? lbo : sbo), adesc = wg_desc(wsa, 128, 256);
   lmc_wg_fence();
   if (ss) {
     lmc_wgmma_bf16_ss<32, 0>(acc, adesc, desc, 0);
@@ -153,40 +169,31 @@ extern "C" __global__ void wgmma_tile(float *d, const unsigned short *a, const u
   lmc_wg_commit();
   lmc_wg_wait<0>();
   lmc_wg_hold<4>(acc);
-  for (int i = 0; i < 4; i++)
-    for (int j = 0; j < 4; j++) d[(16 * w + g + (j >> 1) * 8) * 32 + 8 * i + 2 * t + (j & 1)] = acc[i][j];
+  wg_store(d, acc);
 #endif
 }
 
-// One wgmma (B K-major, as wgmma_tile lays it out with lbo 512, sbo 128)
-// whose B tile the block zeroes after the issue and before the wait: on
-// the emulated platform the product reads B at the wait, so D is zero (on
-// a GPU the result is undefined: test_emu runs it on the emulator only)
+// One wgmma (B K-major, lbo 512, sbo 128) whose B tile the block zeroes
+// after the issue and before the wait: on the emulated platform the
+// product reads B at the wait, so D is zero (on a GPU the result is
+// undefined: test_emu runs it on the emulator only)
 extern "C" __global__ void wgmma_late(float *d, const unsigned short *a, const unsigned short *b) {
 #ifdef LMC_WGMMA
   extern __shared__ __align__(16) unsigned short wsb[];
-  int x = threadIdx.x, w = x / 32, g = x % 32 / 4, t = x % 4;
-  for (int e = x; e < 16 * 32; e += 128) {
-    int k = e / 32, n = e % 32;
-    wsb[((k / 8) * 512 + (n / 8) * 128 + (n % 8) * 16 + (k % 8) * 2) / 2] = b[e];
-  }
+  wg_put_b(wsb, b, 0, 512, 128);
   lmc_fence_proxy_async();
   __syncthreads();
-  const unsigned short *r0 = a + (16 * w + g) * 16, *r1 = r0 + 8 * 16;
-  unsigned ra[4] = {r0[2 * t] | (unsigned)r0[2 * t + 1] << 16, r1[2 * t] | (unsigned)r1[2 * t + 1] << 16,
-                    r0[2 * t + 8] | (unsigned)r0[2 * t + 9] << 16, r1[2 * t + 8] | (unsigned)r1[2 * t + 9] << 16};
+  unsigned ra[4];
+  wg_frag_a(ra, a);
   float acc[4][4];
-  unsigned long long desc = (unsigned long long)((lmc_smem(wsb) & 0x3ffffu) >> 4) | (unsigned long long)(512 >> 4) << 16 |
-                            (unsigned long long)(128 >> 4) << 32;
   lmc_wg_fence();
-  lmc_wgmma_bf16<32, 0>(acc, ra, desc, 0);
+  lmc_wgmma_bf16<32, 0>(acc, ra, wg_desc(wsb, 512, 128), 0);
   lmc_wg_commit();
-  for (int e = x; e < 512; e += 128) wsb[e] = 0;   // (the tile: 1 KiB)
+  for (int e = threadIdx.x; e < 512; e += 128) wsb[e] = 0;   // (the tile: 1 KiB)
   __syncthreads();
   lmc_wg_wait<0>();
   lmc_wg_hold<4>(acc);
-  for (int i = 0; i < 4; i++)
-    for (int j = 0; j < 4; j++) d[(16 * w + g + (j >> 1) * 8) * 32 + 8 * i + 2 * t + (j & 1)] = acc[i][j];
+  wg_store(d, acc);
 #endif
 }
 
