@@ -888,9 +888,10 @@ static bool wgmma_probe(void) {
   return wgmma_ok;
 }
 
-void cuda_attention_wgmma(int on) {
+int cuda_attention_wgmma(int on) {
   wgmma_asked = on;
-  if (on && module && sm == 90) wgmma_probe();
+  if (!on || sm != 90) return -1;
+  return module ? wgmma_probe() : 1;   /* (before the kernels load: the backend probes then) */
 }
 static bool fa_wg(const RtInst *x) { return wgmma_asked && sm == 90 && wgmma_ok == 1 && fa_mma(x); }
 static bool fa_wg_bwd(const RtInst *x) { return fa_wg(x) && (x->k + 15) / 16 * 16 <= 96; }

@@ -283,7 +283,10 @@ void cuda_attention_stages(int stages);
  * as half the L2 holds the data of, 1 each head's blocks together;
  * $LMC_ATTENTION_SECTION sets it. */
 void cuda_attention_section(int heads);
-void cuda_attention_wgmma(int on);
+/* asks for attention on wgmma (on 1, off 0): 1 where it will run, 0 where
+ * this GPU's wgmma failed the runtime's probe, -1 where it is off or the
+ * GPU is not of compute capability 9.0 */
+int cuda_attention_wgmma(int on);
 /* The parts (split-k) the grouped GEMMs of MoE weight gradients split each
  * expert's rows into: 0 (the default) by the waves they fill, or N;
  * $LMC_MOE_SPLIT sets it. */
