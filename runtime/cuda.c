@@ -224,10 +224,14 @@ static char *read_text(const char *path) {
   return s;
 }
 
+/* The architecture's name's ending: sm_90a on compute capability 9.0
+ * (its wgmma, kernels.cu's LMC_WGMMA), else none */
+static const char *sm_feat(void) { return sm == 90 ? "a" : ""; }
+
 static char *compile_cubin(const char *src, const char *name, size_t *n) {
   nvrtcProgram prog;
   char arch[32];
-  snprintf(arch, sizeof arch, "--gpu-architecture=sm_%d%s", sm, sm == 90 ? "a" : "");   /* 9.0: wgmma (sm_90a) */
+  snprintf(arch, sizeof arch, "--gpu-architecture=sm_%d%s", sm, sm_feat());
   const char *opts[] = {arch, "--std=c++17", "-default-device"};
   if (cu.create(&prog, src, name, 0, NULL, NULL) != NVRTC_SUCCESS) rt_die("NVRTC: cannot create a program");
   nvrtcResult rc = cu.compile(prog, 3, opts);
@@ -235,7 +239,7 @@ static char *compile_cubin(const char *src, const char *name, size_t *n) {
   cu.log_size(prog, &ln);
   char *log = rt_xmalloc(ln + 1);
   cu.log(prog, log);
-  if (rc != NVRTC_SUCCESS) rt_die("NVRTC could not compile %s for sm_%d:\n%s", name, sm, log);
+  if (rc != NVRTC_SUCCESS) rt_die("NVRTC could not compile %s for sm_%d%s:\n%s", name, sm, sm_feat(), log);
   free(log);
   cu.cubin_size(prog, n);
   char *bin = rt_xmalloc(*n);
@@ -260,8 +264,7 @@ static void load_kernels(const char *dir) {
   snprintf(cache, sizeof cache, "%s%s/lmc/kernels", home ? home : getenv("HOME") ? getenv("HOME") : "/tmp",
            home ? "" : "/.cache");
   snprintf(file, sizeof file, "%s/%016llx-sm_%d%s%s.cubin", cache,
-           (unsigned long long)rt_fnv1a(src, strlen(src), 0xcbf29ce484222325ULL), sm, sm == 90 ? "a" : "",
-           emulated ? "-emu" : "");
+           (unsigned long long)rt_fnv1a(src, strlen(src), 0xcbf29ce484222325ULL), sm, sm_feat(), emulated ? "-emu" : "");
   size_t n = 0;
   char *bin = NULL;
   FILE *f = fopen(file, "rb");
@@ -893,7 +896,7 @@ int cuda_attention_wgmma(int on) {
   if (!on || sm != 90) return -1;
   return module ? wgmma_probe() : 1;   /* (before the kernels load: the backend probes then) */
 }
-static bool fa_wg(const RtInst *x) { return wgmma_asked && sm == 90 && wgmma_ok == 1 && fa_mma(x); }
+static bool fa_wg(const RtInst *x) { return wgmma_asked && wgmma_ok == 1 && fa_mma(x); }   /* (the probe: 9.0 only) */
 static bool fa_wg_bwd(const RtInst *x) { return fa_wg(x) && (x->k + 15) / 16 * 16 <= 96; }
 
 /* The heads a section of attention's launch order (kernels.cu's
@@ -972,7 +975,8 @@ static void op_attention_bwd(const RtInst *x, void **o, void **in) {
   static size_t have_dd;
   static CUdeviceptr scratch_dd;
   i64 B = x->b, T = x->t, H = x->h, G = x->g, K = x->k, R = fa_mma(x) ? 64 : fa_rows(x), rows = B * T * H;
-  const char *kind = fa_mma(x) ? "mma_" : "";
+  bool wg = fa_wg_bwd(x);
+  const char *kind = wg ? "wg_" : fa_mma(x) ? "mma_" : "";
   float scale = 1.0f / sqrtf((float)K);
   int acc0 = x->acc[0], acc1 = x->acc[1], acc2 = x->acc[2];
   CUdeviceptr dd = scratch(&scratch_dd, &have_dd, rows), Do = dptr(in[0]), Q = dptr(in[1]), Kp = dptr(in[2]),
@@ -982,24 +986,22 @@ static void op_attention_bwd(const RtInst *x, void **o, void **in) {
   char name[64];
   if (o[0]) {
     void *q[] = {&dQ, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc0, &B};
-    i64 rq = fa_wg_bwd(x) ? 64 : fa_mma(x) ? fm_rows(K, false) : R;
-    bool r64 = fa_mma(x) && rq == 64 && (K + 15) / 16 * 16 <= 96;   /* the other kernel */
-    snprintf(name, sizeof name, "lmc_attention_bwd_%sdq_%sk%lld", fa_wg_bwd(x) ? "wg_" : kind,
-             fa_wg_bwd(x)                   ? ""
-             : r64                          ? "r64_"
-             : fa_mma(x) && fm_s2(K, false) ? "s2_"
-                                            : "",
+    i64 rq = wg ? 64 : fa_mma(x) ? fm_rows(K, false) : R;
+    bool r64 = !wg && fa_mma(x) && rq == 64 && (K + 15) / 16 * 16 <= 96;   /* the other kernel */
+    snprintf(name, sizeof name, "lmc_attention_bwd_%sdq_%sk%lld", kind,
+             r64                                   ? "r64_"
+             : !wg && fa_mma(x) && fm_s2(K, false) ? "s2_"
+                                                   : "",
              K);
-    fa_launch(name, B * H, (T + rq - 1) / rq, fa_section(x, false),
-              fa_wg_bwd(x) ? fm_smem(K, 5) : fa_mma(x) ? fm_smem(K, 1) : 0, q);
+    fa_launch(name, B * H, (T + rq - 1) / rq, fa_section(x, false), wg ? fm_smem(K, 5) : fa_mma(x) ? fm_smem(K, 1) : 0,
+              q);
   }
   if (o[1] || o[2]) {
     void *kv[] = {&dK, &dV, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc1, &acc2, &B};
-    bool q64 = fa_mma(x) && dkv_qt(K) == 64 && (K + 15) / 16 * 16 > 64;   /* the variant */
-    snprintf(name, sizeof name, "lmc_attention_bwd_%sdkv_%sk%lld", fa_wg_bwd(x) ? "wg_" : kind,
-             q64 && !fa_wg_bwd(x) ? "q64_" : "", K);
-    fa_launch(name, B * G, (T + R - 1) / R, fa_section(x, true),
-              fa_wg_bwd(x) ? fm_smem(K, 4) : fa_mma(x) ? fm_smem(K, 2) : 0, kv);
+    bool q64 = !wg && fa_mma(x) && dkv_qt(K) == 64 && (K + 15) / 16 * 16 > 64;   /* the variant */
+    snprintf(name, sizeof name, "lmc_attention_bwd_%sdkv_%sk%lld", kind, q64 ? "q64_" : "", K);
+    fa_launch(name, B * G, (T + R - 1) / R, fa_section(x, true), wg ? fm_smem(K, 4) : fa_mma(x) ? fm_smem(K, 2) : 0,
+              kv);
   }
 }
 
@@ -2175,6 +2177,10 @@ static bool env_int(const char *name, long lo, long hi, bool ends, const char *w
     return snprintf(why, n, "%s=%s: it takes %s", name, s, what), false;
   return *v = (int)x, true;
 }
+static bool env_on(const char *name) {   /* a switch: set, not empty and not 0 */
+  const char *s = getenv(name);
+  return s && *s && strcmp(s, "0");
+}
 static bool env_choice(const char *name, int a, int b, const char *what, int *v, char *why, size_t n) {
   return env_int(name, a, b, true, what, v, why, n);
 }
@@ -2195,7 +2201,7 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
                   &rows_asked, why, n) ||
       !env_choice("LMC_ATTENTION_STAGES", 1, 2, "1 or 2 (stages of K and V tiles in attention's forward and dQ)",
                   &kv_stages, why, n) ||
-      !env_choice("LMC_ATTENTION_WGMMA", 0, 1, "0 or 1 (attention's forward on wgmma, compute capability 9.0)",
+      !env_choice("LMC_ATTENTION_WGMMA", 0, 1, "0 or 1 (attention on wgmma, compute capability 9.0)",
                   &wgmma_asked, why, n) ||
       !env_count("LMC_ATTENTION_SECTION", INT_MAX, "a count of heads, 1 or more (heads a section of attention's launch order)",
                  &section_asked, why, n) ||
@@ -2208,12 +2214,8 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   if (!load_driver(why, n)) return NULL;
   bool events = ev.create && ev.record && ev.sync && ev.elapsed;
   cuda.time_mark = events ? cuda_time_mark : NULL, cuda.time_read = events ? cuda_time_read : NULL;
-  const char *gs = getenv("LMC_GEMM_SHOW");
-  show_gemms = gs && *gs && strcmp(gs, "0");
-  const char *np = getenv("LMC_NORM_BWD_ONE_PASS");
-  norm_one_pass = np && *np && strcmp(np, "0");
-  const char *t = getenv("LMC_GEMM_TUNE");
-  tune = t && *t && strcmp(t, "0") && events && ev.destroy;
+  show_gemms = env_on("LMC_GEMM_SHOW"), norm_one_pass = env_on("LMC_NORM_BWD_ONE_PASS");
+  tune = env_on("LMC_GEMM_TUNE") && events && ev.destroy;
   CUdevice dev;
   CUcontext ctx;
   int major = 0, minor = 0, count = 1;

@@ -859,6 +859,13 @@ __device__ void fm_mul_nk(float (*acc)[4], unsigned short (*as)[KP + 8], int row
   fm_mul_nk_m<KP, N, KS, 1>((float(*)[N][4])acc, as, row0, s);
 }
 
+// The A fragment of k-step kk (16 keys) of a tile s in the accumulator
+// layout (16 rows x 8N: n-tiles 2 kk and 2 kk + 1), rounded to bf16
+__device__ __forceinline__ void fm_frag_p(unsigned a[4], float (*s)[4], int kk) {
+  a[0] = bf16_pair(s[2 * kk][0], s[2 * kk][1]), a[1] = bf16_pair(s[2 * kk][2], s[2 * kk][3]);
+  a[2] = bf16_pair(s[2 * kk + 1][0], s[2 * kk + 1][1]), a[3] = bf16_pair(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+}
+
 // acc[mt][16 x KP] += p[mt] (16 x 8N, accumulator layout, rounded to bf16)
 // * tile as [k][n] rows k 0..8N, MT m-tiles sharing each B fragment
 template <int KP, int N, int MT>
@@ -867,11 +874,7 @@ __device__ void fm_mul_kn_m(float (*acc)[KP / 8][4], float (*p)[N][4], unsigned 
   for (int kk = 0; kk < N / 2; kk++) {
     unsigned a[MT][4];
     #pragma unroll
-    for (int mt = 0; mt < MT; mt++) {
-      float(*q)[4] = p[mt];
-      a[mt][0] = bf16_pair(q[2 * kk][0], q[2 * kk][1]), a[mt][1] = bf16_pair(q[2 * kk][2], q[2 * kk][3]);
-      a[mt][2] = bf16_pair(q[2 * kk + 1][0], q[2 * kk + 1][1]), a[mt][3] = bf16_pair(q[2 * kk + 1][2], q[2 * kk + 1][3]);
-    }
+    for (int mt = 0; mt < MT; mt++) fm_frag_p(a[mt], p[mt], kk);
     #pragma unroll
     for (int d2 = 0; d2 < KP / 16; d2++) {
       unsigned b[4];
@@ -1169,10 +1172,7 @@ __device__ __forceinline__ void fw_mul_kn(float (*acc)[4], const unsigned *a, un
 template <int N>
 __device__ __forceinline__ void fw_frags(unsigned (*a)[4], float (*s)[4]) {
   #pragma unroll
-  for (int kk = 0; kk < N / 16; kk++) {
-    a[kk][0] = bf16_pair(s[2 * kk][0], s[2 * kk][1]), a[kk][1] = bf16_pair(s[2 * kk][2], s[2 * kk][3]);
-    a[kk][2] = bf16_pair(s[2 * kk + 1][0], s[2 * kk + 1][1]), a[kk][3] = bf16_pair(s[2 * kk + 1][2], s[2 * kk + 1][3]);
-  }
+  for (int kk = 0; kk < N / 16; kk++) fm_frag_p(a[kk], s, kk);
 }
 #endif
 
@@ -1507,6 +1507,19 @@ __device__ void fw_backward_dq(act *dq, const act *dout, const act *q, const act
 #endif
 }
 
+// A dK/dV step's N queries of head h from i0: their log-sum-exps (log2
+// units) into ls and rowsum(dO O) into ds, zero past T, a thread a query
+template <int N>
+__device__ __forceinline__ void dkv_stats(float *ls, float *ds, const real *lse, const real *dd, i64 b, i64 h, i64 i0,
+                                          i64 T, i64 H) {
+  static_assert(N <= FA_THREADS, "a thread a query's statistics");
+  int c = threadIdx.x;
+  if (c < N) {
+    bool ok = i0 + c < T;
+    ls[c] = ok ? lse[(b * H + h) * T + i0 + c] * LOG2E : 0, ds[c] = ok ? dd[(b * H + h) * T + i0 + c] : 0;
+  }
+}
+
 // One stage of fm_backward_dkv: rows i0.. of head h's Q and dO into a Q
 // tile and the dO tile QT rows below it, and their rows' log-sum-exp (in
 // log2 units) and rowsum(dO * O)
@@ -1515,12 +1528,7 @@ __device__ void fm_dkv_stage(unsigned short (*s)[KP + 8], float *ls, float *ds, 
                              const real *lse, const real *dd, i64 b, i64 h, i64 i0, i64 T, i64 H, i64 K) {
   fm_load<QT, KP>(s, q + b * T * H * K + h * K, i0, T, H * K, (int)K);
   fm_load<QT, KP>(s + QT, dout + b * T * H * K + h * K, i0, T, H * K, (int)K);
-  static_assert(QT <= FA_THREADS, "a thread a query's statistics");
-  int c = threadIdx.x;
-  if (c < QT) {
-    bool ok = i0 + c < T;
-    ls[c] = ok ? lse[(b * H + h) * T + i0 + c] * LOG2E : 0, ds[c] = ok ? dd[(b * H + h) * T + i0 + c] : 0;
-  }
+  dkv_stats<QT>(ls, ds, lse, dd, b, h, i0, T, H);
 }
 
 // a step of fw_backward_dkv: FW_ROWS queries of head h from i0, Q's tile
@@ -1531,11 +1539,7 @@ __device__ void fw_dkv_stage(unsigned short *s, float *ls, float *ds, const act 
                              const real *dd, i64 b, i64 h, i64 i0, i64 T, i64 H, i64 K) {
   fw_load<KP>(s, q + b * T * H * K + h * K, i0, T, H * K, (int)K);
   fw_load<KP>(s + FW_ROWS * KP, dout + b * T * H * K + h * K, i0, T, H * K, (int)K);
-  int c = threadIdx.x;
-  if (c < FW_ROWS) {
-    bool ok = i0 + c < T;
-    ls[c] = ok ? lse[(b * H + h) * T + i0 + c] * LOG2E : 0, ds[c] = ok ? dd[(b * H + h) * T + i0 + c] : 0;
-  }
+  dkv_stats<FW_ROWS>(ls, ds, lse, dd, b, h, i0, T, H);
 }
 
 // P^T and dS^T of a tile, this warp's 16 keys x N queries in the
