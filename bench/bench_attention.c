@@ -70,7 +70,7 @@ int main(int argc, char **argv) {
          (long long)H, (long long)G, (long long)K, h ? "bf16" : "fp32", be->name);
   const char *knobs[] = {"LMC_ATTENTION_DKV_QT", "LMC_ATTENTION_ROWS", "LMC_ATTENTION_STAGES", "LMC_ATTENTION_SECTION",
                          "LMC_ATTENTION_WGMMA"};
-  for (int i = 0; i < 5; i++) {   /* the kernels asked for, where not the defaults */
+  for (size_t i = 0; i < sizeof knobs / sizeof *knobs; i++) {   /* the kernels asked for, where not the defaults */
     const char *s = getenv(knobs[i]);
     if (s && *s) printf(", %s=%s", knobs[i], s);
   }

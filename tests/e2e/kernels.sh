@@ -2,7 +2,7 @@
 # The CUDA kernels of the presets (MoE's among them), of a tensor-parallel plan (which
 # adds the vocab-parallel cross-entropy kernels) and typed for bf16 storage compile with NVRTC, and so
 # do the emulator's test kernels with their inline PTX (down to a cubin).
-# For sm_90 it prints ptxas's registers, shared memory and spills of every
+# For sm_90a it prints ptxas's registers, shared memory and spills of every
 # kernel; attention (head dims 32, 64, 96), the optimizer and the kernels lmc
 # generates for groups of ops must not spill.
 BIN=$1 SRC=$2

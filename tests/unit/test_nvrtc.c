@@ -1,11 +1,12 @@
 /* test_nvrtc.c: every kernel lmc writes must compile. Compiles each
  * kernels.cu given on the command line with NVRTC (loaded with dlopen, as
  * the CUDA runtime will) for compute_80, checking that the PTX defines
- * every extern "C" __global__ kernel of the source, and for sm_90 down to
- * a cubin, so that ptxas assembles any inline PTX and reports every kernel
+ * every extern "C" __global__ kernel of the source, and for sm_90a (the
+ * runtime's target on compute capability 9.0, with wgmma) down to a
+ * cubin, so that ptxas assembles any inline PTX and reports every kernel
  * (checked by name too). Needs no GPU. Exits 77 (skipped) when no NVRTC
  * library can be loaded. (A third compile, compute_90's PTX, checked
- * nothing the sm_90 one does not, at a third of the test's time.)
+ * nothing the sm_90a one does not, at a third of the test's time.)
  * Usage: test_nvrtc [-I DIR] [--ptx] FILE.cu... (DIR: where included
  * headers such as templates/tensor_cores.cuh are; --ptx: the next file
  * for compute_80 alone, a third of the time, where its kernels' cubins
@@ -63,7 +64,7 @@ static char *slurp(const char *path) {
  * frame without spills is a register array the compiler put in local
  * memory, which made attention's first 32-row forward 2.5x slower on an
  * H200, run 16). */
-/* What ptxas spills today where it does (CUDA 13.1, sm_90; bytes of stack
+/* What ptxas spills today where it does (CUDA 13.1, sm_90a; bytes of stack
  * frame plus spill stores and loads, the most over the presets in bf16 and
  * fp32 storage): each kernel here may spill up to its budget and no more,
  * every other strict kernel not at all. Found when this check learnt to
