@@ -35,7 +35,9 @@ HOT = [
     ("fm_dkv_probs<QT>(st_, dpt, ls[st], ds[st], i0 < j0 + FM_ROWS - 1,", "fm_dkv_probs<QT>(st_, dpt, ls[st], ds[st], false,"),
     ("fm_dkv_probs<QT>(st_, dpt, ls[st], ds[st], i0 < j0 + FW_ROWS - 1,", "fm_dkv_probs<QT>(st_, dpt, ls[st], ds[st], false,"),
     ("bool async = FmAsync<S>::ok(src, stride, K);", "bool async = true;"),
+    ("if (async && K == KP) return fw_load_passes", "if (true) return fw_load_passes"),
     ("fm_softmax<KP>(s, m, l, acc, j0 + FW_ROWS - 1 > w0, j0, r0);", "fm_softmax<KP>(s, m, l, acc, false, j0, r0);"),
+    ("fm_dq_ds<FW_ROWS>(s, dp, li, di, j0 + FW_ROWS - 1 > w0,", "fm_dq_ds<FW_ROWS>(s, dp, li, di, false,"),
     ("    return;\n  }\n  for (int e = threadIdx.x; e < R * C / 8; e += GG_THREADS) {",
      "    return;\n  }\n  if (R) return;\n  for (int e = threadIdx.x; e < R * C / 8; e += GG_THREADS) {"),
 ]

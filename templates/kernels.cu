@@ -1076,10 +1076,34 @@ enum { FW_ROWS = 64 };
 // units x + 128 u, a pass a unit, consecutive threads the 8 rows of a
 // core matrix (conflict-free stores of 16 bytes) and 4 row chunks of 64
 // bytes a warp from global memory.
+// fw_load by cp.async in passes of constant stride where a row is a
+// whole number of 64-byte chunks (K == KP, a multiple of 32): warp w takes rows 16w..
+// of the tile, lane l rows 16w + l % 8 and 8 on, chunks of 16 bytes l / 8
+// + 4q, so each pass's source and destination are the first's plus a
+// constant (no address worked out a copy); a pass's 8 lanes of a chunk
+// fill one core matrix, and a warp reads 64 bytes of each of 8 rows. A
+// zero fill reads nothing (fm_load_pass).
+template <int KP, typename S>
+__device__ __forceinline__ void fw_load_passes(unsigned short *s, const S *src, i64 r0, i64 T, i64 stride) {
+  enum { C = KP / 8 };
+  static_assert(C % 4 == 0 && FA_THREADS == 2 * FW_ROWS, "4 warps of 16 rows, 64-byte chunks");
+  int l = threadIdx.x % 32, w = threadIdx.x / 32, c = l / 8 * 8;
+  i64 r = r0 + 16 * w + l % 8;
+  const S *p = src + r * stride + c;
+  unsigned short *d = s + 8 * (16 * w * C + c + l % 8);   // unit (2w) 8C + c + l % 8
+  #pragma unroll
+  for (int g = 0; g < 2; g++)
+    #pragma unroll
+    for (int q = 0; q < C / 4; q++)
+      lmc_cp_async16(d + 8 * (8 * C * g + 32 * q), p + 8 * g * stride + 32 * q, r + 8 * g < T ? 16 : 0);
+}
+
 template <int KP, typename S>
 __device__ void fw_load(unsigned short *s, const S *src, i64 r0, i64 T, i64 stride, int K) {
   enum { C = KP / 8, U = FW_ROWS * C };   // units a row, a tile (U a multiple of FA_THREADS: KP % 16 == 0)
   bool async = FmAsync<S>::ok(src, stride, K);
+  if constexpr (C % 4 == 0)
+    if (async && K == KP) return fw_load_passes<KP>(s, src, r0, T, stride);
   #pragma unroll
   for (int u = 0; u < U / FA_THREADS; u++) {
     int e = threadIdx.x + u * FA_THREADS, r = e / (8 * C) * 8 + e % 8, c = e / 8 % C * 8;
