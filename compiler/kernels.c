@@ -96,6 +96,13 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_wg_k%lld("
               "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, "
               "float scale, i64 B) {\n  fw_forward<%d>(o, lse, q, k, v, T, H, G, K, scale, B);\n}\n", mb, K, kp);
+    /* and in blocks of 2 and 3 warpgroups sharing their K and V tiles
+     * (LMC_ATTENTION_WARPGROUPS), one block an SM */
+    for (int nw = 2; nw <= 3 && kp <= 96; nw++)
+      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(%d * FA_THREADS, 1) lmc_attention_wg%d_k%lld("
+              "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, "
+              "float scale, i64 B) {\n  fw_forward<%d, %d>(o, lse, q, k, v, T, H, G, K, scale, B);\n}\n", nw, nw, K,
+              kp, nw);
     return;
   }
   if (k <= 128) {
@@ -117,6 +124,11 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
             "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
             "i64 T, i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
             "  fw_backward_dq<%d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", K, kp);
+    if (kp <= 96)   /* and in blocks of two warpgroups sharing K and V (LMC_ATTENTION_WARPGROUPS) */
+      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(2 * FA_THREADS, 1) lmc_attention_bwd_wg2_dq_k%lld("
+            "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
+            "i64 T, i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
+            "  fw_backward_dq<%d, 2>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", K, kp);
     if (kp <= 96)
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_bwd_mma_dq_r64_k%lld("
               "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
@@ -141,6 +153,12 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
               "act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, "
               "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv, i64 B) {\n"
               "  fw_backward_dkv<%d>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv, B);\n}\n",
+              K, kp);
+    if (kp <= 96)   /* and in blocks of two warpgroups sharing Q and dO (LMC_ATTENTION_WARPGROUPS) */
+      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(2 * FA_THREADS, 1) lmc_attention_bwd_wg2_dkv_k%lld("
+              "act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, "
+              "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv, i64 B) {\n"
+              "  fw_backward_dkv<%d, 2>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv, B);\n}\n",
               K, kp);
   }
   fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_dq_k%lld(act *dq, "

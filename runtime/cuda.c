@@ -899,6 +899,21 @@ int cuda_attention_wgmma(int on) {
 static bool fa_wg(const RtInst *x) { return wgmma_asked && wgmma_ok == 1 && fa_mma(x); }   /* (the probe: 9.0 only) */
 static bool fa_wg_bwd(const RtInst *x) { return fa_wg(x) && (x->k + 15) / 16 * 16 <= 96; }
 
+/* Warpgroups a block of the wgmma kernels: 1 (the default), or blocks of
+ * 2 or 3 warpgroups of 64 query rows (64 keys in dK/dV) each that share
+ * the K and V (Q and dO) tiles they copy, one block an SM, so that the
+ * SM reads each tile from L2 once for 128 or 192 rows rather than 64:
+ * the forward takes up to 3 (lmc_attention_wg3_kK, twelve warps an SM as
+ * its three one-warpgroup blocks), dQ and dK/dV up to 2 (eight warps),
+ * head dims to 96. LMC_ATTENTION_WARPGROUPS=N (cuda_attention_warpgroups)
+ * asks for N; untimed on a GPU, so 1 stays the default. */
+static int wg_asked = 1;
+void cuda_attention_warpgroups(int n) { wg_asked = n < 1 ? 1 : n; }
+static int fa_nw(const RtInst *x, int most) {
+  return (x->k + 15) / 16 * 16 <= 96 && wg_asked > 1 ? (wg_asked < most ? wg_asked : most) : 1;
+}
+static const char *wg_kind[4] = {"", "wg_", "wg2_", "wg3_"};
+
 /* The heads a section of attention's launch order (kernels.cu's
  * fa_head: a section's blocks go out rank by rank across its heads, each
  * head's longest first): as many as fit what they read again and again in
@@ -925,28 +940,29 @@ static i64 fa_section(const RtInst *x, bool dkv) {
 /* Launches an attention kernel over `heads` heads of nb blocks each in
  * sections of about sec heads, evened out (x a head of a section, y the
  * block's rank, z the section; the last section's spare blocks return). */
-static void fa_launch(const char *name, i64 heads, i64 nb, i64 sec, unsigned smem, void **args) {
+static void fa_launch(const char *name, i64 heads, i64 nb, i64 sec, int threads, unsigned smem, void **args) {
   i64 z = (heads + sec - 1) / sec;
   z = z > 65535 ? 65535 : z;   /* a grid's z: past it, longer sections */
   i64 x = (heads + z - 1) / z;
   if (nb > 65535) rt_die("attention: %lld blocks of queries or keys a head, past the 65535 a grid's y takes",
                          (long long)nb);
-  launch_smem(name, (unsigned)x, (unsigned)nb, (unsigned)z, FA_THREADS, smem, args);
+  launch_smem(name, (unsigned)x, (unsigned)nb, (unsigned)z, (unsigned)threads, smem, args);
 }
 
 /* Their dynamic shared memory, rows of bf16 tiles (the head dim rounded
  * up to 16, plus 8) as kernels.cu's fm_* lay them out: the forward's Q
  * (fm_rows), K and V (a stage each, or two: fm_s2) (kind 0), dQ's Q, dO
  * (fm_rows each), K and V (a stage each, or two) (1), dK/dV's K, V and
- * two stages of Q and dO tiles of QT queries (2, dkv_qt); the wgmma
- * forward's Q and two stages of K and V in core matrices (3), wgmma
- * dK/dV's K, V and two stages of Q and dO (4), and wgmma dQ's Q and dO
- * and two stages of K and V (5) */
-static unsigned fm_smem(i64 k, int kind) {
-  i64 kp = (k + 15) / 16 * 16, qt = dkv_qt(k);
-  if (kind == 3) return (unsigned)((64 * (kp + 8) + 4 * 64 * kp) * 2);   /* fw_forward: Q, K and V's two stages */
-  if (kind == 4) return (unsigned)(6 * 64 * kp * 2);   /* fw_backward_dkv: K, V, Q and dO's two stages */
-  if (kind == 5) return (unsigned)((2 * 64 * (kp + 8) + 4 * 64 * kp) * 2);   /* fw_backward_dq: Q, dO, K and V's */
+ * two stages of Q and dO tiles of QT queries (2, dkv_qt); and in tiles
+ * of 64 rows of core matrices for the wgmma kernels of nw warpgroups:
+ * the forward's Q (a tile a warpgroup) and two stages of K and V (3),
+ * dK/dV's K and V (a tile each a warpgroup) and two stages of Q and dO
+ * (4), and dQ's Q and dO (a tile each a warpgroup) and two stages of K
+ * and V (5) */
+static unsigned fm_smem(i64 k, int kind, int nw) {
+  i64 kp = (k + 15) / 16 * 16, qt = dkv_qt(k), tile = 64 * kp * 2;
+  if (kind == 3) return (unsigned)((nw + 4) * tile);
+  if (kind == 4 || kind == 5) return (unsigned)((2 * nw + 4) * tile);
   i64 rows = kind == 0   ? fm_rows(k, true) + (fm_s2(k, true) ? 4 : 2) * 64
              : kind == 1 ? 2 * fm_rows(k, false) + (fm_s2(k, false) ? 4 : 2) * 64
                          : 2 * 64 + 4 * qt;
@@ -954,7 +970,8 @@ static unsigned fm_smem(i64 k, int kind) {
 }
 
 static void op_attention(const RtInst *x, void **o, void **in) {
-  i64 T = x->t, H = x->h, G = x->g, K = x->k, R = fa_wg(x) ? 64 : fa_mma(x) ? fm_rows(K, true) : fa_rows(x);
+  int nw = fa_wg(x) ? fa_nw(x, 3) : 0;
+  i64 T = x->t, H = x->h, G = x->g, K = x->k, R = nw ? 64 * nw : fa_mma(x) ? fm_rows(K, true) : fa_rows(x);
   float scale = 1.0f / sqrtf((float)K);
   CUdeviceptr O = dptr(o[0]), L = dptr(o[1]), Q = dptr(in[0]), Kp = dptr(in[1]), V = dptr(in[2]);
   i64 B = x->b;
@@ -962,12 +979,13 @@ static void op_attention(const RtInst *x, void **o, void **in) {
   char name[64];
   snprintf(name, sizeof name, "lmc_attention_%sk%lld",
            !fa_mma(x)                               ? ""
-           : fa_wg(x)                               ? "wg_"
+           : nw                                     ? wg_kind[nw]
            : fm_s2(K, true)                         ? "mma_s2_"
            : R == 64 && (K + 15) / 16 * 16 <= 96 ? "mma_r64_"
                                                     : "mma_",
            K);
-  fa_launch(name, B * H, (T + R - 1) / R, fa_section(x, false), fa_mma(x) ? fm_smem(K, fa_wg(x) ? 3 : 0) : 0, a);
+  fa_launch(name, B * H, (T + R - 1) / R, fa_section(x, false), FA_THREADS * (nw ? nw : 1),
+            fa_mma(x) ? fm_smem(K, nw ? 3 : 0, nw) : 0, a);
 }
 
 /* in: dout, q, k, v, lse, o */
@@ -976,7 +994,8 @@ static void op_attention_bwd(const RtInst *x, void **o, void **in) {
   static CUdeviceptr scratch_dd;
   i64 B = x->b, T = x->t, H = x->h, G = x->g, K = x->k, R = fa_mma(x) ? 64 : fa_rows(x), rows = B * T * H;
   bool wg = fa_wg_bwd(x);
-  const char *kind = wg ? "wg_" : fa_mma(x) ? "mma_" : "";
+  int nw = wg ? fa_nw(x, 2) : 1;
+  const char *kind = wg ? wg_kind[nw] : fa_mma(x) ? "mma_" : "";
   float scale = 1.0f / sqrtf((float)K);
   int acc0 = x->acc[0], acc1 = x->acc[1], acc2 = x->acc[2];
   CUdeviceptr dd = scratch(&scratch_dd, &have_dd, rows), Do = dptr(in[0]), Q = dptr(in[1]), Kp = dptr(in[2]),
@@ -986,22 +1005,23 @@ static void op_attention_bwd(const RtInst *x, void **o, void **in) {
   char name[64];
   if (o[0]) {
     void *q[] = {&dQ, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc0, &B};
-    i64 rq = wg ? 64 : fa_mma(x) ? fm_rows(K, false) : R;
+    i64 rq = wg ? 64 * nw : fa_mma(x) ? fm_rows(K, false) : R;
     bool r64 = !wg && fa_mma(x) && rq == 64 && (K + 15) / 16 * 16 <= 96;   /* the other kernel */
     snprintf(name, sizeof name, "lmc_attention_bwd_%sdq_%sk%lld", kind,
              r64                                   ? "r64_"
              : !wg && fa_mma(x) && fm_s2(K, false) ? "s2_"
                                                    : "",
              K);
-    fa_launch(name, B * H, (T + rq - 1) / rq, fa_section(x, false), wg ? fm_smem(K, 5) : fa_mma(x) ? fm_smem(K, 1) : 0,
-              q);
+    fa_launch(name, B * H, (T + rq - 1) / rq, fa_section(x, false), FA_THREADS * nw,
+              wg ? fm_smem(K, 5, nw) : fa_mma(x) ? fm_smem(K, 1, 1) : 0, q);
   }
   if (o[1] || o[2]) {
     void *kv[] = {&dK, &dV, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc1, &acc2, &B};
     bool q64 = !wg && fa_mma(x) && dkv_qt(K) == 64 && (K + 15) / 16 * 16 > 64;   /* the variant */
     snprintf(name, sizeof name, "lmc_attention_bwd_%sdkv_%sk%lld", kind, q64 ? "q64_" : "", K);
-    fa_launch(name, B * G, (T + R - 1) / R, fa_section(x, true), wg ? fm_smem(K, 4) : fa_mma(x) ? fm_smem(K, 2) : 0,
-              kv);
+    i64 rk = wg ? 64 * nw : R;
+    fa_launch(name, B * G, (T + rk - 1) / rk, fa_section(x, true), FA_THREADS * nw,
+              wg ? fm_smem(K, 4, nw) : fa_mma(x) ? fm_smem(K, 2, 1) : 0, kv);
   }
 }
 
@@ -2203,6 +2223,8 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
                   &kv_stages, why, n) ||
       !env_choice("LMC_ATTENTION_WGMMA", 0, 1, "0 or 1 (attention on wgmma, compute capability 9.0)",
                   &wgmma_asked, why, n) ||
+      !env_count("LMC_ATTENTION_WARPGROUPS", 3, "1, 2 or 3 (warpgroups a block of attention's wgmma kernels)",
+                 &wg_asked, why, n) ||
       !env_count("LMC_ATTENTION_SECTION", INT_MAX, "a count of heads, 1 or more (heads a section of attention's launch order)",
                  &section_asked, why, n) ||
       !env_choice("LMC_GEMM_BACKWARD_EPILOGUES", 0, 1, "0 (the GEMM, then kernels) or 1", &ep, why, n) ||

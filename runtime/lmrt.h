@@ -287,6 +287,10 @@ void cuda_attention_section(int heads);
  * this GPU's wgmma failed the runtime's probe, -1 where it is off or the
  * GPU is not of compute capability 9.0 */
 int cuda_attention_wgmma(int on);
+/* Warpgroups a block of attention's wgmma kernels, sharing their tiles: 1
+ * (the default), 2 or 3 (the forward takes up to 3, dQ and dK/dV 2);
+ * $LMC_ATTENTION_WARPGROUPS sets it. */
+void cuda_attention_warpgroups(int n);
 /* The parts (split-k) the grouped GEMMs of MoE weight gradients split each
  * expert's rows into: 0 (the default) by the waves they fill, or N;
  * $LMC_MOE_SPLIT sets it. */

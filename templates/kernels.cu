@@ -1070,24 +1070,32 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
 // direction) by 16 KP and the head dim by 128.
 enum { FW_ROWS = 64 };
 
-// rows [r0, r0 + 64) of a [T, stride] matrix (K columns) into a tile of
-// core matrices, zero past T and K: by cp.async where FmAsync allows (the
-// caller commits the group), else by loads and stores. Thread x takes
-// units x + 128 u, a pass a unit, consecutive threads the 8 rows of a
-// core matrix (conflict-free stores of 16 bytes) and 4 row chunks of 64
-// bytes a warp from global memory.
+// Element (r, c) of a tile of core matrices (C 16-byte units a row): 8 x 8
+// elements to a core matrix, rows r / 8 of them 8 C units on, columns c /
+// 8 8 units on
+__device__ __forceinline__ int fw_elem(int r, int c, int C) { return (((r / 8) * C + c / 8) * 8 + r % 8) * 8 + c % 8; }
+
+// this thread's index in its warpgroup, in a block of NW
+template <int NW> __device__ __forceinline__ int fw_x() { return NW == 1 ? threadIdx.x : threadIdx.x % FA_THREADS; }
+// and its warpgroup's index (by a shuffle from lane 0, which ptxas takes
+// as the same across the warp: descriptors made from it stay in uniform
+// registers, where the wgmmas read them)
+template <int NW> __device__ __forceinline__ int fw_wg() {
+  return NW == 1 ? 0 : __shfl_sync(0xffffffffu, threadIdx.x / FA_THREADS, 0);
+}
+
 // fw_load by cp.async in passes of constant stride where a row is a
-// whole number of 64-byte chunks (K == KP, a multiple of 32): warp w takes rows 16w..
-// of the tile, lane l rows 16w + l % 8 and 8 on, chunks of 16 bytes l / 8
+// whole number of 64-byte chunks (K == KP, a multiple of 32): warp w of
+// a warpgroup takes rows 16w.. of the tile, lane l rows 16w + l % 8 and 8 on, chunks of 16 bytes l / 8
 // + 4q, so each pass's source and destination are the first's plus a
 // constant (no address worked out a copy); a pass's 8 lanes of a chunk
 // fill one core matrix, and a warp reads 64 bytes of each of 8 rows. A
 // zero fill reads nothing (fm_load_pass).
-template <int KP, typename S>
+template <int KP, int NW, typename S>
 __device__ __forceinline__ void fw_load_passes(unsigned short *s, const S *src, i64 r0, i64 T, i64 stride) {
   enum { C = KP / 8 };
   static_assert(C % 4 == 0 && FA_THREADS == 2 * FW_ROWS, "4 warps of 16 rows, 64-byte chunks");
-  int l = threadIdx.x % 32, w = threadIdx.x / 32, c = l / 8 * 8;
+  int l = threadIdx.x % 32, w = fw_x<NW>() / 32, c = l / 8 * 8;
   i64 r = r0 + 16 * w + l % 8;
   const S *p = src + r * stride + c;
   unsigned short *d = s + 8 * (16 * w * C + c + l % 8);   // unit (2w) 8C + c + l % 8
@@ -1098,15 +1106,22 @@ __device__ __forceinline__ void fw_load_passes(unsigned short *s, const S *src, 
       lmc_cp_async16(d + 8 * (8 * C * g + 32 * q), p + 8 * g * stride + 32 * q, r + 8 * g < T ? 16 : 0);
 }
 
-template <int KP, typename S>
-__device__ void fw_load(unsigned short *s, const S *src, i64 r0, i64 T, i64 stride, int K) {
+
+// rows [r0, r0 + 64) of a [T, stride] matrix (K columns) into a tile of
+// core matrices, times scale, zero past T and K: by cp.async where
+// FmAsync allows and scale is 1 (the caller commits the group), else by
+// loads and stores, by the 128 threads of a warpgroup. Thread x of it takes units x + 128 u, a pass a unit, consecutive threads the 8 rows of a
+// core matrix (conflict-free stores of 16 bytes) and 4 row chunks of 64
+// bytes a warp from global memory.
+template <int KP, int NW = 1, typename S>
+__device__ void fw_load(unsigned short *s, const S *src, i64 r0, i64 T, i64 stride, int K, float scale = 1.0f) {
   enum { C = KP / 8, U = FW_ROWS * C };   // units a row, a tile (U a multiple of FA_THREADS: KP % 16 == 0)
-  bool async = FmAsync<S>::ok(src, stride, K);
+  bool async = scale == 1.0f && FmAsync<S>::ok(src, stride, K);
   if constexpr (C % 4 == 0)
-    if (async && K == KP) return fw_load_passes<KP>(s, src, r0, T, stride);
+    if (async && K == KP) return fw_load_passes<KP, NW>(s, src, r0, T, stride);
   #pragma unroll
   for (int u = 0; u < U / FA_THREADS; u++) {
-    int e = threadIdx.x + u * FA_THREADS, r = e / (8 * C) * 8 + e % 8, c = e / 8 % C * 8;
+    int e = fw_x<NW>() + u * FA_THREADS, r = e / (8 * C) * 8 + e % 8, c = e / 8 % C * 8;
     bool in = r0 + r < T && c < K;
     const S *p = src + (in ? (r0 + r) * stride + c : 0);
     if (async) {
@@ -1114,7 +1129,7 @@ __device__ void fw_load(unsigned short *s, const S *src, i64 r0, i64 T, i64 stri
       continue;
     }
     #pragma unroll
-    for (int j = 0; j < 8; j++) s[8 * e + j] = (unsigned short)bf16_bits(in && c + j < K ? (float)p[j] : 0.0f);
+    for (int j = 0; j < 8; j++) s[8 * e + j] = (unsigned short)bf16_bits(in && c + j < K ? (float)p[j] * scale : 0.0f);
   }
 }
 
@@ -1125,39 +1140,53 @@ __device__ __forceinline__ unsigned long long fw_desc(const unsigned short *p, u
          (unsigned long long)(sbo >> 4) << 32;
 }
 
+// K's and V's tiles of keys from j into ks and vs: by the block's one
+// warpgroup, or K by the first and V by the second (the caller commits)
+template <int KP, int NW>
+__device__ __forceinline__ void fw_kv_load(unsigned short *ks, unsigned short *vs, const act *kb, const act *vb, i64 j,
+                                           i64 T, i64 stride, int K) {
+  int wg = fw_wg<NW>();
+  if (NW == 1) fw_load<KP, NW>(ks, kb, j, T, stride, K), fw_load<KP, NW>(vs, vb, j, T, stride, K);
+  else if (wg < 2) fw_load<KP, NW>(wg ? vs : ks, wg ? vb : kb, j, T, stride, K);
+}
+
 #ifdef LMC_WGMMA
 // Two stages of K and V (the forward, dQ): wait for this tile's (stage
 // st), landed and seen by the tensor cores; every warp done with the
 // other stage, copy the next tile's there (keys from j1, where j1 <=
 // last)
-template <int KP>
+template <int KP, int NW>
 __device__ __forceinline__ void fw_kv_next(unsigned short *ks, unsigned short *vs, const act *kb, const act *vb, int st,
                                            i64 j1, i64 last, i64 T, i64 stride, int K) {
   lmc_cp_async_wait0();
   lmc_fence_proxy_async();
   __syncthreads();
   if (j1 > last) return;
-  fw_load<KP>(ks + (st ^ 1) * FW_ROWS * KP, kb, j1, T, stride, K);
-  fw_load<KP>(vs + (st ^ 1) * FW_ROWS * KP, vb, j1, T, stride, K), lmc_cp_async_commit();
+  fw_kv_load<KP, NW>(ks + (st ^ 1) * FW_ROWS * KP, vs + (st ^ 1) * FW_ROWS * KP, kb, vb, j1, T, stride, K);
+  lmc_cp_async_commit();
 }
 
-// A block of fw_forward or fw_backward_dq: its head (b, h), its 64 query
-// rows from i0 (the last below T: last), its warp's from w0, its thread's
-// r0 and r0 + 8, and its kv group's K and V (kb, vb), whose first tiles'
-// copies go out into stage 0 (ks, vs); false past the last head
+// A block of fw_forward or fw_backward_dq: its head (b, h), its NW
+// warpgroups' 64 query rows each (NW 64 from i0, the last below T:
+// last; this warpgroup's last below T: wlast, -1 if none), its warp's
+// from w0, its thread's r0 and r0 + 8, and the kv
+// group's K and V (kb, vb), whose first tiles' copies go out into stage 0
+// (ks, vs); false past the last head
 struct FwBlock {
-  i64 b, h, i0, last, w0, r0;
+  i64 b, h, i0, last, wlast, w0, r0;
   const act *kb, *vb;
 };
-template <int KP>
+template <int KP, int NW>
 __device__ __forceinline__ bool fw_block(FwBlock &f, unsigned short *ks, unsigned short *vs, const act *k, const act *v,
                                          i64 T, i64 H, i64 G, i64 K, i64 B) {
   if (!fa_head(f.b, f.h, B, H)) return false;
-  i64 gi = f.h / (H / G);
-  f.i0 = (i64)(gridDim.y - 1 - blockIdx.y) * FW_ROWS, f.last = (f.i0 + FW_ROWS < T ? f.i0 + FW_ROWS : T) - 1;
-  f.w0 = f.i0 + threadIdx.x / 32 * 16, f.r0 = f.w0 + threadIdx.x % 32 / 4;
+  i64 gi = f.h / (H / G), i0 = (i64)(gridDim.y - 1 - blockIdx.y) * NW * FW_ROWS,
+      q0 = i0 + fw_wg<NW>() * FW_ROWS;
+  f.i0 = i0, f.last = (i0 + NW * FW_ROWS < T ? i0 + NW * FW_ROWS : T) - 1;
+  f.wlast = q0 >= T ? -1 : q0 + FW_ROWS < T ? q0 + FW_ROWS - 1 : T - 1;
+  f.w0 = q0 + fw_x<NW>() / 32 * 16, f.r0 = f.w0 + threadIdx.x % 32 / 4;
   f.kb = k + f.b * T * G * K + gi * K, f.vb = v + f.b * T * G * K + gi * K;
-  fw_load<KP>(ks, f.kb, 0, T, G * K, (int)K), fw_load<KP>(vs, f.vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
+  fw_kv_load<KP, NW>(ks, vs, f.kb, f.vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
   return true;
 }
 
@@ -1200,36 +1229,34 @@ __device__ __forceinline__ void fw_frags(unsigned (*a)[4], float (*s)[4]) {
 }
 #endif
 
-template <int KP>
+template <int KP, int NW = 1>
 __device__ void fw_forward(act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G,
                            i64 K, float scale, i64 B) {
 #ifdef LMC_WGMMA
   enum { KS = KP / 16, TILE = FW_ROWS * KP };   // Q K^T's k-steps; a K or V tile's elements
   extern __shared__ __align__(16) unsigned short fm_smem[];
-  // Q (64 padded rows), then K's two stages and V's two (core matrices)
-  unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem, *ks = fm_smem + FW_ROWS * (KP + 8),
-                   *vs = ks + 2 * TILE;
-  int warp = threadIdx.x / 32;
+  // Q (a tile a warpgroup), then K's two stages and V's two (core matrices; fm_smem kind 3)
+  unsigned short *qs = fm_smem, *ks = qs + NW * TILE, *vs = ks + 2 * TILE;
   FwBlock f;
-  if (!fw_block<KP>(f, ks, vs, k, v, T, H, G, K, B)) return;
+  if (!fw_block<KP, NW>(f, ks, vs, k, v, T, H, G, K, B)) return;
   i64 b = f.b, h = f.h, last = f.last, w0 = f.w0, r0 = f.r0;
-  fm_tile<FW_ROWS, KP>(sh, q + b * T * H * K + h * K, f.i0, T, H * K, (int)K, scale * LOG2E);   // scores in log2 units
-  __syncthreads();
-  unsigned qa[KS][4];
-  #pragma unroll
-  for (int kk = 0; kk < KS; kk++) fm_frag_a<KP>(qa[kk], sh, warp * 16, kk);
+  // this warpgroup's tile of Q, scores in log2 units (seen by the tensor cores after the loop's first wait)
+  fw_load<KP, NW>(qs + fw_wg<NW>() * TILE, q + b * T * H * K + h * K, f.i0 + fw_wg<NW>() * FW_ROWS, T, H * K, (int)K,
+                  scale * LOG2E);
   float acc[KP / 8][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0, 0};
   #pragma unroll
   for (int nt = 0; nt < KP / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
-  unsigned long long kd0 = fw_desc_k<KP>(ks), vd0 = fw_desc_n<KP>(vs);   // stage 0's; stage 1's TILE / 8 on
+  // this warpgroup's Q; K's and V's stage 0 (stage 1's TILE / 8 on)
+  unsigned long long qd = fw_desc_k<KP>(qs + fw_wg<NW>() * TILE), kd0 = fw_desc_k<KP>(ks), vd0 = fw_desc_n<KP>(vs);
   int st = 0;
   for (i64 j0 = 0; j0 <= last; j0 += FW_ROWS, st ^= 1) {
-    fw_kv_next<KP>(ks, vs, f.kb, f.vb, st, j0 + FW_ROWS, last, T, G * K, (int)K);
+    fw_kv_next<KP, NW>(ks, vs, f.kb, f.vb, st, j0 + FW_ROWS, last, T, G * K, (int)K);
+    if (NW > 1 && j0 > f.wlast) continue;   // keys past this warpgroup's rows (another's tile)
     unsigned long long kd = kd0 + st * (TILE / 8), vd = vd0 + st * (TILE / 8);
     float s[FW_ROWS / 8][4];
     lmc_wg_fence();
     #pragma unroll
-    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16<FW_ROWS, 0>(s, qa[kk], kd + 16 * kk, kk);
+    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<FW_ROWS, 0>(s, qd + 16 * kk, kd + 16 * kk, kk);
     lmc_wg_commit();
     lmc_wg_wait<0>();
     lmc_wg_hold<FW_ROWS / 8>(s);
@@ -1430,8 +1457,7 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
 // Q K^T) and N-major (16 rows of 32: V's in P V), A from registers and,
 // the third way, from shared memory K-major (dK/dV's K); tiles in
 // fw_load's units (16 bytes a unit; unit (r / 8) C + c / 8, 8 to a core
-// matrix, r % 8 within it, for C units a row).
-__device__ __forceinline__ int fw_elem(int r, int c, int C) { return (((r / 8) * C + c / 8) * 8 + r % 8) * 8 + c % 8; }
+// matrix, r % 8 within it, for C units a row: fw_elem).
 extern "C" __global__ void lmc_wgmma_probe(float *d, const bf16 *a, const bf16 *b) {
 #ifdef LMC_WGMMA
   extern __shared__ __align__(16) unsigned short fm_smem[];
@@ -1469,46 +1495,45 @@ extern "C" __global__ void lmc_wgmma_probe(float *d, const bf16 *a, const bf16 *
 // fragments stay in registers, K and V have two stages of core matrices
 // by cp.async. S = Q K^T and dP = dO V^T take B (K, V) K-major, N 64; dQ
 // += dS K takes dS from registers and K's tile N-major (the same bytes).
-template <int KP>
+template <int KP, int NW = 1>
 __device__ void fw_backward_dq(act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse,
                                const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int accum, i64 B) {
 #ifdef LMC_WGMMA
   enum { KS = KP / 16, TILE = FW_ROWS * KP };
   extern __shared__ __align__(16) unsigned short fm_smem[];
-  // Q, dO (64 padded rows each), then K's two stages and V's (fm_smem kind 5)
-  unsigned short(*sh)[KP + 8] = (unsigned short(*)[KP + 8])fm_smem, (*dos)[KP + 8] = sh + FW_ROWS,
-                   *ks = fm_smem + 2 * FW_ROWS * (KP + 8), *vs = ks + 2 * TILE;
-  int warp = threadIdx.x / 32;
+  // Q, dO (a tile each a warpgroup), then K's two stages and V's (core matrices; fm_smem kind 5)
+  unsigned short *qs = fm_smem, *dos = qs + NW * TILE, *ks = dos + NW * TILE, *vs = ks + 2 * TILE;
   FwBlock f;
-  if (!fw_block<KP>(f, ks, vs, k, v, T, H, G, K, B)) return;
+  if (!fw_block<KP, NW>(f, ks, vs, k, v, T, H, G, K, B)) return;
   i64 b = f.b, h = f.h, last = f.last, w0 = f.w0, r0 = f.r0;
-  fm_tile<FW_ROWS, KP>(sh, q + b * T * H * K + h * K, f.i0, T, H * K, (int)K, scale * LOG2E);   // S in log2 units
-  fm_tile<FW_ROWS, KP>(dos, dout + b * T * H * K + h * K, f.i0, T, H * K, (int)K, 1.0f);
+  // this warpgroup's tiles of Q (S in log2 units) and dO, seen by the tensor cores after the loop's first wait
+  i64 q0 = f.i0 + fw_wg<NW>() * FW_ROWS;
+  fw_load<KP, NW>(qs + fw_wg<NW>() * TILE, q + b * T * H * K + h * K, q0, T, H * K, (int)K, scale * LOG2E);
+  fw_load<KP, NW>(dos + fw_wg<NW>() * TILE, dout + b * T * H * K + h * K, q0, T, H * K, (int)K);
+  lmc_cp_async_commit();
   float li[2], di[2];
   #pragma unroll
   for (int r = 0; r < 2; r++) {
     i64 row = r0 + r * 8;
     li[r] = row < T ? lse[(b * H + h) * T + row] * LOG2E : 0, di[r] = row < T ? dd[(b * H + h) * T + row] : 0;
   }
-  __syncthreads();
-  unsigned qa[KS][4], oa[KS][4];
-  #pragma unroll
-  for (int kk = 0; kk < KS; kk++) fm_frag_a<KP>(qa[kk], sh, warp * 16, kk), fm_frag_a<KP>(oa[kk], dos, warp * 16, kk);
   float acc[KP / 8][4];
   #pragma unroll
   for (int nt = 0; nt < KP / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
-  // stage 0's descriptors (stage 1's TILE / 8 on): K K-major and N-major, V K-major
-  unsigned long long kk0 = fw_desc_k<KP>(ks), kn0 = fw_desc_n<KP>(ks), vk0 = fw_desc_k<KP>(vs);
+  // this warpgroup's Q and dO; stage 0's K K-major and N-major, V K-major (stage 1's TILE / 8 on)
+  unsigned long long qd = fw_desc_k<KP>(qs + fw_wg<NW>() * TILE), od = qd + NW * TILE / 8, kk0 = fw_desc_k<KP>(ks),
+                     kn0 = fw_desc_n<KP>(ks), vk0 = fw_desc_k<KP>(vs);
   int st = 0;
   for (i64 j0 = 0; j0 <= last; j0 += FW_ROWS, st ^= 1) {
-    fw_kv_next<KP>(ks, vs, f.kb, f.vb, st, j0 + FW_ROWS, last, T, G * K, (int)K);
+    fw_kv_next<KP, NW>(ks, vs, f.kb, f.vb, st, j0 + FW_ROWS, last, T, G * K, (int)K);
+    if (NW > 1 && j0 > f.wlast) continue;   // keys past this warpgroup's rows
     unsigned long long kd = kk0 + st * (TILE / 8), kn = kn0 + st * (TILE / 8), vd = vk0 + st * (TILE / 8);
     float s[FW_ROWS / 8][4], dp[FW_ROWS / 8][4];
     lmc_wg_fence();
     #pragma unroll
-    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16<FW_ROWS, 0>(s, qa[kk], kd + 16 * kk, kk);
+    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<FW_ROWS, 0>(s, qd + 16 * kk, kd + 16 * kk, kk);
     #pragma unroll
-    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16<FW_ROWS, 0>(dp, oa[kk], vd + 16 * kk, kk);
+    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<FW_ROWS, 0>(dp, od + 16 * kk, vd + 16 * kk, kk);
     lmc_wg_commit();
     lmc_wg_wait<0>();
     lmc_wg_hold<FW_ROWS / 8>(s), lmc_wg_hold<FW_ROWS / 8>(dp);
@@ -1556,13 +1581,15 @@ __device__ void fm_dkv_stage(unsigned short (*s)[KP + 8], float *ls, float *ds, 
 }
 
 // a step of fw_backward_dkv: FW_ROWS queries of head h from i0, Q's tile
-// and dO's (core matrices, cp.async where they can: the caller commits)
-// and their log-sum-exps (log2 units) and rowsum(dO O) into ls and ds
-template <int KP>
+// and dO's (core matrices, cp.async where they can: the caller commits;
+// with two warpgroups, Q by the first and dO by the second) and their
+// log-sum-exps (log2 units) and rowsum(dO O) into ls and ds
+template <int KP, int NW>
 __device__ void fw_dkv_stage(unsigned short *s, float *ls, float *ds, const act *q, const act *dout, const real *lse,
                              const real *dd, i64 b, i64 h, i64 i0, i64 T, i64 H, i64 K) {
-  fw_load<KP>(s, q + b * T * H * K + h * K, i0, T, H * K, (int)K);
-  fw_load<KP>(s + FW_ROWS * KP, dout + b * T * H * K + h * K, i0, T, H * K, (int)K);
+  int wg = fw_wg<NW>();
+  if (NW == 1 || wg == 0) fw_load<KP, NW>(s, q + b * T * H * K + h * K, i0, T, H * K, (int)K);
+  if (NW == 1 || wg == 1) fw_load<KP, NW>(s + FW_ROWS * KP, dout + b * T * H * K + h * K, i0, T, H * K, (int)K);
   dkv_stats<FW_ROWS>(ls, ds, lse, dd, b, h, i0, T, H);
 }
 
@@ -1652,23 +1679,25 @@ __device__ void fm_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
 // S^T = K Q^T and dP^T = V dO^T take A (K, V) and B (Q, dO, K-major) from
 // shared memory, N 64; dV += P^T dO and dK += dS^T Q take P^T and dS^T
 // from registers and dO and Q N-major, the head dim in chunks.
-template <int KP>
+template <int KP, int NW = 1>
 __device__ void fw_backward_dkv(act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v,
                                 const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck,
                                 int accv, i64 B) {
 #ifdef LMC_WGMMA
   enum { KS = KP / 16, TILE = FW_ROWS * KP, QT = FW_ROWS };
   extern __shared__ __align__(16) unsigned short fm_smem[];
-  // K, V, then two stages of Q and dO (fm_smem kind 4)
-  unsigned short *ks = fm_smem, *vs = ks + TILE, *stage = vs + TILE;
+  // K and V (a tile each a warpgroup), then two stages of Q and dO (fm_smem kind 4)
+  unsigned short *ks = fm_smem, *vs = ks + NW * TILE, *stage = vs + NW * TILE;
   __shared__ __align__(16) float ls[2][QT], ds[2][QT];
-  int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
+  int wg = fw_wg<NW>(), warp = fw_x<NW>() / 32, g = threadIdx.x % 32 / 4;
   i64 b, gi;
   if (!fa_head(b, gi, B, G)) return;
-  i64 j0 = (i64)blockIdx.y * FW_ROWS, per = H / G, c0 = j0 + warp * 16 + g;   // this thread's keys: c0, c0 + 8
+  // the block's first key, this warpgroup's (jw) and this thread's (c0, c0 + 8)
+  i64 j0 = (i64)blockIdx.y * NW * FW_ROWS, jw = j0 + wg * FW_ROWS, per = H / G, c0 = jw + warp * 16 + g;
   float sl = scale * LOG2E;   // S in log2 units
-  fw_load<KP>(ks, k + b * T * G * K + gi * K, j0, T, G * K, (int)K);
-  fw_load<KP>(vs, v + b * T * G * K + gi * K, j0, T, G * K, (int)K);
+  ks += wg * TILE, vs += wg * TILE;
+  fw_load<KP, NW>(ks, k + b * T * G * K + gi * K, jw, T, G * K, (int)K);
+  fw_load<KP, NW>(vs, v + b * T * G * K + gi * K, jw, T, G * K, (int)K);
   float dka[KP / 8][4], dva[KP / 8][4];
   #pragma unroll
   for (int nt = 0; nt < KP / 8; nt++)
@@ -1680,7 +1709,7 @@ __device__ void fw_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
                      qn0 = fw_desc_n<KP>(stage);
   // steps: the query tiles i0 = j0, j0 + QT, .. below T of each head of the group in turn
   i64 i0 = j0, h1 = gi * per, i1 = j0;   // this step's first query; the next step's head and query
-  fw_dkv_stage<KP>(stage, ls[0], ds[0], q, dout, lse, dd, b, h1, i1, T, H, K), lmc_cp_async_commit();
+  fw_dkv_stage<KP, NW>(stage, ls[0], ds[0], q, dout, lse, dd, b, h1, i1, T, H, K), lmc_cp_async_commit();
   for (int st = 0;; st ^= 1) {
     if ((i1 += QT) >= T) i1 = j0, h1++;
     bool more = h1 < (gi + 1) * per;
@@ -1690,8 +1719,15 @@ __device__ void fw_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
     lmc_fence_proxy_async();
     __syncthreads();
     if (more) {
-      fw_dkv_stage<KP>(stage + (st ^ 1) * 2 * TILE, ls[st ^ 1], ds[st ^ 1], q, dout, lse, dd, b, h1, i1, T, H, K);
+      fw_dkv_stage<KP, NW>(stage + (st ^ 1) * 2 * TILE, ls[st ^ 1], ds[st ^ 1], q, dout, lse, dd, b, h1, i1, T, H, K);
       lmc_cp_async_commit();
+    }
+    // queries all before this warpgroup's keys (its first tile of a
+    // head, past the first warpgroup's), or no keys below T: nothing
+    if (NW > 1 && (i0 + QT <= jw || jw >= T)) {
+      if (!more) break;
+      i0 = i1;
+      continue;
     }
     unsigned long long qk = qk0 + st * (TILE / 4), qn = qn0 + st * (TILE / 4);   // this stage's Q; dO TILE / 8 on
     float st_[QT / 8][4], dpt[QT / 8][4];   // S^T and dP^T: this warp's 16 keys x QT queries
@@ -1703,7 +1739,7 @@ __device__ void fw_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
     lmc_wg_commit();
     lmc_wg_wait<0>();
     lmc_wg_hold<QT / 8>(st_), lmc_wg_hold<QT / 8>(dpt);
-    fm_dkv_probs<QT>(st_, dpt, ls[st], ds[st], i0 < j0 + FW_ROWS - 1, (int)(c0 - i0), sl);
+    fm_dkv_probs<QT>(st_, dpt, ls[st], ds[st], i0 < jw + FW_ROWS - 1, (int)(c0 - i0), sl);
     unsigned pa[QT / 16][4], da[QT / 16][4];   // 16 queries a step: rows 16 kk.. of dO's and Q's tiles
     fw_frags<QT>(pa, st_), fw_frags<QT>(da, dpt);
     lmc_wg_hold<KP / 8>(dva), lmc_wg_hold<KP / 8>(dka);

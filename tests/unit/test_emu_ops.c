@@ -529,7 +529,7 @@ int main(int argc, char **argv) {
       c = (Case){names[mp][i][0], rt_inst(OP_ATTENTION), {{nq}, {nk}, {nk}}, {{nq}, {rows, F32}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, false);
-      static char other[3][6][96];
+      static char other[3][9][96];
       if (mp && !quick) {   /* the forward's other kernels: 128 rows, one stage (not under sanitizers) */
         snprintf(other[i][0], 96, "%s, forward 128 rows a block", names[mp][i][0]);
         cuda_attention_rows(128);
@@ -546,6 +546,13 @@ int main(int argc, char **argv) {
         snprintf(other[i][3], 96, "%s, forward on wgmma", names[mp][i][0]);
         c.name = other[i][3];
         check(c, false);
+        for (int nw = 2; nw <= 3; nw++) {   /* blocks of 2 and 3 warpgroups sharing K and V */
+          snprintf(other[i][4 + nw], 96, "%s, forward on wgmma, %d warpgroups a block", names[mp][i][0], nw);
+          cuda_attention_warpgroups(nw);
+          c.name = other[i][4 + nw];
+          check(c, false);
+        }
+        cuda_attention_warpgroups(1);
         cuda_attention_wgmma(0);
       }
       /* inputs: dy, q, k, v, then lse and o, which run() makes by the forward */
@@ -556,6 +563,11 @@ int main(int argc, char **argv) {
         snprintf(other[i][5], 96, "%s, on wgmma", names[mp][i][1]);
         c.name = other[i][5];
         check(c, true);
+        snprintf(other[i][8], 96, "%s, on wgmma, 2 warpgroups a block", names[mp][i][1]);
+        cuda_attention_warpgroups(2);   /* blocks of 2 warpgroups sharing K and V (dQ), Q and dO (dK/dV) */
+        c.name = other[i][8];
+        check(c, true);
+        cuda_attention_warpgroups(1);
         cuda_attention_wgmma(0);
       }
       /* the launch order in sections of 3 heads (8 heads in three, one
