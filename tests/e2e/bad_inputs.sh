@@ -61,6 +61,7 @@ bad_knob LMC_ATTENTION_STAGES=3 "1 or 2 (stages of K and V tiles in attention's 
 bad_knob LMC_ATTENTION_SECTION=0 "a count of heads, 1 or more (heads a section of attention's launch order)"
 bad_knob LMC_ATTENTION_SECTION=4x "a count of heads, 1 or more (heads a section of attention's launch order)"
 bad_knob LMC_ATTENTION_WGMMA=2 "0 or 1 (attention on wgmma, compute capability 9.0)"
+bad_knob LMC_ATTENTION_WARPGROUPS=4 "1, 2 or 3 (warpgroups a block of attention's wgmma kernels)"
 bad_knob LMC_MOE_SPLIT=65 "a count of parts from 1 to 64 (split-k of the MoE weight gradients' grouped GEMMs)"
 bad_knob LMC_GEMM_BACKWARD_EPILOGUES=yes "0 (the GEMM, then kernels) or 1"
 

@@ -125,6 +125,13 @@ if [ "$STEPS" -ge 20 ]; then
   done
   python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/wg.0/metrics.jsonl" "$WORK/wg.1/metrics.jsonl" \
     "attention on wgmma against mma.sync" 1e-15 || status=1
+  # and in blocks of several warpgroups sharing their tiles (the forward's
+  # of 3, 192 rows; dQ's and dK/dV's of 2): the same products again
+  LMC_ATTENTION_WGMMA=1 LMC_ATTENTION_WARPGROUPS=3 "$LMRUN" "$WORK/wg" --data "$DATA" --backend cuda-emu \
+    --matmul-precision medium --quiet --eval-interval "$STEPS" --eval-batches 2 --out "$WORK/wg.3" ||
+    fail "LMC_ATTENTION_WARPGROUPS=3: lmrun failed"
+  python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/wg.0/metrics.jsonl" "$WORK/wg.3/metrics.jsonl" \
+    "attention on wgmma, blocks of 3 and 2 warpgroups, against mma.sync" 1e-15 || status=1
   # the start banner names it (the backend cuda-emu-bf16-medium+wgmma)
   LMC_ATTENTION_WGMMA=1 "$LMRUN" "$WORK/wg" --data "$DATA" --backend cuda-emu --matmul-precision medium --max-steps 1 \
     --eval-interval 0 --save-interval 0 --out "$WORK/wg.banner" >"$WORK/wg.banner.out" || fail "wgmma banner: lmrun failed"
