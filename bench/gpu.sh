@@ -85,6 +85,14 @@ attention_row() {
   # attention on wgmma (sm_90a: the forward, dQ and dK/dV; untimed,
   # checked by test_emu and test_emu_ops on the GPU before this runs)
   LMC_ATTENTION_WGMMA=1 timeout 120 "$(dirname "$bench")/bench_attention" "$work/a" 20 cuda 2>&1
+  # and in blocks of 2 and 3 warpgroups sharing their tiles (the forward's
+  # 128 and 192 rows, dQ's 128, dK/dV's 128 keys; head dims to 96)
+  if [ "$k" -le 96 ]; then
+    for n in 2 3; do
+      LMC_ATTENTION_WGMMA=1 LMC_ATTENTION_WARPGROUPS=$n timeout 120 "$(dirname "$bench")/bench_attention" "$work/a" 20 \
+        cuda 2>&1
+    done
+  fi
   # the other kernels, side by side (head dims to 96): the forward at 128
   # query rows a block (2.5x slower in run 16, its registers then in local
   # memory), and (forward and dQ) with one stage of K and V (the kernels of
@@ -113,11 +121,15 @@ if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # the issue's two targets in bf16, ea
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-noep 5 gpt2-124m $gpt --set precision=bf16
   rowenv=LMC_ATTENTION_WGMMA=1   # (attention on wgmma)
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-wg 5 gpt2-124m $gpt --set precision=bf16
+  rowenv="LMC_ATTENTION_WGMMA=1 LMC_ATTENTION_WARPGROUPS=3"   # (and blocks of several warpgroups)
+  lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-wg3 5 gpt2-124m $gpt --set precision=bf16
   rowenv=
   torch_row gpt2-B8-T1024 bf16c torch_gpt2.py 8 1024 bf16c 10
   lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16 3 llama-large --set precision=bf16
   rowenv=LMC_ATTENTION_WGMMA=1   # (attention on wgmma)
   lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16-wg 3 llama-large --set precision=bf16
+  rowenv="LMC_ATTENTION_WGMMA=1 LMC_ATTENTION_WARPGROUPS=3"
+  lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16-wg3 3 llama-large --set precision=bf16
   rowenv=
   lmc_row moe-8x2-D512 cuda-medium:cuda-bf16 5 moe-tiny $moe --set F=688 --set precision=bf16
   rowenv=LMC_MOE_SPLIT=3   # (the weight gradients in 3 parts, which runtime/cuda.c's model says is slower here)

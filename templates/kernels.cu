@@ -1588,8 +1588,11 @@ template <int KP, int NW>
 __device__ void fw_dkv_stage(unsigned short *s, float *ls, float *ds, const act *q, const act *dout, const real *lse,
                              const real *dd, i64 b, i64 h, i64 i0, i64 T, i64 H, i64 K) {
   int wg = fw_wg<NW>();
-  if (NW == 1 || wg == 0) fw_load<KP, NW>(s, q + b * T * H * K + h * K, i0, T, H * K, (int)K);
-  if (NW == 1 || wg == 1) fw_load<KP, NW>(s + FW_ROWS * KP, dout + b * T * H * K + h * K, i0, T, H * K, (int)K);
+  if (NW == 1) {
+    fw_load<KP, NW>(s, q + b * T * H * K + h * K, i0, T, H * K, (int)K);
+    fw_load<KP, NW>(s + FW_ROWS * KP, dout + b * T * H * K + h * K, i0, T, H * K, (int)K);
+  } else if (wg < 2)
+    fw_load<KP, NW>(s + wg * FW_ROWS * KP, (wg ? dout : q) + b * T * H * K + h * K, i0, T, H * K, (int)K);
   dkv_stats<FW_ROWS>(ls, ds, lse, dd, b, h, i0, T, H);
 }
 
