@@ -118,8 +118,8 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
               "  fm_backward_dq<%d, 2, %s, true>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", K, kp,
               kp > 64 ? "true" : "false");
     /* dQ on the warpgroup's matrix instructions (LMC_ATTENTION_WGMMA=1),
-     * head dims to 96 as dK/dV's below */
-    if (kp <= 96)
+     * head dims to 128 */
+    if (kp <= 128)
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, 2) lmc_attention_bwd_wg_dq_k%lld("
             "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
             "i64 T, i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
@@ -146,14 +146,14 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
               "  fm_backward_dkv<%d, 64>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv, B);\n}\n",
               K, kp);
     /* dK/dV on the warpgroup's matrix instructions (sm_90a: the runtime's
-     * LMC_ATTENTION_WGMMA=1), head dims to 96 (past it the two
-     * accumulators leave too few registers) */
-    if (kp <= 96)
+     * LMC_ATTENTION_WGMMA=1), 64 queries a step, 32 past head dim 96 (the
+     * two accumulators leave too few registers for 64) */
+    if (kp <= 128)
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, 2) lmc_attention_bwd_wg_dkv_k%lld("
               "act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, "
               "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv, i64 B) {\n"
-              "  fw_backward_dkv<%d>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv, B);\n}\n",
-              K, kp);
+              "  fw_backward_dkv<%d, 1, %d>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv, B);\n}\n",
+              K, kp, kp > 96 ? 32 : 64);
     if (kp <= 96)   /* and in blocks of two warpgroups sharing Q and dO (LMC_ATTENTION_WARPGROUPS) */
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(2 * FA_THREADS, 1) lmc_attention_bwd_wg2_dkv_k%lld("
               "act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, "

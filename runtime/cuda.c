@@ -835,7 +835,8 @@ static bool fm_s2(i64 k, bool fwd) {
  * lmc_attention_bwd_wg_dq_kK and lmc_attention_bwd_wg_dkv_kK; the tensor
  * cores read K, V, Q and dO tiles from shared memory, no ldmatrix of
  * them), on a GPU of compute capability 9.0 (the kernels compiled for
- * sm_90a) and on the emulated platform; dQ and dK/dV up to head dim 96.
+ * sm_90a) and on the emulated platform; head dims to 128 (dK/dV past 96
+ * with 32 queries a step).
  * Checked against the CPU under the emulator only so far, so
  * LMC_ATTENTION_WGMMA=1 (cuda_attention_wgmma) asks for them and
  * bench/gpu.sh times them beside the default. */
@@ -897,7 +898,7 @@ int cuda_attention_wgmma(int on) {
   return module ? wgmma_probe() : 1;   /* (before the kernels load: the backend probes then) */
 }
 static bool fa_wg(const RtInst *x) { return wgmma_asked && wgmma_ok == 1 && fa_mma(x); }   /* (the probe: 9.0 only) */
-static bool fa_wg_bwd(const RtInst *x) { return fa_wg(x) && (x->k + 15) / 16 * 16 <= 96; }
+static bool fa_wg_bwd(const RtInst *x) { return fa_wg(x) && x->k <= 128; }
 
 /* Warpgroups a block of the wgmma kernels: 1 (the default), or blocks of
  * 2 or 3 warpgroups of 64 query rows (64 keys in dK/dV) each that share
@@ -962,7 +963,8 @@ static void fa_launch(const char *name, i64 heads, i64 nb, i64 sec, int threads,
 static unsigned fm_smem(i64 k, int kind, int nw) {
   i64 kp = (k + 15) / 16 * 16, qt = dkv_qt(k), tile = 64 * kp * 2;
   if (kind == 3) return (unsigned)((nw + 4) * tile);
-  if (kind == 4 || kind == 5) return (unsigned)((2 * nw + 4) * tile);
+  if (kind == 4) return (unsigned)((2 * nw + (kp > 96 ? 2 : 4)) * tile);   /* Q and dO tiles of 32 queries past 96 */
+  if (kind == 5) return (unsigned)((2 * nw + 4) * tile);
   i64 rows = kind == 0   ? fm_rows(k, true) + (fm_s2(k, true) ? 4 : 2) * 64
              : kind == 1 ? 2 * fm_rows(k, false) + (fm_s2(k, false) ? 4 : 2) * 64
                          : 2 * 64 + 4 * qt;

@@ -1086,42 +1086,45 @@ template <int NW> __device__ __forceinline__ int fw_wg() {
 
 // fw_load by cp.async in passes of constant stride where a row is a
 // whole number of 64-byte chunks (K == KP, a multiple of 32): warp w of
-// a warpgroup takes rows 16w.. of the tile, lane l rows 16w + l % 8 and 8 on, chunks of 16 bytes l / 8
-// + 4q, so each pass's source and destination are the first's plus a
-// constant (no address worked out a copy); a pass's 8 lanes of a chunk
-// fill one core matrix, and a warp reads 64 bytes of each of 8 rows. A
-// zero fill reads nothing (fm_load_pass).
-template <int KP, int NW, typename S>
+// a warpgroup takes rows R w / 4.. of the tile (R 64 or 32), lane l rows
+// R w / 4 + l % 8 (and 8 on, at 64), chunks of 16 bytes l / 8 + 4q, so
+// each pass's source and destination are the first's plus a constant (no
+// address worked out a copy); a pass's 8 lanes of a chunk fill one core
+// matrix, and a warp reads 64 bytes of each of 8 rows. A zero fill reads
+// nothing (fm_load_pass).
+template <int KP, int NW, int R, typename S>
 __device__ __forceinline__ void fw_load_passes(unsigned short *s, const S *src, i64 r0, i64 T, i64 stride) {
   enum { C = KP / 8 };
-  static_assert(C % 4 == 0 && FA_THREADS == 2 * FW_ROWS, "4 warps of 16 rows, 64-byte chunks");
+  static_assert(C % 4 == 0 && R % 32 == 0 && FA_THREADS == 2 * FW_ROWS, "4 warps of R / 4 rows, 64-byte chunks");
   int l = threadIdx.x % 32, w = fw_x<NW>() / 32, c = l / 8 * 8;
-  i64 r = r0 + 16 * w + l % 8;
+  i64 r = r0 + R / 4 * w + l % 8;
   const S *p = src + r * stride + c;
-  unsigned short *d = s + 8 * (16 * w * C + c + l % 8);   // unit (2w) 8C + c + l % 8
+  unsigned short *d = s + 8 * (R / 32 * 8 * w * C + c + l % 8);   // unit (R w / 32) 8C + c + l % 8
   #pragma unroll
-  for (int g = 0; g < 2; g++)
+  for (int g = 0; g < R / 32; g++)
     #pragma unroll
     for (int q = 0; q < C / 4; q++)
       lmc_cp_async16(d + 8 * (8 * C * g + 32 * q), p + 8 * g * stride + 32 * q, r + 8 * g < T ? 16 : 0);
 }
 
 
-// rows [r0, r0 + 64) of a [T, stride] matrix (K columns) into a tile of
-// core matrices, times scale, zero past T and K: by cp.async where
-// FmAsync allows and scale is 1 (the caller commits the group), else by
-// loads and stores, by the 128 threads of a warpgroup. Thread x of it takes units x + 128 u, a pass a unit, consecutive threads the 8 rows of a
-// core matrix (conflict-free stores of 16 bytes) and 4 row chunks of 64
-// bytes a warp from global memory.
-template <int KP, int NW = 1, typename S>
+// rows [r0, r0 + R) of a [T, stride] matrix (K columns) into a tile of
+// core matrices (R 64, or 32), times scale, zero past T and K: by
+// cp.async where FmAsync allows and scale is 1 (the caller commits the
+// group), else by loads and stores, by the 128 threads of a warpgroup.
+// Thread x of it takes units x + 128 u, a pass a unit, consecutive
+// threads the 8 rows of a core matrix (conflict-free stores of 16 bytes)
+// and 4 row chunks of 64 bytes a warp from global memory.
+template <int KP, int NW = 1, int R = FW_ROWS, typename S>
 __device__ void fw_load(unsigned short *s, const S *src, i64 r0, i64 T, i64 stride, int K, float scale = 1.0f) {
-  enum { C = KP / 8, U = FW_ROWS * C };   // units a row, a tile (U a multiple of FA_THREADS: KP % 16 == 0)
+  enum { C = KP / 8, U = R * C };   // units a row, a tile
   bool async = scale == 1.0f && FmAsync<S>::ok(src, stride, K);
   if constexpr (C % 4 == 0)
-    if (async && K == KP) return fw_load_passes<KP, NW>(s, src, r0, T, stride);
+    if (async && K == KP) return fw_load_passes<KP, NW, R>(s, src, r0, T, stride);
   #pragma unroll
-  for (int u = 0; u < U / FA_THREADS; u++) {
+  for (int u = 0; u < (U + FA_THREADS - 1) / FA_THREADS; u++) {
     int e = fw_x<NW>() + u * FA_THREADS, r = e / (8 * C) * 8 + e % 8, c = e / 8 % C * 8;
+    if (U % FA_THREADS && e >= U) break;
     bool in = r0 + r < T && c < K;
     const S *p = src + (in ? (r0 + r) * stride + c : 0);
     if (async) {
@@ -1580,20 +1583,20 @@ __device__ void fm_dkv_stage(unsigned short (*s)[KP + 8], float *ls, float *ds, 
   dkv_stats<QT>(ls, ds, lse, dd, b, h, i0, T, H);
 }
 
-// a step of fw_backward_dkv: FW_ROWS queries of head h from i0, Q's tile
+// a step of fw_backward_dkv: QT queries of head h from i0, Q's tile
 // and dO's (core matrices, cp.async where they can: the caller commits;
 // with two warpgroups, Q by the first and dO by the second) and their
 // log-sum-exps (log2 units) and rowsum(dO O) into ls and ds
-template <int KP, int NW>
+template <int KP, int NW, int QT>
 __device__ void fw_dkv_stage(unsigned short *s, float *ls, float *ds, const act *q, const act *dout, const real *lse,
                              const real *dd, i64 b, i64 h, i64 i0, i64 T, i64 H, i64 K) {
   int wg = fw_wg<NW>();
   if (NW == 1) {
-    fw_load<KP, NW>(s, q + b * T * H * K + h * K, i0, T, H * K, (int)K);
-    fw_load<KP, NW>(s + FW_ROWS * KP, dout + b * T * H * K + h * K, i0, T, H * K, (int)K);
+    fw_load<KP, NW, QT>(s, q + b * T * H * K + h * K, i0, T, H * K, (int)K);
+    fw_load<KP, NW, QT>(s + QT * KP, dout + b * T * H * K + h * K, i0, T, H * K, (int)K);
   } else if (wg < 2)
-    fw_load<KP, NW>(s + wg * FW_ROWS * KP, (wg ? dout : q) + b * T * H * K + h * K, i0, T, H * K, (int)K);
-  dkv_stats<FW_ROWS>(ls, ds, lse, dd, b, h, i0, T, H);
+    fw_load<KP, NW, QT>(s + wg * QT * KP, (wg ? dout : q) + b * T * H * K + h * K, i0, T, H * K, (int)K);
+  dkv_stats<QT>(ls, ds, lse, dd, b, h, i0, T, H);
 }
 
 // P^T and dS^T of a tile, this warp's 16 keys x N queries in the
@@ -1682,12 +1685,12 @@ __device__ void fm_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
 // S^T = K Q^T and dP^T = V dO^T take A (K, V) and B (Q, dO, K-major) from
 // shared memory, N 64; dV += P^T dO and dK += dS^T Q take P^T and dS^T
 // from registers and dO and Q N-major, the head dim in chunks.
-template <int KP, int NW = 1>
+template <int KP, int NW = 1, int QT = FW_ROWS>
 __device__ void fw_backward_dkv(act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v,
                                 const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck,
                                 int accv, i64 B) {
 #ifdef LMC_WGMMA
-  enum { KS = KP / 16, TILE = FW_ROWS * KP, QT = FW_ROWS };
+  enum { KS = KP / 16, TILE = FW_ROWS * KP, QTILE = QT * KP };   // a K or V tile's elements, a Q or dO tile's
   extern __shared__ __align__(16) unsigned short fm_smem[];
   // K and V (a tile each a warpgroup), then two stages of Q and dO (fm_smem kind 4)
   unsigned short *ks = fm_smem, *vs = ks + NW * TILE, *stage = vs + NW * TILE;
@@ -1707,12 +1710,12 @@ __device__ void fw_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
     #pragma unroll
     for (int i = 0; i < 4; i++) dka[nt][i] = dva[nt][i] = 0;
   // K's and V's descriptors (K-major), the first stage's Q (K- and
-  // N-major; its dO's TILE / 8 on, the second stage's 2 TILE / 8)
+  // N-major; its dO's QTILE / 8 on, the second stage's 2 QTILE / 8)
   unsigned long long kd = fw_desc_k<KP>(ks), vd = fw_desc_k<KP>(vs), qk0 = fw_desc_k<KP>(stage),
                      qn0 = fw_desc_n<KP>(stage);
   // steps: the query tiles i0 = j0, j0 + QT, .. below T of each head of the group in turn
   i64 i0 = j0, h1 = gi * per, i1 = j0;   // this step's first query; the next step's head and query
-  fw_dkv_stage<KP, NW>(stage, ls[0], ds[0], q, dout, lse, dd, b, h1, i1, T, H, K), lmc_cp_async_commit();
+  fw_dkv_stage<KP, NW, QT>(stage, ls[0], ds[0], q, dout, lse, dd, b, h1, i1, T, H, K), lmc_cp_async_commit();
   for (int st = 0;; st ^= 1) {
     if ((i1 += QT) >= T) i1 = j0, h1++;
     bool more = h1 < (gi + 1) * per;
@@ -1722,7 +1725,8 @@ __device__ void fw_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
     lmc_fence_proxy_async();
     __syncthreads();
     if (more) {
-      fw_dkv_stage<KP, NW>(stage + (st ^ 1) * 2 * TILE, ls[st ^ 1], ds[st ^ 1], q, dout, lse, dd, b, h1, i1, T, H, K);
+      fw_dkv_stage<KP, NW, QT>(stage + (st ^ 1) * 2 * QTILE, ls[st ^ 1], ds[st ^ 1], q, dout, lse, dd, b, h1, i1, T, H,
+                               K);
       lmc_cp_async_commit();
     }
     // queries all before this warpgroup's keys (its first tile of a
@@ -1732,13 +1736,13 @@ __device__ void fw_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
       i0 = i1;
       continue;
     }
-    unsigned long long qk = qk0 + st * (TILE / 4), qn = qn0 + st * (TILE / 4);   // this stage's Q; dO TILE / 8 on
+    unsigned long long qk = qk0 + st * (QTILE / 4), qn = qn0 + st * (QTILE / 4);   // this stage's Q; dO QTILE / 8 on
     float st_[QT / 8][4], dpt[QT / 8][4];   // S^T and dP^T: this warp's 16 keys x QT queries
     lmc_wg_fence();
     #pragma unroll
     for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<QT, 0>(st_, kd + 16 * kk, qk + 16 * kk, kk);
     #pragma unroll
-    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<QT, 0>(dpt, vd + 16 * kk, qk + TILE / 8 + 16 * kk, kk);
+    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<QT, 0>(dpt, vd + 16 * kk, qk + QTILE / 8 + 16 * kk, kk);
     lmc_wg_commit();
     lmc_wg_wait<0>();
     lmc_wg_hold<QT / 8>(st_), lmc_wg_hold<QT / 8>(dpt);
@@ -1748,7 +1752,7 @@ __device__ void fw_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
     lmc_wg_hold<KP / 8>(dva), lmc_wg_hold<KP / 8>(dka);
     lmc_wg_fence();
     #pragma unroll
-    for (int kk = 0; kk < QT / 16; kk++) fw_mul_kn<KP>(dva, pa[kk], qn + TILE / 8 + 2 * KP * kk);   // dV += P^T dO
+    for (int kk = 0; kk < QT / 16; kk++) fw_mul_kn<KP>(dva, pa[kk], qn + QTILE / 8 + 2 * KP * kk);   // dV += P^T dO
     #pragma unroll
     for (int kk = 0; kk < QT / 16; kk++) fw_mul_kn<KP>(dka, da[kk], qn + 2 * KP * kk);              // dK += dS^T Q
     lmc_wg_commit();

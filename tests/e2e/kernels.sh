@@ -3,7 +3,7 @@
 # adds the vocab-parallel cross-entropy kernels) and typed for bf16 storage compile with NVRTC, and so
 # do the emulator's test kernels with their inline PTX (down to a cubin).
 # For sm_90a it prints ptxas's registers, shared memory and spills of every
-# kernel; attention (head dims 32, 64, 96), the optimizer and the kernels lmc
+# kernel; attention (head dims 32, 64, 96, 128), the optimizer and the kernels lmc
 # generates for groups of ops must not spill.
 BIN=$1 SRC=$2
 . "$SRC/tests/e2e/common.sh"
@@ -17,6 +17,8 @@ left=$(names "$WORK/tiny/kernels.cu" | comm -23 - "$WORK/covered")
 [ -z "$left" ] || { echo "FAIL tiny's kernels not in tiny-tp2's nor moe-tiny's: $left"; exit 1; }
 # and typed for bf16 storage (precision = bf16): GPT-2, llama-large, MoE
 for m in gpt2-124m llama-large moe-tiny; do "$LMC" "$SRC/models/$m.lm" -q -o "$WORK/$m-bf16" --set precision=bf16; done
+# and at head dim 128 (Llama 7B's; no preset has it): llama-large with 12 heads
+"$LMC" "$SRC/models/llama-large.lm" -q -o "$WORK/llama-k128-bf16" --set precision=bf16 --set H=12 --set G=4
 # and the kernels test_emu_ops runs on a GPU (gpu_check --ops) as it writes them, in bf16
 # storage (fp32's differ in the typedef only; 15 s more each)
 emu_ops=
@@ -28,4 +30,5 @@ fi
 # and 40 too, and what it checks is that the file as written compiles)
 "$BIN/tests/test_nvrtc" -I "$SRC/templates" "$WORK/gpt2-124m/kernels.cu" "$WORK/llama-large/kernels.cu" \
   "$WORK/moe-tiny/kernels.cu" "$WORK/tiny-tp2/kernels.cu" "$WORK/gpt2-124m-bf16/kernels.cu" \
-  "$WORK/llama-large-bf16/kernels.cu" "$WORK/moe-tiny-bf16/kernels.cu" "$SRC/tests/emu/kernels.cu" ${emu_ops:+--ptx "$emu_ops"}
+  "$WORK/llama-large-bf16/kernels.cu" "$WORK/moe-tiny-bf16/kernels.cu" "$WORK/llama-k128-bf16/kernels.cu" \
+  "$SRC/tests/emu/kernels.cu" ${emu_ops:+--ptx "$emu_ops"}

@@ -233,7 +233,7 @@ static void optimizer(int64_t n) {
 void kernels_attention(FILE *out, int64_t k, bool bwd);
 void kernels_norm_bwd(FILE *out, int64_t d, bool ln);
 extern const char tpl_tensor_cores[];
-static const int64_t head_dims[] = {10, 40, 96}, norm_widths[] = {64, 264};   /* (67: none, the two-pass kernels) */
+static const int64_t head_dims[] = {10, 40, 96, 128}, norm_widths[] = {64, 264};   /* (67: none, the two-pass kernels) */
 
 static void write_kernels(const char *template, const char *path) {
   FILE *in = fopen(template, "rb"), *out = fopen(path, "wb");
@@ -509,19 +509,21 @@ int main(int argc, char **argv) {
    * keys and a block of 64 rows; on the tensor cores past a block of 128)
    * and 96 (llama-large's: on the tensor cores the forward takes 128 rows
    * a block, or 64 in its other kernels, two or one stages of K and V;
-   * dK/dV steps 64 queries, or 32) */
+   * dK/dV steps 64 queries, or 32) and 128 (Llama 7B's: two blocks an SM
+   * on the tensor cores; wgmma's dK/dV steps 32 queries) */
   struct { int64_t b, t, h, g, k; const char *name, *bwd; } at[] = {
       {B, T, H, G, K, "attention (gqa 4:2, T 19, K 10)", "attention_bwd (gqa 4:2, T 19, K 10)"},
       {1, 150, 4, 1, 40, "attention (gqa 4:1, T 150, K 40)", "attention_bwd (gqa 4:1, T 150, K 40)"},
-      {1, 80, 2, 1, 96, "attention (gqa 2:1, T 80, K 96)", "attention_bwd (gqa 2:1, T 80, K 96)"}};
+      {1, 80, 2, 1, 96, "attention (gqa 2:1, T 80, K 96)", "attention_bwd (gqa 2:1, T 80, K 96)"},
+      {1, 70, 2, 2, 128, "attention (T 70, K 128)", "attention_bwd (T 70, K 128)"}};
   /* each case in fp32 on the CUDA cores, then (--matmul-precision medium)
    * in bf16 on the tensor cores, within a few bf16 roundings of the
    * output's scale */
   for (int mp = 0; mp < 2; mp++) {
     cuda_matmul_precision(mp ? MP_MEDIUM : MP_HIGHEST);
     tol = mp ? 2e-2 : tol_base;
-    for (int i = 0; i < (quick ? 2 : 3); i++) {
-      static char names[2][3][2][64];
+    for (int i = 0; i < (quick ? 2 : 4); i++) {
+      static char names[2][4][2][64];
       int64_t nq = at[i].b * at[i].t * at[i].h * at[i].k, nk = at[i].b * at[i].t * at[i].g * at[i].k;
       int64_t rows = at[i].b * at[i].h * at[i].t;
       snprintf(names[mp][i][0], 64, "%s%s", at[i].name, mp ? " bf16" : "");
@@ -529,7 +531,7 @@ int main(int argc, char **argv) {
       c = (Case){names[mp][i][0], rt_inst(OP_ATTENTION), {{nq}, {nk}, {nk}}, {{nq}, {rows, F32}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, false);
-      static char other[3][9][96];
+      static char other[4][9][96];
       if (mp && !quick) {   /* the forward's other kernels: 128 rows, one stage (not under sanitizers) */
         snprintf(other[i][0], 96, "%s, forward 128 rows a block", names[mp][i][0]);
         cuda_attention_rows(128);
