@@ -14,7 +14,8 @@
 # cuBLASLt rate measured right there, a per-op profile and device
 # memory against the plan; each PyTorch run prints its own line. First
 # comes attention alone (bench_attention: lmc's flash attention forward
-# and backward at llama-large's and GPT-2's shapes in bf16 storage, beside
+# and backward at llama-large's and GPT-2's shapes and at head dim 128 in
+# bf16 storage, beside
 # PyTorch's scaled_dot_product_attention). A table of tokens/s and the
 # ratios comes last.
 #
@@ -22,10 +23,10 @@
 #        as scripts/gpu_check.sh --pack leaves it, else build/)
 # Env:   LMC_BENCH_ATTENTION_ONLY=1: attention alone, nothing else;
 #        LMC_BENCH_QUICK=1: the issue's targets in bf16, GPT-2 B=8 T=1024
-#        (lmc, lmc without the backward's GEMM epilogues, column
-#        lmc-cuda-bf16-noep, PyTorch bf16 + torch.compile) and llama-large
-#        (lmc; torch.compile last), and the MoE rows (also with a GEMM a
-#        segment, LMC_MOE_GROUPED=0, column lmc-cuda-bf16-ungrouped);
+#        (lmc; with attention on wgmma, column lmc-cuda-bf16-wg, and in
+#        blocks of 3 warpgroups, lmc-cuda-bf16-wg3; PyTorch bf16 +
+#        torch.compile) and llama-large (the same; torch.compile last),
+#        and the MoE rows (also with LMC_MOE_SPLIT=3);
 #        PYTHON (default python3)
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -107,18 +108,20 @@ attention_row() {
 }
 attention_row llama-large-B8-T2048 llama-large 8 2048 16 4 96
 attention_row gpt2-B8-T1024 gpt2-124m 8 1024 12 12 64
+# head dim 128 (Llama 7B's; llama-large's width in 12 heads): the default and wgmma beside SDPA
+attention_row llama-k128-B8-T2048 llama-large 8 2048 12 4 128 --set H=12 --set G=4
 [ "${LMC_BENCH_ATTENTION_ONLY:-0}" = 1 ] && exit 0
 
 gpt="--set batch=8 --set seq=1024"
 # MoE on the GPU against its dense twin (same active parameters; no PyTorch anchor for MoE)
 moe="--set D=512 --set H=8 --set G=2 --set L=8 --set batch=8 --set seq=1024"
 if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # the issue's two targets in bf16, each beside torch.compile
-  # (with what cuBLASLt picks for each GEMM, both ways: the weight
-  # gradients with the BGRAD epilogue ran at 346 TFLOP/s in run 16)
+  # (with what cuBLASLt picks for each GEMM: the weight gradients with
+  # the BGRAD epilogue ran at 346 TFLOP/s in run 16; the GEMMs without
+  # the backward's epilogues, LMC_GEMM_BACKWARD_EPILOGUES=0, timed in run
+  # 16 and no faster, are no longer run here)
   rowenv=LMC_GEMM_SHOW=1
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16 5 gpt2-124m $gpt --set precision=bf16
-  rowenv="LMC_GEMM_BACKWARD_EPILOGUES=0 LMC_GEMM_SHOW=1"
-  lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-noep 5 gpt2-124m $gpt --set precision=bf16
   rowenv=LMC_ATTENTION_WGMMA=1   # (attention on wgmma)
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-wg 5 gpt2-124m $gpt --set precision=bf16
   rowenv="LMC_ATTENTION_WGMMA=1 LMC_ATTENTION_WARPGROUPS=3"   # (and blocks of several warpgroups)
@@ -134,8 +137,7 @@ if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # the issue's two targets in bf16, ea
   lmc_row moe-8x2-D512 cuda-medium:cuda-bf16 5 moe-tiny $moe --set F=688 --set precision=bf16
   rowenv=LMC_MOE_SPLIT=3   # (the weight gradients in 3 parts, which runtime/cuda.c's model says is slower here)
   lmc_row moe-8x2-D512 cuda-medium:cuda-bf16-split3 5 moe-tiny $moe --set F=688 --set precision=bf16
-  rowenv=LMC_MOE_GROUPED=0
-  lmc_row moe-8x2-D512 cuda-medium:cuda-bf16-ungrouped 5 moe-tiny $moe --set F=688 --set precision=bf16
+  # (a GEMM a segment, LMC_MOE_GROUPED=0: 0.61x the grouped GEMMs in run 16, no longer run here)
   rowenv=
   lmc_row dense-twin-D512 cuda-medium:cuda-bf16 5 tiny $moe --set F=1376 --set precision=bf16
   # last: its compilation is the longest wait (a minute or more)
