@@ -1172,9 +1172,9 @@ __device__ __forceinline__ void fw_kv_next(unsigned short *ks, unsigned short *v
 // A block of fw_forward or fw_backward_dq: its head (b, h), its NW
 // warpgroups' 64 query rows each (NW 64 from i0, the last below T:
 // last; this warpgroup's last below T: wlast, -1 if none), its warp's
-// from w0, its thread's r0 and r0 + 8, and the kv
-// group's K and V (kb, vb), whose first tiles' copies go out into stage 0
-// (ks, vs); false past the last head
+// rows from w0, its thread's r0 and r0 + 8, and the kv group's K and V
+// (kb, vb), whose first tiles' copies go out into stage 0 (ks, vs);
+// false past the last head
 struct FwBlock {
   i64 b, h, i0, last, wlast, w0, r0;
   const act *kb, *vb;
