@@ -1176,7 +1176,8 @@ __device__ __forceinline__ void fw_kv_next(unsigned short *ks, unsigned short *v
 // (kb, vb), whose first tiles' copies go out into stage 0 (ks, vs);
 // false past the last head
 struct FwBlock {
-  i64 b, h, i0, last, wlast, w0, r0;
+  i64 b, h, i0, w0, r0;
+  int last, wlast;   // (rows of a sequence: T < 2^31)
   const act *kb, *vb;
 };
 template <int KP, int NW>
@@ -1185,8 +1186,8 @@ __device__ __forceinline__ bool fw_block(FwBlock &f, unsigned short *ks, unsigne
   if (!fa_head(f.b, f.h, B, H)) return false;
   i64 gi = f.h / (H / G), i0 = (i64)(gridDim.y - 1 - blockIdx.y) * NW * FW_ROWS,
       q0 = i0 + fw_wg<NW>() * FW_ROWS;
-  f.i0 = i0, f.last = (i0 + NW * FW_ROWS < T ? i0 + NW * FW_ROWS : T) - 1;
-  f.wlast = q0 >= T ? -1 : q0 + FW_ROWS < T ? q0 + FW_ROWS - 1 : T - 1;
+  f.i0 = i0, f.last = (int)((i0 + NW * FW_ROWS < T ? i0 + NW * FW_ROWS : T) - 1);
+  f.wlast = (int)(q0 >= T ? -1 : q0 + FW_ROWS < T ? q0 + FW_ROWS - 1 : T - 1);
   f.w0 = q0 + fw_x<NW>() / 32 * 16, f.r0 = f.w0 + threadIdx.x % 32 / 4;
   f.kb = k + f.b * T * G * K + gi * K, f.vb = v + f.b * T * G * K + gi * K;
   fw_kv_load<KP, NW>(ks, vs, f.kb, f.vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
@@ -1242,7 +1243,8 @@ __device__ void fw_forward(act *o, real *lse, const act *q, const act *k, const 
   unsigned short *qs = fm_smem, *ks = qs + NW * TILE, *vs = ks + 2 * TILE;
   FwBlock f;
   if (!fw_block<KP, NW>(f, ks, vs, k, v, T, H, G, K, B)) return;
-  i64 b = f.b, h = f.h, last = f.last, w0 = f.w0, r0 = f.r0;
+  i64 b = f.b, h = f.h, w0 = f.w0, r0 = f.r0;
+  int last = f.last;
   // this warpgroup's tile of Q, scores in log2 units (seen by the tensor cores after the loop's first wait)
   fw_load<KP, NW>(qs + fw_wg<NW>() * TILE, q + b * T * H * K + h * K, f.i0 + fw_wg<NW>() * FW_ROWS, T, H * K, (int)K,
                   scale * LOG2E);
@@ -1252,7 +1254,7 @@ __device__ void fw_forward(act *o, real *lse, const act *q, const act *k, const 
   // this warpgroup's Q; K's and V's stage 0 (stage 1's TILE / 8 on)
   unsigned long long qd = fw_desc_k<KP>(qs + fw_wg<NW>() * TILE), kd0 = fw_desc_k<KP>(ks), vd0 = fw_desc_n<KP>(vs);
   int st = 0;
-  for (i64 j0 = 0; j0 <= last; j0 += FW_ROWS, st ^= 1) {
+  for (int j0 = 0; j0 <= last; j0 += FW_ROWS, st ^= 1) {
     fw_kv_next<KP, NW>(ks, vs, f.kb, f.vb, st, j0 + FW_ROWS, last, T, G * K, (int)K);
     if (NW > 1 && j0 > f.wlast) continue;   // keys past this warpgroup's rows (another's tile)
     unsigned long long kd = kd0 + st * (TILE / 8), vd = vd0 + st * (TILE / 8);
@@ -1508,7 +1510,8 @@ __device__ void fw_backward_dq(act *dq, const act *dout, const act *q, const act
   unsigned short *qs = fm_smem, *dos = qs + NW * TILE, *ks = dos + NW * TILE, *vs = ks + 2 * TILE;
   FwBlock f;
   if (!fw_block<KP, NW>(f, ks, vs, k, v, T, H, G, K, B)) return;
-  i64 b = f.b, h = f.h, last = f.last, w0 = f.w0, r0 = f.r0;
+  i64 b = f.b, h = f.h, w0 = f.w0, r0 = f.r0;
+  int last = f.last;
   // this warpgroup's tiles of Q (S in log2 units) and dO, seen by the tensor cores after the loop's first wait
   i64 q0 = f.i0 + fw_wg<NW>() * FW_ROWS;
   fw_load<KP, NW>(qs + fw_wg<NW>() * TILE, q + b * T * H * K + h * K, q0, T, H * K, (int)K, scale * LOG2E);
@@ -1527,7 +1530,7 @@ __device__ void fw_backward_dq(act *dq, const act *dout, const act *q, const act
   unsigned long long qd = fw_desc_k<KP>(qs + fw_wg<NW>() * TILE), od = qd + NW * TILE / 8, kk0 = fw_desc_k<KP>(ks),
                      kn0 = fw_desc_n<KP>(ks), vk0 = fw_desc_k<KP>(vs);
   int st = 0;
-  for (i64 j0 = 0; j0 <= last; j0 += FW_ROWS, st ^= 1) {
+  for (int j0 = 0; j0 <= last; j0 += FW_ROWS, st ^= 1) {
     fw_kv_next<KP, NW>(ks, vs, f.kb, f.vb, st, j0 + FW_ROWS, last, T, G * K, (int)K);
     if (NW > 1 && j0 > f.wlast) continue;   // keys past this warpgroup's rows
     unsigned long long kd = kk0 + st * (TILE / 8), kn = kn0 + st * (TILE / 8), vd = vk0 + st * (TILE / 8);
@@ -1698,8 +1701,9 @@ __device__ void fw_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
   int wg = fw_wg<NW>(), warp = fw_x<NW>() / 32, g = threadIdx.x % 32 / 4;
   i64 b, gi;
   if (!fa_head(b, gi, B, G)) return;
-  // the block's first key, this warpgroup's (jw) and this thread's (c0, c0 + 8)
-  i64 j0 = (i64)blockIdx.y * NW * FW_ROWS, jw = j0 + wg * FW_ROWS, per = H / G, c0 = jw + warp * 16 + g;
+  i64 per = H / G;
+  // the block's first key, this warpgroup's (jw) and this thread's (c0, c0 + 8; T < 2^31)
+  int j0 = blockIdx.y * NW * FW_ROWS, jw = j0 + wg * FW_ROWS, c0 = jw + warp * 16 + g;
   float sl = scale * LOG2E;   // S in log2 units
   ks += wg * TILE, vs += wg * TILE;
   fw_load<KP, NW>(ks, k + b * T * G * K + gi * K, jw, T, G * K, (int)K);
@@ -1714,7 +1718,8 @@ __device__ void fw_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
   unsigned long long kd = fw_desc_k<KP>(ks), vd = fw_desc_k<KP>(vs), qk0 = fw_desc_k<KP>(stage),
                      qn0 = fw_desc_n<KP>(stage);
   // steps: the query tiles i0 = j0, j0 + QT, .. below T of each head of the group in turn
-  i64 i0 = j0, h1 = gi * per, i1 = j0;   // this step's first query; the next step's head and query
+  int i0 = j0, i1 = j0;   // this step's first query; the next step's first query
+  i64 h1 = gi * per;      // and head
   fw_dkv_stage<KP, NW, QT>(stage, ls[0], ds[0], q, dout, lse, dd, b, h1, i1, T, H, K), lmc_cp_async_commit();
   for (int st = 0;; st ^= 1) {
     if ((i1 += QT) >= T) i1 = j0, h1++;
