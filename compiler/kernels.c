@@ -118,12 +118,13 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
               "  fm_backward_dq<%d, 2, %s, true>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", K, kp,
               kp > 64 ? "true" : "false");
     /* dQ on the warpgroup's matrix instructions (LMC_ATTENTION_WGMMA=1),
-     * head dims to 128 */
+     * head dims to 128; three blocks an SM to head dim 96 (159 registers
+     * with Q and dO from shared memory, 72 KiB of it a block at 96) */
     if (kp <= 128)
-      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, 2) lmc_attention_bwd_wg_dq_k%lld("
+      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_bwd_wg_dq_k%lld("
             "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
             "i64 T, i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
-            "  fw_backward_dq<%d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", K, kp);
+            "  fw_backward_dq<%d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", kp <= 96 ? 3 : 2, K, kp);
     if (kp <= 96)   /* and in blocks of two warpgroups sharing K and V (LMC_ATTENTION_WARPGROUPS) */
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(2 * FA_THREADS, 1) lmc_attention_bwd_wg2_dq_k%lld("
             "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "

@@ -85,6 +85,7 @@ static const struct { const char *name; int bytes; } known_spills[] = {
     {"lmc_attention_bwd_mma_dkv_k96", 100},     /* the 32-query kernel, not the default */
     {"lmc_attention_bwd_mma_dkv_k64", 188},     /* fp32 storage; 36 in bf16 */
     {"lmc_attention_wg_k96", 104},              /* fp32 storage (fp32 tiles loaded, Q by the same loads since its tile went to shared memory for wgmma); 0 in bf16 */
+    {"lmc_attention_bwd_wg_dq_k96", 80},        /* fp32 storage, three blocks an SM (168 registers); 0 in bf16 */
 };
 
 static int spill_budget(const char *name) {
