@@ -125,11 +125,13 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
             "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
             "i64 T, i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
             "  fw_backward_dq<%d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", kp <= 96 ? 3 : 2, K, kp);
-    if (kp <= 96)   /* and in blocks of two warpgroups sharing K and V (LMC_ATTENTION_WARPGROUPS) */
-      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(2 * FA_THREADS, 1) lmc_attention_bwd_wg2_dq_k%lld("
+    /* and in blocks of two and three warpgroups sharing K and V (LMC_ATTENTION_WARPGROUPS) */
+    for (int nw = 2; nw <= 3 && kp <= 96; nw++)
+      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(%d * FA_THREADS, 1) lmc_attention_bwd_wg%d_dq_k%lld("
             "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
             "i64 T, i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
-            "  fw_backward_dq<%d, 2>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", K, kp);
+            "  fw_backward_dq<%d, %d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", nw, nw, K, kp,
+            nw);
     if (kp <= 96)
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_bwd_mma_dq_r64_k%lld("
               "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "

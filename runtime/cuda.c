@@ -904,9 +904,9 @@ static bool fa_wg_bwd(const RtInst *x) { return fa_wg(x) && x->k <= 128; }
  * 2 or 3 warpgroups of 64 query rows (64 keys in dK/dV) each that share
  * the K and V (Q and dO) tiles they copy, one block an SM, so that the
  * SM reads each tile from L2 once for 128 or 192 rows rather than 64:
- * the forward takes up to 3 (lmc_attention_wg3_kK, twelve warps an SM as
- * its three one-warpgroup blocks), dQ and dK/dV up to 2 (eight warps),
- * head dims to 96. LMC_ATTENTION_WARPGROUPS=N (cuda_attention_warpgroups)
+ * the forward and dQ take up to 3 (lmc_attention_wg3_kK, twelve warps an
+ * SM as their three one-warpgroup blocks), dK/dV up to 2 (eight warps,
+ * as its two), head dims to 96. LMC_ATTENTION_WARPGROUPS=N (cuda_attention_warpgroups)
  * asks for N; untimed on a GPU, so 1 stays the default. */
 static int wg_asked = 1;
 void cuda_attention_warpgroups(int n) { wg_asked = n < 1 ? 1 : n; }
@@ -996,8 +996,7 @@ static void op_attention_bwd(const RtInst *x, void **o, void **in) {
   static CUdeviceptr scratch_dd;
   i64 B = x->b, T = x->t, H = x->h, G = x->g, K = x->k, R = fa_mma(x) ? 64 : fa_rows(x), rows = B * T * H;
   bool wg = fa_wg_bwd(x);
-  int nw = wg ? fa_nw(x, 2) : 1;
-  const char *kind = wg ? wg_kind[nw] : fa_mma(x) ? "mma_" : "";
+  int nw = wg ? fa_nw(x, 3) : 1, nk = wg ? fa_nw(x, 2) : 1;   /* dQ's warpgroups a block, dK/dV's */
   float scale = 1.0f / sqrtf((float)K);
   int acc0 = x->acc[0], acc1 = x->acc[1], acc2 = x->acc[2];
   CUdeviceptr dd = scratch(&scratch_dd, &have_dd, rows), Do = dptr(in[0]), Q = dptr(in[1]), Kp = dptr(in[2]),
@@ -1009,7 +1008,7 @@ static void op_attention_bwd(const RtInst *x, void **o, void **in) {
     void *q[] = {&dQ, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc0, &B};
     i64 rq = wg ? 64 * nw : fa_mma(x) ? fm_rows(K, false) : R;
     bool r64 = !wg && fa_mma(x) && rq == 64 && (K + 15) / 16 * 16 <= 96;   /* the other kernel */
-    snprintf(name, sizeof name, "lmc_attention_bwd_%sdq_%sk%lld", kind,
+    snprintf(name, sizeof name, "lmc_attention_bwd_%sdq_%sk%lld", wg ? wg_kind[nw] : fa_mma(x) ? "mma_" : "",
              r64                                   ? "r64_"
              : !wg && fa_mma(x) && fm_s2(K, false) ? "s2_"
                                                    : "",
@@ -1020,10 +1019,11 @@ static void op_attention_bwd(const RtInst *x, void **o, void **in) {
   if (o[1] || o[2]) {
     void *kv[] = {&dK, &dV, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc1, &acc2, &B};
     bool q64 = !wg && fa_mma(x) && dkv_qt(K) == 64 && (K + 15) / 16 * 16 > 64;   /* the variant */
-    snprintf(name, sizeof name, "lmc_attention_bwd_%sdkv_%sk%lld", kind, q64 ? "q64_" : "", K);
-    i64 rk = wg ? 64 * nw : R;
-    fa_launch(name, B * G, (T + rk - 1) / rk, fa_section(x, true), FA_THREADS * nw,
-              wg ? fm_smem(K, 4, nw) : fa_mma(x) ? fm_smem(K, 2, 1) : 0, kv);
+    snprintf(name, sizeof name, "lmc_attention_bwd_%sdkv_%sk%lld", wg ? wg_kind[nk] : fa_mma(x) ? "mma_" : "",
+             q64 ? "q64_" : "", K);
+    i64 rk = wg ? 64 * nk : R;
+    fa_launch(name, B * G, (T + rk - 1) / rk, fa_section(x, true), FA_THREADS * nk,
+              wg ? fm_smem(K, 4, nk) : fa_mma(x) ? fm_smem(K, 2, 1) : 0, kv);
   }
 }
 

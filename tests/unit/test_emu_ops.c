@@ -531,7 +531,7 @@ int main(int argc, char **argv) {
       c = (Case){names[mp][i][0], rt_inst(OP_ATTENTION), {{nq}, {nk}, {nk}}, {{nq}, {rows, F32}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, false);
-      static char other[4][9][96];
+      static char other[4][11][96];
       if (mp && !quick) {   /* the forward's other kernels: 128 rows, one stage (not under sanitizers) */
         snprintf(other[i][0], 96, "%s, forward 128 rows a block", names[mp][i][0]);
         cuda_attention_rows(128);
@@ -565,10 +565,12 @@ int main(int argc, char **argv) {
         snprintf(other[i][5], 96, "%s, on wgmma", names[mp][i][1]);
         c.name = other[i][5];
         check(c, true);
-        snprintf(other[i][8], 96, "%s, on wgmma, 2 warpgroups a block", names[mp][i][1]);
-        cuda_attention_warpgroups(2);   /* blocks of 2 warpgroups sharing K and V (dQ), Q and dO (dK/dV) */
-        c.name = other[i][8];
-        check(c, true);
+        for (int nw = 2; nw <= 3; nw++) {   /* blocks of warpgroups sharing K and V (dQ: 2, 3), Q and dO (dK/dV: 2) */
+          snprintf(other[i][7 + nw], 96, "%s, on wgmma, %d warpgroups a block", names[mp][i][1], nw);
+          cuda_attention_warpgroups(nw);
+          c.name = other[i][7 + nw];
+          check(c, true);
+        }
         cuda_attention_warpgroups(1);
         cuda_attention_wgmma(0);
       }
