@@ -548,7 +548,7 @@ int main(int argc, char **argv) {
         snprintf(other[i][3], 96, "%s, forward on wgmma", names[mp][i][0]);
         c.name = other[i][3];
         check(c, false);
-        for (int nw = 2; nw <= 3; nw++) {   /* blocks of 2 and 3 warpgroups sharing K and V */
+        for (int nw = bf ? 3 : 2; nw <= 3; nw++) {   /* blocks of warpgroups sharing K and V (2: fp32 storage only) */
           snprintf(other[i][4 + nw], 96, "%s, forward on wgmma, %d warpgroups a block", names[mp][i][0], nw);
           cuda_attention_warpgroups(nw);
           c.name = other[i][4 + nw];
@@ -565,7 +565,7 @@ int main(int argc, char **argv) {
         snprintf(other[i][5], 96, "%s, on wgmma", names[mp][i][1]);
         c.name = other[i][5];
         check(c, true);
-        for (int nw = 2; nw <= 3; nw++) {   /* blocks of warpgroups sharing K and V (dQ: 2, 3), Q and dO (dK/dV: 2) */
+        for (int nw = bf ? 3 : 2; nw <= 3; nw++) {   /* sharing K and V (dQ: 2, 3), Q and dO (dK/dV: 2) */
           snprintf(other[i][7 + nw], 96, "%s, on wgmma, %d warpgroups a block", names[mp][i][1], nw);
           cuda_attention_warpgroups(nw);
           c.name = other[i][7 + nw];
