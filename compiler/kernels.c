@@ -57,7 +57,7 @@ static void attention_split(int64_t k, int *d, int *p) {
  * registers at 96, no spills), half the barriers a key block: the
  * runtime's default (9% faster on an H200, run 15; LMC_ATTENTION_DKV_QT=32
  * runs the other). */
-void kernels_attention(FILE *out, int64_t k, bool bwd) {
+void kernels_attention(FILE *out, int64_t k, bool bwd, bool bf16) {
   int d, p;
   long long K = (long long)k;
   attention_split(k, &d, &p);
@@ -97,8 +97,9 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
               "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, "
               "float scale, i64 B) {\n  fw_forward<%d>(o, lse, q, k, v, T, H, G, K, scale, B);\n}\n", mb, K, kp);
     /* and in blocks of 2 and 3 warpgroups sharing their K and V tiles
-     * (LMC_ATTENTION_WARPGROUPS), one block an SM */
-    for (int nw = 2; nw <= 3 && kp <= 96; nw++)
+     * (LMC_ATTENTION_WARPGROUPS), one block an SM; in bf16 storage only
+     * (fp32 storage, a checking mode, has the one-warpgroup kernels) */
+    for (int nw = 2; nw <= 3 && kp <= 96 && bf16; nw++)
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(%d * FA_THREADS, 1) lmc_attention_wg%d_k%lld("
               "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, "
               "float scale, i64 B) {\n  fw_forward<%d, %d>(o, lse, q, k, v, T, H, G, K, scale, B);\n}\n", nw, nw, K,
@@ -126,7 +127,7 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
             "i64 T, i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
             "  fw_backward_dq<%d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", kp <= 96 ? 3 : 2, K, kp);
     /* and in blocks of two and three warpgroups sharing K and V (LMC_ATTENTION_WARPGROUPS) */
-    for (int nw = 2; nw <= 3 && kp <= 96; nw++)
+    for (int nw = 2; nw <= 3 && kp <= 96 && bf16; nw++)
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(%d * FA_THREADS, 1) lmc_attention_bwd_wg%d_dq_k%lld("
             "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
             "i64 T, i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
@@ -157,7 +158,7 @@ void kernels_attention(FILE *out, int64_t k, bool bwd) {
               "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv, i64 B) {\n"
               "  fw_backward_dkv<%d, 1, %d>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv, B);\n}\n",
               K, kp, kp > 96 ? 32 : 64);
-    if (kp <= 96)   /* and in blocks of two warpgroups sharing Q and dO (LMC_ATTENTION_WARPGROUPS) */
+    if (kp <= 96 && bf16)   /* and in blocks of two warpgroups sharing Q and dO (LMC_ATTENTION_WARPGROUPS) */
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(2 * FA_THREADS, 1) lmc_attention_bwd_wg2_dkv_k%lld("
               "act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, "
               "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv, i64 B) {\n"
@@ -186,7 +187,7 @@ static void attention_kernels(FILE *out, Graph *g) {
     for (int j = 0; j < ndone[bwd]; j++) seen |= done[bwd][j] == k;
     if (seen || ndone[bwd] == 8 || k > 1024) continue;   /* cuda.c refuses head dims past 1024 */
     done[bwd][ndone[bwd]++] = k;
-    kernels_attention(out, k, bwd);
+    kernels_attention(out, k, bwd, precision_bf16(g));
   }
 }
 

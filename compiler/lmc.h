@@ -340,7 +340,7 @@ double plan_inst_flops(Inst *in);       /* GEMM and attention FLOPs of one instr
 
 /* ---- kernels.c ---- */
 void kernels_emit(FILE *out, Graph *g);
-void kernels_attention(FILE *out, int64_t k, bool bwd);   /* the kernels for head dim k */
+void kernels_attention(FILE *out, int64_t k, bool bwd, bool bf16);   /* the kernels for head dim k */
 int kernels_norm_groups(int64_t d);                        /* a norm backward's kernel for width d: 0 none */
 void kernels_norm_bwd(FILE *out, int64_t d, bool ln);
 

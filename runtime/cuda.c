@@ -906,13 +906,13 @@ static bool fa_wg_bwd(const RtInst *x) { return fa_wg(x) && x->k <= 128; }
  * SM reads each tile from L2 once for 128 or 192 rows rather than 64:
  * the forward and dQ take up to 3 (lmc_attention_wg3_kK, twelve warps an
  * SM as their three one-warpgroup blocks), dK/dV up to 2 (eight warps,
- * as its two), head dims to 96. LMC_ATTENTION_WARPGROUPS=N
+ * as its two), head dims to 96, bf16 storage. LMC_ATTENTION_WARPGROUPS=N
  * (cuda_attention_warpgroups) asks for N; untimed on a GPU, so 1 stays
  * the default. */
 static int wg_asked = 1;
 void cuda_attention_warpgroups(int n) { wg_asked = n < 1 ? 1 : n; }
-static int fa_nw(const RtInst *x, int most) {
-  return (x->k + 15) / 16 * 16 <= 96 && wg_asked > 1 ? (wg_asked < most ? wg_asked : most) : 1;
+static int fa_nw(const RtInst *x, int most) {   /* (the kernels are in bf16 storage's bundles alone) */
+  return storage16 && (x->k + 15) / 16 * 16 <= 96 && wg_asked > 1 ? (wg_asked < most ? wg_asked : most) : 1;
 }
 static const char *wg_kind[4] = {"", "wg_", "wg2_", "wg3_"};
 

@@ -230,7 +230,7 @@ static void optimizer(int64_t n) {
  * (the emulated platform skips the file's PTX), then the attention and
  * norm backward kernels lmc would specialise for the head dims and widths
  * here (compiler/kernels.c). */
-void kernels_attention(FILE *out, int64_t k, bool bwd);
+void kernels_attention(FILE *out, int64_t k, bool bwd, bool bf16);
 void kernels_norm_bwd(FILE *out, int64_t d, bool ln);
 extern const char tpl_tensor_cores[];
 static const int64_t head_dims[] = {10, 40, 96, 128}, norm_widths[] = {64, 264};   /* (67: none, the two-pass kernels) */
@@ -246,7 +246,7 @@ static void write_kernels(const char *template, const char *path) {
     else fputs(line, out);
   }
   for (size_t i = 0; i < sizeof head_dims / sizeof *head_dims; i++)
-    kernels_attention(out, head_dims[i], false), kernels_attention(out, head_dims[i], true);
+    kernels_attention(out, head_dims[i], false, bf), kernels_attention(out, head_dims[i], true, bf);
   for (size_t i = 0; i < sizeof norm_widths / sizeof *norm_widths; i++)
     kernels_norm_bwd(out, norm_widths[i], false), kernels_norm_bwd(out, norm_widths[i], true);
   fclose(in);
@@ -548,7 +548,7 @@ int main(int argc, char **argv) {
         snprintf(other[i][3], 96, "%s, forward on wgmma", names[mp][i][0]);
         c.name = other[i][3];
         check(c, false);
-        for (int nw = bf ? 3 : 2; nw <= 3; nw++) {   /* blocks of warpgroups sharing K and V (2: fp32 storage only) */
+        for (int nw = 2; nw <= 3 && bf; nw++) {   /* blocks of warpgroups sharing K and V (bf16 storage) */
           snprintf(other[i][4 + nw], 96, "%s, forward on wgmma, %d warpgroups a block", names[mp][i][0], nw);
           cuda_attention_warpgroups(nw);
           c.name = other[i][4 + nw];
@@ -565,7 +565,7 @@ int main(int argc, char **argv) {
         snprintf(other[i][5], 96, "%s, on wgmma", names[mp][i][1]);
         c.name = other[i][5];
         check(c, true);
-        for (int nw = bf ? 3 : 2; nw <= 3; nw++) {   /* sharing K and V (dQ: 2, 3), Q and dO (dK/dV: 2) */
+        for (int nw = 2; nw <= 3 && bf; nw++) {   /* sharing K and V (dQ: 2, 3), Q and dO (dK/dV: 2) */
           snprintf(other[i][7 + nw], 96, "%s, on wgmma, %d warpgroups a block", names[mp][i][1], nw);
           cuda_attention_warpgroups(nw);
           c.name = other[i][7 + nw];
