@@ -1053,9 +1053,10 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
 
 // The forward on the warpgroup's matrix instructions (Hopper's wgmma,
 // sm_90a; docs/cuda.md, "wgmma"): a block is one warpgroup of 64 query
-// rows, warp w rows 16w.. as in fm_forward at 16 rows a warp. Q's
-// fragments stay in registers from the start; each tile of 64 keys
-// multiplies them by K's tile in shared memory (Q K^T: K-major B, N 64,
+// rows, warp w rows 16w.. as in fm_forward at 16 rows a warp (or blocks
+// of NW warpgroups sharing K and V). Q's tile, copied once, times the
+// scale, and each tile of 64 keys are both read from shared memory (Q K^T:
+// A and B K-major, N 64,
 // head dim / 16 instructions), and the probabilities, rounded to bf16 in
 // registers, by V's tile (P V: N-major B, the head dim in chunks of 64, 32
 // and 16, four instructions a chunk): no ldmatrix of K or V, and the
@@ -1107,7 +1108,6 @@ __device__ __forceinline__ void fw_load_passes(unsigned short *s, const S *src, 
       lmc_cp_async16(d + 8 * (8 * C * g + 32 * q), p + 8 * g * stride + 32 * q, r + 8 * g < T ? 16 : 0);
 }
 
-
 // rows [r0, r0 + R) of a [T, stride] matrix (K columns) into a tile of
 // core matrices (R 64, or 32), times scale, zero past T and K: by
 // cp.async where FmAsync allows and scale is 1 (the caller commits the
@@ -1124,7 +1124,7 @@ __device__ void fw_load(unsigned short *s, const S *src, i64 r0, i64 T, i64 stri
   #pragma unroll
   for (int u = 0; u < (U + FA_THREADS - 1) / FA_THREADS; u++) {
     int e = fw_x<NW>() + u * FA_THREADS, r = e / (8 * C) * 8 + e % 8, c = e / 8 % C * 8;
-    if (U % FA_THREADS && e >= U) break;
+    if (U % FA_THREADS && e >= U) break;   // (R 32 at head dim 112)
     bool in = r0 + r < T && c < K;
     const S *p = src + (in ? (r0 + r) * stride + c : 0);
     if (async) {
@@ -1144,11 +1144,11 @@ __device__ __forceinline__ unsigned long long fw_desc(const unsigned short *p, u
 }
 
 // K's and V's tiles of keys from j into ks and vs: by the block's one
-// warpgroup, or K by the first and V by the second (the caller commits)
+// warpgroup, or K by the first and V by the second (this thread's: wg;
+// the caller commits)
 template <int KP, int NW>
 __device__ __forceinline__ void fw_kv_load(unsigned short *ks, unsigned short *vs, const act *kb, const act *vb, i64 j,
-                                           i64 T, i64 stride, int K) {
-  int wg = fw_wg<NW>();
+                                           i64 T, i64 stride, int K, int wg) {
   if (NW == 1) fw_load<KP, NW>(ks, kb, j, T, stride, K), fw_load<KP, NW>(vs, vb, j, T, stride, K);
   else if (wg < 2) fw_load<KP, NW>(wg ? vs : ks, wg ? vb : kb, j, T, stride, K);
 }
@@ -1160,37 +1160,37 @@ __device__ __forceinline__ void fw_kv_load(unsigned short *ks, unsigned short *v
 // last)
 template <int KP, int NW>
 __device__ __forceinline__ void fw_kv_next(unsigned short *ks, unsigned short *vs, const act *kb, const act *vb, int st,
-                                           i64 j1, i64 last, i64 T, i64 stride, int K) {
+                                           i64 j1, i64 last, i64 T, i64 stride, int K, int wg) {
   lmc_cp_async_wait0();
   lmc_fence_proxy_async();
   __syncthreads();
   if (j1 > last) return;
-  fw_kv_load<KP, NW>(ks + (st ^ 1) * FW_ROWS * KP, vs + (st ^ 1) * FW_ROWS * KP, kb, vb, j1, T, stride, K);
+  fw_kv_load<KP, NW>(ks + (st ^ 1) * FW_ROWS * KP, vs + (st ^ 1) * FW_ROWS * KP, kb, vb, j1, T, stride, K, wg);
   lmc_cp_async_commit();
 }
 
 // A block of fw_forward or fw_backward_dq: its head (b, h), its NW
-// warpgroups' 64 query rows each (NW 64 from i0, the last below T:
-// last; this warpgroup's last below T: wlast, -1 if none), its warp's
-// rows from w0, its thread's r0 and r0 + 8, and the kv group's K and V
-// (kb, vb), whose first tiles' copies go out into stage 0 (ks, vs);
-// false past the last head
+// warpgroups' 64 query rows each (the last below T: last), this thread's
+// warpgroup (wg) and its rows from q0 (the last below T: wlast, -1 if
+// none), its warp's from w0, its thread's r0 and r0 + 8, and the kv
+// group's K and V (kb, vb), whose first tiles' copies go out into stage 0
+// (ks, vs); false past the last head
 struct FwBlock {
-  i64 b, h, i0, w0, r0;
-  int last, wlast;   // (rows of a sequence: T < 2^31)
+  i64 b, h, q0, w0, r0;
+  int last, wlast, wg;   // (rows of a sequence: T < 2^31)
   const act *kb, *vb;
 };
 template <int KP, int NW>
 __device__ __forceinline__ bool fw_block(FwBlock &f, unsigned short *ks, unsigned short *vs, const act *k, const act *v,
                                          i64 T, i64 H, i64 G, i64 K, i64 B) {
   if (!fa_head(f.b, f.h, B, H)) return false;
-  i64 gi = f.h / (H / G), i0 = (i64)(gridDim.y - 1 - blockIdx.y) * NW * FW_ROWS,
-      q0 = i0 + fw_wg<NW>() * FW_ROWS;
-  f.i0 = i0, f.last = (int)((i0 + NW * FW_ROWS < T ? i0 + NW * FW_ROWS : T) - 1);
+  f.wg = fw_wg<NW>();
+  i64 gi = f.h / (H / G), i0 = (i64)(gridDim.y - 1 - blockIdx.y) * NW * FW_ROWS, q0 = i0 + f.wg * FW_ROWS;
+  f.q0 = q0, f.last = (int)((i0 + NW * FW_ROWS < T ? i0 + NW * FW_ROWS : T) - 1);
   f.wlast = (int)(q0 >= T ? -1 : q0 + FW_ROWS < T ? q0 + FW_ROWS - 1 : T - 1);
   f.w0 = q0 + fw_x<NW>() / 32 * 16, f.r0 = f.w0 + threadIdx.x % 32 / 4;
   f.kb = k + f.b * T * G * K + gi * K, f.vb = v + f.b * T * G * K + gi * K;
-  fw_kv_load<KP, NW>(ks, vs, f.kb, f.vb, 0, T, G * K, (int)K), lmc_cp_async_commit();
+  fw_kv_load<KP, NW>(ks, vs, f.kb, f.vb, 0, T, G * K, (int)K, f.wg), lmc_cp_async_commit();
   return true;
 }
 
@@ -1246,16 +1246,15 @@ __device__ void fw_forward(act *o, real *lse, const act *q, const act *k, const 
   i64 b = f.b, h = f.h, w0 = f.w0, r0 = f.r0;
   int last = f.last;
   // this warpgroup's tile of Q, scores in log2 units (seen by the tensor cores after the loop's first wait)
-  fw_load<KP, NW>(qs + fw_wg<NW>() * TILE, q + b * T * H * K + h * K, f.i0 + fw_wg<NW>() * FW_ROWS, T, H * K, (int)K,
-                  scale * LOG2E);
+  fw_load<KP, NW>(qs + f.wg * TILE, q + b * T * H * K + h * K, f.q0, T, H * K, (int)K, scale * LOG2E);
   float acc[KP / 8][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0, 0};
   #pragma unroll
   for (int nt = 0; nt < KP / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
   // this warpgroup's Q; K's and V's stage 0 (stage 1's TILE / 8 on)
-  unsigned long long qd = fw_desc_k<KP>(qs + fw_wg<NW>() * TILE), kd0 = fw_desc_k<KP>(ks), vd0 = fw_desc_n<KP>(vs);
+  unsigned long long qd = fw_desc_k<KP>(qs + f.wg * TILE), kd0 = fw_desc_k<KP>(ks), vd0 = fw_desc_n<KP>(vs);
   int st = 0;
   for (int j0 = 0; j0 <= last; j0 += FW_ROWS, st ^= 1) {
-    fw_kv_next<KP, NW>(ks, vs, f.kb, f.vb, st, j0 + FW_ROWS, last, T, G * K, (int)K);
+    fw_kv_next<KP, NW>(ks, vs, f.kb, f.vb, st, j0 + FW_ROWS, last, T, G * K, (int)K, f.wg);
     if (NW > 1 && j0 > f.wlast) continue;   // keys past this warpgroup's rows (another's tile)
     unsigned long long kd = kd0 + st * (TILE / 8), vd = vd0 + st * (TILE / 8);
     float s[FW_ROWS / 8][4];
@@ -1496,9 +1495,10 @@ extern "C" __global__ void lmc_wgmma_probe(float *d, const bf16 *a, const bf16 *
 }
 
 // dQ on the warpgroup's matrix instructions (sm_90a; see fw_forward): a
-// block is one warpgroup of 64 query rows, warp w rows 16w..; Q's and dO's
-// fragments stay in registers, K and V have two stages of core matrices
-// by cp.async. S = Q K^T and dP = dO V^T take B (K, V) K-major, N 64; dQ
+// block is one warpgroup of 64 query rows (or NW sharing K and V), warp w
+// rows 16w..; Q's and dO's tiles are copied once, K and V have two stages
+// of core matrices by cp.async. S = Q K^T and dP = dO V^T take A (Q, dO)
+// and B (K, V) from shared memory, K-major, N 64; dQ
 // += dS K takes dS from registers and K's tile N-major (the same bytes).
 template <int KP, int NW = 1>
 __device__ void fw_backward_dq(act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse,
@@ -1513,9 +1513,8 @@ __device__ void fw_backward_dq(act *dq, const act *dout, const act *q, const act
   i64 b = f.b, h = f.h, w0 = f.w0, r0 = f.r0;
   int last = f.last;
   // this warpgroup's tiles of Q (S in log2 units) and dO, seen by the tensor cores after the loop's first wait
-  i64 q0 = f.i0 + fw_wg<NW>() * FW_ROWS;
-  fw_load<KP, NW>(qs + fw_wg<NW>() * TILE, q + b * T * H * K + h * K, q0, T, H * K, (int)K, scale * LOG2E);
-  fw_load<KP, NW>(dos + fw_wg<NW>() * TILE, dout + b * T * H * K + h * K, q0, T, H * K, (int)K);
+  fw_load<KP, NW>(qs + f.wg * TILE, q + b * T * H * K + h * K, f.q0, T, H * K, (int)K, scale * LOG2E);
+  fw_load<KP, NW>(dos + f.wg * TILE, dout + b * T * H * K + h * K, f.q0, T, H * K, (int)K);
   lmc_cp_async_commit();
   float li[2], di[2];
   #pragma unroll
@@ -1527,11 +1526,11 @@ __device__ void fw_backward_dq(act *dq, const act *dout, const act *q, const act
   #pragma unroll
   for (int nt = 0; nt < KP / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
   // this warpgroup's Q and dO; stage 0's K K-major and N-major, V K-major (stage 1's TILE / 8 on)
-  unsigned long long qd = fw_desc_k<KP>(qs + fw_wg<NW>() * TILE), od = qd + NW * TILE / 8, kk0 = fw_desc_k<KP>(ks),
+  unsigned long long qd = fw_desc_k<KP>(qs + f.wg * TILE), od = qd + NW * TILE / 8, kk0 = fw_desc_k<KP>(ks),
                      kn0 = fw_desc_n<KP>(ks), vk0 = fw_desc_k<KP>(vs);
   int st = 0;
   for (int j0 = 0; j0 <= last; j0 += FW_ROWS, st ^= 1) {
-    fw_kv_next<KP, NW>(ks, vs, f.kb, f.vb, st, j0 + FW_ROWS, last, T, G * K, (int)K);
+    fw_kv_next<KP, NW>(ks, vs, f.kb, f.vb, st, j0 + FW_ROWS, last, T, G * K, (int)K, f.wg);
     if (NW > 1 && j0 > f.wlast) continue;   // keys past this warpgroup's rows
     unsigned long long kd = kk0 + st * (TILE / 8), kn = kn0 + st * (TILE / 8), vd = vk0 + st * (TILE / 8);
     float s[FW_ROWS / 8][4], dp[FW_ROWS / 8][4];
@@ -1588,12 +1587,12 @@ __device__ void fm_dkv_stage(unsigned short (*s)[KP + 8], float *ls, float *ds, 
 
 // a step of fw_backward_dkv: QT queries of head h from i0, Q's tile
 // and dO's (core matrices, cp.async where they can: the caller commits;
-// with two warpgroups, Q by the first and dO by the second) and their
-// log-sum-exps (log2 units) and rowsum(dO O) into ls and ds
+// with two warpgroups, Q by the first and dO by the second: this
+// thread's, wg) and their log-sum-exps (log2 units) and rowsum(dO O) into
+// ls and ds
 template <int KP, int NW, int QT>
 __device__ void fw_dkv_stage(unsigned short *s, float *ls, float *ds, const act *q, const act *dout, const real *lse,
-                             const real *dd, i64 b, i64 h, i64 i0, i64 T, i64 H, i64 K) {
-  int wg = fw_wg<NW>();
+                             const real *dd, i64 b, i64 h, i64 i0, i64 T, i64 H, i64 K, int wg) {
   if (NW == 1) {
     fw_load<KP, NW, QT>(s, q + b * T * H * K + h * K, i0, T, H * K, (int)K);
     fw_load<KP, NW, QT>(s + QT * KP, dout + b * T * H * K + h * K, i0, T, H * K, (int)K);
@@ -1720,7 +1719,7 @@ __device__ void fw_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
   // steps: the query tiles i0 = j0, j0 + QT, .. below T of each head of the group in turn
   int i0 = j0, i1 = j0;   // this step's first query; the next step's first query
   i64 h1 = gi * per;      // and head
-  fw_dkv_stage<KP, NW, QT>(stage, ls[0], ds[0], q, dout, lse, dd, b, h1, i1, T, H, K), lmc_cp_async_commit();
+  fw_dkv_stage<KP, NW, QT>(stage, ls[0], ds[0], q, dout, lse, dd, b, h1, i1, T, H, K, wg), lmc_cp_async_commit();
   for (int st = 0;; st ^= 1) {
     if ((i1 += QT) >= T) i1 = j0, h1++;
     bool more = h1 < (gi + 1) * per;
@@ -1731,7 +1730,7 @@ __device__ void fw_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
     __syncthreads();
     if (more) {
       fw_dkv_stage<KP, NW, QT>(stage + (st ^ 1) * 2 * QTILE, ls[st ^ 1], ds[st ^ 1], q, dout, lse, dd, b, h1, i1, T, H,
-                               K);
+                               K, wg);
       lmc_cp_async_commit();
     }
     // queries all before this warpgroup's keys (its first tile of a
@@ -1751,7 +1750,7 @@ __device__ void fw_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
     lmc_wg_commit();
     lmc_wg_wait<0>();
     lmc_wg_hold<QT / 8>(st_), lmc_wg_hold<QT / 8>(dpt);
-    fm_dkv_probs<QT>(st_, dpt, ls[st], ds[st], i0 < jw + FW_ROWS - 1, (int)(c0 - i0), sl);
+    fm_dkv_probs<QT>(st_, dpt, ls[st], ds[st], i0 < jw + FW_ROWS - 1, c0 - i0, sl);
     unsigned pa[QT / 16][4], da[QT / 16][4];   // 16 queries a step: rows 16 kk.. of dO's and Q's tiles
     fw_frags<QT>(pa, st_), fw_frags<QT>(da, dpt);
     lmc_wg_hold<KP / 8>(dva), lmc_wg_hold<KP / 8>(dka);
