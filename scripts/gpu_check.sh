@@ -64,11 +64,21 @@ bin=.gpu/bin data=.gpu/data/kjv.txt work=$(mktemp -d)
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 echo "host: $(nproc) cores"
 status=0
+# guard SECONDS CMD...: CMD under a deadline, so that a kernel that hangs
+# (attention on wgmma has not met a GPU yet) costs its step, not the run
+guard() {
+  secs=$1
+  shift
+  timeout "$secs" "$@"
+  rc=$?
+  [ $rc = 124 ] && echo "gpu_check: timed out after ${secs} s (a hang?): $*"
+  return $rc
+}
 
 if [ "${1:-}" = --ops ]; then
   echo "== every CUDA op against the CPU's, on this GPU (fp32, then bf16 storage)"
-  "$bin/test_emu_ops" templates/kernels.cu real || status=1
-  "$bin/test_emu_ops" templates/kernels.cu bf16 real || status=1
+  guard 240 "$bin/test_emu_ops" templates/kernels.cu real || status=1
+  guard 240 "$bin/test_emu_ops" templates/kernels.cu bf16 real || status=1
   LMC_BENCH_ATTENTION_ONLY=1 sh bench/gpu.sh "$bin" || status=1
   echo "gpu_check --ops: $([ $status = 0 ] && echo passed || echo FAILED)"
   exit $status
@@ -88,12 +98,12 @@ echo "== kernels: NVRTC"
 fi
 
 echo "== the emulated CUDA platform's primitives on the hardware (shuffles, votes, bf16/fp16, mma + ldmatrix, graphs, cuBLASLt)"
-CUBLASLT_LOG_LEVEL=2 "$bin/test_emu" real tests/emu/kernels.cu || status=1   # level 2: cuBLASLt says why it refuses
+CUBLASLT_LOG_LEVEL=2 guard 120 "$bin/test_emu" real tests/emu/kernels.cu || status=1   # level 2: cuBLASLt says why it refuses
 
 if [ $quick = 1 ]; then
   echo "== every CUDA op against the CPU's, on this GPU (fp32, then bf16 storage)"
-  "$bin/test_emu_ops" templates/kernels.cu real || status=1
-  "$bin/test_emu_ops" templates/kernels.cu bf16 real || status=1
+  guard 240 "$bin/test_emu_ops" templates/kernels.cu real || status=1
+  guard 240 "$bin/test_emu_ops" templates/kernels.cu bf16 real || status=1
 fi
 
 echo "== CUDA vs CPU: 20 steps from one seed"
@@ -102,7 +112,7 @@ compare() {   # compare NAME SPEC [--set ...]; $flags go to the CUDA run, $tol t
   shift 2
   "$bin/lmc" "$spec" -q -o "$work/$name" --set steps=20 --set warmup=5 "$@"
   for be in cpu cuda; do
-    "$bin/lmrun" "$work/$name" --data "$data" --backend "$be" $([ $be = cuda ] && echo ${flags:---matmul-precision highest}) --quiet \
+    guard 180 "$bin/lmrun" "$work/$name" --data "$data" --backend "$be" $([ $be = cuda ] && echo ${flags:---matmul-precision highest}) --quiet \
       --eval-interval 20 --eval-batches 2 --out "$work/$name.$be.d" 2>&1 ||
       { mkdir -p "$work/$name.$be.d"; echo "lmrun --backend $be failed"; }
   done
