@@ -18,8 +18,18 @@
  * in bf16 is rounded before the next member uses it, as the CPU backend,
  * which runs the members one by one, rounds it when it is written.
  *
+ * Element-wise instructions (SwiGLU, SiLU, GELU, products, sums and
+ * their backward ops, every operand n elements) are groups too: a run of
+ * adjacent ones of one size, each after the first reading what one
+ * before it wrote (gelu(gate) * up: two, one kernel), or one alone. Their
+ * kernel is written from the members' formulas, n and every operand's
+ * dtype compile-time constants (lmc_fused_swiglu_n33554432_bf16): 8
+ * elements a thread-step with 16-byte accesses, an accumulating output
+ * read and added to as the CPU does (its flags name the kernel too).
+ *
  * Grouping is a function of each stage's list, asked by sched.c's live
- * ranges, emit.c and kernels.c alike; --fuse=never turns it off. */
+ * ranges, emit.c and kernels.c alike; --fuse=never turns it off (the
+ * hand-written kernels of kernels.cu then run each op). */
 #include "lmc.h"
 #include <string.h>
 
@@ -38,11 +48,85 @@ static bool add_norm(Inst *add, Inst *nm) {
 
 static const char *dt(Value *v) { return v->dtype == DT_BF16 ? "bf16" : "f32"; }
 
-static Inst *make_group(Inst *add, Inst *nm) {
+/* element-wise: one element of each output from the same element of each
+ * input, every operand n elements (an add broadcasting a bias, or the
+ * backward of one, reducing, is not) */
+static int64_t ew_n(Inst *in) {
+  switch (in->op) {
+  case OP_SILU: case OP_GELU: case OP_MUL: case OP_ADD: case OP_SWIGLU:
+  case OP_SILU_BWD: case OP_GELU_BWD: case OP_MUL_BWD: case OP_ADD_BWD: case OP_SWIGLU_BWD: break;
+  default: return 0;
+  }
+  int64_t n = shape_numel(&in->in[0]->shape);
+  for (int i = 0; i < in->nout + in->nin; i++) {
+    Value *v = i < in->nout ? in->out[i] : in->in[i - in->nout];
+    if (v && (v->is_int || shape_numel(&v->shape) != n)) return 0;
+  }
+  return n;
+}
+
+bool group_elementwise(Inst *in) { return ew_n(in) > 0; }
+
+enum { EW_MEMBERS = 8, EW_OPERANDS = 24 };
+
+static bool reads_any(Inst *in, Inst **from, int n) {
+  for (int m = 0; m < n; m++)
+    for (int i = 0; i < in->nin; i++)
+      for (int o = 0; o < from[m]->nout; o++)
+        if (from[m]->out[o] && in->in[i] == from[m]->out[o]) return true;
+  return false;
+}
+
+/* the run of element-wise instructions from list[i]: each of list[i]'s
+ * size and stage, reading an earlier member's output, not an add whose
+ * sum a norm takes next (add_norm's); 0 if list[i] is not element-wise */
+static int ew_span(Inst **list, int n, int i) {
+  int64_t size = ew_n(list[i]);
+  if (!size) return 0;
+  int span = 1, ops = list[i]->nout + list[i]->nin;
+  while (i + span < n && span < EW_MEMBERS) {
+    Inst *in = list[i + span];
+    if (ew_n(in) != size || in->stage != list[i]->stage || !reads_any(in, list + i, span)) break;
+    if (i + span + 1 < n && add_norm(in, list[i + span + 1])) break;
+    if ((ops += in->nout + in->nin) > EW_OPERANDS) break;
+    span++;
+  }
+  return span;
+}
+
+static Inst *make_fused(Inst **members, int n) {
   Inst *f = arena_alloc(sizeof(Inst));
-  f->op = OP_FUSED, f->stage = add->stage, f->bwd = add->bwd, f->loc = add->loc, f->id = add->id;
-  f->body = arena_alloc(2 * sizeof(Inst *));
-  f->body[0] = add, f->body[1] = nm, f->nbody = 2;
+  f->op = OP_FUSED, f->stage = members[0]->stage, f->bwd = members[0]->bwd, f->loc = members[0]->loc;
+  f->id = members[0]->id, f->body = arena_alloc(n * sizeof(Inst *)), f->nbody = n;
+  for (int m = 0; m < n; m++) f->body[m] = members[m];
+  return f;
+}
+
+/* An element-wise group's kernel name: its ops, n, the operands' dtypes
+ * (one where all agree) and, where an output accumulates, each output's
+ * flag in the members' order */
+static Inst *make_ew_group(Inst **members, int n) {
+  Inst *f = make_fused(members, n);
+  Value *ops[EW_OPERANDS + MAX_IN + 3];
+  int nops = group_operands(f, ops);
+  char *name = "lmc_fused", *acc = "";
+  bool any = false, mixed = false;
+  for (int m = 0; m < n; m++) {
+    name = arena_printf("%s_%s", name, op_names[members[m]->op]);
+    for (int o = 0; o < members[m]->nout; o++)
+      if (members[m]->out[o]) acc = arena_printf("%s%d", acc, members[m]->acc[o]), any |= members[m]->acc[o];
+  }
+  name = arena_printf("%s_n%lld", name, (long long)ew_n(members[0]));
+  for (int i = 1; i < nops; i++) mixed |= ops[i]->dtype != ops[0]->dtype;
+  for (int i = 0; i < (mixed ? nops : 1); i++) name = arena_printf("%s_%s", name, dt(ops[i]));
+  f->kernel = any ? arena_printf("%s_acc%s", name, acc) : name;
+  int64_t grid = ((ew_n(members[0]) + 7) / 8 + 255) / 256;   /* a thread 8 elements, at most 8192 blocks */
+  ir_set(f, "grid", (double)(grid > 8192 ? 8192 : grid)), ir_set(f, "block", 256);
+  return f;
+}
+
+static Inst *make_group(Inst *add, Inst *nm) {
+  Inst *f = make_fused((Inst *[]){add, nm}, 2);
   int64_t rows = (int64_t)ir_get(nm, "n"), d = (int64_t)ir_get(nm, "d");
   const char *t = dt(add->in[0]);   /* the dtypes: one, or each of a, b, the sum, y */
   if (strcmp(t, dt(add->in[1])) || strcmp(t, dt(add->out[0])) || strcmp(t, dt(nm->out[0])))
@@ -56,8 +140,14 @@ static Inst *make_group(Inst *add, Inst *nm) {
   return f;
 }
 
+static bool add_norm_at(Graph *g, Inst **list, int n, int i) {
+  return !g->no_groups && i + 1 < n && add_norm(list[i], list[i + 1]);
+}
+
 int group_span(Graph *g, Inst **list, int n, int i) {
-  return !g->no_groups && i + 1 < n && add_norm(list[i], list[i + 1]) ? 2 : 1;
+  if (add_norm_at(g, list, n, i)) return 2;
+  int ew = g->no_groups ? 0 : ew_span(list, n, i);
+  return ew ? ew : 1;
 }
 
 Inst **group_list(Graph *g, Inst **list, int n, int *count) {
@@ -65,7 +155,9 @@ Inst **group_list(Graph *g, Inst **list, int n, int *count) {
   *count = 0;
   for (int i = 0, span; i < n; i += span) {
     span = group_span(g, list, n, i);
-    out[(*count)++] = span > 1 ? make_group(list[i], list[i + 1]) : list[i];
+    if (add_norm_at(g, list, n, i)) out[(*count)++] = make_group(list[i], list[i + 1]);
+    else if (!g->no_groups && ew_n(list[i])) out[(*count)++] = make_ew_group(list + i, span);
+    else out[(*count)++] = list[i];
   }
   return out;
 }
@@ -185,6 +277,122 @@ static void write_add_norm(FILE *out, Inst *f) {
   else fprintf(out, "  if (lane == 0) p%d[row] = r;\n}\n", at[7]);
 }
 
+/* One member's formulas for element e: y[o] its outputs' registers (NULL:
+ * not wanted), a[i] its inputs' (as kernels.cu's kernels for the op alone
+ * compute them); round[o]: out[o] rounded as stored once written */
+static void ew_formulas(FILE *out, Inst *in, char **y, char **a, const bool *round) {
+  const char *sig = "(1.0f / (1.0f + expf(-%s)))", *f[2] = {NULL, NULL};
+  char s[64], pre[160] = "";
+  switch (in->op) {
+  case OP_SILU: f[0] = arena_printf("%s / (1.0f + expf(-%s))", a[0], a[0]); break;
+  case OP_GELU:
+    f[0] = arena_printf("0.5f * %s * (1.0f + tanhf(0.7978845608028654f * (%s + 0.044715f * %s * %s * %s)))", a[0], a[0],
+                        a[0], a[0], a[0]);
+    break;
+  case OP_MUL: f[0] = arena_printf("%s * %s", a[0], a[1]); break;
+  case OP_ADD: f[0] = arena_printf("%s + %s", a[0], a[1]); break;
+  case OP_SWIGLU: f[0] = arena_printf("%s / (1.0f + expf(-%s)) * %s", a[0], a[0], a[1]); break;
+  case OP_SILU_BWD:   /* dy, x */
+    snprintf(s, sizeof s, sig, a[1]), snprintf(pre, sizeof pre, "float s = %s; ", s);
+    f[0] = arena_printf("%s * s * (1.0f + %s * (1.0f - s))", a[0], a[1]);
+    break;
+  case OP_GELU_BWD:   /* dy, x */
+    snprintf(pre, sizeof pre, "float u = %s, th = tanhf(0.7978845608028654f * (u + 0.044715f * u * u * u)), "
+             "di = 0.7978845608028654f * (1.0f + 3.0f * 0.044715f * u * u); ", a[1]);
+    f[0] = arena_printf("%s * (0.5f * (1.0f + th) + 0.5f * u * (1.0f - th * th) * di)", a[0]);
+    break;
+  case OP_MUL_BWD: f[0] = arena_printf("%s * %s", a[0], a[2]), f[1] = arena_printf("%s * %s", a[0], a[1]); break;
+  case OP_ADD_BWD: f[0] = f[1] = a[0]; break;
+  case OP_SWIGLU_BWD:   /* dy, gate, up */
+    snprintf(s, sizeof s, sig, a[1]), snprintf(pre, sizeof pre, "float s = %s; ", s);
+    f[0] = arena_printf("%s * %s * s * (1.0f + %s * (1.0f - s))", a[0], a[2], a[1]);
+    f[1] = arena_printf("%s * %s * s", a[0], a[1]);
+    break;
+  default: internal_error("not an element-wise op");
+  }
+  fprintf(out, "    { %s", pre);   /* every formula from the inputs first, then the outputs in order */
+  for (int o = 0; o < in->nout; o++)
+    if (in->out[o]) fprintf(out, "float f%d = %s; ", o, f[o]);
+  for (int o = 0; o < in->nout; o++) {
+    if (!in->out[o]) continue;
+    fprintf(out, "%s = %sf%d; ", y[o], in->acc[o] ? arena_printf("%s + ", y[o]) : "", o);
+    if (round[o]) fprintf(out, "%s = (float)bf16(%s); ", y[o], y[o]);
+  }
+  fprintf(out, "}\n");
+}
+
+/* whether out[o] of body[m], written, is read again in the group (by a
+ * later member, or added to by a later output): then as stored */
+static bool read_again(Inst *f, int m, int o) {
+  Value *v = f->body[m]->out[o];
+  for (int l = m; l < f->nbody; l++) {
+    Inst *in = f->body[l];
+    for (int i = 0; l > m && i < in->nin; i++)
+      if (in->in[i] == v) return true;
+    for (int k = l == m ? o + 1 : 0; k < in->nout; k++)
+      if (in->out[k] == v && in->acc[k]) return true;
+  }
+  return false;
+}
+
+/* element-wise: a step of G elements from i (8 with 16-byte accesses, or
+ * 1), the members in order on registers, each value loaded once where the
+ * group reads it before writing it (or adds to it), each written one
+ * stored once, as stored (bf16 rounded) where the group reads it again */
+static void write_ew(FILE *out, Inst *f) {
+  Value *ops[EW_OPERANDS + MAX_IN + 3];
+  int nops = group_operands(f, ops);
+  bool written[EW_OPERANDS + MAX_IN + 3] = {0}, loaded[EW_OPERANDS + MAX_IN + 3] = {0};
+  for (int m = 0; m < f->nbody; m++) {
+    Inst *in = f->body[m];
+    for (int k = 0; k < nops; k++) {   /* (a member reads its inputs, then writes its outputs in order) */
+      bool r = false;
+      int o = 0;
+      for (int i = 0; i < in->nin; i++) r |= in->in[i] == ops[k];
+      while (o < in->nout && in->out[o] != ops[k]) o++;
+      if (!written[k] && (r || (o < in->nout && in->acc[o]))) loaded[k] = true;
+      written[k] |= o < in->nout;
+    }
+  }
+  const char *params = "", *args = "";
+  for (int k = 0; k < nops; k++) {
+    params = arena_printf("%s%s%s%s *p%d", params, k ? ", " : "", written[k] ? "" : "const ", ctype(ops[k]), k);
+    args = arena_printf("%s, p%d", args, k);
+  }
+  fprintf(out, "\n// %s: element-wise,", f->kernel);
+  for (int m = 0; m < f->nbody; m++) fprintf(out, " %s", op_names[f->body[m]->op]);
+  fprintf(out, "\ntemplate <int G> __device__ __forceinline__ void %s_step(i64 i, %s) {\n  float", f->kernel, params);
+  for (int k = 0; k < nops; k++) fprintf(out, "%s v%d[G]", k ? "," : "", k);
+  fprintf(out, ";\n");
+  for (int k = 0; k < nops; k++)
+    if (loaded[k]) fprintf(out, "  ldg<G>(v%d, p%d + i);\n", k, k);
+  fprintf(out, "  #pragma unroll\n  for (int e = 0; e < G; e++) {\n");
+  for (int m = 0; m < f->nbody; m++) {
+    Inst *in = f->body[m];
+    char *y[3] = {NULL, NULL, NULL}, *a[MAX_IN];
+    bool round[3];
+    for (int k = 0; k < nops; k++) {
+      for (int o = 0; o < in->nout; o++)
+        if (in->out[o] == ops[k]) y[o] = arena_printf("v%d[e]", k);
+      for (int i = 0; i < in->nin; i++)
+        if (in->in[i] == ops[k]) a[i] = arena_printf("v%d[e]", k);
+    }
+    for (int o = 0; o < in->nout; o++) round[o] = in->out[o] && in->out[o]->dtype == DT_BF16 && read_again(f, m, o);
+    ew_formulas(out, in, y, a, round);
+  }
+  fprintf(out, "  }\n");
+  for (int k = 0; k < nops; k++)
+    if (written[k]) fprintf(out, "  stg<G>(p%d + i, v%d);\n", k, k);
+  fprintf(out, "}\nextern \"C\" __global__ void __launch_bounds__(256) %s(%s) {\n", f->kernel, params);
+  fprintf(out, "  const i64 N = %lld;\n  i64 t = blockIdx.x * (i64)256 + threadIdx.x, step = (i64)gridDim.x * 256;\n",
+          (long long)ew_n(f->body[0]));
+  fprintf(out, "  bool v = ");
+  for (int k = 0; k < nops; k++) fprintf(out, "%sal16(p%d)", k ? " && " : "", k);
+  fprintf(out, ";   // (the plan aligns every value)\n");
+  fprintf(out, "  i64 n8 = v ? N / 8 : 0;\n  for (i64 g = t; g < n8; g += step) %s_step<8>(g * 8%s);\n", f->kernel, args);
+  fprintf(out, "  for (i64 i = n8 * 8 + t; i < N; i += step) %s_step<1>(i%s);\n}\n", f->kernel, args);
+}
+
 /* Each kernel once, by name (equal groups share one). */
 static const char **written;
 static int nwritten;
@@ -195,10 +403,11 @@ static void write_group(FILE *out, Graph *g, int stage, bool bwd, Inst *f) {
     if (!strcmp(written[k], f->kernel)) return;
   if (!nwritten) fprintf(out, "\n// ---- kernels lmc wrote for this model's groups (compiler/group.c) ----\n");
   written[nwritten++] = f->kernel;
-  write_add_norm(out, f);
+  if (f->nbody == 2 && norm(f->body[1]->op)) write_add_norm(out, f);
+  else write_ew(out, f);
 }
 
 void group_kernels(FILE *out, Graph *g) {
-  written = arena_alloc((g->nfwd + g->nbwd + 1) * sizeof *written), nwritten = 0;   /* a group has 2 members */
+  written = arena_alloc((g->nfwd + g->nbwd + 1) * sizeof *written), nwritten = 0;   /* at most one a member */
   each_group(g, write_group, out);
 }

@@ -283,6 +283,7 @@ void part_dump(FILE *out, Graph *g);
 int group_span(Graph *g, Inst **list, int n, int i);   /* instructions of the group at list[i] (1: none) */
 Inst **group_list(Graph *g, Inst **list, int n, int *count);
 int group_operands(Inst *fused, Value **ops);
+bool group_elementwise(Inst *in);   /* an op group.c writes kernels for, alone or in a run */
 void group_dump(FILE *out, Graph *g);
 void group_kernels(FILE *out, Graph *g);
 

@@ -347,7 +347,8 @@ static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
     for (int j = 0; j < 3; j++) out[j] = x->out[j] >= 0 ? ptr[x->out[j]] : NULL;
     for (int j = 0; j < RT_MAX_IN; j++) in[j] = x->in[j] >= 0 ? ptr[x->in[j]] : NULL;
     double t = r->op_time || r->trace ? rt_now() : 0;
-    if (r->op_time && r->be->time_mark) r->be->time_mark(x->op);
+    int kind = x->op == OP_FUSED && x->nbody == 1 ? x->body[0].op : x->op;   /* a kernel of one op: that op's */
+    if (r->op_time && r->be->time_mark) r->be->time_mark(kind);
     if (x->op == OP_ALLREDUCE) {   /* a bf16 value widened in a buffer of its own (graphs record it) */
       void *w = half(r, x->out[0]) ? r->wide_ar : out[0];
       if (w != out[0]) r->be->widen(w, out[0], r->b->vals[x->out[0]].n);
@@ -362,11 +363,11 @@ static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
         r->be->round_bf16(out[j], r->b->vals[x->out[j]].n);
     if (r->op_time && r->be->time_mark) r->be->time_mark(-1);   /* profiling: the device's time, or */
     else if (r->op_time && r->be->sync) r->be->sync();           /* a GPU op's own time with a wait */
-    if (r->op_time && !r->be->time_mark) r->op_time[x->op] += rt_now() - t;
+    if (r->op_time && !r->be->time_mark) r->op_time[kind] += rt_now() - t;
     if (r->trace) {
       char args[96];
       snprintf(args, sizeof args, "\"microbatch\":%d,\"n\":%lld", r->slot_mb ? r->slot_mb[slot] : 0, (long long)x->n);
-      trace(r, rt_op_names[x->op], prog == r->b->bwd ? "backward" : "forward", x->op == OP_ALLREDUCE, t, args);
+      trace(r, rt_op_names[kind], prog == r->b->bwd ? "backward" : "forward", x->op == OP_ALLREDUCE, t, args);
     }
   }
 }

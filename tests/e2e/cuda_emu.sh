@@ -40,10 +40,15 @@ compare llama_recompute "$SRC/models/tiny.lm" $small --fuse=recompute
 STEPS_SAVED=$STEPS STEPS=$((STEPS < 4 ? STEPS : 4))
 tol="1e-5 5e-5" compare wide "$SRC/models/tiny.lm" --set D=2056 --set H=4 --set G=2 --set F=64 --set L=1 --set batch=2 --set seq=8
 STEPS=$STEPS_SAVED
-# and each thread order of a GPT-2 and a Llama step agrees (a race in a
-# generated kernel, or in any other, fails the launch; the normal build
+# element-wise ops in runs, one kernel lmc writes for each run (group.c):
+# a GeGLU MLP (gelu, then a product), a SiLU read twice (not a swiglu)
+# and their gradients, some accumulating, in fp32 and bf16 storage
+compare ew_chain "$SRC/tests/e2e/ew-chain.lm"
+tol="1e-3 1e-2" compare ew_chain_bf16 "$SRC/tests/e2e/ew-chain.lm" --set precision=bf16
+# and each thread order of a GPT-2, a Llama and that step agrees (a race in
+# a generated kernel, or in any other, fails the launch; the normal build
 # only, as the sanitizer build's fibers are 8x slower)
-[ "$STEPS" -lt 20 ] || for name in gpt2 llama; do
+[ "$STEPS" -lt 20 ] || for name in gpt2 llama ew_chain_bf16; do
   LMC_CUDA_EMU_CHECK=1 "$LMRUN" "$WORK/$name" --data "$DATA" --backend cuda-emu --quiet --max-steps 1 --save-interval 0 \
     --eval-interval 0 --out "$WORK/$name.check" >/dev/null || fail "$name: a launch differs between thread orders"
 done
@@ -62,7 +67,7 @@ compare moe_gelu "$SRC/tests/e2e/moe-gelu.lm"
 tol="1e-3 1e-2" compare llama_bf16 "$SRC/models/tiny.lm" $small --set precision=bf16
 # (the sanitizer build, STEPS under 20, leaves the rest of bf16 storage to
 # the normal build and emu_ops_bf16)
-ran=13
+ran=15
 if [ "$STEPS" -ge 20 ]; then
   tol="1e-3 1e-2" compare gpt2_bf16 "$SRC/models/gpt2-124m.lm" --set V=256 --set D=32 --set H=4 --set L=2 --set batch=4 \
     --set seq=16 --set precision=bf16 --fuse=always
@@ -75,7 +80,7 @@ if [ "$STEPS" -ge 20 ]; then
   tol="1e-3 1e-2" compare moe_bf16 "$SRC/models/tiny.lm" $small --set experts=4 --set precision=bf16
   STEPS_SAVED=$STEPS STEPS=4
   tol=1e-4 compare moe_gelu_bf16 "$SRC/tests/e2e/moe-gelu.lm" --set precision=bf16
-  STEPS=$STEPS_SAVED ran=17
+  STEPS=$STEPS_SAVED ran=19
   # the weights' bf16 copies are made by AdamW each step and made again
   # from the masters a checkpoint holds: a bf16 run stopped at step 10 and
   # resumed gives the bits of the run straight through
@@ -146,7 +151,7 @@ if [ "$STEPS" -ge 20 ]; then
     "$WORK/wg.err" || fail "LMC_CUDA_EMU_WGMMA_SWAP=1: no word of the probe's finding"
   python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/wg.0/metrics.jsonl" "$WORK/wg.swap/metrics.jsonl" \
     "a GPU that disagrees: mma.sync" 1e-15 || status=1
-  ran=21
+  ran=23
 fi
 # tf32 and bf16 products: the loss within 2e-3 and 1e-2, the gradient
 # norm, which drifts, within 3e-2 and 5e-2

@@ -1,8 +1,9 @@
 #!/bin/sh
 # The whole model's gradient (forward + backward of a 2-layer Llama, a
-# GPT-2 style model, the Llama with 4-expert top-2 MoE layers and a model
+# GPT-2 style model, the Llama with 4-expert top-2 MoE layers, a model
 # of top-1 GELU experts, their balance losses weighted up so that their
-# gradients count) against finite differences in double precision. lmrun
+# gradients count, and a model of element-wise runs: a GeGLU MLP and a
+# SiLU read twice) against finite differences in double precision. lmrun
 # --gradcheck holds each MoE layer's choice of experts fixed while it
 # perturbs the weights: a nudge must not flip a token to another expert.
 BIN=$1 SRC=$2
@@ -25,4 +26,7 @@ tail -1 "$WORK/gc3"
 "$LMC" "$SRC/tests/e2e/moe-gelu.lm" -q -o "$WORK/gelu"
 "$LMRUN" "$WORK/gelu" --data "$DATA" --f64 --gradcheck 80 > "$WORK/gc4"
 tail -1 "$WORK/gc4"
-echo "4 passed, 0 failed"
+"$LMC" "$SRC/tests/e2e/ew-chain.lm" -q -o "$WORK/ew"
+"$LMRUN" "$WORK/ew" --data "$DATA" --f64 --gradcheck 60 > "$WORK/gc5"
+tail -1 "$WORK/gc5"
+echo "5 passed, 0 failed"
