@@ -75,8 +75,12 @@ static void print_inst(FILE *out, Inst *in);
 /* A group: its kernel, launch and members (group.c), the members one
  * level in. */
 static void print_fused(FILE *out, Inst *f) {
-  fprintf(out, "  fused kernel=%s grid=%lld block=%lld body=%d\n", f->kernel, (long long)ir_get(f, "grid"),
-          (long long)ir_get(f, "block"), f->nbody);
+  fprintf(out, "  fused kernel=%s grid=%lld block=%lld", f->kernel, (long long)ir_get(f, "grid"),
+          (long long)ir_get(f, "block"));
+  if (ir_has(f, "scratch"))   /* a second kernel after the first (the same values) and a scratch buffer */
+    fprintf(out, " finish=%s_finish fgrid=%lld scratch=%lld", f->kernel, (long long)ir_get(f, "fgrid"),
+            (long long)ir_get(f, "scratch"));
+  fprintf(out, " body=%d\n", f->nbody);
   for (int m = 0; m < f->nbody; m++) fprintf(out, "  "), print_inst(out, f->body[m]);
 }
 

@@ -27,6 +27,10 @@
  * elements a thread-step with 16-byte accesses, an accumulating output
  * read and added to as the CPU does (its flags name the kernel too).
  *
+ * A norm's backward (rows of a multiple of 8 up to 2048 wide) is a group
+ * of its own with two kernels, the rows and then the column sums' chunks
+ * in order, over a scratch buffer the runtime gives it (write_nb).
+ *
  * Grouping is a function of each stage's list, asked by sched.c's live
  * ranges, emit.c and kernels.c alike; --fuse=never turns it off (the
  * hand-written kernels of kernels.cu then run each op). */
@@ -64,8 +68,6 @@ static int64_t ew_n(Inst *in) {
   }
   return n;
 }
-
-bool group_elementwise(Inst *in) { return ew_n(in) > 0; }
 
 enum { EW_MEMBERS = 8, EW_OPERANDS = 24 };
 
@@ -120,6 +122,11 @@ static Inst *make_ew_group(Inst **members, int n) {
   for (int i = 1; i < nops; i++) mixed |= ops[i]->dtype != ops[0]->dtype;
   for (int i = 0; i < (mixed ? nops : 1); i++) name = arena_printf("%s_%s", name, dt(ops[i]));
   f->kernel = any ? arena_printf("%s_acc%s", name, acc) : name;
+  if (strlen(f->kernel) > 88) {   /* a long run: its members by a hash of the name (the bundle holds 95 characters) */
+    uint32_t h = 2166136261u;
+    for (const char *c = f->kernel; *c; c++) h = (h ^ (unsigned char)*c) * 16777619u;
+    f->kernel = arena_printf("lmc_fused_%d_ops_n%lld_%08x", n, (long long)ew_n(members[0]), h);
+  }
   int64_t grid = ((ew_n(members[0]) + 7) / 8 + 255) / 256;   /* a thread 8 elements, at most 8192 blocks */
   ir_set(f, "grid", (double)(grid > 8192 ? 8192 : grid)), ir_set(f, "block", 256);
   return f;
@@ -140,6 +147,39 @@ static Inst *make_group(Inst *add, Inst *nm) {
   return f;
 }
 
+/* A norm's backward (its weight's gradient and bias's wanted), rows of a
+ * multiple of 8 up to 2048 wide: two kernels, the rows (dx, and each
+ * chunk of rows' column sums into a scratch buffer the runtime gives the
+ * group) and then the chunks' sums in order (_finish) */
+static bool norm_bwd(Inst *in) {
+  bool ln = in->op == OP_LAYERNORM_BWD;
+  if (in->op != OP_RMSNORM_BWD && !ln) return false;
+  int64_t d = (int64_t)ir_get(in, "d");
+  return d % 8 == 0 && d <= 2048 && in->out[1] && (!ln || in->out[2]);
+}
+
+/* rows a block of the rows kernel: a multiple of 8, about 256 blocks */
+static int64_t nb_per(Inst *in) {
+  int64_t rows = (int64_t)ir_get(in, "n"), per = (rows + 255) / 256;
+  return per < 8 ? 8 : (per + 7) / 8 * 8;
+}
+
+static Inst *make_nb_group(Inst *in) {
+  Inst *f = make_fused(&in, 1);
+  int64_t rows = (int64_t)ir_get(in, "n"), d = (int64_t)ir_get(in, "d"), chunks = (rows + nb_per(in) - 1) / nb_per(in);
+  Value *dy = in->in[0], *x = in->in[1], *dx = in->out[0];
+  const char *t = dt(dy);   /* the activations' dtypes: one, or dy's, x's and dx's */
+  if (dx ? strcmp(t, dt(x)) || strcmp(t, dt(dx)) : strcmp(t, dt(x)) != 0)
+    t = arena_printf("%s_%s_%s", t, dt(x), dx ? dt(dx) : "none");
+  const char *acc = arena_printf("%d%d%s", dx && in->acc[0], in->acc[1], in->op == OP_LAYERNORM_BWD ? (in->acc[2] ? "1" : "0") : "");
+  f->kernel = arena_printf("lmc_fused_%s_r%lld_d%lld_%s_acc%s", op_names[in->op], (long long)rows, (long long)d, t, acc);
+  ir_set(f, "grid", (double)chunks), ir_set(f, "block", 256), ir_set(f, "fgrid", (double)((d + 31) / 32));
+  ir_set(f, "scratch", (double)((in->op == OP_LAYERNORM_BWD ? 2 : 1) * chunks * d * 4));
+  return f;
+}
+
+bool group_takes(Inst *in) { return ew_n(in) > 0 || norm_bwd(in); }
+
 static bool add_norm_at(Graph *g, Inst **list, int n, int i) {
   return !g->no_groups && i + 1 < n && add_norm(list[i], list[i + 1]);
 }
@@ -157,6 +197,7 @@ Inst **group_list(Graph *g, Inst **list, int n, int *count) {
     span = group_span(g, list, n, i);
     if (add_norm_at(g, list, n, i)) out[(*count)++] = make_group(list[i], list[i + 1]);
     else if (!g->no_groups && ew_n(list[i])) out[(*count)++] = make_ew_group(list + i, span);
+    else if (!g->no_groups && norm_bwd(list[i])) out[(*count)++] = make_nb_group(list[i]);
     else out[(*count)++] = list[i];
   }
   return out;
@@ -393,6 +434,80 @@ static void write_ew(FILE *out, Inst *f) {
   fprintf(out, "  for (i64 i = n8 * 8 + t; i < N; i += step) %s_step<1>(i%s);\n}\n", f->kernel, args);
 }
 
+/* A norm's backward: a warp a row (lane l its 8-wide groups l, l + 32, ..:
+ * V of them), a block of 8 warps a chunk of PER rows; the row's sums by
+ * shuffles, then dx (added to where it accumulates) and the chunk's share
+ * of dw (and db) in registers, summed over the block's warps in warp order
+ * into part[chunk] (db's into the set after); x and dy read twice (the
+ * second time from the caches), not held. _finish adds each column's
+ * chunks in order into dw (db), 32 columns a block. Both take the group's
+ * values and then part, the runtime's scratch. */
+static void write_nb(FILE *out, Inst *f) {
+  Inst *in = f->body[0];
+  bool ln = in->op == OP_LAYERNORM_BWD;
+  long long rows = (long long)ir_get(in, "n"), d = (long long)ir_get(in, "d"), per = (long long)nb_per(in);
+  long long chunks = (rows + per - 1) / per, v = (d / 8 + 31) / 32;
+  Value *ops[MAX_IN + 3];
+  int nops = group_operands(f, ops), at[10];   /* the parameter of: dx, dw, db, dy, x, w, mean, rstd */
+  Value *want[8] = {in->out[0], in->out[1], ln ? in->out[2] : NULL, in->in[0], in->in[1], in->in[2],
+                    ln ? in->in[3] : NULL, in->in[ln ? 4 : 3]};
+  for (int k = 0; k < 8; k++) {
+    at[k] = -1;
+    for (int i = 0; i < nops; i++)
+      if (want[k] && ops[i] == want[k]) at[k] = i;
+  }
+  const char *params = "";
+  for (int i = 0; i < nops; i++) {
+    bool written = ops[i] == in->out[0] || ops[i] == in->out[1] || (ln && ops[i] == in->out[2]);
+    params = arena_printf("%s%s%s *p%d, ", params, written ? "" : "const ", ctype(ops[i]), i);
+  }
+  fprintf(out, "\n// %s: %s's backward, a warp a row, %lld rows a block; then _finish\n", f->kernel, op_names[ln ? OP_LAYERNORM : OP_RMSNORM], per);
+  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(256) %s(%sfloat *part) {\n", f->kernel, params);
+  fprintf(out, "  const i64 ROWS = %lld, D = %lld, PER = %lld;\n  const int V = %lld;\n", rows, d, per, v);
+  fprintf(out, "  __shared__ float sh[8][257];\n  int lane = threadIdx.x %% 32, warp = threadIdx.x / 32;\n");
+  fprintf(out, "  float pw[V][8]%s;\n  #pragma unroll\n  for (int k = 0; k < V; k++)\n"
+               "    for (int e = 0; e < 8; e++) pw[k][e] = 0%s;\n", ln ? ", pb[V][8]" : "", ln ? ", pb[k][e] = 0" : "");
+  fprintf(out, "  i64 r1 = (blockIdx.x + 1) * PER < ROWS ? (blockIdx.x + 1) * PER : ROWS;\n");
+  fprintf(out, "  for (i64 row = blockIdx.x * PER + warp; row < r1; row += 8) {\n");
+  fprintf(out, "    float r = p%d[row], mu = %s, s1 = 0, s2 = 0, a[8], g[8], w[8];\n", at[7],
+          ln ? arena_printf("p%d[row]", at[6]) : "0.0f");
+  const char *each = d % 256 ? "    #pragma unroll\n    for (int k = 0; k < V; k++) {\n      i64 j = (k * 32 + lane) * (i64)8;\n"
+                               "      if (j >= D) continue;\n"
+                             : "    #pragma unroll\n    for (int k = 0; k < V; k++) {\n      i64 j = (k * 32 + lane) * (i64)8;\n";
+  const char *load = arena_printf("      ld8(a, p%d + row * D + j), ld8(g, p%d + row * D + j), ld8(w, p%d + j);\n", at[4],
+                                  at[3], at[5]);
+  fprintf(out, "%s%s      for (int e = 0; e < 8; e++) {\n        float gh = g[e] * w[e];\n"
+               "        s1 += gh, s2 += gh * (a[e] - mu) * r;\n      }\n    }\n", each, load);
+  fprintf(out, "    s2 = warp_sum(s2) / D;\n");
+  if (ln) fprintf(out, "    s1 = warp_sum(s1) / D;\n");
+  else fprintf(out, "    s1 = 0;\n");
+  fprintf(out, "%s%s      float o[8];\n", each, load);
+  if (at[0] >= 0 && in->acc[0]) fprintf(out, "      ld8(o, p%d + row * D + j);\n", at[0]);
+  fprintf(out, "      for (int e = 0; e < 8; e++) {\n        float xh = (a[e] - mu) * r;\n"
+               "        pw[k][e] += g[e] * xh;\n%s", ln ? "        pb[k][e] += g[e];\n" : "");
+  if (at[0] >= 0)
+    fprintf(out, "        o[e] = %sr * (g[e] * w[e] - s1 - xh * s2);\n      }\n      st8(p%d + row * D + j, o);\n    }\n",
+            in->acc[0] ? "o[e] + " : "", at[0]);
+  else fprintf(out, "      }\n    }\n");
+  fprintf(out, "  }\n");
+  fprintf(out, "  #pragma unroll\n  for (int set = 0; set < %d; set++)\n    #pragma unroll\n    for (int k = 0; k < V; k++) {\n"
+               "      for (int e = 0; e < 8; e++) sh[warp][lane * 8 + e] = %s;\n      __syncthreads();\n"
+               "      i64 c = k * 256 + threadIdx.x;\n      if (c < D) {\n        float t = 0;\n"
+               "        for (int q = 0; q < 8; q++) t += sh[q][threadIdx.x];\n"
+               "        part[(set * %lld + blockIdx.x) * D + c] = t;\n      }\n      __syncthreads();\n    }\n}\n",
+          ln ? 2 : 1, ln ? "set ? pb[k][e] : pw[k][e]" : "pw[k][e]", chunks);
+  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(256) %s_finish(%sfloat *part) {\n", f->kernel, params);
+  fprintf(out, "  const i64 D = %lld, CHUNKS = %lld;\n  __shared__ float sh[8][33];\n"
+               "  int lane = threadIdx.x %% 32, w = threadIdx.x / 32;\n  i64 j = blockIdx.x * (i64)32 + lane;\n", d, chunks);
+  fprintf(out, "  #pragma unroll\n  for (int set = 0; set < %d; set++) {\n    float s = 0;\n"
+               "    if (j < D)\n      for (i64 c = w; c < CHUNKS; c += 8) s += part[(set * CHUNKS + c) * D + j];\n"
+               "    sh[w][lane] = s;\n    __syncthreads();\n    if (w == 0 && j < D) {\n      float t = 0;\n"
+               "      for (int q = 0; q < 8; q++) t += sh[q][lane];\n", ln ? 2 : 1);
+  fprintf(out, "      if (set == 0) p%d[j] = %st;\n", at[1], in->acc[1] ? arena_printf("p%d[j] + ", at[1]) : "");
+  if (ln) fprintf(out, "      else p%d[j] = %st;\n", at[2], in->acc[2] ? arena_printf("p%d[j] + ", at[2]) : "");
+  fprintf(out, "    }\n    __syncthreads();\n  }\n}\n");
+}
+
 /* Each kernel once, by name (equal groups share one). */
 static const char **written;
 static int nwritten;
@@ -404,6 +519,7 @@ static void write_group(FILE *out, Graph *g, int stage, bool bwd, Inst *f) {
   if (!nwritten) fprintf(out, "\n// ---- kernels lmc wrote for this model's groups (compiler/group.c) ----\n");
   written[nwritten++] = f->kernel;
   if (f->nbody == 2 && norm(f->body[1]->op)) write_add_norm(out, f);
+  else if (norm_bwd(f->body[0])) write_nb(out, f);
   else write_ew(out, f);
 }
 

@@ -100,6 +100,12 @@ void ir_set(Inst *in, const char *key, double v) {
   in->aval[in->nattr++] = v;
 }
 
+bool ir_has(Inst *in, const char *key) {
+  for (int i = 0; i < in->nattr; i++)
+    if (!strcmp(in->akey[i], key)) return true;
+  return false;
+}
+
 double ir_get(Inst *in, const char *key) {
   for (int i = 0; i < in->nattr; i++)
     if (!strcmp(in->akey[i], key))

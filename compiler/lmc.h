@@ -232,6 +232,7 @@ Value *ir_value(Graph *g, int kind, const char *name, Shape shape);
 Inst *ir_inst(Graph *g, int op, bool bwd, Loc loc);
 void ir_set(Inst *in, const char *key, double v);
 double ir_get(Inst *in, const char *key);
+bool ir_has(Inst *in, const char *key);
 extern Loc ir_loc;                      /* the expression lower is building, for size errors */
 int64_t shape_numel(const Shape *s);
 void ir_print_shape(FILE *out, Program *p, const Shape *s);
@@ -283,7 +284,7 @@ void part_dump(FILE *out, Graph *g);
 int group_span(Graph *g, Inst **list, int n, int i);   /* instructions of the group at list[i] (1: none) */
 Inst **group_list(Graph *g, Inst **list, int n, int *count);
 int group_operands(Inst *fused, Value **ops);
-bool group_elementwise(Inst *in);   /* an op group.c writes kernels for, alone or in a run */
+bool group_takes(Inst *in);   /* an op group.c writes kernels for, alone or in a run */
 void group_dump(FILE *out, Graph *g);
 void group_kernels(FILE *out, Graph *g);
 

@@ -394,16 +394,26 @@ static void verify_inst(Reader *r, Bundle *b, const RtInst *x) {
 
 /* fused kernel=NAME grid=G block=B body=N, then the N members, each an
  * instruction of its own, verified as such. */
-static void read_fused(Reader *r, Bundle *b, RtInst *x) {
-  const char *k = field(r->buf, "kernel");
+static void kernel_name(Reader *r, const char *key, char *name, size_t size) {
+  const char *k = field(r->buf, key);
   size_t len = k ? strcspn(k, " ") : 0;
-  if (!len || len >= sizeof x->kernel) bad(r, "a fused instruction without its kernel's name");
+  if (!len || len >= size) bad(r, "a fused instruction without its kernel's name");
   for (size_t i = 0; i < len; i++)
     if (!isalnum((unsigned char)k[i]) && k[i] != '_') bad(r, "a fused instruction's kernel name is not an identifier");
-  memcpy(x->kernel, k, len), x->kernel[len] = 0;
+  memcpy(name, k, len), name[len] = 0;
+}
+
+static void read_fused(Reader *r, Bundle *b, RtInst *x) {
+  kernel_name(r, "kernel", x->kernel, sizeof x->kernel);
   for (int i = 0; i < 3; i++) x->out[i] = -1;
   for (int i = 0; i < RT_MAX_IN; i++) x->in[i] = -1;
   x->grid = ifield(r, "grid"), x->block = ifield(r, "block");
+  if (field(r->buf, "finish")) {   /* a second kernel and a scratch buffer */
+    kernel_name(r, "finish", x->finish, sizeof x->finish);
+    x->fgrid = ifield(r, "fgrid"), x->scratch = ifield(r, "scratch");
+    if (x->fgrid < 1 || x->fgrid > INT32_MAX || x->scratch < 1 || x->scratch > ((int64_t)1 << 40))
+      bad(r, "a fused instruction's launch or body out of range");
+  }
   int64_t n = ifield(r, "body");
   if (x->grid < 1 || x->grid > INT32_MAX || x->block < 1 || x->block > 1024 || n < 1 || n > 16)
     bad(r, "a fused instruction's launch or body out of range");

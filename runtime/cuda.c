@@ -1719,12 +1719,20 @@ static void cuda_adamw(void *w, const void *g, void *m, void *v, int64_t n, cons
 }
 
 /* A kernel lmc generated for a group of ops (compiler/group.c): every
- * size is compiled in, so its parameters are the values alone. */
+ * size is compiled in, so its parameters are the values alone, and where
+ * it has a finish kernel, a scratch buffer last (one for every group, as
+ * they run one after another on the stream; grown before a CUDA graph
+ * records it, as the other scratch buffers are), then that kernel. */
+static CUdeviceptr scratch_fused;
+static size_t scratch_fused_n;
+
 static void cuda_run_fused(const RtInst *x, void **ops, int n) {
-  CUdeviceptr p[RT_MAX_FUSED];
-  void *a[RT_MAX_FUSED];
+  CUdeviceptr p[RT_MAX_FUSED + 1];
+  void *a[RT_MAX_FUSED + 1];
   for (int i = 0; i < n; i++) p[i] = dptr(ops[i]), a[i] = &p[i];
+  if (x->scratch) p[n] = scratch(&scratch_fused, &scratch_fused_n, (size_t)(x->scratch + 3) / 4), a[n] = &p[n];
   launch_grid(x->kernel, (unsigned)x->grid, 1, 1, (unsigned)x->block, a);
+  if (x->scratch) launch_grid(x->finish, (unsigned)x->fgrid, 1, 1, 256, a);
 }
 
 /* The whole optimizer step in four launches (kernels.cu's *_multi and

@@ -96,13 +96,15 @@ typedef struct RtInst {
   unsigned bf;             /* under bf16 storage: the operands stored in bf16 (RT_BF_OUT, RT_BF_IN) */
   /* fused: instructions one kernel lmc generated runs (compiler/group.c),
    * launched grid x block with the members' values, each once in the
-   * order they name them, outputs first; a backend without run_fused runs
-   * the members */
+   * order they name them, outputs first; where it has a finish kernel,
+   * that next (fgrid x 256, the same values), both given a scratch buffer
+   * of `scratch` bytes as their last parameter; a backend without
+   * run_fused runs the members */
   struct RtInst *body;
   int nbody;
   int *ops, nops;          /* fused: the kernel's parameters, the members' values each once (read_fused) */
-  char kernel[96];
-  int64_t grid, block;
+  char kernel[96], finish[104];
+  int64_t grid, block, fgrid, scratch;
 } RtInst;
 #define RT_MAX_FUSED 32    /* values of a fused instruction */
 #define RT_BF_OUT(j) (1u << (j))

@@ -41,6 +41,14 @@ sed -E 's/fused kernel=[a-z0-9_]+/fused kernel=lmc-fused/' "$WORK/b/rank0.sched"
 MSG="a fused instruction's kernel name is not an identifier" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
 sed -E 's/(fused kernel=[a-z0-9_]+ grid=[0-9]+) block=256/\1 block=2048/' "$WORK/b/rank0.sched" > "$WORK/broken/rank0.sched"
 MSG="a fused instruction's launch or body out of range" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
+# and a norm backward's second kernel (finish=) and scratch buffer
+grep -q ' finish=[a-z0-9_]* fgrid=[0-9]* scratch=[0-9]* ' "$WORK/b/rank0.sched" || fail "no group with a finish kernel"
+sed -E 's/ finish=[a-z0-9_]+/ finish=lmc-finish/' "$WORK/b/rank0.sched" > "$WORK/broken/rank0.sched"
+MSG="a fused instruction's kernel name is not an identifier" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
+sed -E 's/ scratch=[0-9]+/ scratch=0/' "$WORK/b/rank0.sched" > "$WORK/broken/rank0.sched"
+MSG="a fused instruction's launch or body out of range" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
+sed -E 's/ fgrid=[0-9]+//' "$WORK/b/rank0.sched" > "$WORK/broken/rank0.sched"
+MSG="missing field" expect_error "$LMRUN" "$WORK/broken" --data "$DATA"
 # the backward pass's segments: in the program, in order, all of them; an
 # asynchronous all-reduce waited for
 sed 's/^  run bwd mb=0$/  run bwd mb=0 from=0 to=100000/' "$WORK/b/rank0.sched" > "$WORK/broken/rank0.sched"
