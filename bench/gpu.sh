@@ -24,9 +24,10 @@
 # Env:   LMC_BENCH_ATTENTION_ONLY=1: attention alone, nothing else;
 #        LMC_BENCH_QUICK=1: the issue's targets in bf16, GPT-2 B=8 T=1024
 #        (lmc; with attention on wgmma, column lmc-cuda-bf16-wg, and in
-#        blocks of 3 warpgroups, lmc-cuda-bf16-wg3; PyTorch bf16 +
-#        torch.compile) and llama-large (the same; torch.compile last),
-#        and the MoE rows (also with LMC_MOE_SPLIT=3);
+#        blocks of 3 warpgroups, lmc-cuda-bf16-wg3; with the norms'
+#        backward apart from the kernels lmc writes, lmc-cuda-bf16-nbapart;
+#        PyTorch bf16 + torch.compile) and llama-large (the same but the
+#        last; torch.compile last), and the MoE rows;
 #        PYTHON (default python3)
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -142,6 +143,8 @@ if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # the issue's two targets in bf16, ea
   rowenv="LMC_ATTENTION_WGMMA=1 LMC_ATTENTION_WARPGROUPS=3"   # (and blocks of several warpgroups)
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-wg3 5 gpt2-124m $gpt --set precision=bf16
   rowenv=
+  # (the norms' backward by kernels.cu's three launches instead of the two kernels lmc writes for it)
+  lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-nbapart 5 gpt2-124m $gpt --set precision=bf16 --groups=add_norm,elementwise
   torch_row gpt2-B8-T1024 bf16c torch_gpt2.py 8 1024 bf16c 10
   lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16 3 llama-large --set precision=bf16
   rowenv=LMC_ATTENTION_WGMMA=1   # (attention on wgmma)
@@ -150,9 +153,8 @@ if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # the issue's two targets in bf16, ea
   lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16-wg3 3 llama-large --set precision=bf16
   rowenv=
   lmc_row moe-8x2-D512 cuda-medium:cuda-bf16 5 moe-tiny $moe --set F=688 --set precision=bf16
-  rowenv=LMC_MOE_SPLIT=3   # (the weight gradients in 3 parts, which runtime/cuda.c's model says is slower here)
-  lmc_row moe-8x2-D512 cuda-medium:cuda-bf16-split3 5 moe-tiny $moe --set F=688 --set precision=bf16
-  # (a GEMM a segment, LMC_MOE_GROUPED=0: 0.61x the grouped GEMMs in run 16, no longer run here)
+  # (a GEMM a segment, LMC_MOE_GROUPED=0: 0.61x the grouped GEMMs in run 16, and the weight gradients
+  # split in 3, LMC_MOE_SPLIT=3, which runtime/cuda.c's model says is slower here, no longer run here)
   rowenv=
   lmc_row dense-twin-D512 cuda-medium:cuda-bf16 5 tiny $moe --set F=1376 --set precision=bf16
   # last: its compilation is the longest wait (a minute or more)

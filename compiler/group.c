@@ -178,15 +178,33 @@ static Inst *make_nb_group(Inst *in) {
   return f;
 }
 
-bool group_takes(Inst *in) { return ew_n(in) > 0 || norm_bwd(in); }
+bool group_takes(Graph *g, Inst *in) {
+  return (g->groups & GROUP_ELEMENTWISE && ew_n(in) > 0) || (g->groups & GROUP_NORM_BWD && norm_bwd(in));
+}
+
+unsigned group_kinds(const char *list) {
+  static const char *names[] = {"add_norm", "elementwise", "norm_bwd"};
+  if (!strcmp(list, "all")) return GROUP_ALL;
+  if (!strcmp(list, "none")) return 0;
+  if (!*list) return ~0u;
+  unsigned kinds = 0;
+  for (const char *p = list; *p;) {
+    size_t n = strcspn(p, ",");
+    int k = 0;
+    while (k < 3 && (strlen(names[k]) != n || strncmp(p, names[k], n))) k++;
+    if (k == 3) return ~0u;
+    kinds |= 1u << k, p += n + (p[n] == ',');
+  }
+  return kinds;
+}
 
 static bool add_norm_at(Graph *g, Inst **list, int n, int i) {
-  return !g->no_groups && i + 1 < n && add_norm(list[i], list[i + 1]);
+  return g->groups & GROUP_ADD_NORM && i + 1 < n && add_norm(list[i], list[i + 1]);
 }
 
 int group_span(Graph *g, Inst **list, int n, int i) {
   if (add_norm_at(g, list, n, i)) return 2;
-  int ew = g->no_groups ? 0 : ew_span(list, n, i);
+  int ew = g->groups & GROUP_ELEMENTWISE ? ew_span(list, n, i) : 0;
   return ew ? ew : 1;
 }
 
@@ -196,8 +214,8 @@ Inst **group_list(Graph *g, Inst **list, int n, int *count) {
   for (int i = 0, span; i < n; i += span) {
     span = group_span(g, list, n, i);
     if (add_norm_at(g, list, n, i)) out[(*count)++] = make_group(list[i], list[i + 1]);
-    else if (!g->no_groups && ew_n(list[i])) out[(*count)++] = make_ew_group(list + i, span);
-    else if (!g->no_groups && norm_bwd(list[i])) out[(*count)++] = make_nb_group(list[i]);
+    else if (g->groups & GROUP_ELEMENTWISE && ew_n(list[i])) out[(*count)++] = make_ew_group(list + i, span);
+    else if (g->groups & GROUP_NORM_BWD && norm_bwd(list[i])) out[(*count)++] = make_nb_group(list[i]);
     else out[(*count)++] = list[i];
   }
   return out;

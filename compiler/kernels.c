@@ -32,7 +32,7 @@ static bool used(Graph *g, const char *section) {
   if (!strcmp(section, "cast")) return g->ncasts > 0;   /* the bf16 copies, made at load */
   for (int k = 0; k < g->nfwd + g->nbwd; k++) {
     Inst *in = k < g->nfwd ? g->fwd[k] : g->bwd[k - g->nfwd];
-    if (!g->no_groups && group_takes(in)) continue;   /* a group's kernel does it */
+    if (group_takes(g, in)) continue;   /* a group's kernel does it */
     const char *s = section_of(in->op);
     if (s && !strcmp(s, section)) return true;
     if (in->op == OP_MATMUL_BIAS_GELU && !strcmp(section, "add")) return true;

@@ -223,7 +223,7 @@ typedef struct Graph {
   Inst **casts; int ncasts;   /* precision.c: each copy's cast, run at load (the optimizer rewrites them) */
   Value *tokens, *targets, *positions, *loss;
   int cur_stage;       /* stamped on each new instruction */
-  bool no_groups;      /* --fuse=never: no generated kernels (group.c) */
+  unsigned groups;     /* the kinds of group.c's groups made (GROUP_*; --groups, none under --fuse=never) */
   int nstages;
 } Graph;
 
@@ -284,7 +284,9 @@ void part_dump(FILE *out, Graph *g);
 int group_span(Graph *g, Inst **list, int n, int i);   /* instructions of the group at list[i] (1: none) */
 Inst **group_list(Graph *g, Inst **list, int n, int *count);
 int group_operands(Inst *fused, Value **ops);
-bool group_takes(Inst *in);   /* an op group.c writes kernels for, alone or in a run */
+enum { GROUP_ADD_NORM = 1, GROUP_ELEMENTWISE = 2, GROUP_NORM_BWD = 4, GROUP_ALL = 7 };
+bool group_takes(Graph *g, Inst *in);   /* an op group.c writes kernels for, alone or in a run */
+unsigned group_kinds(const char *list);  /* --groups=LIST: add_norm,elementwise,norm_bwd, all or none; ~0u if bad */
 void group_dump(FILE *out, Graph *g);
 void group_kernels(FILE *out, Graph *g);
 

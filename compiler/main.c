@@ -20,6 +20,7 @@ typedef struct Options {
   double plan_flops, plan_bw, plan_mem;
   bool split, verify, quiet;
   int fuse;            /* FUSE_AUTO, ... */
+  unsigned groups;     /* GROUP_*: --groups */
 } Options;
 
 static bool dumping(Options *o, const char *name) {
@@ -85,7 +86,7 @@ static int compile(Options *o, const char *text, long len) {
   precision_plan(g);
   if (o->verify) ir_verify(g);
   if (dumping(o, "precision")) ir_dump(stdout, g, false), ir_dump(stdout, g, true);
-  g->no_groups = o->fuse == FUSE_NEVER;
+  g->groups = o->fuse == FUSE_NEVER ? 0 : o->groups;
   Sched *s = sched_plan(g);
   if (dumping(o, "part")) part_dump(stdout, g);
   if (dumping(o, "groups")) group_dump(stdout, g);
@@ -116,6 +117,7 @@ static Sched *build(Options *o, const char *text, long len) {
   ad_backward(g);
   if (o->fuse != FUSE_NEVER) fuse_bias(g);
   precision_plan(g);
+  g->groups = o->fuse == FUSE_NEVER ? 0 : o->groups;   /* as compile() plans it */
   Sched *s = sched_plan(g);
   sched_check(g);
   diag_jmp = NULL;
@@ -207,6 +209,8 @@ static void usage(int code) {
           "                      reach 128 MiB), always, recompute (a head that recomputes\n"
           "                      its logits in the backward pass), or never (also --no-fuse:\n"
           "                      no fusion, no kernels generated for groups of ops)\n"
+          "  --groups=LIST       the groups of ops lmc writes kernels for: all (default),\n"
+          "                      none, or of add_norm, elementwise, norm_bwd\n"
           "  --set NAME=VALUE    override a dim, train or parallel setting\n"
           "  -I DIR              search DIR for imports\n"
           "  --world N           check the plan against N ranks\n"
@@ -263,6 +267,12 @@ static void parse_args(Options *o, int argc, char **argv) {
     else if (!strcmp(a, "--fuse=always")) o->fuse = FUSE_ALWAYS;
     else if (!strcmp(a, "--fuse=recompute")) o->fuse = FUSE_RECOMPUTE;
     else if (!strcmp(a, "--fuse=auto")) o->fuse = FUSE_AUTO;
+    else if (!strncmp(a, "--groups=", 9)) {
+      if ((o->groups = group_kinds(a + 9)) == ~0u) {
+        fprintf(stderr, "lmc: error: --groups takes all, none or a list of add_norm, elementwise, norm_bwd: '%s'\n", a + 9);
+        exit(1);
+      }
+    }
     else if (!strcmp(a, "-q")) o->quiet = true;
     else if (a[0] == '-' && a[1]) {
       fprintf(stderr, "lmc: error: unknown option '%s'\n", a);
@@ -306,7 +316,7 @@ static int run_split(Options *o, const SrcFile *sf) {
 }
 
 int main(int argc, char **argv) {
-  Options o = {0};
+  Options o = {.groups = GROUP_ALL};
   parse_args(&o, argc, argv);
   SrcFile *sf = parse_load(o.input);
   if (!sf) {
