@@ -919,8 +919,15 @@ __device__ __forceinline__ float quad_sum(float x) {
 // One tile of scores s (16 query rows from r, keys from j0, the
 // accumulator layout, in log2 units) into probabilities: the causal mask
 // where diag, each row's running max m and sum l, and the output rows acc
-// rescaled to the new max
-template <int KP>
+// rescaled to the new max. Lazy (FlashAttention 4's rule): a warp keeps
+// its rows' old maxima while no row's new max passes its old by more than
+// 8 (log2 units), so the tile's probabilities stay under 2^8 and the
+// output and sums, which the old max scales alike, need no rescaling: in
+// most tiles past the first few the 2 x KP / 2 multiplies of the
+// rescaling are skipped. The row's log-sum-exp, m + log l, is the same
+// whichever max m is. (Skip false: the exact running max, as the
+// 128-row forward keeps it, which spills with the vote.)
+template <int KP, bool Skip = true>
 __device__ __forceinline__ void fm_softmax(float (*s)[4], float *m, float *l, float (*acc)[4], bool diag, i64 j0,
                                            i64 r) {
   int t = threadIdx.x % 4;
@@ -935,6 +942,7 @@ __device__ __forceinline__ void fm_softmax(float (*s)[4], float *m, float *l, fl
   #pragma unroll
   for (int h = 0; h < 2; h++) {
     mx[h] = quad_max(mx[h]);
+    if (Skip && !__any_sync(0xffffffffu, mx[h] > m[h] + 8.0f)) continue;   // (m -inf: the first tile rescales)
     float alpha = lmc_ex2(m[h] - mx[h]);
     l[h] *= alpha, m[h] = mx[h];
     #pragma unroll
@@ -1030,7 +1038,7 @@ __device__ void fm_forward(act *o, real *lse, const act *q, const act *k, const 
     bool diag = j0 + FM_ROWS - 1 > w0;   // a key past a row of the warp: the causal mask (and T) apply
     if (live)
       #pragma unroll
-      for (int mt = 0; mt < MT; mt++) fm_softmax<KP>(s[mt], m[mt], l[mt], acc[mt], diag, j0, r0 + 16 * mt);
+      for (int mt = 0; mt < MT; mt++) fm_softmax<KP, MT == 1>(s[mt], m[mt], l[mt], acc[mt], diag, j0, r0 + 16 * mt);
     if (!S2) {
       if (more) lmc_cp_async_wait1();   // V
       else lmc_cp_async_wait0();

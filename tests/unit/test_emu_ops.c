@@ -30,7 +30,9 @@ typedef struct Arg {
   int kind;       /* 0 real (an activation: bf16 under bf16 storage), 1 ids in [0, max), 2 positive
                      real (norm weights, sums of exps), and as reals (MoE): 3 ids in [0, max), 4 a
                      permutation of 0..n-1, 5 n counts adding up to max, some of them 0; 6 real, f32
-                     under bf16 storage too (a statistic, a bias, a parameter's gradient) */
+                     under bf16 storage too (a statistic, a bias, a parameter's gradient); 7 as 0, its
+                     rows of max values growing along the rows (1 + row / 32 times): keys whose scores
+                     rise, a later tile's maxima past an earlier's by more than 2^8 */
   int64_t max;
 } Arg;
 
@@ -48,7 +50,7 @@ static bool bf;             /* bf16 storage */
 static bool quick;          /* leave out the slowest cases (attention at head dim 96) */
 
 /* whether an operand is stored in bf16 */
-static bool act(const Arg *a) { return bf && a->n && a->kind == 0; }
+static bool act(const Arg *a) { return bf && a->n && (a->kind == 0 || a->kind == 7); }
 
 /* host reals into p: as reals, or (an activation under bf16 storage) on
  * the CPU rounded to bf16 and on the GPU held in bf16 */
@@ -84,6 +86,7 @@ static void *make(Backend *be, const Arg *a, uint64_t key, bool preset) {
     if (a->kind == 3) h[j] = (double)(rng_hash(key, 3, j) % a->max);
     if (a->kind == 4) h[j] = (double)j;
     if (a->kind == 5) h[j] = 0;
+    if (a->kind == 7) h[j] *= 1.0 + (double)(j / a->max) / 32.0;
   }
   for (int64_t j = a->n - 1; a->kind == 4 && j > 0; j--) {   /* shuffled */
     int64_t i = (int64_t)(rng_hash(key, 4, j) % (uint64_t)(j + 1));
@@ -593,6 +596,24 @@ int main(int argc, char **argv) {
           check(f, false), check(bw, true);
         }
         cuda_attention_section(0);
+      }
+      /* keys whose scores rise along the sequence: the forward's running
+       * maxima pass their old values by more than 2^8 in later tiles, so
+       * the output is rescaled there (a warp keeps its old maxima
+       * otherwise: fm_softmax); on wgmma too */
+      if (i == 1) {
+        static char rise[2][3][96];
+        Case r = {"", rt_inst(OP_ATTENTION), {{nq}, {nk, 7, at[i].g * at[i].k}, {nk}}, {{nq}, {rows, F32}}};
+        r.x.b = at[i].b, r.x.t = at[i].t, r.x.h = at[i].h, r.x.g = at[i].g, r.x.k = at[i].k;
+        snprintf(rise[mp][0], 96, "%s, scores rising along the keys", names[mp][i][0]);
+        r.name = rise[mp][0];
+        check(r, false);
+        if (mp && wgmma_on()) {
+          snprintf(rise[mp][1], 96, "%s, on wgmma", rise[mp][0]);
+          r.name = rise[mp][1];
+          check(r, false);
+          cuda_attention_wgmma(0);
+        }
       }
       if (mp && !quick) {   /* dQ with one stage of K and V, the other kernel */
         snprintf(other[i][4], 96, "%s, dQ one stage", names[mp][i][1]);
