@@ -460,13 +460,13 @@ static void write_ew(FILE *out, Inst *f) {
  * second time from the caches), not held. _finish adds each column's
  * chunks in order into dw (db), 32 columns a block. Both take the group's
  * values and then part, the runtime's scratch. */
-static void write_nb(FILE *out, Inst *f) {
+/* its parameters (the group's values, then part) and where each of dx,
+ * dw, db, dy, x, w, mean, rstd is among them (-1: absent) */
+static const char *nb_params(Inst *f, int *at) {
   Inst *in = f->body[0];
   bool ln = in->op == OP_LAYERNORM_BWD;
-  long long rows = (long long)ir_get(in, "n"), d = (long long)ir_get(in, "d"), per = (long long)nb_per(in);
-  long long chunks = (rows + per - 1) / per, v = (d / 8 + 31) / 32;
   Value *ops[MAX_IN + 3];
-  int nops = group_operands(f, ops), at[10];   /* the parameter of: dx, dw, db, dy, x, w, mean, rstd */
+  int nops = group_operands(f, ops);
   Value *want[8] = {in->out[0], in->out[1], ln ? in->out[2] : NULL, in->in[0], in->in[1], in->in[2],
                     ln ? in->in[3] : NULL, in->in[ln ? 4 : 3]};
   for (int k = 0; k < 8; k++) {
@@ -479,9 +479,25 @@ static void write_nb(FILE *out, Inst *f) {
     bool written = ops[i] == in->out[0] || ops[i] == in->out[1] || (ln && ops[i] == in->out[2]);
     params = arena_printf("%s%s%s *p%d, ", params, written ? "" : "const ", ctype(ops[i]), i);
   }
-  fprintf(out, "\n// %s: %s's backward, a warp a row, %lld rows a block; then _finish\n", f->kernel, op_names[ln ? OP_LAYERNORM : OP_RMSNORM], per);
-  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(256) %s(%sfloat *part) {\n", f->kernel, params);
-  fprintf(out, "  const i64 ROWS = %lld, D = %lld, PER = %lld;\n  const int V = %lld;\n", rows, d, per, v);
+  return arena_printf("%sfloat *part", params);
+}
+
+/* a row's sweep over its 8-wide groups, the loads of x, dy and w in it */
+static void nb_sweep(FILE *out, long long d, const int *at) {
+  fprintf(out, "    #pragma unroll\n    for (int k = 0; k < V; k++) {\n      i64 j = (k * 32 + lane) * (i64)8;\n%s",
+          d % 256 ? "      if (j >= D) continue;\n" : "");
+  fprintf(out, "      ld8(a, p%d + row * D + j), ld8(g, p%d + row * D + j), ld8(w, p%d + j);\n", at[4], at[3], at[5]);
+}
+
+/* the rows kernel: dx, and the chunk's column sums into part */
+static void nb_rows(FILE *out, Inst *f, const char *params, const int *at) {
+  Inst *in = f->body[0];
+  bool ln = in->op == OP_LAYERNORM_BWD;
+  long long rows = (long long)ir_get(in, "n"), d = (long long)ir_get(in, "d"), per = (long long)nb_per(in);
+  fprintf(out, "\n// %s: %s's backward, a warp a row, %lld rows a block; then _finish\n", f->kernel,
+          op_names[ln ? OP_LAYERNORM : OP_RMSNORM], per);
+  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(256) %s(%s) {\n", f->kernel, params);
+  fprintf(out, "  const i64 ROWS = %lld, D = %lld, PER = %lld;\n  const int V = %lld;\n", rows, d, per, (d / 8 + 31) / 32);
   fprintf(out, "  __shared__ float sh[8][257];\n  int lane = threadIdx.x %% 32, warp = threadIdx.x / 32;\n");
   fprintf(out, "  float pw[V][8]%s;\n  #pragma unroll\n  for (int k = 0; k < V; k++)\n"
                "    for (int e = 0; e < 8; e++) pw[k][e] = 0%s;\n", ln ? ", pb[V][8]" : "", ln ? ", pb[k][e] = 0" : "");
@@ -489,17 +505,12 @@ static void write_nb(FILE *out, Inst *f) {
   fprintf(out, "  for (i64 row = blockIdx.x * PER + warp; row < r1; row += 8) {\n");
   fprintf(out, "    float r = p%d[row], mu = %s, s1 = 0, s2 = 0, a[8], g[8], w[8];\n", at[7],
           ln ? arena_printf("p%d[row]", at[6]) : "0.0f");
-  const char *each = d % 256 ? "    #pragma unroll\n    for (int k = 0; k < V; k++) {\n      i64 j = (k * 32 + lane) * (i64)8;\n"
-                               "      if (j >= D) continue;\n"
-                             : "    #pragma unroll\n    for (int k = 0; k < V; k++) {\n      i64 j = (k * 32 + lane) * (i64)8;\n";
-  const char *load = arena_printf("      ld8(a, p%d + row * D + j), ld8(g, p%d + row * D + j), ld8(w, p%d + j);\n", at[4],
-                                  at[3], at[5]);
-  fprintf(out, "%s%s      for (int e = 0; e < 8; e++) {\n        float gh = g[e] * w[e];\n"
-               "        s1 += gh, s2 += gh * (a[e] - mu) * r;\n      }\n    }\n", each, load);
-  fprintf(out, "    s2 = warp_sum(s2) / D;\n");
-  if (ln) fprintf(out, "    s1 = warp_sum(s1) / D;\n");
-  else fprintf(out, "    s1 = 0;\n");
-  fprintf(out, "%s%s      float o[8];\n", each, load);
+  nb_sweep(out, d, at);
+  fprintf(out, "      for (int e = 0; e < 8; e++) {\n        float gh = g[e] * w[e];\n"
+               "        s1 += gh, s2 += gh * (a[e] - mu) * r;\n      }\n    }\n");
+  fprintf(out, "    s2 = warp_sum(s2) / D;\n    s1 = %s;\n", ln ? "warp_sum(s1) / D" : "0");
+  nb_sweep(out, d, at);
+  fprintf(out, "      float o[8];\n");
   if (at[0] >= 0 && in->acc[0]) fprintf(out, "      ld8(o, p%d + row * D + j);\n", at[0]);
   fprintf(out, "      for (int e = 0; e < 8; e++) {\n        float xh = (a[e] - mu) * r;\n"
                "        pw[k][e] += g[e] * xh;\n%s", ln ? "        pb[k][e] += g[e];\n" : "");
@@ -513,10 +524,18 @@ static void write_nb(FILE *out, Inst *f) {
                "      i64 c = k * 256 + threadIdx.x;\n      if (c < D) {\n        float t = 0;\n"
                "        for (int q = 0; q < 8; q++) t += sh[q][threadIdx.x];\n"
                "        part[(set * %lld + blockIdx.x) * D + c] = t;\n      }\n      __syncthreads();\n    }\n}\n",
-          ln ? 2 : 1, ln ? "set ? pb[k][e] : pw[k][e]" : "pw[k][e]", chunks);
-  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(256) %s_finish(%sfloat *part) {\n", f->kernel, params);
+          ln ? 2 : 1, ln ? "set ? pb[k][e] : pw[k][e]" : "pw[k][e]", (rows + per - 1) / per);
+}
+
+/* _finish: each column's chunks in order into dw (db) */
+static void nb_finish(FILE *out, Inst *f, const char *params, const int *at) {
+  Inst *in = f->body[0];
+  bool ln = in->op == OP_LAYERNORM_BWD;
+  long long rows = (long long)ir_get(in, "n"), d = (long long)ir_get(in, "d"), per = (long long)nb_per(in);
+  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(256) %s_finish(%s) {\n", f->kernel, params);
   fprintf(out, "  const i64 D = %lld, CHUNKS = %lld;\n  __shared__ float sh[8][33];\n"
-               "  int lane = threadIdx.x %% 32, w = threadIdx.x / 32;\n  i64 j = blockIdx.x * (i64)32 + lane;\n", d, chunks);
+               "  int lane = threadIdx.x %% 32, w = threadIdx.x / 32;\n  i64 j = blockIdx.x * (i64)32 + lane;\n", d,
+          (rows + per - 1) / per);
   fprintf(out, "  #pragma unroll\n  for (int set = 0; set < %d; set++) {\n    float s = 0;\n"
                "    if (j < D)\n      for (i64 c = w; c < CHUNKS; c += 8) s += part[(set * CHUNKS + c) * D + j];\n"
                "    sh[w][lane] = s;\n    __syncthreads();\n    if (w == 0 && j < D) {\n      float t = 0;\n"
@@ -524,6 +543,12 @@ static void write_nb(FILE *out, Inst *f) {
   fprintf(out, "      if (set == 0) p%d[j] = %st;\n", at[1], in->acc[1] ? arena_printf("p%d[j] + ", at[1]) : "");
   if (ln) fprintf(out, "      else p%d[j] = %st;\n", at[2], in->acc[2] ? arena_printf("p%d[j] + ", at[2]) : "");
   fprintf(out, "    }\n    __syncthreads();\n  }\n}\n");
+}
+
+static void write_nb(FILE *out, Inst *f) {
+  int at[8];
+  const char *params = nb_params(f, at);
+  nb_rows(out, f, params, at), nb_finish(out, f, params, at);
 }
 
 /* Each kernel once, by name (equal groups share one). */
