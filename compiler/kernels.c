@@ -218,7 +218,7 @@ static void norm_kernels(FILE *out, Graph *g) {
   bool done[2][9] = {{false}};
   for (int i = 0; i < g->nbwd; i++) {
     Inst *in = g->bwd[i];
-    if (in->op != OP_RMSNORM_BWD && in->op != OP_LAYERNORM_BWD) continue;
+    if ((in->op != OP_RMSNORM_BWD && in->op != OP_LAYERNORM_BWD) || group_takes(g, in)) continue;   /* (group.c's) */
     int64_t d = ir_get(in, "d");
     int ln = in->op == OP_LAYERNORM_BWD, ng = kernels_norm_groups(d);
     if (!ng || done[ln][ng]) continue;
