@@ -392,8 +392,9 @@ static void verify_inst(Reader *r, Bundle *b, const RtInst *x) {
     bad(r, "missing output");
 }
 
-/* fused kernel=NAME grid=G block=B body=N, then the N members, each an
- * instruction of its own, verified as such. */
+/* fused kernel=NAME grid=G block=B [finish=NAME2 fgrid=G2 scratch=BYTES]
+ * body=N, then the N members, each an instruction of its own, verified as
+ * such. */
 static void kernel_name(Reader *r, const char *key, char *name, size_t size) {
   const char *k = field(r->buf, key);
   size_t len = k ? strcspn(k, " ") : 0;
