@@ -155,7 +155,9 @@ static bool norm_bwd(Inst *in) {
   bool ln = in->op == OP_LAYERNORM_BWD;
   if (in->op != OP_RMSNORM_BWD && !ln) return false;
   int64_t d = (int64_t)ir_get(in, "d");
-  return d % 8 == 0 && d <= 2048 && in->out[1] && (!ln || in->out[2]);
+  Value *dx = in->out[0];   /* (norm_bwd_rows takes one type for dy, x and dx) */
+  bool one = in->in[0]->dtype == in->in[1]->dtype && (!dx || dx->dtype == in->in[0]->dtype);
+  return d % 8 == 0 && d <= 2048 && in->out[1] && (!ln || in->out[2]) && one;
 }
 
 /* rows a block of the rows kernel: a multiple of 8, about 256 blocks */
@@ -167,12 +169,10 @@ static int64_t nb_per(Inst *in) {
 static Inst *make_nb_group(Inst *in) {
   Inst *f = make_fused(&in, 1);
   int64_t rows = (int64_t)ir_get(in, "n"), d = (int64_t)ir_get(in, "d"), chunks = (rows + nb_per(in) - 1) / nb_per(in);
-  Value *dy = in->in[0], *x = in->in[1], *dx = in->out[0];
-  const char *t = dt(dy);   /* the activations' dtypes: one, or dy's, x's and dx's */
-  if (dx ? strcmp(t, dt(x)) || strcmp(t, dt(dx)) : strcmp(t, dt(x)) != 0)
-    t = arena_printf("%s_%s_%s", t, dt(x), dx ? dt(dx) : "none");
+  Value *dx = in->out[0];   /* (dy, x and dx of one dtype: norm_bwd) */
   const char *acc = arena_printf("%d%d%s", dx && in->acc[0], in->acc[1], in->op == OP_LAYERNORM_BWD ? (in->acc[2] ? "1" : "0") : "");
-  f->kernel = arena_printf("lmc_fused_%s_r%lld_d%lld_%s_acc%s", op_names[in->op], (long long)rows, (long long)d, t, acc);
+  f->kernel = arena_printf("lmc_fused_%s_r%lld_d%lld_%s_acc%s", op_names[in->op], (long long)rows, (long long)d,
+                           dt(in->in[0]), acc);
   ir_set(f, "grid", (double)chunks), ir_set(f, "block", 256), ir_set(f, "fgrid", (double)((d + 31) / 32));
   ir_set(f, "scratch", (double)((in->op == OP_LAYERNORM_BWD ? 2 : 1) * chunks * d * 4));
   return f;
@@ -337,39 +337,26 @@ static void write_add_norm(FILE *out, Inst *f) {
 }
 
 /* One member's formulas for element e: y[o] its outputs' registers (NULL:
- * not wanted), a[i] its inputs' (as kernels.cu's kernels for the op alone
- * compute them); round[o]: out[o] rounded as stored once written */
+ * not wanted), a[i] its inputs' (kernels.cu's formulas, which its kernels
+ * for an op alone use too); round[o]: out[o] rounded as stored once written */
 static void ew_formulas(FILE *out, Inst *in, char **y, char **a, const bool *round) {
-  const char *sig = "(1.0f / (1.0f + expf(-%s)))", *f[2] = {NULL, NULL};
-  char s[64], pre[160] = "";
-  switch (in->op) {
-  case OP_SILU: f[0] = arena_printf("%s / (1.0f + expf(-%s))", a[0], a[0]); break;
-  case OP_GELU:
-    f[0] = arena_printf("0.5f * %s * (1.0f + tanhf(0.7978845608028654f * (%s + 0.044715f * %s * %s * %s)))", a[0], a[0],
-                        a[0], a[0], a[0]);
-    break;
+  const char *f[2] = {NULL, NULL};
+  switch (in->op) {   /* kernels.cu's ew_* */
+  case OP_SILU: f[0] = arena_printf("ew_silu(%s)", a[0]); break;
+  case OP_GELU: f[0] = arena_printf("ew_gelu(%s)", a[0]); break;
   case OP_MUL: f[0] = arena_printf("%s * %s", a[0], a[1]); break;
   case OP_ADD: f[0] = arena_printf("%s + %s", a[0], a[1]); break;
-  case OP_SWIGLU: f[0] = arena_printf("%s / (1.0f + expf(-%s)) * %s", a[0], a[0], a[1]); break;
-  case OP_SILU_BWD:   /* dy, x */
-    snprintf(s, sizeof s, sig, a[1]), snprintf(pre, sizeof pre, "float s = %s; ", s);
-    f[0] = arena_printf("%s * s * (1.0f + %s * (1.0f - s))", a[0], a[1]);
-    break;
-  case OP_GELU_BWD:   /* dy, x */
-    snprintf(pre, sizeof pre, "float u = %s, th = tanhf(0.7978845608028654f * (u + 0.044715f * u * u * u)), "
-             "di = 0.7978845608028654f * (1.0f + 3.0f * 0.044715f * u * u); ", a[1]);
-    f[0] = arena_printf("%s * (0.5f * (1.0f + th) + 0.5f * u * (1.0f - th * th) * di)", a[0]);
-    break;
+  case OP_SWIGLU: f[0] = arena_printf("ew_swiglu(%s, %s)", a[0], a[1]); break;
+  case OP_SILU_BWD: f[0] = arena_printf("ew_silu_bwd(%s, %s)", a[0], a[1]); break;   /* dy, x */
+  case OP_GELU_BWD: f[0] = arena_printf("ew_gelu_bwd(%s, %s)", a[0], a[1]); break;
   case OP_MUL_BWD: f[0] = arena_printf("%s * %s", a[0], a[2]), f[1] = arena_printf("%s * %s", a[0], a[1]); break;
   case OP_ADD_BWD: f[0] = f[1] = a[0]; break;
   case OP_SWIGLU_BWD:   /* dy, gate, up */
-    snprintf(s, sizeof s, sig, a[1]), snprintf(pre, sizeof pre, "float s = %s; ", s);
-    f[0] = arena_printf("%s * %s * s * (1.0f + %s * (1.0f - s))", a[0], a[2], a[1]);
-    f[1] = arena_printf("%s * %s * s", a[0], a[1]);
+    f[0] = arena_printf("ew_swiglu_bwd_g(%s, %s, %s)", a[0], a[1], a[2]), f[1] = arena_printf("ew_swiglu_bwd_u(%s, %s)", a[0], a[1]);
     break;
   default: internal_error("not an element-wise op");
   }
-  fprintf(out, "    { %s", pre);   /* every formula from the inputs first, then the outputs in order */
+  fprintf(out, "    { ");   /* every formula from the inputs first, then the outputs in order */
   for (int o = 0; o < in->nout; o++)
     if (in->out[o]) fprintf(out, "float f%d = %s; ", o, f[o]);
   for (int o = 0; o < in->nout; o++) {
@@ -452,103 +439,41 @@ static void write_ew(FILE *out, Inst *f) {
   fprintf(out, "  for (i64 i = n8 * 8 + t; i < N; i += step) %s_step<1>(i%s);\n}\n", f->kernel, args);
 }
 
-/* A norm's backward: a warp a row (lane l its 8-wide groups l, l + 32, ..:
- * V of them), a block of 8 warps a chunk of PER rows; the row's sums by
- * shuffles, then dx (added to where it accumulates) and the chunk's share
- * of dw (and db) in registers, summed over the block's warps in warp order
- * into part[chunk] (db's into the set after); x and dy read twice (the
- * second time from the caches), not held. _finish adds each column's
- * chunks in order into dw (db), 32 columns a block. Both take the group's
- * values and then part, the runtime's scratch. */
-/* its parameters (the group's values, then part) and where each of dx,
- * dw, db, dy, x, w, mean, rstd is among them (-1: absent) */
-static const char *nb_params(Inst *f, int *at) {
+/* A norm's backward: kernels.cu's norm_bwd_rows (a warp a row, dx and
+ * each chunk of rows' column sums into part) and then col_finish for dw
+ * (and db), each an extern "C" kernel with the group's sizes and flags
+ * compiled in. Both take the group's values and then part, the runtime's
+ * scratch. */
+static void write_nb(FILE *out, Inst *f) {
   Inst *in = f->body[0];
   bool ln = in->op == OP_LAYERNORM_BWD;
+  long long rows = (long long)ir_get(in, "n"), d = (long long)ir_get(in, "d"), per = (long long)nb_per(in);
+  long long chunks = (rows + per - 1) / per;
   Value *ops[MAX_IN + 3];
   int nops = group_operands(f, ops);
+  const char *params = "", *p[8];   /* the parameter of: dx, dw, db, dy, x, w, mean, rstd (0: absent) */
   Value *want[8] = {in->out[0], in->out[1], ln ? in->out[2] : NULL, in->in[0], in->in[1], in->in[2],
                     ln ? in->in[3] : NULL, in->in[ln ? 4 : 3]};
   for (int k = 0; k < 8; k++) {
-    at[k] = -1;
+    p[k] = "0";
     for (int i = 0; i < nops; i++)
-      if (want[k] && ops[i] == want[k]) at[k] = i;
+      if (want[k] && ops[i] == want[k]) p[k] = arena_printf("p%d", i);
   }
-  const char *params = "";
   for (int i = 0; i < nops; i++) {
     bool written = ops[i] == in->out[0] || ops[i] == in->out[1] || (ln && ops[i] == in->out[2]);
     params = arena_printf("%s%s%s *p%d, ", params, written ? "" : "const ", ctype(ops[i]), i);
   }
-  return arena_printf("%sfloat *part", params);
-}
-
-/* a row's sweep over its 8-wide groups, the loads of x, dy and w in it */
-static void nb_sweep(FILE *out, long long d, const int *at) {
-  fprintf(out, "    #pragma unroll\n    for (int k = 0; k < V; k++) {\n      i64 j = (k * 32 + lane) * (i64)8;\n%s",
-          d % 256 ? "      if (j >= D) continue;\n" : "");
-  fprintf(out, "      ld8(a, p%d + row * D + j), ld8(g, p%d + row * D + j), ld8(w, p%d + j);\n", at[4], at[3], at[5]);
-}
-
-/* the rows kernel: dx, and the chunk's column sums into part */
-static void nb_rows(FILE *out, Inst *f, const char *params, const int *at) {
-  Inst *in = f->body[0];
-  bool ln = in->op == OP_LAYERNORM_BWD;
-  long long rows = (long long)ir_get(in, "n"), d = (long long)ir_get(in, "d"), per = (long long)nb_per(in);
-  fprintf(out, "\n// %s: %s's backward, a warp a row, %lld rows a block; then _finish\n", f->kernel,
+  fprintf(out, "\n// %s: %s's backward, %lld rows a block (norm_bwd_rows), then _finish (col_finish)\n", f->kernel,
           op_names[ln ? OP_LAYERNORM : OP_RMSNORM], per);
-  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(256) %s(%s) {\n", f->kernel, params);
-  fprintf(out, "  const i64 ROWS = %lld, D = %lld, PER = %lld;\n  const int V = %lld;\n", rows, d, per, (d / 8 + 31) / 32);
-  fprintf(out, "  __shared__ float sh[8][257];\n  int lane = threadIdx.x %% 32, warp = threadIdx.x / 32;\n");
-  fprintf(out, "  float pw[V][8]%s;\n  #pragma unroll\n  for (int k = 0; k < V; k++)\n"
-               "    for (int e = 0; e < 8; e++) pw[k][e] = 0%s;\n", ln ? ", pb[V][8]" : "", ln ? ", pb[k][e] = 0" : "");
-  fprintf(out, "  i64 r1 = (blockIdx.x + 1) * PER < ROWS ? (blockIdx.x + 1) * PER : ROWS;\n");
-  fprintf(out, "  for (i64 row = blockIdx.x * PER + warp; row < r1; row += 8) {\n");
-  fprintf(out, "    float r = p%d[row], mu = %s, s1 = 0, s2 = 0, a[8], g[8], w[8];\n", at[7],
-          ln ? arena_printf("p%d[row]", at[6]) : "0.0f");
-  nb_sweep(out, d, at);
-  fprintf(out, "      for (int e = 0; e < 8; e++) {\n        float gh = g[e] * w[e];\n"
-               "        s1 += gh, s2 += gh * (a[e] - mu) * r;\n      }\n    }\n");
-  fprintf(out, "    s2 = warp_sum(s2) / D;\n    s1 = %s;\n", ln ? "warp_sum(s1) / D" : "0");
-  nb_sweep(out, d, at);
-  fprintf(out, "      float o[8];\n");
-  if (at[0] >= 0 && in->acc[0]) fprintf(out, "      ld8(o, p%d + row * D + j);\n", at[0]);
-  fprintf(out, "      for (int e = 0; e < 8; e++) {\n        float xh = (a[e] - mu) * r;\n"
-               "        pw[k][e] += g[e] * xh;\n%s", ln ? "        pb[k][e] += g[e];\n" : "");
-  if (at[0] >= 0)
-    fprintf(out, "        o[e] = %sr * (g[e] * w[e] - s1 - xh * s2);\n      }\n      st8(p%d + row * D + j, o);\n    }\n",
-            in->acc[0] ? "o[e] + " : "", at[0]);
-  else fprintf(out, "      }\n    }\n");
-  fprintf(out, "  }\n");
-  fprintf(out, "  #pragma unroll\n  for (int set = 0; set < %d; set++)\n    #pragma unroll\n    for (int k = 0; k < V; k++) {\n"
-               "      for (int e = 0; e < 8; e++) sh[warp][lane * 8 + e] = %s;\n      __syncthreads();\n"
-               "      i64 c = k * 256 + threadIdx.x;\n      if (c < D) {\n        float t = 0;\n"
-               "        for (int q = 0; q < 8; q++) t += sh[q][threadIdx.x];\n"
-               "        part[(set * %lld + blockIdx.x) * D + c] = t;\n      }\n      __syncthreads();\n    }\n}\n",
-          ln ? 2 : 1, ln ? "set ? pb[k][e] : pw[k][e]" : "pw[k][e]", (rows + per - 1) / per);
-}
-
-/* _finish: each column's chunks in order into dw (db) */
-static void nb_finish(FILE *out, Inst *f, const char *params, const int *at) {
-  Inst *in = f->body[0];
-  bool ln = in->op == OP_LAYERNORM_BWD;
-  long long rows = (long long)ir_get(in, "n"), d = (long long)ir_get(in, "d"), per = (long long)nb_per(in);
-  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(256) %s_finish(%s) {\n", f->kernel, params);
-  fprintf(out, "  const i64 D = %lld, CHUNKS = %lld;\n  __shared__ float sh[8][33];\n"
-               "  int lane = threadIdx.x %% 32, w = threadIdx.x / 32;\n  i64 j = blockIdx.x * (i64)32 + lane;\n", d,
-          (rows + per - 1) / per);
-  fprintf(out, "  #pragma unroll\n  for (int set = 0; set < %d; set++) {\n    float s = 0;\n"
-               "    if (j < D)\n      for (i64 c = w; c < CHUNKS; c += 8) s += part[(set * CHUNKS + c) * D + j];\n"
-               "    sh[w][lane] = s;\n    __syncthreads();\n    if (w == 0 && j < D) {\n      float t = 0;\n"
-               "      for (int q = 0; q < 8; q++) t += sh[q][lane];\n", ln ? 2 : 1);
-  fprintf(out, "      if (set == 0) p%d[j] = %st;\n", at[1], in->acc[1] ? arena_printf("p%d[j] + ", at[1]) : "");
-  if (ln) fprintf(out, "      else p%d[j] = %st;\n", at[2], in->acc[2] ? arena_printf("p%d[j] + ", at[2]) : "");
-  fprintf(out, "    }\n    __syncthreads();\n  }\n}\n");
-}
-
-static void write_nb(FILE *out, Inst *f) {
-  int at[8];
-  const char *params = nb_params(f, at);
-  nb_rows(out, f, params, at), nb_finish(out, f, params, at);
+  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(256) %s(%sfloat *part) {\n"
+               "  __shared__ float sh[8][257];\n", f->kernel, params);
+  fprintf(out, "  norm_bwd_rows<%lld, %s, %s, %s>(sh, (%s *)%s, part, %s, %s, %s, %s, %s, %lld, %lld, %lld);\n}\n",
+          (d / 8 + 31) / 32, ln ? "true" : "false", in->out[0] ? "true" : "false",
+          in->out[0] && in->acc[0] ? "true" : "false", ctype(in->in[0]), p[0], p[3], p[4], p[5], p[6], p[7], rows, d, per);
+  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(256) %s_finish(%sfloat *part) {\n", f->kernel, params);
+  fprintf(out, "  col_finish(%s, part, %lld, %lld, %d);\n", p[1], chunks, d, in->acc[1]);
+  if (ln) fprintf(out, "  col_finish(%s, part + %lld, %lld, %lld, %d);\n", p[2], chunks * d, chunks, d, in->acc[2]);
+  fprintf(out, "}\n");
 }
 
 /* Each kernel once, by name (equal groups share one). */

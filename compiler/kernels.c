@@ -206,11 +206,13 @@ int kernels_norm_groups(int64_t d) {
 void kernels_norm_bwd(FILE *out, int64_t d, bool ln) {
   int g = kernels_norm_groups(d);
   if (!g) return;
+  const char *t = ln ? "true" : "false", *args = "(sh, dx, part, dy, x, w, mean, rstd, n, d, per)";
   fprintf(out, "\n// the %s backward of width %lld in one pass\n", ln ? "LayerNorm" : "RMSNorm", (long long)d);
   fprintf(out, "extern \"C\" __global__ void __launch_bounds__(256) lmc_%s_bwd_rows%d(act *dx, real *part, "
           "const act *dy, const act *x, const real *w, const real *mean, const real *rstd, i64 n, i64 d, i64 per, "
-          "int acc) {\n  __shared__ float sh[8][257];\n  norm_bwd_rows<%d, %s>(sh, dx, part, dy, x, w, mean, rstd, n, "
-          "d, per, acc);\n}\n", ln ? "layernorm" : "rmsnorm", g, g, ln ? "true" : "false");
+          "int acc) {\n  __shared__ float sh[8][257];\n", ln ? "layernorm" : "rmsnorm", g);
+  fprintf(out, "  if (!dx) norm_bwd_rows<%d, %s, false, false>%s;\n  else if (acc) norm_bwd_rows<%d, %s, true, true>%s;\n"
+          "  else norm_bwd_rows<%d, %s, true, false>%s;\n}\n", g, t, args, g, t, args, g, t, args);
 }
 
 /* Each group count the programs' norm backwards use, once. */

@@ -1040,8 +1040,9 @@ typedef struct Cols { i64 per, chunks; CUdeviceptr part; } Cols;
  * dx (when wanted) and the first `aligned` inputs (dy, x, w) 16-byte
  * aligned. Off by default: on an H200 (run 16) llama-large's rmsnorm_bwd
  * took 3.8% of the step this way against 3.0% in two passes (run 15), and
- * GPT-2's layernorm_bwd 5.9% against 5.5%: a block of 8 warps a chunk of
- * 64 rows, one block an SM at 179 registers, hides too little latency. */
+ * GPT-2's layernorm_bwd 5.9% against 5.5%, when the kernel held each row
+ * in registers (179, one block an SM). It reads rows twice now, as the
+ * kernels lmc writes for a norm's backward do (group.c): untimed. */
 static bool norm_one_pass;
 void cuda_norm_bwd_one_pass(bool on) { norm_one_pass = on; }
 

@@ -116,6 +116,30 @@ template <int G, typename T> __device__ __forceinline__ void stg(T *p, const flo
 #define ROW_GROUPS(j, d, G) for (i64 j = threadIdx.x * (i64)(G); j < (d); j += (i64)blockDim.x * (G))
 #define ROW8(d, a, b, c, e) ((d) % 8 == 0 && al16(a) && al16(b) && al16(c) && al16(e))
 
+// The element-wise ops' formulas on one element, shared by kernels.cu's
+// kernels (each op alone, MoE's activations) and the kernels lmc writes
+// for runs of them (compiler/group.c), so that both compute the same bits
+__device__ __forceinline__ float ew_sigmoid(float u) { return 1.0f / (1.0f + expf(-u)); }
+__device__ __forceinline__ float ew_silu(float u) { return u / (1.0f + expf(-u)); }
+__device__ __forceinline__ float ew_gelu(float u) {
+  return 0.5f * u * (1.0f + tanhf(0.7978845608028654f * (u + 0.044715f * u * u * u)));
+}
+__device__ __forceinline__ float ew_swiglu(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+__device__ __forceinline__ float ew_silu_bwd(float d, float u) {
+  float s = ew_sigmoid(u);
+  return d * s * (1.0f + u * (1.0f - s));
+}
+__device__ __forceinline__ float ew_gelu_bwd(float d, float u) {
+  float c = 0.7978845608028654f, th = tanhf(c * (u + 0.044715f * u * u * u));
+  float dinner = c * (1.0f + 3.0f * 0.044715f * u * u);
+  return d * (0.5f * (1.0f + th) + 0.5f * u * (1.0f - th * th) * dinner);
+}
+__device__ __forceinline__ float ew_swiglu_bwd_g(float d, float g, float u) {
+  float s = ew_sigmoid(g);
+  return d * u * s * (1.0f + g * (1.0f - s));
+}
+__device__ __forceinline__ float ew_swiglu_bwd_u(float d, float g) { return d * g * ew_sigmoid(g); }
+
 // y = f(x) (+ y)
 template <typename TY, typename TX, typename F> __device__ void ew1(TY *y, const TX *x, i64 n, int acc, F f) {
   i64 n8 = al16(y) && al16(x) ? n / 8 : 0;
@@ -208,53 +232,64 @@ __device__ void col_store(real *part, const float *s, i64 d) {
 
 // The backward of RMSNorm (LN false) or LayerNorm (LN true) in one pass
 // over dy and x, for widths d of a multiple of 8 up to 2048: a warp a
-// row, lane l holding the row's 8-wide groups l, l + 32, .. (NG of them),
+// row, lane l taking the row's 8-wide groups l, l + 32, .. (NG of them),
 // so the row's two sums are warp shuffles; dx, and the rows' share of dw
-// (and db): a block of 8 warps takes rows [blockIdx.x per, ..), warp w
-// every 8th from w, and adds its warps' sums in warp order into
-// part[blockIdx.x] (db's into the set after) through sh, which lmc_col_finish adds up
-// in chunk order. dx may be null (not wanted).
+// (and db) in registers: a block of 8 warps takes rows [blockIdx.x per,
+// ..), warp w every 8th from w, and adds its warps' sums in warp order
+// into part[blockIdx.x] (db's into the set after) through sh, which
+// col_finish adds up in chunk order. x and dy are read twice, the second
+// time from the caches: held in registers (179 at llama-large's width,
+// one block an SM) the kernel was slower on an H200 (run 16) than two
+// passes; re-read, 106, two blocks. DX: dx wanted; ACC: dx added to. The
+// runtime's lmc_*_bwd_rowsNG (LMC_NORM_BWD_ONE_PASS) and the kernels
+// group.c writes for a norm's backward, its sizes compiled in, run it.
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
   return v;
 }
-template <int NG, bool LN, typename T>   // (T: act, typed after this prelude)
-__device__ void norm_bwd_rows(float (*sh)[257], T *dx, real *part, const T *dy, const T *x, const real *w,
-                              const real *mean, const real *rstd, i64 n, i64 d, i64 per, int acc) {
+template <int NG, bool LN, bool DX, bool ACC, typename T>   // (T: act, typed after this prelude)
+__device__ __forceinline__ void norm_bwd_rows(float (*sh)[257], T *dx, real *part, const T *dy, const T *x,
+                                              const real *w, const real *mean, const real *rstd, i64 n, i64 d,
+                                              i64 per) {
   int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   float pw[NG][8], pb[NG][8];
+  #pragma unroll
   for (int j = 0; j < NG; j++)
     for (int q = 0; q < 8; q++) pw[j][q] = pb[j][q] = 0;
   i64 r1 = (blockIdx.x + 1) * per < n ? (blockIdx.x + 1) * per : n;
   for (i64 row = blockIdx.x * per + warp; row < r1; row += 8) {
-    float a[NG][8], g[NG][8], ww[8], mu = LN ? mean[row] : 0.0f, r = rstd[row], s1 = 0, s2 = 0;
+    float a[8], g[8], ww[8], mu = LN ? mean[row] : 0.0f, r = rstd[row], s1 = 0, s2 = 0;
+    #pragma unroll
     for (int j = 0; j < NG; j++) {
       i64 c = (i64)(j * 32 + lane) * 8;
-      if (c >= d) continue;
-      ld8(a[j], x + row * d + c), ld8(g[j], dy + row * d + c), ld8(ww, w + c);
+      if (d % 256 && c >= d) continue;   // (a constant d of whole groups: no test)
+      ld8(a, x + row * d + c), ld8(g, dy + row * d + c), ld8(ww, w + c);
       for (int q = 0; q < 8; q++) {
-        float gh = g[j][q] * ww[q];
-        a[j][q] = (a[j][q] - mu) * r;   // x-hat
-        s1 += gh, s2 += gh * a[j][q];
+        float gh = g[q] * ww[q];
+        s1 += gh, s2 += gh * (a[q] - mu) * r;
       }
     }
-    s1 = LN ? warp_sum(s1) / d : 0.0f, s2 = warp_sum(s2) / d;
+    s2 = warp_sum(s2) / d;
+    s1 = LN ? warp_sum(s1) / d : 0.0f;
+    #pragma unroll
     for (int j = 0; j < NG; j++) {
       i64 c = (i64)(j * 32 + lane) * 8;
-      if (c >= d) continue;
-      for (int q = 0; q < 8; q++) pw[j][q] += g[j][q] * a[j][q], pb[j][q] += g[j][q];
-      if (!dx) continue;
+      if (d % 256 && c >= d) continue;
+      ld8(a, x + row * d + c), ld8(g, dy + row * d + c), ld8(ww, w + c);
       float o[8];
-      ld8(ww, w + c);
-      if (acc) ld8(o, dx + row * d + c);
+      if (ACC) ld8(o, dx + row * d + c);
       for (int q = 0; q < 8; q++) {
-        float v = r * (g[j][q] * ww[q] - s1 - a[j][q] * s2);
-        o[q] = acc ? o[q] + v : v;
+        float xh = (a[q] - mu) * r, v = r * (g[q] * ww[q] - s1 - xh * s2);
+        pw[j][q] += g[q] * xh;
+        if (LN) pb[j][q] += g[q];
+        o[q] = ACC ? o[q] + v : v;
       }
-      st8(dx + row * d + c, o);
+      if (DX) st8(dx + row * d + c, o);
     }
   }
+  #pragma unroll
   for (int set = 0; set < (LN ? 2 : 1); set++)
+    #pragma unroll
     for (int j = 0; j < NG; j++) {
       for (int q = 0; q < 8; q++) sh[warp][lane * 8 + q] = set ? pb[j][q] : pw[j][q];
       __syncthreads();
@@ -274,8 +309,9 @@ __device__ void norm_bwd_rows(float (*sh)[257], T *dx, real *part, const T *dy, 
 // 256 threads takes 32 columns: warp w adds chunks w, w + 8, .. in order,
 // then its first warp the 8 warps' sums in warp order (the same bits every
 // run). (A thread a column, as it was, left llama-large's norms 1536
-// threads adding 256 chunks each, on a tenth of an H200's SMs.)
-extern "C" __global__ void lmc_col_finish(real *out, const real *part, i64 chunks, i64 d, int acc) {
+// threads adding 256 chunks each, on a tenth of an H200's SMs.) A block
+// may call it again for another set once it returns.
+__device__ __forceinline__ void col_finish(real *out, const real *part, i64 chunks, i64 d, int acc) {
   __shared__ float sh[8][33];
   int lane = threadIdx.x % 32, w = threadIdx.x / 32;
   i64 j = blockIdx.x * (i64)32 + lane;
@@ -290,6 +326,10 @@ extern "C" __global__ void lmc_col_finish(real *out, const real *part, i64 chunk
     for (int r = 0; r < 8; r++) t += sh[r][lane];
     PUT(out, j, t, acc);
   }
+  __syncthreads();
+}
+extern "C" __global__ void lmc_col_finish(real *out, const real *part, i64 chunks, i64 d, int acc) {
+  col_finish(out, part, chunks, d, acc);
 }
 
 // log(sum(exp(r[j]))) of one row, by the whole block, in one pass over the
@@ -1822,28 +1862,23 @@ __device__ void fa_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
 
 // @kernel silu
 extern "C" __global__ void lmc_silu(act *y, const act *x, i64 n) {
-  ew1(y, x, n, 0, [](float u) { return u / (1.0f + expf(-u)); });
+  ew1(y, x, n, 0, ew_silu);
 }
 
 // @kernel gelu
 extern "C" __global__ void lmc_gelu(act *y, const act *x, i64 n) {
-  ew1(y, x, n, 0, [](float u) { return 0.5f * u * (1.0f + tanhf(0.7978845608028654f * (u + 0.044715f * u * u * u))); });
+  ew1(y, x, n, 0, ew_gelu);
 }
 
 // @kernel swiglu
 extern "C" __global__ void lmc_swiglu(act *y, const act *g, const act *u, i64 n) {
-  ew2(y, g, u, n, 0, [](float a, float b) { return a / (1.0f + expf(-a)) * b; });
+  ew2(y, g, u, n, 0, ew_swiglu);
 }
 
 // @kernel swiglu_bwd
 extern "C" __global__ void lmc_swiglu_bwd(act *dg, act *du, const act *dy, const act *g, const act *u, i64 n,
                                           int accg, int accu) {
-  ew3x2(dg, du, dy, g, u, n, accg, accu,
-        [](float d, float a, float b) {
-          float s = 1.0f / (1.0f + expf(-a));
-          return d * b * s * (1.0f + a * (1.0f - s));
-        },
-        [](float d, float a, float b) { return d * a * (1.0f / (1.0f + expf(-a))); });
+  ew3x2(dg, du, dy, g, u, n, accg, accu, ew_swiglu_bwd_g, [](float d, float a, float) { return ew_swiglu_bwd_u(d, a); });
 }
 
 // @kernel mul
@@ -1873,19 +1908,12 @@ extern "C" __global__ void lmc_add_bias(act *y, const act *a, const real *b, i64
 
 // @kernel silu_bwd
 extern "C" __global__ void lmc_silu_bwd(act *dx, const act *dy, const act *x, i64 n, int acc) {
-  ew2(dx, dy, x, n, acc, [](float d, float u) {
-    float s = 1.0f / (1.0f + expf(-u));
-    return d * s * (1.0f + u * (1.0f - s));
-  });
+  ew2(dx, dy, x, n, acc, ew_silu_bwd);
 }
 
 // @kernel gelu_bwd
 extern "C" __global__ void lmc_gelu_bwd(act *dx, const act *dy, const act *x, i64 n, int acc) {
-  ew2(dx, dy, x, n, acc, [](float d, float u) {
-    float c = 0.7978845608028654f, th = tanhf(c * (u + 0.044715f * u * u * u));
-    float dinner = c * (1.0f + 3.0f * 0.044715f * u * u);
-    return d * (0.5f * (1.0f + th) + 0.5f * u * (1.0f - th * th) * dinner);
-  });
+  ew2(dx, dy, x, n, acc, ew_gelu_bwd);
 }
 
 // @kernel mul_bwd
@@ -2248,13 +2276,13 @@ template <int G> __device__ void moe_swiglu(act *a, const act *h, i64 rows, i64 
   ROWS_BY(r, j, rows, f, G) {
     float g[G], u[G];
     ldg<G>(g, h + r * 2 * f + j), ldg<G>(u, h + r * 2 * f + f + j);
-    for (int e = 0; e < G; e++) g[e] = g[e] / (1.0f + expf(-g[e])) * u[e];
+    for (int e = 0; e < G; e++) g[e] = ew_swiglu(g[e], u[e]);
     stg<G>(a + r * f + j, g);
   }
 }
 extern "C" __global__ void lmc_moe_act(act *a, const act *h, i64 rows, i64 f, int swiglu) {
   if (!swiglu)
-    ew1(a, h, rows * f, 0, [](float u) { return 0.5f * u * (1.0f + tanhf(0.7978845608028654f * (u + 0.044715f * u * u * u))); });
+    ew1(a, h, rows * f, 0, ew_gelu);
   else if (ROW8(f, a, h, 0, 0)) moe_swiglu<8>(a, h, rows, f);
   else moe_swiglu<1>(a, h, rows, f);
 }
@@ -2265,18 +2293,15 @@ template <int G> __device__ void moe_swiglu_bwd(act *dh, const act *da, const ac
     float g[G], u[G], d[G];
     ldg<G>(g, h + r * 2 * f + j), ldg<G>(u, h + r * 2 * f + f + j), ldg<G>(d, da + r * f + j);
     for (int e = 0; e < G; e++) {
-      float s = 1.0f / (1.0f + expf(-g[e]));
-      u[e] = d[e] * u[e] * s * (1.0f + g[e] * (1.0f - s)), g[e] = d[e] * g[e] * s;   // dh1, dh3
+      float dh1 = ew_swiglu_bwd_g(d[e], g[e], u[e]);
+      g[e] = ew_swiglu_bwd_u(d[e], g[e]), u[e] = dh1;   // dh3, dh1
     }
     stg<G>(dh + r * 2 * f + j, u), stg<G>(dh + r * 2 * f + f + j, g);
   }
 }
 extern "C" __global__ void lmc_moe_act_bwd(act *dh, const act *da, const act *h, i64 rows, i64 f, int swiglu) {
   if (!swiglu)
-    ew2(dh, da, h, rows * f, 0, [](float d, float u) {
-      float c = 0.7978845608028654f, th = tanhf(c * (u + 0.044715f * u * u * u));
-      return d * (0.5f * (1.0f + th) + 0.5f * u * (1.0f - th * th) * c * (1.0f + 3.0f * 0.044715f * u * u));
-    });
+    ew2(dh, da, h, rows * f, 0, ew_gelu_bwd);
   else if (ROW8(f, dh, da, h, 0)) moe_swiglu_bwd<8>(dh, da, h, rows, f);
   else moe_swiglu_bwd<1>(dh, da, h, rows, f);
 }
