@@ -602,7 +602,7 @@ int main(int argc, char **argv) {
        * the output is rescaled there (a warp keeps its old maxima
        * otherwise: fm_softmax); on wgmma too */
       if (i == 1) {
-        static char rise[2][3][96];
+        static char rise[2][2][96];
         Case r = {"", rt_inst(OP_ATTENTION), {{nq}, {nk, 7, at[i].g * at[i].k}, {nk}}, {{nq}, {rows, F32}}};
         r.x.b = at[i].b, r.x.t = at[i].t, r.x.h = at[i].h, r.x.g = at[i].g, r.x.k = at[i].k;
         snprintf(rise[mp][0], 96, "%s, scores rising along the keys", names[mp][i][0]);
