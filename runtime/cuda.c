@@ -9,6 +9,7 @@
  * --matmul-precision's, or under a bf16 plan the kernels store the bf16
  * values in bf16 (`typedef bf16 act;`) and cuBLASLt takes them as they are. */
 #include "lmrt.h"
+#include <ctype.h>
 #include <cublasLt.h>
 #include <cuda.h>
 #include <dlfcn.h>
@@ -140,6 +141,10 @@ static struct {
   CUresult (*copy)(CUdeviceptr, CUdeviceptr, size_t, CUstream);   /* and for the pipeline's NCCL sends */
   CUresult (*destroy)(CUevent);
 } ev;
+static CUresult (*device_name)(char *, int, CUdevice);   /* (optional: the attention tuner's file names the GPU) */
+static CUdevice device;
+static uint64_t kernels_hash;   /* kernels.cu's, as the cubin cache names it */
+static void fa_file_at(const char *cache);
 
 /* Optional too: what cuBLASLt's heuristic picks (LMC_GEMM_SHOW=1) */
 static cublasStatus_t (*algo_config_get)(const cublasLtMatmulAlgo_t *, cublasLtMatmulAlgoConfigAttributes_t, void *,
@@ -199,6 +204,7 @@ static bool load_driver(char *why, size_t n) {
   if (!ev.elapsed) *(void **)&ev.elapsed = dlsym(d, "cuEventElapsedTime");
   *(void **)&ev.wait = dlsym(d, "cuStreamWaitEvent"), *(void **)&ev.copy = dlsym(d, "cuMemcpyDtoDAsync_v2");
   *(void **)&ev.destroy = dlsym(d, "cuEventDestroy_v2");
+  *(void **)&device_name = dlsym(d, "cuDeviceGetName");
   *(void **)&algo_config_get = dlsym(b, "cublasLtMatmulAlgoConfigGetAttribute");
   void **f = (void **)&cu;
   for (size_t i = 0; i < sizeof cu / sizeof(void *); i++)
@@ -263,8 +269,10 @@ static void load_kernels(const char *dir) {
   const char *home = getenv("XDG_CACHE_HOME");
   snprintf(cache, sizeof cache, "%s%s/lmc/kernels", home ? home : getenv("HOME") ? getenv("HOME") : "/tmp",
            home ? "" : "/.cache");
-  snprintf(file, sizeof file, "%s/%016llx-sm_%d%s%s.cubin", cache,
-           (unsigned long long)rt_fnv1a(src, strlen(src), 0xcbf29ce484222325ULL), sm, sm_feat(), emulated ? "-emu" : "");
+  kernels_hash = rt_fnv1a(src, strlen(src), 0xcbf29ce484222325ULL);
+  snprintf(file, sizeof file, "%s/%016llx-sm_%d%s%s.cubin", cache, (unsigned long long)kernels_hash, sm, sm_feat(),
+           emulated ? "-emu" : "");
+  fa_file_at(cache);
   size_t n = 0;
   char *bin = NULL;
   FILE *f = fopen(file, "rb");
@@ -791,8 +799,9 @@ static bool fa_mma(const RtInst *x) { return precision == MP_MEDIUM && x->k <= 1
  * 1.89 ms against the three-block 32-query kernel's 2.08 for llama-large's
  * backward on an H200, run 15), else 32; LMC_ATTENTION_DKV_QT=32
  * (cuda_attention_dkv_qt) asks for the 32-query kernel at 65..96. */
+static bool fa_pinned;   /* a knob here asked for a kernel: the tuner (below) stays off */
 static int dkv_qt_asked = 64;
-void cuda_attention_dkv_qt(int qt) { dkv_qt_asked = qt; }
+void cuda_attention_dkv_qt(int qt) { dkv_qt_asked = qt, fa_pinned = true; }
 
 static i64 dkv_qt(i64 k) {
   i64 kp = (k + 15) / 16 * 16;
@@ -808,7 +817,7 @@ static i64 dkv_qt(i64 k) {
  * LMC_ATTENTION_ROWS=64 or 128 (cuda_attention_rows) asks for one for
  * both; 0 is the default. */
 static int rows_asked;
-void cuda_attention_rows(int rows) { rows_asked = rows; }
+void cuda_attention_rows(int rows) { rows_asked = rows, fa_pinned = true; }
 
 static i64 fm_rows(i64 k, bool fwd) {
   int r = rows_asked ? rows_asked : fwd ? 64 : 128;
@@ -825,7 +834,7 @@ static i64 fm_rows(i64 k, bool fwd) {
  * and barriers a tile, the same blocks an SM): LMC_ATTENTION_STAGES=1
  * (cuda_attention_stages) asks for one, and bench/gpu.sh times both. */
 static int kv_stages = 2;
-void cuda_attention_stages(int stages) { kv_stages = stages; }
+void cuda_attention_stages(int stages) { kv_stages = stages, fa_pinned = true; }
 static bool fm_s2(i64 k, bool fwd) {
   return kv_stages == 2 && (k + 15) / 16 * 16 <= 96 && fm_rows(k, fwd) == (fwd ? 64 : 128);
 }
@@ -893,7 +902,7 @@ static bool wgmma_probe(void) {
 }
 
 int cuda_attention_wgmma(int on) {
-  wgmma_asked = on;
+  wgmma_asked = on, fa_pinned = true;
   if (!on || sm != 90) return -1;
   return module ? wgmma_probe() : 1;   /* (before the kernels load: the backend probes then) */
 }
@@ -910,7 +919,7 @@ static bool fa_wg_bwd(const RtInst *x) { return fa_wg(x) && x->k <= 128; }
  * (cuda_attention_warpgroups) asks for N; untimed on a GPU, so 1 stays
  * the default. */
 static int wg_asked = 1;
-void cuda_attention_warpgroups(int n) { wg_asked = n < 1 ? 1 : n; }
+void cuda_attention_warpgroups(int n) { wg_asked = n < 1 ? 1 : n, fa_pinned = true; }
 static int fa_nw(const RtInst *x, int most) {   /* (the kernels are in bf16 storage's bundles alone) */
   return storage16 && (x->k + 15) / 16 * 16 <= 96 && wg_asked > 1 ? (wg_asked < most ? wg_asked : most) : 1;
 }
@@ -930,7 +939,7 @@ static const char *wg_kind[4] = {"", "wg_", "wg2_", "wg3_"};
  * asks for N heads; 1 runs each head's blocks together, longest first, the
  * order before. */
 static int section_asked;
-void cuda_attention_section(int heads) { section_asked = heads; }
+void cuda_attention_section(int heads) { section_asked = heads, fa_pinned = true; }
 
 static i64 fa_section(const RtInst *x, bool dkv) {
   if (section_asked) return section_asked;
@@ -951,81 +960,338 @@ static void fa_launch(const char *name, i64 heads, i64 nb, i64 sec, int threads,
   launch_smem(name, (unsigned)x, (unsigned)nb, (unsigned)z, (unsigned)threads, smem, args);
 }
 
-/* Their dynamic shared memory, rows of bf16 tiles (the head dim rounded
- * up to 16, plus 8) as kernels.cu's fm_* lay them out: the forward's Q
- * (fm_rows), K and V (a stage each, or two: fm_s2) (kind 0), dQ's Q, dO
- * (fm_rows each), K and V (a stage each, or two) (1), dK/dV's K, V and
- * two stages of Q and dO tiles of QT queries (2, dkv_qt); and in tiles
- * of 64 rows of core matrices for the wgmma kernels of nw warpgroups:
- * the forward's Q (a tile a warpgroup) and two stages of K and V (3),
- * dK/dV's K and V (a tile each a warpgroup) and two stages of Q and dO
- * (4), and dQ's Q and dO (a tile each a warpgroup) and two stages of K
- * and V (5) */
-static unsigned fm_smem(i64 k, int kind, int nw) {
-  i64 kp = (k + 15) / 16 * 16, qt = dkv_qt(k), tile = 64 * kp * 2;
-  if (kind == 3) return (unsigned)((nw + 4) * tile);
-  if (kind == 4) return (unsigned)((2 * nw + (kp > 96 ? 2 : 4)) * tile);   /* Q and dO tiles of 32 queries past 96 */
-  if (kind == 5) return (unsigned)((2 * nw + 4) * tile);
-  i64 rows = kind == 0   ? fm_rows(k, true) + (fm_s2(k, true) ? 4 : 2) * 64
-             : kind == 1 ? 2 * fm_rows(k, false) + (fm_s2(k, false) ? 4 : 2) * 64
-                         : 2 * 64 + 4 * qt;
-  return (unsigned)(rows * (kp + 8) * 2);
+/* ---- attention's three kernels, each by a configuration ----
+ * The forward, dQ and dK/dV each run one of the kernels the bundle has
+ * for the head dim (compiler/kernels.c); FaCfg says which, and the launch
+ * order. fa_asked gives what the knobs above ask for (their defaults
+ * where none is set); fa_cfg, below, what the tuner picked. */
+enum { FA_FWD, FA_DQ, FA_DKV };
+typedef struct FaCfg {
+  int wg;        /* warpgroups a block on wgmma; 0: mma.sync (or the CUDA cores below medium precision) */
+  int rows;      /* mma.sync forward and dQ: query rows a block, 64 or (head dims to 96) 128 */
+  bool s2;       /* mma.sync forward at 64 rows and dQ at 128 (head dims to 96): two stages of K and V */
+  int qt;        /* mma.sync dK/dV: queries a step, 64 or (past head dim 64) 32 */
+  i64 section;   /* heads a section of the launch order */
+} FaCfg;
+
+static FaCfg fa_asked(const RtInst *x, int kind) {
+  FaCfg c = {0, 0, false, 0, fa_section(x, kind == FA_DKV)};
+  if (kind == FA_FWD ? fa_wg(x) : fa_wg_bwd(x)) c.wg = fa_nw(x, kind == FA_DKV ? 2 : 3);
+  else if (kind == FA_DKV) c.qt = (int)dkv_qt(x->k);
+  else c.rows = (int)fm_rows(x->k, kind == FA_FWD), c.s2 = fm_s2(x->k, kind == FA_FWD);
+  return c;
 }
 
-static void op_attention(const RtInst *x, void **o, void **in) {
-  int nw = fa_wg(x) ? fa_nw(x, 3) : 0;
-  i64 T = x->t, H = x->h, G = x->g, K = x->k, R = nw ? 64 * nw : fa_mma(x) ? fm_rows(K, true) : fa_rows(x);
+/* the kernel's name: lmc_attention_[VARIANT]kK, lmc_attention_bwd_[VARIANT]dq_[VARIANT]kK,
+ * lmc_attention_bwd_[VARIANT]dkv_[VARIANT]kK (kernels.c's names) */
+static void fa_name(char *name, size_t n, const RtInst *x, int kind, FaCfg c) {
+  i64 kp = (x->k + 15) / 16 * 16;
+  bool mma = fa_mma(x);
+  const char *pre = c.wg ? wg_kind[c.wg] : mma ? "mma_" : "", *var = "";
+  if (kind == FA_FWD && mma && !c.wg && kp <= 96 && c.rows == 64) pre = c.s2 ? "mma_s2_" : "mma_r64_";
+  if (kind == FA_DQ && mma && !c.wg && kp <= 96) var = c.rows == 64 ? "r64_" : c.s2 ? "s2_" : "";
+  if (kind == FA_DKV && mma && !c.wg && kp > 64 && kp <= 96 && c.qt == 64) var = "q64_";
+  if (kind == FA_FWD) snprintf(name, n, "lmc_attention_%sk%lld", pre, (long long)x->k);
+  else snprintf(name, n, "lmc_attention_bwd_%s%s_%sk%lld", pre, kind == FA_DQ ? "dq" : "dkv", var, (long long)x->k);
+}
+
+/* Their dynamic shared memory: on mma.sync rows of bf16 tiles (the head
+ * dim rounded up to 16, plus 8) as kernels.cu's fm_* lay them out: the
+ * forward's Q, K and V (a stage each, or two), dQ's Q and dO and K and
+ * V (a stage each, or two), dK/dV's K, V and two stages of Q and dO tiles
+ * of qt queries; on wgmma tiles of 64 rows of core matrices (a warpgroup
+ * of wg): the forward's Q (a tile a warpgroup) and two stages of K and V,
+ * dQ's Q and dO (a tile each a warpgroup) and two stages of K and V,
+ * dK/dV's K and V (a tile each a warpgroup) and two stages of Q and dO
+ * (of 32 queries past head dim 96) */
+static unsigned fa_smem(const RtInst *x, int kind, FaCfg c) {
+  i64 kp = (x->k + 15) / 16 * 16, tile = 64 * kp * 2, row = (kp + 8) * 2, kv = (c.s2 ? 4 : 2) * 64;
+  if (!fa_mma(x)) return 0;
+  if (c.wg) return (unsigned)((kind == FA_FWD ? c.wg + 4 : kind == FA_DQ ? 2 * c.wg + 4 : 2 * c.wg + (kp > 96 ? 2 : 4)) * tile);
+  return (unsigned)((kind == FA_FWD ? c.rows + kv : kind == FA_DQ ? 2 * c.rows + kv : 2 * 64 + 4 * c.qt) * row);
+}
+
+/* One of attention's kernels by configuration c: the forward's O and
+ * log-sum-exps (out[0], out[1]) from in: q, k, v; or the backward's dQ
+ * (out[0]) or dK and dV (out[1], out[2]) from in: dout, q, k, v, lse, o,
+ * and dd (the rows' dO . O); acc: each output's accumulation flag */
+static void fa_run(const RtInst *x, int kind, FaCfg c, const CUdeviceptr *out, const CUdeviceptr *in, CUdeviceptr dd,
+                   const int *acc) {
+  i64 B = x->b, T = x->t, H = x->h, G = x->g, K = x->k;
+  i64 R = c.wg ? 64 * c.wg : !fa_mma(x) ? fa_rows(x) : kind == FA_DKV ? 64 : c.rows;
   float scale = 1.0f / sqrtf((float)K);
-  CUdeviceptr O = dptr(o[0]), L = dptr(o[1]), Q = dptr(in[0]), Kp = dptr(in[1]), V = dptr(in[2]);
-  i64 B = x->b;
-  void *a[] = {&O, &L, &Q, &Kp, &V, &T, &H, &G, &K, &scale, &B};
+  CUdeviceptr o0 = out[0], o1 = out[1], o2 = out[2], i0 = in[0], i1 = in[1], i2 = in[2], i3 = in[3], i4 = in[4];
+  int a0 = acc[0], a1 = acc[1], a2 = acc[2];
+  void *fwd[] = {&o0, &o1, &i0, &i1, &i2, &T, &H, &G, &K, &scale, &B};
+  void *dq[] = {&o0, &i0, &i1, &i2, &i3, &i4, &dd, &T, &H, &G, &K, &scale, &a0, &B};
+  void *dkv[] = {&o1, &o2, &i0, &i1, &i2, &i3, &i4, &dd, &T, &H, &G, &K, &scale, &a1, &a2, &B};
   char name[64];
-  snprintf(name, sizeof name, "lmc_attention_%sk%lld",
-           !fa_mma(x)                               ? ""
-           : nw                                     ? wg_kind[nw]
-           : fm_s2(K, true)                         ? "mma_s2_"
-           : R == 64 && (K + 15) / 16 * 16 <= 96 ? "mma_r64_"
-                                                    : "mma_",
-           K);
-  fa_launch(name, B * H, (T + R - 1) / R, fa_section(x, false), FA_THREADS * (nw ? nw : 1),
-            fa_mma(x) ? fm_smem(K, nw ? 3 : 0, nw) : 0, a);
+  fa_name(name, sizeof name, x, kind, c);
+  fa_launch(name, B * (kind == FA_DKV ? G : H), (T + R - 1) / R, c.section, FA_THREADS * (c.wg ? c.wg : 1),
+            fa_smem(x, kind, c), kind == FA_FWD ? fwd : kind == FA_DQ ? dq : dkv);
+}
+
+static FaCfg fa_cfg(const RtInst *x, int kind, const CUdeviceptr *in, CUdeviceptr dd);
+
+static void op_attention(const RtInst *x, void **o, void **in) {
+  CUdeviceptr out[3] = {dptr(o[0]), dptr(o[1]), 0}, i[3] = {dptr(in[0]), dptr(in[1]), dptr(in[2])};
+  static const int acc[3];
+  fa_run(x, FA_FWD, fa_cfg(x, FA_FWD, i, 0), out, i, 0, acc);
 }
 
 /* in: dout, q, k, v, lse, o */
 static void op_attention_bwd(const RtInst *x, void **o, void **in) {
   static size_t have_dd;
   static CUdeviceptr scratch_dd;
-  i64 B = x->b, T = x->t, H = x->h, G = x->g, K = x->k, R = fa_mma(x) ? 64 : fa_rows(x), rows = B * T * H;
-  bool wg = fa_wg_bwd(x);
-  int nw = wg ? fa_nw(x, 3) : 1, nk = wg ? fa_nw(x, 2) : 1;   /* dQ's warpgroups a block, dK/dV's */
-  float scale = 1.0f / sqrtf((float)K);
-  int acc0 = x->acc[0], acc1 = x->acc[1], acc2 = x->acc[2];
-  CUdeviceptr dd = scratch(&scratch_dd, &have_dd, rows), Do = dptr(in[0]), Q = dptr(in[1]), Kp = dptr(in[2]),
-              V = dptr(in[3]), L = dptr(in[4]), Ou = dptr(in[5]), dQ = dptr(o[0]), dK = dptr(o[1]), dV = dptr(o[2]);
-  void *a[] = {&dd, &Do, &Ou, &B, &T, &H, &K};
+  i64 B = x->b, T = x->t, H = x->h, K = x->k, rows = B * T * H;
+  CUdeviceptr dd = scratch(&scratch_dd, &have_dd, rows), out[3] = {dptr(o[0]), dptr(o[1]), dptr(o[2])}, i[6];
+  for (int j = 0; j < 6; j++) i[j] = dptr(in[j]);
+  int acc[3] = {x->acc[0], x->acc[1], x->acc[2]};
+  void *a[] = {&dd, &i[0], &i[5], &B, &T, &H, &K};
   launch("lmc_attention_dot", grid_for(rows * 32), a);
-  char name[64];
-  if (o[0]) {
-    void *q[] = {&dQ, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc0, &B};
-    i64 rq = wg ? 64 * nw : fa_mma(x) ? fm_rows(K, false) : R;
-    bool r64 = !wg && fa_mma(x) && rq == 64 && (K + 15) / 16 * 16 <= 96;   /* the other kernel */
-    snprintf(name, sizeof name, "lmc_attention_bwd_%sdq_%sk%lld", wg ? wg_kind[nw] : fa_mma(x) ? "mma_" : "",
-             r64                                   ? "r64_"
-             : !wg && fa_mma(x) && fm_s2(K, false) ? "s2_"
-                                                   : "",
-             K);
-    fa_launch(name, B * H, (T + rq - 1) / rq, fa_section(x, false), FA_THREADS * nw,
-              wg ? fm_smem(K, 5, nw) : fa_mma(x) ? fm_smem(K, 1, 1) : 0, q);
+  if (o[0]) fa_run(x, FA_DQ, fa_cfg(x, FA_DQ, i, dd), out, i, dd, acc);
+  if (o[1] || o[2]) fa_run(x, FA_DKV, fa_cfg(x, FA_DKV, i, dd), out, i, dd, acc);
+}
+
+/* ---- attention's kernels timed (the tuner) ----
+ * The first time a shape's forward, dQ or dK/dV runs outside a graph
+ * capture on a GPU, each kernel the bundle has for it runs on the op's
+ * inputs into scratch outputs, once and then three times between two
+ * events; a kernel whose outputs differ from the default's by more than
+ * 2^-6 of their largest magnitude is not used (and said so), and the
+ * fastest of the others is kept, then timed again in the launch order of
+ * one head at a time (section 1). What it picked goes to a file beside
+ * the cubin cache, per GPU model and kernels.cu, so later runs on that
+ * GPU take the same kernels without timing them and resume to the same
+ * bits; deleting the file times them again. On by default on a GPU (not
+ * on the emulated platform, where times mean nothing):
+ * LMC_ATTENTION_TUNE=0 keeps the defaults, 1 tunes on the emulator too.
+ * Any of the knobs above (an env LMC_ATTENTION_* or its cuda_attention_*
+ * call) asks for a kernel and turns the tuner off. */
+static int fa_tune = -1;   /* LMC_ATTENTION_TUNE: -1 unset */
+static char fa_file[1400];   /* the picks' file (empty: kept in memory alone) */
+typedef struct FaPick { i64 key[6]; FaCfg c; bool said; } FaPick;
+static FaPick fa_picks[64];
+static int nfa_picks;
+static bool fa_tune_on(void) { return !fa_pinned && (fa_tune == 1 || (fa_tune < 0 && !emulated)); }
+static bool fa_tuning(const RtInst *x) { return fa_mma(x) && fa_tune_on() && ev.destroy; }
+
+/* the picks' file, beside the cubin cache: one per kernels.cu and GPU model */
+static void fa_file_at(const char *cache) {
+  char dev[100] = "gpu";
+  if (device_name && device_name(dev, sizeof dev, device) != CUDA_SUCCESS) snprintf(dev, sizeof dev, "gpu");
+  for (char *c = dev; *c; c++)
+    if (!isalnum((unsigned char)*c)) *c = '-';
+  snprintf(fa_file, sizeof fa_file, "%s/%016llx-%s%s.attention", cache, (unsigned long long)kernels_hash, dev,
+           emulated ? "-emu" : "");
+}
+
+static void fa_key(i64 *key, const RtInst *x, int kind) {
+  key[0] = kind, key[1] = x->b, key[2] = x->t, key[3] = x->h, key[4] = x->g, key[5] = x->k;
+}
+
+static FaPick *fa_find(const i64 *key) {
+  for (int i = 0; i < nfa_picks; i++)
+    if (!memcmp(fa_picks[i].key, key, sizeof fa_picks[i].key)) return &fa_picks[i];
+  return NULL;
+}
+
+/* The picks' file: a line a pick, "KIND B T H G K WG ROWS S2 QT SECTION" */
+static void fa_read(void) {
+  FILE *f = fa_file[0] ? fopen(fa_file, "r") : NULL;
+  FaPick p;
+  int s2;
+  while (f && nfa_picks < 64 &&
+         fscanf(f, "%lld %lld %lld %lld %lld %lld %d %d %d %d %lld", &p.key[0], &p.key[1], &p.key[2], &p.key[3],
+                &p.key[4], &p.key[5], &p.c.wg, &p.c.rows, &s2, &p.c.qt, &p.c.section) == 11)
+    if (!fa_find(p.key) && p.c.wg >= 0 && p.c.wg <= 3 && p.c.section >= 1)
+      p.c.s2 = s2, p.said = false, fa_picks[nfa_picks++] = p;
+  if (f) fclose(f);
+}
+
+static void fa_write(void) {
+  if (!fa_file[0]) return;
+  char tmp[1500];
+  snprintf(tmp, sizeof tmp, "%s.tmp.%d", fa_file, (int)getpid());
+  FILE *f = fopen(tmp, "w");
+  for (int i = 0; f && i < nfa_picks; i++) {
+    const FaPick *p = &fa_picks[i];
+    fprintf(f, "%lld %lld %lld %lld %lld %lld %d %d %d %d %lld\n", p->key[0], p->key[1], p->key[2], p->key[3],
+            p->key[4], p->key[5], p->c.wg, p->c.rows, (int)p->c.s2, p->c.qt, p->c.section);
   }
-  if (o[1] || o[2]) {
-    void *kv[] = {&dK, &dV, &Do, &Q, &Kp, &V, &L, &dd, &T, &H, &G, &K, &scale, &acc1, &acc2, &B};
-    bool q64 = !wg && fa_mma(x) && dkv_qt(K) == 64 && (K + 15) / 16 * 16 > 64;   /* the variant */
-    snprintf(name, sizeof name, "lmc_attention_bwd_%sdkv_%sk%lld", wg ? wg_kind[nk] : fa_mma(x) ? "mma_" : "",
-             q64 ? "q64_" : "", K);
-    i64 rk = wg ? 64 * nk : R;
-    fa_launch(name, B * G, (T + rk - 1) / rk, fa_section(x, true), FA_THREADS * nk,
-              wg ? fm_smem(K, 4, nk) : fa_mma(x) ? fm_smem(K, 2, 1) : 0, kv);
+  if (f && fclose(f) == 0) rename(tmp, fa_file);
+  else unlink(tmp);
+}
+
+static bool fa_same(FaCfg a, FaCfg b) {
+  return a.wg == b.wg && a.rows == b.rows && a.s2 == b.s2 && a.qt == b.qt && a.section == b.section;
+}
+
+/* The kernels a shape's forward (dQ, dK/dV) can run: the default first */
+static void fa_add(FaCfg *c, int *n, FaCfg d, int wg, int rows, bool s2, int qt) {
+  FaCfg e = {wg, rows, s2, qt, d.section};
+  if (!fa_same(e, d)) c[(*n)++] = e;
+}
+static int fa_candidates(const RtInst *x, int kind, FaCfg *c) {
+  i64 kp = (x->k + 15) / 16 * 16;
+  FaCfg d = fa_asked(x, kind);
+  int n = 0;
+  c[n++] = d;
+  if (kind == FA_FWD && kp <= 96)
+    fa_add(c, &n, d, 0, 64, true, 0), fa_add(c, &n, d, 0, 64, false, 0), fa_add(c, &n, d, 0, 128, false, 0);
+  if (kind == FA_DQ && kp <= 96)
+    fa_add(c, &n, d, 0, 128, true, 0), fa_add(c, &n, d, 0, 128, false, 0), fa_add(c, &n, d, 0, 64, false, 0);
+  if (kind == FA_DKV && kp > 64 && kp <= 96) fa_add(c, &n, d, 0, 0, false, 64), fa_add(c, &n, d, 0, 0, false, 32);
+  if (sm == 90 && wgmma_probe())
+    for (int w = 1; w <= (kind == FA_DKV ? 2 : 3) && (w == 1 || (storage16 && kp <= 96)); w++)
+      fa_add(c, &n, d, w, 0, false, 0);
+  return n;
+}
+
+/* c one of them, in any launch order */
+static bool fa_valid(const RtInst *x, int kind, FaCfg c) {
+  FaCfg all[12];
+  int n = fa_candidates(x, kind, all);
+  for (int i = 0; i < n && c.section >= 1; i++)
+    if (all[i].section = c.section, fa_same(all[i], c)) return true;
+  return false;
+}
+
+/* an output's elements as floats (act: bf16 in bf16 storage) */
+static float *fa_fetch(CUdeviceptr p, i64 n, bool act) {
+  float *h = rt_xmalloc(n * sizeof(float));
+  CK(cu.dtoh(h, p, n * (act && storage16 ? 2 : 4)));
+  if (act && storage16)
+    for (i64 i = n - 1; i >= 0; i--) {
+      uint32_t u = (uint32_t)((uint16_t *)h)[i] << 16;
+      memcpy(&h[i], &u, 4);
+    }
+  return h;
+}
+
+/* the largest difference of b from a over their largest magnitude (past
+ * any sensible bound where b has a NaN a lacks) */
+static double fa_diff(const float *a, const float *b, i64 n) {
+  double big = 1e-30, d = 0;
+  for (i64 i = 0; i < n; i++) {
+    double e = fabs((double)a[i] - b[i]);
+    if (e != e && a[i] == a[i]) return 1e30;
+    big = fabs(a[i]) > big ? fabs(a[i]) : big, d = e > d ? e : d;
   }
+  return d / big;
+}
+
+/* its outputs' sizes and whether each is an activation (bf16 in bf16 storage) */
+static int fa_outputs(const RtInst *x, int kind, i64 *n, bool *act) {
+  i64 q = x->b * x->t * x->h * x->k, kv = x->b * x->t * x->g * x->k;
+  if (kind == FA_FWD) return n[0] = q, n[1] = x->b * x->h * x->t, act[0] = true, act[1] = false, 2;
+  if (kind == FA_DQ) return n[0] = q, act[0] = true, 1;
+  return n[0] = n[1] = kv, act[0] = act[1] = true, 2;
+}
+
+/* c's kernel three times on the inputs into outs (all zero: no
+ * accumulation), after a first run: ms a run */
+static float fa_time(const RtInst *x, int kind, FaCfg c, const CUdeviceptr *outs, const CUdeviceptr *in,
+                     CUdeviceptr dd) {
+  static const int acc[3];
+  CUevent t[2];
+  CK(ev.create(&t[0], 0)), CK(ev.create(&t[1], 0));
+  for (int rep = 0; rep < 4; rep++) {
+    if (rep == 1) CK(ev.record(t[0], st));
+    fa_run(x, kind, c, outs, in, dd, acc);
+  }
+  float ms;
+  CK(ev.record(t[1], st)), CK(ev.sync(t[1])), CK(ev.elapsed(&ms, t[0], t[1]));
+  CK(ev.destroy(t[0])), CK(ev.destroy(t[1]));
+  return ms / 3;
+}
+
+static const char *fa_what[3] = {"forward", "dQ", "dK/dV"};
+
+/* c's launch order in words */
+static const char *fa_sections(char *s, size_t n, const RtInst *x, int kind, FaCfg c) {
+  i64 heads = x->b * (kind == FA_DKV ? x->g : x->h);
+  if (c.section >= heads) snprintf(s, n, "all %lld heads in one section", heads);
+  else if (c.section == 1) snprintf(s, n, "a head at a time");
+  else snprintf(s, n, "sections of %lld heads", c.section);
+  return s;
+}
+
+static void fa_tune_now(const RtInst *x, int kind, const CUdeviceptr *in, CUdeviceptr dd, FaPick *p) {
+  FaCfg c[12];
+  int ncand = fa_candidates(x, kind, c), nout;
+  i64 n[2];
+  bool act[2];
+  nout = fa_outputs(x, kind, n, act);
+  CUdeviceptr ref[3] = {0}, got[3] = {0};   /* (dK/dV's outputs are out[1], out[2]) */
+  int base = kind == FA_DKV ? 1 : 0;
+  for (int j = 0; j < nout; j++) ref[base + j] = dev_alloc(n[j] * 4), got[base + j] = dev_alloc(n[j] * 4);
+  float *want[2] = {NULL, NULL}, best = 0;
+  bool me = comm_rank() == 0;
+  const char *spoil = getenv("LMC_ATTENTION_TUNE_SPOIL");   /* (the tuner's test: a kernel's first output spoiled) */
+  if (me) fprintf(stderr, "lmrun: timing attention's %s kernels at b %lld t %lld h %lld (kv %lld) k %lld:", fa_what[kind],
+                  (long long)x->b, (long long)x->t, (long long)x->h, (long long)x->g, (long long)x->k), fflush(stderr);
+  p->c = c[0];
+  for (int i = 0; i < ncand; i++) {
+    float ms = fa_time(x, kind, c[i], i ? got : ref, in, dd);
+    char name[64];
+    fa_name(name, sizeof name, x, kind, c[i]);
+    const char *short_name = name + strlen(kind == FA_FWD ? "lmc_attention_" : "lmc_attention_bwd_");
+    if (i && spoil && !strcmp(spoil, short_name)) CK(cu.memset8(got[base], 0xff, 4));   /* a NaN */
+    double diff = 0;
+    for (int j = 0; j < nout; j++) {
+      float *h = fa_fetch((i ? got : ref)[base + j], n[j], act[j]);
+      if (!i) want[j] = h;
+      else {
+        double e = fa_diff(want[j], h, n[j]);
+        diff = e > diff ? e : diff;
+        free(h);
+      }
+    }
+    bool ok = diff <= 1.0 / 64;
+    if (me) fprintf(stderr, "%s %s %.3f ms%s", i ? "," : "", short_name, ms, ok ? "" : " (differs from the default: not used)"),
+            fflush(stderr);
+    if (ok && (!i || ms < best)) best = ms, p->c = c[i];
+  }
+  if (p->c.section != 1) {   /* the order of one head at a time */
+    FaCfg one = p->c;
+    one.section = 1;
+    float ms = fa_time(x, kind, one, got, in, dd);
+    if (me) fprintf(stderr, "; a head at a time %.3f ms", ms);
+    if (ms < best) p->c = one;
+  }
+  char name[64], sec[64];
+  fa_name(name, sizeof name, x, kind, p->c);
+  if (me) fprintf(stderr, "; picked %s, %s\n", name, fa_sections(sec, sizeof sec, x, kind, p->c));
+  for (int j = 0; j < nout; j++) free(want[j]), dev_free(ref[base + j]), dev_free(got[base + j]);
+}
+
+/* The configuration a shape's forward (dQ, dK/dV) runs: the knobs' where
+ * the tuner is off or recording a graph, else the tuner's pick, made now
+ * if no run made it before */
+static FaCfg fa_cfg(const RtInst *x, int kind, const CUdeviceptr *in, CUdeviceptr dd) {
+  if (!fa_tuning(x)) return fa_asked(x, kind);
+  i64 key[6];
+  fa_key(key, x, kind);
+  static bool read;
+  if (!read) read = true, fa_read();
+  FaPick *p = fa_find(key);
+  if (p && !p->said && !fa_valid(x, kind, p->c)) *p = fa_picks[--nfa_picks], p = NULL;   /* (a damaged file: anew) */
+  if (p && !p->said && comm_rank() == 0) {
+    char name[64], sec[64];
+    fa_name(name, sizeof name, x, kind, p->c);
+    fprintf(stderr, "lmrun: attention's %s at b %lld t %lld h %lld (kv %lld) k %lld: %s, %s (timed before: %s)\n",
+            fa_what[kind], (long long)x->b, (long long)x->t, (long long)x->h, (long long)x->g, (long long)x->k, name,
+            fa_sections(sec, sizeof sec, x, kind, p->c), fa_file);
+  }
+  if (p) return p->said = true, p->c;
+  if (capturing || nfa_picks == 64) return fa_asked(x, kind);
+  p = &fa_picks[nfa_picks];
+  memcpy(p->key, key, sizeof p->key);
+  fa_tune_now(x, kind, in, dd, p);
+  p->said = true, nfa_picks++;
+  fa_write();
+  return p->c;
 }
 
 /* Column sums over n rows of d columns, kernels.cu's two passes: pass 1
@@ -2239,12 +2505,18 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
                  &wg_asked, why, n) ||
       !env_count("LMC_ATTENTION_SECTION", INT_MAX, "a count of heads, 1 or more (heads a section of attention's launch order)",
                  &section_asked, why, n) ||
+      !env_choice("LMC_ATTENTION_TUNE", 0, 1, "0 (attention's default kernels) or 1 (timed, also on the emulator)",
+                  &fa_tune, why, n) ||
       !env_choice("LMC_GEMM_BACKWARD_EPILOGUES", 0, 1, "0 (the GEMM, then kernels) or 1", &ep, why, n) ||
       !env_count("LMC_MOE_SPLIT", 64, "a count of parts from 1 to 64 (split-k of the MoE weight gradients' grouped GEMMs)",
                  &moe_split_asked, why, n) ||
       !env_choice("LMC_MOE_GROUPED", 0, 1, "0 (a GEMM a segment, counts on the host) or 1", &grouped, why, n))
     return NULL;
   bwd_epilogues = ep, moe_grouped_off = !grouped;
+  static const char *knobs[] = {"LMC_ATTENTION_DKV_QT", "LMC_ATTENTION_ROWS", "LMC_ATTENTION_STAGES",
+                                "LMC_ATTENTION_WGMMA", "LMC_ATTENTION_WARPGROUPS", "LMC_ATTENTION_SECTION"};
+  for (size_t i = 0; i < sizeof knobs / sizeof *knobs; i++)
+    if (getenv(knobs[i]) && *getenv(knobs[i])) fa_pinned = true;
   if (!load_driver(why, n)) return NULL;
   bool events = ev.create && ev.record && ev.sync && ev.elapsed;
   cuda.time_mark = events ? cuda_time_mark : NULL, cuda.time_read = events ? cuda_time_read : NULL;
@@ -2256,6 +2528,7 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   const char *local = getenv("OMPI_COMM_WORLD_LOCAL_RANK");   /* one device per local rank */
   CK(cu.device_count(&count));
   CK(cu.device_get(&dev, local ? atoi(local) % count : 0));
+  device = dev;
   CK(cu.attr(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev));
   CK(cu.attr(&minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev));
   CK(cu.attr(&l2_bytes, CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE, dev));
@@ -2267,7 +2540,7 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   workspace = dev_alloc(workspace_size);
   CK(cu.stream_create(&st, 0));
   load_kernels(dir);
-  if (wgmma_asked && sm == 90) wgmma_probe();
+  if (sm == 90 && (wgmma_asked || fa_tune_on())) wgmma_probe();   /* (not inside a graph's recording) */
   static const char *names16[2][3] = {{"cuda-bf16", "cuda-bf16-high", "cuda-bf16-medium"},
                                       {"cuda-emu-bf16", "cuda-emu-bf16-high", "cuda-emu-bf16-medium"}};
   if (storage16) cuda.name = names16[emulate][precision];

@@ -151,7 +151,47 @@ if [ "$STEPS" -ge 20 ]; then
     "$WORK/wg.err" || fail "LMC_CUDA_EMU_WGMMA_SWAP=1: no word of the probe's finding"
   python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/wg.0/metrics.jsonl" "$WORK/wg.swap/metrics.jsonl" \
     "a GPU that disagrees: mma.sync" 1e-15 || status=1
-  ran=23
+  # attention's tuner (LMC_ATTENTION_TUNE=1; on by default on a GPU): the
+  # first run times each kernel of the forward, dQ and dK/dV (the default,
+  # the other mma.sync ones, wgmma at 1 to 3 warpgroups) on the first
+  # step's inputs, checks each against the default and keeps the fastest;
+  # the emulator's times are noise, so it may keep any of them, all within
+  # bf16 storage's tolerance of the default
+  tune() {   # tune OUT [ENV...]: a tuned run over the picks' file in $WORK/tcache
+    out=$1
+    shift
+    env XDG_CACHE_HOME="$WORK/tcache" LMC_ATTENTION_TUNE=1 "$@" "$LMRUN" "$WORK/wg" --data "$DATA" --backend cuda-emu \
+      --matmul-precision medium --quiet --eval-interval "$STEPS" --eval-batches 2 --out "$WORK/$out" 2>"$WORK/$out.err" ||
+      fail "LMC_ATTENTION_TUNE=1 ($out): lmrun failed"
+  }
+  tune wg.tuned
+  for what in forward dQ dK/dV; do
+    grep -q "^lmrun: timing attention's $what kernels at b 2 t 150 h 4 (kv 2) k 8: .*; picked lmc_attention_" \
+      "$WORK/wg.tuned.err" || fail "LMC_ATTENTION_TUNE=1: no word of the $what's kernels timed"
+  done
+  python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/wg.0/metrics.jsonl" "$WORK/wg.tuned/metrics.jsonl" \
+    "attention's kernels tuned against the default" 1e-3 1e-2 || status=1
+  # a second run takes the picks from the file, times nothing, and gives
+  # the first's bits
+  tune wg.again
+  [ "$(grep -c "^lmrun: attention's .* (timed before: $WORK/tcache/lmc/kernels/[0-9a-f]*-lmc-emulated-CUDA-device-emu.attention)$" \
+    "$WORK/wg.again.err")" = 3 ] && ! grep -q timing "$WORK/wg.again.err" || fail "LMC_ATTENTION_TUNE=1: the picks not read back"
+  python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/wg.tuned/metrics.jsonl" "$WORK/wg.again/metrics.jsonl" \
+    "attention's kernels as tuned before" 1e-15 || status=1
+  # a pick the bundle has no kernel for (a damaged file) is timed anew
+  sed -i 's/^0 \(.*\) [0-9]* [0-9]* [0-9]* [0-9]* [0-9]*$/0 \1 0 7 0 0 3/' "$WORK"/tcache/lmc/kernels/*.attention
+  XDG_CACHE_HOME="$WORK/tcache" LMC_ATTENTION_TUNE=1 "$LMRUN" "$WORK/wg" --data "$DATA" --backend cuda-emu \
+    --matmul-precision medium --max-steps 1 --eval-interval 0 --save-interval 0 --out "$WORK/wg.damaged" 2>&1 |
+    grep -q "^lmrun: timing attention's forward kernels" ||
+    fail "LMC_ATTENTION_TUNE=1: a damaged pick not timed anew"
+  # a kernel whose outputs disagree with the default's is never kept (one
+  # spoiled after it runs: a NaN in its first output)
+  rm -rf "$WORK/tcache"
+  tune wg.spoiled LMC_ATTENTION_TUNE_SPOIL=mma_dq_r64_k8
+  grep -q " mma_dq_r64_k8 [0-9.]* ms (differs from the default: not used)" "$WORK/wg.spoiled.err" &&
+    ! grep -q "picked lmc_attention_bwd_mma_dq_r64_k8" "$WORK/wg.spoiled.err" ||
+    fail "LMC_ATTENTION_TUNE_SPOIL: a spoiled kernel not refused"
+  ran=26
 fi
 # tf32 and bf16 products: the loss within 2e-3 and 1e-2, the gradient
 # norm, which drifts, within 3e-2 and 5e-2
