@@ -69,7 +69,7 @@ int main(int argc, char **argv) {
   printf("attention: b %lld t %lld h %lld (kv %lld) k %lld, %s storage, %s", (long long)B, (long long)T,
          (long long)H, (long long)G, (long long)K, h ? "bf16" : "fp32", be->name);
   const char *knobs[] = {"LMC_ATTENTION_DKV_QT", "LMC_ATTENTION_ROWS", "LMC_ATTENTION_STAGES", "LMC_ATTENTION_SECTION",
-                         "LMC_ATTENTION_WGMMA"};
+                         "LMC_ATTENTION_WGMMA", "LMC_ATTENTION_WARPGROUPS", "LMC_ATTENTION_TUNE"};
   for (size_t i = 0; i < sizeof knobs / sizeof *knobs; i++) {   /* the kernels asked for, where not the defaults */
     const char *s = getenv(knobs[i]);
     if (s && *s) printf(", %s=%s", knobs[i], s);

@@ -23,8 +23,8 @@
 #        as scripts/gpu_check.sh --pack leaves it, else build/)
 # Env:   LMC_BENCH_ATTENTION_ONLY=1: attention alone, nothing else;
 #        LMC_BENCH_QUICK=1: the issue's targets in bf16, GPT-2 B=8 T=1024
-#        (lmc; with attention on wgmma, column lmc-cuda-bf16-wg, and in
-#        blocks of 3 warpgroups, lmc-cuda-bf16-wg3; with the norms'
+#        (lmc; with attention's default kernels untuned, column
+#        lmc-cuda-bf16-untuned; with the norms'
 #        backward apart from the kernels lmc writes, lmc-cuda-bf16-nbapart;
 #        PyTorch bf16 + torch.compile) and llama-large (the same but the
 #        last; torch.compile last), and the MoE rows;
@@ -51,28 +51,25 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,clocks.sm,clocks
 # lmc ROW BACKEND[:COLUMN] STEPS SPEC [--set ...]: bench_train on a bundle of
 # SPEC (with the environment $rowenv, when set)
 rowenv=
-# Attention on wgmma has not met a GPU yet: once one of its runs times out
-# (a hang: rc 124), the rest of its rows are skipped rather than each
-# waiting out its own timeout (wg_ok 0)
-wg_ok=1
-wg_skip() {
-  case "$rowenv" in *WGMMA=1*) [ $wg_ok = 0 ] ;; *) false ;; esac
-}
-wg_timeout() {   # wg_timeout RC: after a run of attention on wgmma
+# Attention on wgmma has not met a GPU yet, and the attention tuner
+# (runtime/cuda.c: on by default on a GPU) runs it beside the other
+# kernels: once a run times out (a hang: rc 124), the tuner is off for the
+# rest (LMC_ATTENTION_TUNE=0), rather than each run waiting out its own
+# timeout
+hang() {   # hang RC: after a run with the tuner on
   [ "$1" = 124 ] || return 0
-  wg_ok=0
-  echo "bench: attention on wgmma timed out (a hang?); its remaining rows are skipped"
+  export LMC_ATTENTION_TUNE=0
+  echo "bench: a run timed out (a hang?): attention's tuner is off from here, each op on its default kernels"
 }
 lmc_row() {
   row=$1 be=${2%%:*} col=${2#*:} steps=$3 spec=$4
   shift 4
   echo "== lmc $row ($col)${rowenv:+ $rowenv}"
-  if wg_skip; then echo "(skipped: attention on wgmma timed out before)"; echo "$row lmc-$col skipped" >> "$table"; return; fi
   "$lmc" "$root/models/$spec.lm" -q -o "$work/b" "$@" || return
   out=$(env $rowenv timeout 300 "$bench" "$work/b" "$steps" "$be" 2>&1)
   rc=$?
   echo "$out"
-  case "$rowenv" in *WGMMA=1*) wg_timeout $rc ;; esac
+  hang $rc
   tps=$(echo "$out" | sed -n 's/.*| \([0-9]*\) tokens\/s |.*/\1/p')
   echo "$row lmc-$col ${tps:-failed}" >> "$table"
 }
@@ -94,32 +91,18 @@ attention_row() {
   row=$1 spec=$2 b=$3 t=$4 h=$5 g=$6 k=$7
   shift 7
   echo "== attention $row"
+  # tuned (the default on a GPU): its first call times every kernel the
+  # bundle has for the forward, dQ and dK/dV (the mma.sync variants, wgmma
+  # at 1 to 3 warpgroups, checked against the default's outputs first),
+  # and the launch order a head at a time, and says each one's time; the
+  # 20 timed calls run its picks
   "$lmc" "$root/models/$spec.lm" -q -o "$work/a" --set batch="$b" --set seq="$t" --set precision=bf16 "$@" &&
     timeout 120 "$(dirname "$bench")/bench_attention" "$work/a" 20 cuda 2>&1
-  # the launch order before (each head's blocks together, longest first;
-  # now the longest blocks of a section of heads go first, untimed)
-  LMC_ATTENTION_SECTION=1 timeout 120 "$(dirname "$bench")/bench_attention" "$work/a" 20 cuda 2>&1
-  # attention on wgmma (sm_90a: the forward, dQ and dK/dV; untimed,
-  # checked by test_emu and test_emu_ops on the GPU before this runs)
-  for n in 1 2 3; do
-    # and in blocks of 2 and 3 warpgroups sharing their tiles (the forward's
-    # 128 and 192 rows, dQ's 128, dK/dV's 128 keys; head dims to 96)
-    [ $n = 1 ] || [ "$k" -le 96 ] || continue
-    [ $wg_ok = 1 ] || { echo "(wgmma, $n warpgroups: skipped, timed out before)"; continue; }
-    LMC_ATTENTION_WGMMA=1 LMC_ATTENTION_WARPGROUPS=$n timeout 120 "$(dirname "$bench")/bench_attention" "$work/a" 20 \
-      cuda 2>&1
-    wg_timeout $?
-  done
-  # the other kernels, side by side (head dims to 96): the forward at 128
-  # query rows a block (2.5x slower in run 16, its registers then in local
-  # memory), and (forward and dQ) with one stage of K and V (the kernels of
-  # runs 15 and 16; two became the default untimed). (dQ at 64 rows and
-  # dK/dV at 32 queries, slower in runs 16 and 15, are no longer timed
-  # here: LMC_ATTENTION_ROWS=64 LMC_ATTENTION_DKV_QT=32 runs them.)
-  if [ "$k" -le 96 ]; then
-    LMC_ATTENTION_ROWS=128 timeout 120 "$(dirname "$bench")/bench_attention" "$work/a" 20 cuda 2>&1
-    LMC_ATTENTION_STAGES=1 timeout 120 "$(dirname "$bench")/bench_attention" "$work/a" 20 cuda 2>&1
-  fi
+  hang $?
+  # and the defaults, untuned (LMC_ATTENTION_TUNE=0; any one kernel by the
+  # knobs: LMC_ATTENTION_WGMMA=1 LMC_ATTENTION_WARPGROUPS=N, _ROWS, _STAGES,
+  # _DKV_QT, _SECTION, docs/reference.md)
+  LMC_ATTENTION_TUNE=0 timeout 120 "$(dirname "$bench")/bench_attention" "$work/a" 20 cuda 2>&1
   [ $torch_ok = 1 ] && env -u LD_LIBRARY_PATH timeout 120 $py "$root/bench/attention_torch.py" "$b" "$t" "$h" "$g" "$k" 20 2>&1 | tail -3
 }
 attention_row llama-large-B8-T2048 llama-large 8 2048 16 4 96
@@ -138,19 +121,17 @@ if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # the issue's two targets in bf16, ea
   # 16 and no faster, are no longer run here)
   rowenv=LMC_GEMM_SHOW=1
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16 5 gpt2-124m $gpt --set precision=bf16
-  rowenv=LMC_ATTENTION_WGMMA=1   # (attention on wgmma)
-  lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-wg 5 gpt2-124m $gpt --set precision=bf16
-  rowenv="LMC_ATTENTION_WGMMA=1 LMC_ATTENTION_WARPGROUPS=3"   # (and blocks of several warpgroups)
-  lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-wg3 5 gpt2-124m $gpt --set precision=bf16
+  # (attention's kernels untuned: the defaults; the tuned row above says
+  # what each kernel took, wgmma's included, at this shape)
+  rowenv=LMC_ATTENTION_TUNE=0
+  lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-untuned 5 gpt2-124m $gpt --set precision=bf16
   rowenv=
   # (the norms' backward by kernels.cu's three launches instead of the two kernels lmc writes for it)
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-nbapart 5 gpt2-124m $gpt --set precision=bf16 --groups=add_norm,elementwise
   torch_row gpt2-B8-T1024 bf16c torch_gpt2.py 8 1024 bf16c 10
   lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16 3 llama-large --set precision=bf16
-  rowenv=LMC_ATTENTION_WGMMA=1   # (attention on wgmma)
-  lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16-wg 3 llama-large --set precision=bf16
-  rowenv="LMC_ATTENTION_WGMMA=1 LMC_ATTENTION_WARPGROUPS=3"
-  lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16-wg3 3 llama-large --set precision=bf16
+  rowenv=LMC_ATTENTION_TUNE=0
+  lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16-untuned 3 llama-large --set precision=bf16
   rowenv=
   lmc_row moe-8x2-D512 cuda-medium:cuda-bf16 5 moe-tiny $moe --set F=688 --set precision=bf16
   # (a GEMM a segment, LMC_MOE_GROUPED=0: 0.61x the grouped GEMMs in run 16, and the weight gradients

@@ -1211,7 +1211,8 @@ static const char *fa_what[3] = {"forward", "dQ", "dK/dV"};
 /* c's launch order in words */
 static const char *fa_sections(char *s, size_t n, const RtInst *x, int kind, FaCfg c) {
   i64 heads = x->b * (kind == FA_DKV ? x->g : x->h);
-  if (c.section >= heads) snprintf(s, n, "all %lld heads in one section", heads);
+  if (heads == 1) snprintf(s, n, "one head");
+  else if (c.section >= heads) snprintf(s, n, "all %lld heads in one section", heads);
   else if (c.section == 1) snprintf(s, n, "a head at a time");
   else snprintf(s, n, "sections of %lld heads", c.section);
   return s;
