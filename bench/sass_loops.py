@@ -38,6 +38,8 @@ HOT = [
     ("if (async && K == KP) return fw_load_passes", "if (true) return fw_load_passes"),
     ("fm_softmax<KP>(s, m, l, acc, j0 + FW_ROWS - 1 > w0, j0, r0);", "fm_softmax<KP>(s, m, l, acc, false, j0, r0);"),
     ("fm_dq_ds<FW_ROWS>(s, dp, li, di, j0 + FW_ROWS - 1 > w0,", "fm_dq_ds<FW_ROWS>(s, dp, li, di, false,"),
+    ("bool resc = fm_probs(s, m, l, alpha, j0 + FW_ROWS - 1 > w0, j0, r0);",
+     "bool resc = fm_probs(s, m, l, alpha, false, j0, r0);"),
     # (the forward's tiles past the first few keep their rows' maxima: no rescaling)
     ("if (Skip && !__any_sync(0xffffffffu, mx[h] > m[h] + 8.0f)) continue;",
      "if (Skip && !__any_sync(0xffffffffu, mx[h] > m[h] + 8.0f)) continue;\n    if (Skip) { m[h] = mx[h]; continue; }"),

@@ -97,6 +97,12 @@ void kernels_attention(FILE *out, int64_t k, bool bwd, bool bf16) {
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_wg_k%lld("
               "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, "
               "float scale, i64 B) {\n  fw_forward<%d>(o, lse, q, k, v, T, H, G, K, scale, B);\n}\n", mb, K, kp);
+    /* and with a tile's softmax beside the tensor cores' products (the
+     * runtime's LMC_ATTENTION_WGMMA=2, or its tuner's pick) */
+    if (k <= 128)
+      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_wgp_k%lld("
+              "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, "
+              "float scale, i64 B) {\n  fw_forward_pipe<%d>(o, lse, q, k, v, T, H, G, K, scale, B);\n}\n", 2, K, kp);
     /* and in blocks of 2 and 3 warpgroups sharing their K and V tiles
      * (LMC_ATTENTION_WARPGROUPS), one block an SM; in bf16 storage only
      * (fp32 storage, a checking mode, has the one-warpgroup kernels) */

@@ -309,18 +309,26 @@ static void load_kernels(const char *dir) {
  * memory cuFuncSetAttribute allowed it (launch_smem) */
 typedef struct Fn { char name[64]; CUfunction f; unsigned smem; } Fn;
 
-static Fn *fn_entry(const char *name) {
+static Fn *fn_find(const char *name) {   /* NULL where the module lacks it (a bundle an older lmc wrote) */
   static Fn cache[128], spare;
   static int n;
   for (int i = 0; i < n; i++)
     if (!strcmp(cache[i].name, name)) return &cache[i];
+  CUfunction f;
+  if (cu.getfn(&f, module, name) != CUDA_SUCCESS) return NULL;
   Fn *e = n < 128 && strlen(name) < sizeof cache[n].name ? &cache[n++] : &spare;   /* spare: not kept */
-  snprintf(e->name, sizeof e->name, "%s", name), e->smem = 0;
-  CK(cu.getfn(&e->f, module, name));
+  snprintf(e->name, sizeof e->name, "%s", name), e->smem = 0, e->f = f;
+  return e;
+}
+
+static Fn *fn_entry(const char *name) {
+  Fn *e = fn_find(name);
+  if (!e) CK(cu.getfn(&(CUfunction){0}, module, name));   /* (its error) */
   return e;
 }
 
 static CUfunction fn(const char *name) { return fn_entry(name)->f; }
+static bool fn_has(const char *name) { return fn_find(name) != NULL; }
 
 static unsigned grid_for(int64_t n) {
   int64_t g = (n + 255) / 256;
@@ -968,6 +976,7 @@ static void fa_launch(const char *name, i64 heads, i64 nb, i64 sec, int threads,
 enum { FA_FWD, FA_DQ, FA_DKV };
 typedef struct FaCfg {
   int wg;        /* warpgroups a block on wgmma; 0: mma.sync (or the CUDA cores below medium precision) */
+  bool pipe;     /* the forward on wgmma, one warpgroup: a tile's softmax beside the products (fw_forward_pipe) */
   int rows;      /* mma.sync forward and dQ: query rows a block, 64 or (head dims to 96) 128 */
   bool s2;       /* mma.sync forward at 64 rows and dQ at 128 (head dims to 96): two stages of K and V */
   int qt;        /* mma.sync dK/dV: queries a step, 64 or (past head dim 64) 32 */
@@ -975,8 +984,9 @@ typedef struct FaCfg {
 } FaCfg;
 
 static FaCfg fa_asked(const RtInst *x, int kind) {
-  FaCfg c = {0, 0, false, 0, fa_section(x, kind == FA_DKV)};
-  if (kind == FA_FWD ? fa_wg(x) : fa_wg_bwd(x)) c.wg = fa_nw(x, kind == FA_DKV ? 2 : 3);
+  FaCfg c = {0, false, 0, false, 0, fa_section(x, kind == FA_DKV)};
+  if (kind == FA_FWD ? fa_wg(x) : fa_wg_bwd(x))
+    c.wg = fa_nw(x, kind == FA_DKV ? 2 : 3), c.pipe = kind == FA_FWD && c.wg == 1 && wgmma_asked == 2;
   else if (kind == FA_DKV) c.qt = (int)dkv_qt(x->k);
   else c.rows = (int)fm_rows(x->k, kind == FA_FWD), c.s2 = fm_s2(x->k, kind == FA_FWD);
   return c;
@@ -987,7 +997,7 @@ static FaCfg fa_asked(const RtInst *x, int kind) {
 static void fa_name(char *name, size_t n, const RtInst *x, int kind, FaCfg c) {
   i64 kp = (x->k + 15) / 16 * 16;
   bool mma = fa_mma(x);
-  const char *pre = c.wg ? wg_kind[c.wg] : mma ? "mma_" : "", *var = "";
+  const char *pre = c.pipe ? "wgp_" : c.wg ? wg_kind[c.wg] : mma ? "mma_" : "", *var = "";
   if (kind == FA_FWD && mma && !c.wg && kp <= 96 && c.rows == 64) pre = c.s2 ? "mma_s2_" : "mma_r64_";
   if (kind == FA_DQ && mma && !c.wg && kp <= 96) var = c.rows == 64 ? "r64_" : c.s2 ? "s2_" : "";
   if (kind == FA_DKV && mma && !c.wg && kp > 64 && kp <= 96 && c.qt == 64) var = "q64_";
@@ -1027,6 +1037,8 @@ static void fa_run(const RtInst *x, int kind, FaCfg c, const CUdeviceptr *out, c
   void *dkv[] = {&o1, &o2, &i0, &i1, &i2, &i3, &i4, &dd, &T, &H, &G, &K, &scale, &a1, &a2, &B};
   char name[64];
   fa_name(name, sizeof name, x, kind, c);
+  if (!fn_has(name))
+    rt_die("attention: this bundle's kernels.cu has no %s (an older lmc wrote it): compile the bundle again", name);
   fa_launch(name, B * (kind == FA_DKV ? G : H), (T + R - 1) / R, c.section, FA_THREADS * (c.wg ? c.wg : 1),
             fa_smem(x, kind, c), kind == FA_FWD ? fwd : kind == FA_DQ ? dq : dkv);
 }
@@ -1096,16 +1108,16 @@ static FaPick *fa_find(const i64 *key) {
   return NULL;
 }
 
-/* The picks' file: a line a pick, "KIND B T H G K WG ROWS S2 QT SECTION" */
+/* The picks' file: a line a pick, "KIND B T H G K WG PIPE ROWS S2 QT SECTION" */
 static void fa_read(void) {
   FILE *f = fa_file[0] ? fopen(fa_file, "r") : NULL;
   FaPick p;
-  int s2;
+  int s2, pipe;
   while (f && nfa_picks < 64 &&
-         fscanf(f, "%lld %lld %lld %lld %lld %lld %d %d %d %d %lld", &p.key[0], &p.key[1], &p.key[2], &p.key[3],
-                &p.key[4], &p.key[5], &p.c.wg, &p.c.rows, &s2, &p.c.qt, &p.c.section) == 11)
+         fscanf(f, "%lld %lld %lld %lld %lld %lld %d %d %d %d %d %lld", &p.key[0], &p.key[1], &p.key[2], &p.key[3],
+                &p.key[4], &p.key[5], &p.c.wg, &pipe, &p.c.rows, &s2, &p.c.qt, &p.c.section) == 12)
     if (!fa_find(p.key) && p.c.wg >= 0 && p.c.wg <= 3 && p.c.section >= 1)
-      p.c.s2 = s2, p.said = false, fa_picks[nfa_picks++] = p;
+      p.c.s2 = s2, p.c.pipe = pipe, p.said = false, fa_picks[nfa_picks++] = p;
   if (f) fclose(f);
 }
 
@@ -1116,21 +1128,25 @@ static void fa_write(void) {
   FILE *f = fopen(tmp, "w");
   for (int i = 0; f && i < nfa_picks; i++) {
     const FaPick *p = &fa_picks[i];
-    fprintf(f, "%lld %lld %lld %lld %lld %lld %d %d %d %d %lld\n", p->key[0], p->key[1], p->key[2], p->key[3],
-            p->key[4], p->key[5], p->c.wg, p->c.rows, (int)p->c.s2, p->c.qt, p->c.section);
+    fprintf(f, "%lld %lld %lld %lld %lld %lld %d %d %d %d %d %lld\n", p->key[0], p->key[1], p->key[2], p->key[3],
+            p->key[4], p->key[5], p->c.wg, (int)p->c.pipe, p->c.rows, (int)p->c.s2, p->c.qt, p->c.section);
   }
   if (f && fclose(f) == 0) rename(tmp, fa_file);
   else unlink(tmp);
 }
 
 static bool fa_same(FaCfg a, FaCfg b) {
-  return a.wg == b.wg && a.rows == b.rows && a.s2 == b.s2 && a.qt == b.qt && a.section == b.section;
+  return a.wg == b.wg && a.pipe == b.pipe && a.rows == b.rows && a.s2 == b.s2 && a.qt == b.qt &&
+         a.section == b.section;
 }
 
 /* The kernels a shape's forward (dQ, dK/dV) can run: the default first */
-static void fa_add(FaCfg *c, int *n, FaCfg d, int wg, int rows, bool s2, int qt) {
-  FaCfg e = {wg, rows, s2, qt, d.section};
-  if (!fa_same(e, d)) c[(*n)++] = e;
+static void fa_add(const RtInst *x, int kind, FaCfg *c, int *n, FaCfg d, int wg, bool pipe, int rows, bool s2,
+                   int qt) {
+  FaCfg e = {wg, pipe, rows, s2, qt, d.section};
+  char name[64];
+  fa_name(name, sizeof name, x, kind, e);
+  if (!fa_same(e, d) && fn_has(name)) c[(*n)++] = e;   /* (a bundle an older lmc wrote may lack it) */
 }
 static int fa_candidates(const RtInst *x, int kind, FaCfg *c) {
   i64 kp = (x->k + 15) / 16 * 16;
@@ -1138,13 +1154,18 @@ static int fa_candidates(const RtInst *x, int kind, FaCfg *c) {
   int n = 0;
   c[n++] = d;
   if (kind == FA_FWD && kp <= 96)
-    fa_add(c, &n, d, 0, 64, true, 0), fa_add(c, &n, d, 0, 64, false, 0), fa_add(c, &n, d, 0, 128, false, 0);
+    fa_add(x, kind, c, &n, d, 0, false, 64, true, 0), fa_add(x, kind, c, &n, d, 0, false, 64, false, 0),
+        fa_add(x, kind, c, &n, d, 0, false, 128, false, 0);
   if (kind == FA_DQ && kp <= 96)
-    fa_add(c, &n, d, 0, 128, true, 0), fa_add(c, &n, d, 0, 128, false, 0), fa_add(c, &n, d, 0, 64, false, 0);
-  if (kind == FA_DKV && kp > 64 && kp <= 96) fa_add(c, &n, d, 0, 0, false, 64), fa_add(c, &n, d, 0, 0, false, 32);
-  if (sm == 90 && wgmma_probe())
+    fa_add(x, kind, c, &n, d, 0, false, 128, true, 0), fa_add(x, kind, c, &n, d, 0, false, 128, false, 0),
+        fa_add(x, kind, c, &n, d, 0, false, 64, false, 0);
+  if (kind == FA_DKV && kp > 64 && kp <= 96)
+    fa_add(x, kind, c, &n, d, 0, false, 0, false, 64), fa_add(x, kind, c, &n, d, 0, false, 0, false, 32);
+  if (sm == 90 && wgmma_probe()) {
     for (int w = 1; w <= (kind == FA_DKV ? 2 : 3) && (w == 1 || (storage16 && kp <= 96)); w++)
-      fa_add(c, &n, d, w, 0, false, 0);
+      fa_add(x, kind, c, &n, d, w, false, 0, false, 0);
+    if (kind == FA_FWD) fa_add(x, kind, c, &n, d, 1, true, 0, false, 0);
+  }
   return n;
 }
 
@@ -2500,8 +2521,8 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
                   &rows_asked, why, n) ||
       !env_choice("LMC_ATTENTION_STAGES", 1, 2, "1 or 2 (stages of K and V tiles in attention's forward and dQ)",
                   &kv_stages, why, n) ||
-      !env_choice("LMC_ATTENTION_WGMMA", 0, 1, "0 or 1 (attention on wgmma, compute capability 9.0)",
-                  &wgmma_asked, why, n) ||
+      !env_int("LMC_ATTENTION_WGMMA", 0, 2, false,
+               "0, 1 or 2 (attention on wgmma, compute capability 9.0; 2: the forward pipelined)", &wgmma_asked, why, n) ||
       !env_count("LMC_ATTENTION_WARPGROUPS", 3, "1, 2 or 3 (warpgroups a block of attention's wgmma kernels)",
                  &wg_asked, why, n) ||
       !env_count("LMC_ATTENTION_SECTION", INT_MAX, "a count of heads, 1 or more (heads a section of attention's launch order)",

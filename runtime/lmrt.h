@@ -285,7 +285,8 @@ void cuda_attention_stages(int stages);
  * as half the L2 holds the data of, 1 each head's blocks together;
  * $LMC_ATTENTION_SECTION sets it. */
 void cuda_attention_section(int heads);
-/* asks for attention on wgmma (on 1, off 0): 1 where it will run, 0 where
+/* asks for attention on wgmma (on 1, off 0; 2 on with the forward's
+ * softmax beside its products, fw_forward_pipe): 1 where it will run, 0 where
  * this GPU's wgmma failed the runtime's probe, -1 where it is off or the
  * GPU is not of compute capability 9.0 */
 int cuda_attention_wgmma(int on);

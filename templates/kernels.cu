@@ -967,11 +967,16 @@ __device__ __forceinline__ float quad_sum(float x) {
 // rescaling are skipped. The row's log-sum-exp, m + log l, is the same
 // whichever max m is. (Skip false: the exact running max, as the
 // 128-row forward keeps it, which spills with the vote.)
-template <int KP, bool Skip = true>
-__device__ __forceinline__ void fm_softmax(float (*s)[4], float *m, float *l, float (*acc)[4], bool diag, i64 j0,
-                                           i64 r) {
+//
+// fm_probs is all of it but the output's rescaling: each half's factor
+// into alpha (1 where the warp keeps its maxima), and true where the warp
+// must rescale (the same in all its lanes), for a caller whose output
+// rows are still being summed (the pipelined wgmma forward).
+template <bool Skip = true>
+__device__ __forceinline__ bool fm_probs(float (*s)[4], float *m, float *l, float *alpha, bool diag, i64 j0, i64 r) {
   int t = threadIdx.x % 4;
   float mx[2] = {m[0], m[1]};
+  bool any = false;
   #pragma unroll
   for (int nt = 0; nt < FM_ROWS / 8; nt++)
     #pragma unroll
@@ -982,16 +987,31 @@ __device__ __forceinline__ void fm_softmax(float (*s)[4], float *m, float *l, fl
   #pragma unroll
   for (int h = 0; h < 2; h++) {
     mx[h] = quad_max(mx[h]);
+    alpha[h] = 1.0f;
     if (Skip && !__any_sync(0xffffffffu, mx[h] > m[h] + 8.0f)) continue;   // (m -inf: the first tile rescales)
-    float alpha = lmc_ex2(m[h] - mx[h]);
-    l[h] *= alpha, m[h] = mx[h];
-    #pragma unroll
-    for (int nt = 0; nt < KP / 8; nt++) acc[nt][2 * h] *= alpha, acc[nt][2 * h + 1] *= alpha;
+    alpha[h] = lmc_ex2(m[h] - mx[h]), any = true;
+    l[h] *= alpha[h], m[h] = mx[h];
   }
   #pragma unroll
   for (int nt = 0; nt < FM_ROWS / 8; nt++)
     #pragma unroll
     for (int i = 0; i < 4; i++) s[nt][i] = lmc_ex2(s[nt][i] - m[i >> 1]), l[i >> 1] += s[nt][i];
+  return any;
+}
+
+// the output rows acc (KP columns) times each half's factor
+template <int KP>
+__device__ __forceinline__ void fm_rescale(float (*acc)[4], const float *alpha) {
+  #pragma unroll
+  for (int nt = 0; nt < KP / 8; nt++)
+    acc[nt][0] *= alpha[0], acc[nt][1] *= alpha[0], acc[nt][2] *= alpha[1], acc[nt][3] *= alpha[1];
+}
+
+template <int KP, bool Skip = true>
+__device__ __forceinline__ void fm_softmax(float (*s)[4], float *m, float *l, float (*acc)[4], bool diag, i64 j0,
+                                           i64 r) {
+  float alpha[2];
+  if (fm_probs<Skip>(s, m, l, alpha, diag, j0, r)) fm_rescale<KP>(acc, alpha);
 }
 
 // 16 output rows from r (acc over the row sums l) into o (rows of a
@@ -1323,6 +1343,86 @@ __device__ void fw_forward(act *o, real *lse, const act *q, const act *k, const 
     lmc_wg_wait<0>();
     lmc_wg_hold<KP / 8>(acc);
   }
+  fm_finish<KP>(o + b * T * H * K + h * K, lse + (b * H + h) * T, acc, m, l, r0, T, H * K, (int)K);
+#else
+  __trap();   // (the runtime launches it on sm_90a alone)
+#endif
+}
+
+// The wgmma forward with a tile's softmax beside the tensor cores' work
+// (FlashAttention 3's overlap within a warpgroup; one warpgroup a block):
+// tile j's Q K^T and tile j-1's P V go out together, the warpgroup waits
+// for the first alone (wait_group 1), makes tile j's probabilities while
+// P V runs, then waits for it and rescales the output rows where the
+// maxima moved. P of tile j-1 stays in its registers until that wait
+// (lmc_wg_hold_a), so ptxas gives tile j's another set. K's tiles are
+// copied a tile ahead of their product and V's a tile behind K's (V's
+// stage is read a tile later): as tile j starts, K of j+1 and V of j go
+// into the stages tiles j-1 and j-2 used, both waited for in tile j-1.
+template <int KP>
+__device__ void fw_forward_pipe(act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G,
+                                i64 K, float scale, i64 B) {
+#ifdef LMC_WGMMA
+  enum { KS = KP / 16, TILE = FW_ROWS * KP, PK = FW_ROWS / 16 };   // Q K^T's k-steps; a tile's elements; P V's
+  extern __shared__ __align__(16) unsigned short fm_smem[];
+  unsigned short *qs = fm_smem, *ks = qs + TILE, *vs = ks + 2 * TILE;   // as fw_forward's (fm_smem kind 3)
+  FwBlock f;
+  if (!fw_block<KP, 1>(f, ks, vs, k, v, T, H, G, K, B)) return;   // (K and V of tile 0 into stage 0)
+  i64 b = f.b, h = f.h, w0 = f.w0, r0 = f.r0, stride = G * K;
+  int n = f.last / FW_ROWS + 1;   // tiles of keys
+  fw_load<KP, 1>(qs, q + b * T * H * K + h * K, f.q0, T, H * K, (int)K, scale * LOG2E);
+  float acc[KP / 8][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0, 0}, s[FW_ROWS / 8][4], alpha[2];
+  #pragma unroll
+  for (int nt = 0; nt < KP / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
+  unsigned long long qd = fw_desc_k<KP>(qs), kd0 = fw_desc_k<KP>(ks), vd0 = fw_desc_n<KP>(vs);
+  unsigned p[PK][4], pn[PK][4];   // P of the tile before (in P V), of this tile
+  // tile 0: Q K^T alone
+  lmc_cp_async_wait0(), lmc_fence_proxy_async(), __syncthreads();
+  if (n > 1) fw_load<KP, 1>(ks + TILE, f.kb, FW_ROWS, T, stride, (int)K);
+  lmc_cp_async_commit();
+  lmc_wg_fence();
+  #pragma unroll
+  for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<FW_ROWS, 0>(s, qd + 16 * kk, kd0 + 16 * kk, kk);
+  lmc_wg_commit();
+  lmc_wg_wait<0>();
+  lmc_wg_hold<FW_ROWS / 8>(s);
+  fm_probs(s, m, l, alpha, FW_ROWS - 1 > w0, 0, r0);   // (the output is zero: nothing to rescale)
+  fw_frags<FW_ROWS>(p, s);
+  for (int j = 1; j < n; j++) {
+    i64 j0 = (i64)j * FW_ROWS;
+    lmc_cp_async_wait0(), lmc_fence_proxy_async(), __syncthreads();   // K of j, V of j - 1 landed
+    if (j + 1 < n) fw_load<KP, 1>(ks + ((j + 1) & 1) * TILE, f.kb, j0 + FW_ROWS, T, stride, (int)K);
+    fw_load<KP, 1>(vs + (j & 1) * TILE, f.vb, j0, T, stride, (int)K);
+    lmc_cp_async_commit();
+    unsigned long long kd = kd0 + (j & 1) * (TILE / 8), vd = vd0 + ((j - 1) & 1) * (TILE / 8);
+    lmc_wg_hold<KP / 8>(acc);
+    lmc_wg_fence();
+    #pragma unroll
+    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<FW_ROWS, 0>(s, qd + 16 * kk, kd + 16 * kk, kk);
+    lmc_wg_commit();
+    #pragma unroll
+    for (int kk = 0; kk < PK; kk++) fw_mul_kn<KP>(acc, p[kk], vd + 2 * KP * kk);
+    lmc_wg_commit();
+    lmc_wg_wait<1>();   // Q K^T done, P V may run on
+    lmc_wg_hold<FW_ROWS / 8>(s);
+    bool resc = fm_probs(s, m, l, alpha, j0 + FW_ROWS - 1 > w0, j0, r0);
+    fw_frags<FW_ROWS>(pn, s);
+    lmc_wg_wait<0>();
+    lmc_wg_hold<KP / 8>(acc), lmc_wg_hold_a<PK>(p);
+    if (resc) fm_rescale<KP>(acc, alpha);
+    #pragma unroll
+    for (int kk = 0; kk < PK; kk++) p[kk][0] = pn[kk][0], p[kk][1] = pn[kk][1], p[kk][2] = pn[kk][2], p[kk][3] = pn[kk][3];
+  }
+  // the last tile's P V
+  lmc_cp_async_wait0(), lmc_fence_proxy_async(), __syncthreads();
+  unsigned long long vd = vd0 + ((n - 1) & 1) * (TILE / 8);
+  lmc_wg_hold<KP / 8>(acc);
+  lmc_wg_fence();
+  #pragma unroll
+  for (int kk = 0; kk < PK; kk++) fw_mul_kn<KP>(acc, p[kk], vd + 2 * KP * kk);
+  lmc_wg_commit();
+  lmc_wg_wait<0>();
+  lmc_wg_hold<KP / 8>(acc);
   fm_finish<KP>(o + b * T * H * K + h * K, lse + (b * H + h) * T, acc, m, l, r0, T, H * K, (int)K);
 #else
   __trap();   // (the runtime launches it on sm_90a alone)

@@ -82,6 +82,13 @@ template <int NT> __device__ __forceinline__ void lmc_wg_hold(float (*d)[4]) {
     #pragma unroll
     for (int j = 0; j < 4; j++) asm volatile("" : "+f"(d[i][j])::"memory");
 }
+// and keeps A fragments in their registers until the asm (past a wait)
+template <int NT> __device__ __forceinline__ void lmc_wg_hold_a(unsigned (*a)[4]) {
+  #pragma unroll
+  for (int i = 0; i < NT; i++)
+    #pragma unroll
+    for (int j = 0; j < 4; j++) asm volatile("" : "+r"(a[i][j])::"memory");
+}
 __device__ __forceinline__ void lmc_fence_proxy_async(void) { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 template <int N, int TB>
 __device__ __forceinline__ void lmc_wgmma_bf16(float (*d)[4], const unsigned a[4], unsigned long long desc, int acc) {

@@ -342,7 +342,11 @@ static inline void lmc_ldmatrix_x4_trans(unsigned r[4], const void *p) { lmc_ldm
 // issues wait in its queue, each in the group open when it was issued,
 // and land at cp.async.wait_group N (all but the newest N committed
 // groups), so a tile read before its wait reads what was there before, as
-// it may on a GPU. n is 16 (a copy) or 0 (16 zero bytes).
+// it may on a GPU. n is 16 (a copy) or 0 (16 zero bytes). With
+// LMC_CUDA_EMU_CP=eager each lands as it is issued instead, the other end
+// of what a GPU may do: a copy into a tile something still reads (a
+// wgmma not yet waited for, another warp before the barrier) then
+// changes what that reads.
 enum { LMC_EMU_CP_MAX = 64 };
 struct LmcCp { unsigned char *dst; const unsigned char *src; int n, group; };
 static LmcCp lmc_emu_cp[1024][LMC_EMU_CP_MAX];
@@ -353,6 +357,13 @@ static inline void lmc_cp_async16(void *dst, const void *src, int n) {
   unsigned t = lmc_emu_lin();
   if ((uintptr_t)dst % 16 || (n && (uintptr_t)src % 16)) lmc_emu_api->trap("cp.async: an address is not 16-byte aligned");
   if (n != 0 && n != 16) lmc_emu_api->trap("cp.async: the emulator copies 16 or 0 bytes of 16");
+  static int eager = -1;
+  if (eager < 0) eager = getenv("LMC_CUDA_EMU_CP") && !strcmp(getenv("LMC_CUDA_EMU_CP"), "eager");
+  if (eager) {
+    if (n) memcpy(dst, src, 16);
+    else memset(dst, 0, 16);
+    return;
+  }
   if (lmc_emu_cp_n[t] == LMC_EMU_CP_MAX) lmc_emu_api->trap("cp.async: 64 copies pending in one thread (no wait_group?)");
   lmc_emu_cp[t][lmc_emu_cp_n[t]++] = LmcCp{(unsigned char *)dst, (const unsigned char *)src, n, lmc_emu_cp_groups[t]};
 }
@@ -405,6 +416,7 @@ static int lmc_emu_wg_n[1024], lmc_emu_wg_groups[1024];
 static inline void lmc_wg_fence(void) {}
 static inline void lmc_fence_proxy_async(void) {}
 template <int NT> static inline void lmc_wg_hold(float (*)[4]) {}
+template <int NT> static inline void lmc_wg_hold_a(unsigned (*)[4]) {}
 static inline void lmc_wg_commit(void) { lmc_emu_wg_groups[lmc_emu_lin()]++; }
 static inline void lmc_emu_wg_issue(const LmcWg &w) {
   unsigned t = lmc_emu_lin();

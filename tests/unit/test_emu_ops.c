@@ -558,6 +558,11 @@ int main(int argc, char **argv) {
           check(c, false);
         }
         cuda_attention_warpgroups(1);
+        /* and with each tile's softmax beside the tensor cores' products (fw_forward_pipe) */
+        snprintf(other[i][8], 96, "%s, forward on wgmma, pipelined", names[mp][i][0]);
+        cuda_attention_wgmma(2);
+        c.name = other[i][8];
+        check(c, false);
         cuda_attention_wgmma(0);
       }
       /* inputs: dy, q, k, v, then lse and o, which run() makes by the forward */
@@ -602,7 +607,7 @@ int main(int argc, char **argv) {
        * the output is rescaled there (a warp keeps its old maxima
        * otherwise: fm_softmax); on wgmma too */
       if (i == 1) {
-        static char rise[2][2][96];
+        static char rise[2][3][96];
         Case r = {"", rt_inst(OP_ATTENTION), {{nq}, {nk, 7, at[i].g * at[i].k}, {nk}}, {{nq}, {rows, F32}}};
         r.x.b = at[i].b, r.x.t = at[i].t, r.x.h = at[i].h, r.x.g = at[i].g, r.x.k = at[i].k;
         snprintf(rise[mp][0], 96, "%s, scores rising along the keys", names[mp][i][0]);
@@ -611,6 +616,10 @@ int main(int argc, char **argv) {
         if (mp && wgmma_on()) {
           snprintf(rise[mp][1], 96, "%s, on wgmma", rise[mp][0]);
           r.name = rise[mp][1];
+          check(r, false);
+          snprintf(rise[mp][2], 96, "%s, on wgmma, pipelined", rise[mp][0]);
+          cuda_attention_wgmma(2);
+          r.name = rise[mp][2];
           check(r, false);
           cuda_attention_wgmma(0);
         }
