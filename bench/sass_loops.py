@@ -34,6 +34,8 @@ HOT = [
     ("bool diag = k0 + NS - 1 > w0;", "bool diag = false;"),
     ("fm_dkv_probs<QT>(st_, dpt, ls[st], ds[st], i0 < j0 + FM_ROWS - 1,", "fm_dkv_probs<QT>(st_, dpt, ls[st], ds[st], false,"),
     ("fm_dkv_probs<QT>(st_, dpt, ls[st], ds[st], i0 < jw + FW_ROWS - 1,", "fm_dkv_probs<QT>(st_, dpt, ls[st], ds[st], false,"),
+    ("fm_dkv_probs<QT>(st_, dpt, ls[st], ds[st], i0 < j0 + FW_ROWS - 1, c0 - i0, sl);",
+     "fm_dkv_probs<QT>(st_, dpt, ls[st], ds[st], false, c0 - i0, sl);"),
     ("bool async = FmAsync<S>::ok(src, stride, K);", "bool async = true;"),
     ("if (async && K == KP) return fw_load_passes", "if (true) return fw_load_passes"),
     ("fm_softmax<KP>(s, m, l, acc, j0 + FW_ROWS - 1 > w0, j0, r0);", "fm_softmax<KP>(s, m, l, acc, false, j0, r0);"),

@@ -165,6 +165,14 @@ void kernels_attention(FILE *out, int64_t k, bool bwd, bool bf16) {
               "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv, i64 B) {\n"
               "  fw_backward_dkv<%d, 1, %d>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv, B);\n}\n",
               K, kp, kp > 96 ? 32 : 64);
+    /* and with a step's probabilities beside the tensor cores' updates
+     * (the runtime's LMC_ATTENTION_WGMMA=2, or its tuner's pick) */
+    if (kp <= 128)
+      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, 2) lmc_attention_bwd_wgp_dkv_k%lld("
+              "act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, "
+              "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv, i64 B) {\n"
+              "  fw_backward_dkv_pipe<%d, %d>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv, B);\n}\n",
+              K, kp, kp > 64 ? 32 : 64);
     if (kp <= 96 && bf16)   /* and in blocks of two warpgroups sharing Q and dO (LMC_ATTENTION_WARPGROUPS) */
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(2 * FA_THREADS, 1) lmc_attention_bwd_wg2_dkv_k%lld("
               "act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, "

@@ -1920,6 +1920,101 @@ __device__ void fw_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
 #endif
 }
 
+// dK and dV on wgmma with a step's probabilities beside the tensor cores'
+// work (as fw_forward_pipe; one warpgroup a block): step i's S^T and dP^T
+// and step i-1's dV += P^T dO and dK += dS^T Q go out together, the
+// warpgroup waits for the first two alone, makes step i's P^T and dS^T
+// while the updates run, then waits for them and only then packs P^T and
+// dS^T into the registers the updates read. The updates read their
+// step's Q and dO a step later than the scores do, so Q and dO take
+// three stages: as step i starts, step i+1's go into the stage step i-2
+// used, whose updates were waited for in step i-1.
+template <int KP, int QT>
+__device__ void fw_backward_dkv_pipe(act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v,
+                                     const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale,
+                                     int acck, int accv, i64 B) {
+#ifdef LMC_WGMMA
+  enum { KS = KP / 16, TILE = FW_ROWS * KP, QTILE = QT * KP, PQ = QT / 16 };
+  extern __shared__ __align__(16) unsigned short fm_smem[];
+  // K and V, then three stages of Q and dO (fm_smem kind 6)
+  unsigned short *ks = fm_smem, *vs = ks + TILE, *stage = vs + TILE;
+  __shared__ __align__(16) float ls[3][QT], ds[3][QT];
+  int warp = threadIdx.x / 32, g = threadIdx.x % 32 / 4;
+  i64 b, gi;
+  if (!fa_head(b, gi, B, G)) return;
+  i64 per = H / G;
+  int j0 = blockIdx.y * FW_ROWS, c0 = j0 + warp * 16 + g;   // the block's first key, this thread's (c0, c0 + 8)
+  float sl = scale * LOG2E;
+  fw_load<KP, 1>(ks, k + b * T * G * K + gi * K, j0, T, G * K, (int)K);
+  fw_load<KP, 1>(vs, v + b * T * G * K + gi * K, j0, T, G * K, (int)K);
+  float dka[KP / 8][4], dva[KP / 8][4];
+  #pragma unroll
+  for (int nt = 0; nt < KP / 8; nt++)
+    #pragma unroll
+    for (int i = 0; i < 4; i++) dka[nt][i] = dva[nt][i] = 0;
+  unsigned long long kd = fw_desc_k<KP>(ks), vd = fw_desc_k<KP>(vs), qk0 = fw_desc_k<KP>(stage),
+                     qn0 = fw_desc_n<KP>(stage);
+  int i0 = j0, i1 = j0;   // this step's first query; the next step's
+  i64 h1 = gi * per;      // and head
+  fw_dkv_stage<KP, 1, QT>(stage, ls[0], ds[0], q, dout, lse, dd, b, h1, i1, T, H, K, 0), lmc_cp_async_commit();
+  unsigned pa[PQ][4], da[PQ][4];   // P^T and dS^T of the step before (in its updates until the wait), then this one's
+  int st = 0, prev = -1;            // this step's stage; the step before's (-1: none)
+  for (;;) {
+    if ((i1 += QT) >= T) i1 = j0, h1++;
+    bool more = h1 < (gi + 1) * per;
+    lmc_cp_async_wait0(), lmc_fence_proxy_async(), __syncthreads();   // this step's tiles landed
+    int nx = st == 2 ? 0 : st + 1;
+    if (more) {
+      fw_dkv_stage<KP, 1, QT>(stage + nx * 2 * QTILE, ls[nx], ds[nx], q, dout, lse, dd, b, h1, i1, T, H, K, 0);
+      lmc_cp_async_commit();
+    }
+    unsigned long long qk = qk0 + st * (QTILE / 4);
+    float st_[QT / 8][4], dpt[QT / 8][4];   // S^T and dP^T: this warp's 16 keys x QT queries
+    lmc_wg_hold<KP / 8>(dva), lmc_wg_hold<KP / 8>(dka);
+    lmc_wg_fence();
+    #pragma unroll
+    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<QT, 0>(st_, kd + 16 * kk, qk + 16 * kk, kk);
+    #pragma unroll
+    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<QT, 0>(dpt, vd + 16 * kk, qk + QTILE / 8 + 16 * kk, kk);
+    lmc_wg_commit();
+    if (prev >= 0) {   // the step before's updates, from its stage
+      unsigned long long qn = qn0 + prev * (QTILE / 4);
+      #pragma unroll
+      for (int kk = 0; kk < PQ; kk++) fw_mul_kn<KP>(dva, pa[kk], qn + QTILE / 8 + 2 * KP * kk);   // dV += P^T dO
+      #pragma unroll
+      for (int kk = 0; kk < PQ; kk++) fw_mul_kn<KP>(dka, da[kk], qn + 2 * KP * kk);              // dK += dS^T Q
+      lmc_wg_commit();
+      lmc_wg_wait<1>();
+    } else lmc_wg_wait<0>();
+    lmc_wg_hold<QT / 8>(st_), lmc_wg_hold<QT / 8>(dpt);
+    fm_dkv_probs<QT>(st_, dpt, ls[st], ds[st], i0 < j0 + FW_ROWS - 1, c0 - i0, sl);
+    if (prev >= 0) {
+      lmc_wg_wait<0>();
+      lmc_wg_hold<KP / 8>(dva), lmc_wg_hold<KP / 8>(dka), lmc_wg_hold_a<PQ>(pa), lmc_wg_hold_a<PQ>(da);
+    }
+    fw_frags<QT>(pa, st_), fw_frags<QT>(da, dpt);
+    prev = st, st = nx;
+    if (!more) break;
+    i0 = i1;
+  }
+  // the last step's updates
+  unsigned long long qn = qn0 + prev * (QTILE / 4);
+  lmc_wg_hold<KP / 8>(dva), lmc_wg_hold<KP / 8>(dka);
+  lmc_wg_fence();
+  #pragma unroll
+  for (int kk = 0; kk < PQ; kk++) fw_mul_kn<KP>(dva, pa[kk], qn + QTILE / 8 + 2 * KP * kk);
+  #pragma unroll
+  for (int kk = 0; kk < PQ; kk++) fw_mul_kn<KP>(dka, da[kk], qn + 2 * KP * kk);
+  lmc_wg_commit();
+  lmc_wg_wait<0>();
+  lmc_wg_hold<KP / 8>(dva), lmc_wg_hold<KP / 8>(dka);
+  if (dk) fm_put<KP>(dk + b * T * G * K + gi * K, G * K, dka, c0, T, (int)K, scale, scale, acck);
+  if (dv) fm_put<KP>(dv + b * T * G * K + gi * K, G * K, dva, c0, T, (int)K, 1.0f, 1.0f, accv);
+#else
+  __trap();   // (the runtime launches it on sm_90a alone)
+#endif
+}
+
 // blocks of R keys of a kv group (fa_head over B G groups); a group's
 // blocks of early keys (the most queries) first
 template <int D, int P>

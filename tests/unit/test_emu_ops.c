@@ -534,7 +534,7 @@ int main(int argc, char **argv) {
       c = (Case){names[mp][i][0], rt_inst(OP_ATTENTION), {{nq}, {nk}, {nk}}, {{nq}, {rows, F32}}};
       c.x.b = at[i].b, c.x.t = at[i].t, c.x.h = at[i].h, c.x.g = at[i].g, c.x.k = at[i].k;
       check(c, false);
-      static char other[4][11][96];
+      static char other[4][12][96];
       if (mp && !quick) {   /* the forward's other kernels: 128 rows, one stage (not under sanitizers) */
         snprintf(other[i][0], 96, "%s, forward 128 rows a block", names[mp][i][0]);
         cuda_attention_rows(128);
@@ -580,6 +580,11 @@ int main(int argc, char **argv) {
           check(c, true);
         }
         cuda_attention_warpgroups(1);
+        /* and dK/dV with each step's probabilities beside the tensor cores' updates (fw_backward_dkv_pipe) */
+        snprintf(other[i][11], 96, "%s, on wgmma, dK/dV pipelined", names[mp][i][1]);
+        cuda_attention_wgmma(2);
+        c.name = other[i][11];
+        check(c, true);
         cuda_attention_wgmma(0);
       }
       /* the launch order in sections of 3 heads (8 heads in three, one
