@@ -976,8 +976,8 @@ static void fa_launch(const char *name, i64 heads, i64 nb, i64 sec, int threads,
 enum { FA_FWD, FA_DQ, FA_DKV };
 typedef struct FaCfg {
   int wg;        /* warpgroups a block on wgmma; 0: mma.sync (or the CUDA cores below medium precision) */
-  bool pipe;     /* the forward or dK/dV on wgmma, one warpgroup: a tile's softmax beside the products
-                    (fw_forward_pipe, fw_backward_dkv_pipe) */
+  bool pipe;     /* on wgmma, one warpgroup: a tile's softmax beside the products (fw_forward_pipe,
+                    fw_backward_dq_pipe, fw_backward_dkv_pipe) */
   int rows;      /* mma.sync forward and dQ: query rows a block, 64 or (head dims to 96) 128 */
   bool s2;       /* mma.sync forward at 64 rows and dQ at 128 (head dims to 96): two stages of K and V */
   int qt;        /* mma.sync dK/dV: queries a step, 64 or (past head dim 64) 32 */
@@ -987,7 +987,7 @@ typedef struct FaCfg {
 static FaCfg fa_asked(const RtInst *x, int kind) {
   FaCfg c = {0, false, 0, false, 0, fa_section(x, kind == FA_DKV)};
   if (kind == FA_FWD ? fa_wg(x) : fa_wg_bwd(x))
-    c.wg = fa_nw(x, kind == FA_DKV ? 2 : 3), c.pipe = kind != FA_DQ && c.wg == 1 && wgmma_asked == 2;
+    c.wg = fa_nw(x, kind == FA_DKV ? 2 : 3), c.pipe = c.wg == 1 && wgmma_asked == 2;
   else if (kind == FA_DKV) c.qt = (int)dkv_qt(x->k);
   else c.rows = (int)fm_rows(x->k, kind == FA_FWD), c.s2 = fm_s2(x->k, kind == FA_FWD);
   return c;
@@ -1019,6 +1019,7 @@ static unsigned fa_smem(const RtInst *x, int kind, FaCfg c) {
   i64 kp = (x->k + 15) / 16 * 16, tile = 64 * kp * 2, row = (kp + 8) * 2, kv = (c.s2 ? 4 : 2) * 64;
   if (!fa_mma(x)) return 0;
   if (c.pipe && kind == FA_DKV) return (unsigned)((2 + (kp > 64 ? 3 : 6)) * tile);   /* three stages of Q and dO */
+  if (c.pipe && kind == FA_DQ) return (unsigned)(7 * tile);   /* Q, dO, three stages of K, two of V */
   if (c.wg) return (unsigned)((kind == FA_FWD ? c.wg + 4 : kind == FA_DQ ? 2 * c.wg + 4 : 2 * c.wg + (kp > 96 ? 2 : 4)) * tile);
   return (unsigned)((kind == FA_FWD ? c.rows + kv : kind == FA_DQ ? 2 * c.rows + kv : 2 * 64 + 4 * c.qt) * row);
 }
@@ -1166,7 +1167,7 @@ static int fa_candidates(const RtInst *x, int kind, FaCfg *c) {
   if (sm == 90 && wgmma_probe()) {
     for (int w = 1; w <= (kind == FA_DKV ? 2 : 3) && (w == 1 || (storage16 && kp <= 96)); w++)
       fa_add(x, kind, c, &n, d, w, false, 0, false, 0);
-    if (kind != FA_DQ) fa_add(x, kind, c, &n, d, 1, true, 0, false, 0);
+    fa_add(x, kind, c, &n, d, 1, true, 0, false, 0);
   }
   return n;
 }
@@ -1301,7 +1302,7 @@ static FaCfg fa_cfg(const RtInst *x, int kind, const CUdeviceptr *in, CUdevicept
   if (!read) read = true, fa_read();
   FaPick *p = fa_find(key);
   if (p && !p->said && !fa_valid(x, kind, p->c)) *p = fa_picks[--nfa_picks], p = NULL;   /* (a damaged file: anew) */
-  if (p && !p->said && comm_rank() == 0) {
+  if (p && !p->said && comm_rank() == 0 && fa_tune == 1) {   /* (said where asked for: LMC_ATTENTION_TUNE=1) */
     char name[64], sec[64];
     fa_name(name, sizeof name, x, kind, p->c);
     fprintf(stderr, "lmrun: attention's %s at b %lld t %lld h %lld (kv %lld) k %lld: %s, %s (timed before: %s)\n",
@@ -2524,7 +2525,7 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
       !env_choice("LMC_ATTENTION_STAGES", 1, 2, "1 or 2 (stages of K and V tiles in attention's forward and dQ)",
                   &kv_stages, why, n) ||
       !env_int("LMC_ATTENTION_WGMMA", 0, 2, false,
-               "0, 1 or 2 (attention on wgmma, compute capability 9.0; 2: the forward and dK/dV pipelined)", &wgmma_asked, why, n) ||
+               "0, 1 or 2 (attention on wgmma, compute capability 9.0; 2: pipelined)", &wgmma_asked, why, n) ||
       !env_count("LMC_ATTENTION_WARPGROUPS", 3, "1, 2 or 3 (warpgroups a block of attention's wgmma kernels)",
                  &wg_asked, why, n) ||
       !env_count("LMC_ATTENTION_SECTION", INT_MAX, "a count of heads, 1 or more (heads a section of attention's launch order)",

@@ -1709,6 +1709,92 @@ __device__ void fw_backward_dq(act *dq, const act *dout, const act *q, const act
 #endif
 }
 
+// dQ on wgmma with a tile's dS beside the tensor cores' work (as
+// fw_forward_pipe; one warpgroup a block): tile j's S and dP and tile
+// j-1's dQ += dS K go out together, the warpgroup waits for the first two
+// alone, makes tile j's dS while the update runs, then waits for it and
+// only then packs dS into the registers the update reads. The update
+// reads its tile of K a tile after S does, so K takes three stages (V
+// two): as tile j starts, K and V of j+1 go into the stages tiles j-2 and
+// j-1 used, both waited for in tile j-1.
+template <int KP>
+__device__ void fw_backward_dq_pipe(act *dq, const act *dout, const act *q, const act *k, const act *v,
+                                    const real *lse, const real *dd, i64 T, i64 H, i64 G, i64 K, float scale,
+                                    int accum, i64 B) {
+#ifdef LMC_WGMMA
+  enum { KS = KP / 16, TILE = FW_ROWS * KP, PK = FW_ROWS / 16 };
+  extern __shared__ __align__(16) unsigned short fm_smem[];
+  // Q, dO, then K's three stages and V's two (core matrices; fm_smem kind 7)
+  unsigned short *qs = fm_smem, *dos = qs + TILE, *ks = dos + TILE, *vs = ks + 3 * TILE;
+  FwBlock f;
+  if (!fw_block<KP, 1>(f, ks, vs, k, v, T, H, G, K, B)) return;   // (K and V of tile 0 into stage 0)
+  i64 b = f.b, h = f.h, w0 = f.w0, r0 = f.r0, stride = G * K;
+  int n = f.last / FW_ROWS + 1;   // tiles of keys
+  fw_load<KP, 1>(qs, q + b * T * H * K + h * K, f.q0, T, H * K, (int)K, scale * LOG2E);
+  fw_load<KP, 1>(dos, dout + b * T * H * K + h * K, f.q0, T, H * K, (int)K);
+  lmc_cp_async_commit();
+  float li[2], di[2];
+  #pragma unroll
+  for (int r = 0; r < 2; r++) {
+    i64 row = r0 + r * 8;
+    li[r] = row < T ? lse[(b * H + h) * T + row] * LOG2E : 0, di[r] = row < T ? dd[(b * H + h) * T + row] : 0;
+  }
+  float acc[KP / 8][4];
+  #pragma unroll
+  for (int nt = 0; nt < KP / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
+  unsigned long long qd = fw_desc_k<KP>(qs), od = fw_desc_k<KP>(dos), kk0 = fw_desc_k<KP>(ks), kn0 = fw_desc_n<KP>(ks),
+                     vk0 = fw_desc_k<KP>(vs);
+  unsigned da[PK][4];   // dS of the tile before (in its update until the wait), then this one's
+  int kst = 0, prev = -1;   // this tile's stage of K; the tile before's (-1: none)
+  for (int j = 0; j < n; j++) {
+    i64 j0 = (i64)j * FW_ROWS;
+    lmc_cp_async_wait0(), lmc_fence_proxy_async(), __syncthreads();   // K and V of j (and Q, dO) landed
+    int nx = kst == 2 ? 0 : kst + 1;
+    if (j + 1 < n) {
+      fw_load<KP, 1>(ks + nx * TILE, f.kb, j0 + FW_ROWS, T, stride, (int)K);
+      fw_load<KP, 1>(vs + ((j + 1) & 1) * TILE, f.vb, j0 + FW_ROWS, T, stride, (int)K);
+    }
+    lmc_cp_async_commit();
+    unsigned long long kd = kk0 + kst * (TILE / 8), vd = vk0 + (j & 1) * (TILE / 8);
+    float s[FW_ROWS / 8][4], dp[FW_ROWS / 8][4];
+    lmc_wg_hold<KP / 8>(acc);
+    lmc_wg_fence();
+    #pragma unroll
+    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<FW_ROWS, 0>(s, qd + 16 * kk, kd + 16 * kk, kk);
+    #pragma unroll
+    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<FW_ROWS, 0>(dp, od + 16 * kk, vd + 16 * kk, kk);
+    lmc_wg_commit();
+    if (prev >= 0) {   // the tile before's dQ += dS K, from its stage of K
+      unsigned long long kn = kn0 + prev * (TILE / 8);
+      #pragma unroll
+      for (int kk = 0; kk < PK; kk++) fw_mul_kn<KP>(acc, da[kk], kn + 2 * KP * kk);
+      lmc_wg_commit();
+      lmc_wg_wait<1>();
+    } else lmc_wg_wait<0>();
+    lmc_wg_hold<FW_ROWS / 8>(s), lmc_wg_hold<FW_ROWS / 8>(dp);
+    fm_dq_ds<FW_ROWS>(s, dp, li, di, j0 + FW_ROWS - 1 > w0, (int)(r0 - j0));
+    if (prev >= 0) {
+      lmc_wg_wait<0>();
+      lmc_wg_hold<KP / 8>(acc), lmc_wg_hold_a<PK>(da);
+    }
+    fw_frags<FW_ROWS>(da, s);
+    prev = kst, kst = nx;
+  }
+  // the last tile's update
+  unsigned long long kn = kn0 + prev * (TILE / 8);
+  lmc_wg_hold<KP / 8>(acc);
+  lmc_wg_fence();
+  #pragma unroll
+  for (int kk = 0; kk < PK; kk++) fw_mul_kn<KP>(acc, da[kk], kn + 2 * KP * kk);
+  lmc_wg_commit();
+  lmc_wg_wait<0>();
+  lmc_wg_hold<KP / 8>(acc);
+  fm_put<KP>(dq + b * T * H * K + h * K, H * K, acc, r0, T, (int)K, scale, scale, accum);
+#else
+  __trap();   // (the runtime launches it on sm_90a alone)
+#endif
+}
+
 // A dK/dV step's N queries of head h from i0: their log-sum-exps (log2
 // units) into ls and rowsum(dO O) into ds, zero past T, a thread a query
 template <int N>

@@ -130,14 +130,15 @@ if [ "$STEPS" -ge 20 ]; then
   done
   python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/wg.0/metrics.jsonl" "$WORK/wg.1/metrics.jsonl" \
     "attention on wgmma against mma.sync" 1e-15 || status=1
-  # and the forward and dK/dV pipelined (LMC_ATTENTION_WGMMA=2: tile j's
-  # Q K^T beside tile j-1's P V, the output rescaled after; step i's S^T
-  # and dP^T beside step i-1's dV and dK updates): the same sums in the
-  # same order, the same bits
+  # and all three pipelined (LMC_ATTENTION_WGMMA=2: tile j's Q K^T beside
+  # tile j-1's P V, the output rescaled after; in dQ tile j's S and dP
+  # beside tile j-1's dQ += dS K; in dK/dV step i's S^T and dP^T beside
+  # step i-1's dV and dK updates): the same sums in the same order, the
+  # same bits
   LMC_ATTENTION_WGMMA=2 "$LMRUN" "$WORK/wg" --data "$DATA" --backend cuda-emu --matmul-precision medium --quiet \
     --eval-interval "$STEPS" --eval-batches 2 --out "$WORK/wg.2" || fail "LMC_ATTENTION_WGMMA=2: lmrun failed"
   python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/wg.0/metrics.jsonl" "$WORK/wg.2/metrics.jsonl" \
-    "attention's forward and dK/dV on wgmma, pipelined, against mma.sync" 1e-15 || status=1
+    "attention on wgmma, pipelined, against mma.sync" 1e-15 || status=1
   # and in blocks of several warpgroups sharing their tiles (the forward's
   # of 3, 192 rows; dQ's and dK/dV's of 2): the same products again
   LMC_ATTENTION_WGMMA=1 LMC_ATTENTION_WARPGROUPS=3 "$LMRUN" "$WORK/wg" --data "$DATA" --backend cuda-emu \
@@ -178,7 +179,7 @@ if [ "$STEPS" -ge 20 ]; then
       "$WORK/wg.tuned.err" || fail "LMC_ATTENTION_TUNE=1: no word of the $what's kernels timed"
   done
   for k in mma_s2_k8 mma_r64_k8 mma_k8 wg_k8 wg2_k8 wg3_k8 wgp_k8 mma_dq_s2_k8 mma_dq_r64_k8 wg3_dq_k8 wg2_dkv_k8 \
-    wgp_dkv_k8; do
+    wgp_dq_k8 wgp_dkv_k8; do
     grep -q " $k [0-9.]* ms[,;]" "$WORK/wg.tuned.err" || fail "LMC_ATTENTION_TUNE=1: $k not timed"
   done
   python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/wg.0/metrics.jsonl" "$WORK/wg.tuned/metrics.jsonl" \

@@ -580,8 +580,9 @@ int main(int argc, char **argv) {
           check(c, true);
         }
         cuda_attention_warpgroups(1);
-        /* and dK/dV with each step's probabilities beside the tensor cores' updates (fw_backward_dkv_pipe) */
-        snprintf(other[i][11], 96, "%s, on wgmma, dK/dV pipelined", names[mp][i][1]);
+        /* and with each tile's dS (each step's P^T and dS^T) beside the tensor cores' updates
+         * (fw_backward_dq_pipe, fw_backward_dkv_pipe) */
+        snprintf(other[i][11], 96, "%s, on wgmma, pipelined", names[mp][i][1]);
         cuda_attention_wgmma(2);
         c.name = other[i][11];
         check(c, true);
