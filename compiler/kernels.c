@@ -134,13 +134,14 @@ void kernels_attention(FILE *out, int64_t k, bool bwd, bool bf16) {
             "i64 T, i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
             "  fw_backward_dq<%d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", kp <= 96 ? 3 : 2, K, kp);
     /* and with a tile's dS beside the tensor cores' update (the runtime's
-     * LMC_ATTENTION_WGMMA=2, or its tuner's pick) */
+     * LMC_ATTENTION_WGMMA=2, or its tuner's pick): two blocks an SM, as its
+     * seven tiles of shared memory allow at head dim 96 (at three, fp32
+     * storage's tile conversions spill) */
     if (kp <= 128)
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_bwd_wgp_dq_k%lld("
             "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
             "i64 T, i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
-            "  fw_backward_dq_pipe<%d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", kp <= 96 ? 3 : 2,
-            K, kp);
+            "  fw_backward_dq_pipe<%d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", 2, K, kp);
     /* and in blocks of two and three warpgroups sharing K and V (LMC_ATTENTION_WARPGROUPS) */
     for (int nw = 2; nw <= 3 && kp <= 96 && bf16; nw++)
       fprintf(out, "extern \"C\" __global__ void __launch_bounds__(%d * FA_THREADS, 1) lmc_attention_bwd_wg%d_dq_k%lld("
