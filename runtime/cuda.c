@@ -1250,7 +1250,10 @@ static void fa_tune_now(const RtInst *x, int kind, const CUdeviceptr *in, CUdevi
   nout = fa_outputs(x, kind, n, act);
   CUdeviceptr ref[3] = {0}, got[3] = {0};   /* (dK/dV's outputs are out[1], out[2]) */
   int base = kind == FA_DKV ? 1 : 0;
-  for (int j = 0; j < nout; j++) ref[base + j] = dev_alloc(n[j] * 4), got[base + j] = dev_alloc(n[j] * 4);
+  for (int j = 0; j < nout; j++) {
+    size_t bytes = n[j] * (act[j] && storage16 ? 2 : 4);
+    ref[base + j] = dev_alloc(bytes), got[base + j] = dev_alloc(bytes);
+  }
   float *want[2] = {NULL, NULL}, best = 0;
   bool me = comm_rank() == 0;
   const char *spoil = getenv("LMC_ATTENTION_TUNE_SPOIL");   /* (the tuner's test: a kernel's first output spoiled) */
