@@ -6,6 +6,7 @@
  * compiles it with NVRTC; the tests compile it the same way on machines
  * without a GPU. */
 #include "lmc.h"
+#include <stdarg.h>
 #include <string.h>
 
 extern const char tpl_kernels[], tpl_tensor_cores[];
@@ -58,16 +59,46 @@ static void attention_split(int64_t k, int *d, int *p) {
  * registers at 96, no spills), half the barriers a key block: the
  * runtime's default (9% faster on an H200, run 15; LMC_ATTENTION_DKV_QT=32
  * runs the other). */
+/* One extern "C" wrapper of an attention kernel: __launch_bounds__(bounds)
+ * name, with the parameters of the forward, dQ or dK/dV (FA_FWD..),
+ * calling call with them */
+enum { FA_FWD, FA_DQ, FA_DKV };
+static void fa_kernel(FILE *out, int kind, const char *bounds, const char *name, const char *call) {
+  static const char *sig[] = {
+      "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, float scale, i64 B",
+      "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, i64 T, "
+      "i64 H, i64 G, i64 K, float scale, int acc, i64 B",
+      "act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
+      "i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv, i64 B"};
+  static const char *args[] = {"o, lse, q, k, v, T, H, G, K, scale, B",
+                               "dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B",
+                               "dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv, B"};
+  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(%s) %s(%s) {\n  %s(%s);\n}\n", bounds, name, sig[kind],
+          call, args[kind]);
+}
+
+/* a string by printf's rules, one of four in turn (a call's arguments) */
+static const char *fmt(const char *f, ...) {
+  static char buf[4][128];
+  static int i;
+  char *b = buf[i++ % 4];
+  va_list ap;
+  va_start(ap, f);
+  vsnprintf(b, sizeof buf[0], f, ap);
+  va_end(ap);
+  return b;
+}
+
 void kernels_attention(FILE *out, int64_t k, bool bwd, bool bf16) {
   int d, p;
   long long K = (long long)k;
   attention_split(k, &d, &p);
   int kp = (int)(k + 15) / 16 * 16, qt = kp <= 64 ? 64 : 32, mb = kp <= 96 ? 3 : 2;   /* tensor cores: head dims to 128 */
+  char bound[32];   /* (the tensor core kernels' blocks an SM) */
+  snprintf(bound, sizeof bound, "FA_THREADS, %d", mb);
   fprintf(out, "\n// head dim %lld: %d threads a query row, %d dims each; on the tensor cores %d\n", K, p, d, kp);
   if (!bwd) {
-    fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_k%lld(act *o, real *lse, "
-            "const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, float scale, i64 B) {\n"
-            "  fa_forward<%d, %d>(o, lse, q, k, v, T, H, G, K, scale, B);\n}\n", K, d, p);
+    fa_kernel(out, FA_FWD, "FA_THREADS", fmt("lmc_attention_k%lld", K), fmt("fa_forward<%d, %d>", d, p));
     /* up to head dim 96 a warp takes 32 query rows (128 a block, two
      * blocks an SM), past it 16; lmc_attention_mma_r64_kK, 16 rows a warp
      * at head dims to 96, is the runtime's LMC_ATTENTION_ROWS=64 (and so
@@ -76,127 +107,73 @@ void kernels_attention(FILE *out, int64_t k, bool bwd, bool bf16) {
      * they cost spills at the kernel's register bound: this forward's
      * 32 rows a warp, dQ's 16. */
     if (k <= 128)
-      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_mma_k%lld(act *o, "
-              "real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, float scale, i64 B) {\n"
-              "  fm_forward<%d, %d, %s>(o, lse, q, k, v, T, H, G, K, scale, B);\n}\n", kp <= 96 ? 2 : mb, K, kp,
-              kp <= 96 ? 2 : 1, kp <= 96 ? "true" : "false");
-    if (kp <= 96)
-      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_mma_r64_k%lld("
-              "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, "
-              "float scale, i64 B) {\n  fm_forward<%d, 1>(o, lse, q, k, v, T, H, G, K, scale, B);\n}\n", mb, K, kp);
+      fa_kernel(out, FA_FWD, fmt("FA_THREADS, %d", kp <= 96 ? 2 : mb), fmt("lmc_attention_mma_k%lld", K),
+                fmt("fm_forward<%d, %d, %s>", kp, kp <= 96 ? 2 : 1, kp <= 96 ? "true" : "false"));
+    if (kp <= 96) fa_kernel(out, FA_FWD, bound, fmt("lmc_attention_mma_r64_k%lld", K), fmt("fm_forward<%d, 1>", kp));
     /* and 16 rows a warp with two stages of K and V (the runtime's
      * LMC_ATTENTION_STAGES=2) */
     if (kp <= 96)
-      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_mma_s2_k%lld("
-              "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, "
-              "float scale, i64 B) {\n  fm_forward<%d, 1, false, true>(o, lse, q, k, v, T, H, G, K, scale, B);\n}\n", mb, K,
-              kp);
+      fa_kernel(out, FA_FWD, bound, fmt("lmc_attention_mma_s2_k%lld", K), fmt("fm_forward<%d, 1, false, true>", kp));
     /* and on the warpgroup's matrix instructions (sm_90a: the runtime's
      * LMC_ATTENTION_WGMMA=1) */
-    if (k <= 128)
-      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_wg_k%lld("
-              "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, "
-              "float scale, i64 B) {\n  fw_forward<%d>(o, lse, q, k, v, T, H, G, K, scale, B);\n}\n", mb, K, kp);
+    if (k <= 128) fa_kernel(out, FA_FWD, bound, fmt("lmc_attention_wg_k%lld", K), fmt("fw_forward<%d>", kp));
     /* and with a tile's softmax beside the tensor cores' products (the
-     * runtime's LMC_ATTENTION_WGMMA=2, or its tuner's pick) */
-    if (k <= 128)
-      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_wgp_k%lld("
-              "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, "
-              "float scale, i64 B) {\n  fw_forward_pipe<%d>(o, lse, q, k, v, T, H, G, K, scale, B);\n}\n", 2, K, kp);
+     * runtime's LMC_ATTENTION_WGMMA=2, or its tuner's pick); the pipelined
+     * kernels in bf16 storage only, as the blocks of several warpgroups
+     * below (each kernel costs every bundle's JIT and kernels_nvrtc) */
+    if (k <= 128 && bf16)
+      fa_kernel(out, FA_FWD, "FA_THREADS, 2", fmt("lmc_attention_wgp_k%lld", K), fmt("fw_forward_pipe<%d>", kp));
     /* and in blocks of 2 and 3 warpgroups sharing their K and V tiles
      * (LMC_ATTENTION_WARPGROUPS), one block an SM; in bf16 storage only
      * (fp32 storage, a checking mode, has the one-warpgroup kernels) */
     for (int nw = 2; nw <= 3 && kp <= 96 && bf16; nw++)
-      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(%d * FA_THREADS, 1) lmc_attention_wg%d_k%lld("
-              "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, "
-              "float scale, i64 B) {\n  fw_forward<%d, %d>(o, lse, q, k, v, T, H, G, K, scale, B);\n}\n", nw, nw, K,
-              kp, nw);
+      fa_kernel(out, FA_FWD, fmt("%d * FA_THREADS, 1", nw), fmt("lmc_attention_wg%d_k%lld", nw, K),
+                fmt("fw_forward<%d, %d>", kp, nw));
     return;
   }
   if (k <= 128) {
-    fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_bwd_mma_dq_k%lld("
-            "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
-            "i64 T, i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
-            "  fm_backward_dq<%d, %d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", kp <= 96 ? 2 : mb,
-            K, kp, kp <= 96 ? 2 : 1);
+    fa_kernel(out, FA_DQ, fmt("FA_THREADS, %d", kp <= 96 ? 2 : mb), fmt("lmc_attention_bwd_mma_dq_k%lld", K),
+              fmt("fm_backward_dq<%d, %d>", kp, kp <= 96 ? 2 : 1));
     if (kp <= 96)   /* dQ's default with two stages of K and V (LMC_ATTENTION_STAGES=2), rolled copies past 64 */
-      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, 2) lmc_attention_bwd_mma_dq_s2_k%lld("
-              "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
-              "i64 T, i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
-              "  fm_backward_dq<%d, 2, %s, true>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", K, kp,
-              kp > 64 ? "true" : "false");
+      fa_kernel(out, FA_DQ, "FA_THREADS, 2", fmt("lmc_attention_bwd_mma_dq_s2_k%lld", K),
+                fmt("fm_backward_dq<%d, 2, %s, true>", kp, kp > 64 ? "true" : "false"));
     /* dQ on the warpgroup's matrix instructions (LMC_ATTENTION_WGMMA=1),
      * head dims to 128; three blocks an SM to head dim 96 (159 registers
      * with Q and dO from shared memory, 72 KiB of it a block at 96) */
     if (kp <= 128)
-      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_bwd_wg_dq_k%lld("
-            "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
-            "i64 T, i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
-            "  fw_backward_dq<%d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", kp <= 96 ? 3 : 2, K, kp);
+      fa_kernel(out, FA_DQ, fmt("FA_THREADS, %d", kp <= 96 ? 3 : 2), fmt("lmc_attention_bwd_wg_dq_k%lld", K),
+                fmt("fw_backward_dq<%d>", kp));
     /* and with a tile's dS beside the tensor cores' update (the runtime's
      * LMC_ATTENTION_WGMMA=2, or its tuner's pick): two blocks an SM, as its
-     * seven tiles of shared memory allow at head dim 96 (at three, fp32
-     * storage's tile conversions spill) */
-    if (kp <= 128)
-      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_bwd_wgp_dq_k%lld("
-            "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
-            "i64 T, i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
-            "  fw_backward_dq_pipe<%d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", 2, K, kp);
+     * seven tiles of shared memory allow at head dim 96 */
+    if (kp <= 128 && bf16)
+      fa_kernel(out, FA_DQ, "FA_THREADS, 2", fmt("lmc_attention_bwd_wgp_dq_k%lld", K), fmt("fw_backward_dq_pipe<%d>", kp));
     /* and in blocks of two and three warpgroups sharing K and V (LMC_ATTENTION_WARPGROUPS) */
     for (int nw = 2; nw <= 3 && kp <= 96 && bf16; nw++)
-      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(%d * FA_THREADS, 1) lmc_attention_bwd_wg%d_dq_k%lld("
-            "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
-            "i64 T, i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
-            "  fw_backward_dq<%d, %d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", nw, nw, K, kp,
-            nw);
+      fa_kernel(out, FA_DQ, fmt("%d * FA_THREADS, 1", nw), fmt("lmc_attention_bwd_wg%d_dq_k%lld", nw, K),
+                fmt("fw_backward_dq<%d, %d>", kp, nw));
     if (kp <= 96)
-      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_bwd_mma_dq_r64_k%lld("
-              "act *dq, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
-              "i64 T, i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
-              "  fm_backward_dq<%d, 1, true>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", mb, K, kp);
-    fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, %d) lmc_attention_bwd_mma_dkv_k%lld("
-            "act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, "
-            "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv, i64 B) {\n"
-            "  fm_backward_dkv<%d, %d>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv, B);\n}\n",
-            mb, K, kp, qt);
+      fa_kernel(out, FA_DQ, bound, fmt("lmc_attention_bwd_mma_dq_r64_k%lld", K), fmt("fm_backward_dq<%d, 1, true>", kp));
+    fa_kernel(out, FA_DKV, bound, fmt("lmc_attention_bwd_mma_dkv_k%lld", K), fmt("fm_backward_dkv<%d, %d>", kp, qt));
     if (kp > 64 && kp <= 96)
-      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, 2) lmc_attention_bwd_mma_dkv_q64_k%lld("
-              "act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, "
-              "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv, i64 B) {\n"
-              "  fm_backward_dkv<%d, 64>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv, B);\n}\n",
-              K, kp);
+      fa_kernel(out, FA_DKV, "FA_THREADS, 2", fmt("lmc_attention_bwd_mma_dkv_q64_k%lld", K),
+                fmt("fm_backward_dkv<%d, 64>", kp));
     /* dK/dV on the warpgroup's matrix instructions (sm_90a: the runtime's
      * LMC_ATTENTION_WGMMA=1), 64 queries a step, 32 past head dim 96 (the
      * two accumulators leave too few registers for 64) */
     if (kp <= 128)
-      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, 2) lmc_attention_bwd_wg_dkv_k%lld("
-              "act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, "
-              "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv, i64 B) {\n"
-              "  fw_backward_dkv<%d, 1, %d>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv, B);\n}\n",
-              K, kp, kp > 96 ? 32 : 64);
+      fa_kernel(out, FA_DKV, "FA_THREADS, 2", fmt("lmc_attention_bwd_wg_dkv_k%lld", K),
+                fmt("fw_backward_dkv<%d, 1, %d>", kp, kp > 96 ? 32 : 64));
     /* and with a step's probabilities beside the tensor cores' updates
      * (the runtime's LMC_ATTENTION_WGMMA=2, or its tuner's pick) */
-    if (kp <= 128)
-      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS, 2) lmc_attention_bwd_wgp_dkv_k%lld("
-              "act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, "
-              "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv, i64 B) {\n"
-              "  fw_backward_dkv_pipe<%d, %d>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv, B);\n}\n",
-              K, kp, kp > 64 ? 32 : 64);
+    if (kp <= 128 && bf16)
+      fa_kernel(out, FA_DKV, "FA_THREADS, 2", fmt("lmc_attention_bwd_wgp_dkv_k%lld", K),
+                fmt("fw_backward_dkv_pipe<%d, %d>", kp, kp > 64 ? 32 : 64));
     if (kp <= 96 && bf16)   /* and in blocks of two warpgroups sharing Q and dO (LMC_ATTENTION_WARPGROUPS) */
-      fprintf(out, "extern \"C\" __global__ void __launch_bounds__(2 * FA_THREADS, 1) lmc_attention_bwd_wg2_dkv_k%lld("
-              "act *dk, act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, "
-              "const real *dd, i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv, i64 B) {\n"
-              "  fw_backward_dkv<%d, 2>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv, B);\n}\n",
-              K, kp);
+      fa_kernel(out, FA_DKV, "2 * FA_THREADS, 1", fmt("lmc_attention_bwd_wg2_dkv_k%lld", K), fmt("fw_backward_dkv<%d, 2>", kp));
   }
-  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_dq_k%lld(act *dq, "
-          "const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, i64 T, "
-          "i64 H, i64 G, i64 K, float scale, int acc, i64 B) {\n"
-          "  fa_backward_dq<%d, %d>(dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B);\n}\n", K, d, p);
-  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(FA_THREADS) lmc_attention_bwd_dkv_k%lld(act *dk, "
-          "act *dv, const act *dout, const act *q, const act *k, const act *v, const real *lse, const real *dd, "
-          "i64 T, i64 H, i64 G, i64 K, float scale, int acck, int accv, i64 B) {\n"
-          "  fa_backward_dkv<%d, %d>(dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv, B);\n}\n", K, d, p);
+  fa_kernel(out, FA_DQ, "FA_THREADS", fmt("lmc_attention_bwd_dq_k%lld", K), fmt("fa_backward_dq<%d, %d>", d, p));
+  fa_kernel(out, FA_DKV, "FA_THREADS", fmt("lmc_attention_bwd_dkv_k%lld", K), fmt("fa_backward_dkv<%d, %d>", d, p));
 }
 
 /* Each head dim the programs' attention uses, forward and backward, once. */

@@ -977,7 +977,7 @@ enum { FA_FWD, FA_DQ, FA_DKV };
 typedef struct FaCfg {
   int wg;        /* warpgroups a block on wgmma; 0: mma.sync (or the CUDA cores below medium precision) */
   bool pipe;     /* on wgmma, one warpgroup: a tile's softmax beside the products (fw_forward_pipe,
-                    fw_backward_dq_pipe, fw_backward_dkv_pipe) */
+                    fw_backward_dq_pipe, fw_backward_dkv_pipe; bf16 storage's bundles alone have them) */
   int rows;      /* mma.sync forward and dQ: query rows a block, 64 or (head dims to 96) 128 */
   bool s2;       /* mma.sync forward at 64 rows and dQ at 128 (head dims to 96): two stages of K and V */
   int qt;        /* mma.sync dK/dV: queries a step, 64 or (past head dim 64) 32 */
@@ -987,7 +987,7 @@ typedef struct FaCfg {
 static FaCfg fa_asked(const RtInst *x, int kind) {
   FaCfg c = {0, false, 0, false, 0, fa_section(x, kind == FA_DKV)};
   if (kind == FA_FWD ? fa_wg(x) : fa_wg_bwd(x))
-    c.wg = fa_nw(x, kind == FA_DKV ? 2 : 3), c.pipe = c.wg == 1 && wgmma_asked == 2;
+    c.wg = fa_nw(x, kind == FA_DKV ? 2 : 3), c.pipe = c.wg == 1 && wgmma_asked == 2 && storage16;
   else if (kind == FA_DKV) c.qt = (int)dkv_qt(x->k);
   else c.rows = (int)fm_rows(x->k, kind == FA_FWD), c.s2 = fm_s2(x->k, kind == FA_FWD);
   return c;
