@@ -932,6 +932,14 @@ __device__ void fm_mul_kn(float (*acc)[4], float (*p)[4], unsigned short (*s)[KP
   fm_mul_kn_m<KP, N, 1>((float(*)[KP / 8][4])acc, (float(*)[N][4])p, s);
 }
 
+// an accumulator of KP columns, zero
+template <int KP> __device__ __forceinline__ void fm_zero(float (*acc)[4]) {
+  #pragma unroll
+  for (int nt = 0; nt < KP / 8; nt++)
+    #pragma unroll
+    for (int i = 0; i < 4; i++) acc[nt][i] = 0;
+}
+
 // this thread's part of a 16 x KP accumulator into rows r0 (c0, c1) and
 // r0 + 8 (c2, c3) of a [.., stride] matrix, times scale[row half]
 template <int KP>
@@ -1289,6 +1297,46 @@ __device__ __forceinline__ void fw_mul_kn(float (*acc)[4], const unsigned *a, un
   }
 }
 
+// acc (16 x N a warp) = A (64 x 16 KS from descriptor ad, K-major) times
+// B (16 KS x N from bd, K-major), both from shared memory: the scores
+// and dP (the caller fences before and commits after)
+template <int N, int KS>
+__device__ __forceinline__ void fw_mul_ss(float (*acc)[4], unsigned long long ad, unsigned long long bd) {
+  #pragma unroll
+  for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<N, 0>(acc, ad + 16 * kk, bd + 16 * kk, kk);
+}
+
+// acc += rows 16 kk.. of an N-major tile from d times a[kk], kk < NK: the
+// forward's P V, dQ's dS K and dK/dV's updates, 16 keys or queries a step
+template <int KP, int NK>
+__device__ __forceinline__ void fw_mul_rows(float (*acc)[4], const unsigned (*a)[4], unsigned long long d) {
+  #pragma unroll
+  for (int kk = 0; kk < NK; kk++) fw_mul_kn<KP>(acc, a[kk], d + 2 * KP * kk);
+}
+
+// the same, issued and waited for: acc's registers held on either side
+// (the forward's P V, dQ's dS K, where nothing runs beside them)
+template <int KP, int NK>
+__device__ __forceinline__ void fw_mul_rows_now(float (*acc)[4], const unsigned (*a)[4], unsigned long long d) {
+  lmc_wg_hold<KP / 8>(acc);
+  lmc_wg_fence();
+  fw_mul_rows<KP, NK>(acc, a, d);
+  lmc_wg_commit();
+  lmc_wg_wait<0>();
+  lmc_wg_hold<KP / 8>(acc);
+}
+
+// dQ's rows' log-sum-exps (log2 units) and rowsum(dO O), this thread's
+// two rows from r0 of head (b, h), zero past T
+__device__ __forceinline__ void fw_dq_rows(float *li, float *di, const real *lse, const real *dd, i64 b, i64 h, i64 H,
+                                           i64 T, i64 r0) {
+  #pragma unroll
+  for (int r = 0; r < 2; r++) {
+    i64 row = r0 + r * 8;
+    li[r] = row < T ? lse[(b * H + h) * T + row] * LOG2E : 0, di[r] = row < T ? dd[(b * H + h) * T + row] : 0;
+  }
+}
+
 // P's fragments (the A operand of the next product, 16 keys or queries a
 // step) from a tile in the accumulator layout, rounded to bf16, all made
 // before the fence: a register of a wgmma's written after it makes ptxas
@@ -1316,8 +1364,7 @@ __device__ void fw_forward(act *o, real *lse, const act *q, const act *k, const 
   // this warpgroup's tile of Q, scores in log2 units (seen by the tensor cores after the loop's first wait)
   fw_load<KP, NW>(qs + f.wg * TILE, q + b * T * H * K + h * K, f.q0, T, H * K, (int)K, scale * LOG2E);
   float acc[KP / 8][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0, 0};
-  #pragma unroll
-  for (int nt = 0; nt < KP / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
+  fm_zero<KP>(acc);
   // this warpgroup's Q; K's and V's stage 0 (stage 1's TILE / 8 on)
   unsigned long long qd = fw_desc_k<KP>(qs + f.wg * TILE), kd0 = fw_desc_k<KP>(ks), vd0 = fw_desc_n<KP>(vs);
   int st = 0;
@@ -1327,21 +1374,14 @@ __device__ void fw_forward(act *o, real *lse, const act *q, const act *k, const 
     unsigned long long kd = kd0 + st * (TILE / 8), vd = vd0 + st * (TILE / 8);
     float s[FW_ROWS / 8][4];
     lmc_wg_fence();
-    #pragma unroll
-    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<FW_ROWS, 0>(s, qd + 16 * kk, kd + 16 * kk, kk);
+    fw_mul_ss<FW_ROWS, KS>(s, qd, kd);
     lmc_wg_commit();
     lmc_wg_wait<0>();
     lmc_wg_hold<FW_ROWS / 8>(s);
     fm_softmax<KP>(s, m, l, acc, j0 + FW_ROWS - 1 > w0, j0, r0);
     unsigned p[FW_ROWS / 16][4];   // 16 keys a step: rows 16 kk.. of V's tile
     fw_frags<FW_ROWS>(p, s);
-    lmc_wg_hold<KP / 8>(acc);
-    lmc_wg_fence();
-    #pragma unroll
-    for (int kk = 0; kk < FW_ROWS / 16; kk++) fw_mul_kn<KP>(acc, p[kk], vd + 2 * KP * kk);
-    lmc_wg_commit();
-    lmc_wg_wait<0>();
-    lmc_wg_hold<KP / 8>(acc);
+    fw_mul_rows_now<KP, FW_ROWS / 16>(acc, p, vd);
   }
   fm_finish<KP>(o + b * T * H * K + h * K, lse + (b * H + h) * T, acc, m, l, r0, T, H * K, (int)K);
 #else
@@ -1372,8 +1412,7 @@ __device__ void fw_forward_pipe(act *o, real *lse, const act *q, const act *k, c
   int n = f.last / FW_ROWS + 1;   // tiles of keys
   fw_load<KP, 1>(qs, q + b * T * H * K + h * K, f.q0, T, H * K, (int)K, scale * LOG2E);
   float acc[KP / 8][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0, 0}, s[FW_ROWS / 8][4], alpha[2];
-  #pragma unroll
-  for (int nt = 0; nt < KP / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
+  fm_zero<KP>(acc);
   unsigned long long qd = fw_desc_k<KP>(qs), kd0 = fw_desc_k<KP>(ks), vd0 = fw_desc_n<KP>(vs);
   unsigned p[PK][4], pn[PK][4];   // P of the tile before (in P V), of this tile
   // tile 0: Q K^T alone
@@ -1381,8 +1420,7 @@ __device__ void fw_forward_pipe(act *o, real *lse, const act *q, const act *k, c
   if (n > 1) fw_load<KP, 1>(ks + TILE, f.kb, FW_ROWS, T, stride, (int)K);
   lmc_cp_async_commit();
   lmc_wg_fence();
-  #pragma unroll
-  for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<FW_ROWS, 0>(s, qd + 16 * kk, kd0 + 16 * kk, kk);
+  fw_mul_ss<FW_ROWS, KS>(s, qd, kd0);
   lmc_wg_commit();
   lmc_wg_wait<0>();
   lmc_wg_hold<FW_ROWS / 8>(s);
@@ -1397,11 +1435,9 @@ __device__ void fw_forward_pipe(act *o, real *lse, const act *q, const act *k, c
     unsigned long long kd = kd0 + (j & 1) * (TILE / 8), vd = vd0 + ((j - 1) & 1) * (TILE / 8);
     lmc_wg_hold<KP / 8>(acc);
     lmc_wg_fence();
-    #pragma unroll
-    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<FW_ROWS, 0>(s, qd + 16 * kk, kd + 16 * kk, kk);
+    fw_mul_ss<FW_ROWS, KS>(s, qd, kd);
     lmc_wg_commit();
-    #pragma unroll
-    for (int kk = 0; kk < PK; kk++) fw_mul_kn<KP>(acc, p[kk], vd + 2 * KP * kk);
+    fw_mul_rows<KP, PK>(acc, p, vd);
     lmc_wg_commit();
     lmc_wg_wait<1>();   // Q K^T done, P V may run on
     lmc_wg_hold<FW_ROWS / 8>(s);
@@ -1416,13 +1452,7 @@ __device__ void fw_forward_pipe(act *o, real *lse, const act *q, const act *k, c
   // the last tile's P V
   lmc_cp_async_wait0(), lmc_fence_proxy_async(), __syncthreads();
   unsigned long long vd = vd0 + ((n - 1) & 1) * (TILE / 8);
-  lmc_wg_hold<KP / 8>(acc);
-  lmc_wg_fence();
-  #pragma unroll
-  for (int kk = 0; kk < PK; kk++) fw_mul_kn<KP>(acc, p[kk], vd + 2 * KP * kk);
-  lmc_wg_commit();
-  lmc_wg_wait<0>();
-  lmc_wg_hold<KP / 8>(acc);
+  fw_mul_rows_now<KP, PK>(acc, p, vd);
   fm_finish<KP>(o + b * T * H * K + h * K, lse + (b * H + h) * T, acc, m, l, r0, T, H * K, (int)K);
 #else
   __trap();   // (the runtime launches it on sm_90a alone)
@@ -1665,14 +1695,9 @@ __device__ void fw_backward_dq(act *dq, const act *dout, const act *q, const act
   fw_load<KP, NW>(dos + f.wg * TILE, dout + b * T * H * K + h * K, f.q0, T, H * K, (int)K);
   lmc_cp_async_commit();
   float li[2], di[2];
-  #pragma unroll
-  for (int r = 0; r < 2; r++) {
-    i64 row = r0 + r * 8;
-    li[r] = row < T ? lse[(b * H + h) * T + row] * LOG2E : 0, di[r] = row < T ? dd[(b * H + h) * T + row] : 0;
-  }
+  fw_dq_rows(li, di, lse, dd, b, h, H, T, r0);
   float acc[KP / 8][4];
-  #pragma unroll
-  for (int nt = 0; nt < KP / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
+  fm_zero<KP>(acc);
   // this warpgroup's Q and dO; stage 0's K K-major and N-major, V K-major (stage 1's TILE / 8 on)
   unsigned long long qd = fw_desc_k<KP>(qs + f.wg * TILE), od = qd + NW * TILE / 8, kk0 = fw_desc_k<KP>(ks),
                      kn0 = fw_desc_n<KP>(ks), vk0 = fw_desc_k<KP>(vs);
@@ -1683,10 +1708,8 @@ __device__ void fw_backward_dq(act *dq, const act *dout, const act *q, const act
     unsigned long long kd = kk0 + st * (TILE / 8), kn = kn0 + st * (TILE / 8), vd = vk0 + st * (TILE / 8);
     float s[FW_ROWS / 8][4], dp[FW_ROWS / 8][4];
     lmc_wg_fence();
-    #pragma unroll
-    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<FW_ROWS, 0>(s, qd + 16 * kk, kd + 16 * kk, kk);
-    #pragma unroll
-    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<FW_ROWS, 0>(dp, od + 16 * kk, vd + 16 * kk, kk);
+    fw_mul_ss<FW_ROWS, KS>(s, qd, kd);
+    fw_mul_ss<FW_ROWS, KS>(dp, od, vd);
     lmc_wg_commit();
     lmc_wg_wait<0>();
     lmc_wg_hold<FW_ROWS / 8>(s), lmc_wg_hold<FW_ROWS / 8>(dp);
@@ -1695,13 +1718,7 @@ __device__ void fw_backward_dq(act *dq, const act *dout, const act *q, const act
     fm_dq_ds<FW_ROWS>(s, dp, li, di, j0 + FW_ROWS - 1 > w0, (int)(r0 - j0));
     unsigned da[FW_ROWS / 16][4];   // 16 keys a step: rows 16 kk.. of K's tile
     fw_frags<FW_ROWS>(da, s);
-    lmc_wg_hold<KP / 8>(acc);
-    lmc_wg_fence();
-    #pragma unroll
-    for (int kk = 0; kk < FW_ROWS / 16; kk++) fw_mul_kn<KP>(acc, da[kk], kn + 2 * KP * kk);   // dQ += dS K
-    lmc_wg_commit();
-    lmc_wg_wait<0>();
-    lmc_wg_hold<KP / 8>(acc);
+    fw_mul_rows_now<KP, FW_ROWS / 16>(acc, da, kn);   // dQ += dS K
   }
   fm_put<KP>(dq + b * T * H * K + h * K, H * K, acc, r0, T, (int)K, scale, scale, accum);
 #else
@@ -1734,14 +1751,9 @@ __device__ void fw_backward_dq_pipe(act *dq, const act *dout, const act *q, cons
   fw_load<KP, 1>(dos, dout + b * T * H * K + h * K, f.q0, T, H * K, (int)K);
   lmc_cp_async_commit();
   float li[2], di[2];
-  #pragma unroll
-  for (int r = 0; r < 2; r++) {
-    i64 row = r0 + r * 8;
-    li[r] = row < T ? lse[(b * H + h) * T + row] * LOG2E : 0, di[r] = row < T ? dd[(b * H + h) * T + row] : 0;
-  }
+  fw_dq_rows(li, di, lse, dd, b, h, H, T, r0);
   float acc[KP / 8][4];
-  #pragma unroll
-  for (int nt = 0; nt < KP / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0;
+  fm_zero<KP>(acc);
   unsigned long long qd = fw_desc_k<KP>(qs), od = fw_desc_k<KP>(dos), kk0 = fw_desc_k<KP>(ks), kn0 = fw_desc_n<KP>(ks),
                      vk0 = fw_desc_k<KP>(vs);
   unsigned da[PK][4];   // dS of the tile before (in its update until the wait), then this one's
@@ -1759,15 +1771,12 @@ __device__ void fw_backward_dq_pipe(act *dq, const act *dout, const act *q, cons
     float s[FW_ROWS / 8][4], dp[FW_ROWS / 8][4];
     lmc_wg_hold<KP / 8>(acc);
     lmc_wg_fence();
-    #pragma unroll
-    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<FW_ROWS, 0>(s, qd + 16 * kk, kd + 16 * kk, kk);
-    #pragma unroll
-    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<FW_ROWS, 0>(dp, od + 16 * kk, vd + 16 * kk, kk);
+    fw_mul_ss<FW_ROWS, KS>(s, qd, kd);
+    fw_mul_ss<FW_ROWS, KS>(dp, od, vd);
     lmc_wg_commit();
     if (prev >= 0) {   // the tile before's dQ += dS K, from its stage of K
       unsigned long long kn = kn0 + prev * (TILE / 8);
-      #pragma unroll
-      for (int kk = 0; kk < PK; kk++) fw_mul_kn<KP>(acc, da[kk], kn + 2 * KP * kk);
+      fw_mul_rows<KP, PK>(acc, da, kn);
       lmc_wg_commit();
       lmc_wg_wait<1>();
     } else lmc_wg_wait<0>();
@@ -1782,13 +1791,7 @@ __device__ void fw_backward_dq_pipe(act *dq, const act *dout, const act *q, cons
   }
   // the last tile's update
   unsigned long long kn = kn0 + prev * (TILE / 8);
-  lmc_wg_hold<KP / 8>(acc);
-  lmc_wg_fence();
-  #pragma unroll
-  for (int kk = 0; kk < PK; kk++) fw_mul_kn<KP>(acc, da[kk], kn + 2 * KP * kk);
-  lmc_wg_commit();
-  lmc_wg_wait<0>();
-  lmc_wg_hold<KP / 8>(acc);
+  fw_mul_rows_now<KP, PK>(acc, da, kn);
   fm_put<KP>(dq + b * T * H * K + h * K, H * K, acc, r0, T, (int)K, scale, scale, accum);
 #else
   __trap();   // (the runtime launches it on sm_90a alone)
@@ -1942,10 +1945,7 @@ __device__ void fw_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
   fw_load<KP, NW>(ks, k + b * T * G * K + gi * K, jw, T, G * K, (int)K);
   fw_load<KP, NW>(vs, v + b * T * G * K + gi * K, jw, T, G * K, (int)K);
   float dka[KP / 8][4], dva[KP / 8][4];
-  #pragma unroll
-  for (int nt = 0; nt < KP / 8; nt++)
-    #pragma unroll
-    for (int i = 0; i < 4; i++) dka[nt][i] = dva[nt][i] = 0;
+  fm_zero<KP>(dka), fm_zero<KP>(dva);
   // K's and V's descriptors (K-major), the first stage's Q (K- and
   // N-major; its dO's QTILE / 8 on, the second stage's 2 QTILE / 8)
   unsigned long long kd = fw_desc_k<KP>(ks), vd = fw_desc_k<KP>(vs), qk0 = fw_desc_k<KP>(stage),
@@ -1977,10 +1977,8 @@ __device__ void fw_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
     unsigned long long qk = qk0 + st * (QTILE / 4), qn = qn0 + st * (QTILE / 4);   // this stage's Q; dO QTILE / 8 on
     float st_[QT / 8][4], dpt[QT / 8][4];   // S^T and dP^T: this warp's 16 keys x QT queries
     lmc_wg_fence();
-    #pragma unroll
-    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<QT, 0>(st_, kd + 16 * kk, qk + 16 * kk, kk);
-    #pragma unroll
-    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<QT, 0>(dpt, vd + 16 * kk, qk + QTILE / 8 + 16 * kk, kk);
+    fw_mul_ss<QT, KS>(st_, kd, qk);
+    fw_mul_ss<QT, KS>(dpt, vd, qk + QTILE / 8);
     lmc_wg_commit();
     lmc_wg_wait<0>();
     lmc_wg_hold<QT / 8>(st_), lmc_wg_hold<QT / 8>(dpt);
@@ -1989,10 +1987,8 @@ __device__ void fw_backward_dkv(act *dk, act *dv, const act *dout, const act *q,
     fw_frags<QT>(pa, st_), fw_frags<QT>(da, dpt);
     lmc_wg_hold<KP / 8>(dva), lmc_wg_hold<KP / 8>(dka);
     lmc_wg_fence();
-    #pragma unroll
-    for (int kk = 0; kk < QT / 16; kk++) fw_mul_kn<KP>(dva, pa[kk], qn + QTILE / 8 + 2 * KP * kk);   // dV += P^T dO
-    #pragma unroll
-    for (int kk = 0; kk < QT / 16; kk++) fw_mul_kn<KP>(dka, da[kk], qn + 2 * KP * kk);              // dK += dS^T Q
+    fw_mul_rows<KP, QT / 16>(dva, pa, qn + QTILE / 8);   // dV += P^T dO
+    fw_mul_rows<KP, QT / 16>(dka, da, qn);               // dK += dS^T Q
     lmc_wg_commit();
     lmc_wg_wait<0>();
     lmc_wg_hold<KP / 8>(dva), lmc_wg_hold<KP / 8>(dka);
@@ -2034,10 +2030,7 @@ __device__ void fw_backward_dkv_pipe(act *dk, act *dv, const act *dout, const ac
   fw_load<KP, 1>(ks, k + b * T * G * K + gi * K, j0, T, G * K, (int)K);
   fw_load<KP, 1>(vs, v + b * T * G * K + gi * K, j0, T, G * K, (int)K);
   float dka[KP / 8][4], dva[KP / 8][4];
-  #pragma unroll
-  for (int nt = 0; nt < KP / 8; nt++)
-    #pragma unroll
-    for (int i = 0; i < 4; i++) dka[nt][i] = dva[nt][i] = 0;
+  fm_zero<KP>(dka), fm_zero<KP>(dva);
   unsigned long long kd = fw_desc_k<KP>(ks), vd = fw_desc_k<KP>(vs), qk0 = fw_desc_k<KP>(stage),
                      qn0 = fw_desc_n<KP>(stage);
   int i0 = j0, i1 = j0;   // this step's first query; the next step's
@@ -2058,17 +2051,13 @@ __device__ void fw_backward_dkv_pipe(act *dk, act *dv, const act *dout, const ac
     float st_[QT / 8][4], dpt[QT / 8][4];   // S^T and dP^T: this warp's 16 keys x QT queries
     lmc_wg_hold<KP / 8>(dva), lmc_wg_hold<KP / 8>(dka);
     lmc_wg_fence();
-    #pragma unroll
-    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<QT, 0>(st_, kd + 16 * kk, qk + 16 * kk, kk);
-    #pragma unroll
-    for (int kk = 0; kk < KS; kk++) lmc_wgmma_bf16_ss<QT, 0>(dpt, vd + 16 * kk, qk + QTILE / 8 + 16 * kk, kk);
+    fw_mul_ss<QT, KS>(st_, kd, qk);
+    fw_mul_ss<QT, KS>(dpt, vd, qk + QTILE / 8);
     lmc_wg_commit();
     if (prev >= 0) {   // the step before's updates, from its stage
       unsigned long long qn = qn0 + prev * (QTILE / 4);
-      #pragma unroll
-      for (int kk = 0; kk < PQ; kk++) fw_mul_kn<KP>(dva, pa[kk], qn + QTILE / 8 + 2 * KP * kk);   // dV += P^T dO
-      #pragma unroll
-      for (int kk = 0; kk < PQ; kk++) fw_mul_kn<KP>(dka, da[kk], qn + 2 * KP * kk);              // dK += dS^T Q
+      fw_mul_rows<KP, PQ>(dva, pa, qn + QTILE / 8);   // dV += P^T dO
+      fw_mul_rows<KP, PQ>(dka, da, qn);               // dK += dS^T Q
       lmc_wg_commit();
       lmc_wg_wait<1>();
     } else lmc_wg_wait<0>();
@@ -2087,10 +2076,7 @@ __device__ void fw_backward_dkv_pipe(act *dk, act *dv, const act *dout, const ac
   unsigned long long qn = qn0 + prev * (QTILE / 4);
   lmc_wg_hold<KP / 8>(dva), lmc_wg_hold<KP / 8>(dka);
   lmc_wg_fence();
-  #pragma unroll
-  for (int kk = 0; kk < PQ; kk++) fw_mul_kn<KP>(dva, pa[kk], qn + QTILE / 8 + 2 * KP * kk);
-  #pragma unroll
-  for (int kk = 0; kk < PQ; kk++) fw_mul_kn<KP>(dka, da[kk], qn + 2 * KP * kk);
+  fw_mul_rows<KP, PQ>(dva, pa, qn + QTILE / 8), fw_mul_rows<KP, PQ>(dka, da, qn);
   lmc_wg_commit();
   lmc_wg_wait<0>();
   lmc_wg_hold<KP / 8>(dva), lmc_wg_hold<KP / 8>(dka);
