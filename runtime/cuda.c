@@ -1025,7 +1025,8 @@ static unsigned fa_smem(const RtInst *x, int kind, FaCfg c) {
 }
 
 /* One of attention's kernels by configuration c: the forward's O and
- * log-sum-exps (out[0], out[1]) from in: q, k, v; or the backward's dQ
+ * log-sum-exps (out[0], out[1]) from in: q, k, v (of six: the rest
+ * unread); or the backward's dQ
  * (out[0]) or dK and dV (out[1], out[2]) from in: dout, q, k, v, lse, o,
  * and dd (the rows' dO . O); acc: each output's accumulation flag */
 static void fa_run(const RtInst *x, int kind, FaCfg c, const CUdeviceptr *out, const CUdeviceptr *in, CUdeviceptr dd,
@@ -1049,7 +1050,7 @@ static void fa_run(const RtInst *x, int kind, FaCfg c, const CUdeviceptr *out, c
 static FaCfg fa_cfg(const RtInst *x, int kind, const CUdeviceptr *in, CUdeviceptr dd);
 
 static void op_attention(const RtInst *x, void **o, void **in) {
-  CUdeviceptr out[3] = {dptr(o[0]), dptr(o[1]), 0}, i[3] = {dptr(in[0]), dptr(in[1]), dptr(in[2])};
+  CUdeviceptr out[3] = {dptr(o[0]), dptr(o[1]), 0}, i[6] = {dptr(in[0]), dptr(in[1]), dptr(in[2])};   /* (fa_run's six) */
   static const int acc[3];
   fa_run(x, FA_FWD, fa_cfg(x, FA_FWD, i, 0), out, i, 0, acc);
 }
