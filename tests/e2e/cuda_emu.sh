@@ -166,14 +166,14 @@ if [ "$STEPS" -ge 20 ]; then
   # step's inputs, checks each against the default and keeps the fastest;
   # the emulator's times are noise, so it may keep any of them, all within
   # bf16 storage's tolerance of the default
-  tune() {   # tune OUT [ENV...]: a tuned run over the picks' file in $WORK/tcache
-    out=$1
-    shift
+  tune() {   # tune OUT STEPS [ENV...]: a tuned run over the picks' file in $WORK/tcache
+    out=$1 n=$2
+    shift 2
     env XDG_CACHE_HOME="$WORK/tcache" LMC_ATTENTION_TUNE=1 "$@" "$LMRUN" "$WORK/wg" --data "$DATA" --backend cuda-emu \
-      --matmul-precision medium --quiet --eval-interval "$STEPS" --eval-batches 2 --out "$WORK/$out" 2>"$WORK/$out.err" ||
-      fail "LMC_ATTENTION_TUNE=1 ($out): lmrun failed"
+      --matmul-precision medium --quiet --max-steps "$n" --eval-interval "$STEPS" --eval-batches 2 --save-interval 0 \
+      --out "$WORK/$out" 2>"$WORK/$out.err" || fail "LMC_ATTENTION_TUNE=1 ($out): lmrun failed"
   }
-  tune wg.tuned
+  tune wg.tuned "$STEPS"
   for what in forward dQ dK/dV; do
     grep -q "^lmrun: timing attention's $what kernels at b 2 t 150 h 4 (kv 2) k 8: .*; picked lmc_attention_" \
       "$WORK/wg.tuned.err" || fail "LMC_ATTENTION_TUNE=1: no word of the $what's kernels timed"
@@ -186,7 +186,7 @@ if [ "$STEPS" -ge 20 ]; then
     "attention's kernels tuned against the default" 1e-3 1e-2 || status=1
   # a second run takes the picks from the file, times nothing, and gives
   # the first's bits
-  tune wg.again
+  tune wg.again "$STEPS"
   [ "$(grep -c "^lmrun: attention's .* (timed before: $WORK/tcache/lmc/kernels/[0-9a-f]*-lmc-emulated-CUDA-device-emu.attention)$" \
     "$WORK/wg.again.err")" = 3 ] && ! grep -q timing "$WORK/wg.again.err" || fail "LMC_ATTENTION_TUNE=1: the picks not read back"
   python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/wg.tuned/metrics.jsonl" "$WORK/wg.again/metrics.jsonl" \
@@ -200,7 +200,7 @@ if [ "$STEPS" -ge 20 ]; then
   # a kernel whose outputs disagree with the default's is never kept (one
   # spoiled after it runs: a NaN in its first output)
   rm -rf "$WORK/tcache"
-  tune wg.spoiled LMC_ATTENTION_TUNE_SPOIL=mma_dq_r64_k8
+  tune wg.spoiled 1 LMC_ATTENTION_TUNE_SPOIL=mma_dq_r64_k8
   grep -q " mma_dq_r64_k8 [0-9.]* ms (differs from the default: not used)" "$WORK/wg.spoiled.err" &&
     ! grep -q "picked lmc_attention_bwd_mma_dq_r64_k8" "$WORK/wg.spoiled.err" ||
     fail "LMC_ATTENTION_TUNE_SPOIL: a spoiled kernel not refused"
