@@ -323,7 +323,7 @@ static Fn *fn_find(const char *name) {   /* NULL where the module lacks it (a bu
 
 static Fn *fn_entry(const char *name) {
   Fn *e = fn_find(name);
-  if (!e) CK(cu.getfn(&(CUfunction){0}, module, name));   /* (its error) */
+  if (!e) rt_die("this bundle's kernels.cu has no %s (an older lmc wrote it): compile the bundle again", name);
   return e;
 }
 
@@ -1041,8 +1041,6 @@ static void fa_run(const RtInst *x, int kind, FaCfg c, const CUdeviceptr *out, c
   void *dkv[] = {&o1, &o2, &i0, &i1, &i2, &i3, &i4, &dd, &T, &H, &G, &K, &scale, &a1, &a2, &B};
   char name[64];
   fa_name(name, sizeof name, x, kind, c);
-  if (!fn_has(name))
-    rt_die("attention: this bundle's kernels.cu has no %s (an older lmc wrote it): compile the bundle again", name);
   fa_launch(name, B * (kind == FA_DKV ? G : H), (T + R - 1) / R, c.section, FA_THREADS * (c.wg ? c.wg : 1),
             fa_smem(x, kind, c), kind == FA_FWD ? fwd : kind == FA_DQ ? dq : dkv);
 }
