@@ -112,8 +112,11 @@ static const char *describe(const void *addr, char *buf, size_t n) {
   return snprintf(buf, n, "an access to address %p, which no allocation holds", addr), buf;
 }
 
+static bool kept_write(const void *addr);
+
 static void on_segv(int sig, siginfo_t *si, void *uc) {
   char buf[200];
+  if (kept_write(si->si_addr)) return;   /* a checked launch's first write to a page */
   if (engine_kernel) engine_fault(describe(si->si_addr, buf, sizeof buf));
   signal(sig, SIG_DFL);   /* not in a kernel: fault again, as usual */
 }
@@ -209,6 +212,8 @@ CUresult cuGetErrorName(CUresult rc, const char **s) {
 
 /* ---- memory ---- */
 
+static size_t body_of(const EmuAlloc *x) { return x->map_size - 2 * PAGE; }   /* its bytes and canary */
+
 EmuAlloc *emu_find(const void *p) {
   const unsigned char *a = p;
   for (int i = 0; i < nallocs; i++)
@@ -252,7 +257,7 @@ CUresult cuMemAlloc(CUdeviceptr *p, size_t bytes) {
   if (!grown) return munmap(m, map_size), emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory");
   allocs = grown;
   EmuAlloc *x = &allocs[nallocs++];
-  *x = (EmuAlloc){m + PAGE, m, bytes, map_size};
+  *x = (EmuAlloc){m + PAGE, m, bytes, map_size, NULL, NULL, NULL};
   memset(x->base, 0xff, bytes);
   memset(x->base + bytes, CANARY, body - bytes);
   *p = (CUdeviceptr)(uintptr_t)x->base;
@@ -265,6 +270,10 @@ CUresult cuMemFree(CUdeviceptr p) {
   for (int i = 0; i < nallocs; i++)
     if (allocs[i].base == (unsigned char *)(uintptr_t)p) {
       munmap(allocs[i].map, allocs[i].map_size);
+      if (allocs[i].page_state) {
+        munmap(allocs[i].orig, body_of(&allocs[i])), munmap(allocs[i].after, body_of(&allocs[i]));
+        free(allocs[i].page_state);
+      }
       allocs[i] = allocs[--nallocs];
       return CUDA_SUCCESS;
     }
@@ -440,36 +449,123 @@ typedef struct Launch {   /* a launch with its arguments packed, as enqueued */
   unsigned char data[];
 } Launch;
 
-/* Copies of every allocation's bytes, to rerun a launch from them. */
-static unsigned char **snapshot(void) {
-  unsigned char **s = calloc(nallocs + 1, sizeof *s);
-  for (int i = 0; s && i < nallocs; i++) {
-    s[i] = malloc(allocs[i].size);
-    if (s[i]) memcpy(s[i], allocs[i].base, allocs[i].size);
-  }
-  return s;
+/* ---- checked launches (LMC_CUDA_EMU_CHECK): each run from the same
+ * memory, each page a run wrote compared with the first run's ----
+ * Copying every allocation before each launch and comparing all of them
+ * after each run cost the tests more than the kernels (a 32 MiB cuBLASLt
+ * workspace copied four times and compared twice a launch). Instead the
+ * allocations are read-only while a checked launch runs: a kernel's first
+ * write to a page faults, on_segv keeps the page's bytes (orig) and lets
+ * the write through. Only the pages written are kept, put back and
+ * compared. */
+enum { P_ORIG = 1, P_AFTER = 2 };   /* page_state: orig holds the page; after holds it */
+typedef struct Touched { int alloc; size_t page; } Touched;
+static Touched *touched;
+static size_t ntouched, touched_cap;
+static volatile sig_atomic_t armed;
+
+static void *shadow(size_t n) {
+  void *m = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  return m == MAP_FAILED ? NULL : m;
 }
 
-static void restore(unsigned char **s) {
-  for (int i = 0; i < nallocs; i++) memcpy(allocs[i].base, s[i], allocs[i].size);
+static void protect(int prot) {
+  for (int i = 0; i < nallocs; i++) mprotect(allocs[i].base, body_of(&allocs[i]), prot);
 }
 
-static void drop(unsigned char **s) {
-  for (int i = 0; s && i < nallocs; i++) free(s[i]);
-  free(s);
-}
-
-static int differ(unsigned char **want, const char *kernel, const char *how) {
-  for (int i = 0; i < nallocs; i++)
-    if (memcmp(want[i], allocs[i].base, allocs[i].size)) {
-      size_t at = 0;
-      while (want[i][at] == allocs[i].base[at]) at++;
-      return emu_fail(CUDA_ERROR_LAUNCH_FAILED,
-                      "kernel %s gives different results when its threads and blocks run %s: byte %zu of a %zu-byte "
-                      "allocation differs (a missing __syncthreads, a race on shared or global memory, or "
-                      "order-dependent atomics)", kernel, how, at, allocs[i].size);
+/* Every allocation read-only, with room to keep each of its pages. */
+static bool arm(void) {
+  size_t pages = 0;
+  for (int i = 0; i < nallocs; i++) {
+    EmuAlloc *x = &allocs[i];
+    size_t n = body_of(x);
+    if (!x->page_state) {
+      x->orig = shadow(n), x->after = shadow(n), x->page_state = calloc(n / PAGE, 1);
+      if (!x->orig || !x->after || !x->page_state) return false;
     }
-  return CUDA_SUCCESS;
+    pages += n / PAGE;
+  }
+  if (pages > touched_cap) {
+    Touched *t = realloc(touched, pages * sizeof *t);
+    if (!t) return false;
+    touched = t, touched_cap = pages;
+  }
+  ntouched = 0, armed = 1;
+  protect(PROT_READ);
+  return true;
+}
+
+static void disarm(void) {
+  armed = 0;
+  protect(PROT_READ | PROT_WRITE);
+  for (size_t i = 0; i < ntouched; i++) allocs[touched[i].alloc].page_state[touched[i].page] = 0;
+  ntouched = 0;
+}
+
+/* From on_segv: a write to a page of allocation i while armed. */
+static void keep_page(int i, size_t page) {
+  EmuAlloc *x = &allocs[i];
+  unsigned char *at = x->base + page * PAGE;
+  if (!(x->page_state[page] & P_ORIG)) {
+    memcpy(x->orig + page * PAGE, at, PAGE);
+    x->page_state[page] |= P_ORIG;
+    touched[ntouched++] = (Touched){i, page};
+  }
+  mprotect(at, PAGE, PROT_READ | PROT_WRITE);
+}
+
+/* true when addr is a page of an allocation's body while armed: kept and
+ * made writable */
+static bool kept_write(const void *addr) {
+  if (!armed) return false;
+  const unsigned char *a = addr;
+  for (int i = 0; i < nallocs; i++)
+    if (a >= allocs[i].base && a < allocs[i].base + body_of(&allocs[i]))
+      return keep_page(i, (size_t)(a - allocs[i].base) / PAGE), true;
+  return false;
+}
+
+/* After the first run: its pages to after. */
+static void keep_first(void) {
+  for (size_t i = 0; i < ntouched; i++) {
+    EmuAlloc *x = &allocs[touched[i].alloc];
+    size_t off = touched[i].page * PAGE;
+    memcpy(x->after + off, x->base + off, PAGE);
+    x->page_state[touched[i].page] |= P_AFTER;
+  }
+}
+
+/* Every page a run wrote back to its bytes before the launch, read-only
+ * again. */
+static void restore(void) {
+  for (size_t i = 0; i < ntouched; i++) {
+    EmuAlloc *x = &allocs[touched[i].alloc];
+    size_t off = touched[i].page * PAGE;
+    memcpy(x->base + off, x->orig + off, PAGE);
+    mprotect(x->base + off, PAGE, PROT_READ);
+  }
+}
+
+/* A later run's pages against the first's (a page the first run left
+ * alone against its bytes before): the first byte that differs, as an
+ * error. */
+static int differ(const char *kernel, const char *how) {
+  int worst = -1;
+  size_t at = 0;
+  for (size_t i = 0; i < ntouched; i++) {
+    EmuAlloc *x = &allocs[touched[i].alloc];
+    size_t off = touched[i].page * PAGE;
+    const unsigned char *want = (x->page_state[touched[i].page] & P_AFTER ? x->after : x->orig) + off;
+    if (!memcmp(want, x->base + off, PAGE)) continue;
+    size_t b = off;
+    while (want[b - off] == x->base[b]) b++;
+    if (worst < 0 || touched[i].alloc < worst || (touched[i].alloc == worst && b < at)) worst = touched[i].alloc, at = b;
+  }
+  if (worst < 0) return CUDA_SUCCESS;
+  return emu_fail(CUDA_ERROR_LAUNCH_FAILED,
+                  "kernel %s gives different results when its threads and blocks run %s: byte %zu of a %zu-byte "
+                  "allocation differs (a missing __syncthreads, a race on shared or global memory, or "
+                  "order-dependent atomics)", kernel, how, at, allocs[worst].size);
 }
 
 static int launch_code(int engine_rc) {
@@ -478,16 +574,16 @@ static int launch_code(int engine_rc) {
 
 static int run_checked(EmuLaunch *l) {
   static const char *names[] = {"forward", "in reverse", "in a shuffled order"};
-  unsigned char **before = snapshot(), **first = NULL;
+  if (!arm()) return disarm(), emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory checking a launch");
   int rc = CUDA_SUCCESS;
   for (int o = 0; o < 3 && rc == CUDA_SUCCESS; o++) {
-    if (o) restore(before);
+    if (o) restore();
     l->order = o;
     if ((rc = launch_code(engine_run(l)))) break;
-    else if (!o) first = snapshot();
-    else rc = differ(first, l->k->name, names[o]);
+    else if (!o) keep_first();
+    else rc = differ(l->k->name, names[o]);
   }
-  drop(before), drop(first);
+  disarm();
   return rc;
 }
 

@@ -40,6 +40,10 @@ int emu_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 typedef struct EmuAlloc {
   unsigned char *base, *map;
   size_t size, map_size;
+  /* LMC_CUDA_EMU_CHECK: a page's bytes before a checked launch wrote it
+   * (orig) and after its first run (after), and per page which of them
+   * hold it (driver.c, "checked launches") */
+  unsigned char *orig, *after, *page_state;
 } EmuAlloc;
 EmuAlloc *emu_find(const void *p);       /* the allocation holding p, or NULL */
 bool emu_check_range(const char *what, const void *p, size_t bytes);

@@ -48,6 +48,12 @@ extern "C" __global__ void block_sum_racy(float *out, const float *x, int n) {
   if (threadIdx.x == 0) out[blockIdx.x] = part[0];
 }
 
+// the thread that runs first, unless it is thread 0, writes a page of its
+// own: run forward it writes nothing to out, in reverse the last page
+extern "C" __global__ void first_writer(float *out, int *counter) {
+  if (atomicAdd(counter, 1) == 0 && threadIdx.x != 0) out[threadIdx.x * 1024] = 1;
+}
+
 // writes one element past the end (into the canary) or a page past it
 extern "C" __global__ void write_past(float *out, i64 n, i64 past) {
   i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x;

@@ -158,6 +158,15 @@ static void block_sums(void) {
                "kernel block_sum_racy gives different results when its threads and blocks run in reverse",
                "planted: a missing __syncthreads is reported");
   F(cuMemFree)(dx), F(cuMemFree)(dout), free(x);
+  if (real) return;
+  CUdeviceptr dw = dalloc(256 * 4096), dc = dalloc(4);
+  F(cuMemsetD32)(dc, 0, 1);
+  void *w[] = {&dw, &dc};
+  expect_error(launch("first_writer", 1, 256, 0, w), CUDA_ERROR_LAUNCH_FAILED,
+               "kernel first_writer gives different results when its threads and blocks run in reverse: byte 1044480 "
+               "of a 1048576-byte allocation differs",
+               "planted: a page only a later order writes is compared too");
+  F(cuMemFree)(dw), F(cuMemFree)(dc);
 }
 
 static void faults(void) {
