@@ -10,7 +10,9 @@
  * run their work at once, in order; a stream being captured records it
  * instead, and a graph replays the record. With LMC_CUDA_EMU_CHECK=1 every
  * launch runs three times, threads and blocks forward, reversed and
- * shuffled, from the same memory, and the results must be bitwise equal.
+ * shuffled, from the same memory, and the results must be bitwise equal
+ * (the pages a run writes are kept as it first writes them: "checked
+ * launches" below).
  * With LMC_CUDA_EMU_STREAMS=lazy a stream's work waits in its queue until
  * something needs it done: a synchronisation of the stream, an event
  * recorded on it being waited for (by the host or by another stream, which
