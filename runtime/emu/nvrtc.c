@@ -408,7 +408,7 @@ nvrtcResult nvrtcCompileProgram(nvrtcProgram x, int nopt, const char *const *opt
   int m = 0;
   argv[m++] = getenv("LMC_CUDA_EMU_CXX") ? getenv("LMC_CUDA_EMU_CXX") : "c++";
   snprintf(incdir, sizeof incdir, "-I%s", dir);
-  const char *base[] = {"-std=c++17", "-O2", "-fPIC", "-shared", "-w", "-ffp-contract=off", "-fno-fast-math", incdir};
+  const char *base[] = {"-std=c++17", "-O1", "-fPIC", "-shared", "-w", "-ffp-contract=off", "-fno-fast-math", incdir};
   for (size_t i = 0; i < sizeof base / sizeof *base; i++) argv[m++] = base[i];
   for (char *s = strtok(extra, " "); s && m < 120; s = strtok(NULL, " ")) argv[m++] = s;
   for (char *s = strtok(user, " "); s && m < 130; s = strtok(NULL, " ")) argv[m++] = s;
