@@ -5,6 +5,11 @@
 set -eu
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
+# ctest runs $jobs tests at once: OpenBLAS's threads (one a core each, by
+# default) would only contend with the other tests and spin between their
+# small GEMMs (a sixth of the suite's time on 2 cores). docs.sh unsets it
+# to run the docs' commands as a user's shell would.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 run() {
   dir=$1; shift
   cmake -S . -B "$dir" "$@" >/dev/null
