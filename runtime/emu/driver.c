@@ -123,6 +123,8 @@ static void on_segv(int sig, siginfo_t *si, void *uc) {
   signal(sig, SIG_DFL);   /* not in a kernel: fault again, as usual */
 }
 
+static void on_alarm(int sig) { engine_timeout(); }
+
 static void install_handler(void) {
   static char altstack[64 << 10];
   stack_t ss = {.ss_sp = altstack, .ss_size = sizeof altstack};
@@ -132,6 +134,10 @@ static void install_handler(void) {
   sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
   sigaction(SIGSEGV, &sa, NULL);
   sigaction(SIGBUS, &sa, NULL);
+  struct sigaction al = {0};   /* the watchdog of LMC_CUDA_EMU_TIMEOUT */
+  al.sa_handler = on_alarm;
+  al.sa_flags = SA_ONSTACK | SA_NODEFER;
+  sigaction(SIGALRM, &al, NULL);
 }
 
 /* ---- init, device, context ---- */
@@ -571,7 +577,8 @@ static int differ(const char *kernel, const char *how) {
 }
 
 static int launch_code(int engine_rc) {
-  return engine_rc == -2 ? CUDA_ERROR_ILLEGAL_ADDRESS : engine_rc ? CUDA_ERROR_LAUNCH_FAILED : CUDA_SUCCESS;
+  return engine_rc == -2 ? CUDA_ERROR_ILLEGAL_ADDRESS : engine_rc == -3 ? CUDA_ERROR_LAUNCH_TIMEOUT
+         : engine_rc ? CUDA_ERROR_LAUNCH_FAILED : CUDA_SUCCESS;
 }
 
 static int run_checked(EmuLaunch *l) {

@@ -28,6 +28,7 @@ typedef struct EmuLaunch {
  * when the reason is an access outside every allocation. */
 int engine_run(const EmuLaunch *l);
 void engine_fault(const char *msg);       /* from the SIGSEGV handler: ends the launch */
+void engine_timeout(void);                /* from the SIGALRM handler: ends a launch past LMC_CUDA_EMU_TIMEOUT */
 extern const EmuApi engine_api;
 extern const char *engine_kernel;        /* the kernel running now, or NULL */
 extern EmuDim engine_block, engine_thread;

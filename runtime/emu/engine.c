@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/time.h>
 #include <ucontext.h>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -117,11 +118,28 @@ static _Noreturn void fail(const char *fmt, ...) {
   siglongjmp(fail_jb, 1);
 }
 
-static bool illegal;
+static bool illegal, timed_out;
 
 void engine_fault(const char *msg) {
   illegal = true;
   fail("%s", msg);
+}
+
+/* LMC_CUDA_EMU_TIMEOUT=S: a launch still running after S seconds ends
+ * (SIGALRM, from driver.c's handler) as a GPU's watchdog would end it;
+ * unset, launches run as long as they take. */
+static double timeout_s;
+
+void engine_timeout(void) {
+  if (!engine_kernel) return;
+  timed_out = true;
+  fail("ran past LMC_CUDA_EMU_TIMEOUT (%g s): an endless loop, or a wait for a block that has not run (the emulator "
+       "runs a launch's blocks one at a time)", timeout_s);
+}
+
+static void watchdog(double s) {
+  struct itimerval t = {{0, 0}, {(time_t)s, (suseconds_t)((s - (time_t)s) * 1e6)}};
+  setitimer(ITIMER_REAL, &t, NULL);
 }
 
 static EmuDim tid_of(unsigned lin) {
@@ -447,12 +465,15 @@ int engine_run(const EmuLaunch *l) {
   order(bperm, (unsigned)nblocks, l->order, &seed);
   order(tperm, nthr, l->order, &seed);
   volatile int rc = 0;
-  illegal = false;
+  illegal = timed_out = false;
+  const char *to = getenv("LMC_CUDA_EMU_TIMEOUT");
+  timeout_s = to ? atof(to) : 0;
   if (sigsetjmp(fail_jb, 1)) {
     if (from_fiber) IN_SCHED();
     engine_abort();
-    rc = illegal ? -2 : -1;
+    rc = illegal ? -2 : timed_out ? -3 : -1;
   } else {
+    if (timeout_s > 0) watchdog(timeout_s);
     for (uint64_t i = 0; i < nblocks; i++) {
       unsigned b = bperm[i];
       engine_block = vars->blockIdx = (EmuDim){b % l->grid.x, b / l->grid.x % l->grid.y, b / (l->grid.x * l->grid.y)};
@@ -460,6 +481,7 @@ int engine_run(const EmuLaunch *l) {
       else run_fibers(tperm);
     }
   }
+  if (timeout_s > 0) watchdog(0);
   free(bperm);
   engine_kernel = NULL;
   return rc;

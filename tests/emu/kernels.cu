@@ -54,6 +54,15 @@ extern "C" __global__ void first_writer(float *out, int *counter) {
   if (atomicAdd(counter, 1) == 0 && threadIdx.x != 0) out[threadIdx.x * 1024] = 1;
 }
 
+// block 1 waits for block 0's flag; the emulator runs block 1 first in
+// reverse order, and it never ends (as a GPU's would not, were block 0 not
+// resident); ends only past LMC_CUDA_EMU_TIMEOUT
+extern "C" __global__ void wait_for_block0(volatile int *flag) {
+  if (blockIdx.x == 0) *flag = 1;
+  else
+    while (!*flag) {}
+}
+
 // writes one element past the end (into the canary) or a page past it
 extern "C" __global__ void write_past(float *out, i64 n, i64 past) {
   i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x;

@@ -198,6 +198,13 @@ static void faults(void) {
                "planted: a write past the launch's dynamic shared memory (a guard page)");
   expect_error(launch("uses_smem", 1, 2048, 0, b), CUDA_ERROR_INVALID_VALUE,
                "kernel uses_smem asks for a block of 2048x1x1 threads", "planted: too many threads per block");
+  F(cuMemsetD32)(d, 0, 1);
+  setenv("LMC_CUDA_EMU_TIMEOUT", "0.5", 1);
+  expect_error(launch("wait_for_block0", 2, 32, 0, b), CUDA_ERROR_LAUNCH_TIMEOUT,
+               "kernel wait_for_block0, block (1,0,0), thread (31,0,0): ran past LMC_CUDA_EMU_TIMEOUT (0.5 s): an "
+               "endless loop, or a wait for a block that has not run",
+               "planted: a launch that never ends fails past LMC_CUDA_EMU_TIMEOUT");
+  unsetenv("LMC_CUDA_EMU_TIMEOUT");
   F(cuMemFree)(d);
   char h[8];
   expect_error(F(cuMemcpyDtoH)(h, d, 8), CUDA_ERROR_INVALID_VALUE, "is not in any device allocation",
