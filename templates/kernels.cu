@@ -1426,33 +1426,40 @@ __device__ void fw_forward_pipe(act *o, real *lse, const act *q, const act *k, c
   lmc_wg_hold<FW_ROWS / 8>(s);
   fm_probs(s, m, l, alpha, FW_ROWS - 1 > w0, 0, r0);   // (the output is zero: nothing to rescale)
   fw_frags<FW_ROWS>(p, s);
-  for (int j = 1; j < n; j++) {
+  // tile j: P V of tile j - 1's probabilities (pc), this tile's into pt.
+  // Two tiles a trip, p and pn trading places, so no copy of P between
+  // them sits where ptxas sees a wgmma's registers written inside its
+  // stage (at head dim 64 such copies made it serialise every wgmma)
+  auto tile = [&](int j, unsigned (&pc)[PK][4], unsigned (&pt)[PK][4]) {
     i64 j0 = (i64)j * FW_ROWS;
     lmc_cp_async_wait0(), lmc_fence_proxy_async(), __syncthreads();   // K of j, V of j - 1 landed
     if (j + 1 < n) fw_load<KP, 1>(ks + ((j + 1) & 1) * TILE, f.kb, j0 + FW_ROWS, T, stride, (int)K);
     fw_load<KP, 1>(vs + (j & 1) * TILE, f.vb, j0, T, stride, (int)K);
     lmc_cp_async_commit();
     unsigned long long kd = kd0 + (j & 1) * (TILE / 8), vd = vd0 + ((j - 1) & 1) * (TILE / 8);
-    lmc_wg_hold<KP / 8>(acc);
+    lmc_wg_hold<KP / 8>(acc), lmc_wg_hold_a<PK>(pc);
     lmc_wg_fence();
     fw_mul_ss<FW_ROWS, KS>(s, qd, kd);
     lmc_wg_commit();
-    fw_mul_rows<KP, PK>(acc, p, vd);
+    fw_mul_rows<KP, PK>(acc, pc, vd);
     lmc_wg_commit();
     lmc_wg_wait<1>();   // Q K^T done, P V may run on
     lmc_wg_hold<FW_ROWS / 8>(s);
     bool resc = fm_probs(s, m, l, alpha, j0 + FW_ROWS - 1 > w0, j0, r0);
-    fw_frags<FW_ROWS>(pn, s);
+    fw_frags<FW_ROWS>(pt, s);
     lmc_wg_wait<0>();
-    lmc_wg_hold<KP / 8>(acc), lmc_wg_hold_a<PK>(p);
+    lmc_wg_hold<KP / 8>(acc), lmc_wg_hold_a<PK>(pc);
     if (resc) fm_rescale<KP>(acc, alpha);
-    #pragma unroll
-    for (int kk = 0; kk < PK; kk++) p[kk][0] = pn[kk][0], p[kk][1] = pn[kk][1], p[kk][2] = pn[kk][2], p[kk][3] = pn[kk][3];
+  };
+  for (int j = 1; j < n; j += 2) {
+    tile(j, p, pn);
+    if (j + 1 < n) tile(j + 1, pn, p);
   }
-  // the last tile's P V
+  // the last tile's P V (its P in pn after an odd tile, else in p)
   lmc_cp_async_wait0(), lmc_fence_proxy_async(), __syncthreads();
   unsigned long long vd = vd0 + ((n - 1) & 1) * (TILE / 8);
-  fw_mul_rows_now<KP, PK>(acc, p, vd);
+  if ((n - 1) & 1) fw_mul_rows_now<KP, PK>(acc, pn, vd);
+  else fw_mul_rows_now<KP, PK>(acc, p, vd);
   fm_finish<KP>(o + b * T * H * K + h * K, lse + (b * H + h) * T, acc, m, l, r0, T, H * K, (int)K);
 #else
   __trap();   // (the runtime launches it on sm_90a alone)

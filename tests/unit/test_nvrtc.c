@@ -130,10 +130,12 @@ static bool ptxas_stats(const char *path, const char *arch, const char *log) {
   }
   if (!ok) printf("FAIL %s (%s): a kernel that must not spill spills or keeps an array in local memory\n", path, arch);
   /* "(C7520) Potential Performance Loss: wgmma.mma_async instructions are
-   * serialized due to ... in the function 'NAME'": ptxas waits for each
-   * wgmma before the next (a wgmma's register written after the fence
-   * before it did it to attention's first wgmma forward) */
-  for (const char *p = log; (p = strstr(p, "(C7520)")); p++) {
+   * serialized due to ... in the function 'NAME'" (C7513 and others give
+   * other reasons): ptxas waits for each wgmma before the next, in the
+   * whole kernel (a wgmma's register written after the fence before it
+   * did it to attention's first wgmma forward; copies of P between two
+   * tiles' registers, to the pipelined forward at head dim 64) */
+  for (const char *p = log; (p = strstr(p, "wgmma.mma_async instructions are serialized")); p++) {
     const char *f = strstr(p, "in the function '");
     char name[128] = "?";
     if (f) sscanf(f + 17, "%127[A-Za-z0-9_]", name);
