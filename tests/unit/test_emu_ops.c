@@ -552,7 +552,7 @@ int main(int argc, char **argv) {
         c.name = other[i][3];
         check(c, false);
         for (int nw = 2; nw <= 3 && bf; nw++) {   /* blocks of warpgroups sharing K and V (bf16 storage) */
-          snprintf(other[i][4 + nw], 96, "%s, forward on wgmma, %d warpgroups a block", names[mp][i][0], nw);
+          snprintf(other[i][4 + nw], 96, "%.50s, forward on wgmma, %d warpgroups a block", names[mp][i][0], nw);
           cuda_attention_warpgroups(nw);
           c.name = other[i][4 + nw];
           check(c, false);
@@ -620,10 +620,10 @@ int main(int argc, char **argv) {
         r.name = rise[mp][0];
         check(r, false);
         if (mp && wgmma_on()) {
-          snprintf(rise[mp][1], 96, "%s, on wgmma", rise[mp][0]);
+          snprintf(rise[mp][1], 96, "%.74s, on wgmma", rise[mp][0]);
           r.name = rise[mp][1];
           check(r, false);
-          snprintf(rise[mp][2], 96, "%s, on wgmma, pipelined", rise[mp][0]);
+          snprintf(rise[mp][2], 96, "%.74s, on wgmma, pipelined", rise[mp][0]);
           cuda_attention_wgmma(2);
           r.name = rise[mp][2];
           if (bf) check(r, false);
