@@ -14,11 +14,13 @@
 #include <cuda.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <nccl.h>
 #include <nvrtc.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -259,6 +261,35 @@ static bool jit_cold;
 
 void cuda_jit_time(double *seconds, bool *cold) { *seconds = jit_seconds, *cold = jit_cold; }
 
+/* The cached cubin at file, loaded into module; false where there is
+ * none or it does not load (stale, damaged: compiled afresh). */
+static bool load_cached(const char *file) {
+  FILE *f = fopen(file, "rb");
+  if (!f) return false;
+  fseek(f, 0, SEEK_END);
+  size_t n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  char *bin = rt_xmalloc(n ? n : 1);
+  bool ok = fread(bin, 1, n, f) == n && cu.load(&module, bin) == CUDA_SUCCESS;
+  fclose(f), free(bin);
+  return ok;
+}
+
+/* Ranks on one machine share the cache: the first to miss compiles while
+ * the others wait on file.lock, then load its cubin (N ranks had each
+ * compiled the same kernels at once). -1 where locking fails: each
+ * compiles, as before. */
+static int cache_lock(char *cache, const char *file) {
+  for (char *p = cache + 1; *p; p++)
+    if (*p == '/') *p = 0, mkdir(cache, 0777), *p = '/';
+  mkdir(cache, 0777);
+  char lock[1500];
+  snprintf(lock, sizeof lock, "%s.lock", file);
+  int fd = open(lock, O_RDWR | O_CREAT, 0666);
+  if (fd >= 0 && flock(fd, LOCK_EX) != 0) close(fd), fd = -1;
+  return fd;
+}
+
 static void load_kernels(const char *dir) {
   char path[1200], cache[1200], file[1400];
   double t0 = rt_now();
@@ -273,36 +304,24 @@ static void load_kernels(const char *dir) {
   snprintf(file, sizeof file, "%s/%016llx-sm_%d%s%s.cubin", cache, (unsigned long long)kernels_hash, sm, sm_feat(),
            emulated ? "-emu" : "");
   fa_file_at(cache);
-  size_t n = 0;
-  char *bin = NULL;
-  FILE *f = fopen(file, "rb");
-  if (f) {
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    bin = rt_xmalloc(n);
-    if (fread(bin, 1, n, f) != n) free(bin), bin = NULL;
-    fclose(f);
+  jit_cold = false;
+  if (!load_cached(file)) {
+    int lock = cache_lock(cache, file);
+    if (!load_cached(file)) {   /* (another rank's, compiled while this one waited) */
+      size_t n = 0;
+      char *bin = compile_cubin(src, path, &n), tmp[1500];
+      snprintf(tmp, sizeof tmp, "%s.tmp.%d", file, (int)getpid());
+      FILE *o = fopen(tmp, "wb");
+      if (o && fwrite(bin, 1, n, o) == n && fclose(o) == 0) rename(tmp, file);
+      else if (o) fclose(o), unlink(tmp);
+      CK(cu.load(&module, bin));
+      free(bin);
+      jit_cold = true;
+    }
+    if (lock >= 0) close(lock);
   }
-  if (bin && cu.load(&module, bin) != CUDA_SUCCESS) free(bin), bin = NULL;   /* stale or damaged: compile afresh */
-  else if (bin) {
-    jit_seconds = rt_now() - t0, jit_cold = false;
-    return free(bin), free(src);
-  }
-  if (!bin) {
-    bin = compile_cubin(src, path, &n);
-    char tmp[1500];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%d", file, (int)getpid());
-    for (char *p = cache + 1; *p; p++)
-      if (*p == '/') *p = 0, mkdir(cache, 0777), *p = '/';
-    mkdir(cache, 0777);
-    FILE *o = fopen(tmp, "wb");
-    if (o && fwrite(bin, 1, n, o) == n && fclose(o) == 0) rename(tmp, file);
-    else if (o) fclose(o), unlink(tmp);
-  }
-  CK(cu.load(&module, bin));
-  free(bin), free(src);
-  jit_seconds = rt_now() - t0, jit_cold = true;
+  free(src);
+  jit_seconds = rt_now() - t0;
 }
 
 /* The module's kernels by name, looked up once; smem: the dynamic shared
