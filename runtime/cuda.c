@@ -275,19 +275,24 @@ static bool load_cached(const char *file) {
   return ok;
 }
 
+/* path.lock held (flock) until its descriptor is closed; -1 where
+ * locking fails (each process then does the work itself) */
+static int file_lock(const char *path) {
+  char lock[1500];
+  snprintf(lock, sizeof lock, "%s.lock", path);
+  int fd = open(lock, O_RDWR | O_CREAT, 0666);
+  if (fd >= 0 && flock(fd, LOCK_EX) != 0) close(fd), fd = -1;
+  return fd;
+}
+
 /* Ranks on one machine share the cache: the first to miss compiles while
  * the others wait on file.lock, then load its cubin (N ranks had each
- * compiled the same kernels at once). -1 where locking fails: each
- * compiles, as before. */
+ * compiled the same kernels at once). */
 static int cache_lock(char *cache, const char *file) {
   for (char *p = cache + 1; *p; p++)
     if (*p == '/') *p = 0, mkdir(cache, 0777), *p = '/';
   mkdir(cache, 0777);
-  char lock[1500];
-  snprintf(lock, sizeof lock, "%s.lock", file);
-  int fd = open(lock, O_RDWR | O_CREAT, 0666);
-  if (fd >= 0 && flock(fd, LOCK_EX) != 0) close(fd), fd = -1;
-  return fd;
+  return file_lock(file);
 }
 
 static void load_kernels(const char *dir) {
@@ -1278,10 +1283,13 @@ static void fa_tune_now(const RtInst *x, int kind, const CUdeviceptr *in, CUdevi
     ref[base + j] = dev_alloc(bytes), got[base + j] = dev_alloc(bytes);
   }
   float *want[2] = {NULL, NULL}, best = 0;
-  bool me = comm_rank() == 0;
+  bool me = comm_rank() == 0 || fa_tune == 1;   /* (every rank that times, where asked for) */
   const char *spoil = getenv("LMC_ATTENTION_TUNE_SPOIL");   /* (the tuner's test: a kernel's first output spoiled) */
-  if (me) fprintf(stderr, "lmrun: timing attention's %s kernels at b %lld t %lld h %lld (kv %lld) k %lld:", fa_what[kind],
-                  (long long)x->b, (long long)x->t, (long long)x->h, (long long)x->g, (long long)x->k), fflush(stderr);
+  if (me && comm_world() > 1) fprintf(stderr, "lmrun: rank %d timing attention's %s kernels", comm_rank(), fa_what[kind]);
+  else if (me) fprintf(stderr, "lmrun: timing attention's %s kernels", fa_what[kind]);
+  if (me)
+    fprintf(stderr, " at b %lld t %lld h %lld (kv %lld) k %lld:", (long long)x->b, (long long)x->t, (long long)x->h,
+            (long long)x->g, (long long)x->k), fflush(stderr);
   p->c = c[0];
   for (int i = 0; i < ncand; i++) {
     float ms = fa_time(x, kind, c[i], i ? got : ref, in, dd);
@@ -1317,6 +1325,22 @@ static void fa_tune_now(const RtInst *x, int kind, const CUdeviceptr *in, CUdevi
   for (int j = 0; j < nout; j++) free(want[j]), dev_free(ref[base + j]), dev_free(got[base + j]);
 }
 
+/* The pick for key that a run before made (or another rank, read from
+ * the file), said where asked for; NULL where there is none or it names a
+ * kernel the bundle lacks (a damaged file: tuned anew) */
+static FaPick *fa_known(const RtInst *x, int kind, const i64 *key) {
+  FaPick *p = fa_find(key);
+  if (p && !p->said && !fa_valid(x, kind, p->c)) *p = fa_picks[--nfa_picks], p = NULL;
+  if (p && !p->said && comm_rank() == 0 && fa_tune == 1) {   /* (said where asked for: LMC_ATTENTION_TUNE=1) */
+    char name[64], sec[64];
+    fa_name(name, sizeof name, x, kind, p->c);
+    fprintf(stderr, "lmrun: attention's %s at b %lld t %lld h %lld (kv %lld) k %lld: %s, %s (timed before: %s)\n",
+            fa_what[kind], (long long)x->b, (long long)x->t, (long long)x->h, (long long)x->g, (long long)x->k, name,
+            fa_sections(sec, sizeof sec, x, kind, p->c), fa_file);
+  }
+  return p;
+}
+
 /* The configuration a shape's forward (dQ, dK/dV) runs: the knobs' where
  * the tuner is off or recording a graph, else the tuner's pick, made now
  * if no run made it before */
@@ -1326,23 +1350,23 @@ static FaCfg fa_cfg(const RtInst *x, int kind, const CUdeviceptr *in, CUdevicept
   fa_key(key, x, kind);
   static bool read;
   if (!read) read = true, fa_read();
-  FaPick *p = fa_find(key);
-  if (p && !p->said && !fa_valid(x, kind, p->c)) *p = fa_picks[--nfa_picks], p = NULL;   /* (a damaged file: anew) */
-  if (p && !p->said && comm_rank() == 0 && fa_tune == 1) {   /* (said where asked for: LMC_ATTENTION_TUNE=1) */
-    char name[64], sec[64];
-    fa_name(name, sizeof name, x, kind, p->c);
-    fprintf(stderr, "lmrun: attention's %s at b %lld t %lld h %lld (kv %lld) k %lld: %s, %s (timed before: %s)\n",
-            fa_what[kind], (long long)x->b, (long long)x->t, (long long)x->h, (long long)x->g, (long long)x->k, name,
-            fa_sections(sec, sizeof sec, x, kind, p->c), fa_file);
-  }
+  FaPick *p = fa_known(x, kind, key);
   if (p) return p->said = true, p->c;
   if (capturing || nfa_picks == 64) return fa_asked(x, kind);
-  p = &fa_picks[nfa_picks];
-  memcpy(p->key, key, sizeof p->key);
-  fa_tune_now(x, kind, in, dd, p);
-  p->said = true, nfa_picks++;
-  fa_write();
-  return p->c;
+  /* ranks on one machine tune a shape once: the first holds the file's
+   * lock while it times; the others wait, then read its pick, so they
+   * run the same kernels (and a resumed run those of the first) */
+  int lock = file_lock(fa_file);
+  fa_read();
+  if (!(p = fa_known(x, kind, key)) && nfa_picks < 64) {
+    p = &fa_picks[nfa_picks];
+    memcpy(p->key, key, sizeof p->key);
+    fa_tune_now(x, kind, in, dd, p);
+    nfa_picks++;
+    fa_write();
+  }
+  if (lock >= 0) close(lock);
+  return p ? (p->said = true, p->c) : fa_asked(x, kind);
 }
 
 /* Column sums over n rows of d columns, kernels.cu's two passes: pass 1

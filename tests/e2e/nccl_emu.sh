@@ -8,7 +8,8 @@
 # backend within 1e-5 (fp32, summation order aside), with NCCL named in the
 # start banner; dp 2 x tp 2, pp 2 x dp 2 and ep 2 x dp 2 again with bf16
 # storage. --collectives nccl on the CPU backend is an error. Four ranks
-# with a cold kernel cache compile the bundle's kernels once.
+# with a cold kernel cache compile the bundle's kernels once and time
+# attention's kernels once.
 # Under the sanitizers (third argument "sanitize") the bf16 layouts are
 # tp's alone, which takes the widen and narrow paths; the others run in
 # the normal build.
@@ -40,11 +41,17 @@ layout dp2tp2 --set dp=2 --set tp=2
 # them at once)
 printf '#!/bin/sh\necho >> "%s"\nexec %s "$@"\n' "$WORK/compiles" "${LMC_CUDA_EMU_CXX:-c++}" > "$WORK/cxx"
 chmod +x "$WORK/cxx"
-XDG_CACHE_HOME="$WORK/cold" LMC_CUDA_EMU_CXX="$WORK/cxx" $MPIRUN -np 4 "$LMRUN" "$WORK/dp2tp2" --data "$DATA" \
-  --backend cuda-emu --collectives nccl --max-steps 1 --save-interval 0 --eval-interval 0 --out "$WORK/dp2tp2.cold" \
-  >"$WORK/cold.log" 2>&1 || { cat "$WORK/cold.log"; fail "dp2tp2 with a cold kernel cache"; }
+# (and time attention's kernels once: a shape's forward, dQ and dK/dV,
+# each by the rank that came first, the others taking its picks)
+XDG_CACHE_HOME="$WORK/cold" LMC_CUDA_EMU_CXX="$WORK/cxx" LMC_ATTENTION_TUNE=1 $MPIRUN -np 4 "$LMRUN" "$WORK/dp2tp2" \
+  --data "$DATA" --backend cuda-emu --matmul-precision medium --collectives nccl --max-steps 1 --save-interval 0 \
+  --eval-interval 0 --out "$WORK/dp2tp2.cold" >"$WORK/cold.log" 2>&1 ||
+  { cat "$WORK/cold.log"; fail "dp2tp2 with a cold kernel cache"; }
 [ "$(wc -l < "$WORK/compiles")" -eq 1 ] && echo "ok   four ranks, a cold kernel cache: one compile" ||
   { status=1; echo "FAIL four ranks with a cold kernel cache compiled $(wc -l < "$WORK/compiles") times, want once"; }
+timed=$(grep -o "timing attention's" "$WORK/cold.log" | wc -l)
+[ "$timed" -eq 3 ] && echo "ok   four ranks: attention's three kernels timed once each" ||
+  { status=1; echo "FAIL four ranks timed attention's kernels $timed times, want 3 (forward, dQ, dK/dV once)"; }
 # tp's all-reduces inside the programs go through NCCL, so the programs
 # are recorded as CUDA graphs all the same (from the third step)
 grep -q "backend cuda-emu-f32+nccl, CUDA graphs" "$WORK/dp2tp2.nccl.log" ||
@@ -79,5 +86,5 @@ fi
   { status=1; echo "FAIL --collectives nccl on the CPU backend ran"; }
 grep -qxF "lmrun: error: --collectives applies to the CUDA backends (--backend cuda, cuda-emu, auto)" "$WORK/cpu_nccl.log" ||
   { status=1; echo "FAIL --collectives nccl on the CPU backend: $(cat "$WORK/cpu_nccl.log")"; }
-[ $status = 0 ] && echo "$([ "$MODE" = sanitize ] && echo 6 || echo 12) passed, 0 failed" || echo "failed"
+[ $status = 0 ] && echo "$([ "$MODE" = sanitize ] && echo 7 || echo 13) passed, 0 failed" || echo "failed"
 exit $status
