@@ -1355,8 +1355,11 @@ static FaCfg fa_cfg(const RtInst *x, int kind, const CUdeviceptr *in, CUdevicept
   if (capturing || nfa_picks == 64) return fa_asked(x, kind);
   /* ranks on one machine tune a shape once: the first holds the file's
    * lock while it times; the others wait, then read its pick, so they
-   * run the same kernels (and a resumed run those of the first) */
-  int lock = file_lock(fa_file);
+   * run the same kernels (and a resumed run those of the first). Each
+   * finishes its queued work first, so that no collective queued before
+   * can wait on a rank blocked on the lock */
+  CK(cu.sync());
+  int lock = fa_file[0] ? file_lock(fa_file) : -1;
   fa_read();
   if (!(p = fa_known(x, kind, key)) && nfa_picks < 64) {
     p = &fa_picks[nfa_picks];
