@@ -38,6 +38,10 @@ mpi_env() {
   # MPI_Finalize: under the sanitizer build, leak checking covers the
   # single-rank tests, not the ranks started by mpirun.
   export ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=0"
+  # each test's mpirun keeps its session folder in the test's own: two
+  # tests' sharing /tmp/ompi.HOST.UID raced (one's cleanup removed the
+  # folder the other's orte_init was making, and its run failed)
+  export OMPI_MCA_orte_tmpdir_base="$WORK"
   MPIRUN="mpirun --oversubscribe --bind-to none"
 }
 
