@@ -49,16 +49,6 @@ static void attention_split(int64_t k, int *d, int *p) {
   *d = (int)((k + *p - 1) / *p + 3) / 4 * 4;
 }
 
-/* The attention kernels specialised to head dim k: lmc_attention_kK, or
- * for the backward lmc_attention_bwd_dq_kK and lmc_attention_bwd_dkv_kK;
- * for head dims up to 128 also the tensor core ones (_mma_), which
- * runtime/cuda.c runs at --matmul-precision medium, bounded to the
- * registers of three blocks an SM (168 a thread) up to head dim 96, two
- * past it. Past head dim 64 dK/dV steps 32 queries at a time; there
- * lmc_attention_bwd_mma_dkv_q64_kK steps 64 in two blocks an SM (253
- * registers at 96, no spills), half the barriers a key block: the
- * runtime's default (9% faster on an H200, run 15; LMC_ATTENTION_DKV_QT=32
- * runs the other). */
 /* One extern "C" wrapper of an attention kernel: __launch_bounds__(bounds)
  * name, with the parameters of the forward, dQ or dK/dV (FA_FWD..),
  * calling call with them */
@@ -89,6 +79,16 @@ static const char *fmt(const char *f, ...) {
   return b;
 }
 
+/* The attention kernels specialised to head dim k: lmc_attention_kK, or
+ * for the backward lmc_attention_bwd_dq_kK and lmc_attention_bwd_dkv_kK;
+ * for head dims up to 128 also the tensor core ones (_mma_), which
+ * runtime/cuda.c runs at --matmul-precision medium, bounded to the
+ * registers of three blocks an SM (168 a thread) up to head dim 96, two
+ * past it. Past head dim 64 dK/dV steps 32 queries at a time; there
+ * lmc_attention_bwd_mma_dkv_q64_kK steps 64 in two blocks an SM (253
+ * registers at 96, no spills), half the barriers a key block: the
+ * runtime's default (9% faster on an H200, run 15; LMC_ATTENTION_DKV_QT=32
+ * runs the other). */
 void kernels_attention(FILE *out, int64_t k, bool bwd, bool bf16) {
   int d, p;
   long long K = (long long)k;

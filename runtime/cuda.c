@@ -219,16 +219,19 @@ static bool load_driver(char *why, size_t n) {
 
 /* ---- kernels: NVRTC, cached on disk ---- */
 
-static char *read_text(const char *path) {
+/* path's bytes and a NUL after them (kernels.cu's text, a cubin); NULL
+ * where it cannot be read whole */
+static char *read_file(const char *path) {
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;
   fseek(f, 0, SEEK_END);
-  long n = ftell(f);
+  long len = ftell(f);
   fseek(f, 0, SEEK_SET);
-  char *s = rt_xmalloc(n + 1);
-  if (fread(s, 1, n, f) != (size_t)n) n = 0;
-  s[n] = 0;
+  char *s = rt_xmalloc(len > 0 ? len + 1 : 1);
+  bool whole = len >= 0 && fread(s, 1, len, f) == (size_t)len;
   fclose(f);
+  if (!whole) return free(s), NULL;
+  s[len] = 0;
   return s;
 }
 
@@ -264,14 +267,9 @@ void cuda_jit_time(double *seconds, bool *cold) { *seconds = jit_seconds, *cold 
 /* The cached cubin at file, loaded into module; false where there is
  * none or it does not load (stale, damaged: compiled afresh). */
 static bool load_cached(const char *file) {
-  FILE *f = fopen(file, "rb");
-  if (!f) return false;
-  fseek(f, 0, SEEK_END);
-  size_t n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *bin = rt_xmalloc(n ? n : 1);
-  bool ok = fread(bin, 1, n, f) == n && cu.load(&module, bin) == CUDA_SUCCESS;
-  fclose(f), free(bin);
+  char *bin = read_file(file);
+  bool ok = bin && cu.load(&module, bin) == CUDA_SUCCESS;
+  free(bin);
   return ok;
 }
 
@@ -288,10 +286,8 @@ static int file_lock(const char *path) {
 /* Ranks on one machine share the cache: the first to miss compiles while
  * the others wait on file.lock, then load its cubin (N ranks had each
  * compiled the same kernels at once). */
-static int cache_lock(char *cache, const char *file) {
-  for (char *p = cache + 1; *p; p++)
-    if (*p == '/') *p = 0, mkdir(cache, 0777), *p = '/';
-  mkdir(cache, 0777);
+static int cache_lock(const char *cache, const char *file) {
+  rt_mkdirs(cache);   /* (where it cannot be made, the cubin is not kept, as before) */
   return file_lock(file);
 }
 
@@ -299,7 +295,7 @@ static void load_kernels(const char *dir) {
   char path[1200], cache[1200], file[1400];
   double t0 = rt_now();
   snprintf(path, sizeof path, "%s/kernels.cu", dir);
-  char *src = read_text(path);
+  char *src = read_file(path);
   if (!src) rt_die("cannot read %s (recompile the bundle with this lmc)", path);
   storage16 = strstr(src, "\ntypedef bf16 act;") != NULL;
   const char *home = getenv("XDG_CACHE_HOME");
@@ -1285,11 +1281,12 @@ static void fa_tune_now(const RtInst *x, int kind, const CUdeviceptr *in, CUdevi
   float *want[2] = {NULL, NULL}, best = 0;
   bool me = comm_rank() == 0 || fa_tune == 1;   /* (every rank that times, where asked for) */
   const char *spoil = getenv("LMC_ATTENTION_TUNE_SPOIL");   /* (the tuner's test: a kernel's first output spoiled) */
-  if (me && comm_world() > 1) fprintf(stderr, "lmrun: rank %d timing attention's %s kernels", comm_rank(), fa_what[kind]);
-  else if (me) fprintf(stderr, "lmrun: timing attention's %s kernels", fa_what[kind]);
+  char who[32] = "";
+  if (comm_world() > 1) snprintf(who, sizeof who, "rank %d ", comm_rank());
   if (me)
-    fprintf(stderr, " at b %lld t %lld h %lld (kv %lld) k %lld:", (long long)x->b, (long long)x->t, (long long)x->h,
-            (long long)x->g, (long long)x->k), fflush(stderr);
+    fprintf(stderr, "lmrun: %stiming attention's %s kernels at b %lld t %lld h %lld (kv %lld) k %lld:", who,
+            fa_what[kind], (long long)x->b, (long long)x->t, (long long)x->h, (long long)x->g, (long long)x->k),
+        fflush(stderr);
   p->c = c[0];
   for (int i = 0; i < ncand; i++) {
     float ms = fa_time(x, kind, c[i], i ? got : ref, in, dd);
