@@ -64,9 +64,11 @@ int main(int argc, char **argv) {
   if (cuda || emu) {
     double jit;
     bool cold;
-    cuda_jit_time(&jit, &cold);
-    printf("  NVRTC: the bundle's kernels %s in %.3f s (%s)\n", cold ? "compiled" : "loaded from the cubin cache", jit,
-           cold ? "cold" : "warm");
+    int programs, threads;
+    bool saved;
+    cuda_jit_time(&jit, &cold, &programs, &threads, &saved);
+    if (cold) printf("  NVRTC: the bundle's kernels compiled in %.3f s (cold: %d programs on %d threads)\n", jit, programs, threads);
+    else printf("  NVRTC: the bundle's kernels loaded from the cubin cache in %.3f s (warm)\n", jit);
   }
   printf("%s: %.2fM params, batch %lld x seq %lld, vocab %lld\n", b->model, b->nparam_elems / 1e6,
          (long long)b->train.batch, (long long)b->T, (long long)b->vocab);

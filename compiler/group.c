@@ -486,9 +486,11 @@ static void write_group(FILE *out, Graph *g, int stage, bool bwd, Inst *f) {
     if (!strcmp(written[k], f->kernel)) return;
   if (!nwritten) fprintf(out, "\n// ---- kernels lmc wrote for this model's groups (compiler/group.c) ----\n");
   written[nwritten++] = f->kernel;
+  fprintf(out, "#if LMC_IN_PART(0)\n");   /* (kernels.cu's prelude: "Parts") */
   if (f->nbody == 2 && norm(f->body[1]->op)) write_add_norm(out, f);
   else if (norm_bwd(f->body[0])) write_nb(out, f);
   else write_ew(out, f);
+  fprintf(out, "#endif\n");
 }
 
 void group_kernels(FILE *out, Graph *g) {

@@ -31,6 +31,7 @@ static const char *section_of(int op) {
 static bool used(Graph *g, const char *section) {
   if (!strcmp(section, "optimizer")) return true;
   if (!strcmp(section, "cast")) return g->ncasts > 0;   /* the bf16 copies, made at load */
+  if (!strcmp(section, "moe_mm")) section = "moe";   /* MoE's grouped GEMMs (their own part) */
   for (int k = 0; k < g->nfwd + g->nbwd; k++) {
     Inst *in = k < g->nfwd ? g->fwd[k] : g->bwd[k - g->nfwd];
     if (group_takes(g, in)) continue;   /* a group's kernel does it */
@@ -53,6 +54,8 @@ static void attention_split(int64_t k, int *d, int *p) {
  * name, with the parameters of the forward, dQ or dK/dV (FA_FWD..),
  * calling call with them */
 enum { FA_FWD, FA_DQ, FA_DKV };
+static int next_part;   /* the part the next attention kernel is (the prelude's "Parts") */
+
 static void fa_kernel(FILE *out, int kind, const char *bounds, const char *name, const char *call) {
   static const char *sig[] = {
       "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, float scale, i64 B",
@@ -63,8 +66,8 @@ static void fa_kernel(FILE *out, int kind, const char *bounds, const char *name,
   static const char *args[] = {"o, lse, q, k, v, T, H, G, K, scale, B",
                                "dq, dout, q, k, v, lse, dd, T, H, G, K, scale, acc, B",
                                "dk, dv, dout, q, k, v, lse, dd, T, H, G, K, scale, acck, accv, B"};
-  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(%s) %s(%s) {\n  %s(%s);\n}\n", bounds, name, sig[kind],
-          call, args[kind]);
+  fprintf(out, "#if LMC_IN_PART(%d)\nextern \"C\" __global__ void __launch_bounds__(%s) %s(%s) {\n  %s(%s);\n}\n#endif\n",
+          next_part++, bounds, name, sig[kind], call, args[kind]);
 }
 
 /* a string by printf's rules, one of four in turn (a call's arguments) */
@@ -208,11 +211,11 @@ void kernels_norm_bwd(FILE *out, int64_t d, bool ln) {
   if (!g) return;
   const char *t = ln ? "true" : "false", *args = "(sh, dx, part, dy, x, w, mean, rstd, n, d, per)";
   fprintf(out, "\n// the %s backward of width %lld in one pass\n", ln ? "LayerNorm" : "RMSNorm", (long long)d);
-  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(256) lmc_%s_bwd_rows%d(act *dx, real *part, "
+  fprintf(out, "#if LMC_IN_PART(0)\nextern \"C\" __global__ void __launch_bounds__(256) lmc_%s_bwd_rows%d(act *dx, real *part, "
           "const act *dy, const act *x, const real *w, const real *mean, const real *rstd, i64 n, i64 d, i64 per, "
           "int acc) {\n  __shared__ float sh[8][257];\n", ln ? "layernorm" : "rmsnorm", g);
   fprintf(out, "  if (!dx) norm_bwd_rows<%d, %s, false, false>%s;\n  else if (acc) norm_bwd_rows<%d, %s, true, true>%s;\n"
-          "  else norm_bwd_rows<%d, %s, true, false>%s;\n}\n", g, t, args, g, t, args, g, t, args);
+          "  else norm_bwd_rows<%d, %s, true, false>%s;\n}\n#endif\n", g, t, args, g, t, args, g, t, args);
 }
 
 /* Each group count the programs' norm backwards use, once. */
@@ -229,32 +232,47 @@ static void norm_kernels(FILE *out, Graph *g) {
   }
 }
 
-/* Copies the template: the prelude always, a section when used; then the
- * kernels specialised to the model's shapes. */
+/* A template marker's section name (up to a space or the line's end) */
+static void marker_name(char *name, size_t n, const char *p) {
+  size_t l = strcspn(p, " \n");
+  snprintf(name, n, "%.*s", (int)(l < n - 1 ? l : n - 1), p);
+}
+
+/* Copies the template: the prelude always, a section when used. A section
+ * ("// @kernel NAME") is part 0, inside #if LMC_IN_PART(0); a library
+ * ("// @library NAME": device code that the parts of attention's and MoE's
+ * kernels call) goes into every program, its own kernels guarded in the
+ * template. Then the kernels specialised to the model's shapes, each
+ * attention kernel a part of its own, and the number of parts for the
+ * runtime. */
 void kernels_emit(FILE *out, Graph *g) {
   fprintf(out, "// lmc kernels for model %s (from templates/kernels.cu)\n", g->prog->model->name);
   const char *p = tpl_kernels;
-  bool keep = false, typed = false;
+  bool keep = false, typed = false, guarded = false;
   while (*p) {
     const char *e = strchr(p, '\n');
     size_t n = e ? (size_t)(e - p + 1) : strlen(p);
+    bool kernel = !strncmp(p, "// @kernel ", 11), library = !strncmp(p, "// @library ", 12);
     if (!strncmp(p, "// @prelude", 11)) keep = true;
-    else if (!strncmp(p, "// @kernel ", 11)) {
+    else if (kernel || library) {
       if (!typed)   /* after the prelude, before the first section */
         fprintf(out, "\ntypedef %s act;   // the activations' storage (precision plan)\n",
                 precision_bf16(g) ? "bf16" : "float");
       typed = true;
+      if (guarded) fprintf(out, "#endif\n");
       char name[64];
-      size_t l = strcspn(p + 11, "\n");
-      snprintf(name, sizeof name, "%.*s", (int)(l < 63 ? l : 63), p + 11);
-      keep = used(g, name);
-      if (keep) fprintf(out, "\n");
+      marker_name(name, sizeof name, p + (kernel ? 11 : 12));
+      keep = used(g, name), guarded = keep && kernel;
+      if (keep) fprintf(out, guarded ? "\n#if LMC_IN_PART(0)\n" : "\n");
     }
     if (keep && !strncmp(p, "// @include tensor_cores.cuh", 28)) fputs(tpl_tensor_cores, out);   /* the one file it names */
     else if (keep) fwrite(p, 1, n, out);
     p += n;
   }
+  if (guarded) fprintf(out, "#endif\n");
+  next_part = 2;   /* (0: the sections' and groups' kernels, 1: MoE's grouped GEMMs) */
   attention_kernels(out, g);
   norm_kernels(out, g);
   group_kernels(out, g);
+  fprintf(out, "\n// @parts %d\n", next_part);
 }

@@ -18,6 +18,8 @@
 #include <math.h>
 #include <nccl.h>
 #include <nvrtc.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -96,7 +98,8 @@ static ncclComm_t pcomm[2];   /* the pipeline's transfers over the pp group: act
 static int collectives;   /* CC_AUTO, CC_NCCL, CC_MPI */
 static bool use_nccl;
 
-static CUmodule module;
+static CUmodule modules[64];   /* the bundle's kernels: one module an NVRTC program (load_kernels) */
+static int nmodules;
 static CUstream st;   /* all of the backend's work, in order; it waits for the legacy stream and it for it */
 static bool emulated;   /* the emulated CUDA platform (runtime/emu/) stands in for the GPU */
 static cublasLtHandle_t lt;
@@ -219,9 +222,10 @@ static bool load_driver(char *why, size_t n) {
 
 /* ---- kernels: NVRTC, cached on disk ---- */
 
-/* path's bytes and a NUL after them (kernels.cu's text, a cubin); NULL
- * where it cannot be read whole */
-static char *read_file(const char *path) {
+/* path's bytes and a NUL after them (kernels.cu's text, the cached
+ * cubins), their count in *n where n is given; NULL where it cannot be
+ * read whole */
+static char *read_file(const char *path, size_t *n) {
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;
   fseek(f, 0, SEEK_END);
@@ -232,6 +236,7 @@ static char *read_file(const char *path) {
   fclose(f);
   if (!whole) return free(s), NULL;
   s[len] = 0;
+  if (n) *n = (size_t)len;
   return s;
 }
 
@@ -239,37 +244,148 @@ static char *read_file(const char *path) {
  * (its wgmma, kernels.cu's LMC_WGMMA), else none */
 static const char *sm_feat(void) { return sm == 90 ? "a" : ""; }
 
-static char *compile_cubin(const char *src, const char *name, size_t *n) {
+/* One NVRTC program of a bundle's kernels.cu: program p of P (the
+ * prelude's "Parts"), compiled by a thread of compile_programs; its cubin
+ * or, where NVRTC fails, its log. */
+typedef struct Program {
+  const char *src, *name;
+  int p, P;
+  nvrtcResult rc;
+  char *bin, *log;
+  size_t n;
+} Program;
+
+static void compile_program(Program *x) {
   nvrtcProgram prog;
-  char arch[32];
+  char arch[32], programs[32], program[32];
   snprintf(arch, sizeof arch, "--gpu-architecture=sm_%d%s", sm, sm_feat());
-  const char *opts[] = {arch, "--std=c++17", "-default-device"};
-  if (cu.create(&prog, src, name, 0, NULL, NULL) != NVRTC_SUCCESS) rt_die("NVRTC: cannot create a program");
-  nvrtcResult rc = cu.compile(prog, 3, opts);
-  size_t ln;
+  snprintf(programs, sizeof programs, "-DLMC_PROGRAMS=%d", x->P), snprintf(program, sizeof program, "-DLMC_PROGRAM=%d", x->p);
+  const char *opts[] = {arch, "--std=c++17", "-default-device", programs, program};
+  if ((x->rc = cu.create(&prog, x->src, x->name, 0, NULL, NULL)) != NVRTC_SUCCESS) return;
+  x->rc = cu.compile(prog, 5, opts);
+  size_t ln = 0;
   cu.log_size(prog, &ln);
-  char *log = rt_xmalloc(ln + 1);
-  cu.log(prog, log);
-  if (rc != NVRTC_SUCCESS) rt_die("NVRTC could not compile %s for sm_%d%s:\n%s", name, sm, sm_feat(), log);
-  free(log);
-  cu.cubin_size(prog, n);
-  char *bin = rt_xmalloc(*n);
-  cu.cubin(prog, bin);
+  x->log = rt_xmalloc(ln + 1), x->log[0] = 0;
+  cu.log(prog, x->log);
+  if (x->rc == NVRTC_SUCCESS) {
+    cu.cubin_size(prog, &x->n);
+    x->bin = rt_xmalloc(x->n);
+    cu.cubin(prog, x->bin);
+  }
   cu.destroy(&prog);
-  return bin;
 }
 
-static double jit_seconds;   /* the last load_kernels: compiling (cold) or loading the cached cubin (warm) */
+static struct { Program *all; int n, next; pthread_mutex_t lock; } queue = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static void *compile_worker(void *arg) {
+  (void)arg;
+  for (;;) {
+    pthread_mutex_lock(&queue.lock);
+    int i = queue.next < queue.n ? queue.next++ : -1;
+    pthread_mutex_unlock(&queue.lock);
+    if (i < 0) return NULL;
+    compile_program(&queue.all[i]);
+  }
+}
+
+/* Threads for NVRTC: $LMC_JIT_THREADS, else the CPUs this process may
+ * run on; at most 64 */
+static int jit_threads(void) {
+  const char *e = getenv("LMC_JIT_THREADS");
+  int n = e && *e ? atoi(e) : 0;
+  if (n < 1) {
+    cpu_set_t set;
+    n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
+  }
+  return n < 1 ? 1 : n > 64 ? 64 : n;
+}
+
+/* src's kernels as P programs (P: the parts kernels.cu names, at most the
+ * threads), compiled at once, one a thread: NVRTC takes about as long
+ * for each kernel alone as in one program, and the attention kernels are
+ * most of that (22 s of llama-large's bundle in one program on one core,
+ * 1.6 s the longest kernel). Each program's cubin, in order; dies with
+ * NVRTC's log where one does not compile. */
+static Program *compile_programs(const char *src, const char *name, int *np) {
+  const char *mark = strstr(src, "\n// @parts ");
+  int parts = mark ? atoi(mark + 11) : 1, threads = jit_threads();
+  int P = parts < 1 ? 1 : parts < threads ? parts : threads;
+  Program *all = calloc(P, sizeof *all);
+  if (!all) rt_die("out of memory");
+  for (int p = 0; p < P; p++) all[p] = (Program){src, name, p, P, NVRTC_SUCCESS, NULL, NULL, 0};
+  queue.all = all, queue.n = P, queue.next = 0;
+  pthread_t tid[64];
+  int started = 0;
+  for (int t = 1; t < P && started < 63; t++)   /* (this thread is one of them) */
+    if (pthread_create(&tid[started], NULL, compile_worker, NULL) == 0) started++;
+  compile_worker(NULL);
+  for (int t = 0; t < started; t++) pthread_join(tid[t], NULL);
+  for (int p = 0; p < P; p++)
+    if (all[p].rc != NVRTC_SUCCESS)
+      rt_die("NVRTC could not compile %s for sm_%d%s (program %d of %d):\n%s", name, sm, sm_feat(), p, P,
+             all[p].log ? all[p].log : "(no log)");
+  *np = P;
+  return all;
+}
+
+static double jit_seconds;   /* the last load_kernels: compiling (cold) or loading the cached cubins (warm) */
 static bool jit_cold;
+static int jit_programs, jit_nthreads;
+static bool jit_saved;   /* the cubins cold compiled went into the cache */
 
-void cuda_jit_time(double *seconds, bool *cold) { *seconds = jit_seconds, *cold = jit_cold; }
+void cuda_jit_time(double *seconds, bool *cold, int *programs, int *threads, bool *saved) {
+  *seconds = jit_seconds, *cold = jit_cold, *programs = jit_programs, *threads = jit_nthreads, *saved = jit_saved;
+}
 
-/* The cached cubin at file, loaded into module; false where there is
- * none or it does not load (stale, damaged: compiled afresh). */
+/* The cache holds a bundle's programs in one file: "lmccubin", their
+ * count, then each program's size and cubin (8-byte little-endian
+ * counts), written whole and renamed into place. */
+static const char cache_magic[8] = {'l', 'm', 'c', 'c', 'u', 'b', 'i', 'n'};
+
+/* modules[] from the cubins in image (n bytes); false where they are not
+ * a whole cache file or one does not load (stale, damaged: compiled
+ * afresh) */
+static bool load_modules(const char *image, size_t n) {
+  uint64_t count, size;
+  if (!image || n < 16 || memcmp(image, cache_magic, 8)) return false;
+  memcpy(&count, image + 8, 8);
+  if (count < 1 || count > 64) return false;
+  size_t at = 16;
+  for (uint64_t i = 0; i < count; i++) {
+    if (n - at < 8) return false;
+    memcpy(&size, image + at, 8), at += 8;
+    if (size > n - at || cu.load(&modules[i], image + at) != CUDA_SUCCESS) return false;
+    nmodules = (int)i + 1, at += size;
+  }
+  return at == n;
+}
+
+/* The cached cubins at file, loaded; false where there are none (or a
+ * part of them did not load: then none is kept) */
 static bool load_cached(const char *file) {
-  char *bin = read_file(file);
-  bool ok = bin && cu.load(&module, bin) == CUDA_SUCCESS;
-  free(bin);
+  size_t n = 0;
+  char *image = read_file(file, &n);
+  bool ok = load_modules(image, n);
+  free(image);
+  if (!ok) nmodules = 0;   /* (the driver keeps what loaded; unused) */
+  return ok;
+}
+
+/* the programs' cubins as one cache file, written to a temporary name
+ * and renamed (a rank or a run killed mid-write leaves no half file) */
+static bool save_cache(const char *file, const Program *all, int P) {
+  char tmp[1500];
+  snprintf(tmp, sizeof tmp, "%s.tmp.%d", file, (int)getpid());
+  FILE *o = fopen(tmp, "wb");
+  if (!o) return false;
+  uint64_t count = (uint64_t)P;
+  bool ok = fwrite(cache_magic, 1, 8, o) == 8 && fwrite(&count, 8, 1, o) == 1;
+  for (int p = 0; ok && p < P; p++) {
+    uint64_t size = all[p].n;
+    ok = fwrite(&size, 8, 1, o) == 1 && fwrite(all[p].bin, 1, all[p].n, o) == all[p].n;
+  }
+  ok = fclose(o) == 0 && ok && rename(tmp, file) == 0;
+  if (!ok) unlink(tmp);
   return ok;
 }
 
@@ -284,10 +400,10 @@ static int file_lock(const char *path) {
 }
 
 /* Ranks on one machine share the cache: the first to miss compiles while
- * the others wait on file.lock, then load its cubin (N ranks had each
+ * the others wait on file.lock, then load its cubins (N ranks had each
  * compiled the same kernels at once). */
 static int cache_lock(const char *cache, const char *file) {
-  rt_mkdirs(cache);   /* (where it cannot be made, the cubin is not kept, as before) */
+  rt_mkdirs(cache);   /* (where it cannot be made, the cubins are not kept, as before) */
   return file_lock(file);
 }
 
@@ -295,29 +411,26 @@ static void load_kernels(const char *dir) {
   char path[1200], cache[1200], file[1400];
   double t0 = rt_now();
   snprintf(path, sizeof path, "%s/kernels.cu", dir);
-  char *src = read_file(path);
+  char *src = read_file(path, NULL);
   if (!src) rt_die("cannot read %s (recompile the bundle with this lmc)", path);
   storage16 = strstr(src, "\ntypedef bf16 act;") != NULL;
   const char *home = getenv("XDG_CACHE_HOME");
   snprintf(cache, sizeof cache, "%s%s/lmc/kernels", home ? home : getenv("HOME") ? getenv("HOME") : "/tmp",
            home ? "" : "/.cache");
   kernels_hash = rt_fnv1a(src, strlen(src), 0xcbf29ce484222325ULL);
-  snprintf(file, sizeof file, "%s/%016llx-sm_%d%s%s.cubin", cache, (unsigned long long)kernels_hash, sm, sm_feat(),
+  snprintf(file, sizeof file, "%s/%016llx-sm_%d%s%s.cubins", cache, (unsigned long long)kernels_hash, sm, sm_feat(),
            emulated ? "-emu" : "");
   fa_file_at(cache);
   jit_cold = false;
   if (!load_cached(file)) {
     int lock = cache_lock(cache, file);
     if (!load_cached(file)) {   /* (another rank's, compiled while this one waited) */
-      size_t n = 0;
-      char *bin = compile_cubin(src, path, &n), tmp[1500];
-      snprintf(tmp, sizeof tmp, "%s.tmp.%d", file, (int)getpid());
-      FILE *o = fopen(tmp, "wb");
-      if (o && fwrite(bin, 1, n, o) == n && fclose(o) == 0) rename(tmp, file);
-      else if (o) fclose(o), unlink(tmp);
-      CK(cu.load(&module, bin));
-      free(bin);
-      jit_cold = true;
+      int P = 0;
+      Program *all = compile_programs(src, path, &P);
+      jit_saved = save_cache(file, all, P);
+      for (int p = 0; p < P; p++) CK(cu.load(&modules[p], all[p].bin)), free(all[p].bin), free(all[p].log);
+      free(all);
+      nmodules = P, jit_cold = true, jit_programs = P, jit_nthreads = jit_threads() < P ? jit_threads() : P;
     }
     if (lock >= 0) close(lock);
   }
@@ -325,17 +438,19 @@ static void load_kernels(const char *dir) {
   jit_seconds = rt_now() - t0;
 }
 
-/* The module's kernels by name, looked up once; smem: the dynamic shared
+/* The modules' kernels by name, looked up once; smem: the dynamic shared
  * memory cuFuncSetAttribute allowed it (launch_smem) */
 typedef struct Fn { char name[64]; CUfunction f; unsigned smem; } Fn;
 
-static Fn *fn_find(const char *name) {   /* NULL where the module lacks it (a bundle an older lmc wrote) */
+static Fn *fn_find(const char *name) {   /* NULL where no module has it (a bundle an older lmc wrote) */
   static Fn cache[128], spare;
   static int n;
   for (int i = 0; i < n; i++)
     if (!strcmp(cache[i].name, name)) return &cache[i];
-  CUfunction f;
-  if (cu.getfn(&f, module, name) != CUDA_SUCCESS) return NULL;
+  CUfunction f = NULL;
+  for (int m = 0; m < nmodules && !f; m++)
+    if (cu.getfn(&f, modules[m], name) != CUDA_SUCCESS) f = NULL;
+  if (!f) return NULL;
   Fn *e = n < 128 && strlen(name) < sizeof cache[n].name ? &cache[n++] : &spare;   /* spare: not kept */
   snprintf(e->name, sizeof e->name, "%s", name), e->smem = 0, e->f = f;
   return e;
@@ -892,8 +1007,7 @@ static uint16_t bf16_of_small(float f) {   /* exact for the small integers the p
  * inside a step: it waits for the GPU). */
 static bool wgmma_probe(void) {
   if (wgmma_ok >= 0) return wgmma_ok;
-  CUfunction f;
-  if (cu.getfn(&f, module, "lmc_wgmma_probe") != CUDA_SUCCESS)
+  if (!fn_has("lmc_wgmma_probe"))
     rt_die("LMC_ATTENTION_WGMMA=1: this bundle's kernels.cu has no wgmma kernels (an older lmc wrote it): compile the "
            "bundle again");
   uint16_t a[64 * 16], b[16 * 32];
@@ -932,7 +1046,7 @@ static bool wgmma_probe(void) {
 int cuda_attention_wgmma(int on) {
   wgmma_asked = on, fa_pinned = true;
   if (!on || sm != 90) return -1;
-  return module ? wgmma_probe() : 1;   /* (before the kernels load: the backend probes then) */
+  return nmodules ? wgmma_probe() : 1;   /* (before the kernels load: the backend probes then) */
 }
 static bool fa_wg(const RtInst *x) { return wgmma_asked && wgmma_ok == 1 && fa_mma(x); }   /* (the probe: 9.0 only) */
 static bool fa_wg_bwd(const RtInst *x) { return fa_wg(x) && x->k <= 128; }

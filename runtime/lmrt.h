@@ -309,7 +309,7 @@ void cuda_collectives(int mode);
 int matmul_precision_of(const char *name);   /* MP_*, or -1 */
 /* After cuda_backend: how long the bundle's kernels took to get ready,
  * compiled by NVRTC (cold) or loaded from the cubin cache (warm). */
-void cuda_jit_time(double *seconds, bool *cold);
+void cuda_jit_time(double *seconds, bool *cold, int *programs, int *threads, bool *saved);   /* the last kernels' load: compiled (cold, as programs on threads; saved: into the cache) or cached */
 
 /* ---- exec.c ---- */
 typedef struct Run {

@@ -288,6 +288,14 @@ static void banner(Loop *L) {
   printf("  memory planned per rank: %.1f MiB activations + %.1f MiB weights, gradients and Adam%s | data %s "
          "(%lld tokens)\n", b->slots * rt_slot_bytes(r) * mib, state * mib, b->ncasts ? " (and bf16 copies)" : "",
          L->d->path, (long long)L->d->ntok);
+  double jit;
+  bool cold, saved;
+  int programs, threads;
+  cuda_jit_time(&jit, &cold, &programs, &threads, &saved);   /* (a CUDA backend's kernels, compiled by this process) */
+  if (cold)
+    printf("  kernels compiled by NVRTC in %.1f s (%d program%s on %d thread%s), %s\n", jit, programs,
+           programs == 1 ? "" : "s", threads, threads == 1 ? "" : "s",
+           saved ? "cached for later runs" : "not cached (the cache folder cannot be written)");
   printf("  steps %lld..%lld | logs %s (and tb/)", (long long)L->start, (long long)L->max_steps, L->metrics_path);
   if (L->o->save_interval > 0) printf(" | checkpoints %s every %lld steps", L->ckpt_dir, (long long)L->o->save_interval);
   printf("\n");

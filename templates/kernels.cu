@@ -13,6 +13,21 @@ typedef long long i64;
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
 
+// Parts: lmc writes "// @parts N" at the end of a bundle's kernels.cu, and
+// runtime/cuda.c compiles the file as P <= N NVRTC programs at once, one a
+// thread (-DLMC_PROGRAMS=P -DLMC_PROGRAM=p): program p has the kernels of
+// the parts n with n % P == p. Part 0 holds the sections' kernels and the
+// groups' (lmc wraps each section in LMC_IN_PART(0); the sections other
+// parts call into are copied whole, their kernels guarded here), part 1
+// MoE's grouped GEMMs, and each attention kernel lmc writes is a part of
+// its own: ptxas takes 0.3 to 1.6 s over each, 22 s over llama-large's
+// bundle in one program. Compiled alone (P = 1) the file is every kernel.
+#ifndef LMC_PROGRAMS
+#define LMC_PROGRAMS 1
+#define LMC_PROGRAM 0
+#endif
+#define LMC_IN_PART(n) ((n) % LMC_PROGRAMS == LMC_PROGRAM)
+
 #define GRID_LOOP(i, n) for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 #define PUT(dst, i, v, acc) ((dst)[i] = (acc) ? (dst)[i] + (real)(v) : (real)(v))
 
@@ -78,8 +93,10 @@ struct bf16 {
 
 // a bf16 value to reals and back (the runtime's widen and narrow, for the
 // host and the collectives)
+#if LMC_IN_PART(0)
 extern "C" __global__ void lmc_widen(real *y, const bf16 *x, i64 n) { GRID_LOOP(i, n) y[i] = x[i]; }
 extern "C" __global__ void lmc_narrow(bf16 *y, const real *x, i64 n) { GRID_LOOP(i, n) y[i] = x[i]; }
+#endif
 
 // Element-wise kernels move 8 elements a thread-step with 16-byte loads and
 // stores (fp32: two float4, bf16: one uint4) when every operand is 16-byte
@@ -328,9 +345,11 @@ __device__ __forceinline__ void col_finish(real *out, const real *part, i64 chun
   }
   __syncthreads();
 }
+#if LMC_IN_PART(0)
 extern "C" __global__ void lmc_col_finish(real *out, const real *part, i64 chunks, i64 d, int acc) {
   col_finish(out, part, chunks, d, acc);
 }
+#endif
 
 // log(sum(exp(r[j]))) of one row, by the whole block, in one pass over the
 // row: each thread keeps its largest value and its sum of exps relative to
@@ -599,7 +618,7 @@ extern "C" __global__ void lmc_rope(act *y, const act *x, const real *cs, i64 b,
   else rope_run<1, i64>(y, x, cs, n, t, h, half, dir, acc);
 }
 
-// @kernel attention
+// @library attention
 // Flash attention: scores, softmax and the weighted sum one tile of keys at
 // a time in shared memory, with a running max and sum per query row (never
 // a T x T buffer), causal tiles skipped, the heads of a kv group reading
@@ -1466,7 +1485,7 @@ __device__ void fw_forward_pipe(act *o, real *lse, const act *q, const act *k, c
 #endif
 }
 
-// @kernel attention_bwd
+// @library attention_bwd
 // Flash attention's backward in three deterministic kernels (no atomics):
 // rowsum(dO * O) per query row; dQ, one block per query block over its
 // keys; dK and dV, one block per key block of a kv group over the queries
@@ -1475,6 +1494,7 @@ __device__ void fw_forward_pipe(act *o, real *lse, const act *q, const act *k, c
 
 // dd[b,h,i] = sum_d dout[b,i,h,d] o[b,i,h,d]: one warp per row, 8 values
 // a lane-step by 16-byte loads where K and the rows allow
+#if LMC_IN_PART(0)
 extern "C" __global__ void lmc_attention_dot(real *dd, const act *dout, const act *o, i64 B, i64 T, i64 H, i64 K) {
   i64 row = (blockIdx.x * (i64)blockDim.x + threadIdx.x) / 32;
   if (row >= B * T * H) return;   // whole warps leave together
@@ -1491,6 +1511,7 @@ extern "C" __global__ void lmc_attention_dot(real *dd, const act *dout, const ac
   i64 b = row / (T * H), i = row / H % T, h = row % H;
   if (threadIdx.x % 32 == 0) dd[(b * H + h) * T + i] = s;
 }
+#endif
 
 // blocks ordered as the forward's
 template <int D, int P>
@@ -1647,6 +1668,7 @@ __device__ void fm_backward_dq(act *dq, const act *dout, const act *q, const act
 // the third way, from shared memory K-major (dK/dV's K); tiles in
 // fw_load's units (16 bytes a unit; unit (r / 8) C + c / 8, 8 to a core
 // matrix, r % 8 within it, for C units a row: fw_elem).
+#if LMC_IN_PART(0)
 extern "C" __global__ void lmc_wgmma_probe(float *d, const bf16 *a, const bf16 *b) {
 #ifdef LMC_WGMMA
   extern __shared__ __align__(16) unsigned short fm_smem[];
@@ -1678,6 +1700,7 @@ extern "C" __global__ void lmc_wgmma_probe(float *d, const bf16 *a, const bf16 *
   }
 #endif
 }
+#endif
 
 // dQ on the warpgroup's matrix instructions (sm_90a; see fw_forward): a
 // block is one warpgroup of 64 query rows (or NW sharing K and V), warp w
@@ -2580,6 +2603,7 @@ extern "C" __global__ void lmc_moe_act_bwd(act *dh, const act *da, const act *h,
   else moe_swiglu_bwd<1>(dh, da, h, rows, f);
 }
 
+// @library moe_mm
 // The experts' GEMMs as grouped GEMMs on the tensor cores, one launch for
 // all segments, their row counts read on the device: no host wait, so an
 // MoE bundle's programs can be CUDA graphs (runtime/cuda.c takes this way
@@ -2733,6 +2757,7 @@ __device__ void gg_mm(unsigned short (*sa)[GG_SA_MM], unsigned short (*sb)[GG_SA
   }
   gg_put(C, flags & 4, ldc, acc, r0 + wm * 64, rend, n0 + wn * 32, n, accum);
 }
+#if LMC_IN_PART(1)
 extern "C" __global__ void __launch_bounds__(GG_THREADS) lmc_moe_mm(void *C, const void *A, const void *B,
                                                                     const real *counts, i64 seg, i64 ne, i64 n, i64 k,
                                                                     i64 lda, i64 ldb, i64 ldc, i64 sB, int flags, int kn,
@@ -2742,6 +2767,7 @@ extern "C" __global__ void __launch_bounds__(GG_THREADS) lmc_moe_mm(void *C, con
   if (kn) gg_mm<true>(sa, sb, C, A, B, counts, seg, ne, n, k, lda, ldb, ldc, sB, flags, accum);
   else gg_mm<false>(sa, sb, C, A, B, counts, seg, ne, n, k, lda, ldb, ldc, sB, flags, accum);
 }
+#endif
 
 // the next chunk [r0, r1) of at most GG_BK rows of expert e's segments
 // (s % ne == e), in order; false past the last
@@ -2765,6 +2791,7 @@ struct GgChunks {
 // (.., e + ne p) takes the p-th of `parts` runs of the expert's chunks of
 // rows and writes its sums to W_p,e = W + (p ne + e) sC, which
 // lmc_moe_parts_sum adds up in part order.
+#if LMC_IN_PART(1)
 extern "C" __global__ void __launch_bounds__(GG_THREADS) lmc_moe_mm_tn(real *C, real *W, const void *A, const void *B,
                                                                        const real *counts, i64 seg, i64 ne, i64 m, i64 n,
                                                                        i64 lda, i64 ldb, i64 ldc, i64 sC, int flags,
@@ -2806,9 +2833,11 @@ extern "C" __global__ void __launch_bounds__(GG_THREADS) lmc_moe_mm_tn(real *C, 
   if (parts > 1) gg_put(W + (p * ne + e) * sC, false, ldc, acc, m0 + wm * 64, m, n0 + wn * 32, n, 0);
   else gg_put(C + e * sC, false, ldc, acc, m0 + wm * 64, m, n0 + wn * 32, n, accum);
 }
+#endif
 
 // C[i] (+)= W[0][i] + W[1][i] + .., lmc_moe_mm_tn's parts in order (the
 // same bits every run)
+#if LMC_IN_PART(0)
 extern "C" __global__ void lmc_moe_parts_sum(real *C, const real *W, i64 total, int parts, int accum) {
   GRID_LOOP(i, total) {
     float s = 0;
@@ -2816,6 +2845,7 @@ extern "C" __global__ void lmc_moe_parts_sum(real *C, const real *W, i64 total, 
     PUT(C, i, s, accum);
   }
 }
+#endif
 
 // @kernel cast
 // a weight's bf16 copy

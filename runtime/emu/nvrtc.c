@@ -28,6 +28,7 @@ struct _nvrtcProgram {
   char *log;
   unsigned char *image;
   size_t image_size;
+  char opt[22][600];   /* options mapped for the host compiler (a program's own: programs compile in threads) */
 };
 
 static char *sdup(const char *s) {
@@ -74,7 +75,65 @@ nvrtcResult nvrtcDestroyProgram(nvrtcProgram *p) {
 typedef struct Tok {
   char s[64];
   bool ident, str, pp;   /* pp: part of a #define */
+  int cond;              /* the conditional branch it is in: an index of Conds' snap, -1 none */
 } Tok;
+
+/* The source's conditional directives (#if .. #endif) around each token,
+ * so that a kernel's entry in the table stands under the same ones as its
+ * definition (a bundle's kernels.cu guards each by LMC_IN_PART: compiled
+ * as one of several programs, the others' kernels are not there). open[i]
+ * holds level i's directives so far ("#if A" then any "#elif B", "#else");
+ * snap[j] all levels' at a point, depth[j] how many #endif close them. */
+typedef struct Conds {
+  char *open[64];
+  int level, nsnap, cur;
+  char **snap;
+  int *depth;
+  bool changed;
+} Conds;
+
+/* the directive line d (up to e) starts, continues or ends a level */
+static void cond_directive(Conds *c, const char *d, const char *e) {
+  const char *k = d + 1;
+  while (*k == ' ' || *k == '\t') k++;
+  size_t n = e - d;
+  if (!strncmp(k, "if", 2) && c->level < 64) {   /* #if, #ifdef, #ifndef */
+    c->open[c->level] = malloc(n + 2);
+    memcpy(c->open[c->level], d, n), strcpy(c->open[c->level] + n, "\n");
+    c->level++, c->changed = true;
+  } else if ((!strncmp(k, "elif", 4) || !strncmp(k, "else", 4)) && c->level > 0) {
+    char **o = &c->open[c->level - 1];
+    size_t have = strlen(*o);
+    *o = realloc(*o, have + n + 2);
+    memcpy(*o + have, d, n), strcpy(*o + have + n, "\n");
+    c->changed = true;
+  } else if (!strncmp(k, "endif", 5) && c->level > 0) free(c->open[--c->level]), c->changed = true;
+}
+
+/* the branch a token now made is in (a snapshot when the levels changed) */
+static int cond_now(Conds *c) {
+  if (!c) return -1;
+  if (c->changed) {
+    c->changed = false, c->cur = -1;
+    if (c->level) {
+      size_t len = 1;
+      for (int i = 0; i < c->level; i++) len += strlen(c->open[i]);
+      char *all = malloc(len);
+      all[0] = 0;
+      for (int i = 0; i < c->level; i++) strcat(all, c->open[i]);
+      c->snap = realloc(c->snap, (c->nsnap + 1) * sizeof *c->snap);
+      c->depth = realloc(c->depth, (c->nsnap + 1) * sizeof *c->depth);
+      c->snap[c->nsnap] = all, c->depth[c->nsnap] = c->level, c->cur = c->nsnap++;
+    }
+  }
+  return c->cur;
+}
+
+static void conds_free(Conds *c) {
+  for (int i = 0; i < c->level; i++) free(c->open[i]);
+  for (int i = 0; i < c->nsnap; i++) free(c->snap[i]);
+  free(c->snap), free(c->depth);
+}
 
 typedef struct Def {
   const char *name;
@@ -89,8 +148,9 @@ static const char *collectives[] = {
     "lmc_ldmatrix_x2_trans", "lmc_ldmatrix_x4_trans", NULL};
 
 /* Tokens of src without comments, literals' contents or directives other
- * than #define (whose name and body become a definition). */
-static Tok *tokenize(const char *s, int *n, Def **defs, int *ndefs) {
+ * than #define (whose name and body become a definition); conditional
+ * directives are noted in c (NULL: not). */
+static Tok *tokenize(const char *s, int *n, Def **defs, int *ndefs, Conds *c) {
   int cap = 1024;
   Tok *t = malloc(cap * sizeof *t);
   *n = 0;
@@ -114,7 +174,7 @@ static Tok *tokenize(const char *s, int *n, Def **defs, int *ndefs) {
         char *line = strndup(p + 6, e - p - 6);
         int from = *n, m = 0;
         Def *d0 = NULL; int nd0 = 0;
-        Tok *sub = tokenize(line, &m, &d0, &nd0);
+        Tok *sub = tokenize(line, &m, &d0, &nd0, NULL);
         free(d0);
         if (m && sub[0].ident) {
           *defs = realloc(*defs, (*ndefs + 1) * sizeof **defs);
@@ -125,13 +185,14 @@ static Tok *tokenize(const char *s, int *n, Def **defs, int *ndefs) {
           (*defs)[(*ndefs)++] = (Def){strdup(sub[0].s), from + 1, *n, false};
         }
         free(sub), free(line);
-      }
+      } else if (c) cond_directive(c, s, e);
       s = e;
       continue;
     }
     bol = false;
     Tok *k = &t[(*n)++];
     memset(k, 0, sizeof *k);
+    k->cond = cond_now(c);
     if (isalpha((unsigned char)*s) || *s == '_') {
       int i = 0;
       while (isalnum((unsigned char)*s) || *s == '_') {
@@ -159,7 +220,9 @@ static bool is(const Tok *t, const char *s) { return !t->str && !strcmp(t->s, s)
 /* Top-level definitions: a function's name is the last identifier before
  * its parameter list; a struct's the last before its brace. Kernels are
  * the extern "C" __global__ ones. */
-static void scan(Tok *t, int n, Def **defs, int *ndefs, char ***kernels, int *nk) {
+typedef struct Kern { char *name; int cond; } Kern;
+
+static void scan(Tok *t, int n, Def **defs, int *ndefs, Kern **kernels, int *nk) {
   int depth = 0, parens = 0, from = 0, extern_c = 0;
   const char *cand = NULL, *last = NULL;
   bool global = false, ext = false;
@@ -182,7 +245,7 @@ static void scan(Tok *t, int n, Def **defs, int *ndefs, char ***kernels, int *nk
         depth = 1, from = i + 1;
         if (global && cand && (ext || extern_c)) {
           *kernels = realloc(*kernels, (*nk + 1) * sizeof **kernels);
-          (*kernels)[(*nk)++] = strdup(cand);
+          (*kernels)[(*nk)++] = (Kern){strdup(cand), t[i].cond};
         }
         *defs = realloc(*defs, (*ndefs + 1) * sizeof **defs);
         (*defs)[(*ndefs)++] = (Def){strdup(cand ? cand : last ? last : ""), from, from, false};
@@ -317,29 +380,37 @@ static char *dynamic_shared(const char *src, const char *file) {
   return out;
 }
 
-/* The translation unit: device.h, the source, the kernel table. */
+/* The translation unit: device.h, the source, the kernel table (each
+ * entry under its definition's conditional directives). */
 static char *unit(struct _nvrtcProgram *x) {
   Tok *t;
   Def *defs = NULL;
-  char **kernels = NULL;
+  Kern *kernels = NULL;
+  Conds conds = {.cur = -1};
   int n = 0, nd = 0, nk = 0;
   char *src = dynamic_shared(x->src, x->name);
-  t = tokenize(x->src, &n, &defs, &nd);
+  t = tokenize(x->src, &n, &defs, &nd, &conds);
   scan(t, n, &defs, &nd, &kernels, &nk);
   propagate(t, defs, nd);
   size_t cap = strlen(src) + 512 + nk * 160;
+  for (int i = 0; i < nk; i++) cap += kernels[i].cond >= 0 ? strlen(conds.snap[kernels[i].cond]) + 8 * conds.depth[kernels[i].cond] : 0;
   char *u = malloc(cap);
   int len = snprintf(u, cap, "#include \"lmc_emu_device.h\"\n#line 1 \"%s\"\n%s\nstatic const EmuKernel lmc_emu_kernels[] = {\n",
                      x->name, src);
   free(src);
   for (int i = 0; i < nk; i++) {
-    len += snprintf(u + len, cap - len, "  LMC_EMU_KERNEL(%s, %d)\n", kernels[i], def_sync(defs, nd, kernels[i]));
-    free(kernels[i]);
+    int c = kernels[i].cond;
+    if (c >= 0) len += snprintf(u + len, cap - len, "%s", conds.snap[c]);
+    len += snprintf(u + len, cap - len, "  LMC_EMU_KERNEL(%s, %d)\n", kernels[i].name, def_sync(defs, nd, kernels[i].name));
+    for (int l = 0; c >= 0 && l < conds.depth[c]; l++) len += snprintf(u + len, cap - len, "#endif\n");
+    free(kernels[i].name);
   }
   snprintf(u + len, cap - len,
-           "  {0, 0, 0, 0, 0}};\nstatic EmuModule lmc_emu_mod = {LMC_EMU_ABI, %d, lmc_emu_kernels, &lmc_emu_vars, "
-           "&lmc_emu_api};\nextern \"C\" const EmuModule *lmc_emu_module(void) { return &lmc_emu_mod; }\n", nk);
+           "  {0, 0, 0, 0, 0}};\nstatic EmuModule lmc_emu_mod = {LMC_EMU_ABI, sizeof lmc_emu_kernels / sizeof *lmc_emu_kernels - 1, "
+           "lmc_emu_kernels, &lmc_emu_vars, &lmc_emu_api};\n"
+           "extern \"C\" const EmuModule *lmc_emu_module(void) { return &lmc_emu_mod; }\n");
   for (int i = 0; i < nd; i++) free((char *)defs[i].name);
+  conds_free(&conds);
   free(defs), free(kernels), free(t);
   return u;
 }
@@ -351,21 +422,16 @@ static int options(struct _nvrtcProgram *x, int n, const char *const *o, const c
     if (!strncmp(s, "--gpu-architecture=", 19) || !strncmp(s, "-arch=", 6)) {
       const char *a = strchr(s, '=') + 1;
       int sm = atoi(a + (a[0] == 's' || a[0] == 'c' ? (strchr(a, '_') ? strchr(a, '_') - a + 1 : 0) : 0));
-      static char def[64];
-      snprintf(def, sizeof def, "-D__CUDA_ARCH__=%d", sm * 10);
-      argv[m++] = def;
+      snprintf(x->opt[i], sizeof x->opt[i], "-D__CUDA_ARCH__=%d", sm * 10);
+      argv[m++] = x->opt[i];
     } else if (!strncmp(s, "-D", 2) || !strncmp(s, "-U", 2) || !strncmp(s, "-I", 2)) argv[m++] = s;
     else if (!strncmp(s, "--include-path=", 15) || !strncmp(s, "--define-macro=", 15)) {
-      static char mapped[8][600];   /* as -I / -D, after the emulator's own headers */
-      static int next;
-      char *opt = mapped[next++ % 8];
-      snprintf(opt, sizeof mapped[0], "-%c%s", s[2] == 'i' ? 'I' : 'D', s + 15);
-      argv[m++] = opt;
+      snprintf(x->opt[i], sizeof x->opt[i], "-%c%s", s[2] == 'i' ? 'I' : 'D', s + 15);   /* as -I / -D */
+      argv[m++] = x->opt[i];
     }
     else if (!strncmp(s, "--std=", 6) || !strncmp(s, "-std=", 5)) {
-      static char std[32];
-      snprintf(std, sizeof std, "-std=%s", strchr(s, '=') + 1);
-      argv[m++] = std;
+      snprintf(x->opt[i], sizeof x->opt[i], "-std=%s", strchr(s, '=') + 1);
+      argv[m++] = x->opt[i];
     } else if (strcmp(s, "-default-device") && strcmp(s, "--use_fast_math") && strcmp(s, "-lineinfo") &&
                strncmp(s, "--ptxas-options", 15) && strcmp(s, "--device-debug") && strcmp(s, "-G"))
       return snprintf(log, ln, "emulated NVRTC: option '%s' is not supported\n", s), -1;
@@ -410,9 +476,10 @@ nvrtcResult nvrtcCompileProgram(nvrtcProgram x, int nopt, const char *const *opt
   snprintf(incdir, sizeof incdir, "-I%s", dir);
   const char *base[] = {"-std=c++17", "-O1", "-fPIC", "-shared", "-w", "-ffp-contract=off", "-fno-fast-math", incdir};
   for (size_t i = 0; i < sizeof base / sizeof *base; i++) argv[m++] = base[i];
-  for (char *s = strtok(extra, " "); s && m < 120; s = strtok(NULL, " ")) argv[m++] = s;
-  for (char *s = strtok(user, " "); s && m < 130; s = strtok(NULL, " ")) argv[m++] = s;
-  m = options(x, nopt < 20 ? nopt : 20, opts, argv, m, errbuf, sizeof errbuf);
+  char *save;
+  for (char *s = strtok_r(extra, " ", &save); s && m < 120; s = strtok_r(NULL, " ", &save)) argv[m++] = s;
+  for (char *s = strtok_r(user, " ", &save); s && m < 130; s = strtok_r(NULL, " ", &save)) argv[m++] = s;
+  m = options(x, nopt < 22 ? nopt : 22, opts, argv, m, errbuf, sizeof errbuf);
   nvrtcResult rc = NVRTC_SUCCESS;
   if (!ok) rc = NVRTC_ERROR_OUT_OF_MEMORY;
   else if (m < 0) rc = NVRTC_ERROR_INVALID_OPTION;

@@ -160,6 +160,34 @@ if [ "$STEPS" -ge 20 ]; then
     "$WORK/wg.err" || fail "LMC_CUDA_EMU_WGMMA_SWAP=1: no word of the probe's finding"
   python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/wg.0/metrics.jsonl" "$WORK/wg.swap/metrics.jsonl" \
     "a GPU that disagrees: mma.sync" 1e-15 || status=1
+  # the kernels compiled as several NVRTC programs at once, one a thread
+  # (kernels.cu's parts; the default is as many as the CPUs, 2 here): with
+  # 3 and with 1 (the whole file), cold, the default's bits; the banner
+  # says how they were compiled; a cache file cut short is compiled afresh,
+  # and a cache written by 1 program is read back by a run of 2 threads
+  jit() {   # jit OUT THREADS [lmrun options]: a run over the cache in $WORK/jcache
+    out=$1 threads=$2
+    shift 2
+    XDG_CACHE_HOME="$WORK/jcache" LMC_JIT_THREADS=$threads "$LMRUN" "$WORK/wg" --data "$DATA" --backend cuda-emu \
+      --matmul-precision medium --eval-interval "$STEPS" --eval-batches 2 --save-interval 0 --out "$WORK/$out" "$@" \
+      >"$WORK/$out.out" 2>&1 || fail "LMC_JIT_THREADS=$threads ($out): lmrun failed"
+  }
+  rm -rf "$WORK/jcache"
+  jit jit3 3
+  grep -q "^  kernels compiled by NVRTC in [0-9.]* s (3 programs on 3 threads), cached for later runs$" "$WORK/jit3.out" ||
+    fail "LMC_JIT_THREADS=3: the banner does not say 3 programs"
+  python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/wg.0/metrics.jsonl" "$WORK/jit3/metrics.jsonl" \
+    "kernels compiled as 3 programs" 1e-15 || status=1
+  cache=$(ls "$WORK"/jcache/lmc/kernels/*.cubins)
+  head -c 1000 "$cache" > "$cache.cut" && mv "$cache.cut" "$cache"
+  jit jit1 1
+  grep -q "^  kernels compiled by NVRTC in [0-9.]* s (1 program on 1 thread), cached for later runs$" "$WORK/jit1.out" ||
+    fail "a cache file cut short: not compiled afresh (as 1 program)"
+  python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/wg.0/metrics.jsonl" "$WORK/jit1/metrics.jsonl" \
+    "kernels compiled as 1 program" 1e-15 || status=1
+  jit jit.warm 2 --max-steps 1 --eval-interval 0
+  grep -q "^  kernels compiled" "$WORK/jit.warm.out" && fail "the cache of 1 program not read back by 2 threads"
+  grep -q "^step     1/1 | loss" "$WORK/jit.warm.out" || fail "the cache of 1 program: no step"
   # attention's tuner (LMC_ATTENTION_TUNE=1; on by default on a GPU): the
   # first run times each kernel of the forward, dQ and dK/dV (the default,
   # the other mma.sync ones, wgmma at 1 to 3 warpgroups) on the first
@@ -204,7 +232,7 @@ if [ "$STEPS" -ge 20 ]; then
   grep -q " mma_dq_r64_k8 [0-9.]* ms (differs from the default: not used)" "$WORK/wg.spoiled.err" &&
     ! grep -q "picked lmc_attention_bwd_mma_dq_r64_k8" "$WORK/wg.spoiled.err" ||
     fail "LMC_ATTENTION_TUNE_SPOIL: a spoiled kernel not refused"
-  ran=27
+  ran=29
 fi
 # tf32 and bf16 products: the loss within 2e-3 and 1e-2, the gradient
 # norm, which drifts, within 3e-2 and 5e-2

@@ -4,7 +4,10 @@
 # do the emulator's test kernels with their inline PTX (down to a cubin).
 # For sm_90a it prints ptxas's registers, shared memory and spills of every
 # kernel; attention (head dims 32, 64, 96, 128), the optimizer and the kernels lmc
-# generates for groups of ops must not spill.
+# generates for groups of ops must not spill. And MoE's bf16 bundle (every
+# kind of part: sections, libraries, MoE's GEMMs, attention kernels)
+# compiles part by part, each kernel in exactly one part, as the runtime
+# compiles it in threads.
 BIN=$1 SRC=$2
 . "$SRC/tests/e2e/common.sh"
 # (tiny's kernels are all in tiny-tp2's and moe-tiny's: it is not compiled apart;
@@ -37,4 +40,4 @@ fi
 "$BIN/tests/test_nvrtc" -I "$SRC/templates" "$WORK/gpt2-124m/kernels.cu" --cubin "$WORK/llama-large/kernels.cu" \
   --cubin "$WORK/moe-tiny/kernels.cu" "$WORK/tiny-tp2/kernels.cu" --cubin "$WORK/gpt2-124m-bf16/kernels.cu" \
   "$WORK/llama-large-bf16/kernels.cu" "$WORK/moe-tiny-bf16/kernels.cu" --cubin "$WORK/llama-k128-bf16/kernels.cu" \
-  "$SRC/tests/emu/kernels.cu" ${emu_ops:+--ptx "$emu_ops"}
+  "$SRC/tests/emu/kernels.cu" ${emu_ops:+--ptx "$emu_ops"} --parts "$WORK/moe-tiny-bf16/kernels.cu"

@@ -38,12 +38,13 @@ layout() {   # layout NAME [--set ...]; $tol and $banner for bf16 storage
 layout dp2tp2 --set dp=2 --set tp=2
 # the four ranks share the kernel cache: with none there, one compiles the
 # bundle's kernels and the others wait for its cubin (each had compiled
-# them at once)
+# them at once; the kernels as one program, LMC_JIT_THREADS=1, so that a
+# compile is one run of the host compiler)
 printf '#!/bin/sh\necho >> "%s"\nexec %s "$@"\n' "$WORK/compiles" "${LMC_CUDA_EMU_CXX:-c++}" > "$WORK/cxx"
 chmod +x "$WORK/cxx"
 # (and time attention's kernels once: a shape's forward, dQ and dK/dV,
 # each by the rank that came first, the others taking its picks)
-XDG_CACHE_HOME="$WORK/cold" LMC_CUDA_EMU_CXX="$WORK/cxx" LMC_ATTENTION_TUNE=1 $MPIRUN -np 4 "$LMRUN" "$WORK/dp2tp2" \
+XDG_CACHE_HOME="$WORK/cold" LMC_CUDA_EMU_CXX="$WORK/cxx" LMC_JIT_THREADS=1 LMC_ATTENTION_TUNE=1 $MPIRUN -np 4 "$LMRUN" "$WORK/dp2tp2" \
   --data "$DATA" --backend cuda-emu --matmul-precision medium --collectives nccl --max-steps 1 --save-interval 0 \
   --eval-interval 0 --out "$WORK/dp2tp2.cold" >"$WORK/cold.log" 2>&1 ||
   { cat "$WORK/cold.log"; fail "dp2tp2 with a cold kernel cache"; }

@@ -7,12 +7,12 @@
  * (checked by name too). Needs no GPU. Exits 77 (skipped) when no NVRTC
  * library can be loaded. (A third compile, compute_90's PTX, checked
  * nothing the sm_90a one does not, at a third of the test's time.)
- * Usage: test_nvrtc [-I DIR] [--ptx | --cubin] FILE.cu... (DIR: where
+ * Usage: test_nvrtc [-I DIR] [--ptx | --cubin | --parts] FILE.cu... (DIR: where
  * included headers such as templates/tensor_cores.cuh are; --ptx: the next
  * file for compute_80 alone, a third of the time, where its kernels'
  * cubins are compiled in the other files; --cubin: the next file for
  * sm_90a alone, where the other files' compute_80 compiles take the same
- * code paths) */
+ * code paths; --parts: the next file's parts each alone, check_parts) */
 #include <dlfcn.h>
 #include <nvrtc.h>
 #include <stdbool.h>
@@ -208,6 +208,57 @@ static int check(const char *path, const char *src, const char *arch) {
   return missing ? 1 : 0;
 }
 
+/* --parts: src compiled as each of its parts alone (kernels.cu's "//
+ * @parts N": the runtime compiles a bundle as up to N programs, one a
+ * thread) for compute_90a, the wgmma paths the GPU's sm_90a takes, to PTX
+ * (no ptxas: a part alone is the whole file's code for its kernels):
+ * every part compiles, and every kernel of the file is in exactly one. */
+static int check_parts(const char *path, const char *src) {
+  const char *mark = strstr(src, "\n// @parts ");
+  int parts = mark ? atoi(mark + 11) : 0;
+  if (parts < 1 || parts > 64) return printf("FAIL %s: no \"// @parts N\" line\n", path), 1;
+  enum { MAXK = 256 };
+  char *names[MAXK];
+  int nk = 0, seen[MAXK] = {0}, bad = 0;
+  for (const char *p = src; nk < MAXK && (p = strstr(p, "__global__ void ")); p++) {
+    char name[128];
+    const char *q = p + 16;
+    if (!strncmp(q, "__launch_bounds__(", 18) && (q = strchr(q, ')'))) q += 1 + strspn(q + 1, " ");
+    if (q && sscanf(q, "%127[A-Za-z0-9_]", name) == 1) names[nk++] = strdup(name);
+  }
+  for (int p = 0; p < parts; p++) {
+    nvrtcProgram prog;
+    char P[48], I[48];
+    snprintf(P, sizeof P, "-DLMC_PROGRAMS=%d", parts), snprintf(I, sizeof I, "-DLMC_PROGRAM=%d", p);
+    const char *opts[] = {"--gpu-architecture=compute_90a", "--std=c++17", "-default-device", P, I};
+    if (nv.create(&prog, src, path, 0, NULL, NULL) != NVRTC_SUCCESS) return 1;
+    nvrtcResult rc = nv.compile(prog, 5, opts);
+    size_t n;
+    if (rc != NVRTC_SUCCESS) {
+      nv.log_size(prog, &n);
+      char *log = malloc(n + 1);
+      nv.log(prog, log);
+      printf("FAIL %s: part %d of %d alone does not compile: %s\n%s\n", path, p, parts, nv.err(rc), log);
+      free(log), nv.destroy(&prog), bad++;
+      continue;
+    }
+    nv.ptx_size(prog, &n);
+    char *ptx = malloc(n + 1), entry[192];
+    nv.ptx(prog, ptx);
+    for (int k = 0; k < nk; k++) {
+      snprintf(entry, sizeof entry, ".entry %s(", names[k]);
+      for (const char *e = ptx; (e = strstr(e, entry)); e++) seen[k]++;
+    }
+    free(ptx), nv.destroy(&prog);
+  }
+  for (int k = 0; k < nk; k++) {
+    if (seen[k] != 1) printf("FAIL %s: kernel %s is in %d of its %d parts (must be in one)\n", path, names[k], seen[k], parts), bad++;
+    free(names[k]);
+  }
+  if (!bad) printf("ok   %s: %d kernels, each in one of its %d parts (compute_90a)\n", path, nk, parts);
+  return bad ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
   void *h = load();
   if (!h) {
@@ -235,7 +286,8 @@ int main(int argc, char **argv) {
     }
     bool ptx_only = !strcmp(argv[i], "--ptx") && i + 1 < argc;   /* the next file to PTX alone, no ptxas */
     bool cubin_only = !strcmp(argv[i], "--cubin") && i + 1 < argc;   /* the next file for sm_90a alone */
-    if (ptx_only || cubin_only) i++;
+    bool parts = !strcmp(argv[i], "--parts") && i + 1 < argc;   /* the next file part by part alone */
+    if (ptx_only || cubin_only || parts) i++;
     char *src = slurp(argv[i]);
     if (!src) {
       printf("FAIL cannot read %s\n", argv[i]);
@@ -243,6 +295,8 @@ int main(int argc, char **argv) {
       continue;
     }
     const char *archs[] = {"compute_80", "sm_90a"};
+    if (parts) failed += check_parts(argv[i], src), total++;
+    else
     for (int a = cubin_only; a < (ptx_only ? 1 : 2); a++) failed += check(argv[i], src, archs[a]), total++;
     free(src);
   }
