@@ -33,11 +33,13 @@ if [ -x "$BIN/tests/test_emu_ops" ]; then
 fi
 # (emu_ops' file to PTX alone: its kernels are the presets', at head dims 10
 # and 40 too, and what it checks is that the file as written compiles)
-# (compute_80's PTX from one bundle of each kind: fp32 and bf16 storage,
-# MoE's, tensor parallelism's; its code paths differ from sm_90a's by the
-# wgmma kernels alone, not by shape, so the other files go to sm_90a's
-# cubin alone, whose ptxas report names each kernel)
+# (compute_80's PTX from one bundle of each kind: fp32 and bf16 storage
+# (MoE's bf16 has every bf16 kernel but for shapes), MoE's, tensor
+# parallelism's; its code paths differ from sm_90a's by the wgmma kernels
+# alone, not by shape, so the other files go to sm_90a's cubin alone,
+# whose ptxas report names each kernel; MoE's bf16 bundle to sm_90a part
+# by part, as a GPU's runtime compiles it)
 "$BIN/tests/test_nvrtc" -I "$SRC/templates" "$WORK/gpt2-124m/kernels.cu" --cubin "$WORK/llama-large/kernels.cu" \
   --cubin "$WORK/moe-tiny/kernels.cu" "$WORK/tiny-tp2/kernels.cu" --cubin "$WORK/gpt2-124m-bf16/kernels.cu" \
-  "$WORK/llama-large-bf16/kernels.cu" "$WORK/moe-tiny-bf16/kernels.cu" --cubin "$WORK/llama-k128-bf16/kernels.cu" \
-  "$SRC/tests/emu/kernels.cu" ${emu_ops:+--ptx "$emu_ops"} --parts "$WORK/moe-tiny-bf16/kernels.cu"
+  --cubin "$WORK/llama-large-bf16/kernels.cu" --ptx "$WORK/moe-tiny-bf16/kernels.cu" --parts "$WORK/moe-tiny-bf16/kernels.cu" \
+  --cubin "$WORK/llama-k128-bf16/kernels.cu" "$SRC/tests/emu/kernels.cu" ${emu_ops:+--ptx "$emu_ops"}
