@@ -26,6 +26,7 @@
 #        (lmc; with attention's default kernels untuned, column
 #        lmc-cuda-bf16-untuned; with the norms'
 #        backward apart from the kernels lmc writes, lmc-cuda-bf16-nbapart;
+#        with every GEMM on one stream, lmc-cuda-bf16-onestream;
 #        PyTorch bf16 + torch.compile) and llama-large (the same but the
 #        last; torch.compile last), and the MoE rows;
 #        PYTHON (default python3)
@@ -128,6 +129,10 @@ if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # the issue's two targets in bf16, ea
   rowenv=
   # (the norms' backward by kernels.cu's three launches instead of the two kernels lmc writes for it)
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-nbapart 5 gpt2-124m $gpt --set precision=bf16 --groups=add_norm,elementwise
+  # (every GEMM on one stream: the weights' gradient GEMMs not beside the rest of the backward pass)
+  rowenv=LMC_SIDE_STREAM=0
+  lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-onestream 5 gpt2-124m $gpt --set precision=bf16
+  rowenv=
   torch_row gpt2-B8-T1024 bf16c torch_gpt2.py 8 1024 bf16c 10
   lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16 3 llama-large --set precision=bf16
   rowenv=LMC_ATTENTION_TUNE=0

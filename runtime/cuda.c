@@ -101,6 +101,7 @@ static bool use_nccl;
 static CUmodule modules[64];   /* the bundle's kernels: one module an NVRTC program (load_kernels) */
 static int nmodules;
 static CUstream st;   /* all of the backend's work, in order; it waits for the legacy stream and it for it */
+static bool side_on, side_warm;   /* the weights' gradients on a second stream (cuda_side_begin): asked for, and allowed */
 static bool emulated;   /* the emulated CUDA platform (runtime/emu/) stands in for the GPU */
 static cublasLtHandle_t lt;
 static CUdeviceptr workspace, scratch_rows, scratch_part;
@@ -1549,21 +1550,23 @@ static bool bwd_epilogues = true;
  * as our B, BGRADB as our A) sums dy over the rows into a scratch vector,
  * which one pass then adds to the bias's gradient; where cuBLASLt refuses
  * (once: not asked again), the GEMM and then the column sums. */
+static int bgrad_state[2];   /* by x->bg: 0 not asked yet, 1 taken, 2 refused (not asked again) */
+
 static void op_matmul_bgrad(const RtInst *x, const CUdeviceptr *O, const CUdeviceptr *I) {
-  static bool refused[2];
   static CUdeviceptr sg;
   static size_t nsg;
   i64 len = x->bg ? x->n : x->m, rows = x->k, lda = x->ta ? x->m : x->k, ldb = x->tb ? x->k : x->n;
   unsigned ty = gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0));
   float beta = x->acc[0] ? 1 : 0;
-  if (!refused[x->bg] && bwd_epilogues) {
+  if (bgrad_state[x->bg] != 2 && bwd_epilogues) {
     CUdeviceptr g = scratch(&sg, &nsg, len);
     if (gemm_ep(ty, x->ta, x->tb, x->m, x->n, x->k, 1, I[0], lda, I[1], ldb, beta, O[0], x->n, g, 0, x->bg ? 2 : 1)) {
       Cols c = {0, 1, g};
       col_finish(&c, len, 0, (void *)(uintptr_t)O[1], x->acc[1]);
+      bgrad_state[x->bg] = 1;
       return;
     }
-    refused[x->bg] = true;
+    bgrad_state[x->bg] = 2;
   }
   gemm_t(ty, x->ta, x->tb, x->m, x->n, x->k, 1, I[0], lda, I[1], ldb, beta, O[0], x->n);
   CUdeviceptr dy = I[x->bg];
@@ -2162,6 +2165,7 @@ static double cuda_sumsq(const void *const *x, const int64_t *n, int count) {
     s += one;
   }
   free(h), free(blocks);
+  side_warm = true;   /* a step's gradients summed: the scratch buffers grown (cuda_side_begin) */
   return s;
 }
 
@@ -2261,6 +2265,7 @@ static double cuda_optimizer(const OptParam *p, int count, const AdamArgs *a, do
   }
   double ns[2];
   CK(cu.dtoh(ns, NS, sizeof ns));
+  side_warm = true;   /* a step done: the scratch buffers grown (cuda_side_begin) */
   return ns[0];
 }
 
@@ -2557,6 +2562,39 @@ static void cuda_time_read(double *seconds) {
 /* A recording, and the group of the NCCL all-reduces it holds (-1: none),
  * which each replay waits for against the deadline, as a launch of them
  * one by one does. */
+/* ---- the weights' gradients on a second stream (exec.c: run_ops) ----
+ * A weight gradient's GEMM goes to side_st behind an event on st, with a
+ * cuBLASLt workspace of its own; side_join puts its last event in st's
+ * way. Only GEMMs that use nothing shared with st's work go there: plain
+ * ones and matmul_bgrad once cuBLASLt has taken its epilogue (its own
+ * scratch vector and column-sum pass, in order on side_st), and only
+ * after a step has run (every scratch buffer grown: none is reallocated
+ * while side_st may read it). A CUDA graph records both streams, side_st
+ * joining st's capture through the event. LMC_SIDE_STREAM=0: one stream. */
+static CUstream side_st, main_st;
+static CUevent fork_ev, side_ev;
+static CUdeviceptr side_workspace, main_workspace;
+
+static int64_t side_gemms;   /* sent there (outside graph replays) */
+
+static bool cuda_side_begin(const RtInst *x) {
+  if (!side_on || !side_warm || (x->op == OP_MATMUL_BGRAD && !(bwd_epilogues && bgrad_state[x->bg] == 1))) return false;
+  CK(ev.record(fork_ev, st)), CK(ev.wait(side_st, fork_ev, 0));
+  main_st = st, main_workspace = workspace;
+  st = side_st, workspace = side_workspace;
+  side_gemms++;
+  return true;
+}
+
+bool cuda_side_used(void) { return side_gemms > 0; }
+
+static void cuda_side_end(void) {
+  CK(ev.record(side_ev, st));
+  st = main_st, workspace = main_workspace;
+}
+
+static void cuda_side_join(void) { CK(ev.wait(st, side_ev, 0)); }
+
 typedef struct Graph {
   CUgraphExec x;
   int axis;
@@ -2614,7 +2652,8 @@ static Backend cuda = {
     .peak_bytes = cuda_peak_bytes, .graph_begin = cuda_graph_begin, .graph_end = cuda_graph_end,
     .graph_run = cuda_graph_run, .graph_free = cuda_graph_free, .graph_ok = cuda_graph_ok, .optimizer = cuda_optimizer,
     .run_fused = cuda_run_fused,
-    .alltoallv = cuda_alltoallv, .widen = cuda_widen, .narrow = cuda_narrow};
+    .alltoallv = cuda_alltoallv, .widen = cuda_widen, .narrow = cuda_narrow, .side_begin = cuda_side_begin,
+    .side_end = cuda_side_end, .side_join = cuda_side_join};
 
 void cuda_matmul_precision(int p) { precision = p; }
 void cuda_collectives(int mode) { collectives = mode; }
@@ -2685,7 +2724,7 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   static const char *names[2][3] = {{"cuda-f32", "cuda-f32-high", "cuda-f32-medium"},
                                     {"cuda-emu-f32", "cuda-emu-f32-high", "cuda-emu-f32-medium"}};
   cuda.name = names[emulate][precision];
-  int ep = bwd_epilogues, grouped = !moe_grouped_off;
+  int ep = bwd_epilogues, grouped = !moe_grouped_off, side = 1;
   if (!env_choice("LMC_ATTENTION_DKV_QT", 32, 64, "32 or 64 (queries a step of dK/dV)", &dkv_qt_asked, why, n) ||
       !env_choice("LMC_ATTENTION_ROWS", 64, 128, "64 or 128 (query rows a block of attention's forward and dQ)",
                   &rows_asked, why, n) ||
@@ -2702,8 +2741,10 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
       !env_choice("LMC_GEMM_BACKWARD_EPILOGUES", 0, 1, "0 (the GEMM, then kernels) or 1", &ep, why, n) ||
       !env_count("LMC_MOE_SPLIT", 64, "a count of parts from 1 to 64 (split-k of the MoE weight gradients' grouped GEMMs)",
                  &moe_split_asked, why, n) ||
-      !env_choice("LMC_MOE_GROUPED", 0, 1, "0 (a GEMM a segment, counts on the host) or 1", &grouped, why, n))
+      !env_choice("LMC_MOE_GROUPED", 0, 1, "0 (a GEMM a segment, counts on the host) or 1", &grouped, why, n) ||
+      !env_choice("LMC_SIDE_STREAM", 0, 1, "0 (every GEMM on one stream) or 1 (weight gradients beside)", &side, why, n))
     return NULL;
+  side_on = side;
   bwd_epilogues = ep, moe_grouped_off = !grouped;
   static const char *knobs[] = {"LMC_ATTENTION_DKV_QT", "LMC_ATTENTION_ROWS", "LMC_ATTENTION_STAGES",
                                 "LMC_ATTENTION_WGMMA", "LMC_ATTENTION_WARPGROUPS", "LMC_ATTENTION_SECTION"};
@@ -2731,6 +2772,11 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   LT(cu.lt_create(&lt));
   workspace = dev_alloc(workspace_size);
   CK(cu.stream_create(&st, 0));
+  if (side_on && ev.create && ev.record && ev.wait) {
+    CK(cu.stream_create(&side_st, 0));
+    CK(ev.create(&fork_ev, CU_EVENT_DISABLE_TIMING)), CK(ev.create(&side_ev, CU_EVENT_DISABLE_TIMING));
+    side_workspace = dev_alloc(workspace_size);
+  } else side_on = false;
   load_kernels(dir);
   if (sm == 90 && (wgmma_asked || fa_tune_on())) wgmma_probe();   /* (not inside a graph's recording) */
   static const char *names16[2][3] = {{"cuda-bf16", "cuda-bf16-high", "cuda-bf16-medium"},

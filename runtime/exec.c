@@ -97,7 +97,7 @@ void rt_free(Run *r) {
   if (r->wide_ar) r->be->release(r->wide_ar);
   for (int64_t i = 0; r->routes && i < r->b->train.microbatches * r->b->nfwd; i++) free(r->routes[i]);
   free(r->routes);
-  free(r->ptr), free(r->inputs), free(r->slot_mb), free(r);
+  free(r->ptr), free(r->inputs), free(r->slot_mb), free(r->side), free(r);
 }
 
 /* The index in the whole parameter of element i of this rank's part:
@@ -208,6 +208,7 @@ void rt_trace_close(Run *r, const char *path) {
 }
 
 static void run_ops(Run *r, const RtInst *prog, int n, int slot);
+static void side_join(Run *r);
 
 /* Per rank of a group: elements from a prefix of counts grouped per rank. */
 static void per_rank(const double *counts, int64_t per, int ranks, int64_t d, int64_t *n, int64_t *displ) {
@@ -271,16 +272,20 @@ static RunGraph *graph_of(Run *r, const RtInst *prog, int slot, int from, int to
  * scratch buffers), and later runs replay it. Profiling and tracing time
  * each op, so they run the ops. */
 static void run_program(Run *r, const RtInst *prog, int from, int to, int slot) {
-  if (!r->graphs || r->op_time || r->trace || (prog != r->b->fwd && prog != r->b->bwd))
-    return run_ops(r, prog + from, to - from, slot);
+  if (!r->graphs || r->op_time || r->trace || (prog != r->b->fwd && prog != r->b->bwd)) {
+    run_ops(r, prog + from, to - from, slot);
+    side_join(r);
+    return;
+  }
   RunGraph *g = graph_of(r, prog, slot, from, to);
   if (!g->exec && ++g->runs > 2) {
     r->be->graph_begin();
     run_ops(r, prog + from, to - from, slot);
+    side_join(r);   /* (a graph's second stream joins its first before the recording ends) */
     g->exec = r->be->graph_end();
   }
   if (g->exec) r->be->graph_run(g->exec);
-  else run_ops(r, prog + from, to - from, slot);
+  else run_ops(r, prog + from, to - from, slot), side_join(r);
 }
 
 /* moe_route when the routing is held fixed (a gradient check's finite
@@ -336,6 +341,55 @@ static void fused(Run *r, const RtInst *x, void **ptr) {
   r->be->run_fused(x, ops, x->nops);
 }
 
+/* ---- the weights' gradients on a second stream ----
+ * A weight's gradient GEMM (matmul or matmul_bgrad into the gradients)
+ * feeds nothing in the backward pass but the optimizer and the gradient
+ * all-reduces, and its M x N output is often a fraction of a wave of the
+ * GPU's tiles (GPT-2's: 36 to 144 tiles of 128 x 128 for 132 SMs, K 8192
+ * tokens): on the backend's second stream it runs beside the ops queued
+ * after it, which take the SMs it leaves idle. What it reads and writes
+ * is noted (the values' bytes: the memory plan puts other values in the
+ * same bytes later); before an op that writes any of those bytes or reads
+ * what it writes, and at the end of a program, the main stream waits for
+ * it (side_join). */
+typedef struct Span { const char *lo, *hi; bool write; } Span;
+
+static int64_t value_bytes(Run *r, int v) {
+  RtValue *x = &r->b->vals[v];
+  return x->n * (int64_t)(x->region == R_INPUT ? 4 : half(r, v) || (x->region == R_COPY && r->typed) ? 2 : r->be->elem);
+}
+
+/* f over the values x reads (write false) and writes, a fused op's members' too */
+static void each_value(Run *r, const RtInst *x, void **ptr, void (*f)(Run *, const char *, int64_t, bool, void *), void *u) {
+  if (x->op == OP_FUSED)
+    for (int k = 0; k < x->nbody; k++) each_value(r, &x->body[k], ptr, f, u);
+  for (int j = 0; j < 3; j++)
+    if (x->out[j] >= 0) f(r, ptr[x->out[j]], value_bytes(r, x->out[j]), true, u);
+  for (int j = 0; j < RT_MAX_IN; j++)
+    if (x->in[j] >= 0) f(r, ptr[x->in[j]], value_bytes(r, x->in[j]), false, u);
+}
+
+static void side_note(Run *r, const char *p, int64_t bytes, bool write, void *u) {
+  (void)u;
+  if (r->nside == r->cap_side && !(r->side = realloc(r->side, (r->cap_side = 2 * r->cap_side + 16) * sizeof *r->side)))
+    rt_die("out of memory");
+  r->side[r->nside++] = (Span){p, p + bytes, write};
+}
+
+static void side_clash(Run *r, const char *p, int64_t bytes, bool write, void *u) {
+  for (int i = 0; i < r->nside && !*(bool *)u; i++)
+    if ((write || r->side[i].write) && p < r->side[i].hi && r->side[i].lo < p + bytes) *(bool *)u = true;
+}
+
+static void side_join(Run *r) {
+  if (r->nside) r->be->side_join(), r->nside = 0;
+}
+
+static bool side_candidate(Run *r, const RtInst *x) {
+  return (x->op == OP_MATMUL || x->op == OP_MATMUL_BGRAD) && x->out[0] >= 0 && r->b->vals[x->out[0]].region == R_GRAD &&
+         r->be->side_begin && !r->op_time && !r->trace;
+}
+
 static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
   void *out[3], *in[RT_MAX_IN], **ptr = r->ptr + (size_t)slot * r->b->nvals;
   for (int i = 0; i < n; i++) {
@@ -343,6 +397,11 @@ static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
     if (x->op == OP_FUSED && !r->be->run_fused) {   /* the members, one by one: the reference */
       run_ops(r, x->body, x->nbody, slot);
       continue;
+    }
+    bool side = side_candidate(r, x) && r->be->side_begin(x), clash = false;
+    if (!side && r->nside) {
+      each_value(r, x, ptr, side_clash, &clash);
+      if (clash) side_join(r);
     }
     for (int j = 0; j < 3; j++) out[j] = x->out[j] >= 0 ? ptr[x->out[j]] : NULL;
     for (int j = 0; j < RT_MAX_IN; j++) in[j] = x->in[j] >= 0 ? ptr[x->in[j]] : NULL;
@@ -361,6 +420,7 @@ static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
     for (int j = 0; j < 3; j++)   /* what the plan stores in bf16, as bf16 (in fp32 storage: rounded) */
       if (x->out[j] >= 0 && r->b->vals[x->out[j]].bf16 && !half(r, x->out[j]))
         r->be->round_bf16(out[j], r->b->vals[x->out[j]].n);
+    if (side) r->be->side_end(), each_value(r, x, ptr, side_note, NULL);
     if (r->op_time && r->be->time_mark) r->be->time_mark(-1);   /* profiling: the device's time, or */
     else if (r->op_time && r->be->sync) r->be->sync();           /* a GPU op's own time with a wait */
     if (r->op_time && !r->be->time_mark) r->op_time[kind] += rt_now() - t;

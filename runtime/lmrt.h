@@ -251,6 +251,17 @@ typedef struct Backend {
    * n reals, narrow back, for the host and the collectives, which see reals */
   void (*widen)(void *reals, const void *x, int64_t n);
   void (*narrow)(void *x, const void *reals, int64_t n);
+  /* optional: a second stream for a weight's gradient GEMM (x: matmul or
+   * matmul_bgrad into the gradients), which then runs beside the work
+   * queued after it. side_begin: false where x cannot go there (then it
+   * runs as ever); true: x's work goes behind what was queued so far, on
+   * the second stream, until side_end. side_join: what is queued next
+   * waits for the second stream's work so far. The interpreter joins
+   * before anything that reads what that work writes or writes what it
+   * reads or writes, and at a program's end (exec.c's run_ops). */
+  bool (*side_begin)(const RtInst *x);
+  void (*side_end)(void);
+  void (*side_join)(void);
 } Backend;
 
 /* ---- ltplan.c ---- */
@@ -309,6 +320,7 @@ void cuda_collectives(int mode);
 int matmul_precision_of(const char *name);   /* MP_*, or -1 */
 /* After cuda_backend: how long the bundle's kernels took to get ready,
  * compiled by NVRTC (cold) or loaded from the cubin cache (warm). */
+bool cuda_side_used(void);   /* whether weight gradients' GEMMs went to a second stream (Backend.side_begin) */
 void cuda_jit_time(double *seconds, bool *cold, int *programs, int *threads, bool *saved);   /* the last kernels' load: compiled (cold, as programs on threads; saved: into the cache) or cached */
 
 /* ---- exec.c ---- */
@@ -340,6 +352,8 @@ typedef struct Run {
   void *wide;              /* a bf16 value widened to reals for the host or a collective */
   int64_t wide_n;
   void *wide_ar;           /* the same for the all-reduces inside the programs: made once, as graphs record it */
+  struct Span *side;       /* what the weight gradients' GEMMs on the backend's second stream read and write, */
+  int nside, cap_side;     /* not yet joined (exec.c's run_ops) */
 } Run;
 
 Run *rt_new(Bundle *b, Backend *be);

@@ -113,6 +113,15 @@ static double eval_loss(Loop *L, int64_t nbatches, int32_t *rows) {
   return sum / nbatches;
 }
 
+/* v as a JSON number, in buf (32 bytes): null where it is not finite (an
+ * inf or nan gradient norm, a diverged loss), which JSON has no number for
+ * (printf's "inf" made the whole line unreadable to JSON readers) */
+static const char *jnum(char *buf, double v, int digits) {
+  if (!isfinite(v)) return "null";
+  snprintf(buf, 32, "%.*g", digits, v);
+  return buf;
+}
+
 /* The MoE layers' metrics: aux and z losses, the most and least loaded
  * expert's share over the balanced share (1 is balanced), per layer; and
  * the cross-entropy (the loss less the weighted balance losses). Returns
@@ -122,12 +131,13 @@ static double log_moe(Loop *L, int64_t step, double loss) {
   const char *keys[4] = {"aux", "z", "load_max", "load_min"};
   double worst = 0, (*m)[4] = rt_xmalloc((L->nmoe + 1) * sizeof *m);
   loss -= moe_penalty(L, m);
-  fprintf(L->metrics, ",\"ce\":%.17g", loss);
+  char nb[32];
+  fprintf(L->metrics, ",\"ce\":%s", jnum(nb, loss, 17));
   for (int k = 0; k < 4; k++) {
     fprintf(L->metrics, ",\"moe_%s\":[", keys[k]);
     for (int l = 0, first = 1; l < L->nmoe; l++)
       if (L->moe[l] >= 0) {
-        fprintf(L->metrics, "%s%.9g", first ? "" : ",", m[l][k]), first = 0;
+        fprintf(L->metrics, "%s%s", first ? "" : ",", jnum(nb, m[l][k], 9)), first = 0;
         char tag[64];
         snprintf(tag, sizeof tag, "moe/layer%d/%s", l, keys[k]);
         tb_scalar(L->tb, tag, step, m[l][k]);
@@ -156,8 +166,9 @@ static void log_step(Loop *L, int64_t step, double loss, double lr, double norm,
   Bundle *b = L->r->b;
   double toks = (double)b->train.batch * b->T;
   if (!L->metrics) return;               /* not the leader */
-  fprintf(L->metrics, "{\"step\":%lld,\"loss\":%.17g,\"lr\":%.17g,\"grad_norm\":%.17g,\"ms\":%.2f,\"tokens\":%.0f",
-          (long long)step, loss, lr, norm, dt * 1e3, toks * (double)step);
+  char nb[3][32];
+  fprintf(L->metrics, "{\"step\":%lld,\"loss\":%s,\"lr\":%s,\"grad_norm\":%s,\"ms\":%.2f,\"tokens\":%.0f",
+          (long long)step, jnum(nb[0], loss, 17), jnum(nb[1], lr, 17), jnum(nb[2], norm, 17), dt * 1e3, toks * (double)step);
   double load = L->nmoe ? log_moe(L, step, loss) : 0;
   fprintf(L->metrics, "}\n");
   flush_metrics(L);
@@ -181,7 +192,8 @@ static void log_step(Loop *L, int64_t step, double loss, double lr, double norm,
 static void eval_and_log(Loop *L, int64_t step) {
   double vl = eval_loss(L, L->o->eval_batches, L->rows);
   if (!L->metrics) return;
-  fprintf(L->metrics, "{\"step\":%lld,\"val_loss\":%.17g}\n", (long long)step, vl);
+  char nb[32];
+  fprintf(L->metrics, "{\"step\":%lld,\"val_loss\":%s}\n", (long long)step, jnum(nb, vl, 17));
   flush_metrics(L);
   tb_scalar(L->tb, "val/loss", step, vl);
   L->last_val = vl;
@@ -310,6 +322,7 @@ static void summary(Loop *L) {
          (double)b->train.batch * b->T * (double)(L->max_steps - L->start), L->last_val, L->best_val);
   if (L->last_saved) printf(" | last checkpoint %s/step_%08lld", L->ckpt_dir, (long long)L->last_saved);
   printf("\n");
+  if (cuda_side_used()) printf("  the weights' gradient GEMMs ran on a second stream, beside the backward pass (from step 2)\n");
 }
 
 int train_run(Run *r, TrainOpts *o) {

@@ -66,11 +66,16 @@ struct CUstream_st {
   int head, n, cap;
   uint64_t queued, ran;         /* work items enqueued and run so far (events count in these) */
   bool running;
+  bool joined;                  /* capturing because it waited on an event of a capture (not its own Begin) */
+  int in_graph, joined_upto;    /* joined: its items in the graph; how many of them a capturing stream waited for */
 };
 struct CUevent_st {
   double t;
   struct CUstream_st *s;        /* recorded on, at its item seq (NULL: nothing to wait for) */
   uint64_t seq;
+  struct CUgraph_st *g;         /* recorded into this capture (then s is NULL) ... */
+  struct CUstream_st *from;     /* ... by this stream, */
+  int upto;                     /* its items in the graph then */
 };
 
 static struct CUctx_st the_ctx;
@@ -742,7 +747,7 @@ int emu_enqueue(void *stream, int (*fn)(void *arg), const void *arg, size_t size
     Op *grown = realloc(g->ops, (g->n + 1) * sizeof *g->ops);
     if (!grown) return free(copy), emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory");
     g->ops = grown;
-    g->ops[g->n++] = op;
+    g->ops[g->n++] = op, s->in_graph++;
     return CUDA_SUCCESS;
   }
   if (lazy && s) {
@@ -795,7 +800,19 @@ CUresult cuStreamQuery(CUstream s) { return s ? flush(s, UINT64_MAX) : flush_all
 
 /* The stream's later work waits for the event's last record: the stream
  * it was recorded on runs up to it first. */
+/* A stream that waits on an event recorded into a capture joins it, as
+ * CUDA's: what it queues next goes into the same graph (the graph's work
+ * runs in the order it was queued, which keeps every wait); a capturing
+ * stream that waits on a joined one's event joins it back up to there. */
 CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned flags) {
+  if (e->g) {
+    if (s && s->capture && s->capture != e->g)
+      return emu_fail(CUDA_ERROR_STREAM_CAPTURE_ISOLATION, "cuStreamWaitEvent: an event of another capture");
+    if (!s) return emu_fail(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuStreamWaitEvent: the legacy stream on a captured event");
+    if (!s->capture) s->capture = e->g, s->joined = true, s->in_graph = s->joined_upto = 0;
+    if (e->from != s && e->from->joined && e->upto > e->from->joined_upto) e->from->joined_upto = e->upto;
+    return CUDA_SUCCESS;
+  }
   if (!e->s) return CUDA_SUCCESS;
   Wait w = {e->s, e->seq};
   return emu_enqueue(s, do_wait, &w, sizeof w);
@@ -812,8 +829,18 @@ CUresult cuStreamBeginCapture(CUstream s, CUstreamCaptureMode mode) {
 CUresult cuStreamEndCapture(CUstream s, CUgraph *g) {
   if (!s || !s->capture) return emu_fail(CUDA_ERROR_ILLEGAL_STATE, "cuStreamEndCapture: the stream is not being captured");
   *g = s->capture;
+  int unjoined = 0;
+  for (int i = 0; i < nstreams; i++) {   /* the streams that joined it, joined back to the end? */
+    struct CUstream_st *j = streams[i];
+    if (j == s || j->capture != *g || !j->joined) continue;
+    unjoined += j->in_graph > j->joined_upto;
+    j->capture = NULL, j->joined = false;
+  }
   s->capture = NULL;
   capturing--;
+  if (unjoined)
+    return emu_fail(CUDA_ERROR_STREAM_CAPTURE_UNJOINED, "cuStreamEndCapture: a stream that joined the capture has work "
+                    "the capturing stream did not wait for (join it back with an event before the capture ends)");
   return CUDA_SUCCESS;
 }
 
@@ -875,7 +902,10 @@ static int stamp(void *arg) {
 CUresult cuEventRecord(CUevent e, CUstream s) {
   bool captured = s && s->capture;
   e->s = captured ? NULL : s, e->seq = s && !captured ? s->queued + 1 : 0;   /* this record's item */
-  return emu_enqueue(s, stamp, &e, sizeof e);
+  e->g = captured ? s->capture : NULL, e->from = captured ? s : NULL;
+  int rc = emu_enqueue(s, stamp, &e, sizeof e);
+  e->upto = captured ? s->in_graph : 0;
+  return rc;
 }
 
 CUresult cuEventQuery(CUevent e) { return flush(e->s, e->seq); }

@@ -33,14 +33,18 @@ for r, g in zip(ref, got):
     for k in worst:
         if k == "grad_norm" and until is not None and r["step"] > until:
             continue
-        if k in r and k in g and abs(r[k] - g[k]) / abs(r[k]) > worst[k]:
+        if k in r and k in g and (r[k] is None or g[k] is None):   # (lmrun writes an inf or nan as null)
+            worst[k], at[k] = float("inf"), r["step"]
+        elif k in r and k in g and abs(r[k] - g[k]) / abs(r[k]) > worst[k]:
             worst[k], at[k] = abs(r[k] - g[k]) / abs(r[k]), r["step"]
 ok = len(ref) == len(got) and len(ref) > 0 and all(worst[k] < (gtol if k == "grad_norm" else rtol) for k in worst)
 print("%s %s: max rel diff loss %.2e, grad norm %.2e%s, val loss %.2e over %d records (tolerance %.0e%s)" % (
     "ok  " if ok else "FAIL", name, worst["loss"], worst["grad_norm"], " to step %d" % until if until else "",
     worst["val_loss"], len(got), rtol, ", grad norm %.0e" % gtol if gtol != rtol else ""))
 def rel(r, g, k):
-    return abs(r[k] - g[k]) / abs(r[k]) if k in r and k in g else 0.0
+    if k not in r or k not in g:
+        return 0.0
+    return float("inf") if r[k] is None or g[k] is None else abs(r[k] - g[k]) / abs(r[k])
 
 
 if not ok and at:   # where it went wrong: a difference from the first step is a bug, a late one drift

@@ -118,6 +118,26 @@ if [ "$STEPS" -ge 20 ]; then
       "$WORK/show" || fail "LMC_GEMM_SHOW=1: no $ep GEMM said"
   done
   [ "$(sort "$WORK/show" | uniq -d)" = "" ] || fail "LMC_GEMM_SHOW=1: a GEMM said twice"
+  # the weights' gradient GEMMs on a second stream (the default from step
+  # 2; CUDA graphs record both streams from step 3): under lazy streams,
+  # where a stream's work runs only once something waits for it (so a
+  # missing wait reads bytes a later op overwrote, or overwrites them
+  # first), GPT-2 in bf16 (matmul_bgrad's epilogue on the second stream
+  # too) with graphs and without gives the bits of LMC_SIDE_STREAM=0
+  # (planted: no wait before an op that overwrites what such a GEMM reads)
+  for v in 0 1; do
+    for g in "" --no-cuda-graphs; do
+      LMC_CUDA_EMU_STREAMS=lazy LMC_SIDE_STREAM=$v "$LMRUN" "$WORK/gpt2_bf16" --data "$DATA" --backend cuda-emu \
+        --matmul-precision highest $g --eval-interval "$STEPS" --eval-batches 2 --save-interval 0 \
+        --out "$WORK/gpt2_bf16.side$v$g" >"$WORK/side$v$g.out" || fail "LMC_SIDE_STREAM=$v $g: lmrun failed"
+    done
+  done
+  grep -q "^  the weights' gradient GEMMs ran on a second stream" "$WORK/side1.out" || fail "no word of the second stream"
+  ! grep -q "second stream" "$WORK/side0.out" || fail "LMC_SIDE_STREAM=0: a second stream said"
+  for run in side1 side1--no-cuda-graphs side0--no-cuda-graphs; do
+    python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/gpt2_bf16.side0/metrics.jsonl" \
+      "$WORK/gpt2_bf16.$run/metrics.jsonl" "weight gradients beside, lazy streams ($run)" 1e-15 || status=1
+  done
   # attention's forward and dK/dV on wgmma (LMC_ATTENTION_WGMMA=1) in bf16
   # storage over T 150 (three tiles of keys, the last one short): the
   # emulated wgmma sums the same bf16 products in the same order as the
@@ -232,7 +252,7 @@ if [ "$STEPS" -ge 20 ]; then
   grep -q " mma_dq_r64_k8 [0-9.]* ms (differs from the default: not used)" "$WORK/wg.spoiled.err" &&
     ! grep -q "picked lmc_attention_bwd_mma_dq_r64_k8" "$WORK/wg.spoiled.err" ||
     fail "LMC_ATTENTION_TUNE_SPOIL: a spoiled kernel not refused"
-  ran=29
+  ran=32
 fi
 # tf32 and bf16 products: the loss within 2e-3 and 1e-2, the gradient
 # norm, which drifts, within 3e-2 and 5e-2
