@@ -110,8 +110,9 @@ int main(int argc, char **argv) {
   getrusage(RUSAGE_SELF, &ru);
   double act = b->slots * (rt_slot_bytes(r) - 4.0 * b->region[R_INPUT]);   /* the byte plan under bf16 storage */
   double planned = act + 4.0 * (b->slots * b->region[R_INPUT] + b->region[R_STATE]) + rt_state_bytes(r);
-  printf("  step: %.1f ms | %.0f tokens/s | %.2f GFLOP/step | %.1f GFLOP/s achieved | %.1f%% of GEMM peak %.1f GFLOP/s\n",
-         dt * 1e3, toks / dt, flops / 1e9, flops / dt / 1e9, 100 * flops / dt / peak, peak / 1e9);
+  printf("  step: %.1f ms | %.0f tokens/s | %.2f GFLOP/step | %.1f GFLOP/s achieved | %.1f%% of GEMM peak %.1f GFLOP/s%s\n",
+         dt * 1e3, toks / dt, flops / 1e9, flops / dt / 1e9, 100 * flops / dt / peak, peak / 1e9,
+         cuda_side_used() ? " | weight gradients beside (second stream)" : "");
   double mf = model_flops(b);
   if (cuda || emu)
     printf("  model FLOPs (6 x non-embedding params x tokens + causal attention): %.2f TFLOP/step, %.1f TFLOP/s, "

@@ -290,6 +290,9 @@ python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/llama.cuda-emu/metrics.jsonl"
 # every op (the generated kernels' as "fused") add up to the whole
 if [ -x "$BIN/bench/bench_train" ] && [ "$STEPS" -ge 20 ]; then
   "$BIN/bench/bench_train" "$WORK/gpt2" 1 cuda-emu >"$WORK/bench.out" 2>&1 || fail "bench_train on cuda-emu failed"
+  # (and its timed steps put the weights' gradient GEMMs on the second stream)
+  grep -q "^  step: .* | weight gradients beside (second stream)$" "$WORK/bench.out" ||
+    fail "bench_train: the timed steps did not use the second stream"
   python3 - "$WORK/bench.out" <<'PY' || status=1
 import re, sys
 line = next(l for l in open(sys.argv[1]) if "profile of one step (each op's time on the device" in l)
