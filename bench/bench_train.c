@@ -9,13 +9,50 @@
 #include <string.h>
 #include <sys/resource.h>
 
+static bool is_gemm(int op) {
+  return op == OP_MATMUL || op == OP_MATMUL_BIAS || op == OP_MATMUL_BIAS_GELU || op == OP_MATMUL_BGRAD ||
+         op == OP_MATMUL_DGELU;   /* (DGELU's went uncounted in the achieved rate through run 16) */
+}
+
+/* The op kind a profile books an instruction under (a kernel of one op: that op's) */
+static int kind_of(const RtInst *x) { return x->op == OP_FUSED && x->nbody == 1 ? x->body[0].op : x->op; }
+
+/* The profiled step's GEMMs by kind and shape, the longest first: how
+ * many ran, their device time and rate (t: seconds per instruction of the
+ * forward, then the backward program, over the step's microbatches) */
+static void gemm_table(const Bundle *b, const double *t) {
+  enum { MAXG = 64 };
+  struct { int op; int64_t m, n, k; int count; double s; } g[MAXG];
+  int ng = 0, n = b->nfwd + b->nbwd;
+  for (int i = 0; i < n; i++) {
+    const RtInst *x = i < b->nfwd ? &b->fwd[i] : &b->bwd[i - b->nfwd];
+    if (!is_gemm(x->op)) continue;
+    int j = 0;
+    while (j < ng && !(g[j].op == x->op && g[j].m == x->m && g[j].n == x->n && g[j].k == x->k)) j++;
+    if (j == ng && ng == MAXG) continue;
+    if (j == ng) g[ng++] = (typeof(g[0])){x->op, x->m, x->n, x->k, 0, 0};
+    g[j].count += (int)b->train.microbatches, g[j].s += t[i];
+  }
+  for (int a = 0; a < ng; a++)   /* the longest first */
+    for (int c = a + 1; c < ng; c++)
+      if (g[c].s > g[a].s) {
+        typeof(g[0]) tmp = g[a];
+        g[a] = g[c], g[c] = tmp;
+      }
+  printf("  GEMMs of that step by shape (m x n x k: runs, device time, rate):");
+  for (int a = 0; a < ng; a++)
+    printf("%s %s %lld x %lld x %lld: %d, %.3f ms, %.1f TFLOP/s", a ? ";" : "", rt_op_names[g[a].op], (long long)g[a].m,
+           (long long)g[a].n, (long long)g[a].k, g[a].count, g[a].s * 1e3,
+           g[a].s > 0 ? 2.0 * g[a].m * g[a].n * g[a].k * g[a].count / g[a].s / 1e12 : 0.0);
+  printf("\n");
+}
+
 /* GEMM FLOPs of one pass of a program (matmuls and attention's GEMMs). */
 static double program_flops(const RtInst *p, int n) {
   double f = 0;
   for (int i = 0; i < n; i++) {
     const RtInst *x = &p[i];
-    if (x->op == OP_MATMUL || x->op == OP_MATMUL_BIAS || x->op == OP_MATMUL_BIAS_GELU || x->op == OP_MATMUL_BGRAD)
-      f += 2.0 * x->m * x->n * x->k;
+    if (is_gemm(x->op)) f += 2.0 * x->m * x->n * x->k;
     if (x->op == OP_ATTENTION) f += 2 * 2.0 * x->b * x->h * x->t * x->t * x->k;
     if (x->op == OP_ATTENTION_BWD) f += 5 * 2.0 * x->b * x->h * x->t * x->t * x->k;   /* P recomputed */
     if (x->op == OP_HEAD_XENT || x->op == OP_HEAD_DL) f += 2.0 * x->m * x->n * x->k;
@@ -85,13 +122,18 @@ int main(int argc, char **argv) {
   for (int s = 0; s < steps; s++) loss = rt_step(r, tok, 1e-4, &gn);
   be->sync();
   double dt = (rt_now() - t) / steps;
-  r->op_time = rt_xmalloc((NUM_OPS + 1) * sizeof(double));   /* one profiled step */
+  int ninst = b->nfwd + b->nbwd;
+  r->op_time = rt_xmalloc((NUM_OPS + 1 + ninst) * sizeof(double));   /* one profiled step */
+  r->inst_time = be->time_read != NULL;   /* (each instruction's time, booked under its kind below) */
   double tp = rt_now();
   rt_step(r, tok, 1e-4, &gn);
   be->sync();
   tp = rt_now() - tp;
   double busy = 0;   /* with device events: each op's own time on the GPU, launched one by one */
   if (be->time_read) be->time_read(r->op_time);
+  double *inst = r->op_time + NUM_OPS + 1;
+  for (int i = 0; r->inst_time && i < ninst; i++)
+    r->op_time[kind_of(i < b->nfwd ? &b->fwd[i] : &b->bwd[i - b->nfwd])] += inst[i];
   for (int i = 0; i <= NUM_OPS; i++) busy += r->op_time[i];
   if (be->time_read)
     printf("  profile of one step (each op's time on the device, %.1f ms in all; the step launched op by op took "
@@ -102,8 +144,9 @@ int main(int argc, char **argv) {
     if (r->op_time[i] > 0.002 * of)
       printf(" %s %.1f%%", i < NUM_OPS ? rt_op_names[i] : "optimizer", 100 * r->op_time[i] / of);
   printf("\n");
+  if (r->inst_time) gemm_table(b, inst);
   free(r->op_time);
-  r->op_time = NULL;
+  r->op_time = NULL, r->inst_time = false;
   double flops = (program_flops(b->fwd, b->nfwd) + program_flops(b->bwd, b->nbwd)) * b->train.microbatches;
   double toks = (double)b->train.batch * T;
   struct rusage ru;

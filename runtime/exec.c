@@ -389,6 +389,16 @@ static void side_join(Run *r) {
   if (r->nside) r->be->side_join(), r->nside = 0;
 }
 
+/* A profile's key for x: its kind, or with inst_time its index in the
+ * forward and backward programs past the kinds' keys */
+static int inst_key(Run *r, const RtInst *x, int kind) {
+  Bundle *b = r->b;
+  if (!r->inst_time) return kind;
+  if (x >= b->fwd && x < b->fwd + b->nfwd) return NUM_OPS + 1 + (int)(x - b->fwd);
+  if (x >= b->bwd && x < b->bwd + b->nbwd) return NUM_OPS + 1 + b->nfwd + (int)(x - b->bwd);
+  return kind;
+}
+
 static bool side_candidate(Run *r, const RtInst *x) {
   return (x->op == OP_MATMUL || x->op == OP_MATMUL_BGRAD) && x->out[0] >= 0 && r->b->vals[x->out[0]].region == R_GRAD &&
          r->be->side_begin && !r->op_time && !r->trace;
@@ -411,7 +421,7 @@ static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
     for (int j = 0; j < RT_MAX_IN; j++) in[j] = x->in[j] >= 0 ? ptr[x->in[j]] : NULL;
     double t = r->op_time || r->trace ? rt_now() : 0;
     int kind = x->op == OP_FUSED && x->nbody == 1 ? x->body[0].op : x->op;   /* a kernel of one op: that op's */
-    if (r->op_time && r->be->time_mark) r->be->time_mark(kind);
+    if (r->op_time && r->be->time_mark) r->be->time_mark(inst_key(r, x, kind));
     if (x->op == OP_ALLREDUCE) {   /* a bf16 value widened in a buffer of its own (graphs record it) */
       void *w = half(r, x->out[0]) ? r->wide_ar : out[0];
       if (w != out[0]) r->be->widen(w, out[0], r->b->vals[x->out[0]].n);

@@ -333,6 +333,8 @@ typedef struct Run {
   void **ptr;              /* per slot, per value: its address (ptr[slot * nvals + id]) */
   int64_t step;            /* optimizer steps taken */
   double *op_time;         /* seconds per op kind, when profiling (else NULL) */
+  bool inst_time;          /* profiling by device events: op_time[NUM_OPS + 1 + i] per instruction i of the
+                              forward and then the backward program instead of per kind (bench_train's GEMMs) */
   int *slot_mb;            /* the microbatch whose activations fill each slot, or -1 */
   int inflight, max_inflight;   /* microbatches past forward, not yet past backward */
   double t_wait;           /* seconds blocked on receives from other stages */

@@ -290,6 +290,9 @@ python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/llama.cuda-emu/metrics.jsonl"
 # every op (the generated kernels' as "fused") add up to the whole
 if [ -x "$BIN/bench/bench_train" ] && [ "$STEPS" -ge 20 ]; then
   "$BIN/bench/bench_train" "$WORK/gpt2" 1 cuda-emu >"$WORK/bench.out" 2>&1 || fail "bench_train on cuda-emu failed"
+  # (and the profiled step's GEMMs by shape: GPT-2's four weight gradients' among them)
+  grep -q "^  GEMMs of that step by shape (m x n x k: runs, device time, rate): .*matmul_bgrad 32 x 128 x 64: 2, " \
+    "$WORK/bench.out" || fail "bench_train: no table of the GEMMs by shape"
   # (and its timed steps put the weights' gradient GEMMs on the second stream)
   grep -q "^  step: .* | weight gradients beside (second stream)$" "$WORK/bench.out" ||
     fail "bench_train: the timed steps did not use the second stream"
