@@ -69,6 +69,17 @@ static void live_ranges(Graph *g, Part *p) {
   for (int i = 0; i < p->nfsend; i++) touch(p->fsend[i].v, total - 1);
   for (int i = 0; i < p->nbrecv; i++) touch(p->brecv[i].v, p->nfwd), touch(p->brecv[i].v, total - 1);
   for (int i = 0; i < p->nbsend; i++) touch(p->bsend[i].v, total - 1);
+  /* a weight's gradient GEMM runs on the CUDA backend's second stream,
+   * beside the ops after it (runtime/exec.c): its operands live on until
+   * the next one starts, so that those ops do not write over them (the
+   * runtime would wait for it before such an op, and nothing would run
+   * beside it) */
+  for (int k = total - 1, next = total - 1; k >= p->nfwd; k--) {
+    Inst *in = inst_at(p, k);
+    if ((in->op != OP_MATMUL && in->op != OP_MATMUL_BGRAD) || !in->out[0] || in->out[0]->kind != V_GRAD) continue;
+    for (int i = 0; i < in->nin; i++) touch(in->in[i], next);
+    next = k;
+  }
   /* a group's generated kernel reads and writes at once: what its members
    * touch lives from the first to the last (group.c) */
   Inst **lists[] = {p->fwd, p->bwd};

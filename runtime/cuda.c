@@ -15,6 +15,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <nccl.h>
 #include <nvrtc.h>
@@ -2571,8 +2572,10 @@ static void cuda_time_read(double *seconds) {
  * after a step has run (every scratch buffer grown: none is reallocated
  * while side_st may read it). A CUDA graph records both streams, side_st
  * joining st's capture through the event. LMC_SIDE_STREAM=0: one stream. */
+enum { SIDE_EVENTS = 64 };
 static CUstream side_st, main_st;
-static CUevent fork_ev, side_ev;
+static CUevent fork_ev, side_ev[SIDE_EVENTS];   /* GEMM n's done: side_ev[n % SIDE_EVENTS] */
+static int side_n;
 static CUdeviceptr side_workspace, main_workspace;
 
 static int64_t side_gemms;   /* sent there (outside graph replays) */
@@ -2588,12 +2591,16 @@ static bool cuda_side_begin(const RtInst *x) {
 
 bool cuda_side_used(void) { return side_gemms > 0; }
 
-static void cuda_side_end(void) {
-  CK(ev.record(side_ev, st));
+static int cuda_side_end(void) {
+  side_n = side_n == INT_MAX ? 1 : side_n + 1;
+  CK(ev.record(side_ev[side_n % SIDE_EVENTS], st));
   st = main_st, workspace = main_workspace;
+  return side_n;
 }
 
-static void cuda_side_join(void) { CK(ev.wait(st, side_ev, 0)); }
+/* (an event recorded again since GEMM upto's is a later GEMM's: waiting
+ * for it waits for upto's too, side_st running them in order) */
+static void cuda_side_join(int upto) { CK(ev.wait(st, side_ev[upto % SIDE_EVENTS], 0)); }
 
 typedef struct Graph {
   CUgraphExec x;
@@ -2774,7 +2781,8 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   CK(cu.stream_create(&st, 0));
   if (side_on && ev.create && ev.record && ev.wait) {
     CK(cu.stream_create(&side_st, 0));
-    CK(ev.create(&fork_ev, CU_EVENT_DISABLE_TIMING)), CK(ev.create(&side_ev, CU_EVENT_DISABLE_TIMING));
+    CK(ev.create(&fork_ev, CU_EVENT_DISABLE_TIMING));
+    for (int i = 0; i < SIDE_EVENTS; i++) CK(ev.create(&side_ev[i], CU_EVENT_DISABLE_TIMING));
     side_workspace = dev_alloc(workspace_size);
   } else side_on = false;
   load_kernels(dir);

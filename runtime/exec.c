@@ -5,6 +5,7 @@
  * It never asks which backend it drives. */
 #include "lmrt.h"
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -356,7 +357,7 @@ static void fused(Run *r, const RtInst *x, void **ptr) {
  * same bytes later); before an op that writes any of those bytes or reads
  * what it writes, and at the end of a program, the main stream waits for
  * it (side_join). */
-typedef struct Span { const char *lo, *hi; bool write; } Span;
+typedef struct Span { const char *lo, *hi; bool write; int n; } Span;   /* n: side_end's number */
 
 static int64_t value_bytes(Run *r, int v) {
   RtValue *x = &r->b->vals[v];
@@ -374,20 +375,31 @@ static void each_value(Run *r, const RtInst *x, void **ptr, void (*f)(Run *, con
 }
 
 static void side_note(Run *r, const char *p, int64_t bytes, bool write, void *u) {
-  (void)u;
   if (r->nside == r->cap_side && !(r->side = realloc(r->side, (r->cap_side = 2 * r->cap_side + 16) * sizeof *r->side)))
     rt_die("out of memory");
-  r->side[r->nside++] = (Span){p, p + bytes, write};
+  r->side[r->nside++] = (Span){p, p + bytes, write, *(int *)u};
 }
 
+/* *u: the latest GEMM whose bytes this value's access clashes with */
 static void side_clash(Run *r, const char *p, int64_t bytes, bool write, void *u) {
-  for (int i = 0; i < r->nside && !*(bool *)u; i++)
-    if ((write || r->side[i].write) && p < r->side[i].hi && r->side[i].lo < p + bytes) *(bool *)u = true;
+  for (int i = 0; i < r->nside; i++)
+    if ((write || r->side[i].write) && p < r->side[i].hi && r->side[i].lo < p + bytes && r->side[i].n > *(int *)u)
+      *(int *)u = r->side[i].n;
 }
 
-static void side_join(Run *r) {
-  if (r->nside) r->be->side_join(), r->nside = 0;
+/* waits for the second stream's GEMMs up to number upto (INT_MAX: all),
+ * forgetting their bytes */
+static void side_join_upto(Run *r, int upto) {
+  int j = 0, last = 0;
+  for (int i = 0; i < r->nside; i++) {
+    if (r->side[i].n > upto) r->side[j++] = r->side[i];
+    else if (r->side[i].n > last) last = r->side[i].n;
+  }
+  if (last) r->be->side_join(last);
+  r->nside = j;
 }
+
+static void side_join(Run *r) { side_join_upto(r, INT_MAX); }
 
 /* A profile's key for x: its kind, or with inst_time its index in the
  * forward and backward programs past the kinds' keys */
@@ -412,10 +424,11 @@ static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
       run_ops(r, x->body, x->nbody, slot);
       continue;
     }
-    bool side = side_candidate(r, x) && r->be->side_begin(x), clash = false;
+    bool side = side_candidate(r, x) && r->be->side_begin(x);
+    int clash = 0;
     if (!side && r->nside) {
       each_value(r, x, ptr, side_clash, &clash);
-      if (clash) side_join(r);
+      if (clash) side_join_upto(r, clash);
     }
     for (int j = 0; j < 3; j++) out[j] = x->out[j] >= 0 ? ptr[x->out[j]] : NULL;
     for (int j = 0; j < RT_MAX_IN; j++) in[j] = x->in[j] >= 0 ? ptr[x->in[j]] : NULL;
@@ -434,7 +447,10 @@ static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
     for (int j = 0; j < 3; j++)   /* what the plan stores in bf16, as bf16 (in fp32 storage: rounded) */
       if (x->out[j] >= 0 && r->b->vals[x->out[j]].bf16 && !half(r, x->out[j]))
         r->be->round_bf16(out[j], r->b->vals[x->out[j]].n);
-    if (side) r->be->side_end(), each_value(r, x, ptr, side_note, NULL);
+    if (side) {
+      int number = r->be->side_end();
+      each_value(r, x, ptr, side_note, &number);
+    }
     if (r->op_time && r->be->time_mark) r->be->time_mark(-1);   /* profiling: the device's time, or */
     else if (r->op_time && r->be->sync) r->be->sync();           /* a GPU op's own time with a wait */
     if (r->op_time && !r->be->time_mark) r->op_time[kind] += rt_now() - t;

@@ -255,13 +255,14 @@ typedef struct Backend {
    * matmul_bgrad into the gradients), which then runs beside the work
    * queued after it. side_begin: false where x cannot go there (then it
    * runs as ever); true: x's work goes behind what was queued so far, on
-   * the second stream, until side_end. side_join: what is queued next
-   * waits for the second stream's work so far. The interpreter joins
-   * before anything that reads what that work writes or writes what it
-   * reads or writes, and at a program's end (exec.c's run_ops). */
+   * the second stream, until side_end, which returns its number (1, 2,
+   * ..). side_join(n): what is queued next waits for the second stream's
+   * work up to number n. The interpreter joins before anything that reads
+   * what such work writes or writes what it reads or writes, and at a
+   * program's end (exec.c's run_ops). */
   bool (*side_begin)(const RtInst *x);
-  void (*side_end)(void);
-  void (*side_join)(void);
+  int (*side_end)(void);
+  void (*side_join)(int upto);
 } Backend;
 
 /* ---- ltplan.c ---- */
