@@ -56,6 +56,13 @@ static void attention_split(int64_t k, int *d, int *p) {
 enum { FA_FWD, FA_DQ, FA_DKV };
 static int next_part;   /* the part the next attention kernel is (the prelude's "Parts") */
 
+/* Parts numbered from here on: 0 is the sections' and groups' kernels, 1
+ * MoE's grouped GEMMs (kernels_emit; test_emu_ops writes its file so too) */
+void kernels_parts_begin(void) { next_part = 2; }
+
+/* the line that tells the runtime how many parts the file has */
+void kernels_parts_end(FILE *out) { fprintf(out, "\n// @parts %d\n", next_part); }
+
 static void fa_kernel(FILE *out, int kind, const char *bounds, const char *name, const char *call) {
   static const char *sig[] = {
       "act *o, real *lse, const act *q, const act *k, const act *v, i64 T, i64 H, i64 G, i64 K, float scale, i64 B",
@@ -270,9 +277,9 @@ void kernels_emit(FILE *out, Graph *g) {
     p += n;
   }
   if (guarded) fprintf(out, "#endif\n");
-  next_part = 2;   /* (0: the sections' and groups' kernels, 1: MoE's grouped GEMMs) */
+  kernels_parts_begin();
   attention_kernels(out, g);
   norm_kernels(out, g);
   group_kernels(out, g);
-  fprintf(out, "\n// @parts %d\n", next_part);
+  kernels_parts_end(out);
 }

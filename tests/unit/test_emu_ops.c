@@ -235,6 +235,8 @@ static void optimizer(int64_t n) {
  * here (compiler/kernels.c). */
 void kernels_attention(FILE *out, int64_t k, bool bwd, bool bf16);
 void kernels_norm_bwd(FILE *out, int64_t d, bool ln);
+void kernels_parts_begin(void);
+void kernels_parts_end(FILE *out);
 extern const char tpl_tensor_cores[];
 static const int64_t head_dims[] = {10, 40, 96, 128}, norm_widths[] = {64, 264};   /* (67: none, the two-pass kernels) */
 
@@ -242,16 +244,22 @@ static void write_kernels(const char *template, const char *path) {
   FILE *in = fopen(template, "rb"), *out = fopen(path, "wb");
   if (!in || !out) rt_die("cannot copy %s to %s", template, path);
   char line[4096];
-  bool typed = false;
+  bool typed = false, guarded = false;
   while (fgets(line, sizeof line, in)) {   /* act as lmc writes it after the prelude */
-    if (!typed && !strncmp(line, "// @kernel ", 11)) fputs(bf ? "typedef bf16 act;\n" : "typedef float act;\n", out), typed = true;
+    bool kernel = !strncmp(line, "// @kernel ", 11), library = !strncmp(line, "// @library ", 12);
+    if (!typed && (kernel || library)) fputs(bf ? "typedef bf16 act;\n" : "typedef float act;\n", out), typed = true;
+    if ((kernel || library) && guarded) fputs("#endif\n", out), guarded = false;
+    if (kernel) fputs("#if LMC_IN_PART(0)\n", out), guarded = true;   /* (a section: part 0, as lmc writes it) */
     if (!strncmp(line, "// @include tensor_cores.cuh", 28)) fputs(tpl_tensor_cores, out);
     else fputs(line, out);
   }
+  if (guarded) fputs("#endif\n", out);
+  kernels_parts_begin();   /* (so that the runtime compiles the file in parts, in threads, as a bundle's) */
   for (size_t i = 0; i < sizeof head_dims / sizeof *head_dims; i++)
     kernels_attention(out, head_dims[i], false, bf), kernels_attention(out, head_dims[i], true, bf);
   for (size_t i = 0; i < sizeof norm_widths / sizeof *norm_widths; i++)
     kernels_norm_bwd(out, norm_widths[i], false), kernels_norm_bwd(out, norm_widths[i], true);
+  kernels_parts_end(out);
   fclose(in);
   if (fclose(out)) rt_die("cannot write %s", path);
 }

@@ -217,8 +217,8 @@ static int check(const char *path, const char *src, const char *arch) {
 static int check_parts(const char *path, const char *src) {
   const char *mark = strstr(src, "\n// @parts ");
   int parts = mark ? atoi(mark + 11) : 0;
-  if (parts < 1 || parts > 64) return printf("FAIL %s: no \"// @parts N\" line\n", path), 1;
-  enum { MAXK = 256 };
+  if (parts < 1 || parts > 1024) return printf("FAIL %s: no \"// @parts N\" line\n", path), 1;
+  enum { MAXK = 512 };
   char *names[MAXK];
   int nk = 0, seen[MAXK] = {0}, bad = 0;
   for (const char *p = src; nk < MAXK && (p = strstr(p, "__global__ void ")); p++) {
