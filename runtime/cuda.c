@@ -290,11 +290,11 @@ static void *compile_worker(void *arg) {
   }
 }
 
-/* Threads for NVRTC: $LMC_JIT_THREADS, else the CPUs this process may
- * run on; at most 64 */
+/* Threads for NVRTC: LMC_JIT_THREADS (cuda_backend reads it), else the
+ * CPUs this process may run on; at most 64 */
+static int jit_threads_asked;
 static int jit_threads(void) {
-  const char *e = getenv("LMC_JIT_THREADS");
-  int n = e && *e ? atoi(e) : 0;
+  int n = jit_threads_asked;
   if (n < 1) {
     cpu_set_t set;
     n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
@@ -2749,7 +2749,9 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
       !env_count("LMC_MOE_SPLIT", 64, "a count of parts from 1 to 64 (split-k of the MoE weight gradients' grouped GEMMs)",
                  &moe_split_asked, why, n) ||
       !env_choice("LMC_MOE_GROUPED", 0, 1, "0 (a GEMM a segment, counts on the host) or 1", &grouped, why, n) ||
-      !env_choice("LMC_SIDE_STREAM", 0, 1, "0 (every GEMM on one stream) or 1 (weight gradients beside)", &side, why, n))
+      !env_choice("LMC_SIDE_STREAM", 0, 1, "0 (every GEMM on one stream) or 1 (weight gradients beside)", &side, why, n) ||
+      !env_count("LMC_JIT_THREADS", 64, "a count of threads from 1 to 64 (NVRTC programs compiled at once)",
+                 &jit_threads_asked, why, n))
     return NULL;
   side_on = side;
   bwd_epilogues = ep, moe_grouped_off = !grouped;

@@ -73,6 +73,9 @@ bad_knob LMC_ATTENTION_TUNE=2 "0 (attention's default kernels) or 1 (timed, also
 bad_knob LMC_ATTENTION_WARPGROUPS=4 "1, 2 or 3 (warpgroups a block of attention's wgmma kernels)"
 bad_knob LMC_MOE_SPLIT=65 "a count of parts from 1 to 64 (split-k of the MoE weight gradients' grouped GEMMs)"
 bad_knob LMC_GEMM_BACKWARD_EPILOGUES=yes "0 (the GEMM, then kernels) or 1"
+bad_knob LMC_SIDE_STREAM=2 "0 (every GEMM on one stream) or 1 (weight gradients beside)"
+bad_knob LMC_JIT_THREADS=0 "a count of threads from 1 to 64 (NVRTC programs compiled at once)"
+bad_knob LMC_JIT_THREADS=all "a count of threads from 1 to 64 (NVRTC programs compiled at once)"
 
 cp -r "$CK" "$WORK/flip"
 printf '\001' | dd of="$WORK/flip/rank0.ckpt" bs=1 seek=5000 conv=notrunc 2>/dev/null
