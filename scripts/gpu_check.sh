@@ -141,6 +141,13 @@ compare() {   # compare NAME SPEC [--set ...]; $flags go to the CUDA run, $tol t
   --set seq=64 --set precision=bf16
 tol="1e-3 5e-2 10" compare gpt2_bf16 models/gpt2-124m.lm --set V=256 --set D=128 --set H=4 --set L=2 --set batch=8 \
   --set seq=64 --set precision=bf16
+# the weights' gradient GEMMs on a second stream (the default) against one
+# stream: the same kernels and GEMMs, so the same bits; a wait missing on
+# the GPU would show here as a difference
+LMC_SIDE_STREAM=0 guard 180 "$bin/lmrun" "$work/gpt2_bf16" --data "$data" --backend cuda --matmul-precision highest --quiet \
+  --eval-interval 20 --eval-batches 2 --out "$work/gpt2_bf16.onestream.d" 2>&1 || echo "lmrun LMC_SIDE_STREAM=0 failed"
+python3 tests/e2e/compare_metrics.py "$work/gpt2_bf16.cuda.d/metrics.jsonl" "$work/gpt2_bf16.onestream.d/metrics.jsonl" \
+  "gpt2_bf16: the second stream against one" 1e-15 || status=1
 # and at medium: attention's tiles straight from bf16 storage
 flags="--matmul-precision medium" tol="1e-2 5e-2" compare llama_bf16_t300 models/tiny.lm --set D=256 --set H=4 \
   --set G=2 --set F=512 --set L=2 --set batch=4 --set seq=300 --set precision=bf16
