@@ -1,8 +1,10 @@
 /* cuda.c: the CUDA backend, behind the same interface as cpu.c. Nothing is
  * linked: the driver (libcuda.so.1), NVRTC and cuBLASLt are loaded with
  * dlopen when --backend cuda asks for them, so CPU-only runs never touch
- * CUDA. The bundle's kernels.cu is compiled with NVRTC for this device
- * (cached on disk by source hash and architecture); GEMMs go to cuBLASLt,
+ * CUDA. The bundle's kernels.cu is compiled with NVRTC for this device, in
+ * parts as several programs at once, one a thread (cached on disk by
+ * source hash and architecture); GEMMs go to cuBLASLt (the weights'
+ * gradients' on a second stream, beside the rest of the backward pass),
  * attention to lmc's flash attention kernels; all-reduces to NCCL when
  * every rank has its own GPU (else, and for pipeline transfers, staged
  * through host memory and MPI). Storage is fp32, the products' precision
@@ -102,7 +104,7 @@ static bool use_nccl;
 static CUmodule modules[64];   /* the bundle's kernels: one module an NVRTC program (load_kernels) */
 static int nmodules;
 static CUstream st;   /* all of the backend's work, in order; it waits for the legacy stream and it for it */
-static bool side_on, side_warm;   /* the weights' gradients on a second stream (cuda_side_begin): asked for, and allowed */
+static bool side_on, side_warm;   /* the weights' gradients on a second stream (cuda_side_begin): asked, allowed */
 static bool emulated;   /* the emulated CUDA platform (runtime/emu/) stands in for the GPU */
 static cublasLtHandle_t lt;
 static CUdeviceptr workspace, scratch_rows, scratch_part;
@@ -261,7 +263,8 @@ static void compile_program(Program *x) {
   nvrtcProgram prog;
   char arch[32], programs[32], program[32];
   snprintf(arch, sizeof arch, "--gpu-architecture=sm_%d%s", sm, sm_feat());
-  snprintf(programs, sizeof programs, "-DLMC_PROGRAMS=%d", x->P), snprintf(program, sizeof program, "-DLMC_PROGRAM=%d", x->p);
+  snprintf(programs, sizeof programs, "-DLMC_PROGRAMS=%d", x->P);
+  snprintf(program, sizeof program, "-DLMC_PROGRAM=%d", x->p);
   const char *opts[] = {arch, "--std=c++17", "-default-device", programs, program};
   if ((x->rc = cu.create(&prog, x->src, x->name, 0, NULL, NULL)) != NVRTC_SUCCESS) return;
   x->rc = cu.compile(prog, 5, opts);
@@ -2581,7 +2584,8 @@ static CUdeviceptr side_workspace, main_workspace;
 static int64_t side_gemms;   /* sent there (outside graph replays) */
 
 static bool cuda_side_begin(const RtInst *x) {
-  if (!side_on || !side_warm || (x->op == OP_MATMUL_BGRAD && !(bwd_epilogues && bgrad_state[x->bg] == 1))) return false;
+  bool bgrad_ok = bwd_epilogues && bgrad_state[x->bg] == 1;   /* (its own scratch and pass, on side_st in order) */
+  if (!side_on || !side_warm || (x->op == OP_MATMUL_BGRAD && !bgrad_ok)) return false;
   CK(ev.record(fork_ev, st)), CK(ev.wait(side_st, fork_ev, 0));
   main_st = st, main_workspace = workspace;
   st = side_st, workspace = side_workspace;
@@ -2749,7 +2753,8 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
       !env_count("LMC_MOE_SPLIT", 64, "a count of parts from 1 to 64 (split-k of the MoE weight gradients' grouped GEMMs)",
                  &moe_split_asked, why, n) ||
       !env_choice("LMC_MOE_GROUPED", 0, 1, "0 (a GEMM a segment, counts on the host) or 1", &grouped, why, n) ||
-      !env_choice("LMC_SIDE_STREAM", 0, 1, "0 (every GEMM on one stream) or 1 (weight gradients beside)", &side, why, n) ||
+      !env_choice("LMC_SIDE_STREAM", 0, 1, "0 (every GEMM on one stream) or 1 (weight gradients beside)", &side, why,
+                  n) ||
       !env_count("LMC_JIT_THREADS", 64, "a count of threads from 1 to 64 (NVRTC programs compiled at once)",
                  &jit_threads_asked, why, n))
     return NULL;
