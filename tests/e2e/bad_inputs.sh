@@ -76,6 +76,12 @@ bad_knob LMC_GEMM_BACKWARD_EPILOGUES=yes "0 (the GEMM, then kernels) or 1"
 bad_knob LMC_SIDE_STREAM=2 "0 (every GEMM on one stream) or 1 (weight gradients beside)"
 bad_knob LMC_JIT_THREADS=0 "a count of threads from 1 to 64 (NVRTC programs compiled at once)"
 bad_knob LMC_JIT_THREADS=all "a count of threads from 1 to 64 (NVRTC programs compiled at once)"
+# a kernels.cu that does not compile: which file, for what, which of the
+# programs compiled at once, and the compiler's own words
+cp -r "$WORK/b" "$WORK/badk" && echo '#error planted in kernels.cu' >> "$WORK/badk/kernels.cu"
+MSG="NVRTC could not compile $WORK/badk/kernels.cu for sm_90a (program 0 of 2):" expect_error env LMC_JIT_THREADS=2 \
+  XDG_CACHE_HOME="$WORK/badk.cache" "$LMRUN" "$WORK/badk" --data "$DATA" --backend cuda-emu --max-steps 1
+grep -q "error: #error planted in kernels.cu" "$WORK/err" || fail "the compile error's own words not said"
 
 cp -r "$CK" "$WORK/flip"
 printf '\001' | dd of="$WORK/flip/rank0.ckpt" bs=1 seek=5000 conv=notrunc 2>/dev/null
