@@ -2,9 +2,12 @@
  * programs of all ranks use). Out: kernels.cu, the prelude of
  * templates/kernels.cu and, in template order, each section ("// @kernel
  * NAME") whose op the model uses, plus the optimizer's, with
- * templates/tensor_cores.cuh written where the prelude includes it. The CUDA runtime
- * compiles it with NVRTC; the tests compile it the same way on machines
- * without a GPU. */
+ * templates/tensor_cores.cuh written where the prelude includes it; then
+ * the kernels specialised to the model's shapes. Every kernel is in one
+ * part (the prelude's "Parts": the sections' and groups' part 0, each
+ * attention kernel its own), and "// @parts N" ends the file: the CUDA
+ * runtime compiles it with NVRTC as up to N programs at once; the tests
+ * compile it the same way on machines without a GPU. */
 #include "lmc.h"
 #include <stdarg.h>
 #include <string.h>
