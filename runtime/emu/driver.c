@@ -20,7 +20,13 @@
  * synchronises the device (synchronous copies and sets, cuMemFree,
  * cuCtxSynchronize), which run every queue, the oldest stream's first. So
  * work two streams share without an event between them runs in the wrong
- * order, as it may on a GPU, and gives wrong numbers instead of passing. */
+ * order, as it may on a GPU, and gives wrong numbers instead of passing.
+ * Lazy streams run a stream's work late; LMC_CUDA_EMU_STREAMS=skew runs
+ * the first created stream's (and every other one's after it: the third,
+ * ..) late and the rest's at once, as soon as queued: so work on a second
+ * stream that should wait for the first's queued work but has no event
+ * to wait on runs before it (lazily, it would have run after it all the
+ * same when something waited). */
 #include "emu.h"
 #include <cuda.h>
 #include <dlfcn.h>
@@ -67,6 +73,7 @@ struct CUstream_st {
   uint64_t queued, ran;         /* work items enqueued and run so far (events count in these) */
   bool running;
   bool joined;                  /* capturing because it waited on an event of a capture (not its own Begin) */
+  bool eager;                   /* skew: runs its work as it is queued */
   int in_graph, joined_upto;    /* joined: its items in the graph; how many of them a capturing stream waited for */
 };
 struct CUevent_st {
@@ -80,7 +87,7 @@ struct CUevent_st {
 
 static struct CUctx_st the_ctx;
 static EmuAlloc *allocs;
-static int nallocs, check_orders, all_fibers, lazy;
+static int nallocs, check_orders, all_fibers, lazy, skew;
 static struct CUstream_st **streams;   /* in creation order; after them the destroyed ones (graves) */
 static int nstreams, graves;
 static int flush(struct CUstream_st *s, uint64_t upto);
@@ -155,7 +162,8 @@ CUresult cuInit(unsigned flags) {
     check_orders = c && *c && strcmp(c, "0");
     all_fibers = f && *f && strcmp(f, "0");
     const char *z = getenv("LMC_CUDA_EMU_STREAMS");
-    lazy = z && !strcmp(z, "lazy");
+    skew = z && !strcmp(z, "skew");
+    lazy = (z && !strcmp(z, "lazy")) || skew;
     done = 1;
   }
   return CUDA_SUCCESS;
@@ -750,7 +758,7 @@ int emu_enqueue(void *stream, int (*fn)(void *arg), const void *arg, size_t size
     g->ops[g->n++] = op, s->in_graph++;
     return CUDA_SUCCESS;
   }
-  if (lazy && s) {
+  if (lazy && s && !s->eager) {
     if (s->n == s->cap) {
       Op *grown = realloc(s->q, (s->cap = s->cap ? 2 * s->cap : 64) * sizeof *s->q);
       if (!grown) return free(copy), emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory");
@@ -759,7 +767,7 @@ int emu_enqueue(void *stream, int (*fn)(void *arg), const void *arg, size_t size
     s->q[s->n++] = op, s->queued++;
     return CUDA_SUCCESS;
   }
-  int rc = lazy ? flush_all() : CUDA_SUCCESS;   /* the legacy stream waits for the others */
+  int rc = lazy && !s ? flush_all() : CUDA_SUCCESS;   /* the legacy stream waits for the others */
   if (s) s->queued++, s->ran++;
   if (rc == CUDA_SUCCESS) rc = run_op(&op);
   free(copy);
@@ -773,6 +781,7 @@ CUresult cuStreamCreate(CUstream *s, unsigned flags) {
   *s = calloc(1, sizeof **s);
   if (!*s) return emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory");
   if (graves) streams[nstreams + graves] = streams[nstreams];   /* a grave moves to the end */
+  (*s)->eager = skew && nstreams % 2;
   streams[nstreams++] = *s;
   return CUDA_SUCCESS;
 }

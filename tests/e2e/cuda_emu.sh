@@ -125,16 +125,20 @@ if [ "$STEPS" -ge 20 ]; then
   # first), GPT-2 in bf16 (matmul_bgrad's epilogue on the second stream
   # too) with graphs and without gives the bits of LMC_SIDE_STREAM=0
   # (planted: no wait before an op that overwrites what such a GEMM reads)
-  for v in 0 1; do
+  # and under skewed streams (the compute stream's work late, the second's
+  # as soon as queued: a GEMM that does not wait for the compute stream's
+  # work before it reads its inputs too early; planted: no such wait)
+  for v in 0 1 skew; do
     for g in "" --no-cuda-graphs; do
-      LMC_CUDA_EMU_STREAMS=lazy LMC_SIDE_STREAM=$v "$LMRUN" "$WORK/gpt2_bf16" --data "$DATA" --backend cuda-emu \
-        --matmul-precision highest $g --eval-interval "$STEPS" --eval-batches 2 --save-interval 0 \
-        --out "$WORK/gpt2_bf16.side$v$g" >"$WORK/side$v$g.out" || fail "LMC_SIDE_STREAM=$v $g: lmrun failed"
+      LMC_CUDA_EMU_STREAMS=$([ $v = skew ] && echo skew || echo lazy) LMC_SIDE_STREAM=$([ $v = 0 ] && echo 0 || echo 1) \
+        "$LMRUN" "$WORK/gpt2_bf16" --data "$DATA" --backend cuda-emu --matmul-precision highest $g --eval-interval "$STEPS" \
+        --eval-batches 2 --save-interval 0 --out "$WORK/gpt2_bf16.side$v$g" >"$WORK/side$v$g.out" ||
+        fail "LMC_SIDE_STREAM=$v $g: lmrun failed"
     done
   done
   grep -q "^  the weights' gradient GEMMs ran on a second stream" "$WORK/side1.out" || fail "no word of the second stream"
   ! grep -q "second stream" "$WORK/side0.out" || fail "LMC_SIDE_STREAM=0: a second stream said"
-  for run in side1 side1--no-cuda-graphs side0--no-cuda-graphs; do
+  for run in side1 side1--no-cuda-graphs side0--no-cuda-graphs sideskew sideskew--no-cuda-graphs; do
     python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/gpt2_bf16.side0/metrics.jsonl" \
       "$WORK/gpt2_bf16.$run/metrics.jsonl" "weight gradients beside, lazy streams ($run)" 1e-15 || status=1
   done
@@ -252,7 +256,7 @@ if [ "$STEPS" -ge 20 ]; then
   grep -q " mma_dq_r64_k8 [0-9.]* ms (differs from the default: not used)" "$WORK/wg.spoiled.err" &&
     ! grep -q "picked lmc_attention_bwd_mma_dq_r64_k8" "$WORK/wg.spoiled.err" ||
     fail "LMC_ATTENTION_TUNE_SPOIL: a spoiled kernel not refused"
-  ran=32
+  ran=34
 fi
 # tf32 and bf16 products: the loss within 2e-3 and 1e-2, the gradient
 # norm, which drifts, within 3e-2 and 5e-2

@@ -67,6 +67,12 @@ grep -q "backend cuda-emu-f32+nccl, CUDA graphs" "$WORK/dp2tp2.nccl.log" ||
 # event) and receives (on the compute stream), 1F1B over 4 microbatches
 # in two slots, with the overlapped buckets, under lazy streams
 LMC_CUDA_EMU_STREAMS=lazy layout pp2dp2_lazy --set pp=2 --set dp=2 --set batch=8 --set microbatches=4 --set bucket_mb=0.01
+# and under skewed streams (the compute stream's work late, the other
+# streams' as soon as queued: the sends', the buckets', the weight
+# gradients' GEMMs'), where work that should wait for the compute stream
+# but has no event to wait on runs too early
+[ "$MODE" != sanitize ] &&
+  LMC_CUDA_EMU_STREAMS=skew layout pp2dp2_skew --set pp=2 --set dp=2 --set batch=8 --set microbatches=4 --set bucket_mb=0.01
 [ "$MODE" != sanitize ] && layout pp2dp2 --set pp=2 --set dp=2 --set microbatches=2
 # MoE over ep 2 x dp 2: the all-to-alls as grouped NCCL sends and
 # receives, the gradient and balance all-reduces over dp and ep
@@ -87,5 +93,5 @@ fi
   { status=1; echo "FAIL --collectives nccl on the CPU backend ran"; }
 grep -qxF "lmrun: error: --collectives applies to the CUDA backends (--backend cuda, cuda-emu, auto)" "$WORK/cpu_nccl.log" ||
   { status=1; echo "FAIL --collectives nccl on the CPU backend: $(cat "$WORK/cpu_nccl.log")"; }
-[ $status = 0 ] && echo "$([ "$MODE" = sanitize ] && echo 7 || echo 13) passed, 0 failed" || echo "failed"
+[ $status = 0 ] && echo "$([ "$MODE" = sanitize ] && echo 7 || echo 14) passed, 0 failed" || echo "failed"
 exit $status
