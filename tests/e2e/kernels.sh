@@ -38,8 +38,10 @@ fi
 # parallelism's; its code paths differ from sm_90a's by the wgmma kernels
 # alone, not by shape, so the other files go to sm_90a's cubin alone,
 # whose ptxas report names each kernel; MoE's bf16 bundle to sm_90a part
-# by part, as a GPU's runtime compiles it)
+# by part, as a GPU's runtime compiles it; tensor parallelism's to
+# compute_80 alone: its attention kernels are moe-tiny's, at head dim 32,
+# and its own, the vocab-parallel loss's, have nothing ptxas must check)
 "$BIN/tests/test_nvrtc" -I "$SRC/templates" "$WORK/gpt2-124m/kernels.cu" --cubin "$WORK/llama-large/kernels.cu" \
-  --cubin "$WORK/moe-tiny/kernels.cu" "$WORK/tiny-tp2/kernels.cu" --cubin "$WORK/gpt2-124m-bf16/kernels.cu" \
+  --cubin "$WORK/moe-tiny/kernels.cu" --ptx "$WORK/tiny-tp2/kernels.cu" --cubin "$WORK/gpt2-124m-bf16/kernels.cu" \
   --cubin "$WORK/llama-large-bf16/kernels.cu" --ptx "$WORK/moe-tiny-bf16/kernels.cu" --parts "$WORK/moe-tiny-bf16/kernels.cu" \
   --cubin "$WORK/llama-k128-bf16/kernels.cu" "$SRC/tests/emu/kernels.cu" ${emu_ops:+--ptx "$emu_ops"}
