@@ -305,6 +305,11 @@ static int jit_threads(void) {
   return n < 1 ? 1 : n > 64 ? 64 : n;
 }
 
+static double jit_seconds;   /* the last load_kernels: compiling (cold) or loading the cached cubins (warm) */
+static bool jit_cold;
+static int jit_programs, jit_nthreads;
+static bool jit_saved;   /* the cubins cold compiled went into the cache */
+
 /* src's kernels as P programs (P: the parts kernels.cu names, at most the
  * threads), compiled at once, one a thread: NVRTC takes about as long
  * for each kernel alone as in one program, and the attention kernels are
@@ -325,6 +330,7 @@ static Program *compile_programs(const char *src, const char *name, int *np) {
     if (pthread_create(&tid[started], NULL, compile_worker, NULL) == 0) started++;
   compile_worker(NULL);
   for (int t = 0; t < started; t++) pthread_join(tid[t], NULL);
+  jit_nthreads = started + 1;
   for (int p = 0; p < P; p++)
     if (all[p].rc != NVRTC_SUCCESS)
       rt_die("NVRTC could not compile %s for sm_%d%s (program %d of %d):\n%s", name, sm, sm_feat(), p, P,
@@ -333,10 +339,6 @@ static Program *compile_programs(const char *src, const char *name, int *np) {
   return all;
 }
 
-static double jit_seconds;   /* the last load_kernels: compiling (cold) or loading the cached cubins (warm) */
-static bool jit_cold;
-static int jit_programs, jit_nthreads;
-static bool jit_saved;   /* the cubins cold compiled went into the cache */
 
 void cuda_jit_time(double *seconds, bool *cold, int *programs, int *threads, bool *saved) {
   *seconds = jit_seconds, *cold = jit_cold, *programs = jit_programs, *threads = jit_nthreads, *saved = jit_saved;
@@ -435,7 +437,7 @@ static void load_kernels(const char *dir) {
       jit_saved = save_cache(file, all, P);
       for (int p = 0; p < P; p++) CK(cu.load(&modules[p], all[p].bin)), free(all[p].bin), free(all[p].log);
       free(all);
-      nmodules = P, jit_cold = true, jit_programs = P, jit_nthreads = jit_threads() < P ? jit_threads() : P;
+      nmodules = P, jit_cold = true, jit_programs = P;
     }
     if (lock >= 0) close(lock);
   }
@@ -2559,13 +2561,6 @@ static void cuda_time_read(double *seconds) {
   nmarks = 0;
 }
 
-/* CUDA graphs: the work queued between graph_begin and graph_end is
- * recorded, not run; graph_run replays it. The interpreter records each
- * program (per microbatch slot) once its scratch buffers have grown, so no
- * allocation or host wait falls inside. */
-/* A recording, and the group of the NCCL all-reduces it holds (-1: none),
- * which each replay waits for against the deadline, as a launch of them
- * one by one does. */
 /* ---- the weights' gradients on a second stream (exec.c: run_ops) ----
  * A weight gradient's GEMM goes to side_st behind an event on st, with a
  * cuBLASLt workspace of its own; side_join puts its last event in st's
@@ -2606,6 +2601,13 @@ static int cuda_side_end(void) {
  * for it waits for upto's too, side_st running them in order) */
 static void cuda_side_join(int upto) { CK(ev.wait(st, side_ev[upto % SIDE_EVENTS], 0)); }
 
+/* CUDA graphs: the work queued between graph_begin and graph_end is
+ * recorded, not run; graph_run replays it. The interpreter records each
+ * program (per microbatch slot) once its scratch buffers have grown, so no
+ * allocation or host wait falls inside. */
+/* A recording, and the group of the NCCL all-reduces it holds (-1: none),
+ * which each replay waits for against the deadline, as a launch of them
+ * one by one does. */
 typedef struct Graph {
   CUgraphExec x;
   int axis;
