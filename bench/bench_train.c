@@ -14,8 +14,6 @@ static bool is_gemm(int op) {
          op == OP_MATMUL_DGELU;   /* (DGELU's went uncounted in the achieved rate through run 16) */
 }
 
-/* The op kind a profile books an instruction under (a kernel of one op: that op's) */
-static int kind_of(const RtInst *x) { return x->op == OP_FUSED && x->nbody == 1 ? x->body[0].op : x->op; }
 
 /* The profiled step's GEMMs by kind and shape, the longest first: how
  * many ran, their device time and rate (t: seconds per instruction of the
@@ -133,7 +131,7 @@ int main(int argc, char **argv) {
   if (be->time_read) be->time_read(r->op_time);
   double *inst = r->op_time + NUM_OPS + 1;
   for (int i = 0; r->inst_time && i < ninst; i++)
-    r->op_time[kind_of(i < b->nfwd ? &b->fwd[i] : &b->bwd[i - b->nfwd])] += inst[i];
+    r->op_time[rt_op_kind(i < b->nfwd ? &b->fwd[i] : &b->bwd[i - b->nfwd])] += inst[i];
   for (int i = 0; i <= NUM_OPS; i++) busy += r->op_time[i];
   if (be->time_read)
     printf("  profile of one step (each op's time on the device, %.1f ms in all; the step launched op by op took "

@@ -411,6 +411,9 @@ static int inst_key(Run *r, const RtInst *x, int kind) {
   return kind;
 }
 
+/* The op kind a profile books x under: a kernel of one op, that op's */
+int rt_op_kind(const RtInst *x) { return x->op == OP_FUSED && x->nbody == 1 ? x->body[0].op : x->op; }
+
 static bool side_candidate(Run *r, const RtInst *x) {
   return (x->op == OP_MATMUL || x->op == OP_MATMUL_BGRAD) && x->out[0] >= 0 && r->b->vals[x->out[0]].region == R_GRAD &&
          r->be->side_begin && !r->op_time && !r->trace;
@@ -433,7 +436,7 @@ static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
     for (int j = 0; j < 3; j++) out[j] = x->out[j] >= 0 ? ptr[x->out[j]] : NULL;
     for (int j = 0; j < RT_MAX_IN; j++) in[j] = x->in[j] >= 0 ? ptr[x->in[j]] : NULL;
     double t = r->op_time || r->trace ? rt_now() : 0;
-    int kind = x->op == OP_FUSED && x->nbody == 1 ? x->body[0].op : x->op;   /* a kernel of one op: that op's */
+    int kind = rt_op_kind(x);
     if (r->op_time && r->be->time_mark) r->be->time_mark(inst_key(r, x, kind));
     if (x->op == OP_ALLREDUCE) {   /* a bf16 value widened in a buffer of its own (graphs record it) */
       void *w = half(r, x->out[0]) ? r->wide_ar : out[0];

@@ -375,6 +375,7 @@ double rt_eval(Run *r, const int32_t *rows);                           /* forwar
 double rt_slot_bytes(Run *r);      /* activations + inputs of one microbatch */
 double rt_state_bytes(Run *r);     /* weights, gradients, Adam's moments, bf16 copies */
 int64_t rt_global_index(Bundle *b, RtParam *p, int64_t i);
+int rt_op_kind(const RtInst *x);   /* the op kind a profile books x under (a generated kernel of one op: that op's) */
 void rt_get_param(Run *r, int p, double *dst);
 void rt_set_param(Run *r, int p, const double *src);
 void rt_get_grad(Run *r, int p, double *dst);
