@@ -248,16 +248,14 @@ static void marker_name(char *name, size_t n, const char *p) {
   snprintf(name, n, "%.*s", (int)(l < n - 1 ? l : n - 1), p);
 }
 
-/* Copies the template: the prelude always, a section when used. A section
- * ("// @kernel NAME") is part 0, inside #if LMC_IN_PART(0); a library
- * ("// @library NAME": device code that the parts of attention's and MoE's
- * kernels call) goes into every program, its own kernels guarded in the
- * template. Then the kernels specialised to the model's shapes, each
- * attention kernel a part of its own, and the number of parts for the
- * runtime. */
-void kernels_emit(FILE *out, Graph *g) {
-  fprintf(out, "// lmc kernels for model %s (from templates/kernels.cu)\n", g->prog->model->name);
-  const char *p = tpl_kernels;
+/* Copies the template tpl: the prelude always, a section when g uses it
+ * (every one where g is NULL: test_emu_ops's file), act typed after the
+ * prelude. A section ("// @kernel NAME") is part 0, inside #if
+ * LMC_IN_PART(0); a library ("// @library NAME": device code that the
+ * parts of attention's and MoE's kernels call) goes into every program,
+ * its own kernels guarded in the template. */
+void kernels_template(FILE *out, const char *tpl, bool bf16, Graph *g) {
+  const char *p = tpl;
   bool keep = false, typed = false, guarded = false;
   while (*p) {
     const char *e = strchr(p, '\n');
@@ -266,13 +264,12 @@ void kernels_emit(FILE *out, Graph *g) {
     if (!strncmp(p, "// @prelude", 11)) keep = true;
     else if (kernel || library) {
       if (!typed)   /* after the prelude, before the first section */
-        fprintf(out, "\ntypedef %s act;   // the activations' storage (precision plan)\n",
-                precision_bf16(g) ? "bf16" : "float");
+        fprintf(out, "\ntypedef %s act;   // the activations' storage (precision plan)\n", bf16 ? "bf16" : "float");
       typed = true;
       if (guarded) fprintf(out, "#endif\n");
       char name[64];
       marker_name(name, sizeof name, p + (kernel ? 11 : 12));
-      keep = used(g, name), guarded = keep && kernel;
+      keep = !g || used(g, name), guarded = keep && kernel;
       if (keep) fprintf(out, guarded ? "\n#if LMC_IN_PART(0)\n" : "\n");
     }
     if (keep && !strncmp(p, "// @include tensor_cores.cuh", 28)) fputs(tpl_tensor_cores, out);   /* the one file it names */
@@ -280,6 +277,14 @@ void kernels_emit(FILE *out, Graph *g) {
     p += n;
   }
   if (guarded) fprintf(out, "#endif\n");
+}
+
+/* The template's prelude and used sections, then the kernels specialised
+ * to the model's shapes, each attention kernel a part of its own, and the
+ * number of parts for the runtime. */
+void kernels_emit(FILE *out, Graph *g) {
+  fprintf(out, "// lmc kernels for model %s (from templates/kernels.cu)\n", g->prog->model->name);
+  kernels_template(out, tpl_kernels, precision_bf16(g), g);
   kernels_parts_begin();
   attention_kernels(out, g);
   norm_kernels(out, g);

@@ -344,6 +344,7 @@ double plan_inst_flops(Inst *in);       /* GEMM and attention FLOPs of one instr
 
 /* ---- kernels.c ---- */
 void kernels_emit(FILE *out, Graph *g);
+void kernels_template(FILE *out, const char *tpl, bool bf16, Graph *g);   /* its sections, all where g is NULL */
 void kernels_parts_begin(void);          /* kernels.cu's parts (the template's prelude): numbered from 2 */
 void kernels_parts_end(FILE *out);       /* "// @parts N" */
 void kernels_attention(FILE *out, int64_t k, bool bwd, bool bf16);   /* the kernels for head dim k */

@@ -237,23 +237,20 @@ void kernels_attention(FILE *out, int64_t k, bool bwd, bool bf16);
 void kernels_norm_bwd(FILE *out, int64_t d, bool ln);
 void kernels_parts_begin(void);
 void kernels_parts_end(FILE *out);
-extern const char tpl_tensor_cores[];
+struct Graph;
+void kernels_template(FILE *out, const char *tpl, bool bf16, struct Graph *g);
 static const int64_t head_dims[] = {10, 40, 96, 128}, norm_widths[] = {64, 264};   /* (67: none, the two-pass kernels) */
 
 static void write_kernels(const char *template, const char *path) {
   FILE *in = fopen(template, "rb"), *out = fopen(path, "wb");
   if (!in || !out) rt_die("cannot copy %s to %s", template, path);
-  char line[4096];
-  bool typed = false, guarded = false;
-  while (fgets(line, sizeof line, in)) {   /* act as lmc writes it after the prelude */
-    bool kernel = !strncmp(line, "// @kernel ", 11), library = !strncmp(line, "// @library ", 12);
-    if (!typed && (kernel || library)) fputs(bf ? "typedef bf16 act;\n" : "typedef float act;\n", out), typed = true;
-    if ((kernel || library) && guarded) fputs("#endif\n", out), guarded = false;
-    if (kernel) fputs("#if LMC_IN_PART(0)\n", out), guarded = true;   /* (a section: part 0, as lmc writes it) */
-    if (!strncmp(line, "// @include tensor_cores.cuh", 28)) fputs(tpl_tensor_cores, out);
-    else fputs(line, out);
-  }
-  if (guarded) fputs("#endif\n", out);
+  fseek(in, 0, SEEK_END);
+  long len = ftell(in);
+  fseek(in, 0, SEEK_SET);
+  char *tpl = rt_xmalloc(len + 1);
+  if (len < 0 || fread(tpl, 1, len, in) != (size_t)len) rt_die("cannot read %s", template);
+  kernels_template(out, tpl, bf, NULL);   /* every section, as lmc writes a bundle's */
+  free(tpl);
   kernels_parts_begin();   /* (so that the runtime compiles the file in parts, in threads, as a bundle's) */
   for (size_t i = 0; i < sizeof head_dims / sizeof *head_dims; i++)
     kernels_attention(out, head_dims[i], false, bf), kernels_attention(out, head_dims[i], true, bf);
