@@ -146,14 +146,22 @@ static bool ptxas_stats(const char *path, const char *arch, const char *log) {
 
 /* The extern "C" __global__ kernels of src that out (PTX or ptxas's
  * report) does not name as fmt does (%s: the kernel's name), each said. */
+/* The next __global__ kernel of the source from *p on: its name into
+ * name (128 bytes), *p past it; false at the end */
+static bool next_kernel(const char **p, char *name) {
+  while ((*p = strstr(*p, "__global__ void "))) {
+    const char *q = *p += 16;
+    if (!strncmp(q, "__launch_bounds__(", 18) && (q = strchr(q, ')'))) q += 1 + strspn(q + 1, " ");
+    if (q && sscanf(q, "%127[A-Za-z0-9_]", name) == 1) return true;
+  }
+  return false;
+}
+
 static int missing_kernels(const char *path, const char *arch, const char *src, const char *out, const char *fmt,
                            const char *what) {
   int missing = 0;
-  for (const char *p = src; (p = strstr(p, "__global__ void ")); p++) {
-    char name[128], entry[192];
-    const char *q = p + 16;
-    if (!strncmp(q, "__launch_bounds__(", 18) && (q = strchr(q, ')'))) q += 1 + strspn(q + 1, " ");
-    if (!q || sscanf(q, "%127[A-Za-z0-9_]", name) != 1) continue;
+  char name[128], entry[192];
+  for (const char *p = src; next_kernel(&p, name);) {
     snprintf(entry, sizeof entry, fmt, name);
     if (!strstr(out, entry)) printf("FAIL %s (%s): no kernel %s in %s\n", path, arch, name, what), missing++;
   }
@@ -200,7 +208,8 @@ static int check(const char *path, const char *src, const char *arch) {
   char *ptx = malloc(n + 1);
   nv.ptx(prog, ptx);
   int kernels = 0, missing = missing_kernels(path, arch, src, ptx, ".entry %s(", "the PTX");
-  for (const char *p = src; (p = strstr(p, "__global__ void ")); p++) kernels++;
+  char name[128];
+  for (const char *p = src; next_kernel(&p, name);) kernels++;
   if (!missing) printf("ok   %s (%s): %d kernels, %zu bytes of PTX%s%s\n", path, arch, kernels, n,
                        log[0] > ' ' ? ", log: " : "", log[0] > ' ' ? log : "");
   free(log), free(ptx);
@@ -221,12 +230,8 @@ static int check_parts(const char *path, const char *src) {
   enum { MAXK = 512 };
   char *names[MAXK];
   int nk = 0, seen[MAXK] = {0}, bad = 0;
-  for (const char *p = src; nk < MAXK && (p = strstr(p, "__global__ void ")); p++) {
-    char name[128];
-    const char *q = p + 16;
-    if (!strncmp(q, "__launch_bounds__(", 18) && (q = strchr(q, ')'))) q += 1 + strspn(q + 1, " ");
-    if (q && sscanf(q, "%127[A-Za-z0-9_]", name) == 1) names[nk++] = strdup(name);
-  }
+  char name[128];
+  for (const char *p = src; nk < MAXK && next_kernel(&p, name);) names[nk++] = strdup(name);
   for (int p = 0; p < parts; p++) {
     nvrtcProgram prog;
     char P[48], I[48];
