@@ -7,8 +7,10 @@
  *   FNV-1a checksum of all the bytes before it.
  * Parameters are whole tensors named as in the spec, so a checkpoint loads
  * into any layout: each rank reads every shard and takes what it holds.
- * A save writes step_<N>.tmp/, fsyncs every shard, and only when all ranks
- * are done renames it to step_<N>/ and points `latest` at it: a crash at
+ * A save copies each rank's shard to host memory between two steps, then a
+ * thread checksums, writes and fsyncs it as step_<N>.tmp/rank<R>.ckpt
+ * while training goes on; once all ranks are done (asked after each
+ * step) it is renamed to step_<N>/ and `latest` points at it: a crash at
  * any moment leaves every earlier checkpoint intact. A load checks each
  * shard's magic, length and checksum and that the parameters match the
  * bundle before it touches the run. */
@@ -16,6 +18,8 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -29,21 +33,9 @@ typedef struct Buf {
 } Buf;
 
 static void put(Buf *b, const void *src, size_t n) {
-  if (b->n + n > b->cap) {
-    b->cap = (b->n + n) * 2;
-    b->p = realloc(b->p, b->cap);
-    if (!b->p) rt_die("out of memory writing a checkpoint");
-  }
+  if (b->n + n > b->cap) rt_die("internal error: a checkpoint shard outgrew its %zu bytes", b->cap);
   memcpy(b->p + b->n, src, n);
   b->n += n;
-}
-
-static void put_tensor(Buf *b, const double *x, int64_t n, bool f64) {
-  if (f64) { put(b, x, n * sizeof(double)); return; }
-  float *f = rt_xmalloc(n * sizeof(float));
-  for (int64_t i = 0; i < n; i++) f[i] = (float)x[i];
-  put(b, f, n * sizeof(float));
-  free(f);
 }
 
 /* This rank writes its part of p: the tp parts of a split parameter, or
@@ -85,34 +77,20 @@ static void sync_dir(const char *dir) {
   if (fd >= 0) fsync(fd), close(fd);
 }
 
-/* A failed write leaves nothing behind: its file and (when empty) the
- * save's tmp folder go before the error. */
-static _Noreturn void write_failed(const char *path, const char *tmpdir) {
-  int e = errno;
-  unlink(path), rmdir(tmpdir);
-  rt_die("cannot write checkpoint '%s': %s", path, strerror(e));
-}
-
-static void write_all(const char *path, const char *tmpdir, const Buf *b) {
-  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) write_failed(path, tmpdir);
-  size_t done = 0;
-  while (done < b->n) {
+/* Writes and syncs path; 0, or the errno of what failed, with the file
+ * removed (the writer thread's part of a save: it ends nothing). */
+static int write_file(const char *path, const Buf *b) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644), e = 0;
+  if (fd < 0) return errno;
+  for (size_t done = 0; done < b->n && !e;) {
     ssize_t w = write(fd, b->p + done, b->n - done);
-    if (w <= 0) {
-      if (w == 0) errno = ENOSPC;
-      int e = errno;
-      close(fd), errno = e;
-      write_failed(path, tmpdir);
-    }
-    done += w;
+    if (w <= 0) e = w == 0 ? ENOSPC : errno;
+    else done += w;
   }
-  if (fsync(fd) != 0) {
-    int e = errno;
-    close(fd), errno = e;
-    write_failed(path, tmpdir);
-  }
-  if (close(fd) != 0) write_failed(path, tmpdir);
+  if (!e && fsync(fd) != 0) e = errno;
+  if (close(fd) != 0 && !e) e = errno;
+  if (e) unlink(path);
+  return e;
 }
 
 static void link_latest(const char *dir, const char *name) {
@@ -125,25 +103,29 @@ static void link_latest(const char *dir, const char *name) {
   sync_dir(dir);
 }
 
+/* This rank's shard in host memory, its checksum's 8 bytes left for the
+ * writer: the backend's reals copied as they are (the file's dtype is
+ * theirs), into one buffer sized up front. */
 static void shard(Run *r, const CkptInfo *info, Buf *buf) {
   Bundle *b = r->b;
-  bool f64 = r->be->elem == 8;
+  int elem = r->be->elem;
   char *h = header(r, info);
   uint32_t hl = (uint32_t)strlen(h);
+  buf->cap = 8 + 4 + hl + 8;
+  for (int p = 0; p < b->nparams; p++)
+    if (writes(b, &b->params[p])) buf->cap += 3 * (size_t)b->params[p].local * elem;
+  buf->p = malloc(buf->cap), buf->n = 0;
+  if (!buf->p) rt_die("out of memory writing a checkpoint (%zu bytes)", buf->cap);
   put(buf, MAGIC, 8), put(buf, &hl, 4), put(buf, h, hl);
   free(h);
   for (int p = 0; p < b->nparams; p++) {
     RtParam *pp = &b->params[p];
     if (!writes(b, pp)) continue;
-    double *x = rt_xmalloc(pp->local * sizeof(double));
-    int64_t off = b->vals[pp->value].off * r->be->elem;
-    rt_get_param(r, p, x), put_tensor(buf, x, pp->local, f64);
-    r->be->download(x, (char *)r->adam_m + off, pp->local), put_tensor(buf, x, pp->local, f64);
-    r->be->download(x, (char *)r->adam_v + off, pp->local), put_tensor(buf, x, pp->local, f64);
-    free(x);
+    int64_t off = b->vals[pp->value].off * elem, bytes = pp->local * elem;
+    const void *src[3] = {r->ptr[pp->value], (char *)r->adam_m + off, (char *)r->adam_v + off};
+    for (int k = 0; k < 3; k++) r->be->read(buf->p + buf->n, src[k], pp->local), buf->n += bytes;
   }
-  uint64_t sum = rt_fnv1a(buf->p, buf->n, 0xcbf29ce484222325ULL);
-  put(buf, &sum, 8);
+  buf->n += 8;
 }
 
 /* Removes a checkpoint folder: its files, then itself. */
@@ -171,36 +153,108 @@ static void install(const char *tmp, const char *final) {
   if (had) remove_dir(old);
 }
 
-/* Called on every rank. */
+/* The save in flight (one at most): this rank's shard, copied while
+ * training waited, checksummed, written and synced by a thread while it
+ * goes on; ckpt_settle puts it in place. */
+static struct {
+  bool on, writes, thread;   /* a save started; this rank writes a shard of it; by a thread, not yet joined */
+  pthread_t th;
+  atomic_bool done;          /* the thread's work is over */
+  int err;                   /* its errno (0: written and synced) */
+  Buf buf;
+  int64_t step;
+  char dir[1100], name[64], tmp[1200], path[1300];
+  double copy_s, write_s;
+  double slow;               /* $LMC_CKPT_SLOW_DISK: seconds each write waits first, as on a slow disk (tests) */
+} sv;
+
+static void *write_shard(void *arg) {
+  (void)arg;
+  double t = rt_now();
+  if (sv.slow > 0) usleep((useconds_t)(sv.slow * 1e6));
+  uint64_t sum = rt_fnv1a(sv.buf.p, sv.buf.n - 8, 0xcbf29ce484222325ULL);
+  memcpy(sv.buf.p + sv.buf.n - 8, &sum, 8);
+  sv.err = write_file(sv.path, &sv.buf);
+  sv.write_s = rt_now() - t;
+  atomic_store(&sv.done, true);
+  return NULL;
+}
+
+/* This rank's write, joined when over (or waited for): whether it is. */
+static bool written(bool wait) {
+  if (sv.thread && (wait || atomic_load(&sv.done))) pthread_join(sv.th, NULL), sv.thread = false;
+  return !sv.thread;
+}
+
+/* An error ends the run: a one-rank run still puts a save in flight in
+ * place first, since that needs no other rank (rt_die's hook). */
+static void settle_alone(void) {
+  if (!sv.on || !sv.writes || comm_world() > 1) return;
+  written(true);
+  sv.on = false;
+  if (sv.err) return;
+  char final[1200];
+  snprintf(final, sizeof final, "%s/%s", sv.dir, sv.name);
+  sync_dir(sv.tmp);
+  if (rename(sv.tmp, final) == 0) {
+    sync_dir(sv.dir), link_latest(sv.dir, sv.name);
+    fprintf(stderr, "lmrun: the checkpoint of step %lld was written before the error: %s\n", (long long)sv.step, final);
+  }
+}
+
+/* Called on every rank, with no save in flight (ckpt_settle waits). */
 void ckpt_save(Run *r, const char *dir, const CkptInfo *info) {
   Bundle *b = r->b;
-  char name[64], tmp[1200], final[1200], path[1300];
-  snprintf(name, sizeof name, "step_%08lld", (long long)info->step);
-  snprintf(tmp, sizeof tmp, "%s/%s.tmp", dir, name);
-  snprintf(final, sizeof final, "%s/%s", dir, name);
+  double t = rt_now();
+  if (sv.on) rt_die("internal error: a checkpoint save began with another in flight");
+  const char *slow = getenv("LMC_CKPT_SLOW_DISK");
+  char *end = NULL;
+  sv.slow = slow && *slow ? strtod(slow, &end) : 0;
+  if (slow && *slow && (*end || !(sv.slow >= 0 && sv.slow <= 600)))
+    rt_die("LMC_CKPT_SLOW_DISK=%s: it takes seconds from 0 to 600 (each checkpoint write waits that long first)", slow);
+  snprintf(sv.dir, sizeof sv.dir, "%s", dir);
+  snprintf(sv.name, sizeof sv.name, "step_%08lld", (long long)info->step);
+  snprintf(sv.tmp, sizeof sv.tmp, "%s/%s.tmp", dir, sv.name);
   if (b->rank == 0) {
     if (mkdir(dir, 0777) != 0 && errno != EEXIST)
       rt_die("cannot create checkpoint folder '%s': %s", dir, strerror(errno));
-    remove_dir(tmp);                      /* left by a save that crashed */
-    if (mkdir(tmp, 0777) != 0)
-      rt_die("cannot create checkpoint folder '%s': %s", tmp, strerror(errno));
+    remove_dir(sv.tmp);                   /* left by a save that crashed */
+    if (mkdir(sv.tmp, 0777) != 0)
+      rt_die("cannot create checkpoint folder '%s': %s", sv.tmp, strerror(errno));
   }
   comm_barrier();
-  if (b->coord[AXIS_DP] == 0) {          /* data parallel copies are identical; ep ranks write their experts */
-    Buf buf = {0};
-    shard(r, info, &buf);
-    snprintf(path, sizeof path, "%s/rank%d.ckpt", tmp, b->rank);
-    write_all(path, tmp, &buf);
-    free(buf.p);
+  rt_die_first = settle_alone;
+  sv.on = true, sv.step = info->step, sv.err = 0, sv.write_s = 0, sv.buf = (Buf){0};
+  sv.writes = b->coord[AXIS_DP] == 0;    /* data parallel copies are identical; ep ranks write their experts */
+  atomic_store(&sv.done, !sv.writes);
+  if (!sv.writes) return;
+  snprintf(sv.path, sizeof sv.path, "%s/rank%d.ckpt", sv.tmp, b->rank);
+  shard(r, info, &sv.buf);
+  sv.copy_s = rt_now() - t;
+  sv.thread = pthread_create(&sv.th, NULL, write_shard, NULL) == 0;
+  if (!sv.thread) write_shard(NULL);     /* no thread to be had: written here */
+}
+
+int64_t ckpt_settle(Run *r, bool wait, CkptTimes *t) {
+  if (!sv.on) return 0;
+  bool mine = written(wait);
+  if (mine && sv.err) {                  /* its file is gone; the folder too, when empty */
+    sv.on = false, free(sv.buf.p), rmdir(sv.tmp);
+    rt_die("cannot write checkpoint '%s': %s", sv.path, strerror(sv.err));
+  }
+  if (!comm_all(mine)) return 0;         /* the same verdict on every rank */
+  if (r->b->rank == 0) {
+    char final[1200];
+    snprintf(final, sizeof final, "%s/%s", sv.dir, sv.name);
+    sync_dir(sv.tmp);
+    install(sv.tmp, final);
+    sync_dir(sv.dir);
+    link_latest(sv.dir, sv.name);
   }
   comm_barrier();
-  if (b->rank == 0) {
-    sync_dir(tmp);
-    install(tmp, final);
-    sync_dir(dir);
-    link_latest(dir, name);
-  }
-  comm_barrier();
+  if (t) *t = (CkptTimes){sv.copy_s, sv.write_s, (double)sv.buf.n};
+  free(sv.buf.p), sv.buf = (Buf){0}, sv.on = false;
+  return sv.step;
 }
 
 /* Removes every step_<N> folder of dir but the newest keep. */

@@ -21,6 +21,7 @@ extern const char *rt_op_names[NUM_OPS];
 /* ---- util.c ---- */
 _Noreturn void rt_die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 extern void (*rt_die_hook)(const char *msg);   /* under MPI: reports and ends the other ranks too */
+extern void (*rt_die_first)(void);              /* before that: puts a checkpoint being written in place */
 void *rt_xmalloc(size_t n);
 double rt_now(void);
 uint64_t rt_fnv1a(const void *p, size_t n, uint64_t h);
@@ -198,6 +199,7 @@ typedef struct Backend {
   void (*release)(void *p);
   void (*upload)(void *dst, const double *src, int64_t n);   /* host f64 -> real */
   void (*download)(double *dst, const void *src, int64_t n); /* real -> host f64 */
+  void (*read)(void *dst, const void *src, int64_t n);       /* n reals as they are, to host memory */
   void (*zero)(void *p, int64_t n);
   void (*upload_ids)(void *dst, const int32_t *src, int64_t n);
   void (*run)(const RtInst *in, void **out, void **in_ptrs);
@@ -407,7 +409,17 @@ typedef struct CkptInfo {
   char data[256];
 } CkptInfo;
 
+/* A save in two parts, on every rank. ckpt_save copies this rank's shard
+ * to host memory (waiting first for a save still in flight) and leaves a
+ * thread writing it while training goes on; ckpt_settle installs it as
+ * step_<N>/ and `latest` once every rank's write is done (wait: waits for
+ * them) and returns its step, else 0. The times: the copy (training
+ * paused) and the write beside it. */
+typedef struct CkptTimes {
+  double copy_s, write_s, bytes;
+} CkptTimes;
 void ckpt_save(Run *r, const char *dir, const CkptInfo *info);
+int64_t ckpt_settle(Run *r, bool wait, CkptTimes *t);
 void ckpt_load(Run *r, const char *path, CkptInfo *info);
 void ckpt_prune(const char *dir, int64_t keep);   /* rank 0: all but the newest keep */
 void ckpt_abandon(void);                  /* after a caught load error: free what the load held */

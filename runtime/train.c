@@ -209,15 +209,28 @@ static void data_identity(const Data *d, CkptInfo *info) {
   snprintf(info->data, sizeof info->data, "%.255s", base ? base + 1 : d->path);
 }
 
-/* Every rank takes part: each pipeline stage writes its shard. */
-static void save(Loop *L, int64_t step) {
-  CkptInfo info = L->data_id;
-  info.step = step, info.seed = L->seed;
-  ckpt_save(L->r, L->ckpt_dir, &info);
+/* A save in flight put in place once every rank has written its part
+ * (wait: waiting for them), then said; every rank calls this at the same
+ * points (after each step, before a save, at the end). */
+static void settle(Loop *L, bool wait) {
+  CkptTimes t;
+  int64_t step = ckpt_settle(L->r, wait, &t);
+  if (!step) return;
   if (L->r->b->rank == 0 && L->o->keep > 0) ckpt_prune(L->ckpt_dir, L->o->keep);
   L->last_saved = step;
   if (!L->o->quiet)
-    printf("%sstep %5lld | saved %s/step_%08lld\n", L->tty ? "\r\033[K" : "", (long long)step, L->ckpt_dir, (long long)step);
+    printf("%sstep %5lld | saved %s/step_%08lld (%.1f MiB: copied in %.2f s, then written in %.2f s beside training)\n",
+           L->tty ? "\r\033[K" : "", (long long)step, L->ckpt_dir, (long long)step, t.bytes / (1 << 20), t.copy_s,
+           t.write_s);
+}
+
+/* Every rank takes part: each pipeline stage copies out its shard, which
+ * a thread writes while the next steps run. */
+static void save(Loop *L, int64_t step) {
+  CkptInfo info = L->data_id;
+  info.step = step, info.seed = L->seed;
+  settle(L, true);
+  ckpt_save(L->r, L->ckpt_dir, &info);
 }
 
 /* A resume on other data than the checkpoint's trained on is allowed
@@ -370,12 +383,14 @@ int train_run(Run *r, TrainOpts *o) {
     if (o->trace && (step == L.start + o->trace_steps || step + 1 == L.max_steps)) rt_trace_close(r, o->trace);
     if (step > L.start) L.t_steps += rt_now() - t;
     else L.wait0 = r->t_wait;                  /* the first step warms up: not counted */
+    settle(&L, false);
     if (!isfinite(loss)) rt_die("loss is %g at step %lld: training diverged (lower the lr?)", loss, (long long)step + 1);
     log_step(&L, step + 1, loss, lr, norm, rt_now() - t);
     bool last = step + 1 == L.max_steps;
     if (o->eval_interval > 0 && ((step + 1) % o->eval_interval == 0 || last)) eval_and_log(&L, step + 1);
     if (o->save_interval > 0 && ((step + 1) % o->save_interval == 0 || last)) save(&L, step + 1);
   }
+  settle(&L, true);
   report_memory(&L);
   if (!o->quiet) summary(&L);
   tb_close(L.tb);

@@ -15,6 +15,7 @@ const char *rt_op_names[NUM_OPS] = {
 };
 
 void (*rt_die_hook)(const char *msg);
+void (*rt_die_first)(void);
 
 void rt_die(const char *fmt, ...) {
   char msg[2048];
@@ -23,6 +24,7 @@ void rt_die(const char *fmt, ...) {
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
   fflush(stdout);
+  if (rt_die_first) rt_die_first();
   if (rt_die_hook) rt_die_hook(msg);   /* under MPI: reports once and ends every rank */
   fprintf(stderr, "lmrun: error: %s\n", msg);
   exit(1);
