@@ -103,6 +103,23 @@ static void link_latest(const char *dir, const char *name) {
   sync_dir(dir);
 }
 
+/* The save in flight (one at most): this rank's shard, copied while
+ * training waited, checksummed, written and synced by a thread while it
+ * goes on; ckpt_settle puts it in place. */
+static struct {
+  bool on, writes, thread;   /* a save started; this rank writes a shard of it; by a thread, not yet joined */
+  pthread_t th;
+  atomic_bool done;          /* the thread's work is over */
+  int err;                   /* its errno (0: written and synced) */
+  Buf buf;
+  int64_t step;
+  char dir[1100], name[64], tmp[1200], path[1300];
+  double copy_s, write_s;
+  double slow;               /* $LMC_CKPT_SLOW_DISK: seconds each write waits first, as on a slow disk (tests) */
+  unsigned char *kept;       /* the shards' host memory, kept from save to save (ckpt_release frees it) */
+  size_t kept_cap;
+} sv;
+
 /* This rank's shard in host memory, its checksum's 8 bytes left for the
  * writer: the backend's reals copied as they are (the file's dtype is
  * theirs), into one buffer sized up front. */
@@ -114,8 +131,12 @@ static void shard(Run *r, const CkptInfo *info, Buf *buf) {
   buf->cap = 8 + 4 + hl + 8;
   for (int p = 0; p < b->nparams; p++)
     if (writes(b, &b->params[p])) buf->cap += 3 * (size_t)b->params[p].local * elem;
-  buf->p = malloc(buf->cap), buf->n = 0;
-  if (!buf->p) rt_die("out of memory writing a checkpoint (%zu bytes)", buf->cap);
+  if (buf->cap > sv.kept_cap) {   /* the host memory of an earlier save is kept: first touches cost */
+    free(sv.kept), sv.kept_cap = 0;
+    if (!(sv.kept = malloc(buf->cap))) rt_die("out of memory writing a checkpoint (%zu bytes)", buf->cap);
+    sv.kept_cap = buf->cap;
+  }
+  buf->p = sv.kept, buf->n = 0;
   put(buf, MAGIC, 8), put(buf, &hl, 4), put(buf, h, hl);
   free(h);
   for (int p = 0; p < b->nparams; p++) {
@@ -152,21 +173,6 @@ static void install(const char *tmp, const char *final) {
     rt_die("cannot rename '%s' to '%s': %s", tmp, final, strerror(errno));
   if (had) remove_dir(old);
 }
-
-/* The save in flight (one at most): this rank's shard, copied while
- * training waited, checksummed, written and synced by a thread while it
- * goes on; ckpt_settle puts it in place. */
-static struct {
-  bool on, writes, thread;   /* a save started; this rank writes a shard of it; by a thread, not yet joined */
-  pthread_t th;
-  atomic_bool done;          /* the thread's work is over */
-  int err;                   /* its errno (0: written and synced) */
-  Buf buf;
-  int64_t step;
-  char dir[1100], name[64], tmp[1200], path[1300];
-  double copy_s, write_s;
-  double slow;               /* $LMC_CKPT_SLOW_DISK: seconds each write waits first, as on a slow disk (tests) */
-} sv;
 
 static void *write_shard(void *arg) {
   (void)arg;
@@ -239,7 +245,7 @@ int64_t ckpt_settle(Run *r, bool wait, CkptTimes *t) {
   if (!sv.on) return 0;
   bool mine = written(wait);
   if (mine && sv.err) {                  /* its file is gone; the folder too, when empty */
-    sv.on = false, free(sv.buf.p), rmdir(sv.tmp);
+    sv.on = false, rmdir(sv.tmp);
     rt_die("cannot write checkpoint '%s': %s", sv.path, strerror(sv.err));
   }
   if (!comm_all(mine)) return 0;         /* the same verdict on every rank */
@@ -253,8 +259,12 @@ int64_t ckpt_settle(Run *r, bool wait, CkptTimes *t) {
   }
   comm_barrier();
   if (t) *t = (CkptTimes){sv.copy_s, sv.write_s, (double)sv.buf.n};
-  free(sv.buf.p), sv.buf = (Buf){0}, sv.on = false;
+  sv.buf = (Buf){0}, sv.on = false;
   return sv.step;
+}
+
+void ckpt_release(void) {
+  if (!sv.on) free(sv.kept), sv.kept = NULL, sv.kept_cap = 0;
 }
 
 /* Removes every step_<N> folder of dir but the newest keep. */

@@ -391,6 +391,7 @@ int train_run(Run *r, TrainOpts *o) {
     if (o->save_interval > 0 && ((step + 1) % o->save_interval == 0 || last)) save(&L, step + 1);
   }
   settle(&L, true);
+  ckpt_release();
   report_memory(&L);
   if (!o->quiet) summary(&L);
   tb_close(L.tb);
