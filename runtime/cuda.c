@@ -151,6 +151,7 @@ static struct {
   CUresult (*destroy)(CUevent);
 } ev;
 static CUresult (*device_name)(char *, int, CUdevice);   /* (optional: the attention tuner's file names the GPU) */
+static CUresult (*mem_get_info)(size_t *, size_t *);      /* (optional: device memory free and in all) */
 static CUdevice device;
 static uint64_t kernels_hash;   /* kernels.cu's, as the cubin cache names it */
 static void fa_file_at(const char *cache);
@@ -214,12 +215,19 @@ static bool load_driver(char *why, size_t n) {
   *(void **)&ev.wait = dlsym(d, "cuStreamWaitEvent"), *(void **)&ev.copy = dlsym(d, "cuMemcpyDtoDAsync_v2");
   *(void **)&ev.destroy = dlsym(d, "cuEventDestroy_v2");
   *(void **)&device_name = dlsym(d, "cuDeviceGetName");
+  *(void **)&mem_get_info = dlsym(d, "cuMemGetInfo_v2");
   *(void **)&algo_config_get = dlsym(b, "cublasLtMatmulAlgoConfigGetAttribute");
   void **f = (void **)&cu;
   for (size_t i = 0; i < sizeof cu / sizeof(void *); i++)
     if (!f[i]) return snprintf(why, n, "a CUDA library lacks a function this build needs"), false;
   int count = 0;
-  if (cu.init(0) != CUDA_SUCCESS || cu.device_count(&count) != CUDA_SUCCESS || count == 0)
+  CUresult rc = cu.init(0);
+  if (rc != CUDA_SUCCESS && rc != CUDA_ERROR_NO_DEVICE) {
+    const char *e = "unknown error";
+    if (cu.errstr) cu.errstr(rc, &e);
+    return snprintf(why, n, "the CUDA driver did not start: %s", e), false;
+  }
+  if (rc != CUDA_SUCCESS || cu.device_count(&count) != CUDA_SUCCESS || count == 0)
     return snprintf(why, n, "no CUDA device"), false;
   return true;
 }
@@ -514,10 +522,31 @@ static struct { CUdeviceptr p; size_t bytes; } *live;
 static int nlive, cap_live;
 static int64_t now_bytes, peak_bytes;
 
+/* The GPU's name and memory (false where the driver cannot say). */
+static bool cuda_memory(double *free_b, double *total, char *name, size_t n) {
+  size_t f, t;
+  if (!mem_get_info || mem_get_info(&f, &t) != CUDA_SUCCESS) return false;
+  if (!device_name || device_name(name, (int)n, device) != CUDA_SUCCESS) snprintf(name, n, "the GPU");
+  *free_b = (double)f, *total = (double)t;
+  return true;
+}
+
+/* An allocation the GPU has no room for ends the run with what it held. */
+static _Noreturn void out_of_memory(size_t bytes) {
+  double f = 0, t = 0;
+  char name[100], has[200] = "", z[4][32];
+  if (cuda_memory(&f, &t, name, sizeof name)) snprintf(has, sizeof has, "; %s has %s free of %s", name, rt_bytes(z[2], f), rt_bytes(z[3], t));
+  rt_die("out of GPU memory: %s more asked for, with %s allocated by this rank%s (lower the batch, raise "
+         "microbatches or split the model; `lmc SPEC --plan N --plan-mem GIB` lists the layouts that fit)", rt_bytes(z[0], bytes),
+         rt_bytes(z[1], now_bytes), has);
+}
+
 static CUdeviceptr dev_alloc(size_t bytes) {
   CUdeviceptr p;
   bytes = bytes ? bytes : 256;
-  CK(cu.alloc(&p, bytes));
+  CUresult rc = cu.alloc(&p, bytes);
+  if (rc == CUDA_ERROR_OUT_OF_MEMORY) out_of_memory(bytes);
+  CK(rc);
   if (nlive == cap_live && !(live = realloc(live, (cap_live = cap_live * 2 + 64) * sizeof *live)))
     rt_die("out of memory");
   live[nlive].p = p, live[nlive++].bytes = bytes;
@@ -2660,7 +2689,7 @@ static bool cuda_graph_ok(const RtInst *x) {
 
 static Backend cuda = {
     .name = "cuda-f32", .elem = 4, .alloc = cuda_alloc, .release = cuda_release, .upload = cuda_upload,
-    .download = cuda_download, .read = cuda_read, .zero = cuda_zero, .upload_ids = cuda_upload_ids, .run = cuda_run,
+    .download = cuda_download, .read = cuda_read, .memory = cuda_memory, .zero = cuda_zero, .upload_ids = cuda_upload_ids, .run = cuda_run,
     .sumsq = cuda_sumsq, .adamw = cuda_adamw, .allreduce = cuda_allreduce, .allreduce_async = cuda_allreduce_async,
     .wait_allreduces = cuda_wait_allreduces, .send = cuda_send,
     .recv = cuda_recv, .wait_sends = cuda_wait_sends, .gemm_peak = cuda_gemm_peak, .sync = cuda_sync,

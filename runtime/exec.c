@@ -33,10 +33,28 @@ static int64_t region_bytes(Run *r, int region) {
   return region == R_ACT && r->typed ? r->b->act_bytes : r->b->region[region] * (int64_t)elem_of(r, region);
 }
 
+/* A plan the device has no room for ends the run before anything is
+ * allocated, saying what it needs and what would shrink it. */
+static void check_room(Run *r) {
+  Bundle *b = r->b;
+  double fr, total, all = 2.0 * (double)b->region[R_PARAM] * r->be->elem;   /* Adam's moments */
+  char name[100], z[5][32];
+  if (!r->be->memory || !r->be->memory(&fr, &total, name, sizeof name)) return;
+  for (int i = 0; i < NUM_REGIONS; i++) all += (double)copies(b, i) * region_bytes(r, i);
+  double state = rt_state_bytes(r), act = all - state;   /* activation slots, inputs, state values */
+  if (all <= fr) return;
+  rt_die("the plan needs %s of device memory on rank %d (activations %s: %d microbatch slot%s; weights, gradients "
+         "and Adam %s) and %s has %s free of %s: lower the batch or seq, raise microbatches, store activations in "
+         "bf16 (--set precision=bf16) or split the model (tp, pp); `lmc SPEC --plan N --plan-mem GIB` lists "
+         "the layouts of N ranks that fit", rt_bytes(z[0], all), b->rank, rt_bytes(z[1], act), b->slots, b->slots == 1 ? "" : "s",
+         rt_bytes(z[2], state), name, rt_bytes(z[3], fr), rt_bytes(z[4], total));
+}
+
 Run *rt_new(Bundle *b, Backend *be) {
   Run *r = rt_xmalloc(sizeof(Run));
   r->b = b, r->be = be;
   r->typed = b->bf16 && be->widen;   /* the backend keeps bf16 values in bf16 */
+  check_room(r);
   for (int i = 0; i < NUM_REGIONS; i++)
     r->region[i] = be->alloc(copies(b, i) * region_bytes(r, i));
   r->adam_m = be->alloc(b->region[R_PARAM] * be->elem);

@@ -24,6 +24,7 @@ extern void (*rt_die_hook)(const char *msg);   /* under MPI: reports and ends th
 extern void (*rt_die_first)(void);              /* before that: puts a checkpoint being written in place */
 void *rt_xmalloc(size_t n);
 double rt_now(void);
+const char *rt_bytes(char buf[32], double bytes);   /* "712.0 MiB", "46.41 GiB" */
 uint64_t rt_fnv1a(const void *p, size_t n, uint64_t h);
 int rt_mkdirs(const char *path);     /* mkdir -p */
 
@@ -200,6 +201,9 @@ typedef struct Backend {
   void (*upload)(void *dst, const double *src, int64_t n);   /* host f64 -> real */
   void (*download)(double *dst, const void *src, int64_t n); /* real -> host f64 */
   void (*read)(void *dst, const void *src, int64_t n);       /* n reals as they are, to host memory */
+  /* optional: the device's memory free and in all, in bytes, and its
+   * name (false where it cannot say) */
+  bool (*memory)(double *free_b, double *total, char *name, size_t n);
   void (*zero)(void *p, int64_t n);
   void (*upload_ids)(void *dst, const int32_t *src, int64_t n);
   void (*run)(const RtInst *in, void **out, void **in_ptrs);

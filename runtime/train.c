@@ -310,8 +310,12 @@ static void banner(Loop *L) {
          (long long)b->train.microbatches, b->mesh[0], b->mesh[1], b->mesh[2], ep, r->be->name,
          !b->bf16 ? "" : r->typed ? ", bf16 plan and storage" : ", bf16 plan (rounded, fp32 storage)",
          r->graphs ? ", CUDA graphs" : "");
-  printf("  memory planned per rank: %.1f MiB activations + %.1f MiB weights, gradients and Adam%s | data %s "
-         "(%lld tokens)\n", b->slots * rt_slot_bytes(r) * mib, state * mib, b->ncasts ? " (and bf16 copies)" : "",
+  double fr, total;
+  char dev[160] = "", name[100], z[2][32];
+  if (r->be->memory && r->be->memory(&fr, &total, name, sizeof name))   /* (the plan's allocations made) */
+    snprintf(dev, sizeof dev, " | %s: %s free of %s", name, rt_bytes(z[0], fr), rt_bytes(z[1], total));
+  printf("  memory planned per rank: %.1f MiB activations + %.1f MiB weights, gradients and Adam%s%s | data %s "
+         "(%lld tokens)\n", b->slots * rt_slot_bytes(r) * mib, state * mib, b->ncasts ? " (and bf16 copies)" : "", dev,
          L->d->path, (long long)L->d->ntok);
   double jit;
   bool cold, saved;

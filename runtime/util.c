@@ -42,6 +42,12 @@ double rt_now(void) {
   return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+const char *rt_bytes(char buf[32], double bytes) {
+  if (bytes < (double)(1 << 30)) snprintf(buf, 32, "%.1f MiB", bytes / (1 << 20));
+  else snprintf(buf, 32, "%.2f GiB", bytes / (1 << 30));
+  return buf;
+}
+
 uint64_t rt_fnv1a(const void *p, size_t n, uint64_t h) {
   const unsigned char *c = p;
   for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * 0x100000001b3ULL;

@@ -88,6 +88,7 @@ struct CUevent_st {
 static struct CUctx_st the_ctx;
 static EmuAlloc *allocs;
 static int nallocs, check_orders, all_fibers, lazy, skew;
+static size_t dev_total = (size_t)80 << 30, dev_used;   /* LMC_CUDA_EMU_MEMORY=MiB sets the total */
 static struct CUstream_st **streams;   /* in creation order; after them the destroyed ones (graves) */
 static int nstreams, graves;
 static int flush(struct CUstream_st *s, uint64_t upto);
@@ -164,6 +165,14 @@ CUresult cuInit(unsigned flags) {
     const char *z = getenv("LMC_CUDA_EMU_STREAMS");
     skew = z && !strcmp(z, "skew");
     lazy = (z && !strcmp(z, "lazy")) || skew;
+    const char *m = getenv("LMC_CUDA_EMU_MEMORY");
+    if (m && *m) {
+      char *end;
+      long long mib = strtoll(m, &end, 10);
+      if (*end || mib < 1 || mib > (1 << 24))
+        return emu_fail(CUDA_ERROR_INVALID_VALUE, "LMC_CUDA_EMU_MEMORY=%s: it takes the device's MiB, 1 to 16777216", m);
+      dev_total = (size_t)mib << 20;
+    }
     done = 1;
   }
   return CUDA_SUCCESS;
@@ -182,7 +191,7 @@ CUresult cuDeviceGetName(char *name, int len, CUdevice d) {
   return CUDA_SUCCESS;
 }
 
-CUresult cuDeviceTotalMem(size_t *bytes, CUdevice d) { return *bytes = (size_t)80 << 30, CUDA_SUCCESS; }
+CUresult cuDeviceTotalMem(size_t *bytes, CUdevice d) { return *bytes = dev_total, CUDA_SUCCESS; }
 
 CUresult cuDeviceGetAttribute(int *v, CUdevice_attribute a, CUdevice d) {
   switch (a) {
@@ -268,6 +277,7 @@ static CUresult check_canaries(const char *kernel) {
 
 CUresult cuMemAlloc(CUdeviceptr *p, size_t bytes) {
   if (!bytes) return emu_fail(CUDA_ERROR_INVALID_VALUE, "cuMemAlloc of 0 bytes");
+  if (bytes > dev_total - dev_used) return CUDA_ERROR_OUT_OF_MEMORY;   /* as a GPU: said by the caller */
   size_t body = (bytes + PAGE - 1) / PAGE * PAGE + (bytes % PAGE == 0 ? PAGE : 0);   /* room for a canary */
   size_t map_size = body + 2 * PAGE;
   unsigned char *m = mmap(NULL, map_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -279,6 +289,7 @@ CUresult cuMemAlloc(CUdeviceptr *p, size_t bytes) {
   allocs = grown;
   EmuAlloc *x = &allocs[nallocs++];
   *x = (EmuAlloc){m + PAGE, m, bytes, map_size, NULL, NULL, NULL};
+  dev_used += bytes;
   memset(x->base, 0xff, bytes);
   memset(x->base + bytes, CANARY, body - bytes);
   *p = (CUdeviceptr)(uintptr_t)x->base;
@@ -291,6 +302,7 @@ CUresult cuMemFree(CUdeviceptr p) {
   for (int i = 0; i < nallocs; i++)
     if (allocs[i].base == (unsigned char *)(uintptr_t)p) {
       munmap(allocs[i].map, allocs[i].map_size);
+      dev_used -= allocs[i].size;
       if (allocs[i].page_state) {
         munmap(allocs[i].orig, body_of(&allocs[i])), munmap(allocs[i].after, body_of(&allocs[i]));
         free(allocs[i].page_state);
@@ -302,7 +314,7 @@ CUresult cuMemFree(CUdeviceptr p) {
 }
 
 CUresult cuMemGetInfo(size_t *free_b, size_t *total) {
-  *free_b = (size_t)64 << 30, *total = (size_t)80 << 30;
+  *free_b = dev_total - dev_used, *total = dev_total;
   return CUDA_SUCCESS;
 }
 

@@ -76,6 +76,17 @@ bad_knob LMC_GEMM_BACKWARD_EPILOGUES=yes "0 (the GEMM, then kernels) or 1"
 bad_knob LMC_SIDE_STREAM=2 "0 (every GEMM on one stream) or 1 (weight gradients beside)"
 bad_knob LMC_JIT_THREADS=0 "a count of threads from 1 to 64 (NVRTC programs compiled at once)"
 bad_knob LMC_JIT_THREADS=all "a count of threads from 1 to 64 (NVRTC programs compiled at once)"
+# a GPU without room (the emulator's LMC_CUDA_EMU_MEMORY, in MiB): for the
+# plan, said before anything of it is allocated (65 MiB: the two GEMM
+# workspaces' 64 and 1 for a 2.2 MiB plan); for any other allocation (16
+# MiB: the first workspace's 32)
+MSG="the plan needs 2.2 MiB of device memory on rank 0 (activations 0.3 MiB: 1 microbatch slot; weights, gradients and Adam 1.9 MiB) and lmc emulated CUDA device has 1.0 MiB free of 65.0 MiB: lower the batch or seq, raise microbatches, store activations in bf16 (--set precision=bf16) or split the model (tp, pp); \`lmc SPEC --plan N --plan-mem GIB\` lists the layouts of N ranks that fit" \
+  expect_error env LMC_CUDA_EMU_MEMORY=65 "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
+MSG="out of GPU memory: 32.0 MiB more asked for, with 0.0 MiB allocated by this rank; lmc emulated CUDA device has 16.0 MiB free of 16.0 MiB (lower the batch, raise microbatches or split the model; \`lmc SPEC --plan N --plan-mem GIB\` lists the layouts that fit)" \
+  expect_error env LMC_CUDA_EMU_MEMORY=16 "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
+MSG="the CUDA backend is not available: the CUDA driver did not start: LMC_CUDA_EMU_MEMORY=lots: it takes the device's MiB, 1 to 16777216" \
+  expect_error env LMC_CUDA_EMU_MEMORY=lots "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
+
 # a kernels.cu that does not compile: which file, for what, which of the
 # programs compiled at once, and the compiler's own words
 cp -r "$WORK/b" "$WORK/badk" && echo '#error planted in kernels.cu' >> "$WORK/badk/kernels.cu"
