@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,7 +119,51 @@ static struct {
   double slow;               /* $LMC_CKPT_SLOW_DISK: seconds each write waits first, as on a slow disk (tests) */
   unsigned char *kept;       /* the shards' host memory, kept from save to save (ckpt_release frees it) */
   size_t kept_cap;
+  pthread_t toucher;         /* ckpt_reserve's thread, making kept before the first save */
+  bool touching;
 } sv;
+
+/* The bytes of this rank's shard: its parameters' weights and moments, a
+ * header of hl bytes, the magic, its length and the checksum. */
+static size_t shard_bytes(Run *r, size_t hl) {
+  size_t n = 8 + 4 + hl + 8;
+  for (int p = 0; p < r->b->nparams; p++)
+    if (writes(r->b, &r->b->params[p])) n += 3 * (size_t)r->b->params[p].local * r->be->elem;
+  return n;
+}
+
+/* The saves' threads run on the cores training leaves idle, alone (on
+ * the CPU backend, a writer beside training's OpenMP threads made each
+ * step 4x slower while it ran). */
+static void idle_only(void) {
+  struct sched_param none = {0};
+  pthread_setschedparam(pthread_self(), SCHED_IDLE, &none);
+}
+
+static void *touch(void *arg) {
+  idle_only();
+  for (size_t i = 0; i < sv.kept_cap; i += 4096) sv.kept[i] = 0;
+  return arg;
+}
+
+/* The first save's host memory made and touched by a thread while the
+ * first steps run (first touches of GPT-2's 1.4 GiB took 2 to 5 s of the
+ * first save's pause on this project's VM). */
+void ckpt_reserve(Run *r) {
+  if (sv.kept || r->b->coord[AXIS_DP] != 0) return;
+  CkptInfo big = {.step = INT64_MAX, .seed = UINT64_MAX, .data_ntok = INT64_MAX};
+  memset(big.data, 'x', sizeof big.data - 1);
+  char *h = header(r, &big);
+  size_t n = shard_bytes(r, strlen(h));
+  free(h);
+  if (!(sv.kept = malloc(n))) return;   /* the save asks again, and says so if it cannot */
+  sv.kept_cap = n;
+  sv.touching = pthread_create(&sv.toucher, NULL, touch, NULL) == 0;
+}
+
+static void touched(void) {
+  if (sv.touching) pthread_join(sv.toucher, NULL), sv.touching = false;
+}
 
 /* This rank's shard in host memory, its checksum's 8 bytes left for the
  * writer: the backend's reals copied as they are (the file's dtype is
@@ -128,9 +173,8 @@ static void shard(Run *r, const CkptInfo *info, Buf *buf) {
   int elem = r->be->elem;
   char *h = header(r, info);
   uint32_t hl = (uint32_t)strlen(h);
-  buf->cap = 8 + 4 + hl + 8;
-  for (int p = 0; p < b->nparams; p++)
-    if (writes(b, &b->params[p])) buf->cap += 3 * (size_t)b->params[p].local * elem;
+  buf->cap = shard_bytes(r, hl);
+  touched();
   if (buf->cap > sv.kept_cap) {   /* the host memory of an earlier save is kept: first touches cost */
     free(sv.kept), sv.kept_cap = 0;
     if (!(sv.kept = malloc(buf->cap))) rt_die("out of memory writing a checkpoint (%zu bytes)", buf->cap);
@@ -176,6 +220,7 @@ static void install(const char *tmp, const char *final) {
 
 static void *write_shard(void *arg) {
   (void)arg;
+  idle_only();
   double t = rt_now();
   if (sv.slow > 0) usleep((useconds_t)(sv.slow * 1e6));
   uint64_t sum = rt_fnv1a(sv.buf.p, sv.buf.n - 8, 0xcbf29ce484222325ULL);
@@ -264,6 +309,7 @@ int64_t ckpt_settle(Run *r, bool wait, CkptTimes *t) {
 }
 
 void ckpt_release(void) {
+  touched();
   if (!sv.on) free(sv.kept), sv.kept = NULL, sv.kept_cap = 0;
 }
 

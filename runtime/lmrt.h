@@ -424,7 +424,8 @@ typedef struct CkptTimes {
 } CkptTimes;
 void ckpt_save(Run *r, const char *dir, const CkptInfo *info);
 int64_t ckpt_settle(Run *r, bool wait, CkptTimes *t);
-void ckpt_release(void);   /* the host memory kept for the next save (none in flight) */
+void ckpt_reserve(Run *r);   /* the first save's host memory, made beside the first steps */
+void ckpt_release(void);     /* the host memory kept for the next save (none in flight) */
 void ckpt_load(Run *r, const char *path, CkptInfo *info);
 void ckpt_prune(const char *dir, int64_t keep);   /* rank 0: all but the newest keep */
 void ckpt_abandon(void);                  /* after a caught load error: free what the load held */

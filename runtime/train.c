@@ -377,6 +377,7 @@ int train_run(Run *r, TrainOpts *o) {
   L.tty = !o->quiet && isatty(fileno(stdout));
   L.best_val = L.last_val = NAN;
   if (!o->quiet) banner(&L);
+  if (o->save_interval > 0) ckpt_reserve(r);
   L.t0 = rt_now();
   for (int64_t step = L.start; step < L.max_steps; step++) {
     double t = rt_now(), norm = 0, lr = lr_at(&b->train, L.steps, step);
