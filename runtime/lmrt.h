@@ -25,6 +25,7 @@ extern void (*rt_die_first)(void);              /* before that: puts a checkpoin
 void *rt_xmalloc(size_t n);
 double rt_now(void);
 const char *rt_bytes(char buf[32], double bytes);   /* "712.0 MiB", "46.41 GiB" */
+double rt_peak_tflops(const char *device);           /* a GPU's dense bf16 peak by its name; 0: unknown */
 uint64_t rt_fnv1a(const void *p, size_t n, uint64_t h);
 int rt_mkdirs(const char *path);     /* mkdir -p */
 

@@ -48,6 +48,18 @@ const char *rt_bytes(char buf[32], double bytes) {
   return buf;
 }
 
+/* A GPU's dense bf16 peak in TFLOP/s, by the name its driver gives (the
+ * vendor's data sheets; the first match counts); 0 when unknown. */
+double rt_peak_tflops(const char *device) {
+  static const struct { const char *name; double tflops; } peaks[] = {
+      {"GH200", 989}, {"H200", 989}, {"H100 PCIe", 756}, {"H100 NVL", 835}, {"H100", 989}, {"H800", 989},
+      {"B200", 2250}, {"B100", 1750}, {"A100", 312}, {"A800", 312}, {"L40S", 362}, {"L40", 181}, {"A10G", 70},
+  };
+  for (size_t i = 0; device && i < sizeof peaks / sizeof *peaks; i++)
+    if (strstr(device, peaks[i].name)) return peaks[i].tflops;
+  return 0;
+}
+
 uint64_t rt_fnv1a(const void *p, size_t n, uint64_t h) {
   const unsigned char *c = p;
   for (size_t i = 0; i < n; i++) h = (h ^ c[i]) * 0x100000001b3ULL;

@@ -311,5 +311,17 @@ print("%s profile by device events: %d ops, shares add to %.1f%%" % ("ok  " if o
 sys.exit(0 if ok else 1)
 PY
 fi
+# the banner names the GPU and its free memory, and where the name is known
+# the progress line shows MFU against that GPU's dense bf16 peak
+LMC_CUDA_EMU_NAME="NVIDIA H100 PCIe" "$LMRUN" "$WORK/llama" --data "$DATA" --backend cuda-emu --max-steps 1 \
+  --save-interval 0 --eval-interval 0 --out "$WORK/mfu" >"$WORK/mfu.out" 2>&1 || fail "lmrun as an H100 PCIe failed"
+grep -q "| NVIDIA H100 PCIe: [0-9.]* GiB free of 80.00 GiB |" "$WORK/mfu.out" &&
+  grep -qx "  MFU against 756 TFLOP/s, the NVIDIA H100 PCIe's dense bf16 peak (--peak-tflops X to set another)" "$WORK/mfu.out" &&
+  grep -q "^step     1/1 | .* TFLOP/s (MFU 0.0%) | " "$WORK/mfu.out" || { cat "$WORK/mfu.out"; fail "no MFU against an H100 PCIe's peak"; }
+"$LMRUN" "$WORK/llama" --data "$DATA" --backend cuda-emu --max-steps 1 --save-interval 0 --eval-interval 0 \
+  --out "$WORK/mfu" >"$WORK/mfu.out" 2>&1 || fail "lmrun on the emulated device failed"
+grep -q "MFU" "$WORK/mfu.out" && { cat "$WORK/mfu.out"; fail "MFU against a GPU of no known peak"; }
+echo "ok   MFU against a GPU's known peak, by its name; none for an unknown one"
+ran=$((ran + 1))
 [ $status = 0 ] && echo "$ran passed, 0 failed" || echo "failed"
 exit $status
