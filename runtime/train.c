@@ -358,7 +358,7 @@ int train_run(Run *r, TrainOpts *o) {
   if (b->rank != 0) o->quiet = true;
   L.d = data_load(o->data ? o->data : b->train.data, b->vocab, b->train.val_fraction, b->T + 1);
   data_identity(L.d, &L.data_id);
-  rt_init_params(r, L.seed);
+  if (!o->resume) rt_init_params(r, L.seed);   /* a resume loads every parameter this rank holds, and Adam's moments */
   if (o->init_hf && o->resume) rt_die("--init-hf starts a run; --resume continues one: give one of them");
   if (o->init_hf) {
     hf_import(r, o->init_hf);
