@@ -50,6 +50,86 @@ static void check_room(Run *r) {
          rt_bytes(z[2], state), name, rt_bytes(z[3], fr), rt_bytes(z[4], total));
 }
 
+/* The first backward pass of a step (bwd_first, for microbatch
+ * first_mb): each gradient's first write in program order sets it where
+ * the program adds to it, so those need no zeros first (GPT-2 124M: 0.5
+ * GB of memset a step, all but 38,400 reals of it). A gradient read
+ * before it is written, first touched by a generated kernel (whose
+ * members keep their flags) or by a collective, and the region's gaps are
+ * zeroed as before (the ranges in zero). Where another microbatch's
+ * backward runs before the first's is done, every step zeroes all. */
+static void plan_first_writes(Run *r) {
+  Bundle *b = r->b;
+  r->first_mb = -1;
+  bool others = false;   /* another microbatch's backward before the first's is done: */
+  for (int i = 0; i < b->nactions; i++)
+    if (b->actions[i].kind == A_RUN_BWD && r->first_mb < 0) r->first_mb = b->actions[i].mb;
+    else if (b->actions[i].kind == A_RUN_BWD && b->actions[i].mb != r->first_mb) others = true;
+    else if (b->actions[i].kind == A_RUN_BWD && others) return;   /* it would add to what the first sets later */
+  if (r->first_mb < 0 || !b->region[R_GRAD]) return;
+  r->bwd_first = rt_xmalloc((b->nbwd + 1) * sizeof *r->bwd_first);
+  memcpy(r->bwd_first, b->bwd, b->nbwd * sizeof *b->bwd);
+  char *seen = rt_xmalloc(b->nvals), *set = rt_xmalloc(b->nvals);
+  for (int i = 0; i < b->nbwd; i++) {
+    RtInst *x = &r->bwd_first[i];
+    for (int k = 0; k < x->nbody; k++)   /* a generated kernel's values: touched, never set */
+      for (int j = 0; j < 3 + RT_MAX_IN; j++) {
+        int v = j < 3 ? x->body[k].out[j] : x->body[k].in[j - 3];
+        if (v >= 0) seen[v] = 1;
+      }
+    for (int j = 0; j < RT_MAX_IN; j++)
+      if (x->in[j] >= 0) seen[x->in[j]] = 1;
+    for (int j = 0; j < 3; j++) {
+      int v = x->out[j];
+      if (v < 0 || seen[v] || b->vals[v].region != R_GRAD) continue;
+      seen[v] = 1;
+      if (x->acc[j] && x->op != OP_ALLREDUCE) x->acc[j] = false, set[v] = 1;
+    }
+  }
+  char *covered = rt_xmalloc(b->region[R_GRAD] + 1);   /* per real: set by the first backward */
+  for (int v = 0; v < b->nvals; v++)
+    if (set[v]) memset(covered + b->vals[v].off, 1, b->vals[v].n);
+  for (int64_t at = 0; at < b->region[R_GRAD];) {
+    int64_t end = at;
+    while (end < b->region[R_GRAD] && covered[end] == covered[at]) end++;
+    if (!covered[at]) {
+      r->zero = realloc(r->zero, (r->nzero + 1) * sizeof *r->zero);
+      if (!r->zero) rt_die("out of memory");
+      r->zero[r->nzero][0] = at, r->zero[r->nzero++][1] = end - at;
+    }
+    at = end;
+  }
+  free(seen), free(set), free(covered);
+  const char *p = getenv("LMC_POISON_GRADS");
+  r->poison = p && *p && strcmp(p, "0");
+}
+
+/* A step's zeros: the gradients its first backward pass does not set (all
+ * of them without one), and the state values. Under $LMC_POISON_GRADS the
+ * rest are NaN, so that a gradient not wholly set shows in the loss. */
+static void zero_step(Run *r) {
+  Bundle *b = r->b;
+  if (!r->bwd_first) {
+    rt_zero_grads(r);
+    return;
+  }
+  for (int i = 0; i < r->nzero; i++)
+    r->be->zero((char *)r->region[R_GRAD] + r->zero[i][0] * r->be->elem, r->zero[i][1]);
+  r->be->zero(r->region[R_STATE], b->region[R_STATE]);
+  if (!r->poison) return;
+  enum { CHUNK = 1 << 16 };
+  double *nan = rt_xmalloc(CHUNK * sizeof(double));
+  for (int i = 0; i < CHUNK; i++) nan[i] = NAN;
+  int64_t at = 0;   /* the gaps between the zeroed ranges */
+  for (int i = 0; i <= r->nzero; i++) {
+    int64_t upto = i < r->nzero ? r->zero[i][0] : b->region[R_GRAD];
+    for (int64_t c = at; c < upto; c += CHUNK)
+      r->be->upload((char *)r->region[R_GRAD] + c * r->be->elem, nan, upto - c < CHUNK ? upto - c : CHUNK);
+    if (i < r->nzero) at = r->zero[i][0] + r->zero[i][1];
+  }
+  free(nan);
+}
+
 Run *rt_new(Bundle *b, Backend *be) {
   Run *r = rt_xmalloc(sizeof(Run));
   r->b = b, r->be = be;
@@ -81,6 +161,7 @@ Run *rt_new(Bundle *b, Backend *be) {
     if (x->op == OP_ALLREDUCE && r->typed && b->vals[x->out[0]].bf16 && b->vals[x->out[0]].n > ar) ar = b->vals[x->out[0]].n;
   }
   if (ar) r->wide_ar = be->alloc(ar * be->elem);
+  plan_first_writes(r);
   return r;
 }
 
@@ -116,7 +197,7 @@ void rt_free(Run *r) {
   if (r->wide_ar) r->be->release(r->wide_ar);
   for (int64_t i = 0; r->routes && i < r->b->train.microbatches * r->b->nfwd; i++) free(r->routes[i]);
   free(r->routes);
-  free(r->ptr), free(r->inputs), free(r->slot_mb), free(r->side), free(r);
+  free(r->ptr), free(r->inputs), free(r->slot_mb), free(r->side), free(r->bwd_first), free(r->zero), free(r);
 }
 
 /* The index in the whole parameter of element i of this rank's part:
@@ -295,7 +376,7 @@ static RunGraph *graph_of(Run *r, const RtInst *prog, int slot, int from, int to
  * scratch buffers), and later runs replay it. Profiling and tracing time
  * each op, so they run the ops. */
 static void run_program(Run *r, const RtInst *prog, int from, int to, int slot) {
-  if (!r->graphs || r->op_time || r->trace || (prog != r->b->fwd && prog != r->b->bwd)) {
+  if (!r->graphs || r->op_time || r->trace || (prog != r->b->fwd && prog != r->b->bwd && prog != r->bwd_first)) {
     run_ops(r, prog + from, to - from, slot);
     side_join(r);
     return;
@@ -426,6 +507,8 @@ static int inst_key(Run *r, const RtInst *x, int kind) {
   if (!r->inst_time) return kind;
   if (x >= b->fwd && x < b->fwd + b->nfwd) return NUM_OPS + 1 + (int)(x - b->fwd);
   if (x >= b->bwd && x < b->bwd + b->nbwd) return NUM_OPS + 1 + b->nfwd + (int)(x - b->bwd);
+  if (r->bwd_first && x >= r->bwd_first && x < r->bwd_first + b->nbwd)
+    return NUM_OPS + 1 + b->nfwd + (int)(x - r->bwd_first);
   return kind;
 }
 
@@ -478,7 +561,7 @@ static void run_ops(Run *r, const RtInst *prog, int n, int slot) {
     if (r->trace) {
       char args[96];
       snprintf(args, sizeof args, "\"microbatch\":%d,\"n\":%lld", r->slot_mb ? r->slot_mb[slot] : 0, (long long)x->n);
-      trace(r, rt_op_names[kind], prog == r->b->bwd ? "backward" : "forward", x->op == OP_ALLREDUCE, t, args);
+      trace(r, rt_op_names[kind], prog == r->b->bwd || prog == r->bwd_first ? "backward" : "forward", x->op == OP_ALLREDUCE, t, args);
     }
   }
 }
@@ -606,7 +689,7 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
   for (int i = 0; i < n; i++) {
     const Action *a = &list[i];
     switch (a->kind) {
-    case A_ZERO_GRADS: rt_zero_grads(r); break;
+    case A_ZERO_GRADS: zero_step(r); break;
     case A_ZERO_STATE: r->be->zero(r->region[R_STATE], b->region[R_STATE]); break;
     case A_LOAD:
       r->be->wait_sends(slot_of(b, a));    /* the slot's last sends must be done */
@@ -620,7 +703,7 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
       if (list == b->evals) free_slot(r, slot_of(b, a));   /* no backward follows */
       break;
     case A_RUN_BWD:   /* the whole program, or a segment; the slot is free after its last */
-      run_program(r, b->bwd, a->from, a->to, slot_of(b, a));
+      run_program(r, a->mb == r->first_mb && r->bwd_first ? r->bwd_first : b->bwd, a->from, a->to, slot_of(b, a));
       if (a->to == b->nbwd) free_slot(r, slot_of(b, a));
       break;
     case A_WAIT:

@@ -364,6 +364,15 @@ typedef struct Run {
   void *wide_ar;           /* the same for the all-reduces inside the programs: made once, as graphs record it */
   struct Span *side;       /* what the weight gradients' GEMMs on the backend's second stream read and write, */
   int nside, cap_side;     /* not yet joined (exec.c's run_ops) */
+  /* a step's first backward pass writes each gradient it makes first
+   * instead of adding it to zeros: the backward program with those
+   * writes' accumulate flags off, the microbatch it runs for, and what a
+   * step must still zero (the rest of the gradients' region), in reals */
+  RtInst *bwd_first;
+  int64_t first_mb;
+  int64_t (*zero)[2];
+  int nzero;
+  bool poison;             /* $LMC_POISON_GRADS: NaN where zeros were skipped (tests) */
 } Run;
 
 Run *rt_new(Bundle *b, Backend *be);
