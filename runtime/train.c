@@ -6,6 +6,7 @@
  * the planned steps, so stopping early and resuming changes nothing. */
 #include "lmrt.h"
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -225,6 +226,31 @@ static void settle(Loop *L, bool wait) {
            t.write_s);
 }
 
+/* SIGTERM (a scheduler's notice before it ends a job) or SIGINT (^C):
+ * the step under way finishes, a checkpoint of it is saved and the run
+ * ends with 128 + the signal's number; a second one ends it at once. */
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop(int sig) {
+  stop_signal = sig;
+  signal(sig, SIG_DFL);
+}
+
+static void catch_stops(void) {
+  struct sigaction sa = {0};
+  sa.sa_handler = on_stop;
+  sa.sa_flags = SA_RESTART;   /* the metrics' writes and the waits go on */
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL), sigaction(SIGINT, &sa, NULL);
+}
+
+/* Whether to stop after this step: every rank's answer (any rank's signal). */
+static int stop_now(Loop *L) {
+  int sig = stop_signal;
+  if (L->r->b->world == 1 || sig) return L->r->b->world > 1 ? (comm_all(false), sig) : sig;
+  return comm_all(true) ? 0 : SIGTERM;   /* another rank's */
+}
+
 /* Every rank takes part: each pipeline stage copies out its shard, which
  * a thread writes while the next steps run. */
 static void save(Loop *L, int64_t step) {
@@ -388,6 +414,8 @@ int train_run(Run *r, TrainOpts *o) {
   if (!o->quiet) banner(&L);
   if (o->save_interval > 0) ckpt_reserve(r);
   L.t0 = rt_now();
+  catch_stops();
+  int stop = 0;
   for (int64_t step = L.start; step < L.max_steps; step++) {
     double t = rt_now(), norm = 0, lr = lr_at(&b->train, L.steps, step);
     data_train_batch(L.d, L.seed, step, b->train.batch, b->T, L.rows);
@@ -402,7 +430,17 @@ int train_run(Run *r, TrainOpts *o) {
     log_step(&L, step + 1, loss, lr, norm, rt_now() - t);
     bool last = step + 1 == L.max_steps;
     if (o->eval_interval > 0 && ((step + 1) % o->eval_interval == 0 || last)) eval_and_log(&L, step + 1);
-    if (o->save_interval > 0 && ((step + 1) % o->save_interval == 0 || last)) save(&L, step + 1);
+    bool saving = o->save_interval > 0 && ((step + 1) % o->save_interval == 0 || last);
+    if (!last && (stop = stop_now(&L))) {   /* (checkpoints off: none) */
+      if (o->save_interval > 0) save(&L, step + 1), settle(&L, true);
+      L.max_steps = step + 1;
+      if (!o->quiet)
+        printf("%sstopped by %s after step %lld%s%s%s\n", L.tty ? "\r\033[K" : "", stop == SIGINT ? "SIGINT" : "SIGTERM",
+               (long long)step + 1, L.last_saved == step + 1 ? "; to go on: --resume " : "",
+               L.last_saved == step + 1 ? L.ckpt_dir : "", L.last_saved == step + 1 ? "/latest" : "");
+      break;
+    }
+    if (saving) save(&L, step + 1);
   }
   settle(&L, true);
   ckpt_release();
@@ -415,5 +453,5 @@ int train_run(Run *r, TrainOpts *o) {
   }
   free(L.rows), free(L.moe);
   data_free(L.d);
-  return 0;
+  return stop ? 128 + stop : 0;
 }

@@ -5,7 +5,9 @@
 # Saves are written beside training: on a slow disk (LMC_CKPT_SLOW_DISK)
 # the steps after a save run before it is in place, the bytes are those
 # of a save on a fast one (one rank and two), and an error that ends the
-# run puts a save in flight in place first.
+# run puts a save in flight in place first. SIGTERM (one rank's, under
+# mpirun too) ends a run after the step under way, with its checkpoint
+# saved, exit status 143, and a resume from it goes on as the run would have.
 BIN=$1 SRC=$2
 . "$SRC/tests/e2e/common.sh"
 need_data
@@ -88,4 +90,51 @@ for s in 2 4; do
 done
 grep -q "saved $WORK/ppslow/ckpt/step_00000004 (" "$WORK/out" || { cat "$WORK/out"; fail "pp 2: no saved line"; }
 echo "ok   pp 2, rank 1 on a slow disk: the same shards"
-echo "9 passed, 0 failed"
+# SIGTERM: the step under way finishes and is saved; the resume goes on to
+# the same bits as a run never stopped
+"$LMC" "$SRC/models/tiny.lm" -q -o "$WORK/long" --set D=64 --set H=4 --set G=2 --set F=172 --set L=2 --set batch=8 \
+  --set seq=64 --set eval_every=0 --set steps=100000
+stop_after() {   # stop_after PID METRICS: SIGTERM once 5 steps are logged
+  for _ in $(seq 600); do
+    [ "$(grep -c '"loss"' "$2" 2>/dev/null || true)" -ge 5 ] && break
+    sleep 0.1
+  done
+  kill -TERM "$1"
+}
+"$LMRUN" "$WORK/long" --data "$DATA" --save-interval 1000 --out "$WORK/term" >"$WORK/out" 2>&1 &
+pid=$!
+stop_after $pid "$WORK/term/metrics.jsonl"
+set +e
+wait $pid
+rc=$?
+set -e
+n=$(grep -c '"loss"' "$WORK/term/metrics.jsonl")
+grep -qx "stopped by SIGTERM after step $n; to go on: --resume $WORK/term/ckpt/latest" "$WORK/out" && [ $rc -eq 143 ] &&
+  [ "$(readlink "$WORK/term/ckpt/latest")" = "$(printf step_%08d "$n")" ] || { cat "$WORK/out"; fail "SIGTERM: exit $rc"; }
+"$LMRUN" "$WORK/long" --data "$DATA" --quiet --resume "$WORK/term/ckpt/latest" --max-steps $((n + 2)) --out "$WORK/term"
+"$LMRUN" "$WORK/long" --data "$DATA" --quiet --max-steps $((n + 2)) --save-interval 0 --out "$WORK/straight"
+grep '"loss"' "$WORK/straight/metrics.jsonl" | sed 's/,"ms":[0-9.]*//' > "$WORK/a"
+grep '"loss"' "$WORK/term/metrics.jsonl" | sed 's/,"ms":[0-9.]*//' > "$WORK/b"
+cmp -s "$WORK/a" "$WORK/b" || { diff "$WORK/a" "$WORK/b" | head; fail "SIGTERM: the resumed run parts from the straight one"; }
+echo "ok   SIGTERM after step $n: saved, exit 143; resumed, the same $((n + 2)) steps as a straight run"
+
+# under mpirun, one rank's SIGTERM stops both stages after the same step
+"$LMC" "$SRC/models/tiny.lm" -q -o "$WORK/longpp" --set D=64 --set H=4 --set G=2 --set F=172 --set L=2 --set batch=8 \
+  --set seq=64 --set eval_every=0 --set steps=100000 --set pp=2
+$MPIRUN -np 2 "$LMRUN" "$WORK/longpp" --data "$DATA" --save-interval 1000 --comm-timeout 20 --out "$WORK/termpp" \
+  >"$WORK/out" 2>&1 &
+pid=$!
+for _ in $(seq 600); do
+  [ "$(grep -c '"loss"' "$WORK/termpp/metrics.jsonl" 2>/dev/null || true)" -ge 5 ] && break
+  sleep 0.1
+done
+kill -TERM "$(pgrep -f "lmrun $WORK/longpp" | tail -1)"
+set +e
+wait $pid
+set -e
+n=$(grep -c '"loss"' "$WORK/termpp/metrics.jsonl")
+grep -q "stopped by SIGTERM after step $n; to go on: --resume $WORK/termpp/ckpt/latest" "$WORK/out" &&
+  [ -f "$WORK/termpp/ckpt/$(printf step_%08d "$n")/rank0.ckpt" ] && [ -f "$WORK/termpp/ckpt/$(printf step_%08d "$n")/rank1.ckpt" ] ||
+  { cat "$WORK/out"; ls -R "$WORK/termpp/ckpt"; fail "SIGTERM to one rank of two"; }
+echo "ok   SIGTERM to one rank of pp 2 after step $n: both stages saved it"
+echo "11 passed, 0 failed"
