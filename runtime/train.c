@@ -247,8 +247,9 @@ static void catch_stops(void) {
 /* Whether to stop after this step: every rank's answer (any rank's signal). */
 static int stop_now(Loop *L) {
   int sig = stop_signal;
-  if (L->r->b->world == 1 || sig) return L->r->b->world > 1 ? (comm_all(false), sig) : sig;
-  return comm_all(true) ? 0 : SIGTERM;   /* another rank's */
+  if (L->r->b->world == 1) return sig;
+  bool none = comm_all(!sig);               /* the same verdict on every rank */
+  return none ? 0 : sig ? sig : SIGTERM;    /* (SIGTERM: another rank's) */
 }
 
 /* Every rank takes part: each pipeline stage copies out its shard, which
@@ -258,6 +259,16 @@ static void save(Loop *L, int64_t step) {
   info.step = step, info.seed = L->seed;
   settle(L, true);
   ckpt_save(L->r, L->ckpt_dir, &info);
+}
+
+/* Stopped by sig after step: saved (unless checkpoints are off) and said. */
+static void stop_here(Loop *L, int sig, int64_t step) {
+  if (L->o->save_interval > 0) save(L, step), settle(L, true);
+  L->max_steps = step;
+  if (L->o->quiet) return;
+  printf("%sstopped by %s after step %lld", L->tty ? "\r\033[K" : "", sig == SIGINT ? "SIGINT" : "SIGTERM", (long long)step);
+  if (L->last_saved == step) printf("; to go on: --resume %s/latest", L->ckpt_dir);
+  printf("\n");
 }
 
 /* A resume on other data than the checkpoint's trained on is allowed
@@ -431,13 +442,8 @@ int train_run(Run *r, TrainOpts *o) {
     bool last = step + 1 == L.max_steps;
     if (o->eval_interval > 0 && ((step + 1) % o->eval_interval == 0 || last)) eval_and_log(&L, step + 1);
     bool saving = o->save_interval > 0 && ((step + 1) % o->save_interval == 0 || last);
-    if (!last && (stop = stop_now(&L))) {   /* (checkpoints off: none) */
-      if (o->save_interval > 0) save(&L, step + 1), settle(&L, true);
-      L.max_steps = step + 1;
-      if (!o->quiet)
-        printf("%sstopped by %s after step %lld%s%s%s\n", L.tty ? "\r\033[K" : "", stop == SIGINT ? "SIGINT" : "SIGTERM",
-               (long long)step + 1, L.last_saved == step + 1 ? "; to go on: --resume " : "",
-               L.last_saved == step + 1 ? L.ckpt_dir : "", L.last_saved == step + 1 ? "/latest" : "");
+    if (!last && (stop = stop_now(&L))) {
+      stop_here(&L, stop, step + 1);
       break;
     }
     if (saving) save(&L, step + 1);
