@@ -589,6 +589,11 @@ static void cuda_upload(void *dst, const double *src, int64_t n) {
 
 static void cuda_read(void *dst, const void *src, int64_t n) { CK(cu.dtoh(dst, dptr(src), n * sizeof(float))); }
 
+static void cuda_write(void *dst, const void *src, int64_t n) {
+  forget_counts(dptr(dst));
+  CK(cu.htod(dptr(dst), src, n * sizeof(float)));
+}
+
 static void cuda_download(double *dst, const void *src, int64_t n) {
   float *h = rt_xmalloc(n * sizeof(float));
   cuda_read(h, src, n);
@@ -2689,7 +2694,7 @@ static bool cuda_graph_ok(const RtInst *x) {
 
 static Backend cuda = {
     .name = "cuda-f32", .elem = 4, .alloc = cuda_alloc, .release = cuda_release, .upload = cuda_upload,
-    .download = cuda_download, .read = cuda_read, .memory = cuda_memory, .zero = cuda_zero, .upload_ids = cuda_upload_ids, .run = cuda_run,
+    .download = cuda_download, .read = cuda_read, .write = cuda_write, .memory = cuda_memory, .zero = cuda_zero, .upload_ids = cuda_upload_ids, .run = cuda_run,
     .sumsq = cuda_sumsq, .adamw = cuda_adamw, .allreduce = cuda_allreduce, .allreduce_async = cuda_allreduce_async,
     .wait_allreduces = cuda_wait_allreduces, .send = cuda_send,
     .recv = cuda_recv, .wait_sends = cuda_wait_sends, .gemm_peak = cuda_gemm_peak, .sync = cuda_sync,

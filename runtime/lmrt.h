@@ -202,6 +202,7 @@ typedef struct Backend {
   void (*upload)(void *dst, const double *src, int64_t n);   /* host f64 -> real */
   void (*download)(double *dst, const void *src, int64_t n); /* real -> host f64 */
   void (*read)(void *dst, const void *src, int64_t n);       /* n reals as they are, to host memory */
+  void (*write)(void *dst, const void *src, int64_t n);      /* n reals as they are, from host memory */
   /* optional: the device's memory free and in all, in bytes, and its
    * name (false where it cannot say) */
   bool (*memory)(double *free_b, double *total, char *name, size_t n);
