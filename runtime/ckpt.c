@@ -1,10 +1,11 @@
 /* ckpt.c: checkpoints. A checkpoint is a folder, step_<N>/, of shards:
  * rank<R>.ckpt from each rank that holds a distinct part of the model (the
  * data parallel rank 0 of each pipeline stage). A shard is
- *   "LMCCKPT1", u32 header length, a text header (model, step, seed,
+ *   "LMCCKPT2", u32 header length, a text header (model, step, seed,
  *   dtype, the name and size of each parameter in it), then for each
  *   parameter its weights, Adam m and Adam v in the run's dtype, then a u64
- *   FNV-1a checksum of all the bytes before it.
+ *   checksum of all the bytes before it: their CRC-32 (format 1,
+ *   "LMCCKPT1", read as well: FNV-1a, 5x slower to check).
  * Parameters are whole tensors named as in the spec, so a checkpoint loads
  * into any layout: each rank reads every shard and takes what it holds.
  * A save copies each rank's shard to host memory between two steps, then a
@@ -26,8 +27,28 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
-#define MAGIC "LMCCKPT1"
+#define MAGIC "LMCCKPT2"    /* what a save writes: its last 8 bytes the CRC-32 (zlib's) of all before */
+#define MAGIC1 "LMCCKPT1"   /* read as well: the last 8 bytes FNV-1a's, byte by byte (0.85 GB/s here) */
+#define CRC_CHUNK ((size_t)64 << 20)
+
+/* The CRC-32 of n bytes: 64 MiB chunks on every core (threads: a load;
+ * the writer's thread runs alone), combined in order. */
+static uint64_t crc_of(const unsigned char *p, size_t n, bool threads) {
+  if (!threads) return crc32_z(0, p, n);
+  size_t chunks = (n + CRC_CHUNK - 1) / CRC_CHUNK;
+  uLong *c = rt_xmalloc((chunks + 1) * sizeof *c), sum = 0;
+  #pragma omp parallel for schedule(dynamic, 1)
+  for (size_t i = 0; i < chunks; i++) c[i] = crc32_z(0, p + i * CRC_CHUNK, i + 1 < chunks ? CRC_CHUNK : n - i * CRC_CHUNK);
+  for (size_t i = 0; i < chunks; i++) sum = crc32_combine(sum, c[i], i + 1 < chunks ? CRC_CHUNK : n - i * CRC_CHUNK);
+  free(c);
+  return sum;
+}
+
+uint64_t ckpt_checksum(const unsigned char *shard, size_t n) {
+  return !memcmp(shard, MAGIC1, 8) ? rt_fnv1a(shard, n - 8, 0xcbf29ce484222325ULL) : crc_of(shard, n - 8, true);
+}
 
 typedef struct Buf {
   unsigned char *p;
@@ -224,7 +245,7 @@ static void *write_shard(void *arg) {
   idle_only();
   double t = rt_now();
   if (sv.slow > 0) usleep((useconds_t)(sv.slow * 1e6));
-  uint64_t sum = rt_fnv1a(sv.buf.p, sv.buf.n - 8, 0xcbf29ce484222325ULL);
+  uint64_t sum = crc_of(sv.buf.p, sv.buf.n - 8, false);
   memcpy(sv.buf.p + sv.buf.n - 8, &sum, 8);
   sv.err = write_file(sv.path, &sv.buf);
   sv.write_s = rt_now() - t;
@@ -419,11 +440,11 @@ static unsigned char *read_shard(const char *path, size_t *len, char **hdr) {
   pending.buf = buf, pending.len = n;
   fclose(f), pending.f = NULL;
   uint32_t hl;
-  if (memcmp(buf, MAGIC, 8)) rt_die("'%s' is not an lmc checkpoint shard", path);
+  if (memcmp(buf, MAGIC, 8) && memcmp(buf, MAGIC1, 8)) rt_die("'%s' is not an lmc checkpoint shard", path);
   memcpy(&hl, buf + 8, 4);
   uint64_t sum;
   memcpy(&sum, buf + n - 8, 8);
-  if (hl > n - 20 || rt_fnv1a(buf, n - 8, 0xcbf29ce484222325ULL) != sum)
+  if (hl > n - 20 || ckpt_checksum(buf, n) != sum)
     rt_die("checkpoint '%s' is corrupt or truncated (checksum mismatch)", path);
   *hdr = pending.hdr = rt_xmalloc(hl + 1);
   memcpy(*hdr, buf + 12, hl);

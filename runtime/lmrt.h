@@ -438,6 +438,7 @@ int64_t ckpt_settle(Run *r, bool wait, CkptTimes *t);
 void ckpt_reserve(Run *r);   /* the first save's host memory, made beside the first steps */
 void ckpt_release(void);     /* the host memory kept for the next save (none in flight) */
 void ckpt_load(Run *r, const char *path, CkptInfo *info);
+uint64_t ckpt_checksum(const unsigned char *shard, size_t n);   /* what a shard of n bytes must end with */
 void ckpt_prune(const char *dir, int64_t keep);   /* rank 0: all but the newest keep */
 void ckpt_abandon(void);                  /* after a caught load error: free what the load held */
 

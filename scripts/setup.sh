@@ -2,7 +2,7 @@
 # Installs what lmc needs to build, test and train (Debian/Ubuntu), then
 # builds it into build/. Uses sudo when not root. Safe to run again.
 set -eu
-PKGS="build-essential cmake flex bison libopenblas-openmp-dev libopenmpi-dev openmpi-bin llvm-14-tools bible-kjv python3
+PKGS="build-essential cmake flex bison libopenblas-openmp-dev libopenmpi-dev openmpi-bin zlib1g-dev llvm-14-tools bible-kjv python3
       clang libclang-rt-14-dev libomp-14-dev python3-venv python3-pip python3-matplotlib"
 missing=""
 for p in $PKGS; do

@@ -49,7 +49,7 @@ def place(whole, base, shape, split, part, nparts, data):
 
 def shard_pieces(path):
     b = open(path, "rb").read()
-    assert b[:8] == b"LMCCKPT1", path
+    assert b[:8] in (b"LMCCKPT1", b"LMCCKPT2"), path
     hl = struct.unpack("<I", b[8:12])[0]
     hdr = b[12:12 + hl].decode()
     esz = 8 if "dtype f64" in hdr else 4
