@@ -50,6 +50,11 @@ static void check_room(Run *r) {
          rt_bytes(z[2], state), name, rt_bytes(z[3], fr), rt_bytes(z[4], total));
 }
 
+static int by_offset(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return (x > y) - (x < y);
+}
+
 /* The first backward pass of a step (bwd_first, for microbatch
  * first_mb): each gradient's first write in program order sets it where
  * the program adds to it, so those need no zeros first (GPT-2 124M: 0.5
@@ -86,20 +91,21 @@ static void plan_first_writes(Run *r) {
       if (x->acc[j] && x->op != OP_ALLREDUCE) x->acc[j] = false, set[v] = 1;
     }
   }
-  char *covered = rt_xmalloc(b->region[R_GRAD] + 1);   /* per real: set by the first backward */
+  int64_t (*sets)[2] = rt_xmalloc((b->nvals + 1) * sizeof *sets), at = 0;   /* what it sets, by offset */
+  int nsets = 0;
   for (int v = 0; v < b->nvals; v++)
-    if (set[v]) memset(covered + b->vals[v].off, 1, b->vals[v].n);
-  for (int64_t at = 0; at < b->region[R_GRAD];) {
-    int64_t end = at;
-    while (end < b->region[R_GRAD] && covered[end] == covered[at]) end++;
-    if (!covered[at]) {
+    if (set[v]) sets[nsets][0] = b->vals[v].off, sets[nsets++][1] = b->vals[v].n;
+  qsort(sets, nsets, sizeof *sets, by_offset);
+  for (int i = 0; i <= nsets; i++) {   /* the rest: the gaps between them */
+    int64_t upto = i < nsets ? sets[i][0] : b->region[R_GRAD];
+    if (upto > at) {
       r->zero = realloc(r->zero, (r->nzero + 1) * sizeof *r->zero);
       if (!r->zero) rt_die("out of memory");
-      r->zero[r->nzero][0] = at, r->zero[r->nzero++][1] = end - at;
+      r->zero[r->nzero][0] = at, r->zero[r->nzero++][1] = upto - at;
     }
-    at = end;
+    if (i < nsets && sets[i][0] + sets[i][1] > at) at = sets[i][0] + sets[i][1];
   }
-  free(seen), free(set), free(covered);
+  free(seen), free(set), free(sets);
   const char *p = getenv("LMC_POISON_GRADS");
   r->poison = p && *p && strcmp(p, "0");
 }
