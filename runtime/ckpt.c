@@ -253,6 +253,18 @@ static void *write_shard(void *arg) {
   return NULL;
 }
 
+/* Rank 0, once every shard is down: the save's folder renamed to
+ * step_<N>/ and `latest` moved to it; returns its path. */
+static const char *put_in_place(void) {
+  static char final[1200];
+  snprintf(final, sizeof final, "%s/%s", sv.dir, sv.name);
+  sync_dir(sv.tmp);
+  install(sv.tmp, final);
+  sync_dir(sv.dir);
+  link_latest(sv.dir, sv.name);
+  return final;
+}
+
 /* This rank's write, joined when over (or waited for): whether it is. */
 static bool written(bool wait) {
   if (sv.thread && (wait || atomic_load(&sv.done))) pthread_join(sv.th, NULL), sv.thread = false;
@@ -264,15 +276,10 @@ static bool written(bool wait) {
 static void settle_alone(void) {
   if (!sv.on || !sv.writes || comm_world() > 1) return;
   written(true);
-  sv.on = false;
+  sv.on = false;   /* (an error putting it in place ends the run without coming back here) */
   if (sv.err) return;
-  char final[1200];
-  snprintf(final, sizeof final, "%s/%s", sv.dir, sv.name);
-  sync_dir(sv.tmp);
-  if (rename(sv.tmp, final) == 0) {
-    sync_dir(sv.dir), link_latest(sv.dir, sv.name);
-    fprintf(stderr, "lmrun: the checkpoint of step %lld was written before the error: %s\n", (long long)sv.step, final);
-  }
+  fprintf(stderr, "lmrun: the checkpoint of step %lld was written before the error: %s\n", (long long)sv.step,
+          put_in_place());
 }
 
 /* Called on every rank, with no save in flight (ckpt_settle waits). */
@@ -316,14 +323,7 @@ int64_t ckpt_settle(Run *r, bool wait, CkptTimes *t) {
     rt_die("cannot write checkpoint '%s': %s", sv.path, strerror(sv.err));
   }
   if (!comm_all(mine)) return 0;         /* the same verdict on every rank */
-  if (r->b->rank == 0) {
-    char final[1200];
-    snprintf(final, sizeof final, "%s/%s", sv.dir, sv.name);
-    sync_dir(sv.tmp);
-    install(sv.tmp, final);
-    sync_dir(sv.dir);
-    link_latest(sv.dir, sv.name);
-  }
+  if (r->b->rank == 0) put_in_place();
   comm_barrier();
   if (t) *t = (CkptTimes){sv.copy_s, sv.write_s, (double)sv.buf.n};
   sv.buf = (Buf){0}, sv.on = false;

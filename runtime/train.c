@@ -63,7 +63,9 @@ typedef struct Loop {
   double t0;
   double t_steps, wait0;   /* time in steps after the first, and the wait before them */
   int *moe, nmoe;          /* MoE layers: their metrics values (aux, z, most and least load) */
-  bool peak_auto;          /* MFU against the GPU's peak, known by its name */
+  bool gpu, peak_auto;     /* a device that says its name and memory; MFU against its peak, known by the name */
+  char device[100];
+  double dev_free, dev_total;
 } Loop;
 
 /* The MoE layers' metrics values (layers.N.moe), by layer; -1 for a dense
@@ -348,11 +350,9 @@ static void banner(Loop *L) {
          (long long)b->train.microbatches, b->mesh[0], b->mesh[1], b->mesh[2], ep, r->be->name,
          !b->bf16 ? "" : r->typed ? ", bf16 plan and storage" : ", bf16 plan (rounded, fp32 storage)",
          r->graphs ? ", CUDA graphs" : "");
-  double fr, total;
-  char dev[160] = "", name[100], z[2][32];
-  bool gpu = r->be->memory && r->be->memory(&fr, &total, name, sizeof name);
-  if (gpu)   /* (the plan's allocations made) */
-    snprintf(dev, sizeof dev, " | %s: %s free of %s", name, rt_bytes(z[0], fr), rt_bytes(z[1], total));
+  char dev[160] = "", z[2][32];
+  if (L->gpu)   /* (the plan's allocations made) */
+    snprintf(dev, sizeof dev, " | %s: %s free of %s", L->device, rt_bytes(z[0], L->dev_free), rt_bytes(z[1], L->dev_total));
   printf("  memory planned per rank: %.1f MiB activations + %.1f MiB weights, gradients and Adam%s%s | data %s "
          "(%lld tokens)\n", b->slots * rt_slot_bytes(r) * mib, state * mib, b->ncasts ? " (and bf16 copies)" : "", dev,
          L->d->path, (long long)L->d->ntok);
@@ -364,9 +364,9 @@ static void banner(Loop *L) {
     printf("  kernels compiled by NVRTC in %.1f s (%d program%s on %d thread%s), %s\n", jit, programs,
            programs == 1 ? "" : "s", threads, threads == 1 ? "" : "s",
            saved ? "cached for later runs" : "not cached (the cache folder cannot be written)");
-  if (gpu && L->peak_auto)
+  if (L->peak_auto)
     printf("  MFU against %.0f TFLOP/s, the %s's dense bf16 peak (--peak-tflops X to set another)\n",
-           L->o->peak_tflops, name);
+           L->o->peak_tflops, L->device);
   printf("  steps %lld..%lld | logs %s (and tb/)", (long long)L->start, (long long)L->max_steps, L->metrics_path);
   if (L->o->save_interval > 0) printf(" | checkpoints %s every %lld steps", L->ckpt_dir, (long long)L->o->save_interval);
   printf("\n");
@@ -417,10 +417,8 @@ int train_run(Run *r, TrainOpts *o) {
   L.rows = rt_xmalloc(2 * rowsz * sizeof(int32_t));   /* the batch, then this rank's rows */
   find_moe(&L);
   L.tty = !o->quiet && isatty(fileno(stdout));
-  double fr, total;
-  char dev[100];
-  if (o->peak_tflops <= 0 && r->be->memory && r->be->memory(&fr, &total, dev, sizeof dev) && rt_peak_tflops(dev) > 0)
-    o->peak_tflops = rt_peak_tflops(dev), L.peak_auto = true;
+  L.gpu = r->be->memory && r->be->memory(&L.dev_free, &L.dev_total, L.device, sizeof L.device);
+  if (o->peak_tflops <= 0 && L.gpu && rt_peak_tflops(L.device) > 0) o->peak_tflops = rt_peak_tflops(L.device), L.peak_auto = true;
   L.best_val = L.last_val = NAN;
   if (!o->quiet) banner(&L);
   if (o->save_interval > 0) ckpt_reserve(r);

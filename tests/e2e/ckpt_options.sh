@@ -94,16 +94,16 @@ echo "ok   pp 2, rank 1 on a slow disk: the same shards"
 # the same bits as a run never stopped
 "$LMC" "$SRC/models/tiny.lm" -q -o "$WORK/long" --set D=64 --set H=4 --set G=2 --set F=172 --set L=2 --set batch=8 \
   --set seq=64 --set eval_every=0 --set steps=100000
-stop_after() {   # stop_after PID METRICS: SIGTERM once 5 steps are logged
+five_steps() {   # five_steps METRICS: until 5 steps are logged (a minute at most)
   for _ in $(seq 600); do
-    [ "$(grep -c '"loss"' "$2" 2>/dev/null || true)" -ge 5 ] && break
+    [ "$(grep -c '"loss"' "$1" 2>/dev/null || true)" -ge 5 ] && return
     sleep 0.1
   done
-  kill -TERM "$1"
 }
 "$LMRUN" "$WORK/long" --data "$DATA" --save-interval 1000 --out "$WORK/term" >"$WORK/out" 2>&1 &
 pid=$!
-stop_after $pid "$WORK/term/metrics.jsonl"
+five_steps "$WORK/term/metrics.jsonl"
+kill -TERM $pid
 set +e
 wait $pid
 rc=$?
@@ -124,10 +124,7 @@ echo "ok   SIGTERM after step $n: saved, exit 143; resumed, the same $((n + 2)) 
 $MPIRUN -np 2 "$LMRUN" "$WORK/longpp" --data "$DATA" --save-interval 1000 --comm-timeout 20 --out "$WORK/termpp" \
   >"$WORK/out" 2>&1 &
 pid=$!
-for _ in $(seq 600); do
-  [ "$(grep -c '"loss"' "$WORK/termpp/metrics.jsonl" 2>/dev/null || true)" -ge 5 ] && break
-  sleep 0.1
-done
+five_steps "$WORK/termpp/metrics.jsonl"
 kill -TERM "$(pgrep -f "lmrun $WORK/longpp" | tail -1)"
 set +e
 wait $pid

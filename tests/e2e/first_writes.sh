@@ -15,15 +15,8 @@ need_data
 mpi_env
 small="--set D=32 --set H=4 --set G=2 --set F=88 --set L=2 --set batch=4 --set seq=16 --set steps=3 --set eval_every=0"
 n=0
-check() {   # check NAME NP SPEC [lmc flags] -- [lmrun flags]
-  name=$1 np=$2 spec=$3
-  shift 3
-  set -- "$@" --
-  lmcf=""
-  while [ "$1" != -- ]; do lmcf="$lmcf $1"; shift; done
-  shift
-  runf=""
-  while [ $# -gt 0 ] && [ "$1" != -- ]; do runf="$runf $1"; shift; done
+check() {   # check NAME NP SPEC "LMC FLAGS" ["LMRUN FLAGS"]
+  name=$1 np=$2 spec=$3 lmcf=$4 runf=${5:-}
   # shellcheck disable=SC2086
   "$LMC" "$spec" -q -o "$WORK/$name" $lmcf
   for p in 0 1; do
@@ -37,15 +30,15 @@ check() {   # check NAME NP SPEC [lmc flags] -- [lmrun flags]
   echo "ok   $name: the same 3 steps with NaN where zeros were skipped"
   n=$((n + 1))
 }
-check llama 1 "$SRC/models/tiny.lm" $small
-check gpt2 1 "$SRC/models/gpt2-124m.lm" --set V=256 --set D=32 --set H=4 --set L=2 --set batch=4 --set seq=16 --set steps=3
-check moe 1 "$SRC/models/tiny.lm" $small --set experts=4
-check pp2_m4 2 "$SRC/models/tiny.lm" $small --set pp=2 --set microbatches=4
-check tp2 2 "$SRC/models/tiny.lm" $small --set tp=2
-check dp2_m2 2 "$SRC/models/tiny.lm" $small --set dp=2 --set microbatches=2
+gpt2="--set V=256 --set D=32 --set H=4 --set L=2 --set batch=4 --set seq=16 --set steps=3"
+check llama 1 "$SRC/models/tiny.lm" "$small"
+check gpt2 1 "$SRC/models/gpt2-124m.lm" "$gpt2"
+check moe 1 "$SRC/models/tiny.lm" "$small --set experts=4"
+check pp2_m4 2 "$SRC/models/tiny.lm" "$small --set pp=2 --set microbatches=4"
+check tp2 2 "$SRC/models/tiny.lm" "$small --set tp=2"
+check dp2_m2 2 "$SRC/models/tiny.lm" "$small --set dp=2 --set microbatches=2"
 if [ "$SET" = all ] && [ -f "$BIN/runtime/liblmc_cudaemu.so" ]; then
-  check gpt2_emu_bf16 1 "$SRC/models/gpt2-124m.lm" --set V=256 --set D=32 --set H=4 --set L=2 --set batch=4 --set seq=16 \
-    --set steps=3 --set precision=bf16 -- --backend cuda-emu
-  check moe_emu 1 "$SRC/models/tiny.lm" $small --set experts=4 -- --backend cuda-emu
+  check gpt2_emu_bf16 1 "$SRC/models/gpt2-124m.lm" "$gpt2 --set precision=bf16" "--backend cuda-emu"
+  check moe_emu 1 "$SRC/models/tiny.lm" "$small --set experts=4" "--backend cuda-emu"
 fi
 echo "$n passed, 0 failed"
