@@ -141,6 +141,8 @@ static struct {
   double slow;               /* $LMC_CKPT_SLOW_DISK: seconds each write waits first, as on a slow disk (tests) */
   unsigned char *kept;       /* the shards' host memory, kept from save to save (ckpt_release frees it) */
   size_t kept_cap;
+  const Backend *be;         /* whose pin registers kept with the device */
+  bool pinned;               /* kept is (the copies from a GPU run at the bus's speed) */
   pthread_t toucher;         /* ckpt_reserve's thread, making kept before the first save */
   bool touching;
 } sv;
@@ -162,24 +164,45 @@ static void idle_only(void) {
   pthread_setschedparam(pthread_self(), SCHED_IDLE, &none);
 }
 
+/* kept made for n bytes, on whole pages (pinned pages are the buffer's
+ * alone), and pinned where the backend can (not yet: keep_pin) */
+static bool keep(size_t n) {
+  void *p;
+  if (posix_memalign(&p, 4096, (n + 4095) / 4096 * 4096)) return false;
+  sv.kept = p, sv.kept_cap = n;
+  return true;
+}
+
+static void keep_pin(void) {
+  sv.pinned = sv.be->pin && sv.be->pin(sv.kept, sv.kept_cap, true);
+}
+
+static void unkeep(void) {
+  if (sv.pinned) sv.be->pin(sv.kept, sv.kept_cap, false), sv.pinned = false;
+  free(sv.kept), sv.kept = NULL, sv.kept_cap = 0;
+}
+
 static void *touch(void *arg) {
   idle_only();
   for (size_t i = 0; i < sv.kept_cap; i += 4096) sv.kept[i] = 0;
+  keep_pin();
   return arg;
 }
 
 /* The first save's host memory made and touched by a thread while the
  * first steps run (first touches of GPT-2's 1.4 GiB took 2 to 5 s of the
- * first save's pause on this project's VM). */
+ * first save's pause on this project's VM), then pinned on a GPU: the
+ * copies of every save run at the bus's speed (llama-large's 8.3 GB
+ * through pageable memory took about a second, estimated). */
 void ckpt_reserve(Run *r) {
+  sv.be = r->be;
   if (sv.kept || r->b->coord[AXIS_DP] != 0) return;
   CkptInfo big = {.step = INT64_MAX, .seed = UINT64_MAX, .data_ntok = INT64_MAX};
   memset(big.data, 'x', sizeof big.data - 1);
   char *h = header(r, &big);
   size_t n = shard_bytes(r, strlen(h));
   free(h);
-  if (!(sv.kept = malloc(n))) return;   /* the save asks again, and says so if it cannot */
-  sv.kept_cap = n;
+  if (!keep(n)) return;   /* the save asks again, and says so if it cannot */
   sv.touching = pthread_create(&sv.toucher, NULL, touch, NULL) == 0;
 }
 
@@ -197,10 +220,11 @@ static void shard(Run *r, const CkptInfo *info, Buf *buf) {
   uint32_t hl = (uint32_t)strlen(h);
   buf->cap = shard_bytes(r, hl);
   touched();
+  sv.be = r->be;
   if (buf->cap > sv.kept_cap) {   /* the host memory of an earlier save is kept: first touches cost */
-    free(sv.kept), sv.kept_cap = 0;
-    if (!(sv.kept = malloc(buf->cap))) rt_die("out of memory writing a checkpoint (%zu bytes)", buf->cap);
-    sv.kept_cap = buf->cap;
+    unkeep();
+    if (!keep(buf->cap)) rt_die("out of memory writing a checkpoint (%zu bytes)", buf->cap);
+    keep_pin();
   }
   buf->p = sv.kept, buf->n = 0;
   put(buf, MAGIC, 8), put(buf, &hl, 4), put(buf, h, hl);
@@ -332,7 +356,7 @@ int64_t ckpt_settle(Run *r, bool wait, CkptTimes *t) {
 
 void ckpt_release(void) {
   touched();
-  if (!sv.on) free(sv.kept), sv.kept = NULL, sv.kept_cap = 0;
+  if (!sv.on) unkeep();
 }
 
 /* Removes every step_<N> folder of dir but the newest keep. */

@@ -153,6 +153,9 @@ static struct {
 static CUresult (*device_name)(char *, int, CUdevice);   /* (optional: the attention tuner's file names the GPU) */
 static CUresult (*mem_get_info)(size_t *, size_t *);      /* (optional: device memory free and in all) */
 static CUdevice device;
+static CUcontext context;   /* made current by other threads that call the driver (cuda_pin) */
+static CUresult (*host_register)(void *, size_t, unsigned);   /* (optional: host memory pinned) */
+static CUresult (*host_unregister)(void *);
 static uint64_t kernels_hash;   /* kernels.cu's, as the cubin cache names it */
 static void fa_file_at(const char *cache);
 
@@ -216,6 +219,8 @@ static bool load_driver(char *why, size_t n) {
   *(void **)&ev.destroy = dlsym(d, "cuEventDestroy_v2");
   *(void **)&device_name = dlsym(d, "cuDeviceGetName");
   *(void **)&mem_get_info = dlsym(d, "cuMemGetInfo_v2");
+  *(void **)&host_register = dlsym(d, "cuMemHostRegister_v2");
+  *(void **)&host_unregister = dlsym(d, "cuMemHostUnregister");
   *(void **)&algo_config_get = dlsym(b, "cublasLtMatmulAlgoConfigGetAttribute");
   void **f = (void **)&cu;
   for (size_t i = 0; i < sizeof cu / sizeof(void *); i++)
@@ -585,6 +590,15 @@ static void cuda_upload(void *dst, const double *src, int64_t n) {
   for (int64_t i = 0; i < n; i++) h[i] = (float)src[i];
   CK(cu.htod(dptr(dst), h, n * sizeof(float)));
   free(h);
+}
+
+/* Host memory pinned for the copies into it (a checkpoint's shard, kept
+ * from save to save): the driver copies pageable memory through a staging
+ * buffer of its own at a fraction of the bus's speed. From any thread
+ * (ckpt.c pins from the thread that makes the buffer beside training). */
+static bool cuda_pin(void *p, size_t n, bool on) {
+  if (!host_register || !host_unregister || cu.set_current(context) != CUDA_SUCCESS) return false;
+  return (on ? host_register(p, n, 0) : host_unregister(p)) == CUDA_SUCCESS;
 }
 
 static void cuda_read(void *dst, const void *src, int64_t n) { CK(cu.dtoh(dst, dptr(src), n * sizeof(float))); }
@@ -2694,7 +2708,7 @@ static bool cuda_graph_ok(const RtInst *x) {
 
 static Backend cuda = {
     .name = "cuda-f32", .elem = 4, .alloc = cuda_alloc, .release = cuda_release, .upload = cuda_upload,
-    .download = cuda_download, .read = cuda_read, .write = cuda_write, .memory = cuda_memory, .zero = cuda_zero, .upload_ids = cuda_upload_ids, .run = cuda_run,
+    .download = cuda_download, .read = cuda_read, .write = cuda_write, .memory = cuda_memory, .pin = cuda_pin, .zero = cuda_zero, .upload_ids = cuda_upload_ids, .run = cuda_run,
     .sumsq = cuda_sumsq, .adamw = cuda_adamw, .allreduce = cuda_allreduce, .allreduce_async = cuda_allreduce_async,
     .wait_allreduces = cuda_wait_allreduces, .send = cuda_send,
     .recv = cuda_recv, .wait_sends = cuda_wait_sends, .gemm_peak = cuda_gemm_peak, .sync = cuda_sync,
@@ -2821,6 +2835,7 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   sm = major * 10 + minor;
   CK(cu.retain(&ctx, dev));
   CK(cu.set_current(ctx));
+  context = ctx;
   LT(cu.lt_create(&lt));
   workspace = dev_alloc(workspace_size);
   CK(cu.stream_create(&st, 0));

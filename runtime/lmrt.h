@@ -206,6 +206,10 @@ typedef struct Backend {
   /* optional: the device's memory free and in all, in bytes, and its
    * name (false where it cannot say) */
   bool (*memory)(double *free_b, double *total, char *name, size_t n);
+  /* optional: host memory [p, p + n) registered with the device (on) so
+   * that read copies into it at the bus's speed, or registered no more;
+   * callable from any thread; false where it cannot be (read still works) */
+  bool (*pin)(void *p, size_t n, bool on);
   void (*zero)(void *p, int64_t n);
   void (*upload_ids)(void *dst, const int32_t *src, int64_t n);
   void (*run)(const RtInst *in, void **out, void **in_ptrs);

@@ -377,8 +377,10 @@ static void summary(Loop *L) {
   Bundle *b = L->r->b;
   char took[32];
   fmt_time(took, sizeof took, rt_now() - L->t0);
-  printf("done: %lld steps in %s, %.3g tokens | val loss %.4f (best %.4f)", (long long)(L->max_steps - L->start), took,
-         (double)b->train.batch * b->T * (double)(L->max_steps - L->start), L->last_val, L->best_val);
+  printf("done: %lld steps in %s, %.3g tokens", (long long)(L->max_steps - L->start), took,
+         (double)b->train.batch * b->T * (double)(L->max_steps - L->start));
+  if (L->o->eval_interval <= 0) printf(" | no validation (eval interval 0)");
+  else printf(" | val loss %.4f (best %.4f)", L->last_val, L->best_val);
   if (L->last_saved) printf(" | last checkpoint %s/step_%08lld", L->ckpt_dir, (long long)L->last_saved);
   printf("\n");
   if (cuda_side_used()) printf("  the weights' gradient GEMMs ran on a second stream, beside the backward pass (from step 2)\n");

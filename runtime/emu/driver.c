@@ -30,6 +30,7 @@
 #include "emu.h"
 #include <cuda.h>
 #include <dlfcn.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -216,8 +217,12 @@ CUresult cuDeviceGetAttribute(int *v, CUdevice_attribute a, CUdevice d) {
 
 CUresult cuDevicePrimaryCtxRetain(CUcontext *c, CUdevice d) { return *c = &the_ctx, CUDA_SUCCESS; }
 CUresult cuDevicePrimaryCtxRelease(CUdevice d) { return CUDA_SUCCESS; }
-CUresult cuCtxSetCurrent(CUcontext c) { return CUDA_SUCCESS; }
-CUresult cuCtxGetCurrent(CUcontext *c) { return *c = &the_ctx, CUDA_SUCCESS; }
+/* The context current in each thread, as the driver keeps it: a thread
+ * of the runtime's own that calls the driver makes it current first
+ * (only host memory registration insists on it here). */
+static __thread struct CUctx_st *current;
+CUresult cuCtxSetCurrent(CUcontext c) { return current = c, CUDA_SUCCESS; }
+CUresult cuCtxGetCurrent(CUcontext *c) { return *c = current, CUDA_SUCCESS; }
 
 static CUresult no_sync_in_capture(const char *what) {
   if (capturing)
@@ -319,6 +324,84 @@ CUresult cuMemGetInfo(size_t *free_b, size_t *total) {
   return CUDA_SUCCESS;
 }
 
+/* ---- host memory registered (pinned) ----
+ * Ranges of whole pages, none twice, unregistered by the address they
+ * were registered at; copies to the host count their bytes by whether
+ * they land in registered memory. LMC_CUDA_EMU_HOST_LOG=FILE appends a
+ * line a registration and one at exit with those counts and the ranges
+ * still registered (tests: a checkpoint's copies go to pinned memory). */
+static struct { uintptr_t lo, hi; void *p; } *pins;
+static int npins, cap_pins;
+static size_t to_pinned, to_pageable;
+static pthread_mutex_t pin_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static void host_log(const char *fmt, ...) {
+  const char *f = getenv("LMC_CUDA_EMU_HOST_LOG");
+  FILE *o = f && *f ? fopen(f, "a") : NULL;
+  if (!o) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vfprintf(o, fmt, ap);
+  va_end(ap);
+  fclose(o);
+}
+
+static void host_log_exit(void) {
+  size_t still = 0;
+  for (int i = 0; i < npins; i++) still += pins[i].hi - pins[i].lo;
+  host_log("exit: %d range(s) of %zu bytes still registered; copied to the host: %zu bytes into registered memory, "
+           "%zu into pageable\n", npins, still, to_pinned, to_pageable);
+}
+
+CUresult cuMemHostRegister(void *p, size_t n, unsigned flags) {
+  if (!current) return emu_fail(CUDA_ERROR_INVALID_CONTEXT, "cuMemHostRegister from a thread with no context current");
+  if (!p || !n) return emu_fail(CUDA_ERROR_INVALID_VALUE, "cuMemHostRegister of %zu bytes at %p", n, p);
+  uintptr_t lo = (uintptr_t)p / PAGE * PAGE, hi = ((uintptr_t)p + n + PAGE - 1) / PAGE * PAGE;
+  CUresult rc = CUDA_SUCCESS;
+  pthread_mutex_lock(&pin_mu);
+  for (int i = 0; i < npins && !rc; i++)
+    if (lo < pins[i].hi && pins[i].lo < hi)
+      rc = emu_fail(CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, "cuMemHostRegister of %p: its pages are registered", p);
+  if (!rc && npins == cap_pins) {
+    void *g = realloc(pins, (cap_pins * 2 + 4) * sizeof *pins);
+    if (g) pins = g, cap_pins = cap_pins * 2 + 4;
+    else rc = emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory");
+  }
+  if (!rc) {
+    static int once;
+    if (!once++) atexit(host_log_exit);
+    pins[npins].lo = lo, pins[npins].hi = hi, pins[npins++].p = p;
+    host_log("register %zu bytes\n", n);
+  }
+  pthread_mutex_unlock(&pin_mu);
+  return rc;
+}
+
+CUresult cuMemHostUnregister(void *p) {
+  if (!current) return emu_fail(CUDA_ERROR_INVALID_CONTEXT, "cuMemHostUnregister from a thread with no context current");
+  bool found = false;
+  pthread_mutex_lock(&pin_mu);
+  for (int i = 0; i < npins && !found; i++)
+    if ((found = pins[i].p == p)) {
+      host_log("unregister %zu bytes\n", (size_t)(pins[i].hi - pins[i].lo));
+      pins[i] = pins[--npins];
+    }
+  pthread_mutex_unlock(&pin_mu);
+  if (!found)
+    return emu_fail(CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED, "cuMemHostUnregister of %p, which was not registered", p);
+  return CUDA_SUCCESS;
+}
+
+/* a copy of n bytes to host memory at p, counted by where it lands */
+static void host_copied(const void *p, size_t n) {
+  uintptr_t a = (uintptr_t)p;
+  bool in = false;
+  pthread_mutex_lock(&pin_mu);
+  for (int i = 0; i < npins && !in; i++) in = a >= pins[i].lo && a + n <= pins[i].hi;
+  *(in ? &to_pinned : &to_pageable) += n;
+  pthread_mutex_unlock(&pin_mu);
+}
+
 typedef struct Copy {
   void *dst;
   const void *src;
@@ -341,6 +424,7 @@ static CUresult copy(const char *what, void *dst, bool dst_dev, const void *src,
   if (sync && no_sync_in_capture(what)) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
   if (dst_dev && !emu_check_range(what, dst, n)) return CUDA_ERROR_INVALID_VALUE;
   if (src_dev && !emu_check_range(what, src, n)) return CUDA_ERROR_INVALID_VALUE;
+  if (!dst_dev) host_copied(dst, n);
   Copy c = {dst, src, n, 0, 0};
   if (!lazy || sync || !s || s->capture) return emu_enqueue(s, do_copy, &c, sizeof c);
   if (!dst_dev) {   /* into pageable host memory: done when the call returns */

@@ -323,5 +323,26 @@ grep -q "| NVIDIA H100 PCIe: [0-9.]* GiB free of 80.00 GiB |" "$WORK/mfu.out" &&
 grep -q "MFU" "$WORK/mfu.out" && { cat "$WORK/mfu.out"; fail "MFU against a GPU of no known peak"; }
 echo "ok   MFU against a GPU's known peak, by its name; none for an unknown one"
 ran=$((ran + 1))
+# a checkpoint's shard is copied into host memory pinned once for every
+# save (by the thread that makes it, beside training) and unpinned at the
+# end: the emulator logs registrations and where copies to the host land
+rm -f "$WORK/host.log"
+LMC_CUDA_EMU_HOST_LOG="$WORK/host.log" "$LMRUN" "$WORK/llama" --data "$DATA" --backend cuda-emu --max-steps 6 \
+  --save-interval 2 --eval-interval 0 --quiet --out "$WORK/pinned" >"$WORK/pinned.out" 2>&1 ||
+  { cat "$WORK/pinned.out"; fail "lmrun saving on the emulated device failed"; }
+shard=$(stat -c %s "$WORK/pinned/ckpt/step_00000006/"*.ckpt 2>/dev/null | head -1)
+python3 - "$WORK/host.log" "${shard:-0}" <<'PY' || { cat "$WORK/host.log" 2>/dev/null; status=1; }
+import os, re, sys
+log = open(sys.argv[1]).read().splitlines() if os.path.exists(sys.argv[1]) else []
+shard = int(sys.argv[2])
+reg = [int(l.split()[1]) for l in log if l.startswith("register ")]
+unreg = [l for l in log if l.startswith("unregister ")]
+ex = re.match(r"exit: (\d+) range\(s\) .*: (\d+) bytes into registered memory, (\d+) into pageable", log[-1]) if log else None
+ok = shard > 0 and len(reg) == 1 and reg[0] >= shard and len(unreg) == 1 and ex and ex.group(1) == "0" \
+    and int(ex.group(2)) >= 3 * shard * 0.9 and int(ex.group(3)) < shard
+print("%s checkpoints copied into pinned memory: %s" % ("ok  " if ok else "FAIL", log[-1] if log else "no log"))
+sys.exit(0 if ok else 1)
+PY
+ran=$((ran + 1))
 [ $status = 0 ] && echo "$ran passed, 0 failed" || echo "failed"
 exit $status
