@@ -26,7 +26,8 @@
 #        (lmc; with attention's default kernels untuned, column
 #        lmc-cuda-bf16-untuned; with the norms'
 #        backward apart from the kernels lmc writes, lmc-cuda-bf16-nbapart;
-#        with every GEMM on one stream, lmc-cuda-bf16-onestream;
+#        with every GEMM on one stream, lmc-cuda-bf16-onestream; with
+#        the host waiting for each step, lmc-cuda-bf16-waited;
 #        PyTorch bf16 + torch.compile) and llama-large (the same but the
 #        last; torch.compile last), and the MoE rows;
 #        PYTHON (default python3)
@@ -132,6 +133,9 @@ if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # the issue's two targets in bf16, ea
   # (every GEMM on one stream: the weights' gradient GEMMs not beside the rest of the backward pass)
   rowenv=LMC_SIDE_STREAM=0
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-onestream 5 gpt2-124m $gpt --set precision=bf16
+  # (the host waiting for each step before it queues the next, as through run 16)
+  rowenv=LMC_STEPS_AHEAD=0
+  lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-waited 5 gpt2-124m $gpt --set precision=bf16
   rowenv=
   torch_row gpt2-B8-T1024 bf16c torch_gpt2.py 8 1024 bf16c 10
   lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16 3 llama-large --set precision=bf16

@@ -203,7 +203,8 @@ void rt_free(Run *r) {
   if (r->wide_ar) r->be->release(r->wide_ar);
   for (int64_t i = 0; r->routes && i < r->b->train.microbatches * r->b->nfwd; i++) free(r->routes[i]);
   free(r->routes);
-  free(r->ptr), free(r->inputs), free(r->slot_mb), free(r->side), free(r->bwd_first), free(r->zero), free(r);
+  free(r->ptr), free(r->inputs), free(r->slot_mb), free(r->side), free(r->bwd_first), free(r->zero), free(r->state_host);
+  free(r);
 }
 
 /* The index in the whole parameter of element i of this rank's part:
@@ -652,10 +653,11 @@ void rt_adamw(Run *r, double lr, double gscale) {
 /* The optimizer step in the backend (a GPU's: no host wait until the norm
  * comes back), for a rank whose gradient norm needs no other group's: the
  * same tensors, clipping and AdamW as grad_norm and rt_adamw. */
-static double device_optimizer(Run *r, double lr) {
+static double device_optimizer(Run *r, double lr, bool later) {
   Bundle *b = r->b;
   Train *t = &b->train;
   AdamArgs a = next_step(r, lr, 1.0);
+  a.later = later;
   OptParam *p = rt_xmalloc((b->nparams + 1) * sizeof *p);
   size_t e = r->be->elem;
   int count = 0;
@@ -748,7 +750,7 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
       r->be->wait_sends(-1);
       double t = rt_now(), clip = b->train.clip, norm;
       if (r->op_time && r->be->time_mark) r->be->time_mark(NUM_OPS);
-      if (r->be->optimizer && !a->norm_tp && !a->norm_pp && !a->norm_ep) *gnorm = device_optimizer(r, lr);
+      if (r->be->optimizer && !a->norm_tp && !a->norm_pp && !a->norm_ep) *gnorm = device_optimizer(r, lr, r->queuing);
       else {
         norm = grad_norm(r, a->norm_tp, a->norm_pp, a->norm_ep), *gnorm = norm;
         rt_adamw(r, lr, clip > 0 && norm > clip ? clip / (norm + 1e-6) : 1.0);
@@ -765,9 +767,62 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
 
 /* One training step as the schedule's action list says. rows holds the
  * rank's share of the batch: B x microbatches rows of T+1 ids. */
+/* Whether a step may be queued behind one not yet finished: a backend
+ * that queues its work (step_end), one rank (several agree after each
+ * step on the host, and host-staged collectives wait there), the
+ * optimizer on the device, no op timed or traced. */
+bool rt_can_ahead(Run *r) {
+  return r->be->step_end && r->be->step_wait && r->be->optimizer && r->b->world == 1 && !r->op_time && !r->trace;
+}
+
+/* Steps queued ahead: the host queues step s + 1 while the device runs
+ * step s, so the device never waits between steps for the host's reads
+ * of the loss and norm, its logging, the next batch's draw and upload
+ * and the launches (run 16 measured GPT-2's step 1 ms longer than its
+ * work; most of that was the ids' sort, now gone, util.c). A step
+ * begun where rt_can_ahead says no runs now, as rt_step. */
+void rt_step_begin(Run *r, const int32_t *rows, double lr) {
+  if (r->nbegun == 2) rt_die("internal: a third step begun before the first finished");
+  bool ahead = rt_can_ahead(r);
+  double norm = 0;
+  r->queuing = ahead;
+  run_actions(r, r->b->actions, r->b->nactions, rows, lr, &norm);
+  r->queuing = false;
+  int at = r->nbegun++;
+  r->begun[at].ahead = ahead;
+  if (ahead) r->be->step_end(r->region[R_STATE], r->b->region[R_STATE]);
+  else r->begun[at].loss = rt_loss(r), r->begun[at].norm = norm;
+}
+
+double rt_step_finish(Run *r, double *gnorm) {
+  if (!r->nbegun) rt_die("internal: a step finished that was not begun");
+  double loss = r->begun[0].loss;
+  *gnorm = r->begun[0].norm;
+  r->state_snap = r->begun[0].ahead;
+  if (r->state_snap) {
+    if (!r->state_host) r->state_host = rt_xmalloc((r->b->region[R_STATE] + 1) * r->be->elem);
+    r->be->step_wait(r->state_host, gnorm);
+    int64_t at = r->b->vals[r->b->loss].off;
+    loss = r->be->elem == 8 ? ((double *)r->state_host)[at] : ((float *)r->state_host)[at];
+  }
+  r->begun[0] = r->begun[1], r->nbegun--;
+  return loss;
+}
+
+/* Value v of the state region (MoE's metrics) as the last step finished
+ * left it: from the copy its end made where it was queued ahead (the
+ * device's state is a later step's by then). */
+void rt_step_value(Run *r, int v, double *dst) {
+  if (!r->state_snap) return rt_get_value(r, v, dst);
+  RtValue *x = &r->b->vals[v];
+  for (int64_t i = 0; i < x->n; i++)
+    dst[i] = r->be->elem == 8 ? ((double *)r->state_host)[x->off + i] : ((float *)r->state_host)[x->off + i];
+}
+
 double rt_step(Run *r, const int32_t *rows, double lr, double *gnorm) {
-  run_actions(r, r->b->actions, r->b->nactions, rows, lr, gnorm);
-  return rt_loss(r);
+  if (r->nbegun) rt_die("internal: rt_step with a step begun");
+  rt_step_begin(r, rows, lr);
+  return rt_step_finish(r, gnorm);
 }
 
 /* The loss of one batch (forward passes only), summed over the group. */

@@ -26,6 +26,7 @@ void *rt_xmalloc(size_t n);
 double rt_now(void);
 const char *rt_bytes(char buf[32], double bytes);   /* "712.0 MiB", "46.41 GiB" */
 double rt_peak_tflops(const char *device);           /* a GPU's dense bf16 peak by its name; 0: unknown */
+void rt_order_by_id(int32_t *order, const int32_t *id, int64_t n);   /* 0..n-1 sorted by id[], stable */
 uint64_t rt_fnv1a(const void *p, size_t n, uint64_t h);
 int rt_mkdirs(const char *path);     /* mkdir -p */
 
@@ -184,6 +185,7 @@ void bundle_abandon(void);                         /* after a caught loading err
 /* ---- cpu.c (the backend interface and its CPU implementation) ---- */
 typedef struct AdamArgs {
   double lr, beta1, beta2, eps, wd, bc1, bc2, gscale;
+  bool later;   /* Backend.optimizer: leave the norm for step_end to copy (returns NAN) */
 } AdamArgs;
 
 typedef struct OptParam {     /* one parameter, for Backend.optimizer */
@@ -275,6 +277,14 @@ typedef struct Backend {
   bool (*side_begin)(const RtInst *x);
   int (*side_end)(void);
   void (*side_join)(int upto);
+  /* optional: steps queued ahead, the host not waiting for one to end
+   * before it queues the next (exec.c's rt_step_begin). step_end queues,
+   * behind the step's work, copies to the host of the n reals at state
+   * (the loss, MoE's metrics) and of the gradient norm of the optimizer
+   * run last with AdamArgs.later; step_wait waits for the oldest step so
+   * ended and gives them. At most two steps in flight. */
+  void (*step_end)(const void *state, int64_t n);
+  void (*step_wait)(void *state, double *norm);
 } Backend;
 
 /* ---- ltplan.c ---- */
@@ -378,6 +388,14 @@ typedef struct Run {
   int64_t (*zero)[2];
   int nzero;
   bool poison;             /* $LMC_POISON_GRADS: NaN where zeros were skipped (tests) */
+  /* steps begun and not finished, oldest first (rt_step_begin): queued
+   * ahead (their loss and norm come from Backend.step_wait), or run
+   * (their loss and norm here) */
+  struct { bool ahead; double loss, norm; } begun[2];
+  int nbegun;
+  bool queuing;            /* a step being queued ahead: the optimizer leaves its norm on the device */
+  void *state_host;        /* the state region as the last step finished ahead left it */
+  bool state_snap;         /* which the last finished step's values are in (else on the device) */
 } Run;
 
 Run *rt_new(Bundle *b, Backend *be);
@@ -392,6 +410,13 @@ double rt_loss(Run *r);
 double rt_grad_norm(Run *r);
 void rt_adamw(Run *r, double lr, double gscale);
 double rt_step(Run *r, const int32_t *rows, double lr, double *gnorm); /* the schedule's step */
+/* The step in two halves: begin queues it (ahead: behind a step begun
+ * before and not yet finished, where rt_can_ahead) and finish waits for
+ * the oldest step begun, giving its loss and gradient norm. */
+bool rt_can_ahead(Run *r);
+void rt_step_begin(Run *r, const int32_t *rows, double lr);
+double rt_step_finish(Run *r, double *gnorm);
+void rt_step_value(Run *r, int v, double *dst);   /* a state value (MoE's metrics) as the last finished step left it */
 double rt_eval(Run *r, const int32_t *rows);                           /* forward only */
 double rt_slot_bytes(Run *r);      /* activations + inputs of one microbatch */
 double rt_state_bytes(Run *r);     /* weights, gradients, Adam's moments, bf16 copies */

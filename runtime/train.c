@@ -91,8 +91,9 @@ static void find_moe(Loop *L) {
 }
 
 /* The MoE layers' balance losses as the loss weighs them, and each
- * layer's metrics into m (NULL: not needed). */
-static double moe_penalty(Loop *L, double (*m)[4]) {
+ * layer's metrics into m (NULL: not needed), as the last step left them
+ * (step) or the last evaluation. */
+static double moe_penalty(Loop *L, double (*m)[4], bool step) {
   Bundle *b = L->r->b;
   double coef[2] = {0, 0}, sum = 0, mine[4];
   for (int i = 0; i < b->nfwd; i++)
@@ -100,7 +101,8 @@ static double moe_penalty(Loop *L, double (*m)[4]) {
   for (int l = 0; l < L->nmoe; l++) {
     double *x = m ? m[l] : mine;
     if (L->moe[l] < 0) continue;
-    rt_get_value(L->r, L->moe[l], x);
+    if (step) rt_step_value(L->r, L->moe[l], x);   /* (a step queued ahead has changed the device's) */
+    else rt_get_value(L->r, L->moe[l], x);
     sum += coef[0] * x[0] + coef[1] * x[1];
   }
   return sum;
@@ -112,7 +114,7 @@ static double eval_loss(Loop *L, int64_t nbatches, int32_t *rows) {
   double sum = 0;
   for (int64_t i = 0; i < nbatches; i++) {
     data_val_batch(L->d, i, nbatches, b->train.batch, b->T, rows);
-    sum += rt_eval(L->r, my_rows(b, rows, rows + b->train.batch * (b->T + 1))) - moe_penalty(L, NULL);
+    sum += rt_eval(L->r, my_rows(b, rows, rows + b->train.batch * (b->T + 1))) - moe_penalty(L, NULL, false);
   }
   return sum / nbatches;
 }
@@ -134,7 +136,7 @@ static double log_moe(Loop *L, int64_t step, double loss) {
   Bundle *b = L->r->b;
   const char *keys[4] = {"aux", "z", "load_max", "load_min"};
   double worst = 0, (*m)[4] = rt_xmalloc((L->nmoe + 1) * sizeof *m);
-  loss -= moe_penalty(L, m);
+  loss -= moe_penalty(L, m, true);
   char nb[32];
   fprintf(L->metrics, ",\"ce\":%s", jnum(nb, loss, 17));
   for (int k = 0; k < 4; k++) {
@@ -427,22 +429,36 @@ int train_run(Run *r, TrainOpts *o) {
   L.t0 = rt_now();
   catch_stops();
   int stop = 0;
+  bool ahead = false;   /* this trip's step was begun in the trip before */
+  double t_end = 0;     /* when the step before ended */
   for (int64_t step = L.start; step < L.max_steps; step++) {
-    double t = rt_now(), norm = 0, lr = lr_at(&b->train, L.steps, step);
-    data_train_batch(L.d, L.seed, step, b->train.batch, b->T, L.rows);
+    double t = ahead ? t_end : rt_now(), norm = 0, lr = lr_at(&b->train, L.steps, step);
     if (o->trace && step == L.start + 1) rt_trace_open(r, o->trace);   /* the first step warms up */
     r->a2a_sent = 0;
-    double loss = rt_step(r, my_rows(b, L.rows, L.rows + rowsz), lr, &norm);
+    if (!ahead) {
+      data_train_batch(L.d, L.seed, step, b->train.batch, b->T, L.rows);
+      rt_step_begin(r, my_rows(b, L.rows, L.rows + rowsz), lr);
+    }
+    bool last = step + 1 == L.max_steps;
+    bool evaluating = o->eval_interval > 0 && ((step + 1) % o->eval_interval == 0 || last);
+    bool saving = o->save_interval > 0 && ((step + 1) % o->save_interval == 0 || last);
+    /* the next step queued before this one ends (a GPU's, exec.c), where
+     * nothing between them needs the device: no evaluation, save or stop */
+    ahead = !last && !evaluating && !saving && !stop_signal && rt_can_ahead(r);
+    if (ahead) {
+      data_train_batch(L.d, L.seed, step + 1, b->train.batch, b->T, L.rows);
+      rt_step_begin(r, my_rows(b, L.rows, L.rows + rowsz), lr_at(&b->train, L.steps, step + 1));
+    }
+    double loss = rt_step_finish(r, &norm);
+    t_end = rt_now();
     if (o->trace && (step == L.start + o->trace_steps || step + 1 == L.max_steps)) rt_trace_close(r, o->trace);
-    if (step > L.start) L.t_steps += rt_now() - t;
+    if (step > L.start) L.t_steps += t_end - t;
     else L.wait0 = r->t_wait;                  /* the first step warms up: not counted */
     settle(&L, false);
     if (!isfinite(loss)) rt_die("loss is %g at step %lld: training diverged (lower the lr?)", loss, (long long)step + 1);
-    log_step(&L, step + 1, loss, lr, norm, rt_now() - t);
-    bool last = step + 1 == L.max_steps;
-    if (o->eval_interval > 0 && ((step + 1) % o->eval_interval == 0 || last)) eval_and_log(&L, step + 1);
-    bool saving = o->save_interval > 0 && ((step + 1) % o->save_interval == 0 || last);
-    if (!last && (stop = stop_now(&L))) {
+    log_step(&L, step + 1, loss, lr, norm, t_end - t);
+    if (evaluating) eval_and_log(&L, step + 1);
+    if (!last && !ahead && (stop = stop_now(&L))) {   /* (a signal during a step queued ahead: after that one) */
       stop_here(&L, stop, step + 1);
       break;
     }

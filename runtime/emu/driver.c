@@ -392,14 +392,23 @@ CUresult cuMemHostUnregister(void *p) {
   return CUDA_SUCCESS;
 }
 
-/* a copy of n bytes to host memory at p, counted by where it lands */
-static void host_copied(const void *p, size_t n) {
+/* whether host memory [p, p + n) is registered */
+static bool pinned(const void *p, size_t n) {
   uintptr_t a = (uintptr_t)p;
   bool in = false;
   pthread_mutex_lock(&pin_mu);
   for (int i = 0; i < npins && !in; i++) in = a >= pins[i].lo && a + n <= pins[i].hi;
+  pthread_mutex_unlock(&pin_mu);
+  return in;
+}
+
+/* a copy of n bytes to host memory at p, counted by where it lands */
+static bool host_copied(const void *p, size_t n) {
+  bool in = pinned(p, n);
+  pthread_mutex_lock(&pin_mu);
   *(in ? &to_pinned : &to_pageable) += n;
   pthread_mutex_unlock(&pin_mu);
+  return in;
 }
 
 typedef struct Copy {
@@ -424,9 +433,12 @@ static CUresult copy(const char *what, void *dst, bool dst_dev, const void *src,
   if (sync && no_sync_in_capture(what)) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
   if (dst_dev && !emu_check_range(what, dst, n)) return CUDA_ERROR_INVALID_VALUE;
   if (src_dev && !emu_check_range(what, src, n)) return CUDA_ERROR_INVALID_VALUE;
-  if (!dst_dev) host_copied(dst, n);
+  bool dst_pinned = !dst_dev && host_copied(dst, n), src_pinned = !src_dev && pinned(src, n);
   Copy c = {dst, src, n, 0, 0};
   if (!lazy || sync || !s || s->capture) return emu_enqueue(s, do_copy, &c, sizeof c);
+  /* registered host memory is the device's to read and write when the
+   * copy runs, as a device's memory is: the host must wait for it */
+  if (dst_pinned || src_pinned) return emu_enqueue(s, do_copy, &c, sizeof c);
   if (!dst_dev) {   /* into pageable host memory: done when the call returns */
     int rc = flush(s, UINT64_MAX);
     if (!rc) rc = emu_enqueue(s, do_copy, &c, sizeof c);

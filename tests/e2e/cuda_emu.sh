@@ -335,14 +335,48 @@ python3 - "$WORK/host.log" "${shard:-0}" <<'PY' || { cat "$WORK/host.log" 2>/dev
 import os, re, sys
 log = open(sys.argv[1]).read().splitlines() if os.path.exists(sys.argv[1]) else []
 shard = int(sys.argv[2])
-reg = [int(l.split()[1]) for l in log if l.startswith("register ")]
-unreg = [l for l in log if l.startswith("unregister ")]
-ex = re.match(r"exit: (\d+) range\(s\) .*: (\d+) bytes into registered memory, (\d+) into pageable", log[-1]) if log else None
-ok = shard > 0 and len(reg) == 1 and reg[0] >= shard and len(unreg) == 1 and ex and ex.group(1) == "0" \
-    and int(ex.group(2)) >= 3 * shard * 0.9 and int(ex.group(3)) < shard
+# (the steps' results, a page each, stay registered for the run)
+reg = [int(l.split()[1]) for l in log if l.startswith("register ") and int(l.split()[1]) >= shard]
+unreg = [l for l in log if l.startswith("unregister ") and int(l.split()[1]) >= shard]
+ex = re.match(r"exit: (\d+) range\(s\) of (\d+) bytes .*: (\d+) bytes into registered memory, (\d+) into pageable",
+              log[-1]) if log else None
+ok = shard > 0 and len(reg) == 1 and len(unreg) == 1 and ex and int(ex.group(2)) < shard \
+    and int(ex.group(3)) >= 3 * shard * 0.9 and int(ex.group(4)) < shard
 print("%s checkpoints copied into pinned memory: %s" % ("ok  " if ok else "FAIL", log[-1] if log else "no log"))
 sys.exit(0 if ok else 1)
 PY
 ran=$((ran + 1))
+# steps queued ahead: the next step queued before this one ends, the
+# loss, gradient norm and MoE's metrics read from the copies each step's
+# end queues (exec.c's rt_step_begin): every record and the checkpoint the
+# same as with the host waiting for each step (LMC_STEPS_AHEAD=0), with
+# evaluations and saves between steps, under lazy and skewed streams (the
+# sanitizer build: lazy), on MoE (its metrics are in each step's copy)
+for st in lazy $([ "$STEPS" -ge 20 ] && echo skew); do
+  for ahead in 1 0; do
+    LMC_STEPS_AHEAD=$ahead LMC_CUDA_EMU_STREAMS=$st "$LMRUN" "$WORK/moe" --data "$DATA" --backend cuda-emu \
+      --matmul-precision highest --max-steps 9 --save-interval 4 --eval-interval 3 --eval-batches 1 --quiet \
+      --out "$WORK/ahead.$st.$ahead" >/dev/null 2>&1 || fail "lmrun with LMC_STEPS_AHEAD=$ahead ($st streams) failed"
+  done
+  python3 - "$WORK/ahead.$st.1/metrics.jsonl" "$WORK/ahead.$st.0/metrics.jsonl" "$st" <<'PY' || status=1
+import json, sys
+def records(path):
+    out = []
+    for line in open(path):
+        r = json.loads(line)
+        if "step" in r:   # (not the run's timing and memory record)
+            r.pop("ms", None)
+            out.append(r)
+    return out
+a, b = records(sys.argv[1]), records(sys.argv[2])
+ok = a == b and len(a) == 12 and all("moe_aux" in r for r in a if "loss" in r)
+print("%s steps queued ahead against each waited for (%s streams): %d records%s" %
+      ("ok  " if ok else "FAIL", sys.argv[3], len(a), "" if ok else ", not the same"))
+sys.exit(0 if ok else 1)
+PY
+  cmp -s "$WORK/ahead.$st.1/ckpt/latest/rank0.ckpt" "$WORK/ahead.$st.0/ckpt/latest/rank0.ckpt" ||
+    fail "steps queued ahead ($st streams): another checkpoint"
+  ran=$((ran + 1))
+done
 [ $status = 0 ] && echo "$ran passed, 0 failed" || echo "failed"
 exit $status
