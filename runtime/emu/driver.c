@@ -97,6 +97,8 @@ static int flush_all(void);
 static int sticky;   /* a failure of work run by emu_progress, reported by the next flush */
 static uint64_t launches;
 static int capturing;   /* streams being captured */
+static void host_log_start(void);
+static void host_waited(const char *what);
 
 int emu_fail(int code, const char *fmt, ...) {
   va_list ap;
@@ -174,6 +176,7 @@ CUresult cuInit(unsigned flags) {
         return emu_fail(CUDA_ERROR_INVALID_VALUE, "LMC_CUDA_EMU_MEMORY=%s: it takes the device's MiB, 1 to 16777216", m);
       dev_total = (size_t)mib << 20;
     }
+    host_log_start();
     done = 1;
   }
   return CUDA_SUCCESS;
@@ -232,6 +235,7 @@ static CUresult no_sync_in_capture(const char *what) {
 }
 
 CUresult cuCtxSynchronize(void) {
+  host_waited("cuCtxSynchronize");
   CUresult rc = no_sync_in_capture("cuCtxSynchronize");
   return rc ? rc : (CUresult)flush_all();
 }
@@ -303,6 +307,7 @@ CUresult cuMemAlloc(CUdeviceptr *p, size_t bytes) {
 }
 
 CUresult cuMemFree(CUdeviceptr p) {
+  host_waited("cuMemFree");
   int rc = flush_all();   /* queued work may use it */
   if (rc) return rc;
   for (int i = 0; i < nallocs; i++)
@@ -346,11 +351,33 @@ static void host_log(const char *fmt, ...) {
   fclose(o);
 }
 
+/* The host's waits for the device, by the call that waited (the log's
+ * "waits:" line at exit): the tests count a training step's. */
+static struct { const char *what; uint64_t n; } waits[16];
+
+static void host_waited(const char *what) {
+  pthread_mutex_lock(&pin_mu);
+  int i = 0;
+  while (i < 15 && waits[i].what && strcmp(waits[i].what, what)) i++;
+  waits[i].what = what, waits[i].n++;
+  pthread_mutex_unlock(&pin_mu);
+}
+
 static void host_log_exit(void) {
   size_t still = 0;
   for (int i = 0; i < npins; i++) still += pins[i].hi - pins[i].lo;
+  char w[512] = "";
+  for (int i = 0, at = 0; i < 16 && waits[i].what && at < (int)sizeof w; i++)
+    at += snprintf(w + at, sizeof w - at, " %s %llu", waits[i].what, (unsigned long long)waits[i].n);
+  host_log("waits:%s\n", w);
   host_log("exit: %d range(s) of %zu bytes still registered; copied to the host: %zu bytes into registered memory, "
            "%zu into pageable\n", npins, still, to_pinned, to_pageable);
+}
+
+static void host_log_start(void) {
+  static int once;
+  const char *f = getenv("LMC_CUDA_EMU_HOST_LOG");
+  if (!once++ && f && *f) atexit(host_log_exit);
 }
 
 CUresult cuMemHostRegister(void *p, size_t n, unsigned flags) {
@@ -368,8 +395,6 @@ CUresult cuMemHostRegister(void *p, size_t n, unsigned flags) {
     else rc = emu_fail(CUDA_ERROR_OUT_OF_MEMORY, "out of memory");
   }
   if (!rc) {
-    static int once;
-    if (!once++) atexit(host_log_exit);
     pins[npins].lo = lo, pins[npins].hi = hi, pins[npins++].p = p;
     host_log("register %zu bytes\n", n);
   }
@@ -430,6 +455,7 @@ static int do_copy(void *arg) {
 
 static CUresult copy(const char *what, void *dst, bool dst_dev, const void *src, bool src_dev, size_t n,
                      CUstream s, bool sync) {
+  if (sync) host_waited(what);
   if (sync && no_sync_in_capture(what)) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
   if (dst_dev && !emu_check_range(what, dst, n)) return CUDA_ERROR_INVALID_VALUE;
   if (src_dev && !emu_check_range(what, src, n)) return CUDA_ERROR_INVALID_VALUE;
@@ -471,6 +497,7 @@ CUresult cuMemcpyDtoDAsync(CUdeviceptr d, CUdeviceptr src, size_t n, CUstream s)
 }
 
 static CUresult set(const char *what, CUdeviceptr d, int value, int width, size_t n, CUstream s, bool sync) {
+  if (sync) host_waited(what);
   if (sync && no_sync_in_capture(what)) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
   if (!emu_check_range(what, DEV(d), n * width)) return CUDA_ERROR_INVALID_VALUE;
   Copy c = {DEV(d), NULL, n, value, width};
@@ -909,6 +936,7 @@ CUresult cuStreamDestroy(CUstream s) {
 }
 
 CUresult cuStreamSynchronize(CUstream s) {
+  host_waited("cuStreamSynchronize");
   if (s && s->capture) return emu_fail(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "cuStreamSynchronize of a stream being captured");
   return s ? flush(s, UINT64_MAX) : flush_all();
 }
@@ -1029,6 +1057,7 @@ CUresult cuEventRecord(CUevent e, CUstream s) {
 CUresult cuEventQuery(CUevent e) { return flush(e->s, e->seq); }
 
 CUresult cuEventSynchronize(CUevent e) {
+  host_waited("cuEventSynchronize");
   CUresult rc = no_sync_in_capture("cuEventSynchronize");
   return rc ? rc : (CUresult)flush(e->s, e->seq);
 }

@@ -378,5 +378,31 @@ PY
     fail "steps queued ahead ($st streams): another checkpoint"
   ran=$((ran + 1))
 done
+# a step waits for the device once, for its queued copies' event: no
+# other host wait (a synchronous copy or set, a stream or context sync, a
+# free) between steps 4 and 10 of GPT-2 (graphs, the second stream, the
+# sorted embedding backward) and of MoE (its grouped GEMMs' counts on the
+# device), as the emulator counts them
+for name in gpt2 moe; do
+  for n in 4 10; do
+    rm -f "$WORK/waits.$name.$n"
+    LMC_CUDA_EMU_HOST_LOG="$WORK/waits.$name.$n" "$LMRUN" "$WORK/$name" --data "$DATA" --backend cuda-emu \
+      --matmul-precision highest --max-steps $n --save-interval 0 --eval-interval 0 --quiet --out "$WORK/waits.$name" \
+      >/dev/null 2>&1 || fail "$name: lmrun counting host waits failed"
+  done
+  python3 - "$WORK/waits.$name.4" "$WORK/waits.$name.10" "$name" <<'PY' || status=1
+import sys
+def waits(path):
+    line = next(l for l in open(path) if l.startswith("waits:")).split()[1:]
+    return {line[i]: int(line[i + 1]) for i in range(0, len(line), 2)}
+a, b = waits(sys.argv[1]), waits(sys.argv[2])
+more = {k: b.get(k, 0) - a.get(k, 0) for k in set(a) | set(b) if b.get(k, 0) != a.get(k, 0)}
+ok = more == {"cuEventSynchronize": 6}
+print("%s %s: steps 5 to 10 waited for the device %s" % ("ok  " if ok else "FAIL", sys.argv[3],
+      ", ".join("%d x %s" % (v, k) for k, v in sorted(more.items())) or "never"))
+sys.exit(0 if ok else 1)
+PY
+  ran=$((ran + 1))
+done
 [ $status = 0 ] && echo "$ran passed, 0 failed" || echo "failed"
 exit $status
