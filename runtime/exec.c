@@ -772,7 +772,15 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
  * step on the host, and host-staged collectives wait there), the
  * optimizer on the device, no op timed or traced. */
 bool rt_can_ahead(Run *r) {
-  return r->be->step_end && r->be->step_wait && r->be->optimizer && r->b->world == 1 && !r->op_time && !r->trace;
+  if (!r->be->step_end || !r->be->step_wait || !r->be->optimizer || r->b->world != 1 || r->op_time || r->trace)
+    return false;
+  int opt = 0;   /* (one rank: the norm is the device's alone) */
+  for (int i = 0; i < r->b->nactions; i++) {
+    const Action *a = &r->b->actions[i];
+    if (a->kind == A_OPTIMIZER && (a->norm_tp || a->norm_pp || a->norm_ep)) return false;
+    opt += a->kind == A_OPTIMIZER;
+  }
+  return opt == 1;
 }
 
 /* Steps queued ahead: the host queues step s + 1 while the device runs
