@@ -22,6 +22,7 @@ expect_error() {
   [ $rc -eq 1 ] || { cat "$WORK/err"; fail "'$*' exited $rc, want 1"; }
   grep -qF -- "$MSG" "$WORK/err" || { cat "$WORK/err"; fail "'$*': no '$MSG' in stderr"; }
   echo "ok   $(head -1 "$WORK/err")"
+  expected=$((${expected:-0} + 1))   # (the bad inputs passed so far)
 }
 
 # small_model DIR [--set ...]: the tiny preset shrunk for tests.
