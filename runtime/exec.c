@@ -765,8 +765,6 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
   }
 }
 
-/* One training step as the schedule's action list says. rows holds the
- * rank's share of the batch: B x microbatches rows of T+1 ids. */
 /* Whether a step may be queued behind one not yet finished: a backend
  * that queues its work (step_end), one rank (several agree after each
  * step on the host, and host-staged collectives wait there), the
@@ -821,12 +819,17 @@ double rt_step_finish(Run *r, double *gnorm) {
  * left it: from the copy its end made where it was queued ahead (the
  * device's state is a later step's by then). */
 void rt_step_value(Run *r, int v, double *dst) {
-  if (!r->state_snap) return rt_get_value(r, v, dst);
+  if (!r->state_snap) {
+    rt_get_value(r, v, dst);
+    return;
+  }
   RtValue *x = &r->b->vals[v];
   for (int64_t i = 0; i < x->n; i++)
     dst[i] = r->be->elem == 8 ? ((double *)r->state_host)[x->off + i] : ((float *)r->state_host)[x->off + i];
 }
 
+/* One training step as the schedule's action list says. rows holds the
+ * rank's share of the batch: B x microbatches rows of T+1 ids. */
 double rt_step(Run *r, const int32_t *rows, double lr, double *gnorm) {
   if (r->nbegun) rt_die("internal: rt_step with a step begun");
   rt_step_begin(r, rows, lr);

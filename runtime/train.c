@@ -443,8 +443,9 @@ int train_run(Run *r, TrainOpts *o) {
     bool evaluating = o->eval_interval > 0 && ((step + 1) % o->eval_interval == 0 || last);
     bool saving = o->save_interval > 0 && ((step + 1) % o->save_interval == 0 || last);
     /* the next step queued before this one ends (a GPU's, exec.c), where
-     * nothing between them needs the device: no evaluation, save or stop */
-    ahead = !last && !evaluating && !saving && !stop_signal && rt_can_ahead(r);
+     * nothing between them needs the device: no evaluation, save or stop
+     * (and no trace, which opens before the step it records) */
+    ahead = !last && !evaluating && !saving && !stop_signal && !o->trace && rt_can_ahead(r);
     if (ahead) {
       data_train_batch(L.d, L.seed, step + 1, b->train.batch, b->T, L.rows);
       rt_step_begin(r, my_rows(b, L.rows, L.rows + rowsz), lr_at(&b->train, L.steps, step + 1));
