@@ -618,6 +618,34 @@ static void cuda_download(double *dst, const void *src, int64_t n) {
 
 static void cuda_zero(void *p, int64_t n) { CK(cu.memset8_async(dptr(p), 0, n * sizeof(float), st)); }
 
+/* A step's scattered zeros in one launch (kernels.cu's lmc_zero_ranges):
+ * the table goes to the device the first time (exec.c passes the same
+ * one every step) and again only when another comes. */
+static void cuda_zero_ranges(void *base, const int64_t (*ranges)[2], int n) {
+  static int64_t (*have)[2];
+  static int nhave;
+  static CUdeviceptr table;
+  static int64_t longest;
+  size_t bytes = (size_t)n * 2 * sizeof(int64_t);
+  if (!fn_has("lmc_zero_ranges")) {   /* (a bundle an older lmc wrote) */
+    for (int i = 0; i < n; i++) cuda_zero((float *)base + ranges[i][0], ranges[i][1]);
+    return;
+  }
+  if (n != nhave || memcmp(have, ranges, bytes)) {
+    if (table) dev_free(table);
+    free(have);
+    table = dev_alloc(bytes), have = rt_xmalloc(bytes), nhave = n;
+    memcpy(have, ranges, bytes);
+    CK(cu.htod(table, ranges, bytes));
+    longest = 0;
+    for (int i = 0; i < n; i++) longest = ranges[i][1] > longest ? ranges[i][1] : longest;
+  }
+  CUdeviceptr b = dptr(base);
+  void *a[] = {&b, &table};
+  int64_t parts = (longest + 256 * 16 - 1) / (256 * 16);   /* 16 elements a thread */
+  launch_grid("lmc_zero_ranges", (unsigned)n, (unsigned)(parts < 1 ? 1 : parts > 65535 ? 65535 : parts), 1, 256, a);
+}
+
 /* The token ids an embedding's backward reads get, beside them on the
  * device, their positions sorted by id (stable), made on the host at each
  * upload: the backward sums each id's run of tokens in one block instead
@@ -2752,7 +2780,7 @@ static bool cuda_graph_ok(const RtInst *x) {
 
 static Backend cuda = {
     .name = "cuda-f32", .elem = 4, .alloc = cuda_alloc, .release = cuda_release, .upload = cuda_upload,
-    .download = cuda_download, .read = cuda_read, .write = cuda_write, .memory = cuda_memory, .pin = cuda_pin, .zero = cuda_zero, .upload_ids = cuda_upload_ids, .run = cuda_run,
+    .download = cuda_download, .read = cuda_read, .write = cuda_write, .memory = cuda_memory, .pin = cuda_pin, .zero = cuda_zero, .zero_ranges = cuda_zero_ranges, .upload_ids = cuda_upload_ids, .run = cuda_run,
     .sumsq = cuda_sumsq, .adamw = cuda_adamw, .allreduce = cuda_allreduce, .allreduce_async = cuda_allreduce_async,
     .wait_allreduces = cuda_wait_allreduces, .send = cuda_send,
     .recv = cuda_recv, .wait_sends = cuda_wait_sends, .gemm_peak = cuda_gemm_peak, .sync = cuda_sync,

@@ -112,28 +112,29 @@ static void plan_first_writes(Run *r) {
 
 /* A step's zeros: the gradients its first backward pass does not set (all
  * of them without one), and the state values. Under $LMC_POISON_GRADS the
- * rest are NaN, so that a gradient not wholly set shows in the loss. */
+ * whole gradient region is NaN first, so that a gradient neither wholly
+ * set nor wholly zeroed shows in the loss. */
+static void poison_grads(Run *r) {
+  enum { CHUNK = 1 << 16 };
+  double *nan = rt_xmalloc(CHUNK * sizeof(double));
+  for (int i = 0; i < CHUNK; i++) nan[i] = NAN;
+  for (int64_t c = 0, n = r->b->region[R_GRAD]; c < n; c += CHUNK)
+    r->be->upload((char *)r->region[R_GRAD] + c * r->be->elem, nan, n - c < CHUNK ? n - c : CHUNK);
+  free(nan);
+}
+
 static void zero_step(Run *r) {
   Bundle *b = r->b;
   if (!r->bwd_first) {
     rt_zero_grads(r);
     return;
   }
-  for (int i = 0; i < r->nzero; i++)
-    r->be->zero((char *)r->region[R_GRAD] + r->zero[i][0] * r->be->elem, r->zero[i][1]);
+  if (r->poison) poison_grads(r);
+  if (r->be->zero_ranges && r->nzero) r->be->zero_ranges(r->region[R_GRAD], (const int64_t(*)[2])r->zero, r->nzero);
+  else
+    for (int i = 0; i < r->nzero; i++)
+      r->be->zero((char *)r->region[R_GRAD] + r->zero[i][0] * r->be->elem, r->zero[i][1]);
   r->be->zero(r->region[R_STATE], b->region[R_STATE]);
-  if (!r->poison) return;
-  enum { CHUNK = 1 << 16 };
-  double *nan = rt_xmalloc(CHUNK * sizeof(double));
-  for (int i = 0; i < CHUNK; i++) nan[i] = NAN;
-  int64_t at = 0;   /* the gaps between the zeroed ranges */
-  for (int i = 0; i <= r->nzero; i++) {
-    int64_t upto = i < r->nzero ? r->zero[i][0] : b->region[R_GRAD];
-    for (int64_t c = at; c < upto; c += CHUNK)
-      r->be->upload((char *)r->region[R_GRAD] + c * r->be->elem, nan, upto - c < CHUNK ? upto - c : CHUNK);
-    if (i < r->nzero) at = r->zero[i][0] + r->zero[i][1];
-  }
-  free(nan);
 }
 
 Run *rt_new(Bundle *b, Backend *be) {

@@ -213,6 +213,9 @@ typedef struct Backend {
    * callable from any thread; false where it cannot be (read still works) */
   bool (*pin)(void *p, size_t n, bool on);
   void (*zero)(void *p, int64_t n);
+  /* optional: zero n ranges of base at once (pairs of offset and length,
+   * in reals; the same table every call: a backend may keep its copy) */
+  void (*zero_ranges)(void *base, const int64_t (*ranges)[2], int n);
   void (*upload_ids)(void *dst, const int32_t *src, int64_t n);
   void (*run)(const RtInst *in, void **out, void **in_ptrs);
   void (*run_fused)(const RtInst *x, void **ops, int n);   /* optional: a generated kernel (RtInst.body) */
@@ -387,7 +390,7 @@ typedef struct Run {
   int64_t first_mb;
   int64_t (*zero)[2];
   int nzero;
-  bool poison;             /* $LMC_POISON_GRADS: NaN where zeros were skipped (tests) */
+  bool poison;             /* $LMC_POISON_GRADS: the gradients NaN before a step's zeros (tests) */
   /* steps begun and not finished, oldest first (rt_step_begin): queued
    * ahead (their loss and norm come from Backend.step_wait), or run
    * (their loss and norm here) */

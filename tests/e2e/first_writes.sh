@@ -1,10 +1,12 @@
 #!/bin/sh
 # A step's first backward pass sets each gradient where the program adds
 # to it, so a step zeroes only the gradients it does not set (exec.c's
-# plan_first_writes). With LMC_POISON_GRADS=1 those it does not zero are
-# NaN before every step instead, so a gradient not wholly set by the time
-# it is read shows in the loss: each config trains 3 steps both ways, to
-# the same bits. Configs: a Llama, GPT-2 (its tied embedding set by the
+# plan_first_writes). With LMC_POISON_GRADS=1 the whole gradient region
+# is NaN before every step's zeros, so a gradient neither wholly set nor
+# wholly zeroed by the time it is read shows in the loss: each config
+# trains 3 steps both ways, to the same bits (on the emulated platform the
+# zeros are one kernel over the ranges, kernels.cu's lmc_zero_ranges:
+# planted, half of each range zeroed -> the GPT-2 config's loss is NaN). Configs: a Llama, GPT-2 (its tied embedding set by the
 # head and added to by the embedding's backward), MoE experts, pipeline
 # stages with 4 microbatches (1F1B), tensor and data parallel ranks, and
 # the CUDA backend (graphs, bf16 storage) on the emulated platform (but in
