@@ -26,7 +26,11 @@
  * ..) late and the rest's at once, as soon as queued: so work on a second
  * stream that should wait for the first's queued work but has no event
  * to wait on runs before it (lazily, it would have run after it all the
- * same when something waited). */
+ * same when something waited). Host memory registered with
+ * cuMemHostRegister is the device's to read and write when a copy runs,
+ * as on a GPU, and LMC_CUDA_EMU_HOST_LOG=FILE records registrations and,
+ * at exit, the host's waits for the device by call ("host memory
+ * registered" below). */
 #include "emu.h"
 #include <cuda.h>
 #include <dlfcn.h>
