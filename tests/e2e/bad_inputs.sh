@@ -74,6 +74,7 @@ bad_knob LMC_ATTENTION_WARPGROUPS=4 "1, 2 or 3 (warpgroups a block of attention'
 bad_knob LMC_MOE_SPLIT=65 "a count of parts from 1 to 64 (split-k of the MoE weight gradients' grouped GEMMs)"
 bad_knob LMC_GEMM_BACKWARD_EPILOGUES=yes "0 (the GEMM, then kernels) or 1"
 bad_knob LMC_SIDE_STREAM=2 "0 (every GEMM on one stream) or 1 (weight gradients beside)"
+bad_knob LMC_GEMM_TUNE=2 "0 (cuBLASLt's heuristic's choice) or 1 (the fastest, timed once a GPU model)"
 bad_knob LMC_STEPS_AHEAD=yes "0 (the host waits for each step) or 1 (the next step queued before it ends)"
 bad_knob LMC_JIT_THREADS=0 "a count of threads from 1 to 64 (NVRTC programs compiled at once)"
 bad_knob LMC_JIT_THREADS=all "a count of threads from 1 to 64 (NVRTC programs compiled at once)"
