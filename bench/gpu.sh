@@ -113,6 +113,13 @@ attention_row gpt2-B8-T1024 gpt2-124m 8 1024 12 12 64
 attention_row llama-k128-B8-T2048 llama-large 8 2048 12 4 128 --set H=12 --set G=4
 [ "${LMC_BENCH_ATTENTION_ONLY:-0}" = 1 ] && exit 0
 
+# the host's sort of a batch's ids for the embedding backward, counting
+# sort against the qsort before (run 16's steps were 1.0 and 1.3 ms over
+# their device time, about that sort on this host's cores)
+if [ -x "$(dirname "$bench")/bench_order" ]; then
+  echo "== the host's order of a batch's ids (bench_order)"
+  timeout 60 "$(dirname "$bench")/bench_order" 100 2>&1
+fi
 gpt="--set batch=8 --set seq=1024"
 # MoE on the GPU against its dense twin (same active parameters; no PyTorch anchor for MoE)
 moe="--set D=512 --set H=8 --set G=2 --set L=8 --set batch=8 --set seq=1024"

@@ -41,7 +41,7 @@ if [ "${1:-}" = --pack ]; then
   cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DLMC_NATIVE=OFF >/dev/null
   cmake --build build-gpu -j"$(nproc)" >/dev/null
   rm -rf .gpu && mkdir -p .gpu/bin .gpu/lib .gpu/data
-  cp build-gpu/compiler/lmc build-gpu/runtime/lmrun build-gpu/bench/bench_train build-gpu/bench/bench_attention \
+  cp build-gpu/compiler/lmc build-gpu/runtime/lmrun build-gpu/bench/bench_train build-gpu/bench/bench_attention build-gpu/bench/bench_order \
     build-gpu/tests/test_nvrtc build-gpu/tests/test_emu_ops \
     build-gpu/tests/test_emu .gpu/bin/
   # every shared library outside glibc itself travels along
