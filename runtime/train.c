@@ -348,10 +348,10 @@ static void banner(Loop *L) {
   if (b->mesh[3] > 1) snprintf(ep, sizeof ep, " x ep %d", b->mesh[3]);
   if (b->nparam_active < b->nparam_elems) snprintf(act, sizeof act, " (%.2fM active)", b->nparam_active / 1e6);
   printf("model %s: %.2fM params%s | batch %lld x seq %lld, %lld microbatch(es) | layout dp %d x tp %d x pp %d%s | "
-         "backend %s%s%s\n", b->model, b->nparam_elems / 1e6, act, (long long)b->train.batch, (long long)b->T,
+         "backend %s%s%s%s\n", b->model, b->nparam_elems / 1e6, act, (long long)b->train.batch, (long long)b->T,
          (long long)b->train.microbatches, b->mesh[0], b->mesh[1], b->mesh[2], ep, r->be->name,
          !b->bf16 ? "" : r->typed ? ", bf16 plan and storage" : ", bf16 plan (rounded, fp32 storage)",
-         r->graphs ? ", CUDA graphs" : "");
+         r->graphs ? ", CUDA graphs" : "", rt_can_ahead(r) && !L->o->trace ? ", steps queued ahead" : "");
   char dev[160] = "", z[2][32];
   if (L->gpu)   /* (the plan's allocations made) */
     snprintf(dev, sizeof dev, " | %s: %s free of %s", L->device, rt_bytes(z[0], L->dev_free), rt_bytes(z[1], L->dev_total));

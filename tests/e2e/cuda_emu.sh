@@ -336,6 +336,9 @@ grep -q "| NVIDIA H100 PCIe: [0-9.]* GiB free of 80.00 GiB |" "$WORK/mfu.out" &&
 "$LMRUN" "$WORK/llama" --data "$DATA" --backend cuda-emu --max-steps 1 --save-interval 0 --eval-interval 0 \
   --out "$WORK/mfu" >"$WORK/mfu.out" 2>&1 || fail "lmrun on the emulated device failed"
 grep -q "MFU" "$WORK/mfu.out" && { cat "$WORK/mfu.out"; fail "MFU against a GPU of no known peak"; }
+# (and the banner says the steps are queued ahead, unless LMC_STEPS_AHEAD=0)
+grep -q "^model .* | backend cuda-emu-f32-medium, CUDA graphs, steps queued ahead$" "$WORK/mfu.out" ||
+  { cat "$WORK/mfu.out"; fail "the banner does not say the steps are queued ahead"; }
 echo "ok   MFU against a GPU's known peak, by its name; none for an unknown one"
 ran=$((ran + 1))
 # a checkpoint's shard is copied into host memory pinned once for every
