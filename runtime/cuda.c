@@ -821,11 +821,27 @@ typedef struct LtPick { LtKey key; cublasLtMatmulAlgo_t algo; } LtPick;
 static LtPick *lt_picks;
 static int nlt_picks;
 
-static void lt_file_at(const char *cache) {
-  char dev[100] = "gpu";
-  if (device_name && device_name(dev, sizeof dev, device) != CUDA_SUCCESS) snprintf(dev, sizeof dev, "gpu");
+/* The GPU model's name as a file name's part ("NVIDIA-H200") */
+static void gpu_slug(char *dev, size_t n) {
+  if (!device_name || device_name(dev, (int)n, device) != CUDA_SUCCESS) snprintf(dev, n, "gpu");
   for (char *c = dev; *c; c++)
     if (!isalnum((unsigned char)*c)) *c = '-';
+}
+
+/* A picks' file written whole: into tmp beside path (open_picks), then
+ * renamed over it (close_picks), so a reader never sees half of one */
+static FILE *open_picks(const char *path, char *tmp, size_t n) {
+  snprintf(tmp, n, "%s.tmp.%d", path, (int)getpid());
+  return fopen(tmp, "w");
+}
+static void close_picks(FILE *f, const char *tmp, const char *path) {
+  if (f && fclose(f) == 0) rename(tmp, path);
+  else unlink(tmp);
+}
+
+static void lt_file_at(const char *cache) {
+  char dev[100];
+  gpu_slug(dev, sizeof dev);
   snprintf(lt_file, sizeof lt_file, "%s/%s-cublaslt%zu%s.gemm", cache, dev, lt_version ? lt_version() : (size_t)0,
            emulated ? "-emu" : "");
 }
@@ -867,8 +883,7 @@ static void lt_read(void) {
 static void lt_write(void) {
   if (!lt_file[0]) return;
   char tmp[1500];
-  snprintf(tmp, sizeof tmp, "%s.tmp.%d", lt_file, (int)getpid());
-  FILE *f = fopen(tmp, "w");
+  FILE *f = open_picks(lt_file, tmp, sizeof tmp);
   for (int i = 0; f && i < nlt_picks; i++) {
     const LtKey *k = &lt_picks[i].key;
     fprintf(f, "%lld %lld %lld %lld %lld %lld %u %u %u %u %d %d %d %d", (long long)k->m, (long long)k->n,
@@ -877,8 +892,7 @@ static void lt_write(void) {
     for (int j = 0; j < 8; j++) fprintf(f, " %llx", (unsigned long long)lt_picks[i].algo.data[j]);
     fprintf(f, "\n");
   }
-  if (f && fclose(f) == 0) rename(tmp, lt_file);
-  else unlink(tmp);
+  close_picks(f, tmp, lt_file);
 }
 
 /* ---- GEMM algorithms timed (the tuner) ----
@@ -1415,10 +1429,8 @@ static bool fa_tuning(const RtInst *x) { return fa_mma(x) && fa_tune_on() && ev.
 
 /* the picks' file, beside the cubin cache: one per kernels.cu and GPU model */
 static void fa_file_at(const char *cache) {
-  char dev[100] = "gpu";
-  if (device_name && device_name(dev, sizeof dev, device) != CUDA_SUCCESS) snprintf(dev, sizeof dev, "gpu");
-  for (char *c = dev; *c; c++)
-    if (!isalnum((unsigned char)*c)) *c = '-';
+  char dev[100];
+  gpu_slug(dev, sizeof dev);
   snprintf(fa_file, sizeof fa_file, "%s/%016llx-%s%s.attention", cache, (unsigned long long)kernels_hash, dev,
            emulated ? "-emu" : "");
 }
@@ -1449,15 +1461,13 @@ static void fa_read(void) {
 static void fa_write(void) {
   if (!fa_file[0]) return;
   char tmp[1500];
-  snprintf(tmp, sizeof tmp, "%s.tmp.%d", fa_file, (int)getpid());
-  FILE *f = fopen(tmp, "w");
+  FILE *f = open_picks(fa_file, tmp, sizeof tmp);
   for (int i = 0; f && i < nfa_picks; i++) {
     const FaPick *p = &fa_picks[i];
     fprintf(f, "%lld %lld %lld %lld %lld %lld %d %d %d %d %d %lld\n", p->key[0], p->key[1], p->key[2], p->key[3],
             p->key[4], p->key[5], p->c.wg, (int)p->c.pipe, p->c.rows, (int)p->c.s2, p->c.qt, p->c.section);
   }
-  if (f && fclose(f) == 0) rename(tmp, fa_file);
-  else unlink(tmp);
+  close_picks(f, tmp, fa_file);
 }
 
 static bool fa_same(FaCfg a, FaCfg b) {
