@@ -120,15 +120,18 @@ int main(int argc, char **argv) {
   /* the timed steps as training runs them: each queued before the one
    * before it ends where the backend can (rt_step_begin) */
   bool ahead = rt_can_ahead(r);
-  double t = rt_now();
-  rt_step_begin(r, tok, 1e-4);
-  for (int s = 1; s < steps; s++) {
-    if (ahead) rt_step_begin(r, tok, 1e-4), loss = rt_step_finish(r, &gn);
-    else loss = rt_step_finish(r, &gn), rt_step_begin(r, tok, 1e-4);
+  double t = rt_now(), queue = 0;   /* (the host's time queuing steps: near a step's, the host bounds it) */
+  for (int s = 0; s < steps; s++) {
+    if (s && !ahead) loss = rt_step_finish(r, &gn);
+    double q = rt_now();
+    rt_step_begin(r, tok, 1e-4);
+    queue += rt_now() - q;
+    if (s && ahead) loss = rt_step_finish(r, &gn);
   }
   loss = rt_step_finish(r, &gn);
   be->sync();
   double dt = (rt_now() - t) / steps;
+  queue /= steps;
   int ninst = b->nfwd + b->nbwd;
   r->op_time = rt_xmalloc((NUM_OPS + 1 + ninst) * sizeof(double));   /* one profiled step */
   r->inst_time = be->time_read != NULL;   /* (each instruction's time, booked under its kind below) */
@@ -164,6 +167,10 @@ int main(int argc, char **argv) {
          dt * 1e3, toks / dt, flops / 1e9, flops / dt / 1e9, 100 * flops / dt / peak, peak / 1e9,
          ahead ? " | each step queued before the last ended" : "",
          cuda_side_used() ? " | weight gradients beside (second stream)" : "");
+  if (cuda || emu)
+    printf("  host: %.2f ms to queue a step (%s)\n", queue * 1e3,
+           ahead ? "beside the step before: the GPU waits on it only if it nears a step's time"
+                 : "the GPU waiting: the step before was waited for");
   double mf = model_flops(b);
   if (cuda || emu)
     printf("  model FLOPs (6 x non-embedding params x tokens + causal attention): %.2f TFLOP/step, %.1f TFLOP/s, "
