@@ -39,6 +39,9 @@ bin=${1:-}
 lmc=$(ls "$bin/lmc" "$root/build/compiler/lmc" 2>/dev/null | head -1)
 bench=$(ls "$bin/bench_train" "$root/build/bench/bench_train" 2>/dev/null | head -1)
 py=${PYTHON:-python3}
+# each row's start in seconds from gpu_check's start (or this script's)
+LMC_CHECK_T0=${LMC_CHECK_T0:-$(date +%s)}
+elapsed() { echo "(at $(( $(date +%s) - LMC_CHECK_T0 )) s)"; }
 work=$(mktemp -d "${TMPDIR:-/tmp}/lmc-gpu-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 # a cubin cache of its own: each model's first row compiles its kernels
@@ -66,7 +69,7 @@ hang() {   # hang RC: after a run with the tuner on
 lmc_row() {
   row=$1 be=${2%%:*} col=${2#*:} steps=$3 spec=$4
   shift 4
-  echo "== lmc $row ($col)${rowenv:+ $rowenv}"
+  echo "== lmc $row ($col)${rowenv:+ $rowenv} $(elapsed)"
   "$lmc" "$root/models/$spec.lm" -q -o "$work/b" "$@" || return
   out=$(env $rowenv timeout 300 "$bench" "$work/b" "$steps" "$be" 2>&1)
   rc=$?
@@ -81,7 +84,7 @@ torch_row() {
   row=$1 mode=$2 script=$3
   shift 3
   [ $torch_ok = 1 ] || { echo "$row torch-$mode no-torch" >> "$table"; return; }
-  echo "== torch $row ($mode)"
+  echo "== torch $row ($mode) $(elapsed)"
   out=$(env -u LD_LIBRARY_PATH PYTHONUNBUFFERED=1 timeout 300 $py "$root/bench/anchors/$script" "$@" 2>&1 | tail -3)
   echo "$out"
   tps=$(echo "$out" | sed -n 's/.* \([0-9]*\) tok\/s .*/\1/p' | tail -1)
@@ -92,7 +95,7 @@ torch_row() {
 attention_row() {
   row=$1 spec=$2 b=$3 t=$4 h=$5 g=$6 k=$7
   shift 7
-  echo "== attention $row"
+  echo "== attention $row $(elapsed)"
   # tuned (the default on a GPU): its first call times every kernel the
   # bundle has for the forward, dQ and dK/dV (the mma.sync variants, wgmma
   # at 1 to 3 warpgroups, checked against the default's outputs first),
@@ -117,7 +120,7 @@ attention_row llama-k128-B8-T2048 llama-large 8 2048 12 4 128 --set H=12 --set G
 # sort against the qsort before (run 16's steps were 1.0 and 1.3 ms over
 # their device time, about that sort on this host's cores)
 if [ -x "$(dirname "$bench")/bench_order" ]; then
-  echo "== the host's order of a batch's ids (bench_order)"
+  echo "== the host's order of a batch's ids (bench_order) $(elapsed)"
   timeout 60 "$(dirname "$bench")/bench_order" 100 2>&1
 fi
 gpt="--set batch=8 --set seq=1024"
@@ -187,7 +190,7 @@ else
   lmc_row dense-twin-D512 cuda-medium:cuda-bf16 5 tiny $moe --set F=1376 --set precision=bf16
 fi
 
-echo "== tokens/s (same GPU, same run); ratio: lmc's best over each PyTorch mode"
+echo "== tokens/s (same GPU, same run); ratio: lmc's best over each PyTorch mode $(elapsed)"
 awk '
   { v[$1, $2] = $3; if (!($1 in seen)) { seen[$1] = 1; rows[n++] = $1 }; if (!($2 in cs)) { cs[$2] = 1; cols[m++] = $2 } }
   END {

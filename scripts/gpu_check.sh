@@ -64,6 +64,11 @@ bin=.gpu/bin data=.gpu/data/kjv.txt work=$(mktemp -d)
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 echo "host: $(nproc) cores"
 status=0
+# each section's start in seconds from this script's (and bench/gpu.sh's
+# rows from the same clock): what the next call's time limit has room for
+LMC_CHECK_T0=${LMC_CHECK_T0:-$(date +%s)}
+export LMC_CHECK_T0
+elapsed() { echo "(at $(( $(date +%s) - LMC_CHECK_T0 )) s)"; }
 # guard SECONDS CMD...: CMD under a deadline, so that a kernel that hangs
 # (attention on wgmma has not met a GPU yet) costs its step, not the run
 guard() {
@@ -76,7 +81,7 @@ guard() {
 }
 
 if [ "${1:-}" = --ops ]; then
-  echo "== every CUDA op against the CPU's, on this GPU (fp32, then bf16 storage)"
+  echo "== every CUDA op against the CPU's, on this GPU (fp32, then bf16 storage) $(elapsed)"
   guard 240 "$bin/test_emu_ops" templates/kernels.cu real || status=1
   guard 240 "$bin/test_emu_ops" templates/kernels.cu bf16 real || status=1
   [ $status = 0 ] || { export LMC_ATTENTION_TUNE=0; echo "gpu_check: a check failed: attention's tuner off from here"; }
@@ -88,7 +93,7 @@ fi
 quick=0
 [ "${1:-}" = --quick ] && quick=1 && export LMC_BENCH_QUICK=1
 if [ $quick = 0 ]; then   # (quick: the runs below compile their own kernels)
-echo "== kernels: NVRTC"
+echo "== kernels: NVRTC $(elapsed)"
 "$bin/lmc" models/tiny.lm -q -o "$work/tiny"
 "$bin/lmc" models/gpt2-124m.lm -q -o "$work/gpt2"
 "$bin/lmc" models/tiny.lm -q -o "$work/tp2" --set tp=2
@@ -98,11 +103,11 @@ echo "== kernels: NVRTC"
   "$work/moe/kernels.cu" || status=1
 fi
 
-echo "== the emulated CUDA platform's primitives on the hardware (shuffles, votes, bf16/fp16, mma + ldmatrix, graphs, cuBLASLt)"
+echo "== the emulated CUDA platform's primitives on the hardware (shuffles, votes, bf16/fp16, mma + ldmatrix, graphs, cuBLASLt) $(elapsed)"
 CUBLASLT_LOG_LEVEL=2 guard 120 "$bin/test_emu" real tests/emu/kernels.cu || status=1   # level 2: cuBLASLt says why it refuses
 
 if [ $quick = 1 ]; then
-  echo "== every CUDA op against the CPU's, on this GPU (fp32, then bf16 storage)"
+  echo "== every CUDA op against the CPU's, on this GPU (fp32, then bf16 storage) $(elapsed)"
   guard 240 "$bin/test_emu_ops" templates/kernels.cu real || status=1
   guard 240 "$bin/test_emu_ops" templates/kernels.cu bf16 real || status=1
   # attention's tuner (on by default on a GPU) runs every attention kernel,
@@ -110,7 +115,7 @@ if [ $quick = 1 ]; then
   [ $status = 0 ] || { export LMC_ATTENTION_TUNE=0; echo "gpu_check: a check failed: attention's tuner off from here"; }
 fi
 
-echo "== CUDA vs CPU: 20 steps from one seed"
+echo "== CUDA vs CPU: 20 steps from one seed $(elapsed)"
 compare() {   # compare NAME SPEC [--set ...]; $flags go to the CUDA run, $tol to the comparison
   name=$1 spec=$2
   shift 2
@@ -168,7 +173,7 @@ flags="--matmul-precision medium" tol="3e-2 5e-2 8" compare moe_medium models/mo
 [ $quick = 1 ] || flags="--matmul-precision medium" tol="1e-2 5e-2" compare llama_medium models/tiny.lm --set D=128 --set H=4 --set G=2 \
   --set F=344 --set L=2 --set batch=8 --set seq=64
 
-echo "== bench: lmc against PyTorch on this GPU (bench/gpu.sh)"
+echo "== bench: lmc against PyTorch on this GPU (bench/gpu.sh) $(elapsed)"
 sh bench/gpu.sh "$bin" || status=1
 echo "gpu_check: $([ $status = 0 ] && echo passed || echo FAILED)"
 exit $status
