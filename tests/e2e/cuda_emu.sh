@@ -113,7 +113,6 @@ if [ "$STEPS" -ge 20 ]; then
   [ "$picks" -ge 8 ] && [ "$(timed tuned)" = "$picks" ] && [ -z "$(timed warm)" ] && [ "$(timed damaged)" = 1 ] ||
     fail "the GEMM picks' file: $picks picks, synced to time them $(timed tuned), then $(timed warm), then $(timed damaged)"
   echo "ok   GEMM picks kept: $picks timed once, none the next run, a damaged one again"
-  ran=$((ran + 1))
   # LMC_GEMM_BACKWARD_EPILOGUES=0: the weight gradients' GEMMs plain and
   # the bias gradients' column sums after, GELU's backward after its GEMM:
   # GELU's backward then multiplies dh rounded to bf16 where the epilogue
@@ -406,8 +405,8 @@ for name in gpt2 moe; do
   for n in 4 10; do
     rm -f "$WORK/waits.$name.$n"
     LMC_CUDA_EMU_HOST_LOG="$WORK/waits.$name.$n" "$LMRUN" "$WORK/$name" --data "$DATA" --backend cuda-emu \
-      --matmul-precision $([ $name = moe ] && echo medium || echo highest) --max-steps $n --save-interval 0 --eval-interval 0 --quiet --out "$WORK/waits.$name" \
-      >/dev/null 2>&1 || fail "$name: lmrun counting host waits failed"
+      --matmul-precision $([ $name = moe ] && echo medium || echo highest) --max-steps $n --save-interval 0 \
+      --eval-interval 0 --quiet --out "$WORK/waits.$name" >/dev/null 2>&1 || fail "$name: lmrun counting host waits failed"
   done
   python3 - "$WORK/waits.$name.4" "$WORK/waits.$name.10" "$name" <<'PY' || status=1
 import sys
