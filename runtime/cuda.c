@@ -630,8 +630,10 @@ static void cuda_zero_ranges(void *base, const int64_t (*ranges)[2], int n) {
   static int nhave;
   static CUdeviceptr table;
   static int64_t longest;
+  static int kernel = -1;   /* the bundle has lmc_zero_ranges (one an older lmc wrote has not) */
   size_t bytes = (size_t)n * 2 * sizeof(int64_t);
-  if (!fn_has("lmc_zero_ranges")) {   /* (a bundle an older lmc wrote) */
+  if (kernel < 0) kernel = fn_has("lmc_zero_ranges");
+  if (!kernel) {
     for (int i = 0; i < n; i++) cuda_zero((float *)base + ranges[i][0], ranges[i][1]);
     return;
   }
@@ -923,19 +925,19 @@ static int tuned_algo(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t l[3], un
   if (at < 0 || lt_algos[at].state || capturing) return at;
   static bool read;
   if (!read) read = true, lt_read();
-  LtPick *p = lt_known(&key);
-  if (p) {   /* picked before, on this GPU model (by a run before, or another rank) */
-    lt_algos[at].key = key, lt_algos[at].state = 1, lt_algos[at].algo = p->algo;
-    return at;
-  }
   /* ranks on one machine time a GEMM once: the first holds the file's
    * lock while it times, the others wait and read its pick (each having
    * finished its queued work, so that no collective waits on a rank
    * blocked on the lock), as attention's tuner does */
-  CK(cu.sync());
-  int lock = lt_file[0] ? file_lock(lt_file) : -1;
-  lt_read();
-  if ((p = lt_known(&key))) {
+  LtPick *p = lt_known(&key);
+  int lock = -1;
+  if (!p) {
+    CK(cu.sync());
+    lock = lt_file[0] ? file_lock(lt_file) : -1;
+    lt_read();
+    p = lt_known(&key);
+  }
+  if (p) {   /* picked before, on this GPU model (by a run before, or another rank) */
     lt_algos[at].key = key, lt_algos[at].state = 1, lt_algos[at].algo = p->algo;
     if (lock >= 0) close(lock);
     return at;

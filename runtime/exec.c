@@ -137,6 +137,8 @@ static void zero_step(Run *r) {
   r->be->zero(r->region[R_STATE], b->region[R_STATE]);
 }
 
+static bool ahead_ok(Run *r);
+
 Run *rt_new(Bundle *b, Backend *be) {
   Run *r = rt_xmalloc(sizeof(Run));
   r->b = b, r->be = be;
@@ -169,6 +171,7 @@ Run *rt_new(Bundle *b, Backend *be) {
   }
   if (ar) r->wide_ar = be->alloc(ar * be->elem);
   plan_first_writes(r);
+  r->ahead_ok = ahead_ok(r);
   return r;
 }
 
@@ -770,9 +773,8 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
  * that queues its work (step_end), one rank (several agree after each
  * step on the host, and host-staged collectives wait there), the
  * optimizer on the device, no op timed or traced. */
-bool rt_can_ahead(Run *r) {
-  if (!r->be->step_end || !r->be->step_wait || !r->be->optimizer || r->b->world != 1 || r->op_time || r->trace)
-    return false;
+static bool ahead_ok(Run *r) {   /* (what the bundle and backend allow: once, at rt_new) */
+  if (!r->be->step_end || !r->be->step_wait || !r->be->optimizer || r->b->world != 1) return false;
   int opt = 0;   /* (one rank: the norm is the device's alone) */
   for (int i = 0; i < r->b->nactions; i++) {
     const Action *a = &r->b->actions[i];
@@ -781,6 +783,8 @@ bool rt_can_ahead(Run *r) {
   }
   return opt == 1;
 }
+
+bool rt_can_ahead(Run *r) { return r->ahead_ok && !r->op_time && !r->trace; }
 
 /* Steps queued ahead: the host queues step s + 1 while the device runs
  * step s, so the device never waits between steps for the host's reads
@@ -809,8 +813,7 @@ double rt_step_finish(Run *r, double *gnorm) {
   if (r->state_snap) {
     if (!r->state_host) r->state_host = rt_xmalloc((r->b->region[R_STATE] + 1) * r->be->elem);
     r->be->step_wait(r->state_host, gnorm);
-    int64_t at = r->b->vals[r->b->loss].off;
-    loss = r->be->elem == 8 ? ((double *)r->state_host)[at] : ((float *)r->state_host)[at];
+    rt_step_value(r, r->b->loss, &loss);
   }
   r->begun[0] = r->begun[1], r->nbegun--;
   return loss;

@@ -396,6 +396,7 @@ typedef struct Run {
    * (their loss and norm here) */
   struct { bool ahead; double loss, norm; } begun[2];
   int nbegun;
+  bool ahead_ok;           /* the backend and bundle allow steps queued ahead (rt_can_ahead adds the run's state) */
   bool queuing;            /* a step being queued ahead: the optimizer leaves its norm on the device */
   void *state_host;        /* the state region as the last step finished ahead left it */
   bool state_snap;         /* which the last finished step's values are in (else on the device) */

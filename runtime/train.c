@@ -256,6 +256,18 @@ static int stop_now(Loop *L) {
   return none ? 0 : sig ? sig : SIGTERM;    /* (SIGTERM: another rank's) */
 }
 
+/* Whether the run queues each step before the one before it ends (a
+ * GPU's, exec.c; not while tracing, which opens before the step it
+ * records) */
+static bool queues_ahead(Loop *L) { return !L->o->trace && rt_can_ahead(L->r); }
+
+/* Step `step`'s batch drawn and the step begun (run, or queued ahead) */
+static void begin_step(Loop *L, int64_t step) {
+  Bundle *b = L->r->b;
+  data_train_batch(L->d, L->seed, step, b->train.batch, b->T, L->rows);
+  rt_step_begin(L->r, my_rows(b, L->rows, L->rows + b->train.batch * (b->T + 1)), lr_at(&b->train, L->steps, step));
+}
+
 /* Every rank takes part: each pipeline stage copies out its shard, which
  * a thread writes while the next steps run. */
 static void save(Loop *L, int64_t step) {
@@ -351,7 +363,7 @@ static void banner(Loop *L) {
          "backend %s%s%s%s\n", b->model, b->nparam_elems / 1e6, act, (long long)b->train.batch, (long long)b->T,
          (long long)b->train.microbatches, b->mesh[0], b->mesh[1], b->mesh[2], ep, r->be->name,
          !b->bf16 ? "" : r->typed ? ", bf16 plan and storage" : ", bf16 plan (rounded, fp32 storage)",
-         r->graphs ? ", CUDA graphs" : "", rt_can_ahead(r) && !L->o->trace ? ", steps queued ahead" : "");
+         r->graphs ? ", CUDA graphs" : "", queues_ahead(L) ? ", steps queued ahead" : "");
   char dev[160] = "", z[2][32];
   if (L->gpu)   /* (the plan's allocations made) */
     snprintf(dev, sizeof dev, " | %s: %s free of %s", L->device, rt_bytes(z[0], L->dev_free), rt_bytes(z[1], L->dev_total));
@@ -430,26 +442,19 @@ int train_run(Run *r, TrainOpts *o) {
   catch_stops();
   int stop = 0;
   bool ahead = false;   /* this trip's step was begun in the trip before */
+  bool may_ahead = queues_ahead(&L);
   double t_end = 0;     /* when the step before ended */
   for (int64_t step = L.start; step < L.max_steps; step++) {
     double t = ahead ? t_end : rt_now(), norm = 0, lr = lr_at(&b->train, L.steps, step);
     if (o->trace && step == L.start + 1) rt_trace_open(r, o->trace);   /* the first step warms up */
     r->a2a_sent = 0;
-    if (!ahead) {
-      data_train_batch(L.d, L.seed, step, b->train.batch, b->T, L.rows);
-      rt_step_begin(r, my_rows(b, L.rows, L.rows + rowsz), lr);
-    }
+    if (!ahead) begin_step(&L, step);
     bool last = step + 1 == L.max_steps;
     bool evaluating = o->eval_interval > 0 && ((step + 1) % o->eval_interval == 0 || last);
     bool saving = o->save_interval > 0 && ((step + 1) % o->save_interval == 0 || last);
     /* the next step queued before this one ends (a GPU's, exec.c), where
-     * nothing between them needs the device: no evaluation, save or stop
-     * (and no trace, which opens before the step it records) */
-    ahead = !last && !evaluating && !saving && !stop_signal && !o->trace && rt_can_ahead(r);
-    if (ahead) {
-      data_train_batch(L.d, L.seed, step + 1, b->train.batch, b->T, L.rows);
-      rt_step_begin(r, my_rows(b, L.rows, L.rows + rowsz), lr_at(&b->train, L.steps, step + 1));
-    }
+     * nothing between them needs the device: no evaluation, save or stop */
+    if ((ahead = may_ahead && !last && !evaluating && !saving && !stop_signal)) begin_step(&L, step + 1);
     double loss = rt_step_finish(r, &norm);
     t_end = rt_now();
     if (o->trace && (step == L.start + o->trace_steps || step + 1 == L.max_steps)) rt_trace_close(r, o->trace);

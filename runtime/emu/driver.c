@@ -421,21 +421,14 @@ CUresult cuMemHostUnregister(void *p) {
   return CUDA_SUCCESS;
 }
 
-/* whether host memory [p, p + n) is registered */
-static bool pinned(const void *p, size_t n) {
+/* whether host memory [p, p + n) is registered; a copy to the host
+ * (counted) counts its bytes by where it lands */
+static bool pinned(const void *p, size_t n, bool counted) {
   uintptr_t a = (uintptr_t)p;
   bool in = false;
   pthread_mutex_lock(&pin_mu);
   for (int i = 0; i < npins && !in; i++) in = a >= pins[i].lo && a + n <= pins[i].hi;
-  pthread_mutex_unlock(&pin_mu);
-  return in;
-}
-
-/* a copy of n bytes to host memory at p, counted by where it lands */
-static bool host_copied(const void *p, size_t n) {
-  bool in = pinned(p, n);
-  pthread_mutex_lock(&pin_mu);
-  *(in ? &to_pinned : &to_pageable) += n;
+  if (counted) *(in ? &to_pinned : &to_pageable) += n;
   pthread_mutex_unlock(&pin_mu);
   return in;
 }
@@ -463,7 +456,7 @@ static CUresult copy(const char *what, void *dst, bool dst_dev, const void *src,
   if (sync && no_sync_in_capture(what)) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
   if (dst_dev && !emu_check_range(what, dst, n)) return CUDA_ERROR_INVALID_VALUE;
   if (src_dev && !emu_check_range(what, src, n)) return CUDA_ERROR_INVALID_VALUE;
-  bool dst_pinned = !dst_dev && host_copied(dst, n), src_pinned = !src_dev && pinned(src, n);
+  bool dst_pinned = !dst_dev && pinned(dst, n, true), src_pinned = !src_dev && pinned(src, n, false);
   Copy c = {dst, src, n, 0, 0};
   if (!lazy || sync || !s || s->capture) return emu_enqueue(s, do_copy, &c, sizeof c);
   /* registered host memory is the device's to read and write when the
