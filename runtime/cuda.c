@@ -2766,6 +2766,25 @@ static double cuda_gemm_peak(void) {
 
 static void cuda_sync(void) { CK(cu.sync()); }
 
+/* The rate a device-to-device copy of 512 MiB moves memory at (bytes read
+ * plus bytes written, a second): the bound of an op that streams its
+ * values once, against which bench_train puts such ops. */
+static double cuda_copy_peak(void) {
+  if (!ev.copy) return 0;
+  i64 n = emulated ? (16 << 20) : (512 << 20), keep = peak_bytes;
+  CUdeviceptr a = dptr(cuda_alloc(n)), b = dptr(cuda_alloc(n));
+  CK(cu.memset8(a, 0, n)), CK(ev.copy(b, a, n, st));
+  CK(cu.sync());
+  int reps = 10;
+  double t = rt_now();
+  for (int r = 0; r < reps; r++) CK(ev.copy(r % 2 ? a : b, r % 2 ? b : a, n, st));
+  CK(cu.sync());
+  double rate = 2.0 * n * reps / (rt_now() - t);
+  cuda_release((void *)a), cuda_release((void *)b);
+  peak_bytes = keep;
+  return rate;
+}
+
 /* The profile's clock: an event on the stream before each op, tagged with
  * its key; time_read waits for the last and adds each gap between two
  * events to the first one's key (key < 0: not counted). Ops are timed as
@@ -2896,7 +2915,7 @@ static Backend cuda = {
     .download = cuda_download, .read = cuda_read, .write = cuda_write, .memory = cuda_memory, .pin = cuda_pin, .zero = cuda_zero, .zero_ranges = cuda_zero_ranges, .upload_ids = cuda_upload_ids, .run = cuda_run,
     .sumsq = cuda_sumsq, .adamw = cuda_adamw, .allreduce = cuda_allreduce, .allreduce_async = cuda_allreduce_async,
     .wait_allreduces = cuda_wait_allreduces, .send = cuda_send,
-    .recv = cuda_recv, .wait_sends = cuda_wait_sends, .gemm_peak = cuda_gemm_peak, .sync = cuda_sync,
+    .recv = cuda_recv, .wait_sends = cuda_wait_sends, .gemm_peak = cuda_gemm_peak, .copy_peak = cuda_copy_peak, .sync = cuda_sync,
     .peak_bytes = cuda_peak_bytes, .graph_begin = cuda_graph_begin, .graph_end = cuda_graph_end,
     .graph_run = cuda_graph_run, .graph_free = cuda_graph_free, .graph_ok = cuda_graph_ok, .optimizer = cuda_optimizer,
     .run_fused = cuda_run_fused,

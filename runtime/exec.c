@@ -526,6 +526,49 @@ static int inst_key(Run *r, const RtInst *x, int kind) {
 /* The op kind a profile books x under: a kernel of one op, that op's */
 int rt_op_kind(const RtInst *x) { return x->op == OP_FUSED && x->nbody == 1 ? x->body[0].op : x->op; }
 
+static bool names(const int *ids, int n, int v) {   /* v among the n ids */
+  for (int i = 0; i < n; i++)
+    if (ids[i] == v) return true;
+  return false;
+}
+
+/* The bytes x moves at the least: each value it reads or writes once, in
+ * the type the plan stores it in (an output it adds to: read and written).
+ * A generated kernel's values are its parameters: those its members write
+ * (and read only where a member adds to them), those they only read;
+ * each value's bytes as the second stream notes them (value_bytes), an
+ * embedding's table as the rows its tokens name. */
+static double touched(Run *r, const RtInst *x, int v) {
+  int kind = rt_op_kind(x);
+  double bytes = (double)value_bytes(r, v);
+  if ((kind == OP_EMBED || kind == OP_EMBED_BWD) && r->b->vals[v].n == x->v * x->d && x->n < x->v)
+    bytes *= (double)x->n / (double)x->v;
+  return bytes;
+}
+
+double rt_inst_bytes(Run *r, const RtInst *x) {
+  double bytes = 0;
+  if (x->op == OP_FUSED && x->ops) {
+    for (int i = 0; i < x->nops; i++) {
+      int v = x->ops[i];
+      bool written = false, added = false, read = false;
+      for (int m = 0; m < x->nbody; m++) {
+        const RtInst *y = &x->body[m];
+        for (int j = 0; j < 3; j++)
+          if (y->out[j] == v) written = true, added |= y->acc[j];
+        read |= names(y->in, RT_MAX_IN, v);
+      }
+      bytes += (double)value_bytes(r, v) * (written + (added || (read && !written)));
+    }
+    return bytes;
+  }
+  for (int j = 0; j < RT_MAX_IN; j++)
+    if (x->in[j] >= 0 && !names(x->in, j, x->in[j]) && !names(x->out, 3, x->in[j])) bytes += touched(r, x, x->in[j]);
+  for (int j = 0; j < 3; j++)
+    if (x->out[j] >= 0) bytes += touched(r, x, x->out[j]) * (x->acc[j] ? 2 : 1);
+  return bytes;
+}
+
 static bool side_candidate(Run *r, const RtInst *x) {
   return (x->op == OP_MATMUL || x->op == OP_MATMUL_BGRAD) && x->out[0] >= 0 && r->b->vals[x->out[0]].region == R_GRAD &&
          r->be->side_begin && !r->op_time && !r->trace;

@@ -239,6 +239,7 @@ typedef struct Backend {
                     const int64_t *rcount, const int64_t *rdispl, int elem, int axis);
   void (*adamw)(void *w, const void *g, void *m, void *v, int64_t n, const AdamArgs *a);
   double (*gemm_peak)(void);         /* the GEMM rate this device reaches, FLOP/s */
+  double (*copy_peak)(void);         /* the rate it copies memory at, bytes read and written a second */
   void (*sync)(void);                /* wait for queued work (timing) */
   /* optional, for profiles: a mark on the device's queue keyed key (an op,
    * or < 0 for time not counted); time_read waits and adds the time from
@@ -426,6 +427,7 @@ double rt_slot_bytes(Run *r);      /* activations + inputs of one microbatch */
 double rt_state_bytes(Run *r);     /* weights, gradients, Adam's moments, bf16 copies */
 int64_t rt_global_index(Bundle *b, RtParam *p, int64_t i);
 int rt_op_kind(const RtInst *x);   /* the op kind a profile books x under (a generated kernel of one op: that op's) */
+double rt_inst_bytes(Run *r, const RtInst *x);   /* what x reads and writes at the least, in bytes */
 void rt_get_param(Run *r, int p, double *dst);
 void rt_set_param(Run *r, int p, const double *src);
 void rt_get_grad(Run *r, int p, double *dst);

@@ -306,7 +306,8 @@ fi
 python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/llama.cuda-emu/metrics.jsonl" "$WORK/llama.nographs/metrics.jsonl" \
   "graphs against none" 1e-15 || status=1
 # bench_train's profile times each op by device events: the shares of
-# every op (the generated kernels' as "fused") add up to the whole
+# every op (the generated kernels' as "fused") add up to the whole, and
+# its table of the ops bound by memory counts their bytes
 if [ -x "$BIN/bench/bench_train" ] && [ "$STEPS" -ge 20 ]; then
   "$BIN/bench/bench_train" "$WORK/gpt2" 1 cuda-emu >"$WORK/bench.out" 2>&1 || fail "bench_train on cuda-emu failed"
   # (and the profiled step's GEMMs by shape: GPT-2's four weight gradients' among them)
@@ -322,6 +323,27 @@ shares = {k: float(v) for k, v in re.findall(r" ([a-z_]+) ([0-9.]+)%", line.spli
 total = sum(shares.values())
 ok = abs(total - 100) < 1.5 and "fused" in shares and "optimizer" in shares and "matmul" in shares
 print("%s profile by device events: %d ops, shares add to %.1f%%" % ("ok  " if ok else "FAIL", len(shares), total))
+# the memory-bound ops' bytes: a norm's backward kernel moves dy and x,
+# dx, the weight (and bias) gradient, added to where its name says (acc),
+# the weight, and the row statistics in fp32, each once
+table = next(l for l in open(sys.argv[1]) if l.startswith("  memory-bound ops of that step"))
+rows = re.findall(r"[:;] (\w+): (\d+), [0-9.]+ ms, ([0-9.e+-]+) MB, ", table)
+norms = 0
+for key, runs, mb in rows:
+    m = re.fullmatch(r"lmc_fused_(layer|rms)norm_bwd_r(\d+)_d(\d+)_(bf16|f32)_acc(\d+)", key)
+    if not m:
+        continue
+    ln, r, d, e, acc = m[1] == "layer", int(m[2]), int(m[3]), 2 if m[4] == "bf16" else 4, [int(c) for c in m[5]]
+    want = 2 * r * d * e + r * d * e * (1 + acc[0]) + 4 * d * (1 + acc[1]) + 4 * d + 4 * r
+    if ln:
+        want += 4 * d * (1 + acc[2]) + 4 * r
+    want *= int(runs)
+    good = abs(float(mb) * 1e6 - want) <= 1e-3 * want
+    print("%s %s: %d runs, %s MB, %.4g computed" % ("ok  " if good else "FAIL", key, int(runs), mb, want / 1e6))
+    ok, norms = ok and good, norms + 1
+attn = next(l for l in open(sys.argv[1]) if l.startswith("  attention of that step"))
+ok = ok and norms == 2 and re.search(r": forward 2, .* TFLOP/s; backward 2, .* TFLOP/s$", attn) is not None
+ok = ok and rows[-1][0] == "optimizer"
 sys.exit(0 if ok else 1)
 PY
 fi
