@@ -150,6 +150,7 @@ static struct {
   CUresult (*wait)(CUstream, CUevent, unsigned);
   CUresult (*copy)(CUdeviceptr, CUdeviceptr, size_t, CUstream);   /* and for the pipeline's NCCL sends */
   CUresult (*destroy)(CUevent);
+  CUresult (*query)(CUevent);   /* (and for a step's NCCL collectives watched at its end) */
 } ev;
 static CUresult (*device_name)(char *, int, CUdevice);   /* (optional: the attention tuner's file names the GPU) */
 static CUresult (*mem_get_info)(size_t *, size_t *);      /* (optional: device memory free and in all) */
@@ -219,7 +220,7 @@ static bool load_driver(char *why, size_t n) {
   *(void **)&ev.sync = dlsym(d, "cuEventSynchronize"), *(void **)&ev.elapsed = dlsym(d, "cuEventElapsedTime_v2");
   if (!ev.elapsed) *(void **)&ev.elapsed = dlsym(d, "cuEventElapsedTime");
   *(void **)&ev.wait = dlsym(d, "cuStreamWaitEvent"), *(void **)&ev.copy = dlsym(d, "cuMemcpyDtoDAsync_v2");
-  *(void **)&ev.destroy = dlsym(d, "cuEventDestroy_v2");
+  *(void **)&ev.destroy = dlsym(d, "cuEventDestroy_v2"), *(void **)&ev.query = dlsym(d, "cuEventQuery");
   *(void **)&device_name = dlsym(d, "cuDeviceGetName");
   *(void **)&mem_get_info = dlsym(d, "cuMemGetInfo_v2");
   *(void **)&host_register = dlsym(d, "cuMemHostRegister_v2");
@@ -2475,10 +2476,14 @@ static double cuda_optimizer(const OptParam *p, int count, const AdamArgs *a, do
 /* ---- steps queued ahead (exec.c's rt_step_begin) ----
  * Each step's end queues copies of the state region (the loss, MoE's
  * metrics) and the optimizer's norm into one of two pinned host slots and
- * records an event; step_wait waits for the oldest slot's event. Without
+ * records an event; step_wait waits for the oldest slot's event (on
+ * several ranks, watching the step's NCCL collectives: nccl_watch). Without
  * pinned memory the copies wait for the step when queued: correct, and
  * nothing ahead. */
-static struct { unsigned char *p; size_t cap; int64_t n; bool pinned; CUevent done; } slots[2];
+static bool watch_end;     /* the step being queued is watched at its end (cuda_watch_at_end) */
+static unsigned end_axes;  /* the groups its collectives went over, a bit each */
+static void nccl_watch(CUstream s, CUevent e, int64_t n, unsigned axes);
+static struct { unsigned char *p; size_t cap; int64_t n; bool pinned; CUevent done; unsigned axes; } slots[2];
 static int slot_first, slot_count;
 
 static void cuda_step_end(const void *state, int64_t n) {
@@ -2498,13 +2503,15 @@ static void cuda_step_end(const void *state, int64_t n) {
   if (n) CK(cu.dtoh_async(slots[k].p + 2 * sizeof(double), dptr(state), (size_t)n * sizeof(float), st));
   CK(cu.dtoh_async(slots[k].p, opt_norm, 2 * sizeof(double), st));
   CK(ev.record(slots[k].done, st));
+  slots[k].axes = end_axes, end_axes = 0;
   slot_count++;
 }
 
 static void cuda_step_wait(void *state, double *norm) {
   if (!slot_count) rt_die("internal: no step queued ahead to wait for");
   int k = slot_first;
-  CK(ev.sync(slots[k].done));
+  if (slots[k].axes) nccl_watch(NULL, slots[k].done, -2, slots[k].axes);   /* (a step's NCCL collectives) */
+  else CK(ev.sync(slots[k].done));
   memcpy(norm, slots[k].p, sizeof *norm);
   memcpy(state, slots[k].p + 2 * sizeof(double), (size_t)slots[k].n * sizeof(float));
   slot_first = (slot_first + 1) % 2, slot_count--;
@@ -2512,17 +2519,30 @@ static void cuda_step_wait(void *state, double *norm) {
 
 /* ---- collectives and transfers: staged through host memory ---- */
 
-/* Waits for the NCCL collectives on stream s against the deadline of the
- * MPI path (comm_timeout), so a stopped peer ends the job, not hangs it. */
-static void nccl_wait(CUstream s, int64_t n, int axis) {
+/* Waits for the NCCL collectives on stream s (or up to event e) against
+ * the deadline of the MPI path (comm_timeout), so a stopped peer ends the
+ * job, not hangs it; axes: the groups they go over (a bit each). n: the
+ * values moved, 0 for the pipeline's sends, -1 for a CUDA graph's
+ * all-reduces, -2 for a step's collectives watched at its end. While a
+ * step is queued ahead (cuda_watch_at_end) the watch waits for its end. */
+static void nccl_watch(CUstream s, CUevent e, int64_t n, unsigned axes) {
+  if (watch_end && !e) {
+    end_axes |= axes;
+    return;
+  }
   double t0 = rt_now();
   for (;;) {
-    CUresult rc = cu.stream_query(s);
+    CUresult rc = e ? ev.query(e) : cu.stream_query(s);
     if (rc == CUDA_SUCCESS) return;
     if (rc != CUDA_ERROR_NOT_READY) CK(rc);
-    ncclResult_t e = ncclSuccess;
-    nc.async_error(ncomm[axis], &e);
-    if (e != ncclSuccess) rt_die("NCCL: a collective over the %s group failed: %s", comm_axis_name(axis), nc.errstr(e));
+    int axis = 0;
+    for (int a = 0; a < 4; a++) {
+      ncclResult_t err = ncclSuccess;
+      if (!(axes >> a & 1) || !ncomm[a]) continue;
+      axis = a;
+      nc.async_error(ncomm[a], &err);
+      if (err != ncclSuccess) rt_die("NCCL: a collective over the %s group failed: %s", comm_axis_name(a), nc.errstr(err));
+    }
     if (rt_now() - t0 > comm_timeout) {
       for (int a = 0; a < 4; a++)
         if (ncomm[a]) nc.abort(ncomm[a]);
@@ -2530,14 +2550,31 @@ static void nccl_wait(CUstream s, int64_t n, int axis) {
         if (pcomm[c]) nc.abort(pcomm[c]);
       if (!n) rt_die("rank %d: no progress for %.0f s in the pipeline's NCCL sends over the %s group", comm_rank(),
                      comm_timeout, comm_axis_name(axis));
-      if (n < 0) rt_die("rank %d: no progress for %.0f s in a CUDA graph's NCCL all-reduces over the %s group",
-                        comm_rank(), comm_timeout, comm_axis_name(axis));
+      if (n == -1) rt_die("rank %d: no progress for %.0f s in a CUDA graph's NCCL all-reduces over the %s group",
+                          comm_rank(), comm_timeout, comm_axis_name(axis));
+      if (n == -2) rt_die("rank %d: no progress for %.0f s in a step's NCCL collectives over the %s group", comm_rank(),
+                          comm_timeout, comm_axis_name(axis));
       rt_die("rank %d: no progress for %.0f s in an NCCL collective of %lld values over the %s group", comm_rank(),
              comm_timeout, (long long)n, comm_axis_name(axis));
     }
     usleep(20);
   }
 }
+
+static void nccl_wait(CUstream s, int64_t n, int axis) { nccl_watch(s, NULL, n, 1u << axis); }
+
+/* Multi-rank steps queued ahead (exec.c): whether every group this rank
+ * has goes through NCCL, so that a step's collectives are queued on the
+ * device with its work; and, on, that those queued until step_end are
+ * watched by step_wait (nccl_watch) rather than each as it is made. */
+static bool cuda_device_collectives(void) {
+  if (!use_nccl || !ev.query || !ev.create || !ev.record) return false;
+  for (int a = 0; a < 4; a++)
+    if (comm_group_size(a) > 1 && !ncomm[a]) return false;
+  return true;
+}
+
+static void cuda_watch_at_end(bool on) { watch_end = on; }
 
 static int captured_axis = -1;   /* a graph being recorded holds NCCL all-reduces over this group */
 
@@ -3029,6 +3066,7 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   cuda.time_mark = events ? cuda_time_mark : NULL, cuda.time_read = events ? cuda_time_read : NULL;
   cuda.step_end = events && ahead ? cuda_step_end : NULL;
   cuda.step_wait = cuda.step_end ? cuda_step_wait : NULL;
+  cuda.device_collectives = cuda.step_end ? cuda_device_collectives : NULL, cuda.watch_at_end = cuda_watch_at_end;
   show_gemms = env_on("LMC_GEMM_SHOW"), norm_one_pass = env_on("LMC_NORM_BWD_ONE_PASS");
   tune = gemm_tune == 1 && events && ev.destroy;
   CUdevice dev;

@@ -813,15 +813,20 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
 }
 
 /* Whether a step may be queued behind one not yet finished: a backend
- * that queues its work (step_end), one rank (several agree after each
- * step on the host, and host-staged collectives wait there), the
- * optimizer on the device, no op timed or traced. */
+ * that queues its work (step_end), the optimizer on the device with a
+ * norm of this rank's alone (no group splits the model: one rank, or
+ * data parallel), several ranks' collectives on the device (NCCL, watched
+ * at the step's end) and no pipeline transfers (their sends are watched
+ * a slot at a time), no op timed or traced. */
 static bool ahead_ok(Run *r) {   /* (what the bundle and backend allow: once, at rt_new) */
-  if (!r->be->step_end || !r->be->step_wait || !r->be->optimizer || r->b->world != 1) return false;
-  int opt = 0;   /* (one rank: the norm is the device's alone) */
+  if (!r->be->step_end || !r->be->step_wait || !r->be->optimizer) return false;
+  bool ranks = r->b->world > 1;
+  if (ranks && !(r->be->device_collectives && r->be->watch_at_end && r->be->device_collectives())) return false;
+  int opt = 0;
   for (int i = 0; i < r->b->nactions; i++) {
     const Action *a = &r->b->actions[i];
     if (a->kind == A_OPTIMIZER && (a->norm_tp || a->norm_pp || a->norm_ep)) return false;
+    if (ranks && (a->kind == A_SEND || a->kind == A_RECV)) return false;
     opt += a->kind == A_OPTIMIZER;
   }
   return opt == 1;
@@ -839,8 +844,11 @@ void rt_step_begin(Run *r, const int32_t *rows, double lr) {
   if (r->nbegun == 2) rt_die("internal: a third step begun before the first finished");
   bool ahead = rt_can_ahead(r);
   double norm = 0;
+  bool watch = ahead && r->b->world > 1;   /* the step's collectives watched at its end */
   r->queuing = ahead;
+  if (watch) r->be->watch_at_end(true);
   run_actions(r, r->b->actions, r->b->nactions, rows, lr, &norm);
+  if (watch) r->be->watch_at_end(false);
   r->queuing = false;
   int at = r->nbegun++;
   r->begun[at].ahead = ahead;

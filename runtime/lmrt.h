@@ -289,6 +289,12 @@ typedef struct Backend {
    * ended and gives them. At most two steps in flight. */
   void (*step_end)(const void *state, int64_t n);
   void (*step_wait)(void *state, double *norm);
+  /* optional, steps queued ahead on several ranks: whether every group
+   * this rank has moves its collectives on the device (NCCL), and, on,
+   * that those made until step_end are watched by step_wait against the
+   * comm timeout rather than each as it is made */
+  bool (*device_collectives)(void);
+  void (*watch_at_end)(bool on);
 } Backend;
 
 /* ---- ltplan.c ---- */

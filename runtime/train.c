@@ -453,8 +453,11 @@ int train_run(Run *r, TrainOpts *o) {
     bool evaluating = o->eval_interval > 0 && ((step + 1) % o->eval_interval == 0 || last);
     bool saving = o->save_interval > 0 && ((step + 1) % o->save_interval == 0 || last);
     /* the next step queued before this one ends (a GPU's, exec.c), where
-     * nothing between them needs the device: no evaluation, save or stop */
-    if ((ahead = may_ahead && !last && !evaluating && !saving && !stop_signal)) begin_step(&L, step + 1);
+     * nothing between them needs the device: no evaluation, save or stop
+     * (the ranks agree on that now, while this step runs) */
+    bool agree_now = may_ahead && !last && !evaluating && !saving;
+    if (agree_now) stop = stop_now(&L);
+    if ((ahead = agree_now && !stop)) begin_step(&L, step + 1);
     double loss = rt_step_finish(r, &norm);
     t_end = rt_now();
     if (o->trace && (step == L.start + o->trace_steps || step + 1 == L.max_steps)) rt_trace_close(r, o->trace);
@@ -464,7 +467,7 @@ int train_run(Run *r, TrainOpts *o) {
     if (!isfinite(loss)) rt_die("loss is %g at step %lld: training diverged (lower the lr?)", loss, (long long)step + 1);
     log_step(&L, step + 1, loss, lr, norm, t_end - t);
     if (evaluating) eval_and_log(&L, step + 1);
-    if (!last && !ahead && (stop = stop_now(&L))) {   /* (a signal during a step queued ahead: after that one) */
+    if (!last && !ahead && (stop || (stop = stop_now(&L)))) {   /* (a signal during a step queued ahead: after that one) */
       stop_here(&L, stop, step + 1);
       break;
     }

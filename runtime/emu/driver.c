@@ -939,7 +939,10 @@ CUresult cuStreamSynchronize(CUstream s) {
 }
 
 /* Done when asked: the lazy queue runs now. */
-CUresult cuStreamQuery(CUstream s) { return s ? flush(s, UINT64_MAX) : flush_all(); }
+CUresult cuStreamQuery(CUstream s) {   /* (done here at once: a poll's wait, counted as one) */
+  host_waited("cuStreamQuery");
+  return s ? flush(s, UINT64_MAX) : flush_all();
+}
 
 /* The stream's later work waits for the event's last record: the stream
  * it was recorded on runs up to it first. */
@@ -1051,7 +1054,10 @@ CUresult cuEventRecord(CUevent e, CUstream s) {
   return rc;
 }
 
-CUresult cuEventQuery(CUevent e) { return flush(e->s, e->seq); }
+CUresult cuEventQuery(CUevent e) {
+  host_waited("cuEventQuery");
+  return flush(e->s, e->seq);
+}
 
 CUresult cuEventSynchronize(CUevent e) {
   host_waited("cuEventSynchronize");
