@@ -2413,6 +2413,8 @@ static bool same_params(const OptParam *x, const OptParam *y, int count) {   /* 
 
 static CUdeviceptr opt_norm;   /* where the optimizer run last left the gradient norm (two doubles) */
 
+static void nccl_wait(CUstream s, int64_t n, int axis);
+
 static double cuda_optimizer(const OptParam *p, int count, const AdamArgs *a, double clip) {
   static OptParam *have;
   static int nhave;
@@ -2458,9 +2460,20 @@ static double cuda_optimizer(const OptParam *p, int count, const AdamArgs *a, do
     void *s[] = {&PART, &T, &N, &BT, &BS};
     launch("lmc_sumsq_multi", (unsigned)nblocks, s);
   }
-  void *nt[] = {&PER, &PART, &FIRST, &IN}, *f[] = {&NS, &PER, &cnt, &fclip};
+  int part = a->norm_axes ? 1 : 0;
+  void *nt[] = {&PER, &PART, &FIRST, &IN}, *f[] = {&NS, &PER, &cnt, &fclip, &part};
   if (count) launch("lmc_norm_tensors", (unsigned)count, nt);
   launch("lmc_norm_finish", 1, f);
+  if (part) {   /* the squared sum over the groups that split the model (tp, pp, ep, in order), then the norm */
+    for (int axis = 0; axis < 4; axis++) {
+      if (!(a->norm_axes >> axis & 1)) continue;
+      ncclResult_t rc = nc.allreduce((void *)NS, (void *)NS, 1, ncclDouble, ncclSum, ncomm[axis], (cudaStream_t)st);
+      if (rc != ncclSuccess) rt_die("NCCL: the gradient norm's all-reduce over the %s group: %s", comm_axis_name(axis), nc.errstr(rc));
+      nccl_wait(st, 1, axis);
+    }
+    part = 2;
+    launch("lmc_norm_finish", 1, f);
+  }
   if (nblocks) {
     void *w[] = {&T, &N, &WD, &BT, &BS, &NS, &lr, &b1, &b2, &eps, &bc1, &bc2};
     launch("lmc_adamw_multi", (unsigned)nblocks, w);
@@ -2564,14 +2577,15 @@ static void nccl_watch(CUstream s, CUevent e, int64_t n, unsigned axes) {
 static void nccl_wait(CUstream s, int64_t n, int axis) { nccl_watch(s, NULL, n, 1u << axis); }
 
 /* Multi-rank steps queued ahead (exec.c): whether every group this rank
- * has goes through NCCL, so that a step's collectives are queued on the
- * device with its work; and, on, that those queued until step_end are
- * watched by step_wait (nccl_watch) rather than each as it is made. */
+ * has goes through NCCL, so that a step's collectives (and the gradient
+ * norm's sum over groups, cuda_optimizer) are queued on the device with
+ * its work; and, on, that those queued until step_end are watched by
+ * step_wait (nccl_watch) rather than each as it is made. */
 static bool cuda_device_collectives(void) {
-  if (!use_nccl || !ev.query || !ev.create || !ev.record) return false;
+  if (!use_nccl || !ev.query || !ev.create || !ev.record || !ev.wait) return false;
   for (int a = 0; a < 4; a++)
     if (comm_group_size(a) > 1 && !ncomm[a]) return false;
-  return true;
+  return comm_group_size(AXIS_PP) < 2 || (pcomm[0] && ev.copy);   /* (the pipeline's sends: nccl_p2p) */
 }
 
 static void cuda_watch_at_end(bool on) { watch_end = on; }
@@ -3066,7 +3080,7 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   cuda.time_mark = events ? cuda_time_mark : NULL, cuda.time_read = events ? cuda_time_read : NULL;
   cuda.step_end = events && ahead ? cuda_step_end : NULL;
   cuda.step_wait = cuda.step_end ? cuda_step_wait : NULL;
-  cuda.device_collectives = cuda.step_end ? cuda_device_collectives : NULL, cuda.watch_at_end = cuda_watch_at_end;
+  cuda.device_collectives = cuda_device_collectives, cuda.watch_at_end = cuda_watch_at_end;
   show_gemms = env_on("LMC_GEMM_SHOW"), norm_one_pass = env_on("LMC_NORM_BWD_ONE_PASS");
   tune = gemm_tune == 1 && events && ev.destroy;
   CUdevice dev;

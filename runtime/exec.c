@@ -171,6 +171,7 @@ Run *rt_new(Bundle *b, Backend *be) {
   }
   if (ar) r->wide_ar = be->alloc(ar * be->elem);
   plan_first_writes(r);
+  r->device_comm = b->world > 1 && be->device_collectives && be->device_collectives();
   r->ahead_ok = ahead_ok(r);
   return r;
 }
@@ -205,6 +206,7 @@ void rt_free(Run *r) {
   r->be->release(r->adam_m), r->be->release(r->adam_v);
   if (r->wide) r->be->release(r->wide);
   if (r->wide_ar) r->be->release(r->wide_ar);
+  if (r->zeros) r->be->release(r->zeros);
   for (int64_t i = 0; r->routes && i < r->b->train.microbatches * r->b->nfwd; i++) free(r->routes[i]);
   free(r->routes);
   free(r->ptr), free(r->inputs), free(r->slot_mb), free(r->side), free(r->bwd_first), free(r->zero), free(r->state_host);
@@ -698,13 +700,14 @@ void rt_adamw(Run *r, double lr, double gscale) {
 }
 
 /* The optimizer step in the backend (a GPU's: no host wait until the norm
- * comes back), for a rank whose gradient norm needs no other group's: the
- * same tensors, clipping and AdamW as grad_norm and rt_adamw. */
-static double device_optimizer(Run *r, double lr, bool later) {
+ * comes back), for a rank whose gradient norm needs no other group's or
+ * whose backend sums it over the groups on the device (axes): the same
+ * tensors, clipping and AdamW as grad_norm and rt_adamw. */
+static double device_optimizer(Run *r, double lr, bool later, unsigned axes) {
   Bundle *b = r->b;
   Train *t = &b->train;
   AdamArgs a = next_step(r, lr, 1.0);
-  a.later = later;
+  a.later = later, a.norm_axes = axes;
   OptParam *p = rt_xmalloc((b->nparams + 1) * sizeof *p);
   size_t e = r->be->elem;
   int count = 0;
@@ -726,10 +729,13 @@ static int slot_of(Bundle *b, const Action *a) { return (int)(a->mb % b->slots);
 /* A step's all-reduce, done when this returns. */
 static void allreduce(Run *r, const Action *a) {
   double t = rt_now();
-  if (a->zeros) {          /* no copy here: add nothing to the others' sum */
-    void *z = r->be->alloc(a->n * r->be->elem);
-    r->be->allreduce(z, a->n, a->axis, 0);
-    r->be->release(z);
+  if (a->zeros) {   /* no copy here: add nothing to the others' sum (zeros kept for the run: no free each step) */
+    if (r->zeros_n < a->n) {
+      if (r->zeros) r->be->release(r->zeros);
+      r->zeros = r->be->alloc(a->n * r->be->elem), r->zeros_n = a->n;
+    }
+    r->be->zero(r->zeros, a->n);
+    r->be->allreduce(r->zeros, a->n, a->axis, 0);
   } else
     r->be->allreduce((char *)r->region[a->region] + a->off * r->be->elem, a->n, a->axis, 0);
   char args[96];
@@ -797,7 +803,8 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
       r->be->wait_sends(-1);
       double t = rt_now(), clip = b->train.clip, norm;
       if (r->op_time && r->be->time_mark) r->be->time_mark(NUM_OPS);
-      if (r->be->optimizer && !a->norm_tp && !a->norm_pp && !a->norm_ep) *gnorm = device_optimizer(r, lr, r->queuing);
+      unsigned axes = (a->norm_tp ? 1u << AXIS_TP : 0) | (a->norm_pp ? 1u << AXIS_PP : 0) | (a->norm_ep ? 1u << AXIS_EP : 0);
+      if (r->be->optimizer && (!axes || r->device_comm)) *gnorm = device_optimizer(r, lr, r->queuing, axes);
       else {
         norm = grad_norm(r, a->norm_tp, a->norm_pp, a->norm_ep), *gnorm = norm;
         rt_adamw(r, lr, clip > 0 && norm > clip ? clip / (norm + 1e-6) : 1.0);
@@ -813,22 +820,15 @@ static void run_actions(Run *r, const Action *list, int n, const int32_t *rows, 
 }
 
 /* Whether a step may be queued behind one not yet finished: a backend
- * that queues its work (step_end), the optimizer on the device with a
- * norm of this rank's alone (no group splits the model: one rank, or
- * data parallel), several ranks' collectives on the device (NCCL, watched
- * at the step's end) and no pipeline transfers (their sends are watched
- * a slot at a time), no op timed or traced. */
+ * that queues its work (step_end) and runs the optimizer, and on several
+ * ranks moves every collective and transfer on the device (NCCL: watched
+ * at the step's end, the gradient norm summed over the groups there), no
+ * op timed or traced. */
 static bool ahead_ok(Run *r) {   /* (what the bundle and backend allow: once, at rt_new) */
   if (!r->be->step_end || !r->be->step_wait || !r->be->optimizer) return false;
-  bool ranks = r->b->world > 1;
-  if (ranks && !(r->be->device_collectives && r->be->watch_at_end && r->be->device_collectives())) return false;
+  if (r->b->world > 1 && !(r->device_comm && r->be->watch_at_end)) return false;
   int opt = 0;
-  for (int i = 0; i < r->b->nactions; i++) {
-    const Action *a = &r->b->actions[i];
-    if (a->kind == A_OPTIMIZER && (a->norm_tp || a->norm_pp || a->norm_ep)) return false;
-    if (ranks && (a->kind == A_SEND || a->kind == A_RECV)) return false;
-    opt += a->kind == A_OPTIMIZER;
-  }
+  for (int i = 0; i < r->b->nactions; i++) opt += r->b->actions[i].kind == A_OPTIMIZER;
   return opt == 1;
 }
 

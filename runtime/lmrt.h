@@ -186,6 +186,8 @@ void bundle_abandon(void);                         /* after a caught loading err
 typedef struct AdamArgs {
   double lr, beta1, beta2, eps, wd, bc1, bc2, gscale;
   bool later;   /* Backend.optimizer: leave the norm for step_end to copy (returns NAN) */
+  unsigned norm_axes;   /* Backend.optimizer: the groups (1 << AXIS_*) that sum the squared norm, on the
+                         * device (Backend.device_collectives), before the clipping */
 } AdamArgs;
 
 typedef struct OptParam {     /* one parameter, for Backend.optimizer */
@@ -404,6 +406,9 @@ typedef struct Run {
   struct { bool ahead; double loss, norm; } begun[2];
   int nbegun;
   bool ahead_ok;           /* the backend and bundle allow steps queued ahead (rt_can_ahead adds the run's state) */
+  bool device_comm;        /* several ranks, each group's collectives on the device (Backend.device_collectives) */
+  void *zeros;             /* an all-reduce's addend where a rank has no copy (Action.zeros) */
+  int64_t zeros_n;
   bool queuing;            /* a step being queued ahead: the optimizer leaves its norm on the device */
   void *state_host;        /* the state region as the last step finished ahead left it */
   bool state_snap;         /* which the last finished step's values are in (else on the device) */

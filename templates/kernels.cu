@@ -2928,7 +2928,10 @@ extern "C" __global__ void lmc_sumsq_multi(float *part, real *const *T, const i6
 // per[t] = tensor t's blocks' sums added in double in a fixed tree (one
 // block a tensor: thread-strided, then block_sum), 0 for one outside the
 // norm; then lmc_norm_finish: out[0] = the gradient norm (the tensors in
-// order), out[1] = the clipping scale, clip / (norm + 1e-6) past clip
+// order), out[1] = the clipping scale, clip / (norm + 1e-6) past clip.
+// Where the norm is summed over ranks (tp, pp, ep) it finishes in two
+// parts with the all-reduces between: part 1 leaves the squared sum in
+// out[0], part 2 takes the groups' sum from there; part 0 does both.
 extern "C" __global__ void lmc_norm_tensors(double *per, const float *part, const int *first, const int *in) {
   int t = blockIdx.x;
   double s = 0;
@@ -2937,10 +2940,13 @@ extern "C" __global__ void lmc_norm_tensors(double *per, const float *part, cons
   if (threadIdx.x == 0) per[t] = in[t] ? s : 0.0;
 }
 
-extern "C" __global__ void lmc_norm_finish(double *out, const double *per, int count, float clip) {
+extern "C" __global__ void lmc_norm_finish(double *out, const double *per, int count, float clip, int part) {
   if (threadIdx.x) return;
   double s = 0;
-  for (int t = 0; t < count; t++) s += per[t];
+  if (part == 2) s = out[0];
+  else
+    for (int t = 0; t < count; t++) s += per[t];
+  if (part == 1) return (void)(out[0] = s);
   out[0] = sqrt(s), out[1] = clip > 0 && out[0] > clip ? clip / (out[0] + 1e-6) : 1.0;
 }
 

@@ -7,8 +7,8 @@
 # same layouts on the CPU
 # backend within 1e-5 (fp32, summation order aside), with NCCL named in the
 # start banner; dp 2 x tp 2, pp 2 x dp 2 and ep 2 x dp 2 again with bf16
-# storage; dp 2 with its steps queued ahead (one host wait a step, the
-# bits of each step waited for, a SIGTERM to one rank).
+# storage; dp 2, tp 2 and pp 2 with their steps queued ahead (one host
+# wait a step, the bits of each step waited for, a SIGTERM to one rank).
 # --collectives nccl on the CPU backend is an error. Four ranks
 # with a cold kernel cache compile the bundle's kernels once and time
 # attention's kernels once.
@@ -91,28 +91,35 @@ if [ "$MODE" != sanitize ]; then
   coll=mpi tol="1e-3 1e-2" banner=cuda-emu-bf16 layout pp2dp2_bf16_mpi --set pp=2 --set dp=2 --set microbatches=2 --set precision=bf16
   coll=mpi tol="1e-3 1e-2" banner=cuda-emu-bf16 layout ep2dp2_bf16_mpi --set experts=4 --set ep=2 --set dp=2 --set precision=bf16
 fi
-# data parallel over NCCL queues each step before the one before it ends
-# (said in the banner): a step's collectives are watched at its end, one
-# host wait a step (the emulator's count: a cuEventQuery, no stream
-# queries or copies), each rank alike; the same bits as each step waited
-# for under lazy streams, with evaluations and saves between steps; and
-# one rank's SIGTERM stops both after the same step, saved, and the
-# resume goes on to a straight run's bits
-"$LMC" "$SRC/models/tiny.lm" -q -o "$WORK/dp2" $small --set dp=2 --set steps=100000
-dp2() {   # dp2 OUT [lmrun flags]: 2 ranks on NCCL
-  out=$1
-  shift
-  $MPIRUN -np 2 "$LMRUN" "$WORK/dp2" --data "$DATA" --backend cuda-emu --matmul-precision highest --collectives nccl \
+# ranks whose collectives and transfers all go through NCCL queue each
+# step before the one before it ends (said in the banner): a step's
+# collectives are watched at its end and the gradient norm summed over
+# the groups that split the model on the device, one host wait a step
+# (the emulator's count: a cuEventQuery, no stream query, no copy) on
+# every rank of dp 2, tp 2 and pp 2 (1F1B over 4 microbatches); dp 2 and
+# pp 2 give the same bits as each step waited for, under lazy streams,
+# with evaluations and saves between steps; and one rank's SIGTERM stops
+# both after the same step, saved, and the resume goes on to a straight
+# run's bits
+two() {   # two NAME OUT [lmrun flags]: bundle NAME on 2 ranks over NCCL
+  name=$1 out=$2
+  shift 2
+  $MPIRUN -np 2 "$LMRUN" "$WORK/$name" --data "$DATA" --backend cuda-emu --matmul-precision highest --collectives nccl \
     --comm-timeout 60 --out "$WORK/$out" "$@"
 }
-for n in 4 10; do
-  rm -f "$WORK/dp2.waits.$n"
-  LMC_CUDA_EMU_HOST_LOG="$WORK/dp2.waits.$n" dp2 "dp2.w$n" --max-steps $n --save-interval 0 --eval-interval 0 \
-    >"$WORK/dp2.w$n.log" 2>&1 || { cat "$WORK/dp2.w$n.log"; fail "dp2 counting host waits"; }
-done
-grep -q "^model .* | layout dp 2 x tp 1 x pp 1 | backend cuda-emu-f32+nccl, CUDA graphs, steps queued ahead$" \
-  "$WORK/dp2.w10.log" || { status=1; echo "FAIL dp2: the banner does not say the steps are queued ahead"; }
-python3 - "$WORK/dp2.waits.4" "$WORK/dp2.waits.10" <<'PY' || status=1
+for lay in dp2:dp=2:"dp 2 x tp 1 x pp 1" tp2:tp=2:"dp 1 x tp 2 x pp 1" pp2:"pp=2 --set microbatches=4":"dp 1 x tp 1 x pp 2"; do
+  name=${lay%%:*} sets=${lay#*:} mesh=${lay##*:}
+  sets=${sets%:*}
+  # shellcheck disable=SC2086
+  "$LMC" "$SRC/models/tiny.lm" -q -o "$WORK/$name" $small --set batch=8 --set steps=100000 --set $sets
+  for n in 4 10; do
+    rm -f "$WORK/$name.waits.$n"
+    LMC_CUDA_EMU_HOST_LOG="$WORK/$name.waits.$n" two "$name" "$name.w$n" --max-steps $n --save-interval 0 \
+      --eval-interval 0 >"$WORK/$name.w$n.log" 2>&1 || { cat "$WORK/$name.w$n.log"; fail "$name counting host waits"; }
+  done
+  grep -q "^model .* | layout $mesh | backend cuda-emu-f32+nccl, CUDA graphs, steps queued ahead$" "$WORK/$name.w10.log" ||
+    { status=1; echo "FAIL $name: the banner does not say the steps are queued ahead"; }
+  python3 - "$WORK/$name.waits.4" "$WORK/$name.waits.10" "$name" <<'PY' || status=1
 import sys
 def ranks(path):   # each rank's waits, by call
     out = []
@@ -124,20 +131,28 @@ def ranks(path):   # each rank's waits, by call
 a, b = ranks(sys.argv[1]), ranks(sys.argv[2])
 more = [{k: y.get(k, 0) - x.get(k, 0) for k in set(x) | set(y) if y.get(k, 0) != x.get(k, 0)} for x, y in zip(a, b)]
 ok = len(a) == len(b) == 2 and all(m == {"cuEventQuery": 6} for m in more)
-print("%s dp2 on NCCL: steps 5 to 10 waited for the device %s" % ("ok  " if ok else "FAIL", "; ".join(
+print("%s %s on NCCL: steps 5 to 10 waited for the device %s" % ("ok  " if ok else "FAIL", sys.argv[3], "; ".join(
       ", ".join("%d x %s" % (v, k) for k, v in sorted(m.items())) or "never" for m in more)))
 sys.exit(0 if ok else 1)
 PY
-for ahead in 1 0; do
-  LMC_STEPS_AHEAD=$ahead LMC_CUDA_EMU_STREAMS=lazy dp2 "dp2.a$ahead" --max-steps 10 --save-interval 5 --eval-interval 4 \
-    --eval-batches 2 --quiet >"$WORK/dp2.a$ahead.log" 2>&1 || { cat "$WORK/dp2.a$ahead.log"; fail "dp2 (LMC_STEPS_AHEAD=$ahead)"; }
-  sed 's/,"ms":[0-9.]*//' "$WORK/dp2.a$ahead/metrics.jsonl" | grep -v '"rank"' > "$WORK/dp2.a$ahead.m"
 done
-cmp -s "$WORK/dp2.a1.m" "$WORK/dp2.a0.m" && cmp -s "$WORK/dp2.a1/ckpt/latest/rank0.ckpt" "$WORK/dp2.a0/ckpt/latest/rank0.ckpt" &&
-  echo "ok   dp2 on NCCL, steps queued ahead: the same records and checkpoint as each step waited for" ||
-  { status=1; echo "FAIL dp2 on NCCL: steps queued ahead part from each step waited for"; diff "$WORK/dp2.a1.m" "$WORK/dp2.a0.m" | head; }
+for name in dp2 pp2; do
+  for ahead in 1 0; do
+    LMC_STEPS_AHEAD=$ahead LMC_CUDA_EMU_STREAMS=lazy two $name "$name.a$ahead" --max-steps 10 --save-interval 5 \
+      --eval-interval 4 --eval-batches 2 --quiet >"$WORK/$name.a$ahead.log" 2>&1 ||
+      { cat "$WORK/$name.a$ahead.log"; fail "$name (LMC_STEPS_AHEAD=$ahead)"; }
+    sed 's/,"ms":[0-9.]*//' "$WORK/$name.a$ahead/metrics.jsonl" | grep -v '"rank"' > "$WORK/$name.a$ahead.m"
+  done
+  same=true
+  for k in "$WORK/$name.a1/ckpt/latest/"*.ckpt; do
+    cmp -s "$k" "$WORK/$name.a0/ckpt/latest/$(basename "$k")" || same=false
+  done
+  cmp -s "$WORK/$name.a1.m" "$WORK/$name.a0.m" && $same &&
+    echo "ok   $name on NCCL, steps queued ahead: the same records and checkpoint as each step waited for" ||
+    { status=1; echo "FAIL $name on NCCL: steps queued ahead part from each step waited for"; diff "$WORK/$name.a1.m" "$WORK/$name.a0.m" | head; }
+done
 if [ "$MODE" != sanitize ]; then   # (the normal build alone: 3 runs)
-  dp2 dp2.term --save-interval 1000 --eval-interval 0 >"$WORK/dp2.term.log" 2>&1 &
+  two dp2 dp2.term --save-interval 1000 --eval-interval 0 >"$WORK/dp2.term.log" 2>&1 &
   pid=$!
   for _ in $(seq 600); do
     [ -f "$WORK/dp2.term/metrics.jsonl" ] && [ "$(grep -c '"loss"' "$WORK/dp2.term/metrics.jsonl")" -ge 5 ] && break
@@ -151,9 +166,9 @@ if [ "$MODE" != sanitize ]; then   # (the normal build alone: 3 runs)
   grep -q "stopped by SIGTERM after step $n; to go on: --resume $WORK/dp2.term/ckpt/latest" "$WORK/dp2.term.log" &&
     [ "$(readlink "$WORK/dp2.term/ckpt/latest")" = "$(printf step_%08d "$n")" ] ||
     { cat "$WORK/dp2.term.log"; fail "dp2 on NCCL: SIGTERM to one rank"; }
-  dp2 dp2.term --quiet --resume "$WORK/dp2.term/ckpt/latest" --max-steps $((n + 2)) --save-interval 0 --eval-interval 0 ||
+  two dp2 dp2.term --quiet --resume "$WORK/dp2.term/ckpt/latest" --max-steps $((n + 2)) --save-interval 0 --eval-interval 0 ||
     fail "dp2 on NCCL: the resume after SIGTERM"
-  dp2 dp2.straight --quiet --max-steps $((n + 2)) --save-interval 0 --eval-interval 0 || fail "dp2 on NCCL: straight"
+  two dp2 dp2.straight --quiet --max-steps $((n + 2)) --save-interval 0 --eval-interval 0 || fail "dp2 on NCCL: straight"
   for r in term straight; do grep '"loss"' "$WORK/dp2.$r/metrics.jsonl" | sed 's/,"ms":[0-9.]*//' > "$WORK/dp2.$r.m"; done
   cmp -s "$WORK/dp2.term.m" "$WORK/dp2.straight.m" &&
     echo "ok   dp2 on NCCL: one rank's SIGTERM after step $n stopped both, saved; resumed, a straight run's $((n + 2)) steps" ||
@@ -163,5 +178,5 @@ fi
   { status=1; echo "FAIL --collectives nccl on the CPU backend ran"; }
 grep -qxF "lmrun: error: --collectives applies to the CUDA backends (--backend cuda, cuda-emu, auto)" "$WORK/cpu_nccl.log" ||
   { status=1; echo "FAIL --collectives nccl on the CPU backend: $(cat "$WORK/cpu_nccl.log")"; }
-[ $status = 0 ] && echo "$([ "$MODE" = sanitize ] && echo 10 || echo 18) passed, 0 failed" || echo "failed"
+[ $status = 0 ] && echo "$([ "$MODE" = sanitize ] && echo 15 || echo 23) passed, 0 failed" || echo "failed"
 exit $status
