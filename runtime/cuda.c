@@ -2550,11 +2550,14 @@ static void nccl_watch(CUstream s, CUevent e, int64_t n, unsigned axes) {
     if (rc != CUDA_ERROR_NOT_READY) CK(rc);
     int axis = 0;
     for (int a = 0; a < 4; a++) {
-      ncclResult_t err = ncclSuccess;
-      if (!(axes >> a & 1) || !ncomm[a]) continue;
+      if (!(axes >> a & 1)) continue;
       axis = a;
-      nc.async_error(ncomm[a], &err);
-      if (err != ncclSuccess) rt_die("NCCL: a collective over the %s group failed: %s", comm_axis_name(a), nc.errstr(err));
+      for (int c = 0; c < (a == AXIS_PP ? 3 : 1); c++) {   /* (the pp group's: its sends' too) */
+        ncclComm_t comm = c ? pcomm[c - 1] : ncomm[a];
+        ncclResult_t err = ncclSuccess;
+        if (comm) nc.async_error(comm, &err);
+        if (err != ncclSuccess) rt_die("NCCL: a collective over the %s group failed: %s", comm_axis_name(a), nc.errstr(err));
+      }
     }
     if (rt_now() - t0 > comm_timeout) {
       for (int a = 0; a < 4; a++)
