@@ -94,12 +94,6 @@ echo "ok   pp 2, rank 1 on a slow disk: the same shards"
 # the same bits as a run never stopped
 "$LMC" "$SRC/models/tiny.lm" -q -o "$WORK/long" --set D=64 --set H=4 --set G=2 --set F=172 --set L=2 --set batch=8 \
   --set seq=64 --set eval_every=0 --set steps=100000
-five_steps() {   # five_steps METRICS: until 5 steps are logged (a minute at most)
-  for _ in $(seq 600); do
-    [ "$(grep -c '"loss"' "$1" 2>/dev/null || true)" -ge 5 ] && return
-    sleep 0.1
-  done
-}
 "$LMRUN" "$WORK/long" --data "$DATA" --save-interval 1000 --out "$WORK/term" >"$WORK/out" 2>&1 &
 pid=$!
 five_steps "$WORK/term/metrics.jsonl"
@@ -123,13 +117,7 @@ echo "ok   SIGTERM after step $n: saved, exit 143; resumed, the same $((n + 2)) 
   --set seq=64 --set eval_every=0 --set steps=100000 --set pp=2
 $MPIRUN -np 2 "$LMRUN" "$WORK/longpp" --data "$DATA" --save-interval 1000 --comm-timeout 20 --out "$WORK/termpp" \
   >"$WORK/out" 2>&1 &
-pid=$!
-five_steps "$WORK/termpp/metrics.jsonl"
-kill -TERM "$(pgrep -f "lmrun $WORK/longpp" | tail -1)"
-set +e
-wait $pid
-set -e
-n=$(grep -c '"loss"' "$WORK/termpp/metrics.jsonl")
+term_one_rank $! "lmrun $WORK/longpp" "$WORK/termpp/metrics.jsonl"
 grep -q "stopped by SIGTERM after step $n; to go on: --resume $WORK/termpp/ckpt/latest" "$WORK/out" &&
   [ -f "$WORK/termpp/ckpt/$(printf step_%08d "$n")/rank0.ckpt" ] && [ -f "$WORK/termpp/ckpt/$(printf step_%08d "$n")/rank1.ckpt" ] ||
   { cat "$WORK/out"; ls -R "$WORK/termpp/ckpt"; fail "SIGTERM to one rank of two"; }

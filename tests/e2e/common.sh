@@ -80,3 +80,22 @@ PY
   passed=$((passed + 1))
 }
 
+# five_steps METRICS: until 5 steps are logged there (a minute at most).
+five_steps() {
+  for _ in $(seq 600); do
+    [ -f "$1" ] && [ "$(grep -c '"loss"' "$1")" -ge 5 ] && return
+    sleep 0.1
+  done
+}
+
+# term_one_rank PID PATTERN METRICS: once 5 steps are logged, SIGTERM to
+# the last process whose command line has PATTERN (one rank of the job
+# PID), then the job's end; n: the steps it logged.
+term_one_rank() {
+  five_steps "$3"
+  kill -TERM "$(pgrep -f "$2" | tail -1)"
+  set +e
+  wait "$1"
+  set -e
+  n=$(grep -c '"loss"' "$3")
+}

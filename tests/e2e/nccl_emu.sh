@@ -170,16 +170,7 @@ for name in $([ "$MODE" = sanitize ] || echo dp2) pp2; do
 done
 if [ "$MODE" != sanitize ]; then   # (the normal build alone: 3 runs)
   two dp2 dp2.term --save-interval 1000 --eval-interval 0 >"$WORK/dp2.term.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 600); do
-    [ -f "$WORK/dp2.term/metrics.jsonl" ] && [ "$(grep -c '"loss"' "$WORK/dp2.term/metrics.jsonl")" -ge 5 ] && break
-    sleep 0.1
-  done
-  kill -TERM "$(pgrep -f "lmrun $WORK/dp2 " | tail -1)"
-  set +e
-  wait $pid
-  set -e
-  n=$(grep -c '"loss"' "$WORK/dp2.term/metrics.jsonl")
+  term_one_rank $! "lmrun $WORK/dp2 " "$WORK/dp2.term/metrics.jsonl"
   grep -q "stopped by SIGTERM after step $n; to go on: --resume $WORK/dp2.term/ckpt/latest" "$WORK/dp2.term.log" &&
     [ "$(readlink "$WORK/dp2.term/ckpt/latest")" = "$(printf step_%08d "$n")" ] ||
     { cat "$WORK/dp2.term.log"; fail "dp2 on NCCL: SIGTERM to one rank"; }
