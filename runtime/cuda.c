@@ -2964,6 +2964,51 @@ static bool cuda_graph_ok(const RtInst *x) {
   }
 }
 
+/* While a step queued ahead has NCCL work in flight that nothing has
+ * watched yet (nccl_watch: the steps begun and not waited for, and the
+ * one being queued), a call that holds the host until the device gets
+ * somewhere (a synchronous copy, set or free, a context sync: MoE's
+ * counts read each layer, a buffer grown in the first steps) first
+ * watches that work on each stream that carries it, against the
+ * deadline; else a stopped peer would hang the rank in that call rather
+ * than end the job. The calls are cu's, wrapped once the driver loads. */
+static struct {
+  CUresult (*free)(CUdeviceptr);
+  CUresult (*htod)(CUdeviceptr, const void *, size_t);
+  CUresult (*dtoh)(void *, CUdeviceptr, size_t);
+  CUresult (*memset8)(CUdeviceptr, unsigned char, size_t);
+  CUresult (*sync)(void);
+} blocking;
+static CUevent in_flight_ev;
+
+static void watch_in_flight(void) {
+  unsigned axes = end_axes;
+  for (int i = 0; i < slot_count; i++) axes |= slots[(slot_first + i) % 2].axes;
+  if (!axes || capturing) return;
+  if (!in_flight_ev) CK(ev.create(&in_flight_ev, CU_EVENT_DISABLE_TIMING));
+  int peers = send_st ? comm_group_size(AXIS_PP) : 0;
+  for (int i = -2; i < peers; i++) {   /* st, the buckets' stream, the sends' */
+    CUstream s = i == -2 ? st : i == -1 ? cst : send_st[i];
+    if (!s) continue;
+    CK(ev.record(in_flight_ev, s));
+    nccl_watch(NULL, in_flight_ev, -2, axes);
+  }
+}
+
+static CUresult watched_free(CUdeviceptr p) { return watch_in_flight(), blocking.free(p); }
+static CUresult watched_htod(CUdeviceptr d, const void *h, size_t n) { return watch_in_flight(), blocking.htod(d, h, n); }
+static CUresult watched_dtoh(void *h, CUdeviceptr d, size_t n) { return watch_in_flight(), blocking.dtoh(h, d, n); }
+static CUresult watched_memset8(CUdeviceptr d, unsigned char v, size_t n) { return watch_in_flight(), blocking.memset8(d, v, n); }
+static CUresult watched_sync(void) { return watch_in_flight(), blocking.sync(); }
+
+static void watch_blocking_calls(void) {
+  if (cu.free == watched_free) return;   /* (wrapped already) */
+  blocking.free = cu.free, blocking.htod = cu.htod, blocking.dtoh = cu.dtoh, blocking.memset8 = cu.memset8;
+  blocking.sync = cu.sync;
+  cu.free = watched_free, cu.htod = watched_htod, cu.dtoh = watched_dtoh, cu.memset8 = watched_memset8;
+  cu.sync = watched_sync;
+}
+
 static Backend cuda = {
     .name = "cuda-f32", .elem = 4, .alloc = cuda_alloc, .release = cuda_release, .upload = cuda_upload,
     .download = cuda_download, .read = cuda_read, .write = cuda_write, .memory = cuda_memory, .pin = cuda_pin, .zero = cuda_zero, .zero_ranges = cuda_zero_ranges, .upload_ids = cuda_upload_ids, .run = cuda_run,
@@ -3079,6 +3124,7 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
   for (size_t i = 0; i < sizeof knobs / sizeof *knobs; i++)
     if (getenv(knobs[i]) && *getenv(knobs[i])) fa_pinned = true;
   if (!load_driver(why, n)) return NULL;
+  watch_blocking_calls();
   bool events = ev.create && ev.record && ev.sync && ev.elapsed;
   cuda.time_mark = events ? cuda_time_mark : NULL, cuda.time_read = events ? cuda_time_read : NULL;
   cuda.step_end = events && ahead ? cuda_step_end : NULL;
