@@ -2544,14 +2544,21 @@ static void nccl_watch(CUstream s, CUevent e, int64_t n, unsigned axes) {
     return;
   }
   double t0 = rt_now();
+  int axis = 0;   /* (the first group, for the messages) */
+  while (axis < 3 && !(axes >> axis & 1)) axis++;
   for (;;) {
     CUresult rc = e ? ev.query(e) : cu.stream_query(s);
     if (rc == CUDA_SUCCESS) return;
-    if (rc != CUDA_ERROR_NOT_READY) CK(rc);
-    int axis = 0;
+    if (rc != CUDA_ERROR_NOT_READY) {   /* (the work failed: a driver's error, or the emulated NCCL's timeout) */
+      const char *why = "unknown error";
+      cu.errstr(rc, &why);
+      rt_die("%s over the %s group failed: %s",
+             n == -2 ? "a step's NCCL collectives" : n == -1 ? "a CUDA graph's NCCL all-reduces"
+                                                   : n ? "an NCCL collective" : "the pipeline's NCCL sends",
+             comm_axis_name(axis), why);
+    }
     for (int a = 0; a < 4; a++) {
       if (!(axes >> a & 1)) continue;
-      axis = a;
       for (int c = 0; c < (a == AXIS_PP ? 3 : 1); c++) {   /* (the pp group's: its sends' too) */
         ncclComm_t comm = c ? pcomm[c - 1] : ncomm[a];
         ncclResult_t err = ncclSuccess;
@@ -2564,14 +2571,14 @@ static void nccl_watch(CUstream s, CUevent e, int64_t n, unsigned axes) {
         if (ncomm[a]) nc.abort(ncomm[a]);
       for (int c = 0; c < 2; c++)
         if (pcomm[c]) nc.abort(pcomm[c]);
-      if (!n) rt_die("rank %d: no progress for %.0f s in the pipeline's NCCL sends over the %s group", comm_rank(),
+      if (!n) rt_die("no progress for %.0f s in the pipeline's NCCL sends over the %s group",
                      comm_timeout, comm_axis_name(axis));
-      if (n == -1) rt_die("rank %d: no progress for %.0f s in a CUDA graph's NCCL all-reduces over the %s group",
-                          comm_rank(), comm_timeout, comm_axis_name(axis));
-      if (n == -2) rt_die("rank %d: no progress for %.0f s in a step's NCCL collectives over the %s group", comm_rank(),
+      if (n == -1) rt_die("no progress for %.0f s in a CUDA graph's NCCL all-reduces over the %s group",
                           comm_timeout, comm_axis_name(axis));
-      rt_die("rank %d: no progress for %.0f s in an NCCL collective of %lld values over the %s group", comm_rank(),
-             comm_timeout, (long long)n, comm_axis_name(axis));
+      if (n == -2)
+        rt_die("no progress for %.0f s in a step's NCCL collectives over the %s group", comm_timeout, comm_axis_name(axis));
+      rt_die("no progress for %.0f s in an NCCL collective of %lld values over the %s group", comm_timeout,
+             (long long)n, comm_axis_name(axis));
     }
     usleep(20);
   }

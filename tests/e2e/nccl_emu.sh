@@ -176,7 +176,7 @@ for name in $([ "$MODE" = sanitize ] || echo dp2 dpm) pp2; do
     echo "ok   $name on NCCL, steps queued ahead: the same records and checkpoint as each step waited for" ||
     { status=1; echo "FAIL $name on NCCL: steps queued ahead part from each step waited for"; diff "$WORK/$name.a1.m" "$WORK/$name.a0.m" | head; }
 done
-if [ "$MODE" != sanitize ]; then   # (the normal build alone: 3 runs)
+if [ "$MODE" != sanitize ]; then   # (the normal build alone: 4 runs)
   two dp2 dp2.term --save-interval 1000 --eval-interval 0 >"$WORK/dp2.term.log" 2>&1 &
   term_one_rank $! "lmrun $WORK/dp2 " "$WORK/dp2.term/metrics.jsonl"
   grep -q "stopped by SIGTERM after step $n; to go on: --resume $WORK/dp2.term/ckpt/latest" "$WORK/dp2.term.log" &&
@@ -188,11 +188,33 @@ if [ "$MODE" != sanitize ]; then   # (the normal build alone: 3 runs)
   for r in term straight; do grep '"loss"' "$WORK/dp2.$r/metrics.jsonl" | sed 's/,"ms":[0-9.]*//' > "$WORK/dp2.$r.m"; done
   cmp -s "$WORK/dp2.term.m" "$WORK/dp2.straight.m" &&
     echo "ok   dp2 on NCCL: one rank's SIGTERM after step $n stopped both, saved; resumed, a straight run's $((n + 2)) steps" ||
-    { status=1; echo "FAIL dp2 on NCCL: the run resumed after SIGTERM parts from a straight one"; }
+    { status=1; echo "FAIL dp2 on NCCL: the run resumed after SIGTERM parts from a straight one"; }  # and a stopped rank ends the job, not hangs it: rank 1 of dp 2 stopped
+  # (SIGSTOP) while steps are queued ahead; rank 0's watch of a step's
+  # collectives fails, named (the emulated NCCL gives up on a peer after
+  # LMC_CUDA_EMU_NCCL_TIMEOUT, where a GPU's would hang into the deadline)
+  rm -f "$WORK/rank1.pid"
+  start=$(date +%s)
+  set +e
+  LMC_CUDA_EMU_STREAMS=lazy LMC_CUDA_EMU_NCCL_TIMEOUT=3 $MPIRUN -np 2 sh -c \
+    'if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then echo $$ > "$0.pid"; fi; p=$1; shift; exec "$p" "$@"' "$WORK/rank1" \
+    "$LMRUN" "$WORK/dp2" --data "$DATA" --backend cuda-emu --matmul-precision highest --collectives nccl --quiet \
+    --comm-timeout 3 --save-interval 0 --eval-interval 0 --out "$WORK/dp2.stop" >"$WORK/dp2.stop.log" 2>&1 </dev/null &
+  job=$!
+  five_steps "$WORK/dp2.stop/metrics.jsonl"
+  kill -STOP "$(cat "$WORK/rank1.pid")"
+  wait $job
+  rc=$?
+  set -e
+  took=$(( $(date +%s) - start ))
+  kill -KILL "$(cat "$WORK/rank1.pid")" 2>/dev/null || true
+  [ $rc -ne 0 ] && [ $took -le 60 ] &&
+    grep -q "^lmrun: error: rank 0: a step's NCCL collectives over the dp group failed: emulated NCCL: a peer did not join" \
+      "$WORK/dp2.stop.log" && echo "ok   dp2 on NCCL, rank 1 stopped: the job ended in ${took}s, rank 0's step named" ||
+    { status=1; cat "$WORK/dp2.stop.log"; echo "FAIL dp2 on NCCL, rank 1 stopped: exit $rc after ${took}s"; }
 fi
 "$LMRUN" "$WORK/dp2tp2" --backend cpu --collectives nccl --max-steps 1 >"$WORK/cpu_nccl.log" 2>&1 &&
   { status=1; echo "FAIL --collectives nccl on the CPU backend ran"; }
 grep -qxF "lmrun: error: --collectives applies to the CUDA backends (--backend cuda, cuda-emu, auto)" "$WORK/cpu_nccl.log" ||
   { status=1; echo "FAIL --collectives nccl on the CPU backend: $(cat "$WORK/cpu_nccl.log")"; }
-[ $status = 0 ] && echo "$([ "$MODE" = sanitize ] && echo 8 || echo 26) passed, 0 failed" || echo "failed"
+[ $status = 0 ] && echo "$([ "$MODE" = sanitize ] && echo 8 || echo 27) passed, 0 failed" || echo "failed"
 exit $status
