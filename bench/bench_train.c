@@ -84,7 +84,7 @@ static void bytes_table(Run *r, const double *t, double opt, double copy) {
         typeof(k[0]) tmp = k[a];
         k[a] = k[c], k[c] = tmp;
       }
-  double state = 7.0 * b->region[R_PARAM] * r->be->elem + (rt_state_bytes(r) - 4.0 * b->region[R_PARAM] * r->be->elem);
+  double state = rt_state_bytes(r) + 3.0 * b->region[R_PARAM] * r->be->elem;   /* (and w, m, v written back) */
   if (nk < MAXK) k[nk++] = (typeof(k[0])){"optimizer", 1, opt, state};
   printf("  memory-bound ops of that step (runs, device time, bytes read and written at the least, rate, of the copy "
          "rate %.1f GB/s measured here):", copy / 1e9);
