@@ -99,3 +99,26 @@ term_one_rank() {
   set -e
   n=$(grep -c '"loss"' "$3")
 }
+
+# stop_rank1 LOG METRICS CMD...: CMD on 2 ranks (mpi_env), its output in
+# LOG; once METRICS logs a step, rank 1 is stopped (SIGSTOP), then the
+# job's end is waited for and rank 1 killed; rc: the job's exit status,
+# took: seconds from the start to its end.
+stop_rank1() {
+  log=$1 metrics=$2
+  shift 2
+  rm -f "$WORK/rank1.pid"
+  start=$(date +%s)
+  set +e
+  $MPIRUN -np 2 sh -c 'if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then echo $$ > "$0.pid"; fi; p=$1; shift; exec "$p" "$@"' \
+    "$WORK/rank1" "$@" >"$log" 2>&1 </dev/null &
+  job=$!
+  i=0
+  until grep -qs '"loss"' "$metrics" || [ $i -ge 600 ]; do sleep 0.1; i=$((i + 1)); done
+  kill -STOP "$(cat "$WORK/rank1.pid")"
+  wait $job
+  rc=$?
+  set -e
+  took=$(( $(date +%s) - start ))
+  kill -KILL "$(cat "$WORK/rank1.pid")" 2>/dev/null || true
+}

@@ -47,19 +47,7 @@ grep -q "rank 1" "$WORK/out" || { cat "$WORK/out"; fail "the message does not na
 echo "ok   rank 1 killed: job ended in ${took}s: $(grep -m1 'rank 1' "$WORK/out" | sed 's/^ *//')"
 # rank 1 is stopped once training has logged a step (so that rank 0 waits
 # in a step's all-reduce, not in the start-up barrier); the limit is 3 s
-start=$(date +%s)
-set +e
-$MPIRUN -np 2 sh -c 'if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then echo $$ > "$0.pid"; fi; p=$1; shift; exec "$p" "$@"' \
-  "$WORK/rank1" "$LMRUN" "$WORK/dp2" --data "$DATA" --quiet --comm-timeout 3 --out "$WORK/stop" >"$WORK/out" 2>&1 &
-job=$!
-i=0
-until grep -qs '"loss"' "$WORK/stop/metrics.jsonl" || [ $i -ge 600 ]; do sleep 0.1; i=$((i + 1)); done
-kill -STOP "$(cat "$WORK/rank1.pid")"
-wait $job
-rc=$?
-set -e
-took=$(( $(date +%s) - start ))
-kill -KILL "$(cat "$WORK/rank1.pid")" 2>/dev/null || true
+stop_rank1 "$WORK/out" "$WORK/stop/metrics.jsonl" "$LMRUN" "$WORK/dp2" --data "$DATA" --quiet --comm-timeout 3 --out "$WORK/stop"
 [ $rc -ne 0 ] || fail "the job survived a stopped rank"
 [ $took -le 60 ] || fail "the job took ${took}s to end after a rank stopped"
 # (in the step's all-reduce, or where the ranks agree after a step whether

@@ -192,21 +192,9 @@ if [ "$MODE" != sanitize ]; then   # (the normal build alone: 4 runs)
   # (SIGSTOP) while steps are queued ahead; rank 0's watch of a step's
   # collectives fails, named (the emulated NCCL gives up on a peer after
   # LMC_CUDA_EMU_NCCL_TIMEOUT, where a GPU's would hang into the deadline)
-  rm -f "$WORK/rank1.pid"
-  start=$(date +%s)
-  set +e
-  LMC_CUDA_EMU_STREAMS=lazy LMC_CUDA_EMU_NCCL_TIMEOUT=3 $MPIRUN -np 2 sh -c \
-    'if [ "$OMPI_COMM_WORLD_RANK" = 1 ]; then echo $$ > "$0.pid"; fi; p=$1; shift; exec "$p" "$@"' "$WORK/rank1" \
+  stop_rank1 "$WORK/dp2.stop.log" "$WORK/dp2.stop/metrics.jsonl" env LMC_CUDA_EMU_STREAMS=lazy LMC_CUDA_EMU_NCCL_TIMEOUT=3 \
     "$LMRUN" "$WORK/dp2" --data "$DATA" --backend cuda-emu --matmul-precision highest --collectives nccl --quiet \
-    --comm-timeout 3 --save-interval 0 --eval-interval 0 --out "$WORK/dp2.stop" >"$WORK/dp2.stop.log" 2>&1 </dev/null &
-  job=$!
-  five_steps "$WORK/dp2.stop/metrics.jsonl"
-  kill -STOP "$(cat "$WORK/rank1.pid")"
-  wait $job
-  rc=$?
-  set -e
-  took=$(( $(date +%s) - start ))
-  kill -KILL "$(cat "$WORK/rank1.pid")" 2>/dev/null || true
+    --comm-timeout 3 --save-interval 0 --eval-interval 0 --out "$WORK/dp2.stop"
   [ $rc -ne 0 ] && [ $took -le 60 ] &&
     grep -q "^lmrun: error: rank 0: a step's NCCL collectives over the dp group failed: emulated NCCL: a peer did not join" \
       "$WORK/dp2.stop.log" && echo "ok   dp2 on NCCL, rank 1 stopped: the job ended in ${took}s, rank 0's step named" ||
