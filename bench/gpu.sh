@@ -27,9 +27,10 @@
 #        lmc-cuda-bf16-untuned; with the norms'
 #        backward apart from the kernels lmc writes, lmc-cuda-bf16-nbapart;
 #        with every GEMM on one stream, lmc-cuda-bf16-onestream; with
-#        the host waiting for each step, lmc-cuda-bf16-waited;
-#        PyTorch bf16 + torch.compile) and llama-large (the same but the
-#        last; torch.compile last), and the MoE rows;
+#        the host waiting for each step, lmc-cuda-bf16-waited; with the
+#        weights' gradient GEMMs whole, lmc-cuda-bf16-whole;
+#        PyTorch bf16 + torch.compile) and llama-large (untuned and
+#        whole; torch.compile last), and the MoE rows;
 #        PYTHON (default python3)
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -146,11 +147,16 @@ if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # the issue's two targets in bf16, ea
   # (the host waiting for each step before it queues the next, as through run 16)
   rowenv=LMC_STEPS_AHEAD=0
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-waited 5 gpt2-124m $gpt --set precision=bf16
+  # (the weights' gradient GEMMs whole, as through run 16, not in the parts runtime/ltplan.c's model picks)
+  rowenv=LMC_GEMM_SPLIT=0
+  lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-whole 5 gpt2-124m $gpt --set precision=bf16
   rowenv=
   torch_row gpt2-B8-T1024 bf16c torch_gpt2.py 8 1024 bf16c 10
   lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16 3 llama-large --set precision=bf16
   rowenv=LMC_ATTENTION_TUNE=0
   lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16-untuned 3 llama-large --set precision=bf16
+  rowenv=LMC_GEMM_SPLIT=0
+  lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16-whole 3 llama-large --set precision=bf16
   rowenv=
   lmc_row moe-8x2-D512 cuda-medium:cuda-bf16 5 moe-tiny $moe --set F=688 --set precision=bf16
   # (a GEMM a segment, LMC_MOE_GROUPED=0: 0.61x the grouped GEMMs in run 16, and the weight gradients

@@ -32,7 +32,7 @@ static const char *section_of(int op) {
 }
 
 static bool used(Graph *g, const char *section) {
-  if (!strcmp(section, "optimizer")) return true;
+  if (!strcmp(section, "optimizer") || !strcmp(section, "gemm_parts")) return true;   /* (weight gradients in parts) */
   if (!strcmp(section, "cast")) return g->ncasts > 0;   /* the bf16 copies, made at load */
   if (!strcmp(section, "moe_mm")) section = "moe";   /* MoE's grouped GEMMs (their own part) */
   for (int k = 0; k < g->nfwd + g->nbwd; k++) {

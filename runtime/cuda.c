@@ -71,6 +71,7 @@ static struct {
   cublasStatus_t (*desc_destroy)(cublasLtMatmulDesc_t);
   cublasStatus_t (*layout_create)(cublasLtMatrixLayout_t *, cudaDataType, uint64_t, uint64_t, int64_t);
   cublasStatus_t (*layout_destroy)(cublasLtMatrixLayout_t);
+  cublasStatus_t (*layout_set)(cublasLtMatrixLayout_t, cublasLtMatrixLayoutAttribute_t, const void *, size_t);
   cublasStatus_t (*matmul)(cublasLtHandle_t, cublasLtMatmulDesc_t, const void *, const void *,
                            cublasLtMatrixLayout_t, const void *, cublasLtMatrixLayout_t, const void *,
                            const void *, cublasLtMatrixLayout_t, void *, cublasLtMatrixLayout_t,
@@ -105,6 +106,7 @@ static bool use_nccl;
 static CUmodule modules[64];   /* the bundle's kernels: one module an NVRTC program (load_kernels) */
 static int nmodules;
 static CUstream st;   /* all of the backend's work, in order; it waits for the legacy stream and it for it */
+static CUstream side_st;   /* the weights' gradients beside it (cuda_side_begin) */
 static bool side_on, side_warm;   /* the weights' gradients on a second stream (cuda_side_begin): asked, allowed */
 static bool emulated;   /* the emulated CUDA platform (runtime/emu/) stands in for the GPU */
 static cublasLtHandle_t lt;
@@ -213,6 +215,7 @@ static bool load_driver(char *why, size_t n) {
   SYM(b, lt_create, "cublasLtCreate"), SYM(b, desc_create, "cublasLtMatmulDescCreate");
   SYM(b, desc_set, "cublasLtMatmulDescSetAttribute"), SYM(b, desc_destroy, "cublasLtMatmulDescDestroy");
   SYM(b, layout_create, "cublasLtMatrixLayoutCreate"), SYM(b, layout_destroy, "cublasLtMatrixLayoutDestroy");
+  SYM(b, layout_set, "cublasLtMatrixLayoutSetAttribute");
   SYM(b, matmul, "cublasLtMatmul"), SYM(b, pref_create, "cublasLtMatmulPreferenceCreate");
   SYM(b, pref_set, "cublasLtMatmulPreferenceSetAttribute"), SYM(b, pref_destroy, "cublasLtMatmulPreferenceDestroy");
   SYM(b, heuristic, "cublasLtMatmulAlgoGetHeuristic");
@@ -1022,6 +1025,21 @@ static void gemm_show(cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t l[3], un
   fprintf(stderr, " tile %u, split-k %u, stages %u, %.2f waves\n", tile, split, stages, r.wavesCount);
 }
 
+/* A GEMM's description for operands of types ty and the plan p: the
+ * compute type (fp32 accumulation; fp32 operands at the precision in
+ * force) and the transposes; no epilogue */
+static cublasLtMatmulDesc_t lt_desc(unsigned ty, LtPlan p) {
+  cublasLtMatmulDesc_t desc;
+  cublasOperation_t opa = p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, opb = p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  cublasComputeType_t ct = ty & G_A                ? CUBLAS_COMPUTE_32F
+                           : precision == MP_HIGH   ? CUBLAS_COMPUTE_32F_FAST_TF32
+                           : precision == MP_MEDIUM ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
+  LT(cu.desc_create(&desc, ct, CUDA_R_32F));
+  LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
+  LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+  return desc;
+}
+
 /* gemm_t with an epilogue adding bias[n] (of C's type) over C's rows,
  * where bias is not 0, and with aux also GELU's (C = gelu(product + bias),
  * aux = product + bias, laid out as C); or, with bgrad (1: our A, 2: our
@@ -1047,17 +1065,10 @@ static bool gemm_ep(unsigned ty, bool ta, bool tb, int64_t m, int64_t n, int64_t
     narrow_to(c, cw, m * ldc);
     return true;
   }
-  cublasLtMatmulDesc_t desc;
   cublasLtMatrixLayout_t l[3];
   LtPlan p = lt_plan(ta, tb, m, n, k, lda, ldb, ldc);
-  cublasOperation_t opa = p.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, opb = p.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-  cublasComputeType_t ct = ty & G_A                ? CUBLAS_COMPUTE_32F
-                           : precision == MP_HIGH   ? CUBLAS_COMPUTE_32F_FAST_TF32
-                           : precision == MP_MEDIUM ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F;
   cudaDataType_t ab = ty & G_A ? CUDA_R_16BF : CUDA_R_32F, ct_c = ty & G_C ? CUDA_R_16BF : CUDA_R_32F;
-  LT(cu.desc_create(&desc, ct, CUDA_R_32F));
-  LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
-  LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+  cublasLtMatmulDesc_t desc = lt_desc(ty, p);
   if (bias || bgrad == 3) {   /* cuBLASLt's D is our C^T: its rows are our columns, as the bias runs */
     cublasLtEpilogue_t ep = bgrad == 3 ? CUBLASLT_EPILOGUE_DGELU
                             : bgrad ? (bgrad == 2 ? CUBLASLT_EPILOGUE_BGRADA : CUBLASLT_EPILOGUE_BGRADB)
@@ -1746,6 +1757,96 @@ static void col_finish(const Cols *c, i64 d, int s, void *out, int acc) {
  * about 750 for its plain GEMMs), so which is faster is the GPU's to say. */
 static bool bwd_epilogues = true;
 
+/* ---- a weight's gradient in parts (split-k) ----
+ * A weight's gradient GEMM (C[m, n] (+)= A' B over k rows, the step's
+ * tokens) whose output is a few tiles leaves most of the GPU idle while
+ * each tile's block runs over every row: GPT-2's weight gradients ran at
+ * 346 to 380 TFLOP/s on an H200 (runs 15 and 16, with the BGRAD epilogue
+ * and without it: cuBLASLt's heuristic did not split them) against about
+ * 750 for its other GEMMs. Where lt_parts' model says so (ltplan.c), such
+ * a GEMM runs as one strided-batched cuBLASLt call of s products over k /
+ * s rows each into fp32 partial outputs (with matmul_bgrad's epilogue, a
+ * partial bias gradient each at its batch stride), and lmc_gemm_parts_sum
+ * adds them in part order (to C where the gradient adds to it), col_finish
+ * the bias's. Each stream has its own partials, the second stream's
+ * grown with the first's (in the first step, before any GEMM goes there).
+ * LMC_GEMM_SPLIT=0 runs them whole, N in N parts where k allows (parts of
+ * a multiple of 8 rows). Where cuBLASLt refuses the batched call (say the
+ * bias gradient's epilogue batched), that kind runs whole from then on. */
+static int split_asked = 1;   /* LMC_GEMM_SPLIT: 0 whole, 1 the model, N parts */
+static bool split_refused[2];   /* plain, with the BGRAD epilogue */
+static CUdeviceptr part_buf[2], part_bias[2];   /* by stream: the first, the second */
+static size_t part_n[2], part_bn[2];
+
+static int matmul_parts(const RtInst *x, unsigned ty, bool bgrad) {
+  if (!x->ta || x->tb || (ty & G_C) || !(ty & G_A) != !(ty & G_B) || split_refused[bgrad] || !split_asked) return 1;
+  if (split_asked == 1) return lt_parts(x->m, x->n, x->k, sm_count, x->acc[0]);
+  return x->k % split_asked == 0 && (x->k / split_asked) % 8 == 0 ? split_asked : 1;
+}
+
+/* the stream's buffer of at least n floats, the other stream's grown alike */
+static CUdeviceptr parts_scratch(CUdeviceptr *buf, size_t *have, size_t n) {
+  if (have[0] < n) scratch(&buf[0], &have[0], n), scratch(&buf[1], &have[1], n);
+  return buf[st == side_st && side_st];
+}
+
+/* x's GEMM (matmul, or matmul_bgrad with bgrad) in the parts matmul_parts
+ * gives; false where it runs whole (nothing done) */
+static bool gemm_in_parts(const RtInst *x, const CUdeviceptr *O, const CUdeviceptr *I, bool bgrad) {
+  unsigned ty = gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0));
+  int s = matmul_parts(x, ty, bgrad);
+  if (s < 2) return false;
+  i64 m = x->m, n = x->n, kc = x->k / s, total = m * n, len = x->bg ? n : m;
+  CUdeviceptr W = parts_scratch(part_buf, part_n, (size_t)(s * total)), G = 0;
+  if (bgrad) G = parts_scratch(part_bias, part_bn, (size_t)(s * len));
+  LtPlan p = lt_plan(true, false, m, n, kc, m, n, n);   /* a part: A' [m, kc] B [kc, n] */
+  cublasLtMatmulDesc_t desc = lt_desc(ty, p);
+  cublasLtMatrixLayout_t l[3];
+  lt_layouts(l, ty & G_A ? CUDA_R_16BF : CUDA_R_32F, CUDA_R_32F, p);
+  int32_t count = s;
+  int64_t off[3] = {kc * n, kc * m, total};   /* a part's rows on: cuBLASLt's A (our B), B (our A), D */
+  for (int i = 0; i < 3; i++) {
+    LT(cu.layout_set(l[i], CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof count));
+    LT(cu.layout_set(l[i], CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &off[i], sizeof off[i]));
+  }
+  if (bgrad) {   /* our B's sums (BGRADA) where dy is B, our A's (BGRADB) where it is A */
+    cublasLtEpilogue_t ep = x->bg ? CUBLASLT_EPILOGUE_BGRADA : CUBLASLT_EPILOGUE_BGRADB;
+    void *gp = (void *)G;
+    int32_t gt = CUDA_R_32F;
+    int64_t gs = len;
+    LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
+    LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &gp, sizeof gp));
+    LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &gt, sizeof gt));
+    LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, &gs, sizeof gs));
+  }
+  if (show_gemms) {
+    static int64_t seen[64][4];
+    static int nseen;
+    int64_t key[4] = {m, n, x->k, ty * 2 + bgrad}, i = 0;
+    while (i < nseen && memcmp(seen[i], key, sizeof key)) i++;
+    if (i == nseen && nseen < 64) {
+      memcpy(seen[nseen++], key, sizeof key);
+      fprintf(stderr, "gemm %lld x %lld x %lld A^T%s%s: in %d parts of %lld rows\n", (long long)m, (long long)n,
+              (long long)x->k, ty & G_A ? " bf16" : "", bgrad ? (x->bg ? " bgrada" : " bgradb") : "", s, (long long)kc);
+      gemm_show(desc, l, ty, true, false, m, n, kc, bgrad ? (x->bg ? EP_BGRADA : EP_BGRADB) : EP_NONE);
+    }
+  }
+  float one = 1, zero = 0;
+  cublasStatus_t rc = cu.matmul(lt, desc, &one, (void *)I[1], l[0], (void *)I[0], l[1], &zero, (void *)W, l[2],
+                                (void *)W, l[2], NULL, (void *)workspace, workspace_size, (cudaStream_t)st);
+  cu.layout_destroy(l[0]), cu.layout_destroy(l[1]), cu.layout_destroy(l[2]), cu.desc_destroy(desc);
+  if (rc != CUBLAS_STATUS_SUCCESS) return split_refused[bgrad] = true, false;
+  CUdeviceptr C = O[0];
+  int acc = x->acc[0];
+  void *a[] = {&C, &W, &total, &s, &acc};
+  launch("lmc_gemm_parts_sum", grid_for((total + 3) / 4), a);
+  if (bgrad) {
+    Cols c = {0, s, G};
+    col_finish(&c, len, 0, (void *)(uintptr_t)O[1], x->acc[1]);
+  }
+  return true;
+}
+
 /* matmul_bgrad: a weight's gradient GEMM whose epilogue (BGRADA for dy
  * as our B, BGRADB as our A) sums dy over the rows into a scratch vector,
  * which one pass then adds to the bias's gradient; where cuBLASLt refuses
@@ -1758,6 +1859,10 @@ static void op_matmul_bgrad(const RtInst *x, const CUdeviceptr *O, const CUdevic
   i64 len = x->bg ? x->n : x->m, rows = x->k, lda = x->ta ? x->m : x->k, ldb = x->tb ? x->k : x->n;
   unsigned ty = gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0));
   float beta = x->acc[0] ? 1 : 0;
+  if (bgrad_state[x->bg] != 2 && bwd_epilogues && gemm_in_parts(x, O, I, true)) {
+    bgrad_state[x->bg] = 1;   /* (its own partials and pass, in order on the second stream too) */
+    return;
+  }
   if (bgrad_state[x->bg] != 2 && bwd_epilogues) {
     CUdeviceptr g = scratch(&sg, &nsg, len);
     if (gemm_ep(ty, x->ta, x->tb, x->m, x->n, x->k, 1, I[0], lda, I[1], ldb, beta, O[0], x->n, g, 0, x->bg ? 2 : 1)) {
@@ -1768,7 +1873,7 @@ static void op_matmul_bgrad(const RtInst *x, const CUdeviceptr *O, const CUdevic
     }
     bgrad_state[x->bg] = 2;
   }
-  gemm_t(ty, x->ta, x->tb, x->m, x->n, x->k, 1, I[0], lda, I[1], ldb, beta, O[0], x->n);
+  if (!gemm_in_parts(x, O, I, false)) gemm_t(ty, x->ta, x->tb, x->m, x->n, x->k, 1, I[0], lda, I[1], ldb, beta, O[0], x->n);
   CUdeviceptr dy = I[x->bg];
   Cols c = col_plan(rows, len, 1);
   void *a[] = {&c.part, &dy, &rows, &len, &c.per};
@@ -2198,6 +2303,7 @@ static void cuda_run(const RtInst *x, void **o, void **in) {
   float eps = (float)x->eps, scale = (float)x->scale;
   switch (x->op) {
   case OP_MATMUL: {
+    if (gemm_in_parts(x, O, I, false)) return;
     gemm_t(gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0)), x->ta, x->tb, x->m, x->n, x->k, 1, I[0],
            x->ta ? x->m : x->k, I[1], x->tb ? x->k : x->n, x->acc[0] ? 1 : 0, O[0], x->n);
     return;
@@ -2886,7 +2992,7 @@ static void cuda_time_read(double *seconds) {
  * while side_st may read it). A CUDA graph records both streams, side_st
  * joining st's capture through the event. LMC_SIDE_STREAM=0: one stream. */
 enum { SIDE_EVENTS = 64 };
-static CUstream side_st, main_st;
+static CUstream main_st;
 static CUevent fork_ev, side_ev[SIDE_EVENTS];   /* GEMM n's done: side_ev[n % SIDE_EVENTS] */
 static int side_n;
 static CUdeviceptr side_workspace, main_workspace;
@@ -3117,6 +3223,9 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
       !env_choice("LMC_MOE_GROUPED", 0, 1, "0 (a GEMM a segment, counts on the host) or 1", &grouped, why, n) ||
       !env_choice("LMC_SIDE_STREAM", 0, 1, "0 (every GEMM on one stream) or 1 (weight gradients beside)", &side, why,
                   n) ||
+      !env_int("LMC_GEMM_SPLIT", 0, 16, false,
+               "0 (weight gradients' GEMMs whole), 1 (in the parts a model picks) or 2 to 16 parts", &split_asked, why,
+               n) ||
       !env_choice("LMC_GEMM_TUNE", 0, 1, "0 (cuBLASLt's heuristic's choice) or 1 (the fastest, timed once a GPU model)",
                   &gemm_tune, why, n) ||
       !env_choice("LMC_STEPS_AHEAD", 0, 1, "0 (the host waits for each step) or 1 (the next step queued before it ends)",

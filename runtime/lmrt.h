@@ -305,6 +305,8 @@ typedef struct LtPlan {
   int64_t a_rows, a_cols, a_ld, b_rows, b_cols, b_ld, c_rows, c_cols, c_ld;
 } LtPlan;
 LtPlan lt_plan(bool ta, bool tb, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc);
+/* the parts (split-k) a weight gradient's m x n GEMM over k rows runs in, on sms SMs; acc: it adds to C */
+int lt_parts(int64_t m, int64_t n, int64_t k, int sms, bool acc);
 
 Backend *cpu_backend(bool f64);
 Backend *cuda_backend(const char *bundle_dir, bool emulated, char *why, size_t n);   /* NULL: why */

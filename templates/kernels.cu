@@ -2847,6 +2847,31 @@ extern "C" __global__ void lmc_moe_parts_sum(real *C, const real *W, i64 total, 
 }
 #endif
 
+// @kernel gemm_parts
+// C[i] (+)= W[0][i] + W[1][i] + .., a weight gradient's GEMM run in parts
+// over its rows (runtime/cuda.c, matmul_parts), added in part order: the
+// same bits every run. Four floats a thread where C and W are 16-byte
+// aligned and the count a multiple of 4, the same sums either way.
+__device__ __forceinline__ float4 f4_add(float4 a, float4 b) { return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w); }
+extern "C" __global__ void lmc_gemm_parts_sum(real *C, const real *W, i64 total, int parts, int accum) {
+  if (total % 4 == 0 && al16(C) && al16(W)) {
+    float4 *c = (float4 *)C;
+    const float4 *w = (const float4 *)W;
+    i64 q = total / 4;
+    GRID_LOOP(i, q) {
+      float4 s = w[i];
+      for (int p = 1; p < parts; p++) s = f4_add(s, w[p * q + i]);
+      c[i] = accum ? f4_add(c[i], s) : s;
+    }
+    return;
+  }
+  GRID_LOOP(i, total) {
+    float s = W[i];
+    for (int p = 1; p < parts; p++) s += W[p * total + i];
+    PUT(C, i, s, accum);
+  }
+}
+
 // @kernel cast
 // a weight's bf16 copy
 extern "C" __global__ void lmc_cast(act *y, const real *x, i64 n) {

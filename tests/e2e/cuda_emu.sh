@@ -28,6 +28,20 @@ small="--set D=32 --set H=4 --set G=2 --set F=88 --set L=2 --set batch=4 --set s
 compare llama "$SRC/models/tiny.lm" $small
 compare llama_m2 "$SRC/models/tiny.lm" $small --set microbatches=2
 compare gpt2 "$SRC/models/gpt2-124m.lm" --set V=256 --set D=32 --set H=4 --set L=2 --set batch=4 --set seq=16
+# the weights' gradient GEMMs in parts over the tokens (LMC_GEMM_SPLIT=4:
+# one batched GEMM of four parts, each with its own bias-gradient
+# epilogue, the parts then added in order): GPT-2 against the same CPU
+# run, as above (planted: every part reading the first part's rows of A)
+parts() {   # parts NAME N TAG [VAR=VALUE...]: NAME's bundle on cuda-emu with LMC_GEMM_SPLIT=N, into NAME.partsNTAG
+  name=$1 n=$2 tag=$3
+  shift 3
+  env LMC_GEMM_SPLIT=$n "$@" "$LMRUN" "$WORK/$name" --data "$DATA" --backend cuda-emu --matmul-precision highest --quiet \
+    --eval-interval "$STEPS" --eval-batches 2 --save-interval 0 --out "$WORK/$name.parts$n$tag" >/dev/null ||
+    fail "$name: LMC_GEMM_SPLIT=$n $*: lmrun failed"
+}
+parts gpt2 4 ''
+python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/gpt2.cpu/metrics.jsonl" "$WORK/gpt2.parts4/metrics.jsonl" \
+  "weight gradients in 4 parts" 1e-5 || status=1
 # the fused LM head both ways: the logits' gradient made in the forward
 # pass (head_dl), and recomputed in the backward (head_xent)
 compare llama_fused "$SRC/models/tiny.lm" $small --fuse=always
@@ -67,7 +81,7 @@ compare moe_gelu "$SRC/tests/e2e/moe-gelu.lm"
 tol="1e-3 1e-2" compare llama_bf16 "$SRC/models/tiny.lm" $small --set precision=bf16
 # (the sanitizer build, STEPS under 20, leaves the rest of bf16 storage to
 # the normal build and emu_ops_bf16)
-ran=15
+ran=16
 if [ "$STEPS" -ge 20 ]; then
   tol="1e-3 1e-2" compare gpt2_bf16 "$SRC/models/gpt2-124m.lm" --set V=256 --set D=32 --set H=4 --set L=2 --set batch=4 \
     --set seq=16 --set precision=bf16 --fuse=always
@@ -80,7 +94,7 @@ if [ "$STEPS" -ge 20 ]; then
   tol="1e-3 1e-2" compare moe_bf16 "$SRC/models/tiny.lm" $small --set experts=4 --set precision=bf16
   STEPS_SAVED=$STEPS STEPS=4
   tol=1e-4 compare moe_gelu_bf16 "$SRC/tests/e2e/moe-gelu.lm" --set precision=bf16
-  STEPS=$STEPS_SAVED ran=19
+  STEPS=$STEPS_SAVED ran=20
   # the weights' bf16 copies are made by AdamW each step and made again
   # from the masters a checkpoint holds: a bf16 run stopped at step 10 and
   # resumed gives the bits of the run straight through
@@ -123,6 +137,11 @@ if [ "$STEPS" -ge 20 ]; then
     fail "LMC_GEMM_BACKWARD_EPILOGUES=0: lmrun failed"
   python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/gpt2_bf16.cuda-emu/metrics.jsonl" "$WORK/gpt2_bf16.noep/metrics.jsonl" \
     "backward epilogues off against on" 1e-3 1e-2 || status=1
+  # bf16 storage's weight gradients (bf16 operands, fp32 gradients) in
+  # parts, against the CPU's bf16 plan: bf16 tolerances
+  parts gpt2_bf16 4 ''
+  python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/gpt2_bf16.cpu/metrics.jsonl" "$WORK/gpt2_bf16.parts4/metrics.jsonl" \
+    "bf16 weight gradients in 4 parts" 1e-3 1e-2 || status=1
   # LMC_GEMM_SHOW=1 says what cuBLASLt picks once for each GEMM of a shape,
   # types and epilogue: GPT-2's step has each epilogue, and no line twice
   LMC_GEMM_SHOW=1 "$LMRUN" "$WORK/gpt2_bf16" --data "$DATA" --backend cuda-emu --quiet --max-steps 2 --eval-interval 0 \
@@ -132,6 +151,12 @@ if [ "$STEPS" -ge 20 ]; then
       "$WORK/show" || fail "LMC_GEMM_SHOW=1: no $ep GEMM said"
   done
   [ "$(sort "$WORK/show" | uniq -d)" = "" ] || fail "LMC_GEMM_SHOW=1: a GEMM said twice"
+  # and a GEMM in parts says so, then what cuBLASLt picks for a part
+  LMC_GEMM_SPLIT=4 LMC_GEMM_SHOW=1 "$LMRUN" "$WORK/gpt2_bf16" --data "$DATA" --backend cuda-emu --quiet --max-steps 2 \
+    --eval-interval 0 --save-interval 0 --out "$WORK/gpt2_bf16.showparts" 2>"$WORK/showparts" ||
+    fail "LMC_GEMM_SPLIT=4 LMC_GEMM_SHOW=1: lmrun failed"
+  grep -A1 "^gemm 128 x 32 x 64 A^T bf16 bgrada: in 4 parts of 16 rows$" "$WORK/showparts" |
+    grep -q "^gemm 128 x 32 x 16 A^T bf16 bgrada: tile" || fail "LMC_GEMM_SHOW=1: no GEMM in parts said"
   # the weights' gradient GEMMs on a second stream (the default from step
   # 2; CUDA graphs record both streams from step 3): under lazy streams,
   # where a stream's work runs only once something waits for it (so a
@@ -155,6 +180,20 @@ if [ "$STEPS" -ge 20 ]; then
   for run in side1 side1--no-cuda-graphs side0--no-cuda-graphs sideskew sideskew--no-cuda-graphs; do
     python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/gpt2_bf16.side0/metrics.jsonl" \
       "$WORK/gpt2_bf16.$run/metrics.jsonl" "weight gradients beside, lazy or skewed streams ($run)" 1e-15 || status=1
+  done
+  # and so in parts: lazy and skewed streams give the bits of one stream,
+  # with the backward's epilogues and without (then matmul_bgrad's GEMMs,
+  # in parts, stay on the first stream while the plain ones go beside:
+  # each stream has its own partial sums, though no emulated order
+  # interleaves two streams' work finely enough to show a shared buffer)
+  for ep in 1 0; do
+    parts gpt2_bf16 4 one$ep LMC_CUDA_EMU_STREAMS=lazy LMC_SIDE_STREAM=0 LMC_GEMM_BACKWARD_EPILOGUES=$ep
+    for v in lazy skew; do
+      parts gpt2_bf16 4 $v$ep LMC_CUDA_EMU_STREAMS=$v LMC_GEMM_BACKWARD_EPILOGUES=$ep
+      python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/gpt2_bf16.parts4one$ep/metrics.jsonl" \
+        "$WORK/gpt2_bf16.parts4$v$ep/metrics.jsonl" "weight gradients in parts beside, $v streams, epilogues $ep" 1e-15 ||
+        status=1
+    done
   done
   # attention's forward and dK/dV on wgmma (LMC_ATTENTION_WGMMA=1) in bf16
   # storage over T 150 (three tiles of keys, the last one short): the
@@ -271,7 +310,7 @@ if [ "$STEPS" -ge 20 ]; then
   grep -q " mma_dq_r64_k8 [0-9.]* ms (differs from the default: not used)" "$WORK/wg.spoiled.err" &&
     ! grep -q "picked lmc_attention_bwd_mma_dq_r64_k8" "$WORK/wg.spoiled.err" ||
     fail "LMC_ATTENTION_TUNE_SPOIL: a spoiled kernel not refused"
-  ran=35
+  ran=41
 fi
 # tf32 and bf16 products: the loss within 2e-3 and 1e-2, the gradient
 # norm, which drifts, within 3e-2 and 5e-2

@@ -3,7 +3,9 @@
  * attention's per-head GEMMs use), the column-major call that lt_plan()
  * describes, run through CBLAS, must equal the row-major product the
  * instruction asks for, and each operand's shape must agree with the
- * product's (as cuBLASLt requires). */
+ * product's (as cuBLASLt requires). And the parts lt_parts() splits a
+ * weight gradient's GEMM into, at GPT-2's and llama-large's shapes on an
+ * H200's 132 SMs. */
 #include "lmrt.h"
 #include <cblas.h>
 #include <math.h>
@@ -36,7 +38,24 @@ static void one(bool ta, bool tb, int m, int n, int k, int pad) {
   free(a), free(b), free(c), free(want);
 }
 
+static void parts(int64_t m, int64_t n, int64_t k, int want) {
+  int got = lt_parts(m, n, k, 132, true);
+  checks++, failures += got != want;
+  printf("%s %lld x %lld over %lld rows: %d parts (want %d)\n", got == want ? "ok  " : "FAIL", (long long)m,
+         (long long)n, (long long)k, got, want);
+}
+
 int main(void) {
+  parts(768, 768, 8192, 8);      /* GPT-2's attention output: 36 tiles */
+  parts(3072, 768, 8192, 4);     /* its MLP's two */
+  parts(768, 3072, 8192, 4);
+  parts(2304, 768, 8192, 1);     /* q, k, v: 108 tiles, a wave */
+  parts(50304, 768, 8192, 1);    /* the head */
+  parts(1536, 1536, 16384, 4);   /* llama-large's q and o: 144 tiles, 1.09 waves */
+  parts(384, 1536, 16384, 8);    /* its k and v: 36 */
+  parts(4096, 1536, 16384, 1);   /* gate and up: 2.9 waves */
+  parts(768, 768, 8008, 1);      /* no part a multiple of 64 rows */
+  parts(64, 64, 512, 1);         /* parts under 512 rows */
   for (int ta = 0; ta < 2; ta++)
     for (int tb = 0; tb < 2; tb++) {
       one(ta, tb, 7, 5, 3, 0);
