@@ -3,7 +3,8 @@
 without a GPU. Compiles a bundle's kernels.cu with NVRTC for sm_90a (as the
 runtime does on compute capability 9.0), disassembles the cubin with cuobjdump and prints, for each
 kernel named, the loop with the most mma in it: its instructions, its mma
-and the mix.
+and the mix (a kernel named that has no mma, its loop with the most MUFU,
+the SFU's instructions: the exponentials of a softmax over logits).
 
   bench/sass_loops.py BUNDLE_DIR [NAME_SUBSTRING ...] [--hot] [--arch sm_90a]
 
@@ -81,15 +82,15 @@ def instructions(sass):
     return out
 
 
-def main_loop(ins):
-    """the backward branch whose body holds the most mma (HMMA, or the warpgroup's HGMMA)"""
+def main_loop(ins, unit=r"(^|\s)HG?MMA"):
+    """the backward branch whose body holds the most of unit (mma: HMMA, or the warpgroup's HGMMA)"""
     best = None
     for a, text in ins:
         m = re.search(r"\bBRA (0x[0-9a-f]+)", text)
         if not m or "DIV" in text or int(m.group(1), 16) >= a:
             continue
         body = [t for b, t in ins if int(m.group(1), 16) <= b <= a]
-        mma = sum(re.search(r"(^|\s)HG?MMA", t) is not None for t in body)
+        mma = sum(re.search(unit, t) is not None for t in body)
         if best is None or mma > best[0] or (mma == best[0] and len(body) < len(best[1])):
             best = (mma, body)
     return best
@@ -123,12 +124,14 @@ def main(argv):
             if len(args) > 1 and not any(p in name for p in args[1:]):
                 continue
             sass = subprocess.run([tool, "-sass", "-fun", name, cubin], capture_output=True, text=True).stdout
-            loop = main_loop(instructions(sass))
+            loop, unit = main_loop(instructions(sass)), "mma"
+            if (not loop or not loop[0]) and len(args) > 1:   # a kernel named without mma: its loop of most MUFU (SFU)
+                loop, unit = main_loop(instructions(sass), r"(^|\s)MUFU"), "MUFU"
             if not loop or not loop[0]:
                 continue
             mix = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", t).split()[0].split(".")[0] for t in loop[1])
-            print("%-44s %5d instructions, %4d mma (%.1f a mma)" % (name, len(loop[1]), loop[0],
-                                                                   len(loop[1]) / loop[0]))
+            print("%-44s %5d instructions, %4d %s (%.1f a %s)" % (name, len(loop[1]), loop[0], unit,
+                                                                 len(loop[1]) / loop[0], unit))
             print("    " + " ".join("%s:%d" % kv for kv in mix.most_common(12)))
 
 
