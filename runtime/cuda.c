@@ -1778,6 +1778,10 @@ static bool split_refused[2];   /* plain, with the BGRAD epilogue */
 static CUdeviceptr part_buf[2], part_bias[2];   /* by stream: the first, the second */
 static size_t part_n[2], part_bn[2];
 
+static long long parts_run;   /* GEMMs run in parts */
+void cuda_gemm_split(int parts) { split_asked = parts; }
+long long cuda_gemms_in_parts(void) { return parts_run; }
+
 static int matmul_parts(const RtInst *x, unsigned ty, bool bgrad) {
   if (!x->ta || x->tb || (ty & G_C) || !(ty & G_A) != !(ty & G_B) || split_refused[bgrad] || !split_asked) return 1;
   if (split_asked == 1) return lt_parts(x->m, x->n, x->k, sm_count, x->acc[0]);
@@ -1836,6 +1840,7 @@ static bool gemm_in_parts(const RtInst *x, const CUdeviceptr *O, const CUdevicep
                                 (void *)W, l[2], NULL, (void *)workspace, workspace_size, (cudaStream_t)st);
   cu.layout_destroy(l[0]), cu.layout_destroy(l[1]), cu.layout_destroy(l[2]), cu.desc_destroy(desc);
   if (rc != CUBLAS_STATUS_SUCCESS) return split_refused[bgrad] = true, false;
+  parts_run++;
   CUdeviceptr C = O[0];
   int acc = x->acc[0];
   void *a[] = {&C, &W, &total, &s, &acc};

@@ -376,6 +376,34 @@ int main(int argc, char **argv) {
     check(c, false);
     unsetenv("LMC_CUDA_EMU_REFUSE_BIAS");
   }
+  /* weights' gradients in parts over the rows (split-k: one batched
+   * GEMM of 4 parts of 8 rows, then the parts added in order), plain and
+   * with the bias gradient's epilogue batched, dy as B and as A; 17 x 21
+   * outputs (the parts' sum one float a thread) and 16 x 20 (four); each
+   * counted as run in parts */
+  cuda_gemm_split(4);
+  long long parts0 = cuda_gemms_in_parts(), parts_want = 0;
+  for (int w = 0; w < 2; w++) {
+    int64_t pm = w ? 16 : 17, pn = w ? 20 : 21, pk = 32;
+    static char names[6][64];
+    snprintf(names[w * 3], 64, "matmul A^T, %lld x %lld in 4 parts", (long long)pm, (long long)pn);
+    Case c = {names[w * 3], rt_inst(OP_MATMUL), {{pk * pm}, {pk * pn}}, {{pm * pn, F32}}};
+    c.x.m = pm, c.x.n = pn, c.x.k = pk, c.x.ta = 1;
+    check(c, true);
+    for (int bg = 1; bg >= 0; bg--) {
+      snprintf(names[w * 3 + 1 + bg], 64, "matmul_bgrad (dy as %s), %lld x %lld in 4 parts", bg ? "B" : "A",
+               (long long)pm, (long long)pn);
+      c = (Case){names[w * 3 + 1 + bg], rt_inst(OP_MATMUL_BGRAD), {{pk * pm}, {pk * pn}},
+                 {{pm * pn, F32}, {bg ? pn : pm, F32}}};
+      c.x.m = pm, c.x.n = pn, c.x.k = pk, c.x.ta = 1, c.x.bg = bg;
+      check(c, true);
+    }
+    parts_want += 6;   /* three cases, each run, then run adding to its outputs */
+  }
+  cuda_gemm_split(1);
+  if (cuda_gemms_in_parts() - parts0 != parts_want)
+    printf("FAIL weights' gradients in parts: %lld GEMMs run in parts, %lld wanted\n",
+           cuda_gemms_in_parts() - parts0, parts_want), failures++;
   /* a weight's and its bias's gradients from one GEMM: dy as its B (a
    * weight stored [in, out]: BGRADA) or its A (stored [out, in]: BGRADB),
    * accepted, then refused (the GEMM and the runtime's column sums; the
