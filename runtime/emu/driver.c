@@ -26,7 +26,12 @@
  * ..) late and the rest's at once, as soon as queued: so work on a second
  * stream that should wait for the first's queued work but has no event
  * to wait on runs before it (lazily, it would have run after it all the
- * same when something waited). Host memory registered with
+ * same when something waited). LMC_CUDA_EMU_STREAMS=shuffle (or
+ * shuffle:SEED) queues every stream's work as lazy streams do and, when
+ * something waits, runs the streams' queued items interleaved one by one
+ * in a seeded random order (each stream's in its order, every event
+ * wait kept): two streams that share a buffer without an event between
+ * their uses then overwrite each other's work mid-way. Host memory registered with
  * cuMemHostRegister is the device's to read and write when a copy runs,
  * as on a GPU, and LMC_CUDA_EMU_HOST_LOG=FILE records registrations and,
  * at exit, the host's waits for the device by call ("host memory
@@ -92,7 +97,8 @@ struct CUevent_st {
 
 static struct CUctx_st the_ctx;
 static EmuAlloc *allocs;
-static int nallocs, check_orders, all_fibers, lazy, skew;
+static int nallocs, check_orders, all_fibers, lazy, skew, shuffle;
+static uint64_t shuffle_rng;   /* shuffle's: a 64-bit LCG from its seed */
 static size_t dev_total = (size_t)80 << 30, dev_used;   /* LMC_CUDA_EMU_MEMORY=MiB sets the total */
 static struct CUstream_st **streams;   /* in creation order; after them the destroyed ones (graves) */
 static int nstreams, graves;
@@ -171,7 +177,16 @@ CUresult cuInit(unsigned flags) {
     all_fibers = f && *f && strcmp(f, "0");
     const char *z = getenv("LMC_CUDA_EMU_STREAMS");
     skew = z && !strcmp(z, "skew");
-    lazy = (z && !strcmp(z, "lazy")) || skew;
+    shuffle = z && (!strcmp(z, "shuffle") || !strncmp(z, "shuffle:", 8));
+    lazy = (z && !strcmp(z, "lazy")) || skew || shuffle;
+    if (z && *z && !lazy)
+      return emu_fail(CUDA_ERROR_INVALID_VALUE, "LMC_CUDA_EMU_STREAMS=%s: it takes lazy, skew, shuffle or shuffle:N", z);
+    if (shuffle && z[7]) {
+      char *end;
+      shuffle_rng = strtoull(z + 8, &end, 10);
+      if (*end || !z[8])
+        return emu_fail(CUDA_ERROR_INVALID_VALUE, "LMC_CUDA_EMU_STREAMS=%s: shuffle takes a seed, shuffle:N", z);
+    }
     const char *m = getenv("LMC_CUDA_EMU_MEMORY");
     if (m && *m) {
       char *end;
@@ -830,6 +845,41 @@ static int run_next(struct CUstream_st *s) {
   return rc;
 }
 
+/* whether stream t's next queued item can run now: it has one, is not
+ * running, and an event it waits for first has been reached */
+static bool ready(struct CUstream_st *t) {
+  if (t->running || t->head == t->n) return false;
+  if (t->q[t->head].fn != do_wait) return true;
+  Wait *w = t->q[t->head].arg;
+  return !w->s || w->s->ran >= w->seq;
+}
+
+/* Shuffled streams: until s has run up to item upto, the next item of a
+ * stream picked at random among those whose next item can run, so that
+ * two streams' work interleaves item by item in an order of the seed's,
+ * a stream as likely to go next as its share of the items queued (so a
+ * second stream's few items land anywhere among the first's many; lazy
+ * and skewed streams run a stream's queue in one go). */
+static int flush_shuffled(struct CUstream_st *s, uint64_t upto) {
+  int rc = CUDA_SUCCESS;
+  while (rc == CUDA_SUCCESS && s->ran < upto && s->head < s->n) {
+    uint64_t items = 0;   /* the ready streams' queued items: each stream picked as likely as its share */
+    for (int i = 0; i < nstreams; i++)
+      if (ready(streams[i])) items += (uint64_t)(streams[i]->n - streams[i]->head);
+    if (!items) return emu_fail(CUDA_ERROR_ILLEGAL_STATE, "streams wait on each other's events in a cycle (a deadlock on a GPU)");
+    shuffle_rng = shuffle_rng * 6364136223846793005ull + 1442695040888963407ull;
+    uint64_t at = (shuffle_rng >> 33) % items;
+    struct CUstream_st *t = NULL;
+    for (int i = 0; !t; i++)
+      if (ready(streams[i]) && at < (uint64_t)(streams[i]->n - streams[i]->head)) t = streams[i];
+      else if (ready(streams[i])) at -= (uint64_t)(streams[i]->n - streams[i]->head);
+    t->running = true;
+    rc = run_next(t);
+    t->running = false;
+  }
+  return rc;
+}
+
 static int flush(struct CUstream_st *s, uint64_t upto) {
   if (sticky) {
     int rc = sticky;
@@ -837,6 +887,7 @@ static int flush(struct CUstream_st *s, uint64_t upto) {
   }
   if (!s || s->ran >= upto || s->head == s->n) return CUDA_SUCCESS;
   if (s->running) return emu_fail(CUDA_ERROR_ILLEGAL_STATE, "streams wait on each other's events in a cycle (a deadlock on a GPU)");
+  if (shuffle) return flush_shuffled(s, upto);
   s->running = true;
   int rc = CUDA_SUCCESS;
   while (rc == CUDA_SUCCESS && s->ran < upto && s->head < s->n) rc = run_next(s);

@@ -78,6 +78,7 @@ bad_knob LMC_GEMM_TUNE=2 "0 (cuBLASLt's heuristic's choice) or 1 (the fastest, t
 bad_knob LMC_STEPS_AHEAD=yes "0 (the host waits for each step) or 1 (the next step queued before it ends)"
 bad_knob LMC_JIT_THREADS=0 "a count of threads from 1 to 64 (NVRTC programs compiled at once)"
 bad_knob LMC_JIT_THREADS=all "a count of threads from 1 to 64 (NVRTC programs compiled at once)"
+bad_knob LMC_GEMM_SPLIT=17 "0 (weight gradients' GEMMs whole), 1 (in the parts a model picks) or 2 to 16 parts"
 # a GPU without room (the emulator's LMC_CUDA_EMU_MEMORY, in MiB): for the
 # plan, said before anything of it is allocated (65 MiB: the two GEMM
 # workspaces' 64 and 1 for a 2.2 MiB plan); for any other allocation (16
@@ -88,6 +89,10 @@ MSG="out of GPU memory: 32.0 MiB more asked for, with 0.0 MiB allocated by this 
   expect_error env LMC_CUDA_EMU_MEMORY=16 "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
 MSG="the CUDA backend is not available: the CUDA driver did not start: LMC_CUDA_EMU_MEMORY=lots: it takes the device's MiB, 1 to 16777216" \
   expect_error env LMC_CUDA_EMU_MEMORY=lots "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
+MSG="the CUDA backend is not available: the CUDA driver did not start: LMC_CUDA_EMU_STREAMS=late: it takes lazy, skew, shuffle or shuffle:N" \
+  expect_error env LMC_CUDA_EMU_STREAMS=late "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
+MSG="the CUDA backend is not available: the CUDA driver did not start: LMC_CUDA_EMU_STREAMS=shuffle:x: shuffle takes a seed, shuffle:N" \
+  expect_error env LMC_CUDA_EMU_STREAMS=shuffle:x "$LMRUN" "$WORK/b" --data "$DATA" --backend cuda-emu --max-steps 1
 
 # a kernels.cu that does not compile: which file, for what, which of the
 # programs compiled at once, and the compiler's own words
