@@ -152,6 +152,7 @@ if [ "${LMC_BENCH_QUICK:-0}" = 1 ]; then   # the issue's two targets in bf16, ea
   lmc_row gpt2-B8-T1024 cuda-medium:cuda-bf16-whole 5 gpt2-124m $gpt --set precision=bf16
   rowenv=
   torch_row gpt2-B8-T1024 bf16c torch_gpt2.py 8 1024 bf16c 10
+  rowenv=LMC_GEMM_SHOW=1   # (which of its weight gradients run in parts, and cuBLASLt's picks)
   lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16 3 llama-large --set precision=bf16
   rowenv=LMC_ATTENTION_TUNE=0
   lmc_row llama-large-B8-T2048 cuda-medium:cuda-bf16-untuned 3 llama-large --set precision=bf16
