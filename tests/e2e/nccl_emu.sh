@@ -2,7 +2,8 @@
 # The CUDA backend's all-reduces through NCCL (--collectives nccl), on the
 # emulated CUDA platform and its NCCL over MPI: dp 2 x tp 2, dp 4 with the
 # gradient all-reduce overlapped (under lazy streams), pp 2 x dp 2 (the
-# pipeline's transfers as NCCL sends and receives; again under lazy streams)
+# pipeline's transfers as NCCL sends and receives; again under lazy streams,
+# and with the weights' gradients in parts)
 # and (as MoE) ep 2 x dp 2 train 8 steps of a small Llama and match the
 # same layouts on the CPU
 # backend within 1e-5 (fp32, summation order aside), with NCCL named in the
@@ -65,6 +66,14 @@ grep -q "backend cuda-emu-f32+nccl, CUDA graphs" "$WORK/dp2tp2.nccl.log" ||
 # the streams gives wrong numbers); the backward's segments as graphs
 [ "$MODE" != sanitize ] &&
   LMC_CUDA_EMU_STREAMS=lazy layout dp4_overlap --set dp=4 --set batch=8 --set microbatches=2 --set bucket_mb=0.01
+# and with the weights' gradients in 4 parts (on the second stream, the
+# buckets' all-reduces after them), pp 2 x dp 2 under lazy streams
+if [ "$MODE" != sanitize ]; then
+  LMC_GEMM_SPLIT=4 LMC_GEMM_SHOW=1 LMC_CUDA_EMU_STREAMS=lazy layout pp2dp2_parts --set pp=2 --set dp=2 --set batch=8 \
+    --set microbatches=2 --set bucket_mb=0.01
+  grep -q "gemm 88 x 32 x 32 A^T: in 4 parts of 8 rows" "$WORK/pp2dp2_parts.nccl.log" ||
+    { status=1; echo "FAIL pp2dp2_parts: no weight gradient said to run in parts"; }
+fi
 # the pipeline's transfers as NCCL sends (on a stream per peer, behind an
 # event) and receives (on the compute stream), 1F1B over 4 microbatches
 # in two slots, with the overlapped buckets, under lazy streams
@@ -204,5 +213,5 @@ fi
   { status=1; echo "FAIL --collectives nccl on the CPU backend ran"; }
 grep -qxF "lmrun: error: --collectives applies to the CUDA backends (--backend cuda, cuda-emu, auto)" "$WORK/cpu_nccl.log" ||
   { status=1; echo "FAIL --collectives nccl on the CPU backend: $(cat "$WORK/cpu_nccl.log")"; }
-[ $status = 0 ] && echo "$([ "$MODE" = sanitize ] && echo 8 || echo 27) passed, 0 failed" || echo "failed"
+[ $status = 0 ] && echo "$([ "$MODE" = sanitize ] && echo 8 || echo 29) passed, 0 failed" || echo "failed"
 exit $status
