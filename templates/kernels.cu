@@ -2872,10 +2872,12 @@ extern "C" __global__ void lmc_moe_parts_sum(real *C, const real *W, i64 total, 
 
 // @kernel gemm_parts
 // C[i] (+)= W[0][i] + W[1][i] + .., a weight gradient's GEMM run in parts
-// over its rows (runtime/cuda.c, matmul_parts), added in part order: the
+// over its rows (runtime/cuda.c, gemm_in_parts), added in part order: the
 // same bits every run. Four floats a thread where C and W are 16-byte
 // aligned and the count a multiple of 4, the same sums either way.
-__device__ __forceinline__ float4 f4_add(float4 a, float4 b) { return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w); }
+__device__ __forceinline__ float4 f4_add(float4 a, float4 b) {
+  return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
 extern "C" __global__ void lmc_gemm_parts_sum(real *C, const real *W, i64 total, int parts, int accum) {
   if (total % 4 == 0 && al16(C) && al16(W)) {
     float4 *c = (float4 *)C;
