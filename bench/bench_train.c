@@ -237,10 +237,11 @@ int main(int argc, char **argv) {
   getrusage(RUSAGE_SELF, &ru);
   double act = b->slots * (rt_slot_bytes(r) - 4.0 * b->region[R_INPUT]);   /* the byte plan under bf16 storage */
   double planned = act + 4.0 * (b->slots * b->region[R_INPUT] + b->region[R_STATE]) + rt_state_bytes(r);
-  printf("  step: %.1f ms | %.0f tokens/s | %.2f GFLOP/step | %.1f GFLOP/s achieved | %.1f%% of GEMM peak %.1f GFLOP/s%s%s\n",
+  printf("  step: %.1f ms | %.0f tokens/s | %.2f GFLOP/step | %.1f GFLOP/s achieved | %.1f%% of GEMM peak %.1f GFLOP/s%s%s%s\n",
          dt * 1e3, toks / dt, flops / 1e9, flops / dt / 1e9, 100 * flops / dt / peak, peak / 1e9,
          ahead ? " | each step queued before the last ended" : "",
-         cuda_side_used() ? " | weight gradients beside (second stream)" : "");
+         cuda_side_used() ? " | weight gradients beside (second stream)" : "",
+         cuda_gemms_in_parts() ? " | weight gradients in parts (split-k)" : "");
   if (cuda || emu)
     printf("  host: %.2f ms to queue a step (%s)\n", queue * 1e3,
            ahead ? "beside the step before: the GPU waits on it only if it nears a step's time"

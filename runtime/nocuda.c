@@ -14,6 +14,7 @@ void cuda_attention_rows(int rows) { (void)rows; }
 void cuda_norm_bwd_one_pass(bool on) { (void)on; }
 void cuda_collectives(int mode) { (void)mode; }
 bool cuda_side_used(void) { return false; }
+long long cuda_gemms_in_parts(void) { return 0; }
 void cuda_jit_time(double *seconds, bool *cold, int *programs, int *threads, bool *saved) {
   *seconds = 0, *cold = *saved = false, *programs = *threads = 0;
 }

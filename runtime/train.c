@@ -398,6 +398,8 @@ static void summary(Loop *L) {
   if (L->last_saved) printf(" | last checkpoint %s/step_%08lld", L->ckpt_dir, (long long)L->last_saved);
   printf("\n");
   if (cuda_side_used()) printf("  the weights' gradient GEMMs ran on a second stream, beside the backward pass (from step 2)\n");
+  if (cuda_gemms_in_parts())
+    printf("  the weights' gradient GEMMs with few tiles ran in parts over the tokens (split-k; LMC_GEMM_SPLIT=0: whole)\n");
 }
 
 int train_run(Run *r, TrainOpts *o) {

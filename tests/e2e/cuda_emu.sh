@@ -36,14 +36,17 @@ parts() {   # parts NAME N TAG [VAR=VALUE...]: NAME's bundle on cuda-emu with LM
             # (a TAG shuffle...: without CUDA graphs, whose replays keep their order)
   name=$1 n=$2 tag=$3
   shift 3
-  env LMC_GEMM_SPLIT=$n "$@" "$LMRUN" "$WORK/$name" --data "$DATA" --backend cuda-emu --matmul-precision highest --quiet \
+  env LMC_GEMM_SPLIT=$n "$@" "$LMRUN" "$WORK/$name" --data "$DATA" --backend cuda-emu --matmul-precision highest \
     --eval-interval "$STEPS" --eval-batches 2 --save-interval 0 $(case $tag in shuffle*) echo --no-cuda-graphs ;; esac) \
-    --out "$WORK/$name.parts$n$tag" >/dev/null ||
+    --out "$WORK/$name.parts$n$tag" >"$WORK/$name.parts$n$tag.out" ||
     fail "$name: LMC_GEMM_SPLIT=$n $*: lmrun failed"
 }
 parts gpt2 4 ''
 python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/gpt2.cpu/metrics.jsonl" "$WORK/gpt2.parts4/metrics.jsonl" \
   "weight gradients in 4 parts" 1e-5 || status=1
+# (and lmrun says so at the end)
+grep -q "^  the weights' gradient GEMMs with few tiles ran in parts over the tokens (split-k; LMC_GEMM_SPLIT=0: whole)$" \
+  "$WORK/gpt2.parts4.out" || fail "weight gradients in parts: no word of them from lmrun"
 # the fused LM head both ways: the logits' gradient made in the forward
 # pass (head_dl), and recomputed in the backward (head_xent)
 compare llama_fused "$SRC/models/tiny.lm" $small --fuse=always
@@ -185,6 +188,7 @@ if [ "$STEPS" -ge 20 ]; then
   done
   grep -q "^  the weights' gradient GEMMs ran on a second stream" "$WORK/side1.out" || fail "no word of the second stream"
   ! grep -q "second stream" "$WORK/side0.out" || fail "LMC_SIDE_STREAM=0: a second stream said"
+  ! grep -q "ran in parts" "$WORK/side1.out" || fail "weight gradients whole (the model's pick at this size): parts said"
   for run in side1 side1--no-cuda-graphs side0--no-cuda-graphs sideskew sideskew--no-cuda-graphs \
     sideshuffle:1--no-cuda-graphs sideshuffle:2--no-cuda-graphs; do
     python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/gpt2_bf16.side0/metrics.jsonl" \
