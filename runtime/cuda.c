@@ -845,11 +845,14 @@ static void close_picks(FILE *f, const char *tmp, const char *path) {
   else unlink(tmp);
 }
 
+static char parts_file[1400];   /* the weight gradients' parts timed (parts_pick) */
 static void lt_file_at(const char *cache) {
   char dev[100];
   gpu_slug(dev, sizeof dev);
   snprintf(lt_file, sizeof lt_file, "%s/%s-cublaslt%zu%s.gemm", cache, dev, lt_version ? lt_version() : (size_t)0,
            emulated ? "-emu" : "");
+  snprintf(parts_file, sizeof parts_file, "%s/%s-cublaslt%zu%s.parts", cache, dev,
+           lt_version ? lt_version() : (size_t)0, emulated ? "-emu" : "");
 }
 
 static LtPick *lt_known(const LtKey *k) {
@@ -1770,10 +1773,13 @@ static bool bwd_epilogues = true;
  * adds them in part order (to C where the gradient adds to it), col_finish
  * the bias's. Each stream has its own partials, the second stream's
  * grown with the first's (in the first step, before any GEMM goes there).
- * LMC_GEMM_SPLIT=0 runs them whole, N in N parts where k allows (parts of
- * a multiple of 8 rows). Where cuBLASLt refuses the batched call (say the
- * bias gradient's epilogue batched), that kind runs whole from then on. */
-static int split_asked = 1;   /* LMC_GEMM_SPLIT: 0 whole, 1 the model, N parts */
+ * On a GPU the model's parts are timed against the GEMM whole and against
+ * half and twice as many (parts_pick, below). LMC_GEMM_SPLIT=0 runs them
+ * whole, 1 in the model's parts untimed, N in N parts where k allows
+ * (parts of a multiple of 8 rows). Where cuBLASLt refuses the batched call
+ * (say the bias gradient's epilogue batched), that kind runs whole from
+ * then on. */
+static int split_asked = -1;   /* LMC_GEMM_SPLIT: unset (-1) the model's, timed on a GPU; 0 whole; 1 the model's; N */
 static bool split_refused[2];   /* plain, with the BGRAD epilogue */
 static CUdeviceptr part_buf[2], part_bias[2];   /* by stream: the first, the second */
 static size_t part_n[2], part_bn[2];
@@ -1782,27 +1788,18 @@ static long long parts_run;   /* GEMMs run in parts */
 void cuda_gemm_split(int parts) { split_asked = parts; }
 long long cuda_gemms_in_parts(void) { return parts_run; }
 
-static int matmul_parts(const RtInst *x, unsigned ty, bool bgrad) {
-  if (!x->ta || x->tb || (ty & G_C) || !(ty & G_A) != !(ty & G_B) || split_refused[bgrad] || !split_asked) return 1;
-  if (split_asked == 1) return lt_parts(x->m, x->n, x->k, sm_count, x->acc[0]);
-  return x->k % split_asked == 0 && (x->k / split_asked) % 8 == 0 ? split_asked : 1;
-}
-
 /* the stream's buffer of at least n floats, the other stream's grown alike */
 static CUdeviceptr parts_scratch(CUdeviceptr *buf, size_t *have, size_t n) {
   if (have[0] < n) scratch(&buf[0], &have[0], n), scratch(&buf[1], &have[1], n);
   return buf[st == side_st && side_st];
 }
 
-/* x's GEMM (matmul, or matmul_bgrad with bgrad) in the parts matmul_parts
- * gives; false where it runs whole (nothing done) */
-static bool gemm_in_parts(const RtInst *x, const CUdeviceptr *O, const CUdeviceptr *I, bool bgrad) {
-  unsigned ty = gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0));
-  int s = matmul_parts(x, ty, bgrad);
-  if (s < 2) return false;
+/* C (+= where acc) A' B of x's shape in s parts: the batched GEMM into
+ * the partials W (and with bgrad the bias gradient's partials into G,
+ * s vectors of len), then their sum into C; false where cuBLASLt refuses */
+static bool parts_into(const RtInst *x, unsigned ty, int s, bool bgrad, const CUdeviceptr *I, CUdeviceptr C, int acc,
+                       CUdeviceptr W, CUdeviceptr G) {
   i64 m = x->m, n = x->n, kc = x->k / s, total = m * n, len = x->bg ? n : m;
-  CUdeviceptr W = parts_scratch(part_buf, part_n, (size_t)(s * total)), G = 0;
-  if (bgrad) G = parts_scratch(part_bias, part_bn, (size_t)(s * len));
   LtPlan p = lt_plan(true, false, m, n, kc, m, n, n);   /* a part: A' [m, kc] B [kc, n] */
   cublasLtMatmulDesc_t desc = lt_desc(ty, p);
   cublasLtMatrixLayout_t l[3];
@@ -1824,9 +1821,9 @@ static bool gemm_in_parts(const RtInst *x, const CUdeviceptr *O, const CUdevicep
     LT(cu.desc_set(desc, CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE, &gs, sizeof gs));
   }
   if (show_gemms) {
-    static int64_t seen[64][4];
+    static int64_t seen[64][5];
     static int nseen;
-    int64_t key[4] = {m, n, x->k, ty * 2 + bgrad}, i = 0;
+    int64_t key[5] = {m, n, x->k, ty * 2 + bgrad, s}, i = 0;
     while (i < nseen && memcmp(seen[i], key, sizeof key)) i++;
     if (i == nseen && nseen < 64) {
       memcpy(seen[nseen++], key, sizeof key);
@@ -1840,16 +1837,198 @@ static bool gemm_in_parts(const RtInst *x, const CUdeviceptr *O, const CUdevicep
                                 (void *)W, l[2], NULL, (void *)workspace, workspace_size, (cudaStream_t)st);
   cu.layout_destroy(l[0]), cu.layout_destroy(l[1]), cu.layout_destroy(l[2]), cu.desc_destroy(desc);
   if (rc != CUBLAS_STATUS_SUCCESS) return split_refused[bgrad] = true, false;
-  parts_run++;
-  CUdeviceptr C = O[0];
-  int acc = x->acc[0];
   void *a[] = {&C, &W, &total, &s, &acc};
   launch("lmc_gemm_parts_sum", grid_for((total + 3) / 4), a);
+  return true;
+}
+
+static int parts_pick(const RtInst *x, unsigned ty, bool bgrad, int s, const CUdeviceptr *I);
+
+/* the parts x's GEMM runs in (1: whole) */
+static int matmul_parts(const RtInst *x, unsigned ty, bool bgrad, const CUdeviceptr *I) {
+  if (!x->ta || x->tb || (ty & G_C) || !(ty & G_A) != !(ty & G_B) || split_refused[bgrad] || !split_asked) return 1;
+  if (split_asked > 1) return x->k % split_asked == 0 && (x->k / split_asked) % 8 == 0 ? split_asked : 1;
+  int s = lt_parts(x->m, x->n, x->k, sm_count, x->acc[0]);
+  return s > 1 && split_asked < 0 ? parts_pick(x, ty, bgrad, s, I) : s;
+}
+
+/* x's GEMM (matmul, or matmul_bgrad with bgrad) in the parts matmul_parts
+ * gives; false where it runs whole (nothing done) */
+static bool gemm_in_parts(const RtInst *x, const CUdeviceptr *O, const CUdeviceptr *I, bool bgrad) {
+  unsigned ty = gty(x, RT_BF_IN(0), RT_BF_IN(1), RT_BF_OUT(0));
+  int s = matmul_parts(x, ty, bgrad, I);
+  if (s < 2) return false;
+  i64 len = x->bg ? x->n : x->m;
+  CUdeviceptr W = parts_scratch(part_buf, part_n, (size_t)(s * x->m * x->n));
+  CUdeviceptr G = bgrad ? parts_scratch(part_bias, part_bn, (size_t)(s * len)) : 0;
+  if (!parts_into(x, ty, s, bgrad, I, O[0], x->acc[0], W, G)) return false;
+  parts_run++;
   if (bgrad) {
     Cols c = {0, s, G};
     col_finish(&c, len, 0, (void *)(uintptr_t)O[1], x->acc[1]);
   }
   return true;
+}
+
+/* ---- the parts timed ----
+ * The model's parts are a guess at cuBLASLt's tiles and the GPU's rates,
+ * so on a GPU (LMC_GEMM_SPLIT unset; LMC_GEMM_SPLIT_TUNE=0 never times,
+ * 1 times on the emulated platform too, whose times mean nothing) the first time a
+ * weight gradient's shape that the model splits runs outside a graph's
+ * recording, it runs in the model's parts, whole, and in half and twice
+ * as many parts (where k allows), on the op's inputs into scratch outputs,
+ * once and then three times between two events. A way whose product (and
+ * bias gradient) differs from the whole GEMM's by more than 2^-10 of its
+ * largest magnitude is said and never used (a cuBLASLt that got the
+ * batched bias gradient wrong costs the line); the fastest of the rest is
+ * kept where it beats the one kept before it by 2% (so noise keeps the
+ * model's), and goes to a file beside the kernel cache per GPU model and
+ * cuBLASLt version (a line a shape), so later runs and resumes take the
+ * same parts, and the same bits, without timing them. Ranks on one
+ * machine time a shape once, the first holding the file's lock. */
+enum { PARTS_PICKS = 64 };
+typedef struct PartsPick { int64_t key[6]; int parts; } PartsPick;   /* key: m n k types bgrad-and-bg acc */
+static PartsPick parts_picks[PARTS_PICKS];
+static int nparts_picks;
+static int parts_tune = -1;   /* LMC_GEMM_SPLIT_TUNE: -1 unset (on a GPU), 0 never, 1 also on the emulator */
+
+static void parts_key(int64_t *key, const RtInst *x, unsigned ty, bool bgrad) {
+  key[0] = x->m, key[1] = x->n, key[2] = x->k, key[3] = ty, key[4] = bgrad * 2 + x->bg, key[5] = x->acc[0];
+}
+
+static PartsPick *parts_known(const int64_t *key) {
+  for (int i = 0; i < nparts_picks; i++)
+    if (!memcmp(parts_picks[i].key, key, sizeof parts_picks[i].key)) return &parts_picks[i];
+  return NULL;
+}
+
+static void parts_read(void) {   /* "M N K TYPES BGRAD ACC PARTS" a line; a damaged one is timed again */
+  FILE *f = parts_file[0] ? fopen(parts_file, "r") : NULL;
+  char line[256];
+  while (f && nparts_picks < PARTS_PICKS && fgets(line, sizeof line, f)) {
+    PartsPick p;
+    long long v[7];
+    if (sscanf(line, "%lld %lld %lld %lld %lld %lld %lld", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6]) != 7 ||
+        v[6] < 1 || v[6] > 16 || v[2] % v[6])
+      continue;
+    for (int i = 0; i < 6; i++) p.key[i] = v[i];
+    p.parts = (int)v[6];
+    if (!parts_known(p.key)) parts_picks[nparts_picks++] = p;
+  }
+  if (f) fclose(f);
+}
+
+static void parts_write(void) {
+  if (!parts_file[0]) return;
+  char tmp[1500];
+  FILE *f = open_picks(parts_file, tmp, sizeof tmp);
+  for (int i = 0; f && i < nparts_picks; i++) {
+    const int64_t *k = parts_picks[i].key;
+    fprintf(f, "%lld %lld %lld %lld %lld %lld %d\n", (long long)k[0], (long long)k[1], (long long)k[2],
+            (long long)k[3], (long long)k[4], (long long)k[5], parts_picks[i].parts);
+  }
+  close_picks(f, tmp, parts_file);
+}
+
+/* one way (s parts; 1: whole) into C and the bias gradient G (s partial
+ * vectors), without adding: its time (ms) once warm, or -1 where refused */
+static float parts_time(const RtInst *x, unsigned ty, bool bgrad, int s, const CUdeviceptr *I, CUdeviceptr C,
+                        CUdeviceptr G, CUevent t[2]) {
+  CUdeviceptr W = s > 1 ? parts_scratch(part_buf, part_n, (size_t)(s * x->m * x->n)) : 0;
+  for (int rep = 0; rep < 4; rep++) {
+    if (rep == 1) CK(ev.record(t[0], st));
+    bool ok = s > 1 ? parts_into(x, ty, s, bgrad, I, C, 0, W, G)
+              : bgrad ? gemm_ep(ty, true, false, x->m, x->n, x->k, 1, I[0], x->m, I[1], x->n, 0, C, x->n, G, 0,
+                                x->bg ? 2 : 1)
+                      : (gemm_t(ty, true, false, x->m, x->n, x->k, 1, I[0], x->m, I[1], x->n, 0, C, x->n), true);
+    if (!ok) return split_refused[bgrad] = false, -1;   /* (refused while timing: the others still tried) */
+  }
+  float ms;
+  CK(ev.record(t[1], st)), CK(ev.sync(t[1])), CK(ev.elapsed(&ms, t[0], t[1]));
+  return ms / 3;
+}
+
+/* the largest difference of C (and the bias gradient's s partials, added
+ * in order) from the whole GEMM's, over the whole's largest magnitude */
+static double parts_diff(const float *want, const float *wg, CUdeviceptr C, CUdeviceptr G, i64 total, i64 len, int s) {
+  float *c = rt_xmalloc(total * sizeof *c), *g = rt_xmalloc((s * len + 1) * sizeof *g);
+  CK(cu.dtoh(c, C, total * sizeof *c));
+  if (G) CK(cu.dtoh(g, G, s * len * sizeof *g));
+  double big = 0, diff = 0;
+  for (i64 i = 0; i < total; i++) big = fmax(big, fabs(want[i]));
+  for (i64 i = 0; i < len && G; i++) big = fmax(big, fabs(wg[i]));
+  for (i64 i = 0; i < total; i++) diff = isnan(c[i]) ? INFINITY : fmax(diff, fabs(c[i] - want[i]));
+  for (i64 i = 0; i < len && G; i++) {
+    float v = g[i];
+    for (int p = 1; p < s; p++) v += g[p * len + i];
+    diff = isnan(v) ? INFINITY : fmax(diff, fabs(v - wg[i]));
+  }
+  free(c), free(g);
+  return big > 0 ? diff / big : diff;
+}
+
+static int parts_tune_now(const RtInst *x, unsigned ty, bool bgrad, int s, const CUdeviceptr *I) {
+  i64 total = x->m * x->n, len = bgrad ? (x->bg ? x->n : x->m) : 0;
+  CUdeviceptr C = dev_alloc(total * 4), G = bgrad ? dev_alloc(16 * len * 4) : 0;
+  CUevent t[2];
+  CK(ev.create(&t[0], 0)), CK(ev.create(&t[1], 0));
+  float *want = rt_xmalloc(total * sizeof *want), *wg = rt_xmalloc((len + 1) * sizeof *wg);
+  bool me = comm_rank() == 0 || parts_tune == 1;
+  const char *spoil = getenv("LMC_GEMM_SPLIT_TUNE_SPOIL");   /* (the tuner's test: that many parts' product spoiled) */
+  float whole = parts_time(x, ty, bgrad, 1, I, C, G, t), best = whole;   /* the whole GEMM: the reference */
+  int pick = 1;
+  if (whole >= 0) {   /* (its epilogue refused: the op finds its own way, whole) */
+    CK(cu.dtoh(want, C, total * sizeof *want));
+    if (G) CK(cu.dtoh(wg, G, len * sizeof *wg));
+    char who[32] = "";
+    if (comm_world() > 1) snprintf(who, sizeof who, "rank %d ", comm_rank());
+    if (me)
+      fprintf(stderr, "lmrun: %stiming a weight gradient's GEMM %lld x %lld x %lld%s%s: whole %.3f ms", who,
+              (long long)x->m, (long long)x->n, (long long)x->k, ty & G_A ? " bf16" : "",
+              bgrad ? " with its bias's" : "", whole);
+    int cand[3] = {s, s / 2, s * 2};   /* the model's first: where the rest are within 2%, it stays */
+    for (int i = 0; i < 3; i++) {
+      int c = cand[i];
+      if (c < 2 || c > 16 || x->k % c || (x->k / c) % 64 || x->k / c < 512) continue;
+      float ms = parts_time(x, ty, bgrad, c, I, C, G, t);
+      if (ms >= 0 && spoil && atoi(spoil) == c) CK(cu.memset8(C, 0xff, 4));   /* a NaN */
+      bool ok = ms >= 0 && parts_diff(want, wg, C, G, total, len, c) <= 1.0 / 1024;
+      if (me)
+        fprintf(stderr, ", %d parts %.3f ms%s", c, ms < 0 ? 0.0 : ms,
+                ms < 0 ? " (refused)" : ok ? "" : " (differs from the whole GEMM's: not used)");
+      if (ok && (i == 0 ? ms < best : ms < best * 0.98f)) best = ms, pick = c;
+    }
+    if (me && pick > 1) fprintf(stderr, "; picked %d parts\n", pick);
+    if (me && pick == 1) fprintf(stderr, "; picked whole\n");
+  }
+  CK(ev.destroy(t[0])), CK(ev.destroy(t[1]));
+  dev_free(C);
+  if (G) dev_free(G);
+  free(want), free(wg);
+  return pick;
+}
+
+static int parts_pick(const RtInst *x, unsigned ty, bool bgrad, int s, const CUdeviceptr *I) {
+  if (!(ev.create && ev.elapsed) || !parts_tune || (emulated && parts_tune != 1)) return s;
+  int64_t key[6];
+  parts_key(key, x, ty, bgrad);
+  static bool read;
+  if (!read) read = true, parts_read();
+  PartsPick *p = parts_known(key);
+  if (p) return p->parts;
+  if (capturing || nparts_picks == PARTS_PICKS) return s;
+  CK(cu.sync());   /* (queued work done before waiting on the lock: no collective waits on a rank blocked there) */
+  int lock = parts_file[0] ? file_lock(parts_file) : -1;
+  parts_read();
+  if (!(p = parts_known(key)) && nparts_picks < PARTS_PICKS) {
+    p = &parts_picks[nparts_picks];
+    memcpy(p->key, key, sizeof p->key);
+    p->parts = parts_tune_now(x, ty, bgrad, s, I);
+    nparts_picks++;
+    parts_write();
+  }
+  if (lock >= 0) close(lock);
+  return p ? p->parts : s;
 }
 
 /* matmul_bgrad: a weight's gradient GEMM whose epilogue (BGRADA for dy
@@ -3231,6 +3410,8 @@ Backend *cuda_backend(const char *dir, bool emulate, char *why, size_t n) {
       !env_int("LMC_GEMM_SPLIT", 0, 16, false,
                "0 (weight gradients' GEMMs whole), 1 (in the parts a model picks) or 2 to 16 parts", &split_asked, why,
                n) ||
+      !env_choice("LMC_GEMM_SPLIT_TUNE", 0, 1, "0 (the model's parts untimed) or 1 (timed, also on the emulator)",
+                  &parts_tune, why, n) ||
       !env_choice("LMC_GEMM_TUNE", 0, 1, "0 (cuBLASLt's heuristic's choice) or 1 (the fastest, timed once a GPU model)",
                   &gemm_tune, why, n) ||
       !env_choice("LMC_STEPS_AHEAD", 0, 1, "0 (the host waits for each step) or 1 (the next step queued before it ends)",

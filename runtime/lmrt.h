@@ -346,10 +346,11 @@ void cuda_attention_warpgroups(int n);
  * expert's rows into: 0 (the default) by the waves they fill, or N;
  * $LMC_MOE_SPLIT sets it. */
 void cuda_moe_split(int parts);
-/* The parts a weight gradient's GEMM runs in (split-k over the tokens): 1
- * (the default) as runtime/ltplan.c's model picks, 0 whole, N in N where
- * the rows allow; $LMC_GEMM_SPLIT sets it. cuda_gemms_in_parts counts the
- * GEMMs run so. */
+/* The parts a weight gradient's GEMM runs in (split-k over the tokens):
+ * -1 (the default) as runtime/ltplan.c's model picks, timed against the
+ * GEMM whole on a GPU; 1 the model's untimed; 0 whole; N in N where the
+ * rows allow; $LMC_GEMM_SPLIT sets it. cuda_gemms_in_parts counts the
+ * GEMMs run so (not their replays in CUDA graphs). */
 void cuda_gemm_split(int parts);
 long long cuda_gemms_in_parts(void);
 /* A norm's backward in one pass (off by default; $LMC_NORM_BWD_ONE_PASS=1

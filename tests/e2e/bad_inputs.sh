@@ -79,6 +79,7 @@ bad_knob LMC_STEPS_AHEAD=yes "0 (the host waits for each step) or 1 (the next st
 bad_knob LMC_JIT_THREADS=0 "a count of threads from 1 to 64 (NVRTC programs compiled at once)"
 bad_knob LMC_JIT_THREADS=all "a count of threads from 1 to 64 (NVRTC programs compiled at once)"
 bad_knob LMC_GEMM_SPLIT=17 "0 (weight gradients' GEMMs whole), 1 (in the parts a model picks) or 2 to 16 parts"
+bad_knob LMC_GEMM_SPLIT_TUNE=2 "0 (the model's parts untimed) or 1 (timed, also on the emulator)"
 # a GPU without room (the emulator's LMC_CUDA_EMU_MEMORY, in MiB): for the
 # plan, said before anything of it is allocated (65 MiB: the two GEMM
 # workspaces' 64 and 1 for a 2.2 MiB plan); for any other allocation (16

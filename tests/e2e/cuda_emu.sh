@@ -132,6 +132,46 @@ if [ "$STEPS" -ge 20 ]; then
   [ "$picks" -ge 8 ] && [ "$(timed tuned)" = "$picks" ] && [ -z "$(timed warm)" ] && [ "$(timed damaged)" = 1 ] ||
     fail "the GEMM picks' file: $picks picks, synced to time them $(timed tuned), then $(timed warm), then $(timed damaged)"
   echo "ok   GEMM picks kept: $picks timed once, none the next run, a damaged one again"
+  # the weights' gradients' parts timed (LMC_GEMM_SPLIT_TUNE=1 on the
+  # emulator, whose times mean nothing, so the picks are the clock's): a
+  # GPT-2 of 1024 tokens a step, where the model splits each weight
+  # gradient in 2, times each shape once, whole and in parts, and keeps
+  # the picks in a file beside the kernel cache; the next run takes them
+  # without timing, to the same bits; a damaged line is timed again; a
+  # file that says 2 parts gives LMC_GEMM_SPLIT=2's bits; a spoiled
+  # product in parts is refused (planted: a check that accepts anything)
+  "$LMC" "$SRC/models/gpt2-124m.lm" -q -o "$WORK/ptune" --set V=256 --set D=32 --set H=4 --set L=1 --set batch=8 \
+    --set seq=128 --set precision=bf16 --fuse=always --set steps=3 --set warmup=1
+  ptune() {   # ptune RUN [VAR=VALUE...]: the bundle with its parts timed, picks under $WORK/pcache
+    run=$1
+    shift
+    env XDG_CACHE_HOME="$WORK/pcache" LMC_GEMM_SPLIT_TUNE=1 "$@" "$LMRUN" "$WORK/ptune" --data "$DATA" \
+      --backend cuda-emu --eval-interval 0 --save-interval 0 --out "$WORK/ptune.$run" 2>"$WORK/ptune.$run.err" >/dev/null ||
+      fail "parts timed ($run): lmrun failed"
+    grep -c "^lmrun: timing a weight gradient's GEMM" "$WORK/ptune.$run.err" || true
+  }
+  pfile() { echo "$WORK"/pcache/lmc/kernels/*.parts; }
+  timed=$(ptune timed) warm=$(ptune warm)
+  sed -i '1s/.*/junk/' "$(pfile)"
+  damaged=$(ptune damaged)
+  [ "$timed" -ge 4 ] && [ "$(wc -l < "$(pfile)")" = "$timed" ] && [ "$warm" = 0 ] && [ "$damaged" = 1 ] ||
+    fail "the parts' picks: timed $timed, then $warm, then $damaged after a damaged line"
+  grep -q "^lmrun: timing a weight gradient's GEMM 128 x 32 x 1024 bf16 with its bias's: whole [0-9.]* ms, 2 parts [0-9.]* ms; picked \(2 parts\|whole\)$" \
+    "$WORK/ptune.timed.err" || fail "the parts timed: no line for the MLP's weight gradient"
+  python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/ptune.timed/metrics.jsonl" "$WORK/ptune.warm/metrics.jsonl" \
+    "weight gradients' parts as timed, then from the picks" 1e-15 || status=1
+  sed -i 's/ [0-9]*$/ 2/' "$(pfile)"
+  [ "$(ptune filed2 LMC_GEMM_SHOW=1)" = 0 ] && grep -q "in 2 parts of 512 rows" "$WORK/ptune.filed2.err" ||
+    fail "the parts' picks: a file of 2 parts not taken"
+  env LMC_GEMM_SPLIT=2 "$LMRUN" "$WORK/ptune" --data "$DATA" --backend cuda-emu --eval-interval 0 --save-interval 0 \
+    --out "$WORK/ptune.split2" >/dev/null || fail "LMC_GEMM_SPLIT=2: lmrun failed"
+  python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/ptune.split2/metrics.jsonl" "$WORK/ptune.filed2/metrics.jsonl" \
+    "weight gradients in the picks' 2 parts against LMC_GEMM_SPLIT=2" 1e-15 || status=1
+  rm -f "$(pfile)"
+  ptune spoiled LMC_GEMM_SPLIT_TUNE_SPOIL=2 >/dev/null
+  grep -q "2 parts [0-9.]* ms (differs from the whole GEMM's: not used); picked whole$" "$WORK/ptune.spoiled.err" ||
+    fail "the parts timed: a spoiled product not refused"
+  echo "ok   weight gradients' parts timed once ($timed shapes), none the next run, a damaged line again, a spoiled way refused"
   # LMC_GEMM_BACKWARD_EPILOGUES=0: the weight gradients' GEMMs plain and
   # the bias gradients' column sums after, GELU's backward after its GEMM:
   # GELU's backward then multiplies dh rounded to bf16 where the epilogue
@@ -325,7 +365,7 @@ if [ "$STEPS" -ge 20 ]; then
   grep -q " mma_dq_r64_k8 [0-9.]* ms (differs from the default: not used)" "$WORK/wg.spoiled.err" &&
     ! grep -q "picked lmc_attention_bwd_mma_dq_r64_k8" "$WORK/wg.spoiled.err" ||
     fail "LMC_ATTENTION_TUNE_SPOIL: a spoiled kernel not refused"
-  ran=45
+  ran=48
 fi
 # tf32 and bf16 products: the loss within 2e-3 and 1e-2, the gradient
 # norm, which drifts, within 3e-2 and 5e-2

@@ -400,7 +400,7 @@ int main(int argc, char **argv) {
     }
     parts_want += 6;   /* three cases, each run, then run adding to its outputs */
   }
-  cuda_gemm_split(1);
+  cuda_gemm_split(-1);
   if (cuda_gemms_in_parts() - parts0 != parts_want)
     printf("FAIL weights' gradients in parts: %lld GEMMs run in parts, %lld wanted\n",
            cuda_gemms_in_parts() - parts0, parts_want), failures++;
