@@ -66,18 +66,22 @@ grep -q "backend cuda-emu-f32+nccl, CUDA graphs" "$WORK/dp2tp2.nccl.log" ||
 # the streams gives wrong numbers); the backward's segments as graphs
 [ "$MODE" != sanitize ] &&
   LMC_CUDA_EMU_STREAMS=lazy layout dp4_overlap --set dp=4 --set batch=8 --set microbatches=2 --set bucket_mb=0.01
-# and with the weights' gradients in 4 parts (on the second stream, the
-# buckets' all-reduces after them), pp 2 x dp 2 under lazy streams
-if [ "$MODE" != sanitize ]; then
-  LMC_GEMM_SPLIT=4 LMC_GEMM_SHOW=1 LMC_CUDA_EMU_STREAMS=lazy layout pp2dp2_parts --set pp=2 --set dp=2 --set batch=8 \
-    --set microbatches=2 --set bucket_mb=0.01
-  grep -q "gemm 88 x 32 x 32 A^T: in 4 parts of 8 rows" "$WORK/pp2dp2_parts.nccl.log" ||
-    { status=1; echo "FAIL pp2dp2_parts: no weight gradient said to run in parts"; }
-fi
 # the pipeline's transfers as NCCL sends (on a stream per peer, behind an
 # event) and receives (on the compute stream), 1F1B over 4 microbatches
 # in two slots, with the overlapped buckets, under lazy streams
 LMC_CUDA_EMU_STREAMS=lazy layout pp2dp2_lazy --set pp=2 --set dp=2 --set batch=8 --set microbatches=4 --set bucket_mb=0.01
+# and so with the weights' gradients in 2 parts of 8 rows (on the second
+# stream, the buckets' all-reduces after them), against the same CPU run
+if [ "$MODE" != sanitize ]; then
+  LMC_GEMM_SPLIT=2 LMC_GEMM_SHOW=1 LMC_CUDA_EMU_STREAMS=lazy $MPIRUN -np 4 "$LMRUN" "$WORK/pp2dp2_lazy" --data "$DATA" \
+    --backend cuda-emu --matmul-precision highest --collectives nccl --max-steps 8 --save-interval 0 --eval-interval 8 \
+    --eval-batches 2 --out "$WORK/pp2dp2_parts" >"$WORK/pp2dp2_parts.log" 2>&1 ||
+    { cat "$WORK/pp2dp2_parts.log"; fail "pp2dp2 in parts: cuda-emu with NCCL"; }
+  grep -q "gemm 88 x 32 x 16 A^T: in 2 parts of 8 rows" "$WORK/pp2dp2_parts.log" ||
+    { status=1; echo "FAIL pp2dp2 in parts: no weight gradient said to run in parts"; }
+  python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/pp2dp2_lazy.cpu/metrics.jsonl" "$WORK/pp2dp2_parts/metrics.jsonl" \
+    "pp2dp2, weight gradients in parts" 1e-5 || status=1
+fi
 # and under skewed streams (the compute stream's work late, the other
 # streams' as soon as queued: the sends', the buckets', the weight
 # gradients' GEMMs'), where work that should wait for the compute stream
