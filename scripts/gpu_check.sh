@@ -15,7 +15,8 @@
 #                                 at T 300 in bf16 storage and of MoE in
 #                                 bf16 (the emulator runs the rest in CI),
 #                                 and the quick benchmark
-#                                 (LMC_BENCH_QUICK=1): 6 minutes
+#                                 (LMC_BENCH_QUICK=1): 6 minutes through run 16, about
+#                                 7 with the rows added since (untimed)
 #   scripts/gpu_check.sh --ops    every CUDA op against the CPU's on the
 #                                 GPU (test_emu_ops real, fp32 and bf16
 #                                 storage), then attention alone beside
