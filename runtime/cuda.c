@@ -2295,7 +2295,7 @@ static void gg_mm(const RtInst *x, CUdeviceptr C, CUdeviceptr A, CUdeviceptr B, 
  * rows: the bench's MoE (8 experts, D 512, F 688) gives 352 blocks for
  * w1's gradient and 192 for w2's, 1.33 and 0.73 waves of an H200's 264
  * slots (two blocks an SM). Parts fill the waves but write partial sums
- * that lmc_moe_parts_sum then reads back: of 1 to 8, the fewest
+ * that lmc_gemm_parts_sum then reads back: of 1 to 8, the fewest
  * microseconds by a model of an H100 or H200, the waves times a part's
  * chunks of 64 rows at 0.93 us a chunk (a 128 x 128 x 64 product at 4.5
  * TFLOP/s an SM, two blocks sharing it), plus the sums' pass at 3 TB/s;
@@ -2334,7 +2334,7 @@ static void gg_tn(const RtInst *x, CUdeviceptr C, CUdeviceptr A, CUdeviceptr B, 
   launch_smem("lmc_moe_mm_tn", (unsigned)mt, (unsigned)nt, (unsigned)(ne * parts), 256, GG_SMEM_TN, a);
   if (parts == 1) return;
   void *s[] = {&C, &W, &total, &parts, &acc};
-  launch("lmc_moe_parts_sum", grid_for(total), s);
+  launch("lmc_gemm_parts_sum", grid_for((total + 3) / 4), s);
 }
 
 /* One GEMM per segment: C rows r0.. of each, expert s % e's weights. */

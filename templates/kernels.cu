@@ -2813,7 +2813,7 @@ struct GgChunks {
 // Grid (m tiles, n tiles, ne parts): with parts past 1 (split-k) block
 // (.., e + ne p) takes the p-th of `parts` runs of the expert's chunks of
 // rows and writes its sums to W_p,e = W + (p ne + e) sC, which
-// lmc_moe_parts_sum adds up in part order.
+// lmc_gemm_parts_sum adds up in part order.
 #if LMC_IN_PART(1)
 extern "C" __global__ void __launch_bounds__(GG_THREADS) lmc_moe_mm_tn(real *C, real *W, const void *A, const void *B,
                                                                        const real *counts, i64 seg, i64 ne, i64 m, i64 n,
@@ -2858,23 +2858,12 @@ extern "C" __global__ void __launch_bounds__(GG_THREADS) lmc_moe_mm_tn(real *C, 
 }
 #endif
 
-// C[i] (+)= W[0][i] + W[1][i] + .., lmc_moe_mm_tn's parts in order (the
-// same bits every run)
-#if LMC_IN_PART(0)
-extern "C" __global__ void lmc_moe_parts_sum(real *C, const real *W, i64 total, int parts, int accum) {
-  GRID_LOOP(i, total) {
-    float s = 0;
-    for (int p = 0; p < parts; p++) s += W[p * total + i];
-    PUT(C, i, s, accum);
-  }
-}
-#endif
-
 // @kernel gemm_parts
 // C[i] (+)= W[0][i] + W[1][i] + .., a weight gradient's GEMM run in parts
-// over its rows (runtime/cuda.c, gemm_in_parts), added in part order: the
-// same bits every run. Four floats a thread where C and W are 16-byte
-// aligned and the count a multiple of 4, the same sums either way.
+// over its rows (runtime/cuda.c's gemm_in_parts, and MoE's lmc_moe_mm_tn),
+// added in part order: the same bits every run. Four floats a thread
+// where C and W are 16-byte aligned and the count a multiple of 4, the
+// same sums either way.
 __device__ __forceinline__ float4 f4_add(float4 a, float4 b) {
   return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
 }
