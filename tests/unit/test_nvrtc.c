@@ -7,12 +7,17 @@
  * (checked by name too). Needs no GPU. Exits 77 (skipped) when no NVRTC
  * library can be loaded. (A third compile, compute_90's PTX, checked
  * nothing the sm_90a one does not, at a third of the test's time.)
- * Usage: test_nvrtc [-I DIR] [--ptx | --cubin | --parts] FILE.cu... (DIR: where
- * included headers such as templates/tensor_cores.cuh are; --ptx: the next
- * file for compute_80 alone, a third of the time, where its kernels'
- * cubins are compiled in the other files; --cubin: the next file for
- * sm_90a alone, where the other files' compute_80 compiles take the same
- * code paths; --parts: the next file's parts each alone, check_parts) */
+ * Usage: test_nvrtc [-I DIR] [--ptx | --syntax | --cubin | --parts] FILE.cu...
+ * (DIR: where included headers such as templates/tensor_cores.cuh are;
+ * --ptx: the next file for compute_80 alone, a third of the time, where
+ * its kernels' cubins are compiled in the other files; --syntax: the next
+ * file through NVRTC's front end alone for compute_80
+ * (--fdevice-syntax-only: every template the kernels use instantiated,
+ * every error a full compile's front end finds, no PTX), where another
+ * file's compute_80 PTX and sm_90a cubins generate the same code: a
+ * hundredth of --ptx's time; --cubin: the next file for sm_90a alone,
+ * where the other files' compute_80 compiles take the same code paths;
+ * --parts: the next file's parts each alone, check_parts) */
 #include <dlfcn.h>
 #include <nvrtc.h>
 #include <stdbool.h>
@@ -172,7 +177,7 @@ static int missing_kernels(const char *path, const char *arch, const char *src, 
  * in ptxas's report. */
 static const char *include_dir;   /* -I DIR */
 
-static int check(const char *path, const char *src, const char *arch) {
+static int check(const char *path, const char *src, const char *arch, bool syntax) {
   nvrtcProgram prog;
   char opt[64];
   snprintf(opt, sizeof opt, "--gpu-architecture=%s", arch);
@@ -181,10 +186,15 @@ static int check(const char *path, const char *src, const char *arch) {
   const char *home = getenv("CUDA_HOME");
   snprintf(inc, sizeof inc, "--include-path=%s/include", home && *home ? home : "/usr/local/cuda");
   snprintf(tpl, sizeof tpl, "--include-path=%s", include_dir ? include_dir : ".");   /* -I: tensor_cores.cuh */
-  const char *opts[] = {opt, "--std=c++17", "-default-device", inc, tpl, "--ptxas-options=-v"};
+  const char *opts[] = {opt, "--std=c++17", "-default-device", inc, tpl,
+                        syntax ? "--fdevice-syntax-only" : "--ptxas-options=-v"};
   bool cubin = !strncmp(arch, "sm_", 3);
   if (nv.create(&prog, src, path, 0, NULL, NULL) != NVRTC_SUCCESS) return 1;
-  nvrtcResult rc = nv.compile(prog, cubin ? 6 : 5, opts);
+  nvrtcResult rc = nv.compile(prog, cubin || syntax ? 6 : 5, opts);
+  if (syntax && rc == NVRTC_ERROR_INVALID_OPTION) {   /* an NVRTC before the option: the whole compile */
+    nv.destroy(&prog);
+    return check(path, src, arch, false);
+  }
   size_t n;
   nv.log_size(prog, &n);
   char *log = malloc(n + 1);
@@ -193,6 +203,15 @@ static int check(const char *path, const char *src, const char *arch) {
     printf("FAIL %s (%s): %s\n%s\n", path, arch, nv.err(rc), log);
     nv.destroy(&prog);
     return 1;
+  }
+  if (syntax) {   /* the front end alone: no PTX to look in */
+    int kernels = 0;
+    char name[128];
+    for (const char *p = src; next_kernel(&p, name);) kernels++;
+    printf("ok   %s (%s, front end): %d kernels\n", path, arch, kernels);
+    free(log);
+    nv.destroy(&prog);
+    return 0;
   }
   if (cubin) {   /* a real architecture: ptxas ran; the inline PTX assembled */
     size_t bin = 0;
@@ -287,9 +306,10 @@ int main(int argc, char **argv) {
       continue;
     }
     bool ptx_only = !strcmp(argv[i], "--ptx") && i + 1 < argc;   /* the next file to PTX alone, no ptxas */
+    bool syntax = !strcmp(argv[i], "--syntax") && i + 1 < argc;   /* the next file through the front end alone */
     bool cubin_only = !strcmp(argv[i], "--cubin") && i + 1 < argc;   /* the next file for sm_90a alone */
     bool parts = !strcmp(argv[i], "--parts") && i + 1 < argc;   /* the next file part by part alone */
-    if (ptx_only || cubin_only || parts) i++;
+    if (ptx_only || syntax || cubin_only || parts) i++;
     char *src = slurp(argv[i]);
     if (!src) {
       printf("FAIL cannot read %s\n", argv[i]);
@@ -298,8 +318,9 @@ int main(int argc, char **argv) {
     }
     const char *archs[] = {"compute_80", "sm_90a"};
     if (parts) failed += check_parts(argv[i], src), total++;
+    else if (syntax) failed += check(argv[i], src, archs[0], true), total++;
     else
-    for (int a = cubin_only; a < (ptx_only ? 1 : 2); a++) failed += check(argv[i], src, archs[a]), total++;
+    for (int a = cubin_only; a < (ptx_only ? 1 : 2); a++) failed += check(argv[i], src, archs[a], false), total++;
     free(src);
   }
   printf("%d passed, %d failed\n", total - failed, failed);
