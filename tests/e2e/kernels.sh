@@ -3,7 +3,7 @@
 # adds the vocab-parallel cross-entropy kernels) and typed for bf16 storage compile with NVRTC, and so
 # do the emulator's test kernels with their inline PTX (down to a cubin).
 # For sm_90a it prints ptxas's registers, shared memory and spills of every
-# kernel; attention (head dims 32, 64, 96, 128), the optimizer and the kernels lmc
+# kernel; attention (head dims 32, 64, 96, 128 in bf16 storage, 64 in fp32), the optimizer and the kernels lmc
 # generates for groups of ops must not spill. And MoE's bf16 bundle (every
 # kind of part: sections, libraries, MoE's GEMMs, attention kernels)
 # compiles part by part, each kernel in exactly one part, as the runtime
@@ -43,8 +43,11 @@ fi
 # generated, 0.3 s against 10); tensor parallelism's through the front
 # end alone: its attention kernels are moe-tiny's, at head dim 32, and
 # its own, the vocab-parallel loss's, have nothing ptxas must check.
-# Three front-end checks in place of PTX took 45 s off the test on 2 cores)
-"$BIN/tests/test_nvrtc" -I "$SRC/templates" "$WORK/gpt2-124m/kernels.cu" --cubin "$WORK/llama-large/kernels.cu" \
-  --cubin "$WORK/moe-tiny/kernels.cu" --syntax "$WORK/tiny-tp2/kernels.cu" --cubin "$WORK/gpt2-124m-bf16/kernels.cu" \
+# fp32 storage, a checking mode, to a cubin at GPT-2's head dim alone:
+# llama-large's and MoE's fp32 bundles through the front end, their
+# inline PTX the bf16 bundles' and their spills no one's speed. Five
+# front-end checks in place of code took 90 s off the test on 2 cores)
+"$BIN/tests/test_nvrtc" -I "$SRC/templates" "$WORK/gpt2-124m/kernels.cu" --syntax "$WORK/llama-large/kernels.cu" \
+  --syntax "$WORK/moe-tiny/kernels.cu" --syntax "$WORK/tiny-tp2/kernels.cu" --cubin "$WORK/gpt2-124m-bf16/kernels.cu" \
   --cubin "$WORK/llama-large-bf16/kernels.cu" --syntax "$WORK/moe-tiny-bf16/kernels.cu" --parts "$WORK/moe-tiny-bf16/kernels.cu" \
   --cubin "$WORK/llama-k128-bf16/kernels.cu" "$SRC/tests/emu/kernels.cu" ${emu_ops:+--syntax "$emu_ops"}
