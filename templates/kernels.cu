@@ -338,15 +338,27 @@ __device__ __forceinline__ void norm_bwd_rows(float (*sh)[257], T *dx, real *par
 // then its first warp the 8 warps' sums in warp order (the same bits every
 // run). (A thread a column, as it was, left llama-large's norms 1536
 // threads adding 256 chunks each, on a tenth of an H200's SMs.) A block
-// may call it again for another set once it returns.
+// may call it again for another set once it returns. The grid is small (a
+// block per 32 columns: 24 for GPT-2's norms, 48 for llama-large's) and
+// each warp's adds a chain of loads, so a thread loads 16 chunks before it
+// adds them (in the same order): 32 chunks a warp are two trips to memory
+// rather than the eight that 4 loads at a time took.
 __device__ __forceinline__ void col_finish(real *out, const real *part, i64 chunks, i64 d, int acc) {
   __shared__ float sh[8][33];
   int lane = threadIdx.x % 32, w = threadIdx.x / 32;
   i64 j = blockIdx.x * (i64)32 + lane;
   float s = 0;
-  if (j < d)
-    #pragma unroll 4
-    for (i64 c = w; c < chunks; c += 8) s += part[c * d + j];
+  if (j < d) {
+    i64 c = w;
+    for (; c + 8 * 15 < chunks; c += 8 * 16) {
+      float v[16];
+      #pragma unroll
+      for (int u = 0; u < 16; u++) v[u] = part[(c + 8 * u) * d + j];
+      #pragma unroll
+      for (int u = 0; u < 16; u++) s += v[u];
+    }
+    for (; c < chunks; c += 8) s += part[c * d + j];
+  }
   sh[w][lane] = s;
   __syncthreads();
   if (w == 0 && j < d) {

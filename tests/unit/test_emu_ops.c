@@ -517,6 +517,13 @@ int main(int argc, char **argv) {
              {{nl * 264}, {nl * 264}, {264, 2}, {nl, F32}, {nl, 2}}, {{nl * 264}, {264, F32}, {264, F32}}};
   c.x.n = nl, c.x.d = 264;
   if (!quick) check(c, true);
+  /* 129 chunks of rows (8200 rows, 64 a chunk): col_finish's warps load
+   * 16 chunks before adding them (warp 0 a batch and one more) */
+  int64_t nw = 8200;
+  c = (Case){"rmsnorm_bwd (width 8, 8200 rows)", rt_inst(OP_RMSNORM_BWD), {{nw * 8}, {nw * 8}, {8, 2}, {nw, 2}},
+             {{nw * 8}, {8, F32}}};
+  c.x.n = nw, c.x.d = 8;
+  check(c, true);
   cuda_norm_bwd_one_pass(true);
   c = (Case){"rmsnorm_bwd (width 64, one pass)", rt_inst(OP_RMSNORM_BWD), {{n * 64}, {n * 64}, {64, 2}, {n, 2}},
              {{n * 64}, {64, F32}}};
