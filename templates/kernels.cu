@@ -102,14 +102,28 @@ extern "C" __global__ void lmc_narrow(bf16 *y, const real *x, i64 n) { GRID_LOOP
 // stores (fp32: two float4, bf16: one uint4) when every operand is 16-byte
 // aligned, the last n % 8 and unaligned operands one at a time. f is the
 // op on one element's floats; acc adds into the output (PUT's rule).
-__device__ __forceinline__ void ld8(float *f, const float *p) {
-  float4 a = *(const float4 *)p, b = *(const float4 *)(p + 4);
-  f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
-}
-__device__ __forceinline__ void ld8(float *f, const bf16 *p) {
-  uint4 u = *(const uint4 *)p;
-  unsigned w[4] = {u.x, u.y, u.z, u.w};
-  for (int e = 0; e < 4; e++) f[2 * e] = __uint_as_float(w[e] << 16), f[2 * e + 1] = __uint_as_float(w[e] & 0xffff0000u);
+//
+// 8 elements as stored (16 or 32 bytes), loaded now and widened later, so
+// that several loads are in flight before the first is used
+template <typename T> struct Raw8;
+template <> struct Raw8<float> {
+  float4 a, b;
+  __device__ __forceinline__ void load(const float *p) { a = *(const float4 *)p, b = *(const float4 *)(p + 4); }
+  __device__ __forceinline__ void widen(float *f) const {
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+  }
+};
+template <> struct Raw8<bf16> {
+  uint4 u;
+  __device__ __forceinline__ void load(const bf16 *p) { u = *(const uint4 *)p; }
+  __device__ __forceinline__ void widen(float *f) const {
+    unsigned w[4] = {u.x, u.y, u.z, u.w};
+    for (int e = 0; e < 4; e++) f[2 * e] = __uint_as_float(w[e] << 16), f[2 * e + 1] = __uint_as_float(w[e] & 0xffff0000u);
+  }
+};
+template <typename T> __device__ __forceinline__ void ld8(float *f, const T *p) {
+  Raw8<T> r;
+  r.load(p), r.widen(f);
 }
 __device__ __forceinline__ void st8(float *p, const float *f) {
   *(float4 *)p = make_float4(f[0], f[1], f[2], f[3]), *(float4 *)(p + 4) = make_float4(f[4], f[5], f[6], f[7]);
@@ -299,13 +313,23 @@ __device__ __forceinline__ void norm_bwd_rows(float (*sh)[257], T *dx, real *par
     }
     s2 = warp_sum(s2) / d;
     s1 = LN ? warp_sum(s1) / d : 0.0f;
+    // dx's row, added to: its groups' loads go out DW ahead of their use
+    // (each had waited for the one before: NG trips to memory a row)
+    const int DW = NG < 3 ? NG : 3;
+    Raw8<T> od[ACC ? NG : 1];
+    #pragma unroll
+    for (int j = 0; j < (ACC ? DW : 0); j++) {
+      i64 c = (i64)(j * 32 + lane) * 8;
+      if (!(d % 256 && c >= d)) od[j].load(dx + row * d + c);
+    }
     #pragma unroll
     for (int j = 0; j < NG; j++) {
-      i64 c = (i64)(j * 32 + lane) * 8;
+      i64 c = (i64)(j * 32 + lane) * 8, cn = c + DW * 256;
+      if (ACC && j + DW < NG && !(d % 256 && cn >= d)) od[ACC ? j + DW : 0].load(dx + row * d + cn);
       if (d % 256 && c >= d) continue;
       ld8(a, x + row * d + c), ld8(g, dy + row * d + c), ld8(ww, w + c);
       float o[8];
-      if (ACC) ld8(o, dx + row * d + c);
+      if (ACC) od[ACC ? j : 0].widen(o);
       for (int q = 0; q < 8; q++) {
         float xh = (a[q] - mu) * r, v = r * (g[q] * ww[q] - s1 - xh * s2);
         pw[j][q] += g[q] * xh;

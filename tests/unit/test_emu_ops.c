@@ -239,7 +239,7 @@ void kernels_parts_begin(void);
 void kernels_parts_end(FILE *out);
 struct Graph;
 void kernels_template(FILE *out, const char *tpl, bool bf16, struct Graph *g);
-static const int64_t head_dims[] = {10, 40, 96, 128}, norm_widths[] = {64, 264};   /* (67: none, the two-pass kernels) */
+static const int64_t head_dims[] = {10, 40, 96, 128}, norm_widths[] = {64, 264, 1032};   /* (67: none, the two-pass kernels) */
 
 static void write_kernels(const char *template, const char *path) {
   FILE *in = fopen(template, "rb"), *out = fopen(path, "wb");
@@ -519,10 +519,10 @@ int main(int argc, char **argv) {
   if (!quick) check(c, true);
   /* 129 chunks of rows (8200 rows, 64 a chunk): col_finish's warps load
    * 16 chunks before adding them (warp 0 a batch and one more) */
-  int64_t nw = 8200;
-  c = (Case){"rmsnorm_bwd (width 8, 8200 rows)", rt_inst(OP_RMSNORM_BWD), {{nw * 8}, {nw * 8}, {8, 2}, {nw, 2}},
-             {{nw * 8}, {8, F32}}};
-  c.x.n = nw, c.x.d = 8;
+  int64_t n129 = 8200;
+  c = (Case){"rmsnorm_bwd (width 8, 8200 rows)", rt_inst(OP_RMSNORM_BWD), {{n129 * 8}, {n129 * 8}, {8, 2}, {n129, 2}},
+             {{n129 * 8}, {8, F32}}};
+  c.x.n = n129, c.x.d = 8;
   check(c, true);
   cuda_norm_bwd_one_pass(true);
   c = (Case){"rmsnorm_bwd (width 64, one pass)", rt_inst(OP_RMSNORM_BWD), {{n * 64}, {n * 64}, {64, 2}, {n, 2}},
@@ -532,6 +532,17 @@ int main(int argc, char **argv) {
   c = (Case){"layernorm_bwd (width 64, one pass)", rt_inst(OP_LAYERNORM_BWD), {{n * 64}, {n * 64}, {64, 2}, {n, F32}, {n, 2}},
              {{n * 64}, {64, F32}, {64, F32}}};
   c.x.n = n, c.x.d = 64;
+  check(c, true);
+  /* 1032 wide (129 groups of 8, NG 6: dx's loads three groups ahead, the
+   * last lanes' last groups past the row) */
+  int64_t n6 = 40;
+  c = (Case){"rmsnorm_bwd (width 1032, one pass)", rt_inst(OP_RMSNORM_BWD), {{n6 * 1032}, {n6 * 1032}, {1032, 2}, {n6, 2}},
+             {{n6 * 1032}, {1032, F32}}};
+  c.x.n = n6, c.x.d = 1032;
+  check(c, true);
+  c = (Case){"layernorm_bwd (width 1032, one pass)", rt_inst(OP_LAYERNORM_BWD),
+             {{n6 * 1032}, {n6 * 1032}, {1032, 2}, {n6, F32}, {n6, 2}}, {{n6 * 1032}, {1032, F32}, {1032, F32}}};
+  c.x.n = n6, c.x.d = 1032;
   check(c, true);
   cuda_norm_bwd_one_pass(false);
   c = (Case){"add_bwd (bias, 300 rows)", rt_inst(OP_ADD_BWD), {{nr * d}}, {{nr * d}, {d, F32}}};
