@@ -418,26 +418,39 @@ __device__ __forceinline__ void lse_add8(float &mx, float &s, const float *f) {
 
 // A block's way over a row of v elements at r, of any width and start: the
 // elements before the first 16-byte boundary one a thread (one(j)), then 8
-// a thread-step by 16-byte accesses (eight(j): j.. j + 7), then the last
-// (v - a) % 8 one a thread. (GPT-2's rows of 50257 logits, odd, went one
-// element a thread all along before.)
+// a thread-step by 16-byte accesses (eight(j, f): j.. j + 7 as floats f),
+// then the last (v - a) % 8 one a thread. (GPT-2's rows of 50257 logits,
+// odd, went one element a thread all along before.) A thread's 16-byte
+// loads go out four at a time and are used in order: one at a time, each
+// step's load waited for the step before's use (one load in flight a
+// thread, a row of GPT-2's 50257 logits 25 trips to memory a pass at 256
+// threads, SASS).
 template <typename T, typename F1, typename F8>
 __device__ __forceinline__ void row_parts(const T *r, i64 v, F1 one, F8 eight) {
   i64 a = (16 - (i64)((unsigned long long)r % 16)) % 16 / (i64)sizeof(T);
   a = a < v ? a : v;
-  i64 b = a + (v - a) / 8 * 8;
-  for (i64 j = threadIdx.x; j < a; j += blockDim.x) one(j);
-  for (i64 j = a + 8 * (i64)threadIdx.x; j < b; j += 8 * (i64)blockDim.x) eight(j);
-  for (i64 j = b + threadIdx.x; j < v; j += blockDim.x) one(j);
+  i64 b = a + (v - a) / 8 * 8, step = 8 * (i64)blockDim.x, j = a + 8 * (i64)threadIdx.x;
+  for (i64 e = threadIdx.x; e < a; e += blockDim.x) one(e);
+  for (; j + 3 * step < b; j += 4 * step) {
+    Raw8<T> u[4];
+    #pragma unroll
+    for (int k = 0; k < 4; k++) u[k].load(r + j + k * step);
+    #pragma unroll
+    for (int k = 0; k < 4; k++) {
+      float f[8];
+      u[k].widen(f), eight(j + k * step, f);
+    }
+  }
+  for (; j < b; j += step) {
+    float f[8];
+    ld8(f, r + j), eight(j, f);
+  }
+  for (i64 e = b + threadIdx.x; e < v; e += blockDim.x) one(e);
 }
 
 template <typename T> __device__ float row_logsumexp(const T *r, i64 v) {
   float mx = NEG_INF, s = 0;
-  row_parts(r, v, [&](i64 j) { lse_add(mx, s, r[j]); }, [&](i64 j) {
-    float f[8];
-    ld8(f, r + j);
-    lse_add8(mx, s, f);
-  });
+  row_parts(r, v, [&](i64 j) { lse_add(mx, s, r[j]); }, [&](i64 j, const float *f) { lse_add8(mx, s, f); });
   float m = block_max(mx);
   s = mx == NEG_INF ? 0.0f : s * lmc_exp(mx - m);   // a thread without elements, or with all -inf
   return m + logf(block_sum(s));
@@ -2379,9 +2392,7 @@ extern "C" __global__ void lmc_head_dl_rows(real *row_loss, act *l, const int *y
   float z = row_logsumexp(r, v);
   if (threadIdx.x == 0) row_loss[row] = z - r[t];
   __syncthreads();   // the target's logit is read before it is overwritten
-  row_parts(r, v, [&](i64 j) { r[j] = scale * (lmc_exp(r[j] - z) - (j == t ? 1.0f : 0.0f)); }, [&](i64 j) {
-    float f[8];
-    ld8(f, r + j);
+  row_parts(r, v, [&](i64 j) { r[j] = scale * (lmc_exp(r[j] - z) - (j == t ? 1.0f : 0.0f)); }, [&](i64 j, float *f) {
     for (int q = 0; q < 8; q++) f[q] = lmc_exp(f[q] - z);
     if ((unsigned long long)(t - j) < 8)   // the target among them: one test a step, not eight
       for (int q = 0; q < 8; q++) f[q] -= j + q == t ? 1.0f : 0.0f;

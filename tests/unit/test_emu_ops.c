@@ -782,6 +782,15 @@ int main(int argc, char **argv) {
   c = (Case){"cross_entropy (vocab 304)", rt_inst(OP_XENT), {{n * V8}, {n, 1, V8}}, {{1, F32}}};
   c.x.n = n, c.x.v = V8, c.x.scale = 1.0 / n;
   check(c, false);
+  /* rows of 8200: a thread's first four 16-byte steps loaded together, the
+   * fifth (thread 0's) alone */
+  int64_t V4 = 8200;
+  c = (Case){"head_dl (vocab 8200)", rt_inst(OP_HEAD_DL), {{n * d}, {V4 * d}, {n, 1, V4}}, {{1, F32}, {n * V4}}};
+  c.x.m = n, c.x.n = V4, c.x.k = d, c.x.tb = 1, c.x.scale = 1.0 / n;
+  check(c, false);
+  c = (Case){"head_xent (vocab 8200)", rt_inst(OP_HEAD_XENT), {{n * d}, {V4 * d}, {n, 1, V4}}, {{1, F32}, {n, F32}}};
+  c.x.m = n, c.x.n = V4, c.x.k = d, c.x.tb = 1, c.x.scale = 1.0 / n;
+  check(c, false);
   tol = tol_base;
   /* MoE: 37 tokens, 6 experts, top 2, width 19 (13 in the experts),
    * expert ids, positions and counts as the routing makes them */
