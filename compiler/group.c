@@ -309,9 +309,14 @@ static void write_add_norm(FILE *out, Inst *f) {
                                                         : "  for (int k = 0; k < V; k++) {\n";
   const char *col = d % 256 ? "    i64 j = (k * 32 + lane) * (i64)8;\n    if (j >= D) continue;\n"
                             : "    i64 j = (k * 32 + lane) * (i64)8;\n";
-  /* the sum, stored; what it stores summed (layernorm) or squared (rmsnorm) */
+  /* the sum, stored; what it stores summed (layernorm) or squared
+   * (rmsnorm). Held, the row's sums are all made before the first is
+   * stored: a store between two groups' loads kept the next group's
+   * loads waiting for it (the sum might alias the inputs), a trip to
+   * memory a group (SASS: six a row at llama-large's width) */
   fprintf(out, "%s%s    ld8(f, p%d + row * D + j), ld8(g, p%d + row * D + j);\n", each, col, at[1], at[2]);
   fprintf(out, "    for (int e = 0; e < 8; e++) %s[e] = %s(f[e] + g[e]);\n", hk, stored(add->out[0]));
+  if (hold) fprintf(out, "  }\n%s%s", each, col);
   fprintf(out, "    st8(p%d + row * D + j, %s);\n", at[0], hk);
   if (ln) fprintf(out, "    for (int e = 0; e < 8; e++) s += %s[e];\n  }\n", hk);
   else fprintf(out, "    for (int e = 0; e < 8; e++) s += %s[e] * %s[e];\n  }\n", hk, hk);
@@ -463,16 +468,10 @@ static void write_nb(FILE *out, Inst *f) {
     bool written = ops[i] == in->out[0] || ops[i] == in->out[1] || (ln && ops[i] == in->out[2]);
     params = arena_printf("%s%s%s *p%d, ", params, written ? "" : "const ", ctype(ops[i]), i);
   }
-  /* two blocks an SM (128 registers) where dx is added to in bf16
-   * storage, and ptxas then keeps more of a row's loads in flight
-   * (llama-large's width: 106 registers before dx's loads went ahead, 137
-   * unbound after, 128 bound without a spill; bound, the kernel writing
-   * dx spilled 8 bytes, and fp32 storage's wider loads would) */
-  bool two = in->in[0]->dtype == DT_BF16 && in->out[0] && in->acc[0];
   fprintf(out, "\n// %s: %s's backward, %lld rows a block (norm_bwd_rows), then _finish (col_finish)\n", f->kernel,
           op_names[ln ? OP_LAYERNORM : OP_RMSNORM], per);
-  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(256%s) %s(%sfloat *part) {\n"
-               "  __shared__ float sh[8][257];\n", two ? ", 2" : "", f->kernel, params);
+  fprintf(out, "extern \"C\" __global__ void __launch_bounds__(256) %s(%sfloat *part) {\n"
+               "  __shared__ float sh[8][257];\n", f->kernel, params);
   fprintf(out, "  norm_bwd_rows<%lld, %s, %s, %s>(sh, (%s *)%s, part, %s, %s, %s, %s, %s, %lld, %lld, %lld);\n}\n",
           (d / 8 + 31) / 32, ln ? "true" : "false", in->out[0] ? "true" : "false",
           in->out[0] && in->acc[0] ? "true" : "false", ctype(in->in[0]), p[0], p[3], p[4], p[5], p[6], p[7], rows, d, per);

@@ -314,8 +314,12 @@ __device__ __forceinline__ void norm_bwd_rows(float (*sh)[257], T *dx, real *par
     s2 = warp_sum(s2) / d;
     s1 = LN ? warp_sum(s1) / d : 0.0f;
     // dx's row, added to: its groups' loads go out DW ahead of their use
-    // (each had waited for the one before: NG trips to memory a row)
-    const int DW = NG < 3 ? NG : 3;
+    // (each had waited for the one before: NG trips to memory a row), up
+    // to 4 groups a lane (GPT-2's width: 128 registers, two blocks an SM
+    // still); past it the registers pass 128 (llama-large's width: 137,
+    // one block an SM, bound to two it spilled in some programs and not
+    // others), so each group's load waits there as before (DW 0)
+    const int DW = NG <= 4 ? (NG < 3 ? NG : 3) : 0;
     Raw8<T> od[ACC ? NG : 1];
     #pragma unroll
     for (int j = 0; j < (ACC ? DW : 0); j++) {

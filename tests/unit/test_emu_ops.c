@@ -239,7 +239,7 @@ void kernels_parts_begin(void);
 void kernels_parts_end(FILE *out);
 struct Graph;
 void kernels_template(FILE *out, const char *tpl, bool bf16, struct Graph *g);
-static const int64_t head_dims[] = {10, 40, 96, 128}, norm_widths[] = {64, 264, 1032};   /* (67: none, the two-pass kernels) */
+static const int64_t head_dims[] = {10, 40, 96, 128}, norm_widths[] = {64, 264, 776, 1032};   /* (67: none, the two-pass kernels) */
 
 static void write_kernels(const char *template, const char *path) {
   FILE *in = fopen(template, "rb"), *out = fopen(path, "wb");
@@ -533,17 +533,22 @@ int main(int argc, char **argv) {
              {{n * 64}, {64, F32}, {64, F32}}};
   c.x.n = n, c.x.d = 64;
   check(c, true);
-  /* 1032 wide (129 groups of 8, NG 6: dx's loads three groups ahead, the
-   * last lanes' last groups past the row) */
-  int64_t n6 = 40;
-  c = (Case){"rmsnorm_bwd (width 1032, one pass)", rt_inst(OP_RMSNORM_BWD), {{n6 * 1032}, {n6 * 1032}, {1032, 2}, {n6, 2}},
-             {{n6 * 1032}, {1032, F32}}};
-  c.x.n = n6, c.x.d = 1032;
-  check(c, true);
-  c = (Case){"layernorm_bwd (width 1032, one pass)", rt_inst(OP_LAYERNORM_BWD),
-             {{n6 * 1032}, {n6 * 1032}, {1032, 2}, {n6, F32}, {n6, 2}}, {{n6 * 1032}, {1032, F32}, {1032, F32}}};
-  c.x.n = n6, c.x.d = 1032;
-  check(c, true);
+  /* 776 wide (97 groups of 8, NG 4: dx's loads three groups ahead, the
+   * fourth group past the row but for lane 0) and 1032 (129, NG 6: each
+   * group's load at its use) */
+  int64_t n6 = 40, w6[2] = {776, 1032};
+  for (int i = 0; i < 2; i++) {
+    int64_t dw = w6[i];
+    c = (Case){i ? "rmsnorm_bwd (width 1032, one pass)" : "rmsnorm_bwd (width 776, one pass)", rt_inst(OP_RMSNORM_BWD),
+               {{n6 * dw}, {n6 * dw}, {dw, 2}, {n6, 2}}, {{n6 * dw}, {dw, F32}}};
+    c.x.n = n6, c.x.d = dw;
+    check(c, true);
+    c = (Case){i ? "layernorm_bwd (width 1032, one pass)" : "layernorm_bwd (width 776, one pass)",
+               rt_inst(OP_LAYERNORM_BWD), {{n6 * dw}, {n6 * dw}, {dw, 2}, {n6, F32}, {n6, 2}},
+               {{n6 * dw}, {dw, F32}, {dw, F32}}};
+    c.x.n = n6, c.x.d = dw;
+    check(c, true);
+  }
   cuda_norm_bwd_one_pass(false);
   c = (Case){"add_bwd (bias, 300 rows)", rt_inst(OP_ADD_BWD), {{nr * d}}, {{nr * d}, {d, F32}}};
   c.x.n = nr * d, c.x.nb = d;
