@@ -204,13 +204,17 @@ if [ "$MODE" != sanitize ]; then   # (the normal build alone: 4 runs)
     { status=1; echo "FAIL dp2 on NCCL: the run resumed after SIGTERM parts from a straight one"; }  # and a stopped rank ends the job, not hangs it: rank 1 of dp 2 stopped
   # (SIGSTOP) while steps are queued ahead; rank 0's watch of a step's
   # collectives fails, named (the emulated NCCL gives up on a peer after
-  # LMC_CUDA_EMU_NCCL_TIMEOUT, where a GPU's would hang into the deadline)
+  # LMC_CUDA_EMU_NCCL_TIMEOUT, where a GPU's would hang into the deadline),
+  # or, where rank 0 had got as far as the ranks' agreement on the host
+  # when rank 1 stopped, that agreement's deadline does, named too (which
+  # comes first is the machine's timing: on a loaded 2-core AMD EPYC,
+  # 2026-11-28, the agreement's, once in three runs)
   stop_rank1 "$WORK/dp2.stop.log" "$WORK/dp2.stop/metrics.jsonl" env LMC_CUDA_EMU_STREAMS=lazy LMC_CUDA_EMU_NCCL_TIMEOUT=3 \
     "$LMRUN" "$WORK/dp2" --data "$DATA" --backend cuda-emu --matmul-precision highest --collectives nccl --quiet \
     --comm-timeout 3 --save-interval 0 --eval-interval 0 --out "$WORK/dp2.stop"
   [ $rc -ne 0 ] && [ $took -le 60 ] &&
-    grep -q "^lmrun: error: rank 0: a step's NCCL collectives over the dp group failed: emulated NCCL: a peer did not join" \
-      "$WORK/dp2.stop.log" && echo "ok   dp2 on NCCL, rank 1 stopped: the job ended in ${took}s, rank 0's step named" ||
+    grep -Eq "^lmrun: error: rank 0: (a step's NCCL collectives over the dp group failed: emulated NCCL: a peer did not join|no progress for 3 s in agreeing with the other ranks: a peer rank is stopped, hung or far behind)" \
+      "$WORK/dp2.stop.log" && echo "ok   dp2 on NCCL, rank 1 stopped: the job ended in ${took}s, rank 0's wait named" ||
     { status=1; cat "$WORK/dp2.stop.log"; echo "FAIL dp2 on NCCL, rank 1 stopped: exit $rc after ${took}s"; }
 fi
 "$LMRUN" "$WORK/dp2tp2" --backend cpu --collectives nccl --max-steps 1 >"$WORK/cpu_nccl.log" 2>&1 &&
