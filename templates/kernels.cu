@@ -320,7 +320,7 @@ __device__ __forceinline__ void norm_bwd_rows(float (*sh)[257], T *dx, real *par
     // one block an SM, bound to two it spilled in some programs and not
     // others), so each group's load waits there as before (DW 0)
     const int DW = NG <= 4 ? (NG < 3 ? NG : 3) : 0;
-    Raw8<T> od[ACC ? NG : 1];
+    Raw8<T> od[NG];   // (unused where dx is written, not added to)
     #pragma unroll
     for (int j = 0; j < (ACC ? DW : 0); j++) {
       i64 c = (i64)(j * 32 + lane) * 8;
@@ -329,11 +329,11 @@ __device__ __forceinline__ void norm_bwd_rows(float (*sh)[257], T *dx, real *par
     #pragma unroll
     for (int j = 0; j < NG; j++) {
       i64 c = (i64)(j * 32 + lane) * 8, cn = c + DW * 256;
-      if (ACC && j + DW < NG && !(d % 256 && cn >= d)) od[ACC ? j + DW : 0].load(dx + row * d + cn);
+      if (ACC && j + DW < NG && !(d % 256 && cn >= d)) od[j + DW].load(dx + row * d + cn);
       if (d % 256 && c >= d) continue;
       ld8(a, x + row * d + c), ld8(g, dy + row * d + c), ld8(ww, w + c);
       float o[8];
-      if (ACC) od[ACC ? j : 0].widen(o);
+      if (ACC) od[j].widen(o);
       for (int q = 0; q < 8; q++) {
         float xh = (a[q] - mu) * r, v = r * (g[q] * ww[q] - s1 - xh * s2);
         pw[j][q] += g[q] * xh;
