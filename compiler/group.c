@@ -444,6 +444,14 @@ static void write_ew(FILE *out, Inst *f) {
   fprintf(out, "  for (i64 i = n8 * 8 + t; i < N; i += step) %s_step<1>(i%s);\n}\n", f->kernel, args);
 }
 
+/* Whether a norm backward of ng 8-wide groups a lane keeps its warps'
+ * partial column sums in shared memory (norm_bwd_rows' SM): past 4 groups
+ * a lane, where in registers they leave too few for dx's loads to go out
+ * ahead, and where 8 warps' fit in a block's 48 KiB of static shared
+ * memory (RMSNorm to 1536 wide: llama-large's; LayerNorm's two sets never
+ * do past 4 groups). */
+static bool nb_shared(long long ng, bool ln) { return ng > 4 && (ln ? 2 : 1) * 8 * ng * 256 * 4 <= 48 * 1024; }
+
 /* A norm's backward: kernels.cu's norm_bwd_rows (a warp a row, dx and
  * each chunk of rows' column sums into part) and then col_finish for dw
  * (and db), each an extern "C" kernel with the group's sizes and flags
@@ -470,11 +478,13 @@ static void write_nb(FILE *out, Inst *f) {
   }
   fprintf(out, "\n// %s: %s's backward, %lld rows a block (norm_bwd_rows), then _finish (col_finish)\n", f->kernel,
           op_names[ln ? OP_LAYERNORM : OP_RMSNORM], per);
+  long long ng = (d / 8 + 31) / 32;
+  const char *sm = nb_shared(ng, ln) ? "true" : "false", *lns = ln ? "true" : "false";
   fprintf(out, "extern \"C\" __global__ void __launch_bounds__(256) %s(%sfloat *part) {\n"
-               "  __shared__ float sh[8][257];\n", f->kernel, params);
-  fprintf(out, "  norm_bwd_rows<%lld, %s, %s, %s>(sh, (%s *)%s, part, %s, %s, %s, %s, %s, %lld, %lld, %lld);\n}\n",
-          (d / 8 + 31) / 32, ln ? "true" : "false", in->out[0] ? "true" : "false",
-          in->out[0] && in->acc[0] ? "true" : "false", ctype(in->in[0]), p[0], p[3], p[4], p[5], p[6], p[7], rows, d, per);
+               "  __shared__ __align__(16) float sh[NormBwdShared<%lld, %s, %s>::n];\n", f->kernel, params, ng, lns, sm);
+  fprintf(out, "  norm_bwd_rows<%lld, %s, %s, %s, %s>(sh, (%s *)%s, part, %s, %s, %s, %s, %s, %lld, %lld, %lld);\n}\n", ng,
+          lns, in->out[0] ? "true" : "false", in->out[0] && in->acc[0] ? "true" : "false", sm, ctype(in->in[0]), p[0],
+          p[3], p[4], p[5], p[6], p[7], rows, d, per);
   fprintf(out, "extern \"C\" __global__ void __launch_bounds__(256) %s_finish(%sfloat *part) {\n", f->kernel, params);
   fprintf(out, "  col_finish(%s, part, %lld, %lld, %d);\n", p[1], chunks, d, in->acc[1]);
   if (ln) fprintf(out, "  col_finish(%s, part + %lld, %lld, %lld, %d);\n", p[2], chunks * d, chunks, d, in->acc[2]);

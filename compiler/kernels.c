@@ -223,9 +223,10 @@ void kernels_norm_bwd(FILE *out, int64_t d, bool ln) {
   fprintf(out, "\n// the %s backward of width %lld in one pass\n", ln ? "LayerNorm" : "RMSNorm", (long long)d);
   fprintf(out, "#if LMC_IN_PART(0)\nextern \"C\" __global__ void __launch_bounds__(256) lmc_%s_bwd_rows%d(act *dx, real *part, "
           "const act *dy, const act *x, const real *w, const real *mean, const real *rstd, i64 n, i64 d, i64 per, "
-          "int acc) {\n  __shared__ float sh[8][257];\n", ln ? "layernorm" : "rmsnorm", g);
-  fprintf(out, "  if (!dx) norm_bwd_rows<%d, %s, false, false>%s;\n  else if (acc) norm_bwd_rows<%d, %s, true, true>%s;\n"
-          "  else norm_bwd_rows<%d, %s, true, false>%s;\n}\n#endif\n", g, t, args, g, t, args, g, t, args);
+          "int acc) {\n  __shared__ float sh[8 * 257];\n", ln ? "layernorm" : "rmsnorm", g);
+  fprintf(out, "  if (!dx) norm_bwd_rows<%d, %s, false, false, false>%s;\n"
+          "  else if (acc) norm_bwd_rows<%d, %s, true, true, false>%s;\n"
+          "  else norm_bwd_rows<%d, %s, true, false, false>%s;\n}\n#endif\n", g, t, args, g, t, args, g, t, args);
 }
 
 /* Each group count the programs' norm backwards use, once. */

@@ -285,22 +285,58 @@ __device__ void col_store(real *part, const float *s, i64 d) {
 // passes; re-read, 106, two blocks. DX: dx wanted; ACC: dx added to. The
 // runtime's lmc_*_bwd_rowsNG (LMC_NORM_BWD_ONE_PASS) and the kernels
 // group.c writes for a norm's backward, its sizes compiled in, run it.
+// SM: each warp's share of dw (and db) in shared memory instead of
+// registers (8 warps' of NG groups: 48 KiB at RMSNorm's NG 6), which
+// frees the registers for dx's loads to go out at the row's start (below)
+// and adds the same products in the same order.
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
   return v;
 }
-template <int NG, bool LN, bool DX, bool ACC, typename T>   // (T: act, typed after this prelude)
-__device__ __forceinline__ void norm_bwd_rows(float (*sh)[257], T *dx, real *part, const T *dy, const T *x,
-                                              const real *w, const real *mean, const real *rstd, i64 n, i64 d,
-                                              i64 per) {
+// the floats of shared memory (sh) norm_bwd_rows takes: 8 warps' rows of
+// 257 for their sums in turn, or (SM) every warp's partial sums
+template <int NG, bool LN, bool SM> struct NormBwdShared {
+  enum { n = SM ? (LN ? 2 : 1) * 8 * NG * 256 : 8 * 257 };
+};
+// with SM, this lane's 8 partial sums of group j, set s (0 dw, 1 db), of
+// warp w: two float4s 32 apart (a warp's 16-byte accesses side by side),
+// for columns j 256 + 8 lane .. + 3 and + 4 .. + 7
+template <int NG>
+__device__ __forceinline__ float4 *nb_partial(float *sh, int s, int w, int j, int lane) {
+  return (float4 *)sh + ((s * 8 + w) * NG + j) * 64 + lane;
+}
+template <int NG, bool LN, bool DX, bool ACC, bool SM, typename T>   // (T: act, typed after this prelude)
+__device__ __forceinline__ void norm_bwd_rows(float *sh, T *dx, real *part, const T *dy, const T *x, const real *w,
+                                              const real *mean, const real *rstd, i64 n, i64 d, i64 per) {
   int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  float pw[NG][8], pb[NG][8];
+  float pw[SM ? 1 : NG][8], pb[SM ? 1 : NG][8];
   #pragma unroll
-  for (int j = 0; j < NG; j++)
+  for (int j = 0; j < (SM ? 1 : NG); j++)
     for (int q = 0; q < 8; q++) pw[j][q] = pb[j][q] = 0;
+  if (SM)
+    #pragma unroll
+    for (int s = 0; s < (LN ? 2 : 1); s++)
+      for (int j = 0; j < NG; j++) {
+        float4 *p = nb_partial<NG>(sh, s, warp, j, lane);
+        p[0] = p[32] = make_float4(0, 0, 0, 0);
+      }
+  // dx's row, added to: its groups' loads go out DW ahead of their use
+  // (each had waited for the one before: NG trips to memory a row), up
+  // to 4 groups a lane in registers (GPT-2's width: 128 registers, two
+  // blocks an SM still); past it the registers pass 128 (llama-large's
+  // width: 137, one block an SM, bound to two it spilled in some programs
+  // and not others), so there each group's load waits as before (DW 0),
+  // or with SM all go out as the row starts, before its first pass
+  const int DW = SM ? NG : NG <= 4 ? (NG < 3 ? NG : 3) : 0;
   i64 r1 = (blockIdx.x + 1) * per < n ? (blockIdx.x + 1) * per : n;
   for (i64 row = blockIdx.x * per + warp; row < r1; row += 8) {
     float a[8], g[8], ww[8], mu = LN ? mean[row] : 0.0f, r = rstd[row], s1 = 0, s2 = 0;
+    Raw8<T> od[NG];   // (unused where dx is written, not added to)
+    #pragma unroll
+    for (int j = 0; j < (ACC && SM ? DW : 0); j++) {
+      i64 c = (i64)(j * 32 + lane) * 8;
+      if (!(d % 256 && c >= d)) od[j].load(dx + row * d + c);
+    }
     #pragma unroll
     for (int j = 0; j < NG; j++) {
       i64 c = (i64)(j * 32 + lane) * 8;
@@ -313,16 +349,8 @@ __device__ __forceinline__ void norm_bwd_rows(float (*sh)[257], T *dx, real *par
     }
     s2 = warp_sum(s2) / d;
     s1 = LN ? warp_sum(s1) / d : 0.0f;
-    // dx's row, added to: its groups' loads go out DW ahead of their use
-    // (each had waited for the one before: NG trips to memory a row), up
-    // to 4 groups a lane (GPT-2's width: 128 registers, two blocks an SM
-    // still); past it the registers pass 128 (llama-large's width: 137,
-    // one block an SM, bound to two it spilled in some programs and not
-    // others), so each group's load waits there as before (DW 0)
-    const int DW = NG <= 4 ? (NG < 3 ? NG : 3) : 0;
-    Raw8<T> od[NG];   // (unused where dx is written, not added to)
     #pragma unroll
-    for (int j = 0; j < (ACC ? DW : 0); j++) {
+    for (int j = 0; j < (ACC && !SM ? DW : 0); j++) {
       i64 c = (i64)(j * 32 + lane) * 8;
       if (!(d % 256 && c >= d)) od[j].load(dx + row * d + c);
     }
@@ -332,27 +360,56 @@ __device__ __forceinline__ void norm_bwd_rows(float (*sh)[257], T *dx, real *par
       if (ACC && j + DW < NG && !(d % 256 && cn >= d)) od[j + DW].load(dx + row * d + cn);
       if (d % 256 && c >= d) continue;
       ld8(a, x + row * d + c), ld8(g, dy + row * d + c), ld8(ww, w + c);
-      float o[8];
+      float o[8], sw[8], sb[8];   // (sw, sb: with SM, this lane's partial sums of the group)
+      float4 *pw4 = nb_partial<NG>(sh, 0, warp, j, lane), *pb4 = nb_partial<NG>(sh, 1, warp, j, lane);
+      if (SM) {
+        float4 l = pw4[0], h = pw4[32];
+        sw[0] = l.x, sw[1] = l.y, sw[2] = l.z, sw[3] = l.w, sw[4] = h.x, sw[5] = h.y, sw[6] = h.z, sw[7] = h.w;
+        if (LN) {
+          l = pb4[0], h = pb4[32];
+          sb[0] = l.x, sb[1] = l.y, sb[2] = l.z, sb[3] = l.w, sb[4] = h.x, sb[5] = h.y, sb[6] = h.z, sb[7] = h.w;
+        }
+      }
       if (ACC) od[j].widen(o);
       for (int q = 0; q < 8; q++) {
         float xh = (a[q] - mu) * r, v = r * (g[q] * ww[q] - s1 - xh * s2);
-        pw[j][q] += g[q] * xh;
-        if (LN) pb[j][q] += g[q];
+        float &tw = SM ? sw[q] : pw[SM ? 0 : j][q], &tb = SM ? sb[q] : pb[SM ? 0 : j][q];
+        tw += g[q] * xh;
+        if (LN) tb += g[q];
         o[q] = ACC ? o[q] + v : v;
+      }
+      if (SM) {
+        pw4[0] = make_float4(sw[0], sw[1], sw[2], sw[3]), pw4[32] = make_float4(sw[4], sw[5], sw[6], sw[7]);
+        if (LN) pb4[0] = make_float4(sb[0], sb[1], sb[2], sb[3]), pb4[32] = make_float4(sb[4], sb[5], sb[6], sb[7]);
       }
       if (DX) st8(dx + row * d + c, o);
     }
   }
+  if (SM) {   // column c's sums over the warps, in warp order
+    __syncthreads();
+    int l = threadIdx.x / 8, h = threadIdx.x % 8 / 4, e = threadIdx.x % 4;   // column 8 l + 4 h + e of a group
+    #pragma unroll
+    for (int s = 0; s < (LN ? 2 : 1); s++)
+      for (int j = 0; j < NG; j++) {
+        i64 c = j * 256 + threadIdx.x;
+        if (c >= d) continue;
+        float t = 0;
+        for (int v = 0; v < 8; v++) t += ((float *)(nb_partial<NG>(sh, s, v, j, l) + 32 * h))[e];
+        part[(s * gridDim.x + blockIdx.x) * d + c] = t;
+      }
+    return;
+  }
+  float(*rs)[257] = (float(*)[257])sh;
   #pragma unroll
   for (int set = 0; set < (LN ? 2 : 1); set++)
     #pragma unroll
     for (int j = 0; j < NG; j++) {
-      for (int q = 0; q < 8; q++) sh[warp][lane * 8 + q] = set ? pb[j][q] : pw[j][q];
+      for (int q = 0; q < 8; q++) rs[warp][lane * 8 + q] = set ? pb[j][q] : pw[j][q];
       __syncthreads();
       i64 c = j * 256 + threadIdx.x;
       if (c < d) {
         float t = 0;
-        for (int v = 0; v < 8; v++) t += sh[v][threadIdx.x];
+        for (int v = 0; v < 8; v++) t += rs[v][threadIdx.x];
         part[(set * gridDim.x + blockIdx.x) * d + c] = t;
       }
       __syncthreads();

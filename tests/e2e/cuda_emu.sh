@@ -58,6 +58,20 @@ compare llama_recompute "$SRC/models/tiny.lm" $small --fuse=recompute
 # in the norm from step 4, fused or not: sums of 2056 terms in another order)
 STEPS_SAVED=$STEPS STEPS=$((STEPS < 4 ? STEPS : 4))
 tol="1e-5 5e-5" compare wide "$SRC/models/tiny.lm" --set D=2056 --set H=4 --set G=2 --set F=64 --set L=1 --set batch=2 --set seq=8
+# and a norm's backward past 4 groups of 8 a lane (1032 wide: 5, the last
+# lane 0's alone), whose warps' partial column sums are kept in shared
+# memory (norm_bwd_rows' SM: llama-large's width), in fp32 and bf16 storage
+# (the normal build only: the sanitizers' emulator takes 13 s a run here)
+[ "$STEPS_SAVED" -lt 20 ] || {
+  tol="1e-5 5e-5" compare wide1032 "$SRC/models/tiny.lm" --set D=1032 --set H=4 --set G=2 --set F=64 --set L=1 --set batch=2 \
+    --set seq=8
+  tol="1e-3 1e-2" compare wide1032_bf16 "$SRC/models/tiny.lm" --set D=1032 --set H=4 --set G=2 --set F=64 --set L=1 \
+    --set batch=2 --set seq=8 --set precision=bf16
+  for name in wide1032 wide1032_bf16; do
+    grep -q "norm_bwd_rows<5, false, true, true, true>" "$WORK/$name/kernels.cu" ||
+      fail "$name: no norm backward with its partial sums in shared memory"
+  done
+}
 STEPS=$STEPS_SAVED
 # element-wise ops in runs, one kernel lmc writes for each run (group.c):
 # a GeGLU MLP (gelu, then a product), a SiLU read twice (not a swiglu)
@@ -250,15 +264,19 @@ if [ "$STEPS" -ge 20 ]; then
         status=1
     done
   done
+  # (these runs compare kernels with kernels, bit for bit or within bf16
+  # storage's tolerance: 6 steps, CUDA graphs replayed from the third, say
+  # what 20 would; the runs against the CPU above take 20)
+  WG=6
   # attention's forward and dK/dV on wgmma (LMC_ATTENTION_WGMMA=1) in bf16
   # storage over T 150 (three tiles of keys, the last one short): the
   # emulated wgmma sums the same bf16 products in the same order as the
   # mma.sync kernels, so a run gives the same bits as the default's
-  "$LMC" "$SRC/models/tiny.lm" -q -o "$WORK/wg" --set steps="$STEPS" --set warmup=5 $small --set batch=2 --set seq=150 \
+  "$LMC" "$SRC/models/tiny.lm" -q -o "$WORK/wg" --set steps="$WG" --set warmup=5 $small --set batch=2 --set seq=150 \
     --set precision=bf16
   for v in 0 1; do
     LMC_ATTENTION_WGMMA=$v "$LMRUN" "$WORK/wg" --data "$DATA" --backend cuda-emu --matmul-precision medium --quiet \
-      --eval-interval "$STEPS" --eval-batches 2 --out "$WORK/wg.$v" || fail "LMC_ATTENTION_WGMMA=$v: lmrun failed"
+      --eval-interval "$WG" --eval-batches 2 --out "$WORK/wg.$v" || fail "LMC_ATTENTION_WGMMA=$v: lmrun failed"
   done
   python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/wg.0/metrics.jsonl" "$WORK/wg.1/metrics.jsonl" \
     "attention on wgmma against mma.sync" 1e-15 || status=1
@@ -268,13 +286,13 @@ if [ "$STEPS" -ge 20 ]; then
   # step i-1's dV and dK updates): the same sums in the same order, the
   # same bits
   LMC_ATTENTION_WGMMA=2 "$LMRUN" "$WORK/wg" --data "$DATA" --backend cuda-emu --matmul-precision medium --quiet \
-    --eval-interval "$STEPS" --eval-batches 2 --out "$WORK/wg.2" || fail "LMC_ATTENTION_WGMMA=2: lmrun failed"
+    --eval-interval "$WG" --eval-batches 2 --out "$WORK/wg.2" || fail "LMC_ATTENTION_WGMMA=2: lmrun failed"
   python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/wg.0/metrics.jsonl" "$WORK/wg.2/metrics.jsonl" \
     "attention on wgmma, pipelined, against mma.sync" 1e-15 || status=1
   # and in blocks of several warpgroups sharing their tiles (the forward's
   # of 3, 192 rows; dQ's and dK/dV's of 2): the same products again
   LMC_ATTENTION_WGMMA=1 LMC_ATTENTION_WARPGROUPS=3 "$LMRUN" "$WORK/wg" --data "$DATA" --backend cuda-emu \
-    --matmul-precision medium --quiet --eval-interval "$STEPS" --eval-batches 2 --out "$WORK/wg.3" ||
+    --matmul-precision medium --quiet --eval-interval "$WG" --eval-batches 2 --out "$WORK/wg.3" ||
     fail "LMC_ATTENTION_WARPGROUPS=3: lmrun failed"
   python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/wg.0/metrics.jsonl" "$WORK/wg.3/metrics.jsonl" \
     "attention on wgmma, blocks of 3 and 2 warpgroups, against mma.sync" 1e-15 || status=1
@@ -286,7 +304,7 @@ if [ "$STEPS" -ge 20 ]; then
   # offsets swapped): the runtime's probe finds it, says so, and attention
   # runs on mma.sync (the default's bits), not on wrong products
   LMC_CUDA_EMU_WGMMA_SWAP=1 LMC_ATTENTION_WGMMA=1 "$LMRUN" "$WORK/wg" --data "$DATA" --backend cuda-emu \
-    --matmul-precision medium --quiet --eval-interval "$STEPS" --eval-batches 2 --out "$WORK/wg.swap" 2>"$WORK/wg.err" ||
+    --matmul-precision medium --quiet --eval-interval "$WG" --eval-batches 2 --out "$WORK/wg.swap" 2>"$WORK/wg.err" ||
     fail "LMC_CUDA_EMU_WGMMA_SWAP=1: lmrun failed"
   grep -q "^lmrun: this GPU's wgmma reads its operands otherwise than lmc lays them out (B K-major): attention runs on mma.sync (LMC_ATTENTION_WGMMA ignored)$" \
     "$WORK/wg.err" || fail "LMC_CUDA_EMU_WGMMA_SWAP=1: no word of the probe's finding"
@@ -301,7 +319,7 @@ if [ "$STEPS" -ge 20 ]; then
     out=$1 threads=$2
     shift 2
     XDG_CACHE_HOME="$WORK/jcache" LMC_JIT_THREADS=$threads "$LMRUN" "$WORK/wg" --data "$DATA" --backend cuda-emu \
-      --matmul-precision medium --eval-interval "$STEPS" --eval-batches 2 --save-interval 0 --out "$WORK/$out" "$@" \
+      --matmul-precision medium --eval-interval "$WG" --eval-batches 2 --save-interval 0 --out "$WORK/$out" "$@" \
       >"$WORK/$out.out" 2>&1 || fail "LMC_JIT_THREADS=$threads ($out): lmrun failed"
   }
   rm -rf "$WORK/jcache"
@@ -331,10 +349,10 @@ if [ "$STEPS" -ge 20 ]; then
     out=$1 n=$2
     shift 2
     env XDG_CACHE_HOME="$WORK/tcache" LMC_ATTENTION_TUNE=1 "$@" "$LMRUN" "$WORK/wg" --data "$DATA" --backend cuda-emu \
-      --matmul-precision medium --quiet --max-steps "$n" --eval-interval "$STEPS" --eval-batches 2 --save-interval 0 \
+      --matmul-precision medium --quiet --max-steps "$n" --eval-interval "$WG" --eval-batches 2 --save-interval 0 \
       --out "$WORK/$out" 2>"$WORK/$out.err" || fail "LMC_ATTENTION_TUNE=1 ($out): lmrun failed"
   }
-  tune wg.tuned "$STEPS"
+  tune wg.tuned "$WG"
   for what in forward dQ dK/dV; do
     grep -q "^lmrun: timing attention's $what kernels at b 2 t 150 h 4 (kv 2) k 8: .*; picked lmc_attention_" \
       "$WORK/wg.tuned.err" || fail "LMC_ATTENTION_TUNE=1: no word of the $what's kernels timed"
@@ -347,7 +365,7 @@ if [ "$STEPS" -ge 20 ]; then
     "attention's kernels tuned against the default" 1e-3 1e-2 || status=1
   # a second run takes the picks from the file, times nothing, and gives
   # the first's bits
-  tune wg.again "$STEPS"
+  tune wg.again "$WG"
   [ "$(grep -c "^lmrun: attention's .* (timed before: $WORK/tcache/lmc/kernels/[0-9a-f]*-lmc-emulated-CUDA-device-emu.attention)$" \
     "$WORK/wg.again.err")" = 3 ] && ! grep -q timing "$WORK/wg.again.err" || fail "LMC_ATTENTION_TUNE=1: the picks not read back"
   python3 "$SRC/tests/e2e/compare_metrics.py" "$WORK/wg.tuned/metrics.jsonl" "$WORK/wg.again/metrics.jsonl" \
