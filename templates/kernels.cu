@@ -361,7 +361,8 @@ __device__ __forceinline__ void norm_bwd_rows(float *sh, T *dx, real *part, cons
       if (d % 256 && c >= d) continue;
       ld8(a, x + row * d + c), ld8(g, dy + row * d + c), ld8(ww, w + c);
       float o[8], sw[8], sb[8];   // (sw, sb: with SM, this lane's partial sums of the group)
-      float4 *pw4 = nb_partial<NG>(sh, 0, warp, j, lane), *pb4 = nb_partial<NG>(sh, 1, warp, j, lane);
+      float4 *pw4 = SM ? nb_partial<NG>(sh, 0, warp, j, lane) : 0,
+             *pb4 = SM && LN ? nb_partial<NG>(sh, 1, warp, j, lane) : 0;
       if (SM) {
         float4 l = pw4[0], h = pw4[32];
         sw[0] = l.x, sw[1] = l.y, sw[2] = l.z, sw[3] = l.w, sw[4] = h.x, sw[5] = h.y, sw[6] = h.z, sw[7] = h.w;
