@@ -86,7 +86,8 @@ static char *slurp(const char *path) {
 static const struct { const char *name; bool bf16; int bytes; } known_spills[] = {
     {"lmc_attention_bwd_dq_k96", true, 24},           /* fp32 products on the CUDA cores, below medium precision */
     {"lmc_attention_bwd_mma_dkv_k96", true, 88},      /* the 32-query kernel, not the default */
-    {"lmc_attention_bwd_mma_dkv_k64", true, 36},
+    {"lmc_attention_bwd_mma_dkv_k64", true, 36},      /* GPT-2's default: the thread's 64-bit key index,
+                                                         * stored before the loop, 3 loads a step (SASS) */
     {"lmc_attention_bwd_mma_dkv_k64", false, 188},    /* fp32 storage: fp32 tiles loaded */
     {"lmc_attention_bwd_mma_dq_r64_k64", false, 120}, /* fp32 storage */
 };
