@@ -445,12 +445,14 @@ static void write_ew(FILE *out, Inst *f) {
 }
 
 /* Whether a norm backward of ng 8-wide groups a lane keeps its warps'
- * partial column sums in shared memory (norm_bwd_rows' SM): past 4 groups
+ * partial column sums in shared memory (norm_bwd_rows' SM): from 3 groups
  * a lane, where in registers they leave too few for dx's loads to go out
- * ahead, and where 8 warps' fit in a block's 48 KiB of static shared
- * memory (RMSNorm to 1536 wide: llama-large's; LayerNorm's two sets never
- * do past 4 groups). */
-static bool nb_shared(long long ng, bool ln) { return ng > 4 && (ln ? 2 : 1) * 8 * ng * 256 * 4 <= 48 * 1024; }
+ * with the row's first (128 registers at GPT-2's 3, 106 at llama-large's
+ * 6 with dx one group at a time), and where 8 warps' fit in a block's 48
+ * KiB of static shared memory (RMSNorm 513 to 1536 wide: llama-large's;
+ * LayerNorm's two sets 513 to 768: GPT-2's). Fewer groups keep them in
+ * registers, dx's loads all ahead after the row's sums. */
+static bool nb_shared(long long ng, bool ln) { return ng >= 3 && (ln ? 2 : 1) * 8 * ng * 256 * 4 <= 48 * 1024; }
 
 /* A norm's backward: kernels.cu's norm_bwd_rows (a warp a row, dx and
  * each chunk of rows' column sums into part) and then col_finish for dw

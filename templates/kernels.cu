@@ -286,9 +286,9 @@ __device__ void col_store(real *part, const float *s, i64 d) {
 // runtime's lmc_*_bwd_rowsNG (LMC_NORM_BWD_ONE_PASS) and the kernels
 // group.c writes for a norm's backward, its sizes compiled in, run it.
 // SM: each warp's share of dw (and db) in shared memory instead of
-// registers (8 warps' of NG groups: 48 KiB at RMSNorm's NG 6), which
-// frees the registers for dx's loads to go out at the row's start (below)
-// and adds the same products in the same order.
+// registers (8 warps' of NG groups: 48 KiB at RMSNorm's NG 6 and
+// LayerNorm's 3), which frees the registers for dx's loads to go out with
+// the row's first (below) and adds the same products in the same order.
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
   return v;
@@ -322,11 +322,11 @@ __device__ __forceinline__ void norm_bwd_rows(float *sh, T *dx, real *part, cons
       }
   // dx's row, added to: its groups' loads go out DW ahead of their use
   // (each had waited for the one before: NG trips to memory a row), up
-  // to 4 groups a lane in registers (GPT-2's width: 128 registers, two
+  // to 4 groups a lane in registers (128 registers at GPT-2's 3, two
   // blocks an SM still); past it the registers pass 128 (llama-large's
   // width: 137, one block an SM, bound to two it spilled in some programs
-  // and not others), so there each group's load waits as before (DW 0),
-  // or with SM all go out as the row starts, before its first pass
+  // and not others), so there each group's load waits as before (DW 0);
+  // with SM all go out as the row starts, with its first pass's
   const int DW = SM ? NG : NG <= 4 ? (NG < 3 ? NG : 3) : 0;
   i64 r1 = (blockIdx.x + 1) * per < n ? (blockIdx.x + 1) * per : n;
   for (i64 row = blockIdx.x * per + warp; row < r1; row += 8) {
