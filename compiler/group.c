@@ -450,9 +450,16 @@ static void write_ew(FILE *out, Inst *f) {
  * with the row's first (128 registers at GPT-2's 3, 106 at llama-large's
  * 6 with dx one group at a time), and where 8 warps' fit in a block's 48
  * KiB of static shared memory (RMSNorm 513 to 1536 wide: llama-large's;
- * LayerNorm's two sets 513 to 768: GPT-2's). Fewer groups keep them in
- * registers, dx's loads all ahead after the row's sums. */
-static bool nb_shared(long long ng, bool ln) { return ng >= 3 && (ln ? 2 : 1) * 8 * ng * 256 * 4 <= 48 * 1024; }
+ * LayerNorm's two sets 513 to 768: GPT-2's); in bf16 storage, the GPU's
+ * default. (In fp32 storage, a checking mode, its loads take twice the
+ * registers: ptxas gave GPT-2's kernel 92 registers in one compile and 80
+ * and a spill in the next, a third of the time, and bound to two blocks an
+ * SM it spilled every time at llama-large's width; bf16's took 76 to 95
+ * and never spilled in 40 compiles.) Fewer groups, and fp32 storage, keep
+ * the sums in registers. */
+static bool nb_shared(long long ng, bool ln, bool bf16) {
+  return bf16 && ng >= 3 && (ln ? 2 : 1) * 8 * ng * 256 * 4 <= 48 * 1024;
+}
 
 /* A norm's backward: kernels.cu's norm_bwd_rows (a warp a row, dx and
  * each chunk of rows' column sums into part) and then col_finish for dw
@@ -481,7 +488,7 @@ static void write_nb(FILE *out, Inst *f) {
   fprintf(out, "\n// %s: %s's backward, %lld rows a block (norm_bwd_rows), then _finish (col_finish)\n", f->kernel,
           op_names[ln ? OP_LAYERNORM : OP_RMSNORM], per);
   long long ng = (d / 8 + 31) / 32;
-  const char *sm = nb_shared(ng, ln) ? "true" : "false", *lns = ln ? "true" : "false";
+  const char *sm = nb_shared(ng, ln, in->in[0]->dtype == DT_BF16) ? "true" : "false", *lns = ln ? "true" : "false";
   fprintf(out, "extern \"C\" __global__ void __launch_bounds__(256) %s(%sfloat *part) {\n"
                "  __shared__ __align__(16) float sh[NormBwdShared<%lld, %s, %s>::n];\n", f->kernel, params, ng, lns, sm);
   fprintf(out, "  norm_bwd_rows<%lld, %s, %s, %s, %s>(sh, (%s *)%s, part, %s, %s, %s, %s, %s, %lld, %lld, %lld);\n}\n", ng,

@@ -221,12 +221,16 @@ void kernels_norm_bwd(FILE *out, int64_t d, bool ln) {
   if (!g) return;
   const char *t = ln ? "true" : "false", *args = "(sh, dx, part, dy, x, w, mean, rstd, n, d, per)";
   fprintf(out, "\n// the %s backward of width %lld in one pass\n", ln ? "LayerNorm" : "RMSNorm", (long long)d);
+  /* (the partial sums in shared memory in bf16 storage where they fit, as
+   * group.c's nb_shared decides for the kernels it writes) */
+  int sm = g >= 3 && (ln ? 2 : 1) * 8 * g * 256 * 4 <= 48 * 1024;
   fprintf(out, "#if LMC_IN_PART(0)\nextern \"C\" __global__ void __launch_bounds__(256) lmc_%s_bwd_rows%d(act *dx, real *part, "
           "const act *dy, const act *x, const real *w, const real *mean, const real *rstd, i64 n, i64 d, i64 per, "
-          "int acc) {\n  __shared__ float sh[8 * 257];\n", ln ? "layernorm" : "rmsnorm", g);
-  fprintf(out, "  if (!dx) norm_bwd_rows<%d, %s, false, false, false>%s;\n"
-          "  else if (acc) norm_bwd_rows<%d, %s, true, true, false>%s;\n"
-          "  else norm_bwd_rows<%d, %s, true, false, false>%s;\n}\n#endif\n", g, t, args, g, t, args, g, t, args);
+          "int acc) {\n  enum { SM = %s };\n  __shared__ __align__(16) float sh[NormBwdShared<%d, %s, SM>::n];\n",
+          ln ? "layernorm" : "rmsnorm", g, sm ? "sizeof(act) == 2" : "false", g, t);
+  fprintf(out, "  if (!dx) norm_bwd_rows<%d, %s, false, false, SM>%s;\n"
+          "  else if (acc) norm_bwd_rows<%d, %s, true, true, SM>%s;\n"
+          "  else norm_bwd_rows<%d, %s, true, false, SM>%s;\n}\n#endif\n", g, t, args, g, t, args, g, t, args);
 }
 
 /* Each group count the programs' norm backwards use, once. */

@@ -321,12 +321,12 @@ __device__ __forceinline__ void norm_bwd_rows(float *sh, T *dx, real *part, cons
         p[0] = p[32] = make_float4(0, 0, 0, 0);
       }
   // dx's row, added to: its groups' loads go out DW ahead of their use
-  // (each had waited for the one before: NG trips to memory a row), up
-  // to 4 groups a lane in registers (128 registers at GPT-2's 3, two
-  // blocks an SM still); past it the registers pass 128 (llama-large's
-  // width: 137, one block an SM, bound to two it spilled in some programs
-  // and not others), so there each group's load waits as before (DW 0);
-  // with SM all go out as the row starts, with its first pass's
+  // (each had waited for the one before: NG trips to memory a row). With
+  // SM all of them with the row's first loads; with the sums in
+  // registers, after the row's sums, up to 3 groups ahead to 4 groups a
+  // lane (128 registers at 3, two blocks an SM) and none past it (137
+  // registers at 6, one block an SM; bound to two it spilled in some
+  // programs and not others)
   const int DW = SM ? NG : NG <= 4 ? (NG < 3 ? NG : 3) : 0;
   i64 r1 = (blockIdx.x + 1) * per < n ? (blockIdx.x + 1) * per : n;
   for (i64 row = blockIdx.x * per + warp; row < r1; row += 8) {

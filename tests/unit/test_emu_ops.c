@@ -239,7 +239,7 @@ void kernels_parts_begin(void);
 void kernels_parts_end(FILE *out);
 struct Graph;
 void kernels_template(FILE *out, const char *tpl, bool bf16, struct Graph *g);
-static const int64_t head_dims[] = {10, 40, 96, 128}, norm_widths[] = {64, 264, 776, 1032};   /* (67: none, the two-pass kernels) */
+static const int64_t head_dims[] = {10, 40, 96, 128}, norm_widths[] = {64, 264, 520, 776, 1032};   /* (67: none, the two-pass kernels) */
 
 static void write_kernels(const char *template, const char *path) {
   FILE *in = fopen(template, "rb"), *out = fopen(path, "wb");
@@ -534,17 +534,22 @@ int main(int argc, char **argv) {
   c.x.n = n, c.x.d = 64;
   check(c, true);
   /* 776 wide (97 groups of 8, NG 4: dx's loads three groups ahead, the
-   * fourth group past the row but for lane 0) and 1032 (129, NG 6: each
-   * group's load at its use) */
-  int64_t n6 = 40, w6[2] = {776, 1032};
-  for (int i = 0; i < 2; i++) {
+   * fourth group past the row but for lane 0), 1032 (129, NG 6: each
+   * group's load at its use; in bf16 storage RMSNorm's partial sums in
+   * shared memory, dx's loads with the row's first) and 520 (65, NG 3:
+   * in bf16 storage both norms' sums in shared memory, the third group
+   * lane 0's alone) */
+  int64_t n6 = 40, w6[3] = {776, 1032, 520};
+  static const char *rname[3] = {"rmsnorm_bwd (width 776, one pass)", "rmsnorm_bwd (width 1032, one pass)",
+                                 "rmsnorm_bwd (width 520, one pass)"},
+                    *lname[3] = {"layernorm_bwd (width 776, one pass)", "layernorm_bwd (width 1032, one pass)",
+                                 "layernorm_bwd (width 520, one pass)"};
+  for (int i = 0; i < 3; i++) {
     int64_t dw = w6[i];
-    c = (Case){i ? "rmsnorm_bwd (width 1032, one pass)" : "rmsnorm_bwd (width 776, one pass)", rt_inst(OP_RMSNORM_BWD),
-               {{n6 * dw}, {n6 * dw}, {dw, 2}, {n6, 2}}, {{n6 * dw}, {dw, F32}}};
+    c = (Case){rname[i], rt_inst(OP_RMSNORM_BWD), {{n6 * dw}, {n6 * dw}, {dw, 2}, {n6, 2}}, {{n6 * dw}, {dw, F32}}};
     c.x.n = n6, c.x.d = dw;
     check(c, true);
-    c = (Case){i ? "layernorm_bwd (width 1032, one pass)" : "layernorm_bwd (width 776, one pass)",
-               rt_inst(OP_LAYERNORM_BWD), {{n6 * dw}, {n6 * dw}, {dw, 2}, {n6, F32}, {n6, 2}},
+    c = (Case){lname[i], rt_inst(OP_LAYERNORM_BWD), {{n6 * dw}, {n6 * dw}, {dw, 2}, {n6, F32}, {n6, 2}},
                {{n6 * dw}, {dw, F32}, {dw, F32}}};
     c.x.n = n6, c.x.d = dw;
     check(c, true);
