@@ -444,23 +444,6 @@ static void write_ew(FILE *out, Inst *f) {
   fprintf(out, "  for (i64 i = n8 * 8 + t; i < N; i += step) %s_step<1>(i%s);\n}\n", f->kernel, args);
 }
 
-/* Whether a norm backward of ng 8-wide groups a lane keeps its warps'
- * partial column sums in shared memory (norm_bwd_rows' SM): from 3 groups
- * a lane, where in registers they leave too few for dx's loads to go out
- * with the row's first (128 registers at GPT-2's 3, 106 at llama-large's
- * 6 with dx one group at a time), and where 8 warps' fit in a block's 48
- * KiB of static shared memory (RMSNorm 513 to 1536 wide: llama-large's;
- * LayerNorm's two sets 513 to 768: GPT-2's); in bf16 storage, the GPU's
- * default. (In fp32 storage, a checking mode, its loads take twice the
- * registers: ptxas gave GPT-2's kernel 92 registers in one compile and 80
- * and a spill in the next, a third of the time, and bound to two blocks an
- * SM it spilled every time at llama-large's width; bf16's took 76 to 95
- * and never spilled in 40 compiles.) Fewer groups, and fp32 storage, keep
- * the sums in registers. */
-static bool nb_shared(long long ng, bool ln, bool bf16) {
-  return bf16 && ng >= 3 && (ln ? 2 : 1) * 8 * ng * 256 * 4 <= 48 * 1024;
-}
-
 /* A norm's backward: kernels.cu's norm_bwd_rows (a warp a row, dx and
  * each chunk of rows' column sums into part) and then col_finish for dw
  * (and db), each an extern "C" kernel with the group's sizes and flags
@@ -488,7 +471,9 @@ static void write_nb(FILE *out, Inst *f) {
   fprintf(out, "\n// %s: %s's backward, %lld rows a block (norm_bwd_rows), then _finish (col_finish)\n", f->kernel,
           op_names[ln ? OP_LAYERNORM : OP_RMSNORM], per);
   long long ng = (d / 8 + 31) / 32;
-  const char *sm = nb_shared(ng, ln, in->in[0]->dtype == DT_BF16) ? "true" : "false", *lns = ln ? "true" : "false";
+  /* (the partial sums in shared memory in bf16 storage where they fit: kernels_norm_shared) */
+  bool shared = in->in[0]->dtype == DT_BF16 && kernels_norm_shared(ng, ln);
+  const char *sm = shared ? "true" : "false", *lns = ln ? "true" : "false";
   fprintf(out, "extern \"C\" __global__ void __launch_bounds__(256) %s(%sfloat *part) {\n"
                "  __shared__ __align__(16) float sh[NormBwdShared<%lld, %s, %s>::n];\n", f->kernel, params, ng, lns, sm);
   fprintf(out, "  norm_bwd_rows<%lld, %s, %s, %s, %s>(sh, (%s *)%s, part, %s, %s, %s, %s, %s, %lld, %lld, %lld);\n}\n", ng,

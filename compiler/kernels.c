@@ -216,14 +216,28 @@ int kernels_norm_groups(int64_t d) {
   return d % 8 || d > 2048 ? 0 : g <= 4 ? (int)g : g <= 6 ? 6 : 8;
 }
 
+/* Whether a norm backward of ng 8-wide groups a lane keeps its warps'
+ * partial column sums in shared memory (kernels.cu's norm_bwd_rows' SM), in
+ * bf16 storage: from 3 groups a lane, where in registers they leave too
+ * few for dx's loads to go out with the row's first (128 registers at
+ * GPT-2's 3, 106 at llama-large's 6 with dx one group at a time), and where
+ * 8 warps' fit in a block's 48 KiB of static shared memory (RMSNorm 513 to
+ * 1536 wide: llama-large's; LayerNorm's two sets 513 to 768: GPT-2's).
+ * Not in fp32 storage, a checking mode, whose loads take twice the
+ * registers: ptxas gave GPT-2's kernel 92 registers in one compile and 80
+ * and a spill in the next, a third of the time, and bound to two blocks an
+ * SM it spilled every time at llama-large's width; bf16's took 76 to 95
+ * and never spilled in 40 compiles. Fewer groups keep the sums in
+ * registers. group.c's kernels and the runtime's one-pass kernels below
+ * both follow it. */
+bool kernels_norm_shared(int64_t ng, bool ln) { return ng >= 3 && (ln ? 2 : 1) * 8 * ng * 256 * 4 <= 48 * 1024; }
+
 void kernels_norm_bwd(FILE *out, int64_t d, bool ln) {
   int g = kernels_norm_groups(d);
   if (!g) return;
   const char *t = ln ? "true" : "false", *args = "(sh, dx, part, dy, x, w, mean, rstd, n, d, per)";
   fprintf(out, "\n// the %s backward of width %lld in one pass\n", ln ? "LayerNorm" : "RMSNorm", (long long)d);
-  /* (the partial sums in shared memory in bf16 storage where they fit, as
-   * group.c's nb_shared decides for the kernels it writes) */
-  int sm = g >= 3 && (ln ? 2 : 1) * 8 * g * 256 * 4 <= 48 * 1024;
+  bool sm = kernels_norm_shared(g, ln);   /* (in bf16 storage: the kernel's SM) */
   fprintf(out, "#if LMC_IN_PART(0)\nextern \"C\" __global__ void __launch_bounds__(256) lmc_%s_bwd_rows%d(act *dx, real *part, "
           "const act *dy, const act *x, const real *w, const real *mean, const real *rstd, i64 n, i64 d, i64 per, "
           "int acc) {\n  enum { SM = %s };\n  __shared__ __align__(16) float sh[NormBwdShared<%d, %s, SM>::n];\n",

@@ -349,6 +349,7 @@ void kernels_parts_begin(void);          /* kernels.cu's parts (the template's p
 void kernels_parts_end(FILE *out);       /* "// @parts N" */
 void kernels_attention(FILE *out, int64_t k, bool bwd, bool bf16);   /* the kernels for head dim k */
 int kernels_norm_groups(int64_t d);                        /* a norm backward's kernel for width d: 0 none */
+bool kernels_norm_shared(int64_t ng, bool ln);              /* its partial sums in shared memory (bf16 storage) */
 void kernels_norm_bwd(FILE *out, int64_t d, bool ln);
 
 /* ---- emit.c ---- */
