@@ -305,6 +305,14 @@ template <int NG>
 __device__ __forceinline__ float4 *nb_partial(float *sh, int s, int w, int j, int lane) {
   return (float4 *)sh + ((s * 8 + w) * NG + j) * 64 + lane;
 }
+// those 8 sums into f, and back
+__device__ __forceinline__ void nb_get(float *f, const float4 *p) {
+  Raw8<float> r;
+  r.a = p[0], r.b = p[32], r.widen(f);
+}
+__device__ __forceinline__ void nb_put(float4 *p, const float *f) {
+  p[0] = make_float4(f[0], f[1], f[2], f[3]), p[32] = make_float4(f[4], f[5], f[6], f[7]);
+}
 template <int NG, bool LN, bool DX, bool ACC, bool SM, typename T>   // (T: act, typed after this prelude)
 __device__ __forceinline__ void norm_bwd_rows(float *sh, T *dx, real *part, const T *dy, const T *x, const real *w,
                                               const real *mean, const real *rstd, i64 n, i64 d, i64 per) {
@@ -360,29 +368,23 @@ __device__ __forceinline__ void norm_bwd_rows(float *sh, T *dx, real *part, cons
       if (ACC && j + DW < NG && !(d % 256 && cn >= d)) od[j + DW].load(dx + row * d + cn);
       if (d % 256 && c >= d) continue;
       ld8(a, x + row * d + c), ld8(g, dy + row * d + c), ld8(ww, w + c);
-      float o[8], sw[8], sb[8];   // (sw, sb: with SM, this lane's partial sums of the group)
+      // this group's partial sums: pw[k] and pb[k], with SM pw[0] and pb[0]
+      // holding the group's from shared memory while it adds to them
+      const int k = SM ? 0 : j;
+      float o[8];
       float4 *pw4 = SM ? nb_partial<NG>(sh, 0, warp, j, lane) : 0,
              *pb4 = SM && LN ? nb_partial<NG>(sh, 1, warp, j, lane) : 0;
-      if (SM) {
-        float4 l = pw4[0], h = pw4[32];
-        sw[0] = l.x, sw[1] = l.y, sw[2] = l.z, sw[3] = l.w, sw[4] = h.x, sw[5] = h.y, sw[6] = h.z, sw[7] = h.w;
-        if (LN) {
-          l = pb4[0], h = pb4[32];
-          sb[0] = l.x, sb[1] = l.y, sb[2] = l.z, sb[3] = l.w, sb[4] = h.x, sb[5] = h.y, sb[6] = h.z, sb[7] = h.w;
-        }
-      }
+      if (SM) nb_get(pw[0], pw4);
+      if (SM && LN) nb_get(pb[0], pb4);
       if (ACC) od[j].widen(o);
       for (int q = 0; q < 8; q++) {
         float xh = (a[q] - mu) * r, v = r * (g[q] * ww[q] - s1 - xh * s2);
-        float &tw = SM ? sw[q] : pw[SM ? 0 : j][q], &tb = SM ? sb[q] : pb[SM ? 0 : j][q];
-        tw += g[q] * xh;
-        if (LN) tb += g[q];
+        pw[k][q] += g[q] * xh;
+        if (LN) pb[k][q] += g[q];
         o[q] = ACC ? o[q] + v : v;
       }
-      if (SM) {
-        pw4[0] = make_float4(sw[0], sw[1], sw[2], sw[3]), pw4[32] = make_float4(sw[4], sw[5], sw[6], sw[7]);
-        if (LN) pb4[0] = make_float4(sb[0], sb[1], sb[2], sb[3]), pb4[32] = make_float4(sb[4], sb[5], sb[6], sb[7]);
-      }
+      if (SM) nb_put(pw4, pw[0]);
+      if (SM && LN) nb_put(pb4, pb[0]);
       if (DX) st8(dx + row * d + c, o);
     }
   }
